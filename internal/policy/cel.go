@@ -1,0 +1,96 @@
+package policy
+
+import (
+	"strings"
+
+	"cel.dev/cel-go/cel"
+	"go.yaml.in/yaml/v3"
+)
+
+// celCostLimit bounds the work one expression may do per evaluation, so a
+// policy cannot stall the decision path with a runaway comprehension.
+const celCostLimit = 10_000
+
+// CEL variables available to a grant's cel expression.
+const (
+	CELArgs   = "args"
+	CELAgent  = "agent"
+	CELRole   = "role"
+	CELServer = "server"
+	CELTool   = "tool"
+)
+
+func newCELEnv() (*cel.Env, error) {
+	return cel.NewEnv(
+		cel.Variable(CELArgs, cel.MapType(cel.StringType, cel.DynType)),
+		cel.Variable(CELAgent, cel.StringType),
+		cel.Variable(CELRole, cel.StringType),
+		cel.Variable(CELServer, cel.StringType),
+		cel.Variable(CELTool, cel.StringType),
+	)
+}
+
+// celExpr compiles a grant's cel expression once, reporting each CEL error
+// at its own place in the role file.
+func (c *compiler) celExpr(n *yaml.Node, path string) *Expr {
+	src, ok := c.str(n, path)
+	if !ok {
+		return nil
+	}
+	if c.celEnv == nil {
+		env, err := newCELEnv()
+		if err != nil {
+			c.errorf(n, path, "cel environment: %v", err)
+			return nil
+		}
+		c.celEnv = env
+	}
+	ast, iss := c.celEnv.Compile(src)
+	if iss.Err() != nil {
+		for _, e := range iss.Errors() {
+			p := c.celPos(n, e.Location.Line(), e.Location.Column())
+			c.problems = append(c.problems, Problem{Pos: p, Path: path, Msg: "cel: " + e.Message})
+		}
+		return nil
+	}
+	if !ast.OutputType().IsExactType(cel.BoolType) {
+		c.errorf(n, path, "cel expression must return bool, got %s", ast.OutputType())
+		return nil
+	}
+	prg, err := c.celEnv.Program(ast, cel.CostLimit(celCostLimit), cel.EvalOptions(cel.OptOptimize))
+	if err != nil {
+		c.errorf(n, path, "cel: %v", err)
+		return nil
+	}
+	return &Expr{Source: src, Program: prg}
+}
+
+// celPos maps a line and 0-based column inside an expression to the role
+// file. Quoted scalars shift by their opening quote; block scalars start
+// on the line after their indicator, at that line's indentation.
+func (c *compiler) celPos(n *yaml.Node, line, col int) Pos {
+	p := Pos{File: c.file, Line: n.Line, Col: n.Column}
+	switch n.Style {
+	case yaml.LiteralStyle, yaml.FoldedStyle:
+		p.Line = n.Line + line
+		p.Col = c.indent(p.Line) + col + 1
+	case yaml.DoubleQuotedStyle, yaml.SingleQuotedStyle:
+		if line == 1 {
+			p.Col = n.Column + 1 + col
+		}
+	default:
+		if line == 1 {
+			p.Col = n.Column + col
+		}
+	}
+	return p
+}
+
+func (c *compiler) indent(line int) int {
+	lines := strings.Split(string(c.data), "\n")
+	if line < 1 || line > len(lines) {
+		return 0
+	}
+	l := lines[line-1]
+	return len(l) - len(strings.TrimLeft(l, " "))
+}

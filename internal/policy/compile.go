@@ -1,0 +1,846 @@
+package policy
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"cel.dev/cel-go/cel"
+	"go.yaml.in/yaml/v3"
+)
+
+// File is one role file's name (as reported in problems) and content.
+type File struct {
+	Name string
+	Data []byte
+}
+
+// Options tune compilation. A nil *Options is the zero value.
+type Options struct {
+	// Servers are the upstream names the gateway knows. A role naming any
+	// other server is a problem. Nil skips the check.
+	Servers []string
+	// Catalog, when set, is the live tool list each grant is checked
+	// against. Nil skips those checks.
+	Catalog Catalog
+	// Sequence is the version sequence of the compiled set; 0 means 1.
+	Sequence uint64
+}
+
+// LoadDir compiles every *.yaml and *.yml file directly in dir.
+func LoadDir(dir string, opts *Options) (*Set, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("read policy directory: %w", err)
+	}
+	var files []File
+	for _, e := range entries {
+		ext := filepath.Ext(e.Name())
+		if e.IsDir() || (ext != ".yaml" && ext != ".yml") {
+			continue
+		}
+		name := filepath.Join(dir, e.Name())
+		data, err := os.ReadFile(name)
+		if err != nil {
+			return nil, fmt.Errorf("read role file: %w", err)
+		}
+		files = append(files, File{Name: name, Data: data})
+	}
+	if len(files) == 0 {
+		return nil, Problems{{Pos: Pos{File: dir}, Msg: "no role files (*.yaml, *.yml)"}}
+	}
+	return Compile(files, opts)
+}
+
+// Compile compiles role files into a Set. On failure the error is Problems
+// listing everything found, not only the first.
+func Compile(files []File, opts *Options) (*Set, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	c := &compiler{opts: opts}
+	if opts.Servers != nil {
+		c.servers = make(map[string]bool, len(opts.Servers))
+		for _, s := range opts.Servers {
+			c.servers[s] = true
+		}
+	}
+	set := &Set{roles: map[string]*Role{}}
+	defined := map[string]Pos{}
+	for _, f := range files {
+		c.file, c.data = f.Name, f.Data
+		r := c.role(f.Data)
+		if r == nil {
+			continue
+		}
+		if prev, dup := defined[r.Name]; dup {
+			c.problems = append(c.problems, Problem{Pos: r.Source, Path: "role",
+				Msg: fmt.Sprintf("duplicate role %q (also defined at %s:%d:%d)", r.Name, prev.File, prev.Line, prev.Col)})
+			continue
+		}
+		defined[r.Name] = r.Source
+		set.roles[r.Name] = r
+	}
+	if len(c.problems) > 0 {
+		c.problems.sort()
+		return nil, c.problems
+	}
+	seq := opts.Sequence
+	if seq == 0 {
+		seq = 1
+	}
+	set.version = Version{Seq: seq, Hash: hashFiles(files)}
+	return set, nil
+}
+
+// Version identifies a compiled set: a content hash, so equal policies
+// have equal hashes on every replica, and the load sequence.
+type Version struct {
+	Seq  uint64
+	Hash string
+}
+
+func (v Version) String() string {
+	h := v.Hash
+	if len(h) > 12 {
+		h = h[:12]
+	}
+	return fmt.Sprintf("%d-%s", v.Seq, h)
+}
+
+func hashFiles(files []File) string {
+	sorted := slices.Clone(files)
+	slices.SortFunc(sorted, func(a, b File) int { return strings.Compare(filepath.Base(a.Name), filepath.Base(b.Name)) })
+	h := sha256.New()
+	for _, f := range sorted {
+		// Length-prefix each part so that no two file sets hash alike.
+		fmt.Fprintf(h, "%d:%s%d:", len(filepath.Base(f.Name)), filepath.Base(f.Name), len(f.Data))
+		h.Write(f.Data)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+type compiler struct {
+	opts     *Options
+	servers  map[string]bool
+	file     string
+	data     []byte
+	problems Problems
+	celEnv   *cel.Env
+}
+
+func (c *compiler) errorf(n *yaml.Node, path, format string, args ...any) {
+	p := Pos{File: c.file}
+	if n != nil {
+		p.Line, p.Col = n.Line, n.Column
+	}
+	c.problems = append(c.problems, Problem{Pos: p, Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (c *compiler) pos(n *yaml.Node) Pos { return Pos{File: c.file, Line: n.Line, Col: n.Column} }
+
+// fields walks a mapping node whose keys must be among allowed (nil allows
+// any key), reporting non-mappings, duplicate and unknown keys, and calls
+// fn for every key in file order.
+func (c *compiler) fields(n *yaml.Node, path string, allowed []string, fn func(key string, k, v *yaml.Node)) {
+	if n.Kind != yaml.MappingNode {
+		c.errorf(n, path, "must be a mapping, got %s", describe(n))
+		return
+	}
+	seen := map[string]*yaml.Node{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.Kind != yaml.ScalarNode {
+			c.errorf(k, path, "keys must be scalars")
+			continue
+		}
+		if prev, dup := seen[k.Value]; dup {
+			c.errorf(k, join(path, k.Value), "duplicate key (first at line %d)", prev.Line)
+			continue
+		}
+		seen[k.Value] = k
+		if allowed != nil && !slices.Contains(allowed, k.Value) {
+			c.errorf(k, join(path, k.Value), "unknown field %q (expected one of: %s)", k.Value, strings.Join(allowed, ", "))
+			continue
+		}
+		fn(k.Value, k, v)
+	}
+}
+
+func (c *compiler) list(n *yaml.Node, path string, fn func(i int, path string, v *yaml.Node)) {
+	if n.Kind != yaml.SequenceNode {
+		c.errorf(n, path, "must be a list, got %s", describe(n))
+		return
+	}
+	for i, v := range n.Content {
+		fn(i, fmt.Sprintf("%s[%d]", path, i), v)
+	}
+}
+
+func (c *compiler) str(n *yaml.Node, path string) (string, bool) {
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
+		c.errorf(n, path, "must be a string, got %s", describe(n))
+		return "", false
+	}
+	return n.Value, true
+}
+
+func (c *compiler) integer(n *yaml.Node, path string, min int) (int, bool) {
+	var v int
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" || n.Decode(&v) != nil {
+		c.errorf(n, path, "must be an integer, got %s", describe(n))
+		return 0, false
+	}
+	if v < min {
+		c.errorf(n, path, "must be at least %d, got %d", min, v)
+		return 0, false
+	}
+	return v, true
+}
+
+func (c *compiler) boolean(n *yaml.Node, path string) (bool, bool) {
+	var v bool
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" || n.Decode(&v) != nil {
+		c.errorf(n, path, "must be true or false, got %s", describe(n))
+		return false, false
+	}
+	return v, true
+}
+
+func (c *compiler) duration(n *yaml.Node, path string) (time.Duration, bool) {
+	s, ok := c.str(n, path)
+	if !ok {
+		return 0, false
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		c.errorf(n, path, "must be a positive duration such as 30s, 1m or 1h, got %q", s)
+		return 0, false
+	}
+	return d, true
+}
+
+func (c *compiler) glob(n *yaml.Node, at string) (string, bool) {
+	s, ok := c.str(n, at)
+	if !ok {
+		return "", false
+	}
+	if _, err := path.Match(s, ""); err != nil {
+		c.errorf(n, at, "invalid glob %q", s)
+		return "", false
+	}
+	return s, true
+}
+
+var roleKeys = []string{"role", "description", "mode", "servers", "approvals", "rate_limits", "redact"}
+
+func (c *compiler) role(data []byte) *Role {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		c.yamlError(err)
+		return nil
+	}
+	if len(doc.Content) == 0 {
+		c.problems = append(c.problems, Problem{Pos: Pos{File: c.file}, Msg: "empty role file"})
+		return nil
+	}
+	root := doc.Content[0]
+	r := &Role{Source: c.pos(root), Servers: map[string]*ServerGrant{}}
+	var nameNode, serversNode *yaml.Node
+	c.fields(root, "", roleKeys, func(key string, k, v *yaml.Node) {
+		switch key {
+		case "role":
+			if name, ok := c.str(v, key); ok {
+				if err := checkName(name); err != nil {
+					c.errorf(v, key, "invalid role name %q: %v", name, err)
+				}
+				r.Name, r.Source, nameNode = name, c.pos(v), v
+			}
+		case "description":
+			c.str(v, key)
+		case "mode":
+			if m, ok := c.str(v, key); ok {
+				switch m {
+				case "enforce":
+					r.Mode = ModeEnforce
+				case "shadow":
+					r.Mode = ModeShadow
+				default:
+					c.errorf(v, key, "must be enforce or shadow, got %q", m)
+				}
+			}
+		case "servers":
+			serversNode = v
+		case "approvals":
+			c.list(v, key, func(i int, p string, v *yaml.Node) {
+				if a := c.approval(v, p, fmt.Sprintf("approvals[%d]", i)); a != nil {
+					r.Approvals = append(r.Approvals, a)
+				}
+			})
+		case "rate_limits":
+			r.RateLimits = c.rateLimits(v, key)
+		case "redact":
+			c.list(v, key, func(_ int, p string, v *yaml.Node) {
+				if g, ok := c.glob(v, p); ok {
+					r.Redact = append(r.Redact, g)
+				}
+			})
+		}
+	})
+	if root.Kind != yaml.MappingNode {
+		return nil
+	}
+	if nameNode == nil {
+		c.errorf(root, "", "missing required field \"role\"")
+		return nil
+	}
+	// Rule IDs carry the role name, known only now.
+	for _, a := range r.Approvals {
+		a.ID = r.Name + "/" + a.ID
+	}
+	for _, l := range r.RateLimits {
+		l.ID = r.Name + "/" + l.ID
+	}
+	if serversNode != nil {
+		c.fields(serversNode, "servers", nil, func(server string, k, v *yaml.Node) {
+			c.server(r, server, k, v)
+		})
+	}
+	return r
+}
+
+// yamlError turns a YAML syntax error into a problem with the line it names.
+func (c *compiler) yamlError(err error) {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	p := Pos{File: c.file}
+	if m := yamlLine.FindStringSubmatch(msg); m != nil {
+		p.Line, _ = strconv.Atoi(m[1])
+		p.Col = 1
+		msg = strings.TrimPrefix(msg, m[0])
+	}
+	c.problems = append(c.problems, Problem{Pos: p, Msg: "invalid YAML: " + msg})
+}
+
+var yamlLine = regexp.MustCompile(`^line (\d+): `)
+
+var serverKeys = []string{"tools", "prompts", "resources"}
+
+func (c *compiler) server(r *Role, server string, k, v *yaml.Node) {
+	path := "servers." + server
+	if err := checkServerName(server); err != nil {
+		c.errorf(k, path, "invalid server name %q: %v", server, err)
+		return
+	}
+	known := c.servers == nil || c.servers[server]
+	var catalog []Tool
+	if c.opts.Catalog != nil {
+		var ok bool
+		catalog, ok = c.opts.Catalog.Tools(server)
+		known = known && ok
+	}
+	if !known {
+		c.errorf(k, path, "unknown server %q", server)
+		return
+	}
+	sg := &ServerGrant{Tools: map[string]*Grant{}, Prompts: map[string]*Grant{}}
+	r.Servers[server] = sg
+	c.fields(v, path, serverKeys, func(key string, k, v *yaml.Node) {
+		p := path + "." + key
+		switch key {
+		case "tools", "prompts":
+			grants := sg.Tools
+			if key == "prompts" {
+				grants = sg.Prompts
+			}
+			c.list(v, p, func(_ int, p string, v *yaml.Node) {
+				g := c.grant(r, server, v, p)
+				if g == nil {
+					return
+				}
+				if prev, dup := grants[g.Name]; dup {
+					c.errorf(v, p, "duplicate grant for %q (first at line %d)", g.Name, prev.Pos.Line)
+					return
+				}
+				grants[g.Name] = g
+				if key == "tools" && c.opts.Catalog != nil {
+					c.checkTool(g, catalog, v, p)
+				}
+			})
+		case "resources":
+			c.list(v, p, func(i int, p string, v *yaml.Node) {
+				if g, ok := c.glob(v, p); ok {
+					sg.Resources = append(sg.Resources, &ResourceGrant{
+						ID: fmt.Sprintf("%s/%s/resources[%d]", r.Name, server, i), Pattern: g})
+				}
+			})
+		}
+	})
+}
+
+var grantKeys = []string{"name", "description", "constraints", "cel", "require_approval", "rate_limits"}
+
+func (c *compiler) grant(r *Role, server string, n *yaml.Node, path string) *Grant {
+	g := &Grant{Server: server, Pos: c.pos(n)}
+	constraints := newNode(n)
+	var celNode *yaml.Node
+	var own []*RateLimit
+	named := false
+	c.fields(n, path, grantKeys, func(key string, k, v *yaml.Node) {
+		p := path + "." + key
+		switch key {
+		case "name":
+			named = true
+			if name, ok := c.str(v, p); ok {
+				if err := checkName(name); err != nil {
+					c.errorf(v, p, "invalid name %q: %v", name, err)
+					return
+				}
+				g.Name = name
+			}
+		case "description":
+			c.str(v, p)
+		case "constraints":
+			c.fields(v, p, nil, func(arg string, k, v *yaml.Node) {
+				c.constraint(constraints, arg, k, v, p)
+			})
+		case "cel":
+			celNode = v
+		case "require_approval":
+			g.RequireApproval, _ = c.boolean(v, p)
+		case "rate_limits":
+			own = c.rateLimits(v, p)
+		}
+	})
+	if n.Kind != yaml.MappingNode {
+		return nil
+	}
+	if !named {
+		c.errorf(n, path, "missing required field \"name\"")
+	}
+	if g.Name == "" {
+		return nil
+	}
+	g.ID = r.Name + "/" + server + "/" + g.Name
+	for _, l := range own {
+		l.ID = g.ID + "/" + l.ID
+	}
+	g.RateLimits = append(slices.Clip(r.RateLimits), own...)
+	g.Args = c.build(constraints, "", true)
+	g.Args.Required = false
+	if celNode != nil {
+		g.When = c.celExpr(celNode, path+".cel")
+	}
+	return g
+}
+
+// node is a constraint being built: dotted paths and fields: blocks may
+// name the same object from several places, so the tree is assembled first
+// and turned into Fields at the end.
+type node struct {
+	at       *yaml.Node // where the value was first named
+	def      *yaml.Node // where the value's own constraint was written; nil if only implied by a dotted path
+	optional bool
+	matchers []Matcher
+	types    typeSet
+	each     *node
+	children map[string]*node
+	order    []string
+}
+
+func newNode(at *yaml.Node) *node { return &node{at: at, children: map[string]*node{}, types: anyType} }
+
+var constraintKeys = []string{
+	"eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte", "pattern", "prefix", "suffix",
+	"min_len", "max_len", "each", "fields", "optional",
+}
+
+// constraint compiles the constraint written for key (a name or a dotted
+// path) under parent.
+func (c *compiler) constraint(parent *node, key string, k, v *yaml.Node, path string) {
+	segs := strings.Split(key, ".")
+	for _, s := range segs {
+		if s == "" {
+			c.errorf(k, join(path, key), "invalid argument path %q: empty segment", key)
+			return
+		}
+	}
+	path = join(path, key)
+	n := parent
+	for _, s := range segs {
+		child, ok := n.children[s]
+		if !ok {
+			child = newNode(k)
+			n.children[s] = child
+			n.order = append(n.order, s)
+		}
+		n = child
+	}
+	if n.def != nil {
+		c.errorf(k, path, "argument %q is constrained twice (first at line %d)", key, n.def.Line)
+		return
+	}
+	n.def = k
+	c.constraintBody(n, v, path)
+}
+
+func (c *compiler) constraintBody(n *node, v *yaml.Node, path string) {
+	if n.def == nil {
+		n.def = v
+	}
+	c.fields(v, path, constraintKeys, func(op string, k, v *yaml.Node) {
+		p := path + "." + op
+		switch op {
+		case "optional":
+			n.optional, _ = c.boolean(v, p)
+		case "each":
+			n.each = newNode(k)
+			c.constraintBody(n.each, v, p)
+			c.narrow(n, typeArray, k, path, op)
+		case "fields":
+			c.fields(v, p, nil, func(arg string, k, v *yaml.Node) {
+				c.constraint(n, arg, k, v, p)
+			})
+			c.narrow(n, typeObject, k, path, op)
+		default:
+			if m, types, ok := c.matcher(op, v, p); ok {
+				n.matchers = append(n.matchers, m)
+				c.narrow(n, types, k, path, op)
+			}
+		}
+	})
+	c.checkLengths(n, v, path)
+}
+
+// narrow restricts the types a value may have and reports matchers that no
+// value could satisfy together.
+func (c *compiler) narrow(n *node, t typeSet, k *yaml.Node, path, op string) {
+	if n.types&t == 0 {
+		c.errorf(k, path+"."+op, "%s needs %s, but the other matchers need %s", op, t, n.types)
+		return
+	}
+	n.types &= t
+}
+
+func (c *compiler) checkLengths(n *node, v *yaml.Node, path string) {
+	minLen, maxLen := -1, -1
+	for _, m := range n.matchers {
+		switch m.Op {
+		case OpMinLen:
+			minLen = m.Len
+		case OpMaxLen:
+			maxLen = m.Len
+		}
+	}
+	if minLen >= 0 && maxLen >= 0 && minLen > maxLen {
+		c.errorf(v, path, "min_len %d is greater than max_len %d: nothing can match", minLen, maxLen)
+	}
+}
+
+func (c *compiler) matcher(op string, v *yaml.Node, path string) (Matcher, typeSet, bool) {
+	switch op {
+	case "eq", "ne":
+		s, ok := c.scalar(v, path)
+		if !ok {
+			return Matcher{}, 0, false
+		}
+		m := Matcher{Op: OpEq, Value: s}
+		if op == "ne" {
+			// ne says nothing of the type: a number is not equal to "x".
+			return Matcher{Op: OpNe, Value: s}, anyType, true
+		}
+		return m, s.Kind.typeSet(), true
+	case "in", "not_in":
+		return c.setMatcher(op, v, path)
+	case "lt", "lte", "gt", "gte":
+		s, ok := c.scalar(v, path)
+		if !ok {
+			return Matcher{}, 0, false
+		}
+		if s.Kind != KindNumber {
+			c.errorf(v, path, "%s needs a number, got %s", op, s.Kind.article())
+			return Matcher{}, 0, false
+		}
+		return Matcher{Op: map[string]Op{"lt": OpLt, "lte": OpLte, "gt": OpGt, "gte": OpGte}[op], Value: s}, typeNumber, true
+	case "pattern":
+		s, ok := c.str(v, path)
+		if !ok {
+			return Matcher{}, 0, false
+		}
+		re, err := regexp.Compile(`^(?:` + s + `)$`)
+		if err != nil {
+			c.errorf(v, path, "invalid pattern: %v", strings.TrimPrefix(err.Error(), "error parsing regexp: "))
+			return Matcher{}, 0, false
+		}
+		return Matcher{Op: OpPattern, Re: re, Text: s}, typeString, true
+	case "prefix", "suffix":
+		s, ok := c.str(v, path)
+		if !ok {
+			return Matcher{}, 0, false
+		}
+		o := OpPrefix
+		if op == "suffix" {
+			o = OpSuffix
+		}
+		return Matcher{Op: o, Text: s}, typeString, true
+	case "min_len", "max_len":
+		n, ok := c.integer(v, path, 0)
+		if !ok {
+			return Matcher{}, 0, false
+		}
+		o := OpMinLen
+		if op == "max_len" {
+			o = OpMaxLen
+		}
+		return Matcher{Op: o, Len: n}, typeString | typeArray, true
+	}
+	panic("unreachable: matcher " + op)
+}
+
+func (c *compiler) setMatcher(op string, v *yaml.Node, path string) (Matcher, typeSet, bool) {
+	if v.Kind != yaml.SequenceNode || len(v.Content) == 0 {
+		c.errorf(v, path, "%s needs a non-empty list of values, got %s", op, describe(v))
+		return Matcher{}, 0, false
+	}
+	m := Matcher{Op: OpIn}
+	if op == "not_in" {
+		m.Op = OpNotIn
+	}
+	var types typeSet
+	ok := true
+	for i, e := range v.Content {
+		s, good := c.scalar(e, fmt.Sprintf("%s[%d]", path, i))
+		if !good {
+			ok = false
+			continue
+		}
+		m.Values = append(m.Values, s)
+		types |= s.Kind.typeSet()
+		if s.Kind == KindString {
+			if m.Strings == nil {
+				m.Strings = map[string]struct{}{}
+			}
+			m.Strings[s.Str] = struct{}{}
+		}
+	}
+	if m.Op == OpNotIn {
+		types = anyType
+	}
+	return m, types, ok
+}
+
+func (c *compiler) scalar(n *yaml.Node, path string) (Scalar, bool) {
+	if n.Kind != yaml.ScalarNode {
+		c.errorf(n, path, "must be a string, number, boolean or null, got %s", describe(n))
+		return Scalar{}, false
+	}
+	switch n.Tag {
+	case "!!str":
+		return Scalar{Kind: KindString, Str: n.Value}, true
+	case "!!bool":
+		var b bool
+		if n.Decode(&b) == nil {
+			return Scalar{Kind: KindBool, Bool: b}, true
+		}
+	case "!!null":
+		return Scalar{Kind: KindNull}, true
+	case "!!int":
+		var i int64
+		if n.Decode(&i) == nil {
+			return Scalar{Kind: KindNumber, Num: float64(i), Int: i, IsInt: true}, true
+		}
+	case "!!float":
+		var f float64
+		if n.Decode(&f) == nil {
+			return Scalar{Kind: KindNumber, Num: f}, true
+		}
+	}
+	c.errorf(n, path, "unsupported value %q", n.Value)
+	return Scalar{}, false
+}
+
+// build turns the node tree into Fields.
+func (c *compiler) build(n *node, path string, object bool) *Field {
+	f := &Field{Path: path, Matchers: n.matchers, pos: c.pos(n.at), types: n.types}
+	if n.each != nil {
+		f.Each = c.build(n.each, path+"[]", false)
+	}
+	if object || len(n.children) > 0 {
+		f.types &= typeObject
+		f.Fields = make(map[string]*Field, len(n.children))
+		f.Names = slices.Sorted(maps.Keys(n.children))
+		for _, name := range f.Names {
+			f.Fields[name] = c.build(n.children[name], join(path, name), false)
+		}
+	}
+	constrained := len(f.Matchers) > 0 || f.Each != nil
+	for _, child := range f.Fields {
+		constrained = constrained || child.Required
+	}
+	f.Required = constrained && !n.optional
+	return f
+}
+
+var approvalKeys = []string{"match", "server", "annotations", "require", "timeout"}
+
+func (c *compiler) approval(n *yaml.Node, path, id string) *ApprovalRule {
+	a := &ApprovalRule{ID: id}
+	hasRequire, hasCondition := false, false
+	c.fields(n, path, approvalKeys, func(key string, k, v *yaml.Node) {
+		p := path + "." + key
+		switch key {
+		case "match":
+			a.Tool, _ = c.glob(v, p)
+			hasCondition = true
+		case "server":
+			a.Server, _ = c.glob(v, p)
+		case "annotations":
+			hasCondition = true
+			a.Annotations = map[Hint]bool{}
+			c.fields(v, p, slices.Sorted(maps.Keys(hintNames)), func(hint string, k, v *yaml.Node) {
+				if b, ok := c.boolean(v, p+"."+hint); ok {
+					a.Annotations[hintNames[hint]] = b
+				}
+			})
+		case "require":
+			hasRequire = true
+			if s, ok := c.str(v, p); ok && s != "human" {
+				c.errorf(v, p, "must be human, got %q", s)
+			}
+		case "timeout":
+			a.Timeout, _ = c.duration(v, p)
+		}
+	})
+	if n.Kind != yaml.MappingNode {
+		return nil
+	}
+	if !hasRequire {
+		c.errorf(n, path, "missing required field \"require\"")
+	}
+	if !hasCondition {
+		c.errorf(n, path, "needs match or annotations: a rule without either would park every call")
+	}
+	return a
+}
+
+var rateLimitKeys = []string{"requests", "per", "burst", "key"}
+
+func (c *compiler) rateLimits(n *yaml.Node, path string) []*RateLimit {
+	var out []*RateLimit
+	c.list(n, path, func(i int, p string, v *yaml.Node) {
+		l := &RateLimit{ID: fmt.Sprintf("rate_limits[%d]", i)}
+		present := map[string]bool{}
+		valid := true
+		c.fields(v, p, rateLimitKeys, func(key string, k, v *yaml.Node) {
+			kp := p + "." + key
+			present[key] = true
+			ok := true
+			switch key {
+			case "requests":
+				l.Requests, ok = c.integer(v, kp, 1)
+			case "per":
+				l.Per, ok = c.duration(v, kp)
+			case "burst":
+				l.Burst, ok = c.integer(v, kp, 1)
+			case "key":
+				var s string
+				if s, ok = c.str(v, kp); ok {
+					switch s {
+					case "agent":
+						l.Key = PerAgent
+					case "role":
+						l.Key = PerRole
+					default:
+						c.errorf(v, kp, "must be agent or role, got %q", s)
+						ok = false
+					}
+				}
+			}
+			valid = valid && ok
+		})
+		if v.Kind != yaml.MappingNode {
+			return
+		}
+		for _, required := range []string{"requests", "per"} {
+			if !present[required] {
+				c.errorf(v, p, "missing required field %q", required)
+				valid = false
+			}
+		}
+		if !valid {
+			return
+		}
+		if !present["burst"] {
+			l.Burst = l.Requests
+		}
+		out = append(out, l)
+	})
+	return out
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func describe(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.AliasNode:
+		return "an alias"
+	}
+	switch n.Tag {
+	case "!!str":
+		return "a string"
+	case "!!int", "!!float":
+		return "a number"
+	case "!!bool":
+		return "a boolean"
+	case "!!null":
+		return "null"
+	}
+	return "a " + strings.TrimPrefix(n.Tag, "!!")
+}
+
+var errBadName = errors.New("names are 1 to 128 characters of A-Z a-z 0-9 _ . -")
+
+// checkName applies the tool naming rules to role, tool and prompt names.
+func checkName(s string) error {
+	if len(s) == 0 || len(s) > 128 {
+		return errBadName
+	}
+	for i := 0; i < len(s); i++ {
+		b := s[i]
+		if !(b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9' || b == '_' || b == '.' || b == '-') {
+			return errBadName
+		}
+	}
+	if strings.Contains(s, "..") {
+		return errors.New(`".." is not allowed`)
+	}
+	return nil
+}
+
+func checkServerName(s string) error {
+	if err := checkName(s); err != nil {
+		return err
+	}
+	if strings.Contains(s, "__") {
+		return errors.New(`"__" separates server from tool and cannot appear in a server name`)
+	}
+	return nil
+}

@@ -1,0 +1,510 @@
+package policy
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// compileOne compiles a single role file named role.yaml.
+func compileOne(t *testing.T, src string, opts *Options) (*Set, error) {
+	t.Helper()
+	return Compile([]File{{Name: "role.yaml", Data: []byte(strings.TrimLeft(src, "\n"))}}, opts)
+}
+
+func problemsOf(t *testing.T, err error) string {
+	t.Helper()
+	var ps Problems
+	if !errors.As(err, &ps) {
+		t.Fatalf("error %v is not Problems", err)
+	}
+	return ps.Error()
+}
+
+func TestExamplePoliciesCompile(t *testing.T) {
+	set, err := LoadDir("../../policies", &Options{Servers: []string{"notion"}})
+	if err != nil {
+		t.Fatalf("example policies do not compile:\n%v", err)
+	}
+	var names []string
+	for _, r := range set.Roles() {
+		names = append(names, r.Name)
+	}
+	if diff := cmp.Diff([]string{"notion_editor", "notion_read", "support_shadow"}, names); diff != "" {
+		t.Errorf("roles (-want +got):\n%s", diff)
+	}
+}
+
+func TestCompileStructure(t *testing.T) {
+	set, err := compileOne(t, `
+role: reader
+mode: shadow
+servers:
+  notion:
+    tools:
+      - name: get_pages
+        constraints:
+          workspace_id: { in: [ws_a, ws_b, 7] }
+          limit: { lte: 100, optional: true }
+          filter.owner: { eq: me }
+          filter.kind: {}
+          tags: { each: { prefix: "t-" }, max_len: 3 }
+        rate_limits:
+          - { requests: 5, per: 1s, key: role }
+    prompts:
+      - name: summarize
+    resources: ["notion://pages/*"]
+approvals:
+  - match: "delete*"
+    server: notion
+    require: human
+    timeout: 10m
+  - annotations: { destructiveHint: true, openWorldHint: false }
+    require: human
+rate_limits:
+  - { requests: 60, per: 1m }
+redact: ["*secret*"]
+`, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, ok := set.Role("reader")
+	if !ok {
+		t.Fatal("role reader missing")
+	}
+	if r.Mode != ModeShadow {
+		t.Errorf("mode = %v, want shadow", r.Mode)
+	}
+	g := r.Servers["notion"].Tools["get_pages"]
+	if g == nil {
+		t.Fatal("grant get_pages missing")
+	}
+	if g.ID != "reader/notion/get_pages" {
+		t.Errorf("grant ID = %q", g.ID)
+	}
+	if diff := cmp.Diff([]string{"filter", "limit", "tags", "workspace_id"}, g.Args.Names); diff != "" {
+		t.Errorf("argument names (-want +got):\n%s", diff)
+	}
+	filter := g.Args.Fields["filter"]
+	if diff := cmp.Diff([]string{"kind", "owner"}, filter.Names); diff != "" {
+		t.Errorf("filter fields (-want +got):\n%s", diff)
+	}
+	required := map[string]bool{}
+	for _, name := range g.Args.Names {
+		required[name] = g.Args.Fields[name].Required
+	}
+	wantRequired := map[string]bool{"filter": true, "limit": false, "tags": true, "workspace_id": true}
+	if diff := cmp.Diff(wantRequired, required); diff != "" {
+		t.Errorf("required (-want +got):\n%s", diff)
+	}
+	if filter.Fields["kind"].Required {
+		t.Error("filter.kind: {} must be optional")
+	}
+	tags := g.Args.Fields["tags"]
+	if tags.Each == nil || tags.Each.Path != "tags[]" || tags.Each.Matchers[0].Op != OpPrefix {
+		t.Errorf("tags.each = %+v", tags.Each)
+	}
+	ws := g.Args.Fields["workspace_id"].Matchers[0]
+	if _, ok := ws.Strings["ws_b"]; !ok || len(ws.Values) != 3 || !ws.Values[2].IsInt || ws.Values[2].Int != 7 {
+		t.Errorf("in matcher = %+v", ws)
+	}
+	var limits []string
+	for _, l := range g.RateLimits {
+		limits = append(limits, l.ID+" "+l.Key.String())
+	}
+	if diff := cmp.Diff([]string{"reader/rate_limits[0] agent", "reader/notion/get_pages/rate_limits[0] role"}, limits); diff != "" {
+		t.Errorf("rate limits (-want +got):\n%s", diff)
+	}
+	if l := r.RateLimits[0]; l.Burst != 60 || l.Per != time.Minute {
+		t.Errorf("role rate limit = %+v, want burst defaulting to requests", l)
+	}
+	if a := r.Approvals[0]; a.ID != "reader/approvals[0]" || a.Tool != "delete*" || a.Server != "notion" || a.Timeout != 10*time.Minute {
+		t.Errorf("approval 0 = %+v", a)
+	}
+	if diff := cmp.Diff(map[Hint]bool{DestructiveHint: true, OpenWorldHint: false}, r.Approvals[1].Annotations); diff != "" {
+		t.Errorf("approval annotations (-want +got):\n%s", diff)
+	}
+	if p := r.Servers["notion"].Prompts["summarize"]; p == nil || len(p.Args.Fields) != 0 {
+		t.Errorf("prompt grant = %+v", p)
+	}
+	if res := r.Servers["notion"].Resources[0]; !res.Matches("notion://pages/p1") || res.Matches("notion://pages/p1/secret") {
+		t.Errorf("resource glob %q matched wrongly", res.Pattern)
+	}
+	if diff := cmp.Diff([]string{"*secret*"}, r.Redact); diff != "" {
+		t.Errorf("redact (-want +got):\n%s", diff)
+	}
+}
+
+func TestCompileProblems(t *testing.T) {
+	tests := []struct {
+		name string
+		src  string
+		opts *Options
+		want string
+	}{{
+		name: "unknown matcher",
+		src: `
+role: r
+servers:
+  notion:
+    tools:
+      - name: get_pages
+        constraints:
+          limit: { lower_than: 5 }
+`,
+		want: `role.yaml:7:20: servers.notion.tools[0].constraints.limit.lower_than: unknown field "lower_than" (expected one of: eq, ne, in, not_in, lt, lte, gt, gte, pattern, prefix, suffix, min_len, max_len, each, fields, optional)`,
+	}, {
+		name: "regex does not compile",
+		src: `
+role: r
+servers:
+  notion:
+    tools:
+      - name: search
+        constraints:
+          query: { pattern: "[a-z" }
+`,
+		want: "role.yaml:7:29: servers.notion.tools[0].constraints.query.pattern: invalid pattern: missing closing ]: `[a-z)$`",
+	}, {
+		name: "lte on a string",
+		src: `
+role: r
+servers:
+  notion:
+    tools:
+      - name: get_pages
+        constraints:
+          limit: { lte: "100" }
+`,
+		want: `role.yaml:7:25: servers.notion.tools[0].constraints.limit.lte: lte needs a number, got a string`,
+	}, {
+		name: "matchers that need different types",
+		src: `
+role: r
+servers:
+  notion:
+    tools:
+      - name: get_pages
+        constraints:
+          limit: { pattern: "[0-9]+", gte: 1 }
+`,
+		want: `role.yaml:7:39: servers.notion.tools[0].constraints.limit.gte: gte needs a number, but the other matchers need a string`,
+	}, {
+		name: "unknown server",
+		opts: &Options{Servers: []string{"github"}},
+		src: `
+role: r
+servers:
+  notion:
+    tools:
+      - name: get_pages
+`,
+		want: `role.yaml:3:3: servers.notion: unknown server "notion"`,
+	}, {
+		name: "server name with separator",
+		src: `
+role: r
+servers:
+  no__tion: {}
+`,
+		want: `role.yaml:3:3: servers.no__tion: invalid server name "no__tion": "__" separates server from tool and cannot appear in a server name`,
+	}, {
+		name: "missing role and bad mode",
+		src: `
+mode: audit
+servers: {}
+`,
+		want: "role.yaml:1:1: missing required field \"role\"\n" +
+			`role.yaml:1:7: mode: must be enforce or shadow, got "audit"`,
+	}, {
+		name: "duplicate YAML key",
+		src: `
+role: r
+role: s
+`,
+		want: `role.yaml:2:1: role: duplicate key (first at line 1)`,
+	}, {
+		name: "length bounds that cannot both hold",
+		src: `
+role: r
+servers:
+  notion:
+    tools:
+      - name: search
+        constraints:
+          query: { min_len: 10, max_len: 2 }
+`,
+		want: `role.yaml:7:18: servers.notion.tools[0].constraints.query: min_len 10 is greater than max_len 2: nothing can match`,
+	}, {
+		name: "empty in list and negative length",
+		src: `
+role: r
+servers:
+  notion:
+    tools:
+      - name: search
+        constraints:
+          workspace_id: { in: [] }
+          query: { max_len: -1 }
+`,
+		want: "role.yaml:7:31: servers.notion.tools[0].constraints.workspace_id.in: in needs a non-empty list of values, got a list\n" +
+			"role.yaml:8:29: servers.notion.tools[0].constraints.query.max_len: must be at least 0, got -1",
+	}, {
+		name: "argument constrained twice",
+		src: `
+role: r
+servers:
+  notion:
+    tools:
+      - name: search
+        constraints:
+          filter.owner: { eq: me }
+          filter: { fields: { owner: { eq: you } } }
+`,
+		want: `role.yaml:8:31: servers.notion.tools[0].constraints.filter.fields.owner: argument "owner" is constrained twice (first at line 7)`,
+	}, {
+		name: "bad rate limits",
+		src: `
+role: r
+rate_limits:
+  - { requests: 0, per: 1m }
+  - { requests: 5, per: soon }
+  - { requests: 5, key: tenant }
+`,
+		want: "role.yaml:3:17: rate_limits[0].requests: must be at least 1, got 0\n" +
+			"role.yaml:4:25: rate_limits[1].per: must be a positive duration such as 30s, 1m or 1h, got \"soon\"\n" +
+			"role.yaml:5:5: rate_limits[2]: missing required field \"per\"\n" +
+			"role.yaml:5:25: rate_limits[2].key: must be agent or role, got \"tenant\"",
+	}, {
+		name: "bad approval rules",
+		src: `
+role: r
+approvals:
+  - match: "delete*"
+    require: robot
+  - require: human
+  - match: "[a-"
+    require: human
+  - annotations: { dangerousHint: true }
+    require: human
+`,
+		want: "role.yaml:4:14: approvals[0].require: must be human, got \"robot\"\n" +
+			"role.yaml:5:5: approvals[1]: needs match or annotations: a rule without either would park every call\n" +
+			"role.yaml:6:12: approvals[2].match: invalid glob \"[a-\"\n" +
+			"role.yaml:8:20: approvals[3].annotations.dangerousHint: unknown field \"dangerousHint\" (expected one of: destructiveHint, idempotentHint, openWorldHint, readOnlyHint)",
+	}, {
+		name: "cel that does not compile",
+		src: `
+role: r
+servers:
+  notion:
+    tools:
+      - name: search
+        constraints:
+          query: {}
+        cel: 'args.query.startsWith("a") && nope'
+`,
+		want: `role.yaml:8:45: servers.notion.tools[0].cel: cel: undeclared reference to 'nope'`,
+	}, {
+		name: "cel that is not a condition",
+		src: `
+role: r
+servers:
+  notion:
+    tools:
+      - name: search
+        cel: size(args)
+`,
+		want: `role.yaml:6:14: servers.notion.tools[0].cel: cel expression must return bool, got int`,
+	}, {
+		name: "invalid YAML",
+		src: `
+role: r
+servers: [
+`,
+		want: `role.yaml:2:1: invalid YAML: did not find expected node content`,
+	}, {
+		name: "grant problems",
+		src: `
+role: r
+servers:
+  notion:
+    tools:
+      - constraints: {}
+      - name: "../etc"
+      - name: search
+      - name: search
+      - search
+`,
+		want: "role.yaml:5:9: servers.notion.tools[0]: missing required field \"name\"\n" +
+			"role.yaml:6:15: servers.notion.tools[1].name: invalid name \"../etc\": names are 1 to 128 characters of A-Z a-z 0-9 _ . -\n" +
+			"role.yaml:8:9: servers.notion.tools[3]: duplicate grant for \"search\" (first at line 7)\n" +
+			"role.yaml:9:9: servers.notion.tools[4]: must be a mapping, got a string",
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			set, err := compileOne(t, tt.src, tt.opts)
+			if err == nil {
+				t.Fatalf("compiled, want problems; set = %v", set)
+			}
+			if diff := cmp.Diff(tt.want, problemsOf(t, err)); diff != "" {
+				t.Errorf("problems (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestCompileReportsEveryProblemAcrossFiles(t *testing.T) {
+	files := []File{
+		{Name: "a.yaml", Data: []byte("role: dup\nmode: shadow\n")},
+		{Name: "b.yaml", Data: []byte("role: dup\nservers:\n  notion:\n    tools:\n      - name: x\n        constraints:\n          n: { lt: true }\n")},
+		{Name: "c.yaml", Data: []byte("role: ok\nextra: 1\n")},
+	}
+	_, err := Compile(files, nil)
+	want := "b.yaml:1:7: role: duplicate role \"dup\" (also defined at a.yaml:1:7)\n" +
+		"b.yaml:7:20: servers.notion.tools[0].constraints.n.lt: lt needs a number, got a boolean\n" +
+		"c.yaml:2:1: extra: unknown field \"extra\" (expected one of: role, description, mode, servers, approvals, rate_limits, redact)"
+	if err == nil {
+		t.Fatal("compiled, want problems")
+	}
+	if diff := cmp.Diff(want, problemsOf(t, err)); diff != "" {
+		t.Errorf("problems (-want +got):\n%s", diff)
+	}
+}
+
+var notionCatalog = StaticCatalog{
+	"notion": {
+		{Name: "get_pages", InputSchema: json.RawMessage(`{"type":"object","properties":{
+			"workspace_id":{"type":"string"},"limit":{"type":"integer"},
+			"filter":{"type":"object","properties":{"owner":{"type":"string"}}},
+			"tags":{"type":"array","items":{"type":"string"}}}}`)},
+		{Name: "delete_page", InputSchema: json.RawMessage(`{"type":"object","properties":{"page_id":{"type":"string"}}}`)},
+	},
+}
+
+func TestCompileAgainstCatalog(t *testing.T) {
+	src := `
+role: r
+servers:
+  notion:
+    tools:
+      - name: get_pages
+        constraints:
+          workspace_id: { lte: 3 }
+          limit: { max_len: 4 }
+          filter.owner: { eq: me }
+          filter.team: {}
+          tags: { each: { gt: 1 } }
+          page: {}
+      - name: get_page
+  github:
+    tools:
+      - name: list_repos
+`
+	_, err := compileOne(t, src, &Options{Catalog: notionCatalog})
+	want := "role.yaml:7:11: servers.notion.tools[0].constraints.workspace_id: lte needs a number, but the input schema of notion__get_pages says \"workspace_id\" is a string\n" +
+		"role.yaml:8:11: servers.notion.tools[0].constraints.limit: max_len needs a string or an array, but the input schema of notion__get_pages says \"limit\" is a number\n" +
+		"role.yaml:10:11: servers.notion.tools[0].constraints.filter.team: argument \"filter.team\" is not in the input schema of notion__get_pages\n" +
+		"role.yaml:11:19: servers.notion.tools[0].constraints.tags[]: gt needs a number, but the input schema of notion__get_pages says \"tags[]\" is a string\n" +
+		"role.yaml:12:11: servers.notion.tools[0].constraints.page: argument \"page\" is not in the input schema of notion__get_pages\n" +
+		"role.yaml:13:9: servers.notion.tools[1]: server \"notion\" has no tool \"get_page\"\n" +
+		"role.yaml:14:3: servers.github: unknown server \"github\""
+	if err == nil {
+		t.Fatal("compiled, want problems")
+	}
+	if diff := cmp.Diff(want, problemsOf(t, err)); diff != "" {
+		t.Errorf("problems (-want +got):\n%s", diff)
+	}
+
+	good := `
+role: r
+servers:
+  notion:
+    tools:
+      - name: get_pages
+        constraints:
+          workspace_id: { eq: ws }
+          limit: { lte: 10 }
+          filter.owner: { pattern: "[a-z]+" }
+          tags: { each: { prefix: "t" }, max_len: 5 }
+`
+	if _, err := compileOne(t, good, &Options{Catalog: notionCatalog}); err != nil {
+		t.Errorf("policy that fits the catalogue: %v", err)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	a := []File{{Name: "dir/a.yaml", Data: []byte("role: a\n")}, {Name: "dir/b.yaml", Data: []byte("role: b\n")}}
+	reordered := []File{a[1], a[0]}
+	moved := []File{{Name: "other/a.yaml", Data: a[0].Data}, {Name: "other/b.yaml", Data: a[1].Data}}
+	changed := []File{a[0], {Name: "dir/b.yaml", Data: []byte("role: b\nmode: shadow\n")}}
+	// Moving bytes between file name and content must change the hash.
+	shifted := []File{{Name: "dir/a.yaml", Data: []byte("role: a\n")}, {Name: "dir/b.yam", Data: []byte("role: b\n")}}
+
+	version := func(files []File, seq uint64) Version {
+		t.Helper()
+		set, err := Compile(files, &Options{Sequence: seq})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return set.Version()
+	}
+	base := version(a, 0)
+	if base.Seq != 1 || len(base.Hash) != 64 {
+		t.Fatalf("version = %+v, want sequence 1 and a SHA-256 hash", base)
+	}
+	if got := version(reordered, 0); got != base {
+		t.Errorf("file order changed the version: %v != %v", got, base)
+	}
+	if got := version(moved, 0); got != base {
+		t.Errorf("directory changed the version: %v != %v", got, base)
+	}
+	if got := version(changed, 0); got.Hash == base.Hash {
+		t.Error("content change kept the hash")
+	}
+	if got := version(shifted, 0); got.Hash == base.Hash {
+		t.Error("renamed file kept the hash")
+	}
+	if got := version(a, 7); got.Seq != 7 || got.Hash != base.Hash || got.String() != "7-"+base.Hash[:12] {
+		t.Errorf("version with sequence 7 = %v", got)
+	}
+}
+
+func TestLoadDirWithoutRoleFiles(t *testing.T) {
+	dir := t.TempDir()
+	_, err := LoadDir(dir, nil)
+	if want := dir + ": no role files (*.yaml, *.yml)"; err == nil || err.Error() != want {
+		t.Errorf("err = %v, want %q", err, want)
+	}
+	if _, err := LoadDir(dir+"/missing", nil); err == nil || !strings.Contains(err.Error(), "read policy directory") {
+		t.Errorf("missing directory: err = %v", err)
+	}
+}
+
+func TestAnnotationsEffective(t *testing.T) {
+	yes, no := true, false
+	tests := []struct {
+		name string
+		ann  *Annotations
+		want map[Hint]bool
+	}{
+		{"none declared", nil, map[Hint]bool{ReadOnlyHint: false, DestructiveHint: true, IdempotentHint: false, OpenWorldHint: true}},
+		{"read-only is never destructive", &Annotations{ReadOnly: &yes, Destructive: &yes}, map[Hint]bool{ReadOnlyHint: true, DestructiveHint: false, IdempotentHint: false, OpenWorldHint: true}},
+		{"declared", &Annotations{Destructive: &no, Idempotent: &yes, OpenWorld: &no}, map[Hint]bool{ReadOnlyHint: false, DestructiveHint: false, IdempotentHint: true, OpenWorldHint: false}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := map[Hint]bool{}
+			for h := range tt.want {
+				got[h] = tt.ann.Effective(h)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("effective hints (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -1,0 +1,291 @@
+// Package policy compiles role files (YAML, default deny) into an immutable,
+// versioned policy set that the decision engine evaluates.
+//
+// Compilation keeps going after an error and reports every problem it finds,
+// each as file:line:col, the YAML path and a message. A set that does not
+// compile is never returned.
+package policy
+
+import (
+	"cmp"
+	"path"
+	"regexp"
+	"slices"
+	"time"
+
+	"cel.dev/cel-go/cel"
+)
+
+// Mode says whether a role's verdicts are enforced or only recorded.
+type Mode uint8
+
+const (
+	// ModeEnforce denies what the policy denies.
+	ModeEnforce Mode = iota
+	// ModeShadow evaluates fully but allows every call, recording the
+	// verdict enforce mode would have reached.
+	ModeShadow
+)
+
+func (m Mode) String() string {
+	if m == ModeShadow {
+		return "shadow"
+	}
+	return "enforce"
+}
+
+// Set is a compiled policy: every role of one policy directory. A Set is
+// immutable once returned and safe for concurrent use.
+type Set struct {
+	version Version
+	roles   map[string]*Role
+}
+
+// Version identifies a compiled set in every decision.
+func (s *Set) Version() Version { return s.version }
+
+// Role returns the named role.
+func (s *Set) Role(name string) (*Role, bool) {
+	r, ok := s.roles[name]
+	return r, ok
+}
+
+// Roles returns every role, sorted by name.
+func (s *Set) Roles() []*Role {
+	out := make([]*Role, 0, len(s.roles))
+	for _, r := range s.roles {
+		out = append(out, r)
+	}
+	slices.SortFunc(out, func(a, b *Role) int { return cmp.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Role is one compiled role file.
+type Role struct {
+	Name string
+	Mode Mode
+	// Source is where the role was defined.
+	Source Pos
+	// Servers holds the grants per upstream server name.
+	Servers map[string]*ServerGrant
+	// Approvals are checked in file order; the first that matches a call
+	// parks it for a human.
+	Approvals []*ApprovalRule
+	// RateLimits apply to every call the role makes.
+	RateLimits []*RateLimit
+	// Redact lists argument path globs whose values are redacted before
+	// anything is persisted, in addition to the built-in sensitive keys.
+	Redact []string
+}
+
+// ServerGrant is what a role may use of one upstream server.
+type ServerGrant struct {
+	Tools   map[string]*Grant
+	Prompts map[string]*Grant
+	// Resources are URI globs (path.Match syntax: '*' does not cross '/').
+	Resources []*ResourceGrant
+}
+
+// Grant allows one tool (or prompt) and constrains its arguments.
+type Grant struct {
+	// ID names the rule in decisions and audit records: role/server/name.
+	ID     string
+	Server string
+	Name   string
+	Pos    Pos
+	// Args constrains the arguments object. Its Fields are never nil, so an
+	// argument the grant does not name is always denied.
+	Args *Field
+	// When is an optional CEL expression that must evaluate to true.
+	When *Expr
+	// RequireApproval parks every call to this tool for a human.
+	RequireApproval bool
+	// RateLimits holds the role's limits followed by the grant's own, so
+	// a decision can hand them on without building a slice.
+	RateLimits []*RateLimit
+}
+
+// ResourceGrant allows reading resources whose URI matches Pattern.
+type ResourceGrant struct {
+	ID      string
+	Pattern string
+}
+
+// Matches reports whether uri is covered by the grant.
+func (g *ResourceGrant) Matches(uri string) bool {
+	ok, err := path.Match(g.Pattern, uri)
+	return err == nil && ok
+}
+
+// Field constrains one value: an argument, a nested field or an array element.
+type Field struct {
+	// Path is the dotted path shown in reasons, e.g. "filter.owner" or "tags[]".
+	Path string
+	// Required fields must be present. A field with any constraint is
+	// required unless marked optional: a missing value must not slip past a
+	// bound the upstream would fill in with its own default.
+	Required bool
+	Matchers []Matcher
+	// Each, when set, constrains every element; the value must be an array.
+	Each *Field
+	// Fields, when non-nil, makes the value an object whose keys must all
+	// be named here. Names are sorted for a deterministic evaluation order.
+	Fields map[string]*Field
+	Names  []string
+
+	pos   Pos     // where the field was named, for catalogue checks
+	types typeSet // the JSON types its matchers accept
+}
+
+// Op is a matcher operator.
+type Op uint8
+
+// Matcher operators, as written in role files.
+const (
+	OpEq Op = iota
+	OpNe
+	OpIn
+	OpNotIn
+	OpLt
+	OpLte
+	OpGt
+	OpGte
+	OpPattern
+	OpPrefix
+	OpSuffix
+	OpMinLen
+	OpMaxLen
+)
+
+var opNames = [...]string{
+	OpEq: "eq", OpNe: "ne", OpIn: "in", OpNotIn: "not_in",
+	OpLt: "lt", OpLte: "lte", OpGt: "gt", OpGte: "gte",
+	OpPattern: "pattern", OpPrefix: "prefix", OpSuffix: "suffix",
+	OpMinLen: "min_len", OpMaxLen: "max_len",
+}
+
+func (o Op) String() string {
+	if int(o) < len(opNames) {
+		return opNames[o]
+	}
+	return "unknown"
+}
+
+// Matcher is one compiled comparison.
+type Matcher struct {
+	Op Op
+	// Value is the operand of eq, ne, lt, lte, gt, gte.
+	Value Scalar
+	// Values is the operand of in and not_in; Strings indexes its strings.
+	Values  []Scalar
+	Strings map[string]struct{}
+	// Text is the operand of prefix and suffix.
+	Text string
+	// Re is the anchored pattern.
+	Re *regexp.Regexp
+	// Len is the operand of min_len and max_len, in Unicode code points
+	// for strings and elements for arrays.
+	Len int
+}
+
+// ScalarKind is the JSON type of a Scalar.
+type ScalarKind uint8
+
+// JSON scalar kinds.
+const (
+	KindNull ScalarKind = iota
+	KindBool
+	KindNumber
+	KindString
+)
+
+func (k ScalarKind) String() string {
+	return [...]string{"null", "boolean", "number", "string"}[k]
+}
+
+// Scalar is a JSON scalar from a role file.
+type Scalar struct {
+	Kind ScalarKind
+	Bool bool
+	Str  string
+	// Num holds every number; Int and IsInt hold integers exactly, so that
+	// comparisons with large integer arguments are not rounded.
+	Num   float64
+	Int   int64
+	IsInt bool
+}
+
+// Expr is a compiled CEL expression over the call: args, agent, role,
+// server and tool.
+type Expr struct {
+	Source  string
+	Program cel.Program
+}
+
+// ApprovalRule parks matching calls until a human approves them.
+type ApprovalRule struct {
+	ID string
+	// Tool and Server are globs (path.Match syntax) on the tool name
+	// and server name; empty matches everything.
+	Tool   string
+	Server string
+	// Annotations must all equal the tool's effective annotations.
+	Annotations map[Hint]bool
+	// Timeout bounds how long a call waits; zero means the gateway default.
+	Timeout time.Duration
+}
+
+// Matches reports whether the rule applies to a call of server/tool whose
+// annotations are ann (nil: the tool declared none).
+func (r *ApprovalRule) Matches(server, tool string, ann *Annotations) bool {
+	if r.Tool != "" {
+		if ok, _ := path.Match(r.Tool, tool); !ok {
+			return false
+		}
+	}
+	if r.Server != "" {
+		if ok, _ := path.Match(r.Server, server); !ok {
+			return false
+		}
+	}
+	for h, want := range r.Annotations {
+		if ann.Effective(h) != want {
+			return false
+		}
+	}
+	return true
+}
+
+// LimitKey says who shares one rate-limit budget.
+type LimitKey uint8
+
+const (
+	// PerAgent gives every agent its own budget.
+	PerAgent LimitKey = iota
+	// PerRole shares one budget among every agent of the role.
+	PerRole
+)
+
+func (k LimitKey) String() string {
+	if k == PerRole {
+		return "role"
+	}
+	return "agent"
+}
+
+// RateLimit allows Requests calls per Per, with bursts of up to Burst.
+type RateLimit struct {
+	// ID names the limit and keys its counters: role/rate_limit[i] or
+	// role/server/tool/rate_limit[i].
+	ID       string
+	Requests int
+	Per      time.Duration
+	Burst    int
+	Key      LimitKey
+}
+
+// Pos is a place in a role file.
+type Pos struct {
+	File      string
+	Line, Col int
+}
