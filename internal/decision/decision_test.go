@@ -1,0 +1,388 @@
+package decision
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/amgateway/amg/internal/policy"
+)
+
+func mustCompile(t testing.TB, files ...string) *policy.Set {
+	t.Helper()
+	var fs []policy.File
+	for i, src := range files {
+		fs = append(fs, policy.File{Name: "role" + string(rune('a'+i)) + ".yaml", Data: []byte(strings.TrimLeft(src, "\n"))})
+	}
+	set, err := policy.Compile(fs, nil)
+	if err != nil {
+		t.Fatalf("compile:\n%v", err)
+	}
+	return set
+}
+
+// args decodes JSON the way the MCP parser hands arguments over: numbers
+// stay json.Number.
+func args(t testing.TB, s string) map[string]any {
+	t.Helper()
+	d := json.NewDecoder(strings.NewReader(s))
+	d.UseNumber()
+	var m map[string]any
+	if err := d.Decode(&m); err != nil {
+		t.Fatalf("bad test arguments %s: %v", s, err)
+	}
+	return m
+}
+
+// matcherPolicy grants one tool per matcher so each row of the table below
+// exercises exactly one of them.
+const matcherPolicy = `
+role: m
+servers:
+  s:
+    tools:
+      - { name: eq_str,   constraints: { v: { eq: "a" } } }
+      - { name: eq_num,   constraints: { v: { eq: 5 } } }
+      - { name: eq_bool,  constraints: { v: { eq: true } } }
+      - { name: eq_null,  constraints: { v: { eq: null } } }
+      - { name: ne,       constraints: { v: { ne: "root" } } }
+      - { name: in,       constraints: { v: { in: ["a", "b", 3] } } }
+      - { name: not_in,   constraints: { v: { not_in: ["admin", 0] } } }
+      - { name: lt,       constraints: { v: { lt: 10 } } }
+      - { name: lte,      constraints: { v: { lte: 10 } } }
+      - { name: gt,       constraints: { v: { gt: 1.5 } } }
+      - { name: gte,      constraints: { v: { gte: 9007199254740993 } } }
+      - { name: pattern,  constraints: { v: { pattern: "ws_[a-z]+" } } }
+      - { name: prefix,   constraints: { v: { prefix: "/srv/" } } }
+      - { name: suffix,   constraints: { v: { suffix: ".md" } } }
+      - { name: min_len,  constraints: { v: { min_len: 2 } } }
+      - { name: max_len,  constraints: { v: { max_len: 3 } } }
+      - { name: nested,   constraints: { filter.owner: { eq: me }, filter.kind: { in: [page, db], optional: true } } }
+      - { name: each,     constraints: { tags: { each: { pattern: "[a-z]+" } } } }
+      - { name: each_obj, constraints: { items: { each: { fields: { id: { prefix: "pg_" } } } } } }
+      - { name: open,     constraints: { v: {} } }
+      - { name: optional, constraints: { v: { lte: 5, optional: true } } }
+      - { name: none }
+      - name: cel
+        constraints: { a: {}, b: {} }
+        cel: 'args.a < args.b && agent.startsWith("bot-")'
+      - name: cel_err
+        constraints: { a: { optional: true } }
+        cel: 'args.a > 1'
+`
+
+func TestMatchers(t *testing.T) {
+	set := mustCompile(t, matcherPolicy)
+	tests := []struct {
+		tool, args string
+		code       Code
+		reason     string
+	}{
+		{"eq_str", `{"v":"a"}`, CodeAllowed, ""},
+		{"eq_str", `{"v":"b"}`, CodeConstraintFailed, `argument "v" is not the allowed value`},
+		{"eq_str", `{"v":1}`, CodeConstraintFailed, `argument "v" is not the allowed value`},
+		{"eq_num", `{"v":5}`, CodeAllowed, ""},
+		{"eq_num", `{"v":5.0}`, CodeAllowed, ""},
+		{"eq_num", `{"v":5e0}`, CodeAllowed, ""},
+		{"eq_num", `{"v":"5"}`, CodeConstraintFailed, `argument "v" is not the allowed value`},
+		{"eq_bool", `{"v":true}`, CodeAllowed, ""},
+		{"eq_bool", `{"v":"true"}`, CodeConstraintFailed, `argument "v" is not the allowed value`},
+		{"eq_null", `{"v":null}`, CodeAllowed, ""},
+		{"eq_null", `{"v":0}`, CodeConstraintFailed, `argument "v" is not the allowed value`},
+		{"ne", `{"v":"alice"}`, CodeAllowed, ""},
+		{"ne", `{"v":7}`, CodeAllowed, ""},
+		{"ne", `{"v":"root"}`, CodeConstraintFailed, `argument "v" is a forbidden value`},
+		{"in", `{"v":"b"}`, CodeAllowed, ""},
+		{"in", `{"v":3}`, CodeAllowed, ""},
+		{"in", `{"v":"3"}`, CodeConstraintFailed, `argument "v" is not one of the allowed values`},
+		{"in", `{"v":"c"}`, CodeConstraintFailed, `argument "v" is not one of the allowed values`},
+		{"not_in", `{"v":"user"}`, CodeAllowed, ""},
+		{"not_in", `{"v":"admin"}`, CodeConstraintFailed, `argument "v" is a forbidden value`},
+		{"not_in", `{"v":0.0}`, CodeConstraintFailed, `argument "v" is a forbidden value`},
+		{"lt", `{"v":9.99}`, CodeAllowed, ""},
+		{"lt", `{"v":10}`, CodeConstraintFailed, `argument "v" must be < 10`},
+		{"lte", `{"v":10}`, CodeAllowed, ""},
+		{"lte", `{"v":-1e3}`, CodeAllowed, ""},
+		{"lte", `{"v":10.5}`, CodeConstraintFailed, `argument "v" must be <= 10`},
+		{"lte", `{"v":"1"}`, CodeConstraintFailed, `argument "v" must be a number`},
+		{"gt", `{"v":2}`, CodeAllowed, ""},
+		{"gt", `{"v":1.5}`, CodeConstraintFailed, `argument "v" must be > 1.5`},
+		// Integers beyond 2^53 compare exactly, not as rounded floats.
+		{"gte", `{"v":9007199254740993}`, CodeAllowed, ""},
+		{"gte", `{"v":9007199254740992}`, CodeConstraintFailed, `argument "v" must be >= 9007199254740993`},
+		{"pattern", `{"v":"ws_abc"}`, CodeAllowed, ""},
+		{"pattern", `{"v":"ws_abc!"}`, CodeConstraintFailed, `argument "v" does not match the required pattern`},
+		{"pattern", `{"v":"xws_abc"}`, CodeConstraintFailed, `argument "v" does not match the required pattern`},
+		{"pattern", `{"v":["ws_a"]}`, CodeConstraintFailed, `argument "v" must be a string`},
+		{"prefix", `{"v":"/srv/data"}`, CodeAllowed, ""},
+		{"prefix", `{"v":"/etc/passwd"}`, CodeConstraintFailed, `argument "v" does not have the required prefix`},
+		{"suffix", `{"v":"a.md"}`, CodeAllowed, ""},
+		{"suffix", `{"v":"a.md.sh"}`, CodeConstraintFailed, `argument "v" does not have the required suffix`},
+		{"min_len", `{"v":"éé"}`, CodeAllowed, ""},
+		{"min_len", `{"v":[1,2]}`, CodeAllowed, ""},
+		{"min_len", `{"v":"é"}`, CodeConstraintFailed, `argument "v" must have at least 2 characters or elements`},
+		{"max_len", `{"v":"日本語"}`, CodeAllowed, ""},
+		{"max_len", `{"v":[1,2,3,4]}`, CodeConstraintFailed, `argument "v" must have at most 3 characters or elements`},
+		{"max_len", `{"v":12}`, CodeConstraintFailed, `argument "v" must be a string or an array`},
+		{"nested", `{"filter":{"owner":"me"}}`, CodeAllowed, ""},
+		{"nested", `{"filter":{"owner":"me","kind":"db"}}`, CodeAllowed, ""},
+		{"nested", `{"filter":{"owner":"you"}}`, CodeConstraintFailed, `argument "filter.owner" is not the allowed value`},
+		{"nested", `{"filter":{"owner":"me","scope":"all"}}`, CodeUnknownArgument, `argument "filter.scope" is not allowed for "s__nested"`},
+		{"nested", `{"filter":{}}`, CodeMissingArgument, `argument "filter.owner" is required by the policy for "s__nested"`},
+		{"nested", `{}`, CodeMissingArgument, `argument "filter" is required by the policy for "s__nested"`},
+		{"nested", `{"filter":"me"}`, CodeConstraintFailed, `argument "filter" must be an object`},
+		{"each", `{"tags":["a","b"]}`, CodeAllowed, ""},
+		{"each", `{"tags":[]}`, CodeAllowed, ""},
+		{"each", `{"tags":["a","B","c"]}`, CodeConstraintFailed, `argument "tags[1]" does not match the required pattern`},
+		{"each", `{"tags":"a"}`, CodeConstraintFailed, `argument "tags" must be an array`},
+		{"each_obj", `{"items":[{"id":"pg_1"},{"id":"pg_2"}]}`, CodeAllowed, ""},
+		{"each_obj", `{"items":[{"id":"pg_1"},{"id":"xx"}]}`, CodeConstraintFailed, `argument "items[1].id" does not have the required prefix`},
+		{"each_obj", `{"items":[{"id":"pg_1","rm":true}]}`, CodeUnknownArgument, `argument "items[0].rm" is not allowed for "s__each_obj"`},
+		{"open", `{"v":{"anything":[1,{"x":null}]}}`, CodeAllowed, ""},
+		{"open", `{}`, CodeAllowed, ""},
+		{"optional", `{}`, CodeAllowed, ""},
+		{"optional", `{"v":6}`, CodeConstraintFailed, `argument "v" must be <= 5`},
+		{"none", `{}`, CodeAllowed, ""},
+		{"none", `{"v":1}`, CodeUnknownArgument, `argument "v" is not allowed for "s__none"`},
+		// The smallest unknown key is named, whatever the map order.
+		{"none", `{"z":1,"b":2,"y":3}`, CodeUnknownArgument, `argument "b" is not allowed for "s__none"`},
+		{"cel", `{"a":1,"b":2}`, CodeAllowed, ""},
+		{"cel", `{"a":2.5,"b":2}`, CodeCELDenied, `the policy's condition for "s__cel" is not met`},
+		{"cel_err", `{}`, CodeCELError, `the policy's condition for "s__cel_err" could not be evaluated: no such key: a`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.tool+" "+tt.args, func(t *testing.T) {
+			res := Evaluate(set, &Input{Agent: "bot-1", Role: "m", Server: "s", Name: tt.tool, Arguments: args(t, tt.args)})
+			wantVerdict := Deny
+			if tt.code == CodeAllowed {
+				wantVerdict = Allow
+			}
+			got := []any{res.Verdict, res.Code, res.Reason, res.Rule}
+			want := []any{wantVerdict, tt.code, tt.reason, "m/s/" + tt.tool}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestCELSeesAgent(t *testing.T) {
+	set := mustCompile(t, matcherPolicy)
+	res := Evaluate(set, &Input{Agent: "human-1", Role: "m", Server: "s", Name: "cel", Arguments: args(t, `{"a":1,"b":2}`)})
+	if res.Verdict != Deny || res.Code != CodeCELDenied {
+		t.Errorf("agent human-1: %v %v, want deny by cel", res.Verdict, res.Code)
+	}
+}
+
+const approvalPolicy = `
+role: editor
+servers:
+  notion:
+    tools:
+      - { name: get_pages }
+      - { name: delete_page }
+      - { name: archive_page }
+      - { name: publish, require_approval: true }
+  github:
+    tools:
+      - { name: delete_branch }
+approvals:
+  - match: "delete*"
+    server: notion
+    require: human
+  - annotations: { destructiveHint: true, openWorldHint: true }
+    require: human
+`
+
+func TestApprovals(t *testing.T) {
+	set := mustCompile(t, approvalPolicy)
+	yes, no := true, false
+	readOnly := &policy.Annotations{ReadOnly: &yes}
+	closedWorld := &policy.Annotations{OpenWorld: &no}
+	tests := []struct {
+		name         string
+		server, tool string
+		ann          *policy.Annotations
+		verdict      Verdict
+		rule         string
+	}{
+		{"glob on tool and server", "notion", "delete_page", readOnly, NeedsApproval, "editor/approvals[0]"},
+		{"glob does not match another server", "github", "delete_branch", readOnly, Allow, "editor/github/delete_branch"},
+		{"read-only tool is not destructive", "notion", "get_pages", readOnly, Allow, "editor/notion/get_pages"},
+		// A tool that declared no annotations is assumed destructive.
+		{"undeclared annotations park", "notion", "archive_page", nil, NeedsApproval, "editor/approvals[1]"},
+		{"every annotation must match", "notion", "archive_page", closedWorld, Allow, "editor/notion/archive_page"},
+		{"grant requires approval", "notion", "publish", readOnly, NeedsApproval, "editor/notion/publish"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := Evaluate(set, &Input{Role: "editor", Server: tt.server, Name: tt.tool, Annotations: tt.ann})
+			if res.Verdict != tt.verdict || res.Rule != tt.rule {
+				t.Errorf("got %v by %q, want %v by %q (%s)", res.Verdict, res.Rule, tt.verdict, tt.rule, res.Reason)
+			}
+			if tt.verdict == NeedsApproval && res.Code != CodeApprovalRequired {
+				t.Errorf("code = %v", res.Code)
+			}
+		})
+	}
+}
+
+func TestShadowMode(t *testing.T) {
+	shadow := strings.Replace(approvalPolicy, "role: editor", "role: editor\nmode: shadow", 1)
+	set := mustCompile(t, shadow)
+	yes := true
+	tests := []struct {
+		name   string
+		in     Input
+		shadow Verdict
+		code   Code
+	}{
+		{"would be allowed", Input{Role: "editor", Server: "notion", Name: "get_pages", Annotations: &policy.Annotations{ReadOnly: &yes}}, Allow, CodeAllowed},
+		{"would be denied", Input{Role: "editor", Server: "notion", Name: "drop_db"}, Deny, CodeNotGranted},
+		{"unknown argument would be denied", Input{Role: "editor", Server: "notion", Name: "get_pages", Arguments: map[string]any{"x": 1}}, Deny, CodeUnknownArgument},
+		{"would be parked", Input{Role: "editor", Server: "notion", Name: "publish"}, NeedsApproval, CodeApprovalRequired},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := Evaluate(set, &tt.in)
+			if res.Verdict != Allow || !res.Shadow || res.ShadowVerdict != tt.shadow || res.Code != tt.code {
+				t.Errorf("got verdict %v shadow %v/%v code %v, want allow shadow %v code %v", res.Verdict, res.Shadow, res.ShadowVerdict, res.Code, tt.shadow, tt.code)
+			}
+		})
+	}
+	if !ToolVisible(set, "editor", "notion", "not_granted") {
+		t.Error("a shadow role must see every tool")
+	}
+}
+
+func TestEnforceModeIsNotShadow(t *testing.T) {
+	set := mustCompile(t, approvalPolicy)
+	res := Evaluate(set, &Input{Role: "editor", Server: "notion", Name: "drop_db"})
+	if res.Verdict != Deny || res.Shadow {
+		t.Errorf("got %v shadow=%v, want an enforced deny", res.Verdict, res.Shadow)
+	}
+}
+
+func TestDefaultDeny(t *testing.T) {
+	set := mustCompile(t, approvalPolicy)
+	tests := []struct {
+		name   string
+		set    *policy.Set
+		in     Input
+		code   Code
+		reason string
+	}{
+		{"no policy", nil, Input{Role: "editor", Server: "notion", Name: "get_pages"}, CodeNoPolicy, "no policy is loaded"},
+		{"unknown role", set, Input{Role: "admin", Server: "notion", Name: "get_pages"}, CodeUnknownRole, `role "admin" is not defined`},
+		{"empty role", set, Input{Server: "notion", Name: "get_pages"}, CodeUnknownRole, `role "" is not defined`},
+		{"ungranted server", set, Input{Role: "editor", Server: "slack", Name: "post"}, CodeNotGranted, `tool "slack__post" is not granted to role "editor"`},
+		{"ungranted tool", set, Input{Role: "editor", Server: "notion", Name: "drop_db"}, CodeNotGranted, `tool "notion__drop_db" is not granted to role "editor"`},
+		{"names match exactly", set, Input{Role: "editor", Server: "notion", Name: "Get_Pages"}, CodeNotGranted, `tool "notion__Get_Pages" is not granted to role "editor"`},
+		{"tool grant is not a prompt grant", set, Input{Role: "editor", Kind: Prompt, Server: "notion", Name: "get_pages"}, CodeNotGranted, `prompt "notion__get_pages" is not granted to role "editor"`},
+		{"ungranted resource", set, Input{Role: "editor", Kind: Resource, Server: "notion", Name: "notion://x"}, CodeNotGranted, `resource "notion://x" on server "notion" is not granted to role "editor"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := Evaluate(tt.set, &tt.in)
+			if res.Verdict != Deny || res.Code != tt.code || res.Reason != tt.reason {
+				t.Errorf("got %v %v %q, want deny %v %q", res.Verdict, res.Code, res.Reason, tt.code, tt.reason)
+			}
+		})
+	}
+	if ToolVisible(set, "editor", "notion", "drop_db") || !ToolVisible(set, "editor", "notion", "get_pages") || ToolVisible(nil, "editor", "notion", "get_pages") {
+		t.Error("ToolVisible must show exactly the granted tools")
+	}
+}
+
+func TestPromptsAndResources(t *testing.T) {
+	set := mustCompile(t, `
+role: r
+servers:
+  notion:
+    prompts:
+      - name: summarize
+        constraints: { page_id: { prefix: "pg_" } }
+    resources: ["notion://ws_a/*"]
+`)
+	tests := []struct {
+		in      Input
+		verdict Verdict
+	}{
+		{Input{Role: "r", Kind: Prompt, Server: "notion", Name: "summarize", Arguments: map[string]any{"page_id": "pg_1"}}, Allow},
+		{Input{Role: "r", Kind: Prompt, Server: "notion", Name: "summarize", Arguments: map[string]any{"page_id": "x"}}, Deny},
+		{Input{Role: "r", Kind: Resource, Server: "notion", Name: "notion://ws_a/page1"}, Allow},
+		{Input{Role: "r", Kind: Resource, Server: "notion", Name: "notion://ws_a/page1/../../ws_b"}, Deny},
+		{Input{Role: "r", Kind: Resource, Server: "notion", Name: "notion://ws_b/page1"}, Deny},
+		{Input{Role: "r", Kind: Resource, Server: "other", Name: "notion://ws_a/page1"}, Deny},
+	}
+	for _, tt := range tests {
+		if res := Evaluate(set, &tt.in); res.Verdict != tt.verdict {
+			t.Errorf("%v %s: got %v (%s), want %v", tt.in.Kind, tt.in.Name, res.Verdict, res.Reason, tt.verdict)
+		}
+	}
+}
+
+func TestResultCarriesVersionAndRateLimits(t *testing.T) {
+	set := mustCompile(t, `
+role: r
+rate_limits: [{ requests: 60, per: 1m }]
+servers:
+  s:
+    tools:
+      - name: t
+        rate_limits: [{ requests: 5, per: 1s }]
+`)
+	res := Evaluate(set, &Input{Role: "r", Server: "s", Name: "t"})
+	if res.PolicyVersion != set.Version() {
+		t.Errorf("version = %v, want %v", res.PolicyVersion, set.Version())
+	}
+	var ids []string
+	for _, l := range res.RateLimits {
+		ids = append(ids, l.ID)
+	}
+	if diff := cmp.Diff([]string{"r/rate_limits[0]", "r/s/t/rate_limits[0]"}, ids); diff != "" {
+		t.Errorf("rate limits (-want +got):\n%s", diff)
+	}
+}
+
+func TestPanicBecomesDeny(t *testing.T) {
+	set := mustCompile(t, matcherPolicy)
+	// Break a compiled matcher the way an engine bug would.
+	r, _ := set.Role("m")
+	r.Servers["s"].Tools["pattern"].Args.Fields["v"].Matchers[0].Re = nil
+	res := Evaluate(set, &Input{Role: "m", Server: "s", Name: "pattern", Arguments: map[string]any{"v": "ws_a"}})
+	if res.Verdict != Deny || res.Code != CodeInternalError || res.PolicyVersion != set.Version() {
+		t.Errorf("got %+v, want an internal-error deny", res)
+	}
+}
+
+func TestPanicIsNotShadowed(t *testing.T) {
+	set := mustCompile(t, strings.Replace(matcherPolicy, "role: m", "role: m\nmode: shadow", 1))
+	r, _ := set.Role("m")
+	r.Servers["s"].Tools["pattern"].Args.Fields["v"].Matchers[0].Re = nil
+	res := Evaluate(set, &Input{Role: "m", Server: "s", Name: "pattern", Arguments: map[string]any{"v": "ws_a"}})
+	if res.Verdict != Deny || res.Code != CodeInternalError {
+		t.Errorf("got %v %v, want an internal-error deny even in shadow mode", res.Verdict, res.Code)
+	}
+}
+
+func TestReasonsNeverEchoValues(t *testing.T) {
+	set := mustCompile(t, matcherPolicy)
+	const secret = "s3cr3t-value-4242"
+	for _, tool := range []string{"eq_str", "ne", "in", "not_in", "pattern", "prefix", "suffix", "max_len", "lte"} {
+		for _, v := range []any{secret, []any{secret}, map[string]any{secret: secret}} {
+			res := Evaluate(set, &Input{Role: "m", Server: "s", Name: tool, Arguments: map[string]any{"v": v, secret: 1}})
+			res2 := Evaluate(set, &Input{Role: "m", Server: "s", Name: tool, Arguments: map[string]any{"v": v}})
+			for _, r := range []Result{res, res2} {
+				if r.Verdict == Allow {
+					continue
+				}
+				if strings.Contains(r.Reason, secret[:6]) && r.Code != CodeUnknownArgument {
+					t.Errorf("%s: reason %q echoes the value", tool, r.Reason)
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,234 @@
+package decision
+
+import (
+	"encoding/json"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/amgateway/amg/internal/policy"
+)
+
+// failure is why arguments were rejected. It is built only on the deny
+// path and rendered once, so the allow path does not allocate.
+type failure struct {
+	code    Code
+	field   *policy.Field
+	key     string // the unknown key, for CodeUnknownArgument
+	matcher *policy.Matcher
+	index   int // array element that failed, or -1
+	wrong   string
+}
+
+// checkObject checks an object (the arguments, or a nested value) whose
+// keys must all be named by f. It looks up only the names the policy
+// knows: if every key of obj was among them, len(obj) equals the number
+// found, so unknown keys are detected without ranging over the map.
+func checkObject(f *policy.Field, obj map[string]any) *failure {
+	present := 0
+	for _, name := range f.Names {
+		v, ok := obj[name]
+		if ok {
+			present++
+		}
+		if fl := checkValue(f.Fields[name], v, ok); fl != nil {
+			// Unknown keys are reported before any constraint.
+			if u := unknownKey(f, obj); u != nil {
+				return u
+			}
+			return fl
+		}
+	}
+	if present != len(obj) {
+		return unknownKey(f, obj)
+	}
+	return nil
+}
+
+// unknownKey names the smallest key of obj that f does not know, so that
+// the same input always gets the same reason whatever the map order.
+func unknownKey(f *policy.Field, obj map[string]any) *failure {
+	unknown, found := "", false
+	for k := range obj {
+		if _, ok := f.Fields[k]; !ok && (!found || k < unknown) {
+			unknown, found = k, true
+		}
+	}
+	if !found {
+		return nil
+	}
+	return &failure{code: CodeUnknownArgument, field: f, key: unknown, index: -1}
+}
+
+func checkValue(f *policy.Field, v any, present bool) *failure {
+	if !present {
+		if f.Required {
+			return &failure{code: CodeMissingArgument, field: f, index: -1}
+		}
+		return nil
+	}
+	for i := range f.Matchers {
+		m := &f.Matchers[i]
+		if ok, wrong := match(m, v); !ok {
+			return &failure{code: CodeConstraintFailed, field: f, matcher: m, index: -1, wrong: wrong}
+		}
+	}
+	if f.Each != nil {
+		arr, ok := v.([]any)
+		if !ok {
+			return &failure{code: CodeConstraintFailed, field: f, index: -1, wrong: "an array"}
+		}
+		for i, e := range arr {
+			if fl := checkValue(f.Each, e, true); fl != nil {
+				if fl.index < 0 {
+					fl.index = i
+				}
+				return fl
+			}
+		}
+	}
+	if f.Fields != nil {
+		obj, ok := v.(map[string]any)
+		if !ok {
+			return &failure{code: CodeConstraintFailed, field: f, index: -1, wrong: "an object"}
+		}
+		return checkObject(f, obj)
+	}
+	return nil
+}
+
+// match applies one matcher. When the value has the wrong type for the
+// matcher, wrong names the type it should have had.
+func match(m *policy.Matcher, v any) (ok bool, wrong string) {
+	switch m.Op {
+	case policy.OpEq:
+		return equal(m.Value, v), ""
+	case policy.OpNe:
+		return !equal(m.Value, v), ""
+	case policy.OpIn:
+		return in(m, v), ""
+	case policy.OpNotIn:
+		return !in(m, v), ""
+	case policy.OpLt, policy.OpLte, policy.OpGt, policy.OpGte:
+		n, isNum := toNumber(v)
+		if !isNum {
+			return false, "a number"
+		}
+		c := compare(n, m.Value)
+		switch m.Op {
+		case policy.OpLt:
+			return c < 0, ""
+		case policy.OpLte:
+			return c <= 0, ""
+		case policy.OpGt:
+			return c > 0, ""
+		default:
+			return c >= 0, ""
+		}
+	case policy.OpPattern, policy.OpPrefix, policy.OpSuffix:
+		s, isStr := v.(string)
+		if !isStr {
+			return false, "a string"
+		}
+		switch m.Op {
+		case policy.OpPattern:
+			return m.Re.MatchString(s), ""
+		case policy.OpPrefix:
+			return strings.HasPrefix(s, m.Text), ""
+		default:
+			return strings.HasSuffix(s, m.Text), ""
+		}
+	case policy.OpMinLen, policy.OpMaxLen:
+		var n int
+		switch v := v.(type) {
+		case string:
+			n = utf8.RuneCountInString(v)
+		case []any:
+			n = len(v)
+		default:
+			return false, "a string or an array"
+		}
+		if m.Op == policy.OpMinLen {
+			return n >= m.Len, ""
+		}
+		return n <= m.Len, ""
+	}
+	return false, ""
+}
+
+func equal(s policy.Scalar, v any) bool {
+	switch s.Kind {
+	case policy.KindString:
+		str, ok := v.(string)
+		return ok && str == s.Str
+	case policy.KindNumber:
+		n, ok := toNumber(v)
+		return ok && compare(n, s) == 0
+	case policy.KindBool:
+		b, ok := v.(bool)
+		return ok && b == s.Bool
+	default:
+		return v == nil
+	}
+}
+
+func in(m *policy.Matcher, v any) bool {
+	if s, ok := v.(string); ok {
+		_, found := m.Strings[s]
+		return found
+	}
+	for _, s := range m.Values {
+		if s.Kind != policy.KindString && equal(s, v) {
+			return true
+		}
+	}
+	return false
+}
+
+// number is an argument's numeric value, exact for integers that fit an
+// int64 so that large IDs compare without rounding.
+type number struct {
+	f     float64
+	i     int64
+	isInt bool
+}
+
+func toNumber(v any) (number, bool) {
+	switch v := v.(type) {
+	case json.Number:
+		s := string(v)
+		if !strings.ContainsAny(s, ".eE") {
+			if i, err := strconv.ParseInt(s, 10, 64); err == nil {
+				return number{f: float64(i), i: i, isInt: true}, true
+			}
+		}
+		f, err := strconv.ParseFloat(s, 64)
+		return number{f: f}, err == nil
+	case float64:
+		return number{f: v}, true
+	case int:
+		return number{f: float64(v), i: int64(v), isInt: true}, true
+	case int64:
+		return number{f: float64(v), i: v, isInt: true}, true
+	}
+	return number{}, false
+}
+
+func compare(n number, s policy.Scalar) int {
+	if n.isInt && s.IsInt {
+		switch {
+		case n.i < s.Int:
+			return -1
+		case n.i > s.Int:
+			return 1
+		}
+		return 0
+	}
+	switch {
+	case n.f < s.Num:
+		return -1
+	case n.f > s.Num:
+		return 1
+	}
+	return 0
+}
