@@ -1,0 +1,93 @@
+package policy
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Live holds the current policy set of a directory. A reload that fails
+// to compile keeps the last good set; with no good set at all, Current is
+// nil and everything is denied.
+type Live struct {
+	dir  string
+	opts Options
+
+	cur atomic.Pointer[Set]
+
+	mu   sync.Mutex // serialises reloads
+	seq  uint64
+	last Status
+}
+
+// Status is the outcome of the last reload.
+type Status struct {
+	At time.Time
+	// Version is the version being served (zero if none).
+	Version Version
+	// Err is the last reload's failure, nil if it succeeded.
+	Err error
+}
+
+// NewLive returns a Live for dir; call Reload to load it.
+func NewLive(dir string, opts *Options) *Live {
+	l := &Live{dir: dir}
+	if opts != nil {
+		l.opts = *opts
+	}
+	return l
+}
+
+// Current returns the set being served, or nil.
+func (l *Live) Current() *Set { return l.cur.Load() }
+
+// Status returns the outcome of the last reload.
+func (l *Live) Status() Status {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.last
+}
+
+// Reload compiles the directory again. An unchanged directory keeps its
+// version; a changed one that compiles is served with the next sequence.
+func (l *Live) Reload() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	opts := l.opts
+	opts.Sequence = l.seq + 1
+	set, err := LoadDir(l.dir, &opts)
+	l.last = Status{At: time.Now(), Err: err}
+	if cur := l.cur.Load(); cur != nil {
+		l.last.Version = cur.Version()
+	}
+	if err != nil {
+		return err
+	}
+	if cur := l.cur.Load(); cur != nil && cur.Version().Hash == set.Version().Hash {
+		return nil
+	}
+	l.seq++
+	l.cur.Store(set)
+	l.last.Version = set.Version()
+	return nil
+}
+
+// Watch reloads every interval until ctx ends, calling report after each
+// reload that changed the version or failed.
+func (l *Live) Watch(ctx context.Context, interval time.Duration, report func(Status)) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			before := l.Current()
+			err := l.Reload()
+			if report != nil && (err != nil || l.Current() != before) {
+				report(l.Status())
+			}
+		}
+	}
+}
