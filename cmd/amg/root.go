@@ -42,6 +42,6 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCmd(), newPolicyCmd())
+	root.AddCommand(newVersionCmd(), newPolicyCmd(), newAuditCmd(), newTokenCmd())
 	return root
 }

@@ -1,0 +1,137 @@
+// Package audit records every gateway decision, durably and tamper-evidently,
+// without ever persisting a secret.
+//
+// The pieces, in the order a decision meets them:
+//
+//   - A [Redactor] turns a call's arguments into JSON in which the values of
+//     sensitive keys and of the role's redaction globs are replaced by an HMAC
+//     under a per-install key ([LoadOrCreateKey]), so equality can still be
+//     checked but the value cannot be read back.
+//   - A [Logger] takes a [Record] without blocking and writes it from a
+//     bounded queue to its devices. It never drops a record silently: when the
+//     queue is full or no device can record, [Logger.Log] returns
+//     [ErrUnavailable] and the caller must deny the request.
+//   - A [FileDevice] appends JSON lines to a file whose records form a SHA-256
+//     hash chain that continues across rotated files; [Verify] checks it.
+//     [NewWriterDevice] writes plain JSON lines to any io.Writer (stdout).
+//
+// # Chain format
+//
+// Each line the file device writes is one JSON object: the [Record] fields,
+// then "seq" (1 for the first record of an install, +1 per record, continued
+// across rotation), "prev" (the previous record's hash; 64 zeros for seq 1)
+// and, last, "hash". The hash is computed over the exact bytes written, never
+// over a re-marshalled record:
+//
+//	body = the line without its trailing `,"hash":"<64 hex>"}` and newline, plus "}"
+//	hash = lowercase hex of SHA-256(body)
+//
+// So a verifier strips a fixed 75-byte suffix, appends "}", hashes, and
+// compares; body is also exactly the JSON the record marshals to without its
+// hash. A SHA-256 chain proves that records were not altered, removed or
+// reordered relative to each other; it cannot stop someone who may rewrite
+// the whole file from recomputing every hash, so keep the last hash (printed
+// by `amg audit verify`, logged at each rotation and on close) somewhere else
+// if that matters.
+package audit
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+)
+
+// FileName and KeyFileName are the default names of the audit file and of
+// the HMAC key file inside the gateway's data directory.
+const (
+	FileName    = "audit.log"
+	KeyFileName = "audit.key"
+)
+
+// ErrUnavailable is returned by [Logger.Log] when the record cannot be
+// accepted: the queue is full, no device can record, or the logger is
+// closed. The caller must deny the request it was about to allow.
+var ErrUnavailable = errors.New("audit log unavailable")
+
+// Record is one decision. Field names are the JSON keys of the audit log, a
+// format that replay, the console and external pipelines read.
+type Record struct {
+	Time       time.Time `json:"ts"`
+	DecisionID string    `json:"decision_id"`
+	Agent      string    `json:"agent,omitempty"`
+	Role       string    `json:"role,omitempty"`
+	Server     string    `json:"server,omitempty"`
+	Tool       string    `json:"tool,omitempty"`
+	Method     string    `json:"method,omitempty"`
+	// Args must already be redacted (see [Redactor.Redact]); the logger
+	// keeps a reference to it, so it must not be modified after Log.
+	Args           json.RawMessage `json:"args,omitempty"`
+	PolicyVersion  string          `json:"policy_version,omitempty"`
+	Verdict        string          `json:"verdict"`
+	ShadowVerdict  string          `json:"shadow_verdict,omitempty"`
+	Rule           string          `json:"rule,omitempty"`
+	Code           string          `json:"code"`
+	Reason         string          `json:"reason,omitempty"`
+	LatencyMicros  int64           `json:"latency_us"`
+	UpstreamStatus string          `json:"upstream_status,omitempty"`
+	UpstreamMicros int64           `json:"upstream_latency_us,omitempty"`
+	TraceID        string          `json:"trace_id,omitempty"`
+	ApprovalID     string          `json:"approval_id,omitempty"`
+
+	// Seq, Prev and Hash are the hash chain, filled in by the file device
+	// (see the package documentation); anything a caller sets here is
+	// discarded by [Logger.Log]. Hash must stay the last field: the chain
+	// format relies on it being the last key of the line.
+	Seq  uint64 `json:"seq,omitempty"`
+	Prev string `json:"prev,omitempty"`
+	Hash string `json:"hash,omitempty"`
+}
+
+// Device is where records end up. The logger calls Write from a single
+// goroutine; Write must not modify rec nor keep it after returning, and must
+// return an error unless the record was recorded (a failed record is retried,
+// so a device that half-wrote one must undo or tolerate the retry).
+type Device interface {
+	Write(rec *Record) error
+	Close() error
+}
+
+// NewWriterDevice returns a device writing each record as one JSON line to w,
+// without a hash chain: for stdout and log collectors. It does not close w.
+func NewWriterDevice(w io.Writer) Device {
+	return &writerDevice{w: w}
+}
+
+type writerDevice struct {
+	mu  sync.Mutex
+	w   io.Writer
+	buf []byte
+}
+
+func (d *writerDevice) Write(rec *Record) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encode audit record: %w", err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	// One Write call per line, so lines from concurrent writers to a shared
+	// stdout do not interleave mid-record.
+	d.buf = append(append(d.buf[:0], b...), '\n')
+	if _, err := d.w.Write(d.buf); err != nil {
+		return fmt.Errorf("write audit record: %w", err)
+	}
+	return nil
+}
+
+func (d *writerDevice) Close() error { return nil }
+
+func (d *writerDevice) String() string { return "writer" }
+
+var (
+	_ Device = (*writerDevice)(nil)
+	_ Device = (*FileDevice)(nil)
+)

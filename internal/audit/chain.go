@@ -1,0 +1,361 @@
+package audit
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+)
+
+const (
+	hashKey = `,"hash":"`
+	// hashSuffixLen is the length of `,"hash":"<64 hex>"}` ending every line.
+	hashSuffixLen = len(hashKey) + 2*sha256.Size + len(`"}`)
+	// rotatedLayout names rotated files after the time of rotation, in a
+	// fixed-width form so that sorting names sorts them oldest first, shell
+	// globs included.
+	rotatedLayout = "20060102T150405.000000000Z"
+)
+
+// zeroHash is the prev of seq 1.
+var zeroHash = strings.Repeat("0", 2*sha256.Size)
+
+// BreakKind says how a chain is broken.
+type BreakKind string
+
+// The ways a chain can break, in the order a line is checked.
+const (
+	BreakTorn   BreakKind = "torn line"     // the file does not end with a newline
+	BreakJSON   BreakKind = "bad JSON"      // the line is not a JSON object
+	BreakRecord BreakKind = "bad record"    // chain fields missing or malformed
+	BreakHash   BreakKind = "hash mismatch" // the line was altered after it was written
+	BreakSeq    BreakKind = "seq gap"       // records removed, duplicated or reordered
+	BreakPrev   BreakKind = "prev mismatch" // the record does not link to the one before it
+)
+
+// ChainError locates the first broken record. Line is 1-based.
+type ChainError struct {
+	File   string
+	Line   int
+	Kind   BreakKind
+	Detail string
+}
+
+func (e *ChainError) Error() string {
+	return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.Kind, e.Detail)
+}
+
+// link is what a checked line contributes to the chain.
+type link struct {
+	seq  uint64
+	prev string
+	hash string
+}
+
+// checkLine checks one line (without its newline) on its own: well-formed,
+// carrying chain fields, and hashing to its hash.
+func checkLine(line []byte) (link, BreakKind, string) {
+	if len(line) == 0 {
+		return link{}, BreakJSON, "empty line"
+	}
+	var f struct {
+		Seq  *uint64 `json:"seq"`
+		Prev *string `json:"prev"`
+		Hash *string `json:"hash"`
+	}
+	if err := json.Unmarshal(line, &f); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) {
+			return link{}, BreakRecord, err.Error()
+		}
+		return link{}, BreakJSON, err.Error()
+	}
+	switch {
+	case f.Seq == nil || *f.Seq == 0:
+		return link{}, BreakRecord, `no "seq" (not written by the audit file device?)`
+	case f.Prev == nil || !isHash(*f.Prev):
+		return link{}, BreakRecord, `"prev" is missing or not 64 lowercase hex digits`
+	case f.Hash == nil:
+		return link{}, BreakRecord, `no "hash"`
+	}
+	n := len(line)
+	if n < hashSuffixLen || string(line[n-hashSuffixLen:n-hashSuffixLen+len(hashKey)]) != hashKey ||
+		string(line[n-2:]) != `"}` || !isHash(string(line[n-2-2*sha256.Size:n-2])) {
+		return link{}, BreakRecord, `"hash" is not the last key or not 64 lowercase hex digits`
+	}
+	recorded := string(line[n-2-2*sha256.Size : n-2])
+	if computed := lineHash(line[:n-hashSuffixLen]); computed != recorded {
+		return link{}, BreakHash, fmt.Sprintf("hash is %s, but the line hashes to %s (the record was altered)", recorded, computed)
+	}
+	return link{seq: *f.Seq, prev: *f.Prev, hash: recorded}, "", ""
+}
+
+// lineHash is the hash of a record whose line, before its hash suffix, is
+// head: SHA-256 over head followed by "}".
+func lineHash(head []byte) string {
+	h := sha256.New()
+	h.Write(head)
+	h.Write([]byte{'}'})
+	var sum [sha256.Size]byte
+	return hex.EncodeToString(h.Sum(sum[:0]))
+}
+
+func isHash(s string) bool {
+	if len(s) != 2*sha256.Size {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// VerifyResult summarises a chain that verified, or the part of it that
+// verified before the first break.
+type VerifyResult struct {
+	Records int
+	// FirstSeq and FirstPrev are where the files start: seq 1 and 64 zeros
+	// for the beginning of the chain, later for files that continue an
+	// older one (whose deletion Verify cannot see).
+	FirstSeq  uint64
+	FirstPrev string
+	LastSeq   uint64
+	LastHash  string
+	// Warnings lists torn lines left by a crash at the end of a file after
+	// which the device started a new file continuing from the last complete
+	// record, so that nothing was chained over them.
+	Warnings []string
+}
+
+// Verify checks the hash chain running through files, given oldest first
+// (see [ChainFiles]). It returns a *[ChainError] for the first broken
+// record, any other error if a file cannot be read.
+func Verify(files ...string) (VerifyResult, error) {
+	var res VerifyResult
+	var last struct {
+		link
+		file string
+		line int
+	}
+	var torn *ChainError // a torn end of the previous file, excused if the next record continues the chain
+	for i, name := range files {
+		f, err := os.Open(name)
+		if err != nil {
+			return res, fmt.Errorf("verify audit chain: %w", err)
+		}
+		r := newLineReader(f)
+		lineNo := 0
+		for {
+			line, complete, err := r.next()
+			if err != nil {
+				f.Close()
+				return res, fmt.Errorf("verify audit chain: read %s: %w", name, err)
+			}
+			if line == nil {
+				break
+			}
+			lineNo++
+			if !complete {
+				torn = &ChainError{File: name, Line: lineNo, Kind: BreakTorn,
+					Detail: fmt.Sprintf("%d bytes without a newline at the end of the file (a crash mid-write, a truncation, or a write in progress)", len(line))}
+				if i == len(files)-1 {
+					f.Close()
+					return res, torn
+				}
+				break
+			}
+			l, kind, detail := checkLine(line)
+			if kind == "" {
+				kind, detail = follows(l, last.link, res.Records == 0, last.file, last.line)
+			}
+			if kind != "" {
+				f.Close()
+				if torn != nil {
+					return res, torn
+				}
+				return res, &ChainError{File: name, Line: lineNo, Kind: kind, Detail: detail}
+			}
+			if torn != nil {
+				res.Warnings = append(res.Warnings, fmt.Sprintf("%s: skipped; the chain continues at %s:%d", torn, name, lineNo))
+				torn = nil
+			}
+			if res.Records == 0 {
+				res.FirstSeq, res.FirstPrev = l.seq, l.prev
+			}
+			res.Records++
+			res.LastSeq, res.LastHash = l.seq, l.hash
+			last.link, last.file, last.line = l, name, lineNo
+		}
+		f.Close()
+	}
+	if torn != nil {
+		return res, torn
+	}
+	return res, nil
+}
+
+// follows checks that l comes right after prev. With first set there is no
+// previous record: l may start the chain or continue one not given.
+func follows(l, prev link, first bool, prevFile string, prevLine int) (BreakKind, string) {
+	switch {
+	case first && l.seq == 1 && l.prev != zeroHash:
+		return BreakPrev, fmt.Sprintf("prev is %s, but seq 1 starts the chain and must have prev %s", l.prev, zeroHash)
+	case first:
+		return "", ""
+	case l.seq != prev.seq+1:
+		return BreakSeq, fmt.Sprintf("seq %d follows seq %d (%s:%d)", l.seq, prev.seq, prevFile, prevLine)
+	case l.prev != prev.hash:
+		return BreakPrev, fmt.Sprintf("prev is %s, but the previous record (%s:%d) has hash %s", l.prev, prevFile, prevLine, prev.hash)
+	}
+	return "", ""
+}
+
+// lineReader reads lines of any length, telling a torn last line apart.
+type lineReader struct {
+	r   io.Reader
+	buf []byte
+	off int  // start of unread data in buf
+	eof bool // r is exhausted
+}
+
+func newLineReader(r io.Reader) *lineReader {
+	return &lineReader{r: r, buf: make([]byte, 0, 64<<10)}
+}
+
+// next returns the next line without its newline, whether it had one, and
+// nil at the end. The line is valid until the next call.
+func (lr *lineReader) next() (line []byte, complete bool, err error) {
+	for {
+		if i := bytes.IndexByte(lr.buf[lr.off:], '\n'); i >= 0 {
+			line = lr.buf[lr.off : lr.off+i]
+			lr.off += i + 1
+			return line, true, nil
+		}
+		if lr.eof {
+			if lr.off == len(lr.buf) {
+				return nil, false, nil
+			}
+			line = lr.buf[lr.off:]
+			lr.off = len(lr.buf)
+			return line, false, nil
+		}
+		// Keep the partial line and read more after it.
+		n := copy(lr.buf, lr.buf[lr.off:])
+		lr.buf, lr.off = lr.buf[:n], 0
+		if cap(lr.buf)-n < 4<<10 {
+			lr.buf = slices.Grow(lr.buf, cap(lr.buf))
+		}
+		m, err := lr.r.Read(lr.buf[n:cap(lr.buf)])
+		lr.buf = lr.buf[:n+m]
+		if errors.Is(err, io.EOF) {
+			lr.eof = true
+		} else if err != nil {
+			return nil, false, err
+		}
+	}
+}
+
+// rotatedName is what path is renamed to when it is rotated at t.
+func rotatedName(path string, t time.Time) string {
+	return path + "." + t.UTC().Format(rotatedLayout)
+}
+
+// ChainFiles returns the files of the audit log at path in chain order: its
+// rotated files, oldest first, then path itself if it exists. This is what
+// [Verify] wants to check a whole log.
+func ChainFiles(path string) ([]string, error) {
+	files, err := rotatedFiles(path)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(path); err == nil {
+		files = append(files, path)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	return files, nil
+}
+
+// rotatedFiles lists path's rotated files, oldest first.
+func rotatedFiles(path string) ([]string, error) {
+	dir, base := filepath.Split(path)
+	entries, err := os.ReadDir(filepath.Clean(dir + "."))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("list rotated audit files: %w", err)
+	}
+	var files []string
+	for _, e := range entries {
+		name := e.Name()
+		stamp, ok := strings.CutPrefix(name, base+".")
+		if !ok || e.IsDir() {
+			continue
+		}
+		if _, err := time.Parse(rotatedLayout, stamp); err != nil {
+			continue
+		}
+		files = append(files, dir+name)
+	}
+	slices.Sort(files)
+	return files, nil
+}
+
+// completeEnd returns the offset just after the last newline among the
+// first size bytes of r: the end of its last complete line, 0 if none.
+func completeEnd(r io.ReaderAt, size int64) (int64, error) {
+	buf := make([]byte, min(size, 64<<10))
+	for pos := size; pos > 0; {
+		lo := max(0, pos-int64(len(buf)))
+		b := buf[:pos-lo]
+		if n, err := r.ReadAt(b, lo); n < len(b) {
+			return 0, err
+		}
+		if i := bytes.LastIndexByte(b, '\n'); i >= 0 {
+			return lo + int64(i) + 1, nil
+		}
+		pos = lo
+	}
+	return 0, nil
+}
+
+// lastLines returns up to n lines, oldest first and without newlines, that
+// end at end, which must be 0 or just after a newline.
+func lastLines(r io.ReaderAt, end int64, n int) ([][]byte, error) {
+	if n <= 0 || end == 0 {
+		return nil, nil
+	}
+	buf := make([]byte, min(end, 64<<10))
+	start, count := int64(0), 0
+scan:
+	for pos := end - 1; pos > 0; { // end-1 is the newline of the last line
+		lo := max(0, pos-int64(len(buf)))
+		b := buf[:pos-lo]
+		if m, err := r.ReadAt(b, lo); m < len(b) {
+			return nil, err
+		}
+		for i := len(b) - 1; i >= 0; i-- {
+			if b[i] == '\n' {
+				if count++; count == n {
+					start = lo + int64(i) + 1
+					break scan
+				}
+			}
+		}
+		pos = lo
+	}
+	data := make([]byte, end-start)
+	if m, err := r.ReadAt(data, start); m < len(data) {
+		return nil, err
+	}
+	lines := bytes.Split(data[:len(data)-1], []byte{'\n'})
+	return lines, nil
+}

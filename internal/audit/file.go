@@ -1,0 +1,394 @@
+package audit
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// SyncPolicy says when the file device forces records to stable storage.
+// Records that were written but not yet synced survive a crash of the
+// process (they are in the kernel) but not of the machine.
+type SyncPolicy int
+
+const (
+	// SyncOnInterval syncs at most every FileOptions.SyncInterval, from a
+	// background goroutine, if anything was written: a power loss can lose
+	// up to that interval of records. The default.
+	SyncOnInterval SyncPolicy = iota
+	// SyncAlways syncs after every record, before Write returns: nothing
+	// acknowledged is lost, at the cost of one fsync per decision.
+	SyncAlways
+	// SyncNever leaves it to the kernel (typically up to 30 s) and to Close.
+	SyncNever
+)
+
+func (p SyncPolicy) String() string {
+	switch p {
+	case SyncOnInterval:
+		return "interval"
+	case SyncAlways:
+		return "always"
+	case SyncNever:
+		return "never"
+	}
+	return "SyncPolicy(" + strconv.Itoa(int(p)) + ")"
+}
+
+// UnmarshalText accepts "interval", "always" and "never", for configuration.
+func (p *SyncPolicy) UnmarshalText(text []byte) error {
+	for _, q := range []SyncPolicy{SyncOnInterval, SyncAlways, SyncNever} {
+		if string(text) == q.String() {
+			*p = q
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown audit sync policy %q (want always, interval or never)", text)
+}
+
+// FileOptions configures a [FileDevice]. The zero value is the default.
+type FileOptions struct {
+	// MaxBytes is the size after which the file is rotated: a record that
+	// would make it larger goes to a new file (one larger record on its own
+	// is still written). 0 means 100 MiB.
+	MaxBytes int64
+	// Sync is the fsync policy; the zero value is SyncOnInterval.
+	Sync SyncPolicy
+	// SyncInterval is the period of SyncOnInterval. 0 means 1 s.
+	SyncInterval time.Duration
+	// Now names rotated files. nil means time.Now.
+	Now func() time.Time
+	// Logger receives rotations (with the hash to keep elsewhere), torn
+	// lines found at start and background sync failures. nil discards.
+	Logger *slog.Logger
+}
+
+// FileDevice appends records as hash-chained JSON lines to a file, rotating
+// it by size; see the package documentation for the format. The file is
+// opened O_APPEND with mode 0600.
+//
+// The chain survives restarts: a new FileDevice continues from the last
+// record of the file, or of the newest rotated file. If the file ends in a
+// torn line (a crash mid-write), the file is rotated unchanged, the torn line
+// is reported, and the new file continues from the last complete record, so
+// nothing is chained over it and [Verify] can tell the crash apart from
+// tampering.
+type FileDevice struct {
+	path     string
+	maxBytes int64
+	policy   SyncPolicy
+	now      func() time.Time
+	log      *slog.Logger
+
+	mu     sync.Mutex
+	f      *os.File // nil after a failed rotation, reopened by the next Write
+	size   int64
+	seq    uint64
+	hash   string
+	dirty  bool // written since the last sync
+	torn   bool // a failed write may have left a partial line past size
+	closed bool
+	buf    []byte
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// NewFileDevice opens (creating it and its directory if need be) the audit
+// file at path and resumes its chain. It fails if the last complete record
+// does not verify: chaining onto a corrupt record would hide the corruption.
+func NewFileDevice(path string, opts *FileOptions) (*FileDevice, error) {
+	var o FileOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.MaxBytes < 0 || o.SyncInterval < 0 {
+		return nil, errors.New("audit file: MaxBytes and SyncInterval must not be negative")
+	}
+	if o.MaxBytes == 0 {
+		o.MaxBytes = 100 << 20
+	}
+	if o.SyncInterval == 0 {
+		o.SyncInterval = time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	d := &FileDevice{path: path, maxBytes: o.MaxBytes, policy: o.Sync, now: o.Now, log: o.Logger, hash: zeroHash}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("audit file: %w", err)
+	}
+	if err := d.resume(); err != nil {
+		return nil, err
+	}
+	if err := d.open(); err != nil {
+		return nil, err
+	}
+	if d.policy == SyncOnInterval {
+		d.stop, d.done = make(chan struct{}), make(chan struct{})
+		go d.syncLoop(o.SyncInterval)
+	}
+	return d, nil
+}
+
+// resume finds the tip of the chain, setting aside a torn file first.
+func (d *FileDevice) resume() error {
+	tip, torn, err := lastRecord(d.path)
+	if err != nil {
+		return err
+	}
+	if torn > 0 {
+		aside, err := d.rename()
+		if err != nil {
+			return fmt.Errorf("audit file: set aside %s, which ends in a torn line: %w", d.path, err)
+		}
+		d.log.Error("audit file ends in a torn line (crash while writing?); set it aside unchanged and continuing the chain in a new file",
+			"file", aside, "torn_bytes", torn, "last_seq", tip.seq)
+	}
+	if tip.seq == 0 {
+		// The current file has no record: the chain ends in a rotated file.
+		rotated, err := rotatedFiles(d.path)
+		if err != nil {
+			return err
+		}
+		for i := len(rotated) - 1; i >= 0 && tip.seq == 0; i-- {
+			if tip, _, err = lastRecord(rotated[i]); err != nil {
+				return err
+			}
+		}
+	}
+	if tip.seq > 0 {
+		d.seq, d.hash = tip.seq, tip.hash
+	}
+	return nil
+}
+
+// lastRecord returns the last complete record of the file at name (zero if
+// there is none or no file) and the length of a torn line after it.
+func lastRecord(name string) (tip link, torn int64, err error) {
+	f, err := os.Open(name)
+	if errors.Is(err, os.ErrNotExist) {
+		return link{}, 0, nil
+	}
+	if err != nil {
+		return link{}, 0, fmt.Errorf("audit file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return link{}, 0, fmt.Errorf("audit file: %w", err)
+	}
+	end, err := completeEnd(f, fi.Size())
+	if err != nil {
+		return link{}, 0, fmt.Errorf("audit file: read %s: %w", name, err)
+	}
+	lines, err := lastLines(f, end, 1)
+	if err != nil {
+		return link{}, 0, fmt.Errorf("audit file: read %s: %w", name, err)
+	}
+	if len(lines) == 1 {
+		l, kind, detail := checkLine(lines[0])
+		if kind != "" {
+			return link{}, 0, fmt.Errorf("audit file: %s: last record: %s: %s; refusing to chain onto it (run amg audit verify, then move the file aside)", name, kind, detail)
+		}
+		tip = l
+	}
+	return tip, fi.Size() - end, nil
+}
+
+func (d *FileDevice) open() error {
+	f, err := os.OpenFile(d.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("audit file: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("audit file: %w", err)
+	}
+	// Records hold who called what; an existing file made readable by
+	// others (a restore, a umask) is tightened rather than trusted.
+	if fi.Mode().Perm() != 0o600 {
+		if err := f.Chmod(0o600); err != nil {
+			f.Close()
+			return fmt.Errorf("audit file: %w", err)
+		}
+		d.log.Warn("audit file permissions tightened to 0600", "file", d.path, "was", fi.Mode().Perm().String())
+	}
+	d.f, d.size, d.torn = f, fi.Size(), false
+	syncDir(d.path)
+	return nil
+}
+
+// rename moves the current file to a new rotated name and returns it.
+func (d *FileDevice) rename() (string, error) {
+	t := d.now()
+	name := rotatedName(d.path, t)
+	for {
+		// Lstat, not a rename that replaces: two rotations in the same
+		// nanosecond (or under a frozen test clock) must not clobber a file.
+		if _, err := os.Lstat(name); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		t = t.Add(time.Nanosecond)
+		name = rotatedName(d.path, t)
+	}
+	if err := os.Rename(d.path, name); err != nil {
+		return "", err
+	}
+	syncDir(d.path)
+	return name, nil
+}
+
+// Write appends rec as the next link of the chain. The chain advances only
+// when the whole line was written, so a retried record gets the same seq.
+func (d *FileDevice) Write(rec *Record) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return errors.New("audit file: closed")
+	}
+	r := *rec
+	r.Seq, r.Prev, r.Hash = d.seq+1, d.hash, ""
+	body, err := json.Marshal(&r)
+	if err != nil {
+		return fmt.Errorf("audit file: encode record: %w", err)
+	}
+	sum := sha256.Sum256(body)
+	line := append(d.buf[:0], body[:len(body)-1]...)
+	line = append(line, hashKey...)
+	line = hex.AppendEncode(line, sum[:])
+	line = append(line, '"', '}', '\n')
+	d.buf = line
+
+	if d.f == nil {
+		if err := d.open(); err != nil {
+			return err
+		}
+	}
+	if d.torn {
+		// Remove what a failed write left, so the retry does not start
+		// mid-line. Those bytes were never acknowledged.
+		if err := d.f.Truncate(d.size); err != nil {
+			return fmt.Errorf("audit file: remove partial record: %w", err)
+		}
+		d.torn = false
+	}
+	if d.size > 0 && d.size+int64(len(line)) > d.maxBytes {
+		if err := d.rotate(); err != nil {
+			return err
+		}
+	}
+	n, err := d.f.Write(line)
+	if err != nil {
+		if n > 0 {
+			d.torn = d.f.Truncate(d.size) != nil
+		}
+		return fmt.Errorf("audit file: %w", err)
+	}
+	d.size += int64(n)
+	d.seq, d.hash = r.Seq, hex.EncodeToString(sum[:])
+	if d.policy == SyncAlways {
+		// The line is in the file and chained; on failure the logger
+		// retries and the record may appear twice, which beats losing it.
+		if err := d.f.Sync(); err != nil {
+			return fmt.Errorf("audit file: sync: %w", err)
+		}
+		return nil
+	}
+	d.dirty = true
+	return nil
+}
+
+// rotate closes the current file and renames it. On failure the device
+// stays usable: the next Write reopens the path and tries again.
+func (d *FileDevice) rotate() error {
+	syncErr := d.f.Sync()
+	closeErr := d.f.Close()
+	d.f, d.dirty = nil, false
+	if err := errors.Join(syncErr, closeErr); err != nil {
+		return fmt.Errorf("audit file: rotate: %w", err)
+	}
+	name, err := d.rename()
+	if err != nil {
+		return fmt.Errorf("audit file: rotate: %w", err)
+	}
+	d.log.Info("audit file rotated", "file", name, "last_seq", d.seq, "last_hash", d.hash)
+	return d.open()
+}
+
+func (d *FileDevice) syncLoop(every time.Duration) {
+	defer close(d.done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.stop:
+			return
+		case <-t.C:
+		}
+		d.mu.Lock()
+		if d.dirty && d.f != nil {
+			if err := d.f.Sync(); err != nil {
+				d.log.Error("audit file sync failed", "file", d.path, "err", err)
+			} else {
+				d.dirty = false
+			}
+		}
+		d.mu.Unlock()
+	}
+}
+
+// Close syncs and closes the file.
+func (d *FileDevice) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	d.mu.Unlock()
+	if d.stop != nil {
+		close(d.stop)
+		<-d.done
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.f == nil {
+		return nil
+	}
+	err := errors.Join(d.f.Sync(), d.f.Close())
+	d.f = nil
+	d.log.Info("audit file closed", "file", d.path, "last_seq", d.seq, "last_hash", d.hash)
+	if err != nil {
+		return fmt.Errorf("audit file: close: %w", err)
+	}
+	return nil
+}
+
+// String names the device in logs.
+func (d *FileDevice) String() string { return "file " + d.path }
+
+// syncDir makes a created or renamed file's directory entry durable. It is
+// best effort: not every system can sync a directory, and the data itself
+// is synced separately.
+func syncDir(path string) {
+	if dir, err := os.Open(filepath.Dir(path)); err == nil {
+		_ = dir.Sync()
+		dir.Close()
+	}
+}
+
+var _ io.Closer = (*FileDevice)(nil)

@@ -1,0 +1,473 @@
+package audit
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+var epoch = time.Date(2026, 1, 2, 15, 4, 5, 0, time.UTC)
+
+func testRecord(i int) *Record {
+	return &Record{
+		Time:          epoch.Add(time.Duration(i) * time.Second),
+		DecisionID:    fmt.Sprintf("d%d", i),
+		Agent:         "agent-1",
+		Role:          "notion_read",
+		Server:        "notion",
+		Tool:          "get_pages",
+		Method:        "tools/call",
+		Args:          json.RawMessage(`{"limit":10,"password":"hmac-sha256:00"}`),
+		PolicyVersion: "1-abc",
+		Verdict:       "allow",
+		Rule:          "notion_read/notion/get_pages",
+		Code:          "allowed",
+		LatencyMicros: 42,
+	}
+}
+
+// fakeClock returns a Now that advances by a second per call, so rotated
+// names are predictable.
+func fakeClock() func() time.Time {
+	t := epoch
+	return func() time.Time { t = t.Add(time.Second); return t }
+}
+
+func writeRecords(t *testing.T, path string, opts *FileOptions, from, to int) {
+	t.Helper()
+	d, err := NewFileDevice(path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := from; i <= to; i++ {
+		if err := d.Write(testRecord(i)); err != nil {
+			t.Fatalf("write record %d: %v", i, err)
+		}
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readLines(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.SplitAfter(string(b), "\n")[:strings.Count(string(b), "\n")]
+}
+
+func writeLines(t *testing.T, path string, lines []string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(strings.Join(lines, "")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// hashOf is the hash a line records.
+func hashOf(line string) string {
+	line = strings.TrimSuffix(line, "\n")
+	return line[len(line)-66 : len(line)-2]
+}
+
+// seal gives body (a record's JSON without "hash") the hash a forger would
+// compute, following the documented format independently of the code.
+func seal(body string) string {
+	sum := sha256.Sum256([]byte(body))
+	return body[:len(body)-1] + `,"hash":"` + hex.EncodeToString(sum[:]) + `"}` + "\n"
+}
+
+func TestFileDeviceFormat(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	writeRecords(t, path, nil, 1, 2)
+	lines := readLines(t, path)
+	prev := zeroHash
+	for i, line := range lines {
+		rec := *testRecord(i + 1)
+		rec.Seq, rec.Prev = uint64(i+1), prev
+		body, err := json.Marshal(rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(seal(string(body)), line); diff != "" {
+			t.Errorf("line %d (-want +got):\n%s", i+1, diff)
+		}
+		prev = hashOf(line)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v, want 0600", fi.Mode().Perm())
+	}
+}
+
+func TestVerifyIntact(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	writeRecords(t, path, nil, 1, 5)
+	got, err := Verify(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := VerifyResult{Records: 5, FirstSeq: 1, FirstPrev: zeroHash, LastSeq: 5, LastHash: hashOf(readLines(t, path)[4])}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Verify (-want +got):\n%s", diff)
+	}
+}
+
+func TestVerifyTampered(t *testing.T) {
+	type lines = []string
+	tests := []struct {
+		name   string
+		tamper func(l lines) lines
+		// want builds the expected error from the path and the original lines.
+		want func(path string, l lines) string
+	}{
+		{
+			name: "edited field",
+			tamper: func(l lines) lines {
+				l[2] = strings.Replace(l[2], `"verdict":"allow"`, `"verdict":"deny"`, 1)
+				return l
+			},
+			want: func(path string, l lines) string {
+				edited := strings.Replace(l[2], `"verdict":"allow"`, `"verdict":"deny"`, 1)
+				sum := sha256.Sum256([]byte(edited[:len(edited)-1-75] + "}"))
+				return fmt.Sprintf("%s:3: hash mismatch: hash is %s, but the line hashes to %x (the record was altered)", path, hashOf(l[2]), sum)
+			},
+		},
+		{
+			name:   "deleted line",
+			tamper: func(l lines) lines { return append(l[:2:2], l[3:]...) },
+			want: func(path string, l lines) string {
+				return path + ":3: seq gap: seq 4 follows seq 2 (" + path + ":2)"
+			},
+		},
+		{
+			name:   "deleted first line",
+			tamper: func(l lines) lines { return l[1:] },
+			want:   nil, // a file may start mid-chain; Verify reports where instead
+		},
+		{
+			name:   "swapped lines",
+			tamper: func(l lines) lines { l[1], l[2] = l[2], l[1]; return l },
+			want: func(path string, l lines) string {
+				return path + ":2: seq gap: seq 3 follows seq 1 (" + path + ":1)"
+			},
+		},
+		{
+			name:   "truncated last line",
+			tamper: func(l lines) lines { l[4] = l[4][:40]; return l },
+			want: func(path string, l lines) string {
+				return path + ":5: torn line: 40 bytes without a newline at the end of the file (a crash mid-write, a truncation, or a write in progress)"
+			},
+		},
+		{
+			name: "forged line with wrong prev",
+			tamper: func(l lines) lines {
+				return append(l, forge(6, hashOf(l[3])))
+			},
+			want: func(path string, l lines) string {
+				return fmt.Sprintf("%s:6: prev mismatch: prev is %s, but the previous record (%s:5) has hash %s", path, hashOf(l[3]), path, hashOf(l[4]))
+			},
+		},
+		{
+			name:   "forged start of chain",
+			tamper: func(l lines) lines { return append(lines{forge(1, hashOf(l[0]))}, l[1:]...) },
+			want: func(path string, l lines) string {
+				return fmt.Sprintf("%s:1: prev mismatch: prev is %s, but seq 1 starts the chain and must have prev %s", path, hashOf(l[0]), zeroHash)
+			},
+		},
+		{
+			name:   "replaced by garbage",
+			tamper: func(l lines) lines { l[1] = "{not json\n"; return l },
+			want: func(path string, l lines) string {
+				return path + ":2: bad JSON: invalid character 'n' looking for beginning of object key string"
+			},
+		},
+		{
+			name:   "empty line",
+			tamper: func(l lines) lines { return append(l[:2:2], append(lines{"\n"}, l[2:]...)...) },
+			want:   func(path string, l lines) string { return path + ":3: bad JSON: empty line" },
+		},
+		{
+			name: "hash removed",
+			tamper: func(l lines) lines {
+				l[3] = l[3][:len(l[3])-1-75] + "}\n"
+				return l
+			},
+			want: func(path string, l lines) string { return path + `:4: bad record: no "hash"` },
+		},
+		{
+			name: "hash not last",
+			tamper: func(l lines) lines {
+				l[3] = strings.Replace(l[3], `"}`+"\n", `","x":1}`+"\n", 1)
+				return l
+			},
+			want: func(path string, l lines) string {
+				return path + `:4: bad record: "hash" is not the last key or not 64 lowercase hex digits`
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "audit.log")
+			writeRecords(t, path, nil, 1, 5)
+			orig := readLines(t, path)
+			writeLines(t, path, tt.tamper(append(lines(nil), orig...)))
+			_, err := Verify(path)
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("Verify: %v", err)
+				}
+				return
+			}
+			var ce *ChainError
+			if !errors.As(err, &ce) {
+				t.Fatalf("Verify error = %v, want a *ChainError", err)
+			}
+			if diff := cmp.Diff(tt.want(path, orig), err.Error()); diff != "" {
+				t.Errorf("error (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// forge returns a well-formed, correctly hashed record line with the given
+// seq and prev, as someone who knows the format could write.
+func forge(seq uint64, prev string) string {
+	rec := *testRecord(99)
+	rec.Verdict, rec.Seq, rec.Prev = "allow", seq, prev
+	body, _ := json.Marshal(rec)
+	return seal(string(body))
+}
+
+func TestRotation(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.log")
+	lineLen := int64(len(readLinesOf(t, dir, 1)[0]))
+	opts := &FileOptions{MaxBytes: 3 * lineLen, Now: fakeClock()}
+	writeRecords(t, path, opts, 1, 8)
+
+	files, err := ChainFiles(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		path + ".20260102T150406.000000000Z",
+		path + ".20260102T150407.000000000Z",
+		path,
+	}
+	if diff := cmp.Diff(want, files); diff != "" {
+		t.Fatalf("ChainFiles (-want +got):\n%s", diff)
+	}
+	for _, f := range files {
+		if fi, err := os.Stat(f); err != nil || fi.Size() > opts.MaxBytes || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: %v, want at most %d bytes and mode 0600 (err %v)", f, fi.Size(), opts.MaxBytes, err)
+		}
+	}
+	all, err := Verify(files...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if all.Records != 8 || all.FirstSeq != 1 || all.LastSeq != 8 {
+		t.Errorf("Verify(all) = %+v, want 8 records from seq 1", all)
+	}
+
+	// A later file alone verifies and says where it starts.
+	later, err := Verify(files[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := readLines(t, files[0])
+	wantLater := VerifyResult{Records: 3, FirstSeq: 4, FirstPrev: hashOf(first[2]), LastSeq: 6, LastHash: hashOf(readLines(t, files[1])[2])}
+	if diff := cmp.Diff(wantLater, later); diff != "" {
+		t.Errorf("Verify(later file) (-want +got):\n%s", diff)
+	}
+
+	// Out of order, the continuity check fails at the first record of the
+	// misplaced file.
+	_, err = Verify(files[1], files[0])
+	if want := files[0] + ":1: seq gap: seq 1 follows seq 6 (" + files[1] + ":3)"; err == nil || err.Error() != want {
+		t.Errorf("Verify(out of order) = %v, want %s", err, want)
+	}
+	// A missing middle file is a gap.
+	_, err = Verify(files[0], files[2])
+	if want := files[2] + ":1: seq gap: seq 7 follows seq 3 (" + files[0] + ":3)"; err == nil || err.Error() != want {
+		t.Errorf("Verify(missing file) = %v, want %s", err, want)
+	}
+}
+
+// readLinesOf writes n records to a scratch file under dir and returns its lines.
+func readLinesOf(t *testing.T, dir string, n int) []string {
+	path := filepath.Join(dir, "scratch.log")
+	writeRecords(t, path, nil, 1, n)
+	defer os.Remove(path)
+	return readLines(t, path)
+}
+
+func TestResume(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.log")
+	writeRecords(t, path, nil, 1, 3)
+	writeRecords(t, path, nil, 4, 5)
+	res, err := Verify(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Records != 5 || res.LastSeq != 5 {
+		t.Errorf("after reopen: %+v, want 5 records", res)
+	}
+
+	// A crash between rotation and the first write leaves an empty file;
+	// the chain resumes from the newest rotated file.
+	if err := os.Rename(path, path+".20260102T150405.000000000Z"); err != nil {
+		t.Fatal(err)
+	}
+	writeLines(t, path, nil)
+	writeRecords(t, path, nil, 6, 6)
+	files, _ := ChainFiles(path)
+	if res, err := Verify(files...); err != nil || res.Records != 6 {
+		t.Errorf("Verify = %+v, %v; want 6 records", res, err)
+	}
+}
+
+func TestResumeTornLine(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.log")
+	writeRecords(t, path, nil, 1, 3)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(`{"ts":"2026-01-02T15:0`) // the crash
+	f.Close()
+	tip := hashOf(readLines(t, path)[2])
+
+	var logs bytes.Buffer
+	opts := &FileOptions{Now: fakeClock(), Logger: slog.New(slog.NewTextHandler(&logs, nil))}
+	writeRecords(t, path, opts, 4, 5)
+
+	aside := path + ".20260102T150406.000000000Z"
+	if !strings.Contains(logs.String(), "level=ERROR msg=\"audit file ends in a torn line") || !strings.Contains(logs.String(), "file="+aside) {
+		t.Errorf("torn line not reported; log:\n%s", logs.String())
+	}
+	if got := readLines(t, path)[0]; !strings.Contains(got, `"seq":4,"prev":"`+tip+`"`) {
+		t.Errorf("new file starts %s, want seq 4 after %s", got, tip)
+	}
+	files, err := ChainFiles(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{aside, path}, files); diff != "" {
+		t.Fatalf("ChainFiles (-want +got):\n%s", diff)
+	}
+	res, err := Verify(files...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantWarn := []string{aside + ":4: torn line: 22 bytes without a newline at the end of the file (a crash mid-write, a truncation, or a write in progress): skipped; the chain continues at " + path + ":1"}
+	if diff := cmp.Diff(wantWarn, res.Warnings); diff != "" || res.Records != 5 {
+		t.Errorf("Verify = %d records, warnings (-want +got):\n%s", res.Records, diff)
+	}
+	// The torn file on its own is broken at the torn line.
+	if _, err := Verify(aside); err == nil || !strings.HasPrefix(err.Error(), aside+":4: torn line: ") {
+		t.Errorf("Verify(torn file) = %v", err)
+	}
+}
+
+func TestResumeRefusesCorruptTip(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	writeRecords(t, path, nil, 1, 2)
+	l := readLines(t, path)
+	l[1] = strings.Replace(l[1], `"d2"`, `"dX"`, 1)
+	writeLines(t, path, l)
+	_, err := NewFileDevice(path, nil)
+	if err == nil || !strings.Contains(err.Error(), "last record: hash mismatch") {
+		t.Errorf("NewFileDevice on a corrupt tip: %v, want a refusal", err)
+	}
+}
+
+func TestFileDeviceTightensMode(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	writeLines(t, path, nil)
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	writeRecords(t, path, nil, 1, 1)
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v, want 0600", fi.Mode().Perm())
+	}
+}
+
+func TestFileDeviceSyncPolicies(t *testing.T) {
+	for _, p := range []SyncPolicy{SyncOnInterval, SyncAlways, SyncNever} {
+		t.Run(p.String(), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "audit.log")
+			writeRecords(t, path, &FileOptions{Sync: p, SyncInterval: time.Millisecond}, 1, 3)
+			if res, err := Verify(path); err != nil || res.Records != 3 {
+				t.Errorf("Verify = %+v, %v", res, err)
+			}
+		})
+	}
+}
+
+func TestSyncPolicyText(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want SyncPolicy
+		err  string
+	}{
+		{"always", SyncAlways, ""},
+		{"interval", SyncOnInterval, ""},
+		{"never", SyncNever, ""},
+		{"sometimes", 0, `unknown audit sync policy "sometimes" (want always, interval or never)`},
+	} {
+		var p SyncPolicy
+		err := p.UnmarshalText([]byte(tt.in))
+		if tt.err != "" {
+			if err == nil || err.Error() != tt.err {
+				t.Errorf("UnmarshalText(%q) error = %v, want %s", tt.in, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || p != tt.want {
+			t.Errorf("UnmarshalText(%q) = %v, %v; want %v", tt.in, p, err, tt.want)
+		}
+	}
+}
+
+func TestFileDeviceWriteAfterClose(t *testing.T) {
+	d, err := NewFileDevice(filepath.Join(t.TempDir(), "audit.log"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	if err := d.Write(testRecord(1)); err == nil {
+		t.Error("Write after Close succeeded")
+	}
+}
+
+func TestWriterDevice(t *testing.T) {
+	var buf bytes.Buffer
+	d := NewWriterDevice(&buf)
+	if err := d.Write(testRecord(1)); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := json.Marshal(testRecord(1))
+	if diff := cmp.Diff(string(want)+"\n", buf.String()); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+}

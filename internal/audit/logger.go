@@ -1,0 +1,287 @@
+package audit
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Options configures a [Logger]. The zero value is the default.
+type Options struct {
+	// QueueSize bounds the records accepted but not yet written. 0 means
+	// 4096. Records in the queue are lost if the process dies, whatever the
+	// devices' sync policy.
+	QueueSize int
+	// Logger receives device failures and recoveries. nil discards.
+	Logger *slog.Logger
+	// MinBackoff and MaxBackoff bound the wait between retries of a record
+	// no device could write; it doubles from one to the other. 0 means 10 ms
+	// and 1 s.
+	MinBackoff, MaxBackoff time.Duration
+}
+
+// Logger writes records to its devices from a bounded queue, in order, on
+// one goroutine. A record counts as written when at least one device wrote
+// it (as with Vault's audit devices, a device failing beside a working one
+// misses that record, and the miss is logged). A record that no device could
+// write is retried, with backoff, until one can or Close gives up; meanwhile
+// the logger is unhealthy and refuses new records, so requests are denied
+// rather than left unaudited. Its methods are safe for concurrent use.
+type Logger struct {
+	devices  []device
+	size     int
+	log      *slog.Logger
+	min, max time.Duration
+
+	// The queue is a slice the writer swaps out whole, so that under load
+	// it takes one lock per batch rather than one per record, and Log does
+	// not contend with it record by record as it would on a channel.
+	mu     sync.Mutex
+	wake   *sync.Cond // signalled when queue gains a record or closed is set
+	queue  []Record
+	spare  []Record // the writer's previous batch, reused
+	closed bool
+	// pending counts records accepted and not yet written, queued or in
+	// the writer's batch. Log checks and increments it under mu, so it never
+	// exceeds size; the writer decrements it without the lock.
+	pending atomic.Int64
+
+	full    error                 // returned when the queue is full
+	healthy atomic.Bool           // Log refuses records while false
+	down    atomic.Pointer[error] // why the logger is unhealthy
+
+	abort chan struct{} // closed when Close's context expires
+	done  chan struct{} // closed when the writer goroutine returns
+}
+
+type device struct {
+	Device
+	name    string
+	failing bool  // only touched by the writer goroutine
+	missed  int64 // records written elsewhere while this device was failing
+}
+
+// NewLogger starts a logger writing to devices, which it owns: Close closes
+// them. With no devices every Log fails: there is nowhere to record a
+// decision, so none may be allowed.
+func NewLogger(devices []Device, opts *Options) *Logger {
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	if o.QueueSize <= 0 {
+		o.QueueSize = 4096
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = 10 * time.Millisecond
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = time.Second
+	}
+	o.MaxBackoff = max(o.MaxBackoff, o.MinBackoff)
+	l := &Logger{
+		size:  o.QueueSize,
+		log:   o.Logger,
+		min:   o.MinBackoff,
+		max:   o.MaxBackoff,
+		full:  fmt.Errorf("%w: queue full (%d records waiting)", ErrUnavailable, o.QueueSize),
+		abort: make(chan struct{}),
+		done:  make(chan struct{}),
+	}
+	l.wake = sync.NewCond(&l.mu)
+	for i, d := range devices {
+		name := fmt.Sprintf("device %d", i)
+		if s, ok := d.(fmt.Stringer); ok {
+			name = s.String()
+		}
+		l.devices = append(l.devices, device{Device: d, name: name})
+	}
+	if len(devices) == 0 {
+		l.setUnhealthy("no audit device configured")
+	} else {
+		l.healthy.Store(true)
+	}
+	go l.run()
+	return l
+}
+
+// Log accepts a copy of rec for writing and returns at once. It returns an
+// error wrapping [ErrUnavailable] when the record cannot be accepted — the
+// queue is full, no device can currently record, or the logger is closed —
+// and the caller must then deny the request. A nil error means the record
+// will be written while the process lives (or reported lost by Close).
+func (l *Logger) Log(rec *Record) error {
+	if !l.healthy.Load() {
+		return *l.down.Load()
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.closed:
+		return errClosed
+	case l.pending.Load() >= int64(l.size):
+		return l.full
+	}
+	l.queue = append(l.queue, *rec)
+	r := &l.queue[len(l.queue)-1]
+	r.Time = r.Time.UTC()
+	r.Seq, r.Prev, r.Hash = 0, "", ""
+	l.pending.Add(1)
+	if len(l.queue) == 1 {
+		l.wake.Signal()
+	}
+	return nil
+}
+
+var errClosed = fmt.Errorf("%w: audit logger closed", ErrUnavailable)
+
+// Healthy reports whether the last record was written by some device. It is
+// false from the first record no device could write until one can again.
+func (l *Logger) Healthy() bool { return l.healthy.Load() }
+
+// Close stops accepting records, writes those queued (retrying as usual) and
+// closes the devices. If ctx ends first it stops retrying and returns an
+// error counting the records that were not written.
+func (l *Logger) Close(ctx context.Context) error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	l.wake.Signal()
+	l.mu.Unlock()
+
+	var err error
+	select {
+	case <-l.done:
+	case <-ctx.Done():
+		close(l.abort)
+		<-l.done
+		err = fmt.Errorf("audit: close: %d records not written: %w", l.pending.Load(), ctx.Err())
+	}
+	for _, d := range l.devices {
+		if cerr := d.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("audit: close %s: %w", d.name, cerr))
+		}
+	}
+	return err
+}
+
+func (l *Logger) run() {
+	defer close(l.done)
+	for {
+		l.mu.Lock()
+		for len(l.queue) == 0 && !l.closed {
+			l.wake.Wait()
+		}
+		if len(l.queue) == 0 {
+			l.mu.Unlock()
+			return
+		}
+		batch := l.queue
+		l.queue, l.spare = l.spare[:0], nil
+		l.mu.Unlock()
+
+		for i := range batch {
+			if !l.write(&batch[i]) {
+				return
+			}
+			batch[i] = Record{} // drop references to the caller's Args
+			l.pending.Add(-1)
+		}
+		l.mu.Lock()
+		l.spare = batch[:0]
+		l.mu.Unlock()
+	}
+}
+
+// write writes rec to every device, retrying until one takes it. It returns
+// false if Close gave up first.
+func (l *Logger) write(rec *Record) bool {
+	l.sanitize(rec)
+	wait := l.min
+	for {
+		var errs []error
+		ok := false
+		for i := range l.devices {
+			d := &l.devices[i]
+			if err := d.Write(rec); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", d.name, err))
+				if !d.failing {
+					d.failing = true
+					l.log.Error("audit device failing", "device", d.name, "err", err)
+				}
+				continue
+			}
+			ok = true
+			if d.failing {
+				d.failing = false
+				l.log.Info("audit device recovered", "device", d.name, "missed_records", d.missed)
+				d.missed = 0
+			}
+		}
+		if ok {
+			for i := range l.devices {
+				if l.devices[i].failing {
+					l.devices[i].missed++
+				}
+			}
+			if !l.healthy.Load() {
+				l.log.Info("audit log healthy again")
+				l.healthy.Store(true)
+			}
+			return true
+		}
+		if len(l.devices) == 0 {
+			return false
+		}
+		why, sep := "no audit device can record", ": "
+		for _, err := range errs {
+			why, sep = why+sep+err.Error(), "; "
+		}
+		if l.healthy.Load() {
+			l.log.Error("audit log unhealthy: denying requests until a device can record", "err", why)
+		}
+		l.setUnhealthy(why)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-l.abort:
+			t.Stop()
+			return false
+		}
+		wait = min(2*wait, l.max)
+	}
+}
+
+func (l *Logger) setUnhealthy(why string) {
+	// Built once here rather than in every refused Log: an outage is when
+	// Log is called hardest.
+	err := fmt.Errorf("%w: %s", ErrUnavailable, why)
+	l.down.Store(&err)
+	l.healthy.Store(false)
+}
+
+// sanitize fixes what would make every device fail on this record forever
+// and so block the queue: arguments that are not JSON, a time JSON cannot
+// hold. Neither comes from Redact or a real clock; both are replaced rather
+// than passed on.
+func (l *Logger) sanitize(rec *Record) {
+	if rec.Args != nil && !json.Valid(rec.Args) {
+		l.log.Error("audit record arguments are not valid JSON; replaced", "decision_id", rec.DecisionID)
+		rec.Args = json.RawMessage(`"` + Unencodable + `"`)
+	}
+	if y := rec.Time.Year(); y < 0 || y > 9999 {
+		l.log.Error("audit record time out of range; replaced by zero", "decision_id", rec.DecisionID, "year", y)
+		rec.Time = time.Time{}
+	}
+}

@@ -1,0 +1,320 @@
+package audit
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// fakeDevice records decision ids. It fails while err is set, and its
+// first Write can be held until the test releases it.
+type fakeDevice struct {
+	mu     sync.Mutex
+	err    error
+	got    []string
+	tries  int
+	closed bool
+
+	hold    chan struct{} // if set, the first Write waits for it to close
+	entered chan struct{} // closed when the first Write starts
+}
+
+func (d *fakeDevice) Write(rec *Record) error {
+	d.mu.Lock()
+	d.tries++
+	first, hold := d.tries == 1, d.hold
+	d.mu.Unlock()
+	if first && hold != nil {
+		close(d.entered)
+		<-hold
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.err != nil {
+		return d.err
+	}
+	d.got = append(d.got, rec.DecisionID)
+	return nil
+}
+
+func (d *fakeDevice) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.closed = true
+	return nil
+}
+
+func (d *fakeDevice) setErr(err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.err = err
+}
+
+func (d *fakeDevice) written() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]string(nil), d.got...)
+}
+
+func (d *fakeDevice) attempts() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.tries
+}
+
+func newHeld() *fakeDevice {
+	return &fakeDevice{hold: make(chan struct{}), entered: make(chan struct{})}
+}
+
+// waitFor waits for cond; the deadline only keeps a broken test from hanging.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+func ids(from, to int) []string {
+	var s []string
+	for i := from; i <= to; i++ {
+		s = append(s, fmt.Sprintf("d%d", i))
+	}
+	return s
+}
+
+var fastRetry = &Options{MinBackoff: time.Millisecond, MaxBackoff: 4 * time.Millisecond}
+
+func TestLoggerRetriesUntilRecovery(t *testing.T) {
+	dev := newHeld()
+	dev.setErr(errors.New("disk full"))
+	opts := *fastRetry
+	opts.QueueSize = 8
+	l := NewLogger([]Device{dev}, &opts)
+	defer l.Close(context.Background())
+
+	for i := 1; i <= 5; i++ {
+		if err := l.Log(testRecord(i)); err != nil {
+			t.Fatalf("Log %d while healthy: %v", i, err)
+		}
+	}
+	close(dev.hold) // the first write fails now
+	waitFor(t, "unhealthy", func() bool { return !l.Healthy() })
+
+	err := l.Log(testRecord(6))
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Log while unhealthy = %v, want ErrUnavailable", err)
+	}
+	if want := "audit log unavailable: no audit device can record: device 0: disk full"; err.Error() != want {
+		t.Errorf("error = %q, want %q", err, want)
+	}
+	waitFor(t, "retries", func() bool { return dev.attempts() >= 3 })
+
+	dev.setErr(nil)
+	waitFor(t, "recovery", func() bool { return len(dev.written()) == 5 })
+	if !l.Healthy() {
+		t.Error("unhealthy after a write succeeded")
+	}
+	if err := l.Log(testRecord(7)); err != nil {
+		t.Fatalf("Log after recovery: %v", err)
+	}
+	if err := l.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(append(ids(1, 5), "d7"), dev.written()); diff != "" {
+		t.Errorf("written (-want +got):\n%s", diff)
+	}
+}
+
+func TestLoggerQueueFull(t *testing.T) {
+	dev := newHeld()
+	l := NewLogger([]Device{dev}, &Options{QueueSize: 2})
+	if err := l.Log(testRecord(1)); err != nil {
+		t.Fatal(err)
+	}
+	<-dev.entered // record 1 is being written: it still counts
+	if err := l.Log(testRecord(2)); err != nil {
+		t.Fatal(err)
+	}
+	err := l.Log(testRecord(3))
+	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "queue full") {
+		t.Fatalf("Log with a full queue = %v, want ErrUnavailable: queue full", err)
+	}
+	if !l.Healthy() {
+		t.Error("a full queue is not a device failure")
+	}
+	close(dev.hold)
+	if err := l.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(ids(1, 2), dev.written()); diff != "" {
+		t.Errorf("written (-want +got):\n%s", diff)
+	}
+}
+
+func TestLoggerCloseDrains(t *testing.T) {
+	dev := &fakeDevice{}
+	l := NewLogger([]Device{dev}, nil)
+	for i := 1; i <= 100; i++ {
+		if err := l.Log(testRecord(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(ids(1, 100), dev.written()); diff != "" {
+		t.Errorf("written (-want +got):\n%s", diff)
+	}
+	if !dev.closed {
+		t.Error("device not closed")
+	}
+	if err := l.Log(testRecord(101)); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Log after Close = %v, want ErrUnavailable", err)
+	}
+	if err := l.Close(context.Background()); err != nil {
+		t.Errorf("second Close = %v", err)
+	}
+}
+
+func TestLoggerCloseGivesUp(t *testing.T) {
+	dev := newHeld()
+	dev.setErr(errors.New("down"))
+	l := NewLogger([]Device{dev}, fastRetry)
+	for i := 1; i <= 3; i++ {
+		if err := l.Log(testRecord(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(dev.hold)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := l.Close(ctx)
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "3 records not written") {
+		t.Errorf("Close = %v, want 3 records not written", err)
+	}
+	if !dev.closed {
+		t.Error("device not closed")
+	}
+}
+
+func TestLoggerOneDeviceFailing(t *testing.T) {
+	good, bad := &fakeDevice{}, &fakeDevice{err: errors.New("broken pipe")}
+	l := NewLogger([]Device{bad, good}, fastRetry)
+	for i := 1; i <= 10; i++ {
+		if err := l.Log(testRecord(i)); err != nil {
+			t.Fatalf("Log %d: %v", i, err)
+		}
+	}
+	if err := l.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(ids(1, 10), good.written()); diff != "" {
+		t.Errorf("good device (-want +got):\n%s", diff)
+	}
+	if !l.Healthy() {
+		t.Error("unhealthy although a device recorded everything")
+	}
+}
+
+func TestLoggerNoDevices(t *testing.T) {
+	l := NewLogger(nil, nil)
+	defer l.Close(context.Background())
+	if err := l.Log(testRecord(1)); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Log with no devices = %v, want ErrUnavailable", err)
+	}
+	if l.Healthy() {
+		t.Error("healthy with no devices")
+	}
+}
+
+// capture keeps whole records.
+type capture struct {
+	mu   sync.Mutex
+	recs []Record
+}
+
+func (c *capture) Write(rec *Record) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.recs = append(c.recs, *rec)
+	return nil
+}
+
+func (c *capture) Close() error { return nil }
+
+func TestLoggerCopiesAndSanitizes(t *testing.T) {
+	c := &capture{}
+	l := NewLogger([]Device{c}, nil)
+	rec := testRecord(1)
+	rec.Time = rec.Time.In(time.FixedZone("CET", 3600))
+	rec.Seq, rec.Prev, rec.Hash = 7, "forged", "forged"
+	if err := l.Log(rec); err != nil {
+		t.Fatal(err)
+	}
+	rec.DecisionID = "changed after Log"
+	bad := testRecord(2)
+	bad.Args = json.RawMessage(`{"password":`)
+	bad.Time = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := l.Log(bad); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want1 := *testRecord(1)
+	want2 := *testRecord(2)
+	want2.Args = json.RawMessage(`"` + Unencodable + `"`)
+	want2.Time = time.Time{}
+	if diff := cmp.Diff([]Record{want1, want2}, c.recs); diff != "" {
+		t.Errorf("records (-want +got):\n%s", diff)
+	}
+	if c.recs[0].Time.Location() != time.UTC {
+		t.Errorf("time in %v, want UTC", c.recs[0].Time.Location())
+	}
+}
+
+// TestLoggerToFile runs the whole path: concurrent loggers, a rotating file
+// device, and Verify over the result.
+func TestLoggerToFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	d, err := NewFileDevice(path, &FileOptions{MaxBytes: 4 << 10, Now: fakeClock()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := NewLogger([]Device{d}, nil)
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 50 {
+				if err := l.Log(testRecord(g*1000 + i)); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := l.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	files, err := ChainFiles(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Verify(files...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Records != 400 || len(files) < 2 {
+		t.Errorf("%d records in %d files, want 400 in several", res.Records, len(files))
+	}
+}
