@@ -42,6 +42,6 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCmd(), newPolicyCmd(), newAuditCmd(), newTokenCmd())
+	root.AddCommand(newVersionCmd(), newPolicyCmd(), newTokenCmd(), newAuditCmd(), newShadowCmd())
 	return root
 }

@@ -192,19 +192,24 @@ you have, for instance because it leaked.`,
 	}
 }
 
-var errNoDatabase = errors.New("no token database")
+var errNoDatabase = errors.New("no database")
 
-// openTokenStore opens the token store in dataDir. Only issue creates the
-// database: list and revoke on a mistyped --data-dir must say so, not
-// create an empty one.
-func openTokenStore(dataDir string, create bool) (*sql.DB, *tokens.SQLiteStore, error) {
+// openDB opens the standalone database in dataDir. Only commands that
+// write state create it: reading commands on a mistyped --data-dir must
+// say so, not create an empty one.
+func openDB(dataDir string, create bool) (*sql.DB, error) {
 	path := filepath.Join(dataDir, dbFile)
 	if !create {
 		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
-			return nil, nil, fmt.Errorf("%w at %s (see --data-dir)", errNoDatabase, path)
+			return nil, fmt.Errorf("%w at %s (see --data-dir)", errNoDatabase, path)
 		}
 	}
-	db, err := store.Open(path)
+	return store.Open(path)
+}
+
+// openTokenStore opens the token store in dataDir.
+func openTokenStore(dataDir string, create bool) (*sql.DB, *tokens.SQLiteStore, error) {
+	db, err := openDB(dataDir, create)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -147,7 +147,7 @@ func TestTokenListWithoutDatabase(t *testing.T) {
 	if stdout != "ID  AGENT  ROLE  CREATED  EXPIRES  STATUS\n" {
 		t.Errorf("stdout = %q, want the header only", stdout)
 	}
-	if want := "amg: no token database at " + filepath.Join(dir, "amg.db") + " (see --data-dir)\n"; stderr != want {
+	if want := "amg: no database at " + filepath.Join(dir, "amg.db") + " (see --data-dir)\n"; stderr != want {
 		t.Errorf("stderr = %q, want %q", stderr, want)
 	}
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
@@ -213,7 +213,7 @@ func TestTokenRevokeErrors(t *testing.T) {
 		{"upper-case ID", []string{"--data-dir", dir, "0123456789ABCDEF"},
 			"amg: not a token ID: IDs are 16 lowercase hex digits, as shown by amg token list\n"},
 		{"no database", []string{"--data-dir", missing, "0123456789abcdef"},
-			"amg: no token database at " + filepath.Join(missing, "amg.db") + " (see --data-dir)\n"},
+			"amg: no database at " + filepath.Join(missing, "amg.db") + " (see --data-dir)\n"},
 		{"no ID", []string{"--data-dir", dir}, "amg: accepts 1 arg(s), received 0\n"},
 	}
 	for _, tt := range tests {

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/amgateway/amg/internal/shadow"
+)
+
+func newShadowCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "shadow",
+		Short: "See what shadow-mode roles would have denied",
+	}
+	cmd.AddCommand(newShadowReportCmd())
+	return cmd
+}
+
+func newShadowReportCmd() *cobra.Command {
+	var dataDir string
+	var days int
+	cmd := &cobra.Command{
+		Use:   "report",
+		Short: "Would-be denials per shadow-mode role per day (UTC)",
+		Long: `Print, for every role that has had would-be denials in shadow mode, the
+number per day (UTC) over the last --days days, newest last. A role whose
+row stays at zero is a candidate for mode: enforce; amg replay shows which
+calls would change.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if days < 1 || days > 366 {
+				return fmt.Errorf("--days must be between 1 and 366, got %d", days)
+			}
+			db, err := openDB(dataDir, false)
+			if errors.Is(err, errNoDatabase) {
+				fmt.Fprintln(cmd.ErrOrStderr(), "amg:", err)
+				return exitError{code: 1}
+			}
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			counter, err := shadow.NewSQLite(db)
+			if err != nil {
+				return err
+			}
+			to := time.Now().UTC()
+			from := to.AddDate(0, 0, -(days - 1))
+			counts, err := counter.Counts(cmd.Context(), from, to)
+			if err != nil {
+				return err
+			}
+			writeShadowReport(cmd, counts, from, days)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", "./data", "directory holding the standalone database ("+dbFile+")")
+	cmd.Flags().IntVar(&days, "days", 7, "how many days to show, ending today")
+	return cmd
+}
+
+func writeShadowReport(cmd *cobra.Command, counts []shadow.Count, from time.Time, days int) {
+	if len(counts) == 0 {
+		fmt.Fprintf(cmd.OutOrStdout(), "no would-be denials in the last %d days\n", days)
+		return
+	}
+	byRole := map[string]map[string]int64{}
+	var roles []string
+	for _, c := range counts {
+		if byRole[c.Role] == nil {
+			byRole[c.Role] = map[string]int64{}
+			roles = append(roles, c.Role)
+		}
+		byRole[c.Role][c.Day] = c.N
+	}
+	w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
+	fmt.Fprint(w, "ROLE")
+	for i := range days {
+		fmt.Fprintf(w, "\t%s", from.AddDate(0, 0, i).Format("01-02"))
+	}
+	fmt.Fprintln(w, "\tTOTAL")
+	for _, role := range roles {
+		fmt.Fprint(w, role)
+		var total int64
+		for i := range days {
+			n := byRole[role][shadow.Day(from.AddDate(0, 0, i))]
+			total += n
+			fmt.Fprintf(w, "\t%d", n)
+		}
+		fmt.Fprintf(w, "\t%d\n", total)
+	}
+	w.Flush()
+}
