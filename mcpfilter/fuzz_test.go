@@ -1,0 +1,342 @@
+package mcpfilter
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// FuzzParse checks that Parse never panics and that whatever it accepts is
+// read the same way by the decoders an upstream uses: encoding/json into the
+// go-sdk's parameter structs, and the go-sdk's own JSON-RPC decoder.
+func FuzzParse(f *testing.F) {
+	for _, tt := range rejectTests {
+		if len(tt.body) < 4096 {
+			f.Add([]byte(tt.body), tt.opts != nil && tt.opts.AllowBatch)
+		}
+	}
+	for _, tt := range acceptTests {
+		f.Add([]byte(tt.body), tt.opts != nil && tt.opts.AllowBatch)
+	}
+	f.Add(toolsCall2KB, false)
+	f.Fuzz(func(t *testing.T, body []byte, allowBatch bool) {
+		b, err := Parse(body, &Options{AllowBatch: allowBatch})
+		if err != nil {
+			checkError(t, body, err)
+			return
+		}
+		if !utf8.Valid(body) || !json.Valid(body) {
+			t.Fatalf("accepted a body that is not valid UTF-8 JSON: %q", body)
+		}
+		checkKeysIndependently(t, body)
+		if !allowBatch && (b.Batch || len(b.Messages) != 1) {
+			t.Fatalf("batch accepted without AllowBatch: %q", body)
+		}
+		if !b.Batch {
+			checkSDKDecode(t, body, &b.Messages[0])
+		}
+		for i := range b.Messages {
+			m := &b.Messages[i]
+			checkAliases(t, body, m)
+			checkArgs(t, m)
+			switch m.Method {
+			case "tools/call":
+				checkToolsCall(t, m)
+			case "prompts/get":
+				checkPromptsGet(t, m)
+			case "resources/read":
+				checkResourcesRead(t, m)
+			}
+			checkMeta(t, m)
+		}
+	})
+}
+
+// checkKeysIndependently re-checks an accepted body with encoding/json's
+// tokenizer and a plain pairwise strings.EqualFold, an oracle that shares no
+// code with the parser's hashing: no object may hold two keys equal under
+// folding, and nothing may nest deeper than the default limit.
+func checkKeysIndependently(t *testing.T, body []byte) {
+	t.Helper()
+	dec := json.NewDecoder(bytes.NewReader(body))
+	type frame struct {
+		object    bool
+		keys      []string
+		expectKey bool
+	}
+	var stack []*frame
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return
+		}
+		var top *frame
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		if s, ok := tok.(string); ok && top != nil && top.object && top.expectKey {
+			for _, k := range top.keys {
+				if strings.EqualFold(k, s) {
+					t.Fatalf("accepted keys %q and %q in one object", k, s)
+				}
+			}
+			top.keys = append(top.keys, s)
+			top.expectKey = false
+			continue
+		}
+		if top != nil && top.object {
+			top.expectKey = true
+		}
+		switch tok {
+		case json.Delim('{'), json.Delim('['):
+			stack = append(stack, &frame{object: tok == json.Delim('{'), expectKey: true})
+			if len(stack) > DefaultMaxDepth {
+				t.Fatalf("accepted nesting of %d", len(stack))
+			}
+		case json.Delim('}'), json.Delim(']'):
+			stack = stack[:len(stack)-1]
+			if len(stack) > 0 && stack[len(stack)-1].object {
+				stack[len(stack)-1].expectKey = true
+			}
+		}
+	}
+}
+
+func checkError(t *testing.T, body []byte, err error) {
+	t.Helper()
+	var e *Error
+	if !errors.As(err, &e) {
+		t.Fatalf("error %v is a %T", err, err)
+	}
+	if e.Reason == "" || e.Offset < 0 || e.Offset > len(body) {
+		t.Fatalf("bad error %#v for %q", e, body)
+	}
+	if c := e.JSONRPCCode(); c != CodeParseError && c != CodeInvalidRequest && c != CodeInvalidParams {
+		t.Fatalf("JSONRPCCode() = %d", c)
+	}
+	_ = err.Error()
+}
+
+// checkSDKDecode decodes the body as a go-sdk server would and compares.
+func checkSDKDecode(t *testing.T, body []byte, m *Message) {
+	t.Helper()
+	msg, err := jsonrpc.DecodeMessage(body)
+	if err != nil {
+		// The SDK refuses some messages this package lets through for the
+		// caller to decide (unknown methods are fine for both); what it
+		// must never do is read a message we accept differently.
+		return
+	}
+	switch msg := msg.(type) {
+	case *jsonrpc.Request:
+		if m.Kind == KindResponse || msg.Method != m.Method {
+			t.Fatalf("SDK read method %q, Parse %q (kind %v)", msg.Method, m.Method, m.Kind)
+		}
+		if !bytes.Equal(msg.Params, m.Params) {
+			t.Fatalf("SDK read params %q, Parse %q", msg.Params, m.Params)
+		}
+		if msg.IsCall() != (m.Kind == KindRequest) {
+			t.Fatalf("SDK IsCall %v, Parse kind %v", msg.IsCall(), m.Kind)
+		}
+	case *jsonrpc.Response:
+		if m.Kind != KindResponse {
+			t.Fatalf("SDK read a response, Parse a %v", m.Kind)
+		}
+	}
+}
+
+func checkAliases(t *testing.T, body []byte, m *Message) {
+	t.Helper()
+	for _, r := range []json.RawMessage{m.ID, m.Params, m.Arguments} {
+		if r == nil {
+			continue
+		}
+		if !within(body, r) {
+			t.Fatalf("raw field %q does not alias the body", r)
+		}
+		if !json.Valid(r) {
+			t.Fatalf("raw field %q is not valid JSON", r)
+		}
+	}
+}
+
+func within(body, sub []byte) bool {
+	if len(sub) == 0 || len(body) == 0 {
+		return false
+	}
+	for i := range body {
+		if &body[i] == &sub[0] {
+			return i+len(sub) <= len(body)
+		}
+	}
+	return false
+}
+
+// checkArgs compares the Args tree with encoding/json decoding Arguments
+// with UseNumber.
+func checkArgs(t *testing.T, m *Message) {
+	t.Helper()
+	if m.Arguments == nil {
+		if m.Args != nil {
+			t.Fatalf("Args %v without Arguments", m.Args)
+		}
+		return
+	}
+	dec := json.NewDecoder(bytes.NewReader(m.Arguments))
+	dec.UseNumber()
+	var want map[string]any
+	if err := dec.Decode(&want); err != nil {
+		t.Fatalf("encoding/json cannot decode accepted arguments %q: %v", m.Arguments, err)
+	}
+	// reflect.DeepEqual is linear in depth; cmp only explains a failure.
+	if !reflect.DeepEqual(want, m.Args) {
+		t.Fatalf("Args differ from encoding/json (-want +got):\n%s", cmp.Diff(want, m.Args))
+	}
+}
+
+func checkToolsCall(t *testing.T, m *Message) {
+	t.Helper()
+	var p mcp.CallToolParams
+	err := json.Unmarshal(m.Params, &p)
+	var syntax *json.SyntaxError
+	if errors.As(err, &syntax) {
+		t.Fatalf("encoding/json: %v", err)
+	}
+	if err != nil && !isNumberRange(err) {
+		// A member the gateway does not read (requestState,
+		// inputResponses) has the wrong type; the upstream rejects the
+		// call, but name and arguments must still read the same.
+		var mirror struct {
+			Name      string `json:"name"`
+			Arguments any    `json:"arguments,omitempty"`
+		}
+		if err := json.Unmarshal(m.Params, &mirror); err != nil && !isNumberRange(err) {
+			t.Fatalf("encoding/json cannot read name and arguments: %v", err)
+		}
+		p.Name, p.Arguments = mirror.Name, mirror.Arguments
+	}
+	if p.Name != m.Name {
+		t.Fatalf("encoding/json read name %q, Parse %q", p.Name, m.Name)
+	}
+	var want any
+	if m.Arguments != nil {
+		if err := json.Unmarshal(m.Arguments, &want); err != nil && !isNumberRange(err) {
+			t.Fatalf("encoding/json cannot decode Arguments: %v", err)
+		}
+	}
+	if !reflect.DeepEqual(want, p.Arguments) {
+		t.Fatalf("arguments differ (-Arguments +CallToolParams):\n%s", cmp.Diff(want, p.Arguments))
+	}
+}
+
+// isNumberRange reports the error encoding/json gives for a number that
+// does not fit a float64; it still decodes the rest, the same way each time.
+func isNumberRange(err error) bool {
+	var te *json.UnmarshalTypeError
+	return errors.As(err, &te) && strings.HasPrefix(te.Value, "number")
+}
+
+func checkPromptsGet(t *testing.T, m *Message) {
+	t.Helper()
+	var p mcp.GetPromptParams
+	if err := json.Unmarshal(m.Params, &p); err != nil {
+		var mirror struct {
+			Name      string            `json:"name"`
+			Arguments map[string]string `json:"arguments,omitempty"`
+		}
+		if err := json.Unmarshal(m.Params, &mirror); err != nil {
+			t.Fatalf("encoding/json cannot read name and arguments: %v", err)
+		}
+		p.Name, p.Arguments = mirror.Name, mirror.Arguments
+	}
+	if p.Name != m.Name {
+		t.Fatalf("encoding/json read name %q, Parse %q", p.Name, m.Name)
+	}
+	var want map[string]string
+	if m.Args != nil {
+		want = make(map[string]string, len(m.Args))
+		for k, v := range m.Args {
+			want[k] = v.(string)
+		}
+	}
+	if !reflect.DeepEqual(want, p.Arguments) {
+		t.Fatalf("prompt arguments differ (-Parse +encoding/json):\n%s", cmp.Diff(want, p.Arguments))
+	}
+}
+
+func checkResourcesRead(t *testing.T, m *Message) {
+	t.Helper()
+	var p struct {
+		URI string `json:"uri"`
+	}
+	if err := json.Unmarshal(m.Params, &p); err != nil {
+		t.Fatalf("encoding/json cannot read uri: %v", err)
+	}
+	if p.URI != m.URI {
+		t.Fatalf("encoding/json read uri %q, Parse %q", p.URI, m.URI)
+	}
+}
+
+func checkMeta(t *testing.T, m *Message) {
+	t.Helper()
+	if m.Params == nil {
+		return
+	}
+	var p struct {
+		Meta map[string]any `json:"_meta"`
+	}
+	if err := json.Unmarshal(m.Params, &p); err != nil {
+		t.Fatalf("encoding/json cannot read _meta: %v", err)
+	}
+	got, _ := p.Meta[MetaProtocolVersionKey].(string)
+	if got != m.MetaProtocolVersion {
+		t.Fatalf("encoding/json read protocol version %q, Parse %q", got, m.MetaProtocolVersion)
+	}
+}
+
+// FuzzSplitName checks that SplitName never panics and that what it accepts
+// round-trips through JoinName and holds only allowed bytes.
+func FuzzSplitName(f *testing.F) {
+	for _, s := range []string{
+		"notion__get_pages", "a___b", "a__b__c", "__x", "x__", "../etc__passwd", "fs__a/b",
+		"fs__\u0430dmin", "fs__a\x00", "srv_x__tool", "a", "____", "a..__b", "A__B",
+		strings.Repeat("s", 128) + "__" + strings.Repeat("t", 128),
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		server, tool, err := SplitName(s)
+		if err != nil {
+			var e *NameError
+			if !errors.As(err, &e) || e.Reason == "" || e.Index < -1 || e.Index >= len(s) {
+				t.Fatalf("bad error %#v for %q", err, s)
+			}
+			return
+		}
+		if got := JoinName(server, tool); got != s {
+			t.Fatalf("JoinName(SplitName(%q)) = %q", s, got)
+		}
+		if err := ValidateServerName(server); err != nil {
+			t.Fatalf("split server %q invalid: %v", server, err)
+		}
+		if err := ValidateName(tool); err != nil {
+			t.Fatalf("split tool %q invalid: %v", tool, err)
+		}
+		if strings.Contains(server, Separator) || strings.Contains(s, "..") {
+			t.Fatalf("accepted %q", s)
+		}
+		for i := 0; i < len(s); i++ {
+			if !nameByte[s[i]] {
+				t.Fatalf("accepted byte %q in %q", s[i], s)
+			}
+		}
+	})
+}
