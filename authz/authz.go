@@ -1,0 +1,364 @@
+// Package authz is AMG's Envoy ext_authz service: it implements
+// envoy.service.auth.v3.Authorization/Check for requests carrying an MCP
+// JSON-RPC body, resolves the agent's token, decides every message against
+// the policy, applies rate limits, audits, and answers with a signed
+// decision or a denial the agent's MCP client can read.
+//
+// Every failure is a deny: a panic, a token-store, rate-limiter or audit
+// error, a body that is truncated, malformed or does not match its MCP
+// headers. The standalone front calls the same Check in-process.
+package authz
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
+	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/decision"
+	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/internal/ratelimit"
+	"github.com/amgateway/amg/internal/tokens"
+	"github.com/amgateway/amg/mcpfilter"
+)
+
+// Headers authz sets on allowed requests. Any x-amg-* header the agent
+// sent is removed or overwritten.
+const (
+	HeaderAgent      = "x-amg-agent"
+	HeaderRole       = "x-amg-role"
+	HeaderVerdict    = "x-amg-verdict"
+	HeaderDecisionID = "x-amg-decision-id"
+	headerPrefix     = "x-amg-"
+)
+
+// The interfaces authz consumes. Each has an in-memory and a real
+// implementation elsewhere.
+type (
+	// Authenticator resolves a bearer token to an agent and role.
+	Authenticator interface {
+		Authenticate(ctx context.Context, secret string) (tokens.Token, error)
+	}
+	// Policies hands out the current compiled policy set, or nil when
+	// none has ever compiled (everything is then denied).
+	Policies interface {
+		Current() *policy.Set
+	}
+	// Limiter counts a call against one rate limit.
+	Limiter interface {
+		Allow(ctx context.Context, key string, l *policy.RateLimit) (ratelimit.Result, error)
+	}
+	// Auditor records decisions; an error means the record could not be
+	// accepted and the request must be denied.
+	Auditor interface {
+		Log(rec *audit.Record) error
+	}
+	// Redactor replaces sensitive argument values before they are
+	// recorded.
+	Redactor interface {
+		Redact(args map[string]any, rules []string) json.RawMessage
+	}
+	// ShadowCounter counts would-be denials of shadow-mode roles per day.
+	ShadowCounter interface {
+		Inc(ctx context.Context, role string, day time.Time) error
+	}
+	// AnnotationSource tells a tool's annotations, as its server declared
+	// them; nil when unknown.
+	AnnotationSource interface {
+		Annotations(server, tool string) *policy.Annotations
+	}
+)
+
+// Deps are the collaborators a Server cannot work without.
+type Deps struct {
+	Tokens   Authenticator
+	Policies Policies
+	Limiter  Limiter
+	Audit    Auditor
+	Redactor Redactor
+	Signer   *Signer
+}
+
+// Options tune a Server; nil means defaults.
+type Options struct {
+	// Shadow counts shadow-mode denials; nil skips counting.
+	Shadow ShadowCounter
+	// Annotations supplies tool annotations for approval rules; nil means
+	// every tool is treated as declaring none (and so as destructive).
+	Annotations AnnotationSource
+	// MaxBodyBytes bounds the body; 0 means mcpfilter.DefaultMaxBytes.
+	MaxBodyBytes int
+	// Logger receives operational logs; nil discards them.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Server implements the ext_authz Authorization service.
+type Server struct {
+	authv3.UnimplementedAuthorizationServer
+
+	deps    Deps
+	shadow  ShadowCounter
+	ann     AnnotationSource
+	maxBody int
+	log     *slog.Logger
+	now     func() time.Time
+}
+
+var _ authv3.AuthorizationServer = (*Server)(nil)
+
+// New returns a Server. Every field of deps is required.
+func New(deps Deps, opts *Options) (*Server, error) {
+	var missing []string
+	for name, ok := range map[string]bool{
+		"Tokens": deps.Tokens != nil, "Policies": deps.Policies != nil, "Limiter": deps.Limiter != nil,
+		"Audit": deps.Audit != nil, "Redactor": deps.Redactor != nil, "Signer": deps.Signer != nil,
+	} {
+		if !ok {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("authz: missing dependencies: %s", strings.Join(missing, ", "))
+	}
+	if opts == nil {
+		opts = &Options{}
+	}
+	s := &Server{deps: deps, shadow: opts.Shadow, ann: opts.Annotations, maxBody: opts.MaxBodyBytes, log: opts.Logger, now: opts.Now}
+	if s.maxBody <= 0 {
+		s.maxBody = mcpfilter.DefaultMaxBytes
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	return s, nil
+}
+
+// Check decides one HTTP request. It never returns an error: every
+// outcome, including a panic, is a CheckResponse, so Envoy always has an
+// answer to send and never needs failure_mode_allow.
+func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (resp *authv3.CheckResponse, err error) {
+	c := &call{s: s, ctx: ctx, start: s.now(), id: newDecisionID()}
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("panic in Check", "decision_id", c.id, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			resp = c.failClosed(CodeInternalError, "internal error")
+		}
+	}()
+	return c.check(req), nil
+}
+
+// call is the state of one Check.
+type call struct {
+	s     *Server
+	ctx   context.Context
+	start time.Time
+	id    string
+
+	headers  headers
+	token    tokens.Token
+	set      *policy.Set
+	role     *policy.Role
+	body     []byte
+	messages []mcpfilter.Message
+	version  string // MCP protocol version of the request, if known
+}
+
+func newDecisionID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func (c *call) check(req *authv3.CheckRequest) *authv3.CheckResponse {
+	httpReq := req.GetAttributes().GetRequest().GetHttp()
+	if httpReq == nil {
+		return c.reject(400, CodeMalformedRequest, "not an HTTP request")
+	}
+	c.headers = newHeaders(httpReq)
+	h := c.headers
+	if resp := c.authenticate(h); resp != nil {
+		return resp
+	}
+	switch httpReq.GetMethod() {
+	case "POST":
+	case "GET", "DELETE":
+		// The server-to-client stream and session end carry no body to
+		// decide on; the agent is authenticated, which is what they need.
+		return c.allowWithoutBody(httpReq.GetMethod())
+	default:
+		return c.reject(405, CodeMethodNotAllowed, "HTTP method "+quote(httpReq.GetMethod())+" is not allowed")
+	}
+	if h.get("x-envoy-auth-partial-body") == "true" {
+		return c.reject(413, CodeBodyTooLarge, fmt.Sprintf("request body is larger than the gateway accepts (%d bytes)", c.s.maxBody))
+	}
+	c.body = httpReq.GetRawBody()
+	if len(c.body) == 0 {
+		c.body = []byte(httpReq.GetBody())
+	}
+	if resp := c.parse(h); resp != nil {
+		return resp
+	}
+	return c.decide()
+}
+
+// authenticate resolves the bearer token; only the token decides who the
+// agent is and which role it has.
+func (c *call) authenticate(h headers) *authv3.CheckResponse {
+	scheme, secret, ok := strings.Cut(h.get("authorization"), " ")
+	if h.get("authorization") == "" {
+		return c.unauthenticated(CodeUnauthenticated, "missing bearer token", "")
+	}
+	if !ok || !strings.EqualFold(scheme, "Bearer") || secret == "" {
+		return c.unauthenticated(CodeUnauthenticated, "authorization header is not a bearer token", "invalid_request")
+	}
+	tok, err := c.s.deps.Tokens.Authenticate(c.ctx, secret)
+	switch {
+	case err == nil:
+		c.token = tok
+		return nil
+	case errors.Is(err, tokens.ErrMalformed), errors.Is(err, tokens.ErrUnknown):
+		return c.unauthenticated(CodeTokenInvalid, "token is not valid", "invalid_token")
+	case errors.Is(err, tokens.ErrExpired):
+		return c.unauthenticated(CodeTokenExpired, "token has expired", "invalid_token")
+	case errors.Is(err, tokens.ErrRevoked):
+		return c.unauthenticated(CodeTokenRevoked, "token has been revoked", "invalid_token")
+	default:
+		c.s.log.Error("token store failed", "decision_id", c.id, "err", err)
+		return c.failClosed(CodeTokenStoreError, "token store unavailable")
+	}
+}
+
+// parse checks the protocol version and parses the body strictly.
+func (c *call) parse(h headers) *authv3.CheckResponse {
+	c.version = h.get("mcp-protocol-version")
+	if c.version != "" && !supportedVersion(c.version) {
+		return c.reject(400, CodeUnsupportedVersion, "unsupported MCP protocol version "+quote(c.version))
+	}
+	body, err := mcpfilter.Parse(c.body, &mcpfilter.Options{MaxBytes: c.s.maxBody, AllowBatch: c.version == batchVersion})
+	if err != nil {
+		var perr *mcpfilter.Error
+		code, rpcCode := CodeMalformedRequest, mcpfilter.CodeInvalidRequest
+		if errors.As(err, &perr) {
+			rpcCode = perr.JSONRPCCode()
+			if perr.Reason == mcpfilter.ReasonTooLarge {
+				code = CodeBodyTooLarge
+			}
+		}
+		return c.rejectRPC(400, code, rpcCode, err.Error())
+	}
+	c.messages = body.Messages
+	if len(c.messages) == 1 {
+		if resp := c.checkMCPHeaders(h, &c.messages[0]); resp != nil {
+			return resp
+		}
+	} else if h.get("mcp-method") != "" || h.get("mcp-name") != "" {
+		return c.reject(400, CodeHeaderMismatch, "Mcp-Method and Mcp-Name headers cannot describe a batch")
+	}
+	return nil
+}
+
+// checkMCPHeaders enforces that Mcp-Method and Mcp-Name, which let
+// intermediaries route without parsing, say what the body says. They are
+// required from protocol 2026-07-28 on; when an older client sends them
+// they must agree too, since something downstream might route on them.
+func (c *call) checkMCPHeaders(h headers, m *mcpfilter.Message) *authv3.CheckResponse {
+	version := c.version
+	if m.MetaProtocolVersion != "" {
+		if !supportedVersion(m.MetaProtocolVersion) {
+			return c.reject(400, CodeUnsupportedVersion, "unsupported MCP protocol version "+quote(m.MetaProtocolVersion))
+		}
+		if version != "" && version != m.MetaProtocolVersion {
+			return c.reject(400, CodeHeaderMismatch, "MCP-Protocol-Version header disagrees with the request's _meta protocol version")
+		}
+		version = m.MetaProtocolVersion
+	}
+	method, hasMethod := h.lookup("mcp-method")
+	name, hasName := h.lookup("mcp-name")
+	wantName := m.Name
+	if strings.HasPrefix(m.Method, "resources/") {
+		wantName = m.URI
+	}
+	if version >= headerVersion && m.Kind != mcpfilter.KindResponse {
+		if !hasMethod {
+			return c.reject(400, CodeHeaderMismatch, "Mcp-Method header is required from protocol "+headerVersion)
+		}
+		if wantName != "" && !hasName {
+			return c.reject(400, CodeHeaderMismatch, "Mcp-Name header is required for "+m.Method+" from protocol "+headerVersion)
+		}
+	}
+	if hasMethod && method != m.Method {
+		return c.reject(400, CodeHeaderMismatch, "Mcp-Method header "+quote(method)+" does not match the body's method "+quote(m.Method))
+	}
+	if hasName && name != wantName {
+		return c.reject(400, CodeHeaderMismatch, "Mcp-Name header does not match the body")
+	}
+	return nil
+}
+
+// Protocol versions.
+const (
+	batchVersion  = "2025-03-26" // the only version with JSON-RPC batches
+	headerVersion = "2026-07-28" // the first with required Mcp-Method/Mcp-Name
+)
+
+var supportedVersions = []string{"2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"}
+
+func supportedVersion(v string) bool {
+	for _, s := range supportedVersions {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+func quote(s string) string {
+	const max = 128
+	if len(s) > max {
+		s = s[:max] + "..."
+	}
+	return fmt.Sprintf("%q", s)
+}
+
+// bodyHash is the SHA-256 a decision token binds.
+func bodyHash(body []byte) [32]byte { return sha256.Sum256(body) }
+
+// record fills the fields every audit record of this call shares.
+func (c *call) record(verdict, code, reason string) *audit.Record {
+	rec := &audit.Record{
+		Time:          c.start,
+		DecisionID:    c.id,
+		Agent:         c.token.Agent,
+		Role:          c.token.Role,
+		Verdict:       verdict,
+		Code:          code,
+		Reason:        reason,
+		LatencyMicros: c.s.now().Sub(c.start).Microseconds(),
+	}
+	if c.set != nil {
+		rec.PolicyVersion = c.set.Version().String()
+	}
+	return rec
+}
+
+// decision verdicts as they appear in headers and audit records.
+var (
+	verdictAllow         = decision.Allow.String()
+	verdictDeny          = decision.Deny.String()
+	verdictNeedsApproval = decision.NeedsApproval.String()
+)

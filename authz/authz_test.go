@@ -1,0 +1,645 @@
+package authz
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/genproto/googleapis/rpc/code"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/internal/ratelimit"
+	"github.com/amgateway/amg/internal/shadow"
+	"github.com/amgateway/amg/internal/tokens"
+)
+
+const testPolicy = `
+role: reader
+servers:
+  notion:
+    tools:
+      - name: get_pages
+        constraints:
+          workspace_id: { in: ["ws_abc123"] }
+          limit: { lte: 100, optional: true }
+          password: { optional: true }
+      - name: delete_page
+        constraints:
+          page_id: { prefix: "pg_" }
+      - name: search
+        constraints:
+          query: {}
+        rate_limits:
+          - { requests: 2, per: 1m }
+    prompts:
+      - name: summarize
+    resources: ["notion://ws_abc123/*"]
+approvals:
+  - match: "delete*"
+    require: human
+redact: ["query"]
+`
+
+const shadowPolicy = `
+role: trial
+mode: shadow
+servers:
+  notion:
+    tools:
+      - name: get_pages
+        constraints:
+          workspace_id: { eq: "ws_abc123" }
+`
+
+// recorder is an Auditor that keeps records and can be told to fail.
+type recorder struct {
+	mu   sync.Mutex
+	recs []audit.Record
+	err  error
+}
+
+func (r *recorder) Log(rec *audit.Record) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.err != nil {
+		return r.err
+	}
+	r.recs = append(r.recs, *rec)
+	return nil
+}
+
+func (r *recorder) last(t *testing.T) audit.Record {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.recs) == 0 {
+		t.Fatal("no audit record")
+	}
+	return r.recs[len(r.recs)-1]
+}
+
+type staticPolicies struct{ set *policy.Set }
+
+func (p staticPolicies) Current() *policy.Set { return p.set }
+
+type panickingPolicies struct{}
+
+func (panickingPolicies) Current() *policy.Set { panic("policy store exploded") }
+
+type failingAuth struct{}
+
+func (failingAuth) Authenticate(context.Context, string) (tokens.Token, error) {
+	return tokens.Token{}, errors.New("database is locked")
+}
+
+type failingLimiter struct{}
+
+func (failingLimiter) Allow(context.Context, string, *policy.RateLimit) (ratelimit.Result, error) {
+	return ratelimit.Result{}, errors.New("connection refused")
+}
+
+// env is a running authz gRPC server on loopback with its collaborators.
+type env struct {
+	client  authv3.AuthorizationClient
+	audit   *recorder
+	signer  *Signer
+	store   *tokens.MemoryStore
+	auth    *tokens.Authenticator
+	shadow  *shadow.Memory
+	tokens  map[string]string // agent -> secret
+	now     time.Time
+	limiter *ratelimit.Memory
+}
+
+type envOption func(*Deps, *Options)
+
+func newEnv(t *testing.T, opts ...envOption) *env {
+	t.Helper()
+	ctx := context.Background()
+	set, err := policy.Compile([]policy.File{
+		{Name: "reader.yaml", Data: []byte(testPolicy)},
+		{Name: "trial.yaml", Data: []byte(shadowPolicy)},
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{audit: &recorder{}, store: tokens.NewMemoryStore(), shadow: shadow.NewMemory(), tokens: map[string]string{},
+		now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+	clock := func() time.Time { return e.now }
+	e.auth = tokens.NewAuthenticator(e.store, &tokens.AuthOptions{Now: clock, CacheTTL: -1})
+	for agent, role := range map[string]string{"bot-1": "reader", "bot-2": "trial", "bot-3": "ghost"} {
+		secret, _, err := tokens.Issue(ctx, e.store, agent, role, time.Hour, e.now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.tokens[agent] = secret
+	}
+	e.signer, err = NewSigner([]byte(strings.Repeat("k", 32)), &SignerOptions{Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.limiter = ratelimit.NewMemory(&ratelimit.MemoryOptions{Now: clock})
+	deps := Deps{
+		Tokens:   e.auth,
+		Policies: staticPolicies{set},
+		Limiter:  e.limiter,
+		Audit:    e.audit,
+		Redactor: audit.NewRedactor([]byte(strings.Repeat("r", 32))),
+		Signer:   e.signer,
+	}
+	o := &Options{Shadow: e.shadow, Now: clock}
+	for _, opt := range opts {
+		opt(&deps, o)
+	}
+	srv, err := New(deps, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	authv3.RegisterAuthorizationServer(gs, srv)
+	go gs.Serve(lis)
+	t.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	e.client = authv3.NewAuthorizationClient(conn)
+	return e
+}
+
+// envoyRequest builds a CheckRequest shaped as Envoy sends it with
+// with_request_body and pack_as_bytes: lower-case headers including the
+// pseudo-headers, the body in raw_body.
+func envoyRequest(method string, hdrs map[string]string, body string) *authv3.CheckRequest {
+	h := map[string]string{
+		":authority":   "127.0.0.1:8080",
+		":method":      method,
+		":path":        "/mcp",
+		":scheme":      "http",
+		"content-type": "application/json",
+		"accept":       "application/json, text/event-stream",
+		"x-request-id": "4f1c2a9e-0000-4000-8000-000000000001",
+	}
+	for k, v := range hdrs {
+		h[k] = v
+	}
+	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Source: &authv3.AttributeContext_Peer{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{
+			SocketAddress: &corev3.SocketAddress{Address: "127.0.0.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 53124}}}}},
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+			Id: "1234", Method: method, Path: "/mcp", Host: "127.0.0.1:8080", Scheme: "http", Protocol: "HTTP/1.1",
+			Headers: h, Size: int64(len(body)), RawBody: []byte(body),
+		}},
+	}}
+}
+
+func (e *env) check(t *testing.T, agent string, hdrs map[string]string, body string) *authv3.CheckResponse {
+	t.Helper()
+	h := map[string]string{"mcp-protocol-version": "2025-06-18"}
+	if agent != "" {
+		h["authorization"] = "Bearer " + e.tokens[agent]
+	}
+	for k, v := range hdrs {
+		h[k] = v
+	}
+	resp, err := e.client.Check(context.Background(), envoyRequest("POST", h, body))
+	if err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+	return resp
+}
+
+func toolCall(id int, tool, args string) string {
+	return `{"jsonrpc":"2.0","id":` + itoa(id) + `,"method":"tools/call","params":{"name":"` + tool + `","arguments":` + args + `}}`
+}
+
+func itoa(i int) string { b, _ := json.Marshal(i); return string(b) }
+
+// okHeaders returns the headers an OK response sets and removes.
+func okHeaders(t *testing.T, resp *authv3.CheckResponse) (map[string]string, []string) {
+	t.Helper()
+	ok := resp.GetOkResponse()
+	if ok == nil || resp.GetStatus().GetCode() != int32(code.Code_OK) {
+		t.Fatalf("want OK, got status %v denied %v", resp.GetStatus(), resp.GetDeniedResponse())
+	}
+	h := map[string]string{}
+	for _, o := range ok.GetHeaders() {
+		if o.GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD {
+			t.Errorf("header %s is appended, must overwrite", o.GetHeader().GetKey())
+		}
+		h[o.GetHeader().GetKey()] = o.GetHeader().GetValue()
+	}
+	return h, ok.GetHeadersToRemove()
+}
+
+// denial is a denied response as the agent sees it.
+type denial struct {
+	status  int
+	headers map[string]string
+	body    string
+}
+
+func denied(t *testing.T, resp *authv3.CheckResponse) denial {
+	t.Helper()
+	d := resp.GetDeniedResponse()
+	if d == nil {
+		t.Fatalf("want a denial, got %v", resp)
+	}
+	out := denial{status: int(d.GetStatus().GetCode()), headers: map[string]string{}, body: d.GetBody()}
+	for _, o := range d.GetHeaders() {
+		out.headers[o.GetHeader().GetKey()] = o.GetHeader().GetValue()
+	}
+	return out
+}
+
+// rpcErr decodes a single JSON-RPC error response.
+func rpcErr(t *testing.T, body string) rpcResponse {
+	t.Helper()
+	var r rpcResponse
+	if err := json.Unmarshal([]byte(body), &r); err != nil {
+		t.Fatalf("denial body is not a JSON-RPC response: %v\n%s", err, body)
+	}
+	return r
+}
+
+func TestAllow(t *testing.T) {
+	e := newEnv(t)
+	body := toolCall(7, "notion__get_pages", `{"workspace_id":"ws_abc123","limit":10}`)
+	resp := e.check(t, "bot-1", map[string]string{
+		"x-amg-role": "admin", "x-amg-verdict": "allow", "x-amg-extra": "1",
+	}, body)
+	h, removed := okHeaders(t, resp)
+	rec := e.audit.last(t)
+	want := map[string]string{
+		HeaderAgent: "bot-1", HeaderRole: "reader", HeaderVerdict: "allow", HeaderDecisionID: rec.DecisionID,
+		HeaderDecision: h[HeaderDecision],
+	}
+	if diff := cmp.Diff(want, h); diff != "" {
+		t.Errorf("headers (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"authorization", "x-amg-extra"}, removed); diff != "" {
+		t.Errorf("headers to remove (-want +got):\n%s", diff)
+	}
+	d, err := e.signer.Verify(h[HeaderDecision], []byte(body))
+	if err != nil {
+		t.Fatalf("decision token does not verify: %v", err)
+	}
+	if d.ID != rec.DecisionID || d.Agent != "bot-1" || d.Role != "reader" || d.Verdict != "allow" || d.PolicyVersion != rec.PolicyVersion {
+		t.Errorf("decision token binds %+v, audit says %+v", d, rec)
+	}
+	if _, err := e.signer.Verify(h[HeaderDecision], []byte(body+" ")); !errors.Is(err, ErrDecisionBody) {
+		t.Errorf("token verified against another body: %v", err)
+	}
+	if got := resp.GetDynamicMetadata().GetFields()["decision_id"].GetStringValue(); got != rec.DecisionID {
+		t.Errorf("dynamic metadata decision_id = %q, want %q", got, rec.DecisionID)
+	}
+	if rec.Verdict != "allow" || rec.Code != "allowed" || rec.Server != "notion" || rec.Tool != "get_pages" ||
+		rec.Method != "tools/call" || rec.Rule != "reader/notion/get_pages" || rec.Agent != "bot-1" {
+		t.Errorf("audit record = %+v", rec)
+	}
+}
+
+func TestLifecycleMethodsAllowed(t *testing.T) {
+	e := newEnv(t)
+	for _, body := range []string{
+		`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}`,
+		`{"jsonrpc":"2.0","method":"notifications/initialized"}`,
+		`{"jsonrpc":"2.0","id":2,"method":"tools/list"}`,
+		`{"jsonrpc":"2.0","id":3,"method":"ping"}`,
+		`{"jsonrpc":"2.0","id":4,"result":{"content":[]}}`,
+	} {
+		resp := e.check(t, "bot-1", nil, body)
+		if resp.GetOkResponse() == nil {
+			t.Errorf("%s: denied: %s", body, resp.GetDeniedResponse().GetBody())
+		}
+	}
+	if code := e.audit.last(t).Code; code != string(CodeLifecycle) {
+		t.Errorf("audit code = %q", code)
+	}
+}
+
+func TestPolicyDeny(t *testing.T) {
+	e := newEnv(t)
+	tests := []struct {
+		name, body string
+		rpcCode    int
+		code       Code
+		message    string
+	}{
+		{"ungranted tool", toolCall(1, "notion__drop_db", `{}`), RPCDenied, "not_granted", `tool "notion__drop_db" is not granted to role "reader"`},
+		{"unknown argument", toolCall(2, "notion__get_pages", `{"workspace_id":"ws_abc123","admin":true}`), RPCDenied, "unknown_argument", `argument "admin" is not allowed for "notion__get_pages"`},
+		{"failed constraint", toolCall(3, "notion__get_pages", `{"workspace_id":"ws_other"}`), RPCDenied, "constraint_failed", `argument "workspace_id" is not one of the allowed values`},
+		{"case folded tool name", toolCall(4, "notion__Get_Pages", `{}`), RPCDenied, "not_granted", `tool "notion__Get_Pages" is not granted to role "reader"`},
+		{"path traversal", toolCall(5, "../notion__get_pages", `{}`), -32602, "invalid_name", ""},
+		{"look-alike", toolCall(6, "notion__get_pаges", `{}`), -32602, "invalid_name", ""},
+		{"no namespace", toolCall(7, "get_pages", `{}`), -32602, "invalid_name", ""},
+		{"unknown method", `{"jsonrpc":"2.0","id":8,"method":"sampling/createMessage","params":{}}`, -32601, "method_not_allowed", `method "sampling/createMessage" is not allowed through the gateway`},
+		{"ungranted resource", `{"jsonrpc":"2.0","id":9,"method":"resources/read","params":{"uri":"notion__notion://ws_other/p"}}`, RPCDenied, "not_granted", `resource "notion://ws_other/p" on server "notion" is not granted to role "reader"`},
+		{"resource without namespace", `{"jsonrpc":"2.0","id":10,"method":"resources/read","params":{"uri":"notion://ws_abc123/p"}}`, -32602, "invalid_name", `resource URI "notion://ws_abc123/p" is not namespaced as server__uri`},
+		{"string id kept", `{"jsonrpc":"2.0","id":"req-11","method":"tools/call","params":{"name":"notion__drop_db"}}`, RPCDenied, "not_granted", `tool "notion__drop_db" is not granted to role "reader"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := denied(t, e.check(t, "bot-1", nil, tt.body))
+			if d.status != 200 || d.headers["content-type"] != "application/json" {
+				t.Errorf("status %d, headers %v; want 200 application/json", d.status, d.headers)
+			}
+			r := rpcErr(t, d.body)
+			var req struct{ ID json.RawMessage }
+			json.Unmarshal([]byte(tt.body), &req)
+			rec := e.audit.last(t)
+			if string(r.ID) != string(req.ID) || r.Error.Code != tt.rpcCode || r.Error.Data.Code != tt.code || r.Error.Data.DecisionID != rec.DecisionID {
+				t.Errorf("response %s", d.body)
+			}
+			if tt.message != "" && r.Error.Message != tt.message {
+				t.Errorf("message = %q, want %q", r.Error.Message, tt.message)
+			}
+			if rec.Verdict != "deny" || rec.Code != string(tt.code) || rec.Reason != r.Error.Message {
+				t.Errorf("audit record = %+v", rec)
+			}
+		})
+	}
+}
+
+func TestNeedsApproval(t *testing.T) {
+	e := newEnv(t)
+	body := toolCall(1, "notion__delete_page", `{"page_id":"pg_123"}`)
+	h, _ := okHeaders(t, e.check(t, "bot-1", nil, body))
+	if h[HeaderVerdict] != "needs_approval" {
+		t.Errorf("verdict header = %q", h[HeaderVerdict])
+	}
+	d, err := e.signer.Verify(h[HeaderDecision], []byte(body))
+	if err != nil || d.Verdict != "needs_approval" {
+		t.Errorf("decision token %+v %v", d, err)
+	}
+	if rec := e.audit.last(t); rec.Verdict != "needs_approval" || rec.Rule != "reader/approvals[0]" {
+		t.Errorf("audit record = %+v", rec)
+	}
+}
+
+func TestShadowMode(t *testing.T) {
+	e := newEnv(t)
+	body := toolCall(1, "notion__get_pages", `{"workspace_id":"ws_other"}`)
+	for range 3 {
+		h, _ := okHeaders(t, e.check(t, "bot-2", nil, body))
+		if h[HeaderVerdict] != "allow" {
+			t.Fatalf("shadow role: verdict header %q", h[HeaderVerdict])
+		}
+	}
+	rec := e.audit.last(t)
+	if rec.Verdict != "allow" || rec.ShadowVerdict != "deny" || rec.Code != "constraint_failed" || rec.Role != "trial" {
+		t.Errorf("audit record = %+v", rec)
+	}
+	okHeaders(t, e.check(t, "bot-2", nil, toolCall(2, "notion__get_pages", `{"workspace_id":"ws_abc123"}`)))
+	if rec := e.audit.last(t); rec.ShadowVerdict != "allow" {
+		t.Errorf("a would-be allow is recorded with shadow verdict %q", rec.ShadowVerdict)
+	}
+	counts, _ := e.shadow.Counts(context.Background(), e.now, e.now)
+	if diff := cmp.Diff([]shadow.Count{{Role: "trial", Day: "2026-11-25", N: 3}}, counts); diff != "" {
+		t.Errorf("shadow counts (-want +got):\n%s", diff)
+	}
+}
+
+func TestRateLimit(t *testing.T) {
+	e := newEnv(t)
+	body := toolCall(1, "notion__search", `{"query":"x"}`)
+	for range 2 {
+		okHeaders(t, e.check(t, "bot-1", nil, body))
+	}
+	d := denied(t, e.check(t, "bot-1", nil, body))
+	r := rpcErr(t, d.body)
+	if d.status != 200 || r.Error.Code != RPCRateLimited || r.Error.Data.Code != CodeRateLimited || r.Error.Data.RetryAfterMS != 30000 || d.headers["retry-after"] != "30" {
+		t.Errorf("rate-limited response: %d %v %s", d.status, d.headers, d.body)
+	}
+	if want := `rate limit "reader/notion/search/rate_limits[0]" exceeded: 2 calls per 1m0s`; r.Error.Message != want {
+		t.Errorf("message = %q, want %q", r.Error.Message, want)
+	}
+	e.now = e.now.Add(30 * time.Second)
+	okHeaders(t, e.check(t, "bot-1", nil, body))
+}
+
+func TestAuthentication(t *testing.T) {
+	e := newEnv(t)
+	body := `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`
+	expired, _, _ := tokens.Issue(context.Background(), e.store, "old", "reader", time.Minute, e.now.Add(-time.Hour))
+	revoked, tok, _ := tokens.Issue(context.Background(), e.store, "gone", "reader", 0, e.now)
+	if err := e.auth.Revoke(context.Background(), tok.ID); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		authz     string
+		code      Code
+		challenge string
+	}{
+		{"missing", "", CodeUnauthenticated, `Bearer realm="amg"`},
+		{"not bearer", "Basic dXNlcjpwYXNz", CodeUnauthenticated, `Bearer realm="amg", error="invalid_request", error_description="authorization header is not a bearer token"`},
+		{"malformed", "Bearer amg_nothex", CodeTokenInvalid, `Bearer realm="amg", error="invalid_token", error_description="token is not valid"`},
+		{"unknown", "Bearer amg_" + strings.Repeat("ab", 32), CodeTokenInvalid, `Bearer realm="amg", error="invalid_token", error_description="token is not valid"`},
+		{"expired", "Bearer " + expired, CodeTokenExpired, `Bearer realm="amg", error="invalid_token", error_description="token has expired"`},
+		{"revoked", "Bearer " + revoked, CodeTokenRevoked, `Bearer realm="amg", error="invalid_token", error_description="token has been revoked"`},
+		{"two tokens", "Bearer " + e.tokens["bot-1"] + ",Bearer " + e.tokens["bot-1"], CodeTokenInvalid, `Bearer realm="amg", error="invalid_token", error_description="token is not valid"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := map[string]string{}
+			if tt.authz != "" {
+				h["authorization"] = tt.authz
+			}
+			d := denied(t, e.check(t, "", h, body))
+			if d.status != 401 || d.headers["www-authenticate"] != tt.challenge {
+				t.Errorf("status %d, challenge %q; want 401 %q", d.status, d.headers["www-authenticate"], tt.challenge)
+			}
+			r := rpcErr(t, d.body)
+			if r.Error.Code != RPCUnauthorized || r.Error.Data.Code != tt.code {
+				t.Errorf("body %s", d.body)
+			}
+			if rec := e.audit.last(t); rec.Code != string(tt.code) || rec.Verdict != "deny" {
+				t.Errorf("audit record = %+v", rec)
+			}
+		})
+	}
+}
+
+func TestRevocationTakesEffectOnNextRequest(t *testing.T) {
+	e := newEnv(t)
+	body := `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`
+	okHeaders(t, e.check(t, "bot-1", nil, body))
+	d, _ := tokens.Parse(e.tokens["bot-1"])
+	// Revoked through the store, as another process would.
+	if err := e.store.Revoke(context.Background(), d.ID(), e.now); err != nil {
+		t.Fatal(err)
+	}
+	if got := denied(t, e.check(t, "bot-1", nil, body)); got.status != 401 {
+		t.Errorf("after revocation: status %d", got.status)
+	}
+}
+
+func TestMalformedRequests(t *testing.T) {
+	e := newEnv(t)
+	tests := []struct {
+		name    string
+		hdrs    map[string]string
+		body    string
+		status  int
+		rpcCode int
+		code    Code
+		message string
+	}{
+		{"invalid JSON", nil, `{"jsonrpc":"2.0",`, 400, -32700, CodeMalformedRequest, ""},
+		{"duplicate key smuggling", nil, toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123","limit":1,"limit":1000}`), 400, -32600, CodeMalformedRequest, ""},
+		{"case-folded key", nil, `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"notion__get_pages","Name":"notion__drop_db"}}`, 400, -32600, CodeMalformedRequest, ""},
+		{"trailing data", nil, toolCall(1, "notion__get_pages", `{}`) + `{}`, 400, -32700, CodeMalformedRequest, ""},
+		{"batch in 2025-06-18", nil, `[` + toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`) + `]`, 400, -32600, CodeMalformedRequest, ""},
+		{"unsupported version", map[string]string{"mcp-protocol-version": "1999-01-01"}, toolCall(1, "notion__get_pages", `{}`), 400, -32600, CodeUnsupportedVersion, `unsupported MCP protocol version "1999-01-01"`},
+		{"Mcp-Method disagrees", map[string]string{"mcp-method": "tools/list"}, toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`), 400, -32600, CodeHeaderMismatch, `Mcp-Method header "tools/list" does not match the body's method "tools/call"`},
+		{"Mcp-Name disagrees", map[string]string{"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "notion__search"}, toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`), 400, -32600, CodeHeaderMismatch, "Mcp-Name header does not match the body"},
+		{"Mcp-Method missing in 2026-07-28", map[string]string{"mcp-protocol-version": "2026-07-28"}, toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`), 400, -32600, CodeHeaderMismatch, "Mcp-Method header is required from protocol 2026-07-28"},
+		{"partial body", map[string]string{"x-envoy-auth-partial-body": "true"}, toolCall(1, "notion__get_pages", `{}`), 413, -32600, CodeBodyTooLarge, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := denied(t, e.check(t, "bot-1", tt.hdrs, tt.body))
+			r := rpcErr(t, d.body)
+			if d.status != tt.status || r.Error.Code != tt.rpcCode || r.Error.Data.Code != tt.code || string(r.ID) != "null" {
+				t.Errorf("got %d %s", d.status, d.body)
+			}
+			if tt.message != "" && r.Error.Message != tt.message {
+				t.Errorf("message = %q, want %q", r.Error.Message, tt.message)
+			}
+			if rec := e.audit.last(t); rec.Code != string(tt.code) || rec.Reason != r.Error.Message {
+				t.Errorf("audit record = %+v", rec)
+			}
+		})
+	}
+	okHeaders(t, e.check(t, "bot-1", map[string]string{"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "notion__get_pages"},
+		toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`)))
+}
+
+func TestBatches(t *testing.T) {
+	e := newEnv(t)
+	v2025 := map[string]string{"mcp-protocol-version": "2025-03-26"}
+	good := toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`)
+	okHeaders(t, e.check(t, "bot-1", v2025, "["+good+`,{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}]`))
+
+	d := denied(t, e.check(t, "bot-1", v2025, "["+good+","+toolCall(2, "notion__drop_db", `{}`)+"]"))
+	var rs []rpcResponse
+	if err := json.Unmarshal([]byte(d.body), &rs); err != nil || len(rs) != 2 {
+		t.Fatalf("batch denial %s: %v", d.body, err)
+	}
+	if rs[0].Error.Data.Code != CodeBatchDenied || rs[1].Error.Data.Code != "not_granted" || string(rs[0].ID) != "1" || string(rs[1].ID) != "2" {
+		t.Errorf("batch denial %s", d.body)
+	}
+
+	d = denied(t, e.check(t, "bot-1", v2025, "["+good+","+toolCall(2, "notion__delete_page", `{"page_id":"pg_1"}`)+"]"))
+	if err := json.Unmarshal([]byte(d.body), &rs); err != nil || rs[1].Error.Message != "calls that need approval cannot be sent in a batch" {
+		t.Errorf("batch with an approval: %s", d.body)
+	}
+}
+
+func TestNonPostMethods(t *testing.T) {
+	e := newEnv(t)
+	auth := map[string]string{"authorization": "Bearer " + e.tokens["bot-1"]}
+	resp, err := e.client.Check(context.Background(), envoyRequest("GET", auth, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	okHeaders(t, resp)
+	resp, _ = e.client.Check(context.Background(), envoyRequest("PUT", auth, "{}"))
+	if d := denied(t, resp); d.status != 405 {
+		t.Errorf("PUT: status %d", d.status)
+	}
+	resp, _ = e.client.Check(context.Background(), envoyRequest("GET", nil, ""))
+	if d := denied(t, resp); d.status != 401 {
+		t.Errorf("GET without a token: status %d", d.status)
+	}
+}
+
+func TestFailClosed(t *testing.T) {
+	body := toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`)
+	tests := []struct {
+		name   string
+		opt    envOption
+		agent  string
+		status int
+		code   Code
+	}{
+		{"panic", func(d *Deps, _ *Options) { d.Policies = panickingPolicies{} }, "bot-1", 503, CodeInternalError},
+		{"no policy loaded", func(d *Deps, _ *Options) { d.Policies = staticPolicies{} }, "bot-1", 200, "no_policy"},
+		{"role not in policy", nil, "bot-3", 200, "unknown_role"},
+		{"token store error", func(d *Deps, _ *Options) { d.Tokens = failingAuth{} }, "bot-1", 503, CodeTokenStoreError},
+		{"rate limiter error", func(d *Deps, _ *Options) { d.Limiter = failingLimiter{} }, "bot-1", 503, CodeRateLimiterError},
+		{"audit failure", func(d *Deps, _ *Options) { d.Audit = &recorder{err: audit.ErrUnavailable} }, "bot-1", 503, CodeAuditUnavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var opts []envOption
+			if tt.opt != nil {
+				opts = append(opts, tt.opt)
+			}
+			e := newEnv(t, opts...)
+			// The rate-limited grant exercises the limiter.
+			b := body
+			if tt.code == CodeRateLimiterError {
+				b = toolCall(1, "notion__search", `{"query":"q"}`)
+			}
+			d := denied(t, e.check(t, tt.agent, nil, b))
+			r := rpcErr(t, d.body)
+			if d.status != tt.status || r.Error.Data.Code != tt.code {
+				t.Errorf("got %d %s; want %d %s", d.status, d.body, tt.status, tt.code)
+			}
+			if tt.status == 503 && d.headers["retry-after"] != "1" {
+				t.Errorf("503 without retry-after: %v", d.headers)
+			}
+		})
+	}
+}
+
+func TestRedactionAndNoSecretLeaks(t *testing.T) {
+	e := newEnv(t)
+	const secret = "s3cr3t-7f3a9b2c"
+	body := toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123","password":"`+secret+`"}`)
+	resp := e.check(t, "bot-1", map[string]string{"x-api-key": secret, "cookie": "session=" + secret}, body)
+	okHeaders(t, resp)
+	deniedResp := e.check(t, "bot-1", map[string]string{"x-api-key": secret}, toolCall(2, "notion__get_pages", `{"workspace_id":"ws_other","password":"`+secret+`"}`))
+	searchResp := e.check(t, "bot-1", nil, toolCall(3, "notion__search", `{"query":"`+secret+`"}`))
+	for _, r := range []*authv3.CheckResponse{resp, deniedResp, searchResp} {
+		if b, _ := json.Marshal(r); strings.Contains(string(b), secret) {
+			t.Errorf("response carries the secret: %s", b)
+		}
+	}
+	e.audit.mu.Lock()
+	defer e.audit.mu.Unlock()
+	for _, rec := range e.audit.recs {
+		b, _ := json.Marshal(rec)
+		if strings.Contains(string(b), secret) {
+			t.Errorf("audit record carries the secret: %s", b)
+		}
+	}
+	if args := string(e.audit.recs[0].Args); !strings.Contains(args, `"password":"hmac-sha256:`) || !strings.Contains(args, `"workspace_id":"ws_abc123"`) {
+		t.Errorf("redacted args = %s", args)
+	}
+}
+
+func TestNewRequiresDependencies(t *testing.T) {
+	_, err := New(Deps{}, nil)
+	if err == nil || !strings.Contains(err.Error(), "Audit") || !strings.Contains(err.Error(), "Tokens") {
+		t.Errorf("err = %v", err)
+	}
+}

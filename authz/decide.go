@@ -1,0 +1,260 @@
+package authz
+
+import (
+	"encoding/json"
+	"strconv"
+	"strings"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
+	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/decision"
+	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/mcpfilter"
+)
+
+// Code says why authz answered as it did. It is a metric label and an
+// audit field; policy outcomes use the decision engine's codes.
+type Code string
+
+// Codes of outcomes decided outside the policy engine.
+const (
+	CodeLifecycle          Code = "lifecycle" // initialize, ping, notifications, list methods
+	CodeUnauthenticated    Code = "unauthenticated"
+	CodeTokenInvalid       Code = "token_invalid"
+	CodeTokenExpired       Code = "token_expired"
+	CodeTokenRevoked       Code = "token_revoked"
+	CodeTokenStoreError    Code = "token_store_error"
+	CodeMalformedRequest   Code = "malformed_request"
+	CodeBodyTooLarge       Code = "body_too_large"
+	CodeUnsupportedVersion Code = "unsupported_protocol_version"
+	CodeHeaderMismatch     Code = "header_mismatch"
+	CodeMethodNotAllowed   Code = "method_not_allowed"
+	CodeInvalidName        Code = "invalid_name"
+	CodeBatchDenied        Code = "batch_denied"
+	CodeRateLimited        Code = "rate_limited"
+	CodeRateLimiterError   Code = "rate_limiter_error"
+	CodeAuditUnavailable   Code = "audit_unavailable"
+	CodeInternalError      Code = "internal_error"
+)
+
+// outcome is the decision on one JSON-RPC message.
+type outcome struct {
+	msg     *mcpfilter.Message
+	server  string
+	name    string // tool or prompt name, or resource URI, on its server
+	res     decision.Result
+	code    Code
+	reason  string
+	verdict decision.Verdict // enforced
+	retry   time.Duration    // for CodeRateLimited
+}
+
+// lifecycleMethods need a valid role and nothing more: the broker answers
+// initialize itself and filters every list to what the role may use.
+var lifecycleMethods = map[string]bool{
+	"initialize":               true,
+	"ping":                     true,
+	"server/discover":          true,
+	"tools/list":               true,
+	"resources/list":           true,
+	"resources/templates/list": true,
+	"prompts/list":             true,
+}
+
+func (c *call) decide() *authv3.CheckResponse {
+	c.set = c.s.deps.Policies.Current()
+	if c.set != nil {
+		c.role, _ = c.set.Role(c.token.Role)
+	}
+	outs := make([]outcome, len(c.messages))
+	for i := range c.messages {
+		outs[i] = c.decideMessage(&c.messages[i])
+	}
+	if resp := c.applyRateLimits(outs); resp != nil {
+		return resp
+	}
+	if len(outs) > 1 {
+		denyBatch(outs)
+	}
+	c.countShadowDenies(outs)
+	for i := range outs {
+		if err := c.s.deps.Audit.Log(c.messageRecord(&outs[i])); err != nil {
+			return c.auditFailed(err)
+		}
+	}
+	for i := range outs {
+		if outs[i].verdict == decision.Deny {
+			return c.denied(outs)
+		}
+	}
+	verdict := verdictAllow
+	if outs[0].verdict == decision.NeedsApproval {
+		verdict = verdictNeedsApproval
+	}
+	return c.ok(verdict)
+}
+
+func (c *call) decideMessage(m *mcpfilter.Message) outcome {
+	o := outcome{msg: m}
+	var kind decision.Kind
+	switch {
+	case m.Kind == mcpfilter.KindResponse, lifecycleMethods[m.Method], strings.HasPrefix(m.Method, "notifications/"):
+		o.verdict, o.code = decision.Allow, CodeLifecycle
+		return o
+	case m.Method == "tools/call", m.Method == "prompts/get":
+		server, name, err := mcpfilter.SplitName(m.Name)
+		if err != nil {
+			o.code, o.reason = CodeInvalidName, err.Error()
+			return o
+		}
+		o.server, o.name = server, name
+		kind = decision.Tool
+		if m.Method == "prompts/get" {
+			kind = decision.Prompt
+		}
+	case m.Method == "resources/read", m.Method == "resources/subscribe", m.Method == "resources/unsubscribe":
+		// Resource URIs are namespaced server__uri, like tools; server
+		// names cannot contain "__", so the first one separates.
+		server, uri, ok := strings.Cut(m.URI, mcpfilter.Separator)
+		if !ok || uri == "" {
+			o.code, o.reason = CodeInvalidName, "resource URI "+quote(m.URI)+" is not namespaced as server__uri"
+			return o
+		}
+		if err := mcpfilter.ValidateServerName(server); err != nil {
+			o.code, o.reason = CodeInvalidName, err.Error()
+			return o
+		}
+		o.server, o.name, kind = server, uri, decision.Resource
+	default:
+		o.code, o.reason = CodeMethodNotAllowed, "method "+quote(m.Method)+" is not allowed through the gateway"
+		return o
+	}
+	in := decision.Input{Agent: c.token.Agent, Role: c.token.Role, Kind: kind, Server: o.server, Name: o.name, Arguments: m.Args}
+	if kind == decision.Tool && c.s.ann != nil {
+		in.Annotations = c.s.ann.Annotations(o.server, o.name)
+	}
+	o.res = decision.Evaluate(c.set, &in)
+	o.verdict, o.code, o.reason = o.res.Verdict, Code(o.res.Code), o.res.Reason
+	return o
+}
+
+// applyRateLimits counts every call that would go ahead against its
+// limits. A limiter error fails the whole request closed. In shadow mode
+// an exceeded limit is a would-be denial like any other.
+func (c *call) applyRateLimits(outs []outcome) *authv3.CheckResponse {
+	for i := range outs {
+		o := &outs[i]
+		if o.verdict == decision.Deny || (o.res.Shadow && o.res.ShadowVerdict == decision.Deny) {
+			continue
+		}
+		for _, l := range o.res.RateLimits {
+			key := l.ID + "|" + c.token.Agent
+			if l.Key == policy.PerRole {
+				key = l.ID + "|role"
+			}
+			r, err := c.s.deps.Limiter.Allow(c.ctx, key, l)
+			if err != nil {
+				c.s.log.Error("rate limiter failed", "decision_id", c.id, "err", err)
+				return c.failClosed(CodeRateLimiterError, "rate limiter unavailable")
+			}
+			if r.Allowed {
+				continue
+			}
+			o.code, o.retry = CodeRateLimited, r.RetryAfter
+			o.reason = "rate limit " + quote(l.ID) + " exceeded: " + strconv.Itoa(l.Requests) + " calls per " + l.Per.String()
+			if o.res.Shadow {
+				o.res.ShadowVerdict = decision.Deny
+			} else {
+				o.verdict = decision.Deny
+			}
+			break
+		}
+	}
+	return nil
+}
+
+// denyBatch applies the batch rule: one denied element denies the batch,
+// and calls that need approval cannot be parked from inside a batch.
+func denyBatch(outs []outcome) {
+	denied := false
+	for i := range outs {
+		if outs[i].verdict == decision.NeedsApproval {
+			outs[i].verdict, outs[i].code = decision.Deny, CodeBatchDenied
+			outs[i].reason = "calls that need approval cannot be sent in a batch"
+		}
+		denied = denied || outs[i].verdict == decision.Deny
+	}
+	if !denied {
+		return
+	}
+	for i := range outs {
+		if outs[i].verdict != decision.Deny {
+			outs[i].verdict, outs[i].code = decision.Deny, CodeBatchDenied
+			outs[i].reason = "another call in the same batch was denied"
+		}
+	}
+}
+
+func (c *call) countShadowDenies(outs []outcome) {
+	if c.s.shadow == nil {
+		return
+	}
+	for i := range outs {
+		if o := &outs[i]; o.res.Shadow && o.res.ShadowVerdict == decision.Deny {
+			// The counter feeds a report; the audit record is the source
+			// of truth, so a failure here is logged, not fatal.
+			if err := c.s.shadow.Inc(c.ctx, c.token.Role, c.start); err != nil {
+				c.s.log.Warn("shadow counter failed", "decision_id", c.id, "err", err)
+			}
+		}
+	}
+}
+
+func (c *call) messageRecord(o *outcome) *audit.Record {
+	rec := c.record(o.verdict.String(), string(o.code), o.reason)
+	rec.Method = o.msg.Method
+	rec.Server = o.server
+	rec.Tool = o.name
+	rec.Rule = o.res.Rule
+	if o.res.Shadow {
+		rec.ShadowVerdict = o.res.ShadowVerdict.String()
+	}
+	if o.msg.Args != nil {
+		var rules []string
+		if c.role != nil {
+			rules = c.role.Redact
+		}
+		rec.Args = c.s.deps.Redactor.Redact(o.msg.Args, rules)
+	}
+	return rec
+}
+
+// rpcError is a JSON-RPC error object as AMG sends it.
+type rpcError struct {
+	Code    int          `json:"code"`
+	Message string       `json:"message"`
+	Data    rpcErrorData `json:"data"`
+}
+
+type rpcErrorData struct {
+	DecisionID   string `json:"decision_id"`
+	Code         Code   `json:"code"`
+	RetryAfterMS int64  `json:"retry_after_ms,omitempty"`
+}
+
+type rpcResponse struct {
+	JSONRPC string          `json:"jsonrpc"`
+	ID      json.RawMessage `json:"id"`
+	Error   rpcError        `json:"error"`
+}
+
+// JSON-RPC error codes AMG uses, in the range the specification leaves to
+// implementations.
+const (
+	RPCDenied       = -32001
+	RPCRateLimited  = -32002
+	RPCUnavailable  = -32003
+	RPCUnauthorized = -32004
+)

@@ -1,0 +1,136 @@
+package authz
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// HeaderDecision carries the signed decision from authz to the broker.
+const HeaderDecision = "x-amg-decision"
+
+// DefaultDecisionTTL is how long a decision token is valid: long enough
+// for Envoy to forward the request, short enough that a captured token is
+// useless soon after.
+const DefaultDecisionTTL = 30 * time.Second
+
+const tokenVersion = "v1"
+
+// Decision is what a decision token binds: the broker forwards a request
+// only if its body hashes to BodySHA256 and the token is fresh.
+type Decision struct {
+	ID            string
+	Agent         string
+	Role          string
+	PolicyVersion string
+	Verdict       string
+	BodySHA256    [32]byte
+	Expires       time.Time
+}
+
+// Errors from Signer.Verify. The broker refuses the request on any of them.
+var (
+	ErrDecisionMissing   = errors.New("no decision token")
+	ErrDecisionMalformed = errors.New("malformed decision token")
+	ErrDecisionSignature = errors.New("decision token signature does not verify")
+	ErrDecisionExpired   = errors.New("decision token expired")
+	ErrDecisionBody      = errors.New("request body is not the body that was decided on")
+)
+
+// Signer signs and verifies decision tokens with a key shared by every
+// authz and broker replica.
+type Signer struct {
+	key []byte
+	ttl time.Duration
+	now func() time.Time
+}
+
+// SignerOptions tune a Signer; nil means defaults.
+type SignerOptions struct {
+	// TTL is the token lifetime; 0 means DefaultDecisionTTL.
+	TTL time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// NewSigner returns a Signer for key, which must be at least 32 bytes.
+func NewSigner(key []byte, opts *SignerOptions) (*Signer, error) {
+	if len(key) < 32 {
+		return nil, fmt.Errorf("decision key must be at least 32 bytes, got %d", len(key))
+	}
+	s := &Signer{key: append([]byte(nil), key...), ttl: DefaultDecisionTTL, now: time.Now}
+	if opts != nil {
+		if opts.TTL > 0 {
+			s.ttl = opts.TTL
+		}
+		if opts.Now != nil {
+			s.now = opts.Now
+		}
+	}
+	return s, nil
+}
+
+// Sign returns the token for d, valid from now for the signer's TTL.
+// Agent, role and policy version never contain '|' (their character sets
+// exclude it), which keeps the payload a plain field list.
+func (s *Signer) Sign(d Decision) string {
+	exp := s.now().Add(s.ttl).UnixMilli()
+	payload := strings.Join([]string{tokenVersion, d.ID, d.Agent, d.Role, d.PolicyVersion, d.Verdict,
+		hex.EncodeToString(d.BodySHA256[:]), strconv.FormatInt(exp, 10)}, "|")
+	enc := base64.RawURLEncoding.EncodeToString([]byte(payload))
+	return enc + "." + base64.RawURLEncoding.EncodeToString(s.mac(enc))
+}
+
+func (s *Signer) mac(enc string) []byte {
+	m := hmac.New(sha256.New, s.key)
+	m.Write([]byte(enc))
+	return m.Sum(nil)
+}
+
+// Verify checks a token's signature, freshness and binding to body.
+func (s *Signer) Verify(token string, body []byte) (Decision, error) {
+	if token == "" {
+		return Decision{}, ErrDecisionMissing
+	}
+	enc, sig, ok := strings.Cut(token, ".")
+	if !ok {
+		return Decision{}, ErrDecisionMalformed
+	}
+	got, err := base64.RawURLEncoding.DecodeString(sig)
+	if err != nil {
+		return Decision{}, ErrDecisionMalformed
+	}
+	if !hmac.Equal(got, s.mac(enc)) {
+		return Decision{}, ErrDecisionSignature
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(enc)
+	if err != nil {
+		return Decision{}, ErrDecisionMalformed
+	}
+	f := strings.Split(string(raw), "|")
+	if len(f) != 8 || f[0] != tokenVersion {
+		return Decision{}, ErrDecisionMalformed
+	}
+	d := Decision{ID: f[1], Agent: f[2], Role: f[3], PolicyVersion: f[4], Verdict: f[5]}
+	if n, err := hex.Decode(d.BodySHA256[:], []byte(f[6])); err != nil || n != 32 {
+		return Decision{}, ErrDecisionMalformed
+	}
+	ms, err := strconv.ParseInt(f[7], 10, 64)
+	if err != nil {
+		return Decision{}, ErrDecisionMalformed
+	}
+	d.Expires = time.UnixMilli(ms)
+	if !s.now().Before(d.Expires) {
+		return Decision{}, ErrDecisionExpired
+	}
+	if sha256.Sum256(body) != d.BodySHA256 {
+		return Decision{}, ErrDecisionBody
+	}
+	return d, nil
+}

@@ -1,0 +1,199 @@
+package authz
+
+import (
+	"encoding/json"
+	"strconv"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/genproto/googleapis/rpc/code"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/amgateway/amg/internal/decision"
+	"github.com/amgateway/amg/mcpfilter"
+)
+
+var nullID = json.RawMessage("null")
+
+func setHeader(k, v string) *corev3.HeaderValueOption {
+	return &corev3.HeaderValueOption{
+		Header:       &corev3.HeaderValue{Key: k, Value: v},
+		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	}
+}
+
+func (c *call) metadata(verdict string) *structpb.Struct {
+	return &structpb.Struct{Fields: map[string]*structpb.Value{
+		"decision_id": structpb.NewStringValue(c.id),
+		"verdict":     structpb.NewStringValue(verdict),
+		"agent":       structpb.NewStringValue(c.token.Agent),
+		"role":        structpb.NewStringValue(c.token.Role),
+	}}
+}
+
+// ok lets the request through with the signed decision. The agent's own
+// Authorization header and any x-amg-* header it sent are removed, so the
+// broker sees only what authz vouches for.
+func (c *call) ok(verdict string) *authv3.CheckResponse {
+	d := Decision{ID: c.id, Agent: c.token.Agent, Role: c.token.Role, Verdict: verdict, BodySHA256: bodyHash(c.body)}
+	if c.set != nil {
+		d.PolicyVersion = c.set.Version().String()
+	}
+	ours := []*corev3.HeaderValueOption{
+		setHeader(HeaderDecision, c.s.deps.Signer.Sign(d)),
+		setHeader(HeaderDecisionID, c.id),
+		setHeader(HeaderAgent, c.token.Agent),
+		setHeader(HeaderRole, c.token.Role),
+		setHeader(HeaderVerdict, verdict),
+	}
+	remove := []string{"authorization"}
+	for _, k := range c.headers.amgHeaders() {
+		switch k {
+		case HeaderDecision, HeaderDecisionID, HeaderAgent, HeaderRole, HeaderVerdict:
+			// overwritten above
+		default:
+			remove = append(remove, k)
+		}
+	}
+	return &authv3.CheckResponse{
+		Status:          &status.Status{Code: int32(code.Code_OK)},
+		DynamicMetadata: c.metadata(verdict),
+		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+			Headers:         ours,
+			HeadersToRemove: remove,
+		}},
+	}
+}
+
+func (c *call) allowWithoutBody(method string) *authv3.CheckResponse {
+	rec := c.record(verdictAllow, string(CodeLifecycle), "")
+	rec.Method = "HTTP " + method
+	if err := c.s.deps.Audit.Log(rec); err != nil {
+		return c.auditFailed(err)
+	}
+	return c.ok(verdictAllow)
+}
+
+// denied answers a request one or more of whose messages were denied:
+// HTTP 200 with a JSON-RPC error for each request, which every MCP client
+// reads as the call's result.
+func (c *call) denied(outs []outcome) *authv3.CheckResponse {
+	var resps []rpcResponse
+	var retry time.Duration
+	for i := range outs {
+		o := &outs[i]
+		if o.msg.Kind != mcpfilter.KindRequest {
+			continue
+		}
+		e := rpcError{Code: RPCDenied, Message: o.reason, Data: rpcErrorData{DecisionID: c.id, Code: o.code}}
+		switch o.code {
+		case CodeRateLimited:
+			e.Code, e.Data.RetryAfterMS = RPCRateLimited, o.retry.Milliseconds()
+			retry = max(retry, o.retry)
+		case CodeInvalidName:
+			e.Code = mcpfilter.CodeInvalidParams
+		case CodeMethodNotAllowed:
+			e.Code = codeMethodNotFound
+		}
+		resps = append(resps, rpcResponse{JSONRPC: "2.0", ID: o.msg.ID, Error: e})
+	}
+	hdrs := map[string]string{}
+	if retry > 0 {
+		hdrs["retry-after"] = strconv.FormatInt(int64((retry+time.Second-1)/time.Second), 10)
+	}
+	var body any
+	switch {
+	case len(resps) == 0:
+		// Only notifications were denied: there is no id to answer, so
+		// the HTTP status carries the refusal.
+		o := firstDenied(outs)
+		return c.deniedResponse(403, code.Code_PERMISSION_DENIED, hdrs, rpcResponse{JSONRPC: "2.0", ID: nullID,
+			Error: rpcError{Code: RPCDenied, Message: o.reason, Data: rpcErrorData{DecisionID: c.id, Code: o.code}}})
+	case len(outs) > 1:
+		body = resps
+	default:
+		body = resps[0]
+	}
+	return c.deniedResponse(200, code.Code_PERMISSION_DENIED, hdrs, body)
+}
+
+func firstDenied(outs []outcome) *outcome {
+	for i := range outs {
+		if outs[i].verdict == decision.Deny {
+			return &outs[i]
+		}
+	}
+	return &outs[0]
+}
+
+const codeMethodNotFound = -32601
+
+// reject denies a request that never reached a policy decision.
+func (c *call) reject(httpStatus int, why Code, reason string) *authv3.CheckResponse {
+	return c.rejectRPC(httpStatus, why, mcpfilter.CodeInvalidRequest, reason)
+}
+
+func (c *call) rejectRPC(httpStatus int, why Code, rpcCode int, reason string) *authv3.CheckResponse {
+	if err := c.s.deps.Audit.Log(c.record(verdictDeny, string(why), reason)); err != nil {
+		return c.auditFailed(err)
+	}
+	return c.deniedResponse(httpStatus, code.Code_PERMISSION_DENIED, nil, rpcResponse{JSONRPC: "2.0", ID: nullID,
+		Error: rpcError{Code: rpcCode, Message: reason, Data: rpcErrorData{DecisionID: c.id, Code: why}}})
+}
+
+// unauthenticated answers 401 with a WWW-Authenticate challenge, as an
+// OAuth resource server does, so MCP clients know to present a token.
+func (c *call) unauthenticated(why Code, reason, oauthError string) *authv3.CheckResponse {
+	if err := c.s.deps.Audit.Log(c.record(verdictDeny, string(why), reason)); err != nil {
+		return c.auditFailed(err)
+	}
+	challenge := `Bearer realm="amg"`
+	if oauthError != "" {
+		challenge += `, error="` + oauthError + `", error_description="` + reason + `"`
+	}
+	return c.deniedResponse(401, code.Code_UNAUTHENTICATED, map[string]string{"www-authenticate": challenge},
+		rpcResponse{JSONRPC: "2.0", ID: nullID, Error: rpcError{Code: RPCUnauthorized, Message: reason, Data: rpcErrorData{DecisionID: c.id, Code: why}}})
+}
+
+// failClosed denies when a part AMG depends on failed. The record is
+// attempted but its failure cannot change the answer.
+func (c *call) failClosed(why Code, reason string) *authv3.CheckResponse {
+	if err := c.s.deps.Audit.Log(c.record(verdictDeny, string(why), reason)); err != nil {
+		c.s.log.Error("audit failed while failing closed", "decision_id", c.id, "err", err)
+	}
+	return c.unavailable(why, reason)
+}
+
+func (c *call) auditFailed(err error) *authv3.CheckResponse {
+	c.s.log.Error("audit log cannot record; denying", "decision_id", c.id, "err", err)
+	return c.unavailable(CodeAuditUnavailable, "audit log unavailable")
+}
+
+func (c *call) unavailable(why Code, reason string) *authv3.CheckResponse {
+	return c.deniedResponse(503, code.Code_UNAVAILABLE, map[string]string{"retry-after": "1"},
+		rpcResponse{JSONRPC: "2.0", ID: nullID, Error: rpcError{Code: RPCUnavailable, Message: "gateway unavailable: " + reason,
+			Data: rpcErrorData{DecisionID: c.id, Code: why}}})
+}
+
+func (c *call) deniedResponse(httpStatus int, grpcCode code.Code, hdrs map[string]string, body any) *authv3.CheckResponse {
+	b, err := json.Marshal(body)
+	if err != nil {
+		b = []byte(`{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"internal error"}}`)
+	}
+	opts := []*corev3.HeaderValueOption{setHeader("content-type", "application/json")}
+	for k, v := range hdrs {
+		opts = append(opts, setHeader(k, v))
+	}
+	return &authv3.CheckResponse{
+		Status:          &status.Status{Code: int32(grpcCode)},
+		DynamicMetadata: c.metadata(verdictDeny),
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(httpStatus)},
+			Headers: opts,
+			Body:    string(b),
+		}},
+	}
+}
