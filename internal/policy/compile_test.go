@@ -3,6 +3,7 @@ package policy
 import (
 	"encoding/json"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -506,5 +507,25 @@ func TestAnnotationsEffective(t *testing.T) {
 				t.Errorf("effective hints (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// The policy example in the README must compile as it stands.
+func TestREADMEExampleCompiles(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), "## Policy format")
+	if !ok {
+		t.Fatal("README has no policy format section")
+	}
+	_, block, ok := strings.Cut(rest, "```yaml\n")
+	if !ok {
+		t.Fatal("policy format section has no yaml block")
+	}
+	block, _, _ = strings.Cut(block, "```")
+	if _, err := Compile([]File{{Name: "README.md", Data: []byte(block)}}, &Options{Servers: []string{"notion"}}); err != nil {
+		t.Errorf("README example does not compile:\n%v", err)
 	}
 }
