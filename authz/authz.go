@@ -64,9 +64,9 @@ type (
 		Log(rec *audit.Record) error
 	}
 	// Redactor replaces sensitive argument values before they are
-	// recorded.
+	// recorded; raw is the exact JSON args was decoded from.
 	Redactor interface {
-		Redact(args map[string]any, rules []string) json.RawMessage
+		RedactRaw(raw json.RawMessage, args map[string]any, rules []string) json.RawMessage
 	}
 	// ShadowCounter counts would-be denials of shadow-mode roles per day.
 	ShadowCounter interface {

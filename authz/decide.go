@@ -226,7 +226,7 @@ func (c *call) messageRecord(o *outcome) *audit.Record {
 		if c.role != nil {
 			rules = c.role.Redact
 		}
-		rec.Args = c.s.deps.Redactor.Redact(o.msg.Args, rules)
+		rec.Args = c.s.deps.Redactor.RedactRaw(o.msg.Arguments, o.msg.Args, rules)
 	}
 	return rec
 }

@@ -27,8 +27,9 @@
 //	hash = lowercase hex of SHA-256(body)
 //
 // So a verifier strips a fixed 75-byte suffix, appends "}", hashes, and
-// compares; body is also exactly the JSON the record marshals to without its
-// hash. A SHA-256 chain proves that records were not altered, removed or
+// compares; body is also the JSON the record marshals to without its hash
+// (args stand as the redactor gave them, which may keep the agent's own
+// spacing). A SHA-256 chain proves that records were not altered, removed or
 // reordered relative to each other; it cannot stop someone who may rewrite
 // the whole file from recomputing every hash, so keep the last hash (printed
 // by `amg audit verify`, logged at each rotation and on close) somewhere else
@@ -66,7 +67,8 @@ type Record struct {
 	Server     string    `json:"server,omitempty"`
 	Tool       string    `json:"tool,omitempty"`
 	Method     string    `json:"method,omitempty"`
-	// Args must already be redacted (see [Redactor.Redact]); the logger
+	// Args must already be redacted, and be JSON as [Redactor.Redact] and
+	// [Redactor.RedactRaw] give it: it is written as it is. The logger
 	// keeps a reference to it, so it must not be modified after Log.
 	Args           json.RawMessage `json:"args,omitempty"`
 	PolicyVersion  string          `json:"policy_version,omitempty"`
@@ -112,15 +114,11 @@ type writerDevice struct {
 }
 
 func (d *writerDevice) Write(rec *Record) error {
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return fmt.Errorf("encode audit record: %w", err)
-	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	// One Write call per line, so lines from concurrent writers to a shared
 	// stdout do not interleave mid-record.
-	d.buf = append(append(d.buf[:0], b...), '\n')
+	d.buf = append(rec.appendJSON(d.buf[:0]), '\n')
 	if _, err := d.w.Write(d.buf); err != nil {
 		return fmt.Errorf("write audit record: %w", err)
 	}

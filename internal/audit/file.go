@@ -3,7 +3,6 @@ package audit
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -98,6 +97,7 @@ type FileDevice struct {
 	torn   bool // a failed write may have left a partial line past size
 	closed bool
 	buf    []byte
+	body   []byte // the record without its hash; scratch for Write
 
 	stop chan struct{}
 	done chan struct{}
@@ -262,10 +262,8 @@ func (d *FileDevice) Write(rec *Record) error {
 	}
 	r := *rec
 	r.Seq, r.Prev, r.Hash = d.seq+1, d.hash, ""
-	body, err := json.Marshal(&r)
-	if err != nil {
-		return fmt.Errorf("audit file: encode record: %w", err)
-	}
+	d.body = r.appendJSON(d.body[:0])
+	body := d.body
 	sum := sha256.Sum256(body)
 	line := append(d.buf[:0], body[:len(body)-1]...)
 	line = append(line, hashKey...)

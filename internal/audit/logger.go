@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -271,13 +272,15 @@ func (l *Logger) setUnhealthy(why string) {
 	l.healthy.Store(false)
 }
 
-// sanitize fixes what would make every device fail on this record forever
-// and so block the queue: arguments that are not JSON, a time JSON cannot
-// hold. Neither comes from Redact or a real clock; both are replaced rather
-// than passed on.
+// sanitize fixes what would break the one-record-per-line format or make
+// every device fail on this record forever: arguments holding a line break,
+// a time JSON cannot hold. Neither comes from the Redactor or a real clock;
+// both are replaced rather than passed on. Args are otherwise written as
+// they are: they must be JSON from the Redactor, and checking that here
+// again would cost more than deciding the request did.
 func (l *Logger) sanitize(rec *Record) {
-	if rec.Args != nil && !json.Valid(rec.Args) {
-		l.log.Error("audit record arguments are not valid JSON; replaced", "decision_id", rec.DecisionID)
+	if bytes.IndexByte(rec.Args, '\n') >= 0 || bytes.IndexByte(rec.Args, '\r') >= 0 {
+		l.log.Error("audit record arguments hold a line break; replaced", "decision_id", rec.DecisionID)
 		rec.Args = json.RawMessage(`"` + Unencodable + `"`)
 	}
 	if y := rec.Time.Year(); y < 0 || y > 9999 {

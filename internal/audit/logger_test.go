@@ -263,7 +263,7 @@ func TestLoggerCopiesAndSanitizes(t *testing.T) {
 	}
 	rec.DecisionID = "changed after Log"
 	bad := testRecord(2)
-	bad.Args = json.RawMessage(`{"password":`)
+	bad.Args = json.RawMessage("{\"password\":\n\"x\"}")
 	bad.Time = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
 	if err := l.Log(bad); err != nil {
 		t.Fatal(err)

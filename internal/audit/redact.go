@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unicode/utf8"
 )
 
@@ -47,6 +49,27 @@ var (
 type Redactor struct {
 	key  []byte
 	macs sync.Pool // of hash.Hash: hmac.New allocates and hashes the key each time
+
+	// keys remembers sensitiveKey for argument names seen before: agents
+	// send the same few names on every call. Agents choose the names, so
+	// the cache stops growing at maxCachedKeys.
+	keys     sync.Map // string -> bool
+	keyCount atomic.Int64
+}
+
+const maxCachedKeys = 4096
+
+func (r *Redactor) sensitive(k string) bool {
+	if v, ok := r.keys.Load(k); ok {
+		return v.(bool)
+	}
+	hit := sensitiveKey(k)
+	if r.keyCount.Load() < maxCachedKeys {
+		if _, loaded := r.keys.LoadOrStore(k, hit); !loaded {
+			r.keyCount.Add(1)
+		}
+	}
+	return hit
 }
 
 // NewRedactor returns a redactor keyed with key, which should be the 32
@@ -98,6 +121,62 @@ func (r *Redactor) Redact(args map[string]any, rules []string) json.RawMessage {
 		return json.RawMessage(`"` + Unencodable + `"`)
 	}
 	return out
+}
+
+// RedactRaw is Redact for arguments whose exact bytes are at hand, as the
+// MCP parser keeps them; raw must be the JSON that args was decoded from.
+// When nothing in args is sensitive it returns raw itself, so the log
+// records exactly what the agent sent and the common path skips the
+// re-encoding. Raw bytes holding a line break (only possible as
+// insignificant whitespace) are re-encoded, so a record stays one line.
+func (r *Redactor) RedactRaw(raw json.RawMessage, args map[string]any, rules []string) json.RawMessage {
+	if args == nil || len(raw) == 0 || bytes.IndexByte(raw, '\n') >= 0 || bytes.IndexByte(raw, '\r') >= 0 {
+		return r.Redact(args, rules)
+	}
+	e := redactState{r: r}
+	if len(rules) > 0 {
+		e.rules = make([]string, len(rules))
+		for i, g := range rules {
+			e.rules[i] = foldPath(g)
+		}
+		e.path = make([]byte, 0, 64)
+	}
+	if e.anySensitive(args, 0) {
+		return r.Redact(args, rules)
+	}
+	return raw
+}
+
+// anySensitive reports whether Redact would replace anything in v, or
+// could not encode it; it walks keys in the same way without encoding.
+func (e *redactState) anySensitive(v any, depth int) bool {
+	if depth > maxDepth {
+		return true
+	}
+	switch v := v.(type) {
+	case map[string]any:
+		for k, el := range v {
+			parent := len(e.path)
+			if e.rules != nil {
+				if parent > 0 {
+					e.path = append(e.path, '.')
+				}
+				e.path = append(e.path, k...)
+			}
+			hit := e.r.sensitive(k) || e.matchRule() || e.anySensitive(el, depth+1)
+			e.path = e.path[:parent]
+			if hit {
+				return true
+			}
+		}
+	case []any:
+		for _, el := range v {
+			if e.anySensitive(el, depth+1) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // HMAC returns "hmac-sha256:<hex>" of value's canonical JSON: object keys
@@ -171,7 +250,7 @@ func (e *redactState) object(b []byte, m map[string]any, depth int) ([]byte, err
 // cannot be encoded is replaced here rather than failing the whole object, so
 // one bad value does not hide the others.
 func (e *redactState) member(b []byte, k string, v any, depth int) []byte {
-	if sensitiveKey(k) || e.matchRule() {
+	if e.r.sensitive(k) || e.matchRule() {
 		var err error
 		e.canon, err = canonical(e.canon[:0], v, depth)
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -291,4 +292,63 @@ func TestNewRedactorEmptyKeyPanics(t *testing.T) {
 		}
 	}()
 	NewRedactor(nil)
+}
+
+func TestRedactRaw(t *testing.T) {
+	r := NewRedactor([]byte("0123456789abcdef0123456789abcdef"))
+	decode := func(s string) map[string]any {
+		d := json.NewDecoder(strings.NewReader(s))
+		d.UseNumber()
+		var m map[string]any
+		if err := d.Decode(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	tests := []struct {
+		name     string
+		raw      string
+		rules    []string
+		keepsRaw bool
+	}{
+		{"nothing sensitive", `{"workspace_id": "ws_1", "limit": 1e2, "q": "caf\u00e9"}`, nil, true},
+		{"sensitive key", `{"workspace_id":"ws_1","api_key":"k"}`, nil, false},
+		{"sensitive key in an array of objects", `{"items":[{"id":1},{"id":2,"password":"p"}]}`, nil, false},
+		{"role rule", `{"workspace_id":"ws_1","cursor":"c"}`, []string{"cursor"}, false},
+		{"nested role rule", `{"filter":{"owner":"me"}}`, []string{"filter.owner"}, false},
+		{"rule that matches nothing", `{"filter":{"owner":"me"}}`, []string{"cursor"}, true},
+		{"line break between tokens", "{\"a\":\n1}", nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := decode(tt.raw)
+			got := r.RedactRaw(json.RawMessage(tt.raw), args, tt.rules)
+			if tt.keepsRaw {
+				if string(got) != tt.raw {
+					t.Errorf("got %s, want the raw bytes %s", got, tt.raw)
+				}
+				return
+			}
+			if want := r.Redact(args, tt.rules); string(got) != string(want) {
+				t.Errorf("got %s, want what Redact gives: %s", got, want)
+			}
+		})
+	}
+}
+
+func TestSensitiveKeyCacheIsBounded(t *testing.T) {
+	r := NewRedactor([]byte("k"))
+	for i := range maxCachedKeys + 100 {
+		r.sensitive(fmt.Sprintf("arg%d", i))
+	}
+	if n := r.keyCount.Load(); n != maxCachedKeys {
+		t.Errorf("%d keys cached, want the bound %d", n, maxCachedKeys)
+	}
+	// Past the bound, answers are still right.
+	if !r.sensitive("late_password") || r.sensitive("late_title") {
+		t.Error("uncached keys judged wrongly")
+	}
+	if !r.sensitive("api_key") || !r.sensitive("api_key") {
+		t.Error("cached answer differs")
+	}
 }

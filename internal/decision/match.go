@@ -142,7 +142,7 @@ func match(m *policy.Matcher, v any) (ok bool, wrong string) {
 		var n int
 		switch v := v.(type) {
 		case string:
-			n = utf8.RuneCountInString(v)
+			return stringLen(m, v), ""
 		case []any:
 			n = len(v)
 		default:
@@ -154,6 +154,16 @@ func match(m *policy.Matcher, v any) (ok bool, wrong string) {
 		return n <= m.Len, ""
 	}
 	return false, ""
+}
+
+// stringLen applies min_len or max_len to s in code points, counting them
+// only when the byte length cannot decide: a string has at least a quarter
+// as many code points as bytes and at most as many.
+func stringLen(m *policy.Matcher, s string) bool {
+	if m.Op == policy.OpMaxLen {
+		return len(s) <= m.Len || utf8.RuneCountInString(s) <= m.Len
+	}
+	return (len(s)+utf8.UTFMax-1)/utf8.UTFMax >= m.Len || utf8.RuneCountInString(s) >= m.Len
 }
 
 func equal(s policy.Scalar, v any) bool {
