@@ -1,9 +1,11 @@
 package authz
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -17,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/amgateway/amg/authz/authztest"
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/ratelimit"
@@ -87,6 +90,18 @@ func (r *recorder) last(t *testing.T) audit.Record {
 		t.Fatal("no audit record")
 	}
 	return r.recs[len(r.recs)-1]
+}
+
+// lockedWriter serialises writes from concurrent handlers.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 type staticPolicies struct{ set *policy.Set }
@@ -183,31 +198,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	return e
 }
 
-// envoyRequest builds a CheckRequest shaped as Envoy sends it with
-// with_request_body and pack_as_bytes: lower-case headers including the
-// pseudo-headers, the body in raw_body.
-func envoyRequest(method string, hdrs map[string]string, body string) *authv3.CheckRequest {
-	h := map[string]string{
-		":authority":   "127.0.0.1:8080",
-		":method":      method,
-		":path":        "/mcp",
-		":scheme":      "http",
-		"content-type": "application/json",
-		"accept":       "application/json, text/event-stream",
-		"x-request-id": "4f1c2a9e-0000-4000-8000-000000000001",
-	}
-	for k, v := range hdrs {
-		h[k] = v
-	}
-	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
-		Source: &authv3.AttributeContext_Peer{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{
-			SocketAddress: &corev3.SocketAddress{Address: "127.0.0.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 53124}}}}},
-		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
-			Id: "1234", Method: method, Path: "/mcp", Host: "127.0.0.1:8080", Scheme: "http", Protocol: "HTTP/1.1",
-			Headers: h, Size: int64(len(body)), RawBody: []byte(body),
-		}},
-	}}
-}
+var envoyRequest = authztest.EnvoyRequest
 
 func (e *env) check(t *testing.T, agent string, hdrs map[string]string, body string) *authv3.CheckResponse {
 	t.Helper()
@@ -612,14 +603,39 @@ func TestFailClosed(t *testing.T) {
 }
 
 func TestRedactionAndNoSecretLeaks(t *testing.T) {
-	e := newEnv(t)
+	var logs bytes.Buffer
+	var logMu sync.Mutex
+	logger := slog.New(slog.NewJSONHandler(lockedWriter{&logMu, &logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	e := newEnv(t, func(_ *Deps, o *Options) { o.Logger = logger })
 	const secret = "s3cr3t-7f3a9b2c"
 	body := toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123","password":"`+secret+`"}`)
 	resp := e.check(t, "bot-1", map[string]string{"x-api-key": secret, "cookie": "session=" + secret}, body)
 	okHeaders(t, resp)
 	deniedResp := e.check(t, "bot-1", map[string]string{"x-api-key": secret}, toolCall(2, "notion__get_pages", `{"workspace_id":"ws_other","password":"`+secret+`"}`))
 	searchResp := e.check(t, "bot-1", nil, toolCall(3, "notion__search", `{"query":"`+secret+`"}`))
-	for _, r := range []*authv3.CheckResponse{resp, deniedResp, searchResp} {
+	// A secret presented as the bearer token, and one in a body that fails
+	// to parse, must not be echoed either.
+	tokenResp := e.check(t, "", map[string]string{"authorization": "Bearer amg_" + secret}, body)
+	badResp := e.check(t, "bot-1", nil, `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x__y","arguments":{"password":"`+secret+`","password":1}}}`)
+	// And a dependency failure is logged without the request's content.
+	failing := newEnv(t, func(d *Deps, o *Options) { o.Logger = logger; d.Limiter = failingLimiter{} })
+	failResp := failing.check(t, "bot-1", map[string]string{"x-api-key": secret}, toolCall(4, "notion__search", `{"query":"`+secret+`"}`))
+	if logs.Len() == 0 {
+		t.Fatal("nothing was logged; the log check below would prove nothing")
+	}
+	logMu.Lock()
+	if strings.Contains(logs.String(), secret) {
+		t.Errorf("logs carry the secret:\n%s", logs.String())
+	}
+	logMu.Unlock()
+	failing.audit.mu.Lock()
+	for _, rec := range failing.audit.recs {
+		if b, _ := json.Marshal(rec); strings.Contains(string(b), secret) {
+			t.Errorf("audit record carries the secret: %s", b)
+		}
+	}
+	failing.audit.mu.Unlock()
+	for _, r := range []*authv3.CheckResponse{resp, deniedResp, searchResp, tokenResp, badResp, failResp} {
 		if b, _ := json.Marshal(r); strings.Contains(string(b), secret) {
 			t.Errorf("response carries the secret: %s", b)
 		}

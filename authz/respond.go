@@ -25,6 +25,22 @@ func setHeader(k, v string) *corev3.HeaderValueOption {
 	}
 }
 
+// setHeaders builds overwriting header options from name, value pairs,
+// allocating them together: this runs for every allowed request.
+func setHeaders(kv ...string) []*corev3.HeaderValueOption {
+	n := len(kv) / 2
+	opts := make([]corev3.HeaderValueOption, n)
+	vals := make([]corev3.HeaderValue, n)
+	out := make([]*corev3.HeaderValueOption, n)
+	for i := range n {
+		vals[i].Key, vals[i].Value = kv[2*i], kv[2*i+1]
+		opts[i].Header = &vals[i]
+		opts[i].AppendAction = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+		out[i] = &opts[i]
+	}
+	return out
+}
+
 func (c *call) metadata(verdict string) *structpb.Struct {
 	return &structpb.Struct{Fields: map[string]*structpb.Value{
 		"decision_id": structpb.NewStringValue(c.id),
@@ -42,13 +58,13 @@ func (c *call) ok(verdict string) *authv3.CheckResponse {
 	if c.set != nil {
 		d.PolicyVersion = c.set.Version().String()
 	}
-	ours := []*corev3.HeaderValueOption{
-		setHeader(HeaderDecision, c.s.deps.Signer.Sign(d)),
-		setHeader(HeaderDecisionID, c.id),
-		setHeader(HeaderAgent, c.token.Agent),
-		setHeader(HeaderRole, c.token.Role),
-		setHeader(HeaderVerdict, verdict),
-	}
+	ours := setHeaders(
+		HeaderDecision, c.s.deps.Signer.Sign(d),
+		HeaderDecisionID, c.id,
+		HeaderAgent, c.token.Agent,
+		HeaderRole, c.token.Role,
+		HeaderVerdict, verdict,
+	)
 	remove := []string{"authorization"}
 	for _, k := range c.headers.amgHeaders() {
 		switch k {

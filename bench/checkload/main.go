@@ -1,0 +1,208 @@
+// Command checkload measures the authz service as Envoy uses it: Check
+// RPCs over gRPC on loopback, each carrying a 2 KB tools/call decided
+// against a 12-constraint grant, with the real standalone collaborators
+// (cached token lookups, the in-memory limiter, redaction and the
+// hash-chained audit file). It reports latency percentiles and Checks/s
+// per concurrency level. Client and server share the machine, as Envoy
+// and AMG do on one host.
+//
+//	go run ./bench/checkload -c 1,32 -d 10s
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/amgateway/amg/authz"
+	"github.com/amgateway/amg/authz/authztest"
+	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/internal/ratelimit"
+	"github.com/amgateway/amg/internal/tokens"
+)
+
+func main() {
+	levels := flag.String("c", "1,32", "concurrency levels, comma-separated")
+	duration := flag.Duration("d", 10*time.Second, "how long each level runs")
+	warmup := flag.Duration("warmup", 2*time.Second, "unmeasured run before each level")
+	conns := flag.Int("conns", 4, "gRPC connections the clients share, as Envoy keeps a few")
+	floor := flag.Bool("floor", false, "serve a Check that allows at once, to measure gRPC and loopback alone")
+	flag.Parse()
+	var cs []int
+	for _, f := range strings.Split(*levels, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			log.Fatalf("bad concurrency %q", f)
+		}
+		cs = append(cs, n)
+	}
+	if err := run(cs, *duration, *warmup, *conns, *floor); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func run(levels []int, duration, warmup time.Duration, nconns int, floor bool) error {
+	dir, err := os.MkdirTemp("", "checkload")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	srv, secret, closeAudit, err := newServer(dir)
+	if err != nil {
+		return err
+	}
+	defer closeAudit()
+
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	gs := grpc.NewServer()
+	if floor {
+		authv3.RegisterAuthorizationServer(gs, allowAll{})
+	} else {
+		authv3.RegisterAuthorizationServer(gs, srv)
+	}
+	go gs.Serve(lis)
+	defer gs.Stop()
+
+	clients := make([]authv3.AuthorizationClient, nconns)
+	for i := range clients {
+		conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		clients[i] = authv3.NewAuthorizationClient(conn)
+	}
+	req := authztest.EnvoyRequest("POST", map[string]string{
+		"authorization": "Bearer " + secret, "mcp-protocol-version": "2025-06-18",
+	}, authztest.BenchBody())
+
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "concurrency\tchecks\tchecks/s\tp50\tp90\tp99\tmax\t")
+	for _, c := range levels {
+		if _, err := load(clients, req, c, warmup); err != nil {
+			return err
+		}
+		lat, err := load(clients, req, c, duration)
+		if err != nil {
+			return err
+		}
+		slices.Sort(lat)
+		pct := func(p float64) time.Duration { return lat[int(p*float64(len(lat)-1))] }
+		fmt.Fprintf(w, "%d\t%d\t%.0f\t%v\t%v\t%v\t%v\t\n", c, len(lat), float64(len(lat))/duration.Seconds(),
+			round(pct(0.50)), round(pct(0.90)), round(pct(0.99)), round(lat[len(lat)-1]))
+	}
+	return w.Flush()
+}
+
+func round(d time.Duration) time.Duration { return d.Round(time.Microsecond) }
+
+// load runs c workers for d, each sending Checks one after another, and
+// returns every latency. Any denial or error stops the run: the harness
+// measures allowed decisions only.
+func load(clients []authv3.AuthorizationClient, req *authv3.CheckRequest, c int, d time.Duration) ([]time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	var mu sync.Mutex
+	var all []time.Duration
+	var firstErr error
+	var wg sync.WaitGroup
+	for i := range c {
+		client := clients[i%len(clients)]
+		wg.Go(func() {
+			lat := make([]time.Duration, 0, 1<<16)
+			for ctx.Err() == nil {
+				start := time.Now()
+				resp, err := client.Check(context.Background(), req)
+				lat = append(lat, time.Since(start))
+				if err == nil && resp.GetOkResponse() == nil {
+					err = fmt.Errorf("denied: %s", resp.GetDeniedResponse().GetBody())
+				}
+				if err != nil {
+					mu.Lock()
+					firstErr = err
+					mu.Unlock()
+					cancel()
+					return
+				}
+			}
+			mu.Lock()
+			all = append(all, lat...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	return all, nil
+}
+
+// newServer builds the service with what standalone AMG runs it with.
+func newServer(dir string) (*authz.Server, string, func(), error) {
+	set, err := policy.Compile([]policy.File{{Name: "bench.yaml", Data: []byte(authztest.BenchPolicy)}}, nil)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	store := tokens.NewMemoryStore()
+	secret, _, err := tokens.Issue(context.Background(), store, "load-agent", "bench", 0, time.Now())
+	if err != nil {
+		return nil, "", nil, err
+	}
+	dev, err := audit.NewFileDevice(filepath.Join(dir, audit.FileName), nil)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	logger := audit.NewLogger([]audit.Device{dev}, &audit.Options{QueueSize: 1 << 16})
+	key, err := audit.LoadOrCreateKey(filepath.Join(dir, audit.KeyFileName))
+	if err != nil {
+		return nil, "", nil, err
+	}
+	signer, err := authz.NewSigner(key, nil)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	srv, err := authz.New(authz.Deps{
+		Tokens:   tokens.NewAuthenticator(store, nil),
+		Policies: fixedPolicy{set},
+		Limiter:  ratelimit.NewMemory(nil),
+		Audit:    logger,
+		Redactor: audit.NewRedactor(key),
+		Signer:   signer,
+	}, nil)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	return srv, secret, func() { logger.Close(context.Background()) }, nil
+}
+
+type fixedPolicy struct{ set *policy.Set }
+
+func (p fixedPolicy) Current() *policy.Set { return p.set }
+
+// allowAll answers every Check at once: the floor that gRPC and loopback
+// set under any ext_authz service on this machine.
+type allowAll struct {
+	authv3.UnimplementedAuthorizationServer
+}
+
+func (allowAll) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	return &authv3.CheckResponse{HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{}}}, nil
+}
