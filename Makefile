@@ -4,11 +4,11 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 # Benchmarks the README reports; BENCH_COUNT runs each so medians can be taken.
-BENCH_PKGS  ?= ./internal/decision ./mcpfilter
+BENCH_PKGS  ?= ./internal/decision ./mcpfilter ./authz
 BENCH_COUNT ?= 6
 FUZZ_TIME   ?= 20s
 
-.PHONY: build run setup test vet lint fmt fmt-check check bench fuzz clean
+.PHONY: build run setup test vet lint fmt fmt-check check bench load fuzz clean
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/amg ./cmd/amg
@@ -46,6 +46,12 @@ fuzz:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) $(BENCH_PKGS) | tee bench.out
+
+# Check RPCs over loopback gRPC at concurrency 1 and 32, then the floor
+# that gRPC and loopback alone set on this machine.
+load:
+	$(GO) run ./bench/checkload -c 1,32 -d 10s
+	$(GO) run ./bench/checkload -c 1,32 -d 10s -floor
 
 clean:
 	rm -rf bin bench.out
