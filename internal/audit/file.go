@@ -252,62 +252,100 @@ func (d *FileDevice) rename() (string, error) {
 	return name, nil
 }
 
-// Write appends rec as the next link of the chain. The chain advances only
-// when the whole line was written, so a retried record gets the same seq.
+// Write appends one record.
 func (d *FileDevice) Write(rec *Record) error {
+	_, err := d.writeRecords(1, func(int) *Record { return rec })
+	return err
+}
+
+// WriteBatch appends recs with as few write calls as it can: one, unless
+// the file rotates on the way. It returns how many records, a prefix of
+// recs, are recorded; on error nothing of the others is left in the file
+// and the chain continues from the last recorded one.
+func (d *FileDevice) WriteBatch(recs []Record) (int, error) {
+	return d.writeRecords(len(recs), func(i int) *Record { return &recs[i] })
+}
+
+func (d *FileDevice) writeRecords(n int, rec func(int) *Record) (int, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return errors.New("audit file: closed")
+		return 0, errors.New("audit file: closed")
 	}
-	r := *rec
-	r.Seq, r.Prev, r.Hash = d.seq+1, d.hash, ""
-	d.body = r.appendJSON(d.body[:0])
-	body := d.body
-	sum := sha256.Sum256(body)
-	line := append(d.buf[:0], body[:len(body)-1]...)
-	line = append(line, hashKey...)
-	line = hex.AppendEncode(line, sum[:])
-	line = append(line, '"', '}', '\n')
-	d.buf = line
-
 	if d.f == nil {
 		if err := d.open(); err != nil {
-			return err
+			return 0, err
 		}
 	}
 	if d.torn {
 		// Remove what a failed write left, so the retry does not start
 		// mid-line. Those bytes were never acknowledged.
 		if err := d.f.Truncate(d.size); err != nil {
-			return fmt.Errorf("audit file: remove partial record: %w", err)
+			return 0, fmt.Errorf("audit file: remove partial record: %w", err)
 		}
 		d.torn = false
 	}
-	if d.size > 0 && d.size+int64(len(line)) > d.maxBytes {
-		if err := d.rotate(); err != nil {
-			return err
+	// Lines are chained into buf and written together; seq and hash run
+	// ahead of d.seq and d.hash until the write that holds them succeeds.
+	buf := d.buf[:0]
+	seq, hash := d.seq, d.hash
+	written, pending := 0, 0
+	flush := func() error {
+		if len(buf) == 0 {
+			return nil
 		}
-	}
-	n, err := d.f.Write(line)
-	if err != nil {
-		if n > 0 {
-			d.torn = d.f.Truncate(d.size) != nil
+		m, err := d.f.Write(buf)
+		if err != nil {
+			if m > 0 {
+				d.torn = d.f.Truncate(d.size) != nil
+			}
+			return fmt.Errorf("audit file: %w", err)
 		}
-		return fmt.Errorf("audit file: %w", err)
-	}
-	d.size += int64(n)
-	d.seq, d.hash = r.Seq, hex.EncodeToString(sum[:])
-	if d.policy == SyncAlways {
-		// The line is in the file and chained; on failure the logger
-		// retries and the record may appear twice, which beats losing it.
-		if err := d.f.Sync(); err != nil {
-			return fmt.Errorf("audit file: sync: %w", err)
-		}
+		d.size += int64(m)
+		d.seq, d.hash, d.dirty = seq, hash, true
+		written, pending, buf = written+pending, 0, buf[:0]
 		return nil
 	}
-	d.dirty = true
-	return nil
+	var err error
+	for i := range n {
+		r := *rec(i)
+		r.Seq, r.Prev, r.Hash = seq+1, hash, ""
+		d.body = r.appendJSON(d.body[:0])
+		sum := sha256.Sum256(d.body)
+		start := len(buf)
+		buf = append(buf, d.body[:len(d.body)-1]...)
+		buf = append(buf, hashKey...)
+		buf = hex.AppendEncode(buf, sum[:])
+		buf = append(buf, '"', '}', '\n')
+		// A line that would take the file past its size starts a new one
+		// (a record larger than that alone still gets written).
+		if before := d.size + int64(start); before > 0 && before+int64(len(buf)-start) > d.maxBytes {
+			line := len(buf) - start
+			buf = buf[:start]
+			if err = flush(); err != nil {
+				break
+			}
+			if err = d.rotate(); err != nil {
+				break
+			}
+			buf = buf[:copy(buf[:cap(buf)], buf[start:start+line])]
+		}
+		seq, hash = r.Seq, hex.EncodeToString(sum[:])
+		pending++
+	}
+	if err == nil {
+		err = flush()
+	}
+	d.buf = buf
+	if err == nil && d.policy == SyncAlways {
+		// The lines are in the file and chained; on failure the logger
+		// retries and a record may appear twice, which beats losing it.
+		if err := d.f.Sync(); err != nil {
+			return written, fmt.Errorf("audit file: sync: %w", err)
+		}
+		d.dirty = false
+	}
+	return written, err
 }
 
 // rotate closes the current file and renames it. On failure the device

@@ -471,3 +471,47 @@ func TestWriterDevice(t *testing.T) {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
 }
+
+func TestFileDeviceWriteBatch(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.log")
+	d, err := NewFileDevice(path, &FileOptions{MaxBytes: 2 << 10, Now: fakeClock()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Write(testRecord(0)); err != nil {
+		t.Fatal(err)
+	}
+	var batch []Record
+	for i := 1; i <= 40; i++ {
+		batch = append(batch, *testRecord(i))
+	}
+	// 40 records of a few hundred bytes cross several 2 KiB rotations.
+	n, err := d.WriteBatch(batch)
+	if err != nil || n != len(batch) {
+		t.Fatalf("WriteBatch = %d, %v; want %d, nil", n, err, len(batch))
+	}
+	if err := d.Write(testRecord(41)); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	files, err := ChainFiles(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) < 4 {
+		t.Fatalf("%d files, want the batch to have rotated several times", len(files))
+	}
+	res, err := Verify(files...)
+	if err != nil {
+		t.Fatalf("chain written in batches does not verify: %v", err)
+	}
+	if res.Records != 42 || res.FirstSeq != 1 || res.LastSeq != 42 {
+		t.Errorf("verify = %+v, want records 1 to 42", res)
+	}
+	if n, err := d.WriteBatch(batch); n != 0 || err == nil {
+		t.Errorf("WriteBatch on a closed device = %d, %v", n, err)
+	}
+}
