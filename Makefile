@@ -50,8 +50,8 @@ bench:
 # Check RPCs over loopback gRPC at concurrency 1 and 32, then the floor
 # that gRPC and loopback alone set on this machine.
 load:
-	$(GO) run ./bench/checkload -c 1,32 -d 10s
-	$(GO) run ./bench/checkload -c 1,32 -d 10s -floor
+	$(GO) run ./bench/checkload -c 1,32 -d 5s
+	$(GO) run ./bench/checkload -c 1,32 -d 5s -floor
 
 clean:
 	rm -rf bin bench.out
