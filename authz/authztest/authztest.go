@@ -7,31 +7,12 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
+	"github.com/amgateway/amg/internal/decision/decisiontest"
 )
 
-// BenchPolicy is a role whose grant has twelve constraints of mixed
-// matchers, one regular expression and one nested path: what the Check
-// benchmark and the load harness decide on.
-const BenchPolicy = `
-role: bench
-servers:
-  notion:
-    tools:
-      - name: get_pages
-        constraints:
-          workspace_id: { in: ["ws_abc123", "ws_def456", "ws_ghi789"] }
-          limit:        { lte: 100, gte: 1 }
-          offset:       { gte: 0 }
-          cursor:       { max_len: 256 }
-          sort:         { in: ["created", "updated", "title"] }
-          direction:    { ne: "random" }
-          include_body: { eq: false }
-          page_id:      { pattern: "pg_[A-Za-z0-9]{8,32}" }
-          path:         { prefix: "/teams/", suffix: ".md" }
-          filter.owner: { eq: "alice" }
-          tags:         { max_len: 10, min_len: 1 }
-          query:        { min_len: 1, max_len: 4000 }
-`
+// BenchPolicy is the grant every benchmark of AMG decides on.
+const BenchPolicy = decisiontest.BenchPolicy
 
 // BenchBody returns a tools/call body of about 2 KB that BenchPolicy allows.
 func BenchBody() string {

@@ -108,14 +108,7 @@ func (r *Redactor) Redact(args map[string]any, rules []string) json.RawMessage {
 	if args == nil {
 		return nil
 	}
-	e := redactState{r: r}
-	if len(rules) > 0 {
-		e.rules = make([]string, len(rules))
-		for i, g := range rules {
-			e.rules[i] = foldPath(g)
-		}
-		e.path = make([]byte, 0, 64)
-	}
+	e := r.state(rules)
 	out, err := e.object(make([]byte, 0, 256), args, 0)
 	if err != nil {
 		return json.RawMessage(`"` + Unencodable + `"`)
@@ -133,14 +126,7 @@ func (r *Redactor) RedactRaw(raw json.RawMessage, args map[string]any, rules []s
 	if args == nil || len(raw) == 0 || bytes.IndexByte(raw, '\n') >= 0 || bytes.IndexByte(raw, '\r') >= 0 {
 		return r.Redact(args, rules)
 	}
-	e := redactState{r: r}
-	if len(rules) > 0 {
-		e.rules = make([]string, len(rules))
-		for i, g := range rules {
-			e.rules[i] = foldPath(g)
-		}
-		e.path = make([]byte, 0, 64)
-	}
+	e := r.state(rules)
 	if e.anySensitive(args, 0) {
 		return r.Redact(args, rules)
 	}
@@ -156,13 +142,7 @@ func (e *redactState) anySensitive(v any, depth int) bool {
 	switch v := v.(type) {
 	case map[string]any:
 		for k, el := range v {
-			parent := len(e.path)
-			if e.rules != nil {
-				if parent > 0 {
-					e.path = append(e.path, '.')
-				}
-				e.path = append(e.path, k...)
-			}
+			parent := e.push(k)
 			hit := e.r.sensitive(k) || e.matchRule() || e.anySensitive(el, depth+1)
 			e.path = e.path[:parent]
 			if hit {
@@ -214,6 +194,32 @@ type redactState struct {
 
 var errUnencodable = errors.New("value has no faithful JSON encoding")
 
+// state prepares a walk over arguments under the role's redaction rules.
+func (r *Redactor) state(rules []string) redactState {
+	e := redactState{r: r}
+	if len(rules) > 0 {
+		e.rules = make([]string, len(rules))
+		for i, g := range rules {
+			e.rules[i] = foldPath(g)
+		}
+		e.path = make([]byte, 0, 64)
+	}
+	return e
+}
+
+// push appends key k to the dotted path, when rules need it, and returns
+// the length to cut the path back to afterwards.
+func (e *redactState) push(k string) int {
+	parent := len(e.path)
+	if e.rules != nil {
+		if parent > 0 {
+			e.path = append(e.path, '.')
+		}
+		e.path = append(e.path, k...)
+	}
+	return parent
+}
+
 func (e *redactState) object(b []byte, m map[string]any, depth int) ([]byte, error) {
 	if depth > maxDepth {
 		return nil, errUnencodable
@@ -233,13 +239,7 @@ func (e *redactState) object(b []byte, m map[string]any, depth int) ([]byte, err
 			return nil, err
 		}
 		b = append(b, ':')
-		parent := len(e.path)
-		if e.rules != nil {
-			if parent > 0 {
-				e.path = append(e.path, '.')
-			}
-			e.path = append(e.path, k...)
-		}
+		parent := e.push(k)
 		b = e.member(b, k, m[k], depth+1)
 		e.path = e.path[:parent]
 	}

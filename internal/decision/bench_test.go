@@ -2,41 +2,13 @@ package decision
 
 import (
 	"testing"
+
+	"github.com/amgateway/amg/internal/decision/decisiontest"
 )
 
-// benchPolicy is the grant BenchmarkEvaluate measures: twelve constraints
-// of mixed matchers, one regular expression and one nested path.
-const benchPolicy = `
-role: bench
-servers:
-  notion:
-    tools:
-      - name: get_pages
-        constraints:
-          workspace_id: { in: ["ws_abc123", "ws_def456", "ws_ghi789"] }
-          limit:        { lte: 100, gte: 1 }
-          offset:       { gte: 0 }
-          cursor:       { max_len: 256 }
-          sort:         { in: ["created", "updated", "title"] }
-          direction:    { ne: "random" }
-          include_body: { eq: false }
-          page_id:      { pattern: "pg_[A-Za-z0-9]{8,32}" }
-          path:         { prefix: "/teams/", suffix: ".md" }
-          filter.owner: { eq: "alice" }
-          tags:         { max_len: 10, min_len: 1 }
-          query:        { min_len: 1, max_len: 200 }
-`
-
-const benchArgs = `{
-  "workspace_id": "ws_abc123", "limit": 50, "offset": 0, "cursor": "c_0123456789abcdef",
-  "sort": "updated", "direction": "desc", "include_body": false,
-  "page_id": "pg_Ab12Cd34Ef56", "path": "/teams/platform/runbook.md",
-  "filter": {"owner": "alice"}, "tags": ["ops", "oncall"], "query": "disk full"
-}`
-
 func BenchmarkEvaluate(b *testing.B) {
-	set := mustCompile(b, benchPolicy)
-	in := &Input{Agent: "agent-1", Role: "bench", Server: "notion", Name: "get_pages", Arguments: args(b, benchArgs)}
+	set := mustCompile(b, decisiontest.BenchPolicy)
+	in := &Input{Agent: "agent-1", Role: "bench", Server: "notion", Name: "get_pages", Arguments: args(b, decisiontest.BenchArgs)}
 	if res := Evaluate(set, in); res.Verdict != Allow {
 		b.Fatalf("benchmark input is not allowed: %s", res.Reason)
 	}
@@ -49,8 +21,8 @@ func BenchmarkEvaluate(b *testing.B) {
 }
 
 func BenchmarkEvaluateDeny(b *testing.B) {
-	set := mustCompile(b, benchPolicy)
-	in := &Input{Agent: "agent-1", Role: "bench", Server: "notion", Name: "get_pages", Arguments: args(b, benchArgs)}
+	set := mustCompile(b, decisiontest.BenchPolicy)
+	in := &Input{Agent: "agent-1", Role: "bench", Server: "notion", Name: "get_pages", Arguments: args(b, decisiontest.BenchArgs)}
 	in.Arguments["limit"] = "500"
 	b.ReportAllocs()
 	for b.Loop() {
