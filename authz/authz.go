@@ -249,7 +249,9 @@ func (c *call) parse(h headers) *authv3.CheckResponse {
 	if c.version != "" && !supportedVersion(c.version) {
 		return c.reject(400, CodeUnsupportedVersion, "unsupported MCP protocol version "+quote(c.version))
 	}
-	body, err := mcpfilter.Parse(c.body, &mcpfilter.Options{MaxBytes: c.s.maxBody, AllowBatch: c.version == batchVersion})
+	// The body is this call's own: nothing writes to it after Check
+	// returns, so decoded strings may share it.
+	body, err := mcpfilter.Parse(c.body, &mcpfilter.Options{MaxBytes: c.s.maxBody, AllowBatch: c.version == batchVersion, ImmutableBody: true})
 	if err != nil {
 		var perr *mcpfilter.Error
 		code, rpcCode := CodeMalformedRequest, mcpfilter.CodeInvalidRequest
@@ -351,7 +353,7 @@ func (c *call) record(verdict, code, reason string) *audit.Record {
 		LatencyMicros: c.s.now().Sub(c.start).Microseconds(),
 	}
 	if c.set != nil {
-		rec.PolicyVersion = c.set.Version().String()
+		rec.PolicyVersion = c.set.VersionString()
 	}
 	return rec
 }

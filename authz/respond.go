@@ -42,11 +42,11 @@ func setHeaders(kv ...string) []*corev3.HeaderValueOption {
 }
 
 func (c *call) metadata(verdict string) *structpb.Struct {
+	// Agent and role travel in headers; the metadata carries what
+	// access logs and other filters key on.
 	return &structpb.Struct{Fields: map[string]*structpb.Value{
 		"decision_id": structpb.NewStringValue(c.id),
 		"verdict":     structpb.NewStringValue(verdict),
-		"agent":       structpb.NewStringValue(c.token.Agent),
-		"role":        structpb.NewStringValue(c.token.Role),
 	}}
 }
 
@@ -56,7 +56,7 @@ func (c *call) metadata(verdict string) *structpb.Struct {
 func (c *call) ok(verdict string) *authv3.CheckResponse {
 	d := Decision{ID: c.id, Agent: c.token.Agent, Role: c.token.Role, Verdict: verdict, BodySHA256: bodyHash(c.body)}
 	if c.set != nil {
-		d.PolicyVersion = c.set.Version().String()
+		d.PolicyVersion = c.set.VersionString()
 	}
 	ours := setHeaders(
 		HeaderDecision, c.s.deps.Signer.Sign(d),

@@ -1,5 +1,7 @@
 package mcpfilter
 
+import "unsafe"
+
 // paramSpec says what the gateway extracts from the params of one method.
 type paramSpec struct {
 	method string
@@ -198,7 +200,13 @@ func (p *parser) arguments(depth int, m *Message, prompt bool) error {
 	// arguments object in it (positions only move forward, except for
 	// params re-read within the same message).
 	if p.argStr == "" || start < p.argBase {
-		p.argStr, p.argBase = string(p.data[start:]), start
+		rest := p.data[start:]
+		if p.immutable {
+			p.argStr = unsafe.String(unsafe.SliceData(rest), len(rest))
+		} else {
+			p.argStr = string(rest)
+		}
+		p.argBase = start
 	}
 	args, err := p.buildObject(depth+1, prompt)
 	if err != nil {

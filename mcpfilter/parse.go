@@ -112,6 +112,10 @@ type Options struct {
 	// AllowBatch accepts a JSON array of messages. Only protocol 2025-03-26
 	// has batches; the caller sets this from the negotiated version.
 	AllowBatch bool
+	// ImmutableBody promises that the body's bytes are never modified
+	// after Parse, so the strings in Args may share them instead of a
+	// copy. Leave it false unless the caller owns the buffer outright.
+	ImmutableBody bool
 }
 
 // Parse validates body as one JSON-RPC message, or a batch of them, under
@@ -137,7 +141,7 @@ func Parse(body []byte, opts *Options) (*Body, error) {
 		}
 	}
 	p := parserPool.Get().(*parser)
-	p.data, p.pos, p.maxDepth = body, 0, maxDepth
+	p.data, p.pos, p.maxDepth, p.immutable = body, 0, maxDepth, opts.ImmutableBody
 	b, err := p.body(opts.AllowBatch)
 	p.release()
 	if e, ok := err.(*Error); ok {

@@ -2,6 +2,7 @@ package mcpfilter
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"hash/maphash"
 	"strconv"
@@ -17,6 +18,9 @@ type parser struct {
 	data     []byte
 	pos      int
 	maxDepth int
+	// immutable: the caller promised not to modify data, so argStr may
+	// alias it (Options.ImmutableBody).
+	immutable bool
 
 	// keys is a stack holding the keys of every object currently open, so
 	// that duplicates are found without a map per object. An object owns
@@ -114,6 +118,16 @@ var strSafe = func() (t [256]bool) {
 	return t
 }()
 
+// special8 reports whether any of the eight bytes in v is not strSafe: a
+// quote, a backslash, a control character or a byte of a multi-byte UTF-8
+// sequence. It may report a byte that is safe (the caller then looks at
+// each byte), never miss one that is not.
+func special8(v uint64) bool {
+	const lo, hi = 0x0101010101010101, 0x8080808080808080
+	hasZero := func(x uint64) uint64 { return (x - lo) &^ x & hi }
+	return (hasZero(v^(lo*'"')) | hasZero(v^(lo*'\\')) | (v-lo*0x20)&^v&hi | v&hi) != 0
+}
+
 // scanString validates the string starting at p.pos (which is '"') and
 // returns the bounds of its raw contents and whether it holds escapes.
 func (p *parser) scanString() (start, end int, esc bool, err error) {
@@ -122,6 +136,11 @@ func (p *parser) scanString() (start, end int, esc bool, err error) {
 	i := open + 1
 	start = i
 	for {
+		// Eight bytes at a time while none of them needs a closer look;
+		// argument strings are long and mostly plain ASCII.
+		for i+8 <= len(data) && !special8(binary.LittleEndian.Uint64(data[i:])) {
+			i += 8
+		}
 		for i < len(data) && strSafe[data[i]] {
 			i++
 		}

@@ -100,6 +100,7 @@ func Compile(files []File, opts *Options) (*Set, error) {
 		seq = 1
 	}
 	set.version = Version{Seq: seq, Hash: hashFiles(files)}
+	set.versionString = set.version.String()
 	return set, nil
 }
 
@@ -110,12 +111,13 @@ type Version struct {
 	Hash string
 }
 
+// String is SEQ-HASH with the hash cut to 12 hex digits.
 func (v Version) String() string {
 	h := v.Hash
 	if len(h) > 12 {
 		h = h[:12]
 	}
-	return fmt.Sprintf("%d-%s", v.Seq, h)
+	return strconv.FormatUint(v.Seq, 10) + "-" + h
 }
 
 func hashFiles(files []File) string {

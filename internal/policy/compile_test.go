@@ -473,6 +473,9 @@ func TestVersion(t *testing.T) {
 	if got := version(a, 7); got.Seq != 7 || got.Hash != base.Hash || got.String() != "7-"+base.Hash[:12] {
 		t.Errorf("version with sequence 7 = %v", got)
 	}
+	if set, _ := Compile(a, &Options{Sequence: 7}); set.VersionString() != "7-"+base.Hash[:12] {
+		t.Errorf("VersionString = %q", set.VersionString())
+	}
 }
 
 func TestLoadDirWithoutRoleFiles(t *testing.T) {

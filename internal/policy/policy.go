@@ -37,12 +37,17 @@ func (m Mode) String() string {
 // Set is a compiled policy: every role of one policy directory. A Set is
 // immutable once returned and safe for concurrent use.
 type Set struct {
-	version Version
-	roles   map[string]*Role
+	version       Version
+	versionString string
+	roles         map[string]*Role
 }
 
 // Version identifies a compiled set in every decision.
 func (s *Set) Version() Version { return s.version }
+
+// VersionString is Version().String(), computed once: every decision
+// record carries it.
+func (s *Set) VersionString() string { return s.versionString }
 
 // Role returns the named role.
 func (s *Set) Role(name string) (*Role, bool) {
