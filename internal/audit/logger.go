@@ -24,6 +24,11 @@ type Options struct {
 	// no device could write; it doubles from one to the other. 0 means 10 ms
 	// and 1 s.
 	MinBackoff, MaxBackoff time.Duration
+	// Linger is how long the writer waits, once a record arrives, for
+	// others to join it in one write. It trades that much delay in the
+	// log (not in the request) for far fewer wake-ups and write calls
+	// when requests arrive one at a time. 0 means 1 ms; negative, none.
+	Linger time.Duration
 }
 
 // Logger writes records to its devices from a bounded queue, in order, on
@@ -38,6 +43,8 @@ type Logger struct {
 	size     int
 	log      *slog.Logger
 	min, max time.Duration
+	linger   time.Duration
+	closing  chan struct{} // closed by Close, to cut a linger short
 
 	// The queue is a slice the writer swaps out whole, so that under load
 	// it takes one lock per batch rather than one per record, and Log does
@@ -81,6 +88,9 @@ func NewLogger(devices []Device, opts *Options) *Logger {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	if o.Linger == 0 {
+		o.Linger = time.Millisecond
+	}
 	if o.MinBackoff <= 0 {
 		o.MinBackoff = 10 * time.Millisecond
 	}
@@ -89,13 +99,15 @@ func NewLogger(devices []Device, opts *Options) *Logger {
 	}
 	o.MaxBackoff = max(o.MaxBackoff, o.MinBackoff)
 	l := &Logger{
-		size:  o.QueueSize,
-		log:   o.Logger,
-		min:   o.MinBackoff,
-		max:   o.MaxBackoff,
-		full:  fmt.Errorf("%w: queue full (%d records waiting)", ErrUnavailable, o.QueueSize),
-		abort: make(chan struct{}),
-		done:  make(chan struct{}),
+		size:    o.QueueSize,
+		log:     o.Logger,
+		min:     o.MinBackoff,
+		linger:  o.Linger,
+		max:     o.MaxBackoff,
+		full:    fmt.Errorf("%w: queue full (%d records waiting)", ErrUnavailable, o.QueueSize),
+		abort:   make(chan struct{}),
+		closing: make(chan struct{}),
+		done:    make(chan struct{}),
 	}
 	l.wake = sync.NewCond(&l.mu)
 	for i, d := range devices {
@@ -158,6 +170,7 @@ func (l *Logger) Close(ctx context.Context) error {
 		return nil
 	}
 	l.closed = true
+	close(l.closing)
 	l.wake.Signal()
 	l.mu.Unlock()
 
@@ -187,6 +200,16 @@ func (l *Logger) run() {
 		if len(l.queue) == 0 {
 			l.mu.Unlock()
 			return
+		}
+		if l.linger > 0 && !l.closed {
+			l.mu.Unlock()
+			t := time.NewTimer(l.linger)
+			select {
+			case <-t.C:
+			case <-l.closing:
+				t.Stop()
+			}
+			l.mu.Lock()
 		}
 		batch := l.queue
 		l.queue, l.spare = l.spare[:0], nil

@@ -318,3 +318,37 @@ func TestLoggerToFile(t *testing.T) {
 		t.Errorf("%d records in %d files, want 400 in several", res.Records, len(files))
 	}
 }
+
+// batchCapture records the size of every batch it is handed.
+type batchCapture struct {
+	mu      sync.Mutex
+	batches []int
+}
+
+func (b *batchCapture) Write(*Record) error { b.mu.Lock(); b.batches = append(b.batches, 1); b.mu.Unlock(); return nil }
+func (b *batchCapture) WriteBatch(recs []Record) (int, error) {
+	b.mu.Lock()
+	b.batches = append(b.batches, len(recs))
+	b.mu.Unlock()
+	return len(recs), nil
+}
+func (b *batchCapture) Close() error { return nil }
+
+func TestLoggerLingerGathersRecords(t *testing.T) {
+	dev := &batchCapture{}
+	// A long linger, so that the five records below, logged one after
+	// another, certainly arrive within it.
+	l := NewLogger([]Device{dev}, &Options{Linger: time.Hour})
+	for i := range 5 {
+		if err := l.Log(testRecord(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Close cuts the linger short and writes what is queued.
+	if err := l.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]int{5}, dev.batches); diff != "" {
+		t.Errorf("batches (-want +got):\n%s", diff)
+	}
+}
