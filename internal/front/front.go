@@ -1,0 +1,185 @@
+// Package front is the standalone stand-in for Envoy. For each agent
+// request it does what Envoy's ext_authz filter does with AMG's
+// configuration — strip x-amg-* headers, buffer the body, send the same
+// CheckRequest, then either answer with the denial or forward the request
+// with the headers authz set — and nothing else. It has no policy logic of
+// its own, so standalone and Envoy mode decide alike.
+package front
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
+	"github.com/amgateway/amg/mcpfilter"
+)
+
+// Checker is the ext_authz service: authz.Server in-process, or a gRPC
+// client of it.
+type Checker interface {
+	Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error)
+}
+
+// Options tune a Front; nil means defaults.
+type Options struct {
+	// MaxBodyBytes is the largest body buffered for the check, as Envoy's
+	// with_request_body.max_request_bytes; 0 means mcpfilter.DefaultMaxBytes.
+	// A larger body is refused with 413, as Envoy does with
+	// allow_partial_message false.
+	MaxBodyBytes int
+	// Logger receives check failures; nil discards them.
+	Logger *slog.Logger
+}
+
+// Front is an http.Handler for the agent-facing MCP endpoint.
+type Front struct {
+	check   Checker
+	next    http.Handler
+	maxBody int
+	log     *slog.Logger
+}
+
+// New returns a Front that asks check about every request and hands the
+// allowed ones to next (the broker).
+func New(check Checker, next http.Handler, opts *Options) *Front {
+	f := &Front{check: check, next: next, maxBody: mcpfilter.DefaultMaxBytes, log: slog.New(slog.DiscardHandler)}
+	if opts != nil {
+		if opts.MaxBodyBytes > 0 {
+			f.maxBody = opts.MaxBodyBytes
+		}
+		if opts.Logger != nil {
+			f.log = opts.Logger
+		}
+	}
+	return f
+}
+
+const amgHeaderPrefix = "x-amg-"
+
+func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// Envoy's route configuration removes these before ext_authz runs;
+	// only what authz sets may reach the broker.
+	for k := range r.Header {
+		if strings.HasPrefix(strings.ToLower(k), amgHeaderPrefix) {
+			r.Header.Del(k)
+		}
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, int64(f.maxBody)+1))
+	if err != nil {
+		http.Error(w, "cannot read request body", http.StatusBadRequest)
+		return
+	}
+	if len(body) > f.maxBody {
+		http.Error(w, "Payload Too Large", http.StatusRequestEntityTooLarge)
+		return
+	}
+	resp, err := f.check.Check(r.Context(), CheckRequest(r, body))
+	if err != nil {
+		// Envoy with failure_mode_allow false answers 403 when the
+		// authorization service cannot be reached.
+		f.log.Error("ext_authz check failed", "err", err)
+		http.Error(w, "Forbidden", http.StatusForbidden)
+		return
+	}
+	if d := resp.GetDeniedResponse(); d != nil || resp.GetOkResponse() == nil {
+		writeDenied(w, d)
+		return
+	}
+	applyOK(r.Header, resp.GetOkResponse())
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.ContentLength = int64(len(body))
+	f.next.ServeHTTP(w, r)
+}
+
+// CheckRequest builds the CheckRequest Envoy sends for r with
+// with_request_body and pack_as_bytes: header names lower-case, repeated
+// headers joined with ",", the pseudo-headers included, the body in
+// raw_body.
+func CheckRequest(r *http.Request, body []byte) *authv3.CheckRequest {
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	h := make(map[string]string, len(r.Header)+4)
+	for k, vs := range r.Header {
+		h[strings.ToLower(k)] = strings.Join(vs, ",")
+	}
+	h[":method"], h[":path"], h[":authority"], h[":scheme"] = r.Method, r.URL.RequestURI(), r.Host, scheme
+	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Source: peer(r.RemoteAddr),
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+			Method:   r.Method,
+			Path:     r.URL.RequestURI(),
+			Host:     r.Host,
+			Scheme:   scheme,
+			Protocol: r.Proto,
+			Headers:  h,
+			Size:     int64(len(body)),
+			RawBody:  body,
+		}},
+	}}
+}
+
+func peer(addr string) *authv3.AttributeContext_Peer {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil
+	}
+	p, _ := strconv.ParseUint(port, 10, 32)
+	return &authv3.AttributeContext_Peer{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{
+		SocketAddress: &corev3.SocketAddress{Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(p)}},
+	}}}
+}
+
+// writeDenied sends the denial authz composed, as Envoy does; a response
+// with neither an OK nor a denied part is a denial too.
+func writeDenied(w http.ResponseWriter, d *authv3.DeniedHttpResponse) {
+	status := int(d.GetStatus().GetCode())
+	if status == 0 {
+		status = http.StatusForbidden
+	}
+	for _, o := range d.GetHeaders() {
+		setHeader(w.Header(), o)
+	}
+	w.WriteHeader(status)
+	io.WriteString(w, d.GetBody())
+}
+
+// applyOK edits the request headers as Envoy does with an OK response.
+func applyOK(h http.Header, ok *authv3.OkHttpResponse) {
+	for _, k := range ok.GetHeadersToRemove() {
+		h.Del(k)
+	}
+	for _, o := range ok.GetHeaders() {
+		setHeader(h, o)
+	}
+}
+
+func setHeader(h http.Header, o *corev3.HeaderValueOption) {
+	k, v := o.GetHeader().GetKey(), o.GetHeader().GetValue()
+	if len(o.GetHeader().GetRawValue()) > 0 {
+		v = string(o.GetHeader().GetRawValue())
+	}
+	switch o.GetAppendAction() {
+	case corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD:
+		h.Add(k, v)
+	case corev3.HeaderValueOption_ADD_IF_ABSENT:
+		if h.Get(k) == "" {
+			h.Set(k, v)
+		}
+	case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS:
+		if h.Get(k) != "" {
+			h.Set(k, v)
+		}
+	default:
+		h.Set(k, v)
+	}
+}

@@ -1,0 +1,290 @@
+package front
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/amgateway/amg/authz"
+	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/internal/ratelimit"
+	"github.com/amgateway/amg/internal/tokens"
+)
+
+const role = `
+role: reader
+servers:
+  notion:
+    tools:
+      - name: get_pages
+        constraints:
+          workspace_id: { eq: ws_abc123 }
+`
+
+type records struct {
+	mu   sync.Mutex
+	recs []audit.Record
+}
+
+func (r *records) Log(rec *audit.Record) error {
+	r.mu.Lock()
+	r.recs = append(r.recs, *rec)
+	r.mu.Unlock()
+	return nil
+}
+
+type fixed struct{ set *policy.Set }
+
+func (f fixed) Current() *policy.Set { return f.set }
+
+// received is what the broker behind the front got.
+type received struct {
+	header http.Header
+	body   string
+}
+
+type harness struct {
+	url    string
+	token  string
+	signer *authz.Signer
+	got    chan received
+	audit  *records
+}
+
+func newHarness(t *testing.T, check func(authz.Deps) Checker, opts *Options) *harness {
+	t.Helper()
+	set, err := policy.Compile([]policy.File{{Name: "reader.yaml", Data: []byte(role)}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := tokens.NewMemoryStore()
+	token, _, err := tokens.Issue(context.Background(), store, "bot-1", "reader", time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, _ := authz.NewSigner([]byte(strings.Repeat("k", 32)), nil)
+	h := &harness{token: token, signer: signer, got: make(chan received, 1), audit: &records{}}
+	deps := authz.Deps{
+		Tokens: tokens.NewAuthenticator(store, nil), Policies: fixed{set}, Limiter: ratelimit.NewMemory(nil),
+		Audit: h.audit, Redactor: audit.NewRedactor([]byte("r")), Signer: signer,
+	}
+	broker := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		h.got <- received{header: r.Header.Clone(), body: string(b)}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"jsonrpc":"2.0","id":1,"result":{}}`)
+	})
+	srv := httptest.NewServer(New(check(deps), broker, opts))
+	t.Cleanup(srv.Close)
+	h.url = srv.URL + "/mcp"
+	return h
+}
+
+func inProcess(t *testing.T) func(authz.Deps) Checker {
+	return func(d authz.Deps) Checker {
+		s, err := authz.New(d, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+}
+
+// overGRPC serves authz over gRPC on loopback and checks through a client,
+// as Envoy does.
+func overGRPC(t *testing.T) func(authz.Deps) Checker {
+	return func(d authz.Deps) Checker {
+		s, err := authz.New(d, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		gs := grpc.NewServer()
+		authv3.RegisterAuthorizationServer(gs, s)
+		go gs.Serve(lis)
+		t.Cleanup(gs.Stop)
+		conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return grpcChecker{authv3.NewAuthorizationClient(conn)}
+	}
+}
+
+type grpcChecker struct{ c authv3.AuthorizationClient }
+
+func (g grpcChecker) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	return g.c.Check(ctx, req)
+}
+
+// modes are the two ways a Front reaches authz; every scenario runs in both.
+func modes(t *testing.T) map[string]func(authz.Deps) Checker {
+	return map[string]func(authz.Deps) Checker{"in-process": inProcess(t), "gRPC": overGRPC(t)}
+}
+
+func (h *harness) post(t *testing.T, body string, hdrs map[string]string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest("POST", h.url, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	req.Header.Set("Mcp-Protocol-Version", "2025-06-18")
+	req.Header.Set("Authorization", "Bearer "+h.token)
+	for k, v := range hdrs {
+		if v == "" {
+			req.Header.Del(k)
+			continue
+		}
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+const allowed = `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`
+
+func TestAllowedRequestReachesBrokerWithDecision(t *testing.T) {
+	for mode, check := range modes(t) {
+		t.Run(mode, func(t *testing.T) { testAllowed(t, newHarness(t, check, nil)) })
+	}
+}
+
+func testAllowed(t *testing.T, h *harness) {
+	resp := h.post(t, allowed, map[string]string{"X-Amg-Role": "admin", "X-Amg-Decision": "forged", "X-Amg-Other": "x"})
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	got := <-h.got
+	if got.body != allowed {
+		t.Errorf("broker got body %q, want the agent's bytes", got.body)
+	}
+	if got.header.Get("Authorization") != "" || got.header.Get("X-Amg-Other") != "" {
+		t.Errorf("agent headers reached the broker: %v", got.header)
+	}
+	if got.header.Get("X-Amg-Role") != "reader" || got.header.Get("X-Amg-Agent") != "bot-1" || got.header.Get("X-Amg-Verdict") != "allow" {
+		t.Errorf("decision headers: %v", got.header)
+	}
+	d, err := h.signer.Verify(got.header.Get("X-Amg-Decision"), []byte(got.body))
+	if err != nil || d.Agent != "bot-1" {
+		t.Errorf("decision token: %+v %v", d, err)
+	}
+}
+
+func TestDenialsComeFromAuthz(t *testing.T) {
+	for mode, check := range modes(t) {
+		t.Run(mode, func(t *testing.T) { testDenials(t, newHarness(t, check, &Options{MaxBodyBytes: 4096})) })
+	}
+}
+
+func testDenials(t *testing.T, h *harness) {
+	tests := []struct {
+		name   string
+		body   string
+		hdrs   map[string]string
+		status int
+		code   string
+	}{
+		{"policy deny", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"notion__drop_db","arguments":{}}}`, nil, 200, "not_granted"},
+		{"no token", allowed, map[string]string{"Authorization": ""}, 401, "unauthenticated"},
+		{"malformed", `{"jsonrpc":`, nil, 400, "malformed_request"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp := h.post(t, tt.body, tt.hdrs)
+			var r struct {
+				Error struct {
+					Data struct{ Code string }
+				}
+			}
+			b, _ := io.ReadAll(resp.Body)
+			if err := json.Unmarshal(b, &r); err != nil || resp.StatusCode != tt.status || r.Error.Data.Code != tt.code {
+				t.Errorf("got %d %s; want %d with code %s", resp.StatusCode, b, tt.status, tt.code)
+			}
+			if resp.Header.Get("Content-Type") != "application/json" {
+				t.Errorf("content type %q", resp.Header.Get("Content-Type"))
+			}
+			select {
+			case <-h.got:
+				t.Error("a denied request reached the broker")
+			default:
+			}
+		})
+	}
+	if resp := h.post(t, allowed, map[string]string{"Authorization": ""}); resp.Header.Get("Www-Authenticate") == "" {
+		t.Error("401 without a challenge")
+	}
+	big := `{"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad":"` + strings.Repeat("x", 5000) + `"}}`
+	if resp := h.post(t, big, nil); resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("oversized body: status %d, want 413", resp.StatusCode)
+	}
+}
+
+type failing struct{}
+
+func (failing) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	return nil, errors.New("connection refused")
+}
+
+type empty struct{}
+
+func (empty) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	return &authv3.CheckResponse{}, nil
+}
+
+func TestFailsClosed(t *testing.T) {
+	for name, c := range map[string]Checker{"unreachable": failing{}, "empty answer": empty{}} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, func(authz.Deps) Checker { return c }, nil)
+			if resp := h.post(t, allowed, nil); resp.StatusCode != http.StatusForbidden {
+				t.Errorf("status %d, want 403", resp.StatusCode)
+			}
+			select {
+			case <-h.got:
+				t.Error("request reached the broker")
+			default:
+			}
+		})
+	}
+}
+
+func TestCheckRequestShape(t *testing.T) {
+	r := httptest.NewRequest("POST", "http://127.0.0.1:8080/mcp?x=1", strings.NewReader("{}"))
+	r.Header.Add("X-Multi", "a")
+	r.Header.Add("X-Multi", "b")
+	r.Header.Set("Authorization", "Bearer t")
+	req := CheckRequest(r, []byte("{}"))
+	h := req.GetAttributes().GetRequest().GetHttp()
+	want := map[string]string{":method": "POST", ":path": "/mcp?x=1", ":authority": "127.0.0.1:8080", ":scheme": "http",
+		"x-multi": "a,b", "authorization": "Bearer t"}
+	for k, v := range want {
+		if h.GetHeaders()[k] != v {
+			t.Errorf("header %s = %q, want %q", k, h.GetHeaders()[k], v)
+		}
+	}
+	if string(h.GetRawBody()) != "{}" || h.GetSize() != 2 || h.GetMethod() != "POST" || h.GetPath() != "/mcp?x=1" {
+		t.Errorf("request = %v", h)
+	}
+	if req.GetAttributes().GetSource().GetAddress().GetSocketAddress().GetAddress() == "" {
+		t.Error("no source address")
+	}
+}
