@@ -1,0 +1,461 @@
+// Package broker is the MCP server agents talk to behind authz: it serves
+// only requests that carry a valid decision for exactly their body, shows
+// each role the upstream tools it may call as server__tool, and forwards
+// calls to the upstream MCP servers with the gateway's own credentials.
+//
+// The agent side is a go-sdk MCP server per role, so sessions, streaming,
+// pings and protocol versions behave as the SDK does; the upstream side is
+// a go-sdk client session per agent session and upstream, opened on first
+// use and closed with the agent's session.
+package broker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/amgateway/amg/authz"
+	"github.com/amgateway/amg/internal/decision"
+	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/mcpfilter"
+)
+
+// Upstream is one upstream MCP server.
+type Upstream struct {
+	Name string
+	// Transport opens a new connection to the server; the broker calls it
+	// for its catalogue session and for every agent session that uses the
+	// server.
+	Transport func(ctx context.Context) (mcp.Transport, error)
+	// CallTimeout bounds one tools/call; 0 means 60 s.
+	CallTimeout time.Duration
+}
+
+// Policies hands out the current policy set (nil: none compiled).
+type Policies interface {
+	Current() *policy.Set
+}
+
+// Options tune a Broker; nil means defaults.
+type Options struct {
+	// MaxBodyBytes bounds a request body; 0 means mcpfilter.DefaultMaxBytes.
+	MaxBodyBytes int
+	Logger       *slog.Logger
+}
+
+// Broker is the http.Handler behind authz.
+type Broker struct {
+	signer   *authz.Signer
+	policies Policies
+	ups      map[string]*upstream
+	names    []string
+	maxBody  int
+	log      *slog.Logger
+	handler  *mcp.StreamableHTTPHandler
+
+	mu       sync.Mutex
+	roles    map[string]*roleServer
+	synced   string   // policy version the role servers reflect
+	owners   sync.Map // MCP session id -> owner (agent and role)
+	sessions sync.Map // *mcp.ServerSession -> *agentSession
+}
+
+type upstream struct {
+	Upstream
+	mu      sync.Mutex
+	catalog *mcp.ClientSession
+	tools   []*mcp.Tool
+}
+
+type roleServer struct {
+	srv   *mcp.Server
+	tools map[string]*mcp.Tool // registered: server__tool -> the upstream's tool
+}
+
+// New returns a broker for ups. Call Start before serving.
+func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options) (*Broker, error) {
+	b := &Broker{signer: signer, policies: policies, ups: map[string]*upstream{}, roles: map[string]*roleServer{},
+		maxBody: mcpfilter.DefaultMaxBytes, log: slog.New(slog.DiscardHandler)}
+	if opts != nil {
+		if opts.MaxBodyBytes > 0 {
+			b.maxBody = opts.MaxBodyBytes
+		}
+		if opts.Logger != nil {
+			b.log = opts.Logger
+		}
+	}
+	for _, u := range ups {
+		if err := mcpfilter.ValidateServerName(u.Name); err != nil {
+			return nil, fmt.Errorf("broker: upstream %q: %w", u.Name, err)
+		}
+		if _, dup := b.ups[u.Name]; dup {
+			return nil, fmt.Errorf("broker: upstream %q declared twice", u.Name)
+		}
+		if u.CallTimeout <= 0 {
+			u.CallTimeout = 60 * time.Second
+		}
+		b.ups[u.Name] = &upstream{Upstream: u}
+		b.names = append(b.names, u.Name)
+	}
+	slices.Sort(b.names)
+	b.handler = mcp.NewStreamableHTTPHandler(b.serverFor, &mcp.StreamableHTTPOptions{
+		Logger: b.log,
+		// The front or Envoy in front of the broker decides who may call;
+		// the broker is reached through them, under any host name.
+		DisableLocalhostProtection: true,
+		MaxRequestBodyBytes:        int64(b.maxBody),
+	})
+	return b, nil
+}
+
+// Start connects the catalogue session of every upstream and builds the
+// role servers. An upstream that cannot be reached is logged and its tools
+// stay invisible until a later refresh reaches it.
+func (b *Broker) Start(ctx context.Context) {
+	for _, name := range b.names {
+		if err := b.refresh(ctx, b.ups[name]); err != nil {
+			b.log.Error("upstream unreachable; its tools are hidden until it answers", "upstream", name, "err", err)
+		}
+	}
+	b.sync()
+}
+
+// Close ends every catalogue session.
+func (b *Broker) Close() {
+	for _, u := range b.ups {
+		u.mu.Lock()
+		if u.catalog != nil {
+			u.catalog.Close()
+			u.catalog = nil
+		}
+		u.mu.Unlock()
+	}
+}
+
+// refresh reads an upstream's tool list through its catalogue session,
+// connecting it first if need be.
+func (b *Broker) refresh(ctx context.Context, u *upstream) error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.catalog == nil {
+		t, err := u.Transport(ctx)
+		if err != nil {
+			return err
+		}
+		client := mcp.NewClient(&mcp.Implementation{Name: "amg", Version: "catalog"}, &mcp.ClientOptions{
+			ToolListChangedHandler: func(ctx context.Context, _ *mcp.ToolListChangedRequest) {
+				// Off the SDK's handler goroutine: refresh calls back into
+				// the same session.
+				go func() {
+					if err := b.refresh(context.WithoutCancel(ctx), u); err != nil {
+						b.log.Error("refreshing tools after list_changed", "upstream", u.Name, "err", err)
+					}
+					b.sync()
+				}()
+			},
+		})
+		cs, err := client.Connect(ctx, t, nil)
+		if err != nil {
+			return err
+		}
+		u.catalog = cs
+	}
+	var tools []*mcp.Tool
+	for tool, err := range u.catalog.Tools(ctx, nil) {
+		if err != nil {
+			u.catalog.Close()
+			u.catalog = nil
+			return err
+		}
+		if mcpfilter.ValidateName(tool.Name) != nil {
+			b.log.Warn("upstream tool name cannot be namespaced; hidden", "upstream", u.Name, "tool", tool.Name)
+			continue
+		}
+		tools = append(tools, tool)
+	}
+	u.tools = tools
+	return nil
+}
+
+// sync makes every role server offer exactly the tools the policy lets that
+// role see. The SDK tells connected sessions when their list changed.
+func (b *Broker) sync() {
+	set := b.policies.Current()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if set != nil {
+		b.synced = set.VersionString()
+		for _, r := range set.Roles() {
+			if b.roles[r.Name] == nil {
+				b.roles[r.Name] = &roleServer{
+					srv:   mcp.NewServer(&mcp.Implementation{Name: "amg", Title: "AMG MCP gateway", Version: "1"}, &mcp.ServerOptions{Capabilities: &mcp.ServerCapabilities{Tools: &mcp.ToolCapabilities{ListChanged: true}}}),
+					tools: map[string]*mcp.Tool{},
+				}
+			}
+		}
+	} else {
+		b.synced = ""
+	}
+	for role, rs := range b.roles {
+		want := map[string]*mcp.Tool{}
+		for _, name := range b.names {
+			u := b.ups[name]
+			u.mu.Lock()
+			for _, t := range u.tools {
+				if decision.ToolVisible(set, role, name, t.Name) {
+					want[mcpfilter.JoinName(name, t.Name)] = t
+				}
+			}
+			u.mu.Unlock()
+		}
+		var gone []string
+		for n := range rs.tools {
+			if _, ok := want[n]; !ok {
+				gone = append(gone, n)
+			}
+		}
+		if len(gone) > 0 {
+			rs.srv.RemoveTools(gone...)
+			for _, n := range gone {
+				delete(rs.tools, n)
+			}
+		}
+		for n, t := range want {
+			if rs.tools[n] == t {
+				continue
+			}
+			server, _, _ := mcpfilter.SplitName(n)
+			shown := *t
+			shown.Name = n
+			rs.srv.AddTool(&shown, b.forward(server, t.Name))
+			rs.tools[n] = t
+		}
+	}
+}
+
+// serverFor picks the role server for a request whose headers the
+// broker has already checked against its decision token.
+func (b *Broker) serverFor(r *http.Request) *mcp.Server {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if rs := b.roles[r.Header.Get(authz.HeaderRole)]; rs != nil {
+		return rs.srv
+	}
+	return nil
+}
+
+// ServeHTTP serves one agent request that authz allowed.
+func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, int64(b.maxBody)+1))
+	if err != nil || len(body) > b.maxBody {
+		refuse(w, http.StatusRequestEntityTooLarge, "request body too large or unreadable")
+		return
+	}
+	d, err := b.signer.Verify(r.Header.Get(authz.HeaderDecision), body)
+	if err != nil {
+		b.log.Warn("request without a valid decision refused", "err", err, "remote", r.RemoteAddr)
+		refuse(w, http.StatusForbidden, "request was not authorized by the gateway: "+err.Error())
+		return
+	}
+	if r.Header.Get(authz.HeaderAgent) != d.Agent || r.Header.Get(authz.HeaderRole) != d.Role {
+		refuse(w, http.StatusForbidden, "identity headers do not match the decision")
+		return
+	}
+	if d.Verdict == "needs_approval" {
+		// Parking calls for a human needs the approval store; until one is
+		// configured such calls are refused, never run.
+		refuseCall(w, body, "this call needs human approval, and no approval store is configured")
+		return
+	}
+	owner := d.Agent + "\x00" + d.Role
+	if sid := r.Header.Get("Mcp-Session-Id"); sid != "" {
+		if o, ok := b.owners.Load(sid); ok && o != owner {
+			// Another agent's session: answer as for an unknown one.
+			http.Error(w, "session not found", http.StatusNotFound)
+			return
+		}
+	}
+	if set := b.policies.Current(); set != nil && set.VersionString() != b.syncedVersion() {
+		b.sync()
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	b.handler.ServeHTTP(&sessionRecorder{ResponseWriter: w, b: b, owner: owner}, r)
+}
+
+func (b *Broker) syncedVersion() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.synced
+}
+
+// refuse answers a request that may not be served at all with a JSON-RPC
+// error, so that MCP clients show why.
+func refuse(w http.ResponseWriter, status int, msg string) {
+	writeError(w, status, json.RawMessage("null"), msg)
+}
+
+// refuseCall answers one request of an authorized body with a JSON-RPC
+// error carrying its id, which MCP clients report as that call's result.
+func refuseCall(w http.ResponseWriter, body []byte, msg string) {
+	id := json.RawMessage("null")
+	if b, err := mcpfilter.Parse(body, nil); err == nil && len(b.Messages) == 1 && b.Messages[0].ID != nil {
+		id = b.Messages[0].ID
+	}
+	writeError(w, http.StatusOK, id, msg)
+}
+
+func writeError(w http.ResponseWriter, status int, id json.RawMessage, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]any{"jsonrpc": "2.0", "id": id,
+		"error": map[string]any{"code": authz.RPCDenied, "message": msg}})
+}
+
+// sessionRecorder notes which agent a new MCP session belongs to, so that
+// no other agent can use its session id.
+type sessionRecorder struct {
+	http.ResponseWriter
+	b     *Broker
+	owner string
+	done  bool
+}
+
+func (s *sessionRecorder) WriteHeader(code int) {
+	if !s.done {
+		s.done = true
+		if sid := s.Header().Get("Mcp-Session-Id"); sid != "" {
+			s.b.owners.LoadOrStore(sid, s.owner)
+		}
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *sessionRecorder) Write(p []byte) (int, error) {
+	if !s.done {
+		s.WriteHeader(http.StatusOK)
+	}
+	return s.ResponseWriter.Write(p)
+}
+
+func (s *sessionRecorder) Flush() {
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (s *sessionRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// agentSession holds one agent session's upstream sessions.
+type agentSession struct {
+	mu  sync.Mutex
+	ups map[string]*mcp.ClientSession
+}
+
+// forward is the handler of server__tool: it calls tool on server with the
+// arguments exactly as the agent sent them and authz decided on.
+func (b *Broker) forward(server, tool string) mcp.ToolHandler {
+	return func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		u := b.ups[server]
+		cs, err := b.upstreamSession(ctx, req.Session, u)
+		if err != nil {
+			return nil, upstreamError(server, err)
+		}
+		ctx, cancel := context.WithTimeout(ctx, u.CallTimeout)
+		defer cancel()
+		params := &mcp.CallToolParams{Name: tool, Meta: req.Params.Meta}
+		if len(req.Params.Arguments) > 0 {
+			params.Arguments = req.Params.Arguments
+		}
+		res, err := cs.CallTool(ctx, params)
+		if err != nil {
+			var rpcErr *jsonrpc.Error
+			if !errors.As(err, &rpcErr) {
+				// The connection may be gone (the upstream restarted): the
+				// next call opens a new one.
+				b.dropUpstreamSession(req.Session, server, cs)
+			}
+			return nil, upstreamError(server, err)
+		}
+		return res, nil
+	}
+}
+
+// upstreamError is the JSON-RPC error an agent gets when an upstream
+// fails: it names the server, never a credential.
+func upstreamError(server string, err error) error {
+	msg := fmt.Sprintf("upstream %q: %v", server, err)
+	var rpcErr *jsonrpc.Error
+	if errors.As(err, &rpcErr) {
+		return &jsonrpc.Error{Code: rpcErr.Code, Message: fmt.Sprintf("upstream %q: %s", server, rpcErr.Message), Data: rpcErr.Data}
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		msg = fmt.Sprintf("upstream %q did not answer in time", server)
+	}
+	return &jsonrpc.Error{Code: RPCUpstreamError, Message: msg}
+}
+
+// RPCUpstreamError is the JSON-RPC error code of an upstream that could
+// not be reached or failed without a JSON-RPC error of its own.
+const RPCUpstreamError = -32010
+
+func (b *Broker) upstreamSession(ctx context.Context, ss *mcp.ServerSession, u *upstream) (*mcp.ClientSession, error) {
+	v, loaded := b.sessions.LoadOrStore(ss, &agentSession{ups: map[string]*mcp.ClientSession{}})
+	as := v.(*agentSession)
+	if !loaded {
+		// Upstream sessions live as long as the agent's.
+		go func() {
+			ss.Wait()
+			b.sessions.Delete(ss)
+			b.owners.Delete(ss.ID())
+			as.mu.Lock()
+			defer as.mu.Unlock()
+			for _, cs := range as.ups {
+				cs.Close()
+			}
+			as.ups = nil
+		}()
+	}
+	as.mu.Lock()
+	defer as.mu.Unlock()
+	if as.ups == nil {
+		return nil, errors.New("agent session closed")
+	}
+	if cs := as.ups[u.Name]; cs != nil {
+		return cs, nil
+	}
+	t, err := u.Transport(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "amg", Version: "1"}, nil).Connect(ctx, t, nil)
+	if err != nil {
+		return nil, err
+	}
+	as.ups[u.Name] = cs
+	return cs, nil
+}
+
+func (b *Broker) dropUpstreamSession(ss *mcp.ServerSession, server string, cs *mcp.ClientSession) {
+	v, ok := b.sessions.Load(ss)
+	if !ok {
+		return
+	}
+	as := v.(*agentSession)
+	as.mu.Lock()
+	defer as.mu.Unlock()
+	if as.ups != nil && as.ups[server] == cs {
+		delete(as.ups, server)
+		cs.Close()
+	}
+}

@@ -1,0 +1,269 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/amgateway/amg/authz"
+	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/front"
+	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/internal/ratelimit"
+	"github.com/amgateway/amg/internal/tokens"
+)
+
+const testRole = `
+role: reader
+servers:
+  notion:
+    tools:
+      - name: get_pages
+        constraints:
+          workspace_id: { eq: ws_abc123 }
+          limit: { lte: 100, optional: true }
+      - name: fail
+      - name: late_tool
+      - name: delete_page
+        constraints: { page_id: {} }
+approvals:
+  - match: "delete*"
+    require: human
+`
+
+// upstreamServer is a go-sdk MCP server standing in for an upstream; it
+// records the raw arguments of every call.
+type upstreamServer struct {
+	srv  *mcp.Server
+	mu   sync.Mutex
+	args []string
+}
+
+func newUpstream() *upstreamServer {
+	u := &upstreamServer{srv: mcp.NewServer(&mcp.Implementation{Name: "notion", Version: "1"}, nil)}
+	schema := json.RawMessage(`{"type":"object","properties":{"workspace_id":{"type":"string"},"limit":{"type":"integer"}}}`)
+	u.srv.AddTool(&mcp.Tool{Name: "get_pages", InputSchema: schema}, func(_ context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		u.mu.Lock()
+		u.args = append(u.args, string(req.Params.Arguments))
+		u.mu.Unlock()
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "3 pages"}}}, nil
+	})
+	u.srv.AddTool(&mcp.Tool{Name: "fail", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		return nil, &jsonrpc.Error{Code: -32000, Message: "workspace is locked"}
+	})
+	u.srv.AddTool(&mcp.Tool{Name: "delete_page", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "deleted"}}}, nil
+	})
+	u.srv.AddTool(&mcp.Tool{Name: "drop_database", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "dropped"}}}, nil
+	})
+	return u
+}
+
+// transport connects a new in-memory session to the upstream server.
+func (u *upstreamServer) transport(ctx context.Context) (mcp.Transport, error) {
+	client, server := mcp.NewInMemoryTransports()
+	if _, err := u.srv.Connect(ctx, server, nil); err != nil {
+		return nil, err
+	}
+	return client, nil
+}
+
+type fixed struct{ set *policy.Set }
+
+func (f fixed) Current() *policy.Set { return f.set }
+
+type gateway struct {
+	url       string
+	brokerURL string
+	token     string
+	up        *upstreamServer
+}
+
+func newGateway(t *testing.T) *gateway {
+	t.Helper()
+	ctx := context.Background()
+	set, err := policy.Compile([]policy.File{{Name: "reader.yaml", Data: []byte(testRole)}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := tokens.NewMemoryStore()
+	token, _, err := tokens.Issue(ctx, store, "bot-1", "reader", time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, _ := authz.NewSigner([]byte(strings.Repeat("k", 32)), nil)
+	az, err := authz.New(authz.Deps{
+		Tokens: tokens.NewAuthenticator(store, nil), Policies: fixed{set}, Limiter: ratelimit.NewMemory(nil),
+		Audit: discard{}, Redactor: audit.NewRedactor([]byte("r")), Signer: signer,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := newUpstream()
+	b, err := New([]Upstream{{Name: "notion", Transport: up.transport, CallTimeout: 5 * time.Second}}, signer, fixed{set}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Start(ctx)
+	t.Cleanup(b.Close)
+	srv := httptest.NewServer(front.New(az, b, nil))
+	t.Cleanup(srv.Close)
+	direct := httptest.NewServer(b)
+	t.Cleanup(direct.Close)
+	return &gateway{url: srv.URL + "/mcp", brokerURL: direct.URL + "/mcp", token: token, up: up}
+}
+
+type discard struct{}
+
+func (discard) Log(*audit.Record) error { return nil }
+
+// bearer adds the agent's token to every request of an MCP client.
+type bearer struct {
+	token string
+	base  http.RoundTripper
+}
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return b.base.RoundTrip(r)
+}
+
+func (g *gateway) connect(t *testing.T, opts *mcp.ClientOptions) *mcp.ClientSession {
+	t.Helper()
+	transport := &mcp.StreamableClientTransport{Endpoint: g.url, HTTPClient: &http.Client{Transport: bearer{g.token, http.DefaultTransport}}}
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, opts).Connect(context.Background(), transport, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	return cs
+}
+
+func toolNames(t *testing.T, cs *mcp.ClientSession) []string {
+	t.Helper()
+	res, err := cs.ListTools(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tool := range res.Tools {
+		names = append(names, tool.Name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+func TestToolsListShowsOnlyGrantedTools(t *testing.T) {
+	g := newGateway(t)
+	cs := g.connect(t, nil)
+	// drop_database is not granted; late_tool is granted but the upstream
+	// does not have it (yet).
+	if diff := cmp.Diff([]string{"notion__delete_page", "notion__fail", "notion__get_pages"}, toolNames(t, cs)); diff != "" {
+		t.Errorf("tools (-want +got):\n%s", diff)
+	}
+}
+
+func TestAllowedCallReachesUpstreamWithExactArguments(t *testing.T) {
+	g := newGateway(t)
+	cs := g.connect(t, nil)
+	res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__get_pages",
+		Arguments: json.RawMessage(`{"workspace_id":"ws_abc123","limit":7}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.IsError || res.Content[0].(*mcp.TextContent).Text != "3 pages" {
+		t.Errorf("result = %+v", res)
+	}
+	g.up.mu.Lock()
+	defer g.up.mu.Unlock()
+	if diff := cmp.Diff([]string{`{"workspace_id":"ws_abc123","limit":7}`}, g.up.args); diff != "" {
+		t.Errorf("upstream arguments (-want +got):\n%s", diff)
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	g := newGateway(t)
+	cs := g.connect(t, nil)
+	tests := []struct {
+		name, tool, args string
+		want             string
+	}{
+		{"not granted", "notion__drop_database", `{}`, `tool "notion__drop_database" is not granted to role "reader"`},
+		{"unknown argument", "notion__get_pages", `{"workspace_id":"ws_abc123","admin":true}`, `argument "admin" is not allowed`},
+		{"constraint", "notion__get_pages", `{"workspace_id":"ws_other"}`, `argument "workspace_id" is not the allowed value`},
+		{"traversal", "../notion__get_pages", `{}`, `..`},
+		{"upstream error names the server", "notion__fail", `{}`, `upstream "notion": workspace is locked`},
+		{"approval needed", "notion__delete_page", `{"page_id":"p1"}`, `needs human approval`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: tt.tool, Arguments: json.RawMessage(tt.args)})
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("err = %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+	g.up.mu.Lock()
+	defer g.up.mu.Unlock()
+	if len(g.up.args) != 0 {
+		t.Errorf("refused calls reached the upstream: %v", g.up.args)
+	}
+}
+
+func TestBrokerRefusesRequestsWithoutDecision(t *testing.T) {
+	g := newGateway(t)
+	body := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"notion__drop_database","arguments":{}}}`
+	for name, hdrs := range map[string]map[string]string{
+		"no decision": {},
+		"forged":      {"X-Amg-Decision": "djE.forged", "X-Amg-Role": "reader", "X-Amg-Agent": "bot-1"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			req, _ := http.NewRequest("POST", g.brokerURL, strings.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Accept", "application/json, text/event-stream")
+			for k, v := range hdrs {
+				req.Header.Set(k, v)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusForbidden {
+				t.Errorf("status %d, want 403", resp.StatusCode)
+			}
+		})
+	}
+}
+
+func TestToolListChangedIsRelayed(t *testing.T) {
+	g := newGateway(t)
+	changed := make(chan struct{}, 4)
+	cs := g.connect(t, &mcp.ClientOptions{ToolListChangedHandler: func(context.Context, *mcp.ToolListChangedRequest) {
+		changed <- struct{}{}
+	}})
+	toolNames(t, cs)
+	g.up.srv.AddTool(&mcp.Tool{Name: "late_tool", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		return &mcp.CallToolResult{}, nil
+	})
+	select {
+	case <-changed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no tools/list_changed reached the agent")
+	}
+	if !slices.Contains(toolNames(t, cs), "notion__late_tool") {
+		t.Error("the new granted tool is not listed")
+	}
+}
