@@ -325,7 +325,12 @@ type batchCapture struct {
 	batches []int
 }
 
-func (b *batchCapture) Write(*Record) error { b.mu.Lock(); b.batches = append(b.batches, 1); b.mu.Unlock(); return nil }
+func (b *batchCapture) Write(*Record) error {
+	b.mu.Lock()
+	b.batches = append(b.batches, 1)
+	b.mu.Unlock()
+	return nil
+}
 func (b *batchCapture) WriteBatch(recs []Record) (int, error) {
 	b.mu.Lock()
 	b.batches = append(b.batches, len(recs))
