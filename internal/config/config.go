@@ -1,0 +1,248 @@
+// Package config loads amg.yaml, the gateway's own configuration: where it
+// listens, where its data and policies live, and which upstream MCP servers
+// it fronts with which credentials. Like the policy compiler, the loader
+// reports every problem in the file at once, each as
+// file:line:col: yaml.path: message.
+//
+// Every key is optional; what the file leaves out keeps its Default value:
+//
+//	listen: 127.0.0.1:8080          # agent-facing MCP endpoint (path MCPPath)
+//	admin_listen: 127.0.0.1:8081    # web console and HTTP API
+//	authz_listen: 127.0.0.1:9001    # ext_authz gRPC for Envoy
+//	data_dir: ./data
+//	policy_dir: ./policies
+//	max_body_bytes: 1048576
+//	upstreams:                      # replaces the default set (the demo) entirely
+//	  notion:
+//	    url: https://mcp.notion.example/mcp        # MCP Streamable HTTP
+//	    headers:
+//	      Authorization: "Bearer ${env:NOTION_TOKEN}"
+//	      X-Workspace: ws_abc123
+//	    timeouts: { connect: 5s, call: 60s }
+//	  files:
+//	    command: ["npx", "-y", "@modelcontextprotocol/server-filesystem", "/srv/data"]
+//	    env: { HOME: /home/mcp, API_KEY: "${file:/run/secrets/files_key}" }
+//	  demo:
+//	    builtin: demo
+//
+// An upstream has exactly one of url (MCP Streamable HTTP), command (an MCP
+// server run as a child process speaking stdio) or builtin (a server
+// compiled into amg). Header and environment values are templates: ${REF}
+// inserts the secret REF names (env:NAME, file:PATH or vault:PATH#FIELD,
+// see package secrets), with any literal text around it; $${ writes a
+// literal ${. Credentials never appear in the file itself.
+package config
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/amgateway/amg/internal/secrets"
+)
+
+// MCPPath is the path of the MCP endpoint on Listen. It is fixed so that
+// every agent configuration and Envoy route agrees on it.
+const MCPPath = "/mcp"
+
+// Timeouts an upstream gets when the file sets none.
+const (
+	DefaultConnectTimeout = 5 * time.Second
+	DefaultCallTimeout    = 60 * time.Second
+)
+
+// Config is the gateway configuration.
+type Config struct {
+	// Listen is the agent-facing MCP endpoint of the standalone front.
+	Listen string
+	// AdminListen serves the web console and the operator HTTP API.
+	AdminListen string
+	// AuthzListen serves Envoy's ext_authz gRPC Check.
+	AuthzListen string
+	// DataDir and PolicyDir are used as written: a relative path is
+	// relative to the working directory, as on the command line.
+	DataDir   string
+	PolicyDir string
+	// MaxBodyBytes is the largest request body accepted; larger is denied.
+	MaxBodyBytes int
+	// Upstreams are the MCP servers behind the gateway, by name.
+	Upstreams map[string]*Upstream
+	// Names are the keys of Upstreams, sorted.
+	Names []string
+}
+
+// Upstream is one MCP server behind the gateway. Exactly one of URL,
+// Command and Builtin is set.
+type Upstream struct {
+	// Name is the server part of the server__tool names agents see.
+	Name string
+	// URL is an MCP Streamable HTTP endpoint, https unless the host is
+	// loopback or AllowInsecure is set.
+	URL string
+	// Command runs an MCP server speaking stdio: program, then arguments.
+	// It gets Env, not the gateway's environment.
+	Command []string
+	Env     map[string]Template
+	// Builtin names a server compiled into amg ("demo").
+	Builtin string
+	// Headers are added to every request to URL.
+	Headers map[string]Template
+	// ConnectTimeout bounds connecting (and the MCP initialize handshake);
+	// CallTimeout bounds one request. Both are positive.
+	ConnectTimeout time.Duration
+	CallTimeout    time.Duration
+	// AllowInsecure permits plain http to a host that is not loopback. It
+	// does not relax certificate checks for https.
+	AllowInsecure bool
+	// Pos is where the upstream is declared; zero for the default one.
+	Pos Pos
+}
+
+// Pos is a place in the config file.
+type Pos struct {
+	File      string
+	Line, Col int
+}
+
+// Options tune loading. A nil *Options is the zero value.
+type Options struct {
+	// Secrets, when set, resolves every secret reference once while
+	// loading, and each one that cannot be resolved is a problem: the
+	// gateway must not start and only then find a credential missing.
+	// Nil skips the check.
+	Secrets secrets.Source
+}
+
+// builtins are the servers compiled into amg.
+var builtins = []string{"demo"}
+
+// Default returns the configuration used for whatever a file leaves out: a
+// gateway on loopback ports fronting only the built-in demo server.
+func Default() *Config {
+	return &Config{
+		Listen:       "127.0.0.1:8080",
+		AdminListen:  "127.0.0.1:8081",
+		AuthzListen:  "127.0.0.1:9001",
+		DataDir:      "./data",
+		PolicyDir:    "./policies",
+		MaxBodyBytes: 1 << 20,
+		Upstreams: map[string]*Upstream{
+			"demo": {
+				Name:           "demo",
+				Builtin:        "demo",
+				ConnectTimeout: DefaultConnectTimeout,
+				CallTimeout:    DefaultCallTimeout,
+			},
+		},
+		Names: []string{"demo"},
+	}
+}
+
+// Load reads the config file at path and applies it over Default. Each
+// top-level key the file sets replaces the default value; in particular a
+// file that declares upstreams replaces the default set (the demo)
+// entirely rather than adding to it, so what runs is exactly what the file
+// lists. On failure the error is Problems listing everything found, unless
+// the file cannot be read at all.
+func Load(path string, opts *Options) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(path, data, opts)
+}
+
+// Parse is Load for a file already in memory; name is the file name
+// problems report.
+func Parse(name string, data []byte, opts *Options) (*Config, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	cfg := Default()
+	l := &loader{file: name}
+	l.config(cfg, data)
+	cfg.Names = slices.Sorted(maps.Keys(cfg.Upstreams))
+	if opts.Secrets != nil {
+		// Also when the file has other problems: the operator gets the
+		// whole list in one go.
+		err := cfg.CheckSecrets(context.Background(), opts.Secrets)
+		var ps Problems
+		switch {
+		case errors.As(err, &ps):
+			l.problems = append(l.problems, ps...)
+		case err != nil:
+			return nil, err
+		}
+	}
+	if len(l.problems) > 0 {
+		l.problems.sort()
+		return nil, l.problems
+	}
+	return cfg, nil
+}
+
+// CheckSecrets resolves every secret reference in c, each distinct one
+// once, and returns Problems with one entry for every place a reference
+// that cannot be resolved, or resolves to a value that cannot be used
+// there, is written. The values are discarded: they are read again when
+// the upstream connection is made, so a rotated secret is picked up.
+func (c *Config) CheckSecrets(ctx context.Context, src secrets.Source) error {
+	type result struct {
+		err error
+		// What the value holds, never the value.
+		ctl, nul bool
+	}
+	seen := map[secrets.Ref]result{}
+	var ps Problems
+	check := func(t Template, path string, header bool) {
+		for _, ref := range t.Refs() {
+			r, ok := seen[ref]
+			if !ok {
+				s, err := src.Resolve(ctx, ref)
+				r.err = err
+				if err == nil {
+					// Revealed only to classify it; nothing of it is kept.
+					v := s.Reveal()
+					r.ctl = badHeaderByte(v) >= 0
+					r.nul = strings.IndexByte(v, 0) >= 0
+				}
+				seen[ref] = r
+			}
+			var msg string
+			switch {
+			case r.err != nil:
+				msg = r.err.Error()
+			case header && r.ctl:
+				msg = ref.String() + " holds a line break or other control character, which cannot go in a header value"
+			case !header && r.nul:
+				msg = ref.String() + " holds a NUL byte, which cannot go in an environment variable"
+			default:
+				continue
+			}
+			ps = append(ps, Problem{Pos: t.pos, Path: path, Msg: msg})
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Upstreams)) {
+		u := c.Upstreams[name]
+		for _, h := range slices.Sorted(maps.Keys(u.Headers)) {
+			check(u.Headers[h], "upstreams."+name+".headers."+h, true)
+		}
+		for _, e := range slices.Sorted(maps.Keys(u.Env)) {
+			check(u.Env[e], "upstreams."+name+".env."+e, false)
+		}
+	}
+	// A cancelled check says nothing about the secrets.
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if len(ps) > 0 {
+		ps.sort()
+		return ps
+	}
+	return nil
+}

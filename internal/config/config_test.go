@@ -1,0 +1,621 @@
+package config
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/amgateway/amg/internal/secrets"
+)
+
+// planted is a secret value no error may contain.
+const planted = "sk-live-PLANTED-51c0de"
+
+// parse parses src as a file named amg.yaml.
+func parse(t *testing.T, src string, opts *Options) (*Config, error) {
+	t.Helper()
+	return Parse("amg.yaml", []byte(strings.TrimLeft(src, "\n")), opts)
+}
+
+func problemsOf(t *testing.T, err error) string {
+	t.Helper()
+	var ps Problems
+	if !errors.As(err, &ps) {
+		t.Fatalf("error %v is not Problems", err)
+	}
+	return ps.Error()
+}
+
+// templates compares Templates by their text; their parsing is tested on
+// its own.
+var templates = cmp.Transformer("template", func(t Template) string { return t.String() })
+
+// envSource resolves env refs from a map and counts lookups.
+type envSource struct {
+	mu    sync.Mutex
+	vars  map[string]string
+	calls map[secrets.Ref]int
+}
+
+func newEnvSource(vars map[string]string) *envSource {
+	return &envSource{vars: vars, calls: map[secrets.Ref]int{}}
+}
+
+func (s *envSource) Resolve(ctx context.Context, ref secrets.Ref) (secrets.Secret, error) {
+	s.mu.Lock()
+	s.calls[ref]++
+	s.mu.Unlock()
+	return secrets.NewDefault(&secrets.Options{LookupEnv: func(k string) (string, bool) {
+		v, ok := s.vars[k]
+		return v, ok
+	}}).Resolve(ctx, ref)
+}
+
+func demo() *Upstream {
+	return &Upstream{Name: "demo", Builtin: "demo", ConnectTimeout: 5 * time.Second, CallTimeout: 60 * time.Second}
+}
+
+func TestDefault(t *testing.T) {
+	want := &Config{
+		Listen:       "127.0.0.1:8080",
+		AdminListen:  "127.0.0.1:8081",
+		AuthzListen:  "127.0.0.1:9001",
+		DataDir:      "./data",
+		PolicyDir:    "./policies",
+		MaxBodyBytes: 1048576,
+		Upstreams:    map[string]*Upstream{"demo": demo()},
+		Names:        []string{"demo"},
+	}
+	if diff := cmp.Diff(want, Default(), templates); diff != "" {
+		t.Errorf("Default() (-want +got):\n%s", diff)
+	}
+	// Each call is a fresh value: a caller changing its copy changes no one else's.
+	d := Default()
+	d.Upstreams["demo"].Builtin = "changed"
+	d.Names[0] = "changed"
+	if diff := cmp.Diff(want, Default(), templates); diff != "" {
+		t.Errorf("Default() after changing an earlier result (-want +got):\n%s", diff)
+	}
+	if MCPPath != "/mcp" {
+		t.Errorf("MCPPath = %q", MCPPath)
+	}
+
+	// A file that says nothing means the defaults.
+	for _, src := range []string{"", "# nothing yet\n", "~\n", "---\n"} {
+		got, err := parse(t, src, nil)
+		if err != nil {
+			t.Fatalf("Parse(%q): %v", src, err)
+		}
+		if diff := cmp.Diff(want, got, templates); diff != "" {
+			t.Errorf("Parse(%q) (-want +got):\n%s", src, diff)
+		}
+	}
+}
+
+func TestLoadFull(t *testing.T) {
+	// With a source that resolves every reference, as the server loads it.
+	got, err := Load(filepath.Join("testdata", "full.yaml"), &Options{Secrets: anySource{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join("testdata", "full.yaml")
+	tmpl := func(s string, line, col int) Template {
+		t.Helper()
+		tp, err := ParseTemplate(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tp.pos = Pos{File: file, Line: line, Col: col}
+		return tp
+	}
+	want := &Config{
+		Listen:       "0.0.0.0:8443",
+		AdminListen:  "[::1]:9090",
+		AuthzListen:  ":9001",
+		DataDir:      "/var/lib/amg",
+		PolicyDir:    "/etc/amg/policies",
+		MaxBodyBytes: 2097152,
+		Upstreams: map[string]*Upstream{
+			"notion": {
+				Name: "notion",
+				URL:  "https://mcp.notion.example/mcp",
+				Headers: map[string]Template{
+					"Authorization": tmpl("Bearer ${env:NOTION_TOKEN}", 12, 22),
+					"X-Workspace":   tmpl("ws_abc123", 13, 20),
+				},
+				ConnectTimeout: 2 * time.Second,
+				CallTimeout:    90 * time.Second,
+				Pos:            Pos{File: file, Line: 9, Col: 3},
+			},
+			"local": {
+				Name:           "local",
+				URL:            "http://127.0.0.1:3000/mcp",
+				ConnectTimeout: 5 * time.Second,
+				CallTimeout:    10 * time.Second,
+				Pos:            Pos{File: file, Line: 15, Col: 3},
+			},
+			"lan": {
+				Name:           "lan",
+				URL:            "http://mcp.internal:8080/mcp",
+				AllowInsecure:  true,
+				ConnectTimeout: 5 * time.Second,
+				CallTimeout:    60 * time.Second,
+				Pos:            Pos{File: file, Line: 18, Col: 3},
+			},
+			"files": {
+				Name:    "files",
+				Command: []string{"npx", "-y", "@modelcontextprotocol/server-filesystem", "/srv/data"},
+				Env: map[string]Template{
+					"HOME":    tmpl("/home/mcp", 23, 18),
+					"API_KEY": tmpl("${file:/run/secrets/files_key}", 23, 38),
+				},
+				ConnectTimeout: 5 * time.Second,
+				CallTimeout:    60 * time.Second,
+				Pos:            Pos{File: file, Line: 21, Col: 3},
+			},
+			"demo": {
+				Name:           "demo",
+				Builtin:        "demo",
+				ConnectTimeout: 5 * time.Second,
+				CallTimeout:    60 * time.Second,
+				Pos:            Pos{File: file, Line: 24, Col: 3},
+			},
+		},
+		Names: []string{"demo", "files", "lan", "local", "notion"},
+	}
+	// Positions of templates matter (CheckSecrets reports at them), so
+	// compare them too.
+	withPos := cmp.Transformer("template", func(t Template) struct {
+		Text string
+		Pos  Pos
+	} {
+		return struct {
+			Text string
+			Pos  Pos
+		}{t.String(), t.pos}
+	})
+	if diff := cmp.Diff(want, got, withPos); diff != "" {
+		t.Errorf("Load (-want +got):\n%s", diff)
+	}
+}
+
+// anySource resolves every reference.
+type anySource struct{}
+
+func (anySource) Resolve(context.Context, secrets.Ref) (secrets.Secret, error) {
+	return secrets.New(planted), nil
+}
+
+func TestLoadReadError(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "missing.yaml"), nil)
+	if !errors.Is(err, fs.ErrNotExist) || !strings.HasPrefix(err.Error(), "read config: ") {
+		t.Errorf("Load(missing) = %v, want a read config error wrapping fs.ErrNotExist", err)
+	}
+	var ps Problems
+	if errors.As(err, &ps) {
+		t.Errorf("Load(missing) returned Problems %v", ps)
+	}
+}
+
+func TestMerge(t *testing.T) {
+	// Keys the file leaves out keep their defaults, the demo upstream included.
+	got, err := parse(t, "listen: 0.0.0.0:80\nmax_body_bytes: 10\n", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Default()
+	want.Listen, want.MaxBodyBytes = "0.0.0.0:80", 10
+	if diff := cmp.Diff(want, got, templates); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+
+	// Declaring upstreams replaces the default set: no demo.
+	got, err = parse(t, `
+upstreams:
+  files:
+    command: [server]
+`, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = Default()
+	want.Upstreams = map[string]*Upstream{"files": {
+		Name: "files", Command: []string{"server"}, ConnectTimeout: 5 * time.Second, CallTimeout: 60 * time.Second,
+		Pos: Pos{File: "amg.yaml", Line: 2, Col: 3},
+	}}
+	want.Names = []string{"files"}
+	if diff := cmp.Diff(want, got, templates); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+}
+
+func TestValidValues(t *testing.T) {
+	for _, src := range []string{
+		"listen: :0",
+		"listen: \"[::]:65535\"",
+		"listen: localhost:8080",
+		"upstreams: { a: { url: \"http://localhost:3000/mcp\" } }",
+		"upstreams: { a: { url: \"http://LOCALHOST/mcp\" } }",
+		"upstreams: { a: { url: \"http://127.9.9.9/mcp\" } }",
+		"upstreams: { a: { url: \"http://[::1]:8080/mcp\" } }",
+		"upstreams: { a: { url: \"HTTPS://x.example/mcp?tenant=1\" } }",
+		"upstreams: { a.b-c_d: { builtin: demo } }",
+		"upstreams: { a: { url: \"https://x.example/mcp\", headers: { Authorization: \"Basic ${file:a}\", X-Dollar: \"$$${env:X}$ {}$\" } } }",
+		"upstreams: { a: { command: [srv, \"\"], env: { _X1: \"\", Y: \"a${env:Y}b${env:Z}c\" } } }",
+	} {
+		if _, err := parse(t, src, nil); err != nil {
+			t.Errorf("Parse(%q):\n%v", src, err)
+		}
+	}
+}
+
+func TestProblems(t *testing.T) {
+	for _, tc := range []struct {
+		name, src, want string
+	}{
+		{"yaml syntax", "listen: [a\n",
+			"amg.yaml:1:1: invalid YAML: did not find expected ',' or ']'"},
+		{"second document", "listen: :1\n---\nlisten: :2\n",
+			"amg.yaml:2:1: a config file holds one YAML document; this is a second one"},
+		{"not a mapping", "- listen\n",
+			"amg.yaml:1:1: must be a mapping, got a list"},
+		{"unknown key", "lisen: :80\n",
+			`amg.yaml:1:1: lisen: unknown field "lisen" (expected one of: listen, admin_listen, authz_listen, data_dir, policy_dir, max_body_bytes, upstreams)`},
+		{"unknown upstream key", `
+upstreams:
+  a:
+    url: https://x.example/mcp
+    header: {}
+`, `amg.yaml:4:5: upstreams.a.header: unknown field "header" (expected one of: url, command, builtin, env, headers, timeouts, allow_insecure)`},
+		{"unknown timeout key", "upstreams: { a: { builtin: demo, timeouts: { read: 1s } } }\n",
+			`amg.yaml:1:46: upstreams.a.timeouts.read: unknown field "read" (expected one of: connect, call)`},
+		{"duplicate key", "listen: :1\nlisten: :2\n",
+			"amg.yaml:2:1: listen: duplicate key (first at line 1)"},
+		{"duplicate upstream", `
+upstreams:
+  a: { builtin: demo }
+  a: { builtin: demo }
+`, "amg.yaml:3:3: upstreams.a: duplicate key (first at line 2)"},
+		{"string wanted", "listen: 8080\n",
+			"amg.yaml:1:9: listen: must be a string, got a number"},
+		{"integer wanted", "max_body_bytes: lots\n",
+			"amg.yaml:1:17: max_body_bytes: must be an integer, got a string"},
+		{"integer too small", "max_body_bytes: 0\n",
+			"amg.yaml:1:17: max_body_bytes: must be at least 1, got 0"},
+		{"boolean wanted", "upstreams: { a: { url: \"http://x.example/\", allow_insecure: \"yes\" } }\n",
+			"amg.yaml:1:24: upstreams.a.url: plain http is allowed only to loopback hosts (localhost, 127.0.0.0/8, ::1): use https, or set allow_insecure: true to send this upstream's traffic and credentials unencrypted\n" +
+				"amg.yaml:1:61: upstreams.a.allow_insecure: must be true or false, got a string"},
+		{"mapping wanted", "upstreams: [a]\n",
+			"amg.yaml:1:12: upstreams: must be a mapping, got a list"},
+		{"null upstream", "upstreams:\n  a:\n",
+			"amg.yaml:2:5: upstreams.a: must be a mapping, got null"},
+		{"no upstreams", "upstreams: {}\n",
+			"amg.yaml:1:12: upstreams: must declare at least one upstream; leave upstreams out to use the built-in demo"},
+		{"address without port", "listen: localhost\n",
+			`amg.yaml:1:9: listen: must be host:port such as 127.0.0.1:8080, got "localhost": missing port in address`},
+		{"address too many colons", "admin_listen: ::1:80\n",
+			`amg.yaml:1:15: admin_listen: must be host:port such as 127.0.0.1:8080, got "::1:80": too many colons in address`},
+		{"named port", "authz_listen: 127.0.0.1:grpc\n",
+			`amg.yaml:1:15: authz_listen: port must be a number from 0 to 65535, got "grpc"`},
+		{"port out of range", "authz_listen: 127.0.0.1:65536\n",
+			`amg.yaml:1:15: authz_listen: port must be a number from 0 to 65535, got "65536"`},
+		{"empty dir", "data_dir: \"\"\npolicy_dir: []\n",
+			"amg.yaml:1:11: data_dir: must not be empty\n" +
+				"amg.yaml:2:13: policy_dir: must be a string, got a list"},
+		{"bad URL", "upstreams: { a: { url: \"https://x.example:port/mcp\" } }\n",
+			`amg.yaml:1:24: upstreams.a.url: invalid URL: invalid port ":port" after host`},
+		{"relative URL", "upstreams: { a: { url: x.example/mcp } }\n",
+			"amg.yaml:1:24: upstreams.a.url: must be an absolute URL starting with https:// or http://"},
+		{"URL scheme", "upstreams: { a: { url: \"ws://x.example/mcp\" } }\n",
+			`amg.yaml:1:24: upstreams.a.url: scheme must be http or https, got "ws"`},
+		{"URL without host", "upstreams: { a: { url: \"https:///mcp\" } }\n",
+			"amg.yaml:1:24: upstreams.a.url: has no host"},
+		{"URL with credentials", "upstreams: { a: { url: \"https://me:" + planted + "@x.example/mcp\" } }\n",
+			"amg.yaml:1:24: upstreams.a.url: must not contain credentials (user:password@); send them in headers with a secret reference"},
+		{"URL with fragment", "upstreams: { a: { url: \"https://x.example/mcp#top\" } }\n",
+			"amg.yaml:1:24: upstreams.a.url: must not have a fragment (#...)"},
+		{"plain http to a remote host", "upstreams: { a: { url: \"http://mcp.example/mcp\" } }\n",
+			"amg.yaml:1:24: upstreams.a.url: plain http is allowed only to loopback hosts (localhost, 127.0.0.0/8, ::1): use https, or set allow_insecure: true to send this upstream's traffic and credentials unencrypted"},
+		{"allow_insecure false", "upstreams: { a: { url: \"http://10.0.0.1/mcp\", allow_insecure: false } }\n",
+			"amg.yaml:1:24: upstreams.a.url: plain http is allowed only to loopback hosts (localhost, 127.0.0.0/8, ::1): use https, or set allow_insecure: true to send this upstream's traffic and credentials unencrypted"},
+		{"name with separator", "upstreams: { a__b: { builtin: demo } }\n",
+			`amg.yaml:1:14: upstreams.a__b: invalid upstream name: server name "a__b" contains "__", the server__tool separator`},
+		{"name ending in _", "upstreams: { a_: { builtin: demo } }\n",
+			`amg.yaml:1:14: upstreams.a_: invalid upstream name: server name "a_" ends with '_', which makes server__tool ambiguous`},
+		{"name with ..", "upstreams: { a..b: { builtin: demo } }\n",
+			`amg.yaml:1:14: upstreams.a..b: invalid upstream name: server name "a..b" contains ".." at byte 1`},
+		{"name with /", "upstreams: { a/b: { builtin: demo } }\n",
+			`amg.yaml:1:14: upstreams.a/b: invalid upstream name: server name "a/b" contains path separator '/' at byte 1`},
+		{"name too long", "upstreams: { " + strings.Repeat("n", 129) + ": { builtin: demo } }\n",
+			"amg.yaml:1:14: upstreams." + strings.Repeat("n", 129) + ": invalid upstream name: server name of 129 bytes is longer than 128"},
+		{"no kind", "upstreams: { a: { timeouts: { call: 1s } } }\n",
+			"amg.yaml:1:14: upstreams.a: must set exactly one of url, command or builtin"},
+		{"two kinds", `
+upstreams:
+  a:
+    url: https://x.example/mcp
+    command: [srv]
+`, "amg.yaml:4:5: upstreams.a.command: url and command are both set; set exactly one of url, command or builtin"},
+		{"keys of another kind", `
+upstreams:
+  a:
+    command: [srv]
+    headers: { X-A: b }
+    allow_insecure: true
+  b:
+    url: https://x.example/mcp
+    env: { A: b }
+`, "amg.yaml:4:5: upstreams.a.headers: headers applies only to url upstreams, and this one has command\n" +
+			"amg.yaml:5:5: upstreams.a.allow_insecure: allow_insecure applies only to url upstreams, and this one has command\n" +
+			"amg.yaml:8:5: upstreams.b.env: env applies only to command upstreams, and this one has url"},
+		{"unknown builtin", "upstreams: { a: { builtin: notion } }\n",
+			`amg.yaml:1:28: upstreams.a.builtin: unknown builtin "notion" (expected one of: demo)`},
+		{"empty command", "upstreams: { a: { command: [] } }\n",
+			"amg.yaml:1:28: upstreams.a.command: must not be empty: the first element is the program to run"},
+		{"command as a string", "upstreams: { a: { command: npx -y server } }\n",
+			`amg.yaml:1:28: upstreams.a.command: must be a list such as ["npx", "-y", "server"], got a string`},
+		{"command elements", "upstreams: { a: { command: [\"\", 8080, \"a\\0b\"] } }\n",
+			"amg.yaml:1:29: upstreams.a.command[0]: program must not be empty\n" +
+				"amg.yaml:1:33: upstreams.a.command[1]: must be a string, got a number\n" +
+				"amg.yaml:1:39: upstreams.a.command[2]: contains a NUL byte"},
+		{"env", "upstreams: { a: { command: [srv], env: { 1X: a, B: 2, C: \"a\\0b\", D: \"${env:}\" } } }\n",
+			`amg.yaml:1:42: upstreams.a.env.1X: invalid environment variable name "1X" (expected A-Z, a-z, 0-9 and '_', not starting with a digit)` + "\n" +
+				"amg.yaml:1:52: upstreams.a.env.B: must be a string, got a number\n" +
+				"amg.yaml:1:58: upstreams.a.env.C: contains a NUL byte\n" +
+				`amg.yaml:1:69: upstreams.a.env.D: secret reference "env:" has no variable name`},
+		{"bad refs", `
+upstreams:
+  a:
+    url: https://x.example/mcp
+    headers:
+      Authorization: "Bearer ${aws:x} ${env:A-B}"
+      X-Token: "${NOTION_TOKEN}"
+      X-Open: "a ${env:X"
+      X-Empty: "${}"
+      X-Vault: "${vault:kv/data/x}"
+`, `amg.yaml:5:22: upstreams.a.headers.Authorization: secret reference "aws:x" has unknown scheme "aws" (expected env, file or vault)` + "\n" +
+			`amg.yaml:5:22: upstreams.a.headers.Authorization: secret reference "env:A-B" has an invalid variable name (expected A-Z, a-z, 0-9 and '_', not starting with a digit)` + "\n" +
+			"amg.yaml:6:16: upstreams.a.headers.X-Token: secret reference has no scheme (expected env:NAME, file:PATH or vault:PATH#FIELD)\n" +
+			`amg.yaml:7:15: upstreams.a.headers.X-Open: unterminated "${" (close it with "}", or write "$${" for a literal "${")` + "\n" +
+			"amg.yaml:8:16: upstreams.a.headers.X-Empty: empty secret reference\n" +
+			`amg.yaml:9:16: upstreams.a.headers.X-Vault: secret reference "vault:kv/data/x" has no field (expected vault:PATH#FIELD)`},
+		{"forbidden headers", `
+upstreams:
+  a:
+    url: https://x.example/mcp
+    headers:
+      Host: x.example
+      content-length: "1"
+      Transfer-Encoding: chunked
+      Connection: close
+      Upgrade: h2c
+      Mcp-Session-Id: abc
+      mcp-protocol-version: "2025-06-18"
+      Mcp-Method: tools/call
+      X-AMG-Role: admin
+      x-amg-decision: allow
+`, "amg.yaml:5:7: upstreams.a.headers.Host: Host is set by the HTTP transport and cannot be configured\n" +
+			"amg.yaml:6:7: upstreams.a.headers.content-length: content-length is set by the HTTP transport and cannot be configured\n" +
+			"amg.yaml:7:7: upstreams.a.headers.Transfer-Encoding: Transfer-Encoding is set by the HTTP transport and cannot be configured\n" +
+			"amg.yaml:8:7: upstreams.a.headers.Connection: Connection is set by the HTTP transport and cannot be configured\n" +
+			"amg.yaml:9:7: upstreams.a.headers.Upgrade: Upgrade is set by the HTTP transport and cannot be configured\n" +
+			"amg.yaml:10:7: upstreams.a.headers.Mcp-Session-Id: Mcp-Session-Id is an MCP protocol header; the gateway sets it\n" +
+			"amg.yaml:11:7: upstreams.a.headers.mcp-protocol-version: mcp-protocol-version is an MCP protocol header; the gateway sets it\n" +
+			"amg.yaml:12:7: upstreams.a.headers.Mcp-Method: Mcp-Method is an MCP protocol header; the gateway sets it\n" +
+			"amg.yaml:13:7: upstreams.a.headers.X-AMG-Role: X-AMG-Role is reserved: x-amg-* headers carry the gateway's own decisions\n" +
+			"amg.yaml:14:7: upstreams.a.headers.x-amg-decision: x-amg-decision is reserved: x-amg-* headers carry the gateway's own decisions"},
+		{"bad headers", `
+upstreams:
+  a:
+    url: https://x.example/mcp
+    headers:
+      X Bad: a
+      "": a
+      X-Dup: a
+      x-dup: b
+      X-Ctl: "a\r\nX-Injected: b"
+      Authorization: "Bearer ` + planted + `"
+      Proxy-Authorization: "Basic $${env:X}"
+`, "amg.yaml:5:7: upstreams.a.headers.X Bad: invalid header name \"X Bad\": allowed are letters, digits and !#$%&'*+-.^_`|~\n" +
+			"amg.yaml:6:7: upstreams.a.headers.: header name is empty\n" +
+			"amg.yaml:8:7: upstreams.a.headers.x-dup: duplicate header: same as X-Dup at line 7 (header names are case-insensitive)\n" +
+			"amg.yaml:9:14: upstreams.a.headers.X-Ctl: value contains a line break or other control character\n" +
+			`amg.yaml:10:22: upstreams.a.headers.Authorization: Authorization carries a credential: take it from a secret reference such as "Bearer ${env:TOKEN}" rather than writing it in the config file` + "\n" +
+			`amg.yaml:11:28: upstreams.a.headers.Proxy-Authorization: Proxy-Authorization carries a credential: take it from a secret reference such as "Bearer ${env:TOKEN}" rather than writing it in the config file`},
+		{"headers not a mapping", "upstreams: { a: { url: \"https://x.example/\", headers: [a] } }\n",
+			"amg.yaml:1:55: upstreams.a.headers: must be a mapping, got a list"},
+		{"durations", `
+upstreams:
+  a:
+    builtin: demo
+    timeouts:
+      connect: 5
+      call: 0s
+  b:
+    builtin: demo
+    timeouts: { connect: 5 minutes, call: -1s }
+`, "amg.yaml:5:16: upstreams.a.timeouts.connect: must be a string, got a number\n" +
+			`amg.yaml:6:13: upstreams.a.timeouts.call: must be a positive duration such as 5s, 1m or 1h30m, got "0s"` + "\n" +
+			`amg.yaml:9:26: upstreams.b.timeouts.connect: must be a positive duration such as 5s, 1m or 1h30m, got "5 minutes"` + "\n" +
+			`amg.yaml:9:43: upstreams.b.timeouts.call: must be a positive duration such as 5s, 1m or 1h30m, got "-1s"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := parse(t, tc.src, nil)
+			if err == nil {
+				t.Fatalf("Parse succeeded, want:\n%s", tc.want)
+			}
+			if diff := cmp.Diff(tc.want, problemsOf(t, err)); diff != "" {
+				t.Errorf("problems (-want +got):\n%s", diff)
+			}
+			if strings.Contains(err.Error(), planted) {
+				t.Errorf("problems reveal a planted secret:\n%v", err)
+			}
+		})
+	}
+}
+
+// TestManyProblems checks that one file's problems are all reported,
+// in file order, not only the first.
+func TestManyProblems(t *testing.T) {
+	_, err := parse(t, `
+listen: localhost
+admin_listen: 127.0.0.1:8081
+bogus: 1
+upstreams:
+  notion:
+    url: http://mcp.notion.example/mcp
+    headers:
+      Host: x
+      Authorization: "Bearer ${env:NOTION-TOKEN}"
+    timeouts: { connect: soon }
+  files:
+    command: []
+  a__b:
+    builtin: demo
+    timeouts: { call: 1 }
+  demo:
+    builtin: demo
+    url: https://x.example/mcp
+max_body_bytes: -1
+`, nil)
+	want := `amg.yaml:1:9: listen: must be host:port such as 127.0.0.1:8080, got "localhost": missing port in address
+amg.yaml:3:1: bogus: unknown field "bogus" (expected one of: listen, admin_listen, authz_listen, data_dir, policy_dir, max_body_bytes, upstreams)
+amg.yaml:6:10: upstreams.notion.url: plain http is allowed only to loopback hosts (localhost, 127.0.0.0/8, ::1): use https, or set allow_insecure: true to send this upstream's traffic and credentials unencrypted
+amg.yaml:8:7: upstreams.notion.headers.Host: Host is set by the HTTP transport and cannot be configured
+amg.yaml:9:22: upstreams.notion.headers.Authorization: secret reference "env:NOTION-TOKEN" has an invalid variable name (expected A-Z, a-z, 0-9 and '_', not starting with a digit)
+amg.yaml:10:26: upstreams.notion.timeouts.connect: must be a positive duration such as 5s, 1m or 1h30m, got "soon"
+amg.yaml:12:14: upstreams.files.command: must not be empty: the first element is the program to run
+amg.yaml:13:3: upstreams.a__b: invalid upstream name: server name "a__b" contains "__", the server__tool separator
+amg.yaml:15:23: upstreams.a__b.timeouts.call: must be a string, got a number
+amg.yaml:18:5: upstreams.demo.url: builtin and url are both set; set exactly one of url, command or builtin
+amg.yaml:19:17: max_body_bytes: must be at least 1, got -1`
+	if diff := cmp.Diff(want, problemsOf(t, err)); diff != "" {
+		t.Errorf("problems (-want +got):\n%s", diff)
+	}
+}
+
+func TestSecrets(t *testing.T) {
+	const src = `
+upstreams:
+  notion:
+    url: https://mcp.notion.example/mcp
+    headers:
+      Authorization: "Bearer ${env:NOTION_TOKEN}"
+      X-Workspace: "${env:WORKSPACE}"
+      X-Tenant: "${env:WORKSPACE}-${env:REGION}"
+  files:
+    command: [srv]
+    env:
+      TOKEN: "${env:NOTION_TOKEN}"
+      KEY: "${env:FILES_KEY}"
+  vaulted:
+    url: https://v.example/mcp
+    headers:
+      Authorization: "${vault:kv/data/v#token}"
+`
+	t.Run("resolved", func(t *testing.T) {
+		s := newEnvSource(map[string]string{"NOTION_TOKEN": planted, "WORKSPACE": "ws", "REGION": "eu", "FILES_KEY": "k"})
+		_, err := parse(t, strings.Replace(src, "${vault:kv/data/v#token}", "${env:NOTION_TOKEN}", 1), &Options{Secrets: s})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Each distinct reference is resolved once, however often it is written.
+		want := map[secrets.Ref]int{{Scheme: "env", Path: "NOTION_TOKEN"}: 1, {Scheme: "env", Path: "WORKSPACE"}: 1, {Scheme: "env", Path: "REGION"}: 1, {Scheme: "env", Path: "FILES_KEY"}: 1}
+		if diff := cmp.Diff(want, s.calls); diff != "" {
+			t.Errorf("Resolve calls (-want +got):\n%s", diff)
+		}
+	})
+	t.Run("missing", func(t *testing.T) {
+		// Every place a missing reference is written is a problem, also
+		// when the file has other problems.
+		s := newEnvSource(map[string]string{"REGION": "", "FILES_KEY": "a\nb"})
+		_, err := parse(t, src+"listen: nope\n", &Options{Secrets: s})
+		want := `amg.yaml:5:22: upstreams.notion.headers.Authorization: env:NOTION_TOKEN is not set
+amg.yaml:6:20: upstreams.notion.headers.X-Workspace: env:WORKSPACE is not set
+amg.yaml:7:17: upstreams.notion.headers.X-Tenant: env:WORKSPACE is not set
+amg.yaml:7:17: upstreams.notion.headers.X-Tenant: env:REGION is empty
+amg.yaml:11:14: upstreams.files.env.TOKEN: env:NOTION_TOKEN is not set
+amg.yaml:16:22: upstreams.vaulted.headers.Authorization: vault:kv/data/v#token: vault secrets need a vault source
+amg.yaml:17:9: listen: must be host:port such as 127.0.0.1:8080, got "nope": missing port in address`
+		if diff := cmp.Diff(want, problemsOf(t, err)); diff != "" {
+			t.Errorf("problems (-want +got):\n%s", diff)
+		}
+	})
+	t.Run("unusable values", func(t *testing.T) {
+		// A header value must not smuggle a line break (header injection)
+		// and an environment value must not hold a NUL; the problem names
+		// the reference, never the value.
+		s := newEnvSource(map[string]string{"NOTION_TOKEN": planted + "\r\nX-Evil: 1", "WORKSPACE": "ws", "REGION": "eu", "FILES_KEY": planted + "\x00"})
+		_, err := parse(t, strings.Replace(src, "${vault:kv/data/v#token}", "x ${env:REGION}", 1), &Options{Secrets: s})
+		want := `amg.yaml:5:22: upstreams.notion.headers.Authorization: env:NOTION_TOKEN holds a line break or other control character, which cannot go in a header value
+amg.yaml:12:12: upstreams.files.env.KEY: env:FILES_KEY holds a NUL byte, which cannot go in an environment variable`
+		if diff := cmp.Diff(want, problemsOf(t, err)); diff != "" {
+			t.Errorf("problems (-want +got):\n%s", diff)
+		}
+		if strings.Contains(err.Error(), planted) {
+			t.Errorf("problems reveal the secret:\n%v", err)
+		}
+	})
+	t.Run("cancelled", func(t *testing.T) {
+		cfg, err := parse(t, src, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if err := cfg.CheckSecrets(ctx, secrets.NewDefault(nil)); !errors.Is(err, context.Canceled) {
+			t.Errorf("CheckSecrets with a cancelled context = %v, want context.Canceled", err)
+		}
+	})
+}
+
+// TestNoSecretInErrors plants one value everywhere a careless message
+// could pick it up and checks no error shows it.
+func TestNoSecretInErrors(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("file modes are not checked on Windows")
+	}
+	dir := t.TempDir()
+	group := filepath.Join(dir, "group-readable")
+	if err := os.WriteFile(group, []byte(planted), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(group, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src := `
+upstreams:
+  a:
+    url: "https://u:` + planted + `@x.example/mcp"
+    headers:
+      Authorization: "Bearer ` + planted + `"
+      X-Ctl: "` + planted + `\n"
+      X-Env: "${env:PLANTED}"
+      X-File: "${file:` + filepath.ToSlash(group) + `}"
+      X-Pasted: "${` + planted + `}"
+  b:
+    command: [srv]
+    env: { K: "${env:NUL}", L: "` + planted + `\u0000" }
+`
+	s := newEnvSource(map[string]string{"PLANTED": planted + "\n", "NUL": planted + "\x00"})
+	_, err := parse(t, src, &Options{Secrets: s})
+	if err == nil {
+		t.Fatal("Parse succeeded")
+	}
+	got := problemsOf(t, err)
+	if strings.Contains(got, planted) {
+		t.Errorf("problems reveal the planted secret:\n%s", got)
+	}
+	if n := strings.Count(got, "\n") + 1; n != 8 {
+		t.Errorf("got %d problems, want 8:\n%s", n, got)
+	}
+}
