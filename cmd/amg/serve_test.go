@@ -2,13 +2,18 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
+	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -16,52 +21,87 @@ import (
 	"github.com/amgateway/amg/internal/audit"
 )
 
+// bearer adds the agent's token to every request of an MCP client.
+type bearer struct{ token string }
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// TestServe runs amg serve on its embedded defaults and talks to it as an
+// agent does, with a real MCP client, and as Envoy does, over gRPC.
 func TestServe(t *testing.T) {
 	dataDir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	var stdout, stderr syncBuffer
 	exited := make(chan int, 1)
 	go func() {
 		exited <- run(ctx, []string{"serve", "--dev", "--policy-dir", "../../policies", "--data-dir", dataDir,
-			"--authz-listen", "127.0.0.1:0"}, &stdout, &stderr)
+			"--listen", "127.0.0.1:0", "--authz-listen", "127.0.0.1:0"}, &stdout, &stderr)
 	}()
 
-	addrRE := regexp.MustCompile(`msg="ext_authz listening" addr=(\S+)`)
-	var addr string
-	for deadline := time.Now().Add(30 * time.Second); addr == "" && time.Now().Before(deadline); {
+	addrRE := regexp.MustCompile(`msg=serving mcp=(\S+) ext_authz=(\S+)`)
+	var m []string
+	for deadline := time.Now().Add(30 * time.Second); m == nil && time.Now().Before(deadline); {
 		select {
 		case code := <-exited:
 			t.Fatalf("serve exited with %d:\n%s", code, stderr.String())
 		case <-time.After(20 * time.Millisecond):
 		}
-		if m := addrRE.FindStringSubmatch(stderr.String()); m != nil {
-			addr = m[1]
-		}
+		m = addrRE.FindStringSubmatch(stderr.String())
 	}
-	if addr == "" {
-		t.Fatalf("serve did not start listening:\n%s", stderr.String())
+	if m == nil {
+		t.Fatalf("serve did not start:\n%s", stderr.String())
 	}
+	mcpURL, authzAddr := m[1], m[2]
 	token := strings.TrimSpace(stdout.String())
 	if !regexp.MustCompile(`^amg_[0-9a-f]{64}$`).MatchString(token) {
 		t.Fatalf("--dev printed %q, want a token alone", token)
 	}
 
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// An agent with the dev token (role notion_editor) over MCP.
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(ctx,
+		&mcp.StreamableClientTransport{Endpoint: mcpURL, HTTPClient: &http.Client{Transport: bearer{token}}}, nil)
+	if err != nil {
+		t.Fatalf("MCP client cannot connect: %v\n%s", err, stderr.String())
+	}
+	list, err := cs.ListTools(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tool := range list.Tools {
+		names = append(names, tool.Name)
+	}
+	slices.Sort(names)
+	// search and update_page are not granted to notion_editor: invisible.
+	if want := []string{"notion__create_page", "notion__delete_page", "notion__get_pages"}; !slices.Equal(names, want) {
+		t.Errorf("tools = %v, want %v", names, want)
+	}
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "notion__get_pages", Arguments: json.RawMessage(`{"workspace_id":"ws_abc123","limit":2}`)})
+	if err != nil || res.IsError {
+		t.Fatalf("allowed call: %v %+v", err, res)
+	}
+	if _, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "notion__search", Arguments: json.RawMessage(`{"query":"x","workspace_id":"ws_abc123"}`)}); err == nil ||
+		!strings.Contains(err.Error(), `tool "notion__search" is not granted to role "notion_editor"`) {
+		t.Errorf("ungranted call: %v", err)
+	}
+	cs.Close()
+
+	// Envoy's view: a Check over gRPC.
+	conn, err := grpc.NewClient(authzAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	client := authv3.NewAuthorizationClient(conn)
 	hdrs := map[string]string{"authorization": "Bearer " + token, "mcp-protocol-version": "2025-06-18"}
-	allowed := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`
-	denied := `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"notion__drop_database","arguments":{}}}`
-	resp, err := client.Check(ctx, authztest.EnvoyRequest("POST", hdrs, allowed))
+	body := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`
+	resp, err := authv3.NewAuthorizationClient(conn).Check(ctx, authztest.EnvoyRequest("POST", hdrs, body))
 	if err != nil || resp.GetOkResponse() == nil {
-		t.Fatalf("allowed call: %v %v", resp.GetDeniedResponse(), err)
-	}
-	resp, err = client.Check(ctx, authztest.EnvoyRequest("POST", hdrs, denied))
-	if err != nil || !strings.Contains(resp.GetDeniedResponse().GetBody(), `"code":"not_granted"`) {
-		t.Fatalf("denied call: %v %v", resp, err)
+		t.Fatalf("Check over gRPC: %v %v", resp.GetDeniedResponse(), err)
 	}
 
 	cancel()
@@ -73,8 +113,26 @@ func TestServe(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("serve did not shut down")
 	}
-	res, err := audit.Verify(filepath.Join(dataDir, audit.FileName))
-	if err != nil || res.Records != 2 {
-		t.Errorf("audit log after shutdown: %+v %v; want 2 records that verify", res, err)
+	res2, err := audit.Verify(filepath.Join(dataDir, audit.FileName))
+	if err != nil || res2.Records < 5 {
+		t.Errorf("audit log after shutdown: %+v %v; want every decision recorded and the chain intact", res2, err)
+	}
+}
+
+func TestServeRefusesABadConfig(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "amg.yaml")
+	writeFile(t, path, "listen: nowhere\nupstreams:\n  bad__name: { builtin: demo }\n")
+	code, _, stderr := runCLI(t, "serve", "--config", path, "--data-dir", dir)
+	if code != 1 || !strings.Contains(stderr, path+":1:9: listen:") || !strings.Contains(stderr, path+":3:3: upstreams.bad__name") ||
+		!strings.Contains(stderr, "2 problems in "+path+"; not starting") {
+		t.Errorf("exit %d, stderr:\n%s", code, stderr)
+	}
+}
+
+func writeFile(t *testing.T, path, data string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -38,6 +38,8 @@ type Upstream struct {
 	// for its catalogue session and for every agent session that uses the
 	// server.
 	Transport func(ctx context.Context) (mcp.Transport, error)
+	// ConnectTimeout bounds connecting and the MCP handshake; 0 means 5 s.
+	ConnectTimeout time.Duration
 	// CallTimeout bounds one tools/call; 0 means 60 s.
 	CallTimeout time.Duration
 }
@@ -105,6 +107,9 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 		if u.CallTimeout <= 0 {
 			u.CallTimeout = 60 * time.Second
 		}
+		if u.ConnectTimeout <= 0 {
+			u.ConnectTimeout = 5 * time.Second
+		}
 		b.ups[u.Name] = &upstream{Upstream: u}
 		b.names = append(b.names, u.Name)
 	}
@@ -149,11 +154,7 @@ func (b *Broker) refresh(ctx context.Context, u *upstream) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.catalog == nil {
-		t, err := u.Transport(ctx)
-		if err != nil {
-			return err
-		}
-		client := mcp.NewClient(&mcp.Implementation{Name: "amg", Version: "catalog"}, &mcp.ClientOptions{
+		cs, err := u.connect(ctx, &mcp.ClientOptions{
 			ToolListChangedHandler: func(ctx context.Context, _ *mcp.ToolListChangedRequest) {
 				// Off the SDK's handler goroutine: refresh calls back into
 				// the same session.
@@ -165,7 +166,6 @@ func (b *Broker) refresh(ctx context.Context, u *upstream) error {
 				}()
 			},
 		})
-		cs, err := client.Connect(ctx, t, nil)
 		if err != nil {
 			return err
 		}
@@ -185,6 +185,26 @@ func (b *Broker) refresh(ctx context.Context, u *upstream) error {
 		tools = append(tools, tool)
 	}
 	u.tools = tools
+	return nil
+}
+
+// Annotations returns the annotations server declared for tool, as its
+// tool list last said, or nil when unknown (the decision engine then
+// assumes the worst). It lets authz apply approval rules on annotations.
+func (b *Broker) Annotations(server, tool string) *policy.Annotations {
+	u := b.ups[server]
+	if u == nil {
+		return nil
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, t := range u.tools {
+		if t.Name == tool && t.Annotations != nil {
+			a := t.Annotations
+			ro, id := a.ReadOnlyHint, a.IdempotentHint
+			return &policy.Annotations{ReadOnly: &ro, Destructive: a.DestructiveHint, Idempotent: &id, OpenWorld: a.OpenWorldHint}
+		}
+	}
 	return nil
 }
 
@@ -391,6 +411,17 @@ func (b *Broker) forward(server, tool string) mcp.ToolHandler {
 	}
 }
 
+// connect opens a client session to u within its connect timeout.
+func (u *upstream) connect(ctx context.Context, opts *mcp.ClientOptions) (*mcp.ClientSession, error) {
+	ctx, cancel := context.WithTimeout(ctx, u.ConnectTimeout)
+	defer cancel()
+	t, err := u.Transport(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return mcp.NewClient(&mcp.Implementation{Name: "amg", Version: "1"}, opts).Connect(ctx, t, nil)
+}
+
 // upstreamError is the JSON-RPC error an agent gets when an upstream
 // fails: it names the server, never a credential.
 func upstreamError(server string, err error) error {
@@ -434,11 +465,7 @@ func (b *Broker) upstreamSession(ctx context.Context, ss *mcp.ServerSession, u *
 	if cs := as.ups[u.Name]; cs != nil {
 		return cs, nil
 	}
-	t, err := u.Transport(ctx)
-	if err != nil {
-		return nil, err
-	}
-	cs, err := mcp.NewClient(&mcp.Implementation{Name: "amg", Version: "1"}, nil).Connect(ctx, t, nil)
+	cs, err := u.connect(ctx, nil)
 	if err != nil {
 		return nil, err
 	}

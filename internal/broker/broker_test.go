@@ -267,3 +267,25 @@ func TestToolListChangedIsRelayed(t *testing.T) {
 		t.Error("the new granted tool is not listed")
 	}
 }
+
+func TestAnnotationsComeFromTheUpstream(t *testing.T) {
+	up := newUpstream()
+	no := false
+	up.srv.AddTool(&mcp.Tool{Name: "archive", InputSchema: json.RawMessage(`{"type":"object"}`),
+		Annotations: &mcp.ToolAnnotations{ReadOnlyHint: true, DestructiveHint: &no}},
+		func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) { return &mcp.CallToolResult{}, nil })
+	signer, _ := authz.NewSigner([]byte(strings.Repeat("k", 32)), nil)
+	b, err := New([]Upstream{{Name: "notion", Transport: up.transport}}, signer, fixed{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Start(context.Background())
+	defer b.Close()
+	a := b.Annotations("notion", "archive")
+	if a == nil || !*a.ReadOnly || *a.Destructive || a.Effective(policy.DestructiveHint) {
+		t.Errorf("annotations of archive = %+v", a)
+	}
+	if b.Annotations("notion", "get_pages") != nil || b.Annotations("nope", "archive") != nil {
+		t.Error("a tool without annotations, or an unknown server, must give nil")
+	}
+}

@@ -131,15 +131,17 @@ func Default() *Config {
 		DataDir:      "./data",
 		PolicyDir:    "./policies",
 		MaxBodyBytes: 1 << 20,
+		// The demo server is notion-like, and the example policies grant
+		// its tools as notion__*.
 		Upstreams: map[string]*Upstream{
-			"demo": {
-				Name:           "demo",
+			"notion": {
+				Name:           "notion",
 				Builtin:        "demo",
 				ConnectTimeout: DefaultConnectTimeout,
 				CallTimeout:    DefaultCallTimeout,
 			},
 		},
-		Names: []string{"demo"},
+		Names: []string{"notion"},
 	}
 }
 

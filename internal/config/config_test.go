@@ -61,7 +61,7 @@ func (s *envSource) Resolve(ctx context.Context, ref secrets.Ref) (secrets.Secre
 }
 
 func demo() *Upstream {
-	return &Upstream{Name: "demo", Builtin: "demo", ConnectTimeout: 5 * time.Second, CallTimeout: 60 * time.Second}
+	return &Upstream{Name: "notion", Builtin: "demo", ConnectTimeout: 5 * time.Second, CallTimeout: 60 * time.Second}
 }
 
 func TestDefault(t *testing.T) {
@@ -72,15 +72,15 @@ func TestDefault(t *testing.T) {
 		DataDir:      "./data",
 		PolicyDir:    "./policies",
 		MaxBodyBytes: 1048576,
-		Upstreams:    map[string]*Upstream{"demo": demo()},
-		Names:        []string{"demo"},
+		Upstreams:    map[string]*Upstream{"notion": demo()},
+		Names:        []string{"notion"},
 	}
 	if diff := cmp.Diff(want, Default(), templates); diff != "" {
 		t.Errorf("Default() (-want +got):\n%s", diff)
 	}
 	// Each call is a fresh value: a caller changing its copy changes no one else's.
 	d := Default()
-	d.Upstreams["demo"].Builtin = "changed"
+	d.Upstreams["notion"].Builtin = "changed"
 	d.Names[0] = "changed"
 	if diff := cmp.Diff(want, Default(), templates); diff != "" {
 		t.Errorf("Default() after changing an earlier result (-want +got):\n%s", diff)

@@ -1,0 +1,232 @@
+// Package gateway assembles AMG from its parts — policy, tokens, audit,
+// authz, broker, front — for one configuration, and runs its listeners.
+// amg serve and the end-to-end tests use it alike.
+package gateway
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+
+	"github.com/amgateway/amg/authz"
+	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/broker"
+	"github.com/amgateway/amg/internal/config"
+	"github.com/amgateway/amg/internal/front"
+	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/internal/ratelimit"
+	"github.com/amgateway/amg/internal/secrets"
+	"github.com/amgateway/amg/internal/shadow"
+	"github.com/amgateway/amg/internal/store"
+	"github.com/amgateway/amg/internal/tokens"
+)
+
+// DBFile is the embedded database's name inside the data directory.
+const DBFile = "amg.db"
+
+// Options tune a Gateway; nil means defaults.
+type Options struct {
+	// Secrets resolves upstream credentials; nil means env: and file:.
+	Secrets secrets.Source
+	// Builtins are the servers a config's builtin field may name.
+	Builtins Builtins
+	// PolicyReload is how often the policy directory is reread; 0 means 2 s.
+	PolicyReload time.Duration
+	Logger       *slog.Logger
+}
+
+// Gateway is one running AMG.
+type Gateway struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	reload   time.Duration
+	db       *sql.DB
+	tokens   *tokens.SQLiteStore
+	auditLog *audit.Logger
+	policies *policy.Live
+	authz    *authz.Server
+	broker   *broker.Broker
+	front    http.Handler
+
+	mcpLis, authzLis net.Listener
+}
+
+// New builds a gateway for cfg: it opens the database and the audit log in
+// the data directory, loads the policy (if it does not compile, everything
+// is denied until it does) and prepares the broker's upstreams.
+func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	g = &Gateway{cfg: cfg, log: opts.Logger, reload: opts.PolicyReload}
+	if g.log == nil {
+		g.log = slog.New(slog.DiscardHandler)
+	}
+	if g.reload <= 0 {
+		g.reload = 2 * time.Second
+	}
+	src := opts.Secrets
+	if src == nil {
+		src = secrets.NewDefault(nil)
+	}
+	defer func() {
+		if err != nil {
+			g.Close()
+		}
+	}()
+
+	if g.db, err = store.Open(filepath.Join(cfg.DataDir, DBFile)); err != nil {
+		return nil, err
+	}
+	if g.tokens, err = tokens.NewSQLiteStore(g.db); err != nil {
+		return nil, err
+	}
+	counter, err := shadow.NewSQLite(g.db)
+	if err != nil {
+		return nil, err
+	}
+	auditKey, err := audit.LoadOrCreateKey(filepath.Join(cfg.DataDir, audit.KeyFileName))
+	if err != nil {
+		return nil, err
+	}
+	// The decision key signs what authz hands the broker; every replica of
+	// both must share it.
+	decisionKey, err := audit.LoadOrCreateKey(filepath.Join(cfg.DataDir, "decision.key"))
+	if err != nil {
+		return nil, err
+	}
+	signer, err := authz.NewSigner(decisionKey, nil)
+	if err != nil {
+		return nil, err
+	}
+	device, err := audit.NewFileDevice(filepath.Join(cfg.DataDir, audit.FileName), &audit.FileOptions{Logger: g.log})
+	if err != nil {
+		return nil, err
+	}
+	g.auditLog = audit.NewLogger([]audit.Device{device}, &audit.Options{Logger: g.log})
+
+	g.policies = policy.NewLive(cfg.PolicyDir, &policy.Options{Servers: cfg.Names})
+	if err := g.policies.Reload(); err != nil {
+		g.log.Error("policy does not compile; denying everything until it does", "dir", cfg.PolicyDir, "err", err)
+	} else {
+		g.log.Info("policy loaded", "dir", cfg.PolicyDir, "version", g.policies.Current().VersionString())
+	}
+
+	ups, err := upstreams(cfg, src, opts.Builtins)
+	if err != nil {
+		return nil, err
+	}
+	if g.broker, err = broker.New(ups, signer, g.policies, &broker.Options{MaxBodyBytes: cfg.MaxBodyBytes, Logger: g.log}); err != nil {
+		return nil, err
+	}
+	g.authz, err = authz.New(authz.Deps{
+		Tokens:   tokens.NewAuthenticator(g.tokens, nil),
+		Policies: g.policies,
+		Limiter:  ratelimit.NewMemory(nil),
+		Audit:    g.auditLog,
+		Redactor: audit.NewRedactor(auditKey),
+		Signer:   signer,
+	}, &authz.Options{Shadow: counter, Annotations: g.broker, Logger: g.log, MaxBodyBytes: cfg.MaxBodyBytes})
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle(config.MCPPath, front.New(g.authz, g.broker, &front.Options{MaxBodyBytes: cfg.MaxBodyBytes, Logger: g.log}))
+	g.front = mux
+	return g, nil
+}
+
+// IssueToken issues a token for agent with role, as amg token issue does.
+func (g *Gateway) IssueToken(ctx context.Context, agent, role string, ttl time.Duration) (string, tokens.Token, error) {
+	return tokens.Issue(ctx, g.tokens, agent, role, ttl, time.Now())
+}
+
+// Listen binds the MCP and ext_authz listeners, so that their addresses
+// are known (and taken) before Serve.
+func (g *Gateway) Listen() error {
+	var err error
+	if g.mcpLis, err = net.Listen("tcp", g.cfg.Listen); err != nil {
+		return fmt.Errorf("mcp listener: %w", err)
+	}
+	if g.authzLis, err = net.Listen("tcp", g.cfg.AuthzListen); err != nil {
+		g.mcpLis.Close()
+		return fmt.Errorf("ext_authz listener: %w", err)
+	}
+	return nil
+}
+
+// MCPAddr and AuthzAddr are the bound listener addresses.
+func (g *Gateway) MCPAddr() string   { return g.mcpLis.Addr().String() }
+func (g *Gateway) AuthzAddr() string { return g.authzLis.Addr().String() }
+
+// Serve connects the upstreams and serves until ctx ends, then shuts down
+// gracefully within 10 s. Listen must have been called.
+func (g *Gateway) Serve(ctx context.Context) error {
+	g.broker.Start(ctx)
+	go g.policies.Watch(ctx, g.reload, func(st policy.Status) {
+		if st.Err != nil {
+			g.log.Error("policy reload failed; keeping the last good version", "version", st.Version.String(), "err", st.Err)
+			return
+		}
+		g.log.Info("policy reloaded", "version", st.Version.String())
+	})
+
+	gs := grpc.NewServer()
+	authv3.RegisterAuthorizationServer(gs, g.authz)
+	hs := &http.Server{Handler: g.front, ReadHeaderTimeout: 10 * time.Second}
+	errs := make(chan error, 2)
+	go func() { errs <- gs.Serve(g.authzLis) }()
+	go func() { errs <- hs.Serve(g.mcpLis) }()
+	g.log.Info("serving", "mcp", "http://"+g.MCPAddr()+config.MCPPath, "ext_authz", g.AuthzAddr())
+
+	var err error
+	select {
+	case err = <-errs:
+	case <-ctx.Done():
+	}
+	g.log.Info("shutting down")
+	shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	herr := hs.Shutdown(shutdown)
+	select {
+	case <-stopped:
+	case <-shutdown.Done():
+		gs.Stop()
+	}
+	if err == nil || errors.Is(err, http.ErrServerClosed) || errors.Is(err, grpc.ErrServerStopped) {
+		err = nil
+	}
+	if herr != nil && !errors.Is(herr, context.DeadlineExceeded) {
+		err = errors.Join(err, herr)
+	}
+	return err
+}
+
+// Close releases what New opened: upstream sessions, the audit log (its
+// queue is drained first) and the database.
+func (g *Gateway) Close() error {
+	if g.broker != nil {
+		g.broker.Close()
+	}
+	var err error
+	if g.auditLog != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err = g.auditLog.Close(ctx)
+		cancel()
+	}
+	if g.db != nil {
+		err = errors.Join(err, g.db.Close())
+	}
+	return err
+}

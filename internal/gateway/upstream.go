@@ -1,0 +1,113 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/amgateway/amg/internal/broker"
+	"github.com/amgateway/amg/internal/config"
+	"github.com/amgateway/amg/internal/secrets"
+)
+
+// Builtins are the MCP servers compiled into amg, by the name a config's
+// builtin field uses.
+type Builtins map[string]*mcp.Server
+
+// upstreams turns the configured upstreams into the broker's. Secrets are
+// resolved each time a connection is made, never earlier and never kept
+// beyond it, so a rotated secret is used by the next connection.
+func upstreams(cfg *config.Config, src secrets.Source, builtins Builtins) ([]broker.Upstream, error) {
+	var out []broker.Upstream
+	for _, name := range cfg.Names {
+		u := cfg.Upstreams[name]
+		b := broker.Upstream{Name: name, CallTimeout: u.CallTimeout, ConnectTimeout: u.ConnectTimeout}
+		switch {
+		case u.URL != "":
+			b.Transport = httpTransport(u, src)
+		case len(u.Command) > 0:
+			b.Transport = commandTransport(u, src)
+		case u.Builtin != "":
+			srv, ok := builtins[u.Builtin]
+			if !ok {
+				return nil, fmt.Errorf("upstream %q: no built-in server %q", name, u.Builtin)
+			}
+			b.Transport = inMemoryTransport(srv)
+		default:
+			return nil, fmt.Errorf("upstream %q: no url, command or builtin", name)
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+func httpTransport(u *config.Upstream, src secrets.Source) func(context.Context) (mcp.Transport, error) {
+	return func(ctx context.Context) (mcp.Transport, error) {
+		headers := make(map[string]secrets.Secret, len(u.Headers))
+		for k, t := range u.Headers {
+			v, err := t.Expand(ctx, src)
+			if err != nil {
+				// Names the server and the header; the error names the ref.
+				return nil, fmt.Errorf("upstream %q: header %s: %w", u.Name, k, err)
+			}
+			headers[k] = v
+		}
+		return &mcp.StreamableClientTransport{
+			Endpoint:   u.URL,
+			HTTPClient: &http.Client{Transport: &withHeaders{base: http.DefaultTransport, headers: headers}},
+		}, nil
+	}
+}
+
+// withHeaders sets the upstream's configured headers on every request of a
+// connection. The agent's own headers never reach this client: the broker
+// builds its upstream requests itself.
+type withHeaders struct {
+	base    http.RoundTripper
+	headers map[string]secrets.Secret
+}
+
+func (h *withHeaders) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	for k, v := range h.headers {
+		r.Header.Set(k, v.Reveal())
+	}
+	return h.base.RoundTrip(r)
+}
+
+func commandTransport(u *config.Upstream, src secrets.Source) func(context.Context) (mcp.Transport, error) {
+	return func(ctx context.Context) (mcp.Transport, error) {
+		env := make([]string, 0, len(u.Env))
+		for k, t := range u.Env {
+			v, err := t.Expand(ctx, src)
+			if err != nil {
+				return nil, fmt.Errorf("upstream %q: env %s: %w", u.Name, k, err)
+			}
+			env = append(env, k+"="+v.Reveal())
+		}
+		// The server gets the configured environment only, not the
+		// gateway's, which may hold other upstreams' credentials; PATH,
+		// which holds none, is passed on unless configured, so that
+		// launchers such as npx find their runtime.
+		if _, set := u.Env["PATH"]; !set {
+			env = append(env, "PATH="+os.Getenv("PATH"))
+		}
+		cmd := exec.Command(u.Command[0], u.Command[1:]...)
+		cmd.Env = env
+		return &mcp.CommandTransport{Command: cmd}, nil
+	}
+}
+
+func inMemoryTransport(srv *mcp.Server) func(context.Context) (mcp.Transport, error) {
+	return func(ctx context.Context) (mcp.Transport, error) {
+		client, server := mcp.NewInMemoryTransports()
+		if _, err := srv.Connect(ctx, server, nil); err != nil {
+			return nil, err
+		}
+		return client, nil
+	}
+}
