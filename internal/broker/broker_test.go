@@ -273,7 +273,9 @@ func TestAnnotationsComeFromTheUpstream(t *testing.T) {
 	no := false
 	up.srv.AddTool(&mcp.Tool{Name: "archive", InputSchema: json.RawMessage(`{"type":"object"}`),
 		Annotations: &mcp.ToolAnnotations{ReadOnlyHint: true, DestructiveHint: &no}},
-		func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) { return &mcp.CallToolResult{}, nil })
+		func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+			return &mcp.CallToolResult{}, nil
+		})
 	signer, _ := authz.NewSigner([]byte(strings.Repeat("k", 32)), nil)
 	b, err := New([]Upstream{{Name: "notion", Transport: up.transport}}, signer, fixed{}, nil)
 	if err != nil {
