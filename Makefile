@@ -7,6 +7,8 @@ LDFLAGS := -X main.version=$(VERSION)
 BENCH_PKGS  ?= ./internal/decision ./mcpfilter ./authz
 BENCH_COUNT ?= 6
 FUZZ_TIME   ?= 20s
+# Where scripts/setup puts the npm packages and tools the tests run.
+export AMG_TOOLS_DIR ?= $(HOME)/.cache/amg-tools
 
 .PHONY: build run setup test vet lint fmt fmt-check check bench load fuzz clean
 

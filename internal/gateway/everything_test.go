@@ -1,0 +1,238 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/amgateway/amg/internal/config"
+)
+
+// The reference MCP server from npm, as scripts/setup installs it.
+func everythingScript(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("AMG_TOOLS_DIR")
+	if dir == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir = filepath.Join(home, ".cache", "amg-tools")
+	}
+	script := filepath.Join(dir, "npm", "node_modules", "@modelcontextprotocol", "server-everything", "dist", "index.js")
+	if _, err := os.Stat(script); err != nil {
+		t.Fatalf("@modelcontextprotocol/server-everything is not installed (%v); run scripts/setup", err)
+	}
+	return script
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startEverything runs server-everything in Streamable HTTP mode on port,
+// held to 127.0.0.1 by a preload, and returns once it accepts connections.
+func startEverything(t *testing.T, port int) (stop func()) {
+	t.Helper()
+	preload, err := filepath.Abs("../../test/npm/listen-loopback.cjs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("node", "--require", preload, everythingScript(t), "streamableHttp")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", port))
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start server-everything: %v", err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	stop = func() {
+		cmd.Process.Kill()
+		<-exited
+	}
+	t.Cleanup(stop)
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			c.Close()
+			return stop
+		}
+		select {
+		case <-exited:
+			t.Fatal("server-everything exited before listening")
+		default:
+		}
+	}
+	t.Fatal("server-everything did not start listening")
+	return nil
+}
+
+const testerRole = `
+role: tester
+servers:
+  everything:
+    tools:
+      - name: echo
+        constraints:
+          message: { max_len: 100 }
+      - name: get-sum
+        constraints:
+          a: {}
+          b: { lte: 1000 }
+`
+
+// startGateway runs a gateway fronting the given upstreams with one role.
+func startGateway(t *testing.T, ups map[string]*config.Upstream, role string) (mcpURL, token string) {
+	t.Helper()
+	dir := t.TempDir()
+	policyDir := filepath.Join(dir, "policies")
+	if err := os.MkdirAll(policyDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(policyDir, "role.yaml"), []byte(role), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.Listen, cfg.AuthzListen = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.DataDir, cfg.PolicyDir = filepath.Join(dir, "data"), policyDir
+	cfg.Upstreams, cfg.Names = ups, nil
+	for name := range ups {
+		cfg.Names = append(cfg.Names, name)
+	}
+	slices.Sort(cfg.Names)
+	gw, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gw.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- gw.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		gw.Close()
+	})
+	token, _, err = gw.IssueToken(ctx, "agent-1", "tester", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return "http://" + gw.MCPAddr() + config.MCPPath, token
+}
+
+type bearer struct{ token string }
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+func connectAgent(t *testing.T, url, token string) *mcp.ClientSession {
+	t.Helper()
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(context.Background(),
+		&mcp.StreamableClientTransport{Endpoint: url, HTTPClient: &http.Client{Transport: bearer{token}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	return cs
+}
+
+func text(t *testing.T, res *mcp.CallToolResult) string {
+	t.Helper()
+	var b strings.Builder
+	for _, c := range res.Content {
+		if tc, ok := c.(*mcp.TextContent); ok {
+			b.WriteString(tc.Text)
+		}
+	}
+	return b.String()
+}
+
+// TestEverythingThroughTheGateway puts the reference MCP server from npm
+// behind AMG and talks to it through the gateway with the go-sdk client.
+func TestEverythingThroughTheGateway(t *testing.T) {
+	port := freePort(t)
+	stop := startEverything(t, port)
+	url, token := startGateway(t, map[string]*config.Upstream{"everything": {
+		Name: "everything", URL: fmt.Sprintf("http://127.0.0.1:%d/mcp", port),
+		ConnectTimeout: 5 * time.Second, CallTimeout: 10 * time.Second,
+	}}, testerRole)
+	cs := connectAgent(t, url, token)
+	ctx := context.Background()
+
+	list, err := cs.ListTools(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tool := range list.Tools {
+		names = append(names, tool.Name)
+	}
+	slices.Sort(names)
+	// The server has more than a dozen tools; the role sees its two.
+	if want := []string{"everything__echo", "everything__get-sum"}; !slices.Equal(names, want) {
+		t.Errorf("tools = %v, want %v", names, want)
+	}
+
+	call := func(name, args string) (*mcp.CallToolResult, error) {
+		return cs.CallTool(ctx, &mcp.CallToolParams{Name: name, Arguments: json.RawMessage(args)})
+	}
+	res, err := call("everything__echo", `{"message":"hello through AMG"}`)
+	if err != nil || !strings.Contains(text(t, res), "hello through AMG") {
+		t.Fatalf("echo: %v %v", err, res)
+	}
+	res, err = call("everything__get-sum", `{"a":2,"b":3}`)
+	if err != nil || !strings.Contains(text(t, res), "5") {
+		t.Fatalf("get-sum: %v %v", err, res)
+	}
+
+	for _, tt := range []struct{ name, args, want string }{
+		{"everything__get-env", `{}`, `tool "everything__get-env" is not granted to role "tester"`},
+		{"everything__get-sum", `{"a":2,"b":5000}`, `argument "b" must be <= 1000`},
+		{"everything__echo", `{"message":"x","extra":1}`, `argument "extra" is not allowed`},
+		{"Everything__echo", `{"message":"x"}`, `is not granted`},
+		{"everything__../echo", `{"message":"x"}`, `..`},
+		{"everything__echо", `{"message":"x"}`, `non-ASCII`},
+	} {
+		if _, err := call(tt.name, tt.args); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s %s: err = %v, want one containing %q", tt.name, tt.args, err, tt.want)
+		}
+	}
+
+	// The upstream goes away: a clean error naming it, no hang.
+	stop()
+	if _, err := call("everything__echo", `{"message":"anyone there?"}`); err == nil || !strings.Contains(err.Error(), `upstream "everything"`) {
+		t.Errorf("upstream down: err = %v, want an error naming the upstream", err)
+	}
+	// It comes back on the same port: the gateway reconnects.
+	startEverything(t, port)
+	var lastErr error
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		res, lastErr = call("everything__echo", `{"message":"back again"}`)
+		if lastErr == nil && strings.Contains(text(t, res), "back again") {
+			return
+		}
+	}
+	t.Errorf("after the upstream restarted: %v", lastErr)
+}
