@@ -165,7 +165,7 @@ func (b *Broker) refresh(ctx context.Context, u *upstream) error {
 					b.sync()
 				}()
 			},
-		})
+		}, "")
 		if err != nil {
 			return err
 		}
@@ -411,15 +411,16 @@ func (b *Broker) forward(server, tool string) mcp.ToolHandler {
 	}
 }
 
-// connect opens a client session to u within its connect timeout.
-func (u *upstream) connect(ctx context.Context, opts *mcp.ClientOptions) (*mcp.ClientSession, error) {
+// connect opens a client session to u within its connect timeout, asking
+// for protocol version (empty: the latest).
+func (u *upstream) connect(ctx context.Context, opts *mcp.ClientOptions, version string) (*mcp.ClientSession, error) {
 	ctx, cancel := context.WithTimeout(ctx, u.ConnectTimeout)
 	defer cancel()
 	t, err := u.Transport(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return mcp.NewClient(&mcp.Implementation{Name: "amg", Version: "1"}, opts).Connect(ctx, t, nil)
+	return mcp.NewClient(&mcp.Implementation{Name: "amg", Version: "1"}, opts).Connect(ctx, t, &mcp.ClientSessionOptions{ProtocolVersion: version})
 }
 
 // upstreamError is the JSON-RPC error an agent gets when an upstream
@@ -465,12 +466,40 @@ func (b *Broker) upstreamSession(ctx context.Context, ss *mcp.ServerSession, u *
 	if cs := as.ups[u.Name]; cs != nil {
 		return cs, nil
 	}
-	cs, err := u.connect(ctx, nil)
+	// The upstream session speaks the agent's protocol version, so that
+	// what the upstream may send mid-request (sampling, elicitation) is
+	// what the agent can answer.
+	var version string
+	if p := ss.InitializeParams(); p != nil {
+		version = p.ProtocolVersion
+	}
+	cs, err := u.connect(ctx, relay(ss), version)
 	if err != nil {
 		return nil, err
 	}
 	as.ups[u.Name] = cs
 	return cs, nil
+}
+
+// relay passes what an upstream asks of the client on to the agent's
+// session, and the agent's answers back: sampling and elicitation
+// requests. The upstream session exists only for this agent, so nothing
+// crosses between agents. (Progress and log notifications are not relayed
+// yet: the SDK hands them over after the call's result, when the agent's
+// stream for that call is already closed.)
+func relay(ss *mcp.ServerSession) *mcp.ClientOptions {
+	return &mcp.ClientOptions{
+		// Sampling is deprecated from protocol 2026-07-28 on, but agents and
+		// upstreams on older versions still use it; a gateway must relay it.
+		//lint:ignore SA1019 relayed for protocol versions that have it
+		CreateMessageHandler: func(ctx context.Context, req *mcp.CreateMessageRequest) (*mcp.CreateMessageResult, error) {
+			//lint:ignore SA1019 relayed for protocol versions that have it
+			return ss.CreateMessage(ctx, req.Params)
+		},
+		ElicitationHandler: func(ctx context.Context, req *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
+			return ss.Elicit(ctx, req.Params)
+		},
+	}
 }
 
 func (b *Broker) dropUpstreamSession(ss *mcp.ServerSession, server string, cs *mcp.ClientSession) {

@@ -1,8 +1,11 @@
+//lint:file-ignore SA1019 the gateway relays sampling, deprecated from protocol 2026-07-28 on, for the versions that have it
+
 package broker
 
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -34,6 +37,7 @@ servers:
           limit: { lte: 100, optional: true }
       - name: fail
       - name: late_tool
+      - name: ask
       - name: delete_page
         constraints: { page_id: {} }
 approvals:
@@ -63,6 +67,19 @@ func newUpstream() *upstreamServer {
 	})
 	u.srv.AddTool(&mcp.Tool{Name: "delete_page", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "deleted"}}}, nil
+	})
+	u.srv.AddTool(&mcp.Tool{Name: "ask", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		res, err := req.Session.CreateMessage(ctx, &mcp.CreateMessageParams{MaxTokens: 10,
+			Messages: []*mcp.SamplingMessage{{Role: "user", Content: &mcp.TextContent{Text: "what now?"}}}})
+		if err != nil {
+			return nil, err
+		}
+		el, err := req.Session.Elicit(ctx, &mcp.ElicitParams{Message: "your name?",
+			RequestedSchema: json.RawMessage(`{"type":"object","properties":{"name":{"type":"string"}}}`)})
+		if err != nil {
+			return nil, err
+		}
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "agent said: " + res.Content.(*mcp.TextContent).Text + "; name " + fmt.Sprint(el.Content["name"])}}}, nil
 	})
 	u.srv.AddTool(&mcp.Tool{Name: "drop_database", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "dropped"}}}, nil
@@ -170,7 +187,7 @@ func TestToolsListShowsOnlyGrantedTools(t *testing.T) {
 	cs := g.connect(t, nil)
 	// drop_database is not granted; late_tool is granted but the upstream
 	// does not have it (yet).
-	if diff := cmp.Diff([]string{"notion__delete_page", "notion__fail", "notion__get_pages"}, toolNames(t, cs)); diff != "" {
+	if diff := cmp.Diff([]string{"notion__ask", "notion__delete_page", "notion__fail", "notion__get_pages"}, toolNames(t, cs)); diff != "" {
 		t.Errorf("tools (-want +got):\n%s", diff)
 	}
 }
@@ -289,5 +306,23 @@ func TestAnnotationsComeFromTheUpstream(t *testing.T) {
 	}
 	if b.Annotations("notion", "get_pages") != nil || b.Annotations("nope", "archive") != nil {
 		t.Error("a tool without annotations, or an unknown server, must give nil")
+	}
+}
+
+// An upstream's sampling and elicitation requests reach the agent, and its
+// answers come back to the upstream.
+func TestServerToClientRequestsAreRelayed(t *testing.T) {
+	g := newGateway(t)
+	cs := g.connect(t, &mcp.ClientOptions{
+		CreateMessageHandler: func(context.Context, *mcp.CreateMessageRequest) (*mcp.CreateMessageResult, error) {
+			return &mcp.CreateMessageResult{Model: "agent-model", Role: "assistant", Content: &mcp.TextContent{Text: "ship it"}}, nil
+		},
+		ElicitationHandler: func(context.Context, *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
+			return &mcp.ElicitResult{Action: "accept", Content: map[string]any{"name": "Ada"}}, nil
+		},
+	})
+	res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__ask", Arguments: json.RawMessage(`{}`)})
+	if err != nil || res.Content[0].(*mcp.TextContent).Text != "agent said: ship it; name Ada" {
+		t.Fatalf("sampling and elicitation through the gateway: %v %+v", err, res)
 	}
 }
