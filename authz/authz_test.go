@@ -341,8 +341,8 @@ func TestPolicyDeny(t *testing.T) {
 		{"look-alike", toolCall(6, "notion__get_pаges", `{}`), -32602, "invalid_name", ""},
 		{"no namespace", toolCall(7, "get_pages", `{}`), -32602, "invalid_name", ""},
 		{"unknown method", `{"jsonrpc":"2.0","id":8,"method":"sampling/createMessage","params":{}}`, -32601, "method_not_allowed", `method "sampling/createMessage" is not allowed through the gateway`},
-		{"ungranted resource", `{"jsonrpc":"2.0","id":9,"method":"resources/read","params":{"uri":"notion__notion://ws_other/p"}}`, RPCDenied, "not_granted", `resource "notion://ws_other/p" on server "notion" is not granted to role "reader"`},
-		{"resource without namespace", `{"jsonrpc":"2.0","id":10,"method":"resources/read","params":{"uri":"notion://ws_abc123/p"}}`, -32602, "invalid_name", `resource URI "notion://ws_abc123/p" is not namespaced as server__uri`},
+		{"ungranted resource", `{"jsonrpc":"2.0","id":9,"method":"resources/read","params":{"uri":"amg:notion:notion://ws_other/p"}}`, RPCDenied, "not_granted", `resource "notion://ws_other/p" on server "notion" is not granted to role "reader"`},
+		{"resource without namespace", `{"jsonrpc":"2.0","id":10,"method":"resources/read","params":{"uri":"notion://ws_abc123/p"}}`, -32602, "invalid_name", `resource URI "notion://ws_abc123/p" is not a gateway URI (amg:<server>:<uri>)`},
 		{"string id kept", `{"jsonrpc":"2.0","id":"req-11","method":"tools/call","params":{"name":"notion__drop_db"}}`, RPCDenied, "not_granted", `tool "notion__drop_db" is not granted to role "reader"`},
 	}
 	for _, tt := range tests {
@@ -657,5 +657,18 @@ func TestNewRequiresDependencies(t *testing.T) {
 	_, err := New(Deps{}, nil)
 	if err == nil || !strings.Contains(err.Error(), "Audit") || !strings.Contains(err.Error(), "Tokens") {
 		t.Errorf("err = %v", err)
+	}
+}
+
+func TestResourceAndPromptDecisions(t *testing.T) {
+	e := newEnv(t)
+	okHeaders(t, e.check(t, "bot-1", nil, `{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"amg:notion:notion://ws_abc123/page-1"}}`))
+	if rec := e.audit.last(t); rec.Server != "notion" || rec.Tool != "notion://ws_abc123/page-1" || rec.Code != "allowed" {
+		t.Errorf("audit record = %+v", rec)
+	}
+	okHeaders(t, e.check(t, "bot-1", nil, `{"jsonrpc":"2.0","id":2,"method":"prompts/get","params":{"name":"notion__summarize","arguments":{}}}`))
+	d := denied(t, e.check(t, "bot-1", nil, `{"jsonrpc":"2.0","id":3,"method":"prompts/get","params":{"name":"notion__other"}}`))
+	if r := rpcErr(t, d.body); r.Error.Data.Code != "not_granted" {
+		t.Errorf("ungranted prompt: %s", d.body)
 	}
 }

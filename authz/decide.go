@@ -115,14 +115,8 @@ func (c *call) decideMessage(m *mcpfilter.Message) outcome {
 			kind = decision.Prompt
 		}
 	case m.Method == "resources/read", m.Method == "resources/subscribe", m.Method == "resources/unsubscribe":
-		// Resource URIs are namespaced server__uri, like tools; server
-		// names cannot contain "__", so the first one separates.
-		server, uri, ok := strings.Cut(m.URI, mcpfilter.Separator)
-		if !ok || uri == "" {
-			o.code, o.reason = CodeInvalidName, "resource URI "+quote(m.URI)+" is not namespaced as server__uri"
-			return o
-		}
-		if err := mcpfilter.ValidateServerName(server); err != nil {
+		server, uri, err := mcpfilter.SplitResourceURI(m.URI)
+		if err != nil {
 			o.code, o.reason = CodeInvalidName, err.Error()
 			return o
 		}
