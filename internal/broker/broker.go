@@ -75,14 +75,21 @@ type Broker struct {
 
 type upstream struct {
 	Upstream
-	mu      sync.Mutex
-	catalog *mcp.ClientSession
-	tools   []*mcp.Tool
+	mu        sync.Mutex
+	catalog   *mcp.ClientSession
+	tools     []*mcp.Tool
+	prompts   []*mcp.Prompt
+	resources []*mcp.Resource
 }
 
+// roleServer is the MCP server one role's agents talk to, with what is
+// registered on it, by the name (or URI) agents see, pointing at the
+// upstream's own definition.
 type roleServer struct {
-	srv   *mcp.Server
-	tools map[string]*mcp.Tool // registered: server__tool -> the upstream's tool
+	srv       *mcp.Server
+	tools     map[string]*mcp.Tool
+	prompts   map[string]*mcp.Prompt
+	resources map[string]*mcp.Resource
 }
 
 // New returns a broker for ups. Call Start before serving.
@@ -154,17 +161,20 @@ func (b *Broker) refresh(ctx context.Context, u *upstream) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.catalog == nil {
+		// Off the SDK's handler goroutine: refresh calls back into the
+		// same session.
+		changed := func(ctx context.Context) {
+			go func() {
+				if err := b.refresh(context.WithoutCancel(ctx), u); err != nil {
+					b.log.Error("refreshing the catalogue after list_changed", "upstream", u.Name, "err", err)
+				}
+				b.sync()
+			}()
+		}
 		cs, err := u.connect(ctx, &mcp.ClientOptions{
-			ToolListChangedHandler: func(ctx context.Context, _ *mcp.ToolListChangedRequest) {
-				// Off the SDK's handler goroutine: refresh calls back into
-				// the same session.
-				go func() {
-					if err := b.refresh(context.WithoutCancel(ctx), u); err != nil {
-						b.log.Error("refreshing tools after list_changed", "upstream", u.Name, "err", err)
-					}
-					b.sync()
-				}()
-			},
+			ToolListChangedHandler:     func(ctx context.Context, _ *mcp.ToolListChangedRequest) { changed(ctx) },
+			PromptListChangedHandler:   func(ctx context.Context, _ *mcp.PromptListChangedRequest) { changed(ctx) },
+			ResourceListChangedHandler: func(ctx context.Context, _ *mcp.ResourceListChangedRequest) { changed(ctx) },
 		}, "")
 		if err != nil {
 			return err
@@ -185,6 +195,26 @@ func (b *Broker) refresh(ctx context.Context, u *upstream) error {
 		tools = append(tools, tool)
 	}
 	u.tools = tools
+	caps := u.catalog.InitializeResult().Capabilities
+	u.prompts, u.resources = nil, nil
+	if caps != nil && caps.Prompts != nil {
+		for p, err := range u.catalog.Prompts(ctx, nil) {
+			if err != nil {
+				return err
+			}
+			if mcpfilter.ValidateName(p.Name) == nil {
+				u.prompts = append(u.prompts, p)
+			}
+		}
+	}
+	if caps != nil && caps.Resources != nil {
+		for r, err := range u.catalog.Resources(ctx, nil) {
+			if err != nil {
+				return err
+			}
+			u.resources = append(u.resources, r)
+		}
+	}
 	return nil
 }
 
@@ -219,8 +249,16 @@ func (b *Broker) sync() {
 		for _, r := range set.Roles() {
 			if b.roles[r.Name] == nil {
 				b.roles[r.Name] = &roleServer{
-					srv:   mcp.NewServer(&mcp.Implementation{Name: "amg", Title: "AMG MCP gateway", Version: "1"}, &mcp.ServerOptions{Capabilities: &mcp.ServerCapabilities{Tools: &mcp.ToolCapabilities{ListChanged: true}}}),
-					tools: map[string]*mcp.Tool{},
+					srv: mcp.NewServer(&mcp.Implementation{Name: "amg", Title: "AMG MCP gateway", Version: "1"}, &mcp.ServerOptions{
+						Capabilities: &mcp.ServerCapabilities{
+							Tools:     &mcp.ToolCapabilities{ListChanged: true},
+							Prompts:   &mcp.PromptCapabilities{ListChanged: true},
+							Resources: &mcp.ResourceCapabilities{ListChanged: true},
+						},
+					}),
+					tools:     map[string]*mcp.Tool{},
+					prompts:   map[string]*mcp.Prompt{},
+					resources: map[string]*mcp.Resource{},
 				}
 			}
 		}
@@ -228,33 +266,39 @@ func (b *Broker) sync() {
 		b.synced = ""
 	}
 	for role, rs := range b.roles {
-		want := map[string]*mcp.Tool{}
-		for _, name := range b.names {
-			u := b.ups[name]
-			u.mu.Lock()
-			for _, t := range u.tools {
-				if decision.ToolVisible(set, role, name, t.Name) {
-					want[mcpfilter.JoinName(name, t.Name)] = t
-				}
-			}
-			u.mu.Unlock()
-		}
-		var gone []string
-		for n := range rs.tools {
-			if _, ok := want[n]; !ok {
-				gone = append(gone, n)
-			}
-		}
-		if len(gone) > 0 {
-			rs.srv.RemoveTools(gone...)
-			for _, n := range gone {
-				delete(rs.tools, n)
+		b.syncRole(set, role, rs)
+	}
+}
+
+// syncRole brings one role server's tools, prompts and resources in line
+// with what the policy lets the role see of each upstream's catalogue.
+func (b *Broker) syncRole(set *policy.Set, role string, rs *roleServer) {
+	tools, prompts, resources := map[string]*mcp.Tool{}, map[string]*mcp.Prompt{}, map[string]*mcp.Resource{}
+	for _, name := range b.names {
+		u := b.ups[name]
+		u.mu.Lock()
+		for _, t := range u.tools {
+			if decision.ToolVisible(set, role, name, t.Name) {
+				tools[mcpfilter.JoinName(name, t.Name)] = t
 			}
 		}
-		for n, t := range want {
-			if rs.tools[n] == t {
-				continue
+		for _, p := range u.prompts {
+			if decision.PromptVisible(set, role, name, p.Name) {
+				prompts[mcpfilter.JoinName(name, p.Name)] = p
 			}
+		}
+		for _, r := range u.resources {
+			if decision.ResourceVisible(set, role, name, r.URI) {
+				resources[mcpfilter.JoinResourceURI(name, r.URI)] = r
+			}
+		}
+		u.mu.Unlock()
+	}
+	if gone := stale(rs.tools, tools); len(gone) > 0 {
+		rs.srv.RemoveTools(gone...)
+	}
+	for n, t := range tools {
+		if rs.tools[n] != t {
 			server, _, _ := mcpfilter.SplitName(n)
 			shown := *t
 			shown.Name = n
@@ -262,6 +306,42 @@ func (b *Broker) sync() {
 			rs.tools[n] = t
 		}
 	}
+	if gone := stale(rs.prompts, prompts); len(gone) > 0 {
+		rs.srv.RemovePrompts(gone...)
+	}
+	for n, p := range prompts {
+		if rs.prompts[n] != p {
+			server, _, _ := mcpfilter.SplitName(n)
+			shown := *p
+			shown.Name = n
+			rs.srv.AddPrompt(&shown, b.forwardPrompt(server, p.Name))
+			rs.prompts[n] = p
+		}
+	}
+	if gone := stale(rs.resources, resources); len(gone) > 0 {
+		rs.srv.RemoveResources(gone...)
+	}
+	for uri, r := range resources {
+		if rs.resources[uri] != r {
+			server, _, _ := mcpfilter.SplitResourceURI(uri)
+			shown := *r
+			shown.URI = uri
+			rs.srv.AddResource(&shown, b.forwardResource(server, r.URI))
+			rs.resources[uri] = r
+		}
+	}
+}
+
+// stale deletes from have what want no longer holds and returns those keys.
+func stale[V any](have, want map[string]V) []string {
+	var gone []string
+	for k := range have {
+		if _, ok := want[k]; !ok {
+			gone = append(gone, k)
+			delete(have, k)
+		}
+	}
+	return gone
 }
 
 // serverFor picks the role server for a request whose headers the
@@ -399,12 +479,7 @@ func (b *Broker) forward(server, tool string) mcp.ToolHandler {
 		}
 		res, err := cs.CallTool(ctx, params)
 		if err != nil {
-			var rpcErr *jsonrpc.Error
-			if !errors.As(err, &rpcErr) {
-				// The connection may be gone (the upstream restarted): the
-				// next call opens a new one.
-				b.dropUpstreamSession(req.Session, server, cs)
-			}
+			b.dropIfBroken(req.Session, server, cs, err)
 			return nil, upstreamError(server, err)
 		}
 		return res, nil
@@ -421,6 +496,60 @@ func (u *upstream) connect(ctx context.Context, opts *mcp.ClientOptions, version
 		return nil, err
 	}
 	return mcp.NewClient(&mcp.Implementation{Name: "amg", Version: "1"}, opts).Connect(ctx, t, &mcp.ClientSessionOptions{ProtocolVersion: version})
+}
+
+// forwardPrompt is the handler of server__prompt.
+func (b *Broker) forwardPrompt(server, prompt string) mcp.PromptHandler {
+	return func(ctx context.Context, req *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
+		u := b.ups[server]
+		cs, err := b.upstreamSession(ctx, req.Session, u)
+		if err != nil {
+			return nil, upstreamError(server, err)
+		}
+		ctx, cancel := context.WithTimeout(ctx, u.CallTimeout)
+		defer cancel()
+		res, err := cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: prompt, Arguments: req.Params.Arguments, Meta: req.Params.Meta})
+		if err != nil {
+			b.dropIfBroken(req.Session, server, cs, err)
+			return nil, upstreamError(server, err)
+		}
+		return res, nil
+	}
+}
+
+// forwardResource is the handler of amg:server:uri. The contents carry
+// the URI the agent asked for, not the upstream's.
+func (b *Broker) forwardResource(server, uri string) mcp.ResourceHandler {
+	return func(ctx context.Context, req *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
+		u := b.ups[server]
+		cs, err := b.upstreamSession(ctx, req.Session, u)
+		if err != nil {
+			return nil, upstreamError(server, err)
+		}
+		ctx, cancel := context.WithTimeout(ctx, u.CallTimeout)
+		defer cancel()
+		res, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: uri, Meta: req.Params.Meta})
+		if err != nil {
+			b.dropIfBroken(req.Session, server, cs, err)
+			return nil, upstreamError(server, err)
+		}
+		for _, c := range res.Contents {
+			if c != nil && c.URI != "" {
+				c.URI = mcpfilter.JoinResourceURI(server, c.URI)
+			}
+		}
+		return res, nil
+	}
+}
+
+// dropIfBroken forgets an upstream session whose connection failed (as
+// opposed to the upstream answering with a JSON-RPC error), so the next
+// call opens a new one.
+func (b *Broker) dropIfBroken(ss *mcp.ServerSession, server string, cs *mcp.ClientSession, err error) {
+	var rpcErr *jsonrpc.Error
+	if !errors.As(err, &rpcErr) {
+		b.dropUpstreamSession(ss, server, cs)
+	}
 }
 
 // upstreamError is the JSON-RPC error an agent gets when an upstream

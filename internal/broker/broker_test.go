@@ -40,6 +40,10 @@ servers:
       - name: ask
       - name: delete_page
         constraints: { page_id: {} }
+    prompts:
+      - name: summarize
+        constraints: { page: {} }
+    resources: ["notion://ws_abc123/*"]
 approvals:
   - match: "delete*"
     require: human
@@ -81,6 +85,17 @@ func newUpstream() *upstreamServer {
 		}
 		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "agent said: " + res.Content.(*mcp.TextContent).Text + "; name " + fmt.Sprint(el.Content["name"])}}}, nil
 	})
+	u.srv.AddPrompt(&mcp.Prompt{Name: "summarize", Arguments: []*mcp.PromptArgument{{Name: "page"}}}, func(_ context.Context, req *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
+		return &mcp.GetPromptResult{Messages: []*mcp.PromptMessage{{Role: "user", Content: &mcp.TextContent{Text: "summarize " + req.Params.Arguments["page"]}}}}, nil
+	})
+	u.srv.AddPrompt(&mcp.Prompt{Name: "secret_prompt"}, func(context.Context, *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
+		return &mcp.GetPromptResult{}, nil
+	})
+	for _, uri := range []string{"notion://ws_abc123/p1", "notion://ws_other/p2"} {
+		u.srv.AddResource(&mcp.Resource{URI: uri, Name: uri, MIMEType: "text/plain"}, func(_ context.Context, req *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
+			return &mcp.ReadResourceResult{Contents: []*mcp.ResourceContents{{URI: req.Params.URI, MIMEType: "text/plain", Text: "page " + req.Params.URI}}}, nil
+		})
+	}
 	u.srv.AddTool(&mcp.Tool{Name: "drop_database", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "dropped"}}}, nil
 	})
@@ -324,5 +339,44 @@ func TestServerToClientRequestsAreRelayed(t *testing.T) {
 	res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__ask", Arguments: json.RawMessage(`{}`)})
 	if err != nil || res.Content[0].(*mcp.TextContent).Text != "agent said: ship it; name Ada" {
 		t.Fatalf("sampling and elicitation through the gateway: %v %+v", err, res)
+	}
+}
+
+func TestPromptsAndResources(t *testing.T) {
+	g := newGateway(t)
+	cs := g.connect(t, nil)
+	ctx := context.Background()
+	prompts, err := cs.ListPrompts(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(prompts.Prompts) != 1 || prompts.Prompts[0].Name != "notion__summarize" {
+		t.Errorf("prompts = %+v, want only notion__summarize", prompts.Prompts)
+	}
+	got, err := cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: "notion__summarize", Arguments: map[string]string{"page": "p1"}})
+	if err != nil || got.Messages[0].Content.(*mcp.TextContent).Text != "summarize p1" {
+		t.Errorf("prompts/get: %v %+v", err, got)
+	}
+	if _, err := cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: "notion__secret_prompt"}); err == nil || !strings.Contains(err.Error(), "not granted") {
+		t.Errorf("ungranted prompt: %v", err)
+	}
+
+	resources, err := cs.ListResources(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var uris []string
+	for _, r := range resources.Resources {
+		uris = append(uris, r.URI)
+	}
+	if diff := cmp.Diff([]string{"amg:notion:notion://ws_abc123/p1"}, uris); diff != "" {
+		t.Errorf("resources (-want +got):\n%s", diff)
+	}
+	read, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: "amg:notion:notion://ws_abc123/p1"})
+	if err != nil || len(read.Contents) != 1 || read.Contents[0].Text != "page notion://ws_abc123/p1" || read.Contents[0].URI != "amg:notion:notion://ws_abc123/p1" {
+		t.Errorf("resources/read: %v %+v", err, read)
+	}
+	if _, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: "amg:notion:notion://ws_other/p2"}); err == nil || !strings.Contains(err.Error(), "not granted") {
+		t.Errorf("ungranted resource: %v", err)
 	}
 }

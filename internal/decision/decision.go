@@ -136,22 +136,60 @@ func Evaluate(set *policy.Set, in *Input) (res Result) {
 // role in shadow mode sees every tool, so that shadowing changes nothing
 // the agent can observe.
 func ToolVisible(set *policy.Set, role, server, tool string) bool {
-	if set == nil {
+	r, sg := roleServer(set, role, server)
+	if r != nil && r.Mode == policy.ModeShadow {
+		return true
+	}
+	if sg == nil {
 		return false
+	}
+	_, ok := sg.Tools[tool]
+	return ok
+}
+
+// PromptVisible reports whether a role's prompts/list shows server's
+// prompt; shadow-mode roles see every prompt.
+func PromptVisible(set *policy.Set, role, server, prompt string) bool {
+	r, sg := roleServer(set, role, server)
+	if r != nil && r.Mode == policy.ModeShadow {
+		return true
+	}
+	if sg == nil {
+		return false
+	}
+	_, ok := sg.Prompts[prompt]
+	return ok
+}
+
+// ResourceVisible reports whether a role's resources/list shows server's
+// resource uri; shadow-mode roles see every resource.
+func ResourceVisible(set *policy.Set, role, server, uri string) bool {
+	r, sg := roleServer(set, role, server)
+	if r != nil && r.Mode == policy.ModeShadow {
+		return true
+	}
+	if sg == nil {
+		return false
+	}
+	for _, g := range sg.Resources {
+		if g.Matches(uri) {
+			return true
+		}
+	}
+	return false
+}
+
+// roleServer returns a role and its grants on server, either nil when
+// missing.
+func roleServer(set *policy.Set, role, server string) (*policy.Role, *policy.ServerGrant) {
+	if set == nil {
+		return nil, nil
 	}
 	r, ok := set.Role(role)
 	if !ok {
-		return false
+		return nil, nil
 	}
-	if r.Mode == policy.ModeShadow {
-		return true
-	}
-	sg, ok := r.Servers[server]
-	if !ok {
-		return false
-	}
-	_, ok = sg.Tools[tool]
-	return ok
+	return r, r.Servers[server]
 }
 
 func evaluateCall(role *policy.Role, in *Input) Result {

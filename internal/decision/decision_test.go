@@ -389,3 +389,36 @@ func TestReasonsNeverEchoValues(t *testing.T) {
 		}
 	}
 }
+
+func TestPromptAndResourceVisibility(t *testing.T) {
+	set := mustCompile(t, `
+role: r
+servers:
+  notion:
+    prompts:
+      - name: summarize
+    resources: ["notion://ws_a/*"]
+`, `
+role: trial
+mode: shadow
+`)
+	tests := []struct {
+		got, want bool
+		what      string
+	}{
+		{PromptVisible(set, "r", "notion", "summarize"), true, "granted prompt"},
+		{PromptVisible(set, "r", "notion", "other"), false, "ungranted prompt"},
+		{PromptVisible(set, "r", "github", "summarize"), false, "prompt on another server"},
+		{PromptVisible(set, "trial", "notion", "anything"), true, "shadow role sees every prompt"},
+		{PromptVisible(nil, "r", "notion", "summarize"), false, "no policy"},
+		{ResourceVisible(set, "r", "notion", "notion://ws_a/p1"), true, "granted resource"},
+		{ResourceVisible(set, "r", "notion", "notion://ws_b/p1"), false, "ungranted resource"},
+		{ResourceVisible(set, "ghost", "notion", "notion://ws_a/p1"), false, "unknown role"},
+		{ResourceVisible(set, "trial", "notion", "notion://ws_b/p1"), true, "shadow role sees every resource"},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("%s: got %v, want %v", tt.what, tt.got, tt.want)
+		}
+	}
+}
