@@ -96,8 +96,9 @@ servers:
           b: { lte: 1000 }
 `
 
-// startGateway runs a gateway fronting the given upstreams with one role.
-func startGateway(t *testing.T, ups map[string]*config.Upstream, role string) (mcpURL, token string) {
+// startGateway runs a gateway fronting the given upstreams with one role,
+// and issues a token for that role.
+func startGateway(t *testing.T, ups map[string]*config.Upstream, roleName, role string) (mcpURL, token string) {
 	t.Helper()
 	dir := t.TempDir()
 	policyDir := filepath.Join(dir, "policies")
@@ -132,7 +133,7 @@ func startGateway(t *testing.T, ups map[string]*config.Upstream, role string) (m
 		}
 		gw.Close()
 	})
-	token, _, err = gw.IssueToken(ctx, "agent-1", "tester", time.Hour)
+	token, _, err = gw.IssueToken(ctx, "agent-1", roleName, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +178,7 @@ func TestEverythingThroughTheGateway(t *testing.T) {
 	url, token := startGateway(t, map[string]*config.Upstream{"everything": {
 		Name: "everything", URL: fmt.Sprintf("http://127.0.0.1:%d/mcp", port),
 		ConnectTimeout: 5 * time.Second, CallTimeout: 10 * time.Second,
-	}}, testerRole)
+	}}, "tester", testerRole)
 	cs := connectAgent(t, url, token)
 	ctx := context.Background()
 
