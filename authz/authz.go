@@ -98,6 +98,9 @@ type Options struct {
 	Annotations AnnotationSource
 	// MaxBodyBytes bounds the body; 0 means mcpfilter.DefaultMaxBytes.
 	MaxBodyBytes int
+	// Namespace maps the names agents use to upstreams; the zero value
+	// prefixes every name with its server.
+	Namespace mcpfilter.Namespace
 	// Logger receives operational logs; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
@@ -111,6 +114,7 @@ type Server struct {
 	deps    Deps
 	shadow  ShadowCounter
 	ann     AnnotationSource
+	ns      mcpfilter.Namespace
 	maxBody int
 	log     *slog.Logger
 	now     func() time.Time
@@ -135,7 +139,7 @@ func New(deps Deps, opts *Options) (*Server, error) {
 	if opts == nil {
 		opts = &Options{}
 	}
-	s := &Server{deps: deps, shadow: opts.Shadow, ann: opts.Annotations, maxBody: opts.MaxBodyBytes, log: opts.Logger, now: opts.Now}
+	s := &Server{deps: deps, shadow: opts.Shadow, ann: opts.Annotations, ns: opts.Namespace, maxBody: opts.MaxBodyBytes, log: opts.Logger, now: opts.Now}
 	if s.maxBody <= 0 {
 		s.maxBody = mcpfilter.DefaultMaxBytes
 	}

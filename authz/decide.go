@@ -104,7 +104,7 @@ func (c *call) decideMessage(m *mcpfilter.Message) outcome {
 		o.verdict, o.code = decision.Allow, CodeLifecycle
 		return o
 	case m.Method == "tools/call", m.Method == "prompts/get":
-		server, name, err := mcpfilter.SplitName(m.Name)
+		server, name, err := c.s.ns.Split(m.Name)
 		if err != nil {
 			o.code, o.reason = CodeInvalidName, err.Error()
 			return o
@@ -115,7 +115,7 @@ func (c *call) decideMessage(m *mcpfilter.Message) outcome {
 			kind = decision.Prompt
 		}
 	case m.Method == "resources/read", m.Method == "resources/subscribe", m.Method == "resources/unsubscribe":
-		server, uri, err := mcpfilter.SplitResourceURI(m.URI)
+		server, uri, err := c.s.ns.SplitURI(m.URI)
 		if err != nil {
 			o.code, o.reason = CodeInvalidName, err.Error()
 			return o

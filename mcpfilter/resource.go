@@ -34,3 +34,5 @@ func SplitResourceURI(s string) (server, uri string, err error) {
 	}
 	return server, uri, nil
 }
+
+var errEmptyURI = errors.New("empty resource URI")

@@ -33,3 +33,34 @@ func TestResourceURIs(t *testing.T) {
 		}
 	}
 }
+
+func TestNamespace(t *testing.T) {
+	var prefixed Namespace
+	single := Namespace{Only: "everything"}
+	if got := prefixed.Join("notion", "get_pages"); got != "notion__get_pages" {
+		t.Errorf("prefixed Join = %q", got)
+	}
+	if got := single.Join("everything", "echo"); got != "echo" {
+		t.Errorf("single Join = %q", got)
+	}
+	if s, tool, err := single.Split("get__stuff"); err != nil || s != "everything" || tool != "get__stuff" {
+		t.Errorf("single Split = %q %q %v; a name with __ is the upstream's own", s, tool, err)
+	}
+	for _, bad := range []string{"../x", "ｅcho", "", "a/b"} {
+		if _, _, err := single.Split(bad); err == nil {
+			t.Errorf("single Split(%q) accepted", bad)
+		}
+	}
+	if s, u, err := single.SplitURI("test://static"); err != nil || s != "everything" || u != "test://static" {
+		t.Errorf("single SplitURI = %q %q %v", s, u, err)
+	}
+	if single.JoinURI("everything", "test://x") != "test://x" || prefixed.JoinURI("n", "test://x") != "amg:n:test://x" {
+		t.Error("JoinURI")
+	}
+	if _, _, err := single.SplitURI(""); err == nil {
+		t.Error("empty URI accepted")
+	}
+	if s, tool, err := prefixed.Split("notion__get_pages"); err != nil || s != "notion" || tool != "get_pages" {
+		t.Errorf("prefixed Split = %q %q %v", s, tool, err)
+	}
+}

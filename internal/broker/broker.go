@@ -53,7 +53,10 @@ type Policies interface {
 type Options struct {
 	// MaxBodyBytes bounds a request body; 0 means mcpfilter.DefaultMaxBytes.
 	MaxBodyBytes int
-	Logger       *slog.Logger
+	// Namespace maps upstream names to the names agents see; the zero
+	// value prefixes every name with its server.
+	Namespace mcpfilter.Namespace
+	Logger    *slog.Logger
 }
 
 // Broker is the http.Handler behind authz.
@@ -63,6 +66,7 @@ type Broker struct {
 	ups      map[string]*upstream
 	names    []string
 	maxBody  int
+	ns       mcpfilter.Namespace
 	log      *slog.Logger
 	handler  *mcp.StreamableHTTPHandler
 
@@ -103,6 +107,10 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 		if opts.Logger != nil {
 			b.log = opts.Logger
 		}
+		b.ns = opts.Namespace
+	}
+	if b.ns.Only != "" && (len(ups) != 1 || ups[0].Name != b.ns.Only) {
+		return nil, fmt.Errorf("broker: unprefixed names need exactly one upstream, %q", b.ns.Only)
 	}
 	for _, u := range ups {
 		if err := mcpfilter.ValidateServerName(u.Name); err != nil {
@@ -279,17 +287,17 @@ func (b *Broker) syncRole(set *policy.Set, role string, rs *roleServer) {
 		u.mu.Lock()
 		for _, t := range u.tools {
 			if decision.ToolVisible(set, role, name, t.Name) {
-				tools[mcpfilter.JoinName(name, t.Name)] = t
+				tools[b.ns.Join(name, t.Name)] = t
 			}
 		}
 		for _, p := range u.prompts {
 			if decision.PromptVisible(set, role, name, p.Name) {
-				prompts[mcpfilter.JoinName(name, p.Name)] = p
+				prompts[b.ns.Join(name, p.Name)] = p
 			}
 		}
 		for _, r := range u.resources {
 			if decision.ResourceVisible(set, role, name, r.URI) {
-				resources[mcpfilter.JoinResourceURI(name, r.URI)] = r
+				resources[b.ns.JoinURI(name, r.URI)] = r
 			}
 		}
 		u.mu.Unlock()
@@ -299,7 +307,7 @@ func (b *Broker) syncRole(set *policy.Set, role string, rs *roleServer) {
 	}
 	for n, t := range tools {
 		if rs.tools[n] != t {
-			server, _, _ := mcpfilter.SplitName(n)
+			server, _, _ := b.ns.Split(n)
 			shown := *t
 			shown.Name = n
 			rs.srv.AddTool(&shown, b.forward(server, t.Name))
@@ -311,7 +319,7 @@ func (b *Broker) syncRole(set *policy.Set, role string, rs *roleServer) {
 	}
 	for n, p := range prompts {
 		if rs.prompts[n] != p {
-			server, _, _ := mcpfilter.SplitName(n)
+			server, _, _ := b.ns.Split(n)
 			shown := *p
 			shown.Name = n
 			rs.srv.AddPrompt(&shown, b.forwardPrompt(server, p.Name))
@@ -323,7 +331,7 @@ func (b *Broker) syncRole(set *policy.Set, role string, rs *roleServer) {
 	}
 	for uri, r := range resources {
 		if rs.resources[uri] != r {
-			server, _, _ := mcpfilter.SplitResourceURI(uri)
+			server, _, _ := b.ns.SplitURI(uri)
 			shown := *r
 			shown.URI = uri
 			rs.srv.AddResource(&shown, b.forwardResource(server, r.URI))
@@ -535,7 +543,7 @@ func (b *Broker) forwardResource(server, uri string) mcp.ResourceHandler {
 		}
 		for _, c := range res.Contents {
 			if c != nil && c.URI != "" {
-				c.URI = mcpfilter.JoinResourceURI(server, c.URI)
+				c.URI = b.ns.JoinURI(server, c.URI)
 			}
 		}
 		return res, nil

@@ -12,6 +12,7 @@
 //	data_dir: ./data
 //	policy_dir: ./policies
 //	max_body_bytes: 1048576
+//	unprefixed_names: false          # true: one upstream, its names unchanged
 //	upstreams:                      # replaces the default set (the demo) entirely
 //	  notion:
 //	    url: https://mcp.notion.example/mcp        # MCP Streamable HTTP
@@ -70,6 +71,10 @@ type Config struct {
 	PolicyDir string
 	// MaxBodyBytes is the largest request body accepted; larger is denied.
 	MaxBodyBytes int
+	// UnprefixedNames shows agents the names of the one upstream unchanged
+	// (echo rather than server__echo), as if they talked to it directly.
+	// Only valid with exactly one upstream.
+	UnprefixedNames bool
 	// Upstreams are the MCP servers behind the gateway, by name.
 	Upstreams map[string]*Upstream
 	// Names are the keys of Upstreams, sorted.

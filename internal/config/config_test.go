@@ -269,7 +269,7 @@ func TestProblems(t *testing.T) {
 		{"not a mapping", "- listen\n",
 			"amg.yaml:1:1: must be a mapping, got a list"},
 		{"unknown key", "lisen: :80\n",
-			`amg.yaml:1:1: lisen: unknown field "lisen" (expected one of: listen, admin_listen, authz_listen, data_dir, policy_dir, max_body_bytes, upstreams)`},
+			`amg.yaml:1:1: lisen: unknown field "lisen" (expected one of: listen, admin_listen, authz_listen, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)`},
 		{"unknown upstream key", `
 upstreams:
   a:
@@ -488,7 +488,7 @@ upstreams:
 max_body_bytes: -1
 `, nil)
 	want := `amg.yaml:1:9: listen: must be host:port such as 127.0.0.1:8080, got "localhost": missing port in address
-amg.yaml:3:1: bogus: unknown field "bogus" (expected one of: listen, admin_listen, authz_listen, data_dir, policy_dir, max_body_bytes, upstreams)
+amg.yaml:3:1: bogus: unknown field "bogus" (expected one of: listen, admin_listen, authz_listen, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)
 amg.yaml:6:10: upstreams.notion.url: plain http is allowed only to loopback hosts (localhost, 127.0.0.0/8, ::1): use https, or set allow_insecure: true to send this upstream's traffic and credentials unencrypted
 amg.yaml:8:7: upstreams.notion.headers.Host: Host is set by the HTTP transport and cannot be configured
 amg.yaml:9:22: upstreams.notion.headers.Authorization: secret reference "env:NOTION-TOKEN" has an invalid variable name (expected A-Z, a-z, 0-9 and '_', not starting with a digit)

@@ -35,7 +35,7 @@ func (l *loader) errorf(n *yaml.Node, path, format string, args ...any) {
 	l.problems = append(l.problems, Problem{Pos: p, Path: path, Msg: fmt.Sprintf(format, args...)})
 }
 
-var configKeys = []string{"listen", "admin_listen", "authz_listen", "data_dir", "policy_dir", "max_body_bytes", "upstreams"}
+var configKeys = []string{"listen", "admin_listen", "authz_listen", "data_dir", "policy_dir", "max_body_bytes", "unprefixed_names", "upstreams"}
 
 func (l *loader) config(cfg *Config, data []byte) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
@@ -62,6 +62,7 @@ func (l *loader) config(cfg *Config, data []byte) {
 	if root.Kind == yaml.ScalarNode && root.Tag == "!!null" {
 		return
 	}
+	var unprefixed *yaml.Node
 	l.fields(root, "", configKeys, func(key string, _, v *yaml.Node) {
 		switch key {
 		case "listen":
@@ -78,10 +79,17 @@ func (l *loader) config(cfg *Config, data []byte) {
 			if n, ok := l.integer(v, key, 1); ok {
 				cfg.MaxBodyBytes = n
 			}
+		case "unprefixed_names":
+			if b, ok := l.boolean(v, key); ok {
+				cfg.UnprefixedNames, unprefixed = b, v
+			}
 		case "upstreams":
 			cfg.Upstreams = l.upstreams(v, key)
 		}
 	})
+	if cfg.UnprefixedNames && len(cfg.Upstreams) != 1 {
+		l.errorf(unprefixed, "unprefixed_names", "needs exactly one upstream (there are %d): with several, names must say which server they belong to", len(cfg.Upstreams))
+	}
 }
 
 func (l *loader) upstreams(n *yaml.Node, path string) map[string]*Upstream {

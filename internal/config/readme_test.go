@@ -29,3 +29,15 @@ func TestREADMEExampleLoads(t *testing.T) {
 		t.Errorf("README example loaded as %+v", cfg)
 	}
 }
+
+func TestUnprefixedNames(t *testing.T) {
+	cfg, err := Parse("amg.yaml", []byte("unprefixed_names: true\n"), nil)
+	if err != nil || !cfg.UnprefixedNames {
+		t.Fatalf("with the one default upstream: %v %+v", err, cfg)
+	}
+	_, err = Parse("amg.yaml", []byte("unprefixed_names: true\nupstreams:\n  a: { builtin: demo }\n  b: { builtin: demo }\n"), nil)
+	want := "amg.yaml:1:19: unprefixed_names: needs exactly one upstream (there are 2): with several, names must say which server they belong to"
+	if err == nil || err.Error() != want {
+		t.Errorf("two upstreams: err = %v, want %q", err, want)
+	}
+}

@@ -160,7 +160,11 @@ func TestConformance(t *testing.T) {
 
 	url, token := startGateway(t, map[string]*config.Upstream{"everything": {
 		Name: "everything", URL: upstream, ConnectTimeout: 5 * time.Second, CallTimeout: 30 * time.Second,
-	}}, "conformance", grantEverything(t, upstream))
+	}}, "conformance", grantEverything(t, upstream), func(c *config.Config) {
+		// The suite calls the server's own names; with one upstream the
+		// gateway can show them unchanged.
+		c.UnprefixedNames = true
+	})
 	// The suite cannot send a bearer token; a loopback proxy adds it.
 	target, _ := urlParse(url)
 	proxy := httptest.NewServer(&httputil.ReverseProxy{
@@ -197,33 +201,22 @@ func TestConformance(t *testing.T) {
 }
 
 // knownGaps are the scenarios that pass against the upstream alone but not
-// through AMG, each with why. The test fails when another one appears, and
+// through AMG (with unprefixed names, as the suite calls the server's own
+// names), each with why. The test fails when another one appears, and
 // when one of these starts passing, so the list stays true.
 var knownGaps = map[string]string{
-	// The suite calls the server's tools, prompts and resources by their
-	// own names; through AMG they are everything__<name> and
-	// amg:everything:<uri>, so it gets "no server prefix" errors.
-	"tools-call-simple-text":        "namespacing",
-	"tools-call-image":              "namespacing",
-	"tools-call-audio":              "namespacing",
-	"tools-call-embedded-resource":  "namespacing",
-	"tools-call-mixed-content":      "namespacing",
-	"tools-call-with-logging":       "namespacing",
-	"tools-call-error":              "namespacing",
-	"tools-call-with-progress":      "namespacing",
-	"tools-call-sampling":           "namespacing",
-	"tools-call-elicitation":        "namespacing",
-	"elicitation-sep1034-defaults":  "namespacing",
-	"elicitation-sep1330-enums":     "namespacing",
-	"prompts-get-simple":            "namespacing",
-	"prompts-get-with-args":         "namespacing",
-	"prompts-get-embedded-resource": "namespacing",
-	"prompts-get-with-image":        "namespacing",
-	"resources-read-text":           "namespacing",
-	"resources-read-binary":         "namespacing",
-	"resources-templates-read":      "namespacing",
-	"resources-subscribe":           "namespacing",
-	"resources-unsubscribe":         "namespacing",
+	// Not relayed yet: the SDK hands the broker an upstream's progress and
+	// log notifications after the call's result, when the agent's stream
+	// for that call is closed.
+	"tools-call-with-logging":  "log notifications are not relayed",
+	"tools-call-with-progress": "progress notifications are not relayed",
+	// The suite reports that the server never asked for the elicitation;
+	// not understood yet.
+	"elicitation-sep1330-enums": "elicitation with enum schemas does not reach the agent",
+	// The broker does not offer resource templates or subscriptions yet.
+	"resources-templates-read": "resource templates are not brokered",
+	"resources-subscribe":      "resources/subscribe is not brokered",
+	"resources-unsubscribe":    "resources/unsubscribe is not brokered",
 	// Methods authz does not let through yet.
 	"completion-complete": "completion/complete is not decided by policy yet, so it is denied",
 	"logging-set-level":   "logging/setLevel is denied",

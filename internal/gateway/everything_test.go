@@ -98,7 +98,7 @@ servers:
 
 // startGateway runs a gateway fronting the given upstreams with one role,
 // and issues a token for that role.
-func startGateway(t *testing.T, ups map[string]*config.Upstream, roleName, role string) (mcpURL, token string) {
+func startGateway(t *testing.T, ups map[string]*config.Upstream, roleName, role string, tweak ...func(*config.Config)) (mcpURL, token string) {
 	t.Helper()
 	dir := t.TempDir()
 	policyDir := filepath.Join(dir, "policies")
@@ -116,6 +116,9 @@ func startGateway(t *testing.T, ups map[string]*config.Upstream, roleName, role 
 		cfg.Names = append(cfg.Names, name)
 	}
 	slices.Sort(cfg.Names)
+	for _, f := range tweak {
+		f(cfg)
+	}
 	gw, err := New(cfg, nil)
 	if err != nil {
 		t.Fatal(err)

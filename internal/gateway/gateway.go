@@ -28,6 +28,7 @@ import (
 	"github.com/amgateway/amg/internal/shadow"
 	"github.com/amgateway/amg/internal/store"
 	"github.com/amgateway/amg/internal/tokens"
+	"github.com/amgateway/amg/mcpfilter"
 )
 
 // DBFile is the embedded database's name inside the data directory.
@@ -125,7 +126,11 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if g.broker, err = broker.New(ups, signer, g.policies, &broker.Options{MaxBodyBytes: cfg.MaxBodyBytes, Logger: g.log}); err != nil {
+	var ns mcpfilter.Namespace
+	if cfg.UnprefixedNames && len(cfg.Names) == 1 {
+		ns.Only = cfg.Names[0]
+	}
+	if g.broker, err = broker.New(ups, signer, g.policies, &broker.Options{MaxBodyBytes: cfg.MaxBodyBytes, Namespace: ns, Logger: g.log}); err != nil {
 		return nil, err
 	}
 	g.authz, err = authz.New(authz.Deps{
@@ -135,7 +140,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		Audit:    g.auditLog,
 		Redactor: audit.NewRedactor(auditKey),
 		Signer:   signer,
-	}, &authz.Options{Shadow: counter, Annotations: g.broker, Logger: g.log, MaxBodyBytes: cfg.MaxBodyBytes})
+	}, &authz.Options{Shadow: counter, Annotations: g.broker, Namespace: ns, Logger: g.log, MaxBodyBytes: cfg.MaxBodyBytes})
 	if err != nil {
 		return nil, err
 	}
