@@ -61,6 +61,8 @@ var lifecycleMethods = map[string]bool{
 	"resources/list":           true,
 	"resources/templates/list": true,
 	"prompts/list":             true,
+	// The agent's own log level on its session with the gateway.
+	"logging/setLevel": true,
 }
 
 func (c *call) decide() *authv3.CheckResponse {

@@ -262,6 +262,9 @@ func (b *Broker) sync() {
 							Tools:     &mcp.ToolCapabilities{ListChanged: true},
 							Prompts:   &mcp.PromptCapabilities{ListChanged: true},
 							Resources: &mcp.ResourceCapabilities{ListChanged: true},
+							// Deprecated from 2026-07-28 on; older agents use it.
+							//lint:ignore SA1019 offered to protocol versions that have it
+							Logging: &mcp.LoggingCapabilities{},
 						},
 					}),
 					tools:     map[string]*mcp.Tool{},

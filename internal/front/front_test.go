@@ -288,3 +288,42 @@ func TestCheckRequestShape(t *testing.T) {
 		t.Error("no source address")
 	}
 }
+
+func TestHostAndOriginChecks(t *testing.T) {
+	h := newHarness(t, inProcess(t), &Options{AllowedHosts: LoopbackHosts})
+	tests := []struct {
+		host, origin string
+		status       int
+	}{
+		{"", "", 200},
+		{"localhost:8080", "http://localhost:3000", 200},
+		{"[::1]:8080", "", 200},
+		{"evil.example.com", "", 403},
+		{"127.0.0.1:8080", "http://evil.example.com", 403},
+		{"127.0.0.1:8080", "null", 403},
+	}
+	for _, tt := range tests {
+		req, _ := http.NewRequest("POST", h.url, strings.NewReader(allowed))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		req.Header.Set("Mcp-Protocol-Version", "2025-06-18")
+		req.Header.Set("Authorization", "Bearer "+h.token)
+		if tt.host != "" {
+			req.Host = tt.host
+		}
+		if tt.origin != "" {
+			req.Header.Set("Origin", tt.origin)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.status {
+			t.Errorf("Host %q Origin %q: status %d, want %d", tt.host, tt.origin, resp.StatusCode, tt.status)
+		}
+		if resp.StatusCode == 200 {
+			<-h.got
+		}
+	}
+}

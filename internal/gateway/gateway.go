@@ -145,7 +145,13 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		return nil, err
 	}
 	mux := http.NewServeMux()
-	mux.Handle(config.MCPPath, front.New(g.authz, g.broker, &front.Options{MaxBodyBytes: cfg.MaxBodyBytes, Logger: g.log}))
+	fopts := &front.Options{MaxBodyBytes: cfg.MaxBodyBytes, Logger: g.log}
+	if host, _, err := net.SplitHostPort(cfg.Listen); err == nil {
+		if ip := net.ParseIP(host); (ip != nil && ip.IsLoopback()) || host == "localhost" {
+			fopts.AllowedHosts = front.LoopbackHosts
+		}
+	}
+	mux.Handle(config.MCPPath, front.New(g.authz, g.broker, fopts))
 	g.front = mux
 	return g, nil
 }
