@@ -26,6 +26,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/amgateway/amg/authz"
+	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/decision"
 	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/mcpfilter"
@@ -49,8 +50,16 @@ type Policies interface {
 	Current() *policy.Set
 }
 
+// Auditor records the requests the broker refuses; authz records the
+// rest.
+type Auditor interface {
+	Log(rec *audit.Record) error
+}
+
 // Options tune a Broker; nil means defaults.
 type Options struct {
+	// Audit records refusals; nil records nothing (they are still logged).
+	Audit Auditor
 	// MaxBodyBytes bounds a request body; 0 means mcpfilter.DefaultMaxBytes.
 	MaxBodyBytes int
 	// Namespace maps upstream names to the names agents see; the zero
@@ -67,6 +76,7 @@ type Broker struct {
 	names    []string
 	maxBody  int
 	ns       mcpfilter.Namespace
+	audit    Auditor
 	log      *slog.Logger
 	handler  *mcp.StreamableHTTPHandler
 
@@ -108,6 +118,7 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 			b.log = opts.Logger
 		}
 		b.ns = opts.Namespace
+		b.audit = opts.Audit
 	}
 	if b.ns.Only != "" && (len(ups) != 1 || ups[0].Name != b.ns.Only) {
 		return nil, fmt.Errorf("broker: unprefixed names need exactly one upstream, %q", b.ns.Only)
@@ -376,16 +387,19 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	d, err := b.signer.Verify(r.Header.Get(authz.HeaderDecision), body)
 	if err != nil {
 		b.log.Warn("request without a valid decision refused", "err", err, "remote", r.RemoteAddr)
+		b.record(d, CodeDecisionInvalid, err.Error())
 		refuse(w, http.StatusForbidden, "request was not authorized by the gateway: "+err.Error())
 		return
 	}
 	if r.Header.Get(authz.HeaderAgent) != d.Agent || r.Header.Get(authz.HeaderRole) != d.Role {
+		b.record(d, CodeIdentityMismatch, "identity headers do not match the decision")
 		refuse(w, http.StatusForbidden, "identity headers do not match the decision")
 		return
 	}
 	if d.Verdict == "needs_approval" {
 		// Parking calls for a human needs the approval store; until one is
 		// configured such calls are refused, never run.
+		b.record(d, CodeApprovalUnavailable, "approval required but no approval store is configured")
 		refuseCall(w, body, "this call needs human approval, and no approval store is configured")
 		return
 	}
@@ -402,6 +416,26 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	b.handler.ServeHTTP(&sessionRecorder{ResponseWriter: w, b: b, owner: owner}, r)
+}
+
+// Codes of the broker's refusals, as metric labels and audit fields.
+const (
+	CodeDecisionInvalid     = "decision_invalid"
+	CodeIdentityMismatch    = "identity_mismatch"
+	CodeApprovalUnavailable = "approval_unavailable"
+)
+
+// record audits a refusal. What the decision token said is recorded only
+// when the token verified; a forged one's claims are not evidence.
+func (b *Broker) record(d authz.Decision, code, reason string) {
+	if b.audit == nil {
+		return
+	}
+	rec := &audit.Record{Time: time.Now(), DecisionID: d.ID, Agent: d.Agent, Role: d.Role, PolicyVersion: d.PolicyVersion,
+		Verdict: "deny", Code: code, Reason: reason, Method: "broker"}
+	if err := b.audit.Log(rec); err != nil {
+		b.log.Error("audit log cannot record a broker refusal", "code", code, "err", err)
+	}
 }
 
 func (b *Broker) syncedVersion() string {

@@ -4,6 +4,7 @@ package broker
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -115,7 +116,32 @@ type fixed struct{ set *policy.Set }
 
 func (f fixed) Current() *policy.Set { return f.set }
 
+// records keeps what the broker audits.
+type records struct {
+	mu   sync.Mutex
+	recs []audit.Record
+}
+
+func (r *records) Log(rec *audit.Record) error {
+	r.mu.Lock()
+	r.recs = append(r.recs, *rec)
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *records) codes() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, rec := range r.recs {
+		out = append(out, rec.Code)
+	}
+	return out
+}
+
 type gateway struct {
+	signer    *authz.Signer
+	audit     *records
 	url       string
 	brokerURL string
 	token     string
@@ -143,7 +169,8 @@ func newGateway(t *testing.T) *gateway {
 		t.Fatal(err)
 	}
 	up := newUpstream()
-	b, err := New([]Upstream{{Name: "notion", Transport: up.transport, CallTimeout: 5 * time.Second}}, signer, fixed{set}, nil)
+	rec := &records{}
+	b, err := New([]Upstream{{Name: "notion", Transport: up.transport, CallTimeout: 5 * time.Second}}, signer, fixed{set}, &Options{Audit: rec})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +180,7 @@ func newGateway(t *testing.T) *gateway {
 	t.Cleanup(srv.Close)
 	direct := httptest.NewServer(b)
 	t.Cleanup(direct.Close)
-	return &gateway{url: srv.URL + "/mcp", brokerURL: direct.URL + "/mcp", token: token, up: up}
+	return &gateway{url: srv.URL + "/mcp", brokerURL: direct.URL + "/mcp", token: token, up: up, audit: rec, signer: signer}
 }
 
 type discard struct{}
@@ -252,6 +279,9 @@ func TestRefusals(t *testing.T) {
 	if len(g.up.args) != 0 {
 		t.Errorf("refused calls reached the upstream: %v", g.up.args)
 	}
+	if diff := cmp.Diff([]string{CodeApprovalUnavailable}, g.audit.codes()); diff != "" {
+		t.Errorf("broker audit codes (-want +got):\n%s", diff)
+	}
 }
 
 func TestBrokerRefusesRequestsWithoutDecision(t *testing.T) {
@@ -277,6 +307,9 @@ func TestBrokerRefusesRequestsWithoutDecision(t *testing.T) {
 				t.Errorf("status %d, want 403", resp.StatusCode)
 			}
 		})
+	}
+	if diff := cmp.Diff([]string{CodeDecisionInvalid, CodeDecisionInvalid}, g.audit.codes()); diff != "" {
+		t.Errorf("broker audit codes (-want +got):\n%s", diff)
 	}
 }
 
@@ -378,5 +411,27 @@ func TestPromptsAndResources(t *testing.T) {
 	}
 	if _, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: "amg:notion:notion://ws_other/p2"}); err == nil || !strings.Contains(err.Error(), "not granted") {
 		t.Errorf("ungranted resource: %v", err)
+	}
+}
+
+func TestBrokerRefusesIdentityHeadersThatDisagreeWithTheDecision(t *testing.T) {
+	g := newGateway(t)
+	body := `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`
+	tok := g.signer.Sign(authz.Decision{ID: "d1", Agent: "bot-1", Role: "reader", Verdict: "allow", BodySHA256: sha256.Sum256([]byte(body))})
+	req, _ := http.NewRequest("POST", g.brokerURL, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(authz.HeaderDecision, tok)
+	req.Header.Set(authz.HeaderAgent, "bot-1")
+	req.Header.Set(authz.HeaderRole, "admin")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("status %d, want 403", resp.StatusCode)
+	}
+	if diff := cmp.Diff([]string{CodeIdentityMismatch}, g.audit.codes()); diff != "" {
+		t.Errorf("broker audit codes (-want +got):\n%s", diff)
 	}
 }

@@ -130,7 +130,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	if cfg.UnprefixedNames && len(cfg.Names) == 1 {
 		ns.Only = cfg.Names[0]
 	}
-	if g.broker, err = broker.New(ups, signer, g.policies, &broker.Options{MaxBodyBytes: cfg.MaxBodyBytes, Namespace: ns, Logger: g.log}); err != nil {
+	if g.broker, err = broker.New(ups, signer, g.policies, &broker.Options{MaxBodyBytes: cfg.MaxBodyBytes, Namespace: ns, Audit: g.auditLog, Logger: g.log}); err != nil {
 		return nil, err
 	}
 	g.authz, err = authz.New(authz.Deps{
