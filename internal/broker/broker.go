@@ -510,24 +510,16 @@ type agentSession struct {
 // forward is the handler of server__tool: it calls tool on server with the
 // arguments exactly as the agent sent them and authz decided on.
 func (b *Broker) forward(server, tool string) mcp.ToolHandler {
-	return func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
-		u := b.ups[server]
-		cs, err := b.upstreamSession(ctx, req.Session, u)
-		if err != nil {
-			return nil, upstreamError(server, err)
-		}
-		ctx, cancel := context.WithTimeout(ctx, u.CallTimeout)
-		defer cancel()
+	return func(ctx context.Context, req *mcp.CallToolRequest) (res *mcp.CallToolResult, err error) {
 		params := &mcp.CallToolParams{Name: tool, Meta: req.Params.Meta}
 		if len(req.Params.Arguments) > 0 {
 			params.Arguments = req.Params.Arguments
 		}
-		res, err := cs.CallTool(ctx, params)
-		if err != nil {
-			b.dropIfBroken(req.Session, server, cs, err)
-			return nil, upstreamError(server, err)
-		}
-		return res, nil
+		err = b.onUpstream(ctx, req.Session, server, func(ctx context.Context, cs *mcp.ClientSession) (err error) {
+			res, err = cs.CallTool(ctx, params)
+			return err
+		})
+		return res, err
 	}
 }
 
@@ -545,38 +537,25 @@ func (u *upstream) connect(ctx context.Context, opts *mcp.ClientOptions, version
 
 // forwardPrompt is the handler of server__prompt.
 func (b *Broker) forwardPrompt(server, prompt string) mcp.PromptHandler {
-	return func(ctx context.Context, req *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
-		u := b.ups[server]
-		cs, err := b.upstreamSession(ctx, req.Session, u)
-		if err != nil {
-			return nil, upstreamError(server, err)
-		}
-		ctx, cancel := context.WithTimeout(ctx, u.CallTimeout)
-		defer cancel()
-		res, err := cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: prompt, Arguments: req.Params.Arguments, Meta: req.Params.Meta})
-		if err != nil {
-			b.dropIfBroken(req.Session, server, cs, err)
-			return nil, upstreamError(server, err)
-		}
-		return res, nil
+	return func(ctx context.Context, req *mcp.GetPromptRequest) (res *mcp.GetPromptResult, err error) {
+		err = b.onUpstream(ctx, req.Session, server, func(ctx context.Context, cs *mcp.ClientSession) (err error) {
+			res, err = cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: prompt, Arguments: req.Params.Arguments, Meta: req.Params.Meta})
+			return err
+		})
+		return res, err
 	}
 }
 
-// forwardResource is the handler of amg:server:uri. The contents carry
-// the URI the agent asked for, not the upstream's.
+// forwardResource is the handler of a resource's agent-side URI. The
+// contents carry the URI the agent asked for, not the upstream's.
 func (b *Broker) forwardResource(server, uri string) mcp.ResourceHandler {
-	return func(ctx context.Context, req *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
-		u := b.ups[server]
-		cs, err := b.upstreamSession(ctx, req.Session, u)
+	return func(ctx context.Context, req *mcp.ReadResourceRequest) (res *mcp.ReadResourceResult, err error) {
+		err = b.onUpstream(ctx, req.Session, server, func(ctx context.Context, cs *mcp.ClientSession) (err error) {
+			res, err = cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: uri, Meta: req.Params.Meta})
+			return err
+		})
 		if err != nil {
-			return nil, upstreamError(server, err)
-		}
-		ctx, cancel := context.WithTimeout(ctx, u.CallTimeout)
-		defer cancel()
-		res, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: uri, Meta: req.Params.Meta})
-		if err != nil {
-			b.dropIfBroken(req.Session, server, cs, err)
-			return nil, upstreamError(server, err)
+			return nil, err
 		}
 		for _, c := range res.Contents {
 			if c != nil && c.URI != "" {
@@ -585,6 +564,25 @@ func (b *Broker) forwardResource(server, uri string) mcp.ResourceHandler {
 		}
 		return res, nil
 	}
+}
+
+// onUpstream runs fn on the agent session's connection to server, within
+// the server's call timeout. A failure comes back as a JSON-RPC error
+// naming the server; a broken connection is dropped so that the next call
+// opens a new one (the upstream may have restarted).
+func (b *Broker) onUpstream(ctx context.Context, ss *mcp.ServerSession, server string, fn func(context.Context, *mcp.ClientSession) error) error {
+	u := b.ups[server]
+	cs, err := b.upstreamSession(ctx, ss, u)
+	if err != nil {
+		return upstreamError(server, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, u.CallTimeout)
+	defer cancel()
+	if err := fn(ctx, cs); err != nil {
+		b.dropIfBroken(ss, server, cs, err)
+		return upstreamError(server, err)
+	}
+	return nil
 }
 
 // dropIfBroken forgets an upstream session whose connection failed (as
