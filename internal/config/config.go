@@ -38,6 +38,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/amgateway/amg/internal/diag"
 	"maps"
 	"os"
 	"slices"
@@ -108,12 +109,6 @@ type Upstream struct {
 	Pos Pos
 }
 
-// Pos is a place in the config file.
-type Pos struct {
-	File      string
-	Line, Col int
-}
-
 // Options tune loading. A nil *Options is the zero value.
 type Options struct {
 	// Secrets, when set, resolves every secret reference once while
@@ -171,7 +166,7 @@ func Parse(name string, data []byte, opts *Options) (*Config, error) {
 		opts = &Options{}
 	}
 	cfg := Default()
-	l := &loader{file: name}
+	l := &loader{Walker: diag.Walker{File: name}}
 	l.config(cfg, data)
 	cfg.Names = slices.Sorted(maps.Keys(cfg.Upstreams))
 	if opts.Secrets != nil {
@@ -181,14 +176,14 @@ func Parse(name string, data []byte, opts *Options) (*Config, error) {
 		var ps Problems
 		switch {
 		case errors.As(err, &ps):
-			l.problems = append(l.problems, ps...)
+			l.Problems = append(l.Problems, ps...)
 		case err != nil:
 			return nil, err
 		}
 	}
-	if len(l.problems) > 0 {
-		l.problems.sort()
-		return nil, l.problems
+	if len(l.Problems) > 0 {
+		l.Problems.Sort()
+		return nil, l.Problems
 	}
 	return cfg, nil
 }
@@ -248,7 +243,7 @@ func (c *Config) CheckSecrets(ctx context.Context, src secrets.Source) error {
 		return err
 	}
 	if len(ps) > 0 {
-		ps.sort()
+		ps.Sort()
 		return ps
 	}
 	return nil

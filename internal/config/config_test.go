@@ -444,9 +444,9 @@ upstreams:
     builtin: demo
     timeouts: { connect: 5 minutes, call: -1s }
 `, "amg.yaml:5:16: upstreams.a.timeouts.connect: must be a string, got a number\n" +
-			`amg.yaml:6:13: upstreams.a.timeouts.call: must be a positive duration such as 5s, 1m or 1h30m, got "0s"` + "\n" +
-			`amg.yaml:9:26: upstreams.b.timeouts.connect: must be a positive duration such as 5s, 1m or 1h30m, got "5 minutes"` + "\n" +
-			`amg.yaml:9:43: upstreams.b.timeouts.call: must be a positive duration such as 5s, 1m or 1h30m, got "-1s"`},
+			`amg.yaml:6:13: upstreams.a.timeouts.call: must be a positive duration such as 30s, 1m or 1h30m, got "0s"` + "\n" +
+			`amg.yaml:9:26: upstreams.b.timeouts.connect: must be a positive duration such as 30s, 1m or 1h30m, got "5 minutes"` + "\n" +
+			`amg.yaml:9:43: upstreams.b.timeouts.call: must be a positive duration such as 30s, 1m or 1h30m, got "-1s"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := parse(t, tc.src, nil)
@@ -492,7 +492,7 @@ amg.yaml:3:1: bogus: unknown field "bogus" (expected one of: listen, admin_liste
 amg.yaml:6:10: upstreams.notion.url: plain http is allowed only to loopback hosts (localhost, 127.0.0.0/8, ::1): use https, or set allow_insecure: true to send this upstream's traffic and credentials unencrypted
 amg.yaml:8:7: upstreams.notion.headers.Host: Host is set by the HTTP transport and cannot be configured
 amg.yaml:9:22: upstreams.notion.headers.Authorization: secret reference "env:NOTION-TOKEN" has an invalid variable name (expected A-Z, a-z, 0-9 and '_', not starting with a digit)
-amg.yaml:10:26: upstreams.notion.timeouts.connect: must be a positive duration such as 5s, 1m or 1h30m, got "soon"
+amg.yaml:10:26: upstreams.notion.timeouts.connect: must be a positive duration such as 30s, 1m or 1h30m, got "soon"
 amg.yaml:12:14: upstreams.files.command: must not be empty: the first element is the program to run
 amg.yaml:13:3: upstreams.a__b: invalid upstream name: server name "a__b" contains "__", the server__tool separator
 amg.yaml:15:23: upstreams.a__b.timeouts.call: must be a string, got a number

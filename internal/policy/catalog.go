@@ -53,12 +53,12 @@ func (c *compiler) checkTool(g *Grant, tools []Tool, n *yaml.Node, path string) 
 		}
 	}
 	if tool == nil {
-		c.errorf(n, path, "server %q has no tool %q", g.Server, g.Name)
+		c.Errorf(n, path, "server %q has no tool %q", g.Server, g.Name)
 		return
 	}
 	var root schema
 	if err := json.Unmarshal(tool.InputSchema, &root); err != nil {
-		c.errorf(n, path, "tool %q has an unreadable input schema: %v", g.Name, err)
+		c.Errorf(n, path, "tool %q has an unreadable input schema: %v", g.Name, err)
 		return
 	}
 	c.checkSchema(g.Args, &root, g, path)
@@ -69,7 +69,7 @@ func (c *compiler) checkSchema(f *Field, s *schema, g *Grant, path string) {
 		child := f.Fields[name]
 		prop, ok := s.Properties[name]
 		if !ok {
-			c.problems = append(c.problems, Problem{Pos: child.pos, Path: path + ".constraints." + child.Path,
+			c.Problems = append(c.Problems, Problem{Pos: child.pos, Path: path + ".constraints." + child.Path,
 				Msg: fmt.Sprintf("argument %q is not in the input schema of %s__%s", child.Path, g.Server, g.Name)})
 			continue
 		}
@@ -94,7 +94,7 @@ func (c *compiler) checkType(f *Field, s *schema, g *Grant, path string) {
 	if f.Each != nil {
 		ops = append(ops, "each")
 	}
-	c.problems = append(c.problems, Problem{Pos: f.pos, Path: path + ".constraints." + f.Path,
+	c.Problems = append(c.Problems, Problem{Pos: f.pos, Path: path + ".constraints." + f.Path,
 		Msg: fmt.Sprintf("%s needs %s, but the input schema of %s__%s says %q is %s",
 			strings.Join(ops, ", "), f.types, g.Server, g.Name, f.Path, declared)})
 }

@@ -33,14 +33,14 @@ func newCELEnv() (*cel.Env, error) {
 // celExpr compiles a grant's cel expression once, reporting each CEL error
 // at its own place in the role file.
 func (c *compiler) celExpr(n *yaml.Node, path string) *Expr {
-	src, ok := c.str(n, path)
+	src, ok := c.Str(n, path)
 	if !ok {
 		return nil
 	}
 	if c.celEnv == nil {
 		env, err := newCELEnv()
 		if err != nil {
-			c.errorf(n, path, "cel environment: %v", err)
+			c.Errorf(n, path, "cel environment: %v", err)
 			return nil
 		}
 		c.celEnv = env
@@ -49,17 +49,17 @@ func (c *compiler) celExpr(n *yaml.Node, path string) *Expr {
 	if iss.Err() != nil {
 		for _, e := range iss.Errors() {
 			p := c.celPos(n, e.Location.Line(), e.Location.Column())
-			c.problems = append(c.problems, Problem{Pos: p, Path: path, Msg: "cel: " + e.Message})
+			c.Problems = append(c.Problems, Problem{Pos: p, Path: path, Msg: "cel: " + e.Message})
 		}
 		return nil
 	}
 	if !ast.OutputType().IsExactType(cel.BoolType) {
-		c.errorf(n, path, "cel expression must return bool, got %s", ast.OutputType())
+		c.Errorf(n, path, "cel expression must return bool, got %s", ast.OutputType())
 		return nil
 	}
 	prg, err := c.celEnv.Program(ast, cel.CostLimit(celCostLimit), cel.EvalOptions(cel.OptOptimize))
 	if err != nil {
-		c.errorf(n, path, "cel: %v", err)
+		c.Errorf(n, path, "cel: %v", err)
 		return nil
 	}
 	return &Expr{Source: src, Program: prg}
@@ -69,7 +69,7 @@ func (c *compiler) celExpr(n *yaml.Node, path string) *Expr {
 // file. Quoted scalars shift by their opening quote; block scalars start
 // on the line after their indicator, at that line's indentation.
 func (c *compiler) celPos(n *yaml.Node, line, col int) Pos {
-	p := Pos{File: c.file, Line: n.Line, Col: n.Column}
+	p := Pos{File: c.File, Line: n.Line, Col: n.Column}
 	switch n.Style {
 	case yaml.LiteralStyle, yaml.FoldedStyle:
 		p.Line = n.Line + line

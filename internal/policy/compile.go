@@ -13,10 +13,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"cel.dev/cel-go/cel"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/amgateway/amg/internal/diag"
 )
 
 // File is one role file's name (as reported in problems) and content.
@@ -78,22 +79,22 @@ func Compile(files []File, opts *Options) (*Set, error) {
 	set := &Set{roles: map[string]*Role{}}
 	defined := map[string]Pos{}
 	for _, f := range files {
-		c.file, c.data = f.Name, f.Data
+		c.File, c.data = f.Name, f.Data
 		r := c.role(f.Data)
 		if r == nil {
 			continue
 		}
 		if prev, dup := defined[r.Name]; dup {
-			c.problems = append(c.problems, Problem{Pos: r.Source, Path: "role",
+			c.Problems = append(c.Problems, Problem{Pos: r.Source, Path: "role",
 				Msg: fmt.Sprintf("duplicate role %q (also defined at %s:%d:%d)", r.Name, prev.File, prev.Line, prev.Col)})
 			continue
 		}
 		defined[r.Name] = r.Source
 		set.roles[r.Name] = r
 	}
-	if len(c.problems) > 0 {
-		c.problems.sort()
-		return nil, c.problems
+	if len(c.Problems) > 0 {
+		c.Problems.Sort()
+		return nil, c.Problems
 	}
 	seq := opts.Sequence
 	if seq == 0 {
@@ -133,112 +134,20 @@ func hashFiles(files []File) string {
 }
 
 type compiler struct {
-	opts     *Options
-	servers  map[string]bool
-	file     string
-	data     []byte
-	problems Problems
-	celEnv   *cel.Env
-}
-
-func (c *compiler) errorf(n *yaml.Node, path, format string, args ...any) {
-	p := Pos{File: c.file}
-	if n != nil {
-		p.Line, p.Col = n.Line, n.Column
-	}
-	c.problems = append(c.problems, Problem{Pos: p, Path: path, Msg: fmt.Sprintf(format, args...)})
-}
-
-func (c *compiler) pos(n *yaml.Node) Pos { return Pos{File: c.file, Line: n.Line, Col: n.Column} }
-
-// fields walks a mapping node whose keys must be among allowed (nil allows
-// any key), reporting non-mappings, duplicate and unknown keys, and calls
-// fn for every key in file order.
-func (c *compiler) fields(n *yaml.Node, path string, allowed []string, fn func(key string, k, v *yaml.Node)) {
-	if n.Kind != yaml.MappingNode {
-		c.errorf(n, path, "must be a mapping, got %s", describe(n))
-		return
-	}
-	seen := map[string]*yaml.Node{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		if k.Kind != yaml.ScalarNode {
-			c.errorf(k, path, "keys must be scalars")
-			continue
-		}
-		if prev, dup := seen[k.Value]; dup {
-			c.errorf(k, join(path, k.Value), "duplicate key (first at line %d)", prev.Line)
-			continue
-		}
-		seen[k.Value] = k
-		if allowed != nil && !slices.Contains(allowed, k.Value) {
-			c.errorf(k, join(path, k.Value), "unknown field %q (expected one of: %s)", k.Value, strings.Join(allowed, ", "))
-			continue
-		}
-		fn(k.Value, k, v)
-	}
-}
-
-func (c *compiler) list(n *yaml.Node, path string, fn func(i int, path string, v *yaml.Node)) {
-	if n.Kind != yaml.SequenceNode {
-		c.errorf(n, path, "must be a list, got %s", describe(n))
-		return
-	}
-	for i, v := range n.Content {
-		fn(i, fmt.Sprintf("%s[%d]", path, i), v)
-	}
-}
-
-func (c *compiler) str(n *yaml.Node, path string) (string, bool) {
-	if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
-		c.errorf(n, path, "must be a string, got %s", describe(n))
-		return "", false
-	}
-	return n.Value, true
-}
-
-func (c *compiler) integer(n *yaml.Node, path string, min int) (int, bool) {
-	var v int
-	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" || n.Decode(&v) != nil {
-		c.errorf(n, path, "must be an integer, got %s", describe(n))
-		return 0, false
-	}
-	if v < min {
-		c.errorf(n, path, "must be at least %d, got %d", min, v)
-		return 0, false
-	}
-	return v, true
-}
-
-func (c *compiler) boolean(n *yaml.Node, path string) (bool, bool) {
-	var v bool
-	if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" || n.Decode(&v) != nil {
-		c.errorf(n, path, "must be true or false, got %s", describe(n))
-		return false, false
-	}
-	return v, true
-}
-
-func (c *compiler) duration(n *yaml.Node, path string) (time.Duration, bool) {
-	s, ok := c.str(n, path)
-	if !ok {
-		return 0, false
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d <= 0 {
-		c.errorf(n, path, "must be a positive duration such as 30s, 1m or 1h, got %q", s)
-		return 0, false
-	}
-	return d, true
+	diag.Walker
+	opts    *Options
+	servers map[string]bool
+	data    []byte
+	celEnv  *cel.Env
 }
 
 func (c *compiler) glob(n *yaml.Node, at string) (string, bool) {
-	s, ok := c.str(n, at)
+	s, ok := c.Str(n, at)
 	if !ok {
 		return "", false
 	}
 	if _, err := path.Match(s, ""); err != nil {
-		c.errorf(n, at, "invalid glob %q", s)
+		c.Errorf(n, at, "invalid glob %q", s)
 		return "", false
 	}
 	return s, true
@@ -249,42 +158,42 @@ var roleKeys = []string{"role", "description", "mode", "servers", "approvals", "
 func (c *compiler) role(data []byte) *Role {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		c.yamlError(err)
+		c.YAMLError(err)
 		return nil
 	}
 	if len(doc.Content) == 0 {
-		c.problems = append(c.problems, Problem{Pos: Pos{File: c.file}, Msg: "empty role file"})
+		c.Problems = append(c.Problems, Problem{Pos: Pos{File: c.File}, Msg: "empty role file"})
 		return nil
 	}
 	root := doc.Content[0]
-	r := &Role{Source: c.pos(root), Servers: map[string]*ServerGrant{}}
+	r := &Role{Source: c.At(root), Servers: map[string]*ServerGrant{}}
 	var nameNode, serversNode *yaml.Node
-	c.fields(root, "", roleKeys, func(key string, k, v *yaml.Node) {
+	c.Fields(root, "", roleKeys, func(key string, k, v *yaml.Node) {
 		switch key {
 		case "role":
-			if name, ok := c.str(v, key); ok {
+			if name, ok := c.Str(v, key); ok {
 				if err := checkName(name); err != nil {
-					c.errorf(v, key, "invalid role name %q: %v", name, err)
+					c.Errorf(v, key, "invalid role name %q: %v", name, err)
 				}
-				r.Name, r.Source, nameNode = name, c.pos(v), v
+				r.Name, r.Source, nameNode = name, c.At(v), v
 			}
 		case "description":
-			c.str(v, key)
+			c.Str(v, key)
 		case "mode":
-			if m, ok := c.str(v, key); ok {
+			if m, ok := c.Str(v, key); ok {
 				switch m {
 				case "enforce":
 					r.Mode = ModeEnforce
 				case "shadow":
 					r.Mode = ModeShadow
 				default:
-					c.errorf(v, key, "must be enforce or shadow, got %q", m)
+					c.Errorf(v, key, "must be enforce or shadow, got %q", m)
 				}
 			}
 		case "servers":
 			serversNode = v
 		case "approvals":
-			c.list(v, key, func(i int, p string, v *yaml.Node) {
+			c.List(v, key, func(i int, p string, v *yaml.Node) {
 				if a := c.approval(v, p, fmt.Sprintf("approvals[%d]", i)); a != nil {
 					r.Approvals = append(r.Approvals, a)
 				}
@@ -292,7 +201,7 @@ func (c *compiler) role(data []byte) *Role {
 		case "rate_limits":
 			r.RateLimits = c.rateLimits(v, key)
 		case "redact":
-			c.list(v, key, func(_ int, p string, v *yaml.Node) {
+			c.List(v, key, func(_ int, p string, v *yaml.Node) {
 				if g, ok := c.glob(v, p); ok {
 					r.Redact = append(r.Redact, g)
 				}
@@ -303,7 +212,7 @@ func (c *compiler) role(data []byte) *Role {
 		return nil
 	}
 	if nameNode == nil {
-		c.errorf(root, "", "missing required field \"role\"")
+		c.Errorf(root, "", "missing required field \"role\"")
 		return nil
 	}
 	// Rule IDs carry the role name, known only now.
@@ -314,33 +223,19 @@ func (c *compiler) role(data []byte) *Role {
 		l.ID = r.Name + "/" + l.ID
 	}
 	if serversNode != nil {
-		c.fields(serversNode, "servers", nil, func(server string, k, v *yaml.Node) {
+		c.Fields(serversNode, "servers", nil, func(server string, k, v *yaml.Node) {
 			c.server(r, server, k, v)
 		})
 	}
 	return r
 }
 
-// yamlError turns a YAML syntax error into a problem with the line it names.
-func (c *compiler) yamlError(err error) {
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	p := Pos{File: c.file}
-	if m := yamlLine.FindStringSubmatch(msg); m != nil {
-		p.Line, _ = strconv.Atoi(m[1])
-		p.Col = 1
-		msg = strings.TrimPrefix(msg, m[0])
-	}
-	c.problems = append(c.problems, Problem{Pos: p, Msg: "invalid YAML: " + msg})
-}
-
-var yamlLine = regexp.MustCompile(`^line (\d+): `)
-
 var serverKeys = []string{"tools", "prompts", "resources"}
 
 func (c *compiler) server(r *Role, server string, k, v *yaml.Node) {
 	path := "servers." + server
 	if err := checkServerName(server); err != nil {
-		c.errorf(k, path, "invalid server name %q: %v", server, err)
+		c.Errorf(k, path, "invalid server name %q: %v", server, err)
 		return
 	}
 	known := c.servers == nil || c.servers[server]
@@ -351,12 +246,12 @@ func (c *compiler) server(r *Role, server string, k, v *yaml.Node) {
 		known = known && ok
 	}
 	if !known {
-		c.errorf(k, path, "unknown server %q", server)
+		c.Errorf(k, path, "unknown server %q", server)
 		return
 	}
 	sg := &ServerGrant{Tools: map[string]*Grant{}, Prompts: map[string]*Grant{}}
 	r.Servers[server] = sg
-	c.fields(v, path, serverKeys, func(key string, k, v *yaml.Node) {
+	c.Fields(v, path, serverKeys, func(key string, k, v *yaml.Node) {
 		p := path + "." + key
 		switch key {
 		case "tools", "prompts":
@@ -364,13 +259,13 @@ func (c *compiler) server(r *Role, server string, k, v *yaml.Node) {
 			if key == "prompts" {
 				grants = sg.Prompts
 			}
-			c.list(v, p, func(_ int, p string, v *yaml.Node) {
+			c.List(v, p, func(_ int, p string, v *yaml.Node) {
 				g := c.grant(r, server, v, p)
 				if g == nil {
 					return
 				}
 				if prev, dup := grants[g.Name]; dup {
-					c.errorf(v, p, "duplicate grant for %q (first at line %d)", g.Name, prev.Pos.Line)
+					c.Errorf(v, p, "duplicate grant for %q (first at line %d)", g.Name, prev.Pos.Line)
 					return
 				}
 				grants[g.Name] = g
@@ -379,7 +274,7 @@ func (c *compiler) server(r *Role, server string, k, v *yaml.Node) {
 				}
 			})
 		case "resources":
-			c.list(v, p, func(i int, p string, v *yaml.Node) {
+			c.List(v, p, func(i int, p string, v *yaml.Node) {
 				if g, ok := c.glob(v, p); ok {
 					sg.Resources = append(sg.Resources, &ResourceGrant{
 						ID: fmt.Sprintf("%s/%s/resources[%d]", r.Name, server, i), Pattern: g})
@@ -392,33 +287,33 @@ func (c *compiler) server(r *Role, server string, k, v *yaml.Node) {
 var grantKeys = []string{"name", "description", "constraints", "cel", "require_approval", "rate_limits"}
 
 func (c *compiler) grant(r *Role, server string, n *yaml.Node, path string) *Grant {
-	g := &Grant{Server: server, Pos: c.pos(n)}
+	g := &Grant{Server: server, Pos: c.At(n)}
 	constraints := newNode(n)
 	var celNode *yaml.Node
 	var own []*RateLimit
 	named := false
-	c.fields(n, path, grantKeys, func(key string, k, v *yaml.Node) {
+	c.Fields(n, path, grantKeys, func(key string, k, v *yaml.Node) {
 		p := path + "." + key
 		switch key {
 		case "name":
 			named = true
-			if name, ok := c.str(v, p); ok {
+			if name, ok := c.Str(v, p); ok {
 				if err := checkName(name); err != nil {
-					c.errorf(v, p, "invalid name %q: %v", name, err)
+					c.Errorf(v, p, "invalid name %q: %v", name, err)
 					return
 				}
 				g.Name = name
 			}
 		case "description":
-			c.str(v, p)
+			c.Str(v, p)
 		case "constraints":
-			c.fields(v, p, nil, func(arg string, k, v *yaml.Node) {
+			c.Fields(v, p, nil, func(arg string, k, v *yaml.Node) {
 				c.constraint(constraints, arg, k, v, p)
 			})
 		case "cel":
 			celNode = v
 		case "require_approval":
-			g.RequireApproval, _ = c.boolean(v, p)
+			g.RequireApproval, _ = c.Boolean(v, p)
 		case "rate_limits":
 			own = c.rateLimits(v, p)
 		}
@@ -427,7 +322,7 @@ func (c *compiler) grant(r *Role, server string, n *yaml.Node, path string) *Gra
 		return nil
 	}
 	if !named {
-		c.errorf(n, path, "missing required field \"name\"")
+		c.Errorf(n, path, "missing required field \"name\"")
 	}
 	if g.Name == "" {
 		return nil
@@ -472,11 +367,11 @@ func (c *compiler) constraint(parent *node, key string, k, v *yaml.Node, path st
 	segs := strings.Split(key, ".")
 	for _, s := range segs {
 		if s == "" {
-			c.errorf(k, join(path, key), "invalid argument path %q: empty segment", key)
+			c.Errorf(k, diag.Join(path, key), "invalid argument path %q: empty segment", key)
 			return
 		}
 	}
-	path = join(path, key)
+	path = diag.Join(path, key)
 	n := parent
 	for _, s := range segs {
 		child, ok := n.children[s]
@@ -488,7 +383,7 @@ func (c *compiler) constraint(parent *node, key string, k, v *yaml.Node, path st
 		n = child
 	}
 	if n.def != nil {
-		c.errorf(k, path, "argument %q is constrained twice (first at line %d)", key, n.def.Line)
+		c.Errorf(k, path, "argument %q is constrained twice (first at line %d)", key, n.def.Line)
 		return
 	}
 	n.def = k
@@ -499,17 +394,17 @@ func (c *compiler) constraintBody(n *node, v *yaml.Node, path string) {
 	if n.def == nil {
 		n.def = v
 	}
-	c.fields(v, path, constraintKeys, func(op string, k, v *yaml.Node) {
+	c.Fields(v, path, constraintKeys, func(op string, k, v *yaml.Node) {
 		p := path + "." + op
 		switch op {
 		case "optional":
-			n.optional, _ = c.boolean(v, p)
+			n.optional, _ = c.Boolean(v, p)
 		case "each":
 			n.each = newNode(k)
 			c.constraintBody(n.each, v, p)
 			c.narrow(n, typeArray, k, path, op)
 		case "fields":
-			c.fields(v, p, nil, func(arg string, k, v *yaml.Node) {
+			c.Fields(v, p, nil, func(arg string, k, v *yaml.Node) {
 				c.constraint(n, arg, k, v, p)
 			})
 			c.narrow(n, typeObject, k, path, op)
@@ -527,7 +422,7 @@ func (c *compiler) constraintBody(n *node, v *yaml.Node, path string) {
 // value could satisfy together.
 func (c *compiler) narrow(n *node, t typeSet, k *yaml.Node, path, op string) {
 	if n.types&t == 0 {
-		c.errorf(k, path+"."+op, "%s needs %s, but the other matchers need %s", op, t, n.types)
+		c.Errorf(k, path+"."+op, "%s needs %s, but the other matchers need %s", op, t, n.types)
 		return
 	}
 	n.types &= t
@@ -544,7 +439,7 @@ func (c *compiler) checkLengths(n *node, v *yaml.Node, path string) {
 		}
 	}
 	if minLen >= 0 && maxLen >= 0 && minLen > maxLen {
-		c.errorf(v, path, "min_len %d is greater than max_len %d: nothing can match", minLen, maxLen)
+		c.Errorf(v, path, "min_len %d is greater than max_len %d: nothing can match", minLen, maxLen)
 	}
 }
 
@@ -569,23 +464,23 @@ func (c *compiler) matcher(op string, v *yaml.Node, path string) (Matcher, typeS
 			return Matcher{}, 0, false
 		}
 		if s.Kind != KindNumber {
-			c.errorf(v, path, "%s needs a number, got %s", op, s.Kind.article())
+			c.Errorf(v, path, "%s needs a number, got %s", op, s.Kind.article())
 			return Matcher{}, 0, false
 		}
 		return Matcher{Op: map[string]Op{"lt": OpLt, "lte": OpLte, "gt": OpGt, "gte": OpGte}[op], Value: s}, typeNumber, true
 	case "pattern":
-		s, ok := c.str(v, path)
+		s, ok := c.Str(v, path)
 		if !ok {
 			return Matcher{}, 0, false
 		}
 		re, err := regexp.Compile(`^(?:` + s + `)$`)
 		if err != nil {
-			c.errorf(v, path, "invalid pattern: %v", strings.TrimPrefix(err.Error(), "error parsing regexp: "))
+			c.Errorf(v, path, "invalid pattern: %v", strings.TrimPrefix(err.Error(), "error parsing regexp: "))
 			return Matcher{}, 0, false
 		}
 		return Matcher{Op: OpPattern, Re: re, Text: s}, typeString, true
 	case "prefix", "suffix":
-		s, ok := c.str(v, path)
+		s, ok := c.Str(v, path)
 		if !ok {
 			return Matcher{}, 0, false
 		}
@@ -595,7 +490,7 @@ func (c *compiler) matcher(op string, v *yaml.Node, path string) (Matcher, typeS
 		}
 		return Matcher{Op: o, Text: s}, typeString, true
 	case "min_len", "max_len":
-		n, ok := c.integer(v, path, 0)
+		n, ok := c.Integer(v, path, 0)
 		if !ok {
 			return Matcher{}, 0, false
 		}
@@ -610,7 +505,7 @@ func (c *compiler) matcher(op string, v *yaml.Node, path string) (Matcher, typeS
 
 func (c *compiler) setMatcher(op string, v *yaml.Node, path string) (Matcher, typeSet, bool) {
 	if v.Kind != yaml.SequenceNode || len(v.Content) == 0 {
-		c.errorf(v, path, "%s needs a non-empty list of values, got %s", op, describe(v))
+		c.Errorf(v, path, "%s needs a non-empty list of values, got %s", op, diag.Describe(v))
 		return Matcher{}, 0, false
 	}
 	m := Matcher{Op: OpIn}
@@ -642,7 +537,7 @@ func (c *compiler) setMatcher(op string, v *yaml.Node, path string) (Matcher, ty
 
 func (c *compiler) scalar(n *yaml.Node, path string) (Scalar, bool) {
 	if n.Kind != yaml.ScalarNode {
-		c.errorf(n, path, "must be a string, number, boolean or null, got %s", describe(n))
+		c.Errorf(n, path, "must be a string, number, boolean or null, got %s", diag.Describe(n))
 		return Scalar{}, false
 	}
 	switch n.Tag {
@@ -666,13 +561,13 @@ func (c *compiler) scalar(n *yaml.Node, path string) (Scalar, bool) {
 			return Scalar{Kind: KindNumber, Num: f}, true
 		}
 	}
-	c.errorf(n, path, "unsupported value %q", n.Value)
+	c.Errorf(n, path, "unsupported value %q", n.Value)
 	return Scalar{}, false
 }
 
 // build turns the node tree into Fields.
 func (c *compiler) build(n *node, path string, object bool) *Field {
-	f := &Field{Path: path, Matchers: n.matchers, pos: c.pos(n.at), types: n.types}
+	f := &Field{Path: path, Matchers: n.matchers, pos: c.At(n.at), types: n.types}
 	if n.each != nil {
 		f.Each = c.build(n.each, path+"[]", false)
 	}
@@ -681,7 +576,7 @@ func (c *compiler) build(n *node, path string, object bool) *Field {
 		f.Fields = make(map[string]*Field, len(n.children))
 		f.Names = slices.Sorted(maps.Keys(n.children))
 		for _, name := range f.Names {
-			f.Fields[name] = c.build(n.children[name], join(path, name), false)
+			f.Fields[name] = c.build(n.children[name], diag.Join(path, name), false)
 		}
 	}
 	constrained := len(f.Matchers) > 0 || f.Each != nil
@@ -697,7 +592,7 @@ var approvalKeys = []string{"match", "server", "annotations", "require", "timeou
 func (c *compiler) approval(n *yaml.Node, path, id string) *ApprovalRule {
 	a := &ApprovalRule{ID: id}
 	hasRequire, hasCondition := false, false
-	c.fields(n, path, approvalKeys, func(key string, k, v *yaml.Node) {
+	c.Fields(n, path, approvalKeys, func(key string, k, v *yaml.Node) {
 		p := path + "." + key
 		switch key {
 		case "match":
@@ -708,28 +603,28 @@ func (c *compiler) approval(n *yaml.Node, path, id string) *ApprovalRule {
 		case "annotations":
 			hasCondition = true
 			a.Annotations = map[Hint]bool{}
-			c.fields(v, p, slices.Sorted(maps.Keys(hintNames)), func(hint string, k, v *yaml.Node) {
-				if b, ok := c.boolean(v, p+"."+hint); ok {
+			c.Fields(v, p, slices.Sorted(maps.Keys(hintNames)), func(hint string, k, v *yaml.Node) {
+				if b, ok := c.Boolean(v, p+"."+hint); ok {
 					a.Annotations[hintNames[hint]] = b
 				}
 			})
 		case "require":
 			hasRequire = true
-			if s, ok := c.str(v, p); ok && s != "human" {
-				c.errorf(v, p, "must be human, got %q", s)
+			if s, ok := c.Str(v, p); ok && s != "human" {
+				c.Errorf(v, p, "must be human, got %q", s)
 			}
 		case "timeout":
-			a.Timeout, _ = c.duration(v, p)
+			a.Timeout, _ = c.Duration(v, p)
 		}
 	})
 	if n.Kind != yaml.MappingNode {
 		return nil
 	}
 	if !hasRequire {
-		c.errorf(n, path, "missing required field \"require\"")
+		c.Errorf(n, path, "missing required field \"require\"")
 	}
 	if !hasCondition {
-		c.errorf(n, path, "needs match or annotations: a rule without either would park every call")
+		c.Errorf(n, path, "needs match or annotations: a rule without either would park every call")
 	}
 	return a
 }
@@ -738,31 +633,31 @@ var rateLimitKeys = []string{"requests", "per", "burst", "key"}
 
 func (c *compiler) rateLimits(n *yaml.Node, path string) []*RateLimit {
 	var out []*RateLimit
-	c.list(n, path, func(i int, p string, v *yaml.Node) {
+	c.List(n, path, func(i int, p string, v *yaml.Node) {
 		l := &RateLimit{ID: fmt.Sprintf("rate_limits[%d]", i)}
 		present := map[string]bool{}
 		valid := true
-		c.fields(v, p, rateLimitKeys, func(key string, k, v *yaml.Node) {
+		c.Fields(v, p, rateLimitKeys, func(key string, k, v *yaml.Node) {
 			kp := p + "." + key
 			present[key] = true
 			ok := true
 			switch key {
 			case "requests":
-				l.Requests, ok = c.integer(v, kp, 1)
+				l.Requests, ok = c.Integer(v, kp, 1)
 			case "per":
-				l.Per, ok = c.duration(v, kp)
+				l.Per, ok = c.Duration(v, kp)
 			case "burst":
-				l.Burst, ok = c.integer(v, kp, 1)
+				l.Burst, ok = c.Integer(v, kp, 1)
 			case "key":
 				var s string
-				if s, ok = c.str(v, kp); ok {
+				if s, ok = c.Str(v, kp); ok {
 					switch s {
 					case "agent":
 						l.Key = PerAgent
 					case "role":
 						l.Key = PerRole
 					default:
-						c.errorf(v, kp, "must be agent or role, got %q", s)
+						c.Errorf(v, kp, "must be agent or role, got %q", s)
 						ok = false
 					}
 				}
@@ -774,7 +669,7 @@ func (c *compiler) rateLimits(n *yaml.Node, path string) []*RateLimit {
 		}
 		for _, required := range []string{"requests", "per"} {
 			if !present[required] {
-				c.errorf(v, p, "missing required field %q", required)
+				c.Errorf(v, p, "missing required field %q", required)
 				valid = false
 			}
 		}
@@ -787,35 +682,6 @@ func (c *compiler) rateLimits(n *yaml.Node, path string) []*RateLimit {
 		out = append(out, l)
 	})
 	return out
-}
-
-func join(path, key string) string {
-	if path == "" {
-		return key
-	}
-	return path + "." + key
-}
-
-func describe(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.AliasNode:
-		return "an alias"
-	}
-	switch n.Tag {
-	case "!!str":
-		return "a string"
-	case "!!int", "!!float":
-		return "a number"
-	case "!!bool":
-		return "a boolean"
-	case "!!null":
-		return "null"
-	}
-	return "a " + strings.TrimPrefix(n.Tag, "!!")
 }
 
 var errBadName = errors.New("names are 1 to 128 characters of A-Z a-z 0-9 _ . -")

@@ -277,7 +277,7 @@ rate_limits:
   - { requests: 5, key: tenant }
 `,
 		want: "role.yaml:3:17: rate_limits[0].requests: must be at least 1, got 0\n" +
-			"role.yaml:4:25: rate_limits[1].per: must be a positive duration such as 30s, 1m or 1h, got \"soon\"\n" +
+			"role.yaml:4:25: rate_limits[1].per: must be a positive duration such as 30s, 1m or 1h30m, got \"soon\"\n" +
 			"role.yaml:5:5: rate_limits[2]: missing required field \"per\"\n" +
 			"role.yaml:5:25: rate_limits[2].key: must be agent or role, got \"tenant\"",
 	}, {

@@ -288,9 +288,3 @@ type RateLimit struct {
 	Burst    int
 	Key      LimitKey
 }
-
-// Pos is a place in a role file.
-type Pos struct {
-	File      string
-	Line, Col int
-}

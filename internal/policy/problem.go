@@ -1,54 +1,13 @@
 package policy
 
-import (
-	"cmp"
-	"fmt"
-	"slices"
-	"strings"
-)
+import "github.com/amgateway/amg/internal/diag"
 
 // Problem is one thing wrong with a role file.
-type Problem struct {
-	Pos Pos
-	// Path is the YAML path of the offending node, e.g.
-	// servers.notion.tools[0].constraints.limit.lte.
-	Path string
-	Msg  string
-}
-
-func (p Problem) String() string {
-	var b strings.Builder
-	b.WriteString(p.Pos.File)
-	if p.Pos.Line > 0 {
-		fmt.Fprintf(&b, ":%d:%d", p.Pos.Line, p.Pos.Col)
-	}
-	b.WriteString(": ")
-	if p.Path != "" {
-		b.WriteString(p.Path)
-		b.WriteString(": ")
-	}
-	b.WriteString(p.Msg)
-	return b.String()
-}
+type Problem = diag.Problem
 
 // Problems is every problem a compilation found, in file order. It is the
 // error Compile and LoadDir return.
-type Problems []Problem
+type Problems = diag.Problems
 
-func (ps Problems) Error() string {
-	lines := make([]string, len(ps))
-	for i, p := range ps {
-		lines[i] = p.String()
-	}
-	return strings.Join(lines, "\n")
-}
-
-func (ps Problems) sort() {
-	slices.SortStableFunc(ps, func(a, b Problem) int {
-		return cmp.Or(
-			cmp.Compare(a.Pos.File, b.Pos.File),
-			cmp.Compare(a.Pos.Line, b.Pos.Line),
-			cmp.Compare(a.Pos.Col, b.Pos.Col),
-		)
-	})
-}
+// Pos is a place in a role file.
+type Pos = diag.Pos

@@ -1,0 +1,222 @@
+// Package diag reports problems found in YAML files — role files, the
+// gateway config — each at its file:line:col with its YAML path, and
+// walks YAML nodes collecting every problem rather than stopping at the
+// first.
+package diag
+
+import (
+	"cmp"
+	"fmt"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Pos is a place in a file.
+type Pos struct {
+	File      string
+	Line, Col int
+}
+
+// Problem is one thing wrong with a file.
+type Problem struct {
+	Pos Pos
+	// Path is the YAML path of the offending node, e.g.
+	// servers.notion.tools[0].constraints.limit.lte.
+	Path string
+	Msg  string
+}
+
+// String formats the problem as file:line:col: path: message.
+func (p Problem) String() string {
+	var b strings.Builder
+	b.WriteString(p.Pos.File)
+	if p.Pos.Line > 0 {
+		fmt.Fprintf(&b, ":%d:%d", p.Pos.Line, p.Pos.Col)
+	}
+	b.WriteString(": ")
+	if p.Path != "" {
+		b.WriteString(p.Path)
+		b.WriteString(": ")
+	}
+	b.WriteString(p.Msg)
+	return b.String()
+}
+
+// Problems is every problem found, in file order once sorted.
+type Problems []Problem
+
+// Error returns one problem per line.
+func (ps Problems) Error() string {
+	lines := make([]string, len(ps))
+	for i, p := range ps {
+		lines[i] = p.String()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Sort puts problems in file, line and column order.
+func (ps Problems) Sort() {
+	slices.SortStableFunc(ps, func(a, b Problem) int {
+		return cmp.Or(
+			cmp.Compare(a.Pos.File, b.Pos.File),
+			cmp.Compare(a.Pos.Line, b.Pos.Line),
+			cmp.Compare(a.Pos.Col, b.Pos.Col),
+		)
+	})
+}
+
+// Walker collects the problems of one file at a time.
+type Walker struct {
+	// File names the file being walked in the problems.
+	File     string
+	Problems Problems
+}
+
+// At is n's position in the current file.
+func (w *Walker) At(n *yaml.Node) Pos { return Pos{File: w.File, Line: n.Line, Col: n.Column} }
+
+// Errorf records a problem at n (the file itself when n is nil).
+func (w *Walker) Errorf(n *yaml.Node, path, format string, args ...any) {
+	p := Pos{File: w.File}
+	if n != nil {
+		p = w.At(n)
+	}
+	w.Problems = append(w.Problems, Problem{Pos: p, Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+// Fields walks a mapping whose keys must be among allowed (nil allows any
+// key), reporting a non-mapping, non-scalar, duplicate and unknown keys,
+// and calls fn for every other key in file order.
+func (w *Walker) Fields(n *yaml.Node, path string, allowed []string, fn func(key string, k, v *yaml.Node)) {
+	if n.Kind != yaml.MappingNode {
+		w.Errorf(n, path, "must be a mapping, got %s", Describe(n))
+		return
+	}
+	seen := map[string]*yaml.Node{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.Kind != yaml.ScalarNode {
+			w.Errorf(k, path, "keys must be scalars, got %s", Describe(k))
+			continue
+		}
+		p := Join(path, k.Value)
+		if prev, dup := seen[k.Value]; dup {
+			w.Errorf(k, p, "duplicate key (first at line %d)", prev.Line)
+			continue
+		}
+		seen[k.Value] = k
+		if allowed != nil && !slices.Contains(allowed, k.Value) {
+			w.Errorf(k, p, "unknown field %q (expected one of: %s)", k.Value, strings.Join(allowed, ", "))
+			continue
+		}
+		fn(k.Value, k, v)
+	}
+}
+
+// List walks a sequence, calling fn with each element and its path.
+func (w *Walker) List(n *yaml.Node, path string, fn func(i int, path string, v *yaml.Node)) {
+	if n.Kind != yaml.SequenceNode {
+		w.Errorf(n, path, "must be a list, got %s", Describe(n))
+		return
+	}
+	for i, v := range n.Content {
+		fn(i, fmt.Sprintf("%s[%d]", path, i), v)
+	}
+}
+
+// Str reads a string; YAML numbers and booleans are not strings.
+func (w *Walker) Str(n *yaml.Node, path string) (string, bool) {
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
+		w.Errorf(n, path, "must be a string, got %s", Describe(n))
+		return "", false
+	}
+	return n.Value, true
+}
+
+// Integer reads an integer of at least min.
+func (w *Walker) Integer(n *yaml.Node, path string, min int) (int, bool) {
+	var v int
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" || n.Decode(&v) != nil {
+		w.Errorf(n, path, "must be an integer, got %s", Describe(n))
+		return 0, false
+	}
+	if v < min {
+		w.Errorf(n, path, "must be at least %d, got %d", min, v)
+		return 0, false
+	}
+	return v, true
+}
+
+// Boolean reads true or false.
+func (w *Walker) Boolean(n *yaml.Node, path string) (bool, bool) {
+	var v bool
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" || n.Decode(&v) != nil {
+		w.Errorf(n, path, "must be true or false, got %s", Describe(n))
+		return false, false
+	}
+	return v, true
+}
+
+// Duration reads a positive Go duration written as a string.
+func (w *Walker) Duration(n *yaml.Node, path string) (time.Duration, bool) {
+	s, ok := w.Str(n, path)
+	if !ok {
+		return 0, false
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		w.Errorf(n, path, "must be a positive duration such as 30s, 1m or 1h30m, got %q", s)
+		return 0, false
+	}
+	return d, true
+}
+
+// YAMLError records a YAML syntax error at the line it names.
+func (w *Walker) YAMLError(err error) {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	p := Pos{File: w.File}
+	if m := yamlLine.FindStringSubmatch(msg); m != nil {
+		p.Line, _ = strconv.Atoi(m[1])
+		p.Col = 1
+		msg = strings.TrimPrefix(msg, m[0])
+	}
+	w.Problems = append(w.Problems, Problem{Pos: p, Msg: "invalid YAML: " + msg})
+}
+
+var yamlLine = regexp.MustCompile(`^line (\d+): `)
+
+// Join extends a YAML path with a key.
+func Join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+// Describe names a node's kind for messages: "a mapping", "a number", ….
+func Describe(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.AliasNode:
+		return "an alias"
+	}
+	switch n.Tag {
+	case "!!str":
+		return "a string"
+	case "!!int", "!!float":
+		return "a number"
+	case "!!bool":
+		return "a boolean"
+	case "!!null":
+		return "null"
+	}
+	return "a " + strings.TrimPrefix(n.Tag, "!!")
+}
