@@ -57,6 +57,7 @@ servers:
       - { name: pattern,  constraints: { v: { pattern: "ws_[a-z]+" } } }
       - { name: prefix,   constraints: { v: { prefix: "/srv/" } } }
       - { name: suffix,   constraints: { v: { suffix: ".md" } } }
+      - { name: within,   constraints: { v: { path_within: "/srv/data/" } } }
       - { name: min_len,  constraints: { v: { min_len: 2 } } }
       - { name: max_len,  constraints: { v: { max_len: 3 } } }
       - { name: nested,   constraints: { filter.owner: { eq: me }, filter.kind: { in: [page, db], optional: true } } }
@@ -120,6 +121,16 @@ func TestMatchers(t *testing.T) {
 		{"prefix", `{"v":"/etc/passwd"}`, CodeConstraintFailed, `argument "v" does not have the required prefix`},
 		{"suffix", `{"v":"a.md"}`, CodeAllowed, ""},
 		{"suffix", `{"v":"a.md.sh"}`, CodeConstraintFailed, `argument "v" does not have the required suffix`},
+		{"within", `{"v":"/srv/data"}`, CodeAllowed, ""},
+		{"within", `{"v":"/srv/data/a/b.txt"}`, CodeAllowed, ""},
+		{"within", `{"v":"/srv/data/./a//b.txt"}`, CodeAllowed, ""},
+		{"within", `{"v":"/srv/data/../secret"}`, CodeConstraintFailed, `argument "v" is not a path within the allowed directory`},
+		{"within", `{"v":"/srv/data/a/../../etc"}`, CodeConstraintFailed, `argument "v" is not a path within the allowed directory`},
+		{"within", `{"v":"/srv/database"}`, CodeConstraintFailed, `argument "v" is not a path within the allowed directory`},
+		{"within", `{"v":"srv/data/a"}`, CodeConstraintFailed, `argument "v" is not a path within the allowed directory`},
+		{"within", `{"v":"/srv/data/a\u0000b"}`, CodeConstraintFailed, `argument "v" is not a path within the allowed directory`},
+		{"within", `{"v":"/srv/data\\..\\etc"}`, CodeConstraintFailed, `argument "v" is not a path within the allowed directory`},
+		{"within", `{"v":7}`, CodeConstraintFailed, `argument "v" must be a string`},
 		{"min_len", `{"v":"éé"}`, CodeAllowed, ""},
 		{"min_len", `{"v":[1,2]}`, CodeAllowed, ""},
 		{"min_len", `{"v":"é"}`, CodeConstraintFailed, `argument "v" must have at least 2 characters or elements`},

@@ -2,6 +2,7 @@ package decision
 
 import (
 	"encoding/json"
+	"path"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -125,7 +126,7 @@ func match(m *policy.Matcher, v any) (ok bool, wrong string) {
 		default:
 			return c >= 0, ""
 		}
-	case policy.OpPattern, policy.OpPrefix, policy.OpSuffix:
+	case policy.OpPattern, policy.OpPrefix, policy.OpSuffix, policy.OpPathWithin:
 		s, isStr := v.(string)
 		if !isStr {
 			return false, "a string"
@@ -135,6 +136,8 @@ func match(m *policy.Matcher, v any) (ok bool, wrong string) {
 			return m.Re.MatchString(s), ""
 		case policy.OpPrefix:
 			return strings.HasPrefix(s, m.Text), ""
+		case policy.OpPathWithin:
+			return pathWithin(s, m.Text), ""
 		default:
 			return strings.HasSuffix(s, m.Text), ""
 		}
@@ -164,6 +167,28 @@ func stringLen(m *policy.Matcher, s string) bool {
 		return len(s) <= m.Len || utf8.RuneCountInString(s) <= m.Len
 	}
 	return (len(s)+utf8.UTFMax-1)/utf8.UTFMax >= m.Len || utf8.RuneCountInString(s) >= m.Len
+}
+
+// pathWithin reports whether p names dir or something below it. A path
+// with a ".." segment is refused outright rather than resolved: the
+// upstream, not the gateway, decides what it resolves to (symlinks, its
+// working directory), so only a path that cannot climb is safe to judge
+// by its text. A prefix matcher is no substitute: "/srv/a/../b" has the
+// prefix "/srv/a/".
+func pathWithin(p, dir string) bool {
+	if strings.ContainsRune(p, 0) || strings.ContainsRune(p, '\\') {
+		return false
+	}
+	for _, seg := range strings.Split(p, "/") {
+		if seg == ".." {
+			return false
+		}
+	}
+	c := path.Clean(p)
+	if dir == "/" {
+		return strings.HasPrefix(c, "/")
+	}
+	return c == dir || strings.HasPrefix(c, dir+"/")
 }
 
 func equal(s policy.Scalar, v any) bool {

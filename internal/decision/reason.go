@@ -47,6 +47,8 @@ func (f *failure) reason(call string) string {
 		return arg + " does not have the required prefix"
 	case policy.OpSuffix:
 		return arg + " does not have the required suffix"
+	case policy.OpPathWithin:
+		return arg + " is not a path within the allowed directory"
 	case policy.OpMinLen:
 		return arg + " must have at least " + strconv.Itoa(m.Len) + " characters or elements"
 	case policy.OpMaxLen:

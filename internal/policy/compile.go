@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"path"
+	pathpkg "path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -146,7 +146,7 @@ func (c *compiler) glob(n *yaml.Node, at string) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	if _, err := path.Match(s, ""); err != nil {
+	if _, err := pathpkg.Match(s, ""); err != nil {
 		c.Errorf(n, at, "invalid glob %q", s)
 		return "", false
 	}
@@ -358,7 +358,7 @@ func newNode(at *yaml.Node) *node { return &node{at: at, children: map[string]*n
 
 var constraintKeys = []string{
 	"eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte", "pattern", "prefix", "suffix",
-	"min_len", "max_len", "each", "fields", "optional",
+	"path_within", "min_len", "max_len", "each", "fields", "optional",
 }
 
 // constraint compiles the constraint written for key (a name or a dotted
@@ -489,6 +489,16 @@ func (c *compiler) matcher(op string, v *yaml.Node, path string) (Matcher, typeS
 			o = OpSuffix
 		}
 		return Matcher{Op: o, Text: s}, typeString, true
+	case "path_within":
+		s, ok := c.Str(v, path)
+		if !ok {
+			return Matcher{}, 0, false
+		}
+		if s == "" || strings.ContainsRune(s, 0) {
+			c.Errorf(v, path, "path_within needs a directory")
+			return Matcher{}, 0, false
+		}
+		return Matcher{Op: OpPathWithin, Text: pathpkg.Clean(s)}, typeString, true
 	case "min_len", "max_len":
 		n, ok := c.Integer(v, path, 0)
 		if !ok {

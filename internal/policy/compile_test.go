@@ -157,7 +157,7 @@ servers:
         constraints:
           limit: { lower_than: 5 }
 `,
-		want: `role.yaml:7:20: servers.notion.tools[0].constraints.limit.lower_than: unknown field "lower_than" (expected one of: eq, ne, in, not_in, lt, lte, gt, gte, pattern, prefix, suffix, min_len, max_len, each, fields, optional)`,
+		want: `role.yaml:7:20: servers.notion.tools[0].constraints.limit.lower_than: unknown field "lower_than" (expected one of: eq, ne, in, not_in, lt, lte, gt, gte, pattern, prefix, suffix, path_within, min_len, max_len, each, fields, optional)`,
 	}, {
 		name: "regex does not compile",
 		src: `

@@ -160,13 +160,14 @@ const (
 	OpSuffix
 	OpMinLen
 	OpMaxLen
+	OpPathWithin
 )
 
 var opNames = [...]string{
 	OpEq: "eq", OpNe: "ne", OpIn: "in", OpNotIn: "not_in",
 	OpLt: "lt", OpLte: "lte", OpGt: "gt", OpGte: "gte",
 	OpPattern: "pattern", OpPrefix: "prefix", OpSuffix: "suffix",
-	OpMinLen: "min_len", OpMaxLen: "max_len",
+	OpMinLen: "min_len", OpMaxLen: "max_len", OpPathWithin: "path_within",
 }
 
 func (o Op) String() string {
@@ -184,7 +185,8 @@ type Matcher struct {
 	// Values is the operand of in and not_in; Strings indexes its strings.
 	Values  []Scalar
 	Strings map[string]struct{}
-	// Text is the operand of prefix and suffix.
+	// Text is the operand of prefix and suffix, and the cleaned directory
+	// of path_within.
 	Text string
 	// Re is the anchored pattern.
 	Re *regexp.Regexp

@@ -1,0 +1,92 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/amgateway/amg/internal/config"
+)
+
+// TestStdioUpstream fronts the reference filesystem server from npm, run
+// as a stdio command per agent session, and holds an agent to one
+// directory below the server's own root.
+func TestStdioUpstream(t *testing.T) {
+	script := filepath.Join(filepath.Dir(filepath.Dir(filepath.Dir(everythingScript(t)))), "server-filesystem", "dist", "index.js")
+	if _, err := os.Stat(script); err != nil {
+		t.Fatalf("@modelcontextprotocol/server-filesystem is not installed (%v); run scripts/setup", err)
+	}
+	root, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared := filepath.Join(root, "shared")
+	if err := os.MkdirAll(shared, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(shared, "notes.txt"), []byte("ship on friday\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "secret.txt"), []byte("do not read\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	role := fmt.Sprintf(`
+role: reader
+servers:
+  files:
+    tools:
+      - name: list_directory
+        constraints:
+          path: { path_within: %q }
+      - name: read_text_file
+        constraints:
+          path: { path_within: %q }
+`, shared, shared)
+	url, token := startGateway(t, map[string]*config.Upstream{"files": {
+		Name: "files", Command: []string{"node", script, root},
+		ConnectTimeout: 20 * time.Second, CallTimeout: 20 * time.Second,
+	}}, "reader", role)
+	cs := connectAgent(t, url, token)
+	ctx := context.Background()
+
+	list, err := cs.ListTools(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tool := range list.Tools {
+		names = append(names, tool.Name)
+	}
+	slices.Sort(names)
+	if want := []string{"files__list_directory", "files__read_text_file"}; !slices.Equal(names, want) {
+		t.Errorf("tools = %v, want %v (write_file and the rest hidden)", names, want)
+	}
+
+	call := func(name, path string) (*mcp.CallToolResult, error) {
+		args, _ := json.Marshal(map[string]string{"path": path})
+		return cs.CallTool(ctx, &mcp.CallToolParams{Name: name, Arguments: json.RawMessage(args)})
+	}
+	res, err := call("files__read_text_file", filepath.Join(shared, "notes.txt"))
+	if err != nil || !strings.Contains(text(t, res), "ship on friday") {
+		t.Fatalf("read inside the granted directory: %v %v", err, res)
+	}
+	// Outside the directory, and climbing out of it: both refused by the
+	// gateway. (A prefix matcher would let the second through: it has the
+	// prefix, and the server, whose root is one level up, would read it.)
+	for _, path := range []string{filepath.Join(root, "secret.txt"), shared + "/../secret.txt"} {
+		if _, err := call("files__read_text_file", path); err == nil || !strings.Contains(err.Error(), "is not a path within the allowed directory") {
+			t.Errorf("read %s: err = %v, want a denial", path, err)
+		}
+	}
+	if _, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "files__write_file", Arguments: json.RawMessage(`{"path":"x","content":"y"}`)}); err == nil || !strings.Contains(err.Error(), "not granted") {
+		t.Errorf("write_file: %v", err)
+	}
+}
