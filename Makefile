@@ -10,7 +10,7 @@ FUZZ_TIME   ?= 20s
 # Where scripts/setup puts the npm packages and tools the tests run.
 export AMG_TOOLS_DIR ?= $(HOME)/.cache/amg-tools
 
-.PHONY: build run setup test vet lint fmt fmt-check check bench load fuzz clean
+.PHONY: build run setup test vet lint fmt fmt-check check bench bench-e2e load fuzz clean
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/amg ./cmd/amg
@@ -54,6 +54,10 @@ bench:
 load:
 	$(GO) run ./bench/checkload -c 1,32 -d 5s
 	$(GO) run ./bench/checkload -c 1,32 -d 5s -floor
+
+# tools/call end to end: direct, through a naive go-sdk proxy, through AMG.
+bench-e2e:
+	$(GO) run ./bench/e2e -c 1,32 -d 5s
 
 clean:
 	rm -rf bin bench.out

@@ -1,0 +1,256 @@
+// Command e2e measures a tools/call end to end, side by side, against one
+// upstream MCP server on loopback: (a) straight to the upstream, (b)
+// through a naive proxy built on the go-sdk (a server whose tool forwards
+// through a client session, the SDK's own proxy pattern), (c) through AMG
+// with a 12-constraint grant and the audit log on. Every client is the
+// go-sdk's, over Streamable HTTP, one session per concurrent worker.
+//
+//	go run ./bench/e2e -c 1,32 -d 5s
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/amgateway/amg/internal/config"
+	"github.com/amgateway/amg/internal/decision/decisiontest"
+	"github.com/amgateway/amg/internal/gateway"
+)
+
+// args is a call the benchmark grant allows.
+var args = json.RawMessage(decisiontest.BenchArgs)
+
+func main() {
+	levels := flag.String("c", "1,32", "concurrency levels")
+	duration := flag.Duration("d", 5*time.Second, "how long each measurement runs")
+	flag.Parse()
+	var cs []int
+	for _, f := range strings.Split(*levels, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			log.Fatalf("bad concurrency %q", f)
+		}
+		cs = append(cs, n)
+	}
+	if err := run(cs, *duration); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func run(levels []int, d time.Duration) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	upstream, err := serve(upstreamServer())
+	if err != nil {
+		return err
+	}
+	proxy, err := serve(naiveProxy(ctx, upstream))
+	if err != nil {
+		return err
+	}
+	amgURL, token, stop, err := startAMG(ctx, upstream)
+	if err != nil {
+		return err
+	}
+	defer stop()
+
+	targets := []struct{ name, url, token, tool string }{
+		{"direct", upstream, "", "get_pages"},
+		{"go-sdk proxy", proxy, "", "get_pages"},
+		{"AMG", amgURL, token, "bench__get_pages"},
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "concurrency\tpath\tcalls/s\tp50\tp99\tthroughput vs direct\t")
+	for _, c := range levels {
+		var direct float64
+		for _, tg := range targets {
+			rate, p50, p99, err := measure(ctx, tg.url, tg.token, tg.tool, c, d)
+			if err != nil {
+				return fmt.Errorf("%s: %w", tg.name, err)
+			}
+			if tg.name == "direct" {
+				direct = rate
+			}
+			fmt.Fprintf(w, "%d\t%s\t%.0f\t%v\t%v\t%.2f\t\n", c, tg.name, rate, p50.Round(time.Microsecond), p99.Round(time.Microsecond), rate/direct)
+		}
+	}
+	return w.Flush()
+}
+
+// upstreamServer has the tool every path calls: it answers at once, so
+// what is measured is the path, not the tool.
+func upstreamServer() *mcp.Server {
+	props := map[string]any{}
+	for _, name := range []string{"workspace_id", "cursor", "sort", "direction", "page_id", "path", "query"} {
+		props[name] = map[string]any{"type": "string"}
+	}
+	for _, name := range []string{"limit", "offset"} {
+		props[name] = map[string]any{"type": "integer"}
+	}
+	props["include_body"] = map[string]any{"type": "boolean"}
+	props["filter"] = map[string]any{"type": "object", "properties": map[string]any{"owner": map[string]any{"type": "string"}}}
+	props["tags"] = map[string]any{"type": "array", "items": map[string]any{"type": "string"}}
+	s := mcp.NewServer(&mcp.Implementation{Name: "bench-upstream", Version: "1"}, nil)
+	s.AddTool(&mcp.Tool{Name: "get_pages", InputSchema: map[string]any{"type": "object", "properties": props}},
+		func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "3 pages"}}}, nil
+		})
+	return s
+}
+
+// naiveProxy is the go-sdk's proxy pattern: a server whose tool forwards
+// each call through a client session to the upstream.
+func naiveProxy(ctx context.Context, upstream string) *mcp.Server {
+	s := mcp.NewServer(&mcp.Implementation{Name: "naive-proxy", Version: "1"}, nil)
+	var mu sync.Mutex
+	sessions := map[*mcp.ServerSession]*mcp.ClientSession{}
+	s.AddTool(&mcp.Tool{Name: "get_pages", InputSchema: map[string]any{"type": "object"}},
+		func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+			mu.Lock()
+			cs := sessions[req.Session]
+			if cs == nil {
+				var err error
+				cs, err = mcp.NewClient(&mcp.Implementation{Name: "naive-proxy", Version: "1"}, nil).Connect(ctx,
+					&mcp.StreamableClientTransport{Endpoint: upstream}, nil)
+				if err != nil {
+					mu.Unlock()
+					return nil, err
+				}
+				sessions[req.Session] = cs
+			}
+			mu.Unlock()
+			return cs.CallTool(ctx, &mcp.CallToolParams{Name: "get_pages", Arguments: req.Params.Arguments})
+		})
+	return s
+}
+
+func serve(s *mcp.Server) (string, error) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	go http.Serve(lis, mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s }, nil))
+	return "http://" + lis.Addr().String() + "/mcp", nil
+}
+
+func startAMG(ctx context.Context, upstream string) (url, token string, stop func(), err error) {
+	dir, err := os.MkdirTemp("", "amg-bench")
+	if err != nil {
+		return "", "", nil, err
+	}
+	policyDir := filepath.Join(dir, "policies")
+	if err := os.MkdirAll(policyDir, 0o700); err != nil {
+		return "", "", nil, err
+	}
+	role := strings.Replace(decisiontest.BenchPolicy, "notion:", "bench:", 1)
+	if err := os.WriteFile(filepath.Join(policyDir, "bench.yaml"), []byte(role), 0o600); err != nil {
+		return "", "", nil, err
+	}
+	cfg := config.Default()
+	cfg.Listen, cfg.AuthzListen = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.DataDir, cfg.PolicyDir = filepath.Join(dir, "data"), policyDir
+	cfg.Upstreams = map[string]*config.Upstream{"bench": {Name: "bench", URL: upstream,
+		ConnectTimeout: 5 * time.Second, CallTimeout: 30 * time.Second}}
+	cfg.Names = []string{"bench"}
+	gw, err := gateway.New(cfg, nil)
+	if err != nil {
+		return "", "", nil, err
+	}
+	if err := gw.Listen(); err != nil {
+		return "", "", nil, err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { gw.Serve(sctx); close(done) }()
+	token, _, err = gw.IssueToken(ctx, "bench-agent", "bench", time.Hour)
+	stop = func() {
+		cancel()
+		<-done
+		gw.Close()
+		os.RemoveAll(dir)
+	}
+	return "http://" + gw.MCPAddr() + config.MCPPath, token, stop, err
+}
+
+type bearer struct{ token string }
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	if b.token != "" {
+		r = r.Clone(r.Context())
+		r.Header.Set("Authorization", "Bearer "+b.token)
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// measure runs c workers, each with its own session, calling tool for d
+// after a warm-up, and returns calls/s and latency percentiles.
+func measure(ctx context.Context, url, token, tool string, c int, d time.Duration) (rate float64, p50, p99 time.Duration, err error) {
+	sessions := make([]*mcp.ClientSession, c)
+	for i := range sessions {
+		cs, err := mcp.NewClient(&mcp.Implementation{Name: "bench", Version: "1"}, nil).Connect(ctx,
+			&mcp.StreamableClientTransport{Endpoint: url, HTTPClient: &http.Client{Transport: bearer{token}}}, nil)
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		defer cs.Close()
+		sessions[i] = cs
+	}
+	call := func(cs *mcp.ClientSession) error {
+		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: tool, Arguments: args})
+		if err == nil && res.IsError {
+			err = fmt.Errorf("tool error: %v", res.Content)
+		}
+		return err
+	}
+	for _, cs := range sessions { // warm-up: connections, first decisions
+		for range 20 {
+			if err := call(cs); err != nil {
+				return 0, 0, 0, err
+			}
+		}
+	}
+	var mu sync.Mutex
+	var all []time.Duration
+	var firstErr error
+	deadline := time.Now().Add(d)
+	var wg sync.WaitGroup
+	for _, cs := range sessions {
+		wg.Go(func() {
+			var lat []time.Duration
+			for time.Now().Before(deadline) {
+				start := time.Now()
+				if err := call(cs); err != nil {
+					mu.Lock()
+					firstErr = err
+					mu.Unlock()
+					return
+				}
+				lat = append(lat, time.Since(start))
+			}
+			mu.Lock()
+			all = append(all, lat...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return 0, 0, 0, firstErr
+	}
+	slices.Sort(all)
+	return float64(len(all)) / d.Seconds(), all[len(all)/2], all[len(all)*99/100], nil
+}
