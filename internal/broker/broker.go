@@ -94,6 +94,7 @@ type upstream struct {
 	tools     []*mcp.Tool
 	prompts   []*mcp.Prompt
 	resources []*mcp.Resource
+	templates []*mcp.ResourceTemplate
 }
 
 // roleServer is the MCP server one role's agents talk to, with what is
@@ -104,6 +105,7 @@ type roleServer struct {
 	tools     map[string]*mcp.Tool
 	prompts   map[string]*mcp.Prompt
 	resources map[string]*mcp.Resource
+	templates map[string]*mcp.ResourceTemplate
 }
 
 // New returns a broker for ups. Call Start before serving.
@@ -215,7 +217,7 @@ func (b *Broker) refresh(ctx context.Context, u *upstream) error {
 	}
 	u.tools = tools
 	caps := u.catalog.InitializeResult().Capabilities
-	u.prompts, u.resources = nil, nil
+	u.prompts, u.resources, u.templates = nil, nil, nil
 	if caps != nil && caps.Prompts != nil {
 		for p, err := range u.catalog.Prompts(ctx, nil) {
 			if err != nil {
@@ -232,6 +234,12 @@ func (b *Broker) refresh(ctx context.Context, u *upstream) error {
 				return err
 			}
 			u.resources = append(u.resources, r)
+		}
+		for rt, err := range u.catalog.ResourceTemplates(ctx, nil) {
+			if err != nil {
+				return err
+			}
+			u.templates = append(u.templates, rt)
 		}
 	}
 	return nil
@@ -281,6 +289,7 @@ func (b *Broker) sync() {
 					tools:     map[string]*mcp.Tool{},
 					prompts:   map[string]*mcp.Prompt{},
 					resources: map[string]*mcp.Resource{},
+					templates: map[string]*mcp.ResourceTemplate{},
 				}
 			}
 		}
@@ -296,6 +305,7 @@ func (b *Broker) sync() {
 // with what the policy lets the role see of each upstream's catalogue.
 func (b *Broker) syncRole(set *policy.Set, role string, rs *roleServer) {
 	tools, prompts, resources := map[string]*mcp.Tool{}, map[string]*mcp.Prompt{}, map[string]*mcp.Resource{}
+	templates := map[string]*mcp.ResourceTemplate{}
 	for _, name := range b.names {
 		u := b.ups[name]
 		u.mu.Lock()
@@ -312,6 +322,14 @@ func (b *Broker) syncRole(set *policy.Set, role string, rs *roleServer) {
 		for _, r := range u.resources {
 			if decision.ResourceVisible(set, role, name, r.URI) {
 				resources[b.ns.JoinURI(name, r.URI)] = r
+			}
+		}
+		// A template is listed when the role's resource globs cover it
+		// as written ("notion://{ws}/pages/*" is covered by
+		// "notion://*/pages/*"); each read is decided on its own URI.
+		for _, rt := range u.templates {
+			if decision.ResourceVisible(set, role, name, rt.URITemplate) {
+				templates[b.ns.JoinURI(name, rt.URITemplate)] = rt
 			}
 		}
 		u.mu.Unlock()
@@ -350,6 +368,18 @@ func (b *Broker) syncRole(set *policy.Set, role string, rs *roleServer) {
 			shown.URI = uri
 			rs.srv.AddResource(&shown, b.forwardResource(server, r.URI))
 			rs.resources[uri] = r
+		}
+	}
+	if gone := stale(rs.templates, templates); len(gone) > 0 {
+		rs.srv.RemoveResourceTemplates(gone...)
+	}
+	for tmpl, rt := range templates {
+		if rs.templates[tmpl] != rt {
+			server, _, _ := b.ns.SplitURI(tmpl)
+			shown := *rt
+			shown.URITemplate = tmpl
+			rs.srv.AddResourceTemplate(&shown, b.forwardResource(server, ""))
+			rs.templates[tmpl] = rt
 		}
 	}
 }
@@ -546,10 +576,18 @@ func (b *Broker) forwardPrompt(server, prompt string) mcp.PromptHandler {
 	}
 }
 
-// forwardResource is the handler of a resource's agent-side URI. The
-// contents carry the URI the agent asked for, not the upstream's.
+// forwardResource is the handler of a resource's agent-side URI, or with
+// an empty uri of a template's: the upstream URI is then the one the agent
+// asked for, unprefixed. The contents carry the URI the agent asked for,
+// not the upstream's.
 func (b *Broker) forwardResource(server, uri string) mcp.ResourceHandler {
 	return func(ctx context.Context, req *mcp.ReadResourceRequest) (res *mcp.ReadResourceResult, err error) {
+		uri := uri
+		if uri == "" {
+			if _, uri, err = b.ns.SplitURI(req.Params.URI); err != nil {
+				return nil, err
+			}
+		}
 		err = b.onUpstream(ctx, req.Session, server, func(ctx context.Context, cs *mcp.ClientSession) (err error) {
 			res, err = cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: uri, Meta: req.Params.Meta})
 			return err

@@ -44,7 +44,7 @@ servers:
     prompts:
       - name: summarize
         constraints: { page: {} }
-    resources: ["notion://ws_abc123/*"]
+    resources: ["notion://ws_abc123/*", "notion://ws_abc123/drafts/*"]
 approvals:
   - match: "delete*"
     require: human
@@ -97,6 +97,14 @@ func newUpstream() *upstreamServer {
 			return &mcp.ReadResourceResult{Contents: []*mcp.ResourceContents{{URI: req.Params.URI, MIMEType: "text/plain", Text: "page " + req.Params.URI}}}, nil
 		})
 	}
+	u.srv.AddResourceTemplate(&mcp.ResourceTemplate{URITemplate: "notion://ws_abc123/drafts/{id}", Name: "draft"},
+		func(_ context.Context, req *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
+			return &mcp.ReadResourceResult{Contents: []*mcp.ResourceContents{{URI: req.Params.URI, Text: "draft at " + req.Params.URI}}}, nil
+		})
+	u.srv.AddResourceTemplate(&mcp.ResourceTemplate{URITemplate: "notion://ws_other/drafts/{id}", Name: "other-draft"},
+		func(context.Context, *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
+			return &mcp.ReadResourceResult{}, nil
+		})
 	u.srv.AddTool(&mcp.Tool{Name: "drop_database", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "dropped"}}}, nil
 	})
@@ -433,5 +441,30 @@ func TestBrokerRefusesIdentityHeadersThatDisagreeWithTheDecision(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{CodeIdentityMismatch}, g.audit.codes()); diff != "" {
 		t.Errorf("broker audit codes (-want +got):\n%s", diff)
+	}
+}
+
+func TestResourceTemplates(t *testing.T) {
+	g := newGateway(t)
+	cs := g.connect(t, nil)
+	ctx := context.Background()
+	list, err := cs.ListResourceTemplates(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, rt := range list.ResourceTemplates {
+		got = append(got, rt.URITemplate)
+	}
+	if diff := cmp.Diff([]string{"amg:notion:notion://ws_abc123/drafts/{id}"}, got); diff != "" {
+		t.Errorf("templates (-want +got):\n%s", diff)
+	}
+	read, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: "amg:notion:notion://ws_abc123/drafts/d7"})
+	if err != nil || len(read.Contents) != 1 || read.Contents[0].Text != "draft at notion://ws_abc123/drafts/d7" ||
+		read.Contents[0].URI != "amg:notion:notion://ws_abc123/drafts/d7" {
+		t.Errorf("read through a template: %v %+v", err, read)
+	}
+	if _, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: "amg:notion:notion://ws_other/drafts/d7"}); err == nil || !strings.Contains(err.Error(), "not granted") {
+		t.Errorf("ungranted template read: %v", err)
 	}
 }
