@@ -277,10 +277,12 @@ func (b *Broker) sync() {
 			if b.roles[r.Name] == nil {
 				b.roles[r.Name] = &roleServer{
 					srv: mcp.NewServer(&mcp.Implementation{Name: "amg", Title: "AMG MCP gateway", Version: "1"}, &mcp.ServerOptions{
+						SubscribeHandler:   b.subscribe,
+						UnsubscribeHandler: b.unsubscribe,
 						Capabilities: &mcp.ServerCapabilities{
 							Tools:     &mcp.ToolCapabilities{ListChanged: true},
 							Prompts:   &mcp.PromptCapabilities{ListChanged: true},
-							Resources: &mcp.ResourceCapabilities{ListChanged: true},
+							Resources: &mcp.ResourceCapabilities{ListChanged: true, Subscribe: true},
 							// Deprecated from 2026-07-28 on; older agents use it.
 							//lint:ignore SA1019 offered to protocol versions that have it
 							Logging: &mcp.LoggingCapabilities{},
@@ -602,6 +604,29 @@ func (b *Broker) forwardResource(server, uri string) mcp.ResourceHandler {
 		}
 		return res, nil
 	}
+}
+
+// subscribe passes an agent's resource subscription (which authz has
+// decided like a read) to the resource's upstream, on the agent's own
+// upstream session. (Updates are not relayed back yet.)
+func (b *Broker) subscribe(ctx context.Context, req *mcp.SubscribeRequest) error {
+	server, uri, err := b.ns.SplitURI(req.Params.URI)
+	if err != nil {
+		return err
+	}
+	return b.onUpstream(ctx, req.Session, server, func(ctx context.Context, cs *mcp.ClientSession) error {
+		return cs.Subscribe(ctx, &mcp.SubscribeParams{URI: uri})
+	})
+}
+
+func (b *Broker) unsubscribe(ctx context.Context, req *mcp.UnsubscribeRequest) error {
+	server, uri, err := b.ns.SplitURI(req.Params.URI)
+	if err != nil {
+		return err
+	}
+	return b.onUpstream(ctx, req.Session, server, func(ctx context.Context, cs *mcp.ClientSession) error {
+		return cs.Unsubscribe(ctx, &mcp.UnsubscribeParams{URI: uri})
+	})
 }
 
 // onUpstream runs fn on the agent session's connection to server, within

@@ -56,10 +56,16 @@ type upstreamServer struct {
 	srv  *mcp.Server
 	mu   sync.Mutex
 	args []string
+	subs []string // "+uri" for a subscription, "-uri" for its end
 }
 
 func newUpstream() *upstreamServer {
-	u := &upstreamServer{srv: mcp.NewServer(&mcp.Implementation{Name: "notion", Version: "1"}, nil)}
+	u := &upstreamServer{}
+	note := func(s string) { u.mu.Lock(); u.subs = append(u.subs, s); u.mu.Unlock() }
+	u.srv = mcp.NewServer(&mcp.Implementation{Name: "notion", Version: "1"}, &mcp.ServerOptions{
+		SubscribeHandler:   func(_ context.Context, req *mcp.SubscribeRequest) error { note("+" + req.Params.URI); return nil },
+		UnsubscribeHandler: func(_ context.Context, req *mcp.UnsubscribeRequest) error { note("-" + req.Params.URI); return nil },
+	})
 	schema := json.RawMessage(`{"type":"object","properties":{"workspace_id":{"type":"string"},"limit":{"type":"integer"}}}`)
 	u.srv.AddTool(&mcp.Tool{Name: "get_pages", InputSchema: schema}, func(_ context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 		u.mu.Lock()
@@ -466,5 +472,26 @@ func TestResourceTemplates(t *testing.T) {
 	}
 	if _, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: "amg:notion:notion://ws_other/drafts/d7"}); err == nil || !strings.Contains(err.Error(), "not granted") {
 		t.Errorf("ungranted template read: %v", err)
+	}
+}
+
+func TestSubscriptionsReachTheUpstream(t *testing.T) {
+	g := newGateway(t)
+	cs := g.connect(t, nil)
+	ctx := context.Background()
+	uri := "amg:notion:notion://ws_abc123/p1"
+	if err := cs.Subscribe(ctx, &mcp.SubscribeParams{URI: uri}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.Unsubscribe(ctx, &mcp.UnsubscribeParams{URI: uri}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.Subscribe(ctx, &mcp.SubscribeParams{URI: "amg:notion:notion://ws_other/p2"}); err == nil || !strings.Contains(err.Error(), "not granted") {
+		t.Errorf("ungranted subscription: %v", err)
+	}
+	g.up.mu.Lock()
+	defer g.up.mu.Unlock()
+	if diff := cmp.Diff([]string{"+notion://ws_abc123/p1", "-notion://ws_abc123/p1"}, g.up.subs); diff != "" {
+		t.Errorf("upstream subscriptions (-want +got):\n%s", diff)
 	}
 }
