@@ -336,58 +336,37 @@ func (b *Broker) syncRole(set *policy.Set, role string, rs *roleServer) {
 		}
 		u.mu.Unlock()
 	}
-	if gone := stale(rs.tools, tools); len(gone) > 0 {
-		rs.srv.RemoveTools(gone...)
-	}
-	for n, t := range tools {
-		if rs.tools[n] != t {
-			server, _, _ := b.ns.Split(n)
-			shown := *t
-			shown.Name = n
-			rs.srv.AddTool(&shown, b.forward(server, t.Name))
-			rs.tools[n] = t
-		}
-	}
-	if gone := stale(rs.prompts, prompts); len(gone) > 0 {
-		rs.srv.RemovePrompts(gone...)
-	}
-	for n, p := range prompts {
-		if rs.prompts[n] != p {
-			server, _, _ := b.ns.Split(n)
-			shown := *p
-			shown.Name = n
-			rs.srv.AddPrompt(&shown, b.forwardPrompt(server, p.Name))
-			rs.prompts[n] = p
-		}
-	}
-	if gone := stale(rs.resources, resources); len(gone) > 0 {
-		rs.srv.RemoveResources(gone...)
-	}
-	for uri, r := range resources {
-		if rs.resources[uri] != r {
-			server, _, _ := b.ns.SplitURI(uri)
-			shown := *r
-			shown.URI = uri
-			rs.srv.AddResource(&shown, b.forwardResource(server, r.URI))
-			rs.resources[uri] = r
-		}
-	}
-	if gone := stale(rs.templates, templates); len(gone) > 0 {
-		rs.srv.RemoveResourceTemplates(gone...)
-	}
-	for tmpl, rt := range templates {
-		if rs.templates[tmpl] != rt {
-			server, _, _ := b.ns.SplitURI(tmpl)
-			shown := *rt
-			shown.URITemplate = tmpl
-			rs.srv.AddResourceTemplate(&shown, b.forwardResource(server, ""))
-			rs.templates[tmpl] = rt
-		}
-	}
+	reconcile(rs.tools, tools, rs.srv.RemoveTools, func(n string, t *mcp.Tool) {
+		server, _, _ := b.ns.Split(n)
+		shown := *t
+		shown.Name = n
+		rs.srv.AddTool(&shown, b.forward(server, t.Name))
+	})
+	reconcile(rs.prompts, prompts, rs.srv.RemovePrompts, func(n string, p *mcp.Prompt) {
+		server, _, _ := b.ns.Split(n)
+		shown := *p
+		shown.Name = n
+		rs.srv.AddPrompt(&shown, b.forwardPrompt(server, p.Name))
+	})
+	reconcile(rs.resources, resources, rs.srv.RemoveResources, func(uri string, r *mcp.Resource) {
+		server, _, _ := b.ns.SplitURI(uri)
+		shown := *r
+		shown.URI = uri
+		rs.srv.AddResource(&shown, b.forwardResource(server, r.URI))
+	})
+	reconcile(rs.templates, templates, rs.srv.RemoveResourceTemplates, func(tmpl string, rt *mcp.ResourceTemplate) {
+		server, _, _ := b.ns.SplitURI(tmpl)
+		shown := *rt
+		shown.URITemplate = tmpl
+		rs.srv.AddResourceTemplate(&shown, b.forwardResource(server, ""))
+	})
 }
 
-// stale deletes from have what want no longer holds and returns those keys.
-func stale[V any](have, want map[string]V) []string {
+// reconcile makes what a role server has registered (have, keyed by the
+// name agents see) equal to want: it removes what is gone, and adds what
+// is new or whose upstream definition changed (each refresh of an
+// upstream's lists brings new definitions, so pointers tell).
+func reconcile[T any](have, want map[string]*T, remove func(...string), add func(string, *T)) {
 	var gone []string
 	for k := range have {
 		if _, ok := want[k]; !ok {
@@ -395,7 +374,15 @@ func stale[V any](have, want map[string]V) []string {
 			delete(have, k)
 		}
 	}
-	return gone
+	if len(gone) > 0 {
+		remove(gone...)
+	}
+	for k, v := range want {
+		if have[k] != v {
+			add(k, v)
+			have[k] = v
+		}
+	}
 }
 
 // serverFor picks the role server for a request whose headers the
