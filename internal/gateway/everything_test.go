@@ -162,6 +162,21 @@ func connectAgent(t *testing.T, url, token string) *mcp.ClientSession {
 	return cs
 }
 
+// toolNames lists the tools an agent sees, sorted.
+func toolNames(t *testing.T, cs *mcp.ClientSession) []string {
+	t.Helper()
+	list, err := cs.ListTools(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tool := range list.Tools {
+		names = append(names, tool.Name)
+	}
+	slices.Sort(names)
+	return names
+}
+
 func text(t *testing.T, res *mcp.CallToolResult) string {
 	t.Helper()
 	var b strings.Builder
@@ -185,15 +200,7 @@ func TestEverythingThroughTheGateway(t *testing.T) {
 	cs := connectAgent(t, url, token)
 	ctx := context.Background()
 
-	list, err := cs.ListTools(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, tool := range list.Tools {
-		names = append(names, tool.Name)
-	}
-	slices.Sort(names)
+	names := toolNames(t, cs)
 	// The server has more than a dozen tools; the role sees its two.
 	if want := []string{"everything__echo", "everything__get-sum"}; !slices.Equal(names, want) {
 		t.Errorf("tools = %v, want %v", names, want)

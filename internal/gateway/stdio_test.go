@@ -57,15 +57,7 @@ servers:
 	cs := connectAgent(t, url, token)
 	ctx := context.Background()
 
-	list, err := cs.ListTools(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, tool := range list.Tools {
-		names = append(names, tool.Name)
-	}
-	slices.Sort(names)
+	names := toolNames(t, cs)
 	if want := []string{"files__list_directory", "files__read_text_file"}; !slices.Equal(names, want) {
 		t.Errorf("tools = %v, want %v (write_file and the rest hidden)", names, want)
 	}
