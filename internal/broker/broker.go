@@ -148,6 +148,9 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 		// the broker is reached through them, under any host name.
 		DisableLocalhostProtection: true,
 		MaxRequestBodyBytes:        int64(b.maxBody),
+		// An agent that goes away without ending its session does not
+		// keep it, and its upstream sessions, forever.
+		SessionTimeout: sessionIdle,
 	})
 	return b, nil
 }
@@ -279,6 +282,7 @@ func (b *Broker) sync() {
 					srv: mcp.NewServer(&mcp.Implementation{Name: "amg", Title: "AMG MCP gateway", Version: "1"}, &mcp.ServerOptions{
 						SubscribeHandler:   b.subscribe,
 						UnsubscribeHandler: b.unsubscribe,
+						InitializedHandler: b.sessionStarted,
 						Capabilities: &mcp.ServerCapabilities{
 							Tools:     &mcp.ToolCapabilities{ListChanged: true},
 							Prompts:   &mcp.PromptCapabilities{ListChanged: true},
@@ -519,6 +523,19 @@ func (s *sessionRecorder) Flush() {
 }
 
 func (s *sessionRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// sessionIdle is how long an agent session may go without a request.
+const sessionIdle = 30 * time.Minute
+
+// sessionStarted forgets a session's owner when the session ends, whether
+// or not it ever reached an upstream.
+func (b *Broker) sessionStarted(_ context.Context, req *mcp.InitializedRequest) {
+	ss := req.Session
+	go func() {
+		ss.Wait()
+		b.owners.Delete(ss.ID())
+	}()
+}
 
 // agentSession holds one agent session's upstream sessions.
 type agentSession struct {

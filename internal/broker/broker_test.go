@@ -154,6 +154,7 @@ func (r *records) codes() []string {
 }
 
 type gateway struct {
+	broker    *Broker
 	signer    *authz.Signer
 	audit     *records
 	url       string
@@ -194,7 +195,7 @@ func newGateway(t *testing.T) *gateway {
 	t.Cleanup(srv.Close)
 	direct := httptest.NewServer(b)
 	t.Cleanup(direct.Close)
-	return &gateway{url: srv.URL + "/mcp", brokerURL: direct.URL + "/mcp", token: token, up: up, audit: rec, signer: signer}
+	return &gateway{url: srv.URL + "/mcp", brokerURL: direct.URL + "/mcp", token: token, up: up, audit: rec, signer: signer, broker: b}
 }
 
 type discard struct{}
@@ -494,4 +495,21 @@ func TestSubscriptionsReachTheUpstream(t *testing.T) {
 	if diff := cmp.Diff([]string{"+notion://ws_abc123/p1", "-notion://ws_abc123/p1"}, g.up.subs); diff != "" {
 		t.Errorf("upstream subscriptions (-want +got):\n%s", diff)
 	}
+}
+
+func TestSessionOwnerIsForgottenWhenTheSessionEnds(t *testing.T) {
+	g := newGateway(t)
+	cs := g.connect(t, nil)
+	sid := cs.ID()
+	b := g.broker
+	if _, ok := b.owners.Load(sid); !ok {
+		t.Fatalf("session %q has no owner", sid)
+	}
+	cs.Close()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if _, ok := b.owners.Load(sid); !ok {
+			return
+		}
+	}
+	t.Error("the owner of an ended session is still kept")
 }
