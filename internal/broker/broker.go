@@ -268,6 +268,11 @@ func (b *Broker) Annotations(server, tool string) *policy.Annotations {
 	return nil
 }
 
+// Sync brings the role servers in line with the current policy at once;
+// call it after a policy reload, so that connected agents hear of the
+// change without waiting for their next request.
+func (b *Broker) Sync() { b.sync() }
+
 // sync makes every role server offer exactly the tools the policy lets that
 // role see. The SDK tells connected sessions when their list changed.
 func (b *Broker) sync() {

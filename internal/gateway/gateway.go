@@ -189,6 +189,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 			return
 		}
 		g.log.Info("policy reloaded", "version", st.Version.String())
+		g.broker.Sync()
 	})
 
 	gs := grpc.NewServer()

@@ -1,0 +1,73 @@
+package gateway
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/amgateway/amg/internal/config"
+	"github.com/amgateway/amg/internal/demo"
+)
+
+// A policy change reaches connected agents as tools/list_changed, without
+// waiting for their next request.
+func TestPolicyReloadReachesConnectedAgents(t *testing.T) {
+	dir := t.TempDir()
+	policyDir := filepath.Join(dir, "policies")
+	os.MkdirAll(policyDir, 0o700)
+	write := func(tools string) {
+		t.Helper()
+		role := "role: r\nservers:\n  notion:\n    tools:\n" + tools
+		if err := os.WriteFile(filepath.Join(policyDir, "r.yaml"), []byte(role), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("      - name: get_pages\n        constraints: { workspace_id: {} }\n")
+	cfg := config.Default()
+	cfg.Listen, cfg.AuthzListen = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.DataDir, cfg.PolicyDir = filepath.Join(dir, "data"), policyDir
+	gw, err := New(cfg, &Options{Builtins: Builtins{"demo": demo.NewServer(nil).MCP()}, PolicyReload: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gw.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- gw.Serve(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; gw.Close() })
+	token, _, err := gw.IssueToken(ctx, "a", "r", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	changed := make(chan struct{}, 8)
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, &mcp.ClientOptions{
+		ToolListChangedHandler: func(context.Context, *mcp.ToolListChangedRequest) { changed <- struct{}{} },
+	}).Connect(ctx, &mcp.StreamableClientTransport{Endpoint: "http://" + gw.MCPAddr() + config.MCPPath,
+		HTTPClient: &http.Client{Transport: bearer{token}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	if got := toolNames(t, cs); !slices.Equal(got, []string{"notion__get_pages"}) {
+		t.Fatalf("tools before the change = %v", got)
+	}
+
+	write("      - name: get_pages\n        constraints: { workspace_id: {} }\n      - name: search\n        constraints: { query: {}, workspace_id: {} }\n")
+	select {
+	case <-changed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no tools/list_changed after the policy changed")
+	}
+	if got := toolNames(t, cs); !slices.Equal(got, []string{"notion__get_pages", "notion__search"}) {
+		t.Errorf("tools after the change = %v", got)
+	}
+}
