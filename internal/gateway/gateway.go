@@ -156,6 +156,12 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	return g, nil
 }
 
+// Authz is the ext_authz service, as Envoy reaches it over gRPC.
+func (g *Gateway) Authz() *authz.Server { return g.authz }
+
+// Broker is the handler Envoy routes allowed requests to.
+func (g *Gateway) Broker() http.Handler { return g.broker }
+
 // IssueToken issues a token for agent with role, as amg token issue does.
 func (g *Gateway) IssueToken(ctx context.Context, agent, role string, ttl time.Duration) (string, tokens.Token, error) {
 	return tokens.Issue(ctx, g.tokens, agent, role, ttl, time.Now())

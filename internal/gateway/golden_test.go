@@ -1,0 +1,129 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/amgateway/amg/internal/config"
+	"github.com/amgateway/amg/internal/demo"
+	"github.com/amgateway/amg/internal/front"
+)
+
+// grpcCheck is authz as Envoy reaches it: a gRPC client.
+type grpcCheck struct{ c authv3.AuthorizationClient }
+
+func (g grpcCheck) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	return g.c.Check(ctx, req)
+}
+
+// TestGoldenScenariosInBothModes runs one set of scenarios against the
+// standalone gateway and against the Envoy-mode path — Check over gRPC,
+// then the broker over HTTP on its own listener — so that the two cannot
+// drift apart.
+func TestGoldenScenariosInBothModes(t *testing.T) {
+	dir := t.TempDir()
+	cfg := config.Default()
+	cfg.Listen, cfg.AuthzListen = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.DataDir, cfg.PolicyDir = filepath.Join(dir, "data"), "../../policies"
+	gw, err := New(cfg, &Options{Builtins: Builtins{"demo": demo.NewServer(nil).MCP()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gw.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- gw.Serve(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; gw.Close() })
+
+	// Envoy mode: the broker on its own listener, authz over gRPC, and a
+	// stand-in for Envoy's filter chain that forwards over HTTP.
+	brokerSrv := httptest.NewServer(gw.Broker())
+	t.Cleanup(brokerSrv.Close)
+	conn, err := grpc.NewClient(gw.AuthzAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	target, _ := url.Parse(brokerSrv.URL)
+	toBroker := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(target) }, FlushInterval: -1}
+	envoy := httptest.NewServer(front.New(grpcCheck{authv3.NewAuthorizationClient(conn)}, toBroker, nil))
+	t.Cleanup(envoy.Close)
+
+	modes := map[string]string{
+		"standalone": "http://" + gw.MCPAddr() + config.MCPPath,
+		"envoy":      envoy.URL + config.MCPPath,
+	}
+	for mode, endpoint := range modes {
+		t.Run(mode, func(t *testing.T) { runGolden(t, gw, endpoint) })
+	}
+}
+
+// goldenScenarios are the calls every mode must answer alike; want is a
+// text the result or the error must contain.
+var goldenScenarios = []struct {
+	name, role, tool, args string
+	allowed                bool
+	want                   string
+}{
+	{"allowed read", "notion_read", "notion__get_pages", `{"workspace_id":"ws_abc123","limit":2}`, true, "2 pages in workspace ws_abc123"},
+	{"constraint", "notion_read", "notion__get_pages", `{"workspace_id":"ws_team"}`, false, `argument "workspace_id" is not one of the allowed values`},
+	{"unknown argument", "notion_read", "notion__get_pages", `{"workspace_id":"ws_abc123","sudo":true}`, false, `argument "sudo" is not allowed`},
+	{"not granted", "notion_read", "notion__delete_page", `{"page_id":"pg_roadmap26"}`, false, `is not granted to role "notion_read"`},
+	{"nested constraint", "notion_read", "notion__search", `{"query":"roadmap","workspace_id":"ws_abc123","filter":{"owner":"Alice"}}`, false, `argument "filter.owner" does not match the required pattern`},
+	{"needs approval", "notion_editor", "notion__delete_page", `{"page_id":"pg_roadmap26"}`, false, "needs human approval"},
+	{"cel condition", "notion_editor", "notion__create_page", `{"workspace_id":"ws_team","title":"` + strings.Repeat("x", 90) + `"}`, false, "condition"},
+	{"allowed write", "notion_editor", "notion__create_page", `{"workspace_id":"ws_abc123","title":"Q3 plan"}`, true, "Q3 plan"},
+	// Over support_shadow's max_len 200: a would-be denial, allowed.
+	{"shadow allows", "support_shadow", "notion__search", `{"query":"` + strings.Repeat("q", 250) + `","workspace_id":"ws_abc123"}`, true, ""},
+	{"traversal", "notion_read", "notion__../get_pages", `{}`, false, ".."},
+}
+
+func runGolden(t *testing.T, gw *Gateway, endpoint string) {
+	ctx := context.Background()
+	sessions := map[string]*mcp.ClientSession{}
+	for _, sc := range goldenScenarios {
+		if sessions[sc.role] != nil {
+			continue
+		}
+		token, _, err := gw.IssueToken(ctx, "golden-"+sc.role, sc.role, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(ctx,
+			&mcp.StreamableClientTransport{Endpoint: endpoint, HTTPClient: &http.Client{Transport: bearer{token}}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cs.Close() })
+		sessions[sc.role] = cs
+	}
+	for _, sc := range goldenScenarios {
+		t.Run(sc.name, func(t *testing.T) {
+			cs := sessions[sc.role]
+			res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: sc.tool, Arguments: json.RawMessage(sc.args)})
+			switch {
+			case sc.allowed && (err != nil || res.IsError):
+				t.Fatalf("want allowed, got %v %+v", err, res)
+			case sc.allowed && !strings.Contains(text(t, res), sc.want):
+				t.Errorf("result %q does not contain %q", text(t, res), sc.want)
+			case !sc.allowed && (err == nil || !strings.Contains(err.Error(), sc.want)):
+				t.Errorf("err = %v, want one containing %q", err, sc.want)
+			}
+		})
+	}
+}
