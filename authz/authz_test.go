@@ -672,3 +672,22 @@ func TestResourceAndPromptDecisions(t *testing.T) {
 		t.Errorf("ungranted prompt: %s", d.body)
 	}
 }
+
+func TestCompletionDecisions(t *testing.T) {
+	e := newEnv(t)
+	complete := func(ref string) string {
+		return `{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":` + ref + `,"argument":{"name":"a","value":"x"}}}`
+	}
+	okHeaders(t, e.check(t, "bot-1", nil, complete(`{"type":"ref/prompt","name":"notion__summarize"}`)))
+	okHeaders(t, e.check(t, "bot-1", nil, complete(`{"type":"ref/resource","uri":"amg:notion:notion://ws_abc123/{page}"}`)))
+	for ref, want := range map[string]string{
+		`{"type":"ref/prompt","name":"notion__other"}`:                 `prompt "other" on server "notion" is not granted to role "reader"`,
+		`{"type":"ref/resource","uri":"amg:notion:notion://ws_b/{p}"}`: `resource "notion://ws_b/{p}" on server "notion" is not granted to role "reader"`,
+		`{"type":"ref/prompt","name":"../x"}`:                          "",
+	} {
+		d := denied(t, e.check(t, "bot-1", nil, complete(ref)))
+		if r := rpcErr(t, d.body); want != "" && r.Error.Message != want {
+			t.Errorf("%s: %s", ref, d.body)
+		}
+	}
+}

@@ -123,6 +123,8 @@ func (c *call) decideMessage(m *mcpfilter.Message) outcome {
 			return o
 		}
 		o.server, o.name, kind = server, uri, decision.Resource
+	case m.Method == "completion/complete":
+		return c.decideCompletion(m)
 	default:
 		o.code, o.reason = CodeMethodNotAllowed, "method "+quote(m.Method)+" is not allowed through the gateway"
 		return o
@@ -133,6 +135,38 @@ func (c *call) decideMessage(m *mcpfilter.Message) outcome {
 	}
 	o.res = decision.Evaluate(c.set, &in)
 	o.verdict, o.code, o.reason = o.res.Verdict, Code(o.res.Code), o.res.Reason
+	return o
+}
+
+// decideCompletion allows completing a prompt's or a resource template's
+// argument to a role that may see that prompt or template: the values
+// offered are the upstream's, and asking for them reveals nothing the
+// role could not list.
+func (c *call) decideCompletion(m *mcpfilter.Message) outcome {
+	o := outcome{msg: m}
+	var (
+		server, name, what string
+		visible            func(*policy.Set, string, string, string) bool
+		err                error
+	)
+	if m.RefType == mcpfilter.RefPrompt {
+		server, name, err = c.s.ns.Split(m.Name)
+		what, visible = "prompt", decision.PromptVisible
+	} else {
+		server, name, err = c.s.ns.SplitURI(m.URI)
+		what, visible = "resource", decision.ResourceVisible
+	}
+	if err != nil {
+		o.code, o.reason = CodeInvalidName, err.Error()
+		return o
+	}
+	o.server, o.name = server, name
+	if !visible(c.set, c.token.Role, server, name) {
+		o.code = Code(decision.CodeNotGranted)
+		o.reason = what + " " + quote(name) + " on server " + quote(server) + " is not granted to role " + quote(c.token.Role)
+		return o
+	}
+	o.verdict, o.code = decision.Allow, Code(decision.CodeAllowed)
 	return o
 }
 

@@ -14,6 +14,7 @@ type paramSpec struct {
 	arguments  bool // params.arguments is an optional object
 	promptArgs bool // ...whose members are all strings
 	uri        bool // params.uri is a required string
+	ref        bool // params.ref is a required completion reference
 }
 
 // The field lists follow the go-sdk's *Params structs for each method.
@@ -46,6 +47,11 @@ var (
 		fields: []string{"uri", "_meta"},
 		uri:    true,
 	}
+	completionSpec = &paramSpec{
+		method: "completion/complete",
+		fields: []string{"ref", "argument", "context", "_meta"},
+		ref:    true,
+	}
 	// Other methods: only the protocol version in _meta matters here; the
 	// caller denies methods it does not know.
 	otherSpec = &paramSpec{fields: []string{"_meta"}}
@@ -63,6 +69,8 @@ func specFor(method string) *paramSpec {
 		return resourcesSubscribeSpec
 	case "resources/unsubscribe":
 		return resourcesUnsubscribeSpec
+	case "completion/complete":
+		return completionSpec
 	}
 	return otherSpec
 }
@@ -70,6 +78,7 @@ func specFor(method string) *paramSpec {
 const (
 	foundName = 1 << iota
 	foundURI
+	foundRef
 )
 
 // params parses the params object at p.pos, at the given depth, into m and
@@ -95,6 +104,9 @@ func (p *parser) params(depth int, m *Message, spec *paramSpec) (found int, err 
 			m.URI, err = p.stringMember(depth, ReasonInvalidURI, "uri must be a string")
 		case spec.arguments && key == "arguments":
 			err = p.arguments(depth, m, spec.promptArgs)
+		case spec.ref && key == "ref":
+			found |= foundRef
+			err = p.ref(depth, m)
 		default:
 			if f := foldMatch(k.dec, spec.fields); f != "" && f != key {
 				return 0, p.caseVariant(k, f)
@@ -109,7 +121,7 @@ func (p *parser) params(depth int, m *Message, spec *paramSpec) (found int, err 
 
 // required rejects a message whose method needs members it lacks.
 func (p *parser) required(m *Message, spec *paramSpec, found, start, paramsStart int) error {
-	if !spec.name && !spec.uri {
+	if !spec.name && !spec.uri && !spec.ref {
 		return nil
 	}
 	if paramsStart < 0 {
@@ -120,8 +132,56 @@ func (p *parser) required(m *Message, spec *paramSpec, found, start, paramsStart
 		return withKey(p.errAt(ReasonInvalidName, paramsStart, spec.method+" requires params.name"), []byte("params"))
 	case spec.uri && found&foundURI == 0:
 		return withKey(p.errAt(ReasonInvalidURI, paramsStart, spec.method+" requires params.uri"), []byte("params"))
+	case spec.ref && found&foundRef == 0:
+		return withKey(p.errAt(ReasonInvalidParams, paramsStart, spec.method+" requires params.ref"), []byte("params"))
+	case spec.ref && !(m.RefType == RefPrompt && m.Name != "" || m.RefType == RefResource && m.URI != ""):
+		return withKey(p.errAt(ReasonInvalidParams, paramsStart,
+			"params.ref must be a ref/prompt with a name or a ref/resource with a uri"), []byte("params"))
 	}
 	return nil
+}
+
+// Completion reference types.
+const (
+	RefPrompt   = "ref/prompt"
+	RefResource = "ref/resource"
+)
+
+var refFields = []string{"type", "name", "uri"}
+
+// ref parses a completion reference: what the completion is about, which
+// the gateway decides on like the prompt or resource it names.
+func (p *parser) ref(depth int, m *Message) error {
+	if p.pos >= len(p.data) || p.data[p.pos] != '{' {
+		return p.wrongType(depth, ReasonInvalidParams, "ref must be an object")
+	}
+	depth++
+	ks, err := p.beginObject(depth)
+	if err != nil {
+		return err
+	}
+	for {
+		k, ok, err := p.nextKey(&ks)
+		if !ok {
+			return err
+		}
+		switch key := string(k.dec); key {
+		case "type":
+			m.RefType, err = p.stringMember(depth, ReasonInvalidParams, "ref.type must be a string")
+		case "name":
+			m.Name, err = p.stringMember(depth, ReasonInvalidName, "ref.name must be a string")
+		case "uri":
+			m.URI, err = p.stringMember(depth, ReasonInvalidURI, "ref.uri must be a string")
+		default:
+			if f := foldMatch(k.dec, refFields); f != "" {
+				return p.caseVariant(k, f)
+			}
+			err = p.value(depth)
+		}
+		if err != nil {
+			return withKey(err, k.dec)
+		}
+	}
 }
 
 func (p *parser) stringMember(depth int, r Reason, detail string) (string, error) {

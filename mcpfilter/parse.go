@@ -71,6 +71,11 @@ type Message struct {
 	// resources/unsubscribe.
 	URI string
 
+	// RefType is the completion reference's type for completion/complete:
+	// RefPrompt, whose name is then in Name, or RefResource, whose URI is
+	// then in URI.
+	RefType string
+
 	// MetaProtocolVersion is params._meta[MetaProtocolVersionKey], "" if
 	// absent.
 	MetaProtocolVersion string

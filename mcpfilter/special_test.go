@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"reflect"
+	"strings"
 	"testing"
 	"unsafe"
 )
@@ -44,5 +45,33 @@ func TestImmutableBody(t *testing.T) {
 	q := shared.Messages[0].Args["q"].(string)
 	if unsafe.StringData(q) != &body[bytes.Index(body, []byte("plain text"))] {
 		t.Error("with ImmutableBody, an unescaped string does not share the body")
+	}
+}
+
+func TestCompletionReferences(t *testing.T) {
+	for _, tt := range []struct {
+		body, refType, name, uri string
+	}{
+		{`{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"s__p"},"argument":{"name":"a","value":"x"}}}`, RefPrompt, "s__p", ""},
+		{`{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"amg:s:t://x/{id}"},"argument":{"name":"id","value":"1"}}}`, RefResource, "", "amg:s:t://x/{id}"},
+	} {
+		b, err := Parse([]byte(tt.body), nil)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.body, err)
+		}
+		if m := b.Messages[0]; m.RefType != tt.refType || m.Name != tt.name || m.URI != tt.uri {
+			t.Errorf("%s: got %q %q %q", tt.body, m.RefType, m.Name, m.URI)
+		}
+	}
+	for _, tt := range []struct{ body, want string }{
+		{`{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"argument":{"name":"a","value":"x"}}}`, "completion/complete requires params.ref"},
+		{`{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/tool","name":"x"}}}`, "params.ref must be a ref/prompt with a name or a ref/resource with a uri"},
+		{`{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt"}}}`, "params.ref must be a ref/prompt with a name or a ref/resource with a uri"},
+		{`{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"a","Name":"b"}}}`, "case"},
+		{`{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":"s__p"}}`, "ref must be an object"},
+	} {
+		if _, err := Parse([]byte(tt.body), nil); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: err = %v, want one containing %q", tt.body, err, tt.want)
+		}
 	}
 }

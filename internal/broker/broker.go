@@ -288,10 +288,12 @@ func (b *Broker) sync() {
 						SubscribeHandler:   b.subscribe,
 						UnsubscribeHandler: b.unsubscribe,
 						InitializedHandler: b.sessionStarted,
+						CompletionHandler:  b.complete,
 						Capabilities: &mcp.ServerCapabilities{
-							Tools:     &mcp.ToolCapabilities{ListChanged: true},
-							Prompts:   &mcp.PromptCapabilities{ListChanged: true},
-							Resources: &mcp.ResourceCapabilities{ListChanged: true, Subscribe: true},
+							Tools:       &mcp.ToolCapabilities{ListChanged: true},
+							Prompts:     &mcp.PromptCapabilities{ListChanged: true},
+							Resources:   &mcp.ResourceCapabilities{ListChanged: true, Subscribe: true},
+							Completions: &mcp.CompletionCapabilities{},
 							// Deprecated from 2026-07-28 on; older agents use it.
 							//lint:ignore SA1019 offered to protocol versions that have it
 							Logging: &mcp.LoggingCapabilities{},
@@ -613,6 +615,29 @@ func (b *Broker) forwardResource(server, uri string) mcp.ResourceHandler {
 		}
 		return res, nil
 	}
+}
+
+// complete passes a completion request (decided by authz like the prompt
+// or template it refers to) to that prompt's or template's upstream, with
+// the reference in the upstream's own names.
+func (b *Broker) complete(ctx context.Context, req *mcp.CompleteRequest) (res *mcp.CompleteResult, err error) {
+	ref := *req.Params.Ref
+	var server string
+	if ref.Type == mcpfilter.RefPrompt {
+		server, ref.Name, err = b.ns.Split(ref.Name)
+	} else {
+		server, ref.URI, err = b.ns.SplitURI(ref.URI)
+	}
+	if err != nil {
+		return nil, err
+	}
+	params := *req.Params
+	params.Ref = &ref
+	err = b.onUpstream(ctx, req.Session, server, func(ctx context.Context, cs *mcp.ClientSession) (err error) {
+		res, err = cs.Complete(ctx, &params)
+		return err
+	})
+	return res, err
 }
 
 // subscribe passes an agent's resource subscription (which authz has

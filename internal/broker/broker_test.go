@@ -63,6 +63,10 @@ func newUpstream() *upstreamServer {
 	u := &upstreamServer{}
 	note := func(s string) { u.mu.Lock(); u.subs = append(u.subs, s); u.mu.Unlock() }
 	u.srv = mcp.NewServer(&mcp.Implementation{Name: "notion", Version: "1"}, &mcp.ServerOptions{
+		CompletionHandler: func(_ context.Context, req *mcp.CompleteRequest) (*mcp.CompleteResult, error) {
+			ref := req.Params.Ref
+			return &mcp.CompleteResult{Completion: mcp.CompletionResultDetails{Values: []string{ref.Type + " " + ref.Name + ref.URI + " " + req.Params.Argument.Value}}}, nil
+		},
 		SubscribeHandler:   func(_ context.Context, req *mcp.SubscribeRequest) error { note("+" + req.Params.URI); return nil },
 		UnsubscribeHandler: func(_ context.Context, req *mcp.UnsubscribeRequest) error { note("-" + req.Params.URI); return nil },
 	})
@@ -512,4 +516,24 @@ func TestSessionOwnerIsForgottenWhenTheSessionEnds(t *testing.T) {
 		}
 	}
 	t.Error("the owner of an ended session is still kept")
+}
+
+func TestCompletionReachesTheUpstreamInItsOwnNames(t *testing.T) {
+	g := newGateway(t)
+	cs := g.connect(t, nil)
+	ctx := context.Background()
+	res, err := cs.Complete(ctx, &mcp.CompleteParams{Ref: &mcp.CompleteReference{Type: "ref/prompt", Name: "notion__summarize"},
+		Argument: mcp.CompleteParamsArgument{Name: "page", Value: "p"}})
+	if err != nil || len(res.Completion.Values) != 1 || res.Completion.Values[0] != "ref/prompt summarize p" {
+		t.Errorf("prompt completion: %v %+v", err, res)
+	}
+	res, err = cs.Complete(ctx, &mcp.CompleteParams{Ref: &mcp.CompleteReference{Type: "ref/resource", URI: "amg:notion:notion://ws_abc123/drafts/{id}"},
+		Argument: mcp.CompleteParamsArgument{Name: "id", Value: "d"}})
+	if err != nil || len(res.Completion.Values) != 1 || res.Completion.Values[0] != "ref/resource notion://ws_abc123/drafts/{id} d" {
+		t.Errorf("resource completion: %v %+v", err, res)
+	}
+	if _, err := cs.Complete(ctx, &mcp.CompleteParams{Ref: &mcp.CompleteReference{Type: "ref/prompt", Name: "notion__secret_prompt"},
+		Argument: mcp.CompleteParamsArgument{Name: "a", Value: "x"}}); err == nil || !strings.Contains(err.Error(), "not granted") {
+		t.Errorf("completion of an ungranted prompt: %v", err)
+	}
 }

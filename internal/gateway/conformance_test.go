@@ -214,9 +214,6 @@ var knownGaps = map[string]string{
 	// The suite reports that the server never asked for the elicitation;
 	// not understood yet.
 	"elicitation-sep1330-enums": "elicitation with enum schemas does not reach the agent",
-	// completion/complete refers to a prompt or resource template; authz
-	// does not decide it by policy yet, so it is denied.
-	"completion-complete": "completion/complete is denied",
 }
 
 func urlParse(s string) (*url.URL, error) { return url.Parse(s) }
