@@ -421,7 +421,8 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(w, http.StatusForbidden, "request was not authorized by the gateway: "+err.Error())
 		return
 	}
-	if r.Header.Get(authz.HeaderAgent) != d.Agent || r.Header.Get(authz.HeaderRole) != d.Role {
+	if r.Header.Get(authz.HeaderAgent) != d.Agent || r.Header.Get(authz.HeaderRole) != d.Role ||
+		r.Header.Get(authz.HeaderDecisionID) != d.ID {
 		b.record(d, CodeIdentityMismatch, "identity headers do not match the decision")
 		refuse(w, http.StatusForbidden, "identity headers do not match the decision")
 		return
@@ -453,6 +454,9 @@ const (
 	CodeDecisionInvalid     = "decision_invalid"
 	CodeIdentityMismatch    = "identity_mismatch"
 	CodeApprovalUnavailable = "approval_unavailable"
+	// An allowed call that reached its upstream, and one that failed there.
+	CodeExecuted      = "executed"
+	CodeUpstreamError = "upstream_error"
 )
 
 // record audits a refusal. What the decision token said is recorded only
@@ -558,11 +562,35 @@ func (b *Broker) forward(server, tool string) mcp.ToolHandler {
 		if len(req.Params.Arguments) > 0 {
 			params.Arguments = req.Params.Arguments
 		}
+		start := time.Now()
 		err = b.onUpstream(ctx, req.Session, server, func(ctx context.Context, cs *mcp.ClientSession) (err error) {
 			res, err = cs.CallTool(ctx, params)
 			return err
 		})
+		b.recordCall(req, server, tool, time.Since(start), res, err)
 		return res, err
+	}
+}
+
+// recordCall audits what became of an allowed tool call upstream, under
+// the decision id authz recorded the decision with (ServeHTTP has checked
+// the header against the signed decision).
+func (b *Broker) recordCall(req *mcp.CallToolRequest, server, tool string, took time.Duration, res *mcp.CallToolResult, err error) {
+	if b.audit == nil || req.Extra == nil {
+		return
+	}
+	h := req.Extra.Header
+	rec := &audit.Record{Time: time.Now(), DecisionID: h.Get(authz.HeaderDecisionID), Agent: h.Get(authz.HeaderAgent),
+		Role: h.Get(authz.HeaderRole), Server: server, Tool: tool, Method: "tools/call", Verdict: "allow",
+		Code: CodeExecuted, UpstreamStatus: "ok", UpstreamMicros: took.Microseconds()}
+	switch {
+	case err != nil:
+		rec.Code, rec.UpstreamStatus, rec.Reason = CodeUpstreamError, "error", err.Error()
+	case res != nil && res.IsError:
+		rec.UpstreamStatus = "tool_error"
+	}
+	if err := b.audit.Log(rec); err != nil {
+		b.log.Error("audit log cannot record an upstream call", "decision_id", rec.DecisionID, "err", err)
 	}
 }
 

@@ -269,6 +269,15 @@ func TestAllowedCallReachesUpstreamWithExactArguments(t *testing.T) {
 	if diff := cmp.Diff([]string{`{"workspace_id":"ws_abc123","limit":7}`}, g.up.args); diff != "" {
 		t.Errorf("upstream arguments (-want +got):\n%s", diff)
 	}
+	g.audit.mu.Lock()
+	defer g.audit.mu.Unlock()
+	if len(g.audit.recs) != 1 {
+		t.Fatalf("broker records: %+v", g.audit.recs)
+	}
+	if rec := g.audit.recs[0]; rec.Code != CodeExecuted || rec.UpstreamStatus != "ok" || rec.DecisionID == "" ||
+		rec.Agent != "bot-1" || rec.Server != "notion" || rec.Tool != "get_pages" {
+		t.Errorf("execution record = %+v", rec)
+	}
 }
 
 func TestRefusals(t *testing.T) {
@@ -298,7 +307,7 @@ func TestRefusals(t *testing.T) {
 	if len(g.up.args) != 0 {
 		t.Errorf("refused calls reached the upstream: %v", g.up.args)
 	}
-	if diff := cmp.Diff([]string{CodeApprovalUnavailable}, g.audit.codes()); diff != "" {
+	if diff := cmp.Diff([]string{CodeUpstreamError, CodeApprovalUnavailable}, g.audit.codes()); diff != "" {
 		t.Errorf("broker audit codes (-want +got):\n%s", diff)
 	}
 }
