@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"hash"
+	"maps"
 	"math"
 	"path"
 	"slices"
@@ -224,11 +225,7 @@ func (e *redactState) object(b []byte, m map[string]any, depth int) ([]byte, err
 	if depth > maxDepth {
 		return nil, errUnencodable
 	}
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
+	keys := slices.Sorted(maps.Keys(m))
 	b = append(b, '{')
 	for i, k := range keys {
 		if i > 0 {
@@ -434,11 +431,7 @@ func canonical(b []byte, v any, depth int) ([]byte, error) {
 		}
 		return append(b, ']'), nil
 	case map[string]any:
-		keys := make([]string, 0, len(v))
-		for k := range v {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
+		keys := slices.Sorted(maps.Keys(v))
 		b = append(b, '{')
 		for i, k := range keys {
 			if i > 0 {
