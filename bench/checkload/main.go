@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -42,7 +43,18 @@ func main() {
 	warmup := flag.Duration("warmup", 2*time.Second, "unmeasured run before each level")
 	conns := flag.Int("conns", 4, "gRPC connections the clients share, as Envoy keeps a few")
 	floor := flag.Bool("floor", false, "serve a Check that allows at once, to measure gRPC and loopback alone")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (client and server) to this file")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Fatal(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	var cs []int
 	for _, f := range strings.Split(*levels, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -52,6 +64,7 @@ func main() {
 		cs = append(cs, n)
 	}
 	if err := run(cs, *duration, *warmup, *conns, *floor); err != nil {
+		pprof.StopCPUProfile()
 		log.Fatal(err)
 	}
 }
@@ -72,7 +85,7 @@ func run(levels []int, duration, warmup time.Duration, nconns int, floor bool) e
 	if err != nil {
 		return err
 	}
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(authz.GRPCServerOptions()...)
 	if floor {
 		authv3.RegisterAuthorizationServer(gs, allowAll{})
 	} else {

@@ -198,7 +198,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		g.broker.Sync()
 	})
 
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(authz.GRPCServerOptions()...)
 	authv3.RegisterAuthorizationServer(gs, g.authz)
 	hs := &http.Server{Handler: g.front, ReadHeaderTimeout: 10 * time.Second}
 	errs := make(chan error, 2)
