@@ -199,7 +199,7 @@ func (b *Broker) refresh(ctx context.Context, u *upstream) error {
 			ToolListChangedHandler:     func(ctx context.Context, _ *mcp.ToolListChangedRequest) { changed(ctx) },
 			PromptListChangedHandler:   func(ctx context.Context, _ *mcp.PromptListChangedRequest) { changed(ctx) },
 			ResourceListChangedHandler: func(ctx context.Context, _ *mcp.ResourceListChangedRequest) { changed(ctx) },
-		}, "")
+		}, "", nil)
 		if err != nil {
 			return err
 		}
@@ -283,27 +283,7 @@ func (b *Broker) sync() {
 		b.synced = set.VersionString()
 		for _, r := range set.Roles() {
 			if b.roles[r.Name] == nil {
-				b.roles[r.Name] = &roleServer{
-					srv: mcp.NewServer(&mcp.Implementation{Name: "amg", Title: "AMG MCP gateway", Version: "1"}, &mcp.ServerOptions{
-						SubscribeHandler:   b.subscribe,
-						UnsubscribeHandler: b.unsubscribe,
-						InitializedHandler: b.sessionStarted,
-						CompletionHandler:  b.complete,
-						Capabilities: &mcp.ServerCapabilities{
-							Tools:       &mcp.ToolCapabilities{ListChanged: true},
-							Prompts:     &mcp.PromptCapabilities{ListChanged: true},
-							Resources:   &mcp.ResourceCapabilities{ListChanged: true, Subscribe: true},
-							Completions: &mcp.CompletionCapabilities{},
-							// Deprecated from 2026-07-28 on; older agents use it.
-							//lint:ignore SA1019 offered to protocol versions that have it
-							Logging: &mcp.LoggingCapabilities{},
-						},
-					}),
-					tools:     map[string]*mcp.Tool{},
-					prompts:   map[string]*mcp.Prompt{},
-					resources: map[string]*mcp.Resource{},
-					templates: map[string]*mcp.ResourceTemplate{},
-				}
+				b.roles[r.Name] = b.newRoleServer()
 			}
 		}
 	} else {
@@ -311,6 +291,34 @@ func (b *Broker) sync() {
 	}
 	for role, rs := range b.roles {
 		b.syncRole(set, role, rs)
+	}
+}
+
+// newRoleServer returns the MCP server of a role, with nothing registered
+// yet: the agent side of the broker.
+func (b *Broker) newRoleServer() *roleServer {
+	srv := mcp.NewServer(&mcp.Implementation{Name: "amg", Title: "AMG MCP gateway", Version: "1"}, &mcp.ServerOptions{
+		SubscribeHandler:   b.subscribe,
+		UnsubscribeHandler: b.unsubscribe,
+		InitializedHandler: b.sessionStarted,
+		CompletionHandler:  b.complete,
+		Capabilities: &mcp.ServerCapabilities{
+			Tools:       &mcp.ToolCapabilities{ListChanged: true},
+			Prompts:     &mcp.PromptCapabilities{ListChanged: true},
+			Resources:   &mcp.ResourceCapabilities{ListChanged: true, Subscribe: true},
+			Completions: &mcp.CompletionCapabilities{},
+			// Deprecated from 2026-07-28 on; older agents use it.
+			//lint:ignore SA1019 offered to protocol versions that have it
+			Logging: &mcp.LoggingCapabilities{},
+		},
+	})
+	srv.AddReceivingMiddleware(b.passLogLevel)
+	return &roleServer{
+		srv:       srv,
+		tools:     map[string]*mcp.Tool{},
+		prompts:   map[string]*mcp.Prompt{},
+		resources: map[string]*mcp.Resource{},
+		templates: map[string]*mcp.ResourceTemplate{},
 	}
 }
 
@@ -548,10 +556,13 @@ func (b *Broker) sessionStarted(_ context.Context, req *mcp.InitializedRequest) 
 	}()
 }
 
-// agentSession holds one agent session's upstream sessions.
+// agentSession holds one agent session's upstream sessions, and what it
+// has in flight on them.
 type agentSession struct {
-	mu  sync.Mutex
-	ups map[string]*mcp.ClientSession
+	mu    sync.Mutex
+	ups   map[string]*mcp.ClientSession
+	level string // what the agent last set with logging/setLevel
+	calls inflight
 }
 
 // forward is the handler of server__tool: it calls tool on server with the
@@ -563,7 +574,7 @@ func (b *Broker) forward(server, tool string) mcp.ToolHandler {
 			params.Arguments = req.Params.Arguments
 		}
 		start := time.Now()
-		err = b.onUpstream(ctx, req.Session, server, func(ctx context.Context, cs *mcp.ClientSession) (err error) {
+		err = b.onUpstream(ctx, req.Session, server, req.Params.GetProgressToken(), func(ctx context.Context, cs *mcp.ClientSession) (err error) {
 			res, err = cs.CallTool(ctx, params)
 			return err
 		})
@@ -595,13 +606,17 @@ func (b *Broker) recordCall(req *mcp.CallToolRequest, server, tool string, took 
 }
 
 // connect opens a client session to u within its connect timeout, asking
-// for protocol version (empty: the latest).
-func (u *upstream) connect(ctx context.Context, opts *mcp.ClientOptions, version string) (*mcp.ClientSession, error) {
+// for protocol version (empty: the latest). obs, if not nil, sees the
+// session's notifications in wire order (see tap).
+func (u *upstream) connect(ctx context.Context, opts *mcp.ClientOptions, version string, obs observer) (*mcp.ClientSession, error) {
 	ctx, cancel := context.WithTimeout(ctx, u.ConnectTimeout)
 	defer cancel()
 	t, err := u.Transport(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if obs != nil {
+		t = tap(t, obs)
 	}
 	return mcp.NewClient(&mcp.Implementation{Name: "amg", Version: "1"}, opts).Connect(ctx, t, &mcp.ClientSessionOptions{ProtocolVersion: version})
 }
@@ -609,7 +624,7 @@ func (u *upstream) connect(ctx context.Context, opts *mcp.ClientOptions, version
 // forwardPrompt is the handler of server__prompt.
 func (b *Broker) forwardPrompt(server, prompt string) mcp.PromptHandler {
 	return func(ctx context.Context, req *mcp.GetPromptRequest) (res *mcp.GetPromptResult, err error) {
-		err = b.onUpstream(ctx, req.Session, server, func(ctx context.Context, cs *mcp.ClientSession) (err error) {
+		err = b.onUpstream(ctx, req.Session, server, req.Params.GetProgressToken(), func(ctx context.Context, cs *mcp.ClientSession) (err error) {
 			res, err = cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: prompt, Arguments: req.Params.Arguments, Meta: req.Params.Meta})
 			return err
 		})
@@ -629,7 +644,7 @@ func (b *Broker) forwardResource(server, uri string) mcp.ResourceHandler {
 				return nil, err
 			}
 		}
-		err = b.onUpstream(ctx, req.Session, server, func(ctx context.Context, cs *mcp.ClientSession) (err error) {
+		err = b.onUpstream(ctx, req.Session, server, req.Params.GetProgressToken(), func(ctx context.Context, cs *mcp.ClientSession) (err error) {
 			res, err = cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: uri, Meta: req.Params.Meta})
 			return err
 		})
@@ -661,7 +676,7 @@ func (b *Broker) complete(ctx context.Context, req *mcp.CompleteRequest) (res *m
 	}
 	params := *req.Params
 	params.Ref = &ref
-	err = b.onUpstream(ctx, req.Session, server, func(ctx context.Context, cs *mcp.ClientSession) (err error) {
+	err = b.onUpstream(ctx, req.Session, server, nil, func(ctx context.Context, cs *mcp.ClientSession) (err error) {
 		res, err = cs.Complete(ctx, &params)
 		return err
 	})
@@ -676,7 +691,7 @@ func (b *Broker) subscribe(ctx context.Context, req *mcp.SubscribeRequest) error
 	if err != nil {
 		return err
 	}
-	return b.onUpstream(ctx, req.Session, server, func(ctx context.Context, cs *mcp.ClientSession) error {
+	return b.onUpstream(ctx, req.Session, server, nil, func(ctx context.Context, cs *mcp.ClientSession) error {
 		return cs.Subscribe(ctx, &mcp.SubscribeParams{URI: uri})
 	})
 }
@@ -686,7 +701,7 @@ func (b *Broker) unsubscribe(ctx context.Context, req *mcp.UnsubscribeRequest) e
 	if err != nil {
 		return err
 	}
-	return b.onUpstream(ctx, req.Session, server, func(ctx context.Context, cs *mcp.ClientSession) error {
+	return b.onUpstream(ctx, req.Session, server, nil, func(ctx context.Context, cs *mcp.ClientSession) error {
 		return cs.Unsubscribe(ctx, &mcp.UnsubscribeParams{URI: uri})
 	})
 }
@@ -695,12 +710,16 @@ func (b *Broker) unsubscribe(ctx context.Context, req *mcp.UnsubscribeRequest) e
 // the server's call timeout. A failure comes back as a JSON-RPC error
 // naming the server; a broken connection is dropped so that the next call
 // opens a new one (the upstream may have restarted).
-func (b *Broker) onUpstream(ctx context.Context, ss *mcp.ServerSession, server string, fn func(context.Context, *mcp.ClientSession) error) error {
+//
+// While fn runs, what the upstream says about the request (progress under
+// token, log messages) is relayed to the agent on the request's stream.
+func (b *Broker) onUpstream(ctx context.Context, ss *mcp.ServerSession, server string, token any, fn func(context.Context, *mcp.ClientSession) error) error {
 	u := b.ups[server]
-	cs, err := b.upstreamSession(ctx, ss, u)
+	as, cs, err := b.upstreamSession(ctx, ss, u)
 	if err != nil {
 		return upstreamError(server, err)
 	}
+	defer as.calls.add(ctx, server, token)()
 	ctx, cancel := context.WithTimeout(ctx, u.CallTimeout)
 	defer cancel()
 	if err := fn(ctx, cs); err != nil {
@@ -738,11 +757,15 @@ func upstreamError(server string, err error) error {
 // not be reached or failed without a JSON-RPC error of its own.
 const RPCUpstreamError = -32010
 
-func (b *Broker) upstreamSession(ctx context.Context, ss *mcp.ServerSession, u *upstream) (*mcp.ClientSession, error) {
+// agentSession returns the broker's state of an agent session, created on
+// first use and dropped, with the upstream sessions, when it ends.
+func (b *Broker) agentSession(ss *mcp.ServerSession) *agentSession {
+	if v, ok := b.sessions.Load(ss); ok {
+		return v.(*agentSession)
+	}
 	v, loaded := b.sessions.LoadOrStore(ss, &agentSession{ups: map[string]*mcp.ClientSession{}})
 	as := v.(*agentSession)
 	if !loaded {
-		// Upstream sessions live as long as the agent's.
 		go func() {
 			ss.Wait()
 			b.sessions.Delete(ss)
@@ -755,13 +778,18 @@ func (b *Broker) upstreamSession(ctx context.Context, ss *mcp.ServerSession, u *
 			as.ups = nil
 		}()
 	}
+	return as
+}
+
+func (b *Broker) upstreamSession(ctx context.Context, ss *mcp.ServerSession, u *upstream) (*agentSession, *mcp.ClientSession, error) {
+	as := b.agentSession(ss)
 	as.mu.Lock()
 	defer as.mu.Unlock()
 	if as.ups == nil {
-		return nil, errors.New("agent session closed")
+		return nil, nil, errors.New("agent session closed")
 	}
 	if cs := as.ups[u.Name]; cs != nil {
-		return cs, nil
+		return as, cs, nil
 	}
 	// The upstream session speaks the agent's protocol version, so that
 	// what the upstream may send mid-request (sampling, elicitation) is
@@ -770,20 +798,22 @@ func (b *Broker) upstreamSession(ctx context.Context, ss *mcp.ServerSession, u *
 	if p := ss.InitializeParams(); p != nil {
 		version = p.ProtocolVersion
 	}
-	cs, err := u.connect(ctx, relay(ss), version)
+	cs, err := u.connect(ctx, relay(ss), version, func(n *jsonrpc.Request) { as.calls.relay(ss, u.Name, n) })
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	if as.level != "" {
+		b.setLogLevel(ctx, u.Name, cs, as.level)
 	}
 	as.ups[u.Name] = cs
-	return cs, nil
+	return as, cs, nil
 }
 
 // relay passes what an upstream asks of the client on to the agent's
 // session, and the agent's answers back: sampling and elicitation
 // requests. The upstream session exists only for this agent, so nothing
-// crosses between agents. (Progress and log notifications are not relayed
-// yet: the SDK hands them over after the call's result, when the agent's
-// stream for that call is already closed.)
+// crosses between agents. Notifications are relayed by the tap (see
+// inflight.relay).
 func relay(ss *mcp.ServerSession) *mcp.ClientOptions {
 	return &mcp.ClientOptions{
 		// Sampling is deprecated from protocol 2026-07-28 on, but agents and

@@ -3,10 +3,12 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -39,6 +41,8 @@ servers:
       - name: fail
       - name: late_tool
       - name: ask
+      - name: slow
+      - name: wait
       - name: delete_page
         constraints: { page_id: {} }
     prompts:
@@ -57,6 +61,9 @@ type upstreamServer struct {
 	mu   sync.Mutex
 	args []string
 	subs []string // "+uri" for a subscription, "-uri" for its end
+	// started and cancelled receive when a call of wait begins, and when
+	// it sees its context end.
+	started, cancelled chan struct{}
 }
 
 func newUpstream() *upstreamServer {
@@ -95,6 +102,21 @@ func newUpstream() *upstreamServer {
 			return nil, err
 		}
 		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "agent said: " + res.Content.(*mcp.TextContent).Text + "; name " + fmt.Sprint(el.Content["name"])}}}, nil
+	})
+	u.srv.AddTool(&mcp.Tool{Name: "slow", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		for i := range 2 {
+			req.Session.NotifyProgress(ctx, &mcp.ProgressNotificationParams{ProgressToken: req.Params.GetProgressToken(), Progress: float64(i + 1), Total: 2})
+		}
+		req.Session.Log(ctx, &mcp.LoggingMessageParams{Level: "info", Data: "halfway"})
+		req.Session.Log(ctx, &mcp.LoggingMessageParams{Level: "debug", Data: "too fine"})
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "done"}}}, nil
+	})
+	u.started, u.cancelled = make(chan struct{}, 1), make(chan struct{}, 1)
+	u.srv.AddTool(&mcp.Tool{Name: "wait", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		u.started <- struct{}{}
+		<-ctx.Done()
+		u.cancelled <- struct{}{}
+		return nil, ctx.Err()
 	})
 	u.srv.AddPrompt(&mcp.Prompt{Name: "summarize", Arguments: []*mcp.PromptArgument{{Name: "page"}}}, func(_ context.Context, req *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
 		return &mcp.GetPromptResult{Messages: []*mcp.PromptMessage{{Role: "user", Content: &mcp.TextContent{Text: "summarize " + req.Params.Arguments["page"]}}}}, nil
@@ -248,7 +270,7 @@ func TestToolsListShowsOnlyGrantedTools(t *testing.T) {
 	cs := g.connect(t, nil)
 	// drop_database is not granted; late_tool is granted but the upstream
 	// does not have it (yet).
-	if diff := cmp.Diff([]string{"notion__ask", "notion__delete_page", "notion__fail", "notion__get_pages"}, toolNames(t, cs)); diff != "" {
+	if diff := cmp.Diff([]string{"notion__ask", "notion__delete_page", "notion__fail", "notion__get_pages", "notion__slow", "notion__wait"}, toolNames(t, cs)); diff != "" {
 		t.Errorf("tools (-want +got):\n%s", diff)
 	}
 }
@@ -544,5 +566,121 @@ func TestCompletionReachesTheUpstreamInItsOwnNames(t *testing.T) {
 	if _, err := cs.Complete(ctx, &mcp.CompleteParams{Ref: &mcp.CompleteReference{Type: "ref/prompt", Name: "notion__secret_prompt"},
 		Argument: mcp.CompleteParamsArgument{Name: "a", Value: "x"}}); err == nil || !strings.Contains(err.Error(), "not granted") {
 		t.Errorf("completion of an ungranted prompt: %v", err)
+	}
+}
+
+// rawAgent speaks MCP over plain HTTP, so that a test sees the messages of
+// a response stream in the order they were sent.
+type rawAgent struct {
+	t          *testing.T
+	url, token string
+	sid        string
+}
+
+const rawVersion = "2025-06-18"
+
+func newRawAgent(t *testing.T, g *gateway) *rawAgent {
+	a := &rawAgent{t: t, url: g.url, token: g.token}
+	a.post(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"` + rawVersion + `","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}`)
+	a.post(`{"jsonrpc":"2.0","method":"notifications/initialized"}`)
+	return a
+}
+
+// post sends one message and returns the messages of the response, in
+// order.
+func (a *rawAgent) post(body string) []string {
+	a.t.Helper()
+	req, _ := http.NewRequest("POST", a.url, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+a.token)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	req.Header.Set("Mcp-Protocol-Version", rawVersion)
+	if a.sid != "" {
+		req.Header.Set("Mcp-Session-Id", a.sid)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if sid := resp.Header.Get("Mcp-Session-Id"); sid != "" {
+		a.sid = sid
+	}
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode/100 != 2 {
+		a.t.Fatalf("%s: HTTP %d: %s", body, resp.StatusCode, data)
+	}
+	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		if len(bytes.TrimSpace(data)) == 0 {
+			return nil
+		}
+		return []string{string(bytes.TrimSpace(data))}
+	}
+	var msgs []string
+	for _, event := range strings.Split(string(data), "\n\n") {
+		for _, line := range strings.Split(event, "\n") {
+			if v, ok := strings.CutPrefix(line, "data: "); ok {
+				msgs = append(msgs, v)
+			}
+		}
+	}
+	return msgs
+}
+
+// An upstream's progress and log messages about a call reach the agent on
+// the call's own stream, in order and before its result; the log level
+// the agent set reaches the upstream.
+func TestProgressAndLogsArriveBeforeTheResult(t *testing.T) {
+	a := newRawAgent(t, newGateway(t))
+	a.post(`{"jsonrpc":"2.0","id":2,"method":"logging/setLevel","params":{"level":"info"}}`)
+	got := a.post(`{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"notion__slow","arguments":{},"_meta":{"progressToken":"p-7"}}}`)
+	var kinds []string
+	for _, m := range got {
+		var msg struct {
+			Method string
+			ID     json.RawMessage
+			Params struct {
+				ProgressToken any
+				Progress      float64
+				Data          any
+			}
+		}
+		if err := json.Unmarshal([]byte(m), &msg); err != nil {
+			t.Fatalf("%s: %v", m, err)
+		}
+		switch msg.Method {
+		case "notifications/progress":
+			kinds = append(kinds, fmt.Sprintf("progress %v %v", msg.Params.ProgressToken, msg.Params.Progress))
+		case "notifications/message":
+			kinds = append(kinds, fmt.Sprintf("log %v", msg.Params.Data))
+		case "":
+			kinds = append(kinds, "result "+string(msg.ID))
+		}
+	}
+	want := []string{"progress p-7 1", "progress p-7 2", "log halfway", "result 3"}
+	if !slices.Equal(kinds, want) {
+		t.Errorf("messages on the call's stream = %q, want %q", kinds, want)
+	}
+}
+
+// An agent cancelling a call cancels it upstream.
+func TestCancellationReachesTheUpstream(t *testing.T) {
+	g := newGateway(t)
+	cs := g.connect(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	errs := make(chan error, 1)
+	go func() {
+		_, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "notion__wait", Arguments: json.RawMessage(`{}`)})
+		errs <- err
+	}()
+	<-g.up.started
+	cancel()
+	select {
+	case <-g.up.cancelled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream's call was not cancelled")
+	}
+	if err := <-errs; err == nil {
+		t.Error("a cancelled call returned no error")
 	}
 }

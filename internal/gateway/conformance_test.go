@@ -206,11 +206,6 @@ func TestConformance(t *testing.T) {
 // names), each with why. The test fails when another one appears, and
 // when one of these starts passing, so the list stays true.
 var knownGaps = map[string]string{
-	// Not relayed yet: the SDK hands the broker an upstream's progress and
-	// log notifications after the call's result, when the agent's stream
-	// for that call is closed.
-	"tools-call-with-logging":  "log notifications are not relayed",
-	"tools-call-with-progress": "progress notifications are not relayed",
 	// The suite reports that the server never asked for the elicitation;
 	// not understood yet.
 	"elicitation-sep1330-enums": "elicitation with enum schemas does not reach the agent",

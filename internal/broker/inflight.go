@@ -1,0 +1,107 @@
+//lint:file-ignore SA1019 log messages are relayed for the protocol versions that have them
+
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// inflight is what one agent session has in flight upstream: each
+// request's context (which names the agent's stream for it) and progress
+// token, so that what an upstream says about a request while it runs
+// reaches the agent on that request's stream, before its result.
+type inflight struct {
+	mu    sync.Mutex
+	calls []*pending
+}
+
+type pending struct {
+	ctx    context.Context
+	server string
+	token  any // the agent's progress token; nil if it asked for none
+}
+
+// add records a request to server until the returned func is called.
+func (f *inflight) add(ctx context.Context, server string, token any) (done func()) {
+	p := &pending{ctx: ctx, server: server, token: token}
+	f.mu.Lock()
+	f.calls = append(f.calls, p)
+	f.mu.Unlock()
+	return func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		for i, q := range f.calls {
+			if q == p {
+				f.calls = append(f.calls[:i], f.calls[i+1:]...)
+				return
+			}
+		}
+	}
+}
+
+// byToken returns the context of the request to server that asked for
+// progress under token.
+func (f *inflight) byToken(server string, token any) (context.Context, bool) {
+	if token == nil {
+		return nil, false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, p := range f.calls {
+		if p.server == server && p.token == token {
+			return p.ctx, true
+		}
+	}
+	return nil, false
+}
+
+// only returns the context of the one request to server in flight; with
+// none or several, a log message cannot be tied to a request and goes to
+// the agent's session stream instead.
+func (f *inflight) only(server string) context.Context {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var found context.Context
+	for _, p := range f.calls {
+		if p.server == server {
+			if found != nil {
+				return context.Background()
+			}
+			found = p.ctx
+		}
+	}
+	if found == nil {
+		return context.Background()
+	}
+	return found
+}
+
+// relay passes a notification from the agent's upstream session with
+// server to the agent: progress for a request still in flight (the
+// upstream session is this agent's alone, so the token cannot be another
+// agent's) and log messages, which the SDK filters by the level the agent
+// set. List changes are handled by the catalogue session; other
+// notifications stay with the broker.
+func (f *inflight) relay(ss *mcp.ServerSession, server string, n *jsonrpc.Request) {
+	switch n.Method {
+	case "notifications/progress":
+		var p mcp.ProgressNotificationParams
+		if json.Unmarshal(n.Params, &p) != nil {
+			return
+		}
+		if ctx, ok := f.byToken(server, p.ProgressToken); ok {
+			ss.NotifyProgress(ctx, &p)
+		}
+	case "notifications/message":
+		var p mcp.LoggingMessageParams
+		if json.Unmarshal(n.Params, &p) != nil {
+			return
+		}
+		ss.Log(f.only(server), &p)
+	}
+}

@@ -1,0 +1,200 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"mime"
+	"net/http"
+	"slices"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// An upstream's notifications about a call (progress, log messages) must
+// reach the agent before the call's result, on the same stream. The SDK's
+// client hands notifications to their handlers on a goroutine of their
+// own while it delivers the result at once, so by the time a handler runs
+// the agent's call has usually ended. The broker therefore taps the
+// upstream connection below the SDK: the observer sees each notification
+// in wire order, and returns before the SDK reads anything after it.
+
+// observer is called with every notification an upstream session
+// receives, before the SDK sees the messages that follow it.
+type observer func(n *jsonrpc.Request)
+
+// tap returns t with obs watching what it receives.
+func tap(t mcp.Transport, obs observer) mcp.Transport {
+	if st, ok := t.(*mcp.StreamableClientTransport); ok {
+		// The SDK's streamable connection must stay the SDK's own (it
+		// tracks the negotiated version through unexported methods), so
+		// the tap sits in its HTTP client instead.
+		tapped := *st
+		client := http.DefaultClient
+		if st.HTTPClient != nil {
+			client = st.HTTPClient
+		}
+		c := *client
+		base := c.Transport
+		if base == nil {
+			base = http.DefaultTransport
+		}
+		c.Transport = &sseTap{base: base, obs: obs}
+		tapped.HTTPClient = &c
+		return &tapped
+	}
+	return &connTap{Transport: t, obs: obs}
+}
+
+// connTap taps a transport whose connection is read message by message:
+// stdio and in-memory.
+type connTap struct {
+	mcp.Transport
+	obs observer
+}
+
+func (t *connTap) Connect(ctx context.Context) (mcp.Connection, error) {
+	c, err := t.Transport.Connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &tappedConn{Connection: c, obs: t.obs}, nil
+}
+
+type tappedConn struct {
+	mcp.Connection
+	obs observer
+}
+
+func (c *tappedConn) Read(ctx context.Context) (jsonrpc.Message, error) {
+	msg, err := c.Connection.Read(ctx)
+	if req, ok := msg.(*jsonrpc.Request); ok && !req.IsCall() {
+		c.obs(req)
+	}
+	return msg, err
+}
+
+// sseTap taps the event streams of a Streamable HTTP connection.
+type sseTap struct {
+	base http.RoundTripper
+	obs  observer
+}
+
+func (t *sseTap) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := t.base.RoundTrip(r)
+	if err != nil {
+		return resp, err
+	}
+	if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt == "text/event-stream" {
+		resp.Body = &sseReader{body: resp.Body, obs: t.obs}
+	}
+	return resp, nil
+}
+
+// sseReader passes an event stream through unchanged, event by event: the
+// bytes of an event are released to the reader only once the event is
+// complete and its notification, if it carries one, has been observed.
+type sseReader struct {
+	body io.ReadCloser
+	obs  observer
+	err  error
+
+	buf     []byte // read from body, not yet returned
+	ready   int    // buf[:ready] holds complete, observed events
+	scanned int    // buf[:scanned] has been split into lines
+	line    []byte // the line being read, when it spans reads
+	data    []byte // the data lines of the event being read
+	lines   int    // how many data lines data holds
+	afterCR bool   // the last byte scanned ended a line with \r
+	// skip: the event being read outgrew maxHeld and was released before
+	// its end; it is not observed.
+	skip bool
+}
+
+// maxHeld bounds the bytes of one event held back until it is complete.
+const maxHeld = 4 << 20
+
+func (s *sseReader) Read(p []byte) (int, error) {
+	for s.ready == 0 {
+		if s.err != nil {
+			// What is left is an unterminated event, which SSE discards;
+			// the reader sees it all the same.
+			if len(s.buf) == 0 {
+				return 0, s.err
+			}
+			s.ready = len(s.buf)
+			break
+		}
+		s.buf = slices.Grow(s.buf, 16384)
+		n, err := s.body.Read(s.buf[len(s.buf):cap(s.buf)])
+		s.buf = s.buf[:len(s.buf)+n]
+		s.err = err
+		s.scan()
+		if s.ready == 0 && len(s.buf) > maxHeld {
+			s.ready, s.skip, s.data, s.lines = s.scanned, true, nil, 0
+		}
+	}
+	n := copy(p, s.buf[:s.ready])
+	s.buf = s.buf[:copy(s.buf, s.buf[n:])]
+	s.ready -= n
+	s.scanned -= n
+	return n, nil
+}
+
+// scan splits the unscanned bytes into lines (ended by \r\n, \n or \r),
+// collects data lines, and at each blank line observes the event and
+// marks it ready.
+func (s *sseReader) scan() {
+	for s.scanned < len(s.buf) {
+		rest := s.buf[s.scanned:]
+		if s.afterCR && rest[0] == '\n' {
+			// The \n of a \r\n whose \r ended the previous line.
+			s.afterCR = false
+			s.scanned++
+			if len(s.line) == 0 && s.lines == 0 {
+				s.ready = s.scanned
+			}
+			continue
+		}
+		s.afterCR = false
+		i := bytes.IndexAny(rest, "\r\n")
+		if i < 0 {
+			s.line = append(s.line, rest...)
+			s.scanned = len(s.buf)
+			return
+		}
+		s.line = append(s.line, rest[:i]...)
+		s.afterCR = rest[i] == '\r'
+		s.scanned += i + 1
+		s.endLine()
+	}
+}
+
+func (s *sseReader) endLine() {
+	line := s.line
+	s.line = s.line[:0]
+	if len(line) > 0 {
+		if v, ok := bytes.CutPrefix(line, []byte("data:")); ok && !s.skip {
+			v, _ = bytes.CutPrefix(v, []byte(" "))
+			if s.lines > 0 {
+				s.data = append(s.data, '\n')
+			}
+			s.data = append(s.data, v...)
+			s.lines++
+		}
+		return
+	}
+	// A blank line ends the event.
+	if s.lines > 0 && bytes.Contains(s.data, []byte(`"notifications/`)) {
+		if msg, err := jsonrpc.DecodeMessage(s.data); err == nil {
+			if req, ok := msg.(*jsonrpc.Request); ok && !req.IsCall() {
+				s.obs(req)
+			}
+		}
+	}
+	s.data, s.lines, s.skip = s.data[:0], 0, false
+	s.ready = s.scanned
+}
+
+func (s *sseReader) Close() error { return s.body.Close() }

@@ -1,0 +1,111 @@
+package broker
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+)
+
+// chunked reads its data n bytes at a time, as a network stream may.
+type chunked struct {
+	data []byte
+	n    int
+}
+
+func (c *chunked) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	k := min(c.n, len(p), len(c.data))
+	copy(p, c.data[:k])
+	c.data = c.data[k:]
+	return k, nil
+}
+
+func (c *chunked) Close() error { return nil }
+
+// TestSSEReaderObservesEachNotificationBeforeWhatFollows checks the
+// guarantee relaying rests on: the stream passes through byte for byte,
+// and each notification is observed before the reader has returned any
+// byte of the event after it, whatever the line endings and however the
+// stream is split.
+func TestSSEReaderObservesEachNotificationBeforeWhatFollows(t *testing.T) {
+	progress := `{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"t1","progress":%d}}`
+	result := `{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"notifications/ in a result"}]}}`
+	for _, eol := range []string{"\n", "\r\n", "\r"} {
+		var stream strings.Builder
+		var follows []int // offset of the event after each notification
+		stream.WriteString(": keep-alive comment" + eol + eol)
+		for i := range 3 {
+			stream.WriteString("event: message" + eol + "id: " + fmt.Sprint(i) + eol)
+			stream.WriteString("data: " + fmt.Sprintf(progress, i) + eol + eol)
+			follows = append(follows, stream.Len())
+		}
+		// A message split over two data lines, as SSE allows.
+		stream.WriteString(`data: {"jsonrpc":"2.0","method":"notifications/message",` + eol)
+		stream.WriteString(`data: "params":{"level":"info","data":"hi"}}` + eol + eol)
+		follows = append(follows, stream.Len())
+		stream.WriteString("data: " + result + eol + eol)
+		want := stream.String()
+
+		for _, n := range []int{1, 2, 3, 7, 64, 1 << 16} {
+			var out bytes.Buffer
+			var seen []string
+			var at []int
+			r := &sseReader{body: &chunked{data: []byte(want), n: n}, obs: func(req *jsonrpc.Request) {
+				seen = append(seen, req.Method)
+				at = append(at, out.Len())
+			}}
+			buf := make([]byte, 5)
+			for {
+				k, err := r.Read(buf)
+				out.Write(buf[:k])
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			if out.String() != want {
+				t.Fatalf("eol %q, chunks of %d: stream changed:\n%q\nwant\n%q", eol, n, out.String(), want)
+			}
+			wantSeen := []string{"notifications/progress", "notifications/progress", "notifications/progress", "notifications/message"}
+			if fmt.Sprint(seen) != fmt.Sprint(wantSeen) {
+				t.Fatalf("eol %q, chunks of %d: observed %v, want %v", eol, n, seen, wantSeen)
+			}
+			for i := range at {
+				if at[i] > follows[i] {
+					t.Errorf("eol %q, chunks of %d: notification %d observed after %d bytes were returned; the next event starts at %d",
+						eol, n, i, at[i], follows[i])
+				}
+			}
+		}
+	}
+}
+
+// TestSSEReaderReleasesAnOversizedEvent checks that an event larger than
+// maxHeld is passed on rather than held until it ends.
+func TestSSEReaderReleasesAnOversizedEvent(t *testing.T) {
+	body := io.MultiReader(strings.NewReader("data: "+strings.Repeat("x", maxHeld+1)), blockingReader{})
+	r := &sseReader{body: io.NopCloser(body), obs: func(*jsonrpc.Request) { t.Error("observed a partial event") }}
+	got := 0
+	buf := make([]byte, 1<<20)
+	for got <= maxHeld {
+		k, err := r.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got += k
+	}
+}
+
+// blockingReader fails the test's expectations by never ending: reaching
+// it means the reader wanted more before releasing what it had.
+type blockingReader struct{}
+
+func (blockingReader) Read([]byte) (int, error) { select {} }
