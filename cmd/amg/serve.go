@@ -19,6 +19,7 @@ import (
 type serveOptions struct {
 	config      string
 	listen      string
+	adminListen string
 	authzListen string
 	policyDir   string
 	dataDir     string
@@ -34,7 +35,8 @@ func newServeCmd() *cobra.Command {
 		Short: "Run the gateway",
 		Long: `Run the gateway. With no config file it runs on embedded defaults: the MCP
 endpoint on http://127.0.0.1:8080/mcp fronting the built-in demo server (as
-upstream "notion"), the ext_authz gRPC service on 127.0.0.1:9001, policies
+upstream "notion"), the admin endpoints on http://127.0.0.1:8081 (/healthz,
+/readyz, /api/v1/status), the ext_authz gRPC service on 127.0.0.1:9001, policies
 from ./policies (reloaded when they change; a policy that does not compile
 is reported and the last good one stays), and state under ./data.
 
@@ -47,6 +49,7 @@ the file.`,
 	f := cmd.Flags()
 	f.StringVar(&o.config, "config", "", "gateway config file (default: embedded defaults)")
 	f.StringVar(&o.listen, "listen", "", "address of the MCP endpoint (default 127.0.0.1:8080)")
+	f.StringVar(&o.adminListen, "admin-listen", "", "address of the admin endpoints: /healthz, /readyz, /api/v1/status (default 127.0.0.1:8081)")
 	f.StringVar(&o.authzListen, "authz-listen", "", "address of the ext_authz gRPC service (default 127.0.0.1:9001)")
 	f.StringVar(&o.policyDir, "policy-dir", "", "directory of role files (default ./policies)")
 	f.StringVar(&o.dataDir, "data-dir", "", "directory for tokens, counters, the audit log and keys (default ./data)")
@@ -80,7 +83,7 @@ func serve(cmd *cobra.Command, o serveOptions) error {
 		dst *string
 		v   string
 	}{
-		{&cfg.Listen, o.listen}, {&cfg.AuthzListen, o.authzListen}, {&cfg.PolicyDir, o.policyDir}, {&cfg.DataDir, o.dataDir},
+		{&cfg.Listen, o.listen}, {&cfg.AdminListen, o.adminListen}, {&cfg.AuthzListen, o.authzListen}, {&cfg.PolicyDir, o.policyDir}, {&cfg.DataDir, o.dataDir},
 	} {
 		if ov.v != "" {
 			*ov.dst = ov.v
@@ -91,6 +94,7 @@ func serve(cmd *cobra.Command, o serveOptions) error {
 		Secrets:      src,
 		Builtins:     gateway.Builtins{"demo": demo.NewServer(&demo.Options{Logger: log}).MCP()},
 		PolicyReload: o.reload,
+		Version:      version,
 		Logger:       log,
 	})
 	if err != nil {

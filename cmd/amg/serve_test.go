@@ -40,10 +40,10 @@ func TestServe(t *testing.T) {
 	exited := make(chan int, 1)
 	go func() {
 		exited <- run(ctx, []string{"serve", "--dev", "--policy-dir", "../../policies", "--data-dir", dataDir,
-			"--listen", "127.0.0.1:0", "--authz-listen", "127.0.0.1:0"}, &stdout, &stderr)
+			"--listen", "127.0.0.1:0", "--authz-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}, &stdout, &stderr)
 	}()
 
-	addrRE := regexp.MustCompile(`msg=serving mcp=(\S+) ext_authz=(\S+)`)
+	addrRE := regexp.MustCompile(`msg=serving mcp=(\S+) ext_authz=(\S+) admin=(\S+)`)
 	var m []string
 	for deadline := time.Now().Add(30 * time.Second); m == nil && time.Now().Before(deadline); {
 		select {
@@ -56,7 +56,7 @@ func TestServe(t *testing.T) {
 	if m == nil {
 		t.Fatalf("serve did not start:\n%s", stderr.String())
 	}
-	mcpURL, authzAddr := m[1], m[2]
+	mcpURL, authzAddr, adminURL := m[1], m[2], m[3]
 	token := strings.TrimSpace(stdout.String())
 	if !regexp.MustCompile(`^amg_[0-9a-f]{64}$`).MatchString(token) {
 		t.Fatalf("--dev printed %q, want a token alone", token)
@@ -90,6 +90,26 @@ func TestServe(t *testing.T) {
 		t.Errorf("ungranted call: %v", err)
 	}
 	cs.Close()
+
+	// The operator's view: the admin endpoints.
+	resp0, err := http.Get(adminURL + "/api/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Policy    struct{ Version string }
+		Upstreams []struct {
+			Name      string
+			Connected bool
+			Tools     int
+		}
+	}
+	err = json.NewDecoder(resp0.Body).Decode(&st)
+	resp0.Body.Close()
+	if err != nil || st.Policy.Version == "" || len(st.Upstreams) != 1 || st.Upstreams[0].Name != "notion" ||
+		!st.Upstreams[0].Connected || st.Upstreams[0].Tools != 5 {
+		t.Errorf("admin status = %+v, %v; want the policy version and the connected demo upstream with its 5 tools", st, err)
+	}
 
 	// Envoy's view: a Check over gRPC.
 	conn, err := grpc.NewClient(authzAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))

@@ -842,3 +842,28 @@ func (b *Broker) dropUpstreamSession(ss *mcp.ServerSession, server string, cs *m
 		cs.Close()
 	}
 }
+
+// UpstreamStatus is what the broker knows of an upstream: whether its
+// catalogue session is connected, and what its lists offered when last
+// read.
+type UpstreamStatus struct {
+	Name      string `json:"name"`
+	Connected bool   `json:"connected"`
+	Tools     int    `json:"tools"`
+	Prompts   int    `json:"prompts"`
+	Resources int    `json:"resources"`
+	Templates int    `json:"resource_templates"`
+}
+
+// Status reports every upstream, by name.
+func (b *Broker) Status() []UpstreamStatus {
+	out := make([]UpstreamStatus, 0, len(b.names))
+	for _, name := range b.names {
+		u := b.ups[name]
+		u.mu.Lock()
+		out = append(out, UpstreamStatus{Name: name, Connected: u.catalog != nil,
+			Tools: len(u.tools), Prompts: len(u.prompts), Resources: len(u.resources), Templates: len(u.templates)})
+		u.mu.Unlock()
+	}
+	return out
+}

@@ -13,13 +13,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
+	"github.com/amgateway/amg/internal/hostguard"
 	"github.com/amgateway/amg/mcpfilter"
 )
 
@@ -36,12 +36,11 @@ type Options struct {
 	// A larger body is refused with 413, as Envoy does with
 	// allow_partial_message false.
 	MaxBodyBytes int
-	// AllowedHosts, when set, are the only host names (without port) the
-	// Host header and any Origin header may name; others are refused
-	// before anything else happens. A front on loopback allows only
-	// loopback names, which stops DNS-rebinding attacks from a browser
-	// (Envoy does the same with a virtual host's domains).
-	AllowedHosts []string
+	// Hosts, when set, are the only host names the Host header and any
+	// Origin header may name; others are refused before anything else
+	// happens. A front on loopback allows only loopback names (see
+	// hostguard).
+	Hosts hostguard.Hosts
 	// Logger receives check failures; nil discards them.
 	Logger *slog.Logger
 }
@@ -51,7 +50,7 @@ type Front struct {
 	check   Checker
 	next    http.Handler
 	maxBody int
-	hosts   map[string]bool
+	hosts   hostguard.Hosts
 	log     *slog.Logger
 }
 
@@ -66,48 +65,15 @@ func New(check Checker, next http.Handler, opts *Options) *Front {
 		if opts.Logger != nil {
 			f.log = opts.Logger
 		}
-		if len(opts.AllowedHosts) > 0 {
-			f.hosts = map[string]bool{}
-			for _, h := range opts.AllowedHosts {
-				f.hosts[strings.ToLower(h)] = true
-			}
-		}
+		f.hosts = opts.Hosts
 	}
 	return f
-}
-
-// LoopbackHosts are the names a front listening on loopback accepts.
-var LoopbackHosts = []string{"localhost", "127.0.0.1", "::1"}
-
-// hostAllowed reports whether the Host header and any Origin name an
-// allowed host.
-func (f *Front) hostAllowed(r *http.Request) bool {
-	if f.hosts == nil {
-		return true
-	}
-	if !f.hosts[hostname(r.Host)] {
-		return false
-	}
-	if o := r.Header.Get("Origin"); o != "" {
-		u, err := url.Parse(o)
-		if err != nil || !f.hosts[strings.ToLower(u.Hostname())] {
-			return false
-		}
-	}
-	return true
-}
-
-func hostname(hostport string) string {
-	if h, _, err := net.SplitHostPort(hostport); err == nil {
-		hostport = h
-	}
-	return strings.ToLower(strings.Trim(hostport, "[]"))
 }
 
 const amgHeaderPrefix = "x-amg-"
 
 func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !f.hostAllowed(r) {
+	if !f.hosts.Allowed(r) {
 		http.Error(w, "host or origin not allowed", http.StatusForbidden)
 		return
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/amgateway/amg/authz"
 	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/hostguard"
 	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/ratelimit"
 	"github.com/amgateway/amg/internal/tokens"
@@ -290,7 +291,7 @@ func TestCheckRequestShape(t *testing.T) {
 }
 
 func TestHostAndOriginChecks(t *testing.T) {
-	h := newHarness(t, inProcess(t), &Options{AllowedHosts: LoopbackHosts})
+	h := newHarness(t, inProcess(t), &Options{Hosts: hostguard.New(hostguard.Loopback...)})
 	tests := []struct {
 		host, origin string
 		status       int

@@ -109,7 +109,7 @@ func startGateway(t *testing.T, ups map[string]*config.Upstream, roleName, role 
 		t.Fatal(err)
 	}
 	cfg := config.Default()
-	cfg.Listen, cfg.AuthzListen = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Listen, cfg.AuthzListen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.DataDir, cfg.PolicyDir = filepath.Join(dir, "data"), policyDir
 	cfg.Upstreams, cfg.Names = ups, nil
 	for name := range ups {

@@ -18,10 +18,12 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/amgateway/amg/authz"
+	"github.com/amgateway/amg/internal/admin"
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/broker"
 	"github.com/amgateway/amg/internal/config"
 	"github.com/amgateway/amg/internal/front"
+	"github.com/amgateway/amg/internal/hostguard"
 	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/ratelimit"
 	"github.com/amgateway/amg/internal/secrets"
@@ -42,7 +44,9 @@ type Options struct {
 	Builtins Builtins
 	// PolicyReload is how often the policy directory is reread; 0 means 2 s.
 	PolicyReload time.Duration
-	Logger       *slog.Logger
+	// Version is the amg build the admin status reports.
+	Version string
+	Logger  *slog.Logger
 }
 
 // Gateway is one running AMG.
@@ -57,8 +61,9 @@ type Gateway struct {
 	authz    *authz.Server
 	broker   *broker.Broker
 	front    http.Handler
+	admin    http.Handler
 
-	mcpLis, authzLis net.Listener
+	mcpLis, authzLis, adminLis net.Listener
 }
 
 // New builds a gateway for cfg: it opens the database and the audit log in
@@ -145,14 +150,11 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		return nil, err
 	}
 	mux := http.NewServeMux()
-	fopts := &front.Options{MaxBodyBytes: cfg.MaxBodyBytes, Logger: g.log}
-	if host, _, err := net.SplitHostPort(cfg.Listen); err == nil {
-		if ip := net.ParseIP(host); (ip != nil && ip.IsLoopback()) || host == "localhost" {
-			fopts.AllowedHosts = front.LoopbackHosts
-		}
-	}
+	fopts := &front.Options{MaxBodyBytes: cfg.MaxBodyBytes, Logger: g.log, Hosts: hostguard.ForListener(cfg.Listen)}
 	mux.Handle(config.MCPPath, front.New(g.authz, g.broker, fopts))
 	g.front = mux
+	g.admin = admin.Handler(admin.Deps{Policies: g.policies, Upstreams: g.broker.Status, Version: opts.Version,
+		Started: time.Now(), Hosts: hostguard.ForListener(cfg.AdminListen)})
 	return g, nil
 }
 
@@ -167,23 +169,34 @@ func (g *Gateway) IssueToken(ctx context.Context, agent, role string, ttl time.D
 	return tokens.Issue(ctx, g.tokens, agent, role, ttl, time.Now())
 }
 
-// Listen binds the MCP and ext_authz listeners, so that their addresses
-// are known (and taken) before Serve.
+// Listen binds the MCP, ext_authz and admin listeners, so that their
+// addresses are known (and taken) before Serve.
 func (g *Gateway) Listen() error {
-	var err error
-	if g.mcpLis, err = net.Listen("tcp", g.cfg.Listen); err != nil {
-		return fmt.Errorf("mcp listener: %w", err)
+	binds := []struct {
+		lis        *net.Listener
+		addr, what string
+	}{
+		{&g.mcpLis, g.cfg.Listen, "mcp"},
+		{&g.authzLis, g.cfg.AuthzListen, "ext_authz"},
+		{&g.adminLis, g.cfg.AdminListen, "admin"},
 	}
-	if g.authzLis, err = net.Listen("tcp", g.cfg.AuthzListen); err != nil {
-		g.mcpLis.Close()
-		return fmt.Errorf("ext_authz listener: %w", err)
+	for i, b := range binds {
+		lis, err := net.Listen("tcp", b.addr)
+		if err != nil {
+			for _, bound := range binds[:i] {
+				(*bound.lis).Close()
+			}
+			return fmt.Errorf("%s listener: %w", b.what, err)
+		}
+		*b.lis = lis
 	}
 	return nil
 }
 
-// MCPAddr and AuthzAddr are the bound listener addresses.
+// MCPAddr, AuthzAddr and AdminAddr are the bound listener addresses.
 func (g *Gateway) MCPAddr() string   { return g.mcpLis.Addr().String() }
 func (g *Gateway) AuthzAddr() string { return g.authzLis.Addr().String() }
+func (g *Gateway) AdminAddr() string { return g.adminLis.Addr().String() }
 
 // Serve connects the upstreams and serves until ctx ends, then shuts down
 // gracefully within 10 s. Listen must have been called.
@@ -201,10 +214,12 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	gs := grpc.NewServer(authz.GRPCServerOptions()...)
 	authv3.RegisterAuthorizationServer(gs, g.authz)
 	hs := &http.Server{Handler: g.front, ReadHeaderTimeout: 10 * time.Second}
-	errs := make(chan error, 2)
+	as := &http.Server{Handler: g.admin, ReadHeaderTimeout: 10 * time.Second}
+	errs := make(chan error, 3)
 	go func() { errs <- gs.Serve(g.authzLis) }()
 	go func() { errs <- hs.Serve(g.mcpLis) }()
-	g.log.Info("serving", "mcp", "http://"+g.MCPAddr()+config.MCPPath, "ext_authz", g.AuthzAddr())
+	go func() { errs <- as.Serve(g.adminLis) }()
+	g.log.Info("serving", "mcp", "http://"+g.MCPAddr()+config.MCPPath, "ext_authz", g.AuthzAddr(), "admin", "http://"+g.AdminAddr())
 
 	var err error
 	select {
@@ -216,7 +231,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	defer cancel()
 	stopped := make(chan struct{})
 	go func() { gs.GracefulStop(); close(stopped) }()
-	herr := hs.Shutdown(shutdown)
+	herr := errors.Join(hs.Shutdown(shutdown), as.Shutdown(shutdown))
 	select {
 	case <-stopped:
 	case <-shutdown.Done():

@@ -36,7 +36,7 @@ func (g grpcCheck) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3
 func TestGoldenScenariosInBothModes(t *testing.T) {
 	dir := t.TempDir()
 	cfg := config.Default()
-	cfg.Listen, cfg.AuthzListen = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Listen, cfg.AuthzListen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.DataDir, cfg.PolicyDir = filepath.Join(dir, "data"), "../../policies"
 	gw, err := New(cfg, &Options{Builtins: Builtins{"demo": demo.NewServer(nil).MCP()}})
 	if err != nil {

@@ -30,7 +30,7 @@ func TestPolicyReloadReachesConnectedAgents(t *testing.T) {
 	}
 	write("      - name: get_pages\n        constraints: { workspace_id: {} }\n")
 	cfg := config.Default()
-	cfg.Listen, cfg.AuthzListen = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Listen, cfg.AuthzListen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.DataDir, cfg.PolicyDir = filepath.Join(dir, "data"), policyDir
 	gw, err := New(cfg, &Options{Builtins: Builtins{"demo": demo.NewServer(nil).MCP()}, PolicyReload: 20 * time.Millisecond})
 	if err != nil {

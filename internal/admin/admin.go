@@ -1,0 +1,104 @@
+// Package admin serves the gateway's operator endpoints on the admin
+// listener: liveness, readiness and a JSON status of the policy and the
+// upstreams. It is read-only; nothing an agent can reach is served here.
+package admin
+
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/amgateway/amg/internal/broker"
+	"github.com/amgateway/amg/internal/hostguard"
+	"github.com/amgateway/amg/internal/policy"
+)
+
+// Policies reports the policy being served and how the last reload went.
+type Policies interface {
+	Current() *policy.Set
+	Status() policy.Status
+}
+
+// Deps is what the admin endpoints report on.
+type Deps struct {
+	Policies  Policies
+	Upstreams func() []broker.UpstreamStatus
+	// Version is the amg build.
+	Version string
+	// Started is when the gateway started.
+	Started time.Time
+	// Hosts are the host names the admin listener answers to; nil is any
+	// (see hostguard.ForListener).
+	Hosts hostguard.Hosts
+}
+
+// Handler returns the admin endpoints:
+//
+//	GET /healthz        200 while the process serves
+//	GET /readyz         200 once a policy is compiled, 503 before
+//	GET /api/v1/status  the policy, its last reload and the upstreams, as JSON
+func Handler(d Deps) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if d.Policies.Current() == nil {
+			// Without a policy every request is denied: not ready.
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write([]byte("no policy compiled\n"))
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	mux.HandleFunc("GET /api/v1/status", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, status(d))
+	})
+	return d.Hosts.Guard(mux)
+}
+
+// Status is the body of /api/v1/status.
+type Status struct {
+	Version   string                  `json:"version"`
+	Started   time.Time               `json:"started"`
+	Policy    PolicyStatus            `json:"policy"`
+	Upstreams []broker.UpstreamStatus `json:"upstreams"`
+}
+
+// PolicyStatus describes the policy being served and the last reload.
+type PolicyStatus struct {
+	// Version is the version being served; empty when none compiled.
+	Version string   `json:"version"`
+	Roles   []string `json:"roles"`
+	// LastReload is when the policy directory was last compiled, and
+	// LastError why that failed (the previous version stays in force).
+	LastReload time.Time `json:"last_reload"`
+	LastError  string    `json:"last_error,omitempty"`
+}
+
+func status(d Deps) Status {
+	st := Status{Version: d.Version, Started: d.Started, Upstreams: d.Upstreams()}
+	ps := d.Policies.Status()
+	st.Policy.LastReload = ps.At
+	if ps.Err != nil {
+		st.Policy.LastError = ps.Err.Error()
+	}
+	st.Policy.Roles = []string{}
+	if set := d.Policies.Current(); set != nil {
+		st.Policy.Version = set.VersionString()
+		for _, r := range set.Roles() {
+			st.Policy.Roles = append(st.Policy.Roles, r.Name)
+		}
+	}
+	return st
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}

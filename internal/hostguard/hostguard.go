@@ -1,0 +1,82 @@
+// Package hostguard restricts an HTTP listener to the host names it is
+// meant to be reached by. A listener on loopback that accepts any Host
+// header can be reached from a web page the operator visits, through DNS
+// rebinding; checking Host and Origin stops that (Envoy does the same with
+// a virtual host's domains).
+package hostguard
+
+import (
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// Loopback are the names a listener on loopback answers to.
+var Loopback = []string{"localhost", "127.0.0.1", "::1"}
+
+// Hosts is a set of allowed host names, without ports. The nil set allows
+// every host.
+type Hosts map[string]bool
+
+// New returns the set of names, compared without case.
+func New(names ...string) Hosts {
+	h := Hosts{}
+	for _, n := range names {
+		h[strings.ToLower(n)] = true
+	}
+	return h
+}
+
+// ForListener returns Loopback's set when addr is a loopback address or
+// localhost, and nil (every host) otherwise.
+func ForListener(addr string) Hosts {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil
+	}
+	if ip := net.ParseIP(host); (ip != nil && ip.IsLoopback()) || strings.EqualFold(host, "localhost") {
+		return New(Loopback...)
+	}
+	return nil
+}
+
+// Allowed reports whether r's Host header and its Origin header, if any,
+// name an allowed host.
+func (h Hosts) Allowed(r *http.Request) bool {
+	if h == nil {
+		return true
+	}
+	if !h[hostname(r.Host)] {
+		return false
+	}
+	if o := r.Header.Get("Origin"); o != "" {
+		u, err := url.Parse(o)
+		if err != nil || !h[strings.ToLower(u.Hostname())] {
+			return false
+		}
+	}
+	return true
+}
+
+// Guard returns next behind the check: a request naming another host is
+// refused with 403 before next sees it.
+func (h Hosts) Guard(next http.Handler) http.Handler {
+	if h == nil {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !h.Allowed(r) {
+			http.Error(w, "host or origin not allowed", http.StatusForbidden)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func hostname(hostport string) string {
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		hostport = h
+	}
+	return strings.ToLower(strings.Trim(hostport, "[]"))
+}
