@@ -98,7 +98,9 @@ func (p *parser) params(depth int, m *Message, spec *paramSpec) (found int, err 
 			err = p.meta(depth, m)
 		case spec.name && key == "name":
 			found |= foundName
+			at := p.pos
 			m.Name, err = p.stringMember(depth, ReasonInvalidName, "name must be a string")
+			m.NameSpan = Span{at, p.pos}
 		case spec.uri && key == "uri":
 			found |= foundURI
 			m.URI, err = p.stringMember(depth, ReasonInvalidURI, "uri must be a string")

@@ -79,7 +79,23 @@ type Message struct {
 	// MetaProtocolVersion is params._meta[MetaProtocolVersionKey], "" if
 	// absent.
 	MetaProtocolVersion string
+
+	// Result and Error are the exact bytes of a response's result or error
+	// object; nil if absent.
+	Result, Error json.RawMessage
+
+	// IDSpan and NameSpan locate the id token and the params.name string
+	// token (quotes included) in the body, for a caller that rewrites
+	// them and keeps every other byte; zero when absent.
+	IDSpan, NameSpan Span
 }
+
+// Span is the byte range [Start, End) of a token in the body given to
+// Parse.
+type Span struct{ Start, End int }
+
+// Len is the length of the span; 0 for an absent token.
+func (s Span) Len() int { return s.End - s.Start }
 
 // Body is a parsed request body.
 //
@@ -318,7 +334,14 @@ func (p *parser) message(depth int, m *Message) error {
 				bit = hasError
 			}
 			if p.pos < len(p.data) && p.data[p.pos] == '{' {
-				err = p.skipObject(depth + 1)
+				at := p.pos
+				if err = p.skipObject(depth + 1); err == nil {
+					if bit == hasResult {
+						m.Result = p.data[at:p.pos]
+					} else {
+						m.Error = p.data[at:p.pos]
+					}
+				}
 			} else {
 				err = p.wrongType(depth, ReasonInvalidRequest, string(k.dec)+" must be an object")
 			}
@@ -425,7 +448,7 @@ func (p *parser) id(depth int, m *Message) error {
 	default:
 		return p.wrongType(depth, ReasonInvalidID, "id must be a string or an integer")
 	}
-	m.ID = p.data[start:p.pos]
+	m.ID, m.IDSpan = p.data[start:p.pos], Span{start, p.pos}
 	return nil
 }
 

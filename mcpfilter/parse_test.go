@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
 // call prefixes a tools/call request up to the value of params.arguments.
@@ -402,12 +403,12 @@ var acceptTests = []struct {
 	{
 		name: "response with result",
 		body: `{"jsonrpc":"2.0","id":"srv-1","result":{"action":"accept","content":{"a":1}}}`,
-		want: []Message{{Kind: KindResponse, ID: raw(`"srv-1"`)}},
+		want: []Message{{Kind: KindResponse, ID: raw(`"srv-1"`), Result: raw(`{"action":"accept","content":{"a":1}}`)}},
 	},
 	{
 		name: "response with error",
 		body: `{"jsonrpc":"2.0","id":0,"error":{"code":-32601,"message":"no"}}`,
-		want: []Message{{Kind: KindResponse, ID: raw(`0`)}},
+		want: []Message{{Kind: KindResponse, ID: raw(`0`), Error: raw(`{"code":-32601,"message":"no"}`)}},
 	},
 	{
 		name: "id limits",
@@ -462,7 +463,7 @@ var acceptTests = []struct {
 				Arguments: raw(`{"x":"1"}`), Args: map[string]any{"x": "1"},
 			},
 			{Kind: KindNotification, Method: "notifications/cancelled", Params: raw(`{"requestId":0}`)},
-			{Kind: KindResponse, ID: raw(`9`)},
+			{Kind: KindResponse, ID: raw(`9`), Result: raw(`{}`)},
 		},
 	},
 }
@@ -496,10 +497,32 @@ func TestParseAccepts(t *testing.T) {
 				t.Fatalf("Parse: %v", err)
 			}
 			want := &Body{Messages: tt.want, Batch: tt.batch}
-			if diff := cmp.Diff(want, b); diff != "" {
+			if diff := cmp.Diff(want, b, cmpopts.IgnoreFields(Message{}, "IDSpan", "NameSpan")); diff != "" {
 				t.Errorf("Body mismatch (-want +got):\n%s", diff)
 			}
+			checkSpans(t, []byte(tt.body), b)
 		})
+	}
+}
+
+// checkSpans checks that each message's spans locate its id and name
+// tokens in body.
+func checkSpans(t *testing.T, body []byte, b *Body) {
+	t.Helper()
+	for i, m := range b.Messages {
+		if got := string(body[m.IDSpan.Start:m.IDSpan.End]); got != string(m.ID) {
+			t.Errorf("message %d: IDSpan holds %q, want the id %q", i, got, m.ID)
+		}
+		if m.NameSpan.Len() == 0 {
+			if m.Name != "" {
+				t.Errorf("message %d: name %q without a span", i, m.Name)
+			}
+			continue
+		}
+		var name string
+		if err := json.Unmarshal(body[m.NameSpan.Start:m.NameSpan.End], &name); err != nil || name != m.Name {
+			t.Errorf("message %d: NameSpan holds %q, want the token of %q (%v)", i, body[m.NameSpan.Start:m.NameSpan.End], m.Name, err)
+		}
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,7 +39,19 @@ var args = json.RawMessage(decisiontest.BenchArgs)
 func main() {
 	levels := flag.String("c", "1,32", "concurrency levels")
 	duration := flag.Duration("d", 5*time.Second, "how long each measurement runs")
+	only := flag.String("only", "", "measure only the path of this name (direct, go-sdk proxy, AMG)")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Fatal(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	var cs []int
 	for _, f := range strings.Split(*levels, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -47,12 +60,13 @@ func main() {
 		}
 		cs = append(cs, n)
 	}
-	if err := run(cs, *duration); err != nil {
+	if err := run(cs, *duration, *only); err != nil {
+		pprof.StopCPUProfile()
 		log.Fatal(err)
 	}
 }
 
-func run(levels []int, d time.Duration) error {
+func run(levels []int, d time.Duration, only string) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	upstream, err := serve(upstreamServer())
@@ -79,6 +93,9 @@ func run(levels []int, d time.Duration) error {
 	for _, c := range levels {
 		var direct float64
 		for _, tg := range targets {
+			if only != "" && tg.name != only && tg.name != "direct" {
+				continue
+			}
 			rate, p50, p99, err := measure(ctx, tg.url, tg.token, tg.tool, c, d)
 			if err != nil {
 				return fmt.Errorf("%s: %w", tg.name, err)
