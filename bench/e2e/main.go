@@ -143,7 +143,7 @@ func naiveProxy(ctx context.Context, upstream string) *mcp.Server {
 			if cs == nil {
 				var err error
 				cs, err = mcp.NewClient(&mcp.Implementation{Name: "naive-proxy", Version: "1"}, nil).Connect(ctx,
-					&mcp.StreamableClientTransport{Endpoint: upstream}, nil)
+					&mcp.StreamableClientTransport{Endpoint: upstream, HTTPClient: &http.Client{Transport: pool}}, nil)
 				if err != nil {
 					mu.Unlock()
 					return nil, err
@@ -179,7 +179,7 @@ func startAMG(ctx context.Context, upstream string) (url, token string, stop fun
 		return "", "", nil, err
 	}
 	cfg := config.Default()
-	cfg.Listen, cfg.AuthzListen = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Listen, cfg.AuthzListen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.DataDir, cfg.PolicyDir = filepath.Join(dir, "data"), policyDir
 	cfg.Upstreams = map[string]*config.Upstream{"bench": {Name: "bench", URL: upstream,
 		ConnectTimeout: 5 * time.Second, CallTimeout: 30 * time.Second}}
@@ -211,8 +211,18 @@ func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
 		r = r.Clone(r.Context())
 		r.Header.Set("Authorization", "Bearer "+b.token)
 	}
-	return http.DefaultTransport.RoundTrip(r)
+	return pool.RoundTrip(r)
 }
+
+// pool is the HTTP transport of every client in the benchmark: the agents'
+// and the naive proxy's. The default keeps two idle connections per host,
+// so 32 concurrent sessions would mostly dial anew and measure that; AMG
+// pools its upstream connections the same way.
+var pool = func() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns, t.MaxIdleConnsPerHost = 1024, 256
+	return t
+}()
 
 // measure runs c workers, each with its own session, calling tool for d
 // after a warm-up, and returns calls/s and latency percentiles.

@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
@@ -65,7 +66,10 @@ type Options struct {
 	// Namespace maps upstream names to the names agents see; the zero
 	// value prefixes every name with its server.
 	Namespace mcpfilter.Namespace
-	Logger    *slog.Logger
+	// SessionIdle is how long an agent session may go without a request
+	// before the broker ends it; 0 means 30 minutes.
+	SessionIdle time.Duration
+	Logger      *slog.Logger
 }
 
 // Broker is the http.Handler behind authz.
@@ -76,6 +80,7 @@ type Broker struct {
 	names    []string
 	maxBody  int
 	ns       mcpfilter.Namespace
+	idle     time.Duration
 	audit    Auditor
 	log      *slog.Logger
 	handler  *mcp.StreamableHTTPHandler
@@ -85,16 +90,21 @@ type Broker struct {
 	synced   string   // policy version the role servers reflect
 	owners   sync.Map // MCP session id -> owner (agent and role)
 	sessions sync.Map // *mcp.ServerSession -> *agentSession
+	bySID    sync.Map // MCP session id -> *agentSession
+	ids      atomic.Uint64
 }
 
 type upstream struct {
 	Upstream
-	mu        sync.Mutex
-	catalog   *mcp.ClientSession
-	tools     []*mcp.Tool
-	prompts   []*mcp.Prompt
-	resources []*mcp.Resource
-	templates []*mcp.ResourceTemplate
+	mu      sync.Mutex
+	catalog *mcp.ClientSession
+	tools   []*mcp.Tool
+	// headerTools are the tools whose input schema binds arguments to
+	// HTTP headers (x-mcp-header), which only the SDK's client sets.
+	headerTools map[string]bool
+	prompts     []*mcp.Prompt
+	resources   []*mcp.Resource
+	templates   []*mcp.ResourceTemplate
 }
 
 // roleServer is the MCP server one role's agents talk to, with what is
@@ -111,8 +121,11 @@ type roleServer struct {
 // New returns a broker for ups. Call Start before serving.
 func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options) (*Broker, error) {
 	b := &Broker{signer: signer, policies: policies, ups: map[string]*upstream{}, roles: map[string]*roleServer{},
-		maxBody: mcpfilter.DefaultMaxBytes, log: slog.New(slog.DiscardHandler)}
+		maxBody: mcpfilter.DefaultMaxBytes, idle: sessionIdle, log: slog.New(slog.DiscardHandler)}
 	if opts != nil {
+		if opts.SessionIdle > 0 {
+			b.idle = opts.SessionIdle
+		}
 		if opts.MaxBodyBytes > 0 {
 			b.maxBody = opts.MaxBodyBytes
 		}
@@ -150,15 +163,18 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 		MaxRequestBodyBytes:        int64(b.maxBody),
 		// An agent that goes away without ending its session does not
 		// keep it, and its upstream sessions, forever.
-		SessionTimeout: sessionIdle,
+		// The broker ends idle sessions itself (see reapIdle): calls it
+		// forwards without the SDK do not reach the SDK's timer.
 	})
 	return b, nil
 }
 
 // Start connects the catalogue session of every upstream and builds the
 // role servers. An upstream that cannot be reached is logged and its tools
-// stay invisible until a later refresh reaches it.
+// stay invisible until a later refresh reaches it. Idle agent sessions are
+// ended until ctx ends.
 func (b *Broker) Start(ctx context.Context) {
+	go b.reapIdle(ctx, max(b.idle/30, 10*time.Millisecond))
 	for _, name := range b.names {
 		if err := b.refresh(ctx, b.ups[name]); err != nil {
 			b.log.Error("upstream unreachable; its tools are hidden until it answers", "upstream", name, "err", err)
@@ -167,8 +183,15 @@ func (b *Broker) Start(ctx context.Context) {
 	b.sync()
 }
 
-// Close ends every catalogue session.
+// Close ends every agent session, with its upstream sessions, and every
+// catalogue session.
 func (b *Broker) Close() {
+	b.sessions.Range(func(_, v any) bool {
+		as := v.(*agentSession)
+		as.ss.Close()
+		as.closeUpstreams()
+		return true
+	})
 	for _, u := range b.ups {
 		u.mu.Lock()
 		if u.catalog != nil {
@@ -195,7 +218,7 @@ func (b *Broker) refresh(ctx context.Context, u *upstream) error {
 				b.sync()
 			}()
 		}
-		cs, err := u.connect(ctx, &mcp.ClientOptions{
+		cs, _, err := u.connect(ctx, &mcp.ClientOptions{
 			ToolListChangedHandler:     func(ctx context.Context, _ *mcp.ToolListChangedRequest) { changed(ctx) },
 			PromptListChangedHandler:   func(ctx context.Context, _ *mcp.PromptListChangedRequest) { changed(ctx) },
 			ResourceListChangedHandler: func(ctx context.Context, _ *mcp.ResourceListChangedRequest) { changed(ctx) },
@@ -219,6 +242,12 @@ func (b *Broker) refresh(ctx context.Context, u *upstream) error {
 		tools = append(tools, tool)
 	}
 	u.tools = tools
+	u.headerTools = map[string]bool{}
+	for _, t := range tools {
+		if schema, err := json.Marshal(t.InputSchema); err != nil || bytes.Contains(schema, []byte(`"x-mcp-header"`)) {
+			u.headerTools[t.Name] = true
+		}
+	}
 	caps := u.catalog.InitializeResult().Capabilities
 	u.prompts, u.resources, u.templates = nil, nil, nil
 	if caps != nil && caps.Prompts != nil {
@@ -246,6 +275,17 @@ func (b *Broker) refresh(ctx context.Context, u *upstream) error {
 		}
 	}
 	return nil
+}
+
+// bindsHeaders reports whether calls of tool must go through the SDK's
+// client, which sets the HTTP headers its schema binds arguments to.
+func (u *upstream) bindsHeaders(tool string) bool {
+	if u == nil {
+		return true
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.headerTools[tool]
 }
 
 // Annotations returns the annotations server declared for tool, as its
@@ -300,7 +340,6 @@ func (b *Broker) newRoleServer() *roleServer {
 	srv := mcp.NewServer(&mcp.Implementation{Name: "amg", Title: "AMG MCP gateway", Version: "1"}, &mcp.ServerOptions{
 		SubscribeHandler:   b.subscribe,
 		UnsubscribeHandler: b.unsubscribe,
-		InitializedHandler: b.sessionStarted,
 		CompletionHandler:  b.complete,
 		Capabilities: &mcp.ServerCapabilities{
 			Tools:       &mcp.ToolCapabilities{ListChanged: true},
@@ -312,7 +351,7 @@ func (b *Broker) newRoleServer() *roleServer {
 			Logging: &mcp.LoggingCapabilities{},
 		},
 	})
-	srv.AddReceivingMiddleware(b.passLogLevel)
+	srv.AddReceivingMiddleware(b.trackSession, b.passLogLevel)
 	return &roleServer{
 		srv:       srv,
 		tools:     map[string]*mcp.Tool{},
@@ -453,6 +492,12 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if set := b.policies.Current(); set != nil && set.VersionString() != b.syncedVersion() {
 		b.sync()
 	}
+	if as := b.sessionByID(r.Header.Get("Mcp-Session-Id")); as != nil {
+		as.touch()
+		if b.serveDirect(w, r, as, body) {
+			return
+		}
+	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	b.handler.ServeHTTP(&sessionRecorder{ResponseWriter: w, b: b, owner: owner}, r)
 }
@@ -543,28 +588,6 @@ func (s *sessionRecorder) Flush() {
 
 func (s *sessionRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
-// sessionIdle is how long an agent session may go without a request.
-const sessionIdle = 30 * time.Minute
-
-// sessionStarted forgets a session's owner when the session ends, whether
-// or not it ever reached an upstream.
-func (b *Broker) sessionStarted(_ context.Context, req *mcp.InitializedRequest) {
-	ss := req.Session
-	go func() {
-		ss.Wait()
-		b.owners.Delete(ss.ID())
-	}()
-}
-
-// agentSession holds one agent session's upstream sessions, and what it
-// has in flight on them.
-type agentSession struct {
-	mu    sync.Mutex
-	ups   map[string]*mcp.ClientSession
-	level string // what the agent last set with logging/setLevel
-	calls inflight
-}
-
 // forward is the handler of server__tool: it calls tool on server with the
 // arguments exactly as the agent sent them and authz decided on.
 func (b *Broker) forward(server, tool string) mcp.ToolHandler {
@@ -583,22 +606,33 @@ func (b *Broker) forward(server, tool string) mcp.ToolHandler {
 	}
 }
 
-// recordCall audits what became of an allowed tool call upstream, under
-// the decision id authz recorded the decision with (ServeHTTP has checked
-// the header against the signed decision).
+// recordCall audits what became of an allowed tool call upstream.
 func (b *Broker) recordCall(req *mcp.CallToolRequest, server, tool string, took time.Duration, res *mcp.CallToolResult, err error) {
-	if b.audit == nil || req.Extra == nil {
+	if req.Extra == nil {
 		return
 	}
-	h := req.Extra.Header
-	rec := &audit.Record{Time: time.Now(), DecisionID: h.Get(authz.HeaderDecisionID), Agent: h.Get(authz.HeaderAgent),
-		Role: h.Get(authz.HeaderRole), Server: server, Tool: tool, Method: "tools/call", Verdict: "allow",
-		Code: CodeExecuted, UpstreamStatus: "ok", UpstreamMicros: took.Microseconds()}
+	status, reason := "ok", ""
 	switch {
 	case err != nil:
-		rec.Code, rec.UpstreamStatus, rec.Reason = CodeUpstreamError, "error", err.Error()
+		status, reason = "error", err.Error()
 	case res != nil && res.IsError:
-		rec.UpstreamStatus = "tool_error"
+		status = "tool_error"
+	}
+	b.recordUpstream(req.Extra.Header, server, tool, took, status, reason)
+}
+
+// recordUpstream audits the upstream outcome (ok, tool_error or error) of
+// an allowed call, under the decision id authz recorded the decision with
+// (ServeHTTP has checked the headers against the signed decision).
+func (b *Broker) recordUpstream(h http.Header, server, tool string, took time.Duration, status, reason string) {
+	if b.audit == nil {
+		return
+	}
+	rec := &audit.Record{Time: time.Now(), DecisionID: h.Get(authz.HeaderDecisionID), Agent: h.Get(authz.HeaderAgent),
+		Role: h.Get(authz.HeaderRole), Server: server, Tool: tool, Method: "tools/call", Verdict: "allow",
+		Code: CodeExecuted, UpstreamStatus: status, UpstreamMicros: took.Microseconds(), Reason: reason}
+	if status == "error" {
+		rec.Code = CodeUpstreamError
 	}
 	if err := b.audit.Log(rec); err != nil {
 		b.log.Error("audit log cannot record an upstream call", "decision_id", rec.DecisionID, "err", err)
@@ -608,17 +642,19 @@ func (b *Broker) recordCall(req *mcp.CallToolRequest, server, tool string, took 
 // connect opens a client session to u within its connect timeout, asking
 // for protocol version (empty: the latest). obs, if not nil, sees the
 // session's notifications in wire order (see tap).
-func (u *upstream) connect(ctx context.Context, opts *mcp.ClientOptions, version string, obs observer) (*mcp.ClientSession, error) {
+func (u *upstream) connect(ctx context.Context, opts *mcp.ClientOptions, version string, obs observer) (*mcp.ClientSession, mcp.Transport, error) {
 	ctx, cancel := context.WithTimeout(ctx, u.ConnectTimeout)
 	defer cancel()
 	t, err := u.Transport(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	connect := t
 	if obs != nil {
-		t = tap(t, obs)
+		connect = tap(t, obs)
 	}
-	return mcp.NewClient(&mcp.Implementation{Name: "amg", Version: "1"}, opts).Connect(ctx, t, &mcp.ClientSessionOptions{ProtocolVersion: version})
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "amg", Version: "1"}, opts).Connect(ctx, connect, &mcp.ClientSessionOptions{ProtocolVersion: version})
+	return cs, t, err
 }
 
 // forwardPrompt is the handler of server__prompt.
@@ -757,89 +793,25 @@ func upstreamError(server string, err error) error {
 // not be reached or failed without a JSON-RPC error of its own.
 const RPCUpstreamError = -32010
 
-// agentSession returns the broker's state of an agent session, created on
-// first use and dropped, with the upstream sessions, when it ends.
-func (b *Broker) agentSession(ss *mcp.ServerSession) *agentSession {
-	if v, ok := b.sessions.Load(ss); ok {
-		return v.(*agentSession)
-	}
-	v, loaded := b.sessions.LoadOrStore(ss, &agentSession{ups: map[string]*mcp.ClientSession{}})
-	as := v.(*agentSession)
-	if !loaded {
-		go func() {
-			ss.Wait()
-			b.sessions.Delete(ss)
-			b.owners.Delete(ss.ID())
-			as.mu.Lock()
-			defer as.mu.Unlock()
-			for _, cs := range as.ups {
-				cs.Close()
-			}
-			as.ups = nil
-		}()
-	}
-	return as
-}
-
-func (b *Broker) upstreamSession(ctx context.Context, ss *mcp.ServerSession, u *upstream) (*agentSession, *mcp.ClientSession, error) {
-	as := b.agentSession(ss)
-	as.mu.Lock()
-	defer as.mu.Unlock()
-	if as.ups == nil {
-		return nil, nil, errors.New("agent session closed")
-	}
-	if cs := as.ups[u.Name]; cs != nil {
-		return as, cs, nil
-	}
-	// The upstream session speaks the agent's protocol version, so that
-	// what the upstream may send mid-request (sampling, elicitation) is
-	// what the agent can answer.
-	var version string
-	if p := ss.InitializeParams(); p != nil {
-		version = p.ProtocolVersion
-	}
-	cs, err := u.connect(ctx, relay(ss), version, func(n *jsonrpc.Request) { as.calls.relay(ss, u.Name, n) })
-	if err != nil {
-		return nil, nil, err
-	}
-	if as.level != "" {
-		b.setLogLevel(ctx, u.Name, cs, as.level)
-	}
-	as.ups[u.Name] = cs
-	return as, cs, nil
-}
-
 // relay passes what an upstream asks of the client on to the agent's
 // session, and the agent's answers back: sampling and elicitation
 // requests. The upstream session exists only for this agent, so nothing
-// crosses between agents. Notifications are relayed by the tap (see
-// inflight.relay).
-func relay(ss *mcp.ServerSession) *mcp.ClientOptions {
+// crosses between agents. A request goes on the stream of the call that
+// caused it, whose context call returns (with several calls to the
+// upstream in flight, it cannot tell which: the session's own stream).
+// Notifications are relayed by the tap (see inflight.relay).
+func relay(ss *mcp.ServerSession, call func() context.Context) *mcp.ClientOptions {
 	return &mcp.ClientOptions{
 		// Sampling is deprecated from protocol 2026-07-28 on, but agents and
 		// upstreams on older versions still use it; a gateway must relay it.
 		//lint:ignore SA1019 relayed for protocol versions that have it
-		CreateMessageHandler: func(ctx context.Context, req *mcp.CreateMessageRequest) (*mcp.CreateMessageResult, error) {
+		CreateMessageHandler: func(_ context.Context, req *mcp.CreateMessageRequest) (*mcp.CreateMessageResult, error) {
 			//lint:ignore SA1019 relayed for protocol versions that have it
-			return ss.CreateMessage(ctx, req.Params)
+			return ss.CreateMessage(call(), req.Params)
 		},
-		ElicitationHandler: func(ctx context.Context, req *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
-			return ss.Elicit(ctx, req.Params)
+		ElicitationHandler: func(_ context.Context, req *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
+			return ss.Elicit(call(), req.Params)
 		},
-	}
-}
-
-func (b *Broker) dropUpstreamSession(ss *mcp.ServerSession, server string, cs *mcp.ClientSession) {
-	v, ok := b.sessions.Load(ss)
-	if !ok {
-		return
-	}
-	as := v.(*agentSession)
-	as.mu.Lock()
-	defer as.mu.Unlock()
-	if as.ups != nil && as.ups[server] == cs {
-		delete(as.ups, server)
-		cs.Close()
 	}
 }
 

@@ -64,6 +64,11 @@ type upstreamServer struct {
 	// started and cancelled receive when a call of wait begins, and when
 	// it sees its context end.
 	started, cancelled chan struct{}
+	// Served over HTTP: the server, its MCP handler, and the body of every
+	// POST it received.
+	http    *httptest.Server
+	handler http.Handler
+	posts   []string
 }
 
 func newUpstream() *upstreamServer {
@@ -152,6 +157,48 @@ func (u *upstreamServer) transport(ctx context.Context) (mcp.Transport, error) {
 	return client, nil
 }
 
+// serveHTTP serves the upstream over Streamable HTTP on loopback, keeping
+// the body of every POST it receives, and returns transports to it.
+func (u *upstreamServer) serveHTTP(t *testing.T) func(context.Context) (mcp.Transport, error) {
+	u.restart()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			body, _ := io.ReadAll(r.Body)
+			u.mu.Lock()
+			u.posts = append(u.posts, string(body))
+			u.mu.Unlock()
+			r.Body = io.NopCloser(bytes.NewReader(body))
+		}
+		u.mu.Lock()
+		h := u.handler
+		u.mu.Unlock()
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	u.http = srv
+	return func(context.Context) (mcp.Transport, error) {
+		return &mcp.StreamableClientTransport{Endpoint: srv.URL}, nil
+	}
+}
+
+// restart gives the HTTP upstream a new handler, which knows none of the
+// sessions of the old one, as after a restart of the server.
+func (u *upstreamServer) restart() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.handler = mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return u.srv }, nil)
+}
+
+// lastPost is the body of the last POST the upstream received.
+func (u *upstreamServer) lastPost() string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if len(u.posts) == 0 {
+		return ""
+	}
+	return u.posts[len(u.posts)-1]
+}
+
 type fixed struct{ set *policy.Set }
 
 func (f fixed) Current() *policy.Set { return f.set }
@@ -189,7 +236,12 @@ type gateway struct {
 	up        *upstreamServer
 }
 
-func newGateway(t *testing.T) *gateway {
+func newGateway(t *testing.T) *gateway { return newGatewayOver(t, false) }
+
+// newGatewayOver builds the gateway with its upstream in memory or, with
+// overHTTP, served over Streamable HTTP on loopback, where calls after the
+// first take the direct path.
+func newGatewayOver(t *testing.T, overHTTP bool) *gateway {
 	t.Helper()
 	ctx := context.Background()
 	set, err := policy.Compile([]policy.File{{Name: "reader.yaml", Data: []byte(testRole)}}, nil)
@@ -210,8 +262,12 @@ func newGateway(t *testing.T) *gateway {
 		t.Fatal(err)
 	}
 	up := newUpstream()
+	transport := up.transport
+	if overHTTP {
+		transport = up.serveHTTP(t)
+	}
 	rec := &records{}
-	b, err := New([]Upstream{{Name: "notion", Transport: up.transport, CallTimeout: 5 * time.Second}}, signer, fixed{set}, &Options{Audit: rec})
+	b, err := New([]Upstream{{Name: "notion", Transport: transport, CallTimeout: 5 * time.Second}}, signer, fixed{set}, &Options{Audit: rec})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -410,19 +466,65 @@ func TestAnnotationsComeFromTheUpstream(t *testing.T) {
 // An upstream's sampling and elicitation requests reach the agent, and its
 // answers come back to the upstream.
 func TestServerToClientRequestsAreRelayed(t *testing.T) {
-	g := newGateway(t)
-	cs := g.connect(t, &mcp.ClientOptions{
-		CreateMessageHandler: func(context.Context, *mcp.CreateMessageRequest) (*mcp.CreateMessageResult, error) {
-			return &mcp.CreateMessageResult{Model: "agent-model", Role: "assistant", Content: &mcp.TextContent{Text: "ship it"}}, nil
-		},
-		ElicitationHandler: func(context.Context, *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
-			return &mcp.ElicitResult{Action: "accept", Content: map[string]any{"name": "Ada"}}, nil
-		},
+	bothPaths(t, func(t *testing.T, g *gateway) {
+		cs := g.connect(t, &mcp.ClientOptions{
+			CreateMessageHandler: func(context.Context, *mcp.CreateMessageRequest) (*mcp.CreateMessageResult, error) {
+				return &mcp.CreateMessageResult{Model: "agent-model", Role: "assistant", Content: &mcp.TextContent{Text: "ship it"}}, nil
+			},
+			ElicitationHandler: func(context.Context, *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
+				return &mcp.ElicitResult{Action: "accept", Content: map[string]any{"name": "Ada"}}, nil
+			},
+		})
+		g.warm(t, cs)
+		res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__ask", Arguments: json.RawMessage(`{}`)})
+		if err != nil || res.Content[0].(*mcp.TextContent).Text != "agent said: ship it; name Ada" {
+			t.Fatalf("sampling and elicitation through the gateway: %v %+v", err, res)
+		}
+		g.checkPath(t, "notion__ask")
 	})
-	res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__ask", Arguments: json.RawMessage(`{}`)})
-	if err != nil || res.Content[0].(*mcp.TextContent).Text != "agent said: ship it; name Ada" {
-		t.Fatalf("sampling and elicitation through the gateway: %v %+v", err, res)
+}
+
+// bothPaths runs test against an upstream in memory, which the SDK path
+// serves, and against one over HTTP, where calls after an agent session's
+// first take the direct path.
+func bothPaths(t *testing.T, test func(t *testing.T, g *gateway)) {
+	for _, overHTTP := range []bool{false, true} {
+		name := "sdk"
+		if overHTTP {
+			name = "direct"
+		}
+		t.Run(name, func(t *testing.T) { test(t, newGatewayOver(t, overHTTP)) })
 	}
+}
+
+// warm makes an agent session's first call, which opens its upstream
+// session, so that the next ones can take the direct path.
+func (g *gateway) warm(t *testing.T, cs *mcp.ClientSession) {
+	t.Helper()
+	if _, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__get_pages", Arguments: json.RawMessage(`{"workspace_id":"ws_abc123"}`)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkPath checks, over HTTP, that the upstream got the last call of tool
+// as the direct path sends it: under an id of the broker's.
+func (g *gateway) checkPath(t *testing.T, tool string) {
+	t.Helper()
+	if g.up.http == nil {
+		return
+	}
+	_, name, _ := strings.Cut(tool, "__")
+	g.up.mu.Lock()
+	defer g.up.mu.Unlock()
+	for i := len(g.up.posts) - 1; i >= 0; i-- {
+		if p := g.up.posts[i]; strings.Contains(p, `"method":"tools/call"`) && strings.Contains(p, `"name":"`+name+`"`) {
+			if !strings.Contains(p, `"id":"amg-`) {
+				t.Errorf("the call did not take the direct path: upstream got %s", p)
+			}
+			return
+		}
+	}
+	t.Errorf("the upstream got no call of %s", name)
 }
 
 func TestPromptsAndResources(t *testing.T) {
@@ -631,8 +733,13 @@ func (a *rawAgent) post(body string) []string {
 // the call's own stream, in order and before its result; the log level
 // the agent set reaches the upstream.
 func TestProgressAndLogsArriveBeforeTheResult(t *testing.T) {
-	a := newRawAgent(t, newGateway(t))
+	bothPaths(t, testProgressAndLogs)
+}
+
+func testProgressAndLogs(t *testing.T, g *gateway) {
+	a := newRawAgent(t, g)
 	a.post(`{"jsonrpc":"2.0","id":2,"method":"logging/setLevel","params":{"level":"info"}}`)
+	a.post(`{"jsonrpc":"2.0","id":"warm","method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`)
 	got := a.post(`{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"notion__slow","arguments":{},"_meta":{"progressToken":"p-7"}}}`)
 	var kinds []string
 	for _, m := range got {
@@ -661,26 +768,30 @@ func TestProgressAndLogsArriveBeforeTheResult(t *testing.T) {
 	if !slices.Equal(kinds, want) {
 		t.Errorf("messages on the call's stream = %q, want %q", kinds, want)
 	}
+	g.checkPath(t, "notion__slow")
 }
 
 // An agent cancelling a call cancels it upstream.
 func TestCancellationReachesTheUpstream(t *testing.T) {
-	g := newGateway(t)
-	cs := g.connect(t, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	errs := make(chan error, 1)
-	go func() {
-		_, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "notion__wait", Arguments: json.RawMessage(`{}`)})
-		errs <- err
-	}()
-	<-g.up.started
-	cancel()
-	select {
-	case <-g.up.cancelled:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the upstream's call was not cancelled")
-	}
-	if err := <-errs; err == nil {
-		t.Error("a cancelled call returned no error")
-	}
+	bothPaths(t, func(t *testing.T, g *gateway) {
+		cs := g.connect(t, nil)
+		g.warm(t, cs)
+		ctx, cancel := context.WithCancel(context.Background())
+		errs := make(chan error, 1)
+		go func() {
+			_, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "notion__wait", Arguments: json.RawMessage(`{}`)})
+			errs <- err
+		}()
+		<-g.up.started
+		cancel()
+		select {
+		case <-g.up.cancelled:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the upstream's call was not cancelled")
+		}
+		if err := <-errs; err == nil {
+			t.Error("a cancelled call returned no error")
+		}
+		g.checkPath(t, "notion__wait")
+	})
 }

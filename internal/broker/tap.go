@@ -87,18 +87,32 @@ func (t *sseTap) RoundTrip(r *http.Request) (*http.Response, error) {
 		return resp, err
 	}
 	if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt == "text/event-stream" {
-		resp.Body = &sseReader{body: resp.Body, obs: t.obs}
+		resp.Body = t.reader(resp.Body)
 	}
 	return resp, nil
 }
 
+// reader returns body with each notification in it observed.
+func (t *sseTap) reader(body io.ReadCloser) *sseReader {
+	return &sseReader{body: body, event: func(data []byte) {
+		if !bytes.Contains(data, []byte(`"notifications/`)) {
+			return
+		}
+		if msg, err := jsonrpc.DecodeMessage(data); err == nil {
+			if req, ok := msg.(*jsonrpc.Request); ok && !req.IsCall() {
+				t.obs(req)
+			}
+		}
+	}}
+}
+
 // sseReader passes an event stream through unchanged, event by event: the
 // bytes of an event are released to the reader only once the event is
-// complete and its notification, if it carries one, has been observed.
+// complete and event has been called with its data.
 type sseReader struct {
-	body io.ReadCloser
-	obs  observer
-	err  error
+	body  io.ReadCloser
+	event func(data []byte)
+	err   error
 
 	buf     []byte // read from body, not yet returned
 	ready   int    // buf[:ready] holds complete, observed events
@@ -186,12 +200,8 @@ func (s *sseReader) endLine() {
 		return
 	}
 	// A blank line ends the event.
-	if s.lines > 0 && bytes.Contains(s.data, []byte(`"notifications/`)) {
-		if msg, err := jsonrpc.DecodeMessage(s.data); err == nil {
-			if req, ok := msg.(*jsonrpc.Request); ok && !req.IsCall() {
-				s.obs(req)
-			}
-		}
+	if s.lines > 0 {
+		s.event(s.data)
 	}
 	s.data, s.lines, s.skip = s.data[:0], 0, false
 	s.ready = s.scanned

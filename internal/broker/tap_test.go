@@ -56,10 +56,11 @@ func TestSSEReaderObservesEachNotificationBeforeWhatFollows(t *testing.T) {
 			var out bytes.Buffer
 			var seen []string
 			var at []int
-			r := &sseReader{body: &chunked{data: []byte(want), n: n}, obs: func(req *jsonrpc.Request) {
+			tap := &sseTap{obs: func(req *jsonrpc.Request) {
 				seen = append(seen, req.Method)
 				at = append(at, out.Len())
 			}}
+			r := tap.reader(&chunked{data: []byte(want), n: n})
 			buf := make([]byte, 5)
 			for {
 				k, err := r.Read(buf)
@@ -92,7 +93,7 @@ func TestSSEReaderObservesEachNotificationBeforeWhatFollows(t *testing.T) {
 // maxHeld is passed on rather than held until it ends.
 func TestSSEReaderReleasesAnOversizedEvent(t *testing.T) {
 	body := io.MultiReader(strings.NewReader("data: "+strings.Repeat("x", maxHeld+1)), blockingReader{})
-	r := &sseReader{body: io.NopCloser(body), obs: func(*jsonrpc.Request) { t.Error("observed a partial event") }}
+	r := &sseReader{body: io.NopCloser(body), event: func([]byte) { t.Error("saw a partial event") }}
 	got := 0
 	buf := make([]byte, 1<<20)
 	for got <= maxHeld {

@@ -45,7 +45,19 @@ func upstreams(cfg *config.Config, src secrets.Source, builtins Builtins) ([]bro
 	return out, nil
 }
 
+// pooledTransport is the HTTP transport of one upstream, shared by all the
+// sessions with it. Each agent session has its own upstream session, so
+// many requests to one host are in flight at once; the default pool keeps
+// only two idle connections per host and would dial anew for most of them.
+func pooledTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = 1024
+	t.MaxIdleConnsPerHost = 256
+	return t
+}
+
 func httpTransport(u *config.Upstream, src secrets.Source) func(context.Context) (mcp.Transport, error) {
+	pool := pooledTransport()
 	return func(ctx context.Context) (mcp.Transport, error) {
 		headers := make(map[string]secrets.Secret, len(u.Headers))
 		for k, t := range u.Headers {
@@ -58,7 +70,7 @@ func httpTransport(u *config.Upstream, src secrets.Source) func(context.Context)
 		}
 		return &mcp.StreamableClientTransport{
 			Endpoint:   u.URL,
-			HTTPClient: &http.Client{Transport: &withHeaders{base: http.DefaultTransport, headers: headers}},
+			HTTPClient: &http.Client{Transport: &withHeaders{base: pool, headers: headers}},
 		}, nil
 	}
 }

@@ -1,0 +1,399 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/amgateway/amg/authz"
+	"github.com/amgateway/amg/mcpfilter"
+)
+
+// The direct path forwards a tools/call to an upstream reached over
+// Streamable HTTP without decoding it into the SDK's types and encoding it
+// again on either side: the agent's bytes go upstream with only the id and
+// the tool name replaced, and the upstream's answer comes back with only
+// the id replaced. What the upstream sends during the call (progress, log
+// messages, sampling and elicitation requests) is passed through on the
+// call's stream; the agent's answers and cancellations are passed back.
+//
+// It serves calls on upstream sessions the SDK path has opened, and falls
+// back to that path for everything else: the first call to an upstream,
+// stdio and in-memory upstreams, tools whose schema binds arguments to
+// HTTP headers, and an upstream that forgot its session.
+
+// directUpstream is what the broker needs to speak to an agent's upstream
+// session over HTTP itself.
+type directUpstream struct {
+	client   *http.Client
+	endpoint string
+	session  string // Mcp-Session-Id; empty for a stateless server
+	version  string // the negotiated protocol version
+}
+
+func newDirectUpstream(t mcp.Transport, cs *mcp.ClientSession) *directUpstream {
+	st, ok := t.(*mcp.StreamableClientTransport)
+	if !ok {
+		return nil
+	}
+	client := st.HTTPClient
+	if client == nil {
+		client = http.DefaultClient
+	}
+	return &directUpstream{client: client, endpoint: st.Endpoint, session: cs.ID(), version: cs.InitializeResult().ProtocolVersion}
+}
+
+// headersFrom is the first protocol version whose requests carry
+// Mcp-Method and Mcp-Name headers.
+const headersFrom = "2026-07-28"
+
+// post sends one message of the session; method and name are the request's
+// (empty for a response).
+func (d *directUpstream) post(ctx context.Context, body []byte, method, name string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.endpoint, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	if d.session != "" {
+		req.Header.Set("Mcp-Session-Id", d.session)
+	}
+	if d.version != "" {
+		req.Header.Set("Mcp-Protocol-Version", d.version)
+	}
+	if d.version >= headersFrom && method != "" {
+		req.Header.Set("Mcp-Method", method)
+		if name != "" {
+			req.Header.Set("Mcp-Name", name)
+		}
+	}
+	return d.client.Do(req)
+}
+
+// directCall is a tools/call in flight on the direct path.
+type directCall struct {
+	server string
+	upID   string // the id the upstream sees
+	up     *directUpstream
+	cancel context.CancelFunc
+}
+
+// relayedRequest is an upstream's request relayed to the agent during a
+// direct call, awaiting the agent's answer.
+type relayedRequest struct {
+	id []byte // the upstream's own id
+	up *directUpstream
+}
+
+// maxUpstreamMessage bounds one message from an upstream on the direct
+// path.
+const maxUpstreamMessage = 64 << 20
+
+// upstreamParse is how the direct path reads an upstream's messages: any
+// well-formed JSON-RPC, however large or deep a result.
+var upstreamParse = &mcpfilter.Options{MaxBytes: maxUpstreamMessage, MaxDepth: 10000}
+
+// serveDirect serves body on the direct path if it can, and reports
+// whether it did; if not, nothing has been written to w.
+func (b *Broker) serveDirect(w http.ResponseWriter, r *http.Request, as *agentSession, body []byte) bool {
+	if r.Method != http.MethodPost {
+		return false
+	}
+	parsed, err := mcpfilter.Parse(body, &mcpfilter.Options{MaxBytes: b.maxBody})
+	if err != nil || len(parsed.Messages) != 1 {
+		return false
+	}
+	m := &parsed.Messages[0]
+	switch {
+	case m.Kind == mcpfilter.KindRequest && m.Method == "tools/call":
+		return b.directCall(w, r, as, body, m)
+	case m.Kind == mcpfilter.KindResponse:
+		return b.directAnswer(w, r, as, body, m)
+	case m.Kind == mcpfilter.KindNotification && m.Method == "notifications/cancelled":
+		return b.directCancel(w, r, as, m)
+	}
+	return false
+}
+
+// directUpstreamFor returns the agent session's direct connection to the
+// upstream of a tool the role may call, or nil.
+func (b *Broker) directUpstreamFor(as *agentSession, role, agentName string) (server, tool string, d *directUpstream) {
+	server, tool, err := b.ns.Split(agentName)
+	if err != nil {
+		return "", "", nil
+	}
+	b.mu.Lock()
+	rs := b.roles[role]
+	registered := rs != nil && rs.tools[agentName] != nil
+	b.mu.Unlock()
+	if !registered || b.ups[server].bindsHeaders(tool) {
+		return "", "", nil
+	}
+	as.mu.Lock()
+	d = as.direct[server]
+	as.mu.Unlock()
+	return server, tool, d
+}
+
+func (b *Broker) directCall(w http.ResponseWriter, r *http.Request, as *agentSession, body []byte, m *mcpfilter.Message) bool {
+	server, tool, d := b.directUpstreamFor(as, r.Header.Get(authz.HeaderRole), m.Name)
+	if d == nil {
+		return false
+	}
+	u := b.ups[server]
+	upID := `"amg-` + strconv.FormatUint(b.ids.Add(1), 10) + `"`
+	name, _ := json.Marshal(tool)
+	out := splice(body, edit{m.IDSpan, []byte(upID)}, edit{m.NameSpan, name})
+
+	// An agent whose connection drops has not cancelled the call (the
+	// protocol says so): the call goes on until the upstream answers, the
+	// timeout, or the agent's notifications/cancelled.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), u.CallTimeout)
+	defer cancel()
+	call := &directCall{server: server, upID: upID, up: d, cancel: cancel}
+	agentID := string(m.ID)
+	as.mu.Lock()
+	as.directCalls[agentID] = call
+	as.mu.Unlock()
+	defer func() {
+		as.mu.Lock()
+		delete(as.directCalls, agentID)
+		as.mu.Unlock()
+	}()
+
+	start := time.Now()
+	resp, err := d.post(ctx, out, "tools/call", tool)
+	if err == nil && resp.StatusCode == http.StatusNotFound {
+		// The upstream forgot the session (it restarted): drop it, and let
+		// the SDK path open a new one for this call.
+		resp.Body.Close()
+		b.dropDirect(as, server, d)
+		return false
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			b.dropDirect(as, server, d)
+		}
+		b.finishDirect(w, r, m.ID, server, tool, start, err)
+		return true
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		b.finishDirect(w, r, m.ID, server, tool, start, fmt.Errorf("HTTP %d", resp.StatusCode))
+		return true
+	}
+	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	if mt == "text/event-stream" {
+		b.streamDirect(w, r, as, d, resp.Body, m.ID, upID, server, tool, start)
+		return true
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxUpstreamMessage+1))
+	if err != nil {
+		b.finishDirect(w, r, m.ID, server, tool, start, err)
+		return true
+	}
+	res, err := mcpfilter.Parse(data, upstreamParse)
+	if err != nil || len(res.Messages) != 1 || res.Messages[0].Kind != mcpfilter.KindResponse || string(res.Messages[0].ID) != upID {
+		b.finishDirect(w, r, m.ID, server, tool, start, errors.New("the upstream's answer is not the call's JSON-RPC response"))
+		return true
+	}
+	b.recordDirect(r, server, tool, start, &res.Messages[0])
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	w.Write(splice(data, edit{res.Messages[0].IDSpan, m.ID}))
+	return true
+}
+
+// streamDirect passes the upstream's event stream for a call to the agent,
+// event by event, until the call's response.
+func (b *Broker) streamDirect(w http.ResponseWriter, r *http.Request, as *agentSession, d *directUpstream, body io.ReadCloser,
+	agentID []byte, upID, server, tool string, start time.Time) {
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	flusher, _ := w.(http.Flusher)
+	send := func(data []byte) {
+		w.Write([]byte("event: message\ndata: "))
+		w.Write(data)
+		w.Write([]byte("\n\n"))
+		if flusher != nil {
+			flusher.Flush()
+		}
+	}
+	var done bool
+	events := &sseReader{body: body, event: func(data []byte) {
+		if done {
+			return
+		}
+		msg, err := mcpfilter.Parse(data, upstreamParse)
+		if err != nil || len(msg.Messages) != 1 {
+			return // not a JSON-RPC message: nothing an agent could use
+		}
+		m := &msg.Messages[0]
+		switch m.Kind {
+		case mcpfilter.KindNotification:
+			send(data)
+		case mcpfilter.KindRequest:
+			// Relayed under an id of the broker's, so that it cannot clash
+			// with the ids of the agent session's other requests.
+			id := `"amg-s-` + strconv.FormatUint(b.ids.Add(1), 10) + `"`
+			as.mu.Lock()
+			as.relayed[id] = relayedRequest{id: bytes.Clone(m.ID), up: d}
+			as.mu.Unlock()
+			send(splice(data, edit{m.IDSpan, []byte(id)}))
+		case mcpfilter.KindResponse:
+			if string(m.ID) == upID {
+				done = true
+				b.recordDirect(r, server, tool, start, m)
+				send(splice(data, edit{m.IDSpan, agentID}))
+			}
+		}
+	}}
+	buf := make([]byte, 32<<10)
+	for !done {
+		if _, err := events.Read(buf); err != nil {
+			if r.Context().Err() == nil {
+				// The stream ended without the response: say so on it.
+				err = fmt.Errorf("stream ended before the result: %w", err)
+				b.recordUpstream(r.Header, server, tool, time.Since(start), "error", err.Error())
+				resp, _ := json.Marshal(rpcErrorResponse(agentID, upstreamError(server, err)))
+				send(resp)
+			}
+			return
+		}
+	}
+}
+
+// directAnswer passes the agent's answer to a relayed upstream request
+// back to that upstream, under the upstream's own id.
+func (b *Broker) directAnswer(w http.ResponseWriter, r *http.Request, as *agentSession, body []byte, m *mcpfilter.Message) bool {
+	as.mu.Lock()
+	req, ok := as.relayed[string(m.ID)]
+	delete(as.relayed, string(m.ID))
+	as.mu.Unlock()
+	if !ok {
+		return false
+	}
+	resp, err := req.up.post(r.Context(), splice(body, edit{m.IDSpan, req.id}), "", "")
+	if err != nil {
+		writeError(w, http.StatusBadGateway, m.ID, "the upstream could not be given the answer: "+err.Error())
+		return true
+	}
+	resp.Body.Close()
+	w.WriteHeader(http.StatusAccepted)
+	return true
+}
+
+// directCancel passes the agent's cancellation of a direct call upstream
+// and abandons the call.
+func (b *Broker) directCancel(w http.ResponseWriter, r *http.Request, as *agentSession, m *mcpfilter.Message) bool {
+	var p struct {
+		RequestID json.RawMessage `json:"requestId"`
+		Reason    string          `json:"reason,omitempty"`
+	}
+	if json.Unmarshal(m.Params, &p) != nil {
+		return false
+	}
+	as.mu.Lock()
+	call := as.directCalls[string(bytes.TrimSpace(p.RequestID))]
+	as.mu.Unlock()
+	if call == nil {
+		return false
+	}
+	p.RequestID = json.RawMessage(call.upID)
+	note, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": "notifications/cancelled", "params": p})
+	if resp, err := call.up.post(r.Context(), note, "notifications/cancelled", ""); err == nil {
+		resp.Body.Close()
+	}
+	call.cancel()
+	w.WriteHeader(http.StatusAccepted)
+	return true
+}
+
+// dropDirect forgets an agent's upstream session whose connection failed,
+// so that the next call opens a new one.
+func (b *Broker) dropDirect(as *agentSession, server string, d *directUpstream) {
+	as.mu.Lock()
+	cs := as.ups[server]
+	same := as.direct[server] == d
+	as.mu.Unlock()
+	if same && cs != nil {
+		b.dropUpstreamSession(as.ss, server, cs)
+	}
+}
+
+// finishDirect answers a direct call that failed before its response.
+func (b *Broker) finishDirect(w http.ResponseWriter, r *http.Request, agentID []byte, server, tool string, start time.Time, err error) {
+	b.recordUpstream(r.Header, server, tool, time.Since(start), "error", err.Error())
+	if r.Context().Err() != nil {
+		return // the agent is gone, or cancelled the call
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	json.NewEncoder(w).Encode(rpcErrorResponse(agentID, upstreamError(server, err)))
+}
+
+// recordDirect audits what became of a direct call upstream.
+func (b *Broker) recordDirect(r *http.Request, server, tool string, start time.Time, resp *mcpfilter.Message) {
+	status := "ok"
+	var reason string
+	switch {
+	case resp.Error != nil:
+		status = "error"
+		var e struct{ Message string }
+		json.Unmarshal(resp.Error, &e)
+		reason = fmt.Sprintf("upstream %q: %s", server, e.Message)
+	case toolError(resp.Result):
+		status = "tool_error"
+	}
+	b.recordUpstream(r.Header, server, tool, time.Since(start), status, reason)
+}
+
+// toolError reports whether a tools/call result says isError.
+func toolError(result json.RawMessage) bool {
+	var r struct {
+		IsError bool `json:"isError"`
+	}
+	return json.Unmarshal(result, &r) == nil && r.IsError
+}
+
+type rpcErrorBody struct {
+	JSONRPC string          `json:"jsonrpc"`
+	ID      json.RawMessage `json:"id"`
+	Error   any             `json:"error"`
+}
+
+func rpcErrorResponse(id []byte, err error) rpcErrorBody {
+	return rpcErrorBody{JSONRPC: "2.0", ID: id, Error: err}
+}
+
+// edit replaces a span of a message.
+type edit struct {
+	span mcpfilter.Span
+	with []byte
+}
+
+// splice returns a copy of data with the spans of edits, which must not
+// overlap, replaced.
+func splice(data []byte, edits ...edit) []byte {
+	slices.SortFunc(edits, func(a, b edit) int { return a.span.Start - b.span.Start })
+	out := make([]byte, 0, len(data)+64)
+	at := 0
+	for _, e := range edits {
+		out = append(out, data[at:e.span.Start]...)
+		out = append(out, e.with...)
+		at = e.span.End
+	}
+	return append(out, data[at:]...)
+}

@@ -1,0 +1,97 @@
+package broker
+
+import (
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/amgateway/amg/internal/audit"
+)
+
+// warmRaw makes a raw agent's first call, which opens its upstream session
+// through the SDK.
+func warmRaw(a *rawAgent) {
+	a.post(`{"jsonrpc":"2.0","id":"warm","method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`)
+}
+
+// On the direct path the upstream receives the agent's message byte for
+// byte, but for the id and the tool name, and the agent gets the
+// upstream's answer under its own id.
+func TestDirectPathForwardsTheAgentsBytes(t *testing.T) {
+	g := newGatewayOver(t, true)
+	a := newRawAgent(t, g)
+	warmRaw(a)
+	sent := `{"params":{ "arguments" : {"limit":5 ,"workspace_id":"ws_abc123"},"_meta":{"progressToken":9,"x":[1,2]},` +
+		`"name":"notion__get_pages"},"id":"call-2","method":"tools/call","jsonrpc":"2.0"}`
+	got := a.post(sent)
+	if len(got) != 1 || !strings.Contains(got[0], `"id":"call-2"`) || !strings.Contains(got[0], `"text":"3 pages"`) {
+		t.Fatalf("answer = %q", got)
+	}
+	upstream := g.up.lastPost()
+	id := regexp.MustCompile(`"id":"amg-\d+"`).FindString(upstream)
+	if id == "" {
+		t.Fatalf("the upstream got %s, not the call under a broker id", upstream)
+	}
+	restored := strings.Replace(strings.Replace(upstream, id, `"id":"call-2"`, 1), `"name":"get_pages"`, `"name":"notion__get_pages"`, 1)
+	if restored != sent {
+		t.Errorf("the upstream got\n%s\nwhich is not what the agent sent\n%s\nwith the id and name replaced", upstream, sent)
+	}
+}
+
+// Every call on the direct path is audited with what became of it
+// upstream, under the decision id of its decision.
+func TestDirectPathAuditsTheUpstreamOutcome(t *testing.T) {
+	g := newGatewayOver(t, true)
+	a := newRawAgent(t, g)
+	warmRaw(a)
+	a.post(`{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"notion__fail","arguments":{}}}`)
+	g.checkPath(t, "notion__fail")
+	var rec *audit.Record
+	g.audit.mu.Lock()
+	for i := range g.audit.recs {
+		if r := &g.audit.recs[i]; r.Tool == "fail" {
+			rec = r
+		}
+	}
+	g.audit.mu.Unlock()
+	if rec == nil {
+		t.Fatal("no audit record of the call")
+	}
+	if rec.Code != CodeUpstreamError || rec.UpstreamStatus != "error" || rec.DecisionID == "" || rec.Agent != "bot-1" ||
+		!strings.Contains(rec.Reason, `upstream "notion": workspace is locked`) {
+		t.Errorf("audit record = %+v", rec)
+	}
+}
+
+// An upstream that restarted has forgotten the agent's session; the next
+// call opens a new one and succeeds.
+func TestDirectPathRecoversFromAnUpstreamRestart(t *testing.T) {
+	g := newGatewayOver(t, true)
+	a := newRawAgent(t, g)
+	warmRaw(a)
+	g.up.restart()
+	got := a.post(`{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`)
+	if len(got) != 1 || !strings.Contains(got[0], `"text":"3 pages"`) {
+		t.Fatalf("call after the upstream restarted: %q", got)
+	}
+	got = a.post(`{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`)
+	if len(got) != 1 || !strings.Contains(got[0], `"text":"3 pages"`) {
+		t.Fatalf("second call after the upstream restarted: %q", got)
+	}
+	g.checkPath(t, "notion__get_pages")
+}
+
+// An upstream that is down gives the agent a JSON-RPC error naming it, at
+// once, never a hang.
+func TestDirectPathUpstreamDown(t *testing.T) {
+	g := newGatewayOver(t, true)
+	a := newRawAgent(t, g)
+	warmRaw(a)
+	g.up.http.CloseClientConnections()
+	g.up.http.Listener.Close()
+	got := a.post(`{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`)
+	if len(got) != 1 || !strings.Contains(got[0], `"id":5`) || !strings.Contains(got[0], `upstream \"notion\"`) ||
+		!strings.Contains(got[0], `"code":-32010`) {
+		t.Fatalf("call to a stopped upstream: %q", got)
+	}
+}

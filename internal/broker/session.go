@@ -1,0 +1,178 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// sessionIdle is how long an agent session may go without a request.
+const sessionIdle = 30 * time.Minute
+
+// agentSession is the broker's state of one agent session: its upstream
+// sessions, and what it has in flight on them.
+type agentSession struct {
+	ss         *mcp.ServerSession
+	lastActive atomic.Int64 // unix nanoseconds of the last request
+
+	mu     sync.Mutex
+	ups    map[string]*mcp.ClientSession // nil once the session ended
+	direct map[string]*directUpstream    // the ups spoken to over HTTP
+	level  string                        // what the agent last set with logging/setLevel
+	calls  inflight
+	// directCalls are the calls forwarded without the SDK, by the
+	// agent's id; relayed are the upstream requests relayed to the agent
+	// on such calls, by the id the agent sees.
+	directCalls map[string]*directCall
+	relayed     map[string]relayedRequest
+}
+
+func (as *agentSession) touch() { as.lastActive.Store(time.Now().UnixNano()) }
+
+// closeUpstreams ends the session's upstream sessions and abandons its
+// direct calls; the session can open no new ones.
+func (as *agentSession) closeUpstreams() {
+	as.mu.Lock()
+	defer as.mu.Unlock()
+	for _, cs := range as.ups {
+		cs.Close()
+	}
+	as.ups, as.direct = nil, nil
+	for _, c := range as.directCalls {
+		c.cancel()
+	}
+}
+
+// agentSession returns the broker's state of an agent session, created on
+// first use and dropped, with the upstream sessions, when it ends.
+func (b *Broker) agentSession(ss *mcp.ServerSession) *agentSession {
+	if v, ok := b.sessions.Load(ss); ok {
+		return v.(*agentSession)
+	}
+	fresh := &agentSession{ss: ss, ups: map[string]*mcp.ClientSession{}, direct: map[string]*directUpstream{},
+		directCalls: map[string]*directCall{}, relayed: map[string]relayedRequest{}}
+	fresh.touch()
+	v, loaded := b.sessions.LoadOrStore(ss, fresh)
+	as := v.(*agentSession)
+	if !loaded {
+		sid := ss.ID()
+		if sid != "" {
+			b.bySID.Store(sid, as)
+		}
+		go func() {
+			ss.Wait()
+			b.sessions.Delete(ss)
+			b.bySID.Delete(sid)
+			b.owners.Delete(sid)
+			as.closeUpstreams()
+		}()
+	}
+	return as
+}
+
+// sessionByID returns the state of the agent session with MCP session id
+// sid, or nil.
+func (b *Broker) sessionByID(sid string) *agentSession {
+	if sid == "" {
+		return nil
+	}
+	if v, ok := b.bySID.Load(sid); ok {
+		return v.(*agentSession)
+	}
+	return nil
+}
+
+// trackSession is receiving middleware that starts the broker's state of
+// a session at initialize, so that every session is reaped when idle, and
+// notes the activity of every request the SDK handles.
+func (b *Broker) trackSession(next mcp.MethodHandler) mcp.MethodHandler {
+	return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
+		if ss, ok := req.GetSession().(*mcp.ServerSession); ok {
+			b.agentSession(ss).touch()
+		}
+		return next(ctx, method, req)
+	}
+}
+
+// reapIdle closes agent sessions that have gone sessionIdle without a
+// request, and with them their upstream sessions, until ctx ends.
+func (b *Broker) reapIdle(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			b.sessions.Range(func(_, v any) bool {
+				as := v.(*agentSession)
+				if now.Sub(time.Unix(0, as.lastActive.Load())) > b.idle {
+					as.ss.Close()
+				}
+				return true
+			})
+		}
+	}
+}
+
+// upstreamSession returns the agent session's session with upstream u,
+// connecting it on first use.
+func (b *Broker) upstreamSession(ctx context.Context, ss *mcp.ServerSession, u *upstream) (*agentSession, *mcp.ClientSession, error) {
+	as := b.agentSession(ss)
+	as.mu.Lock()
+	defer as.mu.Unlock()
+	if as.ups == nil {
+		return nil, nil, errors.New("agent session closed")
+	}
+	if cs := as.ups[u.Name]; cs != nil {
+		return as, cs, nil
+	}
+	// The upstream session speaks the agent's protocol version, so that
+	// what the upstream may send mid-request (sampling, elicitation) is
+	// what the agent can answer.
+	var version string
+	if p := ss.InitializeParams(); p != nil {
+		version = p.ProtocolVersion
+	}
+	// The connection outlives the request that opens it, and must not
+	// carry its values: the SDK would route what the upstream asks later
+	// to this request's stream.
+	connectCtx, cancel := context.WithCancel(context.Background())
+	defer context.AfterFunc(ctx, cancel)()
+	defer cancel()
+	cs, t, err := u.connect(connectCtx, relay(ss, func() context.Context { return as.calls.only(u.Name) }), version,
+		func(n *jsonrpc.Request) { as.calls.relay(ss, u.Name, n) })
+	if err != nil {
+		return nil, nil, err
+	}
+	if as.level != "" {
+		b.setLogLevel(ctx, u.Name, cs, as.level)
+	}
+	as.ups[u.Name] = cs
+	if d := newDirectUpstream(t, cs); d != nil {
+		as.direct[u.Name] = d
+	}
+	return as, cs, nil
+}
+
+// dropUpstreamSession forgets and closes an agent's session with server,
+// if it is still cs, so that the next call opens a new one.
+func (b *Broker) dropUpstreamSession(ss *mcp.ServerSession, server string, cs *mcp.ClientSession) {
+	v, ok := b.sessions.Load(ss)
+	if !ok {
+		return
+	}
+	as := v.(*agentSession)
+	as.mu.Lock()
+	defer as.mu.Unlock()
+	if as.ups != nil && as.ups[server] == cs {
+		delete(as.ups, server)
+		delete(as.direct, server)
+		cs.Close()
+	}
+}
