@@ -57,7 +57,7 @@ load:
 
 # tools/call end to end: direct, through a naive go-sdk proxy, through AMG.
 bench-e2e:
-	$(GO) run ./bench/e2e -c 1,32 -d 5s
+	$(GO) run ./bench/e2e -c 1,32 -d 4s -runs 5
 
 clean:
 	rm -rf bin bench.out

@@ -5,7 +5,9 @@
 // with a 12-constraint grant and the audit log on. Every client is the
 // go-sdk's, over Streamable HTTP, one session per concurrent worker.
 //
-//	go run ./bench/e2e -c 1,32 -d 5s
+// Figures are medians over -runs rounds; ratios are taken within a round.
+//
+//	go run ./bench/e2e -c 1,32 -d 4s -runs 5
 package main
 
 import (
@@ -40,6 +42,7 @@ func main() {
 	levels := flag.String("c", "1,32", "concurrency levels")
 	duration := flag.Duration("d", 5*time.Second, "how long each measurement runs")
 	only := flag.String("only", "", "measure only the path of this name (direct, go-sdk proxy, AMG)")
+	runs := flag.Int("runs", 1, "rounds of measurements; figures are the medians over rounds")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
 	if *cpuprofile != "" {
@@ -60,13 +63,19 @@ func main() {
 		}
 		cs = append(cs, n)
 	}
-	if err := run(cs, *duration, *only); err != nil {
+	if err := run(cs, *duration, *only, max(*runs, 1)); err != nil {
 		pprof.StopCPUProfile()
 		log.Fatal(err)
 	}
 }
 
-func run(levels []int, d time.Duration, only string) error {
+// result is one measurement of one path at one concurrency.
+type result struct {
+	rate     float64
+	p50, p99 time.Duration
+}
+
+func run(levels []int, d time.Duration, only string, runs int) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	upstream, err := serve(upstreamServer())
@@ -88,25 +97,78 @@ func run(levels []int, d time.Duration, only string) error {
 		{"go-sdk proxy", proxy, "", "get_pages"},
 		{"AMG", amgURL, token, "bench__get_pages"},
 	}
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "concurrency\tpath\tcalls/s\tp50\tp99\tthroughput vs direct\t")
-	for _, c := range levels {
-		var direct float64
-		for _, tg := range targets {
-			if only != "" && tg.name != only && tg.name != "direct" {
-				continue
+	// Rounds interleave the paths, so that the machine's drift touches
+	// each of them alike.
+	got := map[int]map[string][]result{}
+	for range runs {
+		for _, c := range levels {
+			if got[c] == nil {
+				got[c] = map[string][]result{}
 			}
-			rate, p50, p99, err := measure(ctx, tg.url, tg.token, tg.tool, c, d)
-			if err != nil {
-				return fmt.Errorf("%s: %w", tg.name, err)
+			for _, tg := range targets {
+				if only != "" && tg.name != only && tg.name != "direct" {
+					continue
+				}
+				rate, p50, p99, err := measure(ctx, tg.url, tg.token, tg.tool, c, d)
+				if err != nil {
+					return fmt.Errorf("%s: %w", tg.name, err)
+				}
+				got[c][tg.name] = append(got[c][tg.name], result{rate, p50, p99})
 			}
-			if tg.name == "direct" {
-				direct = rate
-			}
-			fmt.Fprintf(w, "%d\t%s\t%.0f\t%v\t%v\t%.2f\t\n", c, tg.name, rate, p50.Round(time.Microsecond), p99.Round(time.Microsecond), rate/direct)
 		}
 	}
+
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(w, "concurrency\tpath\tcalls/s\tp50\tp99\tthroughput vs direct\tp50 added vs go-sdk proxy's\t\n")
+	for _, c := range levels {
+		direct := got[c]["direct"]
+		for _, tg := range targets {
+			rs := got[c][tg.name]
+			if rs == nil {
+				continue
+			}
+			// Ratios are taken within each round, then their median.
+			var vsDirect, vsNaive []float64
+			naive := got[c]["go-sdk proxy"]
+			for i, r := range rs {
+				vsDirect = append(vsDirect, r.rate/direct[i].rate)
+				if naive != nil {
+					vsNaive = append(vsNaive, float64(r.p50-direct[i].p50)/float64(naive[i].p50-direct[i].p50))
+				}
+			}
+			added := "-"
+			if tg.name != "direct" && naive != nil {
+				added = fmt.Sprintf("%.2f", median(vsNaive))
+			}
+			fmt.Fprintf(w, "%d\t%s\t%.0f\t%v\t%v\t%.2f\t%s\t\n", c, tg.name,
+				median(field(rs, func(r result) float64 { return r.rate })),
+				time.Duration(median(field(rs, func(r result) float64 { return float64(r.p50) }))).Round(time.Microsecond),
+				time.Duration(median(field(rs, func(r result) float64 { return float64(r.p99) }))).Round(time.Microsecond),
+				median(vsDirect), added)
+		}
+	}
+	fmt.Fprintf(w, "medians of %d round(s) of %v per path and concurrency\n", runs, d)
 	return w.Flush()
+}
+
+func field(rs []result, f func(result) float64) []float64 {
+	out := make([]float64, len(rs))
+	for i, r := range rs {
+		out[i] = f(r)
+	}
+	return out
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 // upstreamServer has the tool every path calls: it answers at once, so

@@ -209,21 +209,32 @@ func (b *Broker) directCall(w http.ResponseWriter, r *http.Request, as *agentSes
 		return true
 	}
 	b.recordDirect(r, server, tool, start, &res.Messages[0])
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusOK)
-	w.Write(splice(data, edit{res.Messages[0].IDSpan, m.ID}))
+	writeJSON(w, splice(data, edit{res.Messages[0].IDSpan, m.ID}))
 	return true
 }
 
+// writeJSON answers with one JSON-RPC message.
+func writeJSON(w http.ResponseWriter, msg []byte) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(msg)))
+	w.WriteHeader(http.StatusOK)
+	w.Write(msg)
+}
+
 // streamDirect passes the upstream's event stream for a call to the agent,
-// event by event, until the call's response.
+// event by event, until the call's response. A response that comes first
+// goes back as plain JSON, which costs the agent no stream.
 func (b *Broker) streamDirect(w http.ResponseWriter, r *http.Request, as *agentSession, d *directUpstream, body io.ReadCloser,
 	agentID []byte, upID, server, tool string, start time.Time) {
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.WriteHeader(http.StatusOK)
 	flusher, _ := w.(http.Flusher)
+	var streaming bool
 	send := func(data []byte) {
+		if !streaming {
+			streaming = true
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.Header().Set("Cache-Control", "no-cache")
+			w.WriteHeader(http.StatusOK)
+		}
 		w.Write([]byte("event: message\ndata: "))
 		w.Write(data)
 		w.Write([]byte("\n\n"))
@@ -256,19 +267,29 @@ func (b *Broker) streamDirect(w http.ResponseWriter, r *http.Request, as *agentS
 			if string(m.ID) == upID {
 				done = true
 				b.recordDirect(r, server, tool, start, m)
-				send(splice(data, edit{m.IDSpan, agentID}))
+				if streaming {
+					send(splice(data, edit{m.IDSpan, agentID}))
+				} else {
+					writeJSON(w, splice(data, edit{m.IDSpan, agentID}))
+				}
 			}
 		}
 	}}
-	buf := make([]byte, 32<<10)
+	// The events are handled as they are read; what Read returns is
+	// only their bytes again.
+	var buf [4096]byte
 	for !done {
-		if _, err := events.Read(buf); err != nil {
+		if _, err := events.Read(buf[:]); err != nil {
 			if r.Context().Err() == nil {
 				// The stream ended without the response: say so on it.
 				err = fmt.Errorf("stream ended before the result: %w", err)
 				b.recordUpstream(r.Header, server, tool, time.Since(start), "error", err.Error())
 				resp, _ := json.Marshal(rpcErrorResponse(agentID, upstreamError(server, err)))
-				send(resp)
+				if streaming {
+					send(resp)
+				} else {
+					writeJSON(w, resp)
+				}
 			}
 			return
 		}

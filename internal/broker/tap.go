@@ -140,7 +140,7 @@ func (s *sseReader) Read(p []byte) (int, error) {
 			s.ready = len(s.buf)
 			break
 		}
-		s.buf = slices.Grow(s.buf, 16384)
+		s.buf = slices.Grow(s.buf, 4096)
 		n, err := s.body.Read(s.buf[len(s.buf):cap(s.buf)])
 		s.buf = s.buf[:len(s.buf)+n]
 		s.err = err
