@@ -27,10 +27,10 @@ import (
 // messages, sampling and elicitation requests) is passed through on the
 // call's stream; the agent's answers and cancellations are passed back.
 //
-// It serves calls on upstream sessions the SDK path has opened, and falls
-// back to that path for everything else: the first call to an upstream,
+// It serves calls on the agent session's upstream sessions, which the SDK's
+// client opens and keeps, and leaves everything else to the SDK path:
 // stdio and in-memory upstreams, tools whose schema binds arguments to
-// HTTP headers, and an upstream that forgot its session.
+// HTTP headers, an upstream that cannot be reached or forgot the session.
 
 // directUpstream is what the broker needs to speak to an agent's upstream
 // session over HTTP itself.
@@ -127,8 +127,9 @@ func (b *Broker) serveDirect(w http.ResponseWriter, r *http.Request, as *agentSe
 }
 
 // directUpstreamFor returns the agent session's direct connection to the
-// upstream of a tool the role may call, or nil.
-func (b *Broker) directUpstreamFor(as *agentSession, role, agentName string) (server, tool string, d *directUpstream) {
+// upstream of a tool the role may call, opening its upstream session if it
+// has none yet; nil if there is none to be had.
+func (b *Broker) directUpstreamFor(ctx context.Context, as *agentSession, role, agentName string) (server, tool string, d *directUpstream) {
 	server, tool, err := b.ns.Split(agentName)
 	if err != nil {
 		return "", "", nil
@@ -141,13 +142,21 @@ func (b *Broker) directUpstreamFor(as *agentSession, role, agentName string) (se
 		return "", "", nil
 	}
 	as.mu.Lock()
-	d = as.direct[server]
+	d, opened := as.direct[server], as.ups[server] != nil
 	as.mu.Unlock()
+	if d == nil && !opened {
+		// A failure to connect is left to the SDK path to report.
+		if _, _, err := b.upstreamSession(ctx, as.ss, b.ups[server]); err == nil {
+			as.mu.Lock()
+			d = as.direct[server]
+			as.mu.Unlock()
+		}
+	}
 	return server, tool, d
 }
 
 func (b *Broker) directCall(w http.ResponseWriter, r *http.Request, as *agentSession, body []byte, m *mcpfilter.Message) bool {
-	server, tool, d := b.directUpstreamFor(as, r.Header.Get(authz.HeaderRole), m.Name)
+	server, tool, d := b.directUpstreamFor(r.Context(), as, r.Header.Get(authz.HeaderRole), m.Name)
 	if d == nil {
 		return false
 	}

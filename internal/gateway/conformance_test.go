@@ -205,10 +205,6 @@ func TestConformance(t *testing.T) {
 // through AMG (with unprefixed names, as the suite calls the server's own
 // names), each with why. The test fails when another one appears, and
 // when one of these starts passing, so the list stays true.
-var knownGaps = map[string]string{
-	// The suite reports that the server never asked for the elicitation;
-	// not understood yet.
-	"elicitation-sep1330-enums": "elicitation with enum schemas does not reach the agent",
-}
+var knownGaps = map[string]string{}
 
 func urlParse(s string) (*url.URL, error) { return url.Parse(s) }
