@@ -91,6 +91,24 @@ func TestServe(t *testing.T) {
 	}
 	cs.Close()
 
+	// amg client, the CLI's MCP client, as the README uses it.
+	client := func(args ...string) (int, string, string) {
+		var out, errOut syncBuffer
+		code := run(ctx, append([]string{"client", "--url", mcpURL, "--token", token}, args...), &out, &errOut)
+		return code, out.String(), errOut.String()
+	}
+	if code, out, errOut := client("tools"); code != 0 || !strings.Contains(out, "notion__get_pages\t") || strings.Contains(out, "notion__search") {
+		t.Errorf("amg client tools: exit %d\n%s%s", code, out, errOut)
+	}
+	if code, out, errOut := client("call", "notion__get_pages", `{"workspace_id":"ws_abc123","limit":2}`); code != 0 ||
+		!strings.Contains(out, "2 pages in workspace ws_abc123") {
+		t.Errorf("amg client call: exit %d\n%s%s", code, out, errOut)
+	}
+	if code, out, errOut := client("call", "notion__search", `{"query":"x","workspace_id":"ws_abc123"}`); code != 1 ||
+		!strings.Contains(errOut, `"code": -32001`) || !strings.Contains(errOut, `"code": "not_granted"`) {
+		t.Errorf("amg client call of an ungranted tool: exit %d\n%s%s", code, out, errOut)
+	}
+
 	// The operator's view: the admin endpoints.
 	resp0, err := http.Get(adminURL + "/api/v1/status")
 	if err != nil {
