@@ -9,6 +9,15 @@
 //	listen: 127.0.0.1:8080          # agent-facing MCP endpoint (path MCPPath)
 //	admin_listen: 127.0.0.1:8081    # web console and HTTP API
 //	authz_listen: 127.0.0.1:9001    # ext_authz gRPC for Envoy
+//	broker_listen: ""               # Envoy mode: the broker, for Envoy's routes ("" off)
+//	xds_listen: ""                  # Envoy mode: the ADS server Envoy is configured by ("" off)
+//	envoy:                          # what the xDS server tells Envoy
+//	  listen: 0.0.0.0:10000         # Envoy's agent listener
+//	  egress_listen: 127.0.0.1:10001  # Envoy's listener for the upstreams ("" none)
+//	  authz_address: 127.0.0.1:9001   # where Envoy reaches AMG's ext_authz
+//	  broker_addresses: [127.0.0.1:8082]  # where Envoy reaches AMG's broker replicas
+//	  authz_timeout: 2s
+//	  route_timeout: 15m            # long enough for a call parked for approval
 //	data_dir: ./data
 //	policy_dir: ./policies
 //	max_body_bytes: 1048576
@@ -66,6 +75,14 @@ type Config struct {
 	AdminListen string
 	// AuthzListen serves Envoy's ext_authz gRPC Check.
 	AuthzListen string
+	// BrokerListen serves the broker over plain HTTP, for Envoy to route
+	// allowed requests to; empty means no such listener.
+	BrokerListen string
+	// XDSListen serves the ADS (xDS) gRPC API Envoy is configured by;
+	// empty means no xDS server.
+	XDSListen string
+	// Envoy is what the xDS server configures Envoy with.
+	Envoy Envoy
 	// DataDir and PolicyDir are used as written: a relative path is
 	// relative to the working directory, as on the command line.
 	DataDir   string
@@ -80,6 +97,26 @@ type Config struct {
 	Upstreams map[string]*Upstream
 	// Names are the keys of Upstreams, sorted.
 	Names []string
+}
+
+// Envoy describes the Envoy in front of AMG, as the xDS server configures
+// it. Addresses are host:port as Envoy reaches them (in a container
+// network, by service name).
+type Envoy struct {
+	// Listen is Envoy's agent-facing listener.
+	Listen string
+	// EgressListen is a listener through which the broker can reach the
+	// upstreams (one cluster each); empty means none.
+	EgressListen string
+	// AuthzAddress is AMG's ext_authz gRPC service.
+	AuthzAddress string
+	// BrokerAddresses are the broker replicas; Envoy hashes each MCP
+	// session to one of them.
+	BrokerAddresses []string
+	// AuthzTimeout bounds one Check; RouteTimeout one agent request,
+	// which may wait for a human's approval.
+	AuthzTimeout time.Duration
+	RouteTimeout time.Duration
 }
 
 // Upstream is one MCP server behind the gateway. Exactly one of URL,
@@ -125,9 +162,17 @@ var builtins = []string{"demo"}
 // gateway on loopback ports fronting only the built-in demo server.
 func Default() *Config {
 	return &Config{
-		Listen:       "127.0.0.1:8080",
-		AdminListen:  "127.0.0.1:8081",
-		AuthzListen:  "127.0.0.1:9001",
+		Listen:      "127.0.0.1:8080",
+		AdminListen: "127.0.0.1:8081",
+		AuthzListen: "127.0.0.1:9001",
+		Envoy: Envoy{
+			Listen:          "0.0.0.0:10000",
+			EgressListen:    "127.0.0.1:10001",
+			AuthzAddress:    "127.0.0.1:9001",
+			BrokerAddresses: []string{"127.0.0.1:8082"},
+			AuthzTimeout:    2 * time.Second,
+			RouteTimeout:    15 * time.Minute,
+		},
 		DataDir:      "./data",
 		PolicyDir:    "./policies",
 		MaxBodyBytes: 1 << 20,

@@ -66,9 +66,11 @@ func demo() *Upstream {
 
 func TestDefault(t *testing.T) {
 	want := &Config{
-		Listen:       "127.0.0.1:8080",
-		AdminListen:  "127.0.0.1:8081",
-		AuthzListen:  "127.0.0.1:9001",
+		Listen:      "127.0.0.1:8080",
+		AdminListen: "127.0.0.1:8081",
+		AuthzListen: "127.0.0.1:9001",
+		Envoy: Envoy{Listen: "0.0.0.0:10000", EgressListen: "127.0.0.1:10001", AuthzAddress: "127.0.0.1:9001",
+			BrokerAddresses: []string{"127.0.0.1:8082"}, AuthzTimeout: 2 * time.Second, RouteTimeout: 15 * time.Minute},
 		DataDir:      "./data",
 		PolicyDir:    "./policies",
 		MaxBodyBytes: 1048576,
@@ -121,6 +123,10 @@ func TestLoadFull(t *testing.T) {
 		Listen:       "0.0.0.0:8443",
 		AdminListen:  "[::1]:9090",
 		AuthzListen:  ":9001",
+		BrokerListen: "0.0.0.0:8082",
+		XDSListen:    "127.0.0.1:18000",
+		Envoy: Envoy{Listen: "0.0.0.0:10443", AuthzAddress: "amg:9001", BrokerAddresses: []string{"amg-0.amg:8082", "amg-1.amg:8082"},
+			AuthzTimeout: 500 * time.Millisecond, RouteTimeout: 30 * time.Minute},
 		DataDir:      "/var/lib/amg",
 		PolicyDir:    "/etc/amg/policies",
 		MaxBodyBytes: 2097152,
@@ -269,7 +275,15 @@ func TestProblems(t *testing.T) {
 		{"not a mapping", "- listen\n",
 			"amg.yaml:1:1: must be a mapping, got a list"},
 		{"unknown key", "lisen: :80\n",
-			`amg.yaml:1:1: lisen: unknown field "lisen" (expected one of: listen, admin_listen, authz_listen, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)`},
+			`amg.yaml:1:1: lisen: unknown field "lisen" (expected one of: listen, admin_listen, authz_listen, broker_listen, xds_listen, envoy, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)`},
+		{"envoy: unknown key", "envoy: { listener: x }\n",
+			`amg.yaml:1:10: envoy.listener: unknown field "listener" (expected one of: listen, egress_listen, authz_address, broker_addresses, authz_timeout, route_timeout)`},
+		{"envoy: bad broker address", "envoy: { broker_addresses: [amg, \"amg:8082\"] }\n",
+			`amg.yaml:1:29: envoy.broker_addresses[0]: must be host:port such as 127.0.0.1:8080, got "amg": missing port in address`},
+		{"envoy: no broker", "envoy: { broker_addresses: [] }\n",
+			"amg.yaml:1:28: envoy.broker_addresses: must list at least one broker address"},
+		{"envoy: zero timeout", "envoy: { route_timeout: 0s }\n",
+			`amg.yaml:1:25: envoy.route_timeout: must be a positive duration such as 30s, 1m or 1h30m, got "0s"`},
 		{"unknown upstream key", `
 upstreams:
   a:
@@ -488,7 +502,7 @@ upstreams:
 max_body_bytes: -1
 `, nil)
 	want := `amg.yaml:1:9: listen: must be host:port such as 127.0.0.1:8080, got "localhost": missing port in address
-amg.yaml:3:1: bogus: unknown field "bogus" (expected one of: listen, admin_listen, authz_listen, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)
+amg.yaml:3:1: bogus: unknown field "bogus" (expected one of: listen, admin_listen, authz_listen, broker_listen, xds_listen, envoy, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)
 amg.yaml:6:10: upstreams.notion.url: plain http is allowed only to loopback hosts (localhost, 127.0.0.0/8, ::1): use https, or set allow_insecure: true to send this upstream's traffic and credentials unencrypted
 amg.yaml:8:7: upstreams.notion.headers.Host: Host is set by the HTTP transport and cannot be configured
 amg.yaml:9:22: upstreams.notion.headers.Authorization: secret reference "env:NOTION-TOKEN" has an invalid variable name (expected A-Z, a-z, 0-9 and '_', not starting with a digit)

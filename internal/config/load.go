@@ -25,7 +25,11 @@ type loader struct {
 	diag.Walker
 }
 
-var configKeys = []string{"listen", "admin_listen", "authz_listen", "data_dir", "policy_dir", "max_body_bytes", "unprefixed_names", "upstreams"}
+var (
+	configKeys = []string{"listen", "admin_listen", "authz_listen", "broker_listen", "xds_listen", "envoy",
+		"data_dir", "policy_dir", "max_body_bytes", "unprefixed_names", "upstreams"}
+	envoyKeys = []string{"listen", "egress_listen", "authz_address", "broker_addresses", "authz_timeout", "route_timeout"}
+)
 
 func (l *loader) config(cfg *Config, data []byte) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
@@ -61,6 +65,12 @@ func (l *loader) config(cfg *Config, data []byte) {
 			l.addr(v, key, &cfg.AdminListen)
 		case "authz_listen":
 			l.addr(v, key, &cfg.AuthzListen)
+		case "broker_listen":
+			l.optionalAddr(v, key, &cfg.BrokerListen)
+		case "xds_listen":
+			l.optionalAddr(v, key, &cfg.XDSListen)
+		case "envoy":
+			l.envoy(v, key, &cfg.Envoy)
 		case "data_dir":
 			l.dir(v, key, &cfg.DataDir)
 		case "policy_dir":
@@ -386,6 +396,48 @@ func (l *loader) addr(n *yaml.Node, path string, dst *string) {
 		return
 	}
 	*dst = s
+}
+
+// optionalAddr is addr, where "" turns the listener off.
+func (l *loader) optionalAddr(n *yaml.Node, path string, dst *string) {
+	if n.Kind == yaml.ScalarNode && n.Value == "" {
+		*dst = ""
+		return
+	}
+	l.addr(n, path, dst)
+}
+
+func (l *loader) envoy(n *yaml.Node, path string, e *Envoy) {
+	l.Fields(n, path, envoyKeys, func(key string, _, v *yaml.Node) {
+		p := path + "." + key
+		switch key {
+		case "listen":
+			l.addr(v, p, &e.Listen)
+		case "egress_listen":
+			l.optionalAddr(v, p, &e.EgressListen)
+		case "authz_address":
+			l.addr(v, p, &e.AuthzAddress)
+		case "broker_addresses":
+			var addrs []string
+			l.List(v, p, func(_ int, ip string, item *yaml.Node) {
+				var a string
+				l.addr(item, ip, &a)
+				if a != "" {
+					addrs = append(addrs, a)
+				}
+			})
+			if v.Kind == yaml.SequenceNode && len(v.Content) == 0 {
+				l.Errorf(v, p, "must list at least one broker address")
+			}
+			e.BrokerAddresses = addrs
+		case "authz_timeout", "route_timeout":
+			if d, ok := l.Duration(v, p); ok && key == "authz_timeout" {
+				e.AuthzTimeout = d
+			} else if ok {
+				e.RouteTimeout = d
+			}
+		}
+	})
 }
 
 func (l *loader) dir(n *yaml.Node, path string, dst *string) {
