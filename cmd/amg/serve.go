@@ -17,15 +17,16 @@ import (
 // serveOptions are the flags of amg serve; empty ones keep the config's
 // value.
 type serveOptions struct {
-	config      string
-	listen      string
-	adminListen string
-	authzListen string
-	policyDir   string
-	dataDir     string
-	dev         bool
-	devRole     string
-	reload      time.Duration
+	config       string
+	listen       string
+	adminListen  string
+	authzListen  string
+	brokerListen string
+	policyDir    string
+	dataDir      string
+	dev          bool
+	devRole      string
+	reload       time.Duration
 }
 
 func newServeCmd() *cobra.Command {
@@ -50,6 +51,7 @@ the file.`,
 	f.StringVar(&o.config, "config", "", "gateway config file (default: embedded defaults)")
 	f.StringVar(&o.listen, "listen", "", "address of the MCP endpoint (default 127.0.0.1:8080)")
 	f.StringVar(&o.adminListen, "admin-listen", "", "address of the admin endpoints: /healthz, /readyz, /api/v1/status (default 127.0.0.1:8081)")
+	f.StringVar(&o.brokerListen, "broker-listen", "", "Envoy mode: address of the broker, where Envoy routes allowed requests (default off)")
 	f.StringVar(&o.authzListen, "authz-listen", "", "address of the ext_authz gRPC service (default 127.0.0.1:9001)")
 	f.StringVar(&o.policyDir, "policy-dir", "", "directory of role files (default ./policies)")
 	f.StringVar(&o.dataDir, "data-dir", "", "directory for tokens, counters, the audit log and keys (default ./data)")
@@ -83,7 +85,7 @@ func serve(cmd *cobra.Command, o serveOptions) error {
 		dst *string
 		v   string
 	}{
-		{&cfg.Listen, o.listen}, {&cfg.AdminListen, o.adminListen}, {&cfg.AuthzListen, o.authzListen}, {&cfg.PolicyDir, o.policyDir}, {&cfg.DataDir, o.dataDir},
+		{&cfg.Listen, o.listen}, {&cfg.AdminListen, o.adminListen}, {&cfg.AuthzListen, o.authzListen}, {&cfg.BrokerListen, o.brokerListen}, {&cfg.PolicyDir, o.policyDir}, {&cfg.DataDir, o.dataDir},
 	} {
 		if ov.v != "" {
 			*ov.dst = ov.v

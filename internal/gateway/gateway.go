@@ -64,6 +64,7 @@ type Gateway struct {
 	admin    http.Handler
 
 	mcpLis, authzLis, adminLis net.Listener
+	brokerLis                  net.Listener // nil unless BrokerListen is set
 }
 
 // New builds a gateway for cfg: it opens the database and the audit log in
@@ -180,6 +181,12 @@ func (g *Gateway) Listen() error {
 		{&g.authzLis, g.cfg.AuthzListen, "ext_authz"},
 		{&g.adminLis, g.cfg.AdminListen, "admin"},
 	}
+	if g.cfg.BrokerListen != "" {
+		binds = append(binds, struct {
+			lis        *net.Listener
+			addr, what string
+		}{&g.brokerLis, g.cfg.BrokerListen, "broker"})
+	}
 	for i, b := range binds {
 		lis, err := net.Listen("tcp", b.addr)
 		if err != nil {
@@ -198,6 +205,14 @@ func (g *Gateway) MCPAddr() string   { return g.mcpLis.Addr().String() }
 func (g *Gateway) AuthzAddr() string { return g.authzLis.Addr().String() }
 func (g *Gateway) AdminAddr() string { return g.adminLis.Addr().String() }
 
+// BrokerAddr is the bound address of the broker listener, "" without one.
+func (g *Gateway) BrokerAddr() string {
+	if g.brokerLis == nil {
+		return ""
+	}
+	return g.brokerLis.Addr().String()
+}
+
 // Serve connects the upstreams and serves until ctx ends, then shuts down
 // gracefully within 10 s. Listen must have been called.
 func (g *Gateway) Serve(ctx context.Context) error {
@@ -215,11 +230,19 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	authv3.RegisterAuthorizationServer(gs, g.authz)
 	hs := &http.Server{Handler: g.front, ReadHeaderTimeout: 10 * time.Second}
 	as := &http.Server{Handler: g.admin, ReadHeaderTimeout: 10 * time.Second}
-	errs := make(chan error, 3)
+	// Envoy routes allowed requests here; the broker serves only those
+	// whose decision token verifies, so the listener needs no guard.
+	bs := &http.Server{Handler: g.broker, ReadHeaderTimeout: 10 * time.Second}
+	errs := make(chan error, 4)
 	go func() { errs <- gs.Serve(g.authzLis) }()
 	go func() { errs <- hs.Serve(g.mcpLis) }()
 	go func() { errs <- as.Serve(g.adminLis) }()
-	g.log.Info("serving", "mcp", "http://"+g.MCPAddr()+config.MCPPath, "ext_authz", g.AuthzAddr(), "admin", "http://"+g.AdminAddr())
+	attrs := []any{"mcp", "http://" + g.MCPAddr() + config.MCPPath, "ext_authz", g.AuthzAddr(), "admin", "http://" + g.AdminAddr()}
+	if g.brokerLis != nil {
+		go func() { errs <- bs.Serve(g.brokerLis) }()
+		attrs = append(attrs, "broker", "http://"+g.BrokerAddr()+config.MCPPath)
+	}
+	g.log.Info("serving", attrs...)
 
 	var err error
 	select {
@@ -231,7 +254,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	defer cancel()
 	stopped := make(chan struct{})
 	go func() { gs.GracefulStop(); close(stopped) }()
-	herr := errors.Join(hs.Shutdown(shutdown), as.Shutdown(shutdown))
+	herr := errors.Join(hs.Shutdown(shutdown), as.Shutdown(shutdown), bs.Shutdown(shutdown))
 	select {
 	case <-stopped:
 	case <-shutdown.Done():

@@ -37,6 +37,7 @@ func TestGoldenScenariosInBothModes(t *testing.T) {
 	dir := t.TempDir()
 	cfg := config.Default()
 	cfg.Listen, cfg.AuthzListen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	cfg.BrokerListen = "127.0.0.1:0"
 	cfg.DataDir, cfg.PolicyDir = filepath.Join(dir, "data"), "../../policies"
 	gw, err := New(cfg, &Options{Builtins: Builtins{"demo": demo.NewServer(nil).MCP()}})
 	if err != nil {
@@ -52,14 +53,12 @@ func TestGoldenScenariosInBothModes(t *testing.T) {
 
 	// Envoy mode: the broker on its own listener, authz over gRPC, and a
 	// stand-in for Envoy's filter chain that forwards over HTTP.
-	brokerSrv := httptest.NewServer(gw.Broker())
-	t.Cleanup(brokerSrv.Close)
 	conn, err := grpc.NewClient(gw.AuthzAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	target, _ := url.Parse(brokerSrv.URL)
+	target, _ := url.Parse("http://" + gw.BrokerAddr())
 	toBroker := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(target) }, FlushInterval: -1}
 	envoy := httptest.NewServer(front.New(grpcCheck{authv3.NewAuthorizationClient(conn)}, toBroker, nil))
 	t.Cleanup(envoy.Close)
