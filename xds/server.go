@@ -1,0 +1,229 @@
+package xds
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/amgateway/amg/internal/config"
+)
+
+// Options tune a Server. A nil *Options is the zero value.
+type Options struct {
+	// Logger receives update, stream and rejection (NACK) events; nil
+	// discards them.
+	Logger *slog.Logger
+}
+
+// Server serves the current resources to every Envoy over ADS
+// (envoy.service.discovery.v3.AggregatedDiscoveryService). Only ADS is
+// served: the route configurations name ADS as their source, so an Envoy
+// must be bootstrapped with an ads_config pointing here.
+type Server struct {
+	log    *slog.Logger
+	cache  cachev3.SnapshotCache
+	grpc   *grpc.Server
+	cancel context.CancelFunc
+
+	// build is Build, replaceable by tests to hand Update resources no
+	// config produces.
+	build func(*config.Config) (*Resources, error)
+
+	mu      sync.Mutex // serializes Update
+	seq     uint64
+	version string
+}
+
+// nodeKey is the one cache key: every Envoy in front of this AMG gets the
+// same configuration, whatever its node id.
+const nodeKey = "amg"
+
+type sameForAll struct{}
+
+func (sameForAll) ID(*corev3.Node) string { return nodeKey }
+
+// gRPC keepalive: Envoy holds its ADS stream for its whole life, so the
+// server pings to find peers that vanished, and lets Envoy ping back as
+// often as a typical bootstrap's connection_keepalive asks.
+const (
+	keepaliveTime    = 30 * time.Second
+	keepaliveTimeout = 5 * time.Second
+	keepaliveMinTime = 10 * time.Second
+)
+
+// NewServer returns a Server with no resources: Envoy's requests wait until
+// the first successful Update.
+func NewServer(opts *Options) *Server {
+	if opts == nil {
+		opts = &Options{}
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		log:    log,
+		cache:  cachev3.NewSnapshotCache(true, sameForAll{}, cacheLogger{log}),
+		cancel: cancel,
+		build:  Build,
+	}
+	s.grpc = grpc.NewServer(
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime, PermitWithoutStream: true}),
+	)
+	xds := serverv3.NewServer(ctx, s.cache, s.callbacks())
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, xds)
+	return s
+}
+
+// Update builds the resources for cfg and, if they are valid and
+// consistent, serves them to every Envoy under a new version. On any
+// failure it returns an error saying what failed, and Envoy keeps getting
+// the last good version.
+func (s *Server) Update(cfg *config.Config) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	res, err := s.build(cfg)
+	if err != nil {
+		return fmt.Errorf("xds update: %w", err)
+	}
+	if err := res.Validate(); err != nil {
+		return fmt.Errorf("xds update: invalid resources: %w", err)
+	}
+	hash, err := res.hash()
+	if err != nil {
+		return fmt.Errorf("xds update: %w", err)
+	}
+	// The sequence makes each Update a new version; the content hash keeps
+	// a restarted AMG, whose sequence starts over, from reusing a version
+	// an Envoy already holds for different resources.
+	version := strconv.FormatUint(s.seq+1, 10) + "-" + hash
+	snap, err := cachev3.NewSnapshot(version, res.byType())
+	if err != nil {
+		return fmt.Errorf("xds update: %w", err)
+	}
+	if err := snap.Consistent(); err != nil {
+		return fmt.Errorf("xds update: inconsistent snapshot: %w", err)
+	}
+	if err := s.cache.SetSnapshot(context.Background(), nodeKey, snap); err != nil {
+		return fmt.Errorf("xds update: set snapshot: %w", err)
+	}
+	s.seq++
+	s.version = version
+	s.log.Info("xds: serving new envoy config", "version", version,
+		"listeners", len(res.Listeners), "routes", len(res.Routes), "clusters", len(res.Clusters))
+	return nil
+}
+
+// Version is the version being served, "" before the first Update.
+func (s *Server) Version() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.version
+}
+
+// Serve serves ADS on lis until Stop; it returns nil after Stop.
+func (s *Server) Serve(lis net.Listener) error {
+	if err := s.grpc.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return fmt.Errorf("xds serve: %w", err)
+	}
+	return nil
+}
+
+// Stop ends every stream and closes the listeners Serve was given.
+func (s *Server) Stop() {
+	s.cancel()
+	s.grpc.Stop()
+}
+
+// callbacks log what an operator needs: which Envoys are connected, and
+// above all a rejected configuration, which Envoy reports only here.
+func (s *Server) callbacks() serverv3.Callbacks {
+	return serverv3.CallbackFuncs{
+		StreamOpenFunc: func(_ context.Context, id int64, typeURL string) error {
+			s.log.Debug("xds: stream opened", "stream", id, "type", typeURL)
+			return nil
+		},
+		StreamClosedFunc: func(id int64, node *corev3.Node) {
+			s.log.Debug("xds: stream closed", "stream", id, "node", node.GetId())
+		},
+		StreamRequestFunc: func(id int64, req *discoveryv3.DiscoveryRequest) error {
+			if d := req.GetErrorDetail(); d != nil {
+				s.log.Error("xds: envoy rejected config", "stream", id, "node", req.GetNode().GetId(),
+					"type", req.GetTypeUrl(), "nonce", req.GetResponseNonce(), "error", d.GetMessage())
+			}
+			return nil
+		},
+	}
+}
+
+// byType is the snapshot's view of r.
+func (r *Resources) byType() map[resource.Type][]types.Resource {
+	m := map[resource.Type][]types.Resource{
+		resource.ListenerType: make([]types.Resource, 0, len(r.Listeners)),
+		resource.RouteType:    make([]types.Resource, 0, len(r.Routes)),
+		resource.ClusterType:  make([]types.Resource, 0, len(r.Clusters)),
+	}
+	for _, l := range r.Listeners {
+		m[resource.ListenerType] = append(m[resource.ListenerType], l)
+	}
+	for _, rc := range r.Routes {
+		m[resource.RouteType] = append(m[resource.RouteType], rc)
+	}
+	for _, c := range r.Clusters {
+		m[resource.ClusterType] = append(m[resource.ClusterType], c)
+	}
+	return m
+}
+
+// hash is a short digest of r's content, in its fixed order.
+func (r *Resources) hash() (string, error) {
+	h := sha256.New()
+	opts := proto.MarshalOptions{Deterministic: true}
+	for _, typ := range []resource.Type{resource.ListenerType, resource.RouteType, resource.ClusterType} {
+		for _, m := range r.byType()[typ] {
+			b, err := opts.Marshal(m)
+			if err != nil {
+				return "", fmt.Errorf("encode %s %s: %w", typ, cachev3.GetResourceName(m), err)
+			}
+			// Length-prefixed, so that resource boundaries count.
+			h.Write(strconv.AppendInt(nil, int64(len(b)), 10))
+			h.Write([]byte{':'})
+			h.Write(b)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))[:12], nil
+}
+
+// cacheLogger sends go-control-plane's cache logs to slog; its info
+// messages are per-watch chatter, so they go at debug.
+type cacheLogger struct{ log *slog.Logger }
+
+func (l cacheLogger) logf(level slog.Level, format string, args []any) {
+	if l.log.Enabled(context.Background(), level) {
+		l.log.Log(context.Background(), level, "xds cache: "+fmt.Sprintf(format, args...))
+	}
+}
+
+func (l cacheLogger) Debugf(format string, args ...any) { l.logf(slog.LevelDebug, format, args) }
+func (l cacheLogger) Infof(format string, args ...any)  { l.logf(slog.LevelDebug, format, args) }
+func (l cacheLogger) Warnf(format string, args ...any)  { l.logf(slog.LevelWarn, format, args) }
+func (l cacheLogger) Errorf(format string, args ...any) { l.logf(slog.LevelError, format, args) }

@@ -1,0 +1,351 @@
+package xds
+
+import (
+	"context"
+	"net"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/amgateway/amg/internal/config"
+)
+
+// hangGuard bounds each test's gRPC exchange; it is never expected to fire.
+const hangGuard = 30 * time.Second
+
+// startServer serves s on a loopback port until the test ends.
+func startServer(t *testing.T, s *Server) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(lis) }()
+	t.Cleanup(func() {
+		s.Stop()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return lis.Addr().String()
+}
+
+// envoy is an ADS client that talks as Envoy does: one aggregated stream,
+// the node on every request, each response ACKed with its version and
+// nonce.
+type envoy struct {
+	t      *testing.T
+	stream grpc.BidiStreamingClient[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]
+	node   *corev3.Node
+	// names are the resources subscribed to per type, repeated in ACKs.
+	names map[string][]string
+	// latest is the last response per type, which may have come in
+	// while waiting for another type.
+	latest map[string]*discoveryv3.DiscoveryResponse
+}
+
+func dialEnvoy(t *testing.T, addr, id string) *envoy {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
+	t.Cleanup(cancel)
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &envoy{
+		t:      t,
+		stream: stream,
+		node:   &corev3.Node{Id: id, Cluster: "amg-envoy"},
+		names:  map[string][]string{},
+		latest: map[string]*discoveryv3.DiscoveryResponse{},
+	}
+}
+
+// subscribe asks for resources of typeURL (all of them when names is nil).
+func (e *envoy) subscribe(typeURL string, names ...string) {
+	e.t.Helper()
+	e.names[typeURL] = names
+	e.send(&discoveryv3.DiscoveryRequest{Node: e.node, TypeUrl: typeURL, ResourceNames: names})
+}
+
+func (e *envoy) send(req *discoveryv3.DiscoveryRequest) {
+	e.t.Helper()
+	if err := e.stream.Send(req); err != nil {
+		e.t.Fatalf("send %s: %v", req.GetTypeUrl(), err)
+	}
+}
+
+// recv returns the next response, already ACKed.
+func (e *envoy) recv() *discoveryv3.DiscoveryResponse {
+	e.t.Helper()
+	resp, err := e.stream.Recv()
+	if err != nil {
+		e.t.Fatalf("recv: %v", err)
+	}
+	e.latest[resp.GetTypeUrl()] = resp
+	e.send(&discoveryv3.DiscoveryRequest{
+		Node:          e.node,
+		TypeUrl:       resp.GetTypeUrl(),
+		ResourceNames: e.names[resp.GetTypeUrl()],
+		VersionInfo:   resp.GetVersionInfo(),
+		ResponseNonce: resp.GetNonce(),
+	})
+	return resp
+}
+
+// recvType receives until a response of typeURL with version arrives,
+// ACKing the others as Envoy would.
+func (e *envoy) recvType(typeURL, version string) *discoveryv3.DiscoveryResponse {
+	e.t.Helper()
+	if resp := e.latest[typeURL]; resp.GetVersionInfo() == version {
+		return resp
+	}
+	for {
+		resp := e.recv()
+		if resp.GetTypeUrl() == typeURL && resp.GetVersionInfo() == version {
+			return resp
+		}
+		if resp.GetTypeUrl() == typeURL {
+			e.t.Logf("skipping %s version %s, waiting for %s", typeURL, resp.GetVersionInfo(), version)
+		}
+	}
+}
+
+// decode unpacks every resource of resp into a new T.
+func decode[T proto.Message](t *testing.T, resp *discoveryv3.DiscoveryResponse, newT func() T) []T {
+	t.Helper()
+	var out []T
+	for _, a := range resp.GetResources() {
+		m := newT()
+		if err := a.UnmarshalTo(m); err != nil {
+			t.Fatalf("decode %s: %v", a.GetTypeUrl(), err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+func sortedNames[M interface{ GetName() string }](ms []M) []string {
+	return slices.Sorted(slices.Values(names(ms)))
+}
+
+func TestADS(t *testing.T) {
+	cfg := parseFile(t, filepath.Join("testdata", "in", "default.yaml"))
+	s := NewServer(nil)
+	if err := s.Update(cfg); err != nil {
+		t.Fatal(err)
+	}
+	v1 := s.Version()
+	addr := startServer(t, s)
+	e := dialEnvoy(t, addr, "envoy-1")
+
+	// Envoy's order: clusters, then listeners, then the routes they name.
+	e.subscribe(resource.ClusterType)
+	cds := e.recvType(resource.ClusterType, v1)
+	clusters := decode(t, cds, func() *clusterv3.Cluster { return &clusterv3.Cluster{} })
+	if diff := cmp.Diff([]string{ClusterAuthz, ClusterBroker, "upstream_notion"}, sortedNames(clusters)); diff != "" {
+		t.Fatalf("clusters (-want +got):\n%s", diff)
+	}
+
+	e.subscribe(resource.ListenerType)
+	lds := e.recvType(resource.ListenerType, v1)
+	listeners := decode(t, lds, func() *listenerv3.Listener { return &listenerv3.Listener{} })
+	if diff := cmp.Diff([]string{ListenerAgent, ListenerEgress}, sortedNames(listeners)); diff != "" {
+		t.Fatalf("listeners (-want +got):\n%s", diff)
+	}
+	ea, err := ExtAuthzConfig(&Resources{Listeners: listeners})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := ea.GetWithRequestBody()
+	if !body.GetPackAsBytes() || body.GetAllowPartialMessage() || ea.GetFailureModeAllow() ||
+		body.GetMaxRequestBytes() != uint32(cfg.MaxBodyBytes) {
+		t.Errorf("ext_authz served as pack_as_bytes=%v allow_partial_message=%v failure_mode_allow=%v max_request_bytes=%d",
+			body.GetPackAsBytes(), body.GetAllowPartialMessage(), ea.GetFailureModeAllow(), body.GetMaxRequestBytes())
+	}
+
+	e.subscribe(resource.RouteType, RouteAgent, RouteEgress)
+	rds := e.recvType(resource.RouteType, v1)
+	routes := decode(t, rds, func() *routev3.RouteConfiguration { return &routev3.RouteConfiguration{} })
+	if diff := cmp.Diff([]string{RouteAgent, RouteEgress}, sortedNames(routes)); diff != "" {
+		t.Fatalf("routes (-want +got):\n%s", diff)
+	}
+	for _, rc := range routes {
+		if rc.GetName() != RouteAgent {
+			continue
+		}
+		mcp := rc.GetVirtualHosts()[0].GetRoutes()[0]
+		if mcp.GetMatch().GetPath() != config.MCPPath || mcp.GetRoute().GetCluster() != ClusterBroker {
+			t.Errorf("agent route %v, want %s to %s", mcp, config.MCPPath, ClusterBroker)
+		}
+	}
+
+	// One more upstream: every subscribed type gets the new version, and
+	// the clusters include the new one.
+	cfg.Upstreams["linear"] = &config.Upstream{Name: "linear", URL: "https://mcp.linear.example/mcp",
+		ConnectTimeout: config.DefaultConnectTimeout, CallTimeout: config.DefaultCallTimeout}
+	if err := s.Update(cfg); err != nil {
+		t.Fatal(err)
+	}
+	v2 := s.Version()
+	if v2 == v1 {
+		t.Fatalf("version %s unchanged by Update", v2)
+	}
+	cds = e.recvType(resource.ClusterType, v2)
+	clusters = decode(t, cds, func() *clusterv3.Cluster { return &clusterv3.Cluster{} })
+	if diff := cmp.Diff([]string{ClusterAuthz, ClusterBroker, "upstream_linear", "upstream_notion"}, sortedNames(clusters)); diff != "" {
+		t.Fatalf("clusters after update (-want +got):\n%s", diff)
+	}
+	rds = e.recvType(resource.RouteType, v2)
+	routes = decode(t, rds, func() *routev3.RouteConfiguration { return &routev3.RouteConfiguration{} })
+	for _, rc := range routes {
+		if rc.GetName() == RouteEgress && len(rc.GetVirtualHosts()) != 2 {
+			t.Errorf("egress routes after update have %d virtual hosts, want 2", len(rc.GetVirtualHosts()))
+		}
+	}
+
+	// A second Envoy, whatever its node id, gets the same configuration.
+	e2 := dialEnvoy(t, addr, "envoy-2")
+	e2.subscribe(resource.ClusterType)
+	cds2 := e2.recvType(resource.ClusterType, v2)
+	if len(cds2.GetResources()) != len(cds.GetResources()) {
+		t.Errorf("second envoy got %d clusters, first %d", len(cds2.GetResources()), len(cds.GetResources()))
+	}
+}
+
+// TestUpdateRefusesInvalid checks that a bad configuration is refused with
+// an error naming what failed, and the last good one stays served.
+func TestUpdateRefusesInvalid(t *testing.T) {
+	good := parseFile(t, filepath.Join("testdata", "in", "default.yaml"))
+	s := NewServer(&Options{})
+	if err := s.Update(good); err != nil {
+		t.Fatal(err)
+	}
+	v1 := s.Version()
+
+	tests := []struct {
+		name  string
+		edit  func(*config.Config)
+		build func(*config.Config) (*Resources, error)
+		want  []string
+	}{
+		{
+			name: "body limit zero fails ext_authz validation",
+			edit: func(c *config.Config) { c.MaxBodyBytes = 0 },
+			want: []string{"invalid resources", "listener amg_agent", "MaxRequestBytes"},
+		},
+		{
+			name: "connect timeout zero fails cluster validation",
+			edit: func(c *config.Config) { c.Upstreams["notion"].ConnectTimeout = 0 },
+			want: []string{"invalid resources", "cluster upstream_notion", "ConnectTimeout"},
+		},
+		{
+			name: "unbuildable",
+			edit: func(c *config.Config) { c.Envoy.Listen = "envoy.example:10000" },
+			want: []string{"envoy.listen"},
+		},
+		{
+			name: "route configuration missing",
+			build: func(c *config.Config) (*Resources, error) {
+				res, err := Build(c)
+				if err != nil {
+					return nil, err
+				}
+				res.Routes = res.Routes[:1]
+				return res, nil
+			},
+			want: []string{"inconsistent snapshot"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := parseFile(t, filepath.Join("testdata", "in", "default.yaml"))
+			if tt.edit != nil {
+				tt.edit(cfg)
+			}
+			s.build = Build
+			if tt.build != nil {
+				s.build = tt.build
+			}
+			err := s.Update(cfg)
+			if err == nil {
+				t.Fatal("Update succeeded")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("Update err = %v, want it to mention %q", err, w)
+				}
+			}
+			if v := s.Version(); v != v1 {
+				t.Errorf("version %s after a refused Update, want %s", v, v1)
+			}
+		})
+	}
+	s.build = Build
+
+	// An Envoy connecting now gets the last good version, in full.
+	e := dialEnvoy(t, startServer(t, s), "envoy-late")
+	e.subscribe(resource.ClusterType)
+	cds := e.recvType(resource.ClusterType, v1)
+	clusters := decode(t, cds, func() *clusterv3.Cluster { return &clusterv3.Cluster{} })
+	for _, c := range clusters {
+		if c.GetName() == "upstream_notion" && c.GetConnectTimeout().AsDuration() != config.DefaultConnectTimeout {
+			t.Errorf("served upstream_notion connect_timeout %v, want the good %v", c.GetConnectTimeout().AsDuration(), config.DefaultConnectTimeout)
+		}
+	}
+	e.subscribe(resource.RouteType, RouteAgent, RouteEgress)
+	if rds := e.recvType(resource.RouteType, v1); len(rds.GetResources()) != 2 {
+		t.Errorf("served %d route configurations, want 2", len(rds.GetResources()))
+	}
+}
+
+func TestVersionsDiffer(t *testing.T) {
+	s := NewServer(nil)
+	if s.Version() != "" {
+		t.Fatalf("version %q before any Update", s.Version())
+	}
+	cfg := config.Default()
+	seen := map[string]bool{}
+	for range 3 {
+		if err := s.Update(cfg); err != nil {
+			t.Fatal(err)
+		}
+		v := s.Version()
+		if seen[v] {
+			t.Fatalf("version %s reused", v)
+		}
+		seen[v] = true
+	}
+}
+
+func TestStopWithoutServe(t *testing.T) {
+	s := NewServer(nil)
+	s.Stop()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	if err := s.Serve(lis); err != nil {
+		t.Errorf("Serve after Stop = %v, want nil", err)
+	}
+}
