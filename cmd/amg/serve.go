@@ -22,6 +22,7 @@ type serveOptions struct {
 	adminListen  string
 	authzListen  string
 	brokerListen string
+	xdsListen    string
 	policyDir    string
 	dataDir      string
 	dev          bool
@@ -52,6 +53,7 @@ the file.`,
 	f.StringVar(&o.listen, "listen", "", "address of the MCP endpoint (default 127.0.0.1:8080)")
 	f.StringVar(&o.adminListen, "admin-listen", "", "address of the admin endpoints: /healthz, /readyz, /api/v1/status (default 127.0.0.1:8081)")
 	f.StringVar(&o.brokerListen, "broker-listen", "", "Envoy mode: address of the broker, where Envoy routes allowed requests (default off)")
+	f.StringVar(&o.xdsListen, "xds-listen", "", "Envoy mode: address of the xDS (ADS) server that configures Envoy (default off)")
 	f.StringVar(&o.authzListen, "authz-listen", "", "address of the ext_authz gRPC service (default 127.0.0.1:9001)")
 	f.StringVar(&o.policyDir, "policy-dir", "", "directory of role files (default ./policies)")
 	f.StringVar(&o.dataDir, "data-dir", "", "directory for tokens, counters, the audit log and keys (default ./data)")
@@ -85,7 +87,7 @@ func serve(cmd *cobra.Command, o serveOptions) error {
 		dst *string
 		v   string
 	}{
-		{&cfg.Listen, o.listen}, {&cfg.AdminListen, o.adminListen}, {&cfg.AuthzListen, o.authzListen}, {&cfg.BrokerListen, o.brokerListen}, {&cfg.PolicyDir, o.policyDir}, {&cfg.DataDir, o.dataDir},
+		{&cfg.Listen, o.listen}, {&cfg.AdminListen, o.adminListen}, {&cfg.AuthzListen, o.authzListen}, {&cfg.BrokerListen, o.brokerListen}, {&cfg.XDSListen, o.xdsListen}, {&cfg.PolicyDir, o.policyDir}, {&cfg.DataDir, o.dataDir},
 	} {
 		if ov.v != "" {
 			*ov.dst = ov.v

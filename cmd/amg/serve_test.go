@@ -12,13 +12,18 @@ import (
 	"testing"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/amgateway/amg/authz/authztest"
 	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/xds"
 )
 
 // bearer adds the agent's token to every request of an MCP client.
@@ -40,10 +45,11 @@ func TestServe(t *testing.T) {
 	exited := make(chan int, 1)
 	go func() {
 		exited <- run(ctx, []string{"serve", "--dev", "--policy-dir", "../../policies", "--data-dir", dataDir,
-			"--listen", "127.0.0.1:0", "--authz-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}, &stdout, &stderr)
+			"--listen", "127.0.0.1:0", "--authz-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+			"--broker-listen", "127.0.0.1:0", "--xds-listen", "127.0.0.1:0"}, &stdout, &stderr)
 	}()
 
-	addrRE := regexp.MustCompile(`msg=serving mcp=(\S+) ext_authz=(\S+) admin=(\S+)`)
+	addrRE := regexp.MustCompile(`msg=serving mcp=(\S+) ext_authz=(\S+) admin=(\S+) broker=\S+ xds=(\S+)`)
 	var m []string
 	for deadline := time.Now().Add(30 * time.Second); m == nil && time.Now().Before(deadline); {
 		select {
@@ -56,7 +62,7 @@ func TestServe(t *testing.T) {
 	if m == nil {
 		t.Fatalf("serve did not start:\n%s", stderr.String())
 	}
-	mcpURL, authzAddr, adminURL := m[1], m[2], m[3]
+	mcpURL, authzAddr, adminURL, xdsAddr := m[1], m[2], m[3], m[4]
 	token := strings.TrimSpace(stdout.String())
 	if !regexp.MustCompile(`^amg_[0-9a-f]{64}$`).MatchString(token) {
 		t.Fatalf("--dev printed %q, want a token alone", token)
@@ -128,6 +134,36 @@ func TestServe(t *testing.T) {
 		!st.Upstreams[0].Connected || st.Upstreams[0].Tools != 5 {
 		t.Errorf("admin status = %+v, %v; want the policy version and the connected demo upstream with its 5 tools", st, err)
 	}
+
+	// Envoy's configuration: the clusters over ADS, as Envoy asks for them.
+	xconn, err := grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer xconn.Close()
+	ads, err := discoveryv3.NewAggregatedDiscoveryServiceClient(xconn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ads.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "envoy-1", Cluster: "amg"}, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	cds, err := ads.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var clusters []string
+	for _, r := range cds.GetResources() {
+		var c clusterv3.Cluster
+		if err := r.UnmarshalTo(&c); err != nil {
+			t.Fatal(err)
+		}
+		clusters = append(clusters, c.GetName())
+	}
+	if !slices.Contains(clusters, xds.ClusterAuthz) || !slices.Contains(clusters, xds.ClusterBroker) {
+		t.Errorf("clusters over ADS = %v, want %s and %s among them", clusters, xds.ClusterAuthz, xds.ClusterBroker)
+	}
+	ads.CloseSend()
 
 	// Envoy's view: a Check over gRPC.
 	conn, err := grpc.NewClient(authzAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))

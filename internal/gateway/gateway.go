@@ -31,6 +31,7 @@ import (
 	"github.com/amgateway/amg/internal/store"
 	"github.com/amgateway/amg/internal/tokens"
 	"github.com/amgateway/amg/mcpfilter"
+	"github.com/amgateway/amg/xds"
 )
 
 // DBFile is the embedded database's name inside the data directory.
@@ -65,6 +66,8 @@ type Gateway struct {
 
 	mcpLis, authzLis, adminLis net.Listener
 	brokerLis                  net.Listener // nil unless BrokerListen is set
+	xdsLis                     net.Listener // nil unless XDSListen is set
+	xds                        *xds.Server  // nil unless XDSListen is set
 }
 
 // New builds a gateway for cfg: it opens the database and the audit log in
@@ -154,6 +157,14 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	fopts := &front.Options{MaxBodyBytes: cfg.MaxBodyBytes, Logger: g.log, Hosts: hostguard.ForListener(cfg.Listen)}
 	mux.Handle(config.MCPPath, front.New(g.authz, g.broker, fopts))
 	g.front = mux
+	if cfg.XDSListen != "" {
+		// Envoy's configuration follows from this config alone; one that
+		// does not build or validate stops the gateway from starting.
+		g.xds = xds.NewServer(&xds.Options{Logger: g.log})
+		if err := g.xds.Update(cfg); err != nil {
+			return nil, err
+		}
+	}
 	g.admin = admin.Handler(admin.Deps{Policies: g.policies, Upstreams: g.broker.Status, Version: opts.Version,
 		Started: time.Now(), Hosts: hostguard.ForListener(cfg.AdminListen)})
 	return g, nil
@@ -181,11 +192,15 @@ func (g *Gateway) Listen() error {
 		{&g.authzLis, g.cfg.AuthzListen, "ext_authz"},
 		{&g.adminLis, g.cfg.AdminListen, "admin"},
 	}
+	type bind = struct {
+		lis        *net.Listener
+		addr, what string
+	}
 	if g.cfg.BrokerListen != "" {
-		binds = append(binds, struct {
-			lis        *net.Listener
-			addr, what string
-		}{&g.brokerLis, g.cfg.BrokerListen, "broker"})
+		binds = append(binds, bind{&g.brokerLis, g.cfg.BrokerListen, "broker"})
+	}
+	if g.cfg.XDSListen != "" {
+		binds = append(binds, bind{&g.xdsLis, g.cfg.XDSListen, "xds"})
 	}
 	for i, b := range binds {
 		lis, err := net.Listen("tcp", b.addr)
@@ -204,6 +219,14 @@ func (g *Gateway) Listen() error {
 func (g *Gateway) MCPAddr() string   { return g.mcpLis.Addr().String() }
 func (g *Gateway) AuthzAddr() string { return g.authzLis.Addr().String() }
 func (g *Gateway) AdminAddr() string { return g.adminLis.Addr().String() }
+
+// XDSAddr is the bound address of the xDS server, "" without one.
+func (g *Gateway) XDSAddr() string {
+	if g.xdsLis == nil {
+		return ""
+	}
+	return g.xdsLis.Addr().String()
+}
 
 // BrokerAddr is the bound address of the broker listener, "" without one.
 func (g *Gateway) BrokerAddr() string {
@@ -233,7 +256,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	// Envoy routes allowed requests here; the broker serves only those
 	// whose decision token verifies, so the listener needs no guard.
 	bs := &http.Server{Handler: g.broker, ReadHeaderTimeout: 10 * time.Second}
-	errs := make(chan error, 4)
+	errs := make(chan error, 5)
 	go func() { errs <- gs.Serve(g.authzLis) }()
 	go func() { errs <- hs.Serve(g.mcpLis) }()
 	go func() { errs <- as.Serve(g.adminLis) }()
@@ -241,6 +264,11 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	if g.brokerLis != nil {
 		go func() { errs <- bs.Serve(g.brokerLis) }()
 		attrs = append(attrs, "broker", "http://"+g.BrokerAddr()+config.MCPPath)
+	}
+	if g.xdsLis != nil {
+		go func() { errs <- g.xds.Serve(g.xdsLis) }()
+		defer g.xds.Stop()
+		attrs = append(attrs, "xds", g.XDSAddr())
 	}
 	g.log.Info("serving", attrs...)
 

@@ -63,9 +63,16 @@ func TestGoldenScenariosInBothModes(t *testing.T) {
 	envoy := httptest.NewServer(front.New(grpcCheck{authv3.NewAuthorizationClient(conn)}, toBroker, nil))
 	t.Cleanup(envoy.Close)
 
+	// Envoy as AMG's xDS server configures it for this gateway.
+	xcfg := *cfg
+	xcfg.Envoy.AuthzAddress, xcfg.Envoy.BrokerAddresses = gw.AuthzAddr(), []string{gw.BrokerAddr()}
+	fromXDS := httptest.NewServer(envoyFromXDS(t, &xcfg))
+	t.Cleanup(fromXDS.Close)
+
 	modes := map[string]string{
-		"standalone": "http://" + gw.MCPAddr() + config.MCPPath,
-		"envoy":      envoy.URL + config.MCPPath,
+		"standalone":    "http://" + gw.MCPAddr() + config.MCPPath,
+		"envoy":         envoy.URL + config.MCPPath,
+		"envoy via xds": fromXDS.URL + config.MCPPath,
 	}
 	for mode, endpoint := range modes {
 		t.Run(mode, func(t *testing.T) { runGolden(t, gw, endpoint) })
