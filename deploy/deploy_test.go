@@ -1,0 +1,965 @@
+package deploy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/url"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/compose-spec/compose-go/v2/loader"
+	"github.com/compose-spec/compose-go/v2/types"
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	"go.yaml.in/yaml/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/amgateway/amg/envoy"
+	"github.com/amgateway/amg/internal/config"
+	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/internal/secrets"
+)
+
+// root is the repository root, relative to this package's directory.
+const root = ".."
+
+func readFile(t *testing.T, rel string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(root, filepath.FromSlash(rel)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func parseConfig(t *testing.T, name string, data []byte) *config.Config {
+	t.Helper()
+	// nil Options: the secret references are checked for syntax only,
+	// not resolved.
+	cfg, err := config.Parse(name, data, nil)
+	if err != nil {
+		t.Fatalf("%s does not load:\n%v", name, err)
+	}
+	return cfg
+}
+
+func parseBootstrap(t *testing.T, name string, data []byte) *bootstrapv3.Bootstrap {
+	t.Helper()
+	b, err := envoy.ParseBootstrap(data)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return b
+}
+
+func splitAddr(t *testing.T, what, addr string) (string, int) {
+	t.Helper()
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatalf("%s %q: %v", what, addr, err)
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil {
+		t.Fatalf("%s %q: port: %v", what, addr, err)
+	}
+	return host, n
+}
+
+func listenPort(t *testing.T, what, addr string) int {
+	t.Helper()
+	if addr == "" {
+		t.Fatalf("%s is off; Envoy mode needs it", what)
+	}
+	_, p := splitAddr(t, what, addr)
+	return p
+}
+
+// flagValue returns the value of --name in args ("--name v" or "--name=v").
+func flagValue(args []string, name string) (string, bool) {
+	for i, a := range args {
+		if a == name && i+1 < len(args) {
+			return args[i+1], true
+		}
+		if v, ok := strings.CutPrefix(a, name+"="); ok {
+			return v, true
+		}
+	}
+	return "", false
+}
+
+// splitImage splits an image reference into repository and tag; a digest
+// is kept with the tag.
+func splitImage(image string) (repo, tag string) {
+	slash := strings.LastIndexByte(image, '/')
+	colon := strings.LastIndexByte(image, ':')
+	if at := strings.IndexByte(image, '@'); at >= 0 {
+		colon = strings.LastIndexByte(image[:at], ':')
+	}
+	if colon > slash {
+		return image[:colon], image[colon+1:]
+	}
+	return image, ""
+}
+
+// checkPinned reports an image without a tag, or tagged latest; one pulled
+// from a registry (not built here) must name a version.
+func checkPinned(t *testing.T, where, image string, builtHere bool) {
+	t.Helper()
+	_, tag := splitImage(image)
+	switch {
+	case image == "":
+		t.Errorf("%s: no image", where)
+	case tag == "" || tag == "latest":
+		t.Errorf("%s: image %q is not pinned to a version", where, image)
+	case !builtHere && !strings.ContainsAny(tag, "0123456789"):
+		t.Errorf("%s: image %q: tag %q names no version", where, image, tag)
+	}
+}
+
+// version returns the leading dotted numbers of an image tag: v1.39.6 ->
+// [1 39 6], 7.2.5-alpine -> [7 2 5].
+func version(tag string) []int {
+	tag = strings.TrimPrefix(tag, "v")
+	if i := strings.IndexFunc(tag, func(r rune) bool { return r != '.' && (r < '0' || r > '9') }); i >= 0 {
+		tag = tag[:i]
+	}
+	var v []int
+	for f := range strings.SplitSeq(tag, ".") {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			break
+		}
+		v = append(v, n)
+	}
+	return v
+}
+
+func TestVersion(t *testing.T) {
+	for tag, want := range map[string][]int{"v1.39.6": {1, 39, 6}, "7.2.5-alpine": {7, 2, 5}, "1.13.2": {1, 13, 2}, "nonroot": nil} {
+		if got := version(tag); !slices.Equal(got, want) {
+			t.Errorf("version(%q) = %v, want %v", tag, got, want)
+		}
+	}
+	for image, want := range map[string][2]string{
+		"redis:7.2.5-alpine":         {"redis", "7.2.5-alpine"},
+		"localhost:5000/amg":         {"localhost:5000/amg", ""},
+		"localhost:5000/amg:1.0":     {"localhost:5000/amg", "1.0"},
+		"envoyproxy/envoy@sha256:ab": {"envoyproxy/envoy@sha256:ab", ""},
+	} {
+		if r, tg := splitImage(image); r != want[0] || tg != want[1] {
+			t.Errorf("splitImage(%q) = %q, %q, want %q, %q", image, r, tg, want[0], want[1])
+		}
+	}
+}
+
+// checkLicensedImage checks the images whose licence changed with a
+// version: Vault after 1.13 is BUSL, Redis from 7.4 on is not BSD.
+func checkLicensedImage(t *testing.T, where, image string) {
+	t.Helper()
+	repo, tag := splitImage(image)
+	limits := map[string][]int{"vault": {1, 14}, "redis": {7, 4}}
+	limit, ok := limits[path.Base(repo)]
+	if !ok {
+		return
+	}
+	if v := version(tag); len(v) == 0 || slices.Compare(v, limit) >= 0 {
+		t.Errorf("%s: image %q: want a version below %v (licence)", where, image, limit)
+	}
+}
+
+// checkEnvoyTarget checks that the bootstrap's amg_xds cluster points at
+// host on cfg's xDS port.
+func checkXDSCluster(t *testing.T, b *bootstrapv3.Bootstrap, host string, cfg *config.Config) {
+	t.Helper()
+	h, p, err := envoy.StaticClusterAddress(b, "amg_xds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := listenPort(t, "xds_listen", cfg.XDSListen); h != host || int(p) != want {
+		t.Errorf("envoy amg_xds cluster is %s:%d, want %s:%d (the amg service and its xds_listen port)", h, p, host, want)
+	}
+}
+
+// checkEnvoyAddresses checks that the addresses the xDS server hands Envoy
+// name host on the ports amg listens on.
+func checkEnvoyAddresses(t *testing.T, cfg *config.Config, authzHost string, brokerAddrs []string) {
+	t.Helper()
+	authzPort := listenPort(t, "authz_listen", cfg.AuthzListen)
+	if h, p := splitAddr(t, "envoy.authz_address", cfg.Envoy.AuthzAddress); h != authzHost || p != authzPort {
+		t.Errorf("envoy.authz_address = %s, want %s:%d", cfg.Envoy.AuthzAddress, authzHost, authzPort)
+	}
+	if !slices.Equal(cfg.Envoy.BrokerAddresses, brokerAddrs) {
+		t.Errorf("envoy.broker_addresses = %v, want %v", cfg.Envoy.BrokerAddresses, brokerAddrs)
+	}
+}
+
+// checkUpstream checks that upstream name is served at host:port/mcp.
+func checkUpstream(t *testing.T, cfg *config.Config, name, host string, port int) {
+	t.Helper()
+	u := cfg.Upstreams[name]
+	if u == nil {
+		t.Fatalf("no upstream %q; have %v", name, cfg.Names)
+	}
+	pu, err := url.Parse(u.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pu.Hostname() != host || pu.Port() != strconv.Itoa(port) || pu.Path != config.MCPPath {
+		t.Errorf("upstream %s url %s, want http://%s:%d%s", name, u.URL, host, port, config.MCPPath)
+	}
+}
+
+// checkPolicies compiles the role files against cfg's upstream names, as
+// amg does at startup.
+func checkPolicies(t *testing.T, files []policy.File, cfg *config.Config) {
+	t.Helper()
+	if _, err := policy.Compile(files, &policy.Options{Servers: cfg.Names}); err != nil {
+		t.Errorf("policies do not compile against upstreams %v:\n%v", cfg.Names, err)
+	}
+}
+
+func repoPolicies(t *testing.T) map[string][]byte {
+	t.Helper()
+	names, err := filepath.Glob(filepath.Join(root, "policies", "*.yaml"))
+	if err != nil || len(names) == 0 {
+		t.Fatalf("no policies/*.yaml (%v)", err)
+	}
+	files := map[string][]byte{}
+	for _, n := range names {
+		data, err := os.ReadFile(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[filepath.Base(n)] = data
+	}
+	return files
+}
+
+func policyFiles(dir string, files map[string][]byte) []policy.File {
+	var out []policy.File
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		out = append(out, policy.File{Name: path.Join(dir, name), Data: files[name]})
+	}
+	return out
+}
+
+// headerRefs returns the secret references in every upstream header.
+func headerRefs(cfg *config.Config) []secrets.Ref {
+	var refs []secrets.Ref
+	for _, name := range cfg.Names {
+		u := cfg.Upstreams[name]
+		for _, h := range slices.Sorted(maps.Keys(u.Headers)) {
+			refs = append(refs, u.Headers[h].Refs()...)
+		}
+	}
+	return refs
+}
+
+// dockerfile is what the tests need of the Dockerfile.
+type dockerfile struct {
+	froms      []string
+	user       string
+	entrypoint string
+	exposed    []int
+}
+
+func parseDockerfile(t *testing.T) dockerfile {
+	t.Helper()
+	var d dockerfile
+	var logical string
+	sc := bufio.NewScanner(bytes.NewReader(readFile(t, "Dockerfile")))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if cont, ok := strings.CutSuffix(line, `\`); ok {
+			logical += cont + " "
+			continue
+		}
+		logical += line
+		fields := strings.Fields(logical)
+		logical = ""
+		switch strings.ToUpper(fields[0]) {
+		case "FROM":
+			d.froms = append(d.froms, fields[1])
+		case "USER":
+			d.user = fields[1]
+		case "ENTRYPOINT":
+			d.entrypoint = strings.Join(fields[1:], " ")
+		case "EXPOSE":
+			for _, f := range fields[1:] {
+				n, err := strconv.Atoi(strings.TrimSuffix(f, "/tcp"))
+				if err != nil {
+					t.Fatalf("EXPOSE %s: %v", f, err)
+				}
+				d.exposed = append(d.exposed, n)
+			}
+		}
+	}
+	return d
+}
+
+func TestDockerfile(t *testing.T) {
+	d := parseDockerfile(t)
+	if len(d.froms) < 2 {
+		t.Fatalf("FROM %v: want a build stage and a runtime stage", d.froms)
+	}
+	if repo, tag := splitImage(d.froms[0]); repo != "golang" || !strings.HasPrefix(tag, "1.26") {
+		t.Errorf("build stage FROM %s, want golang:1.26 (go.mod's Go)", d.froms[0])
+	}
+	if final := d.froms[len(d.froms)-1]; !strings.HasPrefix(final, "gcr.io/distroless/static") || !strings.HasSuffix(final, ":nonroot") {
+		t.Errorf("runtime stage FROM %s, want distroless static, nonroot", final)
+	}
+	uid, _, _ := strings.Cut(d.user, ":")
+	if n, err := strconv.Atoi(uid); err != nil || n == 0 {
+		t.Errorf("USER %q, want a numeric non-root uid (Kubernetes runAsNonRoot can check only a number)", d.user)
+	}
+	if d.entrypoint != `["/amg"]` {
+		t.Errorf(`ENTRYPOINT %s, want ["/amg"]`, d.entrypoint)
+	}
+	cfg := parseConfig(t, "deploy/amg.yaml", readFile(t, "deploy/amg.yaml"))
+	for what, addr := range map[string]string{"listen": cfg.Listen, "admin_listen": cfg.AdminListen,
+		"authz_listen": cfg.AuthzListen, "broker_listen": cfg.BrokerListen, "xds_listen": cfg.XDSListen} {
+		if p := listenPort(t, what, addr); !slices.Contains(d.exposed, p) {
+			t.Errorf("deploy/amg.yaml %s port %d is not in the Dockerfile's EXPOSE %v", what, p, d.exposed)
+		}
+	}
+
+	ignore := strings.Fields(string(readFile(t, ".dockerignore")))
+	for _, want := range []string{".git", "data/", "bin/"} {
+		if !slices.Contains(ignore, want) {
+			t.Errorf(".dockerignore does not exclude %s", want)
+		}
+	}
+}
+
+// TestAMGConfig loads deploy/amg.yaml as amg serve would, short of
+// resolving its secrets.
+func TestAMGConfig(t *testing.T) {
+	cfg := parseConfig(t, "deploy/amg.yaml", readFile(t, "deploy/amg.yaml"))
+	if cfg.BrokerListen == "" || cfg.XDSListen == "" {
+		t.Errorf("broker_listen %q, xds_listen %q: Envoy mode needs both", cfg.BrokerListen, cfg.XDSListen)
+	}
+	if cfg.Envoy.EgressListen != "" {
+		t.Errorf("envoy.egress_listen = %q, want off: the broker reaches the demo directly", cfg.Envoy.EgressListen)
+	}
+	refs := headerRefs(cfg)
+	if len(refs) == 0 {
+		t.Error("no upstream header takes a secret reference")
+	}
+	for _, r := range refs {
+		// This revision's secret source refuses vault: references, so
+		// amg would not start (see deploy/README.md).
+		if r.Scheme == secrets.SchemeVault {
+			t.Errorf("%s: amg serve cannot resolve vault: references yet", r)
+		}
+	}
+	checkPolicies(t, policyFiles("policies", repoPolicies(t)), cfg)
+}
+
+func loadCompose(t *testing.T) *types.Project {
+	t.Helper()
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := readFile(t, "docker-compose.yml")
+	// The file must work without a .env or exported variables: the test
+	// gives it an empty environment and refuses ${...} in any value
+	// outright, rather than let interpolation quietly produce empty ones.
+	var raw any
+	if err := yaml.Unmarshal(data, &raw); err != nil {
+		t.Fatalf("docker-compose.yml: %v", err)
+	}
+	walkStrings(raw, func(s string) {
+		if strings.Contains(s, "${") {
+			t.Errorf("docker-compose.yml interpolates in %q; it must run without variables set", s)
+		}
+	})
+	details := types.ConfigDetails{
+		WorkingDir:  abs,
+		ConfigFiles: []types.ConfigFile{{Filename: filepath.Join(abs, "docker-compose.yml"), Content: data}},
+		Environment: types.Mapping{},
+	}
+	p, err := loader.LoadWithContext(t.Context(), details, func(o *loader.Options) {
+		o.SetProjectName("amg", true)
+	})
+	if err != nil {
+		t.Fatalf("docker-compose.yml: %v", err)
+	}
+	return p
+}
+
+// walkStrings calls f with every string key and value in v.
+func walkStrings(v any, f func(string)) {
+	switch v := v.(type) {
+	case string:
+		f(v)
+	case map[string]any:
+		for k, x := range v {
+			f(k)
+			walkStrings(x, f)
+		}
+	case []any:
+		for _, x := range v {
+			walkStrings(x, f)
+		}
+	}
+}
+
+func service(t *testing.T, p *types.Project, name string) types.ServiceConfig {
+	t.Helper()
+	s, ok := p.Services[name]
+	if !ok {
+		t.Fatalf("docker-compose.yml has no service %q", name)
+	}
+	return s
+}
+
+// mount returns the volume of s mounted at target.
+func mount(s types.ServiceConfig, target string) (types.ServiceVolumeConfig, bool) {
+	for _, v := range s.Volumes {
+		if v.Target == target {
+			return v, true
+		}
+	}
+	return types.ServiceVolumeConfig{}, false
+}
+
+// checkBind checks that s mounts the repository file rel at target.
+func checkBind(t *testing.T, s types.ServiceConfig, rel, target string) {
+	t.Helper()
+	v, ok := mount(s, target)
+	abs, err := filepath.Abs(filepath.Join(root, filepath.FromSlash(rel)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ok || v.Type != types.VolumeTypeBind || filepath.Clean(v.Source) != abs {
+		t.Errorf("service %s: want ./%s mounted at %s, have %+v", s.Name, rel, target, s.Volumes)
+	}
+	if ok && !v.ReadOnly {
+		t.Errorf("service %s: %s is mounted writable", s.Name, target)
+	}
+}
+
+func TestCompose(t *testing.T) {
+	p := loadCompose(t)
+	cfg := parseConfig(t, "deploy/amg.yaml", readFile(t, "deploy/amg.yaml"))
+	amg := service(t, p, "amg")
+	demo := service(t, p, "demo")
+	env := service(t, p, "envoy")
+
+	t.Run("images", func(t *testing.T) {
+		for _, name := range slices.Sorted(maps.Keys(p.Services)) {
+			s := p.Services[name]
+			checkPinned(t, "service "+name, s.Image, s.Build != nil)
+			checkLicensedImage(t, "service "+name, s.Image)
+		}
+		if demo.Image != amg.Image {
+			t.Errorf("demo runs image %q, amg %q: the demo is amg's own image", demo.Image, amg.Image)
+		}
+		for _, name := range []string{"vault", "vault-seed", "redis", "jaeger"} {
+			service(t, p, name)
+		}
+	})
+
+	t.Run("envoy", func(t *testing.T) {
+		const target = "/etc/envoy/envoy.yaml"
+		checkBind(t, env, "envoy/envoy.yaml", target)
+		if c, _ := flagValue(env.Command, "-c"); c != target {
+			t.Errorf("envoy command %q does not load %s", env.Command, target)
+		}
+		b := parseBootstrap(t, "envoy/envoy.yaml", readFile(t, "envoy/envoy.yaml"))
+		checkXDSCluster(t, b, amg.Name, cfg)
+		want := uint32(listenPort(t, "envoy.listen", cfg.Envoy.Listen))
+		published := false
+		for _, port := range env.Ports {
+			if port.Target == want && port.Published == strconv.Itoa(int(want)) {
+				published = true
+			}
+		}
+		if !published {
+			t.Errorf("envoy does not publish its agent listener port %d (envoy.listen): %+v", want, env.Ports)
+		}
+	})
+
+	t.Run("amg", func(t *testing.T) {
+		conf, ok := flagValue(amg.Command, "--config")
+		if len(amg.Command) == 0 || amg.Command[0] != "serve" || !ok {
+			t.Fatalf("amg command %q, want serve --config FILE", amg.Command)
+		}
+		checkBind(t, amg, "deploy/amg.yaml", conf)
+		checkBind(t, amg, "policies", cfg.PolicyDir)
+		if v, ok := mount(amg, cfg.DataDir); !ok || v.Type != types.VolumeTypeVolume {
+			t.Errorf("amg: data_dir %s is not on a named volume", cfg.DataDir)
+		}
+		checkEnvoyAddresses(t, cfg, amg.Name, []string{fmt.Sprintf("%s:%d", amg.Name, listenPort(t, "broker_listen", cfg.BrokerListen))})
+		if addr := amg.Environment["VAULT_ADDR"]; addr == nil || !strings.HasPrefix(*addr, "http://vault:") {
+			t.Errorf("amg VAULT_ADDR %v, want the vault service", addr)
+		}
+		// Published ports other than Envoy's agent port stay on loopback.
+		for _, name := range slices.Sorted(maps.Keys(p.Services)) {
+			if name == env.Name {
+				continue
+			}
+			for _, port := range p.Services[name].Ports {
+				if port.Published != "" && port.HostIP != "127.0.0.1" {
+					t.Errorf("service %s publishes port %d on %q, want 127.0.0.1", name, port.Target, port.HostIP)
+				}
+			}
+		}
+	})
+
+	t.Run("demo upstream", func(t *testing.T) {
+		if len(demo.Command) == 0 || demo.Command[0] != "demo" {
+			t.Fatalf("demo command %q, want demo --listen ADDR", demo.Command)
+		}
+		listen, ok := flagValue(demo.Command, "--listen")
+		if !ok {
+			t.Fatalf("demo command %q has no --listen (the default is loopback)", demo.Command)
+		}
+		checkUpstream(t, cfg, "notion", demo.Name, listenPort(t, "demo --listen", listen))
+	})
+
+	t.Run("upstream secret", func(t *testing.T) {
+		// The header's file: reference must be the file vault-seed renders
+		// into a volume amg mounts, owned by the image's user.
+		seed := service(t, p, "vault-seed")
+		uid := parseDockerfile(t).user
+		for _, ref := range headerRefs(cfg) {
+			if ref.Scheme != secrets.SchemeFile {
+				t.Errorf("%s: compose renders the upstream token to a file; want a file: reference", ref)
+				continue
+			}
+			v, ok := mount(amg, path.Dir(ref.Path))
+			if !ok || v.Type != types.VolumeTypeVolume || !v.ReadOnly {
+				t.Errorf("%s: amg mounts no read-only named volume at %s", ref, path.Dir(ref.Path))
+				continue
+			}
+			var seedDir string
+			for _, sv := range seed.Volumes {
+				if sv.Type == types.VolumeTypeVolume && sv.Source == v.Source {
+					seedDir = sv.Target
+				}
+			}
+			if seedDir == "" {
+				t.Errorf("%s: vault-seed does not mount volume %s", ref, v.Source)
+				continue
+			}
+			script := strings.Join(seed.Command, "\n")
+			file := path.Join(seedDir, path.Base(ref.Path))
+			for _, want := range []string{"> " + file, "chown " + uid + " " + file, "chmod 0400 " + file} {
+				if !strings.Contains(script, want) {
+					t.Errorf("vault-seed script does not contain %q:\n%s", want, script)
+				}
+			}
+		}
+	})
+
+	t.Run("depends_on", func(t *testing.T) {
+		want := map[string]map[string]string{
+			"envoy":      {"amg": types.ServiceConditionStarted},
+			"amg":        {"redis": types.ServiceConditionHealthy, "vault-seed": types.ServiceConditionCompletedSuccessfully, "demo": types.ServiceConditionStarted},
+			"vault-seed": {"vault": types.ServiceConditionHealthy},
+		}
+		for svc, deps := range want {
+			s := service(t, p, svc)
+			got := map[string]string{}
+			for dep, d := range s.DependsOn {
+				got[dep] = d.Condition
+			}
+			if !maps.Equal(got, deps) {
+				t.Errorf("service %s depends_on %v, want %v", svc, got, deps)
+			}
+		}
+		// A service_healthy dependency needs a healthcheck to become healthy.
+		for _, name := range slices.Sorted(maps.Keys(p.Services)) {
+			for dep, d := range p.Services[name].DependsOn {
+				if d.Condition != types.ServiceConditionHealthy {
+					continue
+				}
+				if hc := p.Services[dep].HealthCheck; hc == nil || hc.Disable || len(hc.Test) == 0 {
+					t.Errorf("service %s waits for %s to be healthy, which has no healthcheck", name, dep)
+				}
+			}
+		}
+	})
+}
+
+// object is one Kubernetes manifest document.
+type object struct {
+	file string
+	m    map[string]any
+}
+
+func (o object) kind() string { return str(dig(o.m, "kind")) }
+func (o object) name() string { return str(dig(o.m, "metadata", "name")) }
+func (o object) String() string {
+	return fmt.Sprintf("%s %s/%s", o.file, o.kind(), o.name())
+}
+
+// dig follows string keys and int indexes; nil where there is nothing.
+func dig(v any, keys ...any) any {
+	for _, k := range keys {
+		switch k := k.(type) {
+		case string:
+			m, ok := v.(map[string]any)
+			if !ok {
+				return nil
+			}
+			v = m[k]
+		case int:
+			s, ok := v.([]any)
+			if !ok || k >= len(s) {
+				return nil
+			}
+			v = s[k]
+		}
+	}
+	return v
+}
+
+func str(v any) string   { s, _ := v.(string); return s }
+func list(v any) []any   { s, _ := v.([]any); return s }
+func boolean(v any) bool { b, ok := v.(bool); return ok && b }
+
+func strs(v any) []string {
+	var out []string
+	for _, x := range list(v) {
+		out = append(out, str(x))
+	}
+	return out
+}
+
+func loadManifests(t *testing.T) []object {
+	t.Helper()
+	names, err := filepath.Glob(filepath.Join(root, "deploy", "k8s", "*.yaml"))
+	if err != nil || len(names) == 0 {
+		t.Fatalf("no deploy/k8s/*.yaml (%v)", err)
+	}
+	var objs []object
+	for _, n := range names {
+		f, err := os.Open(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec := yaml.NewDecoder(f)
+		for {
+			var m map[string]any
+			err := dec.Decode(&m)
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("%s: %v", n, err)
+			}
+			if m == nil { // an empty document, e.g. after a trailing ---
+				continue
+			}
+			objs = append(objs, object{file: "deploy/k8s/" + filepath.Base(n), m: m})
+		}
+		f.Close()
+	}
+	return objs
+}
+
+func find(t *testing.T, objs []object, kind, name string) object {
+	t.Helper()
+	for _, o := range objs {
+		if o.kind() == kind && o.name() == name {
+			return o
+		}
+	}
+	t.Fatalf("deploy/k8s has no %s %s", kind, name)
+	return object{}
+}
+
+// container returns the named container of a workload's pod template.
+func container(t *testing.T, o object, name string) map[string]any {
+	t.Helper()
+	for _, c := range list(dig(o.m, "spec", "template", "spec", "containers")) {
+		if str(dig(c, "name")) == name {
+			return c.(map[string]any)
+		}
+	}
+	t.Fatalf("%s has no container %s", o, name)
+	return nil
+}
+
+// containerPort resolves a probe or Service port (a number or a port name)
+// against a container's ports.
+func containerPort(c map[string]any, port any) int {
+	if n, ok := port.(int); ok {
+		return n
+	}
+	for _, p := range list(dig(c, "ports")) {
+		if str(dig(p, "name")) == str(port) {
+			n, _ := dig(p, "containerPort").(int)
+			return n
+		}
+	}
+	return 0
+}
+
+// volumeMount returns the volume name and subPath mounted at mountPath.
+func volumeMount(c map[string]any, mountPath string) (name, subPath string) {
+	for _, vm := range list(dig(c, "volumeMounts")) {
+		if str(dig(vm, "mountPath")) == mountPath {
+			return str(dig(vm, "name")), str(dig(vm, "subPath"))
+		}
+	}
+	return "", ""
+}
+
+// podVolume returns the pod template's volume called name.
+func podVolume(o object, name string) any {
+	for _, v := range list(dig(o.m, "spec", "template", "spec", "volumes")) {
+		if str(dig(v, "name")) == name {
+			return v
+		}
+	}
+	return nil
+}
+
+// servicePort returns the port a Service exposes for the container port
+// target (by number or by name), or 0.
+func servicePort(svc object, c map[string]any, target int) int {
+	for _, p := range list(dig(svc.m, "spec", "ports")) {
+		tp := dig(p, "targetPort")
+		if tp == nil {
+			tp = dig(p, "port")
+		}
+		if containerPort(c, tp) == target {
+			n, _ := dig(p, "port").(int)
+			return n
+		}
+	}
+	return 0
+}
+
+func configMapData(t *testing.T, o object) map[string]string {
+	t.Helper()
+	data := map[string]string{}
+	m, _ := dig(o.m, "data").(map[string]any)
+	for k, v := range m {
+		s, ok := v.(string)
+		if !ok {
+			t.Fatalf("%s: data.%s is not a string", o, k)
+		}
+		data[k] = s
+	}
+	return data
+}
+
+func TestKubernetes(t *testing.T) {
+	objs := loadManifests(t)
+
+	t.Run("documents", func(t *testing.T) {
+		seen := map[string]string{}
+		for _, o := range objs {
+			if str(dig(o.m, "apiVersion")) == "" || o.kind() == "" || o.name() == "" {
+				t.Errorf("%s: want apiVersion, kind and metadata.name", o)
+			}
+			if ns := str(dig(o.m, "metadata", "namespace")); o.kind() != "Namespace" && ns != "amg" {
+				t.Errorf("%s: namespace %q, want amg", o, ns)
+			}
+			key := o.kind() + "/" + o.name()
+			if prev, dup := seen[key]; dup {
+				t.Errorf("%s: also defined in %s", o, prev)
+			}
+			seen[key] = o.file
+		}
+		find(t, objs, "Namespace", "amg")
+	})
+
+	t.Run("pods", func(t *testing.T) {
+		compose := loadCompose(t)
+		composeImages := map[string]string{}
+		built := map[string]bool{}
+		for _, s := range compose.Services {
+			repo, _ := splitImage(s.Image)
+			composeImages[repo] = s.Image
+			built[s.Image] = built[s.Image] || s.Build != nil
+		}
+		for _, o := range objs {
+			pod := dig(o.m, "spec", "template", "spec")
+			if pod == nil {
+				continue
+			}
+			podNonRoot := boolean(dig(pod, "securityContext", "runAsNonRoot"))
+			for _, c := range list(dig(pod, "containers")) {
+				where := fmt.Sprintf("%s container %s", o, str(dig(c, "name")))
+				image := str(dig(c, "image"))
+				checkPinned(t, where, image, built[image])
+				checkLicensedImage(t, where, image)
+				// Kubernetes and compose run the same versions.
+				repo, _ := splitImage(image)
+				if ci, ok := composeImages[repo]; ok && ci != image {
+					t.Errorf("%s: image %s, but docker-compose.yml runs %s", where, image, ci)
+				}
+				if !podNonRoot && !boolean(dig(c, "securityContext", "runAsNonRoot")) {
+					t.Errorf("%s: not runAsNonRoot", where)
+				}
+				if uid, ok := dig(pod, "securityContext", "runAsUser").(int); !ok || uid == 0 {
+					t.Errorf("%s: want a non-zero pod runAsUser, have %v", where, dig(pod, "securityContext", "runAsUser"))
+				}
+				if dig(c, "securityContext", "allowPrivilegeEscalation") != false {
+					t.Errorf("%s: allowPrivilegeEscalation is not false", where)
+				}
+				if !slices.Contains(strs(dig(c, "securityContext", "capabilities", "drop")), "ALL") {
+					t.Errorf("%s: capabilities are not dropped", where)
+				}
+			}
+		}
+	})
+
+	sts := find(t, objs, "StatefulSet", "amg")
+	amgC := container(t, sts, "amg")
+	cfgMap := configMapData(t, find(t, objs, "ConfigMap", "amg-config"))
+	cfg := parseConfig(t, "deploy/k8s amg-config amg.yaml", []byte(cfgMap["amg.yaml"]))
+	headless := find(t, objs, "Service", str(dig(sts.m, "spec", "serviceName")))
+
+	t.Run("amg", func(t *testing.T) {
+		replicas, _ := dig(sts.m, "spec", "replicas").(int)
+		if replicas < 2 {
+			t.Errorf("amg replicas %d, want at least 2", replicas)
+		}
+		if dig(headless.m, "spec", "clusterIP") != "None" {
+			t.Errorf("%s: the StatefulSet's serviceName must be a headless Service (clusterIP: None) for per-pod names", headless)
+		}
+		adminPort := listenPort(t, "admin_listen", cfg.AdminListen)
+		for probe, want := range map[string]string{"readinessProbe": "/readyz", "livenessProbe": "/healthz"} {
+			get := dig(amgC, probe, "httpGet")
+			if str(dig(get, "path")) != want || containerPort(amgC, dig(get, "port")) != adminPort {
+				t.Errorf("amg %s = %v, want GET %s on the admin port %d", probe, get, want, adminPort)
+			}
+		}
+
+		// The pods' names on the broker port, in the order the StatefulSet
+		// numbers them.
+		brokerPort := listenPort(t, "broker_listen", cfg.BrokerListen)
+		var brokers []string
+		for i := range replicas {
+			brokers = append(brokers, fmt.Sprintf("%s-%d.%s:%d", sts.name(), i, headless.name(), brokerPort))
+		}
+		checkEnvoyAddresses(t, cfg, headless.name(), brokers)
+		for what, addr := range map[string]string{"admin_listen": cfg.AdminListen, "authz_listen": cfg.AuthzListen,
+			"broker_listen": cfg.BrokerListen, "xds_listen": cfg.XDSListen} {
+			p := listenPort(t, what, addr)
+			if !slices.ContainsFunc(list(dig(amgC, "ports")), func(x any) bool { return dig(x, "containerPort") == p }) {
+				t.Errorf("amg container does not declare port %d (%s)", p, what)
+			}
+			if sp := servicePort(headless, amgC, p); sp != p {
+				t.Errorf("Service %s exposes %s (container port %d) as %d, want the same number: the config names it so", headless.name(), what, p, sp)
+			}
+		}
+
+		args := strs(dig(amgC, "args"))
+		conf, ok := flagValue(args, "--config")
+		if len(args) == 0 || args[0] != "serve" || !ok {
+			t.Fatalf("amg args %q, want serve --config FILE", args)
+		}
+		if vol, sub := volumeMount(amgC, conf); sub != "amg.yaml" || str(dig(podVolume(sts, vol), "configMap", "name")) != "amg-config" {
+			t.Errorf("amg: %s is not amg-config's amg.yaml", conf)
+		}
+		if vol, sub := volumeMount(amgC, cfg.PolicyDir); sub != "" || str(dig(podVolume(sts, vol), "configMap", "name")) != "amg-policies" {
+			t.Errorf("amg: policy_dir %s is not the amg-policies ConfigMap, mounted as a directory (subPath mounts never update)", cfg.PolicyDir)
+		}
+		vol, _ := volumeMount(amgC, cfg.DataDir)
+		claimed := false
+		for _, vct := range list(dig(sts.m, "spec", "volumeClaimTemplates")) {
+			claimed = claimed || (vol != "" && str(dig(vct, "metadata", "name")) == vol)
+		}
+		if !claimed {
+			t.Errorf("amg: data_dir %s is not on a volumeClaimTemplate", cfg.DataDir)
+		}
+
+		// Every ${env:NAME} reference is set in the container, from a Secret.
+		envs := map[string]any{}
+		for _, e := range list(dig(amgC, "env")) {
+			envs[str(dig(e, "name"))] = e
+		}
+		readme := string(readFile(t, "deploy/README.md"))
+		for _, ref := range headerRefs(cfg) {
+			if ref.Scheme != secrets.SchemeEnv {
+				t.Errorf("%s: want an env: reference, set from a Secret", ref)
+				continue
+			}
+			secret := str(dig(envs[ref.Path], "valueFrom", "secretKeyRef", "name"))
+			if secret == "" {
+				t.Errorf("%s: the amg container does not set %s from a Secret", ref, ref.Path)
+			}
+			if !strings.Contains(readme, "create secret generic "+secret) {
+				t.Errorf("deploy/README.md does not say how to create the Secret %s", secret)
+			}
+		}
+		for _, name := range []string{"VAULT_ADDR", "VAULT_TOKEN"} {
+			if dig(envs[name], "valueFrom", "secretKeyRef", "name") == nil {
+				t.Errorf("amg container: %s is not set from a Secret", name)
+			}
+		}
+	})
+
+	t.Run("policies", func(t *testing.T) {
+		data := configMapData(t, find(t, objs, "ConfigMap", "amg-policies"))
+		want := repoPolicies(t)
+		if !slices.Equal(slices.Sorted(maps.Keys(data)), slices.Sorted(maps.Keys(want))) {
+			t.Errorf("amg-policies holds %v, policies/ %v", slices.Sorted(maps.Keys(data)), slices.Sorted(maps.Keys(want)))
+		}
+		files := map[string][]byte{}
+		for name, content := range data {
+			files[name] = []byte(content)
+			if w, ok := want[name]; ok && content != string(w) {
+				t.Errorf("amg-policies %s differs from policies/%s", name, name)
+			}
+		}
+		checkPolicies(t, policyFiles("amg-policies", files), cfg)
+	})
+
+	t.Run("envoy", func(t *testing.T) {
+		cm := find(t, objs, "ConfigMap", "envoy-bootstrap")
+		b := parseBootstrap(t, "deploy/k8s envoy-bootstrap envoy.yaml", []byte(configMapData(t, cm)["envoy.yaml"]))
+		file := parseBootstrap(t, "envoy/envoy.yaml", readFile(t, "envoy/envoy.yaml"))
+		if !proto.Equal(b, file) {
+			t.Error("the envoy-bootstrap ConfigMap is not the same bootstrap as envoy/envoy.yaml")
+		}
+		checkXDSCluster(t, b, headless.name(), cfg)
+
+		dep := find(t, objs, "Deployment", "envoy")
+		c := container(t, dep, "envoy")
+		conf, _ := flagValue(strs(dig(c, "args")), "-c")
+		vol, sub := volumeMount(c, path.Dir(conf))
+		if sub != "" || str(dig(podVolume(dep, vol), "configMap", "name")) != cm.name() || path.Base(conf) != "envoy.yaml" {
+			t.Errorf("envoy: -c %q is not the %s ConfigMap's envoy.yaml", conf, cm.name())
+		}
+		listen := listenPort(t, "envoy.listen", cfg.Envoy.Listen)
+		if sp := servicePort(find(t, objs, "Service", "envoy"), c, listen); sp != listen {
+			t.Errorf("Service envoy exposes the agent listener (%d) as %d", listen, sp)
+		}
+	})
+
+	t.Run("demo upstream", func(t *testing.T) {
+		dep := find(t, objs, "Deployment", "demo")
+		c := container(t, dep, "demo")
+		args := strs(dig(c, "args"))
+		listen, ok := flagValue(args, "--listen")
+		if len(args) == 0 || args[0] != "demo" || !ok {
+			t.Fatalf("demo args %q, want demo --listen ADDR", args)
+		}
+		if str(dig(c, "image")) != str(dig(amgC, "image")) {
+			t.Errorf("demo image %v, amg %v: the demo is amg's own image", dig(c, "image"), dig(amgC, "image"))
+		}
+		svc := find(t, objs, "Service", "demo")
+		checkUpstream(t, cfg, "notion", svc.name(), servicePort(svc, c, listenPort(t, "demo --listen", listen)))
+	})
+}
