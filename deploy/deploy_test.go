@@ -568,7 +568,7 @@ func TestCompose(t *testing.T) {
 
 	t.Run("depends_on", func(t *testing.T) {
 		want := map[string]map[string]string{
-			"envoy":      {"amg": types.ServiceConditionStarted},
+			"envoy":      {"amg": types.ServiceConditionHealthy},
 			"amg":        {"redis": types.ServiceConditionHealthy, "vault-seed": types.ServiceConditionCompletedSuccessfully, "demo": types.ServiceConditionStarted},
 			"vault-seed": {"vault": types.ServiceConditionHealthy},
 		}
@@ -581,6 +581,10 @@ func TestCompose(t *testing.T) {
 			if !maps.Equal(got, deps) {
 				t.Errorf("service %s depends_on %v, want %v", svc, got, deps)
 			}
+		}
+		// amg, distroless, probes its own readiness on its admin port.
+		if hc := service(t, p, "amg").HealthCheck; hc == nil || strings.Join(hc.Test, " ") != "CMD /amg health --url http://127.0.0.1:8081/readyz" {
+			t.Errorf("amg healthcheck = %+v, want amg health probing /readyz on the admin port", hc)
 		}
 		// A service_healthy dependency needs a healthcheck to become healthy.
 		for _, name := range slices.Sorted(maps.Keys(p.Services)) {

@@ -115,6 +115,15 @@ func TestServe(t *testing.T) {
 		t.Errorf("amg client call of an ungranted tool: exit %d\n%s%s", code, out, errOut)
 	}
 
+	// amg health, the container healthcheck, against the admin listener.
+	var hout, herr syncBuffer
+	if code := run(ctx, []string{"health", "--url", adminURL + "/readyz"}, &hout, &herr); code != 0 {
+		t.Errorf("amg health on a ready gateway: exit %d: %s", code, herr.String())
+	}
+	if code := run(ctx, []string{"health", "--url", adminURL + "/nowhere"}, &hout, &herr); code != 1 || !strings.Contains(herr.String(), "404") {
+		t.Errorf("amg health on a 404: exit %d: %s", code, herr.String())
+	}
+
 	// The operator's view: the admin endpoints.
 	resp0, err := http.Get(adminURL + "/api/v1/status")
 	if err != nil {
