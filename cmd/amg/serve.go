@@ -98,6 +98,7 @@ func serve(cmd *cobra.Command, o serveOptions) error {
 		Secrets:      src,
 		Builtins:     gateway.Builtins{"demo": demo.NewServer(&demo.Options{Logger: log}).MCP()},
 		PolicyReload: o.reload,
+		ConfigFile:   o.config,
 		Version:      version,
 		Logger:       log,
 	})

@@ -4,6 +4,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -11,7 +12,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
+	"reflect"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -47,7 +50,12 @@ type Options struct {
 	PolicyReload time.Duration
 	// Version is the amg build the admin status reports.
 	Version string
-	Logger  *slog.Logger
+	// ConfigFile is the file cfg was loaded from, if any. With an xDS
+	// server, a change to its envoy section reaches Envoy without a
+	// restart (a broker replica added, a timeout changed); the rest of the
+	// file is read at start only.
+	ConfigFile string
+	Logger     *slog.Logger
 }
 
 // Gateway is one running AMG.
@@ -68,6 +76,9 @@ type Gateway struct {
 	brokerLis                  net.Listener // nil unless BrokerListen is set
 	xdsLis                     net.Listener // nil unless XDSListen is set
 	xds                        *xds.Server  // nil unless XDSListen is set
+	configFile                 string
+	configSeen                 []byte // the file's content when New ran
+	secrets                    secrets.Source
 }
 
 // New builds a gateway for cfg: it opens the database and the audit log in
@@ -77,7 +88,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	if opts == nil {
 		opts = &Options{}
 	}
-	g = &Gateway{cfg: cfg, log: opts.Logger, reload: opts.PolicyReload}
+	g = &Gateway{cfg: cfg, log: opts.Logger, reload: opts.PolicyReload, configFile: opts.ConfigFile, secrets: opts.Secrets}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}
@@ -157,6 +168,9 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	fopts := &front.Options{MaxBodyBytes: cfg.MaxBodyBytes, Logger: g.log, Hosts: hostguard.ForListener(cfg.Listen)}
 	mux.Handle(config.MCPPath, front.New(g.authz, g.broker, fopts))
 	g.front = mux
+	if cfg.XDSListen != "" && g.configFile != "" {
+		g.configSeen, _ = os.ReadFile(g.configFile)
+	}
 	if cfg.XDSListen != "" {
 		// Envoy's configuration follows from this config alone; one that
 		// does not build or validate stops the gateway from starting.
@@ -269,6 +283,9 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		go func() { errs <- g.xds.Serve(g.xdsLis) }()
 		defer g.xds.Stop()
 		attrs = append(attrs, "xds", g.XDSAddr())
+		if g.configFile != "" {
+			go g.watchEnvoyConfig(ctx)
+		}
 	}
 	g.log.Info("serving", attrs...)
 
@@ -295,6 +312,52 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		err = errors.Join(err, herr)
 	}
 	return err
+}
+
+// watchEnvoyConfig rereads the config file every reload interval until ctx
+// ends and serves Envoy a new snapshot when its envoy section changed. A
+// file that does not load, or whose Envoy resources do not validate, is
+// logged and the last good snapshot stays.
+func (g *Gateway) watchEnvoyConfig(ctx context.Context) {
+	t := time.NewTicker(g.reload)
+	defer t.Stop()
+	current, last := g.cfg.Envoy, g.configSeen
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		data, err := os.ReadFile(g.configFile)
+		if err != nil || bytes.Equal(data, last) {
+			continue
+		}
+		last = data
+		fresh, err := config.Parse(g.configFile, data, &config.Options{Secrets: g.secrets})
+		if err != nil {
+			g.log.Error("config file changed but does not load; Envoy keeps its config", "file", g.configFile, "xds_version", g.xds.Version(), "err", err)
+			continue
+		}
+		if reflect.DeepEqual(fresh.Envoy, current) {
+			continue
+		}
+		next := *g.cfg
+		next.Envoy = fresh.Envoy
+		if err := g.xds.Update(&next); err != nil {
+			g.log.Error("new envoy config refused; Envoy keeps its config", "xds_version", g.xds.Version(), "err", err)
+			continue
+		}
+		current = fresh.Envoy
+	}
+}
+
+// XDSVersion is the version of the Envoy config being served, "" without
+// an xDS server.
+func (g *Gateway) XDSVersion() string {
+	if g.xds == nil {
+		return ""
+	}
+	return g.xds.Version()
 }
 
 // Close releases what New opened: upstream sessions, the audit log (its

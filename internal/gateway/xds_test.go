@@ -1,0 +1,99 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/amgateway/amg/internal/config"
+	"github.com/amgateway/amg/internal/demo"
+)
+
+// lockedBuffer is a log destination tests can read while the gateway
+// writes to it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// waitFor polls cond until it holds, failing the test after a generous
+// hang guard.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+	}
+}
+
+// A change to the config file's envoy section reaches Envoy without a
+// restart; a file that does not load changes nothing, and the next good
+// one is served.
+func TestEnvoyConfigFollowsTheConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "amg.yaml")
+	write := func(brokers string) {
+		t.Helper()
+		src := "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nauthz_listen: 127.0.0.1:0\nxds_listen: 127.0.0.1:0\n" +
+			"data_dir: " + filepath.Join(dir, "data") + "\npolicy_dir: ../../policies\n" +
+			"envoy:\n  broker_addresses: [" + brokers + "]\n"
+		if err := os.WriteFile(file, []byte(src), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("amg-0.amg:8082")
+	cfg, err := config.Load(file, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &lockedBuffer{}
+	gw, err := New(cfg, &Options{Builtins: Builtins{"demo": demo.NewServer(nil).MCP()}, ConfigFile: file,
+		PolicyReload: 20 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gw.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- gw.Serve(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; gw.Close() })
+
+	first := gw.XDSVersion()
+	if first == "" {
+		t.Fatal("no Envoy config served at start")
+	}
+	write("amg-0.amg:8082, amg-1.amg:8082")
+	waitFor(t, "the added broker replica to reach Envoy", func() bool { return gw.XDSVersion() != first })
+	second := gw.XDSVersion()
+
+	if err := os.WriteFile(file, []byte("envoy: [not, a, mapping\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the broken file to be reported", func() bool { return strings.Contains(logs.String(), "does not load") })
+	if v := gw.XDSVersion(); v != second {
+		t.Errorf("a file that does not load changed the Envoy config: %s, was %s", v, second)
+	}
+	write("amg-0.amg:8082")
+	waitFor(t, "the next good file to reach Envoy", func() bool { return gw.XDSVersion() != second })
+}
