@@ -14,6 +14,7 @@
 //	envoy:                          # what the xDS server tells Envoy
 //	  listen: 0.0.0.0:10000         # Envoy's agent listener
 //	  egress_listen: 127.0.0.1:10001  # Envoy's listener for the upstreams ("" none)
+//	  egress_address: ""            # where amg reaches it; set: upstream HTTP goes through Envoy
 //	  authz_address: 127.0.0.1:9001   # where Envoy reaches AMG's ext_authz
 //	  broker_addresses: [127.0.0.1:8082]  # where Envoy reaches AMG's broker replicas
 //	  authz_timeout: 2s
@@ -108,6 +109,11 @@ type Envoy struct {
 	// EgressListen is a listener through which the broker can reach the
 	// upstreams (one cluster each); empty means none.
 	EgressListen string
+	// EgressAddress is where the broker reaches that listener (host:port
+	// as amg sees Envoy). When set, the broker sends its HTTP upstream
+	// traffic there instead of to the upstreams directly, so that Envoy's
+	// TLS, circuit breakers and outlier detection apply.
+	EgressAddress string
 	// AuthzAddress is AMG's ext_authz gRPC service.
 	AuthzAddress string
 	// BrokerAddresses are the broker replicas; Envoy hashes each MCP

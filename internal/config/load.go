@@ -28,7 +28,7 @@ type loader struct {
 var (
 	configKeys = []string{"listen", "admin_listen", "authz_listen", "broker_listen", "xds_listen", "envoy",
 		"data_dir", "policy_dir", "max_body_bytes", "unprefixed_names", "upstreams"}
-	envoyKeys = []string{"listen", "egress_listen", "authz_address", "broker_addresses", "authz_timeout", "route_timeout"}
+	envoyKeys = []string{"listen", "egress_listen", "egress_address", "authz_address", "broker_addresses", "authz_timeout", "route_timeout"}
 )
 
 func (l *loader) config(cfg *Config, data []byte) {
@@ -408,13 +408,19 @@ func (l *loader) optionalAddr(n *yaml.Node, path string, dst *string) {
 }
 
 func (l *loader) envoy(n *yaml.Node, path string, e *Envoy) {
+	var egressAddr *yaml.Node
 	l.Fields(n, path, envoyKeys, func(key string, _, v *yaml.Node) {
+		if key == "egress_address" {
+			egressAddr = v
+		}
 		p := path + "." + key
 		switch key {
 		case "listen":
 			l.addr(v, p, &e.Listen)
 		case "egress_listen":
 			l.optionalAddr(v, p, &e.EgressListen)
+		case "egress_address":
+			l.optionalAddr(v, p, &e.EgressAddress)
 		case "authz_address":
 			l.addr(v, p, &e.AuthzAddress)
 		case "broker_addresses":
@@ -438,6 +444,11 @@ func (l *loader) envoy(n *yaml.Node, path string, e *Envoy) {
 			}
 		}
 	})
+	if e.EgressAddress != "" && e.EgressListen == "" {
+		// The broker would send its upstream traffic to a listener no
+		// Envoy has.
+		l.Errorf(egressAddr, path+".egress_address", "needs egress_listen: no Envoy listens for upstream traffic")
+	}
 }
 
 func (l *loader) dir(n *yaml.Node, path string, dst *string) {

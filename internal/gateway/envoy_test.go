@@ -1,21 +1,29 @@
 package gateway
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/amgateway/amg/internal/config"
+	"github.com/amgateway/amg/internal/demo"
 	"github.com/amgateway/amg/internal/front"
 	"github.com/amgateway/amg/xds"
 )
@@ -101,3 +109,55 @@ func TestEnvoyConfigServesTheBrokerPathOnly(t *testing.T) {
 		t.Errorf("routes = %q, want the agent's first %q and its last %q", routes, want[0], want[1])
 	}
 }
+
+// With envoy.egress_address set, the broker reaches an upstream through
+// Envoy's egress listener: plain HTTP to it, with the Host its routes
+// match on. A stand-in for that listener checks the Host and forwards to
+// the upstream, whose own host name does not resolve.
+func TestUpstreamTrafficThroughEnvoyEgress(t *testing.T) {
+	up := demo.NewServer(nil).MCP()
+	upstream := httptest.NewServer(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return up }, nil))
+	t.Cleanup(upstream.Close)
+	target, _ := url.Parse(upstream.URL)
+	var mu sync.Mutex
+	hosts := map[string]int{}
+	egress := httptest.NewServer(&httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+		mu.Lock()
+		hosts[r.In.Host]++
+		mu.Unlock()
+		r.SetURL(target)
+	}, FlushInterval: -1})
+	t.Cleanup(egress.Close)
+
+	ups := map[string]*config.Upstream{"notion": {Name: "notion", URL: "https://notion.invalid/mcp",
+		ConnectTimeout: 5 * time.Second, CallTimeout: 30 * time.Second}}
+	mcpURL, token := startGateway(t, ups, "reader", readerRole, func(c *config.Config) {
+		c.Envoy.EgressListen, c.Envoy.EgressAddress = "127.0.0.1:10001", strings.TrimPrefix(egress.URL, "http://")
+	})
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(context.Background(),
+		&mcp.StreamableClientTransport{Endpoint: mcpURL, HTTPClient: &http.Client{Transport: bearer{token}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__get_pages", Arguments: json.RawMessage(`{"workspace_id":"ws_abc123","limit":1}`)})
+	if err != nil || res.IsError {
+		t.Fatalf("call through the egress listener: %v %+v", err, res)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(hosts) != 1 || hosts[xds.EgressHost("notion")] == 0 {
+		t.Errorf("the egress listener saw Host headers %v, want only %q", hosts, xds.EgressHost("notion"))
+	}
+}
+
+const readerRole = `
+role: reader
+servers:
+  notion:
+    tools:
+      - name: get_pages
+        constraints:
+          workspace_id: { eq: ws_abc123 }
+          limit: { lte: 10, optional: true }
+`

@@ -12,6 +12,7 @@ import (
 	"github.com/amgateway/amg/internal/broker"
 	"github.com/amgateway/amg/internal/config"
 	"github.com/amgateway/amg/internal/secrets"
+	"github.com/amgateway/amg/xds"
 )
 
 // Builtins are the MCP servers compiled into amg, by the name a config's
@@ -28,7 +29,7 @@ func upstreams(cfg *config.Config, src secrets.Source, builtins Builtins) ([]bro
 		b := broker.Upstream{Name: name, CallTimeout: u.CallTimeout, ConnectTimeout: u.ConnectTimeout}
 		switch {
 		case u.URL != "":
-			b.Transport = httpTransport(u, src)
+			b.Transport = httpTransport(u, src, cfg.Envoy.EgressAddress)
 		case len(u.Command) > 0:
 			b.Transport = commandTransport(u, src)
 		case u.Builtin != "":
@@ -56,8 +57,13 @@ func pooledTransport() *http.Transport {
 	return t
 }
 
-func httpTransport(u *config.Upstream, src secrets.Source) func(context.Context) (mcp.Transport, error) {
-	pool := pooledTransport()
+// httpTransport connects to u over Streamable HTTP, through Envoy's egress
+// listener at egress when that is set.
+func httpTransport(u *config.Upstream, src secrets.Source, egress string) func(context.Context) (mcp.Transport, error) {
+	var base http.RoundTripper = pooledTransport()
+	if egress != "" {
+		base = &viaEgress{base: base, addr: egress, host: xds.EgressHost(u.Name)}
+	}
 	return func(ctx context.Context) (mcp.Transport, error) {
 		headers := make(map[string]secrets.Secret, len(u.Headers))
 		for k, t := range u.Headers {
@@ -70,7 +76,7 @@ func httpTransport(u *config.Upstream, src secrets.Source) func(context.Context)
 		}
 		return &mcp.StreamableClientTransport{
 			Endpoint:   u.URL,
-			HTTPClient: &http.Client{Transport: &withHeaders{base: pool, headers: headers}},
+			HTTPClient: &http.Client{Transport: &withHeaders{base: base, headers: headers}},
 		}, nil
 	}
 }
@@ -89,6 +95,20 @@ func (h *withHeaders) RoundTrip(r *http.Request) (*http.Response, error) {
 		r.Header.Set(k, v.Reveal())
 	}
 	return h.base.RoundTrip(r)
+}
+
+// viaEgress sends an upstream's requests to Envoy's egress listener, which
+// routes them by Host to the upstream's cluster and speaks TLS to it, so
+// that the hop from AMG to Envoy is plain HTTP on a private network.
+type viaEgress struct {
+	base       http.RoundTripper
+	addr, host string
+}
+
+func (v *viaEgress) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.URL.Scheme, r.URL.Host, r.Host = "http", v.addr, v.host
+	return v.base.RoundTrip(r)
 }
 
 func commandTransport(u *config.Upstream, src secrets.Source) func(context.Context) (mcp.Transport, error) {
