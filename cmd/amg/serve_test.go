@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -122,6 +123,41 @@ func TestServe(t *testing.T) {
 	}
 	if code := run(ctx, []string{"health", "--url", adminURL + "/nowhere"}, &hout, &herr); code != 1 || !strings.Contains(herr.String(), "404") {
 		t.Errorf("amg health on a 404: exit %d: %s", code, herr.String())
+	}
+
+	// A call that needs approval waits; amg approvals, through the admin
+	// API, lists and approves it, and the waiting agent gets the result.
+	parked := make(chan string, 1)
+	go func() {
+		code, out, errOut := client("call", "notion__delete_page", `{"page_id":"pg_launch01a"}`)
+		parked <- fmt.Sprintf("exit %d\n%s%s", code, out, errOut)
+	}()
+	approvals := func(args ...string) (int, string, string) {
+		var out, errOut syncBuffer
+		code := run(ctx, append([]string{"approvals", "--admin-url", adminURL, "--data-dir", dataDir}, args...), &out, &errOut)
+		return code, out.String(), errOut.String()
+	}
+	var id string
+	for deadline := time.Now().Add(30 * time.Second); id == "" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		code, out, errOut := approvals("list")
+		if code != 0 {
+			t.Fatalf("amg approvals list: exit %d: %s", code, errOut)
+		}
+		if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) == 2 && strings.Contains(lines[1], "notion__delete_page") {
+			id = strings.Fields(lines[1])[0]
+		}
+	}
+	if id == "" {
+		t.Fatal("amg approvals list never showed the parked call")
+	}
+	if code, out, errOut := approvals("approve", id, "--by", "alice", "--reason", "cleanup"); code != 0 || !strings.Contains(out, id+" approved by alice") {
+		t.Fatalf("amg approvals approve: exit %d: %s%s", code, out, errOut)
+	}
+	if got := <-parked; !strings.HasPrefix(got, "exit 0") || !strings.Contains(got, "pg_launch01a") {
+		t.Errorf("the approved call: %s", got)
+	}
+	if code, _, errOut := approvals("deny", id, "--by", "bob"); code != 1 || !strings.Contains(errOut, "no longer pending") {
+		t.Errorf("denying an executed approval: exit %d: %s", code, errOut)
 	}
 
 	// The operator's view: the admin endpoints.

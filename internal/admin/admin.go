@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/amgateway/amg/internal/approval"
 	"github.com/amgateway/amg/internal/broker"
 	"github.com/amgateway/amg/internal/hostguard"
 	"github.com/amgateway/amg/internal/policy"
@@ -30,6 +31,12 @@ type Deps struct {
 	// Hosts are the host names the admin listener answers to; nil is any
 	// (see hostguard.ForListener).
 	Hosts hostguard.Hosts
+	// Approvals, if set, are served at /api/v1/approvals to holders of
+	// Token, the admin token.
+	Approvals approval.Store
+	Token     string
+	// Now is the clock decisions are stamped with; nil means time.Now.
+	Now func() time.Time
 }
 
 // Handler returns the admin endpoints:
@@ -37,6 +44,7 @@ type Deps struct {
 //	GET /healthz        200 while the process serves
 //	GET /readyz         200 once a policy is compiled, 503 before
 //	GET /api/v1/status  the policy, its last reload and the upstreams, as JSON
+//	/api/v1/approvals   calls waiting for a human (see approvals), with the admin token
 func Handler(d Deps) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -56,6 +64,9 @@ func Handler(d Deps) http.Handler {
 	mux.HandleFunc("GET /api/v1/status", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, status(d))
 	})
+	if d.Approvals != nil {
+		approvals(mux, d)
+	}
 	return d.Hosts.Guard(mux)
 }
 

@@ -27,6 +27,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/amgateway/amg/authz"
+	"github.com/amgateway/amg/internal/approval"
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/decision"
 	"github.com/amgateway/amg/internal/policy"
@@ -69,7 +70,17 @@ type Options struct {
 	// SessionIdle is how long an agent session may go without a request
 	// before the broker ends it; 0 means 30 minutes.
 	SessionIdle time.Duration
-	Logger      *slog.Logger
+	// Approvals parks calls that need a human's approval; nil refuses
+	// them. ApprovalTTL is how long one waits (0 means 15 minutes), and
+	// KeepAlive how often the waiting agent hears from the gateway (0
+	// means 15 s). Notify, if set, is told of each new pending approval.
+	Approvals   approval.Store
+	ApprovalTTL time.Duration
+	KeepAlive   time.Duration
+	Notify      func(*approval.Approval)
+	// Now is the clock; nil means time.Now.
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
 // Broker is the http.Handler behind authz.
@@ -81,9 +92,16 @@ type Broker struct {
 	maxBody  int
 	ns       mcpfilter.Namespace
 	idle     time.Duration
-	audit    Auditor
-	log      *slog.Logger
-	handler  *mcp.StreamableHTTPHandler
+
+	approvals   approval.Store
+	approvalTTL time.Duration
+	keepAlive   time.Duration
+	notify      func(*approval.Approval)
+	now         func() time.Time
+
+	audit   Auditor
+	log     *slog.Logger
+	handler *mcp.StreamableHTTPHandler
 
 	mu       sync.Mutex
 	roles    map[string]*roleServer
@@ -121,8 +139,19 @@ type roleServer struct {
 // New returns a broker for ups. Call Start before serving.
 func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options) (*Broker, error) {
 	b := &Broker{signer: signer, policies: policies, ups: map[string]*upstream{}, roles: map[string]*roleServer{},
-		maxBody: mcpfilter.DefaultMaxBytes, idle: sessionIdle, log: slog.New(slog.DiscardHandler)}
+		maxBody: mcpfilter.DefaultMaxBytes, idle: sessionIdle, log: slog.New(slog.DiscardHandler),
+		approvalTTL: 15 * time.Minute, keepAlive: 15 * time.Second, now: time.Now}
 	if opts != nil {
+		b.approvals, b.notify = opts.Approvals, opts.Notify
+		if opts.ApprovalTTL > 0 {
+			b.approvalTTL = opts.ApprovalTTL
+		}
+		if opts.KeepAlive > 0 {
+			b.keepAlive = opts.KeepAlive
+		}
+		if opts.Now != nil {
+			b.now = opts.Now
+		}
 		if opts.SessionIdle > 0 {
 			b.idle = opts.SessionIdle
 		}
@@ -474,13 +503,6 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(w, http.StatusForbidden, "identity headers do not match the decision")
 		return
 	}
-	if d.Verdict == "needs_approval" {
-		// Parking calls for a human needs the approval store; until one is
-		// configured such calls are refused, never run.
-		b.record(d, CodeApprovalUnavailable, "approval required but no approval store is configured")
-		refuseCall(w, body, "this call needs human approval, and no approval store is configured")
-		return
-	}
 	owner := d.Agent + "\x00" + d.Role
 	if sid := r.Header.Get("Mcp-Session-Id"); sid != "" {
 		if o, ok := b.owners.Load(sid); ok && o != owner {
@@ -491,6 +513,16 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if set := b.policies.Current(); set != nil && set.VersionString() != b.syncedVersion() {
 		b.sync()
+	}
+	if d.Verdict == "needs_approval" {
+		if b.approvals == nil {
+			// Without an approval store such calls are refused, never run.
+			b.record(d, CodeApprovalUnavailable, "approval required but no approval store is configured")
+			refuseCall(w, body, "this call needs human approval, and no approval store is configured")
+			return
+		}
+		b.park(w, r, d, body)
+		return
 	}
 	if as := b.sessionByID(r.Header.Get("Mcp-Session-Id")); as != nil {
 		as.touch()

@@ -57,10 +57,11 @@ approvals:
 // upstreamServer is a go-sdk MCP server standing in for an upstream; it
 // records the raw arguments of every call.
 type upstreamServer struct {
-	srv  *mcp.Server
-	mu   sync.Mutex
-	args []string
-	subs []string // "+uri" for a subscription, "-uri" for its end
+	srv     *mcp.Server
+	mu      sync.Mutex
+	args    []string
+	deleted []string // the raw arguments of every delete_page call
+	subs    []string // "+uri" for a subscription, "-uri" for its end
 	// started and cancelled receive when a call of wait begins, and when
 	// it sees its context end.
 	started, cancelled chan struct{}
@@ -92,7 +93,10 @@ func newUpstream() *upstreamServer {
 	u.srv.AddTool(&mcp.Tool{Name: "fail", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 		return nil, &jsonrpc.Error{Code: -32000, Message: "workspace is locked"}
 	})
-	u.srv.AddTool(&mcp.Tool{Name: "delete_page", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+	u.srv.AddTool(&mcp.Tool{Name: "delete_page", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(_ context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		u.mu.Lock()
+		u.deleted = append(u.deleted, string(req.Params.Arguments))
+		u.mu.Unlock()
 		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "deleted"}}}, nil
 	})
 	u.srv.AddTool(&mcp.Tool{Name: "ask", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
@@ -241,7 +245,7 @@ func newGateway(t *testing.T) *gateway { return newGatewayOver(t, false) }
 // newGatewayOver builds the gateway with its upstream in memory or, with
 // overHTTP, served over Streamable HTTP on loopback, where calls after the
 // first take the direct path.
-func newGatewayOver(t *testing.T, overHTTP bool) *gateway {
+func newGatewayOver(t *testing.T, overHTTP bool, tweak ...func(*Options)) *gateway {
 	t.Helper()
 	ctx := context.Background()
 	set, err := policy.Compile([]policy.File{{Name: "reader.yaml", Data: []byte(testRole)}}, nil)
@@ -267,7 +271,11 @@ func newGatewayOver(t *testing.T, overHTTP bool) *gateway {
 		transport = up.serveHTTP(t)
 	}
 	rec := &records{}
-	b, err := New([]Upstream{{Name: "notion", Transport: transport, CallTimeout: 5 * time.Second}}, signer, fixed{set}, &Options{Audit: rec})
+	opts := &Options{Audit: rec}
+	for _, f := range tweak {
+		f(opts)
+	}
+	b, err := New([]Upstream{{Name: "notion", Transport: transport, CallTimeout: 5 * time.Second}}, signer, fixed{set}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

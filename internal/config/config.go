@@ -19,6 +19,9 @@
 //	  broker_addresses: [127.0.0.1:8082]  # where Envoy reaches AMG's broker replicas
 //	  authz_timeout: 2s
 //	  route_timeout: 15m            # long enough for a call parked for approval
+//	approvals:                      # calls that need a human
+//	  ttl: 15m                      # how long one waits for a decision
+//	  webhook: https://hooks.example/amg  # told of each new one ("" none)
 //	data_dir: ./data
 //	policy_dir: ./policies
 //	max_body_bytes: 1048576
@@ -84,6 +87,10 @@ type Config struct {
 	XDSListen string
 	// Envoy is what the xDS server configures Envoy with.
 	Envoy Envoy
+	// ApprovalTTL is how long a call that needs approval waits for a
+	// decision; ApprovalWebhook, if set, is POSTed each new approval.
+	ApprovalTTL     time.Duration
+	ApprovalWebhook string
 	// DataDir and PolicyDir are used as written: a relative path is
 	// relative to the working directory, as on the command line.
 	DataDir   string
@@ -179,6 +186,7 @@ func Default() *Config {
 			AuthzTimeout:    2 * time.Second,
 			RouteTimeout:    15 * time.Minute,
 		},
+		ApprovalTTL:  15 * time.Minute,
 		DataDir:      "./data",
 		PolicyDir:    "./policies",
 		MaxBodyBytes: 1 << 20,

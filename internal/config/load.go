@@ -26,9 +26,10 @@ type loader struct {
 }
 
 var (
-	configKeys = []string{"listen", "admin_listen", "authz_listen", "broker_listen", "xds_listen", "envoy",
+	configKeys = []string{"listen", "admin_listen", "authz_listen", "broker_listen", "xds_listen", "envoy", "approvals",
 		"data_dir", "policy_dir", "max_body_bytes", "unprefixed_names", "upstreams"}
-	envoyKeys = []string{"listen", "egress_listen", "egress_address", "authz_address", "broker_addresses", "authz_timeout", "route_timeout"}
+	approvalKeys = []string{"ttl", "webhook"}
+	envoyKeys    = []string{"listen", "egress_listen", "egress_address", "authz_address", "broker_addresses", "authz_timeout", "route_timeout"}
 )
 
 func (l *loader) config(cfg *Config, data []byte) {
@@ -71,6 +72,8 @@ func (l *loader) config(cfg *Config, data []byte) {
 			l.optionalAddr(v, key, &cfg.XDSListen)
 		case "envoy":
 			l.envoy(v, key, &cfg.Envoy)
+		case "approvals":
+			l.approvals(v, key, cfg)
 		case "data_dir":
 			l.dir(v, key, &cfg.DataDir)
 		case "policy_dir":
@@ -449,6 +452,29 @@ func (l *loader) envoy(n *yaml.Node, path string, e *Envoy) {
 		// Envoy has.
 		l.Errorf(egressAddr, path+".egress_address", "needs egress_listen: no Envoy listens for upstream traffic")
 	}
+}
+
+func (l *loader) approvals(n *yaml.Node, path string, cfg *Config) {
+	l.Fields(n, path, approvalKeys, func(key string, _, v *yaml.Node) {
+		p := path + "." + key
+		switch key {
+		case "ttl":
+			if d, ok := l.Duration(v, p); ok {
+				cfg.ApprovalTTL = d
+			}
+		case "webhook":
+			s, ok := l.Str(v, p)
+			if !ok || s == "" {
+				return
+			}
+			u, err := url.Parse(s)
+			if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+				l.Errorf(v, p, "must be an http(s) URL, got %q", s)
+				return
+			}
+			cfg.ApprovalWebhook = s
+		}
+	})
 }
 
 func (l *loader) dir(n *yaml.Node, path string, dst *string) {

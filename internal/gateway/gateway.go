@@ -22,6 +22,7 @@ import (
 
 	"github.com/amgateway/amg/authz"
 	"github.com/amgateway/amg/internal/admin"
+	"github.com/amgateway/amg/internal/approval"
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/broker"
 	"github.com/amgateway/amg/internal/config"
@@ -39,6 +40,9 @@ import (
 
 // DBFile is the embedded database's name inside the data directory.
 const DBFile = "amg.db"
+
+// AdminTokenFile, in the data directory, holds the admin token.
+const AdminTokenFile = "admin.token"
 
 // Options tune a Gateway; nil means defaults.
 type Options struct {
@@ -60,17 +64,18 @@ type Options struct {
 
 // Gateway is one running AMG.
 type Gateway struct {
-	cfg      *config.Config
-	log      *slog.Logger
-	reload   time.Duration
-	db       *sql.DB
-	tokens   *tokens.SQLiteStore
-	auditLog *audit.Logger
-	policies *policy.Live
-	authz    *authz.Server
-	broker   *broker.Broker
-	front    http.Handler
-	admin    http.Handler
+	cfg       *config.Config
+	log       *slog.Logger
+	reload    time.Duration
+	db        *sql.DB
+	tokens    *tokens.SQLiteStore
+	auditLog  *audit.Logger
+	policies  *policy.Live
+	authz     *authz.Server
+	broker    *broker.Broker
+	front     http.Handler
+	admin     http.Handler
+	approvals approval.Store
 
 	mcpLis, authzLis, adminLis net.Listener
 	brokerLis                  net.Listener // nil unless BrokerListen is set
@@ -150,7 +155,15 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	if cfg.UnprefixedNames && len(cfg.Names) == 1 {
 		ns.Only = cfg.Names[0]
 	}
-	if g.broker, err = broker.New(ups, signer, g.policies, &broker.Options{MaxBodyBytes: cfg.MaxBodyBytes, Namespace: ns, Audit: g.auditLog, Logger: g.log}); err != nil {
+	// Calls that need a human wait in this process; the admin token lets
+	// operators decide them through the admin API and `amg approvals`.
+	g.approvals = approval.NewMemory()
+	adminToken, err := admin.LoadOrCreateToken(filepath.Join(cfg.DataDir, AdminTokenFile))
+	if err != nil {
+		return nil, err
+	}
+	if g.broker, err = broker.New(ups, signer, g.policies, &broker.Options{MaxBodyBytes: cfg.MaxBodyBytes, Namespace: ns,
+		Audit: g.auditLog, Logger: g.log, Approvals: g.approvals, ApprovalTTL: cfg.ApprovalTTL, Notify: g.notifier(cfg.ApprovalWebhook)}); err != nil {
 		return nil, err
 	}
 	g.authz, err = authz.New(authz.Deps{
@@ -180,7 +193,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		}
 	}
 	g.admin = admin.Handler(admin.Deps{Policies: g.policies, Upstreams: g.broker.Status, Version: opts.Version,
-		Started: time.Now(), Hosts: hostguard.ForListener(cfg.AdminListen)})
+		Started: time.Now(), Hosts: hostguard.ForListener(cfg.AdminListen), Approvals: g.approvals, Token: adminToken})
 	return g, nil
 }
 

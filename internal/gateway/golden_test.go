@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/amgateway/amg/internal/approval"
 	"github.com/amgateway/amg/internal/config"
 	"github.com/amgateway/amg/internal/demo"
 	"github.com/amgateway/amg/internal/front"
@@ -91,12 +92,32 @@ var goldenScenarios = []struct {
 	{"unknown argument", "notion_read", "notion__get_pages", `{"workspace_id":"ws_abc123","sudo":true}`, false, `argument "sudo" is not allowed`},
 	{"not granted", "notion_read", "notion__delete_page", `{"page_id":"pg_roadmap26"}`, false, `is not granted to role "notion_read"`},
 	{"nested constraint", "notion_read", "notion__search", `{"query":"roadmap","workspace_id":"ws_abc123","filter":{"owner":"Alice"}}`, false, `argument "filter.owner" does not match the required pattern`},
-	{"needs approval", "notion_editor", "notion__delete_page", `{"page_id":"pg_roadmap26"}`, false, "needs human approval"},
+	// Parked for a human, who denies it (see decideParked).
+	{"needs approval, denied", "notion_editor", "notion__delete_page", `{"page_id":"pg_roadmap26"}`, false, "denied by ops: not today"},
 	{"cel condition", "notion_editor", "notion__create_page", `{"workspace_id":"ws_team","title":"` + strings.Repeat("x", 90) + `"}`, false, "condition"},
 	{"allowed write", "notion_editor", "notion__create_page", `{"workspace_id":"ws_abc123","title":"Q3 plan"}`, true, "Q3 plan"},
 	// Over support_shadow's max_len 200: a would-be denial, allowed.
 	{"shadow allows", "support_shadow", "notion__search", `{"query":"` + strings.Repeat("q", 250) + `","workspace_id":"ws_abc123"}`, true, ""},
 	{"traversal", "notion_read", "notion__../get_pages", `{}`, false, ".."},
+}
+
+// decideParked waits for the one pending approval of gw and decides it.
+func decideParked(t *testing.T, gw *Gateway, to approval.State, by, reason string) {
+	ctx := context.Background()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		list, err := gw.approvals.List(ctx, approval.Pending)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if len(list) == 1 {
+			if _, err := gw.approvals.Finish(ctx, list[0].ID, to, by, reason, time.Now()); err != nil {
+				t.Error(err)
+			}
+			return
+		}
+	}
+	t.Error("no call was parked for approval")
 }
 
 func runGolden(t *testing.T, gw *Gateway, endpoint string) {
@@ -121,6 +142,9 @@ func runGolden(t *testing.T, gw *Gateway, endpoint string) {
 	for _, sc := range goldenScenarios {
 		t.Run(sc.name, func(t *testing.T) {
 			cs := sessions[sc.role]
+			if strings.HasPrefix(sc.name, "needs approval") {
+				go decideParked(t, gw, approval.Denied, "ops", "not today")
+			}
 			res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: sc.tool, Arguments: json.RawMessage(sc.args)})
 			switch {
 			case sc.allowed && (err != nil || res.IsError):

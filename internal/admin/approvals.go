@@ -1,0 +1,138 @@
+package admin
+
+import (
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/amgateway/amg/internal/approval"
+)
+
+// TokenPrefix starts every admin token, so that one pasted in the wrong
+// place is recognisable (agent tokens start with amg_).
+const TokenPrefix = "amgadm_"
+
+// LoadOrCreateToken returns the admin token kept in the file at path,
+// creating the file (mode 0600) with a new random token if it does not
+// exist. Operators on the gateway's machine read it from there; the CLI
+// does so by default.
+func LoadOrCreateToken(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err == nil {
+		tok := strings.TrimSpace(string(data))
+		if !strings.HasPrefix(tok, TokenPrefix) || len(tok) != len(TokenPrefix)+64 {
+			return "", fmt.Errorf("admin token file %s does not hold an admin token", path)
+		}
+		return tok, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("read admin token: %w", err)
+	}
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	tok := TokenPrefix + hex.EncodeToString(b[:])
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", fmt.Errorf("create admin token: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(tok + "\n"); err != nil {
+		return "", fmt.Errorf("write admin token: %w", err)
+	}
+	return tok, nil
+}
+
+// approvals serves the approval API, behind the admin token:
+//
+//	GET  /api/v1/approvals[?state=pending]
+//	GET  /api/v1/approvals/{id}
+//	POST /api/v1/approvals/{id}/approve   {"by": "alice", "reason": "..."}
+//	POST /api/v1/approvals/{id}/deny      {"by": "alice", "reason": "..."}
+func approvals(mux *http.ServeMux, d Deps) {
+	store, now := d.Approvals, d.Now
+	if now == nil {
+		now = time.Now
+	}
+	guard := func(h http.HandlerFunc) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok || d.Token == "" || subtle.ConstantTimeCompare([]byte(got), []byte(d.Token)) != 1 {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="amg admin"`)
+				writeError(w, http.StatusUnauthorized, "an admin token is required (Authorization: Bearer amgadm_...)")
+				return
+			}
+			h(w, r)
+		}
+	}
+	mux.HandleFunc("GET /api/v1/approvals", guard(func(w http.ResponseWriter, r *http.Request) {
+		state := approval.State(r.URL.Query().Get("state"))
+		list, err := store.List(r.Context(), state)
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		if list == nil {
+			list = []*approval.Approval{}
+		}
+		writeJSON(w, list)
+	}))
+	mux.HandleFunc("GET /api/v1/approvals/{id}", guard(func(w http.ResponseWriter, r *http.Request) {
+		a, err := store.Get(r.Context(), r.PathValue("id"))
+		if err != nil {
+			writeStoreError(w, err)
+			return
+		}
+		writeJSON(w, a)
+	}))
+	decide := func(to approval.State) http.HandlerFunc {
+		return guard(func(w http.ResponseWriter, r *http.Request) {
+			var req struct {
+				By     string `json:"by"`
+				Reason string `json:"reason"`
+			}
+			if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil && !errors.Is(err, io.EOF) {
+				writeError(w, http.StatusBadRequest, "body must be JSON: {\"by\": \"...\", \"reason\": \"...\"}")
+				return
+			}
+			if strings.TrimSpace(req.By) == "" {
+				writeError(w, http.StatusBadRequest, `"by" must name who decides; the audit log records it`)
+				return
+			}
+			a, err := store.Finish(r.Context(), r.PathValue("id"), to, req.By, req.Reason, now())
+			if err != nil {
+				writeStoreError(w, err)
+				return
+			}
+			writeJSON(w, a)
+		})
+	}
+	mux.HandleFunc("POST /api/v1/approvals/{id}/approve", decide(approval.Approved))
+	mux.HandleFunc("POST /api/v1/approvals/{id}/deny", decide(approval.Denied))
+}
+
+func writeStoreError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, approval.ErrNotFound):
+		writeError(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, approval.ErrNotPending):
+		writeError(w, http.StatusConflict, err.Error())
+	default:
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+	}
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]string{"error": msg})
+}

@@ -1,0 +1,100 @@
+// Package approval keeps the calls parked for a human: each approval holds
+// the exact request an agent sent, and moves once from pending to
+// approved, denied, expired or cancelled; an approved one is executed at
+// most once. The broker parks and waits; operators decide through the
+// admin API or the CLI.
+package approval
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// State is where an approval is in its life.
+type State string
+
+const (
+	Pending   State = "pending"
+	Approved  State = "approved"
+	Denied    State = "denied"
+	Expired   State = "expired"
+	Cancelled State = "cancelled" // the agent went away before a decision
+	Executed  State = "executed"  // approved, and sent upstream
+)
+
+// Final reports whether the approval can no longer be decided.
+func (s State) Final() bool { return s != Pending }
+
+// Approval is one parked call.
+type Approval struct {
+	ID         string    `json:"id"`
+	DecisionID string    `json:"decision_id"`
+	Agent      string    `json:"agent"`
+	Role       string    `json:"role"`
+	Server     string    `json:"server"`
+	Tool       string    `json:"tool"`
+	Body       []byte    `json:"-"` // the exact request bytes
+	BodySHA256 string    `json:"body_sha256"`
+	Created    time.Time `json:"created"`
+	Expires    time.Time `json:"expires"`
+	State      State     `json:"state"`
+	DecidedBy  string    `json:"decided_by,omitempty"`
+	Reason     string    `json:"reason,omitempty"`
+	DecidedAt  time.Time `json:"decided_at,omitzero"`
+}
+
+// New returns a pending approval of body, valid for ttl from now.
+func New(decisionID, agent, role, server, tool string, body []byte, now time.Time, ttl time.Duration) (*Approval, error) {
+	var b [12]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, fmt.Errorf("approval id: %w", err)
+	}
+	sum := sha256.Sum256(body)
+	return &Approval{ID: "apr_" + hex.EncodeToString(b[:]), DecisionID: decisionID, Agent: agent, Role: role,
+		Server: server, Tool: tool, Body: append([]byte(nil), body...), BodySHA256: hex.EncodeToString(sum[:]),
+		Created: now.UTC(), Expires: now.Add(ttl).UTC(), State: Pending}, nil
+}
+
+// Intact reports whether Body still hashes to BodySHA256: what is executed
+// must be exactly what was approved.
+func (a *Approval) Intact() bool {
+	sum := sha256.Sum256(a.Body)
+	return hex.EncodeToString(sum[:]) == a.BodySHA256
+}
+
+// Errors of Store methods; callers branch on them.
+var (
+	ErrNotFound = errors.New("no such approval")
+	// ErrNotPending: the approval was already decided, expired or
+	// cancelled, and cannot be decided again.
+	ErrNotPending = errors.New("approval is no longer pending")
+	// ErrNotApproved: only an approved approval can be executed, once.
+	ErrNotApproved = errors.New("approval is not approved, or was already executed")
+)
+
+// Store keeps approvals. Implementations are safe for concurrent use, and
+// every transition is atomic: of two replicas deciding the same approval,
+// one wins and the other gets ErrNotPending.
+type Store interface {
+	// Create stores a new pending approval.
+	Create(ctx context.Context, a *Approval) error
+	// Get returns the approval with id, or ErrNotFound.
+	Get(ctx context.Context, id string) (*Approval, error)
+	// List returns the approvals in state (every state if empty), oldest
+	// first.
+	List(ctx context.Context, state State) ([]*Approval, error)
+	// Finish moves a pending approval to to (Approved, Denied, Expired or
+	// Cancelled), recording who and why, and wakes its waiters.
+	Finish(ctx context.Context, id string, to State, by, reason string, at time.Time) (*Approval, error)
+	// Execute moves an approved approval to Executed: the caller may then
+	// send it upstream, exactly once.
+	Execute(ctx context.Context, id string) (*Approval, error)
+	// Wait returns when the approval is no longer pending (with it), or
+	// when ctx ends.
+	Wait(ctx context.Context, id string) (*Approval, error)
+}

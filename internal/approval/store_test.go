@@ -1,0 +1,125 @@
+package approval
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+// testStore is the contract every Store implementation runs.
+func testStore(t *testing.T, newStore func(t *testing.T) Store) {
+	ctx := context.Background()
+	now := time.Date(2026, 11, 26, 9, 0, 0, 0, time.UTC)
+	body := []byte(`{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`)
+	park := func(t *testing.T, s Store, at time.Time) *Approval {
+		t.Helper()
+		a, err := New("dec-1", "bot", "editor", "notion", "delete_page", body, at, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Create(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+
+	t.Run("create, get, list", func(t *testing.T) {
+		s := newStore(t)
+		b := park(t, s, now.Add(time.Second))
+		a := park(t, s, now)
+		got, err := s.Get(ctx, a.ID)
+		if err != nil || got.State != Pending || string(got.Body) != string(body) || !got.Intact() || got.Tool != "delete_page" {
+			t.Fatalf("Get = %+v, %v", got, err)
+		}
+		if err := s.Create(ctx, a); err == nil {
+			t.Error("creating the same approval twice succeeded")
+		}
+		if _, err := s.Get(ctx, "apr_nope"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Get of an unknown id: %v, want ErrNotFound", err)
+		}
+		list, err := s.List(ctx, Pending)
+		if err != nil || len(list) != 2 || list[0].ID != a.ID || list[1].ID != b.ID {
+			t.Errorf("List(pending) = %v, %v; want the older first", list, err)
+		}
+	})
+
+	t.Run("decided once, executed once", func(t *testing.T) {
+		s := newStore(t)
+		a := park(t, s, now)
+		if _, err := s.Execute(ctx, a.ID); !errors.Is(err, ErrNotApproved) {
+			t.Errorf("Execute of a pending approval: %v, want ErrNotApproved", err)
+		}
+		got, err := s.Finish(ctx, a.ID, Approved, "alice", "looks right", now.Add(time.Minute))
+		if err != nil || got.State != Approved || got.DecidedBy != "alice" || got.Reason != "looks right" {
+			t.Fatalf("Finish = %+v, %v", got, err)
+		}
+		if _, err := s.Finish(ctx, a.ID, Denied, "bob", "", now); !errors.Is(err, ErrNotPending) {
+			t.Errorf("a second decision: %v, want ErrNotPending", err)
+		}
+		if got, err := s.Execute(ctx, a.ID); err != nil || got.State != Executed {
+			t.Fatalf("Execute = %+v, %v", got, err)
+		}
+		if _, err := s.Execute(ctx, a.ID); !errors.Is(err, ErrNotApproved) {
+			t.Errorf("a second Execute: %v, want ErrNotApproved", err)
+		}
+		d := park(t, s, now)
+		if _, err := s.Finish(ctx, d.ID, Denied, "bob", "no", now); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Execute(ctx, d.ID); !errors.Is(err, ErrNotApproved) {
+			t.Errorf("Execute of a denied approval: %v, want ErrNotApproved", err)
+		}
+		if _, err := s.Finish(ctx, d.ID, Executed, "", "", now); err == nil {
+			t.Error("Finish to executed succeeded")
+		}
+	})
+
+	t.Run("wait", func(t *testing.T) {
+		s := newStore(t)
+		a := park(t, s, now)
+		done := make(chan *Approval, 1)
+		go func() {
+			got, err := s.Wait(ctx, a.ID)
+			if err != nil {
+				t.Error(err)
+			}
+			done <- got
+		}()
+		if _, err := s.Finish(ctx, a.ID, Cancelled, "", "the agent went away", now); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case got := <-done:
+			if got == nil || got.State != Cancelled {
+				t.Errorf("Wait returned %+v", got)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Wait did not return after the decision")
+		}
+		b := park(t, s, now)
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		if _, err := s.Wait(cctx, b.ID); !errors.Is(err, context.Canceled) {
+			t.Errorf("Wait with a cancelled context: %v", err)
+		}
+	})
+}
+
+func TestMemory(t *testing.T) {
+	testStore(t, func(*testing.T) Store { return NewMemory() })
+}
+
+func TestIntact(t *testing.T) {
+	a, err := New("d", "a", "r", "s", "t", []byte(`{"x":1}`), time.Now(), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !a.Intact() {
+		t.Fatal("a fresh approval is not intact")
+	}
+	a.Body[5] = '2'
+	if a.Intact() {
+		t.Error("a changed body still passes")
+	}
+}

@@ -1,0 +1,264 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/amgateway/amg/authz"
+	"github.com/amgateway/amg/internal/approval"
+	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/mcpfilter"
+)
+
+// A call whose verdict is needs_approval is parked: the broker stores the
+// exact request, keeps the agent's request open (progress notifications
+// when the agent asked for progress, SSE comments otherwise), and waits
+// for a human. Approved, it sends the stored bytes' call upstream once and
+// answers with the real result; denied, expired or abandoned, nothing is
+// sent upstream and the agent gets a JSON-RPC error saying which.
+
+// Codes of the approval steps, as audit fields.
+const (
+	CodeApprovalParked    = "approval_parked"
+	CodeApprovalApproved  = "approval_approved"
+	CodeApprovalDenied    = "approval_denied"
+	CodeApprovalExpired   = "approval_expired"
+	CodeApprovalCancelled = "approval_cancelled"
+)
+
+// RPCApprovalRefused is the JSON-RPC error code of a parked call that was
+// denied, expired or could not be parked.
+const RPCApprovalRefused = -32002
+
+// park serves a call that needs approval; the decision d has verified.
+func (b *Broker) park(w http.ResponseWriter, r *http.Request, d authz.Decision, body []byte) {
+	parsed, err := mcpfilter.Parse(body, &mcpfilter.Options{MaxBytes: b.maxBody})
+	if err != nil || len(parsed.Messages) != 1 || parsed.Messages[0].Method != "tools/call" {
+		refuseCall(w, body, "only a single tools/call can wait for approval")
+		return
+	}
+	m := &parsed.Messages[0]
+	as := b.sessionByID(r.Header.Get("Mcp-Session-Id"))
+	server, tool, err := b.ns.Split(m.Name)
+	if as == nil || err != nil {
+		refuseCall(w, body, "a call that needs approval must come in an initialized MCP session")
+		return
+	}
+	a, err := approval.New(d.ID, d.Agent, d.Role, server, tool, body, b.now(), b.approvalTTL)
+	if err == nil {
+		err = b.approvals.Create(r.Context(), a)
+	}
+	if err != nil {
+		b.log.Error("cannot park a call for approval", "decision_id", d.ID, "err", err)
+		b.record(d, CodeApprovalUnavailable, "approval store: "+err.Error())
+		refuseCall(w, body, "this call needs human approval, and the approval store failed")
+		return
+	}
+	b.recordApproval(a, CodeApprovalParked, "")
+	if b.notify != nil {
+		go b.notify(a)
+	}
+
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	flusher, _ := w.(http.Flusher)
+	send := func(data []byte) {
+		w.Write([]byte("event: message\ndata: "))
+		w.Write(data)
+		w.Write([]byte("\n\n"))
+		if flusher != nil {
+			flusher.Flush()
+		}
+	}
+	token := progressToken(m.Params)
+	waited := 0
+	keepAlive := func() {
+		waited++
+		if token == nil {
+			// An SSE comment: clients ignore it; proxies see traffic.
+			w.Write([]byte(": waiting for approval " + a.ID + "\n\n"))
+			if flusher != nil {
+				flusher.Flush()
+			}
+			return
+		}
+		n, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": "notifications/progress", "params": map[string]any{
+			"progressToken": token, "progress": waited,
+			"message": "waiting for human approval " + a.ID + " (expires " + a.Expires.Format(time.RFC3339) + ")"}})
+		send(n)
+	}
+	keepAlive()
+
+	outcome, err := b.waitForDecision(r.Context(), a, keepAlive)
+	switch {
+	case err != nil:
+		// The agent went away: nothing is executed.
+		return
+	case outcome.State == approval.Approved:
+		send(b.executeApproved(r, as, a, m, server, tool))
+	default:
+		send(refusal(m.ID, outcome))
+	}
+}
+
+// waitForDecision waits until the approval is decided or expires, calling
+// keepAlive every keep-alive interval; if ctx ends first, the approval is
+// cancelled and ctx's error returned.
+func (b *Broker) waitForDecision(ctx context.Context, a *approval.Approval, keepAlive func()) (*approval.Approval, error) {
+	decided := make(chan *approval.Approval, 1)
+	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	defer stop()
+	go func() {
+		if got, err := b.approvals.Wait(wctx, a.ID); err == nil {
+			decided <- got
+		}
+	}()
+	expiry := time.NewTimer(time.Until(a.Expires))
+	defer expiry.Stop()
+	tick := time.NewTicker(b.keepAlive)
+	defer tick.Stop()
+	for {
+		select {
+		case got := <-decided:
+			b.recordApproval(got, codeFor(got.State), got.Reason)
+			return got, nil
+		case <-tick.C:
+			keepAlive()
+		case <-expiry.C:
+			got, err := b.finish(a, approval.Expired, "no decision before "+a.Expires.Format(time.RFC3339))
+			if err == nil {
+				return got, nil
+			}
+			// Decided at the last moment: that decision stands.
+		case <-ctx.Done():
+			if _, err := b.finish(a, approval.Cancelled, "the agent went away before a decision"); err == nil {
+				return nil, ctx.Err()
+			}
+			// Decided meanwhile; with no one to answer, an approved call is
+			// still not executed (Execute is never called).
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// finish moves a pending approval on and audits it; ErrNotPending means a
+// decision came first and the waiter will see it.
+func (b *Broker) finish(a *approval.Approval, to approval.State, reason string) (*approval.Approval, error) {
+	got, err := b.approvals.Finish(context.Background(), a.ID, to, "amg", reason, b.now())
+	if err != nil {
+		return nil, err
+	}
+	b.recordApproval(got, codeFor(to), reason)
+	return got, nil
+}
+
+// executeApproved sends an approved call upstream, exactly as the agent
+// sent it and once, and returns the agent's answer.
+func (b *Broker) executeApproved(r *http.Request, as *agentSession, a *approval.Approval, m *mcpfilter.Message, server, tool string) []byte {
+	ex, err := b.approvals.Execute(context.Background(), a.ID)
+	if err != nil || !ex.Intact() {
+		if err == nil {
+			err = errors.New("the stored request no longer matches its hash")
+		}
+		return rpcError(m.ID, RPCApprovalRefused, "approved call not executed: "+err.Error())
+	}
+	params := &mcp.CallToolParams{Name: tool, Arguments: m.Arguments}
+	var p struct {
+		Meta mcp.Meta `json:"_meta"`
+	}
+	if json.Unmarshal(m.Params, &p) == nil {
+		params.Meta = p.Meta
+	}
+	ctx := context.WithoutCancel(r.Context())
+	start := time.Now()
+	var res *mcp.CallToolResult
+	err = b.onUpstream(ctx, as.ss, server, nil, func(ctx context.Context, cs *mcp.ClientSession) (err error) {
+		res, err = cs.CallTool(ctx, params)
+		return err
+	})
+	status, reason := "ok", ""
+	switch {
+	case err != nil:
+		status, reason = "error", err.Error()
+	case res.IsError:
+		status = "tool_error"
+	}
+	b.recordUpstream(r.Header, server, tool, time.Since(start), status, reason)
+	if err != nil {
+		// onUpstream's error already names the server.
+		out, _ := json.Marshal(rpcErrorResponse(m.ID, err))
+		return out
+	}
+	out, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": m.ID, "result": res})
+	return out
+}
+
+// refusal is the agent's answer for an approval that was not approved.
+func refusal(id json.RawMessage, a *approval.Approval) []byte {
+	var msg string
+	switch a.State {
+	case approval.Denied:
+		msg = "denied by " + a.DecidedBy
+		if a.Reason != "" {
+			msg += ": " + a.Reason
+		}
+	case approval.Expired:
+		msg = "approval expired: " + a.Reason
+	default:
+		msg = "approval " + string(a.State)
+	}
+	return rpcError(id, RPCApprovalRefused, fmt.Sprintf("call needing approval %s was not run: %s", a.ID, msg))
+}
+
+func rpcError(id json.RawMessage, code int, msg string) []byte {
+	out, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": id, "error": map[string]any{"code": code, "message": msg}})
+	return out
+}
+
+// progressToken is params._meta.progressToken, or nil.
+func progressToken(params json.RawMessage) any {
+	var p struct {
+		Meta struct {
+			ProgressToken any `json:"progressToken"`
+		} `json:"_meta"`
+	}
+	if json.Unmarshal(params, &p) != nil {
+		return nil
+	}
+	return p.Meta.ProgressToken
+}
+
+func codeFor(s approval.State) string {
+	switch s {
+	case approval.Approved:
+		return CodeApprovalApproved
+	case approval.Denied:
+		return CodeApprovalDenied
+	case approval.Expired:
+		return CodeApprovalExpired
+	default:
+		return CodeApprovalCancelled
+	}
+}
+
+// recordApproval audits a step of an approval.
+func (b *Broker) recordApproval(a *approval.Approval, code, reason string) {
+	if b.audit == nil {
+		return
+	}
+	rec := &audit.Record{Time: b.now(), DecisionID: a.DecisionID, Agent: a.Agent, Role: a.Role, Server: a.Server,
+		Tool: a.Tool, Method: "tools/call", Verdict: "needs_approval", Code: code, Reason: reason, ApprovalID: a.ID}
+	if a.DecidedBy != "" && code != CodeApprovalParked {
+		rec.Reason = "by " + a.DecidedBy + ": " + reason
+	}
+	if err := b.audit.Log(rec); err != nil {
+		b.log.Error("audit log cannot record an approval step", "approval_id", a.ID, "code", code, "err", err)
+	}
+}

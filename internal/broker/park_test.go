@@ -1,0 +1,190 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/amgateway/amg/internal/approval"
+)
+
+// parkedGateway is a gateway whose calls needing approval park in store.
+func parkedGateway(t *testing.T, store approval.Store, tweak ...func(*Options)) *gateway {
+	return newGatewayOver(t, false, append([]func(*Options){func(o *Options) { o.Approvals = store }}, tweak...)...)
+}
+
+// parkedOne waits for the one pending approval in store.
+func parkedOne(t *testing.T, store approval.Store) *approval.Approval {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		list, err := store.List(context.Background(), approval.Pending)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list) == 1 {
+			return list[0]
+		}
+	}
+	t.Fatal("no call was parked")
+	return nil
+}
+
+func (g *gateway) deletions() []string {
+	g.up.mu.Lock()
+	defer g.up.mu.Unlock()
+	return slices.Clone(g.up.deleted)
+}
+
+// An approved call reaches the upstream with the agent's exact arguments,
+// once, and the waiting agent gets the upstream's result.
+func TestApprovedCallRunsOnce(t *testing.T) {
+	store := approval.NewMemory()
+	g := parkedGateway(t, store)
+	cs := g.connect(t, nil)
+	args := `{"page_id":"pg_1"}`
+	type result struct {
+		res *mcp.CallToolResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__delete_page", Arguments: json.RawMessage(args)})
+		done <- result{res, err}
+	}()
+	a := parkedOne(t, store)
+	if a.Tool != "delete_page" || a.Server != "notion" || a.Agent != "bot-1" || !strings.Contains(string(a.Body), args) {
+		t.Errorf("parked approval = %+v", a)
+	}
+	if d := g.deletions(); len(d) != 0 {
+		t.Fatalf("the upstream ran a call before its approval: %v", d)
+	}
+	if _, err := store.Finish(context.Background(), a.ID, approval.Approved, "alice", "ticket OPS-1", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil || r.res.IsError || r.res.Content[0].(*mcp.TextContent).Text != "deleted" {
+		t.Fatalf("approved call: %v %+v", r.err, r.res)
+	}
+	if d := g.deletions(); !slices.Equal(d, []string{args}) {
+		t.Errorf("the upstream got %q, want the agent's arguments once", d)
+	}
+	if got, _ := store.Get(context.Background(), a.ID); got.State != approval.Executed {
+		t.Errorf("state after execution = %s", got.State)
+	}
+	if _, err := store.Execute(context.Background(), a.ID); !errors.Is(err, approval.ErrNotApproved) {
+		t.Errorf("an executed approval could be executed again: %v", err)
+	}
+	codes := g.audit.codes()
+	for _, want := range []string{CodeApprovalParked, CodeApprovalApproved, CodeExecuted} {
+		if !slices.Contains(codes, want) {
+			t.Errorf("audit codes %v lack %s", codes, want)
+		}
+	}
+}
+
+// Denied and expired calls never reach the upstream; the agent reads why.
+func TestDeniedAndExpiredCallsDoNotRun(t *testing.T) {
+	t.Run("denied", func(t *testing.T) {
+		store := approval.NewMemory()
+		g := parkedGateway(t, store)
+		cs := g.connect(t, nil)
+		errs := make(chan error, 1)
+		go func() {
+			_, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__delete_page", Arguments: json.RawMessage(`{"page_id":"pg_1"}`)})
+			errs <- err
+		}()
+		a := parkedOne(t, store)
+		if _, err := store.Finish(context.Background(), a.ID, approval.Denied, "bob", "not on a Friday", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-errs; err == nil || !strings.Contains(err.Error(), "denied by bob: not on a Friday") {
+			t.Errorf("denied call: %v", err)
+		}
+		if d := g.deletions(); len(d) != 0 {
+			t.Errorf("a denied call ran: %v", d)
+		}
+	})
+	t.Run("expired", func(t *testing.T) {
+		store := approval.NewMemory()
+		g := parkedGateway(t, store, func(o *Options) { o.ApprovalTTL = 100 * time.Millisecond })
+		cs := g.connect(t, nil)
+		_, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__delete_page", Arguments: json.RawMessage(`{"page_id":"pg_1"}`)})
+		if err == nil || !strings.Contains(err.Error(), "approval expired") {
+			t.Errorf("expired call: %v", err)
+		}
+		list, _ := store.List(context.Background(), approval.Expired)
+		if len(list) != 1 {
+			t.Errorf("expired approvals: %v", list)
+		}
+		if d := g.deletions(); len(d) != 0 {
+			t.Errorf("an expired call ran: %v", d)
+		}
+	})
+}
+
+// An agent that goes away while its call waits cancels the approval;
+// approving it afterwards runs nothing.
+func TestAbandonedCallIsCancelled(t *testing.T) {
+	store := approval.NewMemory()
+	g := parkedGateway(t, store)
+	a := newRawAgent(t, g)
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "POST", a.url, strings.NewReader(`{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`))
+	req.Header.Set("Authorization", "Bearer "+a.token)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	req.Header.Set("Mcp-Protocol-Version", rawVersion)
+	req.Header.Set("Mcp-Session-Id", a.sid)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}()
+	p := parkedOne(t, store)
+	cancel()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		got, _ := store.Get(context.Background(), p.ID)
+		if got.State == approval.Cancelled {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("state after the agent left = %s, want cancelled", got.State)
+		}
+	}
+	if _, err := store.Finish(context.Background(), p.ID, approval.Approved, "alice", "", time.Now()); !errors.Is(err, approval.ErrNotPending) {
+		t.Errorf("approving a cancelled call: %v", err)
+	}
+	if d := g.deletions(); len(d) != 0 {
+		t.Errorf("an abandoned call ran: %v", d)
+	}
+}
+
+// While a call waits, an agent that asked for progress hears of it.
+func TestWaitingAgentGetsProgress(t *testing.T) {
+	store := approval.NewMemory()
+	g := parkedGateway(t, store, func(o *Options) { o.KeepAlive = 10 * time.Millisecond })
+	a := newRawAgent(t, g)
+	go func() {
+		p := parkedOne(t, store)
+		time.Sleep(50 * time.Millisecond) // a few keep-alives
+		store.Finish(context.Background(), p.ID, approval.Approved, "alice", "", time.Now())
+	}()
+	got := a.post(`{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_2"},"_meta":{"progressToken":"w"}}}`)
+	if len(got) < 2 || !strings.Contains(got[0], `"method":"notifications/progress"`) || !strings.Contains(got[0], "waiting for human approval apr_") {
+		t.Fatalf("stream of a waiting call = %q", got)
+	}
+	if last := got[len(got)-1]; !strings.Contains(last, `"id":4`) || !strings.Contains(last, `"text":"deleted"`) {
+		t.Errorf("last message = %s, want the result", last)
+	}
+}
