@@ -22,8 +22,9 @@ type AuthOptions struct {
 	// CacheTTL is how long a token read from the store is reused before
 	// it is read again; 0 means 1s, negative disables caching. It bounds
 	// how late a revocation made by another process (the CLI, another
-	// replica) is seen here. Revocations made through this
-	// Authenticator's Revoke apply at once regardless.
+	// replica) is seen here when no one calls Forget for it.
+	// Revocations made through this Authenticator's Revoke apply at once
+	// regardless.
 	CacheTTL time.Duration
 	// CacheSize bounds the number of cached tokens; 0 means 10000. Only
 	// tokens found in the store are cached, so presenting random
@@ -41,9 +42,10 @@ type Authenticator struct {
 	size  int
 
 	mu sync.RWMutex
-	// gen counts local revocations. A lookup that started before one
-	// must not put what it read into the cache, or a token revoked here
-	// could be served from the cache for another CacheTTL.
+	// gen counts revocations made or heard of here (Revoke, Forget). A
+	// lookup that started before one must not put what it read into the
+	// cache, or a revoked token could be served from the cache for
+	// another CacheTTL.
 	gen   uint64
 	cache map[Digest]cached
 }
@@ -136,18 +138,30 @@ func (a *Authenticator) put(d Digest, t Token, now time.Time, gen uint64) {
 // ErrUnknown means there is no such token.
 func (a *Authenticator) Revoke(ctx context.Context, id string) error {
 	err := a.store.Revoke(ctx, id, a.now())
-	if a.cache != nil {
-		// Even if the store failed: dropping an entry only costs a lookup.
-		a.mu.Lock()
-		a.gen++
-		if want, ok := parseID(id); ok {
-			for d := range a.cache {
-				if [idLen / 2]byte(d[:idLen/2]) == want {
-					delete(a.cache, d)
-				}
+	// Even if the store failed: dropping an entry only costs a lookup.
+	a.Forget(id)
+	return err
+}
+
+// Forget drops the token with public ID id from the cache, so its next
+// use reads the store. It is how a revocation made elsewhere (another
+// replica, the CLI) takes effect here at once instead of within CacheTTL:
+// pass it to RedisStore.Subscribe. IDs not cached, or not IDs at all, are
+// ignored.
+func (a *Authenticator) Forget(id string) {
+	if a.cache == nil {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	// A lookup in flight may have read the token before the revocation;
+	// bumping gen keeps it from caching that.
+	a.gen++
+	if want, ok := parseID(id); ok {
+		for d := range a.cache {
+			if [idLen / 2]byte(d[:idLen/2]) == want {
+				delete(a.cache, d)
 			}
 		}
-		a.mu.Unlock()
 	}
-	return err
 }

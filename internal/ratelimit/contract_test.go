@@ -1,0 +1,153 @@
+package ratelimit
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/amgateway/amg/internal/policy"
+)
+
+// clock is a manual clock for tests.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+type limiter interface {
+	Allow(ctx context.Context, key string, l *policy.RateLimit) (Result, error)
+}
+
+// testLimiter is the contract every Limiter implementation passes.
+// newLimiter returns a limiter reading time from now and sharing no state
+// with any other it returned, so the expected results below are exact:
+// every implementation must do the same arithmetic.
+func testLimiter(t *testing.T, newLimiter func(t *testing.T, now func() time.Time) limiter) {
+	ctx := context.Background()
+	t.Run("burst then steady rate", func(t *testing.T) {
+		c := &clock{t: time.Unix(1_700_000_000, 0)}
+		lim := newLimiter(t, c.Now)
+		l := &policy.RateLimit{ID: "r/rate_limits[0]", Requests: 60, Per: time.Minute, Burst: 3}
+		for i := range 3 {
+			res, err := lim.Allow(ctx, "k", l)
+			if err != nil || res != (Result{Allowed: true, Remaining: 2 - i}) {
+				t.Fatalf("call %d: %+v %v, want allowed with %d remaining", i, res, err, 2-i)
+			}
+		}
+		res, err := lim.Allow(ctx, "k", l)
+		if err != nil || res != (Result{RetryAfter: time.Second}) {
+			t.Fatalf("4th call: %+v %v, want denied, retry after 1s", res, err)
+		}
+		c.Advance(999 * time.Millisecond)
+		if res, err := lim.Allow(ctx, "k", l); err != nil || res != (Result{RetryAfter: time.Millisecond}) {
+			t.Fatalf("after 999ms: %+v %v, want denied, retry after 1ms", res, err)
+		}
+		c.Advance(time.Millisecond)
+		if res, err := lim.Allow(ctx, "k", l); err != nil || res != (Result{Allowed: true}) {
+			t.Fatalf("after 1s: %+v %v, want allowed with 0 remaining", res, err)
+		}
+		// Half an interval later the next call is still half an interval
+		// away: a denial spends nothing.
+		c.Advance(500 * time.Millisecond)
+		for range 2 {
+			if res, err := lim.Allow(ctx, "k", l); err != nil || res != (Result{RetryAfter: 500 * time.Millisecond}) {
+				t.Fatalf("after 1.5s: %+v %v, want denied, retry after 500ms", res, err)
+			}
+		}
+		c.Advance(10 * time.Minute)
+		for i := range 3 {
+			if res, err := lim.Allow(ctx, "k", l); err != nil || res != (Result{Allowed: true, Remaining: 2 - i}) {
+				t.Fatalf("after a long pause, call %d: %+v %v; the burst must refill", i, res, err)
+			}
+		}
+	})
+	t.Run("partial refill", func(t *testing.T) {
+		c := &clock{t: time.Unix(1_700_000_000, 0)}
+		lim := newLimiter(t, c.Now)
+		l := &policy.RateLimit{ID: "p", Requests: 10, Per: 10 * time.Second, Burst: 5}
+		for range 5 {
+			if res, err := lim.Allow(ctx, "k", l); err != nil || !res.Allowed {
+				t.Fatalf("burst call: %+v %v", res, err)
+			}
+		}
+		// Two and a half intervals refill two calls.
+		c.Advance(2500 * time.Millisecond)
+		for i, want := range []Result{{Allowed: true, Remaining: 1}, {Allowed: true}, {RetryAfter: 500 * time.Millisecond}} {
+			if res, err := lim.Allow(ctx, "k", l); err != nil || res != want {
+				t.Fatalf("call %d after 2.5s: %+v %v, want %+v", i, res, err, want)
+			}
+		}
+	})
+	t.Run("interval not a whole microsecond", func(t *testing.T) {
+		// 1s/3 is 333333333ns, and the clock sits just before a second
+		// boundary, so a tat carries into the next second.
+		c := &clock{t: time.Unix(1_700_000_000, 999_999_999)}
+		lim := newLimiter(t, c.Now)
+		l := &policy.RateLimit{ID: "f", Requests: 3, Per: time.Second, Burst: 2}
+		for i := range 2 {
+			if res, err := lim.Allow(ctx, "k", l); err != nil || res != (Result{Allowed: true, Remaining: 1 - i}) {
+				t.Fatalf("call %d: %+v %v", i, res, err)
+			}
+		}
+		if res, err := lim.Allow(ctx, "k", l); err != nil || res != (Result{RetryAfter: 333_333_333}) {
+			t.Fatalf("3rd call: %+v %v, want retry after 333333333ns", res, err)
+		}
+		c.Advance(333_333_332)
+		if res, err := lim.Allow(ctx, "k", l); err != nil || res != (Result{RetryAfter: 1}) {
+			t.Fatalf("1ns early: %+v %v, want retry after 1ns", res, err)
+		}
+		c.Advance(1)
+		if res, err := lim.Allow(ctx, "k", l); err != nil || res != (Result{Allowed: true}) {
+			t.Fatalf("on time: %+v %v, want allowed", res, err)
+		}
+	})
+	t.Run("keys are independent", func(t *testing.T) {
+		c := &clock{t: time.Unix(1_700_000_000, 0)}
+		lim := newLimiter(t, c.Now)
+		l := &policy.RateLimit{ID: "x", Requests: 1, Per: time.Hour, Burst: 1}
+		for _, k := range []string{"a", "b", "rate_limits[0]|agent:with spaces"} {
+			if res, err := lim.Allow(ctx, k, l); err != nil || res != (Result{Allowed: true}) {
+				t.Fatalf("first call for %s: %+v %v", k, res, err)
+			}
+		}
+		if res, _ := lim.Allow(ctx, "a", l); res.Allowed || res.RetryAfter != time.Hour {
+			t.Fatalf("second call for a: %+v, want denied, retry after 1h", res)
+		}
+	})
+	t.Run("concurrent callers never exceed the burst", func(t *testing.T) {
+		c := &clock{t: time.Unix(1_700_000_000, 0)}
+		lim := newLimiter(t, c.Now)
+		l := &policy.RateLimit{ID: "y", Requests: 10, Per: time.Hour, Burst: 10}
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		allowed := 0
+		for range 8 {
+			wg.Go(func() {
+				for range 10 {
+					res, err := lim.Allow(ctx, "k", l)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if res.Allowed {
+						mu.Lock()
+						allowed++
+						mu.Unlock()
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if allowed != 10 {
+			t.Errorf("allowed %d of 80 concurrent calls, want exactly the burst of 10", allowed)
+		}
+	})
+}
