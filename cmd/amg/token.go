@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/amgateway/amg/internal/policy"
@@ -22,8 +24,15 @@ import (
 // same file.
 const dbFile = "amg.db"
 
+// tokenStoreFlags say where the token store is: the standalone database in
+// --data-dir, or Redis with --redis (the store replicas share).
+type tokenStoreFlags struct {
+	dataDir string
+	redis   string
+}
+
 func newTokenCmd() *cobra.Command {
-	var dataDir string
+	var where tokenStoreFlags
 	cmd := &cobra.Command{
 		Use:   "token",
 		Short: "Issue, list and revoke agent tokens",
@@ -32,14 +41,17 @@ role comes only from its token. The token itself is shown once, when it is
 issued; AMG keeps only its SHA-256 digest and names it by a public ID (the
 first 16 hex digits of the digest), which list shows and revoke takes.
 
-Tokens live in <data-dir>/amg.db, which a running amg serve shares.`,
+Tokens live in <data-dir>/amg.db, which a running amg serve shares, or in
+Redis (--redis host:port, password from AMG_REDIS_PASSWORD) when the
+gateway's config has a redis section.`,
 	}
-	cmd.PersistentFlags().StringVar(&dataDir, "data-dir", "./data", "directory holding the standalone database ("+dbFile+")")
-	cmd.AddCommand(newTokenIssueCmd(&dataDir), newTokenListCmd(&dataDir), newTokenRevokeCmd(&dataDir))
+	cmd.PersistentFlags().StringVar(&where.dataDir, "data-dir", "./data", "directory holding the standalone database ("+dbFile+")")
+	cmd.PersistentFlags().StringVar(&where.redis, "redis", "", "the Redis that replicas share (host:port); overrides --data-dir")
+	cmd.AddCommand(newTokenIssueCmd(&where), newTokenListCmd(&where), newTokenRevokeCmd(&where))
 	return cmd
 }
 
-func newTokenIssueCmd(dataDir *string) *cobra.Command {
+func newTokenIssueCmd(where *tokenStoreFlags) *cobra.Command {
 	var agent, role, policyDir string
 	var ttl time.Duration
 	var force bool
@@ -69,7 +81,7 @@ token's lifetime (e.g. 720h); 0, the default, means it never expires.`,
 					return err
 				}
 			}
-			db, s, err := openTokenStore(*dataDir, true)
+			db, s, err := openTokenStore(*where, true)
 			if err != nil {
 				return err
 			}
@@ -124,14 +136,14 @@ func checkRole(dir, role string, explicit bool) error {
 	return fmt.Errorf("role %q is not defined in %s (roles: %s); --force issues the token anyway", role, dir, strings.Join(names, ", "))
 }
 
-func newTokenListCmd(dataDir *string) *cobra.Command {
+func newTokenListCmd(where *tokenStoreFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "list",
 		Short: "List issued tokens by ID (never the tokens themselves)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var list []tokens.Token
-			db, s, err := openTokenStore(*dataDir, false)
+			db, s, err := openTokenStore(*where, false)
 			switch {
 			case errors.Is(err, errNoDatabase):
 				fmt.Fprintln(cmd.ErrOrStderr(), "amg:", err)
@@ -154,7 +166,7 @@ func newTokenListCmd(dataDir *string) *cobra.Command {
 	}
 }
 
-func newTokenRevokeCmd(dataDir *string) *cobra.Command {
+func newTokenRevokeCmd(where *tokenStoreFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "revoke ID",
 		Short: "Revoke a token",
@@ -174,14 +186,14 @@ you have, for instance because it leaked.`,
 				// Not echoed: it may be a mangled secret.
 				return errors.New("not a token ID: IDs are 16 lowercase hex digits, as shown by amg token list")
 			}
-			db, s, err := openTokenStore(*dataDir, false)
+			db, s, err := openTokenStore(*where, false)
 			if err != nil {
 				return err
 			}
 			defer db.Close()
 			err = s.Revoke(cmd.Context(), id, time.Now())
 			if errors.Is(err, tokens.ErrUnknown) {
-				return fmt.Errorf("no token with ID %s in %s", id, filepath.Join(*dataDir, dbFile))
+				return fmt.Errorf("no token with ID %s in %s", id, where)
 			}
 			if err != nil {
 				return err
@@ -207,9 +219,21 @@ func openDB(dataDir string, create bool) (*sql.DB, error) {
 	return store.Open(path)
 }
 
-// openTokenStore opens the token store in dataDir.
-func openTokenStore(dataDir string, create bool) (*sql.DB, *tokens.SQLiteStore, error) {
-	db, err := openDB(dataDir, create)
+// String names the store for messages.
+func (w tokenStoreFlags) String() string {
+	if w.redis != "" {
+		return "Redis at " + w.redis
+	}
+	return filepath.Join(w.dataDir, dbFile)
+}
+
+// openTokenStore opens the token store where says.
+func openTokenStore(where tokenStoreFlags, create bool) (io.Closer, tokens.Store, error) {
+	if where.redis != "" {
+		client := redis.NewClient(&redis.Options{Addr: where.redis, Password: os.Getenv("AMG_REDIS_PASSWORD")})
+		return client, tokens.NewRedisStore(client, nil), nil
+	}
+	db, err := openDB(where.dataDir, create)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -116,8 +116,20 @@ func (b *Broker) waitForDecision(ctx context.Context, a *approval.Approval, keep
 	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	defer stop()
 	go func() {
-		if got, err := b.approvals.Wait(wctx, a.ID); err == nil {
-			decided <- got
+		// A store that fails (Redis restarting) is asked again until the
+		// approval expires: a decision made meanwhile must not be lost.
+		for {
+			got, err := b.approvals.Wait(wctx, a.ID)
+			if err == nil {
+				decided <- got
+				return
+			}
+			b.log.Warn("waiting on the approval store failed; retrying", "approval_id", a.ID, "err", err)
+			select {
+			case <-wctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
 		}
 	}()
 	expiry := time.NewTimer(time.Until(a.Expires))

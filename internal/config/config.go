@@ -19,6 +19,10 @@
 //	  broker_addresses: [127.0.0.1:8082]  # where Envoy reaches AMG's broker replicas
 //	  authz_timeout: 2s
 //	  route_timeout: 15m            # long enough for a call parked for approval
+//	redis:                          # shared state for replicas ("" standalone)
+//	  address: redis:6379
+//	  password: "${env:REDIS_PASSWORD}"
+//	  db: 0
 //	approvals:                      # calls that need a human
 //	  ttl: 15m                      # how long one waits for a decision
 //	  webhook: https://hooks.example/amg  # told of each new one ("" none)
@@ -87,6 +91,9 @@ type Config struct {
 	XDSListen string
 	// Envoy is what the xDS server configures Envoy with.
 	Envoy Envoy
+	// Redis, when its Address is set, holds what replicas share: tokens,
+	// rate limits and approvals. Without it all of that is per process.
+	Redis Redis
 	// ApprovalTTL is how long a call that needs approval waits for a
 	// decision; ApprovalWebhook, if set, is POSTed each new approval.
 	ApprovalTTL     time.Duration
@@ -130,6 +137,13 @@ type Envoy struct {
 	// which may wait for a human's approval.
 	AuthzTimeout time.Duration
 	RouteTimeout time.Duration
+}
+
+// Redis is the Redis replicas share.
+type Redis struct {
+	Address  string
+	Password Template // may be empty
+	DB       int
 }
 
 // Upstream is one MCP server behind the gateway. Exactly one of URL,
@@ -288,6 +302,7 @@ func (c *Config) CheckSecrets(ctx context.Context, src secrets.Source) error {
 			ps = append(ps, Problem{Pos: t.pos, Path: path, Msg: msg})
 		}
 	}
+	check(c.Redis.Password, "redis.password", true)
 	for _, name := range slices.Sorted(maps.Keys(c.Upstreams)) {
 		u := c.Upstreams[name]
 		for _, h := range slices.Sorted(maps.Keys(u.Headers)) {

@@ -26,9 +26,10 @@ type loader struct {
 }
 
 var (
-	configKeys = []string{"listen", "admin_listen", "authz_listen", "broker_listen", "xds_listen", "envoy", "approvals",
+	configKeys = []string{"listen", "admin_listen", "authz_listen", "broker_listen", "xds_listen", "envoy", "redis", "approvals",
 		"data_dir", "policy_dir", "max_body_bytes", "unprefixed_names", "upstreams"}
 	approvalKeys = []string{"ttl", "webhook"}
+	redisKeys    = []string{"address", "password", "db"}
 	envoyKeys    = []string{"listen", "egress_listen", "egress_address", "authz_address", "broker_addresses", "authz_timeout", "route_timeout"}
 )
 
@@ -74,6 +75,22 @@ func (l *loader) config(cfg *Config, data []byte) {
 			l.envoy(v, key, &cfg.Envoy)
 		case "approvals":
 			l.approvals(v, key, cfg)
+		case "redis":
+			l.Fields(v, key, redisKeys, func(k string, _, rv *yaml.Node) {
+				p := key + "." + k
+				switch k {
+				case "address":
+					l.addr(rv, p, &cfg.Redis.Address)
+				case "password":
+					if t, ok := l.template(rv, p); ok {
+						cfg.Redis.Password = t
+					}
+				case "db":
+					if n, ok := l.Integer(rv, p, 0); ok {
+						cfg.Redis.DB = n
+					}
+				}
+			})
 		case "data_dir":
 			l.dir(v, key, &cfg.DataDir)
 		case "policy_dir":

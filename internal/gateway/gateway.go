@@ -21,6 +21,8 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/amgateway/amg/authz"
+	"github.com/redis/go-redis/v9"
+
 	"github.com/amgateway/amg/internal/admin"
 	"github.com/amgateway/amg/internal/approval"
 	"github.com/amgateway/amg/internal/audit"
@@ -68,7 +70,8 @@ type Gateway struct {
 	log       *slog.Logger
 	reload    time.Duration
 	db        *sql.DB
-	tokens    *tokens.SQLiteStore
+	tokens    tokens.Store
+	auth      *tokens.Authenticator
 	auditLog  *audit.Logger
 	policies  *policy.Live
 	authz     *authz.Server
@@ -76,6 +79,10 @@ type Gateway struct {
 	front     http.Handler
 	admin     http.Handler
 	approvals approval.Store
+	// With a redis section: the shared client, and the token store whose
+	// revocations the Authenticator follows.
+	redis       *redis.Client
+	redisTokens *tokens.RedisStore
 
 	mcpLis, authzLis, adminLis net.Listener
 	brokerLis                  net.Listener // nil unless BrokerListen is set
@@ -113,9 +120,21 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	if g.db, err = store.Open(filepath.Join(cfg.DataDir, DBFile)); err != nil {
 		return nil, err
 	}
-	if g.tokens, err = tokens.NewSQLiteStore(g.db); err != nil {
+	var limiter authz.Limiter = ratelimit.NewMemory(nil)
+	g.approvals = approval.NewMemory()
+	if cfg.Redis.Address != "" {
+		// Replicas share tokens, rate limits and approvals through Redis.
+		if g.redis, err = dialRedis(cfg.Redis, src); err != nil {
+			return nil, err
+		}
+		store := tokens.NewRedisStore(g.redis, nil)
+		g.tokens, g.redisTokens = store, store
+		limiter = ratelimit.NewRedis(g.redis, nil)
+		g.approvals = approval.NewRedis(g.redis, nil)
+	} else if g.tokens, err = tokens.NewSQLiteStore(g.db); err != nil {
 		return nil, err
 	}
+	g.auth = tokens.NewAuthenticator(g.tokens, nil)
 	counter, err := shadow.NewSQLite(g.db)
 	if err != nil {
 		return nil, err
@@ -155,9 +174,8 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	if cfg.UnprefixedNames && len(cfg.Names) == 1 {
 		ns.Only = cfg.Names[0]
 	}
-	// Calls that need a human wait in this process; the admin token lets
-	// operators decide them through the admin API and `amg approvals`.
-	g.approvals = approval.NewMemory()
+	// The admin token lets operators decide parked calls through the admin
+	// API and `amg approvals`.
 	adminToken, err := admin.LoadOrCreateToken(filepath.Join(cfg.DataDir, AdminTokenFile))
 	if err != nil {
 		return nil, err
@@ -167,9 +185,9 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		return nil, err
 	}
 	g.authz, err = authz.New(authz.Deps{
-		Tokens:   tokens.NewAuthenticator(g.tokens, nil),
+		Tokens:   g.auth,
 		Policies: g.policies,
-		Limiter:  ratelimit.NewMemory(nil),
+		Limiter:  limiter,
 		Audit:    g.auditLog,
 		Redactor: audit.NewRedactor(auditKey),
 		Signer:   signer,
@@ -267,6 +285,7 @@ func (g *Gateway) BrokerAddr() string {
 // gracefully within 10 s. Listen must have been called.
 func (g *Gateway) Serve(ctx context.Context) error {
 	g.broker.Start(ctx)
+	go g.followRevocations(ctx)
 	go g.policies.Watch(ctx, g.reload, func(st policy.Status) {
 		if st.Err != nil {
 			g.log.Error("policy reload failed; keeping the last good version", "version", st.Version.String(), "err", st.Err)
@@ -387,6 +406,9 @@ func (g *Gateway) Close() error {
 	}
 	if g.db != nil {
 		err = errors.Join(err, g.db.Close())
+	}
+	if g.redis != nil {
+		err = errors.Join(err, g.redis.Close())
 	}
 	return err
 }

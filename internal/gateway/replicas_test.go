@@ -1,0 +1,197 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/amgateway/amg/internal/admin"
+	"github.com/amgateway/amg/internal/approval"
+	"github.com/amgateway/amg/internal/config"
+	"github.com/amgateway/amg/internal/demo"
+	"github.com/amgateway/amg/internal/redistest"
+)
+
+const replicaRole = `
+role: ops
+servers:
+  notion:
+    tools:
+      - name: get_pages
+        constraints:
+          workspace_id: {}
+          limit: { lte: 100, optional: true }
+        rate_limits:
+          - { requests: 4, per: 1h }
+      - name: delete_page
+        constraints:
+          page_id: {}
+approvals:
+  - match: "delete*"
+    require: human
+`
+
+// replica starts one gateway sharing Redis at addr, with its own data
+// directory and listeners, as a second pod would.
+func replica(t *testing.T, policyDir, redisAddr string) *Gateway {
+	t.Helper()
+	cfg := config.Default()
+	cfg.Listen, cfg.AuthzListen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	cfg.DataDir, cfg.PolicyDir = t.TempDir(), policyDir
+	cfg.Redis.Address = redisAddr
+	gw, err := New(cfg, &Options{Builtins: Builtins{"demo": demo.NewServer(nil).MCP()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gw.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- gw.Serve(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; gw.Close() })
+	return gw
+}
+
+func agentOn(t *testing.T, gw *Gateway, token string) *mcp.ClientSession {
+	t.Helper()
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(context.Background(),
+		&mcp.StreamableClientTransport{Endpoint: "http://" + gw.MCPAddr() + config.MCPPath, HTTPClient: &http.Client{Transport: bearer{token}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	return cs
+}
+
+func getPages(cs *mcp.ClientSession) error {
+	_, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__get_pages", Arguments: json.RawMessage(`{"workspace_id":"ws_abc123","limit":1}`)})
+	return err
+}
+
+// Two replicas sharing one Redis behave as one gateway: a token issued on
+// one works on the other, a rate limit holds across both, a call parked on
+// one is approved through the other's admin API, a token revoked on one is
+// refused by the other, and without Redis both refuse until it is back.
+func TestReplicasShareStateThroughRedis(t *testing.T) {
+	rs := redistest.Start(t)
+	policyDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(policyDir, "ops.yaml"), []byte(replicaRole), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a, b := replica(t, policyDir, rs.Addr), replica(t, policyDir, rs.Addr)
+	token, tok, err := a.IssueToken(context.Background(), "bot", "ops", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	onA, onB := agentOn(t, a, token), agentOn(t, b, token)
+
+	t.Run("one rate limit for both", func(t *testing.T) {
+		allowed := 0
+		for i := range 8 {
+			cs := onA
+			if i%2 == 1 {
+				cs = onB
+			}
+			if err := getPages(cs); err == nil {
+				allowed++
+			} else if !strings.Contains(err.Error(), "rate") {
+				t.Fatalf("call %d: %v", i, err)
+			}
+		}
+		if allowed != 4 {
+			t.Errorf("%d calls allowed across both replicas, want the limit's 4 in total", allowed)
+		}
+	})
+
+	t.Run("parked on A, approved through B", func(t *testing.T) {
+		result := make(chan error, 1)
+		go func() {
+			res, err := onA.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__delete_page", Arguments: json.RawMessage(`{"page_id":"pg_launch01a"}`)})
+			if err == nil && res.IsError {
+				err = errString("tool error")
+			}
+			result <- err
+		}()
+		var id string
+		for deadline := time.Now().Add(20 * time.Second); id == "" && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if list, err := b.approvals.List(context.Background(), approval.Pending); err == nil && len(list) == 1 {
+				id = list[0].ID
+			}
+		}
+		if id == "" {
+			t.Fatal("B never saw the call parked on A")
+		}
+		adminToken, err := admin.LoadOrCreateToken(filepath.Join(b.cfg.DataDir, AdminTokenFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req, _ := http.NewRequest("POST", "http://"+b.AdminAddr()+"/api/v1/approvals/"+id+"/approve", strings.NewReader(`{"by":"alice"}`))
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("approve through B: %v %v", resp, err)
+		}
+		resp.Body.Close()
+		select {
+		case err := <-result:
+			if err != nil {
+				t.Errorf("the call parked on A: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("the call parked on A was not released by B's approval")
+		}
+	})
+
+	t.Run("revoked on A, refused by B", func(t *testing.T) {
+		if err := a.auth.Revoke(context.Background(), tok.ID); err != nil {
+			t.Fatal(err)
+		}
+		// A fresh session on B: its first request needs the token.
+		if _, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(context.Background(),
+			&mcp.StreamableClientTransport{Endpoint: "http://" + b.MCPAddr() + config.MCPPath, HTTPClient: &http.Client{Transport: bearer{token}}}, nil); err == nil {
+			t.Error("B accepted a token revoked on A")
+		}
+	})
+
+	t.Run("without Redis both refuse, and recover", func(t *testing.T) {
+		fresh, _, err := a.IssueToken(context.Background(), "bot2", "ops", time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs.Stop()
+		for _, gw := range []*Gateway{a, b} {
+			if _, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(context.Background(),
+				&mcp.StreamableClientTransport{Endpoint: "http://" + gw.MCPAddr() + config.MCPPath, HTTPClient: &http.Client{Transport: bearer{fresh}}}, nil); err == nil {
+				t.Error("a replica admitted an agent while Redis was down")
+			}
+		}
+		// The test's Redis keeps nothing across a restart: the token is
+		// issued again, as an operator restoring Redis would find it gone.
+		rs.Restart()
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			fresh, _, err = a.IssueToken(context.Background(), "bot3", "ops", time.Hour)
+			if err == nil {
+				_, err = mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(context.Background(),
+					&mcp.StreamableClientTransport{Endpoint: "http://" + b.MCPAddr() + config.MCPPath, HTTPClient: &http.Client{Transport: bearer{fresh}}}, nil)
+			}
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no recovery after Redis came back: %v", err)
+			}
+		}
+	})
+}
+
+type errString string
+
+func (e errString) Error() string { return string(e) }
