@@ -17,6 +17,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/amgateway/amg/internal/config"
+	"github.com/amgateway/amg/internal/demo"
 )
 
 // The reference MCP server from npm, as scripts/setup installs it.
@@ -119,7 +120,7 @@ func startGateway(t *testing.T, ups map[string]*config.Upstream, roleName, role 
 	for _, f := range tweak {
 		f(cfg)
 	}
-	gw, err := New(cfg, nil)
+	gw, err := New(cfg, &Options{Builtins: Builtins{"demo": demo.NewServer(nil).MCP()}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -111,9 +111,12 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	if src == nil {
 		src = secrets.NewDefault(nil)
 	}
+	// Returning an error sets g to nil: close what was opened through a
+	// copy.
+	opened := g
 	defer func() {
 		if err != nil {
-			g.Close()
+			opened.Close()
 		}
 	}()
 

@@ -3,7 +3,9 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -195,3 +197,37 @@ func TestReplicasShareStateThroughRedis(t *testing.T) {
 type errString string
 
 func (e errString) Error() string { return string(e) }
+
+// The approval webhook hears of each new pending approval, without the
+// request body, which may hold secrets.
+func TestApprovalWebhook(t *testing.T) {
+	got := make(chan string, 4)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- string(b)
+	}))
+	t.Cleanup(hook.Close)
+	ups := map[string]*config.Upstream{"notion": {Name: "notion", Builtin: "demo", ConnectTimeout: 5 * time.Second, CallTimeout: 30 * time.Second}}
+	mcpURL, token := startGateway(t, ups, "ops", replicaRole, func(c *config.Config) {
+		c.ApprovalWebhook, c.ApprovalTTL = hook.URL, 500*time.Millisecond
+	})
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(context.Background(),
+		&mcp.StreamableClientTransport{Endpoint: mcpURL, HTTPClient: &http.Client{Transport: bearer{token}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	secret := "pg_planted7731secret"
+	_, err = cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__delete_page", Arguments: json.RawMessage(`{"page_id":"` + secret + `"}`)})
+	if err == nil || !strings.Contains(err.Error(), "approval expired") {
+		t.Errorf("unanswered call: %v", err)
+	}
+	select {
+	case body := <-got:
+		if !strings.Contains(body, `"event":"approval.pending"`) || !strings.Contains(body, `"tool":"delete_page"`) || strings.Contains(body, secret) {
+			t.Errorf("webhook body = %s", body)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the webhook was not called")
+	}
+}

@@ -97,3 +97,13 @@ func TestEnvoyConfigFollowsTheConfigFile(t *testing.T) {
 	write("amg-0.amg:8082")
 	waitFor(t, "the next good file to reach Envoy", func() bool { return gw.XDSVersion() != second })
 }
+
+// New fails cleanly, closing what it opened, when part of the gateway
+// cannot be built.
+func TestNewFailsCleanly(t *testing.T) {
+	cfg := config.Default()
+	cfg.DataDir, cfg.PolicyDir = t.TempDir(), "../../policies"
+	if _, err := New(cfg, nil); err == nil || !strings.Contains(err.Error(), `no built-in server "demo"`) {
+		t.Errorf("New without the demo built in: %v", err)
+	}
+}
