@@ -142,13 +142,21 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	if err != nil {
 		return nil, err
 	}
-	auditKey, err := audit.LoadOrCreateKey(filepath.Join(cfg.DataDir, audit.KeyFileName))
+	// The decision key signs what authz hands the broker, and the audit key
+	// keys the HMACs of redacted values: with replicas, authz on one and
+	// the broker on another must agree, and so must their audit records,
+	// so with Redis both keys are the ones Redis holds.
+	key := func(file, name string) ([]byte, error) {
+		if g.redis != nil {
+			return sharedKey(g.redis, name)
+		}
+		return audit.LoadOrCreateKey(filepath.Join(cfg.DataDir, file))
+	}
+	auditKey, err := key(audit.KeyFileName, "audit")
 	if err != nil {
 		return nil, err
 	}
-	// The decision key signs what authz hands the broker; every replica of
-	// both must share it.
-	decisionKey, err := audit.LoadOrCreateKey(filepath.Join(cfg.DataDir, "decision.key"))
+	decisionKey, err := key("decision.key", "decision")
 	if err != nil {
 		return nil, err
 	}

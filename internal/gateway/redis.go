@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"time"
 
@@ -31,6 +32,29 @@ func dialRedis(c config.Redis, src secrets.Source) (*redis.Client, error) {
 		return nil, fmt.Errorf("redis at %s: %w", c.Address, err)
 	}
 	return client, nil
+}
+
+// sharedKey returns the 32-byte key named name that every replica uses,
+// created by whichever replica asks first.
+func sharedKey(client *redis.Client, name string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	k := "amg:{keys}:" + name
+	fresh := make([]byte, 32)
+	if _, err := rand.Read(fresh); err != nil {
+		return nil, fmt.Errorf("%s key: %w", name, err)
+	}
+	if err := client.SetNX(ctx, k, fresh, 0).Err(); err != nil {
+		return nil, fmt.Errorf("%s key in redis: %w", name, err)
+	}
+	key, err := client.Get(ctx, k).Bytes()
+	if err != nil {
+		return nil, fmt.Errorf("%s key in redis: %w", name, err)
+	}
+	if len(key) != 32 {
+		return nil, fmt.Errorf("%s key in redis (%s) is %d bytes, want 32", name, k, len(key))
+	}
+	return key, nil
 }
 
 // followRevocations drops tokens revoked on any replica from this one's

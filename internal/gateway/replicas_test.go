@@ -14,6 +14,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/amgateway/amg/authz/authztest"
 	"github.com/amgateway/amg/internal/admin"
 	"github.com/amgateway/amg/internal/approval"
 	"github.com/amgateway/amg/internal/config"
@@ -149,6 +150,26 @@ func TestReplicasShareStateThroughRedis(t *testing.T) {
 			}
 		case <-time.After(20 * time.Second):
 			t.Fatal("the call parked on A was not released by B's approval")
+		}
+	})
+
+	t.Run("decided by A's authz, served by B's broker", func(t *testing.T) {
+		body := `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"e","version":"1"}}}`
+		resp, err := a.Authz().Check(context.Background(), authztest.EnvoyRequest("POST", map[string]string{
+			"authorization": "Bearer " + token, "mcp-protocol-version": "2025-06-18"}, body))
+		if err != nil || resp.GetOkResponse() == nil {
+			t.Fatalf("Check on A: %v %v", resp, err)
+		}
+		req := httptest.NewRequest("POST", "/mcp", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		for _, h := range resp.GetOkResponse().GetHeaders() {
+			req.Header.Set(h.GetHeader().GetKey(), h.GetHeader().GetValue())
+		}
+		rec := httptest.NewRecorder()
+		b.Broker().ServeHTTP(rec, req)
+		if rec.Code != 200 || !strings.Contains(rec.Body.String(), `"serverInfo"`) {
+			t.Errorf("B's broker on A's decision: %d %s", rec.Code, rec.Body.String())
 		}
 	})
 
