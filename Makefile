@@ -10,7 +10,7 @@ FUZZ_TIME   ?= 20s
 # Where scripts/setup puts the npm packages and tools the tests run.
 export AMG_TOOLS_DIR ?= $(HOME)/.cache/amg-tools
 
-.PHONY: build run setup test vet lint fmt fmt-check check bench bench-e2e load fuzz clean
+.PHONY: build run setup test vet lint fmt fmt-check check bench bench-e2e load load-redis fuzz clean
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/amg ./cmd/amg
@@ -54,6 +54,12 @@ bench:
 load:
 	$(GO) run ./bench/checkload -c 1,32 -d 5s
 	$(GO) run ./bench/checkload -c 1,32 -d 5s -floor
+
+# The same load with every Check counted against a rate limit in a local
+# redis-server (started on port 6390 for the run).
+load-redis:
+	redis-server --port 6390 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes
+	$(GO) run ./bench/checkload -c 1,32 -d 5s -redis 127.0.0.1:6390; status=$$?; redis-cli -p 6390 shutdown nosave; exit $$status
 
 # tools/call end to end: direct, through a naive go-sdk proxy, through AMG.
 bench-e2e:

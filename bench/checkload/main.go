@@ -26,6 +26,7 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -43,6 +44,7 @@ func main() {
 	warmup := flag.Duration("warmup", 2*time.Second, "unmeasured run before each level")
 	conns := flag.Int("conns", 4, "gRPC connections the clients share, as Envoy keeps a few")
 	floor := flag.Bool("floor", false, "serve a Check that allows at once, to measure gRPC and loopback alone")
+	redisAddr := flag.String("redis", "", "count every Check against a rate limit in the Redis at this address (host:port)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (client and server) to this file")
 	flag.Parse()
 	if *cpuprofile != "" {
@@ -63,19 +65,19 @@ func main() {
 		}
 		cs = append(cs, n)
 	}
-	if err := run(cs, *duration, *warmup, *conns, *floor); err != nil {
+	if err := run(cs, *duration, *warmup, *conns, *floor, *redisAddr); err != nil {
 		pprof.StopCPUProfile()
 		log.Fatal(err)
 	}
 }
 
-func run(levels []int, duration, warmup time.Duration, nconns int, floor bool) error {
+func run(levels []int, duration, warmup time.Duration, nconns int, floor bool, redisAddr string) error {
 	dir, err := os.MkdirTemp("", "checkload")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	srv, secret, closeAudit, err := newServer(dir)
+	srv, secret, closeAudit, err := newServer(dir, redisAddr)
 	if err != nil {
 		return err
 	}
@@ -168,9 +170,17 @@ func load(clients []authv3.AuthorizationClient, req *authv3.CheckRequest, c int,
 	return all, nil
 }
 
-// newServer builds the service with what standalone AMG runs it with.
-func newServer(dir string) (*authz.Server, string, func(), error) {
-	set, err := policy.Compile([]policy.File{{Name: "bench.yaml", Data: []byte(authztest.BenchPolicy)}}, nil)
+// newServer builds the service with what standalone AMG runs it with; with
+// redisAddr, every Check also counts against a (never reached) rate limit
+// in that Redis, as replicas sharing one do.
+func newServer(dir, redisAddr string) (*authz.Server, string, func(), error) {
+	role := authztest.BenchPolicy
+	var limiter authz.Limiter = ratelimit.NewMemory(nil)
+	if redisAddr != "" {
+		role += "rate_limits:\n  - { requests: 1000000000, per: 1h }\n"
+		limiter = ratelimit.NewRedis(redis.NewClient(&redis.Options{Addr: redisAddr, PoolSize: 64}), nil)
+	}
+	set, err := policy.Compile([]policy.File{{Name: "bench.yaml", Data: []byte(role)}}, nil)
 	if err != nil {
 		return nil, "", nil, err
 	}
@@ -195,7 +205,7 @@ func newServer(dir string) (*authz.Server, string, func(), error) {
 	srv, err := authz.New(authz.Deps{
 		Tokens:   tokens.NewAuthenticator(store, nil),
 		Policies: fixedPolicy{set},
-		Limiter:  ratelimit.NewMemory(nil),
+		Limiter:  limiter,
 		Audit:    logger,
 		Redactor: audit.NewRedactor(key),
 		Signer:   signer,
