@@ -16,9 +16,10 @@ import (
 var ErrNotFound = errors.New("secret not found")
 
 // Source resolves references to secrets. Implementations are safe for
-// concurrent use and read the backing store on every call, so a rotated
-// secret is picked up at the next upstream connection. Errors name the
-// reference and never contain a value.
+// concurrent use and read the backing store on every call, or cache a
+// value for a short bounded time (Vault: VaultOptions.CacheTTL), so a
+// rotated secret is picked up by upstream connections made soon after.
+// Errors name the reference and never contain a value.
 type Source interface {
 	Resolve(ctx context.Context, ref Ref) (Secret, error)
 }
@@ -27,11 +28,15 @@ type Source interface {
 type Options struct {
 	// LookupEnv looks up environment variables; nil means os.LookupEnv.
 	LookupEnv func(name string) (string, bool)
+	// Vault resolves vault references, normally a *Vault; nil refuses
+	// them.
+	Vault Source
 }
 
-// NewDefault returns the standalone source: env and file references.
-// Vault references are refused with an error, since they need a Vault
-// client this source does not have.
+// NewDefault returns the source the gateway uses: env and file references
+// itself, vault references through opts.Vault. Without a Vault source,
+// vault references are refused with an error saying one is needed, rather
+// than failing later at an upstream.
 //
 // An environment variable that is set but empty counts as not found, as
 // does an empty file: an empty credential is always a mistake and would
@@ -40,7 +45,7 @@ func NewDefault(opts *Options) Source {
 	if opts == nil {
 		opts = &Options{}
 	}
-	s := &defaultSource{lookupEnv: opts.LookupEnv}
+	s := &defaultSource{lookupEnv: opts.LookupEnv, vault: opts.Vault}
 	if s.lookupEnv == nil {
 		s.lookupEnv = os.LookupEnv
 	}
@@ -49,6 +54,7 @@ func NewDefault(opts *Options) Source {
 
 type defaultSource struct {
 	lookupEnv func(string) (string, bool)
+	vault     Source
 }
 
 var _ Source = (*defaultSource)(nil)
@@ -78,6 +84,9 @@ func (s *defaultSource) Resolve(ctx context.Context, ref Ref) (Secret, error) {
 	case SchemeFile:
 		return readFile(ref)
 	case SchemeVault:
+		if s.vault != nil {
+			return s.vault.Resolve(ctx, ref)
+		}
 		return Secret{}, fmt.Errorf("%s: vault secrets need a vault source", ref)
 	}
 	// Unreachable: ParseRef accepts no other scheme.

@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/amgateway/amg/internal/secrets/vaulttest"
 )
 
 func TestDefaultSource(t *testing.T) {
@@ -114,5 +116,39 @@ func TestDefaultSourceProcessEnv(t *testing.T) {
 	}
 	if got.Reveal() != planted {
 		t.Errorf("Resolve = %q, want the value", got.Reveal())
+	}
+}
+
+func TestDefaultSourceWithVault(t *testing.T) {
+	t.Parallel()
+	srv := vaulttest.Start(t)
+	srv.PutKV(t, "amg/notion", map[string]any{"token": "from-vault"})
+	v := newTestVault(t, VaultOptions{Address: srv.Addr, Token: New(srv.RootToken)})
+
+	file := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(file, []byte("from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"NOTION_TOKEN": "from-env"}
+	src := NewDefault(&Options{
+		LookupEnv: func(k string) (string, bool) { v, ok := env[k]; return v, ok },
+		Vault:     v,
+	})
+	for ref, want := range map[string]string{
+		"env:NOTION_TOKEN":               "from-env",
+		"file:" + file:                   "from-file",
+		"vault:kv/data/amg/notion#token": "from-vault",
+	} {
+		if got := resolve(t, src, ref); got != want {
+			t.Errorf("Resolve(%s) = %q, want %q", ref, got, want)
+		}
+	}
+	// Vault's errors come through unchanged.
+	_, err := src.Resolve(context.Background(), Ref{"vault", "kv/data/amg/nope#token"})
+	if !errors.Is(err, ErrNotFound) || !strings.HasPrefix(err.Error(), "vault:kv/data/amg/nope#token does not exist in Vault at ") {
+		t.Errorf("Resolve(missing) error = %v", err)
+	}
+	if _, err := src.Resolve(context.Background(), Ref{"env", "MISSING"}); err == nil || err.Error() != "env:MISSING is not set" {
+		t.Errorf("Resolve(env:MISSING) error = %v", err)
 	}
 }
