@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -66,22 +67,37 @@ the file.`,
 func serve(cmd *cobra.Command, o serveOptions) error {
 	ctx := cmd.Context()
 	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
-	src := secrets.NewDefault(nil)
 	cfg := config.Default()
+	report := func(problems config.Problems) error {
+		for _, p := range problems {
+			fmt.Fprintln(cmd.ErrOrStderr(), p)
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "%d problem%s in %s; not starting\n", len(problems), plural(len(problems)), o.config)
+		return exitError{code: 1}
+	}
 	if o.config != "" {
 		var err error
-		cfg, err = config.Load(o.config, &config.Options{Secrets: src})
+		cfg, err = config.Load(o.config, nil)
 		var problems config.Problems
 		if errors.As(err, &problems) {
-			for _, p := range problems {
-				fmt.Fprintln(cmd.ErrOrStderr(), p)
-			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "%d problem%s in %s; not starting\n", len(problems), plural(len(problems)), o.config)
-			return exitError{code: 1}
+			return report(problems)
 		}
 		if err != nil {
 			return err
 		}
+	}
+	// Every secret reference is resolved once before starting (and again
+	// at each upstream connection): a missing credential stops the start.
+	src, closeSecrets, err := secretSource(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer closeSecrets()
+	var problems config.Problems
+	if err := cfg.CheckSecrets(ctx, src); errors.As(err, &problems) {
+		return report(problems)
+	} else if err != nil {
+		return err
 	}
 	for _, ov := range []struct {
 		dst *string
@@ -118,4 +134,34 @@ func serve(cmd *cobra.Command, o serveOptions) error {
 		fmt.Fprintln(cmd.OutOrStdout(), secret)
 	}
 	return gw.Serve(ctx)
+}
+
+// secretSource is env: and file: references, and vault: ones when the
+// config has a vault section; Vault's own credentials come from env: or
+// file:.
+func secretSource(ctx context.Context, cfg *config.Config, log *slog.Logger) (secrets.Source, func(), error) {
+	base := secrets.NewDefault(nil)
+	vc := cfg.Vault
+	if vc.Address == "" {
+		return base, func() {}, nil
+	}
+	opts := secrets.VaultOptions{Address: vc.Address, CacheTTL: vc.CacheTTL, Logger: log}
+	if vc.Token.String() != "" {
+		tok, err := vc.Token.Expand(ctx, base)
+		if err != nil {
+			return nil, nil, fmt.Errorf("vault.token: %w", err)
+		}
+		opts.Token = tok
+	} else {
+		id, err := vc.AppRoleSecretID.Expand(ctx, base)
+		if err != nil {
+			return nil, nil, fmt.Errorf("vault.approle.secret_id: %w", err)
+		}
+		opts.AppRole = &secrets.VaultAppRole{RoleID: vc.AppRoleID, SecretID: id, Mount: vc.AppRoleMount}
+	}
+	v, err := secrets.NewVault(ctx, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	return secrets.NewDefault(&secrets.Options{Vault: v}), func() { v.Close() }, nil
 }

@@ -19,6 +19,10 @@
 //	  broker_addresses: [127.0.0.1:8082]  # where Envoy reaches AMG's broker replicas
 //	  authz_timeout: 2s
 //	  route_timeout: 15m            # long enough for a call parked for approval
+//	vault:                          # for ${vault:...} references ("" none)
+//	  address: https://vault.example:8200
+//	  token: "${env:VAULT_TOKEN}"   # or approle: { role_id: ..., secret_id: "${file:...}" }
+//	  cache_ttl: 30s
 //	redis:                          # shared state for replicas ("" standalone)
 //	  address: redis:6379
 //	  password: "${env:REDIS_PASSWORD}"
@@ -91,6 +95,8 @@ type Config struct {
 	XDSListen string
 	// Envoy is what the xDS server configures Envoy with.
 	Envoy Envoy
+	// Vault, when its Address is set, resolves vault: references.
+	Vault Vault
 	// Redis, when its Address is set, holds what replicas share: tokens,
 	// rate limits and approvals. Without it all of that is per process.
 	Redis Redis
@@ -137,6 +143,19 @@ type Envoy struct {
 	// which may wait for a human's approval.
 	AuthzTimeout time.Duration
 	RouteTimeout time.Duration
+}
+
+// Vault is where vault: references are read. Its own credentials are
+// env: or file: references: they cannot come from Vault itself.
+type Vault struct {
+	Address string
+	// Exactly one of Token and AppRole (RoleID with SecretID) is set.
+	Token           Template
+	AppRoleID       string
+	AppRoleSecretID Template
+	AppRoleMount    string
+	CacheTTL        time.Duration
+	Pos             Pos // where the section is, for problems found later
 }
 
 // Redis is the Redis replicas share.
@@ -303,6 +322,8 @@ func (c *Config) CheckSecrets(ctx context.Context, src secrets.Source) error {
 		}
 	}
 	check(c.Redis.Password, "redis.password", true)
+	check(c.Vault.Token, "vault.token", true)
+	check(c.Vault.AppRoleSecretID, "vault.approle.secret_id", true)
 	for _, name := range slices.Sorted(maps.Keys(c.Upstreams)) {
 		u := c.Upstreams[name]
 		for _, h := range slices.Sorted(maps.Keys(u.Headers)) {

@@ -278,7 +278,7 @@ func TestProblems(t *testing.T) {
 		{"not a mapping", "- listen\n",
 			"amg.yaml:1:1: must be a mapping, got a list"},
 		{"unknown key", "lisen: :80\n",
-			`amg.yaml:1:1: lisen: unknown field "lisen" (expected one of: listen, admin_listen, authz_listen, broker_listen, xds_listen, envoy, redis, approvals, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)`},
+			`amg.yaml:1:1: lisen: unknown field "lisen" (expected one of: listen, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)`},
 		{"envoy: unknown key", "envoy: { listener: x }\n",
 			`amg.yaml:1:10: envoy.listener: unknown field "listener" (expected one of: listen, egress_listen, egress_address, authz_address, broker_addresses, authz_timeout, route_timeout)`},
 		{"envoy: bad broker address", "envoy: { broker_addresses: [amg, \"amg:8082\"] }\n",
@@ -287,6 +287,12 @@ func TestProblems(t *testing.T) {
 			"amg.yaml:1:28: envoy.broker_addresses: must list at least one broker address"},
 		{"envoy: egress address without listener", "envoy: { egress_listen: \"\", egress_address: envoy:10001 }\n",
 			"amg.yaml:1:45: envoy.egress_address: needs egress_listen: no Envoy listens for upstream traffic"},
+		{"vault: token and approle", "vault: { address: https://v.example:8200, token: x, approle: { role_id: r, secret_id: s } }\n",
+			"amg.yaml:1:8: vault: needs exactly one of token and approle"},
+		{"vault: its token from vault", "vault: { address: https://v.example:8200, token: \"${vault:kv/data/v#t}\" }\n",
+			"amg.yaml:1:50: vault.token: Vault's own credentials cannot come from Vault; use env: or file:"},
+		{"vault: no address", "vault: { token: x }\n",
+			"amg.yaml:1:8: vault: needs an address"},
 		{"redis: bad address", "redis: { address: nowhere }\n",
 			`amg.yaml:1:19: redis.address: must be host:port such as 127.0.0.1:8080, got "nowhere": missing port in address`},
 		{"approvals: bad webhook", "approvals: { webhook: ftp://x }\n",
@@ -511,7 +517,7 @@ upstreams:
 max_body_bytes: -1
 `, nil)
 	want := `amg.yaml:1:9: listen: must be host:port such as 127.0.0.1:8080, got "localhost": missing port in address
-amg.yaml:3:1: bogus: unknown field "bogus" (expected one of: listen, admin_listen, authz_listen, broker_listen, xds_listen, envoy, redis, approvals, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)
+amg.yaml:3:1: bogus: unknown field "bogus" (expected one of: listen, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)
 amg.yaml:6:10: upstreams.notion.url: plain http is allowed only to loopback hosts (localhost, 127.0.0.0/8, ::1): use https, or set allow_insecure: true to send this upstream's traffic and credentials unencrypted
 amg.yaml:8:7: upstreams.notion.headers.Host: Host is set by the HTTP transport and cannot be configured
 amg.yaml:9:22: upstreams.notion.headers.Authorization: secret reference "env:NOTION-TOKEN" has an invalid variable name (expected A-Z, a-z, 0-9 and '_', not starting with a digit)

@@ -26,10 +26,12 @@ type loader struct {
 }
 
 var (
-	configKeys = []string{"listen", "admin_listen", "authz_listen", "broker_listen", "xds_listen", "envoy", "redis", "approvals",
+	configKeys = []string{"listen", "admin_listen", "authz_listen", "broker_listen", "xds_listen", "envoy", "vault", "redis", "approvals",
 		"data_dir", "policy_dir", "max_body_bytes", "unprefixed_names", "upstreams"}
 	approvalKeys = []string{"ttl", "webhook"}
 	redisKeys    = []string{"address", "password", "db"}
+	vaultKeys    = []string{"address", "token", "approle", "cache_ttl"}
+	appRoleKeys  = []string{"role_id", "secret_id", "mount"}
 	envoyKeys    = []string{"listen", "egress_listen", "egress_address", "authz_address", "broker_addresses", "authz_timeout", "route_timeout"}
 )
 
@@ -75,6 +77,8 @@ func (l *loader) config(cfg *Config, data []byte) {
 			l.envoy(v, key, &cfg.Envoy)
 		case "approvals":
 			l.approvals(v, key, cfg)
+		case "vault":
+			l.vault(v, key, &cfg.Vault)
 		case "redis":
 			l.Fields(v, key, redisKeys, func(k string, _, rv *yaml.Node) {
 				p := key + "." + k
@@ -468,6 +472,67 @@ func (l *loader) envoy(n *yaml.Node, path string, e *Envoy) {
 		// The broker would send its upstream traffic to a listener no
 		// Envoy has.
 		l.Errorf(egressAddr, path+".egress_address", "needs egress_listen: no Envoy listens for upstream traffic")
+	}
+}
+
+func (l *loader) vault(n *yaml.Node, path string, vc *Vault) {
+	vc.Pos = l.At(n)
+	l.Fields(n, path, vaultKeys, func(key string, _, v *yaml.Node) {
+		p := path + "." + key
+		switch key {
+		case "address":
+			s, ok := l.Str(v, p)
+			if !ok {
+				return
+			}
+			if u, err := url.Parse(s); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+				l.Errorf(v, p, "must be an http(s) URL such as https://vault.example:8200, got %q", s)
+				return
+			}
+			vc.Address = s
+		case "token":
+			if t, ok := l.template(v, p); ok {
+				l.noVaultRef(v, p, t)
+				vc.Token = t
+			}
+		case "approle":
+			l.Fields(v, p, appRoleKeys, func(k string, _, av *yaml.Node) {
+				ap := p + "." + k
+				switch k {
+				case "role_id":
+					vc.AppRoleID, _ = l.Str(av, ap)
+				case "secret_id":
+					if t, ok := l.template(av, ap); ok {
+						l.noVaultRef(av, ap, t)
+						vc.AppRoleSecretID = t
+					}
+				case "mount":
+					vc.AppRoleMount, _ = l.Str(av, ap)
+				}
+			})
+		case "cache_ttl":
+			if d, ok := l.Duration(v, p); ok {
+				vc.CacheTTL = d
+			}
+		}
+	})
+	hasToken, hasAppRole := vc.Token.String() != "", vc.AppRoleID != "" || vc.AppRoleSecretID.String() != ""
+	switch {
+	case vc.Address == "":
+		l.Errorf(n, path, "needs an address")
+	case hasToken == hasAppRole:
+		l.Errorf(n, path, "needs exactly one of token and approle")
+	case hasAppRole && (vc.AppRoleID == "" || vc.AppRoleSecretID.String() == ""):
+		l.Errorf(n, path+".approle", "needs role_id and secret_id")
+	}
+}
+
+// noVaultRef refuses a Vault credential kept in Vault.
+func (l *loader) noVaultRef(n *yaml.Node, path string, t Template) {
+	for _, ref := range t.Refs() {
+		if ref.Scheme == "vault" {
+			l.Errorf(n, path, "Vault's own credentials cannot come from Vault; use env: or file:")
+		}
 	}
 }
 

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/amgateway/amg/internal/demo"
+	"github.com/amgateway/amg/internal/secrets/vaulttest"
+)
+
+// amg serve reads an upstream's credential from a real Vault and sends it
+// upstream; the agent never sees it, and a Vault that cannot be reached at
+// start stops the start.
+func TestServeWithVault(t *testing.T) {
+	v := vaulttest.Start(t)
+	secret := "upstream-token-5f3a9c"
+	v.PutKV(t, "amg/notion", map[string]any{"token": secret})
+
+	srv := demo.NewServer(nil).MCP()
+	mcpHandler := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, nil)
+	var mu syncBuffer
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer "+secret {
+			mu.Write([]byte("refused " + r.Header.Get("Authorization") + "\n"))
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		mcpHandler.ServeHTTP(w, r)
+	}))
+	defer upstream.Close()
+
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "amg.yaml")
+	writeCfg := func(vaultAddr string) {
+		writeFile(t, cfgPath, "vault:\n  address: "+vaultAddr+"\n  token: \"${env:AMG_TEST_VAULT_TOKEN}\"\n"+
+			"upstreams:\n  notion:\n    url: "+upstream.URL+"/mcp\n    headers:\n      Authorization: \"Bearer ${vault:kv/data/amg/notion#token}\"\n")
+	}
+	writeCfg(v.Addr)
+	t.Setenv("AMG_TEST_VAULT_TOKEN", v.RootToken)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, stderr syncBuffer
+	exited := make(chan int, 1)
+	go func() {
+		exited <- run(ctx, []string{"serve", "--config", cfgPath, "--dev", "--policy-dir", "../../policies", "--data-dir", filepath.Join(dir, "data"),
+			"--listen", "127.0.0.1:0", "--authz-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}, &stdout, &stderr)
+	}()
+	var m []string
+	for deadline := time.Now().Add(30 * time.Second); m == nil && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		m = regexp.MustCompile(`msg=serving mcp=(\S+)`).FindStringSubmatch(stderr.String())
+		select {
+		case code := <-exited:
+			t.Fatalf("serve exited with %d:\n%s", code, stderr.String())
+		default:
+		}
+	}
+	if m == nil {
+		t.Fatalf("serve did not start:\n%s", stderr.String())
+	}
+	token := strings.TrimSpace(stdout.String())
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(ctx,
+		&mcp.StreamableClientTransport{Endpoint: m[1], HTTPClient: &http.Client{Transport: bearer{token}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "notion__get_pages", Arguments: json.RawMessage(`{"workspace_id":"ws_abc123","limit":1}`)})
+	if err != nil || res.IsError {
+		t.Fatalf("call with the credential from Vault: %v %+v\nupstream: %s", err, res, mu.String())
+	}
+	out, _ := json.Marshal(res)
+	if strings.Contains(string(out), secret) || strings.Contains(stderr.String(), secret) {
+		t.Error("the upstream credential reached the agent or the log")
+	}
+	cs.Close()
+	cancel()
+	<-exited
+
+	// Vault down at start: amg does not start, and says why.
+	v.Stop()
+	code, _, errOut := runCLI(t, "serve", "--config", cfgPath, "--data-dir", filepath.Join(dir, "data"),
+		"--listen", "127.0.0.1:0", "--authz-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0")
+	if code == 0 || !strings.Contains(errOut, "vault") || strings.Contains(errOut, secret) {
+		t.Errorf("serve with Vault down: exit %d\n%s", code, errOut)
+	}
+}
