@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"os"
 	"text/tabwriter"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/amgateway/amg/internal/shadow"
@@ -21,7 +24,7 @@ func newShadowCmd() *cobra.Command {
 }
 
 func newShadowReportCmd() *cobra.Command {
-	var dataDir string
+	var dataDir, redisAddr string
 	var days int
 	cmd := &cobra.Command{
 		Use:   "report",
@@ -35,18 +38,26 @@ calls would change.`,
 			if days < 1 || days > 366 {
 				return fmt.Errorf("--days must be between 1 and 366, got %d", days)
 			}
-			db, err := openDB(dataDir, false)
-			if errors.Is(err, errNoDatabase) {
-				fmt.Fprintln(cmd.ErrOrStderr(), "amg:", err)
-				return exitError{code: 1}
+			var counter interface {
+				Counts(ctx context.Context, from, to time.Time) ([]shadow.Count, error)
 			}
-			if err != nil {
-				return err
-			}
-			defer db.Close()
-			counter, err := shadow.NewSQLite(db)
-			if err != nil {
-				return err
+			if redisAddr != "" {
+				client := redis.NewClient(&redis.Options{Addr: redisAddr, Password: os.Getenv("AMG_REDIS_PASSWORD")})
+				defer client.Close()
+				counter = shadow.NewRedis(client)
+			} else {
+				db, err := openDB(dataDir, false)
+				if errors.Is(err, errNoDatabase) {
+					fmt.Fprintln(cmd.ErrOrStderr(), "amg:", err)
+					return exitError{code: 1}
+				}
+				if err != nil {
+					return err
+				}
+				defer db.Close()
+				if counter, err = shadow.NewSQLite(db); err != nil {
+					return err
+				}
 			}
 			to := time.Now().UTC()
 			from := to.AddDate(0, 0, -(days - 1))
@@ -59,6 +70,7 @@ calls would change.`,
 		},
 	}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "./data", "directory holding the standalone database ("+dbFile+")")
+	cmd.Flags().StringVar(&redisAddr, "redis", "", "the Redis replicas share (host:port): every replica's counts; overrides --data-dir")
 	cmd.Flags().IntVar(&days, "days", 7, "how many days to show, ending today")
 	return cmd
 }

@@ -138,8 +138,10 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		return nil, err
 	}
 	g.auth = tokens.NewAuthenticator(g.tokens, nil)
-	counter, err := shadow.NewSQLite(g.db)
-	if err != nil {
+	var counter authz.ShadowCounter
+	if g.redis != nil {
+		counter = shadow.NewRedis(g.redis)
+	} else if counter, err = shadow.NewSQLite(g.db); err != nil {
 		return nil, err
 	}
 	// The decision key signs what authz hands the broker, and the audit key

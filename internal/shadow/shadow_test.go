@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/amgateway/amg/internal/redistest"
 	"github.com/amgateway/amg/internal/store"
 )
 
@@ -70,4 +71,22 @@ func TestSQLite(t *testing.T) {
 		t.Fatal(err)
 	}
 	testCounter(t, c)
+}
+
+func TestRedis(t *testing.T) {
+	rs := redistest.Start(t)
+	testCounter(t, NewRedis(rs.Client()))
+	// Two replicas count into one report.
+	a, b := NewRedis(rs.Client()), NewRedis(rs.Client())
+	day := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	a.Inc(context.Background(), "shadowed", day)
+	b.Inc(context.Background(), "shadowed", day)
+	got, err := a.Counts(context.Background(), day, day)
+	if err != nil || len(got) != 1 || got[0].N != 2 {
+		t.Errorf("counts across replicas = %v, %v; want 2", got, err)
+	}
+	rs.Stop()
+	if err := a.Inc(context.Background(), "shadowed", day); err == nil {
+		t.Error("counting with Redis down succeeded")
+	}
 }
