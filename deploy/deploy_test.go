@@ -264,6 +264,56 @@ func headerRefs(cfg *config.Config) []secrets.Ref {
 	return refs
 }
 
+// kvPut returns the start of the vault CLI command that writes the KV v2
+// secret ref reads: vault:secret/data/demo#token is written by
+// "vault kv put secret/demo token=...". The reference names the path as the
+// HTTP API reads it, MOUNT/data/PATH; the CLI takes MOUNT/PATH.
+func kvPut(ref secrets.Ref) (string, error) {
+	if ref.Scheme != secrets.SchemeVault {
+		return "", fmt.Errorf("%s is not a vault: reference", ref)
+	}
+	p, field, _ := strings.Cut(ref.Path, "#")
+	mount, rest, ok := strings.Cut(p, "/data/")
+	if !ok || mount == "" || rest == "" {
+		return "", fmt.Errorf("%s: path %q is not a KV v2 read (MOUNT/data/PATH)", ref, p)
+	}
+	return fmt.Sprintf("vault kv put %s/%s %s=", mount, rest, field), nil
+}
+
+func TestKVPut(t *testing.T) {
+	for in, want := range map[string]string{
+		"vault:secret/data/demo#token":     "vault kv put secret/demo token=",
+		"vault:secret/data/amg/demo#token": "vault kv put secret/amg/demo token=",
+		"vault:kv/team/data/x/y#api_key":   "vault kv put kv/team/x/y api_key=",
+		"vault:secret/demo#token":          "",
+		"env:DEMO_TOKEN":                   "",
+	} {
+		ref, err := secrets.ParseRef(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := kvPut(ref)
+		if (err != nil) != (want == "") || got != want {
+			t.Errorf("kvPut(%s) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+}
+
+// vaultTokenRefs returns the reference Vault's own token is read from,
+// which these deployments keep in an environment variable: vault.token
+// must be exactly one ${env:NAME}.
+func vaultTokenRefs(t *testing.T, cfg *config.Config) []secrets.Ref {
+	t.Helper()
+	if cfg.Vault.Address == "" {
+		t.Fatal("no vault section: amg cannot read the vault: references")
+	}
+	refs := cfg.Vault.Token.Refs()
+	if len(refs) != 1 || refs[0].Scheme != secrets.SchemeEnv || cfg.Vault.Token.String() != "${"+refs[0].String()+"}" {
+		t.Errorf("vault.token %q, want a single ${env:NAME} reference", cfg.Vault.Token.String())
+	}
+	return refs
+}
+
 // dockerfile is what the tests need of the Dockerfile.
 type dockerfile struct {
 	froms      []string
@@ -358,12 +408,12 @@ func TestAMGConfig(t *testing.T) {
 		t.Error("no upstream header takes a secret reference")
 	}
 	for _, r := range refs {
-		// This revision's secret source refuses vault: references, so
-		// amg would not start (see deploy/README.md).
-		if r.Scheme == secrets.SchemeVault {
-			t.Errorf("%s: amg serve cannot resolve vault: references yet", r)
+		// amg reads the upstream tokens from Vault itself.
+		if r.Scheme != secrets.SchemeVault {
+			t.Errorf("%s: want a vault: reference", r)
 		}
 	}
+	vaultTokenRefs(t, cfg)
 	checkPolicies(t, policyFiles("policies", repoPolicies(t)), cfg)
 }
 
@@ -504,8 +554,9 @@ func TestCompose(t *testing.T) {
 			t.Errorf("amg: data_dir %s is not on a named volume", cfg.DataDir)
 		}
 		checkEnvoyAddresses(t, cfg, amg.Name, []string{fmt.Sprintf("%s:%d", amg.Name, listenPort(t, "broker_listen", cfg.BrokerListen))})
-		if addr := amg.Environment["VAULT_ADDR"]; addr == nil || !strings.HasPrefix(*addr, "http://vault:") {
-			t.Errorf("amg VAULT_ADDR %v, want the vault service", addr)
+		// amg ignores VAULT_ADDR; it must not name another Vault.
+		if addr := amg.Environment["VAULT_ADDR"]; addr != nil && *addr != cfg.Vault.Address {
+			t.Errorf("amg VAULT_ADDR %q, but deploy/amg.yaml's vault.address is %q", *addr, cfg.Vault.Address)
 		}
 		// Published ports other than Envoy's agent port stay on loopback.
 		for _, name := range slices.Sorted(maps.Keys(p.Services)) {
@@ -532,36 +583,51 @@ func TestCompose(t *testing.T) {
 	})
 
 	t.Run("upstream secret", func(t *testing.T) {
-		// The header's file: reference must be the file vault-seed renders
-		// into a volume amg mounts, owned by the image's user.
+		// amg reads each header's vault: reference from the compose vault
+		// service, with its dev root token, after vault-seed wrote it.
+		vault := service(t, p, "vault")
 		seed := service(t, p, "vault-seed")
-		uid := parseDockerfile(t).user
-		for _, ref := range headerRefs(cfg) {
-			if ref.Scheme != secrets.SchemeFile {
-				t.Errorf("%s: compose renders the upstream token to a file; want a file: reference", ref)
+		rootToken := vault.Environment["VAULT_DEV_ROOT_TOKEN_ID"]
+		if rootToken == nil || *rootToken == "" {
+			t.Fatal("service vault: no VAULT_DEV_ROOT_TOKEN_ID")
+		}
+		listen := vault.Environment["VAULT_DEV_LISTEN_ADDRESS"]
+		if listen == nil {
+			t.Fatal("service vault: no VAULT_DEV_LISTEN_ADDRESS (the default is loopback only)")
+		}
+		_, vaultPort := splitAddr(t, "vault VAULT_DEV_LISTEN_ADDRESS", *listen)
+
+		// Dev mode serves plain http.
+		want := fmt.Sprintf("http://%s:%d", vault.Name, vaultPort)
+		if strings.TrimSuffix(cfg.Vault.Address, "/") != want {
+			t.Errorf("deploy/amg.yaml vault.address %q, want %s (the vault service and its port)", cfg.Vault.Address, want)
+		}
+		for _, ref := range vaultTokenRefs(t, cfg) {
+			if v := amg.Environment[ref.Path]; v == nil || *v != *rootToken {
+				t.Errorf("vault.token is %s, but amg's %s is not the vault service's VAULT_DEV_ROOT_TOKEN_ID", ref, ref.Path)
+			}
+		}
+		// vault-seed writes to the same Vault.
+		if v := seed.Environment["VAULT_ADDR"]; v == nil || strings.TrimSuffix(*v, "/") != want {
+			t.Errorf("vault-seed VAULT_ADDR is not %s", want)
+		}
+		if v := seed.Environment["VAULT_TOKEN"]; v == nil || *v != *rootToken {
+			t.Error("vault-seed VAULT_TOKEN is not the vault service's VAULT_DEV_ROOT_TOKEN_ID")
+		}
+
+		refs := headerRefs(cfg)
+		if len(refs) == 0 {
+			t.Error("no upstream header takes a secret reference")
+		}
+		script := strings.Join(seed.Command, "\n")
+		for _, ref := range refs {
+			put, err := kvPut(ref)
+			if err != nil {
+				t.Errorf("deploy/amg.yaml: %v; want a vault: reference to a KV v2 secret", err)
 				continue
 			}
-			v, ok := mount(amg, path.Dir(ref.Path))
-			if !ok || v.Type != types.VolumeTypeVolume || !v.ReadOnly {
-				t.Errorf("%s: amg mounts no read-only named volume at %s", ref, path.Dir(ref.Path))
-				continue
-			}
-			var seedDir string
-			for _, sv := range seed.Volumes {
-				if sv.Type == types.VolumeTypeVolume && sv.Source == v.Source {
-					seedDir = sv.Target
-				}
-			}
-			if seedDir == "" {
-				t.Errorf("%s: vault-seed does not mount volume %s", ref, v.Source)
-				continue
-			}
-			script := strings.Join(seed.Command, "\n")
-			file := path.Join(seedDir, path.Base(ref.Path))
-			for _, want := range []string{"> " + file, "chown " + uid + " " + file, "chmod 0400 " + file} {
-				if !strings.Contains(script, want) {
-					t.Errorf("vault-seed script does not contain %q:\n%s", want, script)
-				}
+			if !strings.Contains(script, put) {
+				t.Errorf("%s: the vault-seed script does not write it (%q...):\n%s", ref, put, script)
 			}
 		}
 	})
@@ -888,28 +954,45 @@ func TestKubernetes(t *testing.T) {
 			t.Errorf("amg: data_dir %s is not on a volumeClaimTemplate", cfg.DataDir)
 		}
 
-		// Every ${env:NAME} reference is set in the container, from a Secret.
+		// The upstream tokens are read from Vault (not deployed here), and
+		// the README says how to put them there.
+		readme := string(readFile(t, "deploy/README.md"))
+		refs := headerRefs(cfg)
+		if len(refs) == 0 {
+			t.Error("no upstream header takes a secret reference")
+		}
+		for _, ref := range refs {
+			put, err := kvPut(ref)
+			if err != nil {
+				t.Errorf("amg-config: %v; want a vault: reference to a KV v2 secret", err)
+				continue
+			}
+			if !strings.Contains(readme, put) {
+				t.Errorf("%s: deploy/README.md does not say how to write it (%q...)", ref, put)
+			}
+		}
+		if u, err := url.Parse(cfg.Vault.Address); err == nil && u.Scheme != "https" {
+			t.Errorf("amg-config vault.address %q: want https to a Vault outside the pod", cfg.Vault.Address)
+		}
+
+		// Vault's own token (${env:NAME}) is set in the container from a
+		// required Secret the README says how to create.
 		envs := map[string]any{}
 		for _, e := range list(dig(amgC, "env")) {
 			envs[str(dig(e, "name"))] = e
 		}
-		readme := string(readFile(t, "deploy/README.md"))
-		for _, ref := range headerRefs(cfg) {
-			if ref.Scheme != secrets.SchemeEnv {
-				t.Errorf("%s: want an env: reference, set from a Secret", ref)
+		for _, ref := range vaultTokenRefs(t, cfg) {
+			key := dig(envs[ref.Path], "valueFrom", "secretKeyRef")
+			secret := str(dig(key, "name"))
+			if secret == "" || str(dig(key, "key")) == "" {
+				t.Errorf("vault.token is %s: the amg container does not set %s from a Secret", ref, ref.Path)
 				continue
 			}
-			secret := str(dig(envs[ref.Path], "valueFrom", "secretKeyRef", "name"))
-			if secret == "" {
-				t.Errorf("%s: the amg container does not set %s from a Secret", ref, ref.Path)
+			if boolean(dig(key, "optional")) {
+				t.Errorf("amg container: %s comes from an optional Secret; amg cannot start without it", ref.Path)
 			}
 			if !strings.Contains(readme, "create secret generic "+secret) {
 				t.Errorf("deploy/README.md does not say how to create the Secret %s", secret)
-			}
-		}
-		for _, name := range []string{"VAULT_ADDR", "VAULT_TOKEN"} {
-			if dig(envs[name], "valueFrom", "secretKeyRef", "name") == nil {
-				t.Errorf("amg container: %s is not set from a Secret", name)
 			}
 		}
 	})
