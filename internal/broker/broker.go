@@ -78,6 +78,8 @@ type Options struct {
 	ApprovalTTL time.Duration
 	KeepAlive   time.Duration
 	Notify      func(*approval.Approval)
+	// Sessions, if set, shares MCP sessions with other replicas.
+	Sessions SessionStore
 	// Now is the clock; nil means time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -92,6 +94,10 @@ type Broker struct {
 	maxBody  int
 	ns       mcpfilter.Namespace
 	idle     time.Duration
+
+	sessionStore SessionStore
+	newSessions  sync.Mutex
+	adopting     string // guarded by newSessions
 
 	approvals   approval.Store
 	approvalTTL time.Duration
@@ -142,7 +148,7 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 		maxBody: mcpfilter.DefaultMaxBytes, idle: sessionIdle, log: slog.New(slog.DiscardHandler),
 		approvalTTL: 15 * time.Minute, keepAlive: 15 * time.Second, now: time.Now}
 	if opts != nil {
-		b.approvals, b.notify = opts.Approvals, opts.Notify
+		b.approvals, b.notify, b.sessionStore = opts.Approvals, opts.Notify, opts.Sessions
 		if opts.ApprovalTTL > 0 {
 			b.approvalTTL = opts.ApprovalTTL
 		}
@@ -370,6 +376,7 @@ func (b *Broker) newRoleServer() *roleServer {
 		SubscribeHandler:   b.subscribe,
 		UnsubscribeHandler: b.unsubscribe,
 		CompletionHandler:  b.complete,
+		GetSessionID:       b.newSessionID,
 		Capabilities: &mcp.ServerCapabilities{
 			Tools:       &mcp.ToolCapabilities{ListChanged: true},
 			Prompts:     &mcp.PromptCapabilities{ListChanged: true},
@@ -504,12 +511,23 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	owner := d.Agent + "\x00" + d.Role
-	if sid := r.Header.Get("Mcp-Session-Id"); sid != "" {
-		if o, ok := b.owners.Load(sid); ok && o != owner {
+	sid := r.Header.Get("Mcp-Session-Id")
+	if sid != "" {
+		o, ok := b.owners.Load(sid)
+		if ok && o != owner {
 			// Another agent's session: answer as for an unknown one.
 			http.Error(w, "session not found", http.StatusNotFound)
 			return
 		}
+		if !ok && b.sessionStore != nil {
+			// Perhaps another replica's: take it over if it is this agent's.
+			b.adopt(r, sid, owner, d.Role)
+		}
+	} else {
+		// New sessions are made one at a time, so that an adoption's
+		// session id goes to the adopted session only (newSessionID).
+		b.newSessions.Lock()
+		defer b.newSessions.Unlock()
 	}
 	if set := b.policies.Current(); set != nil && set.VersionString() != b.syncedVersion() {
 		b.sync()

@@ -95,7 +95,11 @@ func (b *Broker) trackSession(next mcp.MethodHandler) mcp.MethodHandler {
 		if ss, ok := req.GetSession().(*mcp.ServerSession); ok {
 			b.agentSession(ss).touch()
 		}
-		return next(ctx, method, req)
+		res, err := next(ctx, method, req)
+		if init, ok := req.(*mcp.ServerRequest[*mcp.InitializeParams]); ok && err == nil {
+			b.saveSession(ctx, init)
+		}
+		return res, err
 	}
 }
 

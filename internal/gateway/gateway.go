@@ -194,7 +194,8 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		return nil, err
 	}
 	if g.broker, err = broker.New(ups, signer, g.policies, &broker.Options{MaxBodyBytes: cfg.MaxBodyBytes, Namespace: ns,
-		Audit: g.auditLog, Logger: g.log, Approvals: g.approvals, ApprovalTTL: cfg.ApprovalTTL, Notify: g.notifier(cfg.ApprovalWebhook)}); err != nil {
+		Audit: g.auditLog, Logger: g.log, Approvals: g.approvals, ApprovalTTL: cfg.ApprovalTTL, Notify: g.notifier(cfg.ApprovalWebhook),
+		Sessions: g.sessionStore()}); err != nil {
 		return nil, err
 	}
 	g.authz, err = authz.New(authz.Deps{
@@ -394,6 +395,15 @@ func (g *Gateway) watchEnvoyConfig(ctx context.Context) {
 		}
 		current = fresh.Envoy
 	}
+}
+
+// sessionStore shares MCP sessions between replicas through Redis, if
+// there is one.
+func (g *Gateway) sessionStore() broker.SessionStore {
+	if g.redis == nil {
+		return nil
+	}
+	return redisSessions{g.redis}
 }
 
 // XDSVersion is the version of the Envoy config being served, "" without

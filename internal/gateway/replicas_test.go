@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -153,6 +156,31 @@ func TestReplicasShareStateThroughRedis(t *testing.T) {
 		}
 	})
 
+	t.Run("one session, requests alternating between replicas", func(t *testing.T) {
+		// After initialize (on A), every request goes to the other
+		// replica than the one before, as after a scale-out or a
+		// replica's death; the agent keeps its session throughout.
+		alt := &alternating{hosts: []string{a.MCPAddr(), b.MCPAddr()}, token: token}
+		cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(context.Background(),
+			&mcp.StreamableClientTransport{Endpoint: "http://" + a.MCPAddr() + config.MCPPath, HTTPClient: &http.Client{Transport: alt}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cs.Close()
+		for i := range 4 {
+			res, err := cs.ListTools(context.Background(), nil)
+			if err != nil || len(res.Tools) != 2 {
+				t.Fatalf("tools/list %d, on replica %d: %v %v", i, alt.last(), err, res)
+			}
+		}
+		if len(alt.sessions()) != 1 {
+			t.Errorf("the agent used sessions %v, want one", alt.sessions())
+		}
+		if seen := alt.seen(); seen[a.MCPAddr()] < 2 || seen[b.MCPAddr()] < 2 {
+			t.Errorf("requests per replica: %v, want both used", seen)
+		}
+	})
+
 	t.Run("decided by A's authz, served by B's broker", func(t *testing.T) {
 		body := `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"e","version":"1"}}}`
 		resp, err := a.Authz().Check(context.Background(), authztest.EnvoyRequest("POST", map[string]string{
@@ -251,4 +279,52 @@ func TestApprovalWebhook(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("the webhook was not called")
 	}
+}
+
+// alternating sends each request after the first to the other replica than
+// the one before, with the agent's token, and notes the session ids used.
+type alternating struct {
+	hosts []string
+	token string
+
+	mu    sync.Mutex
+	n     int
+	byHop map[string]int
+	sids  map[string]bool
+}
+
+func (a *alternating) RoundTrip(r *http.Request) (*http.Response, error) {
+	a.mu.Lock()
+	host := a.hosts[a.n%len(a.hosts)]
+	a.n++
+	if a.byHop == nil {
+		a.byHop, a.sids = map[string]int{}, map[string]bool{}
+	}
+	a.byHop[host]++
+	if sid := r.Header.Get("Mcp-Session-Id"); sid != "" {
+		a.sids[sid] = true
+	}
+	a.mu.Unlock()
+	r = r.Clone(r.Context())
+	r.URL.Host, r.Host = host, host
+	r.Header.Set("Authorization", "Bearer "+a.token)
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+func (a *alternating) last() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return (a.n - 1) % len(a.hosts)
+}
+
+func (a *alternating) seen() map[string]int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return maps.Clone(a.byHop)
+}
+
+func (a *alternating) sessions() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Collect(maps.Keys(a.sids))
 }

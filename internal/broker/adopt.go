@@ -1,0 +1,108 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/amgateway/amg/authz"
+)
+
+// Replicas share MCP sessions through a SessionStore: the replica that
+// initializes a session records who owns it and how it was initialized;
+// another replica that gets a request for it recreates the session under
+// the same id by replaying that initialize to its own SDK server, then
+// serves the request. What lived only in the first replica (its upstream
+// sessions, requests it had sent the agent) starts afresh.
+
+// SessionRecord is what a replica needs to take over a session.
+type SessionRecord struct {
+	Owner string          `json:"owner"` // agent and role, as ServeHTTP checks them
+	Init  json.RawMessage `json:"init"`  // the agent's initialize params
+}
+
+// SessionStore keeps session records for the replicas; records of idle
+// sessions expire.
+type SessionStore interface {
+	Save(ctx context.Context, id string, rec SessionRecord, ttl time.Duration) error
+	// Load returns the record, or ok false when there is none.
+	Load(ctx context.Context, id string) (rec SessionRecord, ok bool, err error)
+}
+
+// newSessionID is the role servers' GetSessionID: the id being adopted,
+// when there is one, or a fresh random one.
+func (b *Broker) newSessionID() string {
+	if id := b.adopting; id != "" {
+		return id
+	}
+	var r [16]byte
+	rand.Read(r[:])
+	return hex.EncodeToString(r[:])
+}
+
+// saveSession records a session the SDK has just initialized.
+func (b *Broker) saveSession(ctx context.Context, req *mcp.ServerRequest[*mcp.InitializeParams]) {
+	if b.sessionStore == nil || req.Extra == nil || req.Session.ID() == "" {
+		return
+	}
+	init, err := json.Marshal(req.Params)
+	if err != nil {
+		return
+	}
+	h := req.Extra.Header
+	rec := SessionRecord{Owner: h.Get(authz.HeaderAgent) + "\x00" + h.Get(authz.HeaderRole), Init: init}
+	if err := b.sessionStore.Save(context.WithoutCancel(ctx), req.Session.ID(), rec, b.idle); err != nil {
+		b.log.Warn("session not shared with other replicas", "err", err)
+	}
+}
+
+// adopt recreates session id, which another replica initialized, for a
+// request of owner on role; it reports whether the session now exists
+// here.
+func (b *Broker) adopt(r *http.Request, id, owner, role string) bool {
+	rec, ok, err := b.sessionStore.Load(r.Context(), id)
+	if err != nil {
+		b.log.Warn("cannot look up a session of another replica", "err", err)
+		return false
+	}
+	if !ok || rec.Owner != owner {
+		return false
+	}
+	b.newSessions.Lock()
+	b.adopting = id
+	code, sid := b.replay(r, role, "", fmt.Sprintf(`{"jsonrpc":"2.0","id":"amg-adopt","method":"initialize","params":%s}`, rec.Init))
+	b.adopting = ""
+	b.newSessions.Unlock()
+	if code != http.StatusOK || sid != id {
+		b.log.Warn("could not take over a session of another replica", "status", code)
+		return false
+	}
+	b.owners.Store(id, owner)
+	b.replay(r, role, id, `{"jsonrpc":"2.0","method":"notifications/initialized"}`)
+	return true
+}
+
+// replay sends one message to the role's SDK server as if the agent had,
+// and returns the status and the session id of the answer.
+func (b *Broker) replay(r *http.Request, role, sid, body string) (int, string) {
+	req := httptest.NewRequestWithContext(context.WithoutCancel(r.Context()), http.MethodPost, r.URL.String(), bytes.NewReader([]byte(body)))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	for _, h := range []string{authz.HeaderRole, authz.HeaderAgent, "Mcp-Protocol-Version"} {
+		req.Header.Set(h, r.Header.Get(h))
+	}
+	if sid != "" {
+		req.Header.Set("Mcp-Session-Id", sid)
+	}
+	rec := httptest.NewRecorder()
+	b.handler.ServeHTTP(rec, req)
+	return rec.Code, rec.Header().Get("Mcp-Session-Id")
+}
