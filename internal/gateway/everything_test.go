@@ -17,7 +17,6 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/amgateway/amg/internal/config"
-	"github.com/amgateway/amg/internal/demo"
 )
 
 // The reference MCP server from npm, as scripts/setup installs it.
@@ -120,24 +119,8 @@ func startGateway(t *testing.T, ups map[string]*config.Upstream, roleName, role 
 	for _, f := range tweak {
 		f(cfg)
 	}
-	gw, err := New(cfg, &Options{Builtins: Builtins{"demo": demo.NewServer(nil).MCP()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := gw.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		gw.Close()
-	})
-	token, _, err = gw.IssueToken(ctx, "agent-1", roleName, time.Hour)
+	gw := serveForTest(t, cfg, nil)
+	token, _, err := gw.IssueToken(context.Background(), "agent-1", roleName, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

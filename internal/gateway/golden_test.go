@@ -19,7 +19,6 @@ import (
 
 	"github.com/amgateway/amg/internal/approval"
 	"github.com/amgateway/amg/internal/config"
-	"github.com/amgateway/amg/internal/demo"
 	"github.com/amgateway/amg/internal/front"
 )
 
@@ -40,17 +39,7 @@ func TestGoldenScenariosInBothModes(t *testing.T) {
 	cfg.Listen, cfg.AuthzListen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.BrokerListen = "127.0.0.1:0"
 	cfg.DataDir, cfg.PolicyDir = filepath.Join(dir, "data"), "../../policies"
-	gw, err := New(cfg, &Options{Builtins: Builtins{"demo": demo.NewServer(nil).MCP()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := gw.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Serve(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; gw.Close() })
+	gw := serveForTest(t, cfg, nil)
 
 	// Envoy mode: the broker on its own listener, authz over gRPC, and a
 	// stand-in for Envoy's filter chain that forwards over HTTP.

@@ -12,7 +12,6 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/amgateway/amg/internal/config"
-	"github.com/amgateway/amg/internal/demo"
 )
 
 // A policy change reaches connected agents as tools/list_changed, without
@@ -32,18 +31,8 @@ func TestPolicyReloadReachesConnectedAgents(t *testing.T) {
 	cfg := config.Default()
 	cfg.Listen, cfg.AuthzListen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.DataDir, cfg.PolicyDir = filepath.Join(dir, "data"), policyDir
-	gw, err := New(cfg, &Options{Builtins: Builtins{"demo": demo.NewServer(nil).MCP()}, PolicyReload: 20 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := gw.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Serve(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; gw.Close() })
-	token, _, err := gw.IssueToken(ctx, "a", "r", time.Hour)
+	gw := serveForTest(t, cfg, &Options{PolicyReload: 20 * time.Millisecond})
+	token, _, err := gw.IssueToken(context.Background(), "a", "r", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +40,7 @@ func TestPolicyReloadReachesConnectedAgents(t *testing.T) {
 	changed := make(chan struct{}, 8)
 	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, &mcp.ClientOptions{
 		ToolListChangedHandler: func(context.Context, *mcp.ToolListChangedRequest) { changed <- struct{}{} },
-	}).Connect(ctx, &mcp.StreamableClientTransport{Endpoint: "http://" + gw.MCPAddr() + config.MCPPath,
+	}).Connect(context.Background(), &mcp.StreamableClientTransport{Endpoint: "http://" + gw.MCPAddr() + config.MCPPath,
 		HTTPClient: &http.Client{Transport: bearer{token}}}, nil)
 	if err != nil {
 		t.Fatal(err)

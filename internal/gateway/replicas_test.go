@@ -21,7 +21,6 @@ import (
 	"github.com/amgateway/amg/internal/admin"
 	"github.com/amgateway/amg/internal/approval"
 	"github.com/amgateway/amg/internal/config"
-	"github.com/amgateway/amg/internal/demo"
 	"github.com/amgateway/amg/internal/redistest"
 )
 
@@ -52,18 +51,7 @@ func replica(t *testing.T, policyDir, redisAddr string) *Gateway {
 	cfg.Listen, cfg.AuthzListen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.DataDir, cfg.PolicyDir = t.TempDir(), policyDir
 	cfg.Redis.Address = redisAddr
-	gw, err := New(cfg, &Options{Builtins: Builtins{"demo": demo.NewServer(nil).MCP()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := gw.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Serve(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; gw.Close() })
-	return gw
+	return serveForTest(t, cfg, nil)
 }
 
 func agentOn(t *testing.T, gw *Gateway, token string) *mcp.ClientSession {

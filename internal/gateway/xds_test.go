@@ -66,18 +66,8 @@ func TestEnvoyConfigFollowsTheConfigFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	logs := &lockedBuffer{}
-	gw, err := New(cfg, &Options{Builtins: Builtins{"demo": demo.NewServer(nil).MCP()}, ConfigFile: file,
+	gw := serveForTest(t, cfg, &Options{ConfigFile: file,
 		PolicyReload: 20 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(logs, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := gw.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Serve(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; gw.Close() })
 
 	first := gw.XDSVersion()
 	if first == "" {
@@ -106,4 +96,35 @@ func TestNewFailsCleanly(t *testing.T) {
 	if _, err := New(cfg, nil); err == nil || !strings.Contains(err.Error(), `no built-in server "demo"`) {
 		t.Errorf("New without the demo built in: %v", err)
 	}
+}
+
+// serveForTest builds a gateway for cfg (with the demo server built in
+// unless opts says otherwise), serves it until the test ends, and checks
+// that it then stops cleanly.
+func serveForTest(t *testing.T, cfg *config.Config, opts *Options) *Gateway {
+	t.Helper()
+	if opts == nil {
+		opts = &Options{}
+	}
+	if opts.Builtins == nil {
+		opts.Builtins = Builtins{"demo": demo.NewServer(nil).MCP()}
+	}
+	gw, err := New(cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gw.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- gw.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		gw.Close()
+	})
+	return gw
 }
