@@ -1,0 +1,579 @@
+// Package telemetry sets up OpenTelemetry tracing and metrics for the AMG
+// gateway and owns the gateway's instruments.
+//
+// A Telemetry value bundles a TracerProvider, a MeterProvider, a W3C
+// tracecontext+baggage propagator and a Prometheus exporter on a private
+// registry, so the admin listener can serve GET /metrics. When asked to, it
+// also exports traces and metrics over OTLP/HTTP, configured by the standard
+// OTEL_EXPORTER_OTLP_* environment variables.
+//
+// The gateway's metrics are recorded only through typed methods
+// (RecordDecision, RecordUpstream, ...). That is deliberate: each method fixes
+// the instrument name and the attribute keys, and accepts only low-cardinality
+// values (role, verdict, mode, server, status, code). Tool-call argument
+// values, agent tokens and decision ids have no parameter to go into, so they
+// cannot leak into metrics. Spans may carry an agent name and a decision id
+// (see DecisionAttributes), but never argument values.
+//
+// New never installs anything in the otel global state (no
+// otel.SetTracerProvider, otel.SetMeterProvider or
+// otel.SetTextMapPropagator). Callers pass the Telemetry value, or its
+// Tracer, Meter and Propagator, to whatever needs them. This keeps several
+// Telemetry values in one process (as in tests) independent of each other.
+package telemetry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// ScopeName is the instrumentation scope of the gateway's tracer and meter.
+const ScopeName = "github.com/amgateway/amg"
+
+// DefaultServiceName is used when Options.ServiceName is empty.
+const DefaultServiceName = "amg"
+
+// Instrument names. They are exported so dashboards, alerts and tests can
+// refer to one spelling. The Prometheus exporter turns dots into underscores
+// and adds unit and _total suffixes, e.g. amg.decisions becomes
+// amg_decisions_total and amg.decision.duration becomes
+// amg_decision_duration_seconds.
+const (
+	MetricDecisions        = "amg.decisions"
+	MetricDecisionDuration = "amg.decision.duration"
+	MetricUpstreamDuration = "amg.upstream.duration"
+	MetricUpstreamErrors   = "amg.upstream.errors"
+	MetricShadowDenies     = "amg.shadow.denies"
+	MetricRateLimited      = "amg.rate_limited"
+	MetricAuditFailures    = "amg.audit.failures"
+	MetricPendingApprovals = "amg.approvals.pending"
+	MetricAuditQueue       = "amg.audit.queue"
+)
+
+// Metric attribute keys. These are the only keys the gateway's metrics use;
+// each holds a value from a small, operator-controlled set.
+const (
+	KeyRole    = attribute.Key("role")
+	KeyVerdict = attribute.Key("verdict")
+	KeyMode    = attribute.Key("mode")
+	KeyCode    = attribute.Key("code")
+	KeyServer  = attribute.Key("server")
+	KeyStatus  = attribute.Key("status")
+)
+
+// Span attribute keys set by DecisionAttributes. They live under amg. so they
+// cannot collide with semantic-convention keys.
+const (
+	SpanKeyAgent         = attribute.Key("amg.agent")
+	SpanKeyRole          = attribute.Key("amg.role")
+	SpanKeyServer        = attribute.Key("amg.server")
+	SpanKeyTool          = attribute.Key("amg.tool")
+	SpanKeyVerdict       = attribute.Key("amg.verdict")
+	SpanKeyShadowVerdict = attribute.Key("amg.shadow_verdict")
+	SpanKeyRule          = attribute.Key("amg.rule")
+	SpanKeyPolicyVersion = attribute.Key("amg.policy_version")
+	SpanKeyDecisionID    = attribute.Key("amg.decision_id")
+)
+
+// StatusOK is the upstream status that RecordUpstream does not count as an
+// error.
+const StatusOK = "ok"
+
+// Histogram boundaries, in seconds. A policy decision is in-process CEL
+// evaluation, normally tens of microseconds to a few milliseconds, so the
+// buckets are dense between 10 µs and 10 ms with a few above for outliers.
+// Upstream calls are network round trips to MCP servers and span
+// milliseconds to tens of seconds.
+var (
+	decisionBuckets = []float64{
+		0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
+		0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+	}
+	upstreamBuckets = []float64{
+		0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+		1, 2.5, 5, 10, 30, 60,
+	}
+)
+
+// Options configure New. A nil *Options means all defaults.
+type Options struct {
+	// ServiceName and ServiceVersion become the service.name and
+	// service.version resource attributes. OTEL_SERVICE_NAME and
+	// OTEL_RESOURCE_ATTRIBUTES, when set, take precedence, as the
+	// OpenTelemetry specification requires.
+	ServiceName    string
+	ServiceVersion string
+
+	// Logger receives setup messages and errors from the /metrics handler
+	// and gauge callbacks. Nil means slog.Default().
+	Logger *slog.Logger
+
+	// OTLP enables export over OTLP/HTTP (protobuf), configured by the
+	// standard environment variables (OTEL_EXPORTER_OTLP_ENDPOINT,
+	// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
+	// OTEL_EXPORTER_OTLP_HEADERS, ...). A signal whose endpoint is not set
+	// by any of those variables gets no exporter, so enabling OTLP on a host
+	// without a collector does not produce a stream of connection errors.
+	OTLP bool
+
+	// SpanExporter, if set, receives every span synchronously when it ends.
+	// It is meant for tests (tracetest.NewInMemoryExporter), where spans
+	// must be visible as soon as End returns.
+	SpanExporter sdktrace.SpanExporter
+
+	// MetricReader, if set, is attached to the MeterProvider next to the
+	// Prometheus exporter. It is meant for tests (sdkmetric.NewManualReader).
+	MetricReader sdkmetric.Reader
+}
+
+// Telemetry owns the providers, exporters and instruments of one gateway
+// process. Its methods are safe for concurrent use.
+type Telemetry struct {
+	logger     *slog.Logger
+	tp         *sdktrace.TracerProvider
+	mp         *sdkmetric.MeterProvider
+	tracer     trace.Tracer
+	meter      metric.Meter
+	propagator propagation.TextMapPropagator
+	registry   *prometheus.Registry
+	handler    http.Handler
+
+	// otlpTraces and otlpMetrics record whether an OTLP exporter was
+	// created for each signal.
+	otlpTraces  bool
+	otlpMetrics bool
+
+	decisions        metric.Int64Counter
+	decisionDuration metric.Float64Histogram
+	upstreamDuration metric.Float64Histogram
+	upstreamErrors   metric.Int64Counter
+	shadowDenies     metric.Int64Counter
+	rateLimited      metric.Int64Counter
+	auditFailures    metric.Int64Counter
+	pendingApprovals metric.Int64ObservableGauge
+	auditQueue       metric.Int64ObservableGauge
+
+	// The gauge callbacks are registered once in New and read these, so
+	// Observe* can be called (or called again) at any time without managing
+	// registrations.
+	pendingFn atomic.Pointer[func(context.Context) (int64, error)]
+	queueFn   atomic.Pointer[func() int64]
+
+	shutdownOnce sync.Once
+	shutdownErr  error
+}
+
+// New builds a Telemetry. It never touches the otel globals; see the
+// package documentation. Call Shutdown to flush and stop it.
+func New(ctx context.Context, opts *Options) (*Telemetry, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	t := &Telemetry{
+		logger: opts.Logger,
+		propagator: propagation.NewCompositeTextMapPropagator(
+			propagation.TraceContext{}, propagation.Baggage{}),
+		registry: prometheus.NewRegistry(),
+	}
+	if t.logger == nil {
+		t.logger = slog.Default()
+	}
+
+	res, err := newResource(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+
+	var traceExp sdktrace.SpanExporter
+	var metricExp sdkmetric.Exporter
+	if opts.OTLP {
+		traceExp, metricExp, err = newOTLPExporters(ctx)
+		if err != nil {
+			return nil, err
+		}
+	}
+	// Until the providers own the exporters, a failure must stop them here.
+	cleanup := func() {
+		if traceExp != nil {
+			_ = traceExp.Shutdown(ctx)
+		}
+		if metricExp != nil {
+			_ = metricExp.Shutdown(ctx)
+		}
+	}
+
+	// A private registry keeps two Telemetry values (or a test and the
+	// gateway) from registering the same collector twice, and keeps
+	// unrelated libraries' metrics off the gateway's /metrics.
+	promExp, err := otelprom.New(otelprom.WithRegisterer(t.registry))
+	if err != nil {
+		cleanup()
+		return nil, fmt.Errorf("telemetry: create prometheus exporter: %w", err)
+	}
+	// Process and Go runtime metrics are what an operator looks at first
+	// when the gateway misbehaves, so they are served next to amg_*.
+	if err := t.registry.Register(collectors.NewGoCollector()); err != nil {
+		cleanup()
+		return nil, fmt.Errorf("telemetry: register go collector: %w", err)
+	}
+	if err := t.registry.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
+		cleanup()
+		return nil, fmt.Errorf("telemetry: register process collector: %w", err)
+	}
+
+	tpOpts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
+	if traceExp != nil {
+		tpOpts = append(tpOpts, sdktrace.WithBatcher(traceExp))
+	}
+	if opts.SpanExporter != nil {
+		tpOpts = append(tpOpts, sdktrace.WithSyncer(opts.SpanExporter))
+	}
+	t.tp = sdktrace.NewTracerProvider(tpOpts...)
+
+	mpOpts := []sdkmetric.Option{sdkmetric.WithResource(res), sdkmetric.WithReader(promExp)}
+	if metricExp != nil {
+		// The periodic reader honours OTEL_METRIC_EXPORT_INTERVAL and
+		// OTEL_METRIC_EXPORT_TIMEOUT, and exports once more on Shutdown.
+		mpOpts = append(mpOpts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(metricExp)))
+	}
+	if opts.MetricReader != nil {
+		mpOpts = append(mpOpts, sdkmetric.WithReader(opts.MetricReader))
+	}
+	t.mp = sdkmetric.NewMeterProvider(mpOpts...)
+	t.otlpTraces, t.otlpMetrics = traceExp != nil, metricExp != nil
+
+	version := opts.ServiceVersion
+	t.tracer = t.tp.Tracer(ScopeName, trace.WithInstrumentationVersion(version))
+	t.meter = t.mp.Meter(ScopeName, metric.WithInstrumentationVersion(version))
+
+	if err := t.createInstruments(); err != nil {
+		// The providers own the exporters now; shutting them down stops
+		// the exporters too.
+		_ = t.Shutdown(ctx)
+		return nil, err
+	}
+
+	t.handler = promhttp.HandlerFor(t.registry, promhttp.HandlerOpts{
+		ErrorLog: slogPrintln{t.logger},
+		// One broken metric should not hide all the others from a scrape.
+		ErrorHandling: promhttp.ContinueOnError,
+	})
+	return t, nil
+}
+
+// newResource describes this process. Detectors later in the list win, so
+// the environment overrides the options, as the specification asks.
+func newResource(ctx context.Context, opts *Options) (*resource.Resource, error) {
+	name := opts.ServiceName
+	if name == "" {
+		name = DefaultServiceName
+	}
+	attrs := []attribute.KeyValue{semconv.ServiceName(name)}
+	if opts.ServiceVersion != "" {
+		attrs = append(attrs, semconv.ServiceVersion(opts.ServiceVersion))
+	}
+	res, err := resource.New(ctx,
+		resource.WithSchemaURL(semconv.SchemaURL),
+		resource.WithTelemetrySDK(),
+		resource.WithAttributes(attrs...),
+		resource.WithFromEnv(),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("telemetry: build resource: %w", err)
+	}
+	return res, nil
+}
+
+// newOTLPExporters creates an OTLP/HTTP exporter for each signal whose
+// endpoint is configured in the environment. The exporters read every other
+// OTEL_EXPORTER_OTLP_* variable themselves.
+func newOTLPExporters(ctx context.Context) (sdktrace.SpanExporter, sdkmetric.Exporter, error) {
+	// The HTTP exporters silently treat "grpc" as http/protobuf, which would
+	// send HTTP requests to a gRPC port; the metric exporter cannot do JSON.
+	// Refuse both rather than export nothing without a word.
+	for _, v := range []string{
+		"OTEL_EXPORTER_OTLP_PROTOCOL",
+		"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+		"OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+	} {
+		if p := strings.TrimSpace(os.Getenv(v)); p != "" && p != "http/protobuf" {
+			return nil, nil, fmt.Errorf("telemetry: %s=%q is not supported: amg exports OTLP over http/protobuf only", v, p)
+		}
+	}
+
+	var traceExp sdktrace.SpanExporter
+	if envSet("OTEL_EXPORTER_OTLP_ENDPOINT") || envSet("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+		exp, err := otlptracehttp.New(ctx)
+		if err != nil {
+			return nil, nil, fmt.Errorf("telemetry: create otlp trace exporter: %w", err)
+		}
+		traceExp = exp
+	}
+
+	var metricExp sdkmetric.Exporter
+	if envSet("OTEL_EXPORTER_OTLP_ENDPOINT") || envSet("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") {
+		exp, err := otlpmetrichttp.New(ctx)
+		if err != nil {
+			if traceExp != nil {
+				_ = traceExp.Shutdown(ctx)
+			}
+			return nil, nil, fmt.Errorf("telemetry: create otlp metric exporter: %w", err)
+		}
+		metricExp = exp
+	}
+	return traceExp, metricExp, nil
+}
+
+func envSet(name string) bool { return strings.TrimSpace(os.Getenv(name)) != "" }
+
+func (t *Telemetry) createInstruments() error {
+	var errs []error
+	check := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	var err error
+	t.decisions, err = t.meter.Int64Counter(MetricDecisions,
+		metric.WithDescription("Policy decisions made, by role, verdict, mode and reason code."),
+		metric.WithUnit("{decision}"))
+	check(err)
+	t.decisionDuration, err = t.meter.Float64Histogram(MetricDecisionDuration,
+		metric.WithDescription("Time spent evaluating policy for one tool call."),
+		metric.WithUnit("s"),
+		metric.WithExplicitBucketBoundaries(decisionBuckets...))
+	check(err)
+	t.upstreamDuration, err = t.meter.Float64Histogram(MetricUpstreamDuration,
+		metric.WithDescription("Duration of calls forwarded to upstream MCP servers."),
+		metric.WithUnit("s"),
+		metric.WithExplicitBucketBoundaries(upstreamBuckets...))
+	check(err)
+	t.upstreamErrors, err = t.meter.Int64Counter(MetricUpstreamErrors,
+		metric.WithDescription("Upstream MCP calls that did not end with status ok."),
+		metric.WithUnit("{error}"))
+	check(err)
+	t.shadowDenies, err = t.meter.Int64Counter(MetricShadowDenies,
+		metric.WithDescription("Calls the shadow policy would have denied."),
+		metric.WithUnit("{decision}"))
+	check(err)
+	t.rateLimited, err = t.meter.Int64Counter(MetricRateLimited,
+		metric.WithDescription("Calls rejected by rate limiting."),
+		metric.WithUnit("{call}"))
+	check(err)
+	t.auditFailures, err = t.meter.Int64Counter(MetricAuditFailures,
+		metric.WithDescription("Audit records that could not be written."),
+		metric.WithUnit("{record}"))
+	check(err)
+	t.pendingApprovals, err = t.meter.Int64ObservableGauge(MetricPendingApprovals,
+		metric.WithDescription("Approval requests waiting for a human."),
+		metric.WithUnit("{request}"))
+	check(err)
+	t.auditQueue, err = t.meter.Int64ObservableGauge(MetricAuditQueue,
+		metric.WithDescription("Audit records queued and not yet written."),
+		metric.WithUnit("{record}"))
+	check(err)
+	if len(errs) > 0 {
+		return fmt.Errorf("telemetry: create instruments: %w", errors.Join(errs...))
+	}
+
+	_, err = t.meter.RegisterCallback(t.observeGauges, t.pendingApprovals, t.auditQueue)
+	if err != nil {
+		return fmt.Errorf("telemetry: register gauge callback: %w", err)
+	}
+	return nil
+}
+
+// observeGauges runs on every collection (scrape or export).
+func (t *Telemetry) observeGauges(ctx context.Context, o metric.Observer) error {
+	if fn := t.pendingFn.Load(); fn != nil {
+		n, err := (*fn)(ctx)
+		if err != nil {
+			// Reporting a stale or zero value would look like "no pending
+			// approvals"; leaving the point out makes the gap visible.
+			t.logger.Warn("telemetry: pending approvals callback failed", "err", err)
+		} else {
+			o.ObserveInt64(t.pendingApprovals, n)
+		}
+	}
+	if fn := t.queueFn.Load(); fn != nil {
+		o.ObserveInt64(t.auditQueue, (*fn)())
+	}
+	return nil
+}
+
+// Tracer returns the gateway's tracer.
+func (t *Telemetry) Tracer() trace.Tracer { return t.tracer }
+
+// Meter returns the gateway's meter, for instruments this package does not
+// define. Prefer the Record* methods for the gateway's own metrics.
+func (t *Telemetry) Meter() metric.Meter { return t.meter }
+
+// TracerProvider returns the provider behind Tracer, for instrumentation
+// libraries that take a provider (otelhttp, otelgrpc).
+func (t *Telemetry) TracerProvider() trace.TracerProvider { return t.tp }
+
+// MeterProvider returns the provider behind Meter, for instrumentation
+// libraries that take a provider.
+func (t *Telemetry) MeterProvider() metric.MeterProvider { return t.mp }
+
+// Propagator returns the W3C tracecontext+baggage propagator used to carry
+// trace context across HTTP and gRPC hops.
+func (t *Telemetry) Propagator() propagation.TextMapPropagator { return t.propagator }
+
+// MetricsHandler serves the metrics in the Prometheus text format, for
+// GET /metrics on the admin listener.
+func (t *Telemetry) MetricsHandler() http.Handler { return t.handler }
+
+// Shutdown flushes pending spans and metrics (including a last OTLP export)
+// and stops all providers and exporters. Later calls return the first
+// call's result.
+func (t *Telemetry) Shutdown(ctx context.Context) error {
+	t.shutdownOnce.Do(func() {
+		var errs []error
+		if err := t.tp.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("shut down tracer provider: %w", err))
+		}
+		if err := t.mp.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("shut down meter provider: %w", err))
+		}
+		if len(errs) > 0 {
+			t.shutdownErr = fmt.Errorf("telemetry: %w", errors.Join(errs...))
+		}
+	})
+	return t.shutdownErr
+}
+
+// RecordDecision counts one policy decision and its evaluation time.
+// role is the caller's role, verdict the outcome (allow, deny, ...), mode the
+// enforcement mode (enforce, shadow, ...) and code the reason code; all must
+// come from small fixed sets.
+func (t *Telemetry) RecordDecision(ctx context.Context, role, verdict, mode, code string, d time.Duration) {
+	set := attribute.NewSet(KeyRole.String(role), KeyVerdict.String(verdict),
+		KeyMode.String(mode), KeyCode.String(code))
+	t.decisions.Add(ctx, 1, metric.WithAttributeSet(set))
+	t.decisionDuration.Record(ctx, d.Seconds(), metric.WithAttributeSet(set))
+}
+
+// RecordUpstream records the duration of one call to an upstream MCP server
+// and counts it as an error unless status is StatusOK. server is the
+// configured server name, status a short outcome word (ok, error, timeout).
+func (t *Telemetry) RecordUpstream(ctx context.Context, server, status string, d time.Duration) {
+	t.upstreamDuration.Record(ctx, d.Seconds(), metric.WithAttributeSet(
+		attribute.NewSet(KeyServer.String(server), KeyStatus.String(status))))
+	if status != StatusOK {
+		t.upstreamErrors.Add(ctx, 1, metric.WithAttributeSet(
+			attribute.NewSet(KeyServer.String(server))))
+	}
+}
+
+// RecordShadowDeny counts a call that the shadow policy would have denied.
+func (t *Telemetry) RecordShadowDeny(ctx context.Context, role string) {
+	t.shadowDenies.Add(ctx, 1, metric.WithAttributeSet(attribute.NewSet(KeyRole.String(role))))
+}
+
+// RecordRateLimited counts a call rejected by rate limiting.
+func (t *Telemetry) RecordRateLimited(ctx context.Context, role string) {
+	t.rateLimited.Add(ctx, 1, metric.WithAttributeSet(attribute.NewSet(KeyRole.String(role))))
+}
+
+// RecordAuditFailure counts an audit record that could not be written.
+func (t *Telemetry) RecordAuditFailure(ctx context.Context) {
+	t.auditFailures.Add(ctx, 1)
+}
+
+// ObservePendingApprovals sets the function that reports the number of
+// pending approvals on each collection. A later call replaces the earlier
+// function; nil stops reporting. When fn returns an error no value is
+// reported for that collection.
+func (t *Telemetry) ObservePendingApprovals(fn func(context.Context) (int64, error)) {
+	if fn == nil {
+		t.pendingFn.Store(nil)
+		return
+	}
+	t.pendingFn.Store(&fn)
+}
+
+// ObserveAuditQueue sets the function that reports the audit queue depth on
+// each collection. A later call replaces the earlier function; nil stops
+// reporting. fn runs during scrapes, so it must be cheap and must not block.
+func (t *Telemetry) ObserveAuditQueue(fn func() int64) {
+	if fn == nil {
+		t.queueFn.Store(nil)
+		return
+	}
+	t.queueFn.Store(&fn)
+}
+
+// StartDecisionSpan starts an internal span for a policy decision as a child
+// of the span (local or propagated) in ctx. Set its attributes with
+// span.SetAttributes(DecisionAttributes(...)...) and End it.
+func (t *Telemetry) StartDecisionSpan(ctx context.Context, name string) (context.Context, trace.Span) {
+	return t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindInternal))
+}
+
+// DecisionAttributes returns the span attributes describing one decision,
+// under the amg. prefix. Empty values are left out, so a call outside shadow
+// mode carries no amg.shadow_verdict. There is intentionally no parameter
+// for tool-call arguments: they may hold secrets or personal data and must
+// never reach a trace backend. These attributes are for spans only; agent
+// and decision id are too high-cardinality for metrics.
+func DecisionAttributes(agent, role, server, tool, verdict, shadowVerdict, rule, policyVersion, decisionID string) []attribute.KeyValue {
+	all := [...]attribute.KeyValue{
+		SpanKeyAgent.String(agent),
+		SpanKeyRole.String(role),
+		SpanKeyServer.String(server),
+		SpanKeyTool.String(tool),
+		SpanKeyVerdict.String(verdict),
+		SpanKeyShadowVerdict.String(shadowVerdict),
+		SpanKeyRule.String(rule),
+		SpanKeyPolicyVersion.String(policyVersion),
+		SpanKeyDecisionID.String(decisionID),
+	}
+	out := make([]attribute.KeyValue, 0, len(all))
+	for _, kv := range all {
+		if kv.Value.AsString() != "" {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// TraceID returns the hex trace id of the span in ctx, or "" if there is
+// none, for linking audit records to traces.
+func TraceID(ctx context.Context) string {
+	sc := trace.SpanContextFromContext(ctx)
+	if !sc.HasTraceID() {
+		return ""
+	}
+	return sc.TraceID().String()
+}
+
+// slogPrintln adapts slog to the Println-style logger promhttp expects.
+type slogPrintln struct{ l *slog.Logger }
+
+func (s slogPrintln) Println(v ...any) {
+	s.l.Error("telemetry: serving metrics", "err", strings.TrimSuffix(fmt.Sprintln(v...), "\n"))
+}
