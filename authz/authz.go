@@ -28,6 +28,7 @@ import (
 	"github.com/amgateway/amg/internal/decision"
 	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/ratelimit"
+	"github.com/amgateway/amg/internal/telemetry"
 	"github.com/amgateway/amg/internal/tokens"
 	"github.com/amgateway/amg/mcpfilter"
 )
@@ -105,6 +106,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Telemetry, if set, gets a span and metrics per decision; the span
+	// continues the trace of the request's traceparent header.
+	Telemetry *telemetry.Telemetry
 }
 
 // Server implements the ext_authz Authorization service.
@@ -113,6 +117,7 @@ type Server struct {
 
 	deps    Deps
 	shadow  ShadowCounter
+	tel     *telemetry.Telemetry
 	ann     AnnotationSource
 	ns      mcpfilter.Namespace
 	maxBody int
@@ -139,7 +144,7 @@ func New(deps Deps, opts *Options) (*Server, error) {
 	if opts == nil {
 		opts = &Options{}
 	}
-	s := &Server{deps: deps, shadow: opts.Shadow, ann: opts.Annotations, ns: opts.Namespace, maxBody: opts.MaxBodyBytes, log: opts.Logger, now: opts.Now}
+	s := &Server{deps: deps, shadow: opts.Shadow, ann: opts.Annotations, ns: opts.Namespace, maxBody: opts.MaxBodyBytes, log: opts.Logger, now: opts.Now, tel: opts.Telemetry}
 	if s.maxBody <= 0 {
 		s.maxBody = mcpfilter.DefaultMaxBytes
 	}

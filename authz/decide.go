@@ -7,10 +7,12 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"go.opentelemetry.io/otel/propagation"
 
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/decision"
 	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/internal/telemetry"
 	"github.com/amgateway/amg/mcpfilter"
 )
 
@@ -81,8 +83,14 @@ func (c *call) decide() *authv3.CheckResponse {
 		denyBatch(outs)
 	}
 	c.countShadowDenies(outs)
+	traceIDs := c.observe(outs)
 	for i := range outs {
-		if err := c.s.deps.Audit.Log(c.messageRecord(&outs[i])); err != nil {
+		rec := c.messageRecord(&outs[i])
+		rec.TraceID = traceIDs[i]
+		if err := c.s.deps.Audit.Log(rec); err != nil {
+			if c.s.tel != nil {
+				c.s.tel.RecordAuditFailure(c.ctx)
+			}
 			return c.auditFailed(err)
 		}
 	}
@@ -288,3 +296,45 @@ const (
 	RPCUnavailable  = -32003
 	RPCUnauthorized = -32004
 )
+
+// observe gives each decided message a span, continuing the trace of the
+// request's traceparent (Envoy propagates it), and counts it in the
+// decision metrics; it returns each span's trace id for the audit record.
+// Nothing of the arguments goes into either.
+func (c *call) observe(outs []outcome) []string {
+	ids := make([]string, len(outs))
+	t := c.s.tel
+	if t == nil {
+		return ids
+	}
+	ctx := t.Propagator().Extract(c.ctx, propagation.MapCarrier(c.headers.m))
+	mode := policy.ModeEnforce.String()
+	if c.role != nil {
+		mode = c.role.Mode.String()
+	}
+	took := c.s.now().Sub(c.start)
+	version := ""
+	if c.set != nil {
+		version = c.set.VersionString()
+	}
+	for i := range outs {
+		o := &outs[i]
+		shadow := ""
+		if o.res.Shadow {
+			shadow = o.res.ShadowVerdict.String()
+		}
+		sctx, span := t.StartDecisionSpan(ctx, "amg.decide "+o.msg.Method)
+		span.SetAttributes(telemetry.DecisionAttributes(c.token.Agent, c.token.Role, o.server, o.name,
+			o.verdict.String(), shadow, o.res.Rule, version, c.id)...)
+		span.End()
+		ids[i] = telemetry.TraceID(sctx)
+		t.RecordDecision(c.ctx, c.token.Role, o.verdict.String(), mode, string(o.code), took)
+		if shadow == decision.Deny.String() {
+			t.RecordShadowDeny(c.ctx, c.token.Role)
+		}
+		if o.code == CodeRateLimited {
+			t.RecordRateLimited(c.ctx, c.token.Role)
+		}
+	}
+	return ids
+}

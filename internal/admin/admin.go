@@ -37,6 +37,8 @@ type Deps struct {
 	Token     string
 	// Now is the clock decisions are stamped with; nil means time.Now.
 	Now func() time.Time
+	// Metrics, if set, is served at /metrics (Prometheus text format).
+	Metrics http.Handler
 }
 
 // Handler returns the admin endpoints:
@@ -45,6 +47,7 @@ type Deps struct {
 //	GET /readyz         200 once a policy is compiled, 503 before
 //	GET /api/v1/status  the policy, its last reload and the upstreams, as JSON
 //	/api/v1/approvals   calls waiting for a human (see approvals), with the admin token
+//	GET /metrics        Prometheus metrics
 func Handler(d Deps) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -66,6 +69,9 @@ func Handler(d Deps) http.Handler {
 	})
 	if d.Approvals != nil {
 		approvals(mux, d)
+	}
+	if d.Metrics != nil {
+		mux.Handle("GET /metrics", d.Metrics)
 	}
 	return d.Hosts.Guard(mux)
 }

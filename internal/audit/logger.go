@@ -160,6 +160,13 @@ var errClosed = fmt.Errorf("%w: audit logger closed", ErrUnavailable)
 // false from the first record no device could write until one can again.
 func (l *Logger) Healthy() bool { return l.healthy.Load() }
 
+// Queued is how many records wait to be written.
+func (l *Logger) Queued() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.queue)
+}
+
 // Close stops accepting records, writes those queued (retrying as usual) and
 // closes the devices. If ctx ends first it stops retrying and returns an
 // error counting the records that were not written.

@@ -37,15 +37,47 @@ type SessionStore interface {
 	Load(ctx context.Context, id string) (rec SessionRecord, ok bool, err error)
 }
 
-// newSessionID is the role servers' GetSessionID: the id being adopted,
-// when there is one, or a fresh random one.
-func (b *Broker) newSessionID() string {
-	if id := b.adopting; id != "" {
-		return id
+// sessionCreation is a request that may create a session, from when it
+// takes newSessions until the SDK has asked for the session's id (or the
+// request ends without asking).
+type sessionCreation struct {
+	id   string // the id to give, when adopting; "" for a fresh one
+	done bool
+}
+
+func (b *Broker) beginSession(id string) *sessionCreation {
+	b.newSessions.Lock()
+	c := &sessionCreation{id: id}
+	b.creating = c
+	return c
+}
+
+// endSession lets the next session be created; it is called once the id
+// is taken, and again (doing nothing) when the request ends.
+func (b *Broker) endSession(c *sessionCreation) {
+	if c.done {
+		return
 	}
+	c.done = true
+	b.creating = nil
+	b.newSessions.Unlock()
+}
+
+// newSessionID is the role servers' GetSessionID. The SDK calls it while
+// serving a request without a session id, which holds newSessions: it
+// returns the id being adopted, or a fresh random one, and lets the next
+// request in at once, so a long sessionless request holds no one up.
+func (b *Broker) newSessionID() string {
 	var r [16]byte
 	rand.Read(r[:])
-	return hex.EncodeToString(r[:])
+	id := hex.EncodeToString(r[:])
+	if c := b.creating; c != nil {
+		if c.id != "" {
+			id = c.id
+		}
+		b.endSession(c)
+	}
+	return id
 }
 
 // saveSession records a session the SDK has just initialized.
@@ -76,11 +108,9 @@ func (b *Broker) adopt(r *http.Request, id, owner, role string) bool {
 	if !ok || rec.Owner != owner {
 		return false
 	}
-	b.newSessions.Lock()
-	b.adopting = id
+	creation := b.beginSession(id)
 	code, sid := b.replay(r, role, "", fmt.Sprintf(`{"jsonrpc":"2.0","id":"amg-adopt","method":"initialize","params":%s}`, rec.Init))
-	b.adopting = ""
-	b.newSessions.Unlock()
+	b.endSession(creation)
 	if code != http.StatusOK || sid != id {
 		b.log.Warn("could not take over a session of another replica", "status", code)
 		return false

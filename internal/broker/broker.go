@@ -31,6 +31,7 @@ import (
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/decision"
 	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/internal/telemetry"
 	"github.com/amgateway/amg/mcpfilter"
 )
 
@@ -80,6 +81,8 @@ type Options struct {
 	Notify      func(*approval.Approval)
 	// Sessions, if set, shares MCP sessions with other replicas.
 	Sessions SessionStore
+	// Telemetry, if set, measures every upstream call.
+	Telemetry *telemetry.Telemetry
 	// Now is the clock; nil means time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -96,8 +99,9 @@ type Broker struct {
 	idle     time.Duration
 
 	sessionStore SessionStore
+	tel          *telemetry.Telemetry
 	newSessions  sync.Mutex
-	adopting     string // guarded by newSessions
+	creating     *sessionCreation // guarded by newSessions
 
 	approvals   approval.Store
 	approvalTTL time.Duration
@@ -148,7 +152,7 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 		maxBody: mcpfilter.DefaultMaxBytes, idle: sessionIdle, log: slog.New(slog.DiscardHandler),
 		approvalTTL: 15 * time.Minute, keepAlive: 15 * time.Second, now: time.Now}
 	if opts != nil {
-		b.approvals, b.notify, b.sessionStore = opts.Approvals, opts.Notify, opts.Sessions
+		b.approvals, b.notify, b.sessionStore, b.tel = opts.Approvals, opts.Notify, opts.Sessions, opts.Telemetry
 		if opts.ApprovalTTL > 0 {
 			b.approvalTTL = opts.ApprovalTTL
 		}
@@ -524,10 +528,10 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			b.adopt(r, sid, owner, d.Role)
 		}
 	} else {
-		// New sessions are made one at a time, so that an adoption's
-		// session id goes to the adopted session only (newSessionID).
-		b.newSessions.Lock()
-		defer b.newSessions.Unlock()
+		// New sessions are made one at a time, until the SDK has taken
+		// their id, so that an adoption's id goes to the adopted session
+		// only (see newSessionID).
+		defer b.endSession(b.beginSession(""))
 	}
 	if set := b.policies.Current(); set != nil && set.VersionString() != b.syncedVersion() {
 		b.sync()
@@ -675,6 +679,9 @@ func (b *Broker) recordCall(req *mcp.CallToolRequest, server, tool string, took 
 // an allowed call, under the decision id authz recorded the decision with
 // (ServeHTTP has checked the headers against the signed decision).
 func (b *Broker) recordUpstream(h http.Header, server, tool string, took time.Duration, status, reason string) {
+	if b.tel != nil {
+		b.tel.RecordUpstream(context.Background(), server, status, took)
+	}
 	if b.audit == nil {
 		return
 	}

@@ -35,6 +35,7 @@ import (
 	"github.com/amgateway/amg/internal/secrets"
 	"github.com/amgateway/amg/internal/shadow"
 	"github.com/amgateway/amg/internal/store"
+	"github.com/amgateway/amg/internal/telemetry"
 	"github.com/amgateway/amg/internal/tokens"
 	"github.com/amgateway/amg/mcpfilter"
 	"github.com/amgateway/amg/xds"
@@ -79,6 +80,7 @@ type Gateway struct {
 	front     http.Handler
 	admin     http.Handler
 	approvals approval.Store
+	tel       *telemetry.Telemetry
 	// With a redis section: the shared client, and the token store whose
 	// revocations the Authenticator follows.
 	redis       *redis.Client
@@ -171,6 +173,13 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		return nil, err
 	}
 	g.auditLog = audit.NewLogger([]audit.Device{device}, &audit.Options{Logger: g.log})
+	// Traces and metrics: /metrics on the admin listener, and OTLP when
+	// the standard OTEL_EXPORTER_OTLP_* variables name an endpoint.
+	if g.tel, err = telemetry.New(context.Background(), &telemetry.Options{ServiceName: "amg", ServiceVersion: opts.Version,
+		Logger: g.log, OTLP: true}); err != nil {
+		return nil, err
+	}
+	g.tel.ObserveAuditQueue(func() int64 { return int64(g.auditLog.Queued()) })
 
 	g.policies = policy.NewLive(cfg.PolicyDir, &policy.Options{Servers: cfg.Names})
 	if err := g.policies.Reload(); err != nil {
@@ -195,7 +204,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	}
 	if g.broker, err = broker.New(ups, signer, g.policies, &broker.Options{MaxBodyBytes: cfg.MaxBodyBytes, Namespace: ns,
 		Audit: g.auditLog, Logger: g.log, Approvals: g.approvals, ApprovalTTL: cfg.ApprovalTTL, Notify: g.notifier(cfg.ApprovalWebhook),
-		Sessions: g.sessionStore()}); err != nil {
+		Sessions: g.sessionStore(), Telemetry: g.tel}); err != nil {
 		return nil, err
 	}
 	g.authz, err = authz.New(authz.Deps{
@@ -205,7 +214,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		Audit:    g.auditLog,
 		Redactor: audit.NewRedactor(auditKey),
 		Signer:   signer,
-	}, &authz.Options{Shadow: counter, Annotations: g.broker, Namespace: ns, Logger: g.log, MaxBodyBytes: cfg.MaxBodyBytes})
+	}, &authz.Options{Shadow: counter, Annotations: g.broker, Namespace: ns, Logger: g.log, MaxBodyBytes: cfg.MaxBodyBytes, Telemetry: g.tel})
 	if err != nil {
 		return nil, err
 	}
@@ -225,7 +234,12 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		}
 	}
 	g.admin = admin.Handler(admin.Deps{Policies: g.policies, Upstreams: g.broker.Status, Version: opts.Version,
-		Started: time.Now(), Hosts: hostguard.ForListener(cfg.AdminListen), Approvals: g.approvals, Token: adminToken})
+		Started: time.Now(), Hosts: hostguard.ForListener(cfg.AdminListen), Approvals: g.approvals, Token: adminToken,
+		Metrics: g.tel.MetricsHandler()})
+	g.tel.ObservePendingApprovals(func(ctx context.Context) (int64, error) {
+		list, err := g.approvals.List(ctx, approval.Pending)
+		return int64(len(list)), err
+	})
 	return g, nil
 }
 
@@ -432,6 +446,11 @@ func (g *Gateway) Close() error {
 	}
 	if g.redis != nil {
 		err = errors.Join(err, g.redis.Close())
+	}
+	if g.tel != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err = errors.Join(err, g.tel.Shutdown(ctx))
+		cancel()
 	}
 	return err
 }
