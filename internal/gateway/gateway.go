@@ -22,6 +22,8 @@ import (
 
 	"github.com/amgateway/amg/authz"
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
 	"github.com/amgateway/amg/internal/admin"
 	"github.com/amgateway/amg/internal/approval"
@@ -188,7 +190,11 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		g.log.Info("policy loaded", "dir", cfg.PolicyDir, "version", g.policies.Current().VersionString())
 	}
 
-	ups, err := upstreams(cfg, src, opts.Builtins)
+	ups, err := upstreams(cfg, src, opts.Builtins, func(rt http.RoundTripper) http.RoundTripper {
+		// The upstream hears the trace context of the call it serves.
+		return otelhttp.NewTransport(rt, otelhttp.WithTracerProvider(g.tel.TracerProvider()),
+			otelhttp.WithMeterProvider(g.tel.MeterProvider()), otelhttp.WithPropagators(g.tel.Propagator()))
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -323,13 +329,19 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		g.broker.Sync()
 	})
 
-	gs := grpc.NewServer(authz.GRPCServerOptions()...)
+	gs := grpc.NewServer(append(authz.GRPCServerOptions(), grpc.StatsHandler(otelgrpc.NewServerHandler(
+		otelgrpc.WithTracerProvider(g.tel.TracerProvider()), otelgrpc.WithMeterProvider(g.tel.MeterProvider()),
+		otelgrpc.WithPropagators(g.tel.Propagator()))))...)
+	traced := func(h http.Handler, name string) http.Handler {
+		return otelhttp.NewHandler(h, name, otelhttp.WithTracerProvider(g.tel.TracerProvider()),
+			otelhttp.WithMeterProvider(g.tel.MeterProvider()), otelhttp.WithPropagators(g.tel.Propagator()))
+	}
 	authv3.RegisterAuthorizationServer(gs, g.authz)
-	hs := &http.Server{Handler: g.front, ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: traced(g.front, "amg.front"), ReadHeaderTimeout: 10 * time.Second}
 	as := &http.Server{Handler: g.admin, ReadHeaderTimeout: 10 * time.Second}
 	// Envoy routes allowed requests here; the broker serves only those
 	// whose decision token verifies, so the listener needs no guard.
-	bs := &http.Server{Handler: g.broker, ReadHeaderTimeout: 10 * time.Second}
+	bs := &http.Server{Handler: traced(g.broker, "amg.broker"), ReadHeaderTimeout: 10 * time.Second}
 	errs := make(chan error, 5)
 	go func() { errs <- gs.Serve(g.authzLis) }()
 	go func() { errs <- hs.Serve(g.mcpLis) }()

@@ -22,14 +22,15 @@ type Builtins map[string]*mcp.Server
 // upstreams turns the configured upstreams into the broker's. Secrets are
 // resolved each time a connection is made, never earlier and never kept
 // beyond it, so a rotated secret is used by the next connection.
-func upstreams(cfg *config.Config, src secrets.Source, builtins Builtins) ([]broker.Upstream, error) {
+// wrap, if set, instruments each HTTP upstream's transport (tracing).
+func upstreams(cfg *config.Config, src secrets.Source, builtins Builtins, wrap func(http.RoundTripper) http.RoundTripper) ([]broker.Upstream, error) {
 	var out []broker.Upstream
 	for _, name := range cfg.Names {
 		u := cfg.Upstreams[name]
 		b := broker.Upstream{Name: name, CallTimeout: u.CallTimeout, ConnectTimeout: u.ConnectTimeout}
 		switch {
 		case u.URL != "":
-			b.Transport = httpTransport(u, src, cfg.Envoy.EgressAddress)
+			b.Transport = httpTransport(u, src, cfg.Envoy.EgressAddress, wrap)
 		case len(u.Command) > 0:
 			b.Transport = commandTransport(u, src)
 		case u.Builtin != "":
@@ -59,8 +60,11 @@ func pooledTransport() *http.Transport {
 
 // httpTransport connects to u over Streamable HTTP, through Envoy's egress
 // listener at egress when that is set.
-func httpTransport(u *config.Upstream, src secrets.Source, egress string) func(context.Context) (mcp.Transport, error) {
+func httpTransport(u *config.Upstream, src secrets.Source, egress string, wrap func(http.RoundTripper) http.RoundTripper) func(context.Context) (mcp.Transport, error) {
 	var base http.RoundTripper = pooledTransport()
+	if wrap != nil {
+		base = wrap(base)
+	}
 	if egress != "" {
 		base = &viaEgress{base: base, addr: egress, host: xds.EgressHost(u.Name)}
 	}
