@@ -30,6 +30,9 @@ type Options struct {
 	// Logger receives update, stream and rejection (NACK) events; nil
 	// discards them.
 	Logger *slog.Logger
+	// GRPC are further options of the gRPC server, such as a stats
+	// handler for tracing.
+	GRPC []grpc.ServerOption
 }
 
 // Server serves the current resources to every Envoy over ADS
@@ -85,10 +88,10 @@ func NewServer(opts *Options) *Server {
 		cancel: cancel,
 		build:  Build,
 	}
-	s.grpc = grpc.NewServer(
+	s.grpc = grpc.NewServer(append([]grpc.ServerOption{
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime, PermitWithoutStream: true}),
-	)
+	}, opts.GRPC...)...)
 	xds := serverv3.NewServer(ctx, s.cache, s.callbacks())
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, xds)
 	return s

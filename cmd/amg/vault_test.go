@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/demo"
 	"github.com/amgateway/amg/internal/secrets/vaulttest"
 )
@@ -41,7 +44,8 @@ func TestServeWithVault(t *testing.T) {
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "amg.yaml")
 	writeCfg := func(vaultAddr string) {
-		writeFile(t, cfgPath, "vault:\n  address: "+vaultAddr+"\n  token: \"${env:AMG_TEST_VAULT_TOKEN}\"\n"+
+		// A short cache, so that the test sees Vault go away.
+		writeFile(t, cfgPath, "vault:\n  address: "+vaultAddr+"\n  token: \"${env:AMG_TEST_VAULT_TOKEN}\"\n  cache_ttl: 10ms\n"+
 			"upstreams:\n  notion:\n    url: "+upstream.URL+"/mcp\n    headers:\n      Authorization: \"Bearer ${vault:kv/data/amg/notion#token}\"\n")
 	}
 	writeCfg(v.Addr)
@@ -57,7 +61,7 @@ func TestServeWithVault(t *testing.T) {
 	}()
 	var m []string
 	for deadline := time.Now().Add(30 * time.Second); m == nil && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		m = regexp.MustCompile(`msg=serving mcp=(\S+)`).FindStringSubmatch(stderr.String())
+		m = regexp.MustCompile(`msg=serving mcp=(\S+) ext_authz=\S+ admin=(\S+)`).FindStringSubmatch(stderr.String())
 		select {
 		case code := <-exited:
 			t.Fatalf("serve exited with %d:\n%s", code, stderr.String())
@@ -82,11 +86,39 @@ func TestServeWithVault(t *testing.T) {
 		t.Error("the upstream credential reached the agent or the log")
 	}
 	cs.Close()
+
+	// Vault going away: a new agent session needs a new upstream
+	// connection, which fails closed with an error naming the server.
+	v.Stop()
+	cs2, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(ctx,
+		&mcp.StreamableClientTransport{Endpoint: m[1], HTTPClient: &http.Client{Transport: bearer{token}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = cs2.CallTool(ctx, &mcp.CallToolParams{Name: "notion__get_pages", Arguments: json.RawMessage(`{"workspace_id":"ws_abc123","limit":1}`)})
+	if err == nil || !strings.Contains(err.Error(), `upstream "notion"`) || strings.Contains(err.Error(), secret) {
+		t.Errorf("call with Vault down: %v; want an error naming the upstream", err)
+	}
+	cs2.Close()
+	metrics, err := http.Get(m[2] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(metrics.Body)
+	metrics.Body.Close()
 	cancel()
 	<-exited
+	auditLog, _ := os.ReadFile(filepath.Join(dir, "data", audit.FileName))
+	if !strings.Contains(string(auditLog), `"code":"upstream_error"`) {
+		t.Error("the failed upstream call is not in the audit log")
+	}
+	for what, text := range map[string]string{"audit log": string(auditLog), "metrics": string(body), "log": stderr.String()} {
+		if strings.Contains(text, secret) {
+			t.Errorf("the credential from Vault is in the %s", what)
+		}
+	}
 
 	// Vault down at start: amg does not start, and says why.
-	v.Stop()
 	code, _, errOut := runCLI(t, "serve", "--config", cfgPath, "--data-dir", filepath.Join(dir, "data"),
 		"--listen", "127.0.0.1:0", "--authz-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0")
 	if code == 0 || !strings.Contains(errOut, "vault") || strings.Contains(errOut, secret) {

@@ -19,6 +19,7 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/stats"
 
 	"github.com/amgateway/amg/authz"
 	"github.com/redis/go-redis/v9"
@@ -234,7 +235,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	if cfg.XDSListen != "" {
 		// Envoy's configuration follows from this config alone; one that
 		// does not build or validate stops the gateway from starting.
-		g.xds = xds.NewServer(&xds.Options{Logger: g.log})
+		g.xds = xds.NewServer(&xds.Options{Logger: g.log, GRPC: []grpc.ServerOption{grpc.StatsHandler(g.grpcTracing())}})
 		if err := g.xds.Update(cfg); err != nil {
 			return nil, err
 		}
@@ -329,9 +330,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		g.broker.Sync()
 	})
 
-	gs := grpc.NewServer(append(authz.GRPCServerOptions(), grpc.StatsHandler(otelgrpc.NewServerHandler(
-		otelgrpc.WithTracerProvider(g.tel.TracerProvider()), otelgrpc.WithMeterProvider(g.tel.MeterProvider()),
-		otelgrpc.WithPropagators(g.tel.Propagator()))))...)
+	gs := grpc.NewServer(append(authz.GRPCServerOptions(), grpc.StatsHandler(g.grpcTracing()))...)
 	traced := func(h http.Handler, name string) http.Handler {
 		return otelhttp.NewHandler(h, name, otelhttp.WithTracerProvider(g.tel.TracerProvider()),
 			otelhttp.WithMeterProvider(g.tel.MeterProvider()), otelhttp.WithPropagators(g.tel.Propagator()))
@@ -430,6 +429,12 @@ func (g *Gateway) sessionStore() broker.SessionStore {
 		return nil
 	}
 	return redisSessions{g.redis}
+}
+
+// grpcTracing instruments a gRPC server (ext_authz, xDS).
+func (g *Gateway) grpcTracing() stats.Handler {
+	return otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(g.tel.TracerProvider()),
+		otelgrpc.WithMeterProvider(g.tel.MeterProvider()), otelgrpc.WithPropagators(g.tel.Propagator()))
 }
 
 // XDSVersion is the version of the Envoy config being served, "" without
