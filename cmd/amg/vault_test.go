@@ -51,6 +51,17 @@ func TestServeWithVault(t *testing.T) {
 	writeCfg(v.Addr)
 	t.Setenv("AMG_TEST_VAULT_TOKEN", v.RootToken)
 
+	// An OTLP receiver: what the gateway exports must not hold the secret.
+	var exported syncBuffer
+	otlp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		exported.Write([]byte(r.URL.Path + "\n"))
+		exported.Write(b)
+	}))
+	defer otlp.Close()
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.URL)
+	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var stdout, stderr syncBuffer
@@ -112,7 +123,11 @@ func TestServeWithVault(t *testing.T) {
 	if !strings.Contains(string(auditLog), `"code":"upstream_error"`) {
 		t.Error("the failed upstream call is not in the audit log")
 	}
-	for what, text := range map[string]string{"audit log": string(auditLog), "metrics": string(body), "log": stderr.String()} {
+	if !strings.Contains(exported.String(), "/v1/traces") {
+		t.Error("no traces were exported over OTLP")
+	}
+	for what, text := range map[string]string{"audit log": string(auditLog), "metrics": string(body), "log": stderr.String(),
+		"OTLP export": exported.String()} {
 		if strings.Contains(text, secret) {
 			t.Errorf("the credential from Vault is in the %s", what)
 		}
