@@ -803,3 +803,29 @@ func TestCancellationReachesTheUpstream(t *testing.T) {
 		g.checkPath(t, "notion__wait")
 	})
 }
+
+// An upstream's resource update reaches the agent that subscribed, under
+// the URI the agent sees.
+func TestResourceUpdatesAreRelayed(t *testing.T) {
+	bothPaths(t, func(t *testing.T, g *gateway) {
+		updates := make(chan string, 4)
+		cs := g.connect(t, &mcp.ClientOptions{ResourceUpdatedHandler: func(_ context.Context, req *mcp.ResourceUpdatedNotificationRequest) {
+			updates <- req.Params.URI
+		}})
+		uri := "amg:notion:notion://ws_abc123/p1"
+		if err := cs.Subscribe(context.Background(), &mcp.SubscribeParams{URI: uri}); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.up.srv.ResourceUpdated(context.Background(), &mcp.ResourceUpdatedNotificationParams{URI: "notion://ws_abc123/p1"}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case got := <-updates:
+			if got != uri {
+				t.Errorf("update for %q, want %q", got, uri)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the resource update did not reach the agent")
+		}
+	})
+}

@@ -5,7 +5,9 @@ package broker
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -105,3 +107,45 @@ func (f *inflight) relay(ss *mcp.ServerSession, server string, n *jsonrpc.Reques
 		ss.Log(f.only(server), &p)
 	}
 }
+
+// relayNotification passes on what an agent's upstream session with server
+// announces: a resource update goes to the role's sessions subscribed to
+// the resource (under the URI agents see); the rest goes by the calls in
+// flight (see inflight.relay).
+func (b *Broker) relayNotification(as *agentSession, server string, n *jsonrpc.Request) {
+	if n.Method != "notifications/resources/updated" {
+		as.calls.relay(as.ss, server, n)
+		return
+	}
+	var p mcp.ResourceUpdatedNotificationParams
+	if json.Unmarshal(n.Params, &p) != nil || p.URI == "" {
+		return
+	}
+	owner, _ := b.owners.Load(as.ss.ID())
+	o, _ := owner.(string)
+	_, role, _ := strings.Cut(o, "\x00")
+	uri := b.ns.JoinURI(server, p.URI)
+	// Every session of the role that subscribed has its own upstream
+	// subscription, and so its own copy of the update; the SDK sends one
+	// to all of them, so copies that follow within a moment are dropped.
+	key := role + "\x00" + uri
+	now := time.Now()
+	b.mu.Lock()
+	rs := b.roles[role]
+	if now.Sub(b.updated[key]) < updateDedup {
+		b.mu.Unlock()
+		return
+	}
+	if b.updated == nil || len(b.updated) > 4096 {
+		b.updated = map[string]time.Time{} // older entries no longer matter
+	}
+	b.updated[key] = now
+	b.mu.Unlock()
+	if rs != nil {
+		rs.srv.ResourceUpdated(context.Background(), &mcp.ResourceUpdatedNotificationParams{URI: uri})
+	}
+}
+
+// updateDedup is how close together copies of one resource update count as
+// one.
+const updateDedup = 250 * time.Millisecond

@@ -150,7 +150,7 @@ func (b *Broker) upstreamSession(ctx context.Context, ss *mcp.ServerSession, u *
 	defer context.AfterFunc(ctx, cancel)()
 	defer cancel()
 	cs, t, err := u.connect(connectCtx, relay(ss, func() context.Context { return as.calls.only(u.Name) }), version,
-		func(n *jsonrpc.Request) { as.calls.relay(ss, u.Name, n) })
+		func(n *jsonrpc.Request) { b.relayNotification(as, u.Name, n) })
 	if err != nil {
 		return nil, nil, err
 	}
