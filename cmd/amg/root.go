@@ -42,6 +42,6 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCmd(), newClientCmd(), newDemoCmd(), newHealthCmd(), newApprovalsCmd(), newVersionCmd(), newPolicyCmd(), newTokenCmd(), newAuditCmd(), newShadowCmd())
+	root.AddCommand(newServeCmd(), newClientCmd(), newDemoCmd(), newHealthCmd(), newApprovalsCmd(), newVersionCmd(), newPolicyCmd(), newTokenCmd(), newAuditCmd(), newShadowCmd(), newReplayCmd())
 	return root
 }

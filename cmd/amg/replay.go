@@ -1,0 +1,200 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/internal/replay"
+)
+
+func newReplayCmd() *cobra.Command {
+	var auditFile, policyDir, catalog string
+	var servers []string
+	cmd := &cobra.Command{
+		Use:   "replay --audit FILE --policy DIR",
+		Short: "Show which recorded decisions another policy would change",
+		Long: `Re-evaluate every policy decision recorded in the audit log FILE (its rotated
+files, oldest first, then FILE) against the role files in DIR, and print each
+decision whose enforced verdict would change, then counts per role and tool.
+
+Only decisions of the policy engine on tools/call, prompts/get and
+resources/read (or subscribe) are replayed. Lifecycle records, the broker's
+records (upstream outcomes, approval steps) and outcomes the policy did not
+decide (rate limits, batches, authentication) are skipped. The new enforced
+verdict is compared with the recorded one: for a role in shadow mode both are
+allow. Rate limits are not replayed.
+
+A decision that depends on a redacted argument, on arguments that were not
+recorded, or on tool annotations not known (see --catalog) is counted as
+undecidable, never guessed.
+
+--servers and --catalog are as for "amg policy validate"; the catalogue also
+gives the tool annotations that approval rules match.
+
+Exits 0 when no decision would change, 1 when some would, 2 on errors.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			err := runReplay(cmd, auditFile, policyDir, catalog, servers)
+			var exit exitError
+			if err != nil && !errors.As(err, &exit) {
+				fmt.Fprintln(cmd.ErrOrStderr(), "amg:", err)
+				return exitError{code: 2}
+			}
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&auditFile, "audit", "", "audit log file (required)")
+	cmd.Flags().StringVar(&policyDir, "policy", "", "directory of role files to replay against (required)")
+	cmd.Flags().StringSliceVar(&servers, "servers", nil, "upstream server names the gateway knows (comma-separated)")
+	cmd.Flags().StringVar(&catalog, "catalog", "", "JSON file with each server's tools/list tools, to check grants against and take annotations from")
+	return cmd
+}
+
+func runReplay(cmd *cobra.Command, auditFile, policyDir, catalog string, servers []string) error {
+	if auditFile == "" || policyDir == "" {
+		return errors.New("--audit and --policy are required")
+	}
+	opts := &policy.Options{Servers: servers}
+	var ropts replay.Options
+	if catalog != "" {
+		cat, err := policy.LoadCatalog(catalog)
+		if err != nil {
+			return err
+		}
+		opts.Catalog = cat
+		ropts.Annotations = func(server, tool string) (*policy.Annotations, bool) {
+			tools, _ := cat.Tools(server)
+			i := slices.IndexFunc(tools, func(t policy.Tool) bool { return t.Name == tool })
+			if i < 0 {
+				return nil, false
+			}
+			return tools[i].Annotations, true
+		}
+	}
+	set, err := policy.LoadDir(policyDir, opts)
+	var problems policy.Problems
+	if errors.As(err, &problems) {
+		for _, p := range problems {
+			fmt.Fprintln(cmd.ErrOrStderr(), p)
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "%d problem%s\n", len(problems), plural(len(problems)))
+		return exitError{code: 2}
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(auditFile); err != nil {
+		return err
+	}
+	files, err := audit.ChainFiles(auditFile)
+	if err != nil {
+		return err
+	}
+	var readErr error
+	records := func(yield func(audit.Record) bool) {
+		readErr = readRecords(files, cmd.ErrOrStderr(), yield)
+	}
+	rep := replay.Replay(records, set, &ropts)
+	if readErr != nil {
+		return readErr
+	}
+	printReplay(cmd.OutOrStdout(), &rep)
+	if len(rep.Changes) > 0 {
+		return exitError{code: 1}
+	}
+	return nil
+}
+
+// readRecords yields every record of files in order. A line that does not
+// parse is an error, except a torn last line, which a crash or a write in
+// progress leaves and which is skipped with a warning.
+func readRecords(files []string, warn io.Writer, yield func(audit.Record) bool) error {
+	for _, name := range files {
+		stop, err := readFile(name, warn, yield)
+		if err != nil || stop {
+			return err
+		}
+	}
+	return nil
+}
+
+func readFile(name string, warn io.Writer, yield func(audit.Record) bool) (stop bool, err error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	r := bufio.NewReaderSize(f, 64<<10)
+	for lineNo := 1; ; lineNo++ {
+		line, err := r.ReadBytes('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			return false, fmt.Errorf("read %s: %w", name, err)
+		}
+		if len(line) == 0 {
+			return false, nil
+		}
+		torn := line[len(line)-1] != '\n'
+		var rec audit.Record
+		if jerr := json.Unmarshal(line, &rec); jerr != nil {
+			if torn {
+				fmt.Fprintf(warn, "warning: %s:%d: skipped an incomplete last line\n", name, lineNo)
+				return false, nil
+			}
+			return false, fmt.Errorf("%s:%d: not an audit record: %v", name, lineNo, jerr)
+		}
+		if !yield(rec) {
+			return true, nil
+		}
+	}
+}
+
+func printReplay(w io.Writer, rep *replay.Report) {
+	for _, c := range rep.Changes {
+		r := c.Record
+		why := c.Result.Reason
+		if why == "" {
+			why = string(c.Result.Code)
+		}
+		fmt.Fprintf(w, "%s %s %s %s %s__%s: %s -> %s: %s\n", r.Time.UTC().Format(time.RFC3339Nano), orDash(r.DecisionID),
+			orDash(r.Agent), orDash(r.Role), r.Server, r.Tool, c.Old, c.New, why)
+	}
+	if len(rep.Changes) > 0 {
+		fmt.Fprintln(w)
+	}
+	if len(rep.Counts) > 0 {
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "ROLE\tTOOL\tUNCHANGED\tALLOW->DENY\tDENY->ALLOW\t->NEEDS_APPROVAL\tNEEDS_APPROVAL->ALLOW\tNEEDS_APPROVAL->DENY\tUNDECIDABLE")
+		for _, k := range rep.Keys() {
+			c := rep.Counts[k]
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", k.Role, k.Tool, c.Unchanged, c.AllowToDeny, c.DenyToAllow,
+				c.ToApproval, c.ApprovalToAllow, c.ApprovalToDeny, c.Undecidable)
+		}
+		tw.Flush()
+		fmt.Fprintln(w)
+	}
+	summary := fmt.Sprintf("%d decision%s replayed, %d undecidable, %d other record%s skipped",
+		rep.Replayed, plural(rep.Replayed), rep.Undecidable(), rep.Skipped, plural(rep.Skipped))
+	if n := len(rep.Changes); n > 0 {
+		fmt.Fprintf(w, "%d decision%s would change (%s)\n", n, plural(n), summary)
+	} else {
+		fmt.Fprintf(w, "no decision would change (%s)\n", summary)
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,157 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/amgateway/amg/internal/audit"
+)
+
+const replayPolicy = `role: dev
+servers:
+  notion:
+    tools:
+      - name: get_pages
+        constraints:
+          workspace_id: { in: ["ws_a", "ws_b"] }
+          limit: { lte: 100, optional: true }
+          api_key: { optional: true }
+`
+
+// writeReplayAudit writes an audit log through the real file device, as
+// the gateway would under replayPolicy, and returns its path.
+func writeReplayAudit(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), audit.FileName)
+	dev, err := audit.NewFileDevice(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	red := audit.NewRedactor([]byte("0123456789abcdef0123456789abcdef"))
+	redact := func(s string, rules ...string) json.RawMessage {
+		var m map[string]any
+		d := json.NewDecoder(strings.NewReader(s))
+		d.UseNumber()
+		if err := d.Decode(&m); err != nil {
+			t.Fatal(err)
+		}
+		return red.RedactRaw(json.RawMessage(s), m, rules)
+	}
+	at := time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)
+	call := func(id, agent, tool, verdict, code string, args json.RawMessage) *audit.Record {
+		at = at.Add(time.Second)
+		return &audit.Record{Time: at, DecisionID: id, Agent: agent, Role: "dev", Server: "notion", Tool: tool,
+			Method: "tools/call", Verdict: verdict, Code: code, Args: args, PolicyVersion: "1-abc"}
+	}
+	records := []*audit.Record{
+		{Time: at, DecisionID: "d0", Agent: "alice", Role: "dev", Method: "initialize", Verdict: "allow", Code: "lifecycle"},
+		call("d1", "alice", "get_pages", "allow", "allowed", redact(`{"workspace_id":"ws_a","limit":20}`)),
+		call("d2", "alice", "get_pages", "allow", "allowed", redact(`{"workspace_id":"ws_a","limit":80,"api_key":"s3cr3t"}`)),
+		call("d2", "", "get_pages", "allow", "executed", nil),
+		call("d3", "bob", "get_pages", "allow", "allowed", redact(`{"workspace_id":"ws_b","limit":90}`, "limit")),
+		call("d4", "bob", "delete_page", "deny", "not_granted", redact(`{"page_id":"pg_1"}`)),
+	}
+	for _, r := range records {
+		if err := dev.Write(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := dev.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func writePolicyDir(t *testing.T, src string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "dev.yaml"), []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func TestReplayChanges(t *testing.T) {
+	log := writeReplayAudit(t)
+	tightened := strings.Replace(replayPolicy, "lte: 100", "lte: 50", 1) +
+		"      - name: delete_page\n        constraints:\n          page_id: { prefix: \"pg_\" }\n"
+	code, stdout, stderr := runCLI(t, "replay", "--audit", log, "--policy", writePolicyDir(t, tightened), "--servers", "notion")
+	if code != 1 || stderr != "" {
+		t.Fatalf("exit %d, stderr:\n%s", code, stderr)
+	}
+	want := `2026-03-01T10:00:02Z d2 alice dev notion__get_pages: allow -> deny: argument "limit" must be <= 50
+2026-03-01T10:00:05Z d4 bob dev notion__delete_page: deny -> allow: allowed
+
+ROLE  TOOL                 UNCHANGED  ALLOW->DENY  DENY->ALLOW  ->NEEDS_APPROVAL  NEEDS_APPROVAL->ALLOW  NEEDS_APPROVAL->DENY  UNDECIDABLE
+dev   notion__delete_page  0          0            1            0                 0                      0                     0
+dev   notion__get_pages    1          1            0            0                 0                      0                     1
+
+2 decisions would change (4 decisions replayed, 1 undecidable, 2 other records skipped)
+`
+	if diff := cmp.Diff(want, stdout); diff != "" {
+		t.Errorf("stdout (-want +got):\n%s", diff)
+	}
+}
+
+func TestReplayNoChange(t *testing.T) {
+	log := writeReplayAudit(t)
+	code, stdout, stderr := runCLI(t, "replay", "--audit", log, "--policy", writePolicyDir(t, replayPolicy))
+	if code != 0 || stderr != "" {
+		t.Fatalf("exit %d, stderr:\n%s", code, stderr)
+	}
+	lines := strings.Split(strings.TrimSuffix(stdout, "\n"), "\n")
+	if last := lines[len(lines)-1]; last != "no decision would change (4 decisions replayed, 1 undecidable, 2 other records skipped)" {
+		t.Errorf("stdout:\n%s", stdout)
+	}
+}
+
+func TestReplayErrors(t *testing.T) {
+	log := writeReplayAudit(t)
+	policyDir := writePolicyDir(t, replayPolicy)
+
+	code, _, stderr := runCLI(t, "replay", "--audit", log, "--policy", "testdata/broken")
+	if code != 2 || !strings.Contains(stderr, "reader.yaml:") || !strings.HasSuffix(stderr, " problems\n") {
+		t.Errorf("broken policy: exit %d, stderr:\n%s", code, stderr)
+	}
+
+	code, _, stderr = runCLI(t, "replay", "--audit", log+".missing", "--policy", policyDir)
+	if code != 2 || !strings.HasPrefix(stderr, "amg: ") {
+		t.Errorf("missing audit file: exit %d, stderr:\n%s", code, stderr)
+	}
+
+	bad := filepath.Join(t.TempDir(), "audit.log")
+	if err := os.WriteFile(bad, []byte("not json\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr = runCLI(t, "replay", "--audit", bad, "--policy", policyDir)
+	if code != 2 || !strings.Contains(stderr, bad+":1: not an audit record") {
+		t.Errorf("bad audit file: exit %d, stderr:\n%s", code, stderr)
+	}
+
+	code, _, stderr = runCLI(t, "replay", "--policy", policyDir)
+	if code != 2 || stderr != "amg: --audit and --policy are required\n" {
+		t.Errorf("no --audit: exit %d, stderr:\n%s", code, stderr)
+	}
+}
+
+func TestReplayTornLastLine(t *testing.T) {
+	log := writeReplayAudit(t)
+	f, err := os.OpenFile(log, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(`{"ts":"2026-03-01T10:00:09Z","decision_id":"d9"`); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	code, stdout, stderr := runCLI(t, "replay", "--audit", log, "--policy", writePolicyDir(t, replayPolicy))
+	if code != 0 || stderr != "warning: "+log+":7: skipped an incomplete last line\n" || !strings.HasPrefix(stdout, "ROLE") {
+		t.Errorf("exit %d, stdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+}

@@ -1,0 +1,306 @@
+package replay
+
+import (
+	"encoding/json"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/decision"
+	"github.com/amgateway/amg/internal/policy"
+)
+
+func compile(t *testing.T, src string) *policy.Set {
+	t.Helper()
+	set, err := policy.Compile([]policy.File{{Name: "dev.yaml", Data: []byte(strings.TrimLeft(src, "\n"))}}, nil)
+	if err != nil {
+		t.Fatalf("compile:\n%v", err)
+	}
+	return set
+}
+
+// base is the policy the records below were decided under.
+const base = `
+role: dev
+servers:
+  notion:
+    tools:
+      - name: get_pages
+        constraints:
+          workspace_id: { in: ["ws_a", "ws_b"] }
+          limit: { lte: 100, optional: true }
+          note: { optional: true }
+      - name: search
+        constraints:
+          filter.owner: { eq: "me" }
+          filter.label: { optional: true }
+    prompts:
+      - name: summarize
+        constraints:
+          page_id: { prefix: "pg_" }
+    resources:
+      - "notion://pages/*"
+`
+
+var redactor = audit.NewRedactor([]byte("0123456789abcdef0123456789abcdef"))
+
+// args redacts JSON arguments as authz records them, under the role's
+// redaction globs.
+func args(t *testing.T, s string, rules ...string) json.RawMessage {
+	t.Helper()
+	d := json.NewDecoder(strings.NewReader(s))
+	d.UseNumber()
+	var m map[string]any
+	if err := d.Decode(&m); err != nil {
+		t.Fatalf("bad test arguments %s: %v", s, err)
+	}
+	return redactor.RedactRaw(json.RawMessage(s), m, rules)
+}
+
+func rec(method, tool, verdict, code string, args json.RawMessage) audit.Record {
+	return audit.Record{
+		Time: time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC), DecisionID: "d1", Agent: "alice", Role: "dev",
+		Server: "notion", Tool: tool, Method: method, Verdict: verdict, Code: code, Args: args,
+	}
+}
+
+func tool(tool, verdict, code string, args json.RawMessage) audit.Record {
+	return rec("tools/call", tool, verdict, code, args)
+}
+
+// edit returns base with old replaced by new.
+func edit(t *testing.T, old, new string) string {
+	t.Helper()
+	if !strings.Contains(base, old) {
+		t.Fatalf("base has no %q", old)
+	}
+	return strings.Replace(base, old, new, 1)
+}
+
+func TestReplay(t *testing.T) {
+	const approvals = "approvals:\n  - match: \"get_*\"\n    require: human\n"
+	tests := []struct {
+		name    string
+		policy  string
+		opts    *Options
+		records []audit.Record
+		want    Counts
+		changes []decision.Verdict // new verdicts of the changes, in order
+	}{{
+		name:    "unchanged allow",
+		policy:  base,
+		records: []audit.Record{tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a","limit":50}`))},
+		want:    Counts{Unchanged: 1},
+	}, {
+		name:    "unchanged deny",
+		policy:  base,
+		records: []audit.Record{tool("get_pages", "deny", "constraint_failed", args(t, `{"workspace_id":"ws_z"}`))},
+		want:    Counts{Unchanged: 1},
+	}, {
+		name:    "allow to deny: constraint tightened",
+		policy:  edit(t, "lte: 100", "lte: 40"),
+		records: []audit.Record{tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a","limit":50}`))},
+		want:    Counts{AllowToDeny: 1},
+		changes: []decision.Verdict{decision.Deny},
+	}, {
+		name:    "deny to allow: tool granted",
+		policy:  edit(t, "      - name: search\n", "      - name: delete_page\n      - name: search\n"),
+		records: []audit.Record{tool("delete_page", "deny", "not_granted", nil)},
+		want:    Counts{DenyToAllow: 1},
+		changes: []decision.Verdict{decision.Allow},
+	}, {
+		name:    "to needs_approval: approval rule added",
+		policy:  base + approvals,
+		records: []audit.Record{tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a"}`))},
+		want:    Counts{ToApproval: 1},
+		changes: []decision.Verdict{decision.NeedsApproval},
+	}, {
+		name:    "needs_approval to allow: approval rule removed",
+		policy:  base,
+		records: []audit.Record{tool("get_pages", "needs_approval", "approval_required", args(t, `{"workspace_id":"ws_a"}`))},
+		want:    Counts{ApprovalToAllow: 1},
+		changes: []decision.Verdict{decision.Allow},
+	}, {
+		name:    "needs_approval to deny",
+		policy:  base,
+		records: []audit.Record{tool("get_pages", "needs_approval", "approval_required", args(t, `{"workspace_id":"ws_q"}`))},
+		want:    Counts{ApprovalToDeny: 1},
+		changes: []decision.Verdict{decision.Deny},
+	}, {
+		name:    "undecidable: redacted value under a constrained path",
+		policy:  edit(t, "lte: 100", "lte: 40"),
+		records: []audit.Record{tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a","limit":50}`, "limit"))},
+		want:    Counts{Undecidable: 1},
+	}, {
+		name:    "undecidable: redacted object under a constrained child",
+		policy:  base,
+		records: []audit.Record{tool("search", "allow", "allowed", args(t, `{"filter":{"owner":"me"}}`, "filter"))},
+		want:    Counts{Undecidable: 1},
+	}, {
+		name:    "undecidable: redacted nested value",
+		policy:  base,
+		records: []audit.Record{tool("search", "allow", "allowed", args(t, `{"filter":{"owner":"me"}}`, "*.owner"))},
+		want:    Counts{Undecidable: 1},
+	}, {
+		name:   "redacted value under an unconstrained path is decidable",
+		policy: edit(t, "lte: 100", "lte: 40"),
+		records: []audit.Record{
+			tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a","limit":50,"note":"x"}`, "note")),
+			tool("search", "allow", "allowed", args(t, `{"filter":{"owner":"me","label":"x"}}`, "filter.label")),
+		},
+		want:    Counts{AllowToDeny: 1, Unchanged: 1},
+		changes: []decision.Verdict{decision.Deny},
+	}, {
+		name:    "redacted value under an argument the grant does not name is decidable",
+		policy:  base,
+		records: []audit.Record{tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a","api_key":"k"}`))},
+		want:    Counts{AllowToDeny: 1},
+		changes: []decision.Verdict{decision.Deny},
+	}, {
+		name:    "undecidable: redacted value and a CEL condition",
+		policy:  edit(t, "          note: { optional: true }\n", "          note: { optional: true }\n        cel: 'args.workspace_id == \"ws_a\"'\n"),
+		records: []audit.Record{tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a","note":"x"}`, "note"))},
+		want:    Counts{Undecidable: 1},
+	}, {
+		name:    "undecidable: no arguments recorded",
+		policy:  base,
+		records: []audit.Record{tool("get_pages", "deny", "missing_argument", nil)},
+		want:    Counts{Undecidable: 1},
+	}, {
+		name:    "undecidable: arguments not an object",
+		policy:  base,
+		records: []audit.Record{tool("get_pages", "allow", "allowed", json.RawMessage(`"`+audit.Unencodable+`"`))},
+		want:    Counts{Undecidable: 1},
+	}, {
+		name:    "redacted values do not matter to a tool no longer granted",
+		policy:  edit(t, "      - name: get_pages\n", "      - name: get_page\n"),
+		records: []audit.Record{tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a"}`, "*"))},
+		want:    Counts{AllowToDeny: 1},
+		changes: []decision.Verdict{decision.Deny},
+	}, {
+		name:    "undecidable: approval on annotations the record does not hold",
+		policy:  base + "approvals:\n  - annotations: { destructiveHint: true }\n    require: human\n",
+		records: []audit.Record{tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a"}`))},
+		want:    Counts{Undecidable: 1},
+	}, {
+		name:   "approval on known annotations",
+		policy: base + "approvals:\n  - annotations: { destructiveHint: true }\n    require: human\n",
+		opts: &Options{Annotations: func(server, tool string) (*policy.Annotations, bool) {
+			return nil, server == "notion" && tool == "get_pages" // declared none: destructive
+		}},
+		records: []audit.Record{tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a"}`))},
+		want:    Counts{ToApproval: 1},
+		changes: []decision.Verdict{decision.NeedsApproval},
+	}, {
+		name:   "approval on annotations that cannot match is decidable",
+		policy: base + "approvals:\n  - match: \"delete_*\"\n    annotations: { destructiveHint: true }\n    require: human\n",
+		records: []audit.Record{
+			tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a"}`)),
+		},
+		want: Counts{Unchanged: 1},
+	}, {
+		name:   "prompts and resources",
+		policy: edit(t, `prefix: "pg_"`, `prefix: "page_"`),
+		records: []audit.Record{
+			rec("prompts/get", "summarize", "allow", "allowed", args(t, `{"page_id":"pg_1"}`)),
+			rec("resources/read", "notion://pages/1", "allow", "allowed", nil),
+		},
+		want:    Counts{AllowToDeny: 1, Unchanged: 1},
+		changes: []decision.Verdict{decision.Deny},
+	}, {
+		name:   "shadow mode: enforced verdicts are compared",
+		policy: "mode: shadow\n" + edit(t, "lte: 100", "lte: 40"),
+		records: []audit.Record{
+			tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a","limit":50}`)),
+		},
+		want: Counts{Unchanged: 1},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rep := Replay(slices.Values(tt.records), compile(t, tt.policy), tt.opts)
+			if rep.Replayed != len(tt.records) || rep.Skipped != 0 {
+				t.Errorf("replayed %d, skipped %d; want %d, 0", rep.Replayed, rep.Skipped, len(tt.records))
+			}
+			var got Counts
+			for _, c := range rep.Counts {
+				got.Unchanged += c.Unchanged
+				got.AllowToDeny += c.AllowToDeny
+				got.DenyToAllow += c.DenyToAllow
+				got.ToApproval += c.ToApproval
+				got.ApprovalToAllow += c.ApprovalToAllow
+				got.ApprovalToDeny += c.ApprovalToDeny
+				got.Undecidable += c.Undecidable
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("counts (-want +got):\n%s", diff)
+			}
+			var changes []decision.Verdict
+			for _, c := range rep.Changes {
+				changes = append(changes, c.New)
+				if c.Result.Verdict != c.New || c.Record == nil {
+					t.Errorf("inconsistent change %+v", c)
+				}
+			}
+			if diff := cmp.Diff(tt.changes, changes); diff != "" {
+				t.Errorf("changes (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestReplaySkipsOtherRecords(t *testing.T) {
+	lifecycle := rec("initialize", "", "allow", "lifecycle", nil)
+	lifecycle.Server = ""
+	records := []audit.Record{
+		lifecycle,
+		rec("HTTP GET", "", "allow", "lifecycle", nil),
+		tool("get_pages", "allow", "executed", nil),
+		tool("get_pages", "allow", "upstream_error", nil),
+		tool("get_pages", "needs_approval", "approval_parked", nil),
+		tool("get_pages", "needs_approval", "approval_approved", nil),
+		rec("broker", "get_pages", "deny", "decision_invalid", nil),
+		tool("get_pages", "deny", "rate_limited", args(t, `{"workspace_id":"ws_a"}`)),
+		tool("get_pages", "deny", "batch_denied", args(t, `{"workspace_id":"ws_a"}`)),
+		rec("completion/complete", "summarize", "deny", "not_granted", nil),
+		tool("get_pages", "deny", "internal_error", nil),
+		tool("get_pages", "maybe", "allowed", args(t, `{"workspace_id":"ws_a"}`)),
+	}
+	rep := Replay(slices.Values(records), compile(t, base), nil)
+	if rep.Replayed != 0 || rep.Skipped != len(records) || len(rep.Counts) != 0 || len(rep.Changes) != 0 {
+		t.Errorf("report %+v; want every record skipped", rep)
+	}
+}
+
+func TestReplayReport(t *testing.T) {
+	other := tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a","limit":50}`))
+	other.Role = "admin"
+	records := []audit.Record{
+		tool("search", "allow", "allowed", args(t, `{"filter":{"owner":"me"}}`)),
+		tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a","limit":50}`)),
+		other,
+		tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a","limit":5}`, "limit")),
+		tool("get_pages", "deny", "constraint_failed", args(t, `{"workspace_id":"ws_a","limit":500}`)),
+	}
+	rep := Replay(slices.Values(records), compile(t, edit(t, "lte: 100", "lte: 40")), nil)
+	want := map[Key]*Counts{
+		{"admin", "notion__get_pages"}: {AllowToDeny: 1},
+		{"dev", "notion__get_pages"}:   {Unchanged: 1, AllowToDeny: 1, Undecidable: 1},
+		{"dev", "notion__search"}:      {Unchanged: 1},
+	}
+	if diff := cmp.Diff(want, rep.Counts); diff != "" {
+		t.Errorf("counts (-want +got):\n%s", diff)
+	}
+	if got := rep.Keys(); !slices.Equal(got, []Key{{"admin", "notion__get_pages"}, {"dev", "notion__get_pages"}, {"dev", "notion__search"}}) {
+		t.Errorf("keys %v", got)
+	}
+	if len(rep.Changes) != 2 || rep.Changes[0].Record.Role != "dev" || rep.Changes[1].Result.Code != decision.CodeUnknownRole {
+		t.Errorf("changes %+v", rep.Changes)
+	}
+	if rep.Undecidable() != 1 || rep.Replayed != 5 {
+		t.Errorf("undecidable %d, replayed %d", rep.Undecidable(), rep.Replayed)
+	}
+}
