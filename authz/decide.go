@@ -324,8 +324,10 @@ func (c *call) observe(outs []outcome) []string {
 			shadow = o.res.ShadowVerdict.String()
 		}
 		sctx, span := t.StartDecisionSpan(ctx, "amg.decide "+o.msg.Method)
-		span.SetAttributes(telemetry.DecisionAttributes(c.token.Agent, c.token.Role, o.server, o.name,
-			o.verdict.String(), shadow, o.res.Rule, version, c.id)...)
+		if span.IsRecording() { // attributes cost allocations; unsampled spans drop them
+			span.SetAttributes(telemetry.DecisionAttributes(c.token.Agent, c.token.Role, o.server, o.name,
+				o.verdict.String(), shadow, o.res.Rule, version, c.id)...)
+		}
 		span.End()
 		ids[i] = telemetry.TraceID(sctx)
 		t.RecordDecision(c.ctx, c.token.Role, o.verdict.String(), mode, string(o.code), took)

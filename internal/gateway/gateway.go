@@ -25,6 +25,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	noopmetric "go.opentelemetry.io/otel/metric/noop"
 
 	"github.com/amgateway/amg/internal/admin"
 	"github.com/amgateway/amg/internal/approval"
@@ -194,7 +195,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	ups, err := upstreams(cfg, src, opts.Builtins, func(rt http.RoundTripper) http.RoundTripper {
 		// The upstream hears the trace context of the call it serves.
 		return otelhttp.NewTransport(rt, otelhttp.WithTracerProvider(g.tel.TracerProvider()),
-			otelhttp.WithMeterProvider(g.tel.MeterProvider()), otelhttp.WithPropagators(g.tel.Propagator()))
+			otelhttp.WithMeterProvider(noopmetric.NewMeterProvider()), otelhttp.WithPropagators(g.tel.Propagator()))
 	})
 	if err != nil {
 		return nil, err
@@ -333,7 +334,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	gs := grpc.NewServer(append(authz.GRPCServerOptions(), grpc.StatsHandler(g.grpcTracing()))...)
 	traced := func(h http.Handler, name string) http.Handler {
 		return otelhttp.NewHandler(h, name, otelhttp.WithTracerProvider(g.tel.TracerProvider()),
-			otelhttp.WithMeterProvider(g.tel.MeterProvider()), otelhttp.WithPropagators(g.tel.Propagator()))
+			otelhttp.WithMeterProvider(noopmetric.NewMeterProvider()), otelhttp.WithPropagators(g.tel.Propagator()))
 	}
 	authv3.RegisterAuthorizationServer(gs, g.authz)
 	hs := &http.Server{Handler: traced(g.front, "amg.front"), ReadHeaderTimeout: 10 * time.Second}
@@ -431,10 +432,12 @@ func (g *Gateway) sessionStore() broker.SessionStore {
 	return redisSessions{g.redis}
 }
 
-// grpcTracing instruments a gRPC server (ext_authz, xDS).
+// grpcTracing instruments a gRPC server (ext_authz, xDS). The HTTP and
+// gRPC instrumentation only trace: AMG's own metrics say what operators
+// need, and per-request HTTP histograms would cost every call.
 func (g *Gateway) grpcTracing() stats.Handler {
 	return otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(g.tel.TracerProvider()),
-		otelgrpc.WithMeterProvider(g.tel.MeterProvider()), otelgrpc.WithPropagators(g.tel.Propagator()))
+		otelgrpc.WithMeterProvider(noopmetric.NewMeterProvider()), otelgrpc.WithPropagators(g.tel.Propagator()))
 }
 
 // XDSVersion is the version of the Envoy config being served, "" without

@@ -251,6 +251,12 @@ func New(ctx context.Context, opts *Options) (*Telemetry, error) {
 	if opts.SpanExporter != nil {
 		tpOpts = append(tpOpts, sdktrace.WithSyncer(opts.SpanExporter))
 	}
+	if traceExp == nil && opts.SpanExporter == nil {
+		// No one receives spans: do not record them (the request path pays
+		// for every recorded span). Trace context still propagates, and
+		// trace ids still reach the audit log.
+		tpOpts = append(tpOpts, sdktrace.WithSampler(sdktrace.NeverSample()))
+	}
 	t.tp = sdktrace.NewTracerProvider(tpOpts...)
 
 	mpOpts := []sdkmetric.Option{sdkmetric.WithResource(res), sdkmetric.WithReader(promExp)}
