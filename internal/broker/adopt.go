@@ -35,6 +35,8 @@ type SessionStore interface {
 	Save(ctx context.Context, id string, rec SessionRecord, ttl time.Duration) error
 	// Load returns the record, or ok false when there is none.
 	Load(ctx context.Context, id string) (rec SessionRecord, ok bool, err error)
+	// Delete forgets a session that ended, so no replica revives it.
+	Delete(ctx context.Context, id string) error
 }
 
 // sessionCreation is a request that may create a session, from when it

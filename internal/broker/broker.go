@@ -99,6 +99,7 @@ type Broker struct {
 	idle     time.Duration
 
 	sessionStore SessionStore
+	closing      atomic.Bool // set by Close: ended sessions stay shared
 	tel          *telemetry.Telemetry
 	newSessions  sync.Mutex
 	creating     *sessionCreation // guarded by newSessions
@@ -226,6 +227,7 @@ func (b *Broker) Start(ctx context.Context) {
 // Close ends every agent session, with its upstream sessions, and every
 // catalogue session.
 func (b *Broker) Close() {
+	b.closing.Store(true)
 	b.sessions.Range(func(_, v any) bool {
 		as := v.(*agentSession)
 		as.ss.Close()

@@ -70,6 +70,12 @@ func (b *Broker) agentSession(ss *mcp.ServerSession) *agentSession {
 			b.bySID.Delete(sid)
 			b.owners.Delete(sid)
 			as.closeUpstreams()
+			// A replica shutting down leaves its sessions to the others.
+			if b.sessionStore != nil && sid != "" && !b.closing.Load() {
+				if err := b.sessionStore.Delete(context.Background(), sid); err != nil {
+					b.log.Warn("ended session not forgotten by the other replicas; it expires when idle", "err", err)
+				}
+			}
 		}()
 	}
 	return as

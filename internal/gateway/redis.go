@@ -108,3 +108,10 @@ func (s redisSessions) Load(ctx context.Context, id string) (broker.SessionRecor
 	}
 	return rec, true, nil
 }
+
+func (s redisSessions) Delete(ctx context.Context, id string) error {
+	if err := s.client.Del(ctx, s.key(id)).Err(); err != nil {
+		return fmt.Errorf("delete session in redis: %w", err)
+	}
+	return nil
+}

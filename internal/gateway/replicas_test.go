@@ -167,6 +167,13 @@ func TestReplicasShareStateThroughRedis(t *testing.T) {
 		if seen := alt.seen(); seen[a.MCPAddr()] < 2 || seen[b.MCPAddr()] < 2 {
 			t.Errorf("requests per replica: %v, want both used", seen)
 		}
+		// The agent ends the session: no replica may revive it.
+		sid := alt.sessions()[0]
+		cs.Close()
+		waitFor(t, "the ended session's record to go", func() bool {
+			n, err := rs.Client().Exists(context.Background(), "amg:{sessions}:"+sid).Result()
+			return err == nil && n == 0
+		})
 	})
 
 	t.Run("decided by A's authz, served by B's broker", func(t *testing.T) {
