@@ -17,10 +17,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime/pprof"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -32,6 +29,7 @@ import (
 
 	"github.com/amgateway/amg/authz"
 	"github.com/amgateway/amg/authz/authztest"
+	"github.com/amgateway/amg/bench/internal/benchrun"
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/ratelimit"
@@ -47,26 +45,17 @@ func main() {
 	redisAddr := flag.String("redis", "", "count every Check against a rate limit in the Redis at this address (host:port)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (client and server) to this file")
 	flag.Parse()
-	if *cpuprofile != "" {
-		f, err := os.Create(*cpuprofile)
-		if err != nil {
-			log.Fatal(err)
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			log.Fatal(err)
-		}
-		defer pprof.StopCPUProfile()
+	cs, err := benchrun.Levels(*levels)
+	if err != nil {
+		log.Fatal(err)
 	}
-	var cs []int
-	for _, f := range strings.Split(*levels, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			log.Fatalf("bad concurrency %q", f)
-		}
-		cs = append(cs, n)
+	stopProfile, err := benchrun.Profile(*cpuprofile)
+	if err != nil {
+		log.Fatal(err)
 	}
+	defer stopProfile()
 	if err := run(cs, *duration, *warmup, *conns, *floor, *redisAddr); err != nil {
-		pprof.StopCPUProfile()
+		stopProfile()
 		log.Fatal(err)
 	}
 }

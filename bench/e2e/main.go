@@ -20,9 +20,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime/pprof"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -30,6 +28,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/amgateway/amg/bench/internal/benchrun"
 	"github.com/amgateway/amg/internal/config"
 	"github.com/amgateway/amg/internal/decision/decisiontest"
 	"github.com/amgateway/amg/internal/gateway"
@@ -45,26 +44,17 @@ func main() {
 	runs := flag.Int("runs", 1, "rounds of measurements; figures are the medians over rounds")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
-	if *cpuprofile != "" {
-		f, err := os.Create(*cpuprofile)
-		if err != nil {
-			log.Fatal(err)
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			log.Fatal(err)
-		}
-		defer pprof.StopCPUProfile()
+	cs, err := benchrun.Levels(*levels)
+	if err != nil {
+		log.Fatal(err)
 	}
-	var cs []int
-	for _, f := range strings.Split(*levels, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			log.Fatalf("bad concurrency %q", f)
-		}
-		cs = append(cs, n)
+	stopProfile, err := benchrun.Profile(*cpuprofile)
+	if err != nil {
+		log.Fatal(err)
 	}
+	defer stopProfile()
 	if err := run(cs, *duration, *only, max(*runs, 1)); err != nil {
-		pprof.StopCPUProfile()
+		stopProfile()
 		log.Fatal(err)
 	}
 }
