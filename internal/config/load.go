@@ -485,7 +485,7 @@ func (l *loader) vault(n *yaml.Node, path string, vc *Vault) {
 			if !ok {
 				return
 			}
-			if u, err := url.Parse(s); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			if !isHTTPURL(s) {
 				l.Errorf(v, p, "must be an http(s) URL such as https://vault.example:8200, got %q", s)
 				return
 			}
@@ -549,14 +549,19 @@ func (l *loader) approvals(n *yaml.Node, path string, cfg *Config) {
 			if !ok || s == "" {
 				return
 			}
-			u, err := url.Parse(s)
-			if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			if !isHTTPURL(s) {
 				l.Errorf(v, p, "must be an http(s) URL, got %q", s)
 				return
 			}
 			cfg.ApprovalWebhook = s
 		}
 	})
+}
+
+// isHTTPURL reports whether s is an absolute http or https URL with a host.
+func isHTTPURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "https" || u.Scheme == "http") && u.Host != ""
 }
 
 func (l *loader) dir(n *yaml.Node, path string, dst *string) {
