@@ -235,22 +235,8 @@ func writeJSON(w http.ResponseWriter, msg []byte) {
 // goes back as plain JSON, which costs the agent no stream.
 func (b *Broker) streamDirect(w http.ResponseWriter, r *http.Request, as *agentSession, d *directUpstream, body io.ReadCloser,
 	agentID []byte, upID, server, tool string, start time.Time) {
-	flusher, _ := w.(http.Flusher)
-	var streaming bool
-	send := func(data []byte) {
-		if !streaming {
-			streaming = true
-			w.Header().Set("Content-Type", "text/event-stream")
-			w.Header().Set("Cache-Control", "no-cache")
-			w.WriteHeader(http.StatusOK)
-		}
-		w.Write([]byte("event: message\ndata: "))
-		w.Write(data)
-		w.Write([]byte("\n\n"))
-		if flusher != nil {
-			flusher.Flush()
-		}
-	}
+	stream := &sseStream{w: w}
+	send := stream.send
 	var done bool
 	events := &sseReader{body: body, event: func(data []byte) {
 		if done {
@@ -276,7 +262,7 @@ func (b *Broker) streamDirect(w http.ResponseWriter, r *http.Request, as *agentS
 			if string(m.ID) == upID {
 				done = true
 				b.recordDirect(r, server, tool, start, m)
-				if streaming {
+				if stream.started {
 					send(splice(data, edit{m.IDSpan, agentID}))
 				} else {
 					writeJSON(w, splice(data, edit{m.IDSpan, agentID}))
@@ -294,7 +280,7 @@ func (b *Broker) streamDirect(w http.ResponseWriter, r *http.Request, as *agentS
 				err = fmt.Errorf("stream ended before the result: %w", err)
 				b.recordUpstream(r.Header, server, tool, time.Since(start), "error", err.Error())
 				resp, _ := json.Marshal(rpcErrorResponse(agentID, upstreamError(server, err)))
-				if streaming {
+				if stream.started {
 					send(resp)
 				} else {
 					writeJSON(w, resp)
@@ -426,4 +412,45 @@ func splice(data []byte, edits ...edit) []byte {
 		at = e.span.End
 	}
 	return append(out, data[at:]...)
+}
+
+// sseStream answers an agent's request with a stream of server-sent
+// events, each one JSON-RPC message (or a comment), flushed at once. The
+// response starts with the first event.
+type sseStream struct {
+	w       http.ResponseWriter
+	started bool
+}
+
+func (s *sseStream) begin() {
+	if s.started {
+		return
+	}
+	s.started = true
+	s.w.Header().Set("Content-Type", "text/event-stream")
+	s.w.Header().Set("Cache-Control", "no-cache")
+	s.w.WriteHeader(http.StatusOK)
+}
+
+func (s *sseStream) flush() {
+	if f, ok := s.w.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// send writes one message as an event.
+func (s *sseStream) send(data []byte) {
+	s.begin()
+	s.w.Write([]byte("event: message\ndata: "))
+	s.w.Write(data)
+	s.w.Write([]byte("\n\n"))
+	s.flush()
+}
+
+// comment writes an SSE comment, which clients ignore and proxies see as
+// traffic.
+func (s *sseStream) comment(text string) {
+	s.begin()
+	s.w.Write([]byte(": " + text + "\n\n"))
+	s.flush()
 }

@@ -65,28 +65,14 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, d authz.Decision, 
 		go b.notify(a)
 	}
 
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.WriteHeader(http.StatusOK)
-	flusher, _ := w.(http.Flusher)
-	send := func(data []byte) {
-		w.Write([]byte("event: message\ndata: "))
-		w.Write(data)
-		w.Write([]byte("\n\n"))
-		if flusher != nil {
-			flusher.Flush()
-		}
-	}
+	stream := &sseStream{w: w}
+	send := stream.send
 	token := progressToken(m.Params)
 	waited := 0
 	keepAlive := func() {
 		waited++
 		if token == nil {
-			// An SSE comment: clients ignore it; proxies see traffic.
-			w.Write([]byte(": waiting for approval " + a.ID + "\n\n"))
-			if flusher != nil {
-				flusher.Flush()
-			}
+			stream.comment("waiting for approval " + a.ID)
 			return
 		}
 		n, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": "notifications/progress", "params": map[string]any{
