@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -103,7 +101,7 @@ func runReplay(cmd *cobra.Command, auditFile, policyDir, catalog string, servers
 	}
 	var readErr error
 	records := func(yield func(audit.Record) bool) {
-		readErr = readRecords(files, cmd.ErrOrStderr(), yield)
+		readErr = audit.ReadRecords(files, cmd.ErrOrStderr(), yield)
 	}
 	rep := replay.Replay(records, set, &ropts)
 	if readErr != nil {
@@ -114,49 +112,6 @@ func runReplay(cmd *cobra.Command, auditFile, policyDir, catalog string, servers
 		return exitError{code: 1}
 	}
 	return nil
-}
-
-// readRecords yields every record of files in order. A line that does not
-// parse is an error, except a torn last line, which a crash or a write in
-// progress leaves and which is skipped with a warning.
-func readRecords(files []string, warn io.Writer, yield func(audit.Record) bool) error {
-	for _, name := range files {
-		stop, err := readFile(name, warn, yield)
-		if err != nil || stop {
-			return err
-		}
-	}
-	return nil
-}
-
-func readFile(name string, warn io.Writer, yield func(audit.Record) bool) (stop bool, err error) {
-	f, err := os.Open(name)
-	if err != nil {
-		return false, err
-	}
-	defer f.Close()
-	r := bufio.NewReaderSize(f, 64<<10)
-	for lineNo := 1; ; lineNo++ {
-		line, err := r.ReadBytes('\n')
-		if err != nil && !errors.Is(err, io.EOF) {
-			return false, fmt.Errorf("read %s: %w", name, err)
-		}
-		if len(line) == 0 {
-			return false, nil
-		}
-		torn := line[len(line)-1] != '\n'
-		var rec audit.Record
-		if jerr := json.Unmarshal(line, &rec); jerr != nil {
-			if torn {
-				fmt.Fprintf(warn, "warning: %s:%d: skipped an incomplete last line\n", name, lineNo)
-				return false, nil
-			}
-			return false, fmt.Errorf("%s:%d: not an audit record: %v", name, lineNo, jerr)
-		}
-		if !yield(rec) {
-			return true, nil
-		}
-	}
 }
 
 func printReplay(w io.Writer, rep *replay.Report) {
