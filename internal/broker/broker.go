@@ -342,9 +342,7 @@ func (b *Broker) Annotations(server, tool string) *policy.Annotations {
 	defer u.mu.Unlock()
 	for _, t := range u.tools {
 		if t.Name == tool && t.Annotations != nil {
-			a := t.Annotations
-			ro, id := a.ReadOnlyHint, a.IdempotentHint
-			return &policy.Annotations{ReadOnly: &ro, Destructive: a.DestructiveHint, Idempotent: &id, OpenWorld: a.OpenWorldHint}
+			return annotations(t)
 		}
 	}
 	return nil

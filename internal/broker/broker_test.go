@@ -469,6 +469,24 @@ func TestAnnotationsComeFromTheUpstream(t *testing.T) {
 	if b.Annotations("notion", "get_pages") != nil || b.Annotations("nope", "archive") != nil {
 		t.Error("a tool without annotations, or an unknown server, must give nil")
 	}
+
+	// The same, as the live catalogue the console and replay read.
+	if names := b.Names(); !slices.Equal(names, []string{"notion"}) {
+		t.Errorf("Names() = %v", names)
+	}
+	tools, ok := b.Tools("notion")
+	i := slices.IndexFunc(tools, func(t policy.Tool) bool { return t.Name == "archive" })
+	if !ok || i < 0 || tools[i].Annotations.Effective(policy.DestructiveHint) || !tools[i].Annotations.Effective(policy.ReadOnlyHint) ||
+		string(tools[i].InputSchema) != `{"type":"object"}` {
+		t.Errorf("Tools(notion) = %+v, %v; want archive, read-only, with its schema", tools, ok)
+	}
+	if _, ok := b.Tools("nope"); ok {
+		t.Error("Tools of an unknown server must not be ok")
+	}
+	b.Close()
+	if _, ok := b.Tools("notion"); ok {
+		t.Error("Tools of a server whose catalogue session is closed must not be ok")
+	}
 }
 
 // An upstream's sampling and elicitation requests reach the agent, and its
