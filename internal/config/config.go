@@ -30,6 +30,10 @@
 //	approvals:                      # calls that need a human
 //	  ttl: 15m                      # how long one waits for a decision
 //	  webhook: https://hooks.example/amg  # told of each new one ("" none)
+//	console:                        # the web console on the admin listener
+//	  ready_days: 7                 # shadow roles at zero this long are ready to enforce
+//	  trace_url: ""                 # e.g. http://localhost:16686/trace/{trace_id}
+//	  staged_policy_dir: ""         # a next policy the console can replay against
 //	data_dir: ./data
 //	policy_dir: ./policies
 //	max_body_bytes: 1048576
@@ -104,6 +108,8 @@ type Config struct {
 	// decision; ApprovalWebhook, if set, is POSTed each new approval.
 	ApprovalTTL     time.Duration
 	ApprovalWebhook string
+	// Console tunes the web console.
+	Console Console
 	// DataDir and PolicyDir are used as written: a relative path is
 	// relative to the working directory, as on the command line.
 	DataDir   string
@@ -118,6 +124,19 @@ type Config struct {
 	Upstreams map[string]*Upstream
 	// Names are the keys of Upstreams, sorted.
 	Names []string
+}
+
+// Console tunes the operator's web console.
+type Console struct {
+	// ReadyDays is how many days a shadow role's would-be denials must
+	// stay at zero before the console calls it ready to enforce.
+	ReadyDays int
+	// TraceURL links audit records to a trace viewer; {trace_id} in it
+	// is replaced by the record's trace id. Empty: no links.
+	TraceURL string
+	// StagedPolicyDir, if set, is a next policy the console replays the
+	// audit log against.
+	StagedPolicyDir string
 }
 
 // Envoy describes the Envoy in front of AMG, as the xDS server configures
@@ -220,6 +239,7 @@ func Default() *Config {
 			RouteTimeout:    15 * time.Minute,
 		},
 		ApprovalTTL:  15 * time.Minute,
+		Console:      Console{ReadyDays: 7},
 		DataDir:      "./data",
 		PolicyDir:    "./policies",
 		MaxBodyBytes: 1 << 20,

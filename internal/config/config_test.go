@@ -72,6 +72,7 @@ func TestDefault(t *testing.T) {
 		Envoy: Envoy{Listen: "0.0.0.0:10000", EgressListen: "127.0.0.1:10001", AuthzAddress: "127.0.0.1:9001",
 			BrokerAddresses: []string{"127.0.0.1:8082"}, AuthzTimeout: 2 * time.Second, RouteTimeout: 15 * time.Minute},
 		ApprovalTTL:  15 * time.Minute,
+		Console:      Console{ReadyDays: 7},
 		DataDir:      "./data",
 		PolicyDir:    "./policies",
 		MaxBodyBytes: 1048576,
@@ -130,6 +131,7 @@ func TestLoadFull(t *testing.T) {
 			AuthzTimeout: 500 * time.Millisecond, RouteTimeout: 30 * time.Minute},
 		ApprovalTTL:     5 * time.Minute,
 		ApprovalWebhook: "https://hooks.example/amg",
+		Console:         Console{ReadyDays: 14, TraceURL: "https://jaeger.example/trace/{trace_id}", StagedPolicyDir: "/etc/amg/policies.next"},
 		DataDir:         "/var/lib/amg",
 		PolicyDir:       "/etc/amg/policies",
 		MaxBodyBytes:    2097152,
@@ -278,7 +280,7 @@ func TestProblems(t *testing.T) {
 		{"not a mapping", "- listen\n",
 			"amg.yaml:1:1: must be a mapping, got a list"},
 		{"unknown key", "lisen: :80\n",
-			`amg.yaml:1:1: lisen: unknown field "lisen" (expected one of: listen, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)`},
+			`amg.yaml:1:1: lisen: unknown field "lisen" (expected one of: listen, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)`},
 		{"envoy: unknown key", "envoy: { listener: x }\n",
 			`amg.yaml:1:10: envoy.listener: unknown field "listener" (expected one of: listen, egress_listen, egress_address, authz_address, broker_addresses, authz_timeout, route_timeout)`},
 		{"envoy: bad broker address", "envoy: { broker_addresses: [amg, \"amg:8082\"] }\n",
@@ -297,6 +299,10 @@ func TestProblems(t *testing.T) {
 			`amg.yaml:1:19: redis.address: must be host:port such as 127.0.0.1:8080, got "nowhere": missing port in address`},
 		{"approvals: bad webhook", "approvals: { webhook: ftp://x }\n",
 			`amg.yaml:1:23: approvals.webhook: must be an http(s) URL, got "ftp://x"`},
+		{"console: trace url without the id", "console: { trace_url: http://jaeger:16686/search }\n",
+			`amg.yaml:1:23: console.trace_url: must be an http(s) URL containing {trace_id}, got "http://jaeger:16686/search"`},
+		{"console: zero ready days", "console: { ready_days: 0 }\n",
+			`amg.yaml:1:24: console.ready_days: must be at least 1, got 0`},
 		{"envoy: zero timeout", "envoy: { route_timeout: 0s }\n",
 			`amg.yaml:1:25: envoy.route_timeout: must be a positive duration such as 30s, 1m or 1h30m, got "0s"`},
 		{"unknown upstream key", `
@@ -517,7 +523,7 @@ upstreams:
 max_body_bytes: -1
 `, nil)
 	want := `amg.yaml:1:9: listen: must be host:port such as 127.0.0.1:8080, got "localhost": missing port in address
-amg.yaml:3:1: bogus: unknown field "bogus" (expected one of: listen, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)
+amg.yaml:3:1: bogus: unknown field "bogus" (expected one of: listen, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)
 amg.yaml:6:10: upstreams.notion.url: plain http is allowed only to loopback hosts (localhost, 127.0.0.0/8, ::1): use https, or set allow_insecure: true to send this upstream's traffic and credentials unencrypted
 amg.yaml:8:7: upstreams.notion.headers.Host: Host is set by the HTTP transport and cannot be configured
 amg.yaml:9:22: upstreams.notion.headers.Authorization: secret reference "env:NOTION-TOKEN" has an invalid variable name (expected A-Z, a-z, 0-9 and '_', not starting with a digit)

@@ -27,8 +27,9 @@ type loader struct {
 
 var (
 	configKeys = []string{"listen", "admin_listen", "authz_listen", "broker_listen", "xds_listen", "envoy", "vault", "redis", "approvals",
-		"data_dir", "policy_dir", "max_body_bytes", "unprefixed_names", "upstreams"}
+		"console", "data_dir", "policy_dir", "max_body_bytes", "unprefixed_names", "upstreams"}
 	approvalKeys = []string{"ttl", "webhook"}
+	consoleKeys  = []string{"ready_days", "trace_url", "staged_policy_dir"}
 	redisKeys    = []string{"address", "password", "db"}
 	vaultKeys    = []string{"address", "token", "approle", "cache_ttl"}
 	appRoleKeys  = []string{"role_id", "secret_id", "mount"}
@@ -77,6 +78,8 @@ func (l *loader) config(cfg *Config, data []byte) {
 			l.envoy(v, key, &cfg.Envoy)
 		case "approvals":
 			l.approvals(v, key, cfg)
+		case "console":
+			l.console(v, key, &cfg.Console)
 		case "vault":
 			l.vault(v, key, &cfg.Vault)
 		case "redis":
@@ -554,6 +557,30 @@ func (l *loader) approvals(n *yaml.Node, path string, cfg *Config) {
 				return
 			}
 			cfg.ApprovalWebhook = s
+		}
+	})
+}
+
+func (l *loader) console(n *yaml.Node, path string, c *Console) {
+	l.Fields(n, path, consoleKeys, func(key string, _, v *yaml.Node) {
+		p := path + "." + key
+		switch key {
+		case "ready_days":
+			if d, ok := l.Integer(v, p, 1); ok {
+				c.ReadyDays = d
+			}
+		case "trace_url":
+			s, ok := l.Str(v, p)
+			if !ok || s == "" {
+				return
+			}
+			if !isHTTPURL(strings.ReplaceAll(s, "{trace_id}", "0")) || !strings.Contains(s, "{trace_id}") {
+				l.Errorf(v, p, "must be an http(s) URL containing {trace_id}, got %q", s)
+				return
+			}
+			c.TraceURL = s
+		case "staged_policy_dir":
+			l.dir(v, p, &c.StagedPolicyDir)
 		}
 	})
 }
