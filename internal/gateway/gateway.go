@@ -19,13 +19,9 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/stats"
 
 	"github.com/amgateway/amg/authz"
 	"github.com/redis/go-redis/v9"
-	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
-	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
-	noopmetric "go.opentelemetry.io/otel/metric/noop"
 
 	"github.com/amgateway/amg/internal/admin"
 	"github.com/amgateway/amg/internal/approval"
@@ -194,8 +190,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 
 	ups, err := upstreams(cfg, src, opts.Builtins, func(rt http.RoundTripper) http.RoundTripper {
 		// The upstream hears the trace context of the call it serves.
-		return otelhttp.NewTransport(rt, otelhttp.WithTracerProvider(g.tel.TracerProvider()),
-			otelhttp.WithMeterProvider(noopmetric.NewMeterProvider()), otelhttp.WithPropagators(g.tel.Propagator()))
+		return g.tel.HTTPTransport(rt)
 	})
 	if err != nil {
 		return nil, err
@@ -236,7 +231,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	if cfg.XDSListen != "" {
 		// Envoy's configuration follows from this config alone; one that
 		// does not build or validate stops the gateway from starting.
-		g.xds = xds.NewServer(&xds.Options{Logger: g.log, GRPC: []grpc.ServerOption{grpc.StatsHandler(g.grpcTracing())}})
+		g.xds = xds.NewServer(&xds.Options{Logger: g.log, GRPC: []grpc.ServerOption{grpc.StatsHandler(g.tel.GRPCServerHandler())}})
 		if err := g.xds.Update(cfg); err != nil {
 			return nil, err
 		}
@@ -331,17 +326,13 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		g.broker.Sync()
 	})
 
-	gs := grpc.NewServer(append(authz.GRPCServerOptions(), grpc.StatsHandler(g.grpcTracing()))...)
-	traced := func(h http.Handler, name string) http.Handler {
-		return otelhttp.NewHandler(h, name, otelhttp.WithTracerProvider(g.tel.TracerProvider()),
-			otelhttp.WithMeterProvider(noopmetric.NewMeterProvider()), otelhttp.WithPropagators(g.tel.Propagator()))
-	}
+	gs := grpc.NewServer(append(authz.GRPCServerOptions(), grpc.StatsHandler(g.tel.GRPCServerHandler()))...)
 	authv3.RegisterAuthorizationServer(gs, g.authz)
-	hs := &http.Server{Handler: traced(g.front, "amg.front"), ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: g.tel.HTTPHandler(g.front, "amg.front"), ReadHeaderTimeout: 10 * time.Second}
 	as := &http.Server{Handler: g.admin, ReadHeaderTimeout: 10 * time.Second}
 	// Envoy routes allowed requests here; the broker serves only those
 	// whose decision token verifies, so the listener needs no guard.
-	bs := &http.Server{Handler: traced(g.broker, "amg.broker"), ReadHeaderTimeout: 10 * time.Second}
+	bs := &http.Server{Handler: g.tel.HTTPHandler(g.broker, "amg.broker"), ReadHeaderTimeout: 10 * time.Second}
 	errs := make(chan error, 5)
 	go func() { errs <- gs.Serve(g.authzLis) }()
 	go func() { errs <- hs.Serve(g.mcpLis) }()
@@ -430,14 +421,6 @@ func (g *Gateway) sessionStore() broker.SessionStore {
 		return nil
 	}
 	return redisSessions{g.redis}
-}
-
-// grpcTracing instruments a gRPC server (ext_authz, xDS). The HTTP and
-// gRPC instrumentation only trace: AMG's own metrics say what operators
-// need, and per-request HTTP histograms would cost every call.
-func (g *Gateway) grpcTracing() stats.Handler {
-	return otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(g.tel.TracerProvider()),
-		otelgrpc.WithMeterProvider(noopmetric.NewMeterProvider()), otelgrpc.WithPropagators(g.tel.Propagator()))
 }
 
 // XDSVersion is the version of the Envoy config being served, "" without

@@ -165,6 +165,11 @@ type Telemetry struct {
 	// created for each signal.
 	otlpTraces  bool
 	otlpMetrics bool
+	// tracing: spans are recorded, for an exporter to receive.
+	tracing bool
+
+	setsMu       sync.RWMutex
+	decisionSets map[decisionKey]attribute.Set
 
 	decisions        metric.Int64Counter
 	decisionDuration metric.Float64Histogram
@@ -196,7 +201,8 @@ func New(ctx context.Context, opts *Options) (*Telemetry, error) {
 		logger: opts.Logger,
 		propagator: propagation.NewCompositeTextMapPropagator(
 			propagation.TraceContext{}, propagation.Baggage{}),
-		registry: prometheus.NewRegistry(),
+		registry:     prometheus.NewRegistry(),
+		decisionSets: map[decisionKey]attribute.Set{},
 	}
 	if t.logger == nil {
 		t.logger = slog.Default()
@@ -270,6 +276,7 @@ func New(ctx context.Context, opts *Options) (*Telemetry, error) {
 	}
 	t.mp = sdkmetric.NewMeterProvider(mpOpts...)
 	t.otlpTraces, t.otlpMetrics = traceExp != nil, metricExp != nil
+	t.tracing = traceExp != nil || opts.SpanExporter != nil
 
 	version := opts.ServiceVersion
 	t.tracer = t.tp.Tracer(ScopeName, trace.WithInstrumentationVersion(version))
@@ -477,10 +484,34 @@ func (t *Telemetry) Shutdown(ctx context.Context) error {
 // enforcement mode (enforce, shadow, ...) and code the reason code; all must
 // come from small fixed sets.
 func (t *Telemetry) RecordDecision(ctx context.Context, role, verdict, mode, code string, d time.Duration) {
-	set := attribute.NewSet(KeyRole.String(role), KeyVerdict.String(verdict),
-		KeyMode.String(mode), KeyCode.String(code))
+	set := t.decisionSet(decisionKey{role, verdict, mode, code})
 	t.decisions.Add(ctx, 1, metric.WithAttributeSet(set))
 	t.decisionDuration.Record(ctx, d.Seconds(), metric.WithAttributeSet(set))
+}
+
+// decisionKey is the attributes of a decision's metrics.
+type decisionKey struct{ role, verdict, mode, code string }
+
+// maxDecisionSets bounds the cache of decision attribute sets; the values
+// come from small sets, so it is never reached unless something is wrong.
+const maxDecisionSets = 4096
+
+// decisionSet returns the attribute set of k, built once: every decision
+// is recorded, and building a set sorts and allocates.
+func (t *Telemetry) decisionSet(k decisionKey) attribute.Set {
+	t.setsMu.RLock()
+	set, ok := t.decisionSets[k]
+	t.setsMu.RUnlock()
+	if ok {
+		return set
+	}
+	set = attribute.NewSet(KeyRole.String(k.role), KeyVerdict.String(k.verdict), KeyMode.String(k.mode), KeyCode.String(k.code))
+	t.setsMu.Lock()
+	if len(t.decisionSets) < maxDecisionSets {
+		t.decisionSets[k] = set
+	}
+	t.setsMu.Unlock()
+	return set
 }
 
 // RecordUpstream records the duration of one call to an upstream MCP server

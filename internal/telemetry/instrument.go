@@ -1,0 +1,128 @@
+package telemetry
+
+import (
+	"context"
+	"net/http"
+
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	noopmetric "go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/stats"
+)
+
+// The HTTP and gRPC instrumentation below only traces, with noop meters:
+// AMG's own metrics say what operators need, and per-request HTTP
+// histograms would cost every call.
+
+// Tracing reports whether spans go anywhere: an OTLP exporter or a test's
+// SpanExporter. Without one, spans are not recorded and the HTTP and gRPC
+// instrumentation below only carries trace context.
+func (t *Telemetry) Tracing() bool { return t.tracing }
+
+// HTTPHandler instruments h, an HTTP server's handler. With Tracing, each
+// request gets a server span named name with the semantic conventions'
+// attributes (otelhttp). Without, the request only continues the trace
+// context it carries, and a span is started so that the request has a
+// trace id (for the audit log) at a fraction of the cost: on the request
+// path, otelhttp's attribute building is what a gateway would pay for
+// spans nobody receives.
+func (t *Telemetry) HTTPHandler(h http.Handler, name string) http.Handler {
+	if t.tracing {
+		return otelhttp.NewHandler(h, name, otelhttp.WithTracerProvider(t.tp),
+			otelhttp.WithMeterProvider(noopmetric.NewMeterProvider()), otelhttp.WithPropagators(t.propagator))
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := t.propagator.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+		ctx, span := t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer))
+		defer span.End()
+		h.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+// HTTPTransport instruments rt, an HTTP client's transport, so that the
+// server it calls hears the trace context of the request's context. With
+// Tracing, each request also gets a client span (otelhttp).
+func (t *Telemetry) HTTPTransport(rt http.RoundTripper) http.RoundTripper {
+	if t.tracing {
+		return otelhttp.NewTransport(rt, otelhttp.WithTracerProvider(t.tp),
+			otelhttp.WithMeterProvider(noopmetric.NewMeterProvider()), otelhttp.WithPropagators(t.propagator))
+	}
+	if rt == nil {
+		rt = http.DefaultTransport
+	}
+	return propagating{rt: rt, p: t.propagator}
+}
+
+// propagating injects the trace context of each request's context.
+type propagating struct {
+	rt http.RoundTripper
+	p  propagation.TextMapPropagator
+}
+
+func (p propagating) RoundTrip(r *http.Request) (*http.Response, error) {
+	if !trace.SpanContextFromContext(r.Context()).IsValid() {
+		return p.rt.RoundTrip(r)
+	}
+	// A RoundTripper must not modify the request it is given.
+	r = r.Clone(r.Context())
+	p.p.Inject(r.Context(), propagation.HeaderCarrier(r.Header))
+	return p.rt.RoundTrip(r)
+}
+
+// GRPCServerHandler instruments a gRPC server: with Tracing, a server span
+// per RPC (otelgrpc); without, each RPC continues the trace context its
+// metadata carries.
+func (t *Telemetry) GRPCServerHandler() stats.Handler {
+	if t.tracing {
+		return otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(t.tp),
+			otelgrpc.WithMeterProvider(noopmetric.NewMeterProvider()), otelgrpc.WithPropagators(t.propagator))
+	}
+	return grpcPropagation{t}
+}
+
+// grpcPropagation extracts the trace context of each RPC's metadata and
+// starts a span (not recorded) under it, so the RPC has a trace id.
+type grpcPropagation struct{ t *Telemetry }
+
+func (g grpcPropagation) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
+	ctx = g.t.propagator.Extract(ctx, metadataCarrier(ctx))
+	ctx, _ = g.t.tracer.Start(ctx, info.FullMethodName, trace.WithSpanKind(trace.SpanKindServer))
+	return ctx
+}
+
+func (g grpcPropagation) HandleRPC(ctx context.Context, s stats.RPCStats) {
+	if _, ok := s.(*stats.End); ok {
+		trace.SpanFromContext(ctx).End()
+	}
+}
+
+func (grpcPropagation) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+func (grpcPropagation) HandleConn(context.Context, stats.ConnStats)                       {}
+
+// mdCarrier reads and writes trace context in gRPC metadata.
+type mdCarrier metadata.MD
+
+func metadataCarrier(ctx context.Context) mdCarrier {
+	md, _ := metadata.FromIncomingContext(ctx)
+	return mdCarrier(md)
+}
+
+func (c mdCarrier) Get(key string) string {
+	if v := metadata.MD(c).Get(key); len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+func (c mdCarrier) Set(key, value string) { metadata.MD(c).Set(key, value) }
+
+func (c mdCarrier) Keys() []string {
+	keys := make([]string, 0, len(c))
+	for k := range c {
+		keys = append(keys, k)
+	}
+	return keys
+}
