@@ -1,6 +1,7 @@
 // Package admin serves the gateway's operator endpoints on the admin
 // listener: liveness, readiness and a JSON status of the policy and the
-// upstreams. It is read-only; nothing an agent can reach is served here.
+// upstreams, the approval API and the web console. Nothing an agent can
+// reach is served here.
 package admin
 
 import (
@@ -39,6 +40,9 @@ type Deps struct {
 	Now func() time.Time
 	// Metrics, if set, is served at /metrics (Prometheus text format).
 	Metrics http.Handler
+	// Console, if set, is the web console, served under /console/; / then
+	// leads there.
+	Console http.Handler
 }
 
 // Handler returns the admin endpoints:
@@ -48,6 +52,7 @@ type Deps struct {
 //	GET /api/v1/status  the policy, its last reload and the upstreams, as JSON
 //	/api/v1/approvals   calls waiting for a human (see approvals), with the admin token
 //	GET /metrics        Prometheus metrics
+//	/console/           the web console, signed in with the admin token
 func Handler(d Deps) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -72,6 +77,10 @@ func Handler(d Deps) http.Handler {
 	}
 	if d.Metrics != nil {
 		mux.Handle("GET /metrics", d.Metrics)
+	}
+	if d.Console != nil {
+		mux.Handle("/console/", d.Console)
+		mux.Handle("GET /{$}", http.RedirectHandler("/console/", http.StatusSeeOther))
 	}
 	return d.Hosts.Guard(mux)
 }

@@ -106,3 +106,26 @@ func TestLoopbackAdminRefusesOtherHosts(t *testing.T) {
 		}
 	}
 }
+
+// The console is served under /console/, and the listener's root leads
+// there; without one, neither exists.
+func TestConsoleIsMountedUnderItsPrefix(t *testing.T) {
+	console := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("console " + r.URL.Path)) })
+	up := func() []broker.UpstreamStatus { return nil }
+	h := Handler(Deps{Policies: &policies{}, Upstreams: up, Console: console})
+	if code, body := get(t, h, "/console/approvals", nil); code != 200 || body != "console /console/approvals" {
+		t.Errorf("/console/approvals = %d %q", code, body)
+	}
+	req := httptest.NewRequest("GET", "http://127.0.0.1:8081/", nil)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusSeeOther || rec.Header().Get("Location") != "/console/" {
+		t.Errorf("/ = %d to %q, want 303 to /console/", rec.Code, rec.Header().Get("Location"))
+	}
+	without := Handler(Deps{Policies: &policies{}, Upstreams: up})
+	for _, path := range []string{"/", "/console/approvals"} {
+		if code, _ := get(t, without, path, nil); code != http.StatusNotFound {
+			t.Errorf("without a console, %s = %d, want 404", path, code)
+		}
+	}
+}

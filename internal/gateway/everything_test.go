@@ -22,15 +22,7 @@ import (
 // The reference MCP server from npm, as scripts/setup installs it.
 func everythingScript(t *testing.T) string {
 	t.Helper()
-	dir := os.Getenv("AMG_TOOLS_DIR")
-	if dir == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			t.Fatal(err)
-		}
-		dir = filepath.Join(home, ".cache", "amg-tools")
-	}
-	script := filepath.Join(dir, "npm", "node_modules", "@modelcontextprotocol", "server-everything", "dist", "index.js")
+	script := filepath.Join(toolsDir(t), "npm", "node_modules", "@modelcontextprotocol", "server-everything", "dist", "index.js")
 	if _, err := os.Stat(script); err != nil {
 		t.Fatalf("@modelcontextprotocol/server-everything is not installed (%v); run scripts/setup", err)
 	}

@@ -28,6 +28,7 @@ import (
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/broker"
 	"github.com/amgateway/amg/internal/config"
+	"github.com/amgateway/amg/internal/console"
 	"github.com/amgateway/amg/internal/front"
 	"github.com/amgateway/amg/internal/hostguard"
 	"github.com/amgateway/amg/internal/policy"
@@ -140,7 +141,10 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		return nil, err
 	}
 	g.auth = tokens.NewAuthenticator(g.tokens, nil)
-	var counter authz.ShadowCounter
+	var counter interface {
+		authz.ShadowCounter
+		console.ShadowCounts
+	}
 	if g.redis != nil {
 		counter = shadow.NewRedis(g.redis)
 	} else if counter, err = shadow.NewSQLite(g.db); err != nil {
@@ -236,9 +240,16 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 			return nil, err
 		}
 	}
+	con, err := console.New(console.Deps{Token: adminToken, Approvals: g.approvals, Tokens: consoleTokens{g}, Policies: g.policies,
+		Upstreams: g.broker, Shadow: counter, AuditFile: filepath.Join(cfg.DataDir, audit.FileName)},
+		&console.Options{ReadyDays: cfg.Console.ReadyDays, TraceURL: cfg.Console.TraceURL, StagedPolicyDir: cfg.Console.StagedPolicyDir,
+			Logger: g.log})
+	if err != nil {
+		return nil, err
+	}
 	g.admin = admin.Handler(admin.Deps{Policies: g.policies, Upstreams: g.broker.Status, Version: opts.Version,
 		Started: time.Now(), Hosts: hostguard.ForListener(cfg.AdminListen), Approvals: g.approvals, Token: adminToken,
-		Metrics: g.tel.MetricsHandler()})
+		Metrics: g.tel.MetricsHandler(), Console: con})
 	g.tel.ObservePendingApprovals(func(ctx context.Context) (int64, error) {
 		list, err := g.approvals.List(ctx, approval.Pending)
 		return int64(len(list)), err
@@ -255,6 +266,16 @@ func (g *Gateway) Broker() http.Handler { return g.broker }
 // IssueToken issues a token for agent with role, as amg token issue does.
 func (g *Gateway) IssueToken(ctx context.Context, agent, role string, ttl time.Duration) (string, tokens.Token, error) {
 	return tokens.Issue(ctx, g.tokens, agent, role, ttl, time.Now())
+}
+
+// consoleTokens lets the console manage tokens as `amg token` does, with a
+// revocation the gateway applies on the token's next request.
+type consoleTokens struct{ g *Gateway }
+
+func (t consoleTokens) List(ctx context.Context) ([]tokens.Token, error) { return t.g.tokens.List(ctx) }
+func (t consoleTokens) Revoke(ctx context.Context, id string) error      { return t.g.auth.Revoke(ctx, id) }
+func (t consoleTokens) Issue(ctx context.Context, agent, role string, ttl time.Duration) (string, tokens.Token, error) {
+	return t.g.IssueToken(ctx, agent, role, ttl)
 }
 
 // Listen binds the MCP, ext_authz and admin listeners, so that their

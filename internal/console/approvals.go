@@ -1,0 +1,159 @@
+package console
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/amgateway/amg/internal/approval"
+)
+
+// pendingRow is one parked call in the queue.
+type pendingRow struct {
+	*approval.Approval
+	// Payload is the exact request the agent sent, indented for reading
+	// when it is JSON; Exact says whether it is shown byte for byte.
+	Payload string
+	Exact   bool
+	Left    string // time left until expiry, as of rendering
+}
+
+type approvalsData struct {
+	Rows []pendingRow
+	// Err is why the queue could not be read.
+	Err string
+	// Recent are the last decided approvals, newest first.
+	Recent []*approval.Approval
+	// Now is when the queue was read: the page's script counts down from
+	// it, whatever the browser's clock says.
+	Now  time.Time
+	CSRF string
+}
+
+const recentApprovals = 10
+
+func (c *Console) approvalsData(r *http.Request, s *session) approvalsData {
+	d := approvalsData{Now: c.opts.Now(), CSRF: c.csrf(s)}
+	list, err := c.d.Approvals.List(r.Context(), "")
+	if err != nil {
+		d.Err = err.Error()
+		return d
+	}
+	for _, a := range list {
+		if a.State != approval.Pending {
+			d.Recent = append(d.Recent, a)
+			continue
+		}
+		row := pendingRow{Approval: a, Left: left(a.Expires.Sub(d.Now))}
+		var buf bytes.Buffer
+		if json.Indent(&buf, a.Body, "", "  ") == nil {
+			row.Payload = buf.String()
+		} else {
+			row.Payload, row.Exact = string(a.Body), true
+		}
+		d.Rows = append(d.Rows, row)
+	}
+	// Oldest first: the call waiting longest is decided first.
+	sortBy(d.Rows, func(r pendingRow) time.Time { return r.Created }, false)
+	sortBy(d.Recent, func(a *approval.Approval) time.Time { return a.DecidedAt }, true)
+	if len(d.Recent) > recentApprovals {
+		d.Recent = d.Recent[:recentApprovals]
+	}
+	return d
+}
+
+func (c *Console) approvalsPage(w http.ResponseWriter, r *http.Request, s *session) {
+	p := page{Title: "Approvals", Nav: "approvals", Session: s, CSRF: c.csrf(s), Data: c.approvalsData(r, s)}
+	q := r.URL.Query()
+	// The query carries codes and an approval id, never text, so that a
+	// link cannot put words on the page.
+	if id := q.Get("id"); validID(id) {
+		switch q.Get("done") {
+		case "approved":
+			p.Notice = "Approved " + id + ": the call has gone upstream and its result to the agent."
+		case "denied":
+			p.Notice = "Denied " + id + ": the agent was told, and nothing ran."
+		}
+	}
+	if msg := q.Get("problem"); msg != "" && validID(q.Get("id")) {
+		p.Problem = problemText(msg, q.Get("id"))
+	}
+	c.render(w, http.StatusOK, "approvals", p)
+}
+
+// approvalRows is the queue alone, which the page's script fetches to stay
+// current.
+func (c *Console) approvalRows(w http.ResponseWriter, r *http.Request, s *session) {
+	c.fragment(w, "approvals", "queue", c.approvalsData(r, s))
+}
+
+func (c *Console) decide(w http.ResponseWriter, r *http.Request, s *session) {
+	id := r.PathValue("id")
+	var to approval.State
+	switch r.PathValue("decision") {
+	case "approve":
+		to = approval.Approved
+	case "deny":
+		to = approval.Denied
+	default:
+		http.NotFound(w, r)
+		return
+	}
+	reason := strings.TrimSpace(r.PostFormValue("reason"))
+	if len(reason) > 500 {
+		reason = strings.ToValidUTF8(reason[:500], "") // never half a character
+	}
+	_, err := c.d.Approvals.Finish(r.Context(), id, to, s.Name, reason, c.opts.Now())
+	v := url.Values{"id": {id}}
+	switch {
+	case err == nil && to == approval.Approved:
+		v.Set("done", "approved")
+	case err == nil:
+		v.Set("done", "denied")
+	case errors.Is(err, approval.ErrNotFound):
+		v.Set("problem", "not_found")
+	case errors.Is(err, approval.ErrNotPending):
+		v.Set("problem", "not_pending")
+	default:
+		c.opts.Logger.Error("console: deciding an approval", "id", id, "err", err)
+		v.Set("problem", "store")
+	}
+	c.opts.Logger.Info("console: approval decided", "id", id, "decision", to, "by", s.Name, "err", err)
+	http.Redirect(w, r, "/console/approvals?"+v.Encode(), http.StatusSeeOther)
+}
+
+// problemText is the message for a failed decision.
+func problemText(code, id string) string {
+	switch code {
+	case "not_found":
+		return "There is no approval " + id + "."
+	case "not_pending":
+		return id + " was already decided, expired, or its agent left; nothing changed."
+	case "store":
+		return "The approval store could not record the decision; nothing changed. The gateway's log says why."
+	}
+	return ""
+}
+
+// validID reports whether id has the form of an approval id (see
+// approval.New).
+func validID(id string) bool {
+	hexPart, ok := strings.CutPrefix(id, "apr_")
+	return ok && len(hexPart) == 24 && isHex(hexPart)
+}
+
+// left is d as the queue shows it before the script takes over.
+func left(d time.Duration) string {
+	if d <= 0 {
+		return "expired"
+	}
+	d = d.Round(time.Second)
+	if d >= time.Hour {
+		return d.Truncate(time.Minute).String()
+	}
+	return d.String()
+}

@@ -1,0 +1,344 @@
+package console_test
+
+import (
+	"context"
+	"fmt"
+	"html"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/amgateway/amg/internal/approval"
+)
+
+// park stores a pending call of agent to notion__delete_page with body,
+// created now and expiring in 15 minutes.
+func (e *env) park(agent, body string) *approval.Approval {
+	e.t.Helper()
+	ctx := context.Background()
+	list, _ := e.approvals.List(ctx, "")
+	a, err := approval.New(fmt.Sprintf("dec_%03d", len(list)+1), agent, "dev", "notion", "delete_page", []byte(body), e.clock.Now(), 15*time.Minute)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.approvals.Create(ctx, a); err != nil {
+		e.t.Fatal(err)
+	}
+	return a
+}
+
+// state is the approval as the store has it now.
+func (e *env) state(id string) *approval.Approval {
+	e.t.Helper()
+	a, err := e.approvals.Get(context.Background(), id)
+	if err != nil {
+		e.t.Fatalf("approval %s: %v", id, err)
+	}
+	return a
+}
+
+// card is the HTML of the queue's card for id; "" if there is none.
+func card(body, id string) string {
+	m := regexp.MustCompile(`(?s)<article class="card approval" data-testid="approval" data-id="` + regexp.QuoteMeta(id) + `".*?</article>`).FindString(body)
+	return m
+}
+
+func field(card, testid string) (string, bool) {
+	m := regexp.MustCompile(`(?s)data-testid="` + testid + `">(.*?)</`).FindStringSubmatch(card)
+	if m == nil {
+		return "", false
+	}
+	return html.UnescapeString(m[1]), true
+}
+
+var queueIDs = regexp.MustCompile(`<div class="queue" data-ids="([^"]*)"`)
+
+func TestApprovalsPageShowsThePendingCall(t *testing.T) {
+	e := newEnv(t, nil)
+	op := e.signIn("alice")
+	agent := `<script>alert("agent")</script>`
+	body := `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"delete_page","arguments":{"page_id":"</pre><script>alert('payload')</script>"}}}`
+	a := e.park(agent, body)
+	e.clock.Advance(5 * time.Minute)
+
+	rec := e.get(op, "/console/approvals")
+	wantStatus(t, rec, http.StatusOK)
+	raw := rec.Body.String()
+	if n := count(raw, "<script"); n != 1 { // the console's own script tag
+		t.Errorf("the page has %d script tags, want only the console's own: hostile values were not escaped\n%s", n, raw)
+	}
+	c := card(raw, a.ID)
+	if c == "" {
+		t.Fatalf("no card for %s:\n%s", a.ID, raw)
+	}
+	if got, _ := field(c, "agent"); got != agent {
+		t.Errorf("agent %q, want %q", got, agent)
+	}
+	if !strings.Contains(c, "<code>notion__delete_page</code>") {
+		t.Error("the card does not name the tool notion__delete_page")
+	}
+	wantPayload := `{
+  "jsonrpc": "2.0",
+  "id": 7,
+  "method": "tools/call",
+  "params": {
+    "name": "delete_page",
+    "arguments": {
+      "page_id": "</pre><script>alert('payload')</script>"
+    }
+  }
+}`
+	if got, _ := field(c, "payload"); got != wantPayload {
+		t.Errorf("payload shown as\n%s\nwant\n%s", got, wantPayload)
+	}
+	// Indented for reading, so the exact bytes are a click away.
+	if !strings.Contains(html.UnescapeString(c), "<summary>Exact bytes</summary><pre class=\"payload\">"+body+"</pre>") {
+		t.Error("the exact bytes of a JSON payload are not offered")
+	}
+	if !strings.Contains(c, a.BodySHA256) || !strings.Contains(c, `href="/console/audit?decision_id=`+a.DecisionID+`"`) {
+		t.Error("the card lacks the payload's SHA-256 or the link to its decision")
+	}
+	if got, _ := field(c, "countdown"); got != "10m0s" {
+		t.Errorf("time left %q, want 10m0s on the injected clock", got)
+	}
+	if !strings.Contains(c, `action="/console/approvals/`+a.ID+`/approve"`) || !strings.Contains(c, `formaction="/console/approvals/`+a.ID+`/deny"`) ||
+		!strings.Contains(c, `name="csrf" value="`+op.csrf+`"`) {
+		t.Errorf("the card's form does not post to approve and deny with the CSRF token:\n%s", c)
+	}
+}
+
+func TestApprovalsPayloadThatIsNotJSON(t *testing.T) {
+	e := newEnv(t, nil)
+	op := e.signIn("alice")
+	body := "not json <b>bold</b>\n  kept as is"
+	a := e.park("agent-1", body)
+	e.clock.Advance(20 * time.Minute)
+	c := card(e.get(op, "/console/approvals").Body.String(), a.ID)
+	if got, _ := field(c, "payload"); got != body {
+		t.Errorf("payload %q, want the exact bytes %q", got, body)
+	}
+	if strings.Contains(c, "<b>") || strings.Contains(c, "Exact bytes") {
+		t.Errorf("a non-JSON payload is shown unescaped or twice:\n%s", c)
+	}
+	if got, _ := field(c, "countdown"); got != "expired" {
+		t.Errorf("time left %q past the expiry, want expired", got)
+	}
+}
+
+func TestDecide(t *testing.T) {
+	for _, tc := range []struct {
+		decision string
+		state    approval.State
+		done     string
+		notice   string
+	}{
+		{"approve", approval.Approved, "approved", "the call has gone upstream"},
+		{"deny", approval.Denied, "denied", "the agent was told, and nothing ran"},
+	} {
+		t.Run(tc.decision, func(t *testing.T) {
+			e := newEnv(t, nil)
+			op := e.signIn("Alice Example")
+			a := e.park("agent-1", `{}`)
+			other := e.park("agent-2", `{}`)
+			e.clock.Advance(time.Minute)
+			rec := e.act(op, "/console/approvals/"+a.ID+"/"+tc.decision, url.Values{"reason": {"ticket 42"}})
+			wantRedirect(t, rec, "/console/approvals?"+url.Values{"done": {tc.done}, "id": {a.ID}}.Encode())
+			got := e.state(a.ID)
+			if got.State != tc.state || got.DecidedBy != "Alice Example" || got.Reason != "ticket 42" || !got.DecidedAt.Equal(start.Add(time.Minute)) {
+				t.Errorf("after %s: %s by %q at %v, reason %q", tc.decision, got.State, got.DecidedBy, got.DecidedAt, got.Reason)
+			}
+			if e.state(other.ID).State != approval.Pending {
+				t.Error("deciding one approval decided another")
+			}
+			page := e.follow(op, rec)
+			wantStatus(t, page, http.StatusOK)
+			if n := notice(page); !strings.Contains(n, a.ID) || !strings.Contains(n, tc.notice) {
+				t.Errorf("notice %q", n)
+			}
+			if card(page.Body.String(), a.ID) != "" || card(page.Body.String(), other.ID) == "" {
+				t.Error("the queue does not show exactly the approval left pending")
+			}
+		})
+	}
+}
+
+func TestDecideWithoutReason(t *testing.T) {
+	e := newEnv(t, nil)
+	op := e.signIn("alice")
+	a := e.park("agent-1", `{}`)
+	e.act(op, "/console/approvals/"+a.ID+"/deny", nil)
+	if got := e.state(a.ID); got.State != approval.Denied || got.Reason != "" {
+		t.Errorf("%s, reason %q", got.State, got.Reason)
+	}
+}
+
+// The reason is cut to 500 bytes without breaking a character: what is
+// recorded stays valid UTF-8.
+func TestDecideCutsALongReason(t *testing.T) {
+	e := newEnv(t, nil)
+	op := e.signIn("alice")
+	for _, reason := range []string{strings.Repeat("x", 600), strings.Repeat("€", 200), strings.Repeat("é", 400)} {
+		a := e.park("agent-1", `{}`)
+		e.act(op, "/console/approvals/"+a.ID+"/approve", url.Values{"reason": {reason}})
+		got := e.state(a.ID)
+		if got.State != approval.Approved || got.Reason == "" || !strings.HasPrefix(reason, got.Reason) || !utf8.ValidString(got.Reason) ||
+			utf8.RuneCountInString(got.Reason) > 500 || len(got.Reason) >= len(reason) {
+			t.Errorf("a reason of %d bytes was recorded as %d bytes (valid UTF-8: %v)", len(reason), len(got.Reason), utf8.ValidString(got.Reason))
+		}
+	}
+}
+
+func TestDecideTwiceChangesNothing(t *testing.T) {
+	e := newEnv(t, nil)
+	alice := e.signIn("alice")
+	bob := e.signIn("bob")
+	a := e.park("agent-1", `{}`)
+	wantRedirect(t, e.act(alice, "/console/approvals/"+a.ID+"/approve", url.Values{"reason": {"fine"}}),
+		"/console/approvals?done=approved&id="+a.ID)
+	e.clock.Advance(time.Minute)
+	for _, decision := range []string{"deny", "approve"} {
+		rec := e.act(bob, "/console/approvals/"+a.ID+"/"+decision, url.Values{"reason": {"no"}})
+		wantRedirect(t, rec, "/console/approvals?"+url.Values{"id": {a.ID}, "problem": {"not_pending"}}.Encode())
+		page := e.follow(bob, rec)
+		if p := problem(page); p != a.ID+" was already decided, expired, or its agent left; nothing changed." {
+			t.Errorf("%s again: problem %q", decision, p)
+		}
+		if notice(page) != "" {
+			t.Errorf("%s again: a notice too: %q", decision, notice(page))
+		}
+	}
+	got := e.state(a.ID)
+	if got.State != approval.Approved || got.DecidedBy != "alice" || got.Reason != "fine" || !got.DecidedAt.Equal(start) {
+		t.Errorf("the first decision was changed: %s by %q at %v, reason %q", got.State, got.DecidedBy, got.DecidedAt, got.Reason)
+	}
+}
+
+// The notice after a decision is built from codes and an approval id; a
+// link cannot make the page say anything else.
+func TestNoticeTakesNoTextFromTheLink(t *testing.T) {
+	e := newEnv(t, nil)
+	op := e.signIn("alice")
+	for _, q := range []string{
+		"done=approved&id=" + url.QueryEscape("everything. Your session expired: sign in at https://evil.example"),
+		"problem=store&id=" + url.QueryEscape("apr_x. Call +1 555 0100"),
+		"done=denied&id=apr_0000000000000000000000zz",
+	} {
+		page := e.get(op, "/console/approvals?"+q)
+		wantStatus(t, page, http.StatusOK)
+		if n, p := notice(page), problem(page); n != "" || p != "" {
+			t.Errorf("?%s: notice %q, problem %q; want neither", q, n, p)
+		}
+	}
+}
+
+func TestDecideUnknownApproval(t *testing.T) {
+	e := newEnv(t, nil)
+	op := e.signIn("alice")
+	pending := e.park("agent-1", `{}`)
+	id := "apr_000000000000000000000000"
+	rec := e.act(op, "/console/approvals/"+id+"/approve", nil)
+	wantRedirect(t, rec, "/console/approvals?"+url.Values{"id": {id}, "problem": {"not_found"}}.Encode())
+	if p := problem(e.follow(op, rec)); p != "There is no approval "+id+"." {
+		t.Errorf("problem %q", p)
+	}
+	if e.state(pending.ID).State != approval.Pending {
+		t.Error("an unknown id decided another approval")
+	}
+	// Neither approve nor deny.
+	wantStatus(t, e.act(op, "/console/approvals/"+pending.ID+"/maybe", nil), http.StatusNotFound)
+	if e.state(pending.ID).State != approval.Pending {
+		t.Error("an unknown decision changed the approval")
+	}
+}
+
+// The page shows only problems it knows by code: a link cannot put its own
+// words in the banner.
+func TestApprovalsProblemIsACode(t *testing.T) {
+	e := newEnv(t, nil)
+	op := e.signIn("alice")
+	rec := e.get(op, "/console/approvals?problem="+url.QueryEscape("Your session has expired, call 555-0100"))
+	wantStatus(t, rec, http.StatusOK)
+	if p := problem(rec); p != "" {
+		t.Errorf("an unknown problem code was shown: %q", p)
+	}
+	if n := notice(e.get(op, "/console/approvals?done=whatever&id=apr_1")); n != "" {
+		t.Errorf("an unknown outcome was shown: %q", n)
+	}
+}
+
+func TestApprovalRowsFragment(t *testing.T) {
+	e := newEnv(t, nil)
+	op := e.signIn("alice")
+
+	empty := e.get(op, "/console/approvals/rows")
+	wantStatus(t, empty, http.StatusOK)
+	if m := queueIDs.FindStringSubmatch(empty.Body.String()); m == nil || m[1] != "" {
+		t.Errorf("empty queue: data-ids %v", m)
+	}
+	if !strings.Contains(empty.Body.String(), `data-testid="queue-empty"`) {
+		t.Error("an empty queue does not say so")
+	}
+
+	var ids []string
+	for i := range 4 {
+		ids = append(ids, e.park(fmt.Sprintf("agent-%d", i), `{}`).ID)
+		e.clock.Advance(time.Minute)
+	}
+	e.act(op, "/console/approvals/"+ids[1]+"/deny", url.Values{"reason": {"not today"}})
+	e.clock.Advance(time.Minute)
+	e.act(op, "/console/approvals/"+ids[3]+"/approve", nil)
+
+	rec := e.get(op, "/console/approvals/rows")
+	wantStatus(t, rec, http.StatusOK)
+	body := rec.Body.String()
+	if strings.Contains(body, "<html") || strings.Contains(body, "<nav") {
+		t.Error("the fragment is a whole page")
+	}
+	m := queueIDs.FindStringSubmatch(body)
+	if m == nil {
+		t.Fatalf("no queue in the fragment:\n%s", body)
+	}
+	if got, want := strings.Fields(m[1]), []string{ids[0], ids[2]}; strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("data-ids %q, want the pending ones oldest first %q", got, want)
+	}
+	if n := count(body, `data-testid="approval"`); n != 2 {
+		t.Errorf("%d cards, want 2", n)
+	}
+	if !strings.Contains(body, `data-now="`+e.clock.Now().Format(time.RFC3339Nano)+`"`) {
+		t.Error("the fragment does not carry the server's clock")
+	}
+	// Recently decided, newest first, with who and why.
+	recent := regexp.MustCompile(`(?s)<tr data-testid="recent" data-id="([^"]+)">(.*?)</tr>`).FindAllStringSubmatch(body, -1)
+	if len(recent) != 2 || recent[0][1] != ids[3] || recent[1][1] != ids[1] {
+		t.Fatalf("recently decided %v, want %s then %s", recent, ids[3], ids[1])
+	}
+	if r := html.UnescapeString(recent[1][2]); !strings.Contains(r, "denied") || !strings.Contains(r, "alice") || !strings.Contains(r, "not today") {
+		t.Errorf("the denial's row %q lacks its outcome, operator or reason", r)
+	}
+}
+
+func TestRecentlyDecidedShowsTheLastTen(t *testing.T) {
+	e := newEnv(t, nil)
+	op := e.signIn("alice")
+	var ids []string
+	for range 12 {
+		a := e.park("agent-1", `{}`)
+		e.act(op, "/console/approvals/"+a.ID+"/approve", nil)
+		e.clock.Advance(time.Second)
+		ids = append(ids, a.ID)
+	}
+	body := e.get(op, "/console/approvals/rows").Body.String()
+	recent := regexp.MustCompile(`<tr data-testid="recent" data-id="([^"]+)">`).FindAllStringSubmatch(body, -1)
+	if len(recent) != 10 {
+		t.Fatalf("%d recently decided, want 10", len(recent))
+	}
+	for i, m := range recent {
+		if want := ids[11-i]; m[1] != want {
+			t.Errorf("recent[%d] = %s, want %s (newest first)", i, m[1], want)
+		}
+	}
+}

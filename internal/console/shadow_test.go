@@ -1,0 +1,160 @@
+package console_test
+
+import (
+	"context"
+	"html"
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/amgateway/amg/internal/console"
+	"github.com/amgateway/amg/internal/shadow"
+)
+
+// shadowRows maps each role of the shadow page's table to its row's
+// cells, as text.
+func shadowRows(t *testing.T, body string) map[string][]string {
+	t.Helper()
+	rows := map[string][]string{}
+	for _, m := range regexp.MustCompile(`(?s)<tr data-testid="shadow-role" data-role="([^"]*)">(.*?)</tr>`).FindAllStringSubmatch(body, -1) {
+		var cells []string
+		for _, c := range regexp.MustCompile(`(?s)<td[^>]*>(.*?)</td>`).FindAllStringSubmatch(m[2], -1) {
+			cells = append(cells, strings.TrimSpace(html.UnescapeString(regexp.MustCompile(`<[^>]+>`).ReplaceAllString(c[1], ""))))
+		}
+		if len(cells) != 5 {
+			t.Fatalf("row of %s has %d cells: %q", m[1], len(cells), m[2])
+		}
+		rows[html.UnescapeString(m[1])] = cells
+	}
+	return rows
+}
+
+// countDenials records would-be denials: support 10 days ago, trial 3
+// days ago, dev (enforce now) yesterday twice, and retired (no longer in
+// the policy) 20 days ago.
+func countDenials(t *testing.T, s *shadow.Memory) {
+	t.Helper()
+	ctx := context.Background()
+	day := 24 * time.Hour
+	for _, d := range []struct {
+		role string
+		ago  time.Duration
+	}{{"support", 10 * day}, {"trial", 3 * day}, {"dev", day}, {"dev", day}, {"retired", 20 * day}, {"ancient", 40 * day}} {
+		if err := s.Inc(ctx, d.role, start.Add(-d.ago)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestShadowReadiness(t *testing.T) {
+	for _, tc := range []struct {
+		readyDays int
+		// state of support and trial; retired, gone from the policy, has
+		// no state whatever its line says
+		support, trial string
+	}{
+		{0, "ready to enforce", "not yet"}, // 0 means 7
+		{7, "ready to enforce", "not yet"},
+		{3, "ready to enforce", "ready to enforce"},
+		{4, "ready to enforce", "not yet"},
+		{11, "not yet", "not yet"},
+		{21, "not yet", "not yet"},
+	} {
+		e := newEnv(t, &console.Options{ReadyDays: tc.readyDays})
+		countDenials(t, e.shadow)
+		op := e.signIn("alice")
+		rec := e.get(op, "/console/shadow")
+		wantStatus(t, rec, http.StatusOK)
+		rows := shadowRows(t, rec.Body.String())
+		if len(rows) != 4 {
+			t.Fatalf("ReadyDays %d: roles %v, want dev, retired, support and trial (not ancient, outside the chart)", tc.readyDays, rows)
+		}
+		for role, want := range map[string]string{"support": tc.support, "trial": tc.trial, "retired": "—", "dev": "enforcing"} {
+			if got := rows[role][4]; got != want {
+				t.Errorf("ReadyDays %d: %s is %q, want %q", tc.readyDays, role, got, want)
+			}
+		}
+	}
+}
+
+func TestShadowPage(t *testing.T) {
+	e := newEnv(t, nil)
+	countDenials(t, e.shadow)
+	op := e.signIn("alice")
+	rec := e.get(op, "/console/shadow")
+	wantStatus(t, rec, http.StatusOK)
+	body := rec.Body.String()
+	rows := shadowRows(t, body)
+	day := func(ago int) string { return shadow.Day(start.AddDate(0, 0, -ago)) }
+	want := map[string][]string{
+		"dev":     {"dev", "enforce", "2", day(1), "enforcing"},
+		"retired": {"retired", "no longer in the policy", "1", day(20), "—"},
+		"support": {"support", "shadow", "1", day(10), "ready to enforce"},
+		"trial":   {"trial", "shadow", "1", day(3), "not yet"},
+	}
+	for role, w := range want {
+		if strings.Join(rows[role], "|") != strings.Join(w, "|") {
+			t.Errorf("row %s = %q, want %q", role, rows[role], w)
+		}
+	}
+	order := regexp.MustCompile(`data-testid="shadow-role" data-role="([^"]*)"`).FindAllStringSubmatch(body, -1)
+	var roles []string
+	for _, m := range order {
+		roles = append(roles, m[1])
+	}
+	if strings.Join(roles, " ") != "dev retired support trial" {
+		t.Errorf("roles in order %q, want sorted", roles)
+	}
+	if !strings.Contains(body, `<img src="/console/shadow/chart.svg"`) {
+		t.Error("the page does not show the chart")
+	}
+	if !strings.Contains(body, "at zero for the last 7 days is ready to enforce") {
+		t.Error("the page does not say how many quiet days make a role ready")
+	}
+}
+
+func TestShadowPageShowsShadowRolesWithoutDenials(t *testing.T) {
+	e := newEnv(t, nil)
+	op := e.signIn("alice")
+	rows := shadowRows(t, e.get(op, "/console/shadow").Body.String())
+	if len(rows) != 2 || rows["support"] == nil || rows["trial"] == nil {
+		t.Fatalf("roles %v, want the two shadow roles", rows)
+	}
+	for _, role := range []string{"support", "trial"} {
+		if got := rows[role]; got[2] != "0" || got[3] != "—" || got[4] != "ready to enforce" {
+			t.Errorf("%s without denials: %q", role, got)
+		}
+	}
+}
+
+func TestShadowChart(t *testing.T) {
+	e := newEnv(t, &console.Options{ChartDays: 14})
+	countDenials(t, e.shadow)
+	op := e.signIn("alice")
+	rec := e.get(op, "/console/shadow/chart.svg")
+	wantStatus(t, rec, http.StatusOK)
+	if ct := rec.Header().Get("Content-Type"); ct != "image/svg+xml" {
+		t.Errorf("Content-Type %q", ct)
+	}
+	svg := rec.Body.String()
+	if !strings.HasPrefix(strings.TrimSpace(svg), "<svg") || !strings.HasSuffix(strings.TrimSpace(svg), "</svg>") {
+		t.Fatalf("not an SVG document:\n%s", svg)
+	}
+	if strings.Contains(svg, "<script") {
+		t.Error("the chart has a script")
+	}
+	for _, role := range []string{"dev", "support", "trial"} {
+		if !regexp.MustCompile(`>` + role + `\b`).MatchString(svg) {
+			t.Errorf("the chart does not list %s", role)
+		}
+	}
+	// retired's only denial is 20 days ago, outside a 14-day chart.
+	if strings.Contains(svg, "retired") {
+		t.Error("the chart lists a role with no denial in its window")
+	}
+	if !strings.Contains(svg, "Would-be denials per role per day (UTC)") {
+		t.Error("the chart has no title")
+	}
+}
