@@ -1,9 +1,11 @@
 // Command e2e measures a tools/call end to end, side by side, against one
 // upstream MCP server on loopback: (a) straight to the upstream, (b)
 // through a naive proxy built on the go-sdk (a server whose tool forwards
-// through a client session, the SDK's own proxy pattern), (c) through AMG
-// with a 12-constraint grant and the audit log on. Every client is the
-// go-sdk's, over Streamable HTTP, one session per concurrent worker.
+// through a client session, the SDK's own proxy pattern), (c) through the
+// standard library's reverse proxy, which only passes bytes on: the floor
+// for any gateway one HTTP hop long, and (d) through AMG with a
+// 12-constraint grant and the audit log on. Every client is the go-sdk's,
+// over Streamable HTTP, one session per concurrent worker.
 //
 // Figures are medians over -runs rounds; ratios are taken within a round.
 //
@@ -18,6 +20,8 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -40,7 +44,7 @@ var args = json.RawMessage(decisiontest.BenchArgs)
 func main() {
 	levels := flag.String("c", "1,32", "concurrency levels")
 	duration := flag.Duration("d", 5*time.Second, "how long each measurement runs")
-	only := flag.String("only", "", "measure only the path of this name (direct, go-sdk proxy, AMG)")
+	only := flag.String("only", "", "measure only the path of this name (direct, go-sdk proxy, reverse proxy, AMG)")
 	runs := flag.Int("runs", 1, "rounds of measurements; figures are the medians over rounds")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
@@ -76,6 +80,10 @@ func run(levels []int, d time.Duration, only string, runs int) error {
 	if err != nil {
 		return err
 	}
+	plain, err := reverseProxy(upstream)
+	if err != nil {
+		return err
+	}
 	amgURL, token, stop, err := startAMG(ctx, upstream)
 	if err != nil {
 		return err
@@ -85,6 +93,7 @@ func run(levels []int, d time.Duration, only string, runs int) error {
 	targets := []struct{ name, url, token, tool string }{
 		{"direct", upstream, "", "get_pages"},
 		{"go-sdk proxy", proxy, "", "get_pages"},
+		{"reverse proxy", plain, "", "get_pages"},
 		{"AMG", amgURL, token, "bench__get_pages"},
 	}
 	// Rounds interleave the paths, so that the machine's drift touches
@@ -206,6 +215,24 @@ func naiveProxy(ctx context.Context, upstream string) *mcp.Server {
 			return cs.CallTool(ctx, &mcp.CallToolParams{Name: "get_pages", Arguments: req.Params.Arguments})
 		})
 	return s
+}
+
+// reverseProxy is the least a gateway with one HTTP hop can cost: the
+// standard library's reverse proxy, passing bytes through without looking
+// at them. What it adds is the floor for AMG's added latency.
+func reverseProxy(upstream string) (string, error) {
+	target, err := url.Parse(upstream)
+	if err != nil {
+		return "", err
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(target); r.Out.URL.Path = target.Path },
+		FlushInterval: -1, Transport: pool}
+	go http.Serve(lis, rp)
+	return "http://" + lis.Addr().String() + "/mcp", nil
 }
 
 func serve(s *mcp.Server) (string, error) {
