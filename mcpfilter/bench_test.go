@@ -23,14 +23,22 @@ func BenchmarkParseToolsCallSmall(b *testing.B) {
 	benchParse(b, toolsCallSmall)
 }
 
-func benchParse(b *testing.B, body []byte) {
-	if _, err := Parse(body, nil); err != nil {
+// BenchmarkParseToolsCall2KBSkipArgs is the broker's parse: the envelope,
+// with the arguments validated but not built.
+func BenchmarkParseToolsCall2KBSkipArgs(b *testing.B) {
+	benchParseOpts(b, toolsCall2KB, &Options{SkipArgs: true})
+}
+
+func benchParse(b *testing.B, body []byte) { benchParseOpts(b, body, nil) }
+
+func benchParseOpts(b *testing.B, body []byte, opts *Options) {
+	if _, err := Parse(body, opts); err != nil {
 		b.Fatal(err)
 	}
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := Parse(body, nil); err != nil {
+		if _, err := Parse(body, opts); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -258,6 +258,13 @@ func (p *parser) arguments(depth int, m *Message, prompt bool) error {
 		}
 		return p.wrongType(depth, ReasonInvalidArguments, "arguments must be an object")
 	}
+	if p.skipArgs {
+		if err := p.skipObject(depth + 1); err != nil {
+			return err
+		}
+		m.Arguments = p.data[start:p.pos]
+		return nil
+	}
 	// One copy of the rest of the body serves every string of every
 	// arguments object in it (positions only move forward, except for
 	// params re-read within the same message).

@@ -137,6 +137,10 @@ type Options struct {
 	// after Parse, so the strings in Args may share them instead of a
 	// copy. Leave it false unless the caller owns the buffer outright.
 	ImmutableBody bool
+	// SkipArgs validates the arguments of tools/call and prompts/get as
+	// any other JSON but does not build Args: for a caller that only
+	// routes a message whose arguments were already decided on.
+	SkipArgs bool
 }
 
 // Parse validates body as one JSON-RPC message, or a batch of them, under
@@ -162,7 +166,7 @@ func Parse(body []byte, opts *Options) (*Body, error) {
 		}
 	}
 	p := parserPool.Get().(*parser)
-	p.data, p.pos, p.maxDepth, p.immutable = body, 0, maxDepth, opts.ImmutableBody
+	p.data, p.pos, p.maxDepth, p.immutable, p.skipArgs = body, 0, maxDepth, opts.ImmutableBody, opts.SkipArgs
 	b, err := p.body(opts.AllowBatch)
 	p.release()
 	if e, ok := err.(*Error); ok {

@@ -21,6 +21,8 @@ type parser struct {
 	// immutable: the caller promised not to modify data, so argStr may
 	// alias it (Options.ImmutableBody).
 	immutable bool
+	// skipArgs: validate arguments but build no Args (Options.SkipArgs).
+	skipArgs bool
 
 	// keys is a stack holding the keys of every object currently open, so
 	// that duplicates are found without a map per object. An object owns

@@ -48,6 +48,38 @@ func TestImmutableBody(t *testing.T) {
 	}
 }
 
+// SkipArgs gives the same message as a full parse, but no Args, and
+// arguments that are not valid JSON, or not what MCP allows, still fail.
+func TestSkipArgs(t *testing.T) {
+	for _, body := range [][]byte{toolsCall2KB, toolsCallSmall,
+		[]byte(`{"jsonrpc":"2.0","id":"x","method":"prompts/get","params":{"name":"s__p","arguments":{"a":"b"}}}`)} {
+		full, err := Parse(body, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		skipped, err := Parse(body, &Options{SkipArgs: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, s := full.Messages[0], skipped.Messages[0]
+		if s.Args != nil {
+			t.Errorf("%.40s: SkipArgs built Args %v", body, s.Args)
+		}
+		if !bytes.Equal(f.Arguments, s.Arguments) || f.Name != s.Name || !bytes.Equal(f.ID, s.ID) || f.IDSpan != s.IDSpan ||
+			f.NameSpan != s.NameSpan || f.Method != s.Method || f.Kind != s.Kind {
+			t.Errorf("%.40s: SkipArgs parsed differently:\n%+v\n%+v", body, f, s)
+		}
+	}
+	for _, args := range []string{`{"a":1,"a":2}`, `{"a":{"b":1,"b":2}}`, `{"a":}`, `null`, `[1]`, `"s"`, `{"a":"\ud800"}`} {
+		body := []byte(`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a__b","arguments":` + args + `}}`)
+		_, full := Parse(body, nil)
+		_, skipped := Parse(body, &Options{SkipArgs: true})
+		if full == nil || skipped == nil {
+			t.Errorf("arguments %s: full parse error %v, SkipArgs error %v; want both refused", args, full, skipped)
+		}
+	}
+}
+
 func TestCompletionReferences(t *testing.T) {
 	for _, tt := range []struct {
 		body, refType, name, uri string

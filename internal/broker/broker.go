@@ -596,7 +596,7 @@ func refuse(w http.ResponseWriter, status int, msg string) {
 // error carrying its id, which MCP clients report as that call's result.
 func refuseCall(w http.ResponseWriter, body []byte, msg string) {
 	id := json.RawMessage("null")
-	if b, err := mcpfilter.Parse(body, nil); err == nil && len(b.Messages) == 1 && b.Messages[0].ID != nil {
+	if b, err := mcpfilter.Parse(body, &mcpfilter.Options{SkipArgs: true}); err == nil && len(b.Messages) == 1 && b.Messages[0].ID != nil {
 		id = b.Messages[0].ID
 	}
 	writeError(w, http.StatusOK, id, msg)

@@ -110,7 +110,9 @@ func (b *Broker) serveDirect(w http.ResponseWriter, r *http.Request, as *agentSe
 	if r.Method != http.MethodPost {
 		return false
 	}
-	parsed, err := mcpfilter.Parse(body, &mcpfilter.Options{MaxBytes: b.maxBody})
+	// authz decided on these arguments, and the decision token binds the
+	// body: routing needs only the envelope.
+	parsed, err := mcpfilter.Parse(body, &mcpfilter.Options{MaxBytes: b.maxBody, SkipArgs: true})
 	if err != nil || len(parsed.Messages) != 1 {
 		return false
 	}

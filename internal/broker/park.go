@@ -38,7 +38,7 @@ const RPCApprovalRefused = -32002
 
 // park serves a call that needs approval; the decision d has verified.
 func (b *Broker) park(w http.ResponseWriter, r *http.Request, d authz.Decision, body []byte) {
-	parsed, err := mcpfilter.Parse(body, &mcpfilter.Options{MaxBytes: b.maxBody})
+	parsed, err := mcpfilter.Parse(body, &mcpfilter.Options{MaxBytes: b.maxBody, SkipArgs: true})
 	if err != nil || len(parsed.Messages) != 1 || parsed.Messages[0].Method != "tools/call" {
 		refuseCall(w, body, "only a single tools/call can wait for approval")
 		return

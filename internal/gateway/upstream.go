@@ -94,6 +94,9 @@ type withHeaders struct {
 }
 
 func (h *withHeaders) RoundTrip(r *http.Request) (*http.Response, error) {
+	if len(h.headers) == 0 {
+		return h.base.RoundTrip(r)
+	}
 	r = r.Clone(r.Context())
 	for k, v := range h.headers {
 		r.Header.Set(k, v.Reveal())
