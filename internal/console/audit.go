@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -67,7 +68,7 @@ func (c *Console) auditPage(w http.ResponseWriter, r *http.Request, s *session) 
 		// To is a minute: everything up to its last instant is in.
 		query.To = t.Add(time.Minute - time.Nanosecond)
 	}
-	if f.Verdict != "" && !contains(verdictChoices, f.Verdict) {
+	if f.Verdict != "" && !slices.Contains(verdictChoices, f.Verdict) {
 		bad = append(bad, "verdict must be one of "+strings.Join(verdictChoices, ", "))
 	}
 	if len(bad) > 0 {

@@ -30,9 +30,6 @@ import (
 	"github.com/amgateway/amg/internal/tokens"
 )
 
-// Prefix is where the console is served on the admin listener.
-const Prefix = "/console/"
-
 // Policies is the policy in force and how the last reload went.
 type Policies interface {
 	Current() *policy.Set
@@ -298,5 +295,3 @@ func sortBy[T any](s []T, key func(T) time.Time, desc bool) {
 		return key(a).Compare(key(b))
 	})
 }
-
-func contains(list []string, s string) bool { return slices.Contains(list, s) }
