@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -160,7 +161,20 @@ func TestServe(t *testing.T) {
 		t.Errorf("denying an executed approval: exit %d: %s", code, errOut)
 	}
 
-	// The operator's view: the admin endpoints.
+	// The operator's view: the console, where the log says it is, and the
+	// admin endpoints.
+	cm := regexp.MustCompile(`console=(\S+) admin_token=(\S+)`).FindStringSubmatch(stderr.String())
+	if cm == nil || cm[1] != adminURL+"/console/" || cm[2] != filepath.Join(dataDir, "admin.token") {
+		t.Errorf("serve's log = %q, want the console's URL and the admin token's file", cm)
+	} else if resp, err := http.Get(cm[1]); err != nil {
+		t.Error(err)
+	} else {
+		page, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(page), "Sign in") {
+			t.Errorf("GET %s = %d, want the sign-in page", cm[1], resp.StatusCode)
+		}
+	}
 	resp0, err := http.Get(adminURL + "/api/v1/status")
 	if err != nil {
 		t.Fatal(err)

@@ -358,8 +358,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	go func() { errs <- gs.Serve(g.authzLis) }()
 	go func() { errs <- hs.Serve(g.mcpLis) }()
 	go func() { errs <- as.Serve(g.adminLis) }()
-	attrs := []any{"mcp", "http://" + g.MCPAddr() + config.MCPPath, "ext_authz", g.AuthzAddr(), "admin", "http://" + g.AdminAddr(),
-		"console", "http://" + g.AdminAddr() + "/console/ (admin token in " + filepath.Join(g.cfg.DataDir, AdminTokenFile) + ")"}
+	attrs := []any{"mcp", "http://" + g.MCPAddr() + config.MCPPath, "ext_authz", g.AuthzAddr(), "admin", "http://" + g.AdminAddr()}
 	if g.brokerLis != nil {
 		go func() { errs <- bs.Serve(g.brokerLis) }()
 		attrs = append(attrs, "broker", "http://"+g.BrokerAddr()+config.MCPPath)
@@ -372,6 +371,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 			go g.watchEnvoyConfig(ctx)
 		}
 	}
+	attrs = append(attrs, "console", "http://"+g.AdminAddr()+"/console/", "admin_token", filepath.Join(g.cfg.DataDir, AdminTokenFile))
 	g.log.Info("serving", attrs...)
 
 	var err error
