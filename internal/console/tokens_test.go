@@ -134,7 +134,11 @@ func TestIssueShowsTheSecretOnce(t *testing.T) {
 func TestIssueTokenThatNeverExpires(t *testing.T) {
 	e := newEnv(t, nil)
 	op := e.signIn("alice")
-	wantStatus(t, e.act(op, "/console/tokens", url.Values{"agent": {"cron"}, "role": {"dev"}, "ttl": {"0"}}), http.StatusOK)
+	issued := e.act(op, "/console/tokens", url.Values{"agent": {"cron"}, "role": {"dev"}, "ttl": {"0"}})
+	wantStatus(t, issued, http.StatusOK)
+	if !strings.Contains(text(issued), "never expires.") {
+		t.Error("the issued token's notice does not say it never expires")
+	}
 	list := e.storedTokens()
 	if len(list) != 1 || !list[0].Expires.IsZero() {
 		t.Fatalf("stored %+v, want one token without expiry", list)
@@ -142,8 +146,8 @@ func TestIssueTokenThatNeverExpires(t *testing.T) {
 	e.clock.Advance(5 * 365 * 24 * time.Hour)
 	op = e.signIn("alice") // the session did not last
 	row := regexp.MustCompile(`(?s)<tr data-testid="token" data-id="` + list[0].ID + `".*?</tr>`).FindString(e.get(op, "/console/tokens").Body.String())
-	if !strings.Contains(row, `<span class="badge active">active</span>`) {
-		t.Errorf("a token without expiry is not active five years on:\n%s", row)
+	if !strings.Contains(row, `<span class="badge active">active</span>`) || !strings.Contains(row, "<td>never</td>") {
+		t.Errorf("a token without expiry is not active, and shown to never expire, five years on:\n%s", row)
 	}
 }
 
