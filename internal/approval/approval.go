@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -48,16 +49,37 @@ type Approval struct {
 	DecidedAt  time.Time `json:"decided_at,omitzero"`
 }
 
+// An approval id is idPrefix and idBytes random bytes in lowercase hex.
+const (
+	idPrefix = "apr_"
+	idBytes  = 12
+)
+
 // New returns a pending approval of body, valid for ttl from now.
 func New(decisionID, agent, role, server, tool string, body []byte, now time.Time, ttl time.Duration) (*Approval, error) {
-	var b [12]byte
+	var b [idBytes]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return nil, fmt.Errorf("approval id: %w", err)
 	}
 	sum := sha256.Sum256(body)
-	return &Approval{ID: "apr_" + hex.EncodeToString(b[:]), DecisionID: decisionID, Agent: agent, Role: role,
+	return &Approval{ID: idPrefix + hex.EncodeToString(b[:]), DecisionID: decisionID, Agent: agent, Role: role,
 		Server: server, Tool: tool, Body: append([]byte(nil), body...), BodySHA256: hex.EncodeToString(sum[:]),
 		Created: now.UTC(), Expires: now.Add(ttl).UTC(), State: Pending}, nil
+}
+
+// ValidID reports whether id has the form of an approval id, as New makes
+// them.
+func ValidID(id string) bool {
+	h, ok := strings.CutPrefix(id, idPrefix)
+	if !ok || len(h) != 2*idBytes {
+		return false
+	}
+	for i := range len(h) {
+		if c := h[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // Intact reports whether Body still hashes to BodySHA256: what is executed

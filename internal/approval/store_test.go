@@ -123,3 +123,20 @@ func TestIntact(t *testing.T) {
 		t.Error("a changed body still passes")
 	}
 }
+
+// ValidID accepts exactly the ids New makes.
+func TestValidID(t *testing.T) {
+	a, err := New("d", "agent", "role", "s", "t", []byte(`{}`), time.Now(), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ValidID(a.ID) {
+		t.Errorf("ValidID(%q) = false for an id New made", a.ID)
+	}
+	for _, id := range []string{"", "apr_", "apr_0000000000000000000000z0", "apr_00000000000000000000000", "apr_0000000000000000000000000",
+		"APR_000000000000000000000000", "apr_00000000000000000000000A", "x" + a.ID[1:], a.ID + " "} {
+		if ValidID(id) {
+			t.Errorf("ValidID(%q) = true", id)
+		}
+	}
+}

@@ -71,7 +71,7 @@ func (c *Console) approvalsPage(w http.ResponseWriter, r *http.Request, s *sessi
 	q := r.URL.Query()
 	// The query carries codes and an approval id, never text, so that a
 	// link cannot put words on the page.
-	if id := q.Get("id"); validID(id) {
+	if id := q.Get("id"); approval.ValidID(id) {
 		switch q.Get("done") {
 		case "approved":
 			p.Notice = "Approved " + id + ": the call has gone upstream and its result to the agent."
@@ -79,7 +79,7 @@ func (c *Console) approvalsPage(w http.ResponseWriter, r *http.Request, s *sessi
 			p.Notice = "Denied " + id + ": the agent was told, and nothing ran."
 		}
 	}
-	if msg := q.Get("problem"); msg != "" && validID(q.Get("id")) {
+	if msg := q.Get("problem"); msg != "" && approval.ValidID(q.Get("id")) {
 		p.Problem = problemText(msg, q.Get("id"))
 	}
 	c.render(w, http.StatusOK, "approvals", p)
@@ -137,13 +137,6 @@ func problemText(code, id string) string {
 		return "The approval store could not record the decision; nothing changed. The gateway's log says why."
 	}
 	return ""
-}
-
-// validID reports whether id has the form of an approval id (see
-// approval.New).
-func validID(id string) bool {
-	hexPart, ok := strings.CutPrefix(id, "apr_")
-	return ok && len(hexPart) == 24 && isHex(hexPart)
 }
 
 // left is d as the queue shows it before the script takes over.
