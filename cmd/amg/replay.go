@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -71,14 +70,7 @@ func runReplay(cmd *cobra.Command, auditFile, policyDir, catalog string, servers
 			return err
 		}
 		opts.Catalog = cat
-		ropts.Annotations = func(server, tool string) (*policy.Annotations, bool) {
-			tools, _ := cat.Tools(server)
-			i := slices.IndexFunc(tools, func(t policy.Tool) bool { return t.Name == tool })
-			if i < 0 {
-				return nil, false
-			}
-			return tools[i].Annotations, true
-		}
+		ropts.Annotations = replay.CatalogAnnotations(cat)
 	}
 	set, err := policy.LoadDir(policyDir, opts)
 	var problems policy.Problems

@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
-	"slices"
 	"strings"
 
 	"github.com/amgateway/amg/internal/audit"
@@ -110,14 +109,7 @@ func (c *Console) replayAudit(set *policy.Set) (replay.Report, error) {
 	records := func(yield func(audit.Record) bool) {
 		readErr = audit.ReadRecords(files, nil, yield)
 	}
-	rep := replay.Replay(records, set, &replay.Options{Annotations: func(server, tool string) (*policy.Annotations, bool) {
-		tools, _ := c.d.Upstreams.Tools(server)
-		i := slices.IndexFunc(tools, func(t policy.Tool) bool { return t.Name == tool })
-		if i < 0 {
-			return nil, false
-		}
-		return tools[i].Annotations, true
-	}})
+	rep := replay.Replay(records, set, &replay.Options{Annotations: replay.CatalogAnnotations(c.d.Upstreams)})
 	return rep, readErr
 }
 

@@ -72,6 +72,19 @@ type Options struct {
 	Annotations func(server, tool string) (ann *policy.Annotations, known bool)
 }
 
+// CatalogAnnotations is an Options.Annotations that reads the tool lists
+// of cat: a tool it lists has known annotations, others do not.
+func CatalogAnnotations(cat policy.Catalog) func(server, tool string) (*policy.Annotations, bool) {
+	return func(server, tool string) (*policy.Annotations, bool) {
+		tools, _ := cat.Tools(server)
+		i := slices.IndexFunc(tools, func(t policy.Tool) bool { return t.Name == tool })
+		if i < 0 {
+			return nil, false
+		}
+		return tools[i].Annotations, true
+	}
+}
+
 // Key groups counts: a role and a server__name (tool, prompt or resource
 // URI).
 type Key struct {

@@ -304,3 +304,22 @@ func TestReplayReport(t *testing.T) {
 		t.Errorf("undecidable %d, replayed %d", rep.Undecidable(), rep.Replayed)
 	}
 }
+
+// CatalogAnnotations knows the annotations of a listed tool, nil ones
+// included, and nothing of a tool or server the catalogue does not list.
+func TestCatalogAnnotations(t *testing.T) {
+	ro := true
+	ann := &policy.Annotations{ReadOnly: &ro}
+	get := CatalogAnnotations(policy.StaticCatalog{"notion": {{Name: "get_pages", Annotations: ann}, {Name: "bare"}}})
+	if a, known := get("notion", "get_pages"); !known || a != ann {
+		t.Errorf("get_pages = %v, %v; want its annotations, known", a, known)
+	}
+	if a, known := get("notion", "bare"); !known || a != nil {
+		t.Errorf("bare = %v, %v; want none, known", a, known)
+	}
+	for _, k := range [][2]string{{"notion", "delete_page"}, {"github", "get_pages"}} {
+		if _, known := get(k[0], k[1]); known {
+			t.Errorf("%s/%s is known, but the catalogue does not list it", k[0], k[1])
+		}
+	}
+}
