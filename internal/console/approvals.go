@@ -49,12 +49,7 @@ func (c *Console) approvalsData(r *http.Request, s *session) approvalsData {
 			continue
 		}
 		row := pendingRow{Approval: a, Left: left(a.Expires.Sub(d.Now))}
-		var buf bytes.Buffer
-		if json.Indent(&buf, a.Body, "", "  ") == nil {
-			row.Payload = buf.String()
-		} else {
-			row.Payload, row.Exact = string(a.Body), true
-		}
+		row.Payload, row.Exact = indented(a.Body)
 		d.Rows = append(d.Rows, row)
 	}
 	// Oldest first: the call waiting longest is decided first.
@@ -137,6 +132,16 @@ func problemText(code, id string) string {
 		return "The approval store could not record the decision; nothing changed. The gateway's log says why."
 	}
 	return ""
+}
+
+// indented is JSON data indented for reading, or data as it is, exact
+// true, when it is not JSON.
+func indented(data []byte) (text string, exact bool) {
+	var buf bytes.Buffer
+	if json.Indent(&buf, data, "", "  ") != nil {
+		return string(data), true
+	}
+	return buf.String(), false
 }
 
 // left is d as the queue shows it before the script takes over.

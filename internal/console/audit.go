@@ -1,8 +1,6 @@
 package console
 
 import (
-	"bytes"
-	"encoding/json"
 	"net/http"
 	"slices"
 	"strconv"
@@ -86,12 +84,7 @@ func (c *Console) auditPage(w http.ResponseWriter, r *http.Request, s *session) 
 	for _, rec := range recs {
 		row := auditRow{Record: rec, TraceURL: c.traceURL(rec.TraceID)}
 		if len(rec.Args) > 0 {
-			var buf bytes.Buffer
-			if json.Indent(&buf, rec.Args, "", "  ") == nil {
-				row.ArgsJSON = buf.String()
-			} else {
-				row.ArgsJSON = string(rec.Args)
-			}
+			row.ArgsJSON, _ = indented(rec.Args)
 		}
 		data.Rows = append(data.Rows, row)
 	}

@@ -211,32 +211,31 @@ type page struct {
 
 // render writes the named page with status.
 func (c *Console) render(w http.ResponseWriter, status int, name string, p page) {
-	t, ok := c.pages[name]
-	if !ok {
-		http.Error(w, "no such page "+name, http.StatusInternalServerError)
-		return
-	}
-	var buf bytes.Buffer
-	if err := t.ExecuteTemplate(&buf, "layout", p); err != nil {
-		c.opts.Logger.Error("console: rendering a page", "page", name, "err", err)
-		http.Error(w, "the page could not be rendered", http.StatusInternalServerError)
-		return
-	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.WriteHeader(status)
-	w.Write(buf.Bytes())
+	c.execute(w, status, name, "layout", p)
 }
 
 // fragment writes a template that is part of a page, for the scripts that
 // refresh it.
 func (c *Console) fragment(w http.ResponseWriter, pageName, name string, data any) {
+	c.execute(w, http.StatusOK, pageName, name, data)
+}
+
+// execute renders template name of page pageName in full before writing
+// it, so that a failure halfway gives an error, not half a page.
+func (c *Console) execute(w http.ResponseWriter, status int, pageName, name string, data any) {
+	t, ok := c.pages[pageName]
+	if !ok {
+		http.Error(w, "no such page "+pageName, http.StatusInternalServerError)
+		return
+	}
 	var buf bytes.Buffer
-	if err := c.pages[pageName].ExecuteTemplate(&buf, name, data); err != nil {
-		c.opts.Logger.Error("console: rendering a fragment", "fragment", name, "err", err)
-		http.Error(w, "the fragment could not be rendered", http.StatusInternalServerError)
+	if err := t.ExecuteTemplate(&buf, name, data); err != nil {
+		c.opts.Logger.Error("console: rendering a page", "page", pageName, "template", name, "err", err)
+		http.Error(w, "the page could not be rendered", http.StatusInternalServerError)
 		return
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(status)
 	w.Write(buf.Bytes())
 }
 

@@ -68,10 +68,11 @@ func (c *Console) issueToken(w http.ResponseWriter, r *http.Request, s *session)
 	p := page{Title: "Tokens", Nav: "tokens", Session: s, CSRF: c.csrf(s)}
 	agent, role, ttlText := strings.TrimSpace(r.PostFormValue("agent")), r.PostFormValue("role"), r.PostFormValue("ttl")
 	ttl, perr := time.ParseDuration(ttlText)
+	nameErr := tokens.CheckName(agent)
 	var problem string
 	switch {
-	case tokens.CheckName(agent) != nil:
-		problem = "Agent: " + tokens.CheckName(agent).Error() + "."
+	case nameErr != nil:
+		problem = "Agent: " + nameErr.Error() + "."
 	case c.d.Policies.Current() == nil:
 		problem = "No policy is compiled, so no role can be checked; fix the policy first."
 	case !hasRole(c.d.Policies, role):
