@@ -225,22 +225,22 @@ func reverseProxy(upstream string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(target); r.Out.URL.Path = target.Path },
-		FlushInterval: -1, Transport: pool}
-	go http.Serve(lis, rp)
-	return "http://" + lis.Addr().String() + "/mcp", nil
+	return listen(&httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(target); r.Out.URL.Path = target.Path },
+		FlushInterval: -1, Transport: pool})
 }
 
+// serve serves s over Streamable HTTP.
 func serve(s *mcp.Server) (string, error) {
+	return listen(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s }, nil))
+}
+
+// listen serves h on a free loopback port and returns its MCP endpoint.
+func listen(h http.Handler) (string, error) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", err
 	}
-	go http.Serve(lis, mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s }, nil))
+	go http.Serve(lis, h)
 	return "http://" + lis.Addr().String() + "/mcp", nil
 }
 
