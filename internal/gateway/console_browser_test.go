@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/amgateway/amg/internal/admin"
 	"github.com/amgateway/amg/internal/config"
+	"github.com/amgateway/amg/internal/toolsdir"
 )
 
 // browser runs the scenarios of test/browser/console.mjs in headless
@@ -244,12 +244,9 @@ func contentText(res *mcp.CallToolResult) string {
 // toolsDir is where scripts/setup installs the tests' tools.
 func toolsDir(t *testing.T) string {
 	t.Helper()
-	if dir := os.Getenv("AMG_TOOLS_DIR"); dir != "" {
-		return dir
-	}
-	home, err := os.UserHomeDir()
+	dir, err := toolsdir.Dir()
 	if err != nil {
-		t.Fatal(errors.New("no AMG_TOOLS_DIR and no home directory"))
+		t.Fatal(err)
 	}
-	return filepath.Join(home, ".cache", "amg-tools")
+	return dir
 }

@@ -27,6 +27,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/amgateway/amg/internal/toolsdir"
 )
 
 // Version is the Vault version scripts/setup-vault builds.
@@ -54,13 +56,9 @@ type Server struct {
 
 // Binary returns where scripts/setup-vault puts the vault binary.
 func Binary() (string, error) {
-	dir := os.Getenv("AMG_TOOLS_DIR")
-	if dir == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			return "", fmt.Errorf("no AMG_TOOLS_DIR and no home directory: %w", err)
-		}
-		dir = filepath.Join(home, ".cache", "amg-tools")
+	dir, err := toolsdir.Dir()
+	if err != nil {
+		return "", err
 	}
 	return filepath.Join(dir, "vault", "vault"), nil
 }
