@@ -8,13 +8,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/syncbuf"
 )
 
 // writeAuditLog writes records from..to to the audit log at path and
@@ -174,29 +174,11 @@ func TestAuditErrors(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe to read while the command writes it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestAuditTailFollow(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "audit.log")
 	lines := writeAuditLog(t, path, nil, 1, 2)
 	ctx, cancel := context.WithCancel(context.Background())
-	var stdout, stderr syncBuffer
+	var stdout, stderr syncbuf.Buffer
 	done := make(chan int)
 	go func() { done <- run(ctx, []string{"audit", "tail", "-f", "-n", "1", path}, &stdout, &stderr) }()
 

@@ -25,6 +25,7 @@ import (
 
 	"github.com/amgateway/amg/authz/authztest"
 	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/syncbuf"
 	"github.com/amgateway/amg/xds"
 )
 
@@ -43,7 +44,7 @@ func TestServe(t *testing.T) {
 	dataDir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stdout, stderr syncBuffer
+	var stdout, stderr syncbuf.Buffer
 	exited := make(chan int, 1)
 	go func() {
 		exited <- run(ctx, []string{"serve", "--dev", "--policy-dir", "../../policies", "--data-dir", dataDir,
@@ -101,7 +102,7 @@ func TestServe(t *testing.T) {
 
 	// amg client, the CLI's MCP client, as the README uses it.
 	client := func(args ...string) (int, string, string) {
-		var out, errOut syncBuffer
+		var out, errOut syncbuf.Buffer
 		code := run(ctx, append([]string{"client", "--url", mcpURL, "--token", token}, args...), &out, &errOut)
 		return code, out.String(), errOut.String()
 	}
@@ -118,7 +119,7 @@ func TestServe(t *testing.T) {
 	}
 
 	// amg health, the container healthcheck, against the admin listener.
-	var hout, herr syncBuffer
+	var hout, herr syncbuf.Buffer
 	if code := run(ctx, []string{"health", "--url", adminURL + "/readyz"}, &hout, &herr); code != 0 {
 		t.Errorf("amg health on a ready gateway: exit %d: %s", code, herr.String())
 	}
@@ -134,7 +135,7 @@ func TestServe(t *testing.T) {
 		parked <- fmt.Sprintf("exit %d\n%s%s", code, out, errOut)
 	}()
 	approvals := func(args ...string) (int, string, string) {
-		var out, errOut syncBuffer
+		var out, errOut syncbuf.Buffer
 		code := run(ctx, append([]string{"approvals", "--admin-url", adminURL, "--data-dir", dataDir}, args...), &out, &errOut)
 		return code, out.String(), errOut.String()
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/demo"
 	"github.com/amgateway/amg/internal/secrets/vaulttest"
+	"github.com/amgateway/amg/internal/syncbuf"
 )
 
 // amg serve reads an upstream's credential from a real Vault and sends it
@@ -30,7 +31,7 @@ func TestServeWithVault(t *testing.T) {
 
 	srv := demo.NewServer(nil).MCP()
 	mcpHandler := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, nil)
-	var mu syncBuffer
+	var mu syncbuf.Buffer
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Authorization") != "Bearer "+secret {
 			mu.Write([]byte("refused " + r.Header.Get("Authorization") + "\n"))
@@ -52,7 +53,7 @@ func TestServeWithVault(t *testing.T) {
 	t.Setenv("AMG_TEST_VAULT_TOKEN", v.RootToken)
 
 	// An OTLP receiver: what the gateway exports must not hold the secret.
-	var exported syncBuffer
+	var exported syncbuf.Buffer
 	otlp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		exported.Write([]byte(r.URL.Path + "\n"))
@@ -64,7 +65,7 @@ func TestServeWithVault(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stdout, stderr syncBuffer
+	var stdout, stderr syncbuf.Buffer
 	exited := make(chan int, 1)
 	go func() {
 		exited <- run(ctx, []string{"serve", "--config", cfgPath, "--dev", "--policy-dir", "../../policies", "--data-dir", filepath.Join(dir, "data"),

@@ -1,38 +1,18 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/amgateway/amg/internal/config"
 	"github.com/amgateway/amg/internal/demo"
+	"github.com/amgateway/amg/internal/syncbuf"
 )
-
-// lockedBuffer is a log destination tests can read while the gateway
-// writes to it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // waitFor polls cond until it holds, failing the test after a generous
 // hang guard.
@@ -65,7 +45,7 @@ func TestEnvoyConfigFollowsTheConfigFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &lockedBuffer{}
+	logs := &syncbuf.Buffer{}
 	gw := serveForTest(t, cfg, &Options{ConfigFile: file,
 		PolicyReload: 20 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(logs, nil))})
 

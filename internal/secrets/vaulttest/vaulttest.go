@@ -9,7 +9,6 @@
 package vaulttest
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -28,6 +27,7 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
+	"github.com/amgateway/amg/internal/syncbuf"
 	"github.com/amgateway/amg/internal/toolsdir"
 )
 
@@ -45,7 +45,7 @@ type Server struct {
 	RootToken string
 
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *syncbuf.Buffer
 	exit chan struct{} // closed when the process has exited
 
 	stopMu  sync.Mutex
@@ -111,7 +111,7 @@ func start(t testing.TB, bin string) (*Server, error) {
 		}
 	}
 	cmd.Env = env
-	out := &syncBuffer{}
+	out := &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", bin, err)
@@ -344,23 +344,4 @@ func tail(s string, lines int) string {
 		l = l[len(l)-lines:]
 	}
 	return strings.Join(l, "\n")
-}
-
-// syncBuffer collects the server's output, written by exec's copying
-// goroutines while tests read it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
