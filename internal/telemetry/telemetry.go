@@ -168,8 +168,10 @@ type Telemetry struct {
 	// tracing: spans are recorded, for an exporter to receive.
 	tracing bool
 
-	setsMu       sync.RWMutex
-	decisionSets map[decisionKey]attribute.Set
+	// Attribute sets of the metrics recorded per request, built once
+	// per distinct value: building a set sorts and allocates.
+	decisionSets setCache[[4]string]
+	upstreamSets setCache[[2]string]
 
 	decisions        metric.Int64Counter
 	decisionDuration metric.Float64Histogram
@@ -201,8 +203,7 @@ func New(ctx context.Context, opts *Options) (*Telemetry, error) {
 		logger: opts.Logger,
 		propagator: propagation.NewCompositeTextMapPropagator(
 			propagation.TraceContext{}, propagation.Baggage{}),
-		registry:     prometheus.NewRegistry(),
-		decisionSets: map[decisionKey]attribute.Set{},
+		registry: prometheus.NewRegistry(),
 	}
 	if t.logger == nil {
 		t.logger = slog.Default()
@@ -484,33 +485,40 @@ func (t *Telemetry) Shutdown(ctx context.Context) error {
 // enforcement mode (enforce, shadow, ...) and code the reason code; all must
 // come from small fixed sets.
 func (t *Telemetry) RecordDecision(ctx context.Context, role, verdict, mode, code string, d time.Duration) {
-	set := t.decisionSet(decisionKey{role, verdict, mode, code})
+	set := t.decisionSets.get([4]string{role, verdict, mode, code}, func() attribute.Set {
+		return attribute.NewSet(KeyRole.String(role), KeyVerdict.String(verdict), KeyMode.String(mode), KeyCode.String(code))
+	})
 	t.decisions.Add(ctx, 1, metric.WithAttributeSet(set))
 	t.decisionDuration.Record(ctx, d.Seconds(), metric.WithAttributeSet(set))
 }
 
-// decisionKey is the attributes of a decision's metrics.
-type decisionKey struct{ role, verdict, mode, code string }
+// maxCachedSets bounds each cache of attribute sets; the values come from
+// small fixed sets, so it is never reached unless something is wrong.
+const maxCachedSets = 4096
 
-// maxDecisionSets bounds the cache of decision attribute sets; the values
-// come from small sets, so it is never reached unless something is wrong.
-const maxDecisionSets = 4096
+// setCache holds the attribute sets of one metric by their values.
+type setCache[K comparable] struct {
+	mu   sync.RWMutex
+	sets map[K]attribute.Set
+}
 
-// decisionSet returns the attribute set of k, built once: every decision
-// is recorded, and building a set sorts and allocates.
-func (t *Telemetry) decisionSet(k decisionKey) attribute.Set {
-	t.setsMu.RLock()
-	set, ok := t.decisionSets[k]
-	t.setsMu.RUnlock()
+// get returns the set of k, building it the first time.
+func (c *setCache[K]) get(k K, build func() attribute.Set) attribute.Set {
+	c.mu.RLock()
+	set, ok := c.sets[k]
+	c.mu.RUnlock()
 	if ok {
 		return set
 	}
-	set = attribute.NewSet(KeyRole.String(k.role), KeyVerdict.String(k.verdict), KeyMode.String(k.mode), KeyCode.String(k.code))
-	t.setsMu.Lock()
-	if len(t.decisionSets) < maxDecisionSets {
-		t.decisionSets[k] = set
+	set = build()
+	c.mu.Lock()
+	if c.sets == nil {
+		c.sets = map[K]attribute.Set{}
 	}
-	t.setsMu.Unlock()
+	if len(c.sets) < maxCachedSets {
+		c.sets[k] = set
+	}
+	c.mu.Unlock()
 	return set
 }
 
@@ -518,8 +526,10 @@ func (t *Telemetry) decisionSet(k decisionKey) attribute.Set {
 // and counts it as an error unless status is StatusOK. server is the
 // configured server name, status a short outcome word (ok, error, timeout).
 func (t *Telemetry) RecordUpstream(ctx context.Context, server, status string, d time.Duration) {
-	t.upstreamDuration.Record(ctx, d.Seconds(), metric.WithAttributeSet(
-		attribute.NewSet(KeyServer.String(server), KeyStatus.String(status))))
+	set := t.upstreamSets.get([2]string{server, status}, func() attribute.Set {
+		return attribute.NewSet(KeyServer.String(server), KeyStatus.String(status))
+	})
+	t.upstreamDuration.Record(ctx, d.Seconds(), metric.WithAttributeSet(set))
 	if status != StatusOK {
 		t.upstreamErrors.Add(ctx, 1, metric.WithAttributeSet(
 			attribute.NewSet(KeyServer.String(server))))
