@@ -295,18 +295,27 @@ func rotatedFiles(path string) ([]string, error) {
 	}
 	var files []string
 	for _, e := range entries {
-		name := e.Name()
-		stamp, ok := strings.CutPrefix(name, base+".")
-		if !ok || e.IsDir() {
+		if !strings.HasPrefix(e.Name(), base+".") || e.IsDir() {
 			continue
 		}
-		if _, err := time.Parse(rotatedLayout, stamp); err != nil {
-			continue
+		if _, ok := rotatedAt(path, dir+e.Name()); ok {
+			files = append(files, dir+e.Name())
 		}
-		files = append(files, dir+name)
 	}
 	slices.Sort(files)
 	return files, nil
+}
+
+// rotatedAt is when the log at path was rotated into file, by the time in
+// the file's name; ok is false for a file that is not one of its rotated
+// files.
+func rotatedAt(path, file string) (at time.Time, ok bool) {
+	stamp, ok := strings.CutPrefix(file, path+".")
+	if !ok {
+		return time.Time{}, false
+	}
+	at, err := time.Parse(rotatedLayout, stamp)
+	return at, err == nil
 }
 
 // completeEnd returns the offset just after the last newline among the

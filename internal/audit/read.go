@@ -219,12 +219,8 @@ func skippable(path string, files []string, from time.Time) int {
 	}
 	n := 0
 	for _, name := range files {
-		stamp, ok := strings.CutPrefix(name, path+".")
-		if !ok {
-			break
-		}
-		rotated, err := time.Parse(rotatedLayout, stamp)
-		if err != nil || !rotated.Add(rotationSlack).Before(from) {
+		rotated, ok := rotatedAt(path, name)
+		if !ok || !rotated.Add(rotationSlack).Before(from) {
 			break
 		}
 		n++
