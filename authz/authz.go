@@ -65,9 +65,9 @@ type (
 		Log(rec *audit.Record) error
 	}
 	// Redactor replaces sensitive argument values before they are
-	// recorded; raw is the exact JSON args was decoded from.
+	// recorded; raw is the exact JSON args was parsed from.
 	Redactor interface {
-		RedactRaw(raw json.RawMessage, args map[string]any, rules []string) json.RawMessage
+		RedactRaw(raw json.RawMessage, args mcpfilter.Value, rules []string) json.RawMessage
 	}
 	// ShadowCounter counts would-be denials of shadow-mode roles per day.
 	ShadowCounter interface {

@@ -259,7 +259,7 @@ func (c *call) messageRecord(o *outcome) *audit.Record {
 	if o.res.Shadow {
 		rec.ShadowVerdict = o.res.ShadowVerdict.String()
 	}
-	if o.msg.Args != nil {
+	if o.msg.Args.Exists() {
 		var rules []string
 		if c.role != nil {
 			rules = c.role.Redact

@@ -18,11 +18,14 @@ func ExampleParse() {
 	m := b.Messages[0]
 	server, tool, _ := mcpfilter.SplitName(m.Name)
 	fmt.Println(m.Kind, m.Method, server, tool)
-	fmt.Println(m.Args["workspace_id"], m.Args["limit"])
+	for a := m.Args.First(); a.Exists(); a = a.Next() {
+		fmt.Println(a.Key(), a.Kind(), a.Any())
+	}
 	fmt.Printf("%s\n", m.Arguments)
 	// Output:
 	// request tools/call notion get_pages
-	// ws_abc123 100
+	// workspace_id string ws_abc123
+	// limit number 100
 	// {"workspace_id":"ws_abc123","limit":100}
 }
 

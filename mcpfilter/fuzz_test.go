@@ -185,8 +185,8 @@ func within(body, sub []byte) bool {
 func checkArgs(t *testing.T, m *Message) {
 	t.Helper()
 	if m.Arguments == nil {
-		if m.Args != nil {
-			t.Fatalf("Args %v without Arguments", m.Args)
+		if m.Args.Exists() {
+			t.Fatalf("Args %v without Arguments", m.Args.Any())
 		}
 		return
 	}
@@ -197,8 +197,56 @@ func checkArgs(t *testing.T, m *Message) {
 		t.Fatalf("encoding/json cannot decode accepted arguments %q: %v", m.Arguments, err)
 	}
 	// reflect.DeepEqual is linear in depth; cmp only explains a failure.
-	if !reflect.DeepEqual(want, m.Args) {
-		t.Fatalf("Args differ from encoding/json (-want +got):\n%s", cmp.Diff(want, m.Args))
+	if got := m.Args.Any(); !reflect.DeepEqual(want, got) {
+		t.Fatalf("Args differ from encoding/json (-want +got):\n%s", cmp.Diff(want, got))
+	}
+	checkNavigation(t, m.Args, want)
+}
+
+// checkNavigation checks what Value's accessors say of v against want,
+// its encoding/json decoding, one level down.
+func checkNavigation(t *testing.T, v Value, want map[string]any) {
+	t.Helper()
+	if v.Kind() != Object || v.Len() != len(want) {
+		t.Fatalf("Args is %s of %d members, want an object of %d", v.Kind(), v.Len(), len(want))
+	}
+	n := 0
+	for m := v.First(); m.Exists(); m = m.Next() {
+		n++
+		w, ok := want[m.Key()]
+		if !ok {
+			t.Fatalf("member %q is not in the encoding/json decoding", m.Key())
+		}
+		if got := v.Member(m.Key()); !got.Exists() || got.i != m.i {
+			t.Fatalf("Member(%q) is not the member First/Next reached", m.Key())
+		}
+		switch w := w.(type) {
+		case string:
+			if s, ok := m.Str(); !ok || s != w {
+				t.Fatalf("member %q: Str() = %q, %v; want %q", m.Key(), s, ok, w)
+			}
+		case json.Number:
+			if s, ok := m.Number(); !ok || s != w {
+				t.Fatalf("member %q: Number() = %q, %v; want %q", m.Key(), s, ok, w)
+			}
+		case bool:
+			if b, ok := m.Bool(); !ok || b != w {
+				t.Fatalf("member %q: Bool() = %v, %v; want %v", m.Key(), b, ok, w)
+			}
+		case []any:
+			if m.Kind() != Array || m.Len() != len(w) {
+				t.Fatalf("member %q: %s of %d, want an array of %d", m.Key(), m.Kind(), m.Len(), len(w))
+			}
+		case map[string]any:
+			checkNavigation(t, m, w)
+		case nil:
+			if m.Kind() != Null {
+				t.Fatalf("member %q: %s, want null", m.Key(), m.Kind())
+			}
+		}
+	}
+	if n != len(want) {
+		t.Fatalf("First/Next visited %d members, want %d", n, len(want))
 	}
 }
 
@@ -261,10 +309,14 @@ func checkPromptsGet(t *testing.T, m *Message) {
 		t.Fatalf("encoding/json read name %q, Parse %q", p.Name, m.Name)
 	}
 	var want map[string]string
-	if m.Args != nil {
-		want = make(map[string]string, len(m.Args))
-		for k, v := range m.Args {
-			want[k] = v.(string)
+	if m.Args.Exists() {
+		want = make(map[string]string, m.Args.Len())
+		for a := m.Args.First(); a.Exists(); a = a.Next() {
+			s, ok := a.Str()
+			if !ok {
+				t.Fatalf("prompt argument %q is %s, not a string", a.Key(), a.Kind())
+			}
+			want[a.Key()] = s
 		}
 	}
 	if !reflect.DeepEqual(want, p.Arguments) {

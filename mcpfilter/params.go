@@ -277,10 +277,12 @@ func (p *parser) arguments(depth int, m *Message, prompt bool) error {
 		}
 		p.argBase = start
 	}
-	args, err := p.buildObject(depth+1, prompt)
-	if err != nil {
+	at := len(p.tape)
+	p.tape = append(p.tape, node{kind: Object})
+	if err := p.buildObject(depth+1, at, prompt); err != nil {
 		return err
 	}
-	m.Arguments, m.Args = p.data[start:p.pos], args
+	// The tape is attached when the whole body is accepted (see Parse).
+	m.Arguments, m.Args = p.data[start:p.pos], Value{i: int32(at)}
 	return nil
 }

@@ -62,10 +62,9 @@ type Message struct {
 	// Arguments is the exact bytes of params.arguments of tools/call and
 	// prompts/get (always an object), nil if absent.
 	Arguments json.RawMessage
-	// Args is Arguments decoded as encoding/json decodes into an interface{}
-	// with UseNumber: map[string]any, []any, string, json.Number (holding
-	// the literal text), bool and nil. Nil if Arguments is nil.
-	Args map[string]any
+	// Args is Arguments parsed: an Object, or Absent if Arguments is nil
+	// or Options.SkipArgs was set.
+	Args Value
 
 	// URI is params.uri of resources/read, resources/subscribe and
 	// resources/unsubscribe.
@@ -168,6 +167,14 @@ func Parse(body []byte, opts *Options) (*Body, error) {
 	p := parserPool.Get().(*parser)
 	p.data, p.pos, p.maxDepth, p.immutable, p.skipArgs = body, 0, maxDepth, opts.ImmutableBody, opts.SkipArgs
 	b, err := p.body(opts.AllowBatch)
+	if err == nil && len(p.tape) > 0 {
+		t := p.takeTape()
+		for i := range b.Messages {
+			if m := &b.Messages[i]; m.Arguments != nil {
+				m.Args.tape = t
+			}
+		}
+	}
 	p.release()
 	if e, ok := err.(*Error); ok {
 		return nil, e.finish()
@@ -191,9 +198,9 @@ func (p *parser) release() {
 	// left, and none may keep the body or a decoded tree alive from the
 	// pool.
 	clear(p.keys)
-	clear(p.members)
-	p.keys, p.members = p.keys[:0], p.members[:0]
-	if cap(p.keys) > maxPooledStack || cap(p.members) > maxPooledStack || cap(p.scratch) > 64*maxPooledStack {
+	clear(p.tape)
+	p.keys, p.tape = p.keys[:0], p.tape[:0]
+	if cap(p.keys) > maxPooledStack || cap(p.tape) > maxPooledStack || cap(p.scratch) > 64*maxPooledStack {
 		return
 	}
 	p.scratch = p.scratch[:0]

@@ -3,6 +3,7 @@ package mcpfilter
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"reflect"
 	"strconv"
 	"strings"
@@ -271,7 +272,7 @@ var acceptTests = []struct {
 			Params:    raw(`{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123","limit":100,"ratio":-1.5e-3,"big":123456789012345678901234567890,"tags":["a",{"b":null}],"deep":{"x":{"y":[]}},"ok":true,"no":false,"nil":null}}`),
 			Name:      "notion__get_pages",
 			Arguments: raw(`{"workspace_id":"ws_abc123","limit":100,"ratio":-1.5e-3,"big":123456789012345678901234567890,"tags":["a",{"b":null}],"deep":{"x":{"y":[]}},"ok":true,"no":false,"nil":null}`),
-			Args: map[string]any{
+			Args: tree(map[string]any{
 				"workspace_id": "ws_abc123",
 				"limit":        json.Number("100"),
 				"ratio":        json.Number("-1.5e-3"),
@@ -281,7 +282,7 @@ var acceptTests = []struct {
 				"ok":           true,
 				"no":           false,
 				"nil":          nil,
-			},
+			}),
 		}},
 	},
 	{
@@ -294,7 +295,7 @@ var acceptTests = []struct {
 			Params:    raw(`{"n\u0061me":"gh__se\u0061rch","arguments":{"q":"caf\u00e9 \ud83d\ude00 \"x\" \\ \/ \b\f\n\r\t","\u00e9":"\u0000"}}`),
 			Name:      "gh__search",
 			Arguments: raw(`{"q":"caf\u00e9 \ud83d\ude00 \"x\" \\ \/ \b\f\n\r\t","\u00e9":"\u0000"}`),
-			Args:      map[string]any{"q": "café 😀 \"x\" \\ / \b\f\n\r\t", "é": "\x00"},
+			Args:      tree(map[string]any{"q": "café 😀 \"x\" \\ / \b\f\n\r\t", "é": "\x00"}),
 		}},
 	},
 	{
@@ -307,7 +308,7 @@ var acceptTests = []struct {
 			Params:    raw(`{ "name" : "a__b" , "arguments" : { "x" : [ 1 , 2 ] } }`),
 			Name:      "a__b",
 			Arguments: raw(`{ "x" : [ 1 , 2 ] }`),
-			Args:      map[string]any{"x": []any{json.Number("1"), json.Number("2")}},
+			Args:      tree(map[string]any{"x": []any{json.Number("1"), json.Number("2")}}),
 		}},
 	},
 	{
@@ -320,7 +321,7 @@ var acceptTests = []struct {
 			Params:    raw(`{"arguments":{"a":"b"},"name":"a__b"}`),
 			Name:      "a__b",
 			Arguments: raw(`{"a":"b"}`),
-			Args:      map[string]any{"a": "b"},
+			Args:      tree(map[string]any{"a": "b"}),
 		}},
 	},
 	{
@@ -334,7 +335,7 @@ var acceptTests = []struct {
 		want: []Message{{
 			Kind: KindRequest, ID: raw(`1`), Method: "tools/call",
 			Params: raw(`{"name":"a__b","arguments":{}}`), Name: "a__b",
-			Arguments: raw(`{}`), Args: map[string]any{},
+			Arguments: raw(`{}`), Args: tree(map[string]any{}),
 		}},
 	},
 	{
@@ -345,8 +346,8 @@ var acceptTests = []struct {
 			Params:    raw(`{"name":"a__b","arguments":{"e":1,"é":2,"limit":3,"limits":4,"ǅ":5,"İ":6,"i":7}}`),
 			Name:      "a__b",
 			Arguments: raw(`{"e":1,"é":2,"limit":3,"limits":4,"ǅ":5,"İ":6,"i":7}`),
-			Args: map[string]any{"e": json.Number("1"), "é": json.Number("2"), "limit": json.Number("3"),
-				"limits": json.Number("4"), "ǅ": json.Number("5"), "İ": json.Number("6"), "i": json.Number("7")},
+			Args: tree(map[string]any{"e": json.Number("1"), "é": json.Number("2"), "limit": json.Number("3"),
+				"limits": json.Number("4"), "ǅ": json.Number("5"), "İ": json.Number("6"), "i": json.Number("7")}),
 		}},
 	},
 	{
@@ -367,7 +368,7 @@ var acceptTests = []struct {
 			Params:    raw(`{"name":"docs__summary","arguments":{"topic":"x","lang":""}}`),
 			Name:      "docs__summary",
 			Arguments: raw(`{"topic":"x","lang":""}`),
-			Args:      map[string]any{"topic": "x", "lang": ""},
+			Args:      tree(map[string]any{"topic": "x", "lang": ""}),
 		}},
 	},
 	{
@@ -428,7 +429,7 @@ var acceptTests = []struct {
 			Params:    raw("{\"name\":\"a__b\",\"arguments\":{\"s\":\"\x7f\xf0\x9f\x98\x80\"}}"),
 			Name:      "a__b",
 			Arguments: raw("{\"s\":\"\x7f\xf0\x9f\x98\x80\"}"),
-			Args:      map[string]any{"s": "\x7f😀"},
+			Args:      tree(map[string]any{"s": "\x7f😀"}),
 		}},
 	},
 	{
@@ -442,7 +443,7 @@ var acceptTests = []struct {
 			Params:    raw(`{"name":"gh__search","arguments":{"a":` + nested(5) + `}}`),
 			Name:      "gh__search",
 			Arguments: raw(`{"a":` + nested(5) + `}`),
-			Args:      map[string]any{"a": nestedAny(5)},
+			Args:      tree(map[string]any{"a": nestedAny(5)}),
 		}},
 	},
 	{
@@ -460,7 +461,7 @@ var acceptTests = []struct {
 			{
 				Kind: KindRequest, ID: raw(`1`), Method: "tools/call",
 				Params: raw(`{"name":"a__b","arguments":{"x":"1"}}`), Name: "a__b",
-				Arguments: raw(`{"x":"1"}`), Args: map[string]any{"x": "1"},
+				Arguments: raw(`{"x":"1"}`), Args: tree(map[string]any{"x": "1"}),
 			},
 			{Kind: KindNotification, Method: "notifications/cancelled", Params: raw(`{"requestId":0}`)},
 			{Kind: KindResponse, ID: raw(`9`), Result: raw(`{}`)},
@@ -484,7 +485,7 @@ func TestParseDefaultDepth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(b.Messages[0].Args["a"], nestedAny(61)) {
+	if !reflect.DeepEqual(b.Messages[0].Args.Member("a").Any(), nestedAny(61)) {
 		t.Error("Args do not hold the nested arrays")
 	}
 }
@@ -497,7 +498,7 @@ func TestParseAccepts(t *testing.T) {
 				t.Fatalf("Parse: %v", err)
 			}
 			want := &Body{Messages: tt.want, Batch: tt.batch}
-			if diff := cmp.Diff(want, b, cmpopts.IgnoreFields(Message{}, "IDSpan", "NameSpan")); diff != "" {
+			if diff := cmp.Diff(want, b, cmpopts.IgnoreFields(Message{}, "IDSpan", "NameSpan"), valueTree); diff != "" {
 				t.Errorf("Body mismatch (-want +got):\n%s", diff)
 			}
 			checkSpans(t, []byte(tt.body), b)
@@ -541,7 +542,7 @@ func TestParseAliasesBody(t *testing.T) {
 	// The decoded tree must not: a caller reusing its buffer must not
 	// change the arguments the decision was made on.
 	body[94] = '2'
-	if got := m.Args["a"]; got != json.Number("1") {
+	if got, _ := m.Args.Member("a").Number(); got != "1" {
 		t.Errorf("Args changed with the body: %v", got)
 	}
 }
@@ -632,10 +633,58 @@ func TestReleaseDropsReferences(t *testing.T) {
 				t.Errorf("%s: key %q kept", body, k.key)
 			}
 		}
-		for _, m := range p.members[:cap(p.members)] {
-			if m != (member{}) {
-				t.Errorf("%s: member %v kept", body, m)
+		for _, n := range p.tape[:cap(p.tape)] {
+			if n != (node{}) {
+				t.Errorf("%s: tape node %+v kept", body, n)
 			}
 		}
 	}
 }
+
+// tree lays out a decoded JSON tree as a Value, for tables of expected
+// messages; valueTree then compares Values by what Any makes of them.
+func tree(v any) Value {
+	var t []node
+	var add func(key string, v any)
+	add = func(key string, v any) {
+		at := len(t)
+		t = append(t, node{key: key})
+		n := &t[at] // written before anything else is appended
+		switch v := v.(type) {
+		case map[string]any:
+			n.kind, n.n = Object, int32(len(v))
+			prev := -1
+			for k, e := range v {
+				if prev >= 0 {
+					t[prev].next = int32(len(t))
+				}
+				prev = len(t)
+				add(k, e)
+			}
+		case []any:
+			n.kind, n.n = Array, int32(len(v))
+			prev := -1
+			for _, e := range v {
+				if prev >= 0 {
+					t[prev].next = int32(len(t))
+				}
+				prev = len(t)
+				add("", e)
+			}
+		case string:
+			n.kind, n.str = String, v
+		case json.Number:
+			n.kind, n.str = Number, string(v)
+		case bool:
+			n.kind, n.b = Bool, v
+		case nil:
+			n.kind = Null
+		default:
+			panic(fmt.Sprintf("tree: %T", v))
+		}
+	}
+	add("", v)
+	return Value{t, 0}
+}
+
+var valueTree = cmp.Transformer("Any", func(v Value) any { return v.Any() })

@@ -3,7 +3,6 @@ package mcpfilter
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"hash/maphash"
 	"strconv"
 	"unicode/utf16"
@@ -30,10 +29,9 @@ type parser struct {
 	// and pops before the next key of its parent is added.
 	keys []keyEntry
 
-	// members is a stack, like keys, of the decoded members of the objects
-	// and arrays being built, so that each map and slice is allocated once
-	// at its final size instead of growing.
-	members []member
+	// tape is where arguments objects are laid out as they are parsed (see
+	// Value); it is copied out at its final size when the body is accepted.
+	tape []node
 
 	// argStr is a copy of the body from argBase on, made at the first
 	// arguments object, from which decoded trees take substrings: one
@@ -43,11 +41,6 @@ type parser struct {
 	argBase int
 
 	scratch []byte
-}
-
-type member struct {
-	key string
-	val any
 }
 
 type keyEntry struct {
@@ -584,43 +577,49 @@ func (p *parser) keyClash(prev, key []byte, off int) error {
 		"key "+quote(string(key))+" is a case-insensitive duplicate of key "+quote(string(prev)))
 }
 
-// build validates the value at p.pos and decodes it the way encoding/json
-// decodes into an interface{} with UseNumber.
-func (p *parser) build(depth int) (any, error) {
+// build validates the value at p.pos and appends it to the tape, after
+// everything before it and followed by everything in it. key is its key
+// in the object being built, if any.
+func (p *parser) build(depth int, key string) error {
 	if p.pos >= len(p.data) {
-		return nil, p.unexpected("a value")
+		return p.unexpected("a value")
 	}
+	i := len(p.tape)
+	p.tape = append(p.tape, node{key: key})
+	var err error
 	switch c := p.data[p.pos]; c {
 	case '{':
-		m, err := p.buildObject(depth+1, false)
-		if err != nil {
-			return nil, err
-		}
-		return m, nil
+		p.tape[i].kind = Object
+		err = p.buildObject(depth+1, i, false)
 	case '[':
-		return p.buildArray(depth + 1)
+		p.tape[i].kind = Array
+		err = p.buildArray(depth+1, i)
 	case '"':
-		start, end, esc, err := p.scanString()
-		if err != nil {
-			return nil, err
+		start, end, esc, serr := p.scanString()
+		if serr != nil {
+			return serr
 		}
-		return p.argString(start, end, esc), nil
+		p.tape[i].kind, p.tape[i].str = String, p.argString(start, end, esc)
 	case 't':
-		return true, p.literal("true")
+		p.tape[i].kind, p.tape[i].b = Bool, true
+		err = p.literal("true")
 	case 'f':
-		return false, p.literal("false")
+		p.tape[i].kind = Bool
+		err = p.literal("false")
 	case 'n':
-		return nil, p.literal("null")
+		p.tape[i].kind = Null
+		err = p.literal("null")
 	default:
-		if c == '-' || isDigit(c) {
-			start := p.pos
-			if _, err := p.scanNumber(); err != nil {
-				return nil, err
-			}
-			return json.Number(p.argStr[start-p.argBase : p.pos-p.argBase]), nil
+		if c != '-' && !isDigit(c) {
+			return p.unexpected("a value")
 		}
-		return nil, p.unexpected("a value")
+		start := p.pos
+		if _, err := p.scanNumber(); err != nil {
+			return err
+		}
+		p.tape[i].kind, p.tape[i].str = Number, p.argStr[start-p.argBase:p.pos-p.argBase]
 	}
+	return err
 }
 
 // argString returns the decoded string whose raw contents are
@@ -633,34 +632,23 @@ func (p *parser) argString(start, end int, esc bool) string {
 	return string(p.scratch)
 }
 
-// buildObject decodes the object at p.pos. With stringsOnly, every member
-// must be a string (prompt arguments).
-func (p *parser) buildObject(depth int, stringsOnly bool) (map[string]any, error) {
+// buildObject lays out the members of the object at p.pos, whose node is
+// tape[at]. With stringsOnly, every member must be a string (prompt
+// arguments).
+func (p *parser) buildObject(depth, at int, stringsOnly bool) error {
 	ks, err := p.beginObject(depth)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	base := len(p.members)
+	prev := -1
 	for {
 		k, ok, err := p.nextKey(&ks)
 		if !ok {
-			if err != nil {
-				return nil, err
-			}
-			m := make(map[string]any, len(p.members)-base)
-			for _, kv := range p.members[base:] {
-				m[kv.key] = kv.val
-			}
-			p.popMembers(base)
-			return m, nil
+			return err
 		}
 		if stringsOnly && (p.pos >= len(p.data) || p.data[p.pos] != '"') {
 			err := p.wrongType(depth, ReasonInvalidArguments, "prompt argument values must be strings")
-			return nil, withKey(err, k.dec)
-		}
-		v, err := p.build(depth)
-		if err != nil {
-			return nil, withKey(err, k.dec)
+			return withKey(err, k.dec)
 		}
 		var key string
 		if k.esc {
@@ -668,45 +656,39 @@ func (p *parser) buildObject(depth int, stringsOnly bool) (map[string]any, error
 		} else {
 			key = p.argStr[k.start-p.argBase : k.end-p.argBase]
 		}
-		p.members = append(p.members, member{key, v})
+		prev = p.link(at, prev)
+		if err := p.build(depth, key); err != nil {
+			return withKey(err, k.dec)
+		}
 	}
 }
 
-// popMembers truncates the members stack to base, dropping the references
-// so that a pooled parser does not keep a caller's tree alive.
-func (p *parser) popMembers(base int) {
-	clear(p.members[base:])
-	p.members = p.members[:base]
+// link counts the member or element about to be appended in the container
+// tape[at], links the one before it, prev (-1 for none), to it, and
+// returns its index.
+func (p *parser) link(at, prev int) int {
+	i := len(p.tape)
+	if prev >= 0 {
+		p.tape[prev].next = int32(i)
+	}
+	p.tape[at].n++
+	return i
 }
 
-func (p *parser) buildArray(depth int) ([]any, error) {
+func (p *parser) buildArray(depth, at int) error {
 	empty, err := p.beginArray(depth)
-	if err != nil {
-		return nil, err
+	if err != nil || empty {
+		return err
 	}
-	if empty {
-		// Empty, not nil, as encoding/json decodes it; a zero-length make
-		// does not allocate.
-		return make([]any, 0), nil
-	}
-	base := len(p.members)
+	prev := -1
 	for i := 0; ; i++ {
-		v, err := p.build(depth)
-		if err != nil {
-			return nil, withIndex(err, i)
+		prev = p.link(at, prev)
+		if err := p.build(depth, ""); err != nil {
+			return withIndex(err, i)
 		}
-		p.members = append(p.members, member{val: v})
 		more, err := p.arrayNext()
-		if err != nil {
-			return nil, err
-		}
-		if !more {
-			a := make([]any, len(p.members)-base)
-			for j, kv := range p.members[base:] {
-				a[j] = kv.val
-			}
-			p.popMembers(base)
-			return a, nil
+		if err != nil || !more {
+			return err
 		}
 	}
 }

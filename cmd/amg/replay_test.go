@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/mcpfilter"
 )
 
 const replayPolicy = `role: dev
@@ -35,13 +36,11 @@ func writeReplayAudit(t *testing.T) string {
 	}
 	red := audit.NewRedactor([]byte("0123456789abcdef0123456789abcdef"))
 	redact := func(s string, rules ...string) json.RawMessage {
-		var m map[string]any
-		d := json.NewDecoder(strings.NewReader(s))
-		d.UseNumber()
-		if err := d.Decode(&m); err != nil {
+		v, err := mcpfilter.ParseArguments([]byte(s))
+		if err != nil {
 			t.Fatal(err)
 		}
-		return red.RedactRaw(json.RawMessage(s), m, rules)
+		return red.RedactRaw(json.RawMessage(s), v, rules)
 	}
 	at := time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)
 	call := func(id, agent, tool, verdict, code string, args json.RawMessage) *audit.Record {

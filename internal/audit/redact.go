@@ -17,6 +17,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"unicode/utf8"
+
+	"github.com/amgateway/amg/mcpfilter"
 )
 
 // HMACPrefix starts every redacted value.
@@ -117,41 +119,42 @@ func (r *Redactor) Redact(args map[string]any, rules []string) json.RawMessage {
 	return out
 }
 
-// RedactRaw is Redact for arguments whose exact bytes are at hand, as the
-// MCP parser keeps them; raw must be the JSON that args was decoded from.
-// When nothing in args is sensitive it returns raw itself, so the log
-// records exactly what the agent sent and the common path skips the
-// re-encoding. Raw bytes holding a line break (only possible as
-// insignificant whitespace) are re-encoded, so a record stays one line.
-func (r *Redactor) RedactRaw(raw json.RawMessage, args map[string]any, rules []string) json.RawMessage {
-	if args == nil || len(raw) == 0 || bytes.IndexByte(raw, '\n') >= 0 || bytes.IndexByte(raw, '\r') >= 0 {
-		return r.Redact(args, rules)
+// RedactRaw is Redact for arguments as the MCP parser hands them over:
+// raw, their exact bytes, and args, what it parsed of them. When nothing in
+// args is sensitive it returns raw itself, so the log records exactly what
+// the agent sent and the common path skips the re-encoding. Raw bytes
+// holding a line break (only possible as insignificant whitespace) are
+// re-encoded, so a record stays one line. Absent args give nil.
+func (r *Redactor) RedactRaw(raw json.RawMessage, args mcpfilter.Value, rules []string) json.RawMessage {
+	if !args.Exists() {
+		return nil
 	}
 	e := r.state(rules)
-	if e.anySensitive(args, 0) {
-		return r.Redact(args, rules)
+	if len(raw) == 0 || bytes.IndexByte(raw, '\n') >= 0 || bytes.IndexByte(raw, '\r') >= 0 || e.anySensitive(args, 0) {
+		m, _ := args.Any().(map[string]any)
+		return r.Redact(m, rules)
 	}
 	return raw
 }
 
 // anySensitive reports whether Redact would replace anything in v, or
 // could not encode it; it walks keys in the same way without encoding.
-func (e *redactState) anySensitive(v any, depth int) bool {
+func (e *redactState) anySensitive(v mcpfilter.Value, depth int) bool {
 	if depth > maxDepth {
 		return true
 	}
-	switch v := v.(type) {
-	case map[string]any:
-		for k, el := range v {
-			parent := e.push(k)
-			hit := e.r.sensitive(k) || e.matchRule() || e.anySensitive(el, depth+1)
+	switch v.Kind() {
+	case mcpfilter.Object:
+		for m := v.First(); m.Exists(); m = m.Next() {
+			parent := e.push(m.Key())
+			hit := e.r.sensitive(m.Key()) || e.matchRule() || e.anySensitive(m, depth+1)
 			e.path = e.path[:parent]
 			if hit {
 				return true
 			}
 		}
-	case []any:
-		for _, el := range v {
+	case mcpfilter.Array:
+		for el := v.First(); el.Exists(); el = el.Next() {
 			if e.anySensitive(el, depth+1) {
 				return true
 			}

@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/amgateway/amg/mcpfilter"
 )
 
 func testKey(b byte) []byte { return bytes.Repeat([]byte{b}, KeySize) }
@@ -318,11 +320,16 @@ func TestRedactRaw(t *testing.T) {
 		{"nested role rule", `{"filter":{"owner":"me"}}`, []string{"filter.owner"}, false},
 		{"rule that matches nothing", `{"filter":{"owner":"me"}}`, []string{"cursor"}, true},
 		{"line break between tokens", "{\"a\":\n1}", nil, false},
+		{"deeply nested, nothing sensitive", `{"a":` + strings.Repeat(`{"b":`, 59) + `1` + strings.Repeat(`}`, 60), nil, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			args := decode(tt.raw)
-			got := r.RedactRaw(json.RawMessage(tt.raw), args, tt.rules)
+			parsed, err := mcpfilter.ParseArguments([]byte(tt.raw))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := r.RedactRaw(json.RawMessage(tt.raw), parsed, tt.rules)
 			if tt.keepsRaw {
 				if string(got) != tt.raw {
 					t.Errorf("got %s, want the raw bytes %s", got, tt.raw)
@@ -333,6 +340,9 @@ func TestRedactRaw(t *testing.T) {
 				t.Errorf("got %s, want what Redact gives: %s", got, want)
 			}
 		})
+	}
+	if got := r.RedactRaw(json.RawMessage(`{"a":1}`), mcpfilter.Value{}, nil); got != nil {
+		t.Errorf("absent arguments recorded as %s", got)
 	}
 }
 

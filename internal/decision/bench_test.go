@@ -1,6 +1,7 @@
 package decision
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/amgateway/amg/internal/decision/decisiontest"
@@ -22,8 +23,8 @@ func BenchmarkEvaluate(b *testing.B) {
 
 func BenchmarkEvaluateDeny(b *testing.B) {
 	set := mustCompile(b, decisiontest.BenchPolicy)
-	in := &Input{Agent: "agent-1", Role: "bench", Server: "notion", Name: "get_pages", Arguments: args(b, decisiontest.BenchArgs)}
-	in.Arguments["limit"] = "500"
+	denied := strings.Replace(decisiontest.BenchArgs, `"limit": 50`, `"limit": "500"`, 1)
+	in := &Input{Agent: "agent-1", Role: "bench", Server: "notion", Name: "get_pages", Arguments: args(b, denied)}
 	b.ReportAllocs()
 	for b.Loop() {
 		if Evaluate(set, in).Verdict != Deny {

@@ -1,9 +1,8 @@
 package decision
 
 import (
-	"encoding/json"
-
 	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/mcpfilter"
 )
 
 // evalCEL runs a grant's cel expression; ok is false when it denies, and
@@ -27,30 +26,34 @@ func evalCEL(g *policy.Grant, role *policy.Role, in *Input) (res Result, ok bool
 	return Result{}, true
 }
 
-// celValue converts decoded JSON for CEL, which has no json.Number: an
-// integer literal becomes an int, anything else a double.
-func celValue(v any) any {
-	switch v := v.(type) {
-	case json.Number:
+// celValue converts arguments for CEL, which has no json.Number: an integer
+// literal becomes an int, anything else a double. Absent arguments are an
+// empty map, so that conditions on args see no members rather than fail.
+func celValue(v mcpfilter.Value) any {
+	switch v.Kind() {
+	case mcpfilter.Absent:
+		return map[string]any{}
+	case mcpfilter.Number:
 		if n, ok := toNumber(v); ok {
 			if n.isInt {
 				return n.i
 			}
 			return n.f
 		}
-		return v
-	case map[string]any:
-		out := make(map[string]any, len(v))
-		for k, e := range v {
-			out[k] = celValue(e)
+		lit, _ := v.Number()
+		return lit
+	case mcpfilter.Object:
+		out := make(map[string]any, v.Len())
+		for m := v.First(); m.Exists(); m = m.Next() {
+			out[m.Key()] = celValue(m)
 		}
 		return out
-	case []any:
-		out := make([]any, len(v))
-		for i, e := range v {
-			out[i] = celValue(e)
+	case mcpfilter.Array:
+		out := make([]any, 0, v.Len())
+		for e := v.First(); e.Exists(); e = e.Next() {
+			out = append(out, celValue(e))
 		}
 		return out
 	}
-	return v
+	return v.Any()
 }

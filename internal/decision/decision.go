@@ -7,6 +7,7 @@ package decision
 
 import (
 	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/mcpfilter"
 )
 
 // Verdict is the outcome of a decision. The zero value is Deny, so a
@@ -64,16 +65,15 @@ func (k Kind) String() string {
 	return [...]string{Tool: "tool", Prompt: "prompt", Resource: "resource"}[k]
 }
 
-// Input is one call to decide. Arguments holds decoded JSON: string,
-// json.Number (or float64, int, int64), bool, nil, []any and
-// map[string]any.
+// Input is one call to decide. Arguments is the call's arguments object
+// as mcpfilter parsed it; Absent when the call had none.
 type Input struct {
 	Agent     string
 	Role      string
 	Kind      Kind
 	Server    string
 	Name      string
-	Arguments map[string]any
+	Arguments mcpfilter.Value
 	// Annotations are the tool's hints from its server; nil when it
 	// declared none, in which case the specification's defaults apply
 	// (a tool is then assumed destructive).

@@ -1,13 +1,13 @@
 package decision
 
 import (
-	"encoding/json"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/mcpfilter"
 )
 
 func mustCompile(t testing.TB, files ...string) *policy.Set {
@@ -25,15 +25,13 @@ func mustCompile(t testing.TB, files ...string) *policy.Set {
 
 // args decodes JSON the way the MCP parser hands arguments over: numbers
 // stay json.Number.
-func args(t testing.TB, s string) map[string]any {
+func args(t testing.TB, s string) mcpfilter.Value {
 	t.Helper()
-	d := json.NewDecoder(strings.NewReader(s))
-	d.UseNumber()
-	var m map[string]any
-	if err := d.Decode(&m); err != nil {
+	v, err := mcpfilter.ParseArguments([]byte(s))
+	if err != nil {
 		t.Fatalf("bad test arguments %s: %v", s, err)
 	}
-	return m
+	return v
 }
 
 // matcherPolicy grants one tool per matcher so each row of the table below
@@ -255,7 +253,7 @@ func TestShadowMode(t *testing.T) {
 	}{
 		{"would be allowed", Input{Role: "editor", Server: "notion", Name: "get_pages", Annotations: &policy.Annotations{ReadOnly: &yes}}, Allow, CodeAllowed},
 		{"would be denied", Input{Role: "editor", Server: "notion", Name: "drop_db"}, Deny, CodeNotGranted},
-		{"unknown argument would be denied", Input{Role: "editor", Server: "notion", Name: "get_pages", Arguments: map[string]any{"x": 1}}, Deny, CodeUnknownArgument},
+		{"unknown argument would be denied", Input{Role: "editor", Server: "notion", Name: "get_pages", Arguments: args(t, `{"x":1}`)}, Deny, CodeUnknownArgument},
 		{"would be parked", Input{Role: "editor", Server: "notion", Name: "publish"}, NeedsApproval, CodeApprovalRequired},
 	}
 	for _, tt := range tests {
@@ -324,8 +322,8 @@ servers:
 		in      Input
 		verdict Verdict
 	}{
-		{Input{Role: "r", Kind: Prompt, Server: "notion", Name: "summarize", Arguments: map[string]any{"page_id": "pg_1"}}, Allow},
-		{Input{Role: "r", Kind: Prompt, Server: "notion", Name: "summarize", Arguments: map[string]any{"page_id": "x"}}, Deny},
+		{Input{Role: "r", Kind: Prompt, Server: "notion", Name: "summarize", Arguments: args(t, `{"page_id":"pg_1"}`)}, Allow},
+		{Input{Role: "r", Kind: Prompt, Server: "notion", Name: "summarize", Arguments: args(t, `{"page_id":"x"}`)}, Deny},
 		{Input{Role: "r", Kind: Resource, Server: "notion", Name: "notion://ws_a/page1"}, Allow},
 		{Input{Role: "r", Kind: Resource, Server: "notion", Name: "notion://ws_a/page1/../../ws_b"}, Deny},
 		{Input{Role: "r", Kind: Resource, Server: "notion", Name: "notion://ws_b/page1"}, Deny},
@@ -366,7 +364,7 @@ func TestPanicBecomesDeny(t *testing.T) {
 	// Break a compiled matcher the way an engine bug would.
 	r, _ := set.Role("m")
 	r.Servers["s"].Tools["pattern"].Args.Fields["v"].Matchers[0].Re = nil
-	res := Evaluate(set, &Input{Role: "m", Server: "s", Name: "pattern", Arguments: map[string]any{"v": "ws_a"}})
+	res := Evaluate(set, &Input{Role: "m", Server: "s", Name: "pattern", Arguments: args(t, `{"v":"ws_a"}`)})
 	if res.Verdict != Deny || res.Code != CodeInternalError || res.PolicyVersion != set.Version() {
 		t.Errorf("got %+v, want an internal-error deny", res)
 	}
@@ -376,7 +374,7 @@ func TestPanicIsNotShadowed(t *testing.T) {
 	set := mustCompile(t, strings.Replace(matcherPolicy, "role: m", "role: m\nmode: shadow", 1))
 	r, _ := set.Role("m")
 	r.Servers["s"].Tools["pattern"].Args.Fields["v"].Matchers[0].Re = nil
-	res := Evaluate(set, &Input{Role: "m", Server: "s", Name: "pattern", Arguments: map[string]any{"v": "ws_a"}})
+	res := Evaluate(set, &Input{Role: "m", Server: "s", Name: "pattern", Arguments: args(t, `{"v":"ws_a"}`)})
 	if res.Verdict != Deny || res.Code != CodeInternalError {
 		t.Errorf("got %v %v, want an internal-error deny even in shadow mode", res.Verdict, res.Code)
 	}
@@ -386,9 +384,9 @@ func TestReasonsNeverEchoValues(t *testing.T) {
 	set := mustCompile(t, matcherPolicy)
 	const secret = "s3cr3t-value-4242"
 	for _, tool := range []string{"eq_str", "ne", "in", "not_in", "pattern", "prefix", "suffix", "max_len", "lte"} {
-		for _, v := range []any{secret, []any{secret}, map[string]any{secret: secret}} {
-			res := Evaluate(set, &Input{Role: "m", Server: "s", Name: tool, Arguments: map[string]any{"v": v, secret: 1}})
-			res2 := Evaluate(set, &Input{Role: "m", Server: "s", Name: tool, Arguments: map[string]any{"v": v}})
+		for _, v := range []string{`"` + secret + `"`, `["` + secret + `"]`, `{"` + secret + `":"` + secret + `"}`} {
+			res := Evaluate(set, &Input{Role: "m", Server: "s", Name: tool, Arguments: args(t, `{"v":`+v+`,"`+secret+`":1}`)})
+			res2 := Evaluate(set, &Input{Role: "m", Server: "s", Name: tool, Arguments: args(t, `{"v":`+v+`}`)})
 			for _, r := range []Result{res, res2} {
 				if r.Verdict == Allow {
 					continue

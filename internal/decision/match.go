@@ -1,13 +1,13 @@
 package decision
 
 import (
-	"encoding/json"
 	"path"
 	"strconv"
 	"strings"
 	"unicode/utf8"
 
 	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/mcpfilter"
 )
 
 // failure is why arguments were rejected. It is built only on the deny
@@ -23,16 +23,21 @@ type failure struct {
 
 // checkObject checks an object (the arguments, or a nested value) whose
 // keys must all be named by f. It looks up only the names the policy
-// knows: if every key of obj was among them, len(obj) equals the number
-// found, so unknown keys are detected without ranging over the map.
-func checkObject(f *policy.Field, obj map[string]any) *failure {
+// knows: keys are unique, so if every key of obj was among them, obj has
+// as many members as were found, and unknown keys are detected without
+// looking at each. An object with more members than f has names holds an
+// unknown one and is refused before any lookup.
+func checkObject(f *policy.Field, obj mcpfilter.Value) *failure {
+	if obj.Len() > len(f.Names) {
+		return unknownKey(f, obj)
+	}
 	present := 0
 	for _, name := range f.Names {
-		v, ok := obj[name]
-		if ok {
+		v := obj.Member(name)
+		if v.Exists() {
 			present++
 		}
-		if fl := checkValue(f.Fields[name], v, ok); fl != nil {
+		if fl := checkValue(f.Fields[name], v); fl != nil {
 			// Unknown keys are reported before any constraint.
 			if u := unknownKey(f, obj); u != nil {
 				return u
@@ -40,17 +45,18 @@ func checkObject(f *policy.Field, obj map[string]any) *failure {
 			return fl
 		}
 	}
-	if present != len(obj) {
+	if present != obj.Len() {
 		return unknownKey(f, obj)
 	}
 	return nil
 }
 
 // unknownKey names the smallest key of obj that f does not know, so that
-// the same input always gets the same reason whatever the map order.
-func unknownKey(f *policy.Field, obj map[string]any) *failure {
+// the same input always gets the same reason whatever the order of keys.
+func unknownKey(f *policy.Field, obj mcpfilter.Value) *failure {
 	unknown, found := "", false
-	for k := range obj {
+	for m := obj.First(); m.Exists(); m = m.Next() {
+		k := m.Key()
 		if _, ok := f.Fields[k]; !ok && (!found || k < unknown) {
 			unknown, found = k, true
 		}
@@ -61,8 +67,8 @@ func unknownKey(f *policy.Field, obj map[string]any) *failure {
 	return &failure{code: CodeUnknownArgument, field: f, key: unknown, index: -1}
 }
 
-func checkValue(f *policy.Field, v any, present bool) *failure {
-	if !present {
+func checkValue(f *policy.Field, v mcpfilter.Value) *failure {
+	if !v.Exists() {
 		if f.Required {
 			return &failure{code: CodeMissingArgument, field: f, index: -1}
 		}
@@ -75,32 +81,32 @@ func checkValue(f *policy.Field, v any, present bool) *failure {
 		}
 	}
 	if f.Each != nil {
-		arr, ok := v.([]any)
-		if !ok {
+		if v.Kind() != mcpfilter.Array {
 			return &failure{code: CodeConstraintFailed, field: f, index: -1, wrong: "an array"}
 		}
-		for i, e := range arr {
-			if fl := checkValue(f.Each, e, true); fl != nil {
+		i := 0
+		for e := v.First(); e.Exists(); e = e.Next() {
+			if fl := checkValue(f.Each, e); fl != nil {
 				if fl.index < 0 {
 					fl.index = i
 				}
 				return fl
 			}
+			i++
 		}
 	}
 	if f.Fields != nil {
-		obj, ok := v.(map[string]any)
-		if !ok {
+		if v.Kind() != mcpfilter.Object {
 			return &failure{code: CodeConstraintFailed, field: f, index: -1, wrong: "an object"}
 		}
-		return checkObject(f, obj)
+		return checkObject(f, v)
 	}
 	return nil
 }
 
 // match applies one matcher. When the value has the wrong type for the
 // matcher, wrong names the type it should have had.
-func match(m *policy.Matcher, v any) (ok bool, wrong string) {
+func match(m *policy.Matcher, v mcpfilter.Value) (ok bool, wrong string) {
 	switch m.Op {
 	case policy.OpEq:
 		return equal(m.Value, v), ""
@@ -127,7 +133,7 @@ func match(m *policy.Matcher, v any) (ok bool, wrong string) {
 			return c >= 0, ""
 		}
 	case policy.OpPattern, policy.OpPrefix, policy.OpSuffix, policy.OpPathWithin:
-		s, isStr := v.(string)
+		s, isStr := v.Str()
 		if !isStr {
 			return false, "a string"
 		}
@@ -143,11 +149,12 @@ func match(m *policy.Matcher, v any) (ok bool, wrong string) {
 		}
 	case policy.OpMinLen, policy.OpMaxLen:
 		var n int
-		switch v := v.(type) {
-		case string:
-			return stringLen(m, v), ""
-		case []any:
-			n = len(v)
+		switch v.Kind() {
+		case mcpfilter.String:
+			s, _ := v.Str()
+			return stringLen(m, s), ""
+		case mcpfilter.Array:
+			n = v.Len()
 		default:
 			return false, "a string or an array"
 		}
@@ -191,24 +198,24 @@ func pathWithin(p, dir string) bool {
 	return c == dir || strings.HasPrefix(c, dir+"/")
 }
 
-func equal(s policy.Scalar, v any) bool {
+func equal(s policy.Scalar, v mcpfilter.Value) bool {
 	switch s.Kind {
 	case policy.KindString:
-		str, ok := v.(string)
+		str, ok := v.Str()
 		return ok && str == s.Str
 	case policy.KindNumber:
 		n, ok := toNumber(v)
 		return ok && compare(n, s) == 0
 	case policy.KindBool:
-		b, ok := v.(bool)
+		b, ok := v.Bool()
 		return ok && b == s.Bool
 	default:
-		return v == nil
+		return v.Kind() == mcpfilter.Null
 	}
 }
 
-func in(m *policy.Matcher, v any) bool {
-	if s, ok := v.(string); ok {
+func in(m *policy.Matcher, v mcpfilter.Value) bool {
+	if s, ok := v.Str(); ok {
 		_, found := m.Strings[s]
 		return found
 	}
@@ -228,25 +235,21 @@ type number struct {
 	isInt bool
 }
 
-func toNumber(v any) (number, bool) {
-	switch v := v.(type) {
-	case json.Number:
-		s := string(v)
-		if !strings.ContainsAny(s, ".eE") {
-			if i, err := strconv.ParseInt(s, 10, 64); err == nil {
-				return number{f: float64(i), i: i, isInt: true}, true
-			}
-		}
-		f, err := strconv.ParseFloat(s, 64)
-		return number{f: f}, err == nil
-	case float64:
-		return number{f: v}, true
-	case int:
-		return number{f: float64(v), i: int64(v), isInt: true}, true
-	case int64:
-		return number{f: float64(v), i: v, isInt: true}, true
+// toNumber reads a Number's literal; false for any other kind, or a
+// literal beyond float64's range.
+func toNumber(v mcpfilter.Value) (number, bool) {
+	lit, ok := v.Number()
+	if !ok {
+		return number{}, false
 	}
-	return number{}, false
+	s := string(lit)
+	if !strings.ContainsAny(s, ".eE") {
+		if i, err := strconv.ParseInt(s, 10, 64); err == nil {
+			return number{f: float64(i), i: i, isInt: true}, true
+		}
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	return number{f: f}, err == nil
 }
 
 func compare(n number, s policy.Scalar) int {

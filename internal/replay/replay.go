@@ -48,11 +48,8 @@
 package replay
 
 import (
-	"bytes"
 	"cmp"
 	"encoding/json"
-	"errors"
-	"io"
 	"iter"
 	"maps"
 	"slices"
@@ -61,6 +58,7 @@ import (
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/decision"
 	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/mcpfilter"
 )
 
 // Options tune a replay. A nil *Options is the zero value.
@@ -293,48 +291,39 @@ func annotationRules(role *policy.Role) bool {
 	return false
 }
 
-// decodeArgs decodes recorded arguments as the MCP parser decodes them:
-// like encoding/json into an interface{}, numbers as json.Number. Absent
-// arguments give nil and true.
-func decodeArgs(raw json.RawMessage) (map[string]any, bool) {
+// decodeArgs parses recorded arguments as the MCP parser parsed them when
+// they were sent. Absent arguments give an Absent Value and true.
+func decodeArgs(raw json.RawMessage) (mcpfilter.Value, bool) {
 	if len(raw) == 0 {
-		return nil, true
+		return mcpfilter.Value{}, true
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		return nil, false
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, false
-	}
-	m, ok := v.(map[string]any)
-	return m, ok
+	v, err := mcpfilter.ParseArguments(raw)
+	return v, err == nil
 }
 
-func redacted(s string) bool {
-	return strings.HasPrefix(s, audit.HMACPrefix) || s == audit.Unencodable
+func redacted(v mcpfilter.Value) bool {
+	s, ok := v.Str()
+	return ok && (strings.HasPrefix(s, audit.HMACPrefix) || s == audit.Unencodable)
 }
 
 // hidden reports whether a redacted value in v sits where f (nil: no
 // constraint) constrains it. Arrays are walked with f's Each, objects
 // with f's Fields.
-func hidden(v any, f *policy.Field) bool {
+func hidden(v mcpfilter.Value, f *policy.Field) bool {
 	if f == nil {
 		return false
 	}
-	switch v := v.(type) {
-	case string:
+	switch v.Kind() {
+	case mcpfilter.String:
 		return redacted(v) && (len(f.Matchers) > 0 || f.Each != nil || f.Fields != nil)
-	case map[string]any:
-		for k, e := range v {
-			if hidden(e, f.Fields[k]) {
+	case mcpfilter.Object:
+		for m := v.First(); m.Exists(); m = m.Next() {
+			if hidden(m, f.Fields[m.Key()]) {
 				return true
 			}
 		}
-	case []any:
-		for _, e := range v {
+	case mcpfilter.Array:
+		for e := v.First(); e.Exists(); e = e.Next() {
 			if hidden(e, f.Each) {
 				return true
 			}
@@ -344,21 +333,13 @@ func hidden(v any, f *policy.Field) bool {
 }
 
 // anyRedacted reports whether v holds a redacted value anywhere.
-func anyRedacted(v any) bool {
-	switch v := v.(type) {
-	case string:
+func anyRedacted(v mcpfilter.Value) bool {
+	if v.Kind() == mcpfilter.String {
 		return redacted(v)
-	case map[string]any:
-		for _, e := range v {
-			if anyRedacted(e) {
-				return true
-			}
-		}
-	case []any:
-		for _, e := range v {
-			if anyRedacted(e) {
-				return true
-			}
+	}
+	for e := v.First(); e.Exists(); e = e.Next() {
+		if anyRedacted(e) {
+			return true
 		}
 	}
 	return false

@@ -12,6 +12,7 @@ import (
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/decision"
 	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/mcpfilter"
 )
 
 func compile(t *testing.T, src string) *policy.Set {
@@ -52,13 +53,11 @@ var redactor = audit.NewRedactor([]byte("0123456789abcdef0123456789abcdef"))
 // redaction globs.
 func args(t *testing.T, s string, rules ...string) json.RawMessage {
 	t.Helper()
-	d := json.NewDecoder(strings.NewReader(s))
-	d.UseNumber()
-	var m map[string]any
-	if err := d.Decode(&m); err != nil {
+	v, err := mcpfilter.ParseArguments([]byte(s))
+	if err != nil {
 		t.Fatalf("bad test arguments %s: %v", s, err)
 	}
-	return redactor.RedactRaw(json.RawMessage(s), m, rules)
+	return redactor.RedactRaw(json.RawMessage(s), v, rules)
 }
 
 func rec(method, tool, verdict, code string, args json.RawMessage) audit.Record {
