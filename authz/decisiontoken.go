@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 )
 
 // HeaderDecision carries the signed decision from authz to the broker.
@@ -85,17 +86,22 @@ func NewSigner(key []byte, opts *SignerOptions) (*Signer, error) {
 // exclude it), which keeps the payload a plain field list.
 func (s *Signer) Sign(d Decision) string {
 	exp := s.now().Add(s.ttl).UnixMilli()
-	p := make([]byte, 0, 160)
-	p = append(p, tokenVersion+"|"...)
+	var buf [256]byte
+	p := append(buf[:0], tokenVersion+"|"...)
 	for _, f := range [...]string{d.ID, d.Agent, d.Role, d.PolicyVersion, d.Verdict} {
 		p = append(append(p, f...), '|')
 	}
 	p = hex.AppendEncode(p, d.BodySHA256[:])
 	p = strconv.AppendInt(append(p, '|'), exp, 10)
-	tok := base64.RawURLEncoding.AppendEncode(make([]byte, 0, 256), p)
+	// The token is written once, at its final size, and never changed
+	// after: it becomes the returned string without a copy.
+	enc := base64.RawURLEncoding
+	n := enc.EncodedLen(len(p))
+	tok := make([]byte, n, n+1+enc.EncodedLen(sha256.Size))
+	enc.Encode(tok, p)
 	mac := s.mac(tok)
-	tok = base64.RawURLEncoding.AppendEncode(append(tok, '.'), mac[:])
-	return string(tok)
+	tok = enc.AppendEncode(append(tok, '.'), mac[:])
+	return unsafe.String(unsafe.SliceData(tok), len(tok))
 }
 
 // mac is the HMAC of an encoded payload. HMAC states are pooled: hmac.New

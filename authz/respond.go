@@ -25,29 +25,40 @@ func setHeader(k, v string) *corev3.HeaderValueOption {
 	}
 }
 
-// setHeaders builds overwriting header options from name, value pairs,
-// allocating them together: this runs for every allowed request.
-func setHeaders(kv ...string) []*corev3.HeaderValueOption {
-	n := len(kv) / 2
-	opts := make([]corev3.HeaderValueOption, n)
-	vals := make([]corev3.HeaderValue, n)
-	out := make([]*corev3.HeaderValueOption, n)
-	for i := range n {
-		vals[i].Key, vals[i].Value = kv[2*i], kv[2*i+1]
-		opts[i].Header = &vals[i]
-		opts[i].AppendAction = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
-		out[i] = &opts[i]
-	}
-	return out
+func (c *call) metadata(verdict string) *structpb.Struct {
+	md := new(metadata)
+	md.fill(c.id, verdict)
+	return &md.s
 }
 
-func (c *call) metadata(verdict string) *structpb.Struct {
-	// Agent and role travel in headers; the metadata carries what
-	// access logs and other filters key on.
-	return &structpb.Struct{Fields: map[string]*structpb.Value{
-		"decision_id": structpb.NewStringValue(c.id),
-		"verdict":     structpb.NewStringValue(verdict),
-	}}
+// metadata is the dynamic metadata of a response, allocated as one: agent
+// and role travel in headers; the metadata carries what access logs and
+// other filters key on.
+type metadata struct {
+	s        structpb.Struct
+	id, vd   structpb.Value
+	idS, vdS structpb.Value_StringValue
+}
+
+func (md *metadata) fill(id, verdict string) {
+	md.idS.StringValue, md.vdS.StringValue = id, verdict
+	md.id.Kind, md.vd.Kind = &md.idS, &md.vdS
+	md.s.Fields = map[string]*structpb.Value{"decision_id": &md.id, "verdict": &md.vd}
+}
+
+// okResponse is every part of an allowed CheckResponse, allocated
+// together: one allocation instead of some twenty small ones, on the path
+// every allowed request takes.
+type okResponse struct {
+	resp    authv3.CheckResponse
+	status  status.Status
+	http    authv3.CheckResponse_OkResponse
+	ok      authv3.OkHttpResponse
+	md      metadata
+	opts    [5]corev3.HeaderValueOption
+	vals    [5]corev3.HeaderValue
+	headers [5]*corev3.HeaderValueOption
+	remove  [1]string
 }
 
 // ok lets the request through with the signed decision. The agent's own
@@ -58,14 +69,21 @@ func (c *call) ok(verdict string) *authv3.CheckResponse {
 	if c.set != nil {
 		d.PolicyVersion = c.set.VersionString()
 	}
-	ours := setHeaders(
-		HeaderDecision, c.s.deps.Signer.Sign(d),
-		HeaderDecisionID, c.id,
-		HeaderAgent, c.token.Agent,
-		HeaderRole, c.token.Role,
-		HeaderVerdict, verdict,
-	)
-	remove := []string{"authorization"}
+	r := new(okResponse)
+	for i, kv := range [len(r.opts)][2]string{
+		{HeaderDecision, c.s.deps.Signer.Sign(d)},
+		{HeaderDecisionID, c.id},
+		{HeaderAgent, c.token.Agent},
+		{HeaderRole, c.token.Role},
+		{HeaderVerdict, verdict},
+	} {
+		r.vals[i].Key, r.vals[i].Value = kv[0], kv[1]
+		r.opts[i].Header = &r.vals[i]
+		r.opts[i].AppendAction = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+		r.headers[i] = &r.opts[i]
+	}
+	r.remove[0] = "authorization"
+	remove := r.remove[:]
 	for _, k := range c.headers.amgHeaders() {
 		switch k {
 		case HeaderDecision, HeaderDecisionID, HeaderAgent, HeaderRole, HeaderVerdict:
@@ -74,14 +92,12 @@ func (c *call) ok(verdict string) *authv3.CheckResponse {
 			remove = append(remove, k)
 		}
 	}
-	return &authv3.CheckResponse{
-		Status:          &status.Status{Code: int32(code.Code_OK)},
-		DynamicMetadata: c.metadata(verdict),
-		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
-			Headers:         ours,
-			HeadersToRemove: remove,
-		}},
-	}
+	r.status.Code = int32(code.Code_OK)
+	r.md.fill(c.id, verdict)
+	r.ok.Headers, r.ok.HeadersToRemove = r.headers[:], remove
+	r.http.OkResponse = &r.ok
+	r.resp.Status, r.resp.DynamicMetadata, r.resp.HttpResponse = &r.status, &r.md.s, &r.http
+	return &r.resp
 }
 
 func (c *call) allowWithoutBody(method string) *authv3.CheckResponse {
