@@ -297,8 +297,12 @@ func TestAllow(t *testing.T) {
 	if _, err := e.signer.Verify(h[HeaderDecision], []byte(body+" ")); !errors.Is(err, ErrDecisionBody) {
 		t.Errorf("token verified against another body: %v", err)
 	}
-	if got := resp.GetDynamicMetadata().GetFields()["decision_id"].GetStringValue(); got != rec.DecisionID {
+	md := resp.GetDynamicMetadata().GetFields()
+	if got := md["decision_id"].GetStringValue(); got != rec.DecisionID {
 		t.Errorf("dynamic metadata decision_id = %q, want %q", got, rec.DecisionID)
+	}
+	if got := md["verdict"].GetStringValue(); got != "allow" || len(md) != 2 {
+		t.Errorf("dynamic metadata verdict = %q (of %d fields), want allow", got, len(md))
 	}
 	if rec.Verdict != "allow" || rec.Code != "allowed" || rec.Server != "notion" || rec.Tool != "get_pages" ||
 		rec.Method != "tools/call" || rec.Rule != "reader/notion/get_pages" || rec.Agent != "bot-1" {
