@@ -194,9 +194,9 @@ var parserPool = sync.Pool{New: func() any { return new(parser) }}
 const maxPooledStack = 1024
 
 func (p *parser) release() {
-	// Entries are cleared as the stacks shrink; after an error some are
-	// left, and none may keep the body or a decoded tree alive from the
-	// pool.
+	// The key stack is cleared as it shrinks, except after an error, and
+	// the tape holds strings of the body: neither may keep the body alive
+	// from the pool.
 	clear(p.keys)
 	clear(p.tape)
 	p.keys, p.tape = p.keys[:0], p.tape[:0]

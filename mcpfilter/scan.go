@@ -34,7 +34,7 @@ type parser struct {
 	tape []node
 
 	// argStr is a copy of the body from argBase on, made at the first
-	// arguments object, from which decoded trees take substrings: one
+	// arguments object, from which the tape takes substrings: one
 	// allocation for all unescaped keys, strings and numbers instead of one
 	// each. It is a copy so that Args does not change with the body.
 	argStr  string
