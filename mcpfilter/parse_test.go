@@ -646,39 +646,45 @@ func TestReleaseDropsReferences(t *testing.T) {
 func tree(v any) Value {
 	var t []node
 	var add func(key string, v any)
+	// children adds the members (or, with no keys, the elements) of the
+	// container at, each linked to the next.
+	children := func(at int, keys []string, vals []any) {
+		t[at].n = int32(len(vals))
+		for i, e := range vals {
+			start := len(t)
+			if keys != nil {
+				add(keys[i], e)
+			} else {
+				add("", e)
+			}
+			if i+1 < len(vals) {
+				t[start].next = int32(len(t))
+			}
+		}
+	}
 	add = func(key string, v any) {
 		at := len(t)
 		t = append(t, node{key: key})
-		n := &t[at] // written before anything else is appended
 		switch v := v.(type) {
 		case map[string]any:
-			n.kind, n.n = Object, int32(len(v))
-			prev := -1
+			t[at].kind = Object
+			var keys []string
+			var vals []any
 			for k, e := range v {
-				if prev >= 0 {
-					t[prev].next = int32(len(t))
-				}
-				prev = len(t)
-				add(k, e)
+				keys, vals = append(keys, k), append(vals, e)
 			}
+			children(at, keys, vals)
 		case []any:
-			n.kind, n.n = Array, int32(len(v))
-			prev := -1
-			for _, e := range v {
-				if prev >= 0 {
-					t[prev].next = int32(len(t))
-				}
-				prev = len(t)
-				add("", e)
-			}
+			t[at].kind = Array
+			children(at, nil, v)
 		case string:
-			n.kind, n.str = String, v
+			t[at].kind, t[at].str = String, v
 		case json.Number:
-			n.kind, n.str = Number, string(v)
+			t[at].kind, t[at].str = Number, string(v)
 		case bool:
-			n.kind, n.b = Bool, v
+			t[at].kind, t[at].b = Bool, v
 		case nil:
-			n.kind = Null
+			t[at].kind = Null
 		default:
 			panic(fmt.Sprintf("tree: %T", v))
 		}
