@@ -170,7 +170,7 @@ func (v Value) Any() any {
 // error is an *[Error].
 func ParseArguments(data []byte) (Value, error) {
 	p := parserPool.Get().(*parser)
-	p.data, p.pos, p.maxDepth = data, 0, DefaultMaxDepth
+	p.data, p.pos, p.maxDepth, p.immutable, p.skipArgs = data, 0, DefaultMaxDepth, false, false
 	v, err := p.argumentsOnly()
 	p.release()
 	if e, ok := err.(*Error); ok {
