@@ -70,6 +70,11 @@ servers:
       - name: cel_err
         constraints: { a: { optional: true } }
         cel: 'args.a > 1'
+      - name: cel_int
+        constraints: { n: {} }
+        cel: 'args.n + 1 == 2'
+      - name: cel_size
+        cel: 'size(args) == 0'
 `
 
 func TestMatchers(t *testing.T) {
@@ -137,6 +142,8 @@ func TestMatchers(t *testing.T) {
 		{"max_len", `{"v":"日本語x"}`, CodeConstraintFailed, `argument "v" must have at most 3 characters or elements`},
 		{"min_len", `{"v":"日本"}`, CodeAllowed, ""},
 		{"max_len", `{"v":[1,2,3,4]}`, CodeConstraintFailed, `argument "v" must have at most 3 characters or elements`},
+		{"max_len", `{"v":[1,2,3]}`, CodeAllowed, ""},
+		{"min_len", `{"v":[1]}`, CodeConstraintFailed, `argument "v" must have at least 2 characters or elements`},
 		{"max_len", `{"v":12}`, CodeConstraintFailed, `argument "v" must be a string or an array`},
 		{"nested", `{"filter":{"owner":"me"}}`, CodeAllowed, ""},
 		{"nested", `{"filter":{"owner":"me","kind":"db"}}`, CodeAllowed, ""},
@@ -163,6 +170,11 @@ func TestMatchers(t *testing.T) {
 		{"cel", `{"a":1,"b":2}`, CodeAllowed, ""},
 		{"cel", `{"a":2.5,"b":2}`, CodeCELDenied, `the policy's condition for "s__cel" is not met`},
 		{"cel_err", `{}`, CodeCELError, `the policy's condition for "s__cel_err" could not be evaluated: no such key: a`},
+		// An integer literal is an int to CEL, anything else a double,
+		// and CEL adds no int to a double.
+		{"cel_int", `{"n":1}`, CodeAllowed, ""},
+		{"cel_int", `{"n":1.0}`, CodeCELError, `the policy's condition for "s__cel_int" could not be evaluated: no such overload`},
+		{"cel_size", `{}`, CodeAllowed, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.tool+" "+tt.args, func(t *testing.T) {
@@ -177,6 +189,15 @@ func TestMatchers(t *testing.T) {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// A call without arguments shows CEL an empty map, not null.
+func TestCELWithoutArguments(t *testing.T) {
+	set := mustCompile(t, matcherPolicy)
+	res := Evaluate(set, &Input{Agent: "bot-1", Role: "m", Server: "s", Name: "cel_size"})
+	if res.Verdict != Allow {
+		t.Errorf("got %v %v (%s), want allowed", res.Verdict, res.Code, res.Reason)
 	}
 }
 

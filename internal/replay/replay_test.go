@@ -39,6 +39,9 @@ servers:
         constraints:
           filter.owner: { eq: "me" }
           filter.label: { optional: true }
+      - name: tag_pages
+        constraints:
+          items: { each: { fields: { id: { prefix: "tag_" } } } }
     prompts:
       - name: summarize
         constraints:
@@ -143,6 +146,16 @@ func TestReplay(t *testing.T) {
 		name:    "undecidable: redacted nested value",
 		policy:  base,
 		records: []audit.Record{tool("search", "allow", "allowed", args(t, `{"filter":{"owner":"me"}}`, "*.owner"))},
+		want:    Counts{Undecidable: 1},
+	}, {
+		name:    "undecidable: redacted value in an array's elements",
+		policy:  base,
+		records: []audit.Record{tool("tag_pages", "allow", "allowed", args(t, `{"items":[{"id":"tag_1"}]}`, "items.id"))},
+		want:    Counts{Undecidable: 1},
+	}, {
+		name:    "undecidable: unencodable value under a constrained path",
+		policy:  base,
+		records: []audit.Record{tool("get_pages", "allow", "allowed", json.RawMessage(`{"workspace_id":"`+audit.Unencodable+`"}`))},
 		want:    Counts{Undecidable: 1},
 	}, {
 		name:   "redacted value under an unconstrained path is decidable",
