@@ -344,6 +344,11 @@ func TestRedactRaw(t *testing.T) {
 	if got := r.RedactRaw(json.RawMessage(`{"a":1}`), mcpfilter.Value{}, nil); got != nil {
 		t.Errorf("absent arguments recorded as %s", got)
 	}
+	// Without the raw bytes, the arguments are encoded from what was parsed.
+	parsed, _ := mcpfilter.ParseArguments([]byte(`{"b":2,"a":1}`))
+	if got := r.RedactRaw(nil, parsed, nil); string(got) != `{"a":1,"b":2}` {
+		t.Errorf("arguments without raw bytes recorded as %s", got)
+	}
 }
 
 func TestSensitiveKeyCacheIsBounded(t *testing.T) {
