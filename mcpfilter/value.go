@@ -1,6 +1,9 @@
 package mcpfilter
 
-import "encoding/json"
+import (
+	"encoding/json"
+	"strconv"
+)
 
 // ValueKind is the JSON type of a [Value].
 type ValueKind uint8
@@ -17,16 +20,21 @@ const (
 	Object
 )
 
+var valueKinds = [...]string{Absent: "absent", Null: "null", Bool: "boolean", Number: "number",
+	String: "string", Array: "array", Object: "object"}
+
 func (k ValueKind) String() string {
-	return [...]string{Absent: "absent", Null: "null", Bool: "boolean", Number: "number",
-		String: "string", Array: "array", Object: "object"}[k]
+	if int(k) < len(valueKinds) {
+		return valueKinds[k]
+	}
+	return "ValueKind(" + strconv.Itoa(int(k)) + ")"
 }
 
 // Value is a JSON value of a parsed arguments object. The parser lays out
 // each arguments object once, in document order, on a tape shared by every
-// Value that points into it: reading a Value allocates nothing, and building
-// one costs a single allocation per body instead of a map, a slice or a
-// boxed string per member.
+// Value that points into it: the accessors allocate nothing (only Any
+// builds a tree), and the tape costs a single allocation per body instead
+// of a map, a slice or a boxed string per member.
 //
 // Members and elements are visited in document order:
 //

@@ -72,6 +72,9 @@ func TestValueAccessors(t *testing.T) {
 		t.Error("the last member has a next")
 	}
 
+	if got := ValueKind(99).String(); got != "ValueKind(99)" {
+		t.Errorf("an unknown kind reads %q", got)
+	}
 	var absent Value
 	if absent.Exists() || absent.Kind() != Absent || absent.Len() != 0 || absent.Key() != "" ||
 		absent.First().Exists() || absent.Next().Exists() || absent.Member("s").Exists() || absent.Any() != nil {
