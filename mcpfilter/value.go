@@ -147,23 +147,30 @@ func (v Value) Member(key string) Value {
 // Any is v as encoding/json decodes into an interface{} with UseNumber:
 // map[string]any, []any (empty, not nil, when empty), string, json.Number,
 // bool and nil. It is nil for an Absent Value.
-func (v Value) Any() any {
+func (v Value) Any() any { return v.Tree(nil) }
+
+// Tree is Any with each number given as number returns it; a nil number
+// keeps json.Number.
+func (v Value) Tree(number func(json.Number) any) any {
 	switch v.Kind() {
 	case Object:
 		m := make(map[string]any, v.Len())
 		for e := v.First(); e.Exists(); e = e.Next() {
-			m[e.Key()] = e.Any()
+			m[e.Key()] = e.Tree(number)
 		}
 		return m
 	case Array:
 		a := make([]any, 0, v.Len())
 		for e := v.First(); e.Exists(); e = e.Next() {
-			a = append(a, e.Any())
+			a = append(a, e.Tree(number))
 		}
 		return a
 	case String:
 		return v.tape[v.i].str
 	case Number:
+		if number != nil {
+			return number(json.Number(v.tape[v.i].str))
+		}
 		return json.Number(v.tape[v.i].str)
 	case Bool:
 		return v.tape[v.i].b

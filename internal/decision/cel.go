@@ -1,6 +1,8 @@
 package decision
 
 import (
+	"encoding/json"
+
 	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/mcpfilter"
 )
@@ -30,30 +32,19 @@ func evalCEL(g *policy.Grant, role *policy.Role, in *Input) (res Result, ok bool
 // literal becomes an int, anything else a double. Absent arguments are an
 // empty map, so that conditions on args see no members rather than fail.
 func celValue(v mcpfilter.Value) any {
-	switch v.Kind() {
-	case mcpfilter.Absent:
+	if !v.Exists() {
 		return map[string]any{}
-	case mcpfilter.Number:
-		if n, ok := toNumber(v); ok {
-			if n.isInt {
-				return n.i
-			}
-			return n.f
-		}
-		lit, _ := v.Number()
-		return lit
-	case mcpfilter.Object:
-		out := make(map[string]any, v.Len())
-		for m := v.First(); m.Exists(); m = m.Next() {
-			out[m.Key()] = celValue(m)
-		}
-		return out
-	case mcpfilter.Array:
-		out := make([]any, 0, v.Len())
-		for e := v.First(); e.Exists(); e = e.Next() {
-			out = append(out, celValue(e))
-		}
-		return out
 	}
-	return v.Any()
+	return v.Tree(celNumber)
+}
+
+func celNumber(lit json.Number) any {
+	n, ok := parseNumber(lit)
+	switch {
+	case !ok:
+		return lit
+	case n.isInt:
+		return n.i
+	}
+	return n.f
 }

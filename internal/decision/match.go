@@ -1,6 +1,7 @@
 package decision
 
 import (
+	"encoding/json"
 	"path"
 	"strconv"
 	"strings"
@@ -242,6 +243,11 @@ func toNumber(v mcpfilter.Value) (number, bool) {
 	if !ok {
 		return number{}, false
 	}
+	return parseNumber(lit)
+}
+
+// parseNumber reads a number literal; false for one beyond float64's range.
+func parseNumber(lit json.Number) (number, bool) {
 	s := string(lit)
 	if !strings.ContainsAny(s, ".eE") {
 		if i, err := strconv.ParseInt(s, 10, 64); err == nil {
