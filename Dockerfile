@@ -15,7 +15,7 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 ARG VERSION=dev
-RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/amg ./cmd/amg \
+RUN CGO_ENABLED=0 go build -trimpath -tags vtprotobuf -ldflags "-s -w -X main.version=${VERSION}" -o /out/amg ./cmd/amg \
  && mkdir -p /out/var/lib/amg
 
 FROM gcr.io/distroless/static-debian12:nonroot

@@ -7,6 +7,9 @@ LDFLAGS := -X main.version=$(VERSION)
 BENCH_PKGS  ?= ./internal/decision ./mcpfilter ./authz
 BENCH_COUNT ?= 6
 FUZZ_TIME   ?= 20s
+# go-control-plane's generated marshalling code is built only with this tag;
+# the authz codec encodes Check responses with it (authz/codec.go).
+export GOFLAGS += -tags=vtprotobuf
 # Where scripts/setup puts the npm packages and tools the tests run.
 export AMG_TOOLS_DIR ?= $(HOME)/.cache/amg-tools
 

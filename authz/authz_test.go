@@ -185,7 +185,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(GRPCServerOptions()...)
 	authv3.RegisterAuthorizationServer(gs, srv)
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)

@@ -17,7 +17,7 @@ import (
 // newBenchServer builds a Server with the real collaborators of standalone
 // mode: cached token authentication, the in-memory limiter, the redactor
 // and the asynchronous audit logger writing a hash-chained file.
-func newBenchServer(b *testing.B) (*Server, string, func()) {
+func newBenchServer(b testing.TB) (*Server, string, func()) {
 	b.Helper()
 	set, err := policy.Compile([]policy.File{{Name: "bench.yaml", Data: []byte(authztest.BenchPolicy)}}, nil)
 	if err != nil {

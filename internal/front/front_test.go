@@ -116,7 +116,7 @@ func overGRPC(t *testing.T) func(authz.Deps) Checker {
 		if err != nil {
 			t.Fatal(err)
 		}
-		gs := grpc.NewServer()
+		gs := grpc.NewServer(authz.GRPCServerOptions()...)
 		authv3.RegisterAuthorizationServer(gs, s)
 		go gs.Serve(lis)
 		t.Cleanup(gs.Stop)
