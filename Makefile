@@ -48,6 +48,8 @@ check: test fuzz
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZ_TIME) ./mcpfilter
 	$(GO) test -run '^$$' -fuzz '^FuzzSplitName$$' -fuzztime $(FUZZ_TIME) ./mcpfilter
+	$(GO) test -run '^$$' -fuzz '^FuzzParseArguments$$' -fuzztime $(FUZZ_TIME) ./mcpfilter
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCheckRequest$$' -fuzztime $(FUZZ_TIME) -fuzzminimizetime 5s ./authz
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) $(BENCH_PKGS) | tee bench.out
