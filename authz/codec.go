@@ -4,6 +4,7 @@ import (
 	"unicode/utf8"
 	"unsafe"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
@@ -79,9 +80,9 @@ func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 // a partial result and b is for proto.Unmarshal to decode (or reject).
 //
 // The request's string fields and body alias b, which must not change
-// afterwards. Messages the shortcut does not need to be fast at (peers,
-// metadata, TLS session, time, header map) are decoded by the protobuf
-// library, merged as repeated occurrences of a message field are.
+// afterwards. Messages the shortcut does not need to be fast at (metadata,
+// TLS session, time, header map) are decoded by the protobuf library,
+// merged as repeated occurrences of a message field are.
 func decodeCheckRequest(b []byte, req *authv3.CheckRequest) bool {
 	return eachField(b, func(f field) bool {
 		if f.num != 1 || f.typ != protowire.BytesType || req.Attributes != nil {
@@ -106,9 +107,9 @@ func decodeAttributes(b []byte, a *authv3.AttributeContext) bool {
 		}
 		switch f.num {
 		case 1:
-			return merge(f.data, &a.Source, attributesDepth)
+			return decodePeer(f.data, &a.Source)
 		case 2:
-			return merge(f.data, &a.Destination, attributesDepth)
+			return decodePeer(f.data, &a.Destination)
 		case 4:
 			if a.Request != nil {
 				return false
@@ -128,6 +129,83 @@ func decodeAttributes(b []byte, a *authv3.AttributeContext) bool {
 	})
 }
 
+// decodePeer decodes a peer with a socket address, as Envoy sends the
+// source and destination, into *p, which must be nil.
+func decodePeer(b []byte, p **authv3.AttributeContext_Peer) bool {
+	if *p != nil {
+		return false
+	}
+	peer := new(authv3.AttributeContext_Peer)
+	*p = peer
+	return eachField(b, func(f field) bool {
+		if f.typ != protowire.BytesType {
+			return false
+		}
+		switch f.num {
+		case 1:
+			if peer.Address != nil {
+				return false
+			}
+			addr := new(corev3.Address)
+			peer.Address = addr
+			return eachField(f.data, func(f field) bool {
+				if f.num != 1 || f.typ != protowire.BytesType || addr.Address != nil {
+					return false // a pipe or an internal address; or a merge
+				}
+				sa := new(corev3.SocketAddress)
+				addr.Address = &corev3.Address_SocketAddress{SocketAddress: sa}
+				return decodeSocketAddress(f.data, sa)
+			})
+		case 3:
+			return decodeEntry(f.data, &peer.Labels)
+		}
+		s, ok := str(f.data)
+		switch f.num {
+		case 2:
+			peer.Service = s
+		case 4:
+			peer.Principal = s
+		case 5:
+			peer.Certificate = s
+		default:
+			return false
+		}
+		return ok
+	})
+}
+
+func decodeSocketAddress(b []byte, sa *corev3.SocketAddress) bool {
+	return eachField(b, func(f field) bool {
+		if f.typ == protowire.VarintType {
+			switch f.num {
+			case 1:
+				sa.Protocol = corev3.SocketAddress_Protocol(int32(f.val))
+			case 3:
+				sa.PortSpecifier = &corev3.SocketAddress_PortValue{PortValue: uint32(f.val)}
+			case 6:
+				sa.Ipv4Compat = f.val != 0
+			default:
+				return false
+			}
+			return true
+		}
+		s, ok := str(f.data)
+		switch f.num {
+		case 2:
+			sa.Address = s
+		case 4:
+			sa.PortSpecifier = &corev3.SocketAddress_NamedPort{NamedPort: s}
+		case 5:
+			sa.ResolverName = s
+		case 7:
+			sa.NetworkNamespaceFilepath = s
+		default:
+			return false
+		}
+		return ok
+	})
+}
+
 func decodeRequest(b []byte, r *authv3.AttributeContext_Request) bool {
 	return eachField(b, func(f field) bool {
 		switch {
@@ -144,6 +222,16 @@ func decodeRequest(b []byte, r *authv3.AttributeContext_Request) bool {
 }
 
 func decodeHTTP(b []byte, h *authv3.AttributeContext_HttpRequest) bool {
+	headers := 0
+	eachField(b, func(f field) bool {
+		if f.num == 3 {
+			headers++
+		}
+		return true
+	})
+	if headers > 0 {
+		h.Headers = make(map[string]string, headers)
+	}
 	return eachField(b, func(f field) bool {
 		if f.num == 9 {
 			h.Size = int64(f.val)
@@ -208,7 +296,7 @@ func decodeEntry(b []byte, m *map[string]string) bool {
 	})
 	if ok {
 		if *m == nil {
-			*m = make(map[string]string, 8)
+			*m = make(map[string]string)
 		}
 		(*m)[key] = value
 	}
