@@ -122,17 +122,25 @@ func (r *Redactor) Redact(args map[string]any, rules []string) json.RawMessage {
 // RedactRaw is Redact for arguments as the MCP parser hands them over:
 // raw, their exact bytes, and args, what it parsed of them. When nothing in
 // args is sensitive it returns raw itself, so the log records exactly what
-// the agent sent and the common path skips the re-encoding. Raw bytes
-// holding a line break (only possible as insignificant whitespace) are
-// re-encoded, so a record stays one line. Absent args give nil.
+// the agent sent and the common path skips the re-encoding; line breaks in
+// raw, which valid JSON holds only as insignificant whitespace, become
+// spaces in a copy, so that a record stays one line. Absent args give nil.
 func (r *Redactor) RedactRaw(raw json.RawMessage, args mcpfilter.Value, rules []string) json.RawMessage {
 	if !args.Exists() {
 		return nil
 	}
 	e := r.state(rules)
-	if len(raw) == 0 || bytes.IndexByte(raw, '\n') >= 0 || bytes.IndexByte(raw, '\r') >= 0 || e.anySensitive(args, 0) {
+	if len(raw) == 0 || e.anySensitive(args, 0) {
 		m, _ := args.Any().(map[string]any)
 		return r.Redact(m, rules)
+	}
+	if bytes.ContainsAny(raw, "\r\n") {
+		raw = bytes.Clone(raw)
+		for i, c := range raw {
+			if c == '\n' || c == '\r' {
+				raw[i] = ' '
+			}
+		}
 	}
 	return raw
 }

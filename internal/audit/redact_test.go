@@ -312,15 +312,18 @@ func TestRedactRaw(t *testing.T) {
 		raw      string
 		rules    []string
 		keepsRaw bool
+		want     string // if set, what is recorded instead of raw
 	}{
-		{"nothing sensitive", `{"workspace_id": "ws_1", "limit": 1e2, "q": "caf\u00e9"}`, nil, true},
-		{"sensitive key", `{"workspace_id":"ws_1","api_key":"k"}`, nil, false},
-		{"sensitive key in an array of objects", `{"items":[{"id":1},{"id":2,"password":"p"}]}`, nil, false},
-		{"role rule", `{"workspace_id":"ws_1","cursor":"c"}`, []string{"cursor"}, false},
-		{"nested role rule", `{"filter":{"owner":"me"}}`, []string{"filter.owner"}, false},
-		{"rule that matches nothing", `{"filter":{"owner":"me"}}`, []string{"cursor"}, true},
-		{"line break between tokens", "{\"a\":\n1}", nil, false},
-		{"deeply nested, nothing sensitive", `{"a":` + strings.Repeat(`{"b":`, 59) + `1` + strings.Repeat(`}`, 60), nil, true},
+		{"nothing sensitive", `{"workspace_id": "ws_1", "limit": 1e2, "q": "caf\u00e9"}`, nil, true, ""},
+		{"sensitive key", `{"workspace_id":"ws_1","api_key":"k"}`, nil, false, ""},
+		{"sensitive key in an array of objects", `{"items":[{"id":1},{"id":2,"password":"p"}]}`, nil, false, ""},
+		{"role rule", `{"workspace_id":"ws_1","cursor":"c"}`, []string{"cursor"}, false, ""},
+		{"nested role rule", `{"filter":{"owner":"me"}}`, []string{"filter.owner"}, false, ""},
+		{"rule that matches nothing", `{"filter":{"owner":"me"}}`, []string{"cursor"}, true, ""},
+		{"line break between tokens", "{\"a\":\n1}", nil, true, `{"a": 1}`},
+		{"pretty-printed", "{\r\n  \"q\": \"x\\ny\",\r\n  \"n\": [1,\n2]\r\n}", nil, true, `{    "q": "x\ny",    "n": [1, 2]  }`},
+		{"pretty-printed, sensitive key", "{\n  \"token\": \"t\"\n}", nil, false, ""},
+		{"deeply nested, nothing sensitive", `{"a":` + strings.Repeat(`{"b":`, 59) + `1` + strings.Repeat(`}`, 60), nil, true, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -329,10 +332,18 @@ func TestRedactRaw(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := r.RedactRaw(json.RawMessage(tt.raw), parsed, tt.rules)
+			raw := []byte(tt.raw)
+			got := r.RedactRaw(raw, parsed, tt.rules)
+			if string(raw) != tt.raw {
+				t.Fatalf("RedactRaw changed the bytes it was given to %q", raw)
+			}
 			if tt.keepsRaw {
-				if string(got) != tt.raw {
-					t.Errorf("got %s, want the raw bytes %s", got, tt.raw)
+				want := tt.raw
+				if tt.want != "" {
+					want = tt.want
+				}
+				if string(got) != want {
+					t.Errorf("got %s, want %s", got, want)
 				}
 				return
 			}
