@@ -97,7 +97,6 @@ type FileDevice struct {
 	torn   bool // a failed write may have left a partial line past size
 	closed bool
 	buf    []byte
-	body   []byte // the record without its hash; scratch for Write
 
 	stop chan struct{}
 	done chan struct{}
@@ -258,13 +257,16 @@ func (d *FileDevice) Write(rec *Record) error {
 	return err
 }
 
-// WriteBatch appends recs with as few write calls as it can: one, unless
-// the file rotates on the way. It returns how many records, a prefix of
+// WriteBatch appends recs with as few write calls as it can: one per
+// megabyte or so, and one more where the file rotates. It returns how many records, a prefix of
 // recs, are recorded; on error nothing of the others is left in the file
 // and the chain continues from the last recorded one.
 func (d *FileDevice) WriteBatch(recs []Record) (int, error) {
 	return d.writeRecords(len(recs), func(i int) *Record { return &recs[i] })
 }
+
+// maxWrite is about the most a batch writes in one call.
+const maxWrite = 1 << 20
 
 func (d *FileDevice) writeRecords(n int, rec func(int) *Record) (int, error) {
 	d.mu.Lock()
@@ -310,11 +312,12 @@ func (d *FileDevice) writeRecords(n int, rec func(int) *Record) (int, error) {
 	for i := range n {
 		r := *rec(i)
 		r.Seq, r.Prev, r.Hash = seq+1, hash, ""
-		d.body = r.appendJSON(d.body[:0])
-		sum := sha256.Sum256(d.body)
+		// The record is hashed as encoded without its hash, then the
+		// hash goes in before its closing brace.
 		start := len(buf)
-		buf = append(buf, d.body[:len(d.body)-1]...)
-		buf = append(buf, hashKey...)
+		buf = r.appendJSON(buf)
+		sum := sha256.Sum256(buf[start:])
+		buf = append(buf[:len(buf)-1], hashKey...)
 		buf = hex.AppendEncode(buf, sum[:])
 		buf = append(buf, '"', '}', '\n')
 		// A line that would take the file past its size starts a new one
@@ -332,6 +335,13 @@ func (d *FileDevice) writeRecords(n int, rec func(int) *Record) (int, error) {
 		}
 		seq, hash = r.Seq, hex.EncodeToString(sum[:])
 		pending++
+		// A large batch goes out in writes of about maxWrite bytes rather
+		// than one buffer the size of the batch.
+		if len(buf) >= maxWrite {
+			if err = flush(); err != nil {
+				break
+			}
+		}
 	}
 	if err == nil {
 		err = flush()

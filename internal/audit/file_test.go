@@ -472,6 +472,35 @@ func TestWriterDevice(t *testing.T) {
 	}
 }
 
+// A batch larger than one write goes out in several, chained as one.
+func TestFileDeviceWriteBatchLargerThanOneWrite(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	d, err := NewFileDevice(path, &FileOptions{Now: fakeClock()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := json.RawMessage(`{"query":"` + strings.Repeat("x", 2000) + `"}`)
+	var batch []Record
+	for i := range 3 * maxWrite / len(args) {
+		r := testRecord(i + 1)
+		r.Args = args
+		batch = append(batch, *r)
+	}
+	if n, err := d.WriteBatch(batch); err != nil || n != len(batch) {
+		t.Fatalf("WriteBatch = %d, %v; want %d, nil", n, err, len(batch))
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Verify(path)
+	if err != nil {
+		t.Fatalf("a batch written in several writes does not verify: %v", err)
+	}
+	if res.Records != len(batch) || res.LastSeq != uint64(len(batch)) {
+		t.Errorf("verify = %+v, want records 1 to %d", res, len(batch))
+	}
+}
+
 func TestFileDeviceWriteBatch(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "audit.log")
