@@ -56,6 +56,7 @@ func FuzzParse(f *testing.F) {
 				checkResourcesRead(t, m)
 			}
 			checkMeta(t, m)
+			checkIsError(t, m)
 		}
 	})
 }
@@ -391,4 +392,18 @@ func FuzzSplitName(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkIsError holds IsError to what encoding/json finds in the result.
+func checkIsError(t *testing.T, m *Message) {
+	t.Helper()
+	var result map[string]any
+	if m.Result != nil {
+		if err := json.Unmarshal(m.Result, &result); err != nil {
+			t.Fatalf("result %s: %v", m.Result, err)
+		}
+	}
+	if want := result["isError"] == true; m.IsError != want {
+		t.Fatalf("IsError = %v for result %s", m.IsError, m.Result)
+	}
 }

@@ -9,6 +9,7 @@
 package mcpfilter
 
 import (
+	"bytes"
 	"encoding/json"
 	"strconv"
 	"sync"
@@ -82,6 +83,9 @@ type Message struct {
 	// Result and Error are the exact bytes of a response's result or error
 	// object; nil if absent.
 	Result, Error json.RawMessage
+	// IsError is whether Result has a member "isError" whose value is
+	// true, as a tools/call result has when the tool failed.
+	IsError bool
 
 	// IDSpan and NameSpan locate the id token and the params.name string
 	// token (quotes included) in the body, for a caller that rewrites
@@ -346,7 +350,12 @@ func (p *parser) message(depth int, m *Message) error {
 			}
 			if p.pos < len(p.data) && p.data[p.pos] == '{' {
 				at := p.pos
-				if err = p.skipObject(depth + 1); err == nil {
+				if bit == hasResult {
+					err = p.result(depth+1, m)
+				} else {
+					err = p.skipObject(depth + 1)
+				}
+				if err == nil {
 					if bit == hasResult {
 						m.Result = p.data[at:p.pos]
 					} else {
@@ -536,4 +545,24 @@ func internMethod(b []byte) string {
 		return "subscriptions/listen"
 	}
 	return string(b)
+}
+
+// result validates a response's result object as skipObject does, and sets
+// m.IsError if it says "isError": true.
+func (p *parser) result(depth int, m *Message) error {
+	ks, err := p.beginObject(depth)
+	if err != nil {
+		return err
+	}
+	for {
+		k, ok, err := p.nextKey(&ks)
+		if !ok {
+			return err
+		}
+		isTrue := string(k.dec) == "isError" && bytes.HasPrefix(p.data[p.pos:], []byte("true"))
+		if err := p.value(depth); err != nil {
+			return withKey(err, k.dec)
+		}
+		m.IsError = m.IsError || isTrue
+	}
 }

@@ -407,6 +407,27 @@ var acceptTests = []struct {
 		want: []Message{{Kind: KindResponse, ID: raw(`"srv-1"`), Result: raw(`{"action":"accept","content":{"a":1}}`)}},
 	},
 	{
+		name: "tool result that failed",
+		body: `{"jsonrpc":"2.0","id":1,"result":{"content":[],"isError":true}}`,
+		want: []Message{{Kind: KindResponse, ID: raw(`1`), Result: raw(`{"content":[],"isError":true}`), IsError: true}},
+	},
+	{
+		name: "isError spelled with an escape",
+		body: `{"jsonrpc":"2.0","id":1,"result":{"\u0069sError" : true }}`,
+		want: []Message{{Kind: KindResponse, ID: raw(`1`), Result: raw(`{"\u0069sError" : true }`), IsError: true}},
+	},
+	{
+		name: "isError false, a string, or below the top of the result",
+		body: `{"jsonrpc":"2.0","id":1,"result":{"isError":false,"content":[{"isError":true}],"structuredContent":{"isError":true},"isErrors":true}}`,
+		want: []Message{{Kind: KindResponse, ID: raw(`1`),
+			Result: raw(`{"isError":false,"content":[{"isError":true}],"structuredContent":{"isError":true},"isErrors":true}`)}},
+	},
+	{
+		name: "isError in an error is not a tool result's",
+		body: `{"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"m","isError":true}}`,
+		want: []Message{{Kind: KindResponse, ID: raw(`1`), Error: raw(`{"code":1,"message":"m","isError":true}`)}},
+	},
+	{
 		name: "response with error",
 		body: `{"jsonrpc":"2.0","id":0,"error":{"code":-32601,"message":"no"}}`,
 		want: []Message{{Kind: KindResponse, ID: raw(`0`), Error: raw(`{"code":-32601,"message":"no"}`)}},

@@ -39,6 +39,7 @@ servers:
           workspace_id: { eq: ws_abc123 }
           limit: { lte: 100, optional: true }
       - name: fail
+      - name: refuse
       - name: late_tool
       - name: ask
       - name: slow
@@ -92,6 +93,9 @@ func newUpstream() *upstreamServer {
 	})
 	u.srv.AddTool(&mcp.Tool{Name: "fail", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 		return nil, &jsonrpc.Error{Code: -32000, Message: "workspace is locked"}
+	})
+	u.srv.AddTool(&mcp.Tool{Name: "refuse", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		return &mcp.CallToolResult{IsError: true, Content: []mcp.Content{&mcp.TextContent{Text: "page is archived"}}}, nil
 	})
 	u.srv.AddTool(&mcp.Tool{Name: "delete_page", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(_ context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 		u.mu.Lock()
@@ -334,7 +338,7 @@ func TestToolsListShowsOnlyGrantedTools(t *testing.T) {
 	cs := g.connect(t, nil)
 	// drop_database is not granted; late_tool is granted but the upstream
 	// does not have it (yet).
-	if diff := cmp.Diff([]string{"notion__ask", "notion__delete_page", "notion__fail", "notion__get_pages", "notion__slow", "notion__wait"}, toolNames(t, cs)); diff != "" {
+	if diff := cmp.Diff([]string{"notion__ask", "notion__delete_page", "notion__fail", "notion__get_pages", "notion__refuse", "notion__slow", "notion__wait"}, toolNames(t, cs)); diff != "" {
 		t.Errorf("tools (-want +got):\n%s", diff)
 	}
 }

@@ -372,18 +372,10 @@ func (b *Broker) recordDirect(r *http.Request, server, tool string, start time.T
 		var e struct{ Message string }
 		json.Unmarshal(resp.Error, &e)
 		reason = fmt.Sprintf("upstream %q: %s", server, e.Message)
-	case toolError(resp.Result):
+	case resp.IsError:
 		status = "tool_error"
 	}
 	b.recordUpstream(r.Header, server, tool, time.Since(start), status, reason)
-}
-
-// toolError reports whether a tools/call result says isError.
-func toolError(result json.RawMessage) bool {
-	var r struct {
-		IsError bool `json:"isError"`
-	}
-	return json.Unmarshal(result, &r) == nil && r.IsError
 }
 
 type rpcErrorBody struct {

@@ -45,21 +45,28 @@ func TestDirectPathAuditsTheUpstreamOutcome(t *testing.T) {
 	a := newRawAgent(t, g)
 	warmRaw(a)
 	a.post(`{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"notion__fail","arguments":{}}}`)
+	a.post(`{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"notion__refuse","arguments":{}}}`)
 	g.checkPath(t, "notion__fail")
-	var rec *audit.Record
+	g.checkPath(t, "notion__refuse")
+	recs := map[string]*audit.Record{}
 	g.audit.mu.Lock()
 	for i := range g.audit.recs {
-		if r := &g.audit.recs[i]; r.Tool == "fail" {
-			rec = r
+		if r := &g.audit.recs[i]; r.UpstreamStatus != "" {
+			recs[r.Tool] = r
 		}
 	}
 	g.audit.mu.Unlock()
-	if rec == nil {
-		t.Fatal("no audit record of the call")
+	// A JSON-RPC error from the upstream.
+	if rec := recs["fail"]; rec == nil || rec.Code != CodeUpstreamError || rec.UpstreamStatus != "error" || rec.DecisionID == "" ||
+		rec.Agent != "bot-1" || !strings.Contains(rec.Reason, `upstream "notion": workspace is locked`) {
+		t.Errorf("audit record of the failed call = %+v", rec)
 	}
-	if rec.Code != CodeUpstreamError || rec.UpstreamStatus != "error" || rec.DecisionID == "" || rec.Agent != "bot-1" ||
-		!strings.Contains(rec.Reason, `upstream "notion": workspace is locked`) {
-		t.Errorf("audit record = %+v", rec)
+	// A result that says isError: the tool ran and reported a failure.
+	if rec := recs["refuse"]; rec == nil || rec.Code != CodeExecuted || rec.UpstreamStatus != "tool_error" {
+		t.Errorf("audit record of the call whose tool failed = %+v", rec)
+	}
+	if rec := recs["get_pages"]; rec == nil || rec.UpstreamStatus != "ok" {
+		t.Errorf("audit record of the call that succeeded = %+v", rec)
 	}
 }
 
