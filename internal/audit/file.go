@@ -258,9 +258,9 @@ func (d *FileDevice) Write(rec *Record) error {
 }
 
 // WriteBatch appends recs with as few write calls as it can: one per
-// megabyte or so, and one more where the file rotates. It returns how many records, a prefix of
-// recs, are recorded; on error nothing of the others is left in the file
-// and the chain continues from the last recorded one.
+// megabyte or so, and one more where the file rotates. It returns how many
+// records, a prefix of recs, are recorded; on error nothing of the others
+// is left in the file and the chain continues from the last recorded one.
 func (d *FileDevice) WriteBatch(recs []Record) (int, error) {
 	return d.writeRecords(len(recs), func(i int) *Record { return &recs[i] })
 }

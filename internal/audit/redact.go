@@ -134,7 +134,9 @@ func (r *Redactor) RedactRaw(raw json.RawMessage, args mcpfilter.Value, rules []
 		m, _ := args.Any().(map[string]any)
 		return r.Redact(m, rules)
 	}
-	if bytes.IndexByte(raw, '\n') >= 0 || bytes.IndexByte(raw, '\r') >= 0 { // not ContainsAny: 2 KB takes it a microsecond
+	// Two IndexByte scans, which run at memory speed; ContainsAny goes a
+	// byte at a time.
+	if bytes.IndexByte(raw, '\n') >= 0 || bytes.IndexByte(raw, '\r') >= 0 {
 		raw = bytes.Clone(raw)
 		for i, c := range raw {
 			if c == '\n' || c == '\r' {
