@@ -288,17 +288,15 @@ func ChainFiles(path string) ([]string, error) {
 
 // rotatedFiles lists path's rotated files, oldest first.
 func rotatedFiles(path string) ([]string, error) {
-	dir, base := filepath.Split(path)
+	dir, _ := filepath.Split(path)
 	entries, err := os.ReadDir(filepath.Clean(dir + "."))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("list rotated audit files: %w", err)
 	}
 	var files []string
 	for _, e := range entries {
-		if !strings.HasPrefix(e.Name(), base+".") || e.IsDir() {
-			continue
-		}
-		if _, ok := rotatedAt(path, dir+e.Name()); ok {
+		// rotatedAt checks the name: path's, a dot and a rotation time.
+		if _, ok := rotatedAt(path, dir+e.Name()); ok && !e.IsDir() {
 			files = append(files, dir+e.Name())
 		}
 	}
