@@ -55,10 +55,13 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) $(BENCH_PKGS) | tee bench.out
 
 # Check RPCs over loopback gRPC at concurrency 1 and 32, then the floor
-# that gRPC and loopback alone set on this machine.
+# that gRPC and loopback alone set on this machine: from a client that
+# works as Envoy's event loop does, then through grpc-go's client.
 load:
 	$(GO) run ./bench/checkload -c 1,32 -d 5s
 	$(GO) run ./bench/checkload -c 1,32 -d 5s -floor
+	$(GO) run ./bench/checkload -c 1,32 -d 5s -client grpc
+	$(GO) run ./bench/checkload -c 1,32 -d 5s -client grpc -floor
 
 # The same load with every Check counted against a rate limit in a local
 # redis-server (started on port 6390 for the run).

@@ -4,13 +4,15 @@
 // (cached token lookups, the in-memory limiter, redaction and the
 // hash-chained audit file). It reports latency percentiles and Checks/s
 // per concurrency level. Client and server share the machine, as Envoy
-// and AMG do on one host.
+// and AMG do on one host. By default the client works as Envoy's event
+// loop does (see eventLoop); -client grpc uses grpc-go's instead.
 //
 //	go run ./bench/checkload -c 1,32 -d 10s
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log"
@@ -44,7 +46,11 @@ func main() {
 	floor := flag.Bool("floor", false, "serve a Check that allows at once, to measure gRPC and loopback alone")
 	redisAddr := flag.String("redis", "", "count every Check against a rate limit in the Redis at this address (host:port)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (client and server) to this file")
+	client := flag.String("client", "eventloop", "eventloop: one goroutine per connection writes and reads its Checks, as Envoy's event loop does; grpc: grpc-go's client")
 	flag.Parse()
+	if *client != "eventloop" && *client != "grpc" {
+		log.Fatalf("-client must be eventloop or grpc, not %q", *client)
+	}
 	cs, err := benchrun.Levels(*levels)
 	if err != nil {
 		log.Fatal(err)
@@ -54,13 +60,13 @@ func main() {
 		log.Fatal(err)
 	}
 	defer stopProfile()
-	if err := run(cs, *duration, *warmup, *conns, *floor, *redisAddr); err != nil {
+	if err := run(cs, *duration, *warmup, *conns, *floor, *redisAddr, *client); err != nil {
 		stopProfile()
 		log.Fatal(err)
 	}
 }
 
-func run(levels []int, duration, warmup time.Duration, nconns int, floor bool, redisAddr string) error {
+func run(levels []int, duration, warmup time.Duration, nconns int, floor bool, redisAddr, client string) error {
 	dir, err := os.MkdirTemp("", "checkload")
 	if err != nil {
 		return err
@@ -85,26 +91,27 @@ func run(levels []int, duration, warmup time.Duration, nconns int, floor bool, r
 	go gs.Serve(lis)
 	defer gs.Stop()
 
-	clients := make([]authv3.AuthorizationClient, nconns)
-	for i := range clients {
-		conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		clients[i] = authv3.NewAuthorizationClient(conn)
-	}
 	req := authztest.EnvoyRequest("POST", map[string]string{
 		"authorization": "Bearer " + secret, "mcp-protocol-version": "2025-06-18",
 	}, authztest.BenchBody())
+	load, closeClients, err := dialClients(client, lis.Addr().String(), nconns, req)
+	if err != nil {
+		return err
+	}
+	defer closeClients()
 
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	server := "AMG"
+	if floor {
+		server = "floor (allows at once)"
+	}
+	fmt.Printf("server: %s; client: %s, %d connections\n", server, client, nconns)
 	fmt.Fprintln(w, "concurrency\tchecks\tchecks/s\tp50\tp90\tp99\tmax\t")
 	for _, c := range levels {
-		if _, err := load(clients, req, c, warmup); err != nil {
+		if _, err := load(c, warmup); err != nil {
 			return err
 		}
-		lat, err := load(clients, req, c, duration)
+		lat, err := load(c, duration)
 		if err != nil {
 			return err
 		}
@@ -118,10 +125,75 @@ func run(levels []int, duration, warmup time.Duration, nconns int, floor bool, r
 
 func round(d time.Duration) time.Duration { return d.Round(time.Microsecond) }
 
-// load runs c workers for d, each sending Checks one after another, and
-// returns every latency. Any denial or error stops the run: the harness
-// measures allowed decisions only.
-func load(clients []authv3.AuthorizationClient, req *authv3.CheckRequest, c int, d time.Duration) ([]time.Duration, error) {
+// A loadFunc runs c closed-loop clients for d, each sending Checks one
+// after another, and returns every latency. Any denial or error stops the
+// run: the harness measures allowed decisions only.
+type loadFunc func(c int, d time.Duration) ([]time.Duration, error)
+
+// dialClients opens nconns connections of the named client kind and
+// returns the load they run.
+func dialClients(kind, addr string, nconns int, req *authv3.CheckRequest) (loadFunc, func(), error) {
+	var closers []func() error
+	closeAll := func() {
+		for _, c := range closers {
+			c()
+		}
+	}
+	if kind == "grpc" {
+		clients := make([]authv3.AuthorizationClient, nconns)
+		for i := range clients {
+			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				closeAll()
+				return nil, nil, err
+			}
+			closers = append(closers, conn.Close)
+			clients[i] = authv3.NewAuthorizationClient(conn)
+		}
+		return func(c int, d time.Duration) ([]time.Duration, error) {
+			return loadGRPC(clients, req, c, d)
+		}, closeAll, nil
+	}
+	loops := make([]*eventLoop, nconns)
+	for i := range loops {
+		l, err := dialEventLoop(addr, req)
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		closers = append(closers, l.Close)
+		loops[i] = l
+	}
+	return func(c int, d time.Duration) ([]time.Duration, error) {
+		return loadEventLoops(loops, c, d)
+	}, closeAll, nil
+}
+
+// loadEventLoops shares c clients among the connections' event loops.
+func loadEventLoops(loops []*eventLoop, c int, d time.Duration) ([]time.Duration, error) {
+	deadline := time.Now().Add(d)
+	lats := make([][]time.Duration, len(loops))
+	errs := make([]error, len(loops))
+	var wg sync.WaitGroup
+	for i, l := range loops {
+		n := c / len(loops)
+		if i < c%len(loops) {
+			n++
+		}
+		if n == 0 {
+			continue
+		}
+		wg.Go(func() { lats[i], errs[i] = l.run(n, deadline) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return slices.Concat(lats...), nil
+}
+
+// loadGRPC runs c goroutines calling through grpc-go's client.
+func loadGRPC(clients []authv3.AuthorizationClient, req *authv3.CheckRequest, c int, d time.Duration) ([]time.Duration, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	var mu sync.Mutex
@@ -134,7 +206,9 @@ func load(clients []authv3.AuthorizationClient, req *authv3.CheckRequest, c int,
 			lat := make([]time.Duration, 0, 1<<16)
 			for ctx.Err() == nil {
 				start := time.Now()
-				resp, err := client.Check(context.Background(), req)
+				cctx, cancelCall := context.WithTimeout(context.Background(), authzTimeout)
+				resp, err := client.Check(cctx, req)
+				cancelCall()
 				lat = append(lat, time.Since(start))
 				if err == nil && resp.GetOkResponse() == nil {
 					err = fmt.Errorf("denied: %s", resp.GetDeniedResponse().GetBody())
