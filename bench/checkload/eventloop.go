@@ -55,7 +55,7 @@ type eventLoop struct {
 	unacked   uint32 // received bytes not yet returned in a WINDOW_UPDATE
 	streams   map[uint32]*loopStream
 	waiting   int // Checks held back for connection send window
-	held      int // how many Checks have ever been held back
+	held      int // how many times a Check was held back
 }
 
 type loopStream struct {
