@@ -272,6 +272,22 @@ func TestCanonicalNumber(t *testing.T) {
 	}
 }
 
+// Strings take RFC 8785's form, which is JSON.stringify's: the
+// two-character escapes, \u00XX for the other control characters, and
+// everything else as it is. Invalid UTF-8 has no canonical form.
+func TestCanonicalString(t *testing.T) {
+	got, err := appendString(nil, "a\"b\\c\n\r\t\b\f\x00\x1f\x7f<&>\u2028é😀")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `"a\"b\\c\n\r\t\b\f\u0000\u001f` + "\x7f<&>\u2028é😀" + `"`; string(got) != want {
+		t.Errorf("appendString = %s, want %s", got, want)
+	}
+	if _, err := appendString(nil, "ok\xff"); err == nil {
+		t.Error("appendString accepted invalid UTF-8")
+	}
+}
+
 func TestSensitiveKey(t *testing.T) {
 	for _, k := range []string{"password", "Password", "PASSWORD", "db_password", "passwd", "api-key", "API_KEY", "apiKey", "ssh_keys", "key",
 		"x-auth-token", "access_token", "refresh-token", "Authorization", "proxy-authorization", "client_secret", "secrets", "credentials",
