@@ -39,26 +39,18 @@ import (
 )
 
 func main() {
-	levels := flag.String("c", "1,32", "concurrency levels, comma-separated")
+	common := benchrun.Flags()
 	duration := flag.Duration("d", 10*time.Second, "how long each level runs")
 	warmup := flag.Duration("warmup", 2*time.Second, "unmeasured run before each level")
 	conns := flag.Int("conns", 4, "gRPC connections the clients share, as Envoy keeps a few")
 	floor := flag.Bool("floor", false, "serve a Check that allows at once, to measure gRPC and loopback alone")
 	redisAddr := flag.String("redis", "", "count every Check against a rate limit in the Redis at this address (host:port)")
-	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (client and server) to this file")
 	client := flag.String("client", "eventloop", "eventloop: one goroutine per connection writes and reads its Checks, as Envoy's event loop does; grpc: grpc-go's client")
 	flag.Parse()
 	if *client != "eventloop" && *client != "grpc" {
 		log.Fatalf("-client must be eventloop or grpc, not %q", *client)
 	}
-	cs, err := benchrun.Levels(*levels)
-	if err != nil {
-		log.Fatal(err)
-	}
-	stopProfile, err := benchrun.Profile(*cpuprofile)
-	if err != nil {
-		log.Fatal(err)
-	}
+	cs, stopProfile := common.Start()
 	defer stopProfile()
 	if err := run(cs, *duration, *warmup, *conns, *floor, *redisAddr, *client); err != nil {
 		stopProfile()

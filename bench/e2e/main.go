@@ -42,20 +42,12 @@ import (
 var args = json.RawMessage(decisiontest.BenchArgs)
 
 func main() {
-	levels := flag.String("c", "1,32", "concurrency levels")
+	common := benchrun.Flags()
 	duration := flag.Duration("d", 5*time.Second, "how long each measurement runs")
 	only := flag.String("only", "", "measure only the path of this name (direct, go-sdk proxy, reverse proxy, AMG)")
 	runs := flag.Int("runs", 1, "rounds of measurements; figures are the medians over rounds")
-	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
-	cs, err := benchrun.Levels(*levels)
-	if err != nil {
-		log.Fatal(err)
-	}
-	stopProfile, err := benchrun.Profile(*cpuprofile)
-	if err != nil {
-		log.Fatal(err)
-	}
+	cs, stopProfile := common.Start()
 	defer stopProfile()
 	if err := run(cs, *duration, *only, max(*runs, 1)); err != nil {
 		stopProfile()

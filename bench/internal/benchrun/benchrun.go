@@ -3,7 +3,9 @@
 package benchrun
 
 import (
+	"flag"
 	"fmt"
+	"log"
 	"os"
 	"runtime/pprof"
 	"strconv"
@@ -39,4 +41,33 @@ func Profile(path string) (stop func(), err error) {
 		return nil, err
 	}
 	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
+// Common is the flags every benchmark command takes: -c, the concurrency
+// levels, and -cpuprofile.
+type Common struct {
+	levels, cpuprofile *string
+}
+
+// Flags registers the common flags on the command line.
+func Flags() *Common {
+	return &Common{
+		levels:     flag.String("c", "1,32", "concurrency levels, comma-separated"),
+		cpuprofile: flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file"),
+	}
+}
+
+// Start, after flag.Parse, returns the concurrency levels and starts the
+// CPU profile if one was asked for; stop ends it and may be called more
+// than once. A bad flag ends the command.
+func (c *Common) Start() (levels []int, stop func()) {
+	levels, err := Levels(*c.levels)
+	if err != nil {
+		log.Fatal(err)
+	}
+	stop, err = Profile(*c.cpuprofile)
+	if err != nil {
+		log.Fatal(err)
+	}
+	return levels, stop
 }
