@@ -365,56 +365,36 @@ func envSet(name string) bool { return strings.TrimSpace(os.Getenv(name)) != "" 
 
 func (t *Telemetry) createInstruments() error {
 	var errs []error
-	check := func(err error) {
-		if err != nil {
-			errs = append(errs, err)
-		}
+	counter := func(name, desc, unit string) metric.Int64Counter {
+		c, err := t.meter.Int64Counter(name, metric.WithDescription(desc), metric.WithUnit(unit))
+		errs = append(errs, err)
+		return c
 	}
-	var err error
-	t.decisions, err = t.meter.Int64Counter(MetricDecisions,
-		metric.WithDescription("Policy decisions made, by role, verdict, mode and reason code."),
-		metric.WithUnit("{decision}"))
-	check(err)
-	t.decisionDuration, err = t.meter.Float64Histogram(MetricDecisionDuration,
-		metric.WithDescription("Time spent evaluating policy for one tool call."),
-		metric.WithUnit("s"),
-		metric.WithExplicitBucketBoundaries(decisionBuckets...))
-	check(err)
-	t.upstreamDuration, err = t.meter.Float64Histogram(MetricUpstreamDuration,
-		metric.WithDescription("Duration of calls forwarded to upstream MCP servers."),
-		metric.WithUnit("s"),
-		metric.WithExplicitBucketBoundaries(upstreamBuckets...))
-	check(err)
-	t.upstreamErrors, err = t.meter.Int64Counter(MetricUpstreamErrors,
-		metric.WithDescription("Upstream MCP calls that did not end with status ok."),
-		metric.WithUnit("{error}"))
-	check(err)
-	t.shadowDenies, err = t.meter.Int64Counter(MetricShadowDenies,
-		metric.WithDescription("Calls the shadow policy would have denied."),
-		metric.WithUnit("{decision}"))
-	check(err)
-	t.rateLimited, err = t.meter.Int64Counter(MetricRateLimited,
-		metric.WithDescription("Calls rejected by rate limiting."),
-		metric.WithUnit("{call}"))
-	check(err)
-	t.auditFailures, err = t.meter.Int64Counter(MetricAuditFailures,
-		metric.WithDescription("Audit records that could not be written."),
-		metric.WithUnit("{record}"))
-	check(err)
-	t.pendingApprovals, err = t.meter.Int64ObservableGauge(MetricPendingApprovals,
-		metric.WithDescription("Approval requests waiting for a human."),
-		metric.WithUnit("{request}"))
-	check(err)
-	t.auditQueue, err = t.meter.Int64ObservableGauge(MetricAuditQueue,
-		metric.WithDescription("Audit records queued and not yet written."),
-		metric.WithUnit("{record}"))
-	check(err)
-	if len(errs) > 0 {
-		return fmt.Errorf("telemetry: create instruments: %w", errors.Join(errs...))
+	seconds := func(name, desc string, buckets []float64) metric.Float64Histogram {
+		h, err := t.meter.Float64Histogram(name, metric.WithDescription(desc), metric.WithUnit("s"),
+			metric.WithExplicitBucketBoundaries(buckets...))
+		errs = append(errs, err)
+		return h
+	}
+	gauge := func(name, desc, unit string) metric.Int64ObservableGauge {
+		g, err := t.meter.Int64ObservableGauge(name, metric.WithDescription(desc), metric.WithUnit(unit))
+		errs = append(errs, err)
+		return g
+	}
+	t.decisions = counter(MetricDecisions, "Policy decisions made, by role, verdict, mode and reason code.", "{decision}")
+	t.decisionDuration = seconds(MetricDecisionDuration, "Time spent evaluating policy for one tool call.", decisionBuckets)
+	t.upstreamDuration = seconds(MetricUpstreamDuration, "Duration of calls forwarded to upstream MCP servers.", upstreamBuckets)
+	t.upstreamErrors = counter(MetricUpstreamErrors, "Upstream MCP calls that did not end with status ok.", "{error}")
+	t.shadowDenies = counter(MetricShadowDenies, "Calls the shadow policy would have denied.", "{decision}")
+	t.rateLimited = counter(MetricRateLimited, "Calls rejected by rate limiting.", "{call}")
+	t.auditFailures = counter(MetricAuditFailures, "Audit records that could not be written.", "{record}")
+	t.pendingApprovals = gauge(MetricPendingApprovals, "Approval requests waiting for a human.", "{request}")
+	t.auditQueue = gauge(MetricAuditQueue, "Audit records queued and not yet written.", "{record}")
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("telemetry: create instruments: %w", err)
 	}
 
-	_, err = t.meter.RegisterCallback(t.observeGauges, t.pendingApprovals, t.auditQueue)
-	if err != nil {
+	if _, err := t.meter.RegisterCallback(t.observeGauges, t.pendingApprovals, t.auditQueue); err != nil {
 		return fmt.Errorf("telemetry: register gauge callback: %w", err)
 	}
 	return nil
