@@ -24,6 +24,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -46,10 +47,11 @@ func main() {
 	duration := flag.Duration("d", 5*time.Second, "how long each measurement runs")
 	only := flag.String("only", "", "measure only the path of this name (direct, go-sdk proxy, reverse proxy, AMG)")
 	runs := flag.Int("runs", 1, "rounds of measurements; figures are the medians over rounds")
+	verbose := flag.Bool("v", false, "report each measurement on stderr as it ends, with the goroutines it started among")
 	flag.Parse()
 	cs, stopProfile := common.Start()
 	defer stopProfile()
-	if err := run(cs, *duration, *only, max(*runs, 1)); err != nil {
+	if err := run(cs, *duration, *only, max(*runs, 1), *verbose); err != nil {
 		stopProfile()
 		log.Fatal(err)
 	}
@@ -61,7 +63,7 @@ type result struct {
 	p50, p99 time.Duration
 }
 
-func run(levels []int, d time.Duration, only string, runs int) error {
+func run(levels []int, d time.Duration, only string, runs int, verbose bool) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	upstream, err := serve(upstreamServer())
@@ -91,7 +93,7 @@ func run(levels []int, d time.Duration, only string, runs int) error {
 	// Rounds interleave the paths, so that the machine's drift touches
 	// each of them alike.
 	got := map[int]map[string][]result{}
-	for range runs {
+	for round := range runs {
 		for _, c := range levels {
 			if got[c] == nil {
 				got[c] = map[string][]result{}
@@ -100,9 +102,15 @@ func run(levels []int, d time.Duration, only string, runs int) error {
 				if only != "" && tg.name != only && tg.name != "direct" {
 					continue
 				}
+				background := runtime.NumGoroutine()
 				rate, p50, p99, err := measure(ctx, tg.url, tg.token, tg.tool, c, d)
 				if err != nil {
 					return fmt.Errorf("%s: %w", tg.name, err)
+				}
+				settle()
+				if verbose {
+					fmt.Fprintf(os.Stderr, "round %d, concurrency %d, %s: %.0f calls/s, p50 %v, p99 %v; %d goroutines before\n",
+						round+1, c, tg.name, rate, p50.Round(time.Microsecond), p99.Round(time.Microsecond), background)
 				}
 				got[c][tg.name] = append(got[c][tg.name], result{rate, p50, p99})
 			}
@@ -162,6 +170,26 @@ func median(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
+// settle closes what a measurement leaves behind, the agents' idle
+// connections and the goroutines serving them on every hop, and waits for
+// those goroutines to end. The garbage collector scans every goroutine's
+// stack in each cycle, and this benchmark collects often: without settling,
+// each path would pay for the connections of the paths measured before it.
+func settle() {
+	pool.CloseIdleConnections()
+	n, steady := runtime.NumGoroutine(), 0
+	for i := 0; i < 200 && steady < 5; i++ {
+		time.Sleep(5 * time.Millisecond)
+		m := runtime.NumGoroutine()
+		if m == n {
+			steady++
+		} else {
+			n, steady = m, 0
+		}
+	}
+	runtime.GC()
+}
+
 // upstreamServer has the tool every path calls: it answers at once, so
 // what is measured is the path, not the tool.
 func upstreamServer() *mcp.Server {
@@ -184,7 +212,8 @@ func upstreamServer() *mcp.Server {
 }
 
 // naiveProxy is the go-sdk's proxy pattern: a server whose tool forwards
-// each call through a client session to the upstream.
+// each call through a client session to the upstream. Each agent session
+// gets its own upstream session, closed when the agent's ends.
 func naiveProxy(ctx context.Context, upstream string) *mcp.Server {
 	s := mcp.NewServer(&mcp.Implementation{Name: "naive-proxy", Version: "1"}, nil)
 	var mu sync.Mutex
@@ -202,6 +231,13 @@ func naiveProxy(ctx context.Context, upstream string) *mcp.Server {
 					return nil, err
 				}
 				sessions[req.Session] = cs
+				go func() {
+					req.Session.Wait()
+					mu.Lock()
+					delete(sessions, req.Session)
+					mu.Unlock()
+					cs.Close()
+				}()
 			}
 			mu.Unlock()
 			return cs.CallTool(ctx, &mcp.CallToolParams{Name: "get_pages", Arguments: req.Params.Arguments})
