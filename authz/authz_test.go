@@ -185,7 +185,11 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(GRPCServerOptions()...)
+	gsOpts := GRPCServerOptions()
+	if o.Telemetry != nil { // as the gateway serves Check
+		gsOpts = append(gsOpts, grpc.StatsHandler(o.Telemetry.GRPCServerHandler()))
+	}
+	gs := grpc.NewServer(gsOpts...)
 	authv3.RegisterAuthorizationServer(gs, srv)
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)

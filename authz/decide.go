@@ -1,6 +1,7 @@
 package authz
 
 import (
+	"context"
 	"encoding/json"
 	"strconv"
 	"strings"
@@ -8,6 +9,7 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/decision"
@@ -297,17 +299,16 @@ const (
 	RPCUnauthorized = -32004
 )
 
-// observe gives each decided message a span, continuing the trace of the
-// request's traceparent (Envoy propagates it), and counts it in the
-// decision metrics; it returns each span's trace id for the audit record.
-// Nothing of the arguments goes into either.
+// observe gives each decided message a span in the agent's trace, and
+// counts it in the decision metrics; it returns each span's trace id for
+// the audit record. Nothing of the arguments goes into either.
 func (c *call) observe(outs []outcome) []string {
 	ids := make([]string, len(outs))
 	t := c.s.tel
 	if t == nil {
 		return ids
 	}
-	ctx := t.Propagator().Extract(c.ctx, propagation.MapCarrier(c.headers.m))
+	ctx := c.traceContext(t)
 	mode := policy.ModeEnforce.String()
 	if c.role != nil {
 		mode = c.role.Mode.String()
@@ -339,4 +340,19 @@ func (c *call) observe(outs []outcome) []string {
 		}
 	}
 	return ids
+}
+
+// traceContext is where a decision's spans go. The span of the Check's own
+// RPC is the better parent when it is in the agent's trace: Envoy, when it
+// traces, passes its ext_authz span in the gRPC metadata, itself in the
+// trace the agent's traceparent began, and the standalone front's request
+// span continues that traceparent too. Otherwise (an Envoy that does not
+// trace sends the agent's headers only, and the RPC began a trace of its
+// own) the decision continues the request's traceparent directly.
+func (c *call) traceContext(t *telemetry.Telemetry) context.Context {
+	agent := t.Propagator().Extract(c.ctx, propagation.MapCarrier(c.headers.m))
+	if trace.SpanContextFromContext(agent).TraceID() == trace.SpanContextFromContext(c.ctx).TraceID() {
+		return c.ctx
+	}
+	return agent
 }

@@ -1,0 +1,105 @@
+package authz
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+	grpcmd "google.golang.org/grpc/metadata"
+
+	"github.com/amgateway/amg/internal/telemetry"
+)
+
+// A decision's span goes under the Check's own RPC span when that RPC is
+// in the agent's trace, as when Envoy traces: its ext_authz span rides in
+// the gRPC metadata, in the trace the agent's traceparent began. An Envoy
+// that does not trace passes the agent's traceparent in the request's
+// headers only; the decision then continues it directly.
+func TestDecisionSpanJoinsTheAgentsTrace(t *testing.T) {
+	const (
+		agentTrace = "4bf92f3577b34da6a3ce929d0e0e4736"
+		agentSpan  = "00f067aa0ba902b7" // the agent's span, in the request's traceparent
+		envoySpan  = "b7ad6b7169203331" // Envoy's ext_authz span, in the RPC's metadata
+		otherTrace = "0af7651916cd43dd8448eb211c80319c"
+	)
+	spans := tracetest.NewInMemoryExporter()
+	tel, err := telemetry.New(t.Context(), &telemetry.Options{SpanExporter: spans})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tel.Shutdown(context.Background()) })
+	e := newEnv(t, func(_ *Deps, o *Options) { o.Telemetry = tel })
+
+	for _, tc := range []struct {
+		name string
+		// traceparents of the request (from the agent) and of the RPC
+		// (from Envoy's tracer); "" for none.
+		request, rpc string
+		// wantTrace is the decision's trace; wantParent its parent
+		// span, where "rpc" is the Check's server span.
+		wantTrace, wantParent string
+	}{
+		{"Envoy traces", "00-" + agentTrace + "-" + agentSpan + "-01", "00-" + agentTrace + "-" + envoySpan + "-01", agentTrace, "rpc"},
+		{"Envoy traces, the agent does not", "", "00-" + otherTrace + "-" + envoySpan + "-01", otherTrace, "rpc"},
+		{"Envoy does not trace", "00-" + agentTrace + "-" + agentSpan + "-01", "", agentTrace, agentSpan},
+		{"no trace anywhere", "", "", "", "rpc"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spans.Reset()
+			ctx := context.Background()
+			if tc.rpc != "" {
+				ctx = grpcmd.AppendToOutgoingContext(ctx, "traceparent", tc.rpc)
+			}
+			h := map[string]string{"authorization": "Bearer " + e.tokens["bot-1"], "mcp-protocol-version": "2025-06-18"}
+			if tc.request != "" {
+				h["traceparent"] = tc.request
+			}
+			resp, err := e.client.Check(ctx, envoyRequest("POST", h, toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`)))
+			if err != nil || resp.GetOkResponse() == nil {
+				t.Fatalf("Check: %v %v", resp, err)
+			}
+			decision, rpc := waitForSpans(t, spans)
+			if tc.rpc != "" && rpc.Parent.SpanID().String() != envoySpan {
+				t.Errorf("the RPC's span has parent %s, want Envoy's %s", rpc.Parent.SpanID(), envoySpan)
+			}
+			wantTrace := tc.wantTrace
+			if wantTrace == "" {
+				wantTrace = rpc.SpanContext.TraceID().String()
+			}
+			if got := decision.SpanContext.TraceID().String(); got != wantTrace {
+				t.Errorf("decision in trace %s, want %s", got, wantTrace)
+			}
+			wantParent := tc.wantParent
+			if wantParent == "rpc" {
+				wantParent = rpc.SpanContext.SpanID().String()
+			}
+			if got := decision.Parent.SpanID().String(); got != wantParent {
+				t.Errorf("decision's parent is span %s, want %s (the RPC's is %s)", got, wantParent, rpc.SpanContext.SpanID())
+			}
+		})
+	}
+}
+
+// waitForSpans returns the decision's span and the Check RPC's server span,
+// which ends just after the response is sent.
+func waitForSpans(t *testing.T, spans *tracetest.InMemoryExporter) (decision, rpc tracetest.SpanStub) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		var found int
+		for _, s := range spans.GetSpans() {
+			switch {
+			case s.Name == "amg.decide tools/call":
+				decision, found = s, found+1
+			case s.SpanKind == trace.SpanKindServer:
+				rpc, found = s, found+1
+			}
+		}
+		if found == 2 {
+			return decision, rpc
+		}
+	}
+	t.Fatalf("want a decision span and an RPC span, got %v", spans.GetSpans())
+	return
+}
