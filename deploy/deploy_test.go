@@ -571,6 +571,28 @@ func TestCompose(t *testing.T) {
 		}
 	})
 
+	t.Run("tracing", func(t *testing.T) {
+		// Envoy and amg both send their spans to the jaeger service: Envoy
+		// over OTLP/gRPC (the xDS output's collector cluster), amg over
+		// OTLP/HTTP.
+		jaeger := service(t, p, "jaeger")
+		listens := func(port uint32) bool {
+			return slices.ContainsFunc(jaeger.Ports, func(pc types.ServicePortConfig) bool { return pc.Target == port })
+		}
+		const otlpGRPC = 4317
+		if h, port := splitAddr(t, "envoy.tracing_address", cfg.Envoy.TracingAddress); h != jaeger.Name || port != otlpGRPC || !listens(otlpGRPC) {
+			t.Errorf("envoy.tracing_address = %q, want %s:%d, jaeger's OTLP/gRPC port", cfg.Envoy.TracingAddress, jaeger.Name, otlpGRPC)
+		}
+		ep := amg.Environment["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+		if ep == nil {
+			t.Fatal("amg has no OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+		}
+		u, err := url.Parse(*ep)
+		if err != nil || u.Hostname() != jaeger.Name || u.Port() != "4318" || !listens(4318) {
+			t.Errorf("amg sends its traces to %q, want jaeger's OTLP/HTTP port 4318", *ep)
+		}
+	})
+
 	t.Run("demo upstream", func(t *testing.T) {
 		if len(demo.Command) == 0 || demo.Command[0] != "demo" {
 			t.Fatalf("demo command %q, want demo --listen ADDR", demo.Command)

@@ -26,6 +26,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
@@ -33,6 +34,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -50,6 +52,9 @@ const (
 	RouteEgress    = "amg_egress_routes"
 	ClusterAuthz   = "amg_authz"
 	ClusterBroker  = "amg_broker"
+	// ClusterTracing is the OpenTelemetry collector Envoy sends its spans
+	// to, when envoy.tracing_address names one.
+	ClusterTracing = "amg_tracing"
 	// ClusterUpstreamPrefix + an upstream's name is that upstream's cluster.
 	ClusterUpstreamPrefix = "upstream_"
 )
@@ -61,6 +66,7 @@ const (
 	FilterExtAuthz       = "envoy.filters.http.ext_authz"
 	filterRouter         = "envoy.filters.http.router"
 	transportSocketTLS   = "envoy.transport_sockets.tls"
+	tracerOpenTelemetry  = "envoy.tracers.opentelemetry"
 	httpProtocolOptions  = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 )
 
@@ -73,6 +79,10 @@ const SessionHeader = "mcp-session-id"
 // (agent, role, verdict, signed decision). Envoy removes every such header
 // the agent sent before ext_authz runs.
 const AMGHeaderPrefix = "x-amg-"
+
+// TracingServiceName is the service.name of Envoy's spans, beside amg's
+// own "amg".
+const TracingServiceName = "amg-envoy"
 
 // UpstreamCAFile is the CA bundle, on Envoy's host, that upstream server
 // certificates are verified against: the Debian/Ubuntu location, which is
@@ -87,8 +97,9 @@ const (
 	// 504, rather than by a stream reset.
 	timeoutSlack = time.Minute
 	// brokerConnectTimeout bounds connecting to a broker replica, which
-	// is on Envoy's own network.
-	brokerConnectTimeout = config.DefaultConnectTimeout
+	// is on Envoy's own network; tracingConnectTimeout to the collector.
+	brokerConnectTimeout  = config.DefaultConnectTimeout
+	tracingConnectTimeout = config.DefaultConnectTimeout
 )
 
 // Circuit breaker thresholds. A request parked for approval holds a
@@ -109,7 +120,7 @@ const (
 
 // Resources are what Envoy is configured with, each kind in a fixed order:
 // listeners agent then egress, routes likewise, clusters authz, broker,
-// then the upstreams by name.
+// the trace collector, then the upstreams by name.
 type Resources struct {
 	Listeners []*listenerv3.Listener
 	Routes    []*routev3.RouteConfiguration
@@ -216,6 +227,13 @@ func (b *builder) build(cfg *config.Config) (*Resources, error) {
 		return nil, err
 	}
 	res.Clusters = append(res.Clusters, authz, broker)
+	if e.TracingAddress != "" {
+		tracing, err := b.tracingCluster(e)
+		if err != nil {
+			return nil, err
+		}
+		res.Clusters = append(res.Clusters, tracing)
+	}
 	for _, u := range ups {
 		res.Clusters = append(res.Clusters, b.upstreamCluster(u))
 	}
@@ -283,6 +301,7 @@ func (b *builder) agentListener(cfg *config.Config) (*listenerv3.Listener, error
 		// bytes moving; Envoy's 5 minute default would reset it.
 		StreamIdleTimeout: durationpb.New(e.RouteTimeout + timeoutSlack),
 		RequestTimeout:    durationpb.New(e.RouteTimeout + timeoutSlack),
+		Tracing:           b.tracing(e),
 	}
 	hcm.HttpFilters = []*hcmv3.HttpFilter{
 		b.httpFilter(filterHeaderMutation, strip),
@@ -355,6 +374,7 @@ func (b *builder) egressListener(cfg *config.Config) (*listenerv3.Listener, erro
 		// An upstream's event stream can be quiet for as long as an agent
 		// request can wait.
 		StreamIdleTimeout: durationpb.New(e.RouteTimeout + timeoutSlack),
+		Tracing:           b.tracing(e),
 	}
 	hcm.HttpFilters = []*hcmv3.HttpFilter{b.httpFilter(filterRouter, &routerv3.Router{})}
 	return b.listener(ListenerEgress, addr, hcm), nil
@@ -402,13 +422,44 @@ func (b *builder) authzCluster(e *config.Envoy) (*clusterv3.Cluster, error) {
 			MaxPendingRequests: wrapperspb.UInt32(authzMaxPendingRequests),
 		}}},
 	}
-	// gRPC needs HTTP/2.
-	if err := b.setEndpoints(c, []hostPort{ep}, &httpv3.HttpProtocolOptions{
-		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
-			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}},
-		}},
-	}); err != nil {
+	if err := b.setEndpoints(c, []hostPort{ep}, http2Options()); err != nil {
 		return nil, fmt.Errorf("envoy.authz_address: %w", err)
+	}
+	return c, nil
+}
+
+// tracing has a connection manager trace its requests to the collector,
+// or is nil when none is configured. Envoy continues the agent's
+// traceparent and passes its own span on, to the Check (amg's decision
+// spans join it) and to the broker. Its spans carry the method, URL,
+// status and user agent, never a header or a body.
+func (b *builder) tracing(e *config.Envoy) *hcmv3.HttpConnectionManager_Tracing {
+	if e.TracingAddress == "" {
+		return nil
+	}
+	return &hcmv3.HttpConnectionManager_Tracing{
+		RandomSampling: &typev3.Percent{Value: e.TracingSampling},
+		Provider: &tracev3.Tracing_Http{
+			Name: tracerOpenTelemetry,
+			ConfigType: &tracev3.Tracing_Http_TypedConfig{TypedConfig: b.any(&tracev3.OpenTelemetryConfig{
+				GrpcService: &corev3.GrpcService{
+					TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: ClusterTracing}},
+				},
+				ServiceName: TracingServiceName,
+			})},
+		},
+	}
+}
+
+// tracingCluster reaches the collector's OTLP/gRPC receiver.
+func (b *builder) tracingCluster(e *config.Envoy) (*clusterv3.Cluster, error) {
+	ep, err := endpoint(e.TracingAddress)
+	if err != nil {
+		return nil, fmt.Errorf("envoy.tracing_address: %w", err)
+	}
+	c := &clusterv3.Cluster{Name: ClusterTracing, ConnectTimeout: durationpb.New(tracingConnectTimeout)}
+	if err := b.setEndpoints(c, []hostPort{ep}, http2Options()); err != nil {
+		return nil, fmt.Errorf("envoy.tracing_address: %w", err)
 	}
 	return c, nil
 }
@@ -502,6 +553,15 @@ func sanMatcher(host string) *tlsv3.SubjectAltNameMatcher {
 		m.SanType = tlsv3.SubjectAltNameMatcher_IP_ADDRESS
 	}
 	return m
+}
+
+// http2Options is for gRPC services, which need HTTP/2.
+func http2Options() *httpv3.HttpProtocolOptions {
+	return &httpv3.HttpProtocolOptions{
+		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
+			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}},
+		}},
+	}
 }
 
 func http1Options() *httpv3.HttpProtocolOptions {

@@ -12,9 +12,12 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -154,7 +157,7 @@ func TestBuildNames(t *testing.T) {
 			in:        "replicas",
 			listeners: []string{ListenerAgent, ListenerEgress},
 			routes:    []string{RouteAgent, RouteEgress},
-			clusters:  []string{ClusterAuthz, ClusterBroker, "upstream_github", "upstream_lan", "upstream_notion"},
+			clusters:  []string{ClusterAuthz, ClusterBroker, ClusterTracing, "upstream_github", "upstream_lan", "upstream_notion"},
 		},
 		{
 			in:        "no-egress",
@@ -243,6 +246,77 @@ func TestAgentFilters(t *testing.T) {
 	if d := hcm.GetRequestTimeout().AsDuration(); d <= cfg.Envoy.RouteTimeout {
 		t.Errorf("request_timeout %v would cut a request before its route timeout %v", d, cfg.Envoy.RouteTimeout)
 	}
+}
+
+// TestTracing checks that both connection managers trace to the collector
+// cluster when one is configured, and that nothing traces otherwise.
+func TestTracing(t *testing.T) {
+	cfg := config.Default()
+	res, err := Build(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, hcm := range hcms(t, res) {
+		if hcm.GetTracing() != nil {
+			t.Errorf("%s traces without a collector: %v", hcm.GetStatPrefix(), hcm.GetTracing())
+		}
+	}
+	if slices.Contains(names(res.Clusters), ClusterTracing) {
+		t.Error("a collector cluster without a collector")
+	}
+
+	cfg.Envoy.TracingAddress, cfg.Envoy.TracingSampling = "otel.example:4317", 12.5
+	res, err = Build(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := hcms(t, res)
+	if len(got) != 2 {
+		t.Fatalf("%d connection managers, want the agent's and the egress one", len(got))
+	}
+	for _, hcm := range got {
+		tr := hcm.GetTracing()
+		if tr.GetRandomSampling().GetValue() != 12.5 {
+			t.Errorf("%s samples %v%%, want 12.5%%", hcm.GetStatPrefix(), tr.GetRandomSampling().GetValue())
+		}
+		if tr.GetProvider().GetName() != tracerOpenTelemetry {
+			t.Errorf("%s tracer %q", hcm.GetStatPrefix(), tr.GetProvider().GetName())
+		}
+		otel := &tracev3.OpenTelemetryConfig{}
+		if err := tr.GetProvider().GetTypedConfig().UnmarshalTo(otel); err != nil {
+			t.Fatalf("%s: %v", hcm.GetStatPrefix(), err)
+		}
+		if c := otel.GetGrpcService().GetEnvoyGrpc().GetClusterName(); c != ClusterTracing || otel.GetServiceName() != TracingServiceName {
+			t.Errorf("%s sends spans to cluster %q as %q", hcm.GetStatPrefix(), c, otel.GetServiceName())
+		}
+	}
+	c := res.Clusters[slices.Index(names(res.Clusters), ClusterTracing)]
+	addr := c.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
+	if addr.GetAddress() != "otel.example" || addr.GetPortValue() != 4317 || c.GetType() != clusterv3.Cluster_STRICT_DNS {
+		t.Errorf("collector cluster reaches %v (%v)", addr, c.GetType())
+	}
+	opts := &httpv3.HttpProtocolOptions{}
+	if err := c.GetTypedExtensionProtocolOptions()[httpProtocolOptions].UnmarshalTo(opts); err != nil || opts.GetExplicitHttpConfig().GetHttp2ProtocolOptions() == nil {
+		t.Errorf("collector cluster does not speak HTTP/2, which OTLP/gRPC needs: %v %v", opts, err)
+	}
+}
+
+// hcms returns every listener's HTTP connection manager.
+func hcms(t *testing.T, res *Resources) []*hcmv3.HttpConnectionManager {
+	t.Helper()
+	var out []*hcmv3.HttpConnectionManager
+	for _, l := range res.Listeners {
+		for _, fc := range l.GetFilterChains() {
+			for _, f := range fc.GetFilters() {
+				hcm := &hcmv3.HttpConnectionManager{}
+				if err := f.GetTypedConfig().UnmarshalTo(hcm); err != nil {
+					t.Fatalf("listener %s: %v", l.GetName(), err)
+				}
+				out = append(out, hcm)
+			}
+		}
+	}
+	return out
 }
 
 func TestAgentRoutes(t *testing.T) {
@@ -406,6 +480,8 @@ func TestBuildErrors(t *testing.T) {
 		{"no brokers", func(c *config.Config) { c.Envoy.BrokerAddresses = nil }, "envoy.broker_addresses"},
 		{"bad broker", func(c *config.Config) { c.Envoy.BrokerAddresses = []string{"a:1", "b"} }, "envoy.broker_addresses[1]"},
 		{"body limit over 32 bits", func(c *config.Config) { c.MaxBodyBytes = 1 << 33 }, "max_body_bytes"},
+		{"trace collector without port", func(c *config.Config) { c.Envoy.TracingAddress = "jaeger" }, "envoy.tracing_address"},
+		{"trace collector port 0", func(c *config.Config) { c.Envoy.TracingAddress = "jaeger:0" }, "envoy.tracing_address"},
 		{"upstream host not UTF-8", func(c *config.Config) {
 			c.Upstreams = map[string]*config.Upstream{"up": {URL: "https://%ff/mcp"}}
 		}, "UTF-8"},
@@ -440,6 +516,8 @@ func TestValidate(t *testing.T) {
 		}, []string{"cluster upstream_up", "ConnectTimeout"}},
 		{"negative authz timeout", func(c *config.Config) { c.Envoy.AuthzTimeout = -time.Second },
 			[]string{"cluster amg_authz", "ConnectTimeout"}},
+		{"sampling over 100", func(c *config.Config) { c.Envoy.TracingAddress, c.Envoy.TracingSampling = "jaeger:4317", 101 },
+			[]string{"listener amg_agent", "listener amg_egress", "RandomSampling"}},
 		{"upstream name not UTF-8", func(c *config.Config) {
 			c.Upstreams = map[string]*config.Upstream{"\xff": {URL: "http://127.0.0.1/mcp", ConnectTimeout: time.Second}}
 		}, []string{"route configuration amg_egress_routes", "cluster upstream_\xff", "UTF-8"}},

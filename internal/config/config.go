@@ -162,6 +162,14 @@ type Envoy struct {
 	// which may wait for a human's approval.
 	AuthzTimeout time.Duration
 	RouteTimeout time.Duration
+	// TracingAddress is an OpenTelemetry collector's OTLP/gRPC address
+	// (host:port as Envoy reaches it) for Envoy's own spans; empty means
+	// Envoy does not trace.
+	TracingAddress string
+	// TracingSampling is the percentage of requests Envoy starts a trace
+	// for (its random_sampling, 0 to 100). A request whose traceparent
+	// carries a sampling decision keeps that decision.
+	TracingSampling float64
 }
 
 // Vault is where vault: references are read. Its own credentials are
@@ -237,6 +245,7 @@ func Default() *Config {
 			BrokerAddresses: []string{"127.0.0.1:8082"},
 			AuthzTimeout:    2 * time.Second,
 			RouteTimeout:    15 * time.Minute,
+			TracingSampling: 100,
 		},
 		ApprovalTTL:  15 * time.Minute,
 		Console:      Console{ReadyDays: 7},

@@ -33,7 +33,8 @@ var (
 	redisKeys    = []string{"address", "password", "db"}
 	vaultKeys    = []string{"address", "token", "approle", "cache_ttl"}
 	appRoleKeys  = []string{"role_id", "secret_id", "mount"}
-	envoyKeys    = []string{"listen", "egress_listen", "egress_address", "authz_address", "broker_addresses", "authz_timeout", "route_timeout"}
+	envoyKeys    = []string{"listen", "egress_listen", "egress_address", "authz_address", "broker_addresses", "authz_timeout", "route_timeout",
+		"tracing_address", "tracing_sampling"}
 )
 
 func (l *loader) config(cfg *Config, data []byte) {
@@ -434,6 +435,20 @@ func (l *loader) optionalAddr(n *yaml.Node, path string, dst *string) {
 	l.addr(n, path, dst)
 }
 
+// percent reads a percentage: a number from 0 to 100.
+func (l *loader) percent(n *yaml.Node, path string, dst *float64) {
+	var v float64
+	if n.Kind != yaml.ScalarNode || (n.Tag != "!!int" && n.Tag != "!!float") || n.Decode(&v) != nil {
+		l.Errorf(n, path, "must be a percentage from 0 to 100, got %s", diag.Describe(n))
+		return
+	}
+	if !(v >= 0 && v <= 100) { // NaN too
+		l.Errorf(n, path, "must be a percentage from 0 to 100, got %s", n.Value)
+		return
+	}
+	*dst = v
+}
+
 func (l *loader) envoy(n *yaml.Node, path string, e *Envoy) {
 	var egressAddr *yaml.Node
 	l.Fields(n, path, envoyKeys, func(key string, _, v *yaml.Node) {
@@ -469,6 +484,10 @@ func (l *loader) envoy(n *yaml.Node, path string, e *Envoy) {
 			} else if ok {
 				e.RouteTimeout = d
 			}
+		case "tracing_address":
+			l.optionalAddr(v, p, &e.TracingAddress)
+		case "tracing_sampling":
+			l.percent(v, p, &e.TracingSampling)
 		}
 	})
 	if e.EgressAddress != "" && e.EgressListen == "" {
