@@ -7,9 +7,9 @@
 // keeps the approvals queue live and counts down to each expiry. Every
 // asset is embedded, so the console works with no network beyond the
 // gateway. An operator signs in with the admin token; the session is a
-// signed cookie, every state change needs the session's CSRF token (and
-// must not come from another origin), and no page that shows data may be
-// cached.
+// signed cookie that signing out revokes (Deps.SignOuts), every state
+// change needs the session's CSRF token (and must not come from another
+// origin), and no page that shows data may be cached.
 package console
 
 import (
@@ -27,6 +27,7 @@ import (
 	"github.com/amgateway/amg/internal/approval"
 	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/shadow"
+	"github.com/amgateway/amg/internal/signout"
 	"github.com/amgateway/amg/internal/tokens"
 )
 
@@ -68,6 +69,9 @@ type Deps struct {
 	Shadow    ShadowCounts
 	// AuditFile is the audit log the console searches and replays.
 	AuditFile string
+	// SignOuts lists the sessions operators signed out of; nil keeps the
+	// list in memory, where a restart or another replica forgets it.
+	SignOuts signout.List
 }
 
 // Options tune the console. A nil *Options is the zero value.
@@ -125,6 +129,9 @@ func New(d Deps, opts *Options) (*Console, error) {
 		c.opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	c.key = sessionKey(d.Token)
+	if c.d.SignOuts == nil {
+		c.d.SignOuts = signout.NewMemory(c.opts.Now)
+	}
 	var err error
 	if c.pages, err = parsePages(); err != nil {
 		return nil, err

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"html"
 	"io"
 	"mime/multipart"
@@ -25,6 +26,7 @@ import (
 	"github.com/amgateway/amg/internal/console"
 	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/shadow"
+	"github.com/amgateway/amg/internal/signout"
 	"github.com/amgateway/amg/internal/tokens"
 )
 
@@ -185,8 +187,8 @@ type env struct {
 }
 
 // newEnv returns a console over fresh stores; opts (nil: defaults) gets
-// the env's clock.
-func newEnv(t *testing.T, opts *console.Options) *env {
+// the env's clock, and edits change the console's Deps.
+func newEnv(t *testing.T, opts *console.Options, edits ...func(*console.Deps)) *env {
 	t.Helper()
 	e := &env{t: t, clock: &clock{now: start}, approvals: approval.NewMemory(), tokens: tokens.NewMemoryStore(),
 		shadow: shadow.NewMemory(), ups: upstreams(), auditFile: filepath.Join(t.TempDir(), audit.FileName)}
@@ -201,9 +203,13 @@ func newEnv(t *testing.T, opts *console.Options) *env {
 		o = *opts
 	}
 	o.Now = e.clock.Now
-	e.h, err = console.New(console.Deps{Token: adminToken, Approvals: e.approvals,
+	d := console.Deps{Token: adminToken, Approvals: e.approvals,
 		Tokens: tokenAdmin{store: e.tokens, auth: e.auth, now: e.clock.Now}, Policies: e.policies, Upstreams: e.ups,
-		Shadow: e.shadow, AuditFile: e.auditFile}, &o)
+		Shadow: e.shadow, AuditFile: e.auditFile}
+	for _, edit := range edits {
+		edit(&d)
+	}
+	e.h, err = console.New(d, &o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -691,12 +697,88 @@ func TestSignOut(t *testing.T) {
 		t.Error("a sign-out without the CSRF token touched the cookie")
 	}
 
+	bob := e.signIn("bob")
 	rec = e.act(op, "/console/signout", nil)
 	wantRedirect(t, rec, "/console/signin")
 	c := sessionCookie(t, rec)
 	if c == nil || c.Value != "" || c.MaxAge >= 0 || c.Path != "/console/" {
 		t.Errorf("sign-out cookie %+v, want amg_console cleared (empty, Max-Age<=0, Path=/console/)", c)
 	}
+
+	// A copy of the cookie, kept after the browser dropped it, is signed
+	// out too, for the rest of its twelve hours.
+	e.clock.Advance(time.Hour)
+	wantRedirect(t, e.get(op, "/console/approvals"), "/console/signin?next=%2Fconsole%2Fapprovals")
+	wantStatus(t, e.get(op, "/console/approvals/rows"), http.StatusUnauthorized)
+	wantStatus(t, e.act(op, "/console/tokens", url.Values{"agent": {"a"}, "role": {"reader"}}), http.StatusUnauthorized)
+	if list, _ := e.tokens.List(context.Background()); len(list) != 0 {
+		t.Errorf("a signed-out session issued a token: %v", list)
+	}
+	// Other sessions go on.
+	wantStatus(t, e.get(bob, "/console/approvals"), http.StatusOK)
+}
+
+// When the sign-out list cannot be read, no session works; when a sign-out
+// cannot be recorded, the operator is told and keeps the cookie to try
+// again.
+func TestSignOutListUnavailable(t *testing.T) {
+	list := &failingList{}
+	e := newEnv(t, nil, func(d *console.Deps) { d.SignOuts = list })
+	list.List = signout.NewMemory(e.clock.Now)
+	op := e.signIn("alice")
+
+	list.addFails = true
+	rec := e.act(op, "/console/signout", nil)
+	wantStatus(t, rec, http.StatusServiceUnavailable)
+	if !strings.Contains(rec.Body.String(), "signing out failed") {
+		t.Errorf("body %q does not say the sign-out failed", rec.Body)
+	}
+	if len(rec.Result().Cookies()) != 0 {
+		t.Error("a sign-out that was not recorded cleared the cookie")
+	}
+	wantStatus(t, e.get(op, "/console/approvals"), http.StatusOK)
+
+	list.addFails, list.hasFails = false, true
+	for _, rec := range []*httptest.ResponseRecorder{
+		e.get(op, "/console/approvals"),
+		e.get(op, "/console/approvals/rows"),
+		e.act(op, "/console/tokens", url.Values{"agent": {"a"}, "role": {"reader"}}),
+		e.act(op, "/console/signout", nil),
+	} {
+		wantStatus(t, rec, http.StatusServiceUnavailable)
+		if !strings.Contains(rec.Body.String(), "cannot tell whether this session was signed out") {
+			t.Errorf("body %q does not say why", rec.Body)
+		}
+	}
+	if list, _ := e.tokens.List(context.Background()); len(list) != 0 {
+		t.Errorf("a session the console could not check issued a token: %v", list)
+	}
+
+	list.hasFails = false
+	wantRedirect(t, e.act(op, "/console/signout", nil), "/console/signin")
+	wantRedirect(t, e.get(op, "/console/approvals"), "/console/signin?next=%2Fconsole%2Fapprovals")
+}
+
+// failingList is a sign-out list whose store can be made to fail.
+type failingList struct {
+	signout.List
+	addFails, hasFails bool
+}
+
+var errStoreDown = errors.New("connection refused")
+
+func (l *failingList) Add(ctx context.Context, id string, until time.Time) error {
+	if l.addFails {
+		return errStoreDown
+	}
+	return l.List.Add(ctx, id, until)
+}
+
+func (l *failingList) Has(ctx context.Context, id string) (bool, error) {
+	if l.hasFails {
+		return false, errStoreDown
+	}
+	return l.List.Has(ctx, id)
 }
 
 // TestSignInAndOutInABrowser goes through a real HTTP server with a cookie

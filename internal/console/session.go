@@ -25,12 +25,15 @@ const (
 // session is a signed-in operator. The cookie holds it signed with a key
 // derived from the admin token, so a session is valid on every replica
 // that shares the token, and replacing the token ends every session.
+// Signing out ends one: its nonce goes on the sign-out list (Deps.SignOuts)
+// until the cookie would have expired.
 type session struct {
 	// Name is who signed in, as they gave it; decisions are recorded as
 	// theirs.
 	Name    string `json:"n"`
 	Expires int64  `json:"e"`
-	// Nonce makes each session's CSRF token its own.
+	// Nonce makes each session's CSRF token its own, and names the
+	// session on the sign-out list.
 	Nonce string `json:"c"`
 }
 
@@ -75,7 +78,7 @@ func (c *Console) session(r *http.Request) *session {
 		return nil
 	}
 	var s session
-	if json.Unmarshal(payload, &s) != nil || c.opts.Now().Unix() >= s.Expires || s.Name == "" {
+	if json.Unmarshal(payload, &s) != nil || c.opts.Now().Unix() >= s.Expires || s.Name == "" || s.Nonce == "" {
 		return nil
 	}
 	return &s
@@ -93,6 +96,20 @@ func (c *Console) csrf(s *session) string {
 func (c *Console) signedIn(h func(http.ResponseWriter, *http.Request, *session)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		s := c.session(r)
+		if s != nil {
+			out, err := c.d.SignOuts.Has(r.Context(), s.Nonce)
+			if err != nil {
+				// Fail closed: a session that may have been signed out
+				// does nothing.
+				c.opts.Logger.Error("console: cannot read the sign-out list", "err", err)
+				http.Error(w, "the console cannot tell whether this session was signed out (its store is unavailable); try again shortly",
+					http.StatusServiceUnavailable)
+				return
+			}
+			if out {
+				s = nil
+			}
+		}
 		if s == nil {
 			if (r.Method == http.MethodGet || r.Method == http.MethodHead) && !strings.HasSuffix(r.URL.Path, "/rows") {
 				http.Redirect(w, r, "/console/signin?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
@@ -171,6 +188,16 @@ func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
 }
 
 func (c *Console) signOut(w http.ResponseWriter, r *http.Request, s *session) {
+	// The cookie is cleared only once the session is on the list: a copy
+	// of it must stop working too, and the operator must not believe it
+	// has when it has not.
+	if err := c.d.SignOuts.Add(r.Context(), s.Nonce, time.Unix(s.Expires, 0)); err != nil {
+		c.opts.Logger.Error("console: sign-out not recorded", "name", s.Name, "err", err)
+		http.Error(w, "signing out failed: the session could not be recorded as signed out (its store is unavailable), so it still works; try again shortly",
+			http.StatusServiceUnavailable)
+		return
+	}
+	c.opts.Logger.Info("console: signed out", "name", s.Name, "remote", r.RemoteAddr)
 	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: "", Path: "/console/", MaxAge: -1,
 		HttpOnly: true, Secure: secure(r), SameSite: http.SameSiteStrictMode})
 	http.Redirect(w, r, "/console/signin", http.StatusSeeOther)

@@ -35,6 +35,7 @@ import (
 	"github.com/amgateway/amg/internal/ratelimit"
 	"github.com/amgateway/amg/internal/secrets"
 	"github.com/amgateway/amg/internal/shadow"
+	"github.com/amgateway/amg/internal/signout"
 	"github.com/amgateway/amg/internal/store"
 	"github.com/amgateway/amg/internal/telemetry"
 	"github.com/amgateway/amg/internal/tokens"
@@ -150,6 +151,14 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	} else if counter, err = shadow.NewSQLite(g.db); err != nil {
 		return nil, err
 	}
+	// Console sign-outs outlive a restart, and with Redis reach every
+	// replica.
+	var signOuts signout.List
+	if g.redis != nil {
+		signOuts = signout.NewRedis(g.redis)
+	} else if signOuts, err = signout.NewSQLite(g.db, nil); err != nil {
+		return nil, err
+	}
 	// The decision key signs what authz hands the broker, and the audit key
 	// keys the HMACs of redacted values: with replicas, authz on one and
 	// the broker on another must agree, and so must their audit records,
@@ -241,7 +250,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		}
 	}
 	con, err := console.New(console.Deps{Token: adminToken, Approvals: g.approvals, Tokens: consoleTokens{g}, Policies: g.policies,
-		Upstreams: g.broker, Shadow: counter, AuditFile: filepath.Join(cfg.DataDir, audit.FileName)},
+		Upstreams: g.broker, Shadow: counter, AuditFile: filepath.Join(cfg.DataDir, audit.FileName), SignOuts: signOuts},
 		&console.Options{ReadyDays: cfg.Console.ReadyDays, TraceURL: cfg.Console.TraceURL, StagedPolicyDir: cfg.Console.StagedPolicyDir,
 			Logger: g.log})
 	if err != nil {

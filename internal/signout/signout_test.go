@@ -1,0 +1,167 @@
+package signout
+
+import (
+	"context"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/amgateway/amg/internal/redistest"
+	"github.com/amgateway/amg/internal/store"
+)
+
+// testList is the contract every List meets. now is the list's clock, and
+// wait lets that much of it pass.
+func testList(t *testing.T, l List, now func() time.Time, wait func(time.Duration)) {
+	ctx := context.Background()
+	has := func(id string) bool {
+		t.Helper()
+		ok, err := l.Has(ctx, id)
+		if err != nil {
+			t.Fatalf("Has(%q): %v", id, err)
+		}
+		return ok
+	}
+	add := func(id string, until time.Time) {
+		t.Helper()
+		if err := l.Add(ctx, id, until); err != nil {
+			t.Fatalf("Add(%q): %v", id, err)
+		}
+	}
+
+	if has("a") {
+		t.Error("an id never added is signed out")
+	}
+	add("a", now().Add(time.Hour))
+	if !has("a") {
+		t.Error("an added id is not signed out")
+	}
+	if has("b") {
+		t.Error("adding a signed out another id")
+	}
+	// Adding again with an earlier until keeps the later one.
+	add("a", now().Add(time.Second))
+	add("b", now().Add(-time.Second))
+	if has("b") {
+		t.Error("an id added with an until already past is signed out")
+	}
+	add("short", now().Add(500*time.Millisecond))
+	if !has("short") {
+		t.Error("an id with half a second left is not signed out")
+	}
+	wait(time.Second)
+	if has("short") {
+		t.Error("an id is still signed out after its until")
+	}
+	if !has("a") {
+		t.Error("adding an id again with an earlier until shortened it")
+	}
+
+	if err := l.Add(ctx, "", now().Add(time.Hour)); err == nil {
+		t.Error("Add of an empty id succeeded")
+	}
+	if err := l.Add(ctx, "never", time.Time{}); err == nil {
+		t.Error("Add without an until succeeded: the id would be kept forever")
+	}
+
+	// Many requests check sessions at once.
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 20 {
+				if ok, err := l.Has(ctx, "a"); err != nil || !ok {
+					t.Errorf("concurrent Has = %v, %v", ok, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// clock is a settable clock.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) wait(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+func newClock() *clock { return &clock{t: time.Date(2026, 11, 26, 9, 0, 0, 0, time.UTC)} }
+
+func TestMemory(t *testing.T) {
+	c := newClock()
+	testList(t, NewMemory(c.now), c.now, c.wait)
+}
+
+func TestSQLite(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "amg.db")
+	db, err := store.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newClock()
+	l, err := NewSQLite(db, c.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testList(t, l, c.now, c.wait)
+
+	// A sign-out survives a restart: a new List over the reopened file.
+	if err := l.Add(context.Background(), "before-restart", c.now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if db, err = store.Open(path); err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if l, err = NewSQLite(db, c.now); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := l.Has(context.Background(), "before-restart"); err != nil || !ok {
+		t.Errorf("after a restart Has = %v, %v; want true", ok, err)
+	}
+	// Adding forgets what has expired, so the table does not grow.
+	c.wait(2 * time.Hour)
+	if err := l.Add(context.Background(), "later", c.now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := db.QueryRow(`SELECT count(*) FROM console_signouts`).Scan(&n); err != nil || n != 1 {
+		t.Errorf("table holds %d rows (%v), want only the unexpired one", n, err)
+	}
+	db.Close()
+	if _, err := l.Has(context.Background(), "later"); err == nil {
+		t.Error("Has on a closed database succeeded")
+	}
+}
+
+func TestRedis(t *testing.T) {
+	rs := redistest.Start(t)
+	// Redis expires keys on its own clock: the contract runs in real time.
+	testList(t, NewRedis(rs.Client()), time.Now, time.Sleep)
+
+	// Replicas share the list.
+	a, b := NewRedis(rs.Client()), NewRedis(rs.Client())
+	ctx := context.Background()
+	if err := a.Add(ctx, "shared", time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := b.Has(ctx, "shared"); err != nil || !ok {
+		t.Errorf("the other replica's Has = %v, %v; want true", ok, err)
+	}
+	rs.Stop()
+	if _, err := b.Has(ctx, "shared"); err == nil {
+		t.Error("Has with Redis down succeeded")
+	}
+	if err := a.Add(ctx, "x", time.Now().Add(time.Hour)); err == nil {
+		t.Error("Add with Redis down succeeded")
+	}
+}
