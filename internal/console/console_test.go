@@ -27,6 +27,7 @@ import (
 	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/shadow"
 	"github.com/amgateway/amg/internal/signout"
+	"github.com/amgateway/amg/internal/testclock"
 	"github.com/amgateway/amg/internal/tokens"
 )
 
@@ -86,23 +87,6 @@ func roleFiles() []policy.File {
 		{Name: "support.yaml", Data: []byte(supportRole)},
 		{Name: "trial.yaml", Data: []byte(trialRole)},
 	}
-}
-
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
 }
 
 type fakePolicies struct {
@@ -175,7 +159,7 @@ func (a tokenAdmin) Issue(ctx context.Context, agent, role string, ttl time.Dura
 
 type env struct {
 	t         *testing.T
-	clock     *clock
+	clock     *testclock.Clock
 	approvals *approval.Memory
 	tokens    *tokens.MemoryStore
 	auth      *tokens.Authenticator
@@ -190,7 +174,7 @@ type env struct {
 // the env's clock, and edits change the console's Deps.
 func newEnv(t *testing.T, opts *console.Options, edits ...func(*console.Deps)) *env {
 	t.Helper()
-	e := &env{t: t, clock: &clock{now: start}, approvals: approval.NewMemory(), tokens: tokens.NewMemoryStore(),
+	e := &env{t: t, clock: testclock.New(start), approvals: approval.NewMemory(), tokens: tokens.NewMemoryStore(),
 		shadow: shadow.NewMemory(), ups: upstreams(), auditFile: filepath.Join(t.TempDir(), audit.FileName)}
 	e.auth = tokens.NewAuthenticator(e.tokens, &tokens.AuthOptions{Now: e.clock.Now})
 	set, err := policy.Compile(roleFiles(), &policy.Options{Servers: e.ups.names, Catalog: e.ups})

@@ -7,20 +7,8 @@ import (
 	"time"
 
 	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/internal/testclock"
 )
-
-// clock is a manual clock for tests.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 type limiter interface {
 	Allow(ctx context.Context, key string, l *policy.RateLimit) (Result, error)
@@ -33,7 +21,7 @@ type limiter interface {
 func testLimiter(t *testing.T, newLimiter func(t *testing.T, now func() time.Time) limiter) {
 	ctx := context.Background()
 	t.Run("burst then steady rate", func(t *testing.T) {
-		c := &clock{t: time.Unix(1_700_000_000, 0)}
+		c := testclock.New(time.Unix(1_700_000_000, 0))
 		lim := newLimiter(t, c.Now)
 		l := &policy.RateLimit{ID: "r/rate_limits[0]", Requests: 60, Per: time.Minute, Burst: 3}
 		for i := range 3 {
@@ -70,7 +58,7 @@ func testLimiter(t *testing.T, newLimiter func(t *testing.T, now func() time.Tim
 		}
 	})
 	t.Run("partial refill", func(t *testing.T) {
-		c := &clock{t: time.Unix(1_700_000_000, 0)}
+		c := testclock.New(time.Unix(1_700_000_000, 0))
 		lim := newLimiter(t, c.Now)
 		l := &policy.RateLimit{ID: "p", Requests: 10, Per: 10 * time.Second, Burst: 5}
 		for range 5 {
@@ -89,7 +77,7 @@ func testLimiter(t *testing.T, newLimiter func(t *testing.T, now func() time.Tim
 	t.Run("interval not a whole microsecond", func(t *testing.T) {
 		// 1s/3 is 333333333ns, and the clock sits just before a second
 		// boundary, so a tat carries into the next second.
-		c := &clock{t: time.Unix(1_700_000_000, 999_999_999)}
+		c := testclock.New(time.Unix(1_700_000_000, 999_999_999))
 		lim := newLimiter(t, c.Now)
 		l := &policy.RateLimit{ID: "f", Requests: 3, Per: time.Second, Burst: 2}
 		for i := range 2 {
@@ -110,7 +98,7 @@ func testLimiter(t *testing.T, newLimiter func(t *testing.T, now func() time.Tim
 		}
 	})
 	t.Run("keys are independent", func(t *testing.T) {
-		c := &clock{t: time.Unix(1_700_000_000, 0)}
+		c := testclock.New(time.Unix(1_700_000_000, 0))
 		lim := newLimiter(t, c.Now)
 		l := &policy.RateLimit{ID: "x", Requests: 1, Per: time.Hour, Burst: 1}
 		for _, k := range []string{"a", "b", "rate_limits[0]|agent:with spaces"} {
@@ -123,7 +111,7 @@ func testLimiter(t *testing.T, newLimiter func(t *testing.T, now func() time.Tim
 		}
 	})
 	t.Run("concurrent callers never exceed the burst", func(t *testing.T) {
-		c := &clock{t: time.Unix(1_700_000_000, 0)}
+		c := testclock.New(time.Unix(1_700_000_000, 0))
 		lim := newLimiter(t, c.Now)
 		l := &policy.RateLimit{ID: "y", Requests: 10, Per: time.Hour, Burst: 10}
 		var wg sync.WaitGroup

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/internal/testclock"
 )
 
 func TestMemory(t *testing.T) {
@@ -16,7 +17,7 @@ func TestMemory(t *testing.T) {
 }
 
 func TestMemoryForgetsFullBudgets(t *testing.T) {
-	c := &clock{t: time.Unix(1_700_000_000, 0)}
+	c := testclock.New(time.Unix(1_700_000_000, 0))
 	m := NewMemory(&MemoryOptions{Now: c.Now})
 	l := &policy.RateLimit{ID: "z", Requests: 1, Per: time.Second, Burst: 1}
 	for i := range sweepEvery {

@@ -7,32 +7,17 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/amgateway/amg/internal/secrets/vaulttest"
 	"github.com/amgateway/amg/internal/syncbuf"
+	"github.com/amgateway/amg/internal/testclock"
 )
 
-// fakeClock is the cache's clock: tests move it instead of sleeping.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
+// newFakeClock is the cache's clock: tests move it instead of sleeping.
+func newFakeClock() *testclock.Clock {
+	return testclock.New(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
 }
 
 // logBuffer collects JSON log lines written from several goroutines.
@@ -125,7 +110,7 @@ func TestVaultAppRole(t *testing.T) {
 	if err := srv.Client(t).Auth().Token().RevokeOrphan(old); err != nil {
 		t.Fatal(err)
 	}
-	clock.Add(DefaultVaultCacheTTL)
+	clock.Advance(DefaultVaultCacheTTL)
 	if got := resolve(t, v, "vault:kv/data/amg/notion#token"); got != value {
 		t.Errorf("Resolve after revocation = %q, want %q", got, value)
 	}
@@ -240,17 +225,17 @@ func TestVaultRotation(t *testing.T) {
 		t.Fatalf("Resolve = %q, want v1", got)
 	}
 	srv.PutKV(t, "amg/notion", map[string]any{"token": "v2"})
-	clock.Add(ttl - time.Second)
+	clock.Advance(ttl - time.Second)
 	if got := resolve(t, v, ref); got != "v1" {
 		t.Errorf("Resolve within the TTL = %q, want the cached v1", got)
 	}
-	clock.Add(time.Second)
+	clock.Advance(time.Second)
 	if got := resolve(t, v, ref); got != "v2" {
 		t.Errorf("Resolve after the TTL = %q, want the rotated v2", got)
 	}
 	// The new value is cached afresh.
 	srv.PutKV(t, "amg/notion", map[string]any{"token": "v3"})
-	clock.Add(ttl / 2)
+	clock.Advance(ttl / 2)
 	if got := resolve(t, v, ref); got != "v2" {
 		t.Errorf("Resolve within the new TTL = %q, want v2", got)
 	}
@@ -273,7 +258,7 @@ func TestVaultDown(t *testing.T) {
 		t.Errorf("Resolve within the TTL = %q, want v1", got)
 	}
 	// Past it, never.
-	clock.Add(DefaultVaultCacheTTL)
+	clock.Advance(DefaultVaultCacheTTL)
 	s, err := v.Resolve(context.Background(), mustRef(t, ref))
 	want := ref + ": cannot reach Vault at " + srv.Addr + ": "
 	if err == nil || !strings.HasPrefix(err.Error(), want) || strings.Contains(err.Error(), "\n") {
@@ -371,7 +356,7 @@ func TestVaultLeak(t *testing.T) {
 	}
 
 	srv.Stop()
-	clock.Add(DefaultVaultCacheTTL)
+	clock.Advance(DefaultVaultCacheTTL)
 	for _, v := range []*Vault{root, approle} {
 		try(v, "vault:kv/data/amg/leak#token")
 	}
@@ -469,11 +454,11 @@ func TestVaultAppRoleRelogin(t *testing.T) {
 
 // checkAlive reads through v, bypassing the cache, for the given time:
 // every read must succeed, and the token must be valid throughout.
-func checkAlive(t *testing.T, srv *vaulttest.Server, v *Vault, clock *fakeClock, d time.Duration) {
+func checkAlive(t *testing.T, srv *vaulttest.Server, v *Vault, clock *testclock.Clock, d time.Duration) {
 	t.Helper()
 	end := time.Now().Add(d)
 	for n := 0; time.Now().Before(end); n++ {
-		clock.Add(DefaultVaultCacheTTL)
+		clock.Advance(DefaultVaultCacheTTL)
 		s, err := v.Resolve(context.Background(), mustRef(t, "vault:kv/data/amg/notion#token"))
 		if err != nil {
 			t.Fatalf("read %d, %s before the end: %v", n, time.Until(end).Round(time.Millisecond), err)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/amgateway/amg/internal/redistest"
 	"github.com/amgateway/amg/internal/store"
+	"github.com/amgateway/amg/internal/testclock"
 )
 
 // testList is the contract every List meets. now is the list's clock, and
@@ -80,24 +81,11 @@ func testList(t *testing.T, l List, now func() time.Time, wait func(time.Duratio
 	wg.Wait()
 }
 
-// clock is a settable clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) wait(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-func newClock() *clock { return &clock{t: time.Date(2026, 11, 26, 9, 0, 0, 0, time.UTC)} }
+func newClock() *testclock.Clock { return testclock.New(time.Date(2026, 11, 26, 9, 0, 0, 0, time.UTC)) }
 
 func TestMemory(t *testing.T) {
 	c := newClock()
-	testList(t, NewMemory(c.now), c.now, c.wait)
+	testList(t, NewMemory(c.Now), c.Now, c.Advance)
 }
 
 func TestSQLite(t *testing.T) {
@@ -107,14 +95,14 @@ func TestSQLite(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := newClock()
-	l, err := NewSQLite(db, c.now)
+	l, err := NewSQLite(db, c.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	testList(t, l, c.now, c.wait)
+	testList(t, l, c.Now, c.Advance)
 
 	// A sign-out survives a restart: a new List over the reopened file.
-	if err := l.Add(context.Background(), "before-restart", c.now().Add(time.Hour)); err != nil {
+	if err := l.Add(context.Background(), "before-restart", c.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	db.Close()
@@ -122,15 +110,15 @@ func TestSQLite(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	if l, err = NewSQLite(db, c.now); err != nil {
+	if l, err = NewSQLite(db, c.Now); err != nil {
 		t.Fatal(err)
 	}
 	if ok, err := l.Has(context.Background(), "before-restart"); err != nil || !ok {
 		t.Errorf("after a restart Has = %v, %v; want true", ok, err)
 	}
 	// Adding forgets what has expired, so the table does not grow.
-	c.wait(2 * time.Hour)
-	if err := l.Add(context.Background(), "later", c.now().Add(time.Hour)); err != nil {
+	c.Advance(2 * time.Hour)
+	if err := l.Add(context.Background(), "later", c.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	var n int

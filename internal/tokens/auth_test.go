@@ -12,27 +12,11 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/amgateway/amg/internal/testclock"
 )
 
-// clock is an injected time source that tests move by hand.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newClock() *clock { return &clock{now: time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
+func newClock() *testclock.Clock { return testclock.New(time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)) }
 
 // countingStore counts Get calls, to tell cache hits from store reads.
 type countingStore struct {
@@ -56,7 +40,7 @@ func (failingStore) Get(context.Context, Digest) (Token, error) {
 func (failingStore) Revoke(context.Context, string, time.Time) error { return errStoreDown }
 
 // issue stores a token issued at c's time and returns its secret.
-func issue(t testing.TB, s Store, c *clock, ttl time.Duration) (string, Token) {
+func issue(t testing.TB, s Store, c *testclock.Clock, ttl time.Duration) (string, Token) {
 	t.Helper()
 	secret, tok, err := Issue(context.Background(), s, "ci-bot", "notion_read", ttl, c.Now())
 	if err != nil {
@@ -156,11 +140,11 @@ func TestAuthenticateExpired(t *testing.T) {
 	// a cached entry: expiry must be checked on every call.
 	a := NewAuthenticator(s, &AuthOptions{Now: c.Now, CacheTTL: 2 * time.Hour})
 
-	c.Add(time.Hour - time.Nanosecond)
+	c.Advance(time.Hour - time.Nanosecond)
 	if _, err := a.Authenticate(ctx, secret); err != nil {
 		t.Fatalf("just before expiry: %v", err)
 	}
-	c.Add(time.Nanosecond)
+	c.Advance(time.Nanosecond)
 	tok, err := a.Authenticate(ctx, secret)
 	if !errors.Is(err, ErrExpired) {
 		t.Fatalf("at expiry: %v, want ErrExpired", err)
@@ -212,7 +196,7 @@ func TestAuthenticateCache(t *testing.T) {
 			{-time.Minute, 3}, // the clock went back: age unknown, read again
 		}
 		for i, st := range steps {
-			c.Add(st.advance)
+			c.Advance(st.advance)
 			if _, err := a.Authenticate(ctx, secret); err != nil {
 				t.Fatalf("step %d: %v", i, err)
 			}
@@ -226,12 +210,12 @@ func TestAuthenticateCache(t *testing.T) {
 		s.gets.Store(0)
 		a := NewAuthenticator(s, &AuthOptions{Now: c.Now})
 		a.Authenticate(ctx, secret)
-		c.Add(time.Second - 1)
+		c.Advance(time.Second - 1)
 		a.Authenticate(ctx, secret)
 		if n := s.gets.Load(); n != 1 {
 			t.Errorf("%d store reads within 1s, want 1", n)
 		}
-		c.Add(1)
+		c.Advance(1)
 		a.Authenticate(ctx, secret)
 		if n := s.gets.Load(); n != 2 {
 			t.Errorf("%d store reads after 1s, want 2", n)
@@ -418,7 +402,7 @@ func TestAuthenticateConcurrent(t *testing.T) {
 					a.Revoke(ctx, x.tok.ID)
 				}
 				if i%20 == 0 {
-					c.Add(time.Second)
+					c.Advance(time.Second)
 				}
 			}
 		})

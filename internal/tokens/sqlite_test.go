@@ -62,11 +62,11 @@ func TestSQLiteTwoHandles(t *testing.T) {
 		}
 		// Until CacheTTL has passed the server may still accept it: that
 		// is the documented bound, not a wish.
-		c.Add(5*time.Second - 1)
+		c.Advance(5*time.Second - 1)
 		if _, err := a.Authenticate(ctx, secret); err != nil {
 			t.Fatalf("inside CacheTTL: %v (expected the cached answer)", err)
 		}
-		c.Add(1)
+		c.Advance(1)
 		if _, err := a.Authenticate(ctx, secret); !errors.Is(err, ErrRevoked) {
 			t.Errorf("after CacheTTL: %v, want ErrRevoked", err)
 		}
