@@ -307,12 +307,14 @@ func TestProblems(t *testing.T) {
 			`amg.yaml:1:25: envoy.route_timeout: must be a positive duration such as 30s, 1m or 1h30m, got "0s"`},
 		{"envoy: bad tracing address", "envoy: { tracing_address: jaeger }\n",
 			`amg.yaml:1:27: envoy.tracing_address: must be host:port such as 127.0.0.1:8080, got "jaeger": missing port in address`},
-		{"envoy: sampling over 100", "envoy: { tracing_sampling: 150 }\n",
-			`amg.yaml:1:28: envoy.tracing_sampling: must be a percentage from 0 to 100, got 150`},
-		{"envoy: sampling not a number", "envoy: { tracing_sampling: \"50%\" }\n",
-			`amg.yaml:1:28: envoy.tracing_sampling: must be a percentage from 0 to 100, got a string`},
-		{"envoy: sampling NaN", "envoy: { tracing_sampling: .nan }\n",
-			`amg.yaml:1:28: envoy.tracing_sampling: must be a percentage from 0 to 100, got .nan`},
+		{"envoy: sampling over 100", "envoy: { tracing_address: \"c:4317\", tracing_sampling: 150 }\n",
+			`amg.yaml:1:55: envoy.tracing_sampling: must be a percentage from 0 to 100, got 150`},
+		{"envoy: sampling not a number", "envoy: { tracing_address: \"c:4317\", tracing_sampling: \"50%\" }\n",
+			`amg.yaml:1:55: envoy.tracing_sampling: must be a percentage from 0 to 100, got a string`},
+		{"envoy: sampling NaN", "envoy: { tracing_address: \"c:4317\", tracing_sampling: .nan }\n",
+			`amg.yaml:1:55: envoy.tracing_sampling: must be a percentage from 0 to 100, got .nan`},
+		{"envoy: sampling without a collector", "envoy: { tracing_sampling: 10 }\n",
+			`amg.yaml:1:28: envoy.tracing_sampling: needs tracing_address: without a collector Envoy does not trace`},
 		{"unknown upstream key", `
 upstreams:
   a:

@@ -450,10 +450,13 @@ func (l *loader) percent(n *yaml.Node, path string, dst *float64) {
 }
 
 func (l *loader) envoy(n *yaml.Node, path string, e *Envoy) {
-	var egressAddr *yaml.Node
+	var egressAddr, sampling *yaml.Node
 	l.Fields(n, path, envoyKeys, func(key string, _, v *yaml.Node) {
-		if key == "egress_address" {
+		switch key {
+		case "egress_address":
 			egressAddr = v
+		case "tracing_sampling":
+			sampling = v
 		}
 		p := path + "." + key
 		switch key {
@@ -494,6 +497,9 @@ func (l *loader) envoy(n *yaml.Node, path string, e *Envoy) {
 		// The broker would send its upstream traffic to a listener no
 		// Envoy has.
 		l.Errorf(egressAddr, path+".egress_address", "needs egress_listen: no Envoy listens for upstream traffic")
+	}
+	if sampling != nil && e.TracingAddress == "" {
+		l.Errorf(sampling, path+".tracing_sampling", "needs tracing_address: without a collector Envoy does not trace")
 	}
 }
 

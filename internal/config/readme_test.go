@@ -6,28 +6,40 @@ import (
 	"testing"
 )
 
-// The config example in the README must load as it stands.
+// The config examples in the README must load as they stand.
 func TestREADMEExampleLoads(t *testing.T) {
+	cfg := readmeExample(t, "## Gateway config")
+	if len(cfg.Names) != 2 || cfg.Upstreams["notion"].URL == "" || len(cfg.Upstreams["files"].Command) == 0 {
+		t.Errorf("README example loaded as %+v", cfg)
+	}
+	cfg = readmeExample(t, "## Envoy mode")
+	if cfg.XDSListen == "" || len(cfg.Envoy.BrokerAddresses) != 2 {
+		t.Errorf("README Envoy mode example loaded as %+v", cfg)
+	}
+}
+
+// readmeExample loads the first yaml block of the README section whose
+// heading line starts with heading.
+func readmeExample(t *testing.T, heading string) *Config {
+	t.Helper()
 	readme, err := os.ReadFile("../../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, rest, ok := strings.Cut(string(readme), "## Gateway config")
+	_, rest, ok := strings.Cut(string(readme), "\n"+heading)
 	if !ok {
-		t.Fatal("README has no gateway config section")
+		t.Fatalf("README has no section %q", heading)
 	}
 	_, block, ok := strings.Cut(rest, "```yaml\n")
 	if !ok {
-		t.Fatal("gateway config section has no yaml block")
+		t.Fatalf("README section %q has no yaml block", heading)
 	}
 	block, _, _ = strings.Cut(block, "```")
 	cfg, err := Parse("README.md", []byte(block), nil)
 	if err != nil {
-		t.Fatalf("README example does not load:\n%v", err)
+		t.Fatalf("README section %q: example does not load:\n%v", heading, err)
 	}
-	if len(cfg.Names) != 2 || cfg.Upstreams["notion"].URL == "" || len(cfg.Upstreams["files"].Command) == 0 {
-		t.Errorf("README example loaded as %+v", cfg)
-	}
+	return cfg
 }
 
 func TestUnprefixedNames(t *testing.T) {
