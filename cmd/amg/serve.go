@@ -117,6 +117,7 @@ func serve(cmd *cobra.Command, o serveOptions) error {
 		ConfigFile:   o.config,
 		Version:      version,
 		Logger:       log,
+		Stdout:       cmd.OutOrStdout(),
 	})
 	if err != nil {
 		return err

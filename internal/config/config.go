@@ -63,12 +63,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/amgateway/amg/internal/diag"
 	"maps"
 	"os"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/diag"
 
 	"github.com/amgateway/amg/internal/secrets"
 )
@@ -110,6 +112,8 @@ type Config struct {
 	ApprovalWebhook string
 	// Console tunes the web console.
 	Console Console
+	// Audit tunes the audit log's devices.
+	Audit Audit
 	// DataDir and PolicyDir are used as written: a relative path is
 	// relative to the working directory, as on the command line.
 	DataDir   string
@@ -124,6 +128,21 @@ type Config struct {
 	Upstreams map[string]*Upstream
 	// Names are the keys of Upstreams, sorted.
 	Names []string
+}
+
+// Audit says where decisions are recorded: always the hash-chained file in
+// DataDir, which the console and replay read, and also stdout if asked.
+type Audit struct {
+	// MaxFileBytes is the size at which the file rotates.
+	MaxFileBytes int64
+	// Sync is when the file is forced to stable storage; SyncInterval is
+	// the period of audit.SyncOnInterval.
+	Sync         audit.SyncPolicy
+	SyncInterval time.Duration
+	// Stdout also writes each record to standard output as a JSON line,
+	// for a log pipeline. A decision then counts as recorded when either
+	// device records it.
+	Stdout bool
 }
 
 // Console tunes the operator's web console.
@@ -249,6 +268,7 @@ func Default() *Config {
 		},
 		ApprovalTTL:  15 * time.Minute,
 		Console:      Console{ReadyDays: 7},
+		Audit:        Audit{MaxFileBytes: 100 << 20, Sync: audit.SyncOnInterval, SyncInterval: time.Second},
 		DataDir:      "./data",
 		PolicyDir:    "./policies",
 		MaxBodyBytes: 1 << 20,

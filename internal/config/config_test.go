@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/secrets"
 )
 
@@ -73,6 +74,7 @@ func TestDefault(t *testing.T) {
 			BrokerAddresses: []string{"127.0.0.1:8082"}, AuthzTimeout: 2 * time.Second, RouteTimeout: 15 * time.Minute, TracingSampling: 100},
 		ApprovalTTL:  15 * time.Minute,
 		Console:      Console{ReadyDays: 7},
+		Audit:        Audit{MaxFileBytes: 100 << 20, Sync: audit.SyncOnInterval, SyncInterval: time.Second},
 		DataDir:      "./data",
 		PolicyDir:    "./policies",
 		MaxBodyBytes: 1048576,
@@ -132,6 +134,7 @@ func TestLoadFull(t *testing.T) {
 		ApprovalTTL:     5 * time.Minute,
 		ApprovalWebhook: "https://hooks.example/amg",
 		Console:         Console{ReadyDays: 14, TraceURL: "https://jaeger.example/trace/{trace_id}", StagedPolicyDir: "/etc/amg/policies.next"},
+		Audit:           Audit{MaxFileBytes: 1 << 30, Sync: audit.SyncOnInterval, SyncInterval: 250 * time.Millisecond, Stdout: true},
 		DataDir:         "/var/lib/amg",
 		PolicyDir:       "/etc/amg/policies",
 		MaxBodyBytes:    2097152,
@@ -280,7 +283,7 @@ func TestProblems(t *testing.T) {
 		{"not a mapping", "- listen\n",
 			"amg.yaml:1:1: must be a mapping, got a list"},
 		{"unknown key", "lisen: :80\n",
-			`amg.yaml:1:1: lisen: unknown field "lisen" (expected one of: listen, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)`},
+			`amg.yaml:1:1: lisen: unknown field "lisen" (expected one of: listen, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, audit, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)`},
 		{"envoy: unknown key", "envoy: { listener: x }\n",
 			`amg.yaml:1:10: envoy.listener: unknown field "listener" (expected one of: listen, egress_listen, egress_address, authz_address, broker_addresses, authz_timeout, route_timeout, tracing_address, tracing_sampling)`},
 		{"envoy: bad broker address", "envoy: { broker_addresses: [amg, \"amg:8082\"] }\n",
@@ -313,6 +316,16 @@ func TestProblems(t *testing.T) {
 			`amg.yaml:1:55: envoy.tracing_sampling: must be a percentage from 0 to 100, got a string`},
 		{"envoy: sampling NaN", "envoy: { tracing_address: \"c:4317\", tracing_sampling: .nan }\n",
 			`amg.yaml:1:55: envoy.tracing_sampling: must be a percentage from 0 to 100, got .nan`},
+		{"audit: unknown sync", "audit: { sync: sometimes }\n",
+			`amg.yaml:1:16: audit.sync: must be always, interval or never, got "sometimes"`},
+		{"audit: interval without interval sync", "audit: { sync: always, sync_interval: 5s }\n",
+			`amg.yaml:1:39: audit.sync_interval: applies only to sync: interval, not always`},
+		{"audit: tiny file", "audit: { max_file_bytes: 10 }\n",
+			`amg.yaml:1:26: audit.max_file_bytes: must be at least 4096, got 10`},
+		{"audit: unknown key", "audit: { file: x }\n",
+			`amg.yaml:1:10: audit.file: unknown field "file" (expected one of: max_file_bytes, sync, sync_interval, stdout)`},
+		{"audit: stdout not a boolean", "audit: { stdout: yes please }\n",
+			`amg.yaml:1:18: audit.stdout: must be true or false, got a string`},
 		{"envoy: sampling without a collector", "envoy: { tracing_sampling: 10 }\n",
 			`amg.yaml:1:28: envoy.tracing_sampling: needs tracing_address: without a collector Envoy does not trace`},
 		{"unknown upstream key", `
@@ -533,7 +546,7 @@ upstreams:
 max_body_bytes: -1
 `, nil)
 	want := `amg.yaml:1:9: listen: must be host:port such as 127.0.0.1:8080, got "localhost": missing port in address
-amg.yaml:3:1: bogus: unknown field "bogus" (expected one of: listen, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)
+amg.yaml:3:1: bogus: unknown field "bogus" (expected one of: listen, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, audit, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)
 amg.yaml:6:10: upstreams.notion.url: plain http is allowed only to loopback hosts (localhost, 127.0.0.0/8, ::1): use https, or set allow_insecure: true to send this upstream's traffic and credentials unencrypted
 amg.yaml:8:7: upstreams.notion.headers.Host: Host is set by the HTTP transport and cannot be configured
 amg.yaml:9:22: upstreams.notion.headers.Authorization: secret reference "env:NOTION-TOKEN" has an invalid variable name (expected A-Z, a-z, 0-9 and '_', not starting with a digit)

@@ -14,6 +14,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/diag"
 
 	"github.com/amgateway/amg/mcpfilter"
@@ -27,9 +28,10 @@ type loader struct {
 
 var (
 	configKeys = []string{"listen", "admin_listen", "authz_listen", "broker_listen", "xds_listen", "envoy", "vault", "redis", "approvals",
-		"console", "data_dir", "policy_dir", "max_body_bytes", "unprefixed_names", "upstreams"}
+		"console", "audit", "data_dir", "policy_dir", "max_body_bytes", "unprefixed_names", "upstreams"}
 	approvalKeys = []string{"ttl", "webhook"}
 	consoleKeys  = []string{"ready_days", "trace_url", "staged_policy_dir"}
+	auditKeys    = []string{"max_file_bytes", "sync", "sync_interval", "stdout"}
 	redisKeys    = []string{"address", "password", "db"}
 	vaultKeys    = []string{"address", "token", "approle", "cache_ttl"}
 	appRoleKeys  = []string{"role_id", "secret_id", "mount"}
@@ -81,6 +83,8 @@ func (l *loader) config(cfg *Config, data []byte) {
 			l.approvals(v, key, cfg)
 		case "console":
 			l.console(v, key, &cfg.Console)
+		case "audit":
+			l.audit(v, key, &cfg.Audit)
 		case "vault":
 			l.vault(v, key, &cfg.Vault)
 		case "redis":
@@ -584,6 +588,35 @@ func (l *loader) approvals(n *yaml.Node, path string, cfg *Config) {
 			cfg.ApprovalWebhook = s
 		}
 	})
+}
+
+func (l *loader) audit(n *yaml.Node, path string, a *Audit) {
+	var interval *yaml.Node
+	l.Fields(n, path, auditKeys, func(key string, _, v *yaml.Node) {
+		p := path + "." + key
+		switch key {
+		case "max_file_bytes":
+			if n, ok := l.Integer(v, p, 4096); ok {
+				a.MaxFileBytes = int64(n)
+			}
+		case "sync":
+			s, ok := l.Str(v, p)
+			if ok && a.Sync.UnmarshalText([]byte(s)) != nil {
+				l.Errorf(v, p, "must be always, interval or never, got %q", s)
+			}
+		case "sync_interval":
+			if d, ok := l.Duration(v, p); ok {
+				a.SyncInterval, interval = d, v
+			}
+		case "stdout":
+			if b, ok := l.Boolean(v, p); ok {
+				a.Stdout = b
+			}
+		}
+	})
+	if interval != nil && a.Sync != audit.SyncOnInterval {
+		l.Errorf(interval, path+".sync_interval", "applies only to sync: interval, not %s", a.Sync)
+	}
 }
 
 func (l *loader) console(n *yaml.Node, path string, c *Console) {

@@ -9,6 +9,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -20,8 +21,9 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
 
-	"github.com/amgateway/amg/authz"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/amgateway/amg/authz"
 
 	"github.com/amgateway/amg/internal/admin"
 	"github.com/amgateway/amg/internal/approval"
@@ -65,6 +67,9 @@ type Options struct {
 	// file is read at start only.
 	ConfigFile string
 	Logger     *slog.Logger
+	// Stdout is where audit records go when the config's audit.stdout is
+	// on; nil means os.Stdout.
+	Stdout io.Writer
 }
 
 // Gateway is one running AMG.
@@ -181,11 +186,11 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	if err != nil {
 		return nil, err
 	}
-	device, err := audit.NewFileDevice(filepath.Join(cfg.DataDir, audit.FileName), &audit.FileOptions{Logger: g.log})
+	devices, err := auditDevices(cfg, opts.Stdout, g.log)
 	if err != nil {
 		return nil, err
 	}
-	g.auditLog = audit.NewLogger([]audit.Device{device}, &audit.Options{Logger: g.log})
+	g.auditLog = audit.NewLogger(devices, &audit.Options{Logger: g.log})
 	// Traces and metrics: /metrics on the admin listener, and OTLP when
 	// the standard OTEL_EXPORTER_OTLP_* variables name an endpoint.
 	if g.tel, err = telemetry.New(context.Background(), &telemetry.Options{ServiceName: "amg", ServiceVersion: opts.Version,
@@ -443,6 +448,25 @@ func (g *Gateway) watchEnvoyConfig(ctx context.Context) {
 		}
 		current = fresh.Envoy
 	}
+}
+
+// auditDevices are the hash-chained file in the data directory, which the
+// console, replay and `amg audit verify` read, and stdout if the config
+// asks for it.
+func auditDevices(cfg *config.Config, stdout io.Writer, log *slog.Logger) ([]audit.Device, error) {
+	file, err := audit.NewFileDevice(filepath.Join(cfg.DataDir, audit.FileName), &audit.FileOptions{
+		MaxBytes: cfg.Audit.MaxFileBytes, Sync: cfg.Audit.Sync, SyncInterval: cfg.Audit.SyncInterval, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	devices := []audit.Device{file}
+	if cfg.Audit.Stdout {
+		if stdout == nil {
+			stdout = os.Stdout
+		}
+		devices = append(devices, audit.NewWriterDevice(stdout))
+	}
+	return devices, nil
 }
 
 // sessionStore shares MCP sessions between replicas through Redis, if
