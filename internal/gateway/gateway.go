@@ -19,12 +19,10 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/amgateway/amg/authz"
-
 	"github.com/amgateway/amg/internal/admin"
 	"github.com/amgateway/amg/internal/approval"
 	"github.com/amgateway/amg/internal/audit"
