@@ -71,7 +71,6 @@ import (
 
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/diag"
-
 	"github.com/amgateway/amg/internal/secrets"
 )
 
