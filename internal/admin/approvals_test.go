@@ -27,7 +27,7 @@ func call(t *testing.T, h http.Handler, method, path, token, body string) (int, 
 }
 
 func TestApprovalsAPI(t *testing.T) {
-	store := approval.NewMemory()
+	store := approval.NewMemory(nil)
 	a, _ := approval.New("dec", "bot", "editor", "notion", "delete_page", []byte(`{}`), time.Now(), time.Hour)
 	if err := store.Create(context.Background(), a); err != nil {
 		t.Fatal(err)

@@ -99,6 +99,18 @@ var (
 	ErrNotApproved = errors.New("approval is not approved, or was already executed")
 )
 
+// How long stores keep approvals, unless their options say otherwise.
+const (
+	// DefaultRetention is how long a decided approval stays readable: long
+	// enough to look back over a week of decisions.
+	DefaultRetention = 7 * 24 * time.Hour
+	// DefaultPendingGrace is how long past its Expires a pending approval
+	// is kept. The broker expires approvals itself; the grace only matters
+	// when nothing was left to do it, and keeps such an orphan visible for
+	// a while before the store forgets it.
+	DefaultPendingGrace = time.Hour
+)
+
 // Store keeps approvals. Implementations are safe for concurrent use, and
 // every transition is atomic: of two replicas deciding the same approval,
 // one wins and the other gets ErrNotPending.

@@ -10,23 +10,79 @@ import (
 )
 
 // Memory is a Store for one process (standalone mode). Approvals do not
-// survive a restart; neither do the agents' requests waiting on them.
+// survive a restart; neither do the agents' requests waiting on them. Like
+// Redis, it forgets: a decided approval Retention after its decision, a
+// pending one PendingGrace past its expiry, so a long-running gateway
+// does not keep every request body it ever parked.
 type Memory struct {
 	mu      sync.Mutex
 	all     map[string]*Approval
 	decided map[string]chan struct{} // closed when the approval leaves Pending
+	forget  map[string]time.Time     // when each approval is forgotten
+	opts    MemoryOptions
 }
 
 var _ Store = (*Memory)(nil)
 
+// MemoryOptions tune a Memory store; nil means the defaults.
+type MemoryOptions struct {
+	// Retention and PendingGrace are as in RedisOptions; 0 means
+	// DefaultRetention and DefaultPendingGrace.
+	Retention    time.Duration
+	PendingGrace time.Duration
+	// Now is the store's clock, which times forgetting as Redis's clock
+	// does; nil means time.Now.
+	Now func() time.Time
+}
+
 // NewMemory returns an empty in-memory store.
-func NewMemory() *Memory {
-	return &Memory{all: map[string]*Approval{}, decided: map[string]chan struct{}{}}
+func NewMemory(opts *MemoryOptions) *Memory {
+	m := &Memory{all: map[string]*Approval{}, decided: map[string]chan struct{}{}, forget: map[string]time.Time{}}
+	if opts != nil {
+		m.opts = *opts
+	}
+	if m.opts.Retention <= 0 {
+		m.opts.Retention = DefaultRetention
+	}
+	if m.opts.PendingGrace <= 0 {
+		m.opts.PendingGrace = DefaultPendingGrace
+	}
+	if m.opts.Now == nil {
+		m.opts.Now = time.Now
+	}
+	return m
+}
+
+// live returns the approval with id unless it is unknown or forgotten.
+// The caller holds m.mu.
+func (m *Memory) live(id string) (*Approval, bool) {
+	a, ok := m.all[id]
+	if !ok || !m.opts.Now().Before(m.forget[id]) {
+		return nil, false
+	}
+	return a, true
+}
+
+// prune drops the approvals whose time has come, waking the waiters of
+// one still pending (they find it gone). The caller holds m.mu.
+func (m *Memory) prune() {
+	now := m.opts.Now()
+	for id, at := range m.forget {
+		if !now.Before(at) {
+			if m.all[id].State == Pending {
+				close(m.decided[id])
+			}
+			delete(m.all, id)
+			delete(m.decided, id)
+			delete(m.forget, id)
+		}
+	}
 }
 
 func (m *Memory) Create(_ context.Context, a *Approval) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.prune()
 	if _, dup := m.all[a.ID]; dup {
 		return fmt.Errorf("create approval %s: already exists", a.ID)
 	}
@@ -36,13 +92,15 @@ func (m *Memory) Create(_ context.Context, a *Approval) error {
 	c := *a
 	m.all[a.ID] = &c
 	m.decided[a.ID] = make(chan struct{})
+	// As Redis does: the approval's lifetime plus the grace, from now.
+	m.forget[a.ID] = m.opts.Now().Add(max(a.Expires.Sub(a.Created), 0) + m.opts.PendingGrace)
 	return nil
 }
 
 func (m *Memory) Get(_ context.Context, id string) (*Approval, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	a, ok := m.all[id]
+	a, ok := m.live(id)
 	if !ok {
 		return nil, ErrNotFound
 	}
@@ -54,8 +112,8 @@ func (m *Memory) List(_ context.Context, state State) ([]*Approval, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []*Approval
-	for _, a := range m.all {
-		if state == "" || a.State == state {
+	for id, a := range m.all {
+		if _, ok := m.live(id); ok && (state == "" || a.State == state) {
 			c := *a
 			out = append(out, &c)
 		}
@@ -72,7 +130,7 @@ func (m *Memory) Finish(_ context.Context, id string, to State, by, reason strin
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	a, ok := m.all[id]
+	a, ok := m.live(id)
 	if !ok {
 		return nil, ErrNotFound
 	}
@@ -80,6 +138,7 @@ func (m *Memory) Finish(_ context.Context, id string, to State, by, reason strin
 		return nil, ErrNotPending
 	}
 	a.State, a.DecidedBy, a.Reason, a.DecidedAt = to, by, reason, at.UTC()
+	m.forget[id] = m.opts.Now().Add(m.opts.Retention)
 	close(m.decided[id])
 	c := *a
 	return &c, nil
@@ -88,7 +147,7 @@ func (m *Memory) Finish(_ context.Context, id string, to State, by, reason strin
 func (m *Memory) Execute(_ context.Context, id string) (*Approval, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	a, ok := m.all[id]
+	a, ok := m.live(id)
 	if !ok {
 		return nil, ErrNotFound
 	}
@@ -102,7 +161,8 @@ func (m *Memory) Execute(_ context.Context, id string) (*Approval, error) {
 
 func (m *Memory) Wait(ctx context.Context, id string) (*Approval, error) {
 	m.mu.Lock()
-	ch, ok := m.decided[id]
+	_, ok := m.live(id)
+	ch := m.decided[id]
 	m.mu.Unlock()
 	if !ok {
 		return nil, ErrNotFound

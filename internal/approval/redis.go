@@ -13,22 +13,11 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Defaults of RedisOptions.
-const (
-	// DefaultRedisPrefix starts every key and channel unless
-	// RedisOptions.Prefix says otherwise. The braces are a Redis Cluster
-	// hash tag: every key lands in one slot, which the multi-key scripts
-	// and List's transaction rely on.
-	DefaultRedisPrefix = "amg:{approvals}:"
-	// DefaultRetention is how long a decided approval stays readable: long
-	// enough to look back over a week of decisions.
-	DefaultRetention = 7 * 24 * time.Hour
-	// DefaultPendingGrace is how long past its Expires a pending approval
-	// is kept. The broker expires approvals itself; the grace only matters
-	// when no replica was left to do it, and keeps such an orphan visible
-	// for a while before Redis forgets it.
-	DefaultPendingGrace = time.Hour
-)
+// DefaultRedisPrefix starts every key and channel unless
+// RedisOptions.Prefix says otherwise. The braces are a Redis Cluster hash
+// tag: every key lands in one slot, which the multi-key scripts and List's
+// transaction rely on.
+const DefaultRedisPrefix = "amg:{approvals}:"
 
 // Redis is a Store in Redis, shared by every AMG replica, so an approval
 // decided through one replica releases the call parked on another.

@@ -31,6 +31,13 @@ func TestRedis(t *testing.T) {
 	})
 }
 
+func TestRedisForgets(t *testing.T) {
+	srv := redistest.Start(t)
+	// Redis expires keys on its own clock: the contract runs in real time.
+	const retention = 600 * time.Millisecond
+	testForgetting(t, NewRedis(srv.Client(), &RedisOptions{Retention: retention, PendingGrace: retention}), retention, time.Sleep)
+}
+
 func park(t *testing.T, s Store, body []byte) *Approval {
 	t.Helper()
 	a, err := New("dec-1", "bot", "editor", "notion", "delete_page", body, t0, time.Hour)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/amgateway/amg/internal/testclock"
 )
 
 // testStore is the contract every Store implementation runs.
@@ -107,7 +109,48 @@ func testStore(t *testing.T, newStore func(t *testing.T) Store) {
 }
 
 func TestMemory(t *testing.T) {
-	testStore(t, func(*testing.T) Store { return NewMemory() })
+	testStore(t, func(*testing.T) Store { return NewMemory(nil) })
+}
+
+func TestMemoryForgets(t *testing.T) {
+	clock := testclock.New(time.Date(2026, 11, 26, 9, 0, 0, 0, time.UTC))
+	const retention = time.Hour
+	m := NewMemory(&MemoryOptions{Retention: retention, PendingGrace: retention, Now: clock.Now})
+	testForgetting(t, m, retention, clock.Advance)
+
+	// What is forgotten is dropped, not only hidden: the next Create
+	// prunes it, and a waiter on an approval dropped while pending wakes.
+	a, err := New("dec-2", "bot", "editor", "notion", "delete_page", []byte(`{}`), clock.Now(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Create(context.Background(), a); err != nil {
+		t.Fatal(err)
+	}
+	woke := make(chan error, 1)
+	go func() {
+		_, err := m.Wait(context.Background(), a.ID)
+		woke <- err
+	}()
+	clock.Advance(2 * retention)
+	b, _ := New("dec-3", "bot", "editor", "notion", "delete_page", []byte(`{}`), clock.Now(), time.Hour)
+	if err := m.Create(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	m.mu.Lock()
+	n := len(m.all) + len(m.decided) + len(m.forget)
+	m.mu.Unlock()
+	if n != 3 {
+		t.Errorf("after pruning the store holds %d entries, want the new approval's 3", n)
+	}
+	select {
+	case err := <-woke:
+		if !errors.Is(err, ErrNotFound) {
+			t.Errorf("a waiter on a dropped approval got %v, want ErrNotFound", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("a waiter on a dropped approval never woke")
+	}
 }
 
 func TestIntact(t *testing.T) {
@@ -138,5 +181,61 @@ func TestValidID(t *testing.T) {
 		if ValidID(id) {
 			t.Errorf("ValidID(%q) = true", id)
 		}
+	}
+}
+
+// testForgetting is the contract of how long a store keeps approvals: a
+// decided one for the retention after its decision, a pending one for its
+// lifetime plus the grace; then it is gone for every method. s keeps
+// decided approvals for retention and pending ones a grace of retention
+// past their expiry, and wait lets that much of its clock pass.
+func testForgetting(t *testing.T, s Store, retention time.Duration, wait func(time.Duration)) {
+	ctx := context.Background()
+	body := []byte(`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{}}}`)
+	create := func(life time.Duration) *Approval {
+		t.Helper()
+		a, err := New("dec-1", "bot", "editor", "notion", "delete_page", body, time.Now(), life)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Create(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	decided := create(time.Hour)
+	if _, err := s.Finish(ctx, decided.ID, Approved, "alice", "", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	// An approval that expires at once: gone a grace after its creation,
+	// decided or not.
+	orphan := create(0)
+	long := create(time.Hour)
+
+	wait(retention / 3)
+	for _, a := range []*Approval{decided, orphan, long} {
+		if _, err := s.Get(ctx, a.ID); err != nil {
+			t.Errorf("approval %s gone before its time: %v", a.ID, err)
+		}
+	}
+
+	wait(retention)
+	for _, a := range []*Approval{decided, orphan} {
+		if _, err := s.Get(ctx, a.ID); !errors.Is(err, ErrNotFound) {
+			t.Errorf("approval %s still there after its time: %v", a.ID, err)
+		}
+		if _, err := s.Finish(ctx, a.ID, Denied, "bob", "", time.Now()); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Finish of a forgotten approval: %v, want ErrNotFound", err)
+		}
+		if _, err := s.Execute(ctx, a.ID); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Execute of a forgotten approval: %v, want ErrNotFound", err)
+		}
+		if _, err := s.Wait(ctx, a.ID); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Wait on a forgotten approval: %v, want ErrNotFound", err)
+		}
+	}
+	list, err := s.List(ctx, "")
+	if err != nil || len(list) != 1 || list[0].ID != long.ID {
+		t.Errorf("List after forgetting = %v, %v; want only the approval still pending", list, err)
 	}
 }

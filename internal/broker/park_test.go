@@ -46,7 +46,7 @@ func (g *gateway) deletions() []string {
 // An approved call reaches the upstream with the agent's exact arguments,
 // once, and the waiting agent gets the upstream's result.
 func TestApprovedCallRunsOnce(t *testing.T) {
-	store := approval.NewMemory()
+	store := approval.NewMemory(nil)
 	g := parkedGateway(t, store)
 	cs := g.connect(t, nil)
 	args := `{"page_id":"pg_1"}`
@@ -93,7 +93,7 @@ func TestApprovedCallRunsOnce(t *testing.T) {
 // Denied and expired calls never reach the upstream; the agent reads why.
 func TestDeniedAndExpiredCallsDoNotRun(t *testing.T) {
 	t.Run("denied", func(t *testing.T) {
-		store := approval.NewMemory()
+		store := approval.NewMemory(nil)
 		g := parkedGateway(t, store)
 		cs := g.connect(t, nil)
 		errs := make(chan error, 1)
@@ -113,7 +113,7 @@ func TestDeniedAndExpiredCallsDoNotRun(t *testing.T) {
 		}
 	})
 	t.Run("expired", func(t *testing.T) {
-		store := approval.NewMemory()
+		store := approval.NewMemory(nil)
 		g := parkedGateway(t, store, func(o *Options) { o.ApprovalTTL = 100 * time.Millisecond })
 		cs := g.connect(t, nil)
 		_, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__delete_page", Arguments: json.RawMessage(`{"page_id":"pg_1"}`)})
@@ -133,7 +133,7 @@ func TestDeniedAndExpiredCallsDoNotRun(t *testing.T) {
 // An agent that goes away while its call waits cancels the approval;
 // approving it afterwards runs nothing.
 func TestAbandonedCallIsCancelled(t *testing.T) {
-	store := approval.NewMemory()
+	store := approval.NewMemory(nil)
 	g := parkedGateway(t, store)
 	a := newRawAgent(t, g)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -172,7 +172,7 @@ func TestAbandonedCallIsCancelled(t *testing.T) {
 
 // While a call waits, an agent that asked for progress hears of it.
 func TestWaitingAgentGetsProgress(t *testing.T) {
-	store := approval.NewMemory()
+	store := approval.NewMemory(nil)
 	g := parkedGateway(t, store, func(o *Options) { o.KeepAlive = 10 * time.Millisecond })
 	a := newRawAgent(t, g)
 	go func() {

@@ -174,7 +174,7 @@ type env struct {
 // the env's clock, and edits change the console's Deps.
 func newEnv(t *testing.T, opts *console.Options, edits ...func(*console.Deps)) *env {
 	t.Helper()
-	e := &env{t: t, clock: testclock.New(start), approvals: approval.NewMemory(), tokens: tokens.NewMemoryStore(),
+	e := &env{t: t, clock: testclock.New(start), approvals: approval.NewMemory(nil), tokens: tokens.NewMemoryStore(),
 		shadow: shadow.NewMemory(), ups: upstreams(), auditFile: filepath.Join(t.TempDir(), audit.FileName)}
 	e.auth = tokens.NewAuthenticator(e.tokens, &tokens.AuthOptions{Now: e.clock.Now})
 	set, err := policy.Compile(roleFiles(), &policy.Options{Servers: e.ups.names, Catalog: e.ups})

@@ -131,7 +131,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		return nil, err
 	}
 	var limiter authz.Limiter = ratelimit.NewMemory(nil)
-	g.approvals = approval.NewMemory()
+	g.approvals = approval.NewMemory(nil)
 	if cfg.Redis.Address != "" {
 		// Replicas share tokens, rate limits and approvals through Redis.
 		if g.redis, err = dialRedis(cfg.Redis, src); err != nil {
