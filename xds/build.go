@@ -374,7 +374,9 @@ func (b *builder) egressListener(cfg *config.Config) (*listenerv3.Listener, erro
 		// An upstream's event stream can be quiet for as long as an agent
 		// request can wait.
 		StreamIdleTimeout: durationpb.New(e.RouteTimeout + timeoutSlack),
-		Tracing:           b.tracing(e),
+		// No tracing here: Envoy's spans record the URL with its query,
+		// where an upstream may take a credential. The broker's client
+		// spans cover these calls, with query values redacted.
 	}
 	hcm.HttpFilters = []*hcmv3.HttpFilter{b.httpFilter(filterRouter, &routerv3.Router{})}
 	return b.listener(ListenerEgress, addr, hcm), nil
@@ -428,11 +430,11 @@ func (b *builder) authzCluster(e *config.Envoy) (*clusterv3.Cluster, error) {
 	return c, nil
 }
 
-// tracing has a connection manager trace its requests to the collector,
-// or is nil when none is configured. Envoy continues the agent's
-// traceparent and passes its own span on, to the Check (amg's decision
-// spans join it) and to the broker. Its spans carry the method, URL,
-// status and user agent, never a header or a body.
+// tracing has the agent listener trace its requests to the collector, or
+// is nil when none is configured. Envoy continues the agent's traceparent
+// and passes its own span on, to the Check (amg's decision spans join it)
+// and to the broker. Its spans carry the method, URL, status and user
+// agent, never a header or a body.
 func (b *builder) tracing(e *config.Envoy) *hcmv3.HttpConnectionManager_Tracing {
 	if e.TracingAddress == "" {
 		return nil

@@ -252,11 +252,12 @@ func New(ctx context.Context, opts *Options) (*Telemetry, error) {
 	}
 
 	tpOpts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
+	// Every exporter gets spans with their URLs' query values redacted.
 	if traceExp != nil {
-		tpOpts = append(tpOpts, sdktrace.WithBatcher(traceExp))
+		tpOpts = append(tpOpts, sdktrace.WithBatcher(redactingExporter{traceExp}))
 	}
 	if opts.SpanExporter != nil {
-		tpOpts = append(tpOpts, sdktrace.WithSyncer(opts.SpanExporter))
+		tpOpts = append(tpOpts, sdktrace.WithSyncer(redactingExporter{opts.SpanExporter}))
 	}
 	if traceExp == nil && opts.SpanExporter == nil {
 		// No one receives spans: do not record them (the request path pays
