@@ -18,7 +18,10 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -218,7 +221,7 @@ func (b *Broker) Start(ctx context.Context) {
 	go b.reapIdle(ctx, max(b.idle/30, 10*time.Millisecond))
 	for _, name := range b.names {
 		if err := b.refresh(ctx, b.ups[name]); err != nil {
-			b.log.Error("upstream unreachable; its tools are hidden until it answers", "upstream", name, "err", err)
+			b.log.Error("upstream unreachable; its tools are hidden until it answers", "upstream", name, "err", errorText(err, false))
 		}
 	}
 	b.sync()
@@ -255,7 +258,7 @@ func (b *Broker) refresh(ctx context.Context, u *upstream) error {
 		changed := func(ctx context.Context) {
 			go func() {
 				if err := b.refresh(context.WithoutCancel(ctx), u); err != nil {
-					b.log.Error("refreshing the catalogue after list_changed", "upstream", u.Name, "err", err)
+					b.log.Error("refreshing the catalogue after list_changed", "upstream", u.Name, "err", errorText(err, false))
 				}
 				b.sync()
 			}()
@@ -669,7 +672,7 @@ func (b *Broker) recordCall(req *mcp.CallToolRequest, server, tool string, took 
 	status, reason := "ok", ""
 	switch {
 	case err != nil:
-		status, reason = "error", err.Error()
+		status, reason = "error", errorText(err, false)
 	case res != nil && res.IsError:
 		status = "tool_error"
 	}
@@ -836,7 +839,7 @@ func (b *Broker) dropIfBroken(ss *mcp.ServerSession, server string, cs *mcp.Clie
 // upstreamError is the JSON-RPC error an agent gets when an upstream
 // fails: it names the server, never a credential.
 func upstreamError(server string, err error) error {
-	msg := fmt.Sprintf("upstream %q: %v", server, err)
+	msg := fmt.Sprintf("upstream %q: %s", server, errorText(err, true))
 	var rpcErr *jsonrpc.Error
 	if errors.As(err, &rpcErr) {
 		return &jsonrpc.Error{Code: rpcErr.Code, Message: fmt.Sprintf("upstream %q: %s", server, rpcErr.Message), Data: rpcErr.Data}
@@ -845,6 +848,25 @@ func upstreamError(server string, err error) error {
 		msg = fmt.Sprintf("upstream %q did not answer in time", server)
 	}
 	return &jsonrpc.Error{Code: RPCUpstreamError, Message: msg}
+}
+
+// errorText is err's message as it may leave the broker. An upstream URL
+// is configuration that may hold a credential in its path or query, and
+// net/http quotes the whole URL in its errors: the agent is told the
+// request failed without the URL, the audit log gets its scheme and host.
+func errorText(err error, forAgent bool) string {
+	msg := err.Error()
+	var ue *url.Error
+	if !errors.As(err, &ue) || ue.URL == "" {
+		return msg
+	}
+	short := "request"
+	if u, perr := url.Parse(ue.URL); !forAgent && perr == nil && u.Host != "" {
+		short = u.Scheme + "://" + u.Host
+	}
+	quoted := strconv.Quote(ue.URL)
+	msg = strings.ReplaceAll(msg, ue.Op+" "+quoted, ue.Op+" "+short)
+	return strings.ReplaceAll(msg, quoted, short)
 }
 
 // RPCUpstreamError is the JSON-RPC error code of an upstream that could

@@ -280,7 +280,7 @@ func (b *Broker) streamDirect(w http.ResponseWriter, r *http.Request, as *agentS
 			if r.Context().Err() == nil {
 				// The stream ended without the response: say so on it.
 				err = fmt.Errorf("stream ended before the result: %w", err)
-				b.recordUpstream(r.Header, server, tool, time.Since(start), "error", err.Error())
+				b.recordUpstream(r.Header, server, tool, time.Since(start), "error", errorText(err, false))
 				resp, _ := json.Marshal(rpcErrorResponse(agentID, upstreamError(server, err)))
 				if stream.started {
 					send(resp)
@@ -305,7 +305,7 @@ func (b *Broker) directAnswer(w http.ResponseWriter, r *http.Request, as *agentS
 	}
 	resp, err := req.up.post(r.Context(), splice(body, edit{m.IDSpan, req.id}), "", "")
 	if err != nil {
-		writeError(w, http.StatusBadGateway, m.ID, "the upstream could not be given the answer: "+err.Error())
+		writeError(w, http.StatusBadGateway, m.ID, "the upstream could not be given the answer: "+errorText(err, true))
 		return true
 	}
 	resp.Body.Close()
@@ -353,7 +353,7 @@ func (b *Broker) dropDirect(as *agentSession, server string, d *directUpstream) 
 
 // finishDirect answers a direct call that failed before its response.
 func (b *Broker) finishDirect(w http.ResponseWriter, r *http.Request, agentID []byte, server, tool string, start time.Time, err error) {
-	b.recordUpstream(r.Header, server, tool, time.Since(start), "error", err.Error())
+	b.recordUpstream(r.Header, server, tool, time.Since(start), "error", errorText(err, false))
 	if r.Context().Err() != nil {
 		return // the agent is gone, or cancelled the call
 	}

@@ -89,7 +89,7 @@ func TestDirectPathRecoversFromAnUpstreamRestart(t *testing.T) {
 }
 
 // An upstream that is down gives the agent a JSON-RPC error naming it, at
-// once, never a hang.
+// once, never a hang, and never its URL.
 func TestDirectPathUpstreamDown(t *testing.T) {
 	g := newGatewayOver(t, true)
 	a := newRawAgent(t, g)
@@ -100,5 +100,8 @@ func TestDirectPathUpstreamDown(t *testing.T) {
 	if len(got) != 1 || !strings.Contains(got[0], `"id":5`) || !strings.Contains(got[0], `upstream \"notion\"`) ||
 		!strings.Contains(got[0], `"code":-32010`) {
 		t.Fatalf("call to a stopped upstream: %q", got)
+	}
+	if host := strings.TrimPrefix(g.up.http.URL, "http://"); strings.Contains(got[0], host) {
+		t.Errorf("the agent was shown the upstream's address %s: %q", host, got[0])
 	}
 }

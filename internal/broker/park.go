@@ -184,7 +184,7 @@ func (b *Broker) executeApproved(r *http.Request, as *agentSession, a *approval.
 	status, reason := "ok", ""
 	switch {
 	case err != nil:
-		status, reason = "error", err.Error()
+		status, reason = "error", errorText(err, false)
 	case res.IsError:
 		status = "tool_error"
 	}
