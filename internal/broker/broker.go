@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -853,9 +854,14 @@ func upstreamError(server string, err error) error {
 // errorText is err's message as it may leave the broker. An upstream URL
 // is configuration that may hold a credential in its path or query, and
 // net/http quotes the whole URL in its errors: the agent is told the
-// request failed without the URL, the audit log gets its scheme and host.
+// request failed without the URL or the address it dialled, the audit log
+// gets the scheme and host.
 func errorText(err error, forAgent bool) string {
 	msg := err.Error()
+	var oe *net.OpError
+	if forAgent && errors.As(err, &oe) && oe.Err != nil {
+		msg = strings.ReplaceAll(msg, oe.Error(), oe.Op+": "+oe.Err.Error())
+	}
 	var ue *url.Error
 	if !errors.As(err, &ue) || ue.URL == "" {
 		return msg

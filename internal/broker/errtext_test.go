@@ -3,6 +3,7 @@ package broker
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -46,4 +47,25 @@ type failingTransport struct{}
 
 func (failingTransport) RoundTrip(*http.Request) (*http.Response, error) {
 	return nil, errors.New("connection refused")
+}
+
+// A failed dial names the address dialled; the agent is not shown it.
+func TestErrorTextHidesDialledAddresses(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close()
+	resp, err := http.Post("http://"+addr+"/mcp", "application/json", nil)
+	if err == nil {
+		resp.Body.Close()
+		t.Fatal("a request to a closed port succeeded")
+	}
+	if agent := errorText(err, true); strings.Contains(agent, addr) || !strings.Contains(agent, "dial: ") {
+		t.Errorf("the agent's text is %q, want the dial's failure without %s", agent, addr)
+	}
+	if audited := errorText(err, false); !strings.Contains(audited, addr) {
+		t.Errorf("the audit text %q lost the address, which operators need", audited)
+	}
 }
