@@ -11,7 +11,6 @@ import (
 
 	"github.com/amgateway/amg/authz/authztest"
 	"github.com/amgateway/amg/internal/audit"
-	"github.com/amgateway/amg/internal/config"
 	"github.com/amgateway/amg/internal/syncbuf"
 )
 
@@ -20,9 +19,7 @@ import (
 // file, and a small max_file_bytes rotates the file while the chain holds
 // across the rotated files.
 func TestAuditSectionConfiguresTheDevices(t *testing.T) {
-	cfg := config.Default()
-	cfg.Listen, cfg.AuthzListen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-	cfg.DataDir, cfg.PolicyDir = t.TempDir(), "../../policies"
+	cfg := loopbackConfig(t, "../../policies")
 	cfg.Audit.Stdout, cfg.Audit.MaxFileBytes, cfg.Audit.Sync = true, 4096, audit.SyncAlways
 	var stdout syncbuf.Buffer
 	gw := serveForTest(t, cfg, &Options{Stdout: &stdout})

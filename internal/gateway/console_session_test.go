@@ -11,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/amgateway/amg/internal/admin"
-	"github.com/amgateway/amg/internal/config"
 	"github.com/amgateway/amg/internal/redistest"
 )
 
@@ -103,9 +102,7 @@ func wantSignedOut(t *testing.T, gw *Gateway, s consoleSession, where string) {
 // cookie stays refused after the gateway restarts, while another session
 // signed with the same key still works.
 func TestConsoleSignOutSurvivesARestart(t *testing.T) {
-	cfg := config.Default()
-	cfg.Listen, cfg.AuthzListen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-	cfg.DataDir, cfg.PolicyDir = t.TempDir(), "../../policies"
+	cfg := loopbackConfig(t, "../../policies")
 	first := serveForTest(t, cfg, nil)
 	alice, bob := signInConsole(t, first, "alice"), signInConsole(t, first, "bob")
 	signOutConsole(t, first, alice)
@@ -128,9 +125,7 @@ func TestConsoleSignOutReachesEveryReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	replicaWithToken := func() *Gateway {
-		cfg := config.Default()
-		cfg.Listen, cfg.AuthzListen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-		cfg.DataDir, cfg.PolicyDir = t.TempDir(), "../../policies"
+		cfg := loopbackConfig(t, "../../policies")
 		cfg.Redis.Address = rs.Addr
 		if err := os.WriteFile(filepath.Join(cfg.DataDir, AdminTokenFile), []byte(token+"\n"), 0o600); err != nil {
 			t.Fatal(err)

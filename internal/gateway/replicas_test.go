@@ -47,9 +47,7 @@ approvals:
 // directory and listeners, as a second pod would.
 func replica(t *testing.T, policyDir, redisAddr string) *Gateway {
 	t.Helper()
-	cfg := config.Default()
-	cfg.Listen, cfg.AuthzListen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-	cfg.DataDir, cfg.PolicyDir = t.TempDir(), policyDir
+	cfg := loopbackConfig(t, policyDir)
 	cfg.Redis.Address = redisAddr
 	return serveForTest(t, cfg, nil)
 }

@@ -25,9 +25,7 @@ import (
 // propagates it): the audit record carries its trace id, and the admin
 // listener's /metrics counts the decision by role and verdict.
 func TestDecisionsAreTracedAndCounted(t *testing.T) {
-	cfg := config.Default()
-	cfg.Listen, cfg.AuthzListen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-	cfg.DataDir, cfg.PolicyDir = t.TempDir(), "../../policies"
+	cfg := loopbackConfig(t, "../../policies")
 	gw := serveForTest(t, cfg, nil)
 	token, _, err := gw.IssueToken(context.Background(), "traced", "notion_read", time.Hour)
 	if err != nil {

@@ -78,6 +78,16 @@ func TestNewFailsCleanly(t *testing.T) {
 	}
 }
 
+// loopbackConfig is the default config with every listener on a free
+// loopback port, a fresh data directory and the roles in policyDir.
+func loopbackConfig(t *testing.T, policyDir string) *config.Config {
+	t.Helper()
+	cfg := config.Default()
+	cfg.Listen, cfg.AuthzListen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	cfg.DataDir, cfg.PolicyDir = t.TempDir(), policyDir
+	return cfg
+}
+
 // serveForTest builds a gateway for cfg (with the demo server built in
 // unless opts says otherwise), serves it until the test ends, and checks
 // that it then stops cleanly.
