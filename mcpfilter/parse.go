@@ -9,7 +9,6 @@
 package mcpfilter
 
 import (
-	"bytes"
 	"encoding/json"
 	"strconv"
 	"sync"
@@ -350,12 +349,11 @@ func (p *parser) message(depth int, m *Message) error {
 			}
 			if p.pos < len(p.data) && p.data[p.pos] == '{' {
 				at := p.pos
+				var isError *bool
 				if bit == hasResult {
-					err = p.result(depth+1, m)
-				} else {
-					err = p.skipObject(depth + 1)
+					isError = &m.IsError
 				}
-				if err == nil {
+				if err = p.skipObjectNoting(depth+1, isError); err == nil {
 					if bit == hasResult {
 						m.Result = p.data[at:p.pos]
 					} else {
@@ -545,24 +543,4 @@ func internMethod(b []byte) string {
 		return "subscriptions/listen"
 	}
 	return string(b)
-}
-
-// result validates a response's result object as skipObject does, and sets
-// m.IsError if it says "isError": true.
-func (p *parser) result(depth int, m *Message) error {
-	ks, err := p.beginObject(depth)
-	if err != nil {
-		return err
-	}
-	for {
-		k, ok, err := p.nextKey(&ks)
-		if !ok {
-			return err
-		}
-		isTrue := string(k.dec) == "isError" && bytes.HasPrefix(p.data[p.pos:], []byte("true"))
-		if err := p.value(depth); err != nil {
-			return withKey(err, k.dec)
-		}
-		m.IsError = m.IsError || isTrue
-	}
 }

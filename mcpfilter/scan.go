@@ -441,7 +441,12 @@ func (p *parser) nextKey(ks *keySet) (k keyTok, ok bool, err error) {
 	return k, true, nil
 }
 
-func (p *parser) skipObject(depth int) error {
+func (p *parser) skipObject(depth int) error { return p.skipObjectNoting(depth, nil) }
+
+// skipObjectNoting is skipObject that, given isError, also sets it when
+// the object has a member "isError" whose value is true, as a failed
+// tool's result does.
+func (p *parser) skipObjectNoting(depth int, isError *bool) error {
 	ks, err := p.beginObject(depth)
 	if err != nil {
 		return err
@@ -450,6 +455,9 @@ func (p *parser) skipObject(depth int) error {
 		k, ok, err := p.nextKey(&ks)
 		if !ok {
 			return err
+		}
+		if isError != nil && string(k.dec) == "isError" && bytes.HasPrefix(p.data[p.pos:], []byte("true")) {
+			*isError = true
 		}
 		if err := p.value(depth); err != nil {
 			return withKey(err, k.dec)
