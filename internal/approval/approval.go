@@ -122,6 +122,10 @@ type Store interface {
 	// List returns the approvals in state (every state if empty), oldest
 	// first.
 	List(ctx context.Context, state State) ([]*Approval, error)
+	// Recent returns the n approvals decided last (in any state but
+	// pending), the latest decision first. Its cost follows n, not how
+	// many approvals the store keeps.
+	Recent(ctx context.Context, n int) ([]*Approval, error)
 	// Finish moves a pending approval to to (Approved, Denied, Expired or
 	// Cancelled), recording who and why, and wakes its waiters.
 	Finish(ctx context.Context, id string, to State, by, reason string, at time.Time) (*Approval, error)

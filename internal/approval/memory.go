@@ -124,6 +124,29 @@ func (m *Memory) List(_ context.Context, state State) ([]*Approval, error) {
 	return out, nil
 }
 
+// Recent looks at every approval the store keeps: in one process's memory
+// that costs little next to copying them, which it does for n only.
+func (m *Memory) Recent(_ context.Context, n int) ([]*Approval, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var decided []*Approval
+	for id, a := range m.all {
+		if _, ok := m.live(id); ok && a.State != Pending {
+			decided = append(decided, a)
+		}
+	}
+	slices.SortFunc(decided, func(a, b *Approval) int {
+		return cmp.Or(b.DecidedAt.Compare(a.DecidedAt), cmp.Compare(b.ID, a.ID))
+	})
+	decided = decided[:min(max(n, 0), len(decided))]
+	out := make([]*Approval, len(decided))
+	for i, a := range decided {
+		c := *a
+		out[i] = &c
+	}
+	return out, nil
+}
+
 func (m *Memory) Finish(_ context.Context, id string, to State, by, reason string, at time.Time) (*Approval, error) {
 	if err := checkFinish(to); err != nil {
 		return nil, err

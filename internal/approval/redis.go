@@ -33,6 +33,8 @@ const DefaultRedisPrefix = "amg:{approvals}:"
 //	                ID) for free
 //	expiry          sorted set of index members, scored by when their hash
 //	                expires (Unix ms, Redis's clock)
+//	recent          sorted set of the decided approvals' index members,
+//	                scored by DecidedAt (Unix ms): Recent's order
 //	decided:<id>    pub/sub channel; a message (the new state) when the
 //	                approval leaves pending
 //
@@ -44,8 +46,8 @@ const DefaultRedisPrefix = "amg:{approvals}:"
 // Hashes expire (pending ones PendingGrace after their Expires, decided
 // ones Retention after the decision), so Redis does not grow forever. An
 // index cannot expire its members one by one; Create trims the members
-// whose hash is gone, found through the expiry set, and List skips any
-// it meets before that.
+// whose hash is gone, found through the expiry set, and List and Recent
+// skip any they meet before that.
 //
 // Any Redis failure is returned as an error, wrapped: the broker refuses a
 // call it cannot park, and an operator's decision that was not stored is
@@ -100,6 +102,7 @@ var states = []State{Pending, Approved, Denied, Expired, Cancelled, Executed}
 func (r *Redis) key(id string) string     { return r.prefix + "a:" + id }
 func (r *Redis) index(s State) string     { return r.prefix + "s:" + string(s) }
 func (r *Redis) expiryKey() string        { return r.prefix + "expiry" }
+func (r *Redis) recentKey() string        { return r.prefix + "recent" }
 func (r *Redis) channel(id string) string { return r.prefix + "decided:" + id }
 func (r *Redis) indexes() (keys []string) {
 	for _, s := range states {
@@ -123,7 +126,7 @@ const pruneBatch = 100
 // share the prefix's hash tag, hence the slot, which Redis Cluster
 // accepts.
 // KEYS: hash, expiry set, then the state indexes in states' order (so
-// KEYS[3] is pending's). ARGV: meta, body, index member, TTL in ms, prefix
+// KEYS[3] is pending's), then the recent set. ARGV: meta, body, index member, TTL in ms, prefix
 // of hash keys, prune batch, retention in ms.
 var createScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -156,8 +159,9 @@ return 1
 `)
 
 // finishScript moves a pending approval to ARGV[1] and publishes the move.
-// KEYS: hash, pending index, target index, expiry set. ARGV: to, by,
-// reason, at, retention in ms, channel.
+// KEYS: hash, pending index, target index, expiry set, recent set. ARGV:
+// to, by, reason, at, retention in ms, channel, at in Unix ms (empty:
+// Redis's time).
 var finishScript = redis.NewScript(`
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then
@@ -174,6 +178,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('ZREM', KEYS[2], m)
 redis.call('ZADD', KEYS[3], 0, m)
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[5]), m)
+redis.call('ZADD', KEYS[5], tonumber(ARGV[7]) or now, m)
 redis.call('PUBLISH', ARGV[6], ARGV[1])
 return redis.call('HGETALL', KEYS[1])
 `)
@@ -209,7 +214,7 @@ func (r *Redis) Create(ctx context.Context, a *Approval) error {
 		return fmt.Errorf("create approval %s: %w", a.ID, err)
 	}
 	ttl := max(a.Expires.Sub(a.Created), 0) + r.grace
-	keys := append([]string{r.key(a.ID), r.expiryKey()}, r.indexes()...)
+	keys := append(append([]string{r.key(a.ID), r.expiryKey()}, r.indexes()...), r.recentKey())
 	ok, err := createScript.Run(ctx, r.client, keys,
 		meta, a.Body, a.Created.UTC().Format(indexTime)+" "+a.ID, millis(ttl), r.key(""), pruneBatch,
 		millis(r.retention)).Int()
@@ -266,31 +271,69 @@ func (r *Redis) List(ctx context.Context, state State) ([]*Approval, error) {
 	if len(members) == 0 {
 		return nil, nil
 	}
+	all, err := r.read(ctx, members)
+	if err != nil {
+		return nil, fmt.Errorf("list approvals: %w", err)
+	}
+	out := all[:0]
+	for _, a := range all {
+		if state == "" || a.State == state {
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+// read returns the approvals of index members, in their order, in one
+// pipeline; those whose hash has expired, not yet trimmed from the
+// indexes, are left out.
+func (r *Redis) read(ctx context.Context, members []string) ([]*Approval, error) {
 	hashes := make([]*redis.MapStringStringCmd, len(members))
-	_, err = r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+	_, err := r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, m := range members {
 			hashes[i] = p.HGetAll(ctx, r.key(memberID(m)))
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list approvals: %w", err)
+		return nil, err
 	}
 	out := make([]*Approval, 0, len(members))
 	for i, c := range hashes {
 		h := c.Val()
 		if len(h) == 0 {
-			continue // expired, and not yet trimmed from its index
+			continue
 		}
 		a, err := decode(h)
 		if err != nil {
-			return nil, fmt.Errorf("list approvals: %s: %w", memberID(members[i]), err)
+			return nil, fmt.Errorf("%s: %w", memberID(members[i]), err)
 		}
-		if state == "" || a.State == state {
-			out = append(out, a)
-		}
+		out = append(out, a)
 	}
 	return out, nil
+}
+
+// Recent implements Store. It reads the recent set newest first, n
+// members at a time, and their approvals in one pipeline per page, until
+// it has n or the set ends; members whose approval has expired but which
+// no Create has trimmed yet are passed over.
+func (r *Redis) Recent(ctx context.Context, n int) ([]*Approval, error) {
+	var out []*Approval
+	for start := int64(0); len(out) < n; start += int64(n) {
+		members, err := r.client.ZRevRange(ctx, r.recentKey(), start, start+int64(n)-1).Result()
+		if err != nil {
+			return nil, fmt.Errorf("recent approvals: %w", err)
+		}
+		if len(members) == 0 {
+			break
+		}
+		got, err := r.read(ctx, members)
+		if err != nil {
+			return nil, fmt.Errorf("recent approvals: %w", err)
+		}
+		out = append(out, got...)
+	}
+	return out[:min(len(out), max(n, 0))], nil
 }
 
 // Finish implements Store. Every Wait on the approval, on any replica,
@@ -299,13 +342,13 @@ func (r *Redis) Finish(ctx context.Context, id string, to State, by, reason stri
 	if err := checkFinish(to); err != nil {
 		return nil, err
 	}
-	var when string
+	var when, whenMillis string
 	if !at.IsZero() {
-		when = at.UTC().Format(time.RFC3339Nano)
+		when, whenMillis = at.UTC().Format(time.RFC3339Nano), strconv.FormatInt(at.UnixMilli(), 10)
 	}
 	res, err := finishScript.Run(ctx, r.client,
-		[]string{r.key(id), r.index(Pending), r.index(to), r.expiryKey()},
-		string(to), by, reason, when, millis(r.retention), r.channel(id)).Result()
+		[]string{r.key(id), r.index(Pending), r.index(to), r.expiryKey(), r.recentKey()},
+		string(to), by, reason, when, millis(r.retention), r.channel(id), whenMillis).Result()
 	if err != nil {
 		return nil, fmt.Errorf("finish approval %s: %w", id, err)
 	}

@@ -409,8 +409,14 @@ func TestRedisExpiry(t *testing.T) {
 	}
 
 	short := NewRedis(client, &RedisOptions{Prefix: "short:{approvals}:", Retention: time.Millisecond})
+	// kept shares short's keys but was decided by a replica keeping
+	// decisions the default time.
+	kept := park(t, NewRedis(client, &RedisOptions{Prefix: "short:{approvals}:"}), []byte(`{}`))
+	if _, err := NewRedis(client, &RedisOptions{Prefix: "short:{approvals}:"}).Finish(ctx, kept.ID, Approved, "alice", "", t0); err != nil {
+		t.Fatal(err)
+	}
 	gone := park(t, short, []byte(`{}`))
-	if _, err := short.Finish(ctx, gone.ID, Denied, "bob", "", t0); err != nil {
+	if _, err := short.Finish(ctx, gone.ID, Denied, "bob", "", t0.Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	member := gone.Created.Format(indexTime) + " " + gone.ID
@@ -418,8 +424,13 @@ func TestRedisExpiry(t *testing.T) {
 		_, err := short.Get(ctx, gone.ID)
 		return errors.Is(err, ErrNotFound)
 	})
-	if l, err := short.List(ctx, ""); err != nil || len(l) != 0 {
-		t.Errorf("List lists an expired approval: %v, %v", l, err)
+	if l, err := short.List(ctx, ""); err != nil || len(l) != 1 || l[0].ID != kept.ID {
+		t.Errorf("List = %v, %v; want only the approval not expired", l, err)
+	}
+	// The expired approval is still the newest in the recent set, alone
+	// on Recent's first page of one: Recent reads on.
+	if r, err := short.Recent(ctx, 1); err != nil || len(r) != 1 || r[0].ID != kept.ID {
+		t.Errorf("Recent(1) = %v, %v; want the approval not expired", r, err)
 	}
 	if _, err := short.Finish(ctx, gone.ID, Approved, "alice", "", t0); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Finish of an expired approval: %v, want ErrNotFound", err)
@@ -430,7 +441,8 @@ func TestRedisExpiry(t *testing.T) {
 		park(t, short, []byte(`{}`))
 		inIndex := client.ZScore(ctx, short.index(Denied), member).Err()
 		inExpiry := client.ZScore(ctx, short.expiryKey(), member).Err()
-		return errors.Is(inIndex, redis.Nil) && errors.Is(inExpiry, redis.Nil)
+		inRecent := client.ZScore(ctx, short.recentKey(), member).Err()
+		return errors.Is(inIndex, redis.Nil) && errors.Is(inExpiry, redis.Nil) && errors.Is(inRecent, redis.Nil)
 	})
 	if n := client.ZCard(ctx, short.index(Pending)).Val(); n < 1 {
 		t.Errorf("trimming removed live approvals: %d pending left", n)

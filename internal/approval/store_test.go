@@ -3,6 +3,7 @@ package approval
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -74,6 +75,53 @@ func testStore(t *testing.T, newStore func(t *testing.T) Store) {
 		}
 		if _, err := s.Finish(ctx, d.ID, Executed, "", "", now); err == nil {
 			t.Error("Finish to executed succeeded")
+		}
+	})
+
+	t.Run("recent", func(t *testing.T) {
+		s := newStore(t)
+		if got, err := s.Recent(ctx, 10); err != nil || len(got) != 0 {
+			t.Fatalf("Recent of an empty store = %v, %v", got, err)
+		}
+		// Created in one order, decided in another: Recent follows the
+		// decisions, and leaves out what is still pending.
+		var parked []*Approval
+		for i := range 4 {
+			parked = append(parked, park(t, s, now.Add(time.Duration(i)*time.Second)))
+		}
+		for _, f := range []struct {
+			a  *Approval
+			to State
+			at time.Duration
+		}{{parked[2], Approved, time.Minute}, {parked[0], Denied, 3 * time.Minute}, {parked[3], Expired, 2 * time.Minute}} {
+			if _, err := s.Finish(ctx, f.a.ID, f.to, "alice", "", now.Add(f.at)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := s.Execute(ctx, parked[2].ID); err != nil {
+			t.Fatal(err)
+		}
+		ids := func(as []*Approval) (out []string) {
+			for _, a := range as {
+				out = append(out, a.ID+" "+string(a.State))
+			}
+			return out
+		}
+		want := ids([]*Approval{
+			{ID: parked[0].ID, State: Denied}, {ID: parked[3].ID, State: Expired}, {ID: parked[2].ID, State: Executed},
+		})
+		for n := range 5 {
+			got, err := s.Recent(ctx, n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if w := want[:min(n, len(want))]; !slices.Equal(ids(got), w) {
+				t.Errorf("Recent(%d) = %v, want %v", n, ids(got), w)
+			}
+		}
+		got, err := s.Recent(ctx, 1)
+		if err != nil || len(got) != 1 || string(got[0].Body) != string(body) || !got[0].DecidedAt.Equal(now.Add(3*time.Minute)) {
+			t.Errorf("Recent(1) = %+v, %v; want the whole approval", got, err)
 		}
 	})
 
@@ -218,6 +266,9 @@ func testForgetting(t *testing.T, s Store, retention time.Duration, wait func(ti
 			t.Errorf("approval %s gone before its time: %v", a.ID, err)
 		}
 	}
+	if recent, err := s.Recent(ctx, 10); err != nil || len(recent) != 1 || recent[0].ID != decided.ID {
+		t.Errorf("Recent before forgetting = %v, %v; want the decided approval", recent, err)
+	}
 
 	wait(retention)
 	for _, a := range []*Approval{decided, orphan} {
@@ -237,5 +288,8 @@ func testForgetting(t *testing.T, s Store, retention time.Duration, wait func(ti
 	list, err := s.List(ctx, "")
 	if err != nil || len(list) != 1 || list[0].ID != long.ID {
 		t.Errorf("List after forgetting = %v, %v; want only the approval still pending", list, err)
+	}
+	if recent, err := s.Recent(ctx, 10); err != nil || len(recent) != 0 {
+		t.Errorf("Recent after forgetting = %v, %v; want none", recent, err)
 	}
 }

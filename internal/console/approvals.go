@@ -38,25 +38,20 @@ const recentApprovals = 10
 
 func (c *Console) approvalsData(r *http.Request, s *session) approvalsData {
 	d := approvalsData{Now: c.opts.Now(), CSRF: c.csrf(s)}
-	list, err := c.d.Approvals.List(r.Context(), "")
+	// Oldest first, as List returns them: the call waiting longest is
+	// decided first.
+	pending, err := c.d.Approvals.List(r.Context(), approval.Pending)
+	if err == nil {
+		d.Recent, err = c.d.Approvals.Recent(r.Context(), recentApprovals)
+	}
 	if err != nil {
 		d.Err = err.Error()
 		return d
 	}
-	for _, a := range list {
-		if a.State != approval.Pending {
-			d.Recent = append(d.Recent, a)
-			continue
-		}
+	for _, a := range pending {
 		row := pendingRow{Approval: a, Left: left(a.Expires.Sub(d.Now))}
 		row.Payload, row.Exact = indented(a.Body)
 		d.Rows = append(d.Rows, row)
-	}
-	// Oldest first: the call waiting longest is decided first.
-	sortBy(d.Rows, func(r pendingRow) time.Time { return r.Created }, false)
-	sortBy(d.Recent, func(a *approval.Approval) time.Time { return a.DecidedAt }, true)
-	if len(d.Recent) > recentApprovals {
-		d.Recent = d.Recent[:recentApprovals]
 	}
 	return d
 }

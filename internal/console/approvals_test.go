@@ -2,6 +2,7 @@ package console_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"html"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/amgateway/amg/internal/approval"
+	"github.com/amgateway/amg/internal/console"
 )
 
 // park stores a pending call of agent to notion__delete_page with body,
@@ -340,5 +342,51 @@ func TestRecentlyDecidedShowsTheLastTen(t *testing.T) {
 		if want := ids[11-i]; m[1] != want {
 			t.Errorf("recent[%d] = %s, want %s (newest first)", i, m[1], want)
 		}
+	}
+}
+
+// failingApprovals is an approval store whose reads can be made to fail.
+type failingApprovals struct {
+	approval.Store
+	list, recent error
+}
+
+func (f *failingApprovals) List(ctx context.Context, s approval.State) ([]*approval.Approval, error) {
+	if f.list != nil {
+		return nil, f.list
+	}
+	return f.Store.List(ctx, s)
+}
+
+func (f *failingApprovals) Recent(ctx context.Context, n int) ([]*approval.Approval, error) {
+	if f.recent != nil {
+		return nil, f.recent
+	}
+	return f.Store.Recent(ctx, n)
+}
+
+// A store that cannot be read is reported as such, never shown as an
+// empty queue.
+func TestApprovalsPageSaysWhenTheStoreFails(t *testing.T) {
+	for _, which := range []string{"list", "recent"} {
+		t.Run(which, func(t *testing.T) {
+			store := &failingApprovals{}
+			e := newEnv(t, nil, func(d *console.Deps) { store.Store = d.Approvals; d.Approvals = store })
+			op := e.signIn("alice")
+			a := e.park("agent-1", `{}`)
+			err := errors.New("redis: connection refused")
+			if which == "list" {
+				store.list = err
+			} else {
+				store.recent = err
+			}
+			body := e.get(op, "/console/approvals/rows").Body.String()
+			if !strings.Contains(body, "The approval store could not be read: "+err.Error()) {
+				t.Errorf("the queue does not report the failure:\n%s", body)
+			}
+			if strings.Contains(body, `data-testid="queue-empty"`) || card(body, a.ID) != "" {
+				t.Errorf("the queue shows rows or says it is empty despite the failure:\n%s", body)
+			}
+		})
 	}
 }
