@@ -9,20 +9,27 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
 
-// Redacted replaces the value of every URL query parameter in exported
-// spans.
+// Redacted replaces, in exported spans, the value of every URL query
+// parameter and the path of every upstream URL.
 const Redacted = "REDACTED"
 
-// urlKeys are the span attributes that may hold a URL with its query:
+// How each span attribute that may hold a URL or part of one is redacted.
 // otelhttp's client spans record url.full whole, and an upstream URL may
-// carry a credential in its query (the config refuses user:password@, but
-// cannot tell a secret parameter from another). The older conventions'
-// names are covered too.
-var urlKeys = map[attribute.Key]bool{"url.full": true, "http.url": true, "url.query": true, "http.target": true}
+// carry a credential in its query or its path (some hosted MCP servers put
+// the key there); the config refuses user:password@, but cannot tell a
+// secret parameter or path segment from another. The agent-facing
+// server's own path (/mcp) is no secret; its query may hold the agent's.
+// The older conventions' names are covered too.
+var urlKeys = map[attribute.Key]func(string) string{
+	"url.full":    redactURL,
+	"http.url":    redactURL,
+	"url.query":   redactParams,
+	"http.target": redactTarget,
+}
 
-// redactingExporter passes spans on with the value of every query
-// parameter in their URL attributes replaced by Redacted; names stay, so a
-// trace still shows which parameters a call had.
+// redactingExporter passes spans on with their URL attributes redacted
+// (urlKeys): parameter names stay, so a trace still shows which
+// parameters a call had, and the host says which upstream it went to.
 type redactingExporter struct{ sdktrace.SpanExporter }
 
 func (e redactingExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
@@ -48,16 +55,17 @@ type redactedSpan struct {
 
 func (s redactedSpan) Attributes() []attribute.KeyValue { return s.attrs }
 
-// redactURLs returns attrs with the query values of their URL attributes
-// redacted, and whether any changed; attrs itself is not modified.
+// redactURLs returns attrs with their URL attributes redacted, and
+// whether any changed; attrs itself is not modified.
 func redactURLs(attrs []attribute.KeyValue) ([]attribute.KeyValue, bool) {
 	var out []attribute.KeyValue
 	for i, kv := range attrs {
-		if !urlKeys[kv.Key] || kv.Value.Type() != attribute.STRING {
+		redact := urlKeys[kv.Key]
+		if redact == nil || kv.Value.Type() != attribute.STRING {
 			continue
 		}
 		v := kv.Value.AsString()
-		r := redactQuery(v, kv.Key == "url.query")
+		r := redact(v)
 		if r == v {
 			continue
 		}
@@ -72,24 +80,49 @@ func redactURLs(attrs []attribute.KeyValue) ([]attribute.KeyValue, bool) {
 	return out, true
 }
 
-// redactQuery replaces the value of each parameter in u's query (all of u
-// when whole is set, as url.query holds the query alone). A fragment,
-// which clients do not send, is dropped.
-func redactQuery(u string, whole bool) string {
-	prefix, query := "", u
-	if !whole {
-		var ok bool
-		if prefix, query, ok = strings.Cut(u, "?"); !ok {
-			return u
-		}
-		prefix += "?"
+// redactURL keeps an absolute URL's scheme and host; a path other than
+// "/" becomes /REDACTED, and the query's values REDACTED. What does not
+// parse as scheme://host is redacted whole. A fragment, which clients do
+// not send, is dropped.
+func redactURL(u string) string {
+	u, _, _ = strings.Cut(u, "#")
+	u, query, hasQuery := strings.Cut(u, "?")
+	scheme, rest, ok := strings.Cut(u, "://")
+	host, path, hasPath := strings.Cut(rest, "/")
+	if !ok || scheme == "" || host == "" {
+		return Redacted
 	}
-	query, _, _ = strings.Cut(query, "#")
+	out := scheme + "://" + host
+	switch {
+	case path != "":
+		out += "/" + Redacted
+	case hasPath:
+		out += "/"
+	}
+	if hasQuery {
+		out += "?" + redactParams(query)
+	}
+	return out
+}
+
+// redactTarget redacts the query values of a request target (path and
+// query), keeping the path.
+func redactTarget(target string) string {
+	target, _, _ = strings.Cut(target, "#")
+	path, query, ok := strings.Cut(target, "?")
+	if !ok {
+		return path
+	}
+	return path + "?" + redactParams(query)
+}
+
+// redactParams replaces the value of each parameter of a query.
+func redactParams(query string) string {
 	params := strings.Split(query, "&")
 	for i, p := range params {
 		if name, _, ok := strings.Cut(p, "="); ok {
 			params[i] = name + "=" + Redacted
 		}
 	}
-	return prefix + strings.Join(params, "&")
+	return strings.Join(params, "&")
 }

@@ -9,21 +9,28 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 )
 
-func TestRedactQuery(t *testing.T) {
+func TestRedactURL(t *testing.T) {
 	for _, tc := range []struct {
-		in    string
-		whole bool
-		want  string
+		redact  func(string) string
+		in, out string
 	}{
-		{"https://up.example/mcp", false, "https://up.example/mcp"},
-		{"https://up.example/mcp?api_key=s3cret", false, "https://up.example/mcp?api_key=" + Redacted},
-		{"https://up.example/mcp?a=1&flag&b=x%26y=z", false, "https://up.example/mcp?a=" + Redacted + "&flag&b=" + Redacted},
-		{"https://up.example/mcp?a=1#frag", false, "https://up.example/mcp?a=" + Redacted},
-		{"https://up.example/mcp?", false, "https://up.example/mcp?"},
-		{"token=s3cret&x=", true, "token=" + Redacted + "&x=" + Redacted},
+		{redactURL, "https://up.example", "https://up.example"},
+		{redactURL, "https://up.example/", "https://up.example/"},
+		{redactURL, "https://up.example/mcp", "https://up.example/" + Redacted},
+		{redactURL, "https://up.example:8443/api/s/k3y/mcp", "https://up.example:8443/" + Redacted},
+		{redactURL, "https://up.example/mcp?api_key=s3cret", "https://up.example/" + Redacted + "?api_key=" + Redacted},
+		{redactURL, "http://up.example?a=1&flag&b=x%26y=z", "http://up.example?a=" + Redacted + "&flag&b=" + Redacted},
+		{redactURL, "https://up.example/?a=1#frag", "https://up.example/?a=" + Redacted},
+		{redactURL, "https://up.example/mcp?", "https://up.example/" + Redacted + "?"},
+		{redactURL, "up.example/k3y", Redacted},
+		{redactURL, "://up.example/k3y", Redacted},
+		{redactURL, "https:///k3y", Redacted},
+		{redactParams, "token=s3cret&x=", "token=" + Redacted + "&x=" + Redacted},
+		{redactTarget, "/mcp", "/mcp"},
+		{redactTarget, "/mcp?token=s3cret#f", "/mcp?token=" + Redacted},
 	} {
-		if got := redactQuery(tc.in, tc.whole); got != tc.want {
-			t.Errorf("redactQuery(%q, %v) = %q, want %q", tc.in, tc.whole, got, tc.want)
+		if got := tc.redact(tc.in); got != tc.out {
+			t.Errorf("redacting %q gave %q, want %q", tc.in, got, tc.out)
 		}
 	}
 	attrs := []attribute.KeyValue{attribute.String("url.full", "https://x/?k=v"), attribute.String("amg.tool", "?k=v")}
@@ -36,24 +43,24 @@ func TestRedactQuery(t *testing.T) {
 	}
 }
 
-// An upstream URL may carry a credential in its query. The client span of
-// a call to it names the URL and its parameters, never their values, in
-// what reaches the exporter.
-func TestUpstreamQueryIsRedactedInSpans(t *testing.T) {
+// An upstream URL may carry a credential in its path or query. The client
+// span of a call to it names the host and the parameters, never the path
+// or the values, in what reaches the exporter.
+func TestUpstreamURLIsRedactedInSpans(t *testing.T) {
 	h := newHarness(t)
 	upstream := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
 	defer upstream.Close()
 	client := &http.Client{Transport: h.tel.HTTPTransport(nil)}
 	ctx, span := h.tel.Tracer().Start(t.Context(), "call")
-	req, _ := http.NewRequestWithContext(ctx, "POST", upstream.URL+"/mcp?api_key="+planted+"&workspace=ws1", nil)
+	req, _ := http.NewRequestWithContext(ctx, "POST", upstream.URL+"/api/"+planted+"/mcp?api_key="+planted+"&workspace=ws1", nil)
 	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
 	span.End()
-	if !strings.Contains(req.URL.RawQuery, planted) {
-		t.Fatal("the request itself lost its query")
+	if !strings.Contains(req.URL.RawQuery, planted) || !strings.Contains(req.URL.Path, planted) {
+		t.Fatal("the request itself lost its path or query")
 	}
 
 	var full string
@@ -67,7 +74,7 @@ func TestUpstreamQueryIsRedactedInSpans(t *testing.T) {
 			}
 		}
 	}
-	if want := upstream.URL + "/mcp?api_key=" + Redacted + "&workspace=" + Redacted; full != want {
+	if want := upstream.URL + "/" + Redacted + "?api_key=" + Redacted + "&workspace=" + Redacted; full != want {
 		t.Errorf("url.full = %q, want %q", full, want)
 	}
 }
