@@ -75,7 +75,7 @@ func (c *Console) auditPage(w http.ResponseWriter, r *http.Request, s *session) 
 		c.render(w, http.StatusBadRequest, "audit", p)
 		return
 	}
-	recs, more, err := audit.Search(c.d.AuditFile, query)
+	recs, more, err := c.d.Audit.Search(r.Context(), query)
 	if err != nil {
 		c.opts.Logger.Error("console: searching the audit log", "err", err)
 		p.Problem = "The audit log could not be searched: " + err.Error()

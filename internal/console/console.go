@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/amgateway/amg/internal/approval"
+	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/shadow"
 	"github.com/amgateway/amg/internal/signout"
@@ -67,8 +68,9 @@ type Deps struct {
 	Policies  Policies
 	Upstreams Upstreams
 	Shadow    ShadowCounts
-	// AuditFile is the audit log the console searches and replays.
-	AuditFile string
+	// Audit is the audit log the console searches and replays: the
+	// gateway's file, or with replicas the stream they all ship to.
+	Audit audit.Log
 	// SignOuts lists the sessions operators signed out of; nil keeps the
 	// list in memory, where a restart or another replica forgets it.
 	SignOuts signout.List

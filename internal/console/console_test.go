@@ -189,7 +189,7 @@ func newEnv(t *testing.T, opts *console.Options, edits ...func(*console.Deps)) *
 	o.Now = e.clock.Now
 	d := console.Deps{Token: adminToken, Approvals: e.approvals,
 		Tokens: tokenAdmin{store: e.tokens, auth: e.auth, now: e.clock.Now}, Policies: e.policies, Upstreams: e.ups,
-		Shadow: e.shadow, AuditFile: e.auditFile}
+		Shadow: e.shadow, Audit: audit.FileLog(e.auditFile)}
 	for _, edit := range edits {
 		edit(&d)
 	}
@@ -463,7 +463,7 @@ func TestSignInRefusals(t *testing.T) {
 func TestSignInNeedsAnAdminToken(t *testing.T) {
 	e := newEnv(t, nil)
 	h, err := console.New(console.Deps{Approvals: e.approvals, Tokens: tokenAdmin{store: e.tokens, auth: e.auth, now: e.clock.Now},
-		Policies: e.policies, Upstreams: e.ups, Shadow: e.shadow, AuditFile: e.auditFile}, nil)
+		Policies: e.policies, Upstreams: e.ups, Shadow: e.shadow, Audit: audit.FileLog(e.auditFile)}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -617,7 +617,7 @@ func TestInvalidSessionsAreSignedOut(t *testing.T) {
 		}},
 		{"signed under another admin token", func(t *testing.T, e *env, _ *operator) *http.Cookie {
 			other, err := console.New(console.Deps{Token: adminToken + "-old", Approvals: e.approvals, Tokens: tokenAdmin{store: e.tokens, auth: e.auth, now: e.clock.Now},
-				Policies: e.policies, Upstreams: e.ups, Shadow: e.shadow, AuditFile: e.auditFile}, &console.Options{Now: e.clock.Now})
+				Policies: e.policies, Upstreams: e.ups, Shadow: e.shadow, Audit: audit.FileLog(e.auditFile)}, &console.Options{Now: e.clock.Now})
 			if err != nil {
 				t.Fatal(err)
 			}

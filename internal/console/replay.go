@@ -1,6 +1,7 @@
 package console
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -82,7 +83,7 @@ func (c *Console) replay(w http.ResponseWriter, r *http.Request, s *session) {
 		c.render(w, http.StatusBadRequest, "replay", p)
 		return
 	}
-	rep, err := c.replayAudit(set)
+	rep, err := c.replayAudit(r.Context(), set)
 	if err != nil {
 		c.opts.Logger.Error("console: replaying the audit log", "err", err)
 		p.Problem = "The audit log could not be read: " + err.Error()
@@ -100,14 +101,10 @@ func (c *Console) replay(w http.ResponseWriter, r *http.Request, s *session) {
 	c.render(w, http.StatusOK, "replay", p)
 }
 
-func (c *Console) replayAudit(set *policy.Set) (replay.Report, error) {
-	files, err := audit.ChainFiles(c.d.AuditFile)
-	if err != nil {
-		return replay.Report{}, err
-	}
+func (c *Console) replayAudit(ctx context.Context, set *policy.Set) (replay.Report, error) {
 	var readErr error
 	records := func(yield func(audit.Record) bool) {
-		readErr = audit.ReadRecords(files, nil, yield)
+		readErr = c.d.Audit.Records(ctx, yield)
 	}
 	rep := replay.Replay(records, set, &replay.Options{Annotations: replay.CatalogAnnotations(c.d.Upstreams)})
 	return rep, readErr

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/amgateway/amg/authz/authztest"
 	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/redistest"
 	"github.com/amgateway/amg/internal/syncbuf"
 )
 
@@ -68,5 +70,55 @@ func TestAuditSectionConfiguresTheDevices(t *testing.T) {
 	res, err := audit.Verify(files...)
 	if err != nil || res.FirstSeq != 1 || res.LastSeq != calls {
 		t.Errorf("verify %d files: %+v, %v; want one chain of seq 1 to %d", len(files), res, err, calls)
+	}
+}
+
+// With replicas, the console of each searches the decisions of all: every
+// replica ships its audit records to Redis, and the console reads them
+// there.
+func TestConsoleSearchesEveryReplicasAudit(t *testing.T) {
+	a, b := consoleReplicas(t, redistest.Start(t).Addr)
+	token, _, err := a.IssueToken(context.Background(), "auditor-on-a", "notion_read", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`
+	resp, err := a.Authz().Check(context.Background(), authztest.EnvoyRequest("POST", map[string]string{
+		"authorization": "Bearer " + token, "mcp-protocol-version": "2025-06-18"}, body))
+	if err != nil || resp.GetOkResponse() == nil {
+		t.Fatalf("Check on replica A: %v, %v", resp, err)
+	}
+	id, _ := resp.GetDynamicMetadata().AsMap()["decision_id"].(string)
+
+	alice := signInConsole(t, b, "alice")
+	var page string
+	waitFor(t, "replica B's console to find replica A's decision", func() bool {
+		var code int
+		code, page = consoleGetPage(t, b, alice, "/console/audit?decision_id="+id)
+		return code == http.StatusOK && strings.Contains(page, "auditor-on-a")
+	})
+	if !strings.Contains(page, `data-testid="record"`) || !strings.Contains(page, "get_pages") {
+		t.Errorf("the record is not shown whole:\n%s", page)
+	}
+	// B's own file does not hold it: the console read the shared stream.
+	recs, _, err := audit.FileLog(filepath.Join(b.cfg.DataDir, audit.FileName)).Search(context.Background(), audit.Query{DecisionID: id})
+	if err != nil || len(recs) != 0 {
+		t.Errorf("replica B's file holds %d records of the decision (%v), want none", len(recs), err)
+	}
+}
+
+// A replica's name in the audit stream is made once per data directory:
+// the same after a restart, another for another replica.
+func TestReplicaID(t *testing.T) {
+	dir, other := t.TempDir(), t.TempDir()
+	first, err := replicaID(dir)
+	if err != nil || first == "" {
+		t.Fatalf("replicaID = %q, %v", first, err)
+	}
+	if again, err := replicaID(dir); err != nil || again != first {
+		t.Errorf("after a restart the replica is %q (%v), was %q", again, err, first)
+	}
+	if second, err := replicaID(other); err != nil || second == first {
+		t.Errorf("another data directory's replica is %q (%v), the first's %q", second, err, first)
 	}
 }

@@ -59,7 +59,13 @@ func signInConsole(t *testing.T, gw *Gateway, name string) consoleSession {
 // consoleGet fetches the approvals page with s's cookie.
 func consoleGet(t *testing.T, gw *Gateway, s consoleSession) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, "http://"+gw.AdminAddr()+"/console/approvals", nil)
+	return consoleGetPage(t, gw, s, "/console/approvals")
+}
+
+// consoleGetPage fetches a console page with s's cookie.
+func consoleGetPage(t *testing.T, gw *Gateway, s consoleSession, path string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, "http://"+gw.AdminAddr()+path, nil)
 	req.AddCookie(s.cookie)
 	resp, err := noRedirects.Do(req)
 	if err != nil {
@@ -118,21 +124,28 @@ func TestConsoleSignOutSurvivesARestart(t *testing.T) {
 
 // With Redis, signing out on one replica signs out on every replica that
 // shares the admin token.
-func TestConsoleSignOutReachesEveryReplica(t *testing.T) {
-	rs := redistest.Start(t)
+// consoleReplicas starts two replicas of the example policy sharing the
+// Redis at addr and one admin token, as pods given it through one Secret
+// would.
+func consoleReplicas(t *testing.T, addr string) (a, b *Gateway) {
+	t.Helper()
 	token, err := admin.LoadOrCreateToken(filepath.Join(t.TempDir(), AdminTokenFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	replicaWithToken := func() *Gateway {
+	replica := func() *Gateway {
 		cfg := loopbackConfig(t, "../../policies")
-		cfg.Redis.Address = rs.Addr
+		cfg.Redis.Address = addr
 		if err := os.WriteFile(filepath.Join(cfg.DataDir, AdminTokenFile), []byte(token+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		return serveForTest(t, cfg, nil)
 	}
-	a, b := replicaWithToken(), replicaWithToken()
+	return replica(), replica()
+}
+
+func TestConsoleSignOutReachesEveryReplica(t *testing.T) {
+	a, b := consoleReplicas(t, redistest.Start(t).Addr)
 	alice, bob := signInConsole(t, a, "alice"), signInConsole(t, a, "bob")
 	if code, _ := consoleGet(t, b, alice); code != http.StatusOK {
 		t.Fatalf("a session from replica A got %d on replica B, want 200", code)

@@ -5,12 +5,14 @@ package gateway
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -90,6 +92,9 @@ type Gateway struct {
 	// revocations the Authenticator follows.
 	redis       *redis.Client
 	redisTokens *tokens.RedisStore
+	// auditStream, with Redis, gathers every replica's audit records for
+	// the console.
+	auditStream *audit.Stream
 
 	mcpLis, authzLis, adminLis net.Listener
 	brokerLis                  net.Listener // nil unless BrokerListen is set
@@ -153,6 +158,13 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		counter = shadow.NewRedis(g.redis)
 	} else if counter, err = shadow.NewSQLite(g.db); err != nil {
 		return nil, err
+	}
+	if g.redis != nil {
+		id, err := replicaID(cfg.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		g.auditStream = audit.NewStream(g.redis, &audit.StreamOptions{Replica: id, Logger: g.log})
 	}
 	// Console sign-outs outlive a restart, and with Redis reach every
 	// replica.
@@ -253,7 +265,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		}
 	}
 	con, err := console.New(console.Deps{Token: adminToken, Approvals: g.approvals, Tokens: consoleTokens{g}, Policies: g.policies,
-		Upstreams: g.broker, Shadow: counter, AuditFile: filepath.Join(cfg.DataDir, audit.FileName), SignOuts: signOuts},
+		Upstreams: g.broker, Shadow: counter, Audit: g.auditForConsole(), SignOuts: signOuts},
 		&console.Options{ReadyDays: cfg.Console.ReadyDays, TraceURL: cfg.Console.TraceURL, StagedPolicyDir: cfg.Console.StagedPolicyDir,
 			Logger: g.log})
 	if err != nil {
@@ -385,6 +397,14 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	}
 	attrs = append(attrs, "console", "http://"+g.AdminAddr()+"/console/", "admin_token", filepath.Join(g.cfg.DataDir, AdminTokenFile))
 	g.log.Info("serving", attrs...)
+	shipCtx, stopShipping := context.WithCancel(ctx)
+	shipped := make(chan struct{})
+	go func() {
+		defer close(shipped)
+		if g.auditStream != nil {
+			g.auditStream.Ship(shipCtx, filepath.Join(g.cfg.DataDir, audit.FileName))
+		}
+	}()
 
 	var err error
 	select {
@@ -408,7 +428,44 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	if herr != nil && !errors.Is(herr, context.DeadlineExceeded) {
 		err = errors.Join(err, herr)
 	}
+	// What is written from here on is shipped by the next start.
+	stopShipping()
+	<-shipped
 	return err
+}
+
+// auditForConsole is the audit log the console searches and replays:
+// with Redis, the stream every replica ships its records to; else the
+// file.
+func (g *Gateway) auditForConsole() audit.Log {
+	if g.auditStream != nil {
+		return g.auditStream
+	}
+	return audit.FileLog(filepath.Join(g.cfg.DataDir, audit.FileName))
+}
+
+// ReplicaIDFile holds, in the data directory, the name this replica ships
+// its audit records under.
+const ReplicaIDFile = "replica.id"
+
+// replicaID is this replica's name in the shared audit stream: the host's
+// name and random digits, chosen once per data directory so that it
+// survives restarts and two replicas never share it.
+func replicaID(dataDir string) (string, error) {
+	path := filepath.Join(dataDir, ReplicaIDFile)
+	data, err := os.ReadFile(path)
+	if err == nil && len(bytes.TrimSpace(data)) > 0 {
+		return string(bytes.TrimSpace(data)), nil
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("replica id: %w", err)
+	}
+	host, _ := os.Hostname()
+	id := fmt.Sprintf("%s-%08x", cmp.Or(host, "amg"), rand.Uint32())
+	if err := os.WriteFile(path, []byte(id+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("replica id: %w", err)
+	}
+	return id, nil
 }
 
 // watchEnvoyConfig rereads the config file every reload interval until ctx

@@ -1,0 +1,369 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Log is an audit log as the console reads it: searched newest first, or
+// read whole, oldest first, for replay.
+type Log interface {
+	// Search returns the latest records that match q, newest first, at
+	// most q.Limit of them, and whether older matches were left out.
+	Search(ctx context.Context, q Query) (recs []Record, more bool, err error)
+	// Records calls yield with every record, oldest first, until yield
+	// returns false.
+	Records(ctx context.Context, yield func(Record) bool) error
+}
+
+// FileLog is the audit log a file device writes at a path, its rotated
+// files included: one replica's decisions.
+type FileLog string
+
+// Search implements Log; see [Search].
+func (f FileLog) Search(_ context.Context, q Query) ([]Record, bool, error) {
+	return Search(string(f), q)
+}
+
+// Records implements Log; see [ReadRecords].
+func (f FileLog) Records(_ context.Context, yield func(Record) bool) error {
+	files, err := ChainFiles(string(f))
+	if err != nil {
+		return err
+	}
+	return ReadRecords(files, nil, yield)
+}
+
+// Stream is the audit records of every replica of a gateway in one Redis
+// stream. Each replica ships the records of its own file there
+// ([Stream.Ship]), so that the console searches and replays the decisions
+// of all of them, whichever serves it.
+//
+// The files stay the record of authority, with their hash chains: the
+// stream holds the latest records only (about MaxLen of them, trimmed by
+// Redis), each as the line its file holds, and gets them a moment after the
+// file does. A replica that cannot reach Redis keeps deciding and
+// recording to its file, and ships what it missed when Redis is back.
+//
+// Layout, under the key:
+//
+//	<key>           stream; each entry has the fields replica and record
+//	                (the line of the replica's file)
+//	<key>:shipped   hash: replica -> seq of the last record it shipped,
+//	                written in one transaction with the entries
+type Stream struct {
+	client  redis.UniversalClient
+	key     string
+	maxLen  int64
+	replica string
+	poll    time.Duration
+	log     *slog.Logger
+}
+
+// DefaultStreamKey and DefaultStreamMaxLen are a Stream's defaults. The
+// braces are a Redis Cluster hash tag: the stream and its positions share
+// one slot, which the shipping transaction needs.
+const (
+	DefaultStreamKey    = "amg:{audit}:records"
+	DefaultStreamMaxLen = 100_000
+)
+
+// StreamOptions tune a Stream; nil means the defaults.
+type StreamOptions struct {
+	// Key is the stream's key; "" means DefaultStreamKey.
+	Key string
+	// MaxLen is about how many records the stream keeps; 0 means
+	// DefaultStreamMaxLen.
+	MaxLen int64
+	// Replica names the replica whose file Ship ships. Each replica needs
+	// its own, the same across its restarts; only Ship needs one.
+	Replica string
+	// Poll is how often Ship looks for new records; 0 means 250 ms.
+	Poll   time.Duration
+	Logger *slog.Logger
+}
+
+// NewStream returns the stream in client, which may be a single server, a
+// failover or a cluster client.
+func NewStream(client redis.UniversalClient, opts *StreamOptions) *Stream {
+	s := &Stream{client: client, key: DefaultStreamKey, maxLen: DefaultStreamMaxLen, poll: 250 * time.Millisecond,
+		log: slog.New(slog.DiscardHandler)}
+	if opts != nil {
+		if opts.Key != "" {
+			s.key = opts.Key
+		}
+		if opts.MaxLen > 0 {
+			s.maxLen = opts.MaxLen
+		}
+		if opts.Poll > 0 {
+			s.poll = opts.Poll
+		}
+		if opts.Logger != nil {
+			s.log = opts.Logger
+		}
+		s.replica = opts.Replica
+	}
+	return s
+}
+
+func (s *Stream) shippedKey() string { return s.key + ":shipped" }
+
+// streamPage is how many entries one read of the stream fetches.
+const streamPage = 1000
+
+// Search implements Log over the stream, newest shipped first: records of
+// different replicas stand in the order they reached Redis.
+func (s *Stream) Search(ctx context.Context, q Query) ([]Record, bool, error) {
+	if q.Limit <= 0 {
+		q.Limit = DefaultSearchLimit
+	}
+	var out []Record
+	for end := "+"; ; {
+		page, err := s.client.XRevRangeN(ctx, s.key, end, "-", streamPage).Result()
+		if err != nil {
+			return nil, false, fmt.Errorf("audit search: %w", err)
+		}
+		for _, m := range page {
+			rec, err := entryRecord(m)
+			if err != nil {
+				return nil, false, fmt.Errorf("audit search: %w", err)
+			}
+			if !q.Match(&rec) {
+				continue
+			}
+			if len(out) == q.Limit {
+				return out, true, nil
+			}
+			out = append(out, rec)
+		}
+		if len(page) < streamPage {
+			return out, false, nil
+		}
+		end = "(" + page[len(page)-1].ID
+	}
+}
+
+// Records implements Log over the stream, oldest shipped first.
+func (s *Stream) Records(ctx context.Context, yield func(Record) bool) error {
+	for start := "-"; ; {
+		page, err := s.client.XRangeN(ctx, s.key, start, "+", streamPage).Result()
+		if err != nil {
+			return fmt.Errorf("read audit stream: %w", err)
+		}
+		for _, m := range page {
+			rec, err := entryRecord(m)
+			if err != nil {
+				return fmt.Errorf("read audit stream: %w", err)
+			}
+			if !yield(rec) {
+				return nil
+			}
+		}
+		if len(page) < streamPage {
+			return nil
+		}
+		start = "(" + page[len(page)-1].ID
+	}
+}
+
+// entryRecord decodes the record of a stream entry.
+func entryRecord(m redis.XMessage) (Record, error) {
+	var rec Record
+	line, ok := m.Values["record"].(string)
+	if !ok {
+		return rec, fmt.Errorf("entry %s: no record field", m.ID)
+	}
+	if err := json.Unmarshal([]byte(line), &rec); err != nil {
+		return rec, fmt.Errorf("entry %s: not an audit record: %v", m.ID, err)
+	}
+	return rec, nil
+}
+
+// shipLine is a line of the file to ship, with its seq.
+type shipLine struct {
+	seq  uint64
+	line string
+}
+
+// shipBatch bounds how many records one transaction ships.
+const shipBatch = 500
+
+// Ship appends to the stream every record of the audit log at path (the
+// file a FileDevice writes) that this replica has not shipped before, then
+// each record as it is appended, until ctx ends, when it returns nil.
+//
+// Where it got to is written in the transaction that ships the records, so
+// a restart resumes after the last record shipped, without loss or
+// repetition; a backlog longer than the stream keeps is shipped from its
+// last MaxLen records. While Redis fails, Ship retries with backoff and the
+// file keeps the records.
+func (s *Stream) Ship(ctx context.Context, path string) error {
+	if s.replica == "" {
+		return fmt.Errorf("audit stream: no replica name to ship %s under", path)
+	}
+	wait := newBackoff()
+	for ctx.Err() == nil {
+		err := s.shipFrom(ctx, path)
+		if ctx.Err() != nil {
+			break
+		}
+		s.log.Error("shipping audit records to Redis failed; retrying", "file", path, "err", err)
+		wait.sleep(ctx)
+	}
+	return nil
+}
+
+// shipFrom ships what the last run left, then follows the file; it
+// returns when ctx ends or the file cannot be followed.
+func (s *Stream) shipFrom(ctx context.Context, path string) error {
+	var shipped uint64
+	for wait := newBackoff(); ; wait.sleep(ctx) {
+		n, err := s.client.HGet(ctx, s.shippedKey(), s.replica).Uint64()
+		if err == nil || err == redis.Nil {
+			shipped = n
+			break
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		s.log.Warn("cannot read the audit stream's position; retrying", "err", err)
+	}
+	tip, err := lastSeq(path)
+	if err != nil {
+		return err
+	}
+	if tip < shipped {
+		// A file started anew (a new data directory under the same
+		// replica name): all of it is new to the stream.
+		shipped = 0
+	}
+	// The records written between reading the tip and Tail's reading of
+	// the file are in the backlog too, as long as they are fewer than the
+	// slack; any older ones are skipped by seq.
+	const slack = 10_000
+	backlog := int(min(tip-shipped+slack, uint64(s.maxLen)+slack))
+
+	lines := make(chan shipLine, shipBatch)
+	tctx, stop := context.WithCancel(ctx)
+	defer stop()
+	tailed := make(chan error, 1)
+	go func() {
+		defer close(lines)
+		tailed <- Tail(tctx, path, &TailOptions{Lines: backlog, Follow: true, Poll: s.poll}, func(line []byte) error {
+			seq, ok := lineSeq(line)
+			if !ok {
+				return fmt.Errorf("a line of %s has no seq", path)
+			}
+			if seq <= shipped {
+				return nil
+			}
+			select {
+			case lines <- shipLine{seq: seq, line: string(line)}:
+				return nil
+			case <-tctx.Done():
+				return tctx.Err()
+			}
+		})
+	}()
+	batch := make([]shipLine, 0, shipBatch)
+	for l := range lines {
+		batch = append(batch[:0], l)
+	more:
+		for len(batch) < shipBatch {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					break more
+				}
+				batch = append(batch, l)
+			default:
+				break more
+			}
+		}
+		for wait := newBackoff(); ; wait.sleep(ctx) {
+			err := s.ship(ctx, batch)
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			s.log.Warn("cannot ship audit records to Redis; retrying", "records", len(batch), "err", err)
+		}
+	}
+	return <-tailed
+}
+
+// ship appends batch to the stream and records how far it got, in one
+// transaction.
+func (s *Stream) ship(ctx context.Context, batch []shipLine) error {
+	_, err := s.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		for _, l := range batch {
+			p.XAdd(ctx, &redis.XAddArgs{Stream: s.key, MaxLen: s.maxLen, Approx: true,
+				Values: []any{"replica", s.replica, "record", l.line}})
+		}
+		p.HSet(ctx, s.shippedKey(), s.replica, batch[len(batch)-1].seq)
+		return nil
+	})
+	return err
+}
+
+// seqKey starts the seq of a file device's line: the chain's fields come
+// last, so its last occurrence is the record's own, whatever the
+// arguments before it hold.
+var seqKey = []byte(`,"seq":`)
+
+// lineSeq is the seq of a line a file device wrote.
+func lineSeq(line []byte) (uint64, bool) {
+	i := bytes.LastIndex(line, seqKey)
+	if i < 0 {
+		return 0, false
+	}
+	digits := line[i+len(seqKey):]
+	if j := bytes.IndexByte(digits, ','); j >= 0 {
+		digits = digits[:j]
+	}
+	seq, err := strconv.ParseUint(string(digits), 10, 64)
+	return seq, err == nil && seq > 0
+}
+
+// lastSeq is the seq of the last complete record of the audit log at
+// path; 0 if it has none.
+func lastSeq(path string) (uint64, error) {
+	files, err := ChainFiles(path)
+	if err != nil {
+		return 0, err
+	}
+	for i := len(files) - 1; i >= 0; i-- {
+		tip, _, err := lastRecord(files[i])
+		if err != nil {
+			return 0, err
+		}
+		if tip.seq > 0 {
+			return tip.seq, nil
+		}
+	}
+	return 0, nil
+}
+
+// backoff doubles a wait from 50 ms to 5 s.
+type backoff struct{ d time.Duration }
+
+func newBackoff() *backoff { return &backoff{d: 50 * time.Millisecond} }
+
+func (b *backoff) sleep(ctx context.Context) {
+	t := time.NewTimer(b.d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	b.d = min(2*b.d, 5*time.Second)
+}

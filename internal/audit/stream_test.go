@@ -1,0 +1,288 @@
+package audit
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/amgateway/amg/internal/redistest"
+	"github.com/amgateway/amg/internal/syncbuf"
+)
+
+// appendRecords writes n records to the audit file at path through a file
+// device that rotates every few records, agents alternating bot-0, bot-1,
+// bot-2 and decision ids numbered from first.
+func appendRecords(t *testing.T, path string, first, n int) {
+	t.Helper()
+	d, err := NewFileDevice(path, &FileOptions{MaxBytes: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for i := first; i < first+n; i++ {
+		rec := &Record{Time: time.Date(2026, 11, 26, 9, 0, i, 0, time.UTC), DecisionID: fmt.Sprintf("dec-%03d", i),
+			Agent: fmt.Sprintf("bot-%d", i%3), Role: "ops", Server: "notion", Tool: "get_pages", Method: "tools/call",
+			Args: []byte(`{"query":"\"seq\":7, a value that looks like the chain's"}`), Verdict: "allow", Code: "allowed"}
+		if err := d.Write(rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func recordIDs(recs []Record) (out []string) {
+	for _, r := range recs {
+		out = append(out, r.DecisionID)
+	}
+	return out
+}
+
+// span is the decision ids first, first+1, ... last, or down to last when
+// it is the smaller.
+func span(first, last int) (out []string) {
+	step := 1
+	if last < first {
+		step = -1
+	}
+	for i := first; ; i += step {
+		out = append(out, fmt.Sprintf("dec-%03d", i))
+		if i == last {
+			return out
+		}
+	}
+}
+
+// testLog is the contract of a Log holding the 30 records appendRecords
+// writes from 0.
+func testLog(t *testing.T, log Log) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		q    Query
+		want []string
+		more bool
+	}{
+		{"the latest, newest first", Query{Limit: 3}, span(29, 27), true},
+		{"everything", Query{Limit: 1000}, span(29, 0), false},
+		{"by agent", Query{Agent: "bot-1", Limit: 4}, []string{"dec-028", "dec-025", "dec-022", "dec-019"}, true},
+		{"by decision", Query{DecisionID: "dec-004"}, []string{"dec-004"}, false},
+		{"by time", Query{From: time.Date(2026, 11, 26, 9, 0, 10, 0, time.UTC), To: time.Date(2026, 11, 26, 9, 0, 12, 0, time.UTC)},
+			span(12, 10), false},
+		{"nothing", Query{Agent: "nobody"}, nil, false},
+	} {
+		recs, more, err := log.Search(ctx, tc.q)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got := recordIDs(recs); !slices.Equal(got, tc.want) || more != tc.more {
+			t.Errorf("%s: %v, more %v; want %v, more %v", tc.name, got, more, tc.want, tc.more)
+		}
+	}
+	var all []Record
+	if err := log.Records(ctx, func(r Record) bool { all = append(all, r); return true }); err != nil {
+		t.Fatal(err)
+	}
+	if got := recordIDs(all); !slices.Equal(got, span(0, 29)) {
+		t.Errorf("Records gave %v, want every record oldest first", got)
+	}
+	if all[0].Agent != "bot-0" || all[0].Verdict != "allow" || string(all[0].Args) == "" || all[0].Seq != 1 {
+		t.Errorf("the first record came back as %+v", all[0])
+	}
+	n := 0
+	if err := log.Records(ctx, func(Record) bool { n++; return n < 2 }); err != nil || n != 2 {
+		t.Errorf("Records went on after yield said stop: %d records, %v", n, err)
+	}
+}
+
+func TestFileLog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	appendRecords(t, path, 0, 30)
+	if files, _ := ChainFiles(path); len(files) < 3 {
+		t.Fatalf("the log has %d files; the contract wants rotated ones too", len(files))
+	}
+	testLog(t, FileLog(path))
+}
+
+func TestStream(t *testing.T) {
+	srv := redistest.Start(t)
+	path := filepath.Join(t.TempDir(), FileName)
+	appendRecords(t, path, 0, 30)
+	s := NewStream(srv.Client(), &StreamOptions{Replica: "r1", Poll: 10 * time.Millisecond})
+	stop := shipping(t, s, path)
+	awaitShipped(t, srv.Client(), s, 30)
+	stop()
+	testLog(t, s)
+}
+
+// shipping runs s.Ship on path until the returned stop is called (or the
+// test ends).
+func shipping(t *testing.T, s *Stream, path string) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Ship(ctx, path) }()
+	var stopped bool
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Ship: %v", err)
+			}
+		case <-time.After(hangGuard):
+			t.Error("Ship did not return when its context ended")
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+const hangGuard = 10 * time.Second
+
+// awaitShipped waits until s's stream holds n entries, failing the test
+// if it never does or holds more.
+func awaitShipped(t *testing.T, c *redis.Client, s *Stream, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(hangGuard)
+	for {
+		got, err := c.XLen(context.Background(), s.key).Result()
+		if err == nil && got == n {
+			return
+		}
+		if got > n {
+			t.Fatalf("the stream holds %d entries, want %d", got, n)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the stream holds %d entries (%v), want %d", got, err, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// streamSeqs is the seq of every record in the stream, oldest first, and
+// the replica of each.
+func streamSeqs(t *testing.T, s *Stream) (seqs []uint64, replicas []string) {
+	t.Helper()
+	msgs, err := s.client.XRange(context.Background(), s.key, "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range msgs {
+		rec, err := entryRecord(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs = append(seqs, rec.Seq)
+		replicas = append(replicas, m.Values["replica"].(string))
+	}
+	return seqs, replicas
+}
+
+func seqRange(first, last uint64) (out []uint64) {
+	for s := first; s <= last; s++ {
+		out = append(out, s)
+	}
+	return out
+}
+
+// Ship follows the file as it grows and rotates, and a restart of the
+// replica resumes after the last record shipped: every record reaches the
+// stream once.
+func TestShipFollowsAndResumes(t *testing.T) {
+	srv := redistest.Start(t)
+	path := filepath.Join(t.TempDir(), FileName)
+	s := NewStream(srv.Client(), &StreamOptions{Replica: "r1", Poll: 10 * time.Millisecond})
+
+	stop := shipping(t, s, path) // before the file exists
+	appendRecords(t, path, 0, 12)
+	awaitShipped(t, srv.Client(), s, 12)
+	appendRecords(t, path, 12, 12) // rotating as it goes
+	awaitShipped(t, srv.Client(), s, 24)
+	stop()
+
+	appendRecords(t, path, 24, 6) // while no replica ships
+	stop = shipping(t, s, path)
+	awaitShipped(t, srv.Client(), s, 30)
+	stop()
+	seqs, replicas := streamSeqs(t, s)
+	if !slices.Equal(seqs, seqRange(1, 30)) {
+		t.Errorf("the stream holds seqs %v, want 1 to 30 once each, in order", seqs)
+	}
+	if replicas[0] != "r1" || replicas[29] != "r1" {
+		t.Errorf("entries name replicas %v, want r1", replicas)
+	}
+
+	// A second replica ships its own file beside the first's.
+	other := filepath.Join(t.TempDir(), FileName)
+	appendRecords(t, other, 100, 5)
+	s2 := NewStream(srv.Client(), &StreamOptions{Replica: "r2", Poll: 10 * time.Millisecond})
+	shipping(t, s2, other)
+	awaitShipped(t, srv.Client(), s, 35)
+	if recs, _, err := s.Search(context.Background(), Query{Limit: 5}); err != nil || !slices.Equal(recordIDs(recs), span(104, 100)) {
+		t.Errorf("the stream's newest records are %v, %v; want the second replica's", recordIDs(recs), err)
+	}
+}
+
+// While Redis is down the replica keeps recording to its file; what it
+// wrote meanwhile is shipped when Redis is back.
+func TestShipWaitsOutRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	path := filepath.Join(t.TempDir(), FileName)
+	var logs syncbuf.Buffer
+	s := NewStream(srv.Client(), &StreamOptions{Replica: "r1", Poll: 10 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	shipping(t, s, path)
+	appendRecords(t, path, 0, 5)
+	awaitShipped(t, srv.Client(), s, 5)
+
+	srv.Stop()
+	appendRecords(t, path, 5, 5)
+	for deadline := time.Now().Add(hangGuard); !strings.Contains(logs.String(), "cannot ship audit records"); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Ship never reported failing to ship; its log:\n%s", logs.String())
+		}
+	}
+	srv.Restart() // empty: what was shipped before is gone with it
+	awaitShipped(t, srv.Client(), s, 5)
+	if seqs, _ := streamSeqs(t, s); !slices.Equal(seqs, seqRange(6, 10)) {
+		t.Errorf("after the outage the stream holds seqs %v, want 6 to 10", seqs)
+	}
+	pos, err := srv.Client().HGet(context.Background(), s.shippedKey(), "r1").Uint64()
+	if err != nil || pos != 10 {
+		t.Errorf("the stream's position for r1 is %d, %v; want 10", pos, err)
+	}
+}
+
+func TestShipNeedsAReplicaName(t *testing.T) {
+	srv := redistest.Start(t)
+	if err := NewStream(srv.Client(), nil).Ship(context.Background(), filepath.Join(t.TempDir(), FileName)); err == nil {
+		t.Error("Ship without a replica name succeeded")
+	}
+}
+
+func TestLineSeq(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		seq  uint64
+		ok   bool
+	}{
+		{`{"args":{"q":",\"seq\":99,"},"seq":7,"prev":"00","hash":"11"}`, 7, true},
+		{`{"args":{"a":1,"seq":99},"seq":12,"prev":"00","hash":"11"}`, 12, true},
+		{`{"ts":"t","seq":0,"prev":"00","hash":"11"}`, 0, false},
+		{`{"ts":"t","seq":x,"prev":"00"}`, 0, false},
+		{`{"verdict":"allow"}`, 0, false},
+	} {
+		if seq, ok := lineSeq([]byte(tc.line)); seq != tc.seq || ok != tc.ok {
+			t.Errorf("lineSeq(%s) = %d, %v; want %d, %v", tc.line, seq, ok, tc.seq, tc.ok)
+		}
+	}
+}
