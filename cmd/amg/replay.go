@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/amgateway/amg/internal/audit"
@@ -16,14 +17,16 @@ import (
 )
 
 func newReplayCmd() *cobra.Command {
-	var auditFile, policyDir, catalog string
+	var auditFile, redisAddr, policyDir, catalog string
 	var servers []string
 	cmd := &cobra.Command{
-		Use:   "replay --audit FILE --policy DIR",
+		Use:   "replay (--audit FILE | --redis ADDR) --policy DIR",
 		Short: "Show which recorded decisions another policy would change",
 		Long: `Re-evaluate every policy decision recorded in the audit log FILE (its rotated
 files, oldest first, then FILE) against the role files in DIR, and print each
 decision whose enforced verdict would change, then counts per role and tool.
+With --redis, the records are those every replica sharing that Redis shipped
+there (the latest of all replicas, as the console replays them) instead.
 
 Only decisions of the policy engine on tools/call, prompts/get and
 resources/read (or subscribe) are replayed. Lifecycle records, the broker's
@@ -42,7 +45,7 @@ gives the tool annotations that approval rules match.
 Exits 0 when no decision would change, 1 when some would, 2 on errors.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			err := runReplay(cmd, auditFile, policyDir, catalog, servers)
+			err := runReplay(cmd, auditFile, redisAddr, policyDir, catalog, servers)
 			var exit exitError
 			if err != nil && !errors.As(err, &exit) {
 				fmt.Fprintln(cmd.ErrOrStderr(), "amg:", err)
@@ -51,16 +54,17 @@ Exits 0 when no decision would change, 1 when some would, 2 on errors.`,
 			return err
 		},
 	}
-	cmd.Flags().StringVar(&auditFile, "audit", "", "audit log file (required)")
+	cmd.Flags().StringVar(&auditFile, "audit", "", "audit log file")
+	cmd.Flags().StringVar(&redisAddr, "redis", "", "the Redis replicas share (host:port): replay every replica's shipped records instead of a file")
 	cmd.Flags().StringVar(&policyDir, "policy", "", "directory of role files to replay against (required)")
 	cmd.Flags().StringSliceVar(&servers, "servers", nil, "upstream server names the gateway knows (comma-separated)")
 	cmd.Flags().StringVar(&catalog, "catalog", "", "JSON file with each server's tools/list tools, to check grants against and take annotations from")
 	return cmd
 }
 
-func runReplay(cmd *cobra.Command, auditFile, policyDir, catalog string, servers []string) error {
-	if auditFile == "" || policyDir == "" {
-		return errors.New("--audit and --policy are required")
+func runReplay(cmd *cobra.Command, auditFile, redisAddr, policyDir, catalog string, servers []string) error {
+	if (auditFile == "") == (redisAddr == "") || policyDir == "" {
+		return errors.New("--policy and one of --audit or --redis are required")
 	}
 	opts := &policy.Options{Servers: servers}
 	var ropts replay.Options
@@ -84,16 +88,22 @@ func runReplay(cmd *cobra.Command, auditFile, policyDir, catalog string, servers
 	if err != nil {
 		return err
 	}
-	if _, err := os.Stat(auditFile); err != nil {
-		return err
-	}
-	files, err := audit.ChainFiles(auditFile)
-	if err != nil {
-		return err
-	}
 	var readErr error
-	records := func(yield func(audit.Record) bool) {
-		readErr = audit.ReadRecords(files, cmd.ErrOrStderr(), yield)
+	var records func(yield func(audit.Record) bool)
+	if redisAddr != "" {
+		client := redis.NewClient(&redis.Options{Addr: redisAddr, Password: os.Getenv("AMG_REDIS_PASSWORD")})
+		defer client.Close()
+		stream := audit.NewStream(client, nil)
+		records = func(yield func(audit.Record) bool) { readErr = stream.Records(cmd.Context(), yield) }
+	} else {
+		if _, err := os.Stat(auditFile); err != nil {
+			return err
+		}
+		files, err := audit.ChainFiles(auditFile)
+		if err != nil {
+			return err
+		}
+		records = func(yield func(audit.Record) bool) { readErr = audit.ReadRecords(files, cmd.ErrOrStderr(), yield) }
 	}
 	rep := replay.Replay(records, set, &ropts)
 	if readErr != nil {

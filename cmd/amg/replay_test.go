@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/redistest"
 	"github.com/amgateway/amg/mcpfilter"
 )
 
@@ -133,9 +135,11 @@ func TestReplayErrors(t *testing.T) {
 		t.Errorf("bad audit file: exit %d, stderr:\n%s", code, stderr)
 	}
 
-	code, _, stderr = runCLI(t, "replay", "--policy", policyDir)
-	if code != 2 || stderr != "amg: --audit and --policy are required\n" {
-		t.Errorf("no --audit: exit %d, stderr:\n%s", code, stderr)
+	for _, args := range [][]string{{"--policy", policyDir}, {"--policy", policyDir, "--audit", log, "--redis", "127.0.0.1:1"}} {
+		code, _, stderr = runCLI(t, append([]string{"replay"}, args...)...)
+		if code != 2 || stderr != "amg: --policy and one of --audit or --redis are required\n" {
+			t.Errorf("replay %v: exit %d, stderr:\n%s", args, code, stderr)
+		}
 	}
 }
 
@@ -152,5 +156,38 @@ func TestReplayTornLastLine(t *testing.T) {
 	code, stdout, stderr := runCLI(t, "replay", "--audit", log, "--policy", writePolicyDir(t, replayPolicy))
 	if code != 0 || stderr != "warning: "+log+":7: skipped an incomplete last line\n" || !strings.HasPrefix(stdout, "ROLE") {
 		t.Errorf("exit %d, stdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+}
+
+// With --redis, replay reads what the replicas shipped there: the same
+// records, the same report as from the file.
+func TestReplayFromRedis(t *testing.T) {
+	log := writeReplayAudit(t)
+	srv := redistest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	shipped := make(chan error, 1)
+	go func() { shipped <- audit.NewStream(srv.Client(), &audit.StreamOptions{Replica: "r1"}).Ship(ctx, log) }()
+	for deadline := time.Now().Add(10 * time.Second); srv.Client().XLen(ctx, audit.DefaultStreamKey).Val() < 6; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the records never reached Redis")
+		}
+	}
+	cancel()
+	if err := <-shipped; err != nil {
+		t.Fatal(err)
+	}
+	policy := writePolicyDir(t, strings.Replace(replayPolicy, "lte: 100", "lte: 50", 1))
+	fromFile, wantOut, _ := runCLI(t, "replay", "--audit", log, "--policy", policy, "--servers", "notion")
+	code, stdout, stderr := runCLI(t, "replay", "--redis", srv.Addr, "--policy", policy, "--servers", "notion")
+	if code != fromFile || code != 1 || stderr != "" {
+		t.Fatalf("exit %d (from the file %d), stderr:\n%s", code, fromFile, stderr)
+	}
+	if diff := cmp.Diff(wantOut, stdout); diff != "" {
+		t.Errorf("stdout from Redis (-from the file +from Redis):\n%s", diff)
+	}
+
+	srv.Stop()
+	if code, _, stderr := runCLI(t, "replay", "--redis", srv.Addr, "--policy", policy); code != 2 || !strings.HasPrefix(stderr, "amg: read audit stream: ") {
+		t.Errorf("Redis down: exit %d, stderr:\n%s", code, stderr)
 	}
 }
