@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"os"
 	"strconv"
 	"time"
 
@@ -201,9 +202,10 @@ const shipBatch = 500
 //
 // Where it got to is written in the transaction that ships the records, so
 // a restart resumes after the last record shipped, without loss or
-// repetition; a backlog longer than the stream keeps is shipped from its
-// last MaxLen records. While Redis fails, Ship retries with backoff and the
-// file keeps the records.
+// repetition; of a backlog longer than the stream keeps, only the last
+// MaxLen records are shipped. The backlog is read forward, a batch at a
+// time. While Redis fails, Ship retries with backoff and the file keeps the
+// records.
 func (s *Stream) Ship(ctx context.Context, path string) error {
 	if s.replica == "" {
 		return fmt.Errorf("audit stream: no replica name to ship %s under", path)
@@ -220,8 +222,8 @@ func (s *Stream) Ship(ctx context.Context, path string) error {
 	return nil
 }
 
-// shipFrom ships what the last run left, then follows the file; it
-// returns when ctx ends or the file cannot be followed.
+// shipFrom ships what the last run left, reading the files forward, then
+// follows the file; it returns when ctx ends or the log cannot be read.
 func (s *Stream) shipFrom(ctx context.Context, path string) error {
 	var shipped uint64
 	for wait := newBackoff(); ; wait.sleep(ctx) {
@@ -244,24 +246,93 @@ func (s *Stream) shipFrom(ctx context.Context, path string) error {
 		// replica name): all of it is new to the stream.
 		shipped = 0
 	}
-	// The records written between reading the tip and Tail's reading of
-	// the file are in the backlog too, as long as they are fewer than the
-	// slack; any older ones are skipped by seq.
-	const slack = 10_000
-	backlog := int(min(tip-shipped+slack, uint64(s.maxLen)+slack))
+	// Of a backlog longer than the stream keeps, only its end would stay.
+	if tip > shipped+uint64(s.maxLen) {
+		shipped = tip - uint64(s.maxLen)
+	}
+	if shipped, err = s.catchUp(ctx, path, shipped); err != nil {
+		return err
+	}
+	return s.follow(ctx, path, shipped)
+}
 
+// catchUp ships the complete records of the log at path after seq after,
+// file by file, and returns the seq of the last one shipped.
+func (s *Stream) catchUp(ctx context.Context, path string, after uint64) (uint64, error) {
+	files, err := ChainFiles(path)
+	if err != nil {
+		return after, err
+	}
+	for _, name := range files {
+		if after, err = s.catchUpFile(ctx, name, after); err != nil {
+			return after, err
+		}
+	}
+	return after, nil
+}
+
+func (s *Stream) catchUpFile(ctx context.Context, name string, after uint64) (uint64, error) {
+	if last, _, err := lastRecord(name); err != nil || last.seq <= after {
+		return after, err
+	}
+	f, err := os.Open(name)
+	if err != nil {
+		return after, err
+	}
+	defer f.Close()
+	r := newLineReader(f)
+	batch := make([]shipLine, 0, shipBatch)
+	for {
+		line, complete, err := r.next()
+		if err != nil {
+			return after, fmt.Errorf("read %s: %w", name, err)
+		}
+		if !complete { // the end, or a record being written: follow has it
+			break
+		}
+		seq, ok := lineSeq(line)
+		if !ok {
+			return after, fmt.Errorf("a line of %s has no seq", name)
+		}
+		if seq <= after {
+			continue
+		}
+		if batch = append(batch, shipLine{seq: seq, line: string(line)}); len(batch) == shipBatch {
+			if err := s.shipRetrying(ctx, batch); err != nil {
+				return after, err
+			}
+			after, batch = seq, batch[:0]
+		}
+	}
+	if len(batch) > 0 {
+		if err := s.shipRetrying(ctx, batch); err != nil {
+			return after, err
+		}
+		after = batch[len(batch)-1].seq
+	}
+	return after, nil
+}
+
+// followSlack is how many records before the file's end follow looks at
+// again, for those appended between the catch-up's reading and follow's
+// opening of the file; it skips those already shipped.
+const followSlack = 1000
+
+// follow ships each record appended to the log at path after seq after,
+// until ctx ends or the file cannot be followed.
+func (s *Stream) follow(ctx context.Context, path string, after uint64) error {
 	lines := make(chan shipLine, shipBatch)
 	tctx, stop := context.WithCancel(ctx)
 	defer stop()
 	tailed := make(chan error, 1)
 	go func() {
 		defer close(lines)
-		tailed <- Tail(tctx, path, &TailOptions{Lines: backlog, Follow: true, Poll: s.poll}, func(line []byte) error {
+		tailed <- Tail(tctx, path, &TailOptions{Lines: followSlack, Follow: true, Poll: s.poll}, func(line []byte) error {
 			seq, ok := lineSeq(line)
 			if !ok {
 				return fmt.Errorf("a line of %s has no seq", path)
 			}
-			if seq <= shipped {
+			if seq <= after {
 				return nil
 			}
 			select {
@@ -287,18 +358,26 @@ func (s *Stream) shipFrom(ctx context.Context, path string) error {
 				break more
 			}
 		}
-		for wait := newBackoff(); ; wait.sleep(ctx) {
-			err := s.ship(ctx, batch)
-			if err == nil {
-				break
-			}
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			s.log.Warn("cannot ship audit records to Redis; retrying", "records", len(batch), "err", err)
+		if err := s.shipRetrying(ctx, batch); err != nil {
+			return err
 		}
 	}
 	return <-tailed
+}
+
+// shipRetrying ships batch, retrying with backoff until it is shipped or
+// ctx ends.
+func (s *Stream) shipRetrying(ctx context.Context, batch []shipLine) error {
+	for wait := newBackoff(); ; wait.sleep(ctx) {
+		err := s.ship(ctx, batch)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		s.log.Warn("cannot ship audit records to Redis; retrying", "records", len(batch), "err", err)
+	}
 }
 
 // ship appends batch to the stream and records how far it got, in one

@@ -232,6 +232,28 @@ func TestShipFollowsAndResumes(t *testing.T) {
 	}
 }
 
+// A backlog is shipped in order, batch after batch, but only as much of it
+// as the stream keeps.
+func TestShipBacklog(t *testing.T) {
+	srv := redistest.Start(t)
+	path := filepath.Join(t.TempDir(), FileName)
+	appendRecords(t, path, 0, 1200) // over two batches, in many files
+	s := NewStream(srv.Client(), &StreamOptions{Replica: "r1", Poll: 10 * time.Millisecond})
+	stop := shipping(t, s, path)
+	awaitShipped(t, srv.Client(), s, 1200)
+	stop()
+	if seqs, _ := streamSeqs(t, s); !slices.Equal(seqs, seqRange(1, 1200)) {
+		t.Errorf("the stream holds %d seqs from %d to %d, want 1 to 1200 once each, in order", len(seqs), seqs[0], seqs[len(seqs)-1])
+	}
+
+	short := NewStream(srv.Client(), &StreamOptions{Key: "short:{audit}", Replica: "r1", MaxLen: 10, Poll: 10 * time.Millisecond})
+	shipping(t, short, path)
+	awaitShipped(t, srv.Client(), short, 10)
+	if seqs, _ := streamSeqs(t, short); !slices.Equal(seqs, seqRange(1191, 1200)) {
+		t.Errorf("a stream keeping 10 got seqs %v, want the last 10", seqs)
+	}
+}
+
 // While Redis is down the replica keeps recording to its file; what it
 // wrote meanwhile is shipped when Redis is back.
 func TestShipWaitsOutRedis(t *testing.T) {
@@ -285,4 +307,35 @@ func TestLineSeq(t *testing.T) {
 			t.Errorf("lineSeq(%s) = %d, %v; want %d, %v", tc.line, seq, ok, tc.seq, tc.ok)
 		}
 	}
+}
+
+// BenchmarkShip ships a backlog of b.N records, of the size a 2 KB
+// tools/call leaves in the log, to a local Redis.
+func BenchmarkShip(b *testing.B) {
+	srv := redistest.Start(b)
+	path := filepath.Join(b.TempDir(), FileName)
+	d, err := NewFileDevice(path, &FileOptions{Sync: SyncNever})
+	if err != nil {
+		b.Fatal(err)
+	}
+	args := []byte(`{"query":"` + strings.Repeat("disk full on the primary database replica; ", 38) + `"}`)
+	for i := range b.N {
+		rec := &Record{Time: time.Now(), DecisionID: fmt.Sprintf("dec-%d", i), Agent: "bot", Role: "ops", Server: "notion",
+			Tool: "get_pages", Method: "tools/call", Args: args, Verdict: "allow", Code: "allowed"}
+		if err := d.Write(rec); err != nil {
+			b.Fatal(err)
+		}
+	}
+	d.Close()
+	s := NewStream(srv.Client(), &StreamOptions{Replica: "r1", Poll: time.Millisecond, MaxLen: int64(b.N) + 1})
+	b.ResetTimer()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Ship(ctx, path) }()
+	for srv.Client().XLen(ctx, s.key).Val() < int64(b.N) {
+		time.Sleep(time.Millisecond)
+	}
+	b.StopTimer()
+	cancel()
+	<-done
 }
