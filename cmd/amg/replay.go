@@ -8,7 +8,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/amgateway/amg/internal/audit"
@@ -55,7 +54,7 @@ Exits 0 when no decision would change, 1 when some would, 2 on errors.`,
 		},
 	}
 	cmd.Flags().StringVar(&auditFile, "audit", "", "audit log file")
-	cmd.Flags().StringVar(&redisAddr, "redis", "", "the Redis replicas share (host:port): replay every replica's shipped records instead of a file")
+	cmd.Flags().StringVar(&redisAddr, "redis", "", redisFlagHelp+": replay every replica's shipped records instead of a file")
 	cmd.Flags().StringVar(&policyDir, "policy", "", "directory of role files to replay against (required)")
 	cmd.Flags().StringSliceVar(&servers, "servers", nil, "upstream server names the gateway knows (comma-separated)")
 	cmd.Flags().StringVar(&catalog, "catalog", "", "JSON file with each server's tools/list tools, to check grants against and take annotations from")
@@ -91,7 +90,10 @@ func runReplay(cmd *cobra.Command, auditFile, redisAddr, policyDir, catalog stri
 	var readErr error
 	var records func(yield func(audit.Record) bool)
 	if redisAddr != "" {
-		client := redis.NewClient(&redis.Options{Addr: redisAddr, Password: os.Getenv("AMG_REDIS_PASSWORD")})
+		client, err := redisClient(redisAddr)
+		if err != nil {
+			return err
+		}
 		defer client.Close()
 		stream := audit.NewStream(client, nil)
 		records = func(yield func(audit.Record) bool) { readErr = stream.Records(cmd.Context(), yield) }

@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"text/tabwriter"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/amgateway/amg/internal/shadow"
@@ -42,7 +40,10 @@ calls would change.`,
 				Counts(ctx context.Context, from, to time.Time) ([]shadow.Count, error)
 			}
 			if redisAddr != "" {
-				client := redis.NewClient(&redis.Options{Addr: redisAddr, Password: os.Getenv("AMG_REDIS_PASSWORD")})
+				client, err := redisClient(redisAddr)
+				if err != nil {
+					return err
+				}
 				defer client.Close()
 				counter = shadow.NewRedis(client)
 			} else {
@@ -70,7 +71,7 @@ calls would change.`,
 		},
 	}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "./data", "directory holding the standalone database ("+dbFile+")")
-	cmd.Flags().StringVar(&redisAddr, "redis", "", "the Redis replicas share (host:port): every replica's counts; overrides --data-dir")
+	cmd.Flags().StringVar(&redisAddr, "redis", "", redisFlagHelp+": every replica's counts; overrides --data-dir")
 	cmd.Flags().IntVar(&days, "days", 7, "how many days to show, ending today")
 	return cmd
 }

@@ -12,7 +12,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/amgateway/amg/internal/policy"
@@ -46,7 +45,7 @@ Redis (--redis host:port, password from AMG_REDIS_PASSWORD) when the
 gateway's config has a redis section.`,
 	}
 	cmd.PersistentFlags().StringVar(&where.dataDir, "data-dir", "./data", "directory holding the standalone database ("+dbFile+")")
-	cmd.PersistentFlags().StringVar(&where.redis, "redis", "", "the Redis that replicas share (host:port); overrides --data-dir")
+	cmd.PersistentFlags().StringVar(&where.redis, "redis", "", redisFlagHelp+"; overrides --data-dir")
 	cmd.AddCommand(newTokenIssueCmd(&where), newTokenListCmd(&where), newTokenRevokeCmd(&where))
 	return cmd
 }
@@ -230,7 +229,10 @@ func (w tokenStoreFlags) String() string {
 // openTokenStore opens the token store where says.
 func openTokenStore(where tokenStoreFlags, create bool) (io.Closer, tokens.Store, error) {
 	if where.redis != "" {
-		client := redis.NewClient(&redis.Options{Addr: where.redis, Password: os.Getenv("AMG_REDIS_PASSWORD")})
+		client, err := redisClient(where.redis)
+		if err != nil {
+			return nil, nil, err
+		}
 		return client, tokens.NewRedisStore(client, nil), nil
 	}
 	db, err := openDB(where.dataDir, create)

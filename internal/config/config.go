@@ -205,9 +205,14 @@ type Vault struct {
 
 // Redis is the Redis replicas share.
 type Redis struct {
-	Address  string
+	Address string
+	// Username is the ACL user (Redis 6 and later); "" is the default
+	// user.
+	Username string
 	Password Template // may be empty
 	DB       int
+	// TLS, when set, makes every connection TLS.
+	TLS *TLS
 }
 
 // Upstream is one MCP server behind the gateway. Exactly one of URL,

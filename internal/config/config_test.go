@@ -2,8 +2,16 @@ package config
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"io/fs"
+	"math/big"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -676,4 +684,70 @@ upstreams:
 	if n := strings.Count(got, "\n") + 1; n != 8 {
 		t.Errorf("got %d problems, want 8:\n%s", n, got)
 	}
+}
+
+// redis.tls is true for the system's CAs or a mapping of files, each read
+// at load so that a bad one is reported where the config names it.
+func TestRedisTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(ca, []byte(testCA(t)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	junk := filepath.Join(dir, "junk.pem")
+	if err := os.WriteFile(junk, []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	load := func(src string) (*Config, error) { return Parse("amg.yaml", []byte(src), nil) }
+
+	cfg, err := load("redis: { address: \"r:6380\", username: amg, tls: true }\n")
+	if err != nil || cfg.Redis.TLS == nil || cfg.Redis.Username != "amg" {
+		t.Fatalf("tls: true gave %+v, %v", cfg.Redis, err)
+	}
+	cfg, err = load("redis: { address: \"r:6379\", tls: false }\n")
+	if err != nil || cfg.Redis.TLS != nil {
+		t.Errorf("tls: false gave %+v, %v", cfg.Redis.TLS, err)
+	}
+	cfg, err = load("redis:\n  address: \"r:6380\"\n  tls:\n    ca_file: " + ca + "\n    server_name: redis.internal\n")
+	if err != nil || cfg.Redis.TLS == nil || cfg.Redis.TLS.CAFile != ca || cfg.Redis.TLS.ServerName != "redis.internal" {
+		t.Fatalf("tls mapping gave %+v, %v", cfg.Redis.TLS, err)
+	}
+	if tc, err := cfg.Redis.TLS.Config(); err != nil || tc.RootCAs == nil || tc.ServerName != "redis.internal" || tc.MinVersion != tls.VersionTLS12 {
+		t.Errorf("Config() = %+v, %v", tc, err)
+	}
+
+	for _, tc := range []struct{ name, src, want string }{
+		{"missing CA file", "redis: { address: \"r:1\", tls: { ca_file: " + filepath.Join(dir, "none.pem") + " } }\n",
+			"amg.yaml:1:31: redis.tls: open " + filepath.Join(dir, "none.pem") + ": no such file or directory"},
+		{"not a CA file", "redis: { address: \"r:1\", tls: { ca_file: " + junk + " } }\n",
+			"amg.yaml:1:31: redis.tls: " + junk + " holds no PEM certificate"},
+		{"cert without key", "redis: { address: \"r:1\", tls: { cert_file: " + ca + " } }\n",
+			"amg.yaml:1:31: redis.tls: cert_file and key_file go together"},
+		{"unknown key", "redis: { address: \"r:1\", tls: { verify: false } }\n",
+			`amg.yaml:1:33: redis.tls.verify: unknown field "verify" (expected one of: ca_file, server_name, cert_file, key_file)`},
+		{"empty file name", "redis: { address: \"r:1\", tls: { ca_file: \"\" } }\n",
+			"amg.yaml:1:42: redis.tls.ca_file: must not be empty (leave it out instead)"},
+		{"not a boolean", "redis: { address: \"r:1\", tls: on please }\n",
+			"amg.yaml:1:31: redis.tls: must be true or false, got a string"},
+	} {
+		_, err := load(tc.src)
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%s: got\n%v\nwant\n%s", tc.name, err, tc.want)
+		}
+	}
+}
+
+// testCA is a self-signed CA certificate in PEM.
+func testCA(t *testing.T) string {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"}, IsCA: true,
+		BasicConstraintsValid: true, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }

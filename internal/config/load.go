@@ -31,7 +31,8 @@ var (
 	approvalKeys = []string{"ttl", "webhook"}
 	consoleKeys  = []string{"ready_days", "trace_url", "staged_policy_dir"}
 	auditKeys    = []string{"max_file_bytes", "sync", "sync_interval", "stdout"}
-	redisKeys    = []string{"address", "password", "db"}
+	redisKeys    = []string{"address", "username", "password", "db", "tls"}
+	tlsKeys      = []string{"ca_file", "server_name", "cert_file", "key_file"}
 	vaultKeys    = []string{"address", "token", "approle", "cache_ttl"}
 	appRoleKeys  = []string{"role_id", "secret_id", "mount"}
 	envoyKeys    = []string{"listen", "egress_listen", "egress_address", "authz_address", "broker_addresses", "authz_timeout", "route_timeout",
@@ -92,6 +93,10 @@ func (l *loader) config(cfg *Config, data []byte) {
 				switch k {
 				case "address":
 					l.addr(rv, p, &cfg.Redis.Address)
+				case "username":
+					cfg.Redis.Username, _ = l.Str(rv, p)
+				case "tls":
+					cfg.Redis.TLS = l.tls(rv, p)
 				case "password":
 					if t, ok := l.template(rv, p); ok {
 						cfg.Redis.Password = t

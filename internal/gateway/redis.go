@@ -21,7 +21,14 @@ import (
 func dialRedis(c config.Redis, src secrets.Source) (*redis.Client, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	opts := &redis.Options{Addr: c.Address, DB: c.DB}
+	opts := &redis.Options{Addr: c.Address, Username: c.Username, DB: c.DB}
+	if c.TLS != nil {
+		tc, err := c.TLS.Config()
+		if err != nil {
+			return nil, fmt.Errorf("redis tls: %w", err)
+		}
+		opts.TLSConfig = tc
+	}
 	if c.Password.String() != "" {
 		pw, err := c.Password.Expand(ctx, src)
 		if err != nil {

@@ -321,3 +321,74 @@ func (a *alternating) sessions() []string {
 	defer a.mu.Unlock()
 	return slices.Collect(maps.Keys(a.sids))
 }
+
+// A gateway reaches a Redis that serves TLS only, asks for a client
+// certificate and knows only an ACL user, as managed Redis services do;
+// one that cannot (another CA, no certificate, no TLS, a wrong password)
+// refuses to start, naming why.
+func TestRedisOverTLSAsAnACLUser(t *testing.T) {
+	rs := redistest.StartWith(t, redistest.Options{TLS: true, RequireClientCert: true, User: "amg", Password: "s3cret-pw"})
+	other := redistest.StartWith(t, redistest.Options{TLS: true})
+	password, err := config.ParseTemplate("${file:" + writeFile(t, "s3cret-pw") + "}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrong, err := config.ParseTemplate("${file:" + writeFile(t, "guess") + "}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := config.Redis{Address: rs.Addr, Username: "amg", Password: password,
+		TLS: &config.TLS{CAFile: rs.TLS.CA, CertFile: rs.TLS.ClientCert, KeyFile: rs.TLS.ClientKey}}
+	withRedis := func(r config.Redis) *config.Config {
+		cfg := loopbackConfig(t, "../../policies")
+		cfg.Redis = r
+		return cfg
+	}
+
+	gw := serveForTest(t, withRedis(good), nil)
+	token, _, err := gw.IssueToken(context.Background(), "tls-bot", "notion_read", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := gw.Authz().Check(context.Background(), authztest.EnvoyRequest("POST", map[string]string{
+		"authorization": "Bearer " + token, "mcp-protocol-version": "2025-06-18"},
+		`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`))
+	if err != nil || resp.GetOkResponse() == nil {
+		t.Fatalf("a call with a token kept in Redis over TLS: %v, %v", resp, err)
+	}
+
+	for _, tc := range []struct {
+		name string
+		edit func(*config.Redis)
+		want string
+	}{
+		{"another CA", func(r *config.Redis) { r.TLS.CAFile = other.TLS.CA }, "certificate signed by unknown authority"},
+		{"no client certificate", func(r *config.Redis) { r.TLS.CertFile, r.TLS.KeyFile = "", "" }, "redis at " + rs.Addr},
+		{"no TLS", func(r *config.Redis) { r.TLS = nil }, "redis at " + rs.Addr},
+		{"wrong password", func(r *config.Redis) { r.Password = wrong }, "WRONGPASS"},
+	} {
+		r := good
+		tlsCopy := *good.TLS
+		r.TLS = &tlsCopy
+		tc.edit(&r)
+		gw, err := New(withRedis(r), nil)
+		if err == nil {
+			gw.Close()
+			t.Errorf("%s: the gateway started", tc.name)
+			continue
+		}
+		if !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "s3cret-pw") {
+			t.Errorf("%s: %v; want it to say %q, and never the password", tc.name, err, tc.want)
+		}
+	}
+}
+
+// writeFile writes content to a new file and returns its path.
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}

@@ -11,11 +11,14 @@ package redistest
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"os/exec"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -32,11 +35,17 @@ const startTimeout = 10 * time.Second
 type Server struct {
 	// Addr is the server's host:port. It stays the same across Restart.
 	Addr string
+	// TLS, for a server started with Options.TLS, are the files a client
+	// needs; zero otherwise.
+	TLS TLSFiles
 
 	t    testing.TB
 	bin  string
 	dir  string
 	port int
+	opts Options
+	// tlsConfig is what Client and the readiness probe dial TLS with.
+	tlsConfig *tls.Config
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -45,14 +54,46 @@ type Server struct {
 	clients []*redis.Client
 }
 
+// Options ask for a server reached as production ones are: over TLS, as
+// an ACL user. The zero value is a plain server whose default user needs
+// no password.
+type Options struct {
+	// TLS serves over TLS only, with a certificate for 127.0.0.1 from a
+	// CA made for the test; Server.TLS names the files.
+	TLS bool
+	// RequireClientCert, with TLS, refuses clients without a certificate
+	// from that CA.
+	RequireClientCert bool
+	// User and Password, when User is set, are the only ACL user: the
+	// default user is off.
+	User, Password string
+}
+
+// TLSFiles are PEM files of a TLS server: its CA's certificate, and a
+// client certificate with its key, signed by that CA.
+type TLSFiles struct {
+	CA, ClientCert, ClientKey string
+}
+
 // Start starts a redis-server for t and stops it when t ends.
 func Start(t testing.TB) *Server {
+	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// StartWith is Start with opts.
+func StartWith(t testing.TB, opts Options) *Server {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Fatal("redis-server not found on PATH: run scripts/setup (or scripts/setup-redis) to install it")
 	}
-	s := &Server{t: t, bin: bin, dir: t.TempDir()}
+	s := &Server{t: t, bin: bin, dir: t.TempDir(), opts: opts}
+	if opts.TLS {
+		if s.TLS, s.tlsConfig, err = makeCerts(s.dir); err != nil {
+			t.Fatalf("redistest: %v", err)
+		}
+	}
 	t.Cleanup(s.cleanup)
 	// Another process can take the port between choosing it and the
 	// server binding it; a few attempts make that race harmless.
@@ -77,7 +118,10 @@ func Start(t testing.TB) *Server {
 // calls stand for two replicas.
 func (s *Server) Client() *redis.Client {
 	c := redis.NewClient(&redis.Options{
-		Addr: s.Addr,
+		Addr:      s.Addr,
+		Username:  s.opts.User,
+		Password:  s.opts.Password,
+		TLSConfig: s.tlsConfig,
 		// CLIENT SETINFO needs Redis 7.2; distributions ship older.
 		DisableIdentity: true,
 		// A stopped server refuses connections at once; one dial per
@@ -120,7 +164,7 @@ func (s *Server) Restart() {
 
 func (s *Server) start() error {
 	out := &syncbuf.Buffer{}
-	cmd := exec.Command(s.bin,
+	args := []string{
 		"--port", strconv.Itoa(s.port),
 		"--bind", "127.0.0.1",
 		"--save", "",
@@ -128,7 +172,19 @@ func (s *Server) start() error {
 		"--dir", s.dir,
 		"--daemonize", "no",
 		"--loglevel", "warning",
-	)
+	}
+	if s.opts.TLS {
+		auth := "optional"
+		if s.opts.RequireClientCert {
+			auth = "yes"
+		}
+		args = append(args, "--port", "0", "--tls-port", strconv.Itoa(s.port), "--tls-cert-file", filepath.Join(s.dir, "server.crt"),
+			"--tls-key-file", filepath.Join(s.dir, "server.key"), "--tls-ca-cert-file", s.TLS.CA, "--tls-auth-clients", auth)
+	}
+	if s.opts.User != "" {
+		args = append(args, "--user", "default", "off", "--user", s.opts.User, "on", ">"+s.opts.Password, "~*", "&*", "+@all")
+	}
+	cmd := exec.Command(s.bin, args...)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start redis-server: %w", err)
@@ -142,7 +198,7 @@ func (s *Server) start() error {
 	s.cmd, s.exited, s.output = cmd, exited, out
 	s.mu.Unlock()
 
-	if err := waitReady(s.Addr, exited); err != nil {
+	if err := waitReady(s.Addr, s.tlsConfig, exited); err != nil {
 		s.Stop()
 		return fmt.Errorf("redis-server on %s: %w; its output:\n%s", s.Addr, err, out.String())
 	}
@@ -152,10 +208,10 @@ func (s *Server) start() error {
 // waitReady polls PING until the server answers, exits or startTimeout
 // passes. It speaks the protocol by hand rather than through a client,
 // whose pool would log every refused dial while the server starts.
-func waitReady(addr string, exited <-chan struct{}) error {
+func waitReady(addr string, tc *tls.Config, exited <-chan struct{}) error {
 	deadline := time.Now().Add(startTimeout)
 	for {
-		err := ping(addr)
+		err := ping(addr, tc)
 		if err == nil {
 			return nil
 		}
@@ -171,8 +227,17 @@ func waitReady(addr string, exited <-chan struct{}) error {
 	}
 }
 
-func ping(addr string) error {
-	conn, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+// ping sends PING, over TLS with tc if it is not nil. A server whose
+// default user is off answers NOAUTH, which shows it is up as well.
+func ping(addr string, tc *tls.Config) error {
+	var conn net.Conn
+	var err error
+	d := &net.Dialer{Timeout: 200 * time.Millisecond}
+	if tc != nil {
+		conn, err = tls.DialWithDialer(d, "tcp", addr, tc)
+	} else {
+		conn, err = d.Dial("tcp", addr)
+	}
 	if err != nil {
 		return err
 	}
@@ -185,7 +250,7 @@ func ping(addr string) error {
 	if err != nil {
 		return err
 	}
-	if line != "+PONG\r\n" {
+	if line != "+PONG\r\n" && !strings.HasPrefix(line, "-NOAUTH") {
 		return fmt.Errorf("PING answered %q", line)
 	}
 	return nil

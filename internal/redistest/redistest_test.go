@@ -3,6 +3,8 @@ package redistest
 import (
 	"context"
 	"errors"
+	"os"
+	"strings"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -47,5 +49,31 @@ func TestServersAreIndependent(t *testing.T) {
 	}
 	if err := b.Client().Get(ctx, "k").Err(); !errors.Is(err, redis.Nil) {
 		t.Errorf("GET on the other server = %v, want redis.Nil", err)
+	}
+}
+
+// A TLS server with an ACL user answers the Client it hands out, and
+// refuses a client that speaks plain TCP or is not that user.
+func TestTLSAndACL(t *testing.T) {
+	ctx := context.Background()
+	s := StartWith(t, Options{TLS: true, RequireClientCert: true, User: "amg", Password: "s3cret"})
+	if err := s.Client().Ping(ctx).Err(); err != nil {
+		t.Fatalf("PING over TLS as amg: %v", err)
+	}
+	plain := redis.NewClient(&redis.Options{Addr: s.Addr, DialerRetries: 1, MaxRetries: -1})
+	defer plain.Close()
+	if err := plain.Ping(ctx).Err(); err == nil {
+		t.Error("PING over plain TCP succeeded")
+	}
+	c := s.Client()
+	anon := redis.NewClient(&redis.Options{Addr: s.Addr, TLSConfig: c.Options().TLSConfig, MaxRetries: -1})
+	defer anon.Close()
+	if err := anon.Ping(ctx).Err(); err == nil || !strings.Contains(err.Error(), "NOAUTH") {
+		t.Errorf("PING as the default user: %v, want NOAUTH", err)
+	}
+	for _, f := range []string{s.TLS.CA, s.TLS.ClientCert, s.TLS.ClientKey} {
+		if _, err := os.Stat(f); err != nil {
+			t.Error(err)
+		}
 	}
 }
