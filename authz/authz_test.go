@@ -127,6 +127,7 @@ func (failingLimiter) Allow(context.Context, string, *policy.RateLimit) (ratelim
 // env is a running authz gRPC server on loopback with its collaborators.
 type env struct {
 	client  authv3.AuthorizationClient
+	srv     *Server // the same server, called in process
 	audit   *recorder
 	signer  *Signer
 	store   *tokens.MemoryStore
@@ -181,6 +182,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.srv = srv
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

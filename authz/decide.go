@@ -53,6 +53,7 @@ type outcome struct {
 	reason  string
 	verdict decision.Verdict // enforced
 	retry   time.Duration    // for CodeRateLimited
+	traceID string           // of the trace the decision is in, for the audit record
 }
 
 // lifecycleMethods need a valid role and nothing more: the broker answers
@@ -85,10 +86,10 @@ func (c *call) decide() *authv3.CheckResponse {
 		denyBatch(outs)
 	}
 	c.countShadowDenies(outs)
-	traceIDs := c.observe(outs)
+	c.observe(outs)
 	for i := range outs {
 		rec := c.messageRecord(&outs[i])
-		rec.TraceID = traceIDs[i]
+		rec.TraceID = outs[i].traceID
 		if err := c.s.deps.Audit.Log(rec); err != nil {
 			if c.s.tel != nil {
 				c.s.tel.RecordAuditFailure(c.ctx)
@@ -300,15 +301,25 @@ const (
 )
 
 // observe gives each decided message a span in the agent's trace, and
-// counts it in the decision metrics; it returns each span's trace id for
-// the audit record. Nothing of the arguments goes into either.
-func (c *call) observe(outs []outcome) []string {
-	ids := make([]string, len(outs))
+// counts it in the decision metrics; it notes each message's trace id for
+// the audit record. Nothing of the arguments goes into either. When no one
+// receives spans, none is started: the messages take the trace id of the
+// trace they are in, or a new one when they are in none.
+func (c *call) observe(outs []outcome) {
 	t := c.s.tel
 	if t == nil {
-		return ids
+		return
 	}
 	ctx := c.traceContext(t)
+	if !t.Tracing() {
+		id := telemetry.TraceID(ctx)
+		if id == "" {
+			id = telemetry.NewTraceID()
+		}
+		for i := range outs {
+			outs[i].traceID = id
+		}
+	}
 	mode := policy.ModeEnforce.String()
 	if c.role != nil {
 		mode = c.role.Mode.String()
@@ -324,13 +335,15 @@ func (c *call) observe(outs []outcome) []string {
 		if o.res.Shadow {
 			shadow = o.res.ShadowVerdict.String()
 		}
-		sctx, span := t.StartDecisionSpan(ctx, "amg.decide "+o.msg.Method)
-		if span.IsRecording() { // attributes cost allocations; unsampled spans drop them
-			span.SetAttributes(telemetry.DecisionAttributes(c.token.Agent, c.token.Role, o.server, o.name,
-				o.verdict.String(), shadow, o.res.Rule, version, c.id)...)
+		if t.Tracing() {
+			sctx, span := t.StartDecisionSpan(ctx, "amg.decide "+o.msg.Method)
+			if span.IsRecording() { // attributes cost allocations; unsampled spans drop them
+				span.SetAttributes(telemetry.DecisionAttributes(c.token.Agent, c.token.Role, o.server, o.name,
+					o.verdict.String(), shadow, o.res.Rule, version, c.id)...)
+			}
+			span.End()
+			o.traceID = telemetry.TraceID(sctx)
 		}
-		span.End()
-		ids[i] = telemetry.TraceID(sctx)
 		t.RecordDecision(c.ctx, c.token.Role, o.verdict.String(), mode, string(o.code), took)
 		if shadow == decision.Deny.String() {
 			t.RecordShadowDeny(c.ctx, c.token.Role)
@@ -339,7 +352,6 @@ func (c *call) observe(outs []outcome) []string {
 			t.RecordRateLimited(c.ctx, c.token.Role)
 		}
 	}
-	return ids
 }
 
 // traceContext is where a decision's spans go. The span of the Check's own

@@ -5,8 +5,10 @@ import (
 	"testing"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
 	grpcmd "google.golang.org/grpc/metadata"
 
 	"github.com/amgateway/amg/internal/telemetry"
@@ -102,4 +104,51 @@ func waitForSpans(t *testing.T, spans *tracetest.InMemoryExporter) (decision, rp
 	}
 	t.Fatalf("want a decision span and an RPC span, got %v", spans.GetSpans())
 	return
+}
+
+// Without a span exporter no decision span is started, and the audit
+// record still names the trace its decision is in: the agent's, or a new
+// one for each Check that is in none.
+func TestTraceIDWithoutTracing(t *testing.T) {
+	const agentTrace = "4bf92f3577b34da6a3ce929d0e0e4736"
+	tel, err := telemetry.New(t.Context(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tel.Shutdown(context.Background()) })
+	e := newEnv(t, func(_ *Deps, o *Options) { o.Telemetry = tel })
+	inProcess := false
+	check := func(traceparent string) string {
+		t.Helper()
+		h := map[string]string{"authorization": "Bearer " + e.tokens["bot-1"], "mcp-protocol-version": "2025-06-18"}
+		if traceparent != "" {
+			h["traceparent"] = traceparent
+		}
+		req := envoyRequest("POST", h, toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`))
+		call := e.client.Check
+		if inProcess { // no RPC, whose span would give a trace
+			call = func(ctx context.Context, req *authv3.CheckRequest, _ ...grpc.CallOption) (*authv3.CheckResponse, error) {
+				return e.srv.Check(ctx, req)
+			}
+		}
+		resp, err := call(context.Background(), req)
+		if err != nil || resp.GetOkResponse() == nil {
+			t.Fatalf("Check: %v %v", resp, err)
+		}
+		return e.audit.last(t).TraceID
+	}
+	if got := check("00-" + agentTrace + "-00f067aa0ba902b7-01"); got != agentTrace {
+		t.Errorf("a Check in the agent's trace was recorded in trace %q, want %s", got, agentTrace)
+	}
+	for _, inProcess = range []bool{false, true} {
+		a, b := check(""), check("")
+		for _, id := range []string{a, b} {
+			if tid, err := trace.TraceIDFromHex(id); err != nil || !tid.IsValid() {
+				t.Errorf("a Check in no trace (in process %v) was recorded in trace %q, want a new valid id", inProcess, id)
+			}
+		}
+		if a == b {
+			t.Errorf("two Checks in no trace (in process %v) share trace %s", inProcess, a)
+		}
+	}
 }

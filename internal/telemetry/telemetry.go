@@ -24,6 +24,7 @@ package telemetry
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -466,51 +467,60 @@ func (t *Telemetry) Shutdown(ctx context.Context) error {
 // enforcement mode (enforce, shadow, ...) and code the reason code; all must
 // come from small fixed sets.
 func (t *Telemetry) RecordDecision(ctx context.Context, role, verdict, mode, code string, d time.Duration) {
-	set := t.decisionSets.get([4]string{role, verdict, mode, code}, func() attribute.Set {
-		return attribute.NewSet(KeyRole.String(role), KeyVerdict.String(verdict), KeyMode.String(mode), KeyCode.String(code))
-	})
-	t.decisions.Add(ctx, 1, metric.WithAttributeSet(set))
-	t.decisionDuration.Record(ctx, d.Seconds(), metric.WithAttributeSet(set))
+	k := [4]string{role, verdict, mode, code}
+	attrs, ok := t.decisionSets.get(k)
+	if !ok {
+		attrs = t.decisionSets.put(k, attribute.NewSet(KeyRole.String(role), KeyVerdict.String(verdict),
+			KeyMode.String(mode), KeyCode.String(code)))
+	}
+	t.decisions.Add(ctx, 1, attrs)
+	t.decisionDuration.Record(ctx, d.Seconds(), attrs)
 }
 
 // maxCachedSets bounds each cache of attribute sets; the values come from
 // small fixed sets, so it is never reached unless something is wrong.
 const maxCachedSets = 4096
 
-// setCache holds the attribute sets of one metric by their values.
+// setCache holds the attributes of one metric's measurements by their
+// values, as the option that carries them: building either costs
+// allocations that every request would pay again.
 type setCache[K comparable] struct {
 	mu   sync.RWMutex
-	sets map[K]attribute.Set
+	sets map[K]metric.MeasurementOption
 }
 
-// get returns the set of k, building it the first time.
-func (c *setCache[K]) get(k K, build func() attribute.Set) attribute.Set {
+// get returns the attributes of k, if they were put before.
+func (c *setCache[K]) get(k K) (metric.MeasurementOption, bool) {
 	c.mu.RLock()
-	set, ok := c.sets[k]
+	attrs, ok := c.sets[k]
 	c.mu.RUnlock()
-	if ok {
-		return set
-	}
-	set = build()
+	return attrs, ok
+}
+
+// put keeps set as the attributes of k and returns them.
+func (c *setCache[K]) put(k K, set attribute.Set) metric.MeasurementOption {
+	attrs := metric.WithAttributeSet(set)
 	c.mu.Lock()
 	if c.sets == nil {
-		c.sets = map[K]attribute.Set{}
+		c.sets = map[K]metric.MeasurementOption{}
 	}
 	if len(c.sets) < maxCachedSets {
-		c.sets[k] = set
+		c.sets[k] = attrs
 	}
 	c.mu.Unlock()
-	return set
+	return attrs
 }
 
 // RecordUpstream records the duration of one call to an upstream MCP server
 // and counts it as an error unless status is StatusOK. server is the
 // configured server name, status a short outcome word (ok, error, timeout).
 func (t *Telemetry) RecordUpstream(ctx context.Context, server, status string, d time.Duration) {
-	set := t.upstreamSets.get([2]string{server, status}, func() attribute.Set {
-		return attribute.NewSet(KeyServer.String(server), KeyStatus.String(status))
-	})
-	t.upstreamDuration.Record(ctx, d.Seconds(), metric.WithAttributeSet(set))
+	k := [2]string{server, status}
+	attrs, ok := t.upstreamSets.get(k)
+	if !ok {
+		attrs = t.upstreamSets.put(k, attribute.NewSet(KeyServer.String(server), KeyStatus.String(status)))
+	}
+	t.upstreamDuration.Record(ctx, d.Seconds(), attrs)
 	if status != StatusOK {
 		t.upstreamErrors.Add(ctx, 1, metric.WithAttributeSet(
 			attribute.NewSet(KeyServer.String(server))))
@@ -559,7 +569,18 @@ func (t *Telemetry) ObserveAuditQueue(fn func() int64) {
 // of the span (local or propagated) in ctx. Set its attributes with
 // span.SetAttributes(DecisionAttributes(...)...) and End it.
 func (t *Telemetry) StartDecisionSpan(ctx context.Context, name string) (context.Context, trace.Span) {
-	return t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindInternal))
+	return t.tracer.Start(ctx, name, internalSpan)
+}
+
+// internalSpan is made once: each option built costs an allocation.
+var internalSpan = trace.WithSpanKind(trace.SpanKindInternal)
+
+// NewTraceID returns a random trace id, for a decision that belongs to no
+// trace when spans are not recorded.
+func NewTraceID() string {
+	var id trace.TraceID
+	rand.Read(id[:])
+	return id.String()
 }
 
 // DecisionAttributes returns the span attributes describing one decision,
