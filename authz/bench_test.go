@@ -11,12 +11,14 @@ import (
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/ratelimit"
+	"github.com/amgateway/amg/internal/telemetry"
 	"github.com/amgateway/amg/internal/tokens"
 )
 
 // newBenchServer builds a Server with the real collaborators of standalone
-// mode: cached token authentication, the in-memory limiter, the redactor
-// and the asynchronous audit logger writing a hash-chained file.
+// mode: cached token authentication, the in-memory limiter, the redactor,
+// the asynchronous audit logger writing a hash-chained file, and the
+// gateway's telemetry (metrics, and trace ids without an exporter).
 func newBenchServer(b testing.TB) (*Server, string, func()) {
 	b.Helper()
 	set, err := policy.Compile([]policy.File{{Name: "bench.yaml", Data: []byte(authztest.BenchPolicy)}}, nil)
@@ -34,6 +36,10 @@ func newBenchServer(b testing.TB) (*Server, string, func()) {
 	}
 	logger := audit.NewLogger([]audit.Device{dev}, &audit.Options{QueueSize: 1 << 16})
 	signer, _ := NewSigner([]byte(strings.Repeat("k", 32)), nil)
+	tel, err := telemetry.New(context.Background(), &telemetry.Options{ServiceName: "amg"})
+	if err != nil {
+		b.Fatal(err)
+	}
 	srv, err := New(Deps{
 		Tokens:   tokens.NewAuthenticator(store, nil),
 		Policies: staticPolicies{set},
@@ -41,11 +47,14 @@ func newBenchServer(b testing.TB) (*Server, string, func()) {
 		Audit:    logger,
 		Redactor: audit.NewRedactor([]byte(strings.Repeat("r", 32))),
 		Signer:   signer,
-	}, nil)
+	}, &Options{Telemetry: tel})
 	if err != nil {
 		b.Fatal(err)
 	}
-	return srv, secret, func() { logger.Close(context.Background()) }
+	return srv, secret, func() {
+		logger.Close(context.Background())
+		tel.Shutdown(context.Background())
+	}
 }
 
 func BenchmarkCheck(b *testing.B) {

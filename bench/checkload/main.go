@@ -35,6 +35,7 @@ import (
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/ratelimit"
+	"github.com/amgateway/amg/internal/telemetry"
 	"github.com/amgateway/amg/internal/tokens"
 )
 
@@ -64,20 +65,24 @@ func run(levels []int, duration, warmup time.Duration, nconns int, floor bool, r
 		return err
 	}
 	defer os.RemoveAll(dir)
-	srv, secret, closeAudit, err := newServer(dir, redisAddr)
+	srv, tel, secret, closeServer, err := newServer(dir, redisAddr)
 	if err != nil {
 		return err
 	}
-	defer closeAudit()
+	defer closeServer()
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
-	gs := grpc.NewServer(authz.GRPCServerOptions()...)
+	// AMG is served as the gateway serves it, with its telemetry; the
+	// floor with gRPC alone.
+	var gs *grpc.Server
 	if floor {
+		gs = grpc.NewServer(authz.GRPCServerOptions()...)
 		authv3.RegisterAuthorizationServer(gs, allowAll{})
 	} else {
+		gs = grpc.NewServer(append(authz.GRPCServerOptions(), grpc.StatsHandler(tel.GRPCServerHandler()))...)
 		authv3.RegisterAuthorizationServer(gs, srv)
 	}
 	go gs.Serve(lis)
@@ -225,10 +230,10 @@ func loadGRPC(clients []authv3.AuthorizationClient, req *authv3.CheckRequest, c 
 	return all, nil
 }
 
-// newServer builds the service with what standalone AMG runs it with; with
-// redisAddr, every Check also counts against a (never reached) rate limit
-// in that Redis, as replicas sharing one do.
-func newServer(dir, redisAddr string) (*authz.Server, string, func(), error) {
+// newServer builds the service with what standalone AMG runs it with,
+// its telemetry included; with redisAddr, every Check also counts against
+// a (never reached) rate limit in that Redis, as replicas sharing one do.
+func newServer(dir, redisAddr string) (*authz.Server, *telemetry.Telemetry, string, func(), error) {
 	role := authztest.BenchPolicy
 	var limiter authz.Limiter = ratelimit.NewMemory(nil)
 	if redisAddr != "" {
@@ -237,25 +242,29 @@ func newServer(dir, redisAddr string) (*authz.Server, string, func(), error) {
 	}
 	set, err := policy.Compile([]policy.File{{Name: "bench.yaml", Data: []byte(role)}}, nil)
 	if err != nil {
-		return nil, "", nil, err
+		return nil, nil, "", nil, err
 	}
 	store := tokens.NewMemoryStore()
 	secret, _, err := tokens.Issue(context.Background(), store, "load-agent", "bench", 0, time.Now())
 	if err != nil {
-		return nil, "", nil, err
+		return nil, nil, "", nil, err
 	}
 	dev, err := audit.NewFileDevice(filepath.Join(dir, audit.FileName), nil)
 	if err != nil {
-		return nil, "", nil, err
+		return nil, nil, "", nil, err
 	}
 	logger := audit.NewLogger([]audit.Device{dev}, &audit.Options{QueueSize: 1 << 16})
 	key, err := audit.LoadOrCreateKey(filepath.Join(dir, audit.KeyFileName))
 	if err != nil {
-		return nil, "", nil, err
+		return nil, nil, "", nil, err
 	}
 	signer, err := authz.NewSigner(key, nil)
 	if err != nil {
-		return nil, "", nil, err
+		return nil, nil, "", nil, err
+	}
+	tel, err := telemetry.New(context.Background(), &telemetry.Options{ServiceName: "amg"})
+	if err != nil {
+		return nil, nil, "", nil, err
 	}
 	srv, err := authz.New(authz.Deps{
 		Tokens:   tokens.NewAuthenticator(store, nil),
@@ -264,11 +273,14 @@ func newServer(dir, redisAddr string) (*authz.Server, string, func(), error) {
 		Audit:    logger,
 		Redactor: audit.NewRedactor(key),
 		Signer:   signer,
-	}, nil)
+	}, &authz.Options{Telemetry: tel})
 	if err != nil {
-		return nil, "", nil, err
+		return nil, nil, "", nil, err
 	}
-	return srv, secret, func() { logger.Close(context.Background()) }, nil
+	return srv, tel, secret, func() {
+		logger.Close(context.Background())
+		tel.Shutdown(context.Background())
+	}, nil
 }
 
 type fixedPolicy struct{ set *policy.Set }
