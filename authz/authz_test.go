@@ -189,7 +189,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	}
 	gsOpts := GRPCServerOptions()
 	if o.Telemetry != nil { // as the gateway serves Check
-		gsOpts = append(gsOpts, grpc.StatsHandler(o.Telemetry.GRPCServerHandler()))
+		gsOpts = append(gsOpts, o.Telemetry.GRPCServerOptions()...)
 	}
 	gs := grpc.NewServer(gsOpts...)
 	authv3.RegisterAuthorizationServer(gs, srv)

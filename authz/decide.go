@@ -362,9 +362,12 @@ func (c *call) observe(outs []outcome) {
 // trace sends the agent's headers only, and the RPC began a trace of its
 // own) the decision continues the request's traceparent directly.
 func (c *call) traceContext(t *telemetry.Telemetry) context.Context {
-	agent := t.Propagator().Extract(c.ctx, propagation.MapCarrier(c.headers.m))
-	if trace.SpanContextFromContext(agent).TraceID() == trace.SpanContextFromContext(c.ctx).TraceID() {
-		return c.ctx
+	// Without tracing no stats handler started an RPC span: the RPC's
+	// trace context is in its metadata.
+	rpc := t.ExtractRPC(c.ctx)
+	agent := t.Propagator().Extract(rpc, propagation.MapCarrier(c.headers.m))
+	if trace.SpanContextFromContext(agent).TraceID() == trace.SpanContextFromContext(rpc).TraceID() {
+		return rpc
 	}
 	return agent
 }

@@ -107,17 +107,17 @@ func waitForSpans(t *testing.T, spans *tracetest.InMemoryExporter) (decision, rp
 }
 
 // Without a span exporter no decision span is started, and the audit
-// record still names the trace its decision is in: the agent's, or a new
-// one for each Check that is in none.
+// record still names the trace its decision is in: the agent's, else the
+// one Envoy's metadata carries, else a new one for each Check.
 func TestTraceIDWithoutTracing(t *testing.T) {
-	const agentTrace = "4bf92f3577b34da6a3ce929d0e0e4736"
+	const agentTrace, envoyTrace = "4bf92f3577b34da6a3ce929d0e0e4736", "0af7651916cd43dd8448eb211c80319c"
 	tel, err := telemetry.New(t.Context(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tel.Shutdown(context.Background()) })
 	e := newEnv(t, func(_ *Deps, o *Options) { o.Telemetry = tel })
-	inProcess := false
+	inProcess, rpcParent := false, ""
 	check := func(traceparent string) string {
 		t.Helper()
 		h := map[string]string{"authorization": "Bearer " + e.tokens["bot-1"], "mcp-protocol-version": "2025-06-18"}
@@ -131,7 +131,11 @@ func TestTraceIDWithoutTracing(t *testing.T) {
 				return e.srv.Check(ctx, req)
 			}
 		}
-		resp, err := call(context.Background(), req)
+		ctx := context.Background()
+		if rpcParent != "" {
+			ctx = grpcmd.AppendToOutgoingContext(ctx, "traceparent", rpcParent)
+		}
+		resp, err := call(ctx, req)
 		if err != nil || resp.GetOkResponse() == nil {
 			t.Fatalf("Check: %v %v", resp, err)
 		}
@@ -140,6 +144,14 @@ func TestTraceIDWithoutTracing(t *testing.T) {
 	if got := check("00-" + agentTrace + "-00f067aa0ba902b7-01"); got != agentTrace {
 		t.Errorf("a Check in the agent's trace was recorded in trace %q, want %s", got, agentTrace)
 	}
+	rpcParent = "00-" + envoyTrace + "-b7ad6b7169203331-01"
+	if got := check(""); got != envoyTrace {
+		t.Errorf("a Check in Envoy's trace only was recorded in trace %q, want %s", got, envoyTrace)
+	}
+	if got := check("00-" + agentTrace + "-00f067aa0ba902b7-01"); got != agentTrace {
+		t.Errorf("a Check in both traces was recorded in trace %q, want the agent's %s", got, agentTrace)
+	}
+	rpcParent = ""
 	for _, inProcess = range []bool{false, true} {
 		a, b := check(""), check("")
 		for _, id := range []string{a, b} {

@@ -82,7 +82,7 @@ func run(levels []int, duration, warmup time.Duration, nconns int, floor bool, r
 		gs = grpc.NewServer(authz.GRPCServerOptions()...)
 		authv3.RegisterAuthorizationServer(gs, allowAll{})
 	} else {
-		gs = grpc.NewServer(append(authz.GRPCServerOptions(), grpc.StatsHandler(tel.GRPCServerHandler()))...)
+		gs = grpc.NewServer(append(authz.GRPCServerOptions(), tel.GRPCServerOptions()...)...)
 		authv3.RegisterAuthorizationServer(gs, srv)
 	}
 	go gs.Serve(lis)

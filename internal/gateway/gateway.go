@@ -259,7 +259,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	if cfg.XDSListen != "" {
 		// Envoy's configuration follows from this config alone; one that
 		// does not build or validate stops the gateway from starting.
-		g.xds = xds.NewServer(&xds.Options{Logger: g.log, GRPC: []grpc.ServerOption{grpc.StatsHandler(g.tel.GRPCServerHandler())}})
+		g.xds = xds.NewServer(&xds.Options{Logger: g.log, GRPC: g.tel.GRPCServerOptions()})
 		if err := g.xds.Update(cfg); err != nil {
 			return nil, err
 		}
@@ -371,7 +371,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		g.broker.Sync()
 	})
 
-	gs := grpc.NewServer(append(authz.GRPCServerOptions(), grpc.StatsHandler(g.tel.GRPCServerHandler()))...)
+	gs := grpc.NewServer(append(authz.GRPCServerOptions(), g.tel.GRPCServerOptions()...)...)
 	authv3.RegisterAuthorizationServer(gs, g.authz)
 	hs := &http.Server{Handler: g.tel.HTTPHandler(g.front, "amg.front"), ReadHeaderTimeout: 10 * time.Second}
 	as := &http.Server{Handler: g.admin, ReadHeaderTimeout: 10 * time.Second}

@@ -97,16 +97,25 @@ func TestUntracedTransportWithoutTrace(t *testing.T) {
 	}
 }
 
+// Without tracing a gRPC server gets no stats handler, and a handler
+// takes its RPC's trace context from the metadata; one already in a trace
+// keeps it.
 func TestUntracedGRPCCarriesTraceContext(t *testing.T) {
-	h := untraced(t).GRPCServerHandler()
+	tel := untraced(t)
+	if opts := tel.GRPCServerOptions(); len(opts) != 0 {
+		t.Errorf("GRPCServerOptions without tracing = %v, want none", opts)
+	}
 	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("traceparent", incomingParent))
-	ctx = h.TagRPC(ctx, &stats.RPCTagInfo{FullMethodName: "/envoy.service.auth.v3.Authorization/Check"})
-	if got := TraceID(ctx); got != incomingTrace {
+	if got := TraceID(tel.ExtractRPC(ctx)); got != incomingTrace {
 		t.Errorf("trace id of the RPC = %q, want the incoming %s", got, incomingTrace)
 	}
-	h.HandleRPC(ctx, &stats.End{EndTime: time.Now()})
-	if trace.SpanFromContext(ctx).IsRecording() {
-		t.Error("an RPC span was recorded with no one to receive it")
+	if got := TraceID(tel.ExtractRPC(context.Background())); got != "" {
+		t.Errorf("trace id of an RPC without trace context = %q, want none", got)
+	}
+	inTrace, span := tel.Tracer().Start(ctx, "already")
+	defer span.End()
+	if got, want := TraceID(tel.ExtractRPC(inTrace)), TraceID(inTrace); got != want {
+		t.Errorf("an RPC already in trace %s moved to %s", want, got)
 	}
 }
 
@@ -120,7 +129,10 @@ func TestTracedInstrumentationRecordsSpans(t *testing.T) {
 	req.Header.Set("traceparent", incomingParent)
 	hs.tel.HTTPHandler(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}), "amg.front").ServeHTTP(httptest.NewRecorder(), req)
 
-	g := hs.tel.GRPCServerHandler()
+	if len(hs.tel.GRPCServerOptions()) != 1 {
+		t.Error("no stats handler with tracing")
+	}
+	g := hs.tel.grpcServerHandler()
 	ctx := g.TagRPC(metadata.NewIncomingContext(context.Background(), metadata.Pairs("traceparent", incomingParent)),
 		&stats.RPCTagInfo{FullMethodName: "/envoy.service.auth.v3.Authorization/Check"})
 	g.HandleRPC(ctx, &stats.End{EndTime: time.Now()})
