@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -66,6 +67,7 @@ type Stream struct {
 	replica string
 	poll    time.Duration
 	log     *slog.Logger
+	tail    func(ctx context.Context, path string, opts *TailOptions, emit func([]byte) error) error // Tail; tests replace it
 }
 
 // DefaultStreamKey and DefaultStreamMaxLen are a Stream's defaults. The
@@ -95,7 +97,7 @@ type StreamOptions struct {
 // failover or a cluster client.
 func NewStream(client redis.UniversalClient, opts *StreamOptions) *Stream {
 	s := &Stream{client: client, key: DefaultStreamKey, maxLen: DefaultStreamMaxLen, poll: 250 * time.Millisecond,
-		log: slog.New(slog.DiscardHandler)}
+		log: slog.New(slog.DiscardHandler), tail: Tail}
 	if opts != nil {
 		if opts.Key != "" {
 			s.key = opts.Key
@@ -250,11 +252,20 @@ func (s *Stream) shipFrom(ctx context.Context, path string) error {
 	if tip > shipped+uint64(s.maxLen) {
 		shipped = tip - uint64(s.maxLen)
 	}
-	if shipped, err = s.catchUp(ctx, path, shipped); err != nil {
-		return err
+	for {
+		if shipped, err = s.catchUp(ctx, path, shipped); err != nil {
+			return err
+		}
+		if shipped, err = s.follow(ctx, path, shipped); !errors.Is(err, errSeqGap) {
+			return err
+		}
 	}
-	return s.follow(ctx, path, shipped)
 }
+
+// errSeqGap is a record that does not follow the last one shipped: the
+// records between went by unseen (the file rotated twice between two
+// looks), and the files have them.
+var errSeqGap = errors.New("audit stream: records missed while following")
 
 // catchUp ships the complete records of the log at path after seq after,
 // file by file, and returns the seq of the last one shipped.
@@ -319,22 +330,28 @@ func (s *Stream) catchUpFile(ctx context.Context, name string, after uint64) (ui
 const followSlack = 1000
 
 // follow ships each record appended to the log at path after seq after,
-// until ctx ends or the file cannot be followed.
-func (s *Stream) follow(ctx context.Context, path string, after uint64) error {
+// in order, until ctx ends, the file cannot be followed, or a record does
+// not follow the one before it (errSeqGap); it returns the seq of the
+// last record shipped.
+func (s *Stream) follow(ctx context.Context, path string, after uint64) (uint64, error) {
 	lines := make(chan shipLine, shipBatch)
 	tctx, stop := context.WithCancel(ctx)
 	defer stop()
 	tailed := make(chan error, 1)
 	go func() {
 		defer close(lines)
-		tailed <- Tail(tctx, path, &TailOptions{Lines: followSlack, Follow: true, Poll: s.poll}, func(line []byte) error {
+		next := after + 1
+		tailed <- s.tail(tctx, path, &TailOptions{Lines: followSlack, Follow: true, Poll: s.poll}, func(line []byte) error {
 			seq, ok := lineSeq(line)
-			if !ok {
+			switch {
+			case !ok:
 				return fmt.Errorf("a line of %s has no seq", path)
+			case seq < next:
+				return nil // shipped before
+			case seq > next:
+				return errSeqGap
 			}
-			if seq <= after {
-				return nil
-			}
+			next++
 			select {
 			case lines <- shipLine{seq: seq, line: string(line)}:
 				return nil
@@ -359,10 +376,11 @@ func (s *Stream) follow(ctx context.Context, path string, after uint64) error {
 			}
 		}
 		if err := s.shipRetrying(ctx, batch); err != nil {
-			return err
+			return after, err
 		}
+		after = batch[len(batch)-1].seq
 	}
-	return <-tailed
+	return after, <-tailed
 }
 
 // shipRetrying ships batch, retrying with backoff until it is shipped or

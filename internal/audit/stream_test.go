@@ -1,12 +1,14 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -251,6 +253,40 @@ func TestShipBacklog(t *testing.T) {
 	awaitShipped(t, srv.Client(), short, 10)
 	if seqs, _ := streamSeqs(t, short); !slices.Equal(seqs, seqRange(1191, 1200)) {
 		t.Errorf("a stream keeping 10 got seqs %v, want the last 10", seqs)
+	}
+}
+
+// Records that following the file missed are found in the files: a
+// record that does not follow the last one shipped sends Ship back to
+// them.
+func TestShipRecoversMissedRecords(t *testing.T) {
+	srv := redistest.Start(t)
+	path := filepath.Join(t.TempDir(), FileName)
+	s := NewStream(srv.Client(), &StreamOptions{Replica: "r1", Poll: 10 * time.Millisecond})
+	var mu sync.Mutex
+	dropped := false
+	s.tail = func(ctx context.Context, path string, opts *TailOptions, emit func([]byte) error) error {
+		return Tail(ctx, path, opts, func(line []byte) error {
+			mu.Lock()
+			drop := !dropped && bytes.Contains(line, []byte(`"decision_id":"dec-005"`))
+			dropped = dropped || drop
+			mu.Unlock()
+			if drop {
+				return nil // as if it went by between two looks
+			}
+			return emit(line)
+		})
+	}
+	shipping(t, s, path)
+	appendRecords(t, path, 0, 10)
+	awaitShipped(t, srv.Client(), s, 10)
+	if seqs, _ := streamSeqs(t, s); !slices.Equal(seqs, seqRange(1, 10)) {
+		t.Errorf("the stream holds seqs %v, want 1 to 10 once each, in order", seqs)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !dropped {
+		t.Error("the test never hid a record from Ship")
 	}
 }
 

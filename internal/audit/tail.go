@@ -174,7 +174,52 @@ func (t *tailer) poll() error {
 		if err := t.drain(); err != nil {
 			return err
 		}
+		// Files rotated after it since the last poll were never open
+		// here, and hold what comes before path's file now.
+		if err := t.drainRotatedAfter(); err != nil {
+			return err
+		}
 		t.close()
+	}
+}
+
+// drainRotatedAfter emits the complete lines of the rotated files newer
+// than the one t has open, oldest first.
+func (t *tailer) drainRotatedAfter() error {
+	rotated, err := rotatedFiles(t.path)
+	if err != nil {
+		return err
+	}
+	for i, name := range rotated {
+		if fi, err := os.Stat(name); err != nil || !os.SameFile(fi, t.fi) {
+			continue
+		}
+		for _, newer := range rotated[i+1:] {
+			if err := t.emitFile(newer); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return nil
+}
+
+// emitFile emits the complete lines of a file that is no longer written.
+func (t *tailer) emitFile(name string) error {
+	f, err := os.Open(name)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r := newLineReader(f)
+	for {
+		line, complete, err := r.next()
+		if err != nil || !complete {
+			return err
+		}
+		if err := t.emit(line); err != nil {
+			return err
+		}
 	}
 }
 

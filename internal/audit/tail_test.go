@@ -144,3 +144,55 @@ func TestTailFollowShrink(t *testing.T) {
 		t.Errorf("Tail = %v, want an error about the file shrinking", err)
 	}
 }
+
+// Several rotations between two polls: the files rotated in between are
+// read too, in order.
+func TestTailFollowSeveralRotationsPerPoll(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.log")
+	lineLen := int64(len(readLinesOf(t, dir, 1)[0]))
+	d, err := NewFileDevice(path, &FileOptions{MaxBytes: 2 * lineLen, Now: fakeClock()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Write(testRecord(1)); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var got []string
+	seen := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), got...)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	polled := make(chan struct{}, 1)
+	go func() {
+		done <- Tail(ctx, path, &TailOptions{Lines: 1, Follow: true, Poll: 200 * time.Millisecond}, func(line []byte) error {
+			mu.Lock()
+			defer mu.Unlock()
+			got = append(got, decisionID(t, line))
+			select {
+			case polled <- struct{}{}:
+			default:
+			}
+			return nil
+		})
+	}()
+	<-polled                   // the backlog is read, and the first file open
+	for i := 2; i <= 12; i++ { // five rotations, faster than a poll
+		if err := d.Write(testRecord(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.Close()
+	waitFor(t, "all records", func() bool { return len(seen()) >= 12 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(ids(1, 12), seen()); diff != "" {
+		t.Errorf("followed (-want +got):\n%s", diff)
+	}
+}
