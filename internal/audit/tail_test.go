@@ -78,23 +78,7 @@ func TestTailFollow(t *testing.T) {
 	lineLen := int64(len(readLinesOf(t, dir, 1)[0]))
 	writeRecords(t, path, nil, 1, 3)
 
-	var mu sync.Mutex
-	var got []string
-	seen := func() []string {
-		mu.Lock()
-		defer mu.Unlock()
-		return append([]string(nil), got...)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() {
-		done <- Tail(ctx, path, &TailOptions{Lines: 2, Follow: true, Poll: time.Millisecond}, func(line []byte) error {
-			mu.Lock()
-			defer mu.Unlock()
-			got = append(got, decisionID(t, line))
-			return nil
-		})
-	}()
+	seen, stop := following(t, path, &TailOptions{Lines: 2, Follow: true, Poll: time.Millisecond})
 	waitFor(t, "backlog", func() bool { return len(seen()) == 2 })
 
 	d, err := NewFileDevice(path, &FileOptions{MaxBytes: 4 * lineLen, Now: fakeClock()})
@@ -111,10 +95,7 @@ func TestTailFollow(t *testing.T) {
 	}
 	d.Close()
 	waitFor(t, "all records", func() bool { return len(seen()) == 19 })
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stop()
 	if diff := cmp.Diff(ids(2, 20), seen()); diff != "" {
 		t.Errorf("followed (-want +got):\n%s", diff)
 	}
@@ -158,29 +139,9 @@ func TestTailFollowSeveralRotationsPerPoll(t *testing.T) {
 	if err := d.Write(testRecord(1)); err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var got []string
-	seen := func() []string {
-		mu.Lock()
-		defer mu.Unlock()
-		return append([]string(nil), got...)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	polled := make(chan struct{}, 1)
-	go func() {
-		done <- Tail(ctx, path, &TailOptions{Lines: 1, Follow: true, Poll: 200 * time.Millisecond}, func(line []byte) error {
-			mu.Lock()
-			defer mu.Unlock()
-			got = append(got, decisionID(t, line))
-			select {
-			case polled <- struct{}{}:
-			default:
-			}
-			return nil
-		})
-	}()
-	<-polled                   // the backlog is read, and the first file open
+	seen, stop := following(t, path, &TailOptions{Lines: 1, Follow: true, Poll: 200 * time.Millisecond})
+	// Once the backlog is read the first file is open.
+	waitFor(t, "backlog", func() bool { return len(seen()) == 1 })
 	for i := 2; i <= 12; i++ { // five rotations, faster than a poll
 		if err := d.Write(testRecord(i)); err != nil {
 			t.Fatal(err)
@@ -188,11 +149,39 @@ func TestTailFollowSeveralRotationsPerPoll(t *testing.T) {
 	}
 	d.Close()
 	waitFor(t, "all records", func() bool { return len(seen()) >= 12 })
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stop()
 	if diff := cmp.Diff(ids(1, 12), seen()); diff != "" {
 		t.Errorf("followed (-want +got):\n%s", diff)
 	}
+}
+
+// following tails path with opts in the background. seen returns the
+// decision ids emitted so far; stop ends the tail, failing the test on its
+// error.
+func following(t *testing.T, path string, opts *TailOptions) (seen func() []string, stop func()) {
+	t.Helper()
+	var mu sync.Mutex
+	var got []string
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Tail(ctx, path, opts, func(line []byte) error {
+			mu.Lock()
+			defer mu.Unlock()
+			got = append(got, decisionID(t, line))
+			return nil
+		})
+	}()
+	seen = func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), got...)
+	}
+	stop = func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	return seen, stop
 }
