@@ -77,37 +77,55 @@ first broken record as file:line: what is wrong, and exits 1.`,
 }
 
 func newAuditTailCmd() *cobra.Command {
-	var dataDir string
+	var dataDir, redisAddr string
 	var follow bool
 	var lines int
 	cmd := &cobra.Command{
-		Use:   "tail [--data-dir DIR | FILE]",
+		Use:   "tail [--data-dir DIR | FILE | --redis ADDR]",
 		Short: "Print the last audit records, and follow new ones with -f",
 		Long: `Print the last N records of the audit log (FILE, or audit.log in the data
 directory) as JSON lines, reaching back into rotated files if needed. With -f,
 keep printing records as they are written, across rotations, until
-interrupted.`,
+interrupted. With --redis, the records are those every replica sharing that
+Redis ships there, in the order they arrived.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			path := filepath.Join(dataDir, audit.FileName)
+			if len(args)+btoi(cmd.Flags().Changed("data-dir"))+btoi(redisAddr != "") > 1 {
+				return errors.New("give one of FILE, --data-dir and --redis")
+			}
 			if len(args) == 1 {
-				if cmd.Flags().Changed("data-dir") {
-					return errors.New("give either FILE or --data-dir, not both")
-				}
 				path = args[0]
 			}
 			if lines < 0 {
 				return fmt.Errorf("-n must not be negative, got %d", lines)
 			}
 			out := cmd.OutOrStdout()
-			return audit.Tail(cmd.Context(), path, &audit.TailOptions{Lines: lines, Follow: follow}, func(line []byte) error {
+			print := func(line []byte) error {
 				_, err := fmt.Fprintf(out, "%s\n", line)
 				return err
-			})
+			}
+			if redisAddr != "" {
+				client, err := redisClient(redisAddr)
+				if err != nil {
+					return err
+				}
+				defer client.Close()
+				return audit.NewStream(client, nil).Tail(cmd.Context(), lines, follow, print)
+			}
+			return audit.Tail(cmd.Context(), path, &audit.TailOptions{Lines: lines, Follow: follow}, print)
 		},
 	}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "./data", "data directory holding audit.log")
+	cmd.Flags().StringVar(&redisAddr, "redis", "", redisFlagHelp+": the records every replica shipped there")
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing records as they are written")
 	cmd.Flags().IntVarP(&lines, "lines", "n", 10, "number of records to print first")
 	return cmd
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

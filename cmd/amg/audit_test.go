@@ -154,7 +154,8 @@ func TestAuditErrors(t *testing.T) {
 		want string
 	}{
 		{"tail negative count", []string{"audit", "tail", "-n", "-1", path}, "amg: -n must not be negative, got -1\n"},
-		{"tail file and data dir", []string{"audit", "tail", "--data-dir", dir, path}, "amg: give either FILE or --data-dir, not both\n"},
+		{"tail file and data dir", []string{"audit", "tail", "--data-dir", dir, path}, "amg: give one of FILE, --data-dir and --redis\n"},
+		{"tail file and redis", []string{"audit", "tail", "--redis", "127.0.0.1:1", path}, "amg: give one of FILE, --data-dir and --redis\n"},
 		{"tail two files", []string{"audit", "tail", path, path}, "amg: accepts at most 1 arg(s), received 2\n"},
 		{"tail missing file", []string{"audit", "tail", filepath.Join(dir, "nope.log")}, "amg: audit tail: open " + filepath.Join(dir, "nope.log") + ": no such file or directory\n"},
 		{"verify missing file", []string{"audit", "verify", filepath.Join(dir, "nope.log")}, "amg: verify audit chain: open " + filepath.Join(dir, "nope.log") + ": no such file or directory\n"},

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"context"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/redistest"
 )
 
@@ -45,5 +48,35 @@ func TestRedisURLOverTLS(t *testing.T) {
 		if tc.env != "" {
 			t.Setenv(tc.env, map[string]string{"AMG_REDIS_CERT_FILE": rs.TLS.ClientCert, "AMG_REDIS_PASSWORD": "pw-for-ops"}[tc.env])
 		}
+	}
+}
+
+// amg audit tail --redis prints the latest records every replica shipped.
+func TestAuditTailFromRedis(t *testing.T) {
+	rs := redistest.Start(t)
+	log := writeReplayAudit(t)
+	shipAll(t, rs, log, 6)
+	_, fromFile, _ := runCLI(t, "audit", "tail", "-n", "2", log)
+	code, stdout, stderr := runCLI(t, "audit", "tail", "-n", "2", "--redis", rs.Addr)
+	if code != 0 || stdout != fromFile || strings.Count(stdout, "\n") != 2 {
+		t.Errorf("exit %d, stdout:\n%s\nwant the file's last two lines:\n%s\nstderr:\n%s", code, stdout, fromFile, stderr)
+	}
+}
+
+// shipAll ships the audit log at path, of n records, to rs's audit stream,
+// as a replica would.
+func shipAll(t *testing.T, rs *redistest.Server, path string, n int64) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	shipped := make(chan error, 1)
+	go func() { shipped <- audit.NewStream(rs.Client(), &audit.StreamOptions{Replica: "r1"}).Ship(ctx, path) }()
+	for deadline := time.Now().Add(10 * time.Second); rs.Client().XLen(ctx, audit.DefaultStreamKey).Val() < n; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the records never reached Redis")
+		}
+	}
+	cancel()
+	if err := <-shipped; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -164,18 +163,7 @@ func TestReplayTornLastLine(t *testing.T) {
 func TestReplayFromRedis(t *testing.T) {
 	log := writeReplayAudit(t)
 	srv := redistest.Start(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	shipped := make(chan error, 1)
-	go func() { shipped <- audit.NewStream(srv.Client(), &audit.StreamOptions{Replica: "r1"}).Ship(ctx, log) }()
-	for deadline := time.Now().Add(10 * time.Second); srv.Client().XLen(ctx, audit.DefaultStreamKey).Val() < 6; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the records never reached Redis")
-		}
-	}
-	cancel()
-	if err := <-shipped; err != nil {
-		t.Fatal(err)
-	}
+	shipAll(t, srv, log, 6)
 	policy := writePolicyDir(t, strings.Replace(replayPolicy, "lte: 100", "lte: 50", 1))
 	fromFile, wantOut, _ := runCLI(t, "replay", "--audit", log, "--policy", policy, "--servers", "notion")
 	code, stdout, stderr := runCLI(t, "replay", "--redis", srv.Addr, "--policy", policy, "--servers", "notion")

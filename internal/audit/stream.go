@@ -176,12 +176,70 @@ func (s *Stream) Records(ctx context.Context, yield func(Record) bool) error {
 	}
 }
 
+// Tail calls emit with the last n records of the stream, oldest first,
+// each as the line its replica's file holds and valid only during the
+// call; with follow, it then calls emit with each record as it arrives,
+// until ctx ends, when it returns nil. It returns the first error from
+// emit or from Redis.
+func (s *Stream) Tail(ctx context.Context, n int, follow bool, emit func(line []byte) error) error {
+	last := "0-0" // the id after which follow reads: the stream's start when it is empty
+	backlog, err := s.client.XRevRangeN(ctx, s.key, "+", "-", int64(max(n, 1))).Result()
+	if err != nil {
+		return fmt.Errorf("tail audit stream: %w", err)
+	}
+	if len(backlog) > 0 {
+		last = backlog[0].ID
+	}
+	backlog = backlog[:min(n, len(backlog))]
+	for i := len(backlog) - 1; i >= 0; i-- {
+		if err := emitEntry(backlog[i], emit); err != nil {
+			return err
+		}
+	}
+	for follow {
+		// A bounded block, so that an ended ctx is noticed within it.
+		streams, err := s.client.XRead(ctx, &redis.XReadArgs{Streams: []string{s.key, last}, Count: streamPage, Block: time.Second}).Result()
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err == redis.Nil:
+			continue
+		case err != nil:
+			return fmt.Errorf("tail audit stream: %w", err)
+		}
+		for _, m := range streams[0].Messages {
+			if err := emitEntry(m, emit); err != nil {
+				return err
+			}
+			last = m.ID
+		}
+	}
+	return nil
+}
+
+func emitEntry(m redis.XMessage, emit func(line []byte) error) error {
+	line, err := entryLine(m)
+	if err != nil {
+		return fmt.Errorf("tail audit stream: %w", err)
+	}
+	return emit([]byte(line))
+}
+
+// entryLine is the record of a stream entry, as its replica's file holds it.
+func entryLine(m redis.XMessage) (string, error) {
+	line, ok := m.Values["record"].(string)
+	if !ok {
+		return "", fmt.Errorf("entry %s: no record field", m.ID)
+	}
+	return line, nil
+}
+
 // entryRecord decodes the record of a stream entry.
 func entryRecord(m redis.XMessage) (Record, error) {
 	var rec Record
-	line, ok := m.Values["record"].(string)
-	if !ok {
-		return rec, fmt.Errorf("entry %s: no record field", m.ID)
+	line, err := entryLine(m)
+	if err != nil {
+		return rec, err
 	}
 	if err := json.Unmarshal([]byte(line), &rec); err != nil {
 		return rec, fmt.Errorf("entry %s: not an audit record: %v", m.ID, err)

@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -374,4 +375,71 @@ func BenchmarkShip(b *testing.B) {
 	b.StopTimer()
 	cancel()
 	<-done
+}
+
+// Tail prints the stream's last records, then those that arrive, as the
+// lines the replicas' files hold.
+func TestStreamTail(t *testing.T) {
+	srv := redistest.Start(t)
+	path := filepath.Join(t.TempDir(), FileName)
+	s := NewStream(srv.Client(), &StreamOptions{Replica: "r1", Poll: 10 * time.Millisecond})
+	shipping(t, s, path)
+	var mu sync.Mutex
+	var got []string
+	seen := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(got)
+	}
+	tail := func(ctx context.Context, n int, follow bool) error {
+		return s.Tail(ctx, n, follow, func(line []byte) error {
+			var rec Record
+			if err := json.Unmarshal(line, &rec); err != nil || rec.Seq == 0 {
+				t.Errorf("emitted %q, not a record line of the file (%v)", line, err)
+			}
+			mu.Lock()
+			got = append(got, rec.DecisionID)
+			mu.Unlock()
+			return nil
+		})
+	}
+	if err := tail(context.Background(), 3, false); err != nil || len(seen()) != 0 {
+		t.Fatalf("the tail of an empty stream gave %v, %v", seen(), err)
+	}
+
+	appendRecords(t, path, 0, 5)
+	awaitShipped(t, srv.Client(), s, 5)
+	if err := tail(context.Background(), 3, false); err != nil || !slices.Equal(seen(), span(2, 4)) {
+		t.Fatalf("the last 3 = %v, %v; want %v", seen(), err, span(2, 4))
+	}
+
+	mu.Lock()
+	got = nil
+	mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tail(ctx, 1, true) }()
+	for deadline := time.Now().Add(hangGuard); len(seen()) < 1; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the backlog never came")
+		}
+	}
+	appendRecords(t, path, 5, 3)
+	for deadline := time.Now().Add(hangGuard); len(seen()) < 4; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("following gave %v", seen())
+		}
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Error(err)
+		}
+	case <-time.After(hangGuard):
+		t.Fatal("Tail did not return when its context ended")
+	}
+	if !slices.Equal(seen(), span(4, 7)) {
+		t.Errorf("followed %v, want %v", seen(), span(4, 7))
+	}
 }
