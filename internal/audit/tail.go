@@ -152,6 +152,11 @@ func (t *tailer) linesOf(name string, n int) ([][]byte, error) {
 func (t *tailer) poll() error {
 	for {
 		if t.f == nil {
+			// Between two polls while path was missing, the log may
+			// have rotated again.
+			if err := t.drainRotatedAfter(); err != nil {
+				return err
+			}
 			if err := t.open(); errors.Is(err, os.ErrNotExist) {
 				return nil
 			} else if err != nil {
@@ -184,8 +189,12 @@ func (t *tailer) poll() error {
 }
 
 // drainRotatedAfter emits the complete lines of the rotated files newer
-// than the one t has open, oldest first.
+// than the last file t read, oldest first, and makes the newest of them
+// the last file read.
 func (t *tailer) drainRotatedAfter() error {
+	if t.fi == nil {
+		return nil
+	}
 	rotated, err := rotatedFiles(t.path)
 	if err != nil {
 		return err
@@ -195,7 +204,7 @@ func (t *tailer) drainRotatedAfter() error {
 			continue
 		}
 		for _, newer := range rotated[i+1:] {
-			if err := t.emitFile(newer); err != nil {
+			if t.fi, err = t.emitFile(newer); err != nil {
 				return err
 			}
 		}
@@ -204,21 +213,26 @@ func (t *tailer) drainRotatedAfter() error {
 	return nil
 }
 
-// emitFile emits the complete lines of a file that is no longer written.
-func (t *tailer) emitFile(name string) error {
+// emitFile emits the complete lines of a file that is no longer written,
+// and returns what it is.
+func (t *tailer) emitFile(name string) (os.FileInfo, error) {
 	f, err := os.Open(name)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
 	r := newLineReader(f)
 	for {
 		line, complete, err := r.next()
 		if err != nil || !complete {
-			return err
+			return fi, err
 		}
 		if err := t.emit(line); err != nil {
-			return err
+			return fi, err
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -151,6 +152,38 @@ func TestTailFollowSeveralRotationsPerPoll(t *testing.T) {
 	waitFor(t, "all records", func() bool { return len(seen()) >= 12 })
 	stop()
 	if diff := cmp.Diff(ids(1, 12), seen()); diff != "" {
+		t.Errorf("followed (-want +got):\n%s", diff)
+	}
+}
+
+// The log rotates while path is missing (renamed, not yet made anew) at a
+// poll, and once more before the next: the file in between is read too.
+func TestTailFollowRotationWhilePathMissing(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.log")
+	lines := readLinesOf(t, dir, 6)
+	put := func(name string, from, to int) { // a file of records from..to
+		t.Helper()
+		if err := os.WriteFile(name, []byte(strings.Join(lines[from-1:to], "")), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(path, 1, 2)
+	seen, stop := following(t, path, &TailOptions{Lines: 10, Follow: true, Poll: 20 * time.Millisecond})
+	waitFor(t, "backlog", func() bool { return len(seen()) == 2 })
+
+	if err := os.Rename(path, rotatedName(path, epoch.Add(time.Second))); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // polls find path missing
+	put(path, 3, 4)
+	if err := os.Rename(path, rotatedName(path, epoch.Add(2*time.Second))); err != nil {
+		t.Fatal(err)
+	}
+	put(path, 5, 6)
+	waitFor(t, "the last file", func() bool { return slices.Contains(seen(), "d6") })
+	stop()
+	if diff := cmp.Diff(ids(1, 6), seen()); diff != "" {
 		t.Errorf("followed (-want +got):\n%s", diff)
 	}
 }
