@@ -101,7 +101,7 @@ Redis ships there, in the order they arrived.`,
 				return fmt.Errorf("-n must not be negative, got %d", lines)
 			}
 			out := cmd.OutOrStdout()
-			print := func(line []byte) error {
+			emit := func(line []byte) error {
 				_, err := fmt.Fprintf(out, "%s\n", line)
 				return err
 			}
@@ -111,9 +111,9 @@ Redis ships there, in the order they arrived.`,
 					return err
 				}
 				defer client.Close()
-				return audit.NewStream(client, nil).Tail(cmd.Context(), lines, follow, print)
+				return audit.NewStream(client, nil).Tail(cmd.Context(), lines, follow, emit)
 			}
-			return audit.Tail(cmd.Context(), path, &audit.TailOptions{Lines: lines, Follow: follow}, print)
+			return audit.Tail(cmd.Context(), path, &audit.TailOptions{Lines: lines, Follow: follow}, emit)
 		},
 	}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "./data", "data directory holding audit.log")
