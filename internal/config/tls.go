@@ -63,11 +63,20 @@ func (l *loader) tls(n *yaml.Node, path string) *TLS {
 	t := &TLS{}
 	l.Fields(n, path, tlsKeys, func(key string, _, v *yaml.Node) {
 		p := path + "." + key
-		dst := map[string]*string{"ca_file": &t.CAFile, "server_name": &t.ServerName, "cert_file": &t.CertFile, "key_file": &t.KeyFile}[key]
-		if s, ok := l.Str(v, p); ok && s == "" {
+		s, ok := l.Str(v, p)
+		if ok && s == "" {
 			l.Errorf(v, p, "must not be empty (leave it out instead)")
-		} else if ok {
-			*dst = s
+			return
+		}
+		switch key {
+		case "ca_file":
+			t.CAFile = s
+		case "server_name":
+			t.ServerName = s
+		case "cert_file":
+			t.CertFile = s
+		case "key_file":
+			t.KeyFile = s
 		}
 	})
 	if _, err := t.Config(); err != nil {
