@@ -71,17 +71,26 @@ type tailer struct {
 }
 
 func (t *tailer) open() error {
-	f, err := os.Open(t.path)
+	f, fi, err := openFile(t.path)
 	if err != nil {
-		return err
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
 		return err
 	}
 	t.f, t.fi, t.pos, t.partial = f, fi, 0, t.partial[:0]
 	return nil
+}
+
+// openFile opens the file at name and says what it is.
+func openFile(name string) (*os.File, os.FileInfo, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, fi, nil
 }
 
 func (t *tailer) close() {
@@ -128,15 +137,11 @@ func (t *tailer) backlog(n int) error {
 // linesOf returns the last n complete lines of a rotated file, none if it
 // is the file t has open (renamed since).
 func (t *tailer) linesOf(name string, n int) ([][]byte, error) {
-	f, err := os.Open(name)
+	f, fi, err := openFile(name)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
 	if t.fi != nil && os.SameFile(fi, t.fi) {
 		return nil, nil
 	}
@@ -216,15 +221,11 @@ func (t *tailer) drainRotatedAfter() error {
 // emitFile emits the complete lines of a file that is no longer written,
 // and returns what it is.
 func (t *tailer) emitFile(name string) (os.FileInfo, error) {
-	f, err := os.Open(name)
+	f, fi, err := openFile(name)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
 	r := newLineReader(f)
 	for {
 		line, complete, err := r.next()
