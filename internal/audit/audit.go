@@ -83,6 +83,10 @@ type Record struct {
 	TraceID        string          `json:"trace_id,omitempty"`
 	ApprovalID     string          `json:"approval_id,omitempty"`
 
+	// Replica is the replica that recorded it, for a record read from the
+	// stream replicas share (see Stream); it is no part of a file's line.
+	Replica string `json:"-"`
+
 	// Seq, Prev and Hash are the hash chain, filled in by the file device
 	// (see the package documentation); anything a caller sets here is
 	// discarded by [Logger.Log]. Hash must stay the last field: the chain

@@ -244,6 +244,7 @@ func entryRecord(m redis.XMessage) (Record, error) {
 	if err := json.Unmarshal([]byte(line), &rec); err != nil {
 		return rec, fmt.Errorf("entry %s: not an audit record: %v", m.ID, err)
 	}
+	rec.Replica, _ = m.Values["replica"].(string)
 	return rec, nil
 }
 

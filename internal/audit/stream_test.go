@@ -121,6 +121,10 @@ func TestStream(t *testing.T) {
 	awaitShipped(t, srv.Client(), s, 30)
 	stop()
 	testLog(t, s)
+	recs, _, err := s.Search(context.Background(), Query{Limit: 1})
+	if err != nil || len(recs) != 1 || recs[0].Replica != "r1" {
+		t.Errorf("a record from the stream = %+v, %v; want it to name replica r1", recs, err)
+	}
 }
 
 // shipping runs s.Ship on path until the returned stop is called (or the

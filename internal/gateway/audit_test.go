@@ -100,6 +100,13 @@ func TestConsoleSearchesEveryReplicasAudit(t *testing.T) {
 	if !strings.Contains(page, `data-testid="record"`) || !strings.Contains(page, "get_pages") {
 		t.Errorf("the record is not shown whole:\n%s", page)
 	}
+	replicaA, err := replicaID(a.cfg.DataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(page, `<code data-testid="replica">`+replicaA+`</code>`) {
+		t.Errorf("the record does not name replica A, %s:\n%s", replicaA, page)
+	}
 	// B's own file does not hold it: the console read the shared stream.
 	recs, _, err := audit.FileLog(filepath.Join(b.cfg.DataDir, audit.FileName)).Search(context.Background(), audit.Query{DecisionID: id})
 	if err != nil || len(recs) != 0 {
