@@ -165,7 +165,6 @@ func (s *Server) Restart() {
 func (s *Server) start() error {
 	out := &syncbuf.Buffer{}
 	args := []string{
-		"--port", strconv.Itoa(s.port),
 		"--bind", "127.0.0.1",
 		"--save", "",
 		"--appendonly", "no",
@@ -180,6 +179,8 @@ func (s *Server) start() error {
 		}
 		args = append(args, "--port", "0", "--tls-port", strconv.Itoa(s.port), "--tls-cert-file", filepath.Join(s.dir, "server.crt"),
 			"--tls-key-file", filepath.Join(s.dir, "server.key"), "--tls-ca-cert-file", s.TLS.CA, "--tls-auth-clients", auth)
+	} else {
+		args = append(args, "--port", strconv.Itoa(s.port))
 	}
 	if s.opts.User != "" {
 		args = append(args, "--user", "default", "off", "--user", s.opts.User, "on", ">"+s.opts.Password, "~*", "&*", "+@all")
