@@ -157,8 +157,8 @@ func (t *tailer) linesOf(name string, n int) ([][]byte, error) {
 func (t *tailer) poll() error {
 	for {
 		if t.f == nil {
-			// Between two polls while path was missing, the log may
-			// have rotated again.
+			// Files rotated after the last one read were never open
+			// here, and hold what comes before path's file now.
 			if err := t.drainRotatedAfter(); err != nil {
 				return err
 			}
@@ -182,11 +182,6 @@ func (t *tailer) poll() error {
 		// one more drain reads all it holds. A partial line left there was
 		// torn by a crash and will never complete.
 		if err := t.drain(); err != nil {
-			return err
-		}
-		// Files rotated after it since the last poll were never open
-		// here, and hold what comes before path's file now.
-		if err := t.drainRotatedAfter(); err != nil {
 			return err
 		}
 		t.close()
