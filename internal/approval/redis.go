@@ -126,8 +126,8 @@ const pruneBatch = 100
 // share the prefix's hash tag, hence the slot, which Redis Cluster
 // accepts.
 // KEYS: hash, expiry set, then the state indexes in states' order (so
-// KEYS[3] is pending's), then the recent set. ARGV: meta, body, index member, TTL in ms, prefix
-// of hash keys, prune batch, retention in ms.
+// KEYS[3] is pending's), then the recent set. ARGV: meta, body, index
+// member, TTL in ms, prefix of hash keys, prune batch, retention in ms.
 var createScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then
 	return 0

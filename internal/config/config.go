@@ -130,7 +130,8 @@ type Config struct {
 }
 
 // Audit says where decisions are recorded: always the hash-chained file in
-// DataDir, which the console and replay read, and also stdout if asked.
+// DataDir, which replay reads (and the console, unless replicas share a
+// Redis, where each ships its file), and also stdout if asked.
 type Audit struct {
 	// MaxFileBytes is the size at which the file rotates.
 	MaxFileBytes int64

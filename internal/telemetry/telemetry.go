@@ -253,7 +253,7 @@ func New(ctx context.Context, opts *Options) (*Telemetry, error) {
 	}
 
 	tpOpts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
-	// Every exporter gets spans with their URLs' query values redacted.
+	// Every exporter gets spans with their URLs redacted (redactingExporter).
 	if traceExp != nil {
 		tpOpts = append(tpOpts, sdktrace.WithBatcher(redactingExporter{traceExp}))
 	}
