@@ -219,17 +219,28 @@ func (b *Broker) directCall(w http.ResponseWriter, r *http.Request, as *agentSes
 		b.finishDirect(w, r, m.ID, server, tool, start, errors.New("the upstream's answer is not the call's JSON-RPC response"))
 		return true
 	}
-	b.recordDirect(r, server, tool, start, &res.Messages[0])
+	took := time.Since(start)
 	writeJSON(w, splice(data, edit{res.Messages[0].IDSpan, m.ID}))
+	b.recordDirect(r, server, tool, took, &res.Messages[0])
 	return true
 }
 
-// writeJSON answers with one JSON-RPC message.
+// writeJSON answers with one JSON-RPC message and sends it at once: what
+// the handler does after, such as recording the call, is not the agent's
+// wait.
 func writeJSON(w http.ResponseWriter, msg []byte) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(msg)))
 	w.WriteHeader(http.StatusOK)
 	w.Write(msg)
+	flush(w)
+}
+
+// flush sends what w holds to the agent now.
+func flush(w http.ResponseWriter) {
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
 }
 
 // streamDirect passes the upstream's event stream for a call to the agent,
@@ -263,12 +274,13 @@ func (b *Broker) streamDirect(w http.ResponseWriter, r *http.Request, as *agentS
 		case mcpfilter.KindResponse:
 			if string(m.ID) == upID {
 				done = true
-				b.recordDirect(r, server, tool, start, m)
+				took := time.Since(start)
 				if stream.started {
 					send(splice(data, edit{m.IDSpan, agentID}))
 				} else {
 					writeJSON(w, splice(data, edit{m.IDSpan, agentID}))
 				}
+				b.recordDirect(r, server, tool, took, m)
 			}
 		}
 	}}
@@ -362,8 +374,9 @@ func (b *Broker) finishDirect(w http.ResponseWriter, r *http.Request, agentID []
 	json.NewEncoder(w).Encode(rpcErrorResponse(agentID, upstreamError(server, err)))
 }
 
-// recordDirect audits what became of a direct call upstream.
-func (b *Broker) recordDirect(r *http.Request, server, tool string, start time.Time, resp *mcpfilter.Message) {
+// recordDirect audits what became of a direct call upstream, which took
+// took to answer. It runs once the agent has the answer.
+func (b *Broker) recordDirect(r *http.Request, server, tool string, took time.Duration, resp *mcpfilter.Message) {
 	status := "ok"
 	var reason string
 	switch {
@@ -375,7 +388,7 @@ func (b *Broker) recordDirect(r *http.Request, server, tool string, start time.T
 	case resp.IsError:
 		status = "tool_error"
 	}
-	b.recordUpstream(r.Header, server, tool, time.Since(start), status, reason)
+	b.recordUpstream(r.Header, server, tool, took, status, reason)
 }
 
 type rpcErrorBody struct {
@@ -426,19 +439,13 @@ func (s *sseStream) begin() {
 	s.w.WriteHeader(http.StatusOK)
 }
 
-func (s *sseStream) flush() {
-	if f, ok := s.w.(http.Flusher); ok {
-		f.Flush()
-	}
-}
-
 // send writes one message as an event.
 func (s *sseStream) send(data []byte) {
 	s.begin()
 	s.w.Write([]byte("event: message\ndata: "))
 	s.w.Write(data)
 	s.w.Write([]byte("\n\n"))
-	s.flush()
+	flush(s.w)
 }
 
 // comment writes an SSE comment, which clients ignore and proxies see as
@@ -446,5 +453,5 @@ func (s *sseStream) send(data []byte) {
 func (s *sseStream) comment(text string) {
 	s.begin()
 	s.w.Write([]byte(": " + text + "\n\n"))
-	s.flush()
+	flush(s.w)
 }

@@ -3,7 +3,9 @@ package broker
 import (
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/amgateway/amg/internal/audit"
 )
@@ -68,6 +70,63 @@ func TestDirectPathAuditsTheUpstreamOutcome(t *testing.T) {
 	if rec := recs["get_pages"]; rec == nil || rec.UpstreamStatus != "ok" {
 		t.Errorf("audit record of the call that succeeded = %+v", rec)
 	}
+}
+
+// The agent has its answer before the broker records what became of the
+// call: the record is not the agent's wait.
+func TestDirectPathAnswersBeforeRecording(t *testing.T) {
+	held := &heldAudit{release: make(chan struct{})}
+	g := newGatewayOver(t, true, func(o *Options) { o.Audit = held })
+	a := newRawAgent(t, g)
+	warmRaw(a)
+	before := held.count()
+	held.held.Store(true)
+	// Should the answer wait for the record, the record is let go after
+	// a while, so that the test fails rather than hangs.
+	failsafe := time.AfterFunc(10*time.Second, func() { close(held.release) })
+	got := a.post(`{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`)
+	if !failsafe.Stop() {
+		t.Fatal("the agent's answer waited until the broker's audit record was taken")
+	}
+	if len(got) != 1 || !strings.Contains(got[0], `"text":"3 pages"`) {
+		t.Fatalf("answer = %q", got)
+	}
+	close(held.release)
+	g.checkPath(t, "notion__get_pages")
+	for range 500 {
+		held.mu.Lock()
+		recs := held.recs[before:]
+		held.mu.Unlock()
+		if len(recs) > 0 {
+			if rec := recs[0]; rec.UpstreamStatus != "ok" || rec.Tool != "get_pages" {
+				t.Errorf("the call's record = %+v", rec)
+			}
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("the call was never recorded")
+}
+
+// heldAudit keeps records as records does, but, while held, takes none
+// until released.
+type heldAudit struct {
+	records
+	held    atomic.Bool
+	release chan struct{}
+}
+
+func (h *heldAudit) count() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.recs)
+}
+
+func (h *heldAudit) Log(rec *audit.Record) error {
+	if h.held.Load() {
+		<-h.release
+	}
+	return h.records.Log(rec)
 }
 
 // An upstream that restarted has forgotten the agent's session; the next
