@@ -143,6 +143,10 @@ type Audit struct {
 	// for a log pipeline. A decision then counts as recorded when either
 	// device records it.
 	Stdout bool
+	// StreamMaxRecords is about how many records the audit stream that
+	// replicas share in Redis keeps, the latest; without Redis there is no
+	// stream.
+	StreamMaxRecords int64
 }
 
 // Console tunes the operator's web console.
@@ -271,9 +275,14 @@ func Default() *Config {
 			RouteTimeout:    15 * time.Minute,
 			TracingSampling: 100,
 		},
-		ApprovalTTL:  15 * time.Minute,
-		Console:      Console{ReadyDays: 7},
-		Audit:        Audit{MaxFileBytes: 100 << 20, Sync: audit.SyncOnInterval, SyncInterval: time.Second},
+		ApprovalTTL: 15 * time.Minute,
+		Console:     Console{ReadyDays: 7},
+		Audit: Audit{
+			MaxFileBytes:     100 << 20,
+			Sync:             audit.SyncOnInterval,
+			SyncInterval:     time.Second,
+			StreamMaxRecords: audit.DefaultStreamMaxLen,
+		},
 		DataDir:      "./data",
 		PolicyDir:    "./policies",
 		MaxBodyBytes: 1 << 20,

@@ -30,7 +30,7 @@ var (
 		"console", "audit", "data_dir", "policy_dir", "max_body_bytes", "unprefixed_names", "upstreams"}
 	approvalKeys = []string{"ttl", "webhook"}
 	consoleKeys  = []string{"ready_days", "trace_url", "staged_policy_dir"}
-	auditKeys    = []string{"max_file_bytes", "sync", "sync_interval", "stdout"}
+	auditKeys    = []string{"max_file_bytes", "sync", "sync_interval", "stdout", "stream_max_records"}
 	redisKeys    = []string{"address", "username", "password", "db", "tls"}
 	tlsKeys      = []string{"ca_file", "server_name", "cert_file", "key_file"}
 	vaultKeys    = []string{"address", "token", "approle", "cache_ttl"}
@@ -615,6 +615,10 @@ func (l *loader) audit(n *yaml.Node, path string, a *Audit) {
 		case "stdout":
 			if b, ok := l.Boolean(v, p); ok {
 				a.Stdout = b
+			}
+		case "stream_max_records":
+			if n, ok := l.Integer(v, p, 1); ok {
+				a.StreamMaxRecords = int64(n)
 			}
 		}
 	})

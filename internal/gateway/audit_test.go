@@ -114,6 +114,39 @@ func TestConsoleSearchesEveryReplicasAudit(t *testing.T) {
 	}
 }
 
+// audit.stream_max_records bounds the shared stream: a replica with a
+// longer backlog than that ships only its latest records.
+func TestAuditStreamKeepsWhatTheConfigSays(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := loopbackConfig(t, "../../policies")
+	cfg.Redis.Address, cfg.Audit.StreamMaxRecords = srv.Addr, 50
+	d, err := audit.NewFileDevice(filepath.Join(cfg.DataDir, audit.FileName), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 200 {
+		if err := d.Write(&audit.Record{Time: time.Now(), DecisionID: "dec-" + strconv.Itoa(i), Verdict: "allow"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.Close()
+	serveForTest(t, cfg, nil)
+
+	stream := audit.NewStream(srv.Client(), nil)
+	var seqs []uint64
+	waitFor(t, "the backlog's last record in the stream", func() bool {
+		seqs = nil
+		err := stream.Records(context.Background(), func(r audit.Record) bool {
+			seqs = append(seqs, r.Seq)
+			return true
+		})
+		return err == nil && len(seqs) > 0 && seqs[len(seqs)-1] == 200
+	})
+	if len(seqs) != 50 || seqs[0] != 151 {
+		t.Errorf("the stream holds %d records from seq %d, want the latest 50, from 151", len(seqs), seqs[0])
+	}
+}
+
 // A replica's name in the audit stream is made once per data directory:
 // the same after a restart, another for another replica.
 func TestReplicaID(t *testing.T) {

@@ -164,7 +164,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		if err != nil {
 			return nil, err
 		}
-		g.auditStream = audit.NewStream(g.redis, &audit.StreamOptions{Replica: id, Logger: g.log})
+		g.auditStream = audit.NewStream(g.redis, &audit.StreamOptions{Replica: id, MaxLen: cfg.Audit.StreamMaxRecords, Logger: g.log})
 	}
 	// Console sign-outs outlive a restart, and with Redis reach every
 	// replica.
