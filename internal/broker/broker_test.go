@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -64,8 +65,9 @@ type upstreamServer struct {
 	deleted []string // the raw arguments of every delete_page call
 	subs    []string // "+uri" for a subscription, "-uri" for its end
 	// started and cancelled receive when a call of wait begins, and when
-	// it sees its context end.
-	started, cancelled chan struct{}
+	// it sees its context end; a wait still running when the test ends
+	// ends with stop, so that the server can close.
+	started, cancelled, stop chan struct{}
 	// Served over HTTP: the server, its MCP handler, and the body of every
 	// POST it received.
 	http    *httptest.Server
@@ -124,12 +126,16 @@ func newUpstream() *upstreamServer {
 		req.Session.Log(ctx, &mcp.LoggingMessageParams{Level: "debug", Data: "too fine"})
 		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "done"}}}, nil
 	})
-	u.started, u.cancelled = make(chan struct{}, 1), make(chan struct{}, 1)
+	u.started, u.cancelled, u.stop = make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{})
 	u.srv.AddTool(&mcp.Tool{Name: "wait", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 		u.started <- struct{}{}
-		<-ctx.Done()
-		u.cancelled <- struct{}{}
-		return nil, ctx.Err()
+		select {
+		case <-ctx.Done():
+			u.cancelled <- struct{}{}
+			return nil, ctx.Err()
+		case <-u.stop:
+			return nil, errors.New("the test is over")
+		}
 	})
 	u.srv.AddPrompt(&mcp.Prompt{Name: "summarize", Arguments: []*mcp.PromptArgument{{Name: "page"}}}, func(_ context.Context, req *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
 		return &mcp.GetPromptResult{Messages: []*mcp.PromptMessage{{Role: "user", Content: &mcp.TextContent{Text: "summarize " + req.Params.Arguments["page"]}}}}, nil
@@ -251,6 +257,12 @@ func newGateway(t *testing.T) *gateway { return newGatewayOver(t, false) }
 // first take the direct path.
 func newGatewayOver(t *testing.T, overHTTP bool, tweak ...func(*Options)) *gateway {
 	t.Helper()
+	return newGatewayTimed(t, overHTTP, 5*time.Second, tweak...)
+}
+
+// newGatewayTimed is newGatewayOver with the upstream's call timeout.
+func newGatewayTimed(t *testing.T, overHTTP bool, callTimeout time.Duration, tweak ...func(*Options)) *gateway {
+	t.Helper()
 	ctx := context.Background()
 	set, err := policy.Compile([]policy.File{{Name: "reader.yaml", Data: []byte(testRole)}}, nil)
 	if err != nil {
@@ -279,7 +291,7 @@ func newGatewayOver(t *testing.T, overHTTP bool, tweak ...func(*Options)) *gatew
 	for _, f := range tweak {
 		f(opts)
 	}
-	b, err := New([]Upstream{{Name: "notion", Transport: transport, CallTimeout: 5 * time.Second}}, signer, fixed{set}, opts)
+	b, err := New([]Upstream{{Name: "notion", Transport: transport, CallTimeout: callTimeout}}, signer, fixed{set}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,6 +301,7 @@ func newGatewayOver(t *testing.T, overHTTP bool, tweak ...func(*Options)) *gatew
 	t.Cleanup(srv.Close)
 	direct := httptest.NewServer(b)
 	t.Cleanup(direct.Close)
+	t.Cleanup(func() { close(up.stop) })
 	return &gateway{url: srv.URL + "/mcp", brokerURL: direct.URL + "/mcp", token: token, up: up, audit: rec, signer: signer, broker: b}
 }
 

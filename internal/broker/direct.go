@@ -182,6 +182,16 @@ func (b *Broker) directCall(w http.ResponseWriter, r *http.Request, as *agentSes
 		delete(as.directCalls, agentID)
 		as.mu.Unlock()
 	}()
+	// A call that times out is over for the upstream too: it is told so,
+	// as the protocol asks of a requester that stops waiting.
+	answered := false
+	defer func() {
+		if !answered && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), noticeTimeout)
+			defer cancel()
+			call.cancelUpstream(ctx, "timeout")
+		}
+	}()
 
 	start := time.Now()
 	resp, err := d.post(ctx, out, "tools/call", tool)
@@ -206,7 +216,7 @@ func (b *Broker) directCall(w http.ResponseWriter, r *http.Request, as *agentSes
 	}
 	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	if mt == "text/event-stream" {
-		b.streamDirect(w, r, as, d, resp.Body, m.ID, upID, server, tool, start)
+		answered = b.streamDirect(w, r, as, d, resp.Body, m.ID, upID, server, tool, start)
 		return true
 	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxUpstreamMessage+1))
@@ -220,9 +230,29 @@ func (b *Broker) directCall(w http.ResponseWriter, r *http.Request, as *agentSes
 		return true
 	}
 	took := time.Since(start)
+	answered = true
 	writeJSON(w, splice(data, edit{res.Messages[0].IDSpan, m.ID}))
 	b.recordDirect(r, server, tool, took, &res.Messages[0])
 	return true
+}
+
+// noticeTimeout bounds sending an upstream a notification the broker
+// makes itself.
+const noticeTimeout = 5 * time.Second
+
+// cancelUpstream tells the upstream the call is cancelled, for reason.
+func (c *directCall) cancelUpstream(ctx context.Context, reason string) {
+	note, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": "notifications/cancelled",
+		"params": cancelledParams{RequestID: json.RawMessage(c.upID), Reason: reason}})
+	if resp, err := c.up.post(ctx, note, "notifications/cancelled", ""); err == nil {
+		resp.Body.Close()
+	}
+}
+
+// cancelledParams are the params of notifications/cancelled.
+type cancelledParams struct {
+	RequestID json.RawMessage `json:"requestId"`
+	Reason    string          `json:"reason,omitempty"`
 }
 
 // writeJSON answers with one JSON-RPC message and sends it at once: what
@@ -244,10 +274,11 @@ func flush(w http.ResponseWriter) {
 }
 
 // streamDirect passes the upstream's event stream for a call to the agent,
-// event by event, until the call's response. A response that comes first
-// goes back as plain JSON, which costs the agent no stream.
+// event by event, until the call's response, and reports whether that
+// came. A response that comes first goes back as plain JSON, which costs
+// the agent no stream.
 func (b *Broker) streamDirect(w http.ResponseWriter, r *http.Request, as *agentSession, d *directUpstream, body io.ReadCloser,
-	agentID []byte, upID, server, tool string, start time.Time) {
+	agentID []byte, upID, server, tool string, start time.Time) bool {
 	stream := &sseStream{w: w}
 	send := stream.send
 	var done bool
@@ -300,9 +331,10 @@ func (b *Broker) streamDirect(w http.ResponseWriter, r *http.Request, as *agentS
 					writeJSON(w, resp)
 				}
 			}
-			return
+			return false
 		}
 	}
+	return true
 }
 
 // directAnswer passes the agent's answer to a relayed upstream request
@@ -328,10 +360,7 @@ func (b *Broker) directAnswer(w http.ResponseWriter, r *http.Request, as *agentS
 // directCancel passes the agent's cancellation of a direct call upstream
 // and abandons the call.
 func (b *Broker) directCancel(w http.ResponseWriter, r *http.Request, as *agentSession, m *mcpfilter.Message) bool {
-	var p struct {
-		RequestID json.RawMessage `json:"requestId"`
-		Reason    string          `json:"reason,omitempty"`
-	}
+	var p cancelledParams
 	if json.Unmarshal(m.Params, &p) != nil {
 		return false
 	}
@@ -341,11 +370,7 @@ func (b *Broker) directCancel(w http.ResponseWriter, r *http.Request, as *agentS
 	if call == nil {
 		return false
 	}
-	p.RequestID = json.RawMessage(call.upID)
-	note, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": "notifications/cancelled", "params": p})
-	if resp, err := call.up.post(r.Context(), note, "notifications/cancelled", ""); err == nil {
-		resp.Body.Close()
-	}
+	call.cancelUpstream(r.Context(), p.Reason)
 	call.cancel()
 	w.WriteHeader(http.StatusAccepted)
 	return true
@@ -365,13 +390,13 @@ func (b *Broker) dropDirect(as *agentSession, server string, d *directUpstream) 
 
 // finishDirect answers a direct call that failed before its response.
 func (b *Broker) finishDirect(w http.ResponseWriter, r *http.Request, agentID []byte, server, tool string, start time.Time, err error) {
-	b.recordUpstream(r.Header, server, tool, time.Since(start), "error", errorText(err, false))
-	if r.Context().Err() != nil {
-		return // the agent is gone, or cancelled the call
+	took := time.Since(start)
+	// An agent that is gone, or cancelled the call, is not answered.
+	if r.Context().Err() == nil {
+		resp, _ := json.Marshal(rpcErrorResponse(agentID, upstreamError(server, err)))
+		writeJSON(w, resp)
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusOK)
-	json.NewEncoder(w).Encode(rpcErrorResponse(agentID, upstreamError(server, err)))
+	b.recordUpstream(r.Header, server, tool, took, "error", errorText(err, false))
 }
 
 // recordDirect audits what became of a direct call upstream, which took

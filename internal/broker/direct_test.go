@@ -129,6 +129,30 @@ func (h *heldAudit) Log(rec *audit.Record) error {
 	return h.records.Log(rec)
 }
 
+// A call the upstream does not answer within its call timeout ends, on
+// either path, in a JSON-RPC error naming the upstream, and the upstream
+// hears that the call is over.
+func TestCallTimeout(t *testing.T) {
+	for _, overHTTP := range []bool{false, true} {
+		t.Run(map[bool]string{false: "sdk path", true: "direct path"}[overHTTP], func(t *testing.T) {
+			g := newGatewayTimed(t, overHTTP, 300*time.Millisecond)
+			a := newRawAgent(t, g)
+			warmRaw(a)
+			got := a.post(`{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"notion__wait","arguments":{}}}`)
+			if len(got) != 1 || !strings.Contains(got[0], `"id":9`) || !strings.Contains(got[0], `"code":-32010`) ||
+				!strings.Contains(got[0], `upstream \"notion\" did not answer in time`) {
+				t.Fatalf("a call the upstream did not answer: %q", got)
+			}
+			select {
+			case <-g.up.cancelled:
+			case <-time.After(10 * time.Second):
+				t.Error("the upstream was not told that the call is over")
+			}
+			g.checkPath(t, "notion__wait")
+		})
+	}
+}
+
 // An upstream that restarted has forgotten the agent's session; the next
 // call opens a new one and succeeds.
 func TestDirectPathRecoversFromAnUpstreamRestart(t *testing.T) {

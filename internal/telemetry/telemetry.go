@@ -513,7 +513,8 @@ func (c *setCache[K]) put(k K, set attribute.Set) metric.MeasurementOption {
 
 // RecordUpstream records the duration of one call to an upstream MCP server
 // and counts it as an error unless status is StatusOK. server is the
-// configured server name, status a short outcome word (ok, error, timeout).
+// configured server name, status a short outcome word (ok, tool_error,
+// error).
 func (t *Telemetry) RecordUpstream(ctx context.Context, server, status string, d time.Duration) {
 	k := [2]string{server, status}
 	attrs, ok := t.upstreamSets.get(k)
