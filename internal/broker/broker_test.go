@@ -230,6 +230,22 @@ func (r *records) Log(rec *audit.Record) error {
 	return nil
 }
 
+// await waits until at least n records were taken and returns them.
+func (r *records) await(t *testing.T, n int) []audit.Record {
+	t.Helper()
+	for range 1000 {
+		r.mu.Lock()
+		recs := slices.Clone(r.recs)
+		r.mu.Unlock()
+		if len(recs) >= n {
+			return recs
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("the broker recorded fewer than %d records", n)
+	return nil
+}
+
 func (r *records) codes() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()

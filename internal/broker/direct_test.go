@@ -50,14 +50,13 @@ func TestDirectPathAuditsTheUpstreamOutcome(t *testing.T) {
 	a.post(`{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"notion__refuse","arguments":{}}}`)
 	g.checkPath(t, "notion__fail")
 	g.checkPath(t, "notion__refuse")
+	// Each call is recorded once the agent has its answer.
 	recs := map[string]*audit.Record{}
-	g.audit.mu.Lock()
-	for i := range g.audit.recs {
-		if r := &g.audit.recs[i]; r.UpstreamStatus != "" {
-			recs[r.Tool] = r
+	for _, r := range g.audit.await(t, 3) {
+		if r.UpstreamStatus != "" {
+			recs[r.Tool] = &r
 		}
 	}
-	g.audit.mu.Unlock()
 	// A JSON-RPC error from the upstream.
 	if rec := recs["fail"]; rec == nil || rec.Code != CodeUpstreamError || rec.UpstreamStatus != "error" || rec.DecisionID == "" ||
 		rec.Agent != "bot-1" || !strings.Contains(rec.Reason, `upstream "notion": workspace is locked`) {
@@ -79,7 +78,9 @@ func TestDirectPathAnswersBeforeRecording(t *testing.T) {
 	g := newGatewayOver(t, true, func(o *Options) { o.Audit = held })
 	a := newRawAgent(t, g)
 	warmRaw(a)
-	before := held.count()
+	// The first call is recorded after its answer too: holding that
+	// record would hold the connection the next call comes on.
+	before := len(held.await(t, 1))
 	held.held.Store(true)
 	// Should the answer wait for the record, the record is let go after
 	// a while, so that the test fails rather than hangs.
@@ -93,19 +94,9 @@ func TestDirectPathAnswersBeforeRecording(t *testing.T) {
 	}
 	close(held.release)
 	g.checkPath(t, "notion__get_pages")
-	for range 500 {
-		held.mu.Lock()
-		recs := held.recs[before:]
-		held.mu.Unlock()
-		if len(recs) > 0 {
-			if rec := recs[0]; rec.UpstreamStatus != "ok" || rec.Tool != "get_pages" {
-				t.Errorf("the call's record = %+v", rec)
-			}
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
+	if rec := held.await(t, before+1)[before]; rec.UpstreamStatus != "ok" || rec.Tool != "get_pages" {
+		t.Errorf("the call's record = %+v", rec)
 	}
-	t.Fatal("the call was never recorded")
 }
 
 // heldAudit keeps records as records does, but, while held, takes none
@@ -114,12 +105,6 @@ type heldAudit struct {
 	records
 	held    atomic.Bool
 	release chan struct{}
-}
-
-func (h *heldAudit) count() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.recs)
 }
 
 func (h *heldAudit) Log(rec *audit.Record) error {
