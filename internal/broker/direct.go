@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"mime"
 	"net/http"
 	"slices"
 	"strconv"
@@ -214,8 +213,7 @@ func (b *Broker) directCall(w http.ResponseWriter, r *http.Request, as *agentSes
 		b.finishDirect(w, r, m.ID, server, tool, start, fmt.Errorf("HTTP %d", resp.StatusCode))
 		return true
 	}
-	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
-	if mt == "text/event-stream" {
+	if isEventStream(resp.Header) {
 		answered = b.streamDirect(w, r, as, d, resp.Body, m.ID, upID, server, tool, start)
 		return true
 	}

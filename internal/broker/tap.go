@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"mime"
 	"net/http"
 	"slices"
+	"strings"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -86,10 +86,19 @@ func (t *sseTap) RoundTrip(r *http.Request) (*http.Response, error) {
 	if err != nil {
 		return resp, err
 	}
-	if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt == "text/event-stream" {
+	if isEventStream(resp.Header) {
 		resp.Body = t.reader(resp.Body)
 	}
 	return resp, nil
+}
+
+// isEventStream reports whether a response's Content-Type is
+// text/event-stream, parameters aside. It reads no more than that, once
+// per upstream response: mime.ParseMediaType also parses every parameter
+// into a new map.
+func isEventStream(h http.Header) bool {
+	mt, _, _ := strings.Cut(h.Get("Content-Type"), ";")
+	return strings.EqualFold(strings.TrimSpace(mt), "text/event-stream")
 }
 
 // reader returns body with each notification in it observed.

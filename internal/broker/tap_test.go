@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -33,6 +34,26 @@ func (c *chunked) Close() error { return nil }
 // and each notification is observed before the reader has returned any
 // byte of the event after it, whatever the line endings and however the
 // stream is split.
+func TestIsEventStream(t *testing.T) {
+	for ct, want := range map[string]bool{
+		"text/event-stream":                 true,
+		"Text/Event-Stream; charset=utf-8":  true,
+		" text/event-stream ;charset=utf-8": true,
+		"application/json":                  false,
+		"text/event-streams":                false,
+		"text/event":                        false,
+		"":                                  false,
+	} {
+		h := http.Header{}
+		if ct != "" {
+			h.Set("Content-Type", ct)
+		}
+		if got := isEventStream(h); got != want {
+			t.Errorf("isEventStream(%q) = %v, want %v", ct, got, want)
+		}
+	}
+}
+
 func TestSSEReaderObservesEachNotificationBeforeWhatFollows(t *testing.T) {
 	progress := `{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"t1","progress":%d}}`
 	result := `{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"notifications/ in a result"}]}}`
