@@ -103,7 +103,8 @@ type Broker struct {
 	idle     time.Duration
 
 	sessionStore SessionStore
-	closing      atomic.Bool // set by Close: ended sessions stay shared
+	closing      atomic.Bool    // set by Close: ended sessions stay shared
+	dropping     sync.WaitGroup // upstream sessions being closed after a failure
 	tel          *telemetry.Telemetry
 	newSessions  sync.Mutex
 	creating     *sessionCreation // guarded by newSessions
@@ -246,6 +247,7 @@ func (b *Broker) Close() {
 		}
 		u.mu.Unlock()
 	}
+	b.dropping.Wait()
 }
 
 // refresh reads an upstream's tool list through its catalogue session,

@@ -68,6 +68,9 @@ type upstreamServer struct {
 	// it sees its context end; a wait still running when the test ends
 	// ends with stop, so that the server can close.
 	started, cancelled, stop chan struct{}
+	// deletes, if set, holds the HTTP upstream's DELETE requests until it
+	// is closed.
+	deletes chan struct{}
 	// Served over HTTP: the server, its MCP handler, and the body of every
 	// POST it received.
 	http    *httptest.Server
@@ -184,8 +187,11 @@ func (u *upstreamServer) serveHTTP(t *testing.T) func(context.Context) (mcp.Tran
 			r.Body = io.NopCloser(bytes.NewReader(body))
 		}
 		u.mu.Lock()
-		h := u.handler
+		h, hold := u.handler, u.deletes
 		u.mu.Unlock()
+		if r.Method == http.MethodDelete && hold != nil {
+			<-hold
+		}
 		h.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
@@ -193,6 +199,15 @@ func (u *upstreamServer) serveHTTP(t *testing.T) func(context.Context) (mcp.Tran
 	return func(context.Context) (mcp.Transport, error) {
 		return &mcp.StreamableClientTransport{Endpoint: srv.URL}, nil
 	}
+}
+
+// holdDeletes makes the HTTP upstream hold every request to end a session
+// until the returned channel is closed.
+func (u *upstreamServer) holdDeletes() chan struct{} {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.deletes = make(chan struct{})
+	return u.deletes
 }
 
 // restart gives the HTTP upstream a new handler, which knows none of the

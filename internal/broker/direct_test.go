@@ -138,6 +138,41 @@ func TestCallTimeout(t *testing.T) {
 	}
 }
 
+// An upstream whose connection drops in the middle of a call gives the
+// agent a JSON-RPC error naming it at once, not when the call times out.
+// The broken upstream session is dropped, and the upstream asked to end
+// it; the agent's answer and its next call do not wait for the upstream
+// to do so.
+func TestDirectPathUpstreamDisconnectsMidCall(t *testing.T) {
+	g := newGatewayOver(t, true)
+	a := newRawAgent(t, g)
+	warmRaw(a)
+	// The upstream holds the request to end the session for longer than
+	// the agent should ever wait, but not for as long as the SDK's client
+	// waits for it (5 s), so that an agent made to wait gets its answer
+	// only after the release, and the test fails.
+	deletes := g.up.holdDeletes()
+	failsafe := time.AfterFunc(3*time.Second, func() { close(deletes) })
+	go func() {
+		<-g.up.started
+		g.up.http.CloseClientConnections()
+	}()
+	got := a.post(`{"jsonrpc":"2.0","id":11,"method":"tools/call","params":{"name":"notion__wait","arguments":{}}}`)
+	if len(got) != 1 || !strings.Contains(got[0], `"id":11`) || !strings.Contains(got[0], `"code":-32010`) ||
+		!strings.Contains(got[0], `upstream \"notion\"`) || strings.Contains(got[0], "did not answer in time") {
+		t.Fatalf("a call whose upstream connection dropped: %q", got)
+	}
+	g.checkPath(t, "notion__wait")
+	got = a.post(`{"jsonrpc":"2.0","id":12,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`)
+	if len(got) != 1 || !strings.Contains(got[0], `"text":"3 pages"`) {
+		t.Fatalf("the call after: %q", got)
+	}
+	if !failsafe.Stop() {
+		t.Fatal("the agent waited for the upstream to end the broken session")
+	}
+	close(deletes)
+}
+
 // An upstream that restarted has forgotten the agent's session; the next
 // call opens a new one and succeeds.
 func TestDirectPathRecoversFromAnUpstreamRestart(t *testing.T) {

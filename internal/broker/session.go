@@ -170,8 +170,12 @@ func (b *Broker) upstreamSession(ctx context.Context, ss *mcp.ServerSession, u *
 	return as, cs, nil
 }
 
-// dropUpstreamSession forgets and closes an agent's session with server,
-// if it is still cs, so that the next call opens a new one.
+// dropUpstreamSession forgets an agent's session with server, if it is
+// still cs, so that the next call opens a new one, and closes it in the
+// background: closing asks the upstream to end the session, which may
+// take it seconds (the SDK gives it 5) while its calls are in flight, and
+// neither the call that found the session broken nor the agent's other
+// requests wait for that.
 func (b *Broker) dropUpstreamSession(ss *mcp.ServerSession, server string, cs *mcp.ClientSession) {
 	v, ok := b.sessions.Load(ss)
 	if !ok {
@@ -179,10 +183,13 @@ func (b *Broker) dropUpstreamSession(ss *mcp.ServerSession, server string, cs *m
 	}
 	as := v.(*agentSession)
 	as.mu.Lock()
-	defer as.mu.Unlock()
-	if as.ups != nil && as.ups[server] == cs {
+	mine := as.ups != nil && as.ups[server] == cs
+	if mine {
 		delete(as.ups, server)
 		delete(as.direct, server)
-		cs.Close()
+	}
+	as.mu.Unlock()
+	if mine {
+		b.dropping.Go(func() { cs.Close() })
 	}
 }
