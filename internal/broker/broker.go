@@ -85,6 +85,10 @@ type Options struct {
 	Notify      func(*approval.Approval)
 	// Sessions, if set, shares MCP sessions with other replicas.
 	Sessions SessionStore
+	// CatalogueRetry is how long the broker waits before trying again to
+	// list an upstream it cannot reach; it doubles on each failure, up to
+	// 30 s. 0 means 1 s.
+	CatalogueRetry time.Duration
 	// Telemetry, if set, measures every upstream call.
 	Telemetry *telemetry.Telemetry
 	// Now is the clock; nil means time.Now.
@@ -109,6 +113,10 @@ type Broker struct {
 	newSessions  sync.Mutex
 	creating     *sessionCreation // guarded by newSessions
 
+	catalogueRetry time.Duration
+	stopKeepers    context.CancelFunc // ends keepCatalogue; set by Start
+	keepers        sync.WaitGroup
+
 	approvals   approval.Store
 	approvalTTL time.Duration
 	keepAlive   time.Duration
@@ -131,9 +139,16 @@ type Broker struct {
 
 type upstream struct {
 	Upstream
-	mu      sync.Mutex
-	catalog *mcp.ClientSession
-	tools   []*mcp.Tool
+	refreshing sync.Mutex    // held by refresh, one at a time
+	changed    chan struct{} // the upstream said a list changed
+	mu         sync.Mutex    // guards what follows
+	catalog    *mcp.ClientSession
+	catalogue
+}
+
+// catalogue is what an upstream lists.
+type catalogue struct {
+	tools []*mcp.Tool
 	// headerTools are the tools whose input schema binds arguments to
 	// HTTP headers (x-mcp-header), which only the SDK's client sets.
 	headerTools map[string]bool
@@ -157,7 +172,7 @@ type roleServer struct {
 func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options) (*Broker, error) {
 	b := &Broker{signer: signer, policies: policies, ups: map[string]*upstream{}, roles: map[string]*roleServer{},
 		maxBody: mcpfilter.DefaultMaxBytes, idle: sessionIdle, log: slog.New(slog.DiscardHandler),
-		approvalTTL: 15 * time.Minute, keepAlive: 15 * time.Second, now: time.Now}
+		approvalTTL: 15 * time.Minute, keepAlive: 15 * time.Second, catalogueRetry: time.Second, now: time.Now}
 	if opts != nil {
 		b.approvals, b.notify, b.sessionStore, b.tel = opts.Approvals, opts.Notify, opts.Sessions, opts.Telemetry
 		if opts.ApprovalTTL > 0 {
@@ -171,6 +186,9 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 		}
 		if opts.SessionIdle > 0 {
 			b.idle = opts.SessionIdle
+		}
+		if opts.CatalogueRetry > 0 {
+			b.catalogueRetry = opts.CatalogueRetry
 		}
 		if opts.MaxBodyBytes > 0 {
 			b.maxBody = opts.MaxBodyBytes
@@ -197,7 +215,7 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 		if u.ConnectTimeout <= 0 {
 			u.ConnectTimeout = 5 * time.Second
 		}
-		b.ups[u.Name] = &upstream{Upstream: u}
+		b.ups[u.Name] = &upstream{Upstream: u, changed: make(chan struct{}, 1)}
 		b.names = append(b.names, u.Name)
 	}
 	slices.Sort(b.names)
@@ -217,22 +235,32 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 
 // Start connects the catalogue session of every upstream and builds the
 // role servers. An upstream that cannot be reached is logged and its tools
-// stay invisible until a later refresh reaches it. Idle agent sessions are
-// ended until ctx ends.
+// stay invisible until it answers: until ctx ends or Close, the broker
+// keeps trying, and keeps every catalogue current (see keepCatalogue).
+// Idle agent sessions are ended until ctx ends.
 func (b *Broker) Start(ctx context.Context) {
 	go b.reapIdle(ctx, max(b.idle/30, 10*time.Millisecond))
+	ctx, b.stopKeepers = context.WithCancel(ctx)
 	for _, name := range b.names {
 		if err := b.refresh(ctx, b.ups[name]); err != nil {
 			b.log.Error("upstream unreachable; its tools are hidden until it answers", "upstream", name, "err", errorText(err, false))
 		}
 	}
 	b.sync()
+	for _, name := range b.names {
+		u := b.ups[name]
+		b.keepers.Go(func() { b.keepCatalogue(ctx, u) })
+	}
 }
 
 // Close ends every agent session, with its upstream sessions, and every
 // catalogue session.
 func (b *Broker) Close() {
 	b.closing.Store(true)
+	if b.stopKeepers != nil {
+		b.stopKeepers()
+	}
+	b.keepers.Wait()
 	b.sessions.Range(func(_, v any) bool {
 		as := v.(*agentSession)
 		as.ss.Close()
@@ -250,23 +278,27 @@ func (b *Broker) Close() {
 	b.dropping.Wait()
 }
 
-// refresh reads an upstream's tool list through its catalogue session,
-// connecting it first if need be.
+// refresh lists an upstream's tools, prompts and resources through its
+// catalogue session, connecting one first if it has none. The network is
+// not touched under u.mu: decisions read the catalogue (annotations) on
+// every call, and an upstream slow to answer must not hold them up. A
+// session that fails to list is closed and forgotten, and the lists from
+// before stay.
 func (b *Broker) refresh(ctx context.Context, u *upstream) error {
+	u.refreshing.Lock()
+	defer u.refreshing.Unlock()
 	u.mu.Lock()
-	defer u.mu.Unlock()
-	if u.catalog == nil {
-		// Off the SDK's handler goroutine: refresh calls back into the
-		// same session.
-		changed := func(ctx context.Context) {
-			go func() {
-				if err := b.refresh(context.WithoutCancel(ctx), u); err != nil {
-					b.log.Error("refreshing the catalogue after list_changed", "upstream", u.Name, "err", errorText(err, false))
-				}
-				b.sync()
-			}()
+	cs := u.catalog
+	u.mu.Unlock()
+	if cs == nil {
+		changed := func(context.Context) {
+			select {
+			case u.changed <- struct{}{}:
+			default: // a listing is already due
+			}
 		}
-		cs, _, err := u.connect(ctx, &mcp.ClientOptions{
+		var err error
+		cs, _, err = u.connect(ctx, &mcp.ClientOptions{
 			ToolListChangedHandler:     func(ctx context.Context, _ *mcp.ToolListChangedRequest) { changed(ctx) },
 			PromptListChangedHandler:   func(ctx context.Context, _ *mcp.PromptListChangedRequest) { changed(ctx) },
 			ResourceListChangedHandler: func(ctx context.Context, _ *mcp.ResourceListChangedRequest) { changed(ctx) },
@@ -274,56 +306,129 @@ func (b *Broker) refresh(ctx context.Context, u *upstream) error {
 		if err != nil {
 			return err
 		}
+		u.mu.Lock()
 		u.catalog = cs
+		u.mu.Unlock()
 	}
-	var tools []*mcp.Tool
-	for tool, err := range u.catalog.Tools(ctx, nil) {
-		if err != nil {
-			u.catalog.Close()
+	c, err := b.list(ctx, u.Name, cs)
+	if err != nil {
+		u.mu.Lock()
+		if u.catalog == cs {
 			u.catalog = nil
-			return err
+		}
+		u.mu.Unlock()
+		cs.Close()
+		return err
+	}
+	u.mu.Lock()
+	u.catalogue = c
+	u.mu.Unlock()
+	return nil
+}
+
+// list reads what server's catalogue session cs lists.
+func (b *Broker) list(ctx context.Context, server string, cs *mcp.ClientSession) (catalogue, error) {
+	c := catalogue{headerTools: map[string]bool{}}
+	for tool, err := range cs.Tools(ctx, nil) {
+		if err != nil {
+			return catalogue{}, err
 		}
 		if mcpfilter.ValidateName(tool.Name) != nil {
-			b.log.Warn("upstream tool name cannot be namespaced; hidden", "upstream", u.Name, "tool", tool.Name)
+			b.log.Warn("upstream tool name cannot be namespaced; hidden", "upstream", server, "tool", tool.Name)
 			continue
 		}
-		tools = append(tools, tool)
-	}
-	u.tools = tools
-	u.headerTools = map[string]bool{}
-	for _, t := range tools {
-		if schema, err := json.Marshal(t.InputSchema); err != nil || bytes.Contains(schema, []byte(`"x-mcp-header"`)) {
-			u.headerTools[t.Name] = true
+		c.tools = append(c.tools, tool)
+		if schema, err := json.Marshal(tool.InputSchema); err != nil || bytes.Contains(schema, []byte(`"x-mcp-header"`)) {
+			c.headerTools[tool.Name] = true
 		}
 	}
-	caps := u.catalog.InitializeResult().Capabilities
-	u.prompts, u.resources, u.templates = nil, nil, nil
+	caps := cs.InitializeResult().Capabilities
 	if caps != nil && caps.Prompts != nil {
-		for p, err := range u.catalog.Prompts(ctx, nil) {
+		for p, err := range cs.Prompts(ctx, nil) {
 			if err != nil {
-				return err
+				return catalogue{}, err
 			}
 			if mcpfilter.ValidateName(p.Name) == nil {
-				u.prompts = append(u.prompts, p)
+				c.prompts = append(c.prompts, p)
 			}
 		}
 	}
 	if caps != nil && caps.Resources != nil {
-		for r, err := range u.catalog.Resources(ctx, nil) {
+		for r, err := range cs.Resources(ctx, nil) {
 			if err != nil {
-				return err
+				return catalogue{}, err
 			}
-			u.resources = append(u.resources, r)
+			c.resources = append(c.resources, r)
 		}
-		for rt, err := range u.catalog.ResourceTemplates(ctx, nil) {
+		for rt, err := range cs.ResourceTemplates(ctx, nil) {
 			if err != nil {
-				return err
+				return catalogue{}, err
 			}
-			u.templates = append(u.templates, rt)
+			c.templates = append(c.templates, rt)
 		}
 	}
-	return nil
+	return c, nil
 }
+
+// keepCatalogue keeps u's catalogue current until ctx ends. It lists again
+// when the upstream says a list changed. When the catalogue session ends
+// (the upstream went away, or restarted and forgot it) or there is none
+// (the upstream could not be reached), it connects anew, waiting between
+// attempts from the broker's retry interval, doubled on each failure, up
+// to maxCatalogueRetry.
+func (b *Broker) keepCatalogue(ctx context.Context, u *upstream) {
+	wait := b.catalogueRetry
+	var (
+		watched *mcp.ClientSession // the session ended is about
+		ended   chan struct{}
+		retry   <-chan time.Time
+	)
+	for {
+		u.mu.Lock()
+		cs := u.catalog
+		u.mu.Unlock()
+		switch {
+		case cs != nil && cs != watched:
+			watched, ended = cs, make(chan struct{})
+			go func() { cs.Wait(); close(ended) }()
+		case cs == nil:
+			watched, ended = nil, nil // closed by a refresh that failed
+			if retry == nil {
+				retry = time.After(wait)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-u.changed:
+		case <-ended:
+			u.mu.Lock()
+			if u.catalog == watched {
+				u.catalog = nil
+			}
+			u.mu.Unlock()
+			watched, ended = nil, nil
+			b.log.Warn("upstream catalogue session ended; reconnecting", "upstream", u.Name)
+		case <-retry:
+		}
+		retry = nil
+		if err := b.refresh(ctx, u); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			b.log.Warn("upstream unreachable; retrying", "upstream", u.Name, "in", wait, "err", errorText(err, false))
+			retry = time.After(wait)
+			wait = min(2*wait, maxCatalogueRetry)
+			continue
+		}
+		wait = b.catalogueRetry
+		b.sync()
+	}
+}
+
+// maxCatalogueRetry bounds the wait between attempts to reach an upstream
+// whose catalogue session is gone.
+const maxCatalogueRetry = 30 * time.Second
 
 // bindsHeaders reports whether calls of tool must go through the SDK's
 // client, which sets the HTTP headers its schema binds arguments to.
