@@ -51,6 +51,10 @@ servers:
       - name: summarize
         constraints: { page: {} }
     resources: ["notion://ws_abc123/*", "notion://ws_abc123/drafts/*"]
+  files:
+    tools:
+      - name: get_pages
+        constraints: { workspace_id: {}, limit: { optional: true } }
 approvals:
   - match: "delete*"
     require: human
@@ -288,11 +292,12 @@ func newGateway(t *testing.T) *gateway { return newGatewayOver(t, false) }
 // first take the direct path.
 func newGatewayOver(t *testing.T, overHTTP bool, tweak ...func(*Options)) *gateway {
 	t.Helper()
-	return newGatewayTimed(t, overHTTP, 5*time.Second, tweak...)
+	return newGatewayTimed(t, overHTTP, 5*time.Second, nil, tweak...)
 }
 
-// newGatewayTimed is newGatewayOver with the upstream's call timeout.
-func newGatewayTimed(t *testing.T, overHTTP bool, callTimeout time.Duration, tweak ...func(*Options)) *gateway {
+// newGatewayTimed is newGatewayOver with the upstream's call timeout, and
+// more upstreams beside it.
+func newGatewayTimed(t *testing.T, overHTTP bool, callTimeout time.Duration, more []Upstream, tweak ...func(*Options)) *gateway {
 	t.Helper()
 	ctx := context.Background()
 	set, err := policy.Compile([]policy.File{{Name: "reader.yaml", Data: []byte(testRole)}}, nil)
@@ -322,7 +327,7 @@ func newGatewayTimed(t *testing.T, overHTTP bool, callTimeout time.Duration, twe
 	for _, f := range tweak {
 		f(opts)
 	}
-	b, err := New([]Upstream{{Name: "notion", Transport: transport, CallTimeout: callTimeout}}, signer, fixed{set}, opts)
+	b, err := New(append([]Upstream{{Name: "notion", Transport: transport, CallTimeout: callTimeout}}, more...), signer, fixed{set}, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -120,7 +120,7 @@ func (h *heldAudit) Log(rec *audit.Record) error {
 func TestCallTimeout(t *testing.T) {
 	for _, overHTTP := range []bool{false, true} {
 		t.Run(map[bool]string{false: "sdk path", true: "direct path"}[overHTTP], func(t *testing.T) {
-			g := newGatewayTimed(t, overHTTP, 300*time.Millisecond)
+			g := newGatewayTimed(t, overHTTP, 300*time.Millisecond, nil)
 			a := newRawAgent(t, g)
 			warmRaw(a)
 			got := a.post(`{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"notion__wait","arguments":{}}}`)

@@ -21,12 +21,13 @@ func (b *Broker) passLogLevel(next mcp.MethodHandler) mcp.MethodHandler {
 			return res, err
 		}
 		as := b.agentSession(r.Session)
+		level := string(r.Params.Level)
 		as.mu.Lock()
-		as.level = string(r.Params.Level)
+		as.level = level
 		ups := maps.Clone(as.ups)
 		as.mu.Unlock()
 		for name, cs := range ups {
-			b.setLogLevel(ctx, name, cs, as.level)
+			b.setLogLevel(ctx, name, cs, level)
 		}
 		return res, err
 	}

@@ -20,11 +20,12 @@ type agentSession struct {
 	ss         *mcp.ServerSession
 	lastActive atomic.Int64 // unix nanoseconds of the last request
 
-	mu     sync.Mutex
-	ups    map[string]*mcp.ClientSession // nil once the session ended
-	direct map[string]*directUpstream    // the ups spoken to over HTTP
-	level  string                        // what the agent last set with logging/setLevel
-	calls  inflight
+	mu         sync.Mutex
+	ups        map[string]*mcp.ClientSession // nil once the session ended
+	direct     map[string]*directUpstream    // the ups spoken to over HTTP
+	connecting map[string]chan struct{}      // closed when the connection to ups[name] is made or failed
+	level      string                        // what the agent last set with logging/setLevel
+	calls      inflight
 	// directCalls are the calls forwarded without the SDK, by the
 	// agent's id; relayed are the upstream requests relayed to the agent
 	// on such calls, by the id the agent sees.
@@ -55,7 +56,7 @@ func (b *Broker) agentSession(ss *mcp.ServerSession) *agentSession {
 		return v.(*agentSession)
 	}
 	fresh := &agentSession{ss: ss, ups: map[string]*mcp.ClientSession{}, direct: map[string]*directUpstream{},
-		directCalls: map[string]*directCall{}, relayed: map[string]relayedRequest{}}
+		connecting: map[string]chan struct{}{}, directCalls: map[string]*directCall{}, relayed: map[string]relayedRequest{}}
 	fresh.touch()
 	v, loaded := b.sessions.LoadOrStore(ss, fresh)
 	as := v.(*agentSession)
@@ -131,17 +132,53 @@ func (b *Broker) reapIdle(ctx context.Context, every time.Duration) {
 }
 
 // upstreamSession returns the agent session's session with upstream u,
-// connecting it on first use.
+// connecting it on first use. Connecting takes as long as the upstream
+// does, and is done without the agent session's lock: the agent's calls to
+// other upstreams go on meanwhile, and those to u wait for the one
+// connection.
 func (b *Broker) upstreamSession(ctx context.Context, ss *mcp.ServerSession, u *upstream) (*agentSession, *mcp.ClientSession, error) {
 	as := b.agentSession(ss)
-	as.mu.Lock()
-	defer as.mu.Unlock()
-	if as.ups == nil {
-		return nil, nil, errors.New("agent session closed")
+	for {
+		as.mu.Lock()
+		if as.ups == nil {
+			as.mu.Unlock()
+			return nil, nil, errAgentSessionClosed
+		}
+		if cs := as.ups[u.Name]; cs != nil {
+			as.mu.Unlock()
+			return as, cs, nil
+		}
+		c := as.connecting[u.Name]
+		if c == nil {
+			c = make(chan struct{})
+			as.connecting[u.Name] = c
+			as.mu.Unlock()
+			cs, err := b.connectFor(ctx, as, u)
+			as.mu.Lock()
+			delete(as.connecting, u.Name)
+			close(c)
+			as.mu.Unlock()
+			if err != nil {
+				return nil, nil, err
+			}
+			return as, cs, nil
+		}
+		as.mu.Unlock()
+		// Another request of the agent is connecting: use what it gets.
+		select {
+		case <-c:
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
 	}
-	if cs := as.ups[u.Name]; cs != nil {
-		return as, cs, nil
-	}
+}
+
+var errAgentSessionClosed = errors.New("agent session closed")
+
+// connectFor opens the agent session's session with u and keeps it, unless
+// the agent session ended meanwhile.
+func (b *Broker) connectFor(ctx context.Context, as *agentSession, u *upstream) (*mcp.ClientSession, error) {
+	ss := as.ss
 	// The upstream session speaks the agent's protocol version, so that
 	// what the upstream may send mid-request (sampling, elicitation) is
 	// what the agent can answer.
@@ -158,16 +195,33 @@ func (b *Broker) upstreamSession(ctx context.Context, ss *mcp.ServerSession, u *
 	cs, t, err := u.connect(connectCtx, relay(ss, func() context.Context { return as.calls.only(u.Name) }), version,
 		func(n *jsonrpc.Request) { b.relayNotification(as, u.Name, n) })
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	if as.level != "" {
-		b.setLogLevel(ctx, u.Name, cs, as.level)
+	as.mu.Lock()
+	level := as.level
+	as.mu.Unlock()
+	if level != "" {
+		b.setLogLevel(ctx, u.Name, cs, level)
 	}
-	as.ups[u.Name] = cs
-	if d := newDirectUpstream(t, cs); d != nil {
-		as.direct[u.Name] = d
+	as.mu.Lock()
+	closed := as.ups == nil
+	if !closed {
+		as.ups[u.Name] = cs
+		if d := newDirectUpstream(t, cs); d != nil {
+			as.direct[u.Name] = d
+		}
 	}
-	return as, cs, nil
+	now := as.level
+	as.mu.Unlock()
+	if closed {
+		cs.Close()
+		return nil, errAgentSessionClosed
+	}
+	if now != level {
+		// The agent set another level while the session was opening.
+		b.setLogLevel(ctx, u.Name, cs, now)
+	}
+	return cs, nil
 }
 
 // dropUpstreamSession forgets an agent's session with server, if it is
