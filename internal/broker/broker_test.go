@@ -73,8 +73,8 @@ type upstreamServer struct {
 	// ends with stop, so that the server can close.
 	started, cancelled, stop chan struct{}
 	// deletes, if set, holds the HTTP upstream's DELETE requests until it
-	// is closed.
-	deletes chan struct{}
+	// is closed; each one held is first announced on deleting.
+	deletes, deleting chan struct{}
 	// Served over HTTP: the server, its MCP handler, and the body of every
 	// POST it received.
 	http    *httptest.Server
@@ -194,6 +194,7 @@ func (u *upstreamServer) serveHTTP(t *testing.T) func(context.Context) (mcp.Tran
 		h, hold := u.handler, u.deletes
 		u.mu.Unlock()
 		if r.Method == http.MethodDelete && hold != nil {
+			u.deleting <- struct{}{}
 			<-hold
 		}
 		h.ServeHTTP(w, r)
@@ -210,7 +211,7 @@ func (u *upstreamServer) serveHTTP(t *testing.T) func(context.Context) (mcp.Tran
 func (u *upstreamServer) holdDeletes() chan struct{} {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	u.deletes = make(chan struct{})
+	u.deletes, u.deleting = make(chan struct{}), make(chan struct{}, 16)
 	return u.deletes
 }
 

@@ -36,17 +36,22 @@ type agentSession struct {
 func (as *agentSession) touch() { as.lastActive.Store(time.Now().UnixNano()) }
 
 // closeUpstreams ends the session's upstream sessions and abandons its
-// direct calls; the session can open no new ones.
+// direct calls; the session can open no new ones. The upstream sessions
+// are closed together and outside the lock: each asks its upstream to end
+// the session, which a busy upstream may take seconds to do.
 func (as *agentSession) closeUpstreams() {
 	as.mu.Lock()
-	defer as.mu.Unlock()
-	for _, cs := range as.ups {
-		cs.Close()
-	}
+	ups := as.ups
 	as.ups, as.direct = nil, nil
 	for _, c := range as.directCalls {
 		c.cancel()
 	}
+	as.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, cs := range ups {
+		wg.Go(func() { cs.Close() })
+	}
+	wg.Wait()
 }
 
 // agentSession returns the broker's state of an agent session, created on

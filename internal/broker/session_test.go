@@ -57,3 +57,32 @@ func TestSlowUpstreamDoesNotHoldUpTheOthers(t *testing.T) {
 		t.Errorf("the agent's two calls to files opened %d sessions, want 1", n)
 	}
 }
+
+// An agent session that ends closes its upstream sessions all at once:
+// each close asks an upstream to end the session, which a busy upstream
+// may take seconds to do, and one such upstream does not hold up the
+// others.
+func TestEndedSessionClosesItsUpstreamSessionsTogether(t *testing.T) {
+	files := newUpstream()
+	g := newGatewayTimed(t, true, 5*time.Second, []Upstream{{Name: "files", Transport: files.serveHTTP(t)}})
+	cs := g.connect(t, nil)
+	for _, name := range []string{"notion__get_pages", "files__get_pages"} {
+		if _, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: name, Arguments: json.RawMessage(`{"workspace_id":"ws_abc123"}`)}); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	notionDeletes, filesDeletes := g.up.holdDeletes(), files.holdDeletes()
+	// Should the closes come one after the other, the first is let go
+	// after a while, so that the test fails rather than hangs; sooner than
+	// the SDK's client gives up on it (5 s), which would let the second
+	// come as well.
+	failsafe := time.AfterFunc(3*time.Second, func() { close(notionDeletes); close(filesDeletes) })
+	go cs.Close()
+	<-g.up.deleting
+	<-files.deleting
+	if !failsafe.Stop() {
+		t.Fatal("the upstream sessions were closed one after the other")
+	}
+	close(notionDeletes)
+	close(filesDeletes)
+}
