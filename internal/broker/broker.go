@@ -291,17 +291,18 @@ func (b *Broker) refresh(ctx context.Context, u *upstream) error {
 	cs := u.catalog
 	u.mu.Unlock()
 	if cs == nil {
-		changed := func(context.Context) {
+		// keepCatalogue lists again; a listing already due will do.
+		changed := func() {
 			select {
 			case u.changed <- struct{}{}:
-			default: // a listing is already due
+			default:
 			}
 		}
 		var err error
 		cs, _, err = u.connect(ctx, &mcp.ClientOptions{
-			ToolListChangedHandler:     func(ctx context.Context, _ *mcp.ToolListChangedRequest) { changed(ctx) },
-			PromptListChangedHandler:   func(ctx context.Context, _ *mcp.PromptListChangedRequest) { changed(ctx) },
-			ResourceListChangedHandler: func(ctx context.Context, _ *mcp.ResourceListChangedRequest) { changed(ctx) },
+			ToolListChangedHandler:     func(context.Context, *mcp.ToolListChangedRequest) { changed() },
+			PromptListChangedHandler:   func(context.Context, *mcp.PromptListChangedRequest) { changed() },
+			ResourceListChangedHandler: func(context.Context, *mcp.ResourceListChangedRequest) { changed() },
 		}, "", nil)
 		if err != nil {
 			return err
