@@ -267,14 +267,18 @@ func (b *Broker) Close() {
 		as.closeUpstreams()
 		return true
 	})
+	// As closeUpstreams does: together, and without the lock.
+	var wg sync.WaitGroup
 	for _, u := range b.ups {
 		u.mu.Lock()
-		if u.catalog != nil {
-			u.catalog.Close()
-			u.catalog = nil
-		}
+		cs := u.catalog
+		u.catalog = nil
 		u.mu.Unlock()
+		if cs != nil {
+			wg.Go(func() { cs.Close() })
+		}
 	}
+	wg.Wait()
 	b.dropping.Wait()
 }
 

@@ -125,3 +125,23 @@ func TestCatalogueReadsDoNotWaitOnTheUpstream(t *testing.T) {
 	}
 	close(release)
 }
+
+// Close ends the catalogue sessions all at once, as an ended agent session
+// does its upstream sessions.
+func TestCloseEndsTheCataloguesTogether(t *testing.T) {
+	files := newUpstream()
+	g := newGatewayTimed(t, true, 5*time.Second, []Upstream{{Name: "files", Transport: files.serveHTTP(t)}})
+	notionDeletes, filesDeletes := g.up.holdDeletes(), files.holdDeletes()
+	// As in TestEndedSessionClosesItsUpstreamSessionsTogether.
+	failsafe := time.AfterFunc(3*time.Second, func() { close(notionDeletes); close(filesDeletes) })
+	closed := make(chan struct{})
+	go func() { g.broker.Close(); close(closed) }()
+	<-g.up.deleting
+	<-files.deleting
+	if !failsafe.Stop() {
+		t.Fatal("the catalogue sessions were closed one after the other")
+	}
+	close(notionDeletes)
+	close(filesDeletes)
+	<-closed
+}
