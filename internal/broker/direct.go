@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/amgateway/amg/authz"
@@ -229,9 +230,26 @@ func (b *Broker) directCall(w http.ResponseWriter, r *http.Request, as *agentSes
 	}
 	took := time.Since(start)
 	answered = true
-	writeJSON(w, splice(data, edit{res.Messages[0].IDSpan, m.ID}))
+	writeJSON(w, agentAnswer(data, &res.Messages[0], m.ID, server))
 	b.recordDirect(r, server, tool, took, &res.Messages[0])
 	return true
+}
+
+// agentAnswer is the upstream's response to a call as the agent gets it:
+// under the agent's id, and, if it is a JSON-RPC error, with the
+// upstream's name before its message, as on the SDK path. A result goes
+// back byte for byte.
+func agentAnswer(data []byte, resp *mcpfilter.Message, agentID []byte, server string) []byte {
+	if resp.Error == nil {
+		return splice(data, edit{resp.IDSpan, agentID})
+	}
+	var e jsonrpc.Error
+	if err := json.Unmarshal(resp.Error, &e); err != nil {
+		e = jsonrpc.Error{Code: RPCUpstreamError, Message: "its error is not a JSON-RPC error object"}
+	}
+	e.Message = fmt.Sprintf("upstream %q: %s", server, e.Message)
+	out, _ := json.Marshal(rpcErrorResponse(agentID, &e))
+	return out
 }
 
 // noticeTimeout bounds sending an upstream a notification the broker
@@ -304,10 +322,10 @@ func (b *Broker) streamDirect(w http.ResponseWriter, r *http.Request, as *agentS
 			if string(m.ID) == upID {
 				done = true
 				took := time.Since(start)
-				if stream.started {
-					send(splice(data, edit{m.IDSpan, agentID}))
+				if answer := agentAnswer(data, m, agentID, server); stream.started {
+					send(answer)
 				} else {
-					writeJSON(w, splice(data, edit{m.IDSpan, agentID}))
+					writeJSON(w, answer)
 				}
 				b.recordDirect(r, server, tool, took, m)
 			}

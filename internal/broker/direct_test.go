@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/mcpfilter"
 )
 
 // warmRaw makes a raw agent's first call, which opens its upstream session
@@ -37,6 +38,20 @@ func TestDirectPathForwardsTheAgentsBytes(t *testing.T) {
 	restored := strings.Replace(strings.Replace(upstream, id, `"id":"call-2"`, 1), `"name":"get_pages"`, `"name":"notion__get_pages"`, 1)
 	if restored != sent {
 		t.Errorf("the upstream got\n%s\nwhich is not what the agent sent\n%s\nwith the id and name replaced", upstream, sent)
+	}
+}
+
+// A JSON-RPC error from the upstream reaches the agent on the direct path
+// as on the SDK path: its code kept, its message naming the upstream.
+func TestDirectPathUpstreamErrorNamesTheUpstream(t *testing.T) {
+	g := newGatewayOver(t, true)
+	a := newRawAgent(t, g)
+	warmRaw(a)
+	got := a.post(`{"jsonrpc":"2.0","id":"e-1","method":"tools/call","params":{"name":"notion__fail","arguments":{}}}`)
+	g.checkPath(t, "notion__fail")
+	want := `{"jsonrpc":"2.0","id":"e-1","error":{"code":-32000,"message":"upstream \"notion\": workspace is locked"}}`
+	if len(got) != 1 || got[0] != want {
+		t.Errorf("answer = %q, want %s", got, want)
 	}
 }
 
@@ -206,5 +221,23 @@ func TestDirectPathUpstreamDown(t *testing.T) {
 	}
 	if host := strings.TrimPrefix(g.up.http.URL, "http://"); strings.Contains(got[0], host) {
 		t.Errorf("the agent was shown the upstream's address %s: %q", host, got[0])
+	}
+}
+
+func TestAgentAnswer(t *testing.T) {
+	for _, tt := range []struct{ upstream, want string }{
+		{`{"jsonrpc":"2.0","id":"amg-9","result":{"content":[] , "x":1}}`, `{"jsonrpc":"2.0","id":7,"result":{"content":[] , "x":1}}`},
+		{`{"jsonrpc":"2.0","id":"amg-9","error":{"code":-32602,"message":"bad page","data":{"page":"p1"}}}`,
+			`{"jsonrpc":"2.0","id":7,"error":{"code":-32602,"message":"upstream \"notion\": bad page","data":{"page":"p1"}}}`},
+		{`{"jsonrpc":"2.0","id":"amg-9","error":{"code":"high","message":7}}`,
+			`{"jsonrpc":"2.0","id":7,"error":{"code":-32010,"message":"upstream \"notion\": its error is not a JSON-RPC error object"}}`},
+	} {
+		parsed, err := mcpfilter.Parse([]byte(tt.upstream), upstreamParse)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.upstream, err)
+		}
+		if got := string(agentAnswer([]byte(tt.upstream), &parsed.Messages[0], []byte("7"), "notion")); got != tt.want {
+			t.Errorf("agentAnswer(%s)\n= %s\nwant %s", tt.upstream, got, tt.want)
+		}
 	}
 }
