@@ -45,6 +45,7 @@ servers:
       - name: ask
       - name: slow
       - name: wait
+      - name: big
       - name: delete_page
         constraints: { page_id: {} }
     prompts:
@@ -81,6 +82,10 @@ type upstreamServer struct {
 	handler http.Handler
 	posts   []string
 }
+
+// bigResult is the size of the big tool's text, more than the broker holds
+// of an event it only observes.
+const bigResult = 6 << 20
 
 func newUpstream() *upstreamServer {
 	u := &upstreamServer{}
@@ -132,6 +137,9 @@ func newUpstream() *upstreamServer {
 		req.Session.Log(ctx, &mcp.LoggingMessageParams{Level: "info", Data: "halfway"})
 		req.Session.Log(ctx, &mcp.LoggingMessageParams{Level: "debug", Data: "too fine"})
 		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "done"}}}, nil
+	})
+	u.srv.AddTool(&mcp.Tool{Name: "big", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: strings.Repeat("x", bigResult)}}}, nil
 	})
 	u.started, u.cancelled, u.stop = make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{})
 	u.srv.AddTool(&mcp.Tool{Name: "wait", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
@@ -388,7 +396,7 @@ func TestToolsListShowsOnlyGrantedTools(t *testing.T) {
 	cs := g.connect(t, nil)
 	// drop_database is not granted; late_tool is granted but the upstream
 	// does not have it (yet).
-	if diff := cmp.Diff([]string{"notion__ask", "notion__delete_page", "notion__fail", "notion__get_pages", "notion__refuse", "notion__slow", "notion__wait"}, toolNames(t, cs)); diff != "" {
+	if diff := cmp.Diff([]string{"notion__ask", "notion__big", "notion__delete_page", "notion__fail", "notion__get_pages", "notion__refuse", "notion__slow", "notion__wait"}, toolNames(t, cs)); diff != "" {
 		t.Errorf("tools (-want +got):\n%s", diff)
 	}
 }

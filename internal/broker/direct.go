@@ -97,8 +97,13 @@ type relayedRequest struct {
 }
 
 // maxUpstreamMessage bounds one message from an upstream on the direct
-// path.
-const maxUpstreamMessage = 64 << 20
+// path. It is a variable for tests.
+var maxUpstreamMessage = 64 << 20
+
+// tooLarge is the error of an upstream answer over maxUpstreamMessage.
+func tooLarge() error {
+	return fmt.Errorf("its answer is larger than the gateway takes (%d MiB)", maxUpstreamMessage>>20)
+}
 
 // upstreamParse is how the direct path reads an upstream's messages: any
 // well-formed JSON-RPC, however large or deep a result.
@@ -218,7 +223,10 @@ func (b *Broker) directCall(w http.ResponseWriter, r *http.Request, as *agentSes
 		answered = b.streamDirect(w, r, as, d, resp.Body, m.ID, upID, server, tool, start)
 		return true
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxUpstreamMessage+1))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, int64(maxUpstreamMessage)+1))
+	if err == nil && len(data) > maxUpstreamMessage {
+		err = tooLarge()
+	}
 	if err != nil {
 		b.finishDirect(w, r, m.ID, server, tool, start, err)
 		return true
@@ -298,7 +306,8 @@ func (b *Broker) streamDirect(w http.ResponseWriter, r *http.Request, as *agentS
 	stream := &sseStream{w: w}
 	send := stream.send
 	var done bool
-	events := &sseReader{body: body, event: func(data []byte) {
+	// The call's response must be seen whole, however large.
+	events := &sseReader{body: body, max: maxUpstreamMessage, event: func(data []byte) {
 		if done {
 			return
 		}
@@ -339,6 +348,9 @@ func (b *Broker) streamDirect(w http.ResponseWriter, r *http.Request, as *agentS
 			if r.Context().Err() == nil {
 				// The stream ended without the response: say so on it.
 				err = fmt.Errorf("stream ended before the result: %w", err)
+				if events.skipped {
+					err = tooLarge()
+				}
 				b.recordUpstream(r.Header, server, tool, time.Since(start), "error", errorText(err, false))
 				resp, _ := json.Marshal(rpcErrorResponse(agentID, upstreamError(server, err)))
 				if stream.started {

@@ -55,6 +55,39 @@ func TestDirectPathUpstreamErrorNamesTheUpstream(t *testing.T) {
 	}
 }
 
+// A result larger than the broker holds of an event it only observes
+// (maxHeld) still reaches the agent whole on the direct path.
+func TestDirectPathLargeResult(t *testing.T) {
+	g := newGatewayOver(t, true)
+	a := newRawAgent(t, g)
+	warmRaw(a)
+	got := a.post(`{"jsonrpc":"2.0","id":"big","method":"tools/call","params":{"name":"notion__big","arguments":{}}}`)
+	g.checkPath(t, "notion__big")
+	if len(got) != 1 || !strings.Contains(got[0], `"id":"big"`) || !strings.Contains(got[0], strings.Repeat("x", bigResult)) {
+		n := 0
+		if len(got) > 0 {
+			n = len(got[0])
+		}
+		t.Fatalf("a %d-byte result: %d messages, the first %d bytes", bigResult, len(got), n)
+	}
+}
+
+// An answer over the gateway's limit gives the agent an error that says
+// so, naming the upstream.
+func TestDirectPathTooLargeResult(t *testing.T) {
+	defer func(n int) { maxUpstreamMessage = n }(maxUpstreamMessage)
+	maxUpstreamMessage = 1 << 20
+	g := newGatewayOver(t, true)
+	a := newRawAgent(t, g)
+	warmRaw(a)
+	got := a.post(`{"jsonrpc":"2.0","id":"big","method":"tools/call","params":{"name":"notion__big","arguments":{}}}`)
+	g.checkPath(t, "notion__big")
+	if len(got) != 1 || !strings.Contains(got[0], `"id":"big"`) ||
+		!strings.Contains(got[0], `upstream \"notion\": its answer is larger than the gateway takes (1 MiB)`) {
+		t.Fatalf("an answer over the limit: %.300q", got)
+	}
+}
+
 // Every call on the direct path is audited with what became of it
 // upstream, under the decision id of its decision.
 func TestDirectPathAuditsTheUpstreamOutcome(t *testing.T) {

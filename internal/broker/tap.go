@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"io"
 	"net/http"
@@ -121,7 +122,11 @@ func (t *sseTap) reader(body io.ReadCloser) *sseReader {
 type sseReader struct {
 	body  io.ReadCloser
 	event func(data []byte)
-	err   error
+	// max bounds the bytes of one event held back until it is complete;
+	// 0 means maxHeld. skipped is set once an event outgrew it.
+	max     int
+	skipped bool
+	err     error
 
 	buf     []byte // read from body, not yet returned
 	ready   int    // buf[:ready] holds complete, observed events
@@ -135,7 +140,8 @@ type sseReader struct {
 	skip bool
 }
 
-// maxHeld bounds the bytes of one event held back until it is complete.
+// maxHeld is the default bound of the bytes of one event held back until
+// it is complete.
 const maxHeld = 4 << 20
 
 func (s *sseReader) Read(p []byte) (int, error) {
@@ -154,8 +160,15 @@ func (s *sseReader) Read(p []byte) (int, error) {
 		s.buf = s.buf[:len(s.buf)+n]
 		s.err = err
 		s.scan()
-		if s.ready == 0 && len(s.buf) > maxHeld {
-			s.ready, s.skip, s.data, s.lines = s.scanned, true, nil, 0
+		if s.ready == 0 && !s.skip && len(s.buf) > cmp.Or(s.max, maxHeld) {
+			s.skip, s.skipped, s.data, s.lines = true, true, nil, 0
+			// Of the line being read, only whether it is blank still
+			// matters.
+			s.line = s.line[:min(len(s.line), 1)]
+		}
+		if s.ready == 0 && s.skip {
+			// An event given up on is passed on as it comes.
+			s.ready = s.scanned
 		}
 	}
 	n := copy(p, s.buf[:s.ready])
@@ -183,15 +196,27 @@ func (s *sseReader) scan() {
 		s.afterCR = false
 		i := bytes.IndexAny(rest, "\r\n")
 		if i < 0 {
-			s.line = append(s.line, rest...)
+			s.line = s.appendLine(rest)
 			s.scanned = len(s.buf)
 			return
 		}
-		s.line = append(s.line, rest[:i]...)
+		s.line = s.appendLine(rest[:i])
 		s.afterCR = rest[i] == '\r'
 		s.scanned += i + 1
 		s.endLine()
 	}
+}
+
+// appendLine adds b to the line being read; of an event being skipped, it
+// keeps no more than tells a blank line from another.
+func (s *sseReader) appendLine(b []byte) []byte {
+	if s.skip && len(s.line) > 0 {
+		return s.line
+	}
+	if s.skip {
+		b = b[:min(len(b), 1)]
+	}
+	return append(s.line, b...)
 }
 
 func (s *sseReader) endLine() {

@@ -2,11 +2,13 @@ package broker
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 )
@@ -123,6 +125,35 @@ func TestSSEReaderReleasesAnOversizedEvent(t *testing.T) {
 			t.Fatal(err)
 		}
 		got += k
+	}
+	if !r.skipped {
+		t.Error("the reader does not say it skipped an event")
+	}
+}
+
+// Of a line that never ends, the reader keeps no more than it needs once
+// it has given up on the event, and passes the rest on as it comes: memory
+// stays bounded.
+func TestSSEReaderHoldsNoEndlessLine(t *testing.T) {
+	const n = 3 * maxHeld
+	// Reading past the line means the reader held some of it back.
+	past := iotest.ErrReader(errors.New("the reader wanted more than the line before passing it on"))
+	body := io.MultiReader(strings.NewReader("data: "+strings.Repeat("x", n)), past)
+	r := &sseReader{body: io.NopCloser(body), event: func([]byte) { t.Error("saw a partial event") }}
+	got := 0
+	buf := make([]byte, 1<<20)
+	for got < n+len("data: ") {
+		k, err := r.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got += k
+	}
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if len(r.line) > 1 || len(r.buf) > maxHeld+1<<20 {
+		t.Errorf("after %d bytes of one line the reader holds a line of %d bytes and %d buffered", got, len(r.line), len(r.buf))
 	}
 }
 
