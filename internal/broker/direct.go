@@ -306,6 +306,16 @@ func (b *Broker) streamDirect(w http.ResponseWriter, r *http.Request, as *agentS
 	stream := &sseStream{w: w}
 	send := stream.send
 	var done bool
+	// What the upstream asked of the agent during the call cannot be
+	// answered once the call is over.
+	var relayed []string
+	defer func() {
+		as.mu.Lock()
+		for _, id := range relayed {
+			delete(as.relayed, id)
+		}
+		as.mu.Unlock()
+	}()
 	// The call's response must be seen whole, however large.
 	events := &sseReader{body: body, max: maxUpstreamMessage, event: func(data []byte) {
 		if done {
@@ -326,6 +336,7 @@ func (b *Broker) streamDirect(w http.ResponseWriter, r *http.Request, as *agentS
 			as.mu.Lock()
 			as.relayed[id] = relayedRequest{id: bytes.Clone(m.ID), up: d}
 			as.mu.Unlock()
+			relayed = append(relayed, id)
 			send(splice(data, edit{m.IDSpan, []byte(id)}))
 		case mcpfilter.KindResponse:
 			if string(m.ID) == upID {

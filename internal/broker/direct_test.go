@@ -221,6 +221,30 @@ func TestDirectPathUpstreamDisconnectsMidCall(t *testing.T) {
 	close(deletes)
 }
 
+// An upstream's request to the agent during a direct call is forgotten
+// when the call ends, answered or not.
+func TestDirectPathForgetsUnansweredRelays(t *testing.T) {
+	g := newGatewayTimed(t, true, 300*time.Millisecond, nil)
+	a := newRawAgent(t, g)
+	warmRaw(a)
+	// The raw agent does not answer the sampling request the tool makes.
+	got := a.post(`{"jsonrpc":"2.0","id":13,"method":"tools/call","params":{"name":"notion__ask","arguments":{}}}`)
+	g.checkPath(t, "notion__ask")
+	if n := len(got); n != 2 || !strings.Contains(got[0], `"method":"sampling/createMessage"`) || !strings.Contains(got[1], "did not answer in time") {
+		t.Fatalf("the call: %q", got)
+	}
+	v, ok := g.broker.bySID.Load(a.sid)
+	if !ok {
+		t.Fatal("no agent session")
+	}
+	as := v.(*agentSession)
+	as.mu.Lock()
+	defer as.mu.Unlock()
+	if len(as.relayed) != 0 {
+		t.Errorf("the session still holds %d relayed requests of a call that ended", len(as.relayed))
+	}
+}
+
 // An upstream that restarted has forgotten the agent's session; the next
 // call opens a new one and succeeds.
 func TestDirectPathRecoversFromAnUpstreamRestart(t *testing.T) {
