@@ -11,6 +11,16 @@ import (
 	"github.com/amgateway/amg/mcpfilter"
 )
 
+// directAgent is a raw agent on a gateway whose upstream is served over
+// HTTP, past its first call: its calls take the direct path.
+func directAgent(t *testing.T, tweak ...func(*Options)) (*gateway, *rawAgent) {
+	t.Helper()
+	g := newGatewayOver(t, true, tweak...)
+	a := newRawAgent(t, g)
+	warmRaw(a)
+	return g, a
+}
+
 // warmRaw makes a raw agent's first call, which opens its upstream session
 // through the SDK.
 func warmRaw(a *rawAgent) {
@@ -21,9 +31,7 @@ func warmRaw(a *rawAgent) {
 // byte, but for the id and the tool name, and the agent gets the
 // upstream's answer under its own id.
 func TestDirectPathForwardsTheAgentsBytes(t *testing.T) {
-	g := newGatewayOver(t, true)
-	a := newRawAgent(t, g)
-	warmRaw(a)
+	g, a := directAgent(t)
 	sent := `{"params":{ "arguments" : {"limit":5 ,"workspace_id":"ws_abc123"},"_meta":{"progressToken":9,"x":[1,2]},` +
 		`"name":"notion__get_pages"},"id":"call-2","method":"tools/call","jsonrpc":"2.0"}`
 	got := a.post(sent)
@@ -44,9 +52,7 @@ func TestDirectPathForwardsTheAgentsBytes(t *testing.T) {
 // A JSON-RPC error from the upstream reaches the agent on the direct path
 // as on the SDK path: its code kept, its message naming the upstream.
 func TestDirectPathUpstreamErrorNamesTheUpstream(t *testing.T) {
-	g := newGatewayOver(t, true)
-	a := newRawAgent(t, g)
-	warmRaw(a)
+	g, a := directAgent(t)
 	got := a.post(`{"jsonrpc":"2.0","id":"e-1","method":"tools/call","params":{"name":"notion__fail","arguments":{}}}`)
 	g.checkPath(t, "notion__fail")
 	want := `{"jsonrpc":"2.0","id":"e-1","error":{"code":-32000,"message":"upstream \"notion\": workspace is locked"}}`
@@ -58,9 +64,7 @@ func TestDirectPathUpstreamErrorNamesTheUpstream(t *testing.T) {
 // A result larger than the broker holds of an event it only observes
 // (maxHeld) still reaches the agent whole on the direct path.
 func TestDirectPathLargeResult(t *testing.T) {
-	g := newGatewayOver(t, true)
-	a := newRawAgent(t, g)
-	warmRaw(a)
+	g, a := directAgent(t)
 	got := a.post(`{"jsonrpc":"2.0","id":"big","method":"tools/call","params":{"name":"notion__big","arguments":{}}}`)
 	g.checkPath(t, "notion__big")
 	if len(got) != 1 || !strings.Contains(got[0], `"id":"big"`) || !strings.Contains(got[0], strings.Repeat("x", bigResult)) {
@@ -77,9 +81,7 @@ func TestDirectPathLargeResult(t *testing.T) {
 func TestDirectPathTooLargeResult(t *testing.T) {
 	defer func(n int) { maxUpstreamMessage = n }(maxUpstreamMessage)
 	maxUpstreamMessage = 1 << 20
-	g := newGatewayOver(t, true)
-	a := newRawAgent(t, g)
-	warmRaw(a)
+	g, a := directAgent(t)
 	got := a.post(`{"jsonrpc":"2.0","id":"big","method":"tools/call","params":{"name":"notion__big","arguments":{}}}`)
 	g.checkPath(t, "notion__big")
 	if len(got) != 1 || !strings.Contains(got[0], `"id":"big"`) ||
@@ -91,9 +93,7 @@ func TestDirectPathTooLargeResult(t *testing.T) {
 // Every call on the direct path is audited with what became of it
 // upstream, under the decision id of its decision.
 func TestDirectPathAuditsTheUpstreamOutcome(t *testing.T) {
-	g := newGatewayOver(t, true)
-	a := newRawAgent(t, g)
-	warmRaw(a)
+	g, a := directAgent(t)
 	a.post(`{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"notion__fail","arguments":{}}}`)
 	a.post(`{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"notion__refuse","arguments":{}}}`)
 	g.checkPath(t, "notion__fail")
@@ -123,9 +123,7 @@ func TestDirectPathAuditsTheUpstreamOutcome(t *testing.T) {
 // call: the record is not the agent's wait.
 func TestDirectPathAnswersBeforeRecording(t *testing.T) {
 	held := &heldAudit{release: make(chan struct{})}
-	g := newGatewayOver(t, true, func(o *Options) { o.Audit = held })
-	a := newRawAgent(t, g)
-	warmRaw(a)
+	g, a := directAgent(t, func(o *Options) { o.Audit = held })
 	// The first call is recorded after its answer too: holding that
 	// record would hold the connection the next call comes on.
 	before := len(held.await(t, 1))
@@ -192,9 +190,7 @@ func TestCallTimeout(t *testing.T) {
 // it; the agent's answer and its next call do not wait for the upstream
 // to do so.
 func TestDirectPathUpstreamDisconnectsMidCall(t *testing.T) {
-	g := newGatewayOver(t, true)
-	a := newRawAgent(t, g)
-	warmRaw(a)
+	g, a := directAgent(t)
 	// The upstream holds the request to end the session for longer than
 	// the agent should ever wait, but not for as long as the SDK's client
 	// waits for it (5 s), so that an agent made to wait gets its answer
@@ -248,9 +244,7 @@ func TestDirectPathForgetsUnansweredRelays(t *testing.T) {
 // An upstream that restarted has forgotten the agent's session; the next
 // call opens a new one and succeeds.
 func TestDirectPathRecoversFromAnUpstreamRestart(t *testing.T) {
-	g := newGatewayOver(t, true)
-	a := newRawAgent(t, g)
-	warmRaw(a)
+	g, a := directAgent(t)
 	g.up.restart()
 	got := a.post(`{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`)
 	if len(got) != 1 || !strings.Contains(got[0], `"text":"3 pages"`) {
@@ -266,9 +260,7 @@ func TestDirectPathRecoversFromAnUpstreamRestart(t *testing.T) {
 // An upstream that is down gives the agent a JSON-RPC error naming it, at
 // once, never a hang, and never its URL.
 func TestDirectPathUpstreamDown(t *testing.T) {
-	g := newGatewayOver(t, true)
-	a := newRawAgent(t, g)
-	warmRaw(a)
+	g, a := directAgent(t)
 	g.up.http.CloseClientConnections()
 	g.up.http.Listener.Close()
 	got := a.post(`{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`)
