@@ -268,17 +268,16 @@ func (b *Broker) Close() {
 		return true
 	})
 	// As closeUpstreams does: together, and without the lock.
-	var wg sync.WaitGroup
+	var catalogs []*mcp.ClientSession
 	for _, u := range b.ups {
 		u.mu.Lock()
-		cs := u.catalog
-		u.catalog = nil
-		u.mu.Unlock()
-		if cs != nil {
-			wg.Go(func() { cs.Close() })
+		if u.catalog != nil {
+			catalogs = append(catalogs, u.catalog)
+			u.catalog = nil
 		}
+		u.mu.Unlock()
 	}
-	wg.Wait()
+	closeTogether(catalogs)
 	b.dropping.Wait()
 }
 
@@ -751,11 +750,7 @@ func (s *sessionRecorder) Write(p []byte) (int, error) {
 	return s.ResponseWriter.Write(p)
 }
 
-func (s *sessionRecorder) Flush() {
-	if f, ok := s.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
-}
+func (s *sessionRecorder) Flush() { flush(s.ResponseWriter) }
 
 func (s *sessionRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 

@@ -3,6 +3,8 @@ package broker
 import (
 	"context"
 	"errors"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,8 +39,7 @@ func (as *agentSession) touch() { as.lastActive.Store(time.Now().UnixNano()) }
 
 // closeUpstreams ends the session's upstream sessions and abandons its
 // direct calls; the session can open no new ones. The upstream sessions
-// are closed together and outside the lock: each asks its upstream to end
-// the session, which a busy upstream may take seconds to do.
+// are closed together (closeTogether) and outside the lock.
 func (as *agentSession) closeUpstreams() {
 	as.mu.Lock()
 	ups := as.ups
@@ -47,8 +48,16 @@ func (as *agentSession) closeUpstreams() {
 		c.cancel()
 	}
 	as.mu.Unlock()
+	closeTogether(slices.Collect(maps.Values(ups)))
+}
+
+// closeTogether closes every session of css at once and waits for all:
+// each close asks an upstream to end its session, which a busy upstream
+// may take seconds to do, and one such upstream does not hold up the
+// others.
+func closeTogether(css []*mcp.ClientSession) {
 	var wg sync.WaitGroup
-	for _, cs := range ups {
+	for _, cs := range css {
 		wg.Go(func() { cs.Close() })
 	}
 	wg.Wait()
