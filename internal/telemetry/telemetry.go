@@ -45,6 +45,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/exemplar"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
@@ -276,6 +277,15 @@ func New(ctx context.Context, opts *Options) (*Telemetry, error) {
 	}
 	if opts.MetricReader != nil {
 		mpOpts = append(mpOpts, sdkmetric.WithReader(opts.MetricReader))
+	}
+	if metricExp == nil && opts.MetricReader == nil {
+		// Exemplars tie a measurement to the trace it was made in, and
+		// only an OTLP exporter (or a test's reader) carries them: the
+		// Prometheus handler serves the text format, which has none.
+		// Offering every measurement to reservoirs no one reads made
+		// recording a decision about a tenth slower
+		// (BenchmarkRecordDecision).
+		mpOpts = append(mpOpts, sdkmetric.WithExemplarFilter(exemplar.AlwaysOffFilter))
 	}
 	t.mp = sdkmetric.NewMeterProvider(mpOpts...)
 	t.otlpTraces, t.otlpMetrics = traceExp != nil, metricExp != nil

@@ -278,6 +278,24 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
+// Exemplars are off when no reader could carry them; a reader that can
+// gets the trace each decision was made in.
+func TestDecisionExemplarNamesItsTrace(t *testing.T) {
+	h := newHarness(t)
+	ctx, span := h.tel.StartDecisionSpan(t.Context(), "amg.decide tools/call")
+	h.tel.RecordDecision(ctx, "analyst", "allow", "enforce", "ok", 50*time.Microsecond)
+	span.End()
+
+	dd := histogram(t, h.collect(t), MetricDecisionDuration)
+	if len(dd.DataPoints) != 1 || len(dd.DataPoints[0].Exemplars) != 1 {
+		t.Fatalf("decision duration points %+v, want one with one exemplar", dd.DataPoints)
+	}
+	got := trace.TraceID(dd.DataPoints[0].Exemplars[0].TraceID)
+	if want := span.SpanContext().TraceID(); got != want {
+		t.Errorf("exemplar trace id %s, want the decision's %s", got, want)
+	}
+}
+
 func TestGaugeCallbacks(t *testing.T) {
 	h := newHarness(t)
 
