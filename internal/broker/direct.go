@@ -135,35 +135,42 @@ func (b *Broker) serveDirect(w http.ResponseWriter, r *http.Request, as *agentSe
 
 // directUpstreamFor returns the agent session's direct connection to the
 // upstream of a tool the role may call, opening its upstream session if it
-// has none yet; nil if there is none to be had.
-func (b *Broker) directUpstreamFor(ctx context.Context, as *agentSession, role, agentName string) (server, tool string, d *directUpstream) {
-	server, tool, err := b.ns.Split(agentName)
+// has none yet; nil if there is none to be had. err is why the session
+// could not be opened: the call's answer, which the SDK path would only
+// have after trying again.
+func (b *Broker) directUpstreamFor(ctx context.Context, as *agentSession, role, agentName string) (server, tool string, d *directUpstream, err error) {
+	server, tool, err = b.ns.Split(agentName)
 	if err != nil {
-		return "", "", nil
+		return "", "", nil, nil
 	}
 	b.mu.Lock()
 	rs := b.roles[role]
 	registered := rs != nil && rs.tools[agentName] != nil
 	b.mu.Unlock()
 	if !registered || b.ups[server].bindsHeaders(tool) {
-		return "", "", nil
+		return "", "", nil, nil
 	}
 	as.mu.Lock()
 	d, opened := as.direct[server], as.ups[server] != nil
 	as.mu.Unlock()
 	if d == nil && !opened {
-		// A failure to connect is left to the SDK path to report.
-		if _, _, err := b.upstreamSession(ctx, as.ss, b.ups[server]); err == nil {
-			as.mu.Lock()
-			d = as.direct[server]
-			as.mu.Unlock()
+		if _, _, err := b.upstreamSession(ctx, as.ss, b.ups[server]); err != nil {
+			return server, tool, nil, err
 		}
+		as.mu.Lock()
+		d = as.direct[server]
+		as.mu.Unlock()
 	}
-	return server, tool, d
+	return server, tool, d, nil
 }
 
 func (b *Broker) directCall(w http.ResponseWriter, r *http.Request, as *agentSession, body []byte, m *mcpfilter.Message) bool {
-	server, tool, d := b.directUpstreamFor(r.Context(), as, r.Header.Get(authz.HeaderRole), m.Name)
+	begin := time.Now()
+	server, tool, d, err := b.directUpstreamFor(r.Context(), as, r.Header.Get(authz.HeaderRole), m.Name)
+	if err != nil {
+		b.finishDirect(w, r, m.ID, server, tool, begin, err)
+		return true
+	}
 	if d == nil {
 		return false
 	}

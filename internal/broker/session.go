@@ -25,7 +25,7 @@ type agentSession struct {
 	mu         sync.Mutex
 	ups        map[string]*mcp.ClientSession // nil once the session ended
 	direct     map[string]*directUpstream    // the ups spoken to over HTTP
-	connecting map[string]chan struct{}      // closed when the connection to ups[name] is made or failed
+	connecting map[string]*connectAttempt    // the connection to ups[name] being made
 	level      string                        // what the agent last set with logging/setLevel
 	calls      inflight
 	// directCalls are the calls forwarded without the SDK, by the
@@ -70,7 +70,7 @@ func (b *Broker) agentSession(ss *mcp.ServerSession) *agentSession {
 		return v.(*agentSession)
 	}
 	fresh := &agentSession{ss: ss, ups: map[string]*mcp.ClientSession{}, direct: map[string]*directUpstream{},
-		connecting: map[string]chan struct{}{}, directCalls: map[string]*directCall{}, relayed: map[string]relayedRequest{}}
+		connecting: map[string]*connectAttempt{}, directCalls: map[string]*directCall{}, relayed: map[string]relayedRequest{}}
 	fresh.touch()
 	v, loaded := b.sessions.LoadOrStore(ss, fresh)
 	as := v.(*agentSession)
@@ -149,7 +149,9 @@ func (b *Broker) reapIdle(ctx context.Context, every time.Duration) {
 // connecting it on first use. Connecting takes as long as the upstream
 // does, and is done without the agent session's lock: the agent's calls to
 // other upstreams go on meanwhile, and those to u wait for the one
-// connection.
+// connection, and fail with it, rather than each try in turn (an upstream
+// that does not answer would keep the last of them waiting for every
+// attempt before it).
 func (b *Broker) upstreamSession(ctx context.Context, ss *mcp.ServerSession, u *upstream) (*agentSession, *mcp.ClientSession, error) {
 	as := b.agentSession(ss)
 	for {
@@ -162,15 +164,20 @@ func (b *Broker) upstreamSession(ctx context.Context, ss *mcp.ServerSession, u *
 			as.mu.Unlock()
 			return as, cs, nil
 		}
-		c := as.connecting[u.Name]
-		if c == nil {
-			c = make(chan struct{})
-			as.connecting[u.Name] = c
+		a := as.connecting[u.Name]
+		if a == nil {
+			a = &connectAttempt{done: make(chan struct{})}
+			as.connecting[u.Name] = a
 			as.mu.Unlock()
 			cs, err := b.connectFor(ctx, as, u)
 			as.mu.Lock()
 			delete(as.connecting, u.Name)
-			close(c)
+			// An attempt its own request gave up on says nothing of the
+			// upstream: those waiting try again.
+			if err != nil && ctx.Err() == nil {
+				a.err = err
+			}
+			close(a.done)
 			as.mu.Unlock()
 			if err != nil {
 				return nil, nil, err
@@ -180,11 +187,21 @@ func (b *Broker) upstreamSession(ctx context.Context, ss *mcp.ServerSession, u *
 		as.mu.Unlock()
 		// Another request of the agent is connecting: use what it gets.
 		select {
-		case <-c:
+		case <-a.done:
+			if a.err != nil {
+				return nil, nil, a.err
+			}
 		case <-ctx.Done():
 			return nil, nil, ctx.Err()
 		}
 	}
+}
+
+// connectAttempt is one request's connecting of an agent session to an
+// upstream, which the agent's other requests there wait for.
+type connectAttempt struct {
+	done chan struct{} // closed when the attempt is over
+	err  error         // why it failed, once done; nil if it did not or was abandoned
 }
 
 var errAgentSessionClosed = errors.New("agent session closed")

@@ -3,6 +3,8 @@ package broker
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -55,6 +57,89 @@ func TestSlowUpstreamDoesNotHoldUpTheOthers(t *testing.T) {
 	}
 	if n := connects.Load(); n != 1 {
 		t.Errorf("the agent's two calls to files opened %d sessions, want 1", n)
+	}
+}
+
+// The agent's calls that waited for a connection to an upstream fail with
+// it, rather than each try again in turn: were the upstream not to answer,
+// the last of them would wait out the connect timeout of every attempt
+// before its own.
+func TestWaitingCallsShareAFailedConnect(t *testing.T) {
+	files := newUpstream()
+	var failing atomic.Bool
+	var connects atomic.Int32
+	entered, release := make(chan struct{}, 3), make(chan struct{})
+	transport := func(ctx context.Context) (mcp.Transport, error) {
+		if failing.Load() {
+			connects.Add(1)
+			entered <- struct{}{}
+			<-release
+			return nil, errors.New("connection refused")
+		}
+		return files.transport(ctx)
+	}
+	g := newGatewayTimed(t, false, 5*time.Second, []Upstream{{Name: "files", Transport: transport, ConnectTimeout: time.Minute}})
+	cs := g.connect(t, nil)
+	failing.Store(true) // the catalogue is listed: from now on, connecting fails
+	done := make(chan error, 3)
+	for range 3 {
+		go func() {
+			_, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "files__get_pages", Arguments: json.RawMessage(`{"workspace_id":"ws_abc123"}`)})
+			done <- err
+		}()
+	}
+	<-entered
+	time.Sleep(200 * time.Millisecond) // for the other two calls to come and wait
+	close(release)
+	for range 3 {
+		err := <-done
+		if err == nil || !strings.Contains(err.Error(), `upstream "files"`) || !strings.Contains(err.Error(), "connection refused") {
+			t.Errorf("a call while files refused the session: %v, want its error naming files", err)
+		}
+	}
+	if n := connects.Load(); n != 1 {
+		t.Errorf("the agent's three calls to files tried to connect %d times, want 1", n)
+	}
+}
+
+// A connect abandoned by the request that made it (the agent went away)
+// says nothing of the upstream: the calls that waited for it connect
+// themselves.
+func TestWaitingCallConnectsWhenTheFirstGaveUp(t *testing.T) {
+	files := newUpstream()
+	var hang atomic.Bool
+	var connects atomic.Int32
+	entered := make(chan struct{}, 1)
+	transport := func(ctx context.Context) (mcp.Transport, error) {
+		if hang.Load() && connects.Add(1) == 1 {
+			entered <- struct{}{}
+			<-ctx.Done() // the request's end; should that not cut it short, the connect timeout does
+			return nil, ctx.Err()
+		}
+		return files.transport(ctx)
+	}
+	g := newGatewayTimed(t, false, 5*time.Second, []Upstream{{Name: "files", Transport: transport, ConnectTimeout: 10 * time.Second}})
+	cs := g.connect(t, nil)
+	hang.Store(true) // the catalogue is listed: from now on, the first connect hangs
+	call := func(ctx context.Context) error {
+		_, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "files__get_pages", Arguments: json.RawMessage(`{"workspace_id":"ws_abc123"}`)})
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	first, second := make(chan error, 1), make(chan error, 1)
+	go func() { first <- call(ctx) }()
+	<-entered
+	go func() { second <- call(context.Background()) }()
+	time.Sleep(200 * time.Millisecond) // for the second call to come and wait
+	cancel()
+	if err := <-first; err == nil {
+		t.Error("the abandoned call succeeded")
+	}
+	if err := <-second; err != nil {
+		t.Errorf("the call that waited: %v", err)
+	}
+	if n := connects.Load(); n != 2 {
+		t.Errorf("%d connects, want 2: the abandoned one and the waiting call's own", n)
 	}
 }
 
