@@ -1,5 +1,6 @@
 // Package benchrun holds what the benchmark commands share: the
-// concurrency levels flag and an optional CPU profile of a run.
+// concurrency levels flag and optional CPU and allocation profiles of a
+// run.
 package benchrun
 
 import (
@@ -7,9 +8,11 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // Levels parses a comma-separated list of concurrency levels, each at
@@ -44,9 +47,9 @@ func Profile(path string) (stop func(), err error) {
 }
 
 // Common is the flags every benchmark command takes: -c, the concurrency
-// levels, and -cpuprofile.
+// levels, -cpuprofile and -memprofile.
 type Common struct {
-	levels, cpuprofile *string
+	levels, cpuprofile, memprofile *string
 }
 
 // Flags registers the common flags on the command line.
@@ -54,6 +57,7 @@ func Flags() *Common {
 	return &Common{
 		levels:     flag.String("c", "1,32", "concurrency levels, comma-separated"),
 		cpuprofile: flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file"),
+		memprofile: flag.String("memprofile", "", "write a profile of the whole run's allocations to this file"),
 	}
 }
 
@@ -65,9 +69,37 @@ func (c *Common) Start() (levels []int, stop func()) {
 	if err != nil {
 		log.Fatal(err)
 	}
-	stop, err = Profile(*c.cpuprofile)
+	stopCPU, err := Profile(*c.cpuprofile)
 	if err != nil {
 		log.Fatal(err)
 	}
-	return levels, stop
+	if *c.memprofile != "" {
+		// Every allocation, so that rare and frequent ones weigh as they
+		// do in the run.
+		runtime.MemProfileRate = 1
+	}
+	var once sync.Once
+	return levels, func() {
+		once.Do(func() {
+			stopCPU()
+			if *c.memprofile != "" {
+				if err := writeAllocs(*c.memprofile); err != nil {
+					log.Print(err)
+				}
+			}
+		})
+	}
+}
+
+// writeAllocs writes the allocations made so far to path.
+func writeAllocs(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
