@@ -56,6 +56,7 @@ servers:
     tools:
       - name: get_pages
         constraints: { workspace_id: {}, limit: { optional: true } }
+      - name: slow
 approvals:
   - match: "delete*"
     require: human
