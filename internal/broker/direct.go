@@ -124,7 +124,7 @@ func (b *Broker) serveDirect(w http.ResponseWriter, r *http.Request, as *agentSe
 	m := &parsed.Messages[0]
 	switch {
 	case m.Kind == mcpfilter.KindRequest && m.Method == "tools/call":
-		return b.directCall(w, r, as, body, m)
+		return b.directCall(&sseStream{w: w}, r, as, body, m)
 	case m.Kind == mcpfilter.KindResponse:
 		return b.directAnswer(w, r, as, body, m)
 	case m.Kind == mcpfilter.KindNotification && m.Method == "notifications/cancelled":
@@ -164,11 +164,14 @@ func (b *Broker) directUpstreamFor(ctx context.Context, as *agentSession, role, 
 	return server, tool, d, nil
 }
 
-func (b *Broker) directCall(w http.ResponseWriter, r *http.Request, as *agentSession, body []byte, m *mcpfilter.Message) bool {
+// directCall sends the call body upstream on the direct path, if it can,
+// and answers the agent on stream; it reports whether it did. If not,
+// nothing has been sent upstream or to the agent.
+func (b *Broker) directCall(stream *sseStream, r *http.Request, as *agentSession, body []byte, m *mcpfilter.Message) bool {
 	begin := time.Now()
 	server, tool, d, err := b.directUpstreamFor(r.Context(), as, r.Header.Get(authz.HeaderRole), m.Name)
 	if err != nil {
-		b.finishDirect(w, r, m.ID, server, tool, begin, err)
+		b.finishDirect(stream, r, m.ID, server, tool, begin, err)
 		return true
 	}
 	if d == nil {
@@ -218,16 +221,16 @@ func (b *Broker) directCall(w http.ResponseWriter, r *http.Request, as *agentSes
 		if ctx.Err() == nil {
 			b.dropDirect(as, server, d)
 		}
-		b.finishDirect(w, r, m.ID, server, tool, start, err)
+		b.finishDirect(stream, r, m.ID, server, tool, start, err)
 		return true
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
-		b.finishDirect(w, r, m.ID, server, tool, start, fmt.Errorf("HTTP %d", resp.StatusCode))
+		b.finishDirect(stream, r, m.ID, server, tool, start, fmt.Errorf("HTTP %d", resp.StatusCode))
 		return true
 	}
 	if isEventStream(resp.Header) {
-		answered = b.streamDirect(w, r, as, d, resp.Body, m.ID, upID, server, tool, start)
+		answered = b.streamDirect(stream, r, as, d, resp.Body, m.ID, upID, server, tool, start)
 		return true
 	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, int64(maxUpstreamMessage)+1))
@@ -235,17 +238,17 @@ func (b *Broker) directCall(w http.ResponseWriter, r *http.Request, as *agentSes
 		err = tooLarge()
 	}
 	if err != nil {
-		b.finishDirect(w, r, m.ID, server, tool, start, err)
+		b.finishDirect(stream, r, m.ID, server, tool, start, err)
 		return true
 	}
 	res, err := mcpfilter.Parse(data, upstreamParse)
 	if err != nil || len(res.Messages) != 1 || res.Messages[0].Kind != mcpfilter.KindResponse || string(res.Messages[0].ID) != upID {
-		b.finishDirect(w, r, m.ID, server, tool, start, errors.New("the upstream's answer is not the call's JSON-RPC response"))
+		b.finishDirect(stream, r, m.ID, server, tool, start, errors.New("the upstream's answer is not the call's JSON-RPC response"))
 		return true
 	}
 	took := time.Since(start)
 	answered = true
-	writeJSON(w, agentAnswer(data, &res.Messages[0], m.ID, server))
+	stream.answer(agentAnswer(data, &res.Messages[0], m.ID, server))
 	b.recordDirect(r, server, tool, took, &res.Messages[0])
 	return true
 }
@@ -306,11 +309,9 @@ func flush(w http.ResponseWriter) {
 
 // streamDirect passes the upstream's event stream for a call to the agent,
 // event by event, until the call's response, and reports whether that
-// came. A response that comes first goes back as plain JSON, which costs
-// the agent no stream.
-func (b *Broker) streamDirect(w http.ResponseWriter, r *http.Request, as *agentSession, d *directUpstream, body io.ReadCloser,
+// came.
+func (b *Broker) streamDirect(stream *sseStream, r *http.Request, as *agentSession, d *directUpstream, body io.ReadCloser,
 	agentID []byte, upID, server, tool string, start time.Time) bool {
-	stream := &sseStream{w: w}
 	send := stream.send
 	var done bool
 	// What the upstream asked of the agent during the call cannot be
@@ -349,11 +350,7 @@ func (b *Broker) streamDirect(w http.ResponseWriter, r *http.Request, as *agentS
 			if string(m.ID) == upID {
 				done = true
 				took := time.Since(start)
-				if answer := agentAnswer(data, m, agentID, server); stream.started {
-					send(answer)
-				} else {
-					writeJSON(w, answer)
-				}
+				stream.answer(agentAnswer(data, m, agentID, server))
 				b.recordDirect(r, server, tool, took, m)
 			}
 		}
@@ -371,11 +368,7 @@ func (b *Broker) streamDirect(w http.ResponseWriter, r *http.Request, as *agentS
 				}
 				b.recordUpstream(r.Header, server, tool, time.Since(start), "error", errorText(err, false))
 				resp, _ := json.Marshal(rpcErrorResponse(agentID, upstreamError(server, err)))
-				if stream.started {
-					send(resp)
-				} else {
-					writeJSON(w, resp)
-				}
+				stream.answer(resp)
 			}
 			return false
 		}
@@ -435,12 +428,12 @@ func (b *Broker) dropDirect(as *agentSession, server string, d *directUpstream) 
 }
 
 // finishDirect answers a direct call that failed before its response.
-func (b *Broker) finishDirect(w http.ResponseWriter, r *http.Request, agentID []byte, server, tool string, start time.Time, err error) {
+func (b *Broker) finishDirect(stream *sseStream, r *http.Request, agentID []byte, server, tool string, start time.Time, err error) {
 	took := time.Since(start)
 	// An agent that is gone, or cancelled the call, is not answered.
 	if r.Context().Err() == nil {
 		resp, _ := json.Marshal(rpcErrorResponse(agentID, upstreamError(server, err)))
-		writeJSON(w, resp)
+		stream.answer(resp)
 	}
 	b.recordUpstream(r.Header, server, tool, took, "error", errorText(err, false))
 }
@@ -494,7 +487,8 @@ func splice(data []byte, edits ...edit) []byte {
 
 // sseStream answers an agent's request with a stream of server-sent
 // events, each one JSON-RPC message (or a comment), flushed at once. The
-// response starts with the first event.
+// response starts with the first event, unless the answer comes first
+// (see answer).
 type sseStream struct {
 	w       http.ResponseWriter
 	started bool
@@ -508,6 +502,17 @@ func (s *sseStream) begin() {
 	s.w.Header().Set("Content-Type", "text/event-stream")
 	s.w.Header().Set("Cache-Control", "no-cache")
 	s.w.WriteHeader(http.StatusOK)
+}
+
+// answer writes the last message to the agent, the call's answer: as an
+// event if the stream has begun, else alone as JSON, which costs the agent
+// no stream.
+func (s *sseStream) answer(msg []byte) {
+	if s.started {
+		s.send(msg)
+		return
+	}
+	writeJSON(s.w, msg)
 }
 
 // send writes one message as an event.

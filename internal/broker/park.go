@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -88,7 +89,7 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, d authz.Decision, 
 		// The agent went away: nothing is executed.
 		return
 	case outcome.State == approval.Approved:
-		send(b.executeApproved(r, as, a, m, server, tool))
+		b.executeApproved(stream, r, as, a, body, m, server, tool)
 	default:
 		send(refusal(m.ID, outcome))
 	}
@@ -157,15 +158,29 @@ func (b *Broker) finish(a *approval.Approval, to approval.State, reason string) 
 	return got, nil
 }
 
-// executeApproved sends an approved call upstream, exactly as the agent
-// sent it and once, and returns the agent's answer.
-func (b *Broker) executeApproved(r *http.Request, as *agentSession, a *approval.Approval, m *mcpfilter.Message, server, tool string) []byte {
+// executeApproved sends an approved call upstream once, and answers the
+// agent on stream. body is the parked request, m its parsed message.
+//
+// An upstream spoken to over HTTP gets the stored request's bytes, with
+// only the id and tool name replaced, as on the direct path. Any other
+// gets the call through the SDK, which encodes the arguments anew: the
+// same JSON value, without the spaces between its tokens.
+func (b *Broker) executeApproved(stream *sseStream, r *http.Request, as *agentSession, a *approval.Approval, body []byte,
+	m *mcpfilter.Message, server, tool string) {
 	ex, err := b.approvals.Execute(context.Background(), a.ID)
-	if err != nil || !ex.Intact() {
-		if err == nil {
-			err = errors.New("the stored request no longer matches its hash")
-		}
-		return rpcError(m.ID, RPCApprovalRefused, "approved call not executed: "+err.Error())
+	switch {
+	case err != nil:
+	case !ex.Intact():
+		err = errors.New("the stored request no longer matches its hash")
+	case !bytes.Equal(ex.Body, body):
+		err = errors.New("the stored request is not the one parked")
+	}
+	if err != nil {
+		stream.answer(rpcError(m.ID, RPCApprovalRefused, "approved call not executed: "+err.Error()))
+		return
+	}
+	if b.directCall(stream, r, as, ex.Body, m) {
+		return
 	}
 	params := &mcp.CallToolParams{Name: tool, Arguments: m.Arguments}
 	var p struct {
@@ -192,10 +207,11 @@ func (b *Broker) executeApproved(r *http.Request, as *agentSession, a *approval.
 	if err != nil {
 		// onUpstream's error already names the server.
 		out, _ := json.Marshal(rpcErrorResponse(m.ID, err))
-		return out
+		stream.answer(out)
+		return
 	}
 	out, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": m.ID, "result": res})
-	return out
+	stream.answer(out)
 }
 
 // refusal is the agent's answer for an approval that was not approved.

@@ -2,6 +2,8 @@ package broker
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -18,7 +20,13 @@ import (
 
 // parkedGateway is a gateway whose calls needing approval park in store.
 func parkedGateway(t *testing.T, store approval.Store, tweak ...func(*Options)) *gateway {
-	return newGatewayOver(t, false, append([]func(*Options){func(o *Options) { o.Approvals = store }}, tweak...)...)
+	return parkedGatewayOver(t, false, store, tweak...)
+}
+
+// parkedGatewayOver is parkedGateway with its upstream over HTTP or not,
+// as newGatewayOver.
+func parkedGatewayOver(t *testing.T, overHTTP bool, store approval.Store, tweak ...func(*Options)) *gateway {
+	return newGatewayOver(t, overHTTP, append([]func(*Options){func(o *Options) { o.Approvals = store }}, tweak...)...)
 }
 
 // parkedOne waits for the one pending approval in store.
@@ -43,39 +51,51 @@ func (g *gateway) deletions() []string {
 	return slices.Clone(g.up.deleted)
 }
 
-// An approved call reaches the upstream with the agent's exact arguments,
-// once, and the waiting agent gets the upstream's result.
+// An approved call reaches the upstream once, and the waiting agent gets
+// the upstream's result. Over HTTP the upstream gets the agent's exact
+// bytes; through the SDK (stdio upstreams), the same arguments without the
+// spaces between their tokens.
 func TestApprovedCallRunsOnce(t *testing.T) {
-	store := approval.NewMemory(nil)
-	g := parkedGateway(t, store)
-	cs := g.connect(t, nil)
-	args := `{"page_id":"pg_1"}`
-	type result struct {
-		res *mcp.CallToolResult
-		err error
+	args := `{ "page_id" : "pg_1" }`
+	for _, overHTTP := range []bool{false, true} {
+		want := `{"page_id":"pg_1"}`
+		if overHTTP {
+			want = args
+		}
+		t.Run(map[bool]string{false: "sdk", true: "direct"}[overHTTP], func(t *testing.T) {
+			store := approval.NewMemory(nil)
+			g := parkedGatewayOver(t, overHTTP, store)
+			testApprovedCallRunsOnce(t, g, store, args, want)
+		})
 	}
-	done := make(chan result, 1)
+}
+
+func testApprovedCallRunsOnce(t *testing.T, g *gateway, store approval.Store, args, want string) {
+	// A raw agent, which sends the arguments as they are written here.
+	agent := newRawAgent(t, g)
+	parked := make(chan *approval.Approval, 1)
 	go func() {
-		res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__delete_page", Arguments: json.RawMessage(args)})
-		done <- result{res, err}
+		a := parkedOne(t, store)
+		if d := g.deletions(); len(d) != 0 {
+			t.Errorf("the upstream ran a call before its approval: %v", d)
+		}
+		parked <- a
+		if _, err := store.Finish(context.Background(), a.ID, approval.Approved, "alice", "ticket OPS-1", time.Now()); err != nil {
+			t.Error(err)
+		}
 	}()
-	a := parkedOne(t, store)
+	got := agent.post(`{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"notion__delete_page","arguments":` + args + `}}`)
+	a := <-parked
 	if a.Tool != "delete_page" || a.Server != "notion" || a.Agent != "bot-1" || !strings.Contains(string(a.Body), args) {
 		t.Errorf("parked approval = %+v", a)
 	}
-	if d := g.deletions(); len(d) != 0 {
-		t.Fatalf("the upstream ran a call before its approval: %v", d)
+	if len(got) == 0 || !strings.Contains(got[len(got)-1], `"id":4`) || !strings.Contains(got[len(got)-1], `"text":"deleted"`) {
+		t.Fatalf("approved call's answer: %q", got)
 	}
-	if _, err := store.Finish(context.Background(), a.ID, approval.Approved, "alice", "ticket OPS-1", time.Now()); err != nil {
-		t.Fatal(err)
+	if d := g.deletions(); !slices.Equal(d, []string{want}) {
+		t.Errorf("the upstream got %q, want %q once", d, want)
 	}
-	r := <-done
-	if r.err != nil || r.res.IsError || r.res.Content[0].(*mcp.TextContent).Text != "deleted" {
-		t.Fatalf("approved call: %v %+v", r.err, r.res)
-	}
-	if d := g.deletions(); !slices.Equal(d, []string{args}) {
-		t.Errorf("the upstream got %q, want the agent's arguments once", d)
-	}
+	g.checkPath(t, "notion__delete_page")
 	if got, _ := store.Get(context.Background(), a.ID); got.State != approval.Executed {
 		t.Errorf("state after execution = %s", got.State)
 	}
@@ -87,6 +107,55 @@ func TestApprovedCallRunsOnce(t *testing.T) {
 		if !slices.Contains(codes, want) {
 			t.Errorf("audit codes %v lack %s", codes, want)
 		}
+	}
+}
+
+// tamperingStore is a store whose Execute hands back the approval changed
+// by tamper, as a store whose data was altered would.
+type tamperingStore struct {
+	approval.Store
+	tamper func(*approval.Approval)
+}
+
+func (s tamperingStore) Execute(ctx context.Context, id string) (*approval.Approval, error) {
+	a, err := s.Store.Execute(ctx, id)
+	if err == nil {
+		s.tamper(a)
+	}
+	return a, err
+}
+
+// An approved call runs only if the store gives back the very request
+// that was parked.
+func TestApprovedCallRunsOnlyAsParked(t *testing.T) {
+	other := []byte(`{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_9"}}}`)
+	for _, tc := range []struct {
+		name   string
+		tamper func(*approval.Approval)
+		want   string
+	}{
+		{"body changed", func(a *approval.Approval) { a.Body = other }, "no longer matches its hash"},
+		{"another request", func(a *approval.Approval) {
+			sum := sha256.Sum256(other)
+			a.Body, a.BodySHA256 = other, hex.EncodeToString(sum[:])
+		}, "is not the one parked"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mem := approval.NewMemory(nil)
+			g := parkedGatewayOver(t, true, tamperingStore{mem, tc.tamper})
+			agent := newRawAgent(t, g)
+			go func() {
+				a := parkedOne(t, mem)
+				mem.Finish(context.Background(), a.ID, approval.Approved, "alice", "", time.Now())
+			}()
+			got := agent.post(`{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`)
+			if len(got) == 0 || !strings.Contains(got[len(got)-1], "approved call not executed: ") || !strings.Contains(got[len(got)-1], tc.want) {
+				t.Errorf("answer %q, want an error saying the stored request %s", got, tc.want)
+			}
+			if d := g.deletions(); len(d) != 0 {
+				t.Errorf("the upstream ran %q", d)
+			}
+		})
 	}
 }
 
