@@ -95,6 +95,10 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, d authz.Decision, 
 	}
 }
 
+// storeRetry is how long a waiting call leaves a failed approval store
+// before asking it again. It is a variable for tests.
+var storeRetry = time.Second
+
 // waitForDecision waits until the approval is decided or expires, calling
 // keepAlive every keep-alive interval; if ctx ends first, the approval is
 // cancelled and ctx's error returned.
@@ -115,7 +119,7 @@ func (b *Broker) waitForDecision(ctx context.Context, a *approval.Approval, keep
 			select {
 			case <-wctx.Done():
 				return
-			case <-time.After(time.Second):
+			case <-time.After(storeRetry):
 			}
 		}
 	}()
@@ -134,6 +138,12 @@ func (b *Broker) waitForDecision(ctx context.Context, a *approval.Approval, keep
 			got, err := b.finish(a, approval.Expired, "no decision before "+a.Expires.Format(time.RFC3339))
 			if err == nil {
 				return got, nil
+			}
+			if !errors.Is(err, approval.ErrNotPending) {
+				// The store failed: the approval is still pending there,
+				// and expires when the store can record it.
+				b.log.Warn("cannot record an approval's expiry; retrying", "approval_id", a.ID, "err", err)
+				expiry.Reset(storeRetry)
 			}
 			// Decided at the last moment: that decision stands.
 		case <-ctx.Done():

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -197,6 +198,53 @@ func TestDeniedAndExpiredCallsDoNotRun(t *testing.T) {
 			t.Errorf("an expired call ran: %v", d)
 		}
 	})
+}
+
+// failingFinishes is a store whose Finish fails while failing is set,
+// and says so on failed.
+type failingFinishes struct {
+	approval.Store
+	failing *atomic.Bool
+	failed  chan struct{}
+}
+
+func (s failingFinishes) Finish(ctx context.Context, id string, to approval.State, by, reason string, at time.Time) (*approval.Approval, error) {
+	if s.failing.Load() {
+		select {
+		case s.failed <- struct{}{}:
+		default:
+		}
+		return nil, errors.New("store unavailable")
+	}
+	return s.Store.Finish(ctx, id, to, by, reason, at)
+}
+
+// A call whose approval expires while the store cannot record it waits
+// until the store can, then is told it expired, rather than wait on.
+func TestExpiryOutlastsAFailingStore(t *testing.T) {
+	defer func(d time.Duration) { storeRetry = d }(storeRetry)
+	storeRetry = 10 * time.Millisecond
+	mem := approval.NewMemory(nil)
+	failing := &atomic.Bool{}
+	failing.Store(true)
+	store := failingFinishes{mem, failing, make(chan struct{}, 1)}
+	g := parkedGateway(t, store, func(o *Options) { o.ApprovalTTL = 50 * time.Millisecond })
+	cs := g.connect(t, nil)
+	go func() {
+		<-store.failed
+		failing.Store(false)
+	}()
+	// Should the call wait on, it is given up after a while, so that the
+	// test fails rather than hangs.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "notion__delete_page", Arguments: json.RawMessage(`{"page_id":"pg_1"}`)})
+	if err == nil || !strings.Contains(err.Error(), "approval expired") {
+		t.Errorf("call whose approval expired: %v", err)
+	}
+	if list, _ := mem.List(context.Background(), approval.Expired); len(list) != 1 {
+		t.Errorf("expired approvals in the store: %v", list)
+	}
 }
 
 // An agent that goes away while its call waits cancels the approval;
