@@ -41,14 +41,14 @@ const RPCApprovalRefused = -32002
 func (b *Broker) park(w http.ResponseWriter, r *http.Request, d authz.Decision, body []byte) {
 	parsed, err := mcpfilter.Parse(body, &mcpfilter.Options{MaxBytes: b.maxBody, SkipArgs: true})
 	if err != nil || len(parsed.Messages) != 1 || parsed.Messages[0].Method != "tools/call" {
-		refuseCall(w, body, "only a single tools/call can wait for approval")
+		b.refusePark(w, d, body, "only a single tools/call can wait for approval")
 		return
 	}
 	m := &parsed.Messages[0]
 	as := b.sessionByID(r.Header.Get("Mcp-Session-Id"))
 	server, tool, err := b.ns.Split(m.Name)
 	if as == nil || err != nil {
-		refuseCall(w, body, "a call that needs approval must come in an initialized MCP session")
+		b.refusePark(w, d, body, "a call that needs approval must come in an initialized MCP session")
 		return
 	}
 	a, err := approval.New(d.ID, d.Agent, d.Role, server, tool, body, b.now(), b.approvalTTL)
@@ -98,6 +98,13 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, d authz.Decision, 
 // storeRetry is how long a waiting call leaves a failed approval store
 // before asking it again. It is a variable for tests.
 var storeRetry = time.Second
+
+// refusePark answers a call that needs approval and cannot wait for it,
+// and audits why.
+func (b *Broker) refusePark(w http.ResponseWriter, d authz.Decision, body []byte, why string) {
+	b.record(d, CodeApprovalUnavailable, why)
+	refuseCall(w, body, why)
+}
 
 // waitForDecision waits until the approval is decided or expires, calling
 // keepAlive every keep-alive interval; if ctx ends first, the approval is
