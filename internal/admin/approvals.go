@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -76,6 +77,10 @@ func approvals(mux *http.ServeMux, d Deps) {
 	}
 	mux.HandleFunc("GET /api/v1/approvals", guard(func(w http.ResponseWriter, r *http.Request) {
 		state := approval.State(r.URL.Query().Get("state"))
+		if state != "" && !slices.Contains(approval.States, state) {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("unknown state %q: one of %s, or none for all", state, joinStates()))
+			return
+		}
 		list, err := store.List(r.Context(), state)
 		if err != nil {
 			writeError(w, http.StatusServiceUnavailable, err.Error())
@@ -118,6 +123,14 @@ func approvals(mux *http.ServeMux, d Deps) {
 	}
 	mux.HandleFunc("POST /api/v1/approvals/{id}/approve", decide(approval.Approved))
 	mux.HandleFunc("POST /api/v1/approvals/{id}/deny", decide(approval.Denied))
+}
+
+func joinStates() string {
+	names := make([]string, len(approval.States))
+	for i, s := range approval.States {
+		names[i] = string(s)
+	}
+	return strings.Join(names, ", ")
 }
 
 func writeStoreError(w http.ResponseWriter, err error) {

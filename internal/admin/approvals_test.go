@@ -45,6 +45,10 @@ func TestApprovalsAPI(t *testing.T) {
 	if code != 200 || json.Unmarshal([]byte(body), &list) != nil || len(list) != 1 || list[0].ID != a.ID || list[0].Tool != "delete_page" {
 		t.Fatalf("list = %d %s", code, body)
 	}
+	if code, body := call(t, h, "GET", "/api/v1/approvals?state=pendng", tok, ""); code != 400 ||
+		!strings.Contains(body, `unknown state \"pendng\": one of pending, approved, denied, expired, cancelled, executed`) {
+		t.Errorf("list of an unknown state: %d %s, want 400 naming the states", code, body)
+	}
 	if code, _ := call(t, h, "GET", "/api/v1/approvals/apr_none", tok, ""); code != 404 {
 		t.Errorf("unknown id: %d, want 404", code)
 	}

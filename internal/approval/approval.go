@@ -28,6 +28,9 @@ const (
 	Executed  State = "executed"  // approved, and sent upstream
 )
 
+// States are the states an approval can be in, in the order of its life.
+var States = []State{Pending, Approved, Denied, Expired, Cancelled, Executed}
+
 // Final reports whether the approval can no longer be decided.
 func (s State) Final() bool { return s != Pending }
 
