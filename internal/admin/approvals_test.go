@@ -62,6 +62,14 @@ func TestApprovalsAPI(t *testing.T) {
 	if code, _ := call(t, h, "POST", "/api/v1/approvals/"+a.ID+"/deny", tok, `{"by":"bob"}`); code != 409 {
 		t.Errorf("deny after approve: %d, want 409", code)
 	}
+	late, _ := approval.New("dec-2", "bot", "editor", "notion", "delete_page", []byte(`{}`), time.Now().Add(-2*time.Hour), time.Hour)
+	if err := store.Create(context.Background(), late); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := call(t, h, "POST", "/api/v1/approvals/"+late.ID+"/approve", tok, `{"by":"alice"}`); code != 409 ||
+		!strings.Contains(body, "it expired before the decision") {
+		t.Errorf("approve after the expiry: %d %s, want 409 saying it expired", code, body)
+	}
 	if strings.Contains(body, `"body"`) {
 		t.Errorf("the API shows the request body, which may hold secrets: %s", body)
 	}

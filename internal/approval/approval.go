@@ -98,6 +98,10 @@ var (
 	// ErrNotPending: the approval was already decided, expired or
 	// cancelled, and cannot be decided again.
 	ErrNotPending = errors.New("approval is no longer pending")
+	// ErrExpired: a decision came at or after the approval's expiry,
+	// too late to stand (the agent was told when it would expire). It is
+	// an ErrNotPending.
+	ErrExpired = fmt.Errorf("%w: it expired before the decision", ErrNotPending)
 	// ErrNotApproved: only an approved approval can be executed, once.
 	ErrNotApproved = errors.New("approval is not approved, or was already executed")
 )
@@ -130,7 +134,9 @@ type Store interface {
 	// many approvals the store keeps.
 	Recent(ctx context.Context, n int) ([]*Approval, error)
 	// Finish moves a pending approval to to (Approved, Denied, Expired or
-	// Cancelled), recording who and why, and wakes its waiters.
+	// Cancelled), recording who and why, and wakes its waiters. Approved
+	// or Denied at or after the approval's Expires is ErrExpired, and
+	// changes nothing.
 	Finish(ctx context.Context, id string, to State, by, reason string, at time.Time) (*Approval, error)
 	// Execute moves an approved approval to Executed: the caller may then
 	// send it upstream, exactly once.

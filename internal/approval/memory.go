@@ -160,6 +160,9 @@ func (m *Memory) Finish(_ context.Context, id string, to State, by, reason strin
 	if a.State != Pending {
 		return nil, ErrNotPending
 	}
+	if decides(to) && !at.Before(a.Expires) {
+		return nil, ErrExpired
+	}
 	a.State, a.DecidedBy, a.Reason, a.DecidedAt = to, by, reason, at.UTC()
 	m.forget[id] = m.opts.Now().Add(m.opts.Retention)
 	close(m.decided[id])
@@ -199,6 +202,10 @@ func (m *Memory) Wait(ctx context.Context, id string) (*Approval, error) {
 }
 
 // checkFinish refuses a transition Finish does not make.
+// decides reports whether moving to to is a decision, which must come
+// before the approval expires.
+func decides(to State) bool { return to == Approved || to == Denied }
+
 func checkFinish(to State) error {
 	switch to {
 	case Approved, Denied, Expired, Cancelled:

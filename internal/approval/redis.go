@@ -127,14 +127,15 @@ const pruneBatch = 100
 // accepts.
 // KEYS: hash, expiry set, then the state indexes in states' order (so
 // KEYS[3] is pending's), then the recent set. ARGV: meta, body, index
-// member, TTL in ms, prefix of hash keys, prune batch, retention in ms.
+// member, TTL in ms, prefix of hash keys, prune batch, retention in ms,
+// Expires in Unix ms.
 var createScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then
 	return 0
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'meta', ARGV[1], 'body', ARGV[2], 'state', 'pending', 'idx', ARGV[3])
+redis.call('HSET', KEYS[1], 'meta', ARGV[1], 'body', ARGV[2], 'state', 'pending', 'idx', ARGV[3], 'expires', ARGV[8])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('ZADD', KEYS[3], 0, ARGV[3])
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3])
@@ -158,7 +159,8 @@ end
 return 1
 `)
 
-// finishScript moves a pending approval to ARGV[1] and publishes the move.
+// finishScript moves a pending approval to ARGV[1] and publishes the move;
+// a decision (approved, denied) must come before the approval expires.
 // KEYS: hash, pending index, target index, expiry set, recent set. ARGV:
 // to, by, reason, at, retention in ms, channel, at in Unix ms (empty:
 // Redis's time).
@@ -172,6 +174,10 @@ if state ~= 'pending' then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expires = tonumber(redis.call('HGET', KEYS[1], 'expires'))
+if expires and (ARGV[1] == 'approved' or ARGV[1] == 'denied') and (tonumber(ARGV[7]) or now) >= expires then
+	return 'expired'
+end
 local m = redis.call('HGET', KEYS[1], 'idx')
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'by', ARGV[2], 'reason', ARGV[3], 'at', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
@@ -217,7 +223,7 @@ func (r *Redis) Create(ctx context.Context, a *Approval) error {
 	keys := append(append([]string{r.key(a.ID), r.expiryKey()}, r.indexes()...), r.recentKey())
 	ok, err := createScript.Run(ctx, r.client, keys,
 		meta, a.Body, a.Created.UTC().Format(indexTime)+" "+a.ID, millis(ttl), r.key(""), pruneBatch,
-		millis(r.retention)).Int()
+		millis(r.retention), a.Expires.UnixMilli()).Int()
 	if err != nil {
 		return fmt.Errorf("create approval %s: %w", a.ID, err)
 	}
@@ -352,7 +358,7 @@ func (r *Redis) Finish(ctx context.Context, id string, to State, by, reason stri
 	if err != nil {
 		return nil, fmt.Errorf("finish approval %s: %w", id, err)
 	}
-	a, err := scriptResult(res, map[string]error{"notfound": ErrNotFound, "notpending": ErrNotPending})
+	a, err := scriptResult(res, map[string]error{"notfound": ErrNotFound, "notpending": ErrNotPending, "expired": ErrExpired})
 	if err != nil && !isSentinel(err) {
 		return nil, fmt.Errorf("finish approval %s: %w", id, err)
 	}
@@ -500,7 +506,7 @@ func scriptResult(res any, words map[string]error) (*Approval, error) {
 // isSentinel reports whether err is one of the Store errors callers
 // branch on, returned as they are (like Memory's).
 func isSentinel(err error) bool {
-	return err == ErrNotFound || err == ErrNotPending || err == ErrNotApproved
+	return err == ErrNotFound || err == ErrNotPending || err == ErrExpired || err == ErrNotApproved
 }
 
 // memberID is the id in an index member. Created, before it, holds no

@@ -78,6 +78,22 @@ func testStore(t *testing.T, newStore func(t *testing.T) Store) {
 		}
 	})
 
+	t.Run("no decision after expiry", func(t *testing.T) {
+		s := newStore(t)
+		a := park(t, s, now) // expires an hour on
+		for _, to := range []State{Approved, Denied} {
+			if _, err := s.Finish(ctx, a.ID, to, "alice", "", a.Expires); !errors.Is(err, ErrExpired) || !errors.Is(err, ErrNotPending) {
+				t.Errorf("Finish(%s) at the expiry: %v, want ErrExpired, an ErrNotPending", to, err)
+			}
+		}
+		if got, err := s.Get(ctx, a.ID); err != nil || got.State != Pending {
+			t.Fatalf("after late decisions: %+v, %v; want it pending still", got, err)
+		}
+		if got, err := s.Finish(ctx, a.ID, Expired, "amg", "no decision in time", a.Expires); err != nil || got.State != Expired {
+			t.Errorf("Finish(expired) at the expiry = %+v, %v", got, err)
+		}
+	})
+
 	t.Run("recent", func(t *testing.T) {
 		s := newStore(t)
 		if got, err := s.Recent(ctx, 10); err != nil || len(got) != 0 {
