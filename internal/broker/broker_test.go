@@ -461,6 +461,25 @@ func TestRefusals(t *testing.T) {
 	}
 }
 
+// postMCP sends body to url as an MCP client over HTTP would, with header
+// added, and returns the response's status and body.
+func postMCP(t *testing.T, url string, header map[string]string, body string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(data)
+}
+
 func TestBrokerRefusesRequestsWithoutDecision(t *testing.T) {
 	g := newGateway(t)
 	body := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"notion__drop_database","arguments":{}}}`
@@ -469,19 +488,8 @@ func TestBrokerRefusesRequestsWithoutDecision(t *testing.T) {
 		"forged":      {"X-Amg-Decision": "djE.forged", "X-Amg-Role": "reader", "X-Amg-Agent": "bot-1"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			req, _ := http.NewRequest("POST", g.brokerURL, strings.NewReader(body))
-			req.Header.Set("Content-Type", "application/json")
-			req.Header.Set("Accept", "application/json, text/event-stream")
-			for k, v := range hdrs {
-				req.Header.Set(k, v)
-			}
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusForbidden {
-				t.Errorf("status %d, want 403", resp.StatusCode)
+			if status, _ := postMCP(t, g.brokerURL, hdrs, body); status != http.StatusForbidden {
+				t.Errorf("status %d, want 403", status)
 			}
 		})
 	}

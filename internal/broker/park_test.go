@@ -258,21 +258,6 @@ func (failingCreates) Create(context.Context, *approval.Approval) error {
 // A call that needs approval and cannot wait for it is refused with the
 // reason, which is audited, and runs nothing.
 func TestCallsThatCannotBeParked(t *testing.T) {
-	post := func(t *testing.T, url string, header map[string]string, body string) string {
-		req, _ := http.NewRequest("POST", url, strings.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Accept", "application/json, text/event-stream")
-		for k, v := range header {
-			req.Header.Set(k, v)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		data, _ := io.ReadAll(resp.Body)
-		return string(data)
-	}
 	call := `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`
 	for _, tc := range []struct {
 		name  string
@@ -281,14 +266,16 @@ func TestCallsThatCannotBeParked(t *testing.T) {
 		want  string
 	}{
 		{"no session", approval.NewMemory(nil), func(t *testing.T, g *gateway) string {
-			return post(t, g.url, map[string]string{"Authorization": "Bearer " + g.token}, call)
+			_, body := postMCP(t, g.url, map[string]string{"Authorization": "Bearer " + g.token}, call)
+			return body
 		}, "a call that needs approval must come in an initialized MCP session"},
 		{"not a tools/call", approval.NewMemory(nil), func(t *testing.T, g *gateway) string {
 			// authz never decides so; the broker holds anyway.
 			body := `{"jsonrpc":"2.0","id":7,"method":"prompts/get","params":{"name":"notion__summarize","arguments":{"page":"p"}}}`
 			d := authz.Decision{ID: "d-7", Agent: "bot-1", Role: "reader", Verdict: "needs_approval", BodySHA256: sha256.Sum256([]byte(body))}
-			return post(t, g.brokerURL, map[string]string{authz.HeaderDecision: g.signer.Sign(d), authz.HeaderAgent: "bot-1",
+			_, answer := postMCP(t, g.brokerURL, map[string]string{authz.HeaderDecision: g.signer.Sign(d), authz.HeaderAgent: "bot-1",
 				authz.HeaderRole: "reader", authz.HeaderDecisionID: "d-7"}, body)
+			return answer
 		}, "only a single tools/call can wait for approval"},
 		{"store fails", failingCreates{approval.NewMemory(nil)}, func(t *testing.T, g *gateway) string {
 			agent := newRawAgent(t, g)
