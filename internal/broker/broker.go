@@ -122,6 +122,8 @@ type Broker struct {
 	keepAlive   time.Duration
 	notify      func(*approval.Approval)
 	now         func() time.Time
+	drained     context.Context // done once Drain is called
+	drain       context.CancelFunc
 
 	audit   Auditor
 	log     *slog.Logger
@@ -173,6 +175,7 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 	b := &Broker{signer: signer, policies: policies, ups: map[string]*upstream{}, roles: map[string]*roleServer{},
 		maxBody: mcpfilter.DefaultMaxBytes, idle: sessionIdle, log: slog.New(slog.DiscardHandler),
 		approvalTTL: 15 * time.Minute, keepAlive: 15 * time.Second, catalogueRetry: time.Second, now: time.Now}
+	b.drained, b.drain = context.WithCancel(context.Background())
 	if opts != nil {
 		b.approvals, b.notify, b.sessionStore, b.tel = opts.Approvals, opts.Notify, opts.Sessions, opts.Telemetry
 		if opts.ApprovalTTL > 0 {
@@ -253,9 +256,18 @@ func (b *Broker) Start(ctx context.Context) {
 	}
 }
 
-// Close ends every agent session, with its upstream sessions, and every
-// catalogue session.
+// Drain ends, now and from now on, what would hold a shutdown to its
+// deadline and then drop: every call waiting for approval is answered and
+// its approval cancelled (else it would stay pending with no one to run
+// it), and every agent's stream of server messages (its GET) ends, as the
+// protocol lets a server do. Calls in flight go on; a call already
+// approved runs.
+func (b *Broker) Drain() { b.drain() }
+
+// Close drains the broker (Drain), and ends every agent session, with its
+// upstream sessions, and every catalogue session.
 func (b *Broker) Close() {
+	b.drain()
 	b.closing.Store(true)
 	if b.stopKeepers != nil {
 		b.stopKeepers()
@@ -667,6 +679,14 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if b.serveDirect(w, r, as, body) {
 			return
 		}
+	}
+	if r.Method == http.MethodGet {
+		// The agent's stream of server messages lasts as long as its
+		// session, unless the gateway drains (the agent may reconnect).
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		defer context.AfterFunc(b.drained, cancel)()
+		r = r.WithContext(ctx)
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	b.handler.ServeHTTP(&sessionRecorder{ResponseWriter: w, b: b, owner: owner}, r)

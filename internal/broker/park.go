@@ -51,6 +51,12 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, d authz.Decision, 
 		b.refusePark(w, d, body, "a call that needs approval must come in an initialized MCP session")
 		return
 	}
+	select {
+	case <-b.drained.Done():
+		b.refusePark(w, d, body, "this call needs human approval, and the gateway is shutting down")
+		return
+	default:
+	}
 	a, err := approval.New(d.ID, d.Agent, d.Role, server, tool, body, b.now(), b.approvalTTL)
 	if err == nil {
 		err = b.approvals.Create(r.Context(), a)
@@ -85,6 +91,8 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, d authz.Decision, 
 
 	outcome, err := b.waitForDecision(r.Context(), a, keepAlive)
 	switch {
+	case errors.Is(err, errStopped):
+		send(rpcError(m.ID, RPCApprovalRefused, "call needing approval "+a.ID+" was not run: the gateway is shutting down"))
 	case err != nil:
 		// The agent went away: nothing is executed.
 		return
@@ -106,9 +114,13 @@ func (b *Broker) refusePark(w http.ResponseWriter, d authz.Decision, body []byte
 	refuseCall(w, body, why)
 }
 
+// errStopped is waitForDecision's when the broker drained and the
+// approval could not be cancelled in the store.
+var errStopped = errors.New("stopped waiting for approvals")
+
 // waitForDecision waits until the approval is decided or expires, calling
 // keepAlive every keep-alive interval; if ctx ends first, the approval is
-// cancelled and ctx's error returned.
+// cancelled and ctx's error returned. Drain cancels it too.
 func (b *Broker) waitForDecision(ctx context.Context, a *approval.Approval, keepAlive func()) (*approval.Approval, error) {
 	decided := make(chan *approval.Approval, 1)
 	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
@@ -134,6 +146,7 @@ func (b *Broker) waitForDecision(ctx context.Context, a *approval.Approval, keep
 	defer expiry.Stop()
 	tick := time.NewTicker(b.keepAlive)
 	defer tick.Stop()
+	stopping := b.drained.Done()
 	for {
 		select {
 		case got := <-decided:
@@ -153,6 +166,17 @@ func (b *Broker) waitForDecision(ctx context.Context, a *approval.Approval, keep
 				expiry.Reset(storeRetry)
 			}
 			// Decided at the last moment: that decision stands.
+		case <-stopping:
+			got, err := b.finish(a, approval.Cancelled, "the gateway shut down before a decision")
+			if err == nil {
+				return got, nil
+			}
+			if !errors.Is(err, approval.ErrNotPending) {
+				b.log.Warn("cannot cancel an approval at shutdown; it stays pending, and no one will run it", "approval_id", a.ID, "err", err)
+				return nil, errStopped
+			}
+			// Decided at the last moment: that decision stands.
+			stopping = nil
 		case <-ctx.Done():
 			if _, err := b.finish(a, approval.Cancelled, "the agent went away before a decision"); err == nil {
 				return nil, ctx.Err()
@@ -242,6 +266,8 @@ func refusal(id json.RawMessage, a *approval.Approval) []byte {
 		}
 	case approval.Expired:
 		msg = "approval expired: " + a.Reason
+	case approval.Cancelled:
+		msg = "approval cancelled: " + a.Reason
 	default:
 		msg = "approval " + string(a.State)
 	}

@@ -298,6 +298,64 @@ func TestCallsThatCannotBeParked(t *testing.T) {
 	}
 }
 
+// A draining broker answers the calls waiting for approval and cancels
+// their approvals, and parks no new ones; should the store fail to cancel
+// one, its call is answered all the same.
+func TestDrainAnswersParkedCalls(t *testing.T) {
+	call := `{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`
+	// Should a call wait on, it expires after a while, so that the test
+	// fails rather than hangs.
+	ttl := func(o *Options) { o.ApprovalTTL = 5 * time.Second }
+	t.Run("cancelled", func(t *testing.T) {
+		store := approval.NewMemory(nil)
+		g := parkedGateway(t, store, ttl)
+		agent := newRawAgent(t, g)
+		go func() {
+			parkedOne(t, store)
+			g.broker.Drain()
+		}()
+		got := agent.post(call)
+		if last := got[len(got)-1]; !strings.Contains(last, `"id":5`) || !strings.Contains(last, "approval cancelled: the gateway shut down before a decision") {
+			t.Errorf("answer %q, want one saying the gateway shut down", got)
+		}
+		if list, _ := store.List(context.Background(), approval.Cancelled); len(list) != 1 {
+			t.Errorf("cancelled approvals: %v", list)
+		}
+		got = agent.post(call)
+		if len(got) != 1 || !strings.Contains(got[0], "this call needs human approval, and the gateway is shutting down") {
+			t.Errorf("a call needing approval after Drain: %q", got)
+		}
+		if list, _ := store.List(context.Background(), ""); len(list) != 1 {
+			t.Errorf("approvals in the store: %v, want only the first", list)
+		}
+		if d := g.deletions(); len(d) != 0 {
+			t.Errorf("the upstream ran %q", d)
+		}
+		if codes := g.audit.codes(); !slices.Contains(codes, CodeApprovalCancelled) || !slices.Contains(codes, CodeApprovalUnavailable) {
+			t.Errorf("audit codes %v, want the cancellation and the refusal", codes)
+		}
+	})
+	t.Run("store failing", func(t *testing.T) {
+		mem := approval.NewMemory(nil)
+		failing := &atomic.Bool{}
+		store := failingFinishes{mem, failing, make(chan struct{}, 1)}
+		g := parkedGateway(t, store, ttl)
+		agent := newRawAgent(t, g)
+		go func() {
+			parkedOne(t, mem)
+			failing.Store(true)
+			g.broker.Drain()
+			// The call expires, once the store recovers, if Drain did
+			// not answer it.
+			time.AfterFunc(10*time.Second, func() { failing.Store(false) })
+		}()
+		got := agent.post(call)
+		if last := got[len(got)-1]; !strings.Contains(last, "was not run: the gateway is shutting down") {
+			t.Errorf("answer %q, want one saying the gateway is shutting down", got)
+		}
+	})
+}
+
 // An agent that goes away while its call waits cancels the approval;
 // approving it afterwards runs nothing.
 func TestAbandonedCallIsCancelled(t *testing.T) {

@@ -412,6 +412,10 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	g.log.Info("shutting down")
+	// Calls waiting for a human, and the agents' streams of server
+	// messages, would hold the listeners' shutdown to its deadline: they
+	// are ended first.
+	g.broker.Drain()
 	shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	stopped := make(chan struct{})
