@@ -92,6 +92,23 @@ servers:
 // and issues a token for that role.
 func startGateway(t *testing.T, ups map[string]*config.Upstream, roleName, role string, tweak ...func(*config.Config)) (mcpURL, token string) {
 	t.Helper()
+	cfg := testConfig(t, ups, role)
+	for _, f := range tweak {
+		f(cfg)
+	}
+	gw := serveForTest(t, cfg, nil)
+	token, _, err := gw.IssueToken(context.Background(), "agent-1", roleName, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return "http://" + gw.MCPAddr() + config.MCPPath, token
+}
+
+// testConfig is the configuration of a gateway on loopback ports of its
+// own, with its data in a temporary directory, ups as its upstreams and
+// role as its only policy.
+func testConfig(t *testing.T, ups map[string]*config.Upstream, role string) *config.Config {
+	t.Helper()
 	dir := t.TempDir()
 	policyDir := filepath.Join(dir, "policies")
 	if err := os.MkdirAll(policyDir, 0o700); err != nil {
@@ -108,15 +125,7 @@ func startGateway(t *testing.T, ups map[string]*config.Upstream, roleName, role 
 		cfg.Names = append(cfg.Names, name)
 	}
 	slices.Sort(cfg.Names)
-	for _, f := range tweak {
-		f(cfg)
-	}
-	gw := serveForTest(t, cfg, nil)
-	token, _, err := gw.IssueToken(context.Background(), "agent-1", roleName, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return "http://" + gw.MCPAddr() + config.MCPPath, token
+	return cfg
 }
 
 type bearer struct{ token string }

@@ -3,8 +3,6 @@ package gateway
 import (
 	"context"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -19,19 +17,8 @@ import (
 // saying why, and ends the agents' streams of server messages, rather than
 // wait out its shutdown deadline for them and then drop them.
 func TestShutdownAnswersWaitingCallsAndEndsStreams(t *testing.T) {
-	dir := t.TempDir()
-	policyDir := filepath.Join(dir, "policies")
-	if err := os.MkdirAll(policyDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(policyDir, "role.yaml"), []byte(replicaRole), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg := config.Default()
-	cfg.Listen, cfg.AuthzListen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-	cfg.DataDir, cfg.PolicyDir = filepath.Join(dir, "data"), policyDir
-	cfg.Upstreams = map[string]*config.Upstream{"notion": {Name: "notion", Builtin: "demo", ConnectTimeout: 5 * time.Second, CallTimeout: 30 * time.Second}}
-	cfg.Names = []string{"notion"}
+	cfg := testConfig(t, map[string]*config.Upstream{"notion": {Name: "notion", Builtin: "demo", ConnectTimeout: 5 * time.Second,
+		CallTimeout: 30 * time.Second}}, replicaRole)
 	gw, err := New(cfg, &Options{Builtins: Builtins{"demo": demo.NewServer(nil).MCP()}})
 	if err != nil {
 		t.Fatal(err)
