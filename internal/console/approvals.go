@@ -106,6 +106,8 @@ func (c *Console) decide(w http.ResponseWriter, r *http.Request, s *session) {
 		v.Set("done", "denied")
 	case errors.Is(err, approval.ErrNotFound):
 		v.Set("problem", "not_found")
+	case errors.Is(err, approval.ErrExpired):
+		v.Set("problem", "expired")
 	case errors.Is(err, approval.ErrNotPending):
 		v.Set("problem", "not_pending")
 	default:
@@ -121,6 +123,8 @@ func problemText(code, id string) string {
 	switch code {
 	case "not_found":
 		return "There is no approval " + id + "."
+	case "expired":
+		return id + " expired before the decision; nothing changed."
 	case "not_pending":
 		return id + " was already decided, expired, or its agent left; nothing changed."
 	case "store":

@@ -219,6 +219,23 @@ func TestDecideTwiceChangesNothing(t *testing.T) {
 	}
 }
 
+// A decision that comes after the approval expired is refused, and the
+// page says so, even where nothing has marked it expired yet.
+func TestDecideAfterExpiryChangesNothing(t *testing.T) {
+	e := newEnv(t, nil)
+	op := e.signIn("alice")
+	a := e.park("agent-1", `{}`)
+	e.clock.Advance(16 * time.Minute) // past its 15
+	rec := e.act(op, "/console/approvals/"+a.ID+"/approve", url.Values{"reason": {"late"}})
+	wantRedirect(t, rec, "/console/approvals?"+url.Values{"id": {a.ID}, "problem": {"expired"}}.Encode())
+	if p := problem(e.follow(op, rec)); p != a.ID+" expired before the decision; nothing changed." {
+		t.Errorf("problem %q", p)
+	}
+	if got := e.state(a.ID); got.State != approval.Pending {
+		t.Errorf("state after a late approval: %s, want it left pending", got.State)
+	}
+}
+
 // The notice after a decision is built from codes and an approval id; a
 // link cannot make the page say anything else.
 func TestNoticeTakesNoTextFromTheLink(t *testing.T) {
