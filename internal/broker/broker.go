@@ -79,10 +79,13 @@ type Options struct {
 	// them. ApprovalTTL is how long one waits (0 means 15 minutes), and
 	// KeepAlive how often the waiting agent hears from the gateway (0
 	// means 15 s). Notify, if set, is told of each new pending approval.
+	// StoreRetry is how long a waiting call leaves a failing approval
+	// store before asking it again; 0 means 1 s.
 	Approvals   approval.Store
 	ApprovalTTL time.Duration
 	KeepAlive   time.Duration
 	Notify      func(*approval.Approval)
+	StoreRetry  time.Duration
 	// Sessions, if set, shares MCP sessions with other replicas.
 	Sessions SessionStore
 	// CatalogueRetry is how long the broker waits before trying again to
@@ -120,10 +123,12 @@ type Broker struct {
 	approvals   approval.Store
 	approvalTTL time.Duration
 	keepAlive   time.Duration
+	storeRetry  time.Duration
 	notify      func(*approval.Approval)
 	now         func() time.Time
 	drained     context.Context // done once Drain is called
 	drain       context.CancelFunc
+	cancelling  sync.WaitGroup // cancelLater's retries
 
 	audit   Auditor
 	log     *slog.Logger
@@ -174,7 +179,7 @@ type roleServer struct {
 func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options) (*Broker, error) {
 	b := &Broker{signer: signer, policies: policies, ups: map[string]*upstream{}, roles: map[string]*roleServer{},
 		maxBody: mcpfilter.DefaultMaxBytes, idle: sessionIdle, log: slog.New(slog.DiscardHandler),
-		approvalTTL: 15 * time.Minute, keepAlive: 15 * time.Second, catalogueRetry: time.Second, now: time.Now}
+		approvalTTL: 15 * time.Minute, keepAlive: 15 * time.Second, storeRetry: time.Second, catalogueRetry: time.Second, now: time.Now}
 	b.drained, b.drain = context.WithCancel(context.Background())
 	if opts != nil {
 		b.approvals, b.notify, b.sessionStore, b.tel = opts.Approvals, opts.Notify, opts.Sessions, opts.Telemetry
@@ -183,6 +188,9 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 		}
 		if opts.KeepAlive > 0 {
 			b.keepAlive = opts.KeepAlive
+		}
+		if opts.StoreRetry > 0 {
+			b.storeRetry = opts.StoreRetry
 		}
 		if opts.Now != nil {
 			b.now = opts.Now
@@ -291,6 +299,7 @@ func (b *Broker) Close() {
 	}
 	closeTogether(catalogs)
 	b.dropping.Wait()
+	b.cancelling.Wait()
 }
 
 // refresh lists an upstream's tools, prompts and resources through its

@@ -103,10 +103,6 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, d authz.Decision, 
 	}
 }
 
-// storeRetry is how long a waiting call leaves a failed approval store
-// before asking it again. It is a variable for tests.
-var storeRetry = time.Second
-
 // refusePark answers a call that needs approval and cannot wait for it,
 // and audits why.
 func (b *Broker) refusePark(w http.ResponseWriter, d authz.Decision, body []byte, why string) {
@@ -138,7 +134,7 @@ func (b *Broker) waitForDecision(ctx context.Context, a *approval.Approval, keep
 			select {
 			case <-wctx.Done():
 				return
-			case <-time.After(storeRetry):
+			case <-time.After(b.storeRetry):
 			}
 		}
 	}()
@@ -163,7 +159,7 @@ func (b *Broker) waitForDecision(ctx context.Context, a *approval.Approval, keep
 				// The store failed: the approval is still pending there,
 				// and expires when the store can record it.
 				b.log.Warn("cannot record an approval's expiry; retrying", "approval_id", a.ID, "err", err)
-				expiry.Reset(storeRetry)
+				expiry.Reset(b.storeRetry)
 			}
 			// Decided at the last moment: that decision stands.
 		case <-stopping:
@@ -178,14 +174,39 @@ func (b *Broker) waitForDecision(ctx context.Context, a *approval.Approval, keep
 			// Decided at the last moment: that decision stands.
 			stopping = nil
 		case <-ctx.Done():
-			if _, err := b.finish(a, approval.Cancelled, "the agent went away before a decision"); err == nil {
-				return nil, ctx.Err()
+			const why = "the agent went away before a decision"
+			_, err := b.finish(a, approval.Cancelled, why)
+			if err != nil && !errors.Is(err, approval.ErrNotPending) {
+				b.cancelLater(a, why)
 			}
-			// Decided meanwhile; with no one to answer, an approved call is
-			// still not executed (Execute is never called).
+			// If it was decided meanwhile, with no one to answer, an
+			// approved call is still not executed (Execute is never
+			// called).
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// cancelLater cancels an abandoned approval the store failed to cancel,
+// trying again until the store can, the approval is decided or expires, or
+// the broker drains: else it would stay pending, and a human could approve
+// a call no one is left to run.
+func (b *Broker) cancelLater(a *approval.Approval, why string) {
+	b.log.Warn("cannot cancel an abandoned approval; retrying", "approval_id", a.ID)
+	b.cancelling.Go(func() {
+		tick := time.NewTicker(b.storeRetry)
+		defer tick.Stop()
+		for b.now().Before(a.Expires) {
+			select {
+			case <-b.drained.Done():
+				return
+			case <-tick.C:
+			}
+			if _, err := b.finish(a, approval.Cancelled, why); err == nil || errors.Is(err, approval.ErrNotPending) {
+				return
+			}
+		}
+	})
 }
 
 // finish moves a pending approval on and audits it; ErrNotPending means a

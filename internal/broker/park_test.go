@@ -223,13 +223,11 @@ func (s failingFinishes) Finish(ctx context.Context, id string, to approval.Stat
 // A call whose approval expires while the store cannot record it waits
 // until the store can, then is told it expired, rather than wait on.
 func TestExpiryOutlastsAFailingStore(t *testing.T) {
-	defer func(d time.Duration) { storeRetry = d }(storeRetry)
-	storeRetry = 10 * time.Millisecond
 	mem := approval.NewMemory(nil)
 	failing := &atomic.Bool{}
 	failing.Store(true)
 	store := failingFinishes{mem, failing, make(chan struct{}, 1)}
-	g := parkedGateway(t, store, func(o *Options) { o.ApprovalTTL = 50 * time.Millisecond })
+	g := parkedGateway(t, store, func(o *Options) { o.ApprovalTTL, o.StoreRetry = 50*time.Millisecond, 10*time.Millisecond })
 	cs := g.connect(t, nil)
 	go func() {
 		<-store.failed
@@ -361,9 +359,40 @@ func TestDrainAnswersParkedCalls(t *testing.T) {
 func TestAbandonedCallIsCancelled(t *testing.T) {
 	store := approval.NewMemory(nil)
 	g := parkedGateway(t, store)
-	a := newRawAgent(t, g)
 	ctx, cancel := context.WithCancel(context.Background())
-	req, _ := http.NewRequestWithContext(ctx, "POST", a.url, strings.NewReader(`{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`))
+	newRawAgent(t, g).postUntil(ctx, `{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`)
+	p := parkedOne(t, store)
+	cancel()
+	awaitState(t, store, p.ID, approval.Cancelled)
+	if _, err := store.Finish(context.Background(), p.ID, approval.Approved, "alice", "", time.Now()); !errors.Is(err, approval.ErrNotPending) {
+		t.Errorf("approving a cancelled call: %v", err)
+	}
+	if d := g.deletions(); len(d) != 0 {
+		t.Errorf("an abandoned call ran: %v", d)
+	}
+}
+
+// An agent that goes away while the store cannot record it still has its
+// approval cancelled, once the store recovers.
+func TestAbandonedCallIsCancelledOnceTheStoreRecovers(t *testing.T) {
+	mem := approval.NewMemory(nil)
+	failing := &atomic.Bool{}
+	store := failingFinishes{mem, failing, make(chan struct{}, 1)}
+	g := parkedGateway(t, store, func(o *Options) { o.StoreRetry = 10 * time.Millisecond })
+	ctx, cancel := context.WithCancel(context.Background())
+	newRawAgent(t, g).postUntil(ctx, `{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`)
+	p := parkedOne(t, mem)
+	failing.Store(true)
+	cancel()
+	<-store.failed // the broker's cancellation failed
+	failing.Store(false)
+	awaitState(t, mem, p.ID, approval.Cancelled)
+}
+
+// postUntil sends body from the agent's session in the background, until
+// ctx ends; what comes back is read and dropped.
+func (a *rawAgent) postUntil(ctx context.Context, body string) {
+	req, _ := http.NewRequestWithContext(ctx, "POST", a.url, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+a.token)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json, text/event-stream")
@@ -377,22 +406,20 @@ func TestAbandonedCallIsCancelled(t *testing.T) {
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}()
-	p := parkedOne(t, store)
-	cancel()
+}
+
+// awaitState waits for the approval id to be in state; the deadline only
+// keeps a broken test from hanging.
+func awaitState(t *testing.T, store approval.Store, id string, state approval.State) {
+	t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		got, _ := store.Get(context.Background(), p.ID)
-		if got.State == approval.Cancelled {
-			break
+		got, _ := store.Get(context.Background(), id)
+		if got.State == state {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("state after the agent left = %s, want cancelled", got.State)
+			t.Fatalf("approval %s is %s, want %s", id, got.State, state)
 		}
-	}
-	if _, err := store.Finish(context.Background(), p.ID, approval.Approved, "alice", "", time.Now()); !errors.Is(err, approval.ErrNotPending) {
-		t.Errorf("approving a cancelled call: %v", err)
-	}
-	if d := g.deletions(); len(d) != 0 {
-		t.Errorf("an abandoned call ran: %v", d)
 	}
 }
 
