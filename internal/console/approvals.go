@@ -20,6 +20,9 @@ type pendingRow struct {
 	Payload string
 	Exact   bool
 	Left    string // time left until expiry, as of rendering
+	// Overdue is an approval past its expiry that nothing marked expired
+	// (its call is gone): no decision on it can be taken.
+	Overdue bool
 }
 
 type approvalsData struct {
@@ -49,7 +52,7 @@ func (c *Console) approvalsData(r *http.Request, s *session) approvalsData {
 		return d
 	}
 	for _, a := range pending {
-		row := pendingRow{Approval: a, Left: left(a.Expires.Sub(d.Now))}
+		row := pendingRow{Approval: a, Left: left(a.Expires.Sub(d.Now)), Overdue: !d.Now.Before(a.Expires)}
 		row.Payload, row.Exact = indented(a.Body)
 		d.Rows = append(d.Rows, row)
 	}

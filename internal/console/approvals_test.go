@@ -45,7 +45,7 @@ func (e *env) state(id string) *approval.Approval {
 
 // card is the HTML of the queue's card for id; "" if there is none.
 func card(body, id string) string {
-	m := regexp.MustCompile(`(?s)<article class="card approval" data-testid="approval" data-id="` + regexp.QuoteMeta(id) + `".*?</article>`).FindString(body)
+	m := regexp.MustCompile(`(?s)<article class="card approval[^"]*" data-testid="approval" data-id="` + regexp.QuoteMeta(id) + `".*?</article>`).FindString(body)
 	return m
 }
 
@@ -111,6 +111,9 @@ func TestApprovalsPageShowsThePendingCall(t *testing.T) {
 		!strings.Contains(c, `name="csrf" value="`+op.csrf+`"`) {
 		t.Errorf("the card's form does not post to approve and deny with the CSRF token:\n%s", c)
 	}
+	if strings.Contains(c, "disabled") {
+		t.Errorf("a pending approval's buttons are disabled:\n%s", c)
+	}
 }
 
 func TestApprovalsPayloadThatIsNotJSON(t *testing.T) {
@@ -128,6 +131,10 @@ func TestApprovalsPayloadThatIsNotJSON(t *testing.T) {
 	}
 	if got, _ := field(c, "countdown"); got != "expired" {
 		t.Errorf("time left %q past the expiry, want expired", got)
+	}
+	// No decision can be taken on it, even without the page's script.
+	if strings.Count(c, " disabled>") != 2 || !strings.Contains(c, `class="card approval expired"`) {
+		t.Errorf("an approval past its expiry offers a decision:\n%s", c)
 	}
 }
 
