@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -57,6 +58,8 @@ servers:
       - name: get_pages
         constraints: { workspace_id: {}, limit: { optional: true } }
       - name: slow
+      - name: fail
+      - name: big
 approvals:
   - match: "delete*"
     require: human
@@ -82,6 +85,11 @@ type upstreamServer struct {
 	http    *httptest.Server
 	handler http.Handler
 	posts   []string
+	// jsonAnswers, set before serveHTTP, makes the server answer each
+	// request with one JSON body rather than an event stream; callsTo,
+	// when set, answers every tools/call in its place.
+	jsonAnswers bool
+	callsTo     atomic.Pointer[http.HandlerFunc]
 }
 
 // bigResult is the size of the big tool's text, more than the broker holds
@@ -197,6 +205,10 @@ func (u *upstreamServer) serveHTTP(t *testing.T) func(context.Context) (mcp.Tran
 			u.mu.Lock()
 			u.posts = append(u.posts, string(body))
 			u.mu.Unlock()
+			if h := u.callsTo.Load(); h != nil && bytes.Contains(body, []byte(`"method":"tools/call"`)) {
+				(*h)(w, r)
+				return
+			}
 			r.Body = io.NopCloser(bytes.NewReader(body))
 		}
 		u.mu.Lock()
@@ -229,7 +241,7 @@ func (u *upstreamServer) holdDeletes() chan struct{} {
 func (u *upstreamServer) restart() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	u.handler = mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return u.srv }, nil)
+	u.handler = mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return u.srv }, &mcp.StreamableHTTPOptions{JSONResponse: u.jsonAnswers})
 }
 
 // lastPost is the body of the last POST the upstream received.
@@ -286,6 +298,7 @@ func (r *records) codes() []string {
 }
 
 type gateway struct {
+	tokens    tokens.Store
 	broker    *Broker
 	signer    *authz.Signer
 	audit     *records
@@ -348,7 +361,7 @@ func newGatewayTimed(t *testing.T, overHTTP bool, callTimeout time.Duration, mor
 	direct := httptest.NewServer(b)
 	t.Cleanup(direct.Close)
 	t.Cleanup(func() { close(up.stop) })
-	return &gateway{url: srv.URL + "/mcp", brokerURL: direct.URL + "/mcp", token: token, up: up, audit: rec, signer: signer, broker: b}
+	return &gateway{url: srv.URL + "/mcp", brokerURL: direct.URL + "/mcp", token: token, up: up, audit: rec, signer: signer, broker: b, tokens: store}
 }
 
 type discard struct{}
@@ -478,6 +491,51 @@ func postMCP(t *testing.T, url string, header map[string]string, body string) (i
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(data)
+}
+
+// An agent cannot use, nor end, another agent's session, whose id it may
+// have learnt: the gateway answers as for a session it does not know.
+func TestAnotherAgentsSessionIsNotFound(t *testing.T) {
+	g := newGatewayOver(t, true)
+	owner := newRawAgent(t, g)
+	owner.post(`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`)
+	other, _, err := tokens.Issue(context.Background(), g.tokens, "bot-2", "reader", time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.up.mu.Lock()
+	calls := len(g.up.args)
+	g.up.mu.Unlock()
+	for _, method := range []string{"POST", "GET", "DELETE"} {
+		var body io.Reader
+		if method == "POST" {
+			body = strings.NewReader(`{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`)
+		}
+		req, _ := http.NewRequest(method, g.url, body)
+		req.Header.Set("Authorization", "Bearer "+other)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		req.Header.Set("Mcp-Protocol-Version", rawVersion)
+		req.Header.Set("Mcp-Session-Id", owner.sid)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("%s in another agent's session: status %d, want 404", method, resp.StatusCode)
+		}
+	}
+	g.up.mu.Lock()
+	n := len(g.up.args)
+	g.up.mu.Unlock()
+	if n != calls {
+		t.Errorf("the other agent's call reached the upstream")
+	}
+	// The session is still its owner's.
+	if got := owner.post(`{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`); len(got) != 1 || !strings.Contains(got[0], "3 pages") {
+		t.Errorf("the owner's call after: %q", got)
+	}
 }
 
 func TestBrokerRefusesRequestsWithoutDecision(t *testing.T) {

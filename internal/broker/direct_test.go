@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"io"
+	"net/http"
 	"regexp"
 	"strings"
 	"sync/atomic"
@@ -287,6 +289,56 @@ func TestAgentAnswer(t *testing.T) {
 		}
 		if got := string(agentAnswer([]byte(tt.upstream), &parsed.Messages[0], []byte("7"), "notion")); got != tt.want {
 			t.Errorf("agentAnswer(%s)\n= %s\nwant %s", tt.upstream, got, tt.want)
+		}
+	}
+}
+
+// An upstream may answer a call with one JSON body rather than an event
+// stream: the direct path passes it on as it does an event, and its
+// failures as it does those of a stream.
+func TestDirectPathJSONAnswers(t *testing.T) {
+	defer func(n int) { maxUpstreamMessage = n }(maxUpstreamMessage)
+	maxUpstreamMessage = 1 << 20
+	files := newUpstream()
+	files.jsonAnswers = true
+	g := newGatewayTimed(t, true, 5*time.Second, []Upstream{{Name: "files", Transport: files.serveHTTP(t)}})
+	a := newRawAgent(t, g)
+	call := func(id, tool, args string) string {
+		t.Helper()
+		got := a.post(`{"jsonrpc":"2.0","id":` + id + `,"method":"tools/call","params":{"name":"files__` + tool + `","arguments":` + args + `}}`)
+		if len(got) != 1 || !strings.Contains(got[0], `"id":`+id) {
+			t.Fatalf("%s: %.300q, want one answer under the agent's id", tool, got)
+		}
+		if last := files.lastPost(); !strings.Contains(last, `"id":"amg-`) || !strings.Contains(last, `"name":"`+tool+`"`) {
+			t.Fatalf("%s did not take the direct path: the upstream got %s", tool, last)
+		}
+		return got[0]
+	}
+	for _, tc := range []struct{ tool, args, want string }{
+		{"get_pages", `{"workspace_id":"ws_abc123"}`, `"text":"3 pages"`},
+		{"fail", `{}`, `upstream \"files\": workspace is locked`},
+		{"big", `{}`, `upstream \"files\": its answer is larger than the gateway takes (1 MiB)`},
+	} {
+		if got := call("7", tc.tool, tc.args); !strings.Contains(got, tc.want) {
+			t.Errorf("%s: %.300s, want %s", tc.tool, got, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		answer http.HandlerFunc
+		want   string
+	}{
+		{"HTTP 500", func(w http.ResponseWriter, _ *http.Request) {
+			http.Error(w, "internal error", http.StatusInternalServerError)
+		}, `upstream \"files\": HTTP 500`},
+		{"another id", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			io.WriteString(w, `{"jsonrpc":"2.0","id":"amg-0","result":{"content":[]}}`)
+		}, `upstream \"files\": the upstream's answer is not the call's JSON-RPC response`},
+	} {
+		files.callsTo.Store(&tc.answer)
+		if got := call("8", "get_pages", `{"workspace_id":"ws_abc123"}`); !strings.Contains(got, tc.want) {
+			t.Errorf("an upstream answering with %s: %.300s, want %s", tc.name, got, tc.want)
 		}
 	}
 }
