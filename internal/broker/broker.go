@@ -635,7 +635,9 @@ func (b *Broker) serverFor(r *http.Request) *mcp.Server {
 func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, int64(b.maxBody)+1))
 	if err != nil || len(body) > b.maxBody {
-		refuse(w, http.StatusRequestEntityTooLarge, "request body too large or unreadable")
+		const why = "request body too large or unreadable"
+		b.record(authz.Decision{}, string(authz.CodeBodyTooLarge), why)
+		refuse(w, http.StatusRequestEntityTooLarge, why)
 		return
 	}
 	d, err := b.signer.Verify(r.Header.Get(authz.HeaderDecision), body)

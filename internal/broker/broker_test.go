@@ -538,6 +538,20 @@ func TestAnotherAgentsSessionIsNotFound(t *testing.T) {
 	}
 }
 
+// The broker reads no more of a body than it may decide on, whoever
+// sends it, and records the refusal.
+func TestBrokerRefusesAnOversizedBody(t *testing.T) {
+	g := newGatewayOver(t, false, func(o *Options) { o.MaxBodyBytes = 1 << 10 })
+	body := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"` + strings.Repeat("x", 2<<10) + `"}}}`
+	status, answer := postMCP(t, g.brokerURL, nil, body)
+	if status != http.StatusRequestEntityTooLarge || !strings.Contains(answer, "request body too large") {
+		t.Errorf("oversized body: %d %s, want 413", status, answer)
+	}
+	if diff := cmp.Diff([]string{string(authz.CodeBodyTooLarge)}, g.audit.codes()); diff != "" {
+		t.Errorf("broker audit codes (-want +got):\n%s", diff)
+	}
+}
+
 func TestBrokerRefusesRequestsWithoutDecision(t *testing.T) {
 	g := newGateway(t)
 	body := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"notion__drop_database","arguments":{}}}`
