@@ -201,11 +201,11 @@ func (m *Memory) Wait(ctx context.Context, id string) (*Approval, error) {
 	}
 }
 
-// checkFinish refuses a transition Finish does not make.
 // decides reports whether moving to to is a decision, which must come
 // before the approval expires.
 func decides(to State) bool { return to == Approved || to == Denied }
 
+// checkFinish refuses a transition Finish does not make.
 func checkFinish(to State) error {
 	switch to {
 	case Approved, Denied, Expired, Cancelled:
