@@ -478,13 +478,21 @@ func TestRefusals(t *testing.T) {
 // added, and returns the response's status and body.
 func postMCP(t *testing.T, url string, header map[string]string, body string) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+	return sendMCP(t, "POST", url, header, body)
+}
+
+// sendMCP is postMCP with another method; a GET or DELETE has no body.
+func sendMCP(t *testing.T, method, url string, header map[string]string, body string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json, text/event-stream")
 	for k, v := range header {
 		req.Header.Set(k, v)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	// A stream that should not have been served would be read forever:
+	// the timeout fails the test instead.
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -506,24 +514,14 @@ func TestAnotherAgentsSessionIsNotFound(t *testing.T) {
 	g.up.mu.Lock()
 	calls := len(g.up.args)
 	g.up.mu.Unlock()
-	for _, method := range []string{"POST", "GET", "DELETE"} {
-		var body io.Reader
-		if method == "POST" {
-			body = strings.NewReader(`{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`)
-		}
-		req, _ := http.NewRequest(method, g.url, body)
-		req.Header.Set("Authorization", "Bearer "+other)
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Accept", "application/json, text/event-stream")
-		req.Header.Set("Mcp-Protocol-Version", rawVersion)
-		req.Header.Set("Mcp-Session-Id", owner.sid)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusNotFound {
-			t.Errorf("%s in another agent's session: status %d, want 404", method, resp.StatusCode)
+	header := map[string]string{"Authorization": "Bearer " + other, "Mcp-Protocol-Version": rawVersion, "Mcp-Session-Id": owner.sid}
+	for method, body := range map[string]string{
+		"POST":   `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`,
+		"GET":    "",
+		"DELETE": "",
+	} {
+		if status, _ := sendMCP(t, method, g.url, header, body); status != http.StatusNotFound {
+			t.Errorf("%s in another agent's session: status %d, want 404", method, status)
 		}
 	}
 	g.up.mu.Lock()
