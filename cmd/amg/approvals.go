@@ -60,7 +60,7 @@ the admin.token file in --data-dir (which amg serve creates).`,
 			return w.Flush()
 		},
 	}
-	list.Flags().StringVar(&state, "state", "pending", "pending, approved, denied, expired, cancelled, executed, or empty for all")
+	list.Flags().StringVar(&state, "state", "pending", approval.StateList()+", or empty for all")
 	show := &cobra.Command{
 		Use:   "show ID",
 		Short: "Show one approval",

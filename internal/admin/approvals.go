@@ -78,7 +78,7 @@ func approvals(mux *http.ServeMux, d Deps) {
 	mux.HandleFunc("GET /api/v1/approvals", guard(func(w http.ResponseWriter, r *http.Request) {
 		state := approval.State(r.URL.Query().Get("state"))
 		if state != "" && !slices.Contains(approval.States, state) {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("unknown state %q: one of %s, or none for all", state, joinStates()))
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("unknown state %q: one of %s, or none for all", state, approval.StateList()))
 			return
 		}
 		list, err := store.List(r.Context(), state)
@@ -123,14 +123,6 @@ func approvals(mux *http.ServeMux, d Deps) {
 	}
 	mux.HandleFunc("POST /api/v1/approvals/{id}/approve", decide(approval.Approved))
 	mux.HandleFunc("POST /api/v1/approvals/{id}/deny", decide(approval.Denied))
-}
-
-func joinStates() string {
-	names := make([]string, len(approval.States))
-	for i, s := range approval.States {
-		names[i] = string(s)
-	}
-	return strings.Join(names, ", ")
 }
 
 func writeStoreError(w http.ResponseWriter, err error) {

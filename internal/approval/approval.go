@@ -31,6 +31,15 @@ const (
 // States are the states an approval can be in, in the order of its life.
 var States = []State{Pending, Approved, Denied, Expired, Cancelled, Executed}
 
+// StateList is States as a list for people to read: "pending, approved, …".
+func StateList() string {
+	names := make([]string, len(States))
+	for i, s := range States {
+		names[i] = string(s)
+	}
+	return strings.Join(names, ", ")
+}
+
 // Final reports whether the approval can no longer be decided.
 func (s State) Final() bool { return s != Pending }
 
