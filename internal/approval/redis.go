@@ -36,7 +36,8 @@ const DefaultRedisPrefix = "amg:{approvals}:"
 //	recent          sorted set of the decided approvals' index members,
 //	                scored by DecidedAt (Unix ms): Recent's order
 //	decided:<id>    pub/sub channel; a message (the new state) when the
-//	                approval leaves pending
+//	                approval leaves pending. A store's Waits share one
+//	                pattern subscription to them all
 //
 // Every transition is one Lua script, so it is atomic: of two replicas
 // deciding one approval, the script of the second sees it decided. The
@@ -57,6 +58,7 @@ type Redis struct {
 	prefix    string
 	retention time.Duration
 	grace     time.Duration
+	decisions *decisions
 }
 
 var _ Store = (*Redis)(nil)
@@ -92,6 +94,7 @@ func NewRedis(client redis.UniversalClient, opts *RedisOptions) *Redis {
 			r.grace = opts.PendingGrace
 		}
 	}
+	r.decisions = newDecisions(client, r.channel(""))
 	return r
 }
 
@@ -379,10 +382,10 @@ func (r *Redis) Execute(ctx context.Context, id string) (*Approval, error) {
 	return a, err
 }
 
-// Wait implements Store. It subscribes to the approval's channel and only
-// then reads its state, so a decision made in between is either seen in
-// the state or heard on the channel. Each Wait holds one connection of its
-// own while it waits.
+// Wait implements Store. It joins the store's subscription to decisions
+// (one connection for every Wait of the store; see decisions) and only
+// once that is live reads the approval's state, so a decision made in
+// between is either seen in the state or heard on the channel.
 //
 // A Redis failure while waiting (the connection dropped, say) ends Wait
 // with an error rather than a silent resubscription: a decision published
@@ -391,66 +394,32 @@ func (r *Redis) Wait(ctx context.Context, id string) (*Approval, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	ps := r.client.Subscribe(ctx) // no channel yet: the error is Subscribe's below
-	if err := ps.Subscribe(ctx, r.channel(id)); err != nil {
-		ps.Close()
+	s, w := r.decisions.join(id)
+	defer r.decisions.leave(s, id, w)
+	select {
+	case <-s.live:
+	case err := <-w.fail:
 		return nil, fmt.Errorf("wait for approval %s: subscribe: %w", id, err)
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-
-	// Receive blocks on the socket and would heed only ctx's deadline, not
-	// its cancellation; it runs on its own goroutine with neither, and
-	// closing ps ends it. A deadline on the socket would race ctx's own
-	// timer and surface as a Redis read timeout rather than ctx's error.
-	rctx := context.WithoutCancel(ctx)
-	type receipt struct {
-		msg any
-		err error
-	}
-	receipts := make(chan receipt)
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			msg, err := ps.Receive(rctx)
-			select {
-			case receipts <- receipt{msg, err}:
-			case <-stop:
-				return
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	defer func() {
-		close(stop)
-		ps.Close()
-		<-done
-	}()
-
 	for {
+		a, err := r.Get(ctx, id)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, err
+		}
+		if a.State.Final() {
+			return a, nil
+		}
 		select {
+		case <-w.wake:
+		case err := <-w.fail:
+			return nil, fmt.Errorf("wait for approval %s: %w", id, err)
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case rc := <-receipts:
-			if rc.err != nil {
-				return nil, fmt.Errorf("wait for approval %s: %w", id, rc.err)
-			}
-			switch rc.msg.(type) {
-			case *redis.Subscription, *redis.Message:
-				// The subscription is confirmed, or a decision was
-				// announced: either way, look.
-				a, err := r.Get(ctx, id)
-				if err != nil {
-					if ctx.Err() != nil {
-						return nil, ctx.Err()
-					}
-					return nil, err
-				}
-				if a.State.Final() {
-					return a, nil
-				}
-			}
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -89,14 +90,49 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// awaitSubscribers returns once n connections listen on id's channel: a
-// Wait counted there hears a decision made from now on.
-func awaitSubscribers(t *testing.T, c *redis.Client, r *Redis, id string, n int64) {
+// awaitWaits returns once n Waits on id, over the stores, listen on a
+// live subscription: a Wait counted there hears a decision made from now
+// on.
+func awaitWaits(t *testing.T, id string, n int, stores ...*Redis) {
 	t.Helper()
-	ch := r.channel(id)
-	eventually(t, fmt.Sprintf("%d subscribers on %s", n, ch), func() bool {
-		got, err := c.PubSubNumSub(context.Background(), ch).Result()
-		return err == nil && got[ch] == n
+	eventually(t, fmt.Sprintf("%d Waits on %s", n, id), func() bool {
+		got := 0
+		for _, s := range stores {
+			got += s.decisions.listening(id)
+		}
+		return got == n
+	})
+}
+
+// listening counts the Waits on id that a decision made now would reach.
+func (d *decisions) listening(id string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.sub == nil {
+		return 0
+	}
+	select {
+	case <-d.sub.live:
+		return len(d.sub.waiters[id])
+	default:
+		return 0
+	}
+}
+
+// subscribers counts the connections to c's server that are subscribed
+// to anything.
+func subscribers(c *redis.Client) (int, error) {
+	list, err := c.ClientList(context.Background()).Result()
+	return strings.Count(list, " flags=P"), err
+}
+
+// awaitSubscribers returns once n connections to c's server are
+// subscribed to anything.
+func awaitSubscribers(t *testing.T, c *redis.Client, n int) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("%d subscribed connections", n), func() bool {
+		got, err := subscribers(c)
+		return err == nil && got == n
 	})
 }
 
@@ -197,7 +233,7 @@ func TestRedisWaitAcrossReplicas(t *testing.T) {
 	p := park(t, a, []byte(`{}`))
 
 	waits := []<-chan waited{waitAsync(ctx, a, p.ID), waitAsync(ctx, a, p.ID), waitAsync(ctx, b, p.ID)}
-	awaitSubscribers(t, admin, a, p.ID, 3)
+	awaitWaits(t, p.ID, 3, a, b)
 	if _, err := b.Finish(ctx, p.ID, Denied, "bob", "not today", t0); err != nil {
 		t.Fatal(err)
 	}
@@ -207,10 +243,89 @@ func TestRedisWaitAcrossReplicas(t *testing.T) {
 			t.Errorf("Wait %d = %+v, %v; want the denial", i, w.a, w.err)
 		}
 	}
-	awaitSubscribers(t, admin, a, p.ID, 0)
+	awaitWaits(t, p.ID, 0, a, b)
+	awaitSubscribers(t, admin, 0)
 
 	if _, err := a.Wait(ctx, "apr_nope"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Wait on an unknown id: %v, want ErrNotFound", err)
+	}
+}
+
+// A store's Waits listen on one connection, however many there are, and
+// each hears its own approval's decision. A prefix holding glob
+// characters is matched as itself.
+func TestRedisWaitsShareAConnection(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
+	defer cancel()
+	srv := redistest.Start(t)
+	admin := srv.Client()
+	s := NewRedis(srv.Client(), &RedisOptions{Prefix: `t:{[glob]*?\}:`})
+	const n = 40
+	parked := make([]*Approval, n)
+	waits := make([]<-chan waited, n)
+	for i := range n {
+		parked[i] = park(t, s, []byte(`{}`))
+		waits[i] = waitAsync(ctx, s, parked[i].ID)
+	}
+	twice := waitAsync(ctx, s, parked[0].ID)
+	awaitWaits(t, parked[0].ID, 2, s)
+	for _, p := range parked[1:] {
+		awaitWaits(t, p.ID, 1, s)
+	}
+	if got, err := subscribers(admin); err != nil || got != 1 {
+		t.Fatalf("%d Waits hold %d subscribed connections (%v), want 1", n+1, got, err)
+	}
+
+	for i, p := range parked {
+		to := Approved
+		if i%2 == 1 {
+			to = Denied
+		}
+		if _, err := s.Finish(ctx, p.ID, to, "alice", "", t0); err != nil {
+			t.Fatal(err)
+		}
+		if w := receive(t, waits[i]); w.err != nil || w.a.ID != p.ID || w.a.State != to {
+			t.Fatalf("Wait %d = %+v, %v; want %s %s", i, w.a, w.err, p.ID, to)
+		}
+		if i == 0 {
+			if w := receive(t, twice); w.err != nil || w.a.ID != p.ID || w.a.State != to {
+				t.Fatalf("second Wait on %s = %+v, %v", p.ID, w.a, w.err)
+			}
+		}
+	}
+	awaitSubscribers(t, admin, 0)
+}
+
+// When the shared connection drops, every Wait on it ends with an error
+// (a decision announced meanwhile would go unheard); the next Wait
+// subscribes anew.
+func TestRedisWaitsConnectionDropped(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
+	defer cancel()
+	srv := redistest.Start(t)
+	admin := srv.Client()
+	s := NewRedis(srv.Client(), nil)
+	p, q := park(t, s, []byte(`{}`)), park(t, s, []byte(`{}`))
+	waits := []<-chan waited{waitAsync(ctx, s, p.ID), waitAsync(ctx, s, q.ID)}
+	awaitWaits(t, p.ID, 1, s)
+	awaitWaits(t, q.ID, 1, s)
+	if err := admin.ClientKillByFilter(ctx, "TYPE", "pubsub").Err(); err != nil {
+		t.Fatal(err)
+	}
+	for i, ch := range waits {
+		if w := receive(t, ch); w.err == nil || errors.Is(w.err, context.DeadlineExceeded) {
+			t.Errorf("Wait %d when its connection dropped = %+v, %v; want a Redis error", i, w.a, w.err)
+		}
+	}
+	awaitSubscribers(t, admin, 0)
+
+	again := waitAsync(ctx, s, p.ID)
+	awaitWaits(t, p.ID, 1, s)
+	if _, err := s.Finish(ctx, p.ID, Approved, "alice", "", t0); err != nil {
+		t.Fatal(err)
+	}
+	if w := receive(t, again); w.err != nil || w.a.State != Approved {
+		t.Errorf("Wait after the drop = %+v, %v; want the approval", w.a, w.err)
 	}
 }
 
@@ -224,12 +339,13 @@ func TestRedisWaitCancelled(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	ch := waitAsync(ctx, s, p.ID)
-	awaitSubscribers(t, admin, s, p.ID, 1)
+	awaitWaits(t, p.ID, 1, s)
 	cancel()
 	if w := receive(t, ch); !errors.Is(w.err, context.Canceled) {
 		t.Errorf("Wait after cancel = %+v, %v; want context.Canceled", w.a, w.err)
 	}
-	awaitSubscribers(t, admin, s, p.ID, 0)
+	awaitWaits(t, p.ID, 0, s)
+	awaitSubscribers(t, admin, 0)
 
 	// A deadline ends Wait as ctx's error, not as a Redis read timeout.
 	dctx, dcancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
@@ -319,14 +435,13 @@ func TestRedisExecuteRace(t *testing.T) {
 func TestRedisDown(t *testing.T) {
 	ctx := context.Background()
 	srv := redistest.Start(t)
-	admin := srv.Client()
 	a, b := NewRedis(srv.Client(), nil), NewRedis(srv.Client(), nil)
 	p := park(t, a, []byte(`{}`))
 
 	gctx, cancel := context.WithTimeout(ctx, hangGuard)
 	defer cancel()
 	blocked := waitAsync(gctx, a, p.ID)
-	awaitSubscribers(t, admin, a, p.ID, 1)
+	awaitWaits(t, p.ID, 1, a)
 	srv.Stop()
 	if w := receive(t, blocked); w.err == nil || errors.Is(w.err, context.DeadlineExceeded) {
 		t.Errorf("a Wait when Redis stopped = %+v, %v; want a Redis error", w.a, w.err)
@@ -371,7 +486,7 @@ func TestRedisDown(t *testing.T) {
 	}
 	q = park(t, a, []byte(`{}`))
 	waiting := waitAsync(gctx, a, q.ID)
-	awaitSubscribers(t, admin, a, q.ID, 1)
+	awaitWaits(t, q.ID, 1, a)
 	if _, err := b.Finish(gctx, q.ID, Approved, "alice", "", t0); err != nil {
 		t.Fatalf("Finish after the restart: %v", err)
 	}
