@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -48,7 +49,7 @@ the admin.token file in --data-dir (which amg serve creates).`,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var out []approval.Approval
-			if err := o.do(cmd, "GET", "/api/v1/approvals?state="+state, nil, &out); err != nil {
+			if err := o.do(cmd, "GET", "/api/v1/approvals?state="+url.QueryEscape(state), nil, &out); err != nil {
 				return err
 			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
@@ -67,7 +68,7 @@ the admin.token file in --data-dir (which amg serve creates).`,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var a json.RawMessage
-			if err := o.do(cmd, "GET", "/api/v1/approvals/"+args[0], nil, &a); err != nil {
+			if err := o.do(cmd, "GET", "/api/v1/approvals/"+url.PathEscape(args[0]), nil, &a); err != nil {
 				return err
 			}
 			_, err := cmd.OutOrStdout().Write(a)
@@ -86,7 +87,7 @@ the admin.token file in --data-dir (which amg serve creates).`,
 				}
 				var a approval.Approval
 				req := map[string]string{"by": by, "reason": reason}
-				if err := o.do(cmd, "POST", "/api/v1/approvals/"+args[0]+"/"+verb, req, &a); err != nil {
+				if err := o.do(cmd, "POST", "/api/v1/approvals/"+url.PathEscape(args[0])+"/"+verb, req, &a); err != nil {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s %s by %s\n", a.ID, a.State, a.DecidedBy)

@@ -161,6 +161,13 @@ func TestServe(t *testing.T) {
 	if code, _, errOut := approvals("deny", id, "--by", "bob"); code != 1 || !strings.Contains(errOut, "no longer pending") {
 		t.Errorf("denying an executed approval: exit %d: %s", code, errOut)
 	}
+	// What the operator types is a state or an id, never more of the URL.
+	if code, out, errOut := approvals("list", "--state", "executed&state=pending"); code != 1 || !strings.Contains(errOut, "unknown state") {
+		t.Errorf("listing by a state holding a query: exit %d: %s%s", code, out, errOut)
+	}
+	if code, out, errOut := approvals("show", "../status"); code != 1 {
+		t.Errorf("showing the approval ../status: exit %d: %s%s", code, out, errOut)
+	}
 
 	// The operator's view: the console, where the log says it is, and the
 	// admin endpoints.
