@@ -58,6 +58,7 @@ type Redis struct {
 	prefix    string
 	retention time.Duration
 	grace     time.Duration
+	recheck   time.Duration
 	decisions *decisions
 }
 
@@ -77,12 +78,22 @@ type RedisOptions struct {
 	// (the key lives Expires-Created+PendingGrace from its creation), so
 	// the replica's clock and Redis's need not agree.
 	PendingGrace time.Duration
+	// Recheck is how often a Wait reads the approval's state again
+	// without having heard of a decision; 0 means DefaultRecheck. The
+	// announcement wakes a Wait at once; reading again bounds how long a
+	// decision goes unheard when its announcement is lost, as on a
+	// connection that died without a word.
+	Recheck time.Duration
 }
+
+// DefaultRecheck is a Wait's interval between reads of an approval's
+// state unless RedisOptions.Recheck says otherwise.
+const DefaultRecheck = 15 * time.Second
 
 // NewRedis returns a Store kept in client, which may be a single server, a
 // failover or a cluster client.
 func NewRedis(client redis.UniversalClient, opts *RedisOptions) *Redis {
-	r := &Redis{client: client, prefix: DefaultRedisPrefix, retention: DefaultRetention, grace: DefaultPendingGrace}
+	r := &Redis{client: client, prefix: DefaultRedisPrefix, retention: DefaultRetention, grace: DefaultPendingGrace, recheck: DefaultRecheck}
 	if opts != nil {
 		if opts.Prefix != "" {
 			r.prefix = opts.Prefix
@@ -92,6 +103,9 @@ func NewRedis(client redis.UniversalClient, opts *RedisOptions) *Redis {
 		}
 		if opts.PendingGrace > 0 {
 			r.grace = opts.PendingGrace
+		}
+		if opts.Recheck > 0 {
+			r.recheck = opts.Recheck
 		}
 	}
 	r.decisions = newDecisions(client, r.channel(""))
@@ -389,7 +403,8 @@ func (r *Redis) Execute(ctx context.Context, id string) (*Approval, error) {
 //
 // A Redis failure while waiting (the connection dropped, say) ends Wait
 // with an error rather than a silent resubscription: a decision published
-// while the connection was down would never be heard.
+// while the connection was down would never be heard. A failure no one
+// reports is covered by reading the state again every Recheck.
 func (r *Redis) Wait(ctx context.Context, id string) (*Approval, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -403,6 +418,8 @@ func (r *Redis) Wait(ctx context.Context, id string) (*Approval, error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+	recheck := time.NewTicker(r.recheck)
+	defer recheck.Stop()
 	for {
 		a, err := r.Get(ctx, id)
 		if err != nil {
@@ -416,6 +433,7 @@ func (r *Redis) Wait(ctx context.Context, id string) (*Approval, error) {
 		}
 		select {
 		case <-w.wake:
+		case <-recheck.C:
 		case err := <-w.fail:
 			return nil, fmt.Errorf("wait for approval %s: %w", id, err)
 		case <-ctx.Done():

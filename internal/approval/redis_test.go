@@ -329,6 +329,26 @@ func TestRedisWaitsConnectionDropped(t *testing.T) {
 	}
 }
 
+// A decision whose announcement is lost still reaches the Wait, at its
+// next recheck.
+func TestRedisWaitRechecks(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
+	defer cancel()
+	srv := redistest.Start(t)
+	admin := srv.Client()
+	s := NewRedis(srv.Client(), &RedisOptions{Recheck: 20 * time.Millisecond})
+	p := park(t, s, []byte(`{}`))
+	ch := waitAsync(ctx, s, p.ID)
+	awaitWaits(t, p.ID, 1, s)
+	// Decided without the script, hence without its announcement.
+	if err := admin.HSet(ctx, s.key(p.ID), "state", string(Denied)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if w := receive(t, ch); w.err != nil || w.a.State != Denied {
+		t.Errorf("Wait on a silent decision = %+v, %v; want the denial", w.a, w.err)
+	}
+}
+
 // A Wait whose ctx ends returns ctx's error and lets go of its
 // subscription.
 func TestRedisWaitCancelled(t *testing.T) {
