@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"strings"
 
@@ -24,6 +26,11 @@ func redisClient(addr string) (*redis.Client, error) {
 	if strings.Contains(addr, "://") {
 		var err error
 		if opts, err = redis.ParseURL(addr); err != nil {
+			// Not the URL's own error: it quotes the URL, password and all.
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				err = ue.Err
+			}
 			return nil, fmt.Errorf("--redis: %w", err)
 		}
 		if opts.TLSConfig != nil {
@@ -41,4 +48,17 @@ func redisClient(addr string) (*redis.Client, error) {
 		opts.Password = os.Getenv("AMG_REDIS_PASSWORD")
 	}
 	return redis.NewClient(opts), nil
+}
+
+// redisName names the Redis of --redis for messages, without the password
+// a URL may hold.
+func redisName(addr string) string {
+	if !strings.Contains(addr, "://") {
+		return addr
+	}
+	u, err := url.Parse(addr)
+	if err != nil {
+		return "the --redis URL"
+	}
+	return u.Redacted()
 }

@@ -29,6 +29,11 @@ func TestRedisURLOverTLS(t *testing.T) {
 	if code != 0 || !strings.Contains(stdout, "tls-bot") {
 		t.Errorf("token list: exit %d, stdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 	}
+	// The store is named in messages, without the URL's password.
+	code, _, stderr = runCLI(t, "token", "revoke", "--redis", "rediss://ops:pw-for-ops@"+rs.Addr, "0123456789abcdef")
+	if want := "no token with ID 0123456789abcdef in Redis at rediss://ops:xxxxx@" + rs.Addr; code != 1 || !strings.Contains(stderr, want) {
+		t.Errorf("revoking an unknown id: exit %d, stderr %q; want it to say %q", code, stderr, want)
+	}
 
 	for _, tc := range []struct {
 		name, url, env, val, want string
@@ -37,6 +42,7 @@ func TestRedisURLOverTLS(t *testing.T) {
 		{"another password", url, "AMG_REDIS_PASSWORD", "guess", "WRONGPASS"},
 		{"plain URL", "redis://ops@" + rs.Addr, "", "", ""},
 		{"not a URL", "rediss://ops@" + rs.Addr + "/notadb", "", "", "--redis: redis: invalid database number"},
+		{"a password in a malformed URL", "rediss://ops:pw-for-ops@" + rs.Addr + "x", "", "", "--redis: invalid port"},
 	} {
 		if tc.env != "" {
 			t.Setenv(tc.env, tc.val)

@@ -221,7 +221,7 @@ func openDB(dataDir string, create bool) (*sql.DB, error) {
 // String names the store for messages.
 func (w tokenStoreFlags) String() string {
 	if w.redis != "" {
-		return "Redis at " + w.redis
+		return "Redis at " + redisName(w.redis)
 	}
 	return filepath.Join(w.dataDir, dbFile)
 }
