@@ -938,6 +938,46 @@ func testProgressAndLogs(t *testing.T, g *gateway) {
 	g.checkPath(t, "notion__slow")
 }
 
+// A progress token the protocol does not allow (an object, an array)
+// is no token: the call is answered, and the process does not crash
+// comparing it with the upstream's progress.
+func TestProgressTokenOfAnotherType(t *testing.T) {
+	bothPaths(t, func(t *testing.T, g *gateway) {
+		a := newRawAgent(t, g)
+		for i, token := range []string{`{"k":1}`, `[1]`, `true`} {
+			got := a.post(fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"notion__slow","arguments":{},"_meta":{"progressToken":%s}}}`, 10+i, token))
+			if len(got) == 0 || !strings.Contains(got[len(got)-1], fmt.Sprintf(`"id":%d`, 10+i)) || !strings.Contains(got[len(got)-1], `"result"`) {
+				t.Errorf("call with progress token %s: %q, want its result last", token, got)
+			}
+		}
+	})
+}
+
+// Progress is matched to a call by tokens of the protocol's types alone,
+// whatever the two sides decoded them into.
+func TestProgressTokenMatching(t *testing.T) {
+	var f inflight
+	ctx, cancel := context.WithCancel(context.Background()) // a context of its own
+	defer cancel()
+	for _, token := range []any{"p-1", float64(7), int64(7), json.Number("7")} {
+		done := f.add(ctx, "notion", token)
+		if got, ok := f.byToken("notion", token); !ok || got != ctx {
+			t.Errorf("token %#v: no match", token)
+		}
+		if _, ok := f.byToken("other", token); ok {
+			t.Errorf("token %#v matched another server's call", token)
+		}
+		done()
+	}
+	for _, token := range []any{map[string]any{"k": 1.0}, []any{1.0}, true, nil} {
+		done := f.add(ctx, "notion", token)
+		if _, ok := f.byToken("notion", token); ok {
+			t.Errorf("token %#v matched, want no token", token)
+		}
+		done()
+	}
+}
+
 // An agent cancelling a call cancels it upstream.
 func TestCancellationReachesTheUpstream(t *testing.T) {
 	bothPaths(t, func(t *testing.T, g *gateway) {

@@ -28,9 +28,21 @@ type pending struct {
 	token  any // the agent's progress token; nil if it asked for none
 }
 
+// progressKey is token as a key to match progress by, or nil. The
+// protocol's tokens are strings and integers; anything else an agent or
+// upstream sends (a JSON object, array or bool: maps, slices and bools to
+// the decoder, and maps and slices cannot be compared) is no token.
+func progressKey(token any) any {
+	switch token.(type) {
+	case string, float64, int, int32, int64, json.Number:
+		return token
+	}
+	return nil
+}
+
 // add records a request to server until the returned func is called.
 func (f *inflight) add(ctx context.Context, server string, token any) (done func()) {
-	p := &pending{ctx: ctx, server: server, token: token}
+	p := &pending{ctx: ctx, server: server, token: progressKey(token)}
 	f.mu.Lock()
 	f.calls = append(f.calls, p)
 	f.mu.Unlock()
@@ -49,7 +61,7 @@ func (f *inflight) add(ctx context.Context, server string, token any) (done func
 // byToken returns the context of the request to server that asked for
 // progress under token.
 func (f *inflight) byToken(server string, token any) (context.Context, bool) {
-	if token == nil {
+	if token = progressKey(token); token == nil {
 		return nil, false
 	}
 	f.mu.Lock()

@@ -310,7 +310,7 @@ func progressToken(params json.RawMessage) any {
 	if json.Unmarshal(params, &p) != nil {
 		return nil
 	}
-	return p.Meta.ProgressToken
+	return progressKey(p.Meta.ProgressToken)
 }
 
 func codeFor(s approval.State) string {

@@ -224,7 +224,17 @@ func (b *Broker) connectFor(ctx context.Context, as *agentSession, u *upstream) 
 	defer context.AfterFunc(ctx, cancel)()
 	defer cancel()
 	cs, t, err := u.connect(connectCtx, relay(ss, func() context.Context { return as.calls.only(u.Name) }), version,
-		func(n *jsonrpc.Request) { b.relayNotification(as, u.Name, n) })
+		func(n *jsonrpc.Request) {
+			// It runs on the SDK's reader, where a panic would end the
+			// process: what one upstream sent must not take every agent
+			// down.
+			defer func() {
+				if v := recover(); v != nil {
+					b.log.Error("relaying an upstream notification panicked; dropped", "server", u.Name, "method", n.Method, "panic", v)
+				}
+			}()
+			b.relayNotification(as, u.Name, n)
+		})
 	if err != nil {
 		return nil, err
 	}
