@@ -938,23 +938,9 @@ func testProgressAndLogs(t *testing.T, g *gateway) {
 	g.checkPath(t, "notion__slow")
 }
 
-// A progress token the protocol does not allow (an object, an array)
-// is no token: the call is answered, and the process does not crash
-// comparing it with the upstream's progress.
-func TestProgressTokenOfAnotherType(t *testing.T) {
-	bothPaths(t, func(t *testing.T, g *gateway) {
-		a := newRawAgent(t, g)
-		for i, token := range []string{`{"k":1}`, `[1]`, `true`} {
-			got := a.post(fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"notion__slow","arguments":{},"_meta":{"progressToken":%s}}}`, 10+i, token))
-			if len(got) == 0 || !strings.Contains(got[len(got)-1], fmt.Sprintf(`"id":%d`, 10+i)) || !strings.Contains(got[len(got)-1], `"result"`) {
-				t.Errorf("call with progress token %s: %q, want its result last", token, got)
-			}
-		}
-	})
-}
-
 // Progress is matched to a call by tokens of the protocol's types alone,
-// whatever the two sides decoded them into.
+// whatever the two sides decoded them into; a token of another type (which
+// authz refuses from agents) matches nothing and panics nowhere.
 func TestProgressTokenMatching(t *testing.T) {
 	var f inflight
 	ctx, cancel := context.WithCancel(context.Background()) // a context of its own

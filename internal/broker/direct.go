@@ -396,16 +396,23 @@ func (b *Broker) directAnswer(w http.ResponseWriter, r *http.Request, as *agentS
 	return true
 }
 
-// directCancel passes the agent's cancellation of a direct call upstream
-// and abandons the call.
+// directCancel abandons the call the agent cancels if it is one the SDK
+// does not know of: a direct call, whose cancellation it passes upstream,
+// or a call waiting for approval.
 func (b *Broker) directCancel(w http.ResponseWriter, r *http.Request, as *agentSession, m *mcpfilter.Message) bool {
 	var p cancelledParams
 	if json.Unmarshal(m.Params, &p) != nil {
 		return false
 	}
+	id := bytes.TrimSpace(p.RequestID)
 	as.mu.Lock()
-	call := as.directCalls[string(bytes.TrimSpace(p.RequestID))]
+	call, abandon := as.directCalls[string(id)], as.parked[string(id)]
 	as.mu.Unlock()
+	if abandon != nil {
+		abandon(errCancelledByAgent)
+		w.WriteHeader(http.StatusAccepted)
+		return true
+	}
 	if call == nil {
 		return false
 	}

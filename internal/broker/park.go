@@ -89,12 +89,31 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, d authz.Decision, 
 	}
 	keepAlive()
 
-	outcome, err := b.waitForDecision(r.Context(), a, keepAlive)
+	// The agent's notifications/cancelled for the call, or the end of its
+	// session, abandons it as the agent's going away does.
+	ctx, abandon := context.WithCancelCause(r.Context())
+	defer abandon(nil)
+	id := string(m.ID)
+	as.mu.Lock()
+	if as.ups == nil {
+		abandon(errSessionEnded)
+	} else {
+		as.parked[id] = abandon
+	}
+	as.mu.Unlock()
+	defer func() {
+		as.mu.Lock()
+		delete(as.parked, id)
+		as.mu.Unlock()
+	}()
+
+	outcome, err := b.waitForDecision(ctx, a, keepAlive)
 	switch {
 	case errors.Is(err, errStopped):
 		send(rpcError(m.ID, RPCApprovalRefused, "call needing approval "+a.ID+" was not run: the gateway is shutting down"))
 	case err != nil:
-		// The agent went away: nothing is executed.
+		// The agent went away or cancelled the call: nothing is executed,
+		// and a cancelled request is not answered.
 		return
 	case outcome.State == approval.Approved:
 		b.executeApproved(stream, r, as, a, body, m, server, tool)
@@ -114,9 +133,18 @@ func (b *Broker) refusePark(w http.ResponseWriter, d authz.Decision, body []byte
 // approval could not be cancelled in the store.
 var errStopped = errors.New("stopped waiting for approvals")
 
+// Why a parked call was abandoned, when not because its agent went away:
+// the causes of its context, and the reasons its approval is cancelled
+// with.
+var (
+	errCancelledByAgent = errors.New("the agent cancelled the call before a decision")
+	errSessionEnded     = errors.New("the agent's session ended before a decision")
+)
+
 // waitForDecision waits until the approval is decided or expires, calling
 // keepAlive every keep-alive interval; if ctx ends first, the approval is
-// cancelled and ctx's error returned. Drain cancels it too.
+// cancelled (for the reason ctx's cause gives, if it is one of park's) and
+// ctx's error returned. Drain cancels it too.
 func (b *Broker) waitForDecision(ctx context.Context, a *approval.Approval, keepAlive func()) (*approval.Approval, error) {
 	decided := make(chan *approval.Approval, 1)
 	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
@@ -174,7 +202,10 @@ func (b *Broker) waitForDecision(ctx context.Context, a *approval.Approval, keep
 			// Decided at the last moment: that decision stands.
 			stopping = nil
 		case <-ctx.Done():
-			const why = "the agent went away before a decision"
+			why := "the agent went away before a decision"
+			if cause := context.Cause(ctx); errors.Is(cause, errCancelledByAgent) || errors.Is(cause, errSessionEnded) {
+				why = cause.Error()
+			}
 			_, err := b.finish(a, approval.Cancelled, why)
 			if err != nil && !errors.Is(err, approval.ErrNotPending) {
 				b.cancelLater(a, why)

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"slices"
@@ -369,6 +370,76 @@ func TestAbandonedCallIsCancelled(t *testing.T) {
 	}
 	if d := g.deletions(); len(d) != 0 {
 		t.Errorf("an abandoned call ran: %v", d)
+	}
+}
+
+// An agent that cancels a waiting call (notifications/cancelled, with its
+// request still open) or ends its session cancels the approval: the call
+// is not answered, and approving it afterwards runs nothing.
+func TestCancelledCallIsNotRun(t *testing.T) {
+	const call = `{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`
+	for _, tc := range []struct {
+		name   string
+		cancel func(t *testing.T, g *gateway, a *rawAgent)
+		reason error
+	}{
+		{"notifications/cancelled", func(t *testing.T, g *gateway, a *rawAgent) {
+			a.post(`{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":42,"reason":"stop"}}`)
+		}, errCancelledByAgent},
+		{"DELETE", func(t *testing.T, g *gateway, a *rawAgent) {
+			h := map[string]string{"Authorization": "Bearer " + g.token, "Mcp-Session-Id": a.sid, "Mcp-Protocol-Version": rawVersion}
+			if code, body := sendMCP(t, "DELETE", g.url, h, ""); code/100 != 2 {
+				t.Fatalf("DELETE: %d %s", code, body)
+			}
+		}, errSessionEnded},
+	} {
+		for _, overHTTP := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/overHTTP=%v", tc.name, overHTTP), func(t *testing.T) {
+				store := approval.NewMemory(nil)
+				g := parkedGatewayOver(t, overHTTP, store)
+				a := newRawAgent(t, g)
+				warmRaw(a)
+				answered := make(chan []string, 1)
+				go func() { answered <- a.post(call) }()
+				p := parkedOne(t, store)
+				tc.cancel(t, g, a)
+				awaitState(t, store, p.ID, approval.Cancelled)
+				if got, _ := store.Get(context.Background(), p.ID); got.Reason != tc.reason.Error() {
+					t.Errorf("cancelled for %q, want %q", got.Reason, tc.reason)
+				}
+				if _, err := store.Finish(context.Background(), p.ID, approval.Approved, "alice", "", time.Now()); !errors.Is(err, approval.ErrNotPending) {
+					t.Errorf("approving a cancelled call: %v", err)
+				}
+				for _, m := range <-answered {
+					if strings.Contains(m, `"id":42`) {
+						t.Errorf("the cancelled call was answered: %s", m)
+					}
+				}
+				if d := g.deletions(); len(d) != 0 {
+					t.Errorf("a cancelled call ran: %v", d)
+				}
+			})
+		}
+	}
+}
+
+// A session whose call waits for approval is not idle: the reaper leaves
+// it, and the approved call is answered on it.
+func TestWaitingCallKeepsItsSession(t *testing.T) {
+	store := approval.NewMemory(nil)
+	g := parkedGateway(t, store, func(o *Options) { o.SessionIdle = 20 * time.Millisecond })
+	a := newRawAgent(t, g)
+	answered := make(chan []string, 1)
+	go func() {
+		answered <- a.post(`{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`)
+	}()
+	p := parkedOne(t, store)
+	time.Sleep(300 * time.Millisecond) // many idle periods, the reaper looking every 10 ms
+	if _, err := store.Finish(context.Background(), p.ID, approval.Approved, "alice", "", time.Now()); err != nil {
+		t.Fatalf("approving the waiting call: %v", err)
+	}
+	if got := <-answered; len(got) == 0 || !strings.Contains(got[len(got)-1], `"id":42`) || !strings.Contains(got[len(got)-1], `"result"`) {
+		t.Errorf("the approved call's answer: %q", got)
 	}
 }
 

@@ -33,6 +33,22 @@ type agentSession struct {
 	// on such calls, by the id the agent sees.
 	directCalls map[string]*directCall
 	relayed     map[string]relayedRequest
+	// parked are the calls waiting for a human, by the agent's id: the
+	// agent's cancellation, or the session's end, abandons them.
+	parked map[string]context.CancelCauseFunc
+}
+
+// busy reports whether the session has a call in flight or waiting for
+// approval: such a session is not idle, however long since its last
+// request.
+func (as *agentSession) busy() bool {
+	as.mu.Lock()
+	n := len(as.directCalls) + len(as.parked)
+	as.mu.Unlock()
+	as.calls.mu.Lock()
+	n += len(as.calls.calls)
+	as.calls.mu.Unlock()
+	return n > 0
 }
 
 func (as *agentSession) touch() { as.lastActive.Store(time.Now().UnixNano()) }
@@ -46,6 +62,9 @@ func (as *agentSession) closeUpstreams() {
 	as.ups, as.direct = nil, nil
 	for _, c := range as.directCalls {
 		c.cancel()
+	}
+	for _, abandon := range as.parked {
+		abandon(errSessionEnded)
 	}
 	as.mu.Unlock()
 	closeTogether(slices.Collect(maps.Values(ups)))
@@ -70,7 +89,8 @@ func (b *Broker) agentSession(ss *mcp.ServerSession) *agentSession {
 		return v.(*agentSession)
 	}
 	fresh := &agentSession{ss: ss, ups: map[string]*mcp.ClientSession{}, direct: map[string]*directUpstream{},
-		connecting: map[string]*connectAttempt{}, directCalls: map[string]*directCall{}, relayed: map[string]relayedRequest{}}
+		connecting: map[string]*connectAttempt{}, directCalls: map[string]*directCall{}, relayed: map[string]relayedRequest{},
+		parked: map[string]context.CancelCauseFunc{}}
 	fresh.touch()
 	v, loaded := b.sessions.LoadOrStore(ss, fresh)
 	as := v.(*agentSession)
@@ -136,7 +156,7 @@ func (b *Broker) reapIdle(ctx context.Context, every time.Duration) {
 		case now := <-t.C:
 			b.sessions.Range(func(_, v any) bool {
 				as := v.(*agentSession)
-				if now.Sub(time.Unix(0, as.lastActive.Load())) > b.idle {
+				if now.Sub(time.Unix(0, as.lastActive.Load())) > b.idle && !as.busy() {
 					as.ss.Close()
 				}
 				return true
