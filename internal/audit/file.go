@@ -25,7 +25,9 @@ const (
 	// up to that interval of records. The default.
 	SyncOnInterval SyncPolicy = iota
 	// SyncAlways syncs after every record, before Write returns: nothing
-	// acknowledged is lost, at the cost of one fsync per decision.
+	// acknowledged is lost, at the cost of one fsync per decision. A failed
+	// sync fails the write, though the record stays in the file; see
+	// [FileDevice.Write].
 	SyncAlways
 	// SyncNever leaves it to the kernel (typically up to 30 s) and to Close.
 	SyncNever
@@ -251,7 +253,15 @@ func (d *FileDevice) rename() (string, error) {
 	return name, nil
 }
 
-// Write appends one record.
+// errNotSynced is the error of a write under SyncAlways whose records are
+// in the file and chained but whose sync failed: they are to be synced
+// again, not written again.
+var errNotSynced = errors.New("written but not synced")
+
+// Write appends one record. Under SyncAlways, if only the sync fails, the
+// record stays in the file and Write returns an error nonetheless: a
+// [FileDevice.Sync] that succeeds makes it durable, where writing it again
+// would record it twice.
 func (d *FileDevice) Write(rec *Record) error {
 	_, err := d.writeRecords(1, func(int) *Record { return rec })
 	return err
@@ -261,8 +271,27 @@ func (d *FileDevice) Write(rec *Record) error {
 // megabyte or so, and one more where the file rotates. It returns how many
 // records, a prefix of recs, are recorded; on error nothing of the others
 // is left in the file and the chain continues from the last recorded one.
+// Under SyncAlways, if only the sync fails, it returns len(recs) and an
+// error, as Write does.
 func (d *FileDevice) WriteBatch(recs []Record) (int, error) {
 	return d.writeRecords(len(recs), func(i int) *Record { return &recs[i] })
+}
+
+// Sync forces what was written to stable storage, whatever the policy.
+func (d *FileDevice) Sync() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return errors.New("audit file: closed")
+	}
+	if !d.dirty || d.f == nil {
+		return nil
+	}
+	if err := d.f.Sync(); err != nil {
+		return fmt.Errorf("audit file: %w: %w", errNotSynced, err)
+	}
+	d.dirty = false
+	return nil
 }
 
 // maxWrite is about the most a batch writes in one call.
@@ -348,10 +377,10 @@ func (d *FileDevice) writeRecords(n int, rec func(int) *Record) (int, error) {
 	}
 	d.buf = buf
 	if err == nil && d.policy == SyncAlways {
-		// The lines are in the file and chained; on failure the logger
-		// retries and a record may appear twice, which beats losing it.
+		// The lines are in the file and chained, and stay there if the
+		// sync fails: the caller is to retry Sync, not the write.
 		if err := d.f.Sync(); err != nil {
-			return written, fmt.Errorf("audit file: sync: %w", err)
+			return written, fmt.Errorf("audit file: %w: %w", errNotSynced, err)
 		}
 		d.dirty = false
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -542,5 +543,47 @@ func TestFileDeviceWriteBatch(t *testing.T) {
 	}
 	if n, err := d.WriteBatch(batch); n != 0 || err == nil {
 		t.Errorf("WriteBatch on a closed device = %d, %v", n, err)
+	}
+}
+
+// With SyncAlways, records that were written but not synced are reported
+// so (recorded, with an error the logger tells apart) and left for Sync.
+func TestFileDeviceNotSynced(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	d, err := NewFileDevice(path, &FileOptions{Sync: SyncAlways, Now: fakeClock()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Writes to a pipe succeed; syncing one fails.
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	file := swapFile(d, w)
+	if err := d.Write(testRecord(1)); !errors.Is(err, errNotSynced) {
+		t.Errorf("Write = %v, want errNotSynced", err)
+	}
+	batch := []Record{*testRecord(2), *testRecord(3)}
+	if n, err := d.WriteBatch(batch); n != len(batch) || !errors.Is(err, errNotSynced) {
+		t.Errorf("WriteBatch = %d, %v; want %d, errNotSynced", n, err, len(batch))
+	}
+	if err := d.Sync(); err == nil {
+		t.Error("Sync of a pipe succeeded")
+	}
+	swapFile(d, file)
+	w.Close()
+	if err := d.Sync(); err != nil {
+		t.Errorf("Sync of a file: %v", err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	piped, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(ids(1, 3), lineIDs(t, piped)); diff != "" {
+		t.Errorf("records written (-want +got):\n%s", diff)
 	}
 }

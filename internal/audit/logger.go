@@ -37,7 +37,9 @@ type Options struct {
 // misses that record, and the miss is logged). A record that no device could
 // write is retried, with backoff, until one can or Close gives up; meanwhile
 // the logger is unhealthy and refuses new records, so requests are denied
-// rather than left unaudited. Its methods are safe for concurrent use.
+// rather than left unaudited. A record a device wrote but could not sync,
+// as its sync policy requires, is not written yet: only its sync is retried.
+// Its methods are safe for concurrent use.
 type Logger struct {
 	devices  []device
 	size     int
@@ -72,6 +74,9 @@ type device struct {
 	name    string
 	failing bool  // only touched by the writer goroutine
 	missed  int64 // records written elsewhere while this device was failing
+	// unsynced is set while the device holds the record being written
+	// but could not sync it: the record is then synced, not written again.
+	unsynced bool
 }
 
 // NewLogger starts a logger writing to devices, which it owns: Close closes
@@ -241,10 +246,15 @@ type batchWriter interface {
 	WriteBatch(recs []Record) (int, error)
 }
 
+// syncer is a device that can retry the sync of records it wrote.
+type syncer interface {
+	Sync() error
+}
+
 // writeBatch hands the whole batch to a sole device that takes batches,
 // which turns a write call per record into one per batch under load. It
-// returns how many records, a prefix, were recorded; write retries the
-// rest one by one, with the usual health accounting.
+// returns how many records, a prefix, are done with; write takes the rest
+// one by one, with the usual health accounting.
 func (l *Logger) writeBatch(batch []Record) int {
 	if len(l.devices) != 1 || len(batch) < 2 {
 		return 0
@@ -258,7 +268,16 @@ func (l *Logger) writeBatch(batch []Record) int {
 		l.sanitize(&batch[i])
 	}
 	n, err := bw.WriteBatch(batch)
-	if err != nil {
+	switch {
+	case n > 0 && errors.Is(err, errNotSynced):
+		// The records are in the file; only the sync failed. The last one
+		// is left to write, which syncs the device rather than writing it
+		// again, with the usual health accounting, and that sync covers
+		// the records before it.
+		l.log.Warn("audit batch written but not synced; retrying the sync", "device", d.name, "err", err)
+		_, d.unsynced = d.Device.(syncer)
+		return n - 1
+	case err != nil:
 		l.log.Warn("audit batch write failed; retrying record by record", "device", d.name, "written", n, "err", err)
 	}
 	return n
@@ -274,7 +293,13 @@ func (l *Logger) write(rec *Record) bool {
 		ok := false
 		for i := range l.devices {
 			d := &l.devices[i]
-			if err := d.Write(rec); err != nil {
+			var err error
+			if d.unsynced {
+				err = d.Device.(syncer).Sync()
+			} else if err = d.Write(rec); errors.Is(err, errNotSynced) {
+				_, d.unsynced = d.Device.(syncer)
+			}
+			if err != nil {
 				errs = append(errs, fmt.Errorf("%s: %w", d.name, err))
 				if !d.failing {
 					d.failing = true
@@ -294,6 +319,8 @@ func (l *Logger) write(rec *Record) bool {
 				if l.devices[i].failing {
 					l.devices[i].missed++
 				}
+				// The next record's write syncs this one too.
+				l.devices[i].unsynced = false
 			}
 			if !l.healthy.Load() {
 				l.log.Info("audit log healthy again")

@@ -1,10 +1,13 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -355,5 +358,86 @@ func TestLoggerLingerGathersRecords(t *testing.T) {
 	}
 	if diff := cmp.Diff([]int{5}, dev.batches); diff != "" {
 		t.Errorf("batches (-want +got):\n%s", diff)
+	}
+}
+
+// swapFile makes d write to f and returns the file it wrote to.
+func swapFile(d *FileDevice, f *os.File) *os.File {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	old := d.f
+	d.f = f
+	return old
+}
+
+// lineIDs returns the decision ids of the JSON lines in data.
+func lineIDs(t *testing.T, data []byte) []string {
+	var got []string
+	for line := range bytes.Lines(data) {
+		got = append(got, decisionID(t, line))
+	}
+	return got
+}
+
+// TestLoggerNotSynced shows that with SyncAlways records that were written
+// but not synced, alone or in a batch, leave the logger unhealthy until a
+// sync succeeds, as records that were not written would, and that they are
+// synced again rather than written again.
+func TestLoggerNotSynced(t *testing.T) {
+	for _, n := range []int{1, 5} {
+		t.Run(fmt.Sprintf("%d records", n), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "audit.log")
+			d, err := NewFileDevice(path, &FileOptions{Sync: SyncAlways, Now: fakeClock()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Writes to a pipe succeed; syncing one fails.
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			file := swapFile(d, w)
+			opts := *fastRetry
+			// Ample time for the records below, logged one after
+			// another, to make one batch.
+			opts.Linger = 50 * time.Millisecond
+			l := NewLogger([]Device{d}, &opts)
+			gaveUp, cancel := context.WithCancel(context.Background())
+			cancel()
+			defer l.Close(gaveUp)
+
+			for i := 1; i <= n; i++ {
+				if err := l.Log(testRecord(i)); err != nil {
+					t.Fatalf("Log %d: %v", i, err)
+				}
+			}
+			waitFor(t, "unhealthy", func() bool { return !l.Healthy() })
+			if err := l.Log(testRecord(n + 1)); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "not synced") {
+				t.Errorf("Log with records not synced = %v, want ErrUnavailable: ... not synced", err)
+			}
+
+			swapFile(d, file) // back to the file, which syncs
+			w.Close()
+			waitFor(t, "recovery", l.Healthy)
+			if err := l.Log(testRecord(n + 2)); err != nil {
+				t.Fatalf("Log after recovery: %v", err)
+			}
+			if err := l.Close(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			piped, err := io.ReadAll(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			filed, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := lineIDs(t, append(piped, filed...))
+			if diff := cmp.Diff(append(ids(1, n), fmt.Sprintf("d%d", n+2)), got); diff != "" {
+				t.Errorf("records written (-want +got):\n%s", diff)
+			}
+		})
 	}
 }

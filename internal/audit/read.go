@@ -11,10 +11,11 @@ import (
 )
 
 // ReadRecords calls yield with every record of files, in order (oldest
-// first, as [ChainFiles] gives them), until yield returns false. A line that
-// is not a record is an error naming its file and line, except an incomplete
-// last line of a file, which a crash or a write in progress leaves: it is
-// skipped, and a warning naming it is written to warn (nil discards it).
+// first, as [ChainFiles] gives them), until yield returns false. The last
+// line of a file, if it has no newline, is skipped whether or not it parses
+// (a crash or a write in progress leaves one; a record is written with its
+// newline), and a warning naming it is written to warn (nil discards it).
+// Any other line that is not a record is an error naming its file and line.
 //
 // ReadRecords does not check the hash chain; [Verify] does.
 func ReadRecords(files []string, warn io.Writer, yield func(Record) bool) error {
@@ -47,14 +48,18 @@ func readRecordFile(name string, warn io.Writer, yield func(Record) bool) (stop 
 		if line == nil {
 			return false, nil
 		}
+		// A record is written with its newline, so a line without one was
+		// never acknowledged, even if it parses. Verify excuses such a
+		// line in a rotated file; yielding it would let anyone who can
+		// append to that file add a record.
+		if !complete {
+			fmt.Fprintf(warn, "warning: %s:%d: skipped an incomplete last line\n", name, lineNo)
+			return false, nil
+		}
 		// Unmarshal copies what it keeps (Args included), so the line's
 		// buffer may be reused.
 		var rec Record
 		if jerr := json.Unmarshal(line, &rec); jerr != nil {
-			if !complete {
-				fmt.Fprintf(warn, "warning: %s:%d: skipped an incomplete last line\n", name, lineNo)
-				return false, nil
-			}
 			return false, fmt.Errorf("%s:%d: not an audit record: %v", name, lineNo, jerr)
 		}
 		if !yield(rec) {
@@ -143,10 +148,10 @@ const searchAttempts = 3
 // rotated well before q.From, but holds no more than the limit in memory.
 //
 // A log that does not exist has no records. An incomplete last line of a
-// file (a crash or a write in progress) is skipped; any other line that is
-// not a record is an error naming its file and line. The log may be written
-// and rotated while Search reads it: if it was rotated meanwhile, Search
-// reads it again, a few times at most.
+// file (a crash or a write in progress) is skipped, even if it parses; any
+// other line that is not a record is an error naming its file and line. The
+// log may be written and rotated while Search reads it: if it was rotated
+// meanwhile, Search reads it again, a few times at most.
 func Search(path string, q Query) (recs []Record, more bool, err error) {
 	if q.Limit <= 0 {
 		q.Limit = DefaultSearchLimit

@@ -280,6 +280,40 @@ func TestSearchTornLastLine(t *testing.T) {
 	}
 }
 
+// TestSearchSkipsParsableTornLine shows that a last line without its
+// newline is skipped even when it parses: Verify excuses it in a rotated
+// file, so anyone who can append to that file could otherwise plant a record
+// that verifies and that searches return.
+func TestSearchSkipsParsableTornLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	writeRecords(t, path, &FileOptions{MaxBytes: 100, Now: fakeClock()}, 1, 3)
+	files, err := ChainFiles(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != 3 {
+		t.Fatalf("%d files, want one record in each of 3", len(files))
+	}
+	appendTo(t, files[0], `{"ts":"2026-01-02T15:04:07Z","decision_id":"FORGED","agent":"mallory","verdict":"allow","code":"allowed","latency_us":1}`)
+	if res, err := Verify(files...); err != nil || len(res.Warnings) != 1 {
+		t.Fatalf("Verify = %+v, %v; want the torn line excused with a warning", res, err)
+	}
+
+	recs, more, err := Search(path, Query{Agent: "mallory"})
+	if err != nil || len(recs) != 0 || more {
+		t.Errorf("Search = %d records, more %v, error %v; want none", len(recs), more, err)
+	}
+	var warn strings.Builder
+	var got []string
+	if err := ReadRecords(files, &warn, func(r Record) bool { got = append(got, r.DecisionID); return true }); err != nil {
+		t.Fatal(err)
+	}
+	wantWarn := "warning: " + files[0] + ":2: skipped an incomplete last line\n"
+	if diff := cmp.Diff([]string{"d1", "d2", "d3"}, got); diff != "" || warn.String() != wantWarn {
+		t.Errorf("ReadRecords warned %q, want %q; records (-want +got):\n%s", warn.String(), wantWarn, diff)
+	}
+}
+
 func TestSearchMissingLog(t *testing.T) {
 	dir := t.TempDir()
 	for _, path := range []string{
