@@ -59,6 +59,8 @@ func LoadOrCreateToken(path string) (string, error) {
 //	GET  /api/v1/approvals/{id}
 //	POST /api/v1/approvals/{id}/approve   {"by": "alice", "reason": "..."}
 //	POST /api/v1/approvals/{id}/deny      {"by": "alice", "reason": "..."}
+//
+// by and reason are refused or cut as approval.CleanDecision says.
 func approvals(mux *http.ServeMux, d Deps) {
 	store, now := d.Approvals, d.Now
 	if now == nil {
@@ -109,11 +111,12 @@ func approvals(mux *http.ServeMux, d Deps) {
 				writeError(w, http.StatusBadRequest, "body must be JSON: {\"by\": \"...\", \"reason\": \"...\"}")
 				return
 			}
-			if strings.TrimSpace(req.By) == "" {
-				writeError(w, http.StatusBadRequest, `"by" must name who decides; the audit log records it`)
+			by, reason, err := approval.CleanDecision(req.By, req.Reason)
+			if err != nil {
+				writeError(w, http.StatusBadRequest, err.Error())
 				return
 			}
-			a, err := store.Finish(r.Context(), r.PathValue("id"), to, req.By, req.Reason, now())
+			a, err := store.Finish(r.Context(), r.PathValue("id"), to, by, reason, now())
 			if err != nil {
 				writeStoreError(w, err)
 				return

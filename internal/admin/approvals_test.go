@@ -75,6 +75,68 @@ func TestApprovalsAPI(t *testing.T) {
 	}
 }
 
+// Who decides and why reach the audit log, the agent's error and the
+// CLI's terminal: a decision is refused unless both are plain text.
+func TestDecisionNeedsPlainText(t *testing.T) {
+	const control = `must not contain control characters (newlines, escapes)`
+	for _, tc := range []struct {
+		name, body, err string
+	}{
+		{"no by", `{"reason":"fine"}`, `"by" must name who decides; the audit log records it`},
+		{"blank by", `{"by":" \t "}`, `"by" must name who decides; the audit log records it`},
+		{"by of 1 KB", `{"by":"` + strings.Repeat("a", 1024) + `"}`, `"by" must be at most 64 bytes`},
+		{"by with a NUL", `{"by":"ali\u0000ce"}`, `"by" ` + control},
+		{"by with a newline", `{"by":"alice\nroot"}`, `"by" ` + control},
+		{"by with an ANSI escape", `{"by":"\u001b[2Jalice"}`, `"by" ` + control},
+		{"reason with a newline", `{"by":"alice","reason":"ok\napproved by root"}`, `"reason" ` + control},
+		{"reason with an ANSI escape", `{"by":"alice","reason":"\u001b]0;pwned\u0007"}`, `"reason" ` + control},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h, store, a := pendingAPI(t)
+			code, body := call(t, h, "POST", "/api/v1/approvals/"+a.ID+"/deny", testToken, tc.body)
+			var got struct{ Error string }
+			if code != http.StatusBadRequest || json.Unmarshal([]byte(body), &got) != nil || got.Error != tc.err {
+				t.Errorf("%d %s, want 400 with the error %q", code, body, tc.err)
+			}
+			if a, _ := store.Get(context.Background(), a.ID); a.State != approval.Pending {
+				t.Errorf("a refused decision left the approval %s", a.State)
+			}
+		})
+	}
+}
+
+// A long reason is cut to 500 bytes, as the console cuts it, and who
+// decides is recorded trimmed.
+func TestDecisionCutsALongReason(t *testing.T) {
+	h, _, a := pendingAPI(t)
+	code, body := call(t, h, "POST", "/api/v1/approvals/"+a.ID+"/approve", testToken,
+		`{"by":"  alice ","reason":"`+strings.Repeat("€", 20<<10)+`"}`)
+	var got approval.Approval
+	if code != http.StatusOK || json.Unmarshal([]byte(body), &got) != nil {
+		t.Fatalf("%d %.200s", code, body)
+	}
+	if got.State != approval.Approved || got.DecidedBy != "alice" || got.Reason != strings.Repeat("€", 166) {
+		t.Errorf("%s by %q with a reason of %d bytes; want approved by alice with 498", got.State, got.DecidedBy, len(got.Reason))
+	}
+}
+
+const testToken = TokenPrefix + "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+// pendingAPI is the admin API, with testToken, over a store holding one
+// pending approval.
+func pendingAPI(t *testing.T) (http.Handler, approval.Store, *approval.Approval) {
+	t.Helper()
+	store := approval.NewMemory(nil)
+	a, err := approval.New("dec", "bot", "editor", "notion", "delete_page", []byte(`{}`), time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Create(context.Background(), a); err != nil {
+		t.Fatal(err)
+	}
+	return Handler(Deps{Policies: &policies{}, Upstreams: func() []broker.UpstreamStatus { return nil }, Approvals: store, Token: testToken}), store, a
+}
+
 func TestLoadOrCreateToken(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "admin.token")
 	tok, err := LoadOrCreateToken(path)

@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // State is where an approval is in its life.
@@ -42,6 +44,56 @@ func StateList() string {
 
 // Final reports whether the approval can no longer be decided.
 func (s State) Final() bool { return s != Pending }
+
+// Limits on a human decision: who decides and why reach the audit log,
+// the agent's error and operators' terminals.
+const (
+	maxBy     = 64  // bytes
+	maxReason = 500 // bytes; a longer reason is cut
+)
+
+// CleanDecision returns who decides and why, as an operator gave them, in
+// the form a decision records them: trimmed, and the reason cut to 500
+// bytes without splitting a character. It refuses a by that is blank or
+// over 64 bytes, and either one holding control characters (which could
+// forge a line in a log or move a terminal's cursor) or bytes that are not
+// UTF-8. The error names the rule each one breaks, for whoever typed them.
+func CleanDecision(by, reason string) (string, string, error) {
+	by, reason = strings.TrimSpace(by), strings.TrimSpace(reason)
+	var errs []error
+	switch {
+	case by == "":
+		errs = append(errs, errors.New(`"by" must name who decides; the audit log records it`))
+	case len(by) > maxBy:
+		errs = append(errs, fmt.Errorf(`"by" must be at most %d bytes`, maxBy))
+	default:
+		errs = append(errs, checkText("by", by))
+	}
+	errs = append(errs, checkText("reason", reason))
+	if err := errors.Join(errs...); err != nil {
+		return "", "", err
+	}
+	if len(reason) > maxReason {
+		n := maxReason
+		for !utf8.RuneStart(reason[n]) {
+			n--
+		}
+		reason = reason[:n]
+	}
+	return by, reason, nil
+}
+
+// checkText refuses s, the field named field, unless it is UTF-8 without
+// control characters.
+func checkText(field, s string) error {
+	switch {
+	case !utf8.ValidString(s):
+		return fmt.Errorf("%q must be UTF-8 text", field)
+	case strings.ContainsFunc(s, unicode.IsControl):
+		return fmt.Errorf("%q must not contain control characters (newlines, escapes)", field)
+	}
+	return nil
+}
 
 // Approval is one parked call.
 type Approval struct {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/amgateway/amg/internal/approval"
@@ -96,12 +95,17 @@ func (c *Console) decide(w http.ResponseWriter, r *http.Request, s *session) {
 		http.NotFound(w, r)
 		return
 	}
-	reason := strings.TrimSpace(r.PostFormValue("reason"))
-	if len(reason) > 500 {
-		reason = strings.ToValidUTF8(reason[:500], "") // never half a character
-	}
-	_, err := c.d.Approvals.Finish(r.Context(), id, to, s.Name, reason, c.opts.Now())
 	v := url.Values{"id": {id}}
+	// session checked the name by the same rule, so only the reason can
+	// fail here. A long reason is cut, as the admin API cuts it.
+	by, reason, err := approval.CleanDecision(s.Name, r.PostFormValue("reason"))
+	if err != nil {
+		c.opts.Logger.Warn("console: decision refused", "id", id, "by", s.Name, "err", err)
+		v.Set("problem", "reason")
+		http.Redirect(w, r, "/console/approvals?"+v.Encode(), http.StatusSeeOther)
+		return
+	}
+	_, err = c.d.Approvals.Finish(r.Context(), id, to, by, reason, c.opts.Now())
 	switch {
 	case err == nil && to == approval.Approved:
 		v.Set("done", "approved")
@@ -132,6 +136,8 @@ func problemText(code, id string) string {
 		return id + " was already decided, expired, or its agent left; nothing changed."
 	case "store":
 		return "The approval store could not record the decision; nothing changed. The gateway's log says why."
+	case "reason":
+		return "The decision on " + id + " was refused: a reason must be one line of text, without control characters; nothing changed."
 	}
 	return ""
 }

@@ -201,6 +201,25 @@ func TestDecideCutsALongReason(t *testing.T) {
 	}
 }
 
+// A reason reaches the agent's error and operators' terminals: one that
+// is not plain text is refused, as the admin API refuses it.
+func TestDecideRefusesAReasonThatIsNotText(t *testing.T) {
+	for _, reason := range []string{"fine\n[INFO] approved by root", "\x1b[2Jfine", "fine\x00", "fine\xff"} {
+		e := newEnv(t, nil)
+		op := e.signIn("alice")
+		a := e.park("agent-1", `{}`)
+		rec := e.act(op, "/console/approvals/"+a.ID+"/approve", url.Values{"reason": {reason}})
+		wantRedirect(t, rec, "/console/approvals?"+url.Values{"id": {a.ID}, "problem": {"reason"}}.Encode())
+		if got := e.state(a.ID); got.State != approval.Pending {
+			t.Errorf("reason %q: the approval was %s", reason, got.State)
+		}
+		want := "The decision on " + a.ID + " was refused: a reason must be one line of text, without control characters; nothing changed."
+		if p := problem(e.follow(op, rec)); p != want {
+			t.Errorf("reason %q: problem %q, want %q", reason, p, want)
+		}
+	}
+}
+
 func TestDecideTwiceChangesNothing(t *testing.T) {
 	e := newEnv(t, nil)
 	alice := e.signIn("alice")

@@ -31,6 +31,8 @@ type auditData struct {
 	Verdicts []string
 	Rows     []auditRow
 	More     bool
+	// Searched is set once the log has been searched; a log that could
+	// not be shows no result, not even an empty one.
 	Searched bool
 	// Detail is set when the search is for one decision id: every
 	// record of that decision is shown in full.
@@ -79,6 +81,9 @@ func (c *Console) auditPage(w http.ResponseWriter, r *http.Request, s *session) 
 	if err != nil {
 		c.opts.Logger.Error("console: searching the audit log", "err", err)
 		p.Problem = "The audit log could not be searched: " + err.Error()
+		p.Data = data
+		c.render(w, http.StatusServiceUnavailable, "audit", p)
+		return
 	}
 	data.Searched, data.More = true, more
 	for _, rec := range recs {

@@ -1,6 +1,7 @@
 package console_test
 
 import (
+	"context"
 	"encoding/json"
 	"html"
 	"net/http"
@@ -175,6 +176,34 @@ func TestAuditWithoutALog(t *testing.T) {
 	wantStatus(t, rec, http.StatusOK)
 	if p := problem(rec); p != "" || !strings.Contains(rec.Body.String(), "No record matches.") {
 		t.Errorf("a log that does not exist yet: problem %q", p)
+	}
+}
+
+// failingLog is an audit log that cannot be read.
+type failingLog struct{ err error }
+
+func (l failingLog) Search(context.Context, audit.Query) ([]audit.Record, bool, error) {
+	return nil, false, l.err
+}
+
+func (l failingLog) Records(context.Context, func(audit.Record) bool) error { return l.err }
+
+// A log that cannot be searched is reported as such, never shown as a
+// search that matched nothing.
+func TestAuditSaysWhenTheLogFails(t *testing.T) {
+	e := newEnv(t, nil, func(d *console.Deps) { d.Audit = failingLog{errStoreDown} })
+	op := e.signIn("alice")
+	for _, query := range []string{"", "agent=alice", "decision_id=d2"} {
+		rec := e.get(op, "/console/audit?"+query)
+		if rec.Code != http.StatusServiceUnavailable {
+			t.Errorf("%q: %d, want 503", query, rec.Code)
+		}
+		if p := problem(rec); p != "The audit log could not be searched: connection refused" {
+			t.Errorf("%q: problem %q", query, p)
+		}
+		if body := text(rec); strings.Contains(body, "No record matches.") || strings.Contains(body, "No record has decision id") {
+			t.Errorf("%q: the page says nothing matched despite the failure:\n%s", query, body)
+		}
 	}
 }
 

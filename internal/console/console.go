@@ -16,6 +16,7 @@ import (
 	"bytes"
 	"context"
 	"embed"
+	"errors"
 	"html/template"
 	"io/fs"
 	"log/slog"
@@ -111,8 +112,13 @@ type Console struct {
 	key   []byte // signs session cookies and CSRF tokens
 }
 
-// New returns the console for d.
+// New returns the console for d. It refuses an empty d.Token: sessions
+// are signed with a key derived from it, which anyone could derive from
+// an empty one.
 func New(d Deps, opts *Options) (*Console, error) {
+	if d.Token == "" {
+		return nil, errors.New("console: no admin token to sign sessions with")
+	}
 	c := &Console{d: d}
 	if opts != nil {
 		c.opts = *opts

@@ -14,6 +14,8 @@ import (
 	"path"
 	"strings"
 	"time"
+
+	"github.com/amgateway/amg/internal/approval"
 )
 
 // cookieName is the session cookie; sessions last sessionTTL.
@@ -61,6 +63,10 @@ func (c *Console) cookie(s *session) string {
 
 // session returns the request's valid session, or nil.
 func (c *Console) session(r *http.Request) *session {
+	if c.d.Token == "" {
+		// New refuses this; the key of an empty token is public.
+		return nil
+	}
 	ck, err := r.Cookie(cookieName)
 	if err != nil {
 		return nil
@@ -78,7 +84,12 @@ func (c *Console) session(r *http.Request) *session {
 		return nil
 	}
 	var s session
-	if json.Unmarshal(payload, &s) != nil || c.opts.Now().Unix() >= s.Expires || s.Name == "" || s.Nonce == "" {
+	if json.Unmarshal(payload, &s) != nil || c.opts.Now().Unix() >= s.Expires || s.Nonce == "" {
+		return nil
+	}
+	// A cookie signed before the rule for names grew stricter must not
+	// decide under a name the rule refuses.
+	if by, _, err := approval.CleanDecision(s.Name, ""); err != nil || by != s.Name {
 		return nil
 	}
 	return &s
@@ -163,12 +174,15 @@ func (c *Console) signInPage(w http.ResponseWriter, r *http.Request) {
 
 func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
-	name := strings.TrimSpace(r.PostFormValue("name"))
+	// The name is who decides, so it follows the rule a decision's "by"
+	// does.
+	name, _, nameErr := approval.CleanDecision(r.PostFormValue("name"), "")
 	token := strings.TrimSpace(r.PostFormValue("token"))
 	next := safeNext(r.PostFormValue("next"))
 	problem := ""
 	switch {
-	case name == "" || len(name) > 64 || strings.ContainsFunc(name, func(r rune) bool { return r < ' ' || r == 0x7f }):
+	case nameErr != nil:
+		name = strings.TrimSpace(r.PostFormValue("name")) // back in the form, to correct
 		problem = "Give your name (up to 64 characters): the audit log records who decides."
 	case c.d.Token == "" || subtle.ConstantTimeCompare([]byte(token), []byte(c.d.Token)) != 1:
 		problem = "That is not the admin token. It is in admin.token in the gateway's data directory."

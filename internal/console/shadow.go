@@ -22,7 +22,9 @@ type shadowData struct {
 	Rows      []shadowRow
 	ReadyDays int
 	ChartDays int
-	Err       string
+	// Err is why the counts could not be read; the page then lists no
+	// role, and does not claim that none is in shadow mode.
+	Err string
 }
 
 // shadowSeries are the chart's series: every role in shadow mode now,
@@ -57,9 +59,10 @@ func (c *Console) shadowSeries(r *http.Request) ([]shadow.Series, map[string]str
 func (c *Console) shadowPage(w http.ResponseWriter, r *http.Request, s *session) {
 	data := shadowData{ReadyDays: c.opts.ReadyDays, ChartDays: c.opts.ChartDays}
 	series, modes, err := c.shadowSeries(r)
+	status := http.StatusOK
 	if err != nil {
 		c.opts.Logger.Error("console: reading shadow counts", "err", err)
-		data.Err = err.Error()
+		data.Err, status = err.Error(), http.StatusServiceUnavailable
 	}
 	for _, sr := range series {
 		row := shadowRow{Role: sr.Role, Mode: modes[sr.Role], Ready: sr.ReadyToEnforce(c.opts.ReadyDays)}
@@ -71,7 +74,7 @@ func (c *Console) shadowPage(w http.ResponseWriter, r *http.Request, s *session)
 		}
 		data.Rows = append(data.Rows, row)
 	}
-	c.render(w, http.StatusOK, "shadow", page{Title: "Shadow mode", Nav: "shadow", Session: s, CSRF: c.csrf(s), Data: data})
+	c.render(w, status, "shadow", page{Title: "Shadow mode", Nav: "shadow", Session: s, CSRF: c.csrf(s), Data: data})
 }
 
 // shadowChart is the chart as an SVG image, rendered here so the page

@@ -129,6 +129,32 @@ func TestShadowPageShowsShadowRolesWithoutDenials(t *testing.T) {
 	}
 }
 
+// failingCounts are shadow counts that cannot be read.
+type failingCounts struct{ err error }
+
+func (f failingCounts) Counts(context.Context, time.Time, time.Time) ([]shadow.Count, error) {
+	return nil, f.err
+}
+
+// Counts that cannot be read are reported as such, never shown as no role
+// in shadow mode: the policy has two.
+func TestShadowPageSaysWhenTheCountsFail(t *testing.T) {
+	e := newEnv(t, nil, func(d *console.Deps) { d.Shadow = failingCounts{errStoreDown} })
+	op := e.signIn("alice")
+	rec := e.get(op, "/console/shadow")
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Errorf("status %d, want 503", rec.Code)
+	}
+	body := text(rec)
+	if !strings.Contains(body, "The shadow counts could not be read: connection refused") {
+		t.Errorf("the page does not report the failure:\n%s", body)
+	}
+	if strings.Contains(body, "No role is in shadow mode") {
+		t.Errorf("the page says no role is in shadow mode despite the failure:\n%s", body)
+	}
+	wantStatus(t, e.get(op, "/console/shadow/chart.svg"), http.StatusServiceUnavailable)
+}
+
 func TestShadowChart(t *testing.T) {
 	e := newEnv(t, &console.Options{ChartDays: 14})
 	countDenials(t, e.shadow)

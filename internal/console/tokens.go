@@ -24,6 +24,9 @@ type tokensData struct {
 	Secret string
 	// Form keeps what was typed when issuing failed.
 	Agent, Role, TTL string
+	// Failed is set when the tokens could not be listed: the page then
+	// shows no list rather than an empty one.
+	Failed bool
 }
 
 type ttlChoice struct{ Value, Label string }
@@ -39,6 +42,7 @@ func (c *Console) tokensData(r *http.Request) (tokensData, error) {
 	}
 	list, err := c.d.Tokens.List(r.Context())
 	if err != nil {
+		d.Failed = true
 		return d, err
 	}
 	now := c.opts.Now()
@@ -52,16 +56,18 @@ func (c *Console) tokensData(r *http.Request) (tokensData, error) {
 
 func (c *Console) tokensPage(w http.ResponseWriter, r *http.Request, s *session) {
 	p := page{Title: "Tokens", Nav: "tokens", Session: s, CSRF: c.csrf(s)}
+	status := http.StatusOK
 	d, err := c.tokensData(r)
 	if err != nil {
-		p.Problem = "The token store could not be read: " + err.Error()
+		c.opts.Logger.Error("console: listing tokens", "err", err)
+		p.Problem, status = "The token store could not be read: "+err.Error(), http.StatusServiceUnavailable
 	}
 	q := r.URL.Query()
 	if id := q.Get("revoked"); tokens.ValidID(id) {
 		p.Notice = "Revoked " + id + ": its next request is refused."
 	}
 	p.Data = d
-	c.render(w, http.StatusOK, "tokens", p)
+	c.render(w, status, "tokens", p)
 }
 
 func (c *Console) issueToken(w http.ResponseWriter, r *http.Request, s *session) {
@@ -70,6 +76,7 @@ func (c *Console) issueToken(w http.ResponseWriter, r *http.Request, s *session)
 	ttl, perr := time.ParseDuration(ttlText)
 	nameErr := tokens.CheckName(agent)
 	var problem string
+	status := http.StatusBadRequest // the form's fault, unless the store fails
 	switch {
 	case nameErr != nil:
 		problem = "Agent: " + nameErr.Error() + "."
@@ -86,7 +93,7 @@ func (c *Console) issueToken(w http.ResponseWriter, r *http.Request, s *session)
 		var err error
 		if secret, issued, err = c.d.Tokens.Issue(r.Context(), agent, role, ttl); err != nil {
 			c.opts.Logger.Error("console: issuing a token", "agent", agent, "err", err)
-			problem = "The token could not be issued: " + err.Error()
+			problem, status = "The token could not be issued: "+err.Error(), http.StatusServiceUnavailable
 		}
 	}
 	d, err := c.tokensData(r)
@@ -97,7 +104,7 @@ func (c *Console) issueToken(w http.ResponseWriter, r *http.Request, s *session)
 		p.Problem = problem
 		d.Agent, d.Role, d.TTL = agent, role, ttlText
 		p.Data = d
-		c.render(w, http.StatusBadRequest, "tokens", p)
+		c.render(w, status, "tokens", p)
 		return
 	}
 	c.opts.Logger.Info("console: token issued", "id", issued.ID, "agent", agent, "role", role, "by", s.Name)
@@ -122,6 +129,8 @@ func (c *Console) revokeToken(w http.ResponseWriter, r *http.Request, s *session
 			c.opts.Logger.Error("console: revoking a token", "id", id, "err", err)
 			p.Problem = "The token could not be revoked: " + err.Error()
 		}
+		// The problem is the revocation's; a list that cannot be read as
+		// well shows as none (Failed), never as an empty one.
 		p.Data, _ = c.tokensData(r)
 		c.render(w, status, "tokens", p)
 		return

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/amgateway/amg/internal/console"
 	"github.com/amgateway/amg/internal/tokens"
 )
 
@@ -225,5 +227,109 @@ func TestRevokeUnknownOrMalformedToken(t *testing.T) {
 	// A notice names only a real id.
 	if n := notice(e.get(op, "/console/tokens?revoked="+url.QueryEscape("all tokens"))); n != "" {
 		t.Errorf("notice %q for a revoked= that is not an id", n)
+	}
+}
+
+// failingTokens is a token store whose calls can be made to fail.
+type failingTokens struct {
+	console.Tokens
+	list, issue, revoke error
+}
+
+func (f *failingTokens) List(ctx context.Context) ([]tokens.Token, error) {
+	if f.list != nil {
+		return nil, f.list
+	}
+	return f.Tokens.List(ctx)
+}
+
+func (f *failingTokens) Issue(ctx context.Context, agent, role string, ttl time.Duration) (string, tokens.Token, error) {
+	if f.issue != nil {
+		return "", tokens.Token{}, f.issue
+	}
+	return f.Tokens.Issue(ctx, agent, role, ttl)
+}
+
+func (f *failingTokens) Revoke(ctx context.Context, id string) error {
+	if f.revoke != nil {
+		return f.revoke
+	}
+	return f.Tokens.Revoke(ctx, id)
+}
+
+// A token store that cannot be read is reported as such, never shown as
+// one with no token.
+func TestTokensPageSaysWhenTheStoreFails(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		fail    func(*failingTokens)
+		do      func(e *env, op *operator) *httptest.ResponseRecorder
+		status  int
+		problem string
+	}{
+		{
+			name:    "list",
+			fail:    func(f *failingTokens) { f.list = errStoreDown },
+			do:      func(e *env, op *operator) *httptest.ResponseRecorder { return e.get(op, "/console/tokens") },
+			status:  http.StatusServiceUnavailable,
+			problem: "The token store could not be read: connection refused",
+		},
+		{
+			name: "revoke and list",
+			fail: func(f *failingTokens) { f.list, f.revoke = errStoreDown, errStoreDown },
+			do: func(e *env, op *operator) *httptest.ResponseRecorder {
+				return e.act(op, "/console/tokens/0123456789abcdef/revoke", nil)
+			},
+			status:  http.StatusServiceUnavailable,
+			problem: "The token could not be revoked: connection refused",
+		},
+		{
+			// The token was issued: its secret is shown, this once.
+			name: "list after an issue",
+			fail: func(f *failingTokens) { f.list = errStoreDown },
+			do: func(e *env, op *operator) *httptest.ResponseRecorder {
+				return e.act(op, "/console/tokens", url.Values{"agent": {"build-bot"}, "role": {"dev"}, "ttl": {"24h"}})
+			},
+			status:  http.StatusOK,
+			problem: "The token store could not be read: connection refused",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			store := &failingTokens{}
+			e := newEnv(t, nil, func(d *console.Deps) { store.Tokens = d.Tokens; d.Tokens = store })
+			op := e.signIn("alice")
+			tc.fail(store)
+			rec := tc.do(e, op)
+			if rec.Code != tc.status {
+				t.Errorf("status %d, want %d", rec.Code, tc.status)
+			}
+			if p := problem(rec); p != tc.problem {
+				t.Errorf("problem %q, want %q", p, tc.problem)
+			}
+			if strings.Contains(rec.Body.String(), "No token has been issued.") {
+				t.Errorf("the page says no token was issued despite the failure:\n%s", rec.Body)
+			}
+			if issued := secretPre.MatchString(rec.Body.String()); issued != (tc.status == http.StatusOK) {
+				t.Errorf("secret shown: %v, want %v", issued, tc.status == http.StatusOK)
+			}
+		})
+	}
+}
+
+// A store that fails to issue is the store's fault, not the form's.
+func TestIssueTokenStoreFails(t *testing.T) {
+	store := &failingTokens{issue: errStoreDown}
+	e := newEnv(t, nil, func(d *console.Deps) { store.Tokens = d.Tokens; d.Tokens = store })
+	op := e.signIn("alice")
+	rec := e.act(op, "/console/tokens", url.Values{"agent": {"build-bot"}, "role": {"dev"}, "ttl": {"24h"}})
+	wantStatus(t, rec, http.StatusServiceUnavailable)
+	if p := problem(rec); p != "The token could not be issued: connection refused" {
+		t.Errorf("problem %q", p)
+	}
+	if strings.Contains(rec.Body.String(), `data-testid="issued"`) || secretPre.MatchString(rec.Body.String()) {
+		t.Error("a failed issue shows an issued token")
+	}
+	if !strings.Contains(rec.Body.String(), `name="agent" value="build-bot"`) {
+		t.Error("the form lost the typed agent")
 	}
 }
