@@ -95,7 +95,13 @@ func (b *Broker) saveSession(ctx context.Context, req *mcp.ServerRequest[*mcp.In
 	rec := SessionRecord{Owner: h.Get(authz.HeaderAgent) + "\x00" + h.Get(authz.HeaderRole), Init: init}
 	if err := b.sessionStore.Save(context.WithoutCancel(ctx), req.Session.ID(), rec, b.idle); err != nil {
 		b.log.Warn("session not shared with other replicas", "err", err)
+		return
 	}
+	as := b.agentSession(req.Session)
+	as.mu.Lock()
+	as.shared = &rec
+	as.mu.Unlock()
+	as.renewed.Store(time.Now().UnixNano())
 }
 
 // adopt recreates session id, which another replica initialized, for a

@@ -686,7 +686,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if as := b.sessionByID(r.Header.Get("Mcp-Session-Id")); as != nil {
-		as.touch()
+		b.active(as)
 		if b.serveDirect(w, r, as, body) {
 			return
 		}

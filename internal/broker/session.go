@@ -21,6 +21,12 @@ const sessionIdle = 30 * time.Minute
 type agentSession struct {
 	ss         *mcp.ServerSession
 	lastActive atomic.Int64 // unix nanoseconds of the last request
+	// renewed is when the session's shared record (see SessionStore) was
+	// last saved, in unix nanoseconds; 0 while it has none. reaped is set
+	// when the session ends for being idle here.
+	renewed  atomic.Int64
+	reaped   atomic.Bool
+	renewing sync.WaitGroup // renewals in flight, which the record's deletion awaits
 
 	mu         sync.Mutex
 	ups        map[string]*mcp.ClientSession // nil once the session ended
@@ -36,6 +42,8 @@ type agentSession struct {
 	// parked are the calls waiting for a human, by the agent's id: the
 	// agent's cancellation, or the session's end, abandons them.
 	parked map[string]context.CancelCauseFunc
+	// shared is the session's record for other replicas, once saved.
+	shared *SessionRecord
 }
 
 // busy reports whether the session has a call in flight or waiting for
@@ -52,6 +60,34 @@ func (as *agentSession) busy() bool {
 }
 
 func (as *agentSession) touch() { as.lastActive.Store(time.Now().UnixNano()) }
+
+// active notes a request on as, and renews its shared record's lifetime
+// (which is the idle timeout) every quarter of it: a session in use here
+// stays one any replica can take over.
+func (b *Broker) active(as *agentSession) {
+	as.touch()
+	last := as.renewed.Load()
+	now := time.Now()
+	if last == 0 || now.Sub(time.Unix(0, last)) < b.idle/4 || !as.renewed.CompareAndSwap(last, now.UnixNano()) {
+		return
+	}
+	as.mu.Lock()
+	defer as.mu.Unlock()
+	if as.ups == nil {
+		return // ended: its record is being deleted, not to be saved again
+	}
+	rec := as.shared
+	as.renewing.Go(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), renewTimeout)
+		defer cancel()
+		if err := b.sessionStore.Save(ctx, as.ss.ID(), *rec, b.idle); err != nil {
+			b.log.Warn("session's record for other replicas not renewed; it expires when idle", "err", err)
+		}
+	})
+}
+
+// renewTimeout bounds the renewal of a session's shared record.
+const renewTimeout = 5 * time.Second
 
 // closeUpstreams ends the session's upstream sessions and abandons its
 // direct calls; the session can open no new ones. The upstream sessions
@@ -105,8 +141,12 @@ func (b *Broker) agentSession(ss *mcp.ServerSession) *agentSession {
 			b.bySID.Delete(sid)
 			b.owners.Delete(sid)
 			as.closeUpstreams()
-			// A replica shutting down leaves its sessions to the others.
-			if b.sessionStore != nil && sid != "" && !b.closing.Load() {
+			// A replica shutting down leaves its sessions to the others,
+			// and so does one that reaped a session for being idle here:
+			// the agent may be using it on another replica, and the
+			// record expires when the session is idle everywhere.
+			as.renewing.Wait() // none starts once closeUpstreams has run
+			if b.sessionStore != nil && sid != "" && !b.closing.Load() && !as.reaped.Load() {
 				if err := b.sessionStore.Delete(context.Background(), sid); err != nil {
 					b.log.Warn("ended session not forgotten by the other replicas; it expires when idle", "err", err)
 				}
@@ -134,7 +174,7 @@ func (b *Broker) sessionByID(sid string) *agentSession {
 func (b *Broker) trackSession(next mcp.MethodHandler) mcp.MethodHandler {
 	return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
 		if ss, ok := req.GetSession().(*mcp.ServerSession); ok {
-			b.agentSession(ss).touch()
+			b.active(b.agentSession(ss))
 		}
 		res, err := next(ctx, method, req)
 		if init, ok := req.(*mcp.ServerRequest[*mcp.InitializeParams]); ok && err == nil {
@@ -157,6 +197,7 @@ func (b *Broker) reapIdle(ctx context.Context, every time.Duration) {
 			b.sessions.Range(func(_, v any) bool {
 				as := v.(*agentSession)
 				if now.Sub(time.Unix(0, as.lastActive.Load())) > b.idle && !as.busy() {
+					as.reaped.Store(true)
 					as.ss.Close()
 				}
 				return true

@@ -2,14 +2,21 @@ package broker
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/amgateway/amg/authz"
 )
 
 // An agent's session with one upstream is opened on its first call there;
@@ -170,4 +177,111 @@ func TestEndedSessionClosesItsUpstreamSessionsTogether(t *testing.T) {
 	}
 	close(notionDeletes)
 	close(filesDeletes)
+}
+
+// sessionRecords is a SessionStore in memory whose records expire, as
+// Redis's do.
+type sessionRecords struct {
+	mu      sync.Mutex
+	recs    map[string]SessionRecord
+	expires map[string]time.Time
+}
+
+func newSessionRecords() *sessionRecords {
+	return &sessionRecords{recs: map[string]SessionRecord{}, expires: map[string]time.Time{}}
+}
+
+func (m *sessionRecords) Save(_ context.Context, id string, rec SessionRecord, ttl time.Duration) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.recs[id], m.expires[id] = rec, time.Now().Add(ttl)
+	return nil
+}
+
+func (m *sessionRecords) Load(_ context.Context, id string) (SessionRecord, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	rec, ok := m.recs[id]
+	return rec, ok && time.Now().Before(m.expires[id]), nil
+}
+
+func (m *sessionRecords) Delete(_ context.Context, id string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.recs, id)
+	return nil
+}
+
+// signedPost sends body to a broker as Envoy would after an allowing
+// Check, and returns the status and session id of the answer.
+func signedPost(t *testing.T, g *gateway, sid, body string) (int, string) {
+	t.Helper()
+	id := fmt.Sprintf("dec-%d", signedPosts.Add(1))
+	d := authz.Decision{ID: id, Agent: "bot-1", Role: "reader", Verdict: "allow", BodySHA256: sha256.Sum256([]byte(body))}
+	h := map[string]string{authz.HeaderDecision: g.signer.Sign(d), authz.HeaderAgent: "bot-1", authz.HeaderRole: "reader",
+		authz.HeaderDecisionID: id, "Mcp-Protocol-Version": rawVersion}
+	if sid != "" {
+		h["Mcp-Session-Id"] = sid
+	}
+	req, _ := http.NewRequest("POST", g.brokerURL, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	for k, v := range h {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, resp.Header.Get("Mcp-Session-Id")
+}
+
+var signedPosts atomic.Int64
+
+// Two replicas sharing session records, whose sessions go idle after
+// idle; the agent's session is initialized on the first.
+func replicaPair(t *testing.T, idle time.Duration) (a, b *gateway, sid string) {
+	t.Helper()
+	store := newSessionRecords()
+	shared := func(o *Options) { o.Sessions, o.SessionIdle = store, idle }
+	a, b = newGatewayOver(t, false, shared), newGatewayOver(t, false, shared)
+	_, sid = signedPost(t, a, "", `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"`+rawVersion+`","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}`)
+	if sid == "" {
+		t.Fatal("no session")
+	}
+	signedPost(t, a, sid, `{"jsonrpc":"2.0","method":"notifications/initialized"}`)
+	return a, b, sid
+}
+
+// A session in use on one replica stays one the others can take over:
+// its record lives as long as the session is in use, however long that
+// is, and a replica that reaps its own idle copy leaves the record alone.
+func TestSharedSessionOutlivesItsIdleTimeout(t *testing.T) {
+	const idle = 200 * time.Millisecond
+	t.Run("in use where it began", func(t *testing.T) {
+		a, b, sid := replicaPair(t, idle)
+		for i := range 12 { // 3 idle timeouts
+			if code, _ := signedPost(t, a, sid, fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/list"}`, 10+i)); code != http.StatusOK {
+				t.Fatalf("request %d on the first replica: HTTP %d", i, code)
+			}
+			time.Sleep(idle / 4)
+		}
+		if code, _ := signedPost(t, b, sid, `{"jsonrpc":"2.0","id":99,"method":"tools/list"}`); code != http.StatusOK {
+			t.Errorf("the session in use on the first replica, taken over by the second: HTTP %d", code)
+		}
+	})
+	t.Run("in use on another replica", func(t *testing.T) {
+		a, b, sid := replicaPair(t, idle)
+		for i := range 12 { // the first replica reaps its copy meanwhile
+			if code, _ := signedPost(t, b, sid, fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/list"}`, 10+i)); code != http.StatusOK {
+				t.Fatalf("request %d on the second replica: HTTP %d", i, code)
+			}
+			time.Sleep(idle / 4)
+		}
+		if code, _ := signedPost(t, a, sid, `{"jsonrpc":"2.0","id":99,"method":"tools/list"}`); code != http.StatusOK {
+			t.Errorf("the session in use on the second replica, back on the first: HTTP %d", code)
+		}
+	})
 }
