@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -63,6 +64,8 @@ servers:
       - name: get_pages
         constraints:
           workspace_id: { eq: "ws_abc123" }
+    prompts:
+      - name: summarize
 `
 
 // recorder is an Auditor that keeps records and can be told to fail.
@@ -699,5 +702,115 @@ func TestCompletionDecisions(t *testing.T) {
 		if r := rpcErr(t, d.body); want != "" && r.Error.Message != want {
 			t.Errorf("%s: %s", ref, d.body)
 		}
+	}
+}
+
+// A shadow role completing a prompt or resource it is not granted is a
+// would-be denial like any other: allowed, audited as one, and counted.
+func TestCompletionShadowMode(t *testing.T) {
+	e := newEnv(t)
+	complete := func(ref string) string {
+		return `{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":` + ref + `,"argument":{"name":"a","value":"x"}}}`
+	}
+	tests := []struct {
+		name, agent, ref string
+		// The audit record's.
+		verdict, shadowVerdict string
+		code                   Code
+		reason                 string
+	}{
+		{"shadow role, ungranted prompt", "bot-2", `{"type":"ref/prompt","name":"notion__secret_prompt"}`,
+			"allow", "deny", "not_granted", `prompt "secret_prompt" on server "notion" is not granted to role "trial"`},
+		{"shadow role, ungranted resource", "bot-2", `{"type":"ref/resource","uri":"amg:notion:notion://ws_b/{p}"}`,
+			"allow", "deny", "not_granted", `resource "notion://ws_b/{p}" on server "notion" is not granted to role "trial"`},
+		{"shadow role, granted prompt", "bot-2", `{"type":"ref/prompt","name":"notion__summarize"}`,
+			"allow", "allow", "allowed", ""},
+		{"enforce role, ungranted prompt", "bot-1", `{"type":"ref/prompt","name":"notion__secret_prompt"}`,
+			"deny", "", "not_granted", `prompt "secret_prompt" on server "notion" is not granted to role "reader"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp := e.check(t, tt.agent, nil, complete(tt.ref))
+			if tt.verdict == "allow" {
+				if h, _ := okHeaders(t, resp); h[HeaderVerdict] != "allow" {
+					t.Errorf("verdict header %q", h[HeaderVerdict])
+				}
+			} else if r := rpcErr(t, denied(t, resp).body); r.Error.Data.Code != tt.code || r.Error.Message != tt.reason {
+				t.Errorf("denial %+v", r)
+			}
+			rec := e.audit.last(t)
+			if rec.Verdict != tt.verdict || rec.ShadowVerdict != tt.shadowVerdict || rec.Code != string(tt.code) || rec.Reason != tt.reason ||
+				rec.Method != "completion/complete" || rec.Server != "notion" {
+				t.Errorf("audit record = %+v", rec)
+			}
+		})
+	}
+	counts, _ := e.shadow.Counts(context.Background(), e.now, e.now)
+	if diff := cmp.Diff([]shadow.Count{{Role: "trial", Day: "2026-11-25", N: 2}}, counts); diff != "" {
+		t.Errorf("shadow counts (-want +got):\n%s", diff)
+	}
+}
+
+// A progress token is a string or an integer that a float64 holds
+// exactly: anything else is denied as a malformed request, whatever the
+// method, before it reaches a broker that matches progress by token.
+func TestProgressToken(t *testing.T) {
+	e := newEnv(t)
+	call := func(meta string) string {
+		return `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"},"_meta":{` + meta + `}}}`
+	}
+	const (
+		notStringOrInteger = "progressToken must be a string or an integer at offset %d (params._meta.progressToken)"
+		notInteger         = "progressToken must be an integer, without fraction or exponent at offset %d (params._meta.progressToken)"
+		outOfRange         = "progressToken must be an integer between -(2^53-1) and 2^53-1 at offset %d (params._meta.progressToken)"
+	)
+	tests := []struct {
+		name    string
+		body    string
+		rpcCode int    // 0 for allowed
+		message string // with %d for the offset of the token, if any
+	}{
+		{"string", call(`"progressToken":"tok-1"`), 0, ""},
+		{"integer", call(`"progressToken":42`), 0, ""},
+		{"negative integer", call(`"progressToken":-7`), 0, ""},
+		{"largest exact integer", call(`"progressToken":9007199254740991`), 0, ""},
+		{"integer past 2^53", call(`"progressToken":9007199254740992`), -32602, outOfRange},
+		{"huge integer", call(`"progressToken":123456789012345678901234567890`), -32602, outOfRange},
+		{"object", call(`"progressToken":{"k":1}`), -32602, notStringOrInteger},
+		{"array", call(`"progressToken":[1]`), -32602, notStringOrInteger},
+		{"bool", call(`"progressToken":true`), -32602, notStringOrInteger},
+		{"null", call(`"progressToken":null`), -32602, notStringOrInteger},
+		{"fraction", call(`"progressToken":1.5`), -32602, notInteger},
+		{"integral float", call(`"progressToken":1.0`), -32602, notInteger},
+		{"exponent", call(`"progressToken":1e3`), -32602, notInteger},
+		{"object on tools/list", `{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"progressToken":{}}}}`, -32602, notStringOrInteger},
+		{"array on a notification", `{"jsonrpc":"2.0","method":"notifications/initialized","params":{"_meta":{"progressToken":[]}}}`, -32602, notStringOrInteger},
+		{"case variant of the key", call(`"ProgressToken":{"k":1}`), -32600,
+			`key "ProgressToken" is a case variant of the field "progressToken" at offset 133 (params._meta)`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp := e.check(t, "bot-1", nil, tt.body)
+			rec := e.audit.last(t)
+			if tt.rpcCode == 0 {
+				okHeaders(t, resp)
+				if rec.Verdict != "allow" || rec.Code != "allowed" {
+					t.Errorf("audit record = %+v", rec)
+				}
+				return
+			}
+			message := tt.message
+			if strings.Contains(message, "%d") {
+				message = fmt.Sprintf(message, strings.Index(tt.body, `"progressToken":`)+len(`"progressToken":`))
+			}
+			d := denied(t, resp)
+			r := rpcErr(t, d.body)
+			if d.status != 400 || r.Error.Code != tt.rpcCode || r.Error.Data.Code != CodeMalformedRequest || r.Error.Message != message {
+				t.Errorf("got %d %s\nwant message %s", d.status, d.body, message)
+			}
+			if rec.Verdict != "deny" || rec.Code != string(CodeMalformedRequest) || rec.Reason != message {
+				t.Errorf("audit record = %+v", rec)
+			}
+		})
 	}
 }

@@ -150,35 +150,73 @@ func (c *call) decideMessage(m *mcpfilter.Message) outcome {
 }
 
 // decideCompletion allows completing a prompt's or a resource template's
-// argument to a role that may see that prompt or template: the values
-// offered are the upstream's, and asking for them reveals nothing the
-// role could not list.
+// argument to a role granted that prompt or template: the values offered
+// are the upstream's, and asking for them reveals nothing the role could
+// not list. A shadow-mode role is allowed either way, with what enforce
+// mode would have decided kept as its shadow verdict, as
+// decision.Evaluate does for calls.
 func (c *call) decideCompletion(m *mcpfilter.Message) outcome {
 	o := outcome{msg: m}
 	var (
 		server, name, what string
-		visible            func(*policy.Set, string, string, string) bool
+		granted            func(*policy.Role, string, string) bool
 		err                error
 	)
 	if m.RefType == mcpfilter.RefPrompt {
 		server, name, err = c.s.ns.Split(m.Name)
-		what, visible = "prompt", decision.PromptVisible
+		what, granted = "prompt", promptGranted
 	} else {
 		server, name, err = c.s.ns.SplitURI(m.URI)
-		what, visible = "resource", decision.ResourceVisible
+		what, granted = "resource", resourceGranted
 	}
 	if err != nil {
 		o.code, o.reason = CodeInvalidName, err.Error()
 		return o
 	}
 	o.server, o.name = server, name
-	if !visible(c.set, c.token.Role, server, name) {
-		o.code = Code(decision.CodeNotGranted)
-		o.reason = what + " " + quote(name) + " on server " + quote(server) + " is not granted to role " + quote(c.token.Role)
-		return o
+	o.res = decision.Result{Verdict: decision.Allow, Code: decision.CodeAllowed}
+	if !granted(c.role, server, name) {
+		o.res = decision.Result{Code: decision.CodeNotGranted,
+			Reason: what + " " + quote(name) + " on server " + quote(server) + " is not granted to role " + quote(c.token.Role)}
 	}
-	o.verdict, o.code = decision.Allow, Code(decision.CodeAllowed)
+	if c.role != nil && c.role.Mode == policy.ModeShadow {
+		o.res.Shadow, o.res.ShadowVerdict, o.res.Verdict = true, o.res.Verdict, decision.Allow
+	}
+	o.verdict, o.code, o.reason = o.res.Verdict, Code(o.res.Code), o.res.Reason
 	return o
+}
+
+// promptGranted and resourceGranted report whether role (nil when it is
+// not defined) is granted server's prompt or resource. Unlike
+// decision.PromptVisible and decision.ResourceVisible, which show a
+// shadow-mode role everything, they say what enforce mode would decide.
+func promptGranted(role *policy.Role, server, prompt string) bool {
+	sg := serverGrant(role, server)
+	if sg == nil {
+		return false
+	}
+	_, ok := sg.Prompts[prompt]
+	return ok
+}
+
+func resourceGranted(role *policy.Role, server, uri string) bool {
+	sg := serverGrant(role, server)
+	if sg == nil {
+		return false
+	}
+	for _, g := range sg.Resources {
+		if g.Matches(uri) {
+			return true
+		}
+	}
+	return false
+}
+
+func serverGrant(role *policy.Role, server string) *policy.ServerGrant {
+	if role == nil {
+		return nil
+	}
+	return role.Servers[server]
 }
 
 // applyRateLimits counts every call that would go ahead against its

@@ -346,12 +346,34 @@ func checkMeta(t *testing.T, m *Message) {
 	var p struct {
 		Meta map[string]any `json:"_meta"`
 	}
-	if err := json.Unmarshal(m.Params, &p); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(m.Params))
+	dec.UseNumber()
+	if err := dec.Decode(&p); err != nil {
 		t.Fatalf("encoding/json cannot read _meta: %v", err)
 	}
 	got, _ := p.Meta[MetaProtocolVersionKey].(string)
 	if got != m.MetaProtocolVersion {
 		t.Fatalf("encoding/json read protocol version %q, Parse %q", got, m.MetaProtocolVersion)
+	}
+	// A progress token is matched by value: it must be a string or an
+	// integer a float64 holds exactly, under the one key that a struct
+	// decoder, which folds case, would read it from.
+	for k, v := range p.Meta {
+		if !strings.EqualFold(k, "progressToken") {
+			continue
+		}
+		if k != "progressToken" {
+			t.Fatalf("accepted the progress token key %q", k)
+		}
+		switch v := v.(type) {
+		case string:
+		case json.Number:
+			if n, err := v.Int64(); err != nil || n > 1<<53-1 || n < -(1<<53-1) {
+				t.Fatalf("accepted progress token %s", v)
+			}
+		default:
+			t.Fatalf("accepted progress token %v (%T)", v, v)
+		}
 	}
 }
 

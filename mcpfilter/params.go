@@ -197,6 +197,10 @@ func (p *parser) stringMember(depth int, r Reason, detail string) (string, error
 	return string(v), nil
 }
 
+// progressTokenKey is the params._meta key of the token under which a
+// request asks for progress notifications.
+const progressTokenKey = "progressToken"
+
 func (p *parser) meta(depth int, m *Message) error {
 	if p.pos >= len(p.data) || p.data[p.pos] != '{' {
 		return p.wrongType(depth, ReasonInvalidMeta, "_meta must be an object")
@@ -223,6 +227,14 @@ func (p *parser) meta(depth int, m *Message) error {
 			}
 		case equalFold(k.dec, MetaProtocolVersionKey):
 			return p.caseVariant(k, MetaProtocolVersionKey)
+		case string(k.dec) == progressTokenKey:
+			// Peers match progress to its request by comparing tokens;
+			// only the protocol's strings and integers compare alike in
+			// every decoder (an object or array cannot be compared at all).
+			err = p.stringOrInteger(depth, ReasonInvalidMeta, progressTokenKey)
+		case equalFold(k.dec, progressTokenKey):
+			// A decoder into a struct would read it as the token.
+			return p.caseVariant(k, progressTokenKey)
 		default:
 			err = p.value(depth)
 		}

@@ -435,39 +435,50 @@ func (p *parser) jsonrpc(depth int) error {
 	return nil
 }
 
-// maxSafeID is the largest integer id accepted: beyond 2^53-1 a JSON
-// number no longer round-trips through the float64 that JavaScript and the
-// Go SDK decode ids into, so the upstream could answer a different id.
+// maxSafeID is the largest integer id or progress token accepted: beyond
+// 2^53-1 a JSON number no longer round-trips through the float64 that
+// JavaScript and the Go SDK decode them into, so the upstream could answer
+// a different id, or report progress under a different token.
 const maxSafeID = 1<<53 - 1
 
 func (p *parser) id(depth int, m *Message) error {
+	start := p.pos
+	if p.pos < len(p.data) && p.data[p.pos] == 'n' {
+		return p.wrongType(depth, ReasonInvalidID, "id must not be null")
+	}
+	if err := p.stringOrInteger(depth, ReasonInvalidID, "id"); err != nil {
+		return err
+	}
+	m.ID, m.IDSpan = p.data[start:p.pos], Span{start, p.pos}
+	return nil
+}
+
+// stringOrInteger consumes the value at p.pos, which field requires to be
+// a string or an integer of at most maxSafeID in magnitude, as the
+// protocol's ids and progress tokens are.
+func (p *parser) stringOrInteger(depth int, r Reason, field string) error {
 	start := p.pos
 	if p.pos >= len(p.data) {
 		return p.unexpected("a value")
 	}
 	switch c := p.data[p.pos]; {
 	case c == '"':
-		if _, _, _, err := p.scanString(); err != nil {
-			return err
-		}
+		_, _, _, err := p.scanString()
+		return err
 	case c == '-' || isDigit(c):
 		integer, err := p.scanNumber()
 		if err != nil {
 			return err
 		}
 		if !integer {
-			return p.errAt(ReasonInvalidID, start, "id must be an integer, without fraction or exponent")
+			return p.errAt(r, start, field+" must be an integer, without fraction or exponent")
 		}
 		if !safeInteger(p.data[start:p.pos]) {
-			return p.errAt(ReasonInvalidID, start, "id must be an integer between -(2^53-1) and 2^53-1")
+			return p.errAt(r, start, field+" must be an integer between -(2^53-1) and 2^53-1")
 		}
-	case c == 'n':
-		return p.wrongType(depth, ReasonInvalidID, "id must not be null")
-	default:
-		return p.wrongType(depth, ReasonInvalidID, "id must be a string or an integer")
+		return nil
 	}
-	m.ID, m.IDSpan = p.data[start:p.pos], Span{start, p.pos}
-	return nil
+	return p.wrongType(depth, r, field+" must be a string or an integer")
 }
 
 func safeInteger(b []byte) bool {

@@ -178,6 +178,16 @@ var rejectTests = []struct {
 	{"prompt arguments null", `{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"a__b","arguments":null}}`, nil, ReasonInvalidArguments, `arguments must be an object, not null at offset 83 (params.arguments)`},
 	{"_meta string", `{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":"x"}}`, nil, ReasonInvalidMeta, `_meta must be an object at offset 64 (params._meta)`},
 	{"protocol version number", `{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":20260728}}}`, nil, ReasonInvalidMeta, `protocol version must be a string at offset 107 (params._meta["io.modelcontextprotocol/protocolVersion"])`},
+	{"progress token object", `{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"progressToken":{"k":1}}}}`, nil, ReasonInvalidMeta, `progressToken must be a string or an integer at offset 81 (params._meta.progressToken)`},
+	{"progress token array", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a__b","_meta":{"progressToken":[1]}}}`, nil, ReasonInvalidMeta, `progressToken must be a string or an integer at offset 95 (params._meta.progressToken)`},
+	{"progress token bool", `{"jsonrpc":"2.0","method":"notifications/initialized","params":{"_meta":{"progressToken":true}}}`, nil, ReasonInvalidMeta, `progressToken must be a string or an integer at offset 89 (params._meta.progressToken)`},
+	{"progress token null", `{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"progressToken":null}}}`, nil, ReasonInvalidMeta, `progressToken must be a string or an integer at offset 81 (params._meta.progressToken)`},
+	{"progress token fraction", `{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"progressToken":1.5}}}`, nil, ReasonInvalidMeta, `progressToken must be an integer, without fraction or exponent at offset 81 (params._meta.progressToken)`},
+	{"progress token exponent", `{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"progressToken":1e3}}}`, nil, ReasonInvalidMeta, `progressToken must be an integer, without fraction or exponent at offset 81 (params._meta.progressToken)`},
+	{"progress token too big", `{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"progressToken":9007199254740992}}}`, nil, ReasonInvalidMeta, `progressToken must be an integer between -(2^53-1) and 2^53-1 at offset 81 (params._meta.progressToken)`},
+	{"progress token params before method", `{"jsonrpc":"2.0","id":1,"params":{"_meta":{"progressToken":{}}},"method":"tools/list"}`, nil, ReasonInvalidMeta, `progressToken must be a string or an integer at offset 59 (params._meta.progressToken)`},
+	{"progress token key", `{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"progresstoken":{}}}}`, nil, ReasonCaseVariantField, `key "progresstoken" is a case variant of the field "progressToken" at offset 65 (params._meta)`},
+	{"progress token bad literal", `{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"progressToken":tru}}}`, nil, ReasonInvalidJSON, `invalid literal at offset 81 (params._meta.progressToken)`},
 }
 
 // bigObjectJSON returns an object of n keys "k0".."k<n-1>" followed by
@@ -436,6 +446,16 @@ var acceptTests = []struct {
 		name: "id limits",
 		body: `{"jsonrpc":"2.0","id":-9007199254740991,"method":"ping"}`,
 		want: []Message{{Kind: KindRequest, ID: raw(`-9007199254740991`), Method: "ping"}},
+	},
+	{
+		name: "progress token limits",
+		body: `{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"progressToken":-9007199254740991}}}`,
+		want: []Message{{Kind: KindRequest, ID: raw(`1`), Method: "tools/list", Params: raw(`{"_meta":{"progressToken":-9007199254740991}}`)}},
+	},
+	{
+		name: "string progress token",
+		body: `{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"progressToken":"t-\u0031","other":{"k":[null]}}}}`,
+		want: []Message{{Kind: KindRequest, ID: raw(`1`), Method: "tools/list", Params: raw(`{"_meta":{"progressToken":"t-\u0031","other":{"k":[null]}}}`)}},
 	},
 	{
 		name: "empty string id",
