@@ -276,12 +276,14 @@ func (b *builder) agentListener(cfg *config.Config) (*listenerv3.Listener, error
 		TransportApiVersion: corev3.ApiVersion_V3,
 		// Every failure is a deny: AMG unreachable must not mean open.
 		FailureModeAllow: false,
-		// AMG decides on the JSON-RPC body, so it needs all of it: a body
-		// over the limit is refused (413) rather than sent truncated, and
-		// bytes keep it exactly as the agent sent it.
+		// AMG decides on the JSON-RPC body, so it needs all of it, and
+		// bytes keep it exactly as the agent sent it. A body over the
+		// limit reaches authz cut and marked partial, and authz refuses
+		// it with a JSON-RPC error the agent can read, and audits it
+		// (Envoy's own 413 would be plain text, and unrecorded).
 		WithRequestBody: &extauthzv3.BufferSettings{
 			MaxRequestBytes:     uint32(cfg.MaxBodyBytes),
-			AllowPartialMessage: false,
+			AllowPartialMessage: true,
 			PackAsBytes:         true,
 		},
 		IncludePeerCertificate: false,

@@ -227,8 +227,8 @@ func TestAgentFilters(t *testing.T) {
 	switch {
 	case body.GetMaxRequestBytes() != 12345:
 		t.Errorf("max_request_bytes = %d, want 12345", body.GetMaxRequestBytes())
-	case body.GetAllowPartialMessage():
-		t.Error("allow_partial_message is on")
+	case !body.GetAllowPartialMessage():
+		t.Error("allow_partial_message is off: Envoy would answer an oversized body itself, unreadably and unaudited")
 	case !body.GetPackAsBytes():
 		t.Error("pack_as_bytes is off")
 	case ea.GetFailureModeAllow():

@@ -177,7 +177,7 @@ func TestADS(t *testing.T) {
 		t.Fatal(err)
 	}
 	body := ea.GetWithRequestBody()
-	if !body.GetPackAsBytes() || body.GetAllowPartialMessage() || ea.GetFailureModeAllow() ||
+	if !body.GetPackAsBytes() || !body.GetAllowPartialMessage() || ea.GetFailureModeAllow() ||
 		body.GetMaxRequestBytes() != uint32(cfg.MaxBodyBytes) {
 		t.Errorf("ext_authz served as pack_as_bytes=%v allow_partial_message=%v failure_mode_allow=%v max_request_bytes=%d",
 			body.GetPackAsBytes(), body.GetAllowPartialMessage(), ea.GetFailureModeAllow(), body.GetMaxRequestBytes())

@@ -33,8 +33,8 @@ type Checker interface {
 type Options struct {
 	// MaxBodyBytes is the largest body buffered for the check, as Envoy's
 	// with_request_body.max_request_bytes; 0 means mcpfilter.DefaultMaxBytes.
-	// A larger body is refused with 413, as Envoy does with
-	// allow_partial_message false.
+	// A larger body is checked cut to this size and marked partial, as
+	// Envoy does with allow_partial_message: authz refuses it (413).
 	MaxBodyBytes int
 	// Hosts, when set, are the only host names the Host header and any
 	// Origin header may name; others are refused before anything else
@@ -89,11 +89,15 @@ func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "cannot read request body", http.StatusBadRequest)
 		return
 	}
+	req := CheckRequest(r, body)
 	if len(body) > f.maxBody {
-		http.Error(w, "Payload Too Large", http.StatusRequestEntityTooLarge)
-		return
+		// As Envoy with allow_partial_message: the check gets what fits,
+		// marked partial, and authz refuses it with an error the agent
+		// can read, and audits it.
+		req = CheckRequest(r, body[:f.maxBody])
+		req.GetAttributes().GetRequest().GetHttp().GetHeaders()[HeaderPartialBody] = "true"
 	}
-	resp, err := f.check.Check(r.Context(), CheckRequest(r, body))
+	resp, err := f.check.Check(r.Context(), req)
 	if err != nil {
 		// Envoy with failure_mode_allow false answers 403 when the
 		// authorization service cannot be reached.
@@ -111,6 +115,11 @@ func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.next.ServeHTTP(w, r)
 }
 
+// HeaderPartialBody is the header Envoy's ext_authz filter adds to a
+// check with the request body: "true" when the body was cut at the
+// filter's limit.
+const HeaderPartialBody = "x-envoy-auth-partial-body"
+
 // CheckRequest builds the CheckRequest Envoy sends for r with
 // with_request_body and pack_as_bytes: header names lower-case, repeated
 // headers joined with ",", the pseudo-headers included, the body in
@@ -125,6 +134,7 @@ func CheckRequest(r *http.Request, body []byte) *authv3.CheckRequest {
 		h[strings.ToLower(k)] = strings.Join(vs, ",")
 	}
 	h[":method"], h[":path"], h[":authority"], h[":scheme"] = r.Method, r.URL.RequestURI(), r.Host, scheme
+	h[HeaderPartialBody] = "false" // Envoy's, whatever the agent sent
 	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
 		Source: peer(r.RemoteAddr),
 		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{

@@ -234,9 +234,39 @@ func testDenials(t *testing.T, h *harness) {
 	if resp := h.post(t, allowed, map[string]string{"Authorization": ""}); resp.Header.Get("Www-Authenticate") == "" {
 		t.Error("401 without a challenge")
 	}
+	// A body over the limit is checked cut and marked partial, as Envoy
+	// does, and authz refuses it readably, whatever the agent claims of
+	// it; the agent cannot mark a whole body partial to any effect but
+	// its refusal.
 	big := `{"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad":"` + strings.Repeat("x", 5000) + `"}}`
-	if resp := h.post(t, big, nil); resp.StatusCode != http.StatusRequestEntityTooLarge {
-		t.Errorf("oversized body: status %d, want 413", resp.StatusCode)
+	for _, tc := range []struct {
+		name string
+		body string
+		hdrs map[string]string
+	}{
+		{"oversized body", big, nil},
+		{"oversized body said whole", big, map[string]string{"X-Envoy-Auth-Partial-Body": "false"}},
+		{"whole body said partial", allowed, map[string]string{"X-Envoy-Auth-Partial-Body": "true"}},
+	} {
+		resp := h.post(t, tc.body, tc.hdrs)
+		b, _ := io.ReadAll(resp.Body)
+		var r struct {
+			Error struct {
+				Code int
+				Data struct{ Code string }
+			}
+		}
+		wantStatus := http.StatusRequestEntityTooLarge
+		if tc.body == allowed {
+			wantStatus = http.StatusOK // the flag is Envoy's: the agent's is overwritten
+		}
+		if resp.StatusCode != wantStatus {
+			t.Errorf("%s: %d %s, want %d", tc.name, resp.StatusCode, b, wantStatus)
+			continue
+		}
+		if wantStatus == http.StatusRequestEntityTooLarge && (json.Unmarshal(b, &r) != nil || r.Error.Code != -32600 || r.Error.Data.Code != "body_too_large") {
+			t.Errorf("%s: %s, want a JSON-RPC error with code body_too_large", tc.name, b)
+		}
 	}
 }
 

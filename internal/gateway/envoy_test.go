@@ -45,7 +45,7 @@ func envoyFromXDS(t *testing.T, cfg *config.Config) http.Handler {
 		t.Fatal(err)
 	}
 	body := ea.GetWithRequestBody()
-	if body == nil || !body.GetPackAsBytes() || body.GetAllowPartialMessage() || ea.GetFailureModeAllow() {
+	if body == nil || !body.GetPackAsBytes() || !body.GetAllowPartialMessage() || ea.GetFailureModeAllow() {
 		t.Fatalf("the ext_authz filter asks for body handling the stand-in does not do: %v", ea)
 	}
 	authzCluster := ea.GetGrpcService().GetEnvoyGrpc().GetClusterName()
