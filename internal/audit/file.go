@@ -22,7 +22,8 @@ type SyncPolicy int
 const (
 	// SyncOnInterval syncs at most every FileOptions.SyncInterval, from a
 	// background goroutine, if anything was written: a power loss can lose
-	// up to that interval of records. The default.
+	// up to that interval of records. The default. After a failed sync,
+	// writes fail (the device counts as failing) until a sync succeeds.
 	SyncOnInterval SyncPolicy = iota
 	// SyncAlways syncs after every record, before Write returns: nothing
 	// acknowledged is lost, at the cost of one fsync per decision. A failed
@@ -97,6 +98,10 @@ type FileDevice struct {
 	hash   string
 	dirty  bool // written since the last sync
 	torn   bool // a failed write may have left a partial line past size
+	// unsynced is the background sync's last failure, until a sync
+	// succeeds: records written since may never reach the disk, so no
+	// more are taken meanwhile.
+	unsynced error
 	closed bool
 	buf    []byte
 
@@ -290,7 +295,7 @@ func (d *FileDevice) Sync() error {
 	if err := d.f.Sync(); err != nil {
 		return fmt.Errorf("audit file: %w: %w", errNotSynced, err)
 	}
-	d.dirty = false
+	d.dirty, d.unsynced = false, nil
 	return nil
 }
 
@@ -307,6 +312,14 @@ func (d *FileDevice) writeRecords(n int, rec func(int) *Record) (int, error) {
 		if err := d.open(); err != nil {
 			return 0, err
 		}
+	}
+	if d.unsynced != nil {
+		// What the background sync could not make durable, this one
+		// may; until one does, nothing more is acknowledged.
+		if err := d.f.Sync(); err != nil {
+			return 0, fmt.Errorf("audit file: the last sync failed, and syncing again: %w", err)
+		}
+		d.dirty, d.unsynced = false, nil
 	}
 	if d.torn {
 		// Remove what a failed write left, so the retry does not start
@@ -382,7 +395,7 @@ func (d *FileDevice) writeRecords(n int, rec func(int) *Record) (int, error) {
 		if err := d.f.Sync(); err != nil {
 			return written, fmt.Errorf("audit file: %w: %w", errNotSynced, err)
 		}
-		d.dirty = false
+		d.dirty, d.unsynced = false, nil
 	}
 	return written, err
 }
@@ -417,9 +430,10 @@ func (d *FileDevice) syncLoop(every time.Duration) {
 		d.mu.Lock()
 		if d.dirty && d.f != nil {
 			if err := d.f.Sync(); err != nil {
-				d.log.Error("audit file sync failed", "file", d.path, "err", err)
+				d.log.Error("audit file sync failed; refusing records until a sync succeeds", "file", d.path, "err", err)
+				d.unsynced = err
 			} else {
-				d.dirty = false
+				d.dirty, d.unsynced = false, nil
 			}
 		}
 		d.mu.Unlock()

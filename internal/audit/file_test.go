@@ -587,3 +587,41 @@ func TestFileDeviceNotSynced(t *testing.T) {
 		t.Errorf("records written (-want +got):\n%s", diff)
 	}
 }
+
+// Under SyncOnInterval a failed background sync fails the writes after
+// it, which write nothing, until a sync succeeds: records that may never
+// reach the disk are not acknowledged.
+func TestFileDeviceIntervalSyncFails(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	d, err := NewFileDevice(path, &FileOptions{Sync: SyncOnInterval, SyncInterval: time.Millisecond, Now: fakeClock()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	r, w, err := os.Pipe() // writes to a pipe succeed; syncing one fails
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	go io.Copy(io.Discard, r)
+	file := swapFile(d, w)
+	if err := d.Write(testRecord(1)); err != nil {
+		t.Fatalf("Write before any sync: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := d.Write(testRecord(2))
+		if err != nil {
+			break // the background sync failed
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("writes went on succeeding after the background sync failed")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	swapFile(d, file)
+	w.Close()
+	if err := d.Write(testRecord(3)); err != nil {
+		t.Errorf("Write once a sync can succeed: %v", err)
+	}
+}
