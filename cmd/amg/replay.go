@@ -42,23 +42,36 @@ undecidable, never guessed.
 gives the tool annotations that approval rules match.
 
 Exits 0 when no decision would change, 1 when some would, 2 on errors.`,
-		Args: cobra.NoArgs,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if err := cobra.NoArgs(cmd, args); err != nil {
+				return replayFailed(cmd, err)
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			err := runReplay(cmd, auditFile, redisAddr, policyDir, catalog, servers)
 			var exit exitError
 			if err != nil && !errors.As(err, &exit) {
-				fmt.Fprintln(cmd.ErrOrStderr(), "amg:", err)
-				return exitError{code: 2}
+				return replayFailed(cmd, err)
 			}
 			return err
 		},
 	}
+	cmd.SetFlagErrorFunc(replayFailed)
 	cmd.Flags().StringVar(&auditFile, "audit", "", "audit log file")
 	cmd.Flags().StringVar(&redisAddr, "redis", "", redisFlagHelp+": replay every replica's shipped records instead of a file")
 	cmd.Flags().StringVar(&policyDir, "policy", "", "directory of role files to replay against (required)")
 	cmd.Flags().StringSliceVar(&servers, "servers", nil, "upstream server names the gateway knows (comma-separated)")
 	cmd.Flags().StringVar(&catalog, "catalog", "", "JSON file with each server's tools/list tools, to check grants against and take annotations from")
 	return cmd
+}
+
+// replayFailed reports err and returns exit status 2. Every failure of
+// replay, usage errors included, goes through it: exit 1 is reserved for
+// "some decision would change", which CI gates act on.
+func replayFailed(cmd *cobra.Command, err error) error {
+	fmt.Fprintln(cmd.ErrOrStderr(), "amg:", err)
+	return exitError{code: 2}
 }
 
 func runReplay(cmd *cobra.Command, auditFile, redisAddr, policyDir, catalog string, servers []string) error {

@@ -142,6 +142,33 @@ func TestReplayErrors(t *testing.T) {
 	}
 }
 
+// Usage errors cobra catches before RunE exit 2 as well: a CI gate must
+// never read a mistyped command line as "some decision would change".
+func TestReplayUsageErrors(t *testing.T) {
+	log := writeReplayAudit(t)
+	policyDir := writePolicyDir(t, replayPolicy)
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown flag", []string{"--audit", log, "--polcy", policyDir}, "amg: unknown flag: --polcy\n"},
+		{"flag without value", []string{"--audit", log, "--policy"}, "amg: flag needs an argument: --policy\n"},
+		{"extra argument", []string{"--audit", log, "--policy", policyDir, "extra"}, "amg: unknown command \"extra\" for \"amg replay\"\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, stdout, stderr := runCLI(t, append([]string{"replay"}, tt.args...)...)
+			if code != 2 || stdout != "" {
+				t.Errorf("exit %d, stdout %q; want exit 2 and nothing on stdout", code, stdout)
+			}
+			if diff := cmp.Diff(tt.want, stderr); diff != "" {
+				t.Errorf("stderr (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
 func TestReplayTornLastLine(t *testing.T) {
 	log := writeReplayAudit(t)
 	f, err := os.OpenFile(log, os.O_APPEND|os.O_WRONLY, 0)

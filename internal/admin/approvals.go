@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -25,32 +26,73 @@ const TokenPrefix = "amgadm_"
 // creating the file (mode 0600) with a new random token if it does not
 // exist. Operators on the gateway's machine read it from there; the CLI
 // does so by default.
+//
+// The file appears whole or not at all, and gateways starting together
+// on one data directory all use the token the first of them created.
 func LoadOrCreateToken(path string) (string, error) {
-	data, err := os.ReadFile(path)
-	if err == nil {
-		tok := strings.TrimSpace(string(data))
-		if !strings.HasPrefix(tok, TokenPrefix) || len(tok) != len(TokenPrefix)+64 {
-			return "", fmt.Errorf("admin token file %s does not hold an admin token", path)
-		}
-		return tok, nil
-	}
+	tok, err := readToken(path)
 	if !errors.Is(err, os.ErrNotExist) {
-		return "", fmt.Errorf("read admin token: %w", err)
+		return tok, err
 	}
 	var b [32]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", fmt.Errorf("admin token: %w", err)
 	}
-	tok := TokenPrefix + hex.EncodeToString(b[:])
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return "", fmt.Errorf("create admin token: %w", err)
+	tok = TokenPrefix + hex.EncodeToString(b[:])
+	err = createToken(path, tok)
+	if errors.Is(err, os.ErrExist) {
+		// Another gateway created it meanwhile: use that one.
+		return readToken(path)
 	}
-	defer f.Close()
-	if _, err := f.WriteString(tok + "\n"); err != nil {
-		return "", fmt.Errorf("write admin token: %w", err)
+	if err != nil {
+		return "", err
 	}
 	return tok, nil
+}
+
+func readToken(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read admin token: %w", err)
+	}
+	tok := strings.TrimSpace(string(data))
+	if !strings.HasPrefix(tok, TokenPrefix) || len(tok) != len(TokenPrefix)+64 {
+		return "", fmt.Errorf("admin token file %s does not hold an admin token", path)
+	}
+	return tok, nil
+}
+
+// createToken writes tok to a temporary file beside path, syncs it and
+// links it to path. A link, unlike a rename, never replaces a token another
+// gateway created meanwhile: it fails with an error matching os.ErrExist.
+func createToken(path, tok string) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("create admin token: %w", err)
+	}
+	// Once linked, this removes only the temporary name.
+	defer os.Remove(f.Name())
+	_, err = f.WriteString(tok + "\n")
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write admin token: %w", err)
+	}
+	if err := os.Link(f.Name(), path); err != nil {
+		return fmt.Errorf("create admin token: %w", err)
+	}
+	// Best effort: the token is in place either way, and not every
+	// system can sync a directory.
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
 }
 
 // approvals serves the approval API, behind the admin token:

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -153,5 +154,33 @@ func TestLoadOrCreateToken(t *testing.T) {
 	os.WriteFile(path, []byte("not a token\n"), 0o600)
 	if _, err := LoadOrCreateToken(path); err == nil || !strings.Contains(err.Error(), "does not hold an admin token") {
 		t.Errorf("a file without a token: %v", err)
+	}
+}
+
+// Gateways started together on one data directory agree on one token: none
+// reads the file half written, none fails because another created it.
+func TestLoadOrCreateTokenConcurrent(t *testing.T) {
+	for range 20 {
+		path := filepath.Join(t.TempDir(), "admin.token")
+		const n = 8
+		toks, errs := make([]string, n), make([]error, n)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				<-start
+				toks[i], errs[i] = LoadOrCreateToken(path)
+			})
+		}
+		close(start)
+		wg.Wait()
+		for i := range n {
+			if errs[i] != nil {
+				t.Fatalf("call %d: %v", i, errs[i])
+			}
+			if toks[i] != toks[0] {
+				t.Fatalf("call %d got %q, call 0 %q; want one token", i, toks[i], toks[0])
+			}
+		}
 	}
 }

@@ -439,7 +439,7 @@ upstreams:
 			`amg.yaml:1:42: upstreams.a.env.1X: invalid environment variable name "1X" (expected A-Z, a-z, 0-9 and '_', not starting with a digit)` + "\n" +
 				"amg.yaml:1:52: upstreams.a.env.B: must be a string, got a number\n" +
 				"amg.yaml:1:58: upstreams.a.env.C: contains a NUL byte\n" +
-				`amg.yaml:1:69: upstreams.a.env.D: secret reference "env:" has no variable name`},
+				`amg.yaml:1:69: upstreams.a.env.D: env secret reference has no variable name (expected env:NAME)`},
 		{"bad refs", `
 upstreams:
   a:
@@ -450,12 +450,12 @@ upstreams:
       X-Open: "a ${env:X"
       X-Empty: "${}"
       X-Vault: "${vault:kv/data/x}"
-`, `amg.yaml:5:22: upstreams.a.headers.Authorization: secret reference "aws:x" has unknown scheme "aws" (expected env, file or vault)` + "\n" +
-			`amg.yaml:5:22: upstreams.a.headers.Authorization: secret reference "env:A-B" has an invalid variable name (expected A-Z, a-z, 0-9 and '_', not starting with a digit)` + "\n" +
+`, `amg.yaml:5:22: upstreams.a.headers.Authorization: secret reference has unknown scheme "aws" (expected env, file or vault)` + "\n" +
+			`amg.yaml:5:22: upstreams.a.headers.Authorization: env secret reference has an invalid variable name (expected A-Z, a-z, 0-9 and '_', not starting with a digit)` + "\n" +
 			"amg.yaml:6:16: upstreams.a.headers.X-Token: secret reference has no scheme (expected env:NAME, file:PATH or vault:PATH#FIELD)\n" +
 			`amg.yaml:7:15: upstreams.a.headers.X-Open: unterminated "${" (close it with "}", or write "$${" for a literal "${")` + "\n" +
 			"amg.yaml:8:16: upstreams.a.headers.X-Empty: empty secret reference\n" +
-			`amg.yaml:9:16: upstreams.a.headers.X-Vault: secret reference "vault:kv/data/x" has no field (expected vault:PATH#FIELD)`},
+			`amg.yaml:9:16: upstreams.a.headers.X-Vault: vault secret reference has no field (expected vault:PATH#FIELD)`},
 		{"forbidden headers", `
 upstreams:
   a:
@@ -559,7 +559,7 @@ max_body_bytes: -1
 amg.yaml:3:1: bogus: unknown field "bogus" (expected one of: listen, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, audit, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)
 amg.yaml:6:10: upstreams.notion.url: plain http is allowed only to loopback hosts (localhost, 127.0.0.0/8, ::1): use https, or set allow_insecure: true to send this upstream's traffic and credentials unencrypted
 amg.yaml:8:7: upstreams.notion.headers.Host: Host is set by the HTTP transport and cannot be configured
-amg.yaml:9:22: upstreams.notion.headers.Authorization: secret reference "env:NOTION-TOKEN" has an invalid variable name (expected A-Z, a-z, 0-9 and '_', not starting with a digit)
+amg.yaml:9:22: upstreams.notion.headers.Authorization: env secret reference has an invalid variable name (expected A-Z, a-z, 0-9 and '_', not starting with a digit)
 amg.yaml:10:26: upstreams.notion.timeouts.connect: must be a positive duration such as 30s, 1m or 1h30m, got "soon"
 amg.yaml:12:14: upstreams.files.command: must not be empty: the first element is the program to run
 amg.yaml:13:3: upstreams.a__b: invalid upstream name: server name "a__b" contains "__", the server__tool separator

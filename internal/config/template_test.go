@@ -25,7 +25,7 @@ func TestParseTemplate(t *testing.T) {
 		{in: "$${env:A} $5 ${vault:kv/x#y}$", parts: []part{{lit: "${env:A} $5 "}, {ref: secrets.Ref{Scheme: "vault", Path: "kv/x#y"}}, {lit: "$"}}},
 		{in: "a } {", parts: []part{{lit: "a } {"}}},
 		{in: "${env:A", wantErr: `unterminated "${" (close it with "}", or write "$${" for a literal "${")`},
-		{in: "${x:1} and ${}", wantErr: `secret reference "x:1" has unknown scheme "x" (expected env, file or vault)` + "\nempty secret reference"},
+		{in: "${x:1} and ${}", wantErr: `secret reference has unknown scheme "x" (expected env, file or vault)` + "\nempty secret reference"},
 	} {
 		t.Run(tc.in, func(t *testing.T) {
 			got, err := ParseTemplate(tc.in)

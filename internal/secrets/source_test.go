@@ -48,7 +48,7 @@ func TestDefaultSource(t *testing.T) {
 		{name: "env", ref: Ref{"env", "NOTION_TOKEN"}, want: planted},
 		{name: "env missing", ref: Ref{"env", "MISSING"}, wantErr: "env:MISSING is not set", notFound: true},
 		{name: "env empty", ref: Ref{"env", "EMPTY"}, wantErr: "env:EMPTY is empty", notFound: true},
-		{name: "env invalid", ref: Ref{"env", "A-B"}, wantErr: `secret reference "env:A-B" has an invalid variable name (expected A-Z, a-z, 0-9 and '_', not starting with a digit)`},
+		{name: "env invalid", ref: Ref{"env", "A-B"}, wantErr: `env secret reference has an invalid variable name (expected A-Z, a-z, 0-9 and '_', not starting with a digit)`},
 		{name: "file", ref: Ref{"file", token}, want: planted},
 		{name: "file crlf", ref: Ref{"file", crlf}, want: planted},
 		{name: "file one newline trimmed", ref: Ref{"file", twoNL}, want: planted + "\n"},
@@ -58,7 +58,7 @@ func TestDefaultSource(t *testing.T) {
 		{name: "file directory", ref: Ref{"file", dir}, wantErr: "file:" + dir + " is not a regular file"},
 		{name: "file too big", ref: Ref{"file", big}, wantErr: "file:" + big + " is larger than 64 KiB; a secret file holds one value"},
 		{name: "vault", ref: Ref{"vault", "kv/data/notion#token"}, wantErr: "vault:kv/data/notion#token: vault secrets need a vault source"},
-		{name: "unknown scheme", ref: Ref{"aws", "x"}, wantErr: `secret reference "aws:x" has unknown scheme "aws" (expected env, file or vault)`},
+		{name: "unknown scheme", ref: Ref{"aws", "x"}, wantErr: `secret reference has unknown scheme "aws" (expected env, file or vault)`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := src.Resolve(context.Background(), tc.ref)
