@@ -29,7 +29,7 @@ func TestPolicyValidateExamples(t *testing.T) {
 func TestPolicyValidateListsEveryProblem(t *testing.T) {
 	code, stdout, stderr := runCLI(t, "policy", "validate", "--servers", "notion", "testdata/broken")
 	want := `testdata/broken/reader.yaml:9:25: servers.notion.tools[0].constraints.limit.lte: lte needs a number, got a string
-testdata/broken/reader.yaml:10:29: servers.notion.tools[0].constraints.owner.pattern: invalid pattern: missing closing ]: ` + "`[a-z)$`" + `
+testdata/broken/reader.yaml:10:29: servers.notion.tools[0].constraints.owner.pattern: invalid pattern: missing closing ]: ` + "`[a-z`" + `
 testdata/broken/reader.yaml:11:20: servers.notion.tools[0].constraints.title.starts_with: unknown field "starts_with" (expected one of: eq, ne, in, not_in, lt, lte, gt, gte, pattern, prefix, suffix, path_within, min_len, max_len, each, fields, optional)
 testdata/broken/reader_copy.yaml:1:7: role: duplicate role "reader" (also defined at testdata/broken/reader.yaml:1:7)
 testdata/broken/reader_copy.yaml:2:7: mode: must be enforce or shadow, got "strict"

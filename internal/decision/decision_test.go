@@ -1,6 +1,9 @@
 package decision
 
 import (
+	"math/big"
+	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -52,6 +55,13 @@ servers:
       - { name: lte,      constraints: { v: { lte: 10 } } }
       - { name: gt,       constraints: { v: { gt: 1.5 } } }
       - { name: gte,      constraints: { v: { gte: 9007199254740993 } } }
+      - { name: eq_big,   constraints: { v: { eq: 9007199254740993 } } }
+      - { name: in_big,   constraints: { v: { in: [9007199254740993] } } }
+      - { name: lte_max,  constraints: { v: { lte: 9223372036854775807 } } }
+      - { name: lte_zero, constraints: { v: { lte: 0 } } }
+      - { name: lt_under, constraints: { v: { lt: 1_000.5 } } }
+      - { name: eq_hex,   constraints: { v: { eq: !!float 0x10 } } }
+      - { name: alt,      constraints: { v: { pattern: "ws_a|ws_b" } } }
       - { name: pattern,  constraints: { v: { pattern: "ws_[a-z]+" } } }
       - { name: prefix,   constraints: { v: { prefix: "/srv/" } } }
       - { name: suffix,   constraints: { v: { suffix: ".md" } } }
@@ -116,10 +126,46 @@ func TestMatchers(t *testing.T) {
 		// Integers beyond 2^53 compare exactly, not as rounded floats.
 		{"gte", `{"v":9007199254740993}`, CodeAllowed, ""},
 		{"gte", `{"v":9007199254740992}`, CodeConstraintFailed, `argument "v" must be >= 9007199254740993`},
+		// So do numbers written with a fraction or an exponent, and
+		// numbers beyond int64, though float64 cannot tell them apart.
+		{"gte", `{"v":9007199254740992.0}`, CodeConstraintFailed, `argument "v" must be >= 9007199254740993`},
+		{"gte", `{"v":9.007199254740992e15}`, CodeConstraintFailed, `argument "v" must be >= 9007199254740993`},
+		{"gte", `{"v":9007199254740992.5}`, CodeConstraintFailed, `argument "v" must be >= 9007199254740993`},
+		{"gte", `{"v":9.007199254740993e15}`, CodeAllowed, ""},
+		{"eq_big", `{"v":9007199254740993}`, CodeAllowed, ""},
+		{"eq_big", `{"v":9007199254740993.000}`, CodeAllowed, ""},
+		{"eq_big", `{"v":90071992547409930e-1}`, CodeAllowed, ""},
+		{"eq_big", `{"v":9007199254740992.0}`, CodeConstraintFailed, `argument "v" is not the allowed value`},
+		{"eq_big", `{"v":9.007199254740992e15}`, CodeConstraintFailed, `argument "v" is not the allowed value`},
+		{"in_big", `{"v":9007199254740993E0}`, CodeAllowed, ""},
+		{"in_big", `{"v":9007199254740992.0}`, CodeConstraintFailed, `argument "v" is not one of the allowed values`},
+		{"in_big", `{"v":9.007199254740992e15}`, CodeConstraintFailed, `argument "v" is not one of the allowed values`},
+		{"lte_max", `{"v":9223372036854775807}`, CodeAllowed, ""},
+		{"lte_max", `{"v":9223372036854775808}`, CodeConstraintFailed, `argument "v" must be <= 9223372036854775807`},
+		{"lte_max", `{"v":9223372036854775807.5}`, CodeConstraintFailed, `argument "v" must be <= 9223372036854775807`},
+		{"lte", `{"v":10.000000000000000001}`, CodeConstraintFailed, `argument "v" must be <= 10`},
+		{"lt", `{"v":9.999999999999999999}`, CodeAllowed, ""},
+		{"gt", `{"v":1.500000000000000001}`, CodeAllowed, ""},
+		{"gt", `{"v":15e-1}`, CodeConstraintFailed, `argument "v" must be > 1.5`},
+		// A number too small for float64 is still not 0.
+		{"lte_zero", `{"v":0}`, CodeAllowed, ""},
+		{"lte_zero", `{"v":-0.0e7}`, CodeAllowed, ""},
+		{"lte_zero", `{"v":-1e-400}`, CodeAllowed, ""},
+		{"lte_zero", `{"v":1e-400}`, CodeConstraintFailed, `argument "v" must be <= 0`},
+		{"lte_zero", `{"v":1e-99999999999999999999999}`, CodeConstraintFailed, `argument "v" must be <= 0`},
+		// Policy numbers compare as written, whatever the YAML spelling.
+		{"lt_under", `{"v":1000.4999999999999999}`, CodeAllowed, ""},
+		{"lt_under", `{"v":1000.5}`, CodeConstraintFailed, `argument "v" must be < 1000.5`},
+		{"eq_hex", `{"v":16.0}`, CodeAllowed, ""},
+		{"eq_hex", `{"v":16.000000000000000001}`, CodeConstraintFailed, `argument "v" is not the allowed value`},
 		{"pattern", `{"v":"ws_abc"}`, CodeAllowed, ""},
 		{"pattern", `{"v":"ws_abc!"}`, CodeConstraintFailed, `argument "v" does not match the required pattern`},
 		{"pattern", `{"v":"xws_abc"}`, CodeConstraintFailed, `argument "v" does not match the required pattern`},
 		{"pattern", `{"v":["ws_a"]}`, CodeConstraintFailed, `argument "v" must be a string`},
+		// An alternation is anchored as a whole.
+		{"alt", `{"v":"ws_b"}`, CodeAllowed, ""},
+		{"alt", `{"v":"ws_a; DROP"}`, CodeConstraintFailed, `argument "v" does not match the required pattern`},
+		{"alt", `{"v":"evil-ws_b"}`, CodeConstraintFailed, `argument "v" does not match the required pattern`},
 		{"prefix", `{"v":"/srv/data"}`, CodeAllowed, ""},
 		{"prefix", `{"v":"/etc/passwd"}`, CodeConstraintFailed, `argument "v" does not have the required prefix`},
 		{"suffix", `{"v":"a.md"}`, CodeAllowed, ""},
@@ -189,6 +235,79 @@ func TestMatchers(t *testing.T) {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// compareDecimal orders literals exactly, including those float64 rounds
+// together: long mantissas, zeros written many ways, exponents that move
+// the point across the digits or beyond anything a float64 holds.
+func TestCompareDecimal(t *testing.T) {
+	tests := []struct {
+		a, b string
+		want int
+	}{
+		{"9007199254740993", "9007199254740992.0", 1},
+		{"9007199254740993", "9.007199254740993e15", 0},
+		{"0", "-0.000e9", 0},
+		{"1e-400", "0", 1},
+		{"-1e-400", "0", -1},
+		{"1e-400", "1e-401", 1},
+		{"0.1", "1e-1", 0},
+		{"0.10000000000000000001", "0.1", 1},
+		{"100", "1e2", 0},
+		{"-100.5", "-1005e-1", 0},
+		{"1e100000000000000000000000", "1e99", 1},
+		{"1e-100000000000000000000000", "1e-99", -1},
+		{"-1e100000000000000000000000", "-1e99", -1},
+	}
+	for _, tt := range tests {
+		if got := compareDecimal(tt.a, tt.b); got != tt.want {
+			t.Errorf("compareDecimal(%s, %s) = %d, want %d", tt.a, tt.b, got, tt.want)
+		}
+		if got := compareDecimal(tt.b, tt.a); got != -tt.want {
+			t.Errorf("compareDecimal(%s, %s) = %d, want %d", tt.b, tt.a, got, -tt.want)
+		}
+	}
+
+	// Random literals against exact rational arithmetic.
+	rng := rand.New(rand.NewPCG(1, 2))
+	digits := func(n int) string {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = "0000123456789"[rng.IntN(13)]
+		}
+		return string(b)
+	}
+	literal := func() string {
+		s := digits(1 + rng.IntN(20))
+		if rng.IntN(2) == 0 {
+			s += "." + digits(1+rng.IntN(20))
+		}
+		if rng.IntN(2) == 0 {
+			s += string("eE"[rng.IntN(2)]) + []string{"", "+", "-"}[rng.IntN(3)] + strconv.Itoa(rng.IntN(40))
+		}
+		if rng.IntN(2) == 0 {
+			s = "-" + s
+		}
+		return s
+	}
+	exact := func(s string) *big.Rat {
+		r, ok := new(big.Rat).SetString(s)
+		if !ok {
+			t.Fatalf("big.Rat cannot read %q", s)
+		}
+		return r
+	}
+	for range 20000 {
+		a, b := literal(), literal()
+		if rng.IntN(2) == 0 {
+			// The same value written another way, or one close to it.
+			b = exact(a).FloatString(rng.IntN(30))
+		}
+		want := exact(a).Cmp(exact(b))
+		if got := compareDecimal(a, b); got != want {
+			t.Fatalf("compareDecimal(%s, %s) = %d, want %d", a, b, got, want)
+		}
 	}
 }
 
@@ -337,7 +456,7 @@ servers:
     prompts:
       - name: summarize
         constraints: { page_id: { prefix: "pg_" } }
-    resources: ["notion://ws_a/*"]
+    resources: ["notion://ws_a/*", "file:///srv/public/*/*.md"]
 `)
 	tests := []struct {
 		in      Input
@@ -349,10 +468,39 @@ servers:
 		{Input{Role: "r", Kind: Resource, Server: "notion", Name: "notion://ws_a/page1/../../ws_b"}, Deny},
 		{Input{Role: "r", Kind: Resource, Server: "notion", Name: "notion://ws_b/page1"}, Deny},
 		{Input{Role: "r", Kind: Resource, Server: "other", Name: "notion://ws_a/page1"}, Deny},
+		{Input{Role: "r", Kind: Resource, Server: "notion", Name: "file:///srv/public/docs/a.md"}, Allow},
+		{Input{Role: "r", Kind: Resource, Server: "notion", Name: "notion://ws_a/...md"}, Allow},
+		{Input{Role: "r", Kind: Resource, Server: "notion", Name: "notion://ws_a/a%20b"}, Allow},
 	}
 	for _, tt := range tests {
 		if res := Evaluate(set, &tt.in); res.Verdict != tt.verdict {
 			t.Errorf("%v %s: got %v (%s), want %v", tt.in.Kind, tt.in.Name, res.Verdict, res.Reason, tt.verdict)
+		}
+	}
+	// '*' matches any one segment, but not one the upstream could
+	// resolve upwards, nor one hiding a separator it could decode.
+	for _, uri := range []string{
+		"notion://ws_a/..",
+		"notion://ws_a/.",
+		"notion://ws_a/%2e%2e",
+		"notion://ws_a/%2E.",
+		"notion://ws_a/.%2e",
+		"notion://ws_a/%2e",
+		"notion://ws_a/..;",
+		"notion://ws_a/..?x=1",
+		"notion://ws_a/..#top",
+		"notion://ws_a/..%2fws_b",
+		"notion://ws_a/ws_b%2Fsecret",
+		"notion://ws_a/..%5cws_b",
+		"notion://ws_a/a%5Cb",
+		`notion://ws_a/..\ws_b`,
+		"file:///srv/public/../secret.md",
+		"file:///srv/public/./a.md",
+		"file:///srv/public/%2e%2e/secret.md",
+		"file:///srv/public/docs%2f..%2f../secret.md",
+	} {
+		if res := Evaluate(set, &Input{Role: "r", Kind: Resource, Server: "notion", Name: uri}); res.Verdict != Deny {
+			t.Errorf("resource %s: got %v by %q, want deny", uri, res.Verdict, res.Rule)
 		}
 	}
 }
@@ -427,7 +575,7 @@ servers:
   notion:
     prompts:
       - name: summarize
-    resources: ["notion://ws_a/*"]
+    resources: ["notion://ws_a/*", "file:///srv/public/*/*.md"]
 `, `
 role: trial
 mode: shadow
@@ -443,6 +591,12 @@ mode: shadow
 		{PromptVisible(nil, "r", "notion", "summarize"), false, "no policy"},
 		{ResourceVisible(set, "r", "notion", "notion://ws_a/p1"), true, "granted resource"},
 		{ResourceVisible(set, "r", "notion", "notion://ws_b/p1"), false, "ungranted resource"},
+		{ResourceVisible(set, "r", "notion", "file:///srv/public/docs/a.md"), true, "granted file"},
+		{ResourceVisible(set, "r", "notion", "notion://ws_a/.."), false, "dot-dot segment"},
+		{ResourceVisible(set, "r", "notion", "notion://ws_a/%2E%2e"), false, "encoded dot-dot segment"},
+		{ResourceVisible(set, "r", "notion", "file:///srv/public/../secret.md"), false, "dot-dot segment under a glob"},
+		{ResourceVisible(set, "r", "notion", "notion://ws_a/ws_b%2fp1"), false, "encoded slash"},
+		{ResourceVisible(set, "r", "notion", `notion://ws_a/ws_b\p1`), false, "backslash"},
 		{ResourceVisible(set, "ghost", "notion", "notion://ws_a/p1"), false, "unknown role"},
 		{ResourceVisible(set, "trial", "notion", "notion://ws_b/p1"), true, "shadow role sees every resource"},
 	}

@@ -1,6 +1,7 @@
 package decision
 
 import (
+	"cmp"
 	"encoding/json"
 	"path"
 	"strconv"
@@ -229,11 +230,13 @@ func in(m *policy.Matcher, v mcpfilter.Value) bool {
 }
 
 // number is an argument's numeric value, exact for integers that fit an
-// int64 so that large IDs compare without rounding.
+// int64 so that large IDs compare without rounding; lit is the literal,
+// for the comparisons float64 cannot settle.
 type number struct {
 	f     float64
 	i     int64
 	isInt bool
+	lit   string
 }
 
 // toNumber reads a Number's literal; false for any other kind, or a
@@ -251,13 +254,17 @@ func parseNumber(lit json.Number) (number, bool) {
 	s := string(lit)
 	if !strings.ContainsAny(s, ".eE") {
 		if i, err := strconv.ParseInt(s, 10, 64); err == nil {
-			return number{f: float64(i), i: i, isInt: true}, true
+			return number{f: float64(i), i: i, isInt: true, lit: s}, true
 		}
 	}
 	f, err := strconv.ParseFloat(s, 64)
-	return number{f: f}, err == nil
+	return number{f: f, lit: s}, err == nil
 }
 
+// compare orders an argument against a policy number exactly. Rounding to
+// float64 never reverses an order, so floats that differ decide at once;
+// equal floats may hide a difference the rounding erased (2^53+1 reads as
+// 2^53, 1e-400 as 0), so a tie is settled on the literals.
 func compare(n number, s policy.Scalar) int {
 	if n.isInt && s.IsInt {
 		switch {
@@ -274,5 +281,99 @@ func compare(n number, s policy.Scalar) int {
 	case n.f > s.Num:
 		return 1
 	}
-	return 0
+	return compareDecimal(n.lit, s.Text)
+}
+
+// decimal is a number literal read without rounding: its value is
+// 0.d₁d₂d₃… × 10^exp, where the digits d are those of hi then lo, the
+// first of them not 0. Zero has no digits.
+type decimal struct {
+	neg    bool
+	hi, lo string
+	exp    int64
+}
+
+// maxExp caps the exponents read from literals, so that no arithmetic on
+// them overflows. A capped literal still orders correctly against 0 and
+// against any number a float64 can tell from 0, which every number of a
+// compiled policy is: no literal is long enough to shift it back within
+// reach of them.
+const maxExp = 1 << 50
+
+// readDecimal reads a literal of the form -?d*(.d*)?([eE][+-]?d+)?, which
+// holds every JSON number and every number a compiled policy keeps.
+func readDecimal(s string) decimal {
+	var d decimal
+	if s != "" && (s[0] == '-' || s[0] == '+') {
+		d.neg, s = s[0] == '-', s[1:]
+	}
+	mant, e := s, ""
+	if i := strings.IndexAny(s, "eE"); i >= 0 {
+		mant, e = s[:i], s[i+1:]
+	}
+	expNeg := false
+	if e != "" && (e[0] == '-' || e[0] == '+') {
+		expNeg, e = e[0] == '-', e[1:]
+	}
+	for i := 0; i < len(e) && d.exp < maxExp; i++ {
+		d.exp = d.exp*10 + int64(e[i]-'0')
+	}
+	d.exp = min(d.exp, maxExp)
+	if expNeg {
+		d.exp = -d.exp
+	}
+	ip, fp, _ := strings.Cut(mant, ".")
+	ip = strings.TrimLeft(ip, "0")
+	if ip == "" {
+		t := strings.TrimLeft(fp, "0")
+		d.exp -= int64(len(fp) - len(t))
+		fp = t
+	} else {
+		d.exp += int64(len(ip))
+	}
+	d.hi, d.lo = ip, strings.TrimRight(fp, "0")
+	if d.lo == "" {
+		d.hi = strings.TrimRight(d.hi, "0")
+	}
+	if d.hi == "" && d.lo == "" {
+		return decimal{}
+	}
+	return d
+}
+
+// sign is -1, 0 or 1.
+func (d *decimal) sign() int {
+	switch {
+	case d.hi == "" && d.lo == "":
+		return 0
+	case d.neg:
+		return -1
+	}
+	return 1
+}
+
+// digit is the ith significant digit, '0' past the last.
+func (d *decimal) digit(i int) byte {
+	if i < len(d.hi) {
+		return d.hi[i]
+	}
+	if i -= len(d.hi); i < len(d.lo) {
+		return d.lo[i]
+	}
+	return '0'
+}
+
+// compareDecimal compares two literals exactly, without allocating.
+func compareDecimal(a, b string) int {
+	x, y := readDecimal(a), readDecimal(b)
+	sx, sy := x.sign(), y.sign()
+	if sx != sy || sx == 0 {
+		return cmp.Compare(sx, sy)
+	}
+	// Same sign: compare magnitudes, then flip for negatives.
+	c := cmp.Compare(x.exp, y.exp)
+	for i, n := 0, max(len(x.hi)+len(x.lo), len(y.hi)+len(y.lo)); c == 0 && i < n; i++ {
+		c = cmp.Compare(x.digit(i), y.digit(i))
+	}
+	return c * sx
 }

@@ -1,11 +1,14 @@
 package policy
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
+	"math"
 	"os"
 	pathpkg "path"
 	"path/filepath"
@@ -13,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"cel.dev/cel-go/cel"
 	"go.yaml.in/yaml/v3"
@@ -156,14 +160,23 @@ func (c *compiler) glob(n *yaml.Node, at string) (string, bool) {
 var roleKeys = []string{"role", "description", "mode", "servers", "approvals", "rate_limits", "redact"}
 
 func (c *compiler) role(data []byte) *Role {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
+	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
 		c.YAMLError(err)
 		return nil
 	}
 	if len(doc.Content) == 0 {
 		c.Problems = append(c.Problems, Problem{Pos: Pos{File: c.File}, Msg: "empty role file"})
 		return nil
+	}
+	// yaml.Unmarshal would read the first document and ignore the rest,
+	// so a role after "---" would be silently dropped.
+	var next yaml.Node
+	if err := dec.Decode(&next); err == nil {
+		c.Errorf(&next, "", "a role file holds one YAML document, but a second starts here")
+	} else if !errors.Is(err, io.EOF) {
+		c.YAMLError(err)
 	}
 	root := doc.Content[0]
 	r := &Role{Source: c.At(root), Servers: map[string]*ServerGrant{}}
@@ -373,7 +386,16 @@ func (c *compiler) constraint(parent *node, key string, k, v *yaml.Node, path st
 	}
 	path = diag.Join(path, key)
 	n := parent
-	for _, s := range segs {
+	for i, s := range segs {
+		if i > 0 {
+			// A dotted path makes what it passes through objects, as
+			// fields: does.
+			if n.types&typeObject == 0 {
+				c.Errorf(k, path, "%q needs %q to be an object, but its matchers need %s", key, strings.Join(segs[:i], "."), n.types)
+				return
+			}
+			n.types &= typeObject
+		}
 		child, ok := n.children[s]
 		if !ok {
 			child = newNode(k)
@@ -473,7 +495,15 @@ func (c *compiler) matcher(op string, v *yaml.Node, path string) (Matcher, typeS
 		if !ok {
 			return Matcher{}, 0, false
 		}
-		re, err := regexp.Compile(`^(?:` + s + `)$`)
+		// The pattern must be a regular expression on its own before it
+		// is anchored: "a)|(b" is none, but ^(?:a)|(b)$ is one, matching
+		// anything that starts with a or ends with b.
+		re, err := regexp.Compile(s)
+		if err == nil {
+			// Anchoring nests s one level deeper, which can still
+			// exceed a limit s alone is within.
+			re, err = regexp.Compile(`^(?:` + s + `)$`)
+		}
 		if err != nil {
 			c.Errorf(v, path, "invalid pattern: %v", strings.TrimPrefix(err.Error(), "error parsing regexp: "))
 			return Matcher{}, 0, false
@@ -563,16 +593,48 @@ func (c *compiler) scalar(n *yaml.Node, path string) (Scalar, bool) {
 	case "!!int":
 		var i int64
 		if n.Decode(&i) == nil {
-			return Scalar{Kind: KindNumber, Num: float64(i), Int: i, IsInt: true}, true
+			return Scalar{Kind: KindNumber, Num: float64(i), Int: i, IsInt: true, Text: strconv.FormatInt(i, 10)}, true
 		}
 	case "!!float":
 		var f float64
 		if n.Decode(&f) == nil {
-			return Scalar{Kind: KindNumber, Num: f}, true
+			return c.float(n, path, f)
 		}
 	}
 	c.Errorf(n, path, "unsupported value %q", n.Value)
 	return Scalar{}, false
+}
+
+// decimalFloat is a float written in decimal, as YAML reads one once
+// underscores are removed.
+var decimalFloat = regexp.MustCompile(`^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$`)
+
+// float makes a Scalar of the YAML float f. NaN and the infinities are
+// refused: NaN is neither less than, equal to nor greater than anything,
+// so lte: .nan would hold for every number. So is a number too close to 0
+// for a float64 to tell from 0 (1e-400): exact comparison reads exponents
+// only as far as numbers a float64 can hold need.
+func (c *compiler) float(n *yaml.Node, path string, f float64) (Scalar, bool) {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		c.Errorf(n, path, "must be a finite number, got %s", n.Value)
+		return Scalar{}, false
+	}
+	text := strings.TrimPrefix(strings.ReplaceAll(n.Value, "_", ""), "+")
+	if !decimalFloat.MatchString(text) {
+		// Only an integer tagged !!float and written in hexadecimal,
+		// octal or binary gets here. Its value is f, as YAML converted
+		// it, and an integral float64 formats exactly.
+		if f != math.Trunc(f) {
+			c.Errorf(n, path, "unsupported value %q", n.Value)
+			return Scalar{}, false
+		}
+		text = strconv.FormatFloat(f, 'f', 0, 64)
+	}
+	if mant, _, _ := strings.Cut(strings.ToLower(text), "e"); f == 0 && strings.ContainsAny(mant, "123456789") {
+		c.Errorf(n, path, "%s is too close to 0 for a float64: it would round to 0", n.Value)
+		return Scalar{}, false
+	}
+	return Scalar{Kind: KindNumber, Num: f, Text: text}, true
 }
 
 // build turns the node tree into Fields.
@@ -641,6 +703,11 @@ func (c *compiler) approval(n *yaml.Node, path, id string) *ApprovalRule {
 
 var rateLimitKeys = []string{"requests", "per", "burst", "key"}
 
+// minInterval is the shortest time between requests a rate limit may
+// allow. Limiters count Per/Requests in whole nanoseconds, so a shorter
+// interval would be kept only roughly (and under 1ns not at all).
+const minInterval = time.Microsecond
+
 func (c *compiler) rateLimits(n *yaml.Node, path string) []*RateLimit {
 	var out []*RateLimit
 	c.List(n, path, func(i int, p string, v *yaml.Node) {
@@ -684,6 +751,11 @@ func (c *compiler) rateLimits(n *yaml.Node, path string) []*RateLimit {
 			}
 		}
 		if !valid {
+			return
+		}
+		if l.Per/time.Duration(l.Requests) < minInterval {
+			c.Errorf(v, p, "%d requests per %v is more than one per microsecond: no gateway serves that rate, "+
+				"and the interval between requests, kept in whole nanoseconds, could be off by more than 0.1%%", l.Requests, l.Per)
 			return
 		}
 		if !present["burst"] {

@@ -169,7 +169,7 @@ servers:
         constraints:
           query: { pattern: "[a-z" }
 `,
-		want: "role.yaml:7:29: servers.notion.tools[0].constraints.query.pattern: invalid pattern: missing closing ]: `[a-z)$`",
+		want: "role.yaml:7:29: servers.notion.tools[0].constraints.query.pattern: invalid pattern: missing closing ]: `[a-z`",
 	}, {
 		name: "lte on a string",
 		src: `
@@ -194,6 +194,76 @@ servers:
           limit: { pattern: "[0-9]+", gte: 1 }
 `,
 		want: `role.yaml:7:39: servers.notion.tools[0].constraints.limit.gte: gte needs a number, but the other matchers need a string`,
+	}, {
+		// Alone it is no regular expression; wrapped in ^(?:…)$ it would
+		// be one that matches anything starting with ws_a or ending with
+		// ws_b.
+		name: "pattern that only compiles anchored",
+		src: `
+role: r
+servers:
+  notion:
+    tools:
+      - name: search
+        constraints:
+          workspace: { pattern: "ws_a)|(ws_b" }
+`,
+		want: "role.yaml:7:33: servers.notion.tools[0].constraints.workspace.pattern: invalid pattern: unexpected ): `ws_a)|(ws_b`",
+	}, {
+		name: "numbers that compare with nothing",
+		src: `
+role: r
+servers:
+  notion:
+    tools:
+      - name: get_pages
+        constraints:
+          limit: { lte: .nan }
+          offset: { gt: -.inf }
+          cursor: { in: [1, .inf] }
+          page: { ne: .NaN }
+          score: { gte: 1e-400 }
+`,
+		want: "role.yaml:7:25: servers.notion.tools[0].constraints.limit.lte: must be a finite number, got .nan\n" +
+			"role.yaml:8:25: servers.notion.tools[0].constraints.offset.gt: must be a finite number, got -.inf\n" +
+			"role.yaml:9:29: servers.notion.tools[0].constraints.cursor.in[1]: must be a finite number, got .inf\n" +
+			"role.yaml:10:23: servers.notion.tools[0].constraints.page.ne: must be a finite number, got .NaN\n" +
+			"role.yaml:11:25: servers.notion.tools[0].constraints.score.gte: 1e-400 is too close to 0 for a float64: it would round to 0",
+	}, {
+		name: "dotted path into a value that cannot be an object",
+		src: `
+role: r
+servers:
+  notion:
+    tools:
+      - name: search
+        constraints:
+          filter: { eq: "x" }
+          filter.owner: { eq: me }
+          sort.by: {}
+          sort: { in: [a, b] }
+          tags: { each: { prefix: t } }
+          tags.first.name: {}
+`,
+		want: "role.yaml:8:11: servers.notion.tools[0].constraints.filter.owner: \"filter.owner\" needs \"filter\" to be an object, but its matchers need a string\n" +
+			"role.yaml:10:19: servers.notion.tools[0].constraints.sort.in: in needs a string, but the other matchers need an object\n" +
+			"role.yaml:12:11: servers.notion.tools[0].constraints.tags.first.name: \"tags.first.name\" needs \"tags\" to be an object, but its matchers need an array",
+	}, {
+		name: "second YAML document",
+		src: `
+role: r
+---
+role: s
+`,
+		want: `role.yaml:2:1: a role file holds one YAML document, but a second starts here`,
+	}, {
+		name: "second YAML document that does not parse",
+		src: `
+role: r
+---
+servers: [
+`,
+		want: `role.yaml:3:1: invalid YAML: did not find expected node content`,
 	}, {
 		name: "unknown server",
 		opts: &Options{Servers: []string{"github"}},
@@ -275,11 +345,16 @@ rate_limits:
   - { requests: 0, per: 1m }
   - { requests: 5, per: soon }
   - { requests: 5, key: tenant }
+  - { requests: 2000, per: 1us }
+  - { requests: 1000001, per: 1s }
+  - { requests: 1000000, per: 1s }
 `,
 		want: "role.yaml:3:17: rate_limits[0].requests: must be at least 1, got 0\n" +
 			"role.yaml:4:25: rate_limits[1].per: must be a positive duration such as 30s, 1m or 1h30m, got \"soon\"\n" +
 			"role.yaml:5:5: rate_limits[2]: missing required field \"per\"\n" +
-			"role.yaml:5:25: rate_limits[2].key: must be agent or role, got \"tenant\"",
+			"role.yaml:5:25: rate_limits[2].key: must be agent or role, got \"tenant\"\n" +
+			"role.yaml:6:5: rate_limits[3]: 2000 requests per 1µs is more than one per microsecond: no gateway serves that rate, and the interval between requests, kept in whole nanoseconds, could be off by more than 0.1%\n" +
+			"role.yaml:7:5: rate_limits[4]: 1000001 requests per 1s is more than one per microsecond: no gateway serves that rate, and the interval between requests, kept in whole nanoseconds, could be off by more than 0.1%",
 	}, {
 		name: "bad approval rules",
 		src: `
@@ -356,6 +431,29 @@ servers:
 				t.Errorf("problems (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// Document markers around the one document are fine.
+func TestOneDocumentWithMarkers(t *testing.T) {
+	for _, src := range []string{"---\nrole: r\n", "role: r\n...\n", "# a role\n---\nrole: r\n...\n"} {
+		if _, err := compileOne(t, src, nil); err != nil {
+			t.Errorf("%q: %v", src, err)
+		}
+	}
+}
+
+// A pattern at RE2's nesting limit is valid alone but not once anchored,
+// which adds a level: a problem, not a panic.
+func TestPatternAtNestingLimit(t *testing.T) {
+	deep := strings.Repeat("(", 999) + "a" + strings.Repeat(")", 999)
+	src := "role: r\nservers:\n  s:\n    tools:\n      - name: t\n        constraints:\n          v: { pattern: \"" + deep + "\" }\n"
+	_, err := compileOne(t, src, nil)
+	if err == nil {
+		t.Fatal("compiled, want a problem")
+	}
+	if got := problemsOf(t, err); !strings.Contains(got, "servers.s.tools[0].constraints.v.pattern: invalid pattern: expression nests too deeply") {
+		t.Errorf("problems = %.200s", got)
 	}
 }
 

@@ -116,10 +116,60 @@ type ResourceGrant struct {
 	Pattern string
 }
 
-// Matches reports whether uri is covered by the grant.
+// Matches reports whether uri is covered by the grant. '*' matches any one
+// segment, ".." too, so a URI the upstream could resolve or decode into
+// another path matches no grant: one with a "." or ".." segment, raw or
+// percent-encoded, a backslash, or an encoded slash or backslash. Like
+// path_within, it refuses such a URI rather than resolve it: only the
+// upstream knows what it names.
 func (g *ResourceGrant) Matches(uri string) bool {
+	if !plainURI(uri) {
+		return false
+	}
 	ok, err := path.Match(g.Pattern, uri)
 	return err == nil && ok
+}
+
+// plainURI reports whether uri has no dot segment and no separator but
+// '/'. Segments end at '/', and also at '?', '#' and ';', so that "..?x"
+// and "..;" (a path parameter) count as "..".
+func plainURI(uri string) bool {
+	start := 0
+	for i := 0; i <= len(uri); i++ {
+		if i < len(uri) {
+			switch c := uri[i]; {
+			case c == '\\':
+				return false
+			case c == '%' && i+2 < len(uri) &&
+				(uri[i+1] == '2' && uri[i+2]|0x20 == 'f' || uri[i+1] == '5' && uri[i+2]|0x20 == 'c'):
+				return false
+			case c != '/' && c != '?' && c != '#' && c != ';':
+				continue
+			}
+		}
+		if dotSegment(uri[start:i]) {
+			return false
+		}
+		start = i + 1
+	}
+	return true
+}
+
+// dotSegment reports whether seg is "." or "..", each dot written as '.'
+// or as "%2e".
+func dotSegment(seg string) bool {
+	dots := 0
+	for i := 0; i < len(seg); i++ {
+		switch {
+		case seg[i] == '.':
+		case seg[i] == '%' && i+2 < len(seg) && seg[i+1] == '2' && seg[i+2]|0x20 == 'e':
+			i += 2
+		default:
+			return false
+		}
+		dots++
+	}
+	return dots == 1 || dots == 2
 }
 
 // Field constrains one value: an argument, a nested field or an array element.
@@ -220,6 +270,9 @@ type Scalar struct {
 	Num   float64
 	Int   int64
 	IsInt bool
+	// Text is the number's exact value as a decimal literal,
+	// -?d*(.d*)?([eE][+-]?d+)?, for the comparisons Num would round.
+	Text string
 }
 
 // Expr is a compiled CEL expression over the call: args, agent, role,

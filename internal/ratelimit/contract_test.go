@@ -97,6 +97,23 @@ func testLimiter(t *testing.T, newLimiter func(t *testing.T, now func() time.Tim
 			t.Fatalf("on time: %+v %v, want allowed", res, err)
 		}
 	})
+	t.Run("a limit that is no rate is an error", func(t *testing.T) {
+		c := testclock.New(time.Unix(1_700_000_000, 0))
+		lim := newLimiter(t, c.Now)
+		for _, l := range []*policy.RateLimit{
+			{ID: "no requests", Requests: 0, Per: time.Second, Burst: 1},
+			{ID: "no period", Requests: 1, Per: 0, Burst: 1},
+			{ID: "no burst", Requests: 1, Per: time.Second, Burst: 0},
+			// Per/Requests rounds down to no interval at all.
+			{ID: "under a nanosecond apart", Requests: 2000, Per: time.Microsecond, Burst: 1},
+			// Burst intervals overflow a time.Duration.
+			{ID: "burst beyond 292 years", Requests: 1, Per: time.Hour, Burst: 1 << 40},
+		} {
+			if res, err := lim.Allow(ctx, "k", l); err == nil || res.Allowed {
+				t.Errorf("%s: %+v %v, want an error", l.ID, res, err)
+			}
+		}
+	})
 	t.Run("keys are independent", func(t *testing.T) {
 		c := testclock.New(time.Unix(1_700_000_000, 0))
 		lim := newLimiter(t, c.Now)

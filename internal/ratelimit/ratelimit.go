@@ -5,6 +5,8 @@ package ratelimit
 
 import (
 	"context"
+	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -21,11 +23,28 @@ type Result struct {
 	Remaining int
 }
 
+// emission returns l's emission interval, Per/Requests, and its burst
+// window, Burst intervals: the arithmetic both limiters do. A limit that
+// is no rate is an error rather than a panic or a wrong answer: no
+// requests or no period, a burst of none, more than one request per
+// nanosecond (an interval of 0), or a window beyond time.Duration.
+func emission(l *policy.RateLimit) (interval, burst time.Duration, err error) {
+	if l.Requests <= 0 || l.Per <= 0 || l.Burst <= 0 {
+		return 0, 0, fmt.Errorf("rate limit %s: %d requests per %v with a burst of %d is not a rate", l.ID, l.Requests, l.Per, l.Burst)
+	}
+	interval = l.Per / time.Duration(l.Requests)
+	if interval <= 0 {
+		return 0, 0, fmt.Errorf("rate limit %s: more than one request per nanosecond", l.ID)
+	}
+	if time.Duration(l.Burst) > math.MaxInt64/interval {
+		return 0, 0, fmt.Errorf("rate limit %s: a burst of %d at one per %v is too long a window", l.ID, l.Burst, interval)
+	}
+	return interval, time.Duration(l.Burst) * interval, nil
+}
+
 // gcra applies one request at now to the theoretical arrival time tat and
 // returns the result and the new tat (unchanged when denied).
-func gcra(tat, now time.Time, l *policy.RateLimit) (Result, time.Time) {
-	interval := l.Per / time.Duration(l.Requests)
-	burst := time.Duration(l.Burst) * interval
+func gcra(tat, now time.Time, interval, burst time.Duration) (Result, time.Time) {
 	if tat.Before(now) {
 		tat = now
 	}
@@ -68,10 +87,14 @@ const sweepEvery = 4096
 
 // Allow counts one call against limit l for key.
 func (m *Memory) Allow(_ context.Context, key string, l *policy.RateLimit) (Result, error) {
+	interval, burst, err := emission(l)
+	if err != nil {
+		return Result{}, err
+	}
 	now := m.now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	res, tat := gcra(m.tats[key], now, l)
+	res, tat := gcra(m.tats[key], now, interval, burst)
 	if res.Allowed {
 		m.tats[key] = tat
 	}

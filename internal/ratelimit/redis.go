@@ -127,12 +127,9 @@ return {1, 0, remaining}
 
 // Allow counts one call against limit l for key.
 func (r *Redis) Allow(ctx context.Context, key string, l *policy.RateLimit) (Result, error) {
-	if l.Requests <= 0 || l.Per <= 0 {
-		return Result{}, fmt.Errorf("rate limit %s: %d requests per %v is not a rate", l.ID, l.Requests, l.Per)
-	}
-	interval := l.Per / time.Duration(l.Requests)
-	if interval <= 0 {
-		return Result{}, fmt.Errorf("rate limit %s: more than one request per nanosecond", l.ID)
+	interval, _, err := emission(l)
+	if err != nil {
+		return Result{}, err
 	}
 	sec, nsec := "", ""
 	if r.now != nil {

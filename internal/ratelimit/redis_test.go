@@ -160,15 +160,6 @@ func TestRedisErrors(t *testing.T) {
 	srv := redistest.Start(t)
 	client := srv.Client()
 	r := NewRedis(client, nil)
-	for _, l := range []*policy.RateLimit{
-		{ID: "zero requests", Requests: 0, Per: time.Second, Burst: 1},
-		{ID: "zero per", Requests: 1, Per: 0, Burst: 1},
-		{ID: "too fast", Requests: 2, Per: 1, Burst: 1},
-	} {
-		if res, err := r.Allow(ctx, "k", l); err == nil || res.Allowed {
-			t.Errorf("%s: %+v %v, want an error", l.ID, res, err)
-		}
-	}
 	// A key of another type (a misconfigured prefix shared with other
 	// data) is an error, not an allowance.
 	if err := client.HSet(ctx, DefaultRedisPrefix+"h", "f", "v").Err(); err != nil {
