@@ -91,19 +91,19 @@ type FileDevice struct {
 	now      func() time.Time
 	log      *slog.Logger
 
-	mu     sync.Mutex
-	f      *os.File // nil after a failed rotation, reopened by the next Write
-	size   int64
-	seq    uint64
-	hash   string
-	dirty  bool // written since the last sync
-	torn   bool // a failed write may have left a partial line past size
+	mu    sync.Mutex
+	f     *os.File // nil after a failed rotation, reopened by the next Write
+	size  int64
+	seq   uint64
+	hash  string
+	dirty bool // written since the last sync
+	torn  bool // a failed write may have left a partial line past size
 	// unsynced is the background sync's last failure, until a sync
 	// succeeds: records written since may never reach the disk, so no
 	// more are taken meanwhile.
 	unsynced error
-	closed bool
-	buf    []byte
+	closed   bool
+	buf      []byte
 
 	stop chan struct{}
 	done chan struct{}
