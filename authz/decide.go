@@ -159,15 +159,15 @@ func (c *call) decideCompletion(m *mcpfilter.Message) outcome {
 	o := outcome{msg: m}
 	var (
 		server, name, what string
-		granted            func(*policy.Role, string, string) bool
+		granted            func(*policy.Set, string, string, string) bool
 		err                error
 	)
 	if m.RefType == mcpfilter.RefPrompt {
 		server, name, err = c.s.ns.Split(m.Name)
-		what, granted = "prompt", promptGranted
+		what, granted = "prompt", decision.PromptGranted
 	} else {
 		server, name, err = c.s.ns.SplitURI(m.URI)
-		what, granted = "resource", resourceGranted
+		what, granted = "resource", decision.ResourceGranted
 	}
 	if err != nil {
 		o.code, o.reason = CodeInvalidName, err.Error()
@@ -175,7 +175,7 @@ func (c *call) decideCompletion(m *mcpfilter.Message) outcome {
 	}
 	o.server, o.name = server, name
 	o.res = decision.Result{Verdict: decision.Allow, Code: decision.CodeAllowed}
-	if !granted(c.role, server, name) {
+	if !granted(c.set, c.token.Role, server, name) {
 		o.res = decision.Result{Code: decision.CodeNotGranted,
 			Reason: what + " " + quote(name) + " on server " + quote(server) + " is not granted to role " + quote(c.token.Role)}
 	}
@@ -184,39 +184,6 @@ func (c *call) decideCompletion(m *mcpfilter.Message) outcome {
 	}
 	o.verdict, o.code, o.reason = o.res.Verdict, Code(o.res.Code), o.res.Reason
 	return o
-}
-
-// promptGranted and resourceGranted report whether role (nil when it is
-// not defined) is granted server's prompt or resource. Unlike
-// decision.PromptVisible and decision.ResourceVisible, which show a
-// shadow-mode role everything, they say what enforce mode would decide.
-func promptGranted(role *policy.Role, server, prompt string) bool {
-	sg := serverGrant(role, server)
-	if sg == nil {
-		return false
-	}
-	_, ok := sg.Prompts[prompt]
-	return ok
-}
-
-func resourceGranted(role *policy.Role, server, uri string) bool {
-	sg := serverGrant(role, server)
-	if sg == nil {
-		return false
-	}
-	for _, g := range sg.Resources {
-		if g.Matches(uri) {
-			return true
-		}
-	}
-	return false
-}
-
-func serverGrant(role *policy.Role, server string) *policy.ServerGrant {
-	if role == nil {
-		return nil
-	}
-	return role.Servers[server]
 }
 
 // applyRateLimits counts every call that would go ahead against its

@@ -554,13 +554,7 @@ func TestFileDeviceNotSynced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Writes to a pipe succeed; syncing one fails.
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	file := swapFile(d, w)
+	r, back := onPipe(t, d)
 	if err := d.Write(testRecord(1)); !errors.Is(err, errNotSynced) {
 		t.Errorf("Write = %v, want errNotSynced", err)
 	}
@@ -571,8 +565,7 @@ func TestFileDeviceNotSynced(t *testing.T) {
 	if err := d.Sync(); err == nil {
 		t.Error("Sync of a pipe succeeded")
 	}
-	swapFile(d, file)
-	w.Close()
+	back()
 	if err := d.Sync(); err != nil {
 		t.Errorf("Sync of a file: %v", err)
 	}
@@ -598,13 +591,8 @@ func TestFileDeviceIntervalSyncFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	r, w, err := os.Pipe() // writes to a pipe succeed; syncing one fails
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r, back := onPipe(t, d)
 	go io.Copy(io.Discard, r)
-	file := swapFile(d, w)
 	if err := d.Write(testRecord(1)); err != nil {
 		t.Fatalf("Write before any sync: %v", err)
 	}
@@ -619,8 +607,7 @@ func TestFileDeviceIntervalSyncFails(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	swapFile(d, file)
-	w.Close()
+	back()
 	if err := d.Write(testRecord(3)); err != nil {
 		t.Errorf("Write once a sync can succeed: %v", err)
 	}

@@ -361,13 +361,26 @@ func TestLoggerLingerGathersRecords(t *testing.T) {
 	}
 }
 
-// swapFile makes d write to f and returns the file it wrote to.
-func swapFile(d *FileDevice, f *os.File) *os.File {
+// onPipe moves d onto the write end of a pipe, where writes succeed and
+// syncs fail. It returns the read end, and back, which returns d to its
+// file (where syncs succeed) and closes the write end.
+func onPipe(t *testing.T, d *FileDevice) (r *os.File, back func()) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	old := d.f
-	d.f = f
-	return old
+	file := d.f
+	d.f = w
+	d.mu.Unlock()
+	return r, func() {
+		d.mu.Lock()
+		d.f = file
+		d.mu.Unlock()
+		w.Close()
+	}
 }
 
 // lineIDs returns the decision ids of the JSON lines in data.
@@ -391,13 +404,7 @@ func TestLoggerNotSynced(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			// Writes to a pipe succeed; syncing one fails.
-			r, w, err := os.Pipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
-			file := swapFile(d, w)
+			r, back := onPipe(t, d)
 			opts := *fastRetry
 			// Ample time for the records below, logged one after
 			// another, to make one batch.
@@ -417,8 +424,7 @@ func TestLoggerNotSynced(t *testing.T) {
 				t.Errorf("Log with records not synced = %v, want ErrUnavailable: ... not synced", err)
 			}
 
-			swapFile(d, file) // back to the file, which syncs
-			w.Close()
+			back() // to the file, which syncs
 			waitFor(t, "recovery", l.Healthy)
 			if err := l.Log(testRecord(n + 2)); err != nil {
 				t.Fatalf("Log after recovery: %v", err)

@@ -150,10 +150,19 @@ func ToolVisible(set *policy.Set, role, server, tool string) bool {
 // PromptVisible reports whether a role's prompts/list shows server's
 // prompt; shadow-mode roles see every prompt.
 func PromptVisible(set *policy.Set, role, server, prompt string) bool {
-	r, sg := roleServer(set, role, server)
-	if r != nil && r.Mode == policy.ModeShadow {
-		return true
-	}
+	return shadowRole(set, role) || PromptGranted(set, role, server, prompt)
+}
+
+// ResourceVisible reports whether a role's resources/list shows server's
+// resource uri; shadow-mode roles see every resource.
+func ResourceVisible(set *policy.Set, role, server, uri string) bool {
+	return shadowRole(set, role) || ResourceGranted(set, role, server, uri)
+}
+
+// PromptGranted reports whether role is granted server's prompt, whatever
+// its mode: what enforce mode decides.
+func PromptGranted(set *policy.Set, role, server, prompt string) bool {
+	_, sg := roleServer(set, role, server)
 	if sg == nil {
 		return false
 	}
@@ -161,13 +170,10 @@ func PromptVisible(set *policy.Set, role, server, prompt string) bool {
 	return ok
 }
 
-// ResourceVisible reports whether a role's resources/list shows server's
-// resource uri; shadow-mode roles see every resource.
-func ResourceVisible(set *policy.Set, role, server, uri string) bool {
-	r, sg := roleServer(set, role, server)
-	if r != nil && r.Mode == policy.ModeShadow {
-		return true
-	}
+// ResourceGranted reports whether role is granted server's resource uri,
+// whatever its mode: what enforce mode decides.
+func ResourceGranted(set *policy.Set, role, server, uri string) bool {
+	_, sg := roleServer(set, role, server)
 	if sg == nil {
 		return false
 	}
@@ -177,6 +183,12 @@ func ResourceVisible(set *policy.Set, role, server, uri string) bool {
 		}
 	}
 	return false
+}
+
+// shadowRole reports whether role is defined and in shadow mode.
+func shadowRole(set *policy.Set, role string) bool {
+	r, _ := roleServer(set, role, "")
+	return r != nil && r.Mode == policy.ModeShadow
 }
 
 // roleServer returns a role and its grants on server, either nil when
