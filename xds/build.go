@@ -140,8 +140,11 @@ func EgressHost(name string) string { return name }
 // Build returns the Envoy resources for cfg. It fails for what Envoy
 // cannot be told at all: an address that is not host:port, a listener on a
 // host name, no broker, an upstream URL without a host, a body limit over
-// 32 bits. Value ranges (a zero timeout, a zero body limit) are left to
-// Validate, which applies Envoy's own rules.
+// 32 bits; and for what would leave agents worse off than no Envoy: the
+// egress listener on the agent listener's address, a route timeout that
+// cuts calls short (see config.Config.LongestRequest). Value ranges (a
+// zero timeout, a zero body limit) are left to Validate, which applies
+// Envoy's own rules.
 func Build(cfg *config.Config) (*Resources, error) {
 	if cfg == nil {
 		return nil, errors.New("build envoy config: nil config")
@@ -214,6 +217,10 @@ func (b *builder) build(cfg *config.Config) (*Resources, error) {
 		if err != nil {
 			return nil, err
 		}
+		if overlap(agent.GetAddress(), egress.GetAddress()) {
+			return nil, fmt.Errorf("envoy.egress_listen: %s overlaps envoy.listen (%s): Envoy would keep only one of the two listeners, "+
+				"and with the egress one on the agent port, agents would reach the upstreams without ext_authz", e.EgressListen, e.Listen)
+		}
 		res.Listeners = append(res.Listeners, egress)
 		res.Routes = append(res.Routes, egressRoutes(ups))
 	}
@@ -251,6 +258,12 @@ func (b *builder) agentListener(cfg *config.Config) (*listenerv3.Listener, error
 	}
 	if cfg.MaxBodyBytes < 0 || cfg.MaxBodyBytes > math.MaxUint32 {
 		return nil, fmt.Errorf("max_body_bytes: %d does not fit Envoy's 32-bit buffer limit", cfg.MaxBodyBytes)
+	}
+	// The route timeout counts the whole streamed response; zero would be
+	// none at all.
+	if longest := cfg.LongestRequest(); e.RouteTimeout <= longest {
+		return nil, fmt.Errorf("envoy.route_timeout: %v is not longer than approvals.ttl + the longest upstream call timeout (%v): "+
+			"Envoy would cut off calls approved late", e.RouteTimeout, longest)
 	}
 	// The removal must run before ext_authz, as its own filter: ext_authz
 	// then sets these headers on allowed requests, and the broker trusts
@@ -682,6 +695,21 @@ func listenAddress(s string) (*corev3.Address, error) {
 		return nil, fmt.Errorf("%q: Envoy listens on IP addresses only, not on host names", s)
 	}
 	return socketAddress(hp.host, hp.port), nil
+}
+
+// overlap reports whether listeners on a and b would claim the same
+// connections: the same port, other than 0 (which picks a free one), on
+// the same IP address, or on any where either is a wildcard.
+func overlap(a, b *corev3.Address) bool {
+	sa, sb := a.GetSocketAddress(), b.GetSocketAddress()
+	if sa == nil || sb == nil || sa.GetPortValue() != sb.GetPortValue() || sa.GetPortValue() == 0 {
+		return false
+	}
+	ia, ib := net.ParseIP(sa.GetAddress()), net.ParseIP(sb.GetAddress())
+	if ia == nil || ib == nil {
+		return sa.GetAddress() == sb.GetAddress()
+	}
+	return ia.IsUnspecified() || ib.IsUnspecified() || ia.Equal(ib)
 }
 
 func socketAddress(host string, port uint32) *corev3.Address {

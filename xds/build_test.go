@@ -493,6 +493,9 @@ func TestBuildErrors(t *testing.T) {
 		{"upstream host not UTF-8", func(c *config.Config) {
 			c.Upstreams = map[string]*config.Upstream{"up": {URL: "https://%ff/mcp"}}
 		}, "UTF-8"},
+		{"route timeout within the approval wait", func(c *config.Config) { c.Envoy.RouteTimeout = c.ApprovalTTL + config.DefaultCallTimeout },
+			"envoy.route_timeout: 16m0s is not longer than approvals.ttl + the longest upstream call timeout (16m0s)"},
+		{"route timeout unset", func(c *config.Config) { c.Envoy.RouteTimeout = 0 }, "envoy.route_timeout"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -529,6 +532,12 @@ func TestValidate(t *testing.T) {
 		{"upstream name not UTF-8", func(c *config.Config) {
 			c.Upstreams = map[string]*config.Upstream{"\xff": {URL: "http://127.0.0.1/mcp", ConnectTimeout: time.Second}}
 		}, []string{"route configuration amg_egress_routes", "cluster upstream_\xff", "UTF-8"}},
+		{"upstream names differing only in case", func(c *config.Config) {
+			c.Upstreams = map[string]*config.Upstream{
+				"notion": {URL: "https://mcp.notion.example/mcp", ConnectTimeout: time.Second},
+				"Notion": {URL: "https://other.example/mcp", ConnectTimeout: time.Second},
+			}
+		}, []string{`route configuration amg_egress_routes: virtual host upstream_notion: domain "notion" is that of virtual host upstream_Notion once lowercased`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -546,6 +555,65 @@ func TestValidate(t *testing.T) {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("Validate err = %v, want it to mention %q", err, w)
 				}
+			}
+		})
+	}
+}
+
+// TestListenerOverlap checks that the agent and egress listeners may not
+// claim one address, both in Build, from the config, and in Validate, on
+// resources however made: Envoy would keep only one of them, and with the
+// egress one on the agent port, agents would reach the upstreams without
+// ext_authz.
+func TestListenerOverlap(t *testing.T) {
+	tests := []struct {
+		listen, egress string
+		overlap        bool
+	}{
+		{"0.0.0.0:10000", "0.0.0.0:10000", true},
+		{"127.0.0.1:10000", "127.0.0.1:10000", true},
+		{"127.0.0.1:10000", "0.0.0.0:10000", true},
+		{"0.0.0.0:10000", "127.0.0.1:10000", true},
+		{":10000", "127.0.0.1:10000", true},
+		{"[::]:10000", "127.0.0.1:10000", true},
+		{"127.0.0.1:10000", "[::]:10000", true},
+		{"localhost:10000", "127.0.0.1:10000", true},
+		{"[::1]:10000", "[0:0:0:0:0:0:0:1]:10000", true},
+		{"0.0.0.0:10000", "0.0.0.0:10001", false},
+		{"127.0.0.1:10000", "127.0.0.2:10000", false},
+		{"[::1]:10000", "127.0.0.1:10000", false},
+		{"127.0.0.1:0", "127.0.0.1:0", false}, // each gets a port of its own
+	}
+	for _, tt := range tests {
+		t.Run(tt.listen+" "+tt.egress, func(t *testing.T) {
+			cfg := config.Default()
+			cfg.Envoy.Listen, cfg.Envoy.EgressListen = tt.listen, tt.egress
+			_, err := Build(cfg)
+			switch {
+			case !tt.overlap && err != nil:
+				t.Errorf("Build: %v", err)
+			case tt.overlap && (err == nil || !strings.Contains(err.Error(), "envoy.egress_listen: "+tt.egress+" overlaps envoy.listen ("+tt.listen+")")):
+				t.Errorf("Build err = %v, want one naming envoy.egress_listen and envoy.listen", err)
+			}
+
+			// Resources with apart listeners, then the egress one moved.
+			cfg.Envoy.EgressListen = "127.0.0.3:9"
+			res, err := Build(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr, err := listenAddress(tt.egress)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.Listeners[1].Address = addr
+			err = res.Validate()
+			switch {
+			case !tt.overlap && err != nil:
+				t.Errorf("Validate: %v", err)
+			case tt.overlap && (err == nil || !strings.Contains(err.Error(), "listener amg_egress: address") ||
+				!strings.Contains(err.Error(), "overlaps that of listener amg_agent")):
+				t.Errorf("Validate err = %v, want one naming listeners amg_egress and amg_agent", err)
 			}
 		})
 	}

@@ -52,6 +52,18 @@ type Server struct {
 	mu      sync.Mutex // serializes Update
 	seq     uint64
 	version string
+
+	// streamsMu guards streams: what each ADS stream was last sent and
+	// rejected, per resource type.
+	streamsMu sync.Mutex
+	streams   map[int64]map[string]*sent
+}
+
+// sent is the last response of one type on one stream, and the last
+// version of that type the stream's Envoy rejected.
+type sent struct {
+	nonce, version string
+	rejected       string
 }
 
 // nodeKey is the one cache key: every Envoy in front of this AMG gets the
@@ -83,10 +95,11 @@ func NewServer(opts *Options) *Server {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		log:    log,
-		cache:  cachev3.NewSnapshotCache(true, sameForAll{}, cacheLogger{log}),
-		cancel: cancel,
-		build:  Build,
+		log:     log,
+		cache:   cachev3.NewSnapshotCache(true, sameForAll{}, cacheLogger{log}),
+		cancel:  cancel,
+		build:   Build,
+		streams: map[int64]map[string]*sent{},
 	}
 	s.grpc = grpc.NewServer(append([]grpc.ServerOption{
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
@@ -158,7 +171,8 @@ func (s *Server) Stop() {
 }
 
 // callbacks log what an operator needs: which Envoys are connected, and
-// above all a rejected configuration, which Envoy reports only here.
+// above all a rejected configuration, which Envoy reports only here. They
+// also keep a rejected version from being sent again (see request).
 func (s *Server) callbacks() serverv3.Callbacks {
 	return serverv3.CallbackFuncs{
 		StreamOpenFunc: func(_ context.Context, id int64, typeURL string) error {
@@ -166,16 +180,68 @@ func (s *Server) callbacks() serverv3.Callbacks {
 			return nil
 		},
 		StreamClosedFunc: func(id int64, node *corev3.Node) {
+			s.streamsMu.Lock()
+			delete(s.streams, id)
+			s.streamsMu.Unlock()
 			s.log.Debug("xds: stream closed", "stream", id, "node", node.GetId())
 		},
 		StreamRequestFunc: func(id int64, req *discoveryv3.DiscoveryRequest) error {
-			if d := req.GetErrorDetail(); d != nil {
-				s.log.Error("xds: envoy rejected config", "stream", id, "node", req.GetNode().GetId(),
-					"type", req.GetTypeUrl(), "nonce", req.GetResponseNonce(), "error", d.GetMessage())
-			}
+			s.request(id, req)
 			return nil
 		},
+		StreamResponseFunc: func(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
+			s.streamsMu.Lock()
+			defer s.streamsMu.Unlock()
+			last := s.last(id, resp.GetTypeUrl())
+			last.nonce, last.version = resp.GetNonce(), resp.GetVersionInfo()
+		},
 	}
+}
+
+// request logs a rejection (a NACK: a request with error_detail) once per
+// stream, type and version, and makes a request that answers a rejected
+// response say it holds that response's version. A NACK carries the
+// version Envoy last accepted, and the cache answers a request whose
+// version differs from its snapshot's with the snapshot: left as it is,
+// each NACK would be answered with the version just rejected, which Envoy
+// rejects again, in a loop until the next Update. Said to hold it, Envoy
+// gets the next version Update makes, as a client that accepted it would.
+// A request answering an older response is left alone: the server ignores
+// it.
+func (s *Server) request(id int64, req *discoveryv3.DiscoveryRequest) {
+	s.streamsMu.Lock()
+	defer s.streamsMu.Unlock()
+	last := s.last(id, req.GetTypeUrl())
+	current := last.nonce != "" && req.GetResponseNonce() == last.nonce
+	if d := req.GetErrorDetail(); d != nil {
+		switch {
+		case !current:
+			s.log.Error("xds: envoy rejected config", "stream", id, "node", req.GetNode().GetId(),
+				"type", req.GetTypeUrl(), "nonce", req.GetResponseNonce(), "error", d.GetMessage())
+		case last.rejected != last.version:
+			last.rejected = last.version
+			s.log.Error("xds: envoy rejected config", "stream", id, "node", req.GetNode().GetId(),
+				"type", req.GetTypeUrl(), "version", last.version, "nonce", req.GetResponseNonce(), "error", d.GetMessage())
+		}
+	}
+	if current && last.rejected == last.version {
+		req.VersionInfo = last.version
+	}
+}
+
+// last is what stream id was last sent of typeURL. s.streamsMu is held.
+func (s *Server) last(id int64, typeURL string) *sent {
+	types := s.streams[id]
+	if types == nil {
+		types = map[string]*sent{}
+		s.streams[id] = types
+	}
+	l := types[typeURL]
+	if l == nil {
+		l = &sent{}
+		types[typeURL] = l
+	}
+	return l
 }
 
 // byType is the snapshot's view of r.

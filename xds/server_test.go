@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"slices"
@@ -16,11 +17,14 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/amgateway/amg/internal/config"
+	"github.com/amgateway/amg/internal/syncbuf"
 )
 
 // hangGuard bounds each test's gRPC exchange; it is never expected to fire.
@@ -347,5 +351,128 @@ func TestStopWithoutServe(t *testing.T) {
 	defer lis.Close()
 	if err := s.Serve(lis); err != nil {
 		t.Errorf("Serve after Stop = %v, want nil", err)
+	}
+}
+
+// nackQuiet is how long TestNACKNotResent listens for a resend before it
+// updates; a server that resends a rejected version does so at once.
+const nackQuiet = 300 * time.Millisecond
+
+// TestNACKNotResent checks that a version Envoy rejects is not pushed to it
+// again: Envoy's NACK carries the version it last accepted, which differs
+// from the snapshot's, and a cache left to itself answers it with the same
+// rejected snapshot, and the next NACK likewise, without end. The
+// rejection is logged once, and the next Update still reaches Envoy.
+func TestNACKNotResent(t *testing.T) {
+	tests := []struct {
+		name string
+		// accepted: Envoy accepted a first version and rejects the next
+		// one; otherwise it rejects the first and holds none.
+		accepted bool
+	}{
+		{name: "first version rejected"},
+		{name: "update rejected", accepted: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			logs := &syncbuf.Buffer{}
+			s := NewServer(&Options{Logger: slog.New(slog.NewTextHandler(logs, nil))})
+			cfg := parseFile(t, filepath.Join("testdata", "in", "default.yaml"))
+			if err := s.Update(cfg); err != nil {
+				t.Fatal(err)
+			}
+			e := dialEnvoy(t, startServer(t, s), "envoy-1")
+			e.subscribe(resource.ClusterType)
+
+			// Responses arrive on resps, so that the test can stop
+			// waiting for one.
+			resps := make(chan *discoveryv3.DiscoveryResponse)
+			done := make(chan struct{})
+			t.Cleanup(func() { close(done) })
+			go func() {
+				defer close(resps)
+				for {
+					resp, err := e.stream.Recv()
+					if err != nil {
+						return
+					}
+					select {
+					case resps <- resp:
+					case <-done:
+						return
+					}
+				}
+			}()
+			recv := func() *discoveryv3.DiscoveryResponse {
+				t.Helper()
+				select {
+				case resp, ok := <-resps:
+					if !ok {
+						t.Fatal("stream ended")
+					}
+					return resp
+				case <-time.After(hangGuard):
+					t.Fatal("no response")
+				}
+				return nil
+			}
+
+			resp := recv()
+			accepted := ""
+			if tt.accepted {
+				accepted = resp.GetVersionInfo()
+				e.send(&discoveryv3.DiscoveryRequest{Node: e.node, TypeUrl: resource.ClusterType,
+					VersionInfo: accepted, ResponseNonce: resp.GetNonce()})
+				cfg.MaxBodyBytes++
+				if err := s.Update(cfg); err != nil {
+					t.Fatal(err)
+				}
+				resp = recv()
+			}
+			rejected := resp.GetVersionInfo()
+			nack := func(resp *discoveryv3.DiscoveryResponse) {
+				t.Helper()
+				e.send(&discoveryv3.DiscoveryRequest{Node: e.node, TypeUrl: resource.ClusterType,
+					VersionInfo: accepted, ResponseNonce: resp.GetNonce(),
+					ErrorDetail: &status.Status{Code: int32(codes.InvalidArgument), Message: "rejected"}})
+			}
+			nack(resp)
+
+			// Every response of the rejected version is rejected again,
+			// as Envoy would; after a quiet spell, a new version.
+			sent := 1
+			quiet := time.After(nackQuiet)
+			for resp.GetVersionInfo() == rejected {
+				select {
+				case resp = <-resps:
+					if resp == nil {
+						t.Fatal("stream ended")
+					}
+					if resp.GetVersionInfo() == rejected {
+						sent++
+						nack(resp)
+					}
+				case <-quiet:
+					cfg.MaxBodyBytes++
+					if err := s.Update(cfg); err != nil {
+						t.Fatal(err)
+					}
+				case <-time.After(hangGuard):
+					t.Fatal("the update after the rejection was not pushed")
+				}
+			}
+			if sent != 1 {
+				t.Errorf("rejected version %s was sent %d times, want once", rejected, sent)
+			}
+			if v := resp.GetVersionInfo(); v != s.Version() {
+				t.Errorf("after the rejection got version %s, want the update's %s", v, s.Version())
+			}
+			if n := strings.Count(logs.String(), "envoy rejected config"); n != 1 {
+				t.Errorf("rejection logged %d times, want once", n)
+			}
+			if !strings.Contains(logs.String(), "version="+rejected) {
+				t.Errorf("rejection log does not name version %s:\n%s", rejected, logs)
+			}
+		})
 	}
 }

@@ -18,7 +18,7 @@
 //	  authz_address: 127.0.0.1:9001   # where Envoy reaches AMG's ext_authz
 //	  broker_addresses: [127.0.0.1:8082]  # where Envoy reaches AMG's broker replicas
 //	  authz_timeout: 2s
-//	  route_timeout: 15m            # long enough for a call parked for approval
+//	  route_timeout: 17m            # default: approvals.ttl + the longest call timeout + 1m
 //	vault:                          # for ${vault:...} references ("" none)
 //	  address: https://vault.example:8200
 //	  token: "${env:VAULT_TOKEN}"   # or approle: { role_id: ..., secret_id: "${file:...}" }
@@ -83,6 +83,11 @@ const (
 	DefaultConnectTimeout = 5 * time.Second
 	DefaultCallTimeout    = 60 * time.Second
 )
+
+// routeTimeoutMargin is what the route timeout a file leaves out adds to
+// LongestRequest: time for the Check, the broker's own work and its
+// answer.
+const routeTimeoutMargin = time.Minute
 
 // Config is the gateway configuration.
 type Config struct {
@@ -182,7 +187,9 @@ type Envoy struct {
 	// session to one of them.
 	BrokerAddresses []string
 	// AuthzTimeout bounds one Check; RouteTimeout one agent request,
-	// which may wait for a human's approval.
+	// which may wait for a human's approval and then for its upstream.
+	// RouteTimeout must be longer than Config.LongestRequest: Envoy counts
+	// the whole streamed response against it.
 	AuthzTimeout time.Duration
 	RouteTimeout time.Duration
 	// TracingAddress is an OpenTelemetry collector's OTLP/gRPC address
@@ -262,7 +269,7 @@ var builtins = []string{"demo"}
 // Default returns the configuration used for whatever a file leaves out: a
 // gateway on loopback ports fronting only the built-in demo server.
 func Default() *Config {
-	return &Config{
+	cfg := &Config{
 		Listen:      "127.0.0.1:8080",
 		AdminListen: "127.0.0.1:8081",
 		AuthzListen: "127.0.0.1:9001",
@@ -272,7 +279,6 @@ func Default() *Config {
 			AuthzAddress:    "127.0.0.1:9001",
 			BrokerAddresses: []string{"127.0.0.1:8082"},
 			AuthzTimeout:    2 * time.Second,
-			RouteTimeout:    15 * time.Minute,
 			TracingSampling: 100,
 		},
 		ApprovalTTL: 15 * time.Minute,
@@ -298,6 +304,31 @@ func Default() *Config {
 		},
 		Names: []string{"notion"},
 	}
+	cfg.Envoy.RouteTimeout = cfg.LongestRequest() + routeTimeoutMargin
+	return cfg
+}
+
+// LongestRequest is the longest an agent request can rightly take: a wait
+// of up to ApprovalTTL for a human's decision, then up to the longest
+// CallTimeout of any upstream. Envoy's route timeout must be longer, or
+// it cuts off calls approved late, and calls whose approval expires
+// before the broker can say so.
+func (c *Config) LongestRequest() time.Duration {
+	_, call := c.longestCall()
+	return c.ApprovalTTL + call
+}
+
+// longestCall is the upstream with the longest CallTimeout, the first by
+// name of those that share it, and that timeout; "" when there is none.
+func (c *Config) longestCall() (string, time.Duration) {
+	var name string
+	var call time.Duration
+	for _, n := range slices.Sorted(maps.Keys(c.Upstreams)) {
+		if u := c.Upstreams[n]; u != nil && u.CallTimeout > call {
+			name, call = n, u.CallTimeout
+		}
+	}
+	return name, call
 }
 
 // Load reads the config file at path and applies it over Default. Each

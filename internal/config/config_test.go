@@ -79,7 +79,7 @@ func TestDefault(t *testing.T) {
 		AdminListen: "127.0.0.1:8081",
 		AuthzListen: "127.0.0.1:9001",
 		Envoy: Envoy{Listen: "0.0.0.0:10000", EgressListen: "127.0.0.1:10001", AuthzAddress: "127.0.0.1:9001",
-			BrokerAddresses: []string{"127.0.0.1:8082"}, AuthzTimeout: 2 * time.Second, RouteTimeout: 15 * time.Minute, TracingSampling: 100},
+			BrokerAddresses: []string{"127.0.0.1:8082"}, AuthzTimeout: 2 * time.Second, RouteTimeout: 17 * time.Minute, TracingSampling: 100},
 		ApprovalTTL:  15 * time.Minute,
 		Console:      Console{ReadyDays: 7},
 		Audit:        Audit{MaxFileBytes: 100 << 20, Sync: audit.SyncOnInterval, SyncInterval: time.Second, StreamMaxRecords: audit.DefaultStreamMaxLen},
@@ -273,6 +273,14 @@ func TestValidValues(t *testing.T) {
 		"upstreams: { a.b-c_d: { builtin: demo } }",
 		"upstreams: { a: { url: \"https://x.example/mcp\", headers: { Authorization: \"Basic ${file:a}\", X-Dollar: \"$$${env:X}$ {}$\" } } }",
 		"upstreams: { a: { command: [srv, \"\"], env: { _X1: \"\", Y: \"a${env:Y}b${env:Z}c\" } } }",
+		"upstreams: { notion: { builtin: demo }, notion2: { builtin: demo }, notion-a: { builtin: demo } }",
+		"listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nauthz_listen: 127.0.0.1:0\nbroker_listen: \"[::1]:8081\"\nxds_listen: 127.0.0.2:8081",
+		"envoy: { listen: \"127.0.0.1:10000\", egress_listen: \"127.0.0.2:10000\" }",
+		"envoy: { listen: \"0.0.0.0:10001\", egress_listen: \"\" }",
+		"envoy: { listen: \"127.0.0.1:0\", egress_listen: \"127.0.0.1:0\" }",
+		"envoy: { listen: \"0.0.0.0:8081\" }", // Envoy's, beside amg's admin listener
+		"envoy: { route_timeout: 16m1s }",
+		"approvals: { ttl: 1m }\nenvoy: { route_timeout: 2m1s }",
 	} {
 		if _, err := parse(t, src, nil); err != nil {
 			t.Errorf("Parse(%q):\n%v", src, err)
@@ -316,6 +324,34 @@ func TestProblems(t *testing.T) {
 			`amg.yaml:1:24: console.ready_days: must be at least 1, got 0`},
 		{"envoy: zero timeout", "envoy: { route_timeout: 0s }\n",
 			`amg.yaml:1:25: envoy.route_timeout: must be a positive duration such as 30s, 1m or 1h30m, got "0s"`},
+		{"envoy: egress on the agent listener", "envoy: { listen: \"0.0.0.0:10000\", egress_listen: \"0.0.0.0:10000\" }\n",
+			"amg.yaml:1:50: envoy.egress_listen: 0.0.0.0:10000 overlaps envoy.listen (0.0.0.0:10000): Envoy would keep only one of the two listeners, " +
+				"whichever it happened to process first, and with the egress one on the agent port, agents would reach the upstreams without ext_authz"},
+		{"envoy: egress under the default agent listener", "envoy: { egress_listen: \"127.0.0.1:10000\" }\n",
+			"amg.yaml:1:25: envoy.egress_listen: 127.0.0.1:10000 overlaps envoy.listen (0.0.0.0:10000): Envoy would keep only one of the two listeners, " +
+				"whichever it happened to process first, and with the egress one on the agent port, agents would reach the upstreams without ext_authz"},
+		{"envoy: agent listener over the default egress", "envoy: { listen: \":10001\" }\n",
+			"amg.yaml:1:18: envoy.listen: :10001 overlaps envoy.egress_listen (127.0.0.1:10001): Envoy would keep only one of the two listeners, " +
+				"whichever it happened to process first, and with the egress one on the agent port, agents would reach the upstreams without ext_authz"},
+		{"amg's listeners overlap", "listen: 0.0.0.0:8081\nbroker_listen: \"[::]:9001\"\nxds_listen: localhost:8081\n",
+			"amg.yaml:1:9: listen: 0.0.0.0:8081 overlaps admin_listen (127.0.0.1:8081): amg cannot serve two listeners on one address\n" +
+				"amg.yaml:2:16: broker_listen: [::]:9001 overlaps authz_listen (127.0.0.1:9001): amg cannot serve two listeners on one address\n" +
+				"amg.yaml:3:13: xds_listen: localhost:8081 overlaps listen (0.0.0.0:8081): amg cannot serve two listeners on one address\n" +
+				"amg.yaml:3:13: xds_listen: localhost:8081 overlaps admin_listen (127.0.0.1:8081): amg cannot serve two listeners on one address"},
+		{"envoy: route timeout within the approval wait", "envoy: { route_timeout: 16m }\n",
+			"amg.yaml:1:25: envoy.route_timeout: must be longer than approvals.ttl + the longest upstream call timeout (15m0s + 1m0s of upstreams.notion = 16m0s): " +
+				"Envoy's route timeout covers the whole response, so it would cut off a call approved late while its upstream still answers, " +
+				"and one whose approval expires before the broker can say so (left out, it is 17m0s)"},
+		{"envoy: route timeout within a long call", `
+approvals: { ttl: 5m }
+envoy: { route_timeout: 6m }
+upstreams:
+  a: { builtin: demo, timeouts: { call: 30s } }
+  b: { builtin: demo, timeouts: { call: 2m } }
+  c: { builtin: demo, timeouts: { call: 2m } }
+`, "amg.yaml:2:25: envoy.route_timeout: must be longer than approvals.ttl + the longest upstream call timeout (5m0s + 2m0s of upstreams.b = 7m0s): " +
+			"Envoy's route timeout covers the whole response, so it would cut off a call approved late while its upstream still answers, " +
+			"and one whose approval expires before the broker can say so (left out, it is 8m0s)"},
 		{"envoy: bad tracing address", "envoy: { tracing_address: jaeger }\n",
 			`amg.yaml:1:27: envoy.tracing_address: must be host:port such as 127.0.0.1:8080, got "jaeger": missing port in address`},
 		{"envoy: sampling over 100", "envoy: { tracing_address: \"c:4317\", tracing_sampling: 150 }\n",
@@ -395,6 +431,18 @@ upstreams:
 			"amg.yaml:1:24: upstreams.a.url: plain http is allowed only to loopback hosts (localhost, 127.0.0.0/8, ::1): use https, or set allow_insecure: true to send this upstream's traffic and credentials unencrypted"},
 		{"allow_insecure false", "upstreams: { a: { url: \"http://10.0.0.1/mcp\", allow_insecure: false } }\n",
 			"amg.yaml:1:24: upstreams.a.url: plain http is allowed only to loopback hosts (localhost, 127.0.0.0/8, ::1): use https, or set allow_insecure: true to send this upstream's traffic and credentials unencrypted"},
+		{"names differing only in case", `
+upstreams:
+  notion:
+    url: https://mcp.notion.example/mcp
+  files:
+    command: [srv]
+  Notion:
+    builtin: demo
+  NOTION:
+    url: https://other.example/mcp
+`, "amg.yaml:6:3: upstreams.Notion: differs from notion (line 2) only in case; upstream names must differ in more, since Envoy's egress listener routes on them as host names, which it matches ignoring case\n" +
+			"amg.yaml:8:3: upstreams.NOTION: differs from notion (line 2) only in case; upstream names must differ in more, since Envoy's egress listener routes on them as host names, which it matches ignoring case"},
 		{"name with separator", "upstreams: { a__b: { builtin: demo } }\n",
 			`amg.yaml:1:14: upstreams.a__b: invalid upstream name: server name "a__b" contains "__", the server__tool separator`},
 		{"name ending in _", "upstreams: { a_: { builtin: demo } }\n",
@@ -528,6 +576,29 @@ upstreams:
 				t.Errorf("problems reveal a planted secret:\n%v", err)
 			}
 		})
+	}
+}
+
+// TestRouteTimeout checks the route timeout a file leaves out: longer
+// than a call can take, waiting for approval and then for its upstream.
+func TestRouteTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		src  string
+		want time.Duration
+	}{
+		{"", 17 * time.Minute},
+		{"approvals: { ttl: 1h }", time.Hour + 2*time.Minute},
+		{"upstreams: { a: { builtin: demo, timeouts: { call: 10m } }, b: { builtin: demo } }", 26 * time.Minute},
+		{"approvals: { ttl: 30s }\nupstreams: { a: { url: \"https://x.example/mcp\", timeouts: { call: 5s } } }", 95 * time.Second},
+		{"envoy: { route_timeout: 1h }", time.Hour},
+	} {
+		cfg, err := parse(t, tc.src, nil)
+		if err != nil {
+			t.Fatalf("Parse(%q): %v", tc.src, err)
+		}
+		if got := cfg.Envoy.RouteTimeout; got != tc.want {
+			t.Errorf("Parse(%q): route timeout %v, want %v", tc.src, got, tc.want)
+		}
 	}
 }
 

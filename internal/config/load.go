@@ -23,6 +23,10 @@ import (
 // and keeps going after each one.
 type loader struct {
 	diag.Walker
+	// set holds the value nodes, by YAML path, of the settings checked
+	// against one another once the whole file is read, each one that
+	// parsed.
+	set map[string]*yaml.Node
 }
 
 var (
@@ -40,6 +44,7 @@ var (
 )
 
 func (l *loader) config(cfg *Config, data []byte) {
+	l.set = map[string]*yaml.Node{}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
@@ -68,15 +73,15 @@ func (l *loader) config(cfg *Config, data []byte) {
 	l.Fields(root, "", configKeys, func(key string, _, v *yaml.Node) {
 		switch key {
 		case "listen":
-			l.addr(v, key, &cfg.Listen)
+			l.listen(v, key, &cfg.Listen, false)
 		case "admin_listen":
-			l.addr(v, key, &cfg.AdminListen)
+			l.listen(v, key, &cfg.AdminListen, false)
 		case "authz_listen":
-			l.addr(v, key, &cfg.AuthzListen)
+			l.listen(v, key, &cfg.AuthzListen, false)
 		case "broker_listen":
-			l.optionalAddr(v, key, &cfg.BrokerListen)
+			l.listen(v, key, &cfg.BrokerListen, true)
 		case "xds_listen":
-			l.optionalAddr(v, key, &cfg.XDSListen)
+			l.listen(v, key, &cfg.XDSListen, true)
 		case "envoy":
 			l.envoy(v, key, &cfg.Envoy)
 		case "approvals":
@@ -126,6 +131,101 @@ func (l *loader) config(cfg *Config, data []byte) {
 	if cfg.UnprefixedNames && len(cfg.Upstreams) != 1 {
 		l.Errorf(unprefixed, "unprefixed_names", "needs exactly one upstream (there are %d): with several, names must say which server they belong to", len(cfg.Upstreams))
 	}
+	l.listeners(cfg)
+	l.routeTimeout(cfg)
+}
+
+// listeners reports pairs of listeners that would claim one address:
+// amg's own, which one process cannot serve twice, and Envoy's two. Each
+// problem is reported where the file sets one of the pair. amg's listeners
+// are not checked against Envoy's: they are bound by other processes,
+// usually on other hosts, where the same address is no conflict; on one
+// host the second to bind fails, in plain sight.
+func (l *loader) listeners(cfg *Config) {
+	type listener struct{ path, addr string }
+	for _, g := range []struct {
+		ls  []listener
+		why string
+	}{
+		{[]listener{{"listen", cfg.Listen}, {"admin_listen", cfg.AdminListen}, {"authz_listen", cfg.AuthzListen},
+			{"broker_listen", cfg.BrokerListen}, {"xds_listen", cfg.XDSListen}},
+			"amg cannot serve two listeners on one address"},
+		{[]listener{{"envoy.listen", cfg.Envoy.Listen}, {"envoy.egress_listen", cfg.Envoy.EgressListen}},
+			"Envoy would keep only one of the two listeners, whichever it happened to process first, " +
+				"and with the egress one on the agent port, agents would reach the upstreams without ext_authz"},
+	} {
+		for j, b := range g.ls {
+			for _, a := range g.ls[:j] {
+				if !overlap(a.addr, b.addr) {
+					continue
+				}
+				at, other := b, a
+				if l.set[b.path] == nil {
+					at, other = a, b
+				}
+				l.Errorf(l.set[at.path], at.path, "%s overlaps %s (%s): %s", at.addr, other.path, other.addr, g.why)
+			}
+		}
+	}
+}
+
+// overlap reports whether listeners on a and b (host:port, as addr
+// checked them; "" is none) would claim the same connections: the same
+// port, other than 0 (which picks a free one), on the same host, or on any
+// where either host is a wildcard.
+func overlap(a, b string) bool {
+	ha, pa, errA := net.SplitHostPort(a)
+	hb, pb, errB := net.SplitHostPort(b)
+	if errA != nil || errB != nil {
+		return false
+	}
+	na, errA := strconv.ParseUint(pa, 10, 16)
+	nb, errB := strconv.ParseUint(pb, 10, 16)
+	if errA != nil || errB != nil || na != nb || na == 0 {
+		return false
+	}
+	ipa, ipb := listenIP(ha), listenIP(hb)
+	switch {
+	case ipa != nil && ipa.IsUnspecified(), ipb != nil && ipb.IsUnspecified():
+		return true
+	case ipa != nil && ipb != nil:
+		return ipa.Equal(ipb)
+	}
+	return strings.EqualFold(ha, hb)
+}
+
+// listenIP is the address a listener on host binds: an empty host is
+// every address, and localhost the IPv4 loopback, in Go as in Envoy. It is
+// nil for other host names.
+func listenIP(host string) net.IP {
+	switch {
+	case host == "":
+		return net.IPv4zero
+	case strings.EqualFold(host, "localhost"):
+		return net.IPv4(127, 0, 0, 1)
+	}
+	return net.ParseIP(host)
+}
+
+// routeTimeout sets envoy.route_timeout, when the file leaves it out, to
+// longer than a call can take, and otherwise checks that it is.
+func (l *loader) routeTimeout(cfg *Config) {
+	longest := cfg.LongestRequest()
+	n := l.set["envoy.route_timeout"]
+	if n == nil {
+		cfg.Envoy.RouteTimeout = longest + routeTimeoutMargin
+		return
+	}
+	if cfg.Envoy.RouteTimeout > longest {
+		return
+	}
+	limit := fmt.Sprintf("approvals.ttl (%v)", cfg.ApprovalTTL)
+	if name, call := cfg.longestCall(); name != "" {
+		limit = fmt.Sprintf("approvals.ttl + the longest upstream call timeout (%v + %v of upstreams.%s = %v)", cfg.ApprovalTTL, call, name, longest)
+	}
+	l.Errorf(n, "envoy.route_timeout", "must be longer than %s: Envoy's route timeout covers the whole response, "+
+		"so it would cut off a call approved late while its upstream still answers, "+
+		"and one whose approval expires before the broker can say so (left out, it is %v)", limit, longest+routeTimeoutMargin)
 }
 
 func (l *loader) upstreams(n *yaml.Node, path string) map[string]*Upstream {
@@ -134,7 +234,15 @@ func (l *loader) upstreams(n *yaml.Node, path string) map[string]*Upstream {
 		l.Errorf(n, path, "must declare at least one upstream; leave upstreams out to use the built-in demo")
 		return ups
 	}
+	seen := map[string]*yaml.Node{} // lower-cased name -> key node
 	l.Fields(n, path, nil, func(name string, k, v *yaml.Node) {
+		lower := strings.ToLower(name)
+		if prev, dup := seen[lower]; dup {
+			l.Errorf(k, path+"."+name, "differs from %s (line %d) only in case; upstream names must differ in more, "+
+				"since Envoy's egress listener routes on them as host names, which it matches ignoring case", prev.Value, prev.Line)
+		} else {
+			seen[lower] = k
+		}
 		if u := l.upstream(name, k, v); u != nil {
 			ups[name] = u
 		}
@@ -413,10 +521,11 @@ func (l *loader) template(n *yaml.Node, path string) (Template, bool) {
 	return t, len(errs) == 0
 }
 
-func (l *loader) addr(n *yaml.Node, path string, dst *string) {
+// addr reads a host:port into dst, reporting whether it did.
+func (l *loader) addr(n *yaml.Node, path string, dst *string) bool {
 	s, ok := l.Str(n, path)
 	if !ok {
-		return
+		return false
 	}
 	_, port, err := net.SplitHostPort(s)
 	if err != nil {
@@ -425,22 +534,34 @@ func (l *loader) addr(n *yaml.Node, path string, dst *string) {
 			err = errors.New(ae.Err)
 		}
 		l.Errorf(n, path, "must be host:port such as 127.0.0.1:8080, got %q: %v", s, err)
-		return
+		return false
 	}
 	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
 		l.Errorf(n, path, "port must be a number from 0 to 65535, got %q", port)
-		return
+		return false
 	}
 	*dst = s
+	return true
 }
 
 // optionalAddr is addr, where "" turns the listener off.
-func (l *loader) optionalAddr(n *yaml.Node, path string, dst *string) {
+func (l *loader) optionalAddr(n *yaml.Node, path string, dst *string) bool {
 	if n.Kind == yaml.ScalarNode && n.Value == "" {
 		*dst = ""
-		return
+		return true
 	}
-	l.addr(n, path, dst)
+	return l.addr(n, path, dst)
+}
+
+// listen reads a listener's address, keeping its node for listeners.
+func (l *loader) listen(n *yaml.Node, path string, dst *string, optional bool) {
+	read := l.addr
+	if optional {
+		read = l.optionalAddr
+	}
+	if read(n, path, dst) {
+		l.set[path] = n
+	}
 }
 
 // percent reads a percentage: a number from 0 to 100.
@@ -469,9 +590,9 @@ func (l *loader) envoy(n *yaml.Node, path string, e *Envoy) {
 		p := path + "." + key
 		switch key {
 		case "listen":
-			l.addr(v, p, &e.Listen)
+			l.listen(v, p, &e.Listen, false)
 		case "egress_listen":
-			l.optionalAddr(v, p, &e.EgressListen)
+			l.listen(v, p, &e.EgressListen, true)
 		case "egress_address":
 			l.optionalAddr(v, p, &e.EgressAddress)
 		case "authz_address":
@@ -494,6 +615,7 @@ func (l *loader) envoy(n *yaml.Node, path string, e *Envoy) {
 				e.AuthzTimeout = d
 			} else if ok {
 				e.RouteTimeout = d
+				l.set[p] = v
 			}
 		case "tracing_address":
 			l.optionalAddr(v, p, &e.TracingAddress)
