@@ -171,7 +171,8 @@ type env struct {
 }
 
 // newEnv returns a console over fresh stores; opts (nil: defaults) gets
-// the env's clock, and edits change the console's Deps.
+// the env's clock unless it has a Now of its own, and edits change the
+// console's Deps.
 func newEnv(t *testing.T, opts *console.Options, edits ...func(*console.Deps)) *env {
 	t.Helper()
 	e := &env{t: t, clock: testclock.New(start), approvals: approval.NewMemory(nil), tokens: tokens.NewMemoryStore(),
@@ -186,7 +187,9 @@ func newEnv(t *testing.T, opts *console.Options, edits ...func(*console.Deps)) *
 	if opts != nil {
 		o = *opts
 	}
-	o.Now = e.clock.Now
+	if o.Now == nil {
+		o.Now = e.clock.Now
+	}
 	d := console.Deps{Token: adminToken, Approvals: e.approvals,
 		Tokens: tokenAdmin{store: e.tokens, auth: e.auth, now: e.clock.Now}, Policies: e.policies, Upstreams: e.ups,
 		Shadow: e.shadow, Audit: audit.FileLog(e.auditFile)}

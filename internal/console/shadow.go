@@ -32,8 +32,8 @@ type shadowData struct {
 // enforce since still shows its history).
 func (c *Console) shadowSeries(r *http.Request) ([]shadow.Series, map[string]string, error) {
 	now := c.opts.Now()
-	from := now.AddDate(0, 0, -(c.opts.ChartDays - 1))
-	counts, err := c.d.Shadow.Counts(r.Context(), from, now)
+	from, to := shadow.WindowRange(now, c.opts.ChartDays)
+	counts, err := c.d.Shadow.Counts(r.Context(), from, to)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -184,3 +184,32 @@ func TestShadowChart(t *testing.T) {
 		t.Error("the chart has no title")
 	}
 }
+
+// The chart's days are UTC days, and so are the days its counts are read
+// for, whatever the time zone of the clock. A week back from just after
+// midnight in Berlin, across the start of summer time, is a day short of
+// a week back in UTC: the first day of the window must still be read.
+func TestShadowChartAcrossSummerTime(t *testing.T) {
+	berlin, err := time.LoadLocation("Europe/Berlin")
+	if err != nil {
+		t.Skipf("no time zone data: %v", err)
+	}
+	now := time.Date(2026, 4, 2, 1, 30, 0, 0, berlin) // 2026-04-01 23:30 UTC
+	e := newEnv(t, &console.Options{ChartDays: 7, Now: func() time.Time { return now }})
+	if err := e.shadow.Inc(context.Background(), "support", time.Date(2026, 3, 26, 12, 0, 0, 0, time.UTC)); err != nil {
+		t.Fatal(err)
+	}
+	op := e.signIn("alice")
+	rec := e.get(op, "/console/shadow")
+	wantStatus(t, rec, http.StatusOK)
+	if got := shadowRows(t, rec.Body.String())["support"]; len(got) < 4 || got[2] != "1" || got[3] != "2026-03-26" {
+		t.Errorf("support = %q, want 1 would-be denial, last on 2026-03-26", got)
+	}
+	svg := e.get(op, "/console/shadow/chart.svg").Body.String()
+	if !strings.Contains(svg, "Would-be denials per day from 2026-03-26 to 2026-04-01") {
+		t.Errorf("the chart does not run from 2026-03-26 to 2026-04-01:\n%s", svg)
+	}
+	if !strings.Contains(svg, "<title>support 2026-03-26: 1 would-be denial</title>") {
+		t.Errorf("the chart does not show support's denial on 2026-03-26:\n%s", svg)
+	}
+}

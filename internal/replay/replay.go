@@ -9,12 +9,36 @@
 // resources/unsubscribe, that name a server, and whose code is one of the
 // decision engine's codes (allowed, approval_required, not_granted,
 // unknown_argument, missing_argument, constraint_failed, cel_denied,
-// cel_error, unknown_role, no_policy). Everything else is skipped and only
-// counted: lifecycle records, the broker's records (executed,
-// upstream_error, approval_* steps, decision_invalid, ...), and authz
-// outcomes the policy did not decide (rate_limited, batch_denied,
-// invalid_name, authentication failures, internal_error), whose verdict a
-// new policy alone cannot reproduce.
+// cel_error, unknown_role, no_policy), or, in a batch, batch_denied.
+// Everything else is skipped and only counted: lifecycle records, the
+// broker's records (executed, upstream_error, approval_* steps,
+// decision_invalid, ...), and authz outcomes the policy did not decide
+// (rate_limited, invalid_name, authentication failures, internal_error,
+// and batch_denied outside a batch's records), whose verdict a new policy
+// alone cannot reproduce.
+//
+// # Batches
+//
+// authz decides a JSON-RPC batch as a whole: a call that needs approval
+// cannot be parked from inside a batch and is denied, and one denied
+// message denies every other (code batch_denied). It writes one record
+// per message, each with the request's decision id and time. Replay
+// gathers them (not the broker's records of the same decision, written
+// later), evaluates each call against the new set, applies the same rule,
+// and compares each call's verdict with the recorded one: deny for a
+// batch_denied call, whose own verdict was not recorded. Of the other
+// messages, a lifecycle message is allowed and an invalid name or a
+// method the gateway does not pass on is denied, whatever the policy. The
+// whole batch is undecidable, each of its calls counted so, when one of
+// its calls is, or when a message's verdict is one the new set alone does
+// not give: a rate limit, a completion/complete (the policy decides it,
+// but replay does not), an internal error.
+//
+// The records of concurrent requests may come between those of one
+// request. They are gathered from the request's first record through the
+// next 1024 records of the same replica (gatherWindow); a record further
+// on is taken as another request's. A log that begins or ends inside a
+// batch holds only part of it, which replay cannot tell.
 //
 // # What is compared
 //
@@ -117,11 +141,12 @@ type Change struct {
 
 // Report is the outcome of a replay.
 type Report struct {
-	// Replayed counts the decisions replayed, undecidable ones included;
-	// Skipped the other records.
+	// Replayed counts the decisions replayed (each call of a batch is
+	// one), undecidable ones included; Skipped the other records.
 	Replayed int
 	Skipped  int
-	// Changes lists the changed decisions in record order.
+	// Changes lists the changed decisions in record order, those of a
+	// batch where its first record is.
 	Changes []Change
 	Counts  map[Key]*Counts
 }
@@ -148,44 +173,237 @@ func Replay(records iter.Seq[audit.Record], set *policy.Set, opts *Options) Repo
 	if opts == nil {
 		opts = &Options{}
 	}
-	rep := Report{Counts: map[Key]*Counts{}}
+	r := replayer{set: set, opts: opts, open: map[requestKey]*request{}, replicas: map[string]*replica{},
+		rep: Report{Counts: map[Key]*Counts{}}}
+	n := 0
 	for rec := range records {
-		kind, old, ok := replayable(&rec)
-		if !ok {
-			rep.Skipped++
-			continue
-		}
-		rep.Replayed++
-		key := Key{Role: rec.Role, Tool: rec.Server + "__" + rec.Tool}
-		c := rep.Counts[key]
-		if c == nil {
-			c = &Counts{}
-			rep.Counts[key] = c
-		}
-		res, decidable := evaluate(&rec, kind, set, opts)
-		if !decidable {
-			c.Undecidable++
-			continue
-		}
-		switch nv := res.Verdict; {
-		case nv == old:
-			c.Unchanged++
-			continue
-		case nv == decision.NeedsApproval:
-			c.ToApproval++
-		case old == decision.NeedsApproval && nv == decision.Allow:
-			c.ApprovalToAllow++
-		case old == decision.NeedsApproval:
-			c.ApprovalToDeny++
-		case nv == decision.Deny:
-			c.AllowToDeny++
-		default:
-			c.DenyToAllow++
-		}
-		r := rec
-		rep.Changes = append(rep.Changes, Change{Record: &r, Old: old, New: res.Verdict, Result: res})
+		r.add(rec, n)
+		n++
 	}
-	return rep
+	var rest []*request
+	for _, q := range r.replicas {
+		rest = append(rest, q.pending...)
+	}
+	slices.SortFunc(rest, func(a, b *request) int { return cmp.Compare(a.at, b.at) })
+	for _, req := range rest {
+		r.decide(req)
+	}
+	// Each replica's requests are decided in its order; the changes of
+	// several are put back in the order of the records.
+	slices.SortStableFunc(r.changes, func(a, b change) int { return cmp.Compare(a.at, b.at) })
+	for _, c := range r.changes {
+		r.rep.Changes = append(r.rep.Changes, c.Change)
+	}
+	return r.rep
+}
+
+// gatherWindow is how many records of a replica, from the first record of
+// a request, may hold the request's other records. authz writes them one
+// after another as soon as it has decided: only the records of requests
+// decided at the same moment on the same replica come between them.
+const gatherWindow = 1024
+
+// requestKey identifies the records authz wrote for one request: it
+// stamps each with the request's decision id and its time.
+type requestKey struct {
+	replica, id string
+	time        int64 // Unix nanoseconds
+}
+
+// request is the records of one request gathered so far.
+type request struct {
+	key   requestKey
+	first int // the index of its first record among its replica's
+	at    int // and among all records
+	recs  []audit.Record
+}
+
+// replica is the requests of one replica not decided yet.
+type replica struct {
+	n       int        // records read
+	pending []*request // oldest first
+}
+
+type change struct {
+	at int // request.at of its request
+	Change
+}
+
+type replayer struct {
+	set      *policy.Set
+	opts     *Options
+	open     map[requestKey]*request // pending requests that records may join
+	replicas map[string]*replica
+	changes  []change
+	rep      Report
+}
+
+// add gathers rec, the at-th record, into its request, and decides the
+// requests of its replica that no later record may join.
+func (r *replayer) add(rec audit.Record, at int) {
+	q := r.replicas[rec.Replica]
+	if q == nil {
+		q = &replica{}
+		r.replicas[rec.Replica] = q
+	}
+	q.n++
+	key := requestKey{replica: rec.Replica, id: rec.DecisionID, time: rec.Time.UnixNano()}
+	if req := r.open[key]; req != nil {
+		req.recs = append(req.recs, rec)
+	} else {
+		req = &request{key: key, first: q.n, at: at, recs: []audit.Record{rec}}
+		if rec.DecisionID != "" { // records without one cannot be told apart
+			r.open[key] = req
+		}
+		q.pending = append(q.pending, req)
+	}
+	for len(q.pending) > 0 && q.n-q.pending[0].first >= gatherWindow {
+		req := q.pending[0]
+		q.pending[0], q.pending = nil, q.pending[1:]
+		r.decide(req)
+	}
+}
+
+// decide replays the decisions of one request.
+func (r *replayer) decide(req *request) {
+	if r.open[req.key] == req {
+		delete(r.open, req.key)
+	}
+	if len(req.recs) > 1 {
+		r.batch(req)
+		return
+	}
+	rec := &req.recs[0]
+	kind, old, ok := replayable(rec)
+	if !ok {
+		r.rep.Skipped++
+		return
+	}
+	r.rep.Replayed++
+	res, decidable := evaluate(rec, kind, r.set, r.opts)
+	r.count(req, rec, old, res, decidable)
+}
+
+// Codes of authz outcomes the policy engine did not decide, as authz
+// records them.
+const (
+	codeLifecycle        = "lifecycle"
+	codeInvalidName      = "invalid_name"
+	codeMethodNotAllowed = "method_not_allowed"
+	codeBatchDenied      = "batch_denied"
+)
+
+// batch replays the decisions of a request with several messages, under
+// authz's batch rule.
+func (r *replayer) batch(req *request) {
+	type call struct {
+		rec *audit.Record
+		old decision.Verdict
+		res decision.Result
+	}
+	var calls []call
+	var verdicts []decision.Verdict // of every message, before the batch rule
+	decidable := true
+	for i := range req.recs {
+		rec := &req.recs[i]
+		kind, old, ok := batchCall(rec)
+		if !ok {
+			r.rep.Skipped++
+			v, known := otherVerdict(rec)
+			decidable = decidable && known
+			verdicts = append(verdicts, v)
+			continue
+		}
+		r.rep.Replayed++
+		res, ok := evaluate(rec, kind, r.set, r.opts)
+		decidable = decidable && ok
+		calls = append(calls, call{rec, old, res})
+		verdicts = append(verdicts, res.Verdict)
+	}
+	denied := batchDenied(verdicts)
+	for _, c := range calls {
+		res := c.res
+		switch {
+		case !denied || res.Verdict == decision.Deny:
+		case res.Verdict == decision.NeedsApproval:
+			res = decision.Result{Verdict: decision.Deny, Code: codeBatchDenied, Reason: "calls that need approval cannot be sent in a batch"}
+		default:
+			res = decision.Result{Verdict: decision.Deny, Code: codeBatchDenied, Reason: "another call in the same batch was denied"}
+		}
+		r.count(req, c.rec, c.old, res, decidable)
+	}
+}
+
+// batchDenied is authz's batch rule: a batch whose messages have verdicts
+// is denied as a whole when one of them is denied or needs approval.
+func batchDenied(verdicts []decision.Verdict) bool {
+	return slices.ContainsFunc(verdicts, func(v decision.Verdict) bool {
+		return v == decision.Deny || v == decision.NeedsApproval
+	})
+}
+
+// batchCall reports whether rec, a message of a batch, is a call replay
+// evaluates, and its kind and recorded enforced verdict: a decision of
+// the engine, or a call the batch rule denied.
+func batchCall(rec *audit.Record) (decision.Kind, decision.Verdict, bool) {
+	if kind, old, ok := replayable(rec); ok {
+		return kind, old, true
+	}
+	kind, ok := kinds[rec.Method]
+	if !ok || rec.Server == "" || rec.Code != codeBatchDenied || rec.Verdict != decision.Deny.String() {
+		return 0, 0, false
+	}
+	return kind, decision.Deny, true
+}
+
+// otherVerdict is the verdict authz gave, before the batch rule, a message
+// of a batch that is not a call replay evaluates, when it does not depend
+// on the policy: allow for a lifecycle message (a batch_denied message
+// that is neither a call nor a completion was one), deny for an invalid
+// name or a method not passed on. known is false for anything else.
+func otherVerdict(rec *audit.Record) (v decision.Verdict, known bool) {
+	switch rec.Code {
+	case codeLifecycle:
+		return decision.Allow, true
+	case codeInvalidName, codeMethodNotAllowed:
+		return decision.Deny, true
+	case codeBatchDenied:
+		if _, call := kinds[rec.Method]; !call && rec.Method != "completion/complete" {
+			return decision.Allow, true
+		}
+	}
+	return 0, false
+}
+
+// count adds the replay of rec, a decision of req, to the report: its
+// recorded enforced verdict old, and the new one, res, unless undecidable.
+func (r *replayer) count(req *request, rec *audit.Record, old decision.Verdict, res decision.Result, decidable bool) {
+	key := Key{Role: rec.Role, Tool: rec.Server + "__" + rec.Tool}
+	c := r.rep.Counts[key]
+	if c == nil {
+		c = &Counts{}
+		r.rep.Counts[key] = c
+	}
+	if !decidable {
+		c.Undecidable++
+		return
+	}
+	switch nv := res.Verdict; {
+	case nv == old:
+		c.Unchanged++
+		return
+	case nv == decision.NeedsApproval:
+		c.ToApproval++
+	case old == decision.NeedsApproval && nv == decision.Allow:
+		c.ApprovalToAllow++
+	case old == decision.NeedsApproval:
+		c.ApprovalToDeny++
+	case nv == decision.Deny:
+		c.AllowToDeny++
+	default:
+		c.DenyToAllow++
+	}
+	r.changes = append(r.changes, change{at: req.at, Change: Change{Record: rec, Old: old, New: res.Verdict, Result: res}})
 }
 
 var kinds = map[string]decision.Kind{

@@ -3,6 +3,7 @@ package replay
 import (
 	"encoding/json"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -63,11 +64,34 @@ func args(t *testing.T, s string, rules ...string) json.RawMessage {
 	return redactor.RedactRaw(json.RawMessage(s), v, rules)
 }
 
+// decisions numbers the decisions rec makes: each record is a decision of
+// its own unless batch joins it to others.
+var decisions int
+
 func rec(method, tool, verdict, code string, args json.RawMessage) audit.Record {
+	decisions++
 	return audit.Record{
-		Time: time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC), DecisionID: "d1", Agent: "alice", Role: "dev",
+		Time: time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC), DecisionID: "d" + strconv.Itoa(decisions), Agent: "alice", Role: "dev",
 		Server: "notion", Tool: tool, Method: method, Verdict: verdict, Code: code, Args: args,
 	}
+}
+
+// msg is the record of a message authz decides without a server: a
+// lifecycle message, or a call whose name did not parse.
+func msg(method, verdict, code string) audit.Record {
+	r := rec(method, "", verdict, code, nil)
+	r.Server = ""
+	return r
+}
+
+// batch makes recs the records of one decision on a JSON-RPC batch, as
+// authz writes them: one per message, all with the decision id and the
+// time of the Check.
+func batch(recs ...audit.Record) []audit.Record {
+	for i := range recs {
+		recs[i].DecisionID, recs[i].Time = recs[0].DecisionID, recs[0].Time
+	}
+	return recs
 }
 
 func tool(tool, verdict, code string, args json.RawMessage) audit.Record {
@@ -90,6 +114,7 @@ func TestReplay(t *testing.T) {
 		policy  string
 		opts    *Options
 		records []audit.Record
+		skipped int // records not replayed
 		want    Counts
 		changes []decision.Verdict // new verdicts of the changes, in order
 	}{{
@@ -230,12 +255,110 @@ func TestReplay(t *testing.T) {
 			tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a","limit":50}`)),
 		},
 		want: Counts{Unchanged: 1},
+	}, {
+		name:   "batch: a call newly denied denies the other",
+		policy: edit(t, "lte: 100", "lte: 40"),
+		records: batch(
+			tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a","limit":50}`)),
+			tool("search", "allow", "allowed", args(t, `{"filter":{"owner":"me"}}`)),
+		),
+		want:    Counts{AllowToDeny: 2},
+		changes: []decision.Verdict{decision.Deny, decision.Deny},
+	}, {
+		name:   "batch: a call newly granted in a batch that stays denied",
+		policy: edit(t, "      - name: search\n", "      - name: delete_page\n      - name: search\n"),
+		records: batch(
+			tool("delete_page", "deny", "not_granted", nil),
+			tool("get_pages", "deny", "constraint_failed", args(t, `{"workspace_id":"ws_z"}`)),
+		),
+		want: Counts{Unchanged: 2},
+	}, {
+		name:   "batch: unchanged",
+		policy: base,
+		records: batch(
+			tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a","limit":50}`)),
+			tool("search", "allow", "allowed", args(t, `{"filter":{"owner":"me"}}`)),
+		),
+		want: Counts{Unchanged: 2},
+	}, {
+		name:   "batch: needs_approval in a batch denies it",
+		policy: base + approvals,
+		records: batch(
+			tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a"}`)),
+			tool("search", "allow", "allowed", args(t, `{"filter":{"owner":"me"}}`)),
+		),
+		want:    Counts{AllowToDeny: 2},
+		changes: []decision.Verdict{decision.Deny, decision.Deny},
+	}, {
+		name:   "batch: approval rule removed from a batch it denied",
+		policy: base,
+		records: batch(
+			tool("get_pages", "deny", "batch_denied", args(t, `{"workspace_id":"ws_a"}`)),
+			tool("search", "deny", "batch_denied", args(t, `{"filter":{"owner":"me"}}`)),
+		),
+		want:    Counts{DenyToAllow: 2},
+		changes: []decision.Verdict{decision.Allow, decision.Allow},
+	}, {
+		name:   "batch: undecidable as a whole when a call is",
+		policy: edit(t, "lte: 100", "lte: 40"),
+		records: batch(
+			tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a","limit":50}`, "limit")),
+			tool("search", "allow", "allowed", args(t, `{"filter":{"owner":"me"}}`)),
+		),
+		want: Counts{Undecidable: 2},
+	}, {
+		name:   "batch: undecidable with a rate-limited call",
+		policy: base,
+		records: batch(
+			tool("get_pages", "deny", "batch_denied", args(t, `{"workspace_id":"ws_a"}`)),
+			tool("search", "deny", "rate_limited", args(t, `{"filter":{"owner":"me"}}`)),
+		),
+		skipped: 1,
+		want:    Counts{Undecidable: 1},
+	}, {
+		name:   "batch: undecidable with a completion",
+		policy: base,
+		records: batch(
+			tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a"}`)),
+			rec("completion/complete", "summarize", "allow", "allowed", nil),
+		),
+		skipped: 1,
+		want:    Counts{Undecidable: 1},
+	}, {
+		name:   "batch: lifecycle messages are allowed",
+		policy: edit(t, "lte: 100", "lte: 40"),
+		records: batch(
+			msg("notifications/progress", "allow", "lifecycle"),
+			tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a","limit":50}`)),
+		),
+		skipped: 1,
+		want:    Counts{AllowToDeny: 1},
+		changes: []decision.Verdict{decision.Deny},
+	}, {
+		name:   "batch: a lifecycle message the batch denied",
+		policy: edit(t, "      - name: search\n", "      - name: delete_page\n      - name: search\n"),
+		records: batch(
+			msg("ping", "deny", "batch_denied"),
+			tool("delete_page", "deny", "not_granted", nil),
+		),
+		skipped: 1,
+		want:    Counts{DenyToAllow: 1},
+		changes: []decision.Verdict{decision.Allow},
+	}, {
+		name:   "batch: a name that does not parse denies it whatever the policy",
+		policy: base,
+		records: batch(
+			msg("tools/call", "deny", "invalid_name"),
+			tool("get_pages", "deny", "batch_denied", args(t, `{"workspace_id":"ws_a"}`)),
+		),
+		skipped: 1,
+		want:    Counts{Unchanged: 1},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rep := Replay(slices.Values(tt.records), compile(t, tt.policy), tt.opts)
-			if rep.Replayed != len(tt.records) || rep.Skipped != 0 {
-				t.Errorf("replayed %d, skipped %d; want %d, 0", rep.Replayed, rep.Skipped, len(tt.records))
+			if rep.Replayed != len(tt.records)-tt.skipped || rep.Skipped != tt.skipped {
+				t.Errorf("replayed %d, skipped %d; want %d, %d", rep.Replayed, rep.Skipped, len(tt.records)-tt.skipped, tt.skipped)
 			}
 			var got Counts
 			for _, c := range rep.Counts {
@@ -314,6 +437,74 @@ func TestReplayReport(t *testing.T) {
 	}
 	if rep.Undecidable() != 1 || rep.Replayed != 5 {
 		t.Errorf("undecidable %d, replayed %d", rep.Undecidable(), rep.Replayed)
+	}
+}
+
+// The records of a batch need not be next to each other: the records of
+// concurrent decisions come between them, and the broker's records of the
+// same decision come after, at a later time, and are not part of it.
+func TestReplayGathersBatches(t *testing.T) {
+	b := batch(
+		tool("search", "allow", "allowed", args(t, `{"filter":{"owner":"me"}}`)),
+		tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a","limit":50}`)),
+	)
+	single := tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a","limit":5}`))
+	executed := func(r audit.Record) audit.Record {
+		r.Time, r.Code, r.Args = r.Time.Add(time.Second), "executed", nil
+		return r
+	}
+	records := []audit.Record{b[0], single, b[1], executed(b[0]), executed(b[1])}
+	rep := Replay(slices.Values(records), compile(t, edit(t, "lte: 100", "lte: 40")), nil)
+	if rep.Replayed != 3 || rep.Skipped != 2 {
+		t.Errorf("replayed %d, skipped %d; want 3, 2", rep.Replayed, rep.Skipped)
+	}
+	type change struct {
+		Tool string
+		Old  decision.Verdict
+		New  decision.Verdict
+		Code decision.Code
+	}
+	var got []change
+	for _, c := range rep.Changes {
+		got = append(got, change{c.Record.Tool, c.Old, c.New, c.Result.Code})
+	}
+	want := []change{
+		{"search", decision.Allow, decision.Deny, "batch_denied"},
+		{"get_pages", decision.Allow, decision.Deny, decision.CodeConstraintFailed},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("changes (-want +got):\n%s", diff)
+	}
+}
+
+// Records read from the stream replicas share interleave theirs: a batch
+// is gathered among its own replica's records however many of another's
+// come between, and the changes keep the order of the records.
+func TestReplayGathersBatchesPerReplica(t *testing.T) {
+	b := batch(
+		tool("search", "allow", "allowed", args(t, `{"filter":{"owner":"me"}}`)),
+		tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a","limit":50}`)),
+	)
+	records := []audit.Record{b[0], tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a","limit":60}`))}
+	for range 2 * gatherWindow {
+		records = append(records, msg("ping", "allow", "lifecycle"))
+	}
+	records = append(records, b[1])
+	for i := range records {
+		records[i].Replica = "b"
+	}
+	records[0].Replica, records[len(records)-1].Replica = "a", "a"
+	rep := Replay(slices.Values(records), compile(t, edit(t, "lte: 100", "lte: 40")), nil)
+	if rep.Replayed != 3 || rep.Skipped != 2*gatherWindow {
+		t.Errorf("replayed %d, skipped %d; want 3, %d", rep.Replayed, rep.Skipped, 2*gatherWindow)
+	}
+	var got []string
+	for _, c := range rep.Changes {
+		got = append(got, c.Record.Replica+" "+c.Record.Tool+" "+string(c.Result.Code))
+	}
+	want := []string{"a search batch_denied", "a get_pages constraint_failed", "b get_pages constraint_failed"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("changes (-want +got):\n%s", diff)
 	}
 }
 

@@ -24,12 +24,11 @@ type Series struct {
 // role and day are added up. With days <= 0 every Series is empty.
 func Window(counts []Count, roles []string, today time.Time, days int) []Series {
 	days = max(days, 0)
-	t := today.UTC()
-	midnight := time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+	from, _ := WindowRange(today, days)
 	dayList := make([]string, days)
 	dayIndex := make(map[string]int, days)
 	for i := range days {
-		d := Day(midnight.AddDate(0, 0, i-(days-1)))
+		d := Day(from.AddDate(0, 0, i))
 		dayList[i] = d
 		dayIndex[d] = i
 	}
@@ -49,6 +48,17 @@ func Window(counts []Count, roles []string, today time.Time, days int) []Series 
 		}
 	}
 	return out
+}
+
+// WindowRange returns the first and the last day of the window Window
+// builds for today and days, each as its midnight in UTC: the range to
+// read counts for. Stepping back from today in a local time zone instead
+// can miss the first day, as a day in which the clocks change is not 24
+// hours long. With days <= 0 from is after to, a range of no days.
+func WindowRange(today time.Time, days int) (from, to time.Time) {
+	t := today.UTC()
+	to = time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+	return to.AddDate(0, 0, 1-max(days, 0)), to
 }
 
 // ReadyToEnforce reports whether the last quiet days of s, today included,

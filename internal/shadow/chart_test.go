@@ -65,6 +65,41 @@ func TestWindowToday(t *testing.T) {
 	}
 }
 
+// WindowRange spans the days Window builds, in UTC, whatever the time
+// zone of today: a local week back across a change of the clocks is not
+// seven UTC days.
+func TestWindowRange(t *testing.T) {
+	berlin, err := time.LoadLocation("Europe/Berlin")
+	if err != nil {
+		t.Skipf("no time zone data: %v", err)
+	}
+	for _, tc := range []struct {
+		name     string
+		today    time.Time
+		days     int
+		from, to string
+	}{
+		{"UTC", today, 4, "2026-11-21", "2026-11-24"},
+		{"into summer time", time.Date(2026, 4, 2, 1, 30, 0, 0, berlin), 7, "2026-03-26", "2026-04-01"},
+		{"out of summer time", time.Date(2026, 10, 26, 0, 30, 0, 0, berlin), 3, "2026-10-23", "2026-10-25"},
+		{"one day", today, 1, "2026-11-24", "2026-11-24"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			from, to := WindowRange(tc.today, tc.days)
+			if Day(from) != tc.from || Day(to) != tc.to || from.Location() != time.UTC || !from.Equal(from.Truncate(24*time.Hour)) {
+				t.Errorf("WindowRange = %v, %v; want the UTC midnights of %s and %s", from, to, tc.from, tc.to)
+			}
+			days := Window(nil, []string{"a"}, tc.today, tc.days)[0].Days
+			if days[0] != Day(from) || days[len(days)-1] != Day(to) {
+				t.Errorf("Window runs from %s to %s, WindowRange from %s to %s", days[0], days[len(days)-1], Day(from), Day(to))
+			}
+		})
+	}
+	if from, to := WindowRange(today, 0); !from.After(to) {
+		t.Errorf("WindowRange of 0 days = %v, %v; want an empty range", from, to)
+	}
+}
+
 func TestReadyToEnforce(t *testing.T) {
 	days := []string{"2026-11-19", "2026-11-20", "2026-11-21", "2026-11-22", "2026-11-23", "2026-11-24"}
 	for _, tc := range []struct {

@@ -10,7 +10,8 @@ import (
 )
 
 // Redacted replaces, in exported spans, the value of every URL query
-// parameter and the path of every upstream URL.
+// parameter, every query segment without a value, and the path of every
+// upstream URL.
 const Redacted = "REDACTED"
 
 // How each span attribute that may hold a URL or part of one is redacted.
@@ -28,8 +29,9 @@ var urlKeys = map[attribute.Key]func(string) string{
 }
 
 // redactingExporter passes spans on with their URL attributes redacted
-// (urlKeys): parameter names stay, so a trace still shows which
-// parameters a call had, and the host says which upstream it went to.
+// (urlKeys): the names of parameters with a value stay, so a trace still
+// shows which parameters a call had, and the host says which upstream it
+// went to.
 type redactingExporter struct{ sdktrace.SpanExporter }
 
 func (e redactingExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
@@ -81,9 +83,9 @@ func redactURLs(attrs []attribute.KeyValue) ([]attribute.KeyValue, bool) {
 }
 
 // redactURL keeps an absolute URL's scheme and host; a path other than
-// "/" becomes /REDACTED, and the query's values REDACTED. What does not
-// parse as scheme://host is redacted whole. A fragment, which clients do
-// not send, is dropped.
+// "/" becomes /REDACTED, and the query is redacted by redactParams. What
+// does not parse as scheme://host is redacted whole. A fragment, which
+// clients do not send, is dropped.
 func redactURL(u string) string {
 	u, _, _ = strings.Cut(u, "#")
 	u, query, hasQuery := strings.Cut(u, "?")
@@ -105,8 +107,8 @@ func redactURL(u string) string {
 	return out
 }
 
-// redactTarget redacts the query values of a request target (path and
-// query), keeping the path.
+// redactTarget redacts the query of a request target (path and query) as
+// redactParams does, keeping the path.
 func redactTarget(target string) string {
 	target, _, _ = strings.Cut(target, "#")
 	path, query, ok := strings.Cut(target, "?")
@@ -116,12 +118,16 @@ func redactTarget(target string) string {
 	return path + "?" + redactParams(query)
 }
 
-// redactParams replaces the value of each parameter of a query.
+// redactParams replaces the value of each parameter of a query, and each
+// non-empty segment without "=" whole: a bare segment may be a key passed
+// as ?KEY, and nothing tells it from a flag's name.
 func redactParams(query string) string {
 	params := strings.Split(query, "&")
 	for i, p := range params {
 		if name, _, ok := strings.Cut(p, "="); ok {
 			params[i] = name + "=" + Redacted
+		} else if p != "" {
+			params[i] = Redacted
 		}
 	}
 	return strings.Join(params, "&")

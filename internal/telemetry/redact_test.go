@@ -19,7 +19,11 @@ func TestRedactURL(t *testing.T) {
 		{redactURL, "https://up.example/mcp", "https://up.example/" + Redacted},
 		{redactURL, "https://up.example:8443/api/s/k3y/mcp", "https://up.example:8443/" + Redacted},
 		{redactURL, "https://up.example/mcp?api_key=s3cret", "https://up.example/" + Redacted + "?api_key=" + Redacted},
-		{redactURL, "http://up.example?a=1&flag&b=x%26y=z", "http://up.example?a=" + Redacted + "&flag&b=" + Redacted},
+		// A segment without "=" may be a credential passed as ?KEY, and
+		// cannot be told from a flag's name: it is redacted whole.
+		{redactURL, "http://up.example?a=1&flag&b=x%26y=z", "http://up.example?a=" + Redacted + "&" + Redacted + "&b=" + Redacted},
+		{redactURL, "https://up.example/mcp?" + planted, "https://up.example/" + Redacted + "?" + Redacted},
+		{redactURL, "https://up.example/?a=1&&b", "https://up.example/?a=" + Redacted + "&&" + Redacted},
 		{redactURL, "https://up.example/?a=1#frag", "https://up.example/?a=" + Redacted},
 		{redactURL, "https://up.example/mcp?", "https://up.example/" + Redacted + "?"},
 		{redactURL, "up.example/k3y", Redacted},
@@ -28,6 +32,8 @@ func TestRedactURL(t *testing.T) {
 		{redactParams, "token=s3cret&x=", "token=" + Redacted + "&x=" + Redacted},
 		{redactTarget, "/mcp", "/mcp"},
 		{redactTarget, "/mcp?token=s3cret#f", "/mcp?token=" + Redacted},
+		{redactTarget, "/mcp?" + planted, "/mcp?" + Redacted},
+		{redactParams, planted, Redacted},
 	} {
 		if got := tc.redact(tc.in); got != tc.out {
 			t.Errorf("redacting %q gave %q, want %q", tc.in, got, tc.out)
@@ -43,16 +49,17 @@ func TestRedactURL(t *testing.T) {
 	}
 }
 
-// An upstream URL may carry a credential in its path or query. The client
-// span of a call to it names the host and the parameters, never the path
-// or the values, in what reaches the exporter.
+// An upstream URL may carry a credential in its path or query, as a
+// parameter's value or as a bare segment (?KEY). The client span of a call
+// to it names the host and the parameters, never the path, the values or
+// a bare segment, in what reaches the exporter.
 func TestUpstreamURLIsRedactedInSpans(t *testing.T) {
 	h := newHarness(t)
 	upstream := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
 	defer upstream.Close()
 	client := &http.Client{Transport: h.tel.HTTPTransport(nil)}
 	ctx, span := h.tel.Tracer().Start(t.Context(), "call")
-	req, _ := http.NewRequestWithContext(ctx, "POST", upstream.URL+"/api/"+planted+"/mcp?api_key="+planted+"&workspace=ws1", nil)
+	req, _ := http.NewRequestWithContext(ctx, "POST", upstream.URL+"/api/"+planted+"/mcp?api_key="+planted+"&workspace=ws1&"+planted, nil)
 	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +81,7 @@ func TestUpstreamURLIsRedactedInSpans(t *testing.T) {
 			}
 		}
 	}
-	if want := upstream.URL + "/" + Redacted + "?api_key=" + Redacted + "&workspace=" + Redacted; full != want {
+	if want := upstream.URL + "/" + Redacted + "?api_key=" + Redacted + "&workspace=" + Redacted + "&" + Redacted; full != want {
 		t.Errorf("url.full = %q, want %q", full, want)
 	}
 }
