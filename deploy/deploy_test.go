@@ -571,6 +571,26 @@ func TestCompose(t *testing.T) {
 		}
 	})
 
+	t.Run("redis", func(t *testing.T) {
+		// Redis holds the key that signs decisions, and the broker
+		// forwards whatever carries a decision signed with it. Here Redis
+		// has no password, which holds only while the host publishes
+		// neither Redis nor amg's broker, authz and xDS ports.
+		host, _ := splitAddr(t, "redis.address", cfg.Redis.Address)
+		if redis := service(t, p, host); cfg.Redis.Password.String() == "" && len(redis.Ports) > 0 {
+			t.Errorf("service %s publishes %+v, but deploy/amg.yaml gives Redis no password", redis.Name, redis.Ports)
+		}
+		internal := map[uint32]string{}
+		for what, addr := range map[string]string{"broker_listen": cfg.BrokerListen, "authz_listen": cfg.AuthzListen, "xds_listen": cfg.XDSListen} {
+			internal[uint32(listenPort(t, what, addr))] = what
+		}
+		for _, port := range amg.Ports {
+			if what, ok := internal[port.Target]; ok {
+				t.Errorf("service amg publishes its %s port %d; only Envoy may reach it", what, port.Target)
+			}
+		}
+	})
+
 	t.Run("tracing", func(t *testing.T) {
 		// Envoy and amg both send their spans to the jaeger service: Envoy
 		// over OTLP/gRPC (the xDS output's collector cluster), amg over
@@ -839,6 +859,22 @@ func servicePort(svc object, c map[string]any, target int) int {
 	return 0
 }
 
+// serviceTarget returns the container port of c that Service svc
+// exposes as port, or 0.
+func serviceTarget(svc object, c map[string]any, port int) int {
+	for _, p := range list(dig(svc.m, "spec", "ports")) {
+		if dig(p, "port") != port {
+			continue
+		}
+		tp := dig(p, "targetPort")
+		if tp == nil {
+			tp = port
+		}
+		return containerPort(c, tp)
+	}
+	return 0
+}
+
 func configMapData(t *testing.T, o object) map[string]string {
 	t.Helper()
 	data := map[string]string{}
@@ -851,6 +887,251 @@ func configMapData(t *testing.T, o object) map[string]string {
 		data[k] = s
 	}
 	return data
+}
+
+// secretEnv returns the Secret and key container c sets variable name
+// from. It reports, as where, a variable not set from a Secret, one from
+// an optional Secret (the pod would start without it), and a Secret
+// deploy/README.md does not say how to create.
+func secretEnv(t *testing.T, where string, c map[string]any, name, readme string) (secret, key string) {
+	t.Helper()
+	for _, e := range list(dig(c, "env")) {
+		if str(dig(e, "name")) != name {
+			continue
+		}
+		ref := dig(e, "valueFrom", "secretKeyRef")
+		secret, key = str(dig(ref, "name")), str(dig(ref, "key"))
+		if secret == "" || key == "" {
+			break
+		}
+		if boolean(dig(ref, "optional")) {
+			t.Errorf("%s: %s comes from an optional Secret; amg cannot start without it", where, name)
+		}
+		if !strings.Contains(readme, "create secret generic "+secret) {
+			t.Errorf("deploy/README.md does not say how to create the Secret %s", secret)
+		}
+		return secret, key
+	}
+	t.Errorf("%s does not set %s from a Secret", where, name)
+	return "", ""
+}
+
+// envRef returns the reference of a template that is exactly one
+// ${env:NAME}, the form these manifests give every credential amg reads.
+func envRef(t *testing.T, what string, tmpl config.Template) (secrets.Ref, bool) {
+	t.Helper()
+	refs := tmpl.Refs()
+	if len(refs) != 1 || refs[0].Scheme != secrets.SchemeEnv || tmpl.String() != "${"+refs[0].String()+"}" {
+		t.Errorf("%s is %q, want a single ${env:NAME} reference, set from a Secret", what, tmpl.String())
+		return secrets.Ref{}, false
+	}
+	return refs[0], true
+}
+
+// workloads returns the objects that run pods: those with a pod template.
+func workloads(objs []object) []object {
+	var out []object
+	for _, o := range objs {
+		if dig(o.m, "spec", "template", "spec") != nil {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// workloadName names a workload as the NetworkPolicy checks report it.
+func workloadName(o object) string { return o.kind() + "/" + o.name() }
+
+// podLabels returns the labels of the pods a workload runs.
+func podLabels(o object) map[string]string {
+	labels := map[string]string{}
+	m, _ := dig(o.m, "spec", "template", "metadata", "labels").(map[string]any)
+	for k, v := range m {
+		labels[k] = str(v)
+	}
+	return labels
+}
+
+// selects reports whether the label selector sel (matchLabels and
+// matchExpressions) selects labels. An empty selector selects every pod.
+func selects(t *testing.T, where string, sel any, labels map[string]string) bool {
+	t.Helper()
+	if sel != nil {
+		if _, ok := sel.(map[string]any); !ok {
+			t.Errorf("%s: selector %v is not a mapping", where, sel)
+			return false
+		}
+	}
+	match, _ := dig(sel, "matchLabels").(map[string]any)
+	for k, v := range match {
+		if have, ok := labels[k]; !ok || have != str(v) {
+			return false
+		}
+	}
+	for _, e := range list(dig(sel, "matchExpressions")) {
+		have, ok := labels[str(dig(e, "key"))]
+		in := ok && slices.Contains(strs(dig(e, "values")), have)
+		switch op := str(dig(e, "operator")); op {
+		case "In":
+			if !in {
+				return false
+			}
+		case "NotIn":
+			if in {
+				return false
+			}
+		case "Exists":
+			if !ok {
+				return false
+			}
+		case "DoesNotExist":
+			if ok {
+				return false
+			}
+		default:
+			t.Errorf("%s: matchExpressions operator %q", where, op)
+			return false
+		}
+	}
+	return true
+}
+
+// serviceWorkload returns the one workload whose pods Service svc selects.
+func serviceWorkload(t *testing.T, objs []object, svc object) object {
+	t.Helper()
+	sel, _ := dig(svc.m, "spec", "selector").(map[string]any)
+	var found []object
+	for _, w := range workloads(objs) {
+		if len(sel) > 0 && selects(t, svc.String(), map[string]any{"matchLabels": sel}, podLabels(w)) {
+			found = append(found, w)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("%s selects the pods of %d workloads, want 1", svc, len(found))
+	}
+	return found[0]
+}
+
+// isolated reports whether a NetworkPolicy isolates the pods with labels
+// for ingress: only then is any connection to them refused.
+func isolated(t *testing.T, objs []object, labels map[string]string) bool {
+	t.Helper()
+	return len(ingressPolicies(t, objs, labels)) > 0
+}
+
+// ingressPolicies returns the NetworkPolicies that police ingress to the
+// pods with labels.
+func ingressPolicies(t *testing.T, objs []object, labels map[string]string) []object {
+	t.Helper()
+	var out []object
+	for _, np := range objs {
+		if np.kind() != "NetworkPolicy" || !selects(t, np.String(), dig(np.m, "spec", "podSelector"), labels) {
+			continue
+		}
+		// Without policyTypes, a policy always polices ingress.
+		if types := strs(dig(np.m, "spec", "policyTypes")); len(types) == 0 || slices.Contains(types, "Ingress") {
+			out = append(out, np)
+		}
+	}
+	return out
+}
+
+// rulePort reports whether an ingress rule's ports include TCP port of
+// container c (a policy names a port by number or by the container's name
+// for it).
+func rulePort(rule any, c map[string]any, port int) bool {
+	ports := list(dig(rule, "ports"))
+	if len(ports) == 0 {
+		return true
+	}
+	for _, p := range ports {
+		if proto := str(dig(p, "protocol")); proto != "" && proto != "TCP" {
+			continue
+		}
+		n := containerPort(c, dig(p, "port"))
+		end, _ := dig(p, "endPort").(int)
+		if dig(p, "port") == nil || n == port || (end > 0 && n <= port && port <= end) {
+			return true
+		}
+	}
+	return false
+}
+
+// ingressPeers returns the peers ("from" entries) of every ingress rule
+// that admits TCP port of container c to the pods with labels; a nil
+// peer is a rule with no "from", which admits every source.
+func ingressPeers(t *testing.T, objs []object, labels map[string]string, c map[string]any, port int) []any {
+	t.Helper()
+	var peers []any
+	for _, np := range ingressPolicies(t, objs, labels) {
+		for _, rule := range list(dig(np.m, "spec", "ingress")) {
+			if !rulePort(rule, c, port) {
+				continue
+			}
+			from := list(dig(rule, "from"))
+			if len(from) == 0 {
+				peers = append(peers, nil)
+			}
+			peers = append(peers, from...)
+		}
+	}
+	return peers
+}
+
+// checkIngress checks that the NetworkPolicies let exactly the pods of
+// the workloads want (names as workloadName gives them; none: no pod at
+// all) connect to TCP port of workload w's container c, and nothing from
+// outside this namespace. A peer with a namespace selector or an IP block
+// counts as outside, even if it names this namespace.
+func checkIngress(t *testing.T, objs []object, w object, c map[string]any, what string, port int, want []string) {
+	t.Helper()
+	where := fmt.Sprintf("%s %s port %d", w, what, port)
+	wanted := "no pod"
+	if len(want) > 0 {
+		wanted = "the pods of " + strings.Join(want, ", ")
+	}
+	if !isolated(t, objs, podLabels(w)) {
+		t.Errorf("%s: no NetworkPolicy isolates these pods for ingress, so every pod in every namespace may connect; want %s", where, wanted)
+		return
+	}
+	var got []string
+	for _, peer := range ingressPeers(t, objs, podLabels(w), c, port) {
+		sel := dig(peer, "podSelector")
+		if peer == nil || sel == nil || dig(peer, "namespaceSelector") != nil || dig(peer, "ipBlock") != nil {
+			src := "every source"
+			if peer != nil {
+				src = fmt.Sprint(peer)
+			}
+			t.Errorf("%s: a NetworkPolicy admits %s; want %s, in this namespace", where, src, wanted)
+			continue
+		}
+		for _, other := range workloads(objs) {
+			if selects(t, where, sel, podLabels(other)) {
+				got = append(got, workloadName(other))
+			}
+		}
+	}
+	slices.Sort(got)
+	if got = slices.Compact(got); !slices.Equal(got, want) {
+		t.Errorf("%s: the NetworkPolicies admit the pods of %v; want %s", where, got, wanted)
+	}
+}
+
+// directive returns the values after "--name first" in a redis-server
+// command line, up to the next --option; nil if there is no such
+// directive.
+func directive(args []string, name, first string) []string {
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] != "--"+name || args[i+1] != first {
+			continue
+		}
+		end := i + 2
+		for end < len(args) && !strings.HasPrefix(args[end], "--") {
+			end++
+		}
+		return args[i+2 : end]
+	}
+	return nil
 }
 
 func TestKubernetes(t *testing.T) {
@@ -999,22 +1280,119 @@ func TestKubernetes(t *testing.T) {
 
 		// Vault's own token (${env:NAME}) is set in the container from a
 		// required Secret the README says how to create.
-		envs := map[string]any{}
-		for _, e := range list(dig(amgC, "env")) {
-			envs[str(dig(e, "name"))] = e
-		}
 		for _, ref := range vaultTokenRefs(t, cfg) {
-			key := dig(envs[ref.Path], "valueFrom", "secretKeyRef")
-			secret := str(dig(key, "name"))
-			if secret == "" || str(dig(key, "key")) == "" {
-				t.Errorf("vault.token is %s: the amg container does not set %s from a Secret", ref, ref.Path)
+			secretEnv(t, "vault.token is "+ref.String()+": the amg container", amgC, ref.Path, readme)
+		}
+	})
+
+	// Who may connect to what. Redis holds the key that signs decisions
+	// and the broker forwards, with credentials from Vault, whatever
+	// carries a decision signed with it: neither may be open to the
+	// cluster.
+	t.Run("network policies", func(t *testing.T) {
+		// Every pod here is isolated, so that a port added later stays
+		// closed until a policy opens it.
+		for _, w := range workloads(objs) {
+			if !isolated(t, objs, podLabels(w)) {
+				t.Errorf("%s: no NetworkPolicy isolates its pods for ingress", w)
+			}
+		}
+
+		// amg: every port of its Service but the agent-facing one only
+		// from the pods it serves. The admin port from no pod at all:
+		// the kubelet's probes come from the node, which NetworkPolicy
+		// always admits, and kubectl port-forward connects inside the pod.
+		envoyDep := find(t, objs, "Deployment", "envoy")
+		envoyC := container(t, envoyDep, "envoy")
+		fromEnvoy := []string{workloadName(envoyDep)}
+		want := map[int][]string{listenPort(t, "admin_listen", cfg.AdminListen): nil}
+		_, authzPort := splitAddr(t, "envoy.authz_address", cfg.Envoy.AuthzAddress)
+		want[authzPort] = fromEnvoy
+		for _, b := range cfg.Envoy.BrokerAddresses {
+			_, p := splitAddr(t, "envoy.broker_addresses", b)
+			want[p] = fromEnvoy
+		}
+		want[listenPort(t, "xds_listen", cfg.XDSListen)] = fromEnvoy
+		agentPort := listenPort(t, "listen", cfg.Listen)
+		for _, sp := range list(dig(headless.m, "spec", "ports")) {
+			tp := dig(sp, "targetPort")
+			if tp == nil {
+				tp = dig(sp, "port")
+			}
+			p := containerPort(amgC, tp)
+			if p == agentPort {
 				continue
 			}
-			if boolean(dig(key, "optional")) {
-				t.Errorf("amg container: %s comes from an optional Secret; amg cannot start without it", ref.Path)
+			w, ok := want[p]
+			if !ok {
+				t.Errorf("Service %s port %s (%d): this test does not say who may connect to it; add it", headless.name(), str(dig(sp, "name")), p)
+				continue
 			}
-			if !strings.Contains(readme, "create secret generic "+secret) {
-				t.Errorf("deploy/README.md does not say how to create the Secret %s", secret)
+			checkIngress(t, objs, sts, amgC, str(dig(sp, "name")), p, w)
+		}
+
+		// Envoy's agent listener: from every source, or agents cannot
+		// reach it.
+		listen := listenPort(t, "envoy.listen", cfg.Envoy.Listen)
+		if isolated(t, objs, podLabels(envoyDep)) && !slices.ContainsFunc(ingressPeers(t, objs, podLabels(envoyDep), envoyC, listen), func(p any) bool { return p == nil }) {
+			t.Errorf("%s: the NetworkPolicies do not admit every source to the agent listener (%d)", envoyDep, listen)
+		}
+
+		// The demo upstream has no authentication: only amg.
+		demoSvc := find(t, objs, "Service", "demo")
+		demo := serviceWorkload(t, objs, demoSvc)
+		demoC := container(t, demo, "demo")
+		for _, sp := range list(dig(demoSvc.m, "spec", "ports")) {
+			p, _ := dig(sp, "port").(int)
+			checkIngress(t, objs, demo, demoC, str(dig(sp, "name")), serviceTarget(demoSvc, demoC, p), []string{workloadName(sts)})
+		}
+	})
+
+	t.Run("redis", func(t *testing.T) {
+		host, port := splitAddr(t, "amg-config redis.address", cfg.Redis.Address)
+		svc := find(t, objs, "Service", host)
+		dep := serviceWorkload(t, objs, svc)
+		c := container(t, dep, "redis")
+		target := serviceTarget(svc, c, port)
+		if target == 0 {
+			t.Fatalf("Service %s has no port %d (amg-config redis.address)", svc.name(), port)
+		}
+		// Only amg.
+		checkIngress(t, objs, dep, c, "redis", target, []string{workloadName(sts)})
+
+		// A password from a Secret: amg reads it from its environment,
+		// and Redis is given the same Secret key.
+		ref, ok := envRef(t, "amg-config redis.password", cfg.Redis.Password)
+		if !ok {
+			return
+		}
+		readme := string(readFile(t, "deploy/README.md"))
+		secret, key := secretEnv(t, "redis.password is "+ref.String()+": the amg container", amgC, ref.Path, readme)
+		if secret == "" {
+			return
+		}
+		var v string
+		for _, e := range list(dig(c, "env")) {
+			k := dig(e, "valueFrom", "secretKeyRef")
+			if str(dig(k, "name")) == secret && str(dig(k, "key")) == key && !boolean(dig(k, "optional")) {
+				v = str(dig(e, "name"))
+			}
+		}
+		if v == "" {
+			t.Fatalf("%s: the redis container does not get amg's Redis password (Secret %s, key %s) from a required Secret", dep, secret, key)
+		}
+		// Kubernetes expands $(NAME) in args to the variable's value.
+		args := strs(dig(c, "args"))
+		if user := cfg.Redis.Username; user == "" {
+			if i := slices.Index(args, "--requirepass"); i < 0 || i+1 >= len(args) || args[i+1] != "$("+v+")" {
+				t.Errorf("%s: redis args %q do not require the password $(%s)", dep, args, v)
+			}
+		} else {
+			if d := directive(args, "user", "default"); !slices.Contains(d, "off") || slices.Contains(d, "on") {
+				t.Errorf("%s: redis args %q: the default user is not off (--user default off): it would take connections without a password", dep, args)
+			}
+			if d := directive(args, "user", user); !slices.Contains(d, "on") || !slices.Contains(d, ">$("+v+")") || slices.Contains(d, "nopass") {
+				t.Errorf("%s: redis args %q: the ACL user %s (amg-config redis.username) is not on with the password $(%s)", dep, args, user, v)
 			}
 		}
 	})
