@@ -52,6 +52,7 @@ servers:
 approvals:
   - match: "delete*"
     require: human
+    timeout: 5m
 redact: ["query"]
 `
 
@@ -389,8 +390,8 @@ func TestNeedsApproval(t *testing.T) {
 		t.Errorf("verdict header = %q", h[HeaderVerdict])
 	}
 	d, err := e.signer.Verify(h[HeaderDecision], []byte(body))
-	if err != nil || d.Verdict != "needs_approval" {
-		t.Errorf("decision token %+v %v", d, err)
+	if err != nil || d.Verdict != "needs_approval" || d.ApprovalTimeout != 5*time.Minute {
+		t.Errorf("decision token %+v %v; want needs_approval, with the rule's timeout of 5m", d, err)
 	}
 	if rec := e.audit.last(t); rec.Verdict != "needs_approval" || rec.Rule != "reader/approvals[0]" {
 		t.Errorf("audit record = %+v", rec)

@@ -102,11 +102,14 @@ func (c *call) decide() *authv3.CheckResponse {
 			return c.denied(outs)
 		}
 	}
-	verdict := verdictAllow
+	verdict, timeout := verdictAllow, time.Duration(0)
 	if outs[0].verdict == decision.NeedsApproval {
 		verdict = verdictNeedsApproval
+		if a := outs[0].res.Approval; a != nil {
+			timeout = a.Timeout
+		}
 	}
-	return c.ok(verdict)
+	return c.ok(verdict, timeout)
 }
 
 func (c *call) decideMessage(m *mcpfilter.Message) outcome {

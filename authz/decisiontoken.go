@@ -23,7 +23,12 @@ const HeaderDecision = "x-amg-decision"
 // useless soon after.
 const DefaultDecisionTTL = 30 * time.Second
 
-const tokenVersion = "v1"
+// Token versions: v2 adds the approval timeout to v1's fields, and is
+// signed only for decisions that carry one.
+const (
+	tokenVersion         = "v1"
+	tokenVersionApproval = "v2"
+)
 
 // Decision is what a decision token binds: the broker forwards a request
 // only if its body hashes to BodySHA256 and the token is fresh.
@@ -35,6 +40,9 @@ type Decision struct {
 	Verdict       string
 	BodySHA256    [32]byte
 	Expires       time.Time
+	// ApprovalTimeout is how long a call that needs approval may wait for
+	// a human, when the rule that parks it says; 0 leaves it to the broker.
+	ApprovalTimeout time.Duration
 }
 
 // Errors from Signer.Verify. The broker refuses the request on any of them.
@@ -87,12 +95,19 @@ func NewSigner(key []byte, opts *SignerOptions) (*Signer, error) {
 func (s *Signer) Sign(d Decision) string {
 	exp := s.now().Add(s.ttl).UnixMilli()
 	var buf [256]byte
-	p := append(buf[:0], tokenVersion+"|"...)
+	version := tokenVersion
+	if d.ApprovalTimeout > 0 {
+		version = tokenVersionApproval
+	}
+	p := append(append(buf[:0], version...), '|')
 	for _, f := range [...]string{d.ID, d.Agent, d.Role, d.PolicyVersion, d.Verdict} {
 		p = append(append(p, f...), '|')
 	}
 	p = hex.AppendEncode(p, d.BodySHA256[:])
 	p = strconv.AppendInt(append(p, '|'), exp, 10)
+	if d.ApprovalTimeout > 0 {
+		p = strconv.AppendInt(append(p, '|'), d.ApprovalTimeout.Milliseconds(), 10)
+	}
 	// The token is written once, at its final size, and never changed
 	// after: it becomes the returned string without a copy.
 	enc := base64.RawURLEncoding
@@ -138,10 +153,17 @@ func (s *Signer) Verify(token string, body []byte) (Decision, error) {
 		return Decision{}, ErrDecisionMalformed
 	}
 	f := strings.Split(string(raw), "|")
-	if len(f) != 8 || f[0] != tokenVersion {
+	if !(len(f) == 8 && f[0] == tokenVersion || len(f) == 9 && f[0] == tokenVersionApproval) {
 		return Decision{}, ErrDecisionMalformed
 	}
 	d := Decision{ID: f[1], Agent: f[2], Role: f[3], PolicyVersion: f[4], Verdict: f[5]}
+	if len(f) == 9 {
+		ms, err := strconv.ParseInt(f[8], 10, 64)
+		if err != nil || ms <= 0 {
+			return Decision{}, ErrDecisionMalformed
+		}
+		d.ApprovalTimeout = time.Duration(ms) * time.Millisecond
+	}
 	if n, err := hex.Decode(d.BodySHA256[:], []byte(f[6])); err != nil || n != 32 {
 		return Decision{}, ErrDecisionMalformed
 	}

@@ -2,6 +2,7 @@ package authz
 
 import (
 	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"strings"
 	"testing"
@@ -56,6 +57,30 @@ func TestDecisionToken(t *testing.T) {
 			}
 		})
 	}
+	// A decision that carries an approval timeout is a v2 token, which
+	// binds it like every other field.
+	now = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	parked := d
+	parked.Verdict, parked.ApprovalTimeout, parked.Expires = "needs_approval", 5*time.Minute, time.Time{}
+	tok2 := s.Sign(parked)
+	got, err = s.Verify(tok2, body)
+	parked.Expires = now.Add(10 * time.Second)
+	if err != nil || got != parked {
+		t.Errorf("verified %+v, %v; want %+v", got, err, parked)
+	}
+	enc2, sig2, _ := strings.Cut(tok2, ".")
+	if _, err := s.Verify(enc2[:len(enc2)-2]+"AA."+sig2, body); !errors.Is(err, ErrDecisionSignature) {
+		t.Errorf("a changed v2 payload: %v", err)
+	}
+	for _, payload := range []string{"v2|d1|a|r|p|needs_approval|00|1", "v2|d1|a|r|p|needs_approval|00|1|0", "v2|d1|a|r|p|needs_approval|00|1|x",
+		"v1|d1|a|r|p|needs_approval|00|1|60000"} {
+		enc := base64.RawURLEncoding.EncodeToString([]byte(payload))
+		mac := s.mac([]byte(enc))
+		if _, err := s.Verify(enc+"."+base64.RawURLEncoding.EncodeToString(mac[:]), body); !errors.Is(err, ErrDecisionMalformed) {
+			t.Errorf("payload %q: %v, want ErrDecisionMalformed", payload, err)
+		}
+	}
+
 	if _, err := NewSigner(key[:31], nil); err == nil {
 		t.Error("a 31-byte key was accepted")
 	}

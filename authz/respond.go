@@ -64,8 +64,9 @@ type okResponse struct {
 // ok lets the request through with the signed decision. The agent's own
 // Authorization header and any x-amg-* header it sent are removed, so the
 // broker sees only what authz vouches for.
-func (c *call) ok(verdict string) *authv3.CheckResponse {
-	d := Decision{ID: c.id, Agent: c.token.Agent, Role: c.token.Role, Verdict: verdict, BodySHA256: bodyHash(c.body)}
+func (c *call) ok(verdict string, approvalTimeout time.Duration) *authv3.CheckResponse {
+	d := Decision{ID: c.id, Agent: c.token.Agent, Role: c.token.Role, Verdict: verdict, BodySHA256: bodyHash(c.body),
+		ApprovalTimeout: approvalTimeout}
 	if c.set != nil {
 		d.PolicyVersion = c.set.VersionString()
 	}
@@ -106,7 +107,7 @@ func (c *call) allowWithoutBody(method string) *authv3.CheckResponse {
 	if err := c.s.deps.Audit.Log(rec); err != nil {
 		return c.auditFailed(err)
 	}
-	return c.ok(verdictAllow)
+	return c.ok(verdictAllow, 0)
 }
 
 // denied answers a request one or more of whose messages were denied:

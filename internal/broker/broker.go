@@ -76,7 +76,8 @@ type Options struct {
 	// before the broker ends it; 0 means 30 minutes.
 	SessionIdle time.Duration
 	// Approvals parks calls that need a human's approval; nil refuses
-	// them. ApprovalTTL is how long one waits (0 means 15 minutes), and
+	// them. ApprovalTTL is how long one waits at most (0 means 15
+	// minutes; the approval rule that parks a call may shorten it), and
 	// KeepAlive how often the waiting agent hears from the gateway (0
 	// means 15 s). Notify, if set, is told of each new pending approval.
 	// StoreRetry is how long a waiting call leaves a failing approval

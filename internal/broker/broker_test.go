@@ -63,6 +63,7 @@ servers:
 approvals:
   - match: "delete*"
     require: human
+    timeout: 10m
 `
 
 // upstreamServer is a go-sdk MCP server standing in for an upstream; it

@@ -57,7 +57,14 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, d authz.Decision, 
 		return
 	default:
 	}
-	a, err := approval.New(d.ID, d.Agent, d.Role, server, tool, body, b.now(), b.approvalTTL)
+	// The rule that parked the call may shorten the wait, not lengthen it:
+	// what stands between the agent and the gateway (Envoy's route timeout)
+	// is sized to the gateway's.
+	ttl := b.approvalTTL
+	if d.ApprovalTimeout > 0 {
+		ttl = min(ttl, d.ApprovalTimeout)
+	}
+	a, err := approval.New(d.ID, d.Agent, d.Role, server, tool, body, b.now(), ttl)
 	if err == nil {
 		err = b.approvals.Create(r.Context(), a)
 	}

@@ -373,6 +373,27 @@ func TestAbandonedCallIsCancelled(t *testing.T) {
 	}
 }
 
+// The approval rule's timeout shortens the wait, and never lengthens it
+// past the gateway's.
+func TestApprovalRuleTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		gateway, want time.Duration
+	}{
+		{0, 10 * time.Minute},              // the rule's, under the default 15 minutes
+		{5 * time.Minute, 5 * time.Minute}, // the gateway's, shorter than the rule's
+	} {
+		store := approval.NewMemory(nil)
+		g := parkedGateway(t, store, func(o *Options) { o.ApprovalTTL = tc.gateway })
+		ctx, cancel := context.WithCancel(context.Background())
+		newRawAgent(t, g).postUntil(ctx, `{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`)
+		p := parkedOne(t, store)
+		cancel()
+		if got := p.Expires.Sub(p.Created); got != tc.want {
+			t.Errorf("gateway's approval TTL %v: the call may wait %v, want %v", tc.gateway, got, tc.want)
+		}
+	}
+}
+
 // An agent that cancels a waiting call (notifications/cancelled, with its
 // request still open) or ends its session cancels the approval: the call
 // is not answered, and approving it afterwards runs nothing.
