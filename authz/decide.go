@@ -3,6 +3,8 @@ package authz
 import (
 	"context"
 	"encoding/json"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -68,6 +70,27 @@ var lifecycleMethods = map[string]bool{
 	"prompts/list":             true,
 	// The agent's own log level on its session with the gateway.
 	"logging/setLevel": true,
+}
+
+// spanNames are the decision spans' names for the methods the gateway
+// knows; every other method's span is "amg.decide other". Span names
+// become metric labels downstream, and the methods an agent sends are its
+// own to invent.
+var spanNames = func() map[string]string {
+	names := map[string]string{}
+	for _, m := range append(slices.Collect(maps.Keys(lifecycleMethods)), "tools/call", "prompts/get", "resources/read",
+		"resources/subscribe", "resources/unsubscribe", "completion/complete", "notifications/initialized",
+		"notifications/cancelled", "notifications/progress", "notifications/roots/list_changed") {
+		names[m] = "amg.decide " + m
+	}
+	return names
+}()
+
+func spanName(method string) string {
+	if name, ok := spanNames[method]; ok {
+		return name
+	}
+	return "amg.decide other"
 }
 
 func (c *call) decide() *authv3.CheckResponse {
@@ -344,7 +367,7 @@ func (c *call) observe(outs []outcome) {
 			shadow = o.res.ShadowVerdict.String()
 		}
 		if t.Tracing() {
-			sctx, span := t.StartDecisionSpan(ctx, "amg.decide "+o.msg.Method)
+			sctx, span := t.StartDecisionSpan(ctx, spanName(o.msg.Method))
 			if span.IsRecording() { // attributes cost allocations; unsampled spans drop them
 				span.SetAttributes(telemetry.DecisionAttributes(c.token.Agent, c.token.Role, o.server, o.name,
 					o.verdict.String(), shadow, o.res.Rule, version, c.id)...)

@@ -164,3 +164,37 @@ func TestTraceIDWithoutTracing(t *testing.T) {
 		}
 	}
 }
+
+// A decision span is named by its method when the gateway knows the
+// method, and alike for every other: span names become metric labels, and
+// an agent's method names are its own to invent.
+func TestDecisionSpanNames(t *testing.T) {
+	spans := tracetest.NewInMemoryExporter()
+	tel, err := telemetry.New(t.Context(), &telemetry.Options{SpanExporter: spans})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tel.Shutdown(context.Background()) })
+	e := newEnv(t, func(_ *Deps, o *Options) { o.Telemetry = tel })
+	for body, want := range map[string]string{
+		toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`):                "amg.decide tools/call",
+		`{"jsonrpc":"2.0","id":2,"method":"tools/list"}`:                                "amg.decide tools/list",
+		`{"jsonrpc":"2.0","id":3,"method":"x/made-up-7f3a"}`:                            "amg.decide other",
+		`{"jsonrpc":"2.0","method":"notifications/made-up-7f3a"}`:                       "amg.decide other",
+		`{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}`: "amg.decide notifications/cancelled",
+	} {
+		spans.Reset()
+		e.check(t, "bot-1", nil, body)
+		var names []string // of decision spans: the Check's RPC has one too
+		for deadline := time.Now().Add(5 * time.Second); len(names) == 0 && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			for _, s := range spans.GetSpans() {
+				if s.SpanKind != trace.SpanKindServer {
+					names = append(names, s.Name)
+				}
+			}
+		}
+		if len(names) != 1 || names[0] != want {
+			t.Errorf("%s: spans %q, want one named %q", body, names, want)
+		}
+	}
+}
