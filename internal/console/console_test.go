@@ -701,6 +701,31 @@ func TestSignOut(t *testing.T) {
 	wantStatus(t, e.get(bob, "/console/approvals"), http.StatusOK)
 }
 
+// A sign-out is remembered past its cookie's expiry, for replicas whose
+// clocks run behind the store's.
+func TestSignOutOutlivesTheCookie(t *testing.T) {
+	list := &recordingList{}
+	e := newEnv(t, nil, func(d *console.Deps) { d.SignOuts = list })
+	list.List = signout.NewMemory(e.clock.Now)
+	expires := e.clock.Now().Add(12 * time.Hour)
+	op := e.signIn("alice")
+	wantRedirect(t, e.act(op, "/console/signout", nil), "/console/signin")
+	if margin := list.until.Sub(expires); margin < time.Minute {
+		t.Errorf("the sign-out is remembered %v past the cookie's expiry, want minutes", margin)
+	}
+}
+
+// recordingList keeps the until of the last sign-out added.
+type recordingList struct {
+	signout.List
+	until time.Time
+}
+
+func (l *recordingList) Add(ctx context.Context, id string, until time.Time) error {
+	l.until = until
+	return l.List.Add(ctx, id, until)
+}
+
 // When the sign-out list cannot be read, no session works; when a sign-out
 // cannot be recorded, the operator is told and keeps the cookie to try
 // again.

@@ -201,11 +201,16 @@ func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, next, http.StatusSeeOther)
 }
 
+// signOutSkew is how long a sign-out outlives its cookie: the list
+// forgets it by the store's clock (Redis's, with replicas), while each
+// replica judges the cookie's expiry by its own, which may run behind.
+const signOutSkew = 5 * time.Minute
+
 func (c *Console) signOut(w http.ResponseWriter, r *http.Request, s *session) {
 	// The cookie is cleared only once the session is on the list: a copy
 	// of it must stop working too, and the operator must not believe it
 	// has when it has not.
-	if err := c.d.SignOuts.Add(r.Context(), s.Nonce, time.Unix(s.Expires, 0)); err != nil {
+	if err := c.d.SignOuts.Add(r.Context(), s.Nonce, time.Unix(s.Expires, 0).Add(signOutSkew)); err != nil {
 		c.opts.Logger.Error("console: sign-out not recorded", "name", s.Name, "err", err)
 		http.Error(w, "signing out failed: the session could not be recorded as signed out (its store is unavailable), so it still works; try again shortly",
 			http.StatusServiceUnavailable)
