@@ -75,9 +75,15 @@ func serve(cmd *cobra.Command, o serveOptions) error {
 		fmt.Fprintf(cmd.ErrOrStderr(), "%d problem%s in %s; not starting\n", len(problems), plural(len(problems)), o.config)
 		return exitError{code: 1}
 	}
+	// Every secret reference is resolved once before starting (and again
+	// at each upstream connection): a missing credential stops the start.
+	// env: and file: ones, Vault's own credentials among them, are
+	// checked with the file, so that each problem is reported with its
+	// place and with the others; vault: ones once Vault is reached.
+	base := secrets.NewDefault(nil)
 	if o.config != "" {
 		var err error
-		cfg, err = config.Load(o.config, nil)
+		cfg, err = config.Load(o.config, &config.Options{Secrets: base, SkipVault: true})
 		var problems config.Problems
 		if errors.As(err, &problems) {
 			return report(problems)
@@ -86,14 +92,14 @@ func serve(cmd *cobra.Command, o serveOptions) error {
 			return err
 		}
 	}
-	// Every secret reference is resolved once before starting (and again
-	// at each upstream connection): a missing credential stops the start.
-	src, closeSecrets, err := secretSource(ctx, cfg, log)
-	if err != nil {
+	src, closeSecrets, err := secretSource(ctx, cfg, base, log)
+	var problems config.Problems
+	if errors.As(err, &problems) {
+		return report(problems)
+	} else if err != nil {
 		return err
 	}
 	defer closeSecrets()
-	var problems config.Problems
 	if err := cfg.CheckSecrets(ctx, src); errors.As(err, &problems) {
 		return report(problems)
 	} else if err != nil {
@@ -137,11 +143,11 @@ func serve(cmd *cobra.Command, o serveOptions) error {
 	return gw.Serve(ctx)
 }
 
-// secretSource is env: and file: references, and vault: ones when the
-// config has a vault section; Vault's own credentials come from env: or
-// file:.
-func secretSource(ctx context.Context, cfg *config.Config, log *slog.Logger) (secrets.Source, func(), error) {
-	base := secrets.NewDefault(nil)
+// secretSource is base for env: and file: references, and Vault for
+// vault: ones when the config has a vault section; Vault's own credentials
+// come from env: or file:. Vault refusing them, or not answering, is a
+// problem of the vault section.
+func secretSource(ctx context.Context, cfg *config.Config, base secrets.Source, log *slog.Logger) (secrets.Source, func(), error) {
 	vc := cfg.Vault
 	if vc.Address == "" {
 		return base, func() {}, nil
@@ -162,7 +168,10 @@ func secretSource(ctx context.Context, cfg *config.Config, log *slog.Logger) (se
 	}
 	v, err := secrets.NewVault(ctx, opts)
 	if err != nil {
-		return nil, nil, err
+		if ctx.Err() != nil {
+			return nil, nil, err
+		}
+		return nil, nil, config.Problems{{Pos: vc.Pos, Path: "vault", Msg: err.Error()}}
 	}
 	return secrets.NewDefault(&secrets.Options{Vault: v}), func() { v.Close() }, nil
 }

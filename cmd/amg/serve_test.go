@@ -271,6 +271,79 @@ func TestServeRefusesABadConfig(t *testing.T) {
 	}
 }
 
+// Vault's own credentials are checked with the file's other secret
+// references and problems: each one that is wrong is reported with its
+// place, all at once, before Vault is contacted.
+func TestServeReportsVaultCredentialProblems(t *testing.T) {
+	t.Setenv("AMG_TEST_UNSET", "")
+	os.Unsetenv("AMG_TEST_UNSET")
+	t.Setenv("AMG_TEST_VAULT_TOKEN", "planted-vault-token")
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "no-secret-id")
+	for _, tc := range []struct {
+		name, src string
+		want      []string
+	}{
+		{"token unset, and a bad listener", `listen: nowhere
+vault:
+  address: http://127.0.0.1:1
+  token: "${env:AMG_TEST_UNSET}"
+`, []string{
+			":1:9: listen: must be host:port",
+			":4:10: vault.token: env:AMG_TEST_UNSET is not set",
+		}},
+		{"secret id missing, and an upstream credential unset", `vault:
+  address: http://127.0.0.1:1
+  approle:
+    role_id: amg
+    secret_id: "${file:` + filepath.ToSlash(missing) + `}"
+upstreams:
+  a:
+    url: https://mcp.example/mcp
+    headers:
+      Authorization: "Bearer ${env:AMG_TEST_UNSET}"
+`, []string{
+			":5:16: vault.approle.secret_id: file:" + filepath.ToSlash(missing),
+			":10:22: upstreams.a.headers.Authorization: env:AMG_TEST_UNSET is not set",
+		}},
+		{"cache ttl and address, and the token unset", `vault:
+  address: https://vault.example:8200/?token=x
+  token: "${env:AMG_TEST_UNSET}"
+  cache_ttl: 1h
+`, []string{
+			":2:12: vault.address: must not have a query or fragment",
+			":3:10: vault.token: env:AMG_TEST_UNSET is not set",
+			":4:14: vault.cache_ttl: must be at most 10m0s",
+		}},
+		{"vault unreachable", `vault:
+  address: http://127.0.0.1:1
+  token: "${env:AMG_TEST_VAULT_TOKEN}"
+`, []string{
+			":2:3: vault: ",
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "amg.yaml")
+			writeFile(t, path, tc.src)
+			code, _, stderr := runCLI(t, "serve", "--config", path, "--data-dir", dir)
+			if code != 1 {
+				t.Errorf("exit %d, want 1", code)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(stderr, path+w) {
+					t.Errorf("stderr does not say %q:\n%s", path+w, stderr)
+				}
+			}
+			if want := fmt.Sprintf("%d problem%s in %s; not starting", len(tc.want), plural(len(tc.want)), path); !strings.Contains(stderr, want) {
+				t.Errorf("stderr does not say %q:\n%s", want, stderr)
+			}
+			if strings.Contains(stderr, "planted-vault-token") {
+				t.Errorf("stderr shows Vault's token:\n%s", stderr)
+			}
+		})
+	}
+}
+
 func writeFile(t *testing.T, path, data string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {

@@ -19,13 +19,13 @@
 //	  broker_addresses: [127.0.0.1:8082]  # where Envoy reaches AMG's broker replicas
 //	  authz_timeout: 2s
 //	  route_timeout: 17m            # default: approvals.ttl + the longest call timeout + 1m
-//	vault:                          # for ${vault:...} references ("" none)
+//	vault:                          # for ${vault:...} references (left out: none)
 //	  address: https://vault.example:8200
 //	  token: "${env:VAULT_TOKEN}"   # or approle: { role_id: ..., secret_id: "${file:...}" }
-//	  cache_ttl: 30s
-//	redis:                          # shared state for replicas ("" standalone)
+//	  cache_ttl: 30s                # at most 10m
+//	redis:                          # shared state for replicas (left out: standalone)
 //	  address: redis:6379
-//	  password: "${env:REDIS_PASSWORD}"
+//	  password: "${env:REDIS_PASSWORD}"  # credentials only ever as references
 //	  db: 0
 //	approvals:                      # calls that need a human
 //	  ttl: 15m                      # how long one waits for a decision
@@ -261,6 +261,12 @@ type Options struct {
 	// gateway must not start and only then find a credential missing.
 	// Nil skips the check.
 	Secrets secrets.Source
+	// SkipVault, with Secrets, leaves vault: references unchecked: for a
+	// caller that can reach Vault only with the credentials the file
+	// names, so that those (env: or file:) are checked with the file's
+	// other problems. It checks the vault: ones with CheckSecrets once
+	// it has a source with Vault.
+	SkipVault bool
 }
 
 // builtins are the servers compiled into amg.
@@ -358,7 +364,7 @@ func Parse(name string, data []byte, opts *Options) (*Config, error) {
 	if opts.Secrets != nil {
 		// Also when the file has other problems: the operator gets the
 		// whole list in one go.
-		err := cfg.CheckSecrets(context.Background(), opts.Secrets)
+		err := cfg.checkSecrets(context.Background(), opts.Secrets, !opts.SkipVault)
 		var ps Problems
 		switch {
 		case errors.As(err, &ps):
@@ -380,6 +386,12 @@ func Parse(name string, data []byte, opts *Options) (*Config, error) {
 // there, is written. The values are discarded: they are read again when
 // the upstream connection is made, so a rotated secret is picked up.
 func (c *Config) CheckSecrets(ctx context.Context, src secrets.Source) error {
+	return c.checkSecrets(ctx, src, true)
+}
+
+// checkSecrets is CheckSecrets, leaving vault: references out unless
+// vault is set.
+func (c *Config) checkSecrets(ctx context.Context, src secrets.Source, vault bool) error {
 	type result struct {
 		err error
 		// What the value holds, never the value.
@@ -389,6 +401,9 @@ func (c *Config) CheckSecrets(ctx context.Context, src secrets.Source) error {
 	var ps Problems
 	check := func(t Template, path string, header bool) {
 		for _, ref := range t.Refs() {
+			if ref.Scheme == secrets.SchemeVault && !vault {
+				continue
+			}
 			r, ok := seen[ref]
 			if !ok {
 				s, err := src.Resolve(ctx, ref)

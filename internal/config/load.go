@@ -16,6 +16,7 @@ import (
 
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/diag"
+	"github.com/amgateway/amg/internal/secrets"
 	"github.com/amgateway/amg/mcpfilter"
 )
 
@@ -93,25 +94,7 @@ func (l *loader) config(cfg *Config, data []byte) {
 		case "vault":
 			l.vault(v, key, &cfg.Vault)
 		case "redis":
-			l.Fields(v, key, redisKeys, func(k string, _, rv *yaml.Node) {
-				p := key + "." + k
-				switch k {
-				case "address":
-					l.addr(rv, p, &cfg.Redis.Address)
-				case "username":
-					cfg.Redis.Username, _ = l.Str(rv, p)
-				case "tls":
-					cfg.Redis.TLS = l.tls(rv, p)
-				case "password":
-					if t, ok := l.template(rv, p); ok {
-						cfg.Redis.Password = t
-					}
-				case "db":
-					if n, ok := l.Integer(rv, p, 0); ok {
-						cfg.Redis.DB = n
-					}
-				}
-			})
+			l.redis(v, key, &cfg.Redis)
 		case "data_dir":
 			l.dir(v, key, &cfg.DataDir)
 		case "policy_dir":
@@ -633,23 +616,81 @@ func (l *loader) envoy(n *yaml.Node, path string, e *Envoy) {
 	}
 }
 
+// redis reads the redis section. One without an address would leave the
+// gateway standalone, its tokens, rate limits and approvals per process,
+// which a replica must not silently be.
+func (l *loader) redis(n *yaml.Node, path string, r *Redis) {
+	var address *yaml.Node
+	l.Fields(n, path, redisKeys, func(key string, _, v *yaml.Node) {
+		p := path + "." + key
+		switch key {
+		case "address":
+			address = v
+			l.addr(v, p, &r.Address)
+		case "username":
+			r.Username, _ = l.Str(v, p)
+		case "tls":
+			r.TLS = l.tls(v, p)
+		case "password":
+			if t, ok := l.credential(v, p, "${env:REDIS_PASSWORD}"); ok {
+				r.Password = t
+			}
+		case "db":
+			if d, ok := l.Integer(v, p, 0); ok {
+				r.DB = d
+			}
+		}
+	})
+	if n.Kind == yaml.MappingNode && address == nil {
+		l.Errorf(n, path, "needs an address")
+	}
+}
+
+// credential reads a template that holds a credential, which must come
+// from a secret reference: a literal one would make the config file a
+// secret store. "" is no credential. A literal one is reported but still
+// read, so that the section's other checks do not report it missing.
+func (l *loader) credential(n *yaml.Node, path, example string) (Template, bool) {
+	t, ok := l.template(n, path)
+	if ok && t.String() != "" && len(t.Refs()) == 0 {
+		// Not the value: it is the credential.
+		l.Errorf(n, path, "is a credential: take it from a secret reference such as %q rather than writing it in the config file", example)
+	}
+	return t, ok
+}
+
 func (l *loader) vault(n *yaml.Node, path string, vc *Vault) {
 	vc.Pos = l.At(n)
+	var address *yaml.Node
 	l.Fields(n, path, vaultKeys, func(key string, _, v *yaml.Node) {
 		p := path + "." + key
 		switch key {
 		case "address":
+			address = v
 			s, ok := l.Str(v, p)
 			if !ok {
 				return
 			}
-			if !isHTTPURL(s) {
-				l.Errorf(v, p, "must be an http(s) URL such as https://vault.example:8200, got %q", s)
+			// What secrets.NewVault refuses, refused here where it has a
+			// position.
+			u, err := url.Parse(s)
+			switch {
+			case err != nil:
+				l.Errorf(v, p, "must be an http(s) URL such as https://vault.example:8200")
+				return
+			case !isHTTPURL(s):
+				l.Errorf(v, p, "must be an http(s) URL such as https://vault.example:8200, got %q", u.Redacted())
+				return
+			case u.User != nil:
+				l.Errorf(v, p, "must not contain credentials (Vault's own come from token or approle)")
+				return
+			case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
+				l.Errorf(v, p, "must not have a query or fragment")
 				return
 			}
 			vc.Address = s
 		case "token":
-			if t, ok := l.template(v, p); ok {
+			if t, ok := l.credential(v, p, "${env:VAULT_TOKEN}"); ok {
 				l.noVaultRef(v, p, t)
 				vc.Token = t
 			}
@@ -660,7 +701,7 @@ func (l *loader) vault(n *yaml.Node, path string, vc *Vault) {
 				case "role_id":
 					vc.AppRoleID, _ = l.Str(av, ap)
 				case "secret_id":
-					if t, ok := l.template(av, ap); ok {
+					if t, ok := l.credential(av, ap, "${file:/run/secrets/vault_secret_id}"); ok {
 						l.noVaultRef(av, ap, t)
 						vc.AppRoleSecretID = t
 					}
@@ -669,7 +710,12 @@ func (l *loader) vault(n *yaml.Node, path string, vc *Vault) {
 				}
 			})
 		case "cache_ttl":
-			if d, ok := l.Duration(v, p); ok {
+			d, ok := l.Duration(v, p)
+			if ok && d > secrets.MaxVaultCacheTTL {
+				l.Errorf(v, p, "must be at most %s, which bounds how long a rotated secret goes unused, got %s", secrets.MaxVaultCacheTTL, v.Value)
+				return
+			}
+			if ok {
 				vc.CacheTTL = d
 			}
 		}
@@ -677,7 +723,9 @@ func (l *loader) vault(n *yaml.Node, path string, vc *Vault) {
 	hasToken, hasAppRole := vc.Token.String() != "", vc.AppRoleID != "" || vc.AppRoleSecretID.String() != ""
 	switch {
 	case vc.Address == "":
-		l.Errorf(n, path, "needs an address")
+		if address == nil { // else reported where it is written
+			l.Errorf(n, path, "needs an address")
+		}
 	case hasToken == hasAppRole:
 		l.Errorf(n, path, "needs exactly one of token and approle")
 	case hasAppRole && (vc.AppRoleID == "" || vc.AppRoleSecretID.String() == ""):
@@ -708,7 +756,9 @@ func (l *loader) approvals(n *yaml.Node, path string, cfg *Config) {
 				return
 			}
 			if !isHTTPURL(s) {
-				l.Errorf(v, p, "must be an http(s) URL, got %q", s)
+				// Not the URL: a webhook's secret is often in its path
+				// or query.
+				l.Errorf(v, p, "must be an http(s) URL with a host")
 				return
 			}
 			cfg.ApprovalWebhook = s

@@ -4,20 +4,28 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/amgateway/amg/internal/approval"
 )
 
-// notifier returns what tells url of each new pending approval, or nil
-// without a url: a JSON POST of the approval (never the request body,
+// notifier returns what tells hook of each new pending approval, or nil
+// without a hook: a JSON POST of the approval (never the request body,
 // which may hold secrets), retried briefly, its failure logged. The call
 // waits whether or not anyone was told.
-func (g *Gateway) notifier(url string) func(*approval.Approval) {
-	if url == "" {
+func (g *Gateway) notifier(hook string) func(*approval.Approval) {
+	if hook == "" {
 		return nil
+	}
+	// Slack- and Teams-style webhook URLs carry their secret in the path
+	// or query: logs name the scheme and host only.
+	var where string
+	if u, err := url.Parse(hook); err == nil {
+		where = (&url.URL{Scheme: u.Scheme, Host: u.Host}).String()
 	}
 	client := &http.Client{Timeout: 5 * time.Second}
 	return func(a *approval.Approval) {
@@ -27,22 +35,27 @@ func (g *Gateway) notifier(url string) func(*approval.Approval) {
 			if attempt > 0 {
 				time.Sleep(time.Duration(attempt) * time.Second)
 			}
-			if err = post(client, url, payload); err == nil {
+			if err = post(client, hook, payload); err == nil {
 				return
 			}
 		}
-		g.log.Error("approval webhook failed; the call still waits", "approval_id", a.ID, "err", err)
+		g.log.Error("approval webhook failed; the call still waits", "approval_id", a.ID, "webhook", where, "err", err)
 	}
 }
 
-func post(client *http.Client, url string, payload []byte) error {
-	req, err := http.NewRequestWithContext(context.Background(), http.MethodPost, url, bytes.NewReader(payload))
+// post sends payload to hook. Its errors do not quote hook.
+func post(client *http.Client, hook string, payload []byte) error {
+	req, err := http.NewRequestWithContext(context.Background(), http.MethodPost, hook, bytes.NewReader(payload))
 	if err != nil {
-		return err
+		return errors.New("invalid webhook URL")
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {
+		// A *url.Error quotes the whole URL; its cause does not.
+		if ue, ok := errors.AsType[*url.Error](err); ok {
+			return ue.Err
+		}
 		return err
 	}
 	resp.Body.Close()

@@ -1,0 +1,45 @@
+package gateway
+
+import (
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/amgateway/amg/internal/approval"
+	"github.com/amgateway/amg/internal/syncbuf"
+)
+
+// A webhook URL often carries its secret in the path or query, as Slack's
+// and Teams' do: a failed POST is logged with the scheme and host only.
+func TestApprovalWebhookFailureLog(t *testing.T) {
+	const secret = "T0PLANTED/B0PLANTED/xoxPLANTEDwebhooksecret"
+	refusing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "no", http.StatusInternalServerError)
+	}))
+	t.Cleanup(refusing.Close)
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closed.Close()
+	for _, tc := range []struct {
+		name, base, want string
+	}{
+		{"unreachable", closed.URL, "connection refused"},
+		{"error status", refusing.URL, "webhook answered 500 Internal Server Error"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var logs syncbuf.Buffer
+			g := &Gateway{log: slog.New(slog.NewTextHandler(&logs, nil))}
+			g.notifier(tc.base + "/services/" + secret + "?token=" + secret)(&approval.Approval{ID: "ap_1"})
+			got := logs.String()
+			if !strings.Contains(got, "approval webhook failed") || !strings.Contains(got, "approval_id=ap_1") ||
+				!strings.Contains(got, tc.base) || !strings.Contains(got, tc.want) {
+				t.Errorf("log = %s; want the failure, the approval, the webhook's scheme and host, and %q", got, tc.want)
+			}
+			if strings.Contains(got, "PLANTED") {
+				t.Errorf("log shows the webhook's secret:\n%s", got)
+			}
+		})
+	}
+}
