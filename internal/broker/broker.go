@@ -48,7 +48,8 @@ type Upstream struct {
 	Transport func(ctx context.Context) (mcp.Transport, error)
 	// ConnectTimeout bounds connecting and the MCP handshake; 0 means 5 s.
 	ConnectTimeout time.Duration
-	// CallTimeout bounds one tools/call; 0 means 60 s.
+	// CallTimeout bounds one tools/call, and each listing of the server's
+	// tools, prompts and resources; 0 means 60 s.
 	CallTimeout time.Duration
 }
 
@@ -304,11 +305,13 @@ func (b *Broker) Close() {
 }
 
 // refresh lists an upstream's tools, prompts and resources through its
-// catalogue session, connecting one first if it has none. The network is
-// not touched under u.mu: decisions read the catalogue (annotations) on
-// every call, and an upstream slow to answer must not hold them up. A
-// session that fails to list is closed and forgotten, and the lists from
-// before stay.
+// catalogue session, connecting one first if it has none. Listing is
+// bounded by the upstream's call timeout: an upstream that never answers
+// must not hold up Start, nor its keeper, for good. The network is not
+// touched under u.mu: decisions read the catalogue (annotations) on every
+// call, and an upstream slow to answer must not hold them up. A session
+// that fails to list (or not in time) is closed and forgotten, and the
+// lists from before stay.
 func (b *Broker) refresh(ctx context.Context, u *upstream) error {
 	u.refreshing.Lock()
 	defer u.refreshing.Unlock()
@@ -336,7 +339,9 @@ func (b *Broker) refresh(ctx context.Context, u *upstream) error {
 		u.catalog = cs
 		u.mu.Unlock()
 	}
-	c, err := b.list(ctx, u.Name, cs)
+	listCtx, cancel := context.WithTimeout(ctx, u.CallTimeout)
+	c, err := b.list(listCtx, u.Name, cs)
+	cancel()
 	if err != nil {
 		u.mu.Lock()
 		if u.catalog == cs {
@@ -352,23 +357,27 @@ func (b *Broker) refresh(ctx context.Context, u *upstream) error {
 	return nil
 }
 
-// list reads what server's catalogue session cs lists.
+// list reads what server's catalogue session cs lists: each of tools,
+// prompts and resources only if the server declares it can (one without
+// tools may answer tools/list with "method not found").
 func (b *Broker) list(ctx context.Context, server string, cs *mcp.ClientSession) (catalogue, error) {
 	c := catalogue{headerTools: map[string]bool{}}
-	for tool, err := range cs.Tools(ctx, nil) {
-		if err != nil {
-			return catalogue{}, err
-		}
-		if mcpfilter.ValidateName(tool.Name) != nil {
-			b.log.Warn("upstream tool name cannot be namespaced; hidden", "upstream", server, "tool", tool.Name)
-			continue
-		}
-		c.tools = append(c.tools, tool)
-		if schema, err := json.Marshal(tool.InputSchema); err != nil || bytes.Contains(schema, []byte(`"x-mcp-header"`)) {
-			c.headerTools[tool.Name] = true
+	caps := cs.InitializeResult().Capabilities
+	if caps != nil && caps.Tools != nil {
+		for tool, err := range cs.Tools(ctx, nil) {
+			if err != nil {
+				return catalogue{}, err
+			}
+			if mcpfilter.ValidateName(tool.Name) != nil {
+				b.log.Warn("upstream tool name cannot be namespaced; hidden", "upstream", server, "tool", tool.Name)
+				continue
+			}
+			c.tools = append(c.tools, tool)
+			if schema, err := json.Marshal(tool.InputSchema); err != nil || bytes.Contains(schema, []byte(`"x-mcp-header"`)) {
+				c.headerTools[tool.Name] = true
+			}
 		}
 	}
-	caps := cs.InitializeResult().Capabilities
 	if caps != nil && caps.Prompts != nil {
 		for p, err := range cs.Prompts(ctx, nil) {
 			if err != nil {
@@ -922,7 +931,7 @@ func (b *Broker) complete(ctx context.Context, req *mcp.CompleteRequest) (res *m
 
 // subscribe passes an agent's resource subscription (which authz has
 // decided like a read) to the resource's upstream, on the agent's own
-// upstream session. (Updates are not relayed back yet.)
+// upstream session; its updates come back through relayNotification.
 func (b *Broker) subscribe(ctx context.Context, req *mcp.SubscribeRequest) error {
 	server, uri, err := b.ns.SplitURI(req.Params.URI)
 	if err != nil {
@@ -966,14 +975,17 @@ func (b *Broker) onUpstream(ctx context.Context, ss *mcp.ServerSession, server s
 	return nil
 }
 
-// dropIfBroken forgets an upstream session whose connection failed (as
-// opposed to the upstream answering with a JSON-RPC error), so the next
-// call opens a new one.
+// dropIfBroken forgets an upstream session whose connection failed, so
+// the next call opens a new one. Neither the upstream answering with a
+// JSON-RPC error nor a call cancelled or timed out (the SDK then returns
+// the context's error) says so: dropping the session would drop the
+// agent's resource subscriptions with it.
 func (b *Broker) dropIfBroken(ss *mcp.ServerSession, server string, cs *mcp.ClientSession, err error) {
 	var rpcErr *jsonrpc.Error
-	if !errors.As(err, &rpcErr) {
-		b.dropUpstreamSession(ss, server, cs)
+	if errors.As(err, &rpcErr) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return
 	}
+	b.dropUpstreamSession(ss, server, cs)
 }
 
 // upstreamError is the JSON-RPC error an agent gets when an upstream
@@ -1024,18 +1036,29 @@ const RPCUpstreamError = -32010
 // crosses between agents. A request goes on the stream of the call that
 // caused it, whose context call returns (with several calls to the
 // upstream in flight, it cannot tell which: the session's own stream).
-// Notifications are relayed by the tap (see inflight.relay).
+// Notifications are relayed by the tap (see inflight.relay). A request
+// the upstream gives up on (its handler's context ends) is cancelled at
+// the agent too.
 func relay(ss *mcp.ServerSession, call func() context.Context) *mcp.ClientOptions {
+	routed := func(hctx context.Context) (context.Context, context.CancelFunc) {
+		ctx, cancel := context.WithCancel(call())
+		stop := context.AfterFunc(hctx, cancel)
+		return ctx, func() { stop(); cancel() }
+	}
 	return &mcp.ClientOptions{
 		// Sampling is deprecated from protocol 2026-07-28 on, but agents and
 		// upstreams on older versions still use it; a gateway must relay it.
 		//lint:ignore SA1019 relayed for protocol versions that have it
-		CreateMessageHandler: func(_ context.Context, req *mcp.CreateMessageRequest) (*mcp.CreateMessageResult, error) {
+		CreateMessageHandler: func(hctx context.Context, req *mcp.CreateMessageRequest) (*mcp.CreateMessageResult, error) {
+			ctx, done := routed(hctx)
+			defer done()
 			//lint:ignore SA1019 relayed for protocol versions that have it
-			return ss.CreateMessage(call(), req.Params)
+			return ss.CreateMessage(ctx, req.Params)
 		},
-		ElicitationHandler: func(_ context.Context, req *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
-			return ss.Elicit(call(), req.Params)
+		ElicitationHandler: func(hctx context.Context, req *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
+			ctx, done := routed(hctx)
+			defer done()
+			return ss.Elicit(ctx, req.Params)
 		},
 	}
 }

@@ -1015,3 +1015,86 @@ func TestResourceUpdatesAreRelayed(t *testing.T) {
 		}
 	})
 }
+
+// A cancelled call leaves the agent's upstream session, and its resource
+// subscriptions with it, in place: updates still reach the agent.
+func TestCancelledCallKeepsTheSubscriptions(t *testing.T) {
+	bothPaths(t, func(t *testing.T, g *gateway) {
+		updates := make(chan string, 4)
+		cs := g.connect(t, &mcp.ClientOptions{ResourceUpdatedHandler: func(_ context.Context, req *mcp.ResourceUpdatedNotificationRequest) {
+			updates <- req.Params.URI
+		}})
+		uri := "amg:notion:notion://ws_abc123/p1"
+		if err := cs.Subscribe(context.Background(), &mcp.SubscribeParams{URI: uri}); err != nil {
+			t.Fatal(err)
+		}
+		g.warm(t, cs)
+		as := g.broker.sessionByID(cs.ID())
+		as.mu.Lock()
+		before := as.ups["notion"]
+		as.mu.Unlock()
+		ctx, cancel := context.WithCancel(context.Background())
+		go cs.CallTool(ctx, &mcp.CallToolParams{Name: "notion__wait", Arguments: json.RawMessage(`{}`)})
+		<-g.up.started
+		cancel()
+		<-g.up.cancelled
+		eventually(t, "the cancelled call is over", func() bool { return !as.busy() })
+		as.mu.Lock()
+		after := as.ups["notion"]
+		as.mu.Unlock()
+		if after != before {
+			t.Error("a cancelled call dropped the agent's upstream session")
+		}
+		if err := g.up.srv.ResourceUpdated(context.Background(), &mcp.ResourceUpdatedNotificationParams{URI: "notion://ws_abc123/p1"}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-updates:
+		case <-time.After(10 * time.Second):
+			t.Fatal("after a cancelled call, the resource update did not reach the agent")
+		}
+	})
+}
+
+// A sampling request the upstream gives up on, while its call goes on, is
+// cancelled at the agent too (on the SDK path; the direct path does not
+// relay the upstream's cancellation yet).
+func TestRelayedRequestIsCancelledWithTheUpstreams(t *testing.T) {
+	t.Run("sdk", func(t *testing.T) {
+		g := newGateway(t)
+		cancelled, release := make(chan struct{}), make(chan struct{})
+		g.up.srv.AddTool(&mcp.Tool{Name: "ask", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+			sampling, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+			defer cancel()
+			req.Session.CreateMessage(sampling, &mcp.CreateMessageParams{MaxTokens: 10,
+				Messages: []*mcp.SamplingMessage{{Role: "user", Content: &mcp.TextContent{Text: "what now?"}}}})
+			// Within the call timeout, so that a broken test fails below.
+			select {
+			case <-cancelled:
+			case <-time.After(3 * time.Second):
+			}
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "gave up"}}}, nil
+		})
+		cs := g.connect(t, &mcp.ClientOptions{
+			CreateMessageHandler: func(ctx context.Context, _ *mcp.CreateMessageRequest) (*mcp.CreateMessageResult, error) {
+				select {
+				case <-ctx.Done():
+					close(cancelled)
+				case <-release:
+				}
+				return nil, errors.New("no answer")
+			},
+		})
+		// Before the session closes, which waits for its handlers.
+		t.Cleanup(func() { close(release) })
+		g.warm(t, cs)
+		if _, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__ask", Arguments: json.RawMessage(`{}`)}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-cancelled:
+		default:
+			t.Fatal("the agent's sampling request was not cancelled when the upstream gave up on it")
+		}
+	})
+}

@@ -4,12 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/amgateway/amg/authz"
@@ -144,4 +147,97 @@ func TestCloseEndsTheCataloguesTogether(t *testing.T) {
 	close(notionDeletes)
 	close(filesDeletes)
 	<-closed
+}
+
+// An upstream that completes the handshake but never answers tools/list
+// does not hold up Start: the listing times out like a call, and the
+// upstream shows as not connected.
+func TestCatalogueListingHasADeadline(t *testing.T) {
+	up := newUpstream()
+	release := make(chan struct{})
+	up.srv.AddReceivingMiddleware(func(next mcp.MethodHandler) mcp.MethodHandler {
+		return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
+			if method == "tools/list" {
+				select {
+				case <-ctx.Done():
+				case <-release:
+				}
+				return nil, errors.New("no answer")
+			}
+			return next(ctx, method, req)
+		}
+	})
+	signer, _ := authz.NewSigner([]byte(strings.Repeat("k", 32)), nil)
+	b, err := New([]Upstream{{Name: "notion", Transport: up.transport, ConnectTimeout: time.Second, CallTimeout: time.Second}},
+		signer, fixed{}, &Options{CatalogueRetry: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	go func() { b.Start(context.Background()); close(started) }()
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		close(release) // so that the test fails rather than hangs
+		<-started
+		b.Close()
+		t.Fatal("Start waited for an upstream that never lists its tools")
+	}
+	defer b.Close()
+	defer close(release)
+	if st := b.Status(); len(st) != 1 || st[0].Connected {
+		t.Errorf("status = %+v, want notion not connected", st)
+	}
+}
+
+// An upstream that declares no tools capability (the TypeScript SDK then
+// answers tools/list with "method not found") still has its prompts and
+// resources listed.
+func TestCatalogueOfAnUpstreamWithoutTools(t *testing.T) {
+	srv := mcp.NewServer(&mcp.Implementation{Name: "notion", Version: "1"}, nil)
+	srv.AddPrompt(&mcp.Prompt{Name: "summarize", Arguments: []*mcp.PromptArgument{{Name: "page"}}}, func(context.Context, *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
+		return &mcp.GetPromptResult{}, nil
+	})
+	srv.AddResource(&mcp.Resource{URI: "notion://ws_abc123/p1", Name: "p1"}, func(context.Context, *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
+		return &mcp.ReadResourceResult{}, nil
+	})
+	srv.AddReceivingMiddleware(func(next mcp.MethodHandler) mcp.MethodHandler {
+		return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
+			if method == "tools/list" {
+				return nil, &jsonrpc.Error{Code: jsonrpc.CodeMethodNotFound, Message: "Method not found"}
+			}
+			return next(ctx, method, req)
+		}
+	})
+	transport := func(ctx context.Context) (mcp.Transport, error) {
+		client, server := mcp.NewInMemoryTransports()
+		if _, err := srv.Connect(ctx, server, nil); err != nil {
+			return nil, err
+		}
+		return client, nil
+	}
+	set, err := policy.Compile([]policy.File{{Name: "reader.yaml", Data: []byte(testRole)}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, _ := authz.NewSigner([]byte(strings.Repeat("k", 32)), nil)
+	b, err := New([]Upstream{{Name: "notion", Transport: transport}}, signer, fixed{set}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Start(context.Background())
+	defer b.Close()
+	if st := b.Status(); len(st) != 1 || !st[0].Connected || st[0].Prompts != 1 || st[0].Resources != 1 {
+		t.Errorf("status = %+v, want notion connected with its prompt and resource", st)
+	}
+	b.mu.Lock()
+	rs := b.roles["reader"]
+	prompts, resources := slices.Collect(maps.Keys(rs.prompts)), slices.Collect(maps.Keys(rs.resources))
+	b.mu.Unlock()
+	if diff := cmp.Diff([]string{"notion__summarize"}, prompts); diff != "" {
+		t.Errorf("prompts listed (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"amg:notion:notion://ws_abc123/p1"}, resources); diff != "" {
+		t.Errorf("resources listed (-want +got):\n%s", diff)
+	}
 }
