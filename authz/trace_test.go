@@ -26,13 +26,7 @@ func TestDecisionSpanJoinsTheAgentsTrace(t *testing.T) {
 		envoySpan  = "b7ad6b7169203331" // Envoy's ext_authz span, in the RPC's metadata
 		otherTrace = "0af7651916cd43dd8448eb211c80319c"
 	)
-	spans := tracetest.NewInMemoryExporter()
-	tel, err := telemetry.New(t.Context(), &telemetry.Options{SpanExporter: spans})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tel.Shutdown(context.Background()) })
-	e := newEnv(t, func(_ *Deps, o *Options) { o.Telemetry = tel })
+	e, spans := tracingEnv(t)
 
 	for _, tc := range []struct {
 		name string
@@ -169,13 +163,7 @@ func TestTraceIDWithoutTracing(t *testing.T) {
 // method, and alike for every other: span names become metric labels, and
 // an agent's method names are its own to invent.
 func TestDecisionSpanNames(t *testing.T) {
-	spans := tracetest.NewInMemoryExporter()
-	tel, err := telemetry.New(t.Context(), &telemetry.Options{SpanExporter: spans})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tel.Shutdown(context.Background()) })
-	e := newEnv(t, func(_ *Deps, o *Options) { o.Telemetry = tel })
+	e, spans := tracingEnv(t)
 	for body, want := range map[string]string{
 		toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`):                "amg.decide tools/call",
 		`{"jsonrpc":"2.0","id":2,"method":"tools/list"}`:                                "amg.decide tools/list",
@@ -197,4 +185,17 @@ func TestDecisionSpanNames(t *testing.T) {
 			t.Errorf("%s: spans %q, want one named %q", body, names, want)
 		}
 	}
+}
+
+// tracingEnv is the test environment with its decision and RPC spans
+// exported to spans.
+func tracingEnv(t *testing.T) (*env, *tracetest.InMemoryExporter) {
+	t.Helper()
+	spans := tracetest.NewInMemoryExporter()
+	tel, err := telemetry.New(t.Context(), &telemetry.Options{SpanExporter: spans})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tel.Shutdown(context.Background()) })
+	return newEnv(t, func(_ *Deps, o *Options) { o.Telemetry = tel }), spans
 }

@@ -994,21 +994,14 @@ func TestCancellationReachesTheUpstream(t *testing.T) {
 // the URI the agent sees.
 func TestResourceUpdatesAreRelayed(t *testing.T) {
 	bothPaths(t, func(t *testing.T, g *gateway) {
-		updates := make(chan string, 4)
-		cs := g.connect(t, &mcp.ClientOptions{ResourceUpdatedHandler: func(_ context.Context, req *mcp.ResourceUpdatedNotificationRequest) {
-			updates <- req.Params.URI
-		}})
-		uri := "amg:notion:notion://ws_abc123/p1"
-		if err := cs.Subscribe(context.Background(), &mcp.SubscribeParams{URI: uri}); err != nil {
-			t.Fatal(err)
-		}
+		_, updates := subscribed(t, g)
 		if err := g.up.srv.ResourceUpdated(context.Background(), &mcp.ResourceUpdatedNotificationParams{URI: "notion://ws_abc123/p1"}); err != nil {
 			t.Fatal(err)
 		}
 		select {
 		case got := <-updates:
-			if got != uri {
-				t.Errorf("update for %q, want %q", got, uri)
+			if got != subscribedURI {
+				t.Errorf("update for %q, want %q", got, subscribedURI)
 			}
 		case <-time.After(10 * time.Second):
 			t.Fatal("the resource update did not reach the agent")
@@ -1016,18 +1009,28 @@ func TestResourceUpdatesAreRelayed(t *testing.T) {
 	})
 }
 
+// subscribedURI is the resource subscribed assigns, as the agent sees it.
+const subscribedURI = "amg:notion:notion://ws_abc123/p1"
+
+// subscribed connects an agent subscribed to subscribedURI, and returns
+// its session and the URIs of the updates it hears.
+func subscribed(t *testing.T, g *gateway) (*mcp.ClientSession, <-chan string) {
+	t.Helper()
+	updates := make(chan string, 4)
+	cs := g.connect(t, &mcp.ClientOptions{ResourceUpdatedHandler: func(_ context.Context, req *mcp.ResourceUpdatedNotificationRequest) {
+		updates <- req.Params.URI
+	}})
+	if err := cs.Subscribe(context.Background(), &mcp.SubscribeParams{URI: subscribedURI}); err != nil {
+		t.Fatal(err)
+	}
+	return cs, updates
+}
+
 // A cancelled call leaves the agent's upstream session, and its resource
 // subscriptions with it, in place: updates still reach the agent.
 func TestCancelledCallKeepsTheSubscriptions(t *testing.T) {
 	bothPaths(t, func(t *testing.T, g *gateway) {
-		updates := make(chan string, 4)
-		cs := g.connect(t, &mcp.ClientOptions{ResourceUpdatedHandler: func(_ context.Context, req *mcp.ResourceUpdatedNotificationRequest) {
-			updates <- req.Params.URI
-		}})
-		uri := "amg:notion:notion://ws_abc123/p1"
-		if err := cs.Subscribe(context.Background(), &mcp.SubscribeParams{URI: uri}); err != nil {
-			t.Fatal(err)
-		}
+		cs, updates := subscribed(t, g)
 		g.warm(t, cs)
 		as := g.broker.sessionByID(cs.ID())
 		as.mu.Lock()
