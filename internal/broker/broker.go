@@ -138,11 +138,11 @@ type Broker struct {
 
 	mu       sync.Mutex
 	roles    map[string]*roleServer
-	synced   string               // policy version the role servers reflect
-	updated  map[string]time.Time // role and resource URI -> last update relayed
-	owners   sync.Map             // MCP session id -> owner (agent and role)
-	sessions sync.Map             // *mcp.ServerSession -> *agentSession
-	bySID    sync.Map             // MCP session id -> *agentSession
+	synced   string                   // policy version the role servers reflect
+	updated  map[string]relayedUpdate // role and resource URI -> last update relayed
+	owners   sync.Map                 // MCP session id -> owner (agent and role)
+	sessions sync.Map                 // *mcp.ServerSession -> *agentSession
+	bySID    sync.Map                 // MCP session id -> *agentSession
 	ids      atomic.Uint64
 }
 

@@ -1009,6 +1009,36 @@ func TestResourceUpdatesAreRelayed(t *testing.T) {
 	})
 }
 
+// Each agent subscribed to a resource hears each of its updates once:
+// the copies of an update that every agent's upstream subscription brings
+// are one, and two updates close together are two.
+func TestResourceUpdatesOncePerUpdate(t *testing.T) {
+	bothPaths(t, func(t *testing.T, g *gateway) {
+		_, first := subscribed(t, g)
+		_, second := subscribed(t, g)
+		for range 2 {
+			if err := g.up.srv.ResourceUpdated(context.Background(), &mcp.ResourceUpdatedNotificationParams{URI: "notion://ws_abc123/p1"}); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond) // well within the window in which copies are one
+		}
+		for name, updates := range map[string]<-chan string{"first": first, "second": second} {
+			heard := 0
+			for done := false; !done; {
+				select {
+				case <-updates:
+					heard++
+				case <-time.After(500 * time.Millisecond): // for any late copy
+					done = true
+				}
+			}
+			if heard != 2 {
+				t.Errorf("the %s agent heard %d updates, want 2", name, heard)
+			}
+		}
+	})
+}
+
 // subscribedURI is the resource subscribed assigns, as the agent sees it.
 const subscribedURI = "amg:notion:notion://ws_abc123/p1"
 

@@ -139,19 +139,21 @@ func (b *Broker) relayNotification(as *agentSession, server string, n *jsonrpc.R
 	uri := b.ns.JoinURI(server, p.URI)
 	// Every session of the role that subscribed has its own upstream
 	// subscription, and so its own copy of the update; the SDK sends one
-	// to all of them, so copies that follow within a moment are dropped.
+	// to all of them, so copies that other sessions hear within a moment
+	// are dropped. The session whose copy was relayed hears only genuine
+	// updates, however close together: each of those is relayed.
 	key := role + "\x00" + uri
 	now := time.Now()
 	b.mu.Lock()
 	rs := b.roles[role]
-	if now.Sub(b.updated[key]) < updateDedup {
+	if last := b.updated[key]; last.from != as && now.Sub(last.at) < updateDedup {
 		b.mu.Unlock()
 		return
 	}
 	if b.updated == nil || len(b.updated) > 4096 {
-		b.updated = map[string]time.Time{} // older entries no longer matter
+		b.updated = map[string]relayedUpdate{} // older entries no longer matter
 	}
-	b.updated[key] = now
+	b.updated[key] = relayedUpdate{at: now, from: as}
 	b.mu.Unlock()
 	if rs != nil {
 		rs.srv.ResourceUpdated(context.Background(), &mcp.ResourceUpdatedNotificationParams{URI: uri})
@@ -161,3 +163,10 @@ func (b *Broker) relayNotification(as *agentSession, server string, n *jsonrpc.R
 // updateDedup is how close together copies of one resource update count as
 // one.
 const updateDedup = 250 * time.Millisecond
+
+// relayedUpdate is when a resource update was last relayed to a role's
+// sessions, and whose upstream subscription it came from.
+type relayedUpdate struct {
+	at   time.Time
+	from *agentSession
+}
