@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
@@ -112,6 +114,11 @@ Redis ships there, in the order they arrived.`,
 				}
 				defer client.Close()
 				return audit.NewStream(client, nil).Tail(cmd.Context(), lines, follow, emit)
+			}
+			if _, err := os.Stat(path); follow && errors.Is(err, fs.ErrNotExist) {
+				// Following waits for the log to appear, which a mistyped
+				// path never does: say what is awaited.
+				fmt.Fprintf(cmd.ErrOrStderr(), "amg: %s does not exist yet; waiting for it (is the path or --data-dir right?)\n", path)
 			}
 			return audit.Tail(cmd.Context(), path, &audit.TailOptions{Lines: lines, Follow: follow}, emit)
 		},

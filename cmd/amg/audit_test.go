@@ -199,3 +199,23 @@ func TestAuditTailFollow(t *testing.T) {
 		t.Errorf("exit %d, stderr %q", code, stderr.String())
 	}
 }
+
+// Following a log that does not exist waits for it, and says so: a
+// mistyped path would otherwise wait in silence.
+func TestAuditTailFollowWaits(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mistyped", "audit.log")
+	ctx, cancel := context.WithCancel(context.Background())
+	var stdout, stderr syncbuf.Buffer
+	done := make(chan int)
+	go func() { done <- run(ctx, []string{"audit", "tail", "-f", path}, &stdout, &stderr) }()
+	want := path + " does not exist yet; waiting for it"
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(stderr.String(), want); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("stderr %q, want it to say %q", stderr.String(), want)
+		}
+	}
+	cancel()
+	if code := <-done; code != 0 || stdout.String() != "" {
+		t.Errorf("exit %d, stdout %q", code, stdout.String())
+	}
+}
