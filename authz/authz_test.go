@@ -393,6 +393,9 @@ func TestNeedsApproval(t *testing.T) {
 	if err != nil || d.Verdict != "needs_approval" || d.ApprovalTimeout != 5*time.Minute {
 		t.Errorf("decision token %+v %v; want needs_approval, with the rule's timeout of 5m", d, err)
 	}
+	if digest, _ := tokens.Parse(e.tokens["bot-1"]); d.TokenID != digest.ID() {
+		t.Errorf("decision token names token %q, want the agent's, %q", d.TokenID, digest.ID())
+	}
 	if rec := e.audit.last(t); rec.Verdict != "needs_approval" || rec.Rule != "reader/approvals[0]" {
 		t.Errorf("audit record = %+v", rec)
 	}

@@ -23,11 +23,12 @@ const HeaderDecision = "x-amg-decision"
 // useless soon after.
 const DefaultDecisionTTL = 30 * time.Second
 
-// Token versions: v2 adds the approval timeout to v1's fields, and is
-// signed only for decisions that carry one.
+// Token versions: v2, which Sign makes, adds the token ID and the
+// approval timeout in milliseconds (0: none) to v1's fields. v1 tokens, of
+// replicas not yet upgraded, still verify.
 const (
-	tokenVersion         = "v1"
-	tokenVersionApproval = "v2"
+	tokenVersion1 = "v1"
+	tokenVersion  = "v2"
 )
 
 // Decision is what a decision token binds: the broker forwards a request
@@ -40,6 +41,9 @@ type Decision struct {
 	Verdict       string
 	BodySHA256    [32]byte
 	Expires       time.Time
+	// TokenID is the public ID of the agent's AMG token: the broker ends
+	// a session once every token used in it is revoked or expired.
+	TokenID string
 	// ApprovalTimeout is how long a call that needs approval may wait for
 	// a human, when the rule that parks it says; 0 leaves it to the broker.
 	ApprovalTimeout time.Duration
@@ -95,19 +99,14 @@ func NewSigner(key []byte, opts *SignerOptions) (*Signer, error) {
 func (s *Signer) Sign(d Decision) string {
 	exp := s.now().Add(s.ttl).UnixMilli()
 	var buf [256]byte
-	version := tokenVersion
-	if d.ApprovalTimeout > 0 {
-		version = tokenVersionApproval
-	}
-	p := append(append(buf[:0], version...), '|')
+	p := append(buf[:0], tokenVersion+"|"...)
 	for _, f := range [...]string{d.ID, d.Agent, d.Role, d.PolicyVersion, d.Verdict} {
 		p = append(append(p, f...), '|')
 	}
 	p = hex.AppendEncode(p, d.BodySHA256[:])
 	p = strconv.AppendInt(append(p, '|'), exp, 10)
-	if d.ApprovalTimeout > 0 {
-		p = strconv.AppendInt(append(p, '|'), d.ApprovalTimeout.Milliseconds(), 10)
-	}
+	p = append(append(append(p, '|'), d.TokenID...), '|')
+	p = strconv.AppendInt(p, max(d.ApprovalTimeout.Milliseconds(), 0), 10)
 	// The token is written once, at its final size, and never changed
 	// after: it becomes the returned string without a copy.
 	enc := base64.RawURLEncoding
@@ -153,16 +152,16 @@ func (s *Signer) Verify(token string, body []byte) (Decision, error) {
 		return Decision{}, ErrDecisionMalformed
 	}
 	f := strings.Split(string(raw), "|")
-	if !(len(f) == 8 && f[0] == tokenVersion || len(f) == 9 && f[0] == tokenVersionApproval) {
+	if !(len(f) == 8 && f[0] == tokenVersion1 || len(f) == 10 && f[0] == tokenVersion) {
 		return Decision{}, ErrDecisionMalformed
 	}
 	d := Decision{ID: f[1], Agent: f[2], Role: f[3], PolicyVersion: f[4], Verdict: f[5]}
-	if len(f) == 9 {
-		ms, err := strconv.ParseInt(f[8], 10, 64)
-		if err != nil || ms <= 0 {
+	if len(f) == 10 {
+		ms, err := strconv.ParseInt(f[9], 10, 64)
+		if err != nil || ms < 0 {
 			return Decision{}, ErrDecisionMalformed
 		}
-		d.ApprovalTimeout = time.Duration(ms) * time.Millisecond
+		d.TokenID, d.ApprovalTimeout = f[8], time.Duration(ms)*time.Millisecond
 	}
 	if n, err := hex.Decode(d.BodySHA256[:], []byte(f[6])); err != nil || n != 32 {
 		return Decision{}, ErrDecisionMalformed

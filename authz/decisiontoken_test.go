@@ -3,7 +3,9 @@ package authz
 import (
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -57,11 +59,11 @@ func TestDecisionToken(t *testing.T) {
 			}
 		})
 	}
-	// A decision that carries an approval timeout is a v2 token, which
-	// binds it like every other field.
+	// The token ID and an approval timeout are bound like every other
+	// field.
 	now = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	parked := d
-	parked.Verdict, parked.ApprovalTimeout, parked.Expires = "needs_approval", 5*time.Minute, time.Time{}
+	parked.Verdict, parked.TokenID, parked.ApprovalTimeout, parked.Expires = "needs_approval", "0123456789abcdef", 5*time.Minute, time.Time{}
 	tok2 := s.Sign(parked)
 	got, err = s.Verify(tok2, body)
 	parked.Expires = now.Add(10 * time.Second)
@@ -70,15 +72,29 @@ func TestDecisionToken(t *testing.T) {
 	}
 	enc2, sig2, _ := strings.Cut(tok2, ".")
 	if _, err := s.Verify(enc2[:len(enc2)-2]+"AA."+sig2, body); !errors.Is(err, ErrDecisionSignature) {
-		t.Errorf("a changed v2 payload: %v", err)
+		t.Errorf("a changed payload: %v", err)
 	}
-	for _, payload := range []string{"v2|d1|a|r|p|needs_approval|00|1", "v2|d1|a|r|p|needs_approval|00|1|0", "v2|d1|a|r|p|needs_approval|00|1|x",
-		"v1|d1|a|r|p|needs_approval|00|1|60000"} {
+
+	// A v1 token, from a replica not yet upgraded, verifies, without a
+	// token ID; payloads of a version with the other's fields do not.
+	signed := func(payload string) string {
 		enc := base64.RawURLEncoding.EncodeToString([]byte(payload))
 		mac := s.mac([]byte(enc))
-		if _, err := s.Verify(enc+"."+base64.RawURLEncoding.EncodeToString(mac[:]), body); !errors.Is(err, ErrDecisionMalformed) {
+		return enc + "." + base64.RawURLEncoding.EncodeToString(mac[:])
+	}
+	sum := sha256.Sum256(body)
+	fields := "|d1|bot-1|reader|3-abc|allow|" + hex.EncodeToString(sum[:]) + "|" + strconv.FormatInt(now.Add(time.Second).UnixMilli(), 10)
+	if got, err := s.Verify(signed("v1"+fields), body); err != nil || got.ID != "d1" || got.TokenID != "" || got.ApprovalTimeout != 0 {
+		t.Errorf("a v1 token = %+v, %v", got, err)
+	}
+	for _, payload := range []string{"v1" + fields + "|0123456789abcdef|0", "v2" + fields, "v2" + fields + "|0123456789abcdef",
+		"v2" + fields + "|0123456789abcdef|-1", "v2" + fields + "|0123456789abcdef|x"} {
+		if _, err := s.Verify(signed(payload), body); !errors.Is(err, ErrDecisionMalformed) {
 			t.Errorf("payload %q: %v, want ErrDecisionMalformed", payload, err)
 		}
+	}
+	if _, err := s.Verify(signed("v2"+fields+"|0123456789abcdef|0"), body); err != nil {
+		t.Errorf("the well-formed v2 payload of the cases above: %v", err)
 	}
 
 	if _, err := NewSigner(key[:31], nil); err == nil {

@@ -11,6 +11,7 @@ package broker
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -90,6 +91,13 @@ type Options struct {
 	StoreRetry  time.Duration
 	// Sessions, if set, shares MCP sessions with other replicas.
 	Sessions SessionStore
+	// LiveTokens, if set, returns the IDs of the AMG tokens still valid
+	// (neither revoked nor expired). Every TokenCheck (0 means 10 s) the
+	// broker ends the sessions all of whose tokens are gone: an agent's
+	// stream of server messages, and its calls waiting for approval, do
+	// not outlive its tokens.
+	LiveTokens func(ctx context.Context) (map[string]bool, error)
+	TokenCheck time.Duration
 	// CatalogueRetry is how long the broker waits before trying again to
 	// list an upstream it cannot reach; it doubles on each failure, up to
 	// 30 s. 0 means 1 s.
@@ -112,6 +120,8 @@ type Broker struct {
 	idle     time.Duration
 
 	sessionStore SessionStore
+	liveTokens   func(ctx context.Context) (map[string]bool, error)
+	tokenCheck   time.Duration
 	closing      atomic.Bool    // set by Close: ended sessions stay shared
 	dropping     sync.WaitGroup // upstream sessions being closed after a failure
 	tel          *telemetry.Telemetry
@@ -200,6 +210,7 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 		if opts.SessionIdle > 0 {
 			b.idle = opts.SessionIdle
 		}
+		b.liveTokens, b.tokenCheck = opts.LiveTokens, opts.TokenCheck
 		if opts.CatalogueRetry > 0 {
 			b.catalogueRetry = opts.CatalogueRetry
 		}
@@ -253,6 +264,9 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 // Idle agent sessions are ended until ctx ends.
 func (b *Broker) Start(ctx context.Context) {
 	go b.reapIdle(ctx, max(b.idle/30, 10*time.Millisecond))
+	if b.liveTokens != nil {
+		go b.endRevoked(ctx, cmp.Or(b.tokenCheck, 10*time.Second))
+	}
 	ctx, b.stopKeepers = context.WithCancel(ctx)
 	for _, name := range b.names {
 		if err := b.refresh(ctx, b.ups[name]); err != nil {
@@ -681,6 +695,10 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// their id, so that an adoption's id goes to the adopted session
 		// only (see newSessionID).
 		defer b.endSession(b.beginSession(""))
+	}
+	// The session's tokens: once all are gone, so is the session.
+	if as := b.sessionByID(sid); as != nil && d.TokenID != "" {
+		as.useToken(d.TokenID)
 	}
 	if set := b.policies.Current(); set != nil && set.VersionString() != b.syncedVersion() {
 		b.sync()

@@ -19,6 +19,7 @@ import (
 
 	"github.com/amgateway/amg/authz"
 	"github.com/amgateway/amg/internal/approval"
+	"github.com/amgateway/amg/internal/tokens"
 )
 
 // parkedGateway is a gateway whose calls needing approval park in store.
@@ -532,4 +533,48 @@ func TestWaitingAgentGetsProgress(t *testing.T) {
 	if last := got[len(got)-1]; !strings.Contains(last, `"id":4`) || !strings.Contains(last, `"text":"deleted"`) {
 		t.Errorf("last message = %s, want the result", last)
 	}
+}
+
+// An agent session ends once every token used in it is revoked: its calls
+// waiting for approval are cancelled, and its state goes. While a token
+// lives, its session stays.
+func TestRevokedTokensEndTheSession(t *testing.T) {
+	var st atomic.Value // the gateway's token store, once it exists
+	live := func(ctx context.Context) (map[string]bool, error) {
+		s, _ := st.Load().(tokens.Store)
+		if s == nil {
+			return nil, errors.New("no token store yet")
+		}
+		list, err := s.List(ctx)
+		ids := map[string]bool{}
+		for _, tok := range list {
+			ids[tok.ID] = tok.Status(time.Now()) == "active"
+		}
+		return ids, err
+	}
+	store := approval.NewMemory(nil)
+	g := parkedGateway(t, store, func(o *Options) { o.LiveTokens, o.TokenCheck = live, 10*time.Millisecond })
+	st.Store(g.tokens)
+	a := newRawAgent(t, g)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a.postUntil(ctx, `{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`)
+	p := parkedOne(t, store)
+
+	time.Sleep(100 * time.Millisecond) // ten looks at the live tokens
+	if g.broker.sessionByID(a.sid) == nil {
+		t.Fatal("the session of a live token ended")
+	}
+	digest, err := tokens.Parse(g.token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.tokens.Revoke(context.Background(), digest.ID(), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	awaitState(t, store, p.ID, approval.Cancelled)
+	if got, _ := store.Get(context.Background(), p.ID); got.Reason != errSessionEnded.Error() {
+		t.Errorf("cancelled for %q, want %q", got.Reason, errSessionEnded)
+	}
+	eventually(t, "the session to go", func() bool { return g.broker.sessionByID(a.sid) == nil })
 }

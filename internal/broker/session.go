@@ -44,6 +44,59 @@ type agentSession struct {
 	parked map[string]context.CancelCauseFunc
 	// shared is the session's record for other replicas, once saved.
 	shared *SessionRecord
+	// tokens are the IDs of the AMG tokens the agent used in the session.
+	tokens map[string]bool
+}
+
+// useToken notes that the agent used token id in the session.
+func (as *agentSession) useToken(id string) {
+	as.mu.Lock()
+	if as.tokens == nil {
+		as.tokens = map[string]bool{}
+	}
+	as.tokens[id] = true
+	as.mu.Unlock()
+}
+
+// tokensGone reports whether every token the agent used in the session,
+// of which there is one at least, is missing from live.
+func (as *agentSession) tokensGone(live map[string]bool) bool {
+	as.mu.Lock()
+	defer as.mu.Unlock()
+	for id := range as.tokens {
+		if live[id] {
+			return false
+		}
+	}
+	return len(as.tokens) > 0
+}
+
+// endRevoked ends, every interval until ctx ends, the agent sessions all
+// of whose tokens were revoked or expired. A store that cannot say which
+// tokens live ends none: the requests those tokens make are refused
+// anyway, and the next look decides.
+func (b *Broker) endRevoked(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		live, err := b.liveTokens(ctx)
+		if err != nil {
+			b.log.Warn("cannot list the live tokens; sessions of revoked tokens end at the next look", "err", err)
+			continue
+		}
+		b.sessions.Range(func(_, v any) bool {
+			if as := v.(*agentSession); as.tokensGone(live) {
+				b.log.Info("agent session ended: its tokens were revoked or expired", "session", as.ss.ID())
+				as.ss.Close()
+			}
+			return true
+		})
+	}
 }
 
 // busy reports whether the session has a call in flight or waiting for

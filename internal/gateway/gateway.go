@@ -235,7 +235,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	}
 	if g.broker, err = broker.New(ups, signer, g.policies, &broker.Options{MaxBodyBytes: cfg.MaxBodyBytes, Namespace: ns,
 		Audit: g.auditLog, Logger: g.log, Approvals: g.approvals, ApprovalTTL: cfg.ApprovalTTL, Notify: g.notifier(cfg.ApprovalWebhook),
-		Sessions: g.sessionStore(), Telemetry: g.tel}); err != nil {
+		Sessions: g.sessionStore(), LiveTokens: g.liveTokens, Telemetry: g.tel}); err != nil {
 		return nil, err
 	}
 	g.authz, err = authz.New(authz.Deps{
@@ -297,7 +297,24 @@ func (g *Gateway) IssueToken(ctx context.Context, agent, role string, ttl time.D
 type consoleTokens struct{ g *Gateway }
 
 func (t consoleTokens) List(ctx context.Context) ([]tokens.Token, error) { return t.g.tokens.List(ctx) }
-func (t consoleTokens) Revoke(ctx context.Context, id string) error      { return t.g.auth.Revoke(ctx, id) }
+
+// liveTokens is the IDs of the tokens neither revoked nor expired, for the
+// broker to end the sessions of the others.
+func (g *Gateway) liveTokens(ctx context.Context) (map[string]bool, error) {
+	list, err := g.tokens.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	live := make(map[string]bool, len(list))
+	now := time.Now()
+	for _, t := range list {
+		if t.Status(now) == "active" {
+			live[t.ID] = true
+		}
+	}
+	return live, nil
+}
+func (t consoleTokens) Revoke(ctx context.Context, id string) error { return t.g.auth.Revoke(ctx, id) }
 func (t consoleTokens) Issue(ctx context.Context, agent, role string, ttl time.Duration) (string, tokens.Token, error) {
 	return t.g.IssueToken(ctx, agent, role, ttl)
 }
