@@ -696,8 +696,9 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// only (see newSessionID).
 		defer b.endSession(b.beginSession(""))
 	}
+	as := b.sessionByID(sid)
 	// The session's tokens: once all are gone, so is the session.
-	if as := b.sessionByID(sid); as != nil && d.TokenID != "" {
+	if as != nil && d.TokenID != "" {
 		as.useToken(d.TokenID)
 	}
 	if set := b.policies.Current(); set != nil && set.VersionString() != b.syncedVersion() {
@@ -710,10 +711,10 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			refuseCall(w, body, "this call needs human approval, and no approval store is configured")
 			return
 		}
-		b.park(w, r, d, body)
+		b.park(w, r, as, d, body)
 		return
 	}
-	if as := b.sessionByID(r.Header.Get("Mcp-Session-Id")); as != nil {
+	if as != nil {
 		b.active(as)
 		if b.serveDirect(w, r, as, body) {
 			return

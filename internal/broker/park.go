@@ -37,15 +37,15 @@ const (
 // denied, expired or could not be parked.
 const RPCApprovalRefused = -32002
 
-// park serves a call that needs approval; the decision d has verified.
-func (b *Broker) park(w http.ResponseWriter, r *http.Request, d authz.Decision, body []byte) {
+// park serves a call that needs approval, in the agent session as (nil
+// outside one); the decision d has verified.
+func (b *Broker) park(w http.ResponseWriter, r *http.Request, as *agentSession, d authz.Decision, body []byte) {
 	parsed, err := mcpfilter.Parse(body, &mcpfilter.Options{MaxBytes: b.maxBody, SkipArgs: true})
 	if err != nil || len(parsed.Messages) != 1 || parsed.Messages[0].Method != "tools/call" {
 		b.refusePark(w, d, body, "only a single tools/call can wait for approval")
 		return
 	}
 	m := &parsed.Messages[0]
-	as := b.sessionByID(r.Header.Get("Mcp-Session-Id"))
 	server, tool, err := b.ns.Split(m.Name)
 	if as == nil || err != nil {
 		b.refusePark(w, d, body, "a call that needs approval must come in an initialized MCP session")
