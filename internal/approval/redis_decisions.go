@@ -28,9 +28,8 @@ type decisions struct {
 // next Wait opens another.
 type subscription struct {
 	ps      *redis.PubSub
-	live    chan struct{} // closed once Redis confirms the subscription
-	waiters map[string]map[*waiter]struct{}
-	n       int // waiters, over every id
+	live    chan struct{}                   // closed once Redis confirms the subscription
+	waiters map[string]map[*waiter]struct{} // by id; an id without waiters has no entry
 }
 
 // waiter is one Wait's side of a subscription.
@@ -72,7 +71,6 @@ func (d *decisions) join(id string) (*subscription, *waiter) {
 		s.waiters[id] = map[*waiter]struct{}{}
 	}
 	s.waiters[id][w] = struct{}{}
-	s.n++
 	return s, w
 }
 
@@ -87,8 +85,7 @@ func (d *decisions) leave(s *subscription, id string, w *waiter) {
 	if len(s.waiters[id]) == 0 {
 		delete(s.waiters, id)
 	}
-	s.n--
-	last := s.n == 0 && d.sub == s
+	last := len(s.waiters) == 0 && d.sub == s
 	if last {
 		d.sub = nil
 	}
@@ -132,7 +129,6 @@ func (d *decisions) listen(s *subscription) {
 		}
 		delete(s.waiters, id)
 	}
-	s.n = 0
 	d.mu.Unlock()
 	s.ps.Close()
 }
