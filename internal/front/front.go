@@ -89,12 +89,12 @@ func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "cannot read request body", http.StatusBadRequest)
 		return
 	}
-	req := CheckRequest(r, body)
-	if len(body) > f.maxBody {
-		// As Envoy with allow_partial_message: the check gets what fits,
-		// marked partial, and authz refuses it with an error the agent
-		// can read, and audits it.
-		req = CheckRequest(r, body[:f.maxBody])
+	// As Envoy with allow_partial_message, a body over the limit is
+	// checked as what fits, marked partial, and authz refuses it with an
+	// error the agent can read, and audits it.
+	partial := len(body) > f.maxBody
+	req := CheckRequest(r, body[:min(len(body), f.maxBody)])
+	if partial {
 		req.GetAttributes().GetRequest().GetHttp().GetHeaders()[HeaderPartialBody] = "true"
 	}
 	resp, err := f.check.Check(r.Context(), req)
