@@ -24,7 +24,6 @@ package telemetry
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -146,9 +145,15 @@ type Options struct {
 	// must be visible as soon as End returns.
 	SpanExporter sdktrace.SpanExporter
 
-	// MetricReader, if set, is attached to the MeterProvider next to the
-	// Prometheus exporter. It is meant for tests (sdkmetric.NewManualReader).
-	MetricReader sdkmetric.Reader
+	// MetricReader, if set, makes a reader to attach to the MeterProvider
+	// next to the Prometheus exporter. The reader must take the producer it
+	// is given (sdkmetric.WithProducer), which holds the metrics recorded
+	// per request. It is meant for tests:
+	//
+	//	func(p sdkmetric.Producer) sdkmetric.Reader {
+	//		return sdkmetric.NewManualReader(sdkmetric.WithProducer(p))
+	//	}
+	MetricReader func(sdkmetric.Producer) sdkmetric.Reader
 }
 
 // Telemetry owns the providers, exporters and instruments of one gateway
@@ -170,14 +175,9 @@ type Telemetry struct {
 	// tracing: spans are recorded, for an exporter to receive.
 	tracing bool
 
-	// Attribute sets of the metrics recorded per request, built once
-	// per distinct value: building a set sorts and allocates.
-	decisionSets setCache[[4]string]
-	upstreamSets setCache[[2]string]
+	// The metrics recorded per request (aggregate.go).
+	perRequest *requestMetrics
 
-	decisions        metric.Int64Counter
-	decisionDuration metric.Float64Histogram
-	upstreamDuration metric.Float64Histogram
 	upstreamErrors   metric.Int64Counter
 	shadowDenies     metric.Int64Counter
 	rateLimited      metric.Int64Counter
@@ -237,7 +237,9 @@ func New(ctx context.Context, opts *Options) (*Telemetry, error) {
 	// A private registry keeps two Telemetry values (or a test and the
 	// gateway) from registering the same collector twice, and keeps
 	// unrelated libraries' metrics off the gateway's /metrics.
-	promExp, err := otelprom.New(otelprom.WithRegisterer(t.registry))
+	exemplars := metricExp != nil || opts.MetricReader != nil
+	t.perRequest = newRequestMetrics(opts.ServiceVersion, exemplars)
+	promExp, err := otelprom.New(otelprom.WithRegisterer(t.registry), otelprom.WithProducer(t.perRequest))
 	if err != nil {
 		cleanup()
 		return nil, fmt.Errorf("telemetry: create prometheus exporter: %w", err)
@@ -273,18 +275,19 @@ func New(ctx context.Context, opts *Options) (*Telemetry, error) {
 	if metricExp != nil {
 		// The periodic reader honours OTEL_METRIC_EXPORT_INTERVAL and
 		// OTEL_METRIC_EXPORT_TIMEOUT, and exports once more on Shutdown.
-		mpOpts = append(mpOpts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(metricExp)))
+		mpOpts = append(mpOpts, sdkmetric.WithReader(sdkmetric.NewPeriodicReader(metricExp,
+			sdkmetric.WithProducer(t.perRequest))))
 	}
 	if opts.MetricReader != nil {
-		mpOpts = append(mpOpts, sdkmetric.WithReader(opts.MetricReader))
+		mpOpts = append(mpOpts, sdkmetric.WithReader(opts.MetricReader(t.perRequest)))
 	}
-	if metricExp == nil && opts.MetricReader == nil {
+	if !exemplars {
 		// Exemplars tie a measurement to the trace it was made in, and
 		// only an OTLP exporter (or a test's reader) carries them: the
 		// Prometheus handler serves the text format, which has none.
 		// Offering every measurement to reservoirs no one reads made
-		// recording a decision about a tenth slower
-		// (BenchmarkRecordDecision).
+		// the SDK's instruments about a tenth slower. The per-request
+		// metrics (aggregate.go) keep exemplars on the same terms.
 		mpOpts = append(mpOpts, sdkmetric.WithExemplarFilter(exemplar.AlwaysOffFilter))
 	}
 	t.mp = sdkmetric.NewMeterProvider(mpOpts...)
@@ -382,20 +385,11 @@ func (t *Telemetry) createInstruments() error {
 		errs = append(errs, err)
 		return c
 	}
-	seconds := func(name, desc string, buckets []float64) metric.Float64Histogram {
-		h, err := t.meter.Float64Histogram(name, metric.WithDescription(desc), metric.WithUnit("s"),
-			metric.WithExplicitBucketBoundaries(buckets...))
-		errs = append(errs, err)
-		return h
-	}
 	gauge := func(name, desc, unit string) metric.Int64ObservableGauge {
 		g, err := t.meter.Int64ObservableGauge(name, metric.WithDescription(desc), metric.WithUnit(unit))
 		errs = append(errs, err)
 		return g
 	}
-	t.decisions = counter(MetricDecisions, "Policy decisions made, by role, verdict, mode and reason code.", "{decision}")
-	t.decisionDuration = seconds(MetricDecisionDuration, "Time spent evaluating policy for one tool call.", decisionBuckets)
-	t.upstreamDuration = seconds(MetricUpstreamDuration, "Duration of calls forwarded to upstream MCP servers.", upstreamBuckets)
 	t.upstreamErrors = counter(MetricUpstreamErrors, "Upstream MCP calls that did not end with status ok.", "{error}")
 	t.shadowDenies = counter(MetricShadowDenies, "Calls the shadow policy would have denied.", "{decision}")
 	t.rateLimited = counter(MetricRateLimited, "Calls rejected by rate limiting.", "{call}")
@@ -477,48 +471,7 @@ func (t *Telemetry) Shutdown(ctx context.Context) error {
 // enforcement mode (enforce, shadow, ...) and code the reason code; all must
 // come from small fixed sets.
 func (t *Telemetry) RecordDecision(ctx context.Context, role, verdict, mode, code string, d time.Duration) {
-	k := [4]string{role, verdict, mode, code}
-	attrs, ok := t.decisionSets.get(k)
-	if !ok {
-		attrs = t.decisionSets.put(k, attribute.NewSet(KeyRole.String(role), KeyVerdict.String(verdict),
-			KeyMode.String(mode), KeyCode.String(code)))
-	}
-	t.decisions.Add(ctx, 1, attrs)
-	t.decisionDuration.Record(ctx, d.Seconds(), attrs)
-}
-
-// maxCachedSets bounds each cache of attribute sets; the values come from
-// small fixed sets, so it is never reached unless something is wrong.
-const maxCachedSets = 4096
-
-// setCache holds the attributes of one metric's measurements by their
-// values, as the option that carries them: building either costs
-// allocations that every request would pay again.
-type setCache[K comparable] struct {
-	mu   sync.RWMutex
-	sets map[K]metric.MeasurementOption
-}
-
-// get returns the attributes of k, if they were put before.
-func (c *setCache[K]) get(k K) (metric.MeasurementOption, bool) {
-	c.mu.RLock()
-	attrs, ok := c.sets[k]
-	c.mu.RUnlock()
-	return attrs, ok
-}
-
-// put keeps set as the attributes of k and returns them.
-func (c *setCache[K]) put(k K, set attribute.Set) metric.MeasurementOption {
-	attrs := metric.WithAttributeSet(set)
-	c.mu.Lock()
-	if c.sets == nil {
-		c.sets = map[K]metric.MeasurementOption{}
-	}
-	if len(c.sets) < maxCachedSets {
-		c.sets[k] = attrs
-	}
-	c.mu.Unlock()
-	return attrs
+	t.perRequest.decisions.record(ctx, [4]string{role, verdict, mode, code}, d)
 }
 
 // RecordUpstream records the duration of one call to an upstream MCP server
@@ -526,12 +479,7 @@ func (c *setCache[K]) put(k K, set attribute.Set) metric.MeasurementOption {
 // configured server name, status a short outcome word (ok, tool_error,
 // error).
 func (t *Telemetry) RecordUpstream(ctx context.Context, server, status string, d time.Duration) {
-	k := [2]string{server, status}
-	attrs, ok := t.upstreamSets.get(k)
-	if !ok {
-		attrs = t.upstreamSets.put(k, attribute.NewSet(KeyServer.String(server), KeyStatus.String(status)))
-	}
-	t.upstreamDuration.Record(ctx, d.Seconds(), attrs)
+	t.perRequest.upstream.record(ctx, [2]string{server, status}, d)
 	if status != StatusOK {
 		t.upstreamErrors.Add(ctx, 1, metric.WithAttributeSet(
 			attribute.NewSet(KeyServer.String(server))))
@@ -585,14 +533,6 @@ func (t *Telemetry) StartDecisionSpan(ctx context.Context, name string) (context
 
 // internalSpan is made once: each option built costs an allocation.
 var internalSpan = trace.WithSpanKind(trace.SpanKindInternal)
-
-// NewTraceID returns a random trace id, for a decision that belongs to no
-// trace when spans are not recorded.
-func NewTraceID() string {
-	var id trace.TraceID
-	rand.Read(id[:])
-	return id.String()
-}
 
 // DecisionAttributes returns the span attributes describing one decision,
 // under the amg. prefix. Empty values are left out, so a call outside shadow

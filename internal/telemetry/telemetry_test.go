@@ -32,14 +32,16 @@ type harness struct {
 func newHarness(t *testing.T) *harness {
 	t.Helper()
 	h := &harness{
-		spans:  tracetest.NewInMemoryExporter(),
-		reader: sdkmetric.NewManualReader(),
+		spans: tracetest.NewInMemoryExporter(),
 	}
 	tel, err := New(t.Context(), &Options{
 		ServiceName:    "amg-test",
 		ServiceVersion: "1.2.3",
 		SpanExporter:   h.spans,
-		MetricReader:   h.reader,
+		MetricReader: func(p sdkmetric.Producer) sdkmetric.Reader {
+			h.reader = sdkmetric.NewManualReader(sdkmetric.WithProducer(p))
+			return h.reader
+		},
 	})
 	if err != nil {
 		t.Fatalf("New: %v", err)
