@@ -161,7 +161,8 @@ func New(deps Deps, opts *Options) (*Server, error) {
 // outcome, including a panic, is a CheckResponse, so Envoy always has an
 // answer to send and never needs failure_mode_allow.
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (resp *authv3.CheckResponse, err error) {
-	c := &call{s: s, ctx: ctx, start: s.now(), id: newDecisionID()}
+	c := &call{s: s, ctx: ctx, start: s.now()}
+	c.id, c.spareTraceID = newIDs()
 	defer func() {
 		if r := recover(); r != nil {
 			s.log.Error("panic in Check", "decision_id", c.id, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
@@ -177,6 +178,9 @@ type call struct {
 	ctx   context.Context
 	start time.Time
 	id    string
+	// spareTraceID is the trace id of a decision that is in no trace
+	// when spans are not recorded.
+	spareTraceID string
 
 	headers  headers
 	token    tokens.Token
@@ -187,10 +191,14 @@ type call struct {
 	version  string // MCP protocol version of the request, if known
 }
 
-func newDecisionID() string {
-	var b [16]byte
+// newIDs returns a random decision id and a random trace id, both of 128
+// bits in hex, from one read of the random source into one allocation:
+// this runs on every request.
+func newIDs() (decisionID, traceID string) {
+	var b [32]byte
 	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	s := hex.EncodeToString(b[:])
+	return s[:32], s[32:]
 }
 
 func (c *call) check(req *authv3.CheckRequest) *authv3.CheckResponse {

@@ -345,7 +345,7 @@ func (c *call) observe(outs []outcome) {
 	if !t.Tracing() {
 		id := telemetry.TraceID(ctx)
 		if id == "" {
-			id = telemetry.NewTraceID()
+			id = c.spareTraceID
 		}
 		for i := range outs {
 			outs[i].traceID = id
@@ -396,6 +396,9 @@ func (c *call) traceContext(t *telemetry.Telemetry) context.Context {
 	// Without tracing no stats handler started an RPC span: the RPC's
 	// trace context is in its metadata.
 	rpc := t.ExtractRPC(c.ctx)
+	if _, ok := c.headers.lookup("traceparent"); !ok {
+		return rpc // the request is in no trace of its own
+	}
 	agent := t.Propagator().Extract(rpc, propagation.MapCarrier(c.headers.m))
 	if trace.SpanContextFromContext(agent).TraceID() == trace.SpanContextFromContext(rpc).TraceID() {
 		return rpc
