@@ -69,9 +69,11 @@ type (
 	Redactor interface {
 		RedactRaw(raw json.RawMessage, args mcpfilter.Value, rules []string) json.RawMessage
 	}
-	// ShadowCounter counts would-be denials of shadow-mode roles per day.
+	// ShadowCounter counts, per role per day, the calls decided in shadow
+	// mode and their would-be denials. It is called on every request of a
+	// shadow-mode role, so it should not block (shadow.Batch).
 	ShadowCounter interface {
-		Inc(ctx context.Context, role string, day time.Time) error
+		Add(ctx context.Context, role string, day time.Time, calls, denials int64) error
 	}
 	// AnnotationSource tells a tool's annotations, as its server declared
 	// them; nil when unknown.
@@ -92,7 +94,7 @@ type Deps struct {
 
 // Options tune a Server; nil means defaults.
 type Options struct {
-	// Shadow counts shadow-mode denials; nil skips counting.
+	// Shadow counts shadow-mode calls and denials; nil skips counting.
 	Shadow ShadowCounter
 	// Annotations supplies tool annotations for approval rules; nil means
 	// every tool is treated as declaring none (and so as destructive).

@@ -418,8 +418,11 @@ func TestShadowMode(t *testing.T) {
 	if rec := e.audit.last(t); rec.ShadowVerdict != "allow" {
 		t.Errorf("a would-be allow is recorded with shadow verdict %q", rec.ShadowVerdict)
 	}
+	// A list is no call the policy decides: it is not counted.
+	okHeaders(t, e.check(t, "bot-2", nil, `{"jsonrpc":"2.0","id":3,"method":"tools/list"}`))
+	// Every call decided counts, the would-be denials among them.
 	counts, _ := e.shadow.Counts(context.Background(), e.now, e.now)
-	if diff := cmp.Diff([]shadow.Count{{Role: "trial", Day: "2026-11-25", N: 3}}, counts); diff != "" {
+	if diff := cmp.Diff([]shadow.Count{{Role: "trial", Day: "2026-11-25", N: 3, Calls: 4}}, counts); diff != "" {
 		t.Errorf("shadow counts (-want +got):\n%s", diff)
 	}
 }
@@ -750,7 +753,7 @@ func TestCompletionShadowMode(t *testing.T) {
 		})
 	}
 	counts, _ := e.shadow.Counts(context.Background(), e.now, e.now)
-	if diff := cmp.Diff([]shadow.Count{{Role: "trial", Day: "2026-11-25", N: 2}}, counts); diff != "" {
+	if diff := cmp.Diff([]shadow.Count{{Role: "trial", Day: "2026-11-25", N: 2, Calls: 3}}, counts); diff != "" {
 		t.Errorf("shadow counts (-want +got):\n%s", diff)
 	}
 }

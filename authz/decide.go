@@ -108,7 +108,7 @@ func (c *call) decide() *authv3.CheckResponse {
 	if len(outs) > 1 {
 		denyBatch(outs)
 	}
-	c.countShadowDenies(outs)
+	c.countShadow(outs)
 	c.observe(outs)
 	for i := range outs {
 		rec := c.messageRecord(&outs[i])
@@ -269,18 +269,26 @@ func denyBatch(outs []outcome) {
 	}
 }
 
-func (c *call) countShadowDenies(outs []outcome) {
+func (c *call) countShadow(outs []outcome) {
 	if c.s.shadow == nil {
 		return
 	}
+	var calls, denials int64
 	for i := range outs {
-		if o := &outs[i]; o.res.Shadow && o.res.ShadowVerdict == decision.Deny {
-			// The counter feeds a report; the audit record is the source
-			// of truth, so a failure here is logged, not fatal.
-			if err := c.s.shadow.Inc(c.ctx, c.token.Role, c.start); err != nil {
-				c.s.log.Warn("shadow counter failed", "decision_id", c.id, "err", err)
+		if o := &outs[i]; o.res.Shadow {
+			calls++
+			if o.res.ShadowVerdict == decision.Deny {
+				denials++
 			}
 		}
+	}
+	if calls == 0 {
+		return
+	}
+	// The counter feeds a report; the audit record is the source of
+	// truth, so a failure here is logged, not fatal.
+	if err := c.s.shadow.Add(c.ctx, c.token.Role, c.start, calls, denials); err != nil {
+		c.s.log.Warn("shadow counter failed", "decision_id", c.id, "err", err)
 	}
 }
 

@@ -27,10 +27,12 @@ func newShadowReportCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "report",
 		Short: "Would-be denials per shadow-mode role per day (UTC)",
-		Long: `Print, for every role that has had would-be denials in shadow mode, the
-number per day (UTC) over the last --days days, newest last. A role whose
-row stays at zero is a candidate for mode: enforce; amg replay shows which
-calls would change.`,
+		Long: `Print, for every role that made calls in shadow mode, its would-be denials
+per day (UTC) over the last --days days, newest last, their total, and the
+calls it made in those days. A role whose row stays at zero over many calls
+is a candidate for mode: enforce (a row of zeros over no calls says
+nothing); amg replay shows which calls would change. The gateway writes
+its counts every few seconds.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if days < 1 || days > 366 {
@@ -78,10 +80,11 @@ calls would change.`,
 
 func writeShadowReport(cmd *cobra.Command, counts []shadow.Count, from time.Time, days int) {
 	if len(counts) == 0 {
-		fmt.Fprintf(cmd.OutOrStdout(), "no would-be denials in the last %d days\n", days)
+		fmt.Fprintf(cmd.OutOrStdout(), "no calls in shadow mode in the last %d days\n", days)
 		return
 	}
 	byRole := map[string]map[string]int64{}
+	calls := map[string]int64{}
 	var roles []string
 	for _, c := range counts {
 		if byRole[c.Role] == nil {
@@ -89,13 +92,14 @@ func writeShadowReport(cmd *cobra.Command, counts []shadow.Count, from time.Time
 			roles = append(roles, c.Role)
 		}
 		byRole[c.Role][c.Day] = c.N
+		calls[c.Role] += c.Calls
 	}
 	w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
 	fmt.Fprint(w, "ROLE")
 	for i := range days {
 		fmt.Fprintf(w, "\t%s", from.AddDate(0, 0, i).Format("01-02"))
 	}
-	fmt.Fprintln(w, "\tTOTAL")
+	fmt.Fprintln(w, "\tTOTAL\tCALLS")
 	for _, role := range roles {
 		fmt.Fprint(w, role)
 		var total int64
@@ -104,7 +108,7 @@ func writeShadowReport(cmd *cobra.Command, counts []shadow.Count, from time.Time
 			total += n
 			fmt.Fprintf(w, "\t%d", n)
 		}
-		fmt.Fprintf(w, "\t%d\n", total)
+		fmt.Fprintf(w, "\t%d\t%d\n", total, calls[role])
 	}
 	w.Flush()
 }

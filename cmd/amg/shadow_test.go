@@ -26,15 +26,16 @@ func TestShadowReport(t *testing.T) {
 	}
 	now := time.Now().UTC()
 	yesterday := now.AddDate(0, 0, -1)
-	for _, inc := range []struct {
-		role string
-		at   time.Time
-		n    int
-	}{{"trial", now, 3}, {"trial", yesterday, 12}, {"support", yesterday, 1}, {"old", now.AddDate(0, 0, -30), 5}} {
-		for range inc.n {
-			if err := counter.Inc(context.Background(), inc.role, inc.at); err != nil {
-				t.Fatal(err)
-			}
+	for _, add := range []struct {
+		role           string
+		at             time.Time
+		calls, denials int64
+	}{
+		{"trial", now, 7, 3}, {"trial", yesterday, 20, 12}, {"support", yesterday, 1, 1},
+		{"quiet", now, 9, 0}, {"old", now.AddDate(0, 0, -30), 5, 5},
+	} {
+		if err := counter.Add(context.Background(), add.role, add.at, add.calls, add.denials); err != nil {
+			t.Fatal(err)
 		}
 	}
 	db.Close()
@@ -44,13 +45,13 @@ func TestShadowReport(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
 	y, d := yesterday.Format("01-02"), now.Format("01-02")
-	want := fmt.Sprintf("ROLE     %s  %s  TOTAL\nsupport  1      0      1\ntrial    12     3      15\n", y, d)
+	want := fmt.Sprintf("ROLE     %s  %s  TOTAL  CALLS\nquiet    0      0      0      9\nsupport  1      0      1      1\ntrial    12     3      15     27\n", y, d)
 	if diff := cmp.Diff(want, stdout); diff != "" {
 		t.Errorf("report (-want +got):\n%s", diff)
 	}
 
 	code, stdout, _ = runCLI(t, "shadow", "report", "--data-dir", dir, "--days", "1")
-	if code != 0 || !strings.Contains(stdout, "trial  3      3") || strings.Contains(stdout, "support") {
+	if code != 0 || !strings.Contains(stdout, "trial  3      3      7") || strings.Contains(stdout, "support") {
 		t.Errorf("one-day report:\n%s", stdout)
 	}
 }

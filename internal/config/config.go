@@ -31,7 +31,8 @@
 //	  ttl: 15m                      # how long one waits for a decision
 //	  webhook: https://hooks.example/amg  # told of each new one ("" none)
 //	console:                        # the web console on the admin listener
-//	  ready_days: 7                 # shadow roles at zero this long are ready to enforce
+//	  ready_days: 7                 # shadow roles at zero this long are ready to enforce,
+//	  ready_min_calls: 1            #   over at least this many calls in those days
 //	  trace_url: ""                 # e.g. http://localhost:16686/trace/{trace_id}
 //	  staged_policy_dir: ""         # a next policy the console can replay against
 //	data_dir: ./data
@@ -159,6 +160,9 @@ type Console struct {
 	// ReadyDays is how many days a shadow role's would-be denials must
 	// stay at zero before the console calls it ready to enforce.
 	ReadyDays int
+	// ReadyMinCalls is how many calls a shadow role must have made in
+	// those days: with none, zero would-be denials say nothing.
+	ReadyMinCalls int
 	// TraceURL links audit records to a trace viewer; {trace_id} in it
 	// is replaced by the record's trace id. Empty: no links.
 	TraceURL string
@@ -288,7 +292,7 @@ func Default() *Config {
 			TracingSampling: 100,
 		},
 		ApprovalTTL: 15 * time.Minute,
-		Console:     Console{ReadyDays: 7},
+		Console:     Console{ReadyDays: 7, ReadyMinCalls: 1},
 		Audit: Audit{
 			MaxFileBytes:     100 << 20,
 			Sync:             audit.SyncOnInterval,

@@ -34,7 +34,7 @@ var (
 	configKeys = []string{"listen", "admin_listen", "authz_listen", "broker_listen", "xds_listen", "envoy", "vault", "redis", "approvals",
 		"console", "audit", "data_dir", "policy_dir", "max_body_bytes", "unprefixed_names", "upstreams"}
 	approvalKeys = []string{"ttl", "webhook"}
-	consoleKeys  = []string{"ready_days", "trace_url", "staged_policy_dir"}
+	consoleKeys  = []string{"ready_days", "ready_min_calls", "trace_url", "staged_policy_dir"}
 	auditKeys    = []string{"max_file_bytes", "sync", "sync_interval", "stdout", "stream_max_records"}
 	redisKeys    = []string{"address", "username", "password", "db", "tls"}
 	tlsKeys      = []string{"ca_file", "server_name", "cert_file", "key_file"}
@@ -806,6 +806,10 @@ func (l *loader) console(n *yaml.Node, path string, c *Console) {
 		case "ready_days":
 			if d, ok := l.Integer(v, p, 1); ok {
 				c.ReadyDays = d
+			}
+		case "ready_min_calls":
+			if n, ok := l.Integer(v, p, 1); ok {
+				c.ReadyMinCalls = n
 			}
 		case "trace_url":
 			s, ok := l.Str(v, p)

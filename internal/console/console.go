@@ -82,6 +82,9 @@ type Options struct {
 	// ReadyDays is how many days in a row a shadow role's would-be
 	// denials must be zero before it shows as ready to enforce; 0 means 7.
 	ReadyDays int
+	// ReadyMinCalls is how many calls decided in shadow mode those days
+	// must hold: days without calls are no evidence. 0 means 1.
+	ReadyMinCalls int
 	// ChartDays is how many days the shadow chart shows; 0 means 30, and
 	// it is never fewer than ReadyDays.
 	ChartDays int
@@ -126,6 +129,7 @@ func New(d Deps, opts *Options) (*Console, error) {
 	if c.opts.ReadyDays <= 0 {
 		c.opts.ReadyDays = 7
 	}
+	c.opts.ReadyMinCalls = max(c.opts.ReadyMinCalls, 1)
 	if c.opts.ChartDays <= 0 {
 		c.opts.ChartDays = 30
 	}

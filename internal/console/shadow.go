@@ -15,13 +15,17 @@ type shadowRow struct {
 	Mode  string
 	Total int64 // would-be denials in the chart's window
 	Last  string
+	// Calls is the calls decided in shadow mode in the last ReadyDays
+	// days, the evidence for Ready.
+	Calls int64
 	Ready bool
 }
 
 type shadowData struct {
-	Rows      []shadowRow
-	ReadyDays int
-	ChartDays int
+	Rows          []shadowRow
+	ReadyDays     int
+	ReadyMinCalls int
+	ChartDays     int
 	// Err is why the counts could not be read; the page then lists no
 	// role, and does not claim that none is in shadow mode.
 	Err string
@@ -57,7 +61,7 @@ func (c *Console) shadowSeries(r *http.Request) ([]shadow.Series, map[string]str
 }
 
 func (c *Console) shadowPage(w http.ResponseWriter, r *http.Request, s *session) {
-	data := shadowData{ReadyDays: c.opts.ReadyDays, ChartDays: c.opts.ChartDays}
+	data := shadowData{ReadyDays: c.opts.ReadyDays, ReadyMinCalls: c.opts.ReadyMinCalls, ChartDays: c.opts.ChartDays}
 	series, modes, err := c.shadowSeries(r)
 	status := http.StatusOK
 	if err != nil {
@@ -65,7 +69,8 @@ func (c *Console) shadowPage(w http.ResponseWriter, r *http.Request, s *session)
 		data.Err, status = err.Error(), http.StatusServiceUnavailable
 	}
 	for _, sr := range series {
-		row := shadowRow{Role: sr.Role, Mode: modes[sr.Role], Ready: sr.ReadyToEnforce(c.opts.ReadyDays)}
+		row := shadowRow{Role: sr.Role, Mode: modes[sr.Role], Calls: sr.CallsIn(c.opts.ReadyDays),
+			Ready: sr.ReadyToEnforce(c.opts.ReadyDays, int64(c.opts.ReadyMinCalls))}
 		for i, n := range sr.N {
 			row.Total += n
 			if n > 0 {

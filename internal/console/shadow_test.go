@@ -23,7 +23,7 @@ func shadowRows(t *testing.T, body string) map[string][]string {
 		for _, c := range regexp.MustCompile(`(?s)<td[^>]*>(.*?)</td>`).FindAllStringSubmatch(m[2], -1) {
 			cells = append(cells, strings.TrimSpace(html.UnescapeString(regexp.MustCompile(`<[^>]+>`).ReplaceAllString(c[1], ""))))
 		}
-		if len(cells) != 5 {
+		if len(cells) != 6 {
 			t.Fatalf("row of %s has %d cells: %q", m[1], len(cells), m[2])
 		}
 		rows[html.UnescapeString(m[1])] = cells
@@ -33,16 +33,23 @@ func shadowRows(t *testing.T, body string) map[string][]string {
 
 // countDenials records would-be denials: support 10 days ago, trial 3
 // days ago, dev (enforce now) yesterday twice, and retired (no longer in
-// the policy) 20 days ago.
+// the policy) 20 days ago; each is a call decided. support and trial also
+// made calls that would have gone through: support 4 today, trial 2
+// yesterday.
 func countDenials(t *testing.T, s *shadow.Memory) {
 	t.Helper()
 	ctx := context.Background()
 	day := 24 * time.Hour
 	for _, d := range []struct {
-		role string
-		ago  time.Duration
-	}{{"support", 10 * day}, {"trial", 3 * day}, {"dev", day}, {"dev", day}, {"retired", 20 * day}, {"ancient", 40 * day}} {
-		if err := s.Inc(ctx, d.role, start.Add(-d.ago)); err != nil {
+		role           string
+		ago            time.Duration
+		calls, denials int64
+	}{
+		{"support", 10 * day, 1, 1}, {"trial", 3 * day, 1, 1}, {"dev", day, 1, 1}, {"dev", day, 1, 1},
+		{"retired", 20 * day, 1, 1}, {"ancient", 40 * day, 1, 1},
+		{"support", 0, 4, 0}, {"trial", day, 2, 0},
+	} {
+		if err := s.Add(ctx, d.role, start.Add(-d.ago), d.calls, d.denials); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -72,7 +79,7 @@ func TestShadowReadiness(t *testing.T) {
 			t.Fatalf("ReadyDays %d: roles %v, want dev, retired, support and trial (not ancient, outside the chart)", tc.readyDays, rows)
 		}
 		for role, want := range map[string]string{"support": tc.support, "trial": tc.trial, "retired": "—", "dev": "enforcing"} {
-			if got := rows[role][4]; got != want {
+			if got := rows[role][5]; got != want {
 				t.Errorf("ReadyDays %d: %s is %q, want %q", tc.readyDays, role, got, want)
 			}
 		}
@@ -89,10 +96,10 @@ func TestShadowPage(t *testing.T) {
 	rows := shadowRows(t, body)
 	day := func(ago int) string { return shadow.Day(start.AddDate(0, 0, -ago)) }
 	want := map[string][]string{
-		"dev":     {"dev", "enforce", "2", day(1), "enforcing"},
-		"retired": {"retired", "no longer in the policy", "1", day(20), "—"},
-		"support": {"support", "shadow", "1", day(10), "ready to enforce"},
-		"trial":   {"trial", "shadow", "1", day(3), "not yet"},
+		"dev":     {"dev", "enforce", "2", day(1), "2", "enforcing"},
+		"retired": {"retired", "no longer in the policy", "1", day(20), "0", "—"},
+		"support": {"support", "shadow", "1", day(10), "4", "ready to enforce"},
+		"trial":   {"trial", "shadow", "1", day(3), "3", "not yet"},
 	}
 	for role, w := range want {
 		if strings.Join(rows[role], "|") != strings.Join(w, "|") {
@@ -110,7 +117,7 @@ func TestShadowPage(t *testing.T) {
 	if !strings.Contains(body, `<img src="/console/shadow/chart.svg"`) {
 		t.Error("the page does not show the chart")
 	}
-	if !strings.Contains(body, "at zero for the last 7 days is ready to enforce") {
+	if !strings.Contains(body, "at zero for the last 7 days, over at least 1 call decided in those days, is ready to enforce") {
 		t.Error("the page does not say how many quiet days make a role ready")
 	}
 }
@@ -122,9 +129,34 @@ func TestShadowPageShowsShadowRolesWithoutDenials(t *testing.T) {
 	if len(rows) != 2 || rows["support"] == nil || rows["trial"] == nil {
 		t.Fatalf("roles %v, want the two shadow roles", rows)
 	}
+	// No calls, no evidence: a role nobody used is not ready.
 	for _, role := range []string{"support", "trial"} {
-		if got := rows[role]; got[2] != "0" || got[3] != "—" || got[4] != "ready to enforce" {
-			t.Errorf("%s without denials: %q", role, got)
+		if got := rows[role]; got[2] != "0" || got[3] != "—" || got[4] != "0" || got[5] != "not yet" {
+			t.Errorf("%s without calls: %q", role, got)
+		}
+	}
+	// Calls without denials are.
+	if err := e.shadow.Add(context.Background(), "trial", start, 5, 0); err != nil {
+		t.Fatal(err)
+	}
+	rows = shadowRows(t, e.get(op, "/console/shadow").Body.String())
+	if got := rows["trial"]; got[2] != "0" || got[4] != "5" || got[5] != "ready to enforce" {
+		t.Errorf("trial with 5 calls and no denials: %q", got)
+	}
+}
+
+// ReadyMinCalls sets how many calls make the evidence.
+func TestShadowReadyMinCalls(t *testing.T) {
+	for _, tc := range []struct {
+		minCalls int
+		want     string
+	}{{0, "ready to enforce"}, {4, "ready to enforce"}, {5, "not yet"}} {
+		e := newEnv(t, &console.Options{ReadyMinCalls: tc.minCalls})
+		countDenials(t, e.shadow)
+		op := e.signIn("alice")
+		body := e.get(op, "/console/shadow").Body.String()
+		if got := shadowRows(t, body)["support"][5]; got != tc.want {
+			t.Errorf("ReadyMinCalls %d: support with 4 calls is %q, want %q", tc.minCalls, got, tc.want)
 		}
 	}
 }
@@ -196,7 +228,7 @@ func TestShadowChartAcrossSummerTime(t *testing.T) {
 	}
 	now := time.Date(2026, 4, 2, 1, 30, 0, 0, berlin) // 2026-04-01 23:30 UTC
 	e := newEnv(t, &console.Options{ChartDays: 7, Now: func() time.Time { return now }})
-	if err := e.shadow.Inc(context.Background(), "support", time.Date(2026, 3, 26, 12, 0, 0, 0, time.UTC)); err != nil {
+	if err := e.shadow.Add(context.Background(), "support", time.Date(2026, 3, 26, 12, 0, 0, 0, time.UTC), 1, 1); err != nil {
 		t.Fatal(err)
 	}
 	op := e.signIn("alice")

@@ -81,6 +81,7 @@ type Gateway struct {
 	tokens    tokens.Store
 	auth      *tokens.Authenticator
 	auditLog  *audit.Logger
+	shadow    *shadow.Batch
 	policies  *policy.Live
 	authz     *authz.Server
 	broker    *broker.Broker
@@ -150,15 +151,15 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		return nil, err
 	}
 	g.auth = tokens.NewAuthenticator(g.tokens, nil)
-	var counter interface {
-		authz.ShadowCounter
-		console.ShadowCounts
-	}
+	var counts shadow.Store
 	if g.redis != nil {
-		counter = shadow.NewRedis(g.redis)
-	} else if counter, err = shadow.NewSQLite(g.db); err != nil {
+		counts = shadow.NewRedis(g.redis)
+	} else if counts, err = shadow.NewSQLite(g.db); err != nil {
 		return nil, err
 	}
+	// Every call of a shadow-mode role is counted: in memory, written
+	// every few seconds.
+	g.shadow = shadow.NewBatch(counts, 0, g.log)
 	if g.redis != nil {
 		id, err := replicaID(cfg.DataDir)
 		if err != nil {
@@ -245,7 +246,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		Audit:    g.auditLog,
 		Redactor: audit.NewRedactor(auditKey),
 		Signer:   signer,
-	}, &authz.Options{Shadow: counter, Annotations: g.broker, Namespace: ns, Logger: g.log, MaxBodyBytes: cfg.MaxBodyBytes, Telemetry: g.tel})
+	}, &authz.Options{Shadow: g.shadow, Annotations: g.broker, Namespace: ns, Logger: g.log, MaxBodyBytes: cfg.MaxBodyBytes, Telemetry: g.tel})
 	if err != nil {
 		return nil, err
 	}
@@ -265,8 +266,8 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		}
 	}
 	con, err := console.New(console.Deps{Token: adminToken, Approvals: g.approvals, Tokens: consoleTokens{g}, Policies: g.policies,
-		Upstreams: g.broker, Shadow: counter, Audit: g.auditForConsole(), SignOuts: signOuts},
-		&console.Options{ReadyDays: cfg.Console.ReadyDays, TraceURL: cfg.Console.TraceURL, StagedPolicyDir: cfg.Console.StagedPolicyDir,
+		Upstreams: g.broker, Shadow: g.shadow, Audit: g.auditForConsole(), SignOuts: signOuts},
+		&console.Options{ReadyDays: cfg.Console.ReadyDays, ReadyMinCalls: cfg.Console.ReadyMinCalls, TraceURL: cfg.Console.TraceURL, StagedPolicyDir: cfg.Console.StagedPolicyDir,
 			Logger: g.log})
 	if err != nil {
 		return nil, err
@@ -564,7 +565,8 @@ func (g *Gateway) XDSVersion() string {
 }
 
 // Close releases what New opened: upstream sessions, the audit log (its
-// queue is drained first) and the database.
+// queue is drained first), the shadow counts not yet written and the
+// database.
 func (g *Gateway) Close() error {
 	if g.broker != nil {
 		g.broker.Close()
@@ -573,6 +575,11 @@ func (g *Gateway) Close() error {
 	if g.auditLog != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		err = g.auditLog.Close(ctx)
+		cancel()
+	}
+	if g.shadow != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err = errors.Join(err, g.shadow.Close(ctx))
 		cancel()
 	}
 	if g.db != nil {

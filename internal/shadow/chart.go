@@ -9,12 +9,13 @@ import (
 	"unicode/utf8"
 )
 
-// Series is one role's would-be denials on each day of a window, oldest
-// first.
+// Series is one role's would-be denials, and calls decided in shadow
+// mode, on each day of a window, oldest first.
 type Series struct {
-	Role string
-	Days []string // YYYY-MM-DD, one per day of the window, oldest first
-	N    []int64  // same length as Days; 0 on days without denials
+	Role  string
+	Days  []string // YYYY-MM-DD, one per day of the window, oldest first
+	N     []int64  // same length as Days; 0 on days without denials
+	Calls []int64  // same length as Days; 0 on days without calls
 }
 
 // Window returns one Series per role in roles, in that order, even if a role
@@ -35,7 +36,7 @@ func Window(counts []Count, roles []string, today time.Time, days int) []Series 
 	out := make([]Series, len(roles))
 	byRole := make(map[string][]int, len(roles)) // a role may be listed twice
 	for i, r := range roles {
-		out[i] = Series{Role: r, Days: dayList, N: make([]int64, days)}
+		out[i] = Series{Role: r, Days: dayList, N: make([]int64, days), Calls: make([]int64, days)}
 		byRole[r] = append(byRole[r], i)
 	}
 	for _, c := range counts {
@@ -45,6 +46,7 @@ func Window(counts []Count, roles []string, today time.Time, days int) []Series 
 		}
 		for _, i := range byRole[c.Role] {
 			out[i].N[d] += c.N
+			out[i].Calls[d] += c.Calls
 		}
 	}
 	return out
@@ -61,11 +63,13 @@ func WindowRange(today time.Time, days int) (from, to time.Time) {
 	return to.AddDate(0, 0, 1-max(days, 0)), to
 }
 
-// ReadyToEnforce reports whether the last quiet days of s, today included,
-// all have zero would-be denials. It is false when quiet <= 0 or when s
-// covers fewer than quiet days: there is not enough data to say.
-func (s Series) ReadyToEnforce(quiet int) bool {
-	if quiet <= 0 || quiet > len(s.Days) || quiet > len(s.N) {
+// ReadyToEnforce reports whether the last quiet days of s, today
+// included, all have zero would-be denials over at least minCalls calls
+// decided in shadow mode: days without calls are no evidence. It is false
+// when quiet <= 0 or when s covers fewer than quiet days, as there is not
+// enough data to say; minCalls below 1 counts as 1.
+func (s Series) ReadyToEnforce(quiet int, minCalls int64) bool {
+	if quiet <= 0 || quiet > len(s.Days) || quiet > len(s.N) || quiet > len(s.Calls) {
 		return false
 	}
 	for _, n := range s.N[len(s.N)-quiet:] {
@@ -73,7 +77,17 @@ func (s Series) ReadyToEnforce(quiet int) bool {
 			return false
 		}
 	}
-	return true
+	return s.CallsIn(quiet) >= max(minCalls, 1)
+}
+
+// CallsIn is the calls decided in shadow mode in the last days of s,
+// today included.
+func (s Series) CallsIn(days int) int64 {
+	var n int64
+	for _, c := range s.Calls[len(s.Calls)-min(max(days, 0), len(s.Calls)):] {
+		n += c
+	}
+	return n
 }
 
 // ChartOptions sets the size and title of the chart SVG renders. A nil

@@ -24,18 +24,19 @@ var today = time.Date(2026, 11, 24, 23, 30, 0, 0, time.UTC)
 func TestWindow(t *testing.T) {
 	counts := []Count{
 		{Role: "admin", Day: "2026-11-20", N: 3}, // outside a 4-day window
-		{Role: "admin", Day: "2026-11-21", N: 1},
-		{Role: "admin", Day: "2026-11-24", N: 5},
+		{Role: "admin", Day: "2026-11-21", N: 1, Calls: 10},
+		{Role: "admin", Day: "2026-11-24", N: 5, Calls: 6},
 		{Role: "admin", Day: "2026-11-25", N: 9}, // tomorrow
-		{Role: "ci", Day: "2026-11-23", N: 2},
-		{Role: "ci", Day: "2026-11-23", N: 1}, // same day again: added up
+		{Role: "ci", Day: "2026-11-23", N: 2, Calls: 4},
+		{Role: "ci", Day: "2026-11-23", N: 1, Calls: 1}, // same day again: added up
+		{Role: "ci", Day: "2026-11-24", Calls: 8},
 		{Role: "other", Day: "2026-11-22", N: 7},
 	}
 	days := []string{"2026-11-21", "2026-11-22", "2026-11-23", "2026-11-24"}
 	want := []Series{
-		{Role: "ci", Days: days, N: []int64{0, 0, 3, 0}},
-		{Role: "quiet", Days: days, N: []int64{0, 0, 0, 0}},
-		{Role: "admin", Days: days, N: []int64{1, 0, 0, 5}},
+		{Role: "ci", Days: days, N: []int64{0, 0, 3, 0}, Calls: []int64{0, 0, 5, 8}},
+		{Role: "quiet", Days: days, N: []int64{0, 0, 0, 0}, Calls: []int64{0, 0, 0, 0}},
+		{Role: "admin", Days: days, N: []int64{1, 0, 0, 5}, Calls: []int64{10, 0, 0, 6}},
 	}
 	got := Window(counts, []string{"ci", "quiet", "admin"}, today, 4)
 	if !reflect.DeepEqual(got, want) {
@@ -102,29 +103,38 @@ func TestWindowRange(t *testing.T) {
 
 func TestReadyToEnforce(t *testing.T) {
 	days := []string{"2026-11-19", "2026-11-20", "2026-11-21", "2026-11-22", "2026-11-23", "2026-11-24"}
+	busy := []int64{9, 9, 9, 9, 9, 9}
 	for _, tc := range []struct {
-		name  string
-		n     []int64
-		quiet int
-		want  bool
+		name     string
+		n, calls []int64
+		quiet    int
+		minCalls int64
+		want     bool
 	}{
-		{"quiet for the last 3", []int64{4, 2, 1, 0, 0, 0}, 3, true},
-		{"denial on the first quiet day", []int64{4, 2, 1, 1, 0, 0}, 3, false},
-		{"denial today", []int64{0, 0, 0, 0, 0, 1}, 3, false},
-		{"denial just before the quiet days", []int64{0, 0, 1, 0, 0, 0}, 3, true},
-		{"quiet as long as the window", []int64{0, 0, 0, 0, 0, 0}, 6, true},
-		{"quiet longer than the window", []int64{0, 0, 0, 0, 0, 0}, 7, false},
-		{"quiet 0", []int64{0, 0, 0, 0, 0, 0}, 0, false},
-		{"quiet negative", []int64{0, 0, 0, 0, 0, 0}, -1, false},
+		{"quiet for the last 3", []int64{4, 2, 1, 0, 0, 0}, busy, 3, 1, true},
+		{"denial on the first quiet day", []int64{4, 2, 1, 1, 0, 0}, busy, 3, 1, false},
+		{"denial today", []int64{0, 0, 0, 0, 0, 1}, busy, 3, 1, false},
+		{"denial just before the quiet days", []int64{0, 0, 1, 0, 0, 0}, busy, 3, 1, true},
+		{"quiet as long as the window", []int64{0, 0, 0, 0, 0, 0}, busy, 6, 1, true},
+		{"quiet longer than the window", []int64{0, 0, 0, 0, 0, 0}, busy, 7, 1, false},
+		{"quiet 0", []int64{0, 0, 0, 0, 0, 0}, busy, 0, 1, false},
+		{"quiet negative", []int64{0, 0, 0, 0, 0, 0}, busy, -1, 1, false},
+		// No calls, no evidence: a role nobody used is not ready.
+		{"no calls at all", []int64{0, 0, 0, 0, 0, 0}, []int64{0, 0, 0, 0, 0, 0}, 3, 1, false},
+		{"calls only before the quiet days", []int64{0, 0, 0, 0, 0, 0}, []int64{5, 5, 5, 0, 0, 0}, 3, 1, false},
+		{"one call in the quiet days", []int64{0, 0, 0, 0, 0, 0}, []int64{0, 0, 0, 0, 1, 0}, 3, 1, true},
+		{"minCalls 0 still needs a call", []int64{0, 0, 0, 0, 0, 0}, []int64{0, 0, 0, 0, 0, 0}, 3, 0, false},
+		{"fewer calls than asked", []int64{0, 0, 0, 0, 0, 0}, busy, 3, 28, false},
+		{"as many calls as asked", []int64{0, 0, 0, 0, 0, 0}, busy, 3, 27, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := Series{Role: "r", Days: days, N: tc.n}
-			if got := s.ReadyToEnforce(tc.quiet); got != tc.want {
-				t.Errorf("ReadyToEnforce(%d) of %v = %v, want %v", tc.quiet, tc.n, got, tc.want)
+			s := Series{Role: "r", Days: days, N: tc.n, Calls: tc.calls}
+			if got := s.ReadyToEnforce(tc.quiet, tc.minCalls); got != tc.want {
+				t.Errorf("ReadyToEnforce(%d, %d) of %v over %v calls = %v, want %v", tc.quiet, tc.minCalls, tc.n, tc.calls, got, tc.want)
 			}
 		})
 	}
-	if (Series{}).ReadyToEnforce(1) {
+	if (Series{}).ReadyToEnforce(1, 1) {
 		t.Error("an empty series is ready to enforce")
 	}
 }

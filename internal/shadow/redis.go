@@ -9,9 +9,10 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Redis keeps counts in the Redis replicas share: one hash per day, field
-// per role, so `amg shadow report` sees every replica's would-be denials.
-// A day's hash expires after retention.
+// Redis keeps counts in the Redis replicas share, so `amg shadow report`
+// sees every replica's. Each day has two hashes, with a field per role:
+// the would-be denials, and the calls decided. Both expire after
+// retention.
 type Redis struct {
 	client    redis.UniversalClient
 	prefix    string
@@ -28,36 +29,76 @@ func NewRedis(client redis.UniversalClient) *Redis {
 	return &Redis{client: client, prefix: DefaultRedisPrefix, retention: 400 * 24 * time.Hour}
 }
 
-func (r *Redis) key(day string) string { return r.prefix + day }
+func (r *Redis) denialsKey(day string) string { return r.prefix + day }
+func (r *Redis) callsKey(day string) string   { return r.prefix + "calls:" + day }
 
-// Inc counts one would-be denial of role at t.
-func (r *Redis) Inc(ctx context.Context, role string, t time.Time) error {
-	k := r.key(Day(t))
+// Add counts calls decided in shadow mode for role at t, denials of them
+// would-be denials.
+func (r *Redis) Add(ctx context.Context, role string, t time.Time, calls, denials int64) error {
+	if calls == 0 && denials == 0 {
+		return nil
+	}
+	day := Day(t)
 	pipe := r.client.TxPipeline()
-	pipe.HIncrBy(ctx, k, role, 1)
-	pipe.Expire(ctx, k, r.retention)
+	for _, kn := range [...]struct {
+		key string
+		n   int64
+	}{{r.denialsKey(day), denials}, {r.callsKey(day), calls}} {
+		if kn.n != 0 {
+			pipe.HIncrBy(ctx, kn.key, role, kn.n)
+			pipe.Expire(ctx, kn.key, r.retention)
+		}
+	}
 	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("count shadow denial in redis: %w", err)
+		return fmt.Errorf("count shadow calls in redis: %w", err)
 	}
 	return nil
 }
 
 // Counts returns the counts of the days from from to to, inclusive,
-// sorted by role and day.
+// sorted by role and day, read in one round trip.
 func (r *Redis) Counts(ctx context.Context, from, to time.Time) ([]Count, error) {
-	var out []Count
+	type dayCmds struct {
+		day            string
+		denials, calls *redis.MapStringStringCmd
+	}
+	var days []dayCmds
+	pipe := r.client.Pipeline()
 	for d := from.UTC().Truncate(24 * time.Hour); Day(d) <= Day(to); d = d.Add(24 * time.Hour) {
 		day := Day(d)
-		m, err := r.client.HGetAll(ctx, r.key(day)).Result()
-		if err != nil {
-			return nil, fmt.Errorf("read shadow counts from redis: %w", err)
-		}
-		for role, v := range m {
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil {
-				return nil, fmt.Errorf("shadow count of %s on %s: %w", role, day, err)
+		days = append(days, dayCmds{day, pipe.HGetAll(ctx, r.denialsKey(day)), pipe.HGetAll(ctx, r.callsKey(day))})
+	}
+	if len(days) == 0 {
+		return nil, nil
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("read shadow counts from redis: %w", err)
+	}
+	var out []Count
+	for _, d := range days {
+		byRole := map[string]*Count{}
+		for _, f := range [...]struct {
+			m    map[string]string
+			into func(*Count) *int64
+		}{
+			{d.denials.Val(), func(c *Count) *int64 { return &c.N }},
+			{d.calls.Val(), func(c *Count) *int64 { return &c.Calls }},
+		} {
+			for role, v := range f.m {
+				n, err := strconv.ParseInt(v, 10, 64)
+				if err != nil {
+					return nil, fmt.Errorf("shadow count of %s on %s: %w", role, d.day, err)
+				}
+				c := byRole[role]
+				if c == nil {
+					c = &Count{Role: role, Day: d.day}
+					byRole[role] = c
+				}
+				*f.into(c) = n
 			}
-			out = append(out, Count{Role: role, Day: day, N: n})
+		}
+		for _, c := range byRole {
+			out = append(out, *c)
 		}
 	}
 	sortCounts(out)

@@ -1,5 +1,6 @@
-// Package shadow counts the would-be denials of roles in shadow mode, per
-// role per day (UTC), so the switch to enforce can be decided from data.
+// Package shadow counts the calls of roles in shadow mode and their
+// would-be denials, per role per day (UTC), so the switch to enforce can
+// be decided from data.
 package shadow
 
 import (
@@ -12,11 +13,15 @@ import (
 	"time"
 )
 
-// Count is the number of would-be denials of one role on one day.
+// Count is what one role did in shadow mode on one day.
 type Count struct {
 	Role string
 	Day  string // YYYY-MM-DD, UTC
-	N    int64
+	// N is the would-be denials: the calls enforcement would have denied.
+	N int64
+	// Calls is every call decided in shadow mode, denied or not: without
+	// them, a day without denials says nothing.
+	Calls int64
 }
 
 // Day is the UTC day a time falls on, as counts are keyed.
@@ -29,30 +34,37 @@ func sortCounts(cs []Count) {
 // Memory counts in one process's memory.
 type Memory struct {
 	mu     sync.Mutex
-	counts map[[2]string]int64
+	counts map[[2]string]Count
 }
 
 // NewMemory returns an empty in-memory counter.
-func NewMemory() *Memory { return &Memory{counts: map[[2]string]int64{}} }
+func NewMemory() *Memory { return &Memory{counts: map[[2]string]Count{}} }
 
-// Inc counts one would-be denial of role at t.
-func (m *Memory) Inc(_ context.Context, role string, t time.Time) error {
+// Add counts calls decided in shadow mode for role at t, denials of them
+// would-be denials.
+func (m *Memory) Add(_ context.Context, role string, t time.Time, calls, denials int64) error {
+	if calls == 0 && denials == 0 {
+		return nil
+	}
+	k := [2]string{role, Day(t)}
 	m.mu.Lock()
-	m.counts[[2]string{role, Day(t)}]++
+	c := m.counts[k]
+	c.Role, c.Day, c.Calls, c.N = k[0], k[1], c.Calls+calls, c.N+denials
+	m.counts[k] = c
 	m.mu.Unlock()
 	return nil
 }
 
 // Counts returns the counts of the days from from to to, inclusive,
-// sorted by role and day. Days without denials are absent.
+// sorted by role and day. Days without calls are absent.
 func (m *Memory) Counts(_ context.Context, from, to time.Time) ([]Count, error) {
 	lo, hi := Day(from), Day(to)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []Count
-	for k, n := range m.counts {
+	for k, c := range m.counts {
 		if k[1] >= lo && k[1] <= hi {
-			out = append(out, Count{Role: k[0], Day: k[1], N: n})
+			out = append(out, c)
 		}
 	}
 	sortCounts(out)
@@ -63,26 +75,42 @@ func (m *Memory) Counts(_ context.Context, from, to time.Time) ([]Count, error) 
 // that opens it.
 type SQLite struct{ db *sql.DB }
 
-// NewSQLite returns a counter on db, creating its table.
+// NewSQLite returns a counter on db, creating its table, or adding the
+// calls column to a table made before it was counted.
 func NewSQLite(db *sql.DB) (*SQLite, error) {
 	_, err := db.Exec(`CREATE TABLE IF NOT EXISTS shadow_denies (
-		role TEXT NOT NULL,
-		day  TEXT NOT NULL,
-		n    INTEGER NOT NULL,
+		role  TEXT NOT NULL,
+		day   TEXT NOT NULL,
+		n     INTEGER NOT NULL,
+		calls INTEGER NOT NULL DEFAULT 0,
 		PRIMARY KEY (role, day)
 	)`)
 	if err != nil {
 		return nil, fmt.Errorf("create shadow_denies table: %w", err)
 	}
+	var has int
+	if err := db.QueryRow(`SELECT COUNT(*) FROM pragma_table_info('shadow_denies') WHERE name = 'calls'`).Scan(&has); err != nil {
+		return nil, fmt.Errorf("read shadow_denies columns: %w", err)
+	}
+	if has == 0 {
+		if _, err := db.Exec(`ALTER TABLE shadow_denies ADD COLUMN calls INTEGER NOT NULL DEFAULT 0`); err != nil {
+			return nil, fmt.Errorf("add calls to shadow_denies: %w", err)
+		}
+	}
 	return &SQLite{db: db}, nil
 }
 
-// Inc counts one would-be denial of role at t.
-func (s *SQLite) Inc(ctx context.Context, role string, t time.Time) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO shadow_denies (role, day, n) VALUES (?, ?, 1)
-		ON CONFLICT (role, day) DO UPDATE SET n = n + 1`, role, Day(t))
+// Add counts calls decided in shadow mode for role at t, denials of them
+// would-be denials.
+func (s *SQLite) Add(ctx context.Context, role string, t time.Time, calls, denials int64) error {
+	if calls == 0 && denials == 0 {
+		return nil
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO shadow_denies (role, day, n, calls) VALUES (?, ?, ?, ?)
+		ON CONFLICT (role, day) DO UPDATE SET n = n + excluded.n, calls = calls + excluded.calls`,
+		role, Day(t), denials, calls)
 	if err != nil {
-		return fmt.Errorf("count shadow deny: %w", err)
+		return fmt.Errorf("count shadow calls: %w", err)
 	}
 	return nil
 }
@@ -90,16 +118,17 @@ func (s *SQLite) Inc(ctx context.Context, role string, t time.Time) error {
 // Counts returns the counts of the days from from to to, inclusive,
 // sorted by role and day.
 func (s *SQLite) Counts(ctx context.Context, from, to time.Time) ([]Count, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT role, day, n FROM shadow_denies WHERE day >= ? AND day <= ? ORDER BY role, day`, Day(from), Day(to))
+	rows, err := s.db.QueryContext(ctx, `SELECT role, day, n, calls FROM shadow_denies WHERE day >= ? AND day <= ? ORDER BY role, day`,
+		Day(from), Day(to))
 	if err != nil {
-		return nil, fmt.Errorf("read shadow denies: %w", err)
+		return nil, fmt.Errorf("read shadow counts: %w", err)
 	}
 	defer rows.Close()
 	var out []Count
 	for rows.Next() {
 		var c Count
-		if err := rows.Scan(&c.Role, &c.Day, &c.N); err != nil {
-			return nil, fmt.Errorf("read shadow denies: %w", err)
+		if err := rows.Scan(&c.Role, &c.Day, &c.N, &c.Calls); err != nil {
+			return nil, fmt.Errorf("read shadow counts: %w", err)
 		}
 		out = append(out, c)
 	}

@@ -13,23 +13,22 @@ import (
 	"github.com/amgateway/amg/internal/store"
 )
 
-type counter interface {
-	Inc(ctx context.Context, role string, t time.Time) error
-	Counts(ctx context.Context, from, to time.Time) ([]Count, error)
-}
-
 // testCounter is the contract every counter implementation passes.
-func testCounter(t *testing.T, c counter) {
+func testCounter(t *testing.T, c Store) {
 	ctx := context.Background()
 	day1 := time.Date(2026, 11, 24, 23, 59, 0, 0, time.UTC)
 	day2 := day1.Add(2 * time.Minute) // the next UTC day
 	// 01:30 in UTC+2 is still the 24th in UTC.
 	local := time.Date(2026, 11, 25, 1, 30, 0, 0, time.FixedZone("UTC+2", 2*3600))
-	for _, inc := range []struct {
-		role string
-		at   time.Time
-	}{{"a", day1}, {"a", day1}, {"a", local}, {"a", day2}, {"b", day2}} {
-		if err := c.Inc(ctx, inc.role, inc.at); err != nil {
+	for _, add := range []struct {
+		role           string
+		at             time.Time
+		calls, denials int64
+	}{
+		{"a", day1, 1, 1}, {"a", day1, 3, 1}, {"a", local, 1, 1}, {"a", day2, 2, 1}, {"b", day2, 1, 1},
+		{"calls-only", day2, 7, 0}, {"nothing", day2, 0, 0},
+	} {
+		if err := c.Add(ctx, add.role, add.at, add.calls, add.denials); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -37,7 +36,7 @@ func testCounter(t *testing.T, c counter) {
 	for range 4 {
 		wg.Go(func() {
 			for range 25 {
-				if err := c.Inc(ctx, "c", day1); err != nil {
+				if err := c.Add(ctx, "c", day1, 2, 1); err != nil {
 					t.Error(err)
 				}
 			}
@@ -48,12 +47,15 @@ func testCounter(t *testing.T, c counter) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []Count{{"a", "2026-11-24", 3}, {"a", "2026-11-25", 1}, {"b", "2026-11-25", 1}, {"c", "2026-11-24", 100}}
+	want := []Count{
+		{"a", "2026-11-24", 3, 5}, {"a", "2026-11-25", 1, 2}, {"b", "2026-11-25", 1, 1},
+		{"c", "2026-11-24", 100, 200}, {"calls-only", "2026-11-25", 0, 7},
+	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("counts (-want +got):\n%s", diff)
 	}
 	got, _ = c.Counts(ctx, day2, day2)
-	if diff := cmp.Diff(want[1:3], got); diff != "" {
+	if diff := cmp.Diff([]Count{want[1], want[2], want[4]}, got); diff != "" {
 		t.Errorf("counts of one day (-want +got):\n%s", diff)
 	}
 }
@@ -79,14 +81,14 @@ func TestRedis(t *testing.T) {
 	// Two replicas count into one report.
 	a, b := NewRedis(rs.Client()), NewRedis(rs.Client())
 	day := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	a.Inc(context.Background(), "shadowed", day)
-	b.Inc(context.Background(), "shadowed", day)
+	a.Add(context.Background(), "shadowed", day, 3, 1)
+	b.Add(context.Background(), "shadowed", day, 2, 1)
 	got, err := a.Counts(context.Background(), day, day)
-	if err != nil || len(got) != 1 || got[0].N != 2 {
-		t.Errorf("counts across replicas = %v, %v; want 2", got, err)
+	if err != nil || len(got) != 1 || got[0].N != 2 || got[0].Calls != 5 {
+		t.Errorf("counts across replicas = %v, %v; want 2 denials of 5 calls", got, err)
 	}
 	rs.Stop()
-	if err := a.Inc(context.Background(), "shadowed", day); err == nil {
+	if err := a.Add(context.Background(), "shadowed", day, 1, 1); err == nil {
 		t.Error("counting with Redis down succeeded")
 	}
 }

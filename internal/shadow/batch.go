@@ -1,0 +1,155 @@
+package shadow
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// Store is where counts are kept: SQLite, Redis or Memory. Add with
+// neither calls nor denials stores nothing.
+type Store interface {
+	Add(ctx context.Context, role string, t time.Time, calls, denials int64) error
+	Counts(ctx context.Context, from, to time.Time) ([]Count, error)
+}
+
+// Batch adds counts up in memory and writes them to a store every
+// interval, so that a request in shadow mode costs no write of its own:
+// every call of a shadow role is counted, and a write to SQLite or a
+// round trip to Redis per call would cost each of them more than its
+// decision. Counts a write failed to store are kept for the next one.
+// What the store does not hold yet, this process's Counts adds in; other
+// processes see it after the next write (a Counts during a write may miss
+// what is being written, for that moment). Close writes what is left.
+type Batch struct {
+	store    Store
+	log      *slog.Logger
+	interval time.Duration
+
+	mu      sync.Mutex
+	pending map[[2]string]Count // by role and day
+
+	stop chan struct{}
+	done chan struct{}
+	once sync.Once
+}
+
+// DefaultBatchInterval is how often a Batch writes by default.
+const DefaultBatchInterval = 5 * time.Second
+
+// NewBatch starts a Batch writing to store every interval (0 means
+// DefaultBatchInterval). log receives write failures; nil discards them.
+func NewBatch(store Store, interval time.Duration, log *slog.Logger) *Batch {
+	if interval <= 0 {
+		interval = DefaultBatchInterval
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	b := &Batch{store: store, log: log, interval: interval, pending: map[[2]string]Count{},
+		stop: make(chan struct{}), done: make(chan struct{})}
+	go b.run()
+	return b
+}
+
+// Add counts calls decided in shadow mode for role at t, denials of them
+// would-be denials, in memory. It never fails.
+func (b *Batch) Add(_ context.Context, role string, t time.Time, calls, denials int64) error {
+	if calls == 0 && denials == 0 {
+		return nil
+	}
+	k := [2]string{role, Day(t)}
+	b.mu.Lock()
+	b.pending[k] = add(b.pending[k], Count{Role: k[0], Day: k[1], N: denials, Calls: calls})
+	b.mu.Unlock()
+	return nil
+}
+
+func add(a, b Count) Count {
+	b.N += a.N
+	b.Calls += a.Calls
+	return b
+}
+
+// Counts returns the store's counts with this process's unwritten ones
+// added in.
+func (b *Batch) Counts(ctx context.Context, from, to time.Time) ([]Count, error) {
+	stored, err := b.store.Counts(ctx, from, to)
+	if err != nil {
+		return nil, err
+	}
+	lo, hi := Day(from), Day(to)
+	at := make(map[[2]string]int, len(stored))
+	for i, c := range stored {
+		at[[2]string{c.Role, c.Day}] = i
+	}
+	b.mu.Lock()
+	for k, c := range b.pending {
+		if k[1] < lo || k[1] > hi {
+			continue
+		}
+		if i, ok := at[k]; ok {
+			stored[i] = add(stored[i], c)
+		} else {
+			stored = append(stored, c)
+		}
+	}
+	b.mu.Unlock()
+	sortCounts(stored)
+	return stored, nil
+}
+
+func (b *Batch) run() {
+	defer close(b.done)
+	t := time.NewTicker(b.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			b.flush(context.Background())
+		case <-b.stop:
+			return
+		}
+	}
+}
+
+// flush writes what is pending; what fails to be written stays pending.
+func (b *Batch) flush(ctx context.Context) error {
+	b.mu.Lock()
+	batch := b.pending
+	b.pending = map[[2]string]Count{}
+	b.mu.Unlock()
+	var first error
+	for k, c := range batch {
+		ctx, cancel := context.WithTimeout(ctx, b.interval)
+		err := b.store.Add(ctx, c.Role, dayTime(c.Day), c.Calls, c.N)
+		cancel()
+		if err == nil {
+			continue
+		}
+		if first == nil {
+			first = err
+			b.log.Warn("shadow counts not written; kept for the next write", "err", err)
+		}
+		b.mu.Lock()
+		b.pending[k] = add(b.pending[k], c)
+		b.mu.Unlock()
+	}
+	return first
+}
+
+// dayTime is noon of a day as Day writes it, a time on that day whatever
+// the store does with it.
+func dayTime(day string) time.Time {
+	t, _ := time.Parse(time.DateOnly, day)
+	return t.Add(12 * time.Hour)
+}
+
+// Close stops the periodic writes and writes what is pending, within
+// ctx. It returns the error of that last write, whose counts are lost.
+func (b *Batch) Close(ctx context.Context) error {
+	b.once.Do(func() { close(b.stop) })
+	<-b.done
+	return b.flush(ctx)
+}
