@@ -124,6 +124,7 @@ type Broker struct {
 	tokenCheck   time.Duration
 	closing      atomic.Bool    // set by Close: ended sessions stay shared
 	dropping     sync.WaitGroup // upstream sessions being closed after a failure
+	watchers     sync.WaitGroup // upstream sessions watched for subscriptions (resubscribe.go)
 	tel          *telemetry.Telemetry
 	newSessions  sync.Mutex
 	creating     *sessionCreation // guarded by newSessions
@@ -316,6 +317,7 @@ func (b *Broker) Close() {
 	closeTogether(catalogs)
 	b.dropping.Wait()
 	b.cancelling.Wait()
+	b.watchers.Wait()
 }
 
 // refresh lists an upstream's tools, prompts and resources through its
@@ -957,7 +959,11 @@ func (b *Broker) subscribe(ctx context.Context, req *mcp.SubscribeRequest) error
 		return err
 	}
 	return b.onUpstream(ctx, req.Session, server, nil, func(ctx context.Context, cs *mcp.ClientSession) error {
-		return cs.Subscribe(ctx, &mcp.SubscribeParams{URI: uri})
+		if err := cs.Subscribe(ctx, &mcp.SubscribeParams{URI: uri}); err != nil {
+			return err
+		}
+		b.subscribed(b.agentSession(req.Session), b.ups[server], cs, uri)
+		return nil
 	})
 }
 
@@ -966,6 +972,7 @@ func (b *Broker) unsubscribe(ctx context.Context, req *mcp.UnsubscribeRequest) e
 	if err != nil {
 		return err
 	}
+	b.agentSession(req.Session).unsubscribed(server, uri)
 	return b.onUpstream(ctx, req.Session, server, nil, func(ctx context.Context, cs *mcp.ClientSession) error {
 		return cs.Unsubscribe(ctx, &mcp.UnsubscribeParams{URI: uri})
 	})

@@ -74,6 +74,8 @@ type upstreamServer struct {
 	args    []string
 	deleted []string // the raw arguments of every delete_page call
 	subs    []string // "+uri" for a subscription, "-uri" for its end
+	// refuseSubs makes the upstream refuse subscriptions.
+	refuseSubs atomic.Bool
 	// started and cancelled receive when a call of wait begins, and when
 	// it sees its context end; a wait still running when the test ends
 	// ends with stop, so that the server can close.
@@ -105,7 +107,13 @@ func newUpstream() *upstreamServer {
 			ref := req.Params.Ref
 			return &mcp.CompleteResult{Completion: mcp.CompletionResultDetails{Values: []string{ref.Type + " " + ref.Name + ref.URI + " " + req.Params.Argument.Value}}}, nil
 		},
-		SubscribeHandler:   func(_ context.Context, req *mcp.SubscribeRequest) error { note("+" + req.Params.URI); return nil },
+		SubscribeHandler: func(_ context.Context, req *mcp.SubscribeRequest) error {
+			if u.refuseSubs.Load() {
+				return &jsonrpc.Error{Code: -32002, Message: "resource not found"}
+			}
+			note("+" + req.Params.URI)
+			return nil
+		},
 		UnsubscribeHandler: func(_ context.Context, req *mcp.UnsubscribeRequest) error { note("-" + req.Params.URI); return nil },
 	})
 	schema := json.RawMessage(`{"type":"object","properties":{"workspace_id":{"type":"string"},"limit":{"type":"integer"}}}`)

@@ -46,6 +46,12 @@ type agentSession struct {
 	shared *SessionRecord
 	// tokens are the IDs of the AMG tokens the agent used in the session.
 	tokens map[string]bool
+	// subs are the agent's resource subscriptions, per upstream, under
+	// the upstream's URIs: a new session with the upstream subscribes to
+	// them again (resubscribe.go). watching is the session with each
+	// upstream whose end is watched for that.
+	subs     map[string]map[string]bool
+	watching map[string]*mcp.ClientSession
 }
 
 // useToken notes that the agent used token id in the session.
@@ -179,7 +185,7 @@ func (b *Broker) agentSession(ss *mcp.ServerSession) *agentSession {
 	}
 	fresh := &agentSession{ss: ss, ups: map[string]*mcp.ClientSession{}, direct: map[string]*directUpstream{},
 		connecting: map[string]*connectAttempt{}, directCalls: map[string]*directCall{}, relayed: map[string]relayedRequest{},
-		parked: map[string]context.CancelCauseFunc{}}
+		parked: map[string]context.CancelCauseFunc{}, subs: map[string]map[string]bool{}, watching: map[string]*mcp.ClientSession{}}
 	fresh.touch()
 	v, loaded := b.sessions.LoadOrStore(ss, fresh)
 	as := v.(*agentSession)
@@ -358,6 +364,12 @@ func (b *Broker) connectFor(ctx context.Context, as *agentSession, u *upstream) 
 	if level != "" {
 		b.setLogLevel(ctx, u.Name, cs, level)
 	}
+	// A session before this one was lost: subscribe again.
+	resubscribed, err := b.resubscribe(ctx, as, u, cs)
+	if err != nil {
+		cs.Close()
+		return nil, err
+	}
 	as.mu.Lock()
 	closed := as.ups == nil
 	if !closed {
@@ -375,6 +387,10 @@ func (b *Broker) connectFor(ctx context.Context, as *agentSession, u *upstream) 
 	if now != level {
 		// The agent set another level while the session was opening.
 		b.setLogLevel(ctx, u.Name, cs, now)
+	}
+	if len(resubscribed) > 0 {
+		b.watch(as, u, cs)
+		b.mayHaveChanged(as, u, resubscribed)
 	}
 	return cs, nil
 }

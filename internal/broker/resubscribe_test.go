@@ -1,0 +1,119 @@
+package broker
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// upstreamSubs counts the upstream's subscriptions to uri, and their
+// ends.
+func (u *upstreamServer) upstreamSubs(uri string) (subs, unsubs int) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, s := range u.subs {
+		switch s {
+		case "+" + uri:
+			subs++
+		case "-" + uri:
+			unsubs++
+		}
+	}
+	return subs, unsubs
+}
+
+// An agent's resource subscription outlives its session with the
+// upstream: when the upstream restarts and forgets that session, the
+// broker opens another and subscribes it again, with no request of the
+// agent's; it tells the agent the resource may have changed meanwhile,
+// and the upstream's later updates reach the agent.
+func TestSubscriptionsOutliveAnUpstreamRestart(t *testing.T) {
+	g := newGatewayOver(t, true)
+	_, updates := subscribed(t, g)
+	const uri = "notion://ws_abc123/p1"
+	if n, _ := g.up.upstreamSubs(uri); n != 1 {
+		t.Fatalf("the upstream has %d subscriptions, want 1", n)
+	}
+	g.up.restart()
+	g.up.http.CloseClientConnections()
+	eventually(t, "the upstream subscribed to again", func() bool { n, _ := g.up.upstreamSubs(uri); return n == 2 })
+	select {
+	case got := <-updates:
+		if got != subscribedURI {
+			t.Errorf("update of %s, want %s", got, subscribedURI)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent was not told its resource may have changed while its subscription was lost")
+	}
+	if err := g.up.srv.ResourceUpdated(context.Background(), &mcp.ResourceUpdatedNotificationParams{URI: uri}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-updates:
+	case <-time.After(10 * time.Second):
+		t.Fatal("after the upstream restarted, its resource update did not reach the agent")
+	}
+}
+
+// A subscription the agent ended is not renewed, and an agent without
+// subscriptions has its upstream session opened again only when it next
+// asks for something.
+func TestEndedSubscriptionsAreNotRenewed(t *testing.T) {
+	g := newGatewayOver(t, true)
+	cs, _ := subscribed(t, g)
+	if err := cs.Unsubscribe(context.Background(), &mcp.UnsubscribeParams{URI: subscribedURI}); err != nil {
+		t.Fatal(err)
+	}
+	as := g.broker.sessionByID(cs.ID())
+	as.mu.Lock()
+	lost := as.ups["notion"]
+	as.mu.Unlock()
+	g.up.restart()
+	g.up.http.CloseClientConnections()
+	lost.Wait()
+	// The watcher, had it been wrong, would have connected at once.
+	time.Sleep(200 * time.Millisecond)
+	if n, _ := g.up.upstreamSubs("notion://ws_abc123/p1"); n != 1 {
+		t.Errorf("the upstream was subscribed %d times, want once: an ended subscription was renewed", n)
+	}
+	as.mu.Lock()
+	reopened := as.ups["notion"] != nil
+	as.mu.Unlock()
+	if reopened {
+		t.Error("a session with the upstream was opened again for an agent with nothing to renew")
+	}
+	// The next request opens one.
+	if !slices.Contains(toolNames(t, cs), "notion__get_pages") {
+		t.Error("the agent's tools are gone after the upstream restarted")
+	}
+}
+
+// A subscription the restarted upstream refuses ends: the agent's session
+// with the upstream is opened all the same, and the subscription is not
+// asked for again when that one is lost too.
+func TestRefusedResubscriptionEnds(t *testing.T) {
+	g := newGatewayOver(t, true)
+	cs, _ := subscribed(t, g)
+	as := g.broker.sessionByID(cs.ID())
+	as.mu.Lock()
+	lost := as.ups["notion"]
+	as.mu.Unlock()
+	g.up.refuseSubs.Store(true)
+	g.up.restart()
+	g.up.http.CloseClientConnections()
+	lost.Wait()
+	eventually(t, "a new session with the upstream", func() bool {
+		as.mu.Lock()
+		defer as.mu.Unlock()
+		return as.ups["notion"] != nil && as.ups["notion"] != lost
+	})
+	as.mu.Lock()
+	left := len(as.subs["notion"])
+	as.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d subscriptions kept after the upstream refused them, want none", left)
+	}
+}
