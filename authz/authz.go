@@ -21,6 +21,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"time"
+	"unsafe"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
@@ -199,7 +200,9 @@ type call struct {
 func newIDs() (decisionID, traceID string) {
 	var b [32]byte
 	rand.Read(b[:])
-	s := hex.EncodeToString(b[:])
+	h := make([]byte, hex.EncodedLen(len(b)))
+	hex.Encode(h, b[:])
+	s := unsafe.String(unsafe.SliceData(h), len(h)) // h is never written again
 	return s[:32], s[32:]
 }
 

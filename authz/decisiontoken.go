@@ -61,7 +61,7 @@ var (
 // Signer signs and verifies decision tokens with a key shared by every
 // authz and broker replica.
 type Signer struct {
-	macs sync.Pool // of hash.Hash
+	macs sync.Pool // of *macState
 	key  []byte
 	ttl  time.Duration
 	now  func() time.Time
@@ -81,7 +81,7 @@ func NewSigner(key []byte, opts *SignerOptions) (*Signer, error) {
 		return nil, fmt.Errorf("decision key must be at least 32 bytes, got %d", len(key))
 	}
 	s := &Signer{key: append([]byte(nil), key...), ttl: DefaultDecisionTTL, now: time.Now}
-	s.macs.New = func() any { return hmac.New(sha256.New, s.key) }
+	s.macs.New = func() any { return &macState{h: hmac.New(sha256.New, s.key)} }
 	if opts != nil {
 		if opts.TTL > 0 {
 			s.ttl = opts.TTL
@@ -121,13 +121,20 @@ func (s *Signer) Sign(d Decision) string {
 // mac is the HMAC of an encoded payload. HMAC states are pooled: hmac.New
 // hashes the key every time, which a per-request signer need not repeat.
 func (s *Signer) mac(enc []byte) [sha256.Size]byte {
-	m := s.macs.Get().(hash.Hash)
-	m.Reset()
-	m.Write(enc)
-	var out [sha256.Size]byte
-	m.Sum(out[:0])
+	m := s.macs.Get().(*macState)
+	m.h.Reset()
+	m.h.Write(enc)
+	m.h.Sum(m.sum[:0])
+	out := m.sum
 	s.macs.Put(m)
 	return out
+}
+
+// macState is a pooled HMAC with room for its sum: a sum taken into a
+// local array through the hash.Hash interface would escape to the heap.
+type macState struct {
+	h   hash.Hash
+	sum [sha256.Size]byte
 }
 
 // Verify checks a token's signature, freshness and binding to body.

@@ -375,7 +375,8 @@ func (d *FileDevice) writeRecords(n int, rec func(int) *Record) (int, error) {
 			}
 			buf = buf[:copy(buf[:cap(buf)], buf[start:start+line])]
 		}
-		seq, hash = r.Seq, hex.EncodeToString(sum[:])
+		// The next record's prev: the hash as the line ends with it.
+		seq, hash = r.Seq, string(buf[len(buf)-len(`"}`+"\n")-hex.EncodedLen(len(sum)):len(buf)-len(`"}`+"\n")])
 		pending++
 		// A large batch goes out in writes of about maxWrite bytes rather
 		// than one buffer the size of the batch.

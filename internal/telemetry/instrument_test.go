@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/stats"
@@ -111,6 +112,14 @@ func TestUntracedGRPCCarriesTraceContext(t *testing.T) {
 	}
 	if got := TraceID(tel.ExtractRPC(context.Background())); got != "" {
 		t.Errorf("trace id of an RPC without trace context = %q, want none", got)
+	}
+	// Baggage alone is continued too, and other metadata changes nothing.
+	bctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("baggage", "tenant=acme", "x-other", "1"))
+	if got := baggage.FromContext(tel.ExtractRPC(bctx)).Member("tenant").Value(); got != "acme" {
+		t.Errorf("baggage of the RPC: tenant = %q, want acme", got)
+	}
+	if got := TraceID(tel.ExtractRPC(metadata.NewIncomingContext(context.Background(), metadata.Pairs("x-other", "1")))); got != "" {
+		t.Errorf("trace id of an RPC with other metadata only = %q, want none", got)
 	}
 	inTrace, span := tel.Tracer().Start(ctx, "already")
 	defer span.End()
