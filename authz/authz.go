@@ -162,7 +162,9 @@ func New(deps Deps, opts *Options) (*Server, error) {
 
 // Check decides one HTTP request. It never returns an error: every
 // outcome, including a panic, is a CheckResponse, so Envoy always has an
-// answer to send and never needs failure_mode_allow.
+// answer to send and never needs failure_mode_allow. The request's body
+// must not change after Check is called: the audit record, written
+// later, shares its bytes.
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (resp *authv3.CheckResponse, err error) {
 	c := &call{s: s, ctx: ctx, start: s.now()}
 	c.id, c.spareTraceID = newIDs()

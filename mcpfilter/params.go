@@ -190,11 +190,18 @@ func (p *parser) stringMember(depth int, r Reason, detail string) (string, error
 	if p.pos >= len(p.data) || p.data[p.pos] != '"' {
 		return "", p.wrongType(depth, r, detail)
 	}
-	v, err := p.str()
-	if err != nil {
+	start, end, esc, err := p.scanString()
+	switch {
+	case err != nil:
 		return "", err
+	case esc:
+		// Decoded into a buffer of its own, which the string may keep.
+		v := unescape(make([]byte, 0, end-start), p.data[start:end])
+		return unsafe.String(unsafe.SliceData(v), len(v)), nil
+	case p.immutable && end > start:
+		return unsafe.String(&p.data[start], end-start), nil
 	}
-	return string(v), nil
+	return string(p.data[start:end]), nil
 }
 
 // progressTokenKey is the params._meta key of the token under which a

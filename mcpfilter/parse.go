@@ -136,8 +136,9 @@ type Options struct {
 	// has batches; the caller sets this from the negotiated version.
 	AllowBatch bool
 	// ImmutableBody promises that the body's bytes are never modified
-	// after Parse, so the strings in Args may share them instead of a
-	// copy. Leave it false unless the caller owns the buffer outright.
+	// after Parse, so the strings of the messages and their Args may share
+	// them instead of a copy. Leave it false unless the caller owns the
+	// buffer outright.
 	ImmutableBody bool
 	// SkipArgs validates the arguments of tools/call and prompts/get as
 	// any other JSON but does not build Args: for a caller that only

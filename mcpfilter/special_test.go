@@ -46,6 +46,21 @@ func TestImmutableBody(t *testing.T) {
 	if unsafe.StringData(q) != &body[bytes.Index(body, []byte("plain text"))] {
 		t.Error("with ImmutableBody, an unescaped string does not share the body")
 	}
+	if name := shared.Messages[0].Name; name != "a__b" || unsafe.StringData(name) != &body[bytes.Index(body, []byte("a__b"))] {
+		t.Errorf("with ImmutableBody, the name %q does not share the body", name)
+	}
+	// Without it, nothing parsed changes with the body.
+	body[bytes.Index(body, []byte("a__b"))] = 'z'
+	if name := copied.Messages[0].Name; name != "a__b" {
+		t.Errorf("the name changed with the body to %q", name)
+	}
+	// An escaped string is decoded either way.
+	escaped := []byte(`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a\u005f_b","arguments":{}}}`)
+	for _, o := range []*Options{nil, {ImmutableBody: true}} {
+		if m, err := Parse(escaped, o); err != nil || m.Messages[0].Name != "a__b" {
+			t.Errorf("escaped name with %+v: %v, %v", o, m, err)
+		}
+	}
 }
 
 // SkipArgs gives the same message as a full parse, but no Args, and
