@@ -98,7 +98,12 @@ func (c *call) decide() *authv3.CheckResponse {
 	if c.set != nil {
 		c.role, _ = c.set.Role(c.token.Role)
 	}
-	outs := make([]outcome, len(c.messages))
+	// One message is the common case: its outcome stays on the stack.
+	var one [1]outcome
+	outs := one[:]
+	if len(c.messages) != 1 {
+		outs = make([]outcome, len(c.messages))
+	}
 	for i := range c.messages {
 		outs[i] = c.decideMessage(&c.messages[i])
 	}
