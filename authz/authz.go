@@ -193,7 +193,8 @@ type call struct {
 	role     *policy.Role
 	body     []byte
 	messages []mcpfilter.Message
-	version  string // MCP protocol version of the request, if known
+	errID    json.RawMessage // the request's id, when the body did not parse but its id is known
+	version  string          // MCP protocol version of the request, if known
 }
 
 // newIDs returns a random decision id and a random trace id, both of 128
@@ -280,7 +281,7 @@ func (c *call) parse(h headers) *authv3.CheckResponse {
 		var perr *mcpfilter.Error
 		code, rpcCode := CodeMalformedRequest, mcpfilter.CodeInvalidRequest
 		if errors.As(err, &perr) {
-			rpcCode = perr.JSONRPCCode()
+			rpcCode, c.errID = perr.JSONRPCCode(), perr.ID
 			if perr.Reason == mcpfilter.ReasonTooLarge {
 				code = CodeBodyTooLarge
 			}

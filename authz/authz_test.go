@@ -512,23 +512,30 @@ func TestMalformedRequests(t *testing.T) {
 		rpcCode int
 		code    Code
 		message string
+		// id is the answer's id when it names the request (else null).
+		id string
 	}{
-		{"invalid JSON", nil, `{"jsonrpc":"2.0",`, 400, -32700, CodeMalformedRequest, ""},
-		{"duplicate key smuggling", nil, toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123","limit":1,"limit":1000}`), 400, -32600, CodeMalformedRequest, ""},
-		{"case-folded key", nil, `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"notion__get_pages","Name":"notion__drop_db"}}`, 400, -32600, CodeMalformedRequest, ""},
-		{"trailing data", nil, toolCall(1, "notion__get_pages", `{}`) + `{}`, 400, -32700, CodeMalformedRequest, ""},
-		{"batch in 2025-06-18", nil, `[` + toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`) + `]`, 400, -32600, CodeMalformedRequest, ""},
-		{"unsupported version", map[string]string{"mcp-protocol-version": "1999-01-01"}, toolCall(1, "notion__get_pages", `{}`), 400, -32600, CodeUnsupportedVersion, `unsupported MCP protocol version "1999-01-01"`},
-		{"Mcp-Method disagrees", map[string]string{"mcp-method": "tools/list"}, toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`), 400, -32600, CodeHeaderMismatch, `Mcp-Method header "tools/list" does not match the body's method "tools/call"`},
-		{"Mcp-Name disagrees", map[string]string{"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "notion__search"}, toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`), 400, -32600, CodeHeaderMismatch, "Mcp-Name header does not match the body"},
-		{"Mcp-Method missing in 2026-07-28", map[string]string{"mcp-protocol-version": "2026-07-28"}, toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`), 400, -32600, CodeHeaderMismatch, "Mcp-Method header is required from protocol 2026-07-28"},
-		{"partial body", map[string]string{"x-envoy-auth-partial-body": "true"}, toolCall(1, "notion__get_pages", `{}`), 413, -32600, CodeBodyTooLarge, ""},
+		{"invalid JSON", nil, `{"jsonrpc":"2.0",`, 400, -32700, CodeMalformedRequest, "", ""},
+		{"duplicate key smuggling", nil, toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123","limit":1,"limit":1000}`), 400, -32600, CodeMalformedRequest, "", ""},
+		{"case-folded key", nil, `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"notion__get_pages","Name":"notion__drop_db"}}`, 400, -32600, CodeMalformedRequest, "", ""},
+		{"trailing data", nil, toolCall(1, "notion__get_pages", `{}`) + `{}`, 400, -32700, CodeMalformedRequest, "", ""},
+		{"batch in 2025-06-18", nil, `[` + toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`) + `]`, 400, -32600, CodeMalformedRequest, "", ""},
+		{"unsupported version", map[string]string{"mcp-protocol-version": "1999-01-01"}, toolCall(1, "notion__get_pages", `{}`), 400, -32600, CodeUnsupportedVersion, `unsupported MCP protocol version "1999-01-01"`, ""},
+		{"Mcp-Method disagrees", map[string]string{"mcp-method": "tools/list"}, toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`), 400, -32600, CodeHeaderMismatch, `Mcp-Method header "tools/list" does not match the body's method "tools/call"`, "1"},
+		{"Mcp-Name disagrees", map[string]string{"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "notion__search"}, toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`), 400, -32600, CodeHeaderMismatch, "Mcp-Name header does not match the body", "1"},
+		{"Mcp-Method missing in 2026-07-28", map[string]string{"mcp-protocol-version": "2026-07-28"}, toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`), 400, -32600, CodeHeaderMismatch, "Mcp-Method header is required from protocol 2026-07-28", "1"},
+		// Wrong params of a request whose id came first: the answer names it.
+		{"name not a string", nil, `{"jsonrpc":"2.0","id":"q-7","method":"tools/call","params":{"name":5}}`, 400, -32602, CodeMalformedRequest, "", `"q-7"`},
+		{"partial body", map[string]string{"x-envoy-auth-partial-body": "true"}, toolCall(1, "notion__get_pages", `{}`), 413, -32600, CodeBodyTooLarge, "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			d := denied(t, e.check(t, "bot-1", tt.hdrs, tt.body))
 			r := rpcErr(t, d.body)
-			if d.status != tt.status || r.Error.Code != tt.rpcCode || r.Error.Data.Code != tt.code || string(r.ID) != "null" {
+			if tt.id == "" {
+				tt.id = "null"
+			}
+			if d.status != tt.status || r.Error.Code != tt.rpcCode || r.Error.Data.Code != tt.code || string(r.ID) != tt.id {
 				t.Errorf("got %d %s", d.status, d.body)
 			}
 			if tt.message != "" && r.Error.Message != tt.message {

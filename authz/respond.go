@@ -18,6 +18,19 @@ import (
 
 var nullID = json.RawMessage("null")
 
+// answerID is the id an error answer names: the request's, when the body
+// is one request whose id is known, else null, as JSON-RPC asks of an
+// answer to a request whose id could not be read.
+func (c *call) answerID() json.RawMessage {
+	switch {
+	case len(c.messages) == 1 && c.messages[0].Kind == mcpfilter.KindRequest:
+		return c.messages[0].ID
+	case len(c.messages) == 0 && c.errID != nil:
+		return c.errID
+	}
+	return nullID
+}
+
 func setHeader(k, v string) *corev3.HeaderValueOption {
 	return &corev3.HeaderValueOption{
 		Header:       &corev3.HeaderValue{Key: k, Value: v},
@@ -173,7 +186,7 @@ func (c *call) rejectRPC(httpStatus int, why Code, rpcCode int, reason string) *
 	if err := c.s.deps.Audit.Log(c.record(verdictDeny, string(why), reason)); err != nil {
 		return c.auditFailed(err)
 	}
-	return c.deniedResponse(httpStatus, code.Code_PERMISSION_DENIED, nil, rpcResponse{JSONRPC: "2.0", ID: nullID,
+	return c.deniedResponse(httpStatus, code.Code_PERMISSION_DENIED, nil, rpcResponse{JSONRPC: "2.0", ID: c.answerID(),
 		Error: rpcError{Code: rpcCode, Message: reason, Data: rpcErrorData{DecisionID: c.id, Code: why}}})
 }
 
@@ -207,7 +220,7 @@ func (c *call) auditFailed(err error) *authv3.CheckResponse {
 
 func (c *call) unavailable(why Code, reason string) *authv3.CheckResponse {
 	return c.deniedResponse(503, code.Code_UNAVAILABLE, map[string]string{"retry-after": "1"},
-		rpcResponse{JSONRPC: "2.0", ID: nullID, Error: rpcError{Code: RPCUnavailable, Message: "gateway unavailable: " + reason,
+		rpcResponse{JSONRPC: "2.0", ID: c.answerID(), Error: rpcError{Code: RPCUnavailable, Message: "gateway unavailable: " + reason,
 			Data: rpcErrorData{DecisionID: c.id, Code: why}}})
 }
 

@@ -1,6 +1,7 @@
 package mcpfilter
 
 import (
+	"encoding/json"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -78,6 +79,11 @@ type Error struct {
 	// Path is the JSON path of the value in which the problem was found, such
 	// as "params.arguments" or "[1].params"; empty at the top level.
 	Path string
+	// ID is the id of the request whose params are wrong (-32602), when
+	// the body is one request and its id came before the problem: an error
+	// answer names the request it answers whenever its id is known, as
+	// JSON-RPC asks. Nil otherwise, and the answer's id is null.
+	ID json.RawMessage
 
 	detail string
 	// segs collects the path innermost first while the parser unwinds, so

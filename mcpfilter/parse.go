@@ -9,6 +9,7 @@
 package mcpfilter
 
 import (
+	"bytes"
 	"encoding/json"
 	"strconv"
 	"sync"
@@ -222,6 +223,9 @@ func (p *parser) body(allowBatch bool) (*Body, error) {
 	case '{':
 		s := &single{}
 		if err := p.message(1, &s.msg[0]); err != nil {
+			if e, ok := err.(*Error); ok && e.JSONRPCCode() == CodeInvalidParams && s.msg[0].ID != nil {
+				e.ID = bytes.Clone(s.msg[0].ID)
+			}
 			return nil, err
 		}
 		s.body.Messages = s.msg[:]

@@ -3,6 +3,7 @@ package mcpfilter
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"reflect"
 	"strings"
 	"testing"
@@ -119,6 +120,33 @@ func TestCompletionReferences(t *testing.T) {
 	} {
 		if _, err := Parse([]byte(tt.body), nil); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: err = %v, want one containing %q", tt.body, err, tt.want)
+		}
+	}
+}
+
+// A request whose params are wrong is named by the error when its id was
+// read first; a body whose id is unknown, or that is no valid request, or
+// a batch, leaves the error's id nil (the answer's id is then null).
+func TestErrorNamesTheRequest(t *testing.T) {
+	for _, tt := range []struct {
+		name, body, id string
+	}{
+		{"params wrong, id first", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":5}}`, `7`},
+		{"string id", `{"jsonrpc":"2.0","id":"a-1","method":"tools/call","params":{"name":"a__b","arguments":[]}}`, `"a-1"`},
+		{"params before method", `{"jsonrpc":"2.0","id":8,"params":{"name":5},"method":"tools/call"}`, `8`},
+		{"params before id", `{"jsonrpc":"2.0","method":"tools/call","params":{"name":5},"id":9}`, ``},
+		{"invalid request", `{"jsonrpc":"1.0","id":7,"method":"tools/call","params":{}}`, ``},
+		{"parse error", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"a__b","arguments":{"q":"\ud800"}}}`, ``},
+		{"no id", `{"jsonrpc":"2.0","method":"tools/call","params":{"name":5}}`, ``},
+		{"batch", `[{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":5}}]`, ``},
+	} {
+		_, err := Parse([]byte(tt.body), &Options{AllowBatch: true})
+		var e *Error
+		if !errors.As(err, &e) {
+			t.Fatalf("%s: %v, want an *Error", tt.name, err)
+		}
+		if string(e.ID) != tt.id {
+			t.Errorf("%s: error id %q, want %q (%v)", tt.name, e.ID, tt.id, err)
 		}
 	}
 }
