@@ -1098,8 +1098,8 @@ func TestCancelledCallKeepsTheSubscriptions(t *testing.T) {
 }
 
 // A sampling request the upstream gives up on, while its call goes on, is
-// cancelled at the agent too (on the SDK path; the direct path does not
-// relay the upstream's cancellation yet).
+// cancelled at the agent too, on the SDK path (for the direct path see
+// TestDirectPathRelaysTheUpstreamsCancellation).
 func TestRelayedRequestIsCancelledWithTheUpstreams(t *testing.T) {
 	t.Run("sdk", func(t *testing.T) {
 		g := newGateway(t)

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
@@ -92,8 +93,10 @@ type directCall struct {
 // relayedRequest is an upstream's request relayed to the agent during a
 // direct call, awaiting the agent's answer.
 type relayedRequest struct {
-	id []byte // the upstream's own id
-	up *directUpstream
+	id     []byte // the upstream's own id
+	up     *directUpstream
+	server string
+	stream *sseStream // the call's, on which the agent heard the request
 }
 
 // maxUpstreamMessage bounds one message from an upstream on the direct
@@ -315,7 +318,7 @@ func (b *Broker) streamDirect(stream *sseStream, r *http.Request, as *agentSessi
 	send := stream.send
 	var done bool
 	// What the upstream asked of the agent during the call cannot be
-	// answered once the call is over.
+	// answered once the call is over, nor cancelled on its stream.
 	var relayed []string
 	defer func() {
 		as.mu.Lock()
@@ -323,6 +326,7 @@ func (b *Broker) streamDirect(stream *sseStream, r *http.Request, as *agentSessi
 			delete(as.relayed, id)
 		}
 		as.mu.Unlock()
+		stream.close()
 	}()
 	// The call's response must be seen whole, however large.
 	events := &sseReader{body: body, max: maxUpstreamMessage, event: func(data []byte) {
@@ -336,13 +340,17 @@ func (b *Broker) streamDirect(stream *sseStream, r *http.Request, as *agentSessi
 		m := &msg.Messages[0]
 		switch m.Kind {
 		case mcpfilter.KindNotification:
+			if m.Method == "notifications/cancelled" {
+				b.relayCancellation(as, server, m.Params)
+				return
+			}
 			send(data)
 		case mcpfilter.KindRequest:
 			// Relayed under an id of the broker's, so that it cannot clash
 			// with the ids of the agent session's other requests.
 			id := `"amg-s-` + strconv.FormatUint(b.ids.Add(1), 10) + `"`
 			as.mu.Lock()
-			as.relayed[id] = relayedRequest{id: bytes.Clone(m.ID), up: d}
+			as.relayed[id] = relayedRequest{id: bytes.Clone(m.ID), up: d, server: server, stream: stream}
 			as.mu.Unlock()
 			relayed = append(relayed, id)
 			send(splice(data, edit{m.IDSpan, []byte(id)}))
@@ -394,6 +402,38 @@ func (b *Broker) directAnswer(w http.ResponseWriter, r *http.Request, as *agentS
 	resp.Body.Close()
 	w.WriteHeader(http.StatusAccepted)
 	return true
+}
+
+// relayCancellation passes the upstream's notifications/cancelled, of
+// params, to the agent if it is of a request server relayed to the agent
+// during a direct call: on that call's stream, under the id the agent
+// knows the request by. The request is forgotten, so an answer the agent
+// still sends goes nowhere. The upstream may send the cancellation on the
+// call's stream or on its session's (see relayNotification); the requests
+// the SDK relayed it cancels itself.
+func (b *Broker) relayCancellation(as *agentSession, server string, params json.RawMessage) {
+	var p cancelledParams
+	if json.Unmarshal(params, &p) != nil {
+		return
+	}
+	upID := bytes.TrimSpace(p.RequestID)
+	as.mu.Lock()
+	var stream *sseStream
+	var id string
+	for agentID, req := range as.relayed {
+		if req.server == server && bytes.Equal(req.id, upID) {
+			stream, id = req.stream, agentID
+			delete(as.relayed, agentID)
+			break
+		}
+	}
+	as.mu.Unlock()
+	if stream == nil {
+		return
+	}
+	n, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": "notifications/cancelled",
+		"params": cancelledParams{RequestID: json.RawMessage(id), Reason: p.Reason}})
+	stream.send(n)
 }
 
 // directCancel abandons the call the agent cancels if it is one the SDK
@@ -497,8 +537,20 @@ func splice(data []byte, edits ...edit) []byte {
 // response starts with the first event, unless the answer comes first
 // (see answer).
 type sseStream struct {
+	// mu orders writes: the upstream session's reader may write too
+	// (relayCancellation). Once closed, nothing more is written: the
+	// handler that owns w may have returned.
+	mu      sync.Mutex
 	w       http.ResponseWriter
 	started bool
+	closed  bool
+}
+
+// close ends the writing of s.
+func (s *sseStream) close() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
 }
 
 func (s *sseStream) begin() {
@@ -515,15 +567,27 @@ func (s *sseStream) begin() {
 // event if the stream has begun, else alone as JSON, which costs the agent
 // no stream.
 func (s *sseStream) answer(msg []byte) {
-	if s.started {
-		s.send(msg)
-		return
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+	case s.started:
+		s.event(msg)
+	default:
+		writeJSON(s.w, msg)
 	}
-	writeJSON(s.w, msg)
 }
 
 // send writes one message as an event.
 func (s *sseStream) send(data []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed {
+		s.event(data)
+	}
+}
+
+func (s *sseStream) event(data []byte) {
 	s.begin()
 	s.w.Write([]byte("event: message\ndata: "))
 	s.w.Write(data)
@@ -534,6 +598,11 @@ func (s *sseStream) send(data []byte) {
 // comment writes an SSE comment, which clients ignore and proxies see as
 // traffic.
 func (s *sseStream) comment(text string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
 	s.begin()
 	s.w.Write([]byte(": " + text + "\n\n"))
 	flush(s.w)

@@ -1,6 +1,10 @@
+//lint:file-ignore SA1019 the gateway relays sampling, deprecated from protocol 2026-07-28 on, for the versions that have it
+
 package broker
 
 import (
+	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"regexp"
@@ -8,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/mcpfilter"
@@ -340,5 +346,54 @@ func TestDirectPathJSONAnswers(t *testing.T) {
 		if got := call("8", "get_pages", `{"workspace_id":"ws_abc123"}`); !strings.Contains(got, tc.want) {
 			t.Errorf("an upstream answering with %s: %.300s, want %s", tc.name, got, tc.want)
 		}
+	}
+}
+
+// A request the upstream relays to the agent during a direct call, and
+// then gives up on, is cancelled at the agent under the id the agent
+// knows it by, before the call's result.
+func TestDirectPathRelaysTheUpstreamsCancellation(t *testing.T) {
+	g, a := directAgent(t)
+	g.up.srv.AddTool(&mcp.Tool{Name: "ask", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		sampling, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		defer cancel()
+		req.Session.CreateMessage(sampling, &mcp.CreateMessageParams{MaxTokens: 10,
+			Messages: []*mcp.SamplingMessage{{Role: "user", Content: &mcp.TextContent{Text: "what now?"}}}})
+		// The SDK sends its cancellation from a goroutine of its own: the
+		// call goes on a moment, as a real one would, for it to go out on
+		// the call's stream.
+		time.Sleep(time.Second)
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "gave up"}}}, nil
+	})
+	got := a.post(`{"jsonrpc":"2.0","id":"c1","method":"tools/call","params":{"name":"notion__ask","arguments":{}}}`)
+	g.checkPath(t, "notion__ask")
+	var relayedID, cancelledID string
+	for i, raw := range got {
+		var m struct {
+			ID     json.RawMessage
+			Method string
+			Params struct{ RequestID json.RawMessage }
+		}
+		if err := json.Unmarshal([]byte(raw), &m); err != nil {
+			t.Fatalf("message %d: %v: %s", i, err, raw)
+		}
+		switch m.Method {
+		case "sampling/createMessage":
+			relayedID = string(m.ID)
+		case "notifications/cancelled":
+			cancelledID = string(m.Params.RequestID)
+			if i == len(got)-1 {
+				t.Error("the cancellation came after the call's result")
+			}
+		}
+	}
+	if relayedID == "" || !strings.HasPrefix(relayedID, `"amg-s-`) {
+		t.Fatalf("no sampling request relayed under a broker id in %q", got)
+	}
+	if cancelledID != relayedID {
+		t.Errorf("cancellation of %s, want of the relayed %s, in %q", cancelledID, relayedID, got)
+	}
+	if last := got[len(got)-1]; !strings.Contains(last, `"id":"c1"`) || !strings.Contains(last, "gave up") {
+		t.Errorf("last message %s, want the call's result", last)
 	}
 }

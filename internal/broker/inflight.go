@@ -125,7 +125,12 @@ func (f *inflight) relay(ss *mcp.ServerSession, server string, n *jsonrpc.Reques
 // the resource (under the URI agents see); the rest goes by the calls in
 // flight (see inflight.relay).
 func (b *Broker) relayNotification(as *agentSession, server string, n *jsonrpc.Request) {
-	if n.Method != "notifications/resources/updated" {
+	switch n.Method {
+	case "notifications/resources/updated":
+	case "notifications/cancelled":
+		b.relayCancellation(as, server, n.Params)
+		return
+	default:
 		as.calls.relay(as.ss, server, n)
 		return
 	}
