@@ -91,9 +91,10 @@ func (b *Broker) watchUpstream(as *agentSession, u *upstream, cs *mcp.ClientSess
 	}
 }
 
-// How soon a lost upstream session is opened again, and how far apart
-// attempts get.
-var (
+// A lost upstream session is opened again at once; after a failed
+// attempt the next waits resubscribeFirstDelay, doubling up to
+// resubscribeMaxDelay.
+const (
 	resubscribeFirstDelay = time.Second
 	resubscribeMaxDelay   = 30 * time.Second
 )
