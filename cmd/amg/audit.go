@@ -89,7 +89,8 @@ func newAuditTailCmd() *cobra.Command {
 directory) as JSON lines, reaching back into rotated files if needed. With -f,
 keep printing records as they are written, across rotations, until
 interrupted. With --redis, the records are those every replica sharing that
-Redis ships there, in the order they arrived.`,
+Redis ships there, in the order they arrived, each with "replica" first:
+every replica numbers and chains its own records.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			path := filepath.Join(dataDir, audit.FileName)

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -217,12 +218,20 @@ func (s *Stream) Tail(ctx context.Context, n int, follow bool, emit func(line []
 	return nil
 }
 
+// emitEntry emits the record of a stream entry as its replica's file
+// holds it, with "replica" first: replicas number and chain their records
+// each on its own, so a line names the chain it is in.
 func emitEntry(m redis.XMessage, emit func(line []byte) error) error {
 	line, err := entryLine(m)
 	if err != nil {
 		return fmt.Errorf("tail audit stream: %w", err)
 	}
-	return emit([]byte(line))
+	replica, _ := m.Values["replica"].(string)
+	if replica == "" || !strings.HasPrefix(line, `{"`) {
+		return emit([]byte(line))
+	}
+	name, _ := json.Marshal(replica)
+	return emit([]byte(`{"replica":` + string(name) + "," + line[1:]))
 }
 
 // entryLine is the record of a stream entry, as its replica's file holds it.

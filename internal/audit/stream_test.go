@@ -401,6 +401,11 @@ func TestStreamTail(t *testing.T) {
 			if err := json.Unmarshal(line, &rec); err != nil || rec.Seq == 0 {
 				t.Errorf("emitted %q, not a record line of the file (%v)", line, err)
 			}
+			// The line names the replica whose chain it is in, and is
+			// otherwise the file's.
+			if !bytes.HasPrefix(line, []byte(`{"replica":"r1","`)) {
+				t.Errorf("emitted %q, without its replica first", line)
+			}
 			mu.Lock()
 			got = append(got, rec.DecisionID)
 			mu.Unlock()
