@@ -194,7 +194,10 @@ type call struct {
 	body     []byte
 	messages []mcpfilter.Message
 	errID    json.RawMessage // the request's id, when the body did not parse but its id is known
-	version  string          // MCP protocol version of the request, if known
+	// took is how long the decision took, once decided is set.
+	took    time.Duration
+	decided bool
+	version string // MCP protocol version of the request, if known
 }
 
 // newIDs returns a random decision id and a random trace id, both of 128
@@ -368,15 +371,19 @@ func bodyHash(body []byte) [32]byte { return sha256.Sum256(body) }
 // record fills the fields every audit record of this call shares.
 func (c *call) record(verdict, code, reason string) *audit.Record {
 	rec := &audit.Record{
-		Time:          c.start,
-		DecisionID:    c.id,
-		Agent:         c.token.Agent,
-		Role:          c.token.Role,
-		Verdict:       verdict,
-		Code:          code,
-		Reason:        reason,
-		LatencyMicros: c.s.now().Sub(c.start).Microseconds(),
+		Time:       c.start,
+		DecisionID: c.id,
+		Agent:      c.token.Agent,
+		Role:       c.token.Role,
+		Verdict:    verdict,
+		Code:       code,
+		Reason:     reason,
 	}
+	took := c.took
+	if !c.decided {
+		took = c.s.now().Sub(c.start)
+	}
+	rec.LatencyMicros = took.Microseconds()
 	if c.set != nil {
 		rec.PolicyVersion = c.set.VersionString()
 	}

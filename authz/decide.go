@@ -114,6 +114,8 @@ func (c *call) decide() *authv3.CheckResponse {
 		denyBatch(outs)
 	}
 	c.countShadow(outs)
+	// The decision's latency, in its metrics and its audit records alike.
+	c.took, c.decided = c.s.now().Sub(c.start), true
 	c.observe(outs)
 	for i := range outs {
 		rec := c.messageRecord(&outs[i])
@@ -368,7 +370,6 @@ func (c *call) observe(outs []outcome) {
 	if c.role != nil {
 		mode = c.role.Mode.String()
 	}
-	took := c.s.now().Sub(c.start)
 	version := ""
 	if c.set != nil {
 		version = c.set.VersionString()
@@ -388,7 +389,7 @@ func (c *call) observe(outs []outcome) {
 			span.End()
 			o.traceID = telemetry.TraceID(sctx)
 		}
-		t.RecordDecision(c.ctx, c.token.Role, o.verdict.String(), mode, string(o.code), took)
+		t.RecordDecision(c.ctx, c.token.Role, o.verdict.String(), mode, string(o.code), c.took)
 		if shadow == decision.Deny.String() {
 			t.RecordShadowDeny(c.ctx, c.token.Role)
 		}
