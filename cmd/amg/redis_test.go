@@ -57,15 +57,17 @@ func TestRedisURLOverTLS(t *testing.T) {
 	}
 }
 
-// amg audit tail --redis prints the latest records every replica shipped.
+// amg audit tail --redis prints the latest records every replica shipped,
+// as their files hold them, each naming its replica first.
 func TestAuditTailFromRedis(t *testing.T) {
 	rs := redistest.Start(t)
 	log := writeReplayAudit(t)
 	shipAll(t, rs, log, 6)
 	_, fromFile, _ := runCLI(t, "audit", "tail", "-n", "2", log)
+	want := strings.ReplaceAll("\n"+fromFile, "\n{", "\n"+`{"replica":"r1",`)[1:]
 	code, stdout, stderr := runCLI(t, "audit", "tail", "-n", "2", "--redis", rs.Addr)
-	if code != 0 || stdout != fromFile || strings.Count(stdout, "\n") != 2 {
-		t.Errorf("exit %d, stdout:\n%s\nwant the file's last two lines:\n%s\nstderr:\n%s", code, stdout, fromFile, stderr)
+	if code != 0 || stdout != want || strings.Count(stdout, "\n") != 2 {
+		t.Errorf("exit %d, stdout:\n%s\nwant the file's last two lines, with their replica:\n%s\nstderr:\n%s", code, stdout, want, stderr)
 	}
 }
 

@@ -122,8 +122,8 @@ func (b *Batch) flush(ctx context.Context) error {
 	b.mu.Unlock()
 	var first error
 	for k, c := range batch {
-		ctx, cancel := context.WithTimeout(ctx, b.interval)
-		err := b.store.Add(ctx, c.Role, dayTime(c.Day), c.Calls, c.N)
+		wctx, cancel := context.WithTimeout(ctx, b.interval)
+		err := b.store.Add(wctx, c.Role, dayTime(c.Day), c.Calls, c.N)
 		cancel()
 		if err == nil {
 			continue
