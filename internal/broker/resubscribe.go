@@ -77,7 +77,7 @@ func (b *Broker) watchUpstream(as *agentSession, u *upstream, cs *mcp.ClientSess
 	}
 	for delay := resubscribeFirstDelay; b.drained.Err() == nil; delay = min(2*delay, resubscribeMaxDelay) {
 		ctx, cancel := context.WithTimeout(b.drained, u.ConnectTimeout+u.CallTimeout)
-		_, _, err := b.upstreamSession(ctx, as.ss, u)
+		_, err := b.sessionWith(ctx, as, u)
 		cancel()
 		if err == nil || errors.Is(err, errAgentSessionClosed) {
 			return

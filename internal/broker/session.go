@@ -274,15 +274,25 @@ func (b *Broker) reapIdle(ctx context.Context, every time.Duration) {
 // attempt before it).
 func (b *Broker) upstreamSession(ctx context.Context, ss *mcp.ServerSession, u *upstream) (*agentSession, *mcp.ClientSession, error) {
 	as := b.agentSession(ss)
+	cs, err := b.sessionWith(ctx, as, u)
+	if err != nil {
+		return nil, nil, err
+	}
+	return as, cs, nil
+}
+
+// sessionWith is upstreamSession for an agent session known to the
+// caller, which may have ended since.
+func (b *Broker) sessionWith(ctx context.Context, as *agentSession, u *upstream) (*mcp.ClientSession, error) {
 	for {
 		as.mu.Lock()
 		if as.ups == nil {
 			as.mu.Unlock()
-			return nil, nil, errAgentSessionClosed
+			return nil, errAgentSessionClosed
 		}
 		if cs := as.ups[u.Name]; cs != nil {
 			as.mu.Unlock()
-			return as, cs, nil
+			return cs, nil
 		}
 		a := as.connecting[u.Name]
 		if a == nil {
@@ -300,19 +310,19 @@ func (b *Broker) upstreamSession(ctx context.Context, ss *mcp.ServerSession, u *
 			close(a.done)
 			as.mu.Unlock()
 			if err != nil {
-				return nil, nil, err
+				return nil, err
 			}
-			return as, cs, nil
+			return cs, nil
 		}
 		as.mu.Unlock()
 		// Another request of the agent is connecting: use what it gets.
 		select {
 		case <-a.done:
 			if a.err != nil {
-				return nil, nil, a.err
+				return nil, a.err
 			}
 		case <-ctx.Done():
-			return nil, nil, ctx.Err()
+			return nil, ctx.Err()
 		}
 	}
 }
