@@ -29,7 +29,8 @@
 //	  db: 0
 //	approvals:                      # calls that need a human
 //	  ttl: 15m                      # how long one waits for a decision
-//	  webhook: https://hooks.example/amg  # told of each new one ("" none)
+//	  webhook: https://hooks.example/amg  # told of each new one ("" none); its secret part
+//	                                #   from a reference: "https://hooks.example/${env:HOOK_PATH}"
 //	console:                        # the web console on the admin listener
 //	  ready_days: 7                 # shadow roles at zero this long are ready to enforce,
 //	  ready_min_calls: 1            #   over at least this many calls in those days
@@ -112,9 +113,11 @@ type Config struct {
 	// rate limits and approvals. Without it all of that is per process.
 	Redis Redis
 	// ApprovalTTL is how long a call that needs approval waits for a
-	// decision; ApprovalWebhook, if set, is POSTed each new approval.
+	// decision; ApprovalWebhook, if set, is POSTed each new approval. The
+	// webhook's URL may hold secret references, as Slack- and Teams-style
+	// URLs carry their secret in the path.
 	ApprovalTTL     time.Duration
-	ApprovalWebhook string
+	ApprovalWebhook Template
 	// Console tunes the web console.
 	Console Console
 	// Audit tunes the audit log's devices.
@@ -435,6 +438,15 @@ func (c *Config) checkSecrets(ctx context.Context, src secrets.Source, vault boo
 		}
 	}
 	check(c.Redis.Password, "redis.password", true)
+	check(c.ApprovalWebhook, "approvals.webhook", true)
+	isVault := func(r secrets.Ref) bool { return r.Scheme == secrets.SchemeVault }
+	if hook := c.ApprovalWebhook; len(hook.Refs()) > 0 && (vault || !slices.ContainsFunc(hook.Refs(), isVault)) {
+		// Its text was checked at load; what its references make of it,
+		// only now. Not the URL: it holds the secret.
+		if s, err := hook.Expand(ctx, src); err == nil && !isHTTPURL(s.Reveal()) {
+			ps = append(ps, Problem{Pos: hook.pos, Path: "approvals.webhook", Msg: "must be an http(s) URL with a host once its references are resolved"})
+		}
+	}
 	check(c.Vault.Token, "vault.token", true)
 	check(c.Vault.AppRoleSecretID, "vault.approle.secret_id", true)
 	for _, name := range slices.Sorted(maps.Keys(c.Upstreams)) {

@@ -140,7 +140,7 @@ func TestLoadFull(t *testing.T) {
 		Envoy: Envoy{Listen: "0.0.0.0:10443", AuthzAddress: "amg:9001", BrokerAddresses: []string{"amg-0.amg:8082", "amg-1.amg:8082"},
 			AuthzTimeout: 500 * time.Millisecond, RouteTimeout: 30 * time.Minute, TracingAddress: "otel-collector:4317", TracingSampling: 12.5},
 		ApprovalTTL:     5 * time.Minute,
-		ApprovalWebhook: "https://hooks.example/amg",
+		ApprovalWebhook: tmpl("https://hooks.example/amg", 39, 12),
 		Console:         Console{ReadyDays: 14, ReadyMinCalls: 200, TraceURL: "https://jaeger.example/trace/{trace_id}", StagedPolicyDir: "/etc/amg/policies.next"},
 		Audit:           Audit{MaxFileBytes: 1 << 30, Sync: audit.SyncOnInterval, SyncInterval: 250 * time.Millisecond, Stdout: true, StreamMaxRecords: 500000},
 		DataDir:         "/var/lib/amg",
@@ -724,6 +724,34 @@ amg.yaml:12:12: upstreams.files.env.KEY: env:FILES_KEY holds a NUL byte, which c
 		}
 		if strings.Contains(err.Error(), planted) {
 			t.Errorf("problems reveal the secret:\n%v", err)
+		}
+	})
+	t.Run("webhook", func(t *testing.T) {
+		// The approval webhook's URL may take its secret from a
+		// reference; what the references make of it must be an http(s)
+		// URL, and a problem never shows the URL.
+		for _, tc := range []struct{ hook, want string }{
+			{"https://hooks.example/services/${env:HOOK_SECRET}", ""},
+			{"${env:HOOK_URL}", ""},
+			{"${env:HOOK_MISSING}", "amg.yaml:2:12: approvals.webhook: env:HOOK_MISSING is not set"},
+			{"${env:HOOK_SECRET}", "amg.yaml:2:12: approvals.webhook: must be an http(s) URL with a host once its references are resolved"},
+			{"ftp://hooks.example/${env:HOOK_SECRET}", "amg.yaml:2:12: approvals.webhook: must be an http(s) URL with a host once its references are resolved"},
+			{"hooks.example/amg", "amg.yaml:2:12: approvals.webhook: must be an http(s) URL with a host"},
+		} {
+			s := newEnvSource(map[string]string{"HOOK_SECRET": planted, "HOOK_URL": "https://hooks.example/services/" + planted})
+			cfg, err := parse(t, "approvals:\n  webhook: \""+tc.hook+"\"\n", &Options{Secrets: s})
+			if tc.want == "" {
+				if err != nil || cfg.ApprovalWebhook.String() != tc.hook {
+					t.Errorf("%s: %v, webhook %q", tc.hook, err, cfg.ApprovalWebhook.String())
+				}
+				continue
+			}
+			if got := problemsOf(t, err); got != tc.want {
+				t.Errorf("%s: problems %q, want %q", tc.hook, got, tc.want)
+			}
+			if err != nil && strings.Contains(err.Error(), planted) {
+				t.Errorf("%s: problems reveal the secret:\n%v", tc.hook, err)
+			}
 		}
 	})
 	t.Run("cancelled", func(t *testing.T) {

@@ -751,17 +751,19 @@ func (l *loader) approvals(n *yaml.Node, path string, cfg *Config) {
 				cfg.ApprovalTTL = d
 			}
 		case "webhook":
-			s, ok := l.Str(v, p)
-			if !ok || s == "" {
+			t, ok := l.template(v, p)
+			if !ok || t.String() == "" {
 				return
 			}
-			if !isHTTPURL(s) {
-				// Not the URL: a webhook's secret is often in its path
-				// or query.
+			// A URL whose every part is written here is checked now; one
+			// with secret references, once they are resolved (see
+			// CheckSecrets). Not the URL: a webhook's secret is often in
+			// its path or query.
+			if len(t.Refs()) == 0 && !isHTTPURL(t.String()) {
 				l.Errorf(v, p, "must be an http(s) URL with a host")
 				return
 			}
-			cfg.ApprovalWebhook = s
+			cfg.ApprovalWebhook = t
 		}
 	})
 }

@@ -241,17 +241,24 @@ type errString string
 func (e errString) Error() string { return string(e) }
 
 // The approval webhook hears of each new pending approval, without the
-// request body, which may hold secrets.
+// request body, which may hold secrets. Its URL's secret path comes from a
+// secret reference.
 func TestApprovalWebhook(t *testing.T) {
 	got := make(chan string, 4)
+	const hookPath = "/services/T0SECRET/B0SECRET"
 	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
-		got <- string(b)
+		got <- r.URL.Path + " " + string(b)
 	}))
 	t.Cleanup(hook.Close)
+	t.Setenv("AMG_TEST_WEBHOOK_PATH", hookPath)
+	webhook, err := config.ParseTemplate(hook.URL + "${env:AMG_TEST_WEBHOOK_PATH}")
+	if err != nil {
+		t.Fatal(err)
+	}
 	ups := map[string]*config.Upstream{"notion": {Name: "notion", Builtin: "demo", ConnectTimeout: 5 * time.Second, CallTimeout: 30 * time.Second}}
 	mcpURL, token := startGateway(t, ups, "ops", replicaRole, func(c *config.Config) {
-		c.ApprovalWebhook, c.ApprovalTTL = hook.URL, 500*time.Millisecond
+		c.ApprovalWebhook, c.ApprovalTTL = webhook, 500*time.Millisecond
 	})
 	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(context.Background(),
 		&mcp.StreamableClientTransport{Endpoint: mcpURL, HTTPClient: &http.Client{Transport: bearer{token}}}, nil)
@@ -266,8 +273,9 @@ func TestApprovalWebhook(t *testing.T) {
 	}
 	select {
 	case body := <-got:
-		if !strings.Contains(body, `"event":"approval.pending"`) || !strings.Contains(body, `"tool":"delete_page"`) || strings.Contains(body, secret) {
-			t.Errorf("webhook body = %s", body)
+		if !strings.HasPrefix(body, hookPath+" ") || !strings.Contains(body, `"event":"approval.pending"`) ||
+			!strings.Contains(body, `"tool":"delete_page"`) || strings.Contains(body, secret) {
+			t.Errorf("webhook request = %s", body)
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("the webhook was not called")

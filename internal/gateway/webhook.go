@@ -11,16 +11,25 @@ import (
 	"time"
 
 	"github.com/amgateway/amg/internal/approval"
+	"github.com/amgateway/amg/internal/config"
+	"github.com/amgateway/amg/internal/secrets"
 )
 
-// notifier returns what tells hook of each new pending approval, or nil
-// without a hook: a JSON POST of the approval (never the request body,
+// notifier returns what tells the webhook at t, its references resolved
+// with src, of each new pending approval, or nil without a webhook: a JSON POST of the approval (never the request body,
 // which may hold secrets), retried briefly, its failure logged. The call
 // waits whether or not anyone was told.
-func (g *Gateway) notifier(hook string) func(*approval.Approval) {
-	if hook == "" {
-		return nil
+func (g *Gateway) notifier(t config.Template, src secrets.Source) (func(*approval.Approval), error) {
+	if t.String() == "" {
+		return nil, nil
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := t.Expand(ctx, src)
+	if err != nil {
+		return nil, fmt.Errorf("approvals.webhook: %w", err)
+	}
+	hook := s.Reveal()
 	// Slack- and Teams-style webhook URLs carry their secret in the path
 	// or query: logs name the scheme and host only.
 	var where string
@@ -40,7 +49,7 @@ func (g *Gateway) notifier(hook string) func(*approval.Approval) {
 			}
 		}
 		g.log.Error("approval webhook failed; the call still waits", "approval_id", a.ID, "webhook", where, "err", err)
-	}
+	}, nil
 }
 
 // post sends payload to hook. Its errors do not quote hook.

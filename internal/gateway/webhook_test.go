@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/amgateway/amg/internal/approval"
+	"github.com/amgateway/amg/internal/config"
+	"github.com/amgateway/amg/internal/secrets"
 	"github.com/amgateway/amg/internal/syncbuf"
 )
 
@@ -31,7 +33,15 @@ func TestApprovalWebhookFailureLog(t *testing.T) {
 			t.Parallel()
 			var logs syncbuf.Buffer
 			g := &Gateway{log: slog.New(slog.NewTextHandler(&logs, nil))}
-			g.notifier(tc.base + "/services/" + secret + "?token=" + secret)(&approval.Approval{ID: "ap_1"})
+			hook, err := config.ParseTemplate(tc.base + "/services/" + secret + "?token=" + secret)
+			if err != nil {
+				t.Fatal(err)
+			}
+			notify, err := g.notifier(hook, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			notify(&approval.Approval{ID: "ap_1"})
 			got := logs.String()
 			if !strings.Contains(got, "approval webhook failed") || !strings.Contains(got, "approval_id=ap_1") ||
 				!strings.Contains(got, tc.base) || !strings.Contains(got, tc.want) {
@@ -41,5 +51,20 @@ func TestApprovalWebhookFailureLog(t *testing.T) {
 				t.Errorf("log shows the webhook's secret:\n%s", got)
 			}
 		})
+	}
+}
+
+// A webhook whose reference cannot be resolved stops the start, with an
+// error that names the reference and not the URL.
+func TestApprovalWebhookUnresolved(t *testing.T) {
+	hook, err := config.ParseTemplate("https://hooks.example/services/T0PLANTED/${env:AMG_TEST_NO_SUCH_WEBHOOK}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &Gateway{log: slog.New(slog.DiscardHandler)}
+	notify, err := g.notifier(hook, secrets.NewDefault(nil))
+	if notify != nil || err == nil || !strings.Contains(err.Error(), "approvals.webhook: env:AMG_TEST_NO_SUCH_WEBHOOK") ||
+		strings.Contains(err.Error(), "PLANTED") {
+		t.Errorf("notifier = %v, %v; want an error naming the reference and not the URL", notify != nil, err)
 	}
 }
