@@ -88,13 +88,22 @@ func NewSQLite(db *sql.DB) (*SQLite, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create shadow_denies table: %w", err)
 	}
-	var has int
-	if err := db.QueryRow(`SELECT COUNT(*) FROM pragma_table_info('shadow_denies') WHERE name = 'calls'`).Scan(&has); err != nil {
+	hasCalls := func() (bool, error) {
+		var n int
+		err := db.QueryRow(`SELECT COUNT(*) FROM pragma_table_info('shadow_denies') WHERE name = 'calls'`).Scan(&n)
+		return n > 0, err
+	}
+	has, err := hasCalls()
+	if err != nil {
 		return nil, fmt.Errorf("read shadow_denies columns: %w", err)
 	}
-	if has == 0 {
+	if !has {
 		if _, err := db.Exec(`ALTER TABLE shadow_denies ADD COLUMN calls INTEGER NOT NULL DEFAULT 0`); err != nil {
-			return nil, fmt.Errorf("add calls to shadow_denies: %w", err)
+			// Another process (the CLI, another replica's start) may have
+			// added it meanwhile.
+			if has, _ := hasCalls(); !has {
+				return nil, fmt.Errorf("add calls to shadow_denies: %w", err)
+			}
 		}
 	}
 	return &SQLite{db: db}, nil

@@ -92,3 +92,46 @@ func TestRedis(t *testing.T) {
 		t.Error("counting with Redis down succeeded")
 	}
 }
+
+// A database made before calls were counted keeps its denials, gains the
+// column, and counts calls from then on; processes opening it at once
+// all succeed.
+func TestSQLiteMigratesATableWithoutCalls(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "amg.db")
+	db, err := store.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`CREATE TABLE shadow_denies (role TEXT NOT NULL, day TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (role, day));
+		INSERT INTO shadow_denies (role, day, n) VALUES ('old', '2026-11-24', 4)`); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			other, err := store.Open(path)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer other.Close()
+			if _, err := NewSQLite(other); err != nil {
+				t.Errorf("opening at once: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	c, err := NewSQLite(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	day := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	if err := c.Add(context.Background(), "old", day, 3, 1); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.Counts(context.Background(), day, day)
+	if want := []Count{{"old", "2026-11-24", 5, 3}}; err != nil || !cmp.Equal(got, want) {
+		t.Errorf("counts = %v, %v; want %v", got, err, want)
+	}
+}
