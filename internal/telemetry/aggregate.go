@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"context"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,8 +23,8 @@ import (
 // lookup and two atomic adds.
 //
 // The data are what the SDK would report for a cumulative explicit-bucket
-// histogram, without min and max: a bucket counts the values up to and
-// including its bound, and an exemplar per bucket keeps the last
+// histogram: a bucket counts the values up to and including its bound,
+// min and max are kept, and an exemplar per bucket keeps the last
 // measurement made in a sampled trace, when exemplars are on. A duration
 // histogram can also be reported as a counter of its measurements, as
 // amg.decisions is.
@@ -63,6 +64,7 @@ type series struct {
 	attrs     attribute.Set
 	start     time.Time
 	sum       atomic.Int64 // nanoseconds
+	min, max  atomic.Int64 // nanoseconds; min starts at math.MaxInt64
 	counts    []atomic.Uint64
 	exemplars []atomic.Pointer[metricdata.Exemplar[float64]]
 }
@@ -87,6 +89,12 @@ func (d *durations[K]) record(ctx context.Context, k K, took time.Duration) {
 	i := 0
 	for i < len(d.limits) && took > d.limits[i] {
 		i++
+	}
+	// The extremes first, so that a count read means they are set. Once
+	// they settle, each is one load.
+	for v := s.min.Load(); int64(took) < v && !s.min.CompareAndSwap(v, int64(took)); v = s.min.Load() {
+	}
+	for v := s.max.Load(); int64(took) > v && !s.max.CompareAndSwap(v, int64(took)); v = s.max.Load() {
 	}
 	s.counts[i].Add(1)
 	s.sum.Add(int64(took))
@@ -121,12 +129,15 @@ func (d *durations[K]) add(k K) *series {
 }
 
 func (d *durations[K]) newSeries(attrs attribute.Set) *series {
-	return &series{
+	s := &series{
 		attrs:     attrs,
 		start:     time.Now(),
 		counts:    make([]atomic.Uint64, len(d.limits)+1),
 		exemplars: make([]atomic.Pointer[metricdata.Exemplar[float64]], len(d.limits)+1),
 	}
+	s.min.Store(math.MaxInt64)
+	s.max.Store(math.MinInt64)
+	return s
 }
 
 // all returns every series, the overflow last.
@@ -170,6 +181,10 @@ func (d *durations[K]) report(now time.Time, histogram, count *metricdata.Metric
 			}
 		}
 		p.Sum = time.Duration(s.sum.Load()).Seconds()
+		if p.Count > 0 {
+			p.Min = metricdata.NewExtrema(time.Duration(s.min.Load()).Seconds())
+			p.Max = metricdata.NewExtrema(time.Duration(s.max.Load()).Seconds())
+		}
 		hist.DataPoints = append(hist.DataPoints, p)
 		sum.DataPoints = append(sum.DataPoints, metricdata.DataPoint[int64]{
 			Attributes: s.attrs, StartTime: s.start, Time: now, Value: int64(p.Count),

@@ -17,9 +17,9 @@ import (
 )
 
 // The per-request histograms must report what the SDK's own histogram
-// reports for the same measurements: the same buckets, bucket counts, sum
-// and count per attribute set. Values on and around every bound check
-// which side of a bound a value falls.
+// reports for the same measurements: the same buckets, bucket counts, sum,
+// count, min and max per attribute set. Values on and around every bound
+// check which side of a bound a value falls.
 func TestDurationsAgreeWithSDKHistogram(t *testing.T) {
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
@@ -74,6 +74,16 @@ func TestDurationsAgreeWithSDKHistogram(t *testing.T) {
 		// The SDK sums float seconds, these integer nanoseconds.
 		if d := g.Sum - w.Sum; d > 1e-6 || d < -1e-6 {
 			t.Errorf("%s: sum %g, the SDK's %g", k, g.Sum, w.Sum)
+		}
+		for _, e := range []struct {
+			name      string
+			got, want metricdata.Extrema[float64]
+		}{{"min", g.Min, w.Min}, {"max", g.Max, w.Max}} {
+			gv, gok := e.got.Value()
+			wv, wok := e.want.Value()
+			if gok != wok || gv != wv {
+				t.Errorf("%s: %s %v (%v), the SDK's %v (%v)", k, e.name, gv, gok, wv, wok)
+			}
 		}
 	}
 	if len(gotPoints) != 6 {
