@@ -90,12 +90,9 @@ func (d *durations[K]) record(ctx context.Context, k K, took time.Duration) {
 	for i < len(d.limits) && took > d.limits[i] {
 		i++
 	}
-	// The extremes first, so that a count read means they are set. Once
-	// they settle, each is one load.
-	for v := s.min.Load(); int64(took) < v && !s.min.CompareAndSwap(v, int64(took)); v = s.min.Load() {
-	}
-	for v := s.max.Load(); int64(took) > v && !s.max.CompareAndSwap(v, int64(took)); v = s.max.Load() {
-	}
+	// The extremes first, so that a count read means they are set.
+	lower(&s.min, int64(took))
+	raise(&s.max, int64(took))
 	s.counts[i].Add(1)
 	s.sum.Add(int64(took))
 	if d.exemplars {
@@ -105,6 +102,19 @@ func (d *durations[K]) record(ctx context.Context, k K, took time.Duration) {
 				Time: time.Now(), Value: took.Seconds(), TraceID: tid[:], SpanID: sid[:],
 			})
 		}
+	}
+}
+
+// lower sets a to v if v is lower; once the minimum settles, that is one
+// load.
+func lower(a *atomic.Int64, v int64) {
+	for cur := a.Load(); v < cur && !a.CompareAndSwap(cur, v); cur = a.Load() {
+	}
+}
+
+// raise sets a to v if v is higher.
+func raise(a *atomic.Int64, v int64) {
+	for cur := a.Load(); v > cur && !a.CompareAndSwap(cur, v); cur = a.Load() {
 	}
 }
 
