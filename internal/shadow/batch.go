@@ -66,12 +66,6 @@ func (b *Batch) Add(_ context.Context, role string, t time.Time, calls, denials 
 	return nil
 }
 
-func add(a, b Count) Count {
-	b.N += a.N
-	b.Calls += a.Calls
-	return b
-}
-
 // Counts returns the store's counts with this process's unwritten ones
 // added in.
 func (b *Batch) Counts(ctx context.Context, from, to time.Time) ([]Count, error) {

@@ -76,31 +76,36 @@ func (r *Redis) Counts(ctx context.Context, from, to time.Time) ([]Count, error)
 	}
 	var out []Count
 	for _, d := range days {
-		byRole := map[string]*Count{}
-		for _, f := range [...]struct {
-			m    map[string]string
-			into func(*Count) *int64
-		}{
-			{d.denials.Val(), func(c *Count) *int64 { return &c.N }},
-			{d.calls.Val(), func(c *Count) *int64 { return &c.Calls }},
-		} {
-			for role, v := range f.m {
-				n, err := strconv.ParseInt(v, 10, 64)
-				if err != nil {
-					return nil, fmt.Errorf("shadow count of %s on %s: %w", role, d.day, err)
-				}
-				c := byRole[role]
-				if c == nil {
-					c = &Count{Role: role, Day: d.day}
-					byRole[role] = c
-				}
-				*f.into(c) = n
-			}
+		denials, err := parseCounts(d.denials.Val(), d.day)
+		if err != nil {
+			return nil, err
 		}
-		for _, c := range byRole {
-			out = append(out, *c)
+		calls, err := parseCounts(d.calls.Val(), d.day)
+		if err != nil {
+			return nil, err
+		}
+		for role, n := range denials {
+			out = append(out, Count{Role: role, Day: d.day, N: n, Calls: calls[role]})
+		}
+		for role, n := range calls {
+			if _, ok := denials[role]; !ok {
+				out = append(out, Count{Role: role, Day: d.day, Calls: n})
+			}
 		}
 	}
 	sortCounts(out)
+	return out, nil
+}
+
+// parseCounts reads one day's hash of counts by role.
+func parseCounts(m map[string]string, day string) (map[string]int64, error) {
+	out := make(map[string]int64, len(m))
+	for role, v := range m {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("shadow count of %s on %s: %w", role, day, err)
+		}
+		out[role] = n
+	}
 	return out, nil
 }

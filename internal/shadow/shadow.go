@@ -24,6 +24,13 @@ type Count struct {
 	Calls int64
 }
 
+// add returns b with a's counts added: b's role and day.
+func add(a, b Count) Count {
+	b.N += a.N
+	b.Calls += a.Calls
+	return b
+}
+
 // Day is the UTC day a time falls on, as counts are keyed.
 func Day(t time.Time) string { return t.UTC().Format(time.DateOnly) }
 
@@ -48,9 +55,7 @@ func (m *Memory) Add(_ context.Context, role string, t time.Time, calls, denials
 	}
 	k := [2]string{role, Day(t)}
 	m.mu.Lock()
-	c := m.counts[k]
-	c.Role, c.Day, c.Calls, c.N = k[0], k[1], c.Calls+calls, c.N+denials
-	m.counts[k] = c
+	m.counts[k] = add(m.counts[k], Count{Role: k[0], Day: k[1], N: denials, Calls: calls})
 	m.mu.Unlock()
 	return nil
 }
