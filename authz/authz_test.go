@@ -339,6 +339,47 @@ func TestLifecycleMethodsAllowed(t *testing.T) {
 	}
 }
 
+// A token whose role the policy does not define, or any token while no
+// policy is loaded, reaches nothing: not even initialize or tools/list,
+// which the broker could not serve. The agent reads why, from its first
+// request on, and each denial is audited.
+func TestLifecycleNeedsADefinedRole(t *testing.T) {
+	bodies := []string{
+		`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}`,
+		`{"jsonrpc":"2.0","method":"notifications/initialized"}`,
+		`{"jsonrpc":"2.0","id":2,"method":"tools/list"}`,
+		`{"jsonrpc":"2.0","id":3,"method":"ping"}`,
+		`{"jsonrpc":"2.0","id":4,"result":{"content":[]}}`,
+	}
+	for _, tt := range []struct {
+		name, agent string
+		opt         envOption
+		code        Code
+		reason      string
+	}{
+		{"role not in policy", "bot-3", nil, "unknown_role", `role "ghost" is not defined`},
+		{"no policy loaded", "bot-1", func(d *Deps, _ *Options) { d.Policies = staticPolicies{} }, "no_policy", "no policy is loaded"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var opts []envOption
+			if tt.opt != nil {
+				opts = append(opts, tt.opt)
+			}
+			e := newEnv(t, opts...)
+			for _, body := range bodies {
+				d := denied(t, e.check(t, tt.agent, nil, body))
+				r := rpcErr(t, d.body)
+				if r.Error.Data.Code != tt.code || r.Error.Message != tt.reason {
+					t.Errorf("%s: denied with %d %s; want %s, %q", body, d.status, d.body, tt.code, tt.reason)
+				}
+				if rec := e.audit.last(t); rec.Code != string(tt.code) || rec.Verdict != "deny" {
+					t.Errorf("%s: audited as %s %s", body, rec.Verdict, rec.Code)
+				}
+			}
+		})
+	}
+}
+
 func TestPolicyDeny(t *testing.T) {
 	e := newEnv(t)
 	tests := []struct {

@@ -95,9 +95,7 @@ func spanName(method string) string {
 
 func (c *call) decide() *authv3.CheckResponse {
 	c.set = c.s.deps.Policies.Current()
-	if c.set != nil {
-		c.role, _ = c.set.Role(c.token.Role)
-	}
+	c.role, _ = decision.LookupRole(c.set, c.token.Role)
 	// One message is the common case: its outcome stays on the stack.
 	var one [1]outcome
 	outs := one[:]
@@ -147,6 +145,14 @@ func (c *call) decideMessage(m *mcpfilter.Message) outcome {
 	var kind decision.Kind
 	switch {
 	case m.Kind == mcpfilter.KindResponse, lifecycleMethods[m.Method], strings.HasPrefix(m.Method, "notifications/"):
+		// Allowed to a role the policy defines. A token of a role it does
+		// not define (or with no policy loaded) reaches nothing, and its
+		// agent is told why from its first request.
+		if c.role == nil {
+			_, o.res = decision.LookupRole(c.set, c.token.Role)
+			o.verdict, o.code, o.reason = o.res.Verdict, Code(o.res.Code), o.res.Reason
+			return o
+		}
 		o.verdict, o.code = decision.Allow, CodeLifecycle
 		return o
 	case m.Method == "tools/call", m.Method == "prompts/get":

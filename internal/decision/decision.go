@@ -112,12 +112,9 @@ func Evaluate(set *policy.Set, in *Input) (res Result) {
 			}
 		}
 	}()
-	if set == nil {
-		return Result{Code: CodeNoPolicy, Reason: "no policy is loaded"}
-	}
-	role, ok := set.Role(in.Role)
-	if !ok {
-		return Result{Code: CodeUnknownRole, Reason: "role " + quote(in.Role) + " is not defined", PolicyVersion: set.Version()}
+	role, undefined := LookupRole(set, in.Role)
+	if role == nil {
+		return undefined
 	}
 	switch in.Kind {
 	case Resource:
@@ -130,6 +127,20 @@ func Evaluate(set *policy.Set, in *Input) (res Result) {
 		res.Shadow, res.ShadowVerdict, res.Verdict = true, res.Verdict, Allow
 	}
 	return res
+}
+
+// LookupRole returns set's role of the given name. Where set defines no
+// such role, or there is no set, it returns nil and the denial that every
+// request of that role gets, whatever it asks.
+func LookupRole(set *policy.Set, name string) (*policy.Role, Result) {
+	if set == nil {
+		return nil, Result{Code: CodeNoPolicy, Reason: "no policy is loaded"}
+	}
+	role, ok := set.Role(name)
+	if !ok {
+		return nil, Result{Code: CodeUnknownRole, Reason: "role " + quote(name) + " is not defined", PolicyVersion: set.Version()}
+	}
+	return role, Result{}
 }
 
 // ToolVisible reports whether a role's tools/list shows server's tool. A

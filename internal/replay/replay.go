@@ -27,8 +27,9 @@
 // later), evaluates each call against the new set, applies the same rule,
 // and compares each call's verdict with the recorded one: deny for a
 // batch_denied call, whose own verdict was not recorded. Of the other
-// messages, a lifecycle message is allowed and an invalid name or a
-// method the gateway does not pass on is denied, whatever the policy. The
+// messages, a lifecycle message is allowed if the new policy defines its
+// role and denied if not, and an invalid name or a method the gateway
+// does not pass on is denied, whatever the policy. The
 // whole batch is undecidable, each of its calls counted so, when one of
 // its calls is, or when a message's verdict is one the new set alone does
 // not give: a rate limit, a completion/complete (the policy decides it,
@@ -309,7 +310,7 @@ func (r *replayer) batch(req *request) {
 		kind, old, ok := batchCall(rec)
 		if !ok {
 			r.rep.Skipped++
-			v, known := otherVerdict(rec)
+			v, known := otherVerdict(rec, r.set)
 			decidable = decidable && known
 			verdicts = append(verdicts, v)
 			continue
@@ -356,23 +357,29 @@ func batchCall(rec *audit.Record) (decision.Kind, decision.Verdict, bool) {
 	return kind, decision.Deny, true
 }
 
-// otherVerdict is the verdict authz gave, before the batch rule, a message
-// of a batch that is not a call replay evaluates, when it does not depend
-// on the policy: allow for a lifecycle message (a batch_denied message
-// that is neither a call nor a completion was one), deny for an invalid
-// name or a method not passed on. known is false for anything else.
-func otherVerdict(rec *audit.Record) (v decision.Verdict, known bool) {
+// otherVerdict is the verdict authz gives under set, before the batch
+// rule, a message of a batch that is not a call replay evaluates, when the
+// policy decides it by the role alone or not at all: for a lifecycle
+// message, allow if set defines the role and deny if not (a message
+// neither a call nor a completion was a lifecycle one if the batch denied
+// it, or the policy did not define its role); deny for an invalid name or
+// a method not passed on. known is false for anything else.
+func otherVerdict(rec *audit.Record, set *policy.Set) (v decision.Verdict, known bool) {
 	switch rec.Code {
 	case codeLifecycle:
-		return decision.Allow, true
 	case codeInvalidName, codeMethodNotAllowed:
 		return decision.Deny, true
-	case codeBatchDenied:
-		if _, call := kinds[rec.Method]; !call && rec.Method != "completion/complete" {
-			return decision.Allow, true
+	case codeBatchDenied, string(decision.CodeUnknownRole), string(decision.CodeNoPolicy):
+		if _, call := kinds[rec.Method]; call || rec.Method == "completion/complete" {
+			return 0, false
 		}
+	default:
+		return 0, false
 	}
-	return 0, false
+	if role, _ := decision.LookupRole(set, rec.Role); role == nil {
+		return decision.Deny, true
+	}
+	return decision.Allow, true
 }
 
 // count adds the replay of rec, a decision of req, to the report: its

@@ -345,6 +345,26 @@ func TestReplay(t *testing.T) {
 		want:    Counts{DenyToAllow: 1},
 		changes: []decision.Verdict{decision.Allow},
 	}, {
+		name:   "batch: a lifecycle message of a role the policy did not define",
+		policy: base,
+		records: batch(
+			msg("ping", "deny", "unknown_role"),
+			tool("get_pages", "deny", "unknown_role", args(t, `{"workspace_id":"ws_a"}`)),
+		),
+		skipped: 1,
+		want:    Counts{DenyToAllow: 1},
+		changes: []decision.Verdict{decision.Allow},
+	}, {
+		name:   "batch: a lifecycle message of a role the new policy drops",
+		policy: strings.Replace(base, "role: dev", "role: ops", 1),
+		records: batch(
+			msg("ping", "allow", "lifecycle"),
+			tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a"}`)),
+		),
+		skipped: 1,
+		want:    Counts{AllowToDeny: 1},
+		changes: []decision.Verdict{decision.Deny},
+	}, {
 		name:   "batch: a name that does not parse denies it whatever the policy",
 		policy: base,
 		records: batch(
