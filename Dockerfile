@@ -20,7 +20,7 @@ RUN CGO_ENABLED=0 go build -trimpath -tags vtprotobuf -ldflags "-s -w -X main.ve
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/amg /amg
-COPY policies/ /etc/amg/policies/
+COPY policies/*.yaml /etc/amg/policies/
 # The state directory (tokens, counters, audit log, keys), owned by the
 # nonroot user (65532) so that a volume mounted here starts writable.
 COPY --from=build --chown=65532:65532 /out/var/lib/amg /var/lib/amg

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -13,6 +15,7 @@ import (
 	"github.com/amgateway/amg/internal/demo"
 	"github.com/amgateway/amg/internal/gateway"
 	"github.com/amgateway/amg/internal/secrets"
+	"github.com/amgateway/amg/policies"
 )
 
 // serveOptions are the flags of amg serve; empty ones keep the config's
@@ -41,7 +44,8 @@ endpoint on http://127.0.0.1:8080/mcp fronting the built-in demo server (as
 upstream "notion"), the admin endpoints on http://127.0.0.1:8081 (/healthz,
 /readyz, /api/v1/status), the ext_authz gRPC service on 127.0.0.1:9001, policies
 from ./policies (reloaded when they change; a policy that does not compile
-is reported and the last good one stays), and state under ./data.
+is reported and the last good one stays), and state under ./data. Where
+./policies does not exist, it is created holding the example roles.
 
 --config reads a gateway config file (amg.yaml); every problem in it is
 reported with file:line:col and the server does not start. Flags override
@@ -115,6 +119,13 @@ func serve(cmd *cobra.Command, o serveOptions) error {
 			*ov.dst = ov.v
 		}
 	}
+	// On embedded defaults the gateway starts from the example roles; a
+	// policy directory someone named is used as it is, or refused.
+	if o.config == "" && o.policyDir == "" {
+		if err := seedPolicies(cfg.PolicyDir, log); err != nil {
+			return err
+		}
+	}
 
 	gw, err := gateway.New(cfg, &gateway.Options{
 		Secrets:      src,
@@ -141,6 +152,18 @@ func serve(cmd *cobra.Command, o serveOptions) error {
 		fmt.Fprintln(cmd.OutOrStdout(), secret)
 	}
 	return gw.Serve(ctx)
+}
+
+// seedPolicies writes the example roles into dir if dir does not exist.
+func seedPolicies(dir string, log *slog.Logger) error {
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if err := os.CopyFS(dir, policies.Examples); err != nil {
+		return fmt.Errorf("write the example policies: %w", err)
+	}
+	log.Info("no policy directory; wrote the example roles into it", "dir", dir)
+	return nil
 }
 
 // secretSource is base for env: and file: references, and Vault for

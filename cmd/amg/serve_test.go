@@ -44,52 +44,18 @@ func TestServe(t *testing.T) {
 	dataDir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stdout, stderr syncbuf.Buffer
-	exited := make(chan int, 1)
-	go func() {
-		exited <- run(ctx, []string{"serve", "--dev", "--policy-dir", "../../policies", "--data-dir", dataDir,
-			"--listen", "127.0.0.1:0", "--authz-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-			"--broker-listen", "127.0.0.1:0", "--xds-listen", "127.0.0.1:0"}, &stdout, &stderr)
-	}()
-
-	addrRE := regexp.MustCompile(`msg=serving mcp=(\S+) ext_authz=(\S+) admin=(\S+) broker=\S+ xds=(\S+)`)
-	var m []string
-	for deadline := time.Now().Add(30 * time.Second); m == nil && time.Now().Before(deadline); {
-		select {
-		case code := <-exited:
-			t.Fatalf("serve exited with %d:\n%s", code, stderr.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-		m = addrRE.FindStringSubmatch(stderr.String())
-	}
+	srv := startServe(t, ctx, "--policy-dir", "../../policies", "--data-dir", dataDir,
+		"--broker-listen", "127.0.0.1:0", "--xds-listen", "127.0.0.1:0")
+	stderr, exited := srv.stderr, srv.exited
+	m := regexp.MustCompile(`msg=serving mcp=(\S+) ext_authz=(\S+) admin=(\S+) broker=\S+ xds=(\S+)`).FindStringSubmatch(srv.line)
 	if m == nil {
-		t.Fatalf("serve did not start:\n%s", stderr.String())
+		t.Fatalf("serve's log does not name its listeners: %s", srv.line)
 	}
 	mcpURL, authzAddr, adminURL, xdsAddr := m[1], m[2], m[3], m[4]
-	token := strings.TrimSpace(stdout.String())
-	if !regexp.MustCompile(`^amg_[0-9a-f]{64}$`).MatchString(token) {
-		t.Fatalf("--dev printed %q, want a token alone", token)
-	}
+	token := srv.token
 
 	// An agent with the dev token (role notion_editor) over MCP.
-	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(ctx,
-		&mcp.StreamableClientTransport{Endpoint: mcpURL, HTTPClient: &http.Client{Transport: bearer{token}}}, nil)
-	if err != nil {
-		t.Fatalf("MCP client cannot connect: %v\n%s", err, stderr.String())
-	}
-	list, err := cs.ListTools(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, tool := range list.Tools {
-		names = append(names, tool.Name)
-	}
-	slices.Sort(names)
-	// search and update_page are not granted to notion_editor: invisible.
-	if want := []string{"notion__create_page", "notion__delete_page", "notion__get_pages"}; !slices.Equal(names, want) {
-		t.Errorf("tools = %v, want %v", names, want)
-	}
+	cs := connectDev(t, ctx, mcpURL, token)
 	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "notion__get_pages", Arguments: json.RawMessage(`{"workspace_id":"ws_abc123","limit":2}`)})
 	if err != nil || res.IsError {
 		t.Fatalf("allowed call: %v %+v", err, res)
@@ -258,6 +224,129 @@ func TestServe(t *testing.T) {
 	if err != nil || res2.Records < 5 {
 		t.Errorf("audit log after shutdown: %+v %v; want every decision recorded and the chain intact", res2, err)
 	}
+}
+
+// TestServeStartsFromTheExamples runs amg serve where there is no
+// policy directory, as someone who installed the binary might: it writes
+// the example roles into ./policies and serves them.
+func TestServeStartsFromTheExamples(t *testing.T) {
+	repoPolicies, err := filepath.Abs("../../policies")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(t.TempDir())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv := startServe(t, ctx)
+	m := regexp.MustCompile(`msg=serving mcp=(\S+)`).FindStringSubmatch(srv.line)
+	if m == nil {
+		t.Fatalf("serve's log does not name its MCP endpoint: %s", srv.line)
+	}
+	connectDev(t, ctx, m[1], srv.token).Close()
+	if !strings.Contains(srv.stderr.String(), "wrote the example roles into it") {
+		t.Errorf("serve did not say it wrote the example roles:\n%s", srv.stderr.String())
+	}
+	examples, err := filepath.Glob(filepath.Join(repoPolicies, "*.yaml"))
+	if err != nil || len(examples) == 0 {
+		t.Fatalf("no example roles in %s: %v", repoPolicies, err)
+	}
+	written, _ := filepath.Glob(filepath.Join("policies", "*.yaml"))
+	if len(written) != len(examples) {
+		t.Errorf("wrote %v, want one file per example in %s", written, repoPolicies)
+	}
+	for _, ex := range examples {
+		want, _ := os.ReadFile(ex)
+		if got, err := os.ReadFile(filepath.Join("policies", filepath.Base(ex))); err != nil || string(got) != string(want) {
+			t.Errorf("policies/%s differs from the example (%v)", filepath.Base(ex), err)
+		}
+	}
+	cancel()
+	if code := <-srv.exited; code != 0 {
+		t.Fatalf("serve exited with %d:\n%s", code, srv.stderr.String())
+	}
+}
+
+// A policy directory that exists is the operator's: serve neither fills
+// nor changes it, and with no role in it, everything is denied.
+func TestServeLeavesAPolicyDirectoryAlone(t *testing.T) {
+	t.Chdir(t.TempDir())
+	if err := os.Mkdir("policies", 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv := startServe(t, ctx)
+	if entries, err := os.ReadDir("policies"); err != nil || len(entries) != 0 {
+		t.Errorf("policies/ now holds %v (%v), want it left empty", entries, err)
+	}
+	if !strings.Contains(srv.stderr.String(), "no role files") {
+		t.Errorf("serve's log does not report the empty policy directory:\n%s", srv.stderr.String())
+	}
+	cancel()
+	<-srv.exited
+}
+
+// served is an amg serve running for a test.
+type served struct {
+	line   string // the log line naming the listeners
+	token  string // the --dev token
+	stderr *syncbuf.Buffer
+	exited <-chan int
+}
+
+// startServe runs amg serve --dev with args, every listener on a free
+// loopback port, until ctx ends, and waits until it serves.
+func startServe(t *testing.T, ctx context.Context, args ...string) served {
+	t.Helper()
+	var stdout, stderr syncbuf.Buffer
+	exited := make(chan int, 1)
+	args = append([]string{"serve", "--dev", "--listen", "127.0.0.1:0", "--authz-listen", "127.0.0.1:0",
+		"--admin-listen", "127.0.0.1:0"}, args...)
+	go func() { exited <- run(ctx, args, &stdout, &stderr) }()
+	lineRE := regexp.MustCompile(`msg=serving .*`)
+	var line string
+	for deadline := time.Now().Add(30 * time.Second); line == "" && time.Now().Before(deadline); {
+		select {
+		case code := <-exited:
+			t.Fatalf("serve exited with %d:\n%s", code, stderr.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		line = lineRE.FindString(stderr.String())
+	}
+	if line == "" {
+		t.Fatalf("serve did not start:\n%s", stderr.String())
+	}
+	token := strings.TrimSpace(stdout.String())
+	if !regexp.MustCompile(`^amg_[0-9a-f]{64}$`).MatchString(token) {
+		t.Fatalf("--dev printed %q, want a token alone", token)
+	}
+	return served{line: line, token: token, stderr: &stderr, exited: exited}
+}
+
+// connectDev connects an MCP client with the dev token (role
+// notion_editor) and checks that it sees exactly the tools the example
+// role grants.
+func connectDev(t *testing.T, ctx context.Context, mcpURL, token string) *mcp.ClientSession {
+	t.Helper()
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(ctx,
+		&mcp.StreamableClientTransport{Endpoint: mcpURL, HTTPClient: &http.Client{Transport: bearer{token}}}, nil)
+	if err != nil {
+		t.Fatalf("MCP client cannot connect: %v", err)
+	}
+	list, err := cs.ListTools(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tool := range list.Tools {
+		names = append(names, tool.Name)
+	}
+	slices.Sort(names)
+	// search and update_page are not granted to notion_editor: invisible.
+	if want := []string{"notion__create_page", "notion__delete_page", "notion__get_pages"}; !slices.Equal(names, want) {
+		t.Errorf("tools = %v, want %v", names, want)
+	}
+	return cs
 }
 
 func TestServeRefusesABadConfig(t *testing.T) {
