@@ -56,12 +56,15 @@ bench:
 
 # Check RPCs over loopback gRPC at concurrency 1 and 32, then the floor
 # that gRPC and loopback alone set on this machine: from a client that
-# works as Envoy's event loop does, then through grpc-go's client.
+# works as Envoy's event loop does, then through grpc-go's client, then
+# with the server in a process of its own.
 load:
 	$(GO) run ./bench/checkload -c 1,32 -d 5s
 	$(GO) run ./bench/checkload -c 1,32 -d 5s -floor
 	$(GO) run ./bench/checkload -c 1,32 -d 5s -client grpc
 	$(GO) run ./bench/checkload -c 1,32 -d 5s -client grpc -floor
+	$(GO) run ./bench/checkload -c 1,32 -d 5s -separate
+	$(GO) run ./bench/checkload -c 1,32 -d 5s -separate -floor
 
 # The same load with every Check counted against a rate limit in a local
 # redis-server (started on port 6390 for the run).

@@ -4,8 +4,10 @@
 // (cached token lookups, the in-memory limiter, redaction and the
 // hash-chained audit file). It reports latency percentiles and Checks/s
 // per concurrency level. Client and server share the machine, as Envoy
-// and AMG do on one host. By default the client works as Envoy's event
-// loop does (see eventLoop); -client grpc uses grpc-go's instead.
+// and AMG do on one host, and by default one process; with -separate the
+// server runs in a process of its own. By default the client works as
+// Envoy's event loop does (see eventLoop); -client grpc uses grpc-go's
+// instead.
 //
 //	go run ./bench/checkload -c 1,32 -d 10s
 package main
@@ -15,11 +17,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -47,51 +52,41 @@ func main() {
 	floor := flag.Bool("floor", false, "serve a Check that allows at once, to measure gRPC and loopback alone")
 	redisAddr := flag.String("redis", "", "count every Check against a rate limit in the Redis at this address (host:port)")
 	client := flag.String("client", "eventloop", "eventloop: one goroutine per connection writes and reads its Checks, as Envoy's event loop does; grpc: grpc-go's client")
+	separate := flag.Bool("separate", false, "run the server in a process of its own, as AMG runs beside Envoy")
+	serveTo := flag.String("serve-to", "", "(for -separate) only serve, write the address and token to this file, and stop when stdin closes")
 	flag.Parse()
 	if *client != "eventloop" && *client != "grpc" {
 		log.Fatalf("-client must be eventloop or grpc, not %q", *client)
 	}
+	if *serveTo != "" {
+		if err := serveOnly(*serveTo, *floor, *redisAddr); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	cs, stopProfile := common.Start()
 	defer stopProfile()
-	if err := run(cs, *duration, *warmup, *conns, *floor, *redisAddr, *client); err != nil {
+	if err := run(cs, *duration, *warmup, *conns, *floor, *redisAddr, *client, *separate); err != nil {
 		stopProfile()
 		log.Fatal(err)
 	}
 }
 
-func run(levels []int, duration, warmup time.Duration, nconns int, floor bool, redisAddr, client string) error {
-	dir, err := os.MkdirTemp("", "checkload")
+func run(levels []int, duration, warmup time.Duration, nconns int, floor bool, redisAddr, client string, separate bool) error {
+	start, where := startServer, "in the clients' process"
+	if separate {
+		start, where = startChild, "in a process of its own"
+	}
+	addr, secret, stopServer, err := start(floor, redisAddr)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	srv, tel, secret, closeServer, err := newServer(dir, redisAddr)
-	if err != nil {
-		return err
-	}
-	defer closeServer()
-
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	// AMG is served as the gateway serves it, with its telemetry; the
-	// floor with gRPC alone.
-	var gs *grpc.Server
-	if floor {
-		gs = grpc.NewServer(authz.GRPCServerOptions()...)
-		authv3.RegisterAuthorizationServer(gs, allowAll{})
-	} else {
-		gs = grpc.NewServer(append(authz.GRPCServerOptions(), tel.GRPCServerOptions()...)...)
-		authv3.RegisterAuthorizationServer(gs, srv)
-	}
-	go gs.Serve(lis)
-	defer gs.Stop()
+	defer stopServer()
 
 	req := authztest.EnvoyRequest("POST", map[string]string{
 		"authorization": "Bearer " + secret, "mcp-protocol-version": "2025-06-18",
 	}, authztest.BenchBody())
-	load, closeClients, err := dialClients(client, lis.Addr().String(), nconns, req)
+	load, closeClients, err := dialClients(client, addr, nconns, req)
 	if err != nil {
 		return err
 	}
@@ -102,7 +97,7 @@ func run(levels []int, duration, warmup time.Duration, nconns int, floor bool, r
 	if floor {
 		server = "floor (allows at once)"
 	}
-	fmt.Printf("server: %s; client: %s, %d connections\n", server, client, nconns)
+	fmt.Printf("server: %s, %s; client: %s, %d connections\n", server, where, client, nconns)
 	fmt.Fprintln(w, "concurrency\tchecks\tchecks/s\tp50\tp90\tp99\tmax\t")
 	for _, c := range levels {
 		if _, err := load(c, warmup); err != nil {
@@ -118,6 +113,116 @@ func run(levels []int, duration, warmup time.Duration, nconns int, floor bool, r
 			round(pct(0.50)), round(pct(0.90)), round(pct(0.99)), round(lat[len(lat)-1]))
 	}
 	return w.Flush()
+}
+
+// startServer serves Check in this process on a free loopback port, and
+// returns its address, the token the clients present, and how to stop it:
+// AMG as the gateway serves it, with its telemetry, or the floor with
+// gRPC alone.
+func startServer(floor bool, redisAddr string) (addr, token string, stop func(), err error) {
+	dir, err := os.MkdirTemp("", "checkload")
+	if err != nil {
+		return "", "", nil, err
+	}
+	srv, tel, secret, closeServer, err := newServer(dir, redisAddr)
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", "", nil, err
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		closeServer()
+		os.RemoveAll(dir)
+		return "", "", nil, err
+	}
+	var gs *grpc.Server
+	if floor {
+		gs = grpc.NewServer(authz.GRPCServerOptions()...)
+		authv3.RegisterAuthorizationServer(gs, allowAll{})
+	} else {
+		gs = grpc.NewServer(append(authz.GRPCServerOptions(), tel.GRPCServerOptions()...)...)
+		authv3.RegisterAuthorizationServer(gs, srv)
+	}
+	go gs.Serve(lis)
+	return lis.Addr().String(), secret, func() {
+		gs.Stop()
+		closeServer()
+		os.RemoveAll(dir)
+	}, nil
+}
+
+// serveOnly is the server process of -separate: it serves until its
+// standard input closes, which happens when the measuring process ends,
+// however it ends.
+func serveOnly(file string, floor bool, redisAddr string) error {
+	addr, token, stop, err := startServer(floor, redisAddr)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	if err := os.WriteFile(file+".tmp", []byte(addr+" "+token), 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(file+".tmp", file); err != nil {
+		return err
+	}
+	io.Copy(io.Discard, os.Stdin)
+	return nil
+}
+
+// startChild runs the server in a child process (this program with
+// -serve-to) and waits until it serves.
+func startChild(floor bool, redisAddr string) (addr, token string, stop func(), err error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", "", nil, err
+	}
+	dir, err := os.MkdirTemp("", "checkload-child")
+	if err != nil {
+		return "", "", nil, err
+	}
+	file := filepath.Join(dir, "server")
+	args := []string{"-serve-to", file}
+	if redisAddr != "" {
+		args = append(args, "-redis", redisAddr)
+	}
+	if floor {
+		args = append(args, "-floor")
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", "", nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		return "", "", nil, err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stop = func() {
+		stdin.Close()
+		<-exited
+		os.RemoveAll(dir)
+	}
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case err := <-exited:
+			os.RemoveAll(dir)
+			return "", "", nil, fmt.Errorf("the server process ended before serving: %v", err)
+		case <-deadline:
+			stop()
+			return "", "", nil, errors.New("the server process did not serve within 30s")
+		case <-time.After(20 * time.Millisecond):
+		}
+		if b, err := os.ReadFile(file); err == nil {
+			addr, token, _ := strings.Cut(string(b), " ")
+			return addr, token, stop, nil
+		}
+	}
 }
 
 func round(d time.Duration) time.Duration { return d.Round(time.Microsecond) }
