@@ -53,6 +53,7 @@ func main() {
 	redisAddr := flag.String("redis", "", "count every Check against a rate limit in the Redis at this address (host:port)")
 	client := flag.String("client", "eventloop", "eventloop: one goroutine per connection writes and reads its Checks, as Envoy's event loop does; grpc: grpc-go's client")
 	separate := flag.Bool("separate", false, "run the server in a process of its own, as AMG runs beside Envoy")
+	serverProcs := flag.Int("server-procs", 0, "with -separate, the server process's GOMAXPROCS (default: the runtime's)")
 	serveTo := flag.String("serve-to", "", "(for -separate) only serve, write the address and token to this file, and stop when stdin closes")
 	flag.Parse()
 	if *client != "eventloop" && *client != "grpc" {
@@ -66,16 +67,25 @@ func main() {
 	}
 	cs, stopProfile := common.Start()
 	defer stopProfile()
-	if err := run(cs, *duration, *warmup, *conns, *floor, *redisAddr, *client, *separate); err != nil {
+	if *serverProcs != 0 && !*separate {
+		log.Fatal("-server-procs needs -separate")
+	}
+	if err := run(cs, *duration, *warmup, *conns, *floor, *redisAddr, *client, *separate, *serverProcs); err != nil {
 		stopProfile()
 		log.Fatal(err)
 	}
 }
 
-func run(levels []int, duration, warmup time.Duration, nconns int, floor bool, redisAddr, client string, separate bool) error {
+func run(levels []int, duration, warmup time.Duration, nconns int, floor bool, redisAddr, client string, separate bool, serverProcs int) error {
 	start, where := startServer, "in the clients' process"
 	if separate {
-		start, where = startChild, "in a process of its own"
+		start = func(floor bool, redisAddr string) (string, string, func(), error) {
+			return startChild(floor, redisAddr, serverProcs)
+		}
+		where = "in a process of its own"
+		if serverProcs > 0 {
+			where += fmt.Sprintf(" (GOMAXPROCS=%d)", serverProcs)
+		}
 	}
 	addr, secret, stopServer, err := start(floor, redisAddr)
 	if err != nil {
@@ -171,8 +181,8 @@ func serveOnly(file string, floor bool, redisAddr string) error {
 }
 
 // startChild runs the server in a child process (this program with
-// -serve-to) and waits until it serves.
-func startChild(floor bool, redisAddr string) (addr, token string, stop func(), err error) {
+// -serve-to), with GOMAXPROCS procs if not 0, and waits until it serves.
+func startChild(floor bool, redisAddr string, procs int) (addr, token string, stop func(), err error) {
 	self, err := os.Executable()
 	if err != nil {
 		return "", "", nil, err
@@ -191,6 +201,9 @@ func startChild(floor bool, redisAddr string) (addr, token string, stop func(), 
 	}
 	cmd := exec.Command(self, args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if procs > 0 {
+		cmd.Env = append(os.Environ(), fmt.Sprintf("GOMAXPROCS=%d", procs))
+	}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		os.RemoveAll(dir)
