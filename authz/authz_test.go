@@ -340,8 +340,8 @@ func TestLifecycleMethodsAllowed(t *testing.T) {
 }
 
 // A token whose role the policy does not define, or any token while no
-// policy is loaded, reaches nothing: not even initialize or tools/list,
-// which the broker could not serve. The agent reads why, from its first
+// policy is loaded, reaches nothing: not even initialize, tools/list or
+// the stream of server messages, which the broker could not serve. The agent reads why, from its first
 // request on, and each denial is audited.
 func TestLifecycleNeedsADefinedRole(t *testing.T) {
 	bodies := []string{
@@ -374,6 +374,21 @@ func TestLifecycleNeedsADefinedRole(t *testing.T) {
 				}
 				if rec := e.audit.last(t); rec.Code != string(tt.code) || rec.Verdict != "deny" {
 					t.Errorf("%s: audited as %s %s", body, rec.Verdict, rec.Code)
+				}
+			}
+			// Nor the stream of server messages, nor the end of a session.
+			for _, method := range []string{"GET", "DELETE"} {
+				resp, err := e.client.Check(context.Background(), envoyRequest(method,
+					map[string]string{"authorization": "Bearer " + e.tokens[tt.agent], "mcp-session-id": "s1"}, ""))
+				if err != nil {
+					t.Fatal(err)
+				}
+				d := denied(t, resp)
+				if r := rpcErr(t, d.body); d.status != 403 || r.Error.Code != RPCDenied || r.Error.Data.Code != tt.code || r.Error.Message != tt.reason {
+					t.Errorf("%s: denied with %d %s; want 403, %s, %q", method, d.status, d.body, tt.code, tt.reason)
+				}
+				if rec := e.audit.last(t); rec.Code != string(tt.code) || rec.Verdict != "deny" || rec.Method != "HTTP "+method {
+					t.Errorf("%s: audited as %s %s %s", method, rec.Method, rec.Verdict, rec.Code)
 				}
 			}
 		})

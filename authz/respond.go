@@ -114,7 +114,22 @@ func (c *call) ok(verdict string, approvalTimeout time.Duration) *authv3.CheckRe
 	return &r.resp
 }
 
+// allowWithoutBody answers a request without a body (the stream of
+// server messages, the end of a session) from an authenticated agent: as
+// every request, it needs a role the policy defines, the only kind the
+// broker has sessions for.
 func (c *call) allowWithoutBody(method string) *authv3.CheckResponse {
+	c.set = c.s.deps.Policies.Current()
+	role, undefined := decision.LookupRole(c.set, c.token.Role)
+	if role == nil {
+		rec := c.record(verdictDeny, string(undefined.Code), undefined.Reason)
+		rec.Method = "HTTP " + method
+		if err := c.s.deps.Audit.Log(rec); err != nil {
+			return c.auditFailed(err)
+		}
+		return c.deniedResponse(403, code.Code_PERMISSION_DENIED, nil, rpcResponse{JSONRPC: "2.0", ID: nullID,
+			Error: rpcError{Code: RPCDenied, Message: undefined.Reason, Data: rpcErrorData{DecisionID: c.id, Code: Code(undefined.Code)}}})
+	}
 	rec := c.record(verdictAllow, string(CodeLifecycle), "")
 	rec.Method = "HTTP " + method
 	if err := c.s.deps.Audit.Log(rec); err != nil {
