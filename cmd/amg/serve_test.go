@@ -282,6 +282,19 @@ func TestServeLeavesAPolicyDirectoryAlone(t *testing.T) {
 	if !strings.Contains(srv.stderr.String(), "no role files") {
 		t.Errorf("serve's log does not report the empty policy directory:\n%s", srv.stderr.String())
 	}
+	// The agent learns why from its first request.
+	m := regexp.MustCompile(`msg=serving mcp=(\S+)`).FindStringSubmatch(srv.line)
+	if m == nil {
+		t.Fatalf("serve's log does not name its MCP endpoint: %s", srv.line)
+	}
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(ctx,
+		&mcp.StreamableClientTransport{Endpoint: m[1], HTTPClient: &http.Client{Transport: bearer{srv.token}}}, nil)
+	if err == nil {
+		cs.Close()
+		t.Error("an agent could initialize with no policy loaded")
+	} else if !strings.Contains(err.Error(), "no policy is loaded") {
+		t.Errorf("initialize with no policy loaded: %v", err)
+	}
 	cancel()
 	<-srv.exited
 }
