@@ -555,6 +555,7 @@ func (b *Broker) newRoleServer() *roleServer {
 		},
 	})
 	srv.AddReceivingMiddleware(b.trackSession, b.passLogLevel)
+	srv.AddSendingMiddleware(restoreElicitSchema)
 	return &roleServer{
 		srv:       srv,
 		tools:     map[string]*mcp.Tool{},
@@ -873,7 +874,7 @@ func (b *Broker) recordUpstream(h http.Header, server, tool string, took time.Du
 // connect opens a client session to u within its connect timeout, asking
 // for protocol version (empty: the latest). obs, if not nil, sees the
 // session's notifications in wire order (see tap).
-func (u *upstream) connect(ctx context.Context, opts *mcp.ClientOptions, version string, obs observer) (*mcp.ClientSession, mcp.Transport, error) {
+func (u *upstream) connect(ctx context.Context, opts *mcp.ClientOptions, version string, obs observer, mw ...mcp.Middleware) (*mcp.ClientSession, mcp.Transport, error) {
 	ctx, cancel := context.WithTimeout(ctx, u.ConnectTimeout)
 	defer cancel()
 	t, err := u.Transport(ctx)
@@ -884,7 +885,9 @@ func (u *upstream) connect(ctx context.Context, opts *mcp.ClientOptions, version
 	if obs != nil {
 		connect = tap(t, obs)
 	}
-	cs, err := mcp.NewClient(&mcp.Implementation{Name: "amg", Version: "1"}, opts).Connect(ctx, connect, &mcp.ClientSessionOptions{ProtocolVersion: version})
+	c := mcp.NewClient(&mcp.Implementation{Name: "amg", Version: "1"}, opts)
+	c.AddReceivingMiddleware(mw...)
+	cs, err := c.Connect(ctx, connect, &mcp.ClientSessionOptions{ProtocolVersion: version})
 	return cs, t, err
 }
 
@@ -1065,13 +1068,23 @@ const RPCUpstreamError = -32010
 // Notifications are relayed by the tap (see inflight.relay). A request
 // the upstream gives up on (its handler's context ends) is cancelled at
 // the agent too.
-func relay(ss *mcp.ServerSession, call func() context.Context) *mcp.ClientOptions {
+//
+// Elicitations pass unchecked both ways (see relayElicitation): the
+// client options come with receiving middleware for the upstream
+// session's client that hands them over before the SDK's client checks
+// them.
+func relay(ss *mcp.ServerSession, call func() context.Context) (*mcp.ClientOptions, mcp.Middleware) {
 	routed := func(hctx context.Context) (context.Context, context.CancelFunc) {
 		ctx, cancel := context.WithCancel(call())
 		stop := context.AfterFunc(hctx, cancel)
 		return ctx, func() { stop(); cancel() }
 	}
-	return &mcp.ClientOptions{
+	elicit := func(hctx context.Context, req *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
+		ctx, done := routed(hctx)
+		defer done()
+		return relayElicitation(ctx, ss, req.Params)
+	}
+	opts := &mcp.ClientOptions{
 		// Sampling is deprecated from protocol 2026-07-28 on, but agents and
 		// upstreams on older versions still use it; a gateway must relay it.
 		//lint:ignore SA1019 relayed for protocol versions that have it
@@ -1081,11 +1094,59 @@ func relay(ss *mcp.ServerSession, call func() context.Context) *mcp.ClientOption
 			//lint:ignore SA1019 relayed for protocol versions that have it
 			return ss.CreateMessage(ctx, req.Params)
 		},
-		ElicitationHandler: func(hctx context.Context, req *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
-			ctx, done := routed(hctx)
-			defer done()
-			return ss.Elicit(ctx, req.Params)
-		},
+		// Set so that the client offers elicitation; the middleware below
+		// answers every elicitation before the SDK would call it.
+		ElicitationHandler: elicit,
+	}
+	uncheckedElicitation := func(next mcp.MethodHandler) mcp.MethodHandler {
+		return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
+			if er, ok := req.(*mcp.ElicitRequest); ok {
+				return elicit(ctx, er)
+			}
+			return next(ctx, method, req)
+		}
+	}
+	return opts, uncheckedElicitation
+}
+
+// relayElicitation asks the agent's session for what an upstream asked
+// with p, and returns the agent's answer, both as they were sent. The
+// SDK, asking and answering elicitations itself, checks a form's schema,
+// and the answer against it, by its own reading of the specification,
+// which refuses schemas that other clients take (titled multi-select
+// items that also give their type, as the SDK's own conformance server
+// sends them), and it fills the answer in with the schema's defaults. The
+// agent's client and the upstream are the ones to judge both. So the
+// schema goes to the agent's session in the context, not in p, and
+// restoreElicitSchema, sending middleware of every role server, puts it
+// back into the request as it goes out.
+func relayElicitation(ctx context.Context, ss *mcp.ServerSession, p *mcp.ElicitParams) (*mcp.ElicitResult, error) {
+	if p == nil || p.RequestedSchema == nil {
+		return ss.Elicit(ctx, p)
+	}
+	bare := *p
+	bare.RequestedSchema = nil
+	return ss.Elicit(context.WithValue(ctx, elicitSchemaKey{}, p.RequestedSchema), &bare)
+}
+
+// elicitSchemaKey is the context key of the schema of an elicitation
+// being relayed.
+type elicitSchemaKey struct{}
+
+// restoreElicitSchema is sending middleware that puts the schema of an
+// elicitation relayElicitation relays back into its request.
+func restoreElicitSchema(next mcp.MethodHandler) mcp.MethodHandler {
+	return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
+		schema := ctx.Value(elicitSchemaKey{})
+		// The SDK sends its requests typed by the Params interface.
+		if r, ok := req.(*mcp.ServerRequest[mcp.Params]); ok && schema != nil {
+			if ep, ok := r.Params.(*mcp.ElicitParams); ok && ep != nil && ep.RequestedSchema == nil {
+				p := *ep
+				p.RequestedSchema = schema
+				req = &mcp.ServerRequest[mcp.Params]{Session: r.Session, Params: &p, Extra: r.Extra}
+			}
+		}
+		return next(ctx, method, req)
 	}
 }
 

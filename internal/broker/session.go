@@ -353,7 +353,8 @@ func (b *Broker) connectFor(ctx context.Context, as *agentSession, u *upstream) 
 	connectCtx, cancel := context.WithCancel(context.Background())
 	defer context.AfterFunc(ctx, cancel)()
 	defer cancel()
-	cs, t, err := u.connect(connectCtx, relay(ss, func() context.Context { return as.calls.only(u.Name) }), version,
+	opts, relayMW := relay(ss, func() context.Context { return as.calls.only(u.Name) })
+	cs, t, err := u.connect(connectCtx, opts, version,
 		func(n *jsonrpc.Request) {
 			// It runs on the SDK's reader, where a panic would end the
 			// process: what one upstream sent must not take every agent
@@ -364,7 +365,7 @@ func (b *Broker) connectFor(ctx context.Context, as *agentSession, u *upstream) 
 				}
 			}()
 			b.relayNotification(as, u.Name, n)
-		})
+		}, relayMW)
 	if err != nil {
 		return nil, err
 	}

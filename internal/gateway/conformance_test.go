@@ -33,8 +33,9 @@ func conformanceCLI(t *testing.T) string {
 }
 
 // startConformanceServer builds and runs the go-sdk's conformance
-// everything-server on loopback.
-func startConformanceServer(t *testing.T) string {
+// everything-server on loopback, and returns its URL and its program,
+// which serves over stdio when run without flags.
+func startConformanceServer(t *testing.T) (url, program string) {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "everything-server")
 	build := exec.Command("go", "build", "-o", bin, "github.com/modelcontextprotocol/go-sdk/conformance/everything-server")
@@ -51,11 +52,11 @@ func startConformanceServer(t *testing.T) string {
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		if resp, err := http.Get(u); err == nil {
 			resp.Body.Close()
-			return u
+			return u, bin
 		}
 	}
 	t.Fatal("conformance server did not start")
-	return ""
+	return "", ""
 }
 
 // grantEverything writes a role that grants every tool (naming each of
@@ -153,51 +154,62 @@ func runConformance(t *testing.T, url string) (map[string]bool, string) {
 // TestConformance runs the official MCP conformance suite against the
 // go-sdk's conformance server alone and through AMG (with a role granting
 // all it offers), and lists every scenario that passes alone but not
-// through the gateway.
+// through the gateway. AMG reaches the server both ways an upstream can
+// be reached: over Streamable HTTP, where calls take the broker's direct
+// path, and over stdio, where they go through the SDK's client and server.
 func TestConformance(t *testing.T) {
-	upstream := startConformanceServer(t)
+	upstream, program := startConformanceServer(t)
 	direct, directTotal := runConformance(t, upstream)
+	t.Logf("conformance: upstream alone %s", directTotal)
+	grant := grantEverything(t, upstream)
+	for _, tc := range []struct {
+		name string
+		up   *config.Upstream
+	}{
+		{"http", &config.Upstream{Name: "everything", URL: upstream, ConnectTimeout: 5 * time.Second, CallTimeout: 30 * time.Second}},
+		{"stdio", &config.Upstream{Name: "everything", Command: []string{program}, ConnectTimeout: 5 * time.Second, CallTimeout: 30 * time.Second}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			url, token := startGateway(t, map[string]*config.Upstream{"everything": tc.up}, "conformance", grant, func(c *config.Config) {
+				// The suite calls the server's own names; with one upstream
+				// the gateway can show them unchanged.
+				c.UnprefixedNames = true
+			})
+			// The suite cannot send a bearer token; a loopback proxy adds it.
+			target, _ := urlParse(url)
+			proxy := httptest.NewServer(&httputil.ReverseProxy{
+				Rewrite: func(r *httputil.ProxyRequest) {
+					r.SetURL(target)
+					r.Out.URL.Path = target.Path
+					r.Out.Host = r.In.Host // as Envoy keeps :authority
+					r.Out.Header.Set("Authorization", "Bearer "+token)
+				},
+				FlushInterval: -1,
+			})
+			defer proxy.Close()
+			gated, gatedTotal := runConformance(t, proxy.URL+"/mcp")
 
-	url, token := startGateway(t, map[string]*config.Upstream{"everything": {
-		Name: "everything", URL: upstream, ConnectTimeout: 5 * time.Second, CallTimeout: 30 * time.Second,
-	}}, "conformance", grantEverything(t, upstream), func(c *config.Config) {
-		// The suite calls the server's own names; with one upstream the
-		// gateway can show them unchanged.
-		c.UnprefixedNames = true
-	})
-	// The suite cannot send a bearer token; a loopback proxy adds it.
-	target, _ := urlParse(url)
-	proxy := httptest.NewServer(&httputil.ReverseProxy{
-		Rewrite: func(r *httputil.ProxyRequest) {
-			r.SetURL(target)
-			r.Out.URL.Path = target.Path
-			r.Out.Host = r.In.Host // as Envoy keeps :authority
-			r.Out.Header.Set("Authorization", "Bearer "+token)
-		},
-		FlushInterval: -1,
-	})
-	defer proxy.Close()
-	gated, gatedTotal := runConformance(t, proxy.URL+"/mcp")
-
-	var lost, stale []string
-	for name, ok := range direct {
-		if ok && !gated[name] {
-			if _, known := knownGaps[name]; !known {
-				lost = append(lost, name)
+			var lost, stale []string
+			for name, ok := range direct {
+				if ok && !gated[name] {
+					if _, known := knownGaps[name]; !known {
+						lost = append(lost, name)
+					}
+				}
+				if _, known := knownGaps[name]; known && ok && gated[name] {
+					stale = append(stale, name)
+				}
 			}
-		}
-		if _, known := knownGaps[name]; known && ok && gated[name] {
-			stale = append(stale, name)
-		}
-	}
-	slices.Sort(lost)
-	slices.Sort(stale)
-	t.Logf("conformance: upstream alone %s; through AMG %s; %d known gaps", directTotal, gatedTotal, len(knownGaps))
-	if len(lost) > 0 {
-		t.Errorf("%d scenarios pass against the upstream alone but not through AMG: %s", len(lost), strings.Join(lost, ", "))
-	}
-	if len(stale) > 0 {
-		t.Errorf("known gaps that now pass through AMG (remove them from knownGaps): %s", strings.Join(stale, ", "))
+			slices.Sort(lost)
+			slices.Sort(stale)
+			t.Logf("conformance: through AMG, upstream over %s: %s; %d known gaps", tc.name, gatedTotal, len(knownGaps))
+			if len(lost) > 0 {
+				t.Errorf("%d scenarios pass against the upstream alone but not through AMG: %s", len(lost), strings.Join(lost, ", "))
+			}
+			if len(stale) > 0 {
+				t.Errorf("known gaps that now pass through AMG (remove them from knownGaps): %s", strings.Join(stale, ", "))
+			}
+		})
 	}
 }
 
