@@ -344,6 +344,7 @@ func (b *Broker) refresh(ctx context.Context, u *upstream) error {
 		}
 		var err error
 		cs, _, err = u.connect(ctx, &mcp.ClientOptions{
+			Capabilities:               noRoots(),
 			ToolListChangedHandler:     func(context.Context, *mcp.ToolListChangedRequest) { changed() },
 			PromptListChangedHandler:   func(context.Context, *mcp.PromptListChangedRequest) { changed() },
 			ResourceListChangedHandler: func(context.Context, *mcp.ResourceListChangedRequest) { changed() },
@@ -1085,6 +1086,7 @@ func relay(ss *mcp.ServerSession, call func() context.Context) (*mcp.ClientOptio
 		return relayElicitation(ctx, ss, req.Params)
 	}
 	opts := &mcp.ClientOptions{
+		Capabilities: noRoots(),
 		// Sampling is deprecated from protocol 2026-07-28 on, but agents and
 		// upstreams on older versions still use it; a gateway must relay it.
 		//lint:ignore SA1019 relayed for protocol versions that have it
@@ -1108,6 +1110,15 @@ func relay(ss *mcp.ServerSession, call func() context.Context) (*mcp.ClientOptio
 	}
 	return opts, uncheckedElicitation
 }
+
+// noRoots are the capabilities the broker's clients start from: none,
+// roots included, which the SDK's client otherwise offers. A server may
+// take a client's roots as the directories it is allowed to work in (the
+// filesystem server replaces those it was started with by them): relayed,
+// the agent's would let an agent move the scope the operator gave an
+// upstream, and the gateway has none of its own. The SDK adds sampling
+// and elicitation for the handlers set.
+func noRoots() *mcp.ClientCapabilities { return &mcp.ClientCapabilities{} }
 
 // relayElicitation asks the agent's session for what an upstream asked
 // with p, and returns the agent's answer, both as they were sent. The

@@ -44,6 +44,7 @@ servers:
       - name: refuse
       - name: late_tool
       - name: ask
+      - name: roots
       - name: slow
       - name: wait
       - name: big
@@ -147,6 +148,15 @@ func newUpstream() *upstreamServer {
 			return nil, err
 		}
 		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "agent said: " + res.Content.(*mcp.TextContent).Text + "; name " + fmt.Sprint(el.Content["name"])}}}, nil
+	})
+	u.srv.AddTool(&mcp.Tool{Name: "roots", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		offered := req.Session.InitializeParams().Capabilities.RootsV2 != nil
+		// Asked even when not offered, as a server that does not check might.
+		res, err := req.Session.ListRoots(ctx, nil)
+		if err != nil {
+			return nil, err
+		}
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: fmt.Sprintf("roots offered: %v; listed: %d", offered, len(res.Roots))}}}, nil
 	})
 	u.srv.AddTool(&mcp.Tool{Name: "slow", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 		for i := range 2 {
@@ -419,7 +429,7 @@ func TestToolsListShowsOnlyGrantedTools(t *testing.T) {
 	cs := g.connect(t, nil)
 	// drop_database is not granted; late_tool is granted but the upstream
 	// does not have it (yet).
-	if diff := cmp.Diff([]string{"notion__ask", "notion__big", "notion__delete_page", "notion__fail", "notion__get_pages", "notion__refuse", "notion__slow", "notion__wait"}, toolNames(t, cs)); diff != "" {
+	if diff := cmp.Diff([]string{"notion__ask", "notion__big", "notion__delete_page", "notion__fail", "notion__get_pages", "notion__refuse", "notion__roots", "notion__slow", "notion__wait"}, toolNames(t, cs)); diff != "" {
 		t.Errorf("tools (-want +got):\n%s", diff)
 	}
 }
@@ -657,6 +667,42 @@ func TestServerToClientRequestsAreRelayed(t *testing.T) {
 			t.Fatalf("sampling and elicitation through the gateway: %v %+v", err, res)
 		}
 		g.checkPath(t, "notion__ask")
+	})
+}
+
+// Upstreams are offered no roots, and asked for them anyway get none:
+// the agent's roots never reach them, nor their asking the agent.
+func TestUpstreamsGetNoRoots(t *testing.T) {
+	bothPaths(t, func(t *testing.T, g *gateway) {
+		var asked atomic.Int32
+		c := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil)
+		c.AddRoots(&mcp.Root{URI: "file:///", Name: "everything"})
+		c.AddReceivingMiddleware(func(next mcp.MethodHandler) mcp.MethodHandler {
+			return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
+				if method == "roots/list" {
+					asked.Add(1)
+				}
+				return next(ctx, method, req)
+			}
+		})
+		transport := &mcp.StreamableClientTransport{Endpoint: g.url, HTTPClient: &http.Client{Transport: bearer{g.token, http.DefaultTransport}}}
+		cs, err := c.Connect(context.Background(), transport, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cs.Close()
+		g.warm(t, cs)
+		res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__roots", Arguments: json.RawMessage(`{}`)})
+		if err != nil || res.IsError {
+			t.Fatalf("the roots tool: %v %+v", err, res)
+		}
+		if got := res.Content[0].(*mcp.TextContent).Text; got != "roots offered: false; listed: 0" {
+			t.Errorf("the upstream's view: %q", got)
+		}
+		g.checkPath(t, "notion__roots")
+		if n := asked.Load(); n != 0 {
+			t.Errorf("the agent was asked for its roots %d times", n)
+		}
 	})
 }
 

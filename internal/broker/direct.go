@@ -82,6 +82,15 @@ func (d *directUpstream) post(ctx context.Context, body []byte, method, name str
 	return d.client.Do(req)
 }
 
+// answerNoRoots answers the upstream's roots/list request id with an
+// empty list.
+func (d *directUpstream) answerNoRoots(ctx context.Context, id []byte) {
+	body := append(append([]byte(`{"jsonrpc":"2.0","id":`), id...), `,"result":{"roots":[]}}`...)
+	if resp, err := d.post(ctx, body, "", ""); err == nil {
+		resp.Body.Close()
+	}
+}
+
 // directCall is a tools/call in flight on the direct path.
 type directCall struct {
 	server string
@@ -346,6 +355,12 @@ func (b *Broker) streamDirect(stream *sseStream, r *http.Request, as *agentSessi
 			}
 			send(data)
 		case mcpfilter.KindRequest:
+			if m.Method == "roots/list" {
+				// Not offered (see noRoots), but asked anyway: answered
+				// with none, as the SDK's client does on the other path.
+				d.answerNoRoots(r.Context(), m.ID)
+				return
+			}
 			// Relayed under an id of the broker's, so that it cannot clash
 			// with the ids of the agent session's other requests.
 			id := `"amg-s-` + strconv.FormatUint(b.ids.Add(1), 10) + `"`
