@@ -1085,20 +1085,25 @@ func relay(ss *mcp.ServerSession, call func() context.Context) (*mcp.ClientOptio
 		defer done()
 		return relayElicitation(ctx, ss, req.Params)
 	}
-	opts := &mcp.ClientOptions{
-		Capabilities: noRoots(),
-		// Sampling is deprecated from protocol 2026-07-28 on, but agents and
-		// upstreams on older versions still use it; a gateway must relay it.
+	caps, sampling, elicitation := upstreamCapabilities(ss)
+	opts := &mcp.ClientOptions{Capabilities: caps}
+	if sampling {
+		// Sampling is deprecated from protocol 2026-07-28 on, but agents
+		// and upstreams on older versions still use it; a gateway must
+		// relay it. The handler with tools passes a request and its answer
+		// whole (the other takes one content block, and drops tools).
 		//lint:ignore SA1019 relayed for protocol versions that have it
-		CreateMessageHandler: func(hctx context.Context, req *mcp.CreateMessageRequest) (*mcp.CreateMessageResult, error) {
+		opts.CreateMessageWithToolsHandler = func(hctx context.Context, req *mcp.CreateMessageWithToolsRequest) (*mcp.CreateMessageWithToolsResult, error) {
 			ctx, done := routed(hctx)
 			defer done()
 			//lint:ignore SA1019 relayed for protocol versions that have it
-			return ss.CreateMessage(ctx, req.Params)
-		},
-		// Set so that the client offers elicitation; the middleware below
-		// answers every elicitation before the SDK would call it.
-		ElicitationHandler: elicit,
+			return ss.CreateMessageWithTools(ctx, req.Params)
+		}
+	}
+	if elicitation {
+		// The middleware below answers every elicitation before the SDK
+		// would call this.
+		opts.ElicitationHandler = elicit
 	}
 	uncheckedElicitation := func(next mcp.MethodHandler) mcp.MethodHandler {
 		return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
@@ -1110,6 +1115,36 @@ func relay(ss *mcp.ServerSession, call func() context.Context) (*mcp.ClientOptio
 	}
 	return opts, uncheckedElicitation
 }
+
+// upstreamCapabilities are what the broker's client offers an upstream
+// for the agent of session ss, and whether it relays sampling and
+// elicitation: what the agent declared of those at initialize, so that
+// an upstream asks only what the agent can answer, and no roots (see
+// noRoots). From protocol 2026-07-28 on, an agent declares its
+// capabilities with each request, and both are offered.
+func upstreamCapabilities(ss *mcp.ServerSession) (caps *mcp.ClientCapabilities, sampling, elicitation bool) {
+	caps = noRoots()
+	p := ss.InitializeParams()
+	if p == nil || p.Capabilities == nil || p.ProtocolVersion >= perRequestFrom {
+		// The SDK fills in what it offers for each handler.
+		return caps, true, true
+	}
+	//lint:ignore SA1019 relayed for protocol versions that have it
+	if a := p.Capabilities.Sampling; a != nil {
+		c := *a
+		//lint:ignore SA1019 relayed for protocol versions that have it
+		caps.Sampling, sampling = &c, true
+	}
+	if a := p.Capabilities.Elicitation; a != nil {
+		c := *a
+		caps.Elicitation, elicitation = &c, true
+	}
+	return caps, sampling, elicitation
+}
+
+// perRequestFrom is the first protocol version without the initialize
+// handshake, whose requests each carry the client's capabilities.
+const perRequestFrom = "2026-07-28"
 
 // noRoots are the capabilities the broker's clients start from: none,
 // roots included, which the SDK's client otherwise offers. A server may

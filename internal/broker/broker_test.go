@@ -45,6 +45,8 @@ servers:
       - name: late_tool
       - name: ask
       - name: roots
+      - name: offered
+      - name: sample_with_tools
       - name: slow
       - name: wait
       - name: big
@@ -157,6 +159,20 @@ func newUpstream() *upstreamServer {
 			return nil, err
 		}
 		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: fmt.Sprintf("roots offered: %v; listed: %d", offered, len(res.Roots))}}}, nil
+	})
+	u.srv.AddTool(&mcp.Tool{Name: "offered", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		c := req.Session.InitializeParams().Capabilities
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: fmt.Sprintf("sampling %v, tools %v; elicitation %v; roots %v",
+			c.Sampling != nil, c.Sampling != nil && c.Sampling.Tools != nil, c.Elicitation != nil, c.RootsV2 != nil)}}}, nil
+	})
+	u.srv.AddTool(&mcp.Tool{Name: "sample_with_tools", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		res, err := req.Session.CreateMessageWithTools(ctx, &mcp.CreateMessageWithToolsParams{MaxTokens: 10,
+			Messages: []*mcp.SamplingMessageV2{{Role: "user", Content: []mcp.Content{&mcp.TextContent{Text: "look"}, &mcp.TextContent{Text: "up"}}}},
+			Tools:    []*mcp.Tool{{Name: "lookup", InputSchema: json.RawMessage(`{"type":"object"}`)}}})
+		if err != nil {
+			return nil, err
+		}
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "agent said: " + res.Content[0].(*mcp.TextContent).Text}}}, nil
 	})
 	u.srv.AddTool(&mcp.Tool{Name: "slow", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 		for i := range 2 {
@@ -429,7 +445,7 @@ func TestToolsListShowsOnlyGrantedTools(t *testing.T) {
 	cs := g.connect(t, nil)
 	// drop_database is not granted; late_tool is granted but the upstream
 	// does not have it (yet).
-	if diff := cmp.Diff([]string{"notion__ask", "notion__big", "notion__delete_page", "notion__fail", "notion__get_pages", "notion__refuse", "notion__roots", "notion__slow", "notion__wait"}, toolNames(t, cs)); diff != "" {
+	if diff := cmp.Diff([]string{"notion__ask", "notion__big", "notion__delete_page", "notion__fail", "notion__get_pages", "notion__offered", "notion__refuse", "notion__roots", "notion__sample_with_tools", "notion__slow", "notion__wait"}, toolNames(t, cs)); diff != "" {
 		t.Errorf("tools (-want +got):\n%s", diff)
 	}
 }
@@ -704,6 +720,53 @@ func TestUpstreamsGetNoRoots(t *testing.T) {
 			t.Errorf("the agent was asked for its roots %d times", n)
 		}
 	})
+}
+
+// An upstream is offered sampling and elicitation as the agent declared
+// them, so that it asks only what the agent can answer.
+func TestUpstreamsAreOfferedWhatTheAgentDeclared(t *testing.T) {
+	sample := func(_ context.Context, req *mcp.CreateMessageWithToolsRequest) (*mcp.CreateMessageWithToolsResult, error) {
+		text := fmt.Sprintf("%d tools, %d content blocks", len(req.Params.Tools), len(req.Params.Messages[0].Content))
+		return &mcp.CreateMessageWithToolsResult{Model: "m", Role: "assistant", Content: []mcp.Content{&mcp.TextContent{Text: text}}}, nil
+	}
+	elicit := func(context.Context, *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
+		return &mcp.ElicitResult{Action: "decline"}, nil
+	}
+	for _, tc := range []struct {
+		name string
+		opts *mcp.ClientOptions
+		want string
+	}{
+		{"neither", nil, "sampling false, tools false; elicitation false; roots false"},
+		{"both", &mcp.ClientOptions{CreateMessageWithToolsHandler: sample, ElicitationHandler: elicit},
+			"sampling true, tools true; elicitation true; roots false"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bothPaths(t, func(t *testing.T, g *gateway) {
+				cs := g.connect(t, tc.opts)
+				g.warm(t, cs)
+				res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__offered", Arguments: json.RawMessage(`{}`)})
+				if err != nil || res.IsError {
+					t.Fatalf("the offered tool: %v %+v", err, res)
+				}
+				if got := res.Content[0].(*mcp.TextContent).Text; got != tc.want {
+					t.Errorf("the upstream was offered %q, want %q", got, tc.want)
+				}
+				if tc.opts == nil {
+					return
+				}
+				// A sampling request with tools and several content blocks
+				// reaches the agent whole.
+				res, err = cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__sample_with_tools", Arguments: json.RawMessage(`{}`)})
+				if err != nil || res.IsError {
+					t.Fatalf("sampling with tools: %v %+v", err, res)
+				}
+				if got := res.Content[0].(*mcp.TextContent).Text; got != "agent said: 1 tools, 2 content blocks" {
+					t.Errorf("sampling with tools: %q", got)
+				}
+			})
+		})
+	}
 }
 
 // bothPaths runs test against an upstream in memory, which the SDK path
