@@ -121,19 +121,17 @@ func (c *call) ok(verdict string, approvalTimeout time.Duration) *authv3.CheckRe
 func (c *call) allowWithoutBody(method string) *authv3.CheckResponse {
 	c.set = c.s.deps.Policies.Current()
 	role, undefined := decision.LookupRole(c.set, c.token.Role)
+	verdict, why, reason := verdictAllow, CodeLifecycle, ""
 	if role == nil {
-		rec := c.record(verdictDeny, string(undefined.Code), undefined.Reason)
-		rec.Method = "HTTP " + method
-		if err := c.s.deps.Audit.Log(rec); err != nil {
-			return c.auditFailed(err)
-		}
-		return c.deniedResponse(403, code.Code_PERMISSION_DENIED, nil, rpcResponse{JSONRPC: "2.0", ID: nullID,
-			Error: rpcError{Code: RPCDenied, Message: undefined.Reason, Data: rpcErrorData{DecisionID: c.id, Code: Code(undefined.Code)}}})
+		verdict, why, reason = verdictDeny, Code(undefined.Code), undefined.Reason
 	}
-	rec := c.record(verdictAllow, string(CodeLifecycle), "")
+	rec := c.record(verdict, string(why), reason)
 	rec.Method = "HTTP " + method
 	if err := c.s.deps.Audit.Log(rec); err != nil {
 		return c.auditFailed(err)
+	}
+	if role == nil {
+		return c.rpcDenial(403, why, RPCDenied, reason)
 	}
 	return c.ok(verdictAllow, 0)
 }
@@ -201,6 +199,12 @@ func (c *call) rejectRPC(httpStatus int, why Code, rpcCode int, reason string) *
 	if err := c.s.deps.Audit.Log(c.record(verdictDeny, string(why), reason)); err != nil {
 		return c.auditFailed(err)
 	}
+	return c.rpcDenial(httpStatus, why, rpcCode, reason)
+}
+
+// rpcDenial is the denial, already audited, that answers with one
+// JSON-RPC error.
+func (c *call) rpcDenial(httpStatus int, why Code, rpcCode int, reason string) *authv3.CheckResponse {
 	return c.deniedResponse(httpStatus, code.Code_PERMISSION_DENIED, nil, rpcResponse{JSONRPC: "2.0", ID: c.answerID(),
 		Error: rpcError{Code: rpcCode, Message: reason, Data: rpcErrorData{DecisionID: c.id, Code: why}}})
 }

@@ -16,9 +16,10 @@ import (
 )
 
 // notifier returns what tells the webhook at t, its references resolved
-// with src, of each new pending approval, or nil without a webhook: a JSON POST of the approval (never the request body,
-// which may hold secrets), retried briefly, its failure logged. The call
-// waits whether or not anyone was told.
+// with src, of each new pending approval, or nil without a webhook: a
+// JSON POST of the approval (never the request body, which may hold
+// secrets), retried briefly, its failure logged. The call waits whether
+// or not anyone was told.
 func (g *Gateway) notifier(t config.Template, src secrets.Source) (func(*approval.Approval), error) {
 	if t.String() == "" {
 		return nil, nil
