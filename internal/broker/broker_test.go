@@ -1112,17 +1112,7 @@ func TestCancellationReachesTheUpstream(t *testing.T) {
 func TestResourceUpdatesAreRelayed(t *testing.T) {
 	bothPaths(t, func(t *testing.T, g *gateway) {
 		_, updates := subscribed(t, g)
-		if err := g.up.srv.ResourceUpdated(context.Background(), &mcp.ResourceUpdatedNotificationParams{URI: "notion://ws_abc123/p1"}); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case got := <-updates:
-			if got != subscribedURI {
-				t.Errorf("update for %q, want %q", got, subscribedURI)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("the resource update did not reach the agent")
-		}
+		updateReaches(t, g, updates, "the resource update did not reach the agent")
 	})
 }
 
@@ -1134,7 +1124,7 @@ func TestResourceUpdatesOncePerUpdate(t *testing.T) {
 		_, first := subscribed(t, g)
 		_, second := subscribed(t, g)
 		for range 2 {
-			if err := g.up.srv.ResourceUpdated(context.Background(), &mcp.ResourceUpdatedNotificationParams{URI: "notion://ws_abc123/p1"}); err != nil {
+			if err := g.up.srv.ResourceUpdated(context.Background(), &mcp.ResourceUpdatedNotificationParams{URI: subscribedUpstreamURI}); err != nil {
 				t.Fatal(err)
 			}
 			time.Sleep(50 * time.Millisecond) // well within the window in which copies are one
@@ -1156,8 +1146,30 @@ func TestResourceUpdatesOncePerUpdate(t *testing.T) {
 	})
 }
 
-// subscribedURI is the resource subscribed assigns, as the agent sees it.
-const subscribedURI = "amg:notion:notion://ws_abc123/p1"
+// subscribedURI is the resource subscribed assigns, as the agent sees it,
+// and subscribedUpstreamURI the same as the upstream knows it.
+const (
+	subscribedURI         = "amg:notion:notion://ws_abc123/p1"
+	subscribedUpstreamURI = "notion://ws_abc123/p1"
+)
+
+// updateReaches has the upstream announce an update of the resource
+// subscribed assigns, and fails with failure unless updates brings it to
+// the agent, under the URI the agent sees.
+func updateReaches(t *testing.T, g *gateway, updates <-chan string, failure string) {
+	t.Helper()
+	if err := g.up.srv.ResourceUpdated(context.Background(), &mcp.ResourceUpdatedNotificationParams{URI: subscribedUpstreamURI}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-updates:
+		if got != subscribedURI {
+			t.Errorf("update for %q, want %q", got, subscribedURI)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal(failure)
+	}
+}
 
 // subscribed connects an agent subscribed to subscribedURI, and returns
 // its session and the URIs of the updates it hears.
@@ -1195,14 +1207,7 @@ func TestCancelledCallKeepsTheSubscriptions(t *testing.T) {
 		if after != before {
 			t.Error("a cancelled call dropped the agent's upstream session")
 		}
-		if err := g.up.srv.ResourceUpdated(context.Background(), &mcp.ResourceUpdatedNotificationParams{URI: "notion://ws_abc123/p1"}); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case <-updates:
-		case <-time.After(10 * time.Second):
-			t.Fatal("after a cancelled call, the resource update did not reach the agent")
-		}
+		updateReaches(t, g, updates, "after a cancelled call, the resource update did not reach the agent")
 	})
 }
 

@@ -33,7 +33,7 @@ func (u *upstreamServer) upstreamSubs(uri string) (subs, unsubs int) {
 func TestSubscriptionsOutliveAnUpstreamRestart(t *testing.T) {
 	g := newGatewayOver(t, true)
 	_, updates := subscribed(t, g)
-	const uri = "notion://ws_abc123/p1"
+	const uri = subscribedUpstreamURI
 	if n, _ := g.up.upstreamSubs(uri); n != 1 {
 		t.Fatalf("the upstream has %d subscriptions, want 1", n)
 	}
@@ -48,14 +48,7 @@ func TestSubscriptionsOutliveAnUpstreamRestart(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the agent was not told its resource may have changed while its subscription was lost")
 	}
-	if err := g.up.srv.ResourceUpdated(context.Background(), &mcp.ResourceUpdatedNotificationParams{URI: uri}); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-updates:
-	case <-time.After(10 * time.Second):
-		t.Fatal("after the upstream restarted, its resource update did not reach the agent")
-	}
+	updateReaches(t, g, updates, "after the upstream restarted, its resource update did not reach the agent")
 }
 
 // A subscription the agent ended is not renewed, and an agent without
@@ -76,7 +69,7 @@ func TestEndedSubscriptionsAreNotRenewed(t *testing.T) {
 	lost.Wait()
 	// The watcher, had it been wrong, would have connected at once.
 	time.Sleep(200 * time.Millisecond)
-	if n, _ := g.up.upstreamSubs("notion://ws_abc123/p1"); n != 1 {
+	if n, _ := g.up.upstreamSubs(subscribedUpstreamURI); n != 1 {
 		t.Errorf("the upstream was subscribed %d times, want once: an ended subscription was renewed", n)
 	}
 	as.mu.Lock()
