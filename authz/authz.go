@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 	"unsafe"
@@ -348,14 +349,12 @@ const (
 
 var supportedVersions = []string{"2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"}
 
-func supportedVersion(v string) bool {
-	for _, s := range supportedVersions {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}
+// ProtocolVersions are the MCP protocol versions authz accepts, oldest
+// first. What serves agents behind it must negotiate no other: an agent
+// granted one at initialize would have every later request refused.
+func ProtocolVersions() []string { return slices.Clone(supportedVersions) }
+
+func supportedVersion(v string) bool { return slices.Contains(supportedVersions, v) }
 
 func quote(s string) string {
 	const max = 128

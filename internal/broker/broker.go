@@ -545,6 +545,9 @@ func (b *Broker) newRoleServer() *roleServer {
 		UnsubscribeHandler: b.unsubscribe,
 		CompletionHandler:  b.complete,
 		GetSessionID:       b.newSessionID,
+		// An agent asking for a version authz refuses (2024-11-05) is
+		// offered the newest it accepts, as the handshake provides.
+		SupportedProtocolVersions: authz.ProtocolVersions(),
 		Capabilities: &mcp.ServerCapabilities{
 			Tools:       &mcp.ToolCapabilities{ListChanged: true},
 			Prompts:     &mcp.PromptCapabilities{ListChanged: true},

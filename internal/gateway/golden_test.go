@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -34,6 +35,16 @@ func (g grpcCheck) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3
 // then the broker over HTTP on its own listener — so that the two cannot
 // drift apart.
 func TestGoldenScenariosInBothModes(t *testing.T) {
+	gw, modes := goldenModes(t)
+	for mode, endpoint := range modes {
+		t.Run(mode, func(t *testing.T) { runGolden(t, gw, endpoint) })
+	}
+}
+
+// goldenModes serves a gateway with the example policies and returns its
+// MCP endpoint in each mode: standalone, and Envoy's, as a stand-in for
+// its filter chain and as AMG's xDS server configures it.
+func goldenModes(t *testing.T) (*Gateway, map[string]string) {
 	dir := t.TempDir()
 	cfg := config.Default()
 	cfg.Listen, cfg.AuthzListen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
@@ -59,13 +70,63 @@ func TestGoldenScenariosInBothModes(t *testing.T) {
 	fromXDS := httptest.NewServer(envoyFromXDS(t, &xcfg))
 	t.Cleanup(fromXDS.Close)
 
-	modes := map[string]string{
+	return gw, map[string]string{
 		"standalone":    "http://" + gw.MCPAddr() + config.MCPPath,
 		"envoy":         envoy.URL + config.MCPPath,
 		"envoy via xds": fromXDS.URL + config.MCPPath,
 	}
+}
+
+// TestEveryProtocolVersionInBothModes connects an agent asking for each
+// protocol version the SDK speaks, in every mode, and checks the version
+// it is served and that it is served as any other: an allowed call
+// answered, a denied one readable. 2024-11-05, which authz does not
+// accept, is answered with the newest version it does. The agent side is
+// the SDK's session (stateful) server, which serves 2026-07-28 only
+// without sessions: to an agent that asks for it, server/discover names
+// the versions it may have, and the SDK's client falls back to the newest.
+func TestEveryProtocolVersionInBothModes(t *testing.T) {
+	gw, modes := goldenModes(t)
+	ctx := context.Background()
+	// notion_editor, whose get_pages no rate limit bounds.
+	token, _, err := gw.IssueToken(ctx, "versions", "notion_editor", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for mode, endpoint := range modes {
-		t.Run(mode, func(t *testing.T) { runGolden(t, gw, endpoint) })
+		t.Run(mode, func(t *testing.T) {
+			for _, tc := range []struct{ asked, served string }{
+				{"2024-11-05", "2025-11-25"},
+				{"2025-03-26", "2025-03-26"},
+				{"2025-06-18", "2025-06-18"},
+				{"2025-11-25", "2025-11-25"},
+				{"2026-07-28", "2025-11-25"},
+			} {
+				t.Run(tc.asked, func(t *testing.T) {
+					if tc.asked == "2026-07-28" {
+						wantVersionsOffered(t, endpoint, token)
+					}
+					cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(ctx,
+						&mcp.StreamableClientTransport{Endpoint: endpoint, HTTPClient: &http.Client{Transport: bearer{token}}},
+						&mcp.ClientSessionOptions{ProtocolVersion: tc.asked})
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer cs.Close()
+					if got := cs.InitializeResult().ProtocolVersion; got != tc.served {
+						t.Errorf("served %s, want %s", got, tc.served)
+					}
+					res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "notion__get_pages", Arguments: json.RawMessage(`{"workspace_id":"ws_abc123","limit":2}`)})
+					if err != nil || res.IsError || !strings.Contains(text(t, res), "2 pages") {
+						t.Errorf("allowed call: %v %+v", err, res)
+					}
+					_, err = cs.CallTool(ctx, &mcp.CallToolParams{Name: "notion__search", Arguments: json.RawMessage(`{"query":"q"}`)})
+					if err == nil || !strings.Contains(err.Error(), `is not granted to role "notion_editor"`) {
+						t.Errorf("denied call: %v", err)
+					}
+				})
+			}
+		})
 	}
 }
 
@@ -144,5 +205,30 @@ func runGolden(t *testing.T, gw *Gateway, endpoint string) {
 				t.Errorf("err = %v, want one containing %q", err, sc.want)
 			}
 		})
+	}
+}
+
+// wantVersionsOffered sends what a 2026-07-28 client begins with, and
+// checks the answer: the versions the gateway serves, none of which
+// needs the new protocol, so that the client falls back to initialize.
+func wantVersionsOffered(t *testing.T, endpoint, token string) {
+	t.Helper()
+	body := `{"jsonrpc":"2.0","id":1,"method":"server/discover","params":{"_meta":{` +
+		`"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"raw","version":"1"},` +
+		`"io.modelcontextprotocol/clientCapabilities":{}}}}`
+	req, _ := http.NewRequest(http.MethodPost, endpoint, strings.NewReader(body))
+	for k, v := range map[string]string{"Authorization": "Bearer " + token, "Content-Type": "application/json",
+		"Accept": "application/json, text/event-stream", "Mcp-Protocol-Version": "2026-07-28", "Mcp-Method": "server/discover"} {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	answer, _ := io.ReadAll(resp.Body)
+	const want = `"supportedVersions":["2025-11-25","2025-06-18","2025-03-26"]`
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(answer), want) {
+		t.Errorf("server/discover: status %d, %s; want 200 and %s", resp.StatusCode, answer, want)
 	}
 }
