@@ -95,7 +95,10 @@ type upstreamServer struct {
 	// request with one JSON body rather than an event stream; callsTo,
 	// when set, answers every tools/call in its place.
 	jsonAnswers bool
-	callsTo     atomic.Pointer[http.HandlerFunc]
+	// stateless, set before serveHTTP, serves without sessions, and so
+	// 2026-07-28 too, which the SDK serves only so.
+	stateless bool
+	callsTo   atomic.Pointer[http.HandlerFunc]
 }
 
 // bigResult is the size of the big tool's text, more than the broker holds
@@ -276,7 +279,7 @@ func (u *upstreamServer) holdDeletes() chan struct{} {
 func (u *upstreamServer) restart() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	u.handler = mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return u.srv }, &mcp.StreamableHTTPOptions{JSONResponse: u.jsonAnswers})
+	u.handler = mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return u.srv }, &mcp.StreamableHTTPOptions{JSONResponse: u.jsonAnswers, Stateless: u.stateless})
 }
 
 // lastPost is the body of the last POST the upstream received.

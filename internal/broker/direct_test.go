@@ -397,3 +397,29 @@ func TestDirectPathRelaysTheUpstreamsCancellation(t *testing.T) {
 		t.Errorf("last message %s, want the call's result", last)
 	}
 }
+
+// An upstream without sessions, which serves 2026-07-28 as well: the
+// gateway lists it over 2026-07-28, and an agent's calls reach it on the
+// direct path at the agent's own version, with no session to name.
+func TestStatelessUpstream(t *testing.T) {
+	files := newUpstream()
+	files.stateless = true
+	g := newGatewayTimed(t, true, 5*time.Second, []Upstream{{Name: "files", Transport: files.serveHTTP(t)}})
+	u := g.broker.ups["files"]
+	u.mu.Lock()
+	listedAt := u.catalog.InitializeResult().ProtocolVersion
+	u.mu.Unlock()
+	if listedAt != "2026-07-28" {
+		t.Errorf("the catalogue session speaks %s, want 2026-07-28", listedAt)
+	}
+	a := newRawAgent(t, g)
+	for _, id := range []string{"10", "11"} {
+		got := a.post(`{"jsonrpc":"2.0","id":` + id + `,"method":"tools/call","params":{"name":"files__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`)
+		if len(got) != 1 || !strings.Contains(got[0], `"id":`+id) || !strings.Contains(got[0], `"text":"3 pages"`) {
+			t.Fatalf("call %s: %.300q", id, got)
+		}
+		if last := files.lastPost(); !strings.Contains(last, `"id":"amg-`) {
+			t.Errorf("call %s did not take the direct path: the upstream got %s", id, last)
+		}
+	}
+}
