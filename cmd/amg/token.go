@@ -76,8 +76,12 @@ token's lifetime (e.g. 720h); 0, the default, means it never expires.`,
 				return fmt.Errorf("invalid --role: %w", err)
 			}
 			if !force {
-				if err := checkRole(policyDir, role, cmd.Flags().Changed("policy-dir")); err != nil {
+				checked, err := checkRole(policyDir, role, cmd.Flags().Changed("policy-dir"))
+				if err != nil {
 					return err
+				}
+				if !checked {
+					fmt.Fprintf(cmd.ErrOrStderr(), "role %q not checked: %s does not exist (--policy-dir names the gateway's policies)\n", role, policyDir)
 				}
 			}
 			db, s, err := openTokenStore(*where, true)
@@ -108,14 +112,19 @@ token's lifetime (e.g. 720h); 0, the default, means it never expires.`,
 // checkRole refuses a role the policy directory does not define, since a
 // token for it would be denied everything: better to learn about a typo now
 // than from an agent's failures. Without the default directory there is
-// nothing to check against; a directory named explicitly must exist.
-func checkRole(dir, role string, explicit bool) error {
+// nothing to check against, and it reports that it did not check; a
+// directory named explicitly must exist.
+func checkRole(dir, role string, explicit bool) (checked bool, err error) {
 	if _, err := os.Stat(dir); err != nil {
 		if errors.Is(err, fs.ErrNotExist) && !explicit {
-			return nil
+			return false, nil
 		}
-		return fmt.Errorf("check role against policies: %w (--force skips the check)", err)
+		return false, fmt.Errorf("check role against policies: %w (--force skips the check)", err)
 	}
+	return true, definesRole(dir, role)
+}
+
+func definesRole(dir, role string) error {
 	set, err := policy.LoadDir(dir, nil)
 	if err != nil {
 		var problems policy.Problems

@@ -280,6 +280,28 @@ func TestTokenIssueRoleCheck(t *testing.T) {
 	}
 }
 
+// Issuing without checking the role says so, and what would check it.
+func TestTokenIssueSaysWhenItDidNotCheck(t *testing.T) {
+	const note = `role "notion_read" not checked: ./policies does not exist (--policy-dir names the gateway's policies)` + "\n"
+	for _, tt := range []struct {
+		args []string
+		note bool
+	}{
+		{nil, true}, // the test runs where ./policies does not exist
+		{[]string{"--policy-dir", examplePolicies}, false},
+		{[]string{"--force"}, false},
+	} {
+		args := append([]string{"token", "issue", "--data-dir", filepath.Join(t.TempDir(), "data"), "--agent", "ci-bot", "--role", "notion_read"}, tt.args...)
+		code, stdout, stderr := runCLI(t, args...)
+		if code != 0 || !tokenLine.MatchString(stdout) {
+			t.Fatalf("%v: exit %d; stderr:\n%s", tt.args, code, stderr)
+		}
+		if strings.Contains(stderr, note) != tt.note {
+			t.Errorf("%v: stderr:\n%s\nnote %q shown: %v, want %v", tt.args, stderr, note, !tt.note, tt.note)
+		}
+	}
+}
+
 func TestTokenIssueBadFlags(t *testing.T) {
 	pasted, _, _ := tokens.Generate()
 	tests := []struct {
