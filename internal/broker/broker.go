@@ -30,6 +30,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"github.com/yosida95/uritemplate/v3"
 
 	"github.com/amgateway/amg/authz"
 	"github.com/amgateway/amg/internal/approval"
@@ -380,13 +381,21 @@ func (b *Broker) refresh(ctx context.Context, u *upstream) error {
 func (b *Broker) list(ctx context.Context, server string, cs *mcp.ClientSession) (catalogue, error) {
 	c := catalogue{headerTools: map[string]bool{}}
 	caps := cs.InitializeResult().Capabilities
+	hide := func(what, name string, err error) {
+		b.log.Warn("upstream "+what+" cannot be served to agents; hidden", "upstream", server, what, name, "err", err)
+	}
 	if caps != nil && caps.Tools != nil {
+		probe := mcp.NewServer(&mcp.Implementation{Name: "probe", Version: "1"}, nil)
 		for tool, err := range cs.Tools(ctx, nil) {
 			if err != nil {
 				return catalogue{}, err
 			}
-			if mcpfilter.ValidateName(tool.Name) != nil {
-				b.log.Warn("upstream tool name cannot be namespaced; hidden", "upstream", server, "tool", tool.Name)
+			if err := mcpfilter.ValidateName(tool.Name); err != nil {
+				hide("tool", tool.Name, err)
+				continue
+			}
+			if err := servable(probe, tool); err != nil {
+				hide("tool", tool.Name, err)
 				continue
 			}
 			c.tools = append(c.tools, tool)
@@ -400,9 +409,11 @@ func (b *Broker) list(ctx context.Context, server string, cs *mcp.ClientSession)
 			if err != nil {
 				return catalogue{}, err
 			}
-			if mcpfilter.ValidateName(p.Name) == nil {
-				c.prompts = append(c.prompts, p)
+			if err := mcpfilter.ValidateName(p.Name); err != nil {
+				hide("prompt", p.Name, err)
+				continue
 			}
+			c.prompts = append(c.prompts, p)
 		}
 	}
 	if caps != nil && caps.Resources != nil {
@@ -410,16 +421,40 @@ func (b *Broker) list(ctx context.Context, server string, cs *mcp.ClientSession)
 			if err != nil {
 				return catalogue{}, err
 			}
+			// What the SDK's server checks, on the URI agents see.
+			if _, err := url.Parse(b.ns.JoinURI(server, r.URI)); err != nil {
+				hide("resource", r.URI, err)
+				continue
+			}
 			c.resources = append(c.resources, r)
 		}
 		for rt, err := range cs.ResourceTemplates(ctx, nil) {
 			if err != nil {
 				return catalogue{}, err
 			}
+			if _, err := uritemplate.New(b.ns.JoinURI(server, rt.URITemplate)); err != nil {
+				hide("resource template", rt.URITemplate, err)
+				continue
+			}
 			c.templates = append(c.templates, rt)
 		}
 	}
 	return c, nil
+}
+
+// servable reports why the SDK's server would refuse to serve tool, as
+// probe, a server no one connects to, tells: the SDK panics on a tool it
+// cannot serve (one without an input schema, or whose schema is not an
+// object's), and every role server would, taking the gateway down with
+// it. It panics before it changes anything, so probe stays usable.
+func servable(probe *mcp.Server, tool *mcp.Tool) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%v", r)
+		}
+	}()
+	probe.AddTool(tool, nil)
+	return nil
 }
 
 // keepCatalogue keeps u's catalogue current until ctx ends. It lists again
