@@ -113,6 +113,13 @@ type Options struct {
 	// Telemetry, if set, gets a span and metrics per decision; the span
 	// continues the trace of the request's traceparent header.
 	Telemetry *telemetry.Telemetry
+	// AllowedOrigins are the web origins, scheme://host[:port], whose
+	// pages may send requests (scheme and host compared without case, a
+	// default port the same as none). A request with another Origin
+	// header is refused (403); one with none passes. Loopback origins
+	// are also allowed on requests addressed to a loopback host (see
+	// checkOrigin). Nil allows no other origin.
+	AllowedOrigins []string
 }
 
 // Server implements the ext_authz Authorization service.
@@ -125,6 +132,7 @@ type Server struct {
 	ann     AnnotationSource
 	ns      mcpfilter.Namespace
 	maxBody int
+	origins map[string]bool // AllowedOrigins, serialised as browsers send them
 	log     *slog.Logger
 	now     func() time.Time
 }
@@ -148,7 +156,12 @@ func New(deps Deps, opts *Options) (*Server, error) {
 	if opts == nil {
 		opts = &Options{}
 	}
-	s := &Server{deps: deps, shadow: opts.Shadow, ann: opts.Annotations, ns: opts.Namespace, maxBody: opts.MaxBodyBytes, log: opts.Logger, now: opts.Now, tel: opts.Telemetry}
+	origins, err := parseOrigins(opts.AllowedOrigins)
+	if err != nil {
+		return nil, fmt.Errorf("authz: %w", err)
+	}
+	s := &Server{deps: deps, shadow: opts.Shadow, ann: opts.Annotations, ns: opts.Namespace, maxBody: opts.MaxBodyBytes,
+		origins: origins, log: opts.Logger, now: opts.Now, tel: opts.Telemetry}
 	if s.maxBody <= 0 {
 		s.maxBody = mcpfilter.DefaultMaxBytes
 	}
@@ -221,6 +234,13 @@ func (c *call) check(req *authv3.CheckRequest) *authv3.CheckResponse {
 	c.headers = newHeaders(httpReq)
 	h := c.headers
 	if resp := c.authenticate(h); resp != nil {
+		return resp
+	}
+	// As every header check, after the token: the refusal's record then
+	// names the agent, and a request without a valid token is refused
+	// whatever its origin. Before the method, so that the stream and the
+	// end of a session are checked too.
+	if resp := c.checkOrigin(h, httpReq.GetHost()); resp != nil {
 		return resp
 	}
 	switch httpReq.GetMethod() {

@@ -36,6 +36,7 @@ const (
 	CodeBodyTooLarge       Code = "body_too_large"
 	CodeUnsupportedVersion Code = "unsupported_protocol_version"
 	CodeHeaderMismatch     Code = "header_mismatch"
+	CodeOriginNotAllowed   Code = "origin_not_allowed"
 	CodeMethodNotAllowed   Code = "method_not_allowed"
 	CodeInvalidName        Code = "invalid_name"
 	CodeBatchDenied        Code = "batch_denied"

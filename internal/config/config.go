@@ -7,6 +7,7 @@
 // Every key is optional; what the file leaves out keeps its Default value:
 //
 //	listen: 127.0.0.1:8080          # agent-facing MCP endpoint (path MCPPath)
+//	allowed_origins: []             # web origins whose pages may call it, e.g. [https://app.example.com]
 //	admin_listen: 127.0.0.1:8081    # web console and HTTP API
 //	authz_listen: 127.0.0.1:9001    # ext_authz gRPC for Envoy
 //	broker_listen: ""               # Envoy mode: the broker, for Envoy's routes ("" off)
@@ -53,6 +54,15 @@
 //	  demo:
 //	    builtin: demo
 //
+// allowed_origins holds origins as browsers send them in the Origin header,
+// scheme://host[:port] with no path: a request whose Origin is not listed
+// is refused (403), in standalone and Envoy mode alike, while one without
+// Origin, as non-browser agents send, passes. Loopback origins
+// (http://localhost:PORT, http://127.0.0.1:PORT, any port) are allowed
+// without being listed on requests addressed to a loopback host, so an
+// empty list refuses every browser page but those on the gateway's own
+// machine that reach it on loopback.
+//
 // An upstream has exactly one of url (MCP Streamable HTTP), command (an MCP
 // server run as a child process speaking stdio) or builtin (a server
 // compiled into amg). Header and environment values are templates: ${REF}
@@ -95,6 +105,11 @@ const routeTimeoutMargin = time.Minute
 type Config struct {
 	// Listen is the agent-facing MCP endpoint of the standalone front.
 	Listen string
+	// AllowedOrigins are the web origins (scheme://host[:port]) whose
+	// pages may send agent requests, in either mode: a request with
+	// another Origin header is refused, one without passes. Loopback
+	// origins need not be listed for requests to a loopback host.
+	AllowedOrigins []string
 	// AdminListen serves the web console and the operator HTTP API.
 	AdminListen string
 	// AuthzListen serves Envoy's ext_authz gRPC Check.

@@ -132,11 +132,12 @@ func TestLoadFull(t *testing.T) {
 		return tp
 	}
 	want := &Config{
-		Listen:       "0.0.0.0:8443",
-		AdminListen:  "[::1]:9090",
-		AuthzListen:  ":9001",
-		BrokerListen: "0.0.0.0:8082",
-		XDSListen:    "127.0.0.1:18000",
+		Listen:         "0.0.0.0:8443",
+		AllowedOrigins: []string{"https://console.example.com", "http://localhost:6274"},
+		AdminListen:    "[::1]:9090",
+		AuthzListen:    ":9001",
+		BrokerListen:   "0.0.0.0:8082",
+		XDSListen:      "127.0.0.1:18000",
 		Envoy: Envoy{Listen: "0.0.0.0:10443", AuthzAddress: "amg:9001", BrokerAddresses: []string{"amg-0.amg:8082", "amg-1.amg:8082"},
 			AuthzTimeout: 500 * time.Millisecond, RouteTimeout: 30 * time.Minute, TracingAddress: "otel-collector:4317", TracingSampling: 12.5},
 		ApprovalTTL:     5 * time.Minute,
@@ -299,7 +300,7 @@ func TestProblems(t *testing.T) {
 		{"not a mapping", "- listen\n",
 			"amg.yaml:1:1: must be a mapping, got a list"},
 		{"unknown key", "lisen: :80\n",
-			`amg.yaml:1:1: lisen: unknown field "lisen" (expected one of: listen, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, audit, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)`},
+			`amg.yaml:1:1: lisen: unknown field "lisen" (expected one of: listen, allowed_origins, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, audit, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)`},
 		{"envoy: unknown key", "envoy: { listener: x }\n",
 			`amg.yaml:1:10: envoy.listener: unknown field "listener" (expected one of: listen, egress_listen, egress_address, authz_address, broker_addresses, authz_timeout, route_timeout, tracing_address, tracing_sampling)`},
 		{"envoy: bad broker address", "envoy: { broker_addresses: [amg, \"amg:8082\"] }\n",
@@ -624,6 +625,60 @@ func TestRouteTimeout(t *testing.T) {
 	}
 }
 
+// allowed_origins takes origins as a browser sends them and nothing
+// else: every one that could never match, or would match more than it
+// names, is reported where it is written.
+func TestAllowedOrigins(t *testing.T) {
+	cfg, err := parse(t, "allowed_origins: [https://app.example.com, \"HTTP://Tools.Example.com:8443\", \"http://[::1]:6274\"]\n", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"https://app.example.com", "HTTP://Tools.Example.com:8443", "http://[::1]:6274"}, cfg.AllowedOrigins); diff != "" {
+		t.Errorf("allowed_origins (-want +got):\n%s", diff)
+	}
+	if cfg, err := parse(t, "allowed_origins: []\n", nil); err != nil || len(cfg.AllowedOrigins) != 0 {
+		t.Errorf("empty list: %v, %v", cfg, err)
+	}
+
+	_, err = parse(t, `
+allowed_origins:
+  - https://app.example.com/
+  - app.example.com
+  - ftp://files.example.com
+  - "*"
+  - "null"
+  - https://user@app.example.com
+  - https://app.example.com?x=1
+  - https://app.example.com:70000
+  - "https://:443"
+  - 8080
+  - https://ok.example.com
+  - HTTPS://OK.example.com:443
+  - "http://bad host"
+allowed_origins_extra: 1
+`, nil)
+	want := `amg.yaml:2:5: allowed_origins[0]: "https://app.example.com/" is not an origin as browsers send it (scheme://host[:port]): must not have a path, not even "/"
+amg.yaml:3:5: allowed_origins[1]: "app.example.com" is not an origin as browsers send it (scheme://host[:port]): want scheme://host[:port]
+amg.yaml:4:5: allowed_origins[2]: "ftp://files.example.com" is not an origin as browsers send it (scheme://host[:port]): scheme must be http or https
+amg.yaml:5:5: allowed_origins[3]: must be an origin, scheme://host[:port], such as https://app.example.com: "*" would allow pages the operator never named; list each origin
+amg.yaml:6:5: allowed_origins[4]: must be an origin, scheme://host[:port], such as https://app.example.com: "null" would allow pages the operator never named; list each origin
+amg.yaml:7:5: allowed_origins[5]: "https://user@app.example.com" is not an origin as browsers send it (scheme://host[:port]): must not name a user
+amg.yaml:8:5: allowed_origins[6]: "https://app.example.com?x=1" is not an origin as browsers send it (scheme://host[:port]): must not have a query or fragment
+amg.yaml:9:5: allowed_origins[7]: "https://app.example.com:70000" is not an origin as browsers send it (scheme://host[:port]): port must be a number from 1 to 65535
+amg.yaml:10:5: allowed_origins[8]: "https://:443" is not an origin as browsers send it (scheme://host[:port]): has no host
+amg.yaml:11:5: allowed_origins[9]: must be a string, got a number
+amg.yaml:13:5: allowed_origins[11]: HTTPS://OK.example.com:443 is the same origin as https://ok.example.com at line 12
+amg.yaml:14:5: allowed_origins[12]: "http://bad host" is not an origin as browsers send it (scheme://host[:port]): invalid character " " in host name
+amg.yaml:15:1: allowed_origins_extra: unknown field "allowed_origins_extra" (expected one of: listen, allowed_origins, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, audit, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)`
+	if diff := cmp.Diff(want, problemsOf(t, err)); diff != "" {
+		t.Errorf("problems (-want +got):\n%s", diff)
+	}
+	_, err = parse(t, "allowed_origins: https://app.example.com\n", nil)
+	if want := "amg.yaml:1:18: allowed_origins: must be a list, got a string"; err == nil || err.Error() != want {
+		t.Errorf("not a list: %v, want %s", err, want)
+	}
+}
+
 // TestManyProblems checks that one file's problems are all reported,
 // in file order, not only the first.
 func TestManyProblems(t *testing.T) {
@@ -649,7 +704,7 @@ upstreams:
 max_body_bytes: -1
 `, nil)
 	want := `amg.yaml:1:9: listen: must be host:port such as 127.0.0.1:8080, got "localhost": missing port in address
-amg.yaml:3:1: bogus: unknown field "bogus" (expected one of: listen, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, audit, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)
+amg.yaml:3:1: bogus: unknown field "bogus" (expected one of: listen, allowed_origins, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, audit, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)
 amg.yaml:6:10: upstreams.notion.url: plain http is allowed only to loopback hosts (localhost, 127.0.0.0/8, ::1): use https, or set allow_insecure: true to send this upstream's traffic and credentials unencrypted
 amg.yaml:8:7: upstreams.notion.headers.Host: Host is set by the HTTP transport and cannot be configured
 amg.yaml:9:22: upstreams.notion.headers.Authorization: env secret reference has an invalid variable name (expected A-Z, a-z, 0-9 and '_', not starting with a digit)

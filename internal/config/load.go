@@ -16,6 +16,7 @@ import (
 
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/diag"
+	"github.com/amgateway/amg/internal/hostguard"
 	"github.com/amgateway/amg/internal/secrets"
 	"github.com/amgateway/amg/mcpfilter"
 )
@@ -31,7 +32,7 @@ type loader struct {
 }
 
 var (
-	configKeys = []string{"listen", "admin_listen", "authz_listen", "broker_listen", "xds_listen", "envoy", "vault", "redis", "approvals",
+	configKeys = []string{"listen", "allowed_origins", "admin_listen", "authz_listen", "broker_listen", "xds_listen", "envoy", "vault", "redis", "approvals",
 		"console", "audit", "data_dir", "policy_dir", "max_body_bytes", "unprefixed_names", "upstreams"}
 	approvalKeys = []string{"ttl", "webhook"}
 	consoleKeys  = []string{"ready_days", "ready_min_calls", "trace_url", "staged_policy_dir"}
@@ -75,6 +76,8 @@ func (l *loader) config(cfg *Config, data []byte) {
 		switch key {
 		case "listen":
 			l.listen(v, key, &cfg.Listen, false)
+		case "allowed_origins":
+			cfg.AllowedOrigins = l.origins(v, key)
 		case "admin_listen":
 			l.listen(v, key, &cfg.AdminListen, false)
 		case "authz_listen":
@@ -827,6 +830,37 @@ func (l *loader) console(n *yaml.Node, path string, c *Console) {
 			l.dir(v, p, &c.StagedPolicyDir)
 		}
 	})
+}
+
+// origins reads allowed_origins: web origins, each as a browser sends it
+// in an Origin header. Anything else could never match one, or would
+// match more than the operator meant to allow.
+func (l *loader) origins(n *yaml.Node, path string) []string {
+	list := []string{}
+	seen := map[string]*yaml.Node{} // serialised origin -> its node
+	l.List(n, path, func(_ int, p string, v *yaml.Node) {
+		s, ok := l.Str(v, p)
+		if !ok {
+			return
+		}
+		if s == "*" || s == "null" {
+			l.Errorf(v, p, "must be an origin, scheme://host[:port], such as https://app.example.com: %q would allow pages the operator never named; list each origin", s)
+			return
+		}
+		parsed, err := hostguard.ParseOrigin(s)
+		if err != nil {
+			l.Errorf(v, p, "%q is not an origin as browsers send it (scheme://host[:port]): %v", s, err)
+			return
+		}
+		o := parsed.String()
+		if prev, dup := seen[o]; dup {
+			l.Errorf(v, p, "%s is the same origin as %s at line %d", s, prev.Value, prev.Line)
+			return
+		}
+		seen[o] = v
+		list = append(list, s)
+	})
+	return list
 }
 
 // isHTTPURL reports whether s is an absolute http or https URL with a host.

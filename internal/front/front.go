@@ -9,16 +9,21 @@ package front
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 
+	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/hostguard"
 	"github.com/amgateway/amg/mcpfilter"
 )
@@ -29,6 +34,16 @@ type Checker interface {
 	Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error)
 }
 
+// Auditor records the requests the front refuses itself; its error is
+// logged, since the request is refused either way.
+type Auditor interface {
+	Log(rec *audit.Record) error
+}
+
+// CodeHostNotAllowed is the audit code of a request refused for its Host
+// header.
+const CodeHostNotAllowed = "host_not_allowed"
+
 // Options tune a Front; nil means defaults.
 type Options struct {
 	// MaxBodyBytes is the largest body buffered for the check, as Envoy's
@@ -36,11 +51,14 @@ type Options struct {
 	// A larger body is checked cut to this size and marked partial, as
 	// Envoy does with allow_partial_message: authz refuses it (413).
 	MaxBodyBytes int
-	// Hosts, when set, are the only host names the Host header and any
-	// Origin header may name; others are refused before anything else
-	// happens. A front on loopback allows only loopback names (see
-	// hostguard).
+	// Hosts, when set, are the only host names the Host header may name;
+	// others are refused (403) before anything else happens. A front on
+	// loopback allows only loopback names (see hostguard). The Origin
+	// header is authz's to check, as it is behind Envoy.
 	Hosts hostguard.Hosts
+	// Audit records the requests refused for their Host; nil records
+	// none.
+	Audit Auditor
 	// Logger receives check failures; nil discards them.
 	Logger *slog.Logger
 }
@@ -51,6 +69,7 @@ type Front struct {
 	next    http.Handler
 	maxBody int
 	hosts   hostguard.Hosts
+	audit   Auditor
 	log     *slog.Logger
 }
 
@@ -65,7 +84,7 @@ func New(check Checker, next http.Handler, opts *Options) *Front {
 		if opts.Logger != nil {
 			f.log = opts.Logger
 		}
-		f.hosts = opts.Hosts
+		f.hosts, f.audit = opts.Hosts, opts.Audit
 	}
 	return f
 }
@@ -73,8 +92,10 @@ func New(check Checker, next http.Handler, opts *Options) *Front {
 const amgHeaderPrefix = "x-amg-"
 
 func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !f.hosts.Allowed(r) {
-		http.Error(w, "host or origin not allowed", http.StatusForbidden)
+	// The Host alone: the Origin is authz's to check, against the
+	// configured origins, in both modes alike.
+	if !f.hosts.AllowedHost(r.Host) {
+		f.refuseHost(w, r)
 		return
 	}
 	// Envoy's route configuration removes these before ext_authz runs;
@@ -113,6 +134,36 @@ func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	r.ContentLength = int64(len(body))
 	f.next.ServeHTTP(w, r)
+}
+
+// refuseHost answers 403 to a request for a host the front does not
+// serve, and records it: it never reaches authz, which would.
+func (f *Front) refuseHost(w http.ResponseWriter, r *http.Request) {
+	id := newID()
+	if f.audit != nil {
+		rec := &audit.Record{Time: time.Now(), DecisionID: id, Verdict: "deny", Code: CodeHostNotAllowed,
+			Reason: fmt.Sprintf("Host %q is not allowed", truncate(r.Host)), Method: "HTTP " + r.Method}
+		if err := f.audit.Log(rec); err != nil {
+			f.log.Error("audit failed while refusing a host", "decision_id", id, "err", err)
+		}
+	}
+	http.Error(w, "host not allowed (decision "+id+")", http.StatusForbidden)
+}
+
+// newID is a random decision id, as authz's: 128 bits in hex.
+func newID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// truncate bounds what a request's header puts in a record.
+func truncate(s string) string {
+	const max = 128
+	if len(s) > max {
+		return s[:max] + "..."
+	}
+	return s
 }
 
 // HeaderPartialBody is the header Envoy's ext_authz filter adds to a

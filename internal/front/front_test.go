@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -320,18 +322,32 @@ func TestCheckRequestShape(t *testing.T) {
 	}
 }
 
+// On loopback the front refuses other Host names itself, and records
+// it; the Origin is authz's to check, so an origin the gateway allows is
+// allowed on loopback too, and any other is refused by authz, readably.
 func TestHostAndOriginChecks(t *testing.T) {
-	h := newHarness(t, inProcess(t), &Options{Hosts: hostguard.New(hostguard.Loopback...)})
+	refused := &records{}
+	withOrigins := func(d authz.Deps) Checker {
+		s, err := authz.New(d, &authz.Options{AllowedOrigins: []string{"https://app.example.com"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	h := newHarness(t, withOrigins, &Options{Hosts: hostguard.New(hostguard.Loopback...), Audit: refused})
 	tests := []struct {
 		host, origin string
 		status       int
+		code         string // the refusal's audit code
 	}{
-		{"", "", 200},
-		{"localhost:8080", "http://localhost:3000", 200},
-		{"[::1]:8080", "", 200},
-		{"evil.example.com", "", 403},
-		{"127.0.0.1:8080", "http://evil.example.com", 403},
-		{"127.0.0.1:8080", "null", 403},
+		{"", "", 200, ""},
+		{"localhost:8080", "http://localhost:3000", 200, ""},
+		{"[::1]:8080", "", 200, ""},
+		{"127.0.0.1:8080", "https://app.example.com", 200, ""},
+		{"evil.example.com", "", 403, CodeHostNotAllowed},
+		{"evil.example.com", "http://localhost:3000", 403, CodeHostNotAllowed},
+		{"127.0.0.1:8080", "http://evil.example.com", 403, "origin_not_allowed"},
+		{"127.0.0.1:8080", "null", 403, "origin_not_allowed"},
 	}
 	for _, tt := range tests {
 		req, _ := http.NewRequest("POST", h.url, strings.NewReader(allowed))
@@ -349,12 +365,74 @@ func TestHostAndOriginChecks(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if resp.StatusCode != tt.status {
 			t.Errorf("Host %q Origin %q: status %d, want %d", tt.host, tt.origin, resp.StatusCode, tt.status)
 		}
-		if resp.StatusCode == 200 {
-			<-h.got
+		switch tt.code {
+		case "":
+			if resp.StatusCode == 200 {
+				<-h.got
+			}
+		case CodeHostNotAllowed:
+			rec := last(t, refused)
+			want := audit.Record{Time: rec.Time, DecisionID: rec.DecisionID, Verdict: "deny", Code: CodeHostNotAllowed,
+				Reason: fmt.Sprintf("Host %q is not allowed", tt.host), Method: "HTTP POST"}
+			if diff := cmp.Diff(want, rec); diff != "" || len(rec.DecisionID) != 32 || rec.Time.IsZero() {
+				t.Errorf("Host %q: audit record (-want +got):\n%s", tt.host, diff)
+			}
+			if !strings.Contains(string(b), rec.DecisionID) {
+				t.Errorf("Host %q: answer %q does not name the decision %s", tt.host, b, rec.DecisionID)
+			}
+		default:
+			var r struct {
+				Error struct {
+					Data struct{ Code string }
+				}
+			}
+			if err := json.Unmarshal(b, &r); err != nil || r.Error.Data.Code != tt.code || last(t, h.audit).Code != tt.code {
+				t.Errorf("Origin %q: answer %s, want a JSON-RPC error with code %s, audited", tt.origin, b, tt.code)
+			}
 		}
 	}
+	refused.mu.Lock()
+	defer refused.mu.Unlock()
+	if n := len(refused.recs); n != 2 {
+		t.Errorf("the front recorded %d refusals, want 2", n)
+	}
+}
+
+// Without an auditor, or with one that fails, a request for another host
+// is refused all the same.
+func TestHostRefusedWhateverTheAudit(t *testing.T) {
+	for name, a := range map[string]Auditor{"none": nil, "failing": failingAudit{}} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, inProcess(t), &Options{Hosts: hostguard.New(hostguard.Loopback...), Audit: a})
+			req, _ := http.NewRequest("POST", h.url, strings.NewReader(allowed))
+			req.Host = "evil.example.com"
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusForbidden {
+				t.Errorf("status %d, want 403", resp.StatusCode)
+			}
+		})
+	}
+}
+
+type failingAudit struct{}
+
+func (failingAudit) Log(*audit.Record) error { return audit.ErrUnavailable }
+
+func last(t *testing.T, r *records) audit.Record {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.recs) == 0 {
+		t.Fatal("no audit record")
+	}
+	return r.recs[len(r.recs)-1]
 }

@@ -250,12 +250,13 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		Audit:    g.auditLog,
 		Redactor: audit.NewRedactor(auditKey),
 		Signer:   signer,
-	}, &authz.Options{Shadow: g.shadow, Annotations: g.broker, Namespace: ns, Logger: g.log, MaxBodyBytes: cfg.MaxBodyBytes, Telemetry: g.tel})
+	}, &authz.Options{Shadow: g.shadow, Annotations: g.broker, Namespace: ns, Logger: g.log, MaxBodyBytes: cfg.MaxBodyBytes, Telemetry: g.tel,
+		AllowedOrigins: cfg.AllowedOrigins})
 	if err != nil {
 		return nil, err
 	}
 	mux := http.NewServeMux()
-	fopts := &front.Options{MaxBodyBytes: cfg.MaxBodyBytes, Logger: g.log, Hosts: hostguard.ForListener(cfg.Listen)}
+	fopts := &front.Options{MaxBodyBytes: cfg.MaxBodyBytes, Logger: g.log, Hosts: hostguard.ForListener(cfg.Listen), Audit: g.auditLog}
 	mux.Handle(config.MCPPath, front.New(g.authz, g.broker, fopts))
 	g.front = mux
 	if cfg.XDSListen != "" && g.configFile != "" {

@@ -51,18 +51,7 @@ func goldenModes(t *testing.T) (*Gateway, map[string]string) {
 	cfg.BrokerListen = "127.0.0.1:0"
 	cfg.DataDir, cfg.PolicyDir = filepath.Join(dir, "data"), "../../policies"
 	gw := serveForTest(t, cfg, nil)
-
-	// Envoy mode: the broker on its own listener, authz over gRPC, and a
-	// stand-in for Envoy's filter chain that forwards over HTTP.
-	conn, err := grpc.NewClient(gw.AuthzAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	target, _ := url.Parse("http://" + gw.BrokerAddr())
-	toBroker := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(target) }, FlushInterval: -1}
-	envoy := httptest.NewServer(front.New(grpcCheck{authv3.NewAuthorizationClient(conn)}, toBroker, nil))
-	t.Cleanup(envoy.Close)
+	envoy := envoyStandIn(t, gw)
 
 	// Envoy as AMG's xDS server configures it for this gateway.
 	xcfg := *cfg
@@ -75,6 +64,23 @@ func goldenModes(t *testing.T) (*Gateway, map[string]string) {
 		"envoy":         envoy.URL + config.MCPPath,
 		"envoy via xds": fromXDS.URL + config.MCPPath,
 	}
+}
+
+// envoyStandIn serves Envoy mode for gw, which must have a broker
+// listener: a stand-in for Envoy's filter chain, on any Host, that asks
+// authz over gRPC and forwards over HTTP to the broker.
+func envoyStandIn(t *testing.T, gw *Gateway) *httptest.Server {
+	t.Helper()
+	conn, err := grpc.NewClient(gw.AuthzAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	target, _ := url.Parse("http://" + gw.BrokerAddr())
+	toBroker := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(target) }, FlushInterval: -1}
+	envoy := httptest.NewServer(front.New(grpcCheck{authv3.NewAuthorizationClient(conn)}, toBroker, nil))
+	t.Cleanup(envoy.Close)
+	return envoy
 }
 
 // TestEveryProtocolVersionInBothModes connects an agent asking for each

@@ -44,11 +44,11 @@ func ForListener(addr string) Hosts {
 // Allowed reports whether r's Host header and its Origin header, if any,
 // name an allowed host.
 func (h Hosts) Allowed(r *http.Request) bool {
+	if !h.AllowedHost(r.Host) {
+		return false
+	}
 	if h == nil {
 		return true
-	}
-	if !h[hostname(r.Host)] {
-		return false
 	}
 	if o := r.Header.Get("Origin"); o != "" {
 		u, err := url.Parse(o)
@@ -58,6 +58,10 @@ func (h Hosts) Allowed(r *http.Request) bool {
 	}
 	return true
 }
+
+// AllowedHost reports whether a Host header, with or without its port,
+// names an allowed host.
+func (h Hosts) AllowedHost(hostport string) bool { return h == nil || h[hostname(hostport)] }
 
 // Guard returns next behind the check: a request naming another host is
 // refused with 403 before next sees it.
