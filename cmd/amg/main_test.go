@@ -26,9 +26,9 @@ func TestPolicyValidateExamples(t *testing.T) {
 	}
 }
 
-func TestPolicyValidateListsEveryProblem(t *testing.T) {
-	code, stdout, stderr := runCLI(t, "policy", "validate", "--servers", "notion", "testdata/broken")
-	want := `testdata/broken/reader.yaml:9:25: servers.notion.tools[0].constraints.limit.lte: lte needs a number, got a string
+// brokenProblems is what the policy commands print of testdata/broken,
+// compiled with --servers notion.
+const brokenProblems = `testdata/broken/reader.yaml:9:25: servers.notion.tools[0].constraints.limit.lte: lte needs a number, got a string
 testdata/broken/reader.yaml:10:29: servers.notion.tools[0].constraints.owner.pattern: invalid pattern: missing closing ]: ` + "`[a-z`" + `
 testdata/broken/reader.yaml:11:20: servers.notion.tools[0].constraints.title.starts_with: unknown field "starts_with" (expected one of: eq, ne, in, not_in, lt, lte, gt, gte, pattern, prefix, suffix, path_within, min_len, max_len, each, fields, optional)
 testdata/broken/reader_copy.yaml:1:7: role: duplicate role "reader" (also defined at testdata/broken/reader.yaml:1:7)
@@ -36,6 +36,10 @@ testdata/broken/reader_copy.yaml:2:7: mode: must be enforce or shadow, got "stri
 testdata/broken/reader_copy.yaml:4:3: servers.slack: unknown server "slack"
 6 problems
 `
+
+func TestPolicyValidateListsEveryProblem(t *testing.T) {
+	code, stdout, stderr := runCLI(t, "policy", "validate", "--servers", "notion", "testdata/broken")
+	want := brokenProblems
 	if code != 1 || stdout != "" {
 		t.Errorf("exit %d, stdout %q; want exit 1 and nothing on stdout", code, stdout)
 	}

@@ -14,7 +14,7 @@ func newPolicyCmd() *cobra.Command {
 		Use:   "policy",
 		Short: "Work with role policies",
 	}
-	cmd.AddCommand(newPolicyValidateCmd())
+	cmd.AddCommand(newPolicyValidateCmd(), newPolicyTestCmd(), newPolicyDiffCmd())
 	return cmd
 }
 
@@ -44,10 +44,7 @@ tools/list result.`,
 			set, err := policy.LoadDir(args[0], opts)
 			var problems policy.Problems
 			if errors.As(err, &problems) {
-				for _, p := range problems {
-					fmt.Fprintln(cmd.ErrOrStderr(), p)
-				}
-				fmt.Fprintf(cmd.ErrOrStderr(), "%d problem%s\n", len(problems), plural(len(problems)))
+				printProblems(cmd.ErrOrStderr(), problems)
 				return exitError{code: 1}
 			}
 			if err != nil {
