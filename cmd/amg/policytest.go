@@ -205,6 +205,9 @@ func (tc *policyCase) check(res *decision.Result) string {
 	if res.Reason != "" {
 		got += ": " + res.Reason
 	}
+	if res.EvalError != nil {
+		got += " (" + res.EvalError.Error() + ")"
+	}
 	return "want " + wanted + "; got " + got
 }
 

@@ -18,8 +18,11 @@ func evalCEL(g *policy.Grant, role *policy.Role, in *Input) (res Result, ok bool
 		policy.CELTool:   in.Name,
 	})
 	if err != nil {
-		return Result{Rule: g.ID, Code: CodeCELError, RateLimits: g.RateLimits,
-			Reason: "the policy's condition for " + quote(displayName(in)) + " could not be evaluated: " + err.Error()}, false
+		// CEL's error may quote the arguments (an invalid timestamp, a
+		// missing map key, a regular expression they supply), and the
+		// reason goes to the agent and the audit log unredacted.
+		return Result{Rule: g.ID, Code: CodeCELError, RateLimits: g.RateLimits, EvalError: err,
+			Reason: "the policy's condition for " + quote(displayName(in)) + " could not be evaluated on these arguments"}, false
 	}
 	if b, isBool := out.Value().(bool); !isBool || !b {
 		return Result{Rule: g.ID, Code: CodeCELDenied, RateLimits: g.RateLimits,

@@ -98,6 +98,10 @@ type Result struct {
 	// RateLimits are the limits the call counts against.
 	RateLimits    []*policy.RateLimit
 	PolicyVersion policy.Version
+	// EvalError is why a cel condition could not be evaluated
+	// (CodeCELError), for the policy's author: it may quote argument
+	// values, so it is never recorded, logged or sent to the agent.
+	EvalError error
 }
 
 // Evaluate decides in against set. It never panics: a panic inside
