@@ -886,13 +886,14 @@ func (b *Broker) recordCall(req *mcp.CallToolRequest, server, tool string, took 
 	case res != nil && res.IsError:
 		status = "tool_error"
 	}
-	b.recordUpstream(req.Extra.Header, server, tool, took, status, reason)
+	b.recordUpstream(context.Background(), req.Extra.Header, server, tool, took, status, reason)
 }
 
 // recordUpstream audits the upstream outcome (ok, tool_error or error) of
 // an allowed call, under the decision id authz recorded the decision with
-// (ServeHTTP has checked the headers against the signed decision).
-func (b *Broker) recordUpstream(h http.Header, server, tool string, took time.Duration, status, reason string) {
+// (ServeHTTP has checked the headers against the signed decision), and
+// the approval that released it, if one did (see withApproval).
+func (b *Broker) recordUpstream(ctx context.Context, h http.Header, server, tool string, took time.Duration, status, reason string) {
 	if b.tel != nil {
 		b.tel.RecordUpstream(context.Background(), server, status, took)
 	}
@@ -901,7 +902,7 @@ func (b *Broker) recordUpstream(h http.Header, server, tool string, took time.Du
 	}
 	rec := &audit.Record{Time: time.Now(), DecisionID: h.Get(authz.HeaderDecisionID), Agent: h.Get(authz.HeaderAgent),
 		Role: h.Get(authz.HeaderRole), Server: server, Tool: tool, Method: "tools/call", Verdict: "allow",
-		Code: CodeExecuted, UpstreamStatus: status, UpstreamMicros: took.Microseconds(), Reason: reason}
+		Code: CodeExecuted, UpstreamStatus: status, UpstreamMicros: took.Microseconds(), Reason: reason, ApprovalID: approvalOf(ctx)}
 	if status == "error" {
 		rec.Code = CodeUpstreamError
 	}

@@ -325,6 +325,12 @@ func (r *records) await(t *testing.T, n int) []audit.Record {
 	return nil
 }
 
+func (r *records) all() []audit.Record {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.recs)
+}
+
 func (r *records) codes() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -389,7 +389,7 @@ func (b *Broker) streamDirect(stream *sseStream, r *http.Request, as *agentSessi
 				if events.skipped {
 					err = tooLarge()
 				}
-				b.recordUpstream(r.Header, server, tool, time.Since(start), "error", errorText(err, false))
+				b.recordUpstream(r.Context(), r.Header, server, tool, time.Since(start), "error", errorText(err, false))
 				resp, _ := json.Marshal(rpcErrorResponse(agentID, upstreamError(server, err)))
 				stream.answer(resp)
 			}
@@ -497,7 +497,7 @@ func (b *Broker) finishDirect(stream *sseStream, r *http.Request, agentID []byte
 		resp, _ := json.Marshal(rpcErrorResponse(agentID, upstreamError(server, err)))
 		stream.answer(resp)
 	}
-	b.recordUpstream(r.Header, server, tool, took, "error", errorText(err, false))
+	b.recordUpstream(r.Context(), r.Header, server, tool, took, "error", errorText(err, false))
 }
 
 // recordDirect audits what became of a direct call upstream, which took
@@ -514,7 +514,7 @@ func (b *Broker) recordDirect(r *http.Request, server, tool string, took time.Du
 	case resp.IsError:
 		status = "tool_error"
 	}
-	b.recordUpstream(r.Header, server, tool, took, status, reason)
+	b.recordUpstream(r.Context(), r.Header, server, tool, took, status, reason)
 }
 
 type rpcErrorBody struct {

@@ -267,6 +267,7 @@ func (b *Broker) finish(a *approval.Approval, to approval.State, reason string) 
 // same JSON value, without the spaces between its tokens.
 func (b *Broker) executeApproved(stream *sseStream, r *http.Request, as *agentSession, a *approval.Approval, body []byte,
 	m *mcpfilter.Message, server, tool string) {
+	r = withApproval(r, a.ID)
 	ex, err := b.approvals.Execute(context.Background(), a.ID)
 	switch {
 	case err != nil:
@@ -303,7 +304,7 @@ func (b *Broker) executeApproved(stream *sseStream, r *http.Request, as *agentSe
 	case res.IsError:
 		status = "tool_error"
 	}
-	b.recordUpstream(r.Header, server, tool, time.Since(start), status, reason)
+	b.recordUpstream(ctx, r.Header, server, tool, time.Since(start), status, reason)
 	if err != nil {
 		// onUpstream's error already names the server.
 		out, _ := json.Marshal(rpcErrorResponse(m.ID, err))
@@ -377,4 +378,18 @@ func (b *Broker) recordApproval(a *approval.Approval, code, reason string) {
 	if err := b.audit.Log(rec); err != nil {
 		b.log.Error("audit log cannot record an approval step", "approval_id", a.ID, "code", code, "err", err)
 	}
+}
+
+type approvalKey struct{}
+
+// withApproval marks r as the execution of the approved call id, whose
+// upstream outcome is then recorded under it too.
+func withApproval(r *http.Request, id string) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), approvalKey{}, id))
+}
+
+// approvalOf is the approval whose execution ctx is part of, if any.
+func approvalOf(ctx context.Context) string {
+	id, _ := ctx.Value(approvalKey{}).(string)
+	return id
 }

@@ -106,10 +106,14 @@ func testApprovedCallRunsOnce(t *testing.T, g *gateway, store approval.Store, ar
 	if _, err := store.Execute(context.Background(), a.ID); !errors.Is(err, approval.ErrNotApproved) {
 		t.Errorf("an executed approval could be executed again: %v", err)
 	}
-	codes := g.audit.codes()
-	for _, want := range []string{CodeApprovalParked, CodeApprovalApproved, CodeExecuted} {
-		if !slices.Contains(codes, want) {
-			t.Errorf("audit codes %v lack %s", codes, want)
+	// Every step is recorded, each under the approval's id.
+	steps := map[string]string{}
+	for _, rec := range g.audit.all() {
+		steps[rec.Code] = rec.ApprovalID
+	}
+	for _, code := range []string{CodeApprovalParked, CodeApprovalApproved, CodeExecuted} {
+		if id, ok := steps[code]; !ok || id != a.ID {
+			t.Errorf("the %s record: present %v, approval id %q; want %q (records by code: %v)", code, ok, id, a.ID, steps)
 		}
 	}
 }
