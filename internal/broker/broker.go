@@ -724,7 +724,9 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if sid != "" {
 		o, ok := b.owners.Load(sid)
 		if ok && o != owner {
-			// Another agent's session: answer as for an unknown one.
+			// Another agent's session: answer as for an unknown one, and
+			// record the attempt, which authz recorded as allowed.
+			b.record(d, CodeSessionNotOwned, "the session belongs to another agent")
 			http.Error(w, "session not found", http.StatusNotFound)
 			return
 		}
@@ -779,6 +781,8 @@ const (
 	CodeDecisionInvalid     = "decision_invalid"
 	CodeIdentityMismatch    = "identity_mismatch"
 	CodeApprovalUnavailable = "approval_unavailable"
+	// A request naming another agent's session, refused as unknown.
+	CodeSessionNotOwned = "session_not_owned"
 	// An allowed call that reached its upstream, and one that failed there.
 	CodeExecuted      = "executed"
 	CodeUpstreamError = "upstream_error"

@@ -568,6 +568,16 @@ func TestAnotherAgentsSessionIsNotFound(t *testing.T) {
 			t.Errorf("%s in another agent's session: status %d, want 404", method, status)
 		}
 	}
+	// Each attempt is recorded, under the agent that made it.
+	var attempts int
+	for _, rec := range g.audit.all() {
+		if rec.Code == CodeSessionNotOwned && rec.Agent == "bot-2" && rec.Verdict == "deny" {
+			attempts++
+		}
+	}
+	if attempts != 3 {
+		t.Errorf("%d attempts recorded as %s, want 3: %v", attempts, CodeSessionNotOwned, g.audit.codes())
+	}
 	g.up.mu.Lock()
 	n := len(g.up.args)
 	g.up.mu.Unlock()
