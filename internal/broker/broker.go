@@ -735,6 +735,14 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			b.adopt(r, sid, owner, d.Role)
 		}
 	} else {
+		if r.Method == http.MethodPost && !opensSession(r, body) {
+			// The SDK would make a session of it, and then refuse the
+			// request with a code JSON-RPC does not have.
+			const why = "this request needs the Mcp-Session-Id header of a session; begin one with initialize"
+			b.record(d, CodeSessionRequired, why)
+			writeRPCError(w, http.StatusBadRequest, requestID(body), mcpfilter.CodeInvalidRequest, why)
+			return
+		}
 		// New sessions are made one at a time, until the SDK has taken
 		// their id, so that an adoption's id goes to the adopted session
 		// only (see newSessionID).
@@ -783,6 +791,8 @@ const (
 	CodeApprovalUnavailable = "approval_unavailable"
 	// A request naming another agent's session, refused as unknown.
 	CodeSessionNotOwned = "session_not_owned"
+	// A request without a session that needs one.
+	CodeSessionRequired = "session_required"
 	// An allowed call that reached its upstream, and one that failed there.
 	CodeExecuted      = "executed"
 	CodeUpstreamError = "upstream_error"
@@ -816,18 +826,49 @@ func refuse(w http.ResponseWriter, status int, msg string) {
 // refuseCall answers one request of an authorized body with a JSON-RPC
 // error carrying its id, which MCP clients report as that call's result.
 func refuseCall(w http.ResponseWriter, body []byte, msg string) {
-	id := json.RawMessage("null")
-	if b, err := mcpfilter.Parse(body, &mcpfilter.Options{SkipArgs: true}); err == nil && len(b.Messages) == 1 && b.Messages[0].ID != nil {
-		id = b.Messages[0].ID
-	}
-	writeError(w, http.StatusOK, id, msg)
+	writeError(w, http.StatusOK, requestID(body), msg)
 }
 
+// requestID is the id of body's request when body is one request, else
+// null.
+func requestID(body []byte) json.RawMessage {
+	if b, err := mcpfilter.Parse(body, &mcpfilter.Options{SkipArgs: true}); err == nil && len(b.Messages) == 1 && b.Messages[0].ID != nil {
+		return b.Messages[0].ID
+	}
+	return json.RawMessage("null")
+}
+
+// opensSession reports whether a POST without a session id may go to the
+// SDK: one that begins a session (initialize), or asks what the gateway
+// serves (server/discover), or speaks a protocol version without
+// sessions, which the SDK answers with the versions it serves.
+func opensSession(r *http.Request, body []byte) bool {
+	if v := r.Header.Get("Mcp-Protocol-Version"); v >= perRequestFrom {
+		return true
+	}
+	parsed, err := mcpfilter.Parse(body, &mcpfilter.Options{SkipArgs: true})
+	if err != nil {
+		return true // authz parsed it; the SDK's answer is the one to give
+	}
+	for _, m := range parsed.Messages {
+		if m.Kind == mcpfilter.KindRequest && (m.Method == "initialize" || m.Method == "server/discover") {
+			return true
+		}
+	}
+	return false
+}
+
+// writeError answers with a JSON-RPC error of the gateway's refusal code.
 func writeError(w http.ResponseWriter, status int, id json.RawMessage, msg string) {
+	writeRPCError(w, status, id, authz.RPCDenied, msg)
+}
+
+// writeRPCError answers with a JSON-RPC error of code.
+func writeRPCError(w http.ResponseWriter, status int, id json.RawMessage, code int, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(map[string]any{"jsonrpc": "2.0", "id": id,
-		"error": map[string]any{"code": authz.RPCDenied, "message": msg}})
+		"error": map[string]any{"code": code, "message": msg}})
 }
 
 // sessionRecorder notes which agent a new MCP session belongs to, so that

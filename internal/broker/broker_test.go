@@ -545,6 +545,33 @@ func sendMCP(t *testing.T, method, url string, header map[string]string, body st
 	return resp.StatusCode, string(data)
 }
 
+// A request that needs a session and names none is refused with 400, as
+// the protocol asks, and a JSON-RPC error, and recorded: the SDK would
+// have begun a session for it and refused it with code 0.
+func TestRequestWithoutASession(t *testing.T) {
+	g := newGatewayOver(t, true)
+	header := map[string]string{"Authorization": "Bearer " + g.token, "Mcp-Protocol-Version": rawVersion}
+	const want = `"error":{"code":-32600,"message":"this request needs the Mcp-Session-Id header of a session; begin one with initialize"}`
+	for body, id := range map[string]string{
+		`{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`: "2",
+		`{"jsonrpc":"2.0","id":"x","method":"tools/list"}`:       `"x"`,
+		`{"jsonrpc":"2.0","method":"notifications/initialized"}`: "null",
+	} {
+		status, resp := sendMCP(t, "POST", g.url, header, body)
+		if status != http.StatusBadRequest || !strings.Contains(resp, `"id":`+id) || !strings.Contains(resp, want) {
+			t.Errorf("%s: %d %s; want 400, id %s and %s", body, status, resp, id, want)
+		}
+	}
+	if n := strings.Count(strings.Join(g.audit.codes(), " "), CodeSessionRequired); n != 3 {
+		t.Errorf("%d refusals recorded as %s, want 3: %v", n, CodeSessionRequired, g.audit.codes())
+	}
+	// A session begun, its requests are served.
+	a := newRawAgent(t, g)
+	if got := a.post(`{"jsonrpc":"2.0","id":3,"method":"tools/list"}`); len(got) != 1 || !strings.Contains(got[0], "notion__get_pages") {
+		t.Errorf("tools/list in a session: %q", got)
+	}
+}
+
 // An agent cannot use, nor end, another agent's session, whose id it may
 // have learnt: the gateway answers as for a session it does not know.
 func TestAnotherAgentsSessionIsNotFound(t *testing.T) {

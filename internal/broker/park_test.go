@@ -268,23 +268,29 @@ func TestCallsThatCannotBeParked(t *testing.T) {
 		store approval.Store
 		send  func(t *testing.T, g *gateway) string
 		want  string
+		code  string // the broker's audit code
 	}{
 		{"no session", approval.NewMemory(nil), func(t *testing.T, g *gateway) string {
 			_, body := postMCP(t, g.url, map[string]string{"Authorization": "Bearer " + g.token}, call)
 			return body
-		}, "a call that needs approval must come in an initialized MCP session"},
+		}, "this request needs the Mcp-Session-Id header of a session", CodeSessionRequired},
+		{"unknown session", approval.NewMemory(nil), func(t *testing.T, g *gateway) string {
+			_, body := postMCP(t, g.url, map[string]string{"Authorization": "Bearer " + g.token, "Mcp-Session-Id": "gone"}, call)
+			return body
+		}, "a call that needs approval must come in an initialized MCP session", CodeApprovalUnavailable},
 		{"not a tools/call", approval.NewMemory(nil), func(t *testing.T, g *gateway) string {
 			// authz never decides so; the broker holds anyway.
+			sid := newRawAgent(t, g).sid
 			body := `{"jsonrpc":"2.0","id":7,"method":"prompts/get","params":{"name":"notion__summarize","arguments":{"page":"p"}}}`
 			d := authz.Decision{ID: "d-7", Agent: "bot-1", Role: "reader", Verdict: "needs_approval", BodySHA256: sha256.Sum256([]byte(body))}
 			_, answer := postMCP(t, g.brokerURL, map[string]string{authz.HeaderDecision: g.signer.Sign(d), authz.HeaderAgent: "bot-1",
-				authz.HeaderRole: "reader", authz.HeaderDecisionID: "d-7"}, body)
+				authz.HeaderRole: "reader", authz.HeaderDecisionID: "d-7", "Mcp-Session-Id": sid}, body)
 			return answer
-		}, "only a single tools/call can wait for approval"},
+		}, "only a single tools/call can wait for approval", CodeApprovalUnavailable},
 		{"store fails", failingCreates{approval.NewMemory(nil)}, func(t *testing.T, g *gateway) string {
 			agent := newRawAgent(t, g)
 			return strings.Join(agent.post(call), "\n")
-		}, "this call needs human approval, and the approval store failed"},
+		}, "this call needs human approval, and the approval store failed", CodeApprovalUnavailable},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := parkedGateway(t, tc.store)
@@ -292,8 +298,8 @@ func TestCallsThatCannotBeParked(t *testing.T) {
 			if !strings.Contains(got, `"id":7`) || !strings.Contains(got, tc.want) {
 				t.Errorf("answer %s, want a JSON-RPC error saying %q", got, tc.want)
 			}
-			if codes := g.audit.codes(); !slices.Equal(codes, []string{CodeApprovalUnavailable}) {
-				t.Errorf("broker audit codes %v, want %s", codes, CodeApprovalUnavailable)
+			if codes := g.audit.codes(); !slices.Equal(codes, []string{tc.code}) {
+				t.Errorf("broker audit codes %v, want %s", codes, tc.code)
 			}
 			if d := g.deletions(); len(d) != 0 {
 				t.Errorf("the upstream ran %q", d)
