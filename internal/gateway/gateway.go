@@ -384,6 +384,12 @@ func (g *Gateway) BrokerAddr() string {
 // gracefully within 10 s. Listen must have been called.
 func (g *Gateway) Serve(ctx context.Context) error {
 	g.broker.Start(ctx)
+	// From now on the policy is checked against what the upstreams list:
+	// at once, and at every reload.
+	g.policies.CheckAgainst(g.broker)
+	if err := g.policies.Reload(); err != nil {
+		g.log.Error("policy does not fit what the upstreams list; keeping the last good version", "err", err)
+	}
 	go g.followRevocations(ctx)
 	go g.policies.Watch(ctx, g.reload, func(st policy.Status) {
 		if st.Err != nil {

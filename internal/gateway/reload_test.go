@@ -12,6 +12,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/amgateway/amg/internal/config"
+	"github.com/amgateway/amg/internal/policy"
 )
 
 // A policy change reaches connected agents as tools/list_changed, without
@@ -58,5 +59,42 @@ func TestPolicyReloadReachesConnectedAgents(t *testing.T) {
 	}
 	if got := toolNames(t, cs); !slices.Equal(got, []string{"notion__get_pages", "notion__search"}) {
 		t.Errorf("tools after the change = %v", got)
+	}
+}
+
+// A policy is checked against what the upstreams list: a grant for a tool
+// the upstream does not have, or a constraint on an argument its schema
+// lacks, fails the reload and leaves the last good version in force.
+func TestPolicyIsCheckedAgainstTheUpstreams(t *testing.T) {
+	policyDir := t.TempDir()
+	write := func(tools string) {
+		t.Helper()
+		role := "role: r\nservers:\n  notion:\n    tools:\n      - name: get_pages\n        constraints: { workspace_id: {} }\n" + tools
+		if err := os.WriteFile(filepath.Join(policyDir, "r.yaml"), []byte(role), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("")
+	gw := serveForTest(t, loopbackConfig(t, policyDir), &Options{PolicyReload: 10 * time.Millisecond})
+	good := gw.policies.Current().Version()
+	file := filepath.Join(policyDir, "r.yaml")
+	for _, tc := range []struct{ tools, want string }{
+		{"      - name: get_page\n", file + `:7:9: servers.notion.tools[1]: server "notion" has no tool "get_page"`},
+		{"      - name: search\n        constraints: { query: {}, sort: {} }\n",
+			file + `:8:35: servers.notion.tools[1].constraints.sort: argument "sort" is not in the input schema of notion__search`},
+	} {
+		write(tc.tools)
+		var st policy.Status
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			if st = gw.policies.Status(); st.Err != nil && st.Err.Error() == tc.want {
+				break
+			}
+		}
+		if st.Err == nil || st.Err.Error() != tc.want {
+			t.Errorf("reload: %v, want %s", st.Err, tc.want)
+		}
+		if v := gw.policies.Current().Version(); v != good {
+			t.Errorf("serving %v, want the last good version %v", v, good)
+		}
 	}
 }

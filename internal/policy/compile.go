@@ -35,9 +35,16 @@ type Options struct {
 	// Servers are the upstream names the gateway knows. A role naming any
 	// other server is a problem. Nil skips the check.
 	Servers []string
-	// Catalog, when set, is the live tool list each grant is checked
-	// against. Nil skips those checks.
+	// Catalog, when set, is the tool list each grant is checked against
+	// (the tool exists, each constrained argument is in its input schema,
+	// each matcher fits the argument's type); a server it does not know
+	// is a problem. Nil skips those checks.
 	Catalog Catalog
+	// Upstreams, when set and Catalog is not, is the gateway's live
+	// catalogue: grants on a server it lists are checked as against
+	// Catalog, and a server it cannot list now (not reached yet) is not
+	// checked.
+	Upstreams Catalog
 	// Sequence is the version sequence of the compiled set; 0 means 1.
 	Sequence uint64
 }
@@ -253,10 +260,14 @@ func (c *compiler) server(r *Role, server string, k, v *yaml.Node) {
 	}
 	known := c.servers == nil || c.servers[server]
 	var catalog []Tool
-	if c.opts.Catalog != nil {
+	checked := false
+	switch {
+	case c.opts.Catalog != nil:
 		var ok bool
 		catalog, ok = c.opts.Catalog.Tools(server)
-		known = known && ok
+		known, checked = known && ok, true
+	case c.opts.Upstreams != nil:
+		catalog, checked = c.opts.Upstreams.Tools(server)
 	}
 	if !known {
 		c.Errorf(k, path, "unknown server %q", server)
@@ -282,7 +293,7 @@ func (c *compiler) server(r *Role, server string, k, v *yaml.Node) {
 					return
 				}
 				grants[g.Name] = g
-				if key == "tools" && c.opts.Catalog != nil {
+				if key == "tools" && checked {
 					c.checkTool(g, catalog, v, p)
 				}
 			})

@@ -39,6 +39,16 @@ func NewLive(dir string, opts *Options) *Live {
 	return l
 }
 
+// CheckAgainst makes every later reload check the grants against the
+// gateway's live catalogue (Options.Upstreams): a grant for a tool an
+// upstream does not have, or a constraint on an argument it does not
+// take, then fails the reload, and the last good set stays.
+func (l *Live) CheckAgainst(upstreams Catalog) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.opts.Upstreams = upstreams
+}
+
 // Current returns the set being served, or nil.
 func (l *Live) Current() *Set { return l.cur.Load() }
 
@@ -74,10 +84,12 @@ func (l *Live) Reload() error {
 }
 
 // Watch reloads every interval until ctx ends, calling report after each
-// reload that changed the version or failed.
+// reload that changed the version, or failed otherwise than the one
+// before (a failure that stands is reported once).
 func (l *Live) Watch(ctx context.Context, interval time.Duration, report func(Status)) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	var failed string
 	for {
 		select {
 		case <-ctx.Done():
@@ -85,7 +97,15 @@ func (l *Live) Watch(ctx context.Context, interval time.Duration, report func(St
 		case <-t.C:
 			before := l.Current()
 			err := l.Reload()
-			if report != nil && (err != nil || l.Current() != before) {
+			changed := l.Current() != before
+			if err != nil && err.Error() != failed {
+				changed = true
+			}
+			failed = ""
+			if err != nil {
+				failed = err.Error()
+			}
+			if report != nil && changed {
 				report(l.Status())
 			}
 		}

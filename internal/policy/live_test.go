@@ -1,9 +1,12 @@
 package policy
 
 import (
+	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestLiveKeepsLastGoodSet(t *testing.T) {
@@ -48,5 +51,77 @@ func TestLiveKeepsLastGoodSet(t *testing.T) {
 	}
 	if v := l.Current().Version(); v.Seq != 2 || v.Hash == first.Version().Hash {
 		t.Errorf("version after a good change = %v, want sequence 2 and a new hash", v)
+	}
+}
+
+// A live reload checks grants against what the upstreams list, on the
+// servers listed now: one not reached yet is not checked, and a tool its
+// list lacks fails the reload, which keeps the last good set.
+func TestLiveChecksAgainstTheUpstreams(t *testing.T) {
+	dir := t.TempDir()
+	role := "role: a\nservers:\n  notion:\n    tools:\n      - name: get_page\n  github:\n    tools:\n      - name: list_repos\n"
+	if err := os.WriteFile(filepath.Join(dir, "a.yaml"), []byte(role), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l := NewLive(dir, nil)
+	if err := l.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	first := l.Current()
+	l.CheckAgainst(notionCatalog) // github is not listed: not reached yet
+	err := l.Reload()
+	if want := filepath.Join(dir, "a.yaml") + `:5:9: servers.notion.tools[0]: server "notion" has no tool "get_page"`; err == nil || err.Error() != want {
+		t.Errorf("reload = %v, want %s", err, want)
+	}
+	if l.Current() != first {
+		t.Error("a reload that failed the check replaced the last good set")
+	}
+}
+
+// Watch reports a failure that stands once, and again when it changes.
+func TestWatchReportsAStandingFailureOnce(t *testing.T) {
+	dir := t.TempDir()
+	// Written whole, by rename: a reload never reads half a file.
+	write := func(src string) {
+		tmp := filepath.Join(t.TempDir(), "r.yaml")
+		if err := os.WriteFile(tmp, []byte(src), 0o600); err != nil {
+			t.Error(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, "r.yaml")); err != nil {
+			t.Error(err)
+		}
+	}
+	write("role: a\nmode: sideways\n")
+	l := NewLive(dir, nil)
+	reports := make(chan Status, 100)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { l.Watch(ctx, time.Millisecond, func(st Status) { reports <- st }); close(done) }()
+	next := func() Status {
+		t.Helper()
+		select {
+		case st := <-reports:
+			return st
+		case <-time.After(10 * time.Second):
+			t.Fatal("no report")
+			return Status{}
+		}
+	}
+	if st := next(); st.Err == nil {
+		t.Fatalf("first report: %+v, want the failure", st)
+	}
+	time.Sleep(50 * time.Millisecond) // some fifty reloads, failing alike
+	write("role: a\nmode: upside-down\n")
+	if st := next(); st.Err == nil || !strings.Contains(st.Err.Error(), "upside-down") {
+		t.Fatalf("report after the failure changed: %+v", st)
+	}
+	write("role: a\n")
+	if st := next(); st.Err != nil {
+		t.Fatalf("report after the fix: %+v", st)
+	}
+	cancel()
+	<-done
+	if len(reports) != 0 {
+		t.Errorf("%d more reports, want none", len(reports))
 	}
 }
