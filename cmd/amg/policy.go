@@ -33,20 +33,7 @@ lists: a JSON object mapping each server to the "tools" array of its
 tools/list result.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts := &policy.Options{Servers: servers}
-			if catalog != "" {
-				cat, err := policy.LoadCatalog(catalog)
-				if err != nil {
-					return err
-				}
-				opts.Catalog = cat
-			}
-			set, err := policy.LoadDir(args[0], opts)
-			var problems policy.Problems
-			if errors.As(err, &problems) {
-				printProblems(cmd.ErrOrStderr(), problems)
-				return exitError{code: 1}
-			}
+			set, _, err := compilePolicies(cmd, args[0], servers, catalog)
 			if err != nil {
 				return err
 			}
@@ -64,4 +51,27 @@ func plural(n int) string {
 		return ""
 	}
 	return "s"
+}
+
+// compilePolicies compiles the role files of dir, checked against the
+// server names and the catalogue file given (if any), and returns the set
+// and the catalogue. A policy that does not compile has its problems
+// printed, and is an exit with status 1.
+func compilePolicies(cmd *cobra.Command, dir string, servers []string, catalog string) (*policy.Set, policy.StaticCatalog, error) {
+	opts := &policy.Options{Servers: servers}
+	var cat policy.StaticCatalog
+	if catalog != "" {
+		var err error
+		if cat, err = policy.LoadCatalog(catalog); err != nil {
+			return nil, nil, err
+		}
+		opts.Catalog = cat
+	}
+	set, err := policy.LoadDir(dir, opts)
+	var problems policy.Problems
+	if errors.As(err, &problems) {
+		printProblems(cmd.ErrOrStderr(), problems)
+		return nil, nil, exitError{code: 1}
+	}
+	return set, cat, err
 }

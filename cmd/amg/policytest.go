@@ -67,21 +67,7 @@ a problem or the policy does not compile; --servers and --catalog are as
 for "amg policy validate".`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts := &policy.Options{Servers: servers}
-			var cat policy.StaticCatalog
-			if catalog != "" {
-				var err error
-				if cat, err = policy.LoadCatalog(catalog); err != nil {
-					return err
-				}
-				opts.Catalog = cat
-			}
-			set, err := policy.LoadDir(args[0], opts)
-			var problems policy.Problems
-			if errors.As(err, &problems) {
-				printProblems(cmd.ErrOrStderr(), problems)
-				return exitError{code: 1}
-			}
+			set, cat, err := compilePolicies(cmd, args[0], servers, catalog)
 			if err != nil {
 				return err
 			}
