@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -80,10 +81,19 @@ func httpTransport(u *config.Upstream, src secrets.Source, egress string, wrap f
 		}
 		return &mcp.StreamableClientTransport{
 			Endpoint:   u.URL,
-			HTTPClient: &http.Client{Transport: &withHeaders{base: base, headers: headers}},
+			HTTPClient: &http.Client{Transport: &withHeaders{base: base, headers: headers}, CheckRedirect: refuseRedirect},
 		}, nil
 	}
 }
+
+// errRedirect is an upstream's redirect, which the gateway does not follow:
+// withHeaders would set the upstream's credentials on the request to
+// wherever it points (net/http drops Authorization when a redirect leaves
+// the host; withHeaders would set it again), a tool call's body would go
+// along, and the operator configured this URL, not another.
+var errRedirect = errors.New("the upstream answered with a redirect, which the gateway does not follow; configure the URL it redirects to")
+
+func refuseRedirect(*http.Request, []*http.Request) error { return errRedirect }
 
 // withHeaders sets the upstream's configured headers on every request of a
 // connection. The agent's own headers never reach this client: the broker
