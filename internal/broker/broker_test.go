@@ -296,6 +296,11 @@ type fixed struct{ set *policy.Set }
 
 func (f fixed) Current() *policy.Set { return f.set }
 
+// livePolicy is a policy a test may change, as a reload does.
+type livePolicy struct{ set atomic.Pointer[policy.Set] }
+
+func (l *livePolicy) Current() *policy.Set { return l.set.Load() }
+
 // records keeps what the broker audits.
 type records struct {
 	mu   sync.Mutex
@@ -342,6 +347,7 @@ func (r *records) codes() []string {
 }
 
 type gateway struct {
+	policy    *livePolicy
 	tokens    tokens.Store
 	broker    *Broker
 	signer    *authz.Signer
@@ -371,6 +377,8 @@ func newGatewayTimed(t *testing.T, overHTTP bool, callTimeout time.Duration, mor
 	if err != nil {
 		t.Fatal(err)
 	}
+	pol := &livePolicy{}
+	pol.set.Store(set)
 	store := tokens.NewMemoryStore()
 	token, _, err := tokens.Issue(ctx, store, "bot-1", "reader", time.Hour, time.Now())
 	if err != nil {
@@ -378,7 +386,7 @@ func newGatewayTimed(t *testing.T, overHTTP bool, callTimeout time.Duration, mor
 	}
 	signer, _ := authz.NewSigner([]byte(strings.Repeat("k", 32)), nil)
 	az, err := authz.New(authz.Deps{
-		Tokens: tokens.NewAuthenticator(store, nil), Policies: fixed{set}, Limiter: ratelimit.NewMemory(nil),
+		Tokens: tokens.NewAuthenticator(store, nil), Policies: pol, Limiter: ratelimit.NewMemory(nil),
 		Audit: discard{}, Redactor: audit.NewRedactor([]byte("r")), Signer: signer,
 	}, nil)
 	if err != nil {
@@ -394,7 +402,7 @@ func newGatewayTimed(t *testing.T, overHTTP bool, callTimeout time.Duration, mor
 	for _, f := range tweak {
 		f(opts)
 	}
-	b, err := New(append([]Upstream{{Name: "notion", Transport: transport, CallTimeout: callTimeout}}, more...), signer, fixed{set}, opts)
+	b, err := New(append([]Upstream{{Name: "notion", Transport: transport, CallTimeout: callTimeout}}, more...), signer, pol, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,7 +413,7 @@ func newGatewayTimed(t *testing.T, overHTTP bool, callTimeout time.Duration, mor
 	direct := httptest.NewServer(b)
 	t.Cleanup(direct.Close)
 	t.Cleanup(func() { close(up.stop) })
-	return &gateway{url: srv.URL + "/mcp", brokerURL: direct.URL + "/mcp", token: token, up: up, audit: rec, signer: signer, broker: b, tokens: store}
+	return &gateway{url: srv.URL + "/mcp", brokerURL: direct.URL + "/mcp", token: token, up: up, audit: rec, signer: signer, broker: b, tokens: store, policy: pol}
 }
 
 type discard struct{}

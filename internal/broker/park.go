@@ -14,6 +14,7 @@ import (
 	"github.com/amgateway/amg/authz"
 	"github.com/amgateway/amg/internal/approval"
 	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/decision"
 	"github.com/amgateway/amg/mcpfilter"
 )
 
@@ -31,6 +32,9 @@ const (
 	CodeApprovalDenied    = "approval_denied"
 	CodeApprovalExpired   = "approval_expired"
 	CodeApprovalCancelled = "approval_cancelled"
+	// Approved, and not run: the agent's token or the policy changed
+	// while the call waited (see stillAllowed).
+	CodeApprovalStale = "approval_stale"
 )
 
 // RPCApprovalRefused is the JSON-RPC error code of a parked call that was
@@ -123,7 +127,7 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, as *agentSession, 
 		// and a cancelled request is not answered.
 		return
 	case outcome.State == approval.Approved:
-		b.executeApproved(stream, r, as, a, body, m, server, tool)
+		b.executeApproved(stream, r, as, d, a, body, m, server, tool)
 	default:
 		send(refusal(m.ID, outcome))
 	}
@@ -265,9 +269,14 @@ func (b *Broker) finish(a *approval.Approval, to approval.State, reason string) 
 // only the id and tool name replaced, as on the direct path. Any other
 // gets the call through the SDK, which encodes the arguments anew: the
 // same JSON value, without the spaces between its tokens.
-func (b *Broker) executeApproved(stream *sseStream, r *http.Request, as *agentSession, a *approval.Approval, body []byte,
+func (b *Broker) executeApproved(stream *sseStream, r *http.Request, as *agentSession, d authz.Decision, a *approval.Approval, body []byte,
 	m *mcpfilter.Message, server, tool string) {
 	r = withApproval(r, a.ID)
+	if err := b.stillAllowed(r.Context(), d, body, server, tool); err != nil {
+		b.recordApproval(a, CodeApprovalStale, err.Error())
+		stream.answer(rpcError(m.ID, RPCApprovalRefused, "approved call not executed: "+err.Error()))
+		return
+	}
 	ex, err := b.approvals.Execute(context.Background(), a.ID)
 	switch {
 	case err != nil:
@@ -378,6 +387,34 @@ func (b *Broker) recordApproval(a *approval.Approval, code, reason string) {
 	if err := b.audit.Log(rec); err != nil {
 		b.log.Error("audit log cannot record an approval step", "approval_id", a.ID, "code", code, "err", err)
 	}
+}
+
+// stillAllowed checks what may have changed while an approved call
+// waited, before it runs: the agent's token is still valid (the session
+// ends a revoked token's calls only at its next look), and the policy in
+// force still parks or allows the call. A human's approval releases a
+// call the policy holds for one; it does not overrule a policy that no
+// longer grants it.
+func (b *Broker) stillAllowed(ctx context.Context, d authz.Decision, body []byte, server, tool string) error {
+	if b.liveTokens != nil && d.TokenID != "" {
+		live, err := b.liveTokens(ctx)
+		if err != nil {
+			return errors.New("the agent's token could not be checked")
+		}
+		if !live[d.TokenID] {
+			return errors.New("the agent's token was revoked or expired while the call waited")
+		}
+	}
+	parsed, err := mcpfilter.Parse(body, &mcpfilter.Options{MaxBytes: b.maxBody})
+	if err != nil || len(parsed.Messages) != 1 {
+		return errors.New("the parked request cannot be read")
+	}
+	res := decision.Evaluate(b.policies.Current(), &decision.Input{Agent: d.Agent, Role: d.Role, Kind: decision.Tool,
+		Server: server, Name: tool, Arguments: parsed.Messages[0].Args, Annotations: b.Annotations(server, tool)})
+	if res.Verdict == decision.Deny {
+		return errors.New("the policy in force no longer allows it: " + res.Reason)
+	}
+	return nil
 }
 
 type approvalKey struct{}

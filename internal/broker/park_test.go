@@ -19,6 +19,8 @@ import (
 
 	"github.com/amgateway/amg/authz"
 	"github.com/amgateway/amg/internal/approval"
+	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/tokens"
 )
 
@@ -587,4 +589,78 @@ func TestRevokedTokensEndTheSession(t *testing.T) {
 		t.Errorf("cancelled for %q, want %q", got.Reason, errSessionEnded)
 	}
 	eventually(t, "the session to go", func() bool { return g.broker.sessionByID(a.sid) == nil })
+}
+
+// What allowed a parked call is checked again when it is approved: a call
+// whose agent's token was revoked, or that the policy in force no longer
+// grants, is not run, and the agent and the audit log are told why. A
+// human's approval releases a call the policy holds; it does not overrule
+// the policy.
+func TestApprovedCallIsCheckedAgain(t *testing.T) {
+	call := `{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`
+	for _, tc := range []struct {
+		name   string
+		change func(t *testing.T, g *gateway, revoked *atomic.Bool)
+		want   string
+	}{
+		{"token revoked", func(t *testing.T, g *gateway, revoked *atomic.Bool) { revoked.Store(true) },
+			"the agent's token was revoked or expired while the call waited"},
+		{"no longer granted", func(t *testing.T, g *gateway, _ *atomic.Bool) {
+			set, err := policy.Compile([]policy.File{{Name: "reader.yaml", Data: []byte(strings.Replace(testRole,
+				"      - name: delete_page\n        constraints: { page_id: {} }\n", "", 1))}}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			g.policy.set.Store(set)
+		}, `the policy in force no longer allows it: tool "notion__delete_page" is not granted to role "reader"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var revoked atomic.Bool
+			var tokenID atomic.Value
+			live := func(context.Context) (map[string]bool, error) {
+				id, _ := tokenID.Load().(string)
+				return map[string]bool{id: !revoked.Load()}, nil
+			}
+			store := approval.NewMemory(nil)
+			// The sessions of revoked tokens are not looked at in time:
+			// the check at execution is what stops the call.
+			g := parkedGateway(t, store, func(o *Options) { o.LiveTokens, o.TokenCheck = live, time.Hour })
+			digest, err := tokens.Parse(g.token)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tokenID.Store(digest.ID())
+			agent := newRawAgent(t, g)
+			answer := make(chan []string, 1)
+			go func() { answer <- agent.post(call) }()
+			p := parkedOne(t, store)
+			tc.change(t, g, &revoked)
+			if _, err := store.Finish(context.Background(), p.ID, approval.Approved, "alice", "ok", time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			got := <-answer
+			var last struct {
+				ID    int
+				Error struct{ Message string }
+			}
+			if len(got) > 0 {
+				json.Unmarshal([]byte(got[len(got)-1]), &last)
+			}
+			if last.ID != 9 || last.Error.Message != "approved call not executed: "+tc.want {
+				t.Errorf("answer %q, want the call refused: %s", got, tc.want)
+			}
+			if d := g.deletions(); len(d) != 0 {
+				t.Errorf("the upstream ran %q", d)
+			}
+			var stale []audit.Record
+			for _, rec := range g.audit.all() {
+				if rec.Code == CodeApprovalStale {
+					stale = append(stale, rec)
+				}
+			}
+			if len(stale) != 1 || stale[0].ApprovalID != p.ID || stale[0].Reason != tc.want {
+				t.Errorf("records of the refusal: %+v", stale)
+			}
+		})
+	}
 }
