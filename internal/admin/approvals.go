@@ -141,7 +141,11 @@ func approvals(mux *http.ServeMux, d Deps) {
 			writeStoreError(w, err)
 			return
 		}
-		writeJSON(w, a)
+		d := approvalDetail{Approval: a}
+		if json.Valid(a.Body) {
+			d.Request = a.Body
+		}
+		writeJSON(w, d)
 	}))
 	decide := func(to approval.State) http.HandlerFunc {
 		return guard(func(w http.ResponseWriter, r *http.Request) {
@@ -185,4 +189,12 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(map[string]string{"error": msg})
+}
+
+// approvalDetail is one approval as the API shows it: with the request the
+// agent sent, which is what the approver judges (indented like the rest of
+// the answer; body_sha256 is that of its exact bytes). Lists leave it out.
+type approvalDetail struct {
+	*approval.Approval
+	Request json.RawMessage `json:"request,omitempty"`
 }

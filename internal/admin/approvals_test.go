@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -29,7 +30,8 @@ func call(t *testing.T, h http.Handler, method, path, token, body string) (int, 
 
 func TestApprovalsAPI(t *testing.T) {
 	store := approval.NewMemory(nil)
-	a, _ := approval.New("dec", "bot", "editor", "notion", "delete_page", []byte(`{}`), time.Now(), time.Hour)
+	parked := `{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`
+	a, _ := approval.New("dec", "bot", "editor", "notion", "delete_page", []byte(parked), time.Now(), time.Hour)
 	if err := store.Create(context.Background(), a); err != nil {
 		t.Fatal(err)
 	}
@@ -49,6 +51,15 @@ func TestApprovalsAPI(t *testing.T) {
 	if code, body := call(t, h, "GET", "/api/v1/approvals?state=pendng", tok, ""); code != 400 ||
 		!strings.Contains(body, `unknown state \"pendng\": one of pending, approved, denied, expired, cancelled, executed`) {
 		t.Errorf("list of an unknown state: %d %s, want 400 naming the states", code, body)
+	}
+	// One approval shows the request the approver judges, as it was sent.
+	code, body = call(t, h, "GET", "/api/v1/approvals/"+a.ID, tok, "")
+	var one struct {
+		ID      string
+		Request json.RawMessage
+	}
+	if code != 200 || json.Unmarshal([]byte(body), &one) != nil || one.ID != a.ID || compactJSON(t, one.Request) != parked {
+		t.Errorf("one approval = %d %s, want its request %s", code, body, parked)
 	}
 	if code, _ := call(t, h, "GET", "/api/v1/approvals/apr_none", tok, ""); code != 404 {
 		t.Errorf("unknown id: %d, want 404", code)
@@ -183,4 +194,14 @@ func TestLoadOrCreateTokenConcurrent(t *testing.T) {
 			}
 		}
 	}
+}
+
+// compactJSON is raw without the indentation the API adds.
+func compactJSON(t *testing.T, raw json.RawMessage) string {
+	t.Helper()
+	var b bytes.Buffer
+	if err := json.Compact(&b, raw); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
 }
