@@ -964,7 +964,7 @@ func (u *upstream) connect(ctx context.Context, opts *mcp.ClientOptions, version
 	defer cancel()
 	t, err := u.Transport(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, setupError{err}
 	}
 	connect := t
 	if obs != nil {
@@ -1106,6 +1106,12 @@ func (b *Broker) dropIfBroken(ss *mcp.ServerSession, server string, cs *mcp.Clie
 // fails: it names the server, never a credential.
 func upstreamError(server string, err error) error {
 	msg := fmt.Sprintf("upstream %q: %s", server, errorText(err, true))
+	if errors.As(err, new(setupError)) {
+		// The gateway's own configuration (a secret reference, a file, a
+		// Vault path): the gateway's log names it, the agent is told only
+		// where the fault lies.
+		msg = fmt.Sprintf("upstream %q: the gateway could not prepare its connection to it (its log says why)", server)
+	}
 	var rpcErr *jsonrpc.Error
 	if errors.As(err, &rpcErr) {
 		return &jsonrpc.Error{Code: rpcErr.Code, Message: fmt.Sprintf("upstream %q: %s", server, rpcErr.Message), Data: rpcErr.Data}
@@ -1139,6 +1145,14 @@ func errorText(err error, forAgent bool) string {
 	msg = strings.ReplaceAll(msg, ue.Op+" "+quoted, ue.Op+" "+short)
 	return strings.ReplaceAll(msg, quoted, short)
 }
+
+// setupError is a failure to prepare an upstream connection before any
+// of it reaches the upstream (Upstream.Transport's): resolving its
+// credentials, starting its command.
+type setupError struct{ err error }
+
+func (e setupError) Error() string { return e.err.Error() }
+func (e setupError) Unwrap() error { return e.err }
 
 // RPCUpstreamError is the JSON-RPC error code of an upstream that could
 // not be reached or failed without a JSON-RPC error of its own.

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -28,6 +29,7 @@ import (
 	"github.com/amgateway/amg/internal/front"
 	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/ratelimit"
+	"github.com/amgateway/amg/internal/syncbuf"
 	"github.com/amgateway/amg/internal/tokens"
 )
 
@@ -1306,4 +1308,32 @@ func TestRelayedRequestIsCancelledWithTheUpstreams(t *testing.T) {
 			t.Fatal("the agent's sampling request was not cancelled when the upstream gave up on it")
 		}
 	})
+}
+
+// An upstream connection the gateway cannot prepare (a credential it
+// cannot resolve) fails the call with an error that says where the fault
+// lies, without the configuration it names: that is for the gateway's
+// log, which gets it.
+func TestUpstreamSetupErrorsStayInTheLog(t *testing.T) {
+	const secretPath = "/run/secrets/files-key"
+	files := newUpstream()
+	var connects atomic.Int32
+	transport := func(ctx context.Context) (mcp.Transport, error) {
+		if connects.Add(1) == 1 { // the catalogue's
+			return files.transport(ctx)
+		}
+		return nil, errors.New("header Authorization: file:" + secretPath + " does not exist")
+	}
+	var log syncbuf.Buffer
+	g := newGatewayTimed(t, false, 5*time.Second, []Upstream{{Name: "files", Transport: transport}},
+		func(o *Options) { o.Logger = slog.New(slog.NewTextHandler(&log, nil)) })
+	cs := g.connect(t, nil)
+	_, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "files__get_pages", Arguments: json.RawMessage(`{"workspace_id":"ws_abc123"}`)})
+	const want = `upstream "files": the gateway could not prepare its connection to it (its log says why)`
+	if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), secretPath) {
+		t.Errorf("call: %v, want %s", err, want)
+	}
+	if !strings.Contains(log.String(), secretPath) {
+		t.Errorf("the gateway's log does not say why:\n%s", log.String())
+	}
 }

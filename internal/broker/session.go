@@ -367,6 +367,9 @@ func (b *Broker) connectFor(ctx context.Context, as *agentSession, u *upstream) 
 			b.relayNotification(as, u.Name, n)
 		}, relayMW)
 	if err != nil {
+		if errors.As(err, new(setupError)) {
+			b.log.Error("cannot prepare a connection to an upstream", "upstream", u.Name, "err", err)
+		}
 		return nil, err
 	}
 	as.mu.Lock()
