@@ -247,6 +247,12 @@ type Redis struct {
 	DB       int
 	// TLS, when set, makes every connection TLS.
 	TLS *TLS
+	// DecisionKey and AuditKey, when set, are secret references to the
+	// key that signs decisions and the key of the audit HMACs, each at
+	// least 32 bytes, which every replica then takes from the secret
+	// source. Unset, the first replica makes each and stores it in
+	// Redis, where whoever reads Redis can read it.
+	DecisionKey, AuditKey Template
 }
 
 // Upstream is one MCP server behind the gateway. Exactly one of URL,

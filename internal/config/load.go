@@ -37,7 +37,7 @@ var (
 	approvalKeys = []string{"ttl", "webhook"}
 	consoleKeys  = []string{"ready_days", "ready_min_calls", "trace_url", "staged_policy_dir"}
 	auditKeys    = []string{"max_file_bytes", "sync", "sync_interval", "stdout", "stream_max_records"}
-	redisKeys    = []string{"address", "username", "password", "db", "tls"}
+	redisKeys    = []string{"address", "username", "password", "db", "tls", "decision_key", "audit_key"}
 	tlsKeys      = []string{"ca_file", "server_name", "cert_file", "key_file"}
 	vaultKeys    = []string{"address", "token", "approle", "cache_ttl"}
 	appRoleKeys  = []string{"role_id", "secret_id", "mount"}
@@ -642,6 +642,10 @@ func (l *loader) redis(n *yaml.Node, path string, r *Redis) {
 			if d, ok := l.Integer(v, p, 0); ok {
 				r.DB = d
 			}
+		case "decision_key":
+			r.DecisionKey, _ = l.credential(v, p, "${vault:kv/data/amg#decision_key}")
+		case "audit_key":
+			r.AuditKey, _ = l.credential(v, p, "${vault:kv/data/amg#audit_key}")
 		}
 	})
 	if n.Kind == yaml.MappingNode && address == nil {

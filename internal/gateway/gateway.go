@@ -178,18 +178,22 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	// The decision key signs what authz hands the broker, and the audit key
 	// keys the HMACs of redacted values: with replicas, authz on one and
 	// the broker on another must agree, and so must their audit records,
-	// so with Redis both keys are the ones Redis holds.
-	key := func(file, name string) ([]byte, error) {
-		if g.redis != nil {
+	// so with Redis both keys are shared: taken from the secret source
+	// when the config names them, else the ones Redis holds.
+	key := func(file, name string, ref config.Template) ([]byte, error) {
+		switch {
+		case g.redis != nil && ref.String() != "":
+			return keyFromSecret(ref, src, name)
+		case g.redis != nil:
 			return sharedKey(g.redis, name)
 		}
 		return audit.LoadOrCreateKey(filepath.Join(cfg.DataDir, file))
 	}
-	auditKey, err := key(audit.KeyFileName, "audit")
+	auditKey, err := key(audit.KeyFileName, "audit", cfg.Redis.AuditKey)
 	if err != nil {
 		return nil, err
 	}
-	decisionKey, err := key("decision.key", "decision")
+	decisionKey, err := key("decision.key", "decision", cfg.Redis.DecisionKey)
 	if err != nil {
 		return nil, err
 	}

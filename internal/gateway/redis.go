@@ -44,6 +44,26 @@ func dialRedis(c config.Redis, src secrets.Source) (*redis.Client, error) {
 	return client, nil
 }
 
+// minKeyLen is the shortest key a replica takes from the secret source:
+// that of an HMAC-SHA256 key at full strength.
+const minKeyLen = 32
+
+// keyFromSecret returns the shared key named name from the secret ref
+// the config gives for it (redis.decision_key, redis.audit_key).
+func keyFromSecret(ref config.Template, src secrets.Source, name string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	v, err := ref.Expand(ctx, src)
+	if err != nil {
+		return nil, fmt.Errorf("redis.%s_key: %w", name, err)
+	}
+	key := []byte(v.Reveal())
+	if len(key) < minKeyLen {
+		return nil, fmt.Errorf("redis.%s_key: the key is %d bytes, want at least %d", name, len(key), minKeyLen)
+	}
+	return key, nil
+}
+
 // sharedKey returns the 32-byte key named name that every replica uses,
 // created by whichever replica asks first.
 func sharedKey(client *redis.Client, name string) ([]byte, error) {

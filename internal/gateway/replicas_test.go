@@ -400,3 +400,42 @@ func writeFile(t *testing.T, content string) string {
 	}
 	return path
 }
+
+// With redis.decision_key and redis.audit_key, replicas take their shared
+// keys from the secret source, and Redis holds neither: whoever reads
+// Redis cannot sign a decision. A key too short to sign with is refused
+// at start.
+func TestSharedKeysFromTheSecretSource(t *testing.T) {
+	srv := redistest.Start(t)
+	t.Setenv("AMG_TEST_DECISION_KEY", strings.Repeat("d", 40))
+	t.Setenv("AMG_TEST_AUDIT_KEY", strings.Repeat("a", 40))
+	ref := func(s string) config.Template {
+		tmpl, err := config.ParseTemplate(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tmpl
+	}
+	cfg := loopbackConfig(t, "../../policies")
+	cfg.Redis.Address = srv.Addr
+	cfg.Redis.DecisionKey, cfg.Redis.AuditKey = ref("${env:AMG_TEST_DECISION_KEY}"), ref("${env:AMG_TEST_AUDIT_KEY}")
+	gw := serveForTest(t, cfg, nil)
+	token, _, err := gw.IssueToken(context.Background(), "keys", "notion_read", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := getPages(agentOn(t, gw, token)); err != nil {
+		t.Errorf("a call signed with the configured key: %v", err)
+	}
+	keys, err := srv.Client().Keys(context.Background(), "amg:{keys}:*").Result()
+	if err != nil || len(keys) != 0 {
+		t.Errorf("keys in Redis: %v %v, want none", keys, err)
+	}
+
+	t.Setenv("AMG_TEST_DECISION_KEY", "short")
+	short := loopbackConfig(t, "../../policies")
+	short.Redis = cfg.Redis
+	if _, err := New(short, nil); err == nil || err.Error() != "redis.decision_key: the key is 5 bytes, want at least 32" {
+		t.Errorf("a short key: %v", err)
+	}
+}
