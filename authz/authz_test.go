@@ -191,7 +191,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gsOpts := GRPCServerOptions()
+	gsOpts := GRPCServerOptions(o.MaxBodyBytes)
 	if o.Telemetry != nil { // as the gateway serves Check
 		gsOpts = append(gsOpts, o.Telemetry.GRPCServerOptions()...)
 	}
@@ -882,5 +882,19 @@ func TestProgressToken(t *testing.T) {
 				t.Errorf("audit record = %+v", rec)
 			}
 		})
+	}
+}
+
+// A body as large as the configured limit reaches authz over gRPC, which
+// by itself refuses messages over 4 MiB with an error Envoy turns into a
+// plain 403 and no one records: authz decides on it, as in standalone
+// mode.
+func TestLargeBodiesReachAuthzOverGRPC(t *testing.T) {
+	const limit = 6 << 20
+	e := newEnv(t, func(_ *Deps, o *Options) { o.MaxBodyBytes = limit })
+	body := toolCall(1, "notion__delete_page", `{"page_id":"`+strings.Repeat("p", 5<<20)+`"}`)
+	resp := e.check(t, "bot-1", nil, body)
+	if d := resp.GetDeniedResponse(); d == nil || d.GetStatus().GetCode() != 200 || !strings.Contains(d.GetBody(), `"code":"constraint_failed"`) {
+		t.Errorf("a %d-byte body: %v, want the policy's denial", len(body), resp)
 	}
 }

@@ -97,7 +97,7 @@ func serve(t *testing.T, srv authv3.AuthorizationServer) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(authz.GRPCServerOptions()...)
+	gs := grpc.NewServer(authz.GRPCServerOptions(0)...)
 	authv3.RegisterAuthorizationServer(gs, srv)
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)

@@ -147,10 +147,10 @@ func startServer(floor bool, redisAddr string) (addr, token string, stop func(),
 	}
 	var gs *grpc.Server
 	if floor {
-		gs = grpc.NewServer(authz.GRPCServerOptions()...)
+		gs = grpc.NewServer(authz.GRPCServerOptions(0)...)
 		authv3.RegisterAuthorizationServer(gs, allowAll{})
 	} else {
-		gs = grpc.NewServer(append(authz.GRPCServerOptions(), tel.GRPCServerOptions()...)...)
+		gs = grpc.NewServer(append(authz.GRPCServerOptions(0), tel.GRPCServerOptions()...)...)
 		authv3.RegisterAuthorizationServer(gs, srv)
 	}
 	go gs.Serve(lis)

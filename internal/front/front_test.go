@@ -118,7 +118,7 @@ func overGRPC(t *testing.T) func(authz.Deps) Checker {
 		if err != nil {
 			t.Fatal(err)
 		}
-		gs := grpc.NewServer(authz.GRPCServerOptions()...)
+		gs := grpc.NewServer(authz.GRPCServerOptions(0)...)
 		authv3.RegisterAuthorizationServer(gs, s)
 		go gs.Serve(lis)
 		t.Cleanup(gs.Stop)

@@ -404,7 +404,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 		g.broker.Sync()
 	})
 
-	gs := grpc.NewServer(append(authz.GRPCServerOptions(), g.tel.GRPCServerOptions()...)...)
+	gs := grpc.NewServer(append(authz.GRPCServerOptions(g.cfg.MaxBodyBytes), g.tel.GRPCServerOptions()...)...)
 	authv3.RegisterAuthorizationServer(gs, g.authz)
 	hs := &http.Server{Handler: g.tel.HTTPHandler(g.front, "amg.front"), ReadHeaderTimeout: 10 * time.Second}
 	as := &http.Server{Handler: g.admin, ReadHeaderTimeout: 10 * time.Second}
