@@ -150,13 +150,23 @@ func NewFileDevice(path string, opts *FileOptions) (*FileDevice, error) {
 }
 
 // resume finds the tip of the chain, setting aside a torn file first.
+//
+// The current file missing while rotated files exist means its records
+// were deleted, unless a rotation was cut short, which leaves the next
+// file beside it (see replace): resume finishes such a rotation, and
+// refuses to go on from the rotated files otherwise, since the chain
+// would then hide the loss. An operator who knows why the file is gone
+// creates it, empty, to go on.
 func (d *FileDevice) resume() error {
+	if err := d.finishRotation(); err != nil {
+		return err
+	}
 	tip, torn, err := lastRecord(d.path)
 	if err != nil {
 		return err
 	}
 	if torn > 0 {
-		aside, err := d.rename()
+		aside, err := d.replace()
 		if err != nil {
 			return fmt.Errorf("audit file: set aside %s, which ends in a torn line: %w", d.path, err)
 		}
@@ -235,6 +245,58 @@ func (d *FileDevice) open() error {
 	}
 	d.f, d.size, d.torn = f, fi.Size(), false
 	syncDir(d.path)
+	return nil
+}
+
+// nextPath is where replace makes the next current file before it takes
+// the place of the one rotated away.
+func (d *FileDevice) nextPath() string { return d.path + ".next" }
+
+// replace moves the current file to a new rotated name, which it returns,
+// and puts an empty file in its place. The empty file is made first, so
+// that a crash between the two renames leaves it beside the rotated file
+// (finishRotation), never a log without its current file.
+func (d *FileDevice) replace() (string, error) {
+	next, err := os.OpenFile(d.nextPath(), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return "", err
+	}
+	if err := errors.Join(next.Sync(), next.Close()); err != nil {
+		return "", err
+	}
+	name, err := d.rename()
+	if err != nil {
+		return "", err
+	}
+	if err := os.Rename(d.nextPath(), d.path); err != nil {
+		return "", err
+	}
+	syncDir(d.path)
+	return name, nil
+}
+
+// finishRotation completes a rotation a crash cut short, and refuses a
+// log whose current file is gone while rotated files remain.
+func (d *FileDevice) finishRotation() error {
+	if _, err := os.Lstat(d.path); !errors.Is(err, os.ErrNotExist) {
+		return nil // present (or unreadable, which open reports)
+	}
+	if _, err := os.Lstat(d.nextPath()); err == nil {
+		if err := os.Rename(d.nextPath(), d.path); err != nil {
+			return fmt.Errorf("audit file: finish an interrupted rotation: %w", err)
+		}
+		syncDir(d.path)
+		d.log.Warn("audit file: finished a rotation cut short (crash while rotating?)", "file", d.path)
+		return nil
+	}
+	rotated, err := rotatedFiles(d.path)
+	if err != nil {
+		return err
+	}
+	if len(rotated) > 0 {
+		return fmt.Errorf("audit file: %s is missing while rotated files remain (the last is %s): its records may have been deleted; check with amg audit verify, and to go on, create %s empty",
+			d.path, rotated[len(rotated)-1], d.path)
+	}
 	return nil
 }
 
@@ -410,7 +472,7 @@ func (d *FileDevice) rotate() error {
 	if err := errors.Join(syncErr, closeErr); err != nil {
 		return fmt.Errorf("audit file: rotate: %w", err)
 	}
-	name, err := d.rename()
+	name, err := d.replace()
 	if err != nil {
 		return fmt.Errorf("audit file: rotate: %w", err)
 	}

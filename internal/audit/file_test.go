@@ -345,6 +345,48 @@ func TestResume(t *testing.T) {
 	}
 }
 
+// The current file gone while rotated files remain is what deleting the
+// newest records looks like: the device refuses to go on from the rotated
+// files, which would hide the loss, until an operator creates the file.
+// A rotation a crash cut short, which leaves the next file beside the
+// rotated one, is finished.
+func TestResumeWithoutTheCurrentFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.log")
+	writeRecords(t, path, nil, 1, 3)
+
+	// Interrupted: renamed away, its successor made but not yet moved in.
+	if err := os.Rename(path, rotatedName(path, fakeClock()())); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path+".next", nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	writeRecords(t, path, nil, 4, 4)
+	files, _ := ChainFiles(path)
+	if res, err := Verify(files...); err != nil || res.Records != 4 || len(files) != 2 {
+		t.Errorf("after an interrupted rotation: Verify(%v) = %+v, %v; want 4 records in 2 files", files, res, err)
+	}
+	if _, err := os.Stat(path + ".next"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the next file is still there: %v", err)
+	}
+
+	// Deleted: the current file gone, nothing beside it.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	_, err := NewFileDevice(path, nil)
+	if err == nil || !strings.Contains(err.Error(), path+" is missing while rotated files remain") {
+		t.Fatalf("NewFileDevice without its current file: %v", err)
+	}
+	// Created by an operator who knows why: the chain goes on from the
+	// rotated file, with the records of the deleted one missing.
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	writeRecords(t, path, nil, 4, 4)
+}
+
 func TestResumeTornLine(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "audit.log")

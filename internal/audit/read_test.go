@@ -409,7 +409,11 @@ func TestSearchRotatedDuringRead(t *testing.T) {
 			}
 		}, all},
 		{"renamed and written to", func(t *testing.T, path string) {
+			// A rotation, whose new file a device then writes to.
 			if err := os.Rename(path, rotatedName(path, hour(12))); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, nil, 0o600); err != nil {
 				t.Fatal(err)
 			}
 			d, err := NewFileDevice(path, &FileOptions{Sync: SyncNever})
