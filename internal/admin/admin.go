@@ -102,6 +102,9 @@ type PolicyStatus struct {
 	// LastError why that failed (the previous version stays in force).
 	LastReload time.Time `json:"last_reload"`
 	LastError  string    `json:"last_error,omitempty"`
+	// Misfits is what the policy names that the upstreams do not offer
+	// (a tool, an argument), which does not stop it loading.
+	Misfits string `json:"misfits,omitempty"`
 }
 
 func status(d Deps) Status {
@@ -110,6 +113,9 @@ func status(d Deps) Status {
 	st.Policy.LastReload = ps.At
 	if ps.Err != nil {
 		st.Policy.LastError = ps.Err.Error()
+	}
+	if ps.Misfits != nil {
+		st.Policy.Misfits = ps.Misfits.Error()
 	}
 	st.Policy.Roles = []string{}
 	if set := d.Policies.Current(); set != nil {

@@ -66,7 +66,8 @@ func TestReadinessFollowsThePolicy(t *testing.T) {
 func TestStatusReportsPolicyAndUpstreams(t *testing.T) {
 	set := compile(t)
 	at := time.Date(2026, 11, 26, 9, 0, 0, 0, time.UTC)
-	p := &policies{set: set, st: policy.Status{At: at, Err: errors.New("r.yaml:3:5: servers.notion.tools[0]: unknown tool")}}
+	p := &policies{set: set, st: policy.Status{At: at, Err: errors.New("r.yaml:3:5: servers.notion.tools[0]: unknown tool"),
+		Misfits: errors.New(`r.yaml:5:9: servers.notion.tools[0]: server "notion" has no tool "get_page"`)}}
 	ups := []broker.UpstreamStatus{{Name: "notion", Connected: true, Tools: 5}, {Name: "github"}}
 	h := Handler(Deps{Policies: p, Upstreams: func() []broker.UpstreamStatus { return ups }, Version: "v1.2.3", Started: at})
 	code, body := get(t, h, "/api/v1/status", nil)
@@ -79,6 +80,7 @@ func TestStatusReportsPolicyAndUpstreams(t *testing.T) {
 	}
 	if got.Version != "v1.2.3" || got.Policy.Version != set.VersionString() || strings.Join(got.Policy.Roles, ",") != "reader" ||
 		!got.Policy.LastReload.Equal(at) || got.Policy.LastError != "r.yaml:3:5: servers.notion.tools[0]: unknown tool" ||
+		got.Policy.Misfits != `r.yaml:5:9: servers.notion.tools[0]: server "notion" has no tool "get_page"` ||
 		len(got.Upstreams) != 2 || !got.Upstreams[0].Connected || got.Upstreams[0].Tools != 5 || got.Upstreams[1].Connected {
 		t.Errorf("status = %s", body)
 	}

@@ -391,18 +391,21 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	// From now on the policy is checked against what the upstreams list:
 	// at once, and at every reload.
 	g.policies.CheckAgainst(g.broker)
-	if err := g.policies.Reload(); err != nil {
-		g.log.Error("policy does not fit what the upstreams list; keeping the last good version", "err", err)
-	}
-	go g.followRevocations(ctx)
-	go g.policies.Watch(ctx, g.reload, func(st policy.Status) {
-		if st.Err != nil {
+	report := func(st policy.Status) {
+		switch {
+		case st.Err != nil:
 			g.log.Error("policy reload failed; keeping the last good version", "version", st.Version.String(), "err", st.Err)
 			return
+		case st.Misfits != nil:
+			g.log.Warn("the policy names what the upstreams do not offer", "version", st.Version.String(), "misfits", st.Misfits)
 		}
-		g.log.Info("policy reloaded", "version", st.Version.String())
+		g.log.Info("policy in force", "version", st.Version.String())
 		g.broker.Sync()
-	})
+	}
+	g.policies.Reload()
+	report(g.policies.Status())
+	go g.followRevocations(ctx)
+	go g.policies.Watch(ctx, g.reload, report)
 
 	gs := grpc.NewServer(append(authz.GRPCServerOptions(g.cfg.MaxBodyBytes), g.tel.GRPCServerOptions()...)...)
 	authv3.RegisterAuthorizationServer(gs, g.authz)

@@ -43,7 +43,8 @@ type Options struct {
 	// Upstreams, when set and Catalog is not, is the gateway's live
 	// catalogue: grants on a server it lists are checked as against
 	// Catalog, and a server it cannot list now (not reached yet) is not
-	// checked.
+	// checked. Live reports what this finds apart, as misfits that do not
+	// stop a reload (see Status).
 	Upstreams Catalog
 	// Sequence is the version sequence of the compiled set; 0 means 1.
 	Sequence uint64
@@ -51,6 +52,15 @@ type Options struct {
 
 // LoadDir compiles every *.yaml and *.yml file directly in dir.
 func LoadDir(dir string, opts *Options) (*Set, error) {
+	files, err := readDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	return Compile(files, opts)
+}
+
+// readDir reads the role files directly in dir.
+func readDir(dir string) ([]File, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("read policy directory: %w", err)
@@ -71,7 +81,7 @@ func LoadDir(dir string, opts *Options) (*Set, error) {
 	if len(files) == 0 {
 		return nil, Problems{{Pos: Pos{File: dir}, Msg: "no role files (*.yaml, *.yml)"}}
 	}
-	return Compile(files, opts)
+	return files, nil
 }
 
 // Compile compiles role files into a Set. On failure the error is Problems

@@ -16,9 +16,10 @@ type Live struct {
 
 	cur atomic.Pointer[Set]
 
-	mu   sync.Mutex // serialises reloads
-	seq  uint64
-	last Status
+	mu        sync.Mutex // serialises reloads
+	seq       uint64
+	last      Status
+	upstreams Catalog // see CheckAgainst
 }
 
 // Status is the outcome of the last reload.
@@ -28,6 +29,9 @@ type Status struct {
 	Version Version
 	// Err is the last reload's failure, nil if it succeeded.
 	Err error
+	// Misfits are what the policy of the last reload that compiled names
+	// and the upstreams do not offer (see CheckAgainst), nil if nothing.
+	Misfits error
 }
 
 // NewLive returns a Live for dir; call Reload to load it.
@@ -42,11 +46,13 @@ func NewLive(dir string, opts *Options) *Live {
 // CheckAgainst makes every later reload check the grants against the
 // gateway's live catalogue (Options.Upstreams): a grant for a tool an
 // upstream does not have, or a constraint on an argument it does not
-// take, then fails the reload, and the last good set stays.
+// take, is then reported in Status.Misfits. It does not stop the reload:
+// what an upstream lists is not the operator's to fix at once, and a
+// reload held back by it would hold back a revocation too.
 func (l *Live) CheckAgainst(upstreams Catalog) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.opts.Upstreams = upstreams
+	l.upstreams = upstreams
 }
 
 // Current returns the set being served, or nil.
@@ -66,13 +72,22 @@ func (l *Live) Reload() error {
 	defer l.mu.Unlock()
 	opts := l.opts
 	opts.Sequence = l.seq + 1
-	set, err := LoadDir(l.dir, &opts)
+	files, err := readDir(l.dir)
+	var set *Set
+	if err == nil {
+		set, err = Compile(files, &opts)
+	}
 	l.last = Status{At: time.Now(), Err: err}
 	if cur := l.cur.Load(); cur != nil {
 		l.last.Version = cur.Version()
 	}
 	if err != nil {
 		return err
+	}
+	if l.upstreams != nil {
+		check := opts
+		check.Upstreams = l.upstreams
+		_, l.last.Misfits = Compile(files, &check)
 	}
 	if cur := l.cur.Load(); cur != nil && cur.Version().Hash == set.Version().Hash {
 		return nil
@@ -84,30 +99,32 @@ func (l *Live) Reload() error {
 }
 
 // Watch reloads every interval until ctx ends, calling report after each
-// reload that changed the version, or failed otherwise than the one
-// before (a failure that stands is reported once).
+// reload that changed the version, or whose failure or misfits differ
+// from the last reported: one that stands is reported once.
 func (l *Live) Watch(ctx context.Context, interval time.Duration, report func(Status)) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	var failed string
+	reported := l.Status()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 			before := l.Current()
-			err := l.Reload()
-			changed := l.Current() != before
-			if err != nil && err.Error() != failed {
-				changed = true
-			}
-			failed = ""
-			if err != nil {
-				failed = err.Error()
-			}
+			l.Reload()
+			st := l.Status()
+			changed := l.Current() != before || errText(st.Err) != errText(reported.Err) || errText(st.Misfits) != errText(reported.Misfits)
 			if report != nil && changed {
-				report(l.Status())
+				reported = st
+				report(st)
 			}
 		}
 	}
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }

@@ -55,26 +55,45 @@ func TestLiveKeepsLastGoodSet(t *testing.T) {
 }
 
 // A live reload checks grants against what the upstreams list, on the
-// servers listed now: one not reached yet is not checked, and a tool its
-// list lacks fails the reload, which keeps the last good set.
+// servers listed now (one not reached yet is not checked), and reports
+// what does not fit without holding the reload back: an upstream that
+// dropped a tool must not stop the operator from revoking another grant.
 func TestLiveChecksAgainstTheUpstreams(t *testing.T) {
 	dir := t.TempDir()
-	role := "role: a\nservers:\n  notion:\n    tools:\n      - name: get_page\n  github:\n    tools:\n      - name: list_repos\n"
-	if err := os.WriteFile(filepath.Join(dir, "a.yaml"), []byte(role), 0o600); err != nil {
-		t.Fatal(err)
+	file := filepath.Join(dir, "a.yaml")
+	write := func(tools string) {
+		t.Helper()
+		role := "role: a\nservers:\n  notion:\n    tools:\n      - name: get_page\n" + tools + "  github:\n    tools:\n      - name: list_repos\n"
+		if err := os.WriteFile(file, []byte(role), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
+	write("      - name: delete_page\n")
 	l := NewLive(dir, nil)
 	if err := l.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	first := l.Current()
 	l.CheckAgainst(notionCatalog) // github is not listed: not reached yet
-	err := l.Reload()
-	if want := filepath.Join(dir, "a.yaml") + `:5:9: servers.notion.tools[0]: server "notion" has no tool "get_page"`; err == nil || err.Error() != want {
-		t.Errorf("reload = %v, want %s", err, want)
+	if err := l.Reload(); err != nil {
+		t.Fatal(err)
 	}
-	if l.Current() != first {
-		t.Error("a reload that failed the check replaced the last good set")
+	want := file + `:5:9: servers.notion.tools[0]: server "notion" has no tool "get_page"`
+	if st := l.Status(); st.Misfits == nil || st.Misfits.Error() != want {
+		t.Errorf("misfits = %v, want %s", st.Misfits, want)
+	}
+
+	write("") // delete_page revoked; get_page still misfits
+	if err := l.Reload(); err != nil {
+		t.Fatalf("a revocation was held back: %v", err)
+	}
+	if _, granted := l.Current().Role("a"); !granted {
+		t.Fatal("role a is gone")
+	}
+	if r, _ := l.Current().Role("a"); r.Servers["notion"].Tools["delete_page"] != nil {
+		t.Error("delete_page is still granted after the reload")
+	}
+	if st := l.Status(); st.Misfits == nil || st.Misfits.Error() != want {
+		t.Errorf("misfits after the revocation = %v, want %s", st.Misfits, want)
 	}
 }
 
