@@ -142,7 +142,7 @@ func (f *Front) refuseHost(w http.ResponseWriter, r *http.Request) {
 	id := newID()
 	if f.audit != nil {
 		rec := &audit.Record{Time: time.Now(), DecisionID: id, Verdict: "deny", Code: CodeHostNotAllowed,
-			Reason: fmt.Sprintf("Host %q is not allowed", truncate(r.Host)), Method: "HTTP " + r.Method}
+			Reason: fmt.Sprintf("Host %q is not allowed", truncate(r.Host)), Method: "HTTP " + truncate(r.Method)}
 		if err := f.audit.Log(rec); err != nil {
 			f.log.Error("audit failed while refusing a host", "decision_id", id, "err", err)
 		}
