@@ -7,7 +7,7 @@
 // Every key is optional; what the file leaves out keeps its Default value:
 //
 //	listen: 127.0.0.1:8080          # agent-facing MCP endpoint (path MCPPath)
-//	allowed_origins: []             # web origins whose pages may call it, e.g. [https://app.example.com]
+//	allowed_origins: []             # Origin values let through, e.g. [https://app.example.com]
 //	admin_listen: 127.0.0.1:8081    # web console and HTTP API
 //	authz_listen: 127.0.0.1:9001    # ext_authz gRPC for Envoy
 //	broker_listen: ""               # Envoy mode: the broker, for Envoy's routes ("" off)
@@ -60,8 +60,10 @@
 // Origin, as non-browser agents send, passes. Loopback origins
 // (http://localhost:PORT, http://127.0.0.1:PORT, any port) are allowed
 // without being listed on requests addressed to a loopback host, so an
-// empty list refuses every browser page but those on the gateway's own
-// machine that reach it on loopback.
+// empty list refuses every Origin but those of pages on the gateway's own
+// machine that reach it on loopback. The gateway answers no CORS
+// preflight: the list lets Origin values through, it does not let a
+// browser page on another origin call the gateway.
 //
 // An upstream has exactly one of url (MCP Streamable HTTP), command (an MCP
 // server run as a child process speaking stdio) or builtin (a server
