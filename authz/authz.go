@@ -113,9 +113,9 @@ type Options struct {
 	// Telemetry, if set, gets a span and metrics per decision; the span
 	// continues the trace of the request's traceparent header.
 	Telemetry *telemetry.Telemetry
-	// AllowedOrigins are the web origins, scheme://host[:port], whose
-	// pages may send requests (scheme and host compared without case, a
-	// default port the same as none). A request with another Origin
+	// AllowedOrigins are the Origin header values let through, web
+	// origins, scheme://host[:port] (scheme and host compared without
+	// case, a default port the same as none). A request with another Origin
 	// header is refused (403); one with none passes. Loopback origins
 	// are also allowed on requests addressed to a loopback host (see
 	// checkOrigin). Nil allows no other origin.

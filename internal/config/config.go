@@ -107,9 +107,9 @@ const routeTimeoutMargin = time.Minute
 type Config struct {
 	// Listen is the agent-facing MCP endpoint of the standalone front.
 	Listen string
-	// AllowedOrigins are the web origins (scheme://host[:port]) whose
-	// pages may send agent requests, in either mode: a request with
-	// another Origin header is refused, one without passes. Loopback
+	// AllowedOrigins are the Origin header values (scheme://host[:port])
+	// let through, in either mode: a request with another Origin header
+	// is refused, one without passes. Loopback
 	// origins need not be listed for requests to a loopback host.
 	AllowedOrigins []string
 	// AdminListen serves the web console and the operator HTTP API.
