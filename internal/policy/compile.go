@@ -43,8 +43,8 @@ type Options struct {
 	// Upstreams, when set and Catalog is not, is the gateway's live
 	// catalogue: grants on a server it lists are checked as against
 	// Catalog, and a server it cannot list now (not reached yet) is not
-	// checked. Live reports what this finds apart, as misfits that do not
-	// stop a reload (see Status).
+	// checked. What this finds is no problem: the set compiles, and
+	// Set.Misfits reports it.
 	Upstreams Catalog
 	// Sequence is the version sequence of the compiled set; 0 means 1.
 	Sequence uint64
@@ -52,15 +52,6 @@ type Options struct {
 
 // LoadDir compiles every *.yaml and *.yml file directly in dir.
 func LoadDir(dir string, opts *Options) (*Set, error) {
-	files, err := readDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	return Compile(files, opts)
-}
-
-// readDir reads the role files directly in dir.
-func readDir(dir string) ([]File, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("read policy directory: %w", err)
@@ -81,7 +72,7 @@ func readDir(dir string) ([]File, error) {
 	if len(files) == 0 {
 		return nil, Problems{{Pos: Pos{File: dir}, Msg: "no role files (*.yaml, *.yml)"}}
 	}
-	return files, nil
+	return Compile(files, opts)
 }
 
 // Compile compiles role files into a Set. On failure the error is Problems
@@ -116,6 +107,10 @@ func Compile(files []File, opts *Options) (*Set, error) {
 	if len(c.Problems) > 0 {
 		c.Problems.Sort()
 		return nil, c.Problems
+	}
+	if len(c.misfits) > 0 {
+		c.misfits.Sort()
+		set.misfits = c.misfits
 	}
 	seq := opts.Sequence
 	if seq == 0 {
@@ -160,6 +155,15 @@ type compiler struct {
 	servers map[string]bool
 	data    []byte
 	celEnv  *cel.Env
+	misfits Problems // what the live catalogue finds (Options.Upstreams)
+}
+
+// asMisfits runs check and takes the problems it reports as misfits.
+func (c *compiler) asMisfits(check func()) {
+	n := len(c.Problems)
+	check()
+	c.misfits = append(c.misfits, c.Problems[n:]...)
+	c.Problems = c.Problems[:n]
 }
 
 func (c *compiler) glob(n *yaml.Node, at string) (string, bool) {
@@ -304,7 +308,12 @@ func (c *compiler) server(r *Role, server string, k, v *yaml.Node) {
 				}
 				grants[g.Name] = g
 				if key == "tools" && checked {
-					c.checkTool(g, catalog, v, p)
+					check := func() { c.checkTool(g, catalog, v, p) }
+					if c.opts.Catalog == nil {
+						c.asMisfits(check)
+					} else {
+						check()
+					}
 				}
 			})
 		case "resources":

@@ -16,10 +16,9 @@ type Live struct {
 
 	cur atomic.Pointer[Set]
 
-	mu        sync.Mutex // serialises reloads
-	seq       uint64
-	last      Status
-	upstreams Catalog // see CheckAgainst
+	mu   sync.Mutex // serialises reloads
+	seq  uint64
+	last Status
 }
 
 // Status is the outcome of the last reload.
@@ -52,7 +51,7 @@ func NewLive(dir string, opts *Options) *Live {
 func (l *Live) CheckAgainst(upstreams Catalog) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.upstreams = upstreams
+	l.opts.Upstreams = upstreams
 }
 
 // Current returns the set being served, or nil.
@@ -72,11 +71,7 @@ func (l *Live) Reload() error {
 	defer l.mu.Unlock()
 	opts := l.opts
 	opts.Sequence = l.seq + 1
-	files, err := readDir(l.dir)
-	var set *Set
-	if err == nil {
-		set, err = Compile(files, &opts)
-	}
+	set, err := LoadDir(l.dir, &opts)
 	l.last = Status{At: time.Now(), Err: err}
 	if cur := l.cur.Load(); cur != nil {
 		l.last.Version = cur.Version()
@@ -84,11 +79,7 @@ func (l *Live) Reload() error {
 	if err != nil {
 		return err
 	}
-	if l.upstreams != nil {
-		check := opts
-		check.Upstreams = l.upstreams
-		_, l.last.Misfits = Compile(files, &check)
-	}
+	l.last.Misfits = set.Misfits()
 	if cur := l.cur.Load(); cur != nil && cur.Version().Hash == set.Version().Hash {
 		return nil
 	}

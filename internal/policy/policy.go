@@ -40,6 +40,16 @@ type Set struct {
 	version       Version
 	versionString string
 	roles         map[string]*Role
+	misfits       Problems
+}
+
+// Misfits is what the set names and the upstreams did not offer when it
+// was compiled against them (Options.Upstreams), nil if nothing.
+func (s *Set) Misfits() error {
+	if len(s.misfits) == 0 {
+		return nil
+	}
+	return s.misfits
 }
 
 // Version identifies a compiled set in every decision.
