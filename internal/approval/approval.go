@@ -1,8 +1,8 @@
 // Package approval keeps the calls parked for a human: each approval holds
 // the exact request an agent sent, and moves once from pending to
-// approved, denied, expired or cancelled; an approved one is executed at
-// most once. The broker parks and waits; operators decide through the
-// admin API or the CLI.
+// approved, denied, expired or cancelled; an approved one is then either
+// executed, at most once, or voided. The broker parks and waits; operators
+// decide through the admin API or the CLI.
 package approval
 
 import (
@@ -28,10 +28,11 @@ const (
 	Expired   State = "expired"
 	Cancelled State = "cancelled" // the agent went away before a decision
 	Executed  State = "executed"  // approved, and sent upstream
+	Voided    State = "voided"    // approved, and not run: see Approval.VoidReason
 )
 
 // States are the states an approval can be in, in the order of its life.
-var States = []State{Pending, Approved, Denied, Expired, Cancelled, Executed}
+var States = []State{Pending, Approved, Denied, Expired, Cancelled, Executed, Voided}
 
 // StateList is States as a list for people to read: "pending, approved, …".
 func StateList() string {
@@ -111,6 +112,10 @@ type Approval struct {
 	DecidedBy  string    `json:"decided_by,omitempty"`
 	Reason     string    `json:"reason,omitempty"`
 	DecidedAt  time.Time `json:"decided_at,omitzero"`
+	// VoidReason says why an approved call was not run (state Voided):
+	// what allowed it no longer did, its stored request had been altered,
+	// or its agent had gone.
+	VoidReason string `json:"void_reason,omitempty"`
 }
 
 // An approval id is idPrefix and idBytes random bytes in lowercase hex.
@@ -146,13 +151,6 @@ func ValidID(id string) bool {
 	return true
 }
 
-// Intact reports whether Body still hashes to BodySHA256: what is executed
-// must be exactly what was approved.
-func (a *Approval) Intact() bool {
-	sum := sha256.Sum256(a.Body)
-	return hex.EncodeToString(sum[:]) == a.BodySHA256
-}
-
 // Errors of Store methods; callers branch on them.
 var (
 	ErrNotFound = errors.New("no such approval")
@@ -163,8 +161,12 @@ var (
 	// too late to stand (the agent was told when it would expire). It is
 	// an ErrNotPending.
 	ErrExpired = fmt.Errorf("%w: it expired before the decision", ErrNotPending)
-	// ErrNotApproved: only an approved approval can be executed, once.
-	ErrNotApproved = errors.New("approval is not approved, or was already executed")
+	// ErrNotApproved: only an approved approval can be executed, once, or
+	// voided.
+	ErrNotApproved = errors.New("approval is not approved, or was already executed or voided")
+	// ErrAltered: the request the store holds is not the one parked, so it
+	// is not what the agent sent, and perhaps not what was approved.
+	ErrAltered = errors.New("the stored request is not the one parked")
 )
 
 // How long stores keep approvals, unless their options say otherwise.
@@ -199,9 +201,14 @@ type Store interface {
 	// or Denied at or after the approval's Expires is ErrExpired, and
 	// changes nothing.
 	Finish(ctx context.Context, id string, to State, by, reason string, at time.Time) (*Approval, error)
-	// Execute moves an approved approval to Executed: the caller may then
-	// send it upstream, exactly once.
-	Execute(ctx context.Context, id string) (*Approval, error)
+	// Execute moves an approved approval to Executed if the request it
+	// holds is body, byte for byte: the caller may then send body
+	// upstream, exactly once. Another request is ErrAltered, and changes
+	// nothing.
+	Execute(ctx context.Context, id string, body []byte) (*Approval, error)
+	// Void moves an approved approval to Voided, recording why it will
+	// not run. It is the end of an approval that Execute will not take.
+	Void(ctx context.Context, id, reason string) (*Approval, error)
 	// Wait returns when the approval is no longer pending (with it), or
 	// when ctx ends.
 	Wait(ctx context.Context, id string) (*Approval, error)

@@ -1,6 +1,7 @@
 package approval
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"fmt"
@@ -170,7 +171,26 @@ func (m *Memory) Finish(_ context.Context, id string, to State, by, reason strin
 	return &c, nil
 }
 
-func (m *Memory) Execute(_ context.Context, id string) (*Approval, error) {
+func (m *Memory) Execute(_ context.Context, id string, body []byte) (*Approval, error) {
+	return m.leaveApproved(id, func(a *Approval) error {
+		if !bytes.Equal(a.Body, body) {
+			return ErrAltered
+		}
+		a.State = Executed
+		return nil
+	})
+}
+
+func (m *Memory) Void(_ context.Context, id, reason string) (*Approval, error) {
+	return m.leaveApproved(id, func(a *Approval) error {
+		a.State, a.VoidReason = Voided, reason
+		return nil
+	})
+}
+
+// leaveApproved applies move to the approved approval id, and returns it
+// as move left it.
+func (m *Memory) leaveApproved(id string, move func(*Approval) error) (*Approval, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	a, ok := m.live(id)
@@ -180,7 +200,9 @@ func (m *Memory) Execute(_ context.Context, id string) (*Approval, error) {
 	if a.State != Approved {
 		return nil, ErrNotApproved
 	}
-	a.State = Executed
+	if err := move(a); err != nil {
+		return nil, err
+	}
 	c := *a
 	return &c, nil
 }

@@ -114,7 +114,7 @@ func NewRedis(client redis.UniversalClient, opts *RedisOptions) *Redis {
 
 // states are every State, in the order of an approval's life: List reads
 // their indexes in this order.
-var states = []State{Pending, Approved, Denied, Expired, Cancelled, Executed}
+var states = []State{Pending, Approved, Denied, Expired, Cancelled, Executed, Voided}
 
 func (r *Redis) key(id string) string     { return r.prefix + "a:" + id }
 func (r *Redis) index(s State) string     { return r.prefix + "s:" + string(s) }
@@ -206,10 +206,12 @@ redis.call('PUBLISH', ARGV[6], ARGV[1])
 return redis.call('HGETALL', KEYS[1])
 `)
 
-// executeScript moves an approved approval to executed. Its expiry stays
-// counted from the decision: executing adds nothing worth keeping longer.
-// KEYS: hash, approved index, executed index.
-var executeScript = redis.NewScript(`
+// leaveApprovedScript moves an approved approval to executed or voided.
+// Its expiry stays counted from the decision: what follows adds nothing
+// worth keeping longer. KEYS: hash, approved index, target index. ARGV:
+// the target state; for executed, the request parked, which the stored
+// one must equal; for voided, why.
+var leaveApprovedScript = redis.NewScript(`
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then
 	return 'notfound'
@@ -217,8 +219,15 @@ end
 if state ~= 'approved' then
 	return 'notapproved'
 end
+if ARGV[1] == 'executed' then
+	if redis.call('HGET', KEYS[1], 'body') ~= ARGV[2] then
+		return 'altered'
+	end
+	redis.call('HSET', KEYS[1], 'state', 'executed')
+else
+	redis.call('HSET', KEYS[1], 'state', 'voided', 'void', ARGV[2])
+end
 local m = redis.call('HGET', KEYS[1], 'idx')
-redis.call('HSET', KEYS[1], 'state', 'executed')
 redis.call('ZREM', KEYS[2], m)
 redis.call('ZADD', KEYS[3], 0, m)
 return redis.call('HGETALL', KEYS[1])
@@ -383,15 +392,27 @@ func (r *Redis) Finish(ctx context.Context, id string, to State, by, reason stri
 }
 
 // Execute implements Store.
-func (r *Redis) Execute(ctx context.Context, id string) (*Approval, error) {
-	res, err := executeScript.Run(ctx, r.client,
-		[]string{r.key(id), r.index(Approved), r.index(Executed)}).Result()
+func (r *Redis) Execute(ctx context.Context, id string, body []byte) (*Approval, error) {
+	return r.leaveApproved(ctx, id, Executed, body)
+}
+
+// Void implements Store.
+func (r *Redis) Void(ctx context.Context, id, reason string) (*Approval, error) {
+	return r.leaveApproved(ctx, id, Voided, reason)
+}
+
+// leaveApproved moves the approved approval id to executed (arg: the
+// request parked) or voided (arg: why).
+func (r *Redis) leaveApproved(ctx context.Context, id string, to State, arg any) (*Approval, error) {
+	verb := map[State]string{Executed: "execute", Voided: "void"}[to]
+	res, err := leaveApprovedScript.Run(ctx, r.client,
+		[]string{r.key(id), r.index(Approved), r.index(to)}, string(to), arg).Result()
 	if err != nil {
-		return nil, fmt.Errorf("execute approval %s: %w", id, err)
+		return nil, fmt.Errorf("%s approval %s: %w", verb, id, err)
 	}
-	a, err := scriptResult(res, map[string]error{"notfound": ErrNotFound, "notapproved": ErrNotApproved})
+	a, err := scriptResult(res, map[string]error{"notfound": ErrNotFound, "notapproved": ErrNotApproved, "altered": ErrAltered})
 	if err != nil && !isSentinel(err) {
-		return nil, fmt.Errorf("execute approval %s: %w", id, err)
+		return nil, fmt.Errorf("%s approval %s: %w", verb, id, err)
 	}
 	return a, err
 }
@@ -452,6 +473,7 @@ func decode(h map[string]string) (*Approval, error) {
 		return nil, errors.New("field state: missing")
 	}
 	a.State, a.DecidedBy, a.Reason, a.DecidedAt = State(h["state"]), h["by"], h["reason"], time.Time{}
+	a.VoidReason = h["void"]
 	a.Body = []byte(h["body"])
 	if s := h["at"]; s != "" {
 		at, err := time.Parse(time.RFC3339Nano, s)
@@ -493,7 +515,7 @@ func scriptResult(res any, words map[string]error) (*Approval, error) {
 // isSentinel reports whether err is one of the Store errors callers
 // branch on, returned as they are (like Memory's).
 func isSentinel(err error) bool {
-	return err == ErrNotFound || err == ErrNotPending || err == ErrExpired || err == ErrNotApproved
+	return err == ErrNotFound || err == ErrNotPending || err == ErrExpired || err == ErrNotApproved || err == ErrAltered
 }
 
 // memberID is the id in an index member. Created, before it, holds no

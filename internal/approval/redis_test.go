@@ -156,9 +156,6 @@ func TestRedisRoundTrip(t *testing.T) {
 	if d := cmp.Diff(a, got); d != "" {
 		t.Errorf("Get differs from what was created (-want +got):\n%s", d)
 	}
-	if !got.Intact() {
-		t.Error("the stored body no longer matches its hash")
-	}
 
 	at := time.Date(2026, 11, 26, 9, 30, 0, 123456789, time.FixedZone("CET", 3600))
 	want := *a
@@ -168,7 +165,7 @@ func TestRedisRoundTrip(t *testing.T) {
 		t.Errorf("Finish: %v; (-want +got):\n%s", err, d)
 	}
 	want.State = Executed
-	got, err = s.Execute(ctx, a.ID)
+	got, err = s.Execute(ctx, a.ID, a.Body)
 	if d := cmp.Diff(&want, got); err != nil || d != "" {
 		t.Errorf("Execute: %v; (-want +got):\n%s", err, d)
 	}
@@ -441,7 +438,7 @@ func TestRedisExecuteRace(t *testing.T) {
 			t.Fatal(err)
 		}
 		won, refused := race(t, replicas, 8, ErrNotApproved, func(s *Redis, _ int) error {
-			_, err := s.Execute(ctx, p.ID)
+			_, err := s.Execute(ctx, p.ID, p.Body)
 			return err
 		})
 		if won != 1 || refused != 7 {
@@ -489,8 +486,10 @@ func TestRedisDown(t *testing.T) {
 	down("List", err)
 	_, err = b.Finish(gctx, p.ID, Approved, "alice", "", t0)
 	down("Finish", err)
-	_, err = b.Execute(gctx, p.ID)
+	_, err = b.Execute(gctx, p.ID, p.Body)
 	down("Execute", err)
+	_, err = b.Void(gctx, p.ID, "why")
+	down("Void", err)
 	_, err = b.Wait(gctx, p.ID)
 	down("Wait", err)
 
@@ -513,7 +512,7 @@ func TestRedisDown(t *testing.T) {
 	if w := receive(t, waiting); w.err != nil || w.a.State != Approved {
 		t.Errorf("Wait after the restart = %+v, %v", w.a, w.err)
 	}
-	if _, err := a.Execute(gctx, q.ID); err != nil {
+	if _, err := a.Execute(gctx, q.ID, q.Body); err != nil {
 		t.Errorf("Execute after the restart: %v", err)
 	}
 	if l, err := b.List(gctx, Executed); err != nil || len(l) != 1 || l[0].ID != q.ID {

@@ -32,7 +32,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) Store) {
 		b := park(t, s, now.Add(time.Second))
 		a := park(t, s, now)
 		got, err := s.Get(ctx, a.ID)
-		if err != nil || got.State != Pending || string(got.Body) != string(body) || !got.Intact() || got.Tool != "delete_page" {
+		if err != nil || got.State != Pending || string(got.Body) != string(body) || got.Tool != "delete_page" {
 			t.Fatalf("Get = %+v, %v", got, err)
 		}
 		if err := s.Create(ctx, a); err == nil {
@@ -50,7 +50,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) Store) {
 	t.Run("decided once, executed once", func(t *testing.T) {
 		s := newStore(t)
 		a := park(t, s, now)
-		if _, err := s.Execute(ctx, a.ID); !errors.Is(err, ErrNotApproved) {
+		if _, err := s.Execute(ctx, a.ID, body); !errors.Is(err, ErrNotApproved) {
 			t.Errorf("Execute of a pending approval: %v, want ErrNotApproved", err)
 		}
 		got, err := s.Finish(ctx, a.ID, Approved, "alice", "looks right", now.Add(time.Minute))
@@ -60,21 +60,63 @@ func testStore(t *testing.T, newStore func(t *testing.T) Store) {
 		if _, err := s.Finish(ctx, a.ID, Denied, "bob", "", now); !errors.Is(err, ErrNotPending) {
 			t.Errorf("a second decision: %v, want ErrNotPending", err)
 		}
-		if got, err := s.Execute(ctx, a.ID); err != nil || got.State != Executed {
+		if got, err := s.Execute(ctx, a.ID, body); err != nil || got.State != Executed {
 			t.Fatalf("Execute = %+v, %v", got, err)
 		}
-		if _, err := s.Execute(ctx, a.ID); !errors.Is(err, ErrNotApproved) {
+		if _, err := s.Execute(ctx, a.ID, body); !errors.Is(err, ErrNotApproved) {
 			t.Errorf("a second Execute: %v, want ErrNotApproved", err)
 		}
 		d := park(t, s, now)
 		if _, err := s.Finish(ctx, d.ID, Denied, "bob", "no", now); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.Execute(ctx, d.ID); !errors.Is(err, ErrNotApproved) {
+		if _, err := s.Execute(ctx, d.ID, body); !errors.Is(err, ErrNotApproved) {
 			t.Errorf("Execute of a denied approval: %v, want ErrNotApproved", err)
 		}
 		if _, err := s.Finish(ctx, d.ID, Executed, "", "", now); err == nil {
 			t.Error("Finish to executed succeeded")
+		}
+	})
+
+	t.Run("voided, or left approved when the request was altered", func(t *testing.T) {
+		s := newStore(t)
+		a := park(t, s, now)
+		if _, err := s.Void(ctx, a.ID, "too soon"); !errors.Is(err, ErrNotApproved) {
+			t.Errorf("Void of a pending approval: %v, want ErrNotApproved", err)
+		}
+		if _, err := s.Finish(ctx, a.ID, Approved, "alice", "looks right", now); err != nil {
+			t.Fatal(err)
+		}
+		other := append([]byte(nil), body...)
+		other[len(other)-5] = '2' // pg_2
+		if _, err := s.Execute(ctx, a.ID, other); !errors.Is(err, ErrAltered) {
+			t.Errorf("Execute of another request: %v, want ErrAltered", err)
+		}
+		if got, err := s.Get(ctx, a.ID); err != nil || got.State != Approved {
+			t.Fatalf("after ErrAltered: %+v, %v; want it approved still", got, err)
+		}
+		got, err := s.Void(ctx, a.ID, "the stored request is not the one parked")
+		if err != nil || got.State != Voided || got.VoidReason != "the stored request is not the one parked" ||
+			got.DecidedBy != "alice" || got.Reason != "looks right" {
+			t.Fatalf("Void = %+v, %v; want it voided, the decision kept", got, err)
+		}
+		if got, err := s.Get(ctx, a.ID); err != nil || got.State != Voided || got.VoidReason == "" {
+			t.Errorf("Get after Void = %+v, %v", got, err)
+		}
+		if _, err := s.Execute(ctx, a.ID, body); !errors.Is(err, ErrNotApproved) {
+			t.Errorf("Execute of a voided approval: %v, want ErrNotApproved", err)
+		}
+		if _, err := s.Void(ctx, a.ID, "again"); !errors.Is(err, ErrNotApproved) {
+			t.Errorf("a second Void: %v, want ErrNotApproved", err)
+		}
+		if list, err := s.List(ctx, Voided); err != nil || len(list) != 1 || list[0].ID != a.ID {
+			t.Errorf("List(voided) = %v, %v", list, err)
+		}
+		if list, err := s.List(ctx, Approved); err != nil || len(list) != 0 {
+			t.Errorf("List(approved) = %v, %v; want none", list, err)
+		}
+		if _, err := s.Void(ctx, "apr_nope", "why"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Void of an unknown id: %v, want ErrNotFound", err)
 		}
 	})
 
@@ -114,7 +156,7 @@ func testStore(t *testing.T, newStore func(t *testing.T) Store) {
 				t.Fatal(err)
 			}
 		}
-		if _, err := s.Execute(ctx, parked[2].ID); err != nil {
+		if _, err := s.Execute(ctx, parked[2].ID, body); err != nil {
 			t.Fatal(err)
 		}
 		ids := func(as []*Approval) (out []string) {
@@ -217,20 +259,6 @@ func TestMemoryForgets(t *testing.T) {
 	}
 }
 
-func TestIntact(t *testing.T) {
-	a, err := New("d", "a", "r", "s", "t", []byte(`{"x":1}`), time.Now(), time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !a.Intact() {
-		t.Fatal("a fresh approval is not intact")
-	}
-	a.Body[5] = '2'
-	if a.Intact() {
-		t.Error("a changed body still passes")
-	}
-}
-
 // ValidID accepts exactly the ids New makes.
 func TestValidID(t *testing.T) {
 	a, err := New("d", "agent", "role", "s", "t", []byte(`{}`), time.Now(), time.Minute)
@@ -294,7 +322,7 @@ func testForgetting(t *testing.T, s Store, retention time.Duration, wait func(ti
 		if _, err := s.Finish(ctx, a.ID, Denied, "bob", "", time.Now()); !errors.Is(err, ErrNotFound) {
 			t.Errorf("Finish of a forgotten approval: %v, want ErrNotFound", err)
 		}
-		if _, err := s.Execute(ctx, a.ID); !errors.Is(err, ErrNotFound) {
+		if _, err := s.Execute(ctx, a.ID, body); !errors.Is(err, ErrNotFound) {
 			t.Errorf("Execute of a forgotten approval: %v, want ErrNotFound", err)
 		}
 		if _, err := s.Wait(ctx, a.ID); !errors.Is(err, ErrNotFound) {

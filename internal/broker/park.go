@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -32,9 +31,14 @@ const (
 	CodeApprovalDenied    = "approval_denied"
 	CodeApprovalExpired   = "approval_expired"
 	CodeApprovalCancelled = "approval_cancelled"
-	// Approved, and not run: the agent's token or the policy changed
-	// while the call waited (see stillAllowed).
-	CodeApprovalStale = "approval_stale"
+	// Approved, and not run; the approval is voided.
+	//   - stale: the agent's token or the policy changed while the call
+	//     waited (see stillAllowed);
+	//   - altered: the store holds another request than the one parked;
+	//   - abandoned: the agent went away as the approval came.
+	CodeApprovalStale     = "approval_stale"
+	CodeApprovalAltered   = "approval_altered"
+	CodeApprovalAbandoned = "approval_abandoned"
 )
 
 // RPCApprovalRefused is the JSON-RPC error code of a parked call that was
@@ -218,14 +222,29 @@ func (b *Broker) waitForDecision(ctx context.Context, a *approval.Approval, keep
 				why = cause.Error()
 			}
 			_, err := b.finish(a, approval.Cancelled, why)
-			if err != nil && !errors.Is(err, approval.ErrNotPending) {
+			switch {
+			case errors.Is(err, approval.ErrNotPending):
+				b.decidedTooLate(a, why)
+			case err != nil:
 				b.cancelLater(a, why)
 			}
-			// If it was decided meanwhile, with no one to answer, an
-			// approved call is still not executed (Execute is never
-			// called).
 			return nil, ctx.Err()
 		}
+	}
+}
+
+// decidedTooLate ends the approval a, decided as its agent went away
+// (why), with no one left to answer: the decision is audited, and an
+// approved call voided, never run.
+func (b *Broker) decidedTooLate(a *approval.Approval, why string) {
+	got, err := b.approvals.Get(context.Background(), a.ID)
+	if err != nil {
+		b.log.Warn("cannot read an approval decided as its agent went away; it is not run", "approval_id", a.ID, "err", err)
+		return
+	}
+	b.recordApproval(got, codeFor(got.State), got.Reason)
+	if got.State == approval.Approved {
+		b.void(a, CodeApprovalAbandoned, "approved after it was abandoned: "+why)
 	}
 }
 
@@ -273,23 +292,30 @@ func (b *Broker) executeApproved(stream *sseStream, r *http.Request, as *agentSe
 	m *mcpfilter.Message, server, tool string) {
 	r = withApproval(r, a.ID)
 	if err := b.stillAllowed(r.Context(), d, body, server, tool); err != nil {
-		b.recordApproval(a, CodeApprovalStale, err.Error())
+		b.void(a, CodeApprovalStale, err.Error())
 		stream.answer(rpcError(m.ID, RPCApprovalRefused, "approved call not executed: "+err.Error()))
 		return
 	}
-	ex, err := b.approvals.Execute(context.Background(), a.ID)
+	_, err := b.approvals.Execute(context.Background(), a.ID, body)
 	switch {
+	case errors.Is(err, approval.ErrAltered):
+		// Someone with write access to the store changed the request a
+		// human reviewed: an attack, or a bug, and either way not the
+		// agent's call.
+		b.log.Error("an approved call's stored request is not the one parked; it is not run", "approval_id", a.ID)
+		b.void(a, CodeApprovalAltered, err.Error())
+	case errors.Is(err, approval.ErrNotApproved) || errors.Is(err, approval.ErrNotFound):
+		b.recordApproval(a, CodeApprovalUnavailable, "approved call not executed: "+err.Error())
 	case err != nil:
-	case !ex.Intact():
-		err = errors.New("the stored request no longer matches its hash")
-	case !bytes.Equal(ex.Body, body):
-		err = errors.New("the stored request is not the one parked")
+		b.log.Error("cannot mark an approved call executed; it is not run", "approval_id", a.ID, "err", err)
+		b.recordApproval(a, CodeApprovalUnavailable, "approved call not executed: the approval store failed")
+		err = errors.New("the approval store failed")
 	}
 	if err != nil {
 		stream.answer(rpcError(m.ID, RPCApprovalRefused, "approved call not executed: "+err.Error()))
 		return
 	}
-	if b.directCall(stream, r, as, ex.Body, m) {
+	if b.directCall(stream, r, as, body, m) {
 		return
 	}
 	params := &mcp.CallToolParams{Name: tool, Arguments: m.Arguments}
@@ -386,6 +412,16 @@ func (b *Broker) recordApproval(a *approval.Approval, code, reason string) {
 	}
 	if err := b.audit.Log(rec); err != nil {
 		b.log.Error("audit log cannot record an approval step", "approval_id", a.ID, "code", code, "err", err)
+	}
+}
+
+// void ends the approved approval a that will not run, and audits why
+// under code. The agent is told by the caller; if the store cannot record
+// it, the approval stays approved, and is never executed.
+func (b *Broker) void(a *approval.Approval, code, why string) {
+	b.recordApproval(a, code, why)
+	if _, err := b.approvals.Void(context.Background(), a.ID, why); err != nil {
+		b.log.Warn("cannot void an approved call that will not run; it stays approved, and no one will run it", "approval_id", a.ID, "err", err)
 	}
 }
 

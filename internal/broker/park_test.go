@@ -3,7 +3,6 @@ package broker
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -105,7 +104,7 @@ func testApprovedCallRunsOnce(t *testing.T, g *gateway, store approval.Store, ar
 	if got, _ := store.Get(context.Background(), a.ID); got.State != approval.Executed {
 		t.Errorf("state after execution = %s", got.State)
 	}
-	if _, err := store.Execute(context.Background(), a.ID); !errors.Is(err, approval.ErrNotApproved) {
+	if _, err := store.Execute(context.Background(), a.ID, a.Body); !errors.Is(err, approval.ErrNotApproved) {
 		t.Errorf("an executed approval could be executed again: %v", err)
 	}
 	// Every step is recorded, each under the approval's id.
@@ -120,52 +119,68 @@ func testApprovedCallRunsOnce(t *testing.T, g *gateway, store approval.Store, ar
 	}
 }
 
-// tamperingStore is a store whose Execute hands back the approval changed
-// by tamper, as a store whose data was altered would.
-type tamperingStore struct {
+// alteringStore is a store that keeps another request than the one it is
+// given to park, as a store whose data was altered would: what a human
+// reviews is then not what the agent sent.
+type alteringStore struct {
 	approval.Store
-	tamper func(*approval.Approval)
+	body []byte
 }
 
-func (s tamperingStore) Execute(ctx context.Context, id string) (*approval.Approval, error) {
-	a, err := s.Store.Execute(ctx, id)
-	if err == nil {
-		s.tamper(a)
-	}
-	return a, err
+func (s alteringStore) Create(ctx context.Context, a *approval.Approval) error {
+	c := *a
+	c.Body = s.body
+	return s.Store.Create(ctx, &c)
 }
 
-// An approved call runs only if the store gives back the very request
-// that was parked.
+// An approved call runs only if the store holds the very request that was
+// parked; else it is voided and audited.
 func TestApprovedCallRunsOnlyAsParked(t *testing.T) {
 	other := []byte(`{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_9"}}}`)
-	for _, tc := range []struct {
-		name   string
-		tamper func(*approval.Approval)
-		want   string
-	}{
-		{"body changed", func(a *approval.Approval) { a.Body = other }, "no longer matches its hash"},
-		{"another request", func(a *approval.Approval) {
-			sum := sha256.Sum256(other)
-			a.Body, a.BodySHA256 = other, hex.EncodeToString(sum[:])
-		}, "is not the one parked"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
+	for _, overHTTP := range []bool{false, true} {
+		t.Run(map[bool]string{false: "sdk", true: "direct"}[overHTTP], func(t *testing.T) {
 			mem := approval.NewMemory(nil)
-			g := parkedGatewayOver(t, true, tamperingStore{mem, tc.tamper})
+			g := parkedGatewayOver(t, overHTTP, alteringStore{mem, other})
 			agent := newRawAgent(t, g)
+			parked := make(chan *approval.Approval, 1)
 			go func() {
 				a := parkedOne(t, mem)
 				mem.Finish(context.Background(), a.ID, approval.Approved, "alice", "", time.Now())
+				parked <- a
 			}()
 			got := agent.post(`{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`)
-			if len(got) == 0 || !strings.Contains(got[len(got)-1], "approved call not executed: ") || !strings.Contains(got[len(got)-1], tc.want) {
-				t.Errorf("answer %q, want an error saying the stored request %s", got, tc.want)
+			const want = "approved call not executed: the stored request is not the one parked"
+			if len(got) == 0 || !strings.Contains(got[len(got)-1], want) {
+				t.Errorf("answer %q, want an error saying %q", got, want)
 			}
 			if d := g.deletions(); len(d) != 0 {
 				t.Errorf("the upstream ran %q", d)
 			}
+			a := <-parked
+			checkVoided(t, g, mem, a.ID, CodeApprovalAltered, "the stored request is not the one parked")
 		})
+	}
+}
+
+// checkVoided checks that the approval id was voided for why, and that
+// the audit log says so once, under code.
+func checkVoided(t *testing.T, g *gateway, store approval.Store, id, code, why string) {
+	t.Helper()
+	got, err := store.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != approval.Voided || got.VoidReason != why {
+		t.Errorf("approval after the refusal: %s for %q; want voided for %q", got.State, got.VoidReason, why)
+	}
+	var recs []audit.Record
+	for _, rec := range g.audit.all() {
+		if rec.Code == code {
+			recs = append(recs, rec)
+		}
+	}
+	if len(recs) != 1 || recs[0].ApprovalID != id || recs[0].Reason != why {
+		t.Errorf("%s records: %+v, want one for %s saying %q", code, recs, id, why)
 	}
 }
 
@@ -457,6 +472,39 @@ func TestCancelledCallIsNotRun(t *testing.T) {
 	}
 }
 
+// approvingStore is a store in which a human approves every approval just
+// before the broker can cancel it.
+type approvingStore struct{ approval.Store }
+
+func (s approvingStore) Finish(ctx context.Context, id string, to approval.State, by, reason string, at time.Time) (*approval.Approval, error) {
+	if to == approval.Cancelled {
+		if _, err := s.Store.Finish(ctx, id, approval.Approved, "alice", "go ahead", at); err != nil {
+			return nil, err
+		}
+	}
+	return s.Store.Finish(ctx, id, to, by, reason, at)
+}
+
+// A call approved as its agent went away is not run: the approval is
+// voided, and the audit log has the decision and why it did not run.
+func TestCallApprovedAsItsAgentLeftIsVoided(t *testing.T) {
+	mem := approval.NewMemory(nil)
+	g := parkedGateway(t, approvingStore{mem})
+	ctx, cancel := context.WithCancel(context.Background())
+	newRawAgent(t, g).postUntil(ctx, `{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`)
+	p := parkedOne(t, mem)
+	cancel()
+	awaitState(t, mem, p.ID, approval.Voided)
+	const why = "approved after it was abandoned: the agent went away before a decision"
+	checkVoided(t, g, mem, p.ID, CodeApprovalAbandoned, why)
+	if codes := g.audit.codes(); !slices.Contains(codes, CodeApprovalApproved) {
+		t.Errorf("audit codes %v: the approval is not among them", codes)
+	}
+	if d := g.deletions(); len(d) != 0 {
+		t.Errorf("an abandoned call ran: %v", d)
+	}
+}
+
 // A session whose call waits for approval is not idle: the reaper leaves
 // it, and the approved call is answered on it.
 func TestWaitingCallKeepsItsSession(t *testing.T) {
@@ -652,15 +700,7 @@ func TestApprovedCallIsCheckedAgain(t *testing.T) {
 			if d := g.deletions(); len(d) != 0 {
 				t.Errorf("the upstream ran %q", d)
 			}
-			var stale []audit.Record
-			for _, rec := range g.audit.all() {
-				if rec.Code == CodeApprovalStale {
-					stale = append(stale, rec)
-				}
-			}
-			if len(stale) != 1 || stale[0].ApprovalID != p.ID || stale[0].Reason != tc.want {
-				t.Errorf("records of the refusal: %+v", stale)
-			}
+			checkVoided(t, g, store, p.ID, CodeApprovalStale, tc.want)
 		})
 	}
 }

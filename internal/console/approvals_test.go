@@ -336,6 +336,9 @@ func TestApprovalRowsFragment(t *testing.T) {
 	e.act(op, "/console/approvals/"+ids[1]+"/deny", url.Values{"reason": {"not today"}})
 	e.clock.Advance(time.Minute)
 	e.act(op, "/console/approvals/"+ids[3]+"/approve", nil)
+	if _, err := e.approvals.Void(context.Background(), ids[3], "the agent's token was revoked"); err != nil {
+		t.Fatal(err)
+	}
 
 	rec := e.get(op, "/console/approvals/rows")
 	wantStatus(t, rec, http.StatusOK)
@@ -363,6 +366,10 @@ func TestApprovalRowsFragment(t *testing.T) {
 	}
 	if r := html.UnescapeString(recent[1][2]); !strings.Contains(r, "denied") || !strings.Contains(r, "alice") || !strings.Contains(r, "not today") {
 		t.Errorf("the denial's row %q lacks its outcome, operator or reason", r)
+	}
+	if r := html.UnescapeString(recent[0][2]); !strings.Contains(r, "voided") || !strings.Contains(r, "alice") ||
+		!strings.Contains(r, "not run: the agent's token was revoked") {
+		t.Errorf("the voided approval's row %q lacks its outcome, operator or why it did not run", r)
 	}
 }
 
