@@ -6,10 +6,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/gateway"
 )
 
 func newAuditCmd() *cobra.Command {
@@ -22,17 +24,28 @@ func newAuditCmd() *cobra.Command {
 }
 
 func newAuditVerifyCmd() *cobra.Command {
-	var dataDir string
+	var dataDir, redisAddr, replica string
+	var anchorFlags []string
 	cmd := &cobra.Command{
-		Use:   "verify [--data-dir DIR | FILE...]",
+		Use:   "verify [--data-dir DIR | FILE...] [--anchor SEQ:HASH]... [--redis ADDR]",
 		Short: "Check the hash chain of audit files",
 		Long: `Check the hash chain of the given audit files, oldest first, including its
 continuity from one file to the next. Without FILE, check every file of the
 audit log in the data directory: its rotated files, then audit.log.
 
-Prints "ok: N records, last hash H" and exits 0 if the chain is intact; keep H
-elsewhere to detect a later rewrite of the whole log. Otherwise prints the
-first broken record as file:line: what is wrong, and exits 1.`,
+Prints "ok: N records; anchor SEQ:HASH" (the last record's) and exits 0 if
+the chain is intact.
+Otherwise prints the first broken record as file:line: what is wrong, and
+exits 1.
+
+A chain checks out on its own even when records were cut from its end, or
+its tail was rewritten and chained anew. Anchors, kept outside the files,
+catch that: the chain must hold record SEQ with hash HASH. Take them from
+this command's output, from the
+gateway's log (last_seq and last_hash, logged at each rotation and at
+shutdown), or, with --redis, from the Redis stream the replicas ship their
+records to: the last record this replica shipped there (the replica named
+in the data directory's replica.id, or --replica).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			files := args
 			if len(files) == 0 {
@@ -46,7 +59,11 @@ first broken record as file:line: what is wrong, and exits 1.`,
 			} else if cmd.Flags().Changed("data-dir") {
 				return errors.New("give either FILE arguments or --data-dir, not both")
 			}
-			res, err := audit.Verify(files...)
+			anchors, err := verifyAnchors(cmd, anchorFlags, redisAddr, replica, dataDir)
+			if err != nil {
+				return err
+			}
+			res, err := audit.VerifyAnchored(anchors, files...)
 			for _, w := range res.Warnings {
 				fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w)
 			}
@@ -63,19 +80,62 @@ first broken record as file:line: what is wrong, and exits 1.`,
 			case res.Records == 0:
 				fmt.Fprintln(out, "ok: 0 records")
 			case res.FirstSeq == 1:
-				fmt.Fprintf(out, "ok: %d record%s, last hash %s\n", res.Records, plural(res.Records), res.LastHash)
+				fmt.Fprintf(out, "ok: %d record%s; anchor %d:%s\n", res.Records, plural(res.Records), res.LastSeq, res.LastHash)
 			default:
 				// The files continue an older chain that was not given, or
 				// whose first files were removed: say so rather than imply
 				// the whole history was checked.
-				fmt.Fprintf(out, "ok: %d record%s (seq %d to %d, continuing from prev %s), last hash %s\n",
-					res.Records, plural(res.Records), res.FirstSeq, res.LastSeq, res.FirstPrev, res.LastHash)
+				fmt.Fprintf(out, "ok: %d record%s (seq %d to %d, continuing from prev %s); anchor %d:%s\n",
+					res.Records, plural(res.Records), res.FirstSeq, res.LastSeq, res.FirstPrev, res.LastSeq, res.LastHash)
+			}
+			if len(anchors) > 0 {
+				fmt.Fprintf(out, "%d of %d anchor%s checked\n", res.Anchored, len(anchors), plural(len(anchors)))
 			}
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&dataDir, "data-dir", "./data", "data directory holding audit.log")
+	cmd.Flags().StringVar(&dataDir, "data-dir", "./data", "data directory holding audit.log (and replica.id)")
+	cmd.Flags().StringArrayVar(&anchorFlags, "anchor", nil, "SEQ:HASH (or SEQ) of a record the chain must hold; repeatable")
+	cmd.Flags().StringVar(&redisAddr, "redis", "", "also anchor at the last record this replica shipped to the audit stream in this Redis: "+redisFlagHelp)
+	cmd.Flags().StringVar(&replica, "replica", "", "with --redis, the replica whose records the files are (default: the data directory's replica.id)")
 	return cmd
+}
+
+// verifyAnchors returns the anchors audit verify checks: those of
+// --anchor, and with --redis the head of the replica's shipped records.
+func verifyAnchors(cmd *cobra.Command, flags []string, redisAddr, replica, dataDir string) ([]audit.Anchor, error) {
+	var anchors []audit.Anchor
+	for _, f := range flags {
+		a, err := audit.ParseAnchor(f)
+		if err != nil {
+			return nil, fmt.Errorf("--anchor: %w", err)
+		}
+		anchors = append(anchors, a)
+	}
+	if redisAddr == "" {
+		if replica != "" {
+			return nil, errors.New("--replica goes with --redis")
+		}
+		return anchors, nil
+	}
+	if replica == "" {
+		data, err := os.ReadFile(filepath.Join(dataDir, gateway.ReplicaIDFile))
+		if err != nil {
+			return nil, fmt.Errorf("--redis: which replica's records these are is in %s, or give --replica: %w",
+				filepath.Join(dataDir, gateway.ReplicaIDFile), err)
+		}
+		replica = strings.TrimSpace(string(data))
+	}
+	client, err := redisClient(redisAddr)
+	if err != nil {
+		return nil, err
+	}
+	defer client.Close()
+	head, err := audit.NewStream(client, nil).Head(cmd.Context(), replica)
+	if err != nil {
+		return nil, fmt.Errorf("redis at %s: %w", redisName(redisAddr), err)
+	}
+	return append(anchors, head), nil
 }
 
 func newAuditTailCmd() *cobra.Command {

@@ -62,7 +62,7 @@ func TestAuditVerify(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "audit.log")
 	lines := writeAuditLog(t, path, nil, 1, 3)
-	want := "ok: 3 records, last hash " + lineHash(lines[2]) + "\n"
+	want := "ok: 3 records; anchor 3:" + lineHash(lines[2]) + "\n"
 	for _, args := range [][]string{
 		{"audit", "verify", path},
 		{"audit", "verify", "--data-dir", dir},
@@ -95,6 +95,42 @@ func TestAuditVerifyTampered(t *testing.T) {
 	}
 }
 
+// An anchor from an earlier run of audit verify catches what the chain
+// alone cannot: records cut from its end.
+func TestAuditVerifyAnchors(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.log")
+	lines := writeAuditLog(t, path, nil, 1, 5)
+	_, stdout, _ := runCLI(t, "audit", "verify", path)
+	_, anchor, ok := strings.Cut(strings.TrimSpace(stdout), "; anchor ")
+	if !ok {
+		t.Fatalf("no anchor in %q", stdout)
+	}
+	if code, stdout, _ := runCLI(t, "audit", "verify", "--anchor", anchor, "--anchor", "2", path); code != 0 || !strings.HasSuffix(stdout, "\n2 of 2 anchors checked\n") {
+		t.Errorf("intact: exit %d, stdout %q", code, stdout)
+	}
+	if err := os.WriteFile(path, []byte(strings.Join(lines[:4], "")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := runCLI(t, "audit", "verify", "--anchor", anchor, path)
+	want := path + ":4: anchor mismatch: the chain ends at seq 4, but an anchor names seq 5: records were cut from its end\n"
+	if code != 1 || stdout != "" || stderr != want {
+		t.Errorf("cut: exit %d, stdout %q, stderr %q; want %q", code, stdout, stderr, want)
+	}
+	for args, want := range map[string]string{
+		"--anchor 5:xyz": `amg: --anchor: anchor "5:xyz": the hash is not 64 lowercase hex digits` + "\n",
+		"--anchor 0":     `amg: --anchor: anchor "0": want SEQ:HASH, SEQ a record's seq (from 1)` + "\n",
+		"--replica r1":   "amg: --replica goes with --redis\n",
+		"--redis 127.0.0.1:1": "amg: --redis: which replica's records these are is in " + filepath.Join(dir, "replica.id") + ", or give --replica: open " +
+			filepath.Join(dir, "replica.id") + ": no such file or directory\n",
+	} {
+		code, _, stderr := runCLI(t, append([]string{"audit", "verify", "--data-dir", dir}, strings.Fields(args)...)...)
+		if code != 1 || stderr != want {
+			t.Errorf("%s: exit %d, stderr %q; want exit 1 and %q", args, code, stderr, want)
+		}
+	}
+}
+
 func TestAuditVerifyRotated(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "audit.log")
@@ -108,13 +144,13 @@ func TestAuditVerifyRotated(t *testing.T) {
 	}
 
 	code, stdout, _ := runCLI(t, "audit", "verify", "--data-dir", dir)
-	if want := "ok: 5 records, last hash " + lineHash(last[0]) + "\n"; code != 0 || stdout != want {
+	if want := "ok: 5 records; anchor 5:" + lineHash(last[0]) + "\n"; code != 0 || stdout != want {
 		t.Errorf("verify --data-dir: exit %d, stdout %q, want %q", code, stdout, want)
 	}
 	code, stdout, _ = runCLI(t, "audit", "verify", files[1])
 	middle := auditLines(t, files[1])
 	first := auditLines(t, files[0])
-	want := fmt.Sprintf("ok: 2 records (seq 3 to 4, continuing from prev %s), last hash %s\n", lineHash(first[1]), lineHash(middle[1]))
+	want := fmt.Sprintf("ok: 2 records (seq 3 to 4, continuing from prev %s); anchor 4:%s\n", lineHash(first[1]), lineHash(middle[1]))
 	if code != 0 || stdout != want {
 		t.Errorf("verify of a later file: exit %d, stdout %q, want %q", code, stdout, want)
 	}

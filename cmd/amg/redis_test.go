@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/gateway"
 	"github.com/amgateway/amg/internal/redistest"
 )
 
@@ -86,5 +89,43 @@ func shipAll(t *testing.T, rs *redistest.Server, path string, n int64) {
 	cancel()
 	if err := <-shipped; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// amg audit verify --redis anchors the chain at the last record the
+// replica shipped: a chain cut short since verifies alone, and not so.
+func TestAuditVerifyAnchoredInRedis(t *testing.T) {
+	rs := redistest.Start(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, audit.FileName)
+	lines := writeAuditLog(t, path, nil, 1, 5)
+	shipAll(t, rs, path, 5)
+	if err := os.WriteFile(filepath.Join(dir, gateway.ReplicaIDFile), []byte("r1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := runCLI(t, "audit", "verify", "--data-dir", dir, "--redis", rs.Addr)
+	if want := "ok: 5 records; anchor 5:" + lineHash(lines[4]) + "\n1 of 1 anchor checked\n"; code != 0 || stdout != want {
+		t.Errorf("exit %d, stdout %q, stderr %q; want %q", code, stdout, stderr, want)
+	}
+
+	if err := os.WriteFile(path, []byte(strings.Join(lines[:3], "")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, _ := runCLI(t, "audit", "verify", "--data-dir", dir); code != 0 {
+		t.Fatal("the cut chain does not verify on its own: the test tests nothing")
+	}
+	code, stdout, stderr = runCLI(t, "audit", "verify", "--data-dir", dir, "--redis", rs.Addr)
+	want := path + ":3: anchor mismatch: the chain ends at seq 3, but an anchor names seq 5: records were cut from its end\n"
+	if code != 1 || stdout != "" || stderr != want {
+		t.Errorf("cut chain: exit %d, stdout %q, stderr %q; want exit 1 and %q", code, stdout, stderr, want)
+	}
+	// Files given by name name their replica.
+	code, _, stderr = runCLI(t, "audit", "verify", "--redis", rs.Addr, "--replica", "r1", path)
+	if code != 1 || stderr != want {
+		t.Errorf("cut chain, --replica r1: exit %d, stderr %q", code, stderr)
+	}
+	code, _, stderr = runCLI(t, "audit", "verify", "--redis", rs.Addr, "--replica", "r2", path)
+	if code == 0 || !strings.Contains(stderr, `replica "r2" has shipped no audit records`) {
+		t.Errorf("a replica that shipped nothing: exit %d, stderr %q", code, stderr)
 	}
 }

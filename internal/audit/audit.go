@@ -31,9 +31,10 @@
 // (args stand as the redactor gave them, which may keep the agent's own
 // spacing). A SHA-256 chain proves that records were not altered, removed or
 // reordered relative to each other; it cannot stop someone who may rewrite
-// the whole file from recomputing every hash, so keep the last hash (printed
-// by `amg audit verify`, logged at each rotation and on close) somewhere else
-// if that matters.
+// the file from cutting its end or recomputing every hash after a change.
+// An [Anchor] kept elsewhere does: the last seq and hash, printed by `amg
+// audit verify`, logged at each rotation and on close, and shipped to the
+// Redis stream by every replica ([Stream.Head]).
 package audit
 
 import (

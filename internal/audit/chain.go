@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -39,7 +41,42 @@ const (
 	BreakHash   BreakKind = "hash mismatch" // the line was altered after it was written
 	BreakSeq    BreakKind = "seq gap"       // records removed, duplicated or reordered
 	BreakPrev   BreakKind = "prev mismatch" // the record does not link to the one before it
+	// The chain disagrees with an Anchor: a record was rewritten and the
+	// chain recomputed after it, or records were cut from its end.
+	BreakAnchor BreakKind = "anchor mismatch"
 )
+
+// Anchor is a record of the chain as it was seen at some time and kept
+// outside the audit files: the gateway's log (every rotation and close
+// logs last_seq and last_hash), the Redis stream the replicas ship their
+// records to, or an operator's note of `amg audit verify`. A chain
+// checks out on its own even when records were cut from its end, or
+// its tail rewritten and chained anew; with an anchor it must still hold
+// record Seq, with hash Hash.
+type Anchor struct {
+	Seq  uint64
+	Hash string // "" checks only that the chain reaches Seq
+}
+
+func (a Anchor) String() string {
+	if a.Hash == "" {
+		return strconv.FormatUint(a.Seq, 10)
+	}
+	return strconv.FormatUint(a.Seq, 10) + ":" + a.Hash
+}
+
+// ParseAnchor parses an anchor written SEQ:HASH, or SEQ alone.
+func ParseAnchor(s string) (Anchor, error) {
+	seq, hash, _ := strings.Cut(s, ":")
+	n, err := strconv.ParseUint(seq, 10, 64)
+	if err != nil || n == 0 {
+		return Anchor{}, fmt.Errorf("anchor %q: want SEQ:HASH, SEQ a record's seq (from 1)", s)
+	}
+	if hash != "" && !isHash(hash) {
+		return Anchor{}, fmt.Errorf("anchor %q: the hash is not 64 lowercase hex digits", s)
+	}
+	return Anchor{Seq: n, Hash: hash}, nil
+}
 
 // ChainError locates the first broken record. Line is 1-based.
 type ChainError struct {
@@ -131,6 +168,8 @@ type VerifyResult struct {
 	FirstPrev string
 	LastSeq   uint64
 	LastHash  string
+	// Anchored counts the anchors the chain was checked against.
+	Anchored int
 	// Warnings lists torn lines left by a crash at the end of a file after
 	// which the device started a new file continuing from the last complete
 	// record, so that nothing was chained over them.
@@ -141,7 +180,21 @@ type VerifyResult struct {
 // (see [ChainFiles]). It returns a *[ChainError] for the first broken
 // record, any other error if a file cannot be read.
 func Verify(files ...string) (VerifyResult, error) {
+	return VerifyAnchored(nil, files...)
+}
+
+// VerifyAnchored is Verify that also checks the chain against anchors: a
+// record with an anchor's seq must have its hash, and the chain must
+// reach the latest anchor. An anchor before the first record of files
+// (whose older files were removed) cannot be checked, and is a warning.
+func VerifyAnchored(anchors []Anchor, files ...string) (VerifyResult, error) {
 	var res VerifyResult
+	want := map[uint64]string{}
+	for _, a := range anchors {
+		if h, ok := want[a.Seq]; !ok || h == "" {
+			want[a.Seq] = a.Hash
+		}
+	}
 	var last struct {
 		link
 		file string
@@ -189,6 +242,15 @@ func Verify(files ...string) (VerifyResult, error) {
 				res.Warnings = append(res.Warnings, fmt.Sprintf("%s: skipped; the chain continues at %s:%d", torn, name, lineNo))
 				torn = nil
 			}
+			if h, ok := want[l.seq]; ok {
+				if h != "" && h != l.hash {
+					f.Close()
+					return res, &ChainError{File: name, Line: lineNo, Kind: BreakAnchor, Detail: fmt.Sprintf(
+						"seq %d has hash %s, but an anchor says %s: this record or one before it was rewritten, and the chain recomputed", l.seq, l.hash, h)}
+				}
+				res.Anchored++
+				delete(want, l.seq)
+			}
 			if res.Records == 0 {
 				res.FirstSeq, res.FirstPrev = l.seq, l.prev
 			}
@@ -200,6 +262,18 @@ func Verify(files ...string) (VerifyResult, error) {
 	}
 	if torn != nil {
 		return res, torn
+	}
+	for _, seq := range slices.Sorted(maps.Keys(want)) {
+		switch {
+		case res.Records > 0 && seq < res.FirstSeq:
+			res.Warnings = append(res.Warnings, fmt.Sprintf("anchor seq %d comes before these files, which begin at seq %d: not checked", seq, res.FirstSeq))
+		case res.Records == 0:
+			return res, &ChainError{File: strings.Join(files, ", "), Kind: BreakAnchor,
+				Detail: fmt.Sprintf("no records, but an anchor names seq %d: records were removed", seq)}
+		default:
+			return res, &ChainError{File: last.file, Line: last.line, Kind: BreakAnchor,
+				Detail: fmt.Sprintf("the chain ends at seq %d, but an anchor names seq %d: records were cut from its end", res.LastSeq, seq)}
+		}
 	}
 	return res, nil
 }

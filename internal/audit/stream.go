@@ -218,6 +218,51 @@ func (s *Stream) Tail(ctx context.Context, n int, follow bool, emit func(line []
 	return nil
 }
 
+// Head returns the last record replica shipped to the stream, as an
+// Anchor for its file's chain: its seq, from the positions the replicas
+// ship to, and its hash, if the stream still holds the record. The stream
+// is outside the replica's files, so their tail cannot be cut or
+// rewritten without the anchor telling.
+func (s *Stream) Head(ctx context.Context, replica string) (Anchor, error) {
+	seq, err := s.client.HGet(ctx, s.shippedKey(), replica).Uint64()
+	if err == redis.Nil {
+		return Anchor{}, fmt.Errorf("replica %q has shipped no audit records to %s", replica, s.key)
+	}
+	if err != nil {
+		return Anchor{}, fmt.Errorf("audit stream head: %w", err)
+	}
+	a := Anchor{Seq: seq}
+	// A replica ships its records in order, and its position with them:
+	// its newest entry is the record at that seq.
+	for end := "+"; ; {
+		page, err := s.client.XRevRangeN(ctx, s.key, end, "-", streamPage).Result()
+		if err != nil {
+			return Anchor{}, fmt.Errorf("audit stream head: %w", err)
+		}
+		for _, m := range page {
+			if r, _ := m.Values["replica"].(string); r != replica {
+				continue
+			}
+			line, err := entryLine(m)
+			if err != nil {
+				return Anchor{}, fmt.Errorf("audit stream head: %w", err)
+			}
+			l, kind, detail := checkLine([]byte(line))
+			switch {
+			case kind != "":
+				return Anchor{}, fmt.Errorf("audit stream head: entry %s of replica %q: %s: %s", m.ID, replica, kind, detail)
+			case l.seq == seq:
+				a.Hash = l.hash
+			}
+			return a, nil
+		}
+		if len(page) < streamPage {
+			return a, nil // the stream no longer holds any record of the replica
+		}
+		end = "(" + page[len(page)-1].ID
+	}
+}
+
 // emitEntry emits the record of a stream entry as its replica's file
 // holds it, with "replica" first: replicas number and chain their records
 // each on its own, so a line names the chain it is in.
