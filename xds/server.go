@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -19,7 +20,9 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/amgateway/amg/internal/config"
@@ -38,7 +41,10 @@ type Options struct {
 // Server serves the current resources to every Envoy over ADS
 // (envoy.service.discovery.v3.AggregatedDiscoveryService). Only ADS is
 // served: the route configurations name ADS as their source, so an Envoy
-// must be bootstrapped with an ads_config pointing here.
+// must be bootstrapped with an ads_config pointing here. Only its
+// state-of-the-world form (api_type GRPC), and only the types this server
+// has: a client asking for anything else has its stream ended, so that
+// nothing it sends is kept.
 type Server struct {
 	log    *slog.Logger
 	cache  cachev3.SnapshotCache
@@ -83,6 +89,20 @@ const (
 	keepaliveMinTime = 10 * time.Second
 )
 
+// Limits on what a client of the xDS port may send, which needs no
+// credential: Envoy's requests are its node (with the list of its
+// extensions, the largest part) and, when it rejects a configuration,
+// why.
+const (
+	maxRequestBytes = 1 << 20
+	maxStreams      = 8 // per connection; Envoy opens one
+	// maxLoggedBytes bounds each client-given string a log line quotes.
+	maxLoggedBytes = 1 << 10
+)
+
+// served are the resource types the server has.
+var served = map[string]bool{resource.ListenerType: true, resource.RouteType: true, resource.ClusterType: true}
+
 // NewServer returns a Server with no resources: Envoy's requests wait until
 // the first successful Update.
 func NewServer(opts *Options) *Server {
@@ -104,10 +124,19 @@ func NewServer(opts *Options) *Server {
 	s.grpc = grpc.NewServer(append([]grpc.ServerOption{
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime, PermitWithoutStream: true}),
+		grpc.MaxRecvMsgSize(maxRequestBytes),
+		grpc.MaxConcurrentStreams(maxStreams),
 	}, opts.GRPC...)...)
-	xds := serverv3.NewServer(ctx, s.cache, s.callbacks())
-	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, xds)
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, sotwOnly{serverv3.NewServer(ctx, s.cache, s.callbacks())})
 	return s
+}
+
+// sotwOnly is the ADS service without its delta form, which Envoy uses
+// only when bootstrapped with api_type DELTA_GRPC.
+type sotwOnly struct{ serverv3.Server }
+
+func (sotwOnly) DeltaAggregatedResources(discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
+	return status.Error(codes.Unimplemented, "amg's xDS server serves state-of-the-world ADS only (api_type GRPC)")
 }
 
 // Update builds the resources for cfg and, if they are valid and
@@ -186,6 +215,12 @@ func (s *Server) callbacks() serverv3.Callbacks {
 			s.log.Debug("xds: stream closed", "stream", id, "node", node.GetId())
 		},
 		StreamRequestFunc: func(id int64, req *discoveryv3.DiscoveryRequest) error {
+			if !served[req.GetTypeUrl()] {
+				// Before the server makes a watch, which would keep the
+				// request for as long as the stream lasts.
+				return status.Errorf(codes.InvalidArgument, "amg's xDS server has listeners, routes and clusters, not %q",
+					clip(req.GetTypeUrl()))
+			}
 			s.request(id, req)
 			return nil
 		},
@@ -216,17 +251,32 @@ func (s *Server) request(id int64, req *discoveryv3.DiscoveryRequest) {
 	if d := req.GetErrorDetail(); d != nil {
 		switch {
 		case !current:
-			s.log.Error("xds: envoy rejected config", "stream", id, "node", req.GetNode().GetId(),
-				"type", req.GetTypeUrl(), "nonce", req.GetResponseNonce(), "error", d.GetMessage())
+			// Not an answer to what this stream was last sent: nothing an
+			// operator can act on, and anyone who reaches the port can
+			// send it.
+			s.log.Debug("xds: rejection of no current response", "stream", id, "node", clip(req.GetNode().GetId()),
+				"type", req.GetTypeUrl(), "nonce", clip(req.GetResponseNonce()), "error", clip(d.GetMessage()))
 		case last.rejected != last.version:
 			last.rejected = last.version
-			s.log.Error("xds: envoy rejected config", "stream", id, "node", req.GetNode().GetId(),
-				"type", req.GetTypeUrl(), "version", last.version, "nonce", req.GetResponseNonce(), "error", d.GetMessage())
+			s.log.Error("xds: envoy rejected config", "stream", id, "node", clip(req.GetNode().GetId()),
+				"type", req.GetTypeUrl(), "version", last.version, "nonce", req.GetResponseNonce(), "error", clip(d.GetMessage()))
 		}
 	}
 	if current && last.rejected == last.version {
 		req.VersionInfo = last.version
 	}
+}
+
+// clip cuts a string a client gave to what a log line quotes of it.
+func clip(s string) string {
+	if len(s) <= maxLoggedBytes {
+		return s
+	}
+	n := maxLoggedBytes
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }
 
 // last is what stream id was last sent of typeURL. s.streamsMu is held.

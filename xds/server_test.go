@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	grpcstatus "google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/amgateway/amg/internal/config"
@@ -474,5 +475,93 @@ func TestNACKNotResent(t *testing.T) {
 				t.Errorf("rejection log does not name version %s:\n%s", rejected, logs)
 			}
 		})
+	}
+}
+
+// A client of the xDS port needs no credential, so what it may send is
+// bounded: a type the server does not have ends the stream before a watch
+// keeps the request, the delta protocol is not served, and a request over
+// the size limit is refused.
+func TestUnservedRequestsEndTheStream(t *testing.T) {
+	s := NewServer(nil)
+	if err := s.Update(parseFile(t, filepath.Join("testdata", "in", "default.yaml"))); err != nil {
+		t.Fatal(err)
+	}
+	addr := startServer(t, s)
+	for _, tc := range []struct {
+		name string
+		req  *discoveryv3.DiscoveryRequest
+		want codes.Code
+	}{
+		{"made-up type", &discoveryv3.DiscoveryRequest{TypeUrl: "type.googleapis.com/made.up.Thing"}, codes.InvalidArgument},
+		{"endpoints", &discoveryv3.DiscoveryRequest{TypeUrl: resource.EndpointType}, codes.InvalidArgument},
+		{"secrets", &discoveryv3.DiscoveryRequest{TypeUrl: resource.SecretType}, codes.InvalidArgument},
+		{"too large", &discoveryv3.DiscoveryRequest{TypeUrl: resource.ClusterType, ResourceNames: []string{strings.Repeat("x", maxRequestBytes)}},
+			codes.ResourceExhausted},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := dialEnvoy(t, addr, "envoy-1")
+			tc.req.Node = e.node
+			e.send(tc.req)
+			_, err := e.stream.Recv()
+			if got := grpcstatus.Code(err); got != tc.want {
+				t.Errorf("Recv: %v, want %s", err, tc.want)
+			}
+		})
+	}
+	t.Run("served types still are", func(t *testing.T) {
+		e := dialEnvoy(t, addr, "envoy-1")
+		e.subscribe(resource.ClusterType)
+		if resp := e.recv(); resp.GetTypeUrl() != resource.ClusterType {
+			t.Errorf("response of type %q", resp.GetTypeUrl())
+		}
+	})
+	t.Run("delta", func(t *testing.T) {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
+		defer cancel()
+		stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stream.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "envoy-1"}, TypeUrl: resource.ClusterType})
+		if _, err := stream.Recv(); grpcstatus.Code(err) != codes.Unimplemented {
+			t.Errorf("delta Recv: %v, want Unimplemented", err)
+		}
+	})
+}
+
+// A rejection that answers no response of its stream is not an operator's
+// error: anyone who reaches the port can send one, as large as a request
+// may be, and as often as it likes.
+func TestStrayRejectionsAreNotErrors(t *testing.T) {
+	logs := &syncbuf.Buffer{}
+	s := NewServer(&Options{Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err := s.Update(parseFile(t, filepath.Join("testdata", "in", "default.yaml"))); err != nil {
+		t.Fatal(err)
+	}
+	e := dialEnvoy(t, startServer(t, s), strings.Repeat("n", 4096))
+	e.subscribe(resource.ClusterType)
+	e.recv()
+	for range 20 {
+		e.send(&discoveryv3.DiscoveryRequest{Node: e.node, TypeUrl: resource.ClusterType, ResponseNonce: "made-up",
+			ErrorDetail: &status.Status{Code: int32(codes.InvalidArgument), Message: strings.Repeat("m", 64<<10)}})
+	}
+	// A request after them, answered, shows they were all handled.
+	e.subscribe(resource.ListenerType)
+	e.recvType(resource.ListenerType, s.Version())
+	out := logs.String()
+	if strings.Contains(out, "level=ERROR") {
+		t.Errorf("stray rejections logged as errors:\n%.300s", out)
+	}
+	if n := strings.Count(out, "rejection of no current response"); n != 20 {
+		t.Errorf("%d stray rejections logged at debug level, want 20", n)
+	}
+	if len(out) > 20*4*maxLoggedBytes {
+		t.Errorf("the log grew by %d bytes for 20 stray rejections: the client's strings are not cut", len(out))
 	}
 }
