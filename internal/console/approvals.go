@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/amgateway/amg/internal/approval"
 )
@@ -15,9 +19,14 @@ import (
 type pendingRow struct {
 	*approval.Approval
 	// Payload is the exact request the agent sent, indented for reading
-	// when it is JSON; Exact says whether it is shown byte for byte.
+	// when it is JSON; Exact says whether it is shown byte for byte, and
+	// Bytes, when it is not, is the request byte for byte. Both show what
+	// a reader could not see as escapes (see visible); Hidden says there
+	// was some.
 	Payload string
 	Exact   bool
+	Bytes   string
+	Hidden  bool
 	Left    string // time left until expiry, as of rendering
 	// Overdue is an approval past its expiry that nothing marked expired
 	// (its call is gone): no decision on it can be taken.
@@ -52,7 +61,10 @@ func (c *Console) approvalsData(r *http.Request, s *session) approvalsData {
 	}
 	for _, a := range pending {
 		row := pendingRow{Approval: a, Left: left(a.Expires.Sub(d.Now)), Overdue: !d.Now.Before(a.Expires)}
-		row.Payload, row.Exact = indented(a.Body)
+		payload, exact := indented(a.Body)
+		row.Exact = exact
+		row.Payload, row.Hidden = visible(payload)
+		row.Bytes, _ = visible(string(a.Body))
 		d.Rows = append(d.Rows, row)
 	}
 	return d
@@ -150,6 +162,51 @@ func indented(data []byte) (text string, exact bool) {
 		return string(data), true
 	}
 	return buf.String(), false
+}
+
+// visible returns s with every character a reader would not see, or
+// that reorders the text around it, written as its escape (\u202e for a
+// right-to-left override, \u200b for a zero-width space, \xff for a byte
+// that is not UTF-8), and whether there was one. Else an agent could show
+// an approver one request and send another: the payload on screen would
+// not be what the bytes say. Line breaks and tabs stay, for indented JSON;
+// in a JSON string the escape means the same character.
+func visible(s string) (string, bool) {
+	var b strings.Builder
+	hidden := false
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case r > 0xffff && unseen(r):
+			fmt.Fprintf(&b, `\U%08x`, r)
+		case unseen(r):
+			fmt.Fprintf(&b, `\u%04x`, r)
+		default:
+			b.WriteString(s[i : i+n])
+			i += n
+			continue
+		}
+		hidden = true
+		i += n
+	}
+	return b.String(), hidden
+}
+
+// unseen reports whether r draws nothing a reader would notice, or moves
+// the text around it: control and format characters (the direction
+// overrides and isolates, zero-width ones), line and paragraph
+// separators, private-use characters, and the Hangul fillers, which are
+// letters that draw nothing.
+func unseen(r rune) bool {
+	switch r {
+	case '\n', '\t':
+		return false
+	case '\u115f', '\u1160', '\u3164', '\uffa0':
+		return true
+	}
+	return unicode.In(r, unicode.Cc, unicode.Cf, unicode.Co, unicode.Zl, unicode.Zp)
 }
 
 // left is d as the queue shows it before the script takes over.

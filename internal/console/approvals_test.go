@@ -116,6 +116,47 @@ func TestApprovalsPageShowsThePendingCall(t *testing.T) {
 	}
 }
 
+// Characters that draw nothing, or reorder the text around them, are
+// shown as their escapes, so that the payload an approver reads is the
+// one the bytes hold: the right-to-left override here would show the
+// path as ending in .pdf.
+func TestApprovalsShowHiddenCharacters(t *testing.T) {
+	e := newEnv(t, nil)
+	op := e.signIn("alice")
+	body := "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\",\"params\":{\"name\":\"delete_page\"," +
+		"\"arguments\":{\"page_id\":\"report\u202efdp.exe\",\"note\":\"a\u200bb\U000e0041\"}}}"
+	a := e.park("bot", body)
+	plain := e.park("bot", `{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"delete_page","arguments":{"page_id":"pg_1"}}}`)
+
+	raw := e.get(op, "/console/approvals").Body.String()
+	for _, r := range []string{"\u202e", "\u200b", "\U000e0041"} {
+		if strings.Contains(raw, r) {
+			t.Errorf("the page holds %U as it is", []rune(r)[0])
+		}
+	}
+	c := card(raw, a.ID)
+	payload, _ := field(c, "payload")
+	if !strings.Contains(payload, `"page_id": "report\u202efdp.exe"`) || !strings.Contains(payload, `"note": "a\u200bb\U000e0041"`) {
+		t.Errorf("payload shown as\n%s\nwant the hidden characters as escapes", payload)
+	}
+	if !strings.Contains(html.UnescapeString(c), `"page_id":"report\u202efdp.exe"`) {
+		t.Error("the exact bytes do not show the override as its escape")
+	}
+	if _, ok := field(c, "hidden"); !ok {
+		t.Error("the card does not warn of hidden characters")
+	}
+	if _, ok := field(card(raw, plain.ID), "hidden"); ok {
+		t.Error("a card without hidden characters warns of them")
+	}
+	// Not JSON, not UTF-8, with a carriage return that would hide what
+	// comes before it in a terminal.
+	odd := e.park("bot", "pg_1\xff\rpg_2")
+	raw = e.get(op, "/console/approvals").Body.String()
+	if got, _ := field(card(raw, odd.ID), "payload"); got != `pg_1\xff\u000dpg_2` {
+		t.Errorf("payload shown as %q", got)
+	}
+}
+
 func TestApprovalsPayloadThatIsNotJSON(t *testing.T) {
 	e := newEnv(t, nil)
 	op := e.signIn("alice")

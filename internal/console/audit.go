@@ -89,7 +89,8 @@ func (c *Console) auditPage(w http.ResponseWriter, r *http.Request, s *session) 
 	for _, rec := range recs {
 		row := auditRow{Record: rec, TraceURL: c.traceURL(rec.TraceID)}
 		if len(rec.Args) > 0 {
-			row.ArgsJSON, _ = indented(rec.Args)
+			args, _ := indented(rec.Args)
+			row.ArgsJSON, _ = visible(args)
 		}
 		data.Rows = append(data.Rows, row)
 	}
