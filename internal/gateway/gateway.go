@@ -409,11 +409,11 @@ func (g *Gateway) Serve(ctx context.Context) error {
 
 	gs := grpc.NewServer(append(authz.GRPCServerOptions(g.cfg.MaxBodyBytes), g.tel.GRPCServerOptions()...)...)
 	authv3.RegisterAuthorizationServer(gs, g.authz)
-	hs := &http.Server{Handler: g.tel.HTTPHandler(g.front, "amg.front"), ReadHeaderTimeout: 10 * time.Second}
-	as := &http.Server{Handler: g.admin, ReadHeaderTimeout: 10 * time.Second}
+	hs := newHTTPServer(g.tel.HTTPHandler(g.front, "amg.front"))
+	as := newHTTPServer(g.admin)
 	// Envoy routes allowed requests here; the broker serves only those
 	// whose decision token verifies, so the listener needs no guard.
-	bs := &http.Server{Handler: g.tel.HTTPHandler(g.broker, "amg.broker"), ReadHeaderTimeout: 10 * time.Second}
+	bs := &http.Server{Handler: g.tel.HTTPHandler(g.broker, "amg.broker"), ReadHeaderTimeout: headerTimeout}
 	errs := make(chan error, 5)
 	go func() { errs <- gs.Serve(g.authzLis) }()
 	go func() { errs <- hs.Serve(g.mcpLis) }()
