@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -86,6 +88,31 @@ func BenchmarkRedact(b *testing.B) {
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			b.ReportAllocs()
+			for b.Loop() {
+				r.Redact(args, bc.rules)
+			}
+		})
+	}
+}
+
+// BenchmarkRedactLongKey redacts, under a role rule, arguments an agent
+// shaped to make path matching costly: 20,000 keys under one of 100 KB.
+// Its cost should follow the body's size, as without rules.
+func BenchmarkRedactLongKey(b *testing.B) {
+	r := NewRedactor(testKey(1))
+	inner := map[string]any{}
+	for i := range 20000 {
+		inner[strconv.Itoa(i)] = json.Number("1")
+	}
+	args := map[string]any{strings.Repeat("K", 100<<10): inner}
+	for _, bc := range []struct {
+		name  string
+		rules []string
+	}{
+		{"no-rules", nil},
+		{"rule", []string{"cursor"}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
 			for b.Loop() {
 				r.Redact(args, bc.rules)
 			}

@@ -60,9 +60,18 @@ type Redactor struct {
 	keyCount atomic.Int64
 }
 
-const maxCachedKeys = 4096
+// The cache holds at most maxCachedKeys names of at most maxCachedKeyLen
+// bytes: argument names are short, and an agent's long ones would
+// otherwise stay in memory for good.
+const (
+	maxCachedKeys   = 4096
+	maxCachedKeyLen = 64
+)
 
 func (r *Redactor) sensitive(k string) bool {
+	if len(k) > maxCachedKeyLen {
+		return sensitiveKey(k)
+	}
 	if v, ok := r.keys.Load(k); ok {
 		return v.(bool)
 	}
@@ -202,9 +211,18 @@ func (r *Redactor) sum(canon []byte) string {
 type redactState struct {
 	r     *Redactor
 	rules []string // folded by foldPath
-	path  []byte   // dotted path of the current object; only kept when there are rules
-	canon []byte   // scratch for canonical encodings
+	// path is the dotted path of the current value, each key folded by
+	// foldPath as it is pushed; only kept when there are rules.
+	path  []byte
+	canon []byte // scratch for canonical encodings
 }
+
+// maxRulePath bounds the dotted path a rule is matched against: a value
+// whose path is longer is redacted whole, without a look inside. No tool's
+// arguments are that deep; an agent could make them so, so that every key
+// below cost a match against a long path (a 1 MB body of many keys under
+// a 100 KB one took minutes).
+const maxRulePath = 1 << 10
 
 var errUnencodable = errors.New("value has no faithful JSON encoding")
 
@@ -221,15 +239,16 @@ func (r *Redactor) state(rules []string) redactState {
 	return e
 }
 
-// push appends key k to the dotted path, when rules need it, and returns
-// the length to cut the path back to afterwards.
+// push appends key k, folded, to the dotted path, when rules need it, and
+// returns the length to cut the path back to afterwards. A path already
+// past maxRulePath is not grown: its value is redacted whole.
 func (e *redactState) push(k string) int {
 	parent := len(e.path)
-	if e.rules != nil {
+	if e.rules != nil && parent <= maxRulePath {
 		if parent > 0 {
 			e.path = append(e.path, '.')
 		}
-		e.path = append(e.path, k...)
+		e.path = append(e.path, foldPath(k)...)
 	}
 	return parent
 }
@@ -318,10 +337,13 @@ func (e *redactState) value(b []byte, v any, depth int) ([]byte, error) {
 }
 
 func (e *redactState) matchRule() bool {
-	if len(e.rules) == 0 {
+	switch {
+	case len(e.rules) == 0:
 		return false
+	case len(e.path) > maxRulePath:
+		return true
 	}
-	p := foldPath(string(e.path))
+	p := string(e.path)
 	for _, g := range e.rules {
 		// A malformed rule redacts rather than protecting nothing.
 		if ok, err := path.Match(g, p); ok || err != nil {

@@ -378,6 +378,34 @@ func TestRedactRaw(t *testing.T) {
 	}
 }
 
+// Below a path longer than maxRulePath nothing is looked at: under role
+// rules the value is redacted whole, so that an agent's long keys cannot
+// make every key beneath them cost a match against the whole path.
+func TestRedactLongPath(t *testing.T) {
+	r := NewRedactor(testKey(1))
+	long := strings.Repeat("k", maxRulePath)
+	args := map[string]any{"x": map[string]any{long: map[string]any{"title": "t", "cursor": "c"}}, "cursor": "c", "title": "t"}
+	got := decode(t, string(r.Redact(args, []string{"cursor"})))
+	if got["title"] != "t" || !strings.HasPrefix(got["cursor"].(string), HMACPrefix) {
+		t.Errorf("the short paths were not redacted as the rule says: %v", got)
+	}
+	deep, _ := got["x"].(map[string]any)[long].(string)
+	if !strings.HasPrefix(deep, HMACPrefix) {
+		t.Errorf("the value under the long path was recorded as %v, want it redacted whole", got["x"])
+	}
+	// Just within the bound, the rules still reach inside.
+	within := strings.Repeat("k", maxRulePath-len("x.")-len(".cursor"))
+	args = map[string]any{"x": map[string]any{within: map[string]any{"title": "t"}}}
+	if got := string(r.Redact(args, []string{"*.title"})); strings.Contains(got, `"title":"t"`) {
+		t.Errorf("a rule did not reach a path within the bound: %.80s", got)
+	}
+	// Without rules there are no paths, and nothing is redacted for one.
+	args = map[string]any{"x": map[string]any{long: map[string]any{"title": "t"}}}
+	if got := string(r.Redact(args, nil)); !strings.Contains(got, `"title":"t"`) {
+		t.Errorf("without rules, a long path was redacted: %.80s", got)
+	}
+}
+
 func TestSensitiveKeyCacheIsBounded(t *testing.T) {
 	r := NewRedactor([]byte("k"))
 	for i := range maxCachedKeys + 100 {
@@ -393,5 +421,11 @@ func TestSensitiveKeyCacheIsBounded(t *testing.T) {
 	first := r.sensitive("api_key")
 	if cached := r.sensitive("api_key"); !first || !cached {
 		t.Error("cached answer differs")
+	}
+	// Long names are judged, never kept.
+	fresh := NewRedactor([]byte("k"))
+	long := strings.Repeat("x", maxCachedKeyLen) + "_password"
+	if !fresh.sensitive(long) || fresh.keyCount.Load() != 0 {
+		t.Errorf("a %d-byte name: judged sensitive %v, %d cached; want true, 0", len(long), fresh.sensitive(long), fresh.keyCount.Load())
 	}
 }
