@@ -66,14 +66,17 @@ func (c *compiler) celExpr(n *yaml.Node, path string) *Expr {
 }
 
 // celPos maps a line and 0-based column inside an expression to the role
-// file. Quoted scalars shift by their opening quote; block scalars start
-// on the line after their indicator, at that line's indentation.
+// file. Quoted scalars shift by their opening quote; a literal block
+// starts on the line after its indicator, its lines indented by as much as
+// its first. A folded block's lines are joined, so a place in it is given
+// as the block's indicator.
 func (c *compiler) celPos(n *yaml.Node, line, col int) Pos {
 	p := Pos{File: c.File, Line: n.Line, Col: n.Column}
 	switch n.Style {
-	case yaml.LiteralStyle, yaml.FoldedStyle:
+	case yaml.LiteralStyle:
 		p.Line = n.Line + line
-		p.Col = c.indent(p.Line) + col + 1
+		p.Col = c.indent(n.Line+1) + col + 1
+	case yaml.FoldedStyle:
 	case yaml.DoubleQuotedStyle, yaml.SingleQuotedStyle:
 		if line == 1 {
 			p.Col = n.Column + 1 + col
@@ -86,11 +89,15 @@ func (c *compiler) celPos(n *yaml.Node, line, col int) Pos {
 	return p
 }
 
+// indent is how many spaces start line of the file: the file is split
+// once, however many positions are asked for.
 func (c *compiler) indent(line int) int {
-	lines := strings.Split(string(c.data), "\n")
-	if line < 1 || line > len(lines) {
+	if c.lines == nil {
+		c.lines = strings.Split(string(c.data), "\n")
+	}
+	if line < 1 || line > len(c.lines) {
 		return 0
 	}
-	l := lines[line-1]
+	l := c.lines[line-1]
 	return len(l) - len(strings.TrimLeft(l, " "))
 }

@@ -91,7 +91,7 @@ func Compile(files []File, opts *Options) (*Set, error) {
 	set := &Set{roles: map[string]*Role{}}
 	defined := map[string]Pos{}
 	for _, f := range files {
-		c.File, c.data = f.Name, f.Data
+		c.File, c.data, c.lines = f.Name, f.Data, nil
 		r := c.role(f.Data)
 		if r == nil {
 			continue
@@ -154,6 +154,7 @@ type compiler struct {
 	opts    *Options
 	servers map[string]bool
 	data    []byte
+	lines   []string // of data, split when first needed (see indent)
 	celEnv  *cel.Env
 	misfits Problems // what the live catalogue finds (Options.Upstreams)
 }

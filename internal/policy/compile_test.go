@@ -386,6 +386,28 @@ servers:
 `,
 		want: `role.yaml:8:45: servers.notion.tools[0].cel: cel: undeclared reference to 'nope'`,
 	}, {
+		name: "cel in a block that does not compile",
+		src: `
+role: r
+servers:
+  notion:
+    tools:
+      - name: search
+        constraints:
+          query: {}
+        cel: |
+          args.query.startsWith("a") &&
+            nope
+      - name: get_page
+        constraints:
+          id: {}
+        cel: >-
+          args.id == "a" ||
+          nada
+`,
+		want: "role.yaml:10:13: servers.notion.tools[0].cel: cel: undeclared reference to 'nope'\n" +
+			"role.yaml:14:14: servers.notion.tools[1].cel: cel: undeclared reference to 'nada'",
+	}, {
 		name: "cel that is not a condition",
 		src: `
 role: r
