@@ -60,6 +60,8 @@ servers:
       - { name: lte_max,  constraints: { v: { lte: 9223372036854775807 } } }
       - { name: lte_zero, constraints: { v: { lte: 0 } } }
       - { name: lt_under, constraints: { v: { lt: 1_000.5 } } }
+      - { name: gt_zero,  constraints: { v: { gt: 0 } } }
+      - { name: ne_zero,  constraints: { v: { ne: 0 } } }
       - { name: eq_hex,   constraints: { v: { eq: !!float 0x10 } } }
       - { name: alt,      constraints: { v: { pattern: "ws_a|ws_b" } } }
       - { name: pattern,  constraints: { v: { pattern: "ws_[a-z]+" } } }
@@ -137,6 +139,13 @@ func TestMatchers(t *testing.T) {
 		{"not_in", `{"v":"user"}`, CodeAllowed, ""},
 		{"not_in", `{"v":"admin"}`, CodeConstraintFailed, `argument "v" is a forbidden value`},
 		{"not_in", `{"v":0.0}`, CodeConstraintFailed, `argument "v" is a forbidden value`},
+		// A number that is not 0 as written but is as most upstreams read
+		// it (into a float64) is kept out as 0 is.
+		{"not_in", `{"v":1e-400}`, CodeConstraintFailed, `argument "v" is a forbidden value`},
+		{"ne_zero", `{"v":1e-400}`, CodeConstraintFailed, `argument "v" is a forbidden value`},
+		{"ne_zero", `{"v":1e-300}`, CodeAllowed, ""},
+		{"gt_zero", `{"v":1e-400}`, CodeConstraintFailed, `argument "v" must be > 0`},
+		{"gt_zero", `{"v":5e-324}`, CodeAllowed, ""},
 		{"lt", `{"v":9.99}`, CodeAllowed, ""},
 		{"lt", `{"v":10}`, CodeConstraintFailed, `argument "v" must be < 10`},
 		{"lte", `{"v":10}`, CodeAllowed, ""},
@@ -166,8 +175,11 @@ func TestMatchers(t *testing.T) {
 		{"lte_max", `{"v":9223372036854775808}`, CodeConstraintFailed, `argument "v" must be <= 9223372036854775807`},
 		{"lte_max", `{"v":9223372036854775807.5}`, CodeConstraintFailed, `argument "v" must be <= 9223372036854775807`},
 		{"lte", `{"v":10.000000000000000001}`, CodeConstraintFailed, `argument "v" must be <= 10`},
-		{"lt", `{"v":9.999999999999999999}`, CodeAllowed, ""},
-		{"gt", `{"v":1.500000000000000001}`, CodeAllowed, ""},
+		// Within the bound as written, but not as read into a float64,
+		// which rounds these onto it.
+		{"lt", `{"v":9.999999999999999999}`, CodeConstraintFailed, `argument "v" must be < 10`},
+		{"gt", `{"v":1.500000000000000001}`, CodeConstraintFailed, `argument "v" must be > 1.5`},
+		{"lt", `{"v":9.99999999999999}`, CodeAllowed, ""},
 		{"gt", `{"v":15e-1}`, CodeConstraintFailed, `argument "v" must be > 1.5`},
 		// A number too small for float64 is still not 0.
 		{"lte_zero", `{"v":0}`, CodeAllowed, ""},
@@ -176,7 +188,8 @@ func TestMatchers(t *testing.T) {
 		{"lte_zero", `{"v":1e-400}`, CodeConstraintFailed, `argument "v" must be <= 0`},
 		{"lte_zero", `{"v":1e-99999999999999999999999}`, CodeConstraintFailed, `argument "v" must be <= 0`},
 		// Policy numbers compare as written, whatever the YAML spelling.
-		{"lt_under", `{"v":1000.4999999999999999}`, CodeAllowed, ""},
+		{"lt_under", `{"v":1000.4999999999}`, CodeAllowed, ""},
+		{"lt_under", `{"v":1000.4999999999999999}`, CodeConstraintFailed, `argument "v" must be < 1000.5`},
 		{"lt_under", `{"v":1000.5}`, CodeConstraintFailed, `argument "v" must be < 1000.5`},
 		{"eq_hex", `{"v":16.0}`, CodeAllowed, ""},
 		{"eq_hex", `{"v":16.000000000000000001}`, CodeConstraintFailed, `argument "v" is not the allowed value`},

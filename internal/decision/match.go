@@ -111,29 +111,22 @@ func checkValue(f *policy.Field, v mcpfilter.Value) *failure {
 func match(m *policy.Matcher, v mcpfilter.Value) (ok bool, wrong string) {
 	switch m.Op {
 	case policy.OpEq:
-		return equal(m.Value, v), ""
+		return equal(m.Value, v, both), ""
 	case policy.OpNe:
-		return !equal(m.Value, v), ""
+		return !equal(m.Value, v, either), ""
 	case policy.OpIn:
-		return in(m, v), ""
+		return in(m, v, both), ""
 	case policy.OpNotIn:
-		return !in(m, v), ""
+		return !in(m, v, either), ""
 	case policy.OpLt, policy.OpLte, policy.OpGt, policy.OpGte:
 		n, isNum := toNumber(v)
 		if !isNum {
 			return false, "a number"
 		}
-		c := compare(n, m.Value)
-		switch m.Op {
-		case policy.OpLt:
-			return c < 0, ""
-		case policy.OpLte:
-			return c <= 0, ""
-		case policy.OpGt:
-			return c > 0, ""
-		default:
-			return c >= 0, ""
-		}
+		// The number as written, and as an upstream that reads numbers
+		// as float64 (most JSON decoders) gets it: 1e-400 is above 0,
+		// and reads as 0. Both must be within the bound.
+		return holds(m.Op, compare(n, m.Value)) && holds(m.Op, cmp.Compare(n.f, m.Value.Num)), ""
 	case policy.OpPattern, policy.OpPrefix, policy.OpSuffix, policy.OpPathWithin:
 		s, isStr := v.Str()
 		if !isStr {
@@ -200,14 +193,48 @@ func pathWithin(p, dir string) bool {
 	return c == dir || strings.HasPrefix(c, dir+"/")
 }
 
-func equal(s policy.Scalar, v mcpfilter.Value) bool {
+// holds applies an order matcher to c, the argument compared with its
+// bound.
+func holds(op policy.Op, c int) bool {
+	switch op {
+	case policy.OpLt:
+		return c < 0
+	case policy.OpLte:
+		return c <= 0
+	case policy.OpGt:
+		return c > 0
+	default:
+		return c >= 0
+	}
+}
+
+// readings says in which readings of an argument a number must equal a
+// policy's: as written and as an upstream reading it into a float64 gets
+// it (both), for eq and in; or in one of them (either), for what ne and
+// not_in exclude. An upstream reading 1e-400 gets 0, which not_in [0]
+// must keep out, and one reading 2^53+1 gets 2^53.
+type readings bool
+
+const (
+	both   readings = false
+	either readings = true
+)
+
+func equal(s policy.Scalar, v mcpfilter.Value, r readings) bool {
 	switch s.Kind {
 	case policy.KindString:
 		str, ok := v.Str()
 		return ok && str == s.Str
 	case policy.KindNumber:
 		n, ok := toNumber(v)
-		return ok && compare(n, s) == 0
+		if !ok {
+			return false
+		}
+		exact, rounded := compare(n, s) == 0, n.f == s.Num
+		if r == either {
+			return exact || rounded
+		}
+		return exact && rounded
 	case policy.KindBool:
 		b, ok := v.Bool()
 		return ok && b == s.Bool
@@ -216,13 +243,13 @@ func equal(s policy.Scalar, v mcpfilter.Value) bool {
 	}
 }
 
-func in(m *policy.Matcher, v mcpfilter.Value) bool {
+func in(m *policy.Matcher, v mcpfilter.Value, r readings) bool {
 	if s, ok := v.Str(); ok {
 		_, found := m.Strings[s]
 		return found
 	}
 	for _, s := range m.Values {
-		if s.Kind != policy.KindString && equal(s, v) {
+		if s.Kind != policy.KindString && equal(s, v, r) {
 			return true
 		}
 	}
