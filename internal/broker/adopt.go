@@ -123,7 +123,7 @@ func (b *Broker) adopt(r *http.Request, id, owner, role string) bool {
 		b.log.Warn("could not take over a session of another replica", "status", code)
 		return false
 	}
-	b.owners.Store(id, owner)
+	b.own(id, owner)
 	b.replay(r, role, id, `{"jsonrpc":"2.0","method":"notifications/initialized"}`)
 	return true
 }

@@ -78,6 +78,10 @@ type Options struct {
 	// SessionIdle is how long an agent session may go without a request
 	// before the broker ends it; 0 means 30 minutes.
 	SessionIdle time.Duration
+	// MaxSessionsPerAgent bounds the sessions one agent may have open at
+	// once; 0 means 64. Each may hold a connection, or a process, per
+	// upstream.
+	MaxSessionsPerAgent int
 	// Approvals parks calls that need a human's approval; nil refuses
 	// them. ApprovalTTL is how long one waits at most (0 means 15
 	// minutes; the approval rule that parks a call may shorten it), and
@@ -119,6 +123,12 @@ type Broker struct {
 	maxBody  int
 	ns       mcpfilter.Namespace
 	idle     time.Duration
+
+	// sessionsOf counts each agent's sessions, those being made
+	// included, up to maxSessions (see reserveSession).
+	sessionsMu  sync.Mutex
+	sessionsOf  map[string]int
+	maxSessions int
 
 	sessionStore SessionStore
 	liveTokens   func(ctx context.Context) (map[string]bool, error)
@@ -192,7 +202,8 @@ type roleServer struct {
 // New returns a broker for ups. Call Start before serving.
 func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options) (*Broker, error) {
 	b := &Broker{signer: signer, policies: policies, ups: map[string]*upstream{}, roles: map[string]*roleServer{},
-		maxBody: mcpfilter.DefaultMaxBytes, idle: sessionIdle, log: slog.New(slog.DiscardHandler),
+		maxBody: mcpfilter.DefaultMaxBytes, idle: sessionIdle, maxSessions: defaultMaxSessions, sessionsOf: map[string]int{},
+		log:         slog.New(slog.DiscardHandler),
 		approvalTTL: 15 * time.Minute, keepAlive: 15 * time.Second, storeRetry: time.Second, catalogueRetry: time.Second, now: time.Now}
 	b.drained, b.drain = context.WithCancel(context.Background())
 	if opts != nil {
@@ -211,6 +222,9 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 		}
 		if opts.SessionIdle > 0 {
 			b.idle = opts.SessionIdle
+		}
+		if opts.MaxSessionsPerAgent > 0 {
+			b.maxSessions = opts.MaxSessionsPerAgent
 		}
 		b.liveTokens, b.tokenCheck = opts.LiveTokens, opts.TokenCheck
 		if opts.CatalogueRetry > 0 {
@@ -743,6 +757,17 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeRPCError(w, http.StatusBadRequest, requestID(body), mcpfilter.CodeInvalidRequest, why)
 			return
 		}
+		// The SDK may make a session of the request: it takes one of
+		// the agent's, given back if it does not.
+		slot, n := b.reserveSession(d.Agent)
+		if slot == nil {
+			why := fmt.Sprintf("agent %q has %d sessions open, as many as the gateway allows it: end one (DELETE), or let one go idle", d.Agent, n)
+			b.record(d, CodeSessionLimit, why)
+			writeRPCError(w, http.StatusTooManyRequests, requestID(body), authz.RPCRateLimited, why)
+			return
+		}
+		defer slot.release()
+		w = &sessionRecorder{ResponseWriter: w, b: b, owner: owner, slot: slot}
 		// New sessions are made one at a time, until the SDK has taken
 		// their id, so that an adoption's id goes to the adopted session
 		// only (see newSessionID).
@@ -781,7 +806,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r = r.WithContext(ctx)
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
-	b.handler.ServeHTTP(&sessionRecorder{ResponseWriter: w, b: b, owner: owner}, r)
+	b.handler.ServeHTTP(w, r)
 }
 
 // Codes of the broker's refusals, as metric labels and audit fields.
@@ -793,6 +818,8 @@ const (
 	CodeSessionNotOwned = "session_not_owned"
 	// A request without a session that needs one.
 	CodeSessionRequired = "session_required"
+	// A new session past the agent's limit (Options.MaxSessionsPerAgent).
+	CodeSessionLimit = "session_limit"
 	// An allowed call that reached its upstream, and one that failed there.
 	CodeExecuted      = "executed"
 	CodeUpstreamError = "upstream_error"
@@ -872,11 +899,13 @@ func writeRPCError(w http.ResponseWriter, status int, id json.RawMessage, code i
 }
 
 // sessionRecorder notes which agent a new MCP session belongs to, so that
-// no other agent can use its session id.
+// no other agent can use its session id, and counts it in the slot
+// reserved for it.
 type sessionRecorder struct {
 	http.ResponseWriter
 	b     *Broker
 	owner string
+	slot  *sessionSlot
 	done  bool
 }
 
@@ -884,7 +913,9 @@ func (s *sessionRecorder) WriteHeader(code int) {
 	if !s.done {
 		s.done = true
 		if sid := s.Header().Get("Mcp-Session-Id"); sid != "" {
-			s.b.owners.LoadOrStore(sid, s.owner)
+			if _, had := s.b.owners.LoadOrStore(sid, s.owner); !had {
+				s.slot.take()
+			}
 		}
 	}
 	s.ResponseWriter.WriteHeader(code)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +16,71 @@ import (
 
 // sessionIdle is how long an agent session may go without a request.
 const sessionIdle = 30 * time.Minute
+
+// defaultMaxSessions is how many sessions an agent may have open at once,
+// unless Options say otherwise.
+const defaultMaxSessions = 64
+
+// sessionSlot is one of an agent's sessions, reserved before the SDK may
+// make it: counted from the reservation, so that agents racing to open
+// sessions cannot pass the limit together.
+type sessionSlot struct {
+	b     *Broker
+	agent string
+	done  bool // taken by a session, or released
+}
+
+// reserveSession reserves a session for agent, or returns nil and how
+// many it has if it has as many as it may.
+func (b *Broker) reserveSession(agent string) (*sessionSlot, int) {
+	b.sessionsMu.Lock()
+	defer b.sessionsMu.Unlock()
+	if n := b.sessionsOf[agent]; n >= b.maxSessions {
+		return nil, n
+	}
+	b.sessionsOf[agent]++
+	return &sessionSlot{b: b, agent: agent}, 0
+}
+
+// take keeps the slot for the session made in it, counted until disown.
+func (s *sessionSlot) take() { s.done = true }
+
+// release gives the slot back unless a session took it.
+func (s *sessionSlot) release() {
+	if !s.done {
+		s.done = true
+		s.b.uncount(s.agent)
+	}
+}
+
+func (b *Broker) uncount(agent string) {
+	b.sessionsMu.Lock()
+	defer b.sessionsMu.Unlock()
+	if b.sessionsOf[agent]--; b.sessionsOf[agent] <= 0 {
+		delete(b.sessionsOf, agent)
+	}
+}
+
+// own records that session sid, taken over from another replica, belongs
+// to owner, and counts it as one of the agent's: over the limit, if need
+// be, since the agent had it already.
+func (b *Broker) own(sid, owner string) {
+	if _, had := b.owners.LoadOrStore(sid, owner); had {
+		return
+	}
+	agent, _, _ := strings.Cut(owner, "\x00")
+	b.sessionsMu.Lock()
+	b.sessionsOf[agent]++
+	b.sessionsMu.Unlock()
+}
+
+// disown forgets the owner of the ended session sid, and counts it out.
+func (b *Broker) disown(sid string) {
+	if o, ok := b.owners.LoadAndDelete(sid); ok {
+		agent, _, _ := strings.Cut(o.(string), "\x00")
+		b.uncount(agent)
+	}
+}
 
 // agentSession is the broker's state of one agent session: its upstream
 // sessions, and what it has in flight on them.
@@ -198,7 +264,7 @@ func (b *Broker) agentSession(ss *mcp.ServerSession) *agentSession {
 			ss.Wait()
 			b.sessions.Delete(ss)
 			b.bySID.Delete(sid)
-			b.owners.Delete(sid)
+			b.disown(sid)
 			as.closeUpstreams()
 			// A replica shutting down leaves its sessions to the others,
 			// and so does one that reaped a session for being idle here:

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/amgateway/amg/authz"
+	"github.com/amgateway/amg/internal/tokens"
 )
 
 // An agent's session with one upstream is opened on its first call there;
@@ -284,4 +286,62 @@ func TestSharedSessionOutlivesItsIdleTimeout(t *testing.T) {
 			t.Errorf("the session in use on the second replica, back on the first: HTTP %d", code)
 		}
 	})
+}
+
+// An agent may have MaxSessionsPerAgent sessions open at once: each may
+// hold a connection or a process per upstream. The next initialize is
+// refused, readably and audited, until one ends; requests that make no
+// session take none, and another agent has its own.
+func TestSessionLimit(t *testing.T) {
+	g := newGatewayOver(t, false, func(o *Options) { o.MaxSessionsPerAgent = 2 })
+	initialize := `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"` + rawVersion +
+		`","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}`
+	open := func(token string) (int, string) {
+		return postMCP(t, g.url, map[string]string{"Authorization": "Bearer " + token, "Mcp-Protocol-Version": rawVersion}, initialize)
+	}
+	first, second := newRawAgent(t, g), newRawAgent(t, g)
+	if first.sid == "" || second.sid == "" {
+		t.Fatal("the first two sessions were not opened")
+	}
+	code, body := open(g.token)
+	const why = `agent \"bot-1\" has 2 sessions open, as many as the gateway allows it`
+	if code != http.StatusTooManyRequests || !strings.Contains(body, why) || !strings.Contains(body, `"id":1`) {
+		t.Errorf("a third session: %d %s; want 429 and a JSON-RPC error saying %s", code, body, why)
+	}
+	if codes := g.audit.codes(); !slices.Contains(codes, CodeSessionLimit) {
+		t.Errorf("audit codes %v, want %s", codes, CodeSessionLimit)
+	}
+
+	other, _, err := tokens.Issue(context.Background(), g.tokens, "bot-2", "reader", time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, body := open(other); code != http.StatusOK {
+		t.Errorf("another agent's session: %d %s", code, body)
+	}
+
+	h := map[string]string{"Authorization": "Bearer " + g.token, "Mcp-Session-Id": first.sid, "Mcp-Protocol-Version": rawVersion}
+	if code, body := sendMCP(t, "DELETE", g.url, h, ""); code/100 != 2 {
+		t.Fatalf("DELETE: %d %s", code, body)
+	}
+	// Requests that open no session give back what they reserved.
+	for range 3 {
+		if code, body := postMCP(t, g.url, map[string]string{"Authorization": "Bearer " + g.token}, `{"jsonrpc":"2.0","id":2,"method":"server/discover"}`); code != http.StatusOK {
+			t.Fatalf("server/discover: %d %s", code, body)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, body := open(g.token)
+		if code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after one session ended, a new one: %d %s", code, body)
+		}
+		time.Sleep(10 * time.Millisecond) // the session's end is noted as it closes
+	}
+	if code, _ := open(g.token); code != http.StatusTooManyRequests {
+		t.Errorf("past the limit again: %d, want 429", code)
+	}
 }

@@ -145,6 +145,10 @@ type Config struct {
 	PolicyDir string
 	// MaxBodyBytes is the largest request body accepted; larger is denied.
 	MaxBodyBytes int
+	// MaxSessionsPerAgent bounds the MCP sessions one agent may have open
+	// on a replica at once; each may hold a connection, or a process, per
+	// upstream.
+	MaxSessionsPerAgent int
 	// UnprefixedNames shows agents the names of the one upstream unchanged
 	// (echo rather than server__echo), as if they talked to it directly.
 	// Only valid with exactly one upstream.
@@ -325,9 +329,10 @@ func Default() *Config {
 			SyncInterval:     time.Second,
 			StreamMaxRecords: audit.DefaultStreamMaxLen,
 		},
-		DataDir:      "./data",
-		PolicyDir:    "./policies",
-		MaxBodyBytes: 1 << 20,
+		DataDir:             "./data",
+		PolicyDir:           "./policies",
+		MaxBodyBytes:        1 << 20,
+		MaxSessionsPerAgent: 64,
 		// The demo server is notion-like, and the example policies grant
 		// its tools as notion__*.
 		Upstreams: map[string]*Upstream{

@@ -80,14 +80,15 @@ func TestDefault(t *testing.T) {
 		AuthzListen: "127.0.0.1:9001",
 		Envoy: Envoy{Listen: "0.0.0.0:10000", EgressListen: "127.0.0.1:10001", AuthzAddress: "127.0.0.1:9001",
 			BrokerAddresses: []string{"127.0.0.1:8082"}, AuthzTimeout: 2 * time.Second, RouteTimeout: 17 * time.Minute, TracingSampling: 100},
-		ApprovalTTL:  15 * time.Minute,
-		Console:      Console{ReadyDays: 7, ReadyMinCalls: 1},
-		Audit:        Audit{MaxFileBytes: 100 << 20, Sync: audit.SyncOnInterval, SyncInterval: time.Second, StreamMaxRecords: audit.DefaultStreamMaxLen},
-		DataDir:      "./data",
-		PolicyDir:    "./policies",
-		MaxBodyBytes: 1048576,
-		Upstreams:    map[string]*Upstream{"notion": demo()},
-		Names:        []string{"notion"},
+		ApprovalTTL:         15 * time.Minute,
+		Console:             Console{ReadyDays: 7, ReadyMinCalls: 1},
+		Audit:               Audit{MaxFileBytes: 100 << 20, Sync: audit.SyncOnInterval, SyncInterval: time.Second, StreamMaxRecords: audit.DefaultStreamMaxLen},
+		DataDir:             "./data",
+		PolicyDir:           "./policies",
+		MaxBodyBytes:        1048576,
+		MaxSessionsPerAgent: 64,
+		Upstreams:           map[string]*Upstream{"notion": demo()},
+		Names:               []string{"notion"},
 	}
 	if diff := cmp.Diff(want, Default(), templates); diff != "" {
 		t.Errorf("Default() (-want +got):\n%s", diff)
@@ -140,13 +141,14 @@ func TestLoadFull(t *testing.T) {
 		XDSListen:      "127.0.0.1:18000",
 		Envoy: Envoy{Listen: "0.0.0.0:10443", AuthzAddress: "amg:9001", BrokerAddresses: []string{"amg-0.amg:8082", "amg-1.amg:8082"},
 			AuthzTimeout: 500 * time.Millisecond, RouteTimeout: 30 * time.Minute, TracingAddress: "otel-collector:4317", TracingSampling: 12.5},
-		ApprovalTTL:     5 * time.Minute,
-		ApprovalWebhook: tmpl("https://hooks.example/amg", 39, 12),
-		Console:         Console{ReadyDays: 14, ReadyMinCalls: 200, TraceURL: "https://jaeger.example/trace/{trace_id}", StagedPolicyDir: "/etc/amg/policies.next"},
-		Audit:           Audit{MaxFileBytes: 1 << 30, Sync: audit.SyncOnInterval, SyncInterval: 250 * time.Millisecond, Stdout: true, StreamMaxRecords: 500000},
-		DataDir:         "/var/lib/amg",
-		PolicyDir:       "/etc/amg/policies",
-		MaxBodyBytes:    2097152,
+		ApprovalTTL:         5 * time.Minute,
+		ApprovalWebhook:     tmpl("https://hooks.example/amg", 39, 12),
+		Console:             Console{ReadyDays: 14, ReadyMinCalls: 200, TraceURL: "https://jaeger.example/trace/{trace_id}", StagedPolicyDir: "/etc/amg/policies.next"},
+		Audit:               Audit{MaxFileBytes: 1 << 30, Sync: audit.SyncOnInterval, SyncInterval: 250 * time.Millisecond, Stdout: true, StreamMaxRecords: 500000},
+		DataDir:             "/var/lib/amg",
+		PolicyDir:           "/etc/amg/policies",
+		MaxBodyBytes:        2097152,
+		MaxSessionsPerAgent: 16,
 		Upstreams: map[string]*Upstream{
 			"notion": {
 				Name: "notion",
@@ -231,12 +233,12 @@ func TestLoadReadError(t *testing.T) {
 
 func TestMerge(t *testing.T) {
 	// Keys the file leaves out keep their defaults, the demo upstream included.
-	got, err := parse(t, "listen: 0.0.0.0:80\nmax_body_bytes: 10\n", nil)
+	got, err := parse(t, "listen: 0.0.0.0:80\nmax_body_bytes: 10\nmax_sessions_per_agent: 8\n", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := Default()
-	want.Listen, want.MaxBodyBytes = "0.0.0.0:80", 10
+	want.Listen, want.MaxBodyBytes, want.MaxSessionsPerAgent = "0.0.0.0:80", 10, 8
 	if diff := cmp.Diff(want, got, templates); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
@@ -300,7 +302,7 @@ func TestProblems(t *testing.T) {
 		{"not a mapping", "- listen\n",
 			"amg.yaml:1:1: must be a mapping, got a list"},
 		{"unknown key", "lisen: :80\n",
-			`amg.yaml:1:1: lisen: unknown field "lisen" (expected one of: listen, allowed_origins, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, audit, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)`},
+			`amg.yaml:1:1: lisen: unknown field "lisen" (expected one of: listen, allowed_origins, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, audit, data_dir, policy_dir, max_body_bytes, max_sessions_per_agent, unprefixed_names, upstreams)`},
 		{"envoy: unknown key", "envoy: { listener: x }\n",
 			`amg.yaml:1:10: envoy.listener: unknown field "listener" (expected one of: listen, egress_listen, egress_address, authz_address, broker_addresses, authz_timeout, route_timeout, tracing_address, tracing_sampling)`},
 		{"envoy: bad broker address", "envoy: { broker_addresses: [amg, \"amg:8082\"] }\n",
@@ -422,6 +424,8 @@ upstreams:
 			"amg.yaml:1:17: max_body_bytes: must be an integer, got a string"},
 		{"integer too small", "max_body_bytes: 0\n",
 			"amg.yaml:1:17: max_body_bytes: must be at least 1, got 0"},
+		{"no sessions", "max_sessions_per_agent: 0\n",
+			"amg.yaml:1:25: max_sessions_per_agent: must be at least 1, got 0"},
 		{"boolean wanted", "upstreams: { a: { url: \"http://x.example/\", allow_insecure: \"yes\" } }\n",
 			"amg.yaml:1:24: upstreams.a.url: plain http is allowed only to loopback hosts (localhost, 127.0.0.0/8, ::1): use https, or set allow_insecure: true to send this upstream's traffic and credentials unencrypted\n" +
 				"amg.yaml:1:61: upstreams.a.allow_insecure: must be true or false, got a string"},
@@ -673,7 +677,7 @@ amg.yaml:10:5: allowed_origins[8]: "https://:443" is not an origin as browsers s
 amg.yaml:11:5: allowed_origins[9]: must be a string, got a number
 amg.yaml:13:5: allowed_origins[11]: HTTPS://OK.example.com:443 is the same origin as https://ok.example.com at line 12
 amg.yaml:14:5: allowed_origins[12]: "http://bad host" is not an origin as browsers send it (scheme://host[:port]): invalid character " " in host name
-amg.yaml:15:1: allowed_origins_extra: unknown field "allowed_origins_extra" (expected one of: listen, allowed_origins, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, audit, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)`
+amg.yaml:15:1: allowed_origins_extra: unknown field "allowed_origins_extra" (expected one of: listen, allowed_origins, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, audit, data_dir, policy_dir, max_body_bytes, max_sessions_per_agent, unprefixed_names, upstreams)`
 	if diff := cmp.Diff(want, problemsOf(t, err)); diff != "" {
 		t.Errorf("problems (-want +got):\n%s", diff)
 	}
@@ -708,7 +712,7 @@ upstreams:
 max_body_bytes: -1
 `, nil)
 	want := `amg.yaml:1:9: listen: must be host:port such as 127.0.0.1:8080, got "localhost": missing port in address
-amg.yaml:3:1: bogus: unknown field "bogus" (expected one of: listen, allowed_origins, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, audit, data_dir, policy_dir, max_body_bytes, unprefixed_names, upstreams)
+amg.yaml:3:1: bogus: unknown field "bogus" (expected one of: listen, allowed_origins, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, audit, data_dir, policy_dir, max_body_bytes, max_sessions_per_agent, unprefixed_names, upstreams)
 amg.yaml:6:10: upstreams.notion.url: plain http is allowed only to loopback hosts (localhost, 127.0.0.0/8, ::1): use https, or set allow_insecure: true to send this upstream's traffic and credentials unencrypted
 amg.yaml:8:7: upstreams.notion.headers.Host: Host is set by the HTTP transport and cannot be configured
 amg.yaml:9:22: upstreams.notion.headers.Authorization: env secret reference has an invalid variable name (expected A-Z, a-z, 0-9 and '_', not starting with a digit)

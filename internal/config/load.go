@@ -33,7 +33,7 @@ type loader struct {
 
 var (
 	configKeys = []string{"listen", "allowed_origins", "admin_listen", "authz_listen", "broker_listen", "xds_listen", "envoy", "vault", "redis", "approvals",
-		"console", "audit", "data_dir", "policy_dir", "max_body_bytes", "unprefixed_names", "upstreams"}
+		"console", "audit", "data_dir", "policy_dir", "max_body_bytes", "max_sessions_per_agent", "unprefixed_names", "upstreams"}
 	approvalKeys = []string{"ttl", "webhook"}
 	consoleKeys  = []string{"ready_days", "ready_min_calls", "trace_url", "staged_policy_dir"}
 	auditKeys    = []string{"max_file_bytes", "sync", "sync_interval", "stdout", "stream_max_records"}
@@ -105,6 +105,10 @@ func (l *loader) config(cfg *Config, data []byte) {
 		case "max_body_bytes":
 			if n, ok := l.Integer(v, key, 1); ok {
 				cfg.MaxBodyBytes = n
+			}
+		case "max_sessions_per_agent":
+			if n, ok := l.Integer(v, key, 1); ok {
+				cfg.MaxSessionsPerAgent = n
 			}
 		case "unprefixed_names":
 			if b, ok := l.Boolean(v, key); ok {
