@@ -301,6 +301,25 @@ type cancelledParams struct {
 	Reason    string          `json:"reason,omitempty"`
 }
 
+// directNotification passes on a notification an upstream sent on a
+// direct call's stream as the other path does (relayNotification): the
+// call's progress on its stream, log messages at the level the agent set,
+// a resource update to the role's sessions subscribed to it, under the
+// URI agents see, a cancellation to the request it cancels. List changes
+// are the catalogue session's; the rest stays with the broker.
+func (b *Broker) directNotification(as *agentSession, server string, m *mcpfilter.Message, data []byte, send func([]byte)) {
+	switch m.Method {
+	case "notifications/progress":
+		send(data)
+	case "notifications/message":
+		if as.wantsLog(m.Params) {
+			send(data)
+		}
+	case "notifications/cancelled", "notifications/resources/updated":
+		b.relayNotification(as, server, &jsonrpc.Request{Method: m.Method, Params: m.Params})
+	}
+}
+
 // writeJSON answers with one JSON-RPC message and sends it at once: what
 // the handler does after, such as recording the call, is not the agent's
 // wait.
@@ -349,11 +368,7 @@ func (b *Broker) streamDirect(stream *sseStream, r *http.Request, as *agentSessi
 		m := &msg.Messages[0]
 		switch m.Kind {
 		case mcpfilter.KindNotification:
-			if m.Method == "notifications/cancelled" {
-				b.relayCancellation(as, server, m.Params)
-				return
-			}
-			send(data)
+			b.directNotification(as, server, m, data, send)
 		case mcpfilter.KindRequest:
 			if m.Method == "roots/list" {
 				// Not offered (see noRoots), but asked anyway: answered

@@ -423,3 +423,46 @@ func TestStatelessUpstream(t *testing.T) {
 		}
 	}
 }
+
+// What an upstream sends on a direct call's stream besides the answer
+// reaches the agent as it would on the other path: the call's progress,
+// log messages only at the level the agent set, resource updates only to
+// sessions subscribed to a resource the role may read (so never one it is
+// not granted, nor in the upstream's own URIs), and no list changes,
+// which are the catalogue session's.
+func TestDirectCallNotifications(t *testing.T) {
+	g, a := directAgent(t)
+	idRE := regexp.MustCompile(`"id":("amg-\d+")`)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := idRE.FindStringSubmatch(g.up.lastPost())[1]
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		for _, m := range []string{
+			`{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"p1","progress":1}}`,
+			`{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":"notion://ws_other/secret-board"}}`,
+			`{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"debug","data":"debug detail"}}`,
+			`{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"error","data":"error detail"}}`,
+			`{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}`,
+			`{"jsonrpc":"2.0","id":` + id + `,"result":{"content":[{"type":"text","text":"ok"}]}}`,
+		} {
+			w.Write([]byte("event: message\ndata: " + m + "\n\n"))
+		}
+	})
+	g.up.callsTo.Store(&h)
+	call := `{"jsonrpc":"2.0","id":"c1","method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"},"_meta":{"progressToken":"p1"}}}`
+	got := strings.Join(a.post(call), "\n")
+	for _, leak := range []string{"ws_other/secret-board", "debug detail", "error detail", "list_changed"} {
+		if strings.Contains(got, leak) {
+			t.Errorf("the agent got %q:\n%s", leak, got)
+		}
+	}
+	if !strings.Contains(got, `"progressToken":"p1"`) || !strings.Contains(got, `"text":"ok"`) {
+		t.Errorf("the call's progress or answer is missing:\n%s", got)
+	}
+	// With a level set, the messages at it and above come.
+	a.post(`{"jsonrpc":"2.0","id":"l1","method":"logging/setLevel","params":{"level":"warning"}}`)
+	got = strings.Join(a.post(call), "\n")
+	if !strings.Contains(got, "error detail") || strings.Contains(got, "debug detail") {
+		t.Errorf("at level warning, the agent got:\n%s", got)
+	}
+}

@@ -11,6 +11,8 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/amgateway/amg/internal/decision"
 )
 
 // inflight is what one agent session has in flight upstream: each
@@ -138,9 +140,12 @@ func (b *Broker) relayNotification(as *agentSession, server string, n *jsonrpc.R
 	if json.Unmarshal(n.Params, &p) != nil || p.URI == "" {
 		return
 	}
-	owner, _ := b.owners.Load(as.ss.ID())
-	o, _ := owner.(string)
-	_, role, _ := strings.Cut(o, "\x00")
+	role := b.roleOf(as)
+	if !decision.ResourceVisible(b.policies.Current(), role, server, p.URI) {
+		// Not, or no longer, the role's to know of: a subscription made
+		// while it was stays with the broker.
+		return
+	}
 	uri := b.ns.JoinURI(server, p.URI)
 	// Every session of the role that subscribed has its own upstream
 	// subscription, and so its own copy of the update; the SDK sends one
@@ -163,6 +168,14 @@ func (b *Broker) relayNotification(as *agentSession, server string, n *jsonrpc.R
 	if rs != nil {
 		rs.srv.ResourceUpdated(context.Background(), &mcp.ResourceUpdatedNotificationParams{URI: uri})
 	}
+}
+
+// roleOf is the role of the agent whose session as is.
+func (b *Broker) roleOf(as *agentSession) string {
+	owner, _ := b.owners.Load(as.ss.ID())
+	o, _ := owner.(string)
+	_, role, _ := strings.Cut(o, "\x00")
+	return role
 }
 
 // updateDedup is how close together copies of one resource update count as

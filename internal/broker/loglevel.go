@@ -4,6 +4,7 @@ package broker
 
 import (
 	"context"
+	"encoding/json"
 	"maps"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -31,6 +32,26 @@ func (b *Broker) passLogLevel(next mcp.MethodHandler) mcp.MethodHandler {
 		}
 		return res, err
 	}
+}
+
+// logLevels rank MCP's log levels, least severe first.
+var logLevels = map[mcp.LoggingLevel]int{"debug": 0, "info": 1, "notice": 2, "warning": 3,
+	"error": 4, "critical": 5, "alert": 6, "emergency": 7}
+
+// wantsLog reports whether the agent asked for the log message of params:
+// it set a level with logging/setLevel, and the message's is that or more
+// severe, as the SDK's server judges the messages it sends.
+func (as *agentSession) wantsLog(params json.RawMessage) bool {
+	var p mcp.LoggingMessageParams
+	if json.Unmarshal(params, &p) != nil {
+		return false
+	}
+	as.mu.Lock()
+	set := as.level
+	as.mu.Unlock()
+	least, ok := logLevels[mcp.LoggingLevel(set)]
+	got, known := logLevels[p.Level]
+	return ok && known && got >= least
 }
 
 // setLogLevel asks an upstream session for log messages at level and up.

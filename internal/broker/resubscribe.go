@@ -8,6 +8,8 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/amgateway/amg/internal/decision"
 )
 
 // An agent's resource subscriptions live in its session with each
@@ -101,13 +103,18 @@ const (
 
 // resubscribe subscribes cs, a new session with u, to what the agent had
 // subscribed to there, and returns those subscriptions. One the upstream
-// refuses (its resource may be gone) ends, and is forgotten; a failed
-// connection fails it all.
+// refuses (its resource may be gone), or the role may no longer read,
+// ends, and is forgotten; a failed connection fails it all.
 func (b *Broker) resubscribe(ctx context.Context, as *agentSession, u *upstream, cs *mcp.ClientSession) ([]string, error) {
+	set, role := b.policies.Current(), b.roleOf(as)
 	as.mu.Lock()
 	var uris []string
 	for uri := range as.subs[u.Name] {
-		uris = append(uris, uri)
+		if decision.ResourceVisible(set, role, u.Name, uri) {
+			uris = append(uris, uri)
+		} else {
+			delete(as.subs[u.Name], uri)
+		}
 	}
 	as.mu.Unlock()
 	if len(uris) == 0 {

@@ -3,10 +3,13 @@ package broker
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/amgateway/amg/internal/policy"
 )
 
 // upstreamSubs counts the upstream's subscriptions to uri, and their
@@ -108,5 +111,55 @@ func TestRefusedResubscriptionEnds(t *testing.T) {
 	as.mu.Unlock()
 	if left != 0 {
 		t.Errorf("%d subscriptions kept after the upstream refused them, want none", left)
+	}
+}
+
+// A subscription made while the role could read the resource does not
+// outlive the grant: its updates stay with the broker, and a lost
+// upstream session is not subscribed to it again. The same holds when the
+// role is gone from the policy.
+func TestSubscriptionEndsWithTheGrant(t *testing.T) {
+	for _, tc := range []struct{ name, policy string }{
+		{"grant revoked", strings.Replace(testRole, `"notion://ws_abc123/*", `, "", 1)},
+		{"role removed", "role: other\nservers:\n  notion:\n    tools:\n      - name: fail\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newGatewayOver(t, true)
+			cs, updates := subscribed(t, g)
+			set, err := policy.Compile([]policy.File{{Name: "p.yaml", Data: []byte(tc.policy)}}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			g.policy.set.Store(set)
+			g.broker.Sync()
+			if _, err := cs.ReadResource(context.Background(), &mcp.ReadResourceParams{URI: subscribedURI}); err == nil {
+				t.Fatal("the resource can still be read: the test tests nothing")
+			}
+			if err := g.up.srv.ResourceUpdated(context.Background(), &mcp.ResourceUpdatedNotificationParams{URI: subscribedUpstreamURI}); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case u := <-updates:
+				t.Errorf("an update of %s reached the agent after its grant ended", u)
+			case <-time.After(time.Second):
+			}
+			if tc.name != "grant revoked" {
+				return
+			}
+			// The upstream forgets the session: the broker opens another,
+			// without the subscription, and says nothing of it.
+			g.up.restart()
+			g.up.http.CloseClientConnections()
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+				if n, _ := g.up.upstreamSubs(subscribedUpstreamURI); n > 1 {
+					t.Fatalf("subscribed upstream again to a resource the role may no longer read (%d subscriptions)", n)
+				}
+			}
+			select {
+			case u := <-updates:
+				t.Errorf("after the upstream's restart, %s reached the agent", u)
+			default:
+			}
+		})
 	}
 }
