@@ -8,8 +8,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
@@ -63,5 +65,73 @@ func TestUpstreamRedirectIsNotFollowed(t *testing.T) {
 	}
 	if n := elsewhere.Load(); n != 0 {
 		t.Errorf("the other host got %d requests", n)
+	}
+}
+
+// Of the headers an agent sends, only the trace context reaches an
+// upstream: not its cookies, its own headers, the gateway's x-amg-* ones,
+// nor its W3C baggage, which would carry what it likes past the policy.
+// Both the SDK path (the session's first call) and the direct path are
+// checked.
+func TestAgentHeadersDoNotReachUpstreams(t *testing.T) {
+	srv := demo.NewServer(nil).MCP()
+	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, nil)
+	var mu sync.Mutex
+	var seen []http.Header
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Header.Clone())
+		mu.Unlock()
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(upstream.Close)
+	ups := map[string]*config.Upstream{"notion": {Name: "notion", URL: upstream.URL, ConnectTimeout: 5 * time.Second, CallTimeout: 30 * time.Second}}
+	mcpURL, token := startGateway(t, ups, "reader", readerRole)
+	const traceID = "0af7651916cd43dd8448eb211c80319c"
+	agent := map[string]string{
+		"Traceparent": "00-" + traceID + "-b7ad6b7169203331-01",
+		"Baggage":     "tenant=victim-corp,user.role=admin",
+		"Cookie":      "sess=agent-cookie",
+		"X-Custom":    "agent-custom",
+		"X-Amg-Agent": "someone-else",
+	}
+	rt := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		r = r.Clone(r.Context())
+		r.Header.Set("Authorization", "Bearer "+token)
+		for k, v := range agent {
+			r.Header.Set(k, v)
+		}
+		return http.DefaultTransport.RoundTrip(r)
+	})
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(context.Background(),
+		&mcp.StreamableClientTransport{Endpoint: mcpURL, HTTPClient: &http.Client{Transport: rt}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	for range 2 {
+		if _, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__get_pages",
+			Arguments: json.RawMessage(`{"workspace_id":"ws_abc123","limit":1}`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	traced := 0
+	for _, hd := range seen {
+		for k := range agent {
+			if k != "Traceparent" && hd.Get(k) != "" {
+				t.Errorf("the agent's %s reached the upstream as %q", k, hd.Get(k))
+			}
+		}
+		if hd.Get("Authorization") != "" {
+			t.Errorf("an Authorization header reached the upstream")
+		}
+		if strings.Contains(hd.Get("Traceparent"), traceID) {
+			traced++
+		}
+	}
+	if traced == 0 {
+		t.Errorf("the agent's trace context reached the upstream on none of %d requests", len(seen))
 	}
 }

@@ -96,9 +96,9 @@ func (t *Telemetry) ExtractRPC(ctx context.Context) context.Context {
 	if trace.SpanContextFromContext(ctx).IsValid() {
 		return ctx
 	}
-	// Without either header the propagator finds nothing, and the carrier
+	// Without the header the propagator finds nothing, and the carrier
 	// would cost an allocation on every call.
-	if metadata.ValueFromIncomingContext(ctx, "traceparent") == nil && metadata.ValueFromIncomingContext(ctx, "baggage") == nil {
+	if metadata.ValueFromIncomingContext(ctx, "traceparent") == nil {
 		return ctx
 	}
 	return t.propagator.Extract(ctx, incomingCarrier{ctx})

@@ -2,7 +2,7 @@
 // gateway and owns the gateway's instruments.
 //
 // A Telemetry value bundles a TracerProvider, a MeterProvider, a W3C
-// tracecontext+baggage propagator and a Prometheus exporter on a private
+// trace context propagator and a Prometheus exporter on a private
 // registry, so the admin listener can serve GET /metrics. When asked to, it
 // also exports traces and metrics over OTLP/HTTP, configured by the standard
 // OTEL_EXPORTER_OTLP_* environment variables.
@@ -203,8 +203,10 @@ func New(ctx context.Context, opts *Options) (*Telemetry, error) {
 	}
 	t := &Telemetry{
 		logger: opts.Logger,
-		propagator: propagation.NewCompositeTextMapPropagator(
-			propagation.TraceContext{}, propagation.Baggage{}),
+		// Trace context only: W3C baggage is whatever the agent put in
+		// it, and the gateway would carry it to every upstream, past the
+		// policy.
+		propagator: propagation.TraceContext{},
 		registry: prometheus.NewRegistry(),
 	}
 	if t.logger == nil {
@@ -439,8 +441,8 @@ func (t *Telemetry) TracerProvider() trace.TracerProvider { return t.tp }
 // libraries that take a provider.
 func (t *Telemetry) MeterProvider() metric.MeterProvider { return t.mp }
 
-// Propagator returns the W3C tracecontext+baggage propagator used to carry
-// trace context across HTTP and gRPC hops.
+// Propagator returns the W3C trace context propagator used to carry trace
+// context across HTTP and gRPC hops. Baggage is not carried.
 func (t *Telemetry) Propagator() propagation.TextMapPropagator { return t.propagator }
 
 // MetricsHandler serves the metrics in the Prometheus text format, for
