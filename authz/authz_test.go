@@ -898,3 +898,40 @@ func TestLargeBodiesReachAuthzOverGRPC(t *testing.T) {
 		t.Errorf("a %d-byte body: %v, want the policy's denial", len(body), resp)
 	}
 }
+
+// Completing an argument counts against the limits getting the prompt,
+// or reading the resource, would: it goes to the upstream as they do.
+func TestCompletionIsRateLimited(t *testing.T) {
+	const role = `
+role: reader
+rate_limits:
+  - { requests: 1, per: 1h }
+servers:
+  notion:
+    prompts:
+      - name: summarize
+    resources: ["notion://ws_abc123/*"]
+`
+	complete := func(ref string) string {
+		return `{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":` + ref + `,"argument":{"name":"a","value":"x"}}}`
+	}
+	for _, tc := range []struct{ name, first, then string }{
+		{"prompt", `{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"notion__summarize"}}`,
+			complete(`{"type":"ref/prompt","name":"notion__summarize"}`)},
+		{"resource", `{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"amg:notion:notion://ws_abc123/p1"}}`,
+			complete(`{"type":"ref/resource","uri":"amg:notion:notion://ws_abc123/{id}"}`)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			set, err := policy.Compile([]policy.File{{Name: "reader.yaml", Data: []byte(role)}}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e := newEnv(t, func(d *Deps, _ *Options) { d.Policies = staticPolicies{set} })
+			okHeaders(t, e.check(t, "bot-1", nil, tc.first))
+			d := denied(t, e.check(t, "bot-1", nil, tc.then))
+			if r := rpcErr(t, d.body); r.Error.Data.Code != CodeRateLimited {
+				t.Errorf("a completion past the role's limit: %s", d.body)
+			}
+		})
+	}
+}

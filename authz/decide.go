@@ -192,8 +192,9 @@ func (c *call) decideMessage(m *mcpfilter.Message) outcome {
 // decideCompletion allows completing a prompt's or a resource template's
 // argument to a role granted that prompt or template: the values offered
 // are the upstream's, and asking for them reveals nothing the role could
-// not list. A shadow-mode role is allowed either way, with what enforce
-// mode would have decided kept as its shadow verdict, as
+// not list. It counts against the limits a prompts/get of the prompt, or
+// a read, would. A shadow-mode role is allowed either way, with what
+// enforce mode would have decided kept as its shadow verdict, as
 // decision.Evaluate does for calls.
 func (c *call) decideCompletion(m *mcpfilter.Message) outcome {
 	o := outcome{msg: m}
@@ -214,7 +215,7 @@ func (c *call) decideCompletion(m *mcpfilter.Message) outcome {
 		return o
 	}
 	o.server, o.name = server, name
-	o.res = decision.Result{Verdict: decision.Allow, Code: decision.CodeAllowed}
+	o.res = decision.Result{Verdict: decision.Allow, Code: decision.CodeAllowed, RateLimits: c.completionLimits(m.RefType, server, name)}
 	if !granted(c.set, c.token.Role, server, name) {
 		o.res = decision.Result{Code: decision.CodeNotGranted,
 			Reason: what + " " + quote(name) + " on server " + quote(server) + " is not granted to role " + quote(c.token.Role)}
@@ -224,6 +225,21 @@ func (c *call) decideCompletion(m *mcpfilter.Message) outcome {
 	}
 	o.verdict, o.code, o.reason = o.res.Verdict, Code(o.res.Code), o.res.Reason
 	return o
+}
+
+// completionLimits are the rate limits of completing an argument of
+// server's prompt or resource template name: the prompt grant's (the
+// role's and its own), or the role's.
+func (c *call) completionLimits(ref, server, name string) []*policy.RateLimit {
+	if c.role == nil {
+		return nil
+	}
+	if sg := c.role.Servers[server]; ref == mcpfilter.RefPrompt && sg != nil {
+		if g := sg.Prompts[name]; g != nil {
+			return g.RateLimits
+		}
+	}
+	return c.role.RateLimits
 }
 
 // applyRateLimits counts every call that would go ahead against its
