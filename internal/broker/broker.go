@@ -37,6 +37,7 @@ import (
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/decision"
 	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/internal/spent"
 	"github.com/amgateway/amg/internal/telemetry"
 	"github.com/amgateway/amg/mcpfilter"
 )
@@ -96,6 +97,9 @@ type Options struct {
 	StoreRetry  time.Duration
 	// Sessions, if set, shares MCP sessions with other replicas.
 	Sessions SessionStore
+	// Spent records the decisions served, each of which is served once;
+	// nil means a ledger in memory. Replicas that share a Redis share it.
+	Spent spent.Ledger
 	// LiveTokens, if set, returns the IDs of the AMG tokens still valid
 	// (neither revoked nor expired). Every TokenCheck (0 means 10 s) the
 	// broker ends the sessions all of whose tokens are gone: an agent's
@@ -131,6 +135,7 @@ type Broker struct {
 	maxSessions int
 
 	sessionStore SessionStore
+	spent        spent.Ledger
 	liveTokens   func(ctx context.Context) (map[string]bool, error)
 	tokenCheck   time.Duration
 	closing      atomic.Bool    // set by Close: ended sessions stay shared
@@ -202,12 +207,15 @@ type roleServer struct {
 // New returns a broker for ups. Call Start before serving.
 func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options) (*Broker, error) {
 	b := &Broker{signer: signer, policies: policies, ups: map[string]*upstream{}, roles: map[string]*roleServer{},
-		maxBody: mcpfilter.DefaultMaxBytes, idle: sessionIdle, maxSessions: defaultMaxSessions, sessionsOf: map[string]int{},
+		maxBody: mcpfilter.DefaultMaxBytes, idle: sessionIdle, maxSessions: defaultMaxSessions, sessionsOf: map[string]int{}, spent: spent.NewMemory(nil),
 		log:         slog.New(slog.DiscardHandler),
 		approvalTTL: 15 * time.Minute, keepAlive: 15 * time.Second, storeRetry: time.Second, catalogueRetry: time.Second, now: time.Now}
 	b.drained, b.drain = context.WithCancel(context.Background())
 	if opts != nil {
 		b.approvals, b.notify, b.sessionStore, b.tel = opts.Approvals, opts.Notify, opts.Sessions, opts.Telemetry
+		if opts.Spent != nil {
+			b.spent = opts.Spent
+		}
 		if opts.ApprovalTTL > 0 {
 			b.approvalTTL = opts.ApprovalTTL
 		}
@@ -733,6 +741,19 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(w, http.StatusForbidden, "identity headers do not match the decision")
 		return
 	}
+	// A decision is served once: the same token again is a replay.
+	switch first, err := b.spent.Spend(r.Context(), d.ID, d.Expires); {
+	case err != nil:
+		b.log.Error("cannot record a decision as served; refusing it", "decision_id", d.ID, "err", err)
+		b.record(d, CodeDecisionUnrecorded, "the gateway could not record the decision as served")
+		refuse(w, http.StatusServiceUnavailable, "the gateway could not record the decision as served; try again")
+		return
+	case !first:
+		b.log.Warn("a decision served before was presented again", "decision_id", d.ID, "remote", r.RemoteAddr)
+		b.record(d, CodeDecisionReplayed, "the decision was served before")
+		refuse(w, http.StatusForbidden, "request was not authorized by the gateway: its decision was served before")
+		return
+	}
 	owner := d.Agent + "\x00" + d.Role
 	sid := r.Header.Get("Mcp-Session-Id")
 	if sid != "" {
@@ -811,7 +832,11 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // Codes of the broker's refusals, as metric labels and audit fields.
 const (
-	CodeDecisionInvalid     = "decision_invalid"
+	CodeDecisionInvalid = "decision_invalid"
+	// A decision presented again after it was served (a replay), and one
+	// the broker could not record as served.
+	CodeDecisionReplayed    = "decision_replayed"
+	CodeDecisionUnrecorded  = "decision_unrecorded"
 	CodeIdentityMismatch    = "identity_mismatch"
 	CodeApprovalUnavailable = "approval_unavailable"
 	// A request naming another agent's session, refused as unknown.

@@ -929,6 +929,59 @@ func TestBrokerRefusesIdentityHeadersThatDisagreeWithTheDecision(t *testing.T) {
 	}
 }
 
+// A decision is served once: the same token and body again, as someone who
+// captured them between Envoy and the broker would send them, are refused
+// and audited, and the call does not run again.
+func TestDecisionIsServedOnce(t *testing.T) {
+	g := newGateway(t)
+	a := newRawAgent(t, g)
+	body := `{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`
+	h := map[string]string{authz.HeaderAgent: "bot-1", authz.HeaderRole: "reader", authz.HeaderDecisionID: "d-once",
+		"Mcp-Session-Id": a.sid, "Mcp-Protocol-Version": rawVersion,
+		authz.HeaderDecision: g.signer.Sign(authz.Decision{ID: "d-once", Agent: "bot-1", Role: "reader", Verdict: "allow",
+			BodySHA256: sha256.Sum256([]byte(body))})}
+	if code, answer := postMCP(t, g.brokerURL, h, body); code != http.StatusOK || !strings.Contains(answer, "pages") {
+		t.Fatalf("first use: %d %s", code, answer)
+	}
+	for range 3 {
+		if code, answer := postMCP(t, g.brokerURL, h, body); code != http.StatusForbidden || !strings.Contains(answer, "its decision was served before") {
+			t.Errorf("replay: %d %s; want 403 saying the decision was served", code, answer)
+		}
+	}
+	g.up.mu.Lock()
+	ran := len(g.up.args)
+	g.up.mu.Unlock()
+	if ran != 1 {
+		t.Errorf("the upstream ran the call %d times, want once", ran)
+	}
+	if n := strings.Count(strings.Join(g.audit.codes(), " "), CodeDecisionReplayed); n != 3 {
+		t.Errorf("%d %s records, want 3 (audit codes %v)", n, CodeDecisionReplayed, g.audit.codes())
+	}
+}
+
+type failingLedger struct{}
+
+func (failingLedger) Spend(context.Context, string, time.Time) (bool, error) {
+	return false, errors.New("redis: connection refused")
+}
+
+// A decision the broker cannot record as served is not served: it could
+// not tell a replay from it. The agent may try again.
+func TestDecisionThatCannotBeRecordedIsRefused(t *testing.T) {
+	g := newGatewayOver(t, false, func(o *Options) { o.Spent = failingLedger{} })
+	body := `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`
+	h := map[string]string{authz.HeaderAgent: "bot-1", authz.HeaderRole: "reader", authz.HeaderDecisionID: "d1",
+		authz.HeaderDecision: g.signer.Sign(authz.Decision{ID: "d1", Agent: "bot-1", Role: "reader", Verdict: "allow",
+			BodySHA256: sha256.Sum256([]byte(body))})}
+	code, answer := postMCP(t, g.brokerURL, h, body)
+	if code != http.StatusServiceUnavailable || !strings.Contains(answer, "could not record the decision as served") || strings.Contains(answer, "redis") {
+		t.Errorf("answer %d %s; want 503 saying so, without the store's error", code, answer)
+	}
+	if diff := cmp.Diff([]string{CodeDecisionUnrecorded}, g.audit.codes()); diff != "" {
+		t.Errorf("broker audit codes (-want +got):\n%s", diff)
+	}
+}
+
 func TestResourceTemplates(t *testing.T) {
 	g := newGateway(t)
 	cs := g.connect(t, nil)

@@ -38,6 +38,7 @@ import (
 	"github.com/amgateway/amg/internal/secrets"
 	"github.com/amgateway/amg/internal/shadow"
 	"github.com/amgateway/amg/internal/signout"
+	"github.com/amgateway/amg/internal/spent"
 	"github.com/amgateway/amg/internal/store"
 	"github.com/amgateway/amg/internal/telemetry"
 	"github.com/amgateway/amg/internal/tokens"
@@ -244,7 +245,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	}
 	if g.broker, err = broker.New(ups, signer, g.policies, &broker.Options{MaxBodyBytes: cfg.MaxBodyBytes, MaxSessionsPerAgent: cfg.MaxSessionsPerAgent, Namespace: ns,
 		Audit: g.auditLog, Logger: g.log, Approvals: g.approvals, ApprovalTTL: cfg.ApprovalTTL, Notify: notify,
-		Sessions: g.sessionStore(), LiveTokens: g.liveTokens, Telemetry: g.tel}); err != nil {
+		Sessions: g.sessionStore(), Spent: g.spentLedger(), LiveTokens: g.liveTokens, Telemetry: g.tel}); err != nil {
 		return nil, err
 	}
 	g.authz, err = authz.New(authz.Deps{
@@ -571,6 +572,16 @@ func (g *Gateway) sessionStore() broker.SessionStore {
 		return nil
 	}
 	return redisSessions{g.redis}
+}
+
+// spentLedger is where the broker records the decisions it served: in
+// the Redis the replicas share, if there is one, so that a decision
+// served by one is refused by all; else the broker's own memory.
+func (g *Gateway) spentLedger() spent.Ledger {
+	if g.redis == nil {
+		return nil
+	}
+	return spent.NewRedis(g.redis)
 }
 
 // XDSVersion is the version of the Envoy config being served, "" without

@@ -1,0 +1,87 @@
+package spent
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/amgateway/amg/internal/redistest"
+)
+
+// testLedger is the contract every Ledger runs.
+func testLedger(t *testing.T, l Ledger) {
+	ctx := context.Background()
+	later := time.Now().Add(time.Minute)
+	if first, err := l.Spend(ctx, "d1", later); err != nil || !first {
+		t.Fatalf("first spending of d1: %v, %v", first, err)
+	}
+	if first, err := l.Spend(ctx, "d1", later); err != nil || first {
+		t.Errorf("second spending of d1: %v, %v; want it refused", first, err)
+	}
+	if first, err := l.Spend(ctx, "d2", later); err != nil || !first {
+		t.Errorf("first spending of d2: %v, %v", first, err)
+	}
+
+	// Of many spending one id at once, one is first.
+	var firsts atomic.Int32
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			if first, err := l.Spend(ctx, "race", later); err == nil && first {
+				firsts.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if n := firsts.Load(); n != 1 {
+		t.Errorf("%d first spendings of one id, want 1", n)
+	}
+
+	// An id is kept until its decision expires, and no longer.
+	soon := time.Now().Add(100 * time.Millisecond)
+	if first, _ := l.Spend(ctx, "short", soon); !first {
+		t.Fatal("first spending of short refused")
+	}
+	time.Sleep(time.Until(soon) + 50*time.Millisecond)
+	if first, err := l.Spend(ctx, "short", time.Now().Add(time.Minute)); err != nil || !first {
+		t.Errorf("spending an expired id again: %v, %v; want it taken (the signer refuses the token anyway)", first, err)
+	}
+	if first, _ := l.Spend(ctx, "d1", later); first {
+		t.Error("d1 was forgotten before its expiry")
+	}
+}
+
+func TestMemory(t *testing.T) { testLedger(t, NewMemory(nil)) }
+
+func TestRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	testLedger(t, NewRedis(srv.Client()))
+	// Replicas sharing the Redis share what is spent.
+	ctx := context.Background()
+	a, b := NewRedis(srv.Client()), NewRedis(srv.Client())
+	a.Spend(ctx, "shared", time.Now().Add(time.Minute))
+	if first, _ := b.Spend(ctx, "shared", time.Now().Add(time.Minute)); first {
+		t.Error("a decision spent on one replica was taken by another")
+	}
+	srv.Stop()
+	if _, err := a.Spend(ctx, "down", time.Now().Add(time.Minute)); err == nil {
+		t.Error("Spend with Redis down did not fail")
+	}
+}
+
+// Memory keeps no more than the decisions not yet expired.
+func TestMemoryForgets(t *testing.T) {
+	now := time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC)
+	m := NewMemory(func() time.Time { return now })
+	for i := range 1000 {
+		m.Spend(context.Background(), fmt.Sprint(i), now.Add(30*time.Second))
+	}
+	now = now.Add(31 * time.Second)
+	m.Spend(context.Background(), "last", now.Add(30*time.Second))
+	if len(m.until) != 1 || len(m.queue) != 1 {
+		t.Errorf("%d ids and %d queued kept, want only the last", len(m.until), len(m.queue))
+	}
+}
