@@ -202,6 +202,7 @@ type call struct {
 	spareTraceID string
 
 	headers  headers
+	method   string // the request's HTTP method
 	token    tokens.Token
 	set      *policy.Set
 	role     *policy.Role
@@ -231,7 +232,7 @@ func (c *call) check(req *authv3.CheckRequest) *authv3.CheckResponse {
 	if httpReq == nil {
 		return c.reject(400, CodeMalformedRequest, "not an HTTP request")
 	}
-	c.headers = newHeaders(httpReq)
+	c.headers, c.method = newHeaders(httpReq), httpReq.GetMethod()
 	h := c.headers
 	if resp := c.authenticate(h); resp != nil {
 		return resp

@@ -23,12 +23,15 @@ const HeaderDecision = "x-amg-decision"
 // useless soon after.
 const DefaultDecisionTTL = 30 * time.Second
 
-// Token versions: v2, which Sign makes, adds the token ID and the
-// approval timeout in milliseconds (0: none) to v1's fields. v1 tokens, of
-// replicas not yet upgraded, still verify.
+// Token versions: v2 adds the token ID and the approval timeout in
+// milliseconds (0: none) to v1's fields; v3, which Sign makes, adds the
+// request's HTTP method and its session id (base64url, so that no
+// character of it separates fields). v1 and v2 tokens, of replicas not yet
+// upgraded, still verify, binding neither.
 const (
 	tokenVersion1 = "v1"
-	tokenVersion  = "v2"
+	tokenVersion2 = "v2"
+	tokenVersion  = "v3"
 )
 
 // Decision is what a decision token binds: the broker forwards a request
@@ -47,6 +50,10 @@ type Decision struct {
 	// ApprovalTimeout is how long a call that needs approval may wait for
 	// a human, when the rule that parks it says; 0 leaves it to the broker.
 	ApprovalTimeout time.Duration
+	// Method and Session are the request's HTTP method and Mcp-Session-Id
+	// ("" without one): the broker serves the decision to that request
+	// only. Method is "" in a token older than v3.
+	Method, Session string
 }
 
 // Errors from Signer.Verify. The broker refuses the request on any of them.
@@ -107,6 +114,8 @@ func (s *Signer) Sign(d Decision) string {
 	p = strconv.AppendInt(append(p, '|'), exp, 10)
 	p = append(append(append(p, '|'), d.TokenID...), '|')
 	p = strconv.AppendInt(p, max(d.ApprovalTimeout.Milliseconds(), 0), 10)
+	p = append(append(append(p, '|'), d.Method...), '|')
+	p = base64.RawURLEncoding.AppendEncode(p, []byte(d.Session))
 	// The token is written once, at its final size, and never changed
 	// after: it becomes the returned string without a copy.
 	enc := base64.RawURLEncoding
@@ -159,11 +168,18 @@ func (s *Signer) Verify(token string, body []byte) (Decision, error) {
 		return Decision{}, ErrDecisionMalformed
 	}
 	f := strings.Split(string(raw), "|")
-	if !(len(f) == 8 && f[0] == tokenVersion1 || len(f) == 10 && f[0] == tokenVersion) {
+	if !(len(f) == 8 && f[0] == tokenVersion1 || len(f) == 10 && f[0] == tokenVersion2 || len(f) == 12 && f[0] == tokenVersion) {
 		return Decision{}, ErrDecisionMalformed
 	}
 	d := Decision{ID: f[1], Agent: f[2], Role: f[3], PolicyVersion: f[4], Verdict: f[5]}
-	if len(f) == 10 {
+	if len(f) == 12 {
+		session, err := base64.RawURLEncoding.DecodeString(f[11])
+		if err != nil || f[10] == "" {
+			return Decision{}, ErrDecisionMalformed
+		}
+		d.Method, d.Session = f[10], string(session)
+	}
+	if len(f) >= 10 {
 		ms, err := strconv.ParseInt(f[9], 10, 64)
 		if err != nil || ms < 0 {
 			return Decision{}, ErrDecisionMalformed

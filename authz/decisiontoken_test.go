@@ -21,7 +21,10 @@ func TestDecisionToken(t *testing.T) {
 	}
 	other, _ := NewSigner([]byte(strings.Repeat("o", 32)), &SignerOptions{Now: clock})
 	body := []byte(`{"jsonrpc":"2.0","id":1,"method":"tools/call"}`)
-	d := Decision{ID: "d1", Agent: "bot-1", Role: "reader", PolicyVersion: "3-abc", Verdict: "allow", BodySHA256: sha256.Sum256(body)}
+	// A session id is the agent's to choose: one with the field separator
+	// stays one field.
+	d := Decision{ID: "d1", Agent: "bot-1", Role: "reader", PolicyVersion: "3-abc", Verdict: "allow", BodySHA256: sha256.Sum256(body),
+		Method: "POST", Session: "s-1|v3|x"}
 	tok := s.Sign(d)
 
 	got, err := s.Verify(tok, body)
@@ -93,8 +96,18 @@ func TestDecisionToken(t *testing.T) {
 			t.Errorf("payload %q: %v, want ErrDecisionMalformed", payload, err)
 		}
 	}
-	if _, err := s.Verify(signed("v2"+fields+"|0123456789abcdef|0"), body); err != nil {
-		t.Errorf("the well-formed v2 payload of the cases above: %v", err)
+	if got, err := s.Verify(signed("v2"+fields+"|0123456789abcdef|0"), body); err != nil || got.Method != "" || got.Session != "" {
+		t.Errorf("the well-formed v2 payload of the cases above: %+v, %v; want it verified, binding no method", got, err)
+	}
+	// v3 binds the method, never empty, and the session id, in base64url.
+	for _, payload := range []string{"v3" + fields + "|0123456789abcdef|0", "v3" + fields + "|0123456789abcdef|0||",
+		"v3" + fields + "|0123456789abcdef|0|POST|!!", "v3" + fields + "|0123456789abcdef|0|POST"} {
+		if _, err := s.Verify(signed(payload), body); !errors.Is(err, ErrDecisionMalformed) {
+			t.Errorf("payload %q: %v, want ErrDecisionMalformed", payload, err)
+		}
+	}
+	if got, err := s.Verify(signed("v3"+fields+"|0123456789abcdef|0|GET|"), body); err != nil || got.Method != "GET" || got.Session != "" {
+		t.Errorf("a v3 token without a session: %+v, %v", got, err)
 	}
 
 	if _, err := NewSigner(key[:31], nil); err == nil {

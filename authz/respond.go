@@ -79,7 +79,7 @@ type okResponse struct {
 // broker sees only what authz vouches for.
 func (c *call) ok(verdict string, approvalTimeout time.Duration) *authv3.CheckResponse {
 	d := Decision{ID: c.id, Agent: c.token.Agent, Role: c.token.Role, Verdict: verdict, BodySHA256: bodyHash(c.body),
-		TokenID: c.token.ID, ApprovalTimeout: approvalTimeout}
+		TokenID: c.token.ID, ApprovalTimeout: approvalTimeout, Method: c.method, Session: c.headers.get("mcp-session-id")}
 	if c.set != nil {
 		d.PolicyVersion = c.set.VersionString()
 	}

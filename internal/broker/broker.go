@@ -741,6 +741,13 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(w, http.StatusForbidden, "identity headers do not match the decision")
 		return
 	}
+	// A decision names its request's method and session (tokens of
+	// replicas older than that name neither).
+	if d.Method != "" && (r.Method != d.Method || r.Header.Get("Mcp-Session-Id") != d.Session) {
+		b.record(d, CodeIdentityMismatch, "the request's method or session is not the one decided on")
+		refuse(w, http.StatusForbidden, "the request's method or session is not the one decided on")
+		return
+	}
 	// A decision is served once: the same token again is a replay.
 	switch first, err := b.spent.Spend(r.Context(), d.ID, d.Expires); {
 	case err != nil:

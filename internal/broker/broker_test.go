@@ -910,7 +910,7 @@ func TestPromptsAndResources(t *testing.T) {
 func TestBrokerRefusesIdentityHeadersThatDisagreeWithTheDecision(t *testing.T) {
 	g := newGateway(t)
 	body := `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`
-	tok := g.signer.Sign(authz.Decision{ID: "d1", Agent: "bot-1", Role: "reader", Verdict: "allow", BodySHA256: sha256.Sum256([]byte(body))})
+	tok := g.signer.Sign(authz.Decision{ID: "d1", Agent: "bot-1", Role: "reader", Verdict: "allow", BodySHA256: sha256.Sum256([]byte(body)), Method: "POST"})
 	req, _ := http.NewRequest("POST", g.brokerURL, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set(authz.HeaderDecision, tok)
@@ -939,7 +939,7 @@ func TestDecisionIsServedOnce(t *testing.T) {
 	h := map[string]string{authz.HeaderAgent: "bot-1", authz.HeaderRole: "reader", authz.HeaderDecisionID: "d-once",
 		"Mcp-Session-Id": a.sid, "Mcp-Protocol-Version": rawVersion,
 		authz.HeaderDecision: g.signer.Sign(authz.Decision{ID: "d-once", Agent: "bot-1", Role: "reader", Verdict: "allow",
-			BodySHA256: sha256.Sum256([]byte(body))})}
+			BodySHA256: sha256.Sum256([]byte(body)), Method: "POST", Session: a.sid})}
 	if code, answer := postMCP(t, g.brokerURL, h, body); code != http.StatusOK || !strings.Contains(answer, "pages") {
 		t.Fatalf("first use: %d %s", code, answer)
 	}
@@ -959,6 +959,43 @@ func TestDecisionIsServedOnce(t *testing.T) {
 	}
 }
 
+// A decision serves only the request it was made for: the stream's GET
+// cannot end the session as a DELETE, nor a call decided in one session
+// run in another.
+func TestDecisionNamesItsRequest(t *testing.T) {
+	g := newGateway(t)
+	a, b := newRawAgent(t, g), newRawAgent(t, g)
+	body := `{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`
+	for _, tc := range []struct {
+		name, method, body, decidedMethod, decidedSession, session string
+	}{
+		{"GET as DELETE", "DELETE", "", "GET", a.sid, a.sid},
+		{"another session", "POST", body, "POST", a.sid, b.sid},
+		{"no session for one", "POST", body, "POST", "", a.sid},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := "d-" + strings.ReplaceAll(tc.name, " ", "-")
+			h := map[string]string{authz.HeaderAgent: "bot-1", authz.HeaderRole: "reader", authz.HeaderDecisionID: id,
+				"Mcp-Session-Id": tc.session, "Mcp-Protocol-Version": rawVersion,
+				authz.HeaderDecision: g.signer.Sign(authz.Decision{ID: id, Agent: "bot-1", Role: "reader", Verdict: "allow",
+					BodySHA256: sha256.Sum256([]byte(tc.body)), Method: tc.decidedMethod, Session: tc.decidedSession})}
+			code, answer := sendMCP(t, tc.method, g.brokerURL, h, tc.body)
+			if code != http.StatusForbidden || !strings.Contains(answer, "method or session is not the one decided on") {
+				t.Errorf("%s %d %s; want 403", tc.method, code, answer)
+			}
+		})
+	}
+	// a's session lives on, and nothing ran.
+	if got := a.post(`{"jsonrpc":"2.0","id":9,"method":"ping"}`); len(got) == 0 || !strings.Contains(got[0], `"result"`) {
+		t.Errorf("the session a DELETE was refused for: %q", got)
+	}
+	g.up.mu.Lock()
+	defer g.up.mu.Unlock()
+	if len(g.up.args) != 0 {
+		t.Errorf("refused calls ran: %v", g.up.args)
+	}
+}
+
 type failingLedger struct{}
 
 func (failingLedger) Spend(context.Context, string, time.Time) (bool, error) {
@@ -972,7 +1009,7 @@ func TestDecisionThatCannotBeRecordedIsRefused(t *testing.T) {
 	body := `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`
 	h := map[string]string{authz.HeaderAgent: "bot-1", authz.HeaderRole: "reader", authz.HeaderDecisionID: "d1",
 		authz.HeaderDecision: g.signer.Sign(authz.Decision{ID: "d1", Agent: "bot-1", Role: "reader", Verdict: "allow",
-			BodySHA256: sha256.Sum256([]byte(body))})}
+			BodySHA256: sha256.Sum256([]byte(body)), Method: "POST"})}
 	code, answer := postMCP(t, g.brokerURL, h, body)
 	if code != http.StatusServiceUnavailable || !strings.Contains(answer, "could not record the decision as served") || strings.Contains(answer, "redis") {
 		t.Errorf("answer %d %s; want 503 saying so, without the store's error", code, answer)

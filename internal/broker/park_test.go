@@ -299,7 +299,8 @@ func TestCallsThatCannotBeParked(t *testing.T) {
 			// authz never decides so; the broker holds anyway.
 			sid := newRawAgent(t, g).sid
 			body := `{"jsonrpc":"2.0","id":7,"method":"prompts/get","params":{"name":"notion__summarize","arguments":{"page":"p"}}}`
-			d := authz.Decision{ID: "d-7", Agent: "bot-1", Role: "reader", Verdict: "needs_approval", BodySHA256: sha256.Sum256([]byte(body))}
+			d := authz.Decision{ID: "d-7", Agent: "bot-1", Role: "reader", Verdict: "needs_approval", BodySHA256: sha256.Sum256([]byte(body)),
+				Method: "POST", Session: sid}
 			_, answer := postMCP(t, g.brokerURL, map[string]string{authz.HeaderDecision: g.signer.Sign(d), authz.HeaderAgent: "bot-1",
 				authz.HeaderRole: "reader", authz.HeaderDecisionID: "d-7", "Mcp-Session-Id": sid}, body)
 			return answer

@@ -219,7 +219,8 @@ func (m *sessionRecords) Delete(_ context.Context, id string) error {
 func signedPost(t *testing.T, g *gateway, sid, body string) (int, string) {
 	t.Helper()
 	id := fmt.Sprintf("dec-%d", signedPosts.Add(1))
-	d := authz.Decision{ID: id, Agent: "bot-1", Role: "reader", Verdict: "allow", BodySHA256: sha256.Sum256([]byte(body))}
+	d := authz.Decision{ID: id, Agent: "bot-1", Role: "reader", Verdict: "allow", BodySHA256: sha256.Sum256([]byte(body)),
+		Method: "POST", Session: sid}
 	h := map[string]string{authz.HeaderDecision: g.signer.Sign(d), authz.HeaderAgent: "bot-1", authz.HeaderRole: "reader",
 		authz.HeaderDecisionID: id, "Mcp-Protocol-Version": rawVersion}
 	if sid != "" {
