@@ -207,7 +207,7 @@ func New(ctx context.Context, opts *Options) (*Telemetry, error) {
 		// it, and the gateway would carry it to every upstream, past the
 		// policy.
 		propagator: propagation.TraceContext{},
-		registry: prometheus.NewRegistry(),
+		registry:   prometheus.NewRegistry(),
 	}
 	if t.logger == nil {
 		t.logger = slog.Default()
