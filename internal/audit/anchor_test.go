@@ -90,6 +90,21 @@ func TestVerifyAnchored(t *testing.T) {
 	}
 }
 
+// verifyChain verifies the audit log at path, rotated files included, and
+// returns its files and what Verify found; a broken chain fails the test.
+func verifyChain(t *testing.T, path string) ([]string, VerifyResult) {
+	t.Helper()
+	files, err := ChainFiles(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Verify(files...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files, res
+}
+
 // Head is the last record a replica shipped, as its file holds it, beside
 // another replica's newer entries; a replica that shipped nothing is an
 // error, not an anchor that checks nothing.
@@ -109,14 +124,7 @@ func TestStreamHead(t *testing.T) {
 	awaitShipped(t, srv.Client(), s, 11)
 	stop()
 
-	files, err := ChainFiles(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := Verify(files...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	files, res := verifyChain(t, path)
 	got, err := s.Head(ctx, "r1")
 	if want := (Anchor{Seq: res.LastSeq, Hash: res.LastHash}); err != nil || got != want {
 		t.Errorf("Head(r1) = %v, %v; want %v, the file's last record", got, err, want)

@@ -309,14 +309,7 @@ func TestLoggerToFile(t *testing.T) {
 	if err := l.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	files, err := ChainFiles(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := Verify(files...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	files, res := verifyChain(t, path)
 	if res.Records != 400 || len(files) < 2 {
 		t.Errorf("%d records in %d files, want 400 in several", res.Records, len(files))
 	}

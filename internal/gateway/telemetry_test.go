@@ -79,18 +79,8 @@ func TestTraceContextReachesTheUpstream(t *testing.T) {
 	mcpURL, token := startGateway(t, ups, "reader", readerRole)
 
 	const traceID = "0af7651916cd43dd8448eb211c80319c"
-	withTrace := roundTripFunc(func(r *http.Request) (*http.Response, error) {
-		r = r.Clone(r.Context())
-		r.Header.Set("Authorization", "Bearer "+token)
-		r.Header.Set("Traceparent", "00-"+traceID+"-b7ad6b7169203331-01")
-		return http.DefaultTransport.RoundTrip(r)
-	})
-	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(context.Background(),
-		&mcp.StreamableClientTransport{Endpoint: mcpURL, HTTPClient: &http.Client{Transport: withTrace}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cs.Close()
+	cs := connectWithHeaders(t, mcpURL, map[string]string{"Authorization": "Bearer " + token,
+		"Traceparent": "00-" + traceID + "-b7ad6b7169203331-01"})
 	if _, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__get_pages", Arguments: json.RawMessage(`{"workspace_id":"ws_abc123","limit":1}`)}); err != nil {
 		t.Fatal(err)
 	}
@@ -103,6 +93,26 @@ func TestTraceContextReachesTheUpstream(t *testing.T) {
 	if !found {
 		t.Errorf("no upstream request carried the agent's trace %s: %q", traceID, seen)
 	}
+}
+
+// connectWithHeaders connects a go-sdk client to mcpURL that sends header
+// on every request; the session ends with the test.
+func connectWithHeaders(t *testing.T, mcpURL string, header map[string]string) *mcp.ClientSession {
+	t.Helper()
+	rt := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		r = r.Clone(r.Context())
+		for k, v := range header {
+			r.Header.Set(k, v)
+		}
+		return http.DefaultTransport.RoundTrip(r)
+	})
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(context.Background(),
+		&mcp.StreamableClientTransport{Endpoint: mcpURL, HTTPClient: &http.Client{Transport: rt}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	return cs
 }
 
 type roundTripFunc func(*http.Request) (*http.Response, error)

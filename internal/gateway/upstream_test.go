@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -95,20 +96,9 @@ func TestAgentHeadersDoNotReachUpstreams(t *testing.T) {
 		"X-Custom":    "agent-custom",
 		"X-Amg-Agent": "someone-else",
 	}
-	rt := roundTripFunc(func(r *http.Request) (*http.Response, error) {
-		r = r.Clone(r.Context())
-		r.Header.Set("Authorization", "Bearer "+token)
-		for k, v := range agent {
-			r.Header.Set(k, v)
-		}
-		return http.DefaultTransport.RoundTrip(r)
-	})
-	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(context.Background(),
-		&mcp.StreamableClientTransport{Endpoint: mcpURL, HTTPClient: &http.Client{Transport: rt}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cs.Close()
+	header := maps.Clone(agent)
+	header["Authorization"] = "Bearer " + token
+	cs := connectWithHeaders(t, mcpURL, header)
 	for range 2 {
 		if _, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__get_pages",
 			Arguments: json.RawMessage(`{"workspace_id":"ws_abc123","limit":1}`)}); err != nil {
