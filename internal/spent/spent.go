@@ -30,6 +30,7 @@ type Memory struct {
 	mu    sync.Mutex
 	until map[string]time.Time
 	queue []spending // in the order spent, which is nearly that of expiry
+	head  int        // queue[:head] are forgotten
 	now   func() time.Time
 }
 
@@ -64,16 +65,19 @@ func (m *Memory) Spend(_ context.Context, id string, until time.Time) (bool, err
 // spent after a later one, with an earlier expiry, waits behind it: its
 // entry lives a little longer than it must, never less.
 func (m *Memory) forget(now time.Time) {
-	n := 0
-	for n < len(m.queue) && !now.Before(m.queue[n].until) {
-		s := m.queue[n]
+	for m.head < len(m.queue) && !now.Before(m.queue[m.head].until) {
+		s := m.queue[m.head]
 		if m.until[s.id].Equal(s.until) {
 			delete(m.until, s.id)
 		}
-		n++
+		m.queue[m.head] = spending{}
+		m.head++
 	}
-	if n > 0 {
-		m.queue = append(m.queue[:0], m.queue[n:]...)
+	// The forgotten front is let go once it is half the queue, so that
+	// each spending is copied a bounded number of times.
+	if m.head > 0 && m.head >= len(m.queue)/2 {
+		m.queue = append(m.queue[:0], m.queue[m.head:]...)
+		m.head = 0
 	}
 }
 
