@@ -777,7 +777,8 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			b.adopt(r, sid, owner, d.Role)
 		}
 	} else {
-		if r.Method == http.MethodPost && !opensSession(r, body) {
+		mayOpen, initializes := opensSession(r, body)
+		if r.Method == http.MethodPost && !mayOpen {
 			// The SDK would make a session of it, and then refuse the
 			// request with a code JSON-RPC does not have.
 			const why = "this request needs the Mcp-Session-Id header of a session; begin one with initialize"
@@ -785,16 +786,19 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeRPCError(w, http.StatusBadRequest, requestID(body), mcpfilter.CodeInvalidRequest, why)
 			return
 		}
-		// The SDK may make a session of the request: it takes one of
-		// the agent's, given back if it does not.
-		slot, n := b.reserveSession(d.Agent)
-		if slot == nil {
-			why := fmt.Sprintf("agent %q has %d sessions open, as many as the gateway allows it: end one (DELETE), or let one go idle", d.Agent, n)
-			b.record(d, CodeSessionLimit, why)
-			writeRPCError(w, http.StatusTooManyRequests, requestID(body), authz.RPCRateLimited, why)
-			return
+		// An initialize makes a session: it takes one of the agent's,
+		// given back if the SDK makes none.
+		var slot *sessionSlot
+		if initializes {
+			var n int
+			if slot, n = b.reserveSession(d.Agent); slot == nil {
+				why := fmt.Sprintf("agent %q has %d sessions open, as many as the gateway allows it: end one (DELETE), or let one go idle", d.Agent, n)
+				b.record(d, CodeSessionLimit, why)
+				writeRPCError(w, http.StatusTooManyRequests, requestID(body), authz.RPCRateLimited, why)
+				return
+			}
+			defer slot.release()
 		}
-		defer slot.release()
 		w = &sessionRecorder{ResponseWriter: w, b: b, owner: owner, slot: slot}
 		// New sessions are made one at a time, until the SDK has taken
 		// their id, so that an adoption's id goes to the adopted session
@@ -898,23 +902,22 @@ func requestID(body []byte) json.RawMessage {
 }
 
 // opensSession reports whether a POST without a session id may go to the
-// SDK: one that begins a session (initialize), or asks what the gateway
-// serves (server/discover), or speaks a protocol version without
-// sessions, which the SDK answers with the versions it serves.
-func opensSession(r *http.Request, body []byte) bool {
-	if v := r.Header.Get("Mcp-Protocol-Version"); v >= perRequestFrom {
-		return true
-	}
+// SDK: one that begins a session (initialize, which initializes reports),
+// or asks what the gateway serves (server/discover), or speaks a protocol
+// version without sessions, which the SDK answers with the versions it
+// serves.
+func opensSession(r *http.Request, body []byte) (may, initializes bool) {
 	parsed, err := mcpfilter.Parse(body, &mcpfilter.Options{SkipArgs: true})
 	if err != nil {
-		return true // authz parsed it; the SDK's answer is the one to give
+		return true, false // authz parsed it; the SDK's answer is the one to give
 	}
 	for _, m := range parsed.Messages {
-		if m.Kind == mcpfilter.KindRequest && (m.Method == "initialize" || m.Method == "server/discover") {
-			return true
+		if m.Kind == mcpfilter.KindRequest && m.Method == "initialize" {
+			return true, true
 		}
+		may = may || m.Kind == mcpfilter.KindRequest && m.Method == "server/discover"
 	}
-	return false
+	return may || r.Header.Get("Mcp-Protocol-Version") >= perRequestFrom, false
 }
 
 // writeError answers with a JSON-RPC error of the gateway's refusal code.
@@ -944,10 +947,16 @@ type sessionRecorder struct {
 func (s *sessionRecorder) WriteHeader(code int) {
 	if !s.done {
 		s.done = true
-		if sid := s.Header().Get("Mcp-Session-Id"); sid != "" {
+		switch sid := s.Header().Get("Mcp-Session-Id"); {
+		case sid == "":
+		case s.slot != nil:
 			if _, had := s.b.owners.LoadOrStore(sid, s.owner); !had {
 				s.slot.take()
 			}
+		default:
+			// A session the SDK made of something else than an
+			// initialize: counted, whatever the limit, since it exists.
+			s.b.own(sid, s.owner)
 		}
 	}
 	s.ResponseWriter.WriteHeader(code)

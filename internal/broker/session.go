@@ -61,9 +61,9 @@ func (b *Broker) uncount(agent string) {
 	}
 }
 
-// own records that session sid, taken over from another replica, belongs
-// to owner, and counts it as one of the agent's: over the limit, if need
-// be, since the agent had it already.
+// own records that session sid belongs to owner, and counts it as one of
+// the agent's: over the limit, if need be, since the session exists (taken
+// over from another replica, or made of a request that reserved none).
 func (b *Broker) own(sid, owner string) {
 	if _, had := b.owners.LoadOrStore(sid, owner); had {
 		return

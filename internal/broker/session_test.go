@@ -312,6 +312,11 @@ func TestSessionLimit(t *testing.T) {
 	if codes := g.audit.codes(); !slices.Contains(codes, CodeSessionLimit) {
 		t.Errorf("audit codes %v, want %s", codes, CodeSessionLimit)
 	}
+	// What makes no session is served at the limit.
+	discover := `{"jsonrpc":"2.0","id":2,"method":"server/discover"}`
+	if code, body := postMCP(t, g.url, map[string]string{"Authorization": "Bearer " + g.token}, discover); code != http.StatusOK {
+		t.Errorf("server/discover at the limit: %d %s", code, body)
+	}
 
 	other, _, err := tokens.Issue(context.Background(), g.tokens, "bot-2", "reader", time.Hour, time.Now())
 	if err != nil {
@@ -325,10 +330,12 @@ func TestSessionLimit(t *testing.T) {
 	if code, body := sendMCP(t, "DELETE", g.url, h, ""); code/100 != 2 {
 		t.Fatalf("DELETE: %d %s", code, body)
 	}
-	// Requests that open no session give back what they reserved.
+	// Initializes the SDK refuses, making no session, give back what they
+	// reserved.
 	for range 3 {
-		if code, body := postMCP(t, g.url, map[string]string{"Authorization": "Bearer " + g.token}, `{"jsonrpc":"2.0","id":2,"method":"server/discover"}`); code != http.StatusOK {
-			t.Fatalf("server/discover: %d %s", code, body)
+		if code, body := postMCP(t, g.url, map[string]string{"Authorization": "Bearer " + g.token},
+			`{"jsonrpc":"2.0","id":3,"method":"initialize"}`); code != http.StatusBadRequest || !strings.Contains(body, `missing required "params"`) {
+			t.Fatalf("an initialize without params: %d %s; want the SDK's 400", code, body)
 		}
 	}
 	deadline := time.Now().Add(10 * time.Second)
