@@ -577,6 +577,7 @@ func (b *Broker) Sync() { b.sync() }
 // role see. The SDK tells connected sessions when their list changed.
 func (b *Broker) sync() {
 	set := b.policies.Current()
+	defer b.endUngrantedSubscriptions(set)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if set != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/amgateway/amg/internal/decision"
+	"github.com/amgateway/amg/internal/policy"
 )
 
 // An agent's resource subscriptions live in its session with each
@@ -137,6 +138,47 @@ func (b *Broker) resubscribe(ctx context.Context, as *agentSession, u *upstream,
 		}
 	}
 	return kept, nil
+}
+
+// endUngrantedSubscriptions ends, upstream, the agents' subscriptions to
+// resources their roles may no longer read under set: their updates would
+// go nowhere (see relayNotification), and an upstream need not keep
+// sending them.
+func (b *Broker) endUngrantedSubscriptions(set *policy.Set) {
+	type ended struct {
+		cs       *mcp.ClientSession
+		uri      string
+		upstream *upstream
+	}
+	var all []ended
+	b.sessions.Range(func(_, v any) bool {
+		as := v.(*agentSession)
+		role := b.roleOf(as)
+		as.mu.Lock()
+		for server, uris := range as.subs {
+			for uri := range uris {
+				if decision.ResourceVisible(set, role, server, uri) {
+					continue
+				}
+				delete(uris, uri)
+				if cs := as.ups[server]; cs != nil {
+					all = append(all, ended{cs, uri, b.ups[server]})
+				}
+			}
+		}
+		as.mu.Unlock()
+		return true
+	})
+	for _, e := range all {
+		// Not waited for at Close: a draining broker ends them at once.
+		go func() {
+			ctx, cancel := context.WithTimeout(b.drained, e.upstream.CallTimeout)
+			defer cancel()
+			if err := e.cs.Unsubscribe(ctx, &mcp.UnsubscribeParams{URI: e.uri}); err != nil {
+				b.log.Debug("could not end an ungranted subscription upstream; its updates stay with the gateway", "upstream", e.upstream.Name, "err", err)
+			}
+		}()
+	}
 }
 
 // mayHaveChanged tells the agent's role that the resources of uris may

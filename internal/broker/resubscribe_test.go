@@ -143,6 +143,15 @@ func TestSubscriptionEndsWithTheGrant(t *testing.T) {
 				t.Errorf("an update of %s reached the agent after its grant ended", u)
 			case <-time.After(time.Second):
 			}
+			// The broker ended the subscription upstream too.
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				if _, unsubs := g.up.upstreamSubs(subscribedUpstreamURI); unsubs == 1 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the upstream still holds the subscription the grant no longer allows")
+				}
+			}
 			if tc.name != "grant revoked" {
 				return
 			}
