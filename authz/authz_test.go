@@ -22,6 +22,7 @@ import (
 
 	"github.com/amgateway/amg/authz/authztest"
 	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/audit/audittest"
 	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/ratelimit"
 	"github.com/amgateway/amg/internal/shadow"
@@ -69,33 +70,6 @@ servers:
       - name: summarize
 `
 
-// recorder is an Auditor that keeps records and can be told to fail.
-type recorder struct {
-	mu   sync.Mutex
-	recs []audit.Record
-	err  error
-}
-
-func (r *recorder) Log(rec *audit.Record) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.err != nil {
-		return r.err
-	}
-	r.recs = append(r.recs, *rec)
-	return nil
-}
-
-func (r *recorder) last(t *testing.T) audit.Record {
-	t.Helper()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.recs) == 0 {
-		t.Fatal("no audit record")
-	}
-	return r.recs[len(r.recs)-1]
-}
-
 // lockedWriter serialises writes from concurrent handlers.
 type lockedWriter struct {
 	mu *sync.Mutex
@@ -132,7 +106,7 @@ func (failingLimiter) Allow(context.Context, string, *policy.RateLimit) (ratelim
 type env struct {
 	client  authv3.AuthorizationClient
 	srv     *Server // the same server, called in process
-	audit   *recorder
+	audit   *audittest.Recorder
 	signer  *Signer
 	store   *tokens.MemoryStore
 	auth    *tokens.Authenticator
@@ -154,7 +128,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{audit: &recorder{}, store: tokens.NewMemoryStore(), shadow: shadow.NewMemory(), tokens: map[string]string{},
+	e := &env{audit: &audittest.Recorder{}, store: tokens.NewMemoryStore(), shadow: shadow.NewMemory(), tokens: map[string]string{},
 		now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
 	clock := func() time.Time { return e.now }
 	e.auth = tokens.NewAuthenticator(e.store, &tokens.AuthOptions{Now: clock, CacheTTL: -1})
@@ -286,7 +260,7 @@ func TestAllow(t *testing.T) {
 		"x-amg-role": "admin", "x-amg-verdict": "allow", "x-amg-extra": "1",
 	}, body)
 	h, removed := okHeaders(t, resp)
-	rec := e.audit.last(t)
+	rec := e.audit.Last(t)
 	want := map[string]string{
 		HeaderAgent: "bot-1", HeaderRole: "reader", HeaderVerdict: "allow", HeaderDecisionID: rec.DecisionID,
 		HeaderDecision: h[HeaderDecision],
@@ -334,7 +308,7 @@ func TestLifecycleMethodsAllowed(t *testing.T) {
 			t.Errorf("%s: denied: %s", body, resp.GetDeniedResponse().GetBody())
 		}
 	}
-	if code := e.audit.last(t).Code; code != string(CodeLifecycle) {
+	if code := e.audit.Last(t).Code; code != string(CodeLifecycle) {
 		t.Errorf("audit code = %q", code)
 	}
 }
@@ -372,7 +346,7 @@ func TestLifecycleNeedsADefinedRole(t *testing.T) {
 				if r.Error.Data.Code != tt.code || r.Error.Message != tt.reason {
 					t.Errorf("%s: denied with %d %s; want %s, %q", body, d.status, d.body, tt.code, tt.reason)
 				}
-				if rec := e.audit.last(t); rec.Code != string(tt.code) || rec.Verdict != "deny" {
+				if rec := e.audit.Last(t); rec.Code != string(tt.code) || rec.Verdict != "deny" {
 					t.Errorf("%s: audited as %s %s", body, rec.Verdict, rec.Code)
 				}
 			}
@@ -387,7 +361,7 @@ func TestLifecycleNeedsADefinedRole(t *testing.T) {
 				if r := rpcErr(t, d.body); d.status != 403 || r.Error.Code != RPCDenied || r.Error.Data.Code != tt.code || r.Error.Message != tt.reason {
 					t.Errorf("%s: denied with %d %s; want 403, %s, %q", method, d.status, d.body, tt.code, tt.reason)
 				}
-				if rec := e.audit.last(t); rec.Code != string(tt.code) || rec.Verdict != "deny" || rec.Method != "HTTP "+method {
+				if rec := e.audit.Last(t); rec.Code != string(tt.code) || rec.Verdict != "deny" || rec.Method != "HTTP "+method {
 					t.Errorf("%s: audited as %s %s %s", method, rec.Method, rec.Verdict, rec.Code)
 				}
 			}
@@ -424,7 +398,7 @@ func TestPolicyDeny(t *testing.T) {
 			r := rpcErr(t, d.body)
 			var req struct{ ID json.RawMessage }
 			json.Unmarshal([]byte(tt.body), &req)
-			rec := e.audit.last(t)
+			rec := e.audit.Last(t)
 			if string(r.ID) != string(req.ID) || r.Error.Code != tt.rpcCode || r.Error.Data.Code != tt.code || r.Error.Data.DecisionID != rec.DecisionID {
 				t.Errorf("response %s", d.body)
 			}
@@ -452,7 +426,7 @@ func TestNeedsApproval(t *testing.T) {
 	if digest, _ := tokens.Parse(e.tokens["bot-1"]); d.TokenID != digest.ID() {
 		t.Errorf("decision token names token %q, want the agent's, %q", d.TokenID, digest.ID())
 	}
-	if rec := e.audit.last(t); rec.Verdict != "needs_approval" || rec.Rule != "reader/approvals[0]" {
+	if rec := e.audit.Last(t); rec.Verdict != "needs_approval" || rec.Rule != "reader/approvals[0]" {
 		t.Errorf("audit record = %+v", rec)
 	}
 }
@@ -466,12 +440,12 @@ func TestShadowMode(t *testing.T) {
 			t.Fatalf("shadow role: verdict header %q", h[HeaderVerdict])
 		}
 	}
-	rec := e.audit.last(t)
+	rec := e.audit.Last(t)
 	if rec.Verdict != "allow" || rec.ShadowVerdict != "deny" || rec.Code != "constraint_failed" || rec.Role != "trial" {
 		t.Errorf("audit record = %+v", rec)
 	}
 	okHeaders(t, e.check(t, "bot-2", nil, toolCall(2, "notion__get_pages", `{"workspace_id":"ws_abc123"}`)))
-	if rec := e.audit.last(t); rec.ShadowVerdict != "allow" {
+	if rec := e.audit.Last(t); rec.ShadowVerdict != "allow" {
 		t.Errorf("a would-be allow is recorded with shadow verdict %q", rec.ShadowVerdict)
 	}
 	// A list is no call the policy decides: it is not counted.
@@ -537,7 +511,7 @@ func TestAuthentication(t *testing.T) {
 			if r.Error.Code != RPCUnauthorized || r.Error.Data.Code != tt.code {
 				t.Errorf("body %s", d.body)
 			}
-			if rec := e.audit.last(t); rec.Code != string(tt.code) || rec.Verdict != "deny" {
+			if rec := e.audit.Last(t); rec.Code != string(tt.code) || rec.Verdict != "deny" {
 				t.Errorf("audit record = %+v", rec)
 			}
 		})
@@ -597,7 +571,7 @@ func TestMalformedRequests(t *testing.T) {
 			if tt.message != "" && r.Error.Message != tt.message {
 				t.Errorf("message = %q, want %q", r.Error.Message, tt.message)
 			}
-			if rec := e.audit.last(t); rec.Code != string(tt.code) || rec.Reason != r.Error.Message {
+			if rec := e.audit.Last(t); rec.Code != string(tt.code) || rec.Reason != r.Error.Message {
 				t.Errorf("audit record = %+v", rec)
 			}
 		})
@@ -659,7 +633,7 @@ func TestFailClosed(t *testing.T) {
 		{"role not in policy", nil, "bot-3", 200, "unknown_role"},
 		{"token store error", func(d *Deps, _ *Options) { d.Tokens = failingAuth{} }, "bot-1", 503, CodeTokenStoreError},
 		{"rate limiter error", func(d *Deps, _ *Options) { d.Limiter = failingLimiter{} }, "bot-1", 503, CodeRateLimiterError},
-		{"audit failure", func(d *Deps, _ *Options) { d.Audit = &recorder{err: audit.ErrUnavailable} }, "bot-1", 503, CodeAuditUnavailable},
+		{"audit failure", func(d *Deps, _ *Options) { d.Audit = &audittest.Recorder{Err: audit.ErrUnavailable} }, "bot-1", 503, CodeAuditUnavailable},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -711,27 +685,24 @@ func TestRedactionAndNoSecretLeaks(t *testing.T) {
 		t.Errorf("logs carry the secret:\n%s", logs.String())
 	}
 	logMu.Unlock()
-	failing.audit.mu.Lock()
-	for _, rec := range failing.audit.recs {
+	for _, rec := range failing.audit.All() {
 		if b, _ := json.Marshal(rec); strings.Contains(string(b), secret) {
 			t.Errorf("audit record carries the secret: %s", b)
 		}
 	}
-	failing.audit.mu.Unlock()
 	for _, r := range []*authv3.CheckResponse{resp, deniedResp, searchResp, tokenResp, badResp, failResp} {
 		if b, _ := json.Marshal(r); strings.Contains(string(b), secret) {
 			t.Errorf("response carries the secret: %s", b)
 		}
 	}
-	e.audit.mu.Lock()
-	defer e.audit.mu.Unlock()
-	for _, rec := range e.audit.recs {
+	recs := e.audit.All()
+	for _, rec := range recs {
 		b, _ := json.Marshal(rec)
 		if strings.Contains(string(b), secret) {
 			t.Errorf("audit record carries the secret: %s", b)
 		}
 	}
-	if args := string(e.audit.recs[0].Args); !strings.Contains(args, `"password":"hmac-sha256:`) || !strings.Contains(args, `"workspace_id":"ws_abc123"`) {
+	if args := string(recs[0].Args); !strings.Contains(args, `"password":"hmac-sha256:`) || !strings.Contains(args, `"workspace_id":"ws_abc123"`) {
 		t.Errorf("redacted args = %s", args)
 	}
 }
@@ -746,7 +717,7 @@ func TestNewRequiresDependencies(t *testing.T) {
 func TestResourceAndPromptDecisions(t *testing.T) {
 	e := newEnv(t)
 	okHeaders(t, e.check(t, "bot-1", nil, `{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"amg:notion:notion://ws_abc123/page-1"}}`))
-	if rec := e.audit.last(t); rec.Server != "notion" || rec.Tool != "notion://ws_abc123/page-1" || rec.Code != "allowed" {
+	if rec := e.audit.Last(t); rec.Server != "notion" || rec.Tool != "notion://ws_abc123/page-1" || rec.Code != "allowed" {
 		t.Errorf("audit record = %+v", rec)
 	}
 	okHeaders(t, e.check(t, "bot-1", nil, `{"jsonrpc":"2.0","id":2,"method":"prompts/get","params":{"name":"notion__summarize","arguments":{}}}`))
@@ -808,7 +779,7 @@ func TestCompletionShadowMode(t *testing.T) {
 			} else if r := rpcErr(t, denied(t, resp).body); r.Error.Data.Code != tt.code || r.Error.Message != tt.reason {
 				t.Errorf("denial %+v", r)
 			}
-			rec := e.audit.last(t)
+			rec := e.audit.Last(t)
 			if rec.Verdict != tt.verdict || rec.ShadowVerdict != tt.shadowVerdict || rec.Code != string(tt.code) || rec.Reason != tt.reason ||
 				rec.Method != "completion/complete" || rec.Server != "notion" {
 				t.Errorf("audit record = %+v", rec)
@@ -861,7 +832,7 @@ func TestProgressToken(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			resp := e.check(t, "bot-1", nil, tt.body)
-			rec := e.audit.last(t)
+			rec := e.audit.Last(t)
 			if tt.rpcCode == 0 {
 				okHeaders(t, resp)
 				if rec.Verdict != "allow" || rec.Code != "allowed" {

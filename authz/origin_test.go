@@ -90,7 +90,7 @@ func TestOrigin(t *testing.T) {
 			if d.headers["content-type"] != "application/json" {
 				t.Errorf("content type %q", d.headers["content-type"])
 			}
-			rec := e.audit.last(t)
+			rec := e.audit.Last(t)
 			if rec.Verdict != "deny" || rec.Code != string(CodeOriginNotAllowed) || rec.Reason != tt.reason ||
 				rec.Agent != "bot-1" || rec.Role != "reader" || rec.DecisionID != r.Error.Data.DecisionID {
 				t.Errorf("audit record = %+v", rec)
@@ -101,7 +101,7 @@ func TestOrigin(t *testing.T) {
 	// The token comes first, as for every header check: without one the
 	// agent is told to present it, and the refusal is recorded as such.
 	d := denied(t, e.check(t, "", map[string]string{"origin": "https://evil.example"}, body))
-	if d.status != 401 || e.audit.last(t).Code != string(CodeUnauthenticated) {
+	if d.status != 401 || e.audit.Last(t).Code != string(CodeUnauthenticated) {
 		t.Errorf("no token, other origin: %d %s", d.status, d.body)
 	}
 }

@@ -133,7 +133,7 @@ func TestTraceIDWithoutTracing(t *testing.T) {
 		if err != nil || resp.GetOkResponse() == nil {
 			t.Fatalf("Check: %v %v", resp, err)
 		}
-		return e.audit.last(t).TraceID
+		return e.audit.Last(t).TraceID
 	}
 	if got := check("00-" + agentTrace + "-00f067aa0ba902b7-01"); got != agentTrace {
 		t.Errorf("a Check in the agent's trace was recorded in trace %q, want %s", got, agentTrace)

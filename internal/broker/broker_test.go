@@ -26,6 +26,7 @@ import (
 
 	"github.com/amgateway/amg/authz"
 	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/audit/audittest"
 	"github.com/amgateway/amg/internal/front"
 	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/ratelimit"
@@ -303,57 +304,12 @@ type livePolicy struct{ set atomic.Pointer[policy.Set] }
 
 func (l *livePolicy) Current() *policy.Set { return l.set.Load() }
 
-// records keeps what the broker audits.
-type records struct {
-	mu   sync.Mutex
-	recs []audit.Record
-}
-
-func (r *records) Log(rec *audit.Record) error {
-	r.mu.Lock()
-	r.recs = append(r.recs, *rec)
-	r.mu.Unlock()
-	return nil
-}
-
-// await waits until at least n records were taken and returns them.
-func (r *records) await(t *testing.T, n int) []audit.Record {
-	t.Helper()
-	for range 1000 {
-		r.mu.Lock()
-		recs := slices.Clone(r.recs)
-		r.mu.Unlock()
-		if len(recs) >= n {
-			return recs
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("the broker recorded fewer than %d records", n)
-	return nil
-}
-
-func (r *records) all() []audit.Record {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.recs)
-}
-
-func (r *records) codes() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []string
-	for _, rec := range r.recs {
-		out = append(out, rec.Code)
-	}
-	return out
-}
-
 type gateway struct {
 	policy    *livePolicy
 	tokens    tokens.Store
 	broker    *Broker
 	signer    *authz.Signer
-	audit     *records
+	audit     *audittest.Recorder
 	url       string
 	brokerURL string
 	token     string
@@ -399,7 +355,7 @@ func newGatewayTimed(t *testing.T, overHTTP bool, callTimeout time.Duration, mor
 	if overHTTP {
 		transport = up.serveHTTP(t)
 	}
-	rec := &records{}
+	rec := &audittest.Recorder{}
 	opts := &Options{Audit: rec}
 	for _, f := range tweak {
 		f(opts)
@@ -485,12 +441,11 @@ func TestAllowedCallReachesUpstreamWithExactArguments(t *testing.T) {
 	if diff := cmp.Diff([]string{`{"workspace_id":"ws_abc123","limit":7}`}, g.up.args); diff != "" {
 		t.Errorf("upstream arguments (-want +got):\n%s", diff)
 	}
-	g.audit.mu.Lock()
-	defer g.audit.mu.Unlock()
-	if len(g.audit.recs) != 1 {
-		t.Fatalf("broker records: %+v", g.audit.recs)
+	recs := g.audit.All()
+	if len(recs) != 1 {
+		t.Fatalf("broker records: %+v", recs)
 	}
-	if rec := g.audit.recs[0]; rec.Code != CodeExecuted || rec.UpstreamStatus != "ok" || rec.DecisionID == "" ||
+	if rec := recs[0]; rec.Code != CodeExecuted || rec.UpstreamStatus != "ok" || rec.DecisionID == "" ||
 		rec.Agent != "bot-1" || rec.Server != "notion" || rec.Tool != "get_pages" {
 		t.Errorf("execution record = %+v", rec)
 	}
@@ -523,7 +478,7 @@ func TestRefusals(t *testing.T) {
 	if len(g.up.args) != 0 {
 		t.Errorf("refused calls reached the upstream: %v", g.up.args)
 	}
-	if diff := cmp.Diff([]string{CodeUpstreamError, CodeApprovalUnavailable}, g.audit.codes()); diff != "" {
+	if diff := cmp.Diff([]string{CodeUpstreamError, CodeApprovalUnavailable}, g.audit.Codes()); diff != "" {
 		t.Errorf("broker audit codes (-want +got):\n%s", diff)
 	}
 }
@@ -572,8 +527,8 @@ func TestRequestWithoutASession(t *testing.T) {
 			t.Errorf("%s: %d %s; want 400, id %s and %s", body, status, resp, id, want)
 		}
 	}
-	if n := strings.Count(strings.Join(g.audit.codes(), " "), CodeSessionRequired); n != 3 {
-		t.Errorf("%d refusals recorded as %s, want 3: %v", n, CodeSessionRequired, g.audit.codes())
+	if n := strings.Count(strings.Join(g.audit.Codes(), " "), CodeSessionRequired); n != 3 {
+		t.Errorf("%d refusals recorded as %s, want 3: %v", n, CodeSessionRequired, g.audit.Codes())
 	}
 	// A session begun, its requests are served.
 	a := newRawAgent(t, g)
@@ -607,13 +562,13 @@ func TestAnotherAgentsSessionIsNotFound(t *testing.T) {
 	}
 	// Each attempt is recorded, under the agent that made it.
 	var attempts int
-	for _, rec := range g.audit.all() {
+	for _, rec := range g.audit.All() {
 		if rec.Code == CodeSessionNotOwned && rec.Agent == "bot-2" && rec.Verdict == "deny" {
 			attempts++
 		}
 	}
 	if attempts != 3 {
-		t.Errorf("%d attempts recorded as %s, want 3: %v", attempts, CodeSessionNotOwned, g.audit.codes())
+		t.Errorf("%d attempts recorded as %s, want 3: %v", attempts, CodeSessionNotOwned, g.audit.Codes())
 	}
 	g.up.mu.Lock()
 	n := len(g.up.args)
@@ -636,7 +591,7 @@ func TestBrokerRefusesAnOversizedBody(t *testing.T) {
 	if status != http.StatusRequestEntityTooLarge || !strings.Contains(answer, "request body too large") {
 		t.Errorf("oversized body: %d %s, want 413", status, answer)
 	}
-	if diff := cmp.Diff([]string{string(authz.CodeBodyTooLarge)}, g.audit.codes()); diff != "" {
+	if diff := cmp.Diff([]string{string(authz.CodeBodyTooLarge)}, g.audit.Codes()); diff != "" {
 		t.Errorf("broker audit codes (-want +got):\n%s", diff)
 	}
 }
@@ -654,7 +609,7 @@ func TestBrokerRefusesRequestsWithoutDecision(t *testing.T) {
 			}
 		})
 	}
-	if diff := cmp.Diff([]string{CodeDecisionInvalid, CodeDecisionInvalid}, g.audit.codes()); diff != "" {
+	if diff := cmp.Diff([]string{CodeDecisionInvalid, CodeDecisionInvalid}, g.audit.Codes()); diff != "" {
 		t.Errorf("broker audit codes (-want +got):\n%s", diff)
 	}
 }
@@ -924,7 +879,7 @@ func TestBrokerRefusesIdentityHeadersThatDisagreeWithTheDecision(t *testing.T) {
 	if resp.StatusCode != http.StatusForbidden {
 		t.Errorf("status %d, want 403", resp.StatusCode)
 	}
-	if diff := cmp.Diff([]string{CodeIdentityMismatch}, g.audit.codes()); diff != "" {
+	if diff := cmp.Diff([]string{CodeIdentityMismatch}, g.audit.Codes()); diff != "" {
 		t.Errorf("broker audit codes (-want +got):\n%s", diff)
 	}
 }
@@ -954,8 +909,8 @@ func TestDecisionIsServedOnce(t *testing.T) {
 	if ran != 1 {
 		t.Errorf("the upstream ran the call %d times, want once", ran)
 	}
-	if n := strings.Count(strings.Join(g.audit.codes(), " "), CodeDecisionReplayed); n != 3 {
-		t.Errorf("%d %s records, want 3 (audit codes %v)", n, CodeDecisionReplayed, g.audit.codes())
+	if n := strings.Count(strings.Join(g.audit.Codes(), " "), CodeDecisionReplayed); n != 3 {
+		t.Errorf("%d %s records, want 3 (audit codes %v)", n, CodeDecisionReplayed, g.audit.Codes())
 	}
 }
 
@@ -1014,7 +969,7 @@ func TestDecisionThatCannotBeRecordedIsRefused(t *testing.T) {
 	if code != http.StatusServiceUnavailable || !strings.Contains(answer, "could not record the decision as served") || strings.Contains(answer, "redis") {
 		t.Errorf("answer %d %s; want 503 saying so, without the store's error", code, answer)
 	}
-	if diff := cmp.Diff([]string{CodeDecisionUnrecorded}, g.audit.codes()); diff != "" {
+	if diff := cmp.Diff([]string{CodeDecisionUnrecorded}, g.audit.Codes()); diff != "" {
 		t.Errorf("broker audit codes (-want +got):\n%s", diff)
 	}
 }

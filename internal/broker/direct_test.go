@@ -16,6 +16,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/audit/audittest"
 	"github.com/amgateway/amg/mcpfilter"
 )
 
@@ -108,7 +109,7 @@ func TestDirectPathAuditsTheUpstreamOutcome(t *testing.T) {
 	g.checkPath(t, "notion__refuse")
 	// Each call is recorded once the agent has its answer.
 	recs := map[string]*audit.Record{}
-	for _, r := range g.audit.await(t, 3) {
+	for _, r := range g.audit.Await(t, 3) {
 		if r.UpstreamStatus != "" {
 			recs[r.Tool] = &r
 		}
@@ -134,7 +135,7 @@ func TestDirectPathAnswersBeforeRecording(t *testing.T) {
 	g, a := directAgent(t, func(o *Options) { o.Audit = held })
 	// The first call is recorded after its answer too: holding that
 	// record would hold the connection the next call comes on.
-	before := len(held.await(t, 1))
+	before := len(held.Await(t, 1))
 	held.held.Store(true)
 	// Should the answer wait for the record, the record is let go after
 	// a while, so that the test fails rather than hangs.
@@ -148,7 +149,7 @@ func TestDirectPathAnswersBeforeRecording(t *testing.T) {
 	}
 	close(held.release)
 	g.checkPath(t, "notion__get_pages")
-	if rec := held.await(t, before+1)[before]; rec.UpstreamStatus != "ok" || rec.Tool != "get_pages" {
+	if rec := held.Await(t, before+1)[before]; rec.UpstreamStatus != "ok" || rec.Tool != "get_pages" {
 		t.Errorf("the call's record = %+v", rec)
 	}
 }
@@ -156,7 +157,7 @@ func TestDirectPathAnswersBeforeRecording(t *testing.T) {
 // heldAudit keeps records as records does, but, while held, takes none
 // until released.
 type heldAudit struct {
-	records
+	audittest.Recorder
 	held    atomic.Bool
 	release chan struct{}
 }
@@ -165,7 +166,7 @@ func (h *heldAudit) Log(rec *audit.Record) error {
 	if h.held.Load() {
 		<-h.release
 	}
-	return h.records.Log(rec)
+	return h.Recorder.Log(rec)
 }
 
 // A call the upstream does not answer within its call timeout ends, on

@@ -109,7 +109,7 @@ func testApprovedCallRunsOnce(t *testing.T, g *gateway, store approval.Store, ar
 	}
 	// Every step is recorded, each under the approval's id.
 	steps := map[string]string{}
-	for _, rec := range g.audit.all() {
+	for _, rec := range g.audit.All() {
 		steps[rec.Code] = rec.ApprovalID
 	}
 	for _, code := range []string{CodeApprovalParked, CodeApprovalApproved, CodeExecuted} {
@@ -174,7 +174,7 @@ func checkVoided(t *testing.T, g *gateway, store approval.Store, id, code, why s
 		t.Errorf("approval after the refusal: %s for %q; want voided for %q", got.State, got.VoidReason, why)
 	}
 	var recs []audit.Record
-	for _, rec := range g.audit.all() {
+	for _, rec := range g.audit.All() {
 		if rec.Code == code {
 			recs = append(recs, rec)
 		}
@@ -316,7 +316,7 @@ func TestCallsThatCannotBeParked(t *testing.T) {
 			if !strings.Contains(got, `"id":7`) || !strings.Contains(got, tc.want) {
 				t.Errorf("answer %s, want a JSON-RPC error saying %q", got, tc.want)
 			}
-			if codes := g.audit.codes(); !slices.Equal(codes, []string{tc.code}) {
+			if codes := g.audit.Codes(); !slices.Equal(codes, []string{tc.code}) {
 				t.Errorf("broker audit codes %v, want %s", codes, tc.code)
 			}
 			if d := g.deletions(); len(d) != 0 {
@@ -359,7 +359,7 @@ func TestDrainAnswersParkedCalls(t *testing.T) {
 		if d := g.deletions(); len(d) != 0 {
 			t.Errorf("the upstream ran %q", d)
 		}
-		if codes := g.audit.codes(); !slices.Contains(codes, CodeApprovalCancelled) || !slices.Contains(codes, CodeApprovalUnavailable) {
+		if codes := g.audit.Codes(); !slices.Contains(codes, CodeApprovalCancelled) || !slices.Contains(codes, CodeApprovalUnavailable) {
 			t.Errorf("audit codes %v, want the cancellation and the refusal", codes)
 		}
 	})
@@ -498,7 +498,7 @@ func TestCallApprovedAsItsAgentLeftIsVoided(t *testing.T) {
 	awaitState(t, mem, p.ID, approval.Voided)
 	const why = "approved after it was abandoned: the agent went away before a decision"
 	checkVoided(t, g, mem, p.ID, CodeApprovalAbandoned, why)
-	if codes := g.audit.codes(); !slices.Contains(codes, CodeApprovalApproved) {
+	if codes := g.audit.Codes(); !slices.Contains(codes, CodeApprovalApproved) {
 		t.Errorf("audit codes %v: the approval is not among them", codes)
 	}
 	if d := g.deletions(); len(d) != 0 {

@@ -309,7 +309,7 @@ func TestSessionLimit(t *testing.T) {
 	if code != http.StatusTooManyRequests || !strings.Contains(body, why) || !strings.Contains(body, `"id":1`) {
 		t.Errorf("a third session: %d %s; want 429 and a JSON-RPC error saying %s", code, body, why)
 	}
-	if codes := g.audit.codes(); !slices.Contains(codes, CodeSessionLimit) {
+	if codes := g.audit.Codes(); !slices.Contains(codes, CodeSessionLimit) {
 		t.Errorf("audit codes %v, want %s", codes, CodeSessionLimit)
 	}
 	// What makes no session is served at the limit.

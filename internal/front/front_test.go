@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 
 	"github.com/amgateway/amg/authz"
 	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/audit/audittest"
 	"github.com/amgateway/amg/internal/hostguard"
 	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/ratelimit"
@@ -37,18 +37,6 @@ servers:
           workspace_id: { eq: ws_abc123 }
 `
 
-type records struct {
-	mu   sync.Mutex
-	recs []audit.Record
-}
-
-func (r *records) Log(rec *audit.Record) error {
-	r.mu.Lock()
-	r.recs = append(r.recs, *rec)
-	r.mu.Unlock()
-	return nil
-}
-
 type fixed struct{ set *policy.Set }
 
 func (f fixed) Current() *policy.Set { return f.set }
@@ -64,7 +52,7 @@ type harness struct {
 	token  string
 	signer *authz.Signer
 	got    chan received
-	audit  *records
+	audit  *audittest.Recorder
 }
 
 func newHarness(t *testing.T, check func(authz.Deps) Checker, opts *Options) *harness {
@@ -79,7 +67,7 @@ func newHarness(t *testing.T, check func(authz.Deps) Checker, opts *Options) *ha
 		t.Fatal(err)
 	}
 	signer, _ := authz.NewSigner([]byte(strings.Repeat("k", 32)), nil)
-	h := &harness{token: token, signer: signer, got: make(chan received, 1), audit: &records{}}
+	h := &harness{token: token, signer: signer, got: make(chan received, 1), audit: &audittest.Recorder{}}
 	deps := authz.Deps{
 		Tokens: tokens.NewAuthenticator(store, nil), Policies: fixed{set}, Limiter: ratelimit.NewMemory(nil),
 		Audit: h.audit, Redactor: audit.NewRedactor([]byte("r")), Signer: signer,
@@ -326,7 +314,7 @@ func TestCheckRequestShape(t *testing.T) {
 // it; the Origin is authz's to check, so an origin the gateway allows is
 // allowed on loopback too, and any other is refused by authz, readably.
 func TestHostAndOriginChecks(t *testing.T) {
-	refused := &records{}
+	refused := &audittest.Recorder{}
 	withOrigins := func(d authz.Deps) Checker {
 		s, err := authz.New(d, &authz.Options{AllowedOrigins: []string{"https://app.example.com"}})
 		if err != nil {
@@ -376,7 +364,7 @@ func TestHostAndOriginChecks(t *testing.T) {
 				<-h.got
 			}
 		case CodeHostNotAllowed:
-			rec := last(t, refused)
+			rec := refused.Last(t)
 			want := audit.Record{Time: rec.Time, DecisionID: rec.DecisionID, Verdict: "deny", Code: CodeHostNotAllowed,
 				Reason: fmt.Sprintf("Host %q is not allowed", tt.host), Method: "HTTP POST"}
 			if diff := cmp.Diff(want, rec); diff != "" || len(rec.DecisionID) != 32 || rec.Time.IsZero() {
@@ -391,14 +379,12 @@ func TestHostAndOriginChecks(t *testing.T) {
 					Data struct{ Code string }
 				}
 			}
-			if err := json.Unmarshal(b, &r); err != nil || r.Error.Data.Code != tt.code || last(t, h.audit).Code != tt.code {
+			if err := json.Unmarshal(b, &r); err != nil || r.Error.Data.Code != tt.code || h.audit.Last(t).Code != tt.code {
 				t.Errorf("Origin %q: answer %s, want a JSON-RPC error with code %s, audited", tt.origin, b, tt.code)
 			}
 		}
 	}
-	refused.mu.Lock()
-	defer refused.mu.Unlock()
-	if n := len(refused.recs); n != 2 {
+	if n := len(refused.All()); n != 2 {
 		t.Errorf("the front recorded %d refusals, want 2", n)
 	}
 }
@@ -426,13 +412,3 @@ func TestHostRefusedWhateverTheAudit(t *testing.T) {
 type failingAudit struct{}
 
 func (failingAudit) Log(*audit.Record) error { return audit.ErrUnavailable }
-
-func last(t *testing.T, r *records) audit.Record {
-	t.Helper()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.recs) == 0 {
-		t.Fatal("no audit record")
-	}
-	return r.recs[len(r.recs)-1]
-}
