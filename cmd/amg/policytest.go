@@ -215,23 +215,10 @@ func loadPolicyTests(name string) ([]*policyCase, diag.Problems) {
 		l.Errorf(nil, "", "cannot read test file: %v", err)
 		return nil, l.Problems
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	var doc yaml.Node
-	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
-		l.YAMLError(err)
+	root := l.Document(data, "test")
+	if root == nil {
 		return nil, l.Problems
 	}
-	if len(doc.Content) == 0 {
-		l.Errorf(nil, "", "empty test file")
-		return nil, l.Problems
-	}
-	var next yaml.Node
-	if err := dec.Decode(&next); err == nil {
-		l.Errorf(&next, "", "a test file holds one YAML document, but a second starts here")
-	} else if !errors.Is(err, io.EOF) {
-		l.YAMLError(err)
-	}
-	root := doc.Content[0]
 	if root.Kind == yaml.SequenceNode && len(root.Content) == 0 {
 		l.Errorf(root, "", "no test cases")
 	}

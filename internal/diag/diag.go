@@ -5,8 +5,11 @@
 package diag
 
 import (
+	"bytes"
 	"cmp"
+	"errors"
 	"fmt"
+	"io"
 	"regexp"
 	"slices"
 	"strconv"
@@ -174,6 +177,31 @@ func (w *Walker) Duration(n *yaml.Node, path string) (time.Duration, bool) {
 		return 0, false
 	}
 	return d, true
+}
+
+// Document returns the root node of data, a file that must hold one YAML
+// document; kind names the file in problems ("role" for "empty role
+// file"). It reports, and returns nil for, a file that does not parse or
+// is empty; a second document is reported too (yaml.Unmarshal would read
+// the first and silently drop the rest), and the first one returned.
+func (w *Walker) Document(data []byte, kind string) *yaml.Node {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
+		w.YAMLError(err)
+		return nil
+	}
+	if len(doc.Content) == 0 {
+		w.Errorf(nil, "", "empty %s file", kind)
+		return nil
+	}
+	var next yaml.Node
+	if err := dec.Decode(&next); err == nil {
+		w.Errorf(&next, "", "a %s file holds one YAML document, but a second starts here", kind)
+	} else if !errors.Is(err, io.EOF) {
+		w.YAMLError(err)
+	}
+	return doc.Content[0]
 }
 
 // YAMLError records a YAML syntax error at the line it names.

@@ -1,12 +1,10 @@
 package policy
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"math"
 	"os"
@@ -182,25 +180,10 @@ func (c *compiler) glob(n *yaml.Node, at string) (string, bool) {
 var roleKeys = []string{"role", "description", "mode", "servers", "approvals", "rate_limits", "redact"}
 
 func (c *compiler) role(data []byte) *Role {
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	var doc yaml.Node
-	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
-		c.YAMLError(err)
+	root := c.Document(data, "role")
+	if root == nil {
 		return nil
 	}
-	if len(doc.Content) == 0 {
-		c.Problems = append(c.Problems, Problem{Pos: Pos{File: c.File}, Msg: "empty role file"})
-		return nil
-	}
-	// yaml.Unmarshal would read the first document and ignore the rest,
-	// so a role after "---" would be silently dropped.
-	var next yaml.Node
-	if err := dec.Decode(&next); err == nil {
-		c.Errorf(&next, "", "a role file holds one YAML document, but a second starts here")
-	} else if !errors.Is(err, io.EOF) {
-		c.YAMLError(err)
-	}
-	root := doc.Content[0]
 	r := &Role{Source: c.At(root), Servers: map[string]*ServerGrant{}}
 	var nameNode, serversNode *yaml.Node
 	c.Fields(root, "", roleKeys, func(key string, k, v *yaml.Node) {
