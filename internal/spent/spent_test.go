@@ -101,3 +101,21 @@ func BenchmarkMemorySpend(b *testing.B) {
 		i++
 	}
 }
+
+// BenchmarkRedisSpend is what the ledger adds to each call when replicas
+// share a Redis: one SET NX with an expiry, a round trip on loopback here.
+// Compare BenchmarkRedisAllow in internal/ratelimit, the rate limiter's
+// round trip on the same path.
+func BenchmarkRedisSpend(b *testing.B) {
+	srv := redistest.Start(b)
+	l := NewRedis(srv.Client())
+	ctx := context.Background()
+	i := 0
+	b.ReportAllocs()
+	for b.Loop() {
+		if first, err := l.Spend(ctx, strconv.Itoa(i), time.Now().Add(30*time.Second)); err != nil || !first {
+			b.Fatalf("spending %d: first %v, %v", i, first, err)
+		}
+		i++
+	}
+}
