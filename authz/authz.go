@@ -283,9 +283,13 @@ func (c *call) authenticate(h headers) *authv3.CheckResponse {
 		return nil
 	case errors.Is(err, tokens.ErrMalformed), errors.Is(err, tokens.ErrUnknown):
 		return c.unauthenticated(CodeTokenInvalid, "token is not valid", "invalid_token")
+	// The store knows an expired or revoked token: the refusal is
+	// recorded under its agent, role and ID.
 	case errors.Is(err, tokens.ErrExpired):
+		c.token = tok
 		return c.unauthenticated(CodeTokenExpired, "token has expired", "invalid_token")
 	case errors.Is(err, tokens.ErrRevoked):
+		c.token = tok
 		return c.unauthenticated(CodeTokenRevoked, "token has been revoked", "invalid_token")
 	default:
 		c.s.log.Error("token store failed", "decision_id", c.id, "err", err)
@@ -395,6 +399,7 @@ func (c *call) record(verdict, code, reason string) *audit.Record {
 		DecisionID: c.id,
 		Agent:      c.token.Agent,
 		Role:       c.token.Role,
+		TokenID:    c.token.ID,
 		Verdict:    verdict,
 		Code:       code,
 		Reason:     reason,

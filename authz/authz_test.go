@@ -275,7 +275,8 @@ func TestAllow(t *testing.T) {
 	if err != nil {
 		t.Fatalf("decision token does not verify: %v", err)
 	}
-	if d.ID != rec.DecisionID || d.Agent != "bot-1" || d.Role != "reader" || d.Verdict != "allow" || d.PolicyVersion != rec.PolicyVersion {
+	if d.ID != rec.DecisionID || d.Agent != "bot-1" || d.Role != "reader" || d.Verdict != "allow" || d.PolicyVersion != rec.PolicyVersion ||
+		d.TokenID == "" || d.TokenID != rec.TokenID {
 		t.Errorf("decision token binds %+v, audit says %+v", d, rec)
 	}
 	if _, err := e.signer.Verify(h[HeaderDecision], []byte(body+" ")); !errors.Is(err, ErrDecisionBody) {
@@ -478,24 +479,28 @@ func TestRateLimit(t *testing.T) {
 func TestAuthentication(t *testing.T) {
 	e := newEnv(t)
 	body := `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`
-	expired, _, _ := tokens.Issue(context.Background(), e.store, "old", "reader", time.Minute, e.now.Add(-time.Hour))
-	revoked, tok, _ := tokens.Issue(context.Background(), e.store, "gone", "reader", 0, e.now)
-	if err := e.auth.Revoke(context.Background(), tok.ID); err != nil {
+	expired, old, _ := tokens.Issue(context.Background(), e.store, "old", "reader", time.Minute, e.now.Add(-time.Hour))
+	revoked, gone, _ := tokens.Issue(context.Background(), e.store, "gone", "reader", 0, e.now)
+	if err := e.auth.Revoke(context.Background(), gone.ID); err != nil {
 		t.Fatal(err)
 	}
+	// A refused token the store knows is recorded under its agent, role
+	// and ID: after a leak, the attempts with the revoked token are found
+	// under the agent, and told from its other tokens.
 	tests := []struct {
 		name      string
 		authz     string
 		code      Code
 		challenge string
+		known     tokens.Token
 	}{
-		{"missing", "", CodeUnauthenticated, `Bearer realm="amg"`},
-		{"not bearer", "Basic dXNlcjpwYXNz", CodeUnauthenticated, `Bearer realm="amg", error="invalid_request", error_description="authorization header is not a bearer token"`},
-		{"malformed", "Bearer amg_nothex", CodeTokenInvalid, `Bearer realm="amg", error="invalid_token", error_description="token is not valid"`},
-		{"unknown", "Bearer amg_" + strings.Repeat("ab", 32), CodeTokenInvalid, `Bearer realm="amg", error="invalid_token", error_description="token is not valid"`},
-		{"expired", "Bearer " + expired, CodeTokenExpired, `Bearer realm="amg", error="invalid_token", error_description="token has expired"`},
-		{"revoked", "Bearer " + revoked, CodeTokenRevoked, `Bearer realm="amg", error="invalid_token", error_description="token has been revoked"`},
-		{"two tokens", "Bearer " + e.tokens["bot-1"] + ",Bearer " + e.tokens["bot-1"], CodeTokenInvalid, `Bearer realm="amg", error="invalid_token", error_description="token is not valid"`},
+		{"missing", "", CodeUnauthenticated, `Bearer realm="amg"`, tokens.Token{}},
+		{"not bearer", "Basic dXNlcjpwYXNz", CodeUnauthenticated, `Bearer realm="amg", error="invalid_request", error_description="authorization header is not a bearer token"`, tokens.Token{}},
+		{"malformed", "Bearer amg_nothex", CodeTokenInvalid, `Bearer realm="amg", error="invalid_token", error_description="token is not valid"`, tokens.Token{}},
+		{"unknown", "Bearer amg_" + strings.Repeat("ab", 32), CodeTokenInvalid, `Bearer realm="amg", error="invalid_token", error_description="token is not valid"`, tokens.Token{}},
+		{"expired", "Bearer " + expired, CodeTokenExpired, `Bearer realm="amg", error="invalid_token", error_description="token has expired"`, old},
+		{"revoked", "Bearer " + revoked, CodeTokenRevoked, `Bearer realm="amg", error="invalid_token", error_description="token has been revoked"`, gone},
+		{"two tokens", "Bearer " + e.tokens["bot-1"] + ",Bearer " + e.tokens["bot-1"], CodeTokenInvalid, `Bearer realm="amg", error="invalid_token", error_description="token is not valid"`, tokens.Token{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -511,8 +516,13 @@ func TestAuthentication(t *testing.T) {
 			if r.Error.Code != RPCUnauthorized || r.Error.Data.Code != tt.code {
 				t.Errorf("body %s", d.body)
 			}
-			if rec := e.audit.Last(t); rec.Code != string(tt.code) || rec.Verdict != "deny" {
+			rec := e.audit.Last(t)
+			if rec.Code != string(tt.code) || rec.Verdict != "deny" {
 				t.Errorf("audit record = %+v", rec)
+			}
+			if rec.Agent != tt.known.Agent || rec.Role != tt.known.Role || rec.TokenID != tt.known.ID {
+				t.Errorf("recorded under agent %q, role %q, token %q; want %q, %q, %q",
+					rec.Agent, rec.Role, rec.TokenID, tt.known.Agent, tt.known.Role, tt.known.ID)
 			}
 		})
 	}

@@ -65,9 +65,12 @@ type Record struct {
 	DecisionID string    `json:"decision_id"`
 	Agent      string    `json:"agent,omitempty"`
 	Role       string    `json:"role,omitempty"`
-	Server     string    `json:"server,omitempty"`
-	Tool       string    `json:"tool,omitempty"`
-	Method     string    `json:"method,omitempty"`
+	// TokenID is the public ID of the agent's token, when the token is
+	// known: an agent may hold several, and one may have leaked.
+	TokenID string `json:"token_id,omitempty"`
+	Server  string `json:"server,omitempty"`
+	Tool    string `json:"tool,omitempty"`
+	Method  string `json:"method,omitempty"`
 	// Args must already be redacted, and be JSON as [Redactor.Redact] and
 	// [Redactor.RedactRaw] give it: it is written as it is. The logger
 	// keeps a reference to it, so it must not be modified after Log.

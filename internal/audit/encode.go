@@ -19,6 +19,7 @@ func (rec *Record) appendJSON(b []byte) []byte {
 	b = appendJSONString(b, rec.DecisionID)
 	b = appendOptString(b, `,"agent":`, rec.Agent)
 	b = appendOptString(b, `,"role":`, rec.Role)
+	b = appendOptString(b, `,"token_id":`, rec.TokenID)
 	b = appendOptString(b, `,"server":`, rec.Server)
 	b = appendOptString(b, `,"tool":`, rec.Tool)
 	b = appendOptString(b, `,"method":`, rec.Method)

@@ -15,7 +15,7 @@ func TestAppendJSONMatchesMarshal(t *testing.T) {
 	recs := []Record{
 		{},
 		{Time: time.Date(2026, 11, 25, 12, 0, 0, 123456789, time.UTC), DecisionID: "d1", Verdict: "allow", Code: "allowed"},
-		{Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.FixedZone("x", 3600)), DecisionID: tricky, Agent: tricky, Role: "r",
+		{Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.FixedZone("x", 3600)), DecisionID: tricky, Agent: tricky, Role: "r", TokenID: "0123456789abcdef",
 			Server: "s", Tool: "t", Method: "tools/call", Args: json.RawMessage(`{"a":[1,2.5e3,"x\u00e9"],"b":{"c":null}}`),
 			PolicyVersion: "3-abc", Verdict: "deny", ShadowVerdict: "deny", Rule: "r/s/t", Code: "constraint_failed",
 			Reason: tricky, LatencyMicros: -5, UpstreamStatus: "ok", UpstreamMicros: 42, TraceID: "tr", ApprovalID: "ap",

@@ -868,8 +868,8 @@ func (b *Broker) record(d authz.Decision, code, reason string) {
 	if b.audit == nil {
 		return
 	}
-	rec := &audit.Record{Time: time.Now(), DecisionID: d.ID, Agent: d.Agent, Role: d.Role, PolicyVersion: d.PolicyVersion,
-		Verdict: "deny", Code: code, Reason: reason, Method: "broker"}
+	rec := &audit.Record{Time: time.Now(), DecisionID: d.ID, Agent: d.Agent, Role: d.Role, TokenID: d.TokenID,
+		PolicyVersion: d.PolicyVersion, Verdict: "deny", Code: code, Reason: reason, Method: "broker"}
 	if err := b.audit.Log(rec); err != nil {
 		b.log.Error("audit log cannot record a broker refusal", "code", code, "err", err)
 	}

@@ -894,7 +894,7 @@ func TestDecisionIsServedOnce(t *testing.T) {
 	h := map[string]string{authz.HeaderAgent: "bot-1", authz.HeaderRole: "reader", authz.HeaderDecisionID: "d-once",
 		"Mcp-Session-Id": a.sid, "Mcp-Protocol-Version": rawVersion,
 		authz.HeaderDecision: g.signer.Sign(authz.Decision{ID: "d-once", Agent: "bot-1", Role: "reader", Verdict: "allow",
-			BodySHA256: sha256.Sum256([]byte(body)), Method: "POST", Session: a.sid})}
+			BodySHA256: sha256.Sum256([]byte(body)), Method: "POST", Session: a.sid, TokenID: "5b1cc2114fb5b8e6"})}
 	if code, answer := postMCP(t, g.brokerURL, h, body); code != http.StatusOK || !strings.Contains(answer, "pages") {
 		t.Fatalf("first use: %d %s", code, answer)
 	}
@@ -911,6 +911,10 @@ func TestDecisionIsServedOnce(t *testing.T) {
 	}
 	if n := strings.Count(strings.Join(g.audit.Codes(), " "), CodeDecisionReplayed); n != 3 {
 		t.Errorf("%d %s records, want 3 (audit codes %v)", n, CodeDecisionReplayed, g.audit.Codes())
+	}
+	// Under the token that made the decision: the replayer has it.
+	if rec := g.audit.Last(t); rec.Code != CodeDecisionReplayed || rec.TokenID != "5b1cc2114fb5b8e6" || rec.Agent != "bot-1" {
+		t.Errorf("last record %+v, want a replay under token 5b1cc2114fb5b8e6 of bot-1", rec)
 	}
 }
 
