@@ -100,12 +100,12 @@ type Options struct {
 	// Spent records the decisions served, each of which is served once;
 	// nil means a ledger in memory. Replicas that share a Redis share it.
 	Spent spent.Ledger
-	// LiveTokens, if set, returns the IDs of the AMG tokens still valid
-	// (neither revoked nor expired). Every TokenCheck (0 means 10 s) the
-	// broker ends the sessions all of whose tokens are gone: an agent's
-	// stream of server messages, and its calls waiting for approval, do
-	// not outlive its tokens.
-	LiveTokens func(ctx context.Context) (map[string]bool, error)
+	// LiveTokens, if set, reports which of the AMG tokens of public IDs
+	// ids are still valid (neither revoked nor expired; see tokens.Live).
+	// Every TokenCheck (0 means 10 s) the broker ends the sessions all of
+	// whose tokens are gone: an agent's stream of server messages, and
+	// its calls waiting for approval, do not outlive its tokens.
+	LiveTokens func(ctx context.Context, ids []string) (map[string]bool, error)
 	TokenCheck time.Duration
 	// CatalogueRetry is how long the broker waits before trying again to
 	// list an upstream it cannot reach; it doubles on each failure, up to
@@ -136,7 +136,7 @@ type Broker struct {
 
 	sessionStore SessionStore
 	spent        spent.Ledger
-	liveTokens   func(ctx context.Context) (map[string]bool, error)
+	liveTokens   func(ctx context.Context, ids []string) (map[string]bool, error)
 	tokenCheck   time.Duration
 	closing      atomic.Bool    // set by Close: ended sessions stay shared
 	dropping     sync.WaitGroup // upstream sessions being closed after a failure

@@ -433,7 +433,7 @@ func (b *Broker) void(a *approval.Approval, code, why string) {
 // longer grants it.
 func (b *Broker) stillAllowed(ctx context.Context, d authz.Decision, body []byte, server, tool string) error {
 	if b.liveTokens != nil && d.TokenID != "" {
-		live, err := b.liveTokens(ctx)
+		live, err := b.liveTokens(ctx, []string{d.TokenID})
 		if err != nil {
 			return errors.New("the agent's token could not be checked")
 		}

@@ -601,17 +601,12 @@ func TestWaitingAgentGetsProgress(t *testing.T) {
 // lives, its session stays.
 func TestRevokedTokensEndTheSession(t *testing.T) {
 	var st atomic.Value // the gateway's token store, once it exists
-	live := func(ctx context.Context) (map[string]bool, error) {
+	live := func(ctx context.Context, ids []string) (map[string]bool, error) {
 		s, _ := st.Load().(tokens.Store)
 		if s == nil {
 			return nil, errors.New("no token store yet")
 		}
-		list, err := s.List(ctx)
-		ids := map[string]bool{}
-		for _, tok := range list {
-			ids[tok.ID] = tok.Status(time.Now()) == "active"
-		}
-		return ids, err
+		return tokens.Live(ctx, s, ids, time.Now())
 	}
 	store := approval.NewMemory(nil)
 	g := parkedGateway(t, store, func(o *Options) { o.LiveTokens, o.TokenCheck = live, 10*time.Millisecond })
@@ -666,8 +661,11 @@ func TestApprovedCallIsCheckedAgain(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var revoked atomic.Bool
 			var tokenID atomic.Value
-			live := func(context.Context) (map[string]bool, error) {
+			live := func(_ context.Context, ids []string) (map[string]bool, error) {
 				id, _ := tokenID.Load().(string)
+				if !slices.Equal(ids, []string{id}) {
+					return nil, fmt.Errorf("asked about tokens %q, want only the call's, %s", ids, id)
+				}
 				return map[string]bool{id: !revoked.Load()}, nil
 			}
 			store := approval.NewMemory(nil)

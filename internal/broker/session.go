@@ -143,10 +143,21 @@ func (as *agentSession) tokensGone(live map[string]bool) bool {
 	return len(as.tokens) > 0
 }
 
+// tokenIDs appends to ids those of the tokens used in the session.
+func (as *agentSession) tokenIDs(ids []string) []string {
+	as.mu.Lock()
+	defer as.mu.Unlock()
+	for id := range as.tokens {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
 // endRevoked ends, every interval until ctx ends, the agent sessions all
-// of whose tokens were revoked or expired. A store that cannot say which
-// tokens live ends none: the requests those tokens make are refused
-// anyway, and the next look decides.
+// of whose tokens were revoked or expired: it asks about the tokens the
+// sessions used, no others. A store that cannot be asked ends none: the
+// requests those tokens make are refused anyway, and the next look
+// decides. A token the store cannot read is not live.
 func (b *Broker) endRevoked(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -156,9 +167,17 @@ func (b *Broker) endRevoked(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 		}
-		live, err := b.liveTokens(ctx)
+		var used []string
+		b.sessions.Range(func(_, v any) bool {
+			used = v.(*agentSession).tokenIDs(used)
+			return true
+		})
+		if len(used) == 0 {
+			continue
+		}
+		live, err := b.liveTokens(ctx, used)
 		if err != nil {
-			b.log.Warn("cannot list the live tokens; sessions of revoked tokens end at the next look", "err", err)
+			b.log.Warn("cannot look up the sessions' tokens; sessions of revoked tokens end at the next look", "err", err)
 			continue
 		}
 		b.sessions.Range(func(_, v any) bool {

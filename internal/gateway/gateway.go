@@ -311,19 +311,8 @@ func (t consoleTokens) List(ctx context.Context) ([]tokens.Token, error) { retur
 
 // liveTokens is the IDs of the tokens neither revoked nor expired, for the
 // broker to end the sessions of the others.
-func (g *Gateway) liveTokens(ctx context.Context) (map[string]bool, error) {
-	list, err := g.tokens.List(ctx)
-	if err != nil {
-		return nil, err
-	}
-	live := make(map[string]bool, len(list))
-	now := time.Now()
-	for _, t := range list {
-		if t.Status(now) == "active" {
-			live[t.ID] = true
-		}
-	}
-	return live, nil
+func (g *Gateway) liveTokens(ctx context.Context, ids []string) (map[string]bool, error) {
+	return tokens.Live(ctx, g.tokens, ids, time.Now())
 }
 func (t consoleTokens) Revoke(ctx context.Context, id string) error { return t.g.auth.Revoke(ctx, id) }
 func (t consoleTokens) Issue(ctx context.Context, agent, role string, ttl time.Duration) (string, tokens.Token, error) {

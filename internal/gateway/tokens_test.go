@@ -8,8 +8,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-// The broker learns which tokens live from the gateway's token store:
-// neither revoked nor expired.
+// The broker learns which of its sessions' tokens live from the gateway's
+// token store: neither revoked nor expired. One it never stored is not
+// live.
 func TestLiveTokens(t *testing.T) {
 	gw := serveForTest(t, testConfig(t, nil, "role: ops\n"), nil)
 	ctx := context.Background()
@@ -25,7 +26,7 @@ func TestLiveTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(5 * time.Millisecond) // past the third token's expiry
-	live, err := gw.liveTokens(ctx)
+	live, err := gw.liveTokens(ctx, append(ids, "0123456789abcdef"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -173,6 +174,69 @@ func (s *RedisStore) List(ctx context.Context) ([]Token, error) {
 		out = append(out, t)
 	}
 	return out, nil
+}
+
+// Find implements Store: one pipeline reads the digests of ids, a second
+// their tokens.
+func (s *RedisStore) Find(ctx context.Context, ids []string) (map[string]Token, error) {
+	// Nothing that is not an ID was ever stored under one (see Revoke).
+	ids = slices.DeleteFunc(slices.Clone(ids), func(id string) bool { return !ValidID(id) })
+	out := make(map[string]Token, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	// Each command's own error is looked at: a missing key or a reply
+	// Redis refuses (a key of another type) leaves one ID out, a lost
+	// connection fails the whole.
+	digests := make([]*redis.StringCmd, len(ids))
+	s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range ids {
+			digests[i] = p.Get(ctx, s.idKey(id))
+		}
+		return nil
+	})
+	tokens := make([]*redis.SliceCmd, len(ids))
+	for _, cmd := range digests {
+		if err := unreadable(cmd.Err()); err != nil {
+			return nil, fmt.Errorf("find tokens: %w", err)
+		}
+	}
+	s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, cmd := range digests {
+			if cmd.Err() == nil {
+				tokens[i] = p.HMGet(ctx, s.prefix+"t:"+cmd.Val(), tokenFields...)
+			}
+		}
+		return nil
+	})
+	for i, cmd := range tokens {
+		if cmd == nil {
+			continue
+		}
+		if err := unreadable(cmd.Err()); err != nil {
+			return nil, fmt.Errorf("find tokens: %w", err)
+		}
+		if cmd.Err() != nil || cmd.Val()[0] == nil {
+			continue // its token is gone (see errIndexHole)
+		}
+		// A token that cannot be read, or is not the one its ID names, is
+		// left out (see Store).
+		if t, err := parseToken(cmd.Val()); err == nil && t.ID == ids[i] {
+			out[t.ID] = t
+		}
+	}
+	return out, nil
+}
+
+// unreadable is err unless it is about the one key a command read: none
+// there (redis.Nil), or a reply Redis refused, such as a key of another
+// type. What remains means Redis could not be asked.
+func unreadable(err error) error {
+	var reply redis.Error
+	if err == nil || errors.Is(err, redis.Nil) || errors.As(err, &reply) {
+		return nil
+	}
+	return err
 }
 
 // Revoke implements Store. Every replica subscribed with Subscribe hears

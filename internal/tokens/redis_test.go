@@ -190,6 +190,38 @@ func TestRedisSubscription(t *testing.T) {
 // Redis down fails closed: Authenticate returns a store error, never a
 // token or ErrUnknown. Redis back is service again, and the subscription
 // resumes by itself.
+// Find answers for the tokens it can read: one whose entry something
+// outside AMG deleted or overwrote is left out (not live, to its caller),
+// without hiding the others.
+func TestRedisFindAroundDamagedEntries(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	s := NewRedisStore(srv.Client(), nil)
+	var ids []string
+	var digests []Digest
+	for _, agent := range []string{"intact", "deleted", "wrong-type", "garbled", "id-deleted"} {
+		secret, tok, err := Issue(ctx, s, agent, "r", 0, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, _ := Parse(secret)
+		ids, digests = append(ids, tok.ID), append(digests, d)
+	}
+	c := srv.Client()
+	c.Del(ctx, s.tokenKey(digests[1]))
+	c.Del(ctx, s.tokenKey(digests[2]))
+	c.LPush(ctx, s.tokenKey(digests[2]), "x")
+	c.HSet(ctx, s.tokenKey(digests[3]), "created", "yesterday")
+	c.Del(ctx, s.idKey(ids[4]))
+	got, err := s.Find(ctx, ids)
+	if err != nil {
+		t.Fatalf("Find around damaged entries: %v", err)
+	}
+	if len(got) != 1 || got[ids[0]].Agent != "intact" {
+		t.Errorf("Find = %+v, want only the intact token", got)
+	}
+}
+
 func TestRedisStoreDown(t *testing.T) {
 	ctx := context.Background()
 	srv := redistest.Start(t)
@@ -211,6 +243,9 @@ func TestRedisStoreDown(t *testing.T) {
 	}
 	if _, err := a.store.List(ctx); err == nil {
 		t.Error("List with Redis down succeeded")
+	}
+	if got, err := a.store.Find(ctx, []string{tok.ID}); err == nil {
+		t.Errorf("Find with Redis down = %v, want a store error", got)
 	}
 	if err := a.store.Revoke(ctx, tok.ID, time.Now()); err == nil || errors.Is(err, ErrUnknown) {
 		t.Errorf("Revoke with Redis down = %v, want a store error", err)

@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"modernc.org/sqlite"
@@ -94,6 +96,38 @@ func (s *SQLiteStore) List(ctx context.Context) ([]Token, error) {
 	}
 	return out, nil
 }
+
+// Find implements Store. It asks for findChunk IDs at a time, well under
+// the bound SQLite sets on a statement's parameters.
+func (s *SQLiteStore) Find(ctx context.Context, ids []string) (map[string]Token, error) {
+	out := make(map[string]Token, len(ids))
+	for chunk := range slices.Chunk(ids, findChunk) {
+		args := make([]any, len(chunk))
+		for i, id := range chunk {
+			args[i] = id
+		}
+		q := `SELECT id, agent, role, created, expires, revoked FROM tokens WHERE id IN (?` +
+			strings.Repeat(",?", len(chunk)-1) + `)`
+		rows, err := s.db.QueryContext(ctx, q, args...)
+		if err != nil {
+			return nil, fmt.Errorf("find tokens: %w", err)
+		}
+		for rows.Next() {
+			// A row that cannot be read is left out (see Store).
+			if t, err := scanToken(rows); err == nil {
+				out[t.ID] = t
+			}
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, fmt.Errorf("find tokens: %w", err)
+		}
+	}
+	return out, nil
+}
+
+const findChunk = 500
 
 // Revoke implements Store.
 func (s *SQLiteStore) Revoke(ctx context.Context, id string, at time.Time) error {

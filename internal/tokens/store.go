@@ -22,6 +22,11 @@ type Store interface {
 	Get(ctx context.Context, d Digest) (Token, error)
 	// List returns every token, sorted by Created then ID.
 	List(ctx context.Context) ([]Token, error)
+	// Find returns the tokens stored under the public IDs ids, keyed by
+	// ID. An ID with no token, or whose token cannot be read whole, is
+	// left out: a caller asking whether it may still be used finds that
+	// it may not. An error means the store could not be asked.
+	Find(ctx context.Context, ids []string) (map[string]Token, error)
 	// Revoke marks the token with public ID id revoked at at. It returns
 	// ErrUnknown when there is no such token. Revoking a revoked token
 	// succeeds and keeps the first revocation time.
@@ -109,6 +114,19 @@ func (m *MemoryStore) List(ctx context.Context) ([]Token, error) {
 	slices.SortFunc(out, func(a, b Token) int {
 		return cmp.Or(a.Created.Compare(b.Created), cmp.Compare(a.ID, b.ID))
 	})
+	return out, nil
+}
+
+// Find implements Store.
+func (m *MemoryStore) Find(ctx context.Context, ids []string) (map[string]Token, error) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	out := make(map[string]Token, len(ids))
+	for _, id := range ids {
+		if d, ok := m.byID[id]; ok {
+			out[id] = m.byHash[d]
+		}
+	}
 	return out, nil
 }
 

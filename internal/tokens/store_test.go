@@ -216,6 +216,37 @@ func testStore(t *testing.T, newStore func(t *testing.T) Store) {
 		}
 	})
 
+	t.Run("find", func(t *testing.T) {
+		s := newStore(t)
+		d1, tok1 := newToken(t, "a", t0)
+		d2, tok2 := newToken(t, "b", t0.Add(time.Second))
+		for _, p := range []struct {
+			d Digest
+			t Token
+		}{{d1, tok1}, {d2, tok2}} {
+			if err := s.Put(ctx, p.d, p.t); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.Revoke(ctx, tok2.ID, t0.Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		want1, _ := s.Get(ctx, d1)
+		want2, _ := s.Get(ctx, d2)
+		// IDs never stored, or not IDs at all, are left out, as is a
+		// repeated one's second mention.
+		got, err := s.Find(ctx, []string{tok1.ID, tok2.ID, "0123456789abcdef", "", tok1.ID + "' OR 1=1 --", tok1.ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(map[string]Token{tok1.ID: want1, tok2.ID: want2}, got); diff != "" {
+			t.Errorf("Find (-want +got):\n%s", diff)
+		}
+		if got, err := s.Find(ctx, nil); err != nil || len(got) != 0 {
+			t.Errorf("Find(nil) = %v, %v; want none", got, err)
+		}
+	})
+
 	t.Run("revoke unknown", func(t *testing.T) {
 		s := newStore(t)
 		d, tok := newToken(t, "a", t0)

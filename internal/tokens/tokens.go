@@ -84,6 +84,23 @@ func (t Token) Status(now time.Time) string {
 	return "active"
 }
 
+// Live reports which of the tokens of public IDs ids may be used at now:
+// stored, and neither revoked nor expired. Only those are in the map. An
+// error means s could not be asked.
+func Live(ctx context.Context, s Store, ids []string, now time.Time) (map[string]bool, error) {
+	found, err := s.Find(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	live := make(map[string]bool, len(found))
+	for id, t := range found {
+		if t.check(now) == nil {
+			live[id] = true
+		}
+	}
+	return live, nil
+}
+
 // check reports whether t may be used at now. A revocation time in the
 // future still counts: revocation is never scheduled, so such a time only
 // means clocks disagree, and failing closed is right.
