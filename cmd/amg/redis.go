@@ -20,8 +20,17 @@ const redisFlagHelp = "the Redis replicas share: host:port, or a redis:// or red
 // password comes from AMG_REDIS_PASSWORD unless the URL has one. Over
 // TLS, AMG_REDIS_CA_FILE names the CAs to trust (else the system's), and
 // AMG_REDIS_CERT_FILE with AMG_REDIS_KEY_FILE a client certificate, as
-// redis.tls does in the gateway's config.
+// redis.tls does in the gateway's config. With any of those set, an
+// address that is not a rediss:// URL is refused: TLS was meant, and the
+// password would go in clear.
 func redisClient(addr string) (*redis.Client, error) {
+	if !strings.HasPrefix(strings.ToLower(addr), "rediss://") {
+		for _, env := range []string{"AMG_REDIS_CA_FILE", "AMG_REDIS_CERT_FILE", "AMG_REDIS_KEY_FILE"} {
+			if os.Getenv(env) != "" {
+				return nil, fmt.Errorf("--redis: %s is set, but the address is not a rediss:// URL: TLS would not be used, and the password would go in clear", env)
+			}
+		}
+	}
 	opts := &redis.Options{Addr: addr}
 	if strings.Contains(addr, "://") {
 		var err error

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -43,7 +44,10 @@ func TestRedisURLOverTLS(t *testing.T) {
 	}{
 		{"no client certificate", url, "AMG_REDIS_CERT_FILE", "", "--redis: AMG_REDIS_CERT_FILE and AMG_REDIS_KEY_FILE go together"},
 		{"another password", url, "AMG_REDIS_PASSWORD", "guess", "WRONGPASS"},
-		{"plain URL", "redis://ops@" + rs.Addr, "", "", ""},
+		// With TLS files set, a plain address is a mistake, refused before
+		// the password goes anywhere in clear.
+		{"plain URL", "redis://ops@" + rs.Addr, "", "", "--redis: AMG_REDIS_CA_FILE is set, but the address is not a rediss:// URL"},
+		{"host and port", rs.Addr, "", "", "--redis: AMG_REDIS_CA_FILE is set, but the address is not a rediss:// URL"},
 		{"not a URL", "rediss://ops@" + rs.Addr + "/notadb", "", "", "--redis: redis: invalid database number"},
 		{"a password in a malformed URL", "rediss://ops:pw-for-ops@" + rs.Addr + "x", "", "", "--redis: invalid port"},
 	} {
@@ -57,6 +61,44 @@ func TestRedisURLOverTLS(t *testing.T) {
 		if tc.env != "" {
 			t.Setenv(tc.env, map[string]string{"AMG_REDIS_CERT_FILE": rs.TLS.ClientCert, "AMG_REDIS_PASSWORD": "pw-for-ops"}[tc.env])
 		}
+	}
+}
+
+// The TLS files are never ignored: with any of them set, an address that
+// is not a rediss:// URL is refused, and nothing is sent to it.
+func TestRedisTLSFilesNeedATLSAddress(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	dialled := make(chan struct{}, 1)
+	go func() {
+		if c, err := lis.Accept(); err == nil {
+			dialled <- struct{}{}
+			c.Close()
+		}
+	}()
+	t.Setenv("AMG_REDIS_PASSWORD", "pw-for-ops")
+	for _, env := range []string{"AMG_REDIS_CA_FILE", "AMG_REDIS_CERT_FILE", "AMG_REDIS_KEY_FILE"} {
+		t.Run(env, func(t *testing.T) {
+			t.Setenv(env, filepath.Join(t.TempDir(), "file.pem"))
+			for _, addr := range []string{lis.Addr().String(), "redis://" + lis.Addr().String()} {
+				client, err := redisClient(addr)
+				if err == nil {
+					client.Ping(context.Background())
+					client.Close()
+					t.Errorf("%s with %s set: not refused", addr, env)
+				} else if want := env + " is set, but the address is not a rediss:// URL"; !strings.Contains(err.Error(), want) {
+					t.Errorf("%s with %s set: %v; want it to say %q", addr, env, err, want)
+				}
+			}
+		})
+	}
+	select {
+	case <-dialled:
+		t.Error("the plain address was dialled, the password on its way in clear")
+	default:
 	}
 }
 
