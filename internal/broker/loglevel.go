@@ -57,6 +57,6 @@ func (as *agentSession) wantsLog(params json.RawMessage) bool {
 // setLogLevel asks an upstream session for log messages at level and up.
 func (b *Broker) setLogLevel(ctx context.Context, server string, cs *mcp.ClientSession, level string) {
 	if err := cs.SetLoggingLevel(ctx, &mcp.SetLoggingLevelParams{Level: mcp.LoggingLevel(level)}); err != nil {
-		b.log.Debug("upstream did not take the agent's log level", "upstream", server, "err", err)
+		b.log.Debug("upstream did not take the agent's log level", "upstream", server, "err", errorText(err, false))
 	}
 }

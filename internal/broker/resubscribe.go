@@ -175,7 +175,7 @@ func (b *Broker) endUngrantedSubscriptions(set *policy.Set) {
 			ctx, cancel := context.WithTimeout(b.drained, e.upstream.CallTimeout)
 			defer cancel()
 			if err := e.cs.Unsubscribe(ctx, &mcp.UnsubscribeParams{URI: e.uri}); err != nil {
-				b.log.Debug("could not end an ungranted subscription upstream; its updates stay with the gateway", "upstream", e.upstream.Name, "err", err)
+				b.log.Debug("could not end an ungranted subscription upstream; its updates stay with the gateway", "upstream", e.upstream.Name, "err", errorText(err, false))
 			}
 		}()
 	}
