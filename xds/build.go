@@ -92,9 +92,9 @@ const UpstreamCAFile = "/etc/ssl/certs/ca-certificates.crt"
 
 const (
 	// timeoutSlack is added to the route timeout for the connection
-	// manager's stream idle and request timeouts, so that a request
-	// parked for approval ends by the route's timeout, with a proper
-	// 504, rather than by a stream reset.
+	// manager's stream idle timeout, so that a request parked for
+	// approval ends by the route's timeout, with a proper 504, rather
+	// than by a stream reset.
 	timeoutSlack = time.Minute
 	// brokerConnectTimeout bounds connecting to a broker replica, which
 	// is on Envoy's own network; tracingConnectTimeout to the collector.
@@ -116,6 +116,16 @@ const (
 	upstreamMaxRequests      = 1024
 	upstreamMaxPending       = 1024
 	upstreamMaxRetries       = 3
+)
+
+// HTTP/2 limits of the agent listener, Envoy's advice for an edge proxy:
+// one agent connection may not open more streams than this, nor make
+// Envoy buffer more than a window per stream and per connection (Envoy's
+// defaults are 1024 streams and 16 MiB and 24 MiB windows).
+const (
+	agentMaxConcurrentStreams = 100
+	agentStreamWindow         = 64 << 10
+	agentConnectionWindow     = 1 << 20
 )
 
 // Resources are what Envoy is configured with, each kind in a fixed order:
@@ -312,11 +322,29 @@ func (b *builder) agentListener(cfg *config.Config) (*listenerv3.Listener, error
 		// broker will.
 		NormalizePath: wrapperspb.Bool(true),
 		MergeSlashes:  true,
-		// A call may wait RouteTimeout for a human's approval with no
-		// bytes moving; Envoy's 5 minute default would reset it.
+		// A call may wait RouteTimeout for a human's approval, and an
+		// event stream stay quiet as long, with no bytes moving; Envoy's
+		// 5 minute default would reset them.
 		StreamIdleTimeout: durationpb.New(e.RouteTimeout + timeoutSlack),
-		RequestTimeout:    durationpb.New(e.RouteTimeout + timeoutSlack),
-		Tracing:           b.tracing(e),
+		// The request itself is bounded as on amg's own listener, so
+		// that a client trickling its headers or body, before any
+		// Check, cannot hold a stream and the body ext_authz buffers.
+		// This cannot cut a parked call: Envoy disarms request_timeout
+		// once the last byte of the request has gone upstream, and
+		// ext_authz holds the request until it has the whole body, so a
+		// call reaches the broker, where it waits for approval, only
+		// complete. A GET's event stream has no body to wait for.
+		RequestHeadersTimeout: durationpb.New(config.HeaderTimeout),
+		RequestTimeout:        durationpb.New(config.ReadTimeout),
+		CommonHttpProtocolOptions: &corev3.HttpProtocolOptions{
+			IdleTimeout: durationpb.New(config.IdleTimeout),
+		},
+		Http2ProtocolOptions: &corev3.Http2ProtocolOptions{
+			MaxConcurrentStreams:        wrapperspb.UInt32(agentMaxConcurrentStreams),
+			InitialStreamWindowSize:     wrapperspb.UInt32(agentStreamWindow),
+			InitialConnectionWindowSize: wrapperspb.UInt32(agentConnectionWindow),
+		},
+		Tracing: b.tracing(e),
 	}
 	hcm.HttpFilters = []*hcmv3.HttpFilter{
 		b.httpFilter(filterHeaderMutation, strip),

@@ -243,8 +243,26 @@ func TestAgentFilters(t *testing.T) {
 	if d := hcm.GetStreamIdleTimeout().AsDuration(); d <= cfg.Envoy.RouteTimeout {
 		t.Errorf("stream_idle_timeout %v would cut a request before its route timeout %v", d, cfg.Envoy.RouteTimeout)
 	}
-	if d := hcm.GetRequestTimeout().AsDuration(); d <= cfg.Envoy.RouteTimeout {
-		t.Errorf("request_timeout %v would cut a request before its route timeout %v", d, cfg.Envoy.RouteTimeout)
+	// A slow client is bounded as on amg's own listener; the request
+	// timeout ends once the request has gone to the broker, so it does
+	// not bound a parked call.
+	if d := hcm.GetRequestHeadersTimeout().AsDuration(); d != config.HeaderTimeout {
+		t.Errorf("request_headers_timeout = %v, want %v", d, config.HeaderTimeout)
+	}
+	if d := hcm.GetRequestTimeout().AsDuration(); d != config.ReadTimeout {
+		t.Errorf("request_timeout = %v, want %v", d, config.ReadTimeout)
+	}
+	if d := hcm.GetCommonHttpProtocolOptions().GetIdleTimeout().AsDuration(); d != config.IdleTimeout {
+		t.Errorf("idle_timeout = %v, want %v", d, config.IdleTimeout)
+	}
+	h2 := hcm.GetHttp2ProtocolOptions()
+	switch {
+	case h2.GetMaxConcurrentStreams().GetValue() != 100:
+		t.Errorf("http2 max_concurrent_streams = %v, want 100", h2.GetMaxConcurrentStreams())
+	case h2.GetInitialStreamWindowSize().GetValue() != 64<<10:
+		t.Errorf("http2 initial_stream_window_size = %v, want 64 KiB", h2.GetInitialStreamWindowSize())
+	case h2.GetInitialConnectionWindowSize().GetValue() != 1<<20:
+		t.Errorf("http2 initial_connection_window_size = %v, want 1 MiB", h2.GetInitialConnectionWindowSize())
 	}
 }
 

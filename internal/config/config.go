@@ -98,6 +98,18 @@ const (
 	DefaultCallTimeout    = 60 * time.Second
 )
 
+// Timeouts of the listeners agents reach, amg's own and Envoy's alike. A
+// request's headers must arrive within HeaderTimeout and the whole
+// request within ReadTimeout, so that a client trickling its body cannot
+// hold a connection, and what serves it, for as long as it likes; a
+// connection idle between requests is closed after IdleTimeout. The
+// answer takes as long as it takes: a parked call waits for a human.
+const (
+	HeaderTimeout = 10 * time.Second
+	ReadTimeout   = 30 * time.Second
+	IdleTimeout   = 2 * time.Minute
+)
+
 // routeTimeoutMargin is what the route timeout a file leaves out adds to
 // LongestRequest: time for the Check, the broker's own work and its
 // answer.

@@ -403,7 +403,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	as := newHTTPServer(g.admin)
 	// Envoy routes allowed requests here; the broker serves only those
 	// whose decision token verifies, so the listener needs no guard.
-	bs := &http.Server{Handler: g.tel.HTTPHandler(g.broker, "amg.broker"), ReadHeaderTimeout: headerTimeout}
+	bs := &http.Server{Handler: g.tel.HTTPHandler(g.broker, "amg.broker"), ReadHeaderTimeout: config.HeaderTimeout}
 	errs := make(chan error, 5)
 	go func() { errs <- gs.Serve(g.authzLis) }()
 	go func() { errs <- hs.Serve(g.mcpLis) }()

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/amgateway/amg/internal/config"
 )
 
 // On the agent and admin listeners, a body that stops coming is cut off
@@ -37,8 +39,8 @@ func TestReadTimeout(t *testing.T) {
 		io.WriteString(w, "done")
 	}))
 	srv.Config = newHTTPServer(srv.Config.Handler)
-	if srv.Config.ReadTimeout != readTimeout {
-		t.Fatalf("read timeout %v, want %v", srv.Config.ReadTimeout, readTimeout)
+	if srv.Config.ReadTimeout != config.ReadTimeout {
+		t.Fatalf("read timeout %v, want %v", srv.Config.ReadTimeout, config.ReadTimeout)
 	}
 	srv.Config.ReadTimeout = d // the same server, on the test's clock
 	srv.Start()
