@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+	"golang.org/x/sync/singleflight"
 )
 
 // Vault cache and timeout bounds.
@@ -85,9 +86,10 @@ type VaultOptions struct {
 // permissions, and a reference that matches the policy line granting it
 // is easier to check; errors for such paths say how to write them.
 //
-// Values are cached per reference for the cache TTL, so that a burst of
-// upstream connections costs one Vault read; a value is never served after
-// its TTL, even when Vault cannot be reached then.
+// Values are cached per reference for the cache TTL, and concurrent
+// resolutions of a reference the cache lacks share one read, so that a
+// burst of upstream connections costs one Vault read; a value is never
+// served after its TTL, even when Vault cannot be reached then.
 //
 // A Vault is safe for concurrent use. Close it to stop token renewal.
 type Vault struct {
@@ -103,6 +105,8 @@ type Vault struct {
 	mu     sync.Mutex
 	cache  map[Ref]cachedValue
 	closed bool
+	// reads joins concurrent reads of one reference, by its text.
+	reads singleflight.Group
 
 	// loginMu serialises AppRole logins; gen counts them, so that a read
 	// denied with an old token does not log in again after another
@@ -283,36 +287,62 @@ func (v *Vault) Resolve(ctx context.Context, ref Ref) (Secret, error) {
 		return Secret{}, fmt.Errorf("%s: path %w", ref, err)
 	}
 
+	if s, ok, err := v.cached(ref); ok || err != nil {
+		return s, err
+	}
+	// The read is shared, so no one caller's cancellation may end it:
+	// it runs without the caller's cancellation, bounded by the Vault
+	// timeout, and each caller stops waiting when its own context ends.
+	// A reference read meanwhile is taken from the cache, so a caller
+	// that just missed a read does not make another.
+	ch := v.reads.DoChan(ref.String(), func() (any, error) {
+		if s, ok, err := v.cached(ref); ok || err != nil {
+			return s, err
+		}
+		now := v.now()
+		data, err := v.read(context.WithoutCancel(ctx), ref, path)
+		if err != nil {
+			return nil, err
+		}
+		s, err := kvField(ref, path, field, data)
+		if err != nil {
+			return nil, err
+		}
+		v.mu.Lock()
+		if !v.closed {
+			// From the time before the read, so no value outlives its TTL.
+			v.cache[ref] = cachedValue{value: s, expires: now.Add(v.cacheTTL)}
+		}
+		v.mu.Unlock()
+		return s, nil
+	})
+	select {
+	case <-ctx.Done():
+		return Secret{}, fmt.Errorf("%s: reading from Vault at %s: %w", ref, v.addr, ctx.Err())
+	case r := <-ch:
+		if r.Err != nil {
+			return Secret{}, r.Err
+		}
+		return r.Val.(Secret), nil
+	}
+}
+
+// cached returns ref's value while its TTL lasts (ok), and fails once the
+// source is closed.
+func (v *Vault) cached(ref Ref) (s Secret, ok bool, err error) {
 	now := v.now()
 	v.mu.Lock()
+	defer v.mu.Unlock()
 	if v.closed {
-		v.mu.Unlock()
-		return Secret{}, fmt.Errorf("%s: the vault source is closed", ref)
+		return Secret{}, false, fmt.Errorf("%s: the vault source is closed", ref)
 	}
 	if c, ok := v.cache[ref]; ok {
 		if now.Before(c.expires) {
-			v.mu.Unlock()
-			return c.value, nil
+			return c.value, true, nil
 		}
 		delete(v.cache, ref)
 	}
-	v.mu.Unlock()
-
-	data, err := v.read(ctx, ref, path)
-	if err != nil {
-		return Secret{}, err
-	}
-	s, err := kvField(ref, path, field, data)
-	if err != nil {
-		return Secret{}, err
-	}
-	v.mu.Lock()
-	if !v.closed {
-		// From the time before the read, so no value outlives its TTL.
-		v.cache[ref] = cachedValue{value: s, expires: now.Add(v.cacheTTL)}
-	}
-	v.mu.Unlock()
-	return s, nil
+	return Secret{}, false, nil
 }
 
 // checkVaultPath refuses paths the client would rewrite: it cleans them,

@@ -5,8 +5,15 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -238,6 +245,81 @@ func TestVaultRotation(t *testing.T) {
 	clock.Advance(ttl / 2)
 	if got := resolve(t, v, ref); got != "v2" {
 		t.Errorf("Resolve within the new TTL = %q, want v2", got)
+	}
+}
+
+// TestVaultSharedRead resolves one reference from 32 goroutines while its
+// read is held up, through a proxy that counts the reads reaching Vault:
+// they must share one, and the first caller giving up must not fail the
+// others.
+func TestVaultSharedRead(t *testing.T) {
+	t.Parallel()
+	srv := vaulttest.Start(t)
+	srv.PutKV(t, "amg/notion", map[string]any{"token": "v1"})
+	target, err := url.Parse(srv.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const callers = 32
+	var reads atomic.Int32
+	first, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/kv/data/amg/notion" {
+			switch reads.Add(1) {
+			case 1:
+				close(first)
+			case callers:
+				releaseOnce.Do(func() { close(release) })
+			}
+			<-release
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	defer front.Close()
+	defer releaseOnce.Do(func() { close(release) })
+
+	v := newTestVault(t, VaultOptions{Address: front.URL, Token: New(srv.RootToken), Now: newFakeClock().Now})
+	ref := mustRef(t, "vault:kv/data/amg/notion#token")
+
+	// The first caller's read is held up, then it gives up.
+	ctx, cancel := context.WithCancel(context.Background())
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, err := v.Resolve(ctx, ref)
+		gaveUp <- err
+	}()
+	<-first
+	errs := make(chan error, callers-1)
+	for range callers - 1 {
+		go func() {
+			s, err := v.Resolve(context.Background(), ref)
+			if err == nil && s.Reveal() != "v1" {
+				err = fmt.Errorf("resolved %q, want v1", s.Reveal())
+			}
+			errs <- err
+		}()
+	}
+	cancel()
+	if err := <-gaveUp; !errors.Is(err, context.Canceled) ||
+		err.Error() != "vault:kv/data/amg/notion#token: reading from Vault at "+front.URL+": context canceled" {
+		t.Errorf("Resolve of the caller that gave up: %v", err)
+	}
+	// Give the others time to reach Vault if they each read: without a
+	// shared read, all of them do and the last releases the reads.
+	select {
+	case <-release:
+	case <-time.After(time.Second):
+		releaseOnce.Do(func() { close(release) })
+	}
+	for range callers - 1 {
+		if err := <-errs; err != nil {
+			t.Errorf("Resolve: %v", err)
+		}
+	}
+	if n := reads.Load(); n != 1 {
+		t.Errorf("%d concurrent resolutions made %d reads of Vault, want 1", callers, n)
 	}
 }
 
