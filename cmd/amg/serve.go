@@ -168,26 +168,37 @@ func seedPolicies(dir string, log *slog.Logger) error {
 
 // secretSource is base for env: and file: references, and Vault for
 // vault: ones when the config has a vault section; Vault's own credentials
-// come from env: or file:. Vault refusing them, or not answering, is a
-// problem of the vault section.
+// come from env: or file:, and are read again whenever Vault needs them,
+// so that a rotated secret ID or a rewritten token file is picked up.
+// Vault refusing them, or not answering, is a problem of the vault section.
 func secretSource(ctx context.Context, cfg *config.Config, base secrets.Source, log *slog.Logger) (secrets.Source, func(), error) {
 	vc := cfg.Vault
 	if vc.Address == "" {
 		return base, func() {}, nil
 	}
 	opts := secrets.VaultOptions{Address: vc.Address, CacheTTL: vc.CacheTTL, Logger: log}
+	cred, path := vc.Token, "vault.token"
+	if cred.String() == "" {
+		cred, path = vc.AppRoleSecretID, "vault.approle.secret_id"
+	}
+	expand := func(ctx context.Context) (secrets.Secret, error) {
+		s, err := cred.Expand(ctx, base)
+		if err != nil {
+			return secrets.Secret{}, fmt.Errorf("%s: %w", path, err)
+		}
+		return s, nil
+	}
+	first, err := expand(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(cred.Refs()) > 0 {
+		opts.Credential = expand
+	}
 	if vc.Token.String() != "" {
-		tok, err := vc.Token.Expand(ctx, base)
-		if err != nil {
-			return nil, nil, fmt.Errorf("vault.token: %w", err)
-		}
-		opts.Token = tok
+		opts.Token = first
 	} else {
-		id, err := vc.AppRoleSecretID.Expand(ctx, base)
-		if err != nil {
-			return nil, nil, fmt.Errorf("vault.approle.secret_id: %w", err)
-		}
-		opts.AppRole = &secrets.VaultAppRole{RoleID: vc.AppRoleID, SecretID: id, Mount: vc.AppRoleMount}
+		opts.AppRole = &secrets.VaultAppRole{RoleID: vc.AppRoleID, SecretID: first, Mount: vc.AppRoleMount}
 	}
 	v, err := secrets.NewVault(ctx, opts)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,7 +17,9 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/config"
 	"github.com/amgateway/amg/internal/demo"
+	"github.com/amgateway/amg/internal/secrets"
 	"github.com/amgateway/amg/internal/secrets/vaulttest"
 	"github.com/amgateway/amg/internal/syncbuf"
 )
@@ -139,5 +142,46 @@ func TestServeWithVault(t *testing.T) {
 		"--listen", "127.0.0.1:0", "--authz-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0")
 	if code == 0 || !strings.Contains(errOut, "vault") || strings.Contains(errOut, secret) {
 		t.Errorf("serve with Vault down: exit %d\n%s", code, errOut)
+	}
+}
+
+// Vault's own credential is read from its reference again when Vault
+// needs it: a token file rewritten while amg runs, as a Vault Agent sink
+// is, replaces a token that cannot be renewed before it ends.
+func TestServeRereadsVaultToken(t *testing.T) {
+	v := vaulttest.Start(t)
+	v.PutKV(t, "amg/notion", map[string]any{"token": "v1"})
+	v.Policy(t, "amg-read", "kv/data/amg/*")
+	dir := t.TempDir()
+	tokenPath := filepath.Join(dir, "vault-token")
+	writeFile(t, tokenPath, v.Token(t, vaulttest.TokenOptions{Policies: []string{"amg-read"}, TTL: 3 * time.Second, NotRenewable: true}))
+	cfgPath := filepath.Join(dir, "amg.yaml")
+	writeFile(t, cfgPath, "vault:\n  address: "+v.Addr+"\n  token: \"${file:"+tokenPath+"}\"\n  cache_ttl: 10ms\n")
+	base := secrets.NewDefault(nil)
+	cfg, err := config.Load(cfgPath, &config.Options{Secrets: base, SkipVault: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, closeSecrets, err := secretSource(context.Background(), cfg, base, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeSecrets()
+
+	next := filepath.Join(dir, "vault-token.new")
+	writeFile(t, next, v.Token(t, vaulttest.TokenOptions{Policies: []string{"amg-read"}, TTL: time.Hour}))
+	if err := os.Rename(next, tokenPath); err != nil {
+		t.Fatal(err)
+	}
+	ref, err := secrets.ParseRef("vault:kv/data/amg/notion#token")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Past the first token's end, reads go on.
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		s, err := src.Resolve(context.Background(), ref)
+		if err != nil || s.Reveal() != "v1" {
+			t.Fatalf("Resolve %s before the end: %q, %v", time.Until(end).Round(time.Millisecond), s.Reveal(), err)
+		}
 	}
 }

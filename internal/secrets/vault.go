@@ -32,6 +32,11 @@ const (
 	// DefaultVaultTimeout bounds each call to Vault when
 	// VaultOptions.Timeout is zero.
 	DefaultVaultTimeout = 10 * time.Second
+	// reloginPause is how long after a failed login a read that finds
+	// the token dead waits before it tries another, so that reads
+	// against a Vault that refuses the credential cost it one login
+	// every few seconds rather than one each.
+	reloginPause = 5 * time.Second
 )
 
 // VaultAppRole holds the credentials of an AppRole login: the role ID
@@ -61,6 +66,14 @@ type VaultOptions struct {
 	// AppRole authenticates with an AppRole login; the token it yields is
 	// renewed while possible, and a new login is made when it cannot be.
 	AppRole *VaultAppRole
+	// Credential, when not nil, reads the token or the AppRole secret ID,
+	// whichever is set, afresh: for a credential that changes while the
+	// source is open, such as a secret ID an orchestrator rotates or a
+	// token file a Vault Agent rewrites. Token or AppRole.SecretID is the
+	// one used at start; Credential is called at every later AppRole
+	// login and, with a token, when the token can no longer be renewed
+	// or Vault refuses it. Its errors must not contain the credential.
+	Credential func(ctx context.Context) (Secret, error)
 	// CacheTTL is how long a value read from Vault is reused before it is
 	// read again: 0 means DefaultVaultCacheTTL; at most MaxVaultCacheTTL.
 	// A rotated secret is therefore used by upstream connections made
@@ -93,14 +106,15 @@ type VaultOptions struct {
 //
 // A Vault is safe for concurrent use. Close it to stop token renewal.
 type Vault struct {
-	client   *api.Client
-	login    *api.Client // has no token: AppRole logins go through it
-	addr     string
-	appRole  *VaultAppRole
-	cacheTTL time.Duration
-	timeout  time.Duration
-	log      *slog.Logger
-	now      func() time.Time
+	client     *api.Client
+	login      *api.Client // has no token: AppRole logins go through it
+	addr       string
+	appRole    *VaultAppRole
+	credential func(context.Context) (Secret, error)
+	cacheTTL   time.Duration
+	timeout    time.Duration
+	log        *slog.Logger
+	now        func() time.Time
 
 	mu     sync.Mutex
 	cache  map[Ref]cachedValue
@@ -108,11 +122,15 @@ type Vault struct {
 	// reads joins concurrent reads of one reference, by its text.
 	reads singleflight.Group
 
-	// loginMu serialises AppRole logins; gen counts them, so that a read
-	// denied with an old token does not log in again after another
-	// caller already has.
-	loginMu sync.Mutex
-	gen     atomic.Uint64
+	// loginMu serialises the getting of new tokens (AppRole logins, or
+	// the token read again); gen counts them, so that a read denied with
+	// an old token does not get another after another caller already
+	// has. loginErr is the last attempt's error, made at loginFailed,
+	// nil once one succeeds.
+	loginMu     sync.Mutex
+	gen         atomic.Uint64
+	loginErr    error
+	loginFailed time.Time
 	// newAuth hands a token obtained outside the renewal loop to it.
 	newAuth chan *api.SecretAuth
 
@@ -155,17 +173,18 @@ func NewVault(ctx context.Context, opts VaultOptions) (*Vault, error) {
 		client.ClearToken()
 	}
 	v := &Vault{
-		client:   client,
-		login:    loginClient,
-		addr:     addr,
-		appRole:  opts.AppRole,
-		cacheTTL: opts.CacheTTL,
-		timeout:  opts.Timeout,
-		log:      opts.Logger,
-		now:      opts.Now,
-		cache:    make(map[Ref]cachedValue),
-		newAuth:  make(chan *api.SecretAuth, 1),
-		done:     make(chan struct{}),
+		client:     client,
+		login:      loginClient,
+		addr:       addr,
+		appRole:    opts.AppRole,
+		credential: opts.Credential,
+		cacheTTL:   opts.CacheTTL,
+		timeout:    opts.Timeout,
+		log:        opts.Logger,
+		now:        opts.Now,
+		cache:      make(map[Ref]cachedValue),
+		newAuth:    make(chan *api.SecretAuth, 1),
+		done:       make(chan struct{}),
 	}
 	if v.log == nil {
 		v.log = slog.New(slog.DiscardHandler)
@@ -180,10 +199,10 @@ func NewVault(ctx context.Context, opts VaultOptions) (*Vault, error) {
 
 	var auth *api.SecretAuth
 	if v.appRole != nil {
-		if auth, err = v.doLogin(ctx); err != nil {
+		if auth, err = v.doLogin(ctx, v.appRole.SecretID); err != nil {
 			return nil, err
 		}
-	} else if auth, err = v.lookupToken(ctx); err != nil {
+	} else if auth, err = v.lookupToken(ctx, v.client); err != nil {
 		return nil, err
 	}
 	runCtx, stop := context.WithCancel(context.Background())
@@ -360,14 +379,15 @@ func checkVaultPath(p string) error {
 }
 
 // read returns the data of the secret at path, nil if there is none. With
-// an AppRole, a read denied because the token died meanwhile (the machine
-// slept past its TTL, someone revoked it) logs in again and retries once.
+// an AppRole, or a token its Credential can read again, a read denied
+// because the token died meanwhile (the machine slept past its TTL,
+// someone revoked it) gets a new token and retries once.
 func (v *Vault) read(ctx context.Context, ref Ref, path string) (map[string]any, error) {
 	gen := v.gen.Load()
 	sec, err := v.readOnce(ctx, path)
-	if err != nil && v.appRole != nil && isDenied(err) && !v.tokenAlive(ctx) {
+	if err != nil && (v.appRole != nil || v.credential != nil) && isDenied(err) && !v.tokenAlive(ctx) {
 		if lerr := v.relogin(ctx, gen); lerr != nil {
-			v.log.Warn("vault login after a denied read failed", "ref", ref.String(), "error", lerr.Error())
+			v.log.Warn("getting a new vault token after a denied read failed", "ref", ref.String(), "error", lerr.Error())
 		} else {
 			sec, err = v.readOnce(ctx, path)
 		}
@@ -522,19 +542,19 @@ func (v *Vault) describe(err error) string {
 	return fmt.Sprintf("cannot reach Vault at %s: %v", v.addr, err)
 }
 
-// lookupToken checks the configured token and learns whether and how it
-// can be renewed.
-func (v *Vault) lookupToken(ctx context.Context) (*api.SecretAuth, error) {
+// lookupToken checks the token of c and learns whether and how it can be
+// renewed.
+func (v *Vault) lookupToken(ctx context.Context, c *api.Client) (*api.SecretAuth, error) {
 	ctx, cancel := context.WithTimeout(ctx, v.timeout)
 	defer cancel()
-	sec, err := v.client.Auth().Token().LookupSelfWithContext(ctx)
+	sec, err := c.Auth().Token().LookupSelfWithContext(ctx)
 	if err != nil {
 		if isDenied(err) {
 			return nil, &vaultError{err: err, msg: fmt.Sprintf("vault token was rejected by Vault at %s (expired, revoked or not a token of this Vault)", v.addr)}
 		}
 		return nil, &vaultError{err: err, msg: "vault token lookup: " + v.describe(err)}
 	}
-	auth := &api.SecretAuth{ClientToken: v.client.Token()}
+	auth := &api.SecretAuth{ClientToken: c.Token()}
 	if sec != nil {
 		ttl, _ := sec.TokenTTL()
 		auth.LeaseDuration = int(ttl / time.Second)
@@ -543,13 +563,14 @@ func (v *Vault) lookupToken(ctx context.Context) (*api.SecretAuth, error) {
 	return auth, nil
 }
 
-// doLogin logs in with the AppRole and makes the new token current.
-func (v *Vault) doLogin(ctx context.Context) (*api.SecretAuth, error) {
+// doLogin logs in with the AppRole and secretID and makes the new token
+// current.
+func (v *Vault) doLogin(ctx context.Context, secretID Secret) (*api.SecretAuth, error) {
 	ctx, cancel := context.WithTimeout(ctx, v.timeout)
 	defer cancel()
 	sec, err := v.login.Logical().WriteWithContext(ctx, "auth/"+v.appRole.Mount+"/login", map[string]any{
 		"role_id":   v.appRole.RoleID,
-		"secret_id": v.appRole.SecretID.Reveal(),
+		"secret_id": secretID.Reveal(),
 	})
 	if err != nil {
 		return nil, &vaultError{err: err, msg: "vault AppRole login: " + v.describe(err)}
@@ -563,13 +584,78 @@ func (v *Vault) doLogin(ctx context.Context) (*api.SecretAuth, error) {
 	return sec.Auth, nil
 }
 
-// relogin logs in again unless someone has since the caller's read, which
-// began at login generation gen, and hands the token to the renewal loop.
+// reauth gets a new token and makes it current: an AppRole login with the
+// secret ID as Credential reads it now, or the token Credential reads now
+// if it is another. The caller holds loginMu.
+func (v *Vault) reauth(ctx context.Context) (*api.SecretAuth, error) {
+	auth, err := v.newToken(ctx)
+	if err != nil {
+		v.loginErr, v.loginFailed = err, time.Now()
+		return nil, err
+	}
+	v.loginErr = nil
+	return auth, nil
+}
+
+func (v *Vault) newToken(ctx context.Context) (*api.SecretAuth, error) {
+	if v.appRole != nil {
+		id := v.appRole.SecretID
+		if v.credential != nil {
+			var err error
+			if id, err = v.readCredential(ctx, "AppRole secret ID"); err != nil {
+				return nil, err
+			}
+		}
+		return v.doLogin(ctx, id)
+	}
+	if v.credential == nil {
+		return nil, errors.New("vault token can no longer be used, and there is no way to read it again")
+	}
+	tok, err := v.readCredential(ctx, "token")
+	if err != nil {
+		return nil, err
+	}
+	if tok.Reveal() == v.client.Token() {
+		return nil, errors.New("vault token: its source still holds the token that can no longer be renewed or is refused; waiting for a new one")
+	}
+	c, err := v.client.Clone()
+	if err != nil {
+		return nil, fmt.Errorf("vault client for %s: %w", v.addr, err)
+	}
+	c.SetToken(tok.Reveal())
+	auth, err := v.lookupToken(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	v.client.SetToken(tok.Reveal())
+	v.gen.Add(1)
+	v.log.Info("vault token read again from its source", "ttl", time.Duration(auth.LeaseDuration)*time.Second, "renewable", auth.Renewable)
+	return auth, nil
+}
+
+// readCredential reads the token or secret ID (what) with Credential.
+func (v *Vault) readCredential(ctx context.Context, what string) (Secret, error) {
+	s, err := v.credential(ctx)
+	if err != nil {
+		return Secret{}, fmt.Errorf("reading the vault %s again: %w", what, err)
+	}
+	if s.Reveal() == "" {
+		return Secret{}, fmt.Errorf("reading the vault %s again: it is empty", what)
+	}
+	return s, nil
+}
+
+// relogin gets a new token unless someone has since the caller's read,
+// which began at login generation gen, or an attempt failed less than
+// reloginPause ago, and hands the token to the renewal loop.
 func (v *Vault) relogin(ctx context.Context, gen uint64) error {
 	v.loginMu.Lock()
 	defer v.loginMu.Unlock()
 	if v.gen.Load() != gen {
 		return nil
+	}
+	if v.loginErr != nil && time.Since(v.loginFailed) < reloginPause {
+		return fmt.Errorf("%w (not tried again within %s of that failure)", v.loginErr, reloginPause)
 	}
 	v.mu.Lock()
 	closed := v.closed
@@ -578,7 +664,7 @@ func (v *Vault) relogin(ctx context.Context, gen uint64) error {
 		// Close revokes the token it knows of; a later one would stay.
 		return errors.New("the vault source is closed")
 	}
-	auth, err := v.doLogin(ctx)
+	auth, err := v.reauth(ctx)
 	if err != nil {
 		return err
 	}
@@ -597,8 +683,8 @@ func (v *Vault) relogin(ctx context.Context, gen uint64) error {
 }
 
 // run keeps the token alive until ctx ends: it renews a renewable token,
-// and with an AppRole logs in again when the token cannot be renewed any
-// more or is about to expire.
+// and when the token cannot be renewed any more or is about to expire,
+// logs in again with an AppRole, or reads the token again with Credential.
 func (v *Vault) run(ctx context.Context, auth *api.SecretAuth) {
 	defer close(v.done)
 	for {
@@ -611,8 +697,11 @@ func (v *Vault) run(ctx context.Context, auth *api.SecretAuth) {
 			continue
 		}
 		if v.appRole == nil {
-			v.log.Warn("vault token can no longer be renewed; reads fail once it expires, until a new token is configured")
-			return
+			if v.credential == nil {
+				v.log.Warn("vault token can no longer be renewed; reads fail once it expires, until a new token is configured")
+				return
+			}
+			v.log.Info("vault token can no longer be renewed; reading it again from its source until it holds a new one")
 		}
 		if auth = v.loginRetry(ctx); auth == nil {
 			return
@@ -686,13 +775,19 @@ func (v *Vault) watch(ctx context.Context, auth *api.SecretAuth) *api.SecretAuth
 	}
 }
 
-// loginRetry logs in with the AppRole until it succeeds or ctx ends (nil),
-// backing off from one second to one minute between attempts.
+// loginRetry gets a new token until it succeeds, a read gets one, or ctx
+// ends (nil), backing off from one second to one minute between attempts.
 func (v *Vault) loginRetry(ctx context.Context) *api.SecretAuth {
 	wait := time.Second
 	for {
 		v.loginMu.Lock()
-		auth, err := v.doLogin(ctx)
+		var auth *api.SecretAuth
+		var err error
+		select {
+		case auth = <-v.newAuth: // relogin sends holding loginMu
+		default:
+			auth, err = v.reauth(ctx)
+		}
 		v.loginMu.Unlock()
 		if err == nil {
 			return auth
@@ -700,12 +795,15 @@ func (v *Vault) loginRetry(ctx context.Context) *api.SecretAuth {
 		if ctx.Err() != nil {
 			return nil
 		}
-		v.log.Warn("vault login failed; retrying", "error", err.Error(), "retry_in", wait)
+		v.log.Warn("getting a new vault token failed; retrying", "error", err.Error(), "retry_in", wait)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return nil
+		case auth := <-v.newAuth:
+			t.Stop()
+			return auth
 		case <-t.C:
 		}
 		wait = min(2*wait, time.Minute)
@@ -714,7 +812,8 @@ func (v *Vault) loginRetry(ctx context.Context) *api.SecretAuth {
 
 // Close stops token renewal, drops the cache and, for an AppRole, revokes
 // the token it logged in with, since nothing will use it again. A token
-// given in the options is left alone: it belongs to whoever made it.
+// given in the options, or read with Credential, is left alone: it belongs
+// to whoever made it.
 func (v *Vault) Close() error {
 	v.mu.Lock()
 	if v.closed {

@@ -11,6 +11,8 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -531,6 +533,145 @@ func TestVaultAppRoleRelogin(t *testing.T) {
 	}
 	if n := strings.Count(logs.String(), "renewed vault token"); n < 1 {
 		t.Errorf("token never renewed:\n%s", logs.String())
+	}
+}
+
+// writeSecretFile replaces the file at path with one holding value, as an
+// orchestrator or a Vault Agent sink does: whole, in one rename.
+func writeSecretFile(t *testing.T, path, value string) {
+	t.Helper()
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, []byte(value+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fileCredential reads the credential from path as a file: reference.
+func fileCredential(t *testing.T, path string) func(context.Context) (Secret, error) {
+	ref := mustRef(t, "file:"+path)
+	src := NewDefault(nil)
+	return func(ctx context.Context) (Secret, error) { return src.Resolve(ctx, ref) }
+}
+
+// TestVaultAppRoleSecretIDRotation rotates the AppRole secret ID in its
+// file and destroys the old one while the source runs, with tokens that
+// live at most 3 s: the logins after that must use the new secret ID.
+func TestVaultAppRoleSecretIDRotation(t *testing.T) {
+	t.Parallel()
+	srv := vaulttest.Start(t)
+	srv.PutKV(t, "amg/notion", map[string]any{"token": "v1"})
+	roleID, secretID := srv.SetupAppRole(t, vaulttest.AppRole{
+		Name: "rotated", Paths: []string{"kv/data/amg/*"}, TokenTTL: 2 * time.Second, TokenMaxTTL: 3 * time.Second,
+	})
+	path := filepath.Join(t.TempDir(), "secret_id")
+	writeSecretFile(t, path, secretID)
+	var logs logBuffer
+	clock := newFakeClock()
+	v := newTestVault(t, VaultOptions{
+		Address:    srv.Addr,
+		AppRole:    &VaultAppRole{RoleID: roleID, SecretID: New(secretID)},
+		Credential: fileCredential(t, path),
+		Logger:     logs.logger(),
+		Now:        clock.Now,
+	})
+	checkAlive(t, srv, v, clock, time.Second)
+
+	writeSecretFile(t, path, srv.NewSecretID(t, "rotated"))
+	srv.DestroySecretID(t, "rotated", secretID)
+	// Past the end of the token the first login made, and of the one
+	// after it: both logins must have read the new secret ID.
+	logins := func() int { return strings.Count(logs.String(), "logged in to Vault with AppRole") }
+	for end := time.Now().Add(15 * time.Second); logins() < 3 && time.Now().Before(end); {
+		checkAlive(t, srv, v, clock, time.Second)
+	}
+	if n := logins(); n < 3 {
+		t.Errorf("%d AppRole logins, want at least 3 (the first and two with the rotated secret ID):\n%s", n, logs.String())
+	}
+	if strings.Contains(logs.String(), "getting a new vault token") {
+		t.Errorf("a login failed:\n%s", logs.String())
+	}
+}
+
+// TestVaultTokenReread gives a token that cannot be renewed and lives 3 s,
+// from a file that is then rewritten with another, as a Vault Agent sink
+// is: the source must go on to the new token before the old one ends.
+func TestVaultTokenReread(t *testing.T) {
+	t.Parallel()
+	srv := vaulttest.Start(t)
+	srv.PutKV(t, "amg/notion", map[string]any{"token": "v1"})
+	srv.Policy(t, "amg-read", "kv/data/amg/*")
+	first := srv.Token(t, vaulttest.TokenOptions{Policies: []string{"amg-read"}, TTL: 3 * time.Second, NotRenewable: true})
+	path := filepath.Join(t.TempDir(), "token")
+	writeSecretFile(t, path, first)
+	var logs logBuffer
+	clock := newFakeClock()
+	v := newTestVault(t, VaultOptions{
+		Address:    srv.Addr,
+		Token:      New(first),
+		Credential: fileCredential(t, path),
+		Logger:     logs.logger(),
+		Now:        clock.Now,
+	})
+	second := srv.Token(t, vaulttest.TokenOptions{Policies: []string{"amg-read"}, TTL: time.Hour})
+	writeSecretFile(t, path, second)
+	checkAlive(t, srv, v, clock, 5*time.Second)
+	if v.client.Token() != second {
+		t.Errorf("the source does not use the token its file holds now:\n%s", logs.String())
+	}
+	// Close leaves a token it read alone.
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Client(t).Auth().Token().Lookup(second); err != nil {
+		t.Errorf("Close revoked the token read from the file: %v", err)
+	}
+}
+
+// TestVaultReloginPause revokes an AppRole token while the secret ID can
+// no longer be read: reads denied one after another try one login, not
+// one each.
+func TestVaultReloginPause(t *testing.T) {
+	t.Parallel()
+	srv := vaulttest.Start(t)
+	srv.PutKV(t, "amg/notion", map[string]any{"token": "v1"})
+	roleID, secretID := srv.SetupAppRole(t, vaulttest.AppRole{Name: "paused", Paths: []string{"kv/data/amg/*"}, TokenTTL: time.Hour})
+	var reads atomic.Int32
+	var logs logBuffer
+	clock := newFakeClock()
+	v := newTestVault(t, VaultOptions{
+		Address: srv.Addr,
+		AppRole: &VaultAppRole{RoleID: roleID, SecretID: New(secretID)},
+		Credential: func(context.Context) (Secret, error) {
+			reads.Add(1)
+			return Secret{}, errors.New("file:/run/secrets/secret_id does not exist")
+		},
+		Logger: logs.logger(),
+		Now:    clock.Now,
+	})
+	// The renewal loop renews once at start, then not for most of an
+	// hour: it will not notice the revocation.
+	for end := time.Now().Add(10 * time.Second); !strings.Contains(logs.String(), "renewed vault token") && time.Now().Before(end); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := srv.Client(t).Auth().Token().RevokeOrphan(v.client.Token()); err != nil {
+		t.Fatal(err)
+	}
+	const n = 10
+	for i := range n {
+		clock.Advance(DefaultVaultCacheTTL)
+		_, err := v.Resolve(context.Background(), mustRef(t, "vault:kv/data/amg/notion#token"))
+		if err == nil || !strings.Contains(err.Error(), "denied reading kv/data/amg/notion") {
+			t.Errorf("read %d with the token revoked: %v", i, err)
+		}
+	}
+	if got := reads.Load(); got != 1 {
+		t.Errorf("%d denied reads read the secret ID %d times, want 1", n, got)
+	}
+	if !strings.Contains(logs.String(), "not tried again within 5s of that failure") {
+		t.Errorf("logs do not say the login was not tried again:\n%s", logs.String())
 	}
 }
 

@@ -308,15 +308,34 @@ func (s *Server) SetupAppRole(t testing.TB, r AppRole) (roleID, secretID string)
 		t.Fatalf("vaulttest: reading role ID of %s: %v", r.Name, err)
 	}
 	roleID, _ = sec.Data["role_id"].(string)
-	sec, err = c.Logical().Write(base+"/secret-id", nil)
+	if roleID == "" {
+		t.Fatalf("vaulttest: role %s: Vault returned no role ID", r.Name)
+	}
+	return roleID, s.NewSecretID(t, r.Name)
+}
+
+// NewSecretID creates another secret ID of the AppRole role, as an
+// operator rotating it would.
+func (s *Server) NewSecretID(t testing.TB, role string) string {
+	t.Helper()
+	sec, err := s.Client(t).Logical().Write("auth/approle/role/"+role+"/secret-id", nil)
 	if err != nil || sec == nil {
-		t.Fatalf("vaulttest: creating secret ID of %s: %v", r.Name, err)
+		t.Fatalf("vaulttest: creating secret ID of %s: %v", role, err)
 	}
-	secretID, _ = sec.Data["secret_id"].(string)
-	if roleID == "" || secretID == "" {
-		t.Fatalf("vaulttest: role %s: Vault returned no role ID or secret ID", r.Name)
+	id, _ := sec.Data["secret_id"].(string)
+	if id == "" {
+		t.Fatalf("vaulttest: role %s: Vault returned no secret ID", role)
 	}
-	return roleID, secretID
+	return id
+}
+
+// DestroySecretID destroys the secret ID id of the AppRole role: logins
+// with it fail from then on.
+func (s *Server) DestroySecretID(t testing.TB, role, id string) {
+	t.Helper()
+	if _, err := s.Client(t).Logical().Write("auth/approle/role/"+role+"/secret-id/destroy", map[string]any{"secret_id": id}); err != nil {
+		t.Fatalf("vaulttest: destroying a secret ID of %s: %v", role, err)
+	}
 }
 
 func seconds(d time.Duration) string {
