@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -25,6 +26,7 @@ import (
 	"github.com/amgateway/amg/internal/audit/audittest"
 	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/ratelimit"
+	"github.com/amgateway/amg/internal/replay"
 	"github.com/amgateway/amg/internal/shadow"
 	"github.com/amgateway/amg/internal/tokens"
 )
@@ -66,8 +68,12 @@ servers:
       - name: get_pages
         constraints:
           workspace_id: { eq: "ws_abc123" }
+      - name: delete_page
     prompts:
       - name: summarize
+approvals:
+  - match: "delete*"
+    require: human
 `
 
 // lockedWriter serialises writes from concurrent handlers.
@@ -106,6 +112,7 @@ func (failingLimiter) Allow(context.Context, string, *policy.RateLimit) (ratelim
 type env struct {
 	client  authv3.AuthorizationClient
 	srv     *Server // the same server, called in process
+	set     *policy.Set
 	audit   *audittest.Recorder
 	signer  *Signer
 	store   *tokens.MemoryStore
@@ -128,7 +135,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{audit: &audittest.Recorder{}, store: tokens.NewMemoryStore(), shadow: shadow.NewMemory(), tokens: map[string]string{},
+	e := &env{set: set, audit: &audittest.Recorder{}, store: tokens.NewMemoryStore(), shadow: shadow.NewMemory(), tokens: map[string]string{},
 		now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
 	clock := func() time.Time { return e.now }
 	e.auth = tokens.NewAuthenticator(e.store, &tokens.AuthOptions{Now: clock, CacheTTL: -1})
@@ -608,6 +615,74 @@ func TestBatches(t *testing.T) {
 	d = denied(t, e.check(t, "bot-1", v2025, "["+good+","+toolCall(2, "notion__delete_page", `{"page_id":"pg_1"}`)+"]"))
 	if err := json.Unmarshal([]byte(d.body), &rs); err != nil || rs[1].Error.Message != "calls that need approval cannot be sent in a batch" {
 		t.Errorf("batch with an approval: %s", d.body)
+	}
+}
+
+// A shadow-mode role's batch is allowed, and recorded and counted as
+// enforce mode would decide it: as a whole. Replay reads the records
+// back: against the same policy nothing changes, and against the role in
+// enforce mode the batches it would refuse are denied.
+func TestShadowBatches(t *testing.T) {
+	e := newEnv(t)
+	v2025 := map[string]string{"mcp-protocol-version": "2025-03-26"}
+	good := toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`)
+	for _, other := range []string{
+		toolCall(2, "notion__drop_db", `{}`),
+		toolCall(2, "notion__delete_page", `{}`),
+		toolCall(2, "notion__get_pages", `{"workspace_id":"ws_abc123"}`),
+	} {
+		if h, _ := okHeaders(t, e.check(t, "bot-2", v2025, "["+good+","+other+"]")); h[HeaderVerdict] != "allow" {
+			t.Fatalf("shadow role's batch: verdict header %q", h[HeaderVerdict])
+		}
+	}
+	// A name that does not parse is denied in shadow mode too, and with it
+	// the batch.
+	denied(t, e.check(t, "bot-2", v2025, "["+good+","+toolCall(2, "get_pages", `{}`)+"]"))
+	type recorded struct{ Tool, Verdict, ShadowVerdict, Code, Reason string }
+	var got []recorded
+	for _, rec := range e.audit.All() {
+		got = append(got, recorded{rec.Tool, rec.Verdict, rec.ShadowVerdict, rec.Code, rec.Reason})
+	}
+	want := []recorded{
+		{"get_pages", "allow", "deny", "batch_denied", "another call in the same batch was denied"},
+		{"drop_db", "allow", "deny", "not_granted", `tool "notion__drop_db" is not granted to role "trial"`},
+		{"get_pages", "allow", "deny", "batch_denied", "another call in the same batch was denied"},
+		{"delete_page", "allow", "deny", "batch_denied", "calls that need approval cannot be sent in a batch"},
+		{"get_pages", "allow", "allow", "allowed", ""},
+		{"get_pages", "allow", "allow", "allowed", ""},
+		{"get_pages", "deny", "deny", "batch_denied", "another call in the same batch was denied"},
+		{"", "deny", "", "invalid_name", `tool name "get_pages" has no server prefix; expected server__tool`},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("audit records (-want +got):\n%s", diff)
+	}
+	counts, _ := e.shadow.Counts(context.Background(), e.now, e.now)
+	if diff := cmp.Diff([]shadow.Count{{Role: "trial", Day: "2026-11-25", N: 5, Calls: 7}}, counts); diff != "" {
+		t.Errorf("shadow counts (-want +got):\n%s", diff)
+	}
+
+	rep := replay.Replay(slices.Values(e.audit.All()), e.set, nil)
+	if diff := cmp.Diff(map[replay.Key]*replay.Counts{
+		{Role: "trial", Tool: "notion__get_pages"}:   {Unchanged: 5},
+		{Role: "trial", Tool: "notion__drop_db"}:     {Unchanged: 1},
+		{Role: "trial", Tool: "notion__delete_page"}: {Unchanged: 1},
+	}, rep.Counts); diff != "" {
+		t.Errorf("replay against the same policy (-want +got):\n%s", diff)
+	}
+	enforced, err := policy.Compile([]policy.File{
+		{Name: "reader.yaml", Data: []byte(testPolicy)},
+		{Name: "trial.yaml", Data: []byte(strings.Replace(shadowPolicy, "mode: shadow", "mode: enforce", 1))},
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep = replay.Replay(slices.Values(e.audit.All()), enforced, nil)
+	if diff := cmp.Diff(map[replay.Key]*replay.Counts{
+		{Role: "trial", Tool: "notion__get_pages"}:   {AllowToDeny: 2, Unchanged: 3},
+		{Role: "trial", Tool: "notion__drop_db"}:     {AllowToDeny: 1},
+		{Role: "trial", Tool: "notion__delete_page"}: {AllowToDeny: 1},
+	}, rep.Counts); diff != "" {
+		t.Errorf("replay against the role in enforce mode (-want +got):\n%s", diff)
 	}
 }
 

@@ -277,25 +277,60 @@ func (c *call) applyRateLimits(outs []outcome) *authv3.CheckResponse {
 	return nil
 }
 
+// Reasons of the batch rule.
+const (
+	reasonBatchApproval = "calls that need approval cannot be sent in a batch"
+	reasonBatchDenied   = "another call in the same batch was denied"
+)
+
 // denyBatch applies the batch rule: one denied element denies the batch,
 // and calls that need approval cannot be parked from inside a batch.
 func denyBatch(outs []outcome) {
 	denied := false
 	for i := range outs {
 		if outs[i].verdict == decision.NeedsApproval {
-			outs[i].verdict, outs[i].code = decision.Deny, CodeBatchDenied
-			outs[i].reason = "calls that need approval cannot be sent in a batch"
+			outs[i].verdict, outs[i].code, outs[i].reason = decision.Deny, CodeBatchDenied, reasonBatchApproval
 		}
 		denied = denied || outs[i].verdict == decision.Deny
+	}
+	if denied {
+		for i := range outs {
+			if outs[i].verdict != decision.Deny {
+				outs[i].verdict, outs[i].code, outs[i].reason = decision.Deny, CodeBatchDenied, reasonBatchDenied
+			}
+		}
+	}
+	shadowBatch(outs)
+}
+
+// shadowBatch applies the batch rule to the shadow verdicts, after the
+// enforced ones: a shadow-mode role's calls are recorded and counted as
+// enforce mode would decide the batch. A call the batch rule denied for
+// real keeps the code and reason its agent was given.
+func shadowBatch(outs []outcome) {
+	denied := false
+	for i := range outs {
+		v := outs[i].verdict
+		if outs[i].res.Shadow {
+			v = outs[i].res.ShadowVerdict
+		}
+		denied = denied || v == decision.Deny || v == decision.NeedsApproval
 	}
 	if !denied {
 		return
 	}
 	for i := range outs {
-		if outs[i].verdict != decision.Deny {
-			outs[i].verdict, outs[i].code = decision.Deny, CodeBatchDenied
-			outs[i].reason = "another call in the same batch was denied"
+		o := &outs[i]
+		if !o.res.Shadow || o.res.ShadowVerdict == decision.Deny {
+			continue
 		}
+		if o.verdict != decision.Deny {
+			o.code, o.reason = CodeBatchDenied, reasonBatchDenied
+			if o.res.ShadowVerdict == decision.NeedsApproval {
+				o.reason = reasonBatchApproval
+			}
+		}
+		o.res.ShadowVerdict = decision.Deny
 	}
 }
 

@@ -26,7 +26,9 @@
 // gathers them (not the broker's records of the same decision, written
 // later), evaluates each call against the new set, applies the same rule,
 // and compares each call's verdict with the recorded one: deny for a
-// batch_denied call, whose own verdict was not recorded. Of the other
+// batch_denied call, whose own verdict was not recorded, or allow for one
+// of a role in shadow mode (authz applies the rule to shadow verdicts too,
+// and records such a call allowed, with shadow verdict deny). Of the other
 // messages, a lifecycle message is allowed if the new policy defines its
 // role and denied if not, and an invalid name or a method the gateway
 // does not pass on is denied, whatever the policy. The
@@ -345,16 +347,23 @@ func batchDenied(verdicts []decision.Verdict) bool {
 
 // batchCall reports whether rec, a message of a batch, is a call replay
 // evaluates, and its kind and recorded enforced verdict: a decision of
-// the engine, or a call the batch rule denied.
+// the engine, or a call the batch rule denied (for a role in shadow mode,
+// an allowed call with shadow verdict deny).
 func batchCall(rec *audit.Record) (decision.Kind, decision.Verdict, bool) {
 	if kind, old, ok := replayable(rec); ok {
 		return kind, old, true
 	}
 	kind, ok := kinds[rec.Method]
-	if !ok || rec.Server == "" || rec.Code != codeBatchDenied || rec.Verdict != decision.Deny.String() {
+	if !ok || rec.Server == "" || rec.Code != codeBatchDenied {
 		return 0, 0, false
 	}
-	return kind, decision.Deny, true
+	switch {
+	case rec.Verdict == decision.Deny.String():
+		return kind, decision.Deny, true
+	case rec.Verdict == decision.Allow.String() && rec.ShadowVerdict == decision.Deny.String():
+		return kind, decision.Allow, true
+	}
+	return 0, 0, false
 }
 
 // otherVerdict is the verdict authz gives under set, before the batch

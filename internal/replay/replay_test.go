@@ -98,6 +98,13 @@ func tool(tool, verdict, code string, args json.RawMessage) audit.Record {
 	return rec("tools/call", tool, verdict, code, args)
 }
 
+// shadowDenied is r of a role in shadow mode that enforce mode would
+// have denied.
+func shadowDenied(r audit.Record) audit.Record {
+	r.ShadowVerdict = "deny"
+	return r
+}
+
 // edit returns base with old replaced by new.
 func edit(t *testing.T, old, new string) string {
 	t.Helper()
@@ -298,6 +305,23 @@ func TestReplay(t *testing.T) {
 		),
 		want:    Counts{DenyToAllow: 2},
 		changes: []decision.Verdict{decision.Allow, decision.Allow},
+	}, {
+		name:   "batch: a shadow role's batch enforce mode would deny, the role now enforced",
+		policy: base,
+		records: batch(
+			shadowDenied(tool("get_pages", "allow", "batch_denied", args(t, `{"workspace_id":"ws_a"}`))),
+			shadowDenied(tool("delete_page", "allow", "not_granted", nil)),
+		),
+		want:    Counts{AllowToDeny: 2},
+		changes: []decision.Verdict{decision.Deny, decision.Deny},
+	}, {
+		name:   "batch: a shadow role's batch enforce mode would deny, the role still in shadow mode",
+		policy: strings.Replace(base, "role: dev\n", "role: dev\nmode: shadow\n", 1),
+		records: batch(
+			shadowDenied(tool("get_pages", "allow", "batch_denied", args(t, `{"workspace_id":"ws_a"}`))),
+			shadowDenied(tool("delete_page", "allow", "not_granted", nil)),
+		),
+		want: Counts{Unchanged: 2},
 	}, {
 		name:   "batch: undecidable as a whole when a call is",
 		policy: edit(t, "lte: 100", "lte: 40"),
