@@ -18,6 +18,7 @@ import (
 func newReplayCmd() *cobra.Command {
 	var auditFile, redisAddr, policyDir, catalog string
 	var servers []string
+	var allowUndecidable bool
 	cmd := &cobra.Command{
 		Use:   "replay (--audit FILE | --redis ADDR) --policy DIR",
 		Short: "Show which recorded decisions another policy would change",
@@ -30,18 +31,25 @@ there (the latest of all replicas, as the console replays them) instead.
 Only decisions of the policy engine on tools/call, prompts/get and
 resources/read (or subscribe) are replayed. Lifecycle records, the broker's
 records (upstream outcomes, approval steps) and outcomes the policy did not
-decide (rate limits, batches, authentication) are skipped. The new enforced
-verdict is compared with the recorded one: for a role in shadow mode both are
-allow. Rate limits are not replayed.
+decide (rate limits, authentication) are skipped. A JSON-RPC batch is
+replayed as a whole, as authz decides it. The new enforced verdict is
+compared with the recorded one: for a role in shadow mode both are allow.
+Rate limits are not replayed.
 
 A decision that depends on a redacted argument, on arguments that were not
 recorded, or on tool annotations not known (see --catalog) is counted as
-undecidable, never guessed.
+undecidable, never guessed; the last line says how many could not be decided,
+and the exit status sets them apart from decisions that would not change.
 
 --servers and --catalog are as for "amg policy validate"; the catalogue also
 gives the tool annotations that approval rules match.
 
-Exits 0 when no decision would change, 1 when some would, 2 on errors.`,
+Exit status:
+  0  no decision would change, and every one could be decided
+  1  some decision would change
+  2  an error: nothing was replayed, or not all of it
+  3  no decided decision would change, but some could not be decided; with
+     --allow-undecidable this is 0 instead`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if err := cobra.NoArgs(cmd, args); err != nil {
 				return replayFailed(cmd, err)
@@ -49,7 +57,7 @@ Exits 0 when no decision would change, 1 when some would, 2 on errors.`,
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			err := runReplay(cmd, auditFile, redisAddr, policyDir, catalog, servers)
+			err := runReplay(cmd, auditFile, redisAddr, policyDir, catalog, servers, allowUndecidable)
 			var exit exitError
 			if err != nil && !errors.As(err, &exit) {
 				return replayFailed(cmd, err)
@@ -63,18 +71,20 @@ Exits 0 when no decision would change, 1 when some would, 2 on errors.`,
 	cmd.Flags().StringVar(&policyDir, "policy", "", "directory of role files to replay against (required)")
 	cmd.Flags().StringSliceVar(&servers, "servers", nil, "upstream server names the gateway knows (comma-separated)")
 	cmd.Flags().StringVar(&catalog, "catalog", "", "JSON file with each server's tools/list tools, to check grants against and take annotations from")
+	cmd.Flags().BoolVar(&allowUndecidable, "allow-undecidable", false, "exit 0, not 3, when no decided decision would change but some could not be decided")
 	return cmd
 }
 
 // replayFailed reports err and returns exit status 2. Every failure of
 // replay, usage errors included, goes through it: exit 1 is reserved for
-// "some decision would change", which CI gates act on.
+// "some decision would change" and 3 for "some could not be decided",
+// which CI gates act on.
 func replayFailed(cmd *cobra.Command, err error) error {
 	fmt.Fprintln(cmd.ErrOrStderr(), "amg:", err)
 	return exitError{code: 2}
 }
 
-func runReplay(cmd *cobra.Command, auditFile, redisAddr, policyDir, catalog string, servers []string) error {
+func runReplay(cmd *cobra.Command, auditFile, redisAddr, policyDir, catalog string, servers []string, allowUndecidable bool) error {
 	if (auditFile == "") == (redisAddr == "") || policyDir == "" {
 		return errors.New("--policy and one of --audit or --redis are required")
 	}
@@ -125,8 +135,11 @@ func runReplay(cmd *cobra.Command, auditFile, redisAddr, policyDir, catalog stri
 		return readErr
 	}
 	printReplay(cmd.OutOrStdout(), &rep)
-	if len(rep.Changes) > 0 {
+	switch {
+	case len(rep.Changes) > 0:
 		return exitError{code: 1}
+	case rep.Undecidable() > 0 && !allowUndecidable:
+		return exitError{code: 3}
 	}
 	return nil
 }
@@ -157,11 +170,7 @@ func printReplay(w io.Writer, rep *replay.Report) {
 	}
 	summary := fmt.Sprintf("%d decision%s replayed, %d undecidable, %d other record%s skipped",
 		rep.Replayed, plural(rep.Replayed), rep.Undecidable(), rep.Skipped, plural(rep.Skipped))
-	if n := len(rep.Changes); n > 0 {
-		fmt.Fprintf(w, "%d decision%s would change (%s)\n", n, plural(n), summary)
-	} else {
-		fmt.Fprintf(w, "no decision would change (%s)\n", summary)
-	}
+	fmt.Fprintf(w, "%s (%s)\n", rep.Outcome(), summary)
 }
 
 func orDash(s string) string {

@@ -92,22 +92,56 @@ ROLE  TOOL                 UNCHANGED  ALLOW->DENY  DENY->ALLOW  ->NEEDS_APPROVAL
 dev   notion__delete_page  0          0            1            0                 0                      0                     0
 dev   notion__get_pages    1          1            0            0                 0                      0                     1
 
-2 decisions would change (4 decisions replayed, 1 undecidable, 2 other records skipped)
+2 decisions would change, and 1 could not be decided (4 decisions replayed, 1 undecidable, 2 other records skipped)
 `
 	if diff := cmp.Diff(want, stdout); diff != "" {
 		t.Errorf("stdout (-want +got):\n%s", diff)
 	}
 }
 
+// The exit status tells "nothing would change" from "some decisions could
+// not be decided": a CI gate must not pass a policy whose effect replay
+// could not tell.
 func TestReplayNoChange(t *testing.T) {
 	log := writeReplayAudit(t)
-	code, stdout, stderr := runCLI(t, "replay", "--audit", log, "--policy", writePolicyDir(t, replayPolicy))
-	if code != 0 || stderr != "" {
-		t.Fatalf("exit %d, stderr:\n%s", code, stderr)
-	}
-	lines := strings.Split(strings.TrimSuffix(stdout, "\n"), "\n")
-	if last := lines[len(lines)-1]; last != "no decision would change (4 decisions replayed, 1 undecidable, 2 other records skipped)" {
-		t.Errorf("stdout:\n%s", stdout)
+	tests := []struct {
+		name   string
+		policy string
+		flags  []string
+		code   int
+		last   string
+	}{{
+		name:   "every decision decided",
+		policy: strings.Replace(replayPolicy, "limit: { lte: 100, optional: true }", "limit: { optional: true }", 1),
+		last:   "no decision would change (4 decisions replayed, 0 undecidable, 2 other records skipped)",
+	}, {
+		name:   "a redacted argument the policy constrains",
+		policy: replayPolicy,
+		code:   3,
+		last:   "1 decision could not be decided; none of the 3 others would change (4 decisions replayed, 1 undecidable, 2 other records skipped)",
+	}, {
+		name:   "a redacted argument the policy constrains, undecidable allowed",
+		policy: replayPolicy,
+		flags:  []string{"--allow-undecidable"},
+		last:   "1 decision could not be decided; none of the 3 others would change (4 decisions replayed, 1 undecidable, 2 other records skipped)",
+	}, {
+		name:   "a CEL condition over redacted arguments",
+		policy: replayPolicy + "        cel: 'args.workspace_id != \"ws_z\"'\n",
+		code:   3,
+		last:   "2 decisions could not be decided; none of the 2 others would change (4 decisions replayed, 2 undecidable, 2 other records skipped)",
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append([]string{"replay", "--audit", log, "--policy", writePolicyDir(t, tt.policy)}, tt.flags...)
+			code, stdout, stderr := runCLI(t, args...)
+			if code != tt.code || stderr != "" {
+				t.Fatalf("exit %d, want %d; stderr:\n%s", code, tt.code, stderr)
+			}
+			lines := strings.Split(strings.TrimSuffix(stdout, "\n"), "\n")
+			if last := lines[len(lines)-1]; last != tt.last {
+				t.Errorf("last line %q, want %q; stdout:\n%s", last, tt.last, stdout)
+			}
+		})
 	}
 }
 
@@ -179,7 +213,7 @@ func TestReplayTornLastLine(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	code, stdout, stderr := runCLI(t, "replay", "--audit", log, "--policy", writePolicyDir(t, replayPolicy))
+	code, stdout, stderr := runCLI(t, "replay", "--audit", log, "--policy", writePolicyDir(t, replayPolicy), "--allow-undecidable")
 	if code != 0 || stderr != "warning: "+log+":7: skipped an incomplete last line\n" || !strings.HasPrefix(stdout, "ROLE") {
 		t.Errorf("exit %d, stdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 	}

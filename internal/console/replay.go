@@ -26,6 +26,7 @@ type replayData struct {
 	Source   string
 	Problems []string
 	Report   *replay.Report
+	Outcome  string // the report's outcome, as a sentence
 	Rows     []replayCount
 	Changes  []replay.Change
 	Hidden   int // changes not listed
@@ -92,6 +93,8 @@ func (c *Console) replay(w http.ResponseWriter, r *http.Request, s *session) {
 		return
 	}
 	d.Report = &rep
+	outcome := rep.Outcome()
+	d.Outcome = strings.ToUpper(outcome[:1]) + outcome[1:]
 	for _, k := range rep.Keys() {
 		d.Rows = append(d.Rows, replayCount{Key: k, Counts: rep.Counts[k]})
 	}

@@ -73,7 +73,7 @@ func wantNewPolicyReport(t *testing.T, body, source string) {
 	if summary == nil {
 		t.Fatal("no summary")
 	}
-	if got := strings.Join(strings.Fields(regexp.MustCompile(`<[^>]+>`).ReplaceAllString(summary[1], "")), " "); got != "2 decision(s) would change: 5 replayed, 0 undecidable, 2 other records skipped." {
+	if got := strings.Join(strings.Fields(regexp.MustCompile(`<[^>]+>`).ReplaceAllString(summary[1], "")), " "); got != "2 decisions would change: 5 replayed, 0 undecidable, 2 other records skipped." {
 		t.Errorf("summary %q", got)
 	}
 	// Unchanged, allow→deny, deny→allow, →approval, approval→allow,
@@ -208,6 +208,27 @@ func TestReplayNeedsAMultipartForm(t *testing.T) {
 	}
 }
 
+// A decision replay could not decide is never taken for one that would
+// not change: the summary says how many could not be decided.
+func TestReplaySaysWhatItCouldNotDecide(t *testing.T) {
+	e := newEnv(t, nil)
+	undecidable := replayLog()[0]
+	undecidable.DecisionID, undecidable.Time = "r7", undecidable.Time.Add(time.Hour)
+	undecidable.Args = json.RawMessage(`"` + audit.Unencodable + `"`)
+	e.writeAudit(append(replayLog(), undecidable)...)
+	op := e.signIn("alice")
+	rec := e.upload(op, "/console/replay", nil, roleFiles()...)
+	wantStatus(t, rec, http.StatusOK)
+	body := rec.Body.String()
+	if !strings.Contains(body, "<strong>1 decision could not be decided; none of the 5 others would change</strong>") ||
+		strings.Contains(body, "No decision would change") {
+		t.Errorf("the summary does not say a decision could not be decided:\n%s", body)
+	}
+	if got := replayCounts(body)["dev notion__get_pages"]; got != "1 0 0 0 0 0 1" {
+		t.Errorf("counts of get_pages %q, want one unchanged, one undecidable", got)
+	}
+}
+
 func TestReplayEmptyLog(t *testing.T) {
 	e := newEnv(t, nil) // no audit log yet
 	op := e.signIn("alice")
@@ -233,7 +254,7 @@ func TestReplayListsAtMost200Changes(t *testing.T) {
 	if n := len(replayChangeRE.FindAllString(body, -1)); n != 200 {
 		t.Errorf("%d changes listed, want 200", n)
 	}
-	if !strings.Contains(body, "205 decision(s) would change") || !strings.Contains(body, "5 more changed decisions are not listed") {
+	if !strings.Contains(body, "205 decisions would change") || !strings.Contains(body, "5 more changed decisions are not listed") {
 		t.Error("the page does not count the changes it leaves out")
 	}
 	if got := replayCounts(body)["dev notion__search"]; got != "0 205 0 0 0 0 0" {

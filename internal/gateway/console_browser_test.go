@@ -225,7 +225,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		// The two parked calls of notion_editor were needs_approval;
 		// without the grant they would be denied. Nothing else changes.
 		i := slices.IndexFunc(events, func(ev browserEvent) bool { return ev.Event == "replayed" })
-		if i < 0 || !strings.HasPrefix(events[i].Summary, "2 decision(s) would change: 3 replayed, 0 undecidable") {
+		if i < 0 || !strings.HasPrefix(events[i].Summary, "2 decisions would change: 3 replayed, 0 undecidable") {
 			t.Errorf("replay events = %+v, want a summary of the 2 parked calls changed", events)
 		}
 	})

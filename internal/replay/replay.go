@@ -80,6 +80,7 @@ import (
 	"iter"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/amgateway/amg/internal/audit"
@@ -161,6 +162,36 @@ func (r *Report) Undecidable() int {
 		n += c.Undecidable
 	}
 	return n
+}
+
+// Outcome says in words what the replay found: how many decisions would
+// change, and how many could not be decided. It says that no decision
+// would change only when every one replayed was decided.
+func (r *Report) Outcome() string {
+	changed, undecidable := len(r.Changes), r.Undecidable()
+	switch {
+	case changed > 0 && undecidable > 0:
+		return nDecisions(changed) + " would change, and " + strconv.Itoa(undecidable) + " could not be decided"
+	case changed > 0:
+		return nDecisions(changed) + " would change"
+	case undecidable == 0:
+		return "no decision would change"
+	}
+	switch decided := r.Replayed - undecidable; decided {
+	case 0:
+		return nDecisions(undecidable) + " could not be decided, and no other was replayed"
+	case 1:
+		return nDecisions(undecidable) + " could not be decided; the other would not change"
+	default:
+		return nDecisions(undecidable) + " could not be decided; none of the " + strconv.Itoa(decided) + " others would change"
+	}
+}
+
+func nDecisions(n int) string {
+	if n == 1 {
+		return "1 decision"
+	}
+	return strconv.Itoa(n) + " decisions"
 }
 
 // Keys returns the keys of Counts, sorted by role then tool.

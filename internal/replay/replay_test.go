@@ -484,6 +484,29 @@ func TestReplayReport(t *testing.T) {
 	}
 }
 
+// Outcome never says that nothing would change while some decisions could
+// not be decided.
+func TestReportOutcome(t *testing.T) {
+	tests := []struct {
+		replayed, changed, undecidable int
+		want                           string
+	}{
+		{0, 0, 0, "no decision would change"},
+		{3, 0, 0, "no decision would change"},
+		{3, 1, 0, "1 decision would change"},
+		{3, 2, 1, "2 decisions would change, and 1 could not be decided"},
+		{4, 0, 4, "4 decisions could not be decided, and no other was replayed"},
+		{2, 0, 1, "1 decision could not be decided; the other would not change"},
+		{5, 0, 2, "2 decisions could not be decided; none of the 3 others would change"},
+	}
+	for _, tt := range tests {
+		rep := Report{Replayed: tt.replayed, Changes: make([]Change, tt.changed), Counts: map[Key]*Counts{{"dev", "notion__get_pages"}: {Undecidable: tt.undecidable}}}
+		if got := rep.Outcome(); got != tt.want {
+			t.Errorf("%d replayed, %d changed, %d undecidable: %q, want %q", tt.replayed, tt.changed, tt.undecidable, got, tt.want)
+		}
+	}
+}
+
 // The records of a batch need not be next to each other: the records of
 // concurrent decisions come between them, and the broker's records of the
 // same decision come after, at a later time, and are not part of it.
