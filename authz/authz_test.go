@@ -686,6 +686,32 @@ func TestShadowBatches(t *testing.T) {
 	}
 }
 
+// Nothing bounds the messages of a batch below the body size: replay
+// gathers the records of a batch of 1,100 calls whole, and finds that the
+// policy that decided it decides it the same.
+func TestReplayOfALargeBatch(t *testing.T) {
+	e := newEnv(t)
+	calls := []string{toolCall(0, "notion__drop_db", `{}`)}
+	for i := 1; i < 1100; i++ {
+		calls = append(calls, toolCall(i, "notion__get_pages", `{"workspace_id":"ws_abc123"}`))
+	}
+	denied(t, e.check(t, "bot-1", map[string]string{"mcp-protocol-version": "2025-03-26"}, "["+strings.Join(calls, ",")+"]"))
+	recs := e.audit.All()
+	if len(recs) != 1100 || recs[1099].Code != string(CodeBatchDenied) {
+		t.Fatalf("%d audit records, the last %+v", len(recs), recs[len(recs)-1])
+	}
+	rep := replay.Replay(slices.Values(recs), e.set, nil)
+	if diff := cmp.Diff(map[replay.Key]*replay.Counts{
+		{Role: "reader", Tool: "notion__drop_db"}:   {Unchanged: 1},
+		{Role: "reader", Tool: "notion__get_pages"}: {Unchanged: 1099},
+	}, rep.Counts); diff != "" {
+		t.Errorf("replay against the same policy (-want +got):\n%s", diff)
+	}
+	if len(rep.Changes) != 0 || rep.Replayed != 1100 {
+		t.Errorf("%d replayed, %d changes; want 1100, none", rep.Replayed, len(rep.Changes))
+	}
+}
+
 func TestNonPostMethods(t *testing.T) {
 	e := newEnv(t)
 	auth := map[string]string{"authorization": "Bearer " + e.tokens["bot-1"]}

@@ -38,10 +38,11 @@
 // but replay does not), an internal error.
 //
 // The records of concurrent requests may come between those of one
-// request. They are gathered from the request's first record through the
-// next 1024 records of the same replica (gatherWindow); a record further
-// on is taken as another request's. A log that begins or ends inside a
-// batch holds only part of it, which replay cannot tell.
+// request. They are gathered for as long as each comes within 1024
+// records of the same replica (gatherWindow) of the request's latest one,
+// so a batch is gathered whole however many messages it has; a record
+// further on is taken as another request's. A log that begins or ends
+// inside a batch holds only part of it, which replay cannot tell.
 //
 // # What is compared
 //
@@ -231,10 +232,12 @@ func Replay(records iter.Seq[audit.Record], set *policy.Set, opts *Options) Repo
 	return r.rep
 }
 
-// gatherWindow is how many records of a replica, from the first record of
-// a request, may hold the request's other records. authz writes them one
-// after another as soon as it has decided: only the records of requests
-// decided at the same moment on the same replica come between them.
+// gatherWindow is how many records of a replica, after the latest record
+// of a request, may hold its next one. authz writes them one after
+// another as soon as it has decided: only the records of requests decided
+// at the same moment on the same replica come between them. The window
+// follows the request's latest record, not its first, since nothing
+// bounds the messages of a batch below the body size.
 const gatherWindow = 1024
 
 // requestKey identifies the records authz wrote for one request: it
@@ -246,10 +249,10 @@ type requestKey struct {
 
 // request is the records of one request gathered so far.
 type request struct {
-	key   requestKey
-	first int // the index of its first record among its replica's
-	at    int // and among all records
-	recs  []audit.Record
+	key  requestKey
+	last int // the index of its latest record among its replica's
+	at   int // of its first record among all records
+	recs []audit.Record
 }
 
 // replica is the requests of one replica not decided yet.
@@ -283,15 +286,17 @@ func (r *replayer) add(rec audit.Record, at int) {
 	q.n++
 	key := requestKey{replica: rec.Replica, id: rec.DecisionID, time: rec.Time.UnixNano()}
 	if req := r.open[key]; req != nil {
-		req.recs = append(req.recs, rec)
+		req.recs, req.last = append(req.recs, rec), q.n
 	} else {
-		req = &request{key: key, first: q.n, at: at, recs: []audit.Record{rec}}
+		req = &request{key: key, last: q.n, at: at, recs: []audit.Record{rec}}
 		if rec.DecisionID != "" { // records without one cannot be told apart
 			r.open[key] = req
 		}
 		q.pending = append(q.pending, req)
 	}
-	for len(q.pending) > 0 && q.n-q.pending[0].first >= gatherWindow {
+	// A request waits behind the oldest until that one is decided; the
+	// order of the changes is restored at the end.
+	for len(q.pending) > 0 && q.n-q.pending[0].last >= gatherWindow {
 		req := q.pending[0]
 		q.pending[0], q.pending = nil, q.pending[1:]
 		r.decide(req)

@@ -544,6 +544,34 @@ func TestReplayGathersBatches(t *testing.T) {
 	}
 }
 
+// A batch is gathered whole however many messages it has, the records
+// of concurrent requests among them: the window follows its latest record.
+func TestReplayGathersLargeBatches(t *testing.T) {
+	calls := []audit.Record{tool("delete_page", "deny", "not_granted", nil)}
+	for range 2 * gatherWindow {
+		calls = append(calls, tool("get_pages", "deny", "batch_denied", args(t, `{"workspace_id":"ws_a"}`)))
+	}
+	calls = batch(calls...)
+	var records []audit.Record
+	for i, c := range calls {
+		if i%500 == 0 {
+			records = append(records, tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_b"}`)))
+		}
+		records = append(records, c)
+	}
+	rep := Replay(slices.Values(records), compile(t, base), nil)
+	want := map[Key]*Counts{
+		{"dev", "notion__delete_page"}: {Unchanged: 1},
+		{"dev", "notion__get_pages"}:   {Unchanged: 2*gatherWindow + 5},
+	}
+	if diff := cmp.Diff(want, rep.Counts); diff != "" {
+		t.Errorf("counts (-want +got):\n%s", diff)
+	}
+	if len(rep.Changes) != 0 {
+		t.Errorf("%d changes, want none", len(rep.Changes))
+	}
+}
+
 // Records read from the stream replicas share interleave theirs: a batch
 // is gathered among its own replica's records however many of another's
 // come between, and the changes keep the order of the records.
