@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -22,7 +23,7 @@ type Log interface {
 	// most q.Limit of them, and whether older matches were left out.
 	Search(ctx context.Context, q Query) (recs []Record, more bool, err error)
 	// Records calls yield with every record, oldest first, until yield
-	// returns false.
+	// returns false. It stops with ctx's error when ctx ends first.
 	Records(ctx context.Context, yield func(Record) bool) error
 }
 
@@ -36,12 +37,19 @@ func (f FileLog) Search(_ context.Context, q Query) ([]Record, bool, error) {
 }
 
 // Records implements Log; see [ReadRecords].
-func (f FileLog) Records(_ context.Context, yield func(Record) bool) error {
+func (f FileLog) Records(ctx context.Context, yield func(Record) bool) error {
 	files, err := ChainFiles(string(f))
 	if err != nil {
 		return err
 	}
-	return ReadRecords(files, nil, yield)
+	var ended error
+	err = ReadRecords(files, nil, func(rec Record) bool {
+		if ended = ctx.Err(); ended != nil {
+			return false
+		}
+		return yield(rec)
+	})
+	return cmp.Or(err, ended)
 }
 
 // Stream is the audit records of every replica of a gateway in one Redis
@@ -162,6 +170,9 @@ func (s *Stream) Records(ctx context.Context, yield func(Record) bool) error {
 			return fmt.Errorf("read audit stream: %w", err)
 		}
 		for _, m := range page {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 			rec, err := entryRecord(m)
 			if err != nil {
 				return fmt.Errorf("read audit stream: %w", err)

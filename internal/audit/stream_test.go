@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -100,6 +101,18 @@ func testLog(t *testing.T, log Log) {
 	n := 0
 	if err := log.Records(ctx, func(Record) bool { n++; return n < 2 }); err != nil || n != 2 {
 		t.Errorf("Records went on after yield said stop: %d records, %v", n, err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	n = 0
+	err := log.Records(cctx, func(Record) bool {
+		if n++; n == 2 {
+			cancel()
+		}
+		return true
+	})
+	if !errors.Is(err, context.Canceled) || n != 2 {
+		t.Errorf("Records went on after its context ended: %d records, %v", n, err)
 	}
 }
 
