@@ -19,6 +19,7 @@ func newReplayCmd() *cobra.Command {
 	var auditFile, redisAddr, policyDir, catalog string
 	var servers []string
 	var allowUndecidable bool
+	var maxChanges int
 	cmd := &cobra.Command{
 		Use:   "replay (--audit FILE | --redis ADDR) --policy DIR",
 		Short: "Show which recorded decisions another policy would change",
@@ -42,7 +43,10 @@ undecidable, never guessed; the last line says how many could not be decided,
 and the exit status sets them apart from decisions that would not change.
 
 --servers and --catalog are as for "amg policy validate"; the catalogue also
-gives the tool annotations that approval rules match.
+gives the tool annotations that approval rules match. The first --max-changes
+changed decisions are printed, and all of them counted. A role's tools past
+the first 100 the records name are counted together, as "(other tools)":
+agents may name any tool.
 
 Exit status:
   0  no decision would change, and every one could be decided
@@ -57,7 +61,7 @@ Exit status:
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			err := runReplay(cmd, auditFile, redisAddr, policyDir, catalog, servers, allowUndecidable)
+			err := runReplay(cmd, auditFile, redisAddr, policyDir, catalog, servers, allowUndecidable, maxChanges)
 			var exit exitError
 			if err != nil && !errors.As(err, &exit) {
 				return replayFailed(cmd, err)
@@ -71,6 +75,7 @@ Exit status:
 	cmd.Flags().StringVar(&policyDir, "policy", "", "directory of role files to replay against (required)")
 	cmd.Flags().StringSliceVar(&servers, "servers", nil, "upstream server names the gateway knows (comma-separated)")
 	cmd.Flags().StringVar(&catalog, "catalog", "", "JSON file with each server's tools/list tools, to check grants against and take annotations from")
+	cmd.Flags().IntVar(&maxChanges, "max-changes", replay.DefaultMaxChanges, "changed decisions to print, the first in record order (the counts cover them all)")
 	cmd.Flags().BoolVar(&allowUndecidable, "allow-undecidable", false, "exit 0, not 3, when no decided decision would change but some could not be decided")
 	return cmd
 }
@@ -84,12 +89,15 @@ func replayFailed(cmd *cobra.Command, err error) error {
 	return exitError{code: 2}
 }
 
-func runReplay(cmd *cobra.Command, auditFile, redisAddr, policyDir, catalog string, servers []string, allowUndecidable bool) error {
+func runReplay(cmd *cobra.Command, auditFile, redisAddr, policyDir, catalog string, servers []string, allowUndecidable bool, maxChanges int) error {
 	if (auditFile == "") == (redisAddr == "") || policyDir == "" {
 		return errors.New("--policy and one of --audit or --redis are required")
 	}
+	if maxChanges < 1 {
+		return fmt.Errorf("--max-changes must be at least 1, not %d", maxChanges)
+	}
 	opts := &policy.Options{Servers: servers}
-	var ropts replay.Options
+	ropts := replay.Options{MaxChanges: maxChanges}
 	if catalog != "" {
 		cat, err := policy.LoadCatalog(catalog)
 		if err != nil {
@@ -136,7 +144,7 @@ func runReplay(cmd *cobra.Command, auditFile, redisAddr, policyDir, catalog stri
 	}
 	printReplay(cmd.OutOrStdout(), &rep)
 	switch {
-	case len(rep.Changes) > 0:
+	case rep.Changed > 0:
 		return exitError{code: 1}
 	case rep.Undecidable() > 0 && !allowUndecidable:
 		return exitError{code: 3}
@@ -154,15 +162,21 @@ func printReplay(w io.Writer, rep *replay.Report) {
 		fmt.Fprintf(w, "%s %s %s %s %s__%s: %s -> %s: %s\n", r.Time.UTC().Format(time.RFC3339Nano), orDash(r.DecisionID),
 			orDash(r.Agent), orDash(r.Role), r.Server, r.Tool, c.Old, c.New, why)
 	}
-	if len(rep.Changes) > 0 {
+	if n := rep.Changed - len(rep.Changes); n > 0 {
+		fmt.Fprintf(w, "... and %d more changed decision%s, not printed (--max-changes)\n", n, plural(n))
+	}
+	if rep.Changed > 0 {
 		fmt.Fprintln(w)
 	}
 	if len(rep.Counts) > 0 {
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "ROLE\tTOOL\tUNCHANGED\tALLOW->DENY\tDENY->ALLOW\t->NEEDS_APPROVAL\tNEEDS_APPROVAL->ALLOW\tNEEDS_APPROVAL->DENY\tUNDECIDABLE")
 		for _, k := range rep.Keys() {
-			c := rep.Counts[k]
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", k.Role, k.Tool, c.Unchanged, c.AllowToDeny, c.DenyToAllow,
+			c, tool := rep.Counts[k], k.Tool
+			if tool == "" {
+				tool = "(other tools)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", k.Role, tool, c.Unchanged, c.AllowToDeny, c.DenyToAllow,
 				c.ToApproval, c.ApprovalToAllow, c.ApprovalToDeny, c.Undecidable)
 		}
 		tw.Flush()

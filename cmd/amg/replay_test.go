@@ -97,6 +97,17 @@ dev   notion__get_pages    1          1            0            0               
 	if diff := cmp.Diff(want, stdout); diff != "" {
 		t.Errorf("stdout (-want +got):\n%s", diff)
 	}
+
+	// The first changes are printed, and the others counted.
+	code, stdout, stderr = runCLI(t, "replay", "--audit", log, "--policy", writePolicyDir(t, tightened), "--servers", "notion", "--max-changes", "1")
+	if code != 1 || stderr != "" {
+		t.Fatalf("--max-changes 1: exit %d, stderr:\n%s", code, stderr)
+	}
+	first, _, _ := strings.Cut(want, "\n")
+	want = strings.Replace(want, want[:strings.Index(want, "\n\n")], first+"\n... and 1 more changed decision, not printed (--max-changes)", 1)
+	if diff := cmp.Diff(want, stdout); diff != "" {
+		t.Errorf("--max-changes 1: stdout (-want +got):\n%s", diff)
+	}
 }
 
 // The exit status tells "nothing would change" from "some decisions could
@@ -188,6 +199,7 @@ func TestReplayUsageErrors(t *testing.T) {
 	}{
 		{"unknown flag", []string{"--audit", log, "--polcy", policyDir}, "amg: unknown flag: --polcy\n"},
 		{"flag without value", []string{"--audit", log, "--policy"}, "amg: flag needs an argument: --policy\n"},
+		{"no changes to print", []string{"--audit", log, "--policy", policyDir, "--max-changes", "0"}, "amg: --max-changes must be at least 1, not 0\n"},
 		{"extra argument", []string{"--audit", log, "--policy", policyDir, "extra"}, "amg: unknown command \"extra\" for \"amg replay\"\n"},
 	}
 	for _, tt := range tests {

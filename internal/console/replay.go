@@ -16,9 +16,13 @@ import (
 // maxUpload bounds the role files one replay may upload.
 const maxUpload = 4 << 20
 
-// shownChanges bounds the changed decisions the report lists; the counts
-// cover them all.
+// shownChanges bounds the changed decisions the report keeps and lists;
+// the counts cover them all.
 const shownChanges = 200
+
+// shownTools bounds the tools of one role the report counts apart; the
+// others are counted together in one row.
+const shownTools = 50
 
 type replayData struct {
 	Staged string // the staged policy directory, "" when none is set
@@ -98,8 +102,8 @@ func (c *Console) replay(w http.ResponseWriter, r *http.Request, s *session) {
 	for _, k := range rep.Keys() {
 		d.Rows = append(d.Rows, replayCount{Key: k, Counts: rep.Counts[k]})
 	}
-	d.Changes = rep.Changes[:min(len(rep.Changes), shownChanges)]
-	d.Hidden = len(rep.Changes) - len(d.Changes)
+	d.Changes = rep.Changes
+	d.Hidden = rep.Changed - len(d.Changes)
 	p.Data = d
 	c.render(w, http.StatusOK, "replay", p)
 }
@@ -109,7 +113,8 @@ func (c *Console) replayAudit(ctx context.Context, set *policy.Set) (replay.Repo
 	records := func(yield func(audit.Record) bool) {
 		readErr = c.d.Audit.Records(ctx, yield)
 	}
-	rep := replay.Replay(records, set, &replay.Options{Annotations: replay.CatalogAnnotations(c.d.Upstreams)})
+	rep := replay.Replay(records, set, &replay.Options{Annotations: replay.CatalogAnnotations(c.d.Upstreams),
+		MaxChanges: shownChanges, MaxToolsPerRole: shownTools})
 	return rep, readErr
 }
 

@@ -229,6 +229,29 @@ func TestReplaySaysWhatItCouldNotDecide(t *testing.T) {
 	}
 }
 
+// Agents name the tools they call: past 50 of one role, the report
+// counts the others in one row.
+func TestReplayFoldsToolsPastFifty(t *testing.T) {
+	e := newEnv(t, nil)
+	var recs []audit.Record
+	for i := range 55 {
+		recs = append(recs, audit.Record{Time: start.Add(time.Duration(i-300) * time.Minute), DecisionID: fmt.Sprintf("t%03d", i),
+			Agent: "a", Role: "dev", Server: "notion", Tool: fmt.Sprintf("made_up_%02d", i), Method: "tools/call", Verdict: "deny", Code: "not_granted"})
+	}
+	e.writeAudit(recs...)
+	op := e.signIn("alice")
+	rec := e.upload(op, "/console/replay", nil, newPolicy()...)
+	wantStatus(t, rec, http.StatusOK)
+	body := rec.Body.String()
+	if n := len(replayCounts(body)); n != 50 {
+		t.Errorf("%d tools counted apart, want 50", n)
+	}
+	others := regexp.MustCompile(`<tr data-testid="replay-count"><td>dev</td><td><em>other tools</em></td><td class="num">(\d+)</td>`).FindStringSubmatch(body)
+	if others == nil || others[1] != "5" {
+		t.Errorf("no row of dev's 5 other tools:\n%s", body)
+	}
+}
+
 func TestReplayEmptyLog(t *testing.T) {
 	e := newEnv(t, nil) // no audit log yet
 	op := e.signIn("alice")

@@ -97,7 +97,23 @@ type Options struct {
 	// means never known. They matter only for approval rules on
 	// annotations.
 	Annotations func(server, tool string) (ann *policy.Annotations, known bool)
+	// MaxChanges bounds the changes a report keeps whole: the first in
+	// record order. Report.Changed and the counts cover them all. Zero
+	// or less means DefaultMaxChanges.
+	MaxChanges int
+	// MaxToolsPerRole bounds the tools (prompts, resources) of one role
+	// counted apart: the role's others, past the first that many the
+	// records name, are counted together, under the role's Key with an
+	// empty Tool. The names come from agents, which may send any. Zero
+	// or less means DefaultMaxToolsPerRole.
+	MaxToolsPerRole int
 }
+
+// Defaults of Options.
+const (
+	DefaultMaxChanges      = 1000
+	DefaultMaxToolsPerRole = 100
+)
 
 // CatalogAnnotations is an Options.Annotations that reads the tool lists
 // of cat: a tool it lists has known annotations, others do not.
@@ -113,7 +129,8 @@ func CatalogAnnotations(cat policy.Catalog) func(server, tool string) (*policy.A
 }
 
 // Key groups counts: a role and a server__name (tool, prompt or resource
-// URI).
+// URI), or an empty Tool for the role's tools past
+// Options.MaxToolsPerRole.
 type Key struct {
 	Role string
 	Tool string
@@ -150,8 +167,10 @@ type Report struct {
 	// one), undecidable ones included; Skipped the other records.
 	Replayed int
 	Skipped  int
-	// Changes lists the changed decisions in record order, those of a
+	// Changed counts the decisions that would change. Changes lists the
+	// first of them (Options.MaxChanges) in record order, those of a
 	// batch where its first record is.
+	Changed int
 	Changes []Change
 	Counts  map[Key]*Counts
 }
@@ -169,7 +188,7 @@ func (r *Report) Undecidable() int {
 // change, and how many could not be decided. It says that no decision
 // would change only when every one replayed was decided.
 func (r *Report) Outcome() string {
-	changed, undecidable := len(r.Changes), r.Undecidable()
+	changed, undecidable := r.Changed, r.Undecidable()
 	switch {
 	case changed > 0 && undecidable > 0:
 		return nDecisions(changed) + " would change, and " + strconv.Itoa(undecidable) + " could not be decided"
@@ -195,10 +214,17 @@ func nDecisions(n int) string {
 	return strconv.Itoa(n) + " decisions"
 }
 
-// Keys returns the keys of Counts, sorted by role then tool.
+// Keys returns the keys of Counts, sorted by role then tool, a role's
+// other tools last.
 func (r *Report) Keys() []Key {
+	others := func(k Key) int {
+		if k.Tool == "" {
+			return 1
+		}
+		return 0
+	}
 	return slices.SortedFunc(maps.Keys(r.Counts), func(a, b Key) int {
-		return cmp.Or(cmp.Compare(a.Role, b.Role), cmp.Compare(a.Tool, b.Tool))
+		return cmp.Or(cmp.Compare(a.Role, b.Role), cmp.Compare(others(a), others(b)), cmp.Compare(a.Tool, b.Tool))
 	})
 }
 
@@ -209,7 +235,8 @@ func Replay(records iter.Seq[audit.Record], set *policy.Set, opts *Options) Repo
 		opts = &Options{}
 	}
 	r := replayer{set: set, opts: opts, open: map[requestKey]*request{}, replicas: map[string]*replica{},
-		rep: Report{Counts: map[Key]*Counts{}}}
+		maxChanges: orDefault(opts.MaxChanges, DefaultMaxChanges), maxTools: orDefault(opts.MaxToolsPerRole, DefaultMaxToolsPerRole),
+		tools: map[string]int{}, rep: Report{Counts: map[Key]*Counts{}}}
 	n := 0
 	for rec := range records {
 		r.add(rec, n)
@@ -223,13 +250,27 @@ func Replay(records iter.Seq[audit.Record], set *policy.Set, opts *Options) Repo
 	for _, req := range rest {
 		r.decide(req)
 	}
-	// Each replica's requests are decided in its order; the changes of
-	// several are put back in the order of the records.
-	slices.SortStableFunc(r.changes, func(a, b change) int { return cmp.Compare(a.at, b.at) })
+	r.keepFirstChanges()
 	for _, c := range r.changes {
 		r.rep.Changes = append(r.rep.Changes, c.Change)
 	}
 	return r.rep
+}
+
+func orDefault(n, def int) int {
+	if n <= 0 {
+		return def
+	}
+	return n
+}
+
+// keepFirstChanges keeps the first maxChanges changes in record order.
+// Each replica's requests are decided in its order; the changes of
+// several are put back in the order of the records.
+func (r *replayer) keepFirstChanges() {
+	slices.SortStableFunc(r.changes, func(a, b change) int { return cmp.Compare(a.at, b.at) })
+	clear(r.changes[min(len(r.changes), r.maxChanges):])
+	r.changes = r.changes[:min(len(r.changes), r.maxChanges)]
 }
 
 // gatherWindow is how many records of a replica, after the latest record
@@ -267,12 +308,15 @@ type change struct {
 }
 
 type replayer struct {
-	set      *policy.Set
-	opts     *Options
-	open     map[requestKey]*request // pending requests that records may join
-	replicas map[string]*replica
-	changes  []change
-	rep      Report
+	set        *policy.Set
+	opts       *Options
+	open       map[requestKey]*request // pending requests that records may join
+	replicas   map[string]*replica
+	maxChanges int
+	maxTools   int
+	tools      map[string]int // role -> its keys counted apart
+	changes    []change       // the first maxChanges, and up to as many more
+	rep        Report
 }
 
 // add gathers rec, the at-th record, into its request, and decides the
@@ -432,9 +476,16 @@ func otherVerdict(rec *audit.Record, set *policy.Set) (v decision.Verdict, known
 func (r *replayer) count(req *request, rec *audit.Record, old decision.Verdict, res decision.Result, decidable bool) {
 	key := Key{Role: rec.Role, Tool: rec.Server + "__" + rec.Tool}
 	c := r.rep.Counts[key]
+	if c == nil && r.tools[key.Role] >= r.maxTools {
+		key.Tool = ""
+		c = r.rep.Counts[key]
+	}
 	if c == nil {
 		c = &Counts{}
 		r.rep.Counts[key] = c
+		if key.Tool != "" {
+			r.tools[key.Role]++
+		}
 	}
 	if !decidable {
 		c.Undecidable++
@@ -455,7 +506,13 @@ func (r *replayer) count(req *request, rec *audit.Record, old decision.Verdict, 
 	default:
 		c.DenyToAllow++
 	}
-	r.changes = append(r.changes, change{at: req.at, Change: Change{Record: rec, Old: old, New: res.Verdict, Result: res}})
+	r.rep.Changed++
+	// A copy, so that a change kept does not keep its request's records.
+	kept := *rec
+	r.changes = append(r.changes, change{at: req.at, Change: Change{Record: &kept, Old: old, New: res.Verdict, Result: res}})
+	if len(r.changes) >= 2*r.maxChanges {
+		r.keepFirstChanges()
+	}
 }
 
 var kinds = map[string]decision.Kind{

@@ -427,6 +427,9 @@ func TestReplay(t *testing.T) {
 			if diff := cmp.Diff(tt.changes, changes); diff != "" {
 				t.Errorf("changes (-want +got):\n%s", diff)
 			}
+			if rep.Changed != len(changes) {
+				t.Errorf("%d changed, %d changes listed", rep.Changed, len(changes))
+			}
 		})
 	}
 }
@@ -500,7 +503,7 @@ func TestReportOutcome(t *testing.T) {
 		{5, 0, 2, "2 decisions could not be decided; none of the 3 others would change"},
 	}
 	for _, tt := range tests {
-		rep := Report{Replayed: tt.replayed, Changes: make([]Change, tt.changed), Counts: map[Key]*Counts{{"dev", "notion__get_pages"}: {Undecidable: tt.undecidable}}}
+		rep := Report{Replayed: tt.replayed, Changed: tt.changed, Counts: map[Key]*Counts{{"dev", "notion__get_pages"}: {Undecidable: tt.undecidable}}}
 		if got := rep.Outcome(); got != tt.want {
 			t.Errorf("%d replayed, %d changed, %d undecidable: %q, want %q", tt.replayed, tt.changed, tt.undecidable, got, tt.want)
 		}
@@ -600,6 +603,57 @@ func TestReplayGathersBatchesPerReplica(t *testing.T) {
 	want := []string{"a search batch_denied", "a get_pages constraint_failed", "b get_pages constraint_failed"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("changes (-want +got):\n%s", diff)
+	}
+}
+
+// A report keeps the first changes whole, in record order, however the
+// replicas' records interleave, and counts them all.
+func TestReplayKeepsTheFirstChanges(t *testing.T) {
+	var records []audit.Record
+	for i := range 3 * gatherWindow {
+		r := tool("get_pages", "allow", "allowed", args(t, `{"workspace_id":"ws_a","limit":50}`))
+		r.Replica = []string{"a", "b"}[i%2]
+		records = append(records, r)
+	}
+	rep := Replay(slices.Values(records), compile(t, edit(t, "lte: 100", "lte: 40")), &Options{MaxChanges: 5})
+	var got []string
+	for _, c := range rep.Changes {
+		got = append(got, c.Record.DecisionID)
+	}
+	var want []string
+	for _, r := range records[:5] {
+		want = append(want, r.DecisionID)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("changes kept (-want +got):\n%s", diff)
+	}
+	if rep.Changed != len(records) || rep.Counts[Key{"dev", "notion__get_pages"}].AllowToDeny != len(records) {
+		t.Errorf("%d changed, counts %+v; want all %d", rep.Changed, rep.Counts, len(records))
+	}
+}
+
+// The tools agents name are theirs to invent: past MaxToolsPerRole, a
+// role's tools are counted together.
+func TestReplayFoldsToolsPastTheLimit(t *testing.T) {
+	var records []audit.Record
+	for _, name := range []string{"b", "a", "c", "a", "d", "e"} {
+		records = append(records, tool(name, "deny", "not_granted", nil))
+	}
+	other := tool("z", "deny", "not_granted", nil)
+	other.Role = "ops"
+	records = append(records, other)
+	rep := Replay(slices.Values(records), compile(t, base), &Options{MaxToolsPerRole: 2})
+	want := map[Key]*Counts{
+		{"dev", "notion__a"}: {Unchanged: 2},
+		{"dev", "notion__b"}: {Unchanged: 1},
+		{"dev", ""}:          {Unchanged: 3},
+		{"ops", "notion__z"}: {Unchanged: 1},
+	}
+	if diff := cmp.Diff(want, rep.Counts); diff != "" {
+		t.Errorf("counts (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]Key{{"dev", "notion__a"}, {"dev", "notion__b"}, {"dev", ""}, {"ops", "notion__z"}}, rep.Keys()); diff != "" {
+		t.Errorf("keys (-want +got):\n%s", diff)
 	}
 }
 
