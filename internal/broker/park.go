@@ -39,6 +39,10 @@ const (
 	CodeApprovalStale     = "approval_stale"
 	CodeApprovalAltered   = "approval_altered"
 	CodeApprovalAbandoned = "approval_abandoned"
+	// Pending, and gone from the store (Redis restarted without
+	// persistence, say): no one can decide it any more, and its call is
+	// refused.
+	CodeApprovalLost = "approval_lost"
 )
 
 // RPCApprovalRefused is the JSON-RPC error code of a parked call that was
@@ -126,6 +130,9 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, as *agentSession, 
 	switch {
 	case errors.Is(err, errStopped):
 		send(rpcError(m.ID, RPCApprovalRefused, "call needing approval "+a.ID+" was not run: the gateway is shutting down"))
+	case errors.Is(err, errLost):
+		send(rpcError(m.ID, RPCApprovalRefused, "call needing approval "+a.ID+" was not run: the approval store lost approval "+a.ID+
+			"; send the call again to ask anew"))
 	case err != nil:
 		// The agent went away or cancelled the call: nothing is executed,
 		// and a cancelled request is not answered.
@@ -148,6 +155,12 @@ func (b *Broker) refusePark(w http.ResponseWriter, d authz.Decision, body []byte
 // approval could not be cancelled in the store.
 var errStopped = errors.New("stopped waiting for approvals")
 
+// errLost is waitForDecision's when the store no longer has the approval
+// (ErrNotFound): no one can decide it, nor record its end, so waiting on
+// or retrying it would last until the agent gave up. The loss is
+// audited.
+var errLost = errors.New("the approval store lost the approval")
+
 // Why a parked call was abandoned, when not because its agent went away:
 // the causes of its context, and the reasons its approval is cancelled
 // with.
@@ -159,9 +172,11 @@ var (
 // waitForDecision waits until the approval is decided or expires, calling
 // keepAlive every keep-alive interval; if ctx ends first, the approval is
 // cancelled (for the reason ctx's cause gives, if it is one of park's) and
-// ctx's error returned. Drain cancels it too.
+// ctx's error returned. Drain cancels it too. An approval the store lost
+// ends the wait with errLost.
 func (b *Broker) waitForDecision(ctx context.Context, a *approval.Approval, keepAlive func()) (*approval.Approval, error) {
 	decided := make(chan *approval.Approval, 1)
+	lost := make(chan struct{})
 	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	defer stop()
 	go func() {
@@ -171,6 +186,10 @@ func (b *Broker) waitForDecision(ctx context.Context, a *approval.Approval, keep
 			got, err := b.approvals.Wait(wctx, a.ID)
 			if err == nil {
 				decided <- got
+				return
+			}
+			if errors.Is(err, approval.ErrNotFound) {
+				close(lost)
 				return
 			}
 			b.log.Warn("waiting on the approval store failed; retrying", "approval_id", a.ID, "err", err)
@@ -191,12 +210,17 @@ func (b *Broker) waitForDecision(ctx context.Context, a *approval.Approval, keep
 		case got := <-decided:
 			b.recordApproval(got, codeFor(got.State), got.Reason)
 			return got, nil
+		case <-lost:
+			return nil, b.lost(a)
 		case <-tick.C:
 			keepAlive()
 		case <-expiry.C:
 			got, err := b.finish(a, approval.Expired, "no decision before "+a.Expires.Format(time.RFC3339))
 			if err == nil {
 				return got, nil
+			}
+			if errors.Is(err, approval.ErrNotFound) {
+				return nil, b.lost(a)
 			}
 			if !errors.Is(err, approval.ErrNotPending) {
 				// The store failed: the approval is still pending there,
@@ -209,6 +233,9 @@ func (b *Broker) waitForDecision(ctx context.Context, a *approval.Approval, keep
 			got, err := b.finish(a, approval.Cancelled, "the gateway shut down before a decision")
 			if err == nil {
 				return got, nil
+			}
+			if errors.Is(err, approval.ErrNotFound) {
+				return nil, b.lost(a)
 			}
 			if !errors.Is(err, approval.ErrNotPending) {
 				b.log.Warn("cannot cancel an approval at shutdown; it stays pending, and no one will run it", "approval_id", a.ID, "err", err)
@@ -225,12 +252,22 @@ func (b *Broker) waitForDecision(ctx context.Context, a *approval.Approval, keep
 			switch {
 			case errors.Is(err, approval.ErrNotPending):
 				b.decidedTooLate(a, why)
+			case errors.Is(err, approval.ErrNotFound):
+				b.lost(a)
 			case err != nil:
 				b.cancelLater(a, why)
 			}
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// lost audits that the store no longer has the pending approval a, and
+// returns errLost.
+func (b *Broker) lost(a *approval.Approval) error {
+	b.log.Warn("the approval store lost a pending approval; its call is not run", "approval_id", a.ID)
+	b.recordApproval(a, CodeApprovalLost, errLost.Error())
+	return errLost
 }
 
 // decidedTooLate ends the approval a, decided as its agent went away
@@ -263,7 +300,11 @@ func (b *Broker) cancelLater(a *approval.Approval, why string) {
 				return
 			case <-tick.C:
 			}
-			if _, err := b.finish(a, approval.Cancelled, why); err == nil || errors.Is(err, approval.ErrNotPending) {
+			_, err := b.finish(a, approval.Cancelled, why)
+			if errors.Is(err, approval.ErrNotFound) {
+				b.lost(a)
+			}
+			if err == nil || errors.Is(err, approval.ErrNotPending) || errors.Is(err, approval.ErrNotFound) {
 				return
 			}
 		}

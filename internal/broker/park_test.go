@@ -20,6 +20,7 @@ import (
 	"github.com/amgateway/amg/internal/approval"
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/internal/redistest"
 	"github.com/amgateway/amg/internal/tokens"
 )
 
@@ -266,6 +267,98 @@ func TestExpiryOutlastsAFailingStore(t *testing.T) {
 	}
 	if list, _ := mem.List(context.Background(), approval.Expired); len(list) != 1 {
 		t.Errorf("expired approvals in the store: %v", list)
+	}
+}
+
+// A call whose approval the store loses (Redis restarted without
+// persistence) is refused, saying so, and the loss is audited: the
+// broker neither waits on an approval no one can decide nor keeps
+// retrying its expiry.
+func TestLostApprovalIsRefused(t *testing.T) {
+	srv := redistest.Start(t)
+	store := approval.NewRedis(srv.Client(), nil)
+	g := parkedGateway(t, store, func(o *Options) { o.ApprovalTTL, o.StoreRetry = 500*time.Millisecond, 20*time.Millisecond })
+	cs := g.connect(t, nil)
+	// Should the call wait on, it is given up after a while, so that the
+	// test fails rather than hangs.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	errs := make(chan error, 1)
+	go func() {
+		_, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "notion__delete_page", Arguments: json.RawMessage(`{"page_id":"pg_1"}`)})
+		errs <- err
+	}()
+	a := parkedOne(t, store)
+	srv.Restart()
+	want := "call needing approval " + a.ID + " was not run: the approval store lost approval " + a.ID + "; send the call again to ask anew"
+	if err := <-errs; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("call whose approval was lost: %v, want an error saying %q", err, want)
+	}
+	var lost []audit.Record
+	for _, rec := range g.audit.All() {
+		if rec.Code == CodeApprovalLost {
+			lost = append(lost, rec)
+		}
+	}
+	if len(lost) != 1 || lost[0].ApprovalID != a.ID || lost[0].Reason != "the approval store lost the approval" {
+		t.Errorf("%s records: %+v, want one for %s", CodeApprovalLost, lost, a.ID)
+	}
+	if d := g.deletions(); len(d) != 0 {
+		t.Errorf("the upstream ran %q", d)
+	}
+}
+
+// forgettingStore is a store that has lost every approval by the time
+// the broker ends one, and whose Wait has not noticed.
+type forgettingStore struct{ approval.Store }
+
+func (forgettingStore) Wait(ctx context.Context, _ string) (*approval.Approval, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+func (forgettingStore) Finish(context.Context, string, approval.State, string, string, time.Time) (*approval.Approval, error) {
+	return nil, approval.ErrNotFound
+}
+
+// An approval found lost as the broker expires or cancels it ends there,
+// audited, its call refused if anyone is waiting for the answer.
+func TestLostApprovalEndsItsWait(t *testing.T) {
+	const call = `{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`
+	for _, tc := range []struct {
+		name string
+		ttl  time.Duration
+		end  func(g *gateway, stop context.CancelFunc)
+	}{
+		{"at expiry", 50 * time.Millisecond, func(*gateway, context.CancelFunc) {}},
+		{"at drain", time.Minute, func(g *gateway, _ context.CancelFunc) { g.broker.Drain() }},
+		{"as the agent leaves", time.Minute, func(_ *gateway, stop context.CancelFunc) { stop() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mem := approval.NewMemory(nil)
+			g := parkedGateway(t, forgettingStore{mem}, func(o *Options) { o.ApprovalTTL, o.StoreRetry = tc.ttl, 10*time.Millisecond })
+			agent := newRawAgent(t, g)
+			// Should the call wait on, it is given up after a while, so
+			// that the test fails rather than hangs.
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			answered := make(chan string, 1)
+			go func() { answered <- agent.read(ctx, call) }()
+			a := parkedOne(t, mem)
+			tc.end(g, cancel)
+			got := <-answered
+			if tc.name != "as the agent leaves" {
+				want := "call needing approval " + a.ID + " was not run: the approval store lost approval " + a.ID
+				if !strings.Contains(got, `"id":5`) || !strings.Contains(got, want) {
+					t.Errorf("answer %q, want an error saying %q", got, want)
+				}
+			}
+			for deadline := time.Now().Add(20 * time.Second); !slices.Contains(g.audit.Codes(), CodeApprovalLost); time.Sleep(5 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("audit codes %v, want %s", g.audit.Codes(), CodeApprovalLost)
+				}
+			}
+		})
 	}
 }
 
@@ -546,20 +639,28 @@ func TestAbandonedCallIsCancelledOnceTheStoreRecovers(t *testing.T) {
 // postUntil sends body from the agent's session in the background, until
 // ctx ends; what comes back is read and dropped.
 func (a *rawAgent) postUntil(ctx context.Context, body string) {
+	go a.read(ctx, body)
+}
+
+// read sends body from the agent's session until ctx ends, and returns
+// what came back, or the error.
+func (a *rawAgent) read(ctx context.Context, body string) string {
 	req, _ := http.NewRequestWithContext(ctx, "POST", a.url, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+a.token)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json, text/event-stream")
 	req.Header.Set("Mcp-Protocol-Version", rawVersion)
 	req.Header.Set("Mcp-Session-Id", a.sid)
-	go func() {
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-	}()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return string(data) + err.Error()
+	}
+	return string(data)
 }
 
 // awaitState waits for the approval id to be in state; the deadline only
