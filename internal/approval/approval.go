@@ -104,7 +104,7 @@ type Approval struct {
 	Role       string    `json:"role"`
 	Server     string    `json:"server"`
 	Tool       string    `json:"tool"`
-	Body       []byte    `json:"-"` // the exact request bytes
+	Body       []byte    `json:"-"` // the exact request bytes, while the call may run (see Store.Finish)
 	BodySHA256 string    `json:"body_sha256"`
 	Created    time.Time `json:"created"`
 	Expires    time.Time `json:"expires"`
@@ -197,9 +197,11 @@ type Store interface {
 	// many approvals the store keeps.
 	Recent(ctx context.Context, n int) ([]*Approval, error)
 	// Finish moves a pending approval to to (Approved, Denied, Expired or
-	// Cancelled), recording who and why, and wakes its waiters. Approved
-	// or Denied at or after the approval's Expires is ErrExpired, and
-	// changes nothing.
+	// Cancelled), recording who and why, and wakes its waiters. Moved to
+	// anything but Approved, the approval drops its Body (BodySHA256
+	// stays): requests no one will run do not fill the store for its
+	// retention. Approved or Denied at or after the approval's Expires is
+	// ErrExpired, and changes nothing.
 	Finish(ctx context.Context, id string, to State, by, reason string, at time.Time) (*Approval, error)
 	// Execute moves an approved approval to Executed if the request it
 	// holds is body, byte for byte: the caller may then send body
@@ -207,7 +209,8 @@ type Store interface {
 	// nothing.
 	Execute(ctx context.Context, id string, body []byte) (*Approval, error)
 	// Void moves an approved approval to Voided, recording why it will
-	// not run. It is the end of an approval that Execute will not take.
+	// not run, and drops its Body as Finish does. It is the end of an
+	// approval that Execute will not take.
 	Void(ctx context.Context, id, reason string) (*Approval, error)
 	// Wait returns when the approval is no longer pending (with it), or
 	// when ctx ends.

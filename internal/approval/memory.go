@@ -165,6 +165,9 @@ func (m *Memory) Finish(_ context.Context, id string, to State, by, reason strin
 		return nil, ErrExpired
 	}
 	a.State, a.DecidedBy, a.Reason, a.DecidedAt = to, by, reason, at.UTC()
+	if to != Approved {
+		a.Body = nil
+	}
 	m.forget[id] = m.opts.Now().Add(m.opts.Retention)
 	close(m.decided[id])
 	c := *a
@@ -183,7 +186,7 @@ func (m *Memory) Execute(_ context.Context, id string, body []byte) (*Approval, 
 
 func (m *Memory) Void(_ context.Context, id, reason string) (*Approval, error) {
 	return m.leaveApproved(id, func(a *Approval) error {
-		a.State, a.VoidReason = Voided, reason
+		a.State, a.VoidReason, a.Body = Voided, reason, nil
 		return nil
 	})
 }

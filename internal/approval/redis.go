@@ -25,8 +25,9 @@ const DefaultRedisPrefix = "amg:{approvals}:"
 // Layout, under the prefix:
 //
 //	a:<id>          hash: meta (the Approval as JSON, without Body), body
-//	                (the exact bytes), state, by, reason, at (DecidedAt,
-//	                RFC 3339), idx (the approval's index member)
+//	                (the exact bytes, until the approval ends without
+//	                running), state, by, reason, at (DecidedAt, RFC 3339),
+//	                idx (the approval's index member)
 //	s:<state>       sorted set per state, every score 0, of index members
 //	                "<Created, fixed width> <id>": Redis orders equal
 //	                scores by member, which is List's order (Created, then
@@ -178,6 +179,7 @@ return 1
 
 // finishScript moves a pending approval to ARGV[1] and publishes the move;
 // a decision (approved, denied) must come before the approval expires.
+// Any move but approved drops the request, which will not run.
 // KEYS: hash, pending index, target index, expiry set, recent set. ARGV:
 // to, by, reason, at, retention in ms, channel, at in Unix ms (empty:
 // Redis's time).
@@ -197,6 +199,9 @@ if expires and (ARGV[1] == 'approved' or ARGV[1] == 'denied') and (tonumber(ARGV
 end
 local m = redis.call('HGET', KEYS[1], 'idx')
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'by', ARGV[2], 'reason', ARGV[3], 'at', ARGV[4])
+if ARGV[1] ~= 'approved' then
+	redis.call('HDEL', KEYS[1], 'body')
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('ZREM', KEYS[2], m)
 redis.call('ZADD', KEYS[3], 0, m)
@@ -208,9 +213,10 @@ return redis.call('HGETALL', KEYS[1])
 
 // leaveApprovedScript moves an approved approval to executed or voided.
 // Its expiry stays counted from the decision: what follows adds nothing
-// worth keeping longer. KEYS: hash, approved index, target index. ARGV:
-// the target state; for executed, the request parked, which the stored
-// one must equal; for voided, why.
+// worth keeping longer. Voided drops the request, which will not run.
+// KEYS: hash, approved index, target index. ARGV: the target state; for
+// executed, the request parked, which the stored one must equal; for
+// voided, why.
 var leaveApprovedScript = redis.NewScript(`
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then
@@ -226,6 +232,7 @@ if ARGV[1] == 'executed' then
 	redis.call('HSET', KEYS[1], 'state', 'executed')
 else
 	redis.call('HSET', KEYS[1], 'state', 'voided', 'void', ARGV[2])
+	redis.call('HDEL', KEYS[1], 'body')
 end
 local m = redis.call('HGET', KEYS[1], 'idx')
 redis.call('ZREM', KEYS[2], m)
@@ -474,7 +481,9 @@ func decode(h map[string]string) (*Approval, error) {
 	}
 	a.State, a.DecidedBy, a.Reason, a.DecidedAt = State(h["state"]), h["by"], h["reason"], time.Time{}
 	a.VoidReason = h["void"]
-	a.Body = []byte(h["body"])
+	if body, ok := h["body"]; ok {
+		a.Body = []byte(body)
+	}
 	if s := h["at"]; s != "" {
 		at, err := time.Parse(time.RFC3339Nano, s)
 		if err != nil {

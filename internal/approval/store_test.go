@@ -178,8 +178,54 @@ func testStore(t *testing.T, newStore func(t *testing.T) Store) {
 			}
 		}
 		got, err := s.Recent(ctx, 1)
-		if err != nil || len(got) != 1 || string(got[0].Body) != string(body) || !got[0].DecidedAt.Equal(now.Add(3*time.Minute)) {
+		if err != nil || len(got) != 1 || got[0].BodySHA256 != parked[0].BodySHA256 || got[0].Tool != "delete_page" ||
+			!got[0].DecidedAt.Equal(now.Add(3*time.Minute)) {
 			t.Errorf("Recent(1) = %+v, %v; want the whole approval", got, err)
+		}
+	})
+
+	t.Run("the request of a call that will not run is dropped", func(t *testing.T) {
+		s := newStore(t)
+		var parked []*Approval
+		for i := range 5 {
+			parked = append(parked, park(t, s, now.Add(time.Duration(i)*time.Second)))
+		}
+		denied, expired, cancelled, voided, executed := parked[0], parked[1], parked[2], parked[3], parked[4]
+		for _, f := range []struct {
+			a  *Approval
+			to State
+		}{{denied, Denied}, {expired, Expired}, {cancelled, Cancelled}, {voided, Approved}, {executed, Approved}} {
+			got, err := s.Finish(ctx, f.a.ID, f.to, "alice", "", now.Add(time.Minute))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if kept := len(got.Body) > 0; kept != (f.to == Approved) {
+				t.Errorf("Finish(%s) returned the request: %v; want it only while the call may run", f.to, kept)
+			}
+		}
+		if got, err := s.Void(ctx, voided.ID, "the policy changed"); err != nil || len(got.Body) != 0 {
+			t.Errorf("Void = %+v, %v; want it without its request", got, err)
+		}
+		if _, err := s.Execute(ctx, executed.ID, body); err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range parked {
+			got, err := s.Get(ctx, a.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := map[bool]string{true: string(body)}[a == executed]; string(got.Body) != want || got.BodySHA256 != a.BodySHA256 {
+				t.Errorf("%s approval: request %q, SHA-256 %s; want request %q, SHA-256 %s", got.State, got.Body, got.BodySHA256, want, a.BodySHA256)
+			}
+		}
+		recent, err := s.Recent(ctx, 10)
+		if err != nil || len(recent) != 5 {
+			t.Fatalf("Recent = %v, %v", recent, err)
+		}
+		for _, a := range recent {
+			if a.State != Executed && len(a.Body) != 0 {
+				t.Errorf("Recent holds the request of the %s approval %s", a.State, a.ID)
+			}
 		}
 	})
 

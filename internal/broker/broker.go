@@ -83,6 +83,10 @@ type Options struct {
 	// once; 0 means 64. Each may hold a connection, or a process, per
 	// upstream.
 	MaxSessionsPerAgent int
+	// MaxPendingApprovalsPerAgent bounds the calls one agent may have
+	// waiting for approval at once; 0 means 16. Each holds its request in
+	// the approval store, and an agent's request open.
+	MaxPendingApprovalsPerAgent int
 	// Approvals parks calls that need a human's approval; nil refuses
 	// them. ApprovalTTL is how long one waits at most (0 means 15
 	// minutes; the approval rule that parks a call may shorten it), and
@@ -133,6 +137,11 @@ type Broker struct {
 	sessionsMu  sync.Mutex
 	sessionsOf  map[string]int
 	maxSessions int
+	// parkedOf counts each agent's calls waiting for approval, up to
+	// maxParked (see reservePark).
+	parkedMu  sync.Mutex
+	parkedOf  map[string]int
+	maxParked int
 
 	sessionStore SessionStore
 	spent        spent.Ledger
@@ -207,7 +216,8 @@ type roleServer struct {
 // New returns a broker for ups. Call Start before serving.
 func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options) (*Broker, error) {
 	b := &Broker{signer: signer, policies: policies, ups: map[string]*upstream{}, roles: map[string]*roleServer{},
-		maxBody: mcpfilter.DefaultMaxBytes, idle: sessionIdle, maxSessions: defaultMaxSessions, sessionsOf: map[string]int{}, spent: spent.NewMemory(nil),
+		maxBody: mcpfilter.DefaultMaxBytes, idle: sessionIdle, maxSessions: defaultMaxSessions, sessionsOf: map[string]int{},
+		maxParked: defaultMaxParked, parkedOf: map[string]int{}, spent: spent.NewMemory(nil),
 		log:         slog.New(slog.DiscardHandler),
 		approvalTTL: 15 * time.Minute, keepAlive: 15 * time.Second, storeRetry: time.Second, catalogueRetry: time.Second, now: time.Now}
 	b.drained, b.drain = context.WithCancel(context.Background())
@@ -233,6 +243,9 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 		}
 		if opts.MaxSessionsPerAgent > 0 {
 			b.maxSessions = opts.MaxSessionsPerAgent
+		}
+		if opts.MaxPendingApprovalsPerAgent > 0 {
+			b.maxParked = opts.MaxPendingApprovalsPerAgent
 		}
 		b.liveTokens, b.tokenCheck = opts.LiveTokens, opts.TokenCheck
 		if opts.CatalogueRetry > 0 {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -43,7 +44,14 @@ const (
 	// persistence, say): no one can decide it any more, and its call is
 	// refused.
 	CodeApprovalLost = "approval_lost"
+	// A call needing approval past its agent's limit of waiting calls
+	// (Options.MaxPendingApprovalsPerAgent), refused unparked.
+	CodeApprovalLimit = "approval_limit"
 )
+
+// defaultMaxParked is how many calls an agent may have waiting for
+// approval at once, unless Options say otherwise.
+const defaultMaxParked = 16
 
 // RPCApprovalRefused is the JSON-RPC error code of a parked call that was
 // denied, expired or could not be parked.
@@ -69,6 +77,16 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, as *agentSession, 
 		return
 	default:
 	}
+	n, ok := b.reservePark(d.Agent)
+	if !ok {
+		why := fmt.Sprintf("agent %q has %d calls waiting for approval, as many as the gateway allows it: wait for a decision on one, or cancel one", d.Agent, n)
+		b.record(d, CodeApprovalLimit, why)
+		// As a rate limit is answered: the agent may try again later.
+		writeRPCError(w, http.StatusOK, m.ID, authz.RPCRateLimited, why)
+		return
+	}
+	unpark := sync.OnceFunc(func() { b.unpark(d.Agent) })
+	defer unpark()
 	// The rule that parked the call may shorten the wait, not lengthen it:
 	// what stands between the agent and the gateway (Envoy's route timeout)
 	// is sized to the gateway's.
@@ -127,6 +145,7 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, as *agentSession, 
 	}()
 
 	outcome, err := b.waitForDecision(ctx, a, keepAlive)
+	unpark()
 	switch {
 	case errors.Is(err, errStopped):
 		send(rpcError(m.ID, RPCApprovalRefused, "call needing approval "+a.ID+" was not run: the gateway is shutting down"))
@@ -141,6 +160,27 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, as *agentSession, 
 		b.executeApproved(stream, r, as, d, a, body, m, server, tool)
 	default:
 		send(refusal(m.ID, outcome))
+	}
+}
+
+// reservePark counts a call of agent waiting for approval, until unpark,
+// or returns how many it has waiting and false if that is as many as it
+// may: each holds its request in the store, and a request open.
+func (b *Broker) reservePark(agent string) (int, bool) {
+	b.parkedMu.Lock()
+	defer b.parkedMu.Unlock()
+	if n := b.parkedOf[agent]; n >= b.maxParked {
+		return n, false
+	}
+	b.parkedOf[agent]++
+	return 0, true
+}
+
+func (b *Broker) unpark(agent string) {
+	b.parkedMu.Lock()
+	defer b.parkedMu.Unlock()
+	if b.parkedOf[agent]--; b.parkedOf[agent] <= 0 {
+		delete(b.parkedOf, agent)
 	}
 }
 

@@ -362,6 +362,81 @@ func TestLostApprovalEndsItsWait(t *testing.T) {
 	}
 }
 
+// An agent may have MaxPendingApprovalsPerAgent calls waiting for
+// approval at once: each holds its request in the store. The next is
+// refused, readably and audited, and parks nothing, until one is decided;
+// another agent has its own.
+func TestPendingApprovalLimit(t *testing.T) {
+	store := approval.NewMemory(nil)
+	// Should a call past the limit be parked, it expires after a while,
+	// so that the test fails rather than hangs.
+	g := parkedGateway(t, store, func(o *Options) { o.MaxPendingApprovalsPerAgent, o.ApprovalTTL = 2, 10*time.Second })
+	call := func(id int) string {
+		return fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_%d"}}}`, id, id)
+	}
+	pending := func(n int) []*approval.Approval {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			list, err := store.List(context.Background(), approval.Pending)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(list) == n {
+				return list
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d calls waiting for approval, want %d", len(list), n)
+			}
+		}
+	}
+	agent := newRawAgent(t, g)
+	answered := make(chan []string, 3)
+	for id := range 2 {
+		go func() { answered <- agent.post(call(id)) }()
+	}
+	parked := pending(2)
+
+	got := agent.post(call(7))
+	const why = `agent \"bot-1\" has 2 calls waiting for approval, as many as the gateway allows it`
+	if len(got) != 1 || !strings.Contains(got[0], `"id":7`) || !strings.Contains(got[0], why) || !strings.Contains(got[0], `"code":-32002`) {
+		t.Errorf("a third call: %q; want a JSON-RPC error -32002 saying %s", got, why)
+	}
+	if codes := g.audit.Codes(); !slices.Contains(codes, CodeApprovalLimit) {
+		t.Errorf("audit codes %v, want %s", codes, CodeApprovalLimit)
+	}
+	pending(2)
+
+	other, _, err := tokens.Issue(context.Background(), g.tokens, "bot-2", "reader", time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := &rawAgent{t: t, url: g.url, token: other}
+	second.post(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"` + rawVersion + `","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}`)
+	second.post(`{"jsonrpc":"2.0","method":"notifications/initialized"}`)
+	go func() { answered <- second.post(call(8)) }()
+	pending(3)
+
+	// A decision frees a place.
+	if _, err := store.Finish(context.Background(), parked[0].ID, approval.Denied, "alice", "no", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	<-answered
+	go func() { answered <- agent.post(call(9)) }()
+	for _, a := range pending(3) {
+		if _, err := store.Finish(context.Background(), a.ID, approval.Denied, "alice", "no", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 3 {
+		if got := <-answered; len(got) == 0 || !strings.Contains(got[len(got)-1], "denied by alice") {
+			t.Errorf("answer %q, want the denial", got)
+		}
+	}
+	if d := g.deletions(); len(d) != 0 {
+		t.Errorf("the upstream ran %q", d)
+	}
+}
+
 // failingCreates is a store that cannot take new approvals.
 type failingCreates struct{ approval.Store }
 

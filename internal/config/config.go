@@ -30,6 +30,7 @@
 //	  db: 0
 //	approvals:                      # calls that need a human
 //	  ttl: 15m                      # how long one waits for a decision
+//	  max_pending_per_agent: 16     # calls one agent may have waiting at once, per replica
 //	  webhook: https://hooks.example/amg  # told of each new one ("" none); its secret part
 //	                                #   from a reference: "https://hooks.example/${env:HOOK_PATH}"
 //	console:                        # the web console on the admin listener
@@ -147,6 +148,10 @@ type Config struct {
 	// URLs carry their secret in the path.
 	ApprovalTTL     time.Duration
 	ApprovalWebhook Template
+	// MaxPendingApprovalsPerAgent bounds the calls one agent may have
+	// waiting for approval on a replica at once; each holds its request
+	// in the approval store.
+	MaxPendingApprovalsPerAgent int
 	// Console tunes the web console.
 	Console Console
 	// Audit tunes the audit log's devices.
@@ -333,8 +338,9 @@ func Default() *Config {
 			AuthzTimeout:    2 * time.Second,
 			TracingSampling: 100,
 		},
-		ApprovalTTL: 15 * time.Minute,
-		Console:     Console{ReadyDays: 7, ReadyMinCalls: 1},
+		ApprovalTTL:                 15 * time.Minute,
+		MaxPendingApprovalsPerAgent: 16,
+		Console:                     Console{ReadyDays: 7, ReadyMinCalls: 1},
 		Audit: Audit{
 			MaxFileBytes:     100 << 20,
 			Sync:             audit.SyncOnInterval,

@@ -34,7 +34,7 @@ type loader struct {
 var (
 	configKeys = []string{"listen", "allowed_origins", "admin_listen", "authz_listen", "broker_listen", "xds_listen", "envoy", "vault", "redis", "approvals",
 		"console", "audit", "data_dir", "policy_dir", "max_body_bytes", "max_sessions_per_agent", "unprefixed_names", "upstreams"}
-	approvalKeys = []string{"ttl", "webhook"}
+	approvalKeys = []string{"ttl", "max_pending_per_agent", "webhook"}
 	consoleKeys  = []string{"ready_days", "ready_min_calls", "trace_url", "staged_policy_dir"}
 	auditKeys    = []string{"max_file_bytes", "sync", "sync_interval", "stdout", "stream_max_records"}
 	redisKeys    = []string{"address", "username", "password", "db", "tls", "decision_key", "audit_key"}
@@ -760,6 +760,10 @@ func (l *loader) approvals(n *yaml.Node, path string, cfg *Config) {
 		case "ttl":
 			if d, ok := l.Duration(v, p); ok {
 				cfg.ApprovalTTL = d
+			}
+		case "max_pending_per_agent":
+			if n, ok := l.Integer(v, p, 1); ok {
+				cfg.MaxPendingApprovalsPerAgent = n
 			}
 		case "webhook":
 			t, ok := l.template(v, p)
