@@ -2,6 +2,7 @@ package approval
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,7 +28,9 @@ const DefaultRedisPrefix = "amg:{approvals}:"
 //	a:<id>          hash: meta (the Approval as JSON, without Body), body
 //	                (the exact bytes, until the approval ends without
 //	                running), state, by, reason, at (DecidedAt, RFC 3339),
-//	                idx (the approval's index member)
+//	                idx (the approval's index member), and the nonce of
+//	                each transition made (nonce_create, nonce_finish,
+//	                nonce_leave: see below)
 //	s:<state>       sorted set per state, every score 0, of index members
 //	                "<Created, fixed width> <id>": Redis orders equal
 //	                scores by member, which is List's order (Created, then
@@ -43,7 +46,12 @@ const DefaultRedisPrefix = "amg:{approvals}:"
 // Every transition is one Lua script, so it is atomic: of two replicas
 // deciding one approval, the script of the second sees it decided. The
 // script that makes the transition also publishes it, so no decision is
-// stored without its wake-up being sent.
+// stored without its wake-up being sent. Each transition also stores a
+// random nonce of its call: go-redis sends a command again when its reply
+// is late (a read timeout, a dropped connection), and the script sent
+// again after it ran finds its own nonce and reports the transition made,
+// rather than that someone else moved the approval first. An approval
+// makes each transition at most once, so no nonce is overwritten.
 //
 // Hashes expire (pending ones PendingGrace after their Expires, decided
 // ones Retention after the decision), so Redis does not grow forever. An
@@ -146,14 +154,17 @@ const pruneBatch = 100
 // KEYS: hash, expiry set, then the state indexes in states' order (so
 // KEYS[3] is pending's), then the recent set. ARGV: meta, body, index
 // member, TTL in ms, prefix of hash keys, prune batch, retention in ms,
-// Expires in Unix ms.
+// Expires in Unix ms, nonce.
 var createScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then
+	if redis.call('HGET', KEYS[1], 'nonce_create') == ARGV[9] then
+		return 1
+	end
 	return 0
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'meta', ARGV[1], 'body', ARGV[2], 'state', 'pending', 'idx', ARGV[3], 'expires', ARGV[8])
+redis.call('HSET', KEYS[1], 'meta', ARGV[1], 'body', ARGV[2], 'state', 'pending', 'idx', ARGV[3], 'expires', ARGV[8], 'nonce_create', ARGV[9])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('ZADD', KEYS[3], 0, ARGV[3])
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3])
@@ -182,13 +193,16 @@ return 1
 // Any move but approved drops the request, which will not run.
 // KEYS: hash, pending index, target index, expiry set, recent set. ARGV:
 // to, by, reason, at, retention in ms, channel, at in Unix ms (empty:
-// Redis's time).
+// Redis's time), nonce.
 var finishScript = redis.NewScript(`
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then
 	return 'notfound'
 end
 if state ~= 'pending' then
+	if redis.call('HGET', KEYS[1], 'nonce_finish') == ARGV[8] then
+		return redis.call('HGETALL', KEYS[1])
+	end
 	return 'notpending'
 end
 local t = redis.call('TIME')
@@ -198,7 +212,7 @@ if expires and (ARGV[1] == 'approved' or ARGV[1] == 'denied') and (tonumber(ARGV
 	return 'expired'
 end
 local m = redis.call('HGET', KEYS[1], 'idx')
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'by', ARGV[2], 'reason', ARGV[3], 'at', ARGV[4])
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'by', ARGV[2], 'reason', ARGV[3], 'at', ARGV[4], 'nonce_finish', ARGV[8])
 if ARGV[1] ~= 'approved' then
 	redis.call('HDEL', KEYS[1], 'body')
 end
@@ -216,22 +230,25 @@ return redis.call('HGETALL', KEYS[1])
 // worth keeping longer. Voided drops the request, which will not run.
 // KEYS: hash, approved index, target index. ARGV: the target state; for
 // executed, the request parked, which the stored one must equal; for
-// voided, why.
+// voided, why; nonce.
 var leaveApprovedScript = redis.NewScript(`
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then
 	return 'notfound'
 end
 if state ~= 'approved' then
+	if redis.call('HGET', KEYS[1], 'nonce_leave') == ARGV[3] then
+		return redis.call('HGETALL', KEYS[1])
+	end
 	return 'notapproved'
 end
 if ARGV[1] == 'executed' then
 	if redis.call('HGET', KEYS[1], 'body') ~= ARGV[2] then
 		return 'altered'
 	end
-	redis.call('HSET', KEYS[1], 'state', 'executed')
+	redis.call('HSET', KEYS[1], 'state', 'executed', 'nonce_leave', ARGV[3])
 else
-	redis.call('HSET', KEYS[1], 'state', 'voided', 'void', ARGV[2])
+	redis.call('HSET', KEYS[1], 'state', 'voided', 'void', ARGV[2], 'nonce_leave', ARGV[3])
 	redis.call('HDEL', KEYS[1], 'body')
 end
 local m = redis.call('HGET', KEYS[1], 'idx')
@@ -256,7 +273,7 @@ func (r *Redis) Create(ctx context.Context, a *Approval) error {
 	keys := append(append([]string{r.key(a.ID), r.expiryKey()}, r.indexes()...), r.recentKey())
 	ok, err := createScript.Run(ctx, r.client, keys,
 		meta, a.Body, a.Created.UTC().Format(indexTime)+" "+a.ID, millis(ttl), r.key(""), pruneBatch,
-		millis(r.retention), a.Expires.UnixMilli()).Int()
+		millis(r.retention), a.Expires.UnixMilli(), rand.Text()).Int()
 	if err != nil {
 		return fmt.Errorf("create approval %s: %w", a.ID, err)
 	}
@@ -387,7 +404,7 @@ func (r *Redis) Finish(ctx context.Context, id string, to State, by, reason stri
 	}
 	res, err := finishScript.Run(ctx, r.client,
 		[]string{r.key(id), r.index(Pending), r.index(to), r.expiryKey(), r.recentKey()},
-		string(to), by, reason, when, millis(r.retention), r.channel(id), whenMillis).Result()
+		string(to), by, reason, when, millis(r.retention), r.channel(id), whenMillis, rand.Text()).Result()
 	if err != nil {
 		return nil, fmt.Errorf("finish approval %s: %w", id, err)
 	}
@@ -413,7 +430,7 @@ func (r *Redis) Void(ctx context.Context, id, reason string) (*Approval, error) 
 func (r *Redis) leaveApproved(ctx context.Context, id string, to State, arg any) (*Approval, error) {
 	verb := map[State]string{Executed: "execute", Voided: "void"}[to]
 	res, err := leaveApprovedScript.Run(ctx, r.client,
-		[]string{r.key(id), r.index(Approved), r.index(to)}, string(to), arg).Result()
+		[]string{r.key(id), r.index(Approved), r.index(to)}, string(to), arg, rand.Text()).Result()
 	if err != nil {
 		return nil, fmt.Errorf("%s approval %s: %w", verb, id, err)
 	}

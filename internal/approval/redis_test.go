@@ -398,6 +398,63 @@ func race(t *testing.T, replicas []*Redis, n int, lost error, f func(s *Redis, i
 	return w.Load(), r.Load()
 }
 
+// A transition whose reply comes too late, so that go-redis sends it
+// again on another connection, reports what it did: the retry finds the
+// store changed by its own first attempt, not by someone else.
+func TestRedisTransitionsRetried(t *testing.T) {
+	p := redistest.Start(t).Proxy()
+	s := NewRedis(p.Client(), nil)
+	ctx := context.Background()
+	body := []byte(`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{}}}`)
+	// Each script once without a hold, so that Redis has it: else the
+	// held reply would be NOSCRIPT, before the script ran.
+	warm := park(t, s, body)
+	if _, err := s.Finish(ctx, warm.ID, Approved, "alice", "", t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Execute(ctx, warm.ID, body); err != nil {
+		t.Fatal(err)
+	}
+	late := func(id string) { p.DelayReply(id, 2*redistest.ProxyReadTimeout) }
+
+	a, err := New("dec-1", "bot", "editor", "notion", "delete_page", body, t0, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	late(a.ID)
+	if err := s.Create(ctx, a); err != nil {
+		t.Errorf("Create sent twice: %v", err)
+	}
+	late(a.ID)
+	if got, err := s.Finish(ctx, a.ID, Approved, "alice", "", t0); err != nil || got.State != Approved || got.DecidedBy != "alice" {
+		t.Errorf("Finish sent twice = %+v, %v; want it approved by alice", got, err)
+	}
+	late(a.ID)
+	if got, err := s.Execute(ctx, a.ID, body); err != nil || got.State != Executed {
+		t.Errorf("Execute sent twice = %+v, %v; want it executed", got, err)
+	}
+
+	v := park(t, s, body)
+	if _, err := s.Finish(ctx, v.ID, Approved, "alice", "", t0); err != nil {
+		t.Fatal(err)
+	}
+	late(v.ID)
+	if got, err := s.Void(ctx, v.ID, "stale"); err != nil || got.State != Voided {
+		t.Errorf("Void sent twice = %+v, %v; want it voided", got, err)
+	}
+
+	// Another's transition is still another's.
+	if _, err := s.Finish(ctx, a.ID, Denied, "bob", "", t0); !errors.Is(err, ErrNotPending) {
+		t.Errorf("a second decision: %v, want ErrNotPending", err)
+	}
+	if _, err := s.Execute(ctx, a.ID, body); !errors.Is(err, ErrNotApproved) {
+		t.Errorf("a second Execute: %v, want ErrNotApproved", err)
+	}
+	if err := s.Create(ctx, a); err == nil {
+		t.Error("creating the approval again succeeded")
+	}
+}
+
 // Replicas racing to decide one approval: exactly one decision stands,
 // and it is the one stored.
 func TestRedisFinishRace(t *testing.T) {

@@ -4,9 +4,11 @@
 // persistence off and its working directory in the test's temporary
 // directory, so tests never touch a system Redis, never share state with
 // one another, and can stop and restart the server to check how code
-// behaves while Redis is down. redis-server must be on PATH: scripts/setup
-// installs it. A missing binary fails the test rather than skipping it, so
-// the Redis code paths cannot silently go untested.
+// behaves while Redis is down; a Proxy in front of one holds back a reply,
+// to check how code behaves when a command times out after it ran.
+// redis-server must be on PATH: scripts/setup installs it. A missing
+// binary fails the test rather than skipping it, so the Redis code paths
+// cannot silently go untested.
 package redistest
 
 import (
@@ -117,8 +119,14 @@ func StartWith(t testing.TB, opts Options) *Server {
 // Each call returns a distinct client with its own connection pool, so two
 // calls stand for two replicas.
 func (s *Server) Client() *redis.Client {
+	return s.client(s.Addr, 2*time.Second)
+}
+
+// client returns a new client for the server at addr, closed when the
+// test ends.
+func (s *Server) client(addr string, readTimeout time.Duration) *redis.Client {
 	c := redis.NewClient(&redis.Options{
-		Addr:      s.Addr,
+		Addr:      addr,
 		Username:  s.opts.User,
 		Password:  s.opts.Password,
 		TLSConfig: s.tlsConfig,
@@ -130,7 +138,7 @@ func (s *Server) Client() *redis.Client {
 		// server is reached again through fresh connections.
 		DialerRetries: 1,
 		DialTimeout:   time.Second,
-		ReadTimeout:   2 * time.Second,
+		ReadTimeout:   readTimeout,
 	})
 	s.mu.Lock()
 	s.clients = append(s.clients, c)

@@ -77,3 +77,22 @@ func TestTLSAndACL(t *testing.T) {
 		}
 	}
 }
+
+// A reply the proxy holds back times the command out after the server ran
+// it, and go-redis sends it again: a write that is not idempotent counts
+// twice.
+func TestProxyDelaysAReply(t *testing.T) {
+	ctx := context.Background()
+	p := Start(t).Proxy()
+	c := p.Client()
+	if err := c.Ping(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	p.DelayReply("counter", 2*ProxyReadTimeout)
+	if n, err := c.Incr(ctx, "counter").Result(); err != nil || n != 2 {
+		t.Errorf("INCR with its reply held back = %d, %v; want 2, run again after the timeout", n, err)
+	}
+	if n, err := c.Incr(ctx, "counter").Result(); err != nil || n != 3 {
+		t.Errorf("the next INCR = %d, %v; want 3, not held back", n, err)
+	}
+}

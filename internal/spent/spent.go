@@ -9,6 +9,8 @@ package spent
 
 import (
 	"context"
+	"crypto/rand"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -82,7 +84,11 @@ func (m *Memory) forget(now time.Time) {
 }
 
 // Redis is a Ledger in the Redis the replicas share: one key per spent
-// decision, which Redis drops when the decision expires.
+// decision, which Redis drops when the decision expires. The key holds a
+// random nonce of the spending that set it: go-redis sends a command
+// again when its reply is late (a read timeout, a dropped connection),
+// and a spending sent twice must find its own entry, not report a
+// replay.
 type Redis struct {
 	client redis.UniversalClient
 }
@@ -99,9 +105,13 @@ func (r *Redis) Spend(ctx context.Context, id string, until time.Time) (bool, er
 	if ttl < time.Millisecond {
 		ttl = time.Millisecond
 	}
-	first, err := r.client.SetNX(ctx, keyPrefix+id, 1, ttl).Result()
+	nonce := rand.Text()
+	old, err := r.client.SetArgs(ctx, keyPrefix+id, nonce, redis.SetArgs{Mode: "NX", TTL: ttl, Get: true}).Result()
+	if errors.Is(err, redis.Nil) {
+		return true, nil
+	}
 	if err != nil {
 		return false, fmt.Errorf("spend decision: %w", err)
 	}
-	return first, nil
+	return old == nonce, nil
 }

@@ -73,6 +73,25 @@ func TestRedis(t *testing.T) {
 	}
 }
 
+// A spending whose reply comes too late, so that go-redis sends it again,
+// is still its first: the retry finds the ledger's entry its own.
+func TestRedisSpendRetried(t *testing.T) {
+	p := redistest.Start(t).Proxy()
+	client := p.Client()
+	l := NewRedis(client)
+	ctx := context.Background()
+	if err := client.Ping(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	p.DelayReply("retried", 2*redistest.ProxyReadTimeout)
+	if first, err := l.Spend(ctx, "retried", time.Now().Add(time.Minute)); err != nil || !first {
+		t.Errorf("a first spending sent twice: %v, %v; want it first", first, err)
+	}
+	if first, err := l.Spend(ctx, "retried", time.Now().Add(time.Minute)); err != nil || first {
+		t.Errorf("a second spending: %v, %v; want it refused", first, err)
+	}
+}
+
 // Memory keeps no more than the decisions not yet expired.
 func TestMemoryForgets(t *testing.T) {
 	now := time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC)
