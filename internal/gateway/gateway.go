@@ -502,11 +502,18 @@ func replicaID(dataDir string) (string, error) {
 // watchEnvoyConfig rereads the config file every reload interval until ctx
 // ends and serves Envoy a new snapshot when its envoy section changed. A
 // file that does not load, or whose Envoy resources do not validate, is
-// logged and the last good snapshot stays.
+// logged and the last good snapshot stays. As with the policies (see
+// policy.Live.Watch), a change is taken once two reads in a row agree: a
+// file caught while being written, empty after its truncation, would
+// load, and give Envoy the defaults.
 func (g *Gateway) watchEnvoyConfig(ctx context.Context) {
 	t := time.NewTicker(g.reload)
 	defer t.Stop()
 	current, last := g.cfg.Envoy, g.configSeen
+	// What the last read found, if it was a change: taken if the next read
+	// finds it too. (Not nil alone: an empty file is a change.)
+	var held []byte
+	holding := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -515,9 +522,14 @@ func (g *Gateway) watchEnvoyConfig(ctx context.Context) {
 		}
 		data, err := os.ReadFile(g.configFile)
 		if err != nil || bytes.Equal(data, last) {
+			holding = false
 			continue
 		}
-		last = data
+		if !holding || !bytes.Equal(data, held) {
+			held, holding = data, true
+			continue
+		}
+		last, holding = data, false
 		fresh, err := config.Parse(g.configFile, data, &config.Options{Secrets: g.secrets})
 		if err != nil {
 			g.log.Error("config file changed but does not load; Envoy keeps its config", "file", g.configFile, "xds_version", g.xds.Version(), "err", err)

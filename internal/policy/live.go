@@ -69,9 +69,18 @@ func (l *Live) Status() Status {
 func (l *Live) Reload() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.apply(l.compile())
+}
+
+func (l *Live) compile() (*Set, error) {
 	opts := l.opts
 	opts.Sequence = l.seq + 1
-	set, err := LoadDir(l.dir, &opts)
+	return LoadDir(l.dir, &opts)
+}
+
+// apply makes a compile's outcome the last reload's, serving set if it
+// compiled and differs from the set served. The caller holds mu.
+func (l *Live) apply(set *Set, err error) error {
 	l.last = Status{At: time.Now(), Err: err}
 	if cur := l.cur.Load(); cur != nil {
 		l.last.Version = cur.Version()
@@ -92,17 +101,27 @@ func (l *Live) Reload() error {
 // Watch reloads every interval until ctx ends, calling report after each
 // reload that changed the version, or whose failure or misfits differ
 // from the last reported: one that stands is reported once.
+//
+// A change is taken once the directory has held still for an interval:
+// when two looks in a row compile it alike (see settle). A file caught
+// while it is being written, empty after its truncation or cut short, is
+// then neither served nor reported; cut short, a role could have lost an
+// approval rule or a constraint. Reload, asked for, takes the directory
+// as it is.
 func (l *Live) Watch(ctx context.Context, interval time.Duration, report func(Status)) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	reported := l.Status()
+	var s settle
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 			before := l.Current()
-			l.Reload()
+			if !l.look(&s) {
+				continue
+			}
 			st := l.Status()
 			changed := l.Current() != before || errText(st.Err) != errText(reported.Err) || errText(st.Misfits) != errText(reported.Misfits)
 			if report != nil && changed {
@@ -111,6 +130,32 @@ func (l *Live) Watch(ctx context.Context, interval time.Duration, report func(St
 			}
 		}
 	}
+}
+
+// settle is what Watch's last look at the directory found: the outcome
+// of its compile, taken if the next look finds the same.
+type settle struct{ held string }
+
+// look compiles the directory and takes the outcome (see apply) if it is
+// the served set's, or the same as the last look's: it reports whether it
+// took it.
+func (l *Live) look(s *settle) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	set, err := l.compile()
+	seen := "error: " + errText(err)
+	if err == nil {
+		seen = "set: " + set.Version().Hash
+	}
+	cur := l.cur.Load()
+	unchanged := err == nil && cur != nil && cur.Version().Hash == set.Version().Hash
+	if seen != s.held && !unchanged {
+		s.held = seen
+		return false
+	}
+	s.held = ""
+	l.apply(set, err)
+	return true
 }
 
 func errText(err error) string {

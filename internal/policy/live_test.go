@@ -144,3 +144,65 @@ func TestWatchReportsAStandingFailureOnce(t *testing.T) {
 		t.Errorf("%d more reports, want none", len(reports))
 	}
 }
+
+// Watch takes a change once the directory has held still for a look: a
+// file caught while being written, here cut short before its approval
+// rule, or empty after its truncation, is neither served nor reported
+// unless the next look finds it so too.
+func TestWatchTakesSettledChanges(t *testing.T) {
+	dir := t.TempDir()
+	write := func(src string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, "r.yaml"), []byte(src), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const full = "role: a\nservers:\n  notion:\n    tools:\n      - name: delete_page\n" +
+		"approvals:\n  - match: \"delete*\"\n    require: human\n"
+	write(full)
+	l := NewLive(dir, nil)
+	if err := l.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	served := l.Current()
+	var s settle
+	look := func(what string, want bool) {
+		t.Helper()
+		if got := l.look(&s); got != want {
+			t.Fatalf("%s: look took it %v, want %v", what, got, want)
+		}
+	}
+
+	cut := full[:strings.Index(full, "approvals:")]
+	if _, err := Compile([]File{{Name: "r.yaml", Data: []byte(cut)}}, nil); err != nil {
+		t.Fatalf("the cut file does not compile, so it would not be served anyway: %v", err)
+	}
+	write(cut)
+	look("a file cut before its approval rule", false)
+	if l.Current() != served || l.Status().Err != nil {
+		t.Fatalf("a file seen cut short once was served: %v, %v", l.Current().Version(), l.Status().Err)
+	}
+	write(full)
+	look("the whole file again", true)
+	write("")
+	look("an empty file", false)
+	if l.Current() != served || l.Status().Err != nil {
+		t.Fatalf("an empty file seen once was served or reported: %v, %v", l.Current().Version(), l.Status().Err)
+	}
+
+	write(strings.Replace(full, "role: a\n", "role: a\nmode: shadow\n", 1))
+	look("a change, first seen", false)
+	look("the change, seen again", true)
+	if v := l.Current().Version(); v.Seq != 2 || v.Hash == served.Version().Hash {
+		t.Errorf("version after a settled change = %v, want sequence 2 and a new hash", v)
+	}
+	write("role: a\nmode: sideways\n")
+	look("a broken file, first seen", false)
+	if l.Status().Err != nil {
+		t.Fatalf("a broken file seen once was reported: %v", l.Status().Err)
+	}
+	look("the broken file, seen again", true)
+	if l.Status().Err == nil {
+		t.Error("a broken file seen twice was not reported")
+	}
+}
