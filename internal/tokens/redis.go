@@ -2,6 +2,7 @@ package tokens
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -25,7 +26,8 @@ const DefaultRedisPrefix = "amg:{tokens}:"
 // Layout, under the prefix:
 //
 //	t:<digest hex>  hash: id, agent, role, created, expires, revoked
-//	                (times in Unix microseconds; absent means zero)
+//	                (times in Unix microseconds; absent means zero),
+//	                nonce (of the Put that stored it; see putScript)
 //	id:<id>         string: the digest hex, to revoke by ID
 //	all             sorted set of digest hex, scored by created
 //	revoked         pub/sub channel carrying each revoked ID
@@ -68,13 +70,19 @@ func (s *RedisStore) idKey(id string) string   { return s.prefix + "id:" + id }
 func (s *RedisStore) allKey() string           { return s.prefix + "all" }
 
 // putScript stores a token unless its digest or ID is already stored.
+// The hash keeps a random nonce of the Put that stored it: go-redis sends
+// a command again when its reply is late, and the Put sent again finds
+// its own token and succeeds, rather than report a duplicate.
 // KEYS: token hash, ID key, sorted set. ARGV: digest hex, id, agent, role,
-// created, expires ("" for none), revoked ("" for none).
+// created, expires ("" for none), revoked ("" for none), nonce.
 var putScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then
+	if redis.call('HGET', KEYS[1], 'nonce') == ARGV[8] then
+		return 1
+	end
 	return 0
 end
-redis.call('HSET', KEYS[1], 'id', ARGV[2], 'agent', ARGV[3], 'role', ARGV[4], 'created', ARGV[5])
+redis.call('HSET', KEYS[1], 'id', ARGV[2], 'agent', ARGV[3], 'role', ARGV[4], 'created', ARGV[5], 'nonce', ARGV[8])
 if ARGV[6] ~= '' then
 	redis.call('HSET', KEYS[1], 'expires', ARGV[6])
 end
@@ -110,7 +118,7 @@ func (s *RedisStore) Put(ctx context.Context, d Digest, t Token) error {
 	dhex := hex.EncodeToString(d[:])
 	ok, err := putScript.Run(ctx, s.client,
 		[]string{s.tokenKey(d), s.idKey(t.ID), s.allKey()},
-		dhex, t.ID, t.Agent, t.Role, micros(t.Created), micros(t.Expires), micros(t.Revoked)).Int()
+		dhex, t.ID, t.Agent, t.Role, micros(t.Created), micros(t.Expires), micros(t.Revoked), rand.Text()).Int()
 	if err != nil {
 		return fmt.Errorf("store token %s: %w", t.ID, err)
 	}

@@ -22,6 +22,34 @@ func TestRedisStore(t *testing.T) {
 	})
 }
 
+// A Put whose reply comes late is sent again by go-redis: the second
+// finds the token its first stored, and the Put succeeds, rather than
+// reporting a duplicate (amg token issue would report a failure for a
+// token it stored, whose secret no one has).
+func TestRedisPutRetried(t *testing.T) {
+	ctx := context.Background()
+	p := redistest.Start(t).Proxy()
+	client := p.Client()
+	s := NewRedisStore(client, nil)
+	// Another token first, so that Redis has the script: its first run
+	// is refused unknown, and sent again whole.
+	if _, _, err := Issue(ctx, s, "warm-up", "r", 0, t0); err != nil {
+		t.Fatal(err)
+	}
+	d, tok := newToken(t, "retried-bot", t0)
+	p.DelayReply("retried-bot", 2*redistest.ProxyReadTimeout)
+	if err := s.Put(ctx, d, tok); err != nil {
+		t.Errorf("a Put sent twice: %v", err)
+	}
+	if got, err := s.Get(ctx, d); err != nil || got.Agent != "retried-bot" {
+		t.Errorf("Get = %+v, %v", got, err)
+	}
+	// Another Put of the same token is still a duplicate.
+	if err := s.Put(ctx, d, tok); !errors.Is(err, errDuplicate) {
+		t.Errorf("a second Put = %v, want a duplicate", err)
+	}
+}
+
 // Two stores on two clients stand for two replicas racing to store one
 // digest: exactly one wins.
 func TestRedisPutIsAtomicAcrossReplicas(t *testing.T) {
