@@ -99,12 +99,17 @@ func NewRedis(client redis.UniversalClient) *Redis { return &Redis{client: clien
 // keyPrefix starts the key of a spent decision id.
 const keyPrefix = "amg:{decisions}:"
 
+// clockMargin is how much longer than its decision a spent decision's
+// key lives in Redis. The key's lifetime is reckoned on the clock of the
+// replica that spent the decision, and the decision's expiry checked on
+// the clock of each replica presented with it: without a margin, a
+// replica whose clock is behind would take a replay while the key had
+// already gone.
+const clockMargin = 2 * time.Second
+
 // Spend implements Ledger.
 func (r *Redis) Spend(ctx context.Context, id string, until time.Time) (bool, error) {
-	ttl := time.Until(until)
-	if ttl < time.Millisecond {
-		ttl = time.Millisecond
-	}
+	ttl := time.Until(until) + clockMargin
 	nonce := rand.Text()
 	old, err := r.client.SetArgs(ctx, keyPrefix+id, nonce, redis.SetArgs{Mode: "NX", TTL: ttl, Get: true}).Result()
 	if errors.Is(err, redis.Nil) {
