@@ -104,7 +104,15 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, as *agentSession, 
 		refuseCall(w, body, "this call needs human approval, and the approval store failed")
 		return
 	}
-	b.recordApproval(a, CodeApprovalParked, "")
+	if err := b.recordApproval(a, CodeApprovalParked, ""); err != nil {
+		// Not parked unrecorded: the approval no one could trace is
+		// cancelled at once (unrecorded too), and the call refused.
+		if _, ferr := b.approvals.Finish(context.Background(), a.ID, approval.Cancelled, "amg", "the audit log could not record it", b.now()); ferr != nil {
+			b.log.Warn("cannot cancel an approval the audit log could not record; it stays pending until it expires", "approval_id", a.ID, "err", ferr)
+		}
+		refuseCall(w, body, "this call needs human approval, and the audit log could not record it; try again")
+		return
+	}
 	if b.notify != nil {
 		go b.notify(a)
 	}
@@ -149,6 +157,9 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, as *agentSession, 
 	switch {
 	case errors.Is(err, errStopped):
 		send(rpcError(m.ID, RPCApprovalRefused, "call needing approval "+a.ID+" was not run: the gateway is shutting down"))
+	case errors.Is(err, errUnrecorded):
+		b.void(outcome, CodeApprovalUnavailable, "the audit log could not record its approval")
+		send(rpcError(m.ID, RPCApprovalRefused, "approved call "+a.ID+" was not run: the audit log could not record its approval; send the call again to ask anew"))
 	case errors.Is(err, errLost):
 		send(rpcError(m.ID, RPCApprovalRefused, "call needing approval "+a.ID+" was not run: the approval store lost approval "+a.ID+
 			"; send the call again to ask anew"))
@@ -194,6 +205,11 @@ func (b *Broker) refusePark(w http.ResponseWriter, d authz.Decision, body []byte
 // errStopped is waitForDecision's when the broker drained and the
 // approval could not be cancelled in the store.
 var errStopped = errors.New("stopped waiting for approvals")
+
+// errUnrecorded is waitForDecision's when it has an approval the audit
+// log could not record: a call is not run on a decision the log does not
+// hold (who approved it, and when).
+var errUnrecorded = errors.New("the audit log could not record the approval")
 
 // errLost is waitForDecision's when the store no longer has the approval
 // (ErrNotFound): no one can decide it, nor record its end, so waiting on
@@ -248,7 +264,9 @@ func (b *Broker) waitForDecision(ctx context.Context, a *approval.Approval, keep
 	for {
 		select {
 		case got := <-decided:
-			b.recordApproval(got, codeFor(got.State), got.Reason)
+			if err := b.recordApproval(got, codeFor(got.State), got.Reason); err != nil && got.State == approval.Approved {
+				return got, errUnrecorded
+			}
 			return got, nil
 		case <-lost:
 			return nil, b.lost(a)
@@ -481,10 +499,11 @@ func codeFor(s approval.State) string {
 	}
 }
 
-// recordApproval audits a step of an approval.
-func (b *Broker) recordApproval(a *approval.Approval, code, reason string) {
+// recordApproval audits a step of an approval; an error means the audit
+// log could not take it, and what depends on the step must not happen.
+func (b *Broker) recordApproval(a *approval.Approval, code, reason string) error {
 	if b.audit == nil {
-		return
+		return nil
 	}
 	rec := &audit.Record{Time: b.now(), DecisionID: a.DecisionID, Agent: a.Agent, Role: a.Role, Server: a.Server,
 		Tool: a.Tool, Method: "tools/call", Verdict: "needs_approval", Code: code, Reason: reason, ApprovalID: a.ID}
@@ -493,7 +512,9 @@ func (b *Broker) recordApproval(a *approval.Approval, code, reason string) {
 	}
 	if err := b.audit.Log(rec); err != nil {
 		b.log.Error("audit log cannot record an approval step", "approval_id", a.ID, "code", code, "err", err)
+		return err
 	}
+	return nil
 }
 
 // void ends the approved approval a that will not run, and audits why

@@ -19,6 +19,7 @@ import (
 	"github.com/amgateway/amg/authz"
 	"github.com/amgateway/amg/internal/approval"
 	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/audit/audittest"
 	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/redistest"
 	"github.com/amgateway/amg/internal/tokens"
@@ -878,4 +879,64 @@ func TestApprovedCallIsCheckedAgain(t *testing.T) {
 			checkVoided(t, g, store, p.ID, CodeApprovalStale, tc.want)
 		})
 	}
+}
+
+// switchedAudit records until failing is set, then refuses every record,
+// as a full disk or queue makes the audit logger do.
+type switchedAudit struct {
+	audittest.Recorder
+	failing atomic.Bool
+}
+
+func (s *switchedAudit) Log(rec *audit.Record) error {
+	if s.failing.Load() {
+		return audit.ErrUnavailable
+	}
+	return s.Recorder.Log(rec)
+}
+
+// A call whose approval cannot be audited does not run: every decision
+// is recorded, and what cannot be recorded is refused. An approval the
+// audit log cannot take is voided, and its agent told; a call whose
+// parking it cannot take is not parked.
+func TestApprovalStepsAuditedOrNotRun(t *testing.T) {
+	call := `{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`
+	t.Run("approved", func(t *testing.T) {
+		store := approval.NewMemory(nil)
+		aud := &switchedAudit{}
+		g := parkedGateway(t, store, func(o *Options) { o.Audit = aud })
+		agent := newRawAgent(t, g)
+		answer := make(chan []string, 1)
+		go func() { answer <- agent.post(call) }()
+		p := parkedOne(t, store)
+		aud.failing.Store(true)
+		if _, err := store.Finish(context.Background(), p.ID, approval.Approved, "alice", "ok", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		got := <-answer
+		if d := g.deletions(); len(d) != 0 {
+			t.Errorf("the call ran upstream (%q) though its approval could not be audited", d)
+		}
+		if len(got) == 0 || !strings.Contains(got[len(got)-1], "the audit log could not record its approval") {
+			t.Errorf("answer %q, want the call refused for want of its record", got)
+		}
+		if a, _ := store.Get(context.Background(), p.ID); a.State != approval.Voided {
+			t.Errorf("approval %s, want voided", a.State)
+		}
+	})
+	t.Run("parked", func(t *testing.T) {
+		store := approval.NewMemory(nil)
+		aud := &switchedAudit{}
+		aud.failing.Store(true)
+		// A short wait, so that a call parked unrecorded is answered
+		// (expired), not waited on for the test's life.
+		g := parkedGateway(t, store, func(o *Options) { o.Audit, o.ApprovalTTL = aud, 2*time.Second })
+		got := newRawAgent(t, g).post(call)
+		if len(got) == 0 || !strings.Contains(got[len(got)-1], "the audit log") {
+			t.Errorf("answer %q, want the call refused for want of its record", got)
+		}
+		if pending, _ := store.List(context.Background(), approval.Pending); len(pending) != 0 {
+			t.Errorf("%d approvals pending, for a call whose parking was not recorded", len(pending))
+		}
+	})
 }
