@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/amgateway/amg/internal/redistest"
 )
@@ -134,5 +135,42 @@ func TestStreamHead(t *testing.T) {
 	}
 	if _, err := s.Head(ctx, "r9"); err == nil || !strings.Contains(err.Error(), `replica "r9" has shipped no audit records`) {
 		t.Errorf("Head of a replica that shipped nothing: %v", err)
+	}
+}
+
+// A stream that holds records of a replica past its position, or two
+// different records under one seq (shipped again from a file rewritten
+// since, as an older version did), anchors at the latest or is an error:
+// never at a record that would let the rewritten file pass.
+func TestStreamHeadDistrustsReshippedRecords(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	s := NewStream(srv.Client(), &StreamOptions{Replica: "r1"})
+	path := filepath.Join(t.TempDir(), FileName)
+	writeRecords(t, path, nil, 1, 10)
+	orig := readLines(t, path)
+	add := func(lines ...string) {
+		for _, l := range lines {
+			srv.Client().XAdd(ctx, &redis.XAddArgs{Stream: s.key, Values: []any{"replica", "r1", "record", strings.TrimSuffix(l, "\n")}})
+		}
+	}
+
+	// Genuine records 1 to 10 shipped, then the file cut to 7 and records
+	// 1 to 7 shipped again, the position lowered to 7.
+	add(orig...)
+	add(orig[:7]...)
+	srv.Client().HSet(ctx, s.shippedKey(), "r1", 7)
+	writeLines(t, path, orig[:7])
+	head, err := s.Head(ctx, "r1")
+	if want := (Anchor{Seq: 10, Hash: hashOf(orig[9])}); err != nil || head != want {
+		t.Errorf("Head = %v, %v; want %v, the latest record the stream holds", head, err, want)
+	}
+
+	// Then rewritten from 8 on and shipped again.
+	writeRecords(t, path, nil, 50, 54)
+	add(readLines(t, path)[7:]...)
+	srv.Client().HSet(ctx, s.shippedKey(), "r1", 12)
+	if _, err := s.Head(ctx, "r1"); err == nil || !strings.Contains(err.Error(), `replica "r1" shipped two different records with seq`) {
+		t.Errorf("Head of a stream holding two records with seq 8: %v", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -67,8 +68,9 @@ func (f FileLog) Records(ctx context.Context, yield func(Record) bool) error {
 //
 //	<key>           stream; each entry has the fields replica and record
 //	                (the line of the replica's file)
-//	<key>:shipped   hash: replica -> seq of the last record it shipped,
-//	                written in one transaction with the entries
+//	<key>:shipped   hash: replica -> seq and hash (SEQ:HASH, as an Anchor)
+//	                of the last record it shipped, written in one
+//	                transaction with the entries
 type Stream struct {
 	client  redis.UniversalClient
 	key     string
@@ -230,21 +232,25 @@ func (s *Stream) Tail(ctx context.Context, n int, follow bool, emit func(line []
 }
 
 // Head returns the last record replica shipped to the stream, as an
-// Anchor for its file's chain: its seq, from the positions the replicas
-// ship to, and its hash, if the stream still holds the record. The stream
-// is outside the replica's files, so their tail cannot be cut or
-// rewritten without the anchor telling.
+// Anchor for its file's chain: its seq and hash, from the positions the
+// replicas ship to, or a later record of the replica's the stream holds.
+// The stream is outside the replica's files, so their tail cannot be cut or
+// rewritten without the anchor telling. A stream holding two different
+// records of the replica under one seq is an error: its file was rewritten
+// after the first was shipped.
 func (s *Stream) Head(ctx context.Context, replica string) (Anchor, error) {
-	seq, err := s.client.HGet(ctx, s.shippedKey(), replica).Uint64()
-	if err == redis.Nil {
-		return Anchor{}, fmt.Errorf("replica %q has shipped no audit records to %s", replica, s.key)
-	}
+	pos, err := s.position(ctx, replica)
 	if err != nil {
 		return Anchor{}, fmt.Errorf("audit stream head: %w", err)
 	}
-	a := Anchor{Seq: seq}
-	// A replica ships its records in order, and its position with them:
-	// its newest entry is the record at that seq.
+	if pos.Seq == 0 {
+		return Anchor{}, fmt.Errorf("replica %q has shipped no audit records to %s", replica, s.key)
+	}
+	head := pos
+	seen := map[uint64]string{} // seq -> hash of every record of the replica the stream holds
+	if pos.Hash != "" {
+		seen[pos.Seq] = pos.Hash
+	}
 	for end := "+"; ; {
 		page, err := s.client.XRevRangeN(ctx, s.key, end, "-", streamPage).Result()
 		if err != nil {
@@ -254,24 +260,56 @@ func (s *Stream) Head(ctx context.Context, replica string) (Anchor, error) {
 			if r, _ := m.Values["replica"].(string); r != replica {
 				continue
 			}
-			line, err := entryLine(m)
+			l, err := entryLink(m)
 			if err != nil {
-				return Anchor{}, fmt.Errorf("audit stream head: %w", err)
+				return Anchor{}, fmt.Errorf("audit stream head: entry %s of replica %q: %w", m.ID, replica, err)
 			}
-			l, kind, detail := checkLine([]byte(line))
-			switch {
-			case kind != "":
-				return Anchor{}, fmt.Errorf("audit stream head: entry %s of replica %q: %s: %s", m.ID, replica, kind, detail)
-			case l.seq == seq:
-				a.Hash = l.hash
+			if h, ok := seen[l.seq]; ok && h != l.hash {
+				return Anchor{}, fmt.Errorf("audit stream head: replica %q shipped two different records with seq %d (hashes %s and %s): "+
+					"its audit file was rewritten after the first was shipped", replica, l.seq, h, l.hash)
 			}
-			return a, nil
+			seen[l.seq] = l.hash
+			if l.seq >= head.Seq {
+				head = Anchor{Seq: l.seq, Hash: l.hash}
+			}
 		}
 		if len(page) < streamPage {
-			return a, nil // the stream no longer holds any record of the replica
+			return head, nil
 		}
 		end = "(" + page[len(page)-1].ID
 	}
+}
+
+// position is the last record the replica shipped, as the stream's
+// positions hold it: zero if it shipped none, without a hash if it was
+// shipped by a version that wrote the seq alone.
+func (s *Stream) position(ctx context.Context, replica string) (Anchor, error) {
+	v, err := s.client.HGet(ctx, s.shippedKey(), replica).Result()
+	if err == redis.Nil {
+		return Anchor{}, nil
+	}
+	if err != nil {
+		return Anchor{}, err
+	}
+	a, err := ParseAnchor(v)
+	if err != nil {
+		return Anchor{}, fmt.Errorf("%s: position of replica %q: %w", s.shippedKey(), replica, err)
+	}
+	return a, nil
+}
+
+// entryLink is the chain fields of the record of a stream entry, checked
+// as its file's line.
+func entryLink(m redis.XMessage) (link, error) {
+	line, err := entryLine(m)
+	if err != nil {
+		return link{}, err
+	}
+	l, kind, detail := checkLine([]byte(line))
+	if kind != "" {
+		return link{}, fmt.Errorf("%s: %s", kind, detail)
+	}
+	return l, nil
 }
 
 // emitEntry emits the record of a stream entry as its replica's file
@@ -313,9 +351,10 @@ func entryRecord(m redis.XMessage) (Record, error) {
 	return rec, nil
 }
 
-// shipLine is a line of the file to ship, with its seq.
+// shipLine is a line of the file to ship, with its seq and hash.
 type shipLine struct {
 	seq  uint64
+	hash string
 	line string
 }
 
@@ -332,6 +371,12 @@ const shipBatch = 500
 // MaxLen records are shipped. The backlog is read forward, a batch at a
 // time. While Redis fails, Ship retries with backoff and the file keeps the
 // records.
+//
+// A file that no longer holds the last record shipped, as it was shipped
+// (its end cut, or rewritten and chained anew), is not shipped: Ship logs
+// an error and waits for ctx to end, leaving the stream's anchor where it
+// was for `amg audit verify --redis` to find the difference. A new data
+// directory ships under a new replica name, from seq 1.
 func (s *Stream) Ship(ctx context.Context, path string) error {
 	if s.replica == "" {
 		return fmt.Errorf("audit stream: no replica name to ship %s under", path)
@@ -340,6 +385,13 @@ func (s *Stream) Ship(ctx context.Context, path string) error {
 	for ctx.Err() == nil {
 		err := s.shipFrom(ctx, path)
 		if ctx.Err() != nil {
+			break
+		}
+		if errors.Is(err, errNotShipped) {
+			s.log.Error("not shipping audit records to Redis: the audit file differs from what this replica shipped; "+
+				"check it with amg audit verify --redis, and start the replica with a new data directory (a new replica.id) to ship again",
+				"file", path, "replica", s.replica, "err", err)
+			<-ctx.Done()
 			break
 		}
 		s.log.Error("shipping audit records to Redis failed; retrying", "file", path, "err", err)
@@ -351,11 +403,10 @@ func (s *Stream) Ship(ctx context.Context, path string) error {
 // shipFrom ships what the last run left, reading the files forward, then
 // follows the file; it returns when ctx ends or the log cannot be read.
 func (s *Stream) shipFrom(ctx context.Context, path string) error {
-	var shipped uint64
+	var pos Anchor
 	for wait := newBackoff(); ; wait.sleep(ctx) {
-		n, err := s.client.HGet(ctx, s.shippedKey(), s.replica).Uint64()
-		if err == nil || err == redis.Nil {
-			shipped = n
+		var err error
+		if pos, err = s.position(ctx, s.replica); err == nil {
 			break
 		}
 		if ctx.Err() != nil {
@@ -363,14 +414,13 @@ func (s *Stream) shipFrom(ctx context.Context, path string) error {
 		}
 		s.log.Warn("cannot read the audit stream's position; retrying", "err", err)
 	}
+	if err := s.checkShipped(ctx, path, pos); err != nil {
+		return err
+	}
+	shipped := pos.Seq
 	tip, err := lastSeq(path)
 	if err != nil {
 		return err
-	}
-	if tip < shipped {
-		// A file started anew (a new data directory under the same
-		// replica name): all of it is new to the stream.
-		shipped = 0
 	}
 	// Of a backlog longer than the stream keeps, only its end would stay.
 	if tip > shipped+uint64(s.maxLen) {
@@ -384,6 +434,113 @@ func (s *Stream) shipFrom(ctx context.Context, path string) error {
 			return err
 		}
 	}
+}
+
+// errNotShipped is a file that no longer holds the last record shipped
+// from it as it was shipped.
+var errNotShipped = errors.New("audit stream: the file differs from what was shipped")
+
+// checkShipped checks that the log at path still holds pos, the last
+// record shipped from it: a file cut or rewritten since would otherwise
+// ship its new end over the old, and move the anchor that tells.
+func (s *Stream) checkShipped(ctx context.Context, path string, pos Anchor) error {
+	if pos.Seq == 0 {
+		return nil
+	}
+	if pos.Hash == "" {
+		// A position written with the seq alone: the record in the
+		// stream, if it is still there, has the hash.
+		if err := s.fillHash(ctx, &pos); err != nil {
+			return err
+		}
+	}
+	l, found, err := recordAt(path, pos.Seq)
+	switch {
+	case err != nil:
+		return err
+	case !found:
+		return fmt.Errorf("%w: the last record shipped has seq %d, which %s no longer holds: records were cut from its end", errNotShipped, pos.Seq, path)
+	case l.seq == 0:
+		s.log.Warn("the audit file begins after the last record shipped, which it cannot be checked against", "file", path, "shipped", pos.Seq)
+	case pos.Hash != "" && l.hash != pos.Hash:
+		return fmt.Errorf("%w: seq %d of %s has hash %s, but the record shipped has %s: it or a record before it was rewritten",
+			errNotShipped, pos.Seq, path, l.hash, pos.Hash)
+	}
+	return nil
+}
+
+// fillHash sets a.Hash to that of the replica's record a.Seq in the
+// stream, if it still holds it.
+func (s *Stream) fillHash(ctx context.Context, a *Anchor) error {
+	for end := "+"; ; {
+		page, err := s.client.XRevRangeN(ctx, s.key, end, "-", streamPage).Result()
+		if err != nil {
+			return err
+		}
+		for _, m := range page {
+			if r, _ := m.Values["replica"].(string); r != s.replica {
+				continue
+			}
+			if l, err := entryLink(m); err == nil && l.seq == a.Seq {
+				a.Hash = l.hash
+				return nil
+			}
+		}
+		if len(page) < streamPage {
+			return nil
+		}
+		end = "(" + page[len(page)-1].ID
+	}
+}
+
+// recordAt finds record seq in the log at path. found is false when the
+// log ends before it; a zero link with found set means the log begins
+// after it (its older files were removed).
+func recordAt(path string, seq uint64) (l link, found bool, err error) {
+	files, err := ChainFiles(path)
+	if err != nil {
+		return link{}, false, err
+	}
+	for i, name := range files {
+		if tip, _, err := lastRecord(name); err != nil || tip.seq < seq {
+			if err != nil {
+				return link{}, false, err
+			}
+			continue
+		}
+		f, err := os.Open(name)
+		if err != nil {
+			return link{}, false, err
+		}
+		defer f.Close()
+		r := newLineReader(f)
+		for first := i == 0; ; first = false {
+			line, complete, err := r.next()
+			if err != nil {
+				return link{}, false, fmt.Errorf("read %s: %w", name, err)
+			}
+			if !complete {
+				return link{}, false, nil
+			}
+			n, ok := lineSeq(line)
+			switch {
+			case !ok:
+				return link{}, false, fmt.Errorf("a line of %s has no seq", name)
+			case n > seq && first:
+				return link{}, true, nil // the log begins after it
+			case n > seq:
+				return link{}, false, nil // a gap where it was
+			case n < seq:
+				continue
+			}
+			l, kind, detail := checkLine(line)
+			if kind != "" {
+				return link{}, false, fmt.Errorf("%s: seq %d: %s: %s", name, seq, kind, detail)
+			}
+			return l, true, nil
+		}
+	}
+	return link{}, false, nil
 }
 
 // errSeqGap is a record that does not follow the last one shipped: the
@@ -432,7 +589,7 @@ func (s *Stream) catchUpFile(ctx context.Context, name string, after uint64) (ui
 		if seq <= after {
 			continue
 		}
-		if batch = append(batch, shipLine{seq: seq, line: string(line)}); len(batch) == shipBatch {
+		if batch = append(batch, shipLine{seq: seq, hash: lineChainHash(line), line: string(line)}); len(batch) == shipBatch {
 			if err := s.shipRetrying(ctx, batch); err != nil {
 				return after, err
 			}
@@ -477,7 +634,7 @@ func (s *Stream) follow(ctx context.Context, path string, after uint64) (uint64,
 			}
 			next++
 			select {
-			case lines <- shipLine{seq: seq, line: string(line)}:
+			case lines <- shipLine{seq: seq, hash: lineChainHash(line), line: string(line)}:
 				return nil
 			case <-tctx.Done():
 				return tctx.Err()
@@ -530,7 +687,8 @@ func (s *Stream) ship(ctx context.Context, batch []shipLine) error {
 			p.XAdd(ctx, &redis.XAddArgs{Stream: s.key, MaxLen: s.maxLen, Approx: true,
 				Values: []any{"replica", s.replica, "record", l.line}})
 		}
-		p.HSet(ctx, s.shippedKey(), s.replica, batch[len(batch)-1].seq)
+		last := batch[len(batch)-1]
+		p.HSet(ctx, s.shippedKey(), s.replica, Anchor{Seq: last.seq, Hash: last.hash}.String())
 		return nil
 	})
 	return err
@@ -553,6 +711,19 @@ func lineSeq(line []byte) (uint64, bool) {
 	}
 	seq, err := strconv.ParseUint(string(digits), 10, 64)
 	return seq, err == nil && seq > 0
+}
+
+// lineChainHash is the hash a line a file device wrote ends with; "" if
+// it ends with none.
+func lineChainHash(line []byte) string {
+	n := len(line)
+	if n < hashSuffixLen || !bytes.HasSuffix(line, []byte(`"}`)) || !bytes.Equal(line[n-hashSuffixLen:n-hashSuffixLen+len(hashKey)], []byte(hashKey)) {
+		return ""
+	}
+	if h := string(line[n-2-2*sha256.Size : n-2]); isHash(h) {
+		return h
+	}
+	return ""
 }
 
 // lastSeq is the seq of the last complete record of the audit log at

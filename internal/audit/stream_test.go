@@ -332,9 +332,9 @@ func TestShipWaitsOutRedis(t *testing.T) {
 	if seqs, _ := streamSeqs(t, s); !slices.Equal(seqs, seqRange(6, 10)) {
 		t.Errorf("after the outage the stream holds seqs %v, want 6 to 10", seqs)
 	}
-	pos, err := srv.Client().HGet(context.Background(), s.shippedKey(), "r1").Uint64()
-	if err != nil || pos != 10 {
-		t.Errorf("the stream's position for r1 is %d, %v; want 10", pos, err)
+	pos, err := s.position(context.Background(), "r1")
+	if err != nil || pos.Seq != 10 || pos.Hash == "" {
+		t.Errorf("the stream's position for r1 is %v, %v; want seq 10 and its hash", pos, err)
 	}
 }
 
@@ -463,5 +463,71 @@ func TestStreamTail(t *testing.T) {
 	}
 	if !slices.Equal(seen(), span(4, 7)) {
 		t.Errorf("followed %v, want %v", seen(), span(4, 7))
+	}
+}
+
+// A file whose end was cut, or rewritten and chained anew, after its
+// records were shipped is not shipped again: the replica says so, the
+// stream and its position stay as they were, and the file fails to verify
+// against the stream's head.
+func TestShipRefusesAFileCutOrRewritten(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		change func(t *testing.T, path string, lines []string)
+		legacy bool // the position holds the seq alone, as older versions wrote it
+	}{
+		{"end cut", func(t *testing.T, path string, lines []string) { writeLines(t, path, lines[:7]) }, false},
+		{"all cut", func(t *testing.T, path string, lines []string) { writeLines(t, path, nil) }, false},
+		{"tail rewritten past the position", func(t *testing.T, path string, lines []string) {
+			writeLines(t, path, lines[:7])
+			writeRecords(t, path, nil, 50, 54) // seq 8 to 12, chained anew
+		}, false},
+		{"tail rewritten to the position", func(t *testing.T, path string, lines []string) {
+			writeLines(t, path, lines[:7])
+			writeRecords(t, path, nil, 50, 52)
+		}, false},
+		{"tail rewritten, seq-only position", func(t *testing.T, path string, lines []string) {
+			writeLines(t, path, lines[:7])
+			writeRecords(t, path, nil, 50, 54)
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			srv := redistest.Start(t)
+			path := filepath.Join(t.TempDir(), FileName)
+			writeRecords(t, path, nil, 1, 10)
+			var logs syncbuf.Buffer
+			s := NewStream(srv.Client(), &StreamOptions{Replica: "r1", Poll: 10 * time.Millisecond,
+				Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			stop := shipping(t, s, path)
+			awaitShipped(t, srv.Client(), s, 10)
+			stop()
+			if tc.legacy {
+				srv.Client().HSet(ctx, s.shippedKey(), "r1", 10)
+			}
+			pos := srv.Client().HGet(ctx, s.shippedKey(), "r1").Val()
+
+			tc.change(t, path, readLines(t, path))
+			stop = shipping(t, s, path) // the replica restarts
+			for deadline := time.Now().Add(hangGuard); !strings.Contains(logs.String(), "not shipping audit records"); time.Sleep(5 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("Ship never reported the file differs; its log:\n%s", logs.String())
+				}
+			}
+			stop()
+			if seqs, _ := streamSeqs(t, s); !slices.Equal(seqs, seqRange(1, 10)) {
+				t.Errorf("the stream holds seqs %v, want 1 to 10 as shipped before", seqs)
+			}
+			if got := srv.Client().HGet(ctx, s.shippedKey(), "r1").Val(); got != pos {
+				t.Errorf("the position moved from %s to %s", pos, got)
+			}
+			head, err := s.Head(ctx, "r1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := VerifyAnchored([]Anchor{head}, path); err == nil {
+				t.Errorf("the changed file verifies against the stream's head %v", head)
+			}
+		})
 	}
 }
