@@ -69,8 +69,8 @@ func (f FileLog) Records(ctx context.Context, yield func(Record) bool) error {
 //	<key>           stream; each entry has the fields replica and record
 //	                (the line of the replica's file)
 //	<key>:shipped   hash: replica -> seq and hash (SEQ:HASH, as an Anchor)
-//	                of the last record it shipped, written in one
-//	                transaction with the entries
+//	                of the last record it shipped, written by the script
+//	                that adds the entries
 type Stream struct {
 	client  redis.UniversalClient
 	key     string
@@ -83,7 +83,7 @@ type Stream struct {
 
 // DefaultStreamKey and DefaultStreamMaxLen are a Stream's defaults. The
 // braces are a Redis Cluster hash tag: the stream and its positions share
-// one slot, which the shipping transaction needs.
+// one slot, which the shipping script needs.
 const (
 	DefaultStreamKey    = "amg:{audit}:records"
 	DefaultStreamMaxLen = 100_000
@@ -358,16 +358,17 @@ type shipLine struct {
 	line string
 }
 
-// shipBatch bounds how many records one transaction ships.
+// shipBatch bounds how many records one call of shipScript ships.
 const shipBatch = 500
 
 // Ship appends to the stream every record of the audit log at path (the
 // file a FileDevice writes) that this replica has not shipped before, then
 // each record as it is appended, until ctx ends, when it returns nil.
 //
-// Where it got to is written in the transaction that ships the records, so
-// a restart resumes after the last record shipped, without loss or
-// repetition; of a backlog longer than the stream keeps, only the last
+// Where it got to is written with the records, by the script that ships
+// them only if they come after it, so a restart, or a batch sent again
+// after a late reply, resumes after the last record shipped, without loss
+// or repetition; of a backlog longer than the stream keeps, only the last
 // MaxLen records are shipped. The backlog is read forward, a batch at a
 // time. While Redis fails, Ship retries with backoff and the file keeps the
 // records.
@@ -679,19 +680,36 @@ func (s *Stream) shipRetrying(ctx context.Context, batch []shipLine) error {
 	}
 }
 
-// ship appends batch to the stream and records how far it got, in one
-// transaction.
+// shipScript appends to the stream (KEYS[1]) the records of a batch that
+// come after the replica's position (KEYS[2], field ARGV[1]), and moves
+// the position to the last, at once: a batch sent again, because the
+// reply to one that ran came too late, adds nothing. ARGV[2] is MaxLen;
+// then come seq, hash and line of each record.
+var shipScript = redis.NewScript(`
+local pos = redis.call('HGET', KEYS[2], ARGV[1])
+local shipped = pos and tonumber(string.match(pos, '^%d+')) or 0
+local last
+for i = 3, #ARGV, 3 do
+	if tonumber(ARGV[i]) > shipped then
+		redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'replica', ARGV[1], 'record', ARGV[i+2])
+		last = i
+	end
+end
+if last then
+	redis.call('HSET', KEYS[2], ARGV[1], ARGV[last] .. ':' .. ARGV[last+1])
+end
+return 0
+`)
+
+// ship appends the records of batch not shipped yet to the stream and
+// records how far it got, in one script.
 func (s *Stream) ship(ctx context.Context, batch []shipLine) error {
-	_, err := s.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		for _, l := range batch {
-			p.XAdd(ctx, &redis.XAddArgs{Stream: s.key, MaxLen: s.maxLen, Approx: true,
-				Values: []any{"replica", s.replica, "record", l.line}})
-		}
-		last := batch[len(batch)-1]
-		p.HSet(ctx, s.shippedKey(), s.replica, Anchor{Seq: last.seq, Hash: last.hash}.String())
-		return nil
-	})
-	return err
+	args := make([]any, 0, 2+3*len(batch))
+	args = append(args, s.replica, s.maxLen)
+	for _, l := range batch {
+		args = append(args, l.seq, l.hash, l.line)
+	}
+	return shipScript.Run(ctx, s.client, []string{s.key, s.shippedKey()}, args...).Err()
 }
 
 // seqKey starts the seq of a file device's line: the chain's fields come

@@ -531,3 +531,29 @@ func TestShipRefusesAFileCutOrRewritten(t *testing.T) {
 		})
 	}
 }
+
+// A batch whose reply comes too late, after Redis ran it, is sent again
+// and adds nothing: every record reaches the stream once.
+func TestShipLateReply(t *testing.T) {
+	srv := redistest.Start(t)
+	proxy := srv.Proxy()
+	path := filepath.Join(t.TempDir(), FileName)
+	s := NewStream(proxy.Client(), &StreamOptions{Replica: "r1", Poll: 10 * time.Millisecond})
+	shipping(t, s, path)
+	writeRecords(t, path, nil, 1, 5)
+	awaitShipped(t, srv.Client(), s, 5)
+	proxy.DelayReply(`"decision_id"`, 2*redistest.ProxyReadTimeout) // the records' lines are in the command
+	writeRecords(t, path, nil, 6, 10)
+	for deadline := time.Now().Add(hangGuard); ; time.Sleep(5 * time.Millisecond) {
+		if pos, err := s.position(context.Background(), "r1"); err == nil && pos.Seq == 10 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("records 6 to 10 were never shipped")
+		}
+	}
+	time.Sleep(3 * redistest.ProxyReadTimeout) // for the late reply, and any batch sent again
+	if seqs, _ := streamSeqs(t, s); !slices.Equal(seqs, seqRange(1, 10)) {
+		t.Errorf("the stream holds seqs %v, want 1 to 10 once each", seqs)
+	}
+}
