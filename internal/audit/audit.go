@@ -74,18 +74,22 @@ type Record struct {
 	// Args must already be redacted, and be JSON as [Redactor.Redact] and
 	// [Redactor.RedactRaw] give it: it is written as it is. The logger
 	// keeps a reference to it, so it must not be modified after Log.
-	Args           json.RawMessage `json:"args,omitempty"`
-	PolicyVersion  string          `json:"policy_version,omitempty"`
-	Verdict        string          `json:"verdict"`
-	ShadowVerdict  string          `json:"shadow_verdict,omitempty"`
-	Rule           string          `json:"rule,omitempty"`
-	Code           string          `json:"code"`
-	Reason         string          `json:"reason,omitempty"`
-	LatencyMicros  int64           `json:"latency_us"`
-	UpstreamStatus string          `json:"upstream_status,omitempty"`
-	UpstreamMicros int64           `json:"upstream_latency_us,omitempty"`
-	TraceID        string          `json:"trace_id,omitempty"`
-	ApprovalID     string          `json:"approval_id,omitempty"`
+	Args json.RawMessage `json:"args,omitempty"`
+	// ArgsCut, in a record read from the Redis stream, is the size of
+	// arguments too large for it (over StreamArgsMax bytes): they were
+	// left out of the stream's copy, and the replica's file holds them.
+	ArgsCut        int    `json:"args_cut,omitempty"`
+	PolicyVersion  string `json:"policy_version,omitempty"`
+	Verdict        string `json:"verdict"`
+	ShadowVerdict  string `json:"shadow_verdict,omitempty"`
+	Rule           string `json:"rule,omitempty"`
+	Code           string `json:"code"`
+	Reason         string `json:"reason,omitempty"`
+	LatencyMicros  int64  `json:"latency_us"`
+	UpstreamStatus string `json:"upstream_status,omitempty"`
+	UpstreamMicros int64  `json:"upstream_latency_us,omitempty"`
+	TraceID        string `json:"trace_id,omitempty"`
+	ApprovalID     string `json:"approval_id,omitempty"`
 
 	// Replica is the replica that recorded it, for a record read from the
 	// stream replicas share (see Stream); it is no part of a file's line.

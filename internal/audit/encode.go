@@ -27,6 +27,10 @@ func (rec *Record) appendJSON(b []byte) []byte {
 		b = append(b, `,"args":`...)
 		b = append(b, rec.Args...)
 	}
+	if rec.ArgsCut != 0 {
+		b = append(b, `,"args_cut":`...)
+		b = strconv.AppendInt(b, int64(rec.ArgsCut), 10)
+	}
 	b = appendOptString(b, `,"policy_version":`, rec.PolicyVersion)
 	b = append(b, `,"verdict":`...)
 	b = appendJSONString(b, rec.Verdict)

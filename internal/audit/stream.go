@@ -53,6 +53,14 @@ func (f FileLog) Records(ctx context.Context, yield func(Record) bool) error {
 	return cmp.Or(err, ended)
 }
 
+// StreamArgsMax bounds the arguments of a record's copy in the stream, in
+// bytes: an agent's arguments may be as long as a request body, and the
+// stream is capped by its count of records, in the Redis every replica
+// needs. Longer ones are left out, and the copy says how long they were
+// ([Record.ArgsCut]); the file keeps them, and its seq and hash stay
+// those of the record as the file holds it.
+const StreamArgsMax = 16 << 10
+
 // Stream is the audit records of every replica of a gateway in one Redis
 // stream. Each replica ships the records of its own file there
 // ([Stream.Ship]), so that the console searches and replays the decisions
@@ -67,7 +75,8 @@ func (f FileLog) Records(ctx context.Context, yield func(Record) bool) error {
 // Layout, under the key:
 //
 //	<key>           stream; each entry has the fields replica and record
-//	                (the line of the replica's file)
+//	                (the line of the replica's file, its arguments left
+//	                out when over StreamArgsMax)
 //	<key>:shipped   hash: replica -> seq and hash (SEQ:HASH, as an Anchor)
 //	                of the last record it shipped, written by the script
 //	                that adds the entries
@@ -299,17 +308,43 @@ func (s *Stream) position(ctx context.Context, replica string) (Anchor, error) {
 }
 
 // entryLink is the chain fields of the record of a stream entry, checked
-// as its file's line.
+// as its file's line; those of a copy whose arguments were left out are
+// the file's, and cannot be checked.
 func entryLink(m redis.XMessage) (link, error) {
 	line, err := entryLine(m)
 	if err != nil {
 		return link{}, err
 	}
 	l, kind, detail := checkLine([]byte(line))
+	if kind == BreakHash {
+		var cut struct {
+			ArgsCut int    `json:"args_cut"`
+			Seq     uint64 `json:"seq"`
+			Prev    string `json:"prev"`
+			Hash    string `json:"hash"`
+		}
+		if json.Unmarshal([]byte(line), &cut) == nil && cut.ArgsCut > 0 {
+			return link{seq: cut.Seq, prev: cut.Prev, hash: cut.Hash}, nil
+		}
+	}
 	if kind != "" {
 		return link{}, fmt.Errorf("%s: %s", kind, detail)
 	}
 	return l, nil
+}
+
+// streamLine is the copy of a file's line the stream holds: the line,
+// without its arguments when they are over StreamArgsMax.
+func streamLine(line []byte) string {
+	if len(line) <= StreamArgsMax {
+		return string(line)
+	}
+	var rec Record
+	if err := json.Unmarshal(line, &rec); err != nil || len(rec.Args) <= StreamArgsMax {
+		return string(line)
+	}
+	rec.ArgsCut, rec.Args = len(rec.Args), nil
+	return string(rec.appendJSON(nil))
 }
 
 // emitEntry emits the record of a stream entry as its replica's file
@@ -590,7 +625,7 @@ func (s *Stream) catchUpFile(ctx context.Context, name string, after uint64) (ui
 		if seq <= after {
 			continue
 		}
-		if batch = append(batch, shipLine{seq: seq, hash: lineChainHash(line), line: string(line)}); len(batch) == shipBatch {
+		if batch = append(batch, shipLine{seq: seq, hash: lineChainHash(line), line: streamLine(line)}); len(batch) == shipBatch {
 			if err := s.shipRetrying(ctx, batch); err != nil {
 				return after, err
 			}
@@ -635,7 +670,7 @@ func (s *Stream) follow(ctx context.Context, path string, after uint64) (uint64,
 			}
 			next++
 			select {
-			case lines <- shipLine{seq: seq, hash: lineChainHash(line), line: string(line)}:
+			case lines <- shipLine{seq: seq, hash: lineChainHash(line), line: streamLine(line)}:
 				return nil
 			case <-tctx.Done():
 				return tctx.Err()

@@ -557,3 +557,70 @@ func TestShipLateReply(t *testing.T) {
 		t.Errorf("the stream holds seqs %v, want 1 to 10 once each", seqs)
 	}
 }
+
+// Arguments over StreamArgsMax, as long as a request body may be and in
+// denied calls too, stay out of the stream: its copy says how long they
+// were, the file holds them, and every reader of the stream copes.
+func TestShipLeavesOutLargeArgs(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	path := filepath.Join(t.TempDir(), FileName)
+	dev, err := NewFileDevice(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := json.RawMessage(`{"q":"` + strings.Repeat("A", 1<<20-16) + `"}`)
+	const n = 20
+	for i := range n {
+		rec := testRecord(i)
+		if i%2 == 1 { // the last too
+			rec.Args, rec.Verdict, rec.Code = big, "deny", "not_granted"
+		}
+		if err := dev.Write(rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dev.Close()
+	s := NewStream(srv.Client(), &StreamOptions{Replica: "r1", Poll: 10 * time.Millisecond})
+	stop := shipping(t, s, path)
+	awaitShipped(t, srv.Client(), s, n)
+	stop()
+
+	used, err := srv.Client().MemoryUsage(ctx, s.key).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if used > n*2*StreamArgsMax {
+		t.Errorf("the stream takes %d KiB of Redis for %d records, half with 1 MiB arguments", used>>10, n)
+	}
+	var recs []Record
+	if err := s.Records(ctx, func(r Record) bool { recs = append(recs, r); return true }); err != nil || len(recs) != n {
+		t.Fatalf("Records gave %d records, %v", len(recs), err)
+	}
+	file := readLines(t, path)
+	for i, rec := range recs {
+		switch {
+		case rec.Seq != uint64(i+1) || rec.Hash != hashOf(file[i]):
+			t.Errorf("record %d from the stream has seq %d, hash %s; want the file's, %d and %s", i, rec.Seq, rec.Hash, i+1, hashOf(file[i]))
+		case i%2 == 1 && (rec.Args != nil || rec.ArgsCut != len(big)):
+			t.Errorf("record %d from the stream has %d bytes of arguments, args_cut %d; want none, and %d", i, len(rec.Args), rec.ArgsCut, len(big))
+		case i%2 == 0 && (len(rec.Args) == 0 || rec.ArgsCut != 0):
+			t.Errorf("record %d from the stream has arguments %s, args_cut %d; want them whole", i, rec.Args, rec.ArgsCut)
+		}
+	}
+	if recs, _, err := s.Search(ctx, Query{Limit: 1}); err != nil || len(recs) != 1 || recs[0].ArgsCut != len(big) || recs[0].Seq != n {
+		t.Errorf("Search = %+v, %v", recs, err)
+	}
+	var tailed []string
+	if err := s.Tail(ctx, 2, false, func(line []byte) error { tailed = append(tailed, string(line)); return nil }); err != nil ||
+		len(tailed) != 2 || !strings.Contains(tailed[1], fmt.Sprintf(`"args_cut":%d,`, len(big))) {
+		t.Errorf("Tail gave %.200q, %v", tailed, err)
+	}
+	head, err := s.Head(ctx, "r1")
+	if want := (Anchor{Seq: n, Hash: hashOf(file[n-1])}); err != nil || head != want {
+		t.Errorf("Head = %v, %v; want %v", head, err, want)
+	}
+	if _, err := VerifyAnchored([]Anchor{head}, path); err != nil {
+		t.Errorf("the file against the stream's head: %v", err)
+	}
+}

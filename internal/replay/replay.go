@@ -67,9 +67,11 @@
 //   - a redacted value anywhere in the arguments when the grant has a CEL
 //     condition, which may read any of them;
 //   - arguments that are not a JSON object (a whole-value
-//     [audit.Unencodable]), or that are not recorded (no args field) when
-//     the grant names arguments or has a CEL condition: an absent args
-//     field is taken as unknown rather than as a call without arguments;
+//     [audit.Unencodable]), or that are not recorded (no args field, or
+//     arguments left out of the Redis stream's copy as too large,
+//     [audit.Record.ArgsCut]) when the grant names arguments or has a CEL
+//     condition: an absent args field is taken as unknown rather than as
+//     a call without arguments;
 //   - an approval rule on tool annotations that could decide the call,
 //     when [Options.Annotations] does not know the tool's annotations and
 //     the verdict differs between possible annotations.
