@@ -67,11 +67,12 @@
 //   - a redacted value anywhere in the arguments when the grant has a CEL
 //     condition, which may read any of them;
 //   - arguments that are not a JSON object (a whole-value
-//     [audit.Unencodable]), or that are not recorded (no args field, or
-//     arguments left out of the Redis stream's copy as too large,
-//     [audit.Record.ArgsCut]) when the grant names arguments or has a CEL
-//     condition: an absent args field is taken as unknown rather than as
-//     a call without arguments;
+//     [audit.Unencodable]); arguments left out of the Redis stream's copy
+//     as too large ([audit.Record.ArgsCut]), whenever the call is granted
+//     (even a grant that names none denies the arguments it does not
+//     name); or no args field when the grant names arguments or has a
+//     CEL condition: an absent args field is taken as unknown rather than
+//     as a call without arguments;
 //   - an approval rule on tool annotations that could decide the call,
 //     when [Options.Annotations] does not know the tool's annotations and
 //     the verdict differs between possible annotations.
@@ -579,7 +580,7 @@ func evaluate(rec *audit.Record, kind decision.Kind, set *policy.Set, opts *Opti
 		args, ok := decodeArgs(rec.Args)
 		needsArgs := len(grant.Args.Names) > 0 || grant.When != nil
 		switch {
-		case !ok, len(rec.Args) == 0 && needsArgs:
+		case !ok, rec.ArgsCut > 0, len(rec.Args) == 0 && needsArgs:
 			return decision.Result{}, false
 		case grant.When != nil && anyRedacted(args):
 			return decision.Result{}, false

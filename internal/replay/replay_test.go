@@ -190,6 +190,24 @@ func TestReplay(t *testing.T) {
 		records: []audit.Record{tool("get_pages", "allow", "allowed", json.RawMessage(`{"workspace_id":"`+audit.Unencodable+`"}`))},
 		want:    Counts{Undecidable: 1},
 	}, {
+		// Left out of the Redis stream's copy: even a grant that names no
+		// argument decides on them (it denies each it does not name).
+		name:   "undecidable: arguments left out of the stream",
+		policy: edit(t, "      - name: search\n", "      - name: list_users\n      - name: search\n"),
+		records: []audit.Record{
+			func() audit.Record {
+				r := tool("list_users", "deny", "unknown_argument", nil)
+				r.ArgsCut = 20 << 10
+				return r
+			}(),
+			func() audit.Record {
+				r := tool("get_pages", "allow", "allowed", nil)
+				r.ArgsCut = 20 << 10
+				return r
+			}(),
+		},
+		want: Counts{Undecidable: 2},
+	}, {
 		name:   "redacted value under an unconstrained path is decidable",
 		policy: edit(t, "lte: 100", "lte: 40"),
 		records: []audit.Record{
