@@ -84,6 +84,10 @@ type FileOptions struct {
 // is reported, and the new file continues from the last complete record, so
 // nothing is chained over it and [Verify] can tell the crash apart from
 // tampering.
+//
+// Before each write it checks that the path still names the file it has
+// open: a file removed or renamed away fails writes until it is moved back,
+// or a file created empty in its place takes the chain on.
 type FileDevice struct {
 	path     string
 	maxBytes int64
@@ -92,7 +96,8 @@ type FileDevice struct {
 	log      *slog.Logger
 
 	mu    sync.Mutex
-	f     *os.File // nil after a failed rotation, reopened by the next Write
+	f     *os.File    // nil after a failed rotation, reopened by the next Write
+	fi    os.FileInfo // f's identity, to tell whether path still names it
 	size  int64
 	seq   uint64
 	hash  string
@@ -243,8 +248,48 @@ func (d *FileDevice) open() error {
 		}
 		d.log.Warn("audit file permissions tightened to 0600", "file", d.path, "was", fi.Mode().Perm().String())
 	}
-	d.f, d.size, d.torn = f, fi.Size(), false
+	d.f, d.fi, d.size, d.torn = f, fi, fi.Size(), false
 	syncDir(d.path)
+	return nil
+}
+
+// checkPath makes sure the path still names the open file. A file removed
+// or renamed away while open still takes writes, but nobody reads them: not
+// Verify, nor replay, nor the shipper, which all follow the path. So while
+// the path names no file, Write fails and the logger denies requests,
+// keeping the records it accepted until it can write them. The file moved
+// back, the chain goes on in it unbroken; a file created empty in its place
+// (or one ending with the chain's last record) takes the chain on from its
+// last record, as after a restart, and Verify shows where records went.
+// Records written before the file was found gone went with it.
+func (d *FileDevice) checkPath() error {
+	fi, err := os.Stat(d.path)
+	switch {
+	case err == nil && os.SameFile(fi, d.fi):
+		return nil
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("audit file: %s was removed or renamed while open, after seq %d (hash %s): refusing records until it is moved back, or created empty to continue the chain in it",
+			d.path, d.seq, d.hash)
+	case err != nil:
+		return fmt.Errorf("audit file: %w", err)
+	}
+	tip, torn, err := lastRecord(d.path)
+	if err != nil {
+		return err
+	}
+	if torn > 0 || tip.seq != 0 && (tip.seq != d.seq || tip.hash != d.hash) {
+		return fmt.Errorf("audit file: %s was replaced while open by a file that does not end where the chain does (seq %d, hash %s); refusing to chain onto it",
+			d.path, d.seq, d.hash)
+	}
+	// Whatever the old file still holds is synced in case it was renamed,
+	// not removed; its records are where it went, either way.
+	old := errors.Join(d.f.Sync(), d.f.Close())
+	d.f, d.dirty = nil, false
+	if err := d.open(); err != nil {
+		return err
+	}
+	d.log.Error("audit file was replaced while open; continuing the chain in the new file (records written before this went with the old one)",
+		"file", d.path, "last_seq", d.seq, "last_hash", d.hash, "old_file_err", old)
 	return nil
 }
 
@@ -374,6 +419,8 @@ func (d *FileDevice) writeRecords(n int, rec func(int) *Record) (int, error) {
 		if err := d.open(); err != nil {
 			return 0, err
 		}
+	} else if err := d.checkPath(); err != nil {
+		return 0, err
 	}
 	if d.unsynced != nil {
 		// What the background sync could not make durable, this one

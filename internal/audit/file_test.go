@@ -654,3 +654,138 @@ func TestFileDeviceIntervalSyncFails(t *testing.T) {
 		t.Errorf("Write once a sync can succeed: %v", err)
 	}
 }
+
+// An audit.log removed or renamed away while open must not go on taking
+// records nobody can read: writes fail until the path names a file the
+// chain can go on in.
+func TestFileDevicePathGoneWhileOpen(t *testing.T) {
+	tests := []struct {
+		name string
+		// replace acts on path, then returns the files that hold the
+		// chain once records 4 and 5 are written, oldest first.
+		replace  func(t *testing.T, path string) []string
+		firstSeq uint64 // of the files replace returns
+	}{{
+		name: "moved back",
+		replace: func(t *testing.T, path string) []string {
+			if err := os.Rename(path, path+".bak"); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(path+".bak", path); err != nil {
+				t.Fatal(err)
+			}
+			return []string{path}
+		},
+		firstSeq: 1,
+	}, {
+		name: "removed, then created empty",
+		replace: func(t *testing.T, path string) []string {
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+			writeLines(t, path, nil)
+			return []string{path}
+		},
+		firstSeq: 4, // 1 to 3 went with the file
+	}, {
+		name: "renamed, and an empty one made",
+		replace: func(t *testing.T, path string) []string {
+			if err := os.Rename(path, path+".old"); err != nil {
+				t.Fatal(err)
+			}
+			writeLines(t, path, nil)
+			return []string{path + ".old", path}
+		},
+		firstSeq: 1,
+	}, {
+		name: "copied back",
+		replace: func(t *testing.T, path string) []string {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return []string{path}
+		},
+		firstSeq: 1,
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), FileName)
+			d, err := NewFileDevice(path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			for i := 1; i <= 3; i++ {
+				if err := d.Write(testRecord(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			files := tt.replace(t, path)
+			for i := 4; i <= 5; i++ {
+				if err := d.Write(testRecord(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			res, err := Verify(files...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.FirstSeq != tt.firstSeq || res.LastSeq != 5 || res.Records != int(6-tt.firstSeq) {
+				t.Errorf("Verify(%v) = %+v, want seq %d to 5", files, res, tt.firstSeq)
+			}
+		})
+	}
+}
+
+func TestFileDeviceRefusesWhilePathGone(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	d, err := NewFileDevice(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Write(testRecord(1)); err != nil {
+		t.Fatal(err)
+	}
+	tip := readLines(t, path)[0]
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	err = d.Write(testRecord(2))
+	want := fmt.Sprintf("audit file: %s was removed or renamed while open, after seq 1 (hash %s): refusing records until it is moved back, or created empty to continue the chain in it", path, hashOf(tip))
+	if err == nil || err.Error() != want {
+		t.Fatalf("Write after removal = %v, want %q", err, want)
+	}
+
+	// Another file in its place, not ending where the chain does.
+	other := filepath.Join(t.TempDir(), FileName)
+	writeRecords(t, other, nil, 1, 2)
+	writeLines(t, path, readLines(t, other))
+	err = d.Write(testRecord(2))
+	if err == nil || !strings.Contains(err.Error(), "refusing to chain onto it") {
+		t.Fatalf("Write onto a foreign file = %v, want a refusal", err)
+	}
+	writeLines(t, path, []string{`{"torn`})
+	if err := d.Write(testRecord(2)); err == nil || !strings.Contains(err.Error(), "refusing to chain onto it") {
+		t.Fatalf("Write onto a torn file = %v, want a refusal", err)
+	}
+
+	writeLines(t, path, nil)
+	if err := d.Write(testRecord(2)); err != nil {
+		t.Fatalf("Write into a file created empty: %v", err)
+	}
+	res, err := Verify(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.FirstSeq != 2 || res.FirstPrev != hashOf(tip) || res.Records != 1 {
+		t.Errorf("Verify = %+v, want seq 2 continuing from seq 1", res)
+	}
+}

@@ -440,3 +440,46 @@ func TestLoggerNotSynced(t *testing.T) {
 		})
 	}
 }
+
+// Records accepted while audit.log is gone are held, and requests denied,
+// until it is back: none goes to a file nobody reads.
+func TestLoggerFileRemovedWhileRunning(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	dev, err := NewFileDevice(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := NewLogger([]Device{dev}, fastRetry)
+	for i := 1; i <= 3; i++ {
+		if err := l.Log(testRecord(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "records 1-3 written", func() bool { return l.pending.Load() == 0 })
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Log(testRecord(4)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "unhealthy", func() bool { return !l.Healthy() })
+	if err := l.Log(testRecord(5)); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Log with audit.log gone = %v, want ErrUnavailable", err)
+	}
+	writeLines(t, path, nil)
+	waitFor(t, "healthy", l.Healthy)
+	if err := l.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, line := range readLines(t, path) {
+		var r Record
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, r.DecisionID)
+	}
+	if diff := cmp.Diff([]string{"d4"}, got); diff != "" {
+		t.Errorf("records in the new audit.log (-want +got):\n%s", diff)
+	}
+}
