@@ -115,29 +115,90 @@ type Device interface {
 
 // NewWriterDevice returns a device writing each record as one JSON line to w,
 // without a hash chain: for stdout and log collectors. It does not close w.
+//
+// A write that has not returned after [WriterTimeout] fails the record, as
+// does every record until that write returns, so that a reader that
+// stopped reading (a full pipe) makes the device fail rather than hold up
+// the logger and, with it, the other devices.
 func NewWriterDevice(w io.Writer) Device {
-	return &writerDevice{w: w}
+	d := &writerDevice{w: w, timeout: WriterTimeout, lines: make(chan []byte), done: make(chan error, 1)}
+	go d.run()
+	return d
 }
 
+// WriterTimeout is how long a [NewWriterDevice] write may take before the
+// record counts as not written.
+const WriterTimeout = 100 * time.Millisecond
+
 type writerDevice struct {
-	mu  sync.Mutex
-	w   io.Writer
-	buf []byte
+	mu      sync.Mutex
+	w       io.Writer
+	timeout time.Duration
+	timer   *time.Timer
+	buf     []byte
+	lines   chan []byte // to run, which writes them to w
+	done    chan error  // from run, one per line
+	stuck   bool        // a line is still being written after its timeout
+	closed  bool
 }
+
+var errWriterStuck = errors.New("write audit record: the previous write has not returned (is the reader still reading?)")
 
 func (d *writerDevice) Write(rec *Record) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.closed {
+		return errors.New("write audit record: closed")
+	}
+	if d.stuck {
+		select {
+		case <-d.done:
+			d.stuck = false
+		default:
+			return errWriterStuck
+		}
+	}
 	// One Write call per line, so lines from concurrent writers to a shared
 	// stdout do not interleave mid-record.
 	d.buf = append(rec.appendJSON(d.buf[:0]), '\n')
-	if _, err := d.w.Write(d.buf); err != nil {
-		return fmt.Errorf("write audit record: %w", err)
+	d.lines <- d.buf
+	if d.timer == nil {
+		d.timer = time.NewTimer(d.timeout)
+	} else {
+		d.timer.Reset(d.timeout)
+	}
+	select {
+	case err := <-d.done:
+		d.timer.Stop()
+		if err != nil {
+			return fmt.Errorf("write audit record: %w", err)
+		}
+		return nil
+	case <-d.timer.C:
+		// The line stays run's until its write returns.
+		d.stuck, d.buf = true, nil
+		return fmt.Errorf("write audit record: no return after %v (is the reader still reading?)", d.timeout)
+	}
+}
+
+func (d *writerDevice) run() {
+	for line := range d.lines {
+		_, err := d.w.Write(line)
+		d.done <- err
+	}
+}
+
+// Close returns at once, even while a write is stuck: that write's
+// goroutine ends when the write returns.
+func (d *writerDevice) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.closed {
+		d.closed = true
+		close(d.lines)
 	}
 	return nil
 }
-
-func (d *writerDevice) Close() error { return nil }
 
 func (d *writerDevice) String() string { return "writer" }
 

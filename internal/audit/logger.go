@@ -39,6 +39,8 @@ type Options struct {
 // the logger is unhealthy and refuses new records, so requests are denied
 // rather than left unaudited. A record a device wrote but could not sync,
 // as its sync policy requires, is not written yet: only its sync is retried.
+// A device whose Write blocks holds up the others, so a device that may
+// block must give up on a write itself, as [NewWriterDevice] does.
 // Its methods are safe for concurrent use.
 type Logger struct {
 	devices  []device
@@ -173,8 +175,10 @@ func (l *Logger) Queued() int {
 }
 
 // Close stops accepting records, writes those queued (retrying as usual) and
-// closes the devices. If ctx ends first it stops retrying and returns an
-// error counting the records that were not written.
+// closes the devices. If ctx ends first it stops writing and returns an
+// error counting the records that were not written. It returns then even
+// if a device's Write has not returned: the devices are closed once it
+// does, and failures to close them are logged.
 func (l *Logger) Close(ctx context.Context) error {
 	l.mu.Lock()
 	if l.closed {
@@ -186,14 +190,35 @@ func (l *Logger) Close(ctx context.Context) error {
 	l.wake.Signal()
 	l.mu.Unlock()
 
-	var err error
 	select {
 	case <-l.done:
+		return l.closeDevices()
 	case <-ctx.Done():
-		close(l.abort)
-		<-l.done
-		err = fmt.Errorf("audit: close: %d records not written: %w", l.pending.Load(), ctx.Err())
 	}
+	close(l.abort)
+	t := time.NewTimer(closeGrace)
+	defer t.Stop()
+	select {
+	case <-l.done:
+		return errors.Join(fmt.Errorf("audit: close: %d records not written: %w", l.pending.Load(), ctx.Err()),
+			l.closeDevices())
+	case <-t.C:
+	}
+	go func() {
+		<-l.done
+		if err := l.closeDevices(); err != nil {
+			l.log.Error("audit: closing devices after a stuck write returned", "err", err)
+		}
+	}()
+	return fmt.Errorf("audit: close: %d records not written, a device write not returning: %w", l.pending.Load(), ctx.Err())
+}
+
+// closeGrace is how long Close, its context done, waits for the writer to
+// finish the device write it is in.
+const closeGrace = 50 * time.Millisecond
+
+func (l *Logger) closeDevices() error {
+	var err error
 	for _, d := range l.devices {
 		if cerr := d.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("audit: close %s: %w", d.name, cerr))
@@ -229,7 +254,7 @@ func (l *Logger) run() {
 
 		done := l.writeBatch(batch)
 		for i := range batch {
-			if i >= done && !l.write(&batch[i]) {
+			if i >= done && (l.aborted() || !l.write(&batch[i])) {
 				return
 			}
 			batch[i] = Record{} // drop references to the caller's Args
@@ -238,6 +263,16 @@ func (l *Logger) run() {
 		l.mu.Lock()
 		l.spare = batch[:0]
 		l.mu.Unlock()
+	}
+}
+
+// aborted reports whether Close gave up on the records left.
+func (l *Logger) aborted() bool {
+	select {
+	case <-l.abort:
+		return true
+	default:
+		return false
 	}
 }
 

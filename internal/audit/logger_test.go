@@ -483,3 +483,89 @@ func TestLoggerFileRemovedWhileRunning(t *testing.T) {
 		t.Errorf("records in the new audit.log (-want +got):\n%s", diff)
 	}
 }
+
+// blockedWriter is stdout piped to a reader that stopped reading: once
+// the pipe is full, every write blocks.
+type blockedWriter struct{ release chan struct{} }
+
+func (w blockedWriter) Write(p []byte) (int, error) { <-w.release; return len(p), nil }
+
+// A writer device that blocks must not hold up the file: records go on
+// being written there and accepted.
+func TestLoggerBlockedWriterDoesNotHoldFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	file, err := NewFileDevice(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout := blockedWriter{make(chan struct{})}
+	defer close(stdout.release)
+	l := NewLogger([]Device{file, NewWriterDevice(stdout)}, &Options{QueueSize: 4})
+	for i := 1; i <= 20; i++ {
+		if err := l.Log(testRecord(i)); err != nil {
+			t.Fatalf("Log %d: %v", i, err)
+		}
+		waitFor(t, fmt.Sprintf("record %d written", i), func() bool { return l.pending.Load() == 0 })
+	}
+	if err := l.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, line := range readLines(t, path) {
+		var r Record
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, r.DecisionID)
+	}
+	if diff := cmp.Diff(ids(1, 20), got); diff != "" {
+		t.Errorf("records in the file (-want +got):\n%s", diff)
+	}
+}
+
+// Close returns once its context is done even while a device's Write has
+// not returned, and closes the device when it does.
+func TestLoggerCloseWhileWriteStuck(t *testing.T) {
+	dev := newHeld()
+	l := NewLogger([]Device{dev}, nil)
+	if err := l.Log(testRecord(1)); err != nil {
+		t.Fatal(err)
+	}
+	<-dev.entered
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	closed := make(chan error, 1)
+	go func() { closed <- l.Close(ctx) }()
+	var err error
+	waitFor(t, "Close to return", func() bool {
+		select {
+		case err = <-closed:
+			return true
+		default:
+			return false
+		}
+	})
+	if want := "audit: close: 1 records not written, a device write not returning: context canceled"; err == nil || err.Error() != want {
+		t.Errorf("Close = %v, want %q", err, want)
+	}
+	close(dev.hold)
+	waitFor(t, "device closed", func() bool {
+		dev.mu.Lock()
+		defer dev.mu.Unlock()
+		return dev.closed
+	})
+}
+
+func TestWriterDeviceBlocked(t *testing.T) {
+	w := blockedWriter{make(chan struct{})}
+	d := NewWriterDevice(w)
+	defer d.Close()
+	if err := d.Write(testRecord(1)); err == nil || !strings.Contains(err.Error(), "no return after") {
+		t.Fatalf("Write to a blocked writer = %v, want a timeout", err)
+	}
+	if err := d.Write(testRecord(2)); err == nil || !strings.Contains(err.Error(), "has not returned") {
+		t.Fatalf("Write while the last is stuck = %v, want it refused", err)
+	}
+	close(w.release)
+	waitFor(t, "the writer to recover", func() bool { return d.Write(testRecord(3)) == nil })
+}
