@@ -618,6 +618,54 @@ func TestBatches(t *testing.T) {
 	}
 }
 
+var (
+	_ BatchAuditor = (*audittest.Recorder)(nil)
+	_ BatchAuditor = (*queueAudit)(nil)
+)
+
+// queueAudit is an audit queue with room for so many records more.
+type queueAudit struct {
+	mu   sync.Mutex
+	room int
+	recs []audit.Record
+}
+
+func (q *queueAudit) Log(rec *audit.Record) error { return q.LogAll([]*audit.Record{rec}) }
+
+func (q *queueAudit) LogAll(recs []*audit.Record) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(recs) > q.room {
+		return fmt.Errorf("%w: queue full", audit.ErrUnavailable)
+	}
+	q.room -= len(recs)
+	for _, rec := range recs {
+		q.recs = append(q.recs, *rec)
+	}
+	return nil
+}
+
+// A batch refused because the audit log had room for only some of its
+// records leaves none of them: a record saying a call was allowed would
+// stand for a decision the gateway did not make.
+func TestBatchAuditedWhole(t *testing.T) {
+	aud := &queueAudit{room: 1}
+	e := newEnv(t, func(d *Deps, _ *Options) { d.Audit = aud })
+	v2025 := map[string]string{"mcp-protocol-version": "2025-03-26"}
+	batch := "[" + toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`) + "," + toolCall(2, "notion__get_pages", `{"workspace_id":"ws_abc123"}`) + "]"
+	d := denied(t, e.check(t, "bot-1", v2025, batch))
+	if d.status != 503 || !strings.Contains(d.body, string(CodeAuditUnavailable)) {
+		t.Errorf("batch with room for one of its records: HTTP %d %s; want 503, %s", d.status, d.body, CodeAuditUnavailable)
+	}
+	if len(aud.recs) != 0 {
+		t.Errorf("the refused batch left %d audit records: %+v", len(aud.recs), aud.recs)
+	}
+	okHeaders(t, e.check(t, "bot-1", v2025, toolCall(3, "notion__get_pages", `{"workspace_id":"ws_abc123"}`)))
+	if len(aud.recs) != 1 || aud.recs[0].Verdict != "allow" {
+		t.Errorf("a single call with room for its record: records %+v, want one allow", aud.recs)
+	}
+}
+
 // A shadow-mode role's batch is allowed, and recorded and counted as
 // enforce mode would decide it: as a whole. Replay reads the records
 // back: against the same policy nothing changes, and against the role in

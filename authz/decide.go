@@ -116,15 +116,11 @@ func (c *call) decide() *authv3.CheckResponse {
 	// The decision's latency, in its metrics and its audit records alike.
 	c.took, c.decided = c.s.now().Sub(c.start), true
 	c.observe(outs)
-	for i := range outs {
-		rec := c.messageRecord(&outs[i])
-		rec.TraceID = outs[i].traceID
-		if err := c.s.deps.Audit.Log(rec); err != nil {
-			if c.s.tel != nil {
-				c.s.tel.RecordAuditFailure(c.ctx)
-			}
-			return c.auditFailed(err)
+	if err := c.logRecords(outs); err != nil {
+		if c.s.tel != nil {
+			c.s.tel.RecordAuditFailure(c.ctx)
 		}
+		return c.auditFailed(err)
 	}
 	for i := range outs {
 		if outs[i].verdict == decision.Deny {
@@ -140,6 +136,36 @@ func (c *call) decide() *authv3.CheckResponse {
 	}
 	return c.ok(verdict, timeout)
 }
+
+// logRecords audits the decision of each message. A batch's records are
+// accepted all or none: one refused fails the request, which must then
+// leave no record of a call allowed.
+func (c *call) logRecords(outs []outcome) error {
+	switch len(outs) {
+	case 0:
+		return nil
+	case 1:
+		rec := c.messageRecord(&outs[0])
+		rec.TraceID = outs[0].traceID
+		return c.s.deps.Audit.Log(rec)
+	}
+	recs := make([]*audit.Record, len(outs))
+	for i := range outs {
+		recs[i] = c.messageRecord(&outs[i])
+		recs[i].TraceID = outs[i].traceID
+	}
+	if b, ok := c.s.deps.Audit.(BatchAuditor); ok {
+		return b.LogAll(recs)
+	}
+	for _, rec := range recs {
+		if err := c.s.deps.Audit.Log(rec); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var _ BatchAuditor = (*audit.Logger)(nil)
 
 func (c *call) decideMessage(m *mcpfilter.Message) outcome {
 	o := outcome{msg: m}

@@ -144,12 +144,46 @@ func (l *Logger) Log(rec *Record) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if err := l.room(1); err != nil {
+		return err
+	}
+	l.enqueue(rec)
+	return nil
+}
+
+// LogAll is Log for records that stand or fall together, such as those of
+// the calls of one JSON-RPC batch: it accepts copies of all of them or,
+// returning the error Log would, of none, so that a request refused for
+// want of room for its last record leaves no record saying it was allowed.
+func (l *Logger) LogAll(recs []*Record) error {
+	if !l.healthy.Load() {
+		return *l.down.Load()
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.room(len(recs)); err != nil {
+		return err
+	}
+	for _, rec := range recs {
+		l.enqueue(rec)
+	}
+	return nil
+}
+
+// room reports why n more records cannot be queued, if they cannot. l.mu
+// must be held.
+func (l *Logger) room(n int) error {
 	switch {
 	case l.closed:
 		return errClosed
-	case l.pending.Load() >= int64(l.size):
+	case l.pending.Load()+int64(n) > int64(l.size):
 		return l.full
 	}
+	return nil
+}
+
+// enqueue queues a copy of rec. l.mu must be held, and room checked.
+func (l *Logger) enqueue(rec *Record) {
 	l.queue = append(l.queue, *rec)
 	r := &l.queue[len(l.queue)-1]
 	r.Time = r.Time.UTC()
@@ -158,7 +192,6 @@ func (l *Logger) Log(rec *Record) error {
 	if len(l.queue) == 1 {
 		l.wake.Signal()
 	}
-	return nil
 }
 
 var errClosed = fmt.Errorf("%w: audit logger closed", ErrUnavailable)

@@ -569,3 +569,24 @@ func TestWriterDeviceBlocked(t *testing.T) {
 	close(w.release)
 	waitFor(t, "the writer to recover", func() bool { return d.Write(testRecord(3)) == nil })
 }
+
+func TestLoggerLogAll(t *testing.T) {
+	dev := newHeld()
+	l := NewLogger([]Device{dev}, &Options{QueueSize: 3})
+	defer l.Close(context.Background())
+	if err := l.Log(testRecord(1)); err != nil {
+		t.Fatal(err)
+	}
+	<-dev.entered // record 1 is being written: room for 2 more
+	if err := l.LogAll([]*Record{testRecord(2), testRecord(3), testRecord(4)}); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("LogAll of 3 with room for 2 = %v, want ErrUnavailable", err)
+	}
+	if err := l.LogAll([]*Record{testRecord(5), testRecord(6)}); err != nil {
+		t.Fatalf("LogAll of 2 with room for 2: %v", err)
+	}
+	close(dev.hold)
+	waitFor(t, "records written", func() bool { return len(dev.written()) == 3 })
+	if diff := cmp.Diff([]string{"d1", "d5", "d6"}, dev.written()); diff != "" {
+		t.Errorf("written (-want +got):\n%s", diff)
+	}
+}

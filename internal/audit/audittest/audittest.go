@@ -32,6 +32,19 @@ func (r *Recorder) Log(rec *audit.Record) error {
 	return nil
 }
 
+// LogAll keeps copies of recs, unless Err is set.
+func (r *Recorder) LogAll(recs []*audit.Record) error {
+	if r.Err != nil {
+		return r.Err
+	}
+	r.mu.Lock()
+	for _, rec := range recs {
+		r.recs = append(r.recs, *rec)
+	}
+	r.mu.Unlock()
+	return nil
+}
+
 // All returns the records kept so far.
 func (r *Recorder) All() []audit.Record {
 	r.mu.Lock()
