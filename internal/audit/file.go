@@ -26,9 +26,11 @@ const (
 	// writes fail (the device counts as failing) until a sync succeeds.
 	SyncOnInterval SyncPolicy = iota
 	// SyncAlways syncs after every record, before Write returns: nothing
-	// acknowledged is lost, at the cost of one fsync per decision. A failed
-	// sync fails the write, though the record stays in the file; see
-	// [FileDevice.Write].
+	// the device acknowledged is lost, at the cost of one fsync per
+	// decision (a batch shares one). It does not cover a record the
+	// [Logger] accepted but has not yet written: [Logger.Log] returns, and
+	// the request is allowed, before then. A failed sync fails the write,
+	// though the record stays in the file; see [FileDevice.Write].
 	SyncAlways
 	// SyncNever leaves it to the kernel (typically up to 30 s) and to Close.
 	SyncNever

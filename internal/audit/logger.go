@@ -16,7 +16,8 @@ import (
 type Options struct {
 	// QueueSize bounds the records accepted but not yet written. 0 means
 	// 4096. Records in the queue are lost if the process dies, whatever the
-	// devices' sync policy.
+	// devices' sync policy: even under SyncAlways, the request of a record
+	// Log accepted may be allowed before the record is written.
 	QueueSize int
 	// Logger receives device failures and recoveries. nil discards.
 	Logger *slog.Logger
