@@ -62,17 +62,11 @@ type (
 		Allow(ctx context.Context, key string, l *policy.RateLimit) (ratelimit.Result, error)
 	}
 	// Auditor records decisions; an error means the record could not be
-	// accepted and the request must be denied. An Auditor that is also a
-	// [BatchAuditor], as *audit.Logger is, gets the records of a JSON-RPC
-	// batch all at once.
+	// accepted and the request must be denied. LogAll takes the records
+	// of one request's JSON-RPC batch all or none, so that a batch refused
+	// for want of room for one of them leaves no record of a call allowed.
 	Auditor interface {
 		Log(rec *audit.Record) error
-	}
-	// BatchAuditor takes the records of one request's JSON-RPC batch all
-	// or none, so that a batch refused for want of room for one of them
-	// leaves no record of a call allowed. An Auditor that is not one gets
-	// them one by one.
-	BatchAuditor interface {
 		LogAll(recs []*audit.Record) error
 	}
 	// Redactor replaces sensitive argument values before they are

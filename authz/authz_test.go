@@ -619,8 +619,8 @@ func TestBatches(t *testing.T) {
 }
 
 var (
-	_ BatchAuditor = (*audittest.Recorder)(nil)
-	_ BatchAuditor = (*queueAudit)(nil)
+	_ Auditor = (*audittest.Recorder)(nil)
+	_ Auditor = (*queueAudit)(nil)
 )
 
 // queueAudit is an audit queue with room for so many records more.

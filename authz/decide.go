@@ -154,18 +154,10 @@ func (c *call) logRecords(outs []outcome) error {
 		recs[i] = c.messageRecord(&outs[i])
 		recs[i].TraceID = outs[i].traceID
 	}
-	if b, ok := c.s.deps.Audit.(BatchAuditor); ok {
-		return b.LogAll(recs)
-	}
-	for _, rec := range recs {
-		if err := c.s.deps.Audit.Log(rec); err != nil {
-			return err
-		}
-	}
-	return nil
+	return c.s.deps.Audit.LogAll(recs)
 }
 
-var _ BatchAuditor = (*audit.Logger)(nil)
+var _ Auditor = (*audit.Logger)(nil)
 
 func (c *call) decideMessage(m *mcpfilter.Message) outcome {
 	o := outcome{msg: m}

@@ -376,7 +376,8 @@ func newGatewayTimed(t *testing.T, overHTTP bool, callTimeout time.Duration, mor
 
 type discard struct{}
 
-func (discard) Log(*audit.Record) error { return nil }
+func (discard) Log(*audit.Record) error      { return nil }
+func (discard) LogAll([]*audit.Record) error { return nil }
 
 // bearer adds the agent's token to every request of an MCP client.
 type bearer struct {
