@@ -257,7 +257,7 @@ func New(ctx context.Context, opts *Options) (*Telemetry, error) {
 		return nil, fmt.Errorf("telemetry: register process collector: %w", err)
 	}
 
-	tpOpts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
+	tpOpts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res), sdktrace.WithRawSpanLimits(spanLimits())}
 	// Every exporter gets spans with their URLs redacted (redactingExporter).
 	if traceExp != nil {
 		tpOpts = append(tpOpts, sdktrace.WithBatcher(redactingExporter{traceExp}))
@@ -313,6 +313,25 @@ func New(ctx context.Context, opts *Options) (*Telemetry, error) {
 		ErrorHandling: promhttp.ContinueOnError,
 	})
 	return t, nil
+}
+
+// maxAttributeLength caps the length of every span attribute's value.
+// otelhttp records the User-Agent, path and host of every request before
+// it is authenticated, and a header may be up to 1 MiB: uncapped, a few
+// anonymous requests fill the export queue and push one OTLP export past
+// the collector's limit, which drops the whole batch, decision spans of
+// other agents with it.
+const maxAttributeLength = 1024
+
+// spanLimits are the SDK's, from the environment, with attribute values
+// capped at maxAttributeLength: OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT may
+// lower the cap, never lift it.
+func spanLimits() sdktrace.SpanLimits {
+	sl := sdktrace.NewSpanLimits()
+	if sl.AttributeValueLengthLimit < 0 || sl.AttributeValueLengthLimit > maxAttributeLength {
+		sl.AttributeValueLengthLimit = maxAttributeLength
+	}
+	return sl
 }
 
 // newResource describes this process. Detectors later in the list win, so

@@ -145,6 +145,54 @@ func TestDecisionAttributesOmitsEmpty(t *testing.T) {
 	}
 }
 
+// An unauthenticated request's User-Agent and path, and a decision's
+// tool (a resource URI may be long), reach spans cut to
+// maxAttributeLength, whatever OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT
+// says, unless it says less.
+func TestSpanAttributesAreCapped(t *testing.T) {
+	long := strings.Repeat("A", 64<<10)
+	for _, tc := range []struct {
+		env  string
+		want int
+	}{
+		{"", maxAttributeLength},
+		{"-1", maxAttributeLength},
+		{"1000000", maxAttributeLength},
+		{"16", 16},
+	} {
+		t.Run("limit="+tc.env, func(t *testing.T) {
+			t.Setenv("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", tc.env)
+			h := newHarness(t)
+			req := httptest.NewRequest("GET", "/"+long, nil)
+			req.Header.Set("User-Agent", long)
+			h.tel.HTTPHandler(http.NotFoundHandler(), "amg.front").ServeHTTP(httptest.NewRecorder(), req)
+			_, span := h.tel.StartDecisionSpan(t.Context(), "amg.decide tools/call")
+			span.SetAttributes(DecisionAttributes("agent-1", "r", "s", long, "allow", "", "", "v1", "dec-1")...)
+			span.End()
+
+			spans := h.spans.GetSpans()
+			if len(spans) != 2 {
+				t.Fatalf("got %d spans, want the request's and the decision's", len(spans))
+			}
+			for _, s := range spans {
+				for _, kv := range s.Attributes {
+					if n := len(kv.Value.String()); n > tc.want {
+						t.Errorf("span %s: %s is %d bytes, want at most %d", s.Name, kv.Key, n, tc.want)
+					}
+				}
+			}
+			for _, key := range []string{"user_agent.original", "url.path"} {
+				if got := attrMap(spans[0].Attributes)[key]; len(got) != tc.want {
+					t.Errorf("%s is %d bytes, want it cut to %d", key, len(got), tc.want)
+				}
+			}
+			if got := attrMap(h.spanNamed(t, "amg.decide tools/call").Attributes)["amg.tool"]; got != long[:tc.want] {
+				t.Errorf("amg.tool is %d bytes, want it cut to %d", len(got), tc.want)
+			}
+		})
+	}
+}
+
 func TestPropagationAcrossTraceparent(t *testing.T) {
 	h := newHarness(t)
 
