@@ -37,7 +37,7 @@ func (g *Gateway) notifier(t config.Template, src secrets.Source) (func(*approva
 	if u, err := url.Parse(hook); err == nil {
 		where = (&url.URL{Scheme: u.Scheme, Host: u.Host}).String()
 	}
-	client := &http.Client{Timeout: 5 * time.Second}
+	client := &http.Client{Timeout: 5 * time.Second, CheckRedirect: refuseWebhookRedirect}
 	return func(a *approval.Approval) {
 		payload, _ := json.Marshal(map[string]any{"event": "approval.pending", "approval": a})
 		var err error
@@ -45,13 +45,24 @@ func (g *Gateway) notifier(t config.Template, src secrets.Source) (func(*approva
 			if attempt > 0 {
 				time.Sleep(time.Duration(attempt) * time.Second)
 			}
-			if err = post(client, hook, payload); err == nil {
-				return
+			if err = post(client, hook, payload); err == nil || errors.Is(err, errWebhookRedirect) {
+				break
 			}
+		}
+		if err == nil {
+			return
 		}
 		g.log.Error("approval webhook failed; the call still waits", "approval_id", a.ID, "webhook", where, "err", err)
 	}, nil
 }
+
+// errWebhookRedirect is a webhook's redirect, which is not followed:
+// net/http would send the webhook's URL, its secret path and query with
+// it, as the Referer to wherever the redirect points, and the payload
+// along.
+var errWebhookRedirect = errors.New("webhook redirected; not followed")
+
+func refuseWebhookRedirect(*http.Request, []*http.Request) error { return errWebhookRedirect }
 
 // post sends payload to hook. Its errors do not quote hook.
 func post(client *http.Client, hook string, payload []byte) error {

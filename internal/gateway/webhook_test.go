@@ -14,7 +14,9 @@ import (
 )
 
 // A webhook URL often carries its secret in the path or query, as Slack's
-// and Teams' do: a failed POST is logged with the scheme and host only.
+// and Teams' do: a failed POST is logged with the scheme and host only,
+// and a redirect, which would take the URL elsewhere as the Referer, is
+// not followed.
 func TestApprovalWebhookFailureLog(t *testing.T) {
 	const secret = "T0PLANTED/B0PLANTED/xoxPLANTEDwebhooksecret"
 	refusing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -23,11 +25,20 @@ func TestApprovalWebhookFailureLog(t *testing.T) {
 	t.Cleanup(refusing.Close)
 	closed := httptest.NewServer(http.NotFoundHandler())
 	closed.Close()
+	// net/http would send the webhook's URL, secret and all, as the
+	// Referer to wherever a redirect points.
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		t.Errorf("the webhook's redirect was followed, Referer %q", r.Header.Get("Referer"))
+	}))
+	t.Cleanup(elsewhere.Close)
+	redirecting := httptest.NewServer(http.RedirectHandler(elsewhere.URL+"/collect", http.StatusTemporaryRedirect))
+	t.Cleanup(redirecting.Close)
 	for _, tc := range []struct {
 		name, base, want string
 	}{
 		{"unreachable", closed.URL, "connection refused"},
 		{"error status", refusing.URL, "webhook answered 500 Internal Server Error"},
+		{"redirect", redirecting.URL, "webhook redirected; not followed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
