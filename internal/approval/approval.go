@@ -104,8 +104,8 @@ type Approval struct {
 	Role       string    `json:"role"`
 	Server     string    `json:"server"`
 	Tool       string    `json:"tool"`
-	Body       []byte    `json:"-"` // the exact request bytes, while the call may run (see Store.Finish)
-	BodySHA256 string    `json:"body_sha256"`
+	Body       []byte    `json:"-"`                     // the exact request bytes, while the call may run (see Store.Finish)
+	BodySHA256 string    `json:"body_sha256,omitempty"` // empty only where left out, as from the webhook's payload
 	Created    time.Time `json:"created"`
 	Expires    time.Time `json:"expires"`
 	State      State     `json:"state"`

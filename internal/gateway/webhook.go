@@ -18,7 +18,7 @@ import (
 // notifier returns what tells the webhook at t, its references resolved
 // with src, of each new pending approval, or nil without a webhook: a
 // JSON POST of the approval (never the request body, which may hold
-// secrets), retried briefly, its failure logged. The call waits whether
+// secrets, nor its hash), retried briefly, its failure logged. The call waits whether
 // or not anyone was told.
 func (g *Gateway) notifier(t config.Template, src secrets.Source) (func(*approval.Approval), error) {
 	if t.String() == "" {
@@ -39,7 +39,12 @@ func (g *Gateway) notifier(t config.Template, src secrets.Source) (func(*approva
 	}
 	client := &http.Client{Timeout: 5 * time.Second, CheckRedirect: refuseWebhookRedirect}
 	return func(a *approval.Approval) {
-		payload, _ := json.Marshal(map[string]any{"event": "approval.pending", "approval": a})
+		// Not body_sha256 either: whoever reads the webhook (a whole chat
+		// channel) could confirm a guess of a low-entropy argument by
+		// hashing it with the rest of the request.
+		told := *a
+		told.Body, told.BodySHA256 = nil, ""
+		payload, _ := json.Marshal(map[string]any{"event": "approval.pending", "approval": &told})
 		var err error
 		for attempt := range 3 {
 			if attempt > 0 {

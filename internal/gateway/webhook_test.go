@@ -1,11 +1,14 @@
 package gateway
 
 import (
+	"encoding/json"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/amgateway/amg/internal/approval"
 	"github.com/amgateway/amg/internal/config"
@@ -77,5 +80,49 @@ func TestApprovalWebhookUnresolved(t *testing.T) {
 	if notify != nil || err == nil || !strings.Contains(err.Error(), "approvals.webhook: env:AMG_TEST_NO_SUCH_WEBHOOK") ||
 		strings.Contains(err.Error(), "PLANTED") {
 		t.Errorf("notifier = %v, %v; want an error naming the reference and not the URL", notify != nil, err)
+	}
+}
+
+// The webhook is told who waits for what, and never the request: not its
+// body, nor the body's SHA-256, with which whoever reads the webhook could
+// confirm a guess of a low-entropy argument (a PIN) offline.
+func TestApprovalWebhookPayload(t *testing.T) {
+	got := make(chan []byte, 1)
+	hook := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- b
+	}))
+	t.Cleanup(hook.Close)
+	tmpl, err := config.ParseTemplate(hook.URL + "/services/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &Gateway{log: slog.New(slog.DiscardHandler)}
+	notify, err := g.notifier(tmpl, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"bank__transfer","arguments":{"to":"acct_1","pin":"4821"}}}`
+	a, err := approval.New("d1", "bot", "payer", "bank", "transfer", []byte(body), time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	notify(a)
+	payload := <-got
+	var p struct {
+		Event    string
+		Approval map[string]any
+	}
+	if err := json.Unmarshal(payload, &p); err != nil {
+		t.Fatal(err)
+	}
+	if p.Event != "approval.pending" || p.Approval["id"] != a.ID || p.Approval["agent"] != "bot" || p.Approval["tool"] != "transfer" {
+		t.Errorf("payload %s does not name the event, the approval, its agent and tool", payload)
+	}
+	if _, ok := p.Approval["body_sha256"]; ok || strings.Contains(string(payload), a.BodySHA256) || strings.Contains(string(payload), "4821") {
+		t.Errorf("payload %s carries the request or its hash", payload)
+	}
+	if a.BodySHA256 == "" {
+		t.Error("telling the webhook cleared the approval's own body_sha256")
 	}
 }
