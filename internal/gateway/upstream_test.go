@@ -69,9 +69,10 @@ func TestUpstreamRedirectIsNotFollowed(t *testing.T) {
 	}
 }
 
-// Of the headers an agent sends, only the trace context reaches an
+// Of the headers an agent sends, only its traceparent reaches an
 // upstream: not its cookies, its own headers, the gateway's x-amg-* ones,
-// nor its W3C baggage, which would carry what it likes past the policy.
+// nor its W3C baggage or tracestate, which would carry what it likes past
+// the policy.
 // Both the SDK path (the session's first call) and the direct path are
 // checked.
 func TestAgentHeadersDoNotReachUpstreams(t *testing.T) {
@@ -92,6 +93,7 @@ func TestAgentHeadersDoNotReachUpstreams(t *testing.T) {
 	agent := map[string]string{
 		"Traceparent": "00-" + traceID + "-b7ad6b7169203331-01",
 		"Baggage":     "tenant=victim-corp,user.role=admin",
+		"Tracestate":  "exfil=c2stbGl2ZS0xMjM0NTY3ODkw,more=cGFzc3dvcmQ",
 		"Cookie":      "sess=agent-cookie",
 		"X-Custom":    "agent-custom",
 		"X-Amg-Agent": "someone-else",

@@ -203,10 +203,11 @@ func New(ctx context.Context, opts *Options) (*Telemetry, error) {
 	}
 	t := &Telemetry{
 		logger: opts.Logger,
-		// Trace context only: W3C baggage is whatever the agent put in
-		// it, and the gateway would carry it to every upstream, past the
+		// Trace context only, without the caller's tracestate: W3C
+		// baggage and tracestate are whatever the agent put in them, and
+		// the gateway would carry them to every upstream, past the
 		// policy.
-		propagator: propagation.TraceContext{},
+		propagator: traceParentOnly{},
 		registry:   prometheus.NewRegistry(),
 	}
 	if t.logger == nil {
@@ -461,8 +462,23 @@ func (t *Telemetry) TracerProvider() trace.TracerProvider { return t.tp }
 func (t *Telemetry) MeterProvider() metric.MeterProvider { return t.mp }
 
 // Propagator returns the W3C trace context propagator used to carry trace
-// context across HTTP and gRPC hops. Baggage is not carried.
+// context across HTTP and gRPC hops. Baggage is not carried, nor a
+// caller's tracestate.
 func (t *Telemetry) Propagator() propagation.TextMapPropagator { return t.propagator }
+
+// traceParentOnly is the W3C trace context propagator, except that what it
+// extracts loses its tracestate: up to 32 members of the agent's choosing,
+// which every span in the trace inherits and every upstream would be
+// sent. The gateway writes no tracestate of its own.
+type traceParentOnly struct{ propagation.TraceContext }
+
+func (p traceParentOnly) Extract(ctx context.Context, carrier propagation.TextMapCarrier) context.Context {
+	ctx = p.TraceContext.Extract(ctx, carrier)
+	if sc := trace.SpanContextFromContext(ctx); sc.IsRemote() && sc.TraceState().Len() > 0 {
+		ctx = trace.ContextWithRemoteSpanContext(ctx, sc.WithTraceState(trace.TraceState{}))
+	}
+	return ctx
+}
 
 // MetricsHandler serves the metrics in the Prometheus text format, for
 // GET /metrics on the admin listener.

@@ -217,10 +217,21 @@ func TestPropagationAcrossTraceparent(t *testing.T) {
 		t.Fatalf("traceparent = %q, want it to name the parent span", tp)
 	}
 
-	// The "server" side starts from a fresh context and only the headers.
+	// The "server" side starts from a fresh context and only the headers,
+	// to which the client added a tracestate of its choosing: not carried
+	// either.
+	header.Set("tracestate", "exfil=c2stbGl2ZS0xMjM0NTY3ODkw,more=cGFzc3dvcmQ")
 	ctx := h.tel.Propagator().Extract(context.Background(), propagation.HeaderCarrier(header))
 	if header.Get("baggage") != "" || baggage.FromContext(ctx).Len() != 0 {
 		t.Errorf("baggage carried: header %q, extracted %v", header.Get("baggage"), baggage.FromContext(ctx))
+	}
+	if ts := trace.SpanContextFromContext(ctx).TraceState(); ts.Len() != 0 {
+		t.Errorf("tracestate carried: extracted %q", ts)
+	}
+	out := http.Header{}
+	h.tel.Propagator().Inject(ctx, propagation.HeaderCarrier(out))
+	if out.Get("traceparent") == "" || out.Get("tracestate") != "" {
+		t.Errorf("passed on traceparent %q, tracestate %q; want the traceparent only", out.Get("traceparent"), out.Get("tracestate"))
 	}
 	if got, want := TraceID(ctx), parent.SpanContext().TraceID().String(); got != want {
 		t.Errorf("TraceID of extracted context = %q, want %q", got, want)
