@@ -95,12 +95,27 @@ func (o clientOptions) connect(cmd *cobra.Command) (*mcp.ClientSession, error) {
 	if token == "" {
 		return nil, errors.New("no token: pass --token or set AMG_TOKEN")
 	}
-	transport := &mcp.StreamableClientTransport{Endpoint: o.url, HTTPClient: &http.Client{Transport: bearerToken(token)}}
+	transport := &mcp.StreamableClientTransport{Endpoint: o.url,
+		HTTPClient: &http.Client{Transport: bearerToken(token), CheckRedirect: sameOrigin}}
 	cs, err := mcp.NewClient(&mcp.Implementation{Name: "amg-client", Version: version}, nil).Connect(cmd.Context(), transport, nil)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", o.url, err)
 	}
 	return cs, nil
+}
+
+// sameOrigin refuses a redirect that leaves the endpoint's scheme and
+// host: bearerToken sets the token on every request, below net/http's
+// redirect handling, which would otherwise drop it there.
+func sameOrigin(r *http.Request, via []*http.Request) error {
+	if u := via[0].URL; r.URL.Scheme != u.Scheme || r.URL.Host != u.Host {
+		return fmt.Errorf("the endpoint redirected to %s://%s; not followed, so that the token stays with %s://%s",
+			r.URL.Scheme, r.URL.Host, u.Scheme, u.Host)
+	}
+	if len(via) >= 10 {
+		return errors.New("stopped after 10 redirects")
+	}
+	return nil
 }
 
 // bearerToken adds the agent's token to every request.
