@@ -11,6 +11,8 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/spf13/cobra"
+
+	"github.com/amgateway/amg/internal/console"
 )
 
 // clientOptions are the flags of amg client.
@@ -51,7 +53,11 @@ exits 1.`,
 				if err != nil {
 					return rpcFailure(cmd, err)
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\n", tool.Name, firstLine(tool.Description))
+				// Both come from upstream servers: their escapes would
+				// reach the terminal (OSC 52 sets the clipboard).
+				name, _ := console.Visible(tool.Name)
+				desc, _ := console.Visible(firstLine(tool.Description))
+				fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\n", name, desc)
 			}
 			return nil
 		},

@@ -63,8 +63,8 @@ func (c *Console) approvalsData(r *http.Request, s *session) approvalsData {
 		row := pendingRow{Approval: a, Left: left(a.Expires.Sub(d.Now)), Overdue: !d.Now.Before(a.Expires)}
 		payload, exact := indented(a.Body)
 		row.Exact = exact
-		row.Payload, row.Hidden = visible(payload)
-		row.Bytes, _ = visible(string(a.Body))
+		row.Payload, row.Hidden = Visible(payload)
+		row.Bytes, _ = Visible(string(a.Body))
 		d.Rows = append(d.Rows, row)
 	}
 	return d
@@ -164,14 +164,15 @@ func indented(data []byte) (text string, exact bool) {
 	return buf.String(), false
 }
 
-// visible returns s with every character a reader would not see, or
+// Visible returns s with every character a reader would not see, or
 // that reorders the text around it, written as its escape (\u202e for a
 // right-to-left override, \u200b for a zero-width space, \xff for a byte
 // that is not UTF-8), and whether there was one. Else an agent could show
 // an approver one request and send another: the payload on screen would
-// not be what the bytes say. Line breaks and tabs stay, for indented JSON;
-// in a JSON string the escape means the same character.
-func visible(s string) (string, bool) {
+// not be what the bytes say; and text printed to a terminal could hold
+// escape sequences the terminal obeys. Line breaks and tabs stay, for
+// indented JSON; in a JSON string the escape means the same character.
+func Visible(s string) (string, bool) {
 	var b strings.Builder
 	hidden := false
 	for i := 0; i < len(s); {

@@ -90,7 +90,7 @@ func (c *Console) auditPage(w http.ResponseWriter, r *http.Request, s *session) 
 		row := auditRow{Record: rec, TraceURL: c.traceURL(rec.TraceID)}
 		if len(rec.Args) > 0 {
 			args, _ := indented(rec.Args)
-			row.ArgsJSON, _ = visible(args)
+			row.ArgsJSON, _ = Visible(args)
 		}
 		data.Rows = append(data.Rows, row)
 	}
