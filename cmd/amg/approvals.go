@@ -102,6 +102,9 @@ the admin.token file in --data-dir (which amg serve creates).`,
 	return cmd
 }
 
+// maxAdminAnswer is the most of an admin API answer amg approvals reads.
+const maxAdminAnswer = 16 << 20
+
 // do calls the admin API and decodes its JSON answer into out.
 func (o approvalsOptions) do(cmd *cobra.Command, method, path string, in, out any) error {
 	token, err := o.adminToken()
@@ -124,9 +127,13 @@ func (o approvalsOptions) do(cmd *cobra.Command, method, path string, in, out an
 		return err
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxAdminAnswer+1))
 	if err != nil {
 		return err
+	}
+	if len(data) > maxAdminAnswer {
+		// Cut, it would print a request without its end, or fail to decode.
+		return fmt.Errorf("admin API: the answer is over %d MiB, more than amg approvals reads; read it with curl, or in the console", maxAdminAnswer>>20)
 	}
 	if resp.StatusCode != http.StatusOK {
 		var e struct{ Error string }
