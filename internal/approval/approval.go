@@ -192,6 +192,10 @@ type Store interface {
 	// List returns the approvals in state (every state if empty), oldest
 	// first.
 	List(ctx context.Context, state State) ([]*Approval, error)
+	// CountPending returns how many approvals List(ctx, Pending) would
+	// return, without reading them: a metrics scrape, which needs no
+	// token, asks for it.
+	CountPending(ctx context.Context) (int64, error)
 	// Recent returns the n approvals decided last (in any state but
 	// pending), the latest decision first. Its cost follows n, not how
 	// many approvals the store keeps.

@@ -125,6 +125,19 @@ func (m *Memory) List(_ context.Context, state State) ([]*Approval, error) {
 	return out, nil
 }
 
+// CountPending implements Store.
+func (m *Memory) CountPending(context.Context) (int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var n int64
+	for id, a := range m.all {
+		if _, ok := m.live(id); ok && a.State == Pending {
+			n++
+		}
+	}
+	return n, nil
+}
+
 // Recent looks at every approval the store keeps: in one process's memory
 // that costs little next to copying them, which it does for n only.
 func (m *Memory) Recent(_ context.Context, n int) ([]*Approval, error) {

@@ -340,6 +340,29 @@ func (r *Redis) List(ctx context.Context, state State) ([]*Approval, error) {
 	return out, nil
 }
 
+// CountPending implements Store. It reads the pending index's members
+// and asks which of their hashes still exist, as List skips the members
+// of hashes expired but not yet trimmed: nothing of the approvals
+// themselves, whose bodies may be large.
+func (r *Redis) CountPending(ctx context.Context) (int64, error) {
+	members, err := r.client.ZRange(ctx, r.index(Pending), 0, -1).Result()
+	if err != nil {
+		return 0, fmt.Errorf("count pending approvals: %w", err)
+	}
+	if len(members) == 0 {
+		return 0, nil
+	}
+	keys := make([]string, len(members))
+	for i, m := range members {
+		keys[i] = r.key(memberID(m))
+	}
+	n, err := r.client.Exists(ctx, keys...).Result()
+	if err != nil {
+		return 0, fmt.Errorf("count pending approvals: %w", err)
+	}
+	return n, nil
+}
+
 // read returns the approvals of index members, in their order, in one
 // pipeline; those whose hash has expired, not yet trimmed from the
 // indexes, are left out.

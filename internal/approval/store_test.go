@@ -45,6 +45,15 @@ func testStore(t *testing.T, newStore func(t *testing.T) Store) {
 		if err != nil || len(list) != 2 || list[0].ID != a.ID || list[1].ID != b.ID {
 			t.Errorf("List(pending) = %v, %v; want the older first", list, err)
 		}
+		if n, err := s.CountPending(ctx); n != 2 || err != nil {
+			t.Errorf("CountPending = %d, %v; want 2", n, err)
+		}
+		if _, err := s.Finish(ctx, a.ID, Denied, "alice", "", now); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := s.CountPending(ctx); n != 1 || err != nil {
+			t.Errorf("CountPending after a denial = %d, %v; want 1", n, err)
+		}
 	})
 
 	t.Run("decided once, executed once", func(t *testing.T) {
@@ -378,6 +387,9 @@ func testForgetting(t *testing.T, s Store, retention time.Duration, wait func(ti
 	list, err := s.List(ctx, "")
 	if err != nil || len(list) != 1 || list[0].ID != long.ID {
 		t.Errorf("List after forgetting = %v, %v; want only the approval still pending", list, err)
+	}
+	if n, err := s.CountPending(ctx); n != 1 || err != nil {
+		t.Errorf("CountPending after forgetting = %d, %v; want 1, the approval still pending", n, err)
 	}
 	if recent, err := s.Recent(ctx, 10); err != nil || len(recent) != 0 {
 		t.Errorf("Recent after forgetting = %v, %v; want none", recent, err)

@@ -286,10 +286,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	g.admin = admin.Handler(admin.Deps{Policies: g.policies, Upstreams: g.broker.Status, Version: opts.Version,
 		Started: time.Now(), Hosts: hostguard.ForListener(cfg.AdminListen), Approvals: g.approvals, Token: adminToken,
 		Metrics: g.tel.MetricsHandler(), Console: con})
-	g.tel.ObservePendingApprovals(func(ctx context.Context) (int64, error) {
-		list, err := g.approvals.List(ctx, approval.Pending)
-		return int64(len(list)), err
-	})
+	g.tel.ObservePendingApprovals(g.approvals.CountPending)
 	return g, nil
 }
 

@@ -3,13 +3,16 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -438,4 +441,72 @@ func TestSharedKeysFromTheSecretSource(t *testing.T) {
 	if _, err := New(short, nil); err == nil || err.Error() != "redis.decision_key: the key is 5 bytes, want at least 32" {
 		t.Errorf("a short key: %v", err)
 	}
+}
+
+// The pending-approvals gauge, read on every GET /metrics (which needs no
+// token), counts the pending approvals in Redis without reading them: not
+// their request bodies, which may be up to max_body_bytes each.
+func TestMetricsCountPendingApprovalsWithoutReadingThem(t *testing.T) {
+	rs := redistest.Start(t)
+	policyDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(policyDir, "ops.yaml"), []byte(replicaRole), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gw := replica(t, policyDir, rs.Addr)
+	store := approval.NewRedis(rs.Client(), nil)
+	const n, size = 8, 256 << 10
+	body := []byte(`{"pad":"` + strings.Repeat("x", size) + `"}`)
+	for i := range n {
+		a, err := approval.New(fmt.Sprint("d", i), "bot", "ops", "notion", "delete_page", body, time.Now(), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := store.Create(context.Background(), a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sent := func() int64 {
+		t.Helper()
+		info, err := rs.Client().Info(context.Background(), "stats").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for line := range strings.SplitSeq(info, "\r\n") {
+			if v, ok := strings.CutPrefix(line, "total_net_output_bytes:"); ok {
+				n, err := strconv.ParseInt(v, 10, 64)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return n
+			}
+		}
+		t.Fatal("INFO stats without total_net_output_bytes")
+		return 0
+	}
+	before := sent()
+	resp, err := http.Get("http://" + gw.AdminAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`(?m)^amg_approvals_pending\{[^}]*\} ` + fmt.Sprint(n) + `$`).Match(m) {
+		t.Errorf("metrics lack amg_approvals_pending %d:\n%s", n, grepMetric(m, "amg_approvals_pending"))
+	}
+	if got := sent() - before; got >= size {
+		t.Errorf("a /metrics scrape made Redis send %d bytes, as much as a request body", got)
+	}
+}
+
+func grepMetric(m []byte, name string) string {
+	var out []string
+	for line := range strings.SplitSeq(string(m), "\n") {
+		if strings.HasPrefix(line, name) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
 }
