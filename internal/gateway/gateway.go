@@ -86,6 +86,7 @@ type Gateway struct {
 	policies  *policy.Live
 	authz     *authz.Server
 	broker    *broker.Broker
+	webhook   *webhook // nil without approvals.webhook
 	front     http.Handler
 	admin     http.Handler
 	approvals approval.Store
@@ -239,9 +240,12 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	if err != nil {
 		return nil, err
 	}
-	notify, err := g.notifier(cfg.ApprovalWebhook, src)
-	if err != nil {
+	if g.webhook, err = g.notifier(cfg.ApprovalWebhook, src); err != nil {
 		return nil, err
+	}
+	var notify func(*approval.Approval)
+	if g.webhook != nil {
+		notify = g.webhook.notify
 	}
 	if g.broker, err = broker.New(ups, signer, g.policies, &broker.Options{MaxBodyBytes: cfg.MaxBodyBytes, MaxSessionsPerAgent: cfg.MaxSessionsPerAgent, Namespace: ns,
 		Audit: g.auditLog, Logger: g.log, Approvals: g.approvals, ApprovalTTL: cfg.ApprovalTTL, Notify: notify,
@@ -598,6 +602,11 @@ func (g *Gateway) XDSVersion() string {
 func (g *Gateway) Close() error {
 	if g.broker != nil {
 		g.broker.Close()
+	}
+	if g.webhook != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		g.webhook.Close(ctx)
+		cancel()
 	}
 	var err error
 	if g.auditLog != nil {

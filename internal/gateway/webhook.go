@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/amgateway/amg/internal/approval"
@@ -15,12 +17,36 @@ import (
 	"github.com/amgateway/amg/internal/secrets"
 )
 
-// notifier returns what tells the webhook at t, its references resolved
-// with src, of each new pending approval, or nil without a webhook: a
-// JSON POST of the approval (never the request body, which may hold
-// secrets, nor its hash), retried briefly, its failure logged. The call waits whether
-// or not anyone was told.
-func (g *Gateway) notifier(t config.Template, src secrets.Source) (func(*approval.Approval), error) {
+// Bounds of what the webhook is sent at once: an agent that parks calls
+// and abandons them at once must not make the gateway hold a connection
+// and a goroutine per call for as long as the webhook takes, nor flood
+// whoever reads it.
+const (
+	webhookWorkers = 4
+	webhookQueue   = 256
+)
+
+// webhook tells an approvals webhook of each new pending approval: a JSON
+// POST of the approval (never the request body, which may hold secrets,
+// nor its hash), retried briefly, its failure logged. Approvals wait in a
+// bounded queue for a few workers; one that finds the queue full is not
+// told, and that is logged. The call waits whether or not anyone was told.
+type webhook struct {
+	client *http.Client
+	url    string
+	where  string // the URL's scheme and host, which logs name
+	log    *slog.Logger
+	queue  chan *approval.Approval
+
+	ctx     context.Context // ends the deliveries under way at Close
+	cancel  context.CancelFunc
+	workers sync.WaitGroup
+	closed  sync.Once
+}
+
+// notifier returns the webhook of t, its references resolved with src,
+// with its workers started, or nil without a webhook.
+func (g *Gateway) notifier(t config.Template, src secrets.Source) (*webhook, error) {
 	if t.String() == "" {
 		return nil, nil
 	}
@@ -30,35 +56,76 @@ func (g *Gateway) notifier(t config.Template, src secrets.Source) (func(*approva
 	if err != nil {
 		return nil, fmt.Errorf("approvals.webhook: %w", err)
 	}
-	hook := s.Reveal()
+	w := &webhook{url: s.Reveal(), log: g.log, queue: make(chan *approval.Approval, webhookQueue),
+		client: &http.Client{Timeout: 5 * time.Second, CheckRedirect: refuseWebhookRedirect,
+			Transport: &http.Transport{MaxConnsPerHost: webhookWorkers, Proxy: http.ProxyFromEnvironment}}}
 	// Slack- and Teams-style webhook URLs carry their secret in the path
 	// or query: logs name the scheme and host only.
-	var where string
-	if u, err := url.Parse(hook); err == nil {
-		where = (&url.URL{Scheme: u.Scheme, Host: u.Host}).String()
+	if u, err := url.Parse(w.url); err == nil {
+		w.where = (&url.URL{Scheme: u.Scheme, Host: u.Host}).String()
 	}
-	client := &http.Client{Timeout: 5 * time.Second, CheckRedirect: refuseWebhookRedirect}
-	return func(a *approval.Approval) {
-		// Not body_sha256 either: whoever reads the webhook (a whole chat
-		// channel) could confirm a guess of a low-entropy argument by
-		// hashing it with the rest of the request.
-		told := *a
-		told.Body, told.BodySHA256 = nil, ""
-		payload, _ := json.Marshal(map[string]any{"event": "approval.pending", "approval": &told})
-		var err error
-		for attempt := range 3 {
-			if attempt > 0 {
-				time.Sleep(time.Duration(attempt) * time.Second)
+	w.ctx, w.cancel = context.WithCancel(context.Background())
+	for range webhookWorkers {
+		w.workers.Go(func() {
+			for a := range w.queue {
+				w.deliver(a)
 			}
-			if err = post(client, hook, payload); err == nil || errors.Is(err, errWebhookRedirect) {
-				break
+		})
+	}
+	return w, nil
+}
+
+// notify queues a for the webhook and returns at once.
+func (w *webhook) notify(a *approval.Approval) {
+	select {
+	case w.queue <- a:
+	default:
+		w.log.Error("approval webhook has too many approvals waiting to be told; not telling it of this one", "approval_id", a.ID,
+			"webhook", w.where, "waiting", webhookQueue)
+	}
+}
+
+func (w *webhook) deliver(a *approval.Approval) {
+	// Not body_sha256 either: whoever reads the webhook (a whole chat
+	// channel) could confirm a guess of a low-entropy argument by
+	// hashing it with the rest of the request.
+	told := *a
+	told.Body, told.BodySHA256 = nil, ""
+	payload, _ := json.Marshal(map[string]any{"event": "approval.pending", "approval": &told})
+	var err error
+	for attempt := range 3 {
+		if attempt > 0 {
+			select {
+			case <-w.ctx.Done():
+			case <-time.After(time.Duration(attempt) * time.Second):
 			}
 		}
-		if err == nil {
-			return
+		if err = w.ctx.Err(); err != nil {
+			break
 		}
-		g.log.Error("approval webhook failed; the call still waits", "approval_id", a.ID, "webhook", where, "err", err)
-	}, nil
+		if err = post(w.ctx, w.client, w.url, payload); err == nil || errors.Is(err, errWebhookRedirect) {
+			break
+		}
+	}
+	if err == nil {
+		return
+	}
+	w.log.Error("approval webhook failed; the call still waits", "approval_id", a.ID, "webhook", w.where, "err", err)
+}
+
+// Close tells the webhook of the approvals queued until ctx ends, then
+// ends the deliveries under way, and returns once the workers have.
+func (w *webhook) Close(ctx context.Context) {
+	w.closed.Do(func() { close(w.queue) })
+	done := make(chan struct{})
+	go func() { w.workers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		w.cancel()
+		<-done
+	}
+	w.cancel()
 }
 
 // errWebhookRedirect is a webhook's redirect, which is not followed:
@@ -70,8 +137,8 @@ var errWebhookRedirect = errors.New("webhook redirected; not followed")
 func refuseWebhookRedirect(*http.Request, []*http.Request) error { return errWebhookRedirect }
 
 // post sends payload to hook. Its errors do not quote hook.
-func post(client *http.Client, hook string, payload []byte) error {
-	req, err := http.NewRequestWithContext(context.Background(), http.MethodPost, hook, bytes.NewReader(payload))
+func post(ctx context.Context, client *http.Client, hook string, payload []byte) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, hook, bytes.NewReader(payload))
 	if err != nil {
 		return errors.New("invalid webhook URL")
 	}

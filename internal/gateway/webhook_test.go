@@ -1,12 +1,15 @@
 package gateway
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -51,11 +54,12 @@ func TestApprovalWebhookFailureLog(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			notify, err := g.notifier(hook, nil)
+			w, err := g.notifier(hook, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			notify(&approval.Approval{ID: "ap_1"})
+			w.notify(&approval.Approval{ID: "ap_1"})
+			w.Close(context.Background()) // once it has been told, or has failed
 			got := logs.String()
 			if !strings.Contains(got, "approval webhook failed") || !strings.Contains(got, "approval_id=ap_1") ||
 				!strings.Contains(got, tc.base) || !strings.Contains(got, tc.want) {
@@ -76,10 +80,10 @@ func TestApprovalWebhookUnresolved(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := &Gateway{log: slog.New(slog.DiscardHandler)}
-	notify, err := g.notifier(hook, secrets.NewDefault(nil))
-	if notify != nil || err == nil || !strings.Contains(err.Error(), "approvals.webhook: env:AMG_TEST_NO_SUCH_WEBHOOK") ||
+	w, err := g.notifier(hook, secrets.NewDefault(nil))
+	if w != nil || err == nil || !strings.Contains(err.Error(), "approvals.webhook: env:AMG_TEST_NO_SUCH_WEBHOOK") ||
 		strings.Contains(err.Error(), "PLANTED") {
-		t.Errorf("notifier = %v, %v; want an error naming the reference and not the URL", notify != nil, err)
+		t.Errorf("notifier = %v, %v; want an error naming the reference and not the URL", w != nil, err)
 	}
 }
 
@@ -98,16 +102,17 @@ func TestApprovalWebhookPayload(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := &Gateway{log: slog.New(slog.DiscardHandler)}
-	notify, err := g.notifier(tmpl, nil)
+	w, err := g.notifier(tmpl, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer w.Close(context.Background())
 	body := `{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"bank__transfer","arguments":{"to":"acct_1","pin":"4821"}}}`
 	a, err := approval.New("d1", "bot", "payer", "bank", "transfer", []byte(body), time.Now(), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	notify(a)
+	w.notify(a)
 	payload := <-got
 	var p struct {
 		Event    string
@@ -124,5 +129,48 @@ func TestApprovalWebhookPayload(t *testing.T) {
 	}
 	if a.BodySHA256 == "" {
 		t.Error("telling the webhook cleared the approval's own body_sha256")
+	}
+}
+
+// An agent that parks calls and abandons them at once cannot make the
+// gateway tell the webhook of them all at once: notify returns at once,
+// a few workers tell it one approval each, and past a bounded queue an
+// approval is not told, which is logged.
+func TestApprovalWebhookBounded(t *testing.T) {
+	release := make(chan struct{})
+	var inFlight, most, told atomic.Int32
+	hook := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+		n := inFlight.Add(1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		<-release
+		inFlight.Add(-1)
+		told.Add(1)
+	}))
+	t.Cleanup(hook.Close)
+	tmpl, err := config.ParseTemplate(hook.URL + "/services/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncbuf.Buffer
+	g := &Gateway{log: slog.New(slog.NewTextHandler(&logs, nil))}
+	w, err := g.notifier(tmpl, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const parked = webhookWorkers + webhookQueue + 40
+	for i := range parked {
+		w.notify(&approval.Approval{ID: fmt.Sprintf("ap_%d", i)})
+	}
+	if n := strings.Count(logs.String(), "too many approvals waiting"); n < 40-webhookWorkers || n > 40 {
+		t.Errorf("%d approvals not told for want of room, want about 40:\n%.2000s", n, logs.String())
+	}
+	close(release)
+	w.Close(context.Background())
+	if m := most.Load(); m > webhookWorkers {
+		t.Errorf("the webhook was told of %d approvals at once, want at most %d", m, webhookWorkers)
+	}
+	if n := told.Load(); n < webhookQueue || n > webhookQueue+webhookWorkers {
+		t.Errorf("the webhook was told of %d approvals, want those queued (%d) and those under way", n, webhookQueue)
 	}
 }
