@@ -471,17 +471,20 @@ func TestLoggerFileRemovedWhileRunning(t *testing.T) {
 	if err := l.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	var got []string
-	for _, line := range readLines(t, path) {
-		var r Record
-		if err := json.Unmarshal([]byte(line), &r); err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, r.DecisionID)
-	}
+	got := fileIDs(t, path)
 	if diff := cmp.Diff([]string{"d4"}, got); diff != "" {
 		t.Errorf("records in the new audit.log (-want +got):\n%s", diff)
 	}
+}
+
+// fileIDs is the decision ids of the records in the file at path.
+func fileIDs(t *testing.T, path string) []string {
+	t.Helper()
+	var ids []string
+	for _, line := range readLines(t, path) {
+		ids = append(ids, decisionID(t, []byte(line)))
+	}
+	return ids
 }
 
 // blockedWriter is stdout piped to a reader that stopped reading: once
@@ -510,14 +513,7 @@ func TestLoggerBlockedWriterDoesNotHoldFile(t *testing.T) {
 	if err := l.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	var got []string
-	for _, line := range readLines(t, path) {
-		var r Record
-		if err := json.Unmarshal([]byte(line), &r); err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, r.DecisionID)
-	}
+	got := fileIDs(t, path)
 	if diff := cmp.Diff(ids(1, 20), got); diff != "" {
 		t.Errorf("records in the file (-want +got):\n%s", diff)
 	}
