@@ -123,16 +123,27 @@ func checkLine(line []byte) (link, BreakKind, string) {
 	case f.Hash == nil:
 		return link{}, BreakRecord, `no "hash"`
 	}
-	n := len(line)
-	if n < hashSuffixLen || string(line[n-hashSuffixLen:n-hashSuffixLen+len(hashKey)]) != hashKey ||
-		string(line[n-2:]) != `"}` || !isHash(string(line[n-2-2*sha256.Size:n-2])) {
+	recorded := recordedHash(line)
+	if recorded == "" {
 		return link{}, BreakRecord, `"hash" is not the last key or not 64 lowercase hex digits`
 	}
-	recorded := string(line[n-2-2*sha256.Size : n-2])
-	if computed := lineHash(line[:n-hashSuffixLen]); computed != recorded {
+	if computed := lineHash(line[:len(line)-hashSuffixLen]); computed != recorded {
 		return link{}, BreakHash, fmt.Sprintf("hash is %s, but the line hashes to %s (the record was altered)", recorded, computed)
 	}
 	return link{seq: *f.Seq, prev: *f.Prev, hash: recorded}, "", ""
+}
+
+// recordedHash is the hash a line ends with, `,"hash":"<64 hex>"}`; ""
+// if it does not end so.
+func recordedHash(line []byte) string {
+	n := len(line)
+	if n < hashSuffixLen || string(line[n-hashSuffixLen:n-hashSuffixLen+len(hashKey)]) != hashKey || string(line[n-2:]) != `"}` {
+		return ""
+	}
+	if h := string(line[n-2-2*sha256.Size : n-2]); isHash(h) {
+		return h
+	}
+	return ""
 }
 
 // lineHash is the hash of a record whose line, before its hash suffix, is

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -148,26 +147,43 @@ func (s *Stream) Search(ctx context.Context, q Query) ([]Record, bool, error) {
 		q.Limit = DefaultSearchLimit
 	}
 	var out []Record
+	more := false
+	err := s.newestFirst(ctx, func(m redis.XMessage) (bool, error) {
+		rec, err := entryRecord(m)
+		if err != nil {
+			return false, err
+		}
+		if !q.Match(&rec) {
+			return true, nil
+		}
+		if len(out) == q.Limit {
+			more = true
+			return false, nil
+		}
+		out = append(out, rec)
+		return true, nil
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("audit search: %w", err)
+	}
+	return out, more, nil
+}
+
+// newestFirst calls each with the stream's entries, newest first, a page
+// at a time, until each returns false or an error, which it returns.
+func (s *Stream) newestFirst(ctx context.Context, each func(redis.XMessage) (bool, error)) error {
 	for end := "+"; ; {
 		page, err := s.client.XRevRangeN(ctx, s.key, end, "-", streamPage).Result()
 		if err != nil {
-			return nil, false, fmt.Errorf("audit search: %w", err)
+			return err
 		}
 		for _, m := range page {
-			rec, err := entryRecord(m)
-			if err != nil {
-				return nil, false, fmt.Errorf("audit search: %w", err)
+			if more, err := each(m); !more || err != nil {
+				return err
 			}
-			if !q.Match(&rec) {
-				continue
-			}
-			if len(out) == q.Limit {
-				return out, true, nil
-			}
-			out = append(out, rec)
 		}
 		if len(page) < streamPage {
-			return out, false, nil
+			return nil
 		}
 		end = "(" + page[len(page)-1].ID
 	}
@@ -260,33 +276,28 @@ func (s *Stream) Head(ctx context.Context, replica string) (Anchor, error) {
 	if pos.Hash != "" {
 		seen[pos.Seq] = pos.Hash
 	}
-	for end := "+"; ; {
-		page, err := s.client.XRevRangeN(ctx, s.key, end, "-", streamPage).Result()
+	err = s.newestFirst(ctx, func(m redis.XMessage) (bool, error) {
+		if r, _ := m.Values["replica"].(string); r != replica {
+			return true, nil
+		}
+		l, err := entryLink(m)
 		if err != nil {
-			return Anchor{}, fmt.Errorf("audit stream head: %w", err)
+			return false, fmt.Errorf("entry %s of replica %q: %w", m.ID, replica, err)
 		}
-		for _, m := range page {
-			if r, _ := m.Values["replica"].(string); r != replica {
-				continue
-			}
-			l, err := entryLink(m)
-			if err != nil {
-				return Anchor{}, fmt.Errorf("audit stream head: entry %s of replica %q: %w", m.ID, replica, err)
-			}
-			if h, ok := seen[l.seq]; ok && h != l.hash {
-				return Anchor{}, fmt.Errorf("audit stream head: replica %q shipped two different records with seq %d (hashes %s and %s): "+
-					"its audit file was rewritten after the first was shipped", replica, l.seq, h, l.hash)
-			}
-			seen[l.seq] = l.hash
-			if l.seq >= head.Seq {
-				head = Anchor{Seq: l.seq, Hash: l.hash}
-			}
+		if h, ok := seen[l.seq]; ok && h != l.hash {
+			return false, fmt.Errorf("replica %q shipped two different records with seq %d (hashes %s and %s): "+
+				"its audit file was rewritten after the first was shipped", replica, l.seq, h, l.hash)
 		}
-		if len(page) < streamPage {
-			return head, nil
+		seen[l.seq] = l.hash
+		if l.seq >= head.Seq {
+			head = Anchor{Seq: l.seq, Hash: l.hash}
 		}
-		end = "(" + page[len(page)-1].ID
+		return true, nil
+	})
+	if err != nil {
+		return Anchor{}, fmt.Errorf("audit stream head: %w", err)
 	}
+	return head, nil
 }
 
 // position is the last record the replica shipped, as the stream's
@@ -508,25 +519,16 @@ func (s *Stream) checkShipped(ctx context.Context, path string, pos Anchor) erro
 // fillHash sets a.Hash to that of the replica's record a.Seq in the
 // stream, if it still holds it.
 func (s *Stream) fillHash(ctx context.Context, a *Anchor) error {
-	for end := "+"; ; {
-		page, err := s.client.XRevRangeN(ctx, s.key, end, "-", streamPage).Result()
-		if err != nil {
-			return err
+	return s.newestFirst(ctx, func(m redis.XMessage) (bool, error) {
+		if r, _ := m.Values["replica"].(string); r != s.replica {
+			return true, nil
 		}
-		for _, m := range page {
-			if r, _ := m.Values["replica"].(string); r != s.replica {
-				continue
-			}
-			if l, err := entryLink(m); err == nil && l.seq == a.Seq {
-				a.Hash = l.hash
-				return nil
-			}
+		if l, err := entryLink(m); err == nil && l.seq == a.Seq {
+			a.Hash = l.hash
+			return false, nil
 		}
-		if len(page) < streamPage {
-			return nil
-		}
-		end = "(" + page[len(page)-1].ID
-	}
+		return true, nil
+	})
 }
 
 // recordAt finds record seq in the log at path. found is false when the
@@ -625,7 +627,7 @@ func (s *Stream) catchUpFile(ctx context.Context, name string, after uint64) (ui
 		if seq <= after {
 			continue
 		}
-		if batch = append(batch, shipLine{seq: seq, hash: lineChainHash(line), line: streamLine(line)}); len(batch) == shipBatch {
+		if batch = append(batch, shipLine{seq: seq, hash: recordedHash(line), line: streamLine(line)}); len(batch) == shipBatch {
 			if err := s.shipRetrying(ctx, batch); err != nil {
 				return after, err
 			}
@@ -670,7 +672,7 @@ func (s *Stream) follow(ctx context.Context, path string, after uint64) (uint64,
 			}
 			next++
 			select {
-			case lines <- shipLine{seq: seq, hash: lineChainHash(line), line: streamLine(line)}:
+			case lines <- shipLine{seq: seq, hash: recordedHash(line), line: streamLine(line)}:
 				return nil
 			case <-tctx.Done():
 				return tctx.Err()
@@ -764,19 +766,6 @@ func lineSeq(line []byte) (uint64, bool) {
 	}
 	seq, err := strconv.ParseUint(string(digits), 10, 64)
 	return seq, err == nil && seq > 0
-}
-
-// lineChainHash is the hash a line a file device wrote ends with; "" if
-// it ends with none.
-func lineChainHash(line []byte) string {
-	n := len(line)
-	if n < hashSuffixLen || !bytes.HasSuffix(line, []byte(`"}`)) || !bytes.Equal(line[n-hashSuffixLen:n-hashSuffixLen+len(hashKey)], []byte(hashKey)) {
-		return ""
-	}
-	if h := string(line[n-2-2*sha256.Size : n-2]); isHash(h) {
-		return h
-	}
-	return ""
 }
 
 // lastSeq is the seq of the last complete record of the audit log at
