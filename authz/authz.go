@@ -384,13 +384,8 @@ func ProtocolVersions() []string { return slices.Clone(supportedVersions) }
 
 func supportedVersion(v string) bool { return slices.Contains(supportedVersions, v) }
 
-func quote(s string) string {
-	const max = 128
-	if len(s) > max {
-		s = s[:max] + "..."
-	}
-	return fmt.Sprintf("%q", s)
-}
+// quote quotes what an agent sent for a reason it reads.
+func quote(s string) string { return mcpfilter.Quote(s, 128) }
 
 // bodyHash is the SHA-256 a decision token binds.
 func bodyHash(body []byte) [32]byte { return sha256.Sum256(body) }

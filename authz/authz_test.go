@@ -395,6 +395,10 @@ func TestPolicyDeny(t *testing.T) {
 		{"unknown method", `{"jsonrpc":"2.0","id":8,"method":"sampling/createMessage","params":{}}`, -32601, "method_not_allowed", `method "sampling/createMessage" is not allowed through the gateway`},
 		{"ungranted resource", `{"jsonrpc":"2.0","id":9,"method":"resources/read","params":{"uri":"amg:notion:notion://ws_other/p"}}`, RPCDenied, "not_granted", `resource "notion://ws_other/p" on server "notion" is not granted to role "reader"`},
 		{"resource without namespace", `{"jsonrpc":"2.0","id":10,"method":"resources/read","params":{"uri":"notion://ws_abc123/p"}}`, -32602, "invalid_name", `resource URI "notion://ws_abc123/p" is not a gateway URI (amg:<server>:<uri>)`},
+		// Names an agent sent are quoted with their non-ASCII runes
+		// escaped, and cut on a rune boundary: a look-alike shows as such.
+		{"look-alike method", `{"jsonrpc":"2.0","id":12,"method":"tools/\u212aill","params":{}}`, -32601, "method_not_allowed", `method "tools/\u212aill" is not allowed through the gateway`},
+		{"long method", `{"jsonrpc":"2.0","id":13,"method":"` + strings.Repeat("é", 100) + `","params":{}}`, -32601, "method_not_allowed", `method "` + strings.Repeat(`\u00e9`, 64) + `"… is not allowed through the gateway`},
 		{"string id kept", `{"jsonrpc":"2.0","id":"req-11","method":"tools/call","params":{"name":"notion__drop_db"}}`, RPCDenied, "not_granted", `tool "notion__drop_db" is not granted to role "reader"`},
 	}
 	for _, tt := range tests {

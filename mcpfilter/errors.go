@@ -128,14 +128,17 @@ const maxQuoted = 64
 // maxPath bounds the length of Error.Path for the same reason.
 const maxPath = 256
 
-// quote returns s truncated to maxQuoted bytes (on a rune boundary) and
-// quoted with every non-ASCII rune escaped, so that a look-alike such as the
-// Kelvin sign is visible as such in logs.
-func quote(s string) string {
-	if len(s) <= maxQuoted {
+func quote(s string) string { return Quote(s, maxQuoted) }
+
+// Quote returns s quoted for a message that an agent or an operator reads:
+// cut to at most max bytes on a rune boundary, the cut marked with "…",
+// and every non-ASCII rune escaped, so that a look-alike such as the
+// Kelvin sign shows as such.
+func Quote(s string, max int) string {
+	if len(s) <= max {
 		return strconv.QuoteToASCII(s)
 	}
-	cut := maxQuoted
+	cut := max
 	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/mcpfilter"
 )
 
 // reason renders a failure for the agent and the audit log. It names
@@ -73,10 +74,5 @@ func formatScalar(s policy.Scalar) string {
 	return strconv.FormatFloat(s.Num, 'g', -1, 64)
 }
 
-func quote(s string) string {
-	const max = 128
-	if len(s) > max {
-		s = s[:max] + "..."
-	}
-	return strconv.Quote(s)
-}
+// quote quotes a name for a reason the agent reads.
+func quote(s string) string { return mcpfilter.Quote(s, 128) }

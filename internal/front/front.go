@@ -11,7 +11,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -142,7 +141,7 @@ func (f *Front) refuseHost(w http.ResponseWriter, r *http.Request) {
 	id := newID()
 	if f.audit != nil {
 		rec := &audit.Record{Time: time.Now(), DecisionID: id, Verdict: "deny", Code: CodeHostNotAllowed,
-			Reason: fmt.Sprintf("Host %q is not allowed", truncate(r.Host)), Method: "HTTP " + truncate(r.Method)}
+			Reason: "Host " + mcpfilter.Quote(r.Host, 128) + " is not allowed", Method: "HTTP " + truncate(r.Method)}
 		if err := f.audit.Log(rec); err != nil {
 			f.log.Error("audit failed while refusing a host", "decision_id", id, "err", err)
 		}
@@ -157,7 +156,7 @@ func newID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// truncate bounds what a request's header puts in a record.
+// truncate bounds the HTTP method a record names (a token, so ASCII).
 func truncate(s string) string {
 	const max = 128
 	if len(s) > max {
