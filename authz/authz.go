@@ -321,12 +321,36 @@ func (c *call) parse(h headers) *authv3.CheckResponse {
 		return c.rejectRPC(400, code, rpcCode, err.Error())
 	}
 	c.messages = body.Messages
+	for i := range c.messages {
+		if resp := c.checkKind(&c.messages[i]); resp != nil {
+			return resp
+		}
+	}
 	if len(c.messages) == 1 {
 		if resp := c.checkMCPHeaders(h, &c.messages[0]); resp != nil {
 			return resp
 		}
 	} else if h.get("mcp-method") != "" || h.get("mcp-name") != "" {
 		return c.reject(400, CodeHeaderMismatch, "Mcp-Method and Mcp-Name headers cannot describe a batch")
+	}
+	return nil
+}
+
+// checkKind refuses a message whose id does not fit its method: MCP sends
+// only notifications/* without an id. A call without one could never be
+// answered, nor parked for a human and then run.
+func (c *call) checkKind(m *mcpfilter.Message) *authv3.CheckResponse {
+	if m.Kind == mcpfilter.KindResponse {
+		return nil
+	}
+	switch notification := strings.HasPrefix(m.Method, "notifications/"); {
+	case notification && m.Kind == mcpfilter.KindRequest:
+		if len(c.messages) == 1 {
+			c.errID = m.ID
+		}
+		return c.rejectRPC(400, CodeMalformedRequest, mcpfilter.CodeInvalidRequest, quote(m.Method)+" is a notification and takes no id")
+	case !notification && m.Kind == mcpfilter.KindNotification:
+		return c.rejectRPC(400, CodeMalformedRequest, mcpfilter.CodeInvalidRequest, quote(m.Method)+" is a request and needs an id")
 	}
 	return nil
 }

@@ -578,6 +578,10 @@ func TestMalformedRequests(t *testing.T) {
 		// Wrong params of a request whose id came first: the answer names it.
 		{"name not a string", nil, `{"jsonrpc":"2.0","id":"q-7","method":"tools/call","params":{"name":5}}`, 400, -32602, CodeMalformedRequest, "", `"q-7"`},
 		{"partial body", map[string]string{"x-envoy-auth-partial-body": "true"}, toolCall(1, "notion__get_pages", `{}`), 413, -32600, CodeBodyTooLarge, "", ""},
+		// MCP sends only notifications/* without an id: a call without one
+		// could never be answered, nor waited on for approval.
+		{"call without an id", nil, `{"jsonrpc":"2.0","method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`, 400, -32600, CodeMalformedRequest, `"tools/call" is a request and needs an id`, ""},
+		{"notification with an id", nil, `{"jsonrpc":"2.0","id":3,"method":"notifications/initialized"}`, 400, -32600, CodeMalformedRequest, `"notifications/initialized" is a notification and takes no id`, "3"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
