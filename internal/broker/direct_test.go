@@ -73,7 +73,11 @@ func TestDirectPathUpstreamErrorNamesTheUpstream(t *testing.T) {
 // A result larger than the broker holds of an event it only observes
 // (maxHeld) still reaches the agent whole on the direct path.
 func TestDirectPathLargeResult(t *testing.T) {
-	g, a := directAgent(t)
+	// Six MiB through the race detector on a busy machine can take longer
+	// than the usual call timeout: this test is about size, not time.
+	g := newGatewayTimed(t, true, time.Minute, nil)
+	a := newRawAgent(t, g)
+	warmRaw(a)
 	got := a.post(`{"jsonrpc":"2.0","id":"big","method":"tools/call","params":{"name":"notion__big","arguments":{}}}`)
 	g.checkPath(t, "notion__big")
 	if len(got) != 1 || !strings.Contains(got[0], `"id":"big"`) || !strings.Contains(got[0], strings.Repeat("x", bigResult)) {
@@ -81,7 +85,7 @@ func TestDirectPathLargeResult(t *testing.T) {
 		if len(got) > 0 {
 			n = len(got[0])
 		}
-		t.Fatalf("a %d-byte result: %d messages, the first %d bytes", bigResult, len(got), n)
+		t.Fatalf("a %d-byte result: %d messages, the first %d bytes: %.300s", bigResult, len(got), n, got)
 	}
 }
 
