@@ -10,9 +10,9 @@ import (
 )
 
 // An answer of the admin API over what amg approvals reads (a parked
-// request of 1 MiB, nested deep, is indented to far more) fails with an
-// error naming the limit: show would print the request without its end
-// and exit 0, list would fail to decode it.
+// request, where max_body_bytes is well over its 1 MiB default, may be)
+// fails with an error naming the limit: show would print the request
+// without its end and exit 0, list would fail to decode it.
 func TestApprovalsAnswerTooLarge(t *testing.T) {
 	// A JSON string of n bytes, quotes included.
 	answer := func(n int) string { return `"` + strings.Repeat("x", n-2) + `"` }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/amgateway/amg/internal/approval"
 	"github.com/amgateway/amg/internal/broker"
+	"github.com/amgateway/amg/internal/console"
 	"github.com/amgateway/amg/internal/hostguard"
 	"github.com/amgateway/amg/internal/policy"
 )
@@ -127,10 +128,16 @@ func status(d Deps) Status {
 	return st
 }
 
+// writeJSON writes v indented to a bounded depth (see console.Indent): an
+// approval's request nests as deep as its agent made it.
 func writeJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(v)
+	data, err := json.Marshal(v)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	text, _ := console.Indent(data)
+	w.Write(append(text, '\n'))
 }

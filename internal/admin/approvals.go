@@ -193,7 +193,8 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 
 // approvalDetail is one approval as the API shows it: with the request the
 // agent sent, which is what the approver judges (indented like the rest of
-// the answer; body_sha256 is that of its exact bytes). Lists leave it out.
+// the answer, to a bounded depth; body_sha256 is that of its exact bytes).
+// Lists leave it out.
 type approvalDetail struct {
 	*approval.Approval
 	Request json.RawMessage `json:"request,omitempty"`

@@ -87,6 +87,32 @@ func TestApprovalsAPI(t *testing.T) {
 	}
 }
 
+// A request nests as deep as its agent made it (the parser allows 64
+// levels): the API shows it indented to a bounded depth, so that its
+// answer is not many times the request.
+func TestApprovalAnswerIsBoundedByTheRequest(t *testing.T) {
+	store := approval.NewMemory(nil)
+	parked := `{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"},"x":` +
+		strings.Repeat("[", 60) + strings.Repeat("0,", 32<<10) + "0" + strings.Repeat("]", 60) + `}}`
+	a, _ := approval.New("dec", "bot", "editor", "notion", "delete_page", []byte(parked), time.Now(), time.Hour)
+	if err := store.Create(context.Background(), a); err != nil {
+		t.Fatal(err)
+	}
+	tok := TokenPrefix + strings.Repeat("ab", 32)
+	h := Handler(Deps{Policies: &policies{}, Upstreams: func() []broker.UpstreamStatus { return nil }, Approvals: store, Token: tok})
+	code, body := call(t, h, "GET", "/api/v1/approvals/"+a.ID, tok, "")
+	var one struct{ Request json.RawMessage }
+	if code != 200 || json.Unmarshal([]byte(body), &one) != nil || compactJSON(t, one.Request) != parked {
+		t.Fatalf("one approval = %d %.500s…, want its request", code, body)
+	}
+	if n, bound := len(body), 6*len(parked)+4<<10; n > bound {
+		t.Errorf("a request of %d KiB gives an answer of %d KiB, over %d KiB", len(parked)>>10, n>>10, bound>>10)
+	}
+	if !strings.Contains(body, "\n  \"request\": {\n    \"jsonrpc\": \"2.0\",\n") {
+		t.Errorf("the answer is not indented:\n%.500s", body)
+	}
+}
+
 // Who decides and why reach the audit log, the agent's error and the
 // CLI's terminal: a decision is refused unless both are plain text.
 func TestDecisionNeedsPlainText(t *testing.T) {

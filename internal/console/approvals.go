@@ -15,6 +15,12 @@ import (
 	"github.com/amgateway/amg/internal/approval"
 )
 
+// cardBytes is the most of a request a card in the queue shows. A larger
+// one is cut there, and shown whole, byte for byte, on its approval's own
+// page, the only place it can be approved: the queue renders every
+// pending request every 2 s for every open console.
+const cardBytes = 64 << 10
+
 // pendingRow is one parked call in the queue.
 type pendingRow struct {
 	*approval.Approval
@@ -27,14 +33,22 @@ type pendingRow struct {
 	Exact   bool
 	Bytes   string
 	Hidden  bool
-	Left    string // time left until expiry, as of rendering
+	// Cut says Payload is only the start of a request over cardBytes,
+	// whose own page shows it whole; Size is its length in bytes.
+	Cut  bool
+	Size int
+	Left string // time left until expiry, as of rendering
 	// Overdue is an approval past its expiry that nothing marked expired
 	// (its call is gone): no decision on it can be taken.
 	Overdue bool
+	CSRF    string
 }
 
 type approvalsData struct {
 	Rows []pendingRow
+	// One is set on an approval's own page: Rows holds it alone, with
+	// its request whole.
+	One bool
 	// Err is why the queue could not be read.
 	Err string
 	// Recent are the last decided approvals, newest first.
@@ -60,14 +74,33 @@ func (c *Console) approvalsData(r *http.Request, s *session) approvalsData {
 		return d
 	}
 	for _, a := range pending {
-		row := pendingRow{Approval: a, Left: left(a.Expires.Sub(d.Now)), Overdue: !d.Now.Before(a.Expires)}
-		payload, exact := indented(a.Body)
-		row.Exact = exact
-		row.Payload, row.Hidden = Visible(payload)
-		row.Bytes, _ = Visible(string(a.Body))
-		d.Rows = append(d.Rows, row)
+		d.Rows = append(d.Rows, d.row(a, false))
 	}
 	return d
+}
+
+// row is a as a card shows it: a request over cardBytes is cut, unless
+// whole, when it is shown byte for byte and only so. Neither renders more
+// than a few times the request, however deep it nests.
+func (d approvalsData) row(a *approval.Approval, whole bool) pendingRow {
+	row := pendingRow{Approval: a, Size: len(a.Body), Left: left(a.Expires.Sub(d.Now)), Overdue: !d.Now.Before(a.Expires), CSRF: d.CSRF}
+	var payload []byte
+	switch {
+	case len(a.Body) <= cardBytes:
+		payload, row.Exact = indented(a.Body)
+		if !row.Exact {
+			row.Bytes, _ = Visible(string(a.Body))
+		}
+	case whole:
+		payload, row.Exact = a.Body, true
+	case json.Valid(a.Body):
+		payload, _ = indent(a.Body, cardBytes)
+		row.Cut = true
+	default:
+		payload, row.Cut = cutText(a.Body, cardBytes), true
+	}
+	row.Payload, row.Hidden = Visible(string(payload))
+	return row
 }
 
 func (c *Console) approvalsPage(w http.ResponseWriter, r *http.Request, s *session) {
@@ -87,6 +120,30 @@ func (c *Console) approvalsPage(w http.ResponseWriter, r *http.Request, s *sessi
 		p.Problem = problemText(msg, q.Get("id"))
 	}
 	c.render(w, http.StatusOK, "approvals", p)
+}
+
+// approvalPage is one pending approval with its request whole: a card in
+// the queue shows at most cardBytes of it.
+func (c *Console) approvalPage(w http.ResponseWriter, r *http.Request, s *session) {
+	id := r.PathValue("id")
+	v := url.Values{"id": {id}}
+	a, err := c.d.Approvals.Get(r.Context(), id)
+	switch {
+	case errors.Is(err, approval.ErrNotFound):
+		v.Set("problem", "not_found")
+	case err != nil:
+		c.opts.Logger.Error("console: reading an approval", "id", id, "err", err)
+		v.Set("problem", "read")
+	case a.State != approval.Pending:
+		v.Set("problem", "not_waiting")
+	}
+	if v.Has("problem") {
+		http.Redirect(w, r, "/console/approvals?"+v.Encode(), http.StatusSeeOther)
+		return
+	}
+	d := approvalsData{Now: c.opts.Now(), CSRF: c.csrf(s), One: true}
+	d.Rows = []pendingRow{d.row(a, true)}
+	c.render(w, http.StatusOK, "approvals", page{Title: "Approval " + a.ID, Nav: "approvals", Session: s, CSRF: d.CSRF, Data: d})
 }
 
 // approvalRows is the queue alone, which the page's script fetches to stay
@@ -148,20 +205,131 @@ func problemText(code, id string) string {
 		return id + " was already decided, expired, or its agent left; nothing changed."
 	case "store":
 		return "The approval store could not record the decision; nothing changed. The gateway's log says why."
+	case "read":
+		return id + " could not be read from the approval store; the gateway's log says why."
+	case "not_waiting":
+		return id + " is no longer waiting for a decision: it was decided, expired, or its agent left."
 	case "reason":
 		return "The decision on " + id + " was refused: a reason must be one line of text, without control characters; nothing changed."
 	}
 	return ""
 }
 
-// indented is JSON data indented for reading, or data as it is, exact
-// true, when it is not JSON.
-func indented(data []byte) (text string, exact bool) {
-	var buf bytes.Buffer
-	if json.Indent(&buf, data, "", "  ") != nil {
-		return string(data), true
+// indentLevels is how many levels of nesting Indent indents: indenting
+// each of the 64 a request may have would make it many times its size on
+// screen, as every line carries two spaces a level.
+const indentLevels = 4
+
+// Indent returns the JSON data indented for reading, as json.Indent does
+// with two spaces, but for its first indentLevels levels of nesting only:
+// deeper ones are written compact. So what it adds is bounded by the size
+// of data, whatever its depth: at most 2*indentLevels+1 bytes for each
+// bracket, comma or colon. ok is false when data is not JSON.
+func Indent(data []byte) (text []byte, ok bool) {
+	if !json.Valid(data) {
+		return nil, false
 	}
-	return buf.String(), false
+	text, _ = indent(data, 0)
+	return text, true
+}
+
+// indented is JSON data indented for reading (see Indent), or data as it
+// is, exact true, when it is not JSON.
+func indented(data []byte) (text []byte, exact bool) {
+	text, ok := Indent(data)
+	if !ok {
+		return data, true
+	}
+	return text, false
+}
+
+// indent is Indent of data, which must be JSON, stopped once it reaches
+// limit bytes (0: no limit) and cut there on a character's boundary; cut
+// says it was.
+func indent(data []byte, limit int) (text []byte, cut bool) {
+	// As json.Indent does, space before the value is dropped and space
+	// after it kept.
+	body := bytes.TrimRight(data, " \t\r\n")
+	var b []byte
+	line := func(level int) {
+		b = append(b, '\n')
+		for range level {
+			b = append(b, ' ', ' ')
+		}
+	}
+	level := 0
+	opened := false // a bracket was just opened: what it holds starts a line
+	for i := 0; i < len(body); i++ {
+		if limit > 0 && len(b) >= limit {
+			return cutText(b, limit), true
+		}
+		c := body[i]
+		switch c {
+		case ' ', '\t', '\r', '\n':
+			continue
+		case '}', ']':
+			if !opened && level <= indentLevels {
+				line(level - 1)
+			}
+			opened = false
+			level--
+			b = append(b, c)
+			continue
+		}
+		if opened {
+			line(level)
+			opened = false
+		}
+		switch c {
+		case '{', '[':
+			level++
+			opened = level <= indentLevels
+			b = append(b, c)
+		case ',':
+			b = append(b, c)
+			if level <= indentLevels {
+				line(level)
+			}
+		case ':':
+			b = append(b, c)
+			if level <= indentLevels {
+				b = append(b, ' ')
+			}
+		case '"':
+			j := i + 1
+			for ; body[j] != '"'; j++ {
+				if body[j] == '\\' {
+					j++
+				}
+			}
+			s := body[i : j+1]
+			if limit > 0 {
+				// A string can be most of the request: take only what
+				// fits, and a byte more to tell it was cut.
+				s = s[:min(len(s), limit-len(b)+1)]
+			}
+			b = append(b, s...)
+			i = j
+		default:
+			b = append(b, c)
+		}
+	}
+	b = append(b, data[len(body):]...)
+	if limit > 0 && len(b) > limit {
+		return cutText(b, limit), true
+	}
+	return b, false
+}
+
+// cutText is b cut to at most n bytes, on a character's boundary.
+func cutText(b []byte, n int) []byte {
+	if len(b) <= n {
+		return b
+	}
+	for n > 0 && !utf8.RuneStart(b[n]) {
+		n--
+	}
+	return b[:n]
 }
 
 // Visible returns s with every character a reader would not see, or

@@ -1,10 +1,13 @@
 package console_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"html"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -15,6 +18,7 @@ import (
 
 	"github.com/amgateway/amg/internal/approval"
 	"github.com/amgateway/amg/internal/console"
+	"github.com/amgateway/amg/mcpfilter"
 )
 
 // park stores a pending call of agent to notion__delete_page with body,
@@ -439,7 +443,14 @@ func TestRecentlyDecidedShowsTheLastTen(t *testing.T) {
 // failingApprovals is an approval store whose reads can be made to fail.
 type failingApprovals struct {
 	approval.Store
-	list, recent error
+	list, recent, get error
+}
+
+func (f *failingApprovals) Get(ctx context.Context, id string) (*approval.Approval, error) {
+	if f.get != nil {
+		return nil, f.get
+	}
+	return f.Store.Get(ctx, id)
 }
 
 func (f *failingApprovals) List(ctx context.Context, s approval.State) ([]*approval.Approval, error) {
@@ -479,5 +490,188 @@ func TestApprovalsPageSaysWhenTheStoreFails(t *testing.T) {
 				t.Errorf("the queue shows rows or says it is empty despite the failure:\n%s", body)
 			}
 		})
+	}
+}
+
+func TestIndent(t *testing.T) {
+	// Within four levels, Indent is json.Indent with two spaces.
+	for _, in := range []string{
+		`{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"delete_page","arguments":{"page_id":"pg_1","tags":["a","b"]}}}`,
+		" {\"a\" : [ ] , \"b\":{ },\"c\":\"[\\\"{,:}\\\"]\\\\\",\"d\":[1,[2,{\"e\":null}]]}\n",
+		`"just a string"`,
+		`[]`,
+		`12.5e3`,
+	} {
+		var want bytes.Buffer
+		if err := json.Indent(&want, []byte(in), "", "  "); err != nil {
+			t.Fatal(err)
+		}
+		if got, ok := console.Indent([]byte(in)); !ok || string(got) != want.String() {
+			t.Errorf("Indent(%s) = %v\n%s\nwant\n%s", in, ok, got, want.String())
+		}
+	}
+	// Deeper, it is compact.
+	got, ok := console.Indent([]byte(`{"a":{"b":{"c":{"d":{"e": [1, 2,{}]},"f":[]}}}}`))
+	want := `{
+  "a": {
+    "b": {
+      "c": {
+        "d": {"e":[1,2,{}]},
+        "f": []
+      }
+    }
+  }
+}`
+	if !ok || string(got) != want {
+		t.Errorf("Indent of a deep value = %v\n%s\nwant\n%s", ok, got, want)
+	}
+	if got, ok := console.Indent([]byte(`{"a":`)); ok || got != nil {
+		t.Errorf("Indent of what is not JSON = %q, %v", got, ok)
+	}
+}
+
+// A request nests as deep as its agent makes it (the parser allows 64
+// levels, and params may hold members no policy reads) and is up to
+// max_body_bytes long, and the queue renders every pending one every 2 s
+// for every open console. A card shows a request whole (indented, and
+// byte for byte) up to 64 KiB, and the start of a longer one; an
+// approval's own page shows it whole, byte for byte. Neither may render
+// more than a few times the request, however deep it nests.
+func TestApprovalsRenderIsBoundedByTheRequest(t *testing.T) {
+	call := func(x string) string {
+		return `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"},"x":` + x + `}}`
+	}
+	// nested is call with x as depth nested arrays around n+1 elems.
+	nested := func(depth, n int, elem string) string {
+		return call(strings.Repeat("[", depth) + strings.Repeat(elem+",", n) + elem + strings.Repeat("]", depth))
+	}
+	for _, tc := range []struct {
+		name string
+		body string
+		cut  bool
+	}{
+		{"deep, within a card", nested(60, 8<<10, "0"), false},
+		{"deep, past a card", nested(60, 64<<10, "0"), true},
+		{"deep, as long as the gateway takes", nested(60, 500<<10, "0"), true},
+		// x's arrays put each string on a line of its own, indented
+		// four levels: the most indentation a byte can get.
+		{"wide at the deepest level indented", nested(2, 20<<10, `""`), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := mcpfilter.Parse([]byte(tc.body), &mcpfilter.Options{MaxBytes: 1 << 20}); err != nil {
+				t.Fatalf("the gateway would not take the request: %v", err)
+			}
+			// A card shows a request twice, each copy a few times its
+			// size as HTML at most ("" is &#34;&#34;).
+			bound := 12*len(tc.body) + 16<<10
+			e := newEnv(t, nil)
+			op := e.signIn("alice")
+			a := e.park("bot", tc.body)
+
+			rec := e.get(op, "/console/approvals/rows")
+			wantStatus(t, rec, http.StatusOK)
+			if n := rec.Body.Len(); n > bound {
+				t.Errorf("a request of %d KiB renders as a queue of %d KiB, over %d KiB", len(tc.body)>>10, n>>10, bound>>10)
+			}
+			c := card(rec.Body.String(), a.ID)
+			_, cut := field(c, "cut")
+			_, approve := field(c, "approve")
+			if cut != tc.cut || approve == tc.cut {
+				t.Errorf("the card of a request of %d KiB says it is cut: %v, offers to approve: %v; want %v, %v",
+					len(tc.body)>>10, cut, approve, tc.cut, !tc.cut)
+			}
+			if cut && !strings.Contains(c, `<a href="/console/approvals/`+a.ID+`">`) {
+				t.Errorf("the cut card does not link to the approval's page:\n%s", c)
+			}
+
+			rec = e.get(op, "/console/approvals/"+a.ID)
+			wantStatus(t, rec, http.StatusOK)
+			if n := rec.Body.Len(); n > bound {
+				t.Errorf("a request of %d KiB renders as an approval page of %d KiB, over %d KiB", len(tc.body)>>10, n>>10, bound>>10)
+			}
+			whole := card(rec.Body.String(), a.ID)
+			if _, ok := field(whole, "approve"); !ok {
+				t.Errorf("the approval's page offers no approval:\n%.2000s", whole)
+			}
+			if tc.cut {
+				if got, _ := field(whole, "payload"); got != tc.body {
+					t.Errorf("the approval's page does not show the request byte for byte: %d bytes of %d", len(got), len(tc.body))
+				}
+			}
+		})
+	}
+}
+
+// A request too long for a card is read, and approved, on its own page:
+// whole, byte for byte, with what would not show written as escapes, as
+// on a card.
+func TestApprovalPageShowsTheWholeRequest(t *testing.T) {
+	e := newEnv(t, nil)
+	op := e.signIn("alice")
+	tail := "report\u202efdp.exe"
+	body := strings.Repeat("<b>", 30<<10) + tail
+	a := e.park("bot", body)
+
+	c := card(e.get(op, "/console/approvals").Body.String(), a.ID)
+	payload, _ := field(c, "payload")
+	if !strings.HasPrefix(body, payload) || len(payload) > 64<<10 || strings.Contains(c, "Exact bytes") {
+		t.Errorf("the card shows %d bytes of a %d byte request, want its first 64 KiB once", len(payload), len(body))
+	}
+	if !strings.Contains(text(e.get(op, "/console/approvals")), fmt.Sprintf("This request is %d bytes", len(body))) {
+		t.Error("the card does not say how long the request is")
+	}
+
+	rec := e.get(op, "/console/approvals/"+a.ID)
+	wantStatus(t, rec, http.StatusOK)
+	c = card(rec.Body.String(), a.ID)
+	if got, _ := field(c, "payload"); got != strings.Repeat("<b>", 30<<10)+`report\u202efdp.exe` {
+		t.Errorf("the approval's page shows %d bytes ending %q, want the request whole with the override escaped", len(got), got[max(0, len(got)-20):])
+	}
+	if _, ok := field(c, "hidden"); !ok {
+		t.Error("the approval's page does not warn of hidden characters")
+	}
+	if _, ok := field(c, "cut"); ok || strings.Contains(c, "Exact bytes") {
+		t.Errorf("the approval's page cuts the request, or shows it twice")
+	}
+	if count(rec.Body.String(), "<script") != 1 || strings.Contains(rec.Body.String(), "data-refresh") {
+		t.Error("the approval's page runs more than the console's script, or refreshes as the queue does")
+	}
+	// Approved there, the call goes ahead.
+	rec = e.act(op, "/console/approvals/"+a.ID+"/approve", nil)
+	wantRedirect(t, rec, "/console/approvals?"+url.Values{"done": {"approved"}, "id": {a.ID}}.Encode())
+
+	// Once decided, or for no approval, the page leads back to the queue
+	// and says why.
+	for id, want := range map[string]string{
+		a.ID:                           a.ID + " is no longer waiting for a decision: it was decided, expired, or its agent left.",
+		"apr_000000000000000000000000": "There is no approval apr_000000000000000000000000.",
+	} {
+		rec := e.get(op, "/console/approvals/"+id)
+		if rec.Code != http.StatusSeeOther {
+			t.Fatalf("%s: %d, want a redirect to the queue", id, rec.Code)
+		}
+		if got := problem(e.follow(op, rec)); got != want {
+			t.Errorf("%s: problem %q, want %q", id, got, want)
+		}
+	}
+}
+
+func TestApprovalPageSaysWhenTheStoreFails(t *testing.T) {
+	store := &failingApprovals{}
+	var logs bytes.Buffer
+	e := newEnv(t, &console.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))},
+		func(d *console.Deps) { store.Store = d.Approvals; d.Approvals = store })
+	op := e.signIn("alice")
+	a := e.park("agent-1", `{}`)
+	store.get = errors.New("redis: connection refused")
+	rec := e.get(op, "/console/approvals/"+a.ID)
+	if rec.Code != http.StatusSeeOther {
+		t.Fatalf("%d, want a redirect to the queue", rec.Code)
+	}
+	if got, want := problem(e.follow(op, rec)), a.ID+" could not be read from the approval store; the gateway's log says why."; got != want {
+		t.Errorf("problem %q, want %q", got, want)
+	}
+	if !strings.Contains(logs.String(), "redis: connection refused") {
+		t.Errorf("the log does not say why:\n%s", logs.String())
 	}
 }

@@ -21,7 +21,8 @@ type auditForm struct {
 
 type auditRow struct {
 	audit.Record
-	// ArgsJSON is the (already redacted) arguments, indented.
+	// ArgsJSON is the (already redacted) arguments, indented (see
+	// Indent); only a decision's own records have it.
 	ArgsJSON string
 	TraceURL string
 }
@@ -88,9 +89,10 @@ func (c *Console) auditPage(w http.ResponseWriter, r *http.Request, s *session) 
 	data.Searched, data.More = true, more
 	for _, rec := range recs {
 		row := auditRow{Record: rec, TraceURL: c.traceURL(rec.TraceID)}
-		if len(rec.Args) > 0 {
+		// Only a decision's own records show their arguments.
+		if data.Detail && len(rec.Args) > 0 {
 			args, _ := indented(rec.Args)
-			row.ArgsJSON, _ = Visible(args)
+			row.ArgsJSON, _ = Visible(string(args))
 		}
 		data.Rows = append(data.Rows, row)
 	}

@@ -277,6 +277,25 @@ func TestAuditDecisionDetail(t *testing.T) {
 	}
 }
 
+// Recorded arguments nest as deep as the agent made them: a decision's
+// page shows them indented to a bounded depth, never many times their
+// size.
+func TestAuditArgsRenderIsBoundedByTheArgs(t *testing.T) {
+	e := newEnv(t, nil)
+	args := `{"x":` + strings.Repeat("[", 60) + strings.Repeat("0,", 16<<10) + "0" + strings.Repeat("]", 60) + `}`
+	e.writeAudit(audit.Record{Time: time.Date(2026, 3, 10, 9, 0, 0, 0, time.UTC), DecisionID: "d1", Agent: "bot", Role: "dev",
+		Server: "notion", Tool: "delete_page", Method: "tools/call", Args: json.RawMessage(args), Verdict: "allow", Code: "allowed"})
+	op := e.signIn("alice")
+	rec := e.get(op, "/console/audit?decision_id=d1")
+	wantStatus(t, rec, http.StatusOK)
+	if n, bound := rec.Body.Len(), 6*len(args)+16<<10; n > bound {
+		t.Errorf("arguments of %d KiB render as a page of %d KiB, over %d KiB", len(args)>>10, n>>10, bound>>10)
+	}
+	if got, _ := field(rec.Body.String(), "args"); !strings.HasPrefix(got, "{\n  \"x\": [\n    [\n      [\n        [[[") {
+		t.Errorf("arguments shown as %.200s…", got)
+	}
+}
+
 func TestAuditTraceLinks(t *testing.T) {
 	for _, tc := range []struct {
 		name     string

@@ -171,6 +171,7 @@ func (c *Console) routes() {
 
 	mux.HandleFunc("GET /console/approvals", c.signedIn(c.approvalsPage))
 	mux.HandleFunc("GET /console/approvals/rows", c.signedIn(c.approvalRows))
+	mux.HandleFunc("GET /console/approvals/{id}", c.signedIn(c.approvalPage))
 	mux.HandleFunc("POST /console/approvals/{id}/{decision}", c.signedIn(c.decide))
 	mux.HandleFunc("GET /console/audit", c.signedIn(c.auditPage))
 	mux.HandleFunc("GET /console/shadow", c.signedIn(c.shadowPage))

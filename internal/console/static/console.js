@@ -94,7 +94,16 @@
     tick();
     setInterval(tick, 1000);
     const holder = document.querySelector("[data-refresh]");
-    if (holder) setInterval(function () { refresh(holder); }, 2000);
+    if (holder) {
+      // The next fetch waits for the last one, however slow: fetches
+      // must not pile up on a gateway that is slow to answer.
+      const next = function () {
+        refresh(holder)
+          .catch(function () { holder.classList.add("stale"); })
+          .finally(function () { setTimeout(next, 2000); });
+      };
+      setTimeout(next, 2000);
+    }
 
     document.addEventListener("submit", function (ev) {
       const form = ev.target;
