@@ -111,12 +111,50 @@ func TestApprovalsPageShowsThePendingCall(t *testing.T) {
 	if got, _ := field(c, "countdown"); got != "10m0s" {
 		t.Errorf("time left %q, want 10m0s on the injected clock", got)
 	}
-	if !strings.Contains(c, `action="/console/approvals/`+a.ID+`/approve"`) || !strings.Contains(c, `formaction="/console/approvals/`+a.ID+`/deny"`) ||
+	if !strings.Contains(c, `action="/console/approvals/`+a.ID+`/deny"`) || !strings.Contains(c, `formaction="/console/approvals/`+a.ID+`/approve"`) ||
 		!strings.Contains(c, `name="csrf" value="`+op.csrf+`"`) {
 		t.Errorf("the card's form does not post to approve and deny with the CSRF token:\n%s", c)
 	}
-	if strings.Contains(c, "disabled") {
-		t.Errorf("a pending approval's buttons are disabled:\n%s", c)
+	for _, b := range []string{"approve", "deny"} {
+		if tag := button(c, b); tag == "" || strings.Contains(tag, "disabled") {
+			t.Errorf("a pending approval's %s button is missing or disabled: %s", b, tag)
+		}
+	}
+}
+
+// button is the start tag of card's button with data-testid testid; ""
+// if there is none.
+func button(card, testid string) string {
+	return regexp.MustCompile(`<button [^>]*data-testid="` + testid + `"[^>]*>`).FindString(card)
+}
+
+// Enter in a form's text field submits it with its default button, the
+// first submit button in the form (HTML's implicit submission), unless
+// that button is disabled. An operator who types a reason to deny and
+// presses Enter must not approve the call, on a card whole or cut.
+func TestEnterInTheReasonDoesNotApprove(t *testing.T) {
+	e := newEnv(t, nil)
+	op := e.signIn("alice")
+	whole := e.park("bot", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_page","arguments":{"page_id":"pg_1"}}}`)
+	cut := e.park("bot", strings.Repeat("x", 65<<10))
+	page := e.get(op, "/console/approvals").Body.String()
+	decide := regexp.MustCompile(`(?s)<form method="post" action="([^"]*)" class="decide">(.*?)</form>`)
+	for _, a := range []*approval.Approval{whole, cut} {
+		form := decide.FindStringSubmatch(card(page, a.ID))
+		if form == nil || !strings.Contains(form[2], `name="reason"`) {
+			t.Fatalf("%s: no decide form with a reason field:\n%s", a.ID, card(page, a.ID))
+		}
+		first := regexp.MustCompile(`<button type="submit"[^>]*>`).FindString(form[2])
+		if !regexp.MustCompile(`\sdisabled[\s>]`).MatchString(first) {
+			t.Errorf("%s: Enter in the reason presses %s, which is not disabled", a.ID, first)
+		}
+		// Nor does a submission without a button approve.
+		if strings.HasSuffix(form[1], "/approve") {
+			t.Errorf("%s: the decide form posts to %s", a.ID, form[1])
+		}
+	}
+	if tag := button(card(page, whole.ID), "approve"); !strings.Contains(tag, `formaction="/console/approvals/`+whole.ID+`/approve"`) {
+		t.Errorf("the Approve button does not post to approve: %s", tag)
 	}
 }
 

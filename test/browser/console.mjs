@@ -79,6 +79,16 @@ async function decide(page, verdict) {
   );
   await shot(page, `approvals-pending-${verdict}`);
   await card.getByTestId("reason").fill(verdict === "approve" ? "checked the page id" : "not this page");
+  // Enter in the reason decides nothing: only a click on Approve or Deny
+  // does. The queue's next refresh shows the page is still there.
+  const posts = [];
+  const onRequest = (r) => r.method() === "POST" && posts.push(r.url());
+  page.on("request", onRequest);
+  await card.getByTestId("reason").press("Enter");
+  await page.waitForRequest((r) => r.url().endsWith("/console/approvals/rows"), { timeout: 10000 });
+  page.off("request", onRequest);
+  check(posts.length === 0, `Enter in the reason posted to ${posts.join(", ")}`);
+  check((await page.evaluate(() => window.amgMark)) === "no reload", "Enter in the reason left the page");
   await card.getByTestId(verdict).click();
   await page.getByTestId("notice").waitFor();
   const notice = await page.getByTestId("notice").textContent();
