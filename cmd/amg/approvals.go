@@ -18,6 +18,7 @@ import (
 
 	"github.com/amgateway/amg/internal/admin"
 	"github.com/amgateway/amg/internal/approval"
+	"github.com/amgateway/amg/internal/console"
 	"github.com/amgateway/amg/internal/gateway"
 )
 
@@ -54,11 +55,20 @@ the admin.token file in --data-dir (which amg serve creates).`,
 			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
 			fmt.Fprintln(w, "ID\tSTATE\tAGENT\tROLE\tCALL\tCREATED\tEXPIRES")
+			hidden := false
 			for _, a := range out {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s__%s\t%s\t%s\n", a.ID, a.State, a.Agent, a.Role, a.Server, a.Tool,
+				agent, h1 := console.Visible(a.Agent)
+				role, h2 := console.Visible(a.Role)
+				call, h3 := console.Visible(a.Server + "__" + a.Tool)
+				hidden = hidden || h1 || h2 || h3
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.ID, a.State, agent, role, call,
 					a.Created.Format(time.RFC3339), a.Expires.Format(time.RFC3339))
 			}
-			return w.Flush()
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			warnHidden(cmd, hidden)
+			return nil
 		},
 	}
 	list.Flags().StringVar(&state, "state", "pending", approval.StateList()+", or empty for all")
@@ -71,8 +81,15 @@ the admin.token file in --data-dir (which amg serve creates).`,
 			if err := o.do(cmd, "GET", "/api/v1/approvals/"+url.PathEscape(args[0]), nil, &a); err != nil {
 				return err
 			}
-			_, err := cmd.OutOrStdout().Write(a)
-			return err
+			// An agent could show an approver one request and send
+			// another, with characters that hide or reorder text, and a
+			// terminal obeys the escape sequences it prints.
+			text, hidden := console.Visible(string(a))
+			if _, err := io.WriteString(cmd.OutOrStdout(), text); err != nil {
+				return err
+			}
+			warnHidden(cmd, hidden)
+			return nil
 		},
 	}
 	decide := func(verb string) *cobra.Command {
@@ -100,6 +117,14 @@ the admin.token file in --data-dir (which amg serve creates).`,
 	}
 	cmd.AddCommand(list, show, decide("approve"), decide("deny"))
 	return cmd
+}
+
+// warnHidden says on stderr, if hidden, that what was printed holds
+// characters written as their escapes (see console.Visible).
+func warnHidden(cmd *cobra.Command, hidden bool) {
+	if hidden {
+		fmt.Fprintln(cmd.ErrOrStderr(), `warning: characters that would not show, or would reorder the text around them, are written as their escapes (such as \u202e)`)
+	}
 }
 
 // maxAdminAnswer is the most of an admin API answer amg approvals reads.
