@@ -9,6 +9,7 @@ import (
 	"errors"
 	"html"
 	"io"
+	"log/slog"
 	"mime/multipart"
 	"net/http"
 	"net/http/cookiejar"
@@ -21,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/amgateway/amg/internal/admin"
 	"github.com/amgateway/amg/internal/approval"
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/console"
@@ -461,6 +463,49 @@ func TestSignInRefusals(t *testing.T) {
 			// for next.
 			if !strings.Contains(rec.Body.String(), `name="next" value="/console/tokens"`) {
 				t.Errorf("the form lost next:\n%s", rec.Body)
+			}
+		})
+	}
+}
+
+// An operator who pastes a token into the name field (the form's first)
+// must not have it written to the gateway's log, nor shown back in the
+// form, nor recorded as the name of whoever decides. A name the check
+// refuses is logged only by its length, and one that passes in full.
+func TestSignInKeepsATokenPastedAsTheNameSecret(t *testing.T) {
+	hex64 := strings.Repeat("0123456789abcdef", 4)
+	const tokenProblem = "That looks like a token, not a name. Give your name (up to 64 characters), and the admin token in the field below it."
+	const nameProblem = "Give your name (up to 64 characters): the audit log records who decides."
+	for _, tc := range []struct {
+		name, who, token string
+		problem, logged  string
+		echoed           bool
+	}{
+		{"the admin token", admin.TokenPrefix + hex64, "alice", tokenProblem, "name_bytes=71", false},
+		{"an agent token", tokens.Prefix + hex64, "alice", tokenProblem, "name_bytes=68", false},
+		// Short enough for a name, and with the right token beside it.
+		{"the start of the admin token", (admin.TokenPrefix + hex64)[:64], adminToken, tokenProblem, "name_bytes=64", false},
+		{"a token after a name", "alice " + tokens.Prefix + hex64[:20], adminToken, tokenProblem, "name_bytes=30", false},
+		{"a name too long", strings.Repeat("a", 65), adminToken, nameProblem, "name_bytes=65", true},
+		{"a name with a wrong token", "alice", "amgadm_wrong", "That is not the admin token", "name=alice", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			e := newEnv(t, &console.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			rec := e.post(nil, "/console/signin", url.Values{"name": {tc.who}, "token": {tc.token}})
+			wantStatus(t, rec, http.StatusUnauthorized)
+			if got := problem(rec); !strings.HasPrefix(got, tc.problem) {
+				t.Errorf("problem %q, want %q", got, tc.problem)
+			}
+			if got := logs.String(); !strings.Contains(got, " "+tc.logged+" ") || !tc.echoed && strings.Contains(got, tc.who) {
+				t.Errorf("the log, which should hold %s and no more of the name:\n%s", tc.logged, got)
+			}
+			input := regexp.MustCompile(`<input name="name" value="([^"]*)"`).FindStringSubmatch(rec.Body.String())
+			if input == nil || (html.UnescapeString(input[1]) == tc.who) != tc.echoed {
+				t.Errorf("the name field holds %q; want the name back: %v", input, tc.echoed)
+			}
+			if !tc.echoed && strings.Contains(rec.Body.String(), tc.who) {
+				t.Error("the page shows the token")
 			}
 		})
 	}

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"path"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/amgateway/amg/internal/approval"
+	"github.com/amgateway/amg/internal/tokens"
 )
 
 // cookieName is the session cookie; sessions last sessionTTL.
@@ -89,7 +91,7 @@ func (c *Console) session(r *http.Request) *session {
 	}
 	// A cookie signed before the rule for names grew stricter must not
 	// decide under a name the rule refuses.
-	if by, _, err := approval.CleanDecision(s.Name, ""); err != nil || by != s.Name {
+	if by, err := cleanName(s.Name); err != nil || by != s.Name {
 		return nil
 	}
 	return &s
@@ -172,23 +174,58 @@ func (c *Console) signInPage(w http.ResponseWriter, r *http.Request) {
 	c.render(w, http.StatusOK, "signin", page{Title: "Sign in", Data: signInData{Next: safeNext(r.URL.Query().Get("next"))}})
 }
 
+// tokenPrefixes start AMG's secrets: agent tokens and the admin token
+// (admin.TokenPrefix, which admin, importing this package, keeps).
+var tokenPrefixes = []string{tokens.Prefix, "amgadm_"}
+
+// looksLikeToken reports whether s holds the start of an AMG secret.
+func looksLikeToken(s string) bool {
+	for _, p := range tokenPrefixes {
+		if strings.Contains(s, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// cleanName is the name an operator signs in with as a session keeps it.
+// It is who decides, so it follows the rule a decision's "by" does (see
+// approval.CleanDecision); and it is logged, shown and recorded, so one
+// that looks like a token, likely pasted into the wrong field, is refused.
+func cleanName(name string) (string, error) {
+	by, _, err := approval.CleanDecision(name, "")
+	if err == nil && looksLikeToken(by) {
+		err = errors.New("a name must not be a token")
+	}
+	return by, err
+}
+
 func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
-	// The name is who decides, so it follows the rule a decision's "by"
-	// does.
-	name, _, nameErr := approval.CleanDecision(r.PostFormValue("name"), "")
+	given := r.PostFormValue("name")
+	name, nameErr := cleanName(given)
 	token := strings.TrimSpace(r.PostFormValue("token"))
 	next := safeNext(r.PostFormValue("next"))
 	problem := ""
 	switch {
+	case nameErr != nil && looksLikeToken(given):
+		// Never back in the form, where it would show.
+		name = ""
+		problem = "That looks like a token, not a name. Give your name (up to 64 characters), and the admin token in the field below it."
 	case nameErr != nil:
-		name = strings.TrimSpace(r.PostFormValue("name")) // back in the form, to correct
+		name = strings.TrimSpace(given) // back in the form, to correct
 		problem = "Give your name (up to 64 characters): the audit log records who decides."
 	case c.d.Token == "" || subtle.ConstantTimeCompare([]byte(token), []byte(c.d.Token)) != 1:
 		problem = "That is not the admin token. It is in admin.token in the gateway's data directory."
 	}
 	if problem != "" {
-		c.opts.Logger.Warn("console: sign-in refused", "name", name, "remote", r.RemoteAddr, "why", problem)
+		// A name the check refused may be a secret: only its length is
+		// logged.
+		who := slog.String("name", name)
+		if nameErr != nil {
+			who = slog.Int("name_bytes", len(given))
+		}
+		c.opts.Logger.Warn("console: sign-in refused", who, "remote", r.RemoteAddr, "why", problem)
 		c.render(w, http.StatusUnauthorized, "signin", page{Title: "Sign in", Problem: problem, Data: signInData{Next: next, Name: name}})
 		return
 	}

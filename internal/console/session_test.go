@@ -30,7 +30,7 @@ func TestNoSessionForANameThatIsNotText(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"alice\u009b2J", "\x1b[2Jalice", " alice", ""} {
+	for _, name := range []string{"alice\u009b2J", "\x1b[2Jalice", " alice", "", "amg_0123456789abcdef"} {
 		ck := c.cookie(&session{Name: name, Expires: time.Now().Add(time.Hour).Unix(), Nonce: "00"})
 		req := httptest.NewRequest(http.MethodGet, "/console/tokens", nil)
 		req.AddCookie(&http.Cookie{Name: cookieName, Value: ck})
