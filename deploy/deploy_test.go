@@ -20,6 +20,7 @@ import (
 	"github.com/compose-spec/compose-go/v2/loader"
 	"github.com/compose-spec/compose-go/v2/types"
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	heapv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/fixed_heap/v3"
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/proto"
 
@@ -59,6 +60,33 @@ func parseBootstrap(t *testing.T, name string, data []byte) *bootstrapv3.Bootstr
 		t.Fatalf("%s: %v", name, err)
 	}
 	return b
+}
+
+// heapLimit is the heap size the bootstrap's overload manager measures
+// Envoy's heap against.
+func heapLimit(t *testing.T, b *bootstrapv3.Bootstrap) uint64 {
+	t.Helper()
+	for _, m := range b.GetOverloadManager().GetResourceMonitors() {
+		heap := &heapv3.FixedHeapConfig{}
+		if m.GetTypedConfig().UnmarshalTo(heap) == nil {
+			return heap.GetMaxHeapSizeBytes()
+		}
+	}
+	t.Fatal("the bootstrap's overload manager has no fixed_heap monitor")
+	return 0
+}
+
+// memoryBytes reads a Kubernetes memory quantity in bytes or in
+// binary units (Ki, Mi, Gi).
+func memoryBytes(q string) (uint64, bool) {
+	unit := uint64(1)
+	for suffix, u := range map[string]uint64{"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30} {
+		if n, ok := strings.CutSuffix(q, suffix); ok {
+			q, unit = n, u
+		}
+	}
+	n, err := strconv.ParseUint(q, 10, 64)
+	return n * unit, err == nil && n > 0
 }
 
 func splitAddr(t *testing.T, what, addr string) (string, int) {
@@ -1373,6 +1401,15 @@ func TestKubernetes(t *testing.T) {
 		listen := listenPort(t, "envoy.listen", cfg.Envoy.Listen)
 		if sp := servicePort(find(t, objs, "Service", "envoy"), c, listen); sp != listen {
 			t.Errorf("Service envoy exposes the agent listener (%d) as %d", listen, sp)
+		}
+		// The overload manager acts on the heap's share of a size the
+		// bootstrap states; it must leave the pod room for what is not
+		// heap, or the kernel kills Envoy before Envoy sheds any load.
+		limit, ok := memoryBytes(str(dig(c, "resources", "limits", "memory")))
+		heap := heapLimit(t, b)
+		if !ok || heap > limit*7/8 {
+			t.Errorf("envoy: the overload manager's heap is %d bytes, the pod's memory limit %q: want a limit, with an eighth of it or more left beside the heap",
+				heap, str(dig(c, "resources", "limits", "memory")))
 		}
 	})
 

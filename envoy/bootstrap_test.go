@@ -9,6 +9,9 @@ import (
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	overloadv3 "github.com/envoyproxy/go-control-plane/envoy/config/overload/v3"
+	connectionsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
+	heapv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/fixed_heap/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 
 	"github.com/amgateway/amg/envoy"
@@ -85,6 +88,85 @@ func TestBootstrap(t *testing.T) {
 	}
 }
 
+// Names of the overload manager's resource monitors and actions, as
+// Envoy knows them.
+const (
+	monitorHeap        = "envoy.resource_monitors.fixed_heap"
+	monitorConnections = "envoy.resource_monitors.global_downstream_max_connections"
+	actionResetStreams = "envoy.overload_actions.reset_high_memory_stream"
+	actionStopRequests = "envoy.overload_actions.stop_accepting_requests"
+)
+
+// TestBootstrapOverloadManager checks the limits Envoy holds itself to.
+// The agent listener buffers request bodies before any token is checked,
+// so without them connections, and what each makes Envoy hold, would be
+// bounded by nothing but the pod's memory limit: a bound on connections,
+// and, as the heap fills, resets of the streams holding the most and a
+// refusal of new requests. deploy/deploy_test.go checks the heap size
+// against the pod's memory limit.
+func TestBootstrapOverloadManager(t *testing.T) {
+	b, err := envoy.ParseBootstrap(readBootstrap(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	om := b.GetOverloadManager()
+	if om == nil {
+		t.Fatal("no overload_manager: Envoy would take connections and buffer bodies until the kernel kills it")
+	}
+	monitors := map[string]*overloadv3.ResourceMonitor{}
+	for _, m := range om.GetResourceMonitors() {
+		monitors[m.GetName()] = m
+	}
+	heap := &heapv3.FixedHeapConfig{}
+	if m := monitors[monitorHeap]; m == nil {
+		t.Errorf("no %s monitor", monitorHeap)
+	} else if err := m.GetTypedConfig().UnmarshalTo(heap); err != nil || heap.GetMaxHeapSizeBytes() == 0 {
+		t.Errorf("%s: %v, max_heap_size_bytes %d; want a heap size", monitorHeap, err, heap.GetMaxHeapSizeBytes())
+	}
+	conns := &connectionsv3.DownstreamConnectionsConfig{}
+	if m := monitors[monitorConnections]; m == nil {
+		t.Errorf("no %s monitor: Envoy would take any number of connections", monitorConnections)
+	} else if err := m.GetTypedConfig().UnmarshalTo(conns); err != nil {
+		t.Errorf("%s: %v", monitorConnections, err)
+	}
+
+	actions := map[string]*overloadv3.OverloadAction{}
+	for _, a := range om.GetActions() {
+		actions[a.GetName()] = a
+		for _, tr := range a.GetTriggers() {
+			// Envoy refuses a trigger on a monitor it does not have.
+			if monitors[tr.GetName()] == nil {
+				t.Errorf("action %s is triggered by %s, which is not a configured monitor", a.GetName(), tr.GetName())
+			}
+		}
+	}
+	for _, name := range []string{actionResetStreams, actionStopRequests} {
+		a := actions[name]
+		if a == nil || len(a.GetTriggers()) != 1 || a.GetTriggers()[0].GetName() != monitorHeap {
+			t.Errorf("action %s = %v, want one trigger on %s", name, a, monitorHeap)
+		}
+	}
+	// Envoy refuses reset_high_memory_stream without buffer accounting,
+	// and resets only the streams it tracks: one holding a body of the
+	// default max_body_bytes (1 MiB) must be.
+	if n := om.GetBufferFactoryConfig().GetMinimumAccountToTrackPowerOfTwo(); n == 0 || n > 20 {
+		t.Errorf("buffer_factory_config tracks streams from 2^%d bytes, want a body of 1 MiB tracked", n)
+	}
+	// Streams are reset before new requests are refused.
+	scaling, stop := first(actions[actionResetStreams]).GetScaled().GetScalingThreshold(), first(actions[actionStopRequests]).GetThreshold().GetValue()
+	if scaling >= stop {
+		t.Errorf("streams are reset from %v of the heap, new requests refused from %v: the resets should come first", scaling, stop)
+	}
+}
+
+// first is a's first trigger, or nil.
+func first(a *overloadv3.OverloadAction) *overloadv3.Trigger {
+	if len(a.GetTriggers()) == 0 {
+		return nil
+	}
+	return a.GetTriggers()[0]
+}
+
 // TestBootstrapRejects checks that the parser is strict: each edit of the
 // real file must be refused, with an error naming the cause.
 func TestBootstrapRejects(t *testing.T) {
@@ -100,6 +182,8 @@ func TestBootstrapRejects(t *testing.T) {
 			"type.googleapis.com/envoy.extensions.upstreams.http.v3.NoSuchOptions", "NoSuchOptions"},
 		{"empty ADS cluster name", "cluster_name: amg_xds\n  lds_config", "cluster_name: \"\"\n  lds_config", "ClusterName"},
 		{"bad duration", "connect_timeout: 1s", "connect_timeout: soon", "soon"},
+		// A rule on a typed config, which the bootstrap's own do not reach.
+		{"no connection limit", "max_active_downstream_connections: 2048", "max_active_downstream_connections: 0", "MaxActiveDownstreamConnections"},
 		{"not YAML", "admin:\n", "admin: [\n", "YAML"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

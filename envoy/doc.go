@@ -1,7 +1,8 @@
 // Package envoy holds the Envoy bootstrap AMG's Envoy mode runs with
-// (envoy.yaml in this directory) and the checks its tests and the
-// deployment tests share: ParseBootstrap loads a bootstrap as strictly as
-// Envoy's schema allows, without running Envoy.
+// (envoy.yaml in this directory) and the checks its tests, the deployment
+// tests and the xDS server share: ParseBootstrap loads a bootstrap as
+// strictly as Envoy's schema allows, without running Envoy, and Validate
+// applies Envoy's field rules to any of its messages.
 package envoy
 
 import (
@@ -12,15 +13,19 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
 
-	// Types the bootstrap names in typed_extension_protocol_options; an Any
+	// Types the bootstrap names in typed configs (the xDS cluster's
+	// protocol options, the overload manager's resource monitors); an Any
 	// whose type is not linked in does not resolve and fails to parse.
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/fixed_heap/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 )
 
 // ParseBootstrap parses a YAML Envoy v3 bootstrap. Unknown fields, values
 // of the wrong type, unknown enum names and unresolvable Any types are
-// errors, and the result must pass the protoc-gen-validate rules Envoy
-// itself applies (every violation is reported, not only the first).
+// errors, and the result, typed configs included, must pass the
+// protoc-gen-validate rules Envoy itself applies (every violation is
+// reported, not only the first).
 func ParseBootstrap(data []byte) (*bootstrapv3.Bootstrap, error) {
 	js, err := yaml.YAMLToJSON(data)
 	if err != nil {
@@ -30,7 +35,7 @@ func ParseBootstrap(data []byte) (*bootstrapv3.Bootstrap, error) {
 	if err := (protojson.UnmarshalOptions{DiscardUnknown: false}).Unmarshal(js, b); err != nil {
 		return nil, fmt.Errorf("bootstrap: %w", err)
 	}
-	if err := b.ValidateAll(); err != nil {
+	if err := Validate(b); err != nil {
 		return nil, fmt.Errorf("bootstrap validation: %w", err)
 	}
 	return b, nil

@@ -118,15 +118,38 @@ const (
 	upstreamMaxRetries       = 3
 )
 
-// HTTP/2 limits of the agent listener, Envoy's advice for an edge proxy:
-// one agent connection may not open more streams than this, nor make
-// Envoy buffer more than a window per stream and per connection (Envoy's
-// defaults are 1024 streams and 16 MiB and 24 MiB windows).
+// HTTP/2 limits of the agent listener. The windows are Envoy's advice for
+// an edge proxy (its defaults are 16 MiB and 24 MiB), but they do not bound
+// what one connection makes Envoy hold: ext_authz buffers each request's
+// body before the Check, and so before any token is checked, and Envoy
+// gives the agent its window back as the data moves into that buffer. What
+// a connection can pin, with no token, for up to config.ReadTimeout, is
+// then a body buffer per stream plus the connection window (the data
+// Envoy has taken in but not yet passed on). The stream limit is set so
+// that this fits agentConnectionBudget: as many streams as fit, from
+// agentMinConcurrentStreams (an event stream and a call: a body limit so
+// large that two bodies exceed the budget exceeds it) to
+// agentMaxConcurrentStreams (Envoy's edge advice; its default is 1024).
+// The overload manager in Envoy's bootstrap (envoy/envoy.yaml) bounds the
+// total over all connections.
 const (
+	agentConnectionBudget     = 32 << 20
+	agentMinConcurrentStreams = 2
 	agentMaxConcurrentStreams = 100
 	agentStreamWindow         = 64 << 10
 	agentConnectionWindow     = 1 << 20
 )
+
+// envoyBufferLimit is Envoy's default per_connection_buffer_limit_bytes: a
+// listener that sets none buffers at most this much of one request.
+const envoyBufferLimit = 1 << 20
+
+// agentStreams is the agent listener's stream limit when each stream may
+// buffer up to buf bytes of body.
+func agentStreams(buf uint32) uint32 {
+	n := (agentConnectionBudget - agentConnectionWindow) / uint64(max(buf, 1))
+	return uint32(min(max(n, agentMinConcurrentStreams), agentMaxConcurrentStreams))
+}
 
 // Resources are what Envoy is configured with, each kind in a fixed order:
 // listeners agent then egress, routes likewise, clusters authz, broker,
@@ -311,6 +334,9 @@ func (b *builder) agentListener(cfg *config.Config) (*listenerv3.Listener, error
 		},
 		IncludePeerCertificate: false,
 	}
+	// What ext_authz may buffer of one body: Envoy refuses a longer one
+	// itself, at the listener's buffer limit.
+	bodyBuffer := min(uint32(cfg.MaxBodyBytes), envoyBufferLimit)
 	hcm := &hcmv3.HttpConnectionManager{
 		StatPrefix: ListenerAgent,
 		CodecType:  hcmv3.HttpConnectionManager_AUTO,
@@ -340,7 +366,7 @@ func (b *builder) agentListener(cfg *config.Config) (*listenerv3.Listener, error
 			IdleTimeout: durationpb.New(config.IdleTimeout),
 		},
 		Http2ProtocolOptions: &corev3.Http2ProtocolOptions{
-			MaxConcurrentStreams:        wrapperspb.UInt32(agentMaxConcurrentStreams),
+			MaxConcurrentStreams:        wrapperspb.UInt32(agentStreams(bodyBuffer)),
 			InitialStreamWindowSize:     wrapperspb.UInt32(agentStreamWindow),
 			InitialConnectionWindowSize: wrapperspb.UInt32(agentConnectionWindow),
 		},

@@ -6,11 +6,13 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	tracev3 "github.com/envoyproxy/go-control-plane/envoy/config/trace/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
@@ -257,12 +259,59 @@ func TestAgentFilters(t *testing.T) {
 	}
 	h2 := hcm.GetHttp2ProtocolOptions()
 	switch {
-	case h2.GetMaxConcurrentStreams().GetValue() != 100:
-		t.Errorf("http2 max_concurrent_streams = %v, want 100", h2.GetMaxConcurrentStreams())
 	case h2.GetInitialStreamWindowSize().GetValue() != 64<<10:
 		t.Errorf("http2 initial_stream_window_size = %v, want 64 KiB", h2.GetInitialStreamWindowSize())
 	case h2.GetInitialConnectionWindowSize().GetValue() != 1<<20:
 		t.Errorf("http2 initial_connection_window_size = %v, want 1 MiB", h2.GetInitialConnectionWindowSize())
+	}
+}
+
+// TestAgentConnectionBudget checks what one agent connection can make
+// Envoy hold before any Check, so with no token: ext_authz buffers each
+// stream's body, and Envoy returns the agent's flow-control window as the
+// data moves there, so the windows do not bound it. It is at most the
+// connection window, data taken in but not yet passed on, plus a body
+// buffer per stream, and must stay within 32 MiB (README, "Envoy mode"),
+// unless the least number of streams holds more.
+func TestAgentConnectionBudget(t *testing.T) {
+	const budget = 32 << 20
+	for _, maxBody := range []int{4 << 10, 64 << 10, 1 << 20, 4 << 20, 15 << 20, 64 << 20} {
+		t.Run(strconv.Itoa(maxBody), func(t *testing.T) {
+			cfg := config.Default()
+			cfg.MaxBodyBytes = maxBody
+			res, err := Build(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			hcm, err := agentHCM(res)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ea, err := ExtAuthzConfig(res)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// ext_authz holds a body until it has max_request_bytes of
+			// it; the listener's buffer limit (Envoy's default 1 MiB)
+			// caps what it may buffer.
+			bufferLimit := uint64(1 << 20)
+			if v := agentListener(t, res).GetPerConnectionBufferLimitBytes(); v != nil {
+				bufferLimit = uint64(v.GetValue())
+			}
+			perStream := min(uint64(ea.GetWithRequestBody().GetMaxRequestBytes()), bufferLimit)
+			h2 := hcm.GetHttp2ProtocolOptions()
+			streams := uint64(h2.GetMaxConcurrentStreams().GetValue())
+			held := streams*perStream + uint64(h2.GetInitialConnectionWindowSize().GetValue())
+			switch {
+			case streams < 2:
+				t.Errorf("%d concurrent streams: an agent's event stream would block its calls", streams)
+			case streams > 100:
+				t.Errorf("%d concurrent streams, over Envoy's advice for an edge proxy (100)", streams)
+			case held > budget && streams > 2:
+				t.Errorf("one connection can make Envoy hold %d bytes before any Check (%d streams of %d bytes and a %d-byte window), over %d",
+					held, streams, perStream, h2.GetInitialConnectionWindowSize().GetValue(), budget)
+			}
+		})
 	}
 }
 
@@ -325,6 +374,17 @@ func TestTracing(t *testing.T) {
 	if err := c.GetTypedExtensionProtocolOptions()[httpProtocolOptions].UnmarshalTo(opts); err != nil || opts.GetExplicitHttpConfig().GetHttp2ProtocolOptions() == nil {
 		t.Errorf("collector cluster does not speak HTTP/2, which OTLP/gRPC needs: %v %v", opts, err)
 	}
+}
+
+func agentListener(t *testing.T, res *Resources) *listenerv3.Listener {
+	t.Helper()
+	for _, l := range res.Listeners {
+		if l.GetName() == ListenerAgent {
+			return l
+		}
+	}
+	t.Fatalf("no listener %s", ListenerAgent)
+	return nil
 }
 
 // hcms returns every listener's HTTP connection manager.

@@ -9,8 +9,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/types/known/anypb"
+
+	envoyconf "github.com/amgateway/amg/envoy"
 )
 
 // Validate checks every resource against Envoy's own field rules (the
@@ -32,7 +32,7 @@ func (r *Resources) Validate() error {
 			errs = append(errs, fmt.Errorf("%s %s: encode: %w", kind, name, err))
 			return
 		}
-		if err := validateDeep(m); err != nil {
+		if err := envoyconf.Validate(m); err != nil {
 			errs = append(errs, fmt.Errorf("%s %s: %w", kind, name, err))
 		}
 	}
@@ -93,63 +93,4 @@ func asciiLower(s string) string {
 func addressString(a *corev3.Address) string {
 	sa := a.GetSocketAddress()
 	return net.JoinHostPort(sa.GetAddress(), strconv.FormatUint(uint64(sa.GetPortValue()), 10))
-}
-
-type validator interface {
-	ValidateAll() error
-}
-
-// validateDeep runs ValidateAll on m and on every message packed in an Any
-// anywhere inside it.
-func validateDeep(m proto.Message) error {
-	var errs []error
-	if v, ok := m.(validator); ok {
-		if err := v.ValidateAll(); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	walkAnys(m.ProtoReflect(), func(a *anypb.Any) {
-		inner, err := a.UnmarshalNew()
-		if err != nil {
-			errs = append(errs, fmt.Errorf("typed config %s: %w", a.GetTypeUrl(), err))
-			return
-		}
-		if err := validateDeep(inner); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", inner.ProtoReflect().Descriptor().FullName(), err))
-		}
-	})
-	return errors.Join(errs...)
-}
-
-// walkAnys calls f for each Any nested in m, not looking into the Anys.
-func walkAnys(m protoreflect.Message, f func(*anypb.Any)) {
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		switch {
-		case fd.IsMap():
-			if fd.MapValue().Message() != nil {
-				v.Map().Range(func(_ protoreflect.MapKey, mv protoreflect.Value) bool {
-					visit(mv.Message(), f)
-					return true
-				})
-			}
-		case fd.IsList():
-			if fd.Message() != nil {
-				l := v.List()
-				for i := 0; i < l.Len(); i++ {
-					visit(l.Get(i).Message(), f)
-				}
-			}
-		case fd.Message() != nil:
-			visit(v.Message(), f)
-		}
-		return true
-	})
-}
-
-func visit(m protoreflect.Message, f func(*anypb.Any)) {
-	if a, ok := m.Interface().(*anypb.Any); ok {
-		f(a)
-		return
-	}
-	walkAnys(m, f)
 }
