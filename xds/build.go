@@ -140,10 +140,6 @@ const (
 	agentConnectionWindow     = 1 << 20
 )
 
-// envoyBufferLimit is Envoy's default per_connection_buffer_limit_bytes: a
-// listener that sets none buffers at most this much of one request.
-const envoyBufferLimit = 1 << 20
-
 // agentStreams is the agent listener's stream limit when each stream may
 // buffer up to buf bytes of body.
 func agentStreams(buf uint32) uint32 {
@@ -289,7 +285,8 @@ func (b *builder) agentListener(cfg *config.Config) (*listenerv3.Listener, error
 	if err != nil {
 		return nil, fmt.Errorf("envoy.listen: %w", err)
 	}
-	if cfg.MaxBodyBytes < 0 || cfg.MaxBodyBytes > math.MaxUint32 {
+	// The listener buffers one byte more than the limit (see bodyBuffer).
+	if cfg.MaxBodyBytes < 0 || cfg.MaxBodyBytes >= math.MaxUint32 {
 		return nil, fmt.Errorf("max_body_bytes: %d does not fit Envoy's 32-bit buffer limit", cfg.MaxBodyBytes)
 	}
 	// The route timeout counts the whole streamed response; zero would be
@@ -334,9 +331,18 @@ func (b *builder) agentListener(cfg *config.Config) (*listenerv3.Listener, error
 		},
 		IncludePeerCertificate: false,
 	}
-	// What ext_authz may buffer of one body: Envoy refuses a longer one
-	// itself, at the listener's buffer limit.
-	bodyBuffer := min(uint32(cfg.MaxBodyBytes), envoyBufferLimit)
+	// The listener's buffer limit is also a request's: with
+	// allow_partial_message, ext_authz does not raise it to
+	// max_request_bytes, and Envoy answers a body that outgrows it, while
+	// ext_authz still buffers, with its own 413, plain text and never
+	// Checked nor audited. Envoy's default, 1 MiB, would do that to every
+	// body between 1 MiB and max_body_bytes, so the limit is a byte more
+	// than max_body_bytes: a body up to the limit reaches authz whole, and
+	// a longer one cut, to be refused readably. It is the body buffer per
+	// stream that agentStreams counts. It also bounds what each stream's
+	// answer (to an allowed request) buffers for a slow agent before Envoy
+	// stops reading from the broker.
+	bodyBuffer := uint32(cfg.MaxBodyBytes) + 1
 	hcm := &hcmv3.HttpConnectionManager{
 		StatPrefix: ListenerAgent,
 		CodecType:  hcmv3.HttpConnectionManager_AUTO,
@@ -377,7 +383,9 @@ func (b *builder) agentListener(cfg *config.Config) (*listenerv3.Listener, error
 		b.httpFilter(FilterExtAuthz, authz),
 		b.httpFilter(filterRouter, &routerv3.Router{}),
 	}
-	return b.listener(ListenerAgent, addr, hcm), nil
+	l := b.listener(ListenerAgent, addr, hcm)
+	l.PerConnectionBufferLimitBytes = wrapperspb.UInt32(bodyBuffer)
+	return l, nil
 }
 
 // agentRoutes sends the MCP endpoint, and only it, to the broker. There is

@@ -266,13 +266,45 @@ func TestAgentFilters(t *testing.T) {
 	}
 }
 
+// TestAgentListenerBuffersWholeBody checks that a body up to
+// max_body_bytes reaches authz. With allow_partial_message, ext_authz
+// does not raise the stream's buffer limit to max_request_bytes; the limit
+// stays the listener's (Envoy's default: 1 MiB), and a body outgrowing it
+// while ext_authz buffers gets Envoy's own 413, plain text, with no Check
+// and no audit record.
+func TestAgentListenerBuffersWholeBody(t *testing.T) {
+	for _, maxBody := range []int{4 << 10, 1 << 20, 4 << 20} {
+		t.Run(strconv.Itoa(maxBody), func(t *testing.T) {
+			cfg := config.Default()
+			cfg.MaxBodyBytes = maxBody
+			res, err := Build(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ea, err := ExtAuthzConfig(res)
+			if err != nil {
+				t.Fatal(err)
+			}
+			limit := uint64(1 << 20)
+			if v := agentListener(t, res).GetPerConnectionBufferLimitBytes(); v != nil {
+				limit = uint64(v.GetValue())
+			}
+			if limit <= uint64(maxBody) || limit < uint64(ea.GetWithRequestBody().GetMaxRequestBytes()) {
+				t.Errorf("the agent listener buffers %d bytes of a request; max_body_bytes is %d and max_request_bytes %d: "+
+					"a longer body than the listener buffers gets Envoy's 413 before any Check",
+					limit, maxBody, ea.GetWithRequestBody().GetMaxRequestBytes())
+			}
+		})
+	}
+}
+
 // TestAgentConnectionBudget checks what one agent connection can make
-// Envoy hold before any Check, so with no token: ext_authz buffers each
-// stream's body, and Envoy returns the agent's flow-control window as the
-// data moves there, so the windows do not bound it. It is at most the
-// connection window, data taken in but not yet passed on, plus a body
-// buffer per stream, and must stay within 32 MiB (README, "Envoy mode"),
-// unless the least number of streams holds more.
+// Envoy hold before authz has answered, so with no token: ext_authz
+// buffers each stream's body, and Envoy returns the agent's flow-control
+// window as the data moves there, so the windows do not bound it. It is
+// at most the connection window, data taken in but not yet passed on,
+// plus a body buffer per stream, and must stay within 32 MiB (README,
+// "Envoy mode"), unless the least number of streams holds more.
 func TestAgentConnectionBudget(t *testing.T) {
 	const budget = 32 << 20
 	for _, maxBody := range []int{4 << 10, 64 << 10, 1 << 20, 4 << 20, 15 << 20, 64 << 20} {
@@ -287,18 +319,14 @@ func TestAgentConnectionBudget(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ea, err := ExtAuthzConfig(res)
-			if err != nil {
-				t.Fatal(err)
-			}
-			// ext_authz holds a body until it has max_request_bytes of
-			// it; the listener's buffer limit (Envoy's default 1 MiB)
-			// caps what it may buffer.
-			bufferLimit := uint64(1 << 20)
+			// A stream buffers at most the listener's buffer limit
+			// (Envoy's default: 1 MiB): ext_authz holds a body until it
+			// has max_request_bytes of it, and past the limit Envoy
+			// stops reading the stream, or refuses it.
+			perStream := uint64(1 << 20)
 			if v := agentListener(t, res).GetPerConnectionBufferLimitBytes(); v != nil {
-				bufferLimit = uint64(v.GetValue())
+				perStream = uint64(v.GetValue())
 			}
-			perStream := min(uint64(ea.GetWithRequestBody().GetMaxRequestBytes()), bufferLimit)
 			h2 := hcm.GetHttp2ProtocolOptions()
 			streams := uint64(h2.GetMaxConcurrentStreams().GetValue())
 			held := streams*perStream + uint64(h2.GetInitialConnectionWindowSize().GetValue())
@@ -308,7 +336,7 @@ func TestAgentConnectionBudget(t *testing.T) {
 			case streams > 100:
 				t.Errorf("%d concurrent streams, over Envoy's advice for an edge proxy (100)", streams)
 			case held > budget && streams > 2:
-				t.Errorf("one connection can make Envoy hold %d bytes before any Check (%d streams of %d bytes and a %d-byte window), over %d",
+				t.Errorf("one connection can make Envoy hold %d bytes before authz answers (%d streams of %d bytes and a %d-byte window), over %d",
 					held, streams, perStream, h2.GetInitialConnectionWindowSize().GetValue(), budget)
 			}
 		})
