@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unsafe"
@@ -256,12 +257,12 @@ func (c *call) check(req *authv3.CheckRequest) *authv3.CheckResponse {
 	default:
 		return c.reject(405, CodeMethodNotAllowed, "HTTP method "+quote(httpReq.GetMethod())+" is not allowed")
 	}
-	if h.get("x-envoy-auth-partial-body") == "true" {
-		return c.reject(413, CodeBodyTooLarge, fmt.Sprintf("request body is larger than the gateway accepts (%d bytes)", c.s.maxBody))
-	}
 	c.body = httpReq.GetRawBody()
 	if len(c.body) == 0 {
 		c.body = []byte(httpReq.GetBody())
+	}
+	if resp := c.checkWhole(h); resp != nil {
+		return resp
 	}
 	if resp := c.parse(h); resp != nil {
 		return resp
@@ -298,6 +299,32 @@ func (c *call) authenticate(h headers) *authv3.CheckResponse {
 		c.s.log.Error("token store failed", "decision_id", c.id, "err", err)
 		return c.failClosed(CodeTokenStoreError, "token store unavailable")
 	}
+}
+
+// checkWhole refuses a body that is not all the agent sent, which must
+// never be decided on: one Envoy marks partial, one longer than the limit
+// (Envoy sends a body over the limit cut a byte past it, but marks it
+// partial only when it holds more than it sends), and one whose
+// Content-Length, when the agent sent one, says otherwise.
+func (c *call) checkWhole(h headers) *authv3.CheckResponse {
+	tooLarge := fmt.Sprintf("request body is larger than the gateway accepts (%d bytes)", c.s.maxBody)
+	if h.get("x-envoy-auth-partial-body") == "true" || len(c.body) > c.s.maxBody {
+		return c.reject(413, CodeBodyTooLarge, tooLarge)
+	}
+	cl, ok := h.lookup("content-length")
+	if !ok {
+		return nil
+	}
+	n, err := strconv.ParseUint(cl, 10, 63)
+	switch {
+	case err != nil:
+		return c.reject(400, CodeMalformedRequest, "Content-Length "+quote(cl)+" is not a number of bytes")
+	case n > uint64(c.s.maxBody):
+		return c.reject(413, CodeBodyTooLarge, tooLarge)
+	case n != uint64(len(c.body)):
+		return c.reject(400, CodeMalformedRequest, fmt.Sprintf("request body is %d bytes, not the %d its Content-Length says", len(c.body), n))
+	}
+	return nil
 }
 
 // parse checks the protocol version and parses the body strictly.

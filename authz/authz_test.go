@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -24,11 +26,13 @@ import (
 	"github.com/amgateway/amg/authz/authztest"
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/audit/audittest"
+	"github.com/amgateway/amg/internal/config"
 	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/ratelimit"
 	"github.com/amgateway/amg/internal/replay"
 	"github.com/amgateway/amg/internal/shadow"
 	"github.com/amgateway/amg/internal/tokens"
+	"github.com/amgateway/amg/xds"
 )
 
 const testPolicy = `
@@ -603,6 +607,74 @@ func TestMalformedRequests(t *testing.T) {
 	}
 	okHeaders(t, e.check(t, "bot-1", map[string]string{"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "notion__get_pages"},
 		toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`)))
+}
+
+// TestBodyNotWholeIsNeverDecidedOn checks what authz makes of a body it
+// cannot know whole. Envoy sends a body as soon as it has
+// max_request_bytes of it, and marks it partial only if its buffer holds
+// more than it sends: when the agent's frames end exactly at the limit,
+// a body over it arrives cut and marked whole. Valid JSON followed by
+// padding would then be allowed, and audited as a call that never ran
+// (the broker refuses the whole body), and one cut mid-JSON audited as
+// malformed rather than too large.
+func TestBodyNotWholeIsNeverDecidedOn(t *testing.T) {
+	cfg := config.Default()
+	cfg.MaxBodyBytes = 4096
+	res, err := xds.Build(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ea, err := xds.ExtAuthzConfig(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := int(ea.GetWithRequestBody().GetMaxRequestBytes())
+	e := newEnv(t, func(_ *Deps, o *Options) { o.MaxBodyBytes = cfg.MaxBodyBytes })
+	call := toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123","limit":10}`)
+	padded := call + strings.Repeat(" ", 2*cfg.MaxBodyBytes)
+	long := toolCall(1, "notion__get_pages", `{"workspace_id":"`+strings.Repeat("w", 2*cfg.MaxBodyBytes)+`"}`)
+	length := func(s string) string { return strconv.Itoa(len(s)) }
+	tests := []struct {
+		name   string
+		hdrs   map[string]string
+		body   string
+		status int
+		code   Code
+	}{
+		// As Envoy sends them, with and without the agent's Content-Length
+		// (an HTTP/2 agent may send none).
+		{"json then padding, cut", map[string]string{"content-length": length(padded)}, padded[:cut], 413, CodeBodyTooLarge},
+		{"json then padding, cut, no length", nil, padded[:cut], 413, CodeBodyTooLarge},
+		{"long argument, cut", map[string]string{"content-length": length(long)}, long[:cut], 413, CodeBodyTooLarge},
+		{"long argument, cut, no length", nil, long[:cut], 413, CodeBodyTooLarge},
+		// As an Envoy configured before max_request_bytes took the byte
+		// more sends them: only the Content-Length tells.
+		{"cut at the limit", map[string]string{"content-length": length(padded)}, padded[:cfg.MaxBodyBytes], 413, CodeBodyTooLarge},
+		{"shorter than its length", map[string]string{"content-length": length(call + " ")}, call, 400, CodeMalformedRequest},
+		{"longer than its length", map[string]string{"content-length": length(call[1:])}, call, 400, CodeMalformedRequest},
+		{"length not a number", map[string]string{"content-length": "0x10"}, call, 400, CodeMalformedRequest},
+		{"length negative", map[string]string{"content-length": "-1"}, call, 400, CodeMalformedRequest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := map[string]string{"x-envoy-auth-partial-body": "false"}
+			maps.Copy(h, tt.hdrs)
+			resp := e.check(t, "bot-1", h, tt.body)
+			if resp.GetOkResponse() != nil {
+				t.Fatalf("a body of %d bytes (Content-Length %q) was allowed", len(tt.body), tt.hdrs["content-length"])
+			}
+			d := denied(t, resp)
+			if r := rpcErr(t, d.body); d.status != tt.status || r.Error.Data.Code != tt.code {
+				t.Errorf("got %d %s, want %d with code %s", d.status, d.body, tt.status, tt.code)
+			}
+			if rec := e.audit.Last(t); rec.Code != string(tt.code) {
+				t.Errorf("audited as %q (%s), want %q", rec.Code, rec.Reason, tt.code)
+			}
+		})
+	}
+	// A whole body, up to the limit, is decided on.
+	whole := call + strings.Repeat(" ", cfg.MaxBodyBytes-len(call))
+	okHeaders(t, e.check(t, "bot-1", map[string]string{"x-envoy-auth-partial-body": "false", "content-length": length(whole)}, whole))
 }
 
 func TestBatches(t *testing.T) {

@@ -168,11 +168,11 @@ func EgressHost(name string) string { return name }
 
 // Build returns the Envoy resources for cfg. It fails for what Envoy
 // cannot be told at all: an address that is not host:port, a listener on a
-// host name, no broker, an upstream URL without a host, a body limit over
-// 32 bits; and for what would leave agents worse off than no Envoy: the
-// egress listener on the agent listener's address, a route timeout that
-// cuts calls short (see config.Config.LongestRequest). Value ranges (a
-// zero timeout, a zero body limit) are left to Validate, which applies
+// host name, no broker, an upstream URL without a host, a body limit
+// below 1 or over 32 bits; and for what would leave agents worse off than
+// no Envoy: the egress listener on the agent listener's address, a route
+// timeout that cuts calls short (see config.Config.LongestRequest). Other
+// value ranges (a zero timeout) are left to Validate, which applies
 // Envoy's own rules.
 func Build(cfg *config.Config) (*Resources, error) {
 	if cfg == nil {
@@ -285,10 +285,33 @@ func (b *builder) agentListener(cfg *config.Config) (*listenerv3.Listener, error
 	if err != nil {
 		return nil, fmt.Errorf("envoy.listen: %w", err)
 	}
-	// The listener buffers one byte more than the limit (see bodyBuffer).
-	if cfg.MaxBodyBytes < 0 || cfg.MaxBodyBytes >= math.MaxUint32 {
+	// Envoy buffers one byte more than the limit (see bodyBuffer), so
+	// Envoy's own rule, a positive max_request_bytes, cannot catch a zero
+	// limit.
+	switch {
+	case cfg.MaxBodyBytes < 1:
+		return nil, fmt.Errorf("max_body_bytes: %d: must be at least 1", cfg.MaxBodyBytes)
+	case cfg.MaxBodyBytes >= math.MaxUint32:
 		return nil, fmt.Errorf("max_body_bytes: %d does not fit Envoy's 32-bit buffer limit", cfg.MaxBodyBytes)
 	}
+	// ext_authz sends a body once it has max_request_bytes of it, and
+	// marks it partial only when it holds more than it sends: a body cut
+	// exactly at the limit would reach authz looking whole, and might
+	// parse. So the limit is a byte more than max_body_bytes, and a body
+	// over max_body_bytes always reaches authz longer than it, to be
+	// refused whatever the partial flag says.
+	//
+	// The listener's buffer limit is a request's too: with
+	// allow_partial_message, ext_authz does not raise it to
+	// max_request_bytes, and Envoy answers a body that outgrows it, while
+	// ext_authz still buffers, with its own 413, plain text and never
+	// Checked nor audited. Envoy's default, 1 MiB, would do that to every
+	// body between 1 MiB and max_body_bytes, so it is max_request_bytes.
+	// It is the body buffer per stream that agentStreams counts. It also
+	// bounds what each stream's answer (to an allowed request) buffers for
+	// a slow agent before Envoy stops reading from the broker.
+	bodyBuffer := uint32(cfg.MaxBodyBytes) + 1
+
 	// The route timeout counts the whole streamed response; zero would be
 	// none at all.
 	if longest := cfg.LongestRequest(); e.RouteTimeout <= longest {
@@ -321,28 +344,16 @@ func (b *builder) agentListener(cfg *config.Config) (*listenerv3.Listener, error
 		FailureModeAllow: false,
 		// AMG decides on the JSON-RPC body, so it needs all of it, and
 		// bytes keep it exactly as the agent sent it. A body over the
-		// limit reaches authz cut and marked partial, and authz refuses
-		// it with a JSON-RPC error the agent can read, and audits it
+		// limit reaches authz cut (see bodyBuffer), and authz refuses it
+		// with a JSON-RPC error the agent can read, and audits it
 		// (Envoy's own 413 would be plain text, and unrecorded).
 		WithRequestBody: &extauthzv3.BufferSettings{
-			MaxRequestBytes:     uint32(cfg.MaxBodyBytes),
+			MaxRequestBytes:     bodyBuffer,
 			AllowPartialMessage: true,
 			PackAsBytes:         true,
 		},
 		IncludePeerCertificate: false,
 	}
-	// The listener's buffer limit is also a request's: with
-	// allow_partial_message, ext_authz does not raise it to
-	// max_request_bytes, and Envoy answers a body that outgrows it, while
-	// ext_authz still buffers, with its own 413, plain text and never
-	// Checked nor audited. Envoy's default, 1 MiB, would do that to every
-	// body between 1 MiB and max_body_bytes, so the limit is a byte more
-	// than max_body_bytes: a body up to the limit reaches authz whole, and
-	// a longer one cut, to be refused readably. It is the body buffer per
-	// stream that agentStreams counts. It also bounds what each stream's
-	// answer (to an allowed request) buffers for a slow agent before Envoy
-	// stops reading from the broker.
-	bodyBuffer := uint32(cfg.MaxBodyBytes) + 1
 	hcm := &hcmv3.HttpConnectionManager{
 		StatPrefix: ListenerAgent,
 		CodecType:  hcmv3.HttpConnectionManager_AUTO,

@@ -227,8 +227,8 @@ func TestAgentFilters(t *testing.T) {
 	}
 	body := ea.GetWithRequestBody()
 	switch {
-	case body.GetMaxRequestBytes() != 12345:
-		t.Errorf("max_request_bytes = %d, want 12345", body.GetMaxRequestBytes())
+	case body.GetMaxRequestBytes() != 12346:
+		t.Errorf("max_request_bytes = %d, want 12346: a byte more than max_body_bytes, so that a body cut at it is too large", body.GetMaxRequestBytes())
 	case !body.GetAllowPartialMessage():
 		t.Error("allow_partial_message is off: Envoy would answer an oversized body itself, unreadably and unaudited")
 	case !body.GetPackAsBytes():
@@ -594,6 +594,8 @@ func TestBuildErrors(t *testing.T) {
 		{"no brokers", func(c *config.Config) { c.Envoy.BrokerAddresses = nil }, "envoy.broker_addresses"},
 		{"bad broker", func(c *config.Config) { c.Envoy.BrokerAddresses = []string{"a:1", "b"} }, "envoy.broker_addresses[1]"},
 		{"body limit over 32 bits", func(c *config.Config) { c.MaxBodyBytes = 1 << 33 }, "max_body_bytes"},
+		{"body limit a byte short of 32 bits", func(c *config.Config) { c.MaxBodyBytes = 1<<32 - 1 }, "max_body_bytes"},
+		{"zero body limit", func(c *config.Config) { c.MaxBodyBytes = 0 }, "max_body_bytes: 0: must be at least 1"},
 		{"trace collector without port", func(c *config.Config) { c.Envoy.TracingAddress = "jaeger" }, "envoy.tracing_address"},
 		{"trace collector port 0", func(c *config.Config) { c.Envoy.TracingAddress = "jaeger:0" }, "envoy.tracing_address"},
 		{"upstream host not UTF-8", func(c *config.Config) {
@@ -626,8 +628,6 @@ func TestValidate(t *testing.T) {
 		edit func(*config.Config)
 		want []string
 	}{
-		{"zero body limit", func(c *config.Config) { c.MaxBodyBytes = 0 },
-			[]string{"listener amg_agent", "ExtAuthz", "MaxRequestBytes"}},
 		{"zero connect timeout", func(c *config.Config) {
 			c.Upstreams = map[string]*config.Upstream{"up": {Name: "up", URL: "https://example.com/mcp"}}
 		}, []string{"cluster upstream_up", "ConnectTimeout"}},

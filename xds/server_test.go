@@ -183,7 +183,7 @@ func TestADS(t *testing.T) {
 	}
 	body := ea.GetWithRequestBody()
 	if !body.GetPackAsBytes() || !body.GetAllowPartialMessage() || ea.GetFailureModeAllow() ||
-		body.GetMaxRequestBytes() != uint32(cfg.MaxBodyBytes) {
+		body.GetMaxRequestBytes() != uint32(cfg.MaxBodyBytes)+1 {
 		t.Errorf("ext_authz served as pack_as_bytes=%v allow_partial_message=%v failure_mode_allow=%v max_request_bytes=%d",
 			body.GetPackAsBytes(), body.GetAllowPartialMessage(), ea.GetFailureModeAllow(), body.GetMaxRequestBytes())
 	}
@@ -254,9 +254,9 @@ func TestUpdateRefusesInvalid(t *testing.T) {
 		want  []string
 	}{
 		{
-			name: "body limit zero fails ext_authz validation",
-			edit: func(c *config.Config) { c.MaxBodyBytes = 0 },
-			want: []string{"invalid resources", "listener amg_agent", "MaxRequestBytes"},
+			name: "sampling over 100 fails listener validation",
+			edit: func(c *config.Config) { c.Envoy.TracingAddress, c.Envoy.TracingSampling = "jaeger:4317", 101 },
+			want: []string{"invalid resources", "listener amg_agent", "RandomSampling"},
 		},
 		{
 			name: "connect timeout zero fails cluster validation",

@@ -49,6 +49,9 @@ type Options struct {
 	// with_request_body.max_request_bytes; 0 means mcpfilter.DefaultMaxBytes.
 	// A larger body is checked cut to this size and marked partial, as
 	// Envoy does with allow_partial_message: authz refuses it (413).
+	// Envoy's is a byte more than max_body_bytes, and it may mark a body
+	// cut there whole; authz refuses any body over max_body_bytes, so a
+	// front given max_body_bytes reaches the same verdicts.
 	MaxBodyBytes int
 	// Hosts, when set, are the only host names the Host header may name;
 	// others are refused (403) before anything else happens. A front on

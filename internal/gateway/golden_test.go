@@ -136,6 +136,49 @@ func TestEveryProtocolVersionInBothModes(t *testing.T) {
 	}
 }
 
+// TestBodyLimitInEveryMode checks that every mode takes a body of
+// max_body_bytes and refuses a longer one readably, as too large: the
+// standalone front, which cuts a body at the limit and marks it partial,
+// and Envoy's filter as the xDS server configures it, which cuts it a
+// byte past the limit and may mark it whole.
+func TestBodyLimitInEveryMode(t *testing.T) {
+	gw, modes := goldenModes(t)
+	token, _, err := gw.IssueToken(context.Background(), "body-limit", "notion_read", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	max := config.Default().MaxBodyBytes
+	initialize := `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18",` +
+		`"capabilities":{},"clientInfo":{"name":"agent","version":"1"}}}`
+	padded := func(n int) string { return initialize + strings.Repeat(" ", n-len(initialize)) }
+	for mode, endpoint := range modes {
+		t.Run(mode, func(t *testing.T) {
+			for _, n := range []int{max, max + 1, 2 * max} {
+				req, _ := http.NewRequest(http.MethodPost, endpoint, strings.NewReader(padded(n)))
+				req.Header.Set("Authorization", "Bearer "+token)
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("Accept", "application/json, text/event-stream")
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				answer, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				var r struct {
+					Error struct{ Data struct{ Code string } }
+				}
+				json.Unmarshal(answer, &r)
+				switch {
+				case n <= max && resp.StatusCode != http.StatusOK:
+					t.Errorf("a body of %d bytes, the limit: %d %.200s", n, resp.StatusCode, answer)
+				case n > max && (resp.StatusCode != http.StatusRequestEntityTooLarge || r.Error.Data.Code != "body_too_large"):
+					t.Errorf("a body of %d bytes, over the limit: %d %.200s; want 413 with code body_too_large", n, resp.StatusCode, answer)
+				}
+			}
+		})
+	}
+}
+
 // goldenScenarios are the calls every mode must answer alike; want is a
 // text the result or the error must contain.
 var goldenScenarios = []struct {
