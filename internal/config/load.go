@@ -517,6 +517,10 @@ func (l *loader) addr(n *yaml.Node, path string, dst *string) bool {
 	if !ok {
 		return false
 	}
+	if give, isURL := urlAddress(s); isURL {
+		l.Errorf(n, path, "must be host:port such as 127.0.0.1:8080, not a URL or user@host: give %s", give)
+		return false
+	}
 	_, port, err := net.SplitHostPort(s)
 	if err != nil {
 		var ae *net.AddrError
@@ -532,6 +536,23 @@ func (l *loader) addr(n *yaml.Node, path string, dst *string) bool {
 	}
 	*dst = s
 	return true
+}
+
+// urlAddress reports whether s, where a host:port belongs, is a URL or
+// user:password@host instead: either may carry a password, so s is never
+// quoted whole. give is what to write instead: the host:port in s,
+// quoted, or "host:port" when none can be read.
+func urlAddress(s string) (give string, isURL bool) {
+	if !strings.Contains(s, "://") && !strings.Contains(s, "@") {
+		return "", false
+	}
+	if !strings.Contains(s, "://") {
+		s = "//" + s // user:password@host:port, as a URL without a scheme
+	}
+	if u, err := url.Parse(s); err == nil && u.Host != "" {
+		return strconv.Quote(u.Host), true
+	}
+	return "host:port", true
 }
 
 // optionalAddr is addr, where "" turns the listener off.
@@ -633,6 +654,17 @@ func (l *loader) redis(n *yaml.Node, path string, r *Redis) {
 		switch key {
 		case "address":
 			address = v
+			// A Redis URL, as the CLI's --redis takes, holds the
+			// password: never quoted, and said where it goes instead.
+			if give, isURL := urlAddress(v.Value); isURL && v.Kind == yaml.ScalarNode {
+				tls := ""
+				if strings.HasPrefix(strings.ToLower(v.Value), "rediss://") {
+					tls = ", and set redis.tls"
+				}
+				l.Errorf(v, p, "a URL is not an address: give %s, the user in redis.username and the password in redis.password, "+
+					"as a secret reference such as \"${env:REDIS_PASSWORD}\"%s", give, tls)
+				return
+			}
 			l.addr(v, p, &r.Address)
 		case "username":
 			r.Username, _ = l.Str(v, p)
