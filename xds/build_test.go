@@ -349,6 +349,7 @@ func TestAgentConnectionBudget(t *testing.T) {
 // traces without a collector.
 func TestTracing(t *testing.T) {
 	cfg := config.Default()
+	cfg.Envoy.EgressListen = config.DefaultEgressListen
 	res, err := Build(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -514,6 +515,7 @@ func TestUpstreamClusters(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.url, func(t *testing.T) {
 			cfg := config.Default()
+			cfg.Envoy.EgressListen = config.DefaultEgressListen
 			cfg.Upstreams = map[string]*config.Upstream{"up": {
 				Name: "up", URL: tt.url, ConnectTimeout: 3 * time.Second, CallTimeout: time.Minute,
 			}}
@@ -636,9 +638,11 @@ func TestValidate(t *testing.T) {
 		{"sampling over 100", func(c *config.Config) { c.Envoy.TracingAddress, c.Envoy.TracingSampling = "jaeger:4317", 101 },
 			[]string{"listener amg_agent", "RandomSampling"}},
 		{"upstream name not UTF-8", func(c *config.Config) {
+			c.Envoy.EgressListen = config.DefaultEgressListen
 			c.Upstreams = map[string]*config.Upstream{"\xff": {URL: "http://127.0.0.1/mcp", ConnectTimeout: time.Second}}
 		}, []string{"route configuration amg_egress_routes", "cluster upstream_\xff", "UTF-8"}},
 		{"upstream names differing only in case", func(c *config.Config) {
+			c.Envoy.EgressListen = config.DefaultEgressListen
 			c.Upstreams = map[string]*config.Upstream{
 				"notion": {URL: "https://mcp.notion.example/mcp", ConnectTimeout: time.Second},
 				"Notion": {URL: "https://other.example/mcp", ConnectTimeout: time.Second},

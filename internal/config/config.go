@@ -14,7 +14,8 @@
 //	xds_listen: ""                  # Envoy mode: the ADS server Envoy is configured by ("" off)
 //	envoy:                          # what the xDS server tells Envoy
 //	  listen: 0.0.0.0:10000         # Envoy's agent listener
-//	  egress_listen: 127.0.0.1:10001  # Envoy's listener for the upstreams ("" none)
+//	  egress_listen: ""             # Envoy's listener for the upstreams ("" none;
+//	                                #   127.0.0.1:10001 when egress_address is set)
 //	  egress_address: ""            # where amg reaches it; set: upstream HTTP goes through Envoy
 //	  authz_address: 127.0.0.1:9001   # where Envoy reaches AMG's ext_authz
 //	  broker_addresses: [127.0.0.1:8082]  # where Envoy reaches AMG's broker replicas
@@ -110,6 +111,12 @@ const (
 	ReadTimeout   = 30 * time.Second
 	IdleTimeout   = 2 * time.Minute
 )
+
+// DefaultEgressListen is Envoy's egress listener when a file sets
+// envoy.egress_address and leaves envoy.egress_listen out. With neither,
+// there is none: a forwarder to the upstreams that nothing uses is one
+// that anyone on Envoy's host could use, with no Check.
+const DefaultEgressListen = "127.0.0.1:10001"
 
 // routeTimeoutMargin is what the route timeout a file leaves out adds to
 // LongestRequest: time for the Check, the broker's own work and its
@@ -219,7 +226,8 @@ type Envoy struct {
 	// Listen is Envoy's agent-facing listener.
 	Listen string
 	// EgressListen is a listener through which the broker can reach the
-	// upstreams (one cluster each); empty means none.
+	// upstreams (one cluster each); empty means none. It is
+	// DefaultEgressListen when a file sets EgressAddress and leaves it out.
 	EgressListen string
 	// EgressAddress is where the broker reaches that listener (host:port
 	// as amg sees Envoy). When set, the broker sends its HTTP upstream
@@ -332,7 +340,6 @@ func Default() *Config {
 		AuthzListen: "127.0.0.1:9001",
 		Envoy: Envoy{
 			Listen:          "0.0.0.0:10000",
-			EgressListen:    "127.0.0.1:10001",
 			AuthzAddress:    "127.0.0.1:9001",
 			BrokerAddresses: []string{"127.0.0.1:8082"},
 			AuthzTimeout:    2 * time.Second,

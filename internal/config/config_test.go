@@ -78,7 +78,7 @@ func TestDefault(t *testing.T) {
 		Listen:      "127.0.0.1:8080",
 		AdminListen: "127.0.0.1:8081",
 		AuthzListen: "127.0.0.1:9001",
-		Envoy: Envoy{Listen: "0.0.0.0:10000", EgressListen: "127.0.0.1:10001", AuthzAddress: "127.0.0.1:9001",
+		Envoy: Envoy{Listen: "0.0.0.0:10000", AuthzAddress: "127.0.0.1:9001",
 			BrokerAddresses: []string{"127.0.0.1:8082"}, AuthzTimeout: 2 * time.Second, RouteTimeout: 17 * time.Minute, TracingSampling: 100},
 		ApprovalTTL:                 15 * time.Minute,
 		MaxPendingApprovalsPerAgent: 16,
@@ -372,7 +372,7 @@ func TestProblems(t *testing.T) {
 		{"envoy: egress under the default agent listener", "envoy: { egress_listen: \"127.0.0.1:10000\" }\n",
 			"amg.yaml:1:25: envoy.egress_listen: 127.0.0.1:10000 overlaps envoy.listen (0.0.0.0:10000): Envoy would keep only one of the two listeners, " +
 				"whichever it happened to process first, and with the egress one on the agent port, agents would reach the upstreams without ext_authz"},
-		{"envoy: agent listener over the default egress", "envoy: { listen: \":10001\" }\n",
+		{"envoy: agent listener over the default egress", "envoy: { listen: \":10001\", egress_address: \"envoy:10001\" }\n",
 			"amg.yaml:1:18: envoy.listen: :10001 overlaps envoy.egress_listen (127.0.0.1:10001): Envoy would keep only one of the two listeners, " +
 				"whichever it happened to process first, and with the egress one on the agent port, agents would reach the upstreams without ext_authz"},
 		{"amg's listeners overlap", "listen: 0.0.0.0:8081\nbroker_listen: \"[::]:9001\"\nxds_listen: localhost:8081\n",
@@ -622,6 +622,28 @@ upstreams:
 				t.Errorf("problems reveal a planted secret:\n%v", err)
 			}
 		})
+	}
+}
+
+// TestEgressListen checks that Envoy gets an egress listener only when
+// something is to use it: without egress_address, a forwarder to the
+// upstreams on Envoy's host would serve whoever reaches it, with no Check.
+func TestEgressListen(t *testing.T) {
+	for _, tc := range []struct{ src, listen, address string }{
+		{"", "", ""},
+		{"envoy: { egress_address: \"envoy:10001\" }\n", DefaultEgressListen, "envoy:10001"},
+		{"envoy: { egress_address: \"envoy:9\", egress_listen: \"0.0.0.0:9\" }\n", "0.0.0.0:9", "envoy:9"},
+		{"envoy: { egress_listen: \"127.0.0.1:9\" }\n", "127.0.0.1:9", ""},
+		{"envoy: { egress_address: \"\" }\n", "", ""},
+	} {
+		cfg, err := parse(t, tc.src, nil)
+		if err != nil {
+			t.Fatalf("Parse(%q): %v", tc.src, err)
+		}
+		if cfg.Envoy.EgressListen != tc.listen || cfg.Envoy.EgressAddress != tc.address {
+			t.Errorf("Parse(%q): egress_listen %q, egress_address %q; want %q, %q", tc.src,
+				cfg.Envoy.EgressListen, cfg.Envoy.EgressAddress, tc.listen, tc.address)
+		}
 	}
 }
 

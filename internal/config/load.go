@@ -590,9 +590,11 @@ func (l *loader) percent(n *yaml.Node, path string, dst *float64) {
 }
 
 func (l *loader) envoy(n *yaml.Node, path string, e *Envoy) {
-	var egressAddr, sampling *yaml.Node
+	var egressListen, egressAddr, sampling *yaml.Node
 	l.Fields(n, path, envoyKeys, func(key string, _, v *yaml.Node) {
 		switch key {
+		case "egress_listen":
+			egressListen = v
 		case "egress_address":
 			egressAddr = v
 		case "tracing_sampling":
@@ -634,7 +636,11 @@ func (l *loader) envoy(n *yaml.Node, path string, e *Envoy) {
 			l.percent(v, p, &e.TracingSampling)
 		}
 	})
-	if e.EgressAddress != "" && e.EgressListen == "" {
+	switch {
+	case e.EgressAddress == "":
+	case egressListen == nil:
+		e.EgressListen = DefaultEgressListen
+	case e.EgressListen == "":
 		// The broker would send its upstream traffic to a listener no
 		// Envoy has.
 		l.Errorf(egressAddr, path+".egress_address", "needs egress_listen: no Envoy listens for upstream traffic")
