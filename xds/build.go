@@ -396,7 +396,42 @@ func (b *builder) agentListener(cfg *config.Config) (*listenerv3.Listener, error
 	}
 	l := b.listener(ListenerAgent, addr, hcm)
 	l.PerConnectionBufferLimitBytes = wrapperspb.UInt32(bodyBuffer)
+	if e.TLS != nil {
+		ts, err := b.downstreamTLS(e.TLS)
+		if err != nil {
+			return nil, fmt.Errorf("envoy.tls: %w", err)
+		}
+		l.FilterChains[0].TransportSocket = ts
+	}
 	return l, nil
+}
+
+// downstreamTLS has the agent listener serve TLS with the certificate
+// files on Envoy's host, which Envoy reads when it takes the listener.
+// ALPN offers HTTP/2 before HTTP/1.1, as the connection manager speaks
+// either.
+func (b *builder) downstreamTLS(t *config.ListenTLS) (*corev3.TransportSocket, error) {
+	versions := map[string]tlsv3.TlsParameters_TlsProtocol{"": tlsv3.TlsParameters_TLSv1_2,
+		"1.2": tlsv3.TlsParameters_TLSv1_2, "1.3": tlsv3.TlsParameters_TLSv1_3}
+	least, ok := versions[t.MinVersion]
+	switch {
+	case !ok:
+		return nil, fmt.Errorf("min_version %q is not 1.2 or 1.3", t.MinVersion)
+	case t.CertFile == "" || t.KeyFile == "":
+		return nil, errors.New("needs cert_file and key_file")
+	}
+	ctx := &tlsv3.DownstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+		TlsParams: &tlsv3.TlsParameters{TlsMinimumProtocolVersion: least},
+		TlsCertificates: []*tlsv3.TlsCertificate{{
+			CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: t.CertFile}},
+			PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: t.KeyFile}},
+		}},
+		AlpnProtocols: []string{"h2", "http/1.1"},
+	}}
+	return &corev3.TransportSocket{
+		Name:       transportSocketTLS,
+		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: b.any(ctx)},
+	}, nil
 }
 
 // agentRoutes sends the MCP endpoint, and only it, to the broker. There is

@@ -298,6 +298,59 @@ func TestAgentListenerBuffersWholeBody(t *testing.T) {
 	}
 }
 
+// TestAgentTLS checks the agent listener's TLS: none unless configured,
+// since a listener without it carries bearer tokens in clear; when
+// configured, the certificate files as Envoy finds them, the least version
+// asked for, and ALPN, without which no agent could speak HTTP/2.
+func TestAgentTLS(t *testing.T) {
+	res, err := Build(config.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ts := agentListener(t, res).GetFilterChains()[0].GetTransportSocket(); ts != nil {
+		t.Errorf("the agent listener serves TLS unasked: %v", ts)
+	}
+
+	for _, tc := range []struct {
+		min  string
+		want tlsv3.TlsParameters_TlsProtocol
+	}{{"", tlsv3.TlsParameters_TLSv1_2}, {"1.2", tlsv3.TlsParameters_TLSv1_2}, {"1.3", tlsv3.TlsParameters_TLSv1_3}} {
+		cfg := config.Default()
+		cfg.Envoy.TLS = &config.ListenTLS{CertFile: "/etc/envoy-tls/tls.crt", KeyFile: "/etc/envoy-tls/tls.key", MinVersion: tc.min}
+		res, err := Build(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := res.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		ts := agentListener(t, res).GetFilterChains()[0].GetTransportSocket()
+		ctx := &tlsv3.DownstreamTlsContext{}
+		if ts.GetName() != transportSocketTLS || ts.GetTypedConfig().UnmarshalTo(ctx) != nil {
+			t.Fatalf("min_version %q: transport socket %v, want a DownstreamTlsContext", tc.min, ts)
+		}
+		common := ctx.GetCommonTlsContext()
+		certs := common.GetTlsCertificates()
+		switch {
+		case len(certs) != 1 || certs[0].GetCertificateChain().GetFilename() != "/etc/envoy-tls/tls.crt" ||
+			certs[0].GetPrivateKey().GetFilename() != "/etc/envoy-tls/tls.key":
+			t.Errorf("certificates %v, want the configured files", certs)
+		case common.GetTlsParams().GetTlsMinimumProtocolVersion() != tc.want:
+			t.Errorf("min_version %q: least version %v, want %v", tc.min, common.GetTlsParams().GetTlsMinimumProtocolVersion(), tc.want)
+		case !slices.Equal(common.GetAlpnProtocols(), []string{"h2", "http/1.1"}):
+			t.Errorf("ALPN %v, want h2 then http/1.1", common.GetAlpnProtocols())
+		}
+	}
+
+	for _, bad := range []*config.ListenTLS{{CertFile: "/c", KeyFile: "/k", MinVersion: "1.1"}, {CertFile: "/c"}} {
+		cfg := config.Default()
+		cfg.Envoy.TLS = bad
+		if _, err := Build(cfg); err == nil || !strings.Contains(err.Error(), "envoy.tls: ") {
+			t.Errorf("Build with %+v: err = %v, want one about envoy.tls", bad, err)
+		}
+	}
+}
+
 // TestAgentConnectionBudget checks what one agent connection can make
 // Envoy hold before authz has answered, so with no token: ext_authz
 // buffers each stream's body, and Envoy returns the agent's flow-control

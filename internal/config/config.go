@@ -14,6 +14,10 @@
 //	xds_listen: ""                  # Envoy mode: the ADS server Envoy is configured by ("" off)
 //	envoy:                          # what the xDS server tells Envoy
 //	  listen: 0.0.0.0:10000         # Envoy's agent listener
+//	  tls:                          # the agent listener over TLS (left out: plain HTTP)
+//	    cert_file: /etc/envoy-tls/tls.crt  # PEM files, as Envoy finds them on its host
+//	    key_file: /etc/envoy-tls/tls.key
+//	    min_version: "1.2"          # or "1.3"
 //	  egress_listen: ""             # Envoy's listener for the upstreams ("" none;
 //	                                #   127.0.0.1:10001 when egress_address is set)
 //	  egress_address: ""            # where amg reaches it; set: upstream HTTP goes through Envoy
@@ -225,6 +229,9 @@ type Console struct {
 type Envoy struct {
 	// Listen is Envoy's agent-facing listener.
 	Listen string
+	// TLS, when set, makes the agent listener serve TLS; nil serves plain
+	// HTTP, bearer tokens and all.
+	TLS *ListenTLS
 	// EgressListen is a listener through which the broker can reach the
 	// upstreams (one cluster each); empty means none. It is
 	// DefaultEgressListen when a file sets EgressAddress and leaves it out.

@@ -41,7 +41,7 @@ var (
 	tlsKeys      = []string{"ca_file", "server_name", "cert_file", "key_file"}
 	vaultKeys    = []string{"address", "token", "approle", "cache_ttl"}
 	appRoleKeys  = []string{"role_id", "secret_id", "mount"}
-	envoyKeys    = []string{"listen", "egress_listen", "egress_address", "authz_address", "broker_addresses", "authz_timeout", "route_timeout",
+	envoyKeys    = []string{"listen", "tls", "egress_listen", "egress_address", "authz_address", "broker_addresses", "authz_timeout", "route_timeout",
 		"tracing_address", "tracing_sampling"}
 )
 
@@ -604,6 +604,8 @@ func (l *loader) envoy(n *yaml.Node, path string, e *Envoy) {
 		switch key {
 		case "listen":
 			l.listen(v, p, &e.Listen, false)
+		case "tls":
+			e.TLS = l.listenTLS(v, p)
 		case "egress_listen":
 			l.listen(v, p, &e.EgressListen, true)
 		case "egress_address":

@@ -13,7 +13,7 @@ func TestREADMEExampleLoads(t *testing.T) {
 		t.Errorf("README example loaded as %+v", cfg)
 	}
 	cfg = readmeExample(t, "## Envoy mode")
-	if cfg.XDSListen == "" || len(cfg.Envoy.BrokerAddresses) != 2 {
+	if cfg.XDSListen == "" || len(cfg.Envoy.BrokerAddresses) != 2 || cfg.Envoy.TLS == nil {
 		t.Errorf("README Envoy mode example loaded as %+v", cfg)
 	}
 }

@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/amgateway/amg/internal/diag"
 )
 
 // TLS is how to reach a server over TLS.
@@ -21,6 +24,15 @@ type TLS struct {
 	// CertFile and KeyFile, both or neither, are a PEM client certificate
 	// and its key, for a server that asks for one.
 	CertFile, KeyFile string
+}
+
+// ListenTLS is the certificate a listener serves TLS with, as PEM files on
+// the host of the server that reads them: Envoy's, for Envoy's agent
+// listener, which need not be amg's.
+type ListenTLS struct {
+	CertFile, KeyFile string
+	// MinVersion is the least TLS version accepted: "1.2" or "1.3".
+	MinVersion string
 }
 
 // Config reads the files and returns the crypto/tls configuration; TLS 1.2
@@ -48,6 +60,55 @@ func (t *TLS) Config() (*tls.Config, error) {
 		c.Certificates = []tls.Certificate{pair}
 	}
 	return c, nil
+}
+
+var listenTLSKeys = []string{"cert_file", "key_file", "min_version"}
+
+// listenTLS reads a listener's tls section. Its files are on the server's
+// host, not necessarily amg's, so they are not read here; each must be an
+// absolute path, since the server would resolve a relative one against a
+// working directory no config names.
+func (l *loader) listenTLS(n *yaml.Node, path string) *ListenTLS {
+	t := &ListenTLS{MinVersion: "1.2"}
+	set := map[string]bool{}
+	l.Fields(n, path, listenTLSKeys, func(key string, _, v *yaml.Node) {
+		p := path + "." + key
+		set[key] = true
+		if key == "min_version" {
+			// 1.2 unquoted is a YAML number; either way, it is the text.
+			switch {
+			case v.Kind != yaml.ScalarNode:
+				l.Errorf(v, p, `must be "1.2" or "1.3", got %s`, diag.Describe(v))
+				return
+			case v.Value != "1.2" && v.Value != "1.3":
+				l.Errorf(v, p, `must be "1.2" or "1.3", got %q`, v.Value)
+				return
+			}
+			t.MinVersion = v.Value
+			return
+		}
+		s, ok := l.Str(v, p)
+		switch {
+		case !ok:
+			return
+		case !strings.HasPrefix(s, "/") || strings.IndexByte(s, 0) >= 0:
+			l.Errorf(v, p, "must be an absolute path, as the server finds the file on its own host, got %q", s)
+			return
+		case key == "cert_file":
+			t.CertFile = s
+		case key == "key_file":
+			t.KeyFile = s
+		}
+	})
+	if n.Kind != yaml.MappingNode {
+		return nil
+	}
+	for _, key := range []string{"cert_file", "key_file"} {
+		if !set[key] {
+			l.Errorf(n, path, "needs %s: a certificate and its key, both", key)
+		}
+	}
+	return t
 }
 
 // tls reads a tls setting: true for TLS with the system's CAs, false for
