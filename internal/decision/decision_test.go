@@ -73,6 +73,8 @@ servers:
       - { name: nested,   constraints: { filter.owner: { eq: me }, filter.kind: { in: [page, db], optional: true } } }
       - { name: each,     constraints: { tags: { each: { pattern: "[a-z]+" } } } }
       - { name: each_obj, constraints: { items: { each: { fields: { id: { prefix: "pg_" } } } } } }
+      - { name: no_fields, constraints: { v: { fields: {} } } }
+      - { name: each_none, constraints: { items: { each: { fields: {} } } } }
       - { name: open,     constraints: { v: {} } }
       - { name: optional, constraints: { v: { lte: 5, optional: true } } }
       - { name: none }
@@ -240,6 +242,15 @@ func TestMatchers(t *testing.T) {
 		{"each_obj", `{"items":[{"id":"pg_1"},{"id":"pg_2"}]}`, CodeAllowed, ""},
 		{"each_obj", `{"items":[{"id":"pg_1"},{"id":"xx"}]}`, CodeConstraintFailed, `argument "items[1].id" does not have the required prefix`},
 		{"each_obj", `{"items":[{"id":"pg_1","rm":true}]}`, CodeUnknownArgument, `argument "items[0].rm" is not allowed for "s__each_obj"`},
+		// fields: {} allows only an empty object.
+		{"no_fields", `{"v":{}}`, CodeAllowed, ""},
+		{"no_fields", `{}`, CodeAllowed, ""},
+		{"no_fields", `{"v":{"admin":true}}`, CodeUnknownArgument, `argument "v.admin" is not allowed for "s__no_fields"`},
+		{"no_fields", `{"v":"a string"}`, CodeConstraintFailed, `argument "v" must be an object`},
+		{"no_fields", `{"v":[1]}`, CodeConstraintFailed, `argument "v" must be an object`},
+		{"each_none", `{"items":[{},{}]}`, CodeAllowed, ""},
+		{"each_none", `{"items":[{},{"admin":true}]}`, CodeUnknownArgument, `argument "items[1].admin" is not allowed for "s__each_none"`},
+		{"each_none", `{"items":["a"]}`, CodeConstraintFailed, `argument "items[0]" must be an object`},
 		{"open", `{"v":{"anything":[1,{"x":null}]}}`, CodeAllowed, ""},
 		{"open", `{}`, CodeAllowed, ""},
 		{"optional", `{}`, CodeAllowed, ""},

@@ -374,6 +374,7 @@ type node struct {
 	at       *yaml.Node // where the value was first named
 	def      *yaml.Node // where the value's own constraint was written; nil if only implied by a dotted path
 	optional bool
+	object   bool // fields: was written, even empty: the value is an object holding only the fields named
 	matchers []Matcher
 	types    typeSet
 	each     *node
@@ -440,6 +441,7 @@ func (c *compiler) constraintBody(n *node, v *yaml.Node, path string) {
 			c.constraintBody(n.each, v, p)
 			c.narrow(n, typeArray, k, path, op)
 		case "fields":
+			n.object = true
 			c.Fields(v, p, nil, func(arg string, k, v *yaml.Node) {
 				c.constraint(n, arg, k, v, p)
 			})
@@ -657,7 +659,7 @@ func (c *compiler) build(n *node, path string, object bool) *Field {
 	if n.each != nil {
 		f.Each = c.build(n.each, path+"[]", false)
 	}
-	if object || len(n.children) > 0 {
+	if object || n.object || len(n.children) > 0 {
 		f.types &= typeObject
 		f.Fields = make(map[string]*Field, len(n.children))
 		f.Names = slices.Sorted(maps.Keys(n.children))
