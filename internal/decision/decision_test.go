@@ -70,6 +70,7 @@ servers:
       - { name: within,   constraints: { v: { path_within: "/srv/data/" } } }
       - { name: min_len,  constraints: { v: { min_len: 2 } } }
       - { name: max_len,  constraints: { v: { max_len: 3 } } }
+      - { name: len_each, constraints: { v: { each: {}, min_len: 2, max_len: 3 } } }
       - { name: nested,   constraints: { filter.owner: { eq: me }, filter.kind: { in: [page, db], optional: true } } }
       - { name: each,     constraints: { tags: { each: { pattern: "[a-z]+" } } } }
       - { name: each_obj, constraints: { items: { each: { fields: { id: { prefix: "pg_" } } } } } }
@@ -134,12 +135,20 @@ func TestMatchers(t *testing.T) {
 		{"ne", `{"v":"alice"}`, CodeAllowed, ""},
 		{"ne", `{"v":7}`, CodeAllowed, ""},
 		{"ne", `{"v":"root"}`, CodeConstraintFailed, `argument "v" is a forbidden value`},
+		{"ne", `{"v":null}`, CodeAllowed, ""},
+		// What ne and not_in exclude says nothing of the members of an
+		// array or an object.
+		{"ne", `{"v":["root"]}`, CodeConstraintFailed, `argument "v" must be a string, number, boolean or null`},
+		{"ne", `{"v":{"$ne":"nobody"}}`, CodeConstraintFailed, `argument "v" must be a string, number, boolean or null`},
 		{"in", `{"v":"b"}`, CodeAllowed, ""},
 		{"in", `{"v":3}`, CodeAllowed, ""},
 		{"in", `{"v":"3"}`, CodeConstraintFailed, `argument "v" is not one of the allowed values`},
 		{"in", `{"v":"c"}`, CodeConstraintFailed, `argument "v" is not one of the allowed values`},
 		{"not_in", `{"v":"user"}`, CodeAllowed, ""},
 		{"not_in", `{"v":"admin"}`, CodeConstraintFailed, `argument "v" is a forbidden value`},
+		{"not_in", `{"v":true}`, CodeAllowed, ""},
+		{"not_in", `{"v":["user"]}`, CodeConstraintFailed, `argument "v" must be a string, number, boolean or null`},
+		{"not_in", `{"v":{"$ne":"nobody"}}`, CodeConstraintFailed, `argument "v" must be a string, number, boolean or null`},
 		{"not_in", `{"v":0.0}`, CodeConstraintFailed, `argument "v" is a forbidden value`},
 		// A number that is not 0 as written but is as most upstreams read
 		// it (into a float64) is kept out as 0 is.
@@ -218,16 +227,21 @@ func TestMatchers(t *testing.T) {
 		{"within", `{"v":"/srv/data\\..\\etc"}`, CodeConstraintFailed, `argument "v" is not a path within the allowed directory`},
 		{"within", `{"v":7}`, CodeConstraintFailed, `argument "v" must be a string`},
 		{"min_len", `{"v":"éé"}`, CodeAllowed, ""},
-		{"min_len", `{"v":[1,2]}`, CodeAllowed, ""},
 		{"min_len", `{"v":"é"}`, CodeConstraintFailed, `argument "v" must have at least 2 characters or elements`},
 		{"max_len", `{"v":"日本語"}`, CodeAllowed, ""},
 		{"max_len", `{"v":"abcd"}`, CodeConstraintFailed, `argument "v" must have at most 3 characters or elements`},
 		{"max_len", `{"v":"日本語x"}`, CodeConstraintFailed, `argument "v" must have at most 3 characters or elements`},
 		{"min_len", `{"v":"日本"}`, CodeAllowed, ""},
-		{"max_len", `{"v":[1,2,3,4]}`, CodeConstraintFailed, `argument "v" must have at most 3 characters or elements`},
-		{"max_len", `{"v":[1,2,3]}`, CodeAllowed, ""},
-		{"min_len", `{"v":[1]}`, CodeConstraintFailed, `argument "v" must have at least 2 characters or elements`},
-		{"max_len", `{"v":12}`, CodeConstraintFailed, `argument "v" must be a string or an array`},
+		{"max_len", `{"v":12}`, CodeConstraintFailed, `argument "v" must be a string`},
+		// Without each, a length measures a string: an array would pass
+		// on its length whatever its elements.
+		{"max_len", `{"v":[{"$where":"1"}]}`, CodeConstraintFailed, `argument "v" must be a string`},
+		{"min_len", `{"v":[1,2]}`, CodeConstraintFailed, `argument "v" must be a string`},
+		{"len_each", `{"v":[1,2]}`, CodeAllowed, ""},
+		{"len_each", `{"v":[1,2,3]}`, CodeAllowed, ""},
+		{"len_each", `{"v":[1,2,3,4]}`, CodeConstraintFailed, `argument "v" must have at most 3 characters or elements`},
+		{"len_each", `{"v":[1]}`, CodeConstraintFailed, `argument "v" must have at least 2 characters or elements`},
+		{"len_each", `{"v":"abc"}`, CodeConstraintFailed, `argument "v" must be an array`},
 		{"nested", `{"filter":{"owner":"me"}}`, CodeAllowed, ""},
 		{"nested", `{"filter":{"owner":"me","kind":"db"}}`, CodeAllowed, ""},
 		{"nested", `{"filter":{"owner":"you"}}`, CodeConstraintFailed, `argument "filter.owner" is not the allowed value`},

@@ -78,7 +78,7 @@ func checkValue(f *policy.Field, v mcpfilter.Value) *failure {
 	}
 	for i := range f.Matchers {
 		m := &f.Matchers[i]
-		if ok, wrong := match(m, v); !ok {
+		if ok, wrong := match(m, v, f.Each != nil); !ok {
 			return &failure{code: CodeConstraintFailed, field: f, matcher: m, index: -1, wrong: wrong}
 		}
 	}
@@ -106,17 +106,25 @@ func checkValue(f *policy.Field, v mcpfilter.Value) *failure {
 	return nil
 }
 
-// match applies one matcher. When the value has the wrong type for the
-// matcher, wrong names the type it should have had.
-func match(m *policy.Matcher, v mcpfilter.Value) (ok bool, wrong string) {
+// match applies one matcher. elements is set when the value's field has
+// each: min_len and max_len then count an array's elements, and else a
+// string's characters. When the value has the wrong type for the matcher,
+// wrong names the type it should have had.
+func match(m *policy.Matcher, v mcpfilter.Value, elements bool) (ok bool, wrong string) {
 	switch m.Op {
 	case policy.OpEq:
 		return equal(m.Value, v, both), ""
-	case policy.OpNe:
-		return !equal(m.Value, v, either), ""
 	case policy.OpIn:
 		return in(m, v, both), ""
-	case policy.OpNotIn:
+	case policy.OpNe, policy.OpNotIn:
+		// What they exclude says nothing of an array or an object, whose
+		// members no matcher here would see.
+		if k := v.Kind(); k == mcpfilter.Array || k == mcpfilter.Object {
+			return false, "a string, number, boolean or null"
+		}
+		if m.Op == policy.OpNe {
+			return !equal(m.Value, v, either), ""
+		}
 		return !in(m, v, either), ""
 	case policy.OpLt, policy.OpLte, policy.OpGt, policy.OpGte:
 		n, isNum := toNumber(v)
@@ -143,16 +151,17 @@ func match(m *policy.Matcher, v mcpfilter.Value) (ok bool, wrong string) {
 			return strings.HasSuffix(s, m.Text), ""
 		}
 	case policy.OpMinLen, policy.OpMaxLen:
-		var n int
-		switch v.Kind() {
-		case mcpfilter.String:
-			s, _ := v.Str()
+		if !elements {
+			s, isStr := v.Str()
+			if !isStr {
+				return false, "a string"
+			}
 			return stringLen(m, s), ""
-		case mcpfilter.Array:
-			n = v.Len()
-		default:
-			return false, "a string or an array"
 		}
+		if v.Kind() != mcpfilter.Array {
+			return false, "an array"
+		}
+		n := v.Len()
 		if m.Op == policy.OpMinLen {
 			return n >= m.Len, ""
 		}

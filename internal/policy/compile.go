@@ -479,6 +479,12 @@ func (c *compiler) checkLengths(n *node, v *yaml.Node, path string) {
 	if minLen >= 0 && maxLen >= 0 && minLen > maxLen {
 		c.Errorf(v, path, "min_len %d is greater than max_len %d: nothing can match", minLen, maxLen)
 	}
+	if (minLen >= 0 || maxLen >= 0) && n.each == nil {
+		// Without each to say what its elements may be, an array would
+		// pass on its length alone, [{"$where": "1"}] as one element: a
+		// length measures an array only beside each, else a string.
+		n.types &^= typeArray
+	}
 }
 
 func (c *compiler) matcher(op string, v *yaml.Node, path string) (Matcher, typeSet, bool) {
@@ -490,8 +496,9 @@ func (c *compiler) matcher(op string, v *yaml.Node, path string) (Matcher, typeS
 		}
 		m := Matcher{Op: OpEq, Value: s}
 		if op == "ne" {
-			// ne says nothing of the type: a number is not equal to "x".
-			return Matcher{Op: OpNe, Value: s}, anyType, true
+			// ne says nothing of the scalar's type: a number is not
+			// equal to "x". An array or an object is no scalar at all.
+			return Matcher{Op: OpNe, Value: s}, scalarType, true
 		}
 		return m, s.Kind.typeSet(), true
 	case "in", "not_in":
@@ -586,7 +593,7 @@ func (c *compiler) setMatcher(op string, v *yaml.Node, path string) (Matcher, ty
 		}
 	}
 	if m.Op == OpNotIn {
-		types = anyType
+		types = scalarType
 	}
 	return m, types, ok
 }

@@ -249,6 +249,24 @@ servers:
 			"role.yaml:10:19: servers.notion.tools[0].constraints.sort.in: in needs a string, but the other matchers need an object\n" +
 			"role.yaml:12:11: servers.notion.tools[0].constraints.tags.first.name: \"tags.first.name\" needs \"tags\" to be an object, but its matchers need an array",
 	}, {
+		// ne and not_in need a scalar; a length without each, a string.
+		name: "matchers of scalars beside each, fields or a nested path",
+		src: `
+role: r
+servers:
+  notion:
+    tools:
+      - name: search
+        constraints:
+          tags: { ne: x, each: {} }
+          filter: { not_in: [a, 1], fields: {} }
+          query: { max_len: 10 }
+          query.text: {}
+`,
+		want: "role.yaml:7:26: servers.notion.tools[0].constraints.tags.each: each needs an array, but the other matchers need a string or a number or a boolean or null\n" +
+			"role.yaml:8:37: servers.notion.tools[0].constraints.filter.fields: fields needs an object, but the other matchers need a string or a number or a boolean or null\n" +
+			"role.yaml:10:11: servers.notion.tools[0].constraints.query.text: \"query.text\" needs \"query\" to be an object, but its matchers need a string",
+	}, {
 		name: "second YAML document",
 		src: `
 role: r
@@ -528,7 +546,7 @@ servers:
 `
 	_, err := compileOne(t, src, &Options{Catalog: notionCatalog})
 	want := "role.yaml:7:11: servers.notion.tools[0].constraints.workspace_id: lte needs a number, but the input schema of notion__get_pages says \"workspace_id\" is a string\n" +
-		"role.yaml:8:11: servers.notion.tools[0].constraints.limit: max_len needs a string or an array, but the input schema of notion__get_pages says \"limit\" is a number\n" +
+		"role.yaml:8:11: servers.notion.tools[0].constraints.limit: max_len needs a string, but the input schema of notion__get_pages says \"limit\" is a number\n" +
 		"role.yaml:10:11: servers.notion.tools[0].constraints.filter.team: argument \"filter.team\" is not in the input schema of notion__get_pages\n" +
 		"role.yaml:11:19: servers.notion.tools[0].constraints.tags[]: gt needs a number, but the input schema of notion__get_pages says \"tags[]\" is a string\n" +
 		"role.yaml:12:11: servers.notion.tools[0].constraints.page: argument \"page\" is not in the input schema of notion__get_pages\n" +

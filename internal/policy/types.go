@@ -14,7 +14,8 @@ const (
 	typeArray
 	typeObject
 
-	anyType = typeNull | typeBool | typeNumber | typeString | typeArray | typeObject
+	scalarType = typeNull | typeBool | typeNumber | typeString
+	anyType    = scalarType | typeArray | typeObject
 )
 
 var typeNames = []struct {

@@ -21,7 +21,7 @@ servers:
           page_id:      { pattern: "pg_[A-Za-z0-9]{8,32}" }
           path:         { prefix: "/teams/", suffix: ".md" }
           filter.owner: { eq: "alice" }
-          tags:         { max_len: 10, min_len: 1 }
+          tags:         { each: {}, max_len: 10, min_len: 1 }
           query:        { min_len: 1, max_len: 4000 }
 `
 
