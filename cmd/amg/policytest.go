@@ -480,6 +480,9 @@ func (l *caseLoader) json(b *bytes.Buffer, n *yaml.Node, path string) bool {
 		b.WriteByte(']')
 		return ok
 	}
+	if l.LeadingZero(n, path) {
+		return false
+	}
 	switch n.Tag {
 	case "!!str", "!!timestamp":
 		// JSON has no dates: an agent sends one as a string.

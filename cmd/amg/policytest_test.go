@@ -133,7 +133,9 @@ testdata/policytest/bad/cases.yaml:58:44: [13].arguments.workspace_id: duplicate
 testdata/policytest/bad/cases.yaml:58:71: [13].arguments.limit: JSON has no .nan: must be a finite number
 testdata/policytest/bad/cases.yaml:58:83: [13].arguments.tags: unsupported value "x" (!custom)
 testdata/policytest/bad/cases.yaml:63:14: [14].arguments: key "Workspace_ID" is a case-insensitive duplicate of key "workspace_id"
-0 passed, 0 failed, 23 problems in test files
+testdata/policytest/bad/cases.yaml:68:23: [15].arguments.limit: ambiguous leading zero: write 10, or 0o10 for octal
+testdata/policytest/bad/cases.yaml:68:36: [15].arguments.offset: ambiguous leading zero: write 19
+0 passed, 0 failed, 25 problems in test files
 `},
 	}
 	for _, tt := range tests {

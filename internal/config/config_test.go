@@ -411,6 +411,8 @@ upstreams:
 			`amg.yaml:1:55: envoy.tracing_sampling: must be a percentage from 0 to 100, got 150`},
 		{"envoy: sampling not a number", "envoy: { tracing_address: \"c:4317\", tracing_sampling: \"50%\" }\n",
 			`amg.yaml:1:55: envoy.tracing_sampling: must be a percentage from 0 to 100, got a string`},
+		{"envoy: sampling with a leading zero", "envoy: { tracing_address: \"c:4317\", tracing_sampling: 050 }\n",
+			`amg.yaml:1:55: envoy.tracing_sampling: ambiguous leading zero: write 50, or 0o50 for octal`},
 		{"envoy: sampling NaN", "envoy: { tracing_address: \"c:4317\", tracing_sampling: .nan }\n",
 			`amg.yaml:1:55: envoy.tracing_sampling: must be a percentage from 0 to 100, got .nan`},
 		{"audit: unknown sync", "audit: { sync: sometimes }\n",

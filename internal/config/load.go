@@ -578,6 +578,9 @@ func (l *loader) listen(n *yaml.Node, path string, dst *string, optional bool) {
 // percent reads a percentage: a number from 0 to 100.
 func (l *loader) percent(n *yaml.Node, path string, dst *float64) {
 	var v float64
+	if l.LeadingZero(n, path) {
+		return
+	}
 	if n.Kind != yaml.ScalarNode || (n.Tag != "!!int" && n.Tag != "!!float") || n.Decode(&v) != nil {
 		l.Errorf(n, path, "must be a percentage from 0 to 100, got %s", diag.Describe(n))
 		return

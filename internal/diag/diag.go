@@ -144,6 +144,9 @@ func (w *Walker) Str(n *yaml.Node, path string) (string, bool) {
 // Integer reads an integer of at least min.
 func (w *Walker) Integer(n *yaml.Node, path string, min int) (int, bool) {
 	var v int
+	if w.LeadingZero(n, path) {
+		return 0, false
+	}
 	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" || n.Decode(&v) != nil {
 		w.Errorf(n, path, "must be an integer, got %s", Describe(n))
 		return 0, false
@@ -153,6 +156,30 @@ func (w *Walker) Integer(n *yaml.Node, path string, min int) (int, bool) {
 		return 0, false
 	}
 	return v, true
+}
+
+// leadingZero matches a number written with a leading zero, once YAML's
+// underscores are removed.
+var leadingZero = regexp.MustCompile(`^([-+]?)0+([0-9]+)$`)
+
+// LeadingZero reports, and returns true for, a number written with a
+// leading zero: YAML reads 010 as octal, eight, but 019 as nineteen, and
+// a reader may take either for decimal. 10 and 0o10 say which is meant.
+// A number with a fraction or an exponent (010.5) is decimal to all.
+func (w *Walker) LeadingZero(n *yaml.Node, path string) bool {
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" && n.Tag != "!!float" {
+		return false
+	}
+	m := leadingZero.FindStringSubmatch(strings.ReplaceAll(n.Value, "_", ""))
+	if m == nil {
+		return false
+	}
+	if len(m[2]) > 1 && strings.Trim(m[2], "01234567") == "" {
+		w.Errorf(n, path, "ambiguous leading zero: write %s%s, or %s0o%s for octal", m[1], m[2], m[1], m[2])
+	} else {
+		w.Errorf(n, path, "ambiguous leading zero: write %s%s", m[1], m[2])
+	}
+	return true
 }
 
 // Boolean reads true or false.

@@ -1,6 +1,7 @@
 package diag
 
 import (
+	"fmt"
 	"testing"
 
 	"go.yaml.in/yaml/v3"
@@ -41,5 +42,53 @@ func TestWalkerReportsEveryProblemInOrder(t *testing.T) {
 		"f.yaml:4:18: c.e: must be true or false, got a string"
 	if got := w.Problems.Error(); got != want {
 		t.Errorf("problems:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// YAML reads an integer with a leading zero as octal, and one with an 8 or
+// a 9 in it as decimal: every number written so is refused, whatever it
+// is read into.
+func TestLeadingZero(t *testing.T) {
+	tests := []struct {
+		value string
+		want  string // the problem; empty: none
+	}{
+		{"010", "ambiguous leading zero: write 10, or 0o10 for octal"},
+		{"019", "ambiguous leading zero: write 19"},
+		{"-010", "ambiguous leading zero: write -10, or -0o10 for octal"},
+		{"+0_10", "ambiguous leading zero: write +10, or +0o10 for octal"},
+		{"0010", "ambiguous leading zero: write 10, or 0o10 for octal"},
+		{"07", "ambiguous leading zero: write 7"},
+		{"00", "ambiguous leading zero: write 0"},
+		{"!!int 010", "ambiguous leading zero: write 10, or 0o10 for octal"},
+		{"!!float 010", "ambiguous leading zero: write 10, or 0o10 for octal"},
+		{"0", ""},
+		{"10", ""},
+		{"-0", ""},
+		{"0o10", ""},
+		{"0x10", ""},
+		{"010.5", ""},
+		{"0.5", ""},
+		{"0e3", ""},
+		{`"010"`, ""},
+		{"'010'", ""},
+		{"!!str 010", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.value, func(t *testing.T) {
+			var doc yaml.Node
+			if err := yaml.Unmarshal([]byte("v: "+tt.value+"\n"), &doc); err != nil {
+				t.Fatal(err)
+			}
+			w := &Walker{File: "f.yaml"}
+			got := w.LeadingZero(doc.Content[0].Content[1], "v")
+			want := ""
+			if tt.want != "" {
+				want = fmt.Sprintf("f.yaml:1:4: v: %s", tt.want)
+			}
+			if got != (tt.want != "") || w.Problems.Error() != want {
+				t.Errorf("LeadingZero = %v, problems %q; want %q", got, w.Problems.Error(), want)
+			}
+		})
 	}
 }

@@ -603,6 +603,9 @@ func (c *compiler) scalar(n *yaml.Node, path string) (Scalar, bool) {
 		c.Errorf(n, path, "must be a string, number, boolean or null, got %s", diag.Describe(n))
 		return Scalar{}, false
 	}
+	if c.LeadingZero(n, path) {
+		return Scalar{}, false
+	}
 	switch n.Tag {
 	case "!!str":
 		return Scalar{Kind: KindString, Str: n.Value}, true

@@ -267,6 +267,28 @@ servers:
 			"role.yaml:8:37: servers.notion.tools[0].constraints.filter.fields: fields needs an object, but the other matchers need a string or a number or a boolean or null\n" +
 			"role.yaml:10:11: servers.notion.tools[0].constraints.query.text: \"query.text\" needs \"query\" to be an object, but its matchers need a string",
 	}, {
+		// YAML reads 010 as octal, eight, but 019 as nineteen.
+		name: "numbers with a leading zero",
+		src: `
+role: r
+servers:
+  notion:
+    tools:
+      - name: get_pages
+        constraints:
+          code: { in: [010, 019, 0o10, 10] }
+          limit: { lte: -0_10, ne: 00 }
+          query: { max_len: 0200 }
+rate_limits:
+  - { requests: 010, per: 1m }
+`,
+		want: "role.yaml:7:24: servers.notion.tools[0].constraints.code.in[0]: ambiguous leading zero: write 10, or 0o10 for octal\n" +
+			"role.yaml:7:29: servers.notion.tools[0].constraints.code.in[1]: ambiguous leading zero: write 19\n" +
+			"role.yaml:8:25: servers.notion.tools[0].constraints.limit.lte: ambiguous leading zero: write -10, or -0o10 for octal\n" +
+			"role.yaml:8:36: servers.notion.tools[0].constraints.limit.ne: ambiguous leading zero: write 0\n" +
+			"role.yaml:9:29: servers.notion.tools[0].constraints.query.max_len: ambiguous leading zero: write 200, or 0o200 for octal\n" +
+			"role.yaml:11:17: rate_limits[0].requests: ambiguous leading zero: write 10, or 0o10 for octal",
+	}, {
 		name: "second YAML document",
 		src: `
 role: r
