@@ -282,7 +282,7 @@ func (c *compiler) server(r *Role, server string, k, v *yaml.Node) {
 				grants = sg.Prompts
 			}
 			c.List(v, p, func(_ int, p string, v *yaml.Node) {
-				g := c.grant(r, server, v, p)
+				g := c.grant(r, server, key == "prompts", v, p)
 				if g == nil {
 					return
 				}
@@ -313,7 +313,7 @@ func (c *compiler) server(r *Role, server string, k, v *yaml.Node) {
 
 var grantKeys = []string{"name", "description", "constraints", "cel", "require_approval", "rate_limits"}
 
-func (c *compiler) grant(r *Role, server string, n *yaml.Node, path string) *Grant {
+func (c *compiler) grant(r *Role, server string, prompt bool, n *yaml.Node, path string) *Grant {
 	g := &Grant{Server: server, Pos: c.At(n)}
 	constraints := newNode(n)
 	var celNode *yaml.Node
@@ -341,6 +341,11 @@ func (c *compiler) grant(r *Role, server string, n *yaml.Node, path string) *Gra
 			celNode = v
 		case "require_approval":
 			g.RequireApproval, _ = c.Boolean(v, p)
+			if prompt && g.RequireApproval {
+				// The gateway parks a single tools/call, nothing else:
+				// every prompts/get would be refused.
+				c.Errorf(v, p, "a prompt cannot wait for approval: the gateway parks only tool calls")
+			}
 		case "rate_limits":
 			own = c.rateLimits(v, p)
 		}

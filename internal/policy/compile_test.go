@@ -289,6 +289,21 @@ rate_limits:
 			"role.yaml:9:29: servers.notion.tools[0].constraints.query.max_len: ambiguous leading zero: write 200, or 0o200 for octal\n" +
 			"role.yaml:11:17: rate_limits[0].requests: ambiguous leading zero: write 10, or 0o10 for octal",
 	}, {
+		// Only a single tools/call can be parked: every prompts/get
+		// would be refused.
+		name: "approval on a prompt",
+		src: `
+role: r
+servers:
+  notion:
+    tools:
+      - { name: publish, require_approval: true }
+    prompts:
+      - { name: summarize, require_approval: true }
+      - { name: draft, require_approval: false }
+`,
+		want: `role.yaml:7:46: servers.notion.prompts[0].require_approval: a prompt cannot wait for approval: the gateway parks only tool calls`,
+	}, {
 		name: "second YAML document",
 		src: `
 role: r
