@@ -387,9 +387,6 @@ func (l *caseLoader) arguments(tc *policyCase, n *yaml.Node, path string) {
 		l.Errorf(n, path, "resources/read calls have no arguments")
 		return
 	}
-	for n.Kind == yaml.AliasNode {
-		n = n.Alias
-	}
 	if n.Kind != yaml.MappingNode {
 		l.Errorf(n, path, "must be a mapping, got %s", diag.Describe(n))
 		return
@@ -399,9 +396,6 @@ func (l *caseLoader) arguments(tc *policyCase, n *yaml.Node, path string) {
 		ok := true
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
-			for v.Kind == yaml.AliasNode {
-				v = v.Alias
-			}
 			if v.Kind != yaml.ScalarNode || v.Tag != "!!str" && v.Tag != "!!timestamp" {
 				l.Errorf(v, diag.Join(path, k.Value), "prompt argument values must be strings, got %s", diag.Describe(v))
 				ok = false
@@ -436,11 +430,14 @@ var (
 
 // json writes n as JSON to b. Numbers keep the digits they were written
 // with where JSON allows them, so that large or exact values reach the
-// policy as an agent would send them.
+// policy as an agent would send them. Aliases are refused, as role files
+// refuse them: one may name the value it is in (&a { x: *a }), and a few
+// may stand for billions of values.
 func (l *caseLoader) json(b *bytes.Buffer, n *yaml.Node, path string) bool {
 	switch n.Kind {
 	case yaml.AliasNode:
-		return l.json(b, n.Alias, path)
+		l.Errorf(n, path, "aliases are not allowed in test files: write the value out")
+		return false
 	case yaml.MappingNode:
 		ok := true
 		seen := map[string]int{}

@@ -135,7 +135,11 @@ testdata/policytest/bad/cases.yaml:58:83: [13].arguments.tags: unsupported value
 testdata/policytest/bad/cases.yaml:63:14: [14].arguments: key "Workspace_ID" is a case-insensitive duplicate of key "workspace_id"
 testdata/policytest/bad/cases.yaml:68:23: [15].arguments.limit: ambiguous leading zero: write 10, or 0o10 for octal
 testdata/policytest/bad/cases.yaml:68:36: [15].arguments.offset: ambiguous leading zero: write 19
-0 passed, 0 failed, 25 problems in test files
+testdata/policytest/bad/cases.yaml:73:33: [16].arguments.workspace_id: aliases are not allowed in test files: write the value out
+testdata/policytest/bad/cases.yaml:73:59: [16].arguments.limit[0]: aliases are not allowed in test files: write the value out
+testdata/policytest/bad/cases.yaml:78:14: [17].arguments: must be a mapping, got an alias
+testdata/policytest/bad/cases.yaml:83:25: [18].arguments.page_id: prompt argument values must be strings, got an alias
+0 passed, 0 failed, 29 problems in test files
 `},
 	}
 	for _, tt := range tests {
