@@ -51,7 +51,7 @@ func (l *loader) config(cfg *Config, data []byte) {
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
 		if !errors.Is(err, io.EOF) { // EOF: an empty file, all defaults
-			l.YAMLError(err)
+			l.YAMLError(data, err)
 		}
 		return
 	}
@@ -59,7 +59,7 @@ func (l *loader) config(cfg *Config, data []byte) {
 	switch err := dec.Decode(&extra); {
 	case errors.Is(err, io.EOF):
 	case err != nil:
-		l.YAMLError(err)
+		l.YAMLError(data, err)
 	default:
 		// Silently ignoring a second document would ignore half the file.
 		l.Errorf(&extra, "", "a config file holds one YAML document; this is a second one")

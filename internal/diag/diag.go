@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -215,7 +216,7 @@ func (w *Walker) Document(data []byte, kind string) *yaml.Node {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
-		w.YAMLError(err)
+		w.YAMLError(data, err)
 		return nil
 	}
 	if len(doc.Content) == 0 {
@@ -226,24 +227,132 @@ func (w *Walker) Document(data []byte, kind string) *yaml.Node {
 	if err := dec.Decode(&next); err == nil {
 		w.Errorf(&next, "", "a %s file holds one YAML document, but a second starts here", kind)
 	} else if !errors.Is(err, io.EOF) {
-		w.YAMLError(err)
+		w.YAMLError(data, err)
 	}
 	return doc.Content[0]
 }
 
-// YAMLError records a YAML syntax error at the line it names.
-func (w *Walker) YAMLError(err error) {
+// YAMLError records err, a YAML syntax error in data, at the line it
+// names. The parser names none for a character YAML does not allow or an
+// alias to an unknown anchor: those are found in data.
+func (w *Walker) YAMLError(data []byte, err error) {
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
 	p := Pos{File: w.File}
 	if m := yamlLine.FindStringSubmatch(msg); m != nil {
 		p.Line, _ = strconv.Atoi(m[1])
 		p.Col = 1
 		msg = strings.TrimPrefix(msg, m[0])
+	} else if at := errorAt(data, msg); at >= 0 {
+		p.Line, p.Col = lineCol(data, at)
 	}
 	w.Problems = append(w.Problems, Problem{Pos: p, Msg: "invalid YAML: " + msg})
 }
 
-var yamlLine = regexp.MustCompile(`^line (\d+): `)
+var (
+	yamlLine      = regexp.MustCompile(`^line (\d+): `)
+	unknownAnchor = regexp.MustCompile(`^unknown anchor '([0-9A-Za-z_-]+)' referenced$`)
+)
+
+// errorAt returns the offset in data of the error msg, which the parser
+// gave without a line, or -1 when it cannot be found.
+func errorAt(data []byte, msg string) int {
+	if m := unknownAnchor.FindStringSubmatch(msg); m != nil {
+		return unknownAlias(data, m[1])
+	}
+	return refusedChar(data)
+}
+
+// refusedChar returns the offset of the first character of data that
+// YAML's reader refuses (invalid UTF-8, a control character), or -1. In
+// a file in UTF-16, which the reader decodes first, none is looked for.
+func refusedChar(data []byte) int {
+	if bytes.HasPrefix(data, []byte{0xfe, 0xff}) || bytes.HasPrefix(data, []byte{0xff, 0xfe}) {
+		return -1
+	}
+	for i := 0; i < len(data); {
+		r, size := utf8.DecodeRune(data[i:])
+		if size == 1 && r == utf8.RuneError || !yamlChar(r) {
+			return i
+		}
+		i += size
+	}
+	return -1
+}
+
+// yamlChar reports whether YAML allows r in a file.
+func yamlChar(r rune) bool {
+	return r == '\t' || r == '\n' || r == '\r' || r >= 0x20 && r <= 0x7e || r == 0x85 ||
+		r >= 0xa0 && r <= 0xd7ff || r >= 0xe000 && r <= 0xfffd || r >= 0x10000 && r <= 0x10ffff
+}
+
+// unknownAlias returns the offset of the first alias to the anchor name in
+// data, which names none before it, or -1. "*name" may be text in a string
+// or a comment too: an alias is told from text by putting '@', which no
+// YAML token may start with, in place of its '*' and seeing the parser stop
+// at that line. Each try is a parse of data, so only the first few places
+// are tried.
+func unknownAlias(data []byte, name string) int {
+	tries := 16
+	for i := 0; i < len(data) && tries > 0; i++ {
+		end := i + 1 + len(name)
+		if data[i] != '*' || !bytes.HasPrefix(data[i+1:], []byte(name)) || end < len(data) && anchorChar(data[end]) {
+			continue
+		}
+		tries--
+		if stopsAt(data, i) {
+			return i
+		}
+	}
+	return -1
+}
+
+// anchorChar reports whether c may be part of an anchor's name.
+func anchorChar(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c == '_' || c == '-'
+}
+
+// stopsAt reports whether the YAML parser, with '@' at offset i of data,
+// stops there: whether a token starts at i.
+func stopsAt(data []byte, i int) bool {
+	changed := bytes.Clone(data)
+	changed[i] = '@'
+	dec := yaml.NewDecoder(bytes.NewReader(changed))
+	var err error
+	for err == nil {
+		var doc yaml.Node
+		err = dec.Decode(&doc)
+	}
+	want := "found character that cannot start any token"
+	if line, _ := lineCol(data, i); line > 1 {
+		// The parser names no line 1.
+		want = "line " + strconv.Itoa(line) + ": " + want
+	}
+	return err.Error() == "yaml: "+want
+}
+
+// lineCol is the line and column, both from 1, of offset i of data, as the
+// YAML parser counts them: in characters, after any of its line breaks,
+// and not counting a byte order mark.
+func lineCol(data []byte, i int) (line, col int) {
+	line, col = 1, 1
+	j := 0
+	if bytes.HasPrefix(data, []byte("\ufeff")) {
+		j = 3
+	}
+	for j < i {
+		r, size := utf8.DecodeRune(data[j:])
+		j += size
+		switch {
+		case r == '\r' && j < len(data) && data[j] == '\n':
+			continue // the '\n' ends the line
+		case r == '\n' || r == '\r' || r == 0x85 || r == 0x2028 || r == 0x2029:
+			line, col = line+1, 1
+		default:
+			col++
+		}
+	}
+	return line, col
+}
 
 // Join extends a YAML path with a key.
 func Join(path, key string) string {

@@ -31,7 +31,7 @@ func TestWalkerReportsEveryProblemInOrder(t *testing.T) {
 		}
 	})
 	var broken yaml.Node
-	w.YAMLError(yaml.Unmarshal([]byte("a: [\n"), &broken))
+	w.YAMLError([]byte("a: [\n"), yaml.Unmarshal([]byte("a: [\n"), &broken))
 	w.Problems.Sort()
 	want := "f.yaml:1:1: invalid YAML: did not find expected node content\n" +
 		"f.yaml:1:4: b: must be at least 5, got 1\n" +
@@ -88,6 +88,47 @@ func TestLeadingZero(t *testing.T) {
 			}
 			if got != (tt.want != "") || w.Problems.Error() != want {
 				t.Errorf("LeadingZero = %v, problems %q; want %q", got, w.Problems.Error(), want)
+			}
+		})
+	}
+}
+
+// The parser names no line for a character YAML refuses or an alias to
+// an unknown anchor: the place is found in the file.
+func TestYAMLErrorsHaveLines(t *testing.T) {
+	tests := []struct {
+		name, src, want string
+	}{
+		{"control character", "role: r\nmode: \"enforce\x01\"\n",
+			"f.yaml:2:15: invalid YAML: control characters are not allowed"},
+		{"invalid UTF-8", "role: r\n\xff: x\n",
+			"f.yaml:2:1: invalid YAML: invalid leading UTF-8 octet"},
+		{"columns in characters, CRLF line breaks", "role: r\r\ndescription: \"é\x85\"\r\n",
+			"f.yaml:2:16: invalid YAML: invalid leading UTF-8 octet"},
+		{"after a byte order mark", "\ufeffrole: \x7f\n",
+			"f.yaml:1:7: invalid YAML: control characters are not allowed"},
+		{"in a second document", "role: r\n---\nrole: s\nmode: \x01\n",
+			"f.yaml:4:7: invalid YAML: control characters are not allowed"},
+		{"unknown anchor", "role: r\nservers: *x\n",
+			"f.yaml:2:10: invalid YAML: unknown anchor 'x' referenced"},
+		{"unknown anchor on line 1", "role: *x\n",
+			"f.yaml:1:7: invalid YAML: unknown anchor 'x' referenced"},
+		{"unknown anchor after its name in text", "role: r\ndescription: \"*x and &x\" # *x\nnotes: |\n  *x\nservers: [a, *x]\n",
+			"f.yaml:5:14: invalid YAML: unknown anchor 'x' referenced"},
+		{"unknown anchor after a longer one", "role: &xy r\nmode: *xy\nservers: *x\n",
+			"f.yaml:3:10: invalid YAML: unknown anchor 'x' referenced"},
+		// Nothing to find: the file itself.
+		{"UTF-16", "\xfe\xff\x00r\x00\x01",
+			"f.yaml: invalid YAML: control characters are not allowed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := &Walker{File: "f.yaml"}
+			if root := w.Document([]byte(tt.src), "role"); root != nil && len(w.Problems) == 0 {
+				t.Fatal("parsed, want a problem")
+			}
+			if got := w.Problems.Error(); got != tt.want {
+				t.Errorf("problems:\n%s\nwant:\n%s", got, tt.want)
 			}
 		})
 	}

@@ -481,6 +481,19 @@ servers: [
 `,
 		want: `role.yaml:2:1: invalid YAML: did not find expected node content`,
 	}, {
+		// The parser names no line for these: the compiler finds it.
+		name: "control character",
+		src:  "role: r\nmode: \"enforce\x01\"\n",
+		want: `role.yaml:2:15: invalid YAML: control characters are not allowed`,
+	}, {
+		name: "invalid UTF-8",
+		src:  "role: r\n\xff: x\n",
+		want: `role.yaml:2:1: invalid YAML: invalid leading UTF-8 octet`,
+	}, {
+		name: "unknown anchor",
+		src:  "role: r\ndescription: \"*x\"\nservers: *x\n",
+		want: `role.yaml:3:10: invalid YAML: unknown anchor 'x' referenced`,
+	}, {
 		name: "grant problems",
 		src: `
 role: r
