@@ -792,6 +792,12 @@ func (c *compiler) rateLimits(n *yaml.Node, path string) []*RateLimit {
 		if !present["burst"] {
 			l.Burst = l.Requests
 		}
+		if _, _, err := l.Emission(); err != nil {
+			// The limiter would refuse the limit, and with it every
+			// call it counts.
+			c.Errorf(v, p, "%v", err)
+			return
+		}
 		out = append(out, l)
 	})
 	return out

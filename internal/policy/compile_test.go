@@ -403,13 +403,16 @@ rate_limits:
   - { requests: 2000, per: 1us }
   - { requests: 1000001, per: 1s }
   - { requests: 1000000, per: 1s }
+  - { requests: 1, per: 8760h, burst: 1000 }
+  - { requests: 1, per: 8760h, burst: 290 }
 `,
 		want: "role.yaml:3:17: rate_limits[0].requests: must be at least 1, got 0\n" +
 			"role.yaml:4:25: rate_limits[1].per: must be a positive duration such as 30s, 1m or 1h30m, got \"soon\"\n" +
 			"role.yaml:5:5: rate_limits[2]: missing required field \"per\"\n" +
 			"role.yaml:5:25: rate_limits[2].key: must be agent or role, got \"tenant\"\n" +
 			"role.yaml:6:5: rate_limits[3]: 2000 requests per 1µs is more than one per microsecond: no gateway serves that rate, and the interval between requests, kept in whole nanoseconds, could be off by more than 0.1%\n" +
-			"role.yaml:7:5: rate_limits[4]: 1000001 requests per 1s is more than one per microsecond: no gateway serves that rate, and the interval between requests, kept in whole nanoseconds, could be off by more than 0.1%",
+			"role.yaml:7:5: rate_limits[4]: 1000001 requests per 1s is more than one per microsecond: no gateway serves that rate, and the interval between requests, kept in whole nanoseconds, could be off by more than 0.1%\n" +
+			"role.yaml:9:5: rate_limits[6]: a burst of 1000 at one per 8760h0m0s is too long a window: limiters count it in a time.Duration, at most about 292 years",
 	}, {
 		name: "bad approval rules",
 		src: `

@@ -8,6 +8,9 @@ package policy
 
 import (
 	"cmp"
+	"errors"
+	"fmt"
+	"math"
 	"path"
 	"regexp"
 	"slices"
@@ -352,4 +355,24 @@ type RateLimit struct {
 	Per      time.Duration
 	Burst    int
 	Key      LimitKey
+}
+
+// Emission returns l's emission interval, Per/Requests, and its burst
+// window, Burst intervals: the arithmetic every limiter does, and the
+// compiler checks. A limit that is no rate is an error rather than a
+// panic or a wrong answer: no requests or no period, a burst of none,
+// more than one request per nanosecond (an interval of 0), or a window
+// beyond time.Duration.
+func (l *RateLimit) Emission() (interval, window time.Duration, err error) {
+	if l.Requests <= 0 || l.Per <= 0 || l.Burst <= 0 {
+		return 0, 0, fmt.Errorf("%d requests per %v with a burst of %d is not a rate", l.Requests, l.Per, l.Burst)
+	}
+	interval = l.Per / time.Duration(l.Requests)
+	if interval <= 0 {
+		return 0, 0, errors.New("more than one request per nanosecond")
+	}
+	if time.Duration(l.Burst) > math.MaxInt64/interval {
+		return 0, 0, fmt.Errorf("a burst of %d at one per %v is too long a window: limiters count it in a time.Duration, at most about 292 years", l.Burst, interval)
+	}
+	return interval, time.Duration(l.Burst) * interval, nil
 }

@@ -6,7 +6,6 @@ package ratelimit
 import (
 	"context"
 	"fmt"
-	"math"
 	"sync"
 	"time"
 
@@ -23,23 +22,14 @@ type Result struct {
 	Remaining int
 }
 
-// emission returns l's emission interval, Per/Requests, and its burst
-// window, Burst intervals: the arithmetic both limiters do. A limit that
-// is no rate is an error rather than a panic or a wrong answer: no
-// requests or no period, a burst of none, more than one request per
-// nanosecond (an interval of 0), or a window beyond time.Duration.
+// emission is l.Emission, the arithmetic both limiters do, with errors
+// naming the limit.
 func emission(l *policy.RateLimit) (interval, burst time.Duration, err error) {
-	if l.Requests <= 0 || l.Per <= 0 || l.Burst <= 0 {
-		return 0, 0, fmt.Errorf("rate limit %s: %d requests per %v with a burst of %d is not a rate", l.ID, l.Requests, l.Per, l.Burst)
+	interval, burst, err = l.Emission()
+	if err != nil {
+		return 0, 0, fmt.Errorf("rate limit %s: %w", l.ID, err)
 	}
-	interval = l.Per / time.Duration(l.Requests)
-	if interval <= 0 {
-		return 0, 0, fmt.Errorf("rate limit %s: more than one request per nanosecond", l.ID)
-	}
-	if time.Duration(l.Burst) > math.MaxInt64/interval {
-		return 0, 0, fmt.Errorf("rate limit %s: a burst of %d at one per %v is too long a window", l.ID, l.Burst, interval)
-	}
-	return interval, time.Duration(l.Burst) * interval, nil
+	return interval, burst, nil
 }
 
 // gcra applies one request at now to the theoretical arrival time tat and
