@@ -95,7 +95,9 @@ func (p *parser) params(depth int, m *Message, spec *paramSpec) (found int, err 
 		}
 		switch key := string(k.dec); {
 		case key == "_meta":
+			at := p.pos
 			err = p.meta(depth, m)
+			m.MetaSpan = Span{at, p.pos}
 		case spec.name && key == "name":
 			found |= foundName
 			at := p.pos

@@ -89,8 +89,9 @@ type Message struct {
 
 	// IDSpan and NameSpan locate the id token and the params.name string
 	// token (quotes included) in the body, for a caller that rewrites
-	// them and keeps every other byte; zero when absent.
-	IDSpan, NameSpan Span
+	// them and keeps every other byte; zero when absent. MetaSpan
+	// locates the params._meta object likewise.
+	IDSpan, NameSpan, MetaSpan Span
 }
 
 // Span is the byte range [Start, End) of a token in the body given to

@@ -371,6 +371,16 @@ var acceptTests = []struct {
 		}},
 	},
 	{
+		name: "_meta with spaces",
+		body: `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a__b", "_meta" : { "io.modelcontextprotocol/protocolVersion" : "2026-07-28" } }}`,
+		want: []Message{{
+			Kind: KindRequest, ID: raw(`1`), Method: "tools/call",
+			Params:              raw(`{"name":"a__b", "_meta" : { "io.modelcontextprotocol/protocolVersion" : "2026-07-28" } }`),
+			Name:                "a__b",
+			MetaProtocolVersion: "2026-07-28",
+		}},
+	},
+	{
 		name: "prompts/get",
 		body: `{"jsonrpc":"2.0","id":2,"method":"prompts/get","params":{"name":"docs__summary","arguments":{"topic":"x","lang":""}}}`,
 		want: []Message{{
@@ -539,7 +549,7 @@ func TestParseAccepts(t *testing.T) {
 				t.Fatalf("Parse: %v", err)
 			}
 			want := &Body{Messages: tt.want, Batch: tt.batch}
-			if diff := cmp.Diff(want, b, cmpopts.IgnoreFields(Message{}, "IDSpan", "NameSpan"), valueTree); diff != "" {
+			if diff := cmp.Diff(want, b, cmpopts.IgnoreFields(Message{}, "IDSpan", "NameSpan", "MetaSpan"), valueTree); diff != "" {
 				t.Errorf("Body mismatch (-want +got):\n%s", diff)
 			}
 			checkSpans(t, []byte(tt.body), b)
@@ -548,12 +558,19 @@ func TestParseAccepts(t *testing.T) {
 }
 
 // checkSpans checks that each message's spans locate its id and name
-// tokens in body.
+// tokens, and its params._meta object, in body.
 func checkSpans(t *testing.T, body []byte, b *Body) {
 	t.Helper()
 	for i, m := range b.Messages {
 		if got := string(body[m.IDSpan.Start:m.IDSpan.End]); got != string(m.ID) {
 			t.Errorf("message %d: IDSpan holds %q, want the id %q", i, got, m.ID)
+		}
+		var params struct {
+			Meta json.RawMessage `json:"_meta"`
+		}
+		json.Unmarshal(m.Params, &params)
+		if got := string(body[m.MetaSpan.Start:m.MetaSpan.End]); got != string(params.Meta) {
+			t.Errorf("message %d: MetaSpan holds %q, want the _meta %q", i, got, params.Meta)
 		}
 		if m.NameSpan.Len() == 0 {
 			if m.Name != "" {
