@@ -407,7 +407,7 @@ func (c *call) checkMCPHeaders(h headers, m *mcpfilter.Message) *authv3.CheckRes
 		if !hasMethod {
 			return c.reject(400, CodeHeaderMismatch, "Mcp-Method header is required from protocol "+headerVersion)
 		}
-		if wantName != "" && !hasName {
+		if namedByHeader(m.Method) && !hasName {
 			return c.reject(400, CodeHeaderMismatch, "Mcp-Name header is required for "+m.Method+" from protocol "+headerVersion)
 		}
 	}
@@ -418,6 +418,17 @@ func (c *call) checkMCPHeaders(h headers, m *mcpfilter.Message) *authv3.CheckRes
 		return c.reject(400, CodeHeaderMismatch, "Mcp-Name header does not match the body")
 	}
 	return nil
+}
+
+// namedByHeader reports whether the protocol requires the Mcp-Name header
+// of method: of the tool, prompt or resource a request names. Other
+// requests that name one (a completion's reference) need not send it.
+func namedByHeader(method string) bool {
+	switch method {
+	case "tools/call", "prompts/get", "resources/read":
+		return true
+	}
+	return false
 }
 
 // Protocol versions.

@@ -579,6 +579,7 @@ func TestMalformedRequests(t *testing.T) {
 		{"Mcp-Method disagrees", map[string]string{"mcp-method": "tools/list"}, toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`), 400, -32600, CodeHeaderMismatch, `Mcp-Method header "tools/list" does not match the body's method "tools/call"`, "1"},
 		{"Mcp-Name disagrees", map[string]string{"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "notion__search"}, toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`), 400, -32600, CodeHeaderMismatch, "Mcp-Name header does not match the body", "1"},
 		{"Mcp-Method missing in 2026-07-28", map[string]string{"mcp-protocol-version": "2026-07-28"}, toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`), 400, -32600, CodeHeaderMismatch, "Mcp-Method header is required from protocol 2026-07-28", "1"},
+		{"Mcp-Name missing in 2026-07-28", map[string]string{"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call"}, toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`), 400, -32600, CodeHeaderMismatch, "Mcp-Name header is required for tools/call from protocol 2026-07-28", "1"},
 		// Wrong params of a request whose id came first: the answer names it.
 		{"name not a string", nil, `{"jsonrpc":"2.0","id":"q-7","method":"tools/call","params":{"name":5}}`, 400, -32602, CodeMalformedRequest, "", `"q-7"`},
 		{"partial body", map[string]string{"x-envoy-auth-partial-body": "true"}, toolCall(1, "notion__get_pages", `{}`), 413, -32600, CodeBodyTooLarge, "", ""},
@@ -973,6 +974,11 @@ func TestCompletionDecisions(t *testing.T) {
 	}
 	okHeaders(t, e.check(t, "bot-1", nil, complete(`{"type":"ref/prompt","name":"notion__summarize"}`)))
 	okHeaders(t, e.check(t, "bot-1", nil, complete(`{"type":"ref/resource","uri":"amg:notion:notion://ws_abc123/{page}"}`)))
+	// From protocol 2026-07-28 on, the Mcp-Name header names what a tool
+	// call, prompt or read is of; a completion has none, as the go-sdk's
+	// client sends it.
+	okHeaders(t, e.check(t, "bot-1", map[string]string{"mcp-protocol-version": "2026-07-28", "mcp-method": "completion/complete"},
+		complete(`{"type":"ref/prompt","name":"notion__summarize"}`)))
 	for ref, want := range map[string]string{
 		`{"type":"ref/prompt","name":"notion__other"}`:                 `prompt "other" on server "notion" is not granted to role "reader"`,
 		`{"type":"ref/resource","uri":"amg:notion:notion://ws_b/{p}"}`: `resource "notion://ws_b/{p}" on server "notion" is not granted to role "reader"`,
