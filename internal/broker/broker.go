@@ -1165,11 +1165,11 @@ func (b *Broker) onUpstream(ctx context.Context, ss *mcp.ServerSession, server s
 	if err != nil {
 		return upstreamError(server, err)
 	}
-	defer as.calls.add(ctx, server, token)()
+	defer as.calls.add(ctx, ss, server, token)()
 	ctx, cancel := context.WithTimeout(ctx, u.CallTimeout)
 	defer cancel()
 	if err := fn(ctx, cs); err != nil {
-		b.dropIfBroken(ss, server, cs, err)
+		b.dropIfBroken(as, server, cs, err)
 		return upstreamError(server, err)
 	}
 	return nil
@@ -1180,12 +1180,12 @@ func (b *Broker) onUpstream(ctx context.Context, ss *mcp.ServerSession, server s
 // JSON-RPC error nor a call cancelled or timed out (the SDK then returns
 // the context's error) says so: dropping the session would drop the
 // agent's resource subscriptions with it.
-func (b *Broker) dropIfBroken(ss *mcp.ServerSession, server string, cs *mcp.ClientSession, err error) {
+func (b *Broker) dropIfBroken(as *agentSession, server string, cs *mcp.ClientSession, err error) {
 	var rpcErr *jsonrpc.Error
 	if errors.As(err, &rpcErr) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return
 	}
-	b.dropUpstreamSession(ss, server, cs)
+	b.dropUpstreamSession(as, server, cs)
 }
 
 // upstreamError is the JSON-RPC error an agent gets when an upstream

@@ -1170,8 +1170,8 @@ func TestProgressTokenMatching(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background()) // a context of its own
 	defer cancel()
 	for _, token := range []any{"p-1", float64(7), int64(7), json.Number("7")} {
-		done := f.add(ctx, "notion", token)
-		if got, ok := f.byToken("notion", token); !ok || got != ctx {
+		done := f.add(ctx, nil, "notion", token)
+		if got, ok := f.byToken("notion", token); !ok || got.ctx != ctx {
 			t.Errorf("token %#v: no match", token)
 		}
 		if _, ok := f.byToken("other", token); ok {
@@ -1180,7 +1180,7 @@ func TestProgressTokenMatching(t *testing.T) {
 		done()
 	}
 	for _, token := range []any{map[string]any{"k": 1.0}, []any{1.0}, true, nil} {
-		done := f.add(ctx, "notion", token)
+		done := f.add(ctx, nil, "notion", token)
 		if _, ok := f.byToken("notion", token); ok {
 			t.Errorf("token %#v matched, want no token", token)
 		}

@@ -500,7 +500,7 @@ func (b *Broker) dropDirect(as *agentSession, server string, d *directUpstream) 
 	same := as.direct[server] == d
 	as.mu.Unlock()
 	if same && cs != nil {
-		b.dropUpstreamSession(as.ss, server, cs)
+		b.dropUpstreamSession(as, server, cs)
 	}
 }
 

@@ -16,15 +16,16 @@ import (
 )
 
 // inflight is what one agent session has in flight upstream: each
-// request's context (which names the agent's stream for it) and progress
-// token, so that what an upstream says about a request while it runs
-// reaches the agent on that request's stream, before its result.
+// request's session and context (which names the agent's stream for it)
+// and progress token, so that what an upstream says about a request while
+// it runs reaches the agent on that request's stream, before its result.
 type inflight struct {
 	mu    sync.Mutex
 	calls []*pending
 }
 
 type pending struct {
+	ss     *mcp.ServerSession // nil: none to tell
 	ctx    context.Context
 	server string
 	token  any // the agent's progress token; nil if it asked for none
@@ -42,9 +43,10 @@ func progressKey(token any) any {
 	return nil
 }
 
-// add records a request to server until the returned func is called.
-func (f *inflight) add(ctx context.Context, server string, token any) (done func()) {
-	p := &pending{ctx: ctx, server: server, token: progressKey(token)}
+// add records a request of session ss to server until the returned func
+// is called.
+func (f *inflight) add(ctx context.Context, ss *mcp.ServerSession, server string, token any) (done func()) {
+	p := &pending{ss: ss, ctx: ctx, server: server, token: progressKey(token)}
 	f.mu.Lock()
 	f.calls = append(f.calls, p)
 	f.mu.Unlock()
@@ -60,9 +62,9 @@ func (f *inflight) add(ctx context.Context, server string, token any) (done func
 	}
 }
 
-// byToken returns the context of the request to server that asked for
-// progress under token.
-func (f *inflight) byToken(server string, token any) (context.Context, bool) {
+// byToken returns the request to server that asked for progress under
+// token.
+func (f *inflight) byToken(server string, token any) (*pending, bool) {
 	if token = progressKey(token); token == nil {
 		return nil, false
 	}
@@ -70,7 +72,7 @@ func (f *inflight) byToken(server string, token any) (context.Context, bool) {
 	defer f.mu.Unlock()
 	for _, p := range f.calls {
 		if p.server == server && p.token == token {
-			return p.ctx, true
+			return p, true
 		}
 	}
 	return nil, false
@@ -110,8 +112,8 @@ func (f *inflight) relay(ss *mcp.ServerSession, server string, n *jsonrpc.Reques
 		if json.Unmarshal(n.Params, &p) != nil {
 			return
 		}
-		if ctx, ok := f.byToken(server, p.ProgressToken); ok {
-			ss.NotifyProgress(ctx, &p)
+		if call, ok := f.byToken(server, p.ProgressToken); ok && call.ss != nil {
+			call.ss.NotifyProgress(call.ctx, &p)
 		}
 	case "notifications/message":
 		var p mcp.LoggingMessageParams

@@ -268,11 +268,7 @@ func (b *Broker) agentSession(ss *mcp.ServerSession) *agentSession {
 	if v, ok := b.sessions.Load(ss); ok {
 		return v.(*agentSession)
 	}
-	fresh := &agentSession{ss: ss, ups: map[string]*mcp.ClientSession{}, direct: map[string]*directUpstream{},
-		connecting: map[string]*connectAttempt{}, directCalls: map[string]*directCall{}, relayed: map[string]relayedRequest{},
-		parked: map[string]context.CancelCauseFunc{}, subs: map[string]map[string]bool{}, watching: map[string]*mcp.ClientSession{}}
-	fresh.touch()
-	v, loaded := b.sessions.LoadOrStore(ss, fresh)
+	v, loaded := b.sessions.LoadOrStore(ss, newAgentSession(ss))
 	as := v.(*agentSession)
 	if !loaded {
 		sid := ss.ID()
@@ -297,6 +293,15 @@ func (b *Broker) agentSession(ss *mcp.ServerSession) *agentSession {
 			}
 		}()
 	}
+	return as
+}
+
+// newAgentSession returns a new state for session ss, active now.
+func newAgentSession(ss *mcp.ServerSession) *agentSession {
+	as := &agentSession{ss: ss, ups: map[string]*mcp.ClientSession{}, direct: map[string]*directUpstream{},
+		connecting: map[string]*connectAttempt{}, directCalls: map[string]*directCall{}, relayed: map[string]relayedRequest{},
+		parked: map[string]context.CancelCauseFunc{}, subs: map[string]map[string]bool{}, watching: map[string]*mcp.ClientSession{}}
+	as.touch()
 	return as
 }
 
@@ -500,12 +505,7 @@ func (b *Broker) connectFor(ctx context.Context, as *agentSession, u *upstream) 
 // take it seconds (the SDK gives it 5) while its calls are in flight, and
 // neither the call that found the session broken nor the agent's other
 // requests wait for that.
-func (b *Broker) dropUpstreamSession(ss *mcp.ServerSession, server string, cs *mcp.ClientSession) {
-	v, ok := b.sessions.Load(ss)
-	if !ok {
-		return
-	}
-	as := v.(*agentSession)
+func (b *Broker) dropUpstreamSession(as *agentSession, server string, cs *mcp.ClientSession) {
 	as.mu.Lock()
 	mine := as.ups != nil && as.ups[server] == cs
 	if mine {
