@@ -87,8 +87,12 @@ func TestServeWithVault(t *testing.T) {
 		t.Fatalf("serve did not start:\n%s", stderr.String())
 	}
 	token := strings.TrimSpace(stdout.String())
+	// Agent sessions, each with upstream sessions of its own: an agent of
+	// protocol 2026-07-28 has none, and its token's upstream sessions
+	// outlive its connections.
+	session := &mcp.ClientSessionOptions{ProtocolVersion: "2025-11-25"}
 	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(ctx,
-		&mcp.StreamableClientTransport{Endpoint: m[1], HTTPClient: &http.Client{Transport: bearer{token}}}, nil)
+		&mcp.StreamableClientTransport{Endpoint: m[1], HTTPClient: &http.Client{Transport: bearer{token}}}, session)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +110,7 @@ func TestServeWithVault(t *testing.T) {
 	// connection, which fails closed with an error naming the server.
 	v.Stop()
 	cs2, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(ctx,
-		&mcp.StreamableClientTransport{Endpoint: m[1], HTTPClient: &http.Client{Transport: bearer{token}}}, nil)
+		&mcp.StreamableClientTransport{Endpoint: m[1], HTTPClient: &http.Client{Transport: bearer{token}}}, session)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -171,6 +171,10 @@ type Broker struct {
 	audit   Auditor
 	log     *slog.Logger
 	handler *mcp.StreamableHTTPHandler
+	// stateless serves the protocol versions without sessions, whose
+	// agents' states are kept by token (stateless.go).
+	stateless *mcp.StreamableHTTPHandler
+	byToken   tokenStates
 
 	mu       sync.Mutex
 	roles    map[string]*roleServer
@@ -291,6 +295,7 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 		// The broker ends idle sessions itself (see reapIdle): calls it
 		// forwards without the SDK do not reach the SDK's timer.
 	})
+	b.stateless = b.statelessHandler()
 	return b, nil
 }
 
@@ -301,6 +306,7 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 // Idle agent sessions are ended until ctx ends.
 func (b *Broker) Start(ctx context.Context) {
 	go b.reapIdle(ctx, max(b.idle/30, 10*time.Millisecond))
+	go b.keepTokenStates(ctx)
 	if b.liveTokens != nil {
 		go b.endRevoked(ctx, cmp.Or(b.tokenCheck, 10*time.Second))
 	}
@@ -340,6 +346,7 @@ func (b *Broker) Close() {
 		as.closeUpstreams()
 		return true
 	})
+	b.closeTokenStates()
 	// As closeUpstreams does: together, and without the lock.
 	var catalogs []*mcp.ClientSession
 	for _, u := range b.ups {
@@ -775,6 +782,10 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(w, http.StatusForbidden, "request was not authorized by the gateway: its decision was served before")
 		return
 	}
+	if statelessRequest(r, body) {
+		b.serveStateless(w, r, d, body)
+		return
+	}
 	owner := d.Agent + "\x00" + d.Role
 	sid := r.Header.Get("Mcp-Session-Id")
 	if sid != "" {
@@ -991,7 +1002,7 @@ func (s *sessionRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter
 // arguments exactly as the agent sent them and authz decided on.
 func (b *Broker) forward(server, tool string) mcp.ToolHandler {
 	return func(ctx context.Context, req *mcp.CallToolRequest) (res *mcp.CallToolResult, err error) {
-		params := &mcp.CallToolParams{Name: tool, Meta: req.Params.Meta}
+		params := &mcp.CallToolParams{Name: tool, Meta: upstreamMeta(req.Params.Meta)}
 		if len(req.Params.Arguments) > 0 {
 			params.Arguments = req.Params.Arguments
 		}
@@ -1066,7 +1077,7 @@ func (u *upstream) connect(ctx context.Context, opts *mcp.ClientOptions, version
 func (b *Broker) forwardPrompt(server, prompt string) mcp.PromptHandler {
 	return func(ctx context.Context, req *mcp.GetPromptRequest) (res *mcp.GetPromptResult, err error) {
 		err = b.onUpstream(ctx, req.Session, server, req.Params.GetProgressToken(), func(ctx context.Context, cs *mcp.ClientSession) (err error) {
-			res, err = cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: prompt, Arguments: req.Params.Arguments, Meta: req.Params.Meta})
+			res, err = cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: prompt, Arguments: req.Params.Arguments, Meta: upstreamMeta(req.Params.Meta)})
 			return err
 		})
 		return res, err
@@ -1086,7 +1097,7 @@ func (b *Broker) forwardResource(server, uri string) mcp.ResourceHandler {
 			}
 		}
 		err = b.onUpstream(ctx, req.Session, server, req.Params.GetProgressToken(), func(ctx context.Context, cs *mcp.ClientSession) (err error) {
-			res, err = cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: uri, Meta: req.Params.Meta})
+			res, err = cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: uri, Meta: upstreamMeta(req.Params.Meta)})
 			return err
 		})
 		if err != nil {
@@ -1116,7 +1127,7 @@ func (b *Broker) complete(ctx context.Context, req *mcp.CompleteRequest) (res *m
 		return nil, err
 	}
 	params := *req.Params
-	params.Ref = &ref
+	params.Ref, params.Meta = &ref, upstreamMeta(params.Meta)
 	err = b.onUpstream(ctx, req.Session, server, nil, func(ctx context.Context, cs *mcp.ClientSession) (err error) {
 		res, err = cs.Complete(ctx, &params)
 		return err

@@ -32,6 +32,7 @@ import (
 	"github.com/amgateway/amg/internal/ratelimit"
 	"github.com/amgateway/amg/internal/syncbuf"
 	"github.com/amgateway/amg/internal/tokens"
+	"github.com/amgateway/amg/mcpfilter"
 )
 
 const testRole = `
@@ -391,10 +392,17 @@ func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
 	return b.base.RoundTrip(r)
 }
 
+// sessionVersion is the newest protocol version with sessions, which the
+// agents of tests of what a session does speak; the go-sdk's client asks
+// for a later one, without sessions, unless told (see stateless_test.go).
+const sessionVersion = "2025-11-25"
+
+// connect connects an agent with a session.
 func (g *gateway) connect(t *testing.T, opts *mcp.ClientOptions) *mcp.ClientSession {
 	t.Helper()
 	transport := &mcp.StreamableClientTransport{Endpoint: g.url, HTTPClient: &http.Client{Transport: bearer{g.token, http.DefaultTransport}}}
-	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, opts).Connect(context.Background(), transport, nil)
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, opts).Connect(context.Background(), transport,
+		&mcp.ClientSessionOptions{ProtocolVersion: sessionVersion})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -714,7 +722,7 @@ func TestUpstreamsGetNoRoots(t *testing.T) {
 			}
 		})
 		transport := &mcp.StreamableClientTransport{Endpoint: g.url, HTTPClient: &http.Client{Transport: bearer{g.token, http.DefaultTransport}}}
-		cs, err := c.Connect(context.Background(), transport, nil)
+		cs, err := c.Connect(context.Background(), transport, &mcp.ClientSessionOptions{ProtocolVersion: sessionVersion})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1042,23 +1050,27 @@ func TestSessionOwnerIsForgottenWhenTheSessionEnds(t *testing.T) {
 	t.Error("the owner of an ended session is still kept")
 }
 
+// A completion reaches the upstream of the prompt or template it refers
+// to, in the upstream's names, for an agent with a session and one
+// without (protocol 2026-07-28, which sends it without an Mcp-Name header).
 func TestCompletionReachesTheUpstreamInItsOwnNames(t *testing.T) {
 	g := newGateway(t)
-	cs := g.connect(t, nil)
 	ctx := context.Background()
-	res, err := cs.Complete(ctx, &mcp.CompleteParams{Ref: &mcp.CompleteReference{Type: "ref/prompt", Name: "notion__summarize"},
-		Argument: mcp.CompleteParamsArgument{Name: "page", Value: "p"}})
-	if err != nil || len(res.Completion.Values) != 1 || res.Completion.Values[0] != "ref/prompt summarize p" {
-		t.Errorf("prompt completion: %v %+v", err, res)
-	}
-	res, err = cs.Complete(ctx, &mcp.CompleteParams{Ref: &mcp.CompleteReference{Type: "ref/resource", URI: "amg:notion:notion://ws_abc123/drafts/{id}"},
-		Argument: mcp.CompleteParamsArgument{Name: "id", Value: "d"}})
-	if err != nil || len(res.Completion.Values) != 1 || res.Completion.Values[0] != "ref/resource notion://ws_abc123/drafts/{id} d" {
-		t.Errorf("resource completion: %v %+v", err, res)
-	}
-	if _, err := cs.Complete(ctx, &mcp.CompleteParams{Ref: &mcp.CompleteReference{Type: "ref/prompt", Name: "notion__secret_prompt"},
-		Argument: mcp.CompleteParamsArgument{Name: "a", Value: "x"}}); err == nil || !strings.Contains(err.Error(), "not granted") {
-		t.Errorf("completion of an ungranted prompt: %v", err)
+	for _, cs := range []*mcp.ClientSession{g.connect(t, nil), g.connectStateless(t, g.token, nil)} {
+		res, err := cs.Complete(ctx, &mcp.CompleteParams{Ref: &mcp.CompleteReference{Type: "ref/prompt", Name: "notion__summarize"},
+			Argument: mcp.CompleteParamsArgument{Name: "page", Value: "p"}})
+		if err != nil || len(res.Completion.Values) != 1 || res.Completion.Values[0] != "ref/prompt summarize p" {
+			t.Errorf("prompt completion: %v %+v", err, res)
+		}
+		res, err = cs.Complete(ctx, &mcp.CompleteParams{Ref: &mcp.CompleteReference{Type: "ref/resource", URI: "amg:notion:notion://ws_abc123/drafts/{id}"},
+			Argument: mcp.CompleteParamsArgument{Name: "id", Value: "d"}})
+		if err != nil || len(res.Completion.Values) != 1 || res.Completion.Values[0] != "ref/resource notion://ws_abc123/drafts/{id} d" {
+			t.Errorf("resource completion: %v %+v", err, res)
+		}
+		if _, err := cs.Complete(ctx, &mcp.CompleteParams{Ref: &mcp.CompleteReference{Type: "ref/prompt", Name: "notion__secret_prompt"},
+			Argument: mcp.CompleteParamsArgument{Name: "a", Value: "x"}}); err == nil || !strings.Contains(err.Error(), "not granted") {
+			t.Errorf("completion of an ungranted prompt: %v", err)
+		}
 	}
 }
 
@@ -1068,6 +1080,10 @@ type rawAgent struct {
 	t          *testing.T
 	url, token string
 	sid        string
+	// version is the protocol version the agent speaks, rawVersion if
+	// empty. From 2026-07-28 on, the agent sends the Mcp-Method and
+	// Mcp-Name headers of its messages; their _meta is the test's to write.
+	version string
 }
 
 const rawVersion = "2025-06-18"
@@ -1087,7 +1103,7 @@ func (a *rawAgent) post(body string) []string {
 	req.Header.Set("Authorization", "Bearer "+a.token)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json, text/event-stream")
-	req.Header.Set("Mcp-Protocol-Version", rawVersion)
+	a.setVersion(req.Header, body)
 	if a.sid != "" {
 		req.Header.Set("Mcp-Session-Id", a.sid)
 	}
@@ -1118,6 +1134,30 @@ func (a *rawAgent) post(body string) []string {
 		}
 	}
 	return msgs
+}
+
+// setVersion sets the headers of the agent's protocol version for a
+// message, body.
+func (a *rawAgent) setVersion(h http.Header, body string) {
+	version := a.version
+	if version == "" {
+		version = rawVersion
+	}
+	h.Set("Mcp-Protocol-Version", version)
+	if version < perRequestFrom {
+		return
+	}
+	parsed, err := mcpfilter.Parse([]byte(body), nil)
+	if err != nil || len(parsed.Messages) != 1 || parsed.Messages[0].Method == "" {
+		return
+	}
+	m := parsed.Messages[0]
+	h.Set("Mcp-Method", m.Method)
+	if m.Name != "" {
+		h.Set("Mcp-Name", m.Name)
+	} else if m.URI != "" {
+		h.Set("Mcp-Name", m.URI)
+	}
 }
 
 // An upstream's progress and log messages about a call reach the agent on

@@ -192,7 +192,7 @@ func (b *Broker) directCall(stream *sseStream, r *http.Request, as *agentSession
 	u := b.ups[server]
 	upID := `"amg-` + strconv.FormatUint(b.ids.Add(1), 10) + `"`
 	name, _ := json.Marshal(tool)
-	out := splice(body, edit{m.IDSpan, []byte(upID)}, edit{m.NameSpan, name})
+	out := splice(body, edit{m.IDSpan, []byte(upID)}, edit{m.NameSpan, name}, upstreamMetaEdit(body, m))
 
 	// An agent whose connection drops has not cancelled the call (the
 	// protocol says so): the call goes on until the upstream answers, the
@@ -374,6 +374,11 @@ func (b *Broker) streamDirect(stream *sseStream, r *http.Request, as *agentSessi
 				// Not offered (see noRoots), but asked anyway: answered
 				// with none, as the SDK's client does on the other path.
 				d.answerNoRoots(r.Context(), m.ID)
+				return
+			}
+			if as.ss == nil {
+				// An agent without a session cannot be asked.
+				d.refuseRequest(r.Context(), m.ID, m.Method)
 				return
 			}
 			// Relayed under an id of the broker's, so that it cannot clash

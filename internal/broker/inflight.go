@@ -19,6 +19,8 @@ import (
 // request's session and context (which names the agent's stream for it)
 // and progress token, so that what an upstream says about a request while
 // it runs reaches the agent on that request's stream, before its result.
+// The requests of a token's state (stateless.go) each have a session of
+// their own.
 type inflight struct {
 	mu    sync.Mutex
 	calls []*pending
@@ -103,7 +105,8 @@ func (f *inflight) only(server string) context.Context {
 // server to the agent: progress for a request still in flight (the
 // upstream session is this agent's alone, so the token cannot be another
 // agent's) and log messages, which the SDK filters by the level the agent
-// set. List changes are handled by the catalogue session; other
+// set in its session ss (nil for a token's state, whose agent sets none:
+// see stateless.go). List changes are handled by the catalogue session; other
 // notifications stay with the broker.
 func (f *inflight) relay(ss *mcp.ServerSession, server string, n *jsonrpc.Request) {
 	switch n.Method {
@@ -117,7 +120,7 @@ func (f *inflight) relay(ss *mcp.ServerSession, server string, n *jsonrpc.Reques
 		}
 	case "notifications/message":
 		var p mcp.LoggingMessageParams
-		if json.Unmarshal(n.Params, &p) != nil {
+		if ss == nil || json.Unmarshal(n.Params, &p) != nil {
 			return
 		}
 		ss.Log(f.only(server), &p)
@@ -172,8 +175,11 @@ func (b *Broker) relayNotification(as *agentSession, server string, n *jsonrpc.R
 	}
 }
 
-// roleOf is the role of the agent whose session as is.
+// roleOf is the role of the agent whose session (or token's state) as is.
 func (b *Broker) roleOf(as *agentSession) string {
+	if as.ss == nil {
+		return as.role
+	}
 	owner, _ := b.owners.Load(as.ss.ID())
 	o, _ := owner.(string)
 	_, role, _ := strings.Cut(o, "\x00")

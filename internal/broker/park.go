@@ -422,7 +422,7 @@ func (b *Broker) executeApproved(stream *sseStream, r *http.Request, as *agentSe
 		Meta mcp.Meta `json:"_meta"`
 	}
 	if json.Unmarshal(m.Params, &p) == nil {
-		params.Meta = p.Meta
+		params.Meta = upstreamMeta(p.Meta)
 	}
 	ctx := context.WithoutCancel(r.Context())
 	start := time.Now()

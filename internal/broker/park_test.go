@@ -725,8 +725,10 @@ func (a *rawAgent) read(ctx context.Context, body string) string {
 	req.Header.Set("Authorization", "Bearer "+a.token)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json, text/event-stream")
-	req.Header.Set("Mcp-Protocol-Version", rawVersion)
-	req.Header.Set("Mcp-Session-Id", a.sid)
+	a.setVersion(req.Header, body)
+	if a.sid != "" {
+		req.Header.Set("Mcp-Session-Id", a.sid)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err.Error()

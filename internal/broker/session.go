@@ -83,7 +83,8 @@ func (b *Broker) disown(sid string) {
 }
 
 // agentSession is the broker's state of one agent session: its upstream
-// sessions, and what it has in flight on them.
+// sessions, and what it has in flight on them. The state of an AMG token
+// of an agent without sessions (stateless.go) is one too, whose ss is nil.
 type agentSession struct {
 	ss         *mcp.ServerSession
 	lastActive atomic.Int64 // unix nanoseconds of the last request
@@ -118,6 +119,9 @@ type agentSession struct {
 	// upstream whose end is watched for that.
 	subs     map[string]map[string]bool
 	watching map[string]*mcp.ClientSession
+	// token, agent and role are those of a token's state; empty for a
+	// session.
+	token, agent, role string
 }
 
 // useToken notes that the agent used token id in the session.
@@ -319,11 +323,12 @@ func (b *Broker) sessionByID(sid string) *agentSession {
 
 // trackSession is receiving middleware that starts the broker's state of
 // a session at initialize, so that every session is reaped when idle, and
-// notes the activity of every request the SDK handles.
+// notes the activity of every request the SDK handles, in its session's
+// state or its token's.
 func (b *Broker) trackSession(next mcp.MethodHandler) mcp.MethodHandler {
 	return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
 		if ss, ok := req.GetSession().(*mcp.ServerSession); ok {
-			b.active(b.agentSession(ss))
+			b.noteActive(ctx, ss)
 		}
 		res, err := next(ctx, method, req)
 		if init, ok := req.(*mcp.ServerRequest[*mcp.InitializeParams]); ok && err == nil {
@@ -363,7 +368,7 @@ func (b *Broker) reapIdle(ctx context.Context, every time.Duration) {
 // that does not answer would keep the last of them waiting for every
 // attempt before it).
 func (b *Broker) upstreamSession(ctx context.Context, ss *mcp.ServerSession, u *upstream) (*agentSession, *mcp.ClientSession, error) {
-	as := b.agentSession(ss)
+	as := b.stateFor(ctx, ss)
 	cs, err := b.sessionWith(ctx, as, u)
 	if err != nil {
 		return nil, nil, err
@@ -429,21 +434,13 @@ var errAgentSessionClosed = errors.New("agent session closed")
 // connectFor opens the agent session's session with u and keeps it, unless
 // the agent session ended meanwhile.
 func (b *Broker) connectFor(ctx context.Context, as *agentSession, u *upstream) (*mcp.ClientSession, error) {
-	ss := as.ss
-	// The upstream session speaks the agent's protocol version, so that
-	// what the upstream may send mid-request (sampling, elicitation) is
-	// what the agent can answer.
-	var version string
-	if p := ss.InitializeParams(); p != nil {
-		version = p.ProtocolVersion
-	}
+	version, opts, relayMW := upstreamClient(as, u.Name)
 	// The connection outlives the request that opens it, and must not
 	// carry its values: the SDK would route what the upstream asks later
 	// to this request's stream.
 	connectCtx, cancel := context.WithCancel(context.Background())
 	defer context.AfterFunc(ctx, cancel)()
 	defer cancel()
-	opts, relayMW := relay(ss, func() context.Context { return as.calls.only(u.Name) })
 	cs, t, err := u.connect(connectCtx, opts, version,
 		func(n *jsonrpc.Request) {
 			// It runs on the SDK's reader, where a panic would end the
@@ -497,6 +494,24 @@ func (b *Broker) connectFor(ctx context.Context, as *agentSession, u *upstream) 
 		b.mayHaveChanged(as, u, resubscribed)
 	}
 	return cs, nil
+}
+
+// upstreamClient is the protocol version of the agent's session with
+// upstream server, the options of its client, and the middleware that
+// relays what the upstream asks of the agent. The upstream session speaks
+// the agent's protocol version, so that what the upstream may send
+// mid-request (sampling, elicitation) is what the agent can answer; a
+// token's has its own (see tokenClient).
+func upstreamClient(as *agentSession, server string) (string, *mcp.ClientOptions, mcp.Middleware) {
+	if as.ss == nil {
+		return tokenClient()
+	}
+	var version string
+	if p := as.ss.InitializeParams(); p != nil {
+		version = p.ProtocolVersion
+	}
+	opts, relayMW := relay(as.ss, func() context.Context { return as.calls.only(server) })
+	return version, opts, relayMW
 }
 
 // dropUpstreamSession forgets an agent's session with server, if it is

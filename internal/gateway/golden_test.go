@@ -3,17 +3,21 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -85,17 +89,18 @@ func envoyStandIn(t *testing.T, gw *Gateway) *httptest.Server {
 
 // TestEveryProtocolVersionInBothModes connects an agent asking for each
 // protocol version the SDK speaks, in every mode, and checks the version
-// it is served and that it is served as any other: an allowed call
-// answered, a denied one readable. 2024-11-05, which authz does not
-// accept, is answered with the newest version it does. The agent side is
-// the SDK's session (stateful) server, which serves 2026-07-28 only
-// without sessions: to an agent that asks for it, server/discover names
-// the versions it may have, and the SDK's client falls back to the newest.
+// it is served and that the policy holds alike: tools the role is not
+// granted unlisted, an allowed call answered, a denied one and an unknown
+// argument readable, prompts and resources filtered. 2024-11-05, which
+// authz does not accept, is answered with the newest version with
+// sessions. 2026-07-28, which has none, is served natively: server/discover
+// offers it, its requests are decided and audited under the agent's token
+// and role, and its call that needs approval is parked and, approved, run.
 func TestEveryProtocolVersionInBothModes(t *testing.T) {
 	gw, modes := goldenModes(t)
 	ctx := context.Background()
 	// notion_editor, whose get_pages no rate limit bounds.
-	token, _, err := gw.IssueToken(ctx, "versions", "notion_editor", time.Hour)
+	token, info, err := gw.IssueToken(ctx, "versions", "notion_editor", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +111,7 @@ func TestEveryProtocolVersionInBothModes(t *testing.T) {
 				{"2025-03-26", "2025-03-26"},
 				{"2025-06-18", "2025-06-18"},
 				{"2025-11-25", "2025-11-25"},
-				{"2026-07-28", "2025-11-25"},
+				{"2026-07-28", "2026-07-28"},
 			} {
 				t.Run(tc.asked, func(t *testing.T) {
 					if tc.asked == "2026-07-28" {
@@ -122,6 +127,9 @@ func TestEveryProtocolVersionInBothModes(t *testing.T) {
 					if got := cs.InitializeResult().ProtocolVersion; got != tc.served {
 						t.Errorf("served %s, want %s", got, tc.served)
 					}
+					if got, want := toolNames(t, cs), []string{"notion__create_page", "notion__delete_page", "notion__get_pages"}; !slices.Equal(got, want) {
+						t.Errorf("tools = %v, want %v", got, want)
+					}
 					res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "notion__get_pages", Arguments: json.RawMessage(`{"workspace_id":"ws_abc123","limit":2}`)})
 					if err != nil || res.IsError || !strings.Contains(text(t, res), "2 pages") {
 						t.Errorf("allowed call: %v %+v", err, res)
@@ -129,6 +137,33 @@ func TestEveryProtocolVersionInBothModes(t *testing.T) {
 					_, err = cs.CallTool(ctx, &mcp.CallToolParams{Name: "notion__search", Arguments: json.RawMessage(`{"query":"q"}`)})
 					if err == nil || !strings.Contains(err.Error(), `is not granted to role "notion_editor"`) {
 						t.Errorf("denied call: %v", err)
+					}
+					if rec := auditRecord(t, gw, decisionOf(t, err)); rec.Agent != "versions" || rec.Role != "notion_editor" || rec.TokenID != info.ID || rec.Verdict != "deny" {
+						t.Errorf("the denial's audit record = %+v, want it to name agent versions, role notion_editor and token %s", rec, info.ID)
+					}
+					_, err = cs.CallTool(ctx, &mcp.CallToolParams{Name: "notion__get_pages", Arguments: json.RawMessage(`{"workspace_id":"ws_abc123","sudo":true}`)})
+					if err == nil || !strings.Contains(err.Error(), `argument "sudo" is not allowed`) {
+						t.Errorf("unknown argument: %v", err)
+					}
+					prompts, err := cs.ListPrompts(ctx, nil)
+					if err != nil || len(prompts.Prompts) != 1 || prompts.Prompts[0].Name != "notion__summarize_page" {
+						t.Errorf("prompts: %v %+v, want notion__summarize_page alone", err, prompts)
+					}
+					if _, err := cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: "notion__summarize_page", Arguments: map[string]string{"page_id": "pg_roadmap26"}}); err != nil {
+						t.Errorf("allowed prompt: %v", err)
+					}
+					if _, err := cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: "notion__summarize_page", Arguments: map[string]string{"page_id": "roadmap"}}); err == nil || !strings.Contains(err.Error(), `argument "page_id"`) {
+						t.Errorf("prompt argument out of bounds: %v", err)
+					}
+					// The role is granted no resources.
+					if resources, err := cs.ListResources(ctx, nil); err != nil || len(resources.Resources) != 0 {
+						t.Errorf("resources: %v %+v, want none", err, resources)
+					}
+					if _, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: "amg:notion:notion://ws_abc123/pages/pg_roadmap26"}); err == nil || !strings.Contains(err.Error(), "not granted") {
+						t.Errorf("ungranted resource: %v", err)
+					}
+					if tc.asked == "2026-07-28" {
+						approvedCallRuns(t, gw, cs)
 					}
 				})
 			}
@@ -177,6 +212,41 @@ func TestBodyLimitInEveryMode(t *testing.T) {
 			}
 		})
 	}
+}
+
+// sessionVersion is the newest protocol version with sessions, which the
+// agents of tests of what a session does ask for: the go-sdk's client asks
+// for a later one, without sessions, unless told.
+const sessionVersion = "2025-11-25"
+
+// approvedCallRuns deletes, as cs, a page it creates, a call that needs a
+// human's approval, which it gets.
+func approvedCallRuns(t *testing.T, gw *Gateway, cs *mcp.ClientSession) {
+	t.Helper()
+	ctx := context.Background()
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "notion__create_page", Arguments: json.RawMessage(`{"workspace_id":"ws_abc123","title":"to go"}`)})
+	if err != nil || res.IsError {
+		t.Fatalf("create_page: %v %+v", err, res)
+	}
+	page := regexp.MustCompile(`pg_[A-Za-z0-9]+`).FindString(text(t, res))
+	go decideParked(t, gw, approval.Approved, "ops", "fine")
+	res, err = cs.CallTool(ctx, &mcp.CallToolParams{Name: "notion__delete_page", Arguments: json.RawMessage(`{"page_id":"` + page + `"}`)})
+	if err != nil || res.IsError || !strings.Contains(text(t, res), "Deleted page "+page) {
+		t.Errorf("approved delete_page of %s: %v %+v", page, err, res)
+	}
+}
+
+// decisionOf is the decision id in the data of a gateway's refusal.
+func decisionOf(t *testing.T, err error) string {
+	t.Helper()
+	var rpcErr *jsonrpc.Error
+	var data struct {
+		DecisionID string `json:"decision_id"`
+	}
+	if !errors.As(err, &rpcErr) || json.Unmarshal(rpcErr.Data, &data) != nil || data.DecisionID == "" {
+		t.Fatalf("refusal %v names no decision", err)
+	}
+	return data.DecisionID
 }
 
 // goldenScenarios are the calls every mode must answer alike; want is a
@@ -258,8 +328,8 @@ func runGolden(t *testing.T, gw *Gateway, endpoint string) {
 }
 
 // wantVersionsOffered sends what a 2026-07-28 client begins with, and
-// checks the answer: the versions the gateway serves, none of which
-// needs the new protocol, so that the client falls back to initialize.
+// checks the answer: the versions the gateway serves, 2026-07-28 among
+// them.
 func wantVersionsOffered(t *testing.T, endpoint, token string) {
 	t.Helper()
 	body := `{"jsonrpc":"2.0","id":1,"method":"server/discover","params":{"_meta":{` +
@@ -276,7 +346,7 @@ func wantVersionsOffered(t *testing.T, endpoint, token string) {
 	}
 	defer resp.Body.Close()
 	answer, _ := io.ReadAll(resp.Body)
-	const want = `"supportedVersions":["2025-11-25","2025-06-18","2025-03-26"]`
+	const want = `"supportedVersions":["2026-07-28","2025-11-25","2025-06-18","2025-03-26"]`
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(answer), want) {
 		t.Errorf("server/discover: status %d, %s; want 200 and %s", resp.StatusCode, answer, want)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,8 +18,9 @@ import (
 )
 
 // TestStdioUpstream fronts the reference filesystem server from npm, run
-// as a stdio command per agent session, and holds an agent to one
-// directory below the server's own root.
+// as a stdio command per agent session (or token, for an agent of protocol
+// 2026-07-28, which has no sessions), and holds an agent to one directory
+// below the server's own root.
 func TestStdioUpstream(t *testing.T) {
 	script := filepath.Join(filepath.Dir(filepath.Dir(filepath.Dir(everythingScript(t)))), "server-filesystem", "dist", "index.js")
 	if _, err := os.Stat(script); err != nil {
@@ -54,9 +56,27 @@ servers:
 		Name: "files", Command: []string{"node", script, root},
 		ConnectTimeout: 20 * time.Second, CallTimeout: 20 * time.Second,
 	}}, "reader", role)
-	cs := connectAgent(t, url, token)
-	ctx := context.Background()
+	for _, version := range []string{sessionVersion, "2026-07-28"} {
+		t.Run(version, func(t *testing.T) {
+			cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(context.Background(),
+				&mcp.StreamableClientTransport{Endpoint: url, HTTPClient: &http.Client{Transport: bearer{token}}},
+				&mcp.ClientSessionOptions{ProtocolVersion: version})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cs.Close()
+			if got := cs.InitializeResult().ProtocolVersion; got != version {
+				t.Fatalf("served %s, want %s", got, version)
+			}
+			readWithin(t, cs, root, shared)
+		})
+	}
+}
 
+// readWithin checks that cs, an agent of the reader role, sees and reads
+// within shared and nothing else of root.
+func readWithin(t *testing.T, cs *mcp.ClientSession, root, shared string) {
+	ctx := context.Background()
 	names := toolNames(t, cs)
 	if want := []string{"files__list_directory", "files__read_text_file"}; !slices.Equal(names, want) {
 		t.Errorf("tools = %v, want %v (write_file and the rest hidden)", names, want)
