@@ -332,12 +332,16 @@ var pool = func() *http.Transport {
 }()
 
 // measure runs c workers, each with its own session, calling tool for d
-// after a warm-up, and returns calls/s and latency percentiles.
+// after a warm-up, and returns calls/s and latency percentiles. The
+// workers speak the newest protocol version with sessions: one without
+// (2026-07-28, the go-sdk's default) would share its token's upstream
+// sessions in AMG.
 func measure(ctx context.Context, url, token, tool string, c int, d time.Duration) (rate float64, p50, p99 time.Duration, err error) {
 	sessions := make([]*mcp.ClientSession, c)
 	for i := range sessions {
 		cs, err := mcp.NewClient(&mcp.Implementation{Name: "bench", Version: "1"}, nil).Connect(ctx,
-			&mcp.StreamableClientTransport{Endpoint: url, HTTPClient: &http.Client{Transport: bearer{token}}}, nil)
+			&mcp.StreamableClientTransport{Endpoint: url, HTTPClient: &http.Client{Transport: bearer{token}}},
+			&mcp.ClientSessionOptions{ProtocolVersion: "2025-11-25"})
 		if err != nil {
 			return 0, 0, 0, err
 		}
