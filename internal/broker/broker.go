@@ -83,6 +83,13 @@ type Options struct {
 	// once; 0 means 64. Each may hold a connection, or a process, per
 	// upstream.
 	MaxSessionsPerAgent int
+	// Sessionless serves protocol 2026-07-28, which has no sessions, to
+	// the agents that ask for it (see stateless.go). Without it, such an
+	// agent is offered the versions with sessions, and the go-sdk's client
+	// takes the newest of them: it then gets what a 2026-07-28 agent does
+	// not (list changes, resource updates, an upstream's sampling,
+	// elicitation and log messages relayed).
+	Sessionless bool
 	// MaxPendingApprovalsPerAgent bounds the calls one agent may have
 	// waiting for approval at once; 0 means 16. Each holds its request in
 	// the approval store, and an agent's request open.
@@ -295,7 +302,9 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 		// The broker ends idle sessions itself (see reapIdle): calls it
 		// forwards without the SDK do not reach the SDK's timer.
 	})
-	b.stateless = b.statelessHandler()
+	if opts != nil && opts.Sessionless {
+		b.stateless = b.statelessHandler()
+	}
 	return b, nil
 }
 
@@ -782,7 +791,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(w, http.StatusForbidden, "request was not authorized by the gateway: its decision was served before")
 		return
 	}
-	if statelessRequest(r, body) {
+	if b.stateless != nil && statelessRequest(r, body) {
 		b.serveStateless(w, r, d, body)
 		return
 	}

@@ -357,7 +357,7 @@ func newGatewayTimed(t *testing.T, overHTTP bool, callTimeout time.Duration, mor
 		transport = up.serveHTTP(t)
 	}
 	rec := &audittest.Recorder{}
-	opts := &Options{Audit: rec}
+	opts := &Options{Audit: rec, Sessionless: true}
 	for _, f := range tweak {
 		f(opts)
 	}

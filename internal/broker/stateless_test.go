@@ -517,3 +517,27 @@ func TestStatelessRefusals(t *testing.T) {
 		}
 	})
 }
+
+// Without Options.Sessionless, an agent that asks for 2026-07-28 is
+// offered the versions with sessions, and the go-sdk's client takes the
+// newest of them, with all a session brings.
+func TestSessionlessIsOptIn(t *testing.T) {
+	g := newGatewayOver(t, true, func(o *Options) { o.Sessionless = false })
+	transport := &mcp.StreamableClientTransport{Endpoint: g.url, HTTPClient: &http.Client{Transport: bearer{g.token, http.DefaultTransport}}}
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(context.Background(), transport,
+		&mcp.ClientSessionOptions{ProtocolVersion: perRequestFrom})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	if v := cs.InitializeResult().ProtocolVersion; v != sessionVersion {
+		t.Errorf("served protocol %s, want %s", v, sessionVersion)
+	}
+	if cs.ID() == "" {
+		t.Error("the agent has no session")
+	}
+	res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__get_pages", Arguments: json.RawMessage(`{"workspace_id":"ws_abc123"}`)})
+	if err != nil || res.IsError {
+		t.Errorf("allowed call: %v %+v", err, res)
+	}
+}

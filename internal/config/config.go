@@ -46,6 +46,7 @@
 //	data_dir: ./data
 //	policy_dir: ./policies
 //	max_body_bytes: 1048576
+//	max_protocol_version: 2025-11-25  # or 2026-07-28: also serve agents without sessions
 //	unprefixed_names: false          # true: one upstream, its names unchanged
 //	upstreams:                      # replaces the default set (the demo) entirely
 //	  notion:
@@ -97,6 +98,16 @@ import (
 // MCPPath is the path of the MCP endpoint on Listen. It is fixed so that
 // every agent configuration and Envoy route agrees on it.
 const MCPPath = "/mcp"
+
+// SessionProtocolVersion is the newest MCP protocol version with
+// sessions, and SessionlessProtocolVersion the first without.
+const (
+	SessionProtocolVersion     = "2025-11-25"
+	SessionlessProtocolVersion = "2026-07-28"
+)
+
+// agentProtocolCaps are the values of max_protocol_version.
+var agentProtocolCaps = []string{SessionProtocolVersion, SessionlessProtocolVersion}
 
 // Timeouts an upstream gets when the file sets none.
 const (
@@ -177,6 +188,12 @@ type Config struct {
 	// on a replica at once; each may hold a connection, or a process, per
 	// upstream.
 	MaxSessionsPerAgent int
+	// MaxProtocolVersion is the newest MCP protocol version agents are
+	// served: 2025-11-25, the newest with sessions, or 2026-07-28, which
+	// has none and whose agents get no list changes, resource updates, nor
+	// an upstream's sampling, elicitation or log messages (see the README,
+	// "Protocol versions").
+	MaxProtocolVersion string
 	// UnprefixedNames shows agents the names of the one upstream unchanged
 	// (echo rather than server__echo), as if they talked to it directly.
 	// Only valid with exactly one upstream.
@@ -365,6 +382,7 @@ func Default() *Config {
 		PolicyDir:           "./policies",
 		MaxBodyBytes:        1 << 20,
 		MaxSessionsPerAgent: 64,
+		MaxProtocolVersion:  SessionProtocolVersion,
 		// The demo server is notion-like, and the example policies grant
 		// its tools as notion__*.
 		Upstreams: map[string]*Upstream{

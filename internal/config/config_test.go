@@ -88,6 +88,7 @@ func TestDefault(t *testing.T) {
 		PolicyDir:                   "./policies",
 		MaxBodyBytes:                1048576,
 		MaxSessionsPerAgent:         64,
+		MaxProtocolVersion:          "2025-11-25",
 		Upstreams:                   map[string]*Upstream{"notion": demo()},
 		Names:                       []string{"notion"},
 	}
@@ -152,6 +153,7 @@ func TestLoadFull(t *testing.T) {
 		PolicyDir:                   "/etc/amg/policies",
 		MaxBodyBytes:                2097152,
 		MaxSessionsPerAgent:         16,
+		MaxProtocolVersion:          "2026-07-28",
 		Upstreams: map[string]*Upstream{
 			"notion": {
 				Name: "notion",
@@ -305,7 +307,7 @@ func TestProblems(t *testing.T) {
 		{"not a mapping", "- listen\n",
 			"amg.yaml:1:1: must be a mapping, got a list"},
 		{"unknown key", "lisen: :80\n",
-			`amg.yaml:1:1: lisen: unknown field "lisen" (expected one of: listen, allowed_origins, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, audit, data_dir, policy_dir, max_body_bytes, max_sessions_per_agent, unprefixed_names, upstreams)`},
+			`amg.yaml:1:1: lisen: unknown field "lisen" (expected one of: listen, allowed_origins, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, audit, data_dir, policy_dir, max_body_bytes, max_sessions_per_agent, max_protocol_version, unprefixed_names, upstreams)`},
 		{"envoy: unknown key", "envoy: { listener: x }\n",
 			`amg.yaml:1:10: envoy.listener: unknown field "listener" (expected one of: listen, tls, egress_listen, egress_address, authz_address, broker_addresses, authz_timeout, route_timeout, tracing_address, tracing_sampling)`},
 		{"envoy: bad broker address", "envoy: { broker_addresses: [amg, \"amg:8082\"] }\n",
@@ -322,6 +324,10 @@ func TestProblems(t *testing.T) {
 			`amg.yaml:1:59: envoy.tls.min_version: must be "1.2" or "1.3", got "1.1"`},
 		{"envoy: tls version not a scalar", "envoy: { tls: { cert_file: /c, key_file: /k, min_version: [1.3] } }\n",
 			`amg.yaml:1:59: envoy.tls.min_version: must be "1.2" or "1.3", got a list`},
+		{"protocol version not a cap", "max_protocol_version: 2025-06-18\n",
+			"amg.yaml:1:23: max_protocol_version: must be 2025-11-25 or 2026-07-28"},
+		{"protocol version not a scalar", "max_protocol_version: [2026-07-28]\n",
+			"amg.yaml:1:23: max_protocol_version: must be 2025-11-25 or 2026-07-28"},
 		{"envoy: egress address without listener", "envoy: { egress_listen: \"\", egress_address: envoy:10001 }\n",
 			"amg.yaml:1:45: envoy.egress_address: needs egress_listen: no Envoy listens for upstream traffic"},
 		{"vault: token and approle", "vault: { address: https://v.example:8200, token: \"${env:T}\", approle: { role_id: r, secret_id: \"${env:S}\" } }\n",
@@ -727,7 +733,7 @@ amg.yaml:10:5: allowed_origins[8]: "https://:443" is not an origin as browsers s
 amg.yaml:11:5: allowed_origins[9]: must be a string, got a number
 amg.yaml:13:5: allowed_origins[11]: HTTPS://OK.example.com:443 is the same origin as https://ok.example.com at line 12
 amg.yaml:14:5: allowed_origins[12]: "http://bad host" is not an origin as browsers send it (scheme://host[:port]): invalid character " " in host name
-amg.yaml:15:1: allowed_origins_extra: unknown field "allowed_origins_extra" (expected one of: listen, allowed_origins, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, audit, data_dir, policy_dir, max_body_bytes, max_sessions_per_agent, unprefixed_names, upstreams)`
+amg.yaml:15:1: allowed_origins_extra: unknown field "allowed_origins_extra" (expected one of: listen, allowed_origins, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, audit, data_dir, policy_dir, max_body_bytes, max_sessions_per_agent, max_protocol_version, unprefixed_names, upstreams)`
 	if diff := cmp.Diff(want, problemsOf(t, err)); diff != "" {
 		t.Errorf("problems (-want +got):\n%s", diff)
 	}
@@ -762,7 +768,7 @@ upstreams:
 max_body_bytes: -1
 `, nil)
 	want := `amg.yaml:1:9: listen: must be host:port such as 127.0.0.1:8080, got "localhost": missing port in address
-amg.yaml:3:1: bogus: unknown field "bogus" (expected one of: listen, allowed_origins, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, audit, data_dir, policy_dir, max_body_bytes, max_sessions_per_agent, unprefixed_names, upstreams)
+amg.yaml:3:1: bogus: unknown field "bogus" (expected one of: listen, allowed_origins, admin_listen, authz_listen, broker_listen, xds_listen, envoy, vault, redis, approvals, console, audit, data_dir, policy_dir, max_body_bytes, max_sessions_per_agent, max_protocol_version, unprefixed_names, upstreams)
 amg.yaml:6:10: upstreams.notion.url: plain http is allowed only to loopback hosts (localhost, 127.0.0.0/8, ::1): use https, or set allow_insecure: true to send this upstream's traffic and credentials unencrypted
 amg.yaml:8:7: upstreams.notion.headers.Host: Host is set by the HTTP transport and cannot be configured
 amg.yaml:9:22: upstreams.notion.headers.Authorization: env secret reference has an invalid variable name (expected A-Z, a-z, 0-9 and '_', not starting with a digit)

@@ -33,7 +33,7 @@ type loader struct {
 
 var (
 	configKeys = []string{"listen", "allowed_origins", "admin_listen", "authz_listen", "broker_listen", "xds_listen", "envoy", "vault", "redis", "approvals",
-		"console", "audit", "data_dir", "policy_dir", "max_body_bytes", "max_sessions_per_agent", "unprefixed_names", "upstreams"}
+		"console", "audit", "data_dir", "policy_dir", "max_body_bytes", "max_sessions_per_agent", "max_protocol_version", "unprefixed_names", "upstreams"}
 	approvalKeys = []string{"ttl", "max_pending_per_agent", "webhook"}
 	consoleKeys  = []string{"ready_days", "ready_min_calls", "trace_url", "staged_policy_dir"}
 	auditKeys    = []string{"max_file_bytes", "sync", "sync_interval", "stdout", "stream_max_records"}
@@ -109,6 +109,13 @@ func (l *loader) config(cfg *Config, data []byte) {
 		case "max_sessions_per_agent":
 			if n, ok := l.Integer(v, key, 1); ok {
 				cfg.MaxSessionsPerAgent = n
+			}
+		case "max_protocol_version":
+			// Unquoted, YAML reads a version as a date.
+			if v.Kind == yaml.ScalarNode && (v.Tag == "!!str" || v.Tag == "!!timestamp") && slices.Contains(agentProtocolCaps, v.Value) {
+				cfg.MaxProtocolVersion = v.Value
+			} else {
+				l.Errorf(v, key, "must be %s", strings.Join(agentProtocolCaps, " or "))
 			}
 		case "unprefixed_names":
 			if b, ok := l.Boolean(v, key); ok {

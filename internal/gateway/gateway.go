@@ -250,7 +250,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	if g.broker, err = broker.New(ups, signer, g.policies, &broker.Options{MaxBodyBytes: cfg.MaxBodyBytes, MaxSessionsPerAgent: cfg.MaxSessionsPerAgent, Namespace: ns,
 		Audit: g.auditLog, Logger: g.log, Approvals: g.approvals, ApprovalTTL: cfg.ApprovalTTL, Notify: notify,
 		MaxPendingApprovalsPerAgent: cfg.MaxPendingApprovalsPerAgent, Sessions: g.sessionStore(), Spent: g.spentLedger(),
-		LiveTokens: g.liveTokens, Telemetry: g.tel}); err != nil {
+		LiveTokens: g.liveTokens, Telemetry: g.tel, Sessionless: cfg.MaxProtocolVersion == config.SessionlessProtocolVersion}); err != nil {
 		return nil, err
 	}
 	g.authz, err = authz.New(authz.Deps{

@@ -51,6 +51,7 @@ func TestGoldenScenariosInBothModes(t *testing.T) {
 func goldenModes(t *testing.T) (*Gateway, map[string]string) {
 	dir := t.TempDir()
 	cfg := config.Default()
+	serveSessionless(cfg)
 	cfg.Listen, cfg.AuthzListen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.BrokerListen = "127.0.0.1:0"
 	cfg.DataDir, cfg.PolicyDir = filepath.Join(dir, "data"), "../../policies"
@@ -213,6 +214,9 @@ func TestBodyLimitInEveryMode(t *testing.T) {
 		})
 	}
 }
+
+// serveSessionless has a gateway serve protocol 2026-07-28 natively.
+func serveSessionless(cfg *config.Config) { cfg.MaxProtocolVersion = config.SessionlessProtocolVersion }
 
 // sessionVersion is the newest protocol version with sessions, which the
 // agents of tests of what a session does ask for: the go-sdk's client asks

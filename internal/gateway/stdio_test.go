@@ -55,7 +55,7 @@ servers:
 	url, token := startGateway(t, map[string]*config.Upstream{"files": {
 		Name: "files", Command: []string{"node", script, root},
 		ConnectTimeout: 20 * time.Second, CallTimeout: 20 * time.Second,
-	}}, "reader", role)
+	}}, "reader", role, serveSessionless)
 	for _, version := range []string{sessionVersion, "2026-07-28"} {
 		t.Run(version, func(t *testing.T) {
 			cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(context.Background(),
