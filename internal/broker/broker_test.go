@@ -102,6 +102,9 @@ type upstreamServer struct {
 	// stateless, set before serveHTTP, serves without sessions, and so
 	// 2026-07-28 too, which the SDK serves only so.
 	stateless bool
+	// resumable, set before serveHTTP, keeps the events of every stream,
+	// so that a client may resume one the server ended.
+	resumable bool
 	callsTo   atomic.Pointer[http.HandlerFunc]
 }
 
@@ -283,7 +286,11 @@ func (u *upstreamServer) holdDeletes() chan struct{} {
 func (u *upstreamServer) restart() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	u.handler = mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return u.srv }, &mcp.StreamableHTTPOptions{JSONResponse: u.jsonAnswers, Stateless: u.stateless})
+	opts := &mcp.StreamableHTTPOptions{JSONResponse: u.jsonAnswers, Stateless: u.stateless}
+	if u.resumable {
+		opts.EventStore = mcp.NewMemoryEventStore(nil)
+	}
+	u.handler = mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return u.srv }, opts)
 }
 
 // lastPost is the body of the last POST the upstream received.

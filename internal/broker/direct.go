@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -61,24 +62,45 @@ const headersFrom = "2026-07-28"
 // post sends one message of the session; method and name are the request's
 // (empty for a response).
 func (d *directUpstream) post(ctx context.Context, body []byte, method, name string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.endpoint, bytes.NewReader(body))
+	req, err := d.request(ctx, http.MethodPost, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json, text/event-stream")
-	if d.session != "" {
-		req.Header.Set("Mcp-Session-Id", d.session)
-	}
-	if d.version != "" {
-		req.Header.Set("Mcp-Protocol-Version", d.version)
-	}
 	if d.version >= headersFrom && method != "" {
 		req.Header.Set("Mcp-Method", method)
 		if name != "" {
 			req.Header.Set("Mcp-Name", name)
 		}
 	}
+	return d.client.Do(req)
+}
+
+// request is an HTTP request of the session.
+func (d *directUpstream) request(ctx context.Context, method string, body io.Reader) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, method, d.endpoint, body)
+	if err != nil {
+		return nil, err
+	}
+	if d.session != "" {
+		req.Header.Set("Mcp-Session-Id", d.session)
+	}
+	if d.version != "" {
+		req.Header.Set("Mcp-Protocol-Version", d.version)
+	}
+	return req, nil
+}
+
+// resume asks for the rest of an event stream the upstream ended, after
+// its event lastID (SSE polling, protocol 2025-11-25).
+func (d *directUpstream) resume(ctx context.Context, lastID string) (*http.Response, error) {
+	req, err := d.request(ctx, http.MethodGet, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Last-Event-ID", lastID)
 	return d.client.Do(req)
 }
 
@@ -242,7 +264,7 @@ func (b *Broker) directCall(stream *sseStream, r *http.Request, as *agentSession
 		return true
 	}
 	if isEventStream(resp.Header) {
-		answered = b.streamDirect(stream, r, as, d, resp.Body, m.ID, upID, server, tool, start)
+		answered = b.streamDirect(ctx, stream, r, as, call, resp.Body, m.ID, tool, start)
 		return true
 	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, int64(maxUpstreamMessage)+1))
@@ -340,9 +362,10 @@ func flush(w http.ResponseWriter) {
 
 // streamDirect passes the upstream's event stream for a call to the agent,
 // event by event, until the call's response, and reports whether that
-// came.
-func (b *Broker) streamDirect(stream *sseStream, r *http.Request, as *agentSession, d *directUpstream, body io.ReadCloser,
-	agentID []byte, upID, server, tool string, start time.Time) bool {
+// came. ctx is the call's.
+func (b *Broker) streamDirect(ctx context.Context, stream *sseStream, r *http.Request, as *agentSession, call *directCall, body io.ReadCloser,
+	agentID []byte, tool string, start time.Time) bool {
+	d, upID, server := call.up, call.upID, call.server
 	send := stream.send
 	var done bool
 	// What the upstream asked of the agent during the call cannot be
@@ -398,25 +421,87 @@ func (b *Broker) streamDirect(stream *sseStream, r *http.Request, as *agentSessi
 			}
 		}
 	}}
+	defer func() { events.body.Close() }()
 	// The events are handled as they are read; what Read returns is
 	// only their bytes again.
 	var buf [4096]byte
+	var from string  // the event id the stream was last resumed after
+	tries := 0       // attempts to resume it since it last got further
+	var failed error // why the last attempt failed, if it did
 	for !done {
-		if _, err := events.Read(buf[:]); err != nil {
-			if r.Context().Err() == nil {
-				// The stream ended without the response: say so on it.
-				err = fmt.Errorf("stream ended before the result: %w", err)
-				if events.skipped {
-					err = tooLarge()
-				}
-				b.recordUpstream(r.Context(), r.Header, server, tool, time.Since(start), "error", errorText(err, false))
-				resp, _ := json.Marshal(rpcErrorResponse(agentID, upstreamError(server, err)))
-				stream.answer(resp)
-			}
-			return false
+		_, err := events.Read(buf[:])
+		if err == nil {
+			continue
 		}
+		err = fmt.Errorf("stream ended before the result: %w", err)
+		if events.skipped {
+			err = tooLarge()
+		} else if events.lastID != "" && ctx.Err() == nil {
+			// An upstream may end a call's stream before the result and
+			// let the client resume it after the last event id it sent
+			// (SSE polling, protocol 2025-11-25); the call goes on
+			// upstream meanwhile.
+			if events.lastID != from {
+				from, tries = events.lastID, 0
+			}
+			if tries < maxResumes {
+				tries++
+				next, again, rerr := d.resumeStream(ctx, from, events.retry)
+				if failed = rerr; rerr == nil {
+					events.body.Close()
+					events = &sseReader{body: next, max: events.max, event: events.event, id: events.id, lastID: from, retry: events.retry}
+					continue
+				}
+				if again {
+					continue // the stream's read fails again, and so comes back here
+				}
+				err = fmt.Errorf("%w; resuming it: %w", err, rerr)
+			} else if err = fmt.Errorf("%w; %d attempts to resume it got no further", err, maxResumes); failed != nil {
+				err = fmt.Errorf("%w, the last: %w", err, failed)
+			}
+		}
+		if ctx.Err() == nil {
+			// The call may still run upstream: it is over, and the
+			// upstream is told so before the agent, who may call again.
+			notice, cancel := context.WithTimeout(context.WithoutCancel(ctx), noticeTimeout)
+			call.cancelUpstream(notice, "the call's stream ended before its result")
+			cancel()
+		}
+		b.finishDirect(stream, r, agentID, server, tool, start, err)
+		return false
 	}
 	return true
+}
+
+// maxResumes bounds the attempts to resume a direct call's event stream
+// that get no further than the last; resumeWait is how long to wait before
+// each when the stream did not say (its retry field).
+const (
+	maxResumes = 5
+	resumeWait = time.Second
+)
+
+// resumeStream asks the upstream, after waiting what the stream asked
+// (retry) or resumeWait, for the rest of a call's event stream after its
+// event lastID. again reports whether another attempt may get it: the
+// request did not reach the upstream, rather than the upstream refusing.
+func (d *directUpstream) resumeStream(ctx context.Context, lastID string, retry time.Duration) (body io.ReadCloser, again bool, err error) {
+	wait := time.NewTimer(cmp.Or(retry, resumeWait))
+	defer wait.Stop()
+	select {
+	case <-ctx.Done():
+		return nil, false, ctx.Err()
+	case <-wait.C:
+	}
+	resp, err := d.resume(ctx, lastID)
+	if err != nil {
+		return nil, ctx.Err() == nil, err
+	}
+	if resp.StatusCode/100 != 2 || !isEventStream(resp.Header) {
+		resp.Body.Close()
+		return nil, false, fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
+	return resp.Body, false, nil
 }
 
 // directAnswer passes the agent's answer to a relayed upstream request

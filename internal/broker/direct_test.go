@@ -471,3 +471,74 @@ func TestDirectCallNotifications(t *testing.T) {
 		t.Errorf("at level warning, the agent got:\n%s", got)
 	}
 }
+
+// An upstream may end a call's event stream before the result and let the
+// client resume it (SSE polling, protocol 2025-11-25: the stream's last
+// event says when to come back, and the client asks with GET and
+// Last-Event-ID), while the tool goes on. The direct path resumes it: the
+// agent gets the result, and the tool runs once for each call.
+func TestDirectPathResumesAStreamTheUpstreamEnded(t *testing.T) {
+	files := newUpstream()
+	files.resumable = true
+	var runs atomic.Int32
+	files.srv.AddTool(&mcp.Tool{Name: "slow", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		runs.Add(1)
+		req.Extra.CloseSSEStream(mcp.CloseSSEStreamArgs{RetryAfter: 10 * time.Millisecond})
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "done after the stream ended"}}}, nil
+	})
+	g := newGatewayTimed(t, false, 5*time.Second, []Upstream{{Name: "files", Transport: files.serveHTTP(t)}})
+	cs := g.connect(t, nil)
+	for i := range 2 {
+		res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "files__slow", Arguments: json.RawMessage(`{}`)})
+		if err != nil || res.IsError || res.Content[0].(*mcp.TextContent).Text != "done after the stream ended" {
+			t.Fatalf("call %d: %v %+v", i+1, err, res)
+		}
+		if last := files.lastPost(); !strings.Contains(last, `"id":"amg-`) {
+			t.Errorf("call %d did not take the direct path: the upstream got %s", i+1, last)
+		}
+	}
+	if n := runs.Load(); n != 2 {
+		t.Errorf("the tool ran %d times for 2 calls", n)
+	}
+}
+
+// An upstream that ends a call's stream before the result, and then will
+// not resume it, leaves the call's outcome unknown: the agent gets an
+// error that says so, and the upstream is told the call is over before
+// that, so that a call the agent makes again does not run beside it.
+func TestDirectPathGivesUpAStreamThatCannotBeResumed(t *testing.T) {
+	g, a := directAgent(t)
+	idRE := regexp.MustCompile(`"id":("amg-\d+")`)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		// Resumable, as the stream says; the server has no events to
+		// resume it with (GET with Last-Event-ID: HTTP 400).
+		w.Write([]byte("event: prime\nid: 0_0\ndata: \n\nevent: close\nretry: 10\ndata: \n\n"))
+	})
+	g.up.callsTo.Store(&h)
+	got := a.post(`{"jsonrpc":"2.0","id":"c1","method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`)
+	g.checkPath(t, "notion__get_pages")
+	if len(got) != 1 || !strings.Contains(got[0], `"id":"c1"`) || !strings.Contains(got[0], `"code":-32010`) ||
+		!strings.Contains(got[0], `upstream \"notion\": stream ended before the result: EOF; resuming it: HTTP 400`) {
+		t.Fatalf("a call whose stream could not be resumed: %q", got)
+	}
+	var call, cancelled string
+	g.up.mu.Lock()
+	for _, p := range g.up.posts {
+		if m := idRE.FindStringSubmatch(p); m != nil && strings.Contains(p, `"method":"tools/call"`) {
+			call = m[1]
+		}
+		if strings.Contains(p, `"method":"notifications/cancelled"`) {
+			cancelled = p
+		}
+	}
+	g.up.mu.Unlock()
+	if call == "" || !strings.Contains(cancelled, `"requestId":`+call) {
+		t.Errorf("the upstream was not told the call %s is over; its last cancellation: %s", call, cancelled)
+	}
+	recs := g.audit.Await(t, 2)
+	if rec := recs[len(recs)-1]; rec.UpstreamStatus != "error" || !strings.Contains(rec.Reason, "resuming it: HTTP 400") {
+		t.Errorf("the call's record = %+v", rec)
+	}
+}

@@ -7,7 +7,9 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -127,6 +129,12 @@ type sseReader struct {
 	max     int
 	skipped bool
 	err     error
+	// lastID is the id of the last complete event that set one, and
+	// retry the reconnection time the stream last asked for (0 if none):
+	// what a client resuming the stream needs.
+	lastID string
+	retry  time.Duration
+	id     string // the id field of the event being read, or the one before
 
 	buf     []byte // read from body, not yet returned
 	ready   int    // buf[:ready] holds complete, observed events
@@ -223,22 +231,43 @@ func (s *sseReader) endLine() {
 	line := s.line
 	s.line = s.line[:0]
 	if len(line) > 0 {
-		if v, ok := bytes.CutPrefix(line, []byte("data:")); ok && !s.skip {
-			v, _ = bytes.CutPrefix(v, []byte(" "))
-			if s.lines > 0 {
-				s.data = append(s.data, '\n')
-			}
-			s.data = append(s.data, v...)
-			s.lines++
+		if !s.skip {
+			s.field(line)
 		}
 		return
 	}
-	// A blank line ends the event.
+	// A blank line ends the event; its id, even without data, is where
+	// the stream would resume.
+	s.lastID = s.id
 	if s.lines > 0 {
 		s.event(s.data)
 	}
 	s.data, s.lines, s.skip = s.data[:0], 0, false
 	s.ready = s.scanned
+}
+
+// field takes one field line of the event being read: data, and what a
+// client resuming the stream needs (id, retry). A comment (a line that
+// starts with a colon) and other fields are ignored, as SSE asks.
+func (s *sseReader) field(line []byte) {
+	name, v, _ := bytes.Cut(line, []byte(":"))
+	v, _ = bytes.CutPrefix(v, []byte(" "))
+	switch string(name) {
+	case "data":
+		if s.lines > 0 {
+			s.data = append(s.data, '\n')
+		}
+		s.data = append(s.data, v...)
+		s.lines++
+	case "id":
+		if bytes.IndexByte(v, 0) < 0 {
+			s.id = string(v)
+		}
+	case "retry":
+		if ms, err := strconv.ParseUint(string(v), 10, 31); err == nil {
+			s.retry = time.Duration(ms) * time.Millisecond
+		}
+	}
 }
 
 func (s *sseReader) Close() error { return s.body.Close() }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 )
@@ -162,3 +163,29 @@ func TestSSEReaderHoldsNoEndlessLine(t *testing.T) {
 type blockingReader struct{}
 
 func (blockingReader) Read([]byte) (int, error) { select {} }
+
+// The reader keeps where a client would resume the stream: the id of the
+// last complete event that set one, a priming event's without data
+// included, and the reconnection time the stream last asked for. An event
+// the stream ends in the middle of does not count.
+func TestSSEReaderKeepsTheResumePoint(t *testing.T) {
+	for _, tt := range []struct {
+		stream, lastID string
+		retry          time.Duration
+	}{
+		{"data: {}\n\n", "", 0},
+		{"event: prime\nid: s1_0\ndata: \n\n", "s1_0", 0},
+		{"id: s1_0\ndata: {}\n\ndata: {}\n\n", "s1_0", 0},
+		{"id: s1_0\ndata: {}\n\nid: s1_1\nretry: 250\ndata: {}\n\nid: s1_2\ndata: {\"jsonrpc\"", "s1_1", 250 * time.Millisecond},
+		{"id: s1_0\r\nretry: 10\r\n\r\nretry: soon\r\n\r\nid\r\n\r\n", "", 10 * time.Millisecond},
+		{": id: comment\nid:s1_0\n\n", "s1_0", 0},
+	} {
+		r := &sseReader{body: io.NopCloser(strings.NewReader(tt.stream)), event: func([]byte) {}}
+		if _, err := io.Copy(io.Discard, r); err != nil {
+			t.Fatal(err)
+		}
+		if r.lastID != tt.lastID || r.retry != tt.retry {
+			t.Errorf("%q: last id %q, retry %v; want %q, %v", tt.stream, r.lastID, r.retry, tt.lastID, tt.retry)
+		}
+	}
+}
