@@ -5,7 +5,9 @@ package broker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"maps"
+	"sync"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
@@ -13,7 +15,9 @@ import (
 // passLogLevel is receiving middleware that gives the agent's
 // logging/setLevel to each of its upstream sessions, present and future,
 // so that upstreams send what the agent asked for. An upstream's refusal
-// is not the agent's error: the gateway itself took the level.
+// is not the agent's error: the gateway itself took the level. The
+// upstreams are asked together, so that the agent waits for the slowest
+// of them (each within its call timeout), not for each in turn.
 func (b *Broker) passLogLevel(next mcp.MethodHandler) mcp.MethodHandler {
 	return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
 		res, err := next(ctx, method, req)
@@ -27,9 +31,11 @@ func (b *Broker) passLogLevel(next mcp.MethodHandler) mcp.MethodHandler {
 		as.level = level
 		ups := maps.Clone(as.ups)
 		as.mu.Unlock()
+		var wg sync.WaitGroup
 		for name, cs := range ups {
-			b.setLogLevel(ctx, name, cs, level)
+			wg.Go(func() { b.setLogLevel(ctx, b.ups[name], cs, level) })
 		}
+		wg.Wait()
 		return res, err
 	}
 }
@@ -54,9 +60,18 @@ func (as *agentSession) wantsLog(params json.RawMessage) bool {
 	return ok && known && got >= least
 }
 
-// setLogLevel asks an upstream session for log messages at level and up.
-func (b *Broker) setLogLevel(ctx context.Context, server string, cs *mcp.ClientSession, level string) {
-	if err := cs.SetLoggingLevel(ctx, &mcp.SetLoggingLevelParams{Level: mcp.LoggingLevel(level)}); err != nil {
-		b.log.Debug("upstream did not take the agent's log level", "upstream", server, "err", errorText(err, false))
+// setLogLevel asks an upstream session with u for log messages at level
+// and up, within u's call timeout. It is best effort: an upstream that
+// refuses, or does not answer, is logged, and sends what it sends.
+func (b *Broker) setLogLevel(ctx context.Context, u *upstream, cs *mcp.ClientSession, level string) {
+	ctx, cancel := context.WithTimeout(ctx, u.CallTimeout)
+	defer cancel()
+	err := cs.SetLoggingLevel(ctx, &mcp.SetLoggingLevelParams{Level: mcp.LoggingLevel(level)})
+	switch {
+	case err == nil:
+	case errors.Is(err, context.DeadlineExceeded):
+		b.log.Warn("upstream did not take the agent's log level in time", "upstream", u.Name, "err", errorText(err, false))
+	default:
+		b.log.Debug("upstream did not take the agent's log level", "upstream", u.Name, "err", errorText(err, false))
 	}
 }

@@ -459,11 +459,20 @@ func (b *Broker) connectFor(ctx context.Context, as *agentSession, u *upstream) 
 		}
 		return nil, err
 	}
+	// The agent's log level goes to the new session before its first
+	// call, so that the upstream logs that call at the level. It is best
+	// effort: an upstream that does not answer holds the session, and the
+	// calls waiting for it, no longer than connecting may take.
+	setLevel := func(level string) {
+		ctx, cancel := context.WithTimeout(ctx, u.ConnectTimeout)
+		defer cancel()
+		b.setLogLevel(ctx, u, cs, level)
+	}
 	as.mu.Lock()
 	level := as.level
 	as.mu.Unlock()
 	if level != "" {
-		b.setLogLevel(ctx, u.Name, cs, level)
+		setLevel(level)
 	}
 	// A session before this one was lost: subscribe again.
 	resubscribed, err := b.resubscribe(ctx, as, u, cs)
@@ -487,7 +496,7 @@ func (b *Broker) connectFor(ctx context.Context, as *agentSession, u *upstream) 
 	}
 	if now != level {
 		// The agent set another level while the session was opening.
-		b.setLogLevel(ctx, u.Name, cs, now)
+		setLevel(now)
 	}
 	if len(resubscribed) > 0 {
 		b.watch(as, u, cs)
