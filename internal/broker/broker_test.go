@@ -106,6 +106,9 @@ type upstreamServer struct {
 	// so that a client may resume one the server ended.
 	resumable bool
 	callsTo   atomic.Pointer[http.HandlerFunc]
+	// holding, when set, holds every POST whose body it matches until the
+	// test ends (stop), never answered.
+	holding atomic.Pointer[func(body []byte) bool]
 }
 
 // bigResult is the size of the big tool's text, more than the broker holds
@@ -252,6 +255,10 @@ func (u *upstreamServer) serveHTTP(t *testing.T) func(context.Context) (mcp.Tran
 			u.mu.Unlock()
 			if h := u.callsTo.Load(); h != nil && bytes.Contains(body, []byte(`"method":"tools/call"`)) {
 				(*h)(w, r)
+				return
+			}
+			if hold := u.holding.Load(); hold != nil && (*hold)(body) {
+				<-u.stop
 				return
 			}
 			r.Body = io.NopCloser(bytes.NewReader(body))

@@ -236,7 +236,7 @@ func (b *Broker) directCall(stream *sseStream, r *http.Request, as *agentSession
 	answered := false
 	defer func() {
 		if !answered && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), noticeTimeout)
+			ctx, cancel := notice(r.Context())
 			defer cancel()
 			call.cancelUpstream(ctx, "timeout")
 		}
@@ -304,9 +304,18 @@ func agentAnswer(data []byte, resp *mcpfilter.Message, agentID []byte, server st
 	return out
 }
 
-// noticeTimeout bounds sending an upstream a notification the broker
-// makes itself.
-const noticeTimeout = 5 * time.Second
+// noticeTimeout bounds passing an upstream a message on the side of a
+// call: a notification the broker makes itself, the agent's answer to a
+// relayed request or its cancellation of a call. It is a variable for
+// tests.
+var noticeTimeout = 5 * time.Second
+
+// notice returns the context to pass an upstream such a message in: with
+// ctx's values, not its end, which may be the agent's going away, and
+// within noticeTimeout.
+func notice(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), noticeTimeout)
+}
 
 // cancelUpstream tells the upstream the call is cancelled, for reason.
 func (c *directCall) cancelUpstream(ctx context.Context, reason string) {
@@ -395,8 +404,9 @@ func (b *Broker) streamDirect(ctx context.Context, stream *sseStream, r *http.Re
 		case mcpfilter.KindRequest:
 			if m.Method == "roots/list" {
 				// Not offered (see noRoots), but asked anyway: answered
-				// with none, as the SDK's client does on the other path.
-				d.answerNoRoots(r.Context(), m.ID)
+				// with none, as the SDK's client does on the other path,
+				// within the call and without holding up its stream.
+				go d.answerNoRoots(ctx, bytes.Clone(m.ID))
 				return
 			}
 			if as.ss == nil {
@@ -463,8 +473,8 @@ func (b *Broker) streamDirect(ctx context.Context, stream *sseStream, r *http.Re
 		if ctx.Err() == nil {
 			// The call may still run upstream: it is over, and the
 			// upstream is told so before the agent, who may call again.
-			notice, cancel := context.WithTimeout(context.WithoutCancel(ctx), noticeTimeout)
-			call.cancelUpstream(notice, "the call's stream ended before its result")
+			ctx, cancel := notice(ctx)
+			call.cancelUpstream(ctx, "the call's stream ended before its result")
 			cancel()
 		}
 		b.finishDirect(stream, r, agentID, server, tool, start, err)
@@ -514,7 +524,9 @@ func (b *Broker) directAnswer(w http.ResponseWriter, r *http.Request, as *agentS
 	if !ok {
 		return false
 	}
-	resp, err := req.up.post(r.Context(), splice(body, edit{m.IDSpan, req.id}), "", "")
+	ctx, cancel := notice(r.Context())
+	defer cancel()
+	resp, err := req.up.post(ctx, splice(body, edit{m.IDSpan, req.id}), "", "")
 	if err != nil {
 		writeError(w, http.StatusBadGateway, m.ID, "the upstream could not be given the answer: "+errorText(err, true))
 		return true
@@ -576,7 +588,9 @@ func (b *Broker) directCancel(w http.ResponseWriter, r *http.Request, as *agentS
 	if call == nil {
 		return false
 	}
-	call.cancelUpstream(r.Context(), p.Reason)
+	ctx, cancel := notice(r.Context())
+	defer cancel()
+	call.cancelUpstream(ctx, p.Reason)
 	call.cancel()
 	w.WriteHeader(http.StatusAccepted)
 	return true

@@ -3,6 +3,8 @@
 package broker
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -541,4 +543,104 @@ func TestDirectPathGivesUpAStreamThatCannotBeResumed(t *testing.T) {
 	if rec := recs[len(recs)-1]; rec.UpstreamStatus != "error" || !strings.Contains(rec.Reason, "resuming it: HTTP 400") {
 		t.Errorf("the call's record = %+v", rec)
 	}
+}
+
+// An upstream that asks for roots during a direct call (not offered: the
+// broker answers with none) and does not take the answer holds up
+// neither the call's stream nor its timeout.
+func TestDirectPathRootsAnswerDoesNotHoldTheCall(t *testing.T) {
+	roots := func(body []byte) bool { return bytes.Contains(body, []byte(`"roots":[]`)) }
+	call := `{"jsonrpc":"2.0","id":"r1","method":"tools/call","params":{"name":"notion__roots","arguments":{}}}`
+	t.Run("the upstream waits for the answer", func(t *testing.T) {
+		g := newGatewayTimed(t, true, time.Second, nil)
+		g.up.holding.Store(&roots)
+		a := newRawAgent(t, g)
+		warmRaw(a)
+		// A failsafe, far beyond the call timeout.
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if got := a.read(ctx, call); !strings.Contains(got, `"id":"r1"`) || !strings.Contains(got, `upstream \"notion\" did not answer in time`) {
+			t.Fatalf("a call whose upstream waits for an answer it does not take: %.300q", got)
+		}
+	})
+	t.Run("the upstream goes on", func(t *testing.T) {
+		g := newGatewayTimed(t, true, time.Minute, nil)
+		answered := make(chan struct{}, 1)
+		hold := func(body []byte) bool {
+			if !roots(body) {
+				return false
+			}
+			answered <- struct{}{}
+			return true
+		}
+		g.up.holding.Store(&hold)
+		g.up.srv.AddTool(&mcp.Tool{Name: "roots", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+			go req.Session.ListRoots(ctx, nil)
+			select {
+			case <-answered:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "went on"}}}, nil
+		})
+		a := newRawAgent(t, g)
+		warmRaw(a)
+		// A failsafe, far below the call timeout.
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if got := a.read(ctx, call); !strings.Contains(got, `"id":"r1"`) || !strings.Contains(got, `"text":"went on"`) {
+			t.Fatalf("a call whose upstream goes on while the answer to its roots request is on its way: %.300q", got)
+		}
+		g.checkPath(t, "notion__roots")
+	})
+}
+
+// The agent's answer to a request an upstream relayed during a direct
+// call, and its cancellation of a call, go upstream within noticeTimeout:
+// an upstream that does not take them does not hold the agent's request.
+func TestDirectPathAgentMessagesTheUpstreamDoesNotTake(t *testing.T) {
+	defer func(d time.Duration) { noticeTimeout = d }(noticeTimeout)
+	noticeTimeout = 100 * time.Millisecond
+	t.Run("answer", func(t *testing.T) {
+		g, a := directAgent(t)
+		hold := func(body []byte) bool { return bytes.Contains(body, []byte(`"model":"agent-model"`)) }
+		g.up.holding.Store(&hold)
+		// A failsafe, far beyond noticeTimeout.
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		resp, err := a.send(ctx, `{"jsonrpc":"2.0","id":"a1","method":"tools/call","params":{"name":"notion__ask","arguments":{}}}`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var id string
+		relayed := regexp.MustCompile(`"id":("amg-s-\d+"),"method":"sampling/createMessage"`)
+		for lines := bufio.NewScanner(resp.Body); id == "" && lines.Scan(); {
+			if m := relayed.FindStringSubmatch(lines.Text()); m != nil {
+				id = m[1]
+			}
+		}
+		if id == "" {
+			t.Fatal("no sampling request relayed on the call's stream")
+		}
+		got := a.read(ctx, `{"jsonrpc":"2.0","id":`+id+`,"result":{"model":"agent-model","role":"assistant","content":{"type":"text","text":"ship it"}}}`)
+		if ctx.Err() != nil || !strings.Contains(got, "the upstream could not be given the answer") {
+			t.Fatalf("the agent's answer the upstream does not take: %.300q", got)
+		}
+		// The call waits for the answer the upstream never got.
+		a.read(ctx, `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"a1"}}`)
+	})
+	t.Run("cancellation", func(t *testing.T) {
+		g, a := directAgent(t)
+		hold := func(body []byte) bool { return bytes.Contains(body, []byte(`"method":"notifications/cancelled"`)) }
+		g.up.holding.Store(&hold)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second) // a failsafe
+		defer cancel()
+		a.postUntil(ctx, `{"jsonrpc":"2.0","id":"w1","method":"tools/call","params":{"name":"notion__wait","arguments":{}}}`)
+		<-g.up.started
+		a.read(ctx, `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"w1"}}`)
+		if ctx.Err() != nil {
+			t.Fatal("the agent's cancellation waited for the upstream to take it")
+		}
+	})
 }

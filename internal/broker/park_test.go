@@ -721,15 +721,7 @@ func (a *rawAgent) postUntil(ctx context.Context, body string) {
 // read sends body from the agent's session until ctx ends, and returns
 // what came back, or the error.
 func (a *rawAgent) read(ctx context.Context, body string) string {
-	req, _ := http.NewRequestWithContext(ctx, "POST", a.url, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+a.token)
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json, text/event-stream")
-	a.setVersion(req.Header, body)
-	if a.sid != "" {
-		req.Header.Set("Mcp-Session-Id", a.sid)
-	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := a.send(ctx, body)
 	if err != nil {
 		return err.Error()
 	}
@@ -739,6 +731,20 @@ func (a *rawAgent) read(ctx context.Context, body string) string {
 		return string(data) + err.Error()
 	}
 	return string(data)
+}
+
+// send sends body from the agent's session until ctx ends, and returns
+// the response, whose body the caller reads as it comes.
+func (a *rawAgent) send(ctx context.Context, body string) (*http.Response, error) {
+	req, _ := http.NewRequestWithContext(ctx, "POST", a.url, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+a.token)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	a.setVersion(req.Header, body)
+	if a.sid != "" {
+		req.Header.Set("Mcp-Session-Id", a.sid)
+	}
+	return http.DefaultClient.Do(req)
 }
 
 // awaitState waits for the approval id to be in state; the deadline only
