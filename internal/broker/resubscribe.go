@@ -17,9 +17,9 @@ import (
 // upstream. When that session ends without the agent's asking (the
 // upstream restarted and forgot it, or the connection broke), the broker
 // opens a new one and subscribes it again to what the agent had
-// subscribed to, so that updates keep coming. The upstream session is
-// watched for that only while the agent has subscriptions there: an agent
-// that subscribes to nothing costs no goroutine.
+// subscribed to, so that updates keep coming. Every upstream session is
+// watched (see connectFor): one that ended is let go of at once, and
+// opened again then only while the agent has subscriptions there.
 
 // subscribed notes that the agent's session with u, cs, holds a
 // subscription to the upstream's uri.

@@ -498,8 +498,11 @@ func (b *Broker) connectFor(ctx context.Context, as *agentSession, u *upstream) 
 		// The agent set another level while the session was opening.
 		setLevel(now)
 	}
+	// A session the upstream ends (a stdio server that died, say) is let
+	// go of at once, so that the next call opens a new one rather than
+	// fail on it unsent.
+	b.watch(as, u, cs)
 	if len(resubscribed) > 0 {
-		b.watch(as, u, cs)
 		b.mayHaveChanged(as, u, resubscribed)
 	}
 	return cs, nil

@@ -1,0 +1,75 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// stdioUpstream is an upstream over stdio, a process for each session:
+// this test binary, run again as the server (TestStdioUpstreamProcess).
+func stdioUpstream(context.Context) (mcp.Transport, error) {
+	cmd := exec.Command(os.Args[0], "-test.run=^TestStdioUpstreamProcess$")
+	cmd.Env = append(os.Environ(), "AMG_BROKER_STDIO_UPSTREAM=1")
+	return &mcp.CommandTransport{Command: cmd}, nil
+}
+
+// TestStdioUpstreamProcess is no test: run by stdioUpstream, it serves a
+// files upstream on its stdin and stdout until its client goes, whose
+// get_pages answers with the process's id.
+func TestStdioUpstreamProcess(t *testing.T) {
+	if os.Getenv("AMG_BROKER_STDIO_UPSTREAM") != "1" {
+		return
+	}
+	srv := mcp.NewServer(&mcp.Implementation{Name: "files", Version: "1"}, nil)
+	srv.AddTool(&mcp.Tool{Name: "get_pages", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: fmt.Sprint("pid ", os.Getpid())}}}, nil
+	})
+	srv.Run(context.Background(), &mcp.StdioTransport{})
+	os.Exit(0)
+}
+
+// A stdio upstream whose process died between two of an agent's calls:
+// the next call gets a new process, rather than an error for a call that
+// never left the gateway.
+func TestStdioUpstreamThatDiedBetweenCalls(t *testing.T) {
+	g := newGatewayTimed(t, false, 5*time.Second, []Upstream{{Name: "files", Transport: stdioUpstream, ConnectTimeout: 20 * time.Second, CallTimeout: 20 * time.Second}})
+	cs := g.connect(t, nil)
+	call := func() string {
+		t.Helper()
+		res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "files__get_pages", Arguments: json.RawMessage(`{"workspace_id":"w"}`)})
+		if err != nil || res.IsError {
+			t.Fatalf("call: %v %+v", err, res)
+		}
+		return res.Content[0].(*mcp.TextContent).Text
+	}
+	first := call()
+	pid, err := strconv.Atoi(strings.TrimPrefix(first, "pid "))
+	if err != nil {
+		t.Fatalf("the upstream said %q", first)
+	}
+	var as *agentSession
+	g.broker.sessions.Range(func(_, v any) bool { as = v.(*agentSession); return false })
+	as.mu.Lock()
+	dying := as.ups["files"]
+	as.mu.Unlock()
+	if p, err := os.FindProcess(pid); err != nil || p.Kill() != nil {
+		t.Fatalf("cannot end the upstream's process %d", pid)
+	}
+	eventually(t, "the gateway lets go of the session whose process died", func() bool {
+		as.mu.Lock()
+		defer as.mu.Unlock()
+		return as.ups["files"] != dying
+	})
+	if second := call(); second == first {
+		t.Errorf("the second call went to the process that died (%s)", first)
+	}
+}
