@@ -1072,13 +1072,9 @@ func (u *upstream) connect(ctx context.Context, opts *mcp.ClientOptions, version
 	if err != nil {
 		return nil, nil, setupError{err}
 	}
-	connect := t
-	if obs != nil {
-		connect = tap(t, obs)
-	}
 	c := mcp.NewClient(&mcp.Implementation{Name: "amg", Version: "1"}, opts)
 	c.AddReceivingMiddleware(mw...)
-	cs, err := c.Connect(ctx, connect, &mcp.ClientSessionOptions{ProtocolVersion: version})
+	cs, err := c.Connect(ctx, tap(t, obs), &mcp.ClientSessionOptions{ProtocolVersion: version})
 	return cs, t, err
 }
 

@@ -130,8 +130,9 @@ type relayedRequest struct {
 	stream *sseStream // the call's, on which the agent heard the request
 }
 
-// maxUpstreamMessage bounds one message from an upstream on the direct
-// path. It is a variable for tests.
+// maxUpstreamMessage bounds one message from an upstream over Streamable
+// HTTP, on the direct path and through the SDK's client (see tap). It is
+// a variable for tests.
 var maxUpstreamMessage = 64 << 20
 
 // tooLarge is the error of an upstream answer over maxUpstreamMessage.

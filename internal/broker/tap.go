@@ -27,7 +27,9 @@ import (
 // receives, before the SDK sees the messages that follow it.
 type observer func(n *jsonrpc.Request)
 
-// tap returns t with obs watching what it receives.
+// tap returns t with obs, if not nil, watching what it receives. Over
+// Streamable HTTP it also bounds each answer the SDK takes, as the direct
+// path does its own, at maxUpstreamMessage.
 func tap(t mcp.Transport, obs observer) mcp.Transport {
 	if st, ok := t.(*mcp.StreamableClientTransport); ok {
 		// The SDK's streamable connection must stay the SDK's own (it
@@ -45,7 +47,12 @@ func tap(t mcp.Transport, obs observer) mcp.Transport {
 		}
 		c.Transport = &sseTap{base: base, obs: obs}
 		tapped.HTTPClient = &c
+		// The SDK bounds the events it reads itself.
+		tapped.MaxEventSize = maxUpstreamMessage
 		return &tapped
+	}
+	if obs == nil {
+		return t
 	}
 	return &connTap{Transport: t, obs: obs}
 }
@@ -78,7 +85,9 @@ func (c *tappedConn) Read(ctx context.Context) (jsonrpc.Message, error) {
 	return msg, err
 }
 
-// sseTap taps the event streams of a Streamable HTTP connection.
+// sseTap taps the event streams of a Streamable HTTP connection, if obs
+// is not nil, and bounds its answers in one body, which the SDK reads
+// whole, at maxUpstreamMessage.
 type sseTap struct {
 	base http.RoundTripper
 	obs  observer
@@ -89,10 +98,27 @@ func (t *sseTap) RoundTrip(r *http.Request) (*http.Response, error) {
 	if err != nil {
 		return resp, err
 	}
-	if isEventStream(resp.Header) {
+	switch {
+	case !isEventStream(resp.Header):
+		resp.Body = &boundedBody{ReadCloser: resp.Body, left: maxUpstreamMessage}
+	case t.obs != nil:
 		resp.Body = t.reader(resp.Body)
 	}
 	return resp, nil
+}
+
+// boundedBody fails, with tooLarge, once more than left bytes are read.
+type boundedBody struct {
+	io.ReadCloser
+	left int
+}
+
+func (b *boundedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if b.left -= n; b.left < 0 {
+		return 0, tooLarge()
+	}
+	return n, err
 }
 
 // isEventStream reports whether a response's Content-Type is

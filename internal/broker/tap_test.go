@@ -2,6 +2,8 @@ package broker
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
 // chunked reads its data n bytes at a time, as a network stream may.
@@ -187,5 +190,54 @@ func TestSSEReaderKeepsTheResumePoint(t *testing.T) {
 		if r.lastID != tt.lastID || r.retry != tt.retry {
 			t.Errorf("%q: last id %q, retry %v; want %q, %v", tt.stream, r.lastID, r.retry, tt.lastID, tt.retry)
 		}
+	}
+}
+
+// An answer the SDK's client takes from a Streamable HTTP upstream (a
+// call of a tool that binds arguments to headers, as here, a resource
+// read, a prompt), as an event or as one JSON body, is bounded at the
+// direct path's limit: one over it fails the request with an error naming
+// the upstream, and the next request is served.
+func TestSDKPathAnswerLimit(t *testing.T) {
+	defer func(n int) { maxUpstreamMessage = n }(maxUpstreamMessage)
+	maxUpstreamMessage = 1 << 20
+	for _, tc := range []struct {
+		name   string
+		asJSON bool
+		want   string
+	}{
+		{"event", false, "SSE event exceeded 1048576 bytes"}, // the SDK's words
+		{"json", true, "its answer is larger than the gateway takes (1 MiB)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			files := newUpstream()
+			files.jsonAnswers = tc.asJSON
+			schema := json.RawMessage(`{"type":"object","properties":{"workspace_id":{"type":"string","x-mcp-header":"Workspace"}}}`)
+			files.srv.AddTool(&mcp.Tool{Name: "get_pages", InputSchema: schema}, func(_ context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+				text := "a short answer"
+				if bytes.Contains(req.Params.Arguments, []byte(`"long"`)) {
+					text = strings.Repeat("x", maxUpstreamMessage+1)
+				}
+				return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: text}}}, nil
+			})
+			g := newGatewayTimed(t, true, 5*time.Second, []Upstream{{Name: "files", Transport: files.serveHTTP(t)}})
+			cs := g.connect(t, nil)
+			call := func(workspace string) (*mcp.CallToolResult, error) {
+				t.Helper()
+				res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "files__get_pages", Arguments: json.RawMessage(`{"workspace_id":"` + workspace + `"}`)})
+				if last := files.lastPost(); strings.Contains(last, `"id":"amg-`) {
+					t.Fatalf("the call took the direct path: the upstream got %.300s", last)
+				}
+				return res, err
+			}
+			if res, err := call("long"); err == nil {
+				t.Errorf("a %d-byte answer reached the agent whole; the gateway takes %d", len(res.Content[0].(*mcp.TextContent).Text), maxUpstreamMessage)
+			} else if !strings.Contains(err.Error(), `upstream "files"`) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("an answer over the limit: %v", err)
+			}
+			if res, err := call("short"); err != nil || res.Content[0].(*mcp.TextContent).Text != "a short answer" {
+				t.Errorf("the call after: %v %+v", err, res)
+			}
+		})
 	}
 }
