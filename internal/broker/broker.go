@@ -527,8 +527,11 @@ func (b *Broker) keepCatalogue(ctx context.Context, u *upstream) {
 		u.mu.Unlock()
 		switch {
 		case cs != nil && cs != watched:
-			watched, ended = cs, make(chan struct{})
-			go func() { cs.Wait(); close(ended) }()
+			// The watcher closes its own channel: ended may be another's
+			// (or none) by the time cs ends.
+			done := make(chan struct{})
+			watched, ended = cs, done
+			go func() { cs.Wait(); close(done) }()
 		case cs == nil:
 			watched, ended = nil, nil // closed by a refresh that failed
 			if retry == nil {

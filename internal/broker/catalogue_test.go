@@ -83,6 +83,21 @@ func TestCatalogueAfterAnUpstreamRestart(t *testing.T) {
 	})
 }
 
+// An upstream that restarted, and says its tools changed on a stream of
+// the session it forgot: listing fails on that session, which the broker
+// closes, and it connects anew and lists again.
+func TestCatalogueListingFailsAfterAnUpstreamRestart(t *testing.T) {
+	g := newGatewayOver(t, true, func(o *Options) { o.CatalogueRetry = 10 * time.Millisecond })
+	cs := g.connect(t, nil)
+	g.up.restart()
+	g.up.srv.AddTool(&mcp.Tool{Name: "late_tool", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		return &mcp.CallToolResult{}, nil
+	})
+	eventually(t, "late_tool listed to the agent after the upstream restarted", func() bool {
+		return slices.Contains(toolNames(t, cs), "notion__late_tool")
+	})
+}
+
 // Decisions read the catalogue (annotations) on every call, and the
 // console reads its status: neither waits while the broker is connecting
 // to an upstream that is slow to answer.
