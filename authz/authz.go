@@ -335,7 +335,7 @@ func (c *call) parse(h headers) *authv3.CheckResponse {
 	}
 	// The body is this call's own: nothing writes to it after Check
 	// returns, so decoded strings may share it.
-	body, err := mcpfilter.Parse(c.body, &mcpfilter.Options{MaxBytes: c.s.maxBody, AllowBatch: c.version == batchVersion, ImmutableBody: true})
+	body, err := mcpfilter.Parse(c.body, &mcpfilter.Options{MaxBytes: c.s.maxBody, AllowBatch: BatchesAllowed(c.version), ImmutableBody: true})
 	if err != nil {
 		var perr *mcpfilter.Error
 		code, rpcCode := CodeMalformedRequest, mcpfilter.CodeInvalidRequest
@@ -443,6 +443,11 @@ var supportedVersions = []string{"2025-03-26", "2025-06-18", "2025-11-25", "2026
 // first. What serves agents behind it must negotiate no other: an agent
 // granted one at initialize would have every later request refused.
 func ProtocolVersions() []string { return slices.Clone(supportedVersions) }
+
+// BatchesAllowed reports whether requests under protocol version may be
+// JSON-RPC batches: what authz parses a body under, and what serves it
+// behind authz must parse it the same way.
+func BatchesAllowed(version string) bool { return version == batchVersion }
 
 func supportedVersion(v string) bool { return slices.Contains(supportedVersions, v) }
 

@@ -814,13 +814,22 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			b.adopt(r, sid, owner, d.Role)
 		}
 	} else {
-		mayOpen, initializes := opensSession(r, body)
+		// Whether the request makes a session is read from its body as
+		// authz read it; a body that cannot be read so is not guessed at.
+		var parsed *mcpfilter.Body
+		if r.Method == http.MethodPost {
+			if parsed, err = b.envelope(r, body); err != nil {
+				b.refuseUnreadable(w, d, err)
+				return
+			}
+		}
+		mayOpen, initializes := opensSession(r, parsed)
 		if r.Method == http.MethodPost && !mayOpen {
 			// The SDK would make a session of it, and then refuse the
 			// request with a code JSON-RPC does not have.
 			const why = "this request needs the Mcp-Session-Id header of a session; begin one with initialize"
 			b.record(d, CodeSessionRequired, why)
-			writeRPCError(w, http.StatusBadRequest, requestID(body), mcpfilter.CodeInvalidRequest, why)
+			writeRPCError(w, http.StatusBadRequest, singleID(parsed), mcpfilter.CodeInvalidRequest, why)
 			return
 		}
 		// An initialize makes a session: it takes one of the agent's,
@@ -831,7 +840,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			if slot, n = b.reserveSession(d.Agent); slot == nil {
 				why := fmt.Sprintf("agent %q has %d sessions open, as many as the gateway allows it: end one (DELETE), or let one go idle", d.Agent, n)
 				b.record(d, CodeSessionLimit, why)
-				writeRPCError(w, http.StatusTooManyRequests, requestID(body), authz.RPCRateLimited, why)
+				writeRPCError(w, http.StatusTooManyRequests, singleID(parsed), authz.RPCRateLimited, why)
 				return
 			}
 			defer slot.release()
@@ -930,29 +939,66 @@ func refuseCall(w http.ResponseWriter, body []byte, msg string) {
 }
 
 // requestID is the id of body's request when body is one request, else
-// null.
+// null. body was read within the broker's limit, which may be above
+// mcpfilter's default.
 func requestID(body []byte) json.RawMessage {
-	if b, err := mcpfilter.Parse(body, &mcpfilter.Options{SkipArgs: true}); err == nil && len(b.Messages) == 1 && b.Messages[0].ID != nil {
-		return b.Messages[0].ID
+	parsed, err := mcpfilter.Parse(body, &mcpfilter.Options{MaxBytes: len(body), SkipArgs: true})
+	if err != nil {
+		return json.RawMessage("null")
+	}
+	return singleID(parsed)
+}
+
+// singleID is the id of parsed's request when it is one request, else
+// null.
+func singleID(parsed *mcpfilter.Body) json.RawMessage {
+	if parsed != nil && !parsed.Batch && len(parsed.Messages) == 1 && parsed.Messages[0].ID != nil {
+		return parsed.Messages[0].ID
 	}
 	return json.RawMessage("null")
 }
 
-// opensSession reports whether a POST without a session id may go to the
-// SDK: one that begins a session (initialize, which initializes reports),
-// or asks what the gateway serves (server/discover), or speaks a protocol
-// version without sessions, which the SDK answers with the versions it
-// serves.
-func opensSession(r *http.Request, body []byte) (may, initializes bool) {
-	parsed, err := mcpfilter.Parse(body, &mcpfilter.Options{SkipArgs: true})
-	if err != nil {
-		return true, false // authz parsed it; the SDK's answer is the one to give
-	}
-	for _, m := range parsed.Messages {
-		if m.Kind == mcpfilter.KindRequest && m.Method == "initialize" {
-			return true, true
+// envelope parses body as authz did (within the broker's limit, a batch
+// only under the protocol version that has them), without the arguments
+// authz decided on.
+func (b *Broker) envelope(r *http.Request, body []byte) (*mcpfilter.Body, error) {
+	return mcpfilter.Parse(body, &mcpfilter.Options{MaxBytes: b.maxBody, SkipArgs: true,
+		AllowBatch: authz.BatchesAllowed(r.Header.Get("Mcp-Protocol-Version"))})
+}
+
+// refuseUnreadable answers a request whose body the broker cannot parse
+// as authz did (their limits or protocol versions differ: replicas
+// configured apart, say) with what is wrong with it, and records it.
+func (b *Broker) refuseUnreadable(w http.ResponseWriter, d authz.Decision, err error) {
+	code, rpcCode, id := authz.CodeMalformedRequest, mcpfilter.CodeInvalidRequest, json.RawMessage("null")
+	var perr *mcpfilter.Error
+	if errors.As(err, &perr) {
+		rpcCode = perr.JSONRPCCode()
+		if perr.ID != nil {
+			id = perr.ID
 		}
-		may = may || m.Kind == mcpfilter.KindRequest && m.Method == "server/discover"
+		if perr.Reason == mcpfilter.ReasonTooLarge {
+			code = authz.CodeBodyTooLarge
+		}
+	}
+	why := "the gateway cannot read the request: " + err.Error()
+	b.record(d, string(code), why)
+	writeRPCError(w, http.StatusBadRequest, id, rpcCode, why)
+}
+
+// opensSession reports whether a POST without a session id, whose body
+// is parsed, may go to the SDK: one that begins a session (initialize,
+// which initializes reports, alone or in a batch), or asks what the
+// gateway serves (server/discover), or speaks a protocol version without
+// sessions, which the SDK answers with the versions it serves.
+func opensSession(r *http.Request, parsed *mcpfilter.Body) (may, initializes bool) {
+	if parsed != nil {
+		for _, m := range parsed.Messages {
+			if m.Kind == mcpfilter.KindRequest && m.Method == "initialize" {
+				return true, true
+			}
+			may = may || m.Kind == mcpfilter.KindRequest && m.Method == "server/discover"
+		}
 	}
 	return may || r.Header.Get("Mcp-Protocol-Version") >= perRequestFrom, false
 }

@@ -218,15 +218,22 @@ func (m *sessionRecords) Delete(_ context.Context, id string) error {
 // Check, and returns the status and session id of the answer.
 func signedPost(t *testing.T, g *gateway, sid, body string) (int, string) {
 	t.Helper()
+	code, sid, _ := signedSend(t, g, "POST", sid, body)
+	return code, sid
+}
+
+// signedSend is signedPost with any method, and returns the answer too.
+func signedSend(t *testing.T, g *gateway, method, sid, body string) (code int, session, answer string) {
+	t.Helper()
 	id := fmt.Sprintf("dec-%d", signedPosts.Add(1))
 	d := authz.Decision{ID: id, Agent: "bot-1", Role: "reader", Verdict: "allow", BodySHA256: sha256.Sum256([]byte(body)),
-		Method: "POST", Session: sid}
+		Method: method, Session: sid}
 	h := map[string]string{authz.HeaderDecision: g.signer.Sign(d), authz.HeaderAgent: "bot-1", authz.HeaderRole: "reader",
 		authz.HeaderDecisionID: id, "Mcp-Protocol-Version": rawVersion}
 	if sid != "" {
 		h["Mcp-Session-Id"] = sid
 	}
-	req, _ := http.NewRequest("POST", g.brokerURL, strings.NewReader(body))
+	req, _ := http.NewRequest(method, g.brokerURL, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json, text/event-stream")
 	for k, v := range h {
@@ -237,8 +244,8 @@ func signedPost(t *testing.T, g *gateway, sid, body string) (int, string) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode, resp.Header.Get("Mcp-Session-Id")
+	data, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header.Get("Mcp-Session-Id"), string(data)
 }
 
 var signedPosts atomic.Int64
@@ -355,5 +362,62 @@ func TestSessionLimit(t *testing.T) {
 	}
 	if code, _ := open(g.token); code != http.StatusTooManyRequests {
 		t.Errorf("past the limit again: %d, want 429", code)
+	}
+}
+
+// Every initialize takes one of the agent's sessions, however it comes:
+// as a batch of one (protocol 2025-03-26 has batches), or larger than
+// mcpfilter's default limit when max_body_bytes is above it. A body the
+// broker cannot read as authz did is refused, never served uncounted.
+func TestSessionLimitCountsEveryInitialize(t *testing.T) {
+	initialize := func(version string) string {
+		return `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"` + version +
+			`","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}`
+	}
+	const why = `agent \"bot-1\" has 1 sessions open, as many as the gateway allows it`
+	t.Run("in a batch", func(t *testing.T) {
+		g := newGatewayOver(t, false, func(o *Options) { o.MaxSessionsPerAgent = 1 })
+		h := map[string]string{"Authorization": "Bearer " + g.token, "Mcp-Protocol-Version": "2025-03-26"}
+		batch := "[" + initialize("2025-03-26") + "]"
+		if code, body := postMCP(t, g.url, h, batch); code != http.StatusOK {
+			t.Fatalf("a batched initialize: %d %s", code, body)
+		}
+		if code, body := postMCP(t, g.url, h, batch); code != http.StatusTooManyRequests || !strings.Contains(body, why) {
+			t.Errorf("a second batched initialize past a limit of 1: %d %s; want 429 saying %s", code, body, why)
+		}
+	})
+	t.Run("larger than 1 MiB", func(t *testing.T) {
+		g := newGatewayOver(t, false, func(o *Options) { o.MaxSessionsPerAgent = 1; o.MaxBodyBytes = 4 << 20 })
+		padded := initialize(rawVersion) + strings.Repeat(" ", 1<<20)
+		if code, sid, body := signedSend(t, g, "POST", "", padded); code != http.StatusOK || sid == "" {
+			t.Fatalf("an initialize of %d bytes: %d %.200s", len(padded), code, body)
+		}
+		code, sid, body := signedSend(t, g, "POST", "", padded)
+		if code != http.StatusTooManyRequests || !strings.Contains(body, why) || !strings.Contains(body, `"id":1`) {
+			t.Errorf("a second past a limit of 1: %d, session %q, %.200s; want 429 under id 1 saying %s", code, sid, body, why)
+		}
+	})
+	t.Run("unreadable", func(t *testing.T) {
+		g := newGatewayOver(t, false, func(o *Options) { o.MaxSessionsPerAgent = 1 })
+		// Signed, but a batch under a protocol version that has none:
+		// authz would not have allowed it.
+		code, sid, body := signedSend(t, g, "POST", "", "["+initialize(rawVersion)+"]")
+		const want = `"code":-32600,"message":"the gateway cannot read the request: `
+		if code != http.StatusBadRequest || sid != "" || !strings.Contains(body, want) {
+			t.Errorf("a batch under %s: %d, session %q, %s; want 400 and %s", rawVersion, code, sid, body, want)
+		}
+		if codes := g.audit.Codes(); !slices.Contains(codes, string(authz.CodeMalformedRequest)) {
+			t.Errorf("audit codes %v, want %s", codes, authz.CodeMalformedRequest)
+		}
+	})
+}
+
+// A refusal answers under the request's id however large the request the
+// broker took: max_body_bytes may be above mcpfilter's default limit.
+func TestRequestIDOfALargeBody(t *testing.T) {
+	body := `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}` +
+		strings.Repeat(" ", 2<<20)
+	if got := string(requestID([]byte(body))); got != "7" {
+		t.Errorf("the id of a %d-byte request: %s, want 7", len(body), got)
 	}
 }
