@@ -845,7 +845,9 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			defer slot.release()
 		}
-		w = &sessionRecorder{ResponseWriter: w, b: b, owner: owner, slot: slot}
+		made := &sessionRecorder{ResponseWriter: w, b: b, owner: owner, slot: slot}
+		defer made.settle()
+		w = made
 		// New sessions are made one at a time, until the SDK has taken
 		// their id, so that an adoption's id goes to the adopted session
 		// only (see newSessionID).
@@ -1025,6 +1027,7 @@ type sessionRecorder struct {
 	owner string
 	slot  *sessionSlot
 	done  bool
+	sid   string // the session recorded
 }
 
 func (s *sessionRecorder) WriteHeader(code int) {
@@ -1035,14 +1038,28 @@ func (s *sessionRecorder) WriteHeader(code int) {
 		case s.slot != nil:
 			if _, had := s.b.owners.LoadOrStore(sid, s.owner); !had {
 				s.slot.take()
+				s.sid = sid
 			}
 		default:
 			// A session the SDK made of something else than an
 			// initialize: counted, whatever the limit, since it exists.
 			s.b.own(sid, s.owner)
+			s.sid = sid
 		}
 	}
 	s.ResponseWriter.WriteHeader(code)
+}
+
+// settle, once the SDK has served the request, forgets the session it
+// recorded if the broker has no state of it: the SDK gives a session its
+// id before it reads the request, and closes it unused when it cannot
+// (an initialize whose params it cannot decode), without the broker's
+// middleware ever seeing it. Nothing else would count it out, and the
+// agent would lose one of its sessions for good.
+func (s *sessionRecorder) settle() {
+	if s.sid != "" && s.b.sessionByID(s.sid) == nil {
+		s.b.disown(s.sid)
+	}
 }
 
 func (s *sessionRecorder) Write(p []byte) (int, error) {

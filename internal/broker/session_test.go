@@ -421,3 +421,26 @@ func TestRequestIDOfALargeBody(t *testing.T) {
 		t.Errorf("the id of a %d-byte request: %s, want 7", len(body), got)
 	}
 }
+
+// An initialize whose params the SDK cannot decode is answered with a
+// session id (the SDK gives one before it reads the request) and the
+// session closed: it takes none of the agent's sessions, however many the
+// agent sends.
+func TestUndecodableInitializeTakesNoSession(t *testing.T) {
+	g := newGatewayOver(t, false, func(o *Options) { o.MaxSessionsPerAgent = 2 })
+	h := map[string]string{"Authorization": "Bearer " + g.token, "Mcp-Protocol-Version": rawVersion}
+	initialize := func(caps string) (int, string) {
+		return postMCP(t, g.url, h, `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"`+rawVersion+
+			`","capabilities":`+caps+`,"clientInfo":{"name":"raw","version":"1"}}}`)
+	}
+	for range 3 {
+		if _, body := initialize("[]"); !strings.Contains(body, `"error":{`) || !strings.Contains(body, "capabilities") {
+			t.Fatalf("an initialize with capabilities []: %s; want an error naming them", body)
+		}
+	}
+	for i := range 2 {
+		if code, body := initialize("{}"); code != http.StatusOK {
+			t.Errorf("session %d of 2, after three initializes the SDK refused: %d %s", i+1, code, body)
+		}
+	}
+}
