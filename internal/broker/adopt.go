@@ -6,7 +6,9 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"time"
@@ -21,7 +23,11 @@ import (
 // another replica that gets a request for it recreates the session under
 // the same id by replaying that initialize to its own SDK server, then
 // serves the request. What lived only in the first replica (its upstream
-// sessions, requests it had sent the agent) starts afresh.
+// sessions, requests it had sent the agent) starts afresh. A session that
+// ends on one replica (not for being idle there, nor because the replica
+// shuts down) ends on all: its record is deleted, and the replicas that
+// hold a copy close it when told so (SessionStore.Ended), or else when
+// the store refuses to save its record again as they renew it.
 
 // SessionRecord is what a replica needs to take over a session.
 type SessionRecord struct {
@@ -32,12 +38,26 @@ type SessionRecord struct {
 // SessionStore keeps session records for the replicas; records of idle
 // sessions expire.
 type SessionStore interface {
+	// Save records session id for ttl, or renews its record, unless the
+	// session ended (see Delete): ErrSessionEnded then.
 	Save(ctx context.Context, id string, rec SessionRecord, ttl time.Duration) error
-	// Load returns the record, or ok false when there is none.
+	// Load returns the record, or ok false when there is none, or the
+	// session ended.
 	Load(ctx context.Context, id string) (rec SessionRecord, ok bool, err error)
-	// Delete forgets a session that ended, so no replica revives it.
-	Delete(ctx context.Context, id string) error
+	// Delete forgets a session that ended, and for ttl remembers that it
+	// ended, so that no replica revives it (a renewal in flight, a
+	// replica taking it over); it tells every replica following Ended.
+	Delete(ctx context.Context, id string, ttl time.Duration) error
+	// Ended calls ended with the id of every session deleted from now
+	// on, through any replica sharing the store, until the returned
+	// Closer is closed; it returns once it follows. Delivery is best
+	// effort (Renew is the backstop); ended runs on one goroutine, and
+	// must not block for long.
+	Ended(ctx context.Context, ended func(id string)) (io.Closer, error)
 }
+
+// ErrSessionEnded is SessionStore.Save's for a session that ended.
+var ErrSessionEnded = errors.New("session ended")
 
 // sessionCreation is a request that may create a session, from when it
 // takes newSessions until the SDK has asked for the session's id (or the
@@ -82,7 +102,9 @@ func (b *Broker) newSessionID() string {
 	return id
 }
 
-// saveSession records a session the SDK has just initialized.
+// saveSession records a session the SDK has just initialized, or taken
+// over from another replica: one that ended meanwhile is marked gone, and
+// adopt ends it.
 func (b *Broker) saveSession(ctx context.Context, req *mcp.ServerRequest[*mcp.InitializeParams]) {
 	if b.sessionStore == nil || req.Extra == nil || req.Session.ID() == "" {
 		return
@@ -93,11 +115,15 @@ func (b *Broker) saveSession(ctx context.Context, req *mcp.ServerRequest[*mcp.In
 	}
 	h := req.Extra.Header
 	rec := SessionRecord{Owner: h.Get(authz.HeaderAgent) + "\x00" + h.Get(authz.HeaderRole), Init: init}
-	if err := b.sessionStore.Save(context.WithoutCancel(ctx), req.Session.ID(), rec, b.idle); err != nil {
+	as := b.agentSession(req.Session)
+	switch err := b.sessionStore.Save(context.WithoutCancel(ctx), req.Session.ID(), rec, b.idle); {
+	case errors.Is(err, ErrSessionEnded):
+		as.gone.Store(true)
+		return
+	case err != nil:
 		b.log.Warn("session not shared with other replicas", "err", err)
 		return
 	}
-	as := b.agentSession(req.Session)
 	as.mu.Lock()
 	as.shared = &rec
 	as.mu.Unlock()
@@ -124,6 +150,13 @@ func (b *Broker) adopt(r *http.Request, id, owner, role string) bool {
 		return false
 	}
 	b.own(id, owner)
+	if as := b.sessionByID(id); as == nil || as.gone.Load() {
+		// It ended on another replica since its record was read.
+		if as != nil {
+			as.ss.Close()
+		}
+		return false
+	}
 	b.replay(r, role, id, `{"jsonrpc":"2.0","method":"notifications/initialized"}`)
 	return true
 }

@@ -190,6 +190,8 @@ type Broker struct {
 	owners   sync.Map                 // MCP session id -> owner (agent and role)
 	sessions sync.Map                 // *mcp.ServerSession -> *agentSession
 	bySID    sync.Map                 // MCP session id -> *agentSession
+	buried   sync.Map                 // MCP session id -> time.Time until which it is not taken over (see bury)
+	ended    io.Closer                // follows the sessions ended on other replicas; set by Start
 	ids      atomic.Uint64
 }
 
@@ -320,6 +322,13 @@ func (b *Broker) Start(ctx context.Context) {
 		go b.endRevoked(ctx, cmp.Or(b.tokenCheck, 10*time.Second))
 	}
 	ctx, b.stopKeepers = context.WithCancel(ctx)
+	if b.sessionStore != nil {
+		if sub, err := b.sessionStore.Ended(ctx, b.endedElsewhere); err != nil {
+			b.log.Error("cannot follow the sessions other replicas end; a copy here ends when next used", "err", err)
+		} else {
+			b.ended = sub
+		}
+	}
 	for _, name := range b.names {
 		if err := b.refresh(ctx, b.ups[name]); err != nil {
 			b.log.Error("upstream unreachable; its tools are hidden until it answers", "upstream", name, "err", errorText(err, false))
@@ -347,6 +356,9 @@ func (b *Broker) Close() {
 	b.closing.Store(true)
 	if b.stopKeepers != nil {
 		b.stopKeepers()
+	}
+	if b.ended != nil {
+		b.ended.Close()
 	}
 	b.keepers.Wait()
 	b.sessions.Range(func(_, v any) bool {
@@ -809,7 +821,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "session not found", http.StatusNotFound)
 			return
 		}
-		if !ok && b.sessionStore != nil {
+		if !ok && b.sessionStore != nil && !b.isBuried(sid) {
 			// Perhaps another replica's: take it over if it is this agent's.
 			b.adopt(r, sid, owner, d.Role)
 		}

@@ -89,11 +89,12 @@ type agentSession struct {
 	ss         *mcp.ServerSession
 	lastActive atomic.Int64 // unix nanoseconds of the last request
 	// renewed is when the session's shared record (see SessionStore) was
-	// last saved, in unix nanoseconds; 0 while it has none. reaped is set
-	// when the session ends for being idle here.
-	renewed  atomic.Int64
-	reaped   atomic.Bool
-	renewing sync.WaitGroup // renewals in flight, which the record's deletion awaits
+	// last saved or renewed, in unix nanoseconds; 0 while it has none.
+	// reaped is set when the session ends for being idle here, gone when
+	// it ends because it ended on another replica.
+	renewed atomic.Int64
+	reaped  atomic.Bool
+	gone    atomic.Bool
 
 	mu         sync.Mutex
 	ups        map[string]*mcp.ClientSession // nil once the session ended
@@ -220,28 +221,65 @@ func (b *Broker) active(as *agentSession) {
 		return
 	}
 	as.mu.Lock()
-	defer as.mu.Unlock()
-	if as.ups == nil {
-		return // ended: its record is being deleted, not to be saved again
-	}
 	rec := as.shared
-	as.renewing.Go(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), renewTimeout)
-		defer cancel()
-		if err := b.sessionStore.Save(ctx, as.ss.ID(), *rec, b.idle); err != nil {
-			b.log.Warn("session's record for other replicas not renewed; it expires when idle", "err", err)
-		}
-	})
+	as.mu.Unlock()
+	go b.renew(as, rec)
 }
 
-// renewTimeout bounds the renewal of a session's shared record.
+// renew saves the session's shared record again, and ends the session if
+// the store says it ended: on another replica, whose word of it did not
+// reach this one.
+func (b *Broker) renew(as *agentSession, rec *SessionRecord) {
+	ctx, cancel := context.WithTimeout(context.Background(), renewTimeout)
+	defer cancel()
+	switch err := b.sessionStore.Save(ctx, as.ss.ID(), *rec, b.idle); {
+	case errors.Is(err, ErrSessionEnded):
+		b.log.Info("agent session ended: it ended on another replica", "session", as.ss.ID())
+		as.gone.Store(true)
+		as.ss.Close()
+	case err != nil:
+		b.log.Warn("session's record for other replicas not renewed; it expires when idle", "err", err)
+	}
+}
+
+// renewTimeout bounds the renewal of a session's shared record, and its
+// deletion.
 const renewTimeout = 5 * time.Second
 
+// endedElsewhere ends this replica's copy of session sid, which ended on
+// another replica (whose deletion of its record said so): its upstream
+// sessions close, and its calls waiting for approval are abandoned.
+func (b *Broker) endedElsewhere(sid string) {
+	if as := b.sessionByID(sid); as != nil {
+		b.log.Info("agent session ended: it ended on another replica", "session", sid)
+		as.gone.Store(true)
+		as.ss.Close()
+	}
+}
+
+// bury notes that session sid ended here for good: until its shared
+// record would have expired, the replica does not take it over again,
+// should the record outlive the session (its deletion is yet to come, or
+// failed).
+func (b *Broker) bury(sid string) { b.buried.Store(sid, time.Now().Add(b.idle)) }
+
+// isBuried reports whether session sid ended here for good (see bury).
+func (b *Broker) isBuried(sid string) bool {
+	until, ok := b.buried.Load(sid)
+	return ok && time.Now().Before(until.(time.Time))
+}
+
 // closeUpstreams ends the session's upstream sessions and abandons its
-// direct calls; the session can open no new ones. The upstream sessions
-// are closed together (closeTogether) and outside the lock.
-func (as *agentSession) closeUpstreams() {
+// calls (see end). The upstream sessions are closed together
+// (closeTogether) and outside the lock.
+func (as *agentSession) closeUpstreams() { closeTogether(as.end()) }
+
+// end abandons the session's direct calls and its calls waiting for
+// approval, and returns its upstream sessions for the caller to close;
+// the session can open no new ones.
+func (as *agentSession) end() []*mcp.ClientSession {
 	as.mu.Lock()
+	defer as.mu.Unlock()
 	ups := as.ups
 	as.ups, as.direct = nil, nil
 	for _, c := range as.directCalls {
@@ -250,8 +288,7 @@ func (as *agentSession) closeUpstreams() {
 	for _, abandon := range as.parked {
 		abandon(errSessionEnded)
 	}
-	as.mu.Unlock()
-	closeTogether(slices.Collect(maps.Values(ups)))
+	return slices.Collect(maps.Values(ups))
 }
 
 // closeTogether closes every session of css at once and waits for all:
@@ -281,20 +318,33 @@ func (b *Broker) agentSession(ss *mcp.ServerSession) *agentSession {
 		}
 		go func() {
 			ss.Wait()
-			b.sessions.Delete(ss)
-			b.bySID.Delete(sid)
-			b.disown(sid)
-			as.closeUpstreams()
+			// A session ended here (by its agent, or for its tokens) ends
+			// on every replica: it is buried before its owner is
+			// forgotten, and its record deleted (which tells the other
+			// replicas) before its upstream sessions close, which may
+			// take seconds, so that no request takes it over meanwhile.
+			// Its calls are abandoned first: none may be approved and
+			// run while Redis is slow to answer.
 			// A replica shutting down leaves its sessions to the others,
 			// and so does one that reaped a session for being idle here:
 			// the agent may be using it on another replica, and the
 			// record expires when the session is idle everywhere.
-			as.renewing.Wait() // none starts once closeUpstreams has run
-			if b.sessionStore != nil && sid != "" && !b.closing.Load() && !as.reaped.Load() {
-				if err := b.sessionStore.Delete(context.Background(), sid); err != nil {
+			forget := b.sessionStore != nil && sid != "" && ss.InitializeParams() != nil && !b.closing.Load() && !as.reaped.Load()
+			if forget {
+				b.bury(sid)
+			}
+			b.sessions.Delete(ss)
+			b.bySID.Delete(sid)
+			b.disown(sid)
+			ups := as.end()
+			if forget && !as.gone.Load() {
+				ctx, cancel := context.WithTimeout(context.Background(), renewTimeout)
+				if err := b.sessionStore.Delete(ctx, sid, b.idle); err != nil {
 					b.log.Warn("ended session not forgotten by the other replicas; it expires when idle", "err", err)
 				}
+				cancel()
 			}
+			closeTogether(ups)
 		}()
 	}
 	return as
@@ -339,7 +389,8 @@ func (b *Broker) trackSession(next mcp.MethodHandler) mcp.MethodHandler {
 }
 
 // reapIdle closes agent sessions that have gone sessionIdle without a
-// request, and with them their upstream sessions, until ctx ends.
+// request, and with them their upstream sessions, and forgets the
+// sessions buried for long enough, until ctx ends.
 func (b *Broker) reapIdle(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -353,6 +404,12 @@ func (b *Broker) reapIdle(ctx context.Context, every time.Duration) {
 				if now.Sub(time.Unix(0, as.lastActive.Load())) > b.idle && !as.busy() {
 					as.reaped.Store(true)
 					as.ss.Close()
+				}
+				return true
+			})
+			b.buried.Range(func(sid, until any) bool {
+				if now.After(until.(time.Time)) {
+					b.buried.Delete(sid)
 				}
 				return true
 			})

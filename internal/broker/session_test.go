@@ -182,20 +182,28 @@ func TestEndedSessionClosesItsUpstreamSessionsTogether(t *testing.T) {
 }
 
 // sessionRecords is a SessionStore in memory whose records expire, as
-// Redis's do.
+// Redis's do; deaf, it tells no one of the sessions deleted, and with
+// failDeletes it deletes none.
 type sessionRecords struct {
-	mu      sync.Mutex
-	recs    map[string]SessionRecord
-	expires map[string]time.Time
+	mu          sync.Mutex
+	recs        map[string]SessionRecord
+	expires     map[string]time.Time
+	gone        map[string]time.Time // ended sessions, until when they are remembered
+	ended       []func(string)
+	deaf        bool
+	failDeletes bool
 }
 
 func newSessionRecords() *sessionRecords {
-	return &sessionRecords{recs: map[string]SessionRecord{}, expires: map[string]time.Time{}}
+	return &sessionRecords{recs: map[string]SessionRecord{}, expires: map[string]time.Time{}, gone: map[string]time.Time{}}
 }
 
 func (m *sessionRecords) Save(_ context.Context, id string, rec SessionRecord, ttl time.Duration) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if time.Now().Before(m.gone[id]) {
+		return ErrSessionEnded
+	}
 	m.recs[id], m.expires[id] = rec, time.Now().Add(ttl)
 	return nil
 }
@@ -207,11 +215,27 @@ func (m *sessionRecords) Load(_ context.Context, id string) (SessionRecord, bool
 	return rec, ok && time.Now().Before(m.expires[id]), nil
 }
 
-func (m *sessionRecords) Delete(_ context.Context, id string) error {
+func (m *sessionRecords) Delete(_ context.Context, id string, ttl time.Duration) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.failDeletes {
+		return errors.New("store unavailable")
+	}
 	delete(m.recs, id)
+	m.gone[id] = time.Now().Add(ttl)
+	if !m.deaf {
+		for _, ended := range m.ended {
+			go ended(id)
+		}
+	}
 	return nil
+}
+
+func (m *sessionRecords) Ended(_ context.Context, ended func(string)) (io.Closer, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.ended = append(m.ended, ended)
+	return io.NopCloser(nil), nil
 }
 
 // signedPost sends body to a broker as Envoy would after an allowing
@@ -254,7 +278,12 @@ var signedPosts atomic.Int64
 // idle; the agent's session is initialized on the first.
 func replicaPair(t *testing.T, idle time.Duration) (a, b *gateway, sid string) {
 	t.Helper()
-	store := newSessionRecords()
+	return replicaPairOn(t, newSessionRecords(), idle)
+}
+
+// replicaPairOn is replicaPair sharing store.
+func replicaPairOn(t *testing.T, store SessionStore, idle time.Duration) (a, b *gateway, sid string) {
+	t.Helper()
 	shared := func(o *Options) { o.Sessions, o.SessionIdle = store, idle }
 	a, b = newGatewayOver(t, false, shared), newGatewayOver(t, false, shared)
 	_, sid = signedPost(t, a, "", `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"`+rawVersion+`","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}`)

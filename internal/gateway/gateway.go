@@ -574,7 +574,7 @@ func (g *Gateway) sessionStore() broker.SessionStore {
 	if g.redis == nil {
 		return nil
 	}
-	return redisSessions{g.redis}
+	return broker.NewRedisSessions(g.redis)
 }
 
 // spentLedger is where the broker records the decisions it served: in

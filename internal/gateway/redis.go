@@ -3,14 +3,11 @@ package gateway
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/amgateway/amg/internal/broker"
 	"github.com/amgateway/amg/internal/config"
 	"github.com/amgateway/amg/internal/secrets"
 )
@@ -101,44 +98,4 @@ func (g *Gateway) followRevocations(ctx context.Context) {
 	}
 	<-ctx.Done()
 	sub.Close()
-}
-
-// redisSessions shares MCP session records between replicas.
-type redisSessions struct{ client *redis.Client }
-
-var _ broker.SessionStore = redisSessions{}
-
-func (s redisSessions) key(id string) string { return "amg:{sessions}:" + id }
-
-func (s redisSessions) Save(ctx context.Context, id string, rec broker.SessionRecord, ttl time.Duration) error {
-	data, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	if err := s.client.Set(ctx, s.key(id), data, ttl).Err(); err != nil {
-		return fmt.Errorf("save session in redis: %w", err)
-	}
-	return nil
-}
-
-func (s redisSessions) Load(ctx context.Context, id string) (broker.SessionRecord, bool, error) {
-	var rec broker.SessionRecord
-	data, err := s.client.Get(ctx, s.key(id)).Bytes()
-	if errors.Is(err, redis.Nil) {
-		return rec, false, nil
-	}
-	if err != nil {
-		return rec, false, fmt.Errorf("load session from redis: %w", err)
-	}
-	if err := json.Unmarshal(data, &rec); err != nil {
-		return rec, false, fmt.Errorf("session record in redis: %w", err)
-	}
-	return rec, true, nil
-}
-
-func (s redisSessions) Delete(ctx context.Context, id string) error {
-	if err := s.client.Del(ctx, s.key(id)).Err(); err != nil {
-		return fmt.Errorf("delete session in redis: %w", err)
-	}
-	return nil
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/amgateway/amg/authz/authztest"
 	"github.com/amgateway/amg/internal/admin"
 	"github.com/amgateway/amg/internal/approval"
+	"github.com/amgateway/amg/internal/broker"
 	"github.com/amgateway/amg/internal/config"
 	"github.com/amgateway/amg/internal/redistest"
 )
@@ -173,8 +174,8 @@ func TestReplicasShareStateThroughRedis(t *testing.T) {
 		sid := alt.sessions()[0]
 		cs.Close()
 		waitFor(t, "the ended session's record to go", func() bool {
-			n, err := rs.Client().Exists(context.Background(), "amg:{sessions}:"+sid).Result()
-			return err == nil && n == 0
+			_, ok, err := broker.NewRedisSessions(rs.Client()).Load(context.Background(), sid)
+			return err == nil && !ok
 		})
 	})
 

@@ -1,0 +1,207 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/amgateway/amg/internal/approval"
+	"github.com/amgateway/amg/internal/redistest"
+)
+
+// Both session stores keep records as the replicas rely on them: a
+// record saved again lives on, that of an ended session is never saved
+// again, and every follower hears of the end.
+func TestSessionStores(t *testing.T) {
+	srv := redistest.Start(t)
+	for _, tc := range []struct {
+		name  string
+		store func() SessionStore
+	}{
+		{"memory", func() SessionStore { return newSessionRecords() }},
+		{"redis", func() SessionStore { return NewRedisSessions(srv.Client()) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			s := tc.store()
+			heard := make(chan string, 1)
+			sub, err := s.Ended(ctx, func(id string) { heard <- id })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Close()
+			rec := SessionRecord{Owner: "bot-1\x00reader", Init: json.RawMessage(`{"protocolVersion":"2025-06-18"}`)}
+			for range 2 { // saved, then renewed
+				if err := s.Save(ctx, "s1", rec, time.Minute); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got, ok, err := s.Load(ctx, "s1"); err != nil || !ok || !cmp.Equal(got, rec) {
+				t.Fatalf("Load after Save: %+v %v %v", got, ok, err)
+			}
+			if err := s.Delete(ctx, "s1", time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case id := <-heard:
+				if id != "s1" {
+					t.Errorf("heard of the end of %q, want s1", id)
+				}
+			case <-time.After(10 * time.Second):
+				t.Error("no one heard of the end")
+			}
+			if err := s.Save(ctx, "s1", rec, time.Minute); !errors.Is(err, ErrSessionEnded) {
+				t.Errorf("Save of an ended session: %v, want %v", err, ErrSessionEnded)
+			}
+			if _, ok, err := s.Load(ctx, "s1"); err != nil || ok {
+				t.Errorf("Load of an ended session: %v %v, want none", ok, err)
+			}
+
+			// A record that expired (a renewal came late) is saved again.
+			if err := s.Save(ctx, "s2", rec, 50*time.Millisecond); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(100 * time.Millisecond) // past the record's lifetime
+			if _, ok, err := s.Load(ctx, "s2"); err != nil || ok {
+				t.Errorf("Load of an expired record: %v %v, want none", ok, err)
+			}
+			if err := s.Save(ctx, "s2", rec, time.Minute); err != nil {
+				t.Errorf("Save of an expired record: %v", err)
+			}
+			if _, ok, err := s.Load(ctx, "s2"); err != nil || !ok {
+				t.Errorf("Load of an expired record saved again: %v %v", ok, err)
+			}
+		})
+	}
+}
+
+// A session the agent ends through one replica ends on the replica that
+// began it too, as soon as Redis tells it: its upstream sessions close,
+// its call waiting for approval is abandoned (it can no longer be
+// approved and run), and it is not taken over again.
+func TestSessionEndedOnAnotherReplicaEndsEverywhere(t *testing.T) {
+	srv := redistest.Start(t)
+	approvals := approval.NewMemory(nil)
+	a := parkedGateway(t, approvals, func(o *Options) { o.Sessions = NewRedisSessions(srv.Client()) })
+	b := newGatewayOver(t, false, func(o *Options) { o.Sessions = NewRedisSessions(srv.Client()) })
+	agent := newRawAgent(t, a)
+	agent.post(`{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`)
+	upstreamSessions := func() (n int) {
+		for range a.up.srv.Sessions() {
+			n++
+		}
+		return n
+	}
+	if n := upstreamSessions(); n != 2 {
+		t.Fatalf("the upstream has %d sessions, want the catalogue's and the agent's", n)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	agent.postUntil(ctx, `{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`)
+	p := parkedOne(t, approvals)
+
+	if code, _, body := signedSend(t, b, "DELETE", agent.sid, ""); code/100 != 2 {
+		t.Fatalf("DELETE through the second replica: %d %s", code, body)
+	}
+	awaitState(t, approvals, p.ID, approval.Cancelled)
+	if got, _ := approvals.Get(ctx, p.ID); got.Reason != errSessionEnded.Error() {
+		t.Errorf("the parked call was cancelled for %q, want %q", got.Reason, errSessionEnded)
+	}
+	eventually(t, "the first replica's copy to end", func() bool { return a.broker.sessionByID(agent.sid) == nil })
+	eventually(t, "its upstream session to close", func() bool { return upstreamSessions() == 1 })
+	if code, _ := signedPost(t, a, agent.sid, `{"jsonrpc":"2.0","id":4,"method":"tools/list"}`); code != http.StatusNotFound {
+		t.Errorf("the ended session, on the replica that began it: HTTP %d, want 404", code)
+	}
+	if _, ok, err := NewRedisSessions(srv.Client()).Load(ctx, agent.sid); err != nil || ok {
+		t.Errorf("the ended session's record: %v %v, want none", ok, err)
+	}
+}
+
+// A replica that missed word of a session's end learns of it when it
+// renews the session's record: the store refuses it, and the replica's
+// copy ends.
+func TestRenewalFindsTheSessionEnded(t *testing.T) {
+	const idle = 400 * time.Millisecond
+	store := newSessionRecords()
+	store.deaf = true
+	a, b, sid := replicaPairOn(t, store, idle)
+	copyOnA := a.broker.sessionByID(sid)
+	if code, _, body := signedSend(t, b, "DELETE", sid, ""); code/100 != 2 {
+		t.Fatalf("DELETE through the second replica: %d %s", code, body)
+	}
+	time.Sleep(idle / 2) // the record is due for renewal on the first replica
+	signedPost(t, a, sid, `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`)
+	eventually(t, "the first replica's copy to end", func() bool { return a.broker.sessionByID(sid) == nil })
+	if !copyOnA.gone.Load() {
+		t.Error("the first replica's copy ended for being idle, not because the session ended")
+	}
+	if _, ok, _ := store.Load(context.Background(), sid); ok {
+		t.Error("the first replica saved the ended session's record again")
+	}
+}
+
+// An ended session is not taken over again while its upstream sessions
+// close, which an upstream may take seconds to let them do: neither on
+// the replica where it ended, nor on another. Nor is it after, on the
+// replica where it ended, should its record outlive it.
+func TestEndedSessionIsNotTakenOverAgain(t *testing.T) {
+	for _, failDeletes := range []bool{false, true} {
+		name := map[bool]string{false: "record deleted", true: "record not deleted"}[failDeletes]
+		t.Run(name, func(t *testing.T) {
+			store := newSessionRecords()
+			store.failDeletes = failDeletes
+			g := newGatewayOver(t, true, func(o *Options) { o.Sessions = store })
+			other := newGatewayOver(t, false, func(o *Options) { o.Sessions = store })
+			_, sid := signedPost(t, g, "", `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"`+rawVersion+`","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}`)
+			signedPost(t, g, sid, `{"jsonrpc":"2.0","method":"notifications/initialized"}`)
+			if code, _ := signedPost(t, g, sid, `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`); code != http.StatusOK {
+				t.Fatalf("call: HTTP %d", code)
+			}
+			held := g.up.holdDeletes()
+			if code, _, body := signedSend(t, g, "DELETE", sid, ""); code/100 != 2 {
+				close(held)
+				t.Fatalf("DELETE: %d %s", code, body)
+			}
+			<-g.up.deleting // the agent's upstream session is closing
+			if code, _ := signedPost(t, g, sid, `{"jsonrpc":"2.0","id":3,"method":"tools/list"}`); code != http.StatusNotFound {
+				t.Errorf("while its upstream sessions close: HTTP %d, want 404", code)
+			}
+			if code, _ := signedPost(t, other, sid, `{"jsonrpc":"2.0","id":5,"method":"tools/list"}`); !failDeletes && code != http.StatusNotFound {
+				t.Errorf("on another replica, while its upstream sessions close: HTTP %d, want 404", code)
+			}
+			close(held)
+			eventually(t, "the session to go", func() bool { return g.broker.sessionByID(sid) == nil })
+			if code, _ := signedPost(t, g, sid, `{"jsonrpc":"2.0","id":4,"method":"tools/list"}`); code != http.StatusNotFound {
+				t.Errorf("once they closed: HTTP %d, want 404", code)
+			}
+		})
+	}
+}
+
+// racingRecords is a SessionStore whose sessions end on another replica
+// just after they are read.
+type racingRecords struct{ *sessionRecords }
+
+func (r racingRecords) Load(ctx context.Context, id string) (SessionRecord, bool, error) {
+	rec, ok, err := r.sessionRecords.Load(ctx, id)
+	r.sessionRecords.Delete(ctx, id, time.Minute)
+	return rec, ok, err
+}
+
+// A session that ends on another replica while this one takes it over is
+// not brought back.
+func TestSessionEndedWhileTakenOver(t *testing.T) {
+	store := racingRecords{newSessionRecords()}
+	_, b, sid := replicaPairOn(t, store, time.Minute)
+	if code, _ := signedPost(t, b, sid, `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`); code != http.StatusNotFound {
+		t.Errorf("a request for it on the replica taking it over: HTTP %d, want 404", code)
+	}
+	if _, ok, _ := store.sessionRecords.Load(context.Background(), sid); ok {
+		t.Error("the replica taking the session over saved its record again")
+	}
+}
