@@ -122,6 +122,9 @@ type Options struct {
 	// list an upstream it cannot reach; it doubles on each failure, up to
 	// 30 s. 0 means 1 s.
 	CatalogueRetry time.Duration
+	// CloseTimeout bounds how long Close waits for upstream sessions to
+	// end; 0 means 10 s.
+	CloseTimeout time.Duration
 	// Telemetry, if set, measures every upstream call.
 	Telemetry *telemetry.Telemetry
 	// Now is the clock; nil means time.Now.
@@ -162,6 +165,7 @@ type Broker struct {
 	creating     *sessionCreation // guarded by newSessions
 
 	catalogueRetry time.Duration
+	closeTimeout   time.Duration
 	stopKeepers    context.CancelFunc // ends keepCatalogue; set by Start
 	keepers        sync.WaitGroup
 
@@ -190,6 +194,7 @@ type Broker struct {
 	owners   sync.Map                 // MCP session id -> owner (agent and role)
 	sessions sync.Map                 // *mcp.ServerSession -> *agentSession
 	bySID    sync.Map                 // MCP session id -> *agentSession
+	ending   sync.Map                 // *agentSession -> true while its upstream sessions close, once it ended
 	buried   sync.Map                 // MCP session id -> time.Time until which it is not taken over (see bury)
 	ended    io.Closer                // follows the sessions ended on other replicas; set by Start
 	ids      atomic.Uint64
@@ -232,7 +237,8 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 		maxBody: mcpfilter.DefaultMaxBytes, idle: sessionIdle, maxSessions: defaultMaxSessions, sessionsOf: map[string]int{},
 		maxParked: defaultMaxParked, parkedOf: map[string]int{}, spent: spent.NewMemory(nil),
 		log:         slog.New(slog.DiscardHandler),
-		approvalTTL: 15 * time.Minute, keepAlive: 15 * time.Second, storeRetry: time.Second, catalogueRetry: time.Second, now: time.Now}
+		approvalTTL: 15 * time.Minute, keepAlive: 15 * time.Second, storeRetry: time.Second, catalogueRetry: time.Second,
+		closeTimeout: 10 * time.Second, now: time.Now}
 	b.drained, b.drain = context.WithCancel(context.Background())
 	if opts != nil {
 		b.approvals, b.notify, b.sessionStore, b.tel = opts.Approvals, opts.Notify, opts.Sessions, opts.Telemetry
@@ -263,6 +269,9 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 		b.liveTokens, b.tokenCheck = opts.LiveTokens, opts.TokenCheck
 		if opts.CatalogueRetry > 0 {
 			b.catalogueRetry = opts.CatalogueRetry
+		}
+		if opts.CloseTimeout > 0 {
+			b.closeTimeout = opts.CloseTimeout
 		}
 		if opts.MaxBodyBytes > 0 {
 			b.maxBody = opts.MaxBodyBytes
@@ -350,7 +359,11 @@ func (b *Broker) Start(ctx context.Context) {
 func (b *Broker) Drain() { b.drain() }
 
 // Close drains the broker (Drain), and ends every agent session, with its
-// upstream sessions, and every catalogue session.
+// upstream sessions, and every catalogue session, all at once. It waits
+// for every upstream session being closed, those of agent sessions that
+// ended before (by their agent, for being idle, for their tokens)
+// included, up to the close timeout: past it, an upstream slow to end a
+// session, or a stdio process slow to exit, is left to it.
 func (b *Broker) Close() {
 	b.drain()
 	b.closing.Store(true)
@@ -361,14 +374,21 @@ func (b *Broker) Close() {
 		b.ended.Close()
 	}
 	b.keepers.Wait()
+	// An agent session's end closes its upstream sessions (see
+	// agentSession); those that ended before are still closing theirs.
+	var ending []*agentSession
 	b.sessions.Range(func(_, v any) bool {
 		as := v.(*agentSession)
-		as.ss.Close()
-		as.closeUpstreams()
+		ending = append(ending, as)
+		go as.ss.Close()
+		return true
+	})
+	b.ending.Range(func(as, _ any) bool {
+		ending = append(ending, as.(*agentSession))
 		return true
 	})
 	b.closeTokenStates()
-	// As closeUpstreams does: together, and without the lock.
+	// As an agent session's end does: together, and without the lock.
 	var catalogs []*mcp.ClientSession
 	for _, u := range b.ups {
 		u.mu.Lock()
@@ -378,10 +398,22 @@ func (b *Broker) Close() {
 		}
 		u.mu.Unlock()
 	}
-	closeTogether(catalogs)
-	b.dropping.Wait()
+	closed := make(chan struct{})
+	go func() {
+		closeTogether(catalogs)
+		for _, as := range ending {
+			<-as.closed
+		}
+		b.dropping.Wait()
+		b.watchers.Wait()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(b.closeTimeout):
+		b.log.Warn("upstream sessions still closing as the broker closes; left to end", "waited", b.closeTimeout)
+	}
 	b.cancelling.Wait()
-	b.watchers.Wait()
 }
 
 // refresh lists an upstream's tools, prompts and resources through its

@@ -95,6 +95,7 @@ type agentSession struct {
 	renewed atomic.Int64
 	reaped  atomic.Bool
 	gone    atomic.Bool
+	closed  chan struct{} // closed once the session ended and its upstream sessions are closed
 
 	mu         sync.Mutex
 	ups        map[string]*mcp.ClientSession // nil once the session ended
@@ -269,14 +270,10 @@ func (b *Broker) isBuried(sid string) bool {
 	return ok && time.Now().Before(until.(time.Time))
 }
 
-// closeUpstreams ends the session's upstream sessions and abandons its
-// calls (see end). The upstream sessions are closed together
-// (closeTogether) and outside the lock.
-func (as *agentSession) closeUpstreams() { closeTogether(as.end()) }
-
 // end abandons the session's direct calls and its calls waiting for
-// approval, and returns its upstream sessions for the caller to close;
-// the session can open no new ones.
+// approval, and returns its upstream sessions for the caller to close,
+// together (closeTogether) and outside the lock; the session can open no
+// new ones.
 func (as *agentSession) end() []*mcp.ClientSession {
 	as.mu.Lock()
 	defer as.mu.Unlock()
@@ -333,6 +330,7 @@ func (b *Broker) agentSession(ss *mcp.ServerSession) *agentSession {
 			if forget {
 				b.bury(sid)
 			}
+			b.ending.Store(as, true) // before it leaves sessions: Close waits for it
 			b.sessions.Delete(ss)
 			b.bySID.Delete(sid)
 			b.disown(sid)
@@ -345,6 +343,8 @@ func (b *Broker) agentSession(ss *mcp.ServerSession) *agentSession {
 				cancel()
 			}
 			closeTogether(ups)
+			b.ending.Delete(as)
+			close(as.closed)
 		}()
 	}
 	return as
@@ -352,7 +352,7 @@ func (b *Broker) agentSession(ss *mcp.ServerSession) *agentSession {
 
 // newAgentSession returns a new state for session ss, active now.
 func newAgentSession(ss *mcp.ServerSession) *agentSession {
-	as := &agentSession{ss: ss, ups: map[string]*mcp.ClientSession{}, direct: map[string]*directUpstream{},
+	as := &agentSession{ss: ss, closed: make(chan struct{}), ups: map[string]*mcp.ClientSession{}, direct: map[string]*directUpstream{},
 		connecting: map[string]*connectAttempt{}, directCalls: map[string]*directCall{}, relayed: map[string]relayedRequest{},
 		parked: map[string]context.CancelCauseFunc{}, subs: map[string]map[string]bool{}, watching: map[string]*mcp.ClientSession{}}
 	as.touch()

@@ -342,6 +342,10 @@ func (b *Broker) endTokenStates(end func(*agentSession) bool) []*agentSession {
 	return ended
 }
 
+// closeUpstreams ends a token state's upstream sessions and abandons its
+// calls (see end), the sessions together and outside the lock.
+func (as *agentSession) closeUpstreams() { closeTogether(as.end()) }
+
 // closeTokenStates ends every token state, for Close; no state is kept
 // after.
 func (b *Broker) closeTokenStates() {

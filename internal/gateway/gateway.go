@@ -98,6 +98,10 @@ type Gateway struct {
 	// auditStream, with Redis, gathers every replica's audit records for
 	// the console.
 	auditStream *audit.Stream
+	// stdio ends, once endStdio is called, the stdio upstreams' processes
+	// still running, and what they started (see commandTransport).
+	stdio    context.Context
+	endStdio context.CancelFunc
 
 	mcpLis, authzLis, adminLis net.Listener
 	brokerLis                  net.Listener // nil unless BrokerListen is set
@@ -116,6 +120,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		opts = &Options{}
 	}
 	g = &Gateway{cfg: cfg, log: opts.Logger, reload: opts.PolicyReload, configFile: opts.ConfigFile, secrets: opts.Secrets}
+	g.stdio, g.endStdio = context.WithCancel(context.Background())
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}
@@ -223,7 +228,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		g.log.Info("policy loaded", "dir", cfg.PolicyDir, "version", g.policies.Current().VersionString())
 	}
 
-	ups, err := upstreams(cfg, src, opts.Builtins, func(rt http.RoundTripper) http.RoundTripper {
+	ups, err := upstreams(g.stdio, cfg, src, opts.Builtins, func(rt http.RoundTripper) http.RoundTripper {
 		// The upstream hears the trace context of the call it serves.
 		return g.tel.HTTPTransport(rt)
 	})
@@ -598,11 +603,13 @@ func (g *Gateway) XDSVersion() string {
 
 // Close releases what New opened: upstream sessions, the audit log (its
 // queue is drained first), the shadow counts not yet written and the
-// database.
+// database. The stdio upstreams' processes the broker could not end in
+// its close timeout are killed, with what they started.
 func (g *Gateway) Close() error {
 	if g.broker != nil {
 		g.broker.Close()
 	}
+	g.endStdio()
 	if g.webhook != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		g.webhook.Close(ctx)

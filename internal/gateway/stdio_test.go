@@ -102,3 +102,46 @@ func readWithin(t *testing.T, cs *mcp.ClientSession, root, shared string) {
 		t.Errorf("write_file: %v", err)
 	}
 }
+
+// A stdio upstream's process runs in a process group of its own, which is
+// killed when the gateway ends its stdio processes (once the broker has
+// given their sessions its close timeout to end): neither a server that
+// ignores the end of its input and SIGTERM, nor a process it started,
+// outlives the gateway.
+func TestStdioProcessesEndWithTheGateway(t *testing.T) {
+	stdio, end := context.WithCancel(context.Background())
+	defer end()
+	transport, err := commandTransport(stdio, &config.Upstream{Name: "stubborn", Command: []string{"node", "testdata/stubborn-server.js"}}, nil)(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "amg", Version: "1"}, nil).Connect(context.Background(), transport, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "pids", Arguments: json.RawMessage(`{}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var server, child int
+	if _, err := fmt.Sscan(text(t, res), &server, &child); err != nil {
+		t.Fatalf("pids: %v", err)
+	}
+	end()
+	cs.Close()
+	for _, pid := range []int{server, child} {
+		waitFor(t, fmt.Sprintf("process %d to end", pid), func() bool { return !running(pid) })
+	}
+}
+
+// running reports whether process pid runs; a zombie, which its parent
+// has yet to wait for, does not.
+func running(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command, which is in parentheses.
+	_, after, _ := strings.Cut(string(stat), ") ")
+	return !strings.HasPrefix(after, "Z")
+}
