@@ -1247,24 +1247,32 @@ func TestCancellationReachesTheUpstream(t *testing.T) {
 	bothPaths(t, func(t *testing.T, g *gateway) {
 		cs := g.connect(t, nil)
 		g.warm(t, cs)
-		ctx, cancel := context.WithCancel(context.Background())
-		errs := make(chan error, 1)
-		go func() {
-			_, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "notion__wait", Arguments: json.RawMessage(`{}`)})
-			errs <- err
-		}()
-		<-g.up.started
-		cancel()
-		select {
-		case <-g.up.cancelled:
-		case <-time.After(10 * time.Second):
-			t.Fatal("the upstream's call was not cancelled")
-		}
-		if err := <-errs; err == nil {
-			t.Error("a cancelled call returned no error")
-		}
-		g.checkPath(t, "notion__wait")
+		cancelledCallReachesUpstream(t, g, cs)
 	})
+}
+
+// cancelledCallReachesUpstream has cs start a call of the upstream's wait
+// tool, cancel it, and checks that the upstream's call is cancelled and
+// cs's returns an error.
+func cancelledCallReachesUpstream(t *testing.T, g *gateway, cs *mcp.ClientSession) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	errs := make(chan error, 1)
+	go func() {
+		_, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "notion__wait", Arguments: json.RawMessage(`{}`)})
+		errs <- err
+	}()
+	<-g.up.started
+	cancel()
+	select {
+	case <-g.up.cancelled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream's call was not cancelled")
+	}
+	if err := <-errs; err == nil {
+		t.Error("a cancelled call returned no error")
+	}
+	g.checkPath(t, "notion__wait")
 }
 
 // An upstream's resource update reaches the agent that subscribed, under
