@@ -3,7 +3,6 @@ package broker
 import (
 	"context"
 	"encoding/json"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -41,16 +40,6 @@ func TestCloseEndsTheAgentSessionsTogether(t *testing.T) {
 	<-closed
 }
 
-// nodeStdioUpstream runs the test's stdio server, with args, for every
-// session; when a session ends, so does the server's input, and the
-// server is told to terminate if it has not exited terminate later.
-func nodeStdioUpstream(terminate time.Duration, args ...string) func(context.Context) (mcp.Transport, error) {
-	return func(context.Context) (mcp.Transport, error) {
-		cmd := exec.Command("node", append([]string{"testdata/stdio-server.js"}, args...)...)
-		return &mcp.CommandTransport{Command: cmd, TerminateDuration: terminate}, nil
-	}
-}
-
 // Close waits for the upstream sessions already closing, those of a
 // session its agent ended just before included: once Close returns, no
 // stdio process of an agent session is left, for the gateway exits next
@@ -59,9 +48,9 @@ func TestCloseWaitsForUpstreamSessionsClosing(t *testing.T) {
 	var n atomic.Int32
 	transport := func(ctx context.Context) (mcp.Transport, error) {
 		if n.Add(1) == 1 {
-			return nodeStdioUpstream(time.Second)(ctx) // the catalogue's exits when its input ends
+			return stdioUpstreamOf(time.Second, false)(ctx) // the catalogue's exits when its input ends
 		}
-		return nodeStdioUpstream(time.Second, "linger")(ctx) // the agent's waits to be told to terminate
+		return stdioUpstreamOf(time.Second, true)(ctx) // the agent's waits to be told to terminate
 	}
 	g := newGatewayTimed(t, false, 5*time.Second, []Upstream{{Name: "files", Transport: transport}})
 	cs := g.connect(t, nil)

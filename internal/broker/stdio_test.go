@@ -16,10 +16,22 @@ import (
 
 // stdioUpstream is an upstream over stdio, a process for each session:
 // this test binary, run again as the server (TestStdioUpstreamProcess).
-func stdioUpstream(context.Context) (mcp.Transport, error) {
-	cmd := exec.Command(os.Args[0], "-test.run=^TestStdioUpstreamProcess$")
-	cmd.Env = append(os.Environ(), "AMG_BROKER_STDIO_UPSTREAM=1")
-	return &mcp.CommandTransport{Command: cmd}, nil
+func stdioUpstream(ctx context.Context) (mcp.Transport, error) {
+	return stdioUpstreamOf(0, false)(ctx)
+}
+
+// stdioUpstreamOf is stdioUpstream whose server, if linger is set, does
+// not exit when its input ends, as a server may not, and is told to
+// terminate terminate later (0: the SDK's default).
+func stdioUpstreamOf(terminate time.Duration, linger bool) func(context.Context) (mcp.Transport, error) {
+	return func(context.Context) (mcp.Transport, error) {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestStdioUpstreamProcess$")
+		cmd.Env = append(os.Environ(), "AMG_BROKER_STDIO_UPSTREAM=1")
+		if linger {
+			cmd.Env = append(cmd.Env, "AMG_BROKER_STDIO_LINGER=1")
+		}
+		return &mcp.CommandTransport{Command: cmd, TerminateDuration: terminate}, nil
+	}
 }
 
 // TestStdioUpstreamProcess is no test: run by stdioUpstream, it serves a
@@ -34,6 +46,11 @@ func TestStdioUpstreamProcess(t *testing.T) {
 		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: fmt.Sprint("pid ", os.Getpid())}}}, nil
 	})
 	srv.Run(context.Background(), &mcp.StdioTransport{})
+	if os.Getenv("AMG_BROKER_STDIO_LINGER") == "1" {
+		for { // until a signal ends it
+			time.Sleep(time.Hour)
+		}
+	}
 	os.Exit(0)
 }
 
