@@ -838,7 +838,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(w, http.StatusForbidden, "request was not authorized by the gateway: its decision was served before")
 		return
 	}
-	if b.stateless != nil && statelessRequest(r, body) {
+	if b.stateless != nil && b.statelessRequest(r, body) {
 		b.serveStateless(w, r, d, body)
 		return
 	}

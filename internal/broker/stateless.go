@@ -74,7 +74,7 @@ func tokenKey(d authz.Decision) string { return d.TokenID + "\x00" + d.Agent + "
 // one its _meta, says so (authz has checked that the two agree), or it
 // asks what the gateway serves (server/discover), which only a stateless
 // handler answers with those versions too.
-func statelessRequest(r *http.Request, body []byte) bool {
+func (b *Broker) statelessRequest(r *http.Request, body []byte) bool {
 	if v := r.Header.Get("Mcp-Protocol-Version"); v != "" {
 		return v >= perRequestFrom
 	}
@@ -83,7 +83,7 @@ func statelessRequest(r *http.Request, body []byte) bool {
 	if !bytes.Contains(body, []byte(mcpfilter.MetaProtocolVersionKey)) && !bytes.Contains(body, []byte(`"server/discover"`)) {
 		return false
 	}
-	parsed, err := mcpfilter.Parse(body, &mcpfilter.Options{SkipArgs: true})
+	parsed, err := b.envelope(r, body)
 	if err != nil || len(parsed.Messages) != 1 {
 		return false
 	}
@@ -114,12 +114,18 @@ func (b *Broker) serveStateless(w http.ResponseWriter, r *http.Request, d authz.
 		writeRPCError(w, http.StatusServiceUnavailable, requestID(body), authz.RPCDenied, why)
 		return
 	}
+	// Read as authz read it, as a request without a session is.
+	parsed, err := b.envelope(r, body)
+	if err != nil {
+		b.refuseUnreadable(w, d, err)
+		return
+	}
 	ref := &tokenRef{b: b, d: d}
-	if usesUpstream(body) {
+	if usesUpstream(parsed) {
 		if as, n := ref.state(); as == nil {
 			why := fmt.Sprintf("agent %q has %d sessions open, as many as the gateway allows it, and each of its tokens that speaks protocol 2026-07-28 counts as one: end a session (DELETE), or let one go idle", d.Agent, n)
 			b.record(d, CodeSessionLimit, why)
-			writeRPCError(w, http.StatusTooManyRequests, requestID(body), authz.RPCRateLimited, why)
+			writeRPCError(w, http.StatusTooManyRequests, singleID(parsed), authz.RPCRateLimited, why)
 			return
 		}
 	}
@@ -147,12 +153,11 @@ func (b *Broker) serveStateless(w http.ResponseWriter, r *http.Request, d authz.
 	b.stateless.ServeHTTP(w, r)
 }
 
-// usesUpstream reports whether body is a request that may reach an
+// usesUpstream reports whether parsed is a request that may reach an
 // upstream, and so needs its token's state: one the role servers forward
 // (a tool call, a prompt, a read or a completion).
-func usesUpstream(body []byte) bool {
-	parsed, err := mcpfilter.Parse(body, &mcpfilter.Options{SkipArgs: true})
-	if err != nil || len(parsed.Messages) != 1 || parsed.Messages[0].Kind != mcpfilter.KindRequest {
+func usesUpstream(parsed *mcpfilter.Body) bool {
+	if len(parsed.Messages) != 1 || parsed.Messages[0].Kind != mcpfilter.KindRequest {
 		return false
 	}
 	switch parsed.Messages[0].Method {
