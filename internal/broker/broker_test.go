@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -109,6 +110,8 @@ type upstreamServer struct {
 	// holding, when set, holds every POST whose body it matches until the
 	// test ends (stop), never answered.
 	holding atomic.Pointer[func(body []byte) bool]
+	// conns counts the connections made to the HTTP upstream.
+	conns atomic.Int32
 }
 
 // bigResult is the size of the big tool's text, more than the broker holds
@@ -247,7 +250,7 @@ func (u *upstreamServer) transport(ctx context.Context) (mcp.Transport, error) {
 // the body of every POST it receives, and returns transports to it.
 func (u *upstreamServer) serveHTTP(t *testing.T) func(context.Context) (mcp.Transport, error) {
 	u.restart()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPost {
 			body, _ := io.ReadAll(r.Body)
 			u.mu.Lock()
@@ -272,6 +275,12 @@ func (u *upstreamServer) serveHTTP(t *testing.T) func(context.Context) (mcp.Tran
 		}
 		h.ServeHTTP(w, r)
 	}))
+	srv.Config.ConnState = func(_ net.Conn, state http.ConnState) {
+		if state == http.StateNew {
+			u.conns.Add(1)
+		}
+	}
+	srv.Start()
 	t.Cleanup(srv.Close)
 	u.http = srv
 	return func(context.Context) (mcp.Transport, error) {

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
@@ -41,6 +42,10 @@ type directUpstream struct {
 	endpoint string
 	session  string // Mcp-Session-Id; empty for a stateless server
 	version  string // the negotiated protocol version
+	// lingers is set once a call's stream went on past its response for
+	// longer than drainWait: the session's streams are not waited for
+	// again.
+	lingers atomic.Bool
 }
 
 func newDirectUpstream(t mcp.Transport, cs *mcp.ClientSession) *directUpstream {
@@ -432,7 +437,12 @@ func (b *Broker) streamDirect(ctx context.Context, stream *sseStream, r *http.Re
 			}
 		}
 	}}
-	defer func() { events.body.Close() }()
+	defer func() {
+		if done && events.err == nil {
+			d.drain(events.body, call.cancel)
+		}
+		events.body.Close()
+	}()
 	// The events are handled as they are read; what Read returns is
 	// only their bytes again.
 	var buf [4096]byte
@@ -482,6 +492,33 @@ func (b *Broker) streamDirect(ctx context.Context, stream *sseStream, r *http.Re
 		return false
 	}
 	return true
+}
+
+// drainWait bounds the wait for the end of a call's stream once its
+// response is in; drainMax, what is read of it meanwhile. They are
+// variables for tests.
+var (
+	drainWait = 50 * time.Millisecond
+	drainMax  = int64(64 << 10)
+)
+
+// drain reads what is left of a call's stream after its response, so that
+// its connection serves the session's next request: a response body closed
+// before its end closes its connection, and the next call would dial, and
+// handshake, anew. The upstream ends the stream right after the response
+// (the protocol says it should), usually before the broker has read the
+// response, sometimes just after. A session whose upstream kept a stream
+// open past drainWait, or wrote drainMax more, is not waited for again;
+// cancel ends the call's request, and so the wait.
+func (d *directUpstream) drain(body io.Reader, cancel context.CancelFunc) {
+	if d.lingers.Load() {
+		return
+	}
+	timer := time.AfterFunc(drainWait, cancel)
+	n, _ := io.Copy(io.Discard, io.LimitReader(body, drainMax))
+	if !timer.Stop() || n == drainMax {
+		d.lingers.Store(true)
+	}
 }
 
 // maxResumes bounds the attempts to resume a direct call's event stream

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"regexp"
@@ -643,4 +644,83 @@ func TestDirectPathAgentMessagesTheUpstreamDoesNotTake(t *testing.T) {
 			t.Fatal("the agent's cancellation waited for the upstream to take it")
 		}
 	})
+}
+
+// callStream answers every tools/call the upstream gets with its response
+// on an event stream, and then, before ending the stream, runs after.
+func callStream(u *upstreamServer, after func(r *http.Request)) {
+	idRE := regexp.MustCompile(`"id":("amg-\d+")`)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := idRE.FindStringSubmatch(u.lastPost())[1]
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		fmt.Fprintf(w, "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"3 pages\"}]}}\n\n", id)
+		w.(http.Flusher).Flush()
+		after(r)
+	})
+	u.callsTo.Store(&h)
+}
+
+const pagesCall = `{"jsonrpc":"2.0","id":"c","method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`
+
+// A call's stream that ends a moment after its response, as streams do, is
+// read to its end, so that its connection serves the next call: a body
+// closed before its end closes the connection, and every call would dial
+// (and, to an https upstream, handshake) anew.
+func TestDirectPathReusesTheUpstreamConnection(t *testing.T) {
+	g, a := directAgent(t)
+	callStream(g.up, func(*http.Request) { time.Sleep(5 * time.Millisecond) })
+	a.post(pagesCall)
+	before := g.up.conns.Load()
+	const calls = 5
+	for i := range calls {
+		if got := a.post(pagesCall); len(got) != 1 || !strings.Contains(got[0], `"text":"3 pages"`) {
+			t.Fatalf("call %d: %q", i+1, got)
+		}
+		g.checkPath(t, "notion__get_pages")
+	}
+	if n := g.up.conns.Load() - before; n != 0 {
+		t.Errorf("%d calls opened %d new connections to the upstream", calls, n)
+	}
+}
+
+// An upstream that keeps a call's stream open after the response holds up
+// neither the session nor the upstream's handler: the stream is closed
+// after drainWait, and the session's later streams at once.
+func TestDirectPathClosesAStreamKeptOpen(t *testing.T) {
+	g, a := directAgent(t)
+	closed := make(chan struct{}, 16)
+	callStream(g.up, func(r *http.Request) {
+		select {
+		case <-r.Context().Done():
+			closed <- struct{}{}
+		case <-time.After(30 * time.Second): // a failsafe, far beyond drainWait
+		}
+	})
+	const calls = 3
+	for i := range calls {
+		if got := a.post(pagesCall); len(got) != 1 || !strings.Contains(got[0], `"text":"3 pages"`) {
+			t.Fatalf("call %d: %q", i+1, got)
+		}
+	}
+	for i := range calls {
+		select {
+		case <-closed:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("the upstream's stream of call %d was never closed", i+1)
+		}
+	}
+	var lingers []bool
+	g.broker.sessions.Range(func(_, v any) bool {
+		as := v.(*agentSession)
+		as.mu.Lock()
+		if d := as.direct["notion"]; d != nil {
+			lingers = append(lingers, d.lingers.Load())
+		}
+		as.mu.Unlock()
+		return true
+	})
+	if len(lingers) != 1 || !lingers[0] {
+		t.Errorf("the session's upstream is not marked as keeping its streams open: %v", lingers)
+	}
 }
