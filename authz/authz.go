@@ -307,9 +307,8 @@ func (c *call) authenticate(h headers) *authv3.CheckResponse {
 // partial only when it holds more than it sends), and one whose
 // Content-Length, when the agent sent one, says otherwise.
 func (c *call) checkWhole(h headers) *authv3.CheckResponse {
-	tooLarge := fmt.Sprintf("request body is larger than the gateway accepts (%d bytes)", c.s.maxBody)
 	if h.get("x-envoy-auth-partial-body") == "true" || len(c.body) > c.s.maxBody {
-		return c.reject(413, CodeBodyTooLarge, tooLarge)
+		return c.tooLarge()
 	}
 	cl, ok := h.lookup("content-length")
 	if !ok {
@@ -320,11 +319,15 @@ func (c *call) checkWhole(h headers) *authv3.CheckResponse {
 	case err != nil:
 		return c.reject(400, CodeMalformedRequest, "Content-Length "+quote(cl)+" is not a number of bytes")
 	case n > uint64(c.s.maxBody):
-		return c.reject(413, CodeBodyTooLarge, tooLarge)
+		return c.tooLarge()
 	case n != uint64(len(c.body)):
 		return c.reject(400, CodeMalformedRequest, fmt.Sprintf("request body is %d bytes, not the %d its Content-Length says", len(c.body), n))
 	}
 	return nil
+}
+
+func (c *call) tooLarge() *authv3.CheckResponse {
+	return c.reject(413, CodeBodyTooLarge, fmt.Sprintf("request body is larger than the gateway accepts (%d bytes)", c.s.maxBody))
 }
 
 // parse checks the protocol version and parses the body strictly.
