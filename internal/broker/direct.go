@@ -43,8 +43,8 @@ type directUpstream struct {
 	session  string // Mcp-Session-Id; empty for a stateless server
 	version  string // the negotiated protocol version
 	// lingers is set once a call's stream went on past its response for
-	// longer than drainWait: the session's streams are not waited for
-	// again.
+	// longer than restWait: the session's streams are not read to their
+	// end again.
 	lingers atomic.Bool
 }
 
@@ -124,6 +124,9 @@ type directCall struct {
 	upID   string // the id the upstream sees
 	up     *directUpstream
 	cancel context.CancelFunc
+	// rest is set when the rest of the call's stream is being read after
+	// its response (readRest), which then ends the call's request.
+	rest bool
 }
 
 // relayedRequest is an upstream's request relayed to the agent during a
@@ -226,8 +229,12 @@ func (b *Broker) directCall(stream *sseStream, r *http.Request, as *agentSession
 	// protocol says so): the call goes on until the upstream answers, the
 	// timeout, or the agent's notifications/cancelled.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), u.CallTimeout)
-	defer cancel()
 	call := &directCall{server: server, upID: upID, up: d, cancel: cancel}
+	defer func() {
+		if !call.rest {
+			cancel()
+		}
+	}()
 	agentID := string(m.ID)
 	as.mu.Lock()
 	as.directCalls[agentID] = call
@@ -264,7 +271,11 @@ func (b *Broker) directCall(stream *sseStream, r *http.Request, as *agentSession
 		b.finishDirect(stream, r, m.ID, server, tool, start, err)
 		return true
 	}
-	defer resp.Body.Close()
+	defer func() {
+		if !call.rest {
+			resp.Body.Close()
+		}
+	}()
 	if resp.StatusCode/100 != 2 {
 		b.finishDirect(stream, r, m.ID, server, tool, start, fmt.Errorf("HTTP %d", resp.StatusCode))
 		return true
@@ -438,8 +449,10 @@ func (b *Broker) streamDirect(ctx context.Context, stream *sseStream, r *http.Re
 		}
 	}}
 	defer func() {
-		if done && events.err == nil {
-			d.drain(events.body, call.cancel)
+		if done && events.err == nil && !d.lingers.Load() {
+			call.rest = true
+			go d.readRest(events.body, call.cancel)
+			return
 		}
 		events.body.Close()
 	}()
@@ -494,31 +507,35 @@ func (b *Broker) streamDirect(ctx context.Context, stream *sseStream, r *http.Re
 	return true
 }
 
-// drainWait bounds the wait for the end of a call's stream once its
-// response is in; drainMax, what is read of it meanwhile. They are
+// restWait bounds the wait for the end of a call's stream once its
+// response is in; restMax, what is read of it meanwhile. They are
 // variables for tests.
 var (
-	drainWait = 50 * time.Millisecond
-	drainMax  = int64(64 << 10)
+	restWait = 50 * time.Millisecond
+	restMax  = int64(64 << 10)
 )
 
-// drain reads what is left of a call's stream after its response, so that
-// its connection serves the session's next request: a response body closed
+// readRest reads what is left of a call's stream after its response, then
+// closes it and ends the call's request (cancel). A response body closed
 // before its end closes its connection, and the next call would dial, and
-// handshake, anew. The upstream ends the stream right after the response
-// (the protocol says it should), usually before the broker has read the
-// response, sometimes just after. A session whose upstream kept a stream
-// open past drainWait, or wrote drainMax more, is not waited for again;
-// cancel ends the call's request, and so the wait.
-func (d *directUpstream) drain(body io.Reader, cancel context.CancelFunc) {
-	if d.lingers.Load() {
-		return
-	}
-	timer := time.AfterFunc(drainWait, cancel)
-	n, _ := io.Copy(io.Discard, io.LimitReader(body, drainMax))
-	if !timer.Stop() || n == drainMax {
+// handshake, anew; read to its end, the connection serves the session's
+// next request. The upstream ends the stream right after the response
+// (the protocol says it should), often before the broker has read the
+// response, sometimes just after: the agent, who has its answer, does not
+// wait for that. A session whose upstream kept a stream open past
+// restWait, or wrote restMax more, is not waited for again: its streams
+// are closed at once, as they end the call.
+func (d *directUpstream) readRest(body io.ReadCloser, cancel context.CancelFunc) {
+	timer := time.AfterFunc(restWait, func() {
+		d.lingers.Store(true)
+		cancel()
+	})
+	if n, _ := io.Copy(io.Discard, io.LimitReader(body, restMax)); n == restMax {
 		d.lingers.Store(true)
 	}
+	timer.Stop()
+	body.Close()
+	cancel()
 }
 
 // maxResumes bounds the attempts to resume a direct call's event stream
