@@ -508,11 +508,10 @@ func (b *Broker) streamDirect(ctx context.Context, stream *sseStream, r *http.Re
 }
 
 // restWait bounds the wait for the end of a call's stream once its
-// response is in; restMax, what is read of it meanwhile. They are
-// variables for tests.
-var (
+// response is in; restMax, what is read of it meanwhile.
+const (
 	restWait = 50 * time.Millisecond
-	restMax  = int64(64 << 10)
+	restMax  = 64 << 10
 )
 
 // readRest reads what is left of a call's stream after its response, then
