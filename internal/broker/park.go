@@ -346,7 +346,8 @@ func (b *Broker) decidedTooLate(a *approval.Approval, why string) {
 // cancelLater cancels an abandoned approval the store failed to cancel,
 // trying again until the store can, the approval is decided or expires, or
 // the broker drains: else it would stay pending, and a human could approve
-// a call no one is left to run.
+// a call no one is left to run. A decision that comes first ends it as one
+// that came as the agent went away (decidedTooLate).
 func (b *Broker) cancelLater(a *approval.Approval, why string) {
 	b.log.Warn("cannot cancel an abandoned approval; retrying", "approval_id", a.ID)
 	b.cancelling.Go(func() {
@@ -359,12 +360,15 @@ func (b *Broker) cancelLater(a *approval.Approval, why string) {
 			case <-tick.C:
 			}
 			_, err := b.finish(a, approval.Cancelled, why)
-			if errors.Is(err, approval.ErrNotFound) {
+			switch {
+			case errors.Is(err, approval.ErrNotPending):
+				b.decidedTooLate(a, why)
+			case errors.Is(err, approval.ErrNotFound):
 				b.lost(a)
+			case err != nil:
+				continue
 			}
-			if err == nil || errors.Is(err, approval.ErrNotPending) || errors.Is(err, approval.ErrNotFound) {
-				return
-			}
+			return
 		}
 	})
 }

@@ -712,6 +712,37 @@ func TestAbandonedCallIsCancelledOnceTheStoreRecovers(t *testing.T) {
 	awaitState(t, mem, p.ID, approval.Cancelled)
 }
 
+// A call approved while the broker retries the cancellation of its
+// abandoned approval is not run either: as when the approval races its
+// agent's going away (TestCallApprovedAsItsAgentLeftIsVoided), the
+// decision is audited and the approval voided, not left approved.
+func TestCallApprovedDuringItsCancellationRetryIsVoided(t *testing.T) {
+	mem := approval.NewMemory(nil)
+	failing := &atomic.Bool{}
+	store := failingFinishes{mem, failing, make(chan struct{}, 1)}
+	g := parkedGateway(t, store, func(o *Options) { o.StoreRetry = 20 * time.Millisecond })
+	ctx, cancel := context.WithCancel(context.Background())
+	newRawAgent(t, g).postUntil(ctx, `{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`)
+	p := parkedOne(t, mem)
+	failing.Store(true)
+	cancel()
+	<-store.failed // the broker's cancellation failed; it retries
+	// Approved meanwhile, through another replica say.
+	if _, err := mem.Finish(context.Background(), p.ID, approval.Approved, "alice", "go ahead", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	failing.Store(false)
+	awaitState(t, mem, p.ID, approval.Voided)
+	const why = "approved after it was abandoned: the agent went away before a decision"
+	checkVoided(t, g, mem, p.ID, CodeApprovalAbandoned, why)
+	if codes := g.audit.Codes(); !slices.Contains(codes, CodeApprovalApproved) {
+		t.Errorf("audit codes %v: the approval is not among them", codes)
+	}
+	if d := g.deletions(); len(d) != 0 {
+		t.Errorf("an abandoned call ran: %v", d)
+	}
+}
+
 // postUntil sends body from the agent's session in the background, until
 // ctx ends; what comes back is read and dropped.
 func (a *rawAgent) postUntil(ctx context.Context, body string) {
