@@ -917,7 +917,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if as != nil {
 		b.active(as)
-		if b.serveDirect(w, r, as, body) {
+		if b.serveDirect(w, r, as, d, body) {
 			return
 		}
 	}
@@ -948,6 +948,11 @@ const (
 	CodeSessionRequired = "session_required"
 	// A new session past the agent's limit (Options.MaxSessionsPerAgent).
 	CodeSessionLimit = "session_limit"
+	// A request under the id of a call of its session still in flight or
+	// waiting for approval, and a cancellation whose id names several
+	// calls of a token's state (see idInUse and directCancel).
+	CodeRequestIDInUse  = "request_id_in_use"
+	CodeCancelAmbiguous = "cancel_ambiguous"
 	// An allowed call that reached its upstream, and one that failed there.
 	CodeExecuted      = "executed"
 	CodeUpstreamError = "upstream_error"

@@ -120,10 +120,11 @@ func (d *directUpstream) answerNoRoots(ctx context.Context, id []byte) {
 
 // directCall is a tools/call in flight on the direct path.
 type directCall struct {
-	server string
-	upID   string // the id the upstream sees
-	up     *directUpstream
-	cancel context.CancelFunc
+	server  string
+	agentID string // the id the agent sent
+	upID    string // the id the upstream sees
+	up      *directUpstream
+	cancel  context.CancelFunc
 	// rest is set when the rest of the call's stream is being read after
 	// its response (readRest), which then ends the call's request.
 	rest bool
@@ -152,9 +153,11 @@ func tooLarge() error {
 // well-formed JSON-RPC, however large or deep a result.
 var upstreamParse = &mcpfilter.Options{MaxBytes: maxUpstreamMessage, MaxDepth: 10000}
 
-// serveDirect serves body on the direct path if it can, and reports
-// whether it did; if not, nothing has been written to w.
-func (b *Broker) serveDirect(w http.ResponseWriter, r *http.Request, as *agentSession, body []byte) bool {
+// serveDirect serves body, which decision d allows, on the direct path if
+// it can, and reports whether it did; if not, nothing has been written to
+// w. A request under the id of a call the broker serves itself is refused
+// here (see idInUse), whichever path it would take.
+func (b *Broker) serveDirect(w http.ResponseWriter, r *http.Request, as *agentSession, d authz.Decision, body []byte) bool {
 	if r.Method != http.MethodPost {
 		return false
 	}
@@ -166,14 +169,39 @@ func (b *Broker) serveDirect(w http.ResponseWriter, r *http.Request, as *agentSe
 	}
 	m := &parsed.Messages[0]
 	switch {
+	case m.Kind == mcpfilter.KindRequest && b.idInUse(w, as, d, m.ID):
+		return true
 	case m.Kind == mcpfilter.KindRequest && m.Method == "tools/call":
 		return b.directCall(&sseStream{w: w}, r, as, body, m)
 	case m.Kind == mcpfilter.KindResponse:
 		return b.directAnswer(w, r, as, body, m)
 	case m.Kind == mcpfilter.KindNotification && m.Method == "notifications/cancelled":
-		return b.directCancel(w, r, as, m)
+		return b.directCancel(w, r, as, d, m)
 	}
 	return false
+}
+
+// idInUse refuses, and audits, a request of an agent session under the
+// id of one of the session's calls on the direct path or parked for
+// approval, as the SDK refuses one under the id of a request it serves:
+// JSON-RPC ids are unique among a session's requests in flight, and a
+// cancellation names its call by id. It reports whether it refused. The
+// requests of a token's state come from clients that cannot know each
+// other's ids, and are not refused.
+func (b *Broker) idInUse(w http.ResponseWriter, as *agentSession, d authz.Decision, id json.RawMessage) bool {
+	if as.ss == nil {
+		return false
+	}
+	as.mu.Lock()
+	held := as.holds(string(id))
+	as.mu.Unlock()
+	if !held {
+		return false
+	}
+	why := fmt.Sprintf("request id %s is that of a call of this session still in flight or waiting for approval: use another id", id)
+	b.record(d, CodeRequestIDInUse, why)
+	writeRPCError(w, http.StatusBadRequest, id, mcpfilter.CodeInvalidRequest, why)
+	return true
 }
 
 // directUpstreamFor returns the agent session's direct connection to the
@@ -229,19 +257,18 @@ func (b *Broker) directCall(stream *sseStream, r *http.Request, as *agentSession
 	// protocol says so): the call goes on until the upstream answers, the
 	// timeout, or the agent's notifications/cancelled.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), u.CallTimeout)
-	call := &directCall{server: server, upID: upID, up: d, cancel: cancel}
+	call := &directCall{server: server, agentID: string(m.ID), upID: upID, up: d, cancel: cancel}
 	defer func() {
 		if !call.rest {
 			cancel()
 		}
 	}()
-	agentID := string(m.ID)
 	as.mu.Lock()
-	as.directCalls[agentID] = call
+	as.directCalls[upID] = call
 	as.mu.Unlock()
 	defer func() {
 		as.mu.Lock()
-		delete(as.directCalls, agentID)
+		delete(as.directCalls, upID)
 		as.mu.Unlock()
 	}()
 	// A call that times out is over for the upstream too: it is told so,
@@ -622,26 +649,45 @@ func (b *Broker) relayCancellation(as *agentSession, server string, params json.
 	stream.send(n)
 }
 
-// directCancel abandons the call the agent cancels if it is one the SDK
-// does not know of: a direct call, whose cancellation it passes upstream,
-// or a call waiting for approval.
-func (b *Broker) directCancel(w http.ResponseWriter, r *http.Request, as *agentSession, m *mcpfilter.Message) bool {
+// directCancel abandons the call the agent cancels, which decision d
+// allows, if it is one the SDK does not know of: a direct call, whose
+// cancellation it passes upstream, or a call waiting for approval. The
+// clients of a token's state may have several such calls under one id:
+// which one is meant cannot be told, and none is cancelled.
+func (b *Broker) directCancel(w http.ResponseWriter, r *http.Request, as *agentSession, d authz.Decision, m *mcpfilter.Message) bool {
 	var p cancelledParams
 	if json.Unmarshal(m.Params, &p) != nil {
 		return false
 	}
-	id := bytes.TrimSpace(p.RequestID)
+	id := string(bytes.TrimSpace(p.RequestID))
+	var calls []*directCall
+	var waiting []context.CancelCauseFunc
 	as.mu.Lock()
-	call, abandon := as.directCalls[string(id)], as.parked[string(id)]
+	for _, c := range as.directCalls {
+		if c.agentID == id {
+			calls = append(calls, c)
+		}
+	}
+	for _, pc := range as.parked {
+		if pc.id == id && pc.abandon != nil {
+			waiting = append(waiting, pc.abandon)
+		}
+	}
 	as.mu.Unlock()
-	if abandon != nil {
-		abandon(errCancelledByAgent)
+	switch n := len(calls) + len(waiting); {
+	case n == 0:
+		return false
+	case n > 1:
+		why := fmt.Sprintf("request %s not cancelled: %d calls in flight or waiting for approval have that id, and which one is meant cannot be told", id, n)
+		b.record(d, CodeCancelAmbiguous, why)
+		writeRPCError(w, http.StatusBadRequest, json.RawMessage("null"), mcpfilter.CodeInvalidRequest, why)
+		return true
+	case len(waiting) == 1:
+		waiting[0](errCancelledByAgent)
 		w.WriteHeader(http.StatusAccepted)
 		return true
 	}
-	if call == nil {
-		return false
-	}
+	call := calls[0]
 	ctx, cancel := notice(r.Context())
 	defer cancel()
 	call.cancelUpstream(ctx, p.Reason)

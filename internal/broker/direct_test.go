@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -644,6 +645,37 @@ func TestDirectPathAgentMessagesTheUpstreamDoesNotTake(t *testing.T) {
 			t.Fatal("the agent's cancellation waited for the upstream to take it")
 		}
 	})
+}
+
+// A call reusing the id of a call of its session in flight on the direct
+// path is refused, as the SDK refuses one reusing the id of a request it
+// serves, and audited; the call in flight is still the one the agent's
+// cancellation of that id reaches.
+func TestDirectPathRefusesAnIDInFlight(t *testing.T) {
+	g, a := directAgent(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second) // a failsafe
+	defer cancel()
+	a.postUntil(ctx, `{"jsonrpc":"2.0","id":"w1","method":"tools/call","params":{"name":"notion__wait","arguments":{}}}`)
+	<-g.up.started
+	resp, err := a.send(ctx, `{"jsonrpc":"2.0","id":"w1","method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if got := string(data); resp.StatusCode != http.StatusBadRequest || !strings.Contains(got, `"id":"w1"`) || !strings.Contains(got, `"code":-32600`) ||
+		!strings.Contains(got, `request id \"w1\" is that of a call of this session still in flight`) {
+		t.Errorf("a call reusing the id of one in flight: HTTP %d: %s", resp.StatusCode, got)
+	}
+	if codes := g.audit.Codes(); !slices.Contains(codes, CodeRequestIDInUse) {
+		t.Errorf("audit codes %v: the refusal is not among them", codes)
+	}
+	a.read(ctx, `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"w1"}}`)
+	select {
+	case <-g.up.cancelled:
+	case <-ctx.Done():
+		t.Fatal("the agent's cancellation of the call in flight did not reach the upstream")
+	}
 }
 
 // callStream answers every tools/call the upstream gets with its response

@@ -71,6 +71,9 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, as *agentSession, 
 		b.refusePark(w, d, body, "a call that needs approval must come in an initialized MCP session")
 		return
 	}
+	if b.idInUse(w, as, d, m.ID) {
+		return
+	}
 	select {
 	case <-b.drained.Done():
 		b.refusePark(w, d, body, "this call needs human approval, and the gateway is shutting down")
@@ -143,17 +146,24 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, as *agentSession, 
 	if as.ups == nil {
 		abandon(errSessionEnded)
 	} else {
-		as.parked[id] = abandon
+		as.parked[a.ID] = parkedCall{id: id, abandon: abandon}
 	}
 	as.mu.Unlock()
 	defer func() {
 		as.mu.Lock()
-		delete(as.parked, id)
+		delete(as.parked, a.ID)
 		as.mu.Unlock()
 	}()
 
 	outcome, err := b.waitForDecision(ctx, a, keepAlive)
 	unpark()
+	// The wait is over: the call holds its id until it is answered, and
+	// is no longer abandoned (see parkedCall).
+	as.mu.Lock()
+	if _, ok := as.parked[a.ID]; ok {
+		as.parked[a.ID] = parkedCall{id: id}
+	}
+	as.mu.Unlock()
 	switch {
 	case errors.Is(err, errStopped):
 		send(rpcError(m.ID, RPCApprovalRefused, "call needing approval "+a.ID+" was not run: the gateway is shutting down"))

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -710,6 +711,101 @@ func TestAbandonedCallIsCancelledOnceTheStoreRecovers(t *testing.T) {
 	<-store.failed // the broker's cancellation failed
 	failing.Store(false)
 	awaitState(t, mem, p.ID, approval.Cancelled)
+}
+
+// A call reusing the id of a call of its session that waits for approval
+// is refused, as the SDK refuses one reusing the id of a request it
+// serves, and audited; the waiting call is the session's one under that
+// id, and the session's end cancels it.
+func TestCallReusingAWaitingCallsIDIsRefused(t *testing.T) {
+	store := approval.NewMemory(nil)
+	g := parkedGateway(t, store)
+	a := newRawAgent(t, g)
+	warmRaw(a)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	call := func(page string) string {
+		return `{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"` + page + `"}}}`
+	}
+	a.postUntil(ctx, call("pg_1"))
+	first := parkedOne(t, store)
+	got := answerOrPark(t, a, store, call("pg_2"))
+	if !strings.HasPrefix(got, "HTTP 400: ") || !strings.Contains(got, `"id":42`) || !strings.Contains(got, `"code":-32600`) ||
+		!strings.Contains(got, "request id 42 is that of a call of this session still in flight or waiting for approval") {
+		t.Errorf("a call reusing a waiting call's id: %s", got)
+	}
+	if codes := g.audit.Codes(); !slices.Contains(codes, CodeRequestIDInUse) {
+		t.Errorf("audit codes %v: the refusal is not among them", codes)
+	}
+	h := map[string]string{"Authorization": "Bearer " + g.token, "Mcp-Session-Id": a.sid, "Mcp-Protocol-Version": rawVersion}
+	if code, body := sendMCP(t, "DELETE", g.url, h, ""); code/100 != 2 {
+		t.Fatalf("DELETE: %d %s", code, body)
+	}
+	awaitState(t, store, first.ID, approval.Cancelled)
+	if d := g.deletions(); len(d) != 0 {
+		t.Errorf("a call ran: %v", d)
+	}
+}
+
+// An approved call that was sent upstream is no longer waiting: the
+// agent's cancellation of it reaches the upstream, as a direct call's
+// does, rather than abandon a wait that is over.
+func TestApprovedCallsCancellationReachesTheUpstream(t *testing.T) {
+	store := approval.NewMemory(nil)
+	// The upstream's call timeout, which would cancel the call too, is
+	// well past the test's.
+	g := newGatewayTimed(t, true, time.Minute, nil, func(o *Options) { o.Approvals = store })
+	hold := func(body []byte) bool { return bytes.Contains(body, []byte(`"name":"delete_page"`)) }
+	g.up.holding.Store(&hold)
+	a := newRawAgent(t, g)
+	warmRaw(a)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second) // a failsafe
+	defer cancel()
+	a.postUntil(ctx, `{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`)
+	p := parkedOne(t, store)
+	if _, err := store.Finish(context.Background(), p.ID, approval.Approved, "alice", "", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	upstreamGot := func(s string) func() bool {
+		return func() bool { return strings.Contains(g.up.lastPost(), s) }
+	}
+	eventually(t, "the approved call sent upstream", upstreamGot(`"name":"delete_page"`))
+	a.read(ctx, `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":42}}`)
+	eventually(t, "the agent's cancellation passed upstream", upstreamGot(`"method":"notifications/cancelled"`))
+}
+
+// answerOrPark sends body from the agent's session, and returns its
+// answer as "HTTP <status>: <body>"; it fails the test if the call is
+// parked instead, next to the one call parked in store already.
+func answerOrPark(t *testing.T, a *rawAgent, store approval.Store, body string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	answer := make(chan string, 1)
+	go func() {
+		resp, err := a.send(ctx, body)
+		if err != nil {
+			answer <- err.Error()
+			return
+		}
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		answer <- fmt.Sprintf("HTTP %d: %s", resp.StatusCode, data)
+	}()
+	var got string
+	eventually(t, "the call answered or parked", func() bool {
+		select {
+		case got = <-answer:
+			return true
+		default:
+		}
+		list, _ := store.List(context.Background(), approval.Pending)
+		return len(list) > 1
+	})
+	if got == "" {
+		t.Fatalf("%s was parked, not refused", body)
+	}
+	return got
 }
 
 // A call approved while the broker retries the cancellation of its

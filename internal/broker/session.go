@@ -103,14 +103,17 @@ type agentSession struct {
 	connecting map[string]*connectAttempt    // the connection to ups[name] being made
 	level      string                        // what the agent last set with logging/setLevel
 	calls      inflight
-	// directCalls are the calls forwarded without the SDK, by the
-	// agent's id; relayed are the upstream requests relayed to the agent
-	// on such calls, by the id the agent sees.
+	// directCalls are the calls forwarded without the SDK, by the id the
+	// upstream sees; relayed are the upstream requests relayed to the
+	// agent on such calls, by the id the agent sees.
 	directCalls map[string]*directCall
 	relayed     map[string]relayedRequest
-	// parked are the calls waiting for a human, by the agent's id: the
-	// agent's cancellation, or the session's end, abandons them.
-	parked map[string]context.CancelCauseFunc
+	// parked are the calls waiting for a human, by approval id: the
+	// agent's cancellation, or the session's end, abandons them. The
+	// agent's ids do not key them, nor directCalls: a token's clients
+	// (stateless.go) may use one id at once, and each call must be
+	// reached.
+	parked map[string]parkedCall
 	// shared is the session's record for other replicas, once saved.
 	shared *SessionRecord
 	// tokens are the IDs of the AMG tokens the agent used in the session.
@@ -209,6 +212,33 @@ func (as *agentSession) busy() bool {
 	return n > 0
 }
 
+// parkedCall is a call of an agent session parked for approval: the
+// agent's id for it, and, while it waits, what abandons it. An approved
+// call keeps its entry, without abandon, until it is answered: its id
+// stays in use, and a cancellation of it goes to the upstream with the
+// call (see directCancel).
+type parkedCall struct {
+	id      string
+	abandon context.CancelCauseFunc
+}
+
+// holds reports whether the session has a call the broker serves itself
+// (on the direct path, or parked for approval) under the agent's id id.
+// Called with mu held.
+func (as *agentSession) holds(id string) bool {
+	for _, c := range as.directCalls {
+		if c.agentID == id {
+			return true
+		}
+	}
+	for _, p := range as.parked {
+		if p.id == id {
+			return true
+		}
+	}
+	return false
+}
+
 func (as *agentSession) touch() { as.lastActive.Store(time.Now().UnixNano()) }
 
 // active notes a request on as, and renews its shared record's lifetime
@@ -282,8 +312,10 @@ func (as *agentSession) end() []*mcp.ClientSession {
 	for _, c := range as.directCalls {
 		c.cancel()
 	}
-	for _, abandon := range as.parked {
-		abandon(errSessionEnded)
+	for _, p := range as.parked {
+		if p.abandon != nil {
+			p.abandon(errSessionEnded)
+		}
 	}
 	return slices.Collect(maps.Values(ups))
 }
@@ -354,7 +386,7 @@ func (b *Broker) agentSession(ss *mcp.ServerSession) *agentSession {
 func newAgentSession(ss *mcp.ServerSession) *agentSession {
 	as := &agentSession{ss: ss, closed: make(chan struct{}), ups: map[string]*mcp.ClientSession{}, direct: map[string]*directUpstream{},
 		connecting: map[string]*connectAttempt{}, directCalls: map[string]*directCall{}, relayed: map[string]relayedRequest{},
-		parked: map[string]context.CancelCauseFunc{}, subs: map[string]map[string]bool{}, watching: map[string]*mcp.ClientSession{}}
+		parked: map[string]parkedCall{}, subs: map[string]map[string]bool{}, watching: map[string]*mcp.ClientSession{}}
 	as.touch()
 	return as
 }

@@ -145,7 +145,7 @@ func (b *Broker) serveStateless(w http.ResponseWriter, r *http.Request, d authz.
 	// An answer or a cancellation is for the state's calls, if it has any.
 	if as := ref.known(); as != nil {
 		b.active(as)
-		if b.serveDirect(w, r, as, body) {
+		if b.serveDirect(w, r, as, d, body) {
 			return
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -459,6 +460,66 @@ func TestStatelessApprovedCallRunsOnce(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The independent clients of one token may use one id at once: their
+// calls waiting for approval are each kept, a cancellation that names
+// both cancels neither (which one is meant cannot be told) and is refused
+// saying so, and each client's going away abandons its own call only.
+func TestStatelessCallsUnderOneIDAreKeptApart(t *testing.T) {
+	store := approval.NewMemory(nil)
+	g := parkedGatewayOver(t, false, store)
+	call := func(page string) string {
+		return `{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"` + page + `"},"_meta":` + requestMeta("") + `}}`
+	}
+	cancelled := `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":42,"_meta":` + requestMeta("") + `}}`
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ctx1, leave := context.WithCancel(ctx)
+	one, two := newStatelessRawAgent(t, g), newStatelessRawAgent(t, g)
+	one.postUntil(ctx1, call("pg_1"))
+	first := parkedOne(t, store)
+	two.postUntil(ctx, call("pg_2"))
+	var second *approval.Approval
+	eventually(t, "the second client's call parked", func() bool {
+		list, _ := store.List(context.Background(), approval.Pending)
+		for _, p := range list {
+			if p.ID != first.ID {
+				second = p
+			}
+		}
+		return second != nil
+	})
+	resp, err := two.send(ctx, cancelled)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(data), "request 42 not cancelled: 2 calls in flight or waiting for approval have that id") {
+		t.Errorf("a cancellation naming two calls: HTTP %d: %s", resp.StatusCode, data)
+	}
+	if codes := g.audit.Codes(); !slices.Contains(codes, CodeCancelAmbiguous) {
+		t.Errorf("audit codes %v: the refused cancellation is not among them", codes)
+	}
+	for _, p := range []*approval.Approval{first, second} {
+		if got, _ := store.Get(context.Background(), p.ID); got.State != approval.Pending {
+			t.Errorf("approval %s is %s after a cancellation naming two calls, want pending", p.Body, got.State)
+		}
+	}
+	leave()
+	awaitState(t, store, first.ID, approval.Cancelled)
+	if got, _ := store.Get(context.Background(), second.ID); got.State != approval.Pending {
+		t.Errorf("the second client's call is %s after the first client went away, want pending", got.State)
+	}
+	// Now the id names one call: the cancellation reaches it.
+	if got := two.read(ctx, cancelled); got != "" {
+		t.Errorf("a cancellation naming one call: %s", got)
+	}
+	awaitState(t, store, second.ID, approval.Cancelled)
+	if d := g.deletions(); len(d) != 0 {
+		t.Errorf("a call ran: %v", d)
 	}
 }
 
