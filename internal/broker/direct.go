@@ -271,14 +271,35 @@ func (b *Broker) directCall(stream *sseStream, r *http.Request, as *agentSession
 		delete(as.directCalls, upID)
 		as.mu.Unlock()
 	}()
-	// A call that times out is over for the upstream too: it is told so,
-	// as the protocol asks of a requester that stops waiting.
+	// An agent without a session that goes away before its answer has
+	// cancelled the call: its request is the call's whole life. The call's
+	// context is not the request's all the same, since what is left of the
+	// upstream's stream after the answer is read under it (readRest).
+	if as.ss == nil {
+		stop := context.AfterFunc(r.Context(), func() {
+			if !stream.answered() {
+				cancel()
+			}
+		})
+		defer stop()
+	}
+	// A call that times out, or whose agent without a session went away,
+	// is over for the upstream too: it is told so, as the protocol asks of
+	// a requester that stops waiting.
 	answered := false
 	defer func() {
-		if !answered && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		var reason string
+		switch {
+		case answered:
+		case errors.Is(ctx.Err(), context.DeadlineExceeded):
+			reason = "timeout"
+		case as.ss == nil && ctx.Err() != nil && r.Context().Err() != nil:
+			reason = "the agent closed its request"
+		}
+		if reason != "" {
 			ctx, cancel := notice(r.Context())
 			defer cancel()
-			call.cancelUpstream(ctx, "timeout")
+			call.cancelUpstream(ctx, reason)
 		}
 	}()
 
@@ -778,6 +799,14 @@ type sseStream struct {
 	w       http.ResponseWriter
 	started bool
 	closed  bool
+	done    bool // the answer is written
+}
+
+// answered reports whether the agent has been given the call's answer.
+func (s *sseStream) answered() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.done
 }
 
 // close ends the writing of s.
@@ -803,6 +832,7 @@ func (s *sseStream) begin() {
 func (s *sseStream) answer(msg []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.done = true
 	switch {
 	case s.closed:
 	case s.started:

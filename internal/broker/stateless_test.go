@@ -383,23 +383,57 @@ func TestStatelessProgress(t *testing.T) {
 }
 
 // An agent without a session that gives up on a call cancels it upstream,
-// long before the call's timeout: on the direct path by its
-// notifications/cancelled, on the SDK path by going away, its request
-// being the call's whole life.
+// long before the call's timeout. The go-sdk's client both sends
+// notifications/cancelled and goes away; going away alone does it too
+// (TestStatelessClosedRequestCancelsTheCall).
 func TestStatelessCancellationReachesTheUpstream(t *testing.T) {
+	statelessPaths(t, func(t *testing.T, g *gateway) {
+		cs := g.connectStateless(t, g.token, nil)
+		warmStateless(t, cs)
+		cancelledCallReachesUpstream(t, g, cs)
+	})
+}
+
+// statelessPaths runs test on both paths, with a call timeout far beyond
+// the test's waits.
+func statelessPaths(t *testing.T, test func(t *testing.T, g *gateway)) {
 	for _, overHTTP := range []bool{false, true} {
 		t.Run(map[bool]string{false: "sdk", true: "direct"}[overHTTP], func(t *testing.T) {
-			testStatelessCancellation(t, newGatewayTimed(t, overHTTP, time.Minute, nil))
+			test(t, newGatewayTimed(t, overHTTP, time.Minute, nil))
 		})
 	}
 }
 
-func testStatelessCancellation(t *testing.T, g *gateway) {
-	cs := g.connectStateless(t, g.token, nil)
+// warmStateless makes a first call as an agent without a session, which
+// makes its token's state and opens its upstream session.
+func warmStateless(t *testing.T, cs *mcp.ClientSession) {
+	t.Helper()
 	if _, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__get_pages", Arguments: json.RawMessage(`{"workspace_id":"ws_abc123"}`)}); err != nil {
 		t.Fatal(err)
 	}
-	cancelledCallReachesUpstream(t, g, cs)
+}
+
+// statelessWait is a raw agent's call, without a session, of the
+// upstream's wait tool.
+var statelessWait = `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"notion__wait","arguments":{},"_meta":` + requestMeta("") + `}}`
+
+// An agent without a session that closes its request has cancelled the
+// call, its request being the call's whole life: the upstream is told, on
+// either path.
+func TestStatelessClosedRequestCancelsTheCall(t *testing.T) {
+	statelessPaths(t, func(t *testing.T, g *gateway) {
+		warmStateless(t, g.connectStateless(t, g.token, nil))
+		ctx, cancel := context.WithCancel(context.Background())
+		newStatelessRawAgent(t, g).postUntil(ctx, statelessWait)
+		<-g.up.started
+		cancel()
+		select {
+		case <-g.up.cancelled:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the agent closed its request; the upstream's call was not cancelled")
+		}
+		g.checkPath(t, "notion__wait")
+	})
 }
 
 // A call of an agent without a session that needs approval waits for it,
