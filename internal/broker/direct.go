@@ -475,8 +475,14 @@ func (b *Broker) streamDirect(ctx context.Context, stream *sseStream, r *http.Re
 				return
 			}
 			if as.ss == nil {
-				// An agent without a session cannot be asked.
-				d.refuseRequest(r.Context(), m.ID, m.Method)
+				// An agent without a session cannot be asked: the upstream
+				// is refused, within noticeTimeout and without holding up
+				// the call's stream or its timeout.
+				go func(id []byte, method string) {
+					ctx, cancel := notice(ctx)
+					defer cancel()
+					d.refuseRequest(ctx, id, method)
+				}(bytes.Clone(m.ID), m.Method)
 				return
 			}
 			// Relayed under an id of the broker's, so that it cannot clash

@@ -351,6 +351,25 @@ func TestStatelessAgentIsNotAsked(t *testing.T) {
 	})
 }
 
+// An upstream that does not take the refusal of what it asks an agent
+// without a session holds up neither the call's stream nor its timeout.
+func TestStatelessRefusalDoesNotHoldTheCall(t *testing.T) {
+	g := newGatewayTimed(t, true, time.Second, nil)
+	refusal := func(body []byte) bool {
+		return strings.Contains(string(body), "the gateway refused sampling/createMessage")
+	}
+	g.up.holding.Store(&refusal)
+	warmStateless(t, g.connectStateless(t, g.token, nil))
+	// A failsafe, far beyond the call timeout.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	got := newStatelessRawAgent(t, g).read(ctx, `{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"notion__ask","arguments":{},"_meta":`+requestMeta("")+`}}`)
+	if !strings.Contains(got, `"id":9`) || !strings.Contains(got, `upstream \"notion\" did not answer in time`) {
+		t.Fatalf("a call whose upstream does not take the refusal of its request: %.300q", got)
+	}
+	g.checkPath(t, "notion__ask")
+}
+
 // Progress an upstream reports on a call reaches an agent without a
 // session on the call's stream, before the result; log messages, which
 // its protocol has not, do not.
