@@ -127,6 +127,9 @@ type agentSession struct {
 	// token, agent and role are those of a token's state; empty for a
 	// session.
 	token, agent, role string
+	// sdkCalls are a token state's requests the SDK serves, by the
+	// agent's id, which the token's clients may use at once.
+	sdkCalls map[string][]*sdkCall
 }
 
 // useToken notes that the agent used token id in the session.

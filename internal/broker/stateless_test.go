@@ -403,8 +403,9 @@ func TestStatelessProgress(t *testing.T) {
 
 // An agent without a session that gives up on a call cancels it upstream,
 // long before the call's timeout. The go-sdk's client both sends
-// notifications/cancelled and goes away; going away alone does it too
-// (TestStatelessClosedRequestCancelsTheCall).
+// notifications/cancelled and goes away; each alone does it too
+// (TestStatelessNotificationCancelsTheCall,
+// TestStatelessClosedRequestCancelsTheCall).
 func TestStatelessCancellationReachesTheUpstream(t *testing.T) {
 	statelessPaths(t, func(t *testing.T, g *gateway) {
 		cs := g.connectStateless(t, g.token, nil)
@@ -453,6 +454,71 @@ func TestStatelessClosedRequestCancelsTheCall(t *testing.T) {
 		}
 		g.checkPath(t, "notion__wait")
 	})
+}
+
+// statelessCancel is a raw agent's cancellation, without a session, of
+// statelessWait.
+var statelessCancel = `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":7,"reason":"no longer needed","_meta":` + requestMeta("") + `}}`
+
+// An agent without a session that cancels a call with
+// notifications/cancelled, its request still open, has it cancelled
+// upstream, on either path.
+func TestStatelessNotificationCancelsTheCall(t *testing.T) {
+	statelessPaths(t, func(t *testing.T, g *gateway) {
+		warmStateless(t, g.connectStateless(t, g.token, nil))
+		a := newStatelessRawAgent(t, g)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		a.postUntil(ctx, statelessWait)
+		<-g.up.started
+		a.post(statelessCancel)
+		select {
+		case <-g.up.cancelled:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the agent cancelled its call; the upstream's call was not cancelled")
+		}
+		g.checkPath(t, "notion__wait")
+	})
+}
+
+// The token's clients choose their ids apart from each other: on the SDK
+// path, a call that ends forgets only itself, and leaves another under
+// the same id to the agent's cancellation.
+func TestStatelessCallsUnderOneID(t *testing.T) {
+	g := newGatewayTimed(t, false, time.Minute, nil)
+	warmStateless(t, g.connectStateless(t, g.token, nil))
+	a := newStatelessRawAgent(t, g)
+	first, cancelFirst := context.WithCancel(context.Background())
+	defer cancelFirst()
+	a.postUntil(first, statelessWait)
+	<-g.up.started
+	second, cancelSecond := context.WithCancel(context.Background())
+	defer cancelSecond()
+	a.postUntil(second, statelessWait)
+	<-g.up.started
+	cancelFirst()
+	<-g.up.cancelled
+	eventually(t, "the first call to end", func() bool { return g.sdkCalls(`7`) < 2 })
+	a.post(statelessCancel)
+	select {
+	case <-g.up.cancelled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent cancelled its one call with id 7; the upstream's call was not cancelled")
+	}
+}
+
+// sdkCalls is how many requests under the agent's id the token states
+// have on the SDK path.
+func (g *gateway) sdkCalls(id string) int {
+	g.broker.byToken.mu.Lock()
+	defer g.broker.byToken.mu.Unlock()
+	n := 0
+	for _, as := range g.broker.byToken.m {
+		as.mu.Lock()
+		n += len(as.sdkCalls[id])
+		as.mu.Unlock()
+	}
+	return n
 }
 
 // A call of an agent without a session that needs approval waits for it,
