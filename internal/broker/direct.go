@@ -678,9 +678,10 @@ func (b *Broker) relayCancellation(as *agentSession, server string, params json.
 
 // directCancel abandons the call the agent cancels, which decision d
 // allows, if it is one the SDK does not know of: a direct call, whose
-// cancellation it passes upstream, or a call waiting for approval. The
-// clients of a token's state may have several such calls under one id:
-// which one is meant cannot be told, and none is cancelled.
+// cancellation it passes upstream, a call waiting for approval, or a
+// request of a token's state that the SDK serves in a session of its own
+// (trackSDK). The clients of a token's state may have several such calls
+// under one id: which one is meant cannot be told, and none is cancelled.
 func (b *Broker) directCancel(w http.ResponseWriter, r *http.Request, as *agentSession, d authz.Decision, m *mcpfilter.Message) bool {
 	var p cancelledParams
 	if json.Unmarshal(m.Params, &p) != nil {
@@ -700,8 +701,9 @@ func (b *Broker) directCancel(w http.ResponseWriter, r *http.Request, as *agentS
 			waiting = append(waiting, pc.abandon)
 		}
 	}
+	sdk := slices.Clone(as.sdkCalls[id])
 	as.mu.Unlock()
-	switch n := len(calls) + len(waiting); {
+	switch n := len(calls) + len(waiting) + len(sdk); {
 	case n == 0:
 		return false
 	case n > 1:
@@ -711,6 +713,11 @@ func (b *Broker) directCancel(w http.ResponseWriter, r *http.Request, as *agentS
 		return true
 	case len(waiting) == 1:
 		waiting[0](errCancelledByAgent)
+		w.WriteHeader(http.StatusAccepted)
+		return true
+	case len(sdk) == 1:
+		// The SDK's client tells the upstream, as when the agent goes away.
+		sdk[0].cancel()
 		w.WriteHeader(http.StatusAccepted)
 		return true
 	}

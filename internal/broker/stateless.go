@@ -150,17 +150,12 @@ func (b *Broker) serveStateless(w http.ResponseWriter, r *http.Request, d authz.
 			return
 		}
 		// The SDK serves the rest, each request in a session of its own:
-		// the agent's cancellation is for the state to pass on.
-		if len(parsed.Messages) == 1 {
-			switch m := &parsed.Messages[0]; {
-			case usesUpstream(parsed):
-				var done func()
-				r, done = as.trackSDK(r, m.ID)
-				defer done()
-			case m.Kind == mcpfilter.KindNotification && m.Method == "notifications/cancelled" && as.cancelSDK(m.Params):
-				w.WriteHeader(http.StatusAccepted)
-				return
-			}
+		// the agent's cancellation of one is for the state to pass on
+		// (directCancel).
+		if len(parsed.Messages) == 1 && usesUpstream(parsed) {
+			var done func()
+			r, done = as.trackSDK(r, parsed.Messages[0].ID)
+			defer done()
 		}
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
@@ -168,13 +163,13 @@ func (b *Broker) serveStateless(w http.ResponseWriter, r *http.Request, d authz.
 }
 
 // sdkCall is a request of a token's state that the SDK serves, which the
-// agent's notifications/cancelled ends by cancel: the SDK's client then
-// tells the upstream, as when the agent goes away.
+// agent's notifications/cancelled ends by cancel (directCancel): the SDK's
+// client then tells the upstream, as when the agent goes away.
 type sdkCall struct{ cancel context.CancelFunc }
 
 // trackSDK returns r, a request of the token's state with the agent's id,
 // as the SDK is to serve it: such that the agent's notifications/cancelled
-// of id ends it (cancelSDK) until done is called.
+// of id ends it (directCancel) until done is called.
 func (as *agentSession) trackSDK(r *http.Request, id json.RawMessage) (_ *http.Request, done func()) {
 	ctx, cancel := context.WithCancel(r.Context())
 	c, key := &sdkCall{cancel: cancel}, string(id)
@@ -194,30 +189,6 @@ func (as *agentSession) trackSDK(r *http.Request, id json.RawMessage) (_ *http.R
 		as.mu.Unlock()
 		cancel()
 	}
-}
-
-// cancelSDK ends the request of the token's state that the SDK serves and
-// the agent's notifications/cancelled, of params, names, and reports
-// whether there was one. The token's clients choose their ids apart from
-// each other, and may use one at once: a cancellation that names several
-// requests cannot tell which, and ends none (each ends if its agent goes
-// away).
-func (as *agentSession) cancelSDK(params json.RawMessage) bool {
-	var p cancelledParams
-	if json.Unmarshal(params, &p) != nil {
-		return false
-	}
-	var c *sdkCall
-	as.mu.Lock()
-	if calls := as.sdkCalls[string(bytes.TrimSpace(p.RequestID))]; len(calls) == 1 {
-		c = calls[0]
-	}
-	as.mu.Unlock()
-	if c == nil {
-		return false
-	}
-	c.cancel()
-	return true
 }
 
 // usesUpstream reports whether parsed is a request that may reach an
