@@ -1,9 +1,11 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -161,3 +163,96 @@ servers:
           workspace_id: { eq: ws_abc123 }
           limit: { lte: 10, optional: true }
 `
+
+// A standalone gateway remembers the decisions its broker served in its
+// memory, which a restart empties. A decision captured between Envoy and
+// the broker and sent again after a restart, while still fresh, must be
+// refused as it is before the restart, not served a second time.
+func TestDecisionServedOnceAcrossARestart(t *testing.T) {
+	cfg := loopbackConfig(t, "../../policies")
+	serveSessionless(cfg)
+	cfg.BrokerListen = "127.0.0.1:0"
+	before, err := New(cfg, &Options{Builtins: Builtins{"demo": demo.NewServer(nil).MCP()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeBefore := sync.OnceValue(before.Close)
+	defer closeBefore()
+	if err := before.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	served := make(chan error, 1)
+	go func() { served <- before.Serve(ctx) }()
+
+	// Envoy, keeping a copy of the call it routes to the broker.
+	conn, err := grpc.NewClient(before.AuthzAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	target, _ := url.Parse("http://" + before.BrokerAddr())
+	proxy := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(target) }, FlushInterval: -1}
+	var (
+		mu     sync.Mutex
+		header http.Header
+		call   []byte
+	)
+	toBroker := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if strings.Contains(string(body), `"tools/call"`) {
+			mu.Lock()
+			header, call = r.Header.Clone(), body
+			mu.Unlock()
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		proxy.ServeHTTP(w, r)
+	})
+	envoy := httptest.NewServer(front.New(grpcCheck{authv3.NewAuthorizationClient(conn)}, toBroker, nil))
+	defer envoy.Close()
+
+	token, _, err := before.IssueToken(context.Background(), "replayer", "notion_editor", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(context.Background(),
+		&mcp.StreamableClientTransport{Endpoint: envoy.URL + config.MCPPath, HTTPClient: &http.Client{Transport: bearer{token}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__get_pages", Arguments: json.RawMessage(`{"workspace_id":"ws_abc123"}`)})
+	if err != nil || res.IsError {
+		t.Fatalf("get_pages: %v %+v", err, res)
+	}
+	cs.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if call == nil {
+		t.Fatal("no tools/call reached the broker")
+	}
+	replay := func(broker string) (int, string) {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+broker+config.MCPPath, bytes.NewReader(call))
+		req.Header = header.Clone()
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		answer, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(answer)
+	}
+	if code, answer := replay(before.BrokerAddr()); code != http.StatusForbidden {
+		t.Errorf("replay before the restart: %d %.200s, want 403", code, answer)
+	}
+
+	stop()
+	if err := <-served; err != nil {
+		t.Errorf("serve: %v", err)
+	}
+	closeBefore()
+	after := serveForTest(t, cfg, nil)
+	if code, answer := replay(after.BrokerAddr()); code != http.StatusForbidden || strings.Contains(answer, "pages") {
+		t.Errorf("replay after the restart: %d %.200s, want 403", code, answer)
+	}
+}

@@ -186,13 +186,21 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	// keys the HMACs of redacted values: with replicas, authz on one and
 	// the broker on another must agree, and so must their audit records,
 	// so with Redis both keys are shared: taken from the secret source
-	// when the config names them, else the ones Redis holds.
+	// when the config names them, else the ones Redis holds. Standalone,
+	// the audit key is kept in the data directory, as it must outlive the
+	// audit files, and the decision key (no file) is made afresh at each
+	// start: authz and the broker are then this one process, and the
+	// broker remembers the decisions it served in its memory, which a
+	// restart empties, so a decision signed before a restart must not
+	// verify after it.
 	key := func(file, name string, ref config.Template) ([]byte, error) {
 		switch {
 		case g.redis != nil && ref.String() != "":
 			return keyFromSecret(ref, src, name)
 		case g.redis != nil:
 			return sharedKey(g.redis, name)
+		case file == "":
+			return newKey(name)
 		}
 		return audit.LoadOrCreateKey(filepath.Join(cfg.DataDir, file))
 	}
@@ -200,7 +208,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	if err != nil {
 		return nil, err
 	}
-	decisionKey, err := key("decision.key", "decision", cfg.Redis.DecisionKey)
+	decisionKey, err := key("", "decision", cfg.Redis.DecisionKey)
 	if err != nil {
 		return nil, err
 	}
@@ -584,7 +592,8 @@ func (g *Gateway) sessionStore() broker.SessionStore {
 
 // spentLedger is where the broker records the decisions it served: in
 // the Redis the replicas share, if there is one, so that a decision
-// served by one is refused by all; else the broker's own memory.
+// served by one is refused by all; else the broker's own memory, which
+// a restart empties, as it changes the decision key (see New).
 func (g *Gateway) spentLedger() spent.Ledger {
 	if g.redis == nil {
 		return nil

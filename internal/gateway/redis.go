@@ -67,9 +67,9 @@ func sharedKey(client *redis.Client, name string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	k := "amg:{keys}:" + name
-	fresh := make([]byte, 32)
-	if _, err := rand.Read(fresh); err != nil {
-		return nil, fmt.Errorf("%s key: %w", name, err)
+	fresh, err := newKey(name)
+	if err != nil {
+		return nil, err
 	}
 	if err := client.SetNX(ctx, k, fresh, 0).Err(); err != nil {
 		return nil, fmt.Errorf("%s key in redis: %w", name, err)
@@ -80,6 +80,15 @@ func sharedKey(client *redis.Client, name string) ([]byte, error) {
 	}
 	if len(key) != 32 {
 		return nil, fmt.Errorf("%s key in redis (%s) is %d bytes, want 32", name, k, len(key))
+	}
+	return key, nil
+}
+
+// newKey returns a new random 32-byte key named name.
+func newKey(name string) ([]byte, error) {
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, fmt.Errorf("%s key: %w", name, err)
 	}
 	return key, nil
 }
