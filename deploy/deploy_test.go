@@ -1162,6 +1162,11 @@ func TestKubernetes(t *testing.T) {
 				if !podNonRoot && !boolean(dig(c, "securityContext", "runAsNonRoot")) {
 					t.Errorf("%s: not runAsNonRoot", where)
 				}
+				// Always makes every file on a volume group-readable at each
+				// mount, and amg then refuses its admin.token.
+				if dig(pod, "securityContext", "fsGroup") != nil && str(dig(pod, "securityContext", "fsGroupChangePolicy")) != "OnRootMismatch" {
+					t.Errorf("%s: fsGroup without fsGroupChangePolicy: OnRootMismatch", where)
+				}
 				if uid, ok := dig(pod, "securityContext", "runAsUser").(int); !ok || uid == 0 {
 					t.Errorf("%s: want a non-zero pod runAsUser, have %v", where, dig(pod, "securityContext", "runAsUser"))
 				}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/amgateway/amg/internal/approval"
+	"github.com/amgateway/amg/internal/audit"
 )
 
 // TokenPrefix starts every admin token, so that one pasted in the wrong
@@ -28,7 +29,11 @@ const TokenPrefix = "amgadm_"
 // does so by default.
 //
 // The file appears whole or not at all, and gateways starting together
-// on one data directory all use the token the first of them created.
+// on one data directory all use the token the first of them created. A
+// file that group or others may access is refused, as audit keys are:
+// whoever reads the token approves calls and issues tokens of any role.
+// So is one that holds anything but a token as LoadOrCreateToken makes
+// them: TokenPrefix and 64 lowercase hex digits.
 func LoadOrCreateToken(path string) (string, error) {
 	tok, err := readToken(path)
 	if !errors.Is(err, os.ErrNotExist) {
@@ -51,12 +56,18 @@ func LoadOrCreateToken(path string) (string, error) {
 }
 
 func readToken(path string) (string, error) {
-	data, err := os.ReadFile(path)
+	f, _, err := audit.OpenPrivate(path)
+	if err != nil {
+		return "", fmt.Errorf("admin token: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(f)
 	if err != nil {
 		return "", fmt.Errorf("read admin token: %w", err)
 	}
 	tok := strings.TrimSpace(string(data))
-	if !strings.HasPrefix(tok, TokenPrefix) || len(tok) != len(TokenPrefix)+64 {
+	digits, ok := strings.CutPrefix(tok, TokenPrefix)
+	if !ok || len(digits) != 64 || strings.Trim(digits, "0123456789abcdef") != "" {
 		return "", fmt.Errorf("admin token file %s does not hold an admin token", path)
 	}
 	return tok, nil

@@ -194,6 +194,46 @@ func TestLoadOrCreateToken(t *testing.T) {
 	}
 }
 
+// The admin token approves parked calls and, through the console, issues
+// tokens of any role: a token file that group or others may access is
+// refused, as an audit key is, and so is one that holds anything but a
+// token as LoadOrCreateToken makes them. A refused file is left as it is.
+func TestLoadOrCreateTokenRefuses(t *testing.T) {
+	good := TokenPrefix + strings.Repeat("ab", 32) + "\n"
+	tests := []struct {
+		name, content string
+		mode          os.FileMode
+		want          string
+	}{
+		{"world readable", good, 0o644, "has mode 0644; it must not be accessible to group or others (chmod 600)"},
+		{"group readable", good, 0o640, "has mode 0640; it must not be accessible to group or others (chmod 600)"},
+		{"others writable", good, 0o602, "has mode 0602"},
+		{"upper-case hex", TokenPrefix + strings.Repeat("AB", 32) + "\n", 0o600, "does not hold an admin token"},
+		{"not hex", TokenPrefix + strings.Repeat("zz", 32) + "\n", 0o600, "does not hold an admin token"},
+		{"short", TokenPrefix + strings.Repeat("ab", 31) + "\n", 0o600, "does not hold an admin token"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "admin.token")
+			if err := os.WriteFile(path, []byte(tt.content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(path, tt.mode); err != nil {
+				t.Fatal(err)
+			}
+			if tok, err := LoadOrCreateToken(path); err == nil || !strings.Contains(err.Error(), path+" "+tt.want) {
+				t.Errorf("LoadOrCreateToken = %.12q, %v; want an error containing %q", tok, err, path+" "+tt.want)
+			}
+			if b, _ := os.ReadFile(path); string(b) != tt.content {
+				t.Errorf("the refused file now holds %q", b)
+			}
+		})
+	}
+	if _, err := LoadOrCreateToken(t.TempDir()); err == nil || !strings.Contains(err.Error(), "is not a regular file") {
+		t.Errorf("a directory as the token file: %v", err)
+	}
+}
+
 // Gateways started together on one data directory agree on one token: none
 // reads the file half written, none fails because another created it.
 func TestLoadOrCreateTokenConcurrent(t *testing.T) {

@@ -53,24 +53,11 @@ func LoadOrCreateKey(path string) ([]byte, error) {
 }
 
 func loadKey(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	f, fi, err := OpenPrivate(path)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, err
-		}
 		return nil, fmt.Errorf("audit key: %w", err)
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("audit key: %w", err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("audit key: %s is not a regular file", path)
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("audit key: %s has mode %04o; it must not be accessible to group or others (chmod 600)", path, perm)
-	}
 	if fi.Size() != KeySize {
 		return nil, fmt.Errorf("audit key: %s is %d bytes, want %d", path, fi.Size(), KeySize)
 	}
@@ -79,4 +66,29 @@ func loadKey(path string) ([]byte, error) {
 		return nil, fmt.Errorf("audit key: read %s: %w", path, err)
 	}
 	return key, nil
+}
+
+// OpenPrivate opens the file at path for reading if it is as a file
+// holding a key or a token must be: a regular file that only its owner
+// may access. Another is refused with an error that says why, naming the
+// mode and the chmod that fixes it for one others may access; a missing
+// file's error matches os.ErrNotExist.
+func OpenPrivate(path string) (*os.File, os.FileInfo, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	switch {
+	case err != nil:
+	case !fi.Mode().IsRegular():
+		err = fmt.Errorf("%s is not a regular file", path)
+	case fi.Mode().Perm()&0o077 != 0:
+		err = fmt.Errorf("%s has mode %04o; it must not be accessible to group or others (chmod 600)", path, fi.Mode().Perm())
+	}
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, fi, nil
 }
