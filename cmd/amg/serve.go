@@ -62,7 +62,7 @@ the file.`,
 	f.StringVar(&o.authzListen, "authz-listen", "", "address of the ext_authz gRPC service (default 127.0.0.1:9001)")
 	f.StringVar(&o.policyDir, "policy-dir", "", "directory of role files (default ./policies)")
 	f.StringVar(&o.dataDir, "data-dir", "", "directory for tokens, counters, the audit log and keys (default ./data)")
-	f.BoolVar(&o.dev, "dev", false, "issue a dev token (valid 24h) and print it alone on stdout")
+	f.BoolVar(&o.dev, "dev", false, "issue a token for this run and print it alone on stdout: revoked at shutdown, valid 24h after a crash (not with a config's redis)")
 	f.StringVar(&o.devRole, "dev-role", "notion_editor", "role of the --dev token")
 	f.DurationVar(&o.reload, "reload-every", 2*time.Second, "how often to look for policy changes")
 	return cmd
@@ -95,6 +95,11 @@ func serve(cmd *cobra.Command, o serveOptions) error {
 		if err != nil {
 			return err
 		}
+	}
+	// Every replica sharing a Redis would honour the dev token, and a
+	// crash would leave it valid on all of them.
+	if o.dev && cfg.Redis.Address != "" {
+		return fmt.Errorf("--dev: every replica sharing the Redis that %s names would honour the dev token; issue a token with amg token issue --redis instead", o.config)
 	}
 	src, closeSecrets, err := secretSource(ctx, cfg, base, log)
 	var problems config.Problems
@@ -143,15 +148,26 @@ func serve(cmd *cobra.Command, o serveOptions) error {
 	if err := gw.Listen(); err != nil {
 		return err
 	}
-	if o.dev {
-		secret, tok, err := gw.IssueToken(ctx, "dev", o.devRole, 24*time.Hour)
-		if err != nil {
-			return fmt.Errorf("issue dev token: %w", err)
-		}
-		log.Info("dev token issued", "id", tok.ID, "agent", tok.Agent, "role", tok.Role, "expires", tok.Expires.Format(time.RFC3339))
-		fmt.Fprintln(cmd.OutOrStdout(), secret)
+	if !o.dev {
+		return gw.Serve(ctx)
 	}
-	return gw.Serve(ctx)
+	secret, tok, err := gw.IssueToken(ctx, "dev", o.devRole, 24*time.Hour)
+	if err != nil {
+		return fmt.Errorf("issue dev token: %w", err)
+	}
+	log.Info("dev token issued", "id", tok.ID, "agent", tok.Agent, "role", tok.Role, "expires", tok.Expires.Format(time.RFC3339))
+	fmt.Fprintln(cmd.OutOrStdout(), secret)
+	// The dev token is this run's: it is revoked when the gateway shuts
+	// down. A crash leaves it valid in the data directory until it
+	// expires.
+	err = gw.Serve(ctx)
+	revoke, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if rerr := gw.RevokeToken(revoke, tok.ID); rerr != nil {
+		return errors.Join(err, fmt.Errorf("revoke dev token %s (it expires %s): %w", tok.ID, tok.Expires.Format(time.RFC3339), rerr))
+	}
+	log.Info("dev token revoked", "id", tok.ID)
+	return err
 }
 
 // seedPolicies writes the example roles into dir if dir does not exist.

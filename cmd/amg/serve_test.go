@@ -26,6 +26,7 @@ import (
 	"github.com/amgateway/amg/authz/authztest"
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/syncbuf"
+	"github.com/amgateway/amg/internal/tokens"
 	"github.com/amgateway/amg/xds"
 )
 
@@ -360,6 +361,51 @@ func connectDev(t *testing.T, ctx context.Context, mcpURL, token string) *mcp.Cl
 		t.Errorf("tools = %v, want %v", names, want)
 	}
 	return cs
+}
+
+// The --dev token is the run's: a gateway that shuts down revokes it, so
+// that it does not outlive the process that printed it.
+func TestServeRevokesTheDevTokenAtShutdown(t *testing.T) {
+	dataDir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	srv := startServe(t, ctx, "--policy-dir", "../../policies", "--data-dir", dataDir)
+	cancel()
+	if code := <-srv.exited; code != 0 {
+		t.Fatalf("serve exited with %d:\n%s", code, srv.stderr.String())
+	}
+	d, err := tokens.Parse(srv.token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := runCLI(t, "token", "list", "--data-dir", dataDir)
+	if code != 0 {
+		t.Fatalf("token list: exit %d: %s", code, stderr)
+	}
+	var line string
+	for l := range strings.Lines(out) {
+		if strings.HasPrefix(l, d.ID()) {
+			line = strings.TrimSpace(l)
+		}
+	}
+	if !strings.HasSuffix(line, "revoked") {
+		t.Errorf("the dev token of a gateway that shut down: %q, want it revoked; token list:\n%s", line, out)
+	}
+}
+
+// With a config's Redis, every replica sharing it would honour a --dev
+// token: serve refuses before it connects to anything.
+func TestServeRefusesDevWithRedis(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "amg.yaml")
+	writeFile(t, path, "redis:\n  address: 127.0.0.1:1\n")
+	code, stdout, stderr := runCLI(t, "serve", "--dev", "--config", path, "--data-dir", filepath.Join(dir, "data"))
+	want := "amg: --dev: every replica sharing the Redis that " + path + " names would honour the dev token; issue a token with amg token issue --redis instead\n"
+	if code != 1 || stdout != "" || stderr != want {
+		t.Errorf("exit %d, stdout %q, stderr:\n%s\nwant:\n%s", code, stdout, stderr, want)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "data")); err == nil {
+		t.Error("the refused serve created its data directory")
+	}
 }
 
 func TestServeRefusesABadConfig(t *testing.T) {

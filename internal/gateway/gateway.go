@@ -318,6 +318,12 @@ func (g *Gateway) IssueToken(ctx context.Context, agent, role string, ttl time.D
 	return tokens.Issue(ctx, g.tokens, agent, role, ttl, time.Now())
 }
 
+// RevokeToken revokes the token with public ID id, as amg token revoke
+// does, and drops it from this gateway's cache.
+func (g *Gateway) RevokeToken(ctx context.Context, id string) error {
+	return g.auth.Revoke(ctx, id)
+}
+
 // consoleTokens lets the console manage tokens as `amg token` does, with a
 // revocation the gateway applies on the token's next request.
 type consoleTokens struct{ g *Gateway }
@@ -329,7 +335,7 @@ func (t consoleTokens) List(ctx context.Context) ([]tokens.Token, error) { retur
 func (g *Gateway) liveTokens(ctx context.Context, ids []string) (map[string]bool, error) {
 	return tokens.Live(ctx, g.tokens, ids, time.Now())
 }
-func (t consoleTokens) Revoke(ctx context.Context, id string) error { return t.g.auth.Revoke(ctx, id) }
+func (t consoleTokens) Revoke(ctx context.Context, id string) error { return t.g.RevokeToken(ctx, id) }
 func (t consoleTokens) Issue(ctx context.Context, agent, role string, ttl time.Duration) (string, tokens.Token, error) {
 	return t.g.IssueToken(ctx, agent, role, ttl)
 }

@@ -61,8 +61,8 @@ func normalize(t Token) Token {
 	return t
 }
 
-// MemoryStore is a Store that lives only as long as the process: for tests
-// and for `amg serve --dev`, where tokens need not survive a restart.
+// MemoryStore is a Store that lives only as long as the process, for
+// tests and benchmarks.
 type MemoryStore struct {
 	mu     sync.RWMutex
 	byHash map[Digest]Token
