@@ -309,6 +309,17 @@ func (u *upstreamServer) restart() {
 	u.handler = mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return u.srv }, opts)
 }
 
+// awaitCancelled waits for the upstream to see a call cancelled, and
+// fails the test with why if it does not in time.
+func (u *upstreamServer) awaitCancelled(t *testing.T, why string) {
+	t.Helper()
+	select {
+	case <-u.cancelled:
+	case <-time.After(10 * time.Second):
+		t.Fatal(why)
+	}
+}
+
 // lastPost is the body of the last POST the upstream received.
 func (u *upstreamServer) lastPost() string {
 	u.mu.Lock()
@@ -1273,11 +1284,7 @@ func cancelledCallReachesUpstream(t *testing.T, g *gateway, cs *mcp.ClientSessio
 	}()
 	<-g.up.started
 	cancel()
-	select {
-	case <-g.up.cancelled:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the upstream's call was not cancelled")
-	}
+	g.up.awaitCancelled(t, "the upstream's call was not cancelled")
 	if err := <-errs; err == nil {
 		t.Error("a cancelled call returned no error")
 	}

@@ -191,11 +191,7 @@ func TestCallTimeout(t *testing.T) {
 				!strings.Contains(got[0], `upstream \"notion\" did not answer in time`) {
 				t.Fatalf("a call the upstream did not answer: %q", got)
 			}
-			select {
-			case <-g.up.cancelled:
-			case <-time.After(10 * time.Second):
-				t.Error("the upstream was not told that the call is over")
-			}
+			g.up.awaitCancelled(t, "the upstream was not told that the call is over")
 			g.checkPath(t, "notion__wait")
 		})
 	}

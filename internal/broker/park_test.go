@@ -699,18 +699,27 @@ func TestWaitingCallKeepsItsSession(t *testing.T) {
 // An agent that goes away while the store cannot record it still has its
 // approval cancelled, once the store recovers.
 func TestAbandonedCallIsCancelledOnceTheStoreRecovers(t *testing.T) {
-	mem := approval.NewMemory(nil)
-	failing := &atomic.Bool{}
-	store := failingFinishes{mem, failing, make(chan struct{}, 1)}
-	g := parkedGateway(t, store, func(o *Options) { o.StoreRetry = 10 * time.Millisecond })
-	ctx, cancel := context.WithCancel(context.Background())
-	newRawAgent(t, g).postUntil(ctx, `{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`)
-	p := parkedOne(t, mem)
-	failing.Store(true)
-	cancel()
-	<-store.failed // the broker's cancellation failed
+	_, mem, failing, p := abandonedWhileTheStoreFails(t)
 	failing.Store(false)
 	awaitState(t, mem, p.ID, approval.Cancelled)
+}
+
+// abandonedWhileTheStoreFails parks a call, and has its agent go away
+// while the store fails: it returns once the broker's cancellation of the
+// approval has failed, and retries, until failing is cleared.
+func abandonedWhileTheStoreFails(t *testing.T) (g *gateway, mem approval.Store, failing *atomic.Bool, p *approval.Approval) {
+	t.Helper()
+	mem = approval.NewMemory(nil)
+	failing = &atomic.Bool{}
+	store := failingFinishes{mem, failing, make(chan struct{}, 1)}
+	g = parkedGateway(t, store, func(o *Options) { o.StoreRetry = 10 * time.Millisecond })
+	ctx, cancel := context.WithCancel(context.Background())
+	newRawAgent(t, g).postUntil(ctx, `{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`)
+	p = parkedOne(t, mem)
+	failing.Store(true)
+	cancel()
+	<-store.failed
+	return g, mem, failing, p
 }
 
 // A call reusing the id of a call of its session that waits for approval
@@ -813,16 +822,7 @@ func answerOrPark(t *testing.T, a *rawAgent, store approval.Store, body string) 
 // agent's going away (TestCallApprovedAsItsAgentLeftIsVoided), the
 // decision is audited and the approval voided, not left approved.
 func TestCallApprovedDuringItsCancellationRetryIsVoided(t *testing.T) {
-	mem := approval.NewMemory(nil)
-	failing := &atomic.Bool{}
-	store := failingFinishes{mem, failing, make(chan struct{}, 1)}
-	g := parkedGateway(t, store, func(o *Options) { o.StoreRetry = 20 * time.Millisecond })
-	ctx, cancel := context.WithCancel(context.Background())
-	newRawAgent(t, g).postUntil(ctx, `{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`)
-	p := parkedOne(t, mem)
-	failing.Store(true)
-	cancel()
-	<-store.failed // the broker's cancellation failed; it retries
+	g, mem, failing, p := abandonedWhileTheStoreFails(t)
 	// Approved meanwhile, through another replica say.
 	if _, err := mem.Finish(context.Background(), p.ID, approval.Approved, "alice", "go ahead", time.Now()); err != nil {
 		t.Fatal(err)

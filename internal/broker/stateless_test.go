@@ -447,11 +447,7 @@ func TestStatelessClosedRequestCancelsTheCall(t *testing.T) {
 		newStatelessRawAgent(t, g).postUntil(ctx, statelessWait)
 		<-g.up.started
 		cancel()
-		select {
-		case <-g.up.cancelled:
-		case <-time.After(10 * time.Second):
-			t.Fatal("the agent closed its request; the upstream's call was not cancelled")
-		}
+		g.up.awaitCancelled(t, "the agent closed its request; the upstream's call was not cancelled")
 		g.checkPath(t, "notion__wait")
 	})
 }
@@ -472,11 +468,7 @@ func TestStatelessNotificationCancelsTheCall(t *testing.T) {
 		a.postUntil(ctx, statelessWait)
 		<-g.up.started
 		a.post(statelessCancel)
-		select {
-		case <-g.up.cancelled:
-		case <-time.After(10 * time.Second):
-			t.Fatal("the agent cancelled its call; the upstream's call was not cancelled")
-		}
+		g.up.awaitCancelled(t, "the agent cancelled its call; the upstream's call was not cancelled")
 		g.checkPath(t, "notion__wait")
 	})
 }
@@ -500,11 +492,7 @@ func TestStatelessCallsUnderOneID(t *testing.T) {
 	<-g.up.cancelled
 	eventually(t, "the first call to end", func() bool { return g.sdkCalls(`7`) < 2 })
 	a.post(statelessCancel)
-	select {
-	case <-g.up.cancelled:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the agent cancelled its one call with id 7; the upstream's call was not cancelled")
-	}
+	g.up.awaitCancelled(t, "the agent cancelled its one call with id 7; the upstream's call was not cancelled")
 }
 
 // sdkCalls is how many requests under the agent's id the token states
