@@ -18,7 +18,7 @@ import (
 func newReplayCmd() *cobra.Command {
 	var auditFile, redisAddr, policyDir, catalog string
 	var servers []string
-	var allowUndecidable bool
+	var allowUndecidable, noVerify bool
 	var maxChanges int
 	cmd := &cobra.Command{
 		Use:   "replay (--audit FILE | --redis ADDR) --policy DIR",
@@ -28,6 +28,12 @@ files, oldest first, then FILE) against the role files in DIR, and print each
 decision whose enforced verdict would change, then counts per role and tool.
 With --redis, the records are those every replica sharing that Redis shipped
 there (the latest of all replicas, as the console replays them) instead.
+
+The hash chain of FILE is checked as it is read, as "amg audit verify" checks
+it: a broken chain is an error naming the first bad record, and nothing is
+replayed (--no-verify replays such a log anyway, with a warning). The Redis
+stream has no hash chain: its records are replayed unverified, and a warning
+says so.
 
 Only decisions of the policy engine on tools/call, prompts/get and
 resources/read (or subscribe) are replayed. Lifecycle records, the broker's
@@ -61,7 +67,7 @@ Exit status:
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			err := runReplay(cmd, auditFile, redisAddr, policyDir, catalog, servers, allowUndecidable, maxChanges)
+			err := runReplay(cmd, auditFile, redisAddr, policyDir, catalog, servers, allowUndecidable, noVerify, maxChanges)
 			var exit exitError
 			if err != nil && !errors.As(err, &exit) {
 				return replayFailed(cmd, err)
@@ -77,6 +83,7 @@ Exit status:
 	cmd.Flags().StringVar(&catalog, "catalog", "", "JSON file with each server's tools/list tools, to check grants against and take annotations from")
 	cmd.Flags().IntVar(&maxChanges, "max-changes", replay.DefaultMaxChanges, "changed decisions to print, the first in record order (the counts cover them all)")
 	cmd.Flags().BoolVar(&allowUndecidable, "allow-undecidable", false, "exit 0, not 3, when no decided decision would change but some could not be decided")
+	cmd.Flags().BoolVar(&noVerify, "no-verify", false, "replay the audit log without checking its hash chain (a warning says so)")
 	return cmd
 }
 
@@ -89,9 +96,12 @@ func replayFailed(cmd *cobra.Command, err error) error {
 	return exitError{code: 2}
 }
 
-func runReplay(cmd *cobra.Command, auditFile, redisAddr, policyDir, catalog string, servers []string, allowUndecidable bool, maxChanges int) error {
+func runReplay(cmd *cobra.Command, auditFile, redisAddr, policyDir, catalog string, servers []string, allowUndecidable, noVerify bool, maxChanges int) error {
 	if (auditFile == "") == (redisAddr == "") || policyDir == "" {
 		return errors.New("--policy and one of --audit or --redis are required")
+	}
+	if noVerify && redisAddr != "" {
+		return errors.New("--no-verify is for --audit: the Redis stream has no hash chain to verify")
 	}
 	if maxChanges < 1 {
 		return fmt.Errorf("--max-changes must be at least 1, not %d", maxChanges)
@@ -136,11 +146,24 @@ func runReplay(cmd *cobra.Command, auditFile, redisAddr, policyDir, catalog stri
 		if err != nil {
 			return err
 		}
-		records = func(yield func(audit.Record) bool) { readErr = audit.ReadRecords(files, cmd.ErrOrStderr(), yield) }
+		switch {
+		case noVerify:
+			fmt.Fprintln(cmd.ErrOrStderr(), "warning: --no-verify: the audit log's hash chain is not checked, and its records may have been altered")
+			records = func(yield func(audit.Record) bool) { readErr = audit.ReadRecords(files, cmd.ErrOrStderr(), yield) }
+		default:
+			records = func(yield func(audit.Record) bool) { _, readErr = audit.ReadVerified(files, cmd.ErrOrStderr(), yield) }
+		}
 	}
 	rep := replay.Replay(records, set, &ropts)
+	var broken *audit.ChainError
+	if errors.As(readErr, &broken) {
+		return fmt.Errorf("the audit log does not verify, so nothing was replayed (--no-verify replays it anyway): %w", broken)
+	}
 	if readErr != nil {
 		return readErr
+	}
+	if redisAddr != "" {
+		fmt.Fprintln(cmd.ErrOrStderr(), "warning: the Redis stream has no hash chain: its records were replayed unverified (amg audit verify checks each replica's files)")
 	}
 	printReplay(cmd.OutOrStdout(), &rep)
 	switch {

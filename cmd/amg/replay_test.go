@@ -175,7 +175,7 @@ func TestReplayErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, _, stderr = runCLI(t, "replay", "--audit", bad, "--policy", policyDir)
-	if code != 2 || !strings.Contains(stderr, bad+":1: not an audit record") {
+	if code != 2 || !strings.Contains(stderr, bad+":1: bad JSON") {
 		t.Errorf("bad audit file: exit %d, stderr:\n%s", code, stderr)
 	}
 
@@ -231,6 +231,41 @@ func TestReplayTornLastLine(t *testing.T) {
 	}
 }
 
+// A log whose hash chain is broken (a record edited) is not replayed as
+// the record of what happened: a CI gate would pass a policy change on
+// falsified evidence. --no-verify replays it anyway, saying so.
+func TestReplayBrokenChain(t *testing.T) {
+	log := writeReplayAudit(t)
+	data, err := os.ReadFile(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Record d2, on line 3, asked for 80 pages; the edit makes it 20, which
+	// the tightened policy allows.
+	tampered := strings.Replace(string(data), `"limit":80`, `"limit":20`, 1)
+	if tampered == string(data) {
+		t.Fatal("nothing tampered")
+	}
+	if err := os.WriteFile(log, []byte(tampered), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	policyDir := writePolicyDir(t, strings.Replace(replayPolicy, "lte: 100", "lte: 50", 1))
+	code, stdout, stderr := runCLI(t, "replay", "--audit", log, "--policy", policyDir, "--allow-undecidable")
+	if code != 2 || stdout != "" || !strings.HasPrefix(stderr, "amg: the audit log does not verify, so nothing was replayed") ||
+		!strings.Contains(stderr, log+":3: hash mismatch") {
+		t.Errorf("tampered log: exit %d, want 2 naming %s:3\nstdout:\n%s\nstderr:\n%s", code, log, stdout, stderr)
+	}
+
+	code, stdout, stderr = runCLI(t, "replay", "--audit", log, "--policy", policyDir, "--allow-undecidable", "--no-verify")
+	if code != 0 || !strings.HasPrefix(stdout, "ROLE") || stderr != "warning: --no-verify: the audit log's hash chain is not checked, and its records may have been altered\n" {
+		t.Errorf("--no-verify: exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	code, _, stderr = runCLI(t, "replay", "--redis", "127.0.0.1:1", "--policy", policyDir, "--no-verify")
+	if code != 2 || stderr != "amg: --no-verify is for --audit: the Redis stream has no hash chain to verify\n" {
+		t.Errorf("--no-verify with --redis: exit %d, stderr:\n%s", code, stderr)
+	}
+}
+
 // With --redis, replay reads what the replicas shipped there: the same
 // records, the same report as from the file.
 func TestReplayFromRedis(t *testing.T) {
@@ -240,7 +275,9 @@ func TestReplayFromRedis(t *testing.T) {
 	policy := writePolicyDir(t, strings.Replace(replayPolicy, "lte: 100", "lte: 50", 1))
 	fromFile, wantOut, _ := runCLI(t, "replay", "--audit", log, "--policy", policy, "--servers", "notion")
 	code, stdout, stderr := runCLI(t, "replay", "--redis", srv.Addr, "--policy", policy, "--servers", "notion")
-	if code != fromFile || code != 1 || stderr != "" {
+	// The stream has no hash chain, and the report says its records were
+	// not verified.
+	if code != fromFile || code != 1 || !strings.HasPrefix(stderr, "warning: the Redis stream has no hash chain: its records were replayed unverified") {
 		t.Fatalf("exit %d (from the file %d), stderr:\n%s", code, fromFile, stderr)
 	}
 	if diff := cmp.Diff(wantOut, stdout); diff != "" {

@@ -199,6 +199,14 @@ func Verify(files ...string) (VerifyResult, error) {
 // reach the latest anchor. An anchor before the first record of files
 // (whose older files were removed) cannot be checked, and is a warning.
 func VerifyAnchored(anchors []Anchor, files ...string) (VerifyResult, error) {
+	return walkChain(anchors, files, nil)
+}
+
+// walkChain checks the chain through files as [VerifyAnchored] says, and
+// calls each, when not nil, with every line that checked out, in order,
+// until it returns false or an error (which walkChain returns). The line
+// is valid only until each returns.
+func walkChain(anchors []Anchor, files []string, each func(line []byte, file string, lineNo int) (bool, error)) (VerifyResult, error) {
 	var res VerifyResult
 	want := map[uint64]string{}
 	for _, a := range anchors {
@@ -268,6 +276,12 @@ func VerifyAnchored(anchors []Anchor, files ...string) (VerifyResult, error) {
 			res.Records++
 			res.LastSeq, res.LastHash = l.seq, l.hash
 			last.link, last.file, last.line = l, name, lineNo
+			if each != nil {
+				if more, err := each(line, name, lineNo); err != nil || !more {
+					f.Close()
+					return res, err
+				}
+			}
 		}
 		f.Close()
 	}

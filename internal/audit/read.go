@@ -2,6 +2,7 @@ package audit
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -17,7 +18,7 @@ import (
 // newline), and a warning naming it is written to warn (nil discards it).
 // Any other line that is not a record is an error naming its file and line.
 //
-// ReadRecords does not check the hash chain; [Verify] does.
+// ReadRecords does not check the hash chain; [ReadVerified] does.
 func ReadRecords(files []string, warn io.Writer, yield func(Record) bool) error {
 	if warn == nil {
 		warn = io.Discard
@@ -29,6 +30,36 @@ func ReadRecords(files []string, warn io.Writer, yield func(Record) bool) error 
 		}
 	}
 	return nil
+}
+
+// ReadVerified is [ReadRecords] that checks the hash chain as it reads,
+// as [Verify] does, in the same pass: it yields only records that checked
+// out, and stops at the first broken one with a *[ChainError], so a caller
+// must discard what it built from the records when it gets one. As with
+// ReadRecords, an incomplete last line of the last file (a write in
+// progress, or a crash) is skipped with a warning to warn rather than an
+// error; the warnings of Verify (torn lines excused in rotated files) go
+// to warn too.
+func ReadVerified(files []string, warn io.Writer, yield func(Record) bool) (VerifyResult, error) {
+	if warn == nil {
+		warn = io.Discard
+	}
+	res, err := walkChain(nil, files, func(line []byte, name string, lineNo int) (bool, error) {
+		var rec Record
+		if jerr := json.Unmarshal(line, &rec); jerr != nil {
+			return false, fmt.Errorf("%s:%d: not an audit record: %v", name, lineNo, jerr)
+		}
+		return yield(rec), nil
+	})
+	var broken *ChainError
+	if errors.As(err, &broken) && broken.Kind == BreakTorn && broken.File == files[len(files)-1] {
+		fmt.Fprintf(warn, "warning: %s:%d: skipped an incomplete last line\n", broken.File, broken.Line)
+		err = nil
+	}
+	for _, w := range res.Warnings {
+		fmt.Fprintln(warn, "warning:", w)
+	}
+	return res, err
 }
 
 // readRecordFile yields the records of one file and reports whether yield

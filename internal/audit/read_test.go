@@ -2,6 +2,7 @@ package audit
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -506,5 +507,53 @@ func TestQueryMatchZero(t *testing.T) {
 		if !(Query{}).Match(&r) {
 			t.Errorf("the zero query does not match %+v", r)
 		}
+	}
+}
+
+// ReadVerified yields the records Verify checked, in the same pass, and
+// stops at the first broken one, naming it as Verify does; the torn end of
+// the last file is skipped as ReadRecords skips it.
+func TestReadVerified(t *testing.T) {
+	path := writeSearchLog(t, searchRecords(), 0)
+	files, err := ChainFiles(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := func(t *testing.T) ([]string, string, VerifyResult, error) {
+		t.Helper()
+		var got []string
+		var warn strings.Builder
+		res, err := ReadVerified(files, &warn, func(r Record) bool {
+			got = append(got, r.TraceID)
+			return true
+		})
+		return got, warn.String(), res, err
+	}
+	all := []string{"t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9", "t10", "t11"}
+
+	appendTo(t, path, `{"ts":"2026-04-01T20:00:00Z","decision_id":"d99","verd`)
+	got, warn, res, err := read(t)
+	if err != nil || res.Records != 12 || res.FirstSeq != 1 {
+		t.Fatalf("intact log: %+v, %v; want 12 records from seq 1", res, err)
+	}
+	if diff := cmp.Diff(all, got); diff != "" {
+		t.Errorf("intact log: records (-want +got):\n%s", diff)
+	}
+	if wantWarn := "warning: " + path + ":" + strconv.Itoa(len(readLines(t, path))+1) + ": skipped an incomplete last line\n"; warn != wantWarn {
+		t.Errorf("intact log: warned %q, want %q", warn, wantWarn)
+	}
+
+	// An edited record in the middle: the records before it are read, and
+	// the error names it.
+	lines := readLines(t, files[1])
+	writeLines(t, files[1], append(lines[:1:1], append([]string{strings.Replace(lines[1], `"allow"`, `"deny"`, 1)}, lines[2:]...)...))
+	_, verr := Verify(files...)
+	got, _, _, err = read(t)
+	var broken *ChainError
+	if !errors.As(err, &broken) || err.Error() != verr.Error() || broken.File != files[1] || broken.Line != 2 || broken.Kind != BreakHash {
+		t.Fatalf("edited record: error %v; want Verify's, %v", err, verr)
+	}
+	if n := len(readLines(t, files[0])) + 1; len(got) != n || !slices.Equal(got, all[:n]) {
+		t.Errorf("edited record: read %q, want the %d records before it", got, n)
 	}
 }
