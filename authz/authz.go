@@ -58,9 +58,11 @@ type (
 	Policies interface {
 		Current() *policy.Set
 	}
-	// Limiter counts a call against one rate limit.
+	// Limiter counts a request's calls against their rate limits, all or
+	// none: a call one limit refuses spends no other (see
+	// ratelimit.Memory.AllowAll).
 	Limiter interface {
-		Allow(ctx context.Context, key string, l *policy.RateLimit) (ratelimit.Result, error)
+		AllowAll(ctx context.Context, spends []ratelimit.Spend) (ratelimit.Result, int, error)
 	}
 	// Auditor records decisions; an error means the record could not be
 	// accepted and the request must be denied. LogAll takes the records

@@ -108,8 +108,16 @@ func (failingAuth) Authenticate(context.Context, string) (tokens.Token, error) {
 
 type failingLimiter struct{}
 
-func (failingLimiter) Allow(context.Context, string, *policy.RateLimit) (ratelimit.Result, error) {
-	return ratelimit.Result{}, errors.New("connection refused")
+func (failingLimiter) AllowAll(context.Context, []ratelimit.Spend) (ratelimit.Result, int, error) {
+	return ratelimit.Result{}, -1, errors.New("connection refused")
+}
+
+// unnamedRefusal refuses a request without saying which of its spends it
+// refused.
+type unnamedRefusal struct{}
+
+func (unnamedRefusal) AllowAll(context.Context, []ratelimit.Spend) (ratelimit.Result, int, error) {
+	return ratelimit.Result{RetryAfter: time.Second}, -1, nil
 }
 
 // env is a running authz gRPC server on loopback with its collaborators.
@@ -489,6 +497,100 @@ func TestRateLimit(t *testing.T) {
 	}
 	e.now = e.now.Add(30 * time.Second)
 	okHeaders(t, e.check(t, "bot-1", nil, body))
+}
+
+// limitedPolicy's search has a limit of its own, and the role one that
+// every agent of the role shares.
+const limitedPolicy = `
+role: reader
+servers:
+  notion:
+    tools:
+      - name: get_pages
+        constraints:
+          workspace_id: { in: ["ws_abc123"] }
+      - name: search
+        constraints:
+          query: {}
+        rate_limits:
+          - { requests: 1, per: 1h }
+rate_limits:
+  - { requests: 3, per: 1h, key: role }
+`
+
+func limitedEnv(t *testing.T, mode string) *env {
+	t.Helper()
+	src := limitedPolicy + "mode: " + mode + "\n"
+	set, err := policy.Compile([]policy.File{{Name: "reader.yaml", Data: []byte(src)}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newEnv(t, func(d *Deps, _ *Options) { d.Policies = staticPolicies{set} })
+}
+
+// A call one limit refuses spends none of its other limits: an agent
+// retrying a call over its grant's limit must not drain the budget its
+// role's agents share.
+func TestRateLimitedCallSpendsNoOtherLimit(t *testing.T) {
+	search := func(id int) string { return toolCall(id, "notion__search", `{"query":"a"}`) }
+	pages := func(id int) string { return toolCall(id, "notion__get_pages", `{"workspace_id":"ws_abc123"}`) }
+	t.Run("enforce", func(t *testing.T) {
+		e := limitedEnv(t, "enforce")
+		okHeaders(t, e.check(t, "bot-1", nil, search(1)))
+		for i := range 3 {
+			if d := denied(t, e.check(t, "bot-1", nil, search(2+i))); rpcErr(t, d.body).Error.Data.Code != CodeRateLimited {
+				t.Fatalf("search %d over its own limit: %s", i, d.body)
+			}
+		}
+		// One call of the role's 3 an hour went through.
+		for i := range 2 {
+			if resp := e.check(t, "bot-1", nil, pages(10+i)); resp.GetOkResponse() == nil {
+				t.Fatalf("get_pages %d, with %d of the role's 3 calls spent: %s", i, 1+i, resp.GetDeniedResponse().GetBody())
+			}
+		}
+		if d := denied(t, e.check(t, "bot-1", nil, pages(12))); rpcErr(t, d.body).Error.Data.Code != CodeRateLimited {
+			t.Errorf("a 4th call of the role: %s, want rate limited", d.body)
+		}
+	})
+	t.Run("shadow", func(t *testing.T) {
+		// A would-be denial spends nothing either.
+		e := limitedEnv(t, "shadow")
+		for i := range 4 {
+			okHeaders(t, e.check(t, "bot-1", nil, search(1+i)))
+			if rec := e.audit.Last(t); i > 0 && (rec.ShadowVerdict != "deny" || rec.Code != string(CodeRateLimited)) {
+				t.Fatalf("search %d over its own limit: recorded %+v, want a would-be rate limit", i, rec)
+			}
+		}
+		for i := range 2 {
+			okHeaders(t, e.check(t, "bot-1", nil, pages(10+i)))
+			if rec := e.audit.Last(t); rec.ShadowVerdict != "allow" {
+				t.Fatalf("get_pages %d, with %d of the role's 3 calls spent: recorded %+v, want a would-be allow", i, 1+i, rec)
+			}
+		}
+	})
+}
+
+// A batch runs all its calls or none, and spends their budgets so: a batch
+// the policy denies, or one of whose calls a limit refuses, spends nothing.
+func TestDeniedBatchSpendsNoBudget(t *testing.T) {
+	v2025 := map[string]string{"mcp-protocol-version": "2025-03-26"}
+	search := func(id int) string { return toolCall(id, "notion__search", `{"query":"a"}`) }
+	e := limitedEnv(t, "enforce")
+	// Denied by the policy: get_pages's workspace is not allowed.
+	d := denied(t, e.check(t, "bot-1", v2025, "["+search(1)+","+toolCall(2, "notion__get_pages", `{"workspace_id":"ws_other"}`)+"]"))
+	var rs []rpcResponse
+	if err := json.Unmarshal([]byte(d.body), &rs); err != nil || len(rs) != 2 || rs[0].Error.Data.Code != CodeBatchDenied || rs[1].Error.Data.Code != "constraint_failed" {
+		t.Fatalf("batch the policy denies: %s", d.body)
+	}
+	// Denied by search's limit, which allows one of its two searches.
+	d = denied(t, e.check(t, "bot-1", v2025, "["+search(3)+","+search(4)+"]"))
+	if err := json.Unmarshal([]byte(d.body), &rs); err != nil || len(rs) != 2 || rs[0].Error.Data.Code != CodeBatchDenied || rs[1].Error.Data.Code != CodeRateLimited {
+		t.Fatalf("batch over search's limit: %s", d.body)
+	}
+	// Neither spent search's budget, nor the role's.
+	okHeaders(t, e.check(t, "bot-1", nil, search(5)))
+	okHeaders(t, e.check(t, "bot-1", v2025, "["+toolCall(6, "notion__get_pages", `{"workspace_id":"ws_abc123"}`)+","+
+		toolCall(7, "notion__get_pages", `{"workspace_id":"ws_abc123"}`)+"]"))
 }
 
 func TestAuthentication(t *testing.T) {
@@ -873,6 +975,7 @@ func TestFailClosed(t *testing.T) {
 		{"role not in policy", nil, "bot-3", 200, "unknown_role"},
 		{"token store error", func(d *Deps, _ *Options) { d.Tokens = failingAuth{} }, "bot-1", 503, CodeTokenStoreError},
 		{"rate limiter error", func(d *Deps, _ *Options) { d.Limiter = failingLimiter{} }, "bot-1", 503, CodeRateLimiterError},
+		{"rate limiter refusing no spend", func(d *Deps, _ *Options) { d.Limiter = unnamedRefusal{} }, "bot-1", 503, CodeRateLimiterError},
 		{"audit failure", func(d *Deps, _ *Options) { d.Audit = &audittest.Recorder{Err: audit.ErrUnavailable} }, "bot-1", 503, CodeAuditUnavailable},
 	}
 	for _, tt := range tests {

@@ -3,6 +3,7 @@ package authz
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"maps"
 	"slices"
 	"strconv"
@@ -16,6 +17,7 @@ import (
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/decision"
 	"github.com/amgateway/amg/internal/policy"
+	"github.com/amgateway/amg/internal/ratelimit"
 	"github.com/amgateway/amg/internal/telemetry"
 	"github.com/amgateway/amg/mcpfilter"
 )
@@ -105,6 +107,12 @@ func (c *call) decide() *authv3.CheckResponse {
 	}
 	for i := range c.messages {
 		outs[i] = c.decideMessage(&c.messages[i])
+	}
+	// The batch rule runs before the rate limits, and again after them: a
+	// batch the policy denies runs none of its calls and spends no budget,
+	// and a call a limit refuses denies its batch.
+	if len(outs) > 1 {
+		denyBatch(outs)
 	}
 	if resp := c.applyRateLimits(outs); resp != nil {
 		return resp
@@ -260,39 +268,66 @@ func (c *call) completionLimits(ref, server, name string) []*policy.RateLimit {
 	return c.role.RateLimits
 }
 
-// applyRateLimits counts every call that would go ahead against its
-// limits. A limiter error fails the whole request closed. In shadow mode
-// an exceeded limit is a would-be denial like any other.
+// applyRateLimits counts the calls that would go ahead against their
+// limits, all of a request's together or none: when one limit refuses a
+// call, neither that call's other limits (its role's, shared by every
+// agent of the role, among them) nor those of the other calls of its batch
+// are spent, since none of them runs. A limiter error fails the whole
+// request closed. In shadow mode an exceeded limit is a would-be denial
+// like any other, and spends nothing either.
 func (c *call) applyRateLimits(outs []outcome) *authv3.CheckResponse {
+	var spends []ratelimit.Spend
 	for i := range outs {
-		o := &outs[i]
-		if o.verdict == decision.Deny || (o.res.Shadow && o.res.ShadowVerdict == decision.Deny) {
-			continue
-		}
-		for _, l := range o.res.RateLimits {
-			key := l.ID + "|" + c.token.Agent
-			if l.Key == policy.PerRole {
-				key = l.ID + "|role"
+		if o := &outs[i]; goesAhead(o) {
+			for _, l := range o.res.RateLimits {
+				key := l.ID + "|" + c.token.Agent
+				if l.Key == policy.PerRole {
+					key = l.ID + "|role"
+				}
+				spends = append(spends, ratelimit.Spend{Key: key, Limit: l})
 			}
-			r, err := c.s.deps.Limiter.Allow(c.ctx, key, l)
-			if err != nil {
-				c.s.log.Error("rate limiter failed", "decision_id", c.id, "err", err)
-				return c.failClosed(CodeRateLimiterError, "rate limiter unavailable")
-			}
-			if r.Allowed {
-				continue
-			}
-			o.code, o.retry = CodeRateLimited, r.RetryAfter
-			o.reason = "rate limit " + quote(l.ID) + " exceeded: " + strconv.Itoa(l.Requests) + " calls per " + l.Per.String()
-			if o.res.Shadow {
-				o.res.ShadowVerdict = decision.Deny
-			} else {
-				o.verdict = decision.Deny
-			}
-			break
 		}
 	}
+	if len(spends) == 0 {
+		return nil
+	}
+	r, refused, err := c.s.deps.Limiter.AllowAll(c.ctx, spends)
+	if err == nil && !r.Allowed && (refused < 0 || refused >= len(spends)) {
+		err = fmt.Errorf("refused spend %d of %d", refused, len(spends))
+	}
+	if err != nil {
+		c.s.log.Error("rate limiter failed", "decision_id", c.id, "err", err)
+		return c.failClosed(CodeRateLimiterError, "rate limiter unavailable")
+	}
+	if r.Allowed {
+		return nil
+	}
+	for i := range outs {
+		o := &outs[i]
+		if !goesAhead(o) {
+			continue
+		}
+		if refused >= len(o.res.RateLimits) {
+			refused -= len(o.res.RateLimits)
+			continue
+		}
+		l := o.res.RateLimits[refused]
+		o.code, o.retry = CodeRateLimited, r.RetryAfter
+		o.reason = "rate limit " + quote(l.ID) + " exceeded: " + strconv.Itoa(l.Requests) + " calls per " + l.Per.String()
+		if o.res.Shadow {
+			o.res.ShadowVerdict = decision.Deny
+		} else {
+			o.verdict = decision.Deny
+		}
+		break
+	}
 	return nil
+}
+
+// goesAhead reports whether o's call would run, and so counts against its
+// rate limits: neither denied nor, in shadow mode, a would-be denial.
+func goesAhead(o *outcome) bool {
+	return o.verdict != decision.Deny && !(o.res.Shadow && o.res.ShadowVerdict == decision.Deny)
 }
 
 // Reasons of the batch rule.

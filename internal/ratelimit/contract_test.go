@@ -12,6 +12,7 @@ import (
 
 type limiter interface {
 	Allow(ctx context.Context, key string, l *policy.RateLimit) (Result, error)
+	AllowAll(ctx context.Context, spends []Spend) (Result, int, error)
 }
 
 // testLimiter is the contract every Limiter implementation passes.
@@ -127,6 +128,64 @@ func testLimiter(t *testing.T, newLimiter func(t *testing.T, now func() time.Tim
 			t.Fatalf("second call for a: %+v, want denied, retry after 1h", res)
 		}
 	})
+	t.Run("a call spends all its limits or none", func(t *testing.T) {
+		c := testclock.New(time.Unix(1_700_000_000, 0))
+		lim := newLimiter(t, c.Now)
+		own := &policy.RateLimit{ID: "own", Requests: 1, Per: time.Hour, Burst: 1}
+		shared := &policy.RateLimit{ID: "shared", Requests: 3, Per: time.Hour, Burst: 3}
+		call := []Spend{{"shared|role", shared}, {"own|a", own}}
+		if res, i, err := lim.AllowAll(ctx, call); err != nil || res != (Result{Allowed: true}) || i != -1 {
+			t.Fatalf("first call: %+v %d %v, want allowed with the fewest remaining, 0", res, i, err)
+		}
+		// Refused by its own limit, second: the shared one keeps its budget.
+		for range 3 {
+			if res, i, err := lim.AllowAll(ctx, call); err != nil || res != (Result{RetryAfter: time.Hour}) || i != 1 {
+				t.Fatalf("call over its own limit: %+v %d %v, want spend 1 refused, retry after 1h", res, i, err)
+			}
+		}
+		for i := range 2 {
+			if res, err := lim.Allow(ctx, "shared|role", shared); err != nil || res != (Result{Allowed: true, Remaining: 1 - i}) {
+				t.Fatalf("shared limit, call %d: %+v %v; refused calls spent it", i, res, err)
+			}
+		}
+		if res, i, err := lim.AllowAll(ctx, []Spend{{"own|b", own}, {"shared|role", shared}}); err != nil || res != (Result{RetryAfter: 20 * time.Minute}) || i != 1 {
+			t.Fatalf("shared limit spent: %+v %d %v, want spend 1 refused, retry after 20m", res, i, err)
+		}
+		if res, err := lim.Allow(ctx, "own|b", own); err != nil || res != (Result{Allowed: true}) {
+			t.Fatalf("own|b after its call was refused: %+v %v, want allowed", res, err)
+		}
+	})
+	t.Run("a key spent twice counts twice", func(t *testing.T) {
+		c := testclock.New(time.Unix(1_700_000_000, 0))
+		lim := newLimiter(t, c.Now)
+		l := &policy.RateLimit{ID: "t", Requests: 1, Per: time.Hour, Burst: 2}
+		if res, i, err := lim.AllowAll(ctx, []Spend{{"k", l}, {"k", l}}); err != nil || res != (Result{Allowed: true}) || i != -1 {
+			t.Fatalf("two spends of a burst of two: %+v %d %v, want allowed, 0 remaining", res, i, err)
+		}
+		if res, i, err := lim.AllowAll(ctx, []Spend{{"j", l}, {"j", l}, {"j", l}}); err != nil || res != (Result{RetryAfter: time.Hour}) || i != 2 {
+			t.Fatalf("three spends of a burst of two: %+v %d %v, want spend 2 refused", res, i, err)
+		}
+		for i := range 2 {
+			if res, err := lim.Allow(ctx, "j", l); err != nil || res != (Result{Allowed: true, Remaining: 1 - i}) {
+				t.Fatalf("j after the refusal, call %d: %+v %v; the refused spends spent", i, res, err)
+			}
+		}
+		if res, err := lim.Allow(ctx, "k", l); err != nil || res.Allowed {
+			t.Fatalf("k after two spends: %+v %v, want refused", res, err)
+		}
+	})
+	t.Run("a limit that is no rate spends nothing", func(t *testing.T) {
+		c := testclock.New(time.Unix(1_700_000_000, 0))
+		lim := newLimiter(t, c.Now)
+		l := &policy.RateLimit{ID: "ok", Requests: 1, Per: time.Hour, Burst: 1}
+		bad := &policy.RateLimit{ID: "bad", Requests: 0, Per: time.Hour, Burst: 1}
+		if res, _, err := lim.AllowAll(ctx, []Spend{{"k", l}, {"b", bad}}); err == nil || res.Allowed {
+			t.Fatalf("%+v %v, want an error", res, err)
+		}
+		if res, err := lim.Allow(ctx, "k", l); err != nil || res != (Result{Allowed: true}) {
+			t.Fatalf("k after the error: %+v %v, want allowed", res, err)
+		}
+	})
 	t.Run("concurrent callers never exceed the burst", func(t *testing.T) {
 		c := testclock.New(time.Unix(1_700_000_000, 0))
 		lim := newLimiter(t, c.Now)
@@ -153,6 +212,40 @@ func testLimiter(t *testing.T, newLimiter func(t *testing.T, now func() time.Tim
 		wg.Wait()
 		if allowed != 10 {
 			t.Errorf("allowed %d of 80 concurrent calls, want exactly the burst of 10", allowed)
+		}
+	})
+	t.Run("concurrent calls spend all or none", func(t *testing.T) {
+		c := testclock.New(time.Unix(1_700_000_000, 0))
+		lim := newLimiter(t, c.Now)
+		shared := &policy.RateLimit{ID: "shared", Requests: 10, Per: time.Hour, Burst: 10}
+		own := &policy.RateLimit{ID: "own", Requests: 2, Per: time.Hour, Burst: 2}
+		// Each of 8 agents tries 10 calls, each spending its own limit of 2
+		// and a shared one of 10: at most 2 calls per agent go through, 10
+		// in all, and the calls their own limit refused leave the shared
+		// budget to the others.
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		allowed := 0
+		for a := range 8 {
+			wg.Go(func() {
+				call := []Spend{{"shared", shared}, {"own|" + string(rune('a'+a)), own}}
+				for range 10 {
+					res, _, err := lim.AllowAll(ctx, call)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if res.Allowed {
+						mu.Lock()
+						allowed++
+						mu.Unlock()
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if allowed != 10 {
+			t.Errorf("allowed %d calls, want the shared burst of 10", allowed)
 		}
 	})
 }

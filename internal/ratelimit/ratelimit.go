@@ -22,6 +22,12 @@ type Result struct {
 	Remaining int
 }
 
+// Spend is one call to count against limit Limit under Key.
+type Spend struct {
+	Key   string
+	Limit *policy.RateLimit
+}
+
 // emission is l.Emission, the arithmetic both limiters do, with errors
 // naming the limit.
 func emission(l *policy.RateLimit) (interval, burst time.Duration, err error) {
@@ -76,17 +82,52 @@ func NewMemory(opts *MemoryOptions) *Memory {
 const sweepEvery = 4096
 
 // Allow counts one call against limit l for key.
-func (m *Memory) Allow(_ context.Context, key string, l *policy.RateLimit) (Result, error) {
-	interval, burst, err := emission(l)
-	if err != nil {
-		return Result{}, err
-	}
+func (m *Memory) Allow(ctx context.Context, key string, l *policy.RateLimit) (Result, error) {
+	res, _, err := m.AllowAll(ctx, []Spend{{Key: key, Limit: l}})
+	return res, err
+}
+
+// AllowAll counts one call against each of spends, all or none. They are
+// taken in order, each as if those before it were spent (a key may come
+// more than once, and each time counts), and at the first a limit refuses
+// none is spent: AllowAll returns that refusal and the spend's index.
+// Otherwise every spend is taken, and AllowAll returns an allowed Result
+// whose Remaining is the fewest any of them left, and an index of -1. A
+// limit that is no rate is an error, and nothing is spent.
+func (m *Memory) AllowAll(_ context.Context, spends []Spend) (Result, int, error) {
 	now := m.now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	res, tat := gcra(m.tats[key], now, interval, burst)
-	if res.Allowed {
-		m.tats[key] = tat
+	var (
+		buf  [4]time.Time
+		next = buf[:0] // next[i]: the tat spend i leaves, stored once all are allowed
+		// latest spend of each key so far; a short list is searched instead
+		latest map[string]int
+	)
+	if len(spends) > 16 {
+		latest = make(map[string]int, len(spends))
+	}
+	all := Result{Allowed: true}
+	for i, sp := range spends {
+		interval, burst, err := emission(sp.Limit)
+		if err != nil {
+			return Result{}, -1, err
+		}
+		tat := m.tats[sp.Key]
+		if j := earlier(spends, i, latest); j >= 0 {
+			tat = next[j]
+		}
+		res, t := gcra(tat, now, interval, burst)
+		if !res.Allowed {
+			return res, i, nil
+		}
+		next = append(next, t)
+		if i == 0 || res.Remaining < all.Remaining {
+			all.Remaining = res.Remaining
+		}
+	}
+	for i, sp := range spends {
+		m.tats[sp.Key] = next[i]
 	}
 	if m.calls++; m.calls%sweepEvery == 0 {
 		for k, t := range m.tats {
@@ -95,5 +136,25 @@ func (m *Memory) Allow(_ context.Context, key string, l *policy.RateLimit) (Resu
 			}
 		}
 	}
-	return res, nil
+	return all, -1, nil
+}
+
+// earlier returns the index of the latest spend before i of spends[i]'s
+// key, or -1, and notes i in latest when it is not nil.
+func earlier(spends []Spend, i int, latest map[string]int) int {
+	key := spends[i].Key
+	if latest != nil {
+		j, ok := latest[key]
+		latest[key] = i
+		if !ok {
+			return -1
+		}
+		return j
+	}
+	for j := i - 1; j >= 0; j-- {
+		if spends[j].Key == key {
+			return j
+		}
+	}
+	return -1
 }

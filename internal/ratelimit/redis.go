@@ -13,16 +13,17 @@ import (
 
 // DefaultRedisPrefix starts every key a Redis limiter writes unless
 // RedisOptions.Prefix says otherwise.
-const DefaultRedisPrefix = "amg:ratelimit:"
+const DefaultRedisPrefix = "amg:{ratelimit}:"
 
 // Redis is a Limiter shared by every AMG replica that uses the same Redis,
 // so a limit is one budget for the whole deployment rather than one per
 // replica.
 //
-// Each Allow is one script run atomically by Redis: read the key's
-// theoretical arrival time (tat), apply GCRA, write the new tat. Atomicity
-// is what keeps concurrent replicas from both spending the last unit of a
-// budget. The clock is Redis's own (TIME, read inside the script), so
+// Each AllowAll is one script run atomically by Redis: read each key's
+// theoretical arrival time (tat), apply GCRA, and write the new tats only
+// if every limit allowed the call. Atomicity is what keeps concurrent
+// replicas from both spending the last unit of a budget, and a call one
+// limit refuses from spending any other's. The clock is Redis's own (TIME, read inside the script), so
 // replicas whose clocks disagree still agree on every budget.
 //
 // A key lives only until its tat has passed, when its budget is full again
@@ -39,7 +40,9 @@ type Redis struct {
 // RedisOptions tune a Redis limiter; nil means defaults.
 type RedisOptions struct {
 	// Prefix starts every key; "" means DefaultRedisPrefix. Replicas
-	// that share budgets must use the same prefix.
+	// that share budgets must use the same prefix. One script reads and
+	// writes all the keys of a call, so on a Redis Cluster the prefix must
+	// hold a hash tag, as the default does, to keep them in one slot.
 	Prefix string
 	// Now overrides the Redis server's clock with a local one. It exists
 	// so tests can move time by hand and check the same arithmetic as the
@@ -51,8 +54,7 @@ type RedisOptions struct {
 }
 
 // NewRedis returns a limiter keeping its state in client, which may be a
-// single server, a failover or a cluster client: each Allow touches one
-// key.
+// single server, a failover or a cluster client (see RedisOptions.Prefix).
 func NewRedis(client redis.UniversalClient, opts *RedisOptions) *Redis {
 	r := &Redis{client: client, prefix: DefaultRedisPrefix}
 	if opts != nil {
@@ -64,7 +66,8 @@ func NewRedis(client redis.UniversalClient, opts *RedisOptions) *Redis {
 	return r
 }
 
-// gcraScript is gcra in ratelimit.go, in Lua.
+// gcraScript is AllowAll's gcra in ratelimit.go, in Lua, over every spend
+// of one call at once.
 //
 // Redis's Lua numbers are doubles, exact for integers below 2^53, but a
 // time in nanoseconds since the epoch is about 2^61. So absolute times are
@@ -74,77 +77,116 @@ func NewRedis(client redis.UniversalClient, opts *RedisOptions) *Redis {
 // which are exact while a limit's burst spans less than 2^53 ns (104 days)
 // and off by a few nanoseconds beyond that.
 //
-// KEYS[1]: the key's tat.
-// ARGV[1]: emission interval in ns (Per/Requests, as the memory limiter
-// computes it); ARGV[2]: burst in calls.
-// ARGV[3], ARGV[4]: now as seconds and nanoseconds, or "" to use TIME.
+// KEYS: the spends' keys' tats, in order; a key may come more than once.
+// ARGV[1], ARGV[2]: now as seconds and nanoseconds, or "" to use TIME.
+// ARGV[2i+1], ARGV[2i+2]: the emission interval in ns (Per/Requests, as
+// the memory limiter computes it) and the burst in calls of KEYS[i].
 //
-// Returns {allowed (0 or 1), retry after in ns, remaining}.
+// Returns {allowed (0 or 1), retry after in ns, remaining, the index in
+// KEYS of the spend refused or 0}. Nothing is written unless every spend
+// is allowed.
 var gcraScript = redis.NewScript(`
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2]) * interval
 local now_s, now_ns
-if ARGV[3] == '' then
+if ARGV[1] == '' then
 	local t = redis.call('TIME')
 	now_s, now_ns = tonumber(t[1]), tonumber(t[2]) * 1000
 else
-	now_s, now_ns = tonumber(ARGV[3]), tonumber(ARGV[4])
+	now_s, now_ns = tonumber(ARGV[1]), tonumber(ARGV[2])
 end
 
--- ahead: how far the tat is after now, in ns; 0 when it is not.
-local ahead = 0
-local v = redis.call('GET', KEYS[1])
-if v then
-	local tat_s, tat_ns = tonumber(string.sub(v, 1, -10)), tonumber(string.sub(v, -9))
-	ahead = (tat_s - now_s) * 1000000000 + (tat_ns - now_ns)
-	if ahead < 0 then
-		ahead = 0
+-- ahead[key]: how far the key's tat is after now, in ns, as the spends
+-- so far leave it.
+local ahead = {}
+local least
+for i, key in ipairs(KEYS) do
+	local interval = tonumber(ARGV[2 * i + 1])
+	local burst = tonumber(ARGV[2 * i + 2]) * interval
+	local a = ahead[key]
+	if not a then
+		a = 0
+		local v = redis.call('GET', key)
+		if v then
+			local tat_s, tat_ns = tonumber(string.sub(v, 1, -10)), tonumber(string.sub(v, -9))
+			a = (tat_s - now_s) * 1000000000 + (tat_ns - now_ns)
+			if a < 0 then
+				a = 0
+			end
+		end
 	end
+
+	local nxt = a + interval
+	local allow_at = nxt - burst
+	if allow_at > 0 then
+		return {0, allow_at, 0, i}
+	end
+
+	-- floor(-allow_at / interval), corrected for the rounding of the
+	-- double division.
+	local slack = -allow_at
+	local remaining = math.floor(slack / interval)
+	if (remaining + 1) * interval <= slack then
+		remaining = remaining + 1
+	elseif remaining * interval > slack then
+		remaining = remaining - 1
+	end
+	if not least or remaining < least then
+		least = remaining
+	end
+	ahead[key] = nxt
 end
 
-local nxt = ahead + interval
-local allow_at = nxt - burst
-if allow_at > 0 then
-	return {0, allow_at, 0}
+for key, a in pairs(ahead) do
+	local total = now_ns + a
+	local ns = math.fmod(total, 1000000000)
+	local s = now_s + (total - ns) / 1000000000
+	redis.call('SET', key, string.format('%d%09d', s, ns), 'PX', math.ceil(a / 1000000))
 end
-
--- floor(-allow_at / interval), corrected for the rounding of the double
--- division.
-local slack = -allow_at
-local remaining = math.floor(slack / interval)
-if (remaining + 1) * interval <= slack then
-	remaining = remaining + 1
-elseif remaining * interval > slack then
-	remaining = remaining - 1
-end
-
-local total = now_ns + nxt
-local ns = math.fmod(total, 1000000000)
-local s = now_s + (total - ns) / 1000000000
-redis.call('SET', KEYS[1], string.format('%d%09d', s, ns), 'PX', math.ceil(nxt / 1000000))
-return {1, 0, remaining}
+return {1, 0, least or 0, 0}
 `)
 
 // Allow counts one call against limit l for key.
 func (r *Redis) Allow(ctx context.Context, key string, l *policy.RateLimit) (Result, error) {
-	interval, _, err := emission(l)
-	if err != nil {
-		return Result{}, err
+	res, _, err := r.AllowAll(ctx, []Spend{{Key: key, Limit: l}})
+	return res, err
+}
+
+// AllowAll counts one call against each of spends, all or none, as
+// [Memory.AllowAll] does, in one script run atomically by Redis.
+func (r *Redis) AllowAll(ctx context.Context, spends []Spend) (Result, int, error) {
+	if len(spends) == 0 {
+		return Result{Allowed: true}, -1, nil
 	}
-	sec, nsec := "", ""
+	keys := make([]string, len(spends))
+	args := make([]any, 2, 2+2*len(spends))
+	args[0], args[1] = "", ""
 	if r.now != nil {
 		now := r.now()
-		sec, nsec = fmt.Sprint(now.Unix()), fmt.Sprint(now.Nanosecond())
+		args[0], args[1] = fmt.Sprint(now.Unix()), fmt.Sprint(now.Nanosecond())
 	}
-	v, err := gcraScript.Run(ctx, r.client, []string{r.prefix + key},
-		int64(interval), l.Burst, sec, nsec).Int64Slice()
+	for i, sp := range spends {
+		interval, _, err := emission(sp.Limit)
+		if err != nil {
+			return Result{}, -1, err
+		}
+		keys[i] = r.prefix + sp.Key
+		args = append(args, int64(interval), sp.Limit.Burst)
+	}
+	what := "rate limit " + spends[0].Limit.ID
+	if len(spends) > 1 {
+		what += fmt.Sprintf(" and %d more", len(spends)-1)
+	}
+	v, err := gcraScript.Run(ctx, r.client, keys, args...).Int64Slice()
 	if err != nil {
-		return Result{}, fmt.Errorf("rate limit %s: redis: %w", l.ID, err)
+		return Result{}, -1, fmt.Errorf("%s: redis: %w", what, err)
 	}
-	if len(v) != 3 {
-		return Result{}, fmt.Errorf("rate limit %s: redis: %w", l.ID, errBadReply)
+	if len(v) != 4 || v[0] == 0 && (v[3] < 1 || v[3] > int64(len(spends))) {
+		return Result{}, -1, fmt.Errorf("%s: redis: %w", what, errBadReply)
 	}
-	return Result{Allowed: v[0] == 1, RetryAfter: time.Duration(v[1]), Remaining: int(v[2])}, nil
+	res := Result{Allowed: v[0] == 1, RetryAfter: time.Duration(v[1]), Remaining: int(v[2])}
+	if !res.Allowed {
+		return res, int(v[3] - 1), nil
+	}
+	return res, -1, nil
 }
 
 var errBadReply = errors.New("unexpected reply from script")
