@@ -36,14 +36,16 @@ func (f FileLog) Search(_ context.Context, q Query) ([]Record, bool, error) {
 	return Search(string(f), q)
 }
 
-// Records implements Log; see [ReadRecords].
+// Records implements Log; see [ReadVerified]: a file whose hash chain is
+// broken is an error, so that what is built from its records is not
+// taken for the gateway's decisions.
 func (f FileLog) Records(ctx context.Context, yield func(Record) bool) error {
 	files, err := ChainFiles(string(f))
 	if err != nil {
 		return err
 	}
 	var ended error
-	err = ReadRecords(files, nil, func(rec Record) bool {
+	_, err = ReadVerified(files, nil, func(rec Record) bool {
 		if ended = ctx.Err(); ended != nil {
 			return false
 		}

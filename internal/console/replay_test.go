@@ -139,6 +139,32 @@ func TestReplayUploadedRoleFiles(t *testing.T) {
 	}
 }
 
+// A log whose hash chain is broken is not replayed: the report would rest
+// on records that are not the gateway's decisions.
+func TestReplayRefusesABrokenChain(t *testing.T) {
+	e := newEnv(t, nil)
+	e.writeAudit(replayLog()...)
+	data, err := os.ReadFile(e.auditFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tampered := strings.Replace(string(data), `"decision_id":"r2"`, `"decision_id":"r7"`, 1)
+	if tampered == string(data) {
+		t.Fatal("nothing to tamper with")
+	}
+	if err := os.WriteFile(e.auditFile, []byte(tampered), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rec := e.upload(e.signIn("alice"), "/console/replay", nil, newPolicy()...)
+	wantStatus(t, rec, http.StatusServiceUnavailable)
+	if p := problem(rec); !strings.Contains(p, "The audit log could not be read") || !strings.Contains(p, ":2: hash mismatch") {
+		t.Errorf("problem %q", p)
+	}
+	if strings.Contains(rec.Body.String(), `data-testid="replay-report"`) {
+		t.Error("a report of a log whose chain is broken")
+	}
+}
+
 func TestReplayNeedsCSRF(t *testing.T) {
 	e := newEnv(t, nil)
 	e.writeAudit(replayLog()...)
