@@ -40,6 +40,11 @@ func TestDecisionSpanJoinsTheAgentsTrace(t *testing.T) {
 		{"Envoy traces", "00-" + agentTrace + "-" + agentSpan + "-01", "00-" + agentTrace + "-" + envoySpan + "-01", agentTrace, "rpc"},
 		{"Envoy traces, the agent does not", "", "00-" + otherTrace + "-" + envoySpan + "-01", otherTrace, "rpc"},
 		{"Envoy does not trace", "00-" + agentTrace + "-" + agentSpan + "-01", "", agentTrace, agentSpan},
+		// The sampled flag is the agent's to write, and decides nothing:
+		// 00 would otherwise keep the agent's decisions out of the trace
+		// backend while their audit records link the trace.
+		{"the agent's traceparent is not sampled", "00-" + agentTrace + "-" + agentSpan + "-00", "", agentTrace, agentSpan},
+		{"Envoy keeps the agent's 00", "00-" + agentTrace + "-" + agentSpan + "-00", "00-" + agentTrace + "-" + envoySpan + "-00", agentTrace, "rpc"},
 		{"no trace anywhere", "", "", "", "rpc"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -75,6 +80,31 @@ func TestDecisionSpanJoinsTheAgentsTrace(t *testing.T) {
 				t.Errorf("decision's parent is span %s, want %s (the RPC's is %s)", got, wantParent, rpc.SpanContext.SpanID())
 			}
 		})
+	}
+}
+
+// An operator who samples nothing records no decision of an agent whose
+// traceparent asks for sampling.
+func TestAgentsSampledFlagDoesNotOverrideTheSampler(t *testing.T) {
+	t.Setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+	t.Setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+	e, spans := tracingEnv(t)
+	const traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	h := map[string]string{"authorization": "Bearer " + e.tokens["bot-1"], "mcp-protocol-version": "2025-06-18",
+		"traceparent": traceparent}
+	ctx := grpcmd.AppendToOutgoingContext(context.Background(), "traceparent", traceparent)
+	resp, err := e.client.Check(ctx, envoyRequest("POST", h, toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`)))
+	if err != nil || resp.GetOkResponse() == nil {
+		t.Fatalf("Check: %v %v", resp, err)
+	}
+	// The decision's span ends, and so is exported, before the response.
+	for _, s := range spans.GetSpans() {
+		if s.Name == "amg.decide tools/call" {
+			t.Fatalf("the sampler samples nothing, yet the agent's sampled flag had decision span %s recorded", s.SpanContext.SpanID())
+		}
+	}
+	if got := e.audit.Last(t).TraceID; got != "4bf92f3577b34da6a3ce929d0e0e4736" {
+		t.Errorf("audit record in trace %q, want the agent's", got)
 	}
 }
 

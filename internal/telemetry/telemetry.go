@@ -29,6 +29,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -258,7 +259,13 @@ func New(ctx context.Context, opts *Options) (*Telemetry, error) {
 		return nil, fmt.Errorf("telemetry: register process collector: %w", err)
 	}
 
-	tpOpts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res), sdktrace.WithRawSpanLimits(spanLimits())}
+	sampler, err := samplerFromEnv()
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	tpOpts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res), sdktrace.WithRawSpanLimits(spanLimits()),
+		sdktrace.WithSampler(sampler)}
 	// Every exporter gets spans with their URLs redacted (redactingExporter).
 	if traceExp != nil {
 		tpOpts = append(tpOpts, sdktrace.WithBatcher(redactingExporter{traceExp}))
@@ -333,6 +340,42 @@ func spanLimits() sdktrace.SpanLimits {
 		sl.AttributeValueLengthLimit = maxAttributeLength
 	}
 	return sl
+}
+
+// samplerFromEnv is the sampler OTEL_TRACES_SAMPLER and
+// OTEL_TRACES_SAMPLER_ARG name (every trace when unset), deciding alone
+// wherever a trace comes from outside the process. A propagated parent's
+// sampled flag is what the agent wrote, directly or through Envoy, which
+// keeps it: followed, an agent sending 00 would keep its decisions out of
+// the trace backend while the audit log links their trace, and one sending
+// 01 would have all its requests recorded whatever the operator's ratio.
+// Every sampler follows a parent inside the process, so the parentbased_
+// forms mean the same as the others. The SDK would log an unknown sampler
+// or a bad ratio and trace every request; New refuses them.
+func samplerFromEnv() (sdktrace.Sampler, error) {
+	name := strings.ToLower(strings.TrimSpace(os.Getenv("OTEL_TRACES_SAMPLER")))
+	arg := strings.TrimSpace(os.Getenv("OTEL_TRACES_SAMPLER_ARG"))
+	var root sdktrace.Sampler
+	switch name {
+	case "", "always_on", "parentbased_always_on":
+		root = sdktrace.AlwaysSample()
+	case "always_off", "parentbased_always_off":
+		root = sdktrace.NeverSample()
+	case "traceidratio", "parentbased_traceidratio":
+		ratio := 1.0
+		if arg != "" {
+			var err error
+			ratio, err = strconv.ParseFloat(arg, 64)
+			if err != nil || !(ratio >= 0 && ratio <= 1) {
+				return nil, fmt.Errorf("telemetry: OTEL_TRACES_SAMPLER_ARG=%q is not a ratio between 0 and 1", arg)
+			}
+		}
+		root = sdktrace.TraceIDRatioBased(ratio)
+	default:
+		return nil, fmt.Errorf("telemetry: OTEL_TRACES_SAMPLER=%q is not supported: use always_on, always_off, traceidratio or their parentbased_ forms", name)
+	}
+	return sdktrace.ParentBased(root,
+		sdktrace.WithRemoteParentSampled(root), sdktrace.WithRemoteParentNotSampled(root)), nil
 }
 
 // newResource describes this process. Detectors later in the list win, so

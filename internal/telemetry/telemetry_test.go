@@ -257,6 +257,82 @@ func TestPropagationAcrossTraceparent(t *testing.T) {
 	}
 }
 
+// The operator's sampler decides whether a trace that comes from outside
+// is recorded, never the sampled flag in its traceparent, which the agent
+// wrote: 00 must not keep the gateway's spans out of the trace backend, nor
+// 01 record them past the operator's choice. The trace id and parent span
+// still join the agent's trace, and the gateway's own spans follow their
+// parent.
+func TestSamplingIgnoresTheRemoteSampledFlag(t *testing.T) {
+	const agentTrace, agentSpan = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	for _, tc := range []struct {
+		sampler, arg string
+		want         bool
+	}{
+		{"", "", true},
+		{"always_on", "", true},
+		{"parentbased_always_on", "", true},
+		{"always_off", "", false},
+		{"parentbased_always_off", "", false},
+		{"traceidratio", "1", true},
+		{"parentbased_traceidratio", "", true},
+		{"traceidratio", "0", false},
+		{"parentbased_traceidratio", "0", false},
+	} {
+		for _, flags := range []string{"00", "01"} {
+			t.Run(tc.sampler+"_"+tc.arg+"_"+flags, func(t *testing.T) {
+				t.Setenv("OTEL_TRACES_SAMPLER", tc.sampler)
+				t.Setenv("OTEL_TRACES_SAMPLER_ARG", tc.arg)
+				h := newHarness(t)
+				header := http.Header{"Traceparent": {"00-" + agentTrace + "-" + agentSpan + "-" + flags}}
+				ctx := h.tel.Propagator().Extract(t.Context(), propagation.HeaderCarrier(header))
+				ctx, span := h.tel.StartDecisionSpan(ctx, "amg.decide")
+				_, child := h.tel.Tracer().Start(ctx, "child")
+				child.End()
+				span.End()
+				sc := span.SpanContext()
+				if sc.IsSampled() != tc.want || child.SpanContext().IsSampled() != tc.want {
+					t.Errorf("span sampled %v, its child %v; want %v whatever the traceparent's flags",
+						sc.IsSampled(), child.SpanContext().IsSampled(), tc.want)
+				}
+				if sc.TraceID().String() != agentTrace {
+					t.Errorf("span in trace %s, want the agent's %s", sc.TraceID(), agentTrace)
+				}
+				if n := len(h.spans.GetSpans()); tc.want && n != 2 || !tc.want && n != 0 {
+					t.Errorf("%d spans exported", n)
+				}
+				if tc.want && h.spanNamed(t, "amg.decide").Parent.SpanID().String() != agentSpan {
+					t.Errorf("span's parent is not the agent's span %s", agentSpan)
+				}
+			})
+		}
+	}
+}
+
+func TestSamplerFromEnvRefusesWhatItCannotHonour(t *testing.T) {
+	for _, tc := range []struct{ sampler, arg, want string }{
+		{"jaeger_remote", "", `OTEL_TRACES_SAMPLER="jaeger_remote"`},
+		{"always-on", "", `OTEL_TRACES_SAMPLER="always-on"`},
+		{"traceidratio", "half", `OTEL_TRACES_SAMPLER_ARG="half"`},
+		{"parentbased_traceidratio", "1.5", `OTEL_TRACES_SAMPLER_ARG="1.5"`},
+		{"traceidratio", "-0.1", `OTEL_TRACES_SAMPLER_ARG="-0.1"`},
+		{"traceidratio", "NaN", `OTEL_TRACES_SAMPLER_ARG="NaN"`},
+	} {
+		t.Run(tc.sampler+"_"+tc.arg, func(t *testing.T) {
+			t.Setenv("OTEL_TRACES_SAMPLER", tc.sampler)
+			t.Setenv("OTEL_TRACES_SAMPLER_ARG", tc.arg)
+			tel, err := New(t.Context(), &Options{SpanExporter: tracetest.NewInMemoryExporter()})
+			if err == nil {
+				_ = tel.Shutdown(context.Background())
+				t.Fatal("New accepted a sampler it cannot honour")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not name %s", err, tc.want)
+			}
+		})
+	}
+}
+
 func TestTraceIDWithoutSpan(t *testing.T) {
 	if got := TraceID(context.Background()); got != "" {
 		t.Errorf("TraceID(background) = %q, want empty", got)
