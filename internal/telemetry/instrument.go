@@ -2,12 +2,14 @@ package telemetry
 
 import (
 	"context"
+	"net"
 	"net/http"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	noopmetric "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
@@ -24,15 +26,16 @@ import (
 func (t *Telemetry) Tracing() bool { return t.tracing }
 
 // HTTPHandler instruments h, an HTTP server's handler. With Tracing, each
-// request gets a server span named name with the semantic conventions'
-// attributes (otelhttp). Without, the request only continues the trace
-// context it carries, and a span is started so that the request has a
-// trace id (for the audit log) at a fraction of the cost: on the request
-// path, otelhttp's attribute building is what a gateway would pay for
-// spans nobody receives.
+// request gets a server span with the semantic conventions' name (its
+// method, and its route when h has one) and attributes (otelhttp); name is
+// otelhttp's operation, which does not name the span. Without, the request
+// only continues the trace context it carries, and a span named name is
+// started so that the request has a trace id (for the audit log) at a
+// fraction of the cost: on the request path, otelhttp's attribute building
+// is what a gateway would pay for spans nobody receives.
 func (t *Telemetry) HTTPHandler(h http.Handler, name string) http.Handler {
 	if t.tracing {
-		return otelhttp.NewHandler(h, name, otelhttp.WithTracerProvider(t.tp),
+		return otelhttp.NewHandler(peerClientAddress(h), name, otelhttp.WithTracerProvider(t.tp),
 			otelhttp.WithMeterProvider(noopmetric.NewMeterProvider()), otelhttp.WithPropagators(t.propagator))
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -40,6 +43,24 @@ func (t *Telemetry) HTTPHandler(h http.Handler, name string) http.Handler {
 		ctx, span := t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer))
 		defer span.End()
 		h.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+// peerClientAddress makes the client.address of the server span in each
+// request's context the request's peer. otelhttp takes it from the first
+// X-Forwarded-For entry, which is whatever the agent wrote: the front faces
+// agents, and Envoy passes the header on to the broker as the agent sent
+// it. The request h serves keeps its headers.
+func peerClientAddress(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := r.Header["X-Forwarded-For"]; ok {
+			peer, _, err := net.SplitHostPort(r.RemoteAddr)
+			if err != nil {
+				peer = r.RemoteAddr
+			}
+			trace.SpanFromContext(r.Context()).SetAttributes(semconv.ClientAddress(peer))
+		}
+		h.ServeHTTP(w, r)
 	})
 }
 

@@ -159,3 +159,34 @@ func TestTracedInstrumentationRecordsSpans(t *testing.T) {
 		t.Errorf("spans = %v, want the HTTP request's and the Check RPC's", names)
 	}
 }
+
+// An agent's X-Forwarded-For does not become the client.address of the
+// gateway's server span: the front faces agents, and Envoy passes the
+// header on to the broker as the agent wrote it. The handler still sees
+// the header.
+func TestHTTPSpanClientAddressIsThePeer(t *testing.T) {
+	for _, xff := range []string{"", "10.9.8.7", "10.9.8.7, 192.0.2.1"} {
+		t.Run(xff, func(t *testing.T) {
+			hs := newHarness(t)
+			req := httptest.NewRequest("POST", "/mcp", nil)
+			req.RemoteAddr = "198.51.100.4:40312"
+			if xff != "" {
+				req.Header.Set("X-Forwarded-For", xff)
+			}
+			var seen string
+			hs.tel.HTTPHandler(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+				seen = r.Header.Get("X-Forwarded-For")
+			}), "amg.front").ServeHTTP(httptest.NewRecorder(), req)
+			if seen != xff {
+				t.Errorf("the handler saw X-Forwarded-For %q, want %q", seen, xff)
+			}
+			spans := hs.spans.GetSpans()
+			if len(spans) != 1 {
+				t.Fatalf("%d spans, want the request's", len(spans))
+			}
+			if got := attrMap(spans[0].Attributes)["client.address"]; got != "198.51.100.4" {
+				t.Errorf("client.address = %q, want the peer 198.51.100.4", got)
+			}
+		})
+	}
+}
