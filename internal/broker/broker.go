@@ -21,6 +21,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -1343,25 +1344,44 @@ func upstreamError(server string, err error) error {
 // is configuration that may hold a credential in its path or query, and
 // net/http quotes the whole URL in its errors: the agent is told the
 // request failed without the URL or the address it dialled, the audit log
-// gets the scheme and host.
+// gets the scheme and host. URLs are found in the text, not through a
+// *url.Error: the go-sdk flattens some failures with %v (its standalone
+// event stream's, a reconnect's), which keeps net/http's words but drops
+// the *url.Error.
 func errorText(err error, forAgent bool) string {
 	msg := err.Error()
 	var oe *net.OpError
 	if forAgent && errors.As(err, &oe) && oe.Err != nil {
 		msg = strings.ReplaceAll(msg, oe.Error(), oe.Op+": "+oe.Err.Error())
 	}
-	var ue *url.Error
-	if !errors.As(err, &ue) || ue.URL == "" {
-		return msg
+	short := func(raw string) string {
+		if u, perr := url.Parse(raw); !forAgent && perr == nil && u.Host != "" {
+			return u.Scheme + "://" + u.Host
+		}
+		return "request"
 	}
-	short := "request"
-	if u, perr := url.Parse(ue.URL); !forAgent && perr == nil && u.Host != "" {
-		short = u.Scheme + "://" + u.Host
-	}
-	quoted := strconv.Quote(ue.URL)
-	msg = strings.ReplaceAll(msg, ue.Op+" "+quoted, ue.Op+" "+short)
-	return strings.ReplaceAll(msg, quoted, short)
+	return urlsInText.ReplaceAllStringFunc(msg, func(s string) string {
+		if !strings.HasPrefix(s, `"`) {
+			return short(s)
+		}
+		raw, uerr := strconv.Unquote(s)
+		if at := bareURL.FindStringIndex(raw); uerr == nil && at != nil && at[0] == 0 {
+			return short(raw)
+		}
+		// A quoted text that is not a URL may still hold one.
+		return bareURL.ReplaceAllStringFunc(s, short)
+	})
 }
+
+var (
+	// bareURL is an http(s) URL in a text, up to a space or a quote and
+	// without the punctuation that follows it (`https://host/path: EOF`).
+	bareURL = regexp.MustCompile(`(?i:https?://)[^\s"]*[^\s"',.:;)]`)
+	// urlsInText is a text quoted as Go quotes it, as net/http quotes a
+	// request's URL in its errors (`Get "https://host/path": EOF`), or a
+	// bare URL.
+	urlsInText = regexp.MustCompile(`"(?:[^"\\]|\\.)*"|` + bareURL.String())
+)
 
 // setupError is a failure to prepare an upstream connection before any
 // of it reaches the upstream (Upstream.Transport's): resolving its

@@ -1,12 +1,23 @@
 package broker
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/amgateway/amg/internal/syncbuf"
 )
 
 // An upstream URL may hold a credential in its path or its query. When a
@@ -67,5 +78,130 @@ func TestErrorTextHidesDialledAddresses(t *testing.T) {
 	}
 	if audited := errorText(err, false); !strings.Contains(audited, addr) {
 		t.Errorf("the audit text %q lost the address, which operators need", audited)
+	}
+}
+
+// The go-sdk flattens some failures with %v (its standalone event stream
+// failing after its retries, a reconnect failing), which drops the
+// *url.Error but keeps its text, URL and all. However an upstream URL
+// reaches an error's text, neither the agent's message nor the audit
+// log's keeps its path, query or user.
+func TestErrorTextHidesURLsWithoutURLError(t *testing.T) {
+	get := func(rawURL string) error {
+		req, err := http.NewRequest("GET", rawURL, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = (&http.Client{Transport: failingTransport{}}).Do(req)
+		return err
+	}
+	const secretURL = "https://mcp.example:8443/mcp/sk-PATH-SECRET?api_key=sk-QUERY-SECRET"
+	tests := []struct {
+		name         string
+		err          error
+		agent, audit string
+	}{{
+		name: "standalone stream",
+		err: fmt.Errorf("standalone SSE request failed (session ID: %v): %v", "S1",
+			fmt.Errorf("connection failed after %d attempts: %w", 5, get(secretURL))),
+		agent: `standalone SSE request failed (session ID: S1): connection failed after 5 attempts: Get request: connection refused`,
+		audit: `standalone SSE request failed (session ID: S1): connection failed after 5 attempts: Get https://mcp.example:8443: connection refused`,
+	}, {
+		name:  "reconnect",
+		err:   fmt.Errorf("%s: failed to reconnect (session ID: %v): %v", `sending "tools/call"`, "S1", get(secretURL)),
+		agent: `sending "tools/call": failed to reconnect (session ID: S1): Get request: connection refused`,
+		audit: `sending "tools/call": failed to reconnect (session ID: S1): Get https://mcp.example:8443: connection refused`,
+	}, {
+		name:  "quote in the query",
+		err:   fmt.Errorf("%v", get(`https://mcp.example/mcp?api_key=sk-"QUOTED-SECRET`)),
+		agent: `Get request: connection refused`,
+		audit: `Get https://mcp.example: connection refused`,
+	}, {
+		name:  "bare URL",
+		err:   fmt.Errorf("connecting to %s: refused", "HTTPS://user@mcp.example/mcp?api_key=sk-BARE-SECRET"),
+		agent: `connecting to request: refused`,
+		audit: `connecting to https://mcp.example: refused`,
+	}, {
+		name:  "URL in a quoted text",
+		err:   fmt.Errorf("upstream said %q", "moved to https://mcp.example/mcp?api_key=sk-INNER-SECRET, retry"),
+		agent: `upstream said "moved to request, retry"`,
+		audit: `upstream said "moved to https://mcp.example, retry"`,
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if errors.As(tt.err, new(*url.Error)) {
+				t.Fatal("the error still holds a *url.Error, so this test checks nothing")
+			}
+			if got := errorText(tt.err, true); got != tt.agent {
+				t.Errorf("the agent's text is\n%s\nwant\n%s", got, tt.agent)
+			}
+			if got := errorText(tt.err, false); got != tt.audit {
+				t.Errorf("the audit text is\n%s\nwant\n%s", got, tt.audit)
+			}
+		})
+	}
+}
+
+// End to end: the go-sdk opens an upstream session's standalone event
+// stream as it connects, and when that fails it flattens the failure,
+// net/http's quoted URL and all, into the error Connect returns (or, as
+// its goroutines race, ends the session with a bare "client is closing").
+// Neither the agent, nor the audit log, nor the gateway's log sees the key
+// in the upstream's URL.
+func TestFlattenedUpstreamFailureHidesTheURL(t *testing.T) {
+	const key = "sk-QUERY-SECRET-41d9"
+	files := newUpstream()
+	sdk := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return files.srv }, nil)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet { // the standalone stream: dropped
+			if c, _, err := w.(http.Hijacker).Hijack(); err == nil {
+				c.Close()
+			}
+			return
+		}
+		sdk.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	var connects atomic.Int32
+	transport := func(ctx context.Context) (mcp.Transport, error) {
+		if connects.Add(1) == 1 { // the catalogue's
+			return files.transport(ctx)
+		}
+		// One attempt at the stream, not the go-sdk's five with waits.
+		return &mcp.StreamableClientTransport{Endpoint: srv.URL + "/mcp?api_key=" + key, MaxRetries: -1}, nil
+	}
+	var log syncbuf.Buffer
+	g := newGatewayTimed(t, false, 5*time.Second, []Upstream{{Name: "files", Transport: transport}},
+		func(o *Options) { o.Logger = slog.New(slog.NewTextHandler(&log, nil)) })
+	cs := g.connect(t, nil)
+	const flattened = "standalone SSE request failed"
+	var err error
+	for range 20 { // each call tries a new upstream session
+		_, err = cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "files__get_pages", Arguments: json.RawMessage(`{"workspace_id":"ws_abc123"}`)})
+		if err == nil || strings.Contains(err.Error(), key) || strings.Contains(err.Error(), flattened) {
+			break
+		}
+	}
+	if err == nil || !strings.Contains(err.Error(), flattened) || !strings.Contains(err.Error(), `upstream "files": `) {
+		t.Fatalf("call: %v, want the go-sdk's flattened failure", err)
+	}
+	if strings.Contains(err.Error(), key) || strings.Contains(err.Error(), srv.URL) || !strings.Contains(err.Error(), "Get request: EOF") {
+		t.Errorf("the agent's error is %v, want the failure without the upstream's URL", err)
+	}
+	var reason string
+	eventually(t, "the failed call is audited", func() bool {
+		for _, rec := range g.audit.All() {
+			if strings.Contains(rec.Reason, flattened) {
+				reason = rec.Reason
+				return true
+			}
+		}
+		return false
+	})
+	if strings.Contains(reason, key) || !strings.Contains(reason, "Get "+srv.URL+": EOF") {
+		t.Errorf("the audit record's reason is %q, want the scheme and host only", reason)
+	}
+	if strings.Contains(log.String(), key) {
+		t.Errorf("the gateway's log shows the upstream's URL:\n%s", log.String())
 	}
 }
