@@ -190,26 +190,7 @@ func testLimiter(t *testing.T, newLimiter func(t *testing.T, now func() time.Tim
 		c := testclock.New(time.Unix(1_700_000_000, 0))
 		lim := newLimiter(t, c.Now)
 		l := &policy.RateLimit{ID: "y", Requests: 10, Per: time.Hour, Burst: 10}
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		allowed := 0
-		for range 8 {
-			wg.Go(func() {
-				for range 10 {
-					res, err := lim.Allow(ctx, "k", l)
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					if res.Allowed {
-						mu.Lock()
-						allowed++
-						mu.Unlock()
-					}
-				}
-			})
-		}
-		wg.Wait()
+		allowed := countAllowed(t, 8, 10, func(int) (Result, error) { return lim.Allow(ctx, "k", l) })
 		if allowed != 10 {
 			t.Errorf("allowed %d of 80 concurrent calls, want exactly the burst of 10", allowed)
 		}
@@ -223,29 +204,39 @@ func testLimiter(t *testing.T, newLimiter func(t *testing.T, now func() time.Tim
 		// and a shared one of 10: at most 2 calls per agent go through, 10
 		// in all, and the calls their own limit refused leave the shared
 		// budget to the others.
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		allowed := 0
-		for a := range 8 {
-			wg.Go(func() {
-				call := []Spend{{"shared", shared}, {"own|" + string(rune('a'+a)), own}}
-				for range 10 {
-					res, _, err := lim.AllowAll(ctx, call)
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					if res.Allowed {
-						mu.Lock()
-						allowed++
-						mu.Unlock()
-					}
-				}
-			})
-		}
-		wg.Wait()
+		allowed := countAllowed(t, 8, 10, func(agent int) (Result, error) {
+			res, _, err := lim.AllowAll(ctx, []Spend{{"shared", shared}, {"own|" + string(rune('a'+agent)), own}})
+			return res, err
+		})
 		if allowed != 10 {
 			t.Errorf("allowed %d calls, want the shared burst of 10", allowed)
 		}
 	})
+}
+
+// countAllowed has each of workers goroutines make calls calls of call at
+// once, and counts those allowed.
+func countAllowed(t *testing.T, workers, calls int, call func(worker int) (Result, error)) int {
+	t.Helper()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	allowed := 0
+	for w := range workers {
+		wg.Go(func() {
+			for range calls {
+				res, err := call(w)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if res.Allowed {
+					mu.Lock()
+					allowed++
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return allowed
 }
