@@ -285,10 +285,7 @@ func TestAgentListenerBuffersWholeBody(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			limit := uint64(1 << 20)
-			if v := agentListener(t, res).GetPerConnectionBufferLimitBytes(); v != nil {
-				limit = uint64(v.GetValue())
-			}
+			limit := agentBufferLimit(t, res)
 			if limit <= uint64(maxBody) || limit < uint64(ea.GetWithRequestBody().GetMaxRequestBytes()) {
 				t.Errorf("the agent listener buffers %d bytes of a request; max_body_bytes is %d and max_request_bytes %d: "+
 					"a longer body than the listener buffers gets Envoy's 413 before any Check",
@@ -372,14 +369,11 @@ func TestAgentConnectionBudget(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			// A stream buffers at most the listener's buffer limit
-			// (Envoy's default: 1 MiB): ext_authz holds a body until it
-			// has max_request_bytes of it, and past the limit Envoy
-			// stops reading the stream, or refuses it.
-			perStream := uint64(1 << 20)
-			if v := agentListener(t, res).GetPerConnectionBufferLimitBytes(); v != nil {
-				perStream = uint64(v.GetValue())
-			}
+			// A stream buffers at most the listener's buffer limit:
+			// ext_authz holds a body until it has max_request_bytes of
+			// it, and past the limit Envoy stops reading the stream, or
+			// refuses it.
+			perStream := agentBufferLimit(t, res)
 			h2 := hcm.GetHttp2ProtocolOptions()
 			streams := uint64(h2.GetMaxConcurrentStreams().GetValue())
 			held := streams*perStream + uint64(h2.GetInitialConnectionWindowSize().GetValue())
@@ -467,6 +461,17 @@ func agentListener(t *testing.T, res *Resources) *listenerv3.Listener {
 	}
 	t.Fatalf("no listener %s", ListenerAgent)
 	return nil
+}
+
+// agentBufferLimit is the bytes the agent listener buffers of a request:
+// its per_connection_buffer_limit_bytes, Envoy's default of 1 MiB when
+// unset.
+func agentBufferLimit(t *testing.T, res *Resources) uint64 {
+	t.Helper()
+	if v := agentListener(t, res).GetPerConnectionBufferLimitBytes(); v != nil {
+		return uint64(v.GetValue())
+	}
+	return 1 << 20
 }
 
 // hcms returns every listener's HTTP connection manager.
