@@ -64,6 +64,17 @@ func (g *gateway) deletions() []string {
 // bytes; through the SDK (stdio upstreams), the same arguments without the
 // spaces between their tokens.
 func TestApprovedCallRunsOnce(t *testing.T) {
+	approvalPaths(t, func(t *testing.T, g *gateway, store approval.Store, args, want string) {
+		// A raw agent, which sends the arguments as they are written here.
+		body := `{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"notion__delete_page","arguments":` + args + `}}`
+		testApprovedCallRunsOnce(t, g, store, newRawAgent(t, g), body, want)
+	})
+}
+
+// approvalPaths runs test on a gateway whose upstream takes a call needing
+// approval through the SDK, and on one where it goes over HTTP, with the
+// arguments the agent sends and those the upstream must get.
+func approvalPaths(t *testing.T, test func(t *testing.T, g *gateway, store approval.Store, args, want string)) {
 	args := `{ "page_id" : "pg_1" }`
 	for _, overHTTP := range []bool{false, true} {
 		want := `{"page_id":"pg_1"}`
@@ -72,15 +83,17 @@ func TestApprovedCallRunsOnce(t *testing.T) {
 		}
 		t.Run(map[bool]string{false: "sdk", true: "direct"}[overHTTP], func(t *testing.T) {
 			store := approval.NewMemory(nil)
-			g := parkedGatewayOver(t, overHTTP, store)
-			testApprovedCallRunsOnce(t, g, store, args, want)
+			test(t, parkedGatewayOver(t, overHTTP, store), store, args, want)
 		})
 	}
 }
 
-func testApprovedCallRunsOnce(t *testing.T, g *gateway, store approval.Store, args, want string) {
-	// A raw agent, which sends the arguments as they are written here.
-	agent := newRawAgent(t, g)
+// testApprovedCallRunsOnce has agent send body, a delete_page call with id
+// 4 that needs approval, approves it, and checks that it ran once, the
+// upstream getting the arguments want, and that every step is audited
+// under the approval's id, naming the agent and its role.
+func testApprovedCallRunsOnce(t *testing.T, g *gateway, store approval.Store, agent *rawAgent, body, want string) {
+	t.Helper()
 	parked := make(chan *approval.Approval, 1)
 	go func() {
 		a := parkedOne(t, store)
@@ -92,10 +105,10 @@ func testApprovedCallRunsOnce(t *testing.T, g *gateway, store approval.Store, ar
 			t.Error(err)
 		}
 	}()
-	got := agent.post(`{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"notion__delete_page","arguments":` + args + `}}`)
+	got := agent.post(body)
 	a := <-parked
-	if a.Tool != "delete_page" || a.Server != "notion" || a.Agent != "bot-1" || !strings.Contains(string(a.Body), args) {
-		t.Errorf("parked approval = %+v", a)
+	if a.Tool != "delete_page" || a.Server != "notion" || a.Agent != "bot-1" || a.Role != "reader" || string(a.Body) != body {
+		t.Errorf("parked approval = %+v, want the agent's request", a)
 	}
 	if len(got) == 0 || !strings.Contains(got[len(got)-1], `"id":4`) || !strings.Contains(got[len(got)-1], `"text":"deleted"`) {
 		t.Fatalf("approved call's answer: %q", got)
@@ -113,6 +126,9 @@ func testApprovedCallRunsOnce(t *testing.T, g *gateway, store approval.Store, ar
 	// Every step is recorded, each under the approval's id.
 	steps := map[string]string{}
 	for _, rec := range g.audit.All() {
+		if rec.Agent != "bot-1" || rec.Role != "reader" {
+			t.Errorf("record %s names agent %q, role %q", rec.Code, rec.Agent, rec.Role)
+		}
 		steps[rec.Code] = rec.ApprovalID
 	}
 	for _, code := range []string{CodeApprovalParked, CodeApprovalApproved, CodeExecuted} {

@@ -516,58 +516,16 @@ func (g *gateway) sdkCalls(id string) int {
 // _meta members. Every step is audited under the approval's id, naming
 // the agent and role.
 func TestStatelessApprovedCallRunsOnce(t *testing.T) {
-	args := `{ "page_id" : "pg_1" }`
-	for _, overHTTP := range []bool{false, true} {
-		want := `{"page_id":"pg_1"}`
-		if overHTTP {
-			want = args
+	approvalPaths(t, func(t *testing.T, g *gateway, store approval.Store, args, want string) {
+		calls := watchCalls(g.up)
+		body := `{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"notion__delete_page","arguments":` + args + `,"_meta":` + requestMeta("") + `}}`
+		testApprovedCallRunsOnce(t, g, store, newStatelessRawAgent(t, g), body, want)
+		calls.mu.Lock()
+		defer calls.mu.Unlock()
+		if len(calls.metas) != 1 || len(calls.metas[0]) != 0 {
+			t.Errorf("the upstream got the call with _meta %v, want none", calls.metas)
 		}
-		t.Run(map[bool]string{false: "sdk", true: "direct"}[overHTTP], func(t *testing.T) {
-			store := approval.NewMemory(nil)
-			g := parkedGatewayOver(t, overHTTP, store)
-			calls := watchCalls(g.up)
-			agent := newStatelessRawAgent(t, g)
-			go func() {
-				a := parkedOne(t, store)
-				if d := g.deletions(); len(d) != 0 {
-					t.Errorf("the upstream ran a call before its approval: %v", d)
-				}
-				if _, err := store.Finish(context.Background(), a.ID, approval.Approved, "alice", "ticket OPS-1", time.Now()); err != nil {
-					t.Error(err)
-				}
-			}()
-			body := `{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"notion__delete_page","arguments":` + args + `,"_meta":` + requestMeta("") + `}}`
-			got := agent.post(body)
-			if len(got) == 0 || !strings.Contains(got[len(got)-1], `"id":4`) || !strings.Contains(got[len(got)-1], `"text":"deleted"`) {
-				t.Fatalf("approved call's answer: %q", got)
-			}
-			if d := g.deletions(); !slices.Equal(d, []string{want}) {
-				t.Errorf("the upstream got %q, want %q once", d, want)
-			}
-			g.checkPath(t, "notion__delete_page")
-			calls.mu.Lock()
-			if len(calls.metas) != 1 || len(calls.metas[0]) != 0 {
-				t.Errorf("the upstream got the call with _meta %v, want none", calls.metas)
-			}
-			calls.mu.Unlock()
-			list, _ := store.List(context.Background(), approval.Executed)
-			if len(list) != 1 || string(list[0].Body) != body || list[0].Agent != "bot-1" || list[0].Role != "reader" {
-				t.Fatalf("executed approvals = %+v, want the agent's request", list)
-			}
-			steps := map[string]string{}
-			for _, rec := range g.audit.All() {
-				if rec.Agent != "bot-1" || rec.Role != "reader" {
-					t.Errorf("record %s names agent %q, role %q", rec.Code, rec.Agent, rec.Role)
-				}
-				steps[rec.Code] = rec.ApprovalID
-			}
-			for _, code := range []string{CodeApprovalParked, CodeApprovalApproved, CodeExecuted} {
-				if id := steps[code]; id != list[0].ID {
-					t.Errorf("the %s record's approval id %q, want %q (records by code: %v)", code, id, list[0].ID, steps)
-				}
-			}
-		})
-	}
+	})
 }
 
 // The independent clients of one token may use one id at once: their
