@@ -1133,15 +1133,7 @@ func newRawAgent(t *testing.T, g *gateway) *rawAgent {
 // order.
 func (a *rawAgent) post(body string) []string {
 	a.t.Helper()
-	req, _ := http.NewRequest("POST", a.url, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+a.token)
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json, text/event-stream")
-	a.setVersion(req.Header, body)
-	if a.sid != "" {
-		req.Header.Set("Mcp-Session-Id", a.sid)
-	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := a.send(context.Background(), body)
 	if err != nil {
 		a.t.Fatal(err)
 	}
