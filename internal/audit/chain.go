@@ -183,7 +183,7 @@ type VerifyResult struct {
 	Anchored int
 	// Warnings lists torn lines left by a crash at the end of a file after
 	// which the device started a new file continuing from the last complete
-	// record, so that nothing was chained over them.
+	// record (or still empty), so that nothing was chained over them.
 	Warnings []string
 }
 
@@ -219,7 +219,10 @@ func walkChain(anchors []Anchor, files []string, each func(line []byte, file str
 		file string
 		line int
 	}
-	var torn *ChainError // a torn end of the previous file, excused if the next record continues the chain
+	// torn is a torn end of an earlier file, excused if the next record
+	// continues the chain or if no record follows it, but not when the
+	// torn file is the last one (a write may be in progress there).
+	var torn *ChainError
 	for i, name := range files {
 		f, err := os.Open(name)
 		if err != nil {
@@ -286,7 +289,9 @@ func walkChain(anchors []Anchor, files []string, each func(line []byte, file str
 		f.Close()
 	}
 	if torn != nil {
-		return res, torn
+		// Only empty files follow the torn one: the device set it aside at
+		// a restart and has written nothing to the new file yet.
+		res.Warnings = append(res.Warnings, fmt.Sprintf("%s: skipped; the chain continues in %s, which holds no record yet", torn, files[len(files)-1]))
 	}
 	for _, seq := range slices.Sorted(maps.Keys(want)) {
 		switch {

@@ -431,6 +431,62 @@ func TestResumeTornLine(t *testing.T) {
 	}
 }
 
+// A restart after a crash sets the torn file aside and starts an empty one.
+// Until the next record, the log verifies (Verify, and ReadVerified for
+// replay) with the torn line as a warning, as it does once that record
+// continues the chain; a record there that does not continue it, or an
+// anchor past the torn file's last record, is still a break.
+func TestVerifyTornFileBeforeNextRecord(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	writeRecords(t, path, nil, 1, 3)
+	appendTo(t, path, `{"ts":"2026-01-02T15:0`)                 // the crash
+	writeRecords(t, path, &FileOptions{Now: fakeClock()}, 4, 3) // a restart, then a shutdown with no record
+	aside := path + ".20260102T150406.000000000Z"
+	tip := hashOf(readLines(t, aside)[2])
+
+	files, err := ChainFiles(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{aside, path}, files); diff != "" {
+		t.Fatalf("ChainFiles (-want +got):\n%s", diff)
+	}
+	wantWarn := aside + ":4: torn line: 22 bytes without a newline at the end of the file (a crash mid-write, a truncation, or a write in progress): skipped; the chain continues in " + path + ", which holds no record yet"
+	res, err := Verify(files...)
+	if err != nil {
+		t.Errorf("Verify = %v", err)
+	}
+	want := VerifyResult{Records: 3, FirstSeq: 1, FirstPrev: zeroHash, LastSeq: 3, LastHash: tip, Warnings: []string{wantWarn}}
+	if diff := cmp.Diff(want, res); diff != "" {
+		t.Errorf("Verify (-want +got):\n%s", diff)
+	}
+
+	var got []string
+	var warn strings.Builder
+	res, err = ReadVerified(files, &warn, func(r Record) bool { got = append(got, r.DecisionID); return true })
+	if err != nil {
+		t.Errorf("ReadVerified = %v", err)
+	}
+	if diff := cmp.Diff(ids(1, 3), got); diff != "" || res.Records != 3 {
+		t.Errorf("ReadVerified = %d records, (-want +got):\n%s", res.Records, diff)
+	}
+	if warn.String() != "warning: "+wantWarn+"\n" {
+		t.Errorf("ReadVerified warned %q, want %q", warn.String(), "warning: "+wantWarn+"\n")
+	}
+
+	if _, err := VerifyAnchored([]Anchor{{Seq: 4}}, files...); err == nil || err.Error() != aside+":3: anchor mismatch: the chain ends at seq 3, but an anchor names seq 4: records were cut from its end" {
+		t.Errorf("VerifyAnchored past the torn file's last record = %v, want records cut", err)
+	}
+	if _, err := Verify(aside); err == nil || !strings.HasPrefix(err.Error(), aside+":4: torn line: ") {
+		t.Errorf("Verify(torn file alone) = %v, want the torn line", err)
+	}
+	// A record in the new file that does not continue the chain.
+	writeLines(t, path, readLines(t, aside)[:1])
+	if _, err := Verify(files...); err == nil || !strings.HasPrefix(err.Error(), aside+":4: torn line: ") {
+		t.Errorf("Verify with a record not continuing the chain = %v, want the torn line", err)
+	}
+}
+
 func TestResumeRefusesCorruptTip(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "audit.log")
 	writeRecords(t, path, nil, 1, 2)
