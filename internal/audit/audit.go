@@ -38,6 +38,7 @@
 package audit
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -119,7 +120,9 @@ type Device interface {
 // A write that has not returned after [WriterTimeout] fails the record, as
 // does every record until that write returns, so that a reader that
 // stopped reading (a full pipe) makes the device fail rather than hold up
-// the logger and, with it, the other devices.
+// the logger and, with it, the other devices. A write that returns late
+// without error did record its record: if the next record is the same
+// one, retried, it is not written again.
 func NewWriterDevice(w io.Writer) Device {
 	d := &writerDevice{w: w, timeout: WriterTimeout, lines: make(chan []byte), done: make(chan error, 1)}
 	go d.run()
@@ -139,7 +142,10 @@ type writerDevice struct {
 	lines   chan []byte // to run, which writes them to w
 	done    chan error  // from run, one per line
 	stuck   bool        // a line is still being written after its timeout
-	closed  bool
+	// late is that line, so that the retry of its record, should the write
+	// go through after all, is not written again.
+	late   []byte
+	closed bool
 }
 
 var errWriterStuck = errors.New("write audit record: the previous write has not returned (is the reader still reading?)")
@@ -150,10 +156,14 @@ func (d *writerDevice) Write(rec *Record) error {
 	if d.closed {
 		return errors.New("write audit record: closed")
 	}
+	var written []byte // the line of a write that timed out, then went through
 	if d.stuck {
 		select {
-		case <-d.done:
-			d.stuck = false
+		case err := <-d.done:
+			if err == nil {
+				written = d.late
+			}
+			d.stuck, d.late = false, nil
 		default:
 			return errWriterStuck
 		}
@@ -161,6 +171,11 @@ func (d *writerDevice) Write(rec *Record) error {
 	// One Write call per line, so lines from concurrent writers to a shared
 	// stdout do not interleave mid-record.
 	d.buf = append(rec.appendJSON(d.buf[:0]), '\n')
+	if written != nil && bytes.Equal(d.buf, written) {
+		// The logger retrying the record whose write timed out: it was
+		// recorded, if late.
+		return nil
+	}
 	d.lines <- d.buf
 	if d.timer == nil {
 		d.timer = time.NewTimer(d.timeout)
@@ -176,7 +191,7 @@ func (d *writerDevice) Write(rec *Record) error {
 		return nil
 	case <-d.timer.C:
 		// The line stays run's until its write returns.
-		d.stuck, d.buf = true, nil
+		d.stuck, d.late, d.buf = true, d.buf, nil
 		return fmt.Errorf("write audit record: no return after %v (is the reader still reading?)", d.timeout)
 	}
 }

@@ -566,6 +566,105 @@ func TestWriterDeviceBlocked(t *testing.T) {
 	waitFor(t, "the writer to recover", func() bool { return d.Write(testRecord(3)) == nil })
 }
 
+// lateWriter is a log pipeline whose first write returns only once release
+// is closed, with err; until then it holds the device's next writes too.
+type lateWriter struct {
+	release chan struct{}
+	err     error
+
+	mu    sync.Mutex
+	first bool // the first write has begun
+	out   bytes.Buffer
+}
+
+func (w *lateWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	first := !w.first
+	w.first = true
+	w.mu.Unlock()
+	if first {
+		<-w.release
+		if w.err != nil {
+			return 0, w.err
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.out.Write(p)
+}
+
+func (w *lateWriter) written(t *testing.T) []string {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var ids []string
+	for _, line := range strings.SplitAfter(w.out.String(), "\n") {
+		if line != "" {
+			ids = append(ids, decisionID(t, []byte(line)))
+		}
+	}
+	return ids
+}
+
+// A write that times out and then returns without error recorded its
+// record: the retry of that record is not written again, while a record
+// after it, or the retry after a late write that failed, is written.
+func TestWriterDeviceLateWrite(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		err   error // the late write's
+		retry int   // the record written once it has returned
+		want  []string
+	}{
+		{"went through, same record retried", nil, 1, []string{"d1", "d2"}},
+		{"went through, next record", nil, 3, []string{"d1", "d3", "d2"}},
+		{"failed, same record retried", errors.New("broken pipe"), 1, []string{"d1", "d2"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := &lateWriter{release: make(chan struct{}), err: tc.err}
+			d := NewWriterDevice(w)
+			defer d.Close()
+			if err := d.Write(testRecord(1)); err == nil || !strings.Contains(err.Error(), "no return after") {
+				t.Fatalf("Write to a held writer = %v, want a timeout", err)
+			}
+			close(w.release)
+			var err error
+			waitFor(t, "the late write to return", func() bool {
+				err = d.Write(testRecord(tc.retry))
+				return !errors.Is(err, errWriterStuck)
+			})
+			if err != nil {
+				t.Fatalf("Write of record %d once the late write returned = %v", tc.retry, err)
+			}
+			if err := d.Write(testRecord(2)); err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, w.written(t)); diff != "" {
+				t.Errorf("records written (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// The logger retries a record whose stdout write timed out; once that
+// write goes through, the record is in the pipeline once.
+func TestLoggerWriterLateWriteNotRepeated(t *testing.T) {
+	w := &lateWriter{release: make(chan struct{})}
+	l := NewLogger([]Device{NewWriterDevice(w)}, fastRetry)
+	if err := l.Log(testRecord(1)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the write to time out", func() bool { return !l.Healthy() })
+	close(w.release)
+	waitFor(t, "the retry to succeed", l.Healthy)
+	if err := l.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"d1"}, w.written(t)); diff != "" {
+		t.Errorf("records written (-want +got):\n%s", diff)
+	}
+}
+
 func TestLoggerLogAll(t *testing.T) {
 	dev := newHeld()
 	l := NewLogger([]Device{dev}, &Options{QueueSize: 3})
