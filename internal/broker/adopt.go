@@ -142,6 +142,33 @@ func (b *Broker) adopt(r *http.Request, id, owner, role string) bool {
 	if !ok || rec.Owner != owner {
 		return false
 	}
+	// One request at a time takes a session over: two that come together
+	// (an agent's GET stream and its next POST, after a failover) would
+	// each replay initialize, and the SDK would keep the second copy only,
+	// the first living on where no request reaches it, nor the agent's
+	// end of the session.
+	done := make(chan struct{})
+	for {
+		other, busy := b.adopting.LoadOrStore(id, done)
+		if !busy {
+			break
+		}
+		select {
+		case <-other.(chan struct{}):
+		case <-r.Context().Done():
+			return false
+		}
+	}
+	defer func() {
+		b.adopting.Delete(id)
+		close(done)
+	}()
+	if o, ok := b.owners.Load(id); ok {
+		return o == owner // taken over by the request it waited for
+	}
+	if b.isBuried(id) {
+		return false // and ended here since
+	}
 	creation := b.beginSession(id)
 	code, sid := b.replay(r, role, "", fmt.Sprintf(`{"jsonrpc":"2.0","id":"amg-adopt","method":"initialize","params":%s}`, rec.Init))
 	b.endSession(creation)

@@ -197,6 +197,7 @@ type Broker struct {
 	bySID    sync.Map                 // MCP session id -> *agentSession
 	ending   sync.Map                 // *agentSession -> true while its upstream sessions close, once it ended
 	buried   sync.Map                 // MCP session id -> time.Time until which it is not taken over (see bury)
+	adopting sync.Map                 // MCP session id -> chan struct{} closed once it is taken over here, or not (see adopt)
 	ended    io.Closer                // follows the sessions ended on other replicas; set by Start
 	ids      atomic.Uint64
 }

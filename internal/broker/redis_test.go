@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/amgateway/amg/internal/approval"
 	"github.com/amgateway/amg/internal/redistest"
@@ -203,5 +206,66 @@ func TestSessionEndedWhileTakenOver(t *testing.T) {
 	}
 	if _, ok, _ := store.sessionRecords.Load(context.Background(), sid); ok {
 		t.Error("the replica taking the session over saved its record again")
+	}
+}
+
+// meetingRecords is a SessionStore whose first two Loads return together:
+// two requests of one session reaching a replica at once, as an agent's
+// GET stream and its next POST do after a failover.
+type meetingRecords struct {
+	*sessionRecords
+	mu      sync.Mutex
+	callers int
+	met     chan struct{}
+}
+
+func (m *meetingRecords) Load(ctx context.Context, id string) (SessionRecord, bool, error) {
+	m.mu.Lock()
+	if m.callers++; m.callers == 2 {
+		close(m.met)
+	}
+	m.mu.Unlock()
+	select {
+	case <-m.met:
+	case <-ctx.Done():
+	}
+	return m.sessionRecords.Load(ctx, id)
+}
+
+// Two requests of one session that reach another replica together take
+// it over once: the replica holds one copy of it, which the agent's end
+// of the session (DELETE) ends.
+func TestSessionTakenOverOnceByRequestsTogether(t *testing.T) {
+	store := &meetingRecords{sessionRecords: newSessionRecords(), met: make(chan struct{})}
+	_, b, sid := replicaPairOn(t, store, time.Minute)
+	var wg sync.WaitGroup
+	codes := make([]int, 2)
+	for i := range codes {
+		wg.Go(func() {
+			codes[i], _ = signedPost(t, b, sid, fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/list"}`, 10+i))
+		})
+	}
+	wg.Wait()
+	if codes[0] != http.StatusOK || codes[1] != http.StatusOK {
+		t.Errorf("two requests at once on the replica taking the session over: HTTP %v, want 200 for both", codes)
+	}
+	copies := func() (n int) {
+		b.broker.sessions.Range(func(k, _ any) bool {
+			if k.(*mcp.ServerSession).ID() == sid {
+				n++
+			}
+			return true
+		})
+		return n
+	}
+	if n := copies(); n != 1 {
+		t.Errorf("the replica holds %d copies of the session, want 1", n)
+	}
+	if code, _, body := signedSend(t, b, "DELETE", sid, ""); code/100 != 2 {
+		t.Fatalf("DELETE: %d %s", code, body)
+	}
+	eventually(t, "every copy of the ended session to end", func() bool { return copies() == 0 })
+	if _, ok := b.broker.owners.Load(sid); ok {
+		t.Error("the ended session still has an owner on the replica")
 	}
 }

@@ -367,8 +367,11 @@ func (b *Broker) agentSession(ss *mcp.ServerSession) *agentSession {
 			}
 			b.ending.Store(as, true) // before it leaves sessions: Close waits for it
 			b.sessions.Delete(ss)
-			b.bySID.Delete(sid)
-			b.disown(sid)
+			// Another copy of the session may have taken its place
+			// meanwhile: what is that copy's stays.
+			if b.bySID.CompareAndDelete(sid, as) {
+				b.disown(sid)
+			}
 			ups := as.end()
 			if forget && !as.gone.Load() {
 				ctx, cancel := context.WithTimeout(context.Background(), renewTimeout)
