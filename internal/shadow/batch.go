@@ -2,6 +2,7 @@ package shadow
 
 import (
 	"context"
+	"crypto/rand"
 	"log/slog"
 	"sync"
 	"time"
@@ -18,7 +19,10 @@ type Store interface {
 // interval, so that a request in shadow mode costs no write of its own:
 // every call of a shadow role is counted, and a write to SQLite or a
 // round trip to Redis per call would cost each of them more than its
-// decision. Counts a write failed to store are kept for the next one.
+// decision. Counts a write failed to store are kept for the next one,
+// which sends that write again as it was, before the counts that came
+// since: a store that may have stored a write whose reply was lost (Redis)
+// knows it by its id (see onceAdder), and does not count it twice.
 // What the store does not hold yet, this process's Counts adds in; other
 // processes see it after the next write (a Counts during a write may miss
 // what is being written, for that moment). Close writes what is left.
@@ -29,11 +33,27 @@ type Batch struct {
 
 	mu      sync.Mutex
 	pending map[[2]string]Count // by role and day
+	unsent  []write             // writes that failed, to send again
 
 	stop chan struct{}
 	done chan struct{}
 	once sync.Once
 }
+
+// write is one role's counts of one day as a Batch writes them, under an
+// id that it keeps when it sends the write again.
+type write struct {
+	id string
+	Count
+}
+
+// onceAdder is a Store that knows a write sent again: AddOnce with the id
+// of a write it added before adds nothing.
+type onceAdder interface {
+	AddOnce(ctx context.Context, id, role string, t time.Time, calls, denials int64) error
+}
+
+var _ onceAdder = (*Redis)(nil)
 
 // DefaultBatchInterval is how often a Batch writes by default.
 const DefaultBatchInterval = 5 * time.Second
@@ -78,16 +98,24 @@ func (b *Batch) Counts(ctx context.Context, from, to time.Time) ([]Count, error)
 	for i, c := range stored {
 		at[[2]string{c.Role, c.Day}] = i
 	}
-	b.mu.Lock()
-	for k, c := range b.pending {
-		if k[1] < lo || k[1] > hi {
-			continue
+	addIn := func(c Count) {
+		if c.Day < lo || c.Day > hi {
+			return
 		}
+		k := [2]string{c.Role, c.Day}
 		if i, ok := at[k]; ok {
 			stored[i] = add(stored[i], c)
 		} else {
+			at[k] = len(stored)
 			stored = append(stored, c)
 		}
+	}
+	b.mu.Lock()
+	for _, c := range b.pending {
+		addIn(c)
+	}
+	for _, w := range b.unsent {
+		addIn(w.Count)
 	}
 	b.mu.Unlock()
 	sortCounts(stored)
@@ -108,16 +136,38 @@ func (b *Batch) run() {
 	}
 }
 
-// flush writes what is pending; what fails to be written stays pending.
+// flush writes what is pending. The writes that failed before are sent
+// again first, and while one still fails what came since stays pending,
+// added up.
 func (b *Batch) flush(ctx context.Context) error {
 	b.mu.Lock()
-	batch := b.pending
+	again := b.unsent
+	b.unsent = nil
+	b.mu.Unlock()
+	if err := b.send(ctx, again); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	writes := make([]write, 0, len(b.pending))
+	for _, c := range b.pending {
+		writes = append(writes, write{id: rand.Text(), Count: c})
+	}
 	b.pending = map[[2]string]Count{}
 	b.mu.Unlock()
+	return b.send(ctx, writes)
+}
+
+// send writes writes to the store, keeping those that fail to send again.
+func (b *Batch) send(ctx context.Context, writes []write) error {
 	var first error
-	for k, c := range batch {
+	for _, w := range writes {
 		wctx, cancel := context.WithTimeout(ctx, b.interval)
-		err := b.store.Add(wctx, c.Role, dayTime(c.Day), c.Calls, c.N)
+		var err error
+		if s, ok := b.store.(onceAdder); ok {
+			err = s.AddOnce(wctx, w.id, w.Role, dayTime(w.Day), w.Calls, w.N)
+		} else {
+			err = b.store.Add(wctx, w.Role, dayTime(w.Day), w.Calls, w.N)
+		}
 		cancel()
 		if err == nil {
 			continue
@@ -127,7 +177,7 @@ func (b *Batch) flush(ctx context.Context) error {
 			b.log.Warn("shadow counts not written; kept for the next write", "err", err)
 		}
 		b.mu.Lock()
-		b.pending[k] = add(b.pending[k], c)
+		b.unsent = append(b.unsent, w)
 		b.mu.Unlock()
 	}
 	return first

@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/amgateway/amg/internal/redistest"
 	"github.com/amgateway/amg/internal/store"
 )
 
@@ -120,5 +121,27 @@ func TestBatchKeepsCountsAFailedWriteLost(t *testing.T) {
 	}
 	if got, _ := s.Memory.Counts(ctx, day, day); !cmp.Equal(got, want) {
 		t.Errorf("stored after the failed write and Close: %v, want %v", got, want)
+	}
+}
+
+// A write to Redis whose reply comes too late fails, though Redis stored
+// its counts: sent again, by go-redis or by the batch's next write, it is
+// not counted twice.
+func TestBatchCountsAWriteWhoseReplyCameLateOnce(t *testing.T) {
+	srv := redistest.Start(t)
+	p := srv.Proxy()
+	b := NewBatch(NewRedis(p.Client()), time.Hour, nil)
+	ctx := context.Background()
+	day := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	b.Add(ctx, "late-role", day, 10, 3)
+	p.DelayReply("late-role", 2*redistest.ProxyReadTimeout)
+	first := b.flush(ctx)
+	b.Add(ctx, "late-role", day, 1, 0)
+	if err := b.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := []Count{{"late-role", "2026-11-24", 3, 11}}
+	if got, err := NewRedis(srv.Client()).Counts(ctx, day, day); err != nil || !cmp.Equal(got, want) {
+		t.Errorf("stored after a write whose reply came late (%v), and another: %v %v, want %v", first, got, err, want)
 	}
 }

@@ -2,6 +2,7 @@ package shadow
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"strconv"
 	"time"
@@ -35,21 +36,41 @@ func (r *Redis) callsKey(day string) string   { return r.prefix + "calls:" + day
 // Add counts calls decided in shadow mode for role at t, denials of them
 // would-be denials.
 func (r *Redis) Add(ctx context.Context, role string, t time.Time, calls, denials int64) error {
+	return r.AddOnce(ctx, rand.Text(), role, t, calls, denials)
+}
+
+// writeMemory is how long Redis remembers a write's id (see AddOnce): a
+// write sent again later than this is counted again.
+const writeMemory = time.Hour
+
+// addScript adds one write's counts to a day's hashes, unless the write's
+// id is remembered, as that of a write added before. KEYS: the denials
+// hash, the calls hash, the write's id. ARGV: role, denials, calls,
+// retention and writeMemory in seconds.
+var addScript = redis.NewScript(`
+if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[5]) then
+	return 0
+end
+for i, n in ipairs({ARGV[2], ARGV[3]}) do
+	if n ~= '0' then
+		redis.call('HINCRBY', KEYS[i], ARGV[1], n)
+		redis.call('EXPIRE', KEYS[i], ARGV[4])
+	end
+end
+return 1
+`)
+
+// AddOnce is Add under id, which a write sent again keeps: Redis may have
+// added a write whose reply never came (go-redis then sends it again, and
+// a Batch keeps it for its next write), and adds it once.
+func (r *Redis) AddOnce(ctx context.Context, id, role string, t time.Time, calls, denials int64) error {
 	if calls == 0 && denials == 0 {
 		return nil
 	}
 	day := Day(t)
-	pipe := r.client.TxPipeline()
-	for _, kn := range [...]struct {
-		key string
-		n   int64
-	}{{r.denialsKey(day), denials}, {r.callsKey(day), calls}} {
-		if kn.n != 0 {
-			pipe.HIncrBy(ctx, kn.key, role, kn.n)
-			pipe.Expire(ctx, kn.key, r.retention)
-		}
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	keys := []string{r.denialsKey(day), r.callsKey(day), r.prefix + "write:" + id}
+	err := addScript.Run(ctx, r.client, keys, role, denials, calls, int64(r.retention/time.Second), int64(writeMemory/time.Second)).Err()
+	if err != nil {
 		return fmt.Errorf("count shadow calls in redis: %w", err)
 	}
 	return nil
