@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"time"
@@ -28,6 +29,11 @@ const DefaultRedisPrefix = "amg:{ratelimit}:"
 //
 // A key lives only until its tat has passed, when its budget is full again
 // and the key means nothing; Redis expires it, so idle keys cost nothing.
+//
+// go-redis sends a script again when its reply is late or its connection
+// drops, though Redis may have run it: each run carries a random nonce,
+// and a call allowed keeps its reply under it for replyMemory, so that
+// the same run again answers as the first did instead of spending twice.
 //
 // Any Redis failure is returned as an error and never as "allowed": the
 // caller (authz) denies the request, failing closed.
@@ -77,15 +83,24 @@ func NewRedis(client redis.UniversalClient, opts *RedisOptions) *Redis {
 // which are exact while a limit's burst spans less than 2^53 ns (104 days)
 // and off by a few nanoseconds beyond that.
 //
-// KEYS: the spends' keys' tats, in order; a key may come more than once.
+// KEYS: the spends' keys' tats, in order; a key may come more than once;
+// last, the key of the run's nonce.
 // ARGV[1], ARGV[2]: now as seconds and nanoseconds, or "" to use TIME.
 // ARGV[2i+1], ARGV[2i+2]: the emission interval in ns (Per/Requests, as
 // the memory limiter computes it) and the burst in calls of KEYS[i].
+// Last: replyMemory in ms.
 //
 // Returns {allowed (0 or 1), retry after in ns, remaining, the index in
 // KEYS of the spend refused or 0}. Nothing is written unless every spend
-// is allowed.
+// is allowed; then the nonce's key keeps remaining, and a run with the
+// same nonce returns the same reply and writes nothing.
 var gcraScript = redis.NewScript(`
+local nonce = KEYS[#KEYS]
+local done = redis.call('GET', nonce)
+if done then
+	return {1, 0, tonumber(done), 0}
+end
+
 local now_s, now_ns
 if ARGV[1] == '' then
 	local t = redis.call('TIME')
@@ -98,7 +113,8 @@ end
 -- so far leave it.
 local ahead = {}
 local least
-for i, key in ipairs(KEYS) do
+for i = 1, #KEYS - 1 do
+	local key = KEYS[i]
 	local interval = tonumber(ARGV[2 * i + 1])
 	local burst = tonumber(ARGV[2 * i + 2]) * interval
 	local a = ahead[key]
@@ -141,8 +157,14 @@ for key, a in pairs(ahead) do
 	local s = now_s + (total - ns) / 1000000000
 	redis.call('SET', key, string.format('%d%09d', s, ns), 'PX', math.ceil(a / 1000000))
 end
+redis.call('SET', nonce, least or 0, 'PX', ARGV[#ARGV])
 return {1, 0, least or 0, 0}
 `)
+
+// replyMemory is how long Redis keeps the reply of a call allowed, for
+// go-redis's sending the same script again: longer than its retries of
+// one command take.
+const replyMemory = time.Minute
 
 // Allow counts one call against limit l for key.
 func (r *Redis) Allow(ctx context.Context, key string, l *policy.RateLimit) (Result, error) {
@@ -156,8 +178,8 @@ func (r *Redis) AllowAll(ctx context.Context, spends []Spend) (Result, int, erro
 	if len(spends) == 0 {
 		return Result{Allowed: true}, -1, nil
 	}
-	keys := make([]string, len(spends))
-	args := make([]any, 2, 2+2*len(spends))
+	keys := make([]string, len(spends), len(spends)+1)
+	args := make([]any, 2, 3+2*len(spends))
 	args[0], args[1] = "", ""
 	if r.now != nil {
 		now := r.now()
@@ -171,6 +193,8 @@ func (r *Redis) AllowAll(ctx context.Context, spends []Spend) (Result, int, erro
 		keys[i] = r.prefix + sp.Key
 		args = append(args, int64(interval), sp.Limit.Burst)
 	}
+	keys = append(keys, r.prefix+"reply:"+rand.Text())
+	args = append(args, replyMemory.Milliseconds())
 	what := "rate limit " + spends[0].Limit.ID
 	if len(spends) > 1 {
 		what += fmt.Sprintf(" and %d more", len(spends)-1)
