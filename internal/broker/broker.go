@@ -848,16 +848,24 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	sid := r.Header.Get("Mcp-Session-Id")
 	if sid != "" {
 		o, ok := b.owners.Load(sid)
+		if !ok && b.sessionStore != nil && !b.isBuried(sid) {
+			// Perhaps another replica's: take it over if it is this agent's.
+			// Whose it is now is asked again: another agent's request may
+			// have taken it over meanwhile, and one that nobody here owns
+			// may be halfway through being taken over, already known to
+			// the SDK.
+			b.adopt(r, sid, owner, d.Role)
+			if o, ok = b.owners.Load(sid); !ok {
+				http.Error(w, "session not found", http.StatusNotFound)
+				return
+			}
+		}
 		if ok && o != owner {
 			// Another agent's session: answer as for an unknown one, and
 			// record the attempt, which authz recorded as allowed.
 			b.record(d, CodeSessionNotOwned, "the session belongs to another agent")
 			http.Error(w, "session not found", http.StatusNotFound)
 			return
-		}
-		if !ok && b.sessionStore != nil && !b.isBuried(sid) {
-			// Perhaps another replica's: take it over if it is this agent's.
-			b.adopt(r, sid, owner, d.Role)
 		}
 	} else {
 		// Whether the request makes a session is read from its body as

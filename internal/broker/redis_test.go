@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -267,5 +268,43 @@ func TestSessionTakenOverOnceByRequestsTogether(t *testing.T) {
 	eventually(t, "every copy of the ended session to end", func() bool { return copies() == 0 })
 	if _, ok := b.broker.owners.Load(sid); ok {
 		t.Error("the ended session still has an owner on the replica")
+	}
+}
+
+// heldRecords is a SessionStore whose first Load waits for release: a
+// slow look-up of a session's record.
+type heldRecords struct {
+	*sessionRecords
+	loads   atomic.Int32
+	held    chan struct{} // closed once the first Load waits
+	release chan struct{}
+}
+
+func (h *heldRecords) Load(ctx context.Context, id string) (SessionRecord, bool, error) {
+	if h.loads.Add(1) == 1 {
+		close(h.held)
+		<-h.release
+	}
+	return h.sessionRecords.Load(ctx, id)
+}
+
+// Another agent's request for a session, reaching a replica before the
+// session's own agent takes it over there, is refused, however long its
+// look-up of the session's record takes: the SDK has the session by then.
+func TestSessionOfAnotherAgentRefusedWhileTakenOver(t *testing.T) {
+	store := &heldRecords{sessionRecords: newSessionRecords(), held: make(chan struct{}), release: make(chan struct{})}
+	_, b, sid := replicaPairOn(t, store, time.Minute)
+	other := make(chan int, 1)
+	go func() {
+		code, _, _ := signedSendAs(t, b, "bot-2", "POST", sid, `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`)
+		other <- code
+	}()
+	<-store.held
+	if code, _ := signedPost(t, b, sid, `{"jsonrpc":"2.0","id":3,"method":"tools/list"}`); code != http.StatusOK {
+		t.Fatalf("the session's own agent on the replica taking it over: HTTP %d, want 200", code)
+	}
+	close(store.release)
+	if code := <-other; code != http.StatusNotFound {
+		t.Errorf("another agent's request for the session: HTTP %d, want 404", code)
 	}
 }

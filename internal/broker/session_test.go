@@ -249,10 +249,16 @@ func signedPost(t *testing.T, g *gateway, sid, body string) (int, string) {
 // signedSend is signedPost with any method, and returns the answer too.
 func signedSend(t *testing.T, g *gateway, method, sid, body string) (code int, session, answer string) {
 	t.Helper()
+	return signedSendAs(t, g, "bot-1", method, sid, body)
+}
+
+// signedSendAs is signedSend for agent, of role reader.
+func signedSendAs(t *testing.T, g *gateway, agent, method, sid, body string) (code int, session, answer string) {
+	t.Helper()
 	id := fmt.Sprintf("dec-%d", signedPosts.Add(1))
-	d := authz.Decision{ID: id, Agent: "bot-1", Role: "reader", Verdict: "allow", BodySHA256: sha256.Sum256([]byte(body)),
+	d := authz.Decision{ID: id, Agent: agent, Role: "reader", Verdict: "allow", BodySHA256: sha256.Sum256([]byte(body)),
 		Method: method, Session: sid}
-	h := map[string]string{authz.HeaderDecision: g.signer.Sign(d), authz.HeaderAgent: "bot-1", authz.HeaderRole: "reader",
+	h := map[string]string{authz.HeaderDecision: g.signer.Sign(d), authz.HeaderAgent: agent, authz.HeaderRole: "reader",
 		authz.HeaderDecisionID: id, "Mcp-Protocol-Version": rawVersion}
 	if sid != "" {
 		h["Mcp-Session-Id"] = sid
