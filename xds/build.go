@@ -100,6 +100,11 @@ const (
 	// is on Envoy's own network; tracingConnectTimeout to the collector.
 	brokerConnectTimeout  = config.DefaultConnectTimeout
 	tracingConnectTimeout = config.DefaultConnectTimeout
+	// brokerIdleTimeout is how long Envoy keeps an idle connection to a
+	// broker replica: well within the broker listener's own
+	// config.IdleTimeout, so that Envoy never sends a request on a
+	// connection the broker is closing (Envoy's default is an hour).
+	brokerIdleTimeout = config.IdleTimeout / 2
 )
 
 // Circuit breaker thresholds. A request parked for approval holds a
@@ -613,7 +618,9 @@ func (b *builder) brokerCluster(e *config.Envoy) (*clusterv3.Cluster, error) {
 			MaxPendingRequests: wrapperspb.UInt32(brokerMaxPendingRequests),
 		}}},
 	}
-	if err := b.setEndpoints(c, eps, http1Options()); err != nil {
+	opts := http1Options()
+	opts.CommonHttpProtocolOptions = &corev3.HttpProtocolOptions{IdleTimeout: durationpb.New(brokerIdleTimeout)}
+	if err := b.setEndpoints(c, eps, opts); err != nil {
 		return nil, fmt.Errorf("envoy.broker_addresses: %w", err)
 	}
 	return c, nil

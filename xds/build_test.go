@@ -543,6 +543,15 @@ func TestAgentRoutes(t *testing.T) {
 	if broker.GetLbPolicy() != clusterv3.Cluster_RING_HASH {
 		t.Errorf("broker lb_policy = %v, want RING_HASH", broker.GetLbPolicy())
 	}
+	// The broker closes a connection idle for config.IdleTimeout; Envoy
+	// must let it go first, or it may send a request on one being closed.
+	opts := &httpv3.HttpProtocolOptions{}
+	if err := broker.GetTypedExtensionProtocolOptions()[httpProtocolOptions].UnmarshalTo(opts); err != nil {
+		t.Fatal(err)
+	}
+	if d := opts.GetCommonHttpProtocolOptions().GetIdleTimeout(); d == nil || d.AsDuration() <= 0 || d.AsDuration() >= config.IdleTimeout {
+		t.Errorf("broker cluster idle_timeout = %v, want one shorter than the broker's %v", d, config.IdleTimeout)
+	}
 }
 
 func TestUpstreamClusters(t *testing.T) {

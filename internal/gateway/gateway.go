@@ -423,8 +423,11 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	hs := newHTTPServer(g.tel.HTTPHandler(g.front, "amg.front"))
 	as := newHTTPServer(g.admin)
 	// Envoy routes allowed requests here; the broker serves only those
-	// whose decision token verifies, so the listener needs no guard.
-	bs := &http.Server{Handler: g.tel.HTTPHandler(g.broker, "amg.broker"), ReadHeaderTimeout: config.HeaderTimeout}
+	// whose decision token verifies. It reads a body before it verifies
+	// the decision, so whoever else reaches the listener is bounded as
+	// on the agent listener: a body that stops coming, or a connection
+	// left idle, is not held.
+	bs := newHTTPServer(g.tel.HTTPHandler(g.broker, "amg.broker"))
 	errs := make(chan error, 5)
 	go func() { errs <- gs.Serve(g.authzLis) }()
 	go func() { errs <- hs.Serve(g.mcpLis) }()
