@@ -123,6 +123,7 @@ func (unnamedRefusal) AllowAll(context.Context, []ratelimit.Spend) (ratelimit.Re
 // env is a running authz gRPC server on loopback with its collaborators.
 type env struct {
 	client  authv3.AuthorizationClient
+	addr    string  // where client reaches the server
 	srv     *Server // the same server, called in process
 	set     *policy.Set
 	audit   *audittest.Recorder
@@ -192,7 +193,8 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	authv3.RegisterAuthorizationServer(gs, srv)
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	e.addr = lis.Addr().String()
+	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
