@@ -21,7 +21,8 @@ type Store interface {
 // round trip to Redis per call would cost each of them more than its
 // decision. Counts a write failed to store are kept for the next one,
 // which sends that write again as it was, before the counts that came
-// since: a store that may have stored a write whose reply was lost (Redis)
+// since: a store that may have stored a write it reported failed (Redis,
+// whose reply was lost; SQLite, whose context ended as it committed)
 // knows it by its id (see onceAdder), and does not count it twice.
 // What the store does not hold yet, this process's Counts adds in; other
 // processes see it after the next write (a Counts during a write may miss

@@ -93,6 +93,9 @@ func NewSQLite(db *sql.DB) (*SQLite, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create shadow_denies table: %w", err)
 	}
+	if _, err := db.Exec(`CREATE TABLE IF NOT EXISTS shadow_writes (id TEXT PRIMARY KEY, at INTEGER NOT NULL)`); err != nil {
+		return nil, fmt.Errorf("create shadow_writes table: %w", err)
+	}
 	hasCalls := func() (bool, error) {
 		var n int
 		err := db.QueryRow(`SELECT COUNT(*) FROM pragma_table_info('shadow_denies') WHERE name = 'calls'`).Scan(&n)
@@ -120,10 +123,45 @@ func (s *SQLite) Add(ctx context.Context, role string, t time.Time, calls, denia
 	if calls == 0 && denials == 0 {
 		return nil
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO shadow_denies (role, day, n, calls) VALUES (?, ?, ?, ?)
-		ON CONFLICT (role, day) DO UPDATE SET n = n + excluded.n, calls = calls + excluded.calls`,
-		role, Day(t), denials, calls)
+	if _, err := s.db.ExecContext(ctx, addCounts, role, Day(t), denials, calls); err != nil {
+		return fmt.Errorf("count shadow calls: %w", err)
+	}
+	return nil
+}
+
+const addCounts = `INSERT INTO shadow_denies (role, day, n, calls) VALUES (?, ?, ?, ?)
+	ON CONFLICT (role, day) DO UPDATE SET n = n + excluded.n, calls = calls + excluded.calls`
+
+var _ onceAdder = (*SQLite)(nil)
+
+// AddOnce is Add under id, which a write sent again keeps: a write whose
+// context ended as it committed reports an error though it was stored,
+// and a Batch sends it again. The ids of the last writeMemory are kept
+// beside the counts, in the same transaction.
+func (s *SQLite) AddOnce(ctx context.Context, id, role string, t time.Time, calls, denials int64) error {
+	if calls == 0 && denials == 0 {
+		return nil
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
+		return fmt.Errorf("count shadow calls: %w", err)
+	}
+	defer tx.Rollback()
+	now := time.Now().Unix()
+	res, err := tx.ExecContext(ctx, `INSERT INTO shadow_writes (id, at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING`, id, now)
+	if err != nil {
+		return fmt.Errorf("count shadow calls: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
+		return err // stored before, or the driver cannot tell: nothing is added
+	}
+	if _, err := tx.ExecContext(ctx, addCounts, role, Day(t), denials, calls); err != nil {
+		return fmt.Errorf("count shadow calls: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM shadow_writes WHERE at < ?`, now-int64(writeMemory/time.Second)); err != nil {
+		return fmt.Errorf("count shadow calls: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("count shadow calls: %w", err)
 	}
 	return nil

@@ -60,6 +60,30 @@ func testCounter(t *testing.T, c Store) {
 	}
 }
 
+// testOnceAdder is the contract of a store that knows a write sent
+// again by its id.
+func testOnceAdder(t *testing.T, c Store) {
+	t.Helper()
+	s, ok := c.(onceAdder)
+	if !ok {
+		t.Fatalf("%T takes no write under an id", c)
+	}
+	ctx := context.Background()
+	day := time.Date(2026, 10, 1, 12, 0, 0, 0, time.UTC)
+	for _, id := range []string{"w1", "w1", "w2"} {
+		if err := s.AddOnce(ctx, id, "once", day, 3, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := c.Counts(ctx, day, day)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]Count{{"once", "2026-10-01", 2, 6}}, got); diff != "" {
+		t.Errorf("two writes, one of them sent twice (-want +got):\n%s", diff)
+	}
+}
+
 func TestMemory(t *testing.T) { testCounter(t, NewMemory()) }
 
 func TestSQLite(t *testing.T) {
@@ -73,11 +97,13 @@ func TestSQLite(t *testing.T) {
 		t.Fatal(err)
 	}
 	testCounter(t, c)
+	testOnceAdder(t, c)
 }
 
 func TestRedis(t *testing.T) {
 	rs := redistest.Start(t)
 	testCounter(t, NewRedis(rs.Client()))
+	testOnceAdder(t, NewRedis(rs.Client()))
 	// Two replicas count into one report.
 	a, b := NewRedis(rs.Client()), NewRedis(rs.Client())
 	day := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
