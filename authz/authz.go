@@ -357,6 +357,11 @@ func (c *call) parse(h headers) *authv3.CheckResponse {
 		if resp := c.checkKind(&c.messages[i]); resp != nil {
 			return resp
 		}
+		// A batch without the header is of 2025-03-26 unless a message's
+		// _meta says otherwise, and no later version has batches.
+		if v := c.messages[i].MetaProtocolVersion; body.Batch && v != "" && !BatchesAllowed(v) {
+			return c.rejectRPC(400, CodeMalformedRequest, mcpfilter.CodeInvalidRequest, "JSON-RPC batches are not allowed in protocol "+quote(v)+", which a message's _meta names")
+		}
 	}
 	if len(c.messages) == 1 {
 		if resp := c.checkMCPHeaders(h, &c.messages[0]); resp != nil {
@@ -449,10 +454,12 @@ var supportedVersions = []string{"2025-03-26", "2025-06-18", "2025-11-25", "2026
 // granted one at initialize would have every later request refused.
 func ProtocolVersions() []string { return slices.Clone(supportedVersions) }
 
-// BatchesAllowed reports whether requests under protocol version may be
-// JSON-RPC batches: what authz parses a body under, and what serves it
-// behind authz must parse it the same way.
-func BatchesAllowed(version string) bool { return version == batchVersion }
+// BatchesAllowed reports whether requests under protocol version, as
+// their MCP-Protocol-Version header names it, may be JSON-RPC batches:
+// what authz parses a body under, and what serves it behind authz must
+// parse it the same way. A request without the header is of 2025-03-26,
+// which defines none, as the protocol and the go-sdk's server take it.
+func BatchesAllowed(version string) bool { return version == "" || version == batchVersion }
 
 func supportedVersion(v string) bool { return slices.Contains(supportedVersions, v) }
 

@@ -679,6 +679,9 @@ func TestMalformedRequests(t *testing.T) {
 		{"case-folded key", nil, `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"notion__get_pages","Name":"notion__drop_db"}}`, 400, -32600, CodeMalformedRequest, "", ""},
 		{"trailing data", nil, toolCall(1, "notion__get_pages", `{}`) + `{}`, 400, -32700, CodeMalformedRequest, "", ""},
 		{"batch in 2025-06-18", nil, `[` + toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`) + `]`, 400, -32600, CodeMalformedRequest, "", ""},
+		// Without the header a batch is of 2025-03-26, unless its _meta
+		// names a version that has none.
+		{"batch of 2026-07-28 by _meta", map[string]string{"mcp-protocol-version": ""}, `[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}},` + toolCall(2, "notion__get_pages", `{"workspace_id":"ws_abc123"}`) + `]`, 400, -32600, CodeMalformedRequest, `JSON-RPC batches are not allowed in protocol "2026-07-28", which a message's _meta names`, ""},
 		{"unsupported version", map[string]string{"mcp-protocol-version": "1999-01-01"}, toolCall(1, "notion__get_pages", `{}`), 400, -32600, CodeUnsupportedVersion, `unsupported MCP protocol version "1999-01-01"`, ""},
 		{"Mcp-Method disagrees", map[string]string{"mcp-method": "tools/list"}, toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`), 400, -32600, CodeHeaderMismatch, `Mcp-Method header "tools/list" does not match the body's method "tools/call"`, "1"},
 		{"Mcp-Name disagrees", map[string]string{"mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "notion__search"}, toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`), 400, -32600, CodeHeaderMismatch, "Mcp-Name header does not match the body", "1"},
@@ -787,6 +790,9 @@ func TestBatches(t *testing.T) {
 	v2025 := map[string]string{"mcp-protocol-version": "2025-03-26"}
 	good := toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`)
 	okHeaders(t, e.check(t, "bot-1", v2025, "["+good+`,{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}]`))
+	// A 2025-03-26 agent need not send the version header, which came
+	// with 2025-06-18: without it, a request is of 2025-03-26.
+	okHeaders(t, e.check(t, "bot-1", map[string]string{"mcp-protocol-version": ""}, "["+good+"]"))
 
 	d := denied(t, e.check(t, "bot-1", v2025, "["+good+","+toolCall(2, "notion__drop_db", `{}`)+"]"))
 	var rs []rpcResponse

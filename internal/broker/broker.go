@@ -908,6 +908,9 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer b.endSession(b.beginSession(""))
 	}
 	as := b.sessionByID(sid)
+	if !b.speaksSessionVersion(w, r, d, as, body) {
+		return
+	}
 	// The session's tokens: once all are gone, so is the session.
 	if as != nil && d.TokenID != "" {
 		as.useToken(d.TokenID)

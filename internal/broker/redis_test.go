@@ -296,7 +296,7 @@ func TestSessionOfAnotherAgentRefusedWhileTakenOver(t *testing.T) {
 	_, b, sid := replicaPairOn(t, store, time.Minute)
 	other := make(chan int, 1)
 	go func() {
-		code, _, _ := signedSendAs(t, b, "bot-2", "POST", sid, `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`)
+		code, _, _ := signedSendAs(t, b, "bot-2", rawVersion, "POST", sid, `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`)
 		other <- code
 	}()
 	<-store.held

@@ -96,6 +96,9 @@ type agentSession struct {
 	reaped  atomic.Bool
 	gone    atomic.Bool
 	closed  chan struct{} // closed once the session ended and its upstream sessions are closed
+	// version is the protocol version the session agreed at initialize
+	// (see agree), a string once agreed.
+	version atomic.Value
 
 	mu         sync.Mutex
 	ups        map[string]*mcp.ClientSession // nil once the session ended
@@ -420,6 +423,7 @@ func (b *Broker) trackSession(next mcp.MethodHandler) mcp.MethodHandler {
 		}
 		res, err := next(ctx, method, req)
 		if init, ok := req.(*mcp.ServerRequest[*mcp.InitializeParams]); ok && err == nil {
+			b.agree(ctx, init.Session, res)
 			b.saveSession(ctx, init)
 		}
 		return res, err

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -249,17 +250,21 @@ func signedPost(t *testing.T, g *gateway, sid, body string) (int, string) {
 // signedSend is signedPost with any method, and returns the answer too.
 func signedSend(t *testing.T, g *gateway, method, sid, body string) (code int, session, answer string) {
 	t.Helper()
-	return signedSendAs(t, g, "bot-1", method, sid, body)
+	return signedSendAs(t, g, "bot-1", rawVersion, method, sid, body)
 }
 
-// signedSendAs is signedSend for agent, of role reader.
-func signedSendAs(t *testing.T, g *gateway, agent, method, sid, body string) (code int, session, answer string) {
+// signedSendAs is signedSend for agent, of role reader, with the
+// MCP-Protocol-Version header version, none if empty.
+func signedSendAs(t *testing.T, g *gateway, agent, version, method, sid, body string) (code int, session, answer string) {
 	t.Helper()
 	id := fmt.Sprintf("dec-%d", signedPosts.Add(1))
 	d := authz.Decision{ID: id, Agent: agent, Role: "reader", Verdict: "allow", BodySHA256: sha256.Sum256([]byte(body)),
 		Method: method, Session: sid}
 	h := map[string]string{authz.HeaderDecision: g.signer.Sign(d), authz.HeaderAgent: agent, authz.HeaderRole: "reader",
-		authz.HeaderDecisionID: id, "Mcp-Protocol-Version": rawVersion}
+		authz.HeaderDecisionID: id}
+	if version != "" {
+		h["Mcp-Protocol-Version"] = version
+	}
 	if sid != "" {
 		h["Mcp-Session-Id"] = sid
 	}
@@ -443,6 +448,90 @@ func TestSessionLimitCountsEveryInitialize(t *testing.T) {
 		}
 		if codes := g.audit.Codes(); !slices.Contains(codes, string(authz.CodeMalformedRequest)) {
 			t.Errorf("audit codes %v, want %s", codes, authz.CodeMalformedRequest)
+		}
+	})
+}
+
+// A request on a session is of the protocol version the session agreed at
+// initialize, whatever its MCP-Protocol-Version header says: a header
+// naming another version is refused, and so is a batch in a session of a
+// version without batches. A 2025-03-26 agent need not send the header,
+// which came with 2025-06-18, and its batches are served.
+func TestRequestsSpeakTheSessionsVersion(t *testing.T) {
+	const batch = `[{"jsonrpc":"2.0","id":10,"method":"ping"},` +
+		`{"jsonrpc":"2.0","id":11,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}]`
+	const call = `{"jsonrpc":"2.0","id":12,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`
+	bothPaths(t, func(t *testing.T, g *gateway) {
+		// open begins a session of version, whose first call makes the
+		// next ones take the direct path, and returns the headers of a
+		// request on it that names no version.
+		open := func(version string) map[string]string {
+			a := &rawAgent{t: t, url: g.url, token: g.token, version: version}
+			a.post(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"` + version + `","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}`)
+			a.post(`{"jsonrpc":"2.0","method":"notifications/initialized"}`)
+			a.post(`{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`)
+			return map[string]string{"Authorization": "Bearer " + g.token, "Mcp-Session-Id": a.sid}
+		}
+		refused := func(what string, h map[string]string, body, id, code, why string) {
+			t.Helper()
+			status, answer := postMCP(t, g.url, h, body)
+			want := `{"code":-32600,"message":"` + why
+			if status != http.StatusBadRequest || !strings.Contains(answer, want) || !strings.Contains(answer, `"id":`+id+`,`) {
+				t.Errorf("%s: HTTP %d %s; want 400 under id %s and %s", what, status, answer, id, want)
+			}
+			rec := g.audit.Last(t)
+			if reason, _ := json.Marshal(rec.Reason); rec.Code != code || !strings.Contains(answer, `"message":`+string(reason)) {
+				t.Errorf("%s: audited %s %q, want %s and the answer's reason", what, rec.Code, rec.Reason, code)
+			}
+		}
+
+		h := open("2025-03-26")
+		if status, answer := postMCP(t, g.url, h, batch); status != http.StatusOK || !strings.Contains(answer, `"id":11`) {
+			t.Errorf("a batch without the version header in a 2025-03-26 session: HTTP %d %s", status, answer)
+		}
+
+		h = open("2025-11-25")
+		h["Mcp-Protocol-Version"] = "2025-03-26"
+		refused("a batch under 2025-03-26 in a 2025-11-25 session", h, batch, "null", string(authz.CodeHeaderMismatch),
+			`MCP-Protocol-Version header \"2025-03-26\" is not this session's protocol version, \"2025-11-25\", agreed at initialize`)
+		h["Mcp-Protocol-Version"] = "2025-06-18"
+		refused("a call under 2025-06-18 in a 2025-11-25 session", h, call, "12", string(authz.CodeHeaderMismatch),
+			`MCP-Protocol-Version header \"2025-06-18\" is not this session's protocol version, \"2025-11-25\"`)
+		delete(h, "Mcp-Protocol-Version")
+		if status, answer := postMCP(t, g.url, h, call); status != http.StatusOK || !strings.Contains(answer, `"id":12`) {
+			t.Errorf("a call without the version header in a 2025-11-25 session: HTTP %d %s", status, answer)
+		}
+		refused("a batch without the version header in a 2025-11-25 session", h, batch, "null", string(authz.CodeMalformedRequest),
+			`JSON-RPC batches are not allowed in protocol \"2025-11-25\", this session's version`)
+	})
+	t.Run("taken over", func(t *testing.T) {
+		// The replica that takes a session over agrees its version anew,
+		// from the initialize it replays.
+		a, b, sid := replicaPair(t, time.Minute)
+		signedPost(t, a, sid, `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`)
+		code, _, answer := signedSendAs(t, b, "bot-1", "2025-03-26", "POST", sid, batch)
+		want := `MCP-Protocol-Version header \"2025-03-26\" is not this session's protocol version, \"` + rawVersion + `\"`
+		if code != http.StatusBadRequest || !strings.Contains(answer, want) {
+			t.Errorf("a batch under 2025-03-26 in a %s session, on the replica taking it over: HTTP %d %s; want 400 and %s", rawVersion, code, answer, want)
+		}
+		if code, _, answer := signedSendAs(t, b, "bot-1", "", "POST", sid, batch); code != http.StatusBadRequest || !strings.Contains(answer, "JSON-RPC batches are not allowed") {
+			t.Errorf("a batch without the version header in a %s session, on the replica that took it over: HTTP %d %s; want 400", rawVersion, code, answer)
+		}
+	})
+	t.Run("agreed none", func(t *testing.T) {
+		// A session whose initialize failed: it never agreed a version.
+		g := newGatewayOver(t, false)
+		w := httptest.NewRecorder()
+		r := httptest.NewRequest("POST", "/", strings.NewReader(call))
+		if g.broker.speaksSessionVersion(w, r, authz.Decision{ID: "d-1"}, newAgentSession(nil), []byte(call)) {
+			t.Fatal("a request on a session that agreed no version was let through")
+		}
+		const want = `{"code":-32600,"message":"the session agreed no protocol version`
+		if w.Code != http.StatusBadRequest || !strings.Contains(w.Body.String(), want) || !strings.Contains(w.Body.String(), `"id":12,`) {
+			t.Errorf("HTTP %d %s; want 400 and %s", w.Code, w.Body, want)
+		}
+		if rec := g.audit.Last(t); rec.Code != CodeSessionRequired {
+			t.Errorf("audited %s, want %s", rec.Code, CodeSessionRequired)
 		}
 	})
 }
