@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -389,6 +390,47 @@ func TestServeRevokesTheDevTokenAtShutdown(t *testing.T) {
 	}
 	if !strings.HasSuffix(line, "revoked") {
 		t.Errorf("the dev token of a gateway that shut down: %q, want it revoked; token list:\n%s", line, out)
+	}
+}
+
+// A second amg serve on the data directory of a running one, on other
+// ports, would append a second hash chain to its audit.log: it refuses to
+// start, naming the directory, and the first one's chain stays whole.
+func TestServeRefusesADataDirInUse(t *testing.T) {
+	dataDir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv := startServe(t, ctx, "--policy-dir", "../../policies", "--data-dir", dataDir)
+
+	var stdout, stderr syncbuf.Buffer
+	exited := make(chan int, 1)
+	go func() {
+		exited <- run(ctx, []string{"serve", "--listen", "127.0.0.1:0", "--authz-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+			"--policy-dir", "../../policies", "--data-dir", dataDir}, &stdout, &stderr)
+	}()
+	want := "amg: data directory " + dataDir + " is in use by another amg serve (process " + strconv.Itoa(os.Getpid()) +
+		", which holds " + filepath.Join(dataDir, "amg.lock") + "): give each gateway a data directory of its own\n"
+	for refused := false; !refused; {
+		select {
+		case code := <-exited:
+			if code != 1 || stderr.String() != want {
+				t.Errorf("second serve: exit %d, stderr:\n%s\nwant:\n%s", code, stderr.String(), want)
+			}
+			refused = true
+		case <-time.After(20 * time.Millisecond):
+			if strings.Contains(stderr.String(), "msg=serving") {
+				cancel()
+				<-exited
+				t.Fatalf("a second serve started on the data directory of a running one:\n%s", stderr.String())
+			}
+		}
+	}
+	cancel()
+	if code := <-srv.exited; code != 0 {
+		t.Fatalf("first serve exited with %d:\n%s", code, srv.stderr.String())
+	}
+	if code, out, stderr := runCLI(t, "audit", "verify", "--data-dir", dataDir); code != 0 {
+		t.Errorf("amg audit verify: exit %d: %s%s", code, out, stderr)
 	}
 }
 

@@ -78,6 +78,7 @@ type Gateway struct {
 	cfg       *config.Config
 	log       *slog.Logger
 	reload    time.Duration
+	dataLock  *os.File // LockFile, locked while the gateway uses the data directory
 	db        *sql.DB
 	tokens    tokens.Store
 	auth      *tokens.Authenticator
@@ -112,9 +113,10 @@ type Gateway struct {
 	secrets                    secrets.Source
 }
 
-// New builds a gateway for cfg: it opens the database and the audit log in
-// the data directory, loads the policy (if it does not compile, everything
-// is denied until it does) and prepares the broker's upstreams.
+// New builds a gateway for cfg: it locks the data directory (a second
+// gateway on it is refused), opens the database and the audit log there,
+// loads the policy (if it does not compile, everything is denied until it
+// does) and prepares the broker's upstreams.
 func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	if opts == nil {
 		opts = &Options{}
@@ -140,6 +142,9 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		}
 	}()
 
+	if g.dataLock, err = lockDataDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
 	if g.db, err = store.Open(filepath.Join(cfg.DataDir, DBFile)); err != nil {
 		return nil, err
 	}
@@ -620,9 +625,10 @@ func (g *Gateway) XDSVersion() string {
 }
 
 // Close releases what New opened: upstream sessions, the audit log (its
-// queue is drained first), the shadow counts not yet written and the
-// database. The stdio upstreams' processes the broker could not end in
-// its close timeout are killed, with what they started.
+// queue is drained first), the shadow counts not yet written, the
+// database and, last, the data directory's lock. The stdio upstreams'
+// processes the broker could not end in its close timeout are killed,
+// with what they started.
 func (g *Gateway) Close() error {
 	if g.broker != nil {
 		g.broker.Close()
@@ -654,6 +660,9 @@ func (g *Gateway) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		err = errors.Join(err, g.tel.Shutdown(ctx))
 		cancel()
+	}
+	if g.dataLock != nil {
+		err = errors.Join(err, g.dataLock.Close())
 	}
 	return err
 }

@@ -1,0 +1,70 @@
+package gateway
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/demo"
+	"github.com/amgateway/amg/internal/store"
+	"github.com/amgateway/amg/internal/tokens"
+)
+
+// A second gateway on a data directory in use is refused before it writes
+// anything there, with an error naming the directory and the process that
+// holds it; the token commands' database stays usable beside the running
+// gateway; and once the first gateway closes, the directory is free again.
+func TestSecondGatewayOnADataDirInUseIsRefused(t *testing.T) {
+	cfg := loopbackConfig(t, "../../policies")
+	first := serveForTest(t, cfg, nil)
+	lock := filepath.Join(cfg.DataDir, LockFile)
+	if fi, err := os.Stat(lock); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("lock file: %v, %v; want mode 0600", fi, err)
+	}
+	before, err := os.ReadFile(filepath.Join(cfg.DataDir, audit.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	second := *cfg
+	second.Listen, second.AuthzListen, second.AdminListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	gw, err := New(&second, &Options{Builtins: Builtins{"demo": demo.NewServer(nil).MCP()}})
+	want := "data directory " + cfg.DataDir + " is in use by another amg serve (process " + strconv.Itoa(os.Getpid()) +
+		", which holds " + lock + "): give each gateway a data directory of its own"
+	if err == nil {
+		gw.Close()
+		t.Fatal("a second gateway started on a data directory in use")
+	} else if err.Error() != want {
+		t.Errorf("second gateway: %v\nwant: %s", err, want)
+	}
+	if after, err := os.ReadFile(filepath.Join(cfg.DataDir, audit.FileName)); err != nil || string(after) != string(before) {
+		t.Errorf("the refused gateway changed audit.log (%v)", err)
+	}
+
+	// amg token issue opens the database beside the running gateway.
+	db, err := store.Open(filepath.Join(cfg.DataDir, DBFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	st, err := tokens.NewSQLiteStore(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := tokens.Issue(context.Background(), st, "cli", "notion_editor", time.Hour, time.Now()); err != nil {
+		t.Errorf("issue a token beside the running gateway: %v", err)
+	}
+
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := New(&second, &Options{Builtins: Builtins{"demo": demo.NewServer(nil).MCP()}})
+	if err != nil {
+		t.Fatalf("after the first gateway closed: %v", err)
+	}
+	again.Close()
+}
