@@ -33,6 +33,6 @@ EXPOSE 8080 8081 8082 9001 18000 9100
 ENTRYPOINT ["/amg"]
 # Standalone on the embedded defaults (the built-in demo upstream), but on
 # all interfaces so that published ports reach it. docker compose and the
-# Kubernetes manifests replace this with `serve --config /etc/amg/amg.yaml`.
+# Kubernetes manifests replace this with `serve --config` and their file.
 CMD ["serve", "--listen", "0.0.0.0:8080", "--admin-listen", "0.0.0.0:8081", "--authz-listen", "0.0.0.0:9001", \
      "--policy-dir", "/etc/amg/policies", "--data-dir", "/var/lib/amg"]

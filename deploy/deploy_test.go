@@ -1226,8 +1226,16 @@ func TestKubernetes(t *testing.T) {
 		if len(args) == 0 || args[0] != "serve" || !ok {
 			t.Fatalf("amg args %q, want serve --config FILE", args)
 		}
-		if vol, sub := volumeMount(amgC, conf); sub != "amg.yaml" || str(dig(podVolume(sts, vol), "configMap", "name")) != "amg-config" {
-			t.Errorf("amg: %s is not amg-config's amg.yaml", conf)
+		// amg rereads the file for changes to its envoy: section, which
+		// reach it only through a directory mount: the kubelet never
+		// updates a file mounted with subPath.
+		if vol, sub := volumeMount(amgC, path.Dir(conf)); path.Base(conf) != "amg.yaml" || sub != "" || str(dig(podVolume(sts, vol), "configMap", "name")) != "amg-config" {
+			t.Errorf("amg: %s is not amg-config's amg.yaml, mounted as a directory (subPath mounts never update)", conf)
+		}
+		for _, vm := range list(dig(amgC, "volumeMounts")) {
+			if str(dig(podVolume(sts, str(dig(vm, "name"))), "configMap", "name")) == "amg-config" && str(dig(vm, "subPath")) != "" {
+				t.Errorf("amg: amg-config is mounted at %s with subPath %s, which never updates", str(dig(vm, "mountPath")), str(dig(vm, "subPath")))
+			}
 		}
 		if vol, sub := volumeMount(amgC, cfg.PolicyDir); sub != "" || str(dig(podVolume(sts, vol), "configMap", "name")) != "amg-policies" {
 			t.Errorf("amg: policy_dir %s is not the amg-policies ConfigMap, mounted as a directory (subPath mounts never update)", cfg.PolicyDir)
