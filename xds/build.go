@@ -259,11 +259,11 @@ func (b *builder) build(cfg *config.Config) (*Resources, error) {
 		res.Routes = append(res.Routes, egressRoutes(ups))
 	}
 
-	authz, err := b.authzCluster(e)
+	authz, err := b.authzCluster(cfg)
 	if err != nil {
 		return nil, err
 	}
-	broker, err := b.brokerCluster(e)
+	broker, err := b.brokerCluster(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -536,8 +536,15 @@ func egressRoutes(ups []upstream) *routev3.RouteConfiguration {
 	return rc
 }
 
-func (b *builder) authzCluster(e *config.Envoy) (*clusterv3.Cluster, error) {
-	ep, err := endpoint(e.AuthzAddress)
+// authzCluster reaches ext_authz at envoy.authz_address, or where
+// authz_listen listens.
+func (b *builder) authzCluster(cfg *config.Config) (*clusterv3.Cluster, error) {
+	e := &cfg.Envoy
+	addr, err := cfg.EnvoyAuthzAddress()
+	if err != nil {
+		return nil, fmt.Errorf("authz_listen: %w", err)
+	}
+	ep, err := endpoint(addr)
 	if err != nil {
 		return nil, fmt.Errorf("envoy.authz_address: %w", err)
 	}
@@ -594,12 +601,15 @@ func (b *builder) tracingCluster(e *config.Envoy) (*clusterv3.Cluster, error) {
 	return c, nil
 }
 
-func (b *builder) brokerCluster(e *config.Envoy) (*clusterv3.Cluster, error) {
-	if len(e.BrokerAddresses) == 0 {
-		return nil, errors.New("envoy.broker_addresses: no broker address")
+// brokerCluster reaches the brokers at envoy.broker_addresses, or where
+// broker_listen listens.
+func (b *builder) brokerCluster(cfg *config.Config) (*clusterv3.Cluster, error) {
+	addrs, err := cfg.EnvoyBrokerAddresses()
+	if err != nil {
+		return nil, fmt.Errorf("broker_listen: %w", err)
 	}
-	eps := make([]hostPort, 0, len(e.BrokerAddresses))
-	for i, a := range e.BrokerAddresses {
+	eps := make([]hostPort, 0, len(addrs))
+	for i, a := range addrs {
 		ep, err := endpoint(a)
 		if err != nil {
 			return nil, fmt.Errorf("envoy.broker_addresses[%d]: %w", i, err)

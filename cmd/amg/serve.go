@@ -124,6 +124,12 @@ func serve(cmd *cobra.Command, o serveOptions) error {
 			*ov.dst = ov.v
 		}
 	}
+	// The file's listeners were checked as it loaded; the flags may move
+	// one onto another, or, with an xDS server that tells Envoy where
+	// authz and the broker listen, to a port picked at start.
+	if err := cfg.CheckListeners(); err != nil {
+		return err
+	}
 	// On embedded defaults the gateway starts from the example roles; a
 	// policy directory someone named is used as it is, or refused.
 	if o.config == "" && o.policyDir == "" {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -46,14 +47,16 @@ func TestServe(t *testing.T) {
 	dataDir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// Envoy is told where authz and the broker listen: ports fixed before
+	// the start, as the xDS server cannot tell it of ones picked then.
 	srv := startServe(t, ctx, "--policy-dir", "../../policies", "--data-dir", dataDir,
-		"--broker-listen", "127.0.0.1:0", "--xds-listen", "127.0.0.1:0")
+		"--authz-listen", freeAddr(t), "--broker-listen", freeAddr(t), "--xds-listen", "127.0.0.1:0")
 	stderr, exited := srv.stderr, srv.exited
-	m := regexp.MustCompile(`msg=serving mcp=(\S+) ext_authz=(\S+) admin=(\S+) broker=\S+ xds=(\S+)`).FindStringSubmatch(srv.line)
+	m := regexp.MustCompile(`msg=serving mcp=(\S+) ext_authz=(\S+) admin=(\S+) broker=http://([^/\s]+)\S* xds=(\S+)`).FindStringSubmatch(srv.line)
 	if m == nil {
 		t.Fatalf("serve's log does not name its listeners: %s", srv.line)
 	}
-	mcpURL, authzAddr, adminURL, xdsAddr := m[1], m[2], m[3], m[4]
+	mcpURL, authzAddr, adminURL, brokerAddr, xdsAddr := m[1], m[2], m[3], m[4], m[5]
 	token := srv.token
 
 	// An agent with the dev token (role notion_editor) over MCP.
@@ -187,16 +190,26 @@ func TestServe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var clusters []string
+	// Envoy reaches authz and the broker where --authz-listen and
+	// --broker-listen put them, not at the config's defaults.
+	endpoints := map[string][]string{}
 	for _, r := range cds.GetResources() {
 		var c clusterv3.Cluster
 		if err := r.UnmarshalTo(&c); err != nil {
 			t.Fatal(err)
 		}
-		clusters = append(clusters, c.GetName())
+		endpoints[c.GetName()] = []string{}
+		for _, e := range c.GetLoadAssignment().GetEndpoints() {
+			for _, lb := range e.GetLbEndpoints() {
+				sa := lb.GetEndpoint().GetAddress().GetSocketAddress()
+				endpoints[c.GetName()] = append(endpoints[c.GetName()], net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue()))))
+			}
+		}
 	}
-	if !slices.Contains(clusters, xds.ClusterAuthz) || !slices.Contains(clusters, xds.ClusterBroker) {
-		t.Errorf("clusters over ADS = %v, want %s and %s among them", clusters, xds.ClusterAuthz, xds.ClusterBroker)
+	for name, want := range map[string]string{xds.ClusterAuthz: authzAddr, xds.ClusterBroker: brokerAddr} {
+		if got, ok := endpoints[name]; !ok || !slices.Equal(got, []string{want}) {
+			t.Errorf("cluster %s over ADS sends Envoy to %v (present: %v); amg listens on %s", name, got, ok, want)
+		}
 	}
 	ads.CloseSend()
 
@@ -309,6 +322,17 @@ type served struct {
 	exited <-chan int
 }
 
+// freeAddr is a loopback address with a port free when it returns.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
 // startServe runs amg serve --dev with args, every listener on a free
 // loopback port, until ctx ends, and waits until it serves.
 func startServe(t *testing.T, ctx context.Context, args ...string) served {
@@ -393,6 +417,46 @@ func TestServeRevokesTheDevTokenAtShutdown(t *testing.T) {
 	}
 }
 
+// serveRefused runs amg serve with args, which must refuse to start, and
+// returns its exit code and stderr; one that serves instead is stopped
+// and fails the test.
+func serveRefused(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, stderr syncbuf.Buffer
+	exited := make(chan int, 1)
+	go func() { exited <- run(ctx, append([]string{"serve"}, args...), &stdout, &stderr) }()
+	for {
+		select {
+		case code := <-exited:
+			return code, stderr.String()
+		case <-time.After(20 * time.Millisecond):
+			if strings.Contains(stderr.String(), "msg=serving") {
+				cancel()
+				<-exited
+				t.Fatalf("serve %q started:\n%s", args, stderr.String())
+			}
+		}
+	}
+}
+
+// Where the xDS server would tell Envoy that authz or the broker listens
+// on port 0, a port picked at start, serve refuses and says why.
+func TestServeRefusesXDSWithListenersOnPortsPickedAtStart(t *testing.T) {
+	dataDir := filepath.Join(t.TempDir(), "data")
+	code, stderr := serveRefused(t, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--xds-listen", "127.0.0.1:0",
+		"--authz-listen", "127.0.0.1:0", "--broker-listen", "127.0.0.1:0", "--policy-dir", "../../policies", "--data-dir", dataDir)
+	want := "amg: authz_listen: 127.0.0.1:0 takes a free port at each start, which the xDS server cannot tell Envoy: give it a port, or set envoy.authz_address\n" +
+		"broker_listen: 127.0.0.1:0 takes a free port at each start, which the xDS server cannot tell Envoy: give it a port, or set envoy.broker_addresses\n"
+	if code != 1 || stderr != want {
+		t.Errorf("exit %d, stderr:\n%s\nwant:\n%s", code, stderr, want)
+	}
+	if _, err := os.Stat(dataDir); err == nil {
+		t.Error("the refused serve created its data directory")
+	}
+}
+
 // A second amg serve on the data directory of a running one, on other
 // ports, would append a second hash chain to its audit.log: it refuses to
 // start, naming the directory, and the first one's chain stays whole.
@@ -402,28 +466,12 @@ func TestServeRefusesADataDirInUse(t *testing.T) {
 	defer cancel()
 	srv := startServe(t, ctx, "--policy-dir", "../../policies", "--data-dir", dataDir)
 
-	var stdout, stderr syncbuf.Buffer
-	exited := make(chan int, 1)
-	go func() {
-		exited <- run(ctx, []string{"serve", "--listen", "127.0.0.1:0", "--authz-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-			"--policy-dir", "../../policies", "--data-dir", dataDir}, &stdout, &stderr)
-	}()
+	code, stderr := serveRefused(t, "--listen", "127.0.0.1:0", "--authz-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+		"--policy-dir", "../../policies", "--data-dir", dataDir)
 	want := "amg: data directory " + dataDir + " is in use by another amg serve (process " + strconv.Itoa(os.Getpid()) +
 		", which holds " + filepath.Join(dataDir, "amg.lock") + "): give each gateway a data directory of its own\n"
-	for refused := false; !refused; {
-		select {
-		case code := <-exited:
-			if code != 1 || stderr.String() != want {
-				t.Errorf("second serve: exit %d, stderr:\n%s\nwant:\n%s", code, stderr.String(), want)
-			}
-			refused = true
-		case <-time.After(20 * time.Millisecond):
-			if strings.Contains(stderr.String(), "msg=serving") {
-				cancel()
-				<-exited
-				t.Fatalf("a second serve started on the data directory of a running one:\n%s", stderr.String())
-			}
-		}
+	if code != 1 || stderr != want {
+		t.Errorf("second serve: exit %d, stderr:\n%s\nwant:\n%s", code, stderr, want)
 	}
 	cancel()
 	if code := <-srv.exited; code != 0 {

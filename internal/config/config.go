@@ -21,8 +21,8 @@
 //	  egress_listen: ""             # Envoy's listener for the upstreams ("" none;
 //	                                #   127.0.0.1:10001 when egress_address is set)
 //	  egress_address: ""            # where amg reaches it; set: upstream HTTP goes through Envoy
-//	  authz_address: 127.0.0.1:9001   # where Envoy reaches AMG's ext_authz
-//	  broker_addresses: [127.0.0.1:8082]  # where Envoy reaches AMG's broker replicas
+//	  authz_address: 127.0.0.1:9001   # where Envoy reaches AMG's ext_authz (default: authz_listen's)
+//	  broker_addresses: [127.0.0.1:8082]  # where Envoy reaches AMG's broker replicas (default: broker_listen's)
 //	  authz_timeout: 2s
 //	  route_timeout: 17m            # default: approvals.ttl + the longest call timeout + 1m
 //	vault:                          # for ${vault:...} references (left out: none)
@@ -85,6 +85,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -258,10 +259,13 @@ type Envoy struct {
 	// traffic there instead of to the upstreams directly, so that Envoy's
 	// TLS, circuit breakers and outlier detection apply.
 	EgressAddress string
-	// AuthzAddress is AMG's ext_authz gRPC service.
+	// AuthzAddress is AMG's ext_authz gRPC service; empty means
+	// authz_listen, as Envoy on this host reaches it (see
+	// Config.EnvoyAuthzAddress).
 	AuthzAddress string
 	// BrokerAddresses are the broker replicas; Envoy hashes each MCP
-	// session to one of them.
+	// session to one of them. Empty means broker_listen, as Envoy on this
+	// host reaches it (see Config.EnvoyBrokerAddresses).
 	BrokerAddresses []string
 	// AuthzTimeout bounds one Check; RouteTimeout one agent request,
 	// which may wait for a human's approval and then for its upstream.
@@ -364,8 +368,6 @@ func Default() *Config {
 		AuthzListen: "127.0.0.1:9001",
 		Envoy: Envoy{
 			Listen:          "0.0.0.0:10000",
-			AuthzAddress:    "127.0.0.1:9001",
-			BrokerAddresses: []string{"127.0.0.1:8082"},
 			AuthzTimeout:    2 * time.Second,
 			TracingSampling: 100,
 		},
@@ -397,6 +399,72 @@ func Default() *Config {
 	}
 	cfg.Envoy.RouteTimeout = cfg.LongestRequest() + routeTimeoutMargin
 	return cfg
+}
+
+// DefaultBrokerAddress is where Envoy reaches the broker when neither
+// envoy.broker_addresses nor broker_listen says.
+const DefaultBrokerAddress = "127.0.0.1:8082"
+
+// EnvoyAuthzAddress is where Envoy reaches the ext_authz service:
+// envoy.authz_address, or else authz_listen as a client on this host
+// reaches it, so that moving the listener (--authz-listen) moves what
+// Envoy is told.
+func (c *Config) EnvoyAuthzAddress() (string, error) {
+	if c.Envoy.AuthzAddress != "" {
+		return c.Envoy.AuthzAddress, nil
+	}
+	return localAddress(c.AuthzListen, "envoy.authz_address")
+}
+
+// EnvoyBrokerAddresses is where Envoy reaches the broker replicas:
+// envoy.broker_addresses, or else broker_listen as a client on this host
+// reaches it (DefaultBrokerAddress without one).
+func (c *Config) EnvoyBrokerAddresses() ([]string, error) {
+	if len(c.Envoy.BrokerAddresses) > 0 {
+		return c.Envoy.BrokerAddresses, nil
+	}
+	if c.BrokerListen == "" {
+		return []string{DefaultBrokerAddress}, nil
+	}
+	a, err := localAddress(c.BrokerListen, "envoy.broker_addresses")
+	if err != nil {
+		return nil, err
+	}
+	return []string{a}, nil
+}
+
+// localAddress is the address a client on this host connects to for a
+// listener on listen: a wildcard host is the loopback address. A port of
+// 0, a free one picked at each start, is an error, which names the
+// setting (explicit) that would tell Envoy where to connect instead.
+func localAddress(listen, explicit string) (string, error) {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return "", fmt.Errorf("%q: %w", listen, err)
+	}
+	if port == "0" {
+		return "", fmt.Errorf("%s takes a free port at each start, which the xDS server cannot tell Envoy: give it a port, or set %s", listen, explicit)
+	}
+	if ip := listenIP(host); ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+		if ip.To4() == nil {
+			host = "::1"
+		}
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// CheckListeners checks what follows from the listen addresses, for a
+// caller that changed them after loading (amg serve's flags): that no
+// two of amg's listeners claim one address, and that with an xDS server
+// Envoy can be told where authz and the broker listen. Each problem is
+// one line of the error, led by the setting it concerns.
+func (c *Config) CheckListeners() error {
+	var errs []error
+	c.checkListeners(func(string) bool { return true }, func(path, msg string) {
+		errs = append(errs, fmt.Errorf("%s: %s", path, msg))
+	})
+	return errors.Join(errs...)
 }
 
 // LongestRequest is the longest an agent request can rightly take: a wait

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -75,11 +76,10 @@ func demo() *Upstream {
 
 func TestDefault(t *testing.T) {
 	want := &Config{
-		Listen:      "127.0.0.1:8080",
-		AdminListen: "127.0.0.1:8081",
-		AuthzListen: "127.0.0.1:9001",
-		Envoy: Envoy{Listen: "0.0.0.0:10000", AuthzAddress: "127.0.0.1:9001",
-			BrokerAddresses: []string{"127.0.0.1:8082"}, AuthzTimeout: 2 * time.Second, RouteTimeout: 17 * time.Minute, TracingSampling: 100},
+		Listen:                      "127.0.0.1:8080",
+		AdminListen:                 "127.0.0.1:8081",
+		AuthzListen:                 "127.0.0.1:9001",
+		Envoy:                       Envoy{Listen: "0.0.0.0:10000", AuthzTimeout: 2 * time.Second, RouteTimeout: 17 * time.Minute, TracingSampling: 100},
 		ApprovalTTL:                 15 * time.Minute,
 		MaxPendingApprovalsPerAgent: 16,
 		Console:                     Console{ReadyDays: 7, ReadyMinCalls: 1},
@@ -282,7 +282,7 @@ func TestValidValues(t *testing.T) {
 		"upstreams: { a: { url: \"https://x.example/mcp\", headers: { Authorization: \"Basic ${file:a}\", X-Dollar: \"$$${env:X}$ {}$\" } } }",
 		"upstreams: { a: { command: [srv, \"\"], env: { _X1: \"\", Y: \"a${env:Y}b${env:Z}c\" } } }",
 		"upstreams: { notion: { builtin: demo }, notion2: { builtin: demo }, notion-a: { builtin: demo } }",
-		"listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nauthz_listen: 127.0.0.1:0\nbroker_listen: \"[::1]:8081\"\nxds_listen: 127.0.0.2:8081",
+		"listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nauthz_listen: 127.0.0.1:0\nbroker_listen: \"[::1]:8081\"\nxds_listen: 127.0.0.2:8081\nenvoy: { authz_address: \"amg:9001\" }",
 		"envoy: { listen: \"127.0.0.1:10000\", egress_listen: \"127.0.0.2:10000\" }",
 		"envoy: { listen: \"0.0.0.0:10001\", egress_listen: \"\" }",
 		"envoy: { listen: \"127.0.0.1:0\", egress_listen: \"127.0.0.1:0\" }",
@@ -397,6 +397,9 @@ func TestProblems(t *testing.T) {
 				"amg.yaml:2:16: broker_listen: [::]:9001 overlaps authz_listen (127.0.0.1:9001): amg cannot serve two listeners on one address\n" +
 				"amg.yaml:3:13: xds_listen: localhost:8081 overlaps listen (0.0.0.0:8081): amg cannot serve two listeners on one address\n" +
 				"amg.yaml:3:13: xds_listen: localhost:8081 overlaps admin_listen (127.0.0.1:8081): amg cannot serve two listeners on one address"},
+		{"xds: authz and the broker on ports picked at start", "authz_listen: 127.0.0.1:0\nbroker_listen: 127.0.0.1:0\nxds_listen: 127.0.0.1:18000\n",
+			"amg.yaml:1:15: authz_listen: 127.0.0.1:0 takes a free port at each start, which the xDS server cannot tell Envoy: give it a port, or set envoy.authz_address\n" +
+				"amg.yaml:2:16: broker_listen: 127.0.0.1:0 takes a free port at each start, which the xDS server cannot tell Envoy: give it a port, or set envoy.broker_addresses"},
 		{"envoy: route timeout within the approval wait", "envoy: { route_timeout: 16m }\n",
 			"amg.yaml:1:25: envoy.route_timeout: must be longer than approvals.ttl + the longest upstream call timeout (15m0s + 1m0s of upstreams.notion = 16m0s): " +
 				"Envoy's route timeout covers the whole response, so it would cut off a call approved late while its upstream still answers, " +
@@ -663,6 +666,76 @@ func TestEgressListen(t *testing.T) {
 			t.Errorf("Parse(%q): egress_listen %q, egress_address %q; want %q, %q", tc.src,
 				cfg.Envoy.EgressListen, cfg.Envoy.EgressAddress, tc.listen, tc.address)
 		}
+	}
+}
+
+// Envoy reaches authz and the broker where the file says, or else where
+// amg listens for them, set by the file or afterwards (amg serve's
+// flags), as a client on the same host connects.
+func TestEnvoyAddressesFollowTheListeners(t *testing.T) {
+	for _, tc := range []struct {
+		src          string
+		authzListen  string // set after loading, as a flag does
+		brokerListen string
+		authz        string
+		brokers      []string
+	}{
+		{src: "", authz: "127.0.0.1:9001", brokers: []string{DefaultBrokerAddress}},
+		{src: "authz_listen: 127.0.0.1:9101\nbroker_listen: 127.0.0.1:9102\n", authz: "127.0.0.1:9101", brokers: []string{"127.0.0.1:9102"}},
+		{src: "authz_listen: 0.0.0.0:9101\nbroker_listen: \"[::]:9102\"\n", authz: "127.0.0.1:9101", brokers: []string{"[::1]:9102"}},
+		{src: "authz_listen: localhost:9101\nbroker_listen: :9102\n", authz: "localhost:9101", brokers: []string{"127.0.0.1:9102"}},
+		{src: "", authzListen: "127.0.0.1:9201", brokerListen: "127.0.0.1:9202", authz: "127.0.0.1:9201", brokers: []string{"127.0.0.1:9202"}},
+		{src: "envoy: { authz_address: \"amg:9001\", broker_addresses: [\"amg-0:8082\", \"amg-1:8082\"] }\n",
+			authzListen: "127.0.0.1:9201", brokerListen: "127.0.0.1:9202", authz: "amg:9001", brokers: []string{"amg-0:8082", "amg-1:8082"}},
+	} {
+		cfg, err := parse(t, tc.src, nil)
+		if err != nil {
+			t.Fatalf("Parse(%q): %v", tc.src, err)
+		}
+		if tc.authzListen != "" {
+			cfg.AuthzListen, cfg.BrokerListen = tc.authzListen, tc.brokerListen
+		}
+		authz, aerr := cfg.EnvoyAuthzAddress()
+		brokers, berr := cfg.EnvoyBrokerAddresses()
+		if authz != tc.authz || !slices.Equal(brokers, tc.brokers) || aerr != nil || berr != nil {
+			t.Errorf("Parse(%q), authz_listen %s, broker_listen %s: Envoy reaches authz at %q (%v), brokers at %q (%v); want %q, %q",
+				tc.src, cfg.AuthzListen, cfg.BrokerListen, authz, aerr, brokers, berr, tc.authz, tc.brokers)
+		}
+	}
+}
+
+// Listeners moved after loading (amg serve's flags) are checked as the
+// file's are: none on another, and with an xDS server, none Envoy cannot
+// be told of.
+func TestCheckListenersAfterFlags(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		edit func(*Config)
+		want string
+	}{
+		{"defaults", func(*Config) {}, ""},
+		{"ports picked at start, without xDS", func(c *Config) { c.AuthzListen, c.BrokerListen = "127.0.0.1:0", "127.0.0.1:0" }, ""},
+		{"ports picked at start, with xDS", func(c *Config) {
+			c.AuthzListen, c.BrokerListen, c.XDSListen = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:18000"
+		}, "authz_listen: 127.0.0.1:0 takes a free port at each start, which the xDS server cannot tell Envoy: give it a port, or set envoy.authz_address\n" +
+			"broker_listen: 127.0.0.1:0 takes a free port at each start, which the xDS server cannot tell Envoy: give it a port, or set envoy.broker_addresses"},
+		{"ports picked at start, with xDS told where", func(c *Config) {
+			c.AuthzListen, c.XDSListen, c.Envoy.AuthzAddress = "127.0.0.1:0", "127.0.0.1:18000", "amg:9001"
+		}, ""},
+		{"authz on the MCP endpoint", func(c *Config) { c.AuthzListen = "127.0.0.1:8080" },
+			"authz_listen: 127.0.0.1:8080 overlaps listen (127.0.0.1:8080): amg cannot serve two listeners on one address"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := Default()
+			tc.edit(cfg)
+			var got string
+			if err := cfg.CheckListeners(); err != nil {
+				got = err.Error()
+			}
+			if got != tc.want {
+				t.Errorf("CheckListeners() = %q\nwant %q", got, tc.want)
+			}
+		})
 	}
 }
 

@@ -139,6 +139,15 @@ func (l *loader) config(cfg *Config, data []byte) {
 // usually on other hosts, where the same address is no conflict; on one
 // host the second to bind fails, in plain sight.
 func (l *loader) listeners(cfg *Config) {
+	cfg.checkListeners(func(path string) bool { return l.set[path] != nil }, func(path, msg string) {
+		l.Errorf(l.set[path], path, "%s", msg)
+	})
+}
+
+// checkListeners reports, through report, each of the problems listeners
+// describes, at the listener of the two that set says was given, and,
+// with an xDS server, a listener whose address Envoy cannot be told.
+func (cfg *Config) checkListeners(set func(path string) bool, report func(path, msg string)) {
 	type listener struct{ path, addr string }
 	for _, g := range []struct {
 		ls  []listener
@@ -157,12 +166,22 @@ func (l *loader) listeners(cfg *Config) {
 					continue
 				}
 				at, other := b, a
-				if l.set[b.path] == nil {
+				if !set(b.path) {
 					at, other = a, b
 				}
-				l.Errorf(l.set[at.path], at.path, "%s overlaps %s (%s): %s", at.addr, other.path, other.addr, g.why)
+				report(at.path, fmt.Sprintf("%s overlaps %s (%s): %s", at.addr, other.path, other.addr, g.why))
 			}
 		}
+	}
+	if cfg.XDSListen == "" {
+		return
+	}
+	// Envoy's addresses follow the listeners when the file leaves them out.
+	if _, err := cfg.EnvoyAuthzAddress(); err != nil {
+		report("authz_listen", err.Error())
+	}
+	if _, err := cfg.EnvoyBrokerAddresses(); err != nil {
+		report("broker_listen", err.Error())
 	}
 }
 

@@ -35,7 +35,7 @@ func TestEnvoyConfigFollowsTheConfigFile(t *testing.T) {
 		t.Helper()
 		src := "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nauthz_listen: 127.0.0.1:0\nxds_listen: 127.0.0.1:0\n" +
 			"data_dir: " + filepath.Join(dir, "data") + "\npolicy_dir: ../../policies\n" +
-			"envoy:\n  broker_addresses: [" + brokers + "]\n"
+			"envoy:\n  authz_address: amg:9001\n  broker_addresses: [" + brokers + "]\n"
 		if err := os.WriteFile(file, []byte(src), 0o600); err != nil {
 			t.Fatal(err)
 		}
