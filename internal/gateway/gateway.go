@@ -663,6 +663,7 @@ func (g *Gateway) Close() error {
 	}
 	if g.dataLock != nil {
 		err = errors.Join(err, g.dataLock.Close())
+		g.dataLock = nil // released; a second Close has nothing to release
 	}
 	return err
 }
