@@ -16,9 +16,12 @@ import (
 // Its agent names that version in the MCP-Protocol-Version header of every
 // later request, from 2025-06-18 on; the header came with that version, so
 // a request without it is taken, by authz and the go-sdk alike, as one of
-// 2025-03-26, the version with JSON-RPC batches. authz cannot know a
-// session's version, and neither header nor its absence may stand for it
-// on a session: the broker holds each request to the session's own.
+// 2025-03-26, the version with JSON-RPC batches. A request naming another
+// version the gateway speaks is served, as the go-sdk serves it (the
+// official conformance suite sends 2025-03-26 on a session of the newest
+// version). What the version decides on a session, whether a body may be
+// a batch, is the session's own: authz cannot know it, and neither the
+// header nor its absence may stand for it.
 
 // agree notes the protocol version the session of an initialize agreed,
 // res the SDK's answer to it: what the role server answered, which an
@@ -35,22 +38,18 @@ func (b *Broker) agree(ctx context.Context, ss *mcp.ServerSession, res mcp.Resul
 // speaksSessionVersion reports whether request r on agent session as (nil
 // when it names none, or one unknown here), whose body is body, speaks
 // the session's protocol version; if not, it refuses the request, and
-// records why: a session that agreed none (its initialize failed), a
-// header naming another version, or a batch the session's version has
-// not (sent without the header, which authz takes as 2025-03-26's).
+// records why: a session that agreed none (its initialize failed), or a
+// batch the session's version has not (sent without the header, which
+// authz takes as 2025-03-26's, or under a header naming 2025-03-26).
 func (b *Broker) speaksSessionVersion(w http.ResponseWriter, r *http.Request, d authz.Decision, as *agentSession, body []byte) bool {
 	if as == nil {
 		return true
 	}
 	agreed, _ := as.version.Load().(string)
-	header := r.Header.Get("Mcp-Protocol-Version")
 	var code, why string
 	switch {
 	case agreed == "":
 		code, why = CodeSessionRequired, "the session agreed no protocol version: begin a session with initialize"
-	case header != "" && header != agreed:
-		code, why = string(authz.CodeHeaderMismatch), fmt.Sprintf("MCP-Protocol-Version header %s is not this session's protocol version, %q, agreed at initialize",
-			mcpfilter.Quote(header, 128), agreed)
 	case !authz.BatchesAllowed(agreed) && r.Method == http.MethodPost && isBatch(body):
 		code, why = string(authz.CodeMalformedRequest), fmt.Sprintf("JSON-RPC batches are not allowed in protocol %q, this session's version", agreed)
 	default:
