@@ -62,6 +62,11 @@ idempotentHint, openWorldHint) that approval rules match; without them
 the tool's entry in --catalog is used, and without that the tool declared
 none (so it counts as destructive). Unknown keys are errors.
 
+A case names a role DIR defines, or says code: unknown_role; with
+--servers or --catalog, a server the gateway knows; with --catalog, a
+tool its server lists. Else it would be denied whatever the policy says,
+and a typo would pass as a deny: it is a problem of the test file.
+
 Rate limits are not evaluated. Exits 1 when a case fails, a test file has
 a problem or the policy does not compile; --servers and --catalog are as
 for "amg policy validate".`,
@@ -71,7 +76,7 @@ for "amg policy validate".`,
 			if err != nil {
 				return err
 			}
-			if !runPolicyTests(cmd.OutOrStdout(), set, cat, args[1:]) {
+			if !runPolicyTests(cmd.OutOrStdout(), newCaseScope(args[0], set, servers, cat), args[1:]) {
 				return exitError{code: 1}
 			}
 			return nil
@@ -90,13 +95,43 @@ func printProblems(w io.Writer, problems policy.Problems) {
 	fmt.Fprintf(w, "%d problem%s\n", len(problems), plural(len(problems)))
 }
 
-// runPolicyTests evaluates the cases of every file against set, prints the
-// failures, the problems of the files and a summary, and reports whether
-// all passed.
-func runPolicyTests(w io.Writer, set *policy.Set, cat policy.Catalog, files []string) bool {
+// caseScope is what the cases may name: the roles of set, compiled from
+// dir, and, when servers is not nil, those servers; when cat is not nil,
+// the tools it lists.
+type caseScope struct {
+	dir     string
+	set     *policy.Set
+	servers []string
+	cat     policy.StaticCatalog
+}
+
+// newCaseScope is the scope of the policy in dir, checked against servers
+// and cat as compilePolicies checked it: a server must be in both.
+func newCaseScope(dir string, set *policy.Set, servers []string, cat policy.StaticCatalog) *caseScope {
+	s := &caseScope{dir: dir, set: set, servers: servers, cat: cat}
+	if cat != nil {
+		s.servers = nil
+		for name := range cat {
+			if servers == nil || slices.Contains(servers, name) {
+				s.servers = append(s.servers, name)
+			}
+		}
+		slices.Sort(s.servers)
+		if s.servers == nil {
+			s.servers = []string{}
+		}
+	}
+	return s
+}
+
+// runPolicyTests evaluates the cases of every file against the policy of
+// scope, prints the failures, the problems of the files and a summary, and
+// reports whether all passed.
+func runPolicyTests(w io.Writer, scope *caseScope, files []string) bool {
+	set, cat := scope.set, scope.cat
 	passed, failed, broken := 0, 0, 0
 	for _, name := range files {
-		cases, problems := loadPolicyTests(name)
+		cases, problems := loadPolicyTests(name, scope)
 		broken += len(problems)
 		type line struct {
 			pos  diag.Pos
@@ -201,11 +236,13 @@ func (tc *policyCase) check(res *decision.Result) string {
 // reported at its file:line:col, and a case with any is not run.
 type caseLoader struct {
 	diag.Walker
+	scope *caseScope
 }
 
-// loadPolicyTests reads the test file name.
-func loadPolicyTests(name string) ([]*policyCase, diag.Problems) {
-	l := &caseLoader{Walker: diag.Walker{File: name}}
+// loadPolicyTests reads the test file name, whose cases must stay within
+// scope.
+func loadPolicyTests(name string, scope *caseScope) ([]*policyCase, diag.Problems) {
+	l := &caseLoader{Walker: diag.Walker{File: name}, scope: scope}
 	data, err := os.ReadFile(name)
 	if err != nil {
 		var pe *fs.PathError
@@ -244,7 +281,7 @@ func (l *caseLoader) testCase(n *yaml.Node, path string) *policyCase {
 	before := len(l.Problems)
 	tc := &policyCase{pos: l.At(n)}
 	present := map[string]bool{}
-	var target, methodNode, argsNode, annNode *yaml.Node
+	var role, target, methodNode, argsNode, annNode *yaml.Node
 	var targetKey, method string
 	l.Fields(n, path, caseKeys, func(key string, k, v *yaml.Node) {
 		p := path + "." + key
@@ -254,6 +291,7 @@ func (l *caseLoader) testCase(n *yaml.Node, path string) *policyCase {
 			tc.name, _ = l.Str(v, p)
 		case "role":
 			tc.in.Role, _ = l.Str(v, p)
+			role = v
 		case "agent":
 			tc.in.Agent, _ = l.Str(v, p)
 		case "method":
@@ -314,10 +352,35 @@ func (l *caseLoader) testCase(n *yaml.Node, path string) *policyCase {
 	if tc.in.Kind != decision.Tool && annNode != nil {
 		l.Errorf(annNode, path+".annotations", "only tools have annotations")
 	}
+	if len(l.Problems) == before {
+		l.inScope(tc, role, path, target, path+"."+targetKey)
+	}
 	if len(l.Problems) > before {
 		return nil
 	}
 	return tc
+}
+
+// inScope reports what tc names that the policy or the gateway does not
+// know: the gateway would deny the call whatever the policy says, so that
+// a case wanting deny would pass on a typo, and go on passing however the
+// policy changes. A case may test an undefined role by saying so with its
+// code.
+func (l *caseLoader) inScope(tc *policyCase, role *yaml.Node, path string, target *yaml.Node, targetPath string) {
+	s := l.scope
+	if tc.code != decision.CodeUnknownRole {
+		if err := roleDefined(s.set, s.dir, tc.in.Role); err != nil {
+			l.Errorf(role, path+".role", "%v; a case testing an undefined role says code: %s", err, decision.CodeUnknownRole)
+		}
+	}
+	if s.servers != nil && !slices.Contains(s.servers, tc.in.Server) {
+		l.Errorf(target, targetPath, "unknown server %q (servers: %s)", tc.in.Server, strings.Join(s.servers, ", "))
+		return
+	}
+	if s.cat != nil && tc.in.Kind == decision.Tool &&
+		!slices.ContainsFunc(s.cat[tc.in.Server], func(t policy.Tool) bool { return t.Name == tc.in.Name }) {
+		l.Errorf(target, targetPath, "server %q has no tool %q in the catalogue", tc.in.Server, tc.in.Name)
+	}
 }
 
 func (l *caseLoader) verdict(n *yaml.Node, path string) (decision.Verdict, bool) {

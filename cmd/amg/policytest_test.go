@@ -56,6 +56,28 @@ testdata/policytest/fail.yaml:33:3: [5].argumnets: unknown field "argumnets" (ex
 `,
 		},
 		{
+			// A case naming what the policy or the gateway does not know
+			// would be denied whatever the policy says.
+			name:     "a role, server or tool that does not exist",
+			args:     []string{"--servers", "notion,github", "--catalog", policyTestDir + "catalog.json", policies, policyTestDir + "bad/scope.yaml"},
+			wantCode: 1,
+			wantStdout: `testdata/policytest/bad/scope.yaml:2:9: [0].role: role "raeder" is not defined in testdata/policytest/policies (roles: editor, reader, trial); a case testing an undefined role says code: unknown_role
+testdata/policytest/bad/scope.yaml:13:9: [2].tool: unknown server "slack" (servers: notion)
+testdata/policytest/bad/scope.yaml:17:9: [3].tool: server "notion" has no tool "get_pagse" in the catalogue
+testdata/policytest/bad/scope.yaml:26:8: [5].uri: unknown server "slack" (servers: notion)
+2 passed, 0 failed, 4 problems in test files
+`,
+		},
+		{
+			// Without --servers and --catalog, any server and tool will do.
+			name:     "a role that does not exist",
+			args:     []string{policies, policyTestDir + "bad/scope.yaml"},
+			wantCode: 1,
+			wantStdout: `testdata/policytest/bad/scope.yaml:2:9: [0].role: role "raeder" is not defined in testdata/policytest/policies (roles: editor, reader, trial); a case testing an undefined role says code: unknown_role
+5 passed, 0 failed, 1 problem in test files
+`,
+		},
+		{
 			name:       "the policy does not compile",
 			args:       []string{"--servers", "notion", "testdata/broken", policyTestDir + "pass.yaml"},
 			wantCode:   1,

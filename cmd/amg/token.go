@@ -134,6 +134,15 @@ func definesRole(dir, role string) error {
 		}
 		return fmt.Errorf("check role against policies: %w (--force skips the check)", err)
 	}
+	if err := roleDefined(set, dir, role); err != nil {
+		return fmt.Errorf("%w; --force issues the token anyway", err)
+	}
+	return nil
+}
+
+// roleDefined refuses a role that set, compiled from dir, does not define,
+// naming the roles it does.
+func roleDefined(set *policy.Set, dir, role string) error {
 	if _, ok := set.Role(role); ok {
 		return nil
 	}
@@ -141,7 +150,7 @@ func definesRole(dir, role string) error {
 	for _, r := range set.Roles() {
 		names = append(names, r.Name)
 	}
-	return fmt.Errorf("role %q is not defined in %s (roles: %s); --force issues the token anyway", role, dir, strings.Join(names, ", "))
+	return fmt.Errorf("role %q is not defined in %s (roles: %s)", role, dir, strings.Join(names, ", "))
 }
 
 func newTokenListCmd(where *tokenStoreFlags) *cobra.Command {
