@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/console"
 	"github.com/amgateway/amg/internal/gateway"
 )
 
@@ -150,7 +151,11 @@ directory) as JSON lines, reaching back into rotated files if needed. With -f,
 keep printing records as they are written, across rotations, until
 interrupted. With --redis, the records are those every replica sharing that
 Redis ships there, in the order they arrived, each with "replica" first:
-every replica numbers and chains its own records.`,
+every replica numbers and chains its own records.
+
+Characters an agent sent that would not show on a terminal, or would
+reorder the text around them (such as U+202E), are written as JSON
+escapes (\u202e): the line decodes to the same record.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			path := filepath.Join(dataDir, audit.FileName)
@@ -164,8 +169,12 @@ every replica numbers and chains its own records.`,
 				return fmt.Errorf("-n must not be negative, got %d", lines)
 			}
 			out := cmd.OutOrStdout()
+			// The records hold what agents sent: characters that hide or
+			// reorder text, or that a terminal obeys, are written as JSON
+			// escapes, which the line decodes to all the same.
 			emit := func(line []byte) error {
-				_, err := fmt.Fprintf(out, "%s\n", line)
+				text, _ := console.VisibleJSON(string(line))
+				_, err := fmt.Fprintf(out, "%s\n", text)
 				return err
 			}
 			if redisAddr != "" {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/redistest"
 	"github.com/amgateway/amg/internal/syncbuf"
 )
 
@@ -178,6 +180,75 @@ func TestAuditTail(t *testing.T) {
 			t.Errorf("%v: stdout (-want +got):\n%s", tt.args, diff)
 		}
 	}
+}
+
+// An agent's arguments and name may hold characters a terminal obeys, or
+// that hide or reorder text: audit tail writes them as JSON escapes, and
+// each line still decodes to the record the file holds.
+func TestAuditTailEscapesWhatTerminalsObey(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	d, err := audit.NewFileDevice(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const hidden = "\u202e\u009b\u200b\U000e0041"
+	if err := d.Write(&audit.Record{Time: time.Date(2026, 1, 2, 15, 4, 5, 0, time.UTC), DecisionID: "d1", Agent: "dev" + hidden,
+		Role: "notion_read", Tool: "notion__get_pages", Args: json.RawMessage(`{"workspace_id":"ws` + hidden + `31m"}`),
+		Verdict: "deny", Code: "constraint_failed"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	stored := auditLines(t, path)[0]
+	if !strings.Contains(stored, hidden) {
+		t.Fatalf("the audit log does not hold the characters raw: %q", stored)
+	}
+	check := func(name, stdout string) {
+		t.Helper()
+		if strings.ContainsAny(stdout, hidden) || !strings.Contains(stdout, `\u202e\u009b\u200b\udb40\udc41`) {
+			t.Errorf("%s: printed %q, want the characters as JSON escapes", name, stdout)
+		}
+		var want, got map[string]any
+		if err := json.Unmarshal([]byte(stored), &want); err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal([]byte(stdout), &got); err != nil {
+			t.Fatalf("%s: %v: %q", name, err, stdout)
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("%s: decodes to another record (-file +tail):\n%s", name, diff)
+		}
+	}
+	code, stdout, stderr := runCLI(t, "audit", "tail", path)
+	if code != 0 || stderr != "" {
+		t.Errorf("exit %d, stderr %q", code, stderr)
+	}
+	check("tail", stdout)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errOut syncbuf.Buffer
+	done := make(chan int)
+	go func() { done <- run(ctx, []string{"audit", "tail", "-f", path}, &out, &errOut) }()
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(out.String(), "\n"); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("tail -f printed %q", out.String())
+		}
+	}
+	cancel()
+	if code := <-done; code != 0 || errOut.String() != "" {
+		t.Errorf("tail -f: exit %d, stderr %q", code, errOut.String())
+	}
+	check("tail -f", out.String())
+
+	rs := redistest.Start(t)
+	shipAll(t, rs, path, 1)
+	code, stdout, stderr = runCLI(t, "audit", "tail", "--redis", rs.Addr)
+	if code != 0 || stderr != "" {
+		t.Errorf("tail --redis: exit %d, stderr %q", code, stderr)
+	}
+	stored = strings.Replace(stored, "{", `{"replica":"r1",`, 1)
+	check("tail --redis", stdout)
 }
 
 func TestAuditErrors(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf16"
 	"unicode/utf8"
 
 	"github.com/amgateway/amg/internal/approval"
@@ -341,23 +342,48 @@ func cutText(b []byte, n int) []byte {
 // escape sequences the terminal obeys. Line breaks and tabs stay, for
 // indented JSON; in a JSON string the escape means the same character.
 func Visible(s string) (string, bool) {
+	return escapeUnseen(s, func(b *strings.Builder, r rune, c byte) {
+		switch {
+		case r == utf8.RuneError:
+			fmt.Fprintf(b, `\x%02x`, c)
+		case r > 0xffff:
+			fmt.Fprintf(b, `\U%08x`, r)
+		default:
+			fmt.Fprintf(b, `\u%04x`, r)
+		}
+	})
+}
+
+// VisibleJSON is Visible for a line of JSON, such as an audit record: it
+// writes the same characters as JSON escapes (\u202e, and one outside the
+// Basic Multilingual Plane as its surrogate pair), which in a JSON string
+// mean the same character, so that the line decodes to the same value. A
+// byte that is not UTF-8, which a JSON decoder reads as U+FFFD, is written
+// \ufffd.
+func VisibleJSON(s string) (string, bool) {
+	return escapeUnseen(s, func(b *strings.Builder, r rune, _ byte) {
+		if r1, r2 := utf16.EncodeRune(r); r1 != unicode.ReplacementChar {
+			fmt.Fprintf(b, `\u%04x\u%04x`, r1, r2)
+			return
+		}
+		fmt.Fprintf(b, `\u%04x`, r)
+	})
+}
+
+// escapeUnseen returns s with each unseen character, and each byte that is
+// not UTF-8 (as utf8.RuneError and the byte), written by esc, and whether
+// there was one.
+func escapeUnseen(s string, esc func(b *strings.Builder, r rune, c byte)) (string, bool) {
 	var b strings.Builder
 	hidden := false
 	for i := 0; i < len(s); {
 		r, n := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && n == 1:
-			fmt.Fprintf(&b, `\x%02x`, s[i])
-		case r > 0xffff && unseen(r):
-			fmt.Fprintf(&b, `\U%08x`, r)
-		case unseen(r):
-			fmt.Fprintf(&b, `\u%04x`, r)
-		default:
+		if r == utf8.RuneError && n == 1 || unseen(r) {
+			esc(&b, r, s[i])
+			hidden = true
+		} else {
 			b.WriteString(s[i : i+n])
-			i += n
-			continue
 		}
-		hidden = true
 		i += n
 	}
 	return b.String(), hidden

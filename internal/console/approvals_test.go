@@ -199,6 +199,34 @@ func TestApprovalsShowHiddenCharacters(t *testing.T) {
 	}
 }
 
+// VisibleJSON writes what Visible escapes as JSON escapes, so that the
+// line decodes to what it did: a character outside the Basic
+// Multilingual Plane as its surrogate pair, a byte that is not UTF-8 as
+// the U+FFFD a decoder reads it as.
+func TestVisibleJSON(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{`{"page_id":"pg_1","note":"été \\u202e"}`, `{"page_id":"pg_1","note":"été \\u202e"}`},
+		{"{\"page_id\":\"report\u202efdp.exe\",\"note\":\"a\u200bb\U000e0041\u009b\"}", `{"page_id":"report\u202efdp.exe","note":"a\u200bb\udb40\udc41\u009b"}`},
+		{"{\"page_id\":\"pg_1\xffpg_2\"}", `{"page_id":"pg_1\ufffdpg_2"}`},
+	}
+	for _, tt := range tests {
+		got, hidden := console.VisibleJSON(tt.in)
+		if got != tt.want || hidden != (tt.in != tt.want) {
+			t.Errorf("VisibleJSON(%q) = %q, %v; want %q", tt.in, got, hidden, tt.want)
+		}
+		var before, after any
+		if err := json.Unmarshal([]byte(tt.in), &before); err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal([]byte(got), &after); err != nil {
+			t.Fatalf("VisibleJSON(%q) = %q: %v", tt.in, got, err)
+		}
+		if fmt.Sprint(before) != fmt.Sprint(after) {
+			t.Errorf("VisibleJSON(%q) decodes to %q, want %q", tt.in, after, before)
+		}
+	}
+}
+
 func TestApprovalsPayloadThatIsNotJSON(t *testing.T) {
 	e := newEnv(t, nil)
 	op := e.signIn("alice")
