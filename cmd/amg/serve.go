@@ -14,6 +14,7 @@ import (
 	"github.com/amgateway/amg/internal/config"
 	"github.com/amgateway/amg/internal/demo"
 	"github.com/amgateway/amg/internal/gateway"
+	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/secrets"
 	"github.com/amgateway/amg/policies"
 )
@@ -51,7 +52,12 @@ is reported and the last good one stays), and state under ./data. Where
 reported with file:line:col and the server does not start. Flags override
 the file.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return serve(cmd, o) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cmd.Flags().Changed("dev-role") && !o.dev {
+				return errors.New("--dev-role is the role of the --dev token: give --dev too")
+			}
+			return serve(cmd, o)
+		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.config, "config", "", "gateway config file (default: embedded defaults)")
@@ -63,7 +69,7 @@ the file.`,
 	f.StringVar(&o.policyDir, "policy-dir", "", "directory of role files (default ./policies)")
 	f.StringVar(&o.dataDir, "data-dir", "", "directory for tokens, counters, the audit log and keys (default ./data)")
 	f.BoolVar(&o.dev, "dev", false, "issue a token for this run and print it alone on stdout: revoked at shutdown, valid 24h after a crash (not with a config's redis)")
-	f.StringVar(&o.devRole, "dev-role", "notion_editor", "role of the --dev token")
+	f.StringVar(&o.devRole, "dev-role", "notion_editor", "role of the --dev token, which the policy must define")
 	f.DurationVar(&o.reload, "reload-every", 2*time.Second, "how often to look for policy changes")
 	return cmd
 }
@@ -156,6 +162,17 @@ func serve(cmd *cobra.Command, o serveOptions) error {
 	}
 	if !o.dev {
 		return gw.Serve(ctx)
+	}
+	// A token for a role the policy does not define would be denied
+	// everything, for 24 hours: refuse it, as amg token issue does. A
+	// policy that does not compile denies everything until it does, and
+	// has nothing to check against.
+	if set, err := policy.LoadDir(cfg.PolicyDir, &policy.Options{Servers: cfg.Names}); err == nil {
+		if err := roleDefined(set, cfg.PolicyDir, o.devRole); err != nil {
+			return fmt.Errorf("--dev-role: %w", err)
+		}
+	} else {
+		log.Warn("--dev-role not checked: the policy does not compile", "role", o.devRole)
 	}
 	secret, tok, err := gw.IssueToken(ctx, "dev", o.devRole, 24*time.Hour)
 	if err != nil {

@@ -294,8 +294,8 @@ func TestServeLeavesAPolicyDirectoryAlone(t *testing.T) {
 	if entries, err := os.ReadDir("policies"); err != nil || len(entries) != 0 {
 		t.Errorf("policies/ now holds %v (%v), want it left empty", entries, err)
 	}
-	if !strings.Contains(srv.stderr.String(), "no role files") {
-		t.Errorf("serve's log does not report the empty policy directory:\n%s", srv.stderr.String())
+	if !strings.Contains(srv.stderr.String(), "no role files") || !strings.Contains(srv.stderr.String(), "--dev-role not checked") {
+		t.Errorf("serve's log does not report the empty policy directory, and that the dev role went unchecked:\n%s", srv.stderr.String())
 	}
 	// The agent learns why from its first request.
 	m := regexp.MustCompile(`msg=serving mcp=(\S+)`).FindStringSubmatch(srv.line)
@@ -495,6 +495,39 @@ func TestServeRefusesDevWithRedis(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "data")); err == nil {
 		t.Error("the refused serve created its data directory")
+	}
+}
+
+// A --dev token for a role the policy does not define would be denied
+// everything for its 24 hours: serve refuses to start, as amg token issue
+// refuses such a role, and issues nothing.
+func TestServeRefusesAnUndefinedDevRole(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"a role the policy does not define", []string{"--dev", "--dev-role", "notion_edtor"},
+			"amg: --dev-role: role \"notion_edtor\" is not defined in ../../policies (roles: notion_editor, notion_read, support_shadow)\n"},
+		{"--dev-role without --dev", []string{"--dev-role", "notion_read"},
+			"amg: --dev-role is the role of the --dev token: give --dev too\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dataDir := t.TempDir()
+			// Without the refusal, serve would run until this ends.
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			var stdout, stderr syncbuf.Buffer
+			code := run(ctx, append([]string{"serve", "--listen", "127.0.0.1:0", "--authz-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+				"--policy-dir", "../../policies", "--data-dir", dataDir}, tt.args...), &stdout, &stderr)
+			if code != 1 || stdout.String() != "" || !strings.HasSuffix(stderr.String(), tt.want) {
+				t.Errorf("exit %d, stdout %q, stderr:\n%s\nwant it to end:\n%s", code, stdout.String(), stderr.String(), tt.want)
+			}
+			if _, out, _ := runCLI(t, "token", "list", "--data-dir", dataDir); strings.Contains(out, "dev") {
+				t.Errorf("a token was issued:\n%s", out)
+			}
+		})
 	}
 }
 
