@@ -211,8 +211,10 @@ type upstream struct {
 	catalogue
 }
 
-// catalogue is what an upstream lists.
+// catalogue is what an upstream lists, and the capabilities it declared
+// at initialize, as its catalogue session last said.
 type catalogue struct {
+	caps  *mcp.ServerCapabilities
 	tools []*mcp.Tool
 	// headerTools are the tools whose input schema binds arguments to
 	// HTTP headers (x-mcp-header), which only the SDK's client sets.
@@ -476,8 +478,8 @@ func (b *Broker) refresh(ctx context.Context, u *upstream) error {
 // prompts and resources only if the server declares it can (one without
 // tools may answer tools/list with "method not found").
 func (b *Broker) list(ctx context.Context, server string, cs *mcp.ClientSession) (catalogue, error) {
-	c := catalogue{headerTools: map[string]bool{}}
 	caps := cs.InitializeResult().Capabilities
+	c := catalogue{caps: caps, headerTools: map[string]bool{}}
 	hide := func(what, name string, err error) {
 		b.log.Warn("upstream "+what+" cannot be served to agents; hidden", "upstream", server, what, name, "err", err)
 	}
@@ -662,7 +664,7 @@ func (b *Broker) sync() {
 		b.synced = set.VersionString()
 		for _, r := range set.Roles() {
 			if b.roles[r.Name] == nil {
-				b.roles[r.Name] = b.newRoleServer()
+				b.roles[r.Name] = b.newRoleServer(r.Name)
 			}
 		}
 	} else {
@@ -674,8 +676,10 @@ func (b *Broker) sync() {
 }
 
 // newRoleServer returns the MCP server of a role, with nothing registered
-// yet: the agent side of the broker.
-func (b *Broker) newRoleServer() *roleServer {
+// yet: the agent side of the broker. The capabilities it is made with are
+// all the broker can relay; each agent is told those of the role's
+// upstreams only (see announce).
+func (b *Broker) newRoleServer(role string) *roleServer {
 	srv := mcp.NewServer(&mcp.Implementation{Name: "amg", Title: "AMG MCP gateway", Version: "1"}, &mcp.ServerOptions{
 		SubscribeHandler:   b.subscribe,
 		UnsubscribeHandler: b.unsubscribe,
@@ -694,7 +698,7 @@ func (b *Broker) newRoleServer() *roleServer {
 			Logging: &mcp.LoggingCapabilities{},
 		},
 	})
-	srv.AddReceivingMiddleware(b.trackSession, b.passLogLevel)
+	srv.AddReceivingMiddleware(b.trackSession, b.passLogLevel, b.announce(role))
 	srv.AddSendingMiddleware(restoreElicitSchema)
 	return &roleServer{
 		srv:       srv,

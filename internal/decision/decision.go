@@ -174,6 +174,17 @@ func ResourceVisible(set *policy.Set, role, server, uri string) bool {
 	return shadowRole(set, role) || ResourceGranted(set, role, server, uri)
 }
 
+// ServerVisible reports whether a role sees anything of server: it is
+// granted some of its tools, prompts or resources, or is in shadow mode,
+// and sees every server.
+func ServerVisible(set *policy.Set, role, server string) bool {
+	r, sg := roleServer(set, role, server)
+	if r != nil && r.Mode == policy.ModeShadow {
+		return true
+	}
+	return sg != nil && len(sg.Tools)+len(sg.Prompts)+len(sg.Resources) > 0
+}
+
 // PromptGranted reports whether role is granted server's prompt, whatever
 // its mode: what enforce mode decides.
 func PromptGranted(set *policy.Set, role, server, prompt string) bool {

@@ -659,6 +659,11 @@ mode: shadow
 		{ResourceVisible(set, "r", "notion", `notion://ws_a/ws_b\p1`), false, "backslash"},
 		{ResourceVisible(set, "ghost", "notion", "notion://ws_a/p1"), false, "unknown role"},
 		{ResourceVisible(set, "trial", "notion", "notion://ws_b/p1"), true, "shadow role sees every resource"},
+		{ServerVisible(set, "r", "notion"), true, "server granted prompts and resources"},
+		{ServerVisible(set, "r", "github"), false, "server granted nothing"},
+		{ServerVisible(set, "trial", "github"), true, "shadow role sees every server"},
+		{ServerVisible(set, "ghost", "notion"), false, "unknown role sees no server"},
+		{ServerVisible(nil, "r", "notion"), false, "no policy, no server"},
 	}
 	for _, tt := range tests {
 		if tt.got != tt.want {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/google/go-cmp/cmp"
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"google.golang.org/grpc"
@@ -127,6 +128,13 @@ func TestEveryProtocolVersionInBothModes(t *testing.T) {
 					defer cs.Close()
 					if got := cs.InitializeResult().ProtocolVersion; got != tc.served {
 						t.Errorf("served %s, want %s", got, tc.served)
+					}
+					// What the demo upstream declares: no subscriptions,
+					// completions or logging.
+					wantCaps := &mcp.ServerCapabilities{Tools: &mcp.ToolCapabilities{ListChanged: true},
+						Prompts: &mcp.PromptCapabilities{ListChanged: true}, Resources: &mcp.ResourceCapabilities{ListChanged: true}}
+					if diff := cmp.Diff(wantCaps, cs.InitializeResult().Capabilities); diff != "" {
+						t.Errorf("capabilities announced (-want +got):\n%s", diff)
 					}
 					if got, want := toolNames(t, cs), []string{"notion__create_page", "notion__delete_page", "notion__get_pages"}; !slices.Equal(got, want) {
 						t.Errorf("tools = %v, want %v", got, want)
