@@ -20,7 +20,12 @@ import (
 // gateway; and once the first gateway closes, the directory is free again.
 func TestSecondGatewayOnADataDirInUseIsRefused(t *testing.T) {
 	cfg := loopbackConfig(t, "../../policies")
-	first := serveForTest(t, cfg, nil)
+	// The lock is New's to take and Close's to release; nothing need be
+	// served (and Close must not run beside Serve).
+	first, err := New(cfg, &Options{Builtins: Builtins{"demo": demo.NewServer(nil).MCP()}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	lock := filepath.Join(cfg.DataDir, LockFile)
 	if fi, err := os.Stat(lock); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("lock file: %v, %v; want mode 0600", fi, err)
