@@ -130,17 +130,29 @@ func (b *Broker) saveSession(ctx context.Context, req *mcp.ServerRequest[*mcp.In
 	as.renewed.Store(time.Now().UnixNano())
 }
 
+// Why adopt took no session over, when the request must hear why: the
+// session store could not be read, or the session is another agent's.
+var (
+	errSessionStore = errors.New("the session store cannot be read")
+	errNotOwned     = errors.New("the session belongs to another agent")
+)
+
 // adopt recreates session id, which another replica initialized, for a
-// request of owner on role; it reports whether the session now exists
-// here.
-func (b *Broker) adopt(r *http.Request, id, owner, role string) bool {
+// request of owner on role, if the session store holds it as owner's.
+// Whether the session now exists here is for the caller to see (owners);
+// the error says why it was not taken over when the request is to be
+// refused for it (errSessionStore, errNotOwned).
+func (b *Broker) adopt(r *http.Request, id, owner, role string) error {
 	rec, ok, err := b.sessionStore.Load(r.Context(), id)
 	if err != nil {
 		b.log.Warn("cannot look up a session of another replica", "err", err)
-		return false
+		return fmt.Errorf("%w: %w", errSessionStore, err)
 	}
-	if !ok || rec.Owner != owner {
-		return false
+	switch {
+	case !ok:
+		return nil
+	case rec.Owner != owner:
+		return errNotOwned
 	}
 	// One request at a time takes a session over: two that come together
 	// (an agent's GET stream and its next POST, after a failover) would
@@ -156,25 +168,25 @@ func (b *Broker) adopt(r *http.Request, id, owner, role string) bool {
 		select {
 		case <-other.(chan struct{}):
 		case <-r.Context().Done():
-			return false
+			return nil
 		}
 	}
 	defer func() {
 		b.adopting.Delete(id)
 		close(done)
 	}()
-	if o, ok := b.owners.Load(id); ok {
-		return o == owner // taken over by the request it waited for
+	if _, ok := b.owners.Load(id); ok {
+		return nil // taken over by the request it waited for
 	}
 	if b.isBuried(id) {
-		return false // and ended here since
+		return nil // and ended here since
 	}
 	creation := b.beginSession(id)
 	code, sid := b.replay(r, role, "", fmt.Sprintf(`{"jsonrpc":"2.0","id":"amg-adopt","method":"initialize","params":%s}`, rec.Init))
 	b.endSession(creation)
 	if code != http.StatusOK || sid != id {
 		b.log.Warn("could not take over a session of another replica", "status", code)
-		return false
+		return nil
 	}
 	b.own(id, owner)
 	if as := b.sessionByID(id); as == nil || as.gone.Load() {
@@ -182,10 +194,10 @@ func (b *Broker) adopt(r *http.Request, id, owner, role string) bool {
 		if as != nil {
 			as.ss.Close()
 		}
-		return false
+		return nil
 	}
 	b.replay(r, role, id, `{"jsonrpc":"2.0","method":"notifications/initialized"}`)
-	return true
+	return nil
 }
 
 // replay sends one message to the role's SDK server as if the agent had,

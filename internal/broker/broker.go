@@ -858,8 +858,16 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			// have taken it over meanwhile, and one that nobody here owns
 			// may be halfway through being taken over, already known to
 			// the SDK.
-			b.adopt(r, sid, owner, d.Role)
+			err := b.adopt(r, sid, owner, d.Role)
+			if errors.Is(err, errSessionStore) {
+				b.record(d, CodeSessionUnavailable, "the gateway could not look up the session in its session store")
+				refuse(w, http.StatusServiceUnavailable, "the gateway could not look up this session; try again")
+				return
+			}
 			if o, ok = b.owners.Load(sid); !ok {
+				if errors.Is(err, errNotOwned) {
+					b.record(d, CodeSessionNotOwned, "the session belongs to another agent")
+				}
 				http.Error(w, "session not found", http.StatusNotFound)
 				return
 			}
@@ -959,8 +967,11 @@ const (
 	CodeDecisionUnrecorded  = "decision_unrecorded"
 	CodeIdentityMismatch    = "identity_mismatch"
 	CodeApprovalUnavailable = "approval_unavailable"
-	// A request naming another agent's session, refused as unknown.
-	CodeSessionNotOwned = "session_not_owned"
+	// A request naming another agent's session, refused as unknown, and
+	// one naming a session another replica may hold, refused because the
+	// session store could not be read.
+	CodeSessionNotOwned    = "session_not_owned"
+	CodeSessionUnavailable = "session_unavailable"
 	// A request without a session that needs one.
 	CodeSessionRequired = "session_required"
 	// A new session past the agent's limit (Options.MaxSessionsPerAgent).

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -306,5 +307,40 @@ func TestSessionOfAnotherAgentRefusedWhileTakenOver(t *testing.T) {
 	close(store.release)
 	if code := <-other; code != http.StatusNotFound {
 		t.Errorf("another agent's request for the session: HTTP %d, want 404", code)
+	}
+}
+
+// A request for another agent's session, which lives on another replica,
+// is refused as for an unknown session and recorded as such an attempt,
+// as on the replica that holds it.
+func TestAnotherAgentsSharedSessionIsRecorded(t *testing.T) {
+	_, b, sid := replicaPair(t, time.Minute)
+	code, _, _ := signedSendAs(t, b, "bot-2", rawVersion, "POST", sid, `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`)
+	if code != http.StatusNotFound {
+		t.Fatalf("another agent's request for the session: HTTP %d, want 404", code)
+	}
+	if rec := b.audit.Last(t); rec.Code != CodeSessionNotOwned || rec.Agent != "bot-2" {
+		t.Errorf("recorded %s of %s, want %s of bot-2", rec.Code, rec.Agent, CodeSessionNotOwned)
+	}
+}
+
+// failingRecords is a SessionStore that cannot be read.
+type failingRecords struct{ *sessionRecords }
+
+func (failingRecords) Load(context.Context, string) (SessionRecord, bool, error) {
+	return SessionRecord{}, false, errors.New("connection refused")
+}
+
+// A request for a session another replica may hold, when the session
+// store cannot be read, is refused with an answer saying so, and
+// recorded: not taken for a session that does not exist.
+func TestSessionStoreDownIsSaid(t *testing.T) {
+	_, b, sid := replicaPairOn(t, failingRecords{newSessionRecords()}, time.Minute)
+	code, _, answer := signedSend(t, b, "POST", sid, `{"jsonrpc":"2.0","id":2,"method":"tools/list"}`)
+	if code != http.StatusServiceUnavailable || !strings.Contains(answer, "could not look up this session; try again") {
+		t.Errorf("HTTP %d %s; want 503 saying the session could not be looked up", code, answer)
+	}
+	if rec := b.audit.Last(t); rec.Code != CodeSessionUnavailable {
+		t.Errorf("recorded %s, want %s", rec.Code, CodeSessionUnavailable)
 	}
 }
