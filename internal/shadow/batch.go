@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 )
@@ -49,9 +50,11 @@ type write struct {
 }
 
 // onceAdder is a Store that knows a write sent again: AddOnce with the id
-// of a write it added before adds nothing.
+// of a write it added before adds nothing, and Applied tells which of
+// some writes it added.
 type onceAdder interface {
 	AddOnce(ctx context.Context, id, role string, t time.Time, calls, denials int64) error
+	Applied(ctx context.Context, ids []string) (map[string]bool, error)
 }
 
 var _ onceAdder = (*Redis)(nil)
@@ -88,7 +91,9 @@ func (b *Batch) Add(_ context.Context, role string, t time.Time, calls, denials 
 }
 
 // Counts returns the store's counts with this process's unwritten ones
-// added in.
+// added in: those pending, and the writes that failed, but not those of
+// them the store holds all the same (a lost reply, a deadline that passed
+// as the write committed), which it tells by their ids.
 func (b *Batch) Counts(ctx context.Context, from, to time.Time) ([]Count, error) {
 	stored, err := b.store.Counts(ctx, from, to)
 	if err != nil {
@@ -115,10 +120,23 @@ func (b *Batch) Counts(ctx context.Context, from, to time.Time) ([]Count, error)
 	for _, c := range b.pending {
 		addIn(c)
 	}
-	for _, w := range b.unsent {
-		addIn(w.Count)
-	}
+	unsent := slices.Clone(b.unsent)
 	b.mu.Unlock()
+	var applied map[string]bool
+	if s, ok := b.store.(onceAdder); ok && len(unsent) > 0 {
+		ids := make([]string, len(unsent))
+		for i, w := range unsent {
+			ids[i] = w.id
+		}
+		if applied, err = s.Applied(ctx, ids); err != nil {
+			return nil, err
+		}
+	}
+	for _, w := range unsent {
+		if !applied[w.id] {
+			addIn(w.Count)
+		}
+	}
 	sortCounts(stored)
 	return stored, nil
 }

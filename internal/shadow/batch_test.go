@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -143,5 +144,59 @@ func TestBatchCountsAWriteWhoseReplyCameLateOnce(t *testing.T) {
 	want := []Count{{"late-role", "2026-11-24", 3, 11}}
 	if got, err := NewRedis(srv.Client()).Counts(ctx, day, day); err != nil || !cmp.Equal(got, want) {
 		t.Errorf("stored after a write whose reply came late (%v), and another: %v %v, want %v", first, got, err, want)
+	}
+}
+
+// lostReplies is a store that takes writes under their ids, as Redis
+// and SQLite do, and reports each first write failed though it stored
+// it: a reply lost, a deadline that passed as the write committed.
+type lostReplies struct {
+	*Memory
+	mu  sync.Mutex
+	ids map[string]bool
+}
+
+func (s *lostReplies) AddOnce(ctx context.Context, id, role string, t time.Time, calls, denials int64) error {
+	s.mu.Lock()
+	seen := s.ids[id]
+	s.ids[id] = true
+	s.mu.Unlock()
+	if seen {
+		return nil
+	}
+	s.Memory.Add(ctx, role, t, calls, denials)
+	return errors.New("reply lost")
+}
+
+func (s *lostReplies) Applied(_ context.Context, ids []string) (map[string]bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	applied := map[string]bool{}
+	for _, id := range ids {
+		applied[id] = s.ids[id]
+	}
+	return applied, nil
+}
+
+// A write the store holds though it reported it failed counts once in
+// what the batch reports while it waits to be sent again, and once after.
+func TestBatchCountsAWriteStoredThoughItFailedOnce(t *testing.T) {
+	s := &lostReplies{Memory: NewMemory(), ids: map[string]bool{}}
+	b := NewBatch(s, time.Hour, nil)
+	ctx := context.Background()
+	day := time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)
+	b.Add(ctx, "late-role", day, 10, 3)
+	if err := b.flush(ctx); err == nil {
+		t.Fatal("the write did not fail")
+	}
+	want := []Count{{"late-role", "2026-11-24", 3, 10}}
+	if got, err := b.Counts(ctx, day, day); err != nil || !cmp.Equal(got, want) {
+		t.Errorf("counts while the write waits to be sent again: %v %v, want %v", got, err, want)
+	}
+	if err := b.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Counts(ctx, day, day); !cmp.Equal(got, want) {
+		t.Errorf("stored once sent again: %v, want %v", got, want)
 	}
 }

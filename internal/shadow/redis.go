@@ -32,6 +32,7 @@ func NewRedis(client redis.UniversalClient) *Redis {
 
 func (r *Redis) denialsKey(day string) string { return r.prefix + day }
 func (r *Redis) callsKey(day string) string   { return r.prefix + "calls:" + day }
+func (r *Redis) writeKey(id string) string    { return r.prefix + "write:" + id }
 
 // Add counts calls decided in shadow mode for role at t, denials of them
 // would-be denials.
@@ -68,12 +69,30 @@ func (r *Redis) AddOnce(ctx context.Context, id, role string, t time.Time, calls
 		return nil
 	}
 	day := Day(t)
-	keys := []string{r.denialsKey(day), r.callsKey(day), r.prefix + "write:" + id}
+	keys := []string{r.denialsKey(day), r.callsKey(day), r.writeKey(id)}
 	err := addScript.Run(ctx, r.client, keys, role, denials, calls, int64(r.retention/time.Second), int64(writeMemory/time.Second)).Err()
 	if err != nil {
 		return fmt.Errorf("count shadow calls in redis: %w", err)
 	}
 	return nil
+}
+
+// Applied reports which of the writes ids Redis added (and remembers),
+// in one round trip.
+func (r *Redis) Applied(ctx context.Context, ids []string) (map[string]bool, error) {
+	pipe := r.client.Pipeline()
+	cmds := make([]*redis.IntCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.Exists(ctx, r.writeKey(id))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("read shadow writes in redis: %w", err)
+	}
+	applied := make(map[string]bool, len(ids))
+	for i, c := range cmds {
+		applied[ids[i]] = c.Val() > 0
+	}
+	return applied, nil
 }
 
 // Counts returns the counts of the days from from to to, inclusive,

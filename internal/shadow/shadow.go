@@ -167,6 +167,20 @@ func (s *SQLite) AddOnce(ctx context.Context, id, role string, t time.Time, call
 	return nil
 }
 
+// Applied reports which of the writes ids the database added (and
+// remembers).
+func (s *SQLite) Applied(ctx context.Context, ids []string) (map[string]bool, error) {
+	applied := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		var n int
+		if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM shadow_writes WHERE id = ?`, id).Scan(&n); err != nil {
+			return nil, fmt.Errorf("read shadow writes: %w", err)
+		}
+		applied[id] = n > 0
+	}
+	return applied, nil
+}
+
 // Counts returns the counts of the days from from to to, inclusive,
 // sorted by role and day.
 func (s *SQLite) Counts(ctx context.Context, from, to time.Time) ([]Count, error) {

@@ -82,6 +82,10 @@ func testOnceAdder(t *testing.T, c Store) {
 	if diff := cmp.Diff([]Count{{"once", "2026-10-01", 2, 6}}, got); diff != "" {
 		t.Errorf("two writes, one of them sent twice (-want +got):\n%s", diff)
 	}
+	applied, err := s.Applied(ctx, []string{"w1", "w2", "w3"})
+	if want := map[string]bool{"w1": true, "w2": true, "w3": false}; err != nil || !cmp.Equal(applied, want) {
+		t.Errorf("writes applied: %v, %v; want %v", applied, err, want)
+	}
 }
 
 func TestMemory(t *testing.T) { testCounter(t, NewMemory()) }
