@@ -83,8 +83,10 @@ the admin.token file in --data-dir (which amg serve creates).`,
 			}
 			// An agent could show an approver one request and send
 			// another, with characters that hide or reorder text, and a
-			// terminal obeys the escape sequences it prints.
-			text, hidden := console.Visible(string(a))
+			// terminal obeys the escape sequences it prints. Written as
+			// JSON escapes, they leave the output JSON that decodes to
+			// what the API answered.
+			text, hidden := console.VisibleJSON(string(a))
 			if _, err := io.WriteString(cmd.OutOrStdout(), text); err != nil {
 				return err
 			}

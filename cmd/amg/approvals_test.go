@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -88,10 +90,23 @@ func TestApprovalsEscapeHiddenCharacters(t *testing.T) {
 			t.Errorf("approvals show prints %U as it is:\n%s", []rune(r)[0], out)
 		}
 	}
-	for _, want := range []string{`"page_id": "report\u202efdp.exe"`, `"note": "a\u200bb\U000e0041"`, `"agent": "bot\u202egnp.exe\u0085"`} {
+	for _, want := range []string{`"page_id": "report\u202efdp.exe"`, `"note": "a\u200bb\udb40\udc41"`, `"agent": "bot\u202egnp.exe\u0085"`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("approvals show does not print %s:\n%s", want, out)
 		}
+	}
+	// What it prints is JSON, and says what the API says.
+	var shown, stored map[string]any
+	if err := json.Unmarshal([]byte(out), &shown); err != nil {
+		t.Errorf("approvals show prints no JSON: %v\n%s", err, out)
+	} else if shown["agent"] != odd.Agent {
+		t.Errorf("approvals show's agent decodes to %q, want %q", shown["agent"], odd.Agent)
+	}
+	if err := json.Unmarshal(odd.Body, &stored); err != nil {
+		t.Fatal(err)
+	}
+	if shown != nil && !reflect.DeepEqual(shown["request"], stored) {
+		t.Errorf("approvals show's request decodes to %v, want %v", shown["request"], stored)
 	}
 	if errOut != warning {
 		t.Errorf("approvals show: stderr %q, want %q", errOut, warning)
