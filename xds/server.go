@@ -332,17 +332,23 @@ func (r *Resources) hash() (string, error) {
 	return hex.EncodeToString(h.Sum(nil))[:12], nil
 }
 
-// cacheLogger sends go-control-plane's cache logs to slog; its info
-// messages are per-watch chatter, so they go at debug.
+// cacheLogger sends go-control-plane's cache logs to slog, each message
+// cut as a client's string is: the cache quotes the resource names a
+// request gave, as many as a request may hold. Its info messages are
+// per-watch chatter, and its warnings are about what a client asked (in
+// ADS mode, a request that does not name every resource the snapshot
+// has, which anyone who reaches the port can send as often as it likes,
+// and Envoy's own route requests do while a listener change reaches it),
+// so both go at debug.
 type cacheLogger struct{ log *slog.Logger }
 
 func (l cacheLogger) logf(level slog.Level, format string, args []any) {
 	if l.log.Enabled(context.Background(), level) {
-		l.log.Log(context.Background(), level, "xds cache: "+fmt.Sprintf(format, args...))
+		l.log.Log(context.Background(), level, "xds cache: "+clip(fmt.Sprintf(format, args...)))
 	}
 }
 
 func (l cacheLogger) Debugf(format string, args ...any) { l.logf(slog.LevelDebug, format, args) }
 func (l cacheLogger) Infof(format string, args ...any)  { l.logf(slog.LevelDebug, format, args) }
-func (l cacheLogger) Warnf(format string, args ...any)  { l.logf(slog.LevelWarn, format, args) }
+func (l cacheLogger) Warnf(format string, args ...any)  { l.logf(slog.LevelDebug, format, args) }
 func (l cacheLogger) Errorf(format string, args ...any) { l.logf(slog.LevelError, format, args) }

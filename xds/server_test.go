@@ -565,3 +565,41 @@ func TestStrayRejectionsAreNotErrors(t *testing.T) {
 		t.Errorf("the log grew by %d bytes for 20 stray rejections: the client's strings are not cut", len(out))
 	}
 }
+
+// The cache logs the resource names a request gave when they do not
+// cover the snapshot, and anyone who reaches the port can send a request
+// naming a megabyte of them, as often as it likes: at the level amg
+// serves at, nothing is logged; at debug, each line is cut.
+func TestUncoveringRequestsAreNotWarnings(t *testing.T) {
+	names := make([]string, 60000) // ~900 KiB, under the request limit
+	for i := range names {
+		names[i] = strings.Repeat("z", 12)
+	}
+	const reqs = 10
+	for _, level := range []slog.Level{slog.LevelInfo, slog.LevelDebug} {
+		t.Run(level.String(), func(t *testing.T) {
+			logs := &syncbuf.Buffer{}
+			s := NewServer(&Options{Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: level}))})
+			if err := s.Update(parseFile(t, filepath.Join("testdata", "in", "default.yaml"))); err != nil {
+				t.Fatal(err)
+			}
+			e := dialEnvoy(t, startServer(t, s), "envoy-1")
+			for range reqs {
+				e.send(&discoveryv3.DiscoveryRequest{Node: e.node, TypeUrl: resource.ClusterType, ResourceNames: names})
+			}
+			// A request after them, answered, shows they were all handled.
+			e.subscribe(resource.ListenerType)
+			e.recvType(resource.ListenerType, s.Version())
+			out := logs.String()
+			if strings.Contains(out, "level=WARN") {
+				t.Errorf("a client's requests logged as warnings:\n%.300s", out)
+			}
+			if level == slog.LevelDebug && !strings.Contains(out, "not responding to request") {
+				t.Errorf("the requests the cache does not answer are not logged at debug level:\n%.300s", out)
+			}
+			if len(out) > reqs*4*maxLoggedBytes {
+				t.Errorf("the log grew by %d bytes for %d requests: the names they gave are not cut", len(out), reqs)
+			}
+		})
+	}
+}
