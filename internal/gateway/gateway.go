@@ -110,7 +110,6 @@ type Gateway struct {
 	xds                        *xds.Server  // nil unless XDSListen is set
 	configFile                 string
 	configSeen                 []byte // the file's content when New ran
-	secrets                    secrets.Source
 }
 
 // New builds a gateway for cfg: it locks the data directory (a second
@@ -121,7 +120,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	if opts == nil {
 		opts = &Options{}
 	}
-	g = &Gateway{cfg: cfg, log: opts.Logger, reload: opts.PolicyReload, configFile: opts.ConfigFile, secrets: opts.Secrets}
+	g = &Gateway{cfg: cfg, log: opts.Logger, reload: opts.PolicyReload, configFile: opts.ConfigFile}
 	g.stdio, g.endStdio = context.WithCancel(context.Background())
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
@@ -558,7 +557,13 @@ func (g *Gateway) watchEnvoyConfig(ctx context.Context) {
 			continue
 		}
 		last, holding = data, false
-		fresh, err := config.Parse(g.configFile, data, &config.Options{Secrets: g.secrets})
+		// Only the envoy section is taken, and it holds no secret: the
+		// file's secret references are checked as written but not
+		// resolved, so that a secret backend that is down (Vault, say)
+		// cannot keep a change from Envoy. What is left fails only for
+		// what the file says, so a file that fails is not read again
+		// until it changes.
+		fresh, err := config.Parse(g.configFile, data, nil)
 		if err != nil {
 			g.log.Error("config file changed but does not load; Envoy keeps its config", "file", g.configFile, "xds_version", g.xds.Version(), "err", err)
 			continue

@@ -2,15 +2,18 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/amgateway/amg/internal/config"
 	"github.com/amgateway/amg/internal/demo"
+	"github.com/amgateway/amg/internal/secrets"
 	"github.com/amgateway/amg/internal/syncbuf"
 )
 
@@ -66,6 +69,84 @@ func TestEnvoyConfigFollowsTheConfigFile(t *testing.T) {
 	}
 	write("amg-0.amg:8082")
 	waitFor(t, "the next good file to reach Envoy", func() bool { return gw.XDSVersion() != second })
+}
+
+// downSource is a secret source whose backend (Vault, say) can be down.
+type downSource struct{ down atomic.Bool }
+
+func (d *downSource) Resolve(context.Context, secrets.Ref) (secrets.Secret, error) {
+	if d.down.Load() {
+		return secrets.Secret{}, errors.New("connection refused")
+	}
+	return secrets.New("s3cret"), nil
+}
+
+// envoyConfigFile writes a config file naming a secret, whose envoy
+// section has the given broker addresses, to file.
+func envoyConfigFile(t *testing.T, file, brokers string) {
+	t.Helper()
+	dir := filepath.Dir(file)
+	src := "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nauthz_listen: 127.0.0.1:0\nxds_listen: 127.0.0.1:0\n" +
+		"data_dir: " + filepath.Join(dir, "data") + "\npolicy_dir: ../../policies\n" +
+		"approvals:\n  webhook: https://hooks.example.com/${vault:kv/data/amg#hook}\n" +
+		"envoy:\n  authz_address: amg:9001\n  broker_addresses: [" + brokers + "]\n"
+	if err := os.WriteFile(file, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Envoy's config holds no secret, so a change to the envoy section
+// reaches Envoy while the secret backend is down: taking it does not
+// resolve the file's secrets, which would fail.
+func TestEnvoyConfigChangeNeedsNoSecrets(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "amg.yaml")
+	envoyConfigFile(t, file, "amg-0.amg:8082")
+	src := &downSource{}
+	cfg, err := config.Load(file, &config.Options{Secrets: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncbuf.Buffer{}
+	gw := serveForTest(t, cfg, &Options{ConfigFile: file, Secrets: src,
+		PolicyReload: 20 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	first := gw.XDSVersion()
+
+	src.down.Store(true)
+	envoyConfigFile(t, file, "amg-0.amg:8082, amg-1.amg:8082")
+	waitFor(t, "the added broker replica to reach Envoy", func() bool {
+		return gw.XDSVersion() != first || strings.Contains(logs.String(), "does not load")
+	})
+	if gw.XDSVersion() == first {
+		t.Errorf("a change to the envoy section was refused while the secret backend was down:\n%s", logs)
+	}
+}
+
+// A file whose envoy section does not load is reported once, not at every
+// reread, and the next good file is served.
+func TestBadEnvoyConfigReportedOnce(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "amg.yaml")
+	envoyConfigFile(t, file, "amg-0.amg:8082")
+	cfg, err := config.Load(file, &config.Options{Secrets: &downSource{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const reload = 20 * time.Millisecond
+	logs := &syncbuf.Buffer{}
+	gw := serveForTest(t, cfg, &Options{ConfigFile: file, Secrets: &downSource{},
+		PolicyReload: reload, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	first := gw.XDSVersion()
+
+	envoyConfigFile(t, file, "http://amg-1.amg:8082")
+	waitFor(t, "the bad envoy section to be reported", func() bool { return strings.Contains(logs.String(), "does not load") })
+	time.Sleep(10 * reload) // the file is reread, unchanged, several times
+	if !strings.Contains(logs.String(), "broker_addresses") {
+		t.Errorf("the report does not say what is wrong:\n%s", logs)
+	}
+	envoyConfigFile(t, file, "amg-0.amg:8082, amg-1.amg:8082")
+	waitFor(t, "the next good file to reach Envoy", func() bool { return gw.XDSVersion() != first })
+	if n := strings.Count(logs.String(), "does not load"); n != 1 {
+		t.Errorf("a bad envoy section reported %d times, want once:\n%.2000s", n, logs)
+	}
 }
 
 // New fails cleanly, closing what it opened, when part of the gateway
