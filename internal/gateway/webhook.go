@@ -38,10 +38,15 @@ type webhook struct {
 	log    *slog.Logger
 	queue  chan *approval.Approval
 
+	// mu orders notify's sends before Close closes queue: a call parked
+	// just as the gateway closes is notified after Close, and a send on
+	// the closed queue would end the process.
+	mu     sync.Mutex
+	closed bool
+
 	ctx     context.Context // ends the deliveries under way at Close
 	cancel  context.CancelFunc
 	workers sync.WaitGroup
-	closed  sync.Once
 }
 
 // notifier returns the webhook of t, its references resolved with src,
@@ -75,8 +80,15 @@ func (g *Gateway) notifier(t config.Template, src secrets.Source) (*webhook, err
 	return w, nil
 }
 
-// notify queues a for the webhook and returns at once.
+// notify queues a for the webhook and returns at once. After Close, a
+// is not told, which is logged.
 func (w *webhook) notify(a *approval.Approval) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		w.log.Error("the gateway is closing; not telling the approval webhook of this approval", "approval_id", a.ID, "webhook", w.where)
+		return
+	}
 	select {
 	case w.queue <- a:
 	default:
@@ -116,7 +128,12 @@ func (w *webhook) deliver(a *approval.Approval) {
 // Close tells the webhook of the approvals queued until ctx ends, then
 // ends the deliveries under way, and returns once the workers have.
 func (w *webhook) Close(ctx context.Context) {
-	w.closed.Do(func() { close(w.queue) })
+	w.mu.Lock()
+	if !w.closed {
+		w.closed = true
+		close(w.queue)
+	}
+	w.mu.Unlock()
 	done := make(chan struct{})
 	go func() { w.workers.Wait(); close(done) }()
 	select {

@@ -177,3 +177,32 @@ func TestApprovalWebhookBounded(t *testing.T) {
 		t.Errorf("the webhook was told of %d approvals and %d were not told, of %d", n, dropped, parked)
 	}
 }
+
+// A call parked while the gateway closes is notified after the webhook's
+// Close: it is not told, which is logged, and the process goes on to
+// drain the audit log rather than end in a panic.
+func TestApprovalWebhookNotifyAfterClose(t *testing.T) {
+	tmpl, err := config.ParseTemplate("http://127.0.0.1:1/services/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncbuf.Buffer
+	g := &Gateway{log: slog.New(slog.NewTextHandler(&logs, nil))}
+	w, err := g.notifier(tmpl, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Close(context.Background())
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				t.Errorf("notify after Close panicked: %v", r)
+			}
+		}()
+		w.notify(&approval.Approval{ID: "ap_late"})
+	}()
+	if got := logs.String(); !strings.Contains(got, "the gateway is closing") || !strings.Contains(got, "approval_id=ap_late") {
+		t.Errorf("log = %s; want that the gateway is closing and the approval not told", got)
+	}
+	w.Close(context.Background()) // a second Close is harmless
+}
