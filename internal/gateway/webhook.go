@@ -36,7 +36,7 @@ type webhook struct {
 	url    string
 	where  string // the URL's scheme and host, which logs name
 	log    *slog.Logger
-	queue  chan *approval.Approval
+	queue  chan webhookNote
 
 	// mu orders notify's sends before Close closes queue: a call parked
 	// just as the gateway closes is notified after Close, and a send on
@@ -61,7 +61,7 @@ func (g *Gateway) notifier(t config.Template, src secrets.Source) (*webhook, err
 	if err != nil {
 		return nil, fmt.Errorf("approvals.webhook: %w", err)
 	}
-	w := &webhook{url: s.Reveal(), log: g.log, queue: make(chan *approval.Approval, webhookQueue),
+	w := &webhook{url: s.Reveal(), log: g.log, queue: make(chan webhookNote, webhookQueue),
 		client: &http.Client{Timeout: 5 * time.Second, CheckRedirect: refuseWebhookRedirect,
 			Transport: &http.Transport{MaxConnsPerHost: webhookWorkers, Proxy: http.ProxyFromEnvironment}}}
 	// Slack- and Teams-style webhook URLs carry their secret in the path
@@ -72,17 +72,32 @@ func (g *Gateway) notifier(t config.Template, src secrets.Source) (*webhook, err
 	w.ctx, w.cancel = context.WithCancel(context.Background())
 	for range webhookWorkers {
 		w.workers.Go(func() {
-			for a := range w.queue {
-				w.deliver(a)
+			for n := range w.queue {
+				w.deliver(n)
 			}
 		})
 	}
 	return w, nil
 }
 
+// webhookNote is what the webhook is told of an approval. It is encoded
+// as the approval is queued: the queue holds the payload, not the
+// request body, which it never sends.
+type webhookNote struct {
+	id      string
+	payload []byte
+}
+
 // notify queues a for the webhook and returns at once. After Close, a
 // is not told, which is logged.
 func (w *webhook) notify(a *approval.Approval) {
+	// Not body_sha256 either: whoever reads the webhook (a whole chat
+	// channel) could confirm a guess of a low-entropy argument by
+	// hashing it with the rest of the request.
+	told := *a
+	told.Body, told.BodySHA256 = nil, ""
+	payload, _ := json.Marshal(map[string]any{"event": "approval.pending", "approval": &told})
+	n := webhookNote{id: a.ID, payload: payload}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed {
@@ -90,20 +105,14 @@ func (w *webhook) notify(a *approval.Approval) {
 		return
 	}
 	select {
-	case w.queue <- a:
+	case w.queue <- n:
 	default:
 		w.log.Error("approval webhook has too many approvals waiting to be told; not telling it of this one", "approval_id", a.ID,
 			"webhook", w.where, "waiting", webhookQueue)
 	}
 }
 
-func (w *webhook) deliver(a *approval.Approval) {
-	// Not body_sha256 either: whoever reads the webhook (a whole chat
-	// channel) could confirm a guess of a low-entropy argument by
-	// hashing it with the rest of the request.
-	told := *a
-	told.Body, told.BodySHA256 = nil, ""
-	payload, _ := json.Marshal(map[string]any{"event": "approval.pending", "approval": &told})
+func (w *webhook) deliver(n webhookNote) {
 	var err error
 	for attempt := range 3 {
 		if attempt > 0 {
@@ -115,14 +124,14 @@ func (w *webhook) deliver(a *approval.Approval) {
 		if err = w.ctx.Err(); err != nil {
 			break
 		}
-		if err = post(w.ctx, w.client, w.url, payload); err == nil || errors.Is(err, errWebhookRedirect) {
+		if err = post(w.ctx, w.client, w.url, n.payload); err == nil || errors.Is(err, errWebhookRedirect) {
 			break
 		}
 	}
 	if err == nil {
 		return
 	}
-	w.log.Error("approval webhook failed; the call still waits", "approval_id", a.ID, "webhook", w.where, "err", err)
+	w.log.Error("approval webhook failed; the call still waits", "approval_id", n.id, "webhook", w.where, "err", err)
 }
 
 // Close tells the webhook of the approvals queued until ctx ends, then

@@ -132,6 +132,50 @@ func TestApprovalWebhookPayload(t *testing.T) {
 	}
 }
 
+// The queue holds what the webhook is told, not the request: while the
+// webhook is slow, approvals parked and abandoned at once must not keep
+// their bodies (up to max_body_bytes each) in memory.
+func TestApprovalWebhookQueueHoldsNoBody(t *testing.T) {
+	release := make(chan struct{})
+	busy := make(chan struct{}, webhookWorkers)
+	hook := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+		busy <- struct{}{}
+		<-release
+	}))
+	t.Cleanup(hook.Close)
+	tmpl, err := config.ParseTemplate(hook.URL + "/services/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &Gateway{log: slog.New(slog.DiscardHandler)}
+	w, err := g.notifier(tmpl, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(context.Background())
+	defer close(release)
+	// Every worker busy telling the webhook, the next approval stays queued.
+	for i := range webhookWorkers {
+		w.notify(&approval.Approval{ID: fmt.Sprintf("ap_%d", i), Agent: fmt.Sprintf("bot%d", i)})
+	}
+	for range webhookWorkers {
+		<-busy
+	}
+	const planted = "PLANTEDBODY"
+	a, err := approval.New("d1", "bot", "payer", "bank", "transfer", []byte(strings.Repeat(planted, 1000)), time.Now(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.notify(a)
+	queued := fmt.Sprintf("%s", <-w.queue)
+	if !strings.Contains(queued, a.ID) {
+		t.Fatalf("queued %.300s, want the approval", queued)
+	}
+	if strings.Contains(queued, planted) || strings.Contains(queued, a.BodySHA256) {
+		t.Errorf("the queue holds the approval's request body or its hash: %.300s", queued)
+	}
+}
+
 // An agent that parks calls and abandons them at once cannot make the
 // gateway tell the webhook of them all at once: notify returns at once,
 // a few workers tell it one approval each, and past a bounded queue an
