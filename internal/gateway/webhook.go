@@ -20,17 +20,22 @@ import (
 // Bounds of what the webhook is sent at once: an agent that parks calls
 // and abandons them at once must not make the gateway hold a connection
 // and a goroutine per call for as long as the webhook takes, nor flood
-// whoever reads it.
+// whoever reads it, nor take every place in the queue, leaving none for
+// the approvals of other agents. One agent's approvals take at most
+// approvals.max_pending_per_agent places, as many as it may have pending
+// at once, and never more than webhookPerAgent, however high that is set.
 const (
-	webhookWorkers = 4
-	webhookQueue   = 256
+	webhookWorkers  = 4
+	webhookQueue    = 256
+	webhookPerAgent = webhookQueue / 8
 )
 
 // webhook tells an approvals webhook of each new pending approval: a JSON
 // POST of the approval (never the request body, which may hold secrets,
 // nor its hash), retried briefly, its failure logged. Approvals wait in a
 // bounded queue for a few workers; one that finds the queue full is not
-// told, and that is logged. The call waits whether or not anyone was told.
+// told, nor is one whose agent has its share of the queue taken; both are
+// logged. The call waits whether or not anyone was told.
 type webhook struct {
 	client *http.Client
 	url    string
@@ -43,6 +48,10 @@ type webhook struct {
 	// the closed queue would end the process.
 	mu     sync.Mutex
 	closed bool
+	// queued counts, by agent, the approvals queued or being told, of
+	// which an agent may have perAgent.
+	queued   map[string]int
+	perAgent int
 
 	ctx     context.Context // ends the deliveries under way at Close
 	cancel  context.CancelFunc
@@ -62,6 +71,7 @@ func (g *Gateway) notifier(t config.Template, src secrets.Source) (*webhook, err
 		return nil, fmt.Errorf("approvals.webhook: %w", err)
 	}
 	w := &webhook{url: s.Reveal(), log: g.log, queue: make(chan webhookNote, webhookQueue),
+		queued: make(map[string]int), perAgent: webhookPerAgent,
 		client: &http.Client{Timeout: 5 * time.Second, CheckRedirect: refuseWebhookRedirect,
 			Transport: &http.Transport{MaxConnsPerHost: webhookWorkers, Proxy: http.ProxyFromEnvironment}}}
 	// Slack- and Teams-style webhook URLs carry their secret in the path
@@ -69,11 +79,15 @@ func (g *Gateway) notifier(t config.Template, src secrets.Source) (*webhook, err
 	if u, err := url.Parse(w.url); err == nil {
 		w.where = (&url.URL{Scheme: u.Scheme, Host: u.Host}).String()
 	}
+	if g.cfg != nil && g.cfg.MaxPendingApprovalsPerAgent > 0 {
+		w.perAgent = min(w.perAgent, g.cfg.MaxPendingApprovalsPerAgent)
+	}
 	w.ctx, w.cancel = context.WithCancel(context.Background())
 	for range webhookWorkers {
 		w.workers.Go(func() {
 			for n := range w.queue {
 				w.deliver(n)
+				w.release(n.agent)
 			}
 		})
 	}
@@ -84,8 +98,8 @@ func (g *Gateway) notifier(t config.Template, src secrets.Source) (*webhook, err
 // as the approval is queued: the queue holds the payload, not the
 // request body, which it never sends.
 type webhookNote struct {
-	id      string
-	payload []byte
+	id, agent string
+	payload   []byte
 }
 
 // notify queues a for the webhook and returns at once. After Close, a
@@ -97,18 +111,33 @@ func (w *webhook) notify(a *approval.Approval) {
 	told := *a
 	told.Body, told.BodySHA256 = nil, ""
 	payload, _ := json.Marshal(map[string]any{"event": "approval.pending", "approval": &told})
-	n := webhookNote{id: a.ID, payload: payload}
+	n := webhookNote{id: a.ID, agent: a.Agent, payload: payload}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed {
 		w.log.Error("the gateway is closing; not telling the approval webhook of this approval", "approval_id", a.ID, "webhook", w.where)
 		return
 	}
+	if w.queued[a.Agent] >= w.perAgent {
+		w.log.Error("approval webhook has as many of this agent's approvals waiting to be told as one agent may; not telling it of this one",
+			"approval_id", a.ID, "agent", a.Agent, "webhook", w.where, "waiting", w.perAgent)
+		return
+	}
 	select {
 	case w.queue <- n:
+		w.queued[a.Agent]++
 	default:
 		w.log.Error("approval webhook has too many approvals waiting to be told; not telling it of this one", "approval_id", a.ID,
 			"webhook", w.where, "waiting", webhookQueue)
+	}
+}
+
+// release gives back the place in the queue an approval of agent took.
+func (w *webhook) release(agent string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.queued[agent]--; w.queued[agent] <= 0 {
+		delete(w.queued, agent)
 	}
 }
 

@@ -203,10 +203,11 @@ func TestApprovalWebhookBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Past the queue's room and what the workers took off it meanwhile
-	// (none to all of them), approvals are not told.
+	// (none to all of them), approvals are not told. Each of another
+	// agent, none has its share of the queue taken.
 	const parked = webhookWorkers + webhookQueue + 40
 	for i := range parked {
-		w.notify(&approval.Approval{ID: fmt.Sprintf("ap_%d", i)})
+		w.notify(&approval.Approval{ID: fmt.Sprintf("ap_%d", i), Agent: fmt.Sprintf("bot%d", i)})
 	}
 	dropped := strings.Count(logs.String(), "too many approvals waiting")
 	if dropped < 40 || dropped > 40+webhookWorkers {
@@ -249,4 +250,95 @@ func TestApprovalWebhookNotifyAfterClose(t *testing.T) {
 		t.Errorf("log = %s; want that the gateway is closing and the approval not told", got)
 	}
 	w.Close(context.Background()) // a second Close is harmless
+}
+
+// One agent parking calls and abandoning them at once, within
+// max_pending_per_agent, cannot fill the webhook's queue with approvals
+// that no longer wait and so keep another agent's from being told: past
+// its share of the queue, its own are not told, which is logged.
+func TestApprovalWebhookOneAgentCannotSilenceOthers(t *testing.T) {
+	release := make(chan struct{})
+	told := make(chan string, webhookWorkers+webhookQueue+1)
+	hook := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		<-release
+		var p struct{ Approval struct{ ID string } }
+		if err := json.NewDecoder(r.Body).Decode(&p); err != nil {
+			t.Error(err)
+		}
+		told <- p.Approval.ID
+	}))
+	t.Cleanup(hook.Close)
+	tmpl, err := config.ParseTemplate(hook.URL + "/services/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncbuf.Buffer
+	g := &Gateway{log: slog.New(slog.NewTextHandler(&logs, nil))}
+	w, err := g.notifier(tmpl, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range webhookWorkers + webhookQueue {
+		w.notify(&approval.Approval{ID: fmt.Sprintf("ap_flood%d", i), Agent: "flooder", State: approval.Pending})
+	}
+	w.notify(&approval.Approval{ID: "ap_victim", Agent: "victim", State: approval.Pending})
+	close(release)
+	w.Close(context.Background())
+	close(told)
+	flooded, victim := 0, false
+	for id := range told {
+		flooded += strings.Count(id, "ap_flood")
+		victim = victim || id == "ap_victim"
+	}
+	if !victim {
+		t.Errorf("the other agent's approval was not told (%d of the flooder's were); log: %.500s", flooded, logs.String())
+	}
+	if flooded == 0 || flooded > webhookPerAgent {
+		t.Errorf("%d of the flooder's approvals were told, want 1 to %d", flooded, webhookPerAgent)
+	}
+	if got := logs.String(); !strings.Contains(got, "as many of this agent's approvals waiting to be told as one agent may") ||
+		!strings.Contains(got, "agent=flooder") {
+		t.Errorf("log = %.500s; want the flooder's approvals past its share not told", got)
+	}
+}
+
+// An agent's share of the webhook's queue is max_pending_per_agent, as
+// many approvals as it may have pending at once, and comes back as they
+// are told: an agent that had its share queued has its next told.
+func TestApprovalWebhookAgentShare(t *testing.T) {
+	release := make(chan struct{})
+	var told atomic.Int32
+	hook := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+		<-release
+		told.Add(1)
+	}))
+	t.Cleanup(hook.Close)
+	tmpl, err := config.ParseTemplate(hook.URL + "/services/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncbuf.Buffer
+	g := &Gateway{log: slog.New(slog.NewTextHandler(&logs, nil)), cfg: &config.Config{MaxPendingApprovalsPerAgent: 3}}
+	w, err := g.notifier(tmpl, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		w.notify(&approval.Approval{ID: fmt.Sprintf("ap_%d", i), Agent: "bot"})
+	}
+	if n := strings.Count(logs.String(), "as one agent may"); n != 2 {
+		t.Errorf("%d of 5 approvals not told for the agent's share of 3, want 2:\n%s", n, logs.String())
+	}
+	// Once told, its places are given back. The workers end with the
+	// queue, so Close is when every delivery has.
+	close(release)
+	w.Close(context.Background())
+	if n := told.Load(); n != 3 {
+		t.Errorf("the webhook was told of %d approvals, want 3", n)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.queued) != 0 {
+		t.Errorf("places still taken after every approval was told: %v", w.queued)
+	}
 }
