@@ -516,7 +516,7 @@ servers:
     prompts:
       - name: summarize
         constraints: { page_id: { prefix: "pg_" } }
-    resources: ["notion://ws_a/*", "file:///srv/public/*/*.md"]
+    resources: ["notion://ws_a/*", "file:///srv/public/*/*.md", "https://*.example.com/*", "https://ex.com/report?id=42", "http://[::1]:8080/docs/*", "http://[fe80::1"]
 `)
 	tests := []struct {
 		in      Input
@@ -531,6 +531,13 @@ servers:
 		{Input{Role: "r", Kind: Resource, Server: "notion", Name: "file:///srv/public/docs/a.md"}, Allow},
 		{Input{Role: "r", Kind: Resource, Server: "notion", Name: "notion://ws_a/...md"}, Allow},
 		{Input{Role: "r", Kind: Resource, Server: "notion", Name: "notion://ws_a/a%20b"}, Allow},
+		{Input{Role: "r", Kind: Resource, Server: "notion", Name: "https://docs.example.com/a"}, Allow},
+		// '?' and '[' stand for themselves, as they do in a URI.
+		{Input{Role: "r", Kind: Resource, Server: "notion", Name: "https://ex.com/report?id=42"}, Allow},
+		{Input{Role: "r", Kind: Resource, Server: "notion", Name: "https://ex.com/reportXid=42"}, Deny},
+		{Input{Role: "r", Kind: Resource, Server: "notion", Name: "http://[::1]:8080/docs/a"}, Allow},
+		{Input{Role: "r", Kind: Resource, Server: "notion", Name: "http://1:8080/docs/a"}, Deny},
+		{Input{Role: "r", Kind: Resource, Server: "notion", Name: "http://[fe80::1"}, Allow},
 	}
 	for _, tt := range tests {
 		if res := Evaluate(set, &tt.in); res.Verdict != tt.verdict {
@@ -558,6 +565,14 @@ servers:
 		"file:///srv/public/./a.md",
 		"file:///srv/public/%2e%2e/secret.md",
 		"file:///srv/public/docs%2f..%2f../secret.md",
+		// '*' stops at a query or a fragment, which the upstream cuts off
+		// before it reads the path or the host.
+		"file:///srv/public/docs/secret.key#.md",
+		"file:///srv/public/docs/secret.key?.md",
+		"file:///srv/public/docs/secret.key?x=.md",
+		"https://internal.corp#.example.com/x",
+		"https://169.254.169.254?.example.com/x",
+		"https://docs.example.com/a?b/c",
 	} {
 		if res := Evaluate(set, &Input{Role: "r", Kind: Resource, Server: "notion", Name: uri}); res.Verdict != Deny {
 			t.Errorf("resource %s: got %v by %q, want deny", uri, res.Verdict, res.Rule)

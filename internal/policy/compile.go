@@ -302,7 +302,9 @@ func (c *compiler) server(r *Role, server string, k, v *yaml.Node) {
 			})
 		case "resources":
 			c.List(v, p, func(i int, p string, v *yaml.Node) {
-				if g, ok := c.glob(v, p); ok {
+				// A URI glob (see uriGlob): any string is one, '[' and '?'
+				// standing for themselves.
+				if g, ok := c.Str(v, p); ok {
 					sg.Resources = append(sg.Resources, &ResourceGrant{
 						ID: fmt.Sprintf("%s/%s/resources[%d]", r.Name, server, i), Pattern: g})
 				}

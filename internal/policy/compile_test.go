@@ -3,7 +3,9 @@ package policy
 import (
 	"encoding/json"
 	"errors"
+	"math/rand/v2"
 	"os"
+	"path"
 	"strings"
 	"testing"
 	"time"
@@ -721,5 +723,25 @@ func TestREADMEExampleCompiles(t *testing.T) {
 	block, _, _ = strings.Cut(block, "```")
 	if _, err := Compile([]File{{Name: "README.md", Data: []byte(block)}}, &Options{Servers: []string{"notion"}}); err != nil {
 		t.Errorf("README example does not compile:\n%v", err)
+	}
+}
+
+// Where a pattern and a URI hold no '?', '#', '[' or '\', a resource
+// glob matches as path.Match does: '*' within one segment.
+func TestURIGlobIsPathMatchWithinSegments(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	gen := func(alphabet string, n int) string {
+		b := make([]byte, rng.IntN(n))
+		for i := range b {
+			b[i] = alphabet[rng.IntN(len(alphabet))]
+		}
+		return string(b)
+	}
+	for range 200000 {
+		pattern, uri := gen("ab/*", 7), gen("ab/", 7)
+		want, _ := path.Match(pattern, uri)
+		if got := uriGlob(pattern, uri); got != want {
+			t.Fatalf("uriGlob(%q, %q) = %v, path.Match %v", pattern, uri, got, want)
+		}
 	}
 }

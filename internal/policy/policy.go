@@ -100,7 +100,8 @@ type Role struct {
 type ServerGrant struct {
 	Tools   map[string]*Grant
 	Prompts map[string]*Grant
-	// Resources are URI globs (path.Match syntax: '*' does not cross '/').
+	// Resources are URI globs in which '*' does not cross '/', '?' or '#'
+	// (see ResourceGrant.Matches).
 	Resources []*ResourceGrant
 }
 
@@ -129,19 +130,51 @@ type ResourceGrant struct {
 	Pattern string
 }
 
-// Matches reports whether uri is covered by the grant. '*' matches any one
-// segment, ".." too, so a URI the upstream could resolve or decode into
-// another path matches no grant: one with a "." or ".." segment, raw or
-// percent-encoded, a backslash, or an encoded slash or backslash. Like
-// path_within, it refuses such a URI rather than resolve it: only the
-// upstream knows what it names.
+// Matches reports whether uri is covered by the grant (see uriGlob). A
+// URI the upstream could resolve or decode into another path matches no
+// grant: one with a "." or ".." segment, raw or percent-encoded, a
+// backslash, or an encoded slash or backslash. Like path_within, it
+// refuses such a URI rather than resolve it: only the upstream knows what
+// it names.
 func (g *ResourceGrant) Matches(uri string) bool {
-	if !plainURI(uri) {
-		return false
-	}
-	ok, err := path.Match(g.Pattern, uri)
-	return err == nil && ok
+	return plainURI(uri) && uriGlob(g.Pattern, uri)
 }
+
+// uriGlob reports whether uri matches pattern, in which '*' is the only
+// wildcard: it matches any run of characters but '/', '?' and '#', so it
+// stays within one segment of a path, or a host, and never reaches into a
+// query or a fragment, which the upstream cuts off before it reads the
+// path or the host ("file:///docs/*.md" must not cover
+// "file:///docs/key#.md", which names /docs/key). Every other character,
+// '?' and '[' too, stands for itself, as it does in a URI.
+func uriGlob(pattern, uri string) bool {
+	p, u := 0, 0
+	star, from := -1, 0 // the last '*' seen, and where in uri its match ends
+	for p < len(pattern) || u < len(uri) {
+		if p < len(pattern) {
+			if pattern[p] == '*' {
+				star, from = p, u
+				p++
+				continue
+			}
+			if u < len(uri) && uri[u] == pattern[p] {
+				p++
+				u++
+				continue
+			}
+		}
+		// The last '*' takes one more character, if it may: an earlier one
+		// could not do better, since none reaches past a separator.
+		if star < 0 || from == len(uri) || uriSeparator(uri[from]) {
+			return false
+		}
+		from++
+		p, u = star+1, from
+	}
+	return true
+}
+
+func uriSeparator(c byte) bool { return c == '/' || c == '?' || c == '#' }
 
 // plainURI reports whether uri has no dot segment and no separator but
 // '/'. Segments end at '/', and also at '?', '#' and ';', so that "..?x"
