@@ -1,16 +1,29 @@
 package decision
 
 import (
+	"context"
 	"encoding/json"
+	"time"
 
 	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/mcpfilter"
 )
 
+// celTimeout bounds one evaluation of a cel expression in time. The cost
+// limit charges a comparison of lists or maps by their size at the top,
+// and an agent can nest as much as its body holds under each element:
+// with the default body limit, a subset check an operator might write ran
+// for 260 to 400 ms. A condition on arguments takes microseconds; one
+// that runs out of time denies, as one over its cost limit does. It is a
+// variable for tests.
+var celTimeout = 50 * time.Millisecond
+
 // evalCEL runs a grant's cel expression; ok is false when it denies, and
 // res then says why.
 func evalCEL(g *policy.Grant, role *policy.Role, in *Input) (res Result, ok bool) {
-	out, _, err := g.When.Program.Eval(map[string]any{
+	ctx, cancel := context.WithTimeout(context.Background(), celTimeout)
+	defer cancel()
+	out, _, err := g.When.Program.ContextEval(ctx, map[string]any{
 		policy.CELArgs:   celValue(in.Arguments),
 		policy.CELAgent:  in.Agent,
 		policy.CELRole:   role.Name,

@@ -1,11 +1,13 @@
 package decision
 
 import (
+	"fmt"
 	"math/big"
 	"math/rand/v2"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -111,6 +113,38 @@ func TestCELErrorsDoNotQuoteArguments(t *testing.T) {
 	}
 	if res.EvalError == nil || !strings.Contains(res.EvalError.Error(), secret) {
 		t.Errorf("EvalError = %v, want CEL's own error, which names the value", res.EvalError)
+	}
+}
+
+// A condition that runs out of time denies as one over its cost limit
+// does: the cost limit does not count what the lists it compares nest.
+func TestCELOutOfTimeDenies(t *testing.T) {
+	set := mustCompile(t, `
+role: m
+servers:
+  s:
+    tools:
+      - name: subset
+        constraints: { items: {}, allowed: {} }
+        cel: 'args.items.all(i, i in args.allowed)'
+`)
+	// Enough steps for the deadline to be checked, within the cost limit.
+	items := strings.Repeat(`{"k":[1]},`, 200)
+	var allowed strings.Builder
+	for i := range 10 {
+		fmt.Fprintf(&allowed, `{"k":[%d]},`, i)
+	}
+	in := &Input{Agent: "a", Role: "m", Server: "s", Name: "subset", Arguments: args(t,
+		`{"items":[`+strings.TrimSuffix(items, ",")+`],"allowed":[`+strings.TrimSuffix(allowed.String(), ",")+`]}`)}
+	if res := Evaluate(set, in); res.Verdict != Allow {
+		t.Fatalf("with time to finish: %v %v %s, want allow", res.Verdict, res.Code, res.Reason)
+	}
+	was := celTimeout
+	celTimeout = time.Nanosecond
+	t.Cleanup(func() { celTimeout = was })
+	res := Evaluate(set, in)
+	if res.Verdict != Deny || res.Code != CodeCELError || res.EvalError == nil {
+		t.Errorf("out of time: %v %v (%v), want a deny with %v", res.Verdict, res.Code, res.EvalError, CodeCELError)
 	}
 }
 

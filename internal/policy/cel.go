@@ -8,8 +8,13 @@ import (
 )
 
 // celCostLimit bounds the work one expression may do per evaluation, so a
-// policy cannot stall the decision path with a runaway comprehension.
-const celCostLimit = 10_000
+// policy cannot stall the decision path with a runaway comprehension;
+// celInterruptEvery is how many comprehension steps pass between checks
+// of the evaluation's deadline.
+const (
+	celCostLimit      = 10_000
+	celInterruptEvery = 100
+)
 
 // CEL variables available to a grant's cel expression.
 const (
@@ -57,7 +62,12 @@ func (c *compiler) celExpr(n *yaml.Node, path string) *Expr {
 		c.Errorf(n, path, "cel expression must return bool, got %s", ast.OutputType())
 		return nil
 	}
-	prg, err := c.celEnv.Program(ast, cel.CostLimit(celCostLimit), cel.EvalOptions(cel.OptOptimize))
+	// The cost limit charges a comparison of lists or maps by their size
+	// at the top, not by what they nest, which an agent chooses: checking
+	// for interruption in comprehensions lets the evaluation's deadline
+	// (see decision.evalCEL) bound that too.
+	prg, err := c.celEnv.Program(ast, cel.CostLimit(celCostLimit), cel.EvalOptions(cel.OptOptimize),
+		cel.InterruptCheckFrequency(celInterruptEvery))
 	if err != nil {
 		c.Errorf(n, path, "cel: %v", err)
 		return nil
