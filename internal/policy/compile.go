@@ -152,7 +152,7 @@ type compiler struct {
 	opts    *Options
 	servers map[string]bool
 	data    []byte
-	lines   []string // of data, split when first needed (see indent)
+	lines   []string // of data, split when first needed (see line)
 	celEnv  *cel.Env
 	misfits Problems // what the live catalogue finds (Options.Upstreams)
 }

@@ -529,6 +529,39 @@ servers:
 	}
 }
 
+// A CEL error is reported where it stands in the role file, however YAML
+// wrote the expression: escapes, quotes written twice and folded line
+// breaks are walked back to the source, and a literal block's lines are
+// the file's behind its indentation.
+func TestCELErrorAtItsPlaceInTheFile(t *testing.T) {
+	const head = "role: r\nservers:\n  s:\n    tools:\n      - name: t\n        constraints: { q: {} }\n"
+	tests := []struct{ name, cel, want string }{
+		{"escapes in a double-quoted scalar", `        cel: "args.q == \"\\u00e9\" && nope"`, "7:40"},
+		{"a quote written twice", `        cel: 'args.q == ''x'' && nope'`, "7:34"},
+		{"a rune of more than one byte", `        cel: args.q == 'é' && nope`, "7:31"},
+		{"a quoted scalar over two lines", "        cel: \"args.q == 'x' &&\n          nope\"", "8:11"},
+		{"a plain scalar over two lines", "        cel: args.q == 'x' &&\n          nope", "8:11"},
+		{"an escaped line break", "        cel: \"args.q == 'x' \\\n          && nope\"", "8:14"},
+		{"a blank line in a quoted scalar", "        cel: 'args.q == ''x''\n\n          && nope'", "9:14"},
+		{"a literal block starting with a blank line", "        cel: |\n\n          args.q == 'x' && nope", "9:28"},
+		{"an indentation indicator", "        cel: |2\n            args.q == 'x' && nope", "8:30"},
+		{"CRLF line breaks", "        cel: |\r\n          args.q == 'x' && nope\r\n", "8:28"},
+		{"a tag, at the scalar's start", `        cel: !!str "args.q == 'x' && nope"`, "7:14"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := compileOne(t, head+tt.cel+"\n", nil)
+			if err == nil {
+				t.Fatal("compiled, want a problem")
+			}
+			want := "role.yaml:" + tt.want + ": servers.s.tools[0].cel: cel: undeclared reference to 'nope'"
+			if diff := cmp.Diff(want, problemsOf(t, err)); diff != "" {
+				t.Errorf("problems (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
 // Document markers around the one document are fine.
 func TestOneDocumentWithMarkers(t *testing.T) {
 	for _, src := range []string{"---\nrole: r\n", "role: r\n...\n", "# a role\n---\nrole: r\n...\n"} {
