@@ -188,14 +188,17 @@ func (b *Broker) adopt(r *http.Request, id, owner, role string) error {
 		b.log.Warn("could not take over a session of another replica", "status", code)
 		return nil
 	}
-	b.own(id, owner)
 	if as := b.sessionByID(id); as == nil || as.gone.Load() {
-		// It ended on another replica since its record was read.
+		// It ended on another replica since its record was read: closed
+		// here too, and never owned, so that the request that asked for
+		// it is refused as for an ended session, not served on it while
+		// it closes.
 		if as != nil {
 			as.ss.Close()
 		}
 		return nil
 	}
+	b.own(id, owner)
 	b.replay(r, role, id, `{"jsonrpc":"2.0","method":"notifications/initialized"}`)
 	return nil
 }
