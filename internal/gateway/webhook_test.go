@@ -87,6 +87,20 @@ func TestApprovalWebhookUnresolved(t *testing.T) {
 	}
 }
 
+// testNotifier is g's webhook (its log and configuration) posting to url.
+func testNotifier(t *testing.T, g *Gateway, url string) *webhook {
+	t.Helper()
+	tmpl, err := config.ParseTemplate(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := g.notifier(tmpl, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
 // The webhook is told who waits for what, and never the request: not its
 // body, nor the body's SHA-256, with which whoever reads the webhook could
 // confirm a guess of a low-entropy argument (a PIN) offline.
@@ -97,15 +111,7 @@ func TestApprovalWebhookPayload(t *testing.T) {
 		got <- b
 	}))
 	t.Cleanup(hook.Close)
-	tmpl, err := config.ParseTemplate(hook.URL + "/services/x")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := &Gateway{log: slog.New(slog.DiscardHandler)}
-	w, err := g.notifier(tmpl, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := testNotifier(t, &Gateway{log: slog.New(slog.DiscardHandler)}, hook.URL+"/services/x")
 	defer w.Close(context.Background())
 	body := `{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"bank__transfer","arguments":{"to":"acct_1","pin":"4821"}}}`
 	a, err := approval.New("d1", "bot", "payer", "bank", "transfer", []byte(body), time.Now(), time.Hour)
@@ -143,15 +149,7 @@ func TestApprovalWebhookQueueHoldsNoBody(t *testing.T) {
 		<-release
 	}))
 	t.Cleanup(hook.Close)
-	tmpl, err := config.ParseTemplate(hook.URL + "/services/x")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := &Gateway{log: slog.New(slog.DiscardHandler)}
-	w, err := g.notifier(tmpl, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := testNotifier(t, &Gateway{log: slog.New(slog.DiscardHandler)}, hook.URL+"/services/x")
 	defer w.Close(context.Background())
 	defer close(release)
 	// Every worker busy telling the webhook, the next approval stays queued.
@@ -192,16 +190,8 @@ func TestApprovalWebhookBounded(t *testing.T) {
 		told.Add(1)
 	}))
 	t.Cleanup(hook.Close)
-	tmpl, err := config.ParseTemplate(hook.URL + "/services/x")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var logs syncbuf.Buffer
-	g := &Gateway{log: slog.New(slog.NewTextHandler(&logs, nil))}
-	w, err := g.notifier(tmpl, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := testNotifier(t, &Gateway{log: slog.New(slog.NewTextHandler(&logs, nil))}, hook.URL+"/services/x")
 	// Past the queue's room and what the workers took off it meanwhile
 	// (none to all of them), approvals are not told. Each of another
 	// agent, none has its share of the queue taken.
@@ -227,16 +217,8 @@ func TestApprovalWebhookBounded(t *testing.T) {
 // Close: it is not told, which is logged, and the process goes on to
 // drain the audit log rather than end in a panic.
 func TestApprovalWebhookNotifyAfterClose(t *testing.T) {
-	tmpl, err := config.ParseTemplate("http://127.0.0.1:1/services/x")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var logs syncbuf.Buffer
-	g := &Gateway{log: slog.New(slog.NewTextHandler(&logs, nil))}
-	w, err := g.notifier(tmpl, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := testNotifier(t, &Gateway{log: slog.New(slog.NewTextHandler(&logs, nil))}, "http://127.0.0.1:1/services/x")
 	w.Close(context.Background())
 	func() {
 		defer func() {
@@ -268,16 +250,8 @@ func TestApprovalWebhookOneAgentCannotSilenceOthers(t *testing.T) {
 		told <- p.Approval.ID
 	}))
 	t.Cleanup(hook.Close)
-	tmpl, err := config.ParseTemplate(hook.URL + "/services/x")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var logs syncbuf.Buffer
-	g := &Gateway{log: slog.New(slog.NewTextHandler(&logs, nil))}
-	w, err := g.notifier(tmpl, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := testNotifier(t, &Gateway{log: slog.New(slog.NewTextHandler(&logs, nil))}, hook.URL+"/services/x")
 	for i := range webhookWorkers + webhookQueue {
 		w.notify(&approval.Approval{ID: fmt.Sprintf("ap_flood%d", i), Agent: "flooder", State: approval.Pending})
 	}
@@ -313,16 +287,8 @@ func TestApprovalWebhookAgentShare(t *testing.T) {
 		told.Add(1)
 	}))
 	t.Cleanup(hook.Close)
-	tmpl, err := config.ParseTemplate(hook.URL + "/services/x")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var logs syncbuf.Buffer
-	g := &Gateway{log: slog.New(slog.NewTextHandler(&logs, nil)), cfg: &config.Config{MaxPendingApprovalsPerAgent: 3}}
-	w, err := g.notifier(tmpl, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := testNotifier(t, &Gateway{log: slog.New(slog.NewTextHandler(&logs, nil)), cfg: &config.Config{MaxPendingApprovalsPerAgent: 3}}, hook.URL+"/services/x")
 	for i := range 5 {
 		w.notify(&approval.Approval{ID: fmt.Sprintf("ap_%d", i), Agent: "bot"})
 	}
