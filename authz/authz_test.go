@@ -19,6 +19,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/google/go-cmp/cmp"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -31,6 +33,7 @@ import (
 	"github.com/amgateway/amg/internal/ratelimit"
 	"github.com/amgateway/amg/internal/replay"
 	"github.com/amgateway/amg/internal/shadow"
+	"github.com/amgateway/amg/internal/telemetry"
 	"github.com/amgateway/amg/internal/tokens"
 	"github.com/amgateway/amg/xds"
 )
@@ -480,6 +483,71 @@ func TestShadowMode(t *testing.T) {
 	counts, _ := e.shadow.Counts(context.Background(), e.now, e.now)
 	if diff := cmp.Diff([]shadow.Count{{Role: "trial", Day: "2026-11-25", N: 3, Calls: 4}}, counts); diff != "" {
 		t.Errorf("shadow counts (-want +got):\n%s", diff)
+	}
+}
+
+// A shadow role's call that enforce mode would park for a human runs at
+// once, and is counted, in the report, the console's ready signal and the
+// metrics, as the would-be denial replay shows it to be: a role whose calls
+// would all wait for approval is not ready to enforce.
+func TestShadowWouldBeApprovalIsAWouldBeDenial(t *testing.T) {
+	var reader *sdkmetric.ManualReader
+	tel, err := telemetry.New(t.Context(), &telemetry.Options{MetricReader: func(p sdkmetric.Producer) sdkmetric.Reader {
+		reader = sdkmetric.NewManualReader(sdkmetric.WithProducer(p))
+		return reader
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tel.Shutdown(context.Background()) })
+	e := newEnv(t, func(_ *Deps, o *Options) { o.Telemetry = tel })
+	for i := range 3 {
+		if h, _ := okHeaders(t, e.check(t, "bot-2", nil, toolCall(i, "notion__delete_page", `{}`))); h[HeaderVerdict] != "allow" {
+			t.Fatalf("shadow role's call that needs approval: verdict header %q", h[HeaderVerdict])
+		}
+		if rec := e.audit.Last(t); rec.Verdict != "allow" || rec.ShadowVerdict != "needs_approval" {
+			t.Fatalf("audit record = %+v", rec)
+		}
+	}
+
+	counts, _ := e.shadow.Counts(context.Background(), e.now, e.now)
+	if diff := cmp.Diff([]shadow.Count{{Role: "trial", Day: "2026-11-25", N: 3, Calls: 3}}, counts); diff != "" {
+		t.Errorf("shadow counts (-want +got):\n%s", diff)
+	}
+	if s := shadow.Window(counts, []string{"trial"}, e.now, 1)[0]; s.ReadyToEnforce(1, 1) {
+		t.Errorf("a role whose every call would wait for approval is ready to enforce: %+v", s)
+	}
+
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(t.Context(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	var denies int64
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if sum, ok := m.Data.(metricdata.Sum[int64]); ok && m.Name == telemetry.MetricShadowDenies {
+				for _, dp := range sum.DataPoints {
+					denies += dp.Value
+				}
+			}
+		}
+	}
+	if denies != 3 {
+		t.Errorf("%s = %d, want 3", telemetry.MetricShadowDenies, denies)
+	}
+
+	enforced, err := policy.Compile([]policy.File{
+		{Name: "reader.yaml", Data: []byte(testPolicy)},
+		{Name: "trial.yaml", Data: []byte(strings.Replace(shadowPolicy, "mode: shadow", "mode: enforce", 1))},
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := replay.Replay(slices.Values(e.audit.All()), enforced, nil)
+	if diff := cmp.Diff(map[replay.Key]*replay.Counts{
+		{Role: "trial", Tool: "notion__delete_page"}: {ToApproval: 3},
+	}, rep.Counts); diff != "" {
+		t.Errorf("replay against the role in enforce mode (-want +got):\n%s", diff)
 	}
 }
 

@@ -61,6 +61,15 @@ type outcome struct {
 	traceID string           // of the trace the decision is in, for the audit record
 }
 
+// wouldBeDenied reports whether o is a shadow-mode call that enforce mode
+// would not run: one it would deny, or park for a human. A shadow role runs
+// such a call at once, without approval; counting it as a would-be denial
+// keeps a role whose calls would all wait for approval from looking ready
+// to enforce.
+func (o *outcome) wouldBeDenied() bool {
+	return o.res.Shadow && (o.res.ShadowVerdict == decision.Deny || o.res.ShadowVerdict == decision.NeedsApproval)
+}
+
 // lifecycleMethods need a valid role and nothing more: the broker answers
 // initialize itself and filters every list to what the role may use.
 var lifecycleMethods = map[string]bool{
@@ -395,7 +404,7 @@ func (c *call) countShadow(outs []outcome) {
 	for i := range outs {
 		if o := &outs[i]; o.res.Shadow {
 			calls++
-			if o.res.ShadowVerdict == decision.Deny {
+			if o.wouldBeDenied() {
 				denials++
 			}
 		}
@@ -501,7 +510,7 @@ func (c *call) observe(outs []outcome) {
 			o.traceID = telemetry.TraceID(sctx)
 		}
 		t.RecordDecision(c.ctx, c.token.Role, o.verdict.String(), mode, string(o.code), c.took)
-		if shadow == decision.Deny.String() {
+		if o.wouldBeDenied() {
 			t.RecordShadowDeny(c.ctx, c.token.Role)
 		}
 		if o.code == CodeRateLimited {

@@ -29,7 +29,8 @@ func newShadowReportCmd() *cobra.Command {
 		Short: "Would-be denials per shadow-mode role per day (UTC)",
 		Long: `Print, for every role that made calls in shadow mode, its would-be denials
 per day (UTC) over the last --days days, newest last, their total, and the
-calls it made in those days. A role whose row stays at zero over many calls
+calls it made in those days. A would-be denial is a call enforce mode would
+deny or make wait for approval. A role whose row stays at zero over many calls
 is a candidate for mode: enforce (a row of zeros over no calls says
 nothing); amg replay shows which calls would change. The gateway writes
 its counts every few seconds.`,

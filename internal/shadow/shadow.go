@@ -17,7 +17,8 @@ import (
 type Count struct {
 	Role string
 	Day  string // YYYY-MM-DD, UTC
-	// N is the would-be denials: the calls enforcement would have denied.
+	// N is the would-be denials: the calls enforcement would have denied
+	// or made wait for approval.
 	N int64
 	// Calls is every call decided in shadow mode, denied or not: without
 	// them, a day without denials says nothing.

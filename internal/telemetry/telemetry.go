@@ -456,7 +456,7 @@ func (t *Telemetry) createInstruments() error {
 		return g
 	}
 	t.upstreamErrors = counter(MetricUpstreamErrors, "Upstream MCP calls that did not end with status ok.", "{error}")
-	t.shadowDenies = counter(MetricShadowDenies, "Calls the shadow policy would have denied.", "{decision}")
+	t.shadowDenies = counter(MetricShadowDenies, "Calls the shadow policy would have denied or made wait for approval.", "{decision}")
 	t.rateLimited = counter(MetricRateLimited, "Calls rejected by rate limiting.", "{call}")
 	t.auditFailures = counter(MetricAuditFailures, "Audit records that could not be written.", "{record}")
 	t.pendingApprovals = gauge(MetricPendingApprovals, "Approval requests waiting for a human.", "{request}")
@@ -566,7 +566,8 @@ func (t *Telemetry) RecordUpstream(ctx context.Context, server, status string, d
 	}
 }
 
-// RecordShadowDeny counts a call that the shadow policy would have denied.
+// RecordShadowDeny counts a call that the shadow policy would have denied,
+// or made wait for approval.
 func (t *Telemetry) RecordShadowDeny(ctx context.Context, role string) {
 	t.shadowDenies.Add(ctx, 1, metric.WithAttributeSet(attribute.NewSet(KeyRole.String(role))))
 }
