@@ -36,8 +36,8 @@ nothing); amg replay shows which calls would change. The gateway writes
 its counts every few seconds.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if days < 1 || days > 366 {
-				return fmt.Errorf("--days must be between 1 and 366, got %d", days)
+			if days < 1 || days > shadow.MaxDays {
+				return fmt.Errorf("--days must be between 1 and %d, got %d", shadow.MaxDays, days)
 			}
 			var counter interface {
 				Counts(ctx context.Context, from, to time.Time) ([]shadow.Count, error)

@@ -39,7 +39,7 @@
 //	  webhook: https://hooks.example/amg  # told of each new one ("" none); its secret part
 //	                                #   from a reference: "https://hooks.example/${env:HOOK_PATH}"
 //	console:                        # the web console on the admin listener
-//	  ready_days: 7                 # shadow roles at zero this long are ready to enforce,
+//	  ready_days: 7                 # shadow roles at zero this long are ready to enforce (at most 366),
 //	  ready_min_calls: 1            #   over at least this many calls in those days
 //	  trace_url: ""                 # e.g. http://localhost:16686/trace/{trace_id}
 //	  staged_policy_dir: ""         # a next policy the console can replay against
@@ -228,7 +228,8 @@ type Audit struct {
 // Console tunes the operator's web console.
 type Console struct {
 	// ReadyDays is how many days a shadow role's would-be denials must
-	// stay at zero before the console calls it ready to enforce.
+	// stay at zero before the console calls it ready to enforce; at most
+	// shadow.MaxDays.
 	ReadyDays int
 	// ReadyMinCalls is how many calls a shadow role must have made in
 	// those days: with none, zero would-be denials say nothing.

@@ -289,6 +289,7 @@ func TestValidValues(t *testing.T) {
 		"envoy: { listen: \"0.0.0.0:8081\" }", // Envoy's, beside amg's admin listener
 		"envoy: { route_timeout: 16m1s }",
 		"approvals: { ttl: 1m }\nenvoy: { route_timeout: 2m1s }",
+		"console: { ready_days: 366 }",
 	} {
 		if _, err := parse(t, src, nil); err != nil {
 			t.Errorf("Parse(%q):\n%v", src, err)
@@ -379,6 +380,10 @@ func TestProblems(t *testing.T) {
 			`amg.yaml:1:23: console.trace_url: must be an http(s) URL containing {trace_id}, got "http://jaeger:16686/search"`},
 		{"console: zero ready days", "console: { ready_days: 0 }\n",
 			`amg.yaml:1:24: console.ready_days: must be at least 1, got 0`},
+		{"console: ready days past the counts the console shows", "console: { ready_days: 367 }\n",
+			`amg.yaml:1:24: console.ready_days: must be at most 366, the days of shadow counts the console shows, got 367`},
+		{"console: ready days a page view could not hold", "console: { ready_days: 100000000 }\n",
+			`amg.yaml:1:24: console.ready_days: must be at most 366, the days of shadow counts the console shows, got 100000000`},
 		{"console: zero ready calls", "console: { ready_min_calls: 0 }\n",
 			`amg.yaml:1:29: console.ready_min_calls: must be at least 1, got 0`},
 		{"envoy: zero timeout", "envoy: { route_timeout: 0s }\n",

@@ -18,6 +18,7 @@ import (
 	"github.com/amgateway/amg/internal/diag"
 	"github.com/amgateway/amg/internal/hostguard"
 	"github.com/amgateway/amg/internal/secrets"
+	"github.com/amgateway/amg/internal/shadow"
 	"github.com/amgateway/amg/mcpfilter"
 )
 
@@ -890,7 +891,12 @@ func (l *loader) console(n *yaml.Node, path string, c *Console) {
 		p := path + "." + key
 		switch key {
 		case "ready_days":
-			if d, ok := l.Integer(v, p, 1); ok {
+			d, ok := l.Integer(v, p, 1)
+			if ok && d > shadow.MaxDays {
+				l.Errorf(v, p, "must be at most %d, the days of shadow counts the console shows, got %d", shadow.MaxDays, d)
+				return
+			}
+			if ok {
 				c.ReadyDays = d
 			}
 		case "ready_min_calls":

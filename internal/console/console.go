@@ -85,8 +85,9 @@ type Options struct {
 	// ReadyMinCalls is how many calls decided in shadow mode those days
 	// must hold: days without calls are no evidence. 0 means 1.
 	ReadyMinCalls int
-	// ChartDays is how many days the shadow chart shows; 0 means 30, and
-	// it is never fewer than ReadyDays.
+	// ChartDays is how many days the shadow chart shows; 0 means 30. It
+	// is never fewer than ReadyDays nor more than shadow.MaxDays: a role
+	// whose ReadyDays are more never shows as ready to enforce.
 	ChartDays int
 	// TraceURL links an audit record's trace id to a trace viewer: its
 	// {trace_id} is replaced by the id, e.g.
@@ -133,7 +134,7 @@ func New(d Deps, opts *Options) (*Console, error) {
 	if c.opts.ChartDays <= 0 {
 		c.opts.ChartDays = 30
 	}
-	c.opts.ChartDays = max(c.opts.ChartDays, c.opts.ReadyDays)
+	c.opts.ChartDays = min(max(c.opts.ChartDays, c.opts.ReadyDays), shadow.MaxDays)
 	if c.opts.Now == nil {
 		c.opts.Now = time.Now
 	}

@@ -187,6 +187,32 @@ func TestShadowPageSaysWhenTheCountsFail(t *testing.T) {
 	wantStatus(t, e.get(op, "/console/shadow/chart.svg"), http.StatusServiceUnavailable)
 }
 
+// However many days a role must stay at zero, the console reads and draws
+// at most shadow.MaxDays of counts on a view: each day of the window costs
+// memory and Redis reads.
+func TestShadowWindowIsBounded(t *testing.T) {
+	e := newEnv(t, &console.Options{ReadyDays: 1000, ChartDays: 2000})
+	countDenials(t, e.shadow)
+	if err := e.shadow.Add(context.Background(), "trial", start.AddDate(0, 0, -500), 1, 1); err != nil {
+		t.Fatal(err)
+	}
+	op := e.signIn("alice")
+	rec := e.get(op, "/console/shadow")
+	wantStatus(t, rec, http.StatusOK)
+	body := rec.Body.String()
+	if !strings.Contains(body, "Would-be denials, 366 days") {
+		t.Error("the page does not show 366 days")
+	}
+	// A would-be denial 500 days ago is outside the window read.
+	if got := shadowRows(t, body)["trial"]; len(got) != 6 || got[2] != "1" || got[3] != shadow.Day(start.AddDate(0, 0, -3)) {
+		t.Errorf("trial = %q, want the one would-be denial of 3 days ago", got)
+	}
+	svg := e.get(op, "/console/shadow/chart.svg").Body.String()
+	if want := "Would-be denials per day from " + shadow.Day(start.AddDate(0, 0, -365)) + " to " + shadow.Day(start); !strings.Contains(svg, want) {
+		t.Errorf("the chart does not say %q", want)
+	}
+}
+
 func TestShadowChart(t *testing.T) {
 	e := newEnv(t, &console.Options{ChartDays: 14})
 	countDenials(t, e.shadow)

@@ -18,6 +18,13 @@ type Series struct {
 	Calls []int64  // same length as Days; 0 on days without calls
 }
 
+// MaxDays is the most days a window of counts covers, in the console and
+// in amg shadow report: a year, a leap day included. Redis keeps each
+// day's counts 400 days, so a longer window would show days it no longer
+// holds, and every day of a window costs the console memory and Redis
+// reads on each view.
+const MaxDays = 366
+
 // Window returns one Series per role in roles, in that order, even if a role
 // has no counts. The window is the days from days-1 days before today up to
 // today (UTC), oldest first; days without counts are 0. Counts of roles not
