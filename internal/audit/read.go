@@ -109,8 +109,9 @@ type Query struct {
 	// or, when it holds no "__", the bare Record.Tool.
 	Tool string
 	// Verdict matches Record.Verdict exactly ("allow", "deny",
-	// "needs_approval"), except "shadow_deny", which matches records whose
-	// ShadowVerdict is "deny".
+	// "needs_approval"), except "shadow_deny", which matches the would-be
+	// denials of shadow mode: records whose ShadowVerdict is "deny" or
+	// "needs_approval", as the shadow counts count them.
 	Verdict string
 	// DecisionID matches Record.DecisionID exactly. One decision can have
 	// several records (the authorization decision, the broker's outcome,
@@ -155,7 +156,7 @@ func matchTool(tool string, r *Record) bool {
 
 func matchVerdict(verdict string, r *Record) bool {
 	if verdict == verdictShadowDeny {
-		return r.ShadowVerdict == "deny"
+		return r.ShadowVerdict == "deny" || r.ShadowVerdict == "needs_approval"
 	}
 	return r.Verdict == verdict
 }

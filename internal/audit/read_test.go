@@ -30,7 +30,7 @@ func searchRecords() []Record {
 		3:  {"d3", "alice", "dev", "notion", "get_pages", "allow", "deny", "allowed"},
 		4:  {"d3", "alice", "dev", "notion", "get_pages", "allow", "", "executed"}, // the broker's outcome of d3
 		5:  {"d5", "bob", "ops", "github", "create_issue", "deny", "", "not_granted"},
-		6:  {"d6", "carol", "dev", "notion", "get_pages", "allow", "", "allowed"},
+		6:  {"d6", "carol", "dev", "notion", "get_pages", "allow", "needs_approval", "allowed"},
 		7:  {"d7", "alice", "dev", "", "", "allow", "", "lifecycle"},
 		8:  {"d8", "bob", "dev", "notion", "get_pages", "allow", "deny", "allowed"},
 		9:  {"d9", "alice", "ops", "github", "get_pages", "allow", "", "allowed"},
@@ -113,7 +113,7 @@ func TestSearch(t *testing.T) {
 		{"tool without server", Query{Tool: "__get_pages"}, nil, false},
 		{"deny", Query{Verdict: "deny"}, []string{"t5", "t1"}, false},
 		{"needs approval", Query{Verdict: "needs_approval"}, []string{"t11", "t2"}, false},
-		{"shadow deny", Query{Verdict: "shadow_deny"}, []string{"t8", "t3"}, false},
+		{"shadow deny", Query{Verdict: "shadow_deny"}, []string{"t8", "t6", "t3"}, false},
 		{"decision id with two records", Query{DecisionID: "d3"}, []string{"t4", "t3"}, false},
 		{"decision id", Query{DecisionID: "d1"}, []string{"t1"}, false},
 		{"inclusive bounds", Query{From: hour(3), To: hour(6)}, []string{"t6", "t5", "t4", "t3"}, false},
