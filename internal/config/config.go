@@ -590,8 +590,10 @@ func (c *Config) checkSecrets(ctx context.Context, src secrets.Source, vault boo
 	if hook := c.ApprovalWebhook; len(hook.Refs()) > 0 && (vault || !slices.ContainsFunc(hook.Refs(), isVault)) {
 		// Its text was checked at load; what its references make of it,
 		// only now. Not the URL: it holds the secret.
-		if s, err := hook.Expand(ctx, src); err == nil && !isHTTPURL(s.Reveal()) {
-			ps = append(ps, Problem{Pos: hook.pos, Path: "approvals.webhook", Msg: "must be an http(s) URL with a host once its references are resolved"})
+		if s, err := hook.Expand(ctx, src); err == nil {
+			if err := checkWebhook(s.Reveal()); err != nil {
+				ps = append(ps, Problem{Pos: hook.pos, Path: "approvals.webhook", Msg: err.Error() + " once its references are resolved"})
+			}
 		}
 	}
 	check(c.Vault.Token, "vault.token", true)

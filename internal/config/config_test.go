@@ -372,6 +372,12 @@ func TestProblems(t *testing.T) {
 			`amg.yaml:1:43: redis.decision_key: is a credential: take it from a secret reference such as "${vault:kv/data/amg#decision_key}" rather than writing it in the config file`},
 		{"redis: literal audit key", "redis: { address: \"r:6379\", audit_key: " + planted + " }\n",
 			`amg.yaml:1:40: redis.audit_key: is a credential: take it from a secret reference such as "${vault:kv/data/amg#audit_key}" rather than writing it in the config file`},
+		{"vault: address port out of range", "vault: { address: \"https://v.example:82000\", token: \"${env:T}\" }\n",
+			`amg.yaml:1:19: vault.address: port must be a number from 1 to 65535, got "82000"`},
+		{"approvals: webhook port 0", "approvals: { webhook: \"https://hooks.example:0/services/" + planted + "\" }\n",
+			`amg.yaml:1:23: approvals.webhook: port must be a number from 1 to 65535, got "0"`},
+		{"console: trace url port out of range", "console: { trace_url: \"http://jaeger:166860/trace/{trace_id}\" }\n",
+			`amg.yaml:1:23: console.trace_url: port must be a number from 1 to 65535, got "166860"`},
 		{"approvals: bad webhook", "approvals: { webhook: ftp://x }\n",
 			`amg.yaml:1:23: approvals.webhook: must be an http(s) URL with a host`},
 		{"approvals: webhook with its secret in the path", "approvals: { webhook: \"ftp://hooks.example/services/" + planted + "\" }\n",
@@ -498,6 +504,12 @@ upstreams:
 			"amg.yaml:1:24: upstreams.a.url: has no host"},
 		{"URL with credentials", "upstreams: { a: { url: \"https://me:" + planted + "@x.example/mcp\" } }\n",
 			"amg.yaml:1:24: upstreams.a.url: must not contain credentials (user:password@); send them in headers with a secret reference"},
+		{"URL port out of range", "upstreams: { a: { url: \"https://x.example:99999/mcp\" } }\n",
+			`amg.yaml:1:24: upstreams.a.url: port must be a number from 1 to 65535, got "99999"`},
+		{"URL port 65536", "upstreams: { a: { url: \"http://127.0.0.1:65536/mcp\" } }\n",
+			`amg.yaml:1:24: upstreams.a.url: port must be a number from 1 to 65535, got "65536"`},
+		{"URL port 0", "upstreams: { a: { url: \"https://x.example:0/mcp?key=" + planted + "\" } }\n",
+			`amg.yaml:1:24: upstreams.a.url: port must be a number from 1 to 65535, got "0"`},
 		{"URL with fragment", "upstreams: { a: { url: \"https://x.example/mcp#top\" } }\n",
 			"amg.yaml:1:24: upstreams.a.url: must not have a fragment (#...)"},
 		{"plain http to a remote host", "upstreams: { a: { url: \"http://mcp.example/mcp\" } }\n",
@@ -934,8 +946,10 @@ amg.yaml:12:12: upstreams.files.env.KEY: env:FILES_KEY holds a NUL byte, which c
 			{"${env:HOOK_SECRET}", "amg.yaml:2:12: approvals.webhook: must be an http(s) URL with a host once its references are resolved"},
 			{"ftp://hooks.example/${env:HOOK_SECRET}", "amg.yaml:2:12: approvals.webhook: must be an http(s) URL with a host once its references are resolved"},
 			{"hooks.example/amg", "amg.yaml:2:12: approvals.webhook: must be an http(s) URL with a host"},
+			{"${env:HOOK_BAD_PORT}", `amg.yaml:2:12: approvals.webhook: port must be a number from 1 to 65535, got "99999" once its references are resolved`},
 		} {
-			s := newEnvSource(map[string]string{"HOOK_SECRET": planted, "HOOK_URL": "https://hooks.example/services/" + planted})
+			s := newEnvSource(map[string]string{"HOOK_SECRET": planted, "HOOK_URL": "https://hooks.example/services/" + planted,
+				"HOOK_BAD_PORT": "https://hooks.example:99999/services/" + planted})
 			cfg, err := parse(t, "approvals:\n  webhook: \""+tc.hook+"\"\n", &Options{Secrets: s})
 			if tc.want == "" {
 				if err != nil || cfg.ApprovalWebhook.String() != tc.hook {

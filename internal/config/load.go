@@ -367,6 +367,7 @@ func (l *loader) checkURL(n *yaml.Node, path string, u *Upstream) {
 		l.Errorf(n, path, "invalid URL: %v", err)
 		return
 	}
+	portErr := checkPort(pu)
 	switch {
 	case pu.Scheme == "":
 		l.Errorf(n, path, "must be an absolute URL starting with https:// or http://")
@@ -374,6 +375,8 @@ func (l *loader) checkURL(n *yaml.Node, path string, u *Upstream) {
 		l.Errorf(n, path, "scheme must be http or https, got %q", pu.Scheme)
 	case pu.Hostname() == "":
 		l.Errorf(n, path, "has no host")
+	case portErr != nil:
+		l.Errorf(n, path, "%v", portErr)
 	case pu.User != nil:
 		l.Errorf(n, path, "must not contain credentials (user:password@); send them in headers with a secret reference")
 	case pu.Fragment != "" || strings.HasSuffix(u.URL, "#"):
@@ -381,6 +384,20 @@ func (l *loader) checkURL(n *yaml.Node, path string, u *Upstream) {
 	case pu.Scheme == "http" && !u.AllowInsecure && !loopback(pu.Hostname()):
 		l.Errorf(n, path, "plain http is allowed only to loopback hosts (localhost, 127.0.0.0/8, ::1): use https, or set allow_insecure: true to send this upstream's traffic and credentials unencrypted")
 	}
+}
+
+// checkPort returns what is wrong with u's port, if it has one: url.Parse
+// checks only that a port is digits, and one outside 1-65535 cannot be
+// connected to. It quotes the port, never the URL.
+func checkPort(u *url.URL) error {
+	p := u.Port()
+	if p == "" {
+		return nil
+	}
+	if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
+		return fmt.Errorf("port must be a number from 1 to 65535, got %q", p)
+	}
+	return nil
 }
 
 func loopback(host string) bool {
@@ -765,6 +782,9 @@ func (l *loader) vault(n *yaml.Node, path string, vc *Vault) {
 			case u.User != nil:
 				l.Errorf(v, p, "must not contain credentials (Vault's own come from token or approle)")
 				return
+			case checkPort(u) != nil:
+				l.Errorf(v, p, "%v", checkPort(u))
+				return
 			case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
 				l.Errorf(v, p, "must not have a query or fragment")
 				return
@@ -842,11 +862,12 @@ func (l *loader) approvals(n *yaml.Node, path string, cfg *Config) {
 			}
 			// A URL whose every part is written here is checked now; one
 			// with secret references, once they are resolved (see
-			// CheckSecrets). Not the URL: a webhook's secret is often in
-			// its path or query.
-			if len(t.Refs()) == 0 && !isHTTPURL(t.String()) {
-				l.Errorf(v, p, "must be an http(s) URL with a host")
-				return
+			// CheckSecrets).
+			if len(t.Refs()) == 0 {
+				if err := checkWebhook(t.String()); err != nil {
+					l.Errorf(v, p, "%v", err)
+					return
+				}
 			}
 			cfg.ApprovalWebhook = t
 		}
@@ -908,8 +929,13 @@ func (l *loader) console(n *yaml.Node, path string, c *Console) {
 			if !ok || s == "" {
 				return
 			}
-			if !isHTTPURL(strings.ReplaceAll(s, "{trace_id}", "0")) || !strings.Contains(s, "{trace_id}") {
+			u := strings.ReplaceAll(s, "{trace_id}", "0")
+			if !isHTTPURL(u) || !strings.Contains(s, "{trace_id}") {
 				l.Errorf(v, p, "must be an http(s) URL containing {trace_id}, got %q", s)
+				return
+			}
+			if pu, _ := url.Parse(u); checkPort(pu) != nil {
+				l.Errorf(v, p, "%v", checkPort(pu))
 				return
 			}
 			c.TraceURL = s
@@ -954,6 +980,16 @@ func (l *loader) origins(n *yaml.Node, path string) []string {
 func isHTTPURL(s string) bool {
 	u, err := url.Parse(s)
 	return err == nil && (u.Scheme == "https" || u.Scheme == "http") && u.Host != ""
+}
+
+// checkWebhook returns what is wrong with s as the approval webhook's URL.
+// Not the URL: a webhook's secret is often in its path or query.
+func checkWebhook(s string) error {
+	if !isHTTPURL(s) {
+		return errors.New("must be an http(s) URL with a host")
+	}
+	u, _ := url.Parse(s)
+	return checkPort(u)
 }
 
 func (l *loader) dir(n *yaml.Node, path string, dst *string) {
