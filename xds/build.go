@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"math"
 	"net"
 	"net/url"
 	"slices"
@@ -296,7 +295,7 @@ func (b *builder) agentListener(cfg *config.Config) (*listenerv3.Listener, error
 	switch {
 	case cfg.MaxBodyBytes < 1:
 		return nil, fmt.Errorf("max_body_bytes: %d: must be at least 1", cfg.MaxBodyBytes)
-	case cfg.MaxBodyBytes >= math.MaxUint32:
+	case cfg.MaxBodyBytes > config.MaxEnvoyBodyBytes:
 		return nil, fmt.Errorf("max_body_bytes: %d does not fit Envoy's 32-bit buffer limit", cfg.MaxBodyBytes)
 	}
 	// ext_authz sends a body once it has max_request_bytes of it, and
@@ -804,20 +803,18 @@ func endpoint(s string) (hostPort, error) {
 
 // listenAddress is an address Envoy binds. Envoy binds IP addresses only;
 // an empty host means all interfaces, as in Go, and localhost the IPv4
-// loopback.
+// loopback (config.ListenIP, which the loader checks envoy.listen with).
 func listenAddress(s string) (*corev3.Address, error) {
 	hp, err := splitHostPort(s)
 	if err != nil {
 		return nil, err
 	}
-	switch hp.host {
-	case "":
-		hp.host = "0.0.0.0"
-	case "localhost":
-		hp.host = "127.0.0.1"
-	}
-	if net.ParseIP(hp.host) == nil {
+	ip := config.ListenIP(hp.host)
+	if ip == nil {
 		return nil, fmt.Errorf("%q: Envoy listens on IP addresses only, not on host names", s)
+	}
+	if net.ParseIP(hp.host) == nil { // "" or localhost
+		hp.host = ip.String()
 	}
 	return socketAddress(hp.host, hp.port), nil
 }

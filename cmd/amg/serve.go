@@ -17,6 +17,7 @@ import (
 	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/secrets"
 	"github.com/amgateway/amg/policies"
+	"github.com/amgateway/amg/xds"
 )
 
 // serveOptions are the flags of amg serve; empty ones keep the config's
@@ -135,6 +136,19 @@ func serve(cmd *cobra.Command, o serveOptions) error {
 	// authz and the broker listen, to a port picked at start.
 	if err := cfg.CheckListeners(); err != nil {
 		return err
+	}
+	// What Envoy is told was checked with the file, each problem at its
+	// line; it is built here once more, flags applied, so that whatever
+	// the xDS server would still refuse stops serve before the gateway
+	// opens its data directory.
+	if cfg.XDSListen != "" {
+		res, err := xds.Build(cfg)
+		if err != nil {
+			return err
+		}
+		if err := res.Validate(); err != nil {
+			return fmt.Errorf("invalid envoy config: %w", err)
+		}
 	}
 	// On embedded defaults the gateway starts from the example roles; a
 	// policy directory someone named is used as it is, or refused.

@@ -457,6 +457,37 @@ func TestServeRefusesXDSWithListenersOnPortsPickedAtStart(t *testing.T) {
 	}
 }
 
+// With an xDS server, what the loader would take for a gateway without
+// one but Envoy cannot be told is a problem of the file, reported at its
+// line with the others, and serve opens nothing in its data directory.
+func TestServeRefusesWhatEnvoyCannotBeTold(t *testing.T) {
+	for name, tc := range map[string]struct{ body, want string }{
+		"upstream port out of range": {"upstreams:\n  n:\n    url: https://mcp.example:99999/mcp\n",
+			":6:10: upstreams.n.url: port must be a number from 1 to 65535"},
+		"envoy listening on a host name": {"envoy:\n  listen: envoy:10000\n",
+			":5:11: envoy.listen: envoy:10000: Envoy listens on IP addresses only"},
+		"body limit over 32 bits": {"max_body_bytes: 5000000000\n",
+			":4:17: max_body_bytes: must be at most 4294967294 with xds_listen"},
+		"broker on port 0": {"envoy:\n  broker_addresses: [\"amg:0\"]\n",
+			":5:22: envoy.broker_addresses[0]: amg:0: port 0 cannot be connected to"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "amg.yaml")
+			writeFile(t, path, "xds_listen: 127.0.0.1:0\nauthz_listen: "+freeAddr(t)+"\nbroker_listen: "+freeAddr(t)+"\n"+tc.body)
+			dataDir := filepath.Join(dir, "data")
+			code, stderr := serveRefused(t, "--config", path, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+				"--policy-dir", "../../policies", "--data-dir", dataDir)
+			if code != 1 || !strings.Contains(stderr, path+tc.want) || !strings.Contains(stderr, "1 problem in "+path+"; not starting") {
+				t.Errorf("exit %d, stderr:\n%s\nwant it to say %s%s", code, stderr, path, tc.want)
+			}
+			if _, err := os.Stat(dataDir); err == nil {
+				t.Error("the refused serve created its data directory")
+			}
+		})
+	}
+}
+
 // A second amg serve on the data directory of a running one, on other
 // ports, would append a second hash chain to its audit.log: it refuses to
 // start, naming the directory, and the first one's chain stays whole.

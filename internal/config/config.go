@@ -85,6 +85,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"net"
 	"os"
 	"slices"
@@ -402,6 +403,11 @@ func Default() *Config {
 	return cfg
 }
 
+// MaxEnvoyBodyBytes is the largest max_body_bytes Envoy can be told:
+// its buffer limits are 32-bit, and it buffers a byte more than the limit
+// (see package xds).
+const MaxEnvoyBodyBytes = math.MaxUint32 - 1
+
 // DefaultBrokerAddress is where Envoy reaches the broker when neither
 // envoy.broker_addresses nor broker_listen says.
 const DefaultBrokerAddress = "127.0.0.1:8082"
@@ -446,7 +452,7 @@ func localAddress(listen, explicit string) (string, error) {
 	if port == "0" {
 		return "", fmt.Errorf("%s takes a free port at each start, which the xDS server cannot tell Envoy: give it a port, or set %s", listen, explicit)
 	}
-	if ip := listenIP(host); ip != nil && ip.IsUnspecified() {
+	if ip := ListenIP(host); ip != nil && ip.IsUnspecified() {
 		host = "127.0.0.1"
 		if ip.To4() == nil {
 			host = "::1"
@@ -458,8 +464,9 @@ func localAddress(listen, explicit string) (string, error) {
 // CheckListeners checks what follows from the listen addresses, for a
 // caller that changed them after loading (amg serve's flags): that no
 // two of amg's listeners claim one address, and that with an xDS server
-// Envoy can be told where authz and the broker listen. Each problem is
-// one line of the error, led by the setting it concerns.
+// Envoy can be told where authz and the broker listen, and the rest of
+// what the envoy section and max_body_bytes say. Each problem is one line
+// of the error, led by the setting it concerns.
 func (c *Config) CheckListeners() error {
 	var errs []error
 	c.checkListeners(func(string) bool { return true }, func(path, msg string) {

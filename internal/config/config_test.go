@@ -290,6 +290,9 @@ func TestValidValues(t *testing.T) {
 		"envoy: { route_timeout: 16m1s }",
 		"approvals: { ttl: 1m }\nenvoy: { route_timeout: 2m1s }",
 		"console: { ready_days: 366 }",
+		// Without an xDS server nothing is told to Envoy.
+		"max_body_bytes: 4294967295\nenvoy: { listen: \"envoy:10000\", authz_address: \"amg:0\", broker_addresses: [\"amg:0\"], tracing_address: \"otel:0\" }",
+		"xds_listen: 127.0.0.1:18000\nmax_body_bytes: 4294967294\nenvoy: { listen: \"localhost:10000\", egress_listen: \":10001\", tracing_address: \"otel:4317\" }",
 	} {
 		if _, err := parse(t, src, nil); err != nil {
 			t.Errorf("Parse(%q):\n%v", src, err)
@@ -411,6 +414,21 @@ func TestProblems(t *testing.T) {
 		{"xds: authz and the broker on ports picked at start", "authz_listen: 127.0.0.1:0\nbroker_listen: 127.0.0.1:0\nxds_listen: 127.0.0.1:18000\n",
 			"amg.yaml:1:15: authz_listen: 127.0.0.1:0 takes a free port at each start, which the xDS server cannot tell Envoy: give it a port, or set envoy.authz_address\n" +
 				"amg.yaml:2:16: broker_listen: 127.0.0.1:0 takes a free port at each start, which the xDS server cannot tell Envoy: give it a port, or set envoy.broker_addresses"},
+		{"xds: values Envoy cannot be told", `xds_listen: 127.0.0.1:18000
+max_body_bytes: 4294967295
+envoy:
+  listen: envoy:10000
+  egress_listen: egress.internal:10001
+  authz_address: amg:0
+  broker_addresses: [amg-0:8082, "amg-1:", amg-2:0]
+  tracing_address: otel:0
+`, "amg.yaml:2:17: max_body_bytes: must be at most 4294967294 with xds_listen: Envoy's buffer limits are 32-bit\n" +
+			"amg.yaml:4:11: envoy.listen: envoy:10000: Envoy listens on IP addresses only, not on host names: give an IP address, or 0.0.0.0 for all of them\n" +
+			"amg.yaml:5:18: envoy.egress_listen: egress.internal:10001: Envoy listens on IP addresses only, not on host names: give an IP address, or 0.0.0.0 for all of them\n" +
+			"amg.yaml:6:18: envoy.authz_address: amg:0: port 0 cannot be connected to: give the port Envoy is to connect to\n" +
+			`amg.yaml:7:34: envoy.broker_addresses[1]: port must be a number from 0 to 65535, got ""` + "\n" +
+			"amg.yaml:7:44: envoy.broker_addresses[2]: amg-2:0: port 0 cannot be connected to: give the port Envoy is to connect to\n" +
+			"amg.yaml:8:20: envoy.tracing_address: otel:0: port 0 cannot be connected to: give the port Envoy is to connect to"},
 		{"envoy: route timeout within the approval wait", "envoy: { route_timeout: 16m }\n",
 			"amg.yaml:1:25: envoy.route_timeout: must be longer than approvals.ttl + the longest upstream call timeout (15m0s + 1m0s of upstreams.notion = 16m0s): " +
 				"Envoy's route timeout covers the whole response, so it would cut off a call approved late while its upstream still answers, " +
@@ -739,6 +757,8 @@ func TestCheckListenersAfterFlags(t *testing.T) {
 		{"ports picked at start, with xDS told where", func(c *Config) {
 			c.AuthzListen, c.XDSListen, c.Envoy.AuthzAddress = "127.0.0.1:0", "127.0.0.1:18000", "amg:9001"
 		}, ""},
+		{"xDS with Envoy on a host name", func(c *Config) { c.XDSListen, c.Envoy.Listen = "127.0.0.1:18000", "envoy:10000" },
+			"envoy.listen: envoy:10000: Envoy listens on IP addresses only, not on host names: give an IP address, or 0.0.0.0 for all of them"},
 		{"authz on the MCP endpoint", func(c *Config) { c.AuthzListen = "127.0.0.1:8080" },
 			"authz_listen: 127.0.0.1:8080 overlaps listen (127.0.0.1:8080): amg cannot serve two listeners on one address"},
 	} {

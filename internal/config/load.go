@@ -27,8 +27,8 @@ import (
 type loader struct {
 	diag.Walker
 	// set holds the value nodes, by YAML path, of the settings checked
-	// against one another once the whole file is read, each one that
-	// parsed.
+	// against one another once the whole file is read (whether Envoy can
+	// be told them depends on xds_listen), each one that parsed.
 	set map[string]*yaml.Node
 }
 
@@ -106,6 +106,7 @@ func (l *loader) config(cfg *Config, data []byte) {
 		case "max_body_bytes":
 			if n, ok := l.Integer(v, key, 1); ok {
 				cfg.MaxBodyBytes = n
+				l.set[key] = v
 			}
 		case "max_sessions_per_agent":
 			if n, ok := l.Integer(v, key, 1); ok {
@@ -147,7 +148,8 @@ func (l *loader) listeners(cfg *Config) {
 
 // checkListeners reports, through report, each of the problems listeners
 // describes, at the listener of the two that set says was given, and,
-// with an xDS server, a listener whose address Envoy cannot be told.
+// with an xDS server, a listener whose address Envoy cannot be told and
+// the problems checkEnvoy finds.
 func (cfg *Config) checkListeners(set func(path string) bool, report func(path, msg string)) {
 	type listener struct{ path, addr string }
 	for _, g := range []struct {
@@ -184,6 +186,35 @@ func (cfg *Config) checkListeners(set func(path string) bool, report func(path, 
 	if _, err := cfg.EnvoyBrokerAddresses(); err != nil {
 		report("broker_listen", err.Error())
 	}
+	cfg.checkEnvoy(report)
+}
+
+// checkEnvoy reports, through report, the values an xDS server cannot
+// tell Envoy, which the loader accepts for a gateway without one: they
+// are refused here, each at its own setting and all at once, rather than
+// by xds.Build, which stops at the first, after the gateway has started
+// opening its data directory.
+func (cfg *Config) checkEnvoy(report func(path, msg string)) {
+	e := &cfg.Envoy
+	for _, l := range []struct{ path, addr string }{{"envoy.listen", e.Listen}, {"envoy.egress_listen", e.EgressListen}} {
+		if host, _, err := net.SplitHostPort(l.addr); err == nil && ListenIP(host) == nil {
+			report(l.path, fmt.Sprintf("%s: Envoy listens on IP addresses only, not on host names: give an IP address, or 0.0.0.0 for all of them", l.addr))
+		}
+	}
+	eps := []struct{ path, addr string }{{"envoy.authz_address", e.AuthzAddress}, {"envoy.tracing_address", e.TracingAddress}}
+	for i, a := range e.BrokerAddresses {
+		eps = append(eps, struct{ path, addr string }{fmt.Sprintf("envoy.broker_addresses[%d]", i), a})
+	}
+	for _, ep := range eps {
+		if _, port, err := net.SplitHostPort(ep.addr); err == nil {
+			if n, err := strconv.ParseUint(port, 10, 16); err == nil && n == 0 {
+				report(ep.path, fmt.Sprintf("%s: port 0 cannot be connected to: give the port Envoy is to connect to", ep.addr))
+			}
+		}
+	}
+	if cfg.MaxBodyBytes > MaxEnvoyBodyBytes {
+		report("max_body_bytes", fmt.Sprintf("must be at most %d with xds_listen: Envoy's buffer limits are 32-bit", MaxEnvoyBodyBytes))
+	}
 }
 
 // overlap reports whether listeners on a and b (host:port, as addr
@@ -201,7 +232,7 @@ func overlap(a, b string) bool {
 	if errA != nil || errB != nil || na != nb || na == 0 {
 		return false
 	}
-	ipa, ipb := listenIP(ha), listenIP(hb)
+	ipa, ipb := ListenIP(ha), ListenIP(hb)
 	switch {
 	case ipa != nil && ipa.IsUnspecified(), ipb != nil && ipb.IsUnspecified():
 		return true
@@ -211,10 +242,11 @@ func overlap(a, b string) bool {
 	return strings.EqualFold(ha, hb)
 }
 
-// listenIP is the address a listener on host binds: an empty host is
+// ListenIP is the address a listener on host binds: an empty host is
 // every address, and localhost the IPv4 loopback, in Go as in Envoy. It is
-// nil for other host names.
-func listenIP(host string) net.IP {
+// nil for other host names, on which Go listens at whatever they resolve
+// to and Envoy does not listen at all.
+func ListenIP(host string) net.IP {
 	switch {
 	case host == "":
 		return net.IPv4zero
@@ -658,15 +690,20 @@ func (l *loader) envoy(n *yaml.Node, path string, e *Envoy) {
 		case "egress_address":
 			l.optionalAddr(v, p, &e.EgressAddress)
 		case "authz_address":
-			l.addr(v, p, &e.AuthzAddress)
+			if l.addr(v, p, &e.AuthzAddress) {
+				l.set[p] = v
+			}
 		case "broker_addresses":
 			var addrs []string
 			l.List(v, p, func(_ int, ip string, item *yaml.Node) {
+				// One that does not parse is kept as "", which has been
+				// reported and fails the load, so that the others keep
+				// their place for checkEnvoy.
 				var a string
-				l.addr(item, ip, &a)
-				if a != "" {
-					addrs = append(addrs, a)
+				if l.addr(item, ip, &a) {
+					l.set[ip] = item
 				}
+				addrs = append(addrs, a)
 			})
 			if v.Kind == yaml.SequenceNode && len(v.Content) == 0 {
 				l.Errorf(v, p, "must list at least one broker address")
@@ -680,7 +717,9 @@ func (l *loader) envoy(n *yaml.Node, path string, e *Envoy) {
 				l.set[p] = v
 			}
 		case "tracing_address":
-			l.optionalAddr(v, p, &e.TracingAddress)
+			if l.optionalAddr(v, p, &e.TracingAddress) {
+				l.set[p] = v
+			}
 		case "tracing_sampling":
 			l.percent(v, p, &e.TracingSampling)
 		}
