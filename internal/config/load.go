@@ -899,6 +899,13 @@ func (l *loader) approvals(n *yaml.Node, path string, cfg *Config) {
 			if !ok || t.String() == "" {
 				return
 			}
+			// A credential is a secret reference's to give, whatever else
+			// the URL takes from one.
+			if literalUserinfo(t) {
+				l.Errorf(v, p, "must not contain a credential (user:password@) written in the config file: "+
+					"take it from a secret reference, such as \"https://amg:${env:HOOK_PASSWORD}@hooks.example/amg\"")
+				return
+			}
 			// A URL whose every part is written here is checked now; one
 			// with secret references, once they are resolved (see
 			// CheckSecrets).
@@ -911,6 +918,38 @@ func (l *loader) approvals(n *yaml.Node, path string, cfg *Config) {
 			cfg.ApprovalWebhook = t
 		}
 	})
+}
+
+// literalUserinfo reports whether t, a URL, has a user:password@ whose
+// password no secret reference is part of, or a user alone, which some
+// services take a token as, that none is part of: a credential written
+// in the file. Each reference stands in as one letter and then as
+// another; what reads the same both times is all literal.
+func literalUserinfo(t Template) bool {
+	userinfo := func(stand string) *url.Userinfo {
+		var b strings.Builder
+		for _, pt := range t.parts {
+			if pt.ref.Scheme == "" {
+				b.WriteString(pt.lit)
+			} else {
+				b.WriteString(stand)
+			}
+		}
+		u, err := url.Parse(b.String())
+		if err != nil {
+			return nil
+		}
+		return u.User
+	}
+	a, b := userinfo("a"), userinfo("b")
+	if a == nil || b == nil {
+		return false
+	}
+	pa, hasPassword := a.Password()
+	if pb, _ := b.Password(); hasPassword {
+		return pa == pb
+	}
+	return a.Username() == b.Username()
 }
 
 func (l *loader) audit(n *yaml.Node, path string, a *Audit) {
