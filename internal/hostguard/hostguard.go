@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 )
 
@@ -29,16 +30,32 @@ func New(names ...string) Hosts {
 }
 
 // ForListener returns Loopback's set when addr is a loopback address or
-// localhost, and nil (every host) otherwise.
-func ForListener(addr string) Hosts {
+// localhost, Loopback's set and the name itself when addr's host is a
+// name that resolves to a loopback address, and nil (every host)
+// otherwise. A listener on such a name may bind loopback, and is then as
+// open to DNS rebinding as one on 127.0.0.1. A name that does not resolve
+// is taken as loopback: the listener cannot bind it anyway.
+func ForListener(addr string) Hosts { return forListener(addr, net.LookupIP) }
+
+func forListener(addr string, lookup func(host string) ([]net.IP, error)) Hosts {
 	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
+	if err != nil || host == "" {
 		return nil
 	}
-	if ip := net.ParseIP(host); (ip != nil && ip.IsLoopback()) || strings.EqualFold(host, "localhost") {
+	if ip := net.ParseIP(host); ip != nil {
+		if ip.IsLoopback() {
+			return New(Loopback...)
+		}
+		return nil
+	}
+	if strings.EqualFold(host, "localhost") {
 		return New(Loopback...)
 	}
-	return nil
+	ips, err := lookup(host)
+	if err == nil && !slices.ContainsFunc(ips, net.IP.IsLoopback) {
+		return nil
+	}
+	return New(append(slices.Clone(Loopback), host)...)
 }
 
 // Allowed reports whether r's Host header and its Origin header, if any,

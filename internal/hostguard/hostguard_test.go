@@ -1,7 +1,10 @@
 package hostguard
 
 import (
+	"net"
 	"net/http/httptest"
+	"os"
+	"slices"
 	"testing"
 )
 
@@ -13,6 +16,66 @@ func TestForListener(t *testing.T) {
 		if got := ForListener(addr) != nil; got != loopback {
 			t.Errorf("ForListener(%q) restricts: %v, want %v", addr, got, loopback)
 		}
+	}
+}
+
+// A listener on a name that resolves to loopback may bind loopback: it
+// answers to the loopback names and that name only, as one on 127.0.0.1
+// answers to the loopback names.
+func TestForListenerResolvesNames(t *testing.T) {
+	lookup := func(host string) ([]net.IP, error) {
+		ips := map[string][]net.IP{
+			"myhost":   {net.ParseIP("127.0.1.1")},
+			"dual":     {net.ParseIP("10.0.0.5"), net.ParseIP("::1")},
+			"amg":      {net.ParseIP("172.18.0.3")},
+			"internal": {net.ParseIP("10.0.0.5"), net.ParseIP("10.0.0.6")},
+		}[host]
+		if ips == nil {
+			return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+		}
+		return ips, nil
+	}
+	for _, tc := range []struct {
+		addr  string
+		allow []string // nil: every host
+	}{
+		{"myhost:8081", []string{"myhost", "MyHost:8081", "localhost:8081", "127.0.0.1", "[::1]:8081"}},
+		{"dual:8081", []string{"dual", "localhost"}},
+		{"unresolvable.example:8081", []string{"unresolvable.example", "localhost"}},
+		{"amg:8081", nil},
+		{"internal:8081", nil},
+	} {
+		h := forListener(tc.addr, lookup)
+		if tc.allow == nil {
+			if h != nil {
+				t.Errorf("forListener(%q) restricts Host, though the name resolves to no loopback address", tc.addr)
+			}
+			continue
+		}
+		for _, host := range tc.allow {
+			if !h.AllowedHost(host) {
+				t.Errorf("forListener(%q) refuses Host %q", tc.addr, host)
+			}
+		}
+		if h.AllowedHost("rebound.attacker.example:8081") {
+			t.Errorf("forListener(%q) lets any Host through, though the listener may be on loopback", tc.addr)
+		}
+	}
+}
+
+// The machine's own name, which /etc/hosts often maps to 127.0.1.1, as
+// the resolver answers it.
+func TestForListenerOnTheHostName(t *testing.T) {
+	host, err := os.Hostname()
+	if err != nil {
+		t.Skip(err)
+	}
+	ips, err := net.LookupIP(host)
+	if err != nil || len(ips) == 0 || !slices.ContainsFunc(ips, net.IP.IsLoopback) {
+		t.Skipf("%s resolves to %v (%v), no loopback address", host, ips, err)
+	}
+	if h := ForListener(net.JoinHostPort(host, "8080")); h == nil || h.AllowedHost("rebound.attacker.example:8080") || !h.AllowedHost(host) {
+		t.Errorf("ForListener(%s:8080) = %v, want the loopback names and %s", host, h, host)
 	}
 }
 
