@@ -646,6 +646,20 @@ upstreams:
 	}
 }
 
+// Every flag of amg serve is in the README, beside the config keys.
+func TestREADMEShowsEveryServeFlag(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	usage := newServeCmd().Flags().FlagUsages()
+	for _, flag := range regexp.MustCompile(`(?m)^\s+(?:-\w, )?(--[\w-]+)`).FindAllStringSubmatch(usage, -1) {
+		if !strings.Contains(string(readme), flag[1]) {
+			t.Errorf("the README never shows %s", flag[1])
+		}
+	}
+}
+
 func writeFile(t *testing.T, path, data string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
