@@ -188,6 +188,9 @@ func New(deps Deps, opts *Options) (*Server, error) {
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (resp *authv3.CheckResponse, err error) {
 	c := &call{s: s, ctx: ctx, start: s.now()}
 	c.id, c.spareTraceID = newIDs()
+	var cancel context.CancelFunc
+	c.depCtx, cancel = dependencyContext(ctx)
+	defer cancel()
 	defer func() {
 		if r := recover(); r != nil {
 			s.log.Error("panic in Check", "decision_id", c.id, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
@@ -195,6 +198,29 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (resp *aut
 		}
 	}()
 	return c.check(req), nil
+}
+
+// Calls to AMG's dependencies inside a Check (the token store, the
+// limiter) must end this long before the Check's deadline, at least
+// minDependencyMargin and at least a fifth of the time the Check was
+// given: what is left is for the audit record and the answer, -32003
+// with a decision id. A dependency that stalls until the deadline itself
+// would leave Envoy to give up first, at its authz_timeout, and answer
+// the agent with a bare 403 of its own, while the audit log describes an
+// answer nobody got.
+const minDependencyMargin = 100 * time.Millisecond
+
+// dependencyContext returns the context of a Check's calls to its
+// dependencies: ctx, ending the margin above before ctx's deadline when it
+// has one. A deadline too near to leave any time fails those calls at once,
+// and the Check closed.
+func dependencyContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		return ctx, func() {}
+	}
+	margin := max(minDependencyMargin, time.Until(deadline)/5)
+	return context.WithDeadline(ctx, deadline.Add(-margin))
 }
 
 // call is the state of one Check.
@@ -206,6 +232,8 @@ type call struct {
 	// spareTraceID is the trace id of a decision that is in no trace
 	// when spans are not recorded.
 	spareTraceID string
+	// depCtx is ctx for calls to dependencies (see dependencyContext).
+	depCtx context.Context
 
 	headers  headers
 	method   string // the request's HTTP method
@@ -282,7 +310,7 @@ func (c *call) authenticate(h headers) *authv3.CheckResponse {
 	if !ok || !strings.EqualFold(scheme, "Bearer") || secret == "" {
 		return c.unauthenticated(CodeUnauthenticated, "authorization header is not a bearer token", "invalid_request")
 	}
-	tok, err := c.s.deps.Tokens.Authenticate(c.ctx, secret)
+	tok, err := c.s.deps.Tokens.Authenticate(c.depCtx, secret)
 	switch {
 	case err == nil:
 		c.token = tok

@@ -19,6 +19,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/google/go-cmp/cmp"
+	"github.com/redis/go-redis/v9"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"google.golang.org/genproto/googleapis/rpc/code"
@@ -31,6 +32,7 @@ import (
 	"github.com/amgateway/amg/internal/config"
 	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/ratelimit"
+	"github.com/amgateway/amg/internal/redistest"
 	"github.com/amgateway/amg/internal/replay"
 	"github.com/amgateway/amg/internal/shadow"
 	"github.com/amgateway/amg/internal/telemetry"
@@ -1073,6 +1075,70 @@ func TestFailClosed(t *testing.T) {
 			}
 			if tt.status == 503 && d.headers["retry-after"] != "1" {
 				t.Errorf("503 without retry-after: %v", d.headers)
+			}
+		})
+	}
+}
+
+// A dependency that stalls (Redis paused) fails the Check closed in time
+// for its answer, 503 and -32003 with a decision id, to reach the agent
+// before the Check's deadline, Envoy's authz_timeout: past it, Envoy
+// gives up and answers a bare 403 of its own.
+func TestStalledDependencyFailsClosedBeforeTheDeadline(t *testing.T) {
+	tests := []struct {
+		name string
+		// use makes client the env's dependency, and returns the
+		// secret of bot-1's token.
+		use  func(t *testing.T, client *redis.Client) (envOption, func(e *env) string)
+		body string
+		code Code
+	}{
+		{"rate limiter", func(_ *testing.T, client *redis.Client) (envOption, func(*env) string) {
+			return func(d *Deps, _ *Options) { d.Limiter = ratelimit.NewRedis(client, nil) },
+				func(e *env) string { return e.tokens["bot-1"] }
+		}, toolCall(1, "notion__search", `{"query":"q"}`), CodeRateLimiterError},
+		{"token store", func(t *testing.T, client *redis.Client) (envOption, func(*env) string) {
+			store := tokens.NewRedisStore(client, nil)
+			return func(d *Deps, o *Options) {
+					d.Tokens = tokens.NewAuthenticator(store, &tokens.AuthOptions{Now: o.Now, CacheTTL: -1})
+				},
+				func(e *env) string {
+					secret, _, err := tokens.Issue(context.Background(), store, "bot-1", "reader", time.Hour, e.now)
+					if err != nil {
+						t.Fatal(err)
+					}
+					return secret
+				}
+		}, toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`), CodeTokenStoreError},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := redistest.Start(t)
+			// As the gateway dials Redis: a command ends at its context's
+			// deadline.
+			client := redis.NewClient(&redis.Options{Addr: srv.Addr, DisableIdentity: true, ContextTimeoutEnabled: true})
+			t.Cleanup(func() { client.Close() })
+			opt, secret := tt.use(t, client)
+			e := newEnv(t, opt)
+			h := map[string]string{"mcp-protocol-version": "2025-06-18", "authorization": "Bearer " + secret(e)}
+			if _, err := e.client.Check(context.Background(), envoyRequest("POST", h, tt.body)); err != nil { // scripts loaded, the pool warm
+				t.Fatal(err)
+			}
+			if err := client.ClientPause(context.Background(), 5*time.Second).Err(); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second) // Envoy's authz_timeout
+			defer cancel()
+			resp, err := e.client.Check(ctx, envoyRequest("POST", h, tt.body))
+			if err != nil {
+				t.Fatalf("Check with Redis stalled: %v; Envoy would answer a 403 of its own", err)
+			}
+			d := denied(t, resp)
+			if r := rpcErr(t, d.body); d.status != 503 || r.Error.Code != RPCUnavailable || r.Error.Data.Code != tt.code || r.Error.Data.DecisionID == "" {
+				t.Errorf("Check with Redis stalled: %d %s, want 503 %s", d.status, d.body, tt.code)
+			}
+			if rec := e.audit.Last(t); rec.Code != string(tt.code) {
+				t.Errorf("recorded %+v, want code %s", rec, tt.code)
 			}
 		})
 	}

@@ -300,7 +300,7 @@ func (c *call) applyRateLimits(outs []outcome) *authv3.CheckResponse {
 	if len(spends) == 0 {
 		return nil
 	}
-	r, refused, err := c.s.deps.Limiter.AllowAll(c.ctx, spends)
+	r, refused, err := c.s.deps.Limiter.AllowAll(c.depCtx, spends)
 	if err == nil && !r.Allowed && (refused < 0 || refused >= len(spends)) {
 		err = fmt.Errorf("refused spend %d of %d", refused, len(spends))
 	}

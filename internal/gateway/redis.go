@@ -18,7 +18,10 @@ import (
 func dialRedis(c config.Redis, src secrets.Source) (*redis.Client, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	opts := &redis.Options{Addr: c.Address, Username: c.Username, DB: c.DB}
+	// A command ends by its context's deadline, not only at the client's
+	// read timeout: a Check gives Redis less than its whole authz_timeout,
+	// so that it can still answer when Redis stalls.
+	opts := &redis.Options{Addr: c.Address, Username: c.Username, DB: c.DB, ContextTimeoutEnabled: true}
 	if c.TLS != nil {
 		tc, err := c.TLS.Config()
 		if err != nil {

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/amgateway/amg/authz/authztest"
@@ -399,6 +400,39 @@ func TestRedisOverTLSAsAnACLUser(t *testing.T) {
 		if !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "s3cret-pw") {
 			t.Errorf("%s: %v; want it to say %q, and never the password", tc.name, err, tc.want)
 		}
+	}
+}
+
+// A replica whose Redis stalls answers a Check before its deadline,
+// Envoy's authz_timeout, failing it closed with a decision id of its own:
+// the commands it sends end with the Check's time for them, not at the
+// client's read timeout, which is longer.
+func TestStalledRedisFailsAChecksClosedInTime(t *testing.T) {
+	rs := redistest.Start(t)
+	gw := replica(t, "../../policies", rs.Addr)
+	token, _, err := gw.IssueToken(context.Background(), "bot", "notion_read", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(ctx context.Context) (*authv3.CheckResponse, error) {
+		return gw.Authz().Check(ctx, authztest.EnvoyRequest("POST", map[string]string{
+			"authorization": "Bearer " + token, "mcp-protocol-version": "2025-06-18"},
+			`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`))
+	}
+	if resp, err := check(context.Background()); err != nil || resp.GetOkResponse() == nil { // spends the role's limit, in Redis
+		t.Fatalf("a call before Redis stalled: %v, %v", resp, err)
+	}
+	if err := rs.Client().ClientPause(context.Background(), 3*time.Second).Err(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second) // Envoy's authz_timeout
+	defer cancel()
+	resp, err := check(ctx)
+	if ctx.Err() != nil {
+		t.Fatalf("a call with Redis stalled answered after the Check's deadline (denied: %s, %v): Envoy would answer a 403 of its own", resp.GetDeniedResponse().GetBody(), err)
+	}
+	if d := resp.GetDeniedResponse(); err != nil || d.GetStatus().GetCode() != 503 || !strings.Contains(d.GetBody(), `"code":-32003`) {
+		t.Errorf("a call with Redis stalled: %v, %v; want 503 and -32003", resp, err)
 	}
 }
 
