@@ -379,7 +379,9 @@ func (k LimitKey) String() string {
 	return "agent"
 }
 
-// RateLimit allows Requests calls per Per, with bursts of up to Burst.
+// RateLimit allows a sustained Requests calls per Per, and saves up to
+// Burst calls while unused: a stretch of time shorter than Per holds at
+// most Burst + Requests - 1 calls, Requests only when Burst is 1.
 type RateLimit struct {
 	// ID names the limit and keys its counters: role/rate_limit[i] or
 	// role/server/tool/rate_limit[i].

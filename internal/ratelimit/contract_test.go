@@ -75,6 +75,38 @@ func testLimiter(t *testing.T, newLimiter func(t *testing.T, now func() time.Tim
 			}
 		}
 	})
+	t.Run("a period holds burst + requests - 1 calls", func(t *testing.T) {
+		// A limit is a rate: after a quiet spell its burst goes at once,
+		// and one call every interval after, so the minute from the first
+		// call holds the burst and 59 more. The README says so.
+		for _, tt := range []struct {
+			name        string
+			burst, want int
+		}{{"burst 1", 1, 60}, {"burst 10", 10, 69}, {"default burst", 60, 119}} {
+			t.Run(tt.name, func(t *testing.T) {
+				c := testclock.New(time.Unix(1_700_000_000, 0))
+				lim := newLimiter(t, c.Now)
+				l := &policy.RateLimit{ID: "m", Requests: 60, Per: time.Minute, Burst: tt.burst}
+				allowed := 0
+				for elapsed := time.Duration(0); elapsed < l.Per; elapsed += 100 * time.Millisecond {
+					for {
+						res, err := lim.Allow(ctx, "k", l)
+						if err != nil {
+							t.Fatal(err)
+						}
+						if !res.Allowed {
+							break
+						}
+						allowed++
+					}
+					c.Advance(100 * time.Millisecond)
+				}
+				if allowed != tt.want {
+					t.Errorf("60 per 1m, burst %d: %d calls allowed in a minute, want %d", tt.burst, allowed, tt.want)
+				}
+			})
+		}
+	})
 	t.Run("interval not a whole microsecond", func(t *testing.T) {
 		// 1s/3 is 333333333ns, and the clock sits just before a second
 		// boundary, so a tat carries into the next second.
