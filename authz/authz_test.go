@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -663,6 +664,69 @@ func TestDeniedBatchSpendsNoBudget(t *testing.T) {
 	okHeaders(t, e.check(t, "bot-1", nil, search(5)))
 	okHeaders(t, e.check(t, "bot-1", v2025, "["+toolCall(6, "notion__get_pages", `{"workspace_id":"ws_abc123"}`)+","+
 		toolCall(7, "notion__get_pages", `{"workspace_id":"ws_abc123"}`)+"]"))
+}
+
+// swappedPolicies is a policy store whose set a test replaces, as a
+// reload does.
+type swappedPolicies struct{ set atomic.Pointer[policy.Set] }
+
+func (p *swappedPolicies) Current() *policy.Set { return p.set.Load() }
+
+// A limit's budget is its own, whatever a policy change does around it: a
+// limit left as it was keeps what it spent when another before it in its
+// list goes, and a limit changed starts afresh rather than taking over
+// the budget of the one that was in its place.
+func TestPolicyChangeKeepsEachLimitsBudget(t *testing.T) {
+	const role = `
+role: reader
+servers:
+  notion:
+    tools:
+      - name: search
+        constraints:
+          query: {}
+`
+	compile := func(limits string) *policy.Set {
+		set, err := policy.Compile([]policy.File{{Name: "reader.yaml", Data: []byte(role + "rate_limits:\n" + limits)}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return set
+	}
+	search := func(id int) string { return toolCall(id, "notion__search", `{"query":"a"}`) }
+	tests := []struct {
+		name, before, after string
+		refusal             string // of the call after the change; "" if allowed
+	}{
+		{"the limit before it removed", "  - { requests: 1000, per: 1m }\n  - { requests: 2, per: 24h }\n",
+			"  - { requests: 2, per: 24h }\n", `rate limit "reader/rate_limits[0]" exceeded: 2 calls per 24h0m0s`},
+		{"a limit put before it", "  - { requests: 2, per: 24h }\n",
+			"  - { requests: 1000, per: 1m }\n  - { requests: 2, per: 24h }\n", `rate limit "reader/rate_limits[1]" exceeded: 2 calls per 24h0m0s`},
+		{"the limit replaced", "  - { requests: 2, per: 24h }\n",
+			"  - { requests: 1000, per: 1m }\n", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pols := &swappedPolicies{}
+			pols.set.Store(compile(tt.before))
+			e := newEnv(t, func(d *Deps, _ *Options) { d.Policies = pols })
+			for i := range 2 {
+				okHeaders(t, e.check(t, "bot-1", nil, search(1+i)))
+			}
+			if d := denied(t, e.check(t, "bot-1", nil, search(3))); rpcErr(t, d.body).Error.Data.Code != CodeRateLimited {
+				t.Fatalf("a 3rd call of 2 a day: %s", d.body)
+			}
+			pols.set.Store(compile(tt.after))
+			resp := e.check(t, "bot-1", nil, search(4))
+			refusal := ""
+			if resp.GetOkResponse() == nil {
+				refusal = rpcErr(t, denied(t, resp).body).Error.Message
+			}
+			if refusal != tt.refusal {
+				t.Errorf("the call after the change: refused with %q, want %q", refusal, tt.refusal)
+			}
+		})
+	}
 }
 
 func TestAuthentication(t *testing.T) {

@@ -289,9 +289,9 @@ func (c *call) applyRateLimits(outs []outcome) *authv3.CheckResponse {
 	for i := range outs {
 		if o := &outs[i]; goesAhead(o) {
 			for _, l := range o.res.RateLimits {
-				key := l.ID + "|" + c.token.Agent
+				key := l.State + "|" + c.token.Agent
 				if l.Key == policy.PerRole {
-					key = l.ID + "|role"
+					key = l.State + "|role"
 				}
 				spends = append(spends, ratelimit.Spend{Key: key, Limit: l})
 			}

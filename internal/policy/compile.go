@@ -238,7 +238,7 @@ func (c *compiler) role(data []byte) *Role {
 		a.ID = r.Name + "/" + a.ID
 	}
 	for _, l := range r.RateLimits {
-		l.ID = r.Name + "/" + l.ID
+		l.ID, l.State = r.Name+"/"+l.ID, r.Name+"/"+l.State
 	}
 	if serversNode != nil {
 		c.Fields(serversNode, "servers", nil, func(server string, k, v *yaml.Node) {
@@ -363,7 +363,7 @@ func (c *compiler) grant(r *Role, server string, prompt bool, n *yaml.Node, path
 	}
 	g.ID = r.Name + "/" + server + "/" + g.Name
 	for _, l := range own {
-		l.ID = g.ID + "/" + l.ID
+		l.ID, l.State = g.ID+"/"+l.ID, g.ID+"/"+l.State
 	}
 	g.RateLimits = append(slices.Clip(r.RateLimits), own...)
 	g.Args = c.build(constraints, "", true)
@@ -743,6 +743,7 @@ const minInterval = time.Microsecond
 
 func (c *compiler) rateLimits(n *yaml.Node, path string) []*RateLimit {
 	var out []*RateLimit
+	seen := map[string]int{} // how many limits of each State so far
 	c.List(n, path, func(i int, p string, v *yaml.Node) {
 		l := &RateLimit{ID: fmt.Sprintf("rate_limits[%d]", i)}
 		present := map[string]bool{}
@@ -799,6 +800,14 @@ func (c *compiler) rateLimits(n *yaml.Node, path string) []*RateLimit {
 			// call it counts.
 			c.Errorf(v, p, "%v", err)
 			return
+		}
+		l.State = fmt.Sprintf("rate_limit(%d/%v,burst=%d,key=%v)", l.Requests, l.Per, l.Burst, l.Key)
+		// Identical limits of one list each count every call, so each
+		// keeps a budget of its own.
+		n := seen[l.State]
+		seen[l.State]++
+		if n > 0 {
+			l.State += "#" + strconv.Itoa(n)
 		}
 		out = append(out, l)
 	})

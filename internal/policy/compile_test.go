@@ -142,6 +142,45 @@ redact: ["*secret*"]
 	}
 }
 
+// A limit's State is where it is written and what it allows, never its
+// place in its list: a limiter keys its budget by it, so a policy change
+// must move no budget from one limit to another.
+func TestRateLimitStateIsWhereAndWhat(t *testing.T) {
+	set, err := compileOne(t, `
+role: reader
+servers:
+  notion:
+    tools:
+      - name: search
+        rate_limits:
+          - { requests: 2, per: 1m }
+          - { requests: 2, per: 1m, burst: 2 }
+          - { requests: 2, per: 1h }
+rate_limits:
+  - { requests: 2, per: 1m, key: role }
+  - { requests: 2, per: 1m }
+`, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := set.Roles()[0].Servers["notion"].Tools["search"]
+	var states []string
+	for _, l := range g.RateLimits {
+		states = append(states, l.State)
+	}
+	want := []string{
+		"reader/rate_limit(2/1m0s,burst=2,key=role)",
+		"reader/rate_limit(2/1m0s,burst=2,key=agent)",
+		// Identical limits in one list each keep a budget.
+		"reader/notion/search/rate_limit(2/1m0s,burst=2,key=agent)",
+		"reader/notion/search/rate_limit(2/1m0s,burst=2,key=agent)#1",
+		"reader/notion/search/rate_limit(2/1h0m0s,burst=2,key=agent)",
+	}
+	if diff := cmp.Diff(want, states); diff != "" {
+		t.Errorf("states (-want +got):\n%s", diff)
+	}
+}
+
 func TestCompileProblems(t *testing.T) {
 	tests := []struct {
 		name string

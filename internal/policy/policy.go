@@ -383,9 +383,16 @@ func (k LimitKey) String() string {
 // Burst calls while unused: a stretch of time shorter than Per holds at
 // most Burst + Requests - 1 calls, Requests only when Burst is 1.
 type RateLimit struct {
-	// ID names the limit and keys its counters: role/rate_limit[i] or
-	// role/server/tool/rate_limit[i].
-	ID       string
+	// ID names the limit where it is written: role/rate_limits[i] or
+	// role/server/tool/rate_limits[i].
+	ID string
+	// State names the limit's budget in a limiter: where it is written
+	// (its role, or its grant) and what it allows, but not its place in
+	// the list, so that a limit a policy change leaves as it was keeps
+	// its budget wherever it moves, and one changed starts a budget of its
+	// own. Identical limits of one list are told apart by a "#n" suffix
+	// from the second on. It holds no '|'.
+	State    string
 	Requests int
 	Per      time.Duration
 	Burst    int
