@@ -187,6 +187,36 @@ func testLimiter(t *testing.T, newLimiter func(t *testing.T, now func() time.Tim
 			t.Fatalf("own|b after its call was refused: %+v %v, want allowed", res, err)
 		}
 	})
+	t.Run("a refusal waits for every limit", func(t *testing.T) {
+		// The call is told to wait until all its limits allow it, not
+		// just the first that refused, and the spend named is the one
+		// that waits longest.
+		c := testclock.New(time.Unix(1_700_000_000, 0))
+		lim := newLimiter(t, c.Now)
+		role := &policy.RateLimit{ID: "role", Requests: 1, Per: time.Second, Burst: 1}
+		own := &policy.RateLimit{ID: "own", Requests: 1, Per: time.Hour, Burst: 1}
+		call := []Spend{{"role|a", role}, {"own|a", own}}
+		if res, i, err := lim.AllowAll(ctx, call); err != nil || res != (Result{Allowed: true}) || i != -1 {
+			t.Fatalf("first call: %+v %d %v", res, i, err)
+		}
+		res, i, err := lim.AllowAll(ctx, call)
+		if err != nil || res != (Result{RetryAfter: time.Hour}) || i != 1 {
+			t.Fatalf("second call: %+v %d %v, want spend 1 refused, retry after 1h", res, i, err)
+		}
+		c.Advance(res.RetryAfter - time.Nanosecond)
+		if res, i, err := lim.AllowAll(ctx, call); err != nil || res != (Result{RetryAfter: time.Nanosecond}) || i != 1 {
+			t.Fatalf("1ns early: %+v %d %v, want spend 1 refused, retry after 1ns", res, i, err)
+		}
+		c.Advance(time.Nanosecond)
+		if res, i, err := lim.AllowAll(ctx, call); err != nil || res != (Result{Allowed: true}) || i != -1 {
+			t.Errorf("told to retry after %v; after waiting that long: %+v %d %v", time.Hour, res, i, err)
+		}
+		// A key spent twice waits for its second spend.
+		l := &policy.RateLimit{ID: "t", Requests: 1, Per: time.Minute, Burst: 1}
+		if res, i, err := lim.AllowAll(ctx, []Spend{{"k", l}, {"k", l}}); err != nil || res != (Result{RetryAfter: time.Minute}) || i != 1 {
+			t.Errorf("two spends of a burst of one: %+v %d %v, want spend 1 refused, retry after 1m", res, i, err)
+		}
+	})
 	t.Run("a key spent twice counts twice", func(t *testing.T) {
 		c := testclock.New(time.Unix(1_700_000_000, 0))
 		lim := newLimiter(t, c.Now)

@@ -39,7 +39,8 @@ func emission(l *policy.RateLimit) (interval, burst time.Duration, err error) {
 }
 
 // gcra applies one request at now to the theoretical arrival time tat and
-// returns the result and the new tat (unchanged when denied).
+// returns the result and the tat the request leaves once spent, which a
+// denied request is not.
 func gcra(tat, now time.Time, interval, burst time.Duration) (Result, time.Time) {
 	if tat.Before(now) {
 		tat = now
@@ -47,7 +48,7 @@ func gcra(tat, now time.Time, interval, burst time.Duration) (Result, time.Time)
 	next := tat.Add(interval)
 	allowAt := next.Add(-burst)
 	if now.Before(allowAt) {
-		return Result{RetryAfter: allowAt.Sub(now)}, tat
+		return Result{RetryAfter: allowAt.Sub(now)}, next
 	}
 	remaining := int(now.Sub(allowAt) / interval)
 	return Result{Allowed: true, Remaining: remaining}, next
@@ -89,11 +90,14 @@ func (m *Memory) Allow(ctx context.Context, key string, l *policy.RateLimit) (Re
 
 // AllowAll counts one call against each of spends, all or none. They are
 // taken in order, each as if those before it were spent (a key may come
-// more than once, and each time counts), and at the first a limit refuses
-// none is spent: AllowAll returns that refusal and the spend's index.
-// Otherwise every spend is taken, and AllowAll returns an allowed Result
-// whose Remaining is the fewest any of them left, and an index of -1. A
-// limit that is no rate is an error, and nothing is spent.
+// more than once, and each time counts). When a limit refuses one, none
+// is spent: AllowAll returns a refusal whose RetryAfter is the longest
+// any of them must wait, so that a call retried then is allowed by all
+// its limits, and the index of the spend that waits longest (the first
+// of those that wait as long). Otherwise every spend is taken, and
+// AllowAll returns an allowed Result whose Remaining is the fewest any of
+// them left, and an index of -1. A limit that is no rate is an error, and
+// nothing is spent.
 func (m *Memory) AllowAll(_ context.Context, spends []Spend) (Result, int, error) {
 	now := m.now()
 	m.mu.Lock()
@@ -107,7 +111,7 @@ func (m *Memory) AllowAll(_ context.Context, spends []Spend) (Result, int, error
 	if len(spends) > 16 {
 		latest = make(map[string]int, len(spends))
 	}
-	all := Result{Allowed: true}
+	all, refused := Result{Allowed: true}, -1
 	for i, sp := range spends {
 		interval, burst, err := emission(sp.Limit)
 		if err != nil {
@@ -118,13 +122,19 @@ func (m *Memory) AllowAll(_ context.Context, spends []Spend) (Result, int, error
 			tat = next[j]
 		}
 		res, t := gcra(tat, now, interval, burst)
-		if !res.Allowed {
-			return res, i, nil
-		}
 		next = append(next, t)
-		if i == 0 || res.Remaining < all.Remaining {
+		switch {
+		case !res.Allowed:
+			// The rest only tell how long the call must wait.
+			if refused < 0 || res.RetryAfter > all.RetryAfter {
+				all, refused = res, i
+			}
+		case refused < 0 && (i == 0 || res.Remaining < all.Remaining):
 			all.Remaining = res.Remaining
 		}
+	}
+	if refused >= 0 {
+		return all, refused, nil
 	}
 	for i, sp := range spends {
 		m.tats[sp.Key] = next[i]

@@ -91,9 +91,11 @@ func NewRedis(client redis.UniversalClient, opts *RedisOptions) *Redis {
 // Last: replyMemory in ms.
 //
 // Returns {allowed (0 or 1), retry after in ns, remaining, the index in
-// KEYS of the spend refused or 0}. Nothing is written unless every spend
-// is allowed; then the nonce's key keeps remaining, and a run with the
-// same nonce returns the same reply and writes nothing.
+// KEYS of the spend refused or 0}: after a refusal the spends are all
+// still applied, as if each were spent, and the reply names the one that
+// waits longest. Nothing is written unless every spend is allowed; then
+// the nonce's key keeps remaining, and a run with the same nonce returns
+// the same reply and writes nothing.
 var gcraScript = redis.NewScript(`
 local nonce = KEYS[#KEYS]
 local done = redis.call('GET', nonce)
@@ -113,6 +115,7 @@ end
 -- so far leave it.
 local ahead = {}
 local least
+local wait, refused = 0, 0
 for i = 1, #KEYS - 1 do
 	local key = KEYS[i]
 	local interval = tonumber(ARGV[2 * i + 1])
@@ -133,22 +136,28 @@ for i = 1, #KEYS - 1 do
 	local nxt = a + interval
 	local allow_at = nxt - burst
 	if allow_at > 0 then
-		return {0, allow_at, 0, i}
-	end
-
-	-- floor(-allow_at / interval), corrected for the rounding of the
-	-- double division.
-	local slack = -allow_at
-	local remaining = math.floor(slack / interval)
-	if (remaining + 1) * interval <= slack then
-		remaining = remaining + 1
-	elseif remaining * interval > slack then
-		remaining = remaining - 1
-	end
-	if not least or remaining < least then
-		least = remaining
+		-- Refused: the rest only tell how long the call must wait.
+		if allow_at > wait then
+			wait, refused = allow_at, i
+		end
+	elseif refused == 0 then
+		-- floor(-allow_at / interval), corrected for the rounding of the
+		-- double division.
+		local slack = -allow_at
+		local remaining = math.floor(slack / interval)
+		if (remaining + 1) * interval <= slack then
+			remaining = remaining + 1
+		elseif remaining * interval > slack then
+			remaining = remaining - 1
+		end
+		if not least or remaining < least then
+			least = remaining
+		end
 	end
 	ahead[key] = nxt
+end
+if refused > 0 then
+	return {0, wait, 0, refused}
 end
 
 for key, a in pairs(ahead) do
