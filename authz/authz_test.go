@@ -666,6 +666,35 @@ func TestDeniedBatchSpendsNoBudget(t *testing.T) {
 		toolCall(7, "notion__get_pages", `{"workspace_id":"ws_abc123"}`)+"]"))
 }
 
+// A call is counted before its decision is recorded, and a call the
+// audit log then cannot record (503) keeps what it spent, as the README
+// says: nothing is given back.
+func TestAuditFailureAfterCountingKeepsTheSpend(t *testing.T) {
+	rec := &audittest.Recorder{}
+	e := newEnv(t, func(d *Deps, _ *Options) { d.Audit = rec })
+	check := func(id int) *authv3.CheckResponse {
+		// In process, so that the recorder's Err set between Checks is
+		// not a race.
+		resp, err := e.srv.Check(context.Background(), envoyRequest("POST", map[string]string{
+			"mcp-protocol-version": "2025-06-18", "authorization": "Bearer " + e.tokens["bot-1"]},
+			toolCall(id, "notion__search", `{"query":"a"}`)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	rec.Err = audit.ErrUnavailable
+	for i := range 2 { // search: 2 per 1m
+		if d := denied(t, check(1+i)); d.status != 503 || rpcErr(t, d.body).Error.Data.Code != CodeAuditUnavailable {
+			t.Fatalf("with the audit log down: %d %s", d.status, d.body)
+		}
+	}
+	rec.Err = nil
+	if d := denied(t, check(3)); rpcErr(t, d.body).Error.Data.Code != CodeRateLimited {
+		t.Errorf("the first call after the audit log is back: %s, want rate limited by the two it could not record", d.body)
+	}
+}
+
 // swappedPolicies is a policy store whose set a test replaces, as a
 // reload does.
 type swappedPolicies struct{ set atomic.Pointer[policy.Set] }

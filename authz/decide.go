@@ -133,6 +133,8 @@ func (c *call) decide() *authv3.CheckResponse {
 	// The decision's latency, in its metrics and its audit records alike.
 	c.took, c.decided = c.s.now().Sub(c.start), true
 	c.observe(outs)
+	// A call refused here keeps the budget it spent above: its record
+	// says whether a limit refused it, so it cannot be written first.
 	if err := c.logRecords(outs); err != nil {
 		if c.s.tel != nil {
 			c.s.tel.RecordAuditFailure(c.ctx)
