@@ -572,6 +572,44 @@ func TestRateLimit(t *testing.T) {
 	okHeaders(t, e.check(t, "bot-1", nil, body))
 }
 
+// retry_after_ms is rounded up, as Retry-After is, and a wait under a
+// millisecond is one: a refusal never leaves it out.
+func TestRetryAfterRoundsUp(t *testing.T) {
+	tests := []struct {
+		limit      string // of one call at a time
+		wait       string
+		ms         int64
+		retryAfter string
+	}{
+		{"{ requests: 2000, per: 1s, burst: 1 }", "500µs", 1, "1"},
+		{"{ requests: 1000, per: 1500ms, burst: 1 }", "1.5ms", 2, "1"},
+		{"{ requests: 1, per: 1500ms, burst: 1 }", "1.5s", 1500, "2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.wait, func(t *testing.T) {
+			set, err := policy.Compile([]policy.File{{Name: "reader.yaml", Data: []byte(`
+role: reader
+servers:
+  notion:
+    tools:
+      - name: search
+        constraints:
+          query: {}
+rate_limits:
+  - ` + tt.limit + "\n")}}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e := newEnv(t, func(d *Deps, _ *Options) { d.Policies = staticPolicies{set} })
+			okHeaders(t, e.check(t, "bot-1", nil, toolCall(1, "notion__search", `{"query":"a"}`)))
+			d := denied(t, e.check(t, "bot-1", nil, toolCall(2, "notion__search", `{"query":"a"}`)))
+			if r := rpcErr(t, d.body); r.Error.Data.Code != CodeRateLimited || r.Error.Data.RetryAfterMS != tt.ms || d.headers["retry-after"] != tt.retryAfter {
+				t.Errorf("refusal with %s to wait: %s, Retry-After %q; want retry_after_ms %d, Retry-After %s", tt.wait, d.body, d.headers["retry-after"], tt.ms, tt.retryAfter)
+			}
+		})
+	}
+}
+
 // limitedPolicy's search has a limit of its own, and the role one that
 // every agent of the role shares.
 const limitedPolicy = `

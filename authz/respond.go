@@ -150,7 +150,7 @@ func (c *call) denied(outs []outcome) *authv3.CheckResponse {
 		e := rpcError{Code: RPCDenied, Message: o.reason, Data: rpcErrorData{DecisionID: c.id, Code: o.code}}
 		switch o.code {
 		case CodeRateLimited:
-			e.Code, e.Data.RetryAfterMS = RPCRateLimited, o.retry.Milliseconds()
+			e.Code, e.Data.RetryAfterMS = RPCRateLimited, retryAfterMS(o.retry)
 			retry = max(retry, o.retry)
 		case CodeInvalidName:
 			e.Code = mcpfilter.CodeInvalidParams
@@ -177,6 +177,17 @@ func (c *call) denied(outs []outcome) *authv3.CheckResponse {
 		body = resps[0]
 	}
 	return c.deniedResponse(200, code.Code_PERMISSION_DENIED, hdrs, body)
+}
+
+// retryAfterMS is a refusal's wait in whole milliseconds, rounded up as
+// the Retry-After header rounds it to seconds, and never 0: a wait under a
+// millisecond is still one, and retry_after_ms is left out only when 0.
+func retryAfterMS(d time.Duration) int64 {
+	ms := int64(d / time.Millisecond)
+	if d%time.Millisecond != 0 || ms == 0 {
+		ms++
+	}
+	return ms
 }
 
 func firstDenied(outs []outcome) *outcome {
