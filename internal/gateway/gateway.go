@@ -99,10 +99,9 @@ type Gateway struct {
 	// auditStream, with Redis, gathers every replica's audit records for
 	// the console.
 	auditStream *audit.Stream
-	// stdio ends, once endStdio is called, the stdio upstreams' processes
-	// still running, and what they started (see commandTransport).
-	stdio    context.Context
-	endStdio context.CancelFunc
+	// stdio records the stdio upstreams' process groups, and kills those
+	// still running when the gateway closes (see commandTransport).
+	stdio *stdioGroups
 
 	mcpLis, authzLis, adminLis net.Listener
 	brokerLis                  net.Listener // nil unless BrokerListen is set
@@ -121,7 +120,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		opts = &Options{}
 	}
 	g = &Gateway{cfg: cfg, log: opts.Logger, reload: opts.PolicyReload, configFile: opts.ConfigFile}
-	g.stdio, g.endStdio = context.WithCancel(context.Background())
+	g.stdio = newStdioGroups()
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}
@@ -632,13 +631,13 @@ func (g *Gateway) XDSVersion() string {
 // Close releases what New opened: upstream sessions, the audit log (its
 // queue is drained first), the shadow counts not yet written, the
 // database and, last, the data directory's lock. The stdio upstreams'
-// processes the broker could not end in its close timeout are killed,
-// with what they started.
+// process groups still running are killed: servers the broker could not
+// end in its close timeout, and whatever any server started.
 func (g *Gateway) Close() error {
 	if g.broker != nil {
 		g.broker.Close()
 	}
-	g.endStdio()
+	g.stdio.end()
 	if g.webhook != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		g.webhook.Close(ctx)

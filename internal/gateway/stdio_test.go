@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -103,19 +104,16 @@ func readWithin(t *testing.T, cs *mcp.ClientSession, root, shared string) {
 	}
 }
 
-// A stdio upstream's process runs in a process group of its own, which is
-// killed when the gateway ends its stdio processes (once the broker has
-// given their sessions its close timeout to end): neither a server that
-// ignores the end of its input and SIGTERM, nor a process it started,
-// outlives the gateway.
-func TestStdioProcessesEndWithTheGateway(t *testing.T) {
-	stdio, end := context.WithCancel(context.Background())
-	defer end()
-	transport, err := commandTransport(stdio, &config.Upstream{Name: "stubborn", Command: []string{"node", "testdata/stubborn-server.js"}}, nil)(context.Background())
+// startStdio starts script as a stdio server, its group recorded in
+// groups, and returns its session and the ids of the server's process and
+// of the one it started.
+func startStdio(t *testing.T, groups *stdioGroups, script string) (cs *mcp.ClientSession, server, child int) {
+	t.Helper()
+	transport, err := commandTransport(groups, &config.Upstream{Name: "stdio", Command: []string{"node", script}}, nil)(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	cs, err := mcp.NewClient(&mcp.Implementation{Name: "amg", Version: "1"}, nil).Connect(context.Background(), transport, nil)
+	cs, err = mcp.NewClient(&mcp.Implementation{Name: "amg", Version: "1"}, nil).Connect(context.Background(), transport, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,14 +121,57 @@ func TestStdioProcessesEndWithTheGateway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var server, child int
 	if _, err := fmt.Sscan(text(t, res), &server, &child); err != nil {
 		t.Fatalf("pids: %v", err)
 	}
-	end()
-	cs.Close()
-	for _, pid := range []int{server, child} {
+	t.Cleanup(func() { syscall.Kill(-server, syscall.SIGKILL) }) // whatever the test finds
+	return cs, server, child
+}
+
+// waitEnded waits for the processes pids to end.
+func waitEnded(t *testing.T, pids ...int) {
+	t.Helper()
+	for _, pid := range pids {
 		waitFor(t, fmt.Sprintf("process %d to end", pid), func() bool { return !running(pid) })
+	}
+}
+
+// A stdio upstream's process runs in a process group of its own, which is
+// killed when the gateway ends its stdio processes (once the broker has
+// given their sessions its close timeout to end): neither a server that
+// ignores the end of its input and SIGTERM, nor a process it started,
+// outlives the gateway.
+func TestStdioProcessesEndWithTheGateway(t *testing.T) {
+	groups := newStdioGroups()
+	defer groups.end()
+	cs, server, child := startStdio(t, groups, "testdata/stubborn-server.js")
+	groups.end()
+	cs.Close()
+	waitEnded(t, server, child)
+}
+
+// A stdio server's process group is killed as soon as its session is
+// over, whether the agent's session ended it or the server exited: what
+// the server started does not run on, one more with every session, until
+// the gateway shuts down.
+func TestStdioProcessesEndWithTheirSession(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		end  func(*mcp.ClientSession)
+	}{
+		{"session closed", func(cs *mcp.ClientSession) { cs.Close() }},
+		{"server exited", func(cs *mcp.ClientSession) {
+			cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "exit", Arguments: json.RawMessage(`{}`)})
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			groups := newStdioGroups()
+			defer groups.end()
+			cs, server, child := startStdio(t, groups, "testdata/helper-server.js")
+			defer cs.Close()
+			tt.end(cs)
+			waitEnded(t, server, child)
+		})
 	}
 }
 

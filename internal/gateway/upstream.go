@@ -25,9 +25,9 @@ type Builtins map[string]*mcp.Server
 // resolved each time a connection is made, never earlier and never kept
 // beyond it, so a rotated secret is used by the next connection.
 // wrap, if set, instruments each HTTP upstream's transport (tracing).
-// The processes of stdio upstreams still running when stdio ends are
-// killed (see commandTransport).
-func upstreams(stdio context.Context, cfg *config.Config, src secrets.Source, builtins Builtins, wrap func(http.RoundTripper) http.RoundTripper) ([]broker.Upstream, error) {
+// The process groups of stdio upstreams are recorded in stdio, which
+// kills those still running when it ends (see commandTransport).
+func upstreams(stdio *stdioGroups, cfg *config.Config, src secrets.Source, builtins Builtins, wrap func(http.RoundTripper) http.RoundTripper) ([]broker.Upstream, error) {
 	var out []broker.Upstream
 	for _, name := range cfg.Names {
 		u := cfg.Upstreams[name]
@@ -132,11 +132,11 @@ func (v *viaEgress) RoundTrip(r *http.Request) (*http.Response, error) {
 }
 
 // commandTransport starts u's command for each session, in a process
-// group of its own: the SDK ends a session's process (closing its input,
-// then signalling it), but not what the process started, and a process
-// that ignores both would outlive the gateway. When stdio ends, the group
-// of every process not yet waited for is killed.
-func commandTransport(stdio context.Context, u *config.Upstream, src secrets.Source) func(context.Context) (mcp.Transport, error) {
+// group of its own, recorded in groups (see stdioGroups): the SDK ends a
+// session's process (closing its input, then signalling it), but not what
+// the process started, and a process that ignores both would outlive the
+// gateway.
+func commandTransport(groups *stdioGroups, u *config.Upstream, src secrets.Source) func(context.Context) (mcp.Transport, error) {
 	return func(ctx context.Context) (mcp.Transport, error) {
 		env := make([]string, 0, len(u.Env))
 		for k, t := range u.Env {
@@ -153,21 +153,11 @@ func commandTransport(stdio context.Context, u *config.Upstream, src secrets.Sou
 		if _, set := u.Env["PATH"]; !set {
 			env = append(env, "PATH="+os.Getenv("PATH"))
 		}
-		cmd := exec.CommandContext(stdio, u.Command[0], u.Command[1:]...)
+		cmd := exec.Command(u.Command[0], u.Command[1:]...)
 		cmd.Env = env
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		cmd.Cancel = func() error { return killGroup(cmd.Process) }
-		return &mcp.CommandTransport{Command: cmd}, nil
+		return &groupTransport{CommandTransport: &mcp.CommandTransport{Command: cmd}, groups: groups}, nil
 	}
-}
-
-// killGroup kills the process group p leads, unless p has been waited
-// for: its id may then be another process's.
-func killGroup(p *os.Process) error {
-	if err := p.Signal(syscall.Signal(0)); err != nil {
-		return err
-	}
-	return syscall.Kill(-p.Pid, syscall.SIGKILL)
 }
 
 func inMemoryTransport(srv *mcp.Server) func(context.Context) (mcp.Transport, error) {
