@@ -120,10 +120,10 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		opts = &Options{}
 	}
 	g = &Gateway{cfg: cfg, log: opts.Logger, reload: opts.PolicyReload, configFile: opts.ConfigFile}
-	g.stdio = newStdioGroups()
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}
+	g.stdio = newStdioGroups(g.log)
 	if g.reload <= 0 {
 		g.reload = 2 * time.Second
 	}
@@ -141,6 +141,9 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	}()
 
 	if g.dataLock, err = lockDataDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	if err = g.stdio.recordIn(cfg.DataDir); err != nil {
 		return nil, err
 	}
 	if g.db, err = store.Open(filepath.Join(cfg.DataDir, DBFile)); err != nil {

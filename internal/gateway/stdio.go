@@ -3,11 +3,23 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
+
+// StdioGroupsFile, in the data directory, lists the process groups of the
+// stdio servers running, so that a gateway that starts after one that
+// crashed can kill what the crashed one left (see stdioGroups.recordIn).
+const StdioGroupsFile = "stdio.groups"
 
 // errStdioEnded refuses a stdio process asked for as the gateway shuts
 // down.
@@ -20,14 +32,48 @@ var errStdioEnded = errors.New("the gateway is shutting down: no stdio server ma
 // group still open is killed when the gateway shuts down: the SDK ends a
 // session's server, not what the server started, and a process group
 // outlives its leader while any process of it runs.
+//
+// The servers are started from one OS thread, locked for as long as the
+// groups are open: where a server gets a parent-death signal (see
+// setDeathSignal), Linux sends it when the thread that started the server
+// ends, not the gateway's process, and Go ends a thread whose locked
+// goroutine returns, but no other.
 type stdioGroups struct {
-	mu    sync.Mutex
-	live  map[int]bool
-	ended bool // end was called: no group may start
+	log     *slog.Logger
+	starts  chan func()   // run on the starting thread
+	stopped chan struct{} // closed by end
+	mu      sync.Mutex
+	live    map[int]uint64 // pgid: its leader's start time (see procStart)
+	ended   bool           // end was called: no group may start
+	record  *os.File       // StdioGroupsFile, nil if the groups are not recorded
 }
 
-func newStdioGroups() *stdioGroups {
-	return &stdioGroups{live: make(map[int]bool)}
+func newStdioGroups(log *slog.Logger) *stdioGroups {
+	g := &stdioGroups{log: log, starts: make(chan func()), stopped: make(chan struct{}), live: make(map[int]uint64)}
+	go func() {
+		runtime.LockOSThread() // and never unlocked: the thread ends with the groups
+		for {
+			select {
+			case f := <-g.starts:
+				f()
+			case <-g.stopped:
+				return
+			}
+		}
+	}()
+	return g
+}
+
+// start runs f, which starts a server, on the starting thread.
+func (g *stdioGroups) start(f func()) error {
+	done := make(chan struct{})
+	select {
+	case g.starts <- func() { f(); close(done) }:
+	case <-g.stopped:
+		return errStdioEnded
+	}
+	<-done
+	return nil
 }
 
 // add records the group pgid, which has just started, or kills it if the
@@ -39,7 +85,8 @@ func (g *stdioGroups) add(pgid int) error {
 		killGroup(pgid)
 		return errStdioEnded
 	}
-	g.live[pgid] = true
+	g.live[pgid] = procStart(pgid)
+	g.save()
 	return nil
 }
 
@@ -51,9 +98,10 @@ func (g *stdioGroups) add(pgid int) error {
 func (g *stdioGroups) kill(pgid int) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.live[pgid] {
+	if _, ok := g.live[pgid]; ok {
 		delete(g.live, pgid)
 		killGroup(pgid)
+		g.save()
 	}
 }
 
@@ -61,11 +109,41 @@ func (g *stdioGroups) kill(pgid int) {
 func (g *stdioGroups) end() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.ended = true
+	if !g.ended {
+		g.ended = true
+		close(g.stopped)
+	}
 	for pgid := range g.live {
 		killGroup(pgid)
 	}
 	clear(g.live)
+	g.save()
+	if g.record != nil {
+		g.record.Close()
+		g.record = nil
+	}
+}
+
+// save writes the groups to StdioGroupsFile: its first line names the
+// boot and the gateway's session, each next one a group and its leader's
+// start time. A write that fails leaves the groups running unrecorded,
+// which matters only if the gateway then crashes: it is logged.
+func (g *stdioGroups) save() {
+	if g.record == nil {
+		return
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %d\n", bootID(), procSession(os.Getpid()))
+	for _, pgid := range slices.Sorted(maps.Keys(g.live)) {
+		fmt.Fprintf(&b, "%d %d\n", pgid, g.live[pgid])
+	}
+	err := g.record.Truncate(0)
+	if err == nil {
+		_, err = g.record.WriteAt([]byte(b.String()), 0)
+	}
+	if err != nil {
+		g.log.Error("cannot record the stdio servers' process groups; a crash would leave them unkilled", "file", g.record.Name(), "err", err)
+	}
 }
 
 // killGroup kills every process of the group pgid; none left is no error.
@@ -80,8 +158,10 @@ type groupTransport struct {
 	groups *stdioGroups
 }
 
-func (t *groupTransport) Connect(ctx context.Context) (mcp.Connection, error) {
-	conn, err := t.CommandTransport.Connect(ctx)
+func (t *groupTransport) Connect(ctx context.Context) (conn mcp.Connection, err error) {
+	if serr := t.groups.start(func() { conn, err = t.CommandTransport.Connect(ctx) }); serr != nil {
+		return nil, serr
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -142,7 +143,7 @@ func waitEnded(t *testing.T, pids ...int) {
 // ignores the end of its input and SIGTERM, nor a process it started,
 // outlives the gateway.
 func TestStdioProcessesEndWithTheGateway(t *testing.T) {
-	groups := newStdioGroups()
+	groups := newStdioGroups(slog.New(slog.DiscardHandler))
 	defer groups.end()
 	cs, server, child := startStdio(t, groups, "testdata/stubborn-server.js")
 	groups.end()
@@ -165,7 +166,7 @@ func TestStdioProcessesEndWithTheirSession(t *testing.T) {
 		}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			groups := newStdioGroups()
+			groups := newStdioGroups(slog.New(slog.DiscardHandler))
 			defer groups.end()
 			cs, server, child := startStdio(t, groups, "testdata/helper-server.js")
 			defer cs.Close()

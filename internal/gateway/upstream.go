@@ -156,6 +156,7 @@ func commandTransport(groups *stdioGroups, u *config.Upstream, src secrets.Sourc
 		cmd := exec.Command(u.Command[0], u.Command[1:]...)
 		cmd.Env = env
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		setDeathSignal(cmd.SysProcAttr)
 		return &groupTransport{CommandTransport: &mcp.CommandTransport{Command: cmd}, groups: groups}, nil
 	}
 }
