@@ -204,9 +204,10 @@ type Broker struct {
 
 type upstream struct {
 	Upstream
-	refreshing sync.Mutex    // held by refresh, one at a time
-	changed    chan struct{} // the upstream said a list changed
-	mu         sync.Mutex    // guards what follows
+	refreshing sync.Mutex      // held by refresh, one at a time
+	changed    chan struct{}   // the upstream said a list changed
+	dropping   *sync.WaitGroup // the broker's: connections closing after a failure
+	mu         sync.Mutex      // guards what follows
 	catalog    *mcp.ClientSession
 	catalogue
 }
@@ -302,7 +303,7 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 		if u.ConnectTimeout <= 0 {
 			u.ConnectTimeout = 5 * time.Second
 		}
-		b.ups[u.Name] = &upstream{Upstream: u, changed: make(chan struct{}, 1)}
+		b.ups[u.Name] = &upstream{Upstream: u, changed: make(chan struct{}, 1), dropping: &b.dropping}
 		b.names = append(b.names, u.Name)
 	}
 	slices.Sort(b.names)
@@ -1208,6 +1209,12 @@ func (b *Broker) recordUpstream(ctx context.Context, h http.Header, server, tool
 // connect opens a client session to u within its connect timeout, asking
 // for protocol version (empty: the latest). obs, if not nil, sees the
 // session's notifications in wire order (see tap).
+//
+// It returns when ctx ends, or the timeout: the SDK closes the connection
+// of a session that failed to initialize before it returns, and closing a
+// stdio server's waits for the server to end (up to 10 s), which the
+// request, and the agent's others waiting for this connection, must not.
+// The closing goes on in the background, as dropUpstreamSession's does.
 func (u *upstream) connect(ctx context.Context, opts *mcp.ClientOptions, version string, obs observer, mw ...mcp.Middleware) (*mcp.ClientSession, mcp.Transport, error) {
 	ctx, cancel := context.WithTimeout(ctx, u.ConnectTimeout)
 	defer cancel()
@@ -1217,8 +1224,26 @@ func (u *upstream) connect(ctx context.Context, opts *mcp.ClientOptions, version
 	}
 	c := mcp.NewClient(&mcp.Implementation{Name: "amg", Version: "1"}, opts)
 	c.AddReceivingMiddleware(mw...)
-	cs, err := c.Connect(ctx, tap(t, obs), &mcp.ClientSessionOptions{ProtocolVersion: version})
-	return cs, t, err
+	type connected struct {
+		cs  *mcp.ClientSession
+		err error
+	}
+	done := make(chan connected, 1)
+	go func() {
+		cs, err := c.Connect(ctx, tap(t, obs), &mcp.ClientSessionOptions{ProtocolVersion: version})
+		done <- connected{cs, err}
+	}()
+	select {
+	case r := <-done:
+		return r.cs, t, r.err
+	case <-ctx.Done():
+		u.dropping.Go(func() {
+			if r := <-done; r.cs != nil {
+				r.cs.Close() // connected as ctx ended: too late
+			}
+		})
+		return nil, nil, fmt.Errorf("connecting: %w", context.Cause(ctx))
+	}
 }
 
 // forwardPrompt is the handler of server__prompt.

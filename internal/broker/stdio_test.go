@@ -6,8 +6,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -34,11 +38,46 @@ func stdioUpstreamOf(terminate time.Duration, linger bool) func(context.Context)
 	}
 }
 
+// hungStdioUpstream is an upstream over stdio whose process never
+// answers, and ignores the end of its input and SIGTERM, each of which
+// the SDK, closing its connection, gives terminate to take effect. kill
+// kills the processes started.
+func hungStdioUpstream(terminate time.Duration) (transport func(context.Context) (mcp.Transport, error), kill func()) {
+	var mu sync.Mutex
+	var started []*exec.Cmd
+	transport = func(context.Context) (mcp.Transport, error) {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestStdioUpstreamProcess$")
+		cmd.Env = append(os.Environ(), "AMG_BROKER_STDIO_UPSTREAM=hung")
+		mu.Lock()
+		started = append(started, cmd)
+		mu.Unlock()
+		return &mcp.CommandTransport{Command: cmd, TerminateDuration: terminate}, nil
+	}
+	kill = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, cmd := range started {
+			if cmd.Process != nil {
+				cmd.Process.Kill()
+			}
+		}
+	}
+	return transport, kill
+}
+
 // TestStdioUpstreamProcess is no test: run by stdioUpstream, it serves a
 // files upstream on its stdin and stdout until its client goes, whose
-// get_pages answers with the process's id.
+// get_pages answers with the process's id. Run by hungStdioUpstream, it
+// waits for SIGKILL.
 func TestStdioUpstreamProcess(t *testing.T) {
-	if os.Getenv("AMG_BROKER_STDIO_UPSTREAM") != "1" {
+	switch os.Getenv("AMG_BROKER_STDIO_UPSTREAM") {
+	case "1":
+	case "hung":
+		signal.Ignore(syscall.SIGTERM)
+		for {
+			time.Sleep(time.Hour)
+		}
+	default:
 		return
 	}
 	srv := mcp.NewServer(&mcp.Implementation{Name: "files", Version: "1"}, nil)
@@ -88,5 +127,45 @@ func TestStdioUpstreamThatDiedBetweenCalls(t *testing.T) {
 	})
 	if second := call(); second == first {
 		t.Errorf("the second call went to the process that died (%s)", first)
+	}
+}
+
+// A stdio upstream that never answers initialize fails the agent's call
+// when the connect timeout ends, with an error naming the upstream, and
+// so do the agent's other calls waiting for that connection: not once
+// the SDK has also closed the connection, which for a process that
+// ignores the end of its input and SIGTERM takes twice its terminate
+// duration more.
+func TestStdioUpstreamHungAtInitialize(t *testing.T) {
+	const connect, terminate = time.Second, time.Minute
+	hung, kill := hungStdioUpstream(terminate)
+	var started atomic.Int32
+	transport := func(ctx context.Context) (mcp.Transport, error) {
+		if started.Add(1) == 1 { // the catalogue's, which lists the tools
+			return stdioUpstream(ctx)
+		}
+		return hung(ctx)
+	}
+	g := newGatewayTimed(t, false, 5*time.Second, []Upstream{{Name: "files", Transport: transport, ConnectTimeout: connect, CallTimeout: 20 * time.Second}})
+	t.Cleanup(kill) // before the broker closes, which would wait for them
+	cs := g.connect(t, nil)
+	start := time.Now()
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "files__get_pages", Arguments: json.RawMessage(`{"workspace_id":"w"}`)})
+			errs <- err
+		}()
+	}
+	for range 2 {
+		err := <-errs
+		if want := `upstream "files" did not answer in time`; err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("call: %v, want %q", err, want)
+		}
+	}
+	// Behaviour, not speed: the SDK's close would end connect+2*terminate
+	// after the start; the margin is for a busy machine.
+	if took := time.Since(start); took > connect+terminate/2 {
+		t.Errorf("the calls failed after %v: connecting waited for the SDK to close the connection", took.Round(time.Millisecond))
 	}
 }
