@@ -905,25 +905,42 @@ func TestPromptsAndResources(t *testing.T) {
 	}
 }
 
+// Each identity header must agree with the decision on its own: the
+// agent, the role and the decision id are checked one by one, so a
+// request right in two and wrong in the third is still refused.
 func TestBrokerRefusesIdentityHeadersThatDisagreeWithTheDecision(t *testing.T) {
-	g := newGateway(t)
 	body := `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`
-	tok := g.signer.Sign(authz.Decision{ID: "d1", Agent: "bot-1", Role: "reader", Verdict: "allow", BodySHA256: sha256.Sum256([]byte(body)), Method: "POST"})
-	req, _ := http.NewRequest("POST", g.brokerURL, strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set(authz.HeaderDecision, tok)
-	req.Header.Set(authz.HeaderAgent, "bot-1")
-	req.Header.Set(authz.HeaderRole, "admin")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusForbidden {
-		t.Errorf("status %d, want 403", resp.StatusCode)
-	}
-	if diff := cmp.Diff([]string{CodeIdentityMismatch}, g.audit.Codes()); diff != "" {
-		t.Errorf("broker audit codes (-want +got):\n%s", diff)
+	for _, tc := range []struct {
+		name, agent, role, id string
+		refused               bool
+	}{
+		{"all agree", "bot-1", "reader", "d1", false},
+		{"wrong role", "bot-1", "admin", "d1", true},
+		{"wrong agent", "bot-2", "reader", "d1", true},
+		{"wrong decision id", "bot-1", "reader", "d2", true},
+		{"no identity headers", "", "", "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newGateway(t)
+			tok := g.signer.Sign(authz.Decision{ID: "d1", Agent: "bot-1", Role: "reader", Verdict: "allow", BodySHA256: sha256.Sum256([]byte(body)), Method: "POST"})
+			code, answer := postMCP(t, g.brokerURL, map[string]string{authz.HeaderDecision: tok,
+				authz.HeaderAgent: tc.agent, authz.HeaderRole: tc.role, authz.HeaderDecisionID: tc.id}, body)
+			mismatch := slices.Contains(g.audit.Codes(), CodeIdentityMismatch)
+			if !tc.refused {
+				// The control: with every header right the request gets past
+				// the check, so the refusals below are the check's alone.
+				if mismatch || strings.Contains(answer, "identity headers") {
+					t.Errorf("%d %s (audit codes %v); want the request past the identity check", code, answer, g.audit.Codes())
+				}
+				return
+			}
+			if code != http.StatusForbidden || !strings.Contains(answer, "identity headers do not match the decision") {
+				t.Errorf("%d %s; want 403 saying the identity headers do not match", code, answer)
+			}
+			if diff := cmp.Diff([]string{CodeIdentityMismatch}, g.audit.Codes()); diff != "" {
+				t.Errorf("broker audit codes (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
 
