@@ -259,6 +259,12 @@ func TestMatchers(t *testing.T) {
 		{"within", `{"v":"srv/data/a"}`, CodeConstraintFailed, `argument "v" is not a path within the allowed directory`},
 		{"within", `{"v":"/srv/data/a\u0000b"}`, CodeConstraintFailed, `argument "v" is not a path within the allowed directory`},
 		{"within", `{"v":"/srv/data\\..\\etc"}`, CodeConstraintFailed, `argument "v" is not a path within the allowed directory`},
+		// A ".." is refused even where the path, cleaned, stays inside:
+		// what it climbs out of is the upstream's to resolve (a symlink).
+		{"within", `{"v":"/srv/data/a/../b"}`, CodeConstraintFailed, `argument "v" is not a path within the allowed directory`},
+		// A backslash is refused: to an upstream that reads it as a
+		// separator, this path climbs out.
+		{"within", `{"v":"/srv/data/..\\..\\etc"}`, CodeConstraintFailed, `argument "v" is not a path within the allowed directory`},
 		{"within", `{"v":7}`, CodeConstraintFailed, `argument "v" must be a string`},
 		{"min_len", `{"v":"éé"}`, CodeAllowed, ""},
 		{"min_len", `{"v":"é"}`, CodeConstraintFailed, `argument "v" must have at least 2 characters or elements`},
@@ -280,6 +286,10 @@ func TestMatchers(t *testing.T) {
 		{"nested", `{"filter":{"owner":"me","kind":"db"}}`, CodeAllowed, ""},
 		{"nested", `{"filter":{"owner":"you"}}`, CodeConstraintFailed, `argument "filter.owner" is not the allowed value`},
 		{"nested", `{"filter":{"owner":"me","scope":"all"}}`, CodeUnknownArgument, `argument "filter.scope" is not allowed for "s__nested"`},
+		// An unknown key is reported before a constraint another key
+		// breaks, even when the object has no more keys than the policy
+		// names.
+		{"nested", `{"filter":{"owner":"you","scope":"all"}}`, CodeUnknownArgument, `argument "filter.scope" is not allowed for "s__nested"`},
 		{"nested", `{"filter":{}}`, CodeMissingArgument, `argument "filter.owner" is required by the policy for "s__nested"`},
 		{"nested", `{}`, CodeMissingArgument, `argument "filter" is required by the policy for "s__nested"`},
 		{"nested", `{"filter":"me"}`, CodeConstraintFailed, `argument "filter" must be an object`},
