@@ -14,9 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/amgateway/amg/internal/config"
+	"github.com/amgateway/amg/internal/secrets"
 )
 
 // TestStdioUpstream fronts the reference filesystem server from npm, run
@@ -172,6 +174,58 @@ func TestStdioProcessesEndWithTheirSession(t *testing.T) {
 			defer cs.Close()
 			tt.end(cs)
 			waitEnded(t, server, child)
+		})
+	}
+}
+
+// A stdio upstream's process gets its configured environment and PATH,
+// and nothing else of the gateway's, whose environment may hold other
+// upstreams' credentials. A configured PATH replaces the gateway's.
+func TestStdioUpstreamGetsOnlyItsConfiguredEnvironment(t *testing.T) {
+	t.Setenv("AMG_TEST_CANARY", "the gateway's alone")
+	t.Setenv("AMG_TEST_TOKEN", "s3cret")
+	tmpl := func(s string) config.Template {
+		tm, err := config.ParseTemplate(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tm
+	}
+	for _, tc := range []struct {
+		name string
+		env  map[string]config.Template
+		want map[string]string
+	}{
+		{"configured", map[string]config.Template{"GREETING": tmpl("hello"), "TOKEN": tmpl("${env:AMG_TEST_TOKEN}")},
+			map[string]string{"GREETING": "hello", "TOKEN": "s3cret", "PATH": os.Getenv("PATH")}},
+		{"none", nil, map[string]string{"PATH": os.Getenv("PATH")}},
+		{"own PATH", map[string]config.Template{"PATH": tmpl("/opt/amg-upstream/bin")},
+			map[string]string{"PATH": "/opt/amg-upstream/bin"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			groups := newStdioGroups(slog.New(slog.DiscardHandler))
+			defer groups.end()
+			up := &config.Upstream{Name: "env", Command: []string{"node", "testdata/env-server.js"}, Env: tc.env}
+			transport, err := commandTransport(groups, up, secrets.NewDefault(nil))(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			cs, err := mcp.NewClient(&mcp.Implementation{Name: "amg", Version: "1"}, nil).Connect(context.Background(), transport, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cs.Close()
+			res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "env", Arguments: json.RawMessage(`{}`)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got map[string]string
+			if err := json.Unmarshal([]byte(text(t, res)), &got); err != nil {
+				t.Fatalf("env: %v", err)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("the upstream's environment (-want +got):\n%s", diff)
+			}
 		})
 	}
 }
