@@ -681,6 +681,32 @@ func TestRateLimitedCallSpendsNoOtherLimit(t *testing.T) {
 	})
 }
 
+// In shadow mode a call the policy would deny is let through but spends no
+// budget, as it would not have run: its would-be denials leave the agent's
+// and the role's limits whole for the calls that would.
+func TestShadowWouldBeDenialSpendsNoBudget(t *testing.T) {
+	e := limitedEnv(t, "shadow")
+	for i, body := range []string{
+		toolCall(1, "notion__search", `{"query":"a","scope":"all"}`),
+		toolCall(2, "notion__get_pages", `{"workspace_id":"ws_other"}`),
+		toolCall(3, "notion__get_pages", `{"workspace_id":"ws_other"}`),
+	} {
+		okHeaders(t, e.check(t, "bot-1", nil, body))
+		if rec := e.audit.Last(t); rec.ShadowVerdict != "deny" || rec.Code == string(CodeRateLimited) {
+			t.Fatalf("call %d breaking the policy: recorded %+v, want a would-be denial by the policy", i, rec)
+		}
+	}
+	for i, body := range []string{
+		toolCall(4, "notion__search", `{"query":"a"}`),
+		toolCall(5, "notion__get_pages", `{"workspace_id":"ws_abc123"}`),
+	} {
+		okHeaders(t, e.check(t, "bot-1", nil, body))
+		if rec := e.audit.Last(t); rec.ShadowVerdict != "allow" || rec.Code == string(CodeRateLimited) {
+			t.Errorf("valid call %d after would-be denials: recorded %+v, want a would-be allow", i, rec)
+		}
+	}
+}
+
 // A batch runs all its calls or none, and spends their budgets so: a batch
 // the policy denies, or one of whose calls a limit refuses, spends nothing.
 func TestDeniedBatchSpendsNoBudget(t *testing.T) {
