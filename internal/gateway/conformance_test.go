@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -131,6 +132,49 @@ func globEscape(s string) string {
 
 var scenarioLine = regexp.MustCompile(`(?m)^([✓✗]) (\S+): (\d+) passed, (\d+) failed`)
 
+// conformanceChecks is how many of the suite's checks the README's "MCP
+// conformance" table says pass, against the upstream alone and through
+// AMG both ways, with none failing (TestConformanceREADME keeps the two in
+// agreement). Raise it with the table when the suite grows.
+const conformanceChecks = 40
+
+var totalLine = regexp.MustCompile(`Total: (\d+) passed, (\d+) failed`)
+
+// wantConformanceTotal checks that total, a totals line of the suite, has
+// at least the checks the README claims passed and none failed: a
+// scenario that starts failing against the upstream alone would otherwise
+// drop out of the comparison with AMG unseen.
+func wantConformanceTotal(t *testing.T, who, total string) {
+	t.Helper()
+	m := totalLine.FindStringSubmatch(total)
+	if m == nil {
+		t.Errorf("%s: no totals line", who)
+		return
+	}
+	if passed, _ := strconv.Atoi(m[1]); passed < conformanceChecks || m[2] != "0" {
+		t.Errorf("%s: %s; the README claims at least %d passed and none failed", who, total, conformanceChecks)
+	}
+}
+
+// The README's conformance table states conformanceChecks for every row.
+func TestConformanceREADME(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, table, _ := strings.Cut(string(readme), "\n## MCP conformance\n")
+	table, _, _ = strings.Cut(table, "\n### ")
+	rows := regexp.MustCompile(`(?m)^\| (server alone|through AMG[^|]*) \| (\d+) \| (\d+) \|$`).FindAllStringSubmatch(table, -1)
+	if len(rows) != 3 {
+		t.Fatalf("found %d rows of checks in the README's MCP conformance table, want 3", len(rows))
+	}
+	for _, r := range rows {
+		if r[2] != strconv.Itoa(conformanceChecks) || r[3] != "0" {
+			t.Errorf("README: %q: %s passed, %s failed; TestConformance checks %d passed, 0 failed", r[1], r[2], r[3], conformanceChecks)
+		}
+	}
+}
+
 // runConformance runs the suite against url and returns each scenario's
 // outcome (true: passed) and the totals line.
 func runConformance(t *testing.T, url string) (map[string]bool, string) {
@@ -147,7 +191,7 @@ func runConformance(t *testing.T, url string) (map[string]bool, string) {
 	if len(results) == 0 {
 		t.Fatalf("the conformance suite reported no scenarios:\n%s", out)
 	}
-	total := regexp.MustCompile(`Total: \d+ passed, \d+ failed`).FindString(string(out))
+	total := totalLine.FindString(string(out))
 	return results, total
 }
 
@@ -161,6 +205,7 @@ func TestConformance(t *testing.T) {
 	upstream, program := startConformanceServer(t)
 	direct, directTotal := runConformance(t, upstream)
 	t.Logf("conformance: upstream alone %s", directTotal)
+	wantConformanceTotal(t, "upstream alone", directTotal)
 	grant := grantEverything(t, upstream)
 	for _, tc := range []struct {
 		name string
@@ -203,6 +248,11 @@ func TestConformance(t *testing.T) {
 			slices.Sort(lost)
 			slices.Sort(stale)
 			t.Logf("conformance: through AMG, upstream over %s: %s; %d known gaps", tc.name, gatedTotal, len(knownGaps))
+			// A known gap fails checks through AMG that pass alone, and
+			// the table's row says how many.
+			if len(knownGaps) == 0 {
+				wantConformanceTotal(t, "through AMG, upstream over "+tc.name, gatedTotal)
+			}
 			if len(lost) > 0 {
 				t.Errorf("%d scenarios pass against the upstream alone but not through AMG: %s", len(lost), strings.Join(lost, ", "))
 			}

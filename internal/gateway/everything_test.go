@@ -203,16 +203,16 @@ func TestEverythingThroughTheGateway(t *testing.T) {
 		t.Fatalf("get-sum: %v %v", err, res)
 	}
 
-	for _, tt := range []struct{ name, args, want string }{
-		{"everything__get-env", `{}`, `tool "everything__get-env" is not granted to role "tester"`},
-		{"everything__get-sum", `{"a":2,"b":5000}`, `argument "b" must be <= 1000`},
-		{"everything__echo", `{"message":"x","extra":1}`, `argument "extra" is not allowed`},
-		{"Everything__echo", `{"message":"x"}`, `is not granted`},
-		{"everything__../echo", `{"message":"x"}`, `..`},
-		{"everything__echо", `{"message":"x"}`, `non-ASCII`},
+	for _, tt := range []struct{ name, args, want, code string }{
+		{"everything__get-env", `{}`, `tool "everything__get-env" is not granted to role "tester"`, "not_granted"},
+		{"everything__get-sum", `{"a":2,"b":5000}`, `argument "b" must be <= 1000`, "constraint_failed"},
+		{"everything__echo", `{"message":"x","extra":1}`, `argument "extra" is not allowed`, "unknown_argument"},
+		{"Everything__echo", `{"message":"x"}`, `is not granted`, "not_granted"},
+		{"everything__../echo", `{"message":"x"}`, `tool name "everything__../echo" contains ".." at byte 12`, "invalid_name"},
+		{"everything__echо", `{"message":"x"}`, `non-ASCII`, "invalid_name"},
 	} {
-		if _, err := call(tt.name, tt.args); err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("%s %s: err = %v, want one containing %q", tt.name, tt.args, err, tt.want)
+		if _, err := call(tt.name, tt.args); err == nil || !strings.Contains(err.Error(), tt.want) || refusalCode(err) != tt.code {
+			t.Errorf("%s %s: err = %v with code %q, want one containing %q with code %q", tt.name, tt.args, err, refusalCode(err), tt.want, tt.code)
 		}
 	}
 

@@ -262,24 +262,39 @@ func decisionOf(t *testing.T, err error) string {
 }
 
 // goldenScenarios are the calls every mode must answer alike; want is a
-// text the result or the error must contain.
+// text the result or the error must contain, and code, if set, the reason
+// code in the data of the error.
 var goldenScenarios = []struct {
 	name, role, tool, args string
 	allowed                bool
-	want                   string
+	want, code             string
 }{
-	{"allowed read", "notion_read", "notion__get_pages", `{"workspace_id":"ws_abc123","limit":2}`, true, "2 pages in workspace ws_abc123"},
-	{"constraint", "notion_read", "notion__get_pages", `{"workspace_id":"ws_team"}`, false, `argument "workspace_id" is not one of the allowed values`},
-	{"unknown argument", "notion_read", "notion__get_pages", `{"workspace_id":"ws_abc123","sudo":true}`, false, `argument "sudo" is not allowed`},
-	{"not granted", "notion_read", "notion__delete_page", `{"page_id":"pg_roadmap26"}`, false, `is not granted to role "notion_read"`},
-	{"nested constraint", "notion_read", "notion__search", `{"query":"roadmap","workspace_id":"ws_abc123","filter":{"owner":"Alice"}}`, false, `argument "filter.owner" does not match the required pattern`},
-	// Parked for a human, who denies it (see decideParked).
-	{"needs approval, denied", "notion_editor", "notion__delete_page", `{"page_id":"pg_roadmap26"}`, false, "denied by ops: not today"},
-	{"cel condition", "notion_editor", "notion__create_page", `{"workspace_id":"ws_team","title":"` + strings.Repeat("x", 90) + `"}`, false, "condition"},
-	{"allowed write", "notion_editor", "notion__create_page", `{"workspace_id":"ws_abc123","title":"Q3 plan"}`, true, "Q3 plan"},
+	{"allowed read", "notion_read", "notion__get_pages", `{"workspace_id":"ws_abc123","limit":2}`, true, "2 pages in workspace ws_abc123", ""},
+	{"constraint", "notion_read", "notion__get_pages", `{"workspace_id":"ws_team"}`, false, `argument "workspace_id" is not one of the allowed values`, "constraint_failed"},
+	{"unknown argument", "notion_read", "notion__get_pages", `{"workspace_id":"ws_abc123","sudo":true}`, false, `argument "sudo" is not allowed`, "unknown_argument"},
+	{"not granted", "notion_read", "notion__delete_page", `{"page_id":"pg_roadmap26"}`, false, `is not granted to role "notion_read"`, "not_granted"},
+	{"nested constraint", "notion_read", "notion__search", `{"query":"roadmap","workspace_id":"ws_abc123","filter":{"owner":"Alice"}}`, false, `argument "filter.owner" does not match the required pattern`, "constraint_failed"},
+	// Parked for a human, who denies it (see decideParked): error -32002,
+	// which carries no reason code.
+	{"needs approval, denied", "notion_editor", "notion__delete_page", `{"page_id":"pg_roadmap26"}`, false, "denied by ops: not today", ""},
+	{"cel condition", "notion_editor", "notion__create_page", `{"workspace_id":"ws_team","title":"` + strings.Repeat("x", 90) + `"}`, false, "condition", "cel_denied"},
+	{"allowed write", "notion_editor", "notion__create_page", `{"workspace_id":"ws_abc123","title":"Q3 plan"}`, true, "Q3 plan", ""},
 	// Over support_shadow's max_len 200: a would-be denial, allowed.
-	{"shadow allows", "support_shadow", "notion__search", `{"query":"` + strings.Repeat("q", 250) + `","workspace_id":"ws_abc123"}`, true, ""},
-	{"traversal", "notion_read", "notion__../get_pages", `{}`, false, ".."},
+	{"shadow allows", "support_shadow", "notion__search", `{"query":"` + strings.Repeat("q", 250) + `","workspace_id":"ws_abc123"}`, true, "", ""},
+	{"traversal", "notion_read", "notion__../get_pages", `{}`, false, `tool name "notion__../get_pages" contains ".." at byte 8`, "invalid_name"},
+}
+
+// refusalCode is the reason code in the data of a gateway's refusal, or
+// "" if err is none.
+func refusalCode(err error) string {
+	var rpcErr *jsonrpc.Error
+	var data struct {
+		Code string `json:"code"`
+	}
+	if !errors.As(err, &rpcErr) || json.Unmarshal(rpcErr.Data, &data) != nil {
+		return ""
+	}
+	return data.Code
 }
 
 // decideParked waits for the one pending approval of gw and decides it.
@@ -334,6 +349,8 @@ func runGolden(t *testing.T, gw *Gateway, endpoint string) {
 				t.Errorf("result %q does not contain %q", text(t, res), sc.want)
 			case !sc.allowed && (err == nil || !strings.Contains(err.Error(), sc.want)):
 				t.Errorf("err = %v, want one containing %q", err, sc.want)
+			case !sc.allowed && sc.code != "" && refusalCode(err) != sc.code:
+				t.Errorf("err = %v with code %q, want %q", err, refusalCode(err), sc.code)
 			}
 		})
 	}
