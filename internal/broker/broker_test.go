@@ -110,8 +110,10 @@ type upstreamServer struct {
 	// holding, when set, holds every POST whose body it matches until the
 	// test ends (stop), never answered.
 	holding atomic.Pointer[func(body []byte) bool]
-	// conns counts the connections made to the HTTP upstream.
-	conns atomic.Int32
+	// conns counts the connections made to the HTTP upstream; closed, the
+	// streams of callStream's answers that their readers closed, and
+	// drained, those of them read to their end first.
+	conns, closed, drained atomic.Int32
 }
 
 // bigResult is the size of the big tool's text, more than the broker holds
@@ -284,8 +286,50 @@ func (u *upstreamServer) serveHTTP(t *testing.T) func(context.Context) (mcp.Tran
 	t.Cleanup(srv.Close)
 	u.http = srv
 	return func(context.Context) (mcp.Transport, error) {
-		return &mcp.StreamableClientTransport{Endpoint: srv.URL}, nil
+		client := &http.Client{Transport: countCloses{base: http.DefaultTransport, u: u}}
+		return &mcp.StreamableClientTransport{Endpoint: srv.URL, HTTPClient: client}, nil
 	}
+}
+
+// countCloses counts the streams of callStream's answers their readers
+// close, and those read to their end first, in u.
+type countCloses struct {
+	base http.RoundTripper
+	u    *upstreamServer
+}
+
+func (c countCloses) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := c.base.RoundTrip(r)
+	if err == nil && resp.Header.Get(callStreamHeader) != "" {
+		resp.Body = &countedBody{ReadCloser: resp.Body, u: c.u}
+	}
+	return resp, err
+}
+
+type countedBody struct {
+	io.ReadCloser
+	u    *upstreamServer
+	eof  atomic.Bool
+	once sync.Once
+}
+
+func (b *countedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.eof.Store(true)
+	}
+	return n, err
+}
+
+func (b *countedBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(func() {
+		if b.eof.Load() {
+			b.u.drained.Add(1)
+		}
+		b.u.closed.Add(1)
+	})
+	return err
 }
 
 // holdDeletes makes the HTTP upstream hold every request to end a session
