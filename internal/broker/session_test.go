@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -48,7 +50,7 @@ func TestSlowUpstreamDoesNotHoldUpTheOthers(t *testing.T) {
 	filesDone := make(chan error, 2)
 	go func() { filesDone <- call("files__get_pages") }()
 	<-entered
-	go func() { filesDone <- call("files__get_pages") }()
+	go func() { time.Sleep(200 * time.Millisecond); filesDone <- call("files__get_pages") }()
 	// Should the call wait for the other upstream, that upstream is let
 	// through after a while, so that the test fails rather than hangs.
 	failsafe := time.AfterFunc(10*time.Second, func() { close(release) })
@@ -58,7 +60,10 @@ func TestSlowUpstreamDoesNotHoldUpTheOthers(t *testing.T) {
 	if !failsafe.Stop() {
 		t.Fatal("a call to notion waited while the agent's session with files was being opened")
 	}
-	time.Sleep(50 * time.Millisecond) // for the second call to files to come
+	// The second call to files has come when it is connecting too, or
+	// waiting for the first one's connect: only then does connects say
+	// whether they share it.
+	eventually(t, "the second call to files to reach the broker's connect", func() bool { return goroutinesIn("broker.(*Broker).sessionWith(") == 2 })
 	close(release)
 	for range 2 {
 		if err := <-filesDone; err != nil {
@@ -67,6 +72,19 @@ func TestSlowUpstreamDoesNotHoldUpTheOthers(t *testing.T) {
 	}
 	if n := connects.Load(); n != 1 {
 		t.Errorf("the agent's two calls to files opened %d sessions, want 1", n)
+	}
+}
+
+// goroutinesIn counts the goroutines with fn, a function as stack traces
+// name it, on their stacks.
+func goroutinesIn(fn string) int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return bytes.Count(buf[:n], []byte(fn))
+		}
+		buf = make([]byte, 2*len(buf))
 	}
 }
 
