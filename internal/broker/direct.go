@@ -42,10 +42,10 @@ type directUpstream struct {
 	endpoint string
 	session  string // Mcp-Session-Id; empty for a stateless server
 	version  string // the negotiated protocol version
-	// lingers is set once a call's stream went on past its response for
-	// longer than restWait: the session's streams are not read to their
-	// end again.
-	lingers atomic.Bool
+	// lingerUntil is set, as nanoseconds of lingerClock, when a call's
+	// stream went on past its response for longer than restWait: until
+	// then, the session's streams are not read to their end.
+	lingerUntil atomic.Int64
 }
 
 func newDirectUpstream(t mcp.Transport, cs *mcp.ClientSession) *directUpstream {
@@ -503,7 +503,7 @@ func (b *Broker) streamDirect(ctx context.Context, stream *sseStream, r *http.Re
 		}
 	}}
 	defer func() {
-		if done && events.err == nil && !d.lingers.Load() {
+		if done && events.err == nil && !d.lingering() {
 			call.rest = true
 			go d.readRest(events.body, call.cancel)
 			return
@@ -568,6 +568,29 @@ const (
 	restMax  = 64 << 10
 )
 
+// lingerFor is how long a session whose upstream kept a stream open past
+// restWait (or wrote restMax more) has its streams closed at once, before
+// they are waited for again. A moment of load can keep the broker from
+// reading a stream's end in time, and that should not cost the session
+// its connection reuse for the rest of its life; an upstream that always
+// keeps its streams open costs one wait of restWait per lingerFor.
+var lingerFor = 30 * time.Second
+
+// lingerClock is the monotonic origin of lingerUntil.
+var lingerClock = time.Now()
+
+// linger marks the session's upstream as keeping its streams open, for
+// lingerFor from now.
+func (d *directUpstream) linger() {
+	d.lingerUntil.Store(int64(time.Since(lingerClock) + lingerFor))
+}
+
+// lingering reports whether the session's streams are closed at once
+// rather than read to their end (see linger).
+func (d *directUpstream) lingering() bool {
+	return int64(time.Since(lingerClock)) < d.lingerUntil.Load()
+}
+
 // readRest reads what is left of a call's stream after its response, then
 // closes it and ends the call's request (cancel). A response body closed
 // before its end closes its connection, and the next call would dial, and
@@ -576,15 +599,15 @@ const (
 // (the protocol says it should), often before the broker has read the
 // response, sometimes just after: the agent, who has its answer, does not
 // wait for that. A session whose upstream kept a stream open past
-// restWait, or wrote restMax more, is not waited for again: its streams
-// are closed at once, as they end the call.
+// restWait, or wrote restMax more, is not waited for again for lingerFor:
+// its streams are closed at once, as they end the call.
 func (d *directUpstream) readRest(body io.ReadCloser, cancel context.CancelFunc) {
 	timer := time.AfterFunc(restWait, func() {
-		d.lingers.Store(true)
+		d.linger()
 		cancel()
 	})
 	if n, _ := io.Copy(io.Discard, io.LimitReader(body, restMax)); n == restMax {
-		d.lingers.Store(true)
+		d.linger()
 	}
 	timer.Stop()
 	body.Close()

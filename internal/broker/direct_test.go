@@ -709,8 +709,8 @@ const pagesCall = `{"jsonrpc":"2.0","id":"c","method":"tools/call","params":{"na
 // so that the stream's end does not race the next call. The broker waits
 // only restWait for the end, which a loaded machine may not give it; the
 // session is then taken for one whose upstream keeps streams open, and is
-// not waited for again. That says nothing of reuse, and is tried again
-// in a new session.
+// not waited for again for lingerFor. That says nothing of reuse, and is
+// tried again in a new session.
 func TestDirectPathReusesTheUpstreamConnection(t *testing.T) {
 	const attempts = 3
 	for i := 1; ; i++ {
@@ -760,7 +760,7 @@ func reuseAttempt(t *testing.T) (drained, newConns int32, lingered bool) {
 	g.broker.sessions.Range(func(_, v any) bool {
 		as := v.(*agentSession)
 		as.mu.Lock()
-		if d := as.direct["notion"]; d != nil && d.lingers.Load() {
+		if d := as.direct["notion"]; d != nil && d.lingering() {
 			lingered = true
 		}
 		as.mu.Unlock()
@@ -800,7 +800,7 @@ func TestDirectPathClosesAStreamKeptOpen(t *testing.T) {
 		as := v.(*agentSession)
 		as.mu.Lock()
 		if d := as.direct["notion"]; d != nil {
-			lingers = append(lingers, d.lingers.Load())
+			lingers = append(lingers, d.lingering())
 		}
 		as.mu.Unlock()
 		return true
@@ -808,4 +808,49 @@ func TestDirectPathClosesAStreamKeptOpen(t *testing.T) {
 	if len(lingers) != 1 || !lingers[0] {
 		t.Errorf("the session's upstream is not marked as keeping its streams open: %v", lingers)
 	}
+}
+
+// A session whose upstream once kept a stream open past restWait (or
+// whose broker, on a loaded machine, read its end too late) has its
+// streams read to their end again once lingerFor has passed, and its
+// connection reused again.
+func TestDirectPathWaitsForStreamsAgainAfterALinger(t *testing.T) {
+	defer func(d time.Duration) { lingerFor = d }(lingerFor)
+	lingerFor = 300 * time.Millisecond
+	g, a := directAgent(t)
+	var keepOpen atomic.Bool
+	callStream(g.up, func(r *http.Request) {
+		if keepOpen.Load() {
+			select {
+			case <-r.Context().Done():
+			case <-time.After(30 * time.Second): // a failsafe, far beyond restWait
+			}
+		}
+	})
+	session := func() *directUpstream {
+		var d *directUpstream
+		g.broker.sessions.Range(func(_, v any) bool {
+			as := v.(*agentSession)
+			as.mu.Lock()
+			d = as.direct["notion"]
+			as.mu.Unlock()
+			return d == nil
+		})
+		return d
+	}
+	keepOpen.Store(true)
+	if got := a.post(pagesCall); len(got) != 1 || !strings.Contains(got[0], `"text":"3 pages"`) {
+		t.Fatalf("the call whose stream is kept open: %q", got)
+	}
+	eventually(t, "the session's upstream to be marked as keeping its streams open", func() bool {
+		d := session()
+		return d != nil && d.lingering()
+	})
+	keepOpen.Store(false) // the upstream's later streams end after their response
+	eventually(t, "the mark to pass", func() bool { return !session().lingering() })
+	drained := g.up.drained.Load()
+	if got := a.post(pagesCall); len(got) != 1 || !strings.Contains(got[0], `"text":"3 pages"`) {
+		t.Fatalf("the call after the mark passed: %q", got)
+	}
+	eventually(t, "the next call's stream to be read to its end", func() bool { return g.up.drained.Load() > drained })
 }
