@@ -44,12 +44,15 @@ type Deps struct {
 	// Console, if set, is the web console, served under /console/; / then
 	// leads there.
 	Console http.Handler
+	// Draining, if set, reports whether the gateway is shutting down: its
+	// listeners then take no new calls, so it is not ready.
+	Draining func() bool
 }
 
 // Handler returns the admin endpoints:
 //
 //	GET /healthz        200 while the process serves
-//	GET /readyz         200 once a policy is compiled, 503 before
+//	GET /readyz         200 once a policy is compiled and until shutdown begins, else 503 saying why
 //	GET /api/v1/status  the policy, its last reload and the upstreams, as JSON
 //	/api/v1/approvals   calls waiting for a human (see approvals), with the admin token
 //	GET /metrics        Prometheus metrics
@@ -62,6 +65,13 @@ func Handler(d Deps) http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if d.Draining != nil && d.Draining() {
+			// The agents' listeners are closing: a load balancer must
+			// send no more calls here.
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write([]byte("shutting down\n"))
+			return
+		}
 		if d.Policies.Current() == nil {
 			// Without a policy every request is denied: not ready.
 			w.WriteHeader(http.StatusServiceUnavailable)

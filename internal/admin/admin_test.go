@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -60,6 +61,20 @@ func TestReadinessFollowsThePolicy(t *testing.T) {
 	p.set = compile(t)
 	if code, _ := get(t, h, "/readyz", nil); code != 200 {
 		t.Errorf("readyz with a policy = %d, want 200", code)
+	}
+}
+
+// Once shutdown begins the agents' listeners take no new calls: /readyz
+// says so, policy or not, so that a load balancer sends them elsewhere.
+func TestReadinessEndsAtShutdown(t *testing.T) {
+	var draining atomic.Bool
+	h := Handler(Deps{Policies: &policies{set: compile(t)}, Upstreams: func() []broker.UpstreamStatus { return nil }, Draining: draining.Load})
+	if code, body := get(t, h, "/readyz", nil); code != 200 || body != "ready\n" {
+		t.Errorf("readyz while serving = %d %q, want 200", code, body)
+	}
+	draining.Store(true)
+	if code, body := get(t, h, "/readyz", nil); code != 503 || body != "shutting down\n" {
+		t.Errorf("readyz while draining = %d %q, want 503 \"shutting down\"", code, body)
 	}
 }
 

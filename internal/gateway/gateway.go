@@ -18,6 +18,8 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -109,6 +111,9 @@ type Gateway struct {
 	xds                        *xds.Server  // nil unless XDSListen is set
 	configFile                 string
 	configSeen                 []byte // the file's content when New ran
+	// draining is set once Serve begins to shut down: /readyz then says
+	// the gateway is not ready.
+	draining atomic.Bool
 }
 
 // New builds a gateway for cfg: it locks the data directory (a second
@@ -308,7 +313,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	}
 	g.admin = admin.Handler(admin.Deps{Policies: g.policies, Upstreams: g.broker.Status, Version: opts.Version,
 		Started: time.Now(), Hosts: hostguard.ForListener(cfg.AdminListen), Approvals: g.approvals, Token: adminToken,
-		Metrics: g.tel.MetricsHandler(), Console: con})
+		Metrics: g.tel.MetricsHandler(), Console: con, Draining: g.draining.Load})
 	g.tel.ObservePendingApprovals(g.approvals.CountPending)
 	return g, nil
 }
@@ -401,8 +406,12 @@ func (g *Gateway) BrokerAddr() string {
 	return g.brokerLis.Addr().String()
 }
 
+// shutdownGrace is how long Serve's shutdown lets the calls in flight
+// finish. It is a variable for tests.
+var shutdownGrace = 10 * time.Second
+
 // Serve connects the upstreams and serves until ctx ends, then shuts down
-// gracefully within 10 s. Listen must have been called.
+// gracefully within shutdownGrace (10 s). Listen must have been called.
 func (g *Gateway) Serve(ctx context.Context) error {
 	g.broker.Start(ctx)
 	// From now on the policy is checked against what the upstreams list:
@@ -467,16 +476,26 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	case err = <-errs:
 	case <-ctx.Done():
 	}
+	// From here on /readyz says the gateway is not ready.
+	g.draining.Store(true)
 	g.log.Info("shutting down")
 	// Calls waiting for a human, and the agents' streams of server
 	// messages, would hold the listeners' shutdown to its deadline: they
 	// are ended first.
 	g.broker.Drain()
-	shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
 	defer cancel()
 	stopped := make(chan struct{})
 	go func() { gs.GracefulStop(); close(stopped) }()
-	herr := errors.Join(hs.Shutdown(shutdown), as.Shutdown(shutdown), bs.Shutdown(shutdown))
+	// Together, so that each listener closes now and each server's calls
+	// have the whole grace.
+	var down sync.WaitGroup
+	herrs := make([]error, 3)
+	for i, s := range []*http.Server{hs, as, bs} {
+		down.Go(func() { herrs[i] = s.Shutdown(shutdown) })
+	}
+	down.Wait()
+	herr := errors.Join(herrs...)
 	select {
 	case <-stopped:
 	case <-shutdown.Done():

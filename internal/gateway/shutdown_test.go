@@ -3,6 +3,9 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -65,5 +68,115 @@ func TestShutdownAnswersWaitingCallsAndEndsStreams(t *testing.T) {
 	// the agent's stream took all of it.
 	if took := time.Since(stopped); took >= 9*time.Second {
 		t.Errorf("the shutdown took %v: it waited for the agent", took.Round(time.Millisecond))
+	}
+}
+
+const slowRole = `
+role: r
+servers:
+  slow:
+    tools:
+      - name: wait
+`
+
+// slowGateway is a gateway serving an agent, as startSlow starts it, whose
+// upstream "slow" has a tool "wait" that runs until released.
+type slowGateway struct {
+	*Gateway
+	stop   context.CancelFunc // begins the shutdown
+	served chan error         // Serve's return
+	agent  *mcp.ClientSession
+	// started has a value each time a call of wait begins upstream;
+	// closing release ends them all.
+	started chan struct{}
+	release chan struct{}
+}
+
+func startSlow(t *testing.T) *slowGateway {
+	t.Helper()
+	sg := &slowGateway{served: make(chan error, 1), started: make(chan struct{}, 16), release: make(chan struct{})}
+	srv := mcp.NewServer(&mcp.Implementation{Name: "slow", Version: "1"}, nil)
+	mcp.AddTool(srv, &mcp.Tool{Name: "wait"}, func(ctx context.Context, _ *mcp.CallToolRequest, _ struct{}) (*mcp.CallToolResult, any, error) {
+		sg.started <- struct{}{}
+		select {
+		case <-sg.release:
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "done"}}}, nil, nil
+	})
+	cfg := testConfig(t, map[string]*config.Upstream{"slow": {Name: "slow", Builtin: "slow", ConnectTimeout: 5 * time.Second,
+		CallTimeout: time.Minute}}, slowRole)
+	gw, err := New(cfg, &Options{Builtins: Builtins{"slow": srv}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { gw.Close() })
+	sg.Gateway = gw
+	if err := gw.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	t.Cleanup(stop)
+	sg.stop = stop
+	go func() { sg.served <- gw.Serve(ctx) }()
+	token, _, err := gw.IssueToken(context.Background(), "agent-1", "r", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sg.agent = connectAgent(t, "http://"+gw.MCPAddr()+config.MCPPath, token)
+	return sg
+}
+
+// callWait calls wait as the agent, and returns once the call runs
+// upstream; the call's error comes on the channel.
+func (sg *slowGateway) callWait(t *testing.T) <-chan error {
+	t.Helper()
+	called := make(chan error, 1)
+	go func() {
+		// Should the call never be answered, it is given up after a
+		// while, so that the test fails rather than hangs.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_, err := sg.agent.CallTool(ctx, &mcp.CallToolParams{Name: "slow__wait", Arguments: json.RawMessage(`{}`)})
+		called <- err
+	}()
+	select {
+	case <-sg.started:
+	case err := <-called:
+		t.Fatalf("the call did not reach the upstream: %v", err)
+	}
+	return called
+}
+
+// Once the gateway begins to shut down, its MCP listener closed while it
+// lets the calls in flight finish, /readyz no longer says it is ready.
+func TestReadyzIsNotReadyWhileDraining(t *testing.T) {
+	sg := startSlow(t)
+	called := sg.callWait(t)
+	sg.stop()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		conn, err := net.Dial("tcp", sg.MCPAddr())
+		if err != nil {
+			break
+		}
+		conn.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("the MCP listener still takes connections")
+		}
+	}
+	if resp, err := http.Get("http://" + sg.AdminAddr() + "/readyz"); err == nil {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Errorf("draining, its MCP listener closed: /readyz = %d %q, want not ready", resp.StatusCode, body)
+		}
+	}
+	close(sg.release)
+	if err := <-called; err != nil {
+		t.Errorf("the call in flight: %v, want its result", err)
+	}
+	if err := <-sg.served; err != nil {
+		t.Errorf("serve: %v", err)
 	}
 }
