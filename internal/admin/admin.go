@@ -22,6 +22,13 @@ type Policies interface {
 	Status() policy.Status
 }
 
+// Auditor is the audit log, as far as readiness goes.
+type Auditor interface {
+	// Healthy reports whether the log can record; while it cannot, every
+	// call is refused.
+	Healthy() bool
+}
+
 // Deps is what the admin endpoints report on.
 type Deps struct {
 	Policies  Policies
@@ -47,12 +54,16 @@ type Deps struct {
 	// Draining, if set, reports whether the gateway is shutting down: its
 	// listeners then take no new calls, so it is not ready.
 	Draining func() bool
+	// Audit, if set, is the audit log: while it cannot record, every call
+	// is refused, so the gateway is not ready.
+	Audit Auditor
 }
 
 // Handler returns the admin endpoints:
 //
 //	GET /healthz        200 while the process serves
-//	GET /readyz         200 once a policy is compiled and until shutdown begins, else 503 saying why
+//	GET /readyz         200 once a policy is compiled, while the audit log can record and until
+//	                    shutdown begins, else 503 saying why
 //	GET /api/v1/status  the policy, its last reload and the upstreams, as JSON
 //	/api/v1/approvals   calls waiting for a human (see approvals), with the admin token
 //	GET /metrics        Prometheus metrics
@@ -76,6 +87,12 @@ func Handler(d Deps) http.Handler {
 			// Without a policy every request is denied: not ready.
 			w.WriteHeader(http.StatusServiceUnavailable)
 			w.Write([]byte("no policy compiled\n"))
+			return
+		}
+		if d.Audit != nil && !d.Audit.Healthy() {
+			// Every call is refused rather than left unaudited.
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write([]byte("audit log cannot record\n"))
 			return
 		}
 		w.Write([]byte("ready\n"))

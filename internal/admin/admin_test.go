@@ -78,6 +78,24 @@ func TestReadinessEndsAtShutdown(t *testing.T) {
 	}
 }
 
+type auditor struct{ healthy atomic.Bool }
+
+func (a *auditor) Healthy() bool { return a.healthy.Load() }
+
+// While the audit log cannot record, every call is refused: /readyz says
+// the gateway is not ready, and why, until it can again.
+func TestReadinessFollowsTheAuditLog(t *testing.T) {
+	audit := &auditor{}
+	h := Handler(Deps{Policies: &policies{set: compile(t)}, Upstreams: func() []broker.UpstreamStatus { return nil }, Audit: audit})
+	if code, body := get(t, h, "/readyz", nil); code != 503 || body != "audit log cannot record\n" {
+		t.Errorf("readyz with the audit log failing = %d %q, want 503 \"audit log cannot record\"", code, body)
+	}
+	audit.healthy.Store(true)
+	if code, body := get(t, h, "/readyz", nil); code != 200 || body != "ready\n" {
+		t.Errorf("readyz with the audit log recording = %d %q, want 200", code, body)
+	}
+}
+
 func TestStatusReportsPolicyAndUpstreams(t *testing.T) {
 	set := compile(t)
 	at := time.Date(2026, 11, 26, 9, 0, 0, 0, time.UTC)

@@ -3,15 +3,20 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
 	"github.com/amgateway/amg/authz/authztest"
 	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/config"
 	"github.com/amgateway/amg/internal/redistest"
 	"github.com/amgateway/amg/internal/syncbuf"
 )
@@ -160,5 +165,58 @@ func TestReplicaID(t *testing.T) {
 	}
 	if second, err := replicaID(other); err != nil || second == first {
 		t.Errorf("another data directory's replica is %q (%v), the first's %q", second, err, first)
+	}
+}
+
+// A gateway whose audit log cannot record refuses every call: /readyz
+// says it is not ready, and why, until the log records again.
+func TestReadyzFollowsTheAuditLog(t *testing.T) {
+	gw := serveForTest(t, loopbackConfig(t, "../../policies"), nil)
+	token, _, err := gw.IssueToken(context.Background(), "agent-1", "notion_editor", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := connectAgent(t, "http://"+gw.MCPAddr()+config.MCPPath, token)
+	readyz := func() (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + gw.AdminAddr() + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	if code, body := readyz(); code != http.StatusOK {
+		t.Fatalf("/readyz = %d %q, want 200", code, body)
+	}
+	path := filepath.Join(gw.cfg.DataDir, audit.FileName)
+	if err := os.Rename(path, path+".away"); err != nil {
+		t.Fatal(err)
+	}
+	call := &mcp.CallToolParams{Name: "notion__get_pages", Arguments: json.RawMessage(`{"workspace_id":"ws_abc123"}`)}
+	// The first call after the file went away is what finds it gone.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := cs.CallTool(context.Background(), call); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("calls still pass with the audit file gone")
+		}
+	}
+	if code, body := readyz(); code != http.StatusServiceUnavailable || body != "audit log cannot record\n" {
+		t.Errorf("every call refused: /readyz = %d %q, want 503 \"audit log cannot record\"", code, body)
+	}
+	if err := os.Rename(path+".away", path); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		code, body := readyz()
+		if code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the audit file back: /readyz = %d %q, want 200", code, body)
+		}
 	}
 }

@@ -313,7 +313,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	}
 	g.admin = admin.Handler(admin.Deps{Policies: g.policies, Upstreams: g.broker.Status, Version: opts.Version,
 		Started: time.Now(), Hosts: hostguard.ForListener(cfg.AdminListen), Approvals: g.approvals, Token: adminToken,
-		Metrics: g.tel.MetricsHandler(), Console: con, Draining: g.draining.Load})
+		Metrics: g.tel.MetricsHandler(), Console: con, Draining: g.draining.Load, Audit: g.auditLog})
 	g.tel.ObservePendingApprovals(g.approvals.CountPending)
 	return g, nil
 }
