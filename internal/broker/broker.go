@@ -178,6 +178,8 @@ type Broker struct {
 	now         func() time.Time
 	drained     context.Context // done once Drain is called
 	drain       context.CancelFunc
+	cut         context.Context // done once Cut is called
+	cutCalls    context.CancelFunc
 	cancelling  sync.WaitGroup // cancelLater's retries
 
 	audit   Auditor
@@ -245,6 +247,7 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 		approvalTTL: 15 * time.Minute, keepAlive: 15 * time.Second, storeRetry: time.Second, catalogueRetry: time.Second,
 		closeTimeout: 10 * time.Second, now: time.Now}
 	b.drained, b.drain = context.WithCancel(context.Background())
+	b.cut, b.cutCalls = context.WithCancel(context.Background())
 	if opts != nil {
 		b.approvals, b.notify, b.sessionStore, b.tel = opts.Approvals, opts.Notify, opts.Sessions, opts.Telemetry
 		if opts.Spent != nil {
@@ -363,14 +366,35 @@ func (b *Broker) Start(ctx context.Context) {
 // approved runs.
 func (b *Broker) Drain() { b.drain() }
 
-// Close drains the broker (Drain), and ends every agent session, with its
-// upstream sessions, and every catalogue session, all at once. It waits
-// for every upstream session being closed, those of agent sessions that
-// ended before (by their agent, for being idle, for their tokens)
-// included, up to the close timeout: past it, an upstream slow to end a
-// session, or a stdio process slow to exit, is left to it.
+// Cut ends the calls still running at their upstreams, and those begun
+// after it, as a shutdown whose grace is over must: each is answered
+// that the gateway shut down before its upstream answered, and its
+// upstream outcome audited as such (upstream_error), rather than cut off
+// unanswered and unrecorded when the listeners and sessions close.
+func (b *Broker) Cut() { b.cutCalls() }
+
+// errShutdown ends the calls Cut cuts.
+var errShutdown = errors.New("the gateway shut down before the upstream answered")
+
+// cutShort is err, or errShutdown if err is a call's context ending
+// because Cut ended it.
+func (b *Broker) cutShort(err error) error {
+	if b.cut.Err() != nil && errors.Is(err, context.Canceled) {
+		return errShutdown
+	}
+	return err
+}
+
+// Close drains the broker (Drain), cuts the calls in flight (Cut), and
+// ends every agent session, with its upstream sessions, and every
+// catalogue session, all at once. It waits for every upstream session
+// being closed, those of agent sessions that ended before (by their
+// agent, for being idle, for their tokens) included, up to the close
+// timeout: past it, an upstream slow to end a session, or a stdio process
+// slow to exit, is left to it.
 func (b *Broker) Close() {
 	b.drain()
+	b.cutCalls()
 	b.closing.Store(true)
 	if b.stopKeepers != nil {
 		b.stopKeepers()
@@ -1352,9 +1376,10 @@ func (b *Broker) onUpstream(ctx context.Context, ss *mcp.ServerSession, server s
 	defer as.calls.add(ctx, ss, server, token)()
 	ctx, cancel := context.WithTimeout(ctx, u.CallTimeout)
 	defer cancel()
+	defer context.AfterFunc(b.cut, cancel)()
 	if err := fn(ctx, cs); err != nil {
 		b.dropIfBroken(as, server, cs, err)
-		return upstreamError(server, err)
+		return upstreamError(server, b.cutShort(err))
 	}
 	return nil
 }

@@ -257,6 +257,7 @@ func (b *Broker) directCall(stream *sseStream, r *http.Request, as *agentSession
 	// protocol says so): the call goes on until the upstream answers, the
 	// timeout, or the agent's notifications/cancelled.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), u.CallTimeout)
+	defer context.AfterFunc(b.cut, cancel)()
 	call := &directCall{server: server, agentID: string(m.ID), upID: upID, up: d, cancel: cancel}
 	defer func() {
 		if !call.rest {
@@ -283,9 +284,9 @@ func (b *Broker) directCall(stream *sseStream, r *http.Request, as *agentSession
 		})
 		defer stop()
 	}
-	// A call that times out, or whose agent without a session went away,
-	// is over for the upstream too: it is told so, as the protocol asks of
-	// a requester that stops waiting.
+	// A call that times out, whose agent without a session went away, or
+	// that a shutdown cut (Cut), is over for the upstream too: it is told
+	// so, as the protocol asks of a requester that stops waiting.
 	answered := false
 	defer func() {
 		var reason string
@@ -295,6 +296,8 @@ func (b *Broker) directCall(stream *sseStream, r *http.Request, as *agentSession
 			reason = "timeout"
 		case as.ss == nil && ctx.Err() != nil && r.Context().Err() != nil:
 			reason = "the agent closed its request"
+		case ctx.Err() != nil && b.cut.Err() != nil:
+			reason = "the gateway shut down"
 		}
 		if reason != "" {
 			ctx, cancel := notice(r.Context())
@@ -768,6 +771,7 @@ func (b *Broker) dropDirect(as *agentSession, server string, d *directUpstream) 
 // finishDirect answers a direct call that failed before its response.
 func (b *Broker) finishDirect(stream *sseStream, r *http.Request, agentID []byte, server, tool string, start time.Time, err error) {
 	took := time.Since(start)
+	err = b.cutShort(err)
 	// An agent that is gone, or cancelled the call, is not answered.
 	if r.Context().Err() == nil {
 		resp, _ := json.Marshal(rpcErrorResponse(agentID, upstreamError(server, err)))

@@ -410,8 +410,14 @@ func (g *Gateway) BrokerAddr() string {
 // finish. It is a variable for tests.
 var shutdownGrace = 10 * time.Second
 
+// cutGrace is how long, once shutdownGrace is over and the calls still
+// running are cut (broker.Cut), their answers have to reach the agents.
+const cutGrace = time.Second
+
 // Serve connects the upstreams and serves until ctx ends, then shuts down
-// gracefully within shutdownGrace (10 s). Listen must have been called.
+// gracefully within shutdownGrace (10 s): the calls still running then
+// are cut, answered and audited (see broker.Cut), within cutGrace more.
+// Listen must have been called.
 func (g *Gateway) Serve(ctx context.Context) error {
 	g.broker.Start(ctx)
 	// From now on the policy is checked against what the upstreams list:
@@ -489,13 +495,29 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	go func() { gs.GracefulStop(); close(stopped) }()
 	// Together, so that each listener closes now and each server's calls
 	// have the whole grace.
-	var down sync.WaitGroup
-	herrs := make([]error, 3)
-	for i, s := range []*http.Server{hs, as, bs} {
-		down.Go(func() { herrs[i] = s.Shutdown(shutdown) })
+	servers := []*http.Server{hs, as, bs}
+	shutdownAll := func(ctx context.Context) error {
+		var down sync.WaitGroup
+		errs := make([]error, len(servers))
+		for i, s := range servers {
+			down.Go(func() { errs[i] = s.Shutdown(ctx) })
+		}
+		down.Wait()
+		return errors.Join(errs...)
 	}
-	down.Wait()
-	herr := errors.Join(herrs...)
+	herr := shutdownAll(shutdown)
+	if errors.Is(herr, context.DeadlineExceeded) {
+		// The calls still running are cut, each answered that the
+		// gateway shut down and its outcome audited, and given a moment
+		// for their answers to leave; what is left then is closed.
+		g.broker.Cut()
+		answered, cancel := context.WithTimeout(context.WithoutCancel(ctx), cutGrace)
+		defer cancel()
+		shutdownAll(answered)
+		for _, s := range servers {
+			s.Close()
+		}
+	}
 	select {
 	case <-stopped:
 	case <-shutdown.Done():

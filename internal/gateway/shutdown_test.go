@@ -6,12 +6,17 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/broker"
 	"github.com/amgateway/amg/internal/config"
 	"github.com/amgateway/amg/internal/demo"
 )
@@ -87,26 +92,37 @@ type slowGateway struct {
 	served chan error         // Serve's return
 	agent  *mcp.ClientSession
 	// started has a value each time a call of wait begins upstream;
-	// closing release ends them all.
-	started chan struct{}
-	release chan struct{}
+	// release ends them all.
+	started  chan struct{}
+	released chan struct{}
+	release  func()
 }
 
-func startSlow(t *testing.T) *slowGateway {
+// startSlow starts a slowGateway; with viaHTTP its upstream is reached over
+// Streamable HTTP, else in process.
+func startSlow(t *testing.T, viaHTTP bool) *slowGateway {
 	t.Helper()
-	sg := &slowGateway{served: make(chan error, 1), started: make(chan struct{}, 16), release: make(chan struct{})}
+	sg := &slowGateway{served: make(chan error, 1), started: make(chan struct{}, 16), released: make(chan struct{})}
+	sg.release = sync.OnceFunc(func() { close(sg.released) })
 	srv := mcp.NewServer(&mcp.Implementation{Name: "slow", Version: "1"}, nil)
 	mcp.AddTool(srv, &mcp.Tool{Name: "wait"}, func(ctx context.Context, _ *mcp.CallToolRequest, _ struct{}) (*mcp.CallToolResult, any, error) {
 		sg.started <- struct{}{}
 		select {
-		case <-sg.release:
+		case <-sg.released:
 		case <-ctx.Done():
 			return nil, nil, ctx.Err()
 		}
 		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "done"}}}, nil, nil
 	})
-	cfg := testConfig(t, map[string]*config.Upstream{"slow": {Name: "slow", Builtin: "slow", ConnectTimeout: 5 * time.Second,
-		CallTimeout: time.Minute}}, slowRole)
+	up := &config.Upstream{Name: "slow", Builtin: "slow", ConnectTimeout: 5 * time.Second, CallTimeout: time.Minute}
+	if viaHTTP {
+		hs := httptest.NewServer(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, nil))
+		t.Cleanup(hs.Close)
+		// A call left running must not hold up the server's Close.
+		t.Cleanup(sg.release)
+		up.Builtin, up.URL = "", hs.URL
+	}
+	cfg := testConfig(t, map[string]*config.Upstream{"slow": up}, slowRole)
 	gw, err := New(cfg, &Options{Builtins: Builtins{"slow": srv}})
 	if err != nil {
 		t.Fatal(err)
@@ -152,7 +168,7 @@ func (sg *slowGateway) callWait(t *testing.T) <-chan error {
 // Once the gateway begins to shut down, its MCP listener closed while it
 // lets the calls in flight finish, /readyz no longer says it is ready.
 func TestReadyzIsNotReadyWhileDraining(t *testing.T) {
-	sg := startSlow(t)
+	sg := startSlow(t, false)
 	called := sg.callWait(t)
 	sg.stop()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
@@ -172,11 +188,54 @@ func TestReadyzIsNotReadyWhileDraining(t *testing.T) {
 			t.Errorf("draining, its MCP listener closed: /readyz = %d %q, want not ready", resp.StatusCode, body)
 		}
 	}
-	close(sg.release)
+	sg.release()
 	if err := <-called; err != nil {
 		t.Errorf("the call in flight: %v, want its result", err)
 	}
 	if err := <-sg.served; err != nil {
 		t.Errorf("serve: %v", err)
+	}
+}
+
+// A call still running when the shutdown's grace is over is cut, on
+// either path to its upstream: its agent is answered that the gateway
+// shut down, and the audit log has the call's outcome, saying so.
+func TestShutdownCutsTheCallsPastItsGrace(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		viaHTTP bool
+	}{
+		{"in-process upstream", false},
+		{"HTTP upstream", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			shortenListenerTimeouts(t, 100*time.Millisecond, &shutdownGrace)
+			sg := startSlow(t, tc.viaHTTP)
+			called := sg.callWait(t)
+			sg.stop()
+			if err := <-sg.served; err != nil {
+				t.Errorf("serve: %v", err)
+			}
+			if err := sg.Close(); err != nil {
+				t.Errorf("close: %v", err)
+			}
+			const why = "the gateway shut down before the upstream answered"
+			if err, want := <-called, `upstream "slow": `+why; err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("the call cut: %v, want an error saying %q", err, want)
+			}
+			recs, _, err := audit.FileLog(filepath.Join(sg.cfg.DataDir, audit.FileName)).Search(context.Background(), audit.Query{Tool: "slow__wait"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var outcome *audit.Record
+			for i, r := range recs {
+				if r.Code == broker.CodeUpstreamError || r.Code == broker.CodeExecuted {
+					outcome = &recs[i]
+				}
+			}
+			if outcome == nil || outcome.Code != broker.CodeUpstreamError || outcome.UpstreamStatus != "error" || !strings.Contains(outcome.Reason, why) {
+				t.Errorf("the cut call's outcome record: %+v, want upstream_error saying %q", outcome, why)
+			}
+		})
 	}
 }
