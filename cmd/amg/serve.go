@@ -171,22 +171,24 @@ func serve(cmd *cobra.Command, o serveOptions) error {
 		return err
 	}
 	defer gw.Close()
+	// A token for a role the policy does not define would be denied
+	// everything, for 24 hours: refuse it, as amg token issue does, before
+	// taking any port. A policy that does not compile denies everything
+	// until it does, and has nothing to check against.
+	if o.dev {
+		if set, err := policy.LoadDir(cfg.PolicyDir, &policy.Options{Servers: cfg.Names}); err == nil {
+			if err := roleDefined(set, cfg.PolicyDir, o.devRole); err != nil {
+				return fmt.Errorf("--dev-role: %w", err)
+			}
+		} else {
+			log.Warn("--dev-role not checked: the policy does not compile", "role", o.devRole)
+		}
+	}
 	if err := gw.Listen(); err != nil {
 		return err
 	}
 	if !o.dev {
 		return gw.Serve(ctx)
-	}
-	// A token for a role the policy does not define would be denied
-	// everything, for 24 hours: refuse it, as amg token issue does. A
-	// policy that does not compile denies everything until it does, and
-	// has nothing to check against.
-	if set, err := policy.LoadDir(cfg.PolicyDir, &policy.Options{Servers: cfg.Names}); err == nil {
-		if err := roleDefined(set, cfg.PolicyDir, o.devRole); err != nil {
-			return fmt.Errorf("--dev-role: %w", err)
-		}
-	} else {
-		log.Warn("--dev-role not checked: the policy does not compile", "role", o.devRole)
 	}
 	secret, tok, err := gw.IssueToken(ctx, "dev", o.devRole, 24*time.Hour)
 	if err != nil {

@@ -543,6 +543,13 @@ func TestServeRefusesAnUndefinedDevRole(t *testing.T) {
 		{"--dev-role without --dev", []string{"--dev-role", "notion_read"},
 			"amg: --dev-role is the role of the --dev token: give --dev too\n"},
 	}
+	// The refusal comes before serve binds its listeners: a port already
+	// taken is not what it reports.
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dataDir := t.TempDir()
@@ -550,7 +557,7 @@ func TestServeRefusesAnUndefinedDevRole(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			var stdout, stderr syncbuf.Buffer
-			code := run(ctx, append([]string{"serve", "--listen", "127.0.0.1:0", "--authz-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+			code := run(ctx, append([]string{"serve", "--listen", taken.Addr().String(), "--authz-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
 				"--policy-dir", "../../policies", "--data-dir", dataDir}, tt.args...), &stdout, &stderr)
 			if code != 1 || stdout.String() != "" || !strings.HasSuffix(stderr.String(), tt.want) {
 				t.Errorf("exit %d, stdout %q, stderr:\n%s\nwant it to end:\n%s", code, stdout.String(), stderr.String(), tt.want)

@@ -114,6 +114,9 @@ type Gateway struct {
 	// draining is set once Serve begins to shut down: /readyz then says
 	// the gateway is not ready.
 	draining atomic.Bool
+	// serving is set once Serve runs: the listeners are then its to
+	// close, at its shutdown.
+	serving atomic.Bool
 }
 
 // New builds a gateway for cfg: it locks the data directory (a second
@@ -419,6 +422,7 @@ const cutGrace = time.Second
 // are cut, answered and audited (see broker.Cut), within cutGrace more.
 // Listen must have been called.
 func (g *Gateway) Serve(ctx context.Context) error {
+	g.serving.Store(true)
 	g.broker.Start(ctx)
 	// From now on the policy is checked against what the upstreams list:
 	// at once, and at every reload.
@@ -672,12 +676,26 @@ func (g *Gateway) XDSVersion() string {
 	return g.xds.Version()
 }
 
-// Close releases what New opened: upstream sessions, the audit log (its
-// queue is drained first), the shadow counts not yet written, the
-// database and, last, the data directory's lock. The stdio upstreams'
-// process groups still running are killed: servers the broker could not
-// end in its close timeout, and whatever any server started.
+// Close releases what New and Listen opened: the listeners, unless Serve
+// ran, whose shutdown closes them (a gateway that failed, or was refused,
+// between Listen and Serve would hold its ports until it exits), upstream
+// sessions, the audit log (its queue is drained first), the shadow counts
+// not yet written, the database and, last, the data directory's lock. The
+// stdio upstreams' process groups still running are killed: servers the
+// broker could not end in its close timeout, and whatever any server
+// started.
 func (g *Gateway) Close() error {
+	var err error
+	for _, lis := range []net.Listener{g.mcpLis, g.authzLis, g.adminLis, g.brokerLis, g.xdsLis} {
+		if lis == nil || g.serving.Load() {
+			continue
+		}
+		// Closed already if Listen failed after binding it, or by an
+		// earlier Close.
+		if cerr := lis.Close(); cerr != nil && !errors.Is(cerr, net.ErrClosed) {
+			err = errors.Join(err, cerr)
+		}
+	}
 	if g.broker != nil {
 		g.broker.Close()
 	}
@@ -687,10 +705,9 @@ func (g *Gateway) Close() error {
 		g.webhook.Close(ctx)
 		cancel()
 	}
-	var err error
 	if g.auditLog != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err = g.auditLog.Close(ctx)
+		err = errors.Join(err, g.auditLog.Close(ctx))
 		cancel()
 	}
 	if g.shadow != nil {

@@ -239,3 +239,30 @@ func TestShutdownCutsTheCallsPastItsGrace(t *testing.T) {
 		})
 	}
 }
+
+// A gateway closed between Listen and Serve (amg serve refusing to go on,
+// say) releases its ports.
+func TestCloseReleasesTheListeners(t *testing.T) {
+	cfg := loopbackConfig(t, "../../policies")
+	cfg.BrokerListen = "127.0.0.1:0"
+	gw, err := New(cfg, &Options{Builtins: Builtins{"demo": demo.NewServer(nil).MCP()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gw.Listen(); err != nil {
+		gw.Close()
+		t.Fatal(err)
+	}
+	addrs := []string{gw.MCPAddr(), gw.AuthzAddr(), gw.AdminAddr(), gw.BrokerAddr()}
+	if err := gw.Close(); err != nil {
+		t.Errorf("close: %v", err)
+	}
+	for _, addr := range addrs {
+		lis, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Errorf("after Close, %s is still held: %v", addr, err)
+			continue
+		}
+		lis.Close()
+	}
+}
