@@ -710,6 +710,10 @@ func (b *Broker) newRoleServer(role string) *roleServer {
 		UnsubscribeHandler: b.unsubscribe,
 		CompletionHandler:  b.complete,
 		GetSessionID:       b.newSessionID,
+		// Every list is the role's, filtered for it, and every resource
+		// read one the role may make: no shared cache may serve them to
+		// another client, whatever the upstream said of its own.
+		SetCacheable: func(_ context.Context, _ mcp.Request, c *mcp.Cacheable) { c.CacheScope = "private" },
 		// An agent asking for a version authz refuses (2024-11-05) is
 		// offered the newest it accepts, as the handshake provides.
 		SupportedProtocolVersions: authz.ProtocolVersions(),

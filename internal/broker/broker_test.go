@@ -949,6 +949,43 @@ func TestPromptsAndResources(t *testing.T) {
 	}
 }
 
+// What the gateway lists, and the resources it reads, are the role's: a
+// result is marked for the requesting client's cache alone, never for
+// one an intermediary shares between clients of other roles.
+func TestListsAreCacheableByTheAgentAlone(t *testing.T) {
+	g := newGateway(t)
+	cs := g.connect(t, nil)
+	ctx := context.Background()
+	tools, err := cs.ListTools(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prompts, err := cs.ListPrompts(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resources, err := cs.ListResources(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	templates, err := cs.ListResourceTemplates(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	read, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: "amg:notion:notion://ws_abc123/p1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for what, scope := range map[string]string{
+		"tools/list": tools.CacheScope, "prompts/list": prompts.CacheScope, "resources/list": resources.CacheScope,
+		"resources/templates/list": templates.CacheScope, "resources/read": read.CacheScope,
+	} {
+		if scope != "private" {
+			t.Errorf("%s: cacheScope %q, want private", what, scope)
+		}
+	}
+}
+
 // Each identity header must agree with the decision on its own: the
 // agent, the role and the decision id are checked one by one, so a
 // request right in two and wrong in the third is still refused.
