@@ -43,10 +43,11 @@ func newServeCmd() *cobra.Command {
 		Short: "Run the gateway",
 		Long: `Run the gateway. With no config file it runs on embedded defaults: the MCP
 endpoint on http://127.0.0.1:8080/mcp fronting the built-in demo server (as
-upstream "notion"), the admin endpoints on http://127.0.0.1:8081 (/healthz,
-/readyz, /api/v1/status), the ext_authz gRPC service on 127.0.0.1:9001, policies
-from ./policies (reloaded when they change; a policy that does not compile
-is reported and the last good one stays), and state under ./data. Where
+upstream "notion"), the admin endpoints on http://127.0.0.1:8081 (the web
+console, /healthz, /readyz, /api/v1/*, /metrics), the ext_authz gRPC
+service on 127.0.0.1:9001, policies from ./policies (reloaded when they
+change; a policy that does not compile is reported and the last good one
+stays), and state under ./data. Where
 ./policies does not exist, it is created holding the example roles.
 
 --config reads a gateway config file (amg.yaml); every problem in it is
@@ -63,7 +64,7 @@ the file.`,
 	f := cmd.Flags()
 	f.StringVar(&o.config, "config", "", "gateway config file (default: embedded defaults)")
 	f.StringVar(&o.listen, "listen", "", "address of the MCP endpoint (default 127.0.0.1:8080)")
-	f.StringVar(&o.adminListen, "admin-listen", "", "address of the admin endpoints: /healthz, /readyz, /api/v1/status (default 127.0.0.1:8081)")
+	f.StringVar(&o.adminListen, "admin-listen", "", "address of the admin endpoints: the web console, /healthz, /readyz, /api/v1/*, /metrics (default 127.0.0.1:8081)")
 	f.StringVar(&o.brokerListen, "broker-listen", "", "Envoy mode: address of the broker, where Envoy routes allowed requests (default off)")
 	f.StringVar(&o.xdsListen, "xds-listen", "", "Envoy mode: address of the xDS (ADS) server that configures Envoy (default off)")
 	f.StringVar(&o.authzListen, "authz-listen", "", "address of the ext_authz gRPC service (default 127.0.0.1:9001)")
