@@ -203,7 +203,9 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (resp *aut
 // Calls to AMG's dependencies inside a Check (the token store, the
 // limiter) must end this long before the Check's deadline, at least
 // minDependencyMargin and at least a fifth of the time the Check was
-// given: what is left is for the audit record and the answer, -32003
+// given, but never more than half of it, so that a short authz_timeout
+// still leaves its dependencies time: what is left is for the audit
+// record and the answer, -32003
 // with a decision id. A dependency that stalls until the deadline itself
 // would leave Envoy to give up first, at its authz_timeout, and answer
 // the agent with a bare 403 of its own, while the audit log describes an
@@ -219,8 +221,9 @@ func dependencyContext(ctx context.Context) (context.Context, context.CancelFunc
 	if !ok {
 		return ctx, func() {}
 	}
-	margin := max(minDependencyMargin, time.Until(deadline)/5)
-	return context.WithDeadline(ctx, deadline.Add(-margin))
+	left := time.Until(deadline)
+	margin := min(max(minDependencyMargin, left/5), left/2)
+	return context.WithDeadline(ctx, deadline.Add(-max(margin, 0)))
 }
 
 // call is the state of one Check.

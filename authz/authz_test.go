@@ -1553,3 +1553,28 @@ servers:
 		})
 	}
 }
+
+// A Check's dependencies get at least half of the time the Check was
+// given, so that a short authz_timeout (config takes any) still lets the
+// token store answer, and a longer one keeps at least
+// minDependencyMargin for the audit record and the answer.
+func TestDependencyContextLeavesShortDeadlinesTime(t *testing.T) {
+	for _, timeout := range []time.Duration{10 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond, time.Second, 10 * time.Second} {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		deadline, _ := ctx.Deadline()
+		dep, depCancel := dependencyContext(ctx)
+		depDeadline, ok := dep.Deadline()
+		depCancel()
+		cancel()
+		if !ok {
+			t.Fatalf("%v: the dependencies' context has no deadline", timeout)
+		}
+		margin := deadline.Sub(depDeadline)
+		if margin > timeout/2 {
+			t.Errorf("%v: the dependencies must end %v before the deadline, more than half of the time", timeout, margin)
+		}
+		if timeout >= 2*minDependencyMargin+50*time.Millisecond && margin < minDependencyMargin {
+			t.Errorf("%v: the dependencies end only %v before the deadline, under %v", timeout, margin, minDependencyMargin)
+		}
+	}
+}
