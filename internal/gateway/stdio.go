@@ -125,15 +125,15 @@ func (g *stdioGroups) end() {
 }
 
 // save writes the groups to StdioGroupsFile: its first line names the
-// boot and the gateway's session, each next one a group and its leader's
-// start time. A write that fails leaves the groups running unrecorded,
+// boot, the gateway's session, and the gateway (its process id and start
+// time), each next one a group and its leader's start time. A write that fails leaves the groups running unrecorded,
 // which matters only if the gateway then crashes: it is logged.
 func (g *stdioGroups) save() {
 	if g.record == nil {
 		return
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s %d\n", bootID(), procSession(os.Getpid()))
+	fmt.Fprintf(&b, "%s\n", recordHead())
 	for _, pgid := range slices.Sorted(maps.Keys(g.live)) {
 		fmt.Fprintf(&b, "%d %d\n", pgid, g.live[pgid])
 	}
@@ -185,4 +185,11 @@ func (c *groupConn) Close() error {
 	err := c.Connection.Close()
 	c.end()
 	return err
+}
+
+// recordHead is the first line of StdioGroupsFile as this gateway writes
+// it (see save).
+func recordHead() string {
+	pid := os.Getpid()
+	return fmt.Sprintf("%s %d %d %d", bootID(), procSession(pid), pid, procStart(pid))
 }

@@ -20,7 +20,10 @@ func setDeathSignal(a *syscall.SysProcAttr) {
 
 // recordIn kills the process groups that a gateway which did not shut
 // down (killed, out of memory) left running on dir, then records the
-// groups in dir from now on. A recorded group is killed only if it is
+// groups in dir from now on. Nothing is killed while the gateway that
+// wrote the record still runs: a data directory copied, or restored, and
+// started beside the original holds the record of a live gateway. A
+// recorded group is killed only if it is
 // still the one recorded: in the same boot, in the dead gateway's session,
 // with a process started no earlier than its leader was, and led by that
 // leader, if by any process. A group's id is not given again while a
@@ -54,12 +57,19 @@ func (g *stdioGroups) recordIn(dir string) error {
 func killLeft(left string) []int {
 	lines := strings.Split(left, "\n")
 	head := strings.Fields(lines[0])
-	if len(head) != 2 || head[0] != bootID() {
+	if len(head) != 4 || head[0] != bootID() {
 		return nil // none, or recorded before the machine started
 	}
 	sid, err := strconv.Atoi(head[1])
 	if err != nil {
 		return nil
+	}
+	writer, err := strconv.Atoi(head[2])
+	if err != nil {
+		return nil
+	}
+	if st, err := readStat(writer); err == nil && strconv.FormatUint(st.start, 10) == head[3] {
+		return nil // the gateway that wrote it runs: it did not crash
 	}
 	recorded := make(map[int]uint64)
 	for _, line := range lines[1:] {

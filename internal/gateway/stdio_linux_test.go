@@ -59,39 +59,48 @@ func TestStdioProcessesEndWithACrashedGateway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := fmt.Sprintf("%s %d\n", bootID(), procSession(os.Getpid())); string(record) != want {
+	if want := recordHead() + "\n"; string(record) != want {
 		t.Errorf("record = %q, want %q", record, want)
 	}
 }
 
 // The next gateway kills a recorded group only if it is still the one
-// recorded: a group of another boot, of another session, led by another
-// process than its recorded leader, or with no process started since that
-// leader may be another's, which took its id.
+// recorded, and its gateway is gone: a group of another boot, of another
+// session, led by another process than its recorded leader, or with no
+// process started since that leader may be another's, which took its id;
+// and a record whose gateway still runs is that of a data directory
+// copied beside a live gateway.
 func TestStdioLeftGroupsKilledOnlyIfStillRecorded(t *testing.T) {
 	session := procSession(os.Getpid())
+	// The gateway that wrote the records: this process's id, but another
+	// start time, hence a process that has ended.
+	pid := os.Getpid()
+	gone := fmt.Sprintf("%d %d", pid, procStart(pid)+1)
 	for _, tt := range []struct {
 		name   string
 		record func(pgid int, start uint64) string
 		killed bool
 	}{
 		{"recorded", func(pgid int, start uint64) string {
-			return fmt.Sprintf("%s %d\n%d %d\n", bootID(), session, pgid, start)
+			return fmt.Sprintf("%s %d %s\n%d %d\n", bootID(), session, gone, pgid, start)
 		}, true},
+		{"its gateway still runs", func(pgid int, start uint64) string {
+			return fmt.Sprintf("%s\n%d %d\n", recordHead(), pgid, start)
+		}, false},
 		{"another boot", func(pgid int, start uint64) string {
-			return fmt.Sprintf("%s %d\n%d %d\n", "another-boot", session, pgid, start)
+			return fmt.Sprintf("%s %d %s\n%d %d\n", "another-boot", session, gone, pgid, start)
 		}, false},
 		{"another session", func(pgid int, start uint64) string {
-			return fmt.Sprintf("%s %d\n%d %d\n", bootID(), session+1, pgid, start)
+			return fmt.Sprintf("%s %d %s\n%d %d\n", bootID(), session+1, gone, pgid, start)
 		}, false},
 		{"leader started later", func(pgid int, start uint64) string {
-			return fmt.Sprintf("%s %d\n%d %d\n", bootID(), session, pgid, start+1)
+			return fmt.Sprintf("%s %d %s\n%d %d\n", bootID(), session, gone, pgid, start+1)
 		}, false},
 		{"leader started earlier", func(pgid int, start uint64) string {
-			return fmt.Sprintf("%s %d\n%d %d\n", bootID(), session, pgid, start-1)
+			return fmt.Sprintf("%s %d %s\n%d %d\n", bootID(), session, gone, pgid, start-1)
 		}, false},
 		{"torn", func(pgid int, start uint64) string {
-			return fmt.Sprintf("%s %d\n%d", bootID(), session, pgid)
+			return fmt.Sprintf("%s %d %s\n%d", bootID(), session, gone, pgid)
 		}, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
