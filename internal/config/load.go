@@ -924,9 +924,11 @@ func (l *loader) approvals(n *yaml.Node, path string, cfg *Config) {
 // password no secret reference is part of, or a user alone, which some
 // services take a token as, that none is part of: a credential written
 // in the file. Each reference stands in as one letter and then as
-// another; what reads the same both times is all literal.
+// another; what reads the same both times is all literal. The userinfo
+// is cut from the text, not parsed from a URL, which a stand-in in the
+// port would make invalid.
 func literalUserinfo(t Template) bool {
-	userinfo := func(stand string) *url.Userinfo {
+	userinfo := func(stand string) (user, password string, hasPassword, ok bool) {
 		var b strings.Builder
 		for _, pt := range t.parts {
 			if pt.ref.Scheme == "" {
@@ -935,21 +937,29 @@ func literalUserinfo(t Template) bool {
 				b.WriteString(stand)
 			}
 		}
-		u, err := url.Parse(b.String())
-		if err != nil {
-			return nil
+		_, authority, found := strings.Cut(b.String(), "://")
+		if !found {
+			return "", "", false, false
 		}
-		return u.User
+		if i := strings.IndexAny(authority, "/?#"); i >= 0 {
+			authority = authority[:i]
+		}
+		at := strings.LastIndexByte(authority, '@')
+		if at < 0 {
+			return "", "", false, false
+		}
+		user, password, hasPassword = strings.Cut(authority[:at], ":")
+		return user, password, hasPassword, true
 	}
-	a, b := userinfo("a"), userinfo("b")
-	if a == nil || b == nil {
+	ua, pa, hasPassword, okA := userinfo("a")
+	ub, pb, _, okB := userinfo("b")
+	switch {
+	case !okA || !okB:
 		return false
-	}
-	pa, hasPassword := a.Password()
-	if pb, _ := b.Password(); hasPassword {
+	case hasPassword:
 		return pa == pb
 	}
-	return a.Username() == b.Username()
+	return ua == ub
 }
 
 func (l *loader) audit(n *yaml.Node, path string, a *Audit) {
