@@ -376,6 +376,10 @@ func (b *Broker) Cut() { b.cutCalls() }
 // errShutdown ends the calls Cut cuts.
 var errShutdown = errors.New("the gateway shut down before the upstream answered")
 
+// errShuttingDown refuses a call that would reach its upstream after Cut:
+// sent now, it would run there while its agent is told it was cut.
+var errShuttingDown = errors.New("the gateway is shutting down: the call was not sent")
+
 // cutShort is err, or errShutdown if err is a call's context ending
 // because Cut ended it.
 func (b *Broker) cutShort(err error) error {
@@ -1381,6 +1385,9 @@ func (b *Broker) onUpstream(ctx context.Context, ss *mcp.ServerSession, server s
 	ctx, cancel := context.WithTimeout(ctx, u.CallTimeout)
 	defer cancel()
 	defer context.AfterFunc(b.cut, cancel)()
+	if b.cut.Err() != nil {
+		return upstreamError(server, errShuttingDown)
+	}
 	if err := fn(ctx, cs); err != nil {
 		b.dropIfBroken(as, server, cs, err)
 		return upstreamError(server, b.cutShort(err))

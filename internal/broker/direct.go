@@ -248,6 +248,10 @@ func (b *Broker) directCall(stream *sseStream, r *http.Request, as *agentSession
 	if d == nil {
 		return false
 	}
+	if b.cut.Err() != nil {
+		b.finishDirect(stream, r, m.ID, server, tool, begin, errShuttingDown)
+		return true
+	}
 	u := b.ups[server]
 	upID := `"amg-` + strconv.FormatUint(b.ids.Add(1), 10) + `"`
 	name, _ := json.Marshal(tool)

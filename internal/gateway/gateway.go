@@ -498,8 +498,9 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	stopped := make(chan struct{})
 	go func() { gs.GracefulStop(); close(stopped) }()
 	// Together, so that each listener closes now and each server's calls
-	// have the whole grace.
-	servers := []*http.Server{hs, as, bs}
+	// have the whole grace. The admin server goes last, so that /readyz
+	// says the gateway is shutting down while it drains.
+	servers := []*http.Server{hs, bs}
 	shutdownAll := func(ctx context.Context) error {
 		var down sync.WaitGroup
 		errs := make([]error, len(servers))
@@ -526,6 +527,11 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	case <-stopped:
 	case <-shutdown.Done():
 		gs.Stop()
+	}
+	adminDown, cancelAdmin := context.WithTimeout(context.WithoutCancel(ctx), cutGrace)
+	defer cancelAdmin()
+	if as.Shutdown(adminDown) != nil {
+		as.Close()
 	}
 	if err == nil || errors.Is(err, http.ErrServerClosed) || errors.Is(err, grpc.ErrServerStopped) {
 		err = nil

@@ -181,11 +181,14 @@ func TestReadyzIsNotReadyWhileDraining(t *testing.T) {
 			t.Fatal("the MCP listener still takes connections")
 		}
 	}
-	if resp, err := http.Get("http://" + sg.AdminAddr() + "/readyz"); err == nil {
+	resp, err := http.Get("http://" + sg.AdminAddr() + "/readyz")
+	if err != nil {
+		t.Errorf("draining, its MCP listener closed: /readyz unreachable (%v), want 503 \"shutting down\"", err)
+	} else {
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode == http.StatusOK {
-			t.Errorf("draining, its MCP listener closed: /readyz = %d %q, want not ready", resp.StatusCode, body)
+		if resp.StatusCode != http.StatusServiceUnavailable || string(body) != "shutting down\n" {
+			t.Errorf("draining, its MCP listener closed: /readyz = %d %q, want 503 \"shutting down\"", resp.StatusCode, body)
 		}
 	}
 	sg.release()
@@ -264,5 +267,43 @@ func TestCloseReleasesTheListeners(t *testing.T) {
 			continue
 		}
 		lis.Close()
+	}
+}
+
+// A call begun once the calls have been cut (a call that was still
+// connecting, or still being checked, when the grace ended) is refused
+// before it reaches its upstream: sent then, it would run there while its
+// agent is told it was cut.
+func TestCallsAfterTheCutAreNotSent(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		viaHTTP bool
+	}{
+		{"in-process upstream", false},
+		{"HTTP upstream", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sg := startSlow(t, tc.viaHTTP)
+			sg.release() // a call that reaches the upstream returns at once
+			if err := <-sg.callWait(t); err != nil {
+				t.Fatal(err) // the upstream session is open: only the calls race the cut
+			}
+			sg.broker.Cut()
+			for i := range 10 {
+				called := make(chan error, 1)
+				go func() {
+					_, err := sg.agent.CallTool(t.Context(), &mcp.CallToolParams{Name: "slow__wait", Arguments: json.RawMessage(`{}`)})
+					called <- err
+				}()
+				select {
+				case <-sg.started:
+					t.Fatalf("call %d, begun after the cut, reached the upstream: %v", i+1, <-called)
+				case err := <-called:
+					if err == nil || !strings.Contains(err.Error(), `upstream "slow": the gateway is shutting down: the call was not sent`) {
+						t.Fatalf("call %d, begun after the cut: %v, want it refused unsent", i+1, err)
+					}
+				}
+			}
+		})
 	}
 }
