@@ -284,9 +284,13 @@ func TestCallsAfterTheCutAreNotSent(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sg := startSlow(t, tc.viaHTTP)
-			sg.release() // a call that reaches the upstream returns at once
-			if err := <-sg.callWait(t); err != nil {
-				t.Fatal(err) // the upstream session is open: only the calls race the cut
+			// The upstream session is opened first, so that only the calls
+			// race the cut; from then on a call that reaches the upstream
+			// returns at once.
+			opened := sg.callWait(t)
+			sg.release()
+			if err := <-opened; err != nil {
+				t.Fatal(err)
 			}
 			sg.broker.Cut()
 			for i := range 10 {
