@@ -46,6 +46,7 @@ type stdioGroups struct {
 	live    map[int]uint64 // pgid: its leader's start time (see procStart)
 	ended   bool           // end was called: no group may start
 	record  *os.File       // StdioGroupsFile, nil if the groups are not recorded
+	head    string         // the record's first line (see recordHead)
 }
 
 func newStdioGroups(log *slog.Logger) *stdioGroups {
@@ -133,7 +134,7 @@ func (g *stdioGroups) save() {
 		return
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s\n", recordHead())
+	fmt.Fprintf(&b, "%s\n", g.head)
 	for _, pgid := range slices.Sorted(maps.Keys(g.live)) {
 		fmt.Fprintf(&b, "%d %d\n", pgid, g.live[pgid])
 	}
@@ -185,11 +186,4 @@ func (c *groupConn) Close() error {
 	err := c.Connection.Close()
 	c.end()
 	return err
-}
-
-// recordHead is the first line of StdioGroupsFile as this gateway writes
-// it (see save).
-func recordHead() string {
-	pid := os.Getpid()
-	return fmt.Sprintf("%s %d %d %d", bootID(), procSession(pid), pid, procStart(pid))
 }

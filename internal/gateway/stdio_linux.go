@@ -47,7 +47,7 @@ func (g *stdioGroups) recordIn(dir string) error {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.record = f
+	g.record, g.head = f, recordHead()
 	g.save()
 	return nil
 }
@@ -155,4 +155,11 @@ func procSession(pid int) int {
 func bootID() string {
 	b, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	return strings.TrimSpace(string(b))
+}
+
+// recordHead is the first line of StdioGroupsFile as this gateway writes
+// it (see save).
+func recordHead() string {
+	pid := os.Getpid()
+	return fmt.Sprintf("%s %d %d %d", bootID(), procSession(pid), pid, procStart(pid))
 }

@@ -13,7 +13,3 @@ func setDeathSignal(*syscall.SysProcAttr) {}
 func (g *stdioGroups) recordIn(string) error { return nil }
 
 func procStart(int) uint64 { return 0 }
-
-func procSession(int) int { return 0 }
-
-func bootID() string { return "" }
