@@ -1022,8 +1022,9 @@ func (l *loader) console(n *yaml.Node, path string, c *Console) {
 				l.Errorf(v, p, "must be an http(s) URL containing {trace_id}, got %q", s)
 				return
 			}
-			if pu, _ := url.Parse(u); checkPort(pu) != nil {
-				l.Errorf(v, p, "%v", checkPort(pu))
+			pu, _ := url.Parse(u)
+			if err := checkPort(pu); err != nil {
+				l.Errorf(v, p, "%v", err)
 				return
 			}
 			c.TraceURL = s
