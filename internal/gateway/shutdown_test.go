@@ -98,6 +98,16 @@ type slowGateway struct {
 	release  func()
 }
 
+// slowUpstreamPaths are the two ways startSlow reaches its upstream, for
+// the tests that run on both.
+var slowUpstreamPaths = []struct {
+	name    string
+	viaHTTP bool
+}{
+	{"in-process upstream", false},
+	{"HTTP upstream", true},
+}
+
 // startSlow starts a slowGateway; with viaHTTP its upstream is reached over
 // Streamable HTTP, else in process.
 func startSlow(t *testing.T, viaHTTP bool) *slowGateway {
@@ -204,13 +214,7 @@ func TestReadyzIsNotReadyWhileDraining(t *testing.T) {
 // either path to its upstream: its agent is answered that the gateway
 // shut down, and the audit log has the call's outcome, saying so.
 func TestShutdownCutsTheCallsPastItsGrace(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		viaHTTP bool
-	}{
-		{"in-process upstream", false},
-		{"HTTP upstream", true},
-	} {
+	for _, tc := range slowUpstreamPaths {
 		t.Run(tc.name, func(t *testing.T) {
 			shortenListenerTimeouts(t, 100*time.Millisecond, &shutdownGrace)
 			sg := startSlow(t, tc.viaHTTP)
@@ -275,13 +279,7 @@ func TestCloseReleasesTheListeners(t *testing.T) {
 // before it reaches its upstream: sent then, it would run there while its
 // agent is told it was cut.
 func TestCallsAfterTheCutAreNotSent(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		viaHTTP bool
-	}{
-		{"in-process upstream", false},
-		{"HTTP upstream", true},
-	} {
+	for _, tc := range slowUpstreamPaths {
 		t.Run(tc.name, func(t *testing.T) {
 			sg := startSlow(t, tc.viaHTTP)
 			// The upstream session is opened first, so that only the calls
