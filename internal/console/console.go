@@ -7,7 +7,7 @@
 // keeps the approvals queue live and counts down to each expiry. Every
 // asset is embedded, so the console works with no network beyond the
 // gateway. An operator signs in with the admin token; the session is a
-// signed cookie that signing out revokes (Deps.SignOuts), every state
+// signed cookie that signing out revokes (Deps.Sessions), every state
 // change needs the session's CSRF token (and must not come from another
 // origin), and no page that shows data may be cached.
 package console
@@ -72,9 +72,9 @@ type Deps struct {
 	// Audit is the audit log the console searches and replays: the
 	// gateway's file, or with replicas the stream they all ship to.
 	Audit audit.Log
-	// SignOuts lists the sessions operators signed out of; nil keeps the
-	// list in memory, where a restart or another replica forgets it.
-	SignOuts signout.List
+	// Sessions lists the live console sessions; nil keeps the list in
+	// memory, where only this replica finds them, and a restart ends them.
+	Sessions signout.List
 }
 
 // Options tune the console. A nil *Options is the zero value.
@@ -142,8 +142,8 @@ func New(d Deps, opts *Options) (*Console, error) {
 		c.opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	c.key = sessionKey(d.Token)
-	if c.d.SignOuts == nil {
-		c.d.SignOuts = signout.NewMemory(c.opts.Now)
+	if c.d.Sessions == nil {
+		c.d.Sessions = signout.NewMemory(c.opts.Now)
 	}
 	var err error
 	if c.pages, err = parsePages(); err != nil {

@@ -746,21 +746,31 @@ func TestSignOut(t *testing.T) {
 	wantStatus(t, e.get(bob, "/console/approvals"), http.StatusOK)
 }
 
-// A sign-out is remembered past its cookie's expiry, for replicas whose
-// clocks run behind the store's.
-func TestSignOutOutlivesTheCookie(t *testing.T) {
+// A session is on the list of live sessions for as long as its cookie
+// lasts, and a session the list does not hold (signed out, or begun
+// before the list lost its data) does nothing.
+func TestSessionLivesOnTheList(t *testing.T) {
 	list := &recordingList{}
-	e := newEnv(t, nil, func(d *console.Deps) { d.SignOuts = list })
+	e := newEnv(t, nil, func(d *console.Deps) { d.Sessions = list })
 	list.List = signout.NewMemory(e.clock.Now)
 	expires := e.clock.Now().Add(12 * time.Hour)
 	op := e.signIn("alice")
-	wantRedirect(t, e.act(op, "/console/signout", nil), "/console/signin")
-	if margin := list.until.Sub(expires); margin < time.Minute {
-		t.Errorf("the sign-out is remembered %v past the cookie's expiry, want minutes", margin)
+	if !list.until.Equal(expires) {
+		t.Errorf("the session is listed until %v, want its cookie's expiry %v", list.until, expires)
 	}
+	bob := e.signIn("bob")
+
+	// The list loses its data: a Redis restarted without persistence.
+	list.List = signout.NewMemory(e.clock.Now)
+	wantRedirect(t, e.get(op, "/console/approvals"), "/console/signin?next=%2Fconsole%2Fapprovals")
+	wantStatus(t, e.act(bob, "/console/tokens", url.Values{"agent": {"a"}, "role": {"reader"}}), http.StatusUnauthorized)
+	if list, _ := e.tokens.List(context.Background()); len(list) != 0 {
+		t.Errorf("a session the list lost issued a token: %v", list)
+	}
+	e.signIn("alice")
 }
 
-// recordingList keeps the until of the last sign-out added.
+// recordingList keeps the until of the last session added.
 type recordingList struct {
 	signout.List
 	until time.Time
@@ -771,17 +781,28 @@ func (l *recordingList) Add(ctx context.Context, id string, until time.Time) err
 	return l.List.Add(ctx, id, until)
 }
 
-// When the sign-out list cannot be read, no session works; when a sign-out
-// cannot be recorded, the operator is told and keeps the cookie to try
-// again.
-func TestSignOutListUnavailable(t *testing.T) {
+// When the list of live sessions cannot be read, no session works; when
+// a sign-in or a sign-out cannot be recorded, the operator is told, and
+// keeps the cookie to try again.
+func TestSessionListUnavailable(t *testing.T) {
 	list := &failingList{}
-	e := newEnv(t, nil, func(d *console.Deps) { d.SignOuts = list })
+	e := newEnv(t, nil, func(d *console.Deps) { d.Sessions = list })
 	list.List = signout.NewMemory(e.clock.Now)
-	op := e.signIn("alice")
 
 	list.addFails = true
-	rec := e.act(op, "/console/signout", nil)
+	rec := e.post(nil, "/console/signin", url.Values{"name": {"alice"}, "token": {adminToken}})
+	wantStatus(t, rec, http.StatusServiceUnavailable)
+	if !strings.Contains(rec.Body.String(), "signing in failed") {
+		t.Errorf("body %q does not say the sign-in failed", rec.Body)
+	}
+	if c := sessionCookie(t, rec); c != nil {
+		t.Errorf("a sign-in that was not recorded set a cookie: %+v", c)
+	}
+	list.addFails = false
+	op := e.signIn("alice")
+
+	list.removeFails = true
+	rec = e.act(op, "/console/signout", nil)
 	wantStatus(t, rec, http.StatusServiceUnavailable)
 	if !strings.Contains(rec.Body.String(), "signing out failed") {
 		t.Errorf("body %q does not say the sign-out failed", rec.Body)
@@ -791,7 +812,7 @@ func TestSignOutListUnavailable(t *testing.T) {
 	}
 	wantStatus(t, e.get(op, "/console/approvals"), http.StatusOK)
 
-	list.addFails, list.hasFails = false, true
+	list.removeFails, list.hasFails = false, true
 	for _, rec := range []*httptest.ResponseRecorder{
 		e.get(op, "/console/approvals"),
 		e.get(op, "/console/approvals/rows"),
@@ -812,10 +833,10 @@ func TestSignOutListUnavailable(t *testing.T) {
 	wantRedirect(t, e.get(op, "/console/approvals"), "/console/signin?next=%2Fconsole%2Fapprovals")
 }
 
-// failingList is a sign-out list whose store can be made to fail.
+// failingList is a list of live sessions whose store can be made to fail.
 type failingList struct {
 	signout.List
-	addFails, hasFails bool
+	addFails, removeFails, hasFails bool
 }
 
 var errStoreDown = errors.New("connection refused")
@@ -825,6 +846,13 @@ func (l *failingList) Add(ctx context.Context, id string, until time.Time) error
 		return errStoreDown
 	}
 	return l.List.Add(ctx, id, until)
+}
+
+func (l *failingList) Remove(ctx context.Context, id string) error {
+	if l.removeFails {
+		return errStoreDown
+	}
+	return l.List.Remove(ctx, id)
 }
 
 func (l *failingList) Has(ctx context.Context, id string) (bool, error) {

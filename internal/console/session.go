@@ -29,15 +29,16 @@ const (
 // session is a signed-in operator. The cookie holds it signed with a key
 // derived from the admin token, so a session is valid on every replica
 // that shares the token, and replacing the token ends every session.
-// Signing out ends one: its nonce goes on the sign-out list (Deps.SignOuts)
-// until the cookie would have expired.
+// A session works only while its nonce is on the list of live sessions
+// (Deps.Sessions), from sign-in until sign-out or expiry: signing out
+// takes it off, and a list that lost its data ends every session.
 type session struct {
 	// Name is who signed in, as they gave it; decisions are recorded as
 	// theirs.
 	Name    string `json:"n"`
 	Expires int64  `json:"e"`
 	// Nonce makes each session's CSRF token its own, and names the
-	// session on the sign-out list.
+	// session on the list of live sessions.
 	Nonce string `json:"c"`
 }
 
@@ -110,16 +111,17 @@ func (c *Console) signedIn(h func(http.ResponseWriter, *http.Request, *session))
 	return func(w http.ResponseWriter, r *http.Request) {
 		s := c.session(r)
 		if s != nil {
-			out, err := c.d.SignOuts.Has(r.Context(), s.Nonce)
+			live, err := c.d.Sessions.Has(r.Context(), s.Nonce)
 			if err != nil {
 				// Fail closed: a session that may have been signed out
 				// does nothing.
-				c.opts.Logger.Error("console: cannot read the sign-out list", "err", err)
+				c.opts.Logger.Error("console: cannot read the list of live sessions", "err", err)
 				http.Error(w, "the console cannot tell whether this session was signed out (its store is unavailable); try again shortly",
 					http.StatusServiceUnavailable)
 				return
 			}
-			if out {
+			if !live {
+				// Signed out, or begun before the list lost its data.
 				s = nil
 			}
 		}
@@ -232,22 +234,23 @@ func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
 	var nonce [16]byte
 	rand.Read(nonce[:])
 	s := &session{Name: name, Expires: c.opts.Now().Add(sessionTTL).Unix(), Nonce: hex.EncodeToString(nonce[:])}
+	if err := c.d.Sessions.Add(r.Context(), s.Nonce, time.Unix(s.Expires, 0)); err != nil {
+		c.opts.Logger.Error("console: session not recorded", "name", name, "err", err)
+		http.Error(w, "signing in failed: the session could not be recorded (its store is unavailable); try again shortly",
+			http.StatusServiceUnavailable)
+		return
+	}
 	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: c.cookie(s), Path: "/console/", MaxAge: int(sessionTTL / time.Second),
 		HttpOnly: true, Secure: secure(r), SameSite: http.SameSiteStrictMode})
 	c.opts.Logger.Info("console: signed in", "name", name, "remote", r.RemoteAddr)
 	http.Redirect(w, r, next, http.StatusSeeOther)
 }
 
-// signOutSkew is how long a sign-out outlives its cookie: the list
-// forgets it by the store's clock (Redis's, with replicas), while each
-// replica judges the cookie's expiry by its own, which may run behind.
-const signOutSkew = 5 * time.Minute
-
 func (c *Console) signOut(w http.ResponseWriter, r *http.Request, s *session) {
-	// The cookie is cleared only once the session is on the list: a copy
+	// The cookie is cleared only once the session is off the list: a copy
 	// of it must stop working too, and the operator must not believe it
 	// has when it has not.
-	if err := c.d.SignOuts.Add(r.Context(), s.Nonce, time.Unix(s.Expires, 0).Add(signOutSkew)); err != nil {
+	if err := c.d.Sessions.Remove(r.Context(), s.Nonce); err != nil {
 		c.opts.Logger.Error("console: sign-out not recorded", "name", s.Name, "err", err)
 		http.Error(w, "signing out failed: the session could not be recorded as signed out (its store is unavailable), so it still works; try again shortly",
 			http.StatusServiceUnavailable)

@@ -156,3 +156,21 @@ func TestConsoleSignOutReachesEveryReplica(t *testing.T) {
 		t.Errorf("a session that did not sign out got %d, want 200", code)
 	}
 }
+
+// A Redis that loses its data (a restart without persistence, as the
+// compose file runs it, or a failover to a replica that lagged) ends every
+// console session: a signed-out cookie does not work again, and the
+// operators sign in anew.
+func TestConsoleSignOutSurvivesRedisLosingItsData(t *testing.T) {
+	rs := redistest.Start(t)
+	a, b := consoleReplicas(t, rs.Addr)
+	alice, bob := signInConsole(t, a, "alice"), signInConsole(t, a, "bob")
+	signOutConsole(t, a, alice)
+	wantSignedOut(t, a, alice, "before Redis lost its data")
+	rs.Restart()
+	wantSignedOut(t, a, alice, "after Redis lost its data")
+	wantSignedOut(t, b, bob, "a session begun before Redis lost its data")
+	if code, _ := consoleGet(t, b, signInConsole(t, b, "bob")); code != http.StatusOK {
+		t.Errorf("a session begun after Redis lost its data got %d, want 200", code)
+	}
+}

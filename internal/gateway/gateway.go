@@ -188,12 +188,12 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		}
 		g.auditStream = audit.NewStream(g.redis, &audit.StreamOptions{Replica: id, MaxLen: cfg.Audit.StreamMaxRecords, Logger: g.log})
 	}
-	// Console sign-outs outlive a restart, and with Redis reach every
+	// Console sessions outlive a restart, and with Redis reach every
 	// replica.
-	var signOuts signout.List
+	var sessions signout.List
 	if g.redis != nil {
-		signOuts = signout.NewRedis(g.redis)
-	} else if signOuts, err = signout.NewSQLite(g.db, nil); err != nil {
+		sessions = signout.NewRedis(g.redis)
+	} else if sessions, err = signout.NewSQLite(g.db, nil); err != nil {
 		return nil, err
 	}
 	// The decision key signs what authz hands the broker, and the audit key
@@ -308,7 +308,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		}
 	}
 	con, err := console.New(console.Deps{Token: adminToken, Approvals: g.approvals, Tokens: consoleTokens{g}, Policies: g.policies,
-		Upstreams: g.broker, Shadow: g.shadow, Audit: g.auditForConsole(), SignOuts: signOuts},
+		Upstreams: g.broker, Shadow: g.shadow, Audit: g.auditForConsole(), Sessions: sessions},
 		&console.Options{ReadyDays: cfg.Console.ReadyDays, ReadyMinCalls: cfg.Console.ReadyMinCalls, TraceURL: cfg.Console.TraceURL, StagedPolicyDir: cfg.Console.StagedPolicyDir,
 			Logger: g.log})
 	if err != nil {

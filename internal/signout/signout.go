@@ -1,12 +1,17 @@
-// Package signout remembers the console sessions operators signed out of,
-// so that a session cookie stops working when its operator signs out and
-// not only when it expires: a copied cookie is of no use after sign-out.
+// Package signout ends console sessions for good: a session cookie works
+// only while its session is on the list of live sessions, from sign-in
+// until its operator signs out or the cookie expires. A copied cookie is
+// of no use after sign-out, and a store that loses its data (a Redis
+// restarted without persistence, or failed over to a replica that lagged)
+// signs every operator out, rather than letting signed-out cookies work
+// again: the list says which sessions live, not which ended.
 //
 // The list is kept where the gateway keeps its other state: in the
 // embedded SQLite database in standalone mode, so that it survives a
-// restart, and in Redis when replicas share one, so that signing out on
-// one replica signs out on all. Memory is for tests and for a console
-// without a store. Each session is remembered until its cookie expires.
+// restart, and in Redis when replicas share one, so that a session begun
+// on one replica works on all, and signing out on one signs out on all.
+// Memory is for tests and for a console without a store. Each session is
+// remembered until its cookie expires.
 package signout
 
 import (
@@ -20,14 +25,16 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// A List records signed-out sessions by id.
+// A List records live sessions by id.
 type List interface {
-	// Add records that the session id was signed out. It may forget the
-	// id once until has passed: its cookie is refused from then on
-	// anyway.
+	// Add records that the session id began, and lives until until (its
+	// cookie's expiry), when the list may forget it.
 	Add(ctx context.Context, id string, until time.Time) error
-	// Has reports whether the session id was signed out and its until
-	// has not passed. An error means the answer is unknown.
+	// Remove ends the session id: its operator signed out. Removing an
+	// id not on the list is no error.
+	Remove(ctx context.Context, id string) error
+	// Has reports whether the session id is live: added, not removed,
+	// and its until not passed. An error means the answer is unknown.
 	Has(ctx context.Context, id string) (bool, error)
 }
 
@@ -38,8 +45,8 @@ var (
 )
 
 var (
-	errEmptyID = errors.New("sign-out: empty session id")
-	errNoUntil = errors.New("sign-out: no time until which to remember the session")
+	errEmptyID = errors.New("console session: empty session id")
+	errNoUntil = errors.New("console session: no time until which the session lives")
 )
 
 // check refuses what no List can record.
@@ -81,13 +88,21 @@ func (m *Memory) Add(_ context.Context, id string, until time.Time) error {
 			delete(m.ids, k)
 		}
 	}
-	if until.After(now) && until.After(m.ids[id]) {
+	if until.After(now) {
 		m.ids[id] = until
 	}
 	return nil
 }
 
-// Has reports whether id was added and its until has not passed.
+// Remove forgets id.
+func (m *Memory) Remove(_ context.Context, id string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.ids, id)
+	return nil
+}
+
+// Has reports whether id is recorded and its until has not passed.
 func (m *Memory) Has(_ context.Context, id string) (bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -107,12 +122,17 @@ func NewSQLite(db *sql.DB, now func() time.Time) (*SQLite, error) {
 	if now == nil {
 		now = time.Now
 	}
-	_, err := db.Exec(`CREATE TABLE IF NOT EXISTS console_signouts (
+	_, err := db.Exec(`CREATE TABLE IF NOT EXISTS console_sessions (
 		id    TEXT PRIMARY KEY,
 		until INTEGER NOT NULL
 	)`)
 	if err != nil {
-		return nil, fmt.Errorf("create console_signouts table: %w", err)
+		return nil, fmt.Errorf("create console_sessions table: %w", err)
+	}
+	// console_signouts held the sessions signed out, when the list was of
+	// those: it has no use now.
+	if _, err := db.Exec(`DROP TABLE IF EXISTS console_signouts`); err != nil {
+		return nil, fmt.Errorf("drop console_signouts table: %w", err)
 	}
 	return &SQLite{db: db, now: now}, nil
 }
@@ -125,63 +145,73 @@ func (s *SQLite) Add(ctx context.Context, id string, until time.Time) error {
 	now := s.now().UnixMilli()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("record sign-out: %w", err)
+		return fmt.Errorf("record console session: %w", err)
 	}
 	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, `DELETE FROM console_signouts WHERE until <= ?`, now); err != nil {
-		return fmt.Errorf("record sign-out: %w", err)
+	if _, err := tx.ExecContext(ctx, `DELETE FROM console_sessions WHERE until <= ?`, now); err != nil {
+		return fmt.Errorf("record console session: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO console_signouts (id, until) VALUES (?, ?)
-		ON CONFLICT (id) DO UPDATE SET until = max(until, excluded.until)`, id, until.UnixMilli()); err != nil {
-		return fmt.Errorf("record sign-out: %w", err)
+	if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO console_sessions (id, until) VALUES (?, ?)`,
+		id, until.UnixMilli()); err != nil {
+		return fmt.Errorf("record console session: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("record sign-out: %w", err)
+		return fmt.Errorf("record console session: %w", err)
 	}
 	return nil
 }
 
-// Has reports whether id was added and its until has not passed.
+// Remove deletes id's row.
+func (s *SQLite) Remove(ctx context.Context, id string) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM console_sessions WHERE id = ?`, id); err != nil {
+		return fmt.Errorf("end console session: %w", err)
+	}
+	return nil
+}
+
+// Has reports whether id is recorded and its until has not passed.
 func (s *SQLite) Has(ctx context.Context, id string) (bool, error) {
 	var n int
-	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM console_signouts WHERE id = ? AND until > ?`,
+	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM console_sessions WHERE id = ? AND until > ?`,
 		id, s.now().UnixMilli()).Scan(&n)
 	if err != nil {
-		return false, fmt.Errorf("read sign-outs: %w", err)
+		return false, fmt.Errorf("read console sessions: %w", err)
 	}
 	return n > 0, nil
 }
 
-// Redis is a List in the Redis replicas share: one key per session, which
-// Redis deletes when the session would have expired.
+// Redis is a List in the Redis replicas share: one key per live session,
+// which Redis deletes when the session expires.
 type Redis struct {
 	client redis.UniversalClient
 	prefix string
 }
 
 // DefaultRedisPrefix starts every key.
-const DefaultRedisPrefix = "amg:console:signedout:"
+const DefaultRedisPrefix = "amg:console:session:"
 
 // NewRedis returns the List in client's Redis.
 func NewRedis(client redis.UniversalClient) *Redis {
 	return &Redis{client: client, prefix: DefaultRedisPrefix}
 }
 
-// Add records id until until, on Redis's clock.
+// Add records id until until, on Redis's clock. An until already past
+// makes Redis delete the key at once, as it should: that session's cookie
+// has expired.
 func (r *Redis) Add(ctx context.Context, id string, until time.Time) error {
 	if err := check(id, until); err != nil {
 		return err
 	}
-	// The key is created with until as its expiry, or has it moved later
-	// (GT, Redis 7): a second sign-out never shortens the first. An until
-	// already past makes Redis delete the key at once, as it should: that
-	// session's cookie has expired.
-	k, ms := r.prefix+id, until.UnixMilli()
-	pipe := r.client.TxPipeline()
-	pipe.Do(ctx, "SET", k, 1, "NX", "PXAT", ms)
-	pipe.Do(ctx, "PEXPIREAT", k, ms, "GT")
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return fmt.Errorf("record sign-out in redis: %w", err)
+	if err := r.client.Do(ctx, "SET", r.prefix+id, 1, "PXAT", until.UnixMilli()).Err(); err != nil {
+		return fmt.Errorf("record console session in redis: %w", err)
+	}
+	return nil
+}
+
+// Remove deletes id's key.
+func (r *Redis) Remove(ctx context.Context, id string) error {
+	if err := r.client.Del(ctx, r.prefix+id).Err(); err != nil {
+		return fmt.Errorf("end console session in redis: %w", err)
 	}
 	return nil
 }
@@ -190,7 +220,7 @@ func (r *Redis) Add(ctx context.Context, id string, until time.Time) error {
 func (r *Redis) Has(ctx context.Context, id string) (bool, error) {
 	n, err := r.client.Exists(ctx, r.prefix+id).Result()
 	if err != nil {
-		return false, fmt.Errorf("read sign-outs from redis: %w", err)
+		return false, fmt.Errorf("read console sessions from redis: %w", err)
 	}
 	return n > 0, nil
 }

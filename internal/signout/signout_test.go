@@ -12,9 +12,11 @@ import (
 	"github.com/amgateway/amg/internal/testclock"
 )
 
-// testList is the contract every List meets. now is the list's clock, and
-// wait lets that much of it pass.
-func testList(t *testing.T, l List, now func() time.Time, wait func(time.Duration)) {
+// testList is the contract every List meets. now is the list's clock,
+// wait lets that much of it pass, and lose has the list's store lose its
+// data (a Redis restarted without persistence, a database deleted) and
+// returns the list over it.
+func testList(t *testing.T, l List, now func() time.Time, wait func(time.Duration), lose func() List) {
 	ctx := context.Background()
 	has := func(id string) bool {
 		t.Helper()
@@ -32,31 +34,44 @@ func testList(t *testing.T, l List, now func() time.Time, wait func(time.Duratio
 	}
 
 	if has("a") {
-		t.Error("an id never added is signed out")
+		t.Error("an id never added is live")
 	}
 	add("a", now().Add(time.Hour))
 	if !has("a") {
-		t.Error("an added id is not signed out")
+		t.Error("an added id is not live")
 	}
 	if has("b") {
-		t.Error("adding a signed out another id")
+		t.Error("adding made another id live")
 	}
-	// Adding again with an earlier until keeps the later one.
-	add("a", now().Add(time.Second))
 	add("b", now().Add(-time.Second))
 	if has("b") {
-		t.Error("an id added with an until already past is signed out")
+		t.Error("an id added with an until already past is live")
 	}
 	add("short", now().Add(500*time.Millisecond))
 	if !has("short") {
-		t.Error("an id with half a second left is not signed out")
+		t.Error("an id with half a second left is not live")
 	}
 	wait(time.Second)
 	if has("short") {
-		t.Error("an id is still signed out after its until")
+		t.Error("an id is still live after its until")
 	}
 	if !has("a") {
-		t.Error("adding an id again with an earlier until shortened it")
+		t.Error("an id was forgotten before its until")
+	}
+
+	// Signing out ends one session, and no other.
+	add("out", now().Add(time.Hour))
+	if err := l.Remove(ctx, "out"); err != nil {
+		t.Fatalf("Remove: %v", err)
+	}
+	if has("out") {
+		t.Error("a removed id is live")
+	}
+	if !has("a") {
+		t.Error("removing an id ended another")
+	}
+	if err := l.Remove(ctx, "never"); err != nil {
+		t.Errorf("Remove of an id never added: %v", err)
 	}
 
 	if err := l.Add(ctx, "", now().Add(time.Hour)); err == nil {
@@ -79,13 +94,28 @@ func testList(t *testing.T, l List, now func() time.Time, wait func(time.Duratio
 		})
 	}
 	wg.Wait()
+
+	// A store that loses its data ends every session: none that was
+	// signed out can live again.
+	l = lose()
+	if has("a") {
+		t.Error("a session lived on after the list lost its data")
+	}
+	if has("out") {
+		t.Error("a signed-out session lives again after the list lost its data")
+	}
+	add("after", now().Add(time.Hour))
+	if !has("after") {
+		t.Error("a session begun after the list lost its data is not live")
+	}
 }
 
 func newClock() *testclock.Clock { return testclock.New(time.Date(2026, 11, 26, 9, 0, 0, 0, time.UTC)) }
 
 func TestMemory(t *testing.T) {
 	c := newClock()
-	testList(t, NewMemory(c.Now), c.Now, c.Advance)
+	// A list in memory loses its data with its process.
+	testList(t, NewMemory(c.Now), c.Now, c.Advance, func() List { return NewMemory(c.Now) })
 }
 
 func TestSQLite(t *testing.T) {
@@ -99,9 +129,20 @@ func TestSQLite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	testList(t, l, c.Now, c.Advance)
+	testList(t, l, c.Now, c.Advance, func() List {
+		lost, err := store.Open(filepath.Join(t.TempDir(), "amg.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { lost.Close() })
+		l, err := NewSQLite(lost, c.Now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	})
 
-	// A sign-out survives a restart: a new List over the reopened file.
+	// A session survives a restart: a new List over the reopened file.
 	if err := l.Add(context.Background(), "before-restart", c.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +163,7 @@ func TestSQLite(t *testing.T) {
 		t.Fatal(err)
 	}
 	var n int
-	if err := db.QueryRow(`SELECT count(*) FROM console_signouts`).Scan(&n); err != nil || n != 1 {
+	if err := db.QueryRow(`SELECT count(*) FROM console_sessions`).Scan(&n); err != nil || n != 1 {
 		t.Errorf("table holds %d rows (%v), want only the unexpired one", n, err)
 	}
 	db.Close()
@@ -134,9 +175,11 @@ func TestSQLite(t *testing.T) {
 func TestRedis(t *testing.T) {
 	rs := redistest.Start(t)
 	// Redis expires keys on its own clock: the contract runs in real time.
-	testList(t, NewRedis(rs.Client()), time.Now, time.Sleep)
+	l := NewRedis(rs.Client())
+	testList(t, l, time.Now, time.Sleep, func() List { rs.Restart(); return l })
 
-	// Replicas share the list.
+	// Replicas share the list: a session begun on one is live on all,
+	// and ended on one ends on all.
 	a, b := NewRedis(rs.Client()), NewRedis(rs.Client())
 	ctx := context.Background()
 	if err := a.Add(ctx, "shared", time.Now().Add(time.Hour)); err != nil {
@@ -145,11 +188,20 @@ func TestRedis(t *testing.T) {
 	if ok, err := b.Has(ctx, "shared"); err != nil || !ok {
 		t.Errorf("the other replica's Has = %v, %v; want true", ok, err)
 	}
+	if err := b.Remove(ctx, "shared"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := a.Has(ctx, "shared"); err != nil || ok {
+		t.Errorf("after the other replica removed it, Has = %v, %v; want false", ok, err)
+	}
 	rs.Stop()
 	if _, err := b.Has(ctx, "shared"); err == nil {
 		t.Error("Has with Redis down succeeded")
 	}
 	if err := a.Add(ctx, "x", time.Now().Add(time.Hour)); err == nil {
 		t.Error("Add with Redis down succeeded")
+	}
+	if err := a.Remove(ctx, "x"); err == nil {
+		t.Error("Remove with Redis down succeeded")
 	}
 }
