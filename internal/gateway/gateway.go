@@ -270,13 +270,17 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	if g.webhook, err = g.notifier(cfg.ApprovalWebhook, src); err != nil {
 		return nil, err
 	}
+	ledger, err := g.spentLedger()
+	if err != nil {
+		return nil, err
+	}
 	var notify func(*approval.Approval)
 	if g.webhook != nil {
 		notify = g.webhook.notify
 	}
 	if g.broker, err = broker.New(ups, signer, g.policies, &broker.Options{MaxBodyBytes: cfg.MaxBodyBytes, MaxSessionsPerAgent: cfg.MaxSessionsPerAgent, Namespace: ns,
 		Audit: g.auditLog, Logger: g.log, Approvals: g.approvals, ApprovalTTL: cfg.ApprovalTTL, Notify: notify,
-		MaxPendingApprovalsPerAgent: cfg.MaxPendingApprovalsPerAgent, Sessions: g.sessionStore(), Spent: g.spentLedger(),
+		MaxPendingApprovalsPerAgent: cfg.MaxPendingApprovalsPerAgent, Sessions: g.sessionStore(), Spent: ledger,
 		LiveTokens: g.liveTokens, Telemetry: g.tel, Sessionless: cfg.MaxProtocolVersion == config.SessionlessProtocolVersion}); err != nil {
 		return nil, err
 	}
@@ -666,11 +670,17 @@ func (g *Gateway) sessionStore() broker.SessionStore {
 // the Redis the replicas share, if there is one, so that a decision
 // served by one is refused by all; else the broker's own memory, which
 // a restart empties, as it changes the decision key (see New).
-func (g *Gateway) spentLedger() spent.Ledger {
+func (g *Gateway) spentLedger() (spent.Ledger, error) {
 	if g.redis == nil {
-		return nil
+		return nil, nil
 	}
-	return spent.NewRedis(g.redis)
+	l := spent.NewRedis(g.redis)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := l.Begin(ctx); err != nil {
+		return nil, err
+	}
+	return l, nil
 }
 
 // XDSVersion is the version of the Envoy config being served, "" without

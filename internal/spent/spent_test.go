@@ -2,6 +2,7 @@ package spent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -12,10 +13,13 @@ import (
 	"github.com/amgateway/amg/internal/redistest"
 )
 
-// testLedger is the contract every Ledger runs.
-func testLedger(t *testing.T, l Ledger) {
+// testLedger is the contract every Ledger runs. lose has the ledger's
+// store lose its data (a Redis restarted without persistence, a process
+// restarted) and returns the ledger over it.
+func testLedger(t *testing.T, l Ledger, lose func() Ledger) {
 	ctx := context.Background()
-	later := time.Now().Add(time.Minute)
+	// Decisions made now.
+	later := time.Now().Add(lifetime)
 	if first, err := l.Spend(ctx, "d1", later); err != nil || !first {
 		t.Fatalf("first spending of d1: %v, %v", first, err)
 	}
@@ -46,15 +50,62 @@ func testLedger(t *testing.T, l Ledger) {
 	if first, _ := l.Spend(ctx, "d1", later); first {
 		t.Error("d1 was forgotten before its expiry")
 	}
+
+	// A ledger that lost its data refuses the decisions made before:
+	// any may have been served. (Expiries are in milliseconds: the loss
+	// comes a millisecond after the decisions were made.)
+	time.Sleep(2 * time.Millisecond)
+	l = lose()
+	for _, id := range []string{"d1", "never-spent"} {
+		if first, err := l.Spend(ctx, id, later); !errors.Is(err, ErrBefore) || first {
+			t.Errorf("spending %s, made before the ledger lost its data: %v, %v; want ErrBefore", id, first, err)
+		}
+	}
+	if first, err := l.Spend(ctx, "d3", time.Now().Add(lifetime)); err != nil || !first {
+		t.Errorf("first spending of a decision made after the ledger lost its data: %v, %v", first, err)
+	}
 }
 
-func TestMemory(t *testing.T) { testLedger(t, NewMemory(nil)) }
+func TestMemory(t *testing.T) {
+	// A ledger in memory loses its data with its process.
+	testLedger(t, NewMemory(nil), func() Ledger { return NewMemory(nil) })
+}
 
 func TestRedis(t *testing.T) {
 	srv := redistest.Start(t)
-	testLedger(t, NewRedis(srv.Client()))
-	// Replicas sharing the Redis share what is spent.
+	l := NewRedis(srv.Client())
 	ctx := context.Background()
+	if err := l.Begin(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testLedger(t, l, func() Ledger { srv.Restart(); return l })
+
+	// A replica that starts after Redis lost its data does not hide the
+	// loss from those running: it finds the ledger begun anew, or begins
+	// it itself, and the decisions made before stay refused.
+	made := time.Now().Add(lifetime)
+	if first, err := l.Spend(ctx, "before", made); err != nil || !first {
+		t.Fatalf("first spending: %v, %v", first, err)
+	}
+	time.Sleep(10 * time.Millisecond)
+	srv.Restart()
+	if err := NewRedis(srv.Client()).Begin(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if first, err := l.Spend(ctx, "before", made); !errors.Is(err, ErrBefore) || first {
+		t.Errorf("a decision spent before the loss, after a replica began the ledger: %v, %v; want ErrBefore", first, err)
+	}
+	// A replica that starts later leaves the ledger as it is.
+	since := srv.Client().Get(ctx, sinceKey).Val()
+	time.Sleep(10 * time.Millisecond)
+	if err := NewRedis(srv.Client()).Begin(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := srv.Client().Get(ctx, sinceKey).Val(); got != since || since == "" {
+		t.Errorf("a second Begin moved the ledger's beginning from %q to %q", since, got)
+	}
+
+	// Replicas sharing the Redis share what is spent.
 	a, b := NewRedis(srv.Client()), NewRedis(srv.Client())
 	a.Spend(ctx, "shared", time.Now().Add(time.Minute))
 	if first, _ := b.Spend(ctx, "shared", time.Now().Add(time.Minute)); first {
@@ -62,7 +113,9 @@ func TestRedis(t *testing.T) {
 	}
 	// A decision's key outlives it by the clock margin, so that a replica
 	// whose clock is behind the spender's does not take a replay, and no
-	// longer.
+	// longer. (A decision expiring now was made before this test's
+	// Redis began its ledger: the ledger is made older.)
+	srv.Client().Set(ctx, sinceKey, 0, 0)
 	a.Spend(ctx, "expiring", time.Now().Add(time.Millisecond))
 	if ttl := srv.Client().PTTL(ctx, keyPrefix+"expiring").Val(); ttl < time.Second || ttl > 3*time.Second {
 		t.Errorf("the key of a decision expiring now lives %v, want about %v", ttl, clockMargin)
@@ -80,7 +133,7 @@ func TestRedisSpendRetried(t *testing.T) {
 	client := p.Client()
 	l := NewRedis(client)
 	ctx := context.Background()
-	if err := client.Ping(ctx).Err(); err != nil {
+	if err := l.Begin(ctx); err != nil {
 		t.Fatal(err)
 	}
 	p.DelayReply("retried", 2*redistest.ProxyReadTimeout)
@@ -122,13 +175,17 @@ func BenchmarkMemorySpend(b *testing.B) {
 }
 
 // BenchmarkRedisSpend is what the ledger adds to each call when replicas
-// share a Redis: one SET NX with an expiry, a round trip on loopback here.
+// share a Redis: one script (a GET and a SET NX with an expiry), a round
+// trip on loopback here.
 // Compare BenchmarkRedisAllow in internal/ratelimit, the rate limiter's
 // round trip on the same path.
 func BenchmarkRedisSpend(b *testing.B) {
 	srv := redistest.Start(b)
 	l := NewRedis(srv.Client())
 	ctx := context.Background()
+	if err := l.Begin(ctx); err != nil {
+		b.Fatal(err)
+	}
 	i := 0
 	b.ReportAllocs()
 	for b.Loop() {
