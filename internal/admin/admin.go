@@ -54,6 +54,9 @@ type Deps struct {
 	// Draining, if set, reports whether the gateway is shutting down: its
 	// listeners then take no new calls, so it is not ready.
 	Draining func() bool
+	// NotReady, if set, says why the gateway is not ready for another
+	// reason ("" when there is none).
+	NotReady func() string
 	// Audit, if set, is the audit log: while it cannot record, every call
 	// is refused, so the gateway is not ready.
 	Audit Auditor
@@ -62,8 +65,8 @@ type Deps struct {
 // Handler returns the admin endpoints:
 //
 //	GET /healthz        200 while the process serves
-//	GET /readyz         200 once a policy is compiled, while the audit log can record and until
-//	                    shutdown begins, else 503 saying why
+//	GET /readyz         200 once a policy is compiled, while the audit log can record, unless
+//	                    Deps.NotReady says otherwise, and until shutdown begins, else 503 saying why
 //	GET /api/v1/status  the policy, its last reload and the upstreams, as JSON
 //	/api/v1/approvals   calls waiting for a human (see approvals), with the admin token
 //	GET /metrics        Prometheus metrics
@@ -81,6 +84,11 @@ func Handler(d Deps) http.Handler {
 			// send no more calls here.
 			w.WriteHeader(http.StatusServiceUnavailable)
 			w.Write([]byte("shutting down\n"))
+			return
+		}
+		if why := notReady(d); why != "" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write([]byte(why + "\n"))
 			return
 		}
 		if d.Policies.Current() == nil {
@@ -111,6 +119,14 @@ func Handler(d Deps) http.Handler {
 		mux.Handle("GET /{$}", http.RedirectHandler("/console/", http.StatusSeeOther))
 	}
 	return d.Hosts.Guard(mux)
+}
+
+// notReady is d.NotReady's reason, if any.
+func notReady(d Deps) string {
+	if d.NotReady == nil {
+		return ""
+	}
+	return d.NotReady()
 }
 
 // Status is the body of /api/v1/status.

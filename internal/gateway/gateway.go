@@ -62,6 +62,10 @@ type Options struct {
 	Builtins Builtins
 	// PolicyReload is how often the policy directory is reread; 0 means 2 s.
 	PolicyReload time.Duration
+	// SharedKeyCheck is how often a replica checks that Redis still holds
+	// the shared keys it took from there (see watchSharedKeys); 0 means
+	// 5 s.
+	SharedKeyCheck time.Duration
 	// Version is the amg build the admin status reports.
 	Version string
 	// ConfigFile is the file cfg was loaded from, if any. With an xDS
@@ -98,6 +102,12 @@ type Gateway struct {
 	// revocations the Authenticator follows.
 	redis       *redis.Client
 	redisTokens *tokens.RedisStore
+	// sharedKeys are the keys this replica took from Redis, and keyCheck
+	// how often it checks that Redis still holds them; keyTrouble says,
+	// once one differs, which (see watchSharedKeys).
+	sharedKeys []heldKey
+	keyCheck   time.Duration
+	keyTrouble atomic.Pointer[string]
 	// auditStream, with Redis, gathers every replica's audit records for
 	// the console.
 	auditStream *audit.Stream
@@ -127,13 +137,16 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	if opts == nil {
 		opts = &Options{}
 	}
-	g = &Gateway{cfg: cfg, log: opts.Logger, reload: opts.PolicyReload, configFile: opts.ConfigFile}
+	g = &Gateway{cfg: cfg, log: opts.Logger, reload: opts.PolicyReload, configFile: opts.ConfigFile, keyCheck: opts.SharedKeyCheck}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
 	}
 	g.stdio = newStdioGroups(g.log)
 	if g.reload <= 0 {
 		g.reload = 2 * time.Second
+	}
+	if g.keyCheck <= 0 {
+		g.keyCheck = defaultSharedKeyCheck
 	}
 	src := opts.Secrets
 	if src == nil {
@@ -212,7 +225,12 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		case g.redis != nil && ref.String() != "":
 			return keyFromSecret(ref, src, name)
 		case g.redis != nil:
-			return sharedKey(g.redis, name)
+			k, err := g.sharedKey(name)
+			if err != nil {
+				return nil, err
+			}
+			g.sharedKeys = append(g.sharedKeys, k)
+			return k.value, nil
 		case file == "":
 			return newKey(name)
 		}
@@ -320,7 +338,8 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	}
 	g.admin = admin.Handler(admin.Deps{Policies: g.policies, Upstreams: g.broker.Status, Version: opts.Version,
 		Started: time.Now(), Hosts: hostguard.ForListener(cfg.AdminListen), Approvals: g.approvals, Token: adminToken,
-		Metrics: g.tel.MetricsHandler(), Console: con, Draining: g.draining.Load, Audit: g.auditLog})
+		Metrics: g.tel.MetricsHandler(), Console: con, Draining: g.draining.Load, Audit: g.auditLog,
+		NotReady: g.keysNotReady})
 	g.tel.ObservePendingApprovals(g.approvals.CountPending)
 	return g, nil
 }
@@ -445,6 +464,7 @@ func (g *Gateway) Serve(ctx context.Context) error {
 	g.policies.Reload()
 	report(g.policies.Status())
 	go g.followRevocations(ctx)
+	go g.watchSharedKeys(ctx)
 	go g.policies.Watch(ctx, g.reload, report)
 
 	gs := grpc.NewServer(append(authz.GRPCServerOptions(g.cfg.MaxBodyBytes), g.tel.GRPCServerOptions()...)...)

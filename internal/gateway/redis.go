@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"fmt"
@@ -64,27 +65,109 @@ func keyFromSecret(ref config.Template, src secrets.Source, name string) ([]byte
 	return key, nil
 }
 
+// heldKey is a shared key a replica took from Redis: its name
+// ("decision", "audit"), its Redis key and its value.
+type heldKey struct {
+	name, redisKey string
+	value          []byte
+}
+
 // sharedKey returns the 32-byte key named name that every replica uses,
 // created by whichever replica asks first.
-func sharedKey(client *redis.Client, name string) ([]byte, error) {
+func (g *Gateway) sharedKey(name string) (heldKey, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	k := "amg:{keys}:" + name
 	fresh, err := newKey(name)
 	if err != nil {
-		return nil, err
+		return heldKey{}, err
 	}
-	if err := client.SetNX(ctx, k, fresh, 0).Err(); err != nil {
-		return nil, fmt.Errorf("%s key in redis: %w", name, err)
-	}
-	key, err := client.Get(ctx, k).Bytes()
+	made, err := g.redis.SetNX(ctx, k, fresh, 0).Result()
 	if err != nil {
-		return nil, fmt.Errorf("%s key in redis: %w", name, err)
+		return heldKey{}, fmt.Errorf("%s key in redis: %w", name, err)
+	}
+	key, err := g.redis.Get(ctx, k).Bytes()
+	if err != nil {
+		return heldKey{}, fmt.Errorf("%s key in redis: %w", name, err)
 	}
 	if len(key) != 32 {
-		return nil, fmt.Errorf("%s key in redis (%s) is %d bytes, want 32", name, k, len(key))
+		return heldKey{}, fmt.Errorf("%s key in redis (%s) is %d bytes, want 32", name, k, len(key))
 	}
-	return key, nil
+	if made && bytes.Equal(key, fresh) {
+		// Right at a first start; else Redis lost its data, and replicas
+		// already running keep the key they had until they put it back.
+		g.log.Warn("redis held no shared "+name+" key: this replica made a new one; if Redis lost its data, replicas running "+
+			"with the old one disagree with this one until restarted (their /readyz says so)", "redis_key", k)
+	}
+	return heldKey{name: name, redisKey: k, value: key}, nil
+}
+
+// defaultSharedKeyCheck is how often a replica checks that Redis holds
+// its shared keys.
+const defaultSharedKeyCheck = 5 * time.Second
+
+// watchSharedKeys checks, every keyCheck until ctx ends, that Redis still
+// holds the shared keys this replica took from it. Redis that lost its
+// data (a restart without persistence, a failover to a replica that
+// lagged) is given this replica's keys back, so that a replica starting
+// later takes them rather than make its own. A key in Redis that is not
+// this replica's (another replica made one before this one put its key
+// back) means the two disagree: each refuses the other's decisions
+// (decision_invalid) and their audit HMACs differ. That lasts until this
+// replica restarts and takes the key Redis holds: it is logged, and
+// /readyz answers 503 saying so.
+func (g *Gateway) watchSharedKeys(ctx context.Context) {
+	if len(g.sharedKeys) == 0 {
+		return
+	}
+	t := time.NewTicker(g.keyCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, k := range g.sharedKeys {
+			g.checkSharedKey(ctx, k)
+		}
+	}
+}
+
+// checkSharedKey puts k back in Redis if Redis lost it, and records that
+// the replica is not ready if Redis holds another.
+func (g *Gateway) checkSharedKey(ctx context.Context, k heldKey) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	put, err := g.redis.SetNX(ctx, k.redisKey, k.value, 0).Result()
+	if err != nil {
+		// Each request that needs Redis fails closed meanwhile.
+		g.log.Debug("cannot check a shared key in redis", "redis_key", k.redisKey, "err", err)
+		return
+	}
+	if put {
+		g.log.Warn("redis had lost the shared "+k.name+" key (did it restart without persistence?): this replica put its own back",
+			"redis_key", k.redisKey)
+		return
+	}
+	v, err := g.redis.Get(ctx, k.redisKey).Bytes()
+	if err != nil || bytes.Equal(v, k.value) {
+		return
+	}
+	why := "the shared " + k.name + " key in redis (" + k.redisKey + ") is not the one this replica uses: restart it"
+	if g.keyTrouble.CompareAndSwap(nil, &why) {
+		g.log.Error("the shared "+k.name+" key in redis is not this replica's (another replica made a new one after redis lost its data); "+
+			"the two refuse each other's decisions and their audit HMACs differ until this replica restarts", "redis_key", k.redisKey)
+	}
+}
+
+// keysNotReady says why the replica is not ready, if its shared keys are
+// not those in Redis ("" while they are).
+func (g *Gateway) keysNotReady() string {
+	if why := g.keyTrouble.Load(); why != nil {
+		return *why
+	}
+	return ""
 }
 
 // newKey returns a new random 32-byte key named name.

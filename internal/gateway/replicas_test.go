@@ -8,6 +8,8 @@ import (
 	"maps"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -20,12 +22,15 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/amgateway/amg/authz/authztest"
 	"github.com/amgateway/amg/internal/admin"
 	"github.com/amgateway/amg/internal/approval"
 	"github.com/amgateway/amg/internal/broker"
 	"github.com/amgateway/amg/internal/config"
+	"github.com/amgateway/amg/internal/front"
 	"github.com/amgateway/amg/internal/redistest"
 )
 
@@ -483,6 +488,94 @@ func TestSharedKeysFromTheSecretSource(t *testing.T) {
 	if _, err := New(short, nil); err == nil || err.Error() != "redis.decision_key: the key is 5 bytes, want at least 32" {
 		t.Errorf("a short key: %v", err)
 	}
+}
+
+// When Redis loses its data (a restart without persistence, as the
+// compose file runs it), the running replicas put their shared keys back,
+// so that a replica starting later takes them rather than make its own:
+// Envoy sends one replica's authz decision to another's broker, which
+// must honour it. A replica that finds another key in Redis (one made
+// before it could put its own back) says so on /readyz until restarted.
+func TestSharedKeysOutliveRedisLosingItsData(t *testing.T) {
+	rs := redistest.Start(t)
+	brokerReplica := func() *Gateway {
+		cfg := loopbackConfig(t, "../../policies")
+		cfg.BrokerListen = "127.0.0.1:0"
+		cfg.Redis.Address = rs.Addr
+		return serveForTest(t, cfg, &Options{SharedKeyCheck: 10 * time.Millisecond})
+	}
+	ctx := context.Background()
+	a := brokerReplica()
+	rs.Restart()
+	for _, k := range []string{"amg:{keys}:decision", "amg:{keys}:audit"} {
+		for deadline := time.Now().Add(10 * time.Second); rs.Client().Exists(ctx, k).Val() == 0; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the running replica did not put %s back in Redis", k)
+			}
+		}
+	}
+	b := brokerReplica()
+	token, _, err := a.IssueToken(ctx, "bot", "notion_editor", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := callAcross(t, a, b, token); err != nil {
+		t.Errorf("A's authz and B's broker, B started after Redis lost its data: %v", err)
+	}
+	for _, gw := range []*Gateway{a, b} {
+		if code, body := getReadyz(t, gw); code != http.StatusOK {
+			t.Errorf("/readyz = %d %q, want 200", code, body)
+		}
+	}
+
+	// Redis loses its data again, and before A and B put their keys back
+	// a replica starting makes a decision key of its own.
+	rs.Restart()
+	rs.Client().Set(ctx, "amg:{keys}:decision", strings.Repeat("n", 32), 0)
+	for _, gw := range []*Gateway{a, b} {
+		code, body := getReadyz(t, gw)
+		for deadline := time.Now().Add(10 * time.Second); code == http.StatusOK && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+			code, body = getReadyz(t, gw)
+		}
+		if code != http.StatusServiceUnavailable || !strings.Contains(body, "decision key in redis (amg:{keys}:decision) is not the one this replica uses") {
+			t.Errorf("/readyz of a replica whose decision key is not Redis's = %d %q, want 503 saying so", code, body)
+		}
+	}
+}
+
+// callAcross connects an agent with token through an Envoy that sends
+// Check to authzOn's authz and the call to brokerOn's broker.
+func callAcross(t *testing.T, authzOn, brokerOn *Gateway, token string) error {
+	t.Helper()
+	conn, err := grpc.NewClient(authzOn.AuthzAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	target, _ := url.Parse("http://" + brokerOn.BrokerAddr())
+	toBroker := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(target) }, FlushInterval: -1}
+	envoy := httptest.NewServer(front.New(grpcCheck{authv3.NewAuthorizationClient(conn)}, toBroker, nil))
+	defer envoy.Close()
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(context.Background(),
+		&mcp.StreamableClientTransport{Endpoint: envoy.URL + config.MCPPath, HTTPClient: &http.Client{Transport: bearer{token}}}, nil)
+	if err != nil {
+		return err
+	}
+	defer cs.Close()
+	return getPages(cs)
+}
+
+// getReadyz is gw's /readyz answer.
+func getReadyz(t *testing.T, gw *Gateway) (int, string) {
+	t.Helper()
+	resp, err := http.Get("http://" + gw.AdminAddr() + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
 }
 
 // The pending-approvals gauge, read on every GET /metrics (which needs no
