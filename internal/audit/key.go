@@ -59,7 +59,12 @@ func loadKey(path string) ([]byte, error) {
 	}
 	defer f.Close()
 	if fi.Size() != KeySize {
-		return nil, fmt.Errorf("audit key: %s is %d bytes, want %d", path, fi.Size(), KeySize)
+		// A start that stopped (a crash, a power loss) between creating
+		// the file and writing the key leaves it short, before any record
+		// was written with it. Nothing is removed here: records written
+		// with a key that is gone keep HMACs nothing can match again.
+		return nil, fmt.Errorf("audit key: %s is %d bytes, want %d; if the audit log is absent or empty, no record was written with it "+
+			"(a first start stopped while making it): remove the file, and a new key is made; else restore the key from a backup", path, fi.Size(), KeySize)
 	}
 	key := make([]byte, KeySize)
 	if _, err := io.ReadFull(f, key); err != nil {

@@ -49,7 +49,8 @@ func TestLoadOrCreateKeyRefuses(t *testing.T) {
 	}{
 		{"short", make([]byte, 16), 0o600, "is 16 bytes, want 32"},
 		{"long", make([]byte, 33), 0o600, "is 33 bytes, want 32"},
-		{"empty", nil, 0o600, "is 0 bytes, want 32"},
+		{"empty", nil, 0o600, "is 0 bytes, want 32; if the audit log is absent or empty, no record was written with it " +
+			"(a first start stopped while making it): remove the file, and a new key is made; else restore the key from a backup"},
 		{"group readable", make([]byte, 32), 0o640, "has mode 0640; it must not be accessible to group or others (chmod 600)"},
 		{"world readable", make([]byte, 32), 0o604, "has mode 0604"},
 		{"group writable", make([]byte, 32), 0o620, "has mode 0620"},
