@@ -55,6 +55,7 @@ servers:
       - name: slow
       - name: wait
       - name: big
+      - name: sign_in
       - name: delete_page
         constraints: { page_id: {} }
     prompts:
@@ -216,6 +217,22 @@ func newUpstream() *upstreamServer {
 	})
 	u.srv.AddPrompt(&mcp.Prompt{Name: "summarize", Arguments: []*mcp.PromptArgument{{Name: "page"}}}, func(_ context.Context, req *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
 		return &mcp.GetPromptResult{Messages: []*mcp.PromptMessage{{Role: "user", Content: &mcp.TextContent{Text: "summarize " + req.Params.Arguments["page"]}}}}, nil
+	})
+	// sign_in asks the agent to visit a URL, if it was offered URL-mode
+	// elicitation, and says the elicitation is complete whether or not.
+	u.srv.AddTool(&mcp.Tool{Name: "sign_in", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		action := "not asked"
+		if c := req.Session.InitializeParams().Capabilities; c.Elicitation != nil && c.Elicitation.URL != nil {
+			res, err := req.Session.Elicit(ctx, &mcp.ElicitParams{Mode: "url", Message: "sign in", URL: "https://example.com/sign-in", ElicitationID: "e-1"})
+			if err != nil {
+				return nil, err
+			}
+			action = res.Action
+		}
+		if err := req.Session.NotifyElicitationComplete(ctx, &mcp.ElicitationCompleteParams{ElicitationID: "e-1"}); err != nil {
+			return nil, err
+		}
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: action}}}, nil
 	})
 	u.srv.AddPrompt(&mcp.Prompt{Name: "secret_prompt"}, func(context.Context, *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
 		return &mcp.GetPromptResult{}, nil
@@ -507,7 +524,7 @@ func TestToolsListShowsOnlyGrantedTools(t *testing.T) {
 	cs := g.connect(t, nil)
 	// drop_database is not granted; late_tool is granted but the upstream
 	// does not have it (yet).
-	if diff := cmp.Diff([]string{"notion__ask", "notion__big", "notion__delete_page", "notion__fail", "notion__get_pages", "notion__offered", "notion__refuse", "notion__roots", "notion__sample_with_tools", "notion__slow", "notion__wait"}, toolNames(t, cs)); diff != "" {
+	if diff := cmp.Diff([]string{"notion__ask", "notion__big", "notion__delete_page", "notion__fail", "notion__get_pages", "notion__offered", "notion__refuse", "notion__roots", "notion__sample_with_tools", "notion__sign_in", "notion__slow", "notion__wait"}, toolNames(t, cs)); diff != "" {
 		t.Errorf("tools (-want +got):\n%s", diff)
 	}
 }
@@ -781,6 +798,53 @@ func TestServerToClientRequestsAreRelayed(t *testing.T) {
 			t.Fatalf("sampling and elicitation through the gateway: %v %+v", err, res)
 		}
 		g.checkPath(t, "notion__ask")
+	})
+}
+
+// An upstream's URL-mode elicitation reaches an agent that declared it,
+// and so does the upstream's word that it is complete.
+func TestURLElicitationCompletes(t *testing.T) {
+	bothPaths(t, func(t *testing.T, g *gateway) {
+		completed := make(chan string, 1)
+		cs := g.connect(t, &mcp.ClientOptions{
+			Capabilities: &mcp.ClientCapabilities{Elicitation: &mcp.ElicitationCapabilities{URL: &mcp.URLElicitationCapabilities{}}},
+			ElicitationHandler: func(_ context.Context, req *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
+				return &mcp.ElicitResult{Action: "accept"}, nil
+			},
+			ElicitationCompleteHandler: func(_ context.Context, req *mcp.ElicitationCompleteNotificationRequest) {
+				completed <- req.Params.ElicitationID
+			},
+		})
+		g.warm(t, cs)
+		res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "notion__sign_in", Arguments: json.RawMessage(`{}`)})
+		if err != nil || res.Content[0].(*mcp.TextContent).Text != "accept" {
+			t.Fatalf("URL-mode elicitation through the gateway: %v %+v", err, res)
+		}
+		g.checkPath(t, "notion__sign_in")
+		select {
+		case id := <-completed:
+			if id != "e-1" {
+				t.Errorf("the agent was told elicitation %q is complete, want e-1", id)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the upstream's notifications/elicitation/complete never reached the agent")
+		}
+	})
+}
+
+// An agent that did not declare URL-mode elicitation, and so cannot have
+// been asked one, is not told one is complete.
+func TestElicitationCompleteOnlyToAgentsThatDeclaredIt(t *testing.T) {
+	bothPaths(t, func(t *testing.T, g *gateway) {
+		a := &rawAgent{t: t, url: g.url, token: g.token}
+		a.post(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"` + rawVersion + `","capabilities":{"elicitation":{}},"clientInfo":{"name":"raw","version":"1"}}}`)
+		a.post(`{"jsonrpc":"2.0","method":"notifications/initialized"}`)
+		warmRaw(a)
+		got := a.post(`{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"notion__sign_in","arguments":{}}}`)
+		if len(got) != 1 || !strings.Contains(got[0], `"text":"not asked"`) {
+			t.Errorf("the call's stream = %q, want its result alone", got)
+		}
+		g.checkPath(t, "notion__sign_in")
 	})
 }
 

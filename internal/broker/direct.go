@@ -408,14 +408,19 @@ type cancelledParams struct {
 // direct call's stream as the other path does (relayNotification): the
 // call's progress on its stream, log messages at the level the agent set,
 // a resource update to the role's sessions subscribed to it, under the
-// URI agents see, a cancellation to the request it cancels. List changes
-// are the catalogue session's; the rest stays with the broker.
+// URI agents see, a cancellation to the request it cancels, the end of a
+// URL-mode elicitation to an agent that declared it. List changes are the
+// catalogue session's; the rest stays with the broker.
 func (b *Broker) directNotification(as *agentSession, server string, m *mcpfilter.Message, data []byte, send func([]byte)) {
 	switch m.Method {
 	case "notifications/progress":
 		send(data)
 	case "notifications/message":
 		if as.wantsLog(m.Params) {
+			send(data)
+		}
+	case "notifications/elicitation/complete":
+		if urlElicitation(as.ss) {
 			send(data)
 		}
 	case "notifications/cancelled", "notifications/resources/updated":

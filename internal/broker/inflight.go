@@ -106,8 +106,10 @@ func (f *inflight) only(server string) context.Context {
 // upstream session is this agent's alone, so the token cannot be another
 // agent's) and log messages, which the SDK filters by the level the agent
 // set in its session ss (nil for a token's state, whose agent sets none:
-// see stateless.go). List changes are handled by the catalogue session; other
-// notifications stay with the broker.
+// see stateless.go), and the end of a URL-mode elicitation, to an agent
+// that declared it can be asked those (urlElicitation). List changes are
+// handled by the catalogue session; other notifications stay with the
+// broker.
 func (f *inflight) relay(ss *mcp.ServerSession, server string, n *jsonrpc.Request) {
 	switch n.Method {
 	case "notifications/progress":
@@ -124,7 +126,27 @@ func (f *inflight) relay(ss *mcp.ServerSession, server string, n *jsonrpc.Reques
 			return
 		}
 		ss.Log(f.only(server), &p)
+	case "notifications/elicitation/complete":
+		// The upstream session is this agent's alone: whatever id it
+		// names, the notification reaches no other agent.
+		var p mcp.ElicitationCompleteParams
+		if !urlElicitation(ss) || json.Unmarshal(n.Params, &p) != nil || p.ElicitationID == "" {
+			return
+		}
+		ss.NotifyElicitationComplete(f.only(server), &p)
 	}
+}
+
+// urlElicitation reports whether the agent of session ss declared URL-mode
+// elicitation at initialize: only then was its upstream offered it (see
+// upstreamCapabilities), and may the agent be told one ended. An agent
+// without a session (ss nil) cannot be asked anything.
+func urlElicitation(ss *mcp.ServerSession) bool {
+	if ss == nil {
+		return false
+	}
+	p := ss.InitializeParams()
+	return p != nil && p.Capabilities != nil && p.Capabilities.Elicitation != nil && p.Capabilities.Elicitation.URL != nil
 }
 
 // relayNotification passes on what an agent's upstream session with server
