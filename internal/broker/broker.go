@@ -731,8 +731,9 @@ func (b *Broker) newRoleServer(role string) *roleServer {
 			Logging: &mcp.LoggingCapabilities{},
 		},
 	})
-	srv.AddReceivingMiddleware(b.trackSession, b.passLogLevel, b.announce(role))
+	srv.AddReceivingMiddleware(b.trackSession, b.passLogLevel, b.announce(role), hideUnlisted)
 	srv.AddSendingMiddleware(restoreElicitSchema)
+	srv.AddResourceTemplate(&mcp.ResourceTemplate{URITemplate: unlistedTemplate, Name: "unlisted"}, b.readUnlisted)
 	return &roleServer{
 		srv:       srv,
 		tools:     map[string]*mcp.Tool{},
@@ -799,6 +800,40 @@ func (b *Broker) syncRole(set *policy.Set, role string, rs *roleServer) {
 		shown.URITemplate = tmpl
 		rs.srv.AddResourceTemplate(&shown, b.forwardResource(server, ""))
 	})
+}
+
+// unlistedTemplate matches every URI (made of the characters a URI may
+// hold), so that the SDK reads through readUnlisted what no resource or
+// template of the upstreams' lists serves. The SDK tries resources before
+// templates, and templates in the order of their text, in which this one
+// comes after every gateway URI.
+const unlistedTemplate = "{+amg_unlisted}"
+
+// readUnlisted reads a resource its upstream does not list: one it links
+// to, or makes on demand, which the protocol does not promise to list.
+// authz has decided on the URI as on any other. A URI that names no
+// upstream is not found, as the SDK answers when nothing serves it.
+func (b *Broker) readUnlisted(ctx context.Context, req *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
+	server, _, err := b.ns.SplitURI(req.Params.URI)
+	if err != nil || b.ups[server] == nil {
+		return nil, mcp.ResourceNotFoundError(req.Params.URI)
+	}
+	return b.forwardResource(server, "")(ctx, req)
+}
+
+// hideUnlisted is receiving middleware of a role server that keeps
+// unlistedTemplate, which no upstream offers, out of the templates agents
+// are shown.
+func hideUnlisted(next mcp.MethodHandler) mcp.MethodHandler {
+	return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
+		res, err := next(ctx, method, req)
+		if r, ok := res.(*mcp.ListResourceTemplatesResult); ok {
+			r.ResourceTemplates = slices.DeleteFunc(r.ResourceTemplates, func(rt *mcp.ResourceTemplate) bool {
+				return rt.URITemplate == unlistedTemplate
+			})
+		}
+		return res, err
+	}
 }
 
 // reconcile makes what a role server has registered (have, keyed by the

@@ -234,6 +234,16 @@ func newUpstream() *upstreamServer {
 		}
 		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: action}}}, nil
 	})
+	// A page the server serves but does not list, as it may serve those
+	// it links to.
+	u.srv.AddReceivingMiddleware(func(next mcp.MethodHandler) mcp.MethodHandler {
+		return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
+			if r, ok := req.(*mcp.ReadResourceRequest); ok && r.Params.URI == "notion://ws_abc123/unlisted" {
+				return &mcp.ReadResourceResult{Contents: []*mcp.ResourceContents{{URI: r.Params.URI, Text: "not listed"}}}, nil
+			}
+			return next(ctx, method, req)
+		}
+	})
 	u.srv.AddPrompt(&mcp.Prompt{Name: "secret_prompt"}, func(context.Context, *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
 		return &mcp.GetPromptResult{}, nil
 	})
@@ -1040,9 +1050,14 @@ func TestListsAreCacheableByTheAgentAlone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	unlisted, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: "amg:notion:notion://ws_abc123/unlisted"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for what, scope := range map[string]string{
 		"tools/list": tools.CacheScope, "prompts/list": prompts.CacheScope, "resources/list": resources.CacheScope,
 		"resources/templates/list": templates.CacheScope, "resources/read": read.CacheScope,
+		"resources/read of an unlisted resource": unlisted.CacheScope,
 	} {
 		if scope != "private" {
 			t.Errorf("%s: cacheScope %q, want private", what, scope)
@@ -1205,6 +1220,26 @@ func TestResourceTemplates(t *testing.T) {
 	}
 	if _, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: "amg:notion:notion://ws_other/drafts/d7"}); err == nil || !strings.Contains(err.Error(), "not granted") {
 		t.Errorf("ungranted template read: %v", err)
+	}
+}
+
+// A resource the role may read is read from its upstream even when the
+// upstream does not list it (one it links to, or makes on demand, which
+// the protocol does not promise to list), under the URI the agent asked
+// for; one the upstream does not serve either is the upstream's error.
+func TestUnlistedResourcesAreRead(t *testing.T) {
+	g := newGateway(t)
+	cs := g.connect(t, nil)
+	ctx := context.Background()
+	read, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: "amg:notion:notion://ws_abc123/unlisted"})
+	if err != nil || len(read.Contents) != 1 || read.Contents[0].Text != "not listed" ||
+		read.Contents[0].URI != "amg:notion:notion://ws_abc123/unlisted" {
+		t.Errorf("read of a resource the upstream does not list: %v %+v", err, read)
+	}
+	_, err = cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: "amg:notion:notion://ws_abc123/gone"})
+	var rpcErr *jsonrpc.Error
+	if !errors.As(err, &rpcErr) || rpcErr.Code != mcp.CodeResourceNotFound || !strings.HasPrefix(rpcErr.Message, `upstream "notion": `) {
+		t.Errorf("read of a resource the upstream does not serve: %v", err)
 	}
 }
 
