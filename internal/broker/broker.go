@@ -1219,7 +1219,9 @@ func (s *sessionRecorder) Flush() { flush(s.ResponseWriter) }
 func (s *sessionRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // forward is the handler of server__tool: it calls tool on server with the
-// arguments exactly as the agent sent them and authz decided on.
+// arguments exactly as the agent sent them and authz decided on. The
+// resources its result links to or embeds are given the URIs agents read
+// them by (see agentURIs).
 func (b *Broker) forward(server, tool string) mcp.ToolHandler {
 	return func(ctx context.Context, req *mcp.CallToolRequest) (res *mcp.CallToolResult, err error) {
 		params := &mcp.CallToolParams{Name: tool, Meta: upstreamMeta(req.Params.Meta)}
@@ -1232,7 +1234,30 @@ func (b *Broker) forward(server, tool string) mcp.ToolHandler {
 			return err
 		})
 		b.recordCall(req, server, tool, time.Since(start), res, err)
+		if res != nil {
+			b.agentURIs(server, res.Content...)
+		}
 		return res, err
+	}
+}
+
+// agentURIs gives the resource_link and embedded resource blocks of
+// content, from server, the URIs agents read those resources by, so that
+// an agent can read what an upstream links to in a tool result or prompt.
+// Other content, and a tool result's structured content, is the
+// upstream's own data, and stays as it was.
+func (b *Broker) agentURIs(server string, content ...mcp.Content) {
+	for _, c := range content {
+		switch c := c.(type) {
+		case *mcp.ResourceLink:
+			if c.URI != "" {
+				c.URI = b.ns.JoinURI(server, c.URI)
+			}
+		case *mcp.EmbeddedResource:
+			if c.Resource != nil && c.Resource.URI != "" {
+				c.Resource.URI = b.ns.JoinURI(server, c.Resource.URI)
+			}
+		}
 	}
 }
 
@@ -1313,13 +1338,21 @@ func (u *upstream) connect(ctx context.Context, opts *mcp.ClientOptions, version
 	}
 }
 
-// forwardPrompt is the handler of server__prompt.
+// forwardPrompt is the handler of server__prompt. The resources its
+// messages link to or embed are given the URIs agents read them by.
 func (b *Broker) forwardPrompt(server, prompt string) mcp.PromptHandler {
 	return func(ctx context.Context, req *mcp.GetPromptRequest) (res *mcp.GetPromptResult, err error) {
 		err = b.onUpstream(ctx, req.Session, server, req.Params.GetProgressToken(), func(ctx context.Context, cs *mcp.ClientSession) (err error) {
 			res, err = cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: prompt, Arguments: req.Params.Arguments, Meta: upstreamMeta(req.Params.Meta)})
 			return err
 		})
+		if res != nil {
+			for _, m := range res.Messages {
+				if m != nil {
+					b.agentURIs(server, m.Content)
+				}
+			}
+		}
 		return res, err
 	}
 }

@@ -55,12 +55,14 @@ servers:
       - name: slow
       - name: wait
       - name: big
+      - name: links
       - name: sign_in
       - name: delete_page
         constraints: { page_id: {} }
     prompts:
       - name: summarize
         constraints: { page: {} }
+      - name: cite
     resources: ["notion://ws_abc123/*", "notion://ws_abc123/drafts/*"]
   files:
     tools:
@@ -218,6 +220,14 @@ func newUpstream() *upstreamServer {
 	u.srv.AddPrompt(&mcp.Prompt{Name: "summarize", Arguments: []*mcp.PromptArgument{{Name: "page"}}}, func(_ context.Context, req *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
 		return &mcp.GetPromptResult{Messages: []*mcp.PromptMessage{{Role: "user", Content: &mcp.TextContent{Text: "summarize " + req.Params.Arguments["page"]}}}}, nil
 	})
+	// links links to a page and embeds another, as cite does; its
+	// structured content is its own data, which names a page too.
+	u.srv.AddTool(&mcp.Tool{Name: "links", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		return &mcp.CallToolResult{Content: []mcp.Content{
+			&mcp.ResourceLink{URI: "notion://ws_abc123/p1", Name: "p1"},
+			&mcp.EmbeddedResource{Resource: &mcp.ResourceContents{URI: "notion://ws_abc123/unlisted", Text: "not listed"}},
+		}, StructuredContent: map[string]any{"uri": "notion://ws_abc123/p1"}}, nil
+	})
 	// sign_in asks the agent to visit a URL, if it was offered URL-mode
 	// elicitation, and says the elicitation is complete whether or not.
 	u.srv.AddTool(&mcp.Tool{Name: "sign_in", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
@@ -233,6 +243,12 @@ func newUpstream() *upstreamServer {
 			return nil, err
 		}
 		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: action}}}, nil
+	})
+	u.srv.AddPrompt(&mcp.Prompt{Name: "cite"}, func(context.Context, *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
+		return &mcp.GetPromptResult{Messages: []*mcp.PromptMessage{
+			{Role: "user", Content: &mcp.ResourceLink{URI: "notion://ws_abc123/p1", Name: "p1"}},
+			{Role: "user", Content: &mcp.EmbeddedResource{Resource: &mcp.ResourceContents{URI: "notion://ws_abc123/unlisted", Text: "not listed"}}},
+		}}, nil
 	})
 	// A page the server serves but does not list, as it may serve those
 	// it links to.
@@ -534,7 +550,7 @@ func TestToolsListShowsOnlyGrantedTools(t *testing.T) {
 	cs := g.connect(t, nil)
 	// drop_database is not granted; late_tool is granted but the upstream
 	// does not have it (yet).
-	if diff := cmp.Diff([]string{"notion__ask", "notion__big", "notion__delete_page", "notion__fail", "notion__get_pages", "notion__offered", "notion__refuse", "notion__roots", "notion__sample_with_tools", "notion__sign_in", "notion__slow", "notion__wait"}, toolNames(t, cs)); diff != "" {
+	if diff := cmp.Diff([]string{"notion__ask", "notion__big", "notion__delete_page", "notion__fail", "notion__get_pages", "notion__links", "notion__offered", "notion__refuse", "notion__roots", "notion__sample_with_tools", "notion__sign_in", "notion__slow", "notion__wait"}, toolNames(t, cs)); diff != "" {
 		t.Errorf("tools (-want +got):\n%s", diff)
 	}
 }
@@ -858,6 +874,42 @@ func TestElicitationCompleteOnlyToAgentsThatDeclaredIt(t *testing.T) {
 	})
 }
 
+// The resources a tool result or a prompt links to or embeds are named as
+// agents read them, so that an agent reads them through the gateway as it
+// would from the upstream; a tool's structured content is its own data,
+// and stays as it was.
+func TestLinkedResourcesAreReadable(t *testing.T) {
+	bothPaths(t, func(t *testing.T, g *gateway) {
+		cs := g.connect(t, nil)
+		g.warm(t, cs)
+		ctx := context.Background()
+		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "notion__links", Arguments: json.RawMessage(`{}`)})
+		if err != nil || len(res.Content) != 2 {
+			t.Fatalf("the links tool: %v %+v", err, res)
+		}
+		g.checkPath(t, "notion__links")
+		if diff := cmp.Diff(map[string]any{"uri": "notion://ws_abc123/p1"}, res.StructuredContent); diff != "" {
+			t.Errorf("structured content (-want +got):\n%s", diff)
+		}
+		prompt, err := cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: "notion__cite"})
+		if err != nil || len(prompt.Messages) != 2 {
+			t.Fatalf("the cite prompt: %v %+v", err, prompt)
+		}
+		uris := []string{res.Content[0].(*mcp.ResourceLink).URI, res.Content[1].(*mcp.EmbeddedResource).Resource.URI,
+			prompt.Messages[0].Content.(*mcp.ResourceLink).URI, prompt.Messages[1].Content.(*mcp.EmbeddedResource).Resource.URI}
+		want := []string{"amg:notion:notion://ws_abc123/p1", "amg:notion:notion://ws_abc123/unlisted",
+			"amg:notion:notion://ws_abc123/p1", "amg:notion:notion://ws_abc123/unlisted"}
+		if diff := cmp.Diff(want, uris); diff != "" {
+			t.Errorf("linked URIs (-want +got):\n%s", diff)
+		}
+		for _, uri := range uris {
+			if _, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: uri}); err != nil {
+				t.Errorf("the agent cannot read %q, which the upstream linked to: %v", uri, err)
+			}
+		}
+	})
+}
+
 // Upstreams are offered no roots, and asked for them anyway get none:
 // the agent's roots never reach them, nor their asking the agent.
 func TestUpstreamsGetNoRoots(t *testing.T) {
@@ -992,8 +1044,12 @@ func TestPromptsAndResources(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(prompts.Prompts) != 1 || prompts.Prompts[0].Name != "notion__summarize" {
-		t.Errorf("prompts = %+v, want only notion__summarize", prompts.Prompts)
+	var names []string
+	for _, p := range prompts.Prompts {
+		names = append(names, p.Name)
+	}
+	if diff := cmp.Diff([]string{"notion__cite", "notion__summarize"}, names); diff != "" {
+		t.Errorf("prompts (-want +got):\n%s", diff)
 	}
 	got, err := cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: "notion__summarize", Arguments: map[string]string{"page": "p1"}})
 	if err != nil || got.Messages[0].Content.(*mcp.TextContent).Text != "summarize p1" {

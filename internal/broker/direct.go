@@ -354,7 +354,7 @@ func (b *Broker) directCall(stream *sseStream, r *http.Request, as *agentSession
 	}
 	took := time.Since(start)
 	answered = true
-	stream.answer(agentAnswer(data, &res.Messages[0], m.ID, server))
+	stream.answer(agentAnswer(data, &res.Messages[0], m.ID, server, b.ns))
 	b.recordDirect(r, server, tool, took, &res.Messages[0])
 	return true
 }
@@ -362,10 +362,12 @@ func (b *Broker) directCall(stream *sseStream, r *http.Request, as *agentSession
 // agentAnswer is the upstream's response to a call as the agent gets it:
 // under the agent's id, and, if it is a JSON-RPC error, with the
 // upstream's name before its message, as on the SDK path. A result goes
-// back byte for byte.
-func agentAnswer(data []byte, resp *mcpfilter.Message, agentID []byte, server string) []byte {
+// back byte for byte, but for the URIs of the resources its content links
+// to or embeds, which are those agents read them by in ns (see
+// linkedURIEdits).
+func agentAnswer(data []byte, resp *mcpfilter.Message, agentID []byte, server string, ns mcpfilter.Namespace) []byte {
 	if resp.Error == nil {
-		return splice(data, edit{resp.IDSpan, agentID})
+		return splice(data, append(linkedURIEdits(data, resp, server, ns), edit{resp.IDSpan, agentID})...)
 	}
 	var e jsonrpc.Error
 	if err := json.Unmarshal(resp.Error, &e); err != nil {
@@ -374,6 +376,144 @@ func agentAnswer(data []byte, resp *mcpfilter.Message, agentID []byte, server st
 	e.Message = fmt.Sprintf("upstream %q: %s", server, e.Message)
 	out, _ := json.Marshal(rpcErrorResponse(agentID, &e))
 	return out
+}
+
+// linkedURIEdits are the edits that give the resource_link and embedded
+// resource blocks of the content of resp, a tool result in data, the URIs
+// agents read those resources by in ns, as agentURIs does on the SDK path;
+// none with unprefixed names, where agents read them by the upstream's.
+// Only an answer that may hold such a block (most hold none) is read for
+// them, once: this is every direct call's path. The parser accepted data,
+// so it is JSON whose objects have no two keys alike.
+func linkedURIEdits(data []byte, resp *mcpfilter.Message, server string, ns mcpfilter.Namespace) []edit {
+	if ns.Only != "" || !bytes.Contains(resp.Result, []byte(`"resource`)) {
+		return nil
+	}
+	var edits []edit
+	rename := func(uri string, span mcpfilter.Span) {
+		if uri != "" {
+			with, _ := json.Marshal(ns.JoinURI(server, uri))
+			edits = append(edits, edit{span, with})
+		}
+	}
+	w := &jsonWalk{data: data, dec: json.NewDecoder(bytes.NewReader(data))}
+	err := w.members(func(key string) error {
+		if key != "result" {
+			return w.skip()
+		}
+		return w.members(func(key string) error {
+			if key != "content" {
+				return w.skip()
+			}
+			return w.elements(func() error {
+				var typ, uri, embedded string
+				var uriAt, embeddedAt mcpfilter.Span
+				err := w.members(func(key string) (err error) {
+					switch key {
+					case "type":
+						typ, _, err = w.str()
+					case "uri":
+						uri, uriAt, err = w.str()
+					case "resource":
+						err = w.members(func(key string) (err error) {
+							if key != "uri" {
+								return w.skip()
+							}
+							embedded, embeddedAt, err = w.str()
+							return err
+						})
+					default:
+						err = w.skip()
+					}
+					return err
+				})
+				switch typ {
+				case "resource_link":
+					rename(uri, uriAt)
+				case "resource":
+					rename(embedded, embeddedAt)
+				}
+				return err
+			})
+		})
+	})
+	if err != nil {
+		return nil // not JSON after all: passed on as it came
+	}
+	return edits
+}
+
+// jsonWalk reads a JSON message value by value, knowing where each is.
+type jsonWalk struct {
+	data []byte
+	dec  *json.Decoder // of data
+}
+
+// next is the offset and first byte of the next value, 0 at the end.
+func (w *jsonWalk) next() (int, byte) {
+	for i := int(w.dec.InputOffset()); i < len(w.data); i++ {
+		switch c := w.data[i]; c {
+		case ' ', '\t', '\r', '\n', ':', ',':
+		default:
+			return i, c
+		}
+	}
+	return len(w.data), 0
+}
+
+// skip reads the next value.
+func (w *jsonWalk) skip() error { return w.dec.Decode(new(json.RawMessage)) }
+
+// members calls f with each key of the next value, for f to read the
+// member's value, if it is an object; else it skips it.
+func (w *jsonWalk) members(f func(key string) error) error {
+	if _, c := w.next(); c != '{' {
+		return w.skip()
+	}
+	return w.each(func() error {
+		t, err := w.dec.Token()
+		if err != nil {
+			return err
+		}
+		key, _ := t.(string)
+		return f(key)
+	})
+}
+
+// elements calls f for each element of the next value, for f to read it,
+// if it is an array; else it skips it.
+func (w *jsonWalk) elements(f func() error) error {
+	if _, c := w.next(); c != '[' {
+		return w.skip()
+	}
+	return w.each(f)
+}
+
+// each reads the delimiters of an object or array around calls of f for
+// its members or elements.
+func (w *jsonWalk) each(f func() error) error {
+	if _, err := w.dec.Token(); err != nil {
+		return err
+	}
+	for w.dec.More() {
+		if err := f(); err != nil {
+			return err
+		}
+	}
+	_, err := w.dec.Token()
+	return err
+}
+
+// str reads the next value, and returns it and where it is if it is a
+// string; "" if not.
+func (w *jsonWalk) str() (string, mcpfilter.Span, error) {
+	at, c := w.next()
+	if c != '"' {
+		return "", mcpfilter.Span{}, w.skip()
+	}
+	var s string
+	err := w.dec.Decode(&s)
+	return s, mcpfilter.Span{Start: at, End: int(w.dec.InputOffset())}, err
 }
 
 // noticeTimeout bounds passing an upstream a message on the side of a
@@ -509,7 +649,7 @@ func (b *Broker) streamDirect(ctx context.Context, stream *sseStream, r *http.Re
 			if string(m.ID) == upID {
 				done = true
 				took := time.Since(start)
-				stream.answer(agentAnswer(data, m, agentID, server))
+				stream.answer(agentAnswer(data, m, agentID, server, b.ns))
 				b.recordDirect(r, server, tool, took, m)
 			}
 		}

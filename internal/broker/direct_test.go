@@ -290,21 +290,67 @@ func TestDirectPathUpstreamDown(t *testing.T) {
 	}
 }
 
+// The agent gets an upstream's answer byte for byte under its own id, but
+// for the URIs of the resources a result links to or embeds, which are
+// given the names agents read them by (none with unprefixed names); an
+// error names the upstream.
 func TestAgentAnswer(t *testing.T) {
-	for _, tt := range []struct{ upstream, want string }{
-		{`{"jsonrpc":"2.0","id":"amg-9","result":{"content":[] , "x":1}}`, `{"jsonrpc":"2.0","id":7,"result":{"content":[] , "x":1}}`},
-		{`{"jsonrpc":"2.0","id":"amg-9","error":{"code":-32602,"message":"bad page","data":{"page":"p1"}}}`,
-			`{"jsonrpc":"2.0","id":7,"error":{"code":-32602,"message":"upstream \"notion\": bad page","data":{"page":"p1"}}}`},
-		{`{"jsonrpc":"2.0","id":"amg-9","error":{"code":"high","message":7}}`,
-			`{"jsonrpc":"2.0","id":7,"error":{"code":-32010,"message":"upstream \"notion\": its error is not a JSON-RPC error object"}}`},
+	for _, tt := range []struct {
+		upstream, want string
+		unprefixed     bool
+	}{
+		{upstream: `{"jsonrpc":"2.0","id":"amg-9","result":{"content":[] , "x":1}}`, want: `{"jsonrpc":"2.0","id":7,"result":{"content":[] , "x":1}}`},
+		// Only the uri of resource_link and embedded resource blocks
+		// changes: not other blocks', nor the structured content's, nor a
+		// byte around them.
+		{upstream: `{"jsonrpc":"2.0","id":"amg-9","result":{ "structuredContent":{"type":"resource_link","uri":"notion://a"},` +
+			`"content" : [ {"uri":"notion:\/\/ws\u0041/p1" ,"type":"resource_link","name":"p1"},{"type":"text","text":"\"resource","uri":"notion://t"},` +
+			`{"resource":{"text":"x", "uri":"notion://ws/p2"},"type":"resource"}, {"type":"resource","resource":"notion://ws/p3"} ]}}`,
+			want: `{"jsonrpc":"2.0","id":7,"result":{ "structuredContent":{"type":"resource_link","uri":"notion://a"},` +
+				`"content" : [ {"uri":"amg:notion:notion://wsA/p1" ,"type":"resource_link","name":"p1"},{"type":"text","text":"\"resource","uri":"notion://t"},` +
+				`{"resource":{"text":"x", "uri":"amg:notion:notion://ws/p2"},"type":"resource"}, {"type":"resource","resource":"notion://ws/p3"} ]}}`},
+		{upstream: `{"jsonrpc":"2.0","id":"amg-9","result":{"content":[{"type":"resource_link","uri":"notion://ws/p1","name":"p1"}]}}`,
+			want:       `{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"resource_link","uri":"notion://ws/p1","name":"p1"}]}}`,
+			unprefixed: true},
+		{upstream: `{"jsonrpc":"2.0","id":"amg-9","error":{"code":-32602,"message":"bad page","data":{"page":"p1"}}}`,
+			want: `{"jsonrpc":"2.0","id":7,"error":{"code":-32602,"message":"upstream \"notion\": bad page","data":{"page":"p1"}}}`},
+		{upstream: `{"jsonrpc":"2.0","id":"amg-9","error":{"code":"high","message":7}}`,
+			want: `{"jsonrpc":"2.0","id":7,"error":{"code":-32010,"message":"upstream \"notion\": its error is not a JSON-RPC error object"}}`},
 	} {
 		parsed, err := mcpfilter.Parse([]byte(tt.upstream), upstreamParse)
 		if err != nil {
 			t.Fatalf("%s: %v", tt.upstream, err)
 		}
-		if got := string(agentAnswer([]byte(tt.upstream), &parsed.Messages[0], []byte("7"), "notion")); got != tt.want {
+		var ns mcpfilter.Namespace
+		if tt.unprefixed {
+			ns.Only = "notion"
+		}
+		if got := string(agentAnswer([]byte(tt.upstream), &parsed.Messages[0], []byte("7"), "notion", ns)); got != tt.want {
 			t.Errorf("agentAnswer(%s)\n= %s\nwant %s", tt.upstream, got, tt.want)
 		}
+	}
+}
+
+// BenchmarkAgentAnswer measures the direct path's rewriting of an answer,
+// of one without resource links (the common case) and of one with.
+func BenchmarkAgentAnswer(b *testing.B) {
+	text := strings.Repeat("lorem ipsum ", 100)
+	for _, bc := range []struct{ name, answer string }{
+		{"text", `{"jsonrpc":"2.0","id":"amg-9","result":{"content":[{"type":"text","text":"` + text + `"}]}}`},
+		{"links", `{"jsonrpc":"2.0","id":"amg-9","result":{"content":[{"type":"text","text":"` + text + `"},` +
+			`{"type":"resource_link","uri":"notion://ws_abc123/p1","name":"p1"}]}}`},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			data := []byte(bc.answer)
+			parsed, err := mcpfilter.Parse(data, upstreamParse)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				agentAnswer(data, &parsed.Messages[0], []byte("7"), "notion", mcpfilter.Namespace{})
+			}
+		})
 	}
 }
 

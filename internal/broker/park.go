@@ -459,6 +459,7 @@ func (b *Broker) executeApproved(stream *sseStream, r *http.Request, as *agentSe
 		stream.answer(out)
 		return
 	}
+	b.agentURIs(server, res.Content...)
 	out, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": m.ID, "result": res})
 	stream.answer(out)
 }

@@ -121,8 +121,8 @@ func TestStatelessAgentIsServedAsAnyOther(t *testing.T) {
 		}
 
 		prompts, err := cs.ListPrompts(ctx, nil)
-		if err != nil || len(prompts.Prompts) != 1 || prompts.Prompts[0].Name != "notion__summarize" {
-			t.Errorf("prompts: %v %+v, want only notion__summarize", err, prompts)
+		if err != nil || len(prompts.Prompts) != 2 || prompts.Prompts[0].Name != "notion__cite" || prompts.Prompts[1].Name != "notion__summarize" {
+			t.Errorf("prompts: %v %+v, want only notion__cite and notion__summarize", err, prompts)
 		}
 		got, err := cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: "notion__summarize", Arguments: map[string]string{"page": "p1"}})
 		if err != nil || got.Messages[0].Content.(*mcp.TextContent).Text != "summarize p1" {

@@ -232,3 +232,49 @@ func TestEverythingThroughTheGateway(t *testing.T) {
 	}
 	t.Errorf("after the upstream restarted: %v", lastErr)
 }
+
+// The resources server-everything links to from a tool result are named
+// as agents read them through the gateway, on the first call (through the
+// go-sdk's client) and the next (the direct path), and an agent reads
+// them as it would from the server.
+func TestEverythingResourceLinksAreReadable(t *testing.T) {
+	port := freePort(t)
+	startEverything(t, port)
+	url, token := startGateway(t, map[string]*config.Upstream{"everything": {
+		Name: "everything", URL: fmt.Sprintf("http://127.0.0.1:%d/mcp", port),
+		ConnectTimeout: 5 * time.Second, CallTimeout: 10 * time.Second,
+	}}, "tester", `
+role: tester
+servers:
+  everything:
+    tools:
+      - name: get-resource-links
+        constraints: { count: { lte: 10 } }
+    resources: ["demo://resource/dynamic/*/*"]
+`)
+	cs := connectAgent(t, url, token)
+	ctx := context.Background()
+	for range 2 {
+		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "everything__get-resource-links", Arguments: map[string]any{"count": 2}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		links := 0
+		for _, c := range res.Content {
+			link, ok := c.(*mcp.ResourceLink)
+			if !ok {
+				continue
+			}
+			links++
+			if !strings.HasPrefix(link.URI, "amg:everything:demo://") {
+				t.Errorf("resource_link %q is not a gateway URI", link.URI)
+			}
+			if _, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: link.URI}); err != nil {
+				t.Errorf("resource_link %q cannot be read through the gateway: %v", link.URI, err)
+			}
+		}
+		if links != 2 {
+			t.Errorf("%d resource links, want 2: %+v", links, res.Content)
+		}
+	}
+}
