@@ -1229,15 +1229,16 @@ func (b *Broker) forward(server, tool string) mcp.ToolHandler {
 			params.Arguments = req.Params.Arguments
 		}
 		start := time.Now()
-		err = b.onUpstream(ctx, req.Session, server, req.Params.GetProgressToken(), func(ctx context.Context, cs *mcp.ClientSession) (err error) {
+		err = b.callUpstream(ctx, req.Session, server, req.Params.GetProgressToken(), func(ctx context.Context, cs *mcp.ClientSession) (err error) {
 			res, err = cs.CallTool(ctx, params)
 			return err
 		})
 		b.recordCall(req, server, tool, time.Since(start), res, err)
-		if res != nil {
-			b.agentURIs(server, res.Content...)
+		if err != nil {
+			return nil, upstreamError(server, err)
 		}
-		return res, err
+		b.agentURIs(server, res.Content...)
+		return res, nil
 	}
 }
 
@@ -1269,7 +1270,7 @@ func (b *Broker) recordCall(req *mcp.CallToolRequest, server, tool string, took 
 	status, reason := "ok", ""
 	switch {
 	case err != nil:
-		status, reason = "error", errorText(err, false)
+		status, reason = "error", auditedError(err)
 	case res != nil && res.IsError:
 		status = "tool_error"
 	}
@@ -1444,21 +1445,30 @@ func (b *Broker) unsubscribe(ctx context.Context, req *mcp.UnsubscribeRequest) e
 // While fn runs, what the upstream says about the request (progress under
 // token, log messages) is relayed to the agent on the request's stream.
 func (b *Broker) onUpstream(ctx context.Context, ss *mcp.ServerSession, server string, token any, fn func(context.Context, *mcp.ClientSession) error) error {
+	if err := b.callUpstream(ctx, ss, server, token, fn); err != nil {
+		return upstreamError(server, err)
+	}
+	return nil
+}
+
+// callUpstream is onUpstream returning the failure itself rather than
+// the agent's error, for a caller that audits it (see auditedError).
+func (b *Broker) callUpstream(ctx context.Context, ss *mcp.ServerSession, server string, token any, fn func(context.Context, *mcp.ClientSession) error) error {
 	u := b.ups[server]
 	as, cs, err := b.upstreamSession(ctx, ss, u)
 	if err != nil {
-		return upstreamError(server, err)
+		return err
 	}
 	defer as.calls.add(ctx, ss, server, token)()
 	ctx, cancel := context.WithTimeout(ctx, u.CallTimeout)
 	defer cancel()
 	defer context.AfterFunc(b.cut, cancel)()
 	if b.cut.Err() != nil {
-		return upstreamError(server, errShuttingDown)
+		return errShuttingDown
 	}
 	if err := fn(ctx, cs); err != nil {
 		b.dropIfBroken(as, server, cs, err)
-		return upstreamError(server, b.cutShort(err))
+		return b.cutShort(err)
 	}
 	return nil
 }
@@ -1527,6 +1537,23 @@ func errorText(err error, forAgent bool) string {
 		// A quoted text that is not a URL may still hold one.
 		return bareURL.ReplaceAllStringFunc(s, short)
 	})
+}
+
+// auditedError is the reason the audit log records for a call that
+// failed upstream, worded alike whichever path the call took: an
+// upstream's JSON-RPC error by its code and message, any other failure as
+// errorText gives it; URLs keep only their scheme and host either way. A
+// connection the gateway could not prepare is recorded as the agent is
+// told of it: what the failure names goes to the gateway's log only.
+func auditedError(err error) string {
+	var rpcErr *jsonrpc.Error
+	switch {
+	case errors.As(err, new(setupError)):
+		return "the gateway could not prepare its connection to the upstream (its log says why)"
+	case errors.As(err, &rpcErr):
+		return fmt.Sprintf("JSON-RPC error %d: %s", rpcErr.Code, errorText(rpcErr, false))
+	}
+	return errorText(err, false)
 }
 
 var (

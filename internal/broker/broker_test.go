@@ -1686,7 +1686,7 @@ func TestRelayedRequestIsCancelledWithTheUpstreams(t *testing.T) {
 // An upstream connection the gateway cannot prepare (a credential it
 // cannot resolve) fails the call with an error that says where the fault
 // lies, without the configuration it names: that is for the gateway's
-// log, which gets it.
+// log, which gets it, not for the agent or the audit log.
 func TestUpstreamSetupErrorsStayInTheLog(t *testing.T) {
 	const secretPath = "/run/secrets/files-key"
 	files := newUpstream()
@@ -1708,5 +1708,8 @@ func TestUpstreamSetupErrorsStayInTheLog(t *testing.T) {
 	}
 	if !strings.Contains(log.String(), secretPath) {
 		t.Errorf("the gateway's log does not say why:\n%s", log.String())
+	}
+	if rec := g.audit.Await(t, 1)[0]; rec.UpstreamStatus != "error" || strings.Contains(rec.Reason, secretPath) {
+		t.Errorf("the failed call is audited as %s %q, want an error without the configuration", rec.UpstreamStatus, rec.Reason)
 	}
 }

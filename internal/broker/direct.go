@@ -369,13 +369,19 @@ func agentAnswer(data []byte, resp *mcpfilter.Message, agentID []byte, server st
 	if resp.Error == nil {
 		return splice(data, append(linkedURIEdits(data, resp, server, ns), edit{resp.IDSpan, agentID})...)
 	}
+	e := upstreamRPCError(resp)
+	e.Message = fmt.Sprintf("upstream %q: %s", server, e.Message)
+	out, _ := json.Marshal(rpcErrorResponse(agentID, e))
+	return out
+}
+
+// upstreamRPCError is the JSON-RPC error of an upstream's response.
+func upstreamRPCError(resp *mcpfilter.Message) *jsonrpc.Error {
 	var e jsonrpc.Error
 	if err := json.Unmarshal(resp.Error, &e); err != nil {
 		e = jsonrpc.Error{Code: RPCUpstreamError, Message: "its error is not a JSON-RPC error object"}
 	}
-	e.Message = fmt.Sprintf("upstream %q: %s", server, e.Message)
-	out, _ := json.Marshal(rpcErrorResponse(agentID, &e))
-	return out
+	return &e
 }
 
 // linkedURIEdits are the edits that give the resource_link and embedded
@@ -926,7 +932,7 @@ func (b *Broker) finishDirect(stream *sseStream, r *http.Request, agentID []byte
 		resp, _ := json.Marshal(rpcErrorResponse(agentID, upstreamError(server, err)))
 		stream.answer(resp)
 	}
-	b.recordUpstream(r.Context(), r.Header, server, tool, took, "error", errorText(err, false))
+	b.recordUpstream(r.Context(), r.Header, server, tool, took, "error", auditedError(err))
 }
 
 // recordDirect audits what became of a direct call upstream, which took
@@ -937,9 +943,7 @@ func (b *Broker) recordDirect(r *http.Request, server, tool string, took time.Du
 	switch {
 	case resp.Error != nil:
 		status = "error"
-		var e struct{ Message string }
-		json.Unmarshal(resp.Error, &e)
-		reason = fmt.Sprintf("upstream %q: %s", server, e.Message)
+		reason = auditedError(upstreamRPCError(resp))
 	case resp.IsError:
 		status = "tool_error"
 	}

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/amgateway/amg/internal/syncbuf"
@@ -203,5 +204,36 @@ func TestFlattenedUpstreamFailureHidesTheURL(t *testing.T) {
 	}
 	if strings.Contains(log.String(), key) {
 		t.Errorf("the gateway's log shows the upstream's URL:\n%s", log.String())
+	}
+}
+
+// An upstream's JSON-RPC error is audited in the same words whichever
+// path the call took, the URLs it quotes cut to their scheme and host.
+func TestUpstreamErrorIsAuditedAlikeOnBothPaths(t *testing.T) {
+	const key = "sk-ERROR-SECRET-5c2e"
+	const msg = `Post "https://backend.example/v1/` + key + `?api_key=` + key + `": 401 Unauthorized`
+	reasons := map[string]string{}
+	for _, overHTTP := range []bool{false, true} {
+		g := newGatewayOver(t, overHTTP)
+		g.up.srv.AddTool(&mcp.Tool{Name: "fail", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+			return nil, &jsonrpc.Error{Code: -32000, Message: msg}
+		})
+		a := newRawAgent(t, g)
+		warmRaw(a)
+		a.post(`{"jsonrpc":"2.0","id":"f","method":"tools/call","params":{"name":"notion__fail","arguments":{}}}`)
+		g.checkPath(t, "notion__fail")
+		path := map[bool]string{false: "SDK", true: "direct"}[overHTTP]
+		for _, rec := range g.audit.Await(t, 2) {
+			if rec.Tool == "fail" {
+				reasons[path] = rec.Reason
+			}
+		}
+		if strings.Contains(reasons[path], key) {
+			t.Errorf("the %s path audits the upstream's URL whole: %q", path, reasons[path])
+		}
+	}
+	const want = `JSON-RPC error -32000: Post https://backend.example: 401 Unauthorized`
+	if reasons["SDK"] != want || reasons["direct"] != want {
+		t.Errorf("audited reasons: SDK path %q, direct path %q; want both %q", reasons["SDK"], reasons["direct"], want)
 	}
 }

@@ -441,21 +441,20 @@ func (b *Broker) executeApproved(stream *sseStream, r *http.Request, as *agentSe
 	ctx := context.WithoutCancel(r.Context())
 	start := time.Now()
 	var res *mcp.CallToolResult
-	err = b.onUpstream(ctx, as.ss, server, nil, func(ctx context.Context, cs *mcp.ClientSession) (err error) {
+	err = b.callUpstream(ctx, as.ss, server, nil, func(ctx context.Context, cs *mcp.ClientSession) (err error) {
 		res, err = cs.CallTool(ctx, params)
 		return err
 	})
 	status, reason := "ok", ""
 	switch {
 	case err != nil:
-		status, reason = "error", errorText(err, false)
+		status, reason = "error", auditedError(err)
 	case res.IsError:
 		status = "tool_error"
 	}
 	b.recordUpstream(ctx, r.Header, server, tool, time.Since(start), status, reason)
 	if err != nil {
-		// onUpstream's error already names the server.
-		out, _ := json.Marshal(rpcErrorResponse(m.ID, err))
+		out, _ := json.Marshal(rpcErrorResponse(m.ID, upstreamError(server, err)))
 		stream.answer(out)
 		return
 	}
