@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -180,6 +181,98 @@ func (e *redactState) anySensitive(v mcpfilter.Value, depth int) bool {
 		}
 	}
 	return false
+}
+
+// Hidden replaces, in a text [Redactor.Hide] gives, each value that Redact
+// hides.
+const Hidden = "[redacted]"
+
+// Hide returns text, words about a call that may quote its arguments (an
+// upstream's error that echoes them), with every string and number that
+// Redact hides in args under rules replaced by [Hidden]: a string both as
+// it stands and as JSON writes it between quotes, a number as the
+// arguments write it. The keys inside a hidden object count as its
+// strings. This errs towards hiding as Redact does: a hidden "max_tokens"
+// of 1 hides every 1 in text. args is the call's arguments as JSON. Arguments that do not
+// decode, or that nest deeper than Redact looks, hide the whole text.
+func (r *Redactor) Hide(text string, args json.RawMessage, rules []string) string {
+	if text == "" || len(args) == 0 {
+		return text
+	}
+	dec := json.NewDecoder(bytes.NewReader(args))
+	dec.UseNumber()
+	var v any
+	if dec.Decode(&v) != nil {
+		return Hidden
+	}
+	e := r.state(rules)
+	var values []string
+	if !e.hidden(v, false, 0, &values) {
+		return Hidden
+	}
+	if len(values) == 0 {
+		return text
+	}
+	olds := make([]string, 0, 2*len(values))
+	for _, s := range values {
+		olds = append(olds, s)
+		if b, err := appendString(nil, s); err == nil {
+			olds = append(olds, string(b[1:len(b)-1]))
+		}
+		if b, err := json.Marshal(s); err == nil { // as encoding/json escapes it: <, > and & too
+			olds = append(olds, string(b[1:len(b)-1]))
+		}
+	}
+	// The longest first: the replacer tries them in order at each place,
+	// and a value may start with another.
+	slices.SortFunc(olds, func(a, b string) int { return cmp.Or(len(b)-len(a), strings.Compare(a, b)) })
+	olds = slices.Compact(olds)
+	pairs := make([]string, 0, 2*len(olds))
+	for _, s := range olds {
+		if s != "" {
+			pairs = append(pairs, s, Hidden)
+		}
+	}
+	return strings.NewReplacer(pairs...).Replace(text)
+}
+
+// hidden appends to values the strings and numbers of v that Redact
+// hides: all of them, keys included, when hide is set, else those under a sensitive key
+// or a rule's path. It reports false for a value nested too deep to look
+// into.
+func (e *redactState) hidden(v any, hide bool, depth int, values *[]string) bool {
+	if depth > maxDepth {
+		return false
+	}
+	switch v := v.(type) {
+	case string:
+		if hide {
+			*values = append(*values, v)
+		}
+	case json.Number:
+		if hide {
+			*values = append(*values, string(v))
+		}
+	case []any:
+		for _, el := range v {
+			if !e.hidden(el, hide, depth+1, values) {
+				return false
+			}
+		}
+	case map[string]any:
+		for k, el := range v {
+			if hide {
+				*values = append(*values, k)
+			}
+			parent := e.push(k)
+			ok := e.hidden(el, hide || e.r.sensitive(k) || e.matchRule(), depth+1, values)
+			e.path = e.path[:parent]
+			if !ok {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // HMAC returns "hmac-sha256:<hex>" of value's canonical JSON: object keys

@@ -429,3 +429,83 @@ func TestSensitiveKeyCacheIsBounded(t *testing.T) {
 		t.Errorf("a %d-byte name: judged sensitive %v, %d cached; want true, 0", len(long), fresh.sensitive(long), fresh.keyCount.Load())
 	}
 }
+
+// Hide replaces in a text what Redact hides of the arguments, however the
+// text quotes it, and nothing else.
+func TestHide(t *testing.T) {
+	r := NewRedactor(testKey(1))
+	tests := []struct {
+		name  string
+		text  string
+		args  string
+		rules []string
+		want  string
+	}{
+		{
+			name: "a sensitive key's value, wherever it stands",
+			text: `login refused for {"api_token":"tok-1","user":"ann"}: tok-1 is unknown`,
+			args: `{"api_token":"tok-1","user":"ann"}`,
+			want: `login refused for {"api_token":"` + Hidden + `","user":"ann"}: ` + Hidden + ` is unknown`,
+		},
+		{
+			name: "as JSON escapes it",
+			text: `bad password "a\"b<c" (a"b<c), "a\"b\u003cc"`,
+			args: `{"password":"a\"b<c"}`,
+			want: `bad password "` + Hidden + `" (` + Hidden + `), "` + Hidden + `"`,
+		},
+		{
+			name: "a hidden object's strings, keys and numbers",
+			text: `rejected credentials {"user":"u1","sk-key":7731}`,
+			args: `{"credentials":{"user":"u1","sk-key":7731}}`,
+			want: `rejected credentials {"` + Hidden + `":"` + Hidden + `","` + Hidden + `":` + Hidden + `}`,
+		},
+		{
+			name:  "a rule's path",
+			text:  `no page after cursor c-99 in ws_1`,
+			args:  `{"cursor":"c-99","workspace":"ws_1"}`,
+			rules: []string{"cursor"},
+			want:  `no page after cursor ` + Hidden + ` in ws_1`,
+		},
+		{
+			name: "a value that starts with another",
+			text: `tokens abc and abcdef`,
+			args: `{"token":"abc","other_token":"abcdef"}`,
+			want: `tokens ` + Hidden + ` and ` + Hidden,
+		},
+		{
+			name: "nothing hidden",
+			text: `workspace ws_1 is locked`,
+			args: `{"workspace":"ws_1","note":""}`,
+			want: `workspace ws_1 is locked`,
+		},
+		{
+			name: "an empty secret hides nothing",
+			text: `workspace ws_1 is locked`,
+			args: `{"password":""}`,
+			want: `workspace ws_1 is locked`,
+		},
+		{
+			name: "arguments that do not decode hide it all",
+			text: `workspace ws_1 is locked`,
+			args: `{"password":`,
+			want: Hidden,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := r.Hide(tt.text, json.RawMessage(tt.args), tt.rules); got != tt.want {
+				t.Errorf("Hide = %s\nwant   %s", got, tt.want)
+			}
+		})
+	}
+}
+
+// Hide cannot look into arguments nested deeper than Redact does: it
+// hides the whole text rather than what it can see.
+func TestHideTooDeep(t *testing.T) {
+	r := NewRedactor(testKey(1))
+	args := strings.Repeat(`{"d":`, 2*maxDepth) + `{"password":"p-1"}` + strings.Repeat(`}`, 2*maxDepth)
+	if got := r.Hide("refused p-1", json.RawMessage(args), nil); got != Hidden {
+		t.Errorf("Hide = %q, want %q", got, Hidden)
+	}
+}

@@ -68,10 +68,19 @@ type Auditor interface {
 	Log(rec *audit.Record) error
 }
 
+// Redactor hides, in an upstream's error an audit record quotes, what
+// the audit log hides of the call's arguments (see audit.Redactor.Hide).
+type Redactor interface {
+	Hide(text string, args json.RawMessage, rules []string) string
+}
+
 // Options tune a Broker; nil means defaults.
 type Options struct {
 	// Audit records refusals; nil records nothing (they are still logged).
 	Audit Auditor
+	// Redactor hides the call's secrets in the upstream errors Audit
+	// records; nil records an upstream's JSON-RPC error by its code only.
+	Redactor Redactor
 	// MaxBodyBytes bounds a request body; 0 means mcpfilter.DefaultMaxBytes.
 	MaxBodyBytes int
 	// Namespace maps upstream names to the names agents see; the zero
@@ -182,9 +191,10 @@ type Broker struct {
 	cutCalls    context.CancelFunc
 	cancelling  sync.WaitGroup // cancelLater's retries
 
-	audit   Auditor
-	log     *slog.Logger
-	handler *mcp.StreamableHTTPHandler
+	audit    Auditor
+	redactor Redactor
+	log      *slog.Logger
+	handler  *mcp.StreamableHTTPHandler
 	// stateless serves the protocol versions without sessions, whose
 	// agents' states are kept by token (stateless.go).
 	stateless *mcp.StreamableHTTPHandler
@@ -288,7 +298,7 @@ func New(ups []Upstream, signer *authz.Signer, policies Policies, opts *Options)
 			b.log = opts.Logger
 		}
 		b.ns = opts.Namespace
-		b.audit = opts.Audit
+		b.audit, b.redactor = opts.Audit, opts.Redactor
 	}
 	if b.ns.Only != "" && (len(ups) != 1 || ups[0].Name != b.ns.Only) {
 		return nil, fmt.Errorf("broker: unprefixed names need exactly one upstream, %q", b.ns.Only)
@@ -1270,7 +1280,7 @@ func (b *Broker) recordCall(req *mcp.CallToolRequest, server, tool string, took 
 	status, reason := "ok", ""
 	switch {
 	case err != nil:
-		status, reason = "error", auditedError(err)
+		status, reason = "error", b.auditedError(err, req.Extra.Header.Get(authz.HeaderRole), req.Params.Arguments)
 	case res != nil && res.IsError:
 		status = "tool_error"
 	}
@@ -1520,6 +1530,12 @@ func errorText(err error, forAgent bool) string {
 	if forAgent && errors.As(err, &oe) && oe.Err != nil {
 		msg = strings.ReplaceAll(msg, oe.Error(), oe.Op+": "+oe.Err.Error())
 	}
+	return shortURLs(msg, forAgent)
+}
+
+// shortURLs is errorText for a text: the URLs in msg keep their scheme
+// and host, or, forAgent, read "request".
+func shortURLs(msg string, forAgent bool) string {
 	short := func(raw string) string {
 		if u, perr := url.Parse(raw); !forAgent && perr == nil && u.Host != "" {
 			return u.Scheme + "://" + u.Host
@@ -1539,19 +1555,37 @@ func errorText(err error, forAgent bool) string {
 	})
 }
 
+// maxAuditedError bounds how much of an upstream's error message an audit
+// record keeps: the upstream chooses its length.
+const maxAuditedError = 256
+
 // auditedError is the reason the audit log records for a call that
-// failed upstream, worded alike whichever path the call took: an
-// upstream's JSON-RPC error by its code and message, any other failure as
-// errorText gives it; URLs keep only their scheme and host either way. A
-// connection the gateway could not prepare is recorded as the agent is
-// told of it: what the failure names goes to the gateway's log only.
-func auditedError(err error) string {
+// failed upstream, worded alike whichever path the call took: any failure
+// as errorText gives it, URLs keeping only their scheme and host, but an
+// upstream's JSON-RPC error by its code and, quoted, at most
+// maxAuditedError bytes of its message. The agent gets the message whole:
+// it holds the agent's own data, which the upstream may echo, arguments
+// the audit log hides included; the audit record's hides them (see
+// Redactor) under the redaction rules of the agent's role in the policy
+// in force. A role the policy no longer has, or no Redactor, records no
+// message. A connection the gateway could not prepare is recorded as the
+// agent is told of it: what the failure names goes to the gateway's log
+// only.
+func (b *Broker) auditedError(err error, role string, args json.RawMessage) string {
 	var rpcErr *jsonrpc.Error
 	switch {
 	case errors.As(err, new(setupError)):
 		return "the gateway could not prepare its connection to the upstream (its log says why)"
 	case errors.As(err, &rpcErr):
-		return fmt.Sprintf("JSON-RPC error %d: %s", rpcErr.Code, errorText(rpcErr, false))
+		var r *policy.Role
+		if set := b.policies.Current(); set != nil {
+			r, _ = set.Role(role)
+		}
+		if r == nil || b.redactor == nil {
+			return fmt.Sprintf("JSON-RPC error %d (its message is not recorded)", rpcErr.Code)
+		}
+		msg := shortURLs(b.redactor.Hide(rpcErr.Message, args, r.Redact), false)
+		return fmt.Sprintf("JSON-RPC error %d: %s", rpcErr.Code, mcpfilter.Quote(msg, maxAuditedError))
 	}
 	return errorText(err, false)
 }

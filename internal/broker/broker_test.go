@@ -478,7 +478,7 @@ func newGatewayTimed(t *testing.T, overHTTP bool, callTimeout time.Duration, mor
 		transport = up.serveHTTP(t)
 	}
 	rec := &audittest.Recorder{}
-	opts := &Options{Audit: rec, Sessionless: true}
+	opts := &Options{Audit: rec, Redactor: audit.NewRedactor([]byte("r")), Sessionless: true}
 	for _, f := range tweak {
 		f(opts)
 	}

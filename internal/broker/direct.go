@@ -242,14 +242,14 @@ func (b *Broker) directCall(stream *sseStream, r *http.Request, as *agentSession
 	begin := time.Now()
 	server, tool, d, err := b.directUpstreamFor(r.Context(), as, r.Header.Get(authz.HeaderRole), m.Name)
 	if err != nil {
-		b.finishDirect(stream, r, m.ID, server, tool, begin, err)
+		b.finishDirect(stream, r, m, server, tool, begin, err)
 		return true
 	}
 	if d == nil {
 		return false
 	}
 	if b.cut.Err() != nil {
-		b.finishDirect(stream, r, m.ID, server, tool, begin, errShuttingDown)
+		b.finishDirect(stream, r, m, server, tool, begin, errShuttingDown)
 		return true
 	}
 	u := b.ups[server]
@@ -323,7 +323,7 @@ func (b *Broker) directCall(stream *sseStream, r *http.Request, as *agentSession
 		if ctx.Err() == nil {
 			b.dropDirect(as, server, d)
 		}
-		b.finishDirect(stream, r, m.ID, server, tool, start, err)
+		b.finishDirect(stream, r, m, server, tool, start, err)
 		return true
 	}
 	defer func() {
@@ -332,11 +332,11 @@ func (b *Broker) directCall(stream *sseStream, r *http.Request, as *agentSession
 		}
 	}()
 	if resp.StatusCode/100 != 2 {
-		b.finishDirect(stream, r, m.ID, server, tool, start, fmt.Errorf("HTTP %d", resp.StatusCode))
+		b.finishDirect(stream, r, m, server, tool, start, fmt.Errorf("HTTP %d", resp.StatusCode))
 		return true
 	}
 	if isEventStream(resp.Header) {
-		answered = b.streamDirect(ctx, stream, r, as, call, resp.Body, m.ID, tool, start)
+		answered = b.streamDirect(ctx, stream, r, as, call, resp.Body, m, tool, start)
 		return true
 	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, int64(maxUpstreamMessage)+1))
@@ -344,18 +344,18 @@ func (b *Broker) directCall(stream *sseStream, r *http.Request, as *agentSession
 		err = tooLarge()
 	}
 	if err != nil {
-		b.finishDirect(stream, r, m.ID, server, tool, start, err)
+		b.finishDirect(stream, r, m, server, tool, start, err)
 		return true
 	}
 	res, err := mcpfilter.Parse(data, upstreamParse)
 	if err != nil || len(res.Messages) != 1 || res.Messages[0].Kind != mcpfilter.KindResponse || string(res.Messages[0].ID) != upID {
-		b.finishDirect(stream, r, m.ID, server, tool, start, errors.New("the upstream's answer is not the call's JSON-RPC response"))
+		b.finishDirect(stream, r, m, server, tool, start, errors.New("the upstream's answer is not the call's JSON-RPC response"))
 		return true
 	}
 	took := time.Since(start)
 	answered = true
 	stream.answer(agentAnswer(data, &res.Messages[0], m.ID, server, b.ns))
-	b.recordDirect(r, server, tool, took, &res.Messages[0])
+	b.recordDirect(r, m, server, tool, took, &res.Messages[0])
 	return true
 }
 
@@ -596,7 +596,7 @@ func flush(w http.ResponseWriter) {
 // event by event, until the call's response, and reports whether that
 // came. ctx is the call's.
 func (b *Broker) streamDirect(ctx context.Context, stream *sseStream, r *http.Request, as *agentSession, call *directCall, body io.ReadCloser,
-	agentID []byte, tool string, start time.Time) bool {
+	sent *mcpfilter.Message, tool string, start time.Time) bool {
 	d, upID, server := call.up, call.upID, call.server
 	send := stream.send
 	var done bool
@@ -655,8 +655,8 @@ func (b *Broker) streamDirect(ctx context.Context, stream *sseStream, r *http.Re
 			if string(m.ID) == upID {
 				done = true
 				took := time.Since(start)
-				stream.answer(agentAnswer(data, m, agentID, server, b.ns))
-				b.recordDirect(r, server, tool, took, m)
+				stream.answer(agentAnswer(data, m, sent.ID, server, b.ns))
+				b.recordDirect(r, sent, server, tool, took, m)
 			}
 		}
 	}}
@@ -713,7 +713,7 @@ func (b *Broker) streamDirect(ctx context.Context, stream *sseStream, r *http.Re
 			call.cancelUpstream(ctx, "the call's stream ended before its result")
 			cancel()
 		}
-		b.finishDirect(stream, r, agentID, server, tool, start, err)
+		b.finishDirect(stream, r, sent, server, tool, start, err)
 		return false
 	}
 	return true
@@ -924,26 +924,26 @@ func (b *Broker) dropDirect(as *agentSession, server string, d *directUpstream) 
 }
 
 // finishDirect answers a direct call that failed before its response.
-func (b *Broker) finishDirect(stream *sseStream, r *http.Request, agentID []byte, server, tool string, start time.Time, err error) {
+func (b *Broker) finishDirect(stream *sseStream, r *http.Request, sent *mcpfilter.Message, server, tool string, start time.Time, err error) {
 	took := time.Since(start)
 	err = b.cutShort(err)
 	// An agent that is gone, or cancelled the call, is not answered.
 	if r.Context().Err() == nil {
-		resp, _ := json.Marshal(rpcErrorResponse(agentID, upstreamError(server, err)))
+		resp, _ := json.Marshal(rpcErrorResponse(sent.ID, upstreamError(server, err)))
 		stream.answer(resp)
 	}
-	b.recordUpstream(r.Context(), r.Header, server, tool, took, "error", auditedError(err))
+	b.recordUpstream(r.Context(), r.Header, server, tool, took, "error", b.auditedError(err, r.Header.Get(authz.HeaderRole), sent.Arguments))
 }
 
-// recordDirect audits what became of a direct call upstream, which took
-// took to answer. It runs once the agent has the answer.
-func (b *Broker) recordDirect(r *http.Request, server, tool string, took time.Duration, resp *mcpfilter.Message) {
+// recordDirect audits what became of the direct call sent upstream, which
+// took took to answer with resp. It runs once the agent has the answer.
+func (b *Broker) recordDirect(r *http.Request, sent *mcpfilter.Message, server, tool string, took time.Duration, resp *mcpfilter.Message) {
 	status := "ok"
 	var reason string
 	switch {
 	case resp.Error != nil:
 		status = "error"
-		reason = auditedError(upstreamRPCError(resp))
+		reason = b.auditedError(upstreamRPCError(resp), r.Header.Get(authz.HeaderRole), sent.Arguments)
 	case resp.IsError:
 		status = "tool_error"
 	}

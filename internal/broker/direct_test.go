@@ -128,7 +128,7 @@ func TestDirectPathAuditsTheUpstreamOutcome(t *testing.T) {
 	}
 	// A JSON-RPC error from the upstream.
 	if rec := recs["fail"]; rec == nil || rec.Code != CodeUpstreamError || rec.UpstreamStatus != "error" || rec.DecisionID == "" ||
-		rec.Agent != "bot-1" || !strings.Contains(rec.Reason, `JSON-RPC error -32000: workspace is locked`) {
+		rec.Agent != "bot-1" || !strings.Contains(rec.Reason, `JSON-RPC error -32000: "workspace is locked"`) {
 		t.Errorf("audit record of the failed call = %+v", rec)
 	}
 	// A result that says isError: the tool ran and reported a failure.

@@ -18,6 +18,8 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/amgateway/amg/internal/audit"
+	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/syncbuf"
 )
 
@@ -232,8 +234,86 @@ func TestUpstreamErrorIsAuditedAlikeOnBothPaths(t *testing.T) {
 			t.Errorf("the %s path audits the upstream's URL whole: %q", path, reasons[path])
 		}
 	}
-	const want = `JSON-RPC error -32000: Post https://backend.example: 401 Unauthorized`
+	const want = `JSON-RPC error -32000: "Post https://backend.example: 401 Unauthorized"`
 	if reasons["SDK"] != want || reasons["direct"] != want {
 		t.Errorf("audited reasons: SDK path %q, direct path %q; want both %q", reasons["SDK"], reasons["direct"], want)
+	}
+}
+
+// An upstream's JSON-RPC error may echo the call's arguments. The agent
+// gets it whole; the audit record keeps the error's code and a bounded
+// part of its message, without what the audit log hides of the
+// arguments: a sensitive key's value, or one under the role's redaction
+// rules.
+func TestAuditedUpstreamErrorHidesTheArgumentsAndIsBounded(t *testing.T) {
+	role := strings.Replace(testRole, "      - name: fail\n",
+		"      - name: fail\n        constraints: { api_token: {}, cursor: {}, text: {} }\n", 1) + "redact: [cursor]\n"
+	set, err := policy.Compile([]policy.File{{Name: "reader.yaml", Data: []byte(role)}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, overHTTP := range []bool{false, true} {
+		path := map[bool]string{false: "SDK", true: "direct"}[overHTTP]
+		t.Run(path, func(t *testing.T) {
+			g := newGatewayOver(t, overHTTP)
+			g.policy.set.Store(set)
+			g.up.srv.AddTool(&mcp.Tool{Name: "fail", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(_ context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+				var args struct{ Text string }
+				json.Unmarshal(req.Params.Arguments, &args)
+				return nil, &jsonrpc.Error{Code: -32001, Message: "login refused for " + string(req.Params.Arguments) + args.Text}
+			})
+			a := newRawAgent(t, g)
+			warmRaw(a)
+			echo := func(text string) (answer string, rec audit.Record) {
+				t.Helper()
+				before := len(g.audit.All())
+				args, _ := json.Marshal(map[string]string{"api_token": "tok-SECRET-1", "cursor": "cur-SECRET-2", "text": text})
+				got := a.post(`{"jsonrpc":"2.0","id":"f","method":"tools/call","params":{"name":"notion__fail","arguments":` + string(args) + `}}`)
+				g.checkPath(t, "notion__fail")
+				recs := g.audit.Await(t, before+1)
+				return strings.Join(got, "\n"), recs[len(recs)-1]
+			}
+
+			answer, rec := echo("")
+			if !strings.Contains(answer, "tok-SECRET-1") {
+				t.Errorf("the agent's error lost the upstream's words: %s", answer)
+			}
+			const want = `JSON-RPC error -32001: "login refused for {\"api_token\":\"[redacted]\",\"cursor\":\"[redacted]\",\"text\":\"\"}"`
+			if rec.Code != CodeUpstreamError || rec.Reason != want {
+				t.Errorf("audited %s %s\nwant %s", rec.Code, rec.Reason, want)
+			}
+
+			// A long message: the record keeps its first bytes, cut on a
+			// rune boundary and marked, the agent gets it all.
+			long := strings.Repeat("é", 20000)
+			answer, rec = echo(long)
+			if !strings.Contains(answer, long) {
+				t.Errorf("the agent's error is %d bytes, want the upstream's %d whole", len(answer), len(long))
+			}
+			if strings.Contains(rec.Reason, "SECRET") || !strings.HasPrefix(rec.Reason, `JSON-RPC error -32001: "login refused for`) ||
+				!strings.HasSuffix(rec.Reason, `\u00e9"…`) || len(rec.Reason) > 4*maxAuditedError {
+				t.Errorf("audited %d bytes: %.400s…", len(rec.Reason), rec.Reason)
+			}
+		})
+	}
+}
+
+// Without a way to hide the call's secrets in an upstream's error (no
+// Redactor, or a role the policy in force no longer has), the audit
+// record keeps the error's code only.
+func TestAuditedUpstreamErrorWithoutRedactionKeepsTheCode(t *testing.T) {
+	g := newGatewayOver(t, false, func(o *Options) { o.Redactor = nil })
+	rpcErr := &jsonrpc.Error{Code: -32000, Message: "login refused for tok-SECRET"}
+	args := json.RawMessage(`{"api_token":"tok-SECRET"}`)
+	const want = "JSON-RPC error -32000 (its message is not recorded)"
+	if got := g.broker.auditedError(rpcErr, "reader", args); got != want {
+		t.Errorf("without a Redactor: %q, want %q", got, want)
+	}
+	g.broker.redactor = audit.NewRedactor([]byte("r"))
+	if got := g.broker.auditedError(rpcErr, "gone", args); got != want {
+		t.Errorf("for a role the policy does not have: %q, want %q", got, want)
+	}
+	if got := g.broker.auditedError(rpcErr, "reader", args); got != `JSON-RPC error -32000: "login refused for [redacted]"` {
+		t.Errorf("for the agent's role: %q", got)
 	}
 }

@@ -448,7 +448,7 @@ func (b *Broker) executeApproved(stream *sseStream, r *http.Request, as *agentSe
 	status, reason := "ok", ""
 	switch {
 	case err != nil:
-		status, reason = "error", auditedError(err)
+		status, reason = "error", b.auditedError(err, d.Role, m.Arguments)
 	case res.IsError:
 		status = "tool_error"
 	}

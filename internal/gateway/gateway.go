@@ -296,8 +296,9 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	if g.webhook != nil {
 		notify = g.webhook.notify
 	}
+	redactor := audit.NewRedactor(auditKey)
 	if g.broker, err = broker.New(ups, signer, g.policies, &broker.Options{MaxBodyBytes: cfg.MaxBodyBytes, MaxSessionsPerAgent: cfg.MaxSessionsPerAgent, Namespace: ns,
-		Audit: g.auditLog, Logger: g.log, Approvals: g.approvals, ApprovalTTL: cfg.ApprovalTTL, Notify: notify,
+		Audit: g.auditLog, Redactor: redactor, Logger: g.log, Approvals: g.approvals, ApprovalTTL: cfg.ApprovalTTL, Notify: notify,
 		MaxPendingApprovalsPerAgent: cfg.MaxPendingApprovalsPerAgent, Sessions: g.sessionStore(), Spent: ledger,
 		LiveTokens: g.liveTokens, Telemetry: g.tel, Sessionless: cfg.MaxProtocolVersion == config.SessionlessProtocolVersion}); err != nil {
 		return nil, err
@@ -307,7 +308,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 		Policies: g.policies,
 		Limiter:  limiter,
 		Audit:    g.auditLog,
-		Redactor: audit.NewRedactor(auditKey),
+		Redactor: redactor,
 		Signer:   signer,
 	}, &authz.Options{Shadow: g.shadow, Annotations: g.broker, Namespace: ns, Logger: g.log, MaxBodyBytes: cfg.MaxBodyBytes, Telemetry: g.tel,
 		AllowedOrigins: cfg.AllowedOrigins})
