@@ -61,6 +61,17 @@ type outcome struct {
 	traceID string           // of the trace the decision is in, for the audit record
 }
 
+// shownName is o's name as its audit record, reason and span show it: a
+// resource URI (a read's, or a completion's template) without the
+// credentials it may carry, which the policy decided on but nothing that
+// keeps it should (mcpfilter.RedactURI).
+func (o *outcome) shownName() string {
+	if o.msg.URI != "" {
+		return mcpfilter.RedactURI(o.name)
+	}
+	return o.name
+}
+
 // wouldBeDenied reports whether o is a shadow-mode call that enforce mode
 // would not run: one it would deny, or park for a human. A shadow role runs
 // such a call at once, without approval; counting it as a would-be denial
@@ -255,7 +266,7 @@ func (c *call) decideCompletion(m *mcpfilter.Message) outcome {
 	o.res = decision.Result{Verdict: decision.Allow, Code: decision.CodeAllowed, RateLimits: c.completionLimits(m.RefType, server, name)}
 	if !granted(c.set, c.token.Role, server, name) {
 		o.res = decision.Result{Code: decision.CodeNotGranted,
-			Reason: what + " " + quote(name) + " on server " + quote(server) + " is not granted to role " + quote(c.token.Role)}
+			Reason: what + " " + quote(o.shownName()) + " on server " + quote(server) + " is not granted to role " + quote(c.token.Role)}
 	}
 	if c.role != nil && c.role.Mode == policy.ModeShadow {
 		o.res.Shadow, o.res.ShadowVerdict, o.res.Verdict = true, o.res.Verdict, decision.Allow
@@ -425,7 +436,7 @@ func (c *call) messageRecord(o *outcome) *audit.Record {
 	rec := c.record(o.verdict.String(), string(o.code), o.reason)
 	rec.Method = o.msg.Method
 	rec.Server = o.server
-	rec.Tool = o.name
+	rec.Tool = o.shownName()
 	rec.Rule = o.res.Rule
 	if o.res.Shadow {
 		rec.ShadowVerdict = o.res.ShadowVerdict.String()
@@ -505,7 +516,7 @@ func (c *call) observe(outs []outcome) {
 		if t.Tracing() {
 			sctx, span := t.StartDecisionSpan(ctx, spanName(o.msg.Method))
 			if span.IsRecording() { // attributes cost allocations; unsampled spans drop them
-				span.SetAttributes(telemetry.DecisionAttributes(c.token.Agent, c.token.Role, o.server, o.name,
+				span.SetAttributes(telemetry.DecisionAttributes(c.token.Agent, c.token.Role, o.server, o.shownName(),
 					o.verdict.String(), shadow, o.res.Rule, version, c.id)...)
 			}
 			span.End()

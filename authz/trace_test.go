@@ -2,6 +2,8 @@ package authz
 
 import (
 	"context"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	grpcmd "google.golang.org/grpc/metadata"
 
+	"github.com/amgateway/amg/internal/policy"
 	"github.com/amgateway/amg/internal/telemetry"
 )
 
@@ -228,4 +231,80 @@ func tracingEnv(t *testing.T) (*env, *tracetest.InMemoryExporter) {
 	}
 	t.Cleanup(func() { tel.Shutdown(context.Background()) })
 	return newEnv(t, func(_ *Deps, o *Options) { o.Telemetry = tel }), spans
+}
+
+// A resource URI may carry a credential (a presigned URL's signature, an
+// access_token, user:password@). The policy decides on the URI as the
+// agent sent it; the audit record, the reason and the decision span show
+// it with its userinfo and the values of its query parameters REDACTED.
+func TestResourceURICredentialsAreRedacted(t *testing.T) {
+	const role = `
+role: reader
+servers:
+  notion:
+    resources: ["notion://ws_abc123/*", "notion://ws_abc123/*?access_token=ok-*"]
+`
+	set, err := policy.Compile([]policy.File{{Name: "reader.yaml", Data: []byte(role)}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spans := tracetest.NewInMemoryExporter()
+	tel, err := telemetry.New(t.Context(), &telemetry.Options{SpanExporter: spans})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tel.Shutdown(context.Background()) })
+	e := newEnv(t, func(d *Deps, o *Options) { d.Policies, o.Telemetry = staticPolicies{set}, tel })
+	read := func(uri string) string {
+		return `{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":` + strconv.Quote(uri) + `}}`
+	}
+	for _, tc := range []struct {
+		name, body, code, tool string
+	}{
+		{"granted by its query", read("amg:notion:notion://ws_abc123/p1?access_token=ok-SECRET&v=2"), "allowed",
+			"notion://ws_abc123/p1?access_token=REDACTED&v=REDACTED"},
+		{"denied", read("amg:notion:notion://ws_abc123/p1?access_token=SECRET"), "not_granted",
+			"notion://ws_abc123/p1?access_token=REDACTED"},
+		{"userinfo", read("amg:notion:notion://ann:SECRET@ws_abc123/p1"), "not_granted",
+			"notion://REDACTED@ws_abc123/p1"},
+		{"not a gateway URI", read("notion://ws_abc123/p1?sig=SECRET"), "invalid_name", ""},
+		{"completion of a template", `{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/resource",` +
+			`"uri":"amg:notion:notion://ws_abc123/{id}?sig=SECRET"},"argument":{"name":"id","value":"x"}}}`, "not_granted",
+			"notion://ws_abc123/{id}?sig=REDACTED"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spans.Reset()
+			e.check(t, "bot-1", nil, tc.body)
+			rec := e.audit.Last(t)
+			if rec.Code != tc.code || rec.Tool != tc.tool || strings.Contains(rec.Reason, "SECRET") {
+				t.Errorf("audited %s tool %q reason %q, want %s tool %q without the credential", rec.Code, rec.Tool, rec.Reason, tc.code, tc.tool)
+			}
+			if tc.code != "allowed" && !strings.Contains(rec.Reason, "REDACTED") {
+				t.Errorf("the reason %q does not show the URI", rec.Reason)
+			}
+			var decided []tracetest.SpanStub
+			for deadline := time.Now().Add(5 * time.Second); len(decided) == 0 && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+				for _, s := range spans.GetSpans() {
+					if s.SpanKind != trace.SpanKindServer {
+						decided = append(decided, s)
+					}
+				}
+			}
+			if len(decided) != 1 {
+				t.Fatalf("%d decision spans, want 1", len(decided))
+			}
+			var tool string
+			for _, kv := range decided[0].Attributes {
+				if strings.Contains(kv.Value.String(), "SECRET") {
+					t.Errorf("span attribute %s = %q", kv.Key, kv.Value.String())
+				}
+				if kv.Key == telemetry.SpanKeyTool {
+					tool = kv.Value.AsString()
+				}
+			}
+			if tool != tc.tool {
+				t.Errorf("span's %s = %q, want %q", telemetry.SpanKeyTool, tool, tc.tool)
+			}
+		})
+	}
 }

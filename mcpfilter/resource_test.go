@@ -24,12 +24,45 @@ func TestResourceURIs(t *testing.T) {
 		{"notion://ws/pages/p", `resource URI "notion://ws/pages/p" is not a gateway URI (amg:<server>:<uri>)`},
 		{"amg:notion", `resource URI "amg:notion" names no upstream URI after the server`},
 		{"amg:notion:", `resource URI "amg:notion:" names no upstream URI after the server`},
+		{"https://u:pw@x/p?sig=s3", `resource URI "https://REDACTED@x/p?sig=REDACTED" is not a gateway URI (amg:<server>:<uri>)`},
 		{"amg:no__tion:x://y", ""},
 		{"amg:../x:file:///etc/passwd", ""},
 	} {
 		_, _, err := SplitResourceURI(tt.in)
 		if err == nil || (tt.want != "" && err.Error() != tt.want) {
 			t.Errorf("SplitResourceURI(%q) err = %v, want %q", tt.in, err, tt.want)
+		}
+	}
+}
+
+// A resource URI as records and spans show it keeps what says which
+// resource it is, and none of the credentials it may carry.
+func TestRedactURI(t *testing.T) {
+	for _, tt := range []struct {
+		in, want string
+		parts    bool
+	}{
+		{"notion://ws_abc123/pages/p1", "notion://ws_abc123/pages/p1", false},
+		{"file:///srv/a@b.txt", "file:///srv/a@b.txt", false},
+		{"mailto:ann@example.com", "mailto:ann@example.com", false},
+		{"https://bucket.example/o/k?X-Amz-Signature=s3cr3t&X-Amz-Expires=60",
+			"https://bucket.example/o/k?X-Amz-Signature=REDACTED&X-Amz-Expires=REDACTED", true},
+		{"notion://ws/p1?access_token=s3cr3t&&raw-key", "notion://ws/p1?access_token=REDACTED&&REDACTED", true},
+		{"https://ann:s3cr3t@db.example:5432/x", "https://REDACTED@db.example:5432/x", true},
+		{"https://k@ey:s3cr3t@db.example/x@y", "https://REDACTED@db.example/x@y", true},
+		{"https://x/p#access_token=s3cr3t", "https://x/p#access_token=REDACTED", true},
+		{"https://x/p?", "https://x/p?", true},
+		{"https://REDACTED@x/p?a=REDACTED", "https://REDACTED@x/p?a=REDACTED", true},
+	} {
+		got := RedactURI(tt.in)
+		if got != tt.want {
+			t.Errorf("RedactURI(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+		if RedactURI(got) != got {
+			t.Errorf("RedactURI(%q) = %q, RedactURI of that changes it again", tt.in, got)
+		}
+		if URIHasRedactedParts(tt.in) != tt.parts || URIHasRedactedParts(got) != tt.parts {
+			t.Errorf("URIHasRedactedParts(%q), of %q: want %v", tt.in, got, tt.parts)
 		}
 	}
 }

@@ -277,14 +277,15 @@ func evaluateResource(role *policy.Role, in *Input) Result {
 			}
 		}
 	}
-	return Result{Code: CodeNotGranted, Reason: "resource " + quote(in.Name) + " on server " + quote(in.Server) + " is not granted to role " + quote(role.Name)}
+	return Result{Code: CodeNotGranted, Reason: "resource " + quote(displayName(in)) + " on server " + quote(in.Server) + " is not granted to role " + quote(role.Name)}
 }
 
-// displayName is the name the agent used: server__tool for tools and
-// prompts.
+// displayName is the name the agent used, as a reason shows it:
+// server__tool for tools and prompts, a resource's URI without the
+// credentials it may carry (mcpfilter.RedactURI).
 func displayName(in *Input) string {
 	if in.Kind == Resource {
-		return in.Name
+		return mcpfilter.RedactURI(in.Name)
 	}
 	return in.Server + "__" + in.Name
 }

@@ -564,6 +564,12 @@ func replayable(rec *audit.Record) (decision.Kind, decision.Verdict, bool) {
 func evaluate(rec *audit.Record, kind decision.Kind, set *policy.Set, opts *Options) (decision.Result, bool) {
 	in := decision.Input{Agent: rec.Agent, Role: rec.Role, Kind: kind, Server: rec.Server, Name: rec.Tool}
 	role, ok := set.Role(rec.Role)
+	if ok && kind == decision.Resource && mcpfilter.URIHasRedactedParts(rec.Tool) {
+		// The record shows the URI without its userinfo and query values
+		// (mcpfilter.RedactURI); a glob may match what they held, or
+		// the REDACTED in their place, and the real one not.
+		return decision.Result{}, false
+	}
 	if !ok || kind == decision.Resource {
 		// Unknown roles and resources are decided without arguments.
 		return decision.Evaluate(set, &in), true

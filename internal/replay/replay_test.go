@@ -274,6 +274,28 @@ func TestReplay(t *testing.T) {
 		want:    Counts{AllowToDeny: 1, Unchanged: 1},
 		changes: []decision.Verdict{decision.Deny},
 	}, {
+		// The records show a URI's userinfo and query values as
+		// REDACTED: a glob may match what they held and not REDACTED, or
+		// the other way round.
+		name:   "a resource URI with redacted parts is undecidable",
+		policy: edit(t, `"notion://pages/*"`, `"notion://pages/*?sig=ok*"`),
+		records: []audit.Record{
+			rec("resources/read", "notion://pages/1?sig=REDACTED", "deny", "not_granted", nil),
+			rec("resources/read", "notion://REDACTED@pages/2", "allow", "allowed", nil),
+			rec("resources/read", "notion://pages/3#REDACTED", "allow", "allowed", nil),
+			rec("resources/read", "notion://pages/4", "allow", "allowed", nil),
+		},
+		want:    Counts{Undecidable: 3, AllowToDeny: 1},
+		changes: []decision.Verdict{decision.Deny},
+	}, {
+		name:   "a resource URI with redacted parts, of a role the policy drops",
+		policy: strings.Replace(base, "role: dev", "role: ops", 1),
+		records: []audit.Record{
+			rec("resources/read", "notion://pages/1?sig=REDACTED", "allow", "allowed", nil),
+		},
+		want:    Counts{AllowToDeny: 1},
+		changes: []decision.Verdict{decision.Deny},
+	}, {
 		name:   "shadow mode: enforced verdicts are compared",
 		policy: "mode: shadow\n" + edit(t, "lte: 100", "lte: 40"),
 		records: []audit.Record{

@@ -7,12 +7,14 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"github.com/amgateway/amg/mcpfilter"
 )
 
 // Redacted replaces, in exported spans, the value of every URL query
 // parameter, every query segment without a value, and the path of every
 // upstream URL.
-const Redacted = "REDACTED"
+const Redacted = mcpfilter.Redacted
 
 // How each span attribute that may hold a URL or part of one is redacted.
 // otelhttp's client spans record url.full whole, and an upstream URL may
@@ -24,7 +26,7 @@ const Redacted = "REDACTED"
 var urlKeys = map[attribute.Key]func(string) string{
 	"url.full":    redactURL,
 	"http.url":    redactURL,
-	"url.query":   redactParams,
+	"url.query":   mcpfilter.RedactQuery,
 	"http.target": redactTarget,
 }
 
@@ -83,9 +85,9 @@ func redactURLs(attrs []attribute.KeyValue) ([]attribute.KeyValue, bool) {
 }
 
 // redactURL keeps an absolute URL's scheme and host; a path other than
-// "/" becomes /REDACTED, and the query is redacted by redactParams. What
-// does not parse as scheme://host is redacted whole. A fragment, which
-// clients do not send, is dropped.
+// "/" becomes /REDACTED, and the query is redacted by
+// mcpfilter.RedactQuery. What does not parse as scheme://host is redacted
+// whole. A fragment, which clients do not send, is dropped.
 func redactURL(u string) string {
 	u, _, _ = strings.Cut(u, "#")
 	u, query, hasQuery := strings.Cut(u, "?")
@@ -102,33 +104,18 @@ func redactURL(u string) string {
 		out += "/"
 	}
 	if hasQuery {
-		out += "?" + redactParams(query)
+		out += "?" + mcpfilter.RedactQuery(query)
 	}
 	return out
 }
 
 // redactTarget redacts the query of a request target (path and query) as
-// redactParams does, keeping the path.
+// mcpfilter.RedactQuery does, keeping the path.
 func redactTarget(target string) string {
 	target, _, _ = strings.Cut(target, "#")
 	path, query, ok := strings.Cut(target, "?")
 	if !ok {
 		return path
 	}
-	return path + "?" + redactParams(query)
-}
-
-// redactParams replaces the value of each parameter of a query, and each
-// non-empty segment without "=" whole: a bare segment may be a key passed
-// as ?KEY, and nothing tells it from a flag's name.
-func redactParams(query string) string {
-	params := strings.Split(query, "&")
-	for i, p := range params {
-		if name, _, ok := strings.Cut(p, "="); ok {
-			params[i] = name + "=" + Redacted
-		} else if p != "" {
-			params[i] = Redacted
-		}
-	}
-	return strings.Join(params, "&")
+	return path + "?" + mcpfilter.RedactQuery(query)
 }

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"go.opentelemetry.io/otel/attribute"
+
+	"github.com/amgateway/amg/mcpfilter"
 )
 
 func TestRedactURL(t *testing.T) {
@@ -29,11 +31,11 @@ func TestRedactURL(t *testing.T) {
 		{redactURL, "up.example/k3y", Redacted},
 		{redactURL, "://up.example/k3y", Redacted},
 		{redactURL, "https:///k3y", Redacted},
-		{redactParams, "token=s3cret&x=", "token=" + Redacted + "&x=" + Redacted},
+		{mcpfilter.RedactQuery, "token=s3cret&x=", "token=" + Redacted + "&x=" + Redacted},
 		{redactTarget, "/mcp", "/mcp"},
 		{redactTarget, "/mcp?token=s3cret#f", "/mcp?token=" + Redacted},
 		{redactTarget, "/mcp?" + planted, "/mcp?" + Redacted},
-		{redactParams, planted, Redacted},
+		{mcpfilter.RedactQuery, planted, Redacted},
 	} {
 		if got := tc.redact(tc.in); got != tc.out {
 			t.Errorf("redacting %q gave %q, want %q", tc.in, got, tc.out)
