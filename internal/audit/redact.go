@@ -193,8 +193,9 @@ const Hidden = "[redacted]"
 // it stands and as JSON writes it between quotes, a number as the
 // arguments write it. The keys inside a hidden object count as its
 // strings. This errs towards hiding as Redact does: a hidden "max_tokens"
-// of 1 hides every 1 in text. args is the call's arguments as JSON. Arguments that do not
-// decode, or that nest deeper than Redact looks, hide the whole text.
+// of 1 hides every 1 in text. args is the call's arguments as JSON;
+// arguments that do not decode, or that nest deeper than Redact looks,
+// hide the whole text.
 func (r *Redactor) Hide(text string, args json.RawMessage, rules []string) string {
 	if text == "" || len(args) == 0 {
 		return text
@@ -237,9 +238,9 @@ func (r *Redactor) Hide(text string, args json.RawMessage, rules []string) strin
 }
 
 // hidden appends to values the strings and numbers of v that Redact
-// hides: all of them, keys included, when hide is set, else those under a sensitive key
-// or a rule's path. It reports false for a value nested too deep to look
-// into.
+// hides: all of them, keys included, when hide is set, else those under a
+// sensitive key or a rule's path. It reports false for a value nested too
+// deep to look into.
 func (e *redactState) hidden(v any, hide bool, depth int, values *[]string) bool {
 	if depth > maxDepth {
 		return false
