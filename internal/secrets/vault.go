@@ -616,7 +616,7 @@ func (v *Vault) newToken(ctx context.Context) (*api.SecretAuth, error) {
 		return nil, err
 	}
 	if tok.Reveal() == v.client.Token() {
-		return nil, errors.New("vault token: its source still holds the token that can no longer be renewed or is refused; waiting for a new one")
+		return v.renewCurrent(ctx)
 	}
 	c, err := v.client.Clone()
 	if err != nil {
@@ -631,6 +631,30 @@ func (v *Vault) newToken(ctx context.Context) (*api.SecretAuth, error) {
 	v.gen.Add(1)
 	v.log.Info("vault token read again from its source", "ttl", time.Duration(auth.LeaseDuration)*time.Second, "renewable", auth.Renewable)
 	return auth, nil
+}
+
+// renewCurrent renews the current token, which its source still holds,
+// if Vault still accepts it and renewing extends it: the renewal loop
+// gives up on a token only once it is dead or at its max TTL, but a token
+// still alive is never refused for being the one in use.
+func (v *Vault) renewCurrent(ctx context.Context) (*api.SecretAuth, error) {
+	const waiting = "vault token: its source still holds the token in use, which "
+	auth, err := v.lookupToken(ctx, v.client)
+	if err != nil {
+		return nil, fmt.Errorf(waiting+"cannot be used (%w); waiting for a new one", err)
+	}
+	if !auth.Renewable || auth.LeaseDuration <= 0 {
+		return nil, errors.New(waiting + "can no longer be renewed; waiting for a new one")
+	}
+	r, err := v.renewToken(ctx, auth.LeaseDuration)
+	if err != nil {
+		return nil, fmt.Errorf(waiting+"could not be renewed (%w); waiting for a new one", err)
+	}
+	if !r.Renewable || r.LeaseDuration < auth.LeaseDuration {
+		return nil, errors.New(waiting + "can no longer be renewed; waiting for a new one")
+	}
+	v.log.Info("renewed the vault token its source still holds", "ttl", time.Duration(r.LeaseDuration)*time.Second)
+	return r, nil
 }
 
 // readCredential reads the token or secret ID (what) with Credential.
@@ -710,7 +734,12 @@ func (v *Vault) run(ctx context.Context, auth *api.SecretAuth) {
 }
 
 // watch follows one token until it needs replacing (nil) or another
-// caller replaced it (the new token).
+// caller replaced it (the new token). It renews a renewable token itself
+// rather than with Vault's LifetimeWatcher, which, when renewals fail,
+// gives up on a token that is still valid once its TTL runs low: a
+// failed renewal is retried, one to sixty seconds apart, until one
+// succeeds or the token is dead (Vault refuses it, or its TTL has run
+// out), and only then is the token replaced.
 func (v *Vault) watch(ctx context.Context, auth *api.SecretAuth) *api.SecretAuth {
 	ttl := time.Duration(auth.LeaseDuration) * time.Second
 	if ttl <= 0 {
@@ -722,57 +751,79 @@ func (v *Vault) watch(ctx context.Context, auth *api.SecretAuth) *api.SecretAuth
 			return a
 		}
 	}
-	if !auth.Renewable {
-		// Replace it while it still works: at 80% of its TTL.
-		t := time.NewTimer(ttl * 4 / 5)
-		defer t.Stop()
+	expires := time.Now().Add(ttl)
+	renewable := auth.Renewable
+	// The first renewal is made at once, as the token may have been
+	// looked up well into its TTL; later ones at two thirds of the TTL
+	// each renewal leaves.
+	var next, retry time.Duration
+	for {
+		if !renewable {
+			// Replace it while it still works: at 80% of what it has left.
+			next = time.Until(expires) * 4 / 5
+		}
+		t := time.NewTimer(next)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return nil
 		case a := <-v.newAuth:
+			t.Stop()
 			return a
 		case <-t.C:
-			return nil
 		}
-	}
-	w, err := v.client.NewLifetimeWatcher(&api.LifetimeWatcherInput{
-		Secret:    &api.Secret{Auth: auth},
-		Increment: auth.LeaseDuration,
-	})
-	if err != nil {
-		// Only for missing input, which cannot happen here.
-		v.log.Error("vault token renewal cannot start", "error", err.Error())
-		<-ctx.Done()
-		return nil
-	}
-	go w.Start()
-	stop := func() {
-		w.Stop()
-		<-w.DoneCh()
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			stop()
-			return nil
-		case a := <-v.newAuth:
-			stop()
-			return a
-		case r := <-w.RenewCh():
-			var ttl time.Duration
-			if r.Secret != nil && r.Secret.Auth != nil {
-				ttl = time.Duration(r.Secret.Auth.LeaseDuration) * time.Second
-			}
-			v.log.Debug("renewed vault token", "ttl", ttl)
-		case err := <-w.DoneCh():
-			if err != nil {
-				v.log.Warn("vault token renewal failed", "error", v.describe(err))
-			} else {
+		if !renewable {
+			if auth.Renewable {
 				v.log.Info("vault token reached the end of its renewable lifetime")
 			}
 			return nil
 		}
+		start := time.Now()
+		r, err := v.renewToken(ctx, auth.LeaseDuration)
+		if ctx.Err() != nil {
+			return nil
+		}
+		switch {
+		case err == nil:
+			retry = 0
+			ttl := time.Duration(r.LeaseDuration) * time.Second
+			expires = start.Add(ttl)
+			v.log.Debug("renewed vault token", "ttl", ttl)
+			// A TTL short of the one asked for is the token's max TTL:
+			// no renewal takes it further.
+			renewable = r.Renewable && r.LeaseDuration >= auth.LeaseDuration
+			next = ttl * 2 / 3
+		case isDenied(err) && !v.tokenAlive(ctx):
+			v.log.Error("vault token renewal failed: Vault refuses the token (expired or revoked)", "error", err.Error())
+			return nil
+		case isDenied(err):
+			// Its policy does not let it renew itself; it lives out its TTL.
+			v.log.Warn("vault token renewal failed: the token may not renew itself; it is replaced before it expires", "error", err.Error())
+			renewable = false
+		case !time.Now().Before(expires):
+			v.log.Error("vault token renewal failed until the token expired", "error", err.Error())
+			return nil
+		default:
+			retry = min(max(2*retry, time.Second), time.Minute)
+			next = min(retry, time.Until(expires))
+			v.log.Warn("vault token renewal failed; retrying until it succeeds or the token expires",
+				"error", err.Error(), "retry_in", next, "expires_in", time.Until(expires).Round(time.Second))
+		}
 	}
+}
+
+// renewToken renews the current token, asking for increment seconds.
+func (v *Vault) renewToken(ctx context.Context, increment int) (*api.SecretAuth, error) {
+	ctx, cancel := context.WithTimeout(ctx, v.timeout)
+	defer cancel()
+	sec, err := v.client.Auth().Token().RenewSelfWithContext(ctx, increment)
+	if err != nil {
+		return nil, &vaultError{err: err, msg: v.describe(err)}
+	}
+	if sec == nil || sec.Auth == nil {
+		return nil, &vaultError{msg: fmt.Sprintf("Vault at %s answered a token renewal without the token's lease", v.addr)}
+	}
+	return sec.Auth, nil
 }
 
 // loginRetry gets a new token until it succeeds, a read gets one, or ctx

@@ -504,6 +504,121 @@ func TestVaultTokenRenewal(t *testing.T) {
 	}
 }
 
+// TestVaultTokenRenewalOutage makes Vault unreachable when a token that
+// lives 10 s unless renewed is next due for renewal, and brings it back
+// once a renewal has failed, seconds before the token would expire: the
+// source must go on renewing the token, which is still valid, rather than
+// give up on it and let it expire.
+func TestVaultTokenRenewalOutage(t *testing.T) {
+	t.Parallel()
+	srv := vaulttest.Start(t)
+	srv.PutKV(t, "amg/notion", map[string]any{"token": "v1"})
+	srv.Policy(t, "amg-read", "kv/data/amg/*")
+	const period = 10 * time.Second
+	token := srv.Token(t, vaulttest.TokenOptions{Policies: []string{"amg-read"}, Period: period})
+	target, err := url.Parse(srv.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var down atomic.Bool
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			w.WriteHeader(http.StatusBadGateway) // a load balancer with no Vault behind it
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	defer front.Close()
+
+	var logs logBuffer
+	clock := newFakeClock()
+	// Calls give up after a second, so that the renewal due at two thirds
+	// of the period fails seconds before the token expires.
+	v := newTestVault(t, VaultOptions{Address: front.URL, Token: New(token), Logger: logs.logger(), Now: clock.Now, Timeout: time.Second})
+	if !waitForLog(&logs, "renewed vault token", 5*time.Second) {
+		t.Fatalf("the token was not renewed at start:\n%s", logs.String())
+	}
+	renewed := time.Now()
+	down.Store(true)
+	failed := waitForLog(&logs, "vault token renewal failed", period)
+	down.Store(false)
+	if !failed {
+		t.Errorf("no failed renewal logged while Vault was down:\n%s", logs.String())
+	}
+	// Past the end of the period the renewal at start gave the token.
+	time.Sleep(time.Until(renewed.Add(period + time.Second)))
+	clock.Advance(DefaultVaultCacheTTL)
+	if _, err := v.Resolve(context.Background(), mustRef(t, "vault:kv/data/amg/notion#token")); err != nil {
+		t.Errorf("Resolve after Vault came back: %v\nlogs:\n%s", err, logs.String())
+	}
+	if _, err := srv.Client(t).Auth().Token().Lookup(token); err != nil {
+		t.Errorf("the token expired: %v", err)
+	}
+	if strings.Contains(logs.String(), "end of its renewable lifetime") {
+		t.Errorf("a failed renewal is logged as the end of the token's renewable lifetime:\n%s", logs.String())
+	}
+}
+
+// waitForLog waits until logs contain s, for at most d, and reports
+// whether they do.
+func waitForLog(logs *logBuffer, s string, d time.Duration) bool {
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if strings.Contains(logs.String(), s) {
+			return true
+		}
+	}
+	return strings.Contains(logs.String(), s)
+}
+
+// TestVaultTokenRereadSameToken asks for a new token while the token's
+// source still holds the one in use: the source renews that one if Vault
+// still accepts it and renewing extends it, and says why it waits for a
+// new one otherwise.
+func TestVaultTokenRereadSameToken(t *testing.T) {
+	t.Parallel()
+	srv := vaulttest.Start(t)
+	srv.Policy(t, "amg-read", "kv/data/amg/*")
+	for _, tc := range []struct {
+		name    string
+		token   string
+		revoke  bool
+		wantErr string
+	}{
+		{name: "renewable", token: srv.Token(t, vaulttest.TokenOptions{Policies: []string{"amg-read"}, Period: time.Hour})},
+		{name: "not renewable", token: srv.Token(t, vaulttest.TokenOptions{Policies: []string{"amg-read"}, TTL: time.Hour, NotRenewable: true}),
+			wantErr: "vault token: its source still holds the token in use, which can no longer be renewed; waiting for a new one"},
+		{name: "revoked", token: srv.Token(t, vaulttest.TokenOptions{Policies: []string{"amg-read"}, TTL: time.Hour}), revoke: true,
+			wantErr: "vault token: its source still holds the token in use, which cannot be used (vault token was rejected by Vault at " +
+				srv.Addr + " (expired, revoked or not a token of this Vault)); waiting for a new one"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			credential := func(context.Context) (Secret, error) { return New(tc.token), nil }
+			v := newTestVault(t, VaultOptions{Address: srv.Addr, Token: New(tc.token), Credential: credential})
+			if tc.revoke {
+				if err := srv.Client(t).Auth().Token().RevokeOrphan(tc.token); err != nil {
+					t.Fatal(err)
+				}
+			}
+			v.loginMu.Lock()
+			auth, err := v.newToken(context.Background())
+			v.loginMu.Unlock()
+			if tc.wantErr != "" {
+				if err == nil || err.Error() != tc.wantErr {
+					t.Errorf("newToken error = %v, want %s", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("newToken: %v", err)
+			}
+			if auth.LeaseDuration != int(time.Hour/time.Second) || !auth.Renewable {
+				t.Errorf("newToken = TTL %ds, renewable %v; want the token renewed for an hour", auth.LeaseDuration, auth.Renewable)
+			}
+		})
+	}
+}
+
 // TestVaultAppRoleRelogin uses an AppRole whose tokens live 2 seconds and
 // can be renewed up to 3: the source must log in again, repeatedly.
 func TestVaultAppRoleRelogin(t *testing.T) {
