@@ -62,9 +62,9 @@ type Options struct {
 	Builtins Builtins
 	// PolicyReload is how often the policy directory is reread; 0 means 2 s.
 	PolicyReload time.Duration
-	// SharedKeyCheck is how often a replica checks that Redis still holds
-	// the shared keys it took from there (see watchSharedKeys); 0 means
-	// 5 s.
+	// SharedKeyCheck is how often a replica checks that Redis, or the
+	// secret source, still holds the shared keys it took from there (see
+	// watchSharedKeys); 0 means 5 s.
 	SharedKeyCheck time.Duration
 	// Version is the amg build the admin status reports.
 	Version string
@@ -102,10 +102,12 @@ type Gateway struct {
 	// revocations the Authenticator follows.
 	redis       *redis.Client
 	redisTokens *tokens.RedisStore
-	// sharedKeys are the keys this replica took from Redis, and keyCheck
-	// how often it checks that Redis still holds them; keyTrouble says,
-	// once one differs, which (see watchSharedKeys).
+	// sharedKeys are the keys this replica took from Redis or from
+	// keySource, and keyCheck how often it checks that they still hold
+	// them; keyTrouble says, once one differs, which (see
+	// watchSharedKeys).
 	sharedKeys []heldKey
+	keySource  secrets.Source
 	keyCheck   time.Duration
 	keyTrouble atomic.Pointer[string]
 	// auditStream, with Redis, gathers every replica's audit records for
@@ -152,6 +154,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	if src == nil {
 		src = secrets.NewDefault(nil)
 	}
+	g.keySource = src
 	// Returning an error sets g to nil: close what was opened through a
 	// copy.
 	opened := g
@@ -223,7 +226,12 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	key := func(file, name string, ref config.Template) ([]byte, error) {
 		switch {
 		case g.redis != nil && ref.String() != "":
-			return keyFromSecret(ref, src, name)
+			k, err := keyFromSecret(ref, src, name)
+			if err != nil {
+				return nil, err
+			}
+			g.sharedKeys = append(g.sharedKeys, heldKey{name: name, ref: ref, value: k})
+			return k, nil
 		case g.redis != nil:
 			k, err := g.sharedKey(name)
 			if err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -52,7 +53,7 @@ const minKeyLen = 32
 // keyFromSecret returns the shared key named name from the secret ref
 // the config gives for it (redis.decision_key, redis.audit_key).
 func keyFromSecret(ref config.Template, src secrets.Source, name string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), secretKeyTimeout)
 	defer cancel()
 	v, err := ref.Expand(ctx, src)
 	if err != nil {
@@ -65,10 +66,16 @@ func keyFromSecret(ref config.Template, src secrets.Source, name string) ([]byte
 	return key, nil
 }
 
-// heldKey is a shared key a replica took from Redis: its name
-// ("decision", "audit"), its Redis key and its value.
+// secretKeyTimeout bounds the reading of a shared key from the secret
+// source.
+const secretKeyTimeout = 10 * time.Second
+
+// heldKey is a shared key a replica took from Redis or from the secret
+// source: its name ("decision", "audit"), its Redis key or the config's
+// secret ref, and its value.
 type heldKey struct {
 	name, redisKey string
+	ref            config.Template
 	value          []byte
 }
 
@@ -102,12 +109,13 @@ func (g *Gateway) sharedKey(name string) (heldKey, error) {
 	return heldKey{name: name, redisKey: k, value: key}, nil
 }
 
-// defaultSharedKeyCheck is how often a replica checks that Redis holds
-// its shared keys.
+// defaultSharedKeyCheck is how often a replica checks that Redis, or the
+// secret source, holds its shared keys.
 const defaultSharedKeyCheck = 5 * time.Second
 
 // watchSharedKeys checks, every keyCheck until ctx ends, that Redis still
-// holds the shared keys this replica took from it. Redis that lost its
+// holds the shared keys this replica took from it, and that the secret
+// source still holds those it took from there. Redis that lost its
 // data (a restart without persistence, a failover to a replica that
 // lagged) is given this replica's keys back, so that a replica starting
 // later takes them rather than make its own. A key in Redis that is not
@@ -115,7 +123,9 @@ const defaultSharedKeyCheck = 5 * time.Second
 // back) means the two disagree: each refuses the other's decisions
 // (decision_invalid) and their audit HMACs differ. That lasts until this
 // replica restarts and takes the key Redis holds: it is logged, and
-// /readyz answers 503 saying so.
+// /readyz answers 503 saying so. A key rotated in the secret source
+// splits the replicas the same way (one started since takes the new key),
+// and is reported the same way.
 func (g *Gateway) watchSharedKeys(ctx context.Context) {
 	if len(g.sharedKeys) == 0 {
 		return
@@ -137,6 +147,10 @@ func (g *Gateway) watchSharedKeys(ctx context.Context) {
 // checkSharedKey puts k back in Redis if Redis lost it, and records that
 // the replica is not ready if Redis holds another.
 func (g *Gateway) checkSharedKey(ctx context.Context, k heldKey) {
+	if k.ref.String() != "" {
+		g.checkSecretKey(ctx, k)
+		return
+	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	put, err := g.redis.SetNX(ctx, k.redisKey, k.value, 0).Result()
@@ -161,8 +175,40 @@ func (g *Gateway) checkSharedKey(ctx context.Context, k heldKey) {
 	}
 }
 
+// checkSecretKey records that the replica is not ready if the secret
+// source holds another value for k than the one this replica took at
+// start. The secret source caches its values (Vault's cache_ttl), so
+// this costs it no more reads than an upstream connection does.
+func (g *Gateway) checkSecretKey(ctx context.Context, k heldKey) {
+	ctx, cancel := context.WithTimeout(ctx, secretKeyTimeout)
+	defer cancel()
+	// The references, not the template: text around them is part of
+	// the key.
+	var refs []string
+	for _, r := range k.ref.Refs() {
+		refs = append(refs, r.String())
+	}
+	ref := strings.Join(refs, ", ")
+	v, err := k.ref.Expand(ctx, g.keySource)
+	if err != nil {
+		// The key in use stays right; only a replica starting now fails.
+		g.log.Debug("cannot check a shared key in the secret source", "ref", ref, "err", err)
+		return
+	}
+	if v.Reveal() == string(k.value) {
+		return
+	}
+	why := "the " + k.name + " key (redis." + k.name + "_key, " + ref + ") was rotated in the secret source: " +
+		"restart to take the rotated " + k.name + " key"
+	if g.keyTrouble.CompareAndSwap(nil, &why) {
+		g.log.Error("the shared "+k.name+" key was rotated in the secret source; this replica keeps the one it read at start, "+
+			"so it and the replicas started since refuse each other's decisions and their audit HMACs differ until it restarts",
+			"ref", ref)
+	}
+}
+
 // keysNotReady says why the replica is not ready, if its shared keys are
-// not those in Redis ("" while they are).
+// not those in Redis or the secret source ("" while they are).
 func (g *Gateway) keysNotReady() string {
 	if why := g.keyTrouble.Load(); why != nil {
 		return *why

@@ -490,6 +490,65 @@ func TestSharedKeysFromTheSecretSource(t *testing.T) {
 	}
 }
 
+// A shared key given by a secret ref is read at start. Rotated in the
+// secret source while replica A runs, it is taken by replica B, started
+// after: B's broker refuses A's decisions. A says so on /readyz until
+// restarted, naming the ref and never the key, nor the text around the
+// ref, which is part of the key.
+func TestSharedKeyRotatedInTheSecretSource(t *testing.T) {
+	srv := redistest.Start(t)
+	const literal = "KEYPART-"
+	oldKey, newKey := strings.Repeat("d", 40), strings.Repeat("e", 40)
+	decisionFile, auditFile := writeFile(t, oldKey), writeFile(t, strings.Repeat("a", 40))
+	ref := func(s string) config.Template {
+		tmpl, err := config.ParseTemplate(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tmpl
+	}
+	brokerReplica := func() *Gateway {
+		cfg := loopbackConfig(t, "../../policies")
+		cfg.BrokerListen = "127.0.0.1:0"
+		cfg.Redis.Address = srv.Addr
+		cfg.Redis.DecisionKey, cfg.Redis.AuditKey = ref(literal+"${file:"+decisionFile+"}"), ref("${file:"+auditFile+"}")
+		return serveForTest(t, cfg, &Options{SharedKeyCheck: 10 * time.Millisecond})
+	}
+	a := brokerReplica()
+	// Replaced whole, as an orchestrator updates a mounted secret.
+	rotated := decisionFile + ".new"
+	if err := os.WriteFile(rotated, []byte(newKey), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(rotated, decisionFile); err != nil {
+		t.Fatal(err)
+	}
+	b := brokerReplica()
+	token, _, err := a.IssueToken(context.Background(), "bot", "notion_editor", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := callAcross(t, a, b, token); err == nil {
+		t.Error("B's broker honoured a decision signed with the key A read before the rotation")
+	}
+
+	code, body := getReadyz(t, a)
+	for deadline := time.Now().Add(10 * time.Second); code == http.StatusOK && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+		code, body = getReadyz(t, a)
+	}
+	want := "the decision key (redis.decision_key, file:" + decisionFile + ") was rotated in the secret source: restart to take the rotated decision key"
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, want) {
+		t.Errorf("/readyz of a replica whose decision key was rotated = %d %q, want 503 saying %q", code, body, want)
+	}
+	if strings.Contains(body, literal) || strings.Contains(body, oldKey) || strings.Contains(body, newKey) {
+		t.Errorf("/readyz reveals a key: %q", body)
+	}
+	if code, body := getReadyz(t, b); code != http.StatusOK {
+		t.Errorf("/readyz of the replica started with the rotated key = %d %q, want 200", code, body)
+	}
+}
+
 // When Redis loses its data (a restart without persistence, as the
 // compose file runs it), the running replicas put their shared keys back,
 // so that a replica starting later takes them rather than make its own:
