@@ -257,11 +257,14 @@ type denial struct {
 	body    string
 }
 
+// denied returns the denial resp carries. Envoy decides on the gRPC
+// status alone, and lets through any answer whose status is OK, so a
+// denial must carry another status as well as the denied response.
 func denied(t *testing.T, resp *authv3.CheckResponse) denial {
 	t.Helper()
 	d := resp.GetDeniedResponse()
-	if d == nil {
-		t.Fatalf("want a denial, got %v", resp)
+	if d == nil || resp.GetStatus().GetCode() == int32(code.Code_OK) {
+		t.Fatalf("want a denial with a status other than OK, got %v", resp)
 	}
 	out := denial{status: int(d.GetStatus().GetCode()), headers: map[string]string{}, body: d.GetBody()}
 	for _, o := range d.GetHeaders() {
@@ -551,6 +554,46 @@ func TestShadowWouldBeApprovalIsAWouldBeDenial(t *testing.T) {
 		{Role: "trial", Tool: "notion__delete_page"}: {ToApproval: 3},
 	}, rep.Counts); diff != "" {
 		t.Errorf("replay against the role in enforce mode (-want +got):\n%s", diff)
+	}
+}
+
+// Every kind of denial carries a gRPC status other than OK, which is all
+// Envoy reads to decide: a denied response under an OK status would be
+// let through.
+func TestDenialsCarryANonOKStatus(t *testing.T) {
+	search := toolCall(1, "notion__search", `{"query":"q"}`)
+	tests := []struct {
+		name   string
+		opt    envOption
+		agent  string
+		bodies []string // the last is denied
+		want   code.Code
+	}{
+		{"policy", nil, "bot-1", []string{toolCall(1, "notion__drop_db", `{}`)}, code.Code_PERMISSION_DENIED},
+		{"no token", nil, "", []string{search}, code.Code_UNAUTHENTICATED},
+		{"malformed", nil, "bot-1", []string{`{`}, code.Code_PERMISSION_DENIED},
+		{"role not in policy", nil, "bot-3", []string{`{"jsonrpc":"2.0","method":"notifications/initialized"}`}, code.Code_PERMISSION_DENIED},
+		{"rate limited", nil, "bot-1", []string{search, search, search}, code.Code_PERMISSION_DENIED},
+		{"rate limiter error", func(d *Deps, _ *Options) { d.Limiter = failingLimiter{} }, "bot-1", []string{search}, code.Code_UNAVAILABLE},
+		{"token store error", func(d *Deps, _ *Options) { d.Tokens = failingAuth{} }, "bot-1", []string{search}, code.Code_UNAVAILABLE},
+		{"audit failure", func(d *Deps, _ *Options) { d.Audit = &audittest.Recorder{Err: audit.ErrUnavailable} }, "bot-1", []string{search}, code.Code_UNAVAILABLE},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var opts []envOption
+			if tt.opt != nil {
+				opts = append(opts, tt.opt)
+			}
+			e := newEnv(t, opts...)
+			var resp *authv3.CheckResponse
+			for _, body := range tt.bodies {
+				resp = e.check(t, tt.agent, nil, body)
+			}
+			denied(t, resp)
+			if got := code.Code(resp.GetStatus().GetCode()); got != tt.want {
+				t.Errorf("gRPC status %v, want %v", got, tt.want)
+			}
+		})
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/genproto/googleapis/rpc/code"
 
 	"github.com/amgateway/amg/internal/audit"
 	"github.com/amgateway/amg/internal/hostguard"
@@ -128,8 +129,19 @@ func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "Forbidden", http.StatusForbidden)
 		return
 	}
-	if d := resp.GetDeniedResponse(); d != nil || resp.GetOkResponse() == nil {
-		writeDenied(w, d)
+	if resp == nil {
+		// Not an answer Envoy can get over gRPC: a failed check.
+		f.log.Error("ext_authz check returned no response")
+		http.Error(w, "Forbidden", http.StatusForbidden)
+		return
+	}
+	// Envoy decides on the response's gRPC status alone: OK lets the
+	// request through (with the OK response's edits, if any), anything
+	// else denies it (with the denied response, if any). Deciding on
+	// which response is set instead would hide an answer Envoy reads
+	// otherwise.
+	if resp.GetStatus().GetCode() != int32(code.Code_OK) {
+		writeDenied(w, resp.GetDeniedResponse())
 		return
 	}
 	applyOK(r.Header, resp.GetOkResponse())
@@ -214,8 +226,9 @@ func peer(addr string) *authv3.AttributeContext_Peer {
 	}}}
 }
 
-// writeDenied sends the denial authz composed, as Envoy does; a response
-// with neither an OK nor a denied part is a denial too.
+// writeDenied sends the denial authz composed, as Envoy does: its status
+// (403 when it has none), headers and body; a denial without a denied
+// response is a bare 403.
 func writeDenied(w http.ResponseWriter, d *authv3.DeniedHttpResponse) {
 	status := int(d.GetStatus().GetCode())
 	if status == 0 {

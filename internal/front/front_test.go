@@ -14,7 +14,10 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/genproto/googleapis/rpc/code"
+	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -74,7 +77,10 @@ func newHarness(t *testing.T, check func(authz.Deps) Checker, opts *Options) *ha
 	}
 	broker := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
-		h.got <- received{header: r.Header.Clone(), body: string(b)}
+		select {
+		case h.got <- received{header: r.Header.Clone(), body: string(b)}:
+		default: // the test has not taken the last one: it fails on that, not by hanging
+		}
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, `{"jsonrpc":"2.0","id":1,"result":{}}`)
 	})
@@ -266,14 +272,15 @@ func (failing) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckRespon
 	return nil, errors.New("connection refused")
 }
 
-type empty struct{}
+// answer is an authorization service that gives every check one answer.
+type answer struct{ resp *authv3.CheckResponse }
 
-func (empty) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
-	return &authv3.CheckResponse{}, nil
+func (a answer) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	return a.resp, nil
 }
 
 func TestFailsClosed(t *testing.T) {
-	for name, c := range map[string]Checker{"unreachable": failing{}, "empty answer": empty{}} {
+	for name, c := range map[string]Checker{"unreachable": failing{}, "no answer": answer{}} {
 		t.Run(name, func(t *testing.T) {
 			h := newHarness(t, func(authz.Deps) Checker { return c }, nil)
 			if resp := h.post(t, allowed, nil); resp.StatusCode != http.StatusForbidden {
@@ -283,6 +290,56 @@ func TestFailsClosed(t *testing.T) {
 			case <-h.got:
 				t.Error("request reached the broker")
 			default:
+			}
+		})
+	}
+}
+
+// The front decides as Envoy's ext_authz filter does, on the answer's
+// gRPC status alone: OK lets the request through whatever else the answer
+// holds, anything else denies it with the denied response, or a bare 403
+// without one. authz never answers with a status that disagrees with its
+// verdict (its tests hold it to that); the front must not hide one that
+// did.
+func TestDecidesOnTheGRPCStatusAsEnvoy(t *testing.T) {
+	denial := &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+		Status: &typev3.HttpStatus{Code: typev3.StatusCode_TooManyRequests}, Body: "slow down"}}
+	okStatus, deniedStatus := &status.Status{Code: int32(code.Code_OK)}, &status.Status{Code: int32(code.Code_PERMISSION_DENIED)}
+	tests := []struct {
+		name   string
+		resp   *authv3.CheckResponse
+		status int // 0: the request reaches the broker
+		body   string
+	}{
+		{"OK with a denied response", &authv3.CheckResponse{Status: okStatus, HttpResponse: denial}, 0, ""},
+		{"OK and nothing else", &authv3.CheckResponse{Status: okStatus}, 0, ""},
+		{"no status, so OK", &authv3.CheckResponse{}, 0, ""},
+		{"denied with a denied response", &authv3.CheckResponse{Status: deniedStatus, HttpResponse: denial}, http.StatusTooManyRequests, "slow down"},
+		{"denied without a denied response", &authv3.CheckResponse{Status: deniedStatus}, http.StatusForbidden, ""},
+		{"denied with an OK response", &authv3.CheckResponse{Status: deniedStatus, HttpResponse: &authv3.CheckResponse_OkResponse{
+			OkResponse: &authv3.OkHttpResponse{}}}, http.StatusForbidden, ""},
+		{"denied response without an HTTP status", &authv3.CheckResponse{Status: &status.Status{Code: int32(code.Code_UNAVAILABLE)},
+			HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{Body: "down"}}}, http.StatusForbidden, "down"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, func(authz.Deps) Checker { return answer{tt.resp} }, nil)
+			resp := h.post(t, allowed, nil)
+			b, _ := io.ReadAll(resp.Body)
+			var reached bool
+			select {
+			case <-h.got:
+				reached = true
+			default:
+			}
+			if tt.status == 0 {
+				if resp.StatusCode != http.StatusOK || !reached {
+					t.Errorf("got %d %q, reached the broker %v; want the request let through", resp.StatusCode, b, reached)
+				}
+				return
+			}
+			if reached || resp.StatusCode != tt.status || (tt.body != "" && string(b) != tt.body) {
+				t.Errorf("got %d %q, reached the broker %v; want %d %q", resp.StatusCode, b, reached, tt.status, tt.body)
 			}
 		})
 	}

@@ -22,6 +22,7 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -436,7 +437,7 @@ func TestStalledRedisFailsAChecksClosedInTime(t *testing.T) {
 	if ctx.Err() != nil {
 		t.Fatalf("a call with Redis stalled answered after the Check's deadline (denied: %s, %v): Envoy would answer a 403 of its own", resp.GetDeniedResponse().GetBody(), err)
 	}
-	if d := resp.GetDeniedResponse(); err != nil || d.GetStatus().GetCode() != 503 || !strings.Contains(d.GetBody(), `"code":-32003`) {
+	if d := resp.GetDeniedResponse(); err != nil || resp.GetStatus().GetCode() != int32(code.Code_UNAVAILABLE) || d.GetStatus().GetCode() != 503 || !strings.Contains(d.GetBody(), `"code":-32003`) {
 		t.Errorf("a call with Redis stalled: %v, %v; want 503 and -32003", resp, err)
 	}
 }
