@@ -287,7 +287,7 @@ func TestAllow(t *testing.T) {
 	e := newEnv(t)
 	body := toolCall(7, "notion__get_pages", `{"workspace_id":"ws_abc123","limit":10}`)
 	resp := e.check(t, "bot-1", map[string]string{
-		"x-amg-role": "admin", "x-amg-verdict": "allow", "x-amg-extra": "1",
+		"x-amg-role": "admin", "x-amg-verdict": "allow", "x-amg-extra": "1", "mcp-session-id": "sess-42",
 	}, body)
 	h, removed := okHeaders(t, resp)
 	rec := e.audit.Last(t)
@@ -306,7 +306,7 @@ func TestAllow(t *testing.T) {
 		t.Fatalf("decision token does not verify: %v", err)
 	}
 	if d.ID != rec.DecisionID || d.Agent != "bot-1" || d.Role != "reader" || d.Verdict != "allow" || d.PolicyVersion != rec.PolicyVersion ||
-		d.TokenID == "" || d.TokenID != rec.TokenID {
+		d.TokenID == "" || d.TokenID != rec.TokenID || d.Method != "POST" || d.Session != "sess-42" {
 		t.Errorf("decision token binds %+v, audit says %+v", d, rec)
 	}
 	if _, err := e.signer.Verify(h[HeaderDecision], []byte(body+" ")); !errors.Is(err, ErrDecisionBody) {
@@ -466,6 +466,42 @@ func TestNeedsApproval(t *testing.T) {
 	}
 }
 
+// annotationSource gives the annotations of the tools it names, and none
+// of others.
+type annotationSource map[string]*policy.Annotations
+
+func (a annotationSource) Annotations(server, tool string) *policy.Annotations {
+	return a[server+"__"+tool]
+}
+
+// Approval rules on annotations see what the tool declared: a read-only
+// tool is not parked by a rule for destructive ones, a tool that declared
+// nothing is, as it is assumed destructive.
+func TestApprovalRulesSeeToolAnnotations(t *testing.T) {
+	set, err := policy.Compile([]policy.File{{Name: "reader.yaml", Data: []byte(`
+role: reader
+servers:
+  notion:
+    tools: [{ name: get_pages }, { name: drop }]
+approvals:
+  - annotations: { destructiveHint: true }
+    require: human
+`)}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	yes := true
+	e := newEnv(t, func(d *Deps, o *Options) {
+		d.Policies = staticPolicies{set}
+		o.Annotations = annotationSource{"notion__get_pages": {ReadOnly: &yes}}
+	})
+	for tool, want := range map[string]string{"notion__get_pages": verdictAllow, "notion__drop": verdictNeedsApproval} {
+		if h, _ := okHeaders(t, e.check(t, "bot-1", nil, toolCall(1, tool, `{}`))); h[HeaderVerdict] != want {
+			t.Errorf("%s: verdict %q, want %q", tool, h[HeaderVerdict], want)
+		}
+	}
+}
+
 func TestShadowMode(t *testing.T) {
 	e := newEnv(t)
 	body := toolCall(1, "notion__get_pages", `{"workspace_id":"ws_other"}`)
@@ -618,6 +654,9 @@ func TestRateLimit(t *testing.T) {
 // retry_after_ms is rounded up, as Retry-After is, and a wait under a
 // millisecond is one: a refusal never leaves it out.
 func TestRetryAfterRoundsUp(t *testing.T) {
+	if got := retryAfterMS(0); got != 1 {
+		t.Errorf("retry_after_ms of no wait = %d, want 1", got)
+	}
 	tests := []struct {
 		limit      string // of one call at a time
 		wait       string
@@ -680,6 +719,23 @@ func limitedEnv(t *testing.T, mode string) *env {
 		t.Fatal(err)
 	}
 	return newEnv(t, func(d *Deps, _ *Options) { d.Policies = staticPolicies{set} })
+}
+
+// A limit keyed on the role is one budget for all the role's agents.
+func TestRoleLimitIsSharedByItsAgents(t *testing.T) {
+	e := limitedEnv(t, "enforce")
+	secret, _, err := tokens.Issue(context.Background(), e.store, "bot-4", "reader", time.Hour, e.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.tokens["bot-4"] = secret
+	pages := func(id int) string { return toolCall(id, "notion__get_pages", `{"workspace_id":"ws_abc123"}`) }
+	okHeaders(t, e.check(t, "bot-1", nil, pages(1)))
+	okHeaders(t, e.check(t, "bot-1", nil, pages(2)))
+	okHeaders(t, e.check(t, "bot-4", nil, pages(3)))
+	if d := denied(t, e.check(t, "bot-4", nil, pages(4))); rpcErr(t, d.body).Error.Data.Code != CodeRateLimited {
+		t.Errorf("a 4th call of the role, bot-4's 2nd: %s, want rate limited by the role's 3 an hour", d.body)
+	}
 }
 
 // A call one limit refuses spends none of its other limits: an agent
@@ -771,6 +827,25 @@ func TestDeniedBatchSpendsNoBudget(t *testing.T) {
 	okHeaders(t, e.check(t, "bot-1", nil, search(5)))
 	okHeaders(t, e.check(t, "bot-1", v2025, "["+toolCall(6, "notion__get_pages", `{"workspace_id":"ws_abc123"}`)+","+
 		toolCall(7, "notion__get_pages", `{"workspace_id":"ws_abc123"}`)+"]"))
+}
+
+// A batch's refusal is told of the call whose limit refused it, also when
+// that limit is the first of a call after others.
+func TestBatchRefusalNamesTheCallRefused(t *testing.T) {
+	v2025 := map[string]string{"mcp-protocol-version": "2025-03-26"}
+	pages := func(id int) string { return toolCall(id, "notion__get_pages", `{"workspace_id":"ws_abc123"}`) }
+	e := limitedEnv(t, "enforce")
+	okHeaders(t, e.check(t, "bot-1", nil, pages(1)))
+	okHeaders(t, e.check(t, "bot-1", nil, pages(2)))
+	// One of the role's 3 calls is left: get_pages takes it, and the
+	// role's limit, the first of search's, refuses search.
+	d := denied(t, e.check(t, "bot-1", v2025, "["+pages(3)+","+toolCall(4, "notion__search", `{"query":"a"}`)+"]"))
+	var rs []rpcResponse
+	if err := json.Unmarshal([]byte(d.body), &rs); err != nil || len(rs) != 2 || d.status != 200 ||
+		rs[0].Error.Data.Code != CodeBatchDenied || rs[1].Error.Data.Code != CodeRateLimited ||
+		rs[1].Error.Message != `rate limit "reader/rate_limits[0]" exceeded: 3 calls per 1h0m0s` {
+		t.Errorf("batch over the role's limit: %d %s; want get_pages batch_denied, search refused by the role's limit", d.status, d.body)
+	}
 }
 
 // A call is counted before its decision is recorded, and a call the
@@ -914,6 +989,38 @@ func TestAuthentication(t *testing.T) {
 					rec.Agent, rec.Role, rec.TokenID, tt.known.Agent, tt.known.Role, tt.known.ID)
 			}
 		})
+	}
+}
+
+// Envoy with encode_raw_headers sends the headers in header_map, as the
+// agent sent them: in order, repeats kept, names in any case. They are read
+// as from the headers map: a second Authorization header is joined to the
+// first, never read in its place, and names match whatever their case.
+func TestAuthenticationFromHeaderMap(t *testing.T) {
+	e := newEnv(t)
+	body := toolCall(1, "notion__get_pages", `{"workspace_id":"ws_abc123"}`)
+	check := func(kv ...[2]string) *authv3.CheckResponse {
+		t.Helper()
+		req := envoyRequest("POST", nil, body)
+		h := req.GetAttributes().GetRequest().GetHttp()
+		var hm []*corev3.HeaderValue
+		for k, v := range h.GetHeaders() {
+			hm = append(hm, &corev3.HeaderValue{Key: k, RawValue: []byte(v)})
+		}
+		for _, p := range append([][2]string{{"mcp-protocol-version", "2025-06-18"}}, kv...) {
+			hm = append(hm, &corev3.HeaderValue{Key: p[0], RawValue: []byte(p[1])})
+		}
+		h.Headers, h.HeaderMap = nil, &corev3.HeaderMap{Headers: hm}
+		resp, err := e.client.Check(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	okHeaders(t, check([2]string{"Authorization", "Bearer " + e.tokens["bot-1"]}))
+	d := denied(t, check([2]string{"authorization", "Bearer not-a-token"}, [2]string{"authorization", "Bearer " + e.tokens["bot-1"]}))
+	if r := rpcErr(t, d.body); d.status != 401 || r.Error.Data.Code != CodeTokenInvalid {
+		t.Errorf("two Authorization headers: %d %s, want 401 %s", d.status, d.body, CodeTokenInvalid)
 	}
 }
 
@@ -1573,17 +1680,28 @@ servers:
       - name: summarize
     resources: ["notion://ws_abc123/*"]
 `
+	// The prompt's own limit, which the role's does not hide.
+	const promptLimit = `
+role: reader
+servers:
+  notion:
+    prompts:
+      - name: summarize
+        rate_limits: [{ requests: 1, per: 1h }]
+`
 	complete := func(ref string) string {
 		return `{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":` + ref + `,"argument":{"name":"a","value":"x"}}}`
 	}
-	for _, tc := range []struct{ name, first, then string }{
-		{"prompt", `{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"notion__summarize"}}`,
-			complete(`{"type":"ref/prompt","name":"notion__summarize"}`)},
-		{"resource", `{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"amg:notion:notion://ws_abc123/p1"}}`,
+	getPrompt := `{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"notion__summarize"}}`
+	for _, tc := range []struct{ name, policy, first, then string }{
+		{"prompt", role, getPrompt, complete(`{"type":"ref/prompt","name":"notion__summarize"}`)},
+		{"resource", role, `{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"amg:notion:notion://ws_abc123/p1"}}`,
 			complete(`{"type":"ref/resource","uri":"amg:notion:notion://ws_abc123/{id}"}`)},
+		{"prompt's own limit", promptLimit, getPrompt, complete(`{"type":"ref/prompt","name":"notion__summarize"}`)},
+		{"prompt's own limit, completing first", promptLimit, complete(`{"type":"ref/prompt","name":"notion__summarize"}`), getPrompt},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			set, err := policy.Compile([]policy.File{{Name: "reader.yaml", Data: []byte(role)}}, nil)
+			set, err := policy.Compile([]policy.File{{Name: "reader.yaml", Data: []byte(tc.policy)}}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -1591,7 +1709,7 @@ servers:
 			okHeaders(t, e.check(t, "bot-1", nil, tc.first))
 			d := denied(t, e.check(t, "bot-1", nil, tc.then))
 			if r := rpcErr(t, d.body); r.Error.Data.Code != CodeRateLimited {
-				t.Errorf("a completion past the role's limit: %s", d.body)
+				t.Errorf("a call past the limit: %s", d.body)
 			}
 		})
 	}
