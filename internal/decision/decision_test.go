@@ -70,6 +70,7 @@ servers:
       - { name: prefix,   constraints: { v: { prefix: "/srv/" } } }
       - { name: suffix,   constraints: { v: { suffix: ".md" } } }
       - { name: within,   constraints: { v: { path_within: "/srv/data/" } } }
+      - { name: within_root, constraints: { v: { path_within: "/" } } }
       - { name: min_len,  constraints: { v: { min_len: 2 } } }
       - { name: max_len,  constraints: { v: { max_len: 3 } } }
       - { name: len_each, constraints: { v: { each: {}, min_len: 2, max_len: 3 } } }
@@ -92,6 +93,8 @@ servers:
         cel: 'args.n + 1 == 2'
       - name: cel_size
         cel: 'size(args) == 0'
+      - name: cel_names
+        cel: 'role == "m" && server == "s" && tool == "cel_names"'
       - name: cel_ts
         constraints: { when: {} }
         cel: 'timestamp(args.when) > timestamp("2020-01-01T00:00:00Z")'
@@ -226,6 +229,12 @@ func TestMatchers(t *testing.T) {
 		{"gt", `{"v":1.500000000000000001}`, CodeConstraintFailed, `argument "v" must be > 1.5`},
 		{"lt", `{"v":9.99999999999999}`, CodeAllowed, ""},
 		{"gt", `{"v":15e-1}`, CodeConstraintFailed, `argument "v" must be > 1.5`},
+		// A number beyond float64's range is none to an upstream that
+		// reads it into one: no bound holds for it.
+		{"gt", `{"v":1e400}`, CodeConstraintFailed, `argument "v" must be a number`},
+		{"gt_zero", `{"v":1e400}`, CodeConstraintFailed, `argument "v" must be a number`},
+		{"gte", `{"v":1e400}`, CodeConstraintFailed, `argument "v" must be a number`},
+		{"lt", `{"v":-1e400}`, CodeConstraintFailed, `argument "v" must be a number`},
 		// A number too small for float64 is still not 0.
 		{"lte_zero", `{"v":0}`, CodeAllowed, ""},
 		{"lte_zero", `{"v":-0.0e7}`, CodeAllowed, ""},
@@ -266,6 +275,11 @@ func TestMatchers(t *testing.T) {
 		// separator, this path climbs out.
 		{"within", `{"v":"/srv/data/..\\..\\etc"}`, CodeConstraintFailed, `argument "v" is not a path within the allowed directory`},
 		{"within", `{"v":7}`, CodeConstraintFailed, `argument "v" must be a string`},
+		// Under "/" every absolute path is within, and still no relative
+		// one: the upstream resolves that from a directory of its own.
+		{"within_root", `{"v":"/etc/hosts"}`, CodeAllowed, ""},
+		{"within_root", `{"v":"etc/passwd"}`, CodeConstraintFailed, `argument "v" is not a path within the allowed directory`},
+		{"within_root", `{"v":""}`, CodeConstraintFailed, `argument "v" is not a path within the allowed directory`},
 		{"min_len", `{"v":"éé"}`, CodeAllowed, ""},
 		{"min_len", `{"v":"é"}`, CodeConstraintFailed, `argument "v" must have at least 2 characters or elements`},
 		{"max_len", `{"v":"日本語"}`, CodeAllowed, ""},
@@ -297,6 +311,9 @@ func TestMatchers(t *testing.T) {
 		{"each", `{"tags":[]}`, CodeAllowed, ""},
 		{"each", `{"tags":["a","B","c"]}`, CodeConstraintFailed, `argument "tags[1]" does not match the required pattern`},
 		{"each", `{"tags":"a"}`, CodeConstraintFailed, `argument "tags" must be an array`},
+		// each constrains the argument, so it is required as any other
+		// constrained one.
+		{"each", `{}`, CodeMissingArgument, `argument "tags" is required by the policy for "s__each"`},
 		{"each_obj", `{"items":[{"id":"pg_1"},{"id":"pg_2"}]}`, CodeAllowed, ""},
 		{"each_obj", `{"items":[{"id":"pg_1"},{"id":"xx"}]}`, CodeConstraintFailed, `argument "items[1].id" does not have the required prefix`},
 		{"each_obj", `{"items":[{"id":"pg_1","rm":true}]}`, CodeUnknownArgument, `argument "items[0].rm" is not allowed for "s__each_obj"`},
@@ -325,6 +342,9 @@ func TestMatchers(t *testing.T) {
 		{"cel_int", `{"n":1}`, CodeAllowed, ""},
 		{"cel_int", `{"n":1.0}`, CodeCELError, `the policy's condition for "s__cel_int" could not be evaluated on these arguments`},
 		{"cel_size", `{}`, CodeAllowed, ""},
+		// role, server and tool are each the call's own (the agent is
+		// bot-1).
+		{"cel_names", `{}`, CodeAllowed, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.tool+" "+tt.args, func(t *testing.T) {
@@ -441,6 +461,8 @@ servers:
       - { name: delete_page }
       - { name: archive_page }
       - { name: publish, require_approval: true }
+    prompts:
+      - { name: delete_summary }
   github:
     tools:
       - { name: delete_branch }
@@ -482,6 +504,11 @@ func TestApprovals(t *testing.T) {
 				t.Errorf("code = %v", res.Code)
 			}
 		})
+	}
+	// The approval rules are for tool calls: a prompt is not parked,
+	// though its name matches one and it declares no annotations.
+	if res := Evaluate(set, &Input{Role: "editor", Kind: Prompt, Server: "notion", Name: "delete_summary"}); res.Verdict != Allow || res.Approval != nil {
+		t.Errorf("prompt: got %v by %q, want allow", res.Verdict, res.Rule)
 	}
 }
 
@@ -695,6 +722,7 @@ servers:
     prompts:
       - name: summarize
     resources: ["notion://ws_a/*", "file:///srv/public/*/*.md"]
+  slack: {}
 `, `
 role: trial
 mode: shadow
@@ -720,6 +748,7 @@ mode: shadow
 		{ResourceVisible(set, "trial", "notion", "notion://ws_b/p1"), true, "shadow role sees every resource"},
 		{ServerVisible(set, "r", "notion"), true, "server granted prompts and resources"},
 		{ServerVisible(set, "r", "github"), false, "server granted nothing"},
+		{ServerVisible(set, "r", "slack"), false, "server named with no grants"},
 		{ServerVisible(set, "trial", "github"), true, "shadow role sees every server"},
 		{ServerVisible(set, "ghost", "notion"), false, "unknown role sees no server"},
 		{ServerVisible(nil, "r", "notion"), false, "no policy, no server"},

@@ -538,6 +538,22 @@ servers: [
 		src:  "role: r\ndescription: \"*x\"\nservers: *x\n",
 		want: `role.yaml:3:10: invalid YAML: unknown anchor 'x' referenced`,
 	}, {
+		name: "argument paths with an empty segment",
+		src: `
+role: r
+servers:
+  notion:
+    tools:
+      - name: search
+        constraints:
+          filter..owner: {}
+          .owner: {}
+          filter.: {}
+`,
+		want: "role.yaml:7:11: servers.notion.tools[0].constraints.filter..owner: invalid argument path \"filter..owner\": empty segment\n" +
+			"role.yaml:8:11: servers.notion.tools[0].constraints..owner: invalid argument path \".owner\": empty segment\n" +
+			"role.yaml:9:11: servers.notion.tools[0].constraints.filter.: invalid argument path \"filter.\": empty segment",
+	}, {
 		name: "grant problems",
 		src: `
 role: r
