@@ -143,6 +143,7 @@ func TestValidateServerName(t *testing.T) {
 	}{
 		{"", ReasonEmptyName, `server name is empty`},
 		{"my__srv", ReasonDoubleUnderscore, `server name "my__srv" contains "__", the server__tool separator`},
+		{"__srv", ReasonDoubleUnderscore, `server name "__srv" contains "__", the server__tool separator`},
 		{"srv_", ReasonTrailingUnderscore, `server name "srv_" ends with '_', which makes server__tool ambiguous`},
 		{"s/v", ReasonPathSeparator, `server name "s/v" contains path separator '/' at byte 1`},
 	}

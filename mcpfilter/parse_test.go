@@ -64,10 +64,12 @@ var rejectTests = []struct {
 	{"high surrogate then text", call + `{"a":"\uD800x"}}}`, nil, ReasonInvalidSurrogate, `high surrogate in \u escape is not followed by a low surrogate at offset 94 (params.arguments.a)`},
 	{"high surrogate then BMP escape", call + `{"a":"\ud800\u0041"}}}`, nil, ReasonInvalidSurrogate, `high surrogate in \u escape is not followed by a low surrogate at offset 94 (params.arguments.a)`},
 	{"two high surrogates", call + `{"a":"\ud800\ud800"}}}`, nil, ReasonInvalidSurrogate, `high surrogate in \u escape is not followed by a low surrogate at offset 94 (params.arguments.a)`},
+	{"high surrogate then escape past the low ones", call + `{"a":"\uD800\uE000"}}}`, nil, ReasonInvalidSurrogate, `high surrogate in \u escape is not followed by a low surrogate at offset 94 (params.arguments.a)`},
 	{"lone low surrogate", call + `{"a":"\udc00"}}}`, nil, ReasonInvalidSurrogate, `unpaired low surrogate in \u escape at offset 94 (params.arguments.a)`},
 	{"surrogate in key", call + `{"\udfff":1}}}`, nil, ReasonInvalidSurrogate, `unpaired low surrogate in \u escape at offset 90 (params.arguments)`},
 	{"raw tab in string", call + "{\"a\":\"x\ty\"}}}", nil, ReasonControlInString, `unescaped control character in string at offset 95 (params.arguments.a)`},
 	{"raw newline in string", call + "{\"a\":\"x\ny\"}}}", nil, ReasonControlInString, `unescaped control character in string at offset 95 (params.arguments.a)`},
+	{"raw U+001F in string", call + "{\"a\":\"x\x1fy\"}}}", nil, ReasonControlInString, `unescaped control character in string at offset 95 (params.arguments.a)`},
 	{"raw NUL in key", call + "{\"a\x00\":1}}}", nil, ReasonControlInString, `unescaped control character in string at offset 91 (params.arguments)`},
 
 	// Trailing data.
