@@ -136,11 +136,13 @@ func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Envoy decides on the response's gRPC status alone: OK lets the
-	// request through (with the OK response's edits, if any), anything
-	// else denies it (with the denied response, if any). Deciding on
-	// which response is set instead would hide an answer Envoy reads
-	// otherwise.
-	if resp.GetStatus().GetCode() != int32(code.Code_OK) {
+	// request through, anything else denies it (with the denied response,
+	// if any). The front is stricter, as it serves agents itself: it lets
+	// through only an OK status with an OK response, the only allow authz
+	// answers, and denies an answer whose parts disagree, which authz
+	// never sends (its tests hold every denial to a status other than OK,
+	// so such an answer cannot pass through Envoy unseen either).
+	if resp.GetStatus().GetCode() != int32(code.Code_OK) || resp.GetOkResponse() == nil {
 		writeDenied(w, resp.GetDeniedResponse())
 		return
 	}

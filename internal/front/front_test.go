@@ -295,13 +295,14 @@ func TestFailsClosed(t *testing.T) {
 	}
 }
 
-// The front decides as Envoy's ext_authz filter does, on the answer's
-// gRPC status alone: OK lets the request through whatever else the answer
-// holds, anything else denies it with the denied response, or a bare 403
-// without one. authz never answers with a status that disagrees with its
-// verdict (its tests hold it to that); the front must not hide one that
-// did.
-func TestDecidesOnTheGRPCStatusAsEnvoy(t *testing.T) {
+// Envoy's ext_authz filter decides on the answer's gRPC status alone: OK
+// lets the request through whatever else the answer holds, anything else
+// denies it with the denied response, or a bare 403 without one. The
+// front agrees with it on every answer authz gives, and is stricter on
+// the others: it lets through only an OK status with an OK response.
+// authz never answers with a status that disagrees with its verdict (its
+// tests hold it to that).
+func TestDecidesOnTheGRPCStatusAndResponse(t *testing.T) {
 	denial := &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
 		Status: &typev3.HttpStatus{Code: typev3.StatusCode_TooManyRequests}, Body: "slow down"}}
 	okStatus, deniedStatus := &status.Status{Code: int32(code.Code_OK)}, &status.Status{Code: int32(code.Code_PERMISSION_DENIED)}
@@ -311,9 +312,15 @@ func TestDecidesOnTheGRPCStatusAsEnvoy(t *testing.T) {
 		status int // 0: the request reaches the broker
 		body   string
 	}{
-		{"OK with a denied response", &authv3.CheckResponse{Status: okStatus, HttpResponse: denial}, 0, ""},
-		{"OK and nothing else", &authv3.CheckResponse{Status: okStatus}, 0, ""},
-		{"no status, so OK", &authv3.CheckResponse{}, 0, ""},
+		{"OK with an OK response", &authv3.CheckResponse{Status: okStatus, HttpResponse: &authv3.CheckResponse_OkResponse{
+			OkResponse: &authv3.OkHttpResponse{}}}, 0, ""},
+		{"no status, so OK, with an OK response", &authv3.CheckResponse{HttpResponse: &authv3.CheckResponse_OkResponse{
+			OkResponse: &authv3.OkHttpResponse{}}}, 0, ""},
+		// Envoy would let these through; the front refuses an answer whose
+		// parts disagree.
+		{"OK with a denied response", &authv3.CheckResponse{Status: okStatus, HttpResponse: denial}, http.StatusTooManyRequests, "slow down"},
+		{"OK and nothing else", &authv3.CheckResponse{Status: okStatus}, http.StatusForbidden, ""},
+		{"no status and nothing else", &authv3.CheckResponse{}, http.StatusForbidden, ""},
 		{"denied with a denied response", &authv3.CheckResponse{Status: deniedStatus, HttpResponse: denial}, http.StatusTooManyRequests, "slow down"},
 		{"denied without a denied response", &authv3.CheckResponse{Status: deniedStatus}, http.StatusForbidden, ""},
 		{"denied with an OK response", &authv3.CheckResponse{Status: deniedStatus, HttpResponse: &authv3.CheckResponse_OkResponse{
