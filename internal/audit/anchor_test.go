@@ -81,6 +81,26 @@ func TestVerifyAnchored(t *testing.T) {
 		})
 	}
 
+	// Two anchors that name one seq with different hashes cannot both
+	// hold, whichever comes first (--redis appends its anchor after those
+	// of --anchor); one with the seq alone still merges with a hashed one.
+	writeLines(t, path, orig)
+	forged := Anchor{Seq: 6, Hash: hashOf(forge(6, hashOf(orig[4])))}
+	for _, anchors := range [][]Anchor{{head, forged}, {forged, head}} {
+		_, err := VerifyAnchored(anchors, path)
+		want := path + ":0: anchor mismatch: anchors disagree on seq 6: one says " + anchors[0].Hash + ", another " + anchors[1].Hash +
+			": the chain or the record an anchor was taken from was rewritten"
+		var ce *ChainError
+		if !errors.As(err, &ce) || ce.Kind != BreakAnchor || err.Error() != want {
+			t.Errorf("VerifyAnchored(%v, %v): %v, want %q", anchors[0], anchors[1], err, want)
+		}
+	}
+	for _, anchors := range [][]Anchor{{{Seq: 6}, head}, {head, {Seq: 6}}} {
+		if res, err := VerifyAnchored(anchors, path); err != nil || res.Anchored != 1 {
+			t.Errorf("VerifyAnchored(%v, %v) = %+v, %v; want the hashed anchor checked", anchors[0], anchors[1], res, err)
+		}
+	}
+
 	// Files whose older ones were removed cannot be checked against an
 	// anchor before them: a warning, not a break.
 	writeLines(t, path, orig[3:])

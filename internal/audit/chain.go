@@ -196,7 +196,8 @@ func Verify(files ...string) (VerifyResult, error) {
 
 // VerifyAnchored is Verify that also checks the chain against anchors: a
 // record with an anchor's seq must have its hash, and the chain must
-// reach the latest anchor. An anchor before the first record of files
+// reach the latest anchor. Two anchors with different hashes for one seq
+// cannot both hold, and are a break before any record is read. An anchor before the first record of files
 // (whose older files were removed) cannot be checked, and is a warning.
 func VerifyAnchored(anchors []Anchor, files ...string) (VerifyResult, error) {
 	return walkChain(anchors, files, nil)
@@ -210,8 +211,15 @@ func walkChain(anchors []Anchor, files []string, each func(line []byte, file str
 	var res VerifyResult
 	want := map[uint64]string{}
 	for _, a := range anchors {
-		if h, ok := want[a.Seq]; !ok || h == "" {
+		switch h, ok := want[a.Seq]; {
+		case !ok || h == "":
 			want[a.Seq] = a.Hash
+		case a.Hash != "" && a.Hash != h:
+			// The chain can match at most one of them: whichever it is,
+			// the other was kept from a chain since rewritten, or the
+			// chain was rewritten after it.
+			return res, &ChainError{File: strings.Join(files, ", "), Kind: BreakAnchor, Detail: fmt.Sprintf(
+				"anchors disagree on seq %d: one says %s, another %s: the chain or the record an anchor was taken from was rewritten", a.Seq, h, a.Hash)}
 		}
 	}
 	var last struct {
