@@ -87,6 +87,39 @@ func TestApprovalsAPI(t *testing.T) {
 	}
 }
 
+// Every approvals endpoint, not only the list, refuses a caller without
+// the admin token and changes nothing; with no token configured, no
+// caller gets in, not even one sending an empty one.
+func TestEveryApprovalEndpointNeedsTheToken(t *testing.T) {
+	for _, configured := range []string{testToken, ""} {
+		store := approval.NewMemory(nil)
+		a, _ := approval.New("dec", "bot", "editor", "notion", "delete_page", []byte(`{}`), time.Now(), time.Hour)
+		if err := store.Create(context.Background(), a); err != nil {
+			t.Fatal(err)
+		}
+		h := Handler(Deps{Policies: &policies{}, Upstreams: func() []broker.UpstreamStatus { return nil }, Approvals: store, Token: configured})
+		for _, ep := range []struct{ method, path string }{
+			{"GET", "/api/v1/approvals"}, {"GET", "/api/v1/approvals/" + a.ID},
+			{"POST", "/api/v1/approvals/" + a.ID + "/approve"}, {"POST", "/api/v1/approvals/" + a.ID + "/deny"},
+		} {
+			for _, auth := range []string{"", "Bearer ", "Bearer amg_notadmin", "Basic " + testToken} {
+				req := httptest.NewRequest(ep.method, "http://127.0.0.1:8081"+ep.path, strings.NewReader(`{"by":"mallory"}`))
+				if auth != "" {
+					req.Header.Set("Authorization", auth)
+				}
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, req)
+				if rec.Code != 401 || !strings.Contains(rec.Body.String(), "admin token is required") {
+					t.Errorf("token %q configured, %s %s with %q: %d %s, want 401", configured, ep.method, ep.path, auth, rec.Code, rec.Body)
+				}
+			}
+		}
+		if got, err := store.Get(context.Background(), a.ID); err != nil || got.State != approval.Pending {
+			t.Errorf("token %q configured: the approval is %v (%v) after refused calls, want pending", configured, got.State, err)
+		}
+	}
+}
+
 // A request nests as deep as its agent made it (the parser allows 64
 // levels): the API shows it indented to a bounded depth, so that its
 // answer is not many times the request.
