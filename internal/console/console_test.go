@@ -381,8 +381,10 @@ func count(body, s string) int { return strings.Count(body, s) }
 
 func TestSignedOutPagesRedirectToSignIn(t *testing.T) {
 	e := newEnv(t, nil)
+	a := e.park("alice", `{"page_id":"pg_secret_42"}`)
 	for _, target := range []string{
 		"/console/approvals",
+		"/console/approvals/" + a.ID,
 		"/console/audit?agent=alice&verdict=deny",
 		"/console/shadow",
 		"/console/shadow/chart.svg",
@@ -392,6 +394,9 @@ func TestSignedOutPagesRedirectToSignIn(t *testing.T) {
 	} {
 		rec := e.get(nil, target)
 		wantRedirect(t, rec, "/console/signin?next="+url.QueryEscape(target))
+		if strings.Contains(rec.Body.String(), "pg_secret_42") {
+			t.Errorf("%s showed a held call's arguments to a signed-out request", target)
+		}
 		wantRedirect(t, e.serve(newRequest(http.MethodHead, target, nil, nil)), "/console/signin?next="+url.QueryEscape(target))
 	}
 	// The console's root goes to the queue, which then asks for a sign-in.
