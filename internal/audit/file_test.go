@@ -192,6 +192,13 @@ func TestVerifyTampered(t *testing.T) {
 			},
 		},
 		{
+			name:   "chain starting at seq 0",
+			tamper: func(l lines) lines { return lines{seal(`{"seq":0,"prev":"` + zeroHash + `","verdict":"allow"}`)} },
+			want: func(path string, l lines) string {
+				return path + `:1: bad record: no "seq" (not written by the audit file device?)`
+			},
+		},
+		{
 			name:   "replaced by garbage",
 			tamper: func(l lines) lines { l[1] = "{not json\n"; return l },
 			want: func(path string, l lines) string {

@@ -51,6 +51,11 @@ func TestRedact(t *testing.T) {
 				`,"author":"me","aws.credentials":` + h("c2") + `,"keywords":["a"],"session-cookie":` + h("c1") + `,"x_auth_token":` + h("t1") + `}`,
 		},
 		{
+			name: "keys with spaces or non-ASCII letters",
+			args: `{"Access_Token_ü":"t1","Session ID":"s1","Grüße":"hi"}`,
+			want: `{"Access_Token_ü":` + h("t1") + `,"Grüße":"hi","Session ID":` + h("s1") + `}`,
+		},
+		{
 			name: "arrays of objects",
 			args: `{"items":[{"name":"a","token":"t1"},{"name":"b","token":"t2"},"plain",[{"passwd":"p"}]]}`,
 			want: `{"items":[{"name":"a","token":` + h("t1") + `},{"name":"b","token":` + h("t2") + `},"plain",[{"passwd":` + h("p") + `}]]}`,

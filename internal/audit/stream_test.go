@@ -31,13 +31,17 @@ func appendRecords(t *testing.T, path string, first, n int) {
 	}
 	defer d.Close()
 	for i := first; i < first+n; i++ {
-		rec := &Record{Time: time.Date(2026, 11, 26, 9, 0, i, 0, time.UTC), DecisionID: fmt.Sprintf("dec-%03d", i),
-			Agent: fmt.Sprintf("bot-%d", i%3), Role: "ops", Server: "notion", Tool: "get_pages", Method: "tools/call",
-			Args: []byte(`{"query":"\"seq\":7, a value that looks like the chain's"}`), Verdict: "allow", Code: "allowed"}
-		if err := d.Write(rec); err != nil {
+		if err := d.Write(streamRecord(i)); err != nil {
 			t.Fatal(err)
 		}
 	}
+}
+
+// streamRecord is the record appendRecords writes i-th.
+func streamRecord(i int) *Record {
+	return &Record{Time: time.Date(2026, 11, 26, 9, 0, i, 0, time.UTC), DecisionID: fmt.Sprintf("dec-%03d", i),
+		Agent: fmt.Sprintf("bot-%d", i%3), Role: "ops", Server: "notion", Tool: "get_pages", Method: "tools/call",
+		Args: []byte(`{"query":"\"seq\":7, a value that looks like the chain's"}`), Verdict: "allow", Code: "allowed"}
 }
 
 func recordIDs(recs []Record) (out []string) {
@@ -296,7 +300,22 @@ func TestShipRecoversMissedRecords(t *testing.T) {
 		})
 	}
 	shipping(t, s, path)
-	appendRecords(t, path, 0, 10)
+	// One file that does not rotate, and Ship following it before the
+	// record it misses is written: no rotation sends Ship back to the
+	// files, so the follower itself must notice the gap.
+	d, err := NewFileDevice(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for i := range 10 {
+		if i == 1 {
+			awaitShipped(t, srv.Client(), s, 1)
+		}
+		if err := d.Write(streamRecord(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	awaitShipped(t, srv.Client(), s, 10)
 	if seqs, _ := streamSeqs(t, s); !slices.Equal(seqs, seqRange(1, 10)) {
 		t.Errorf("the stream holds seqs %v, want 1 to 10 once each, in order", seqs)
