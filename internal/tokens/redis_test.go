@@ -220,7 +220,7 @@ func TestRedisSubscription(t *testing.T) {
 // resumes by itself.
 // Find answers for the tokens it can read: one whose entry something
 // outside AMG deleted or overwrote is left out (not live, to its caller),
-// without hiding the others.
+// without hiding the others. Revoke of one whose entry is gone fails.
 func TestRedisFindAroundDamagedEntries(t *testing.T) {
 	ctx := context.Background()
 	srv := redistest.Start(t)
@@ -247,6 +247,11 @@ func TestRedisFindAroundDamagedEntries(t *testing.T) {
 	}
 	if len(got) != 1 || got[ids[0]].Agent != "intact" {
 		t.Errorf("Find = %+v, want only the intact token", got)
+	}
+	// Revoking a token whose entry is gone says so, rather than report a
+	// revocation that nothing records.
+	if err := s.Revoke(ctx, ids[1], time.Now()); !errors.Is(err, errIndexHole) {
+		t.Errorf("Revoke of a deleted token: %v, want %v", err, errIndexHole)
 	}
 }
 

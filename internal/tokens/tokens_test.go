@@ -155,6 +155,7 @@ func TestIssueRefuses(t *testing.T) {
 		{"bad role", "a", "no spaces", 0, "issue token: invalid role name: names are 1 to 128 characters of A-Z a-z 0-9 _ . @ -"},
 		{"secret as agent", pasted, "r", 0, "issue token: invalid agent name: looks like a token secret, not a name"},
 		{"negative ttl", "a", "r", -time.Second, "issue token: negative ttl -1s"},
+		{"ttl just below zero", "a", "r", -time.Nanosecond, "issue token: negative ttl -1ns"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
