@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,6 +38,19 @@ func testStore(t *testing.T, newStore func(t *testing.T) Store) {
 		}
 		if err := s.Create(ctx, a); err == nil {
 			t.Error("creating the same approval twice succeeded")
+		}
+		// An approval is born pending: one already decided would skip the
+		// approver.
+		decided, err := New("dec-2", "bot", "editor", "notion", "delete_page", body, now, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		decided.State = Approved
+		if err := s.Create(ctx, decided); err == nil || !strings.Contains(err.Error(), "state approved, want pending") {
+			t.Errorf("Create of an approved approval: %v, want refused", err)
+		}
+		if _, err := s.Get(ctx, decided.ID); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Get of a refused approval: %v, want ErrNotFound", err)
 		}
 		if _, err := s.Get(ctx, "apr_nope"); !errors.Is(err, ErrNotFound) {
 			t.Errorf("Get of an unknown id: %v, want ErrNotFound", err)

@@ -172,6 +172,35 @@ func TestSQLite(t *testing.T) {
 	}
 }
 
+// A session ends at its until, not a moment after, in every list whose
+// clock can be set to that instant.
+func TestSessionEndsAtItsUntil(t *testing.T) {
+	c := newClock()
+	db, err := store.Open(filepath.Join(t.TempDir(), "amg.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	sqlite, err := NewSQLite(db, c.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	until := c.Now().Add(time.Second)
+	lists := map[string]List{"memory": NewMemory(c.Now), "sqlite": sqlite}
+	for name, l := range lists {
+		if err := l.Add(ctx, "s", until); err != nil {
+			t.Fatalf("%s: Add: %v", name, err)
+		}
+	}
+	c.Advance(time.Second)
+	for name, l := range lists {
+		if ok, err := l.Has(ctx, "s"); err != nil || ok {
+			t.Errorf("%s: Has at the until = %v, %v; want false", name, ok, err)
+		}
+	}
+}
+
 func TestRedis(t *testing.T) {
 	rs := redistest.Start(t)
 	// Redis expires keys on its own clock: the contract runs in real time.

@@ -145,6 +145,22 @@ func TestRedisSpendRetried(t *testing.T) {
 	}
 }
 
+// Memory refuses a decision spent again up to the last instant before its
+// expiry.
+func TestMemoryKeepsUntilExpiry(t *testing.T) {
+	ctx := context.Background()
+	now := time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC)
+	m := NewMemory(func() time.Time { return now })
+	until := now.Add(30 * time.Second)
+	if first, err := m.Spend(ctx, "d1", until); err != nil || !first {
+		t.Fatalf("first spending of d1: %v, %v", first, err)
+	}
+	now = until.Add(-time.Nanosecond)
+	if first, err := m.Spend(ctx, "d1", until); err != nil || first {
+		t.Errorf("spending d1 again 1ns before its expiry: %v, %v; want it refused", first, err)
+	}
+}
+
 // Memory keeps no more than the decisions not yet expired.
 func TestMemoryForgets(t *testing.T) {
 	now := time.Date(2026, 11, 27, 9, 0, 0, 0, time.UTC)
