@@ -215,9 +215,6 @@ func TestRedisSubscription(t *testing.T) {
 	}
 }
 
-// Redis down fails closed: Authenticate returns a store error, never a
-// token or ErrUnknown. Redis back is service again, and the subscription
-// resumes by itself.
 // Find answers for the tokens it can read: one whose entry something
 // outside AMG deleted or overwrote is left out (not live, to its caller),
 // without hiding the others. Revoke of one whose entry is gone fails.
@@ -255,6 +252,9 @@ func TestRedisFindAroundDamagedEntries(t *testing.T) {
 	}
 }
 
+// Redis down fails closed: Authenticate returns a store error, never a
+// token or ErrUnknown. Redis back is service again, and the subscription
+// resumes by itself.
 func TestRedisStoreDown(t *testing.T) {
 	ctx := context.Background()
 	srv := redistest.Start(t)
