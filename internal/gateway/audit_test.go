@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 	"encoding/json"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -177,17 +176,7 @@ func TestReadyzFollowsTheAuditLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	cs := connectAgent(t, "http://"+gw.MCPAddr()+config.MCPPath, token)
-	readyz := func() (int, string) {
-		t.Helper()
-		resp, err := http.Get("http://" + gw.AdminAddr() + "/readyz")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(body)
-	}
-	if code, body := readyz(); code != http.StatusOK {
+	if code, body := getReadyz(t, gw); code != http.StatusOK {
 		t.Fatalf("/readyz = %d %q, want 200", code, body)
 	}
 	path := filepath.Join(gw.cfg.DataDir, audit.FileName)
@@ -204,14 +193,14 @@ func TestReadyzFollowsTheAuditLog(t *testing.T) {
 			t.Fatal("calls still pass with the audit file gone")
 		}
 	}
-	if code, body := readyz(); code != http.StatusServiceUnavailable || body != "audit log cannot record\n" {
+	if code, body := getReadyz(t, gw); code != http.StatusServiceUnavailable || body != "audit log cannot record\n" {
 		t.Errorf("every call refused: /readyz = %d %q, want 503 \"audit log cannot record\"", code, body)
 	}
 	if err := os.Rename(path+".away", path); err != nil {
 		t.Fatal(err)
 	}
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		code, body := readyz()
+		code, body := getReadyz(t, gw)
 		if code == http.StatusOK {
 			break
 		}
