@@ -197,8 +197,9 @@ func Verify(files ...string) (VerifyResult, error) {
 // VerifyAnchored is Verify that also checks the chain against anchors: a
 // record with an anchor's seq must have its hash, and the chain must
 // reach the latest anchor. Two anchors with different hashes for one seq
-// cannot both hold, and are a break before any record is read. An anchor before the first record of files
-// (whose older files were removed) cannot be checked, and is a warning.
+// cannot both hold, and are a break before any record is read. An anchor
+// before the first record of files (whose older files were removed)
+// cannot be checked, and is a warning.
 func VerifyAnchored(anchors []Anchor, files ...string) (VerifyResult, error) {
 	return walkChain(anchors, files, nil)
 }
