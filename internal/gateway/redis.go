@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -89,22 +90,21 @@ func (g *Gateway) sharedKey(name string) (heldKey, error) {
 	if err != nil {
 		return heldKey{}, err
 	}
-	made, err := g.redis.SetNX(ctx, k, fresh, 0).Result()
-	if err != nil {
-		return heldKey{}, fmt.Errorf("%s key in redis: %w", name, err)
-	}
-	key, err := g.redis.Get(ctx, k).Bytes()
-	if err != nil {
+	// One command both writes the fresh key if Redis holds none and reads
+	// the one it holds.
+	key, err := g.redis.SetArgs(ctx, k, fresh, redis.SetArgs{Mode: "NX", Get: true}).Bytes()
+	switch {
+	case errors.Is(err, redis.Nil):
+		// Right at a first start; else Redis lost its data, and replicas
+		// already running keep the key they had until they put it back.
+		key = fresh
+		g.log.Warn("redis held no shared "+name+" key: this replica made a new one; if Redis lost its data, replicas running "+
+			"with the old one disagree with this one until restarted (their /readyz says so)", "redis_key", k)
+	case err != nil:
 		return heldKey{}, fmt.Errorf("%s key in redis: %w", name, err)
 	}
 	if len(key) != 32 {
 		return heldKey{}, fmt.Errorf("%s key in redis (%s) is %d bytes, want 32", name, k, len(key))
-	}
-	if made && bytes.Equal(key, fresh) {
-		// Right at a first start; else Redis lost its data, and replicas
-		// already running keep the key they had until they put it back.
-		g.log.Warn("redis held no shared "+name+" key: this replica made a new one; if Redis lost its data, replicas running "+
-			"with the old one disagree with this one until restarted (their /readyz says so)", "redis_key", k)
 	}
 	return heldKey{name: name, redisKey: k, value: key}, nil
 }
@@ -153,19 +153,17 @@ func (g *Gateway) checkSharedKey(ctx context.Context, k heldKey) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	put, err := g.redis.SetNX(ctx, k.redisKey, k.value, 0).Result()
-	if err != nil {
-		// Each request that needs Redis fails closed meanwhile.
-		g.log.Debug("cannot check a shared key in redis", "redis_key", k.redisKey, "err", err)
-		return
-	}
-	if put {
+	v, err := g.redis.SetArgs(ctx, k.redisKey, k.value, redis.SetArgs{Mode: "NX", Get: true}).Bytes()
+	switch {
+	case errors.Is(err, redis.Nil):
 		g.log.Warn("redis had lost the shared "+k.name+" key (did it restart without persistence?): this replica put its own back",
 			"redis_key", k.redisKey)
 		return
-	}
-	v, err := g.redis.Get(ctx, k.redisKey).Bytes()
-	if err != nil || bytes.Equal(v, k.value) {
+	case err != nil:
+		// Each request that needs Redis fails closed meanwhile.
+		g.log.Debug("cannot check a shared key in redis", "redis_key", k.redisKey, "err", err)
+		return
+	case bytes.Equal(v, k.value):
 		return
 	}
 	why := "the shared " + k.name + " key in redis (" + k.redisKey + ") is not the one this replica uses: restart it"
