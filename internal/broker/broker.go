@@ -1012,7 +1012,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if b.approvals == nil {
 			// Without an approval store such calls are refused, never run.
 			b.record(d, CodeApprovalUnavailable, "approval required but no approval store is configured")
-			refuseCall(w, body, "this call needs human approval, and no approval store is configured")
+			refuseCall(w, d, body, "this call needs human approval, and no approval store is configured")
 			return
 		}
 		b.park(w, r, as, d, body)
@@ -1089,10 +1089,11 @@ func refuse(w http.ResponseWriter, status int, msg string) {
 	writeError(w, status, json.RawMessage("null"), msg)
 }
 
-// refuseCall answers one request of an authorized body with a JSON-RPC
-// error carrying its id, which MCP clients report as that call's result.
-func refuseCall(w http.ResponseWriter, body []byte, msg string) {
-	writeError(w, http.StatusOK, requestID(body), msg)
+// refuseCall answers a call of d needing approval that cannot wait for
+// it with a JSON-RPC error carrying its id, which MCP clients report as
+// that call's result.
+func refuseCall(w http.ResponseWriter, d authz.Decision, body []byte, msg string) {
+	writeJSON(w, approvalError(requestID(body), authz.RPCDenied, CodeApprovalUnavailable, d.ID, "", msg))
 }
 
 // requestID is the id of body's request when body is one request, else

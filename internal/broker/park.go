@@ -85,7 +85,7 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, as *agentSession, 
 		why := fmt.Sprintf("agent %q has %d calls waiting for approval, as many as the gateway allows it: wait for a decision on one, or cancel one", d.Agent, n)
 		b.record(d, CodeApprovalLimit, why)
 		// As a rate limit is answered: the agent may try again later.
-		writeRPCError(w, http.StatusOK, m.ID, authz.RPCRateLimited, why)
+		writeJSON(w, approvalError(m.ID, authz.RPCRateLimited, CodeApprovalLimit, d.ID, "", why))
 		return
 	}
 	unpark := sync.OnceFunc(func() { b.unpark(d.Agent) })
@@ -104,7 +104,7 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, as *agentSession, 
 	if err != nil {
 		b.log.Error("cannot park a call for approval", "decision_id", d.ID, "err", err)
 		b.record(d, CodeApprovalUnavailable, "approval store: "+err.Error())
-		refuseCall(w, body, "this call needs human approval, and the approval store failed")
+		refuseCall(w, d, body, "this call needs human approval, and the approval store failed")
 		return
 	}
 	if err := b.recordApproval(a, CodeApprovalParked, ""); err != nil {
@@ -113,7 +113,7 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, as *agentSession, 
 		if _, ferr := b.approvals.Finish(context.Background(), a.ID, approval.Cancelled, "amg", "the audit log could not record it", b.now()); ferr != nil {
 			b.log.Warn("cannot cancel an approval the audit log could not record; it stays pending until it expires", "approval_id", a.ID, "err", ferr)
 		}
-		refuseCall(w, body, "this call needs human approval, and the audit log could not record it; try again")
+		refuseCall(w, d, body, "this call needs human approval, and the audit log could not record it; try again")
 		return
 	}
 	if b.notify != nil {
@@ -166,13 +166,15 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, as *agentSession, 
 	as.mu.Unlock()
 	switch {
 	case errors.Is(err, errStopped):
-		send(rpcError(m.ID, RPCApprovalRefused, "call needing approval "+a.ID+" was not run: the gateway is shutting down"))
+		send(approvalError(m.ID, RPCApprovalRefused, CodeApprovalUnavailable, d.ID, a.ID,
+			"call needing approval "+a.ID+" was not run: the gateway is shutting down"))
 	case errors.Is(err, errUnrecorded):
 		b.void(outcome, CodeApprovalUnavailable, "the audit log could not record its approval")
-		send(rpcError(m.ID, RPCApprovalRefused, "approved call "+a.ID+" was not run: the audit log could not record its approval; send the call again to ask anew"))
+		send(approvalError(m.ID, RPCApprovalRefused, CodeApprovalUnavailable, d.ID, a.ID,
+			"approved call "+a.ID+" was not run: the audit log could not record its approval; send the call again to ask anew"))
 	case errors.Is(err, errLost):
-		send(rpcError(m.ID, RPCApprovalRefused, "call needing approval "+a.ID+" was not run: the approval store lost approval "+a.ID+
-			"; send the call again to ask anew"))
+		send(approvalError(m.ID, RPCApprovalRefused, CodeApprovalLost, d.ID, a.ID,
+			"call needing approval "+a.ID+" was not run: the approval store lost approval "+a.ID+"; send the call again to ask anew"))
 	case err != nil:
 		// The agent went away or cancelled the call: nothing is executed,
 		// and a cancelled request is not answered.
@@ -209,7 +211,7 @@ func (b *Broker) unpark(agent string) {
 // and audits why.
 func (b *Broker) refusePark(w http.ResponseWriter, d authz.Decision, body []byte, why string) {
 	b.record(d, CodeApprovalUnavailable, why)
-	refuseCall(w, body, why)
+	refuseCall(w, d, body, why)
 }
 
 // errStopped is waitForDecision's when the broker drained and the
@@ -406,10 +408,11 @@ func (b *Broker) executeApproved(stream *sseStream, r *http.Request, as *agentSe
 	r = withApproval(r, a.ID)
 	if err := b.stillAllowed(r.Context(), d, body, server, tool); err != nil {
 		b.void(a, CodeApprovalStale, err.Error())
-		stream.answer(rpcError(m.ID, RPCApprovalRefused, "approved call not executed: "+err.Error()))
+		stream.answer(approvalError(m.ID, RPCApprovalRefused, CodeApprovalStale, d.ID, a.ID, "approved call not executed: "+err.Error()))
 		return
 	}
 	_, err := b.approvals.Execute(context.Background(), a.ID, body)
+	code := CodeApprovalUnavailable
 	switch {
 	case errors.Is(err, approval.ErrAltered):
 		// Someone with write access to the store changed the request a
@@ -417,6 +420,7 @@ func (b *Broker) executeApproved(stream *sseStream, r *http.Request, as *agentSe
 		// agent's call.
 		b.log.Error("an approved call's stored request is not the one parked; it is not run", "approval_id", a.ID)
 		b.void(a, CodeApprovalAltered, err.Error())
+		code = CodeApprovalAltered
 	case errors.Is(err, approval.ErrNotApproved) || errors.Is(err, approval.ErrNotFound):
 		b.recordApproval(a, CodeApprovalUnavailable, "approved call not executed: "+err.Error())
 	case err != nil:
@@ -425,7 +429,7 @@ func (b *Broker) executeApproved(stream *sseStream, r *http.Request, as *agentSe
 		err = errors.New("the approval store failed")
 	}
 	if err != nil {
-		stream.answer(rpcError(m.ID, RPCApprovalRefused, "approved call not executed: "+err.Error()))
+		stream.answer(approvalError(m.ID, RPCApprovalRefused, code, d.ID, a.ID, "approved call not executed: "+err.Error()))
 		return
 	}
 	if b.directCall(stream, r, as, body, m) {
@@ -465,26 +469,43 @@ func (b *Broker) executeApproved(stream *sseStream, r *http.Request, as *agentSe
 
 // refusal is the agent's answer for an approval that was not approved.
 func refusal(id json.RawMessage, a *approval.Approval) []byte {
-	var msg string
+	var msg, code string
 	switch a.State {
 	case approval.Denied:
-		msg = "denied by " + a.DecidedBy
+		msg, code = "denied by "+a.DecidedBy, CodeApprovalDenied
 		if a.Reason != "" {
 			msg += ": " + a.Reason
 		}
 	case approval.Expired:
-		msg = "approval expired: " + a.Reason
+		msg, code = "approval expired: "+a.Reason, CodeApprovalExpired
 	case approval.Cancelled:
-		msg = "approval cancelled: " + a.Reason
+		msg, code = "approval cancelled: "+a.Reason, CodeApprovalCancelled
 	default:
-		msg = "approval " + string(a.State)
+		msg, code = "approval "+string(a.State), "approval_"+string(a.State)
 	}
-	return rpcError(id, RPCApprovalRefused, fmt.Sprintf("call needing approval %s was not run: %s", a.ID, msg))
+	return approvalError(id, RPCApprovalRefused, code, a.DecisionID, a.ID, fmt.Sprintf("call needing approval %s was not run: %s", a.ID, msg))
 }
 
-func rpcError(id json.RawMessage, code int, msg string) []byte {
-	out, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": id, "error": map[string]any{"code": code, "message": msg}})
+// approvalError is the agent's answer to a call needing approval that was
+// not run: a JSON-RPC error of code, whose data says why as the audit
+// record does (reason, one of the Code* codes) and names the call's
+// decision and, once the call was parked, its approval.
+func approvalError(id json.RawMessage, code int, reason, decisionID, approvalID, msg string) []byte {
+	var e approvalErrorObject
+	e.Code, e.Message = code, msg
+	e.Data.Code, e.Data.DecisionID, e.Data.ApprovalID = reason, decisionID, approvalID
+	out, _ := json.Marshal(rpcErrorBody{JSONRPC: "2.0", ID: id, Error: e})
 	return out
+}
+
+type approvalErrorObject struct {
+	Code    int    `json:"code"`
+	Message string `json:"message"`
+	Data    struct {
+		Code       string `json:"code"`
+		DecisionID string `json:"decision_id"`
+		ApprovalID string `json:"approval_id,omitempty"`
+	} `json:"data"`
 }
 
 // progressToken is params._meta.progressToken, or nil.

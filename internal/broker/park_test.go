@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/amgateway/amg/authz"
@@ -177,8 +178,47 @@ func TestApprovedCallRunsOnlyAsParked(t *testing.T) {
 			}
 			a := <-parked
 			checkVoided(t, g, mem, a.ID, CodeApprovalAltered, "the stored request is not the one parked")
+			checkRefusal(t, []byte(got[len(got)-1]), CodeApprovalAltered, a)
 		})
 	}
+}
+
+// checkRefusal checks that answer, a JSON-RPC error refusing a call that
+// needed approval, says why in its data as the audit log does (code) and
+// names the call's decision and, when a is not nil, its approval.
+func checkRefusal(t *testing.T, answer []byte, code string, a *approval.Approval) {
+	t.Helper()
+	var got struct {
+		Error struct {
+			Data struct {
+				Code       string `json:"code"`
+				DecisionID string `json:"decision_id"`
+				ApprovalID string `json:"approval_id"`
+			} `json:"data"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(answer, &got); err != nil {
+		t.Fatalf("answer %s: %v", answer, err)
+	}
+	d := got.Error.Data
+	want := struct{ code, approval string }{code, ""}
+	if a != nil {
+		want.approval = a.ID
+	}
+	if d.Code != want.code || d.ApprovalID != want.approval || d.DecisionID == "" || a != nil && d.DecisionID != a.DecisionID {
+		t.Errorf("error data %+v in %s; want code %s, approval %q and the call's decision", d, answer, want.code, want.approval)
+	}
+}
+
+// checkRefusalError is checkRefusal for an error of the go-sdk's client.
+func checkRefusalError(t *testing.T, err error, code string, a *approval.Approval) {
+	t.Helper()
+	var rpc *jsonrpc.Error
+	if !errors.As(err, &rpc) {
+		t.Fatalf("error %v is not a JSON-RPC error", err)
+	}
+	answer, _ := json.Marshal(map[string]any{"error": rpc})
+	checkRefusal(t, answer, code, a)
 }
 
 // checkVoided checks that the approval id was voided for why, and that
@@ -218,9 +258,11 @@ func TestDeniedAndExpiredCallsDoNotRun(t *testing.T) {
 		if _, err := store.Finish(context.Background(), a.ID, approval.Denied, "bob", "not on a Friday", time.Now()); err != nil {
 			t.Fatal(err)
 		}
-		if err := <-errs; err == nil || !strings.Contains(err.Error(), "denied by bob: not on a Friday") {
-			t.Errorf("denied call: %v", err)
+		err := <-errs
+		if err == nil || !strings.Contains(err.Error(), "denied by bob: not on a Friday") {
+			t.Fatalf("denied call: %v", err)
 		}
+		checkRefusalError(t, err, CodeApprovalDenied, a)
 		if d := g.deletions(); len(d) != 0 {
 			t.Errorf("a denied call ran: %v", d)
 		}
@@ -235,8 +277,9 @@ func TestDeniedAndExpiredCallsDoNotRun(t *testing.T) {
 		}
 		list, _ := store.List(context.Background(), approval.Expired)
 		if len(list) != 1 {
-			t.Errorf("expired approvals: %v", list)
+			t.Fatalf("expired approvals: %v", list)
 		}
+		checkRefusalError(t, err, CodeApprovalExpired, list[0])
 		if d := g.deletions(); len(d) != 0 {
 			t.Errorf("an expired call ran: %v", d)
 		}
@@ -309,9 +352,11 @@ func TestLostApprovalIsRefused(t *testing.T) {
 	a := parkedOne(t, store)
 	srv.Restart()
 	want := "call needing approval " + a.ID + " was not run: the approval store lost approval " + a.ID + "; send the call again to ask anew"
-	if err := <-errs; err == nil || !strings.Contains(err.Error(), want) {
-		t.Errorf("call whose approval was lost: %v, want an error saying %q", err, want)
+	err := <-errs
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("call whose approval was lost: %v, want an error saying %q", err, want)
 	}
+	checkRefusalError(t, err, CodeApprovalLost, a)
 	var lost []audit.Record
 	for _, rec := range g.audit.All() {
 		if rec.Code == CodeApprovalLost {
@@ -417,8 +462,9 @@ func TestPendingApprovalLimit(t *testing.T) {
 	got := agent.post(call(7))
 	const why = `agent \"bot-1\" has 2 calls waiting for approval, as many as the gateway allows it`
 	if len(got) != 1 || !strings.Contains(got[0], `"id":7`) || !strings.Contains(got[0], why) || !strings.Contains(got[0], `"code":-32002`) {
-		t.Errorf("a third call: %q; want a JSON-RPC error -32002 saying %s", got, why)
+		t.Fatalf("a third call: %q; want a JSON-RPC error -32002 saying %s", got, why)
 	}
+	checkRefusal(t, []byte(got[0]), CodeApprovalLimit, nil)
 	if codes := g.audit.Codes(); !slices.Contains(codes, CodeApprovalLimit) {
 		t.Errorf("audit codes %v, want %s", codes, CodeApprovalLimit)
 	}
@@ -502,8 +548,43 @@ func TestCallsThatCannotBeParked(t *testing.T) {
 			if !strings.Contains(got, `"id":7`) || !strings.Contains(got, tc.want) {
 				t.Errorf("answer %s, want a JSON-RPC error saying %q", got, tc.want)
 			}
+			if tc.code == CodeApprovalUnavailable {
+				checkRefusal(t, []byte(got), CodeApprovalUnavailable, nil)
+			}
 			if codes := g.audit.Codes(); !slices.Equal(codes, []string{tc.code}) {
 				t.Errorf("broker audit codes %v, want %s", codes, tc.code)
+			}
+			if d := g.deletions(); len(d) != 0 {
+				t.Errorf("the upstream ran %q", d)
+			}
+		})
+	}
+}
+
+// Without an approval store, a call that needs approval is refused,
+// saying so, audited, and runs nothing: in a session and without one.
+func TestCallNeedingApprovalWithoutAStore(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		post func(g *gateway) []string
+	}{
+		{"session", func(g *gateway) []string {
+			return newRawAgent(t, g).post(`{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`)
+		}},
+		{"sessionless", func(g *gateway) []string {
+			return newStatelessRawAgent(t, g).post(`{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"},"_meta":` + requestMeta("") + `}}`)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newGatewayOver(t, false, func(o *Options) { o.Sessionless = true })
+			got := tc.post(g)
+			const want = "this call needs human approval, and no approval store is configured"
+			if len(got) != 1 || !strings.Contains(got[0], `"id":7`) || !strings.Contains(got[0], want) {
+				t.Fatalf("answer %q, want a JSON-RPC error saying %q", got, want)
+			}
+			checkRefusal(t, []byte(got[0]), CodeApprovalUnavailable, nil)
+			if codes := g.audit.Codes(); !slices.Equal(codes, []string{CodeApprovalUnavailable}) {
+				t.Errorf("broker audit codes %v, want %s", codes, CodeApprovalUnavailable)
 			}
 			if d := g.deletions(); len(d) != 0 {
 				t.Errorf("the upstream ran %q", d)
@@ -532,9 +613,11 @@ func TestDrainAnswersParkedCalls(t *testing.T) {
 		if last := got[len(got)-1]; !strings.Contains(last, `"id":5`) || !strings.Contains(last, "approval cancelled: the gateway shut down before a decision") {
 			t.Errorf("answer %q, want one saying the gateway shut down", got)
 		}
-		if list, _ := store.List(context.Background(), approval.Cancelled); len(list) != 1 {
-			t.Errorf("cancelled approvals: %v", list)
+		list, _ := store.List(context.Background(), approval.Cancelled)
+		if len(list) != 1 {
+			t.Fatalf("cancelled approvals: %v", list)
 		}
+		checkRefusal(t, []byte(got[len(got)-1]), CodeApprovalCancelled, list[0])
 		got = agent.post(call)
 		if len(got) != 1 || !strings.Contains(got[0], "this call needs human approval, and the gateway is shutting down") {
 			t.Errorf("a call needing approval after Drain: %q", got)
@@ -564,9 +647,11 @@ func TestDrainAnswersParkedCalls(t *testing.T) {
 			time.AfterFunc(10*time.Second, func() { failing.Store(false) })
 		}()
 		got := agent.post(call)
-		if last := got[len(got)-1]; !strings.Contains(last, "was not run: the gateway is shutting down") {
+		last := got[len(got)-1]
+		if !strings.Contains(last, "was not run: the gateway is shutting down") {
 			t.Errorf("answer %q, want one saying the gateway is shutting down", got)
 		}
+		checkRefusal(t, []byte(last), CodeApprovalUnavailable, parkedOne(t, mem))
 	})
 }
 
@@ -1028,6 +1113,7 @@ func TestApprovedCallIsCheckedAgain(t *testing.T) {
 				t.Errorf("the upstream ran %q", d)
 			}
 			checkVoided(t, g, store, p.ID, CodeApprovalStale, tc.want)
+			checkRefusal(t, []byte(got[len(got)-1]), CodeApprovalStale, p)
 		})
 	}
 }

@@ -137,7 +137,7 @@ func (b *Broker) serveStateless(w http.ResponseWriter, r *http.Request, d authz.
 	if d.Verdict == "needs_approval" {
 		if b.approvals == nil {
 			b.record(d, CodeApprovalUnavailable, "approval required but no approval store is configured")
-			refuseCall(w, body, "this call needs human approval, and no approval store is configured")
+			refuseCall(w, d, body, "this call needs human approval, and no approval store is configured")
 			return
 		}
 		b.park(w, r, ref.known(), d, body)
