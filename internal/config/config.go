@@ -38,6 +38,7 @@
 //	  max_pending_per_agent: 16     # calls one agent may have waiting at once, per replica
 //	  webhook: https://hooks.example/amg  # told of each new one ("" none); its secret part
 //	                                #   from a reference: "https://hooks.example/${env:HOOK_PATH}"
+//	  webhook_secret: "${env:AMG_WEBHOOK_SECRET}"  # signs what it is sent (Standard Webhooks): whsec_ and base64
 //	console:                        # the web console on the admin listener
 //	  ready_days: 7                 # shadow roles at zero this long are ready to enforce (at most 366),
 //	  ready_min_calls: 1            #   over at least this many calls in those days
@@ -172,6 +173,10 @@ type Config struct {
 	// URLs carry their secret in the path.
 	ApprovalTTL     time.Duration
 	ApprovalWebhook Template
+	// ApprovalWebhookSecret, if set, signs what the webhook is sent, as
+	// the Standard Webhooks specification does (see WebhookKey). Only
+	// ever a secret reference.
+	ApprovalWebhookSecret Template
 	// MaxPendingApprovalsPerAgent bounds the calls one agent may have
 	// waiting for approval on a replica at once; each holds its request
 	// in the approval store.
@@ -600,6 +605,14 @@ func (c *Config) checkSecrets(ctx context.Context, src secrets.Source, vault boo
 		if s, err := hook.Expand(ctx, src); err == nil {
 			if err := checkWebhook(s.Reveal()); err != nil {
 				ps = append(ps, Problem{Pos: hook.pos, Path: "approvals.webhook", Msg: err.Error() + " once its references are resolved"})
+			}
+		}
+	}
+	check(c.ApprovalWebhookSecret, "approvals.webhook_secret", true)
+	if t := c.ApprovalWebhookSecret; len(t.Refs()) > 0 && (vault || !slices.ContainsFunc(t.Refs(), isVault)) {
+		if s, err := t.Expand(ctx, src); err == nil {
+			if _, err := WebhookKey(s.Reveal()); err != nil {
+				ps = append(ps, Problem{Pos: t.pos, Path: "approvals.webhook_secret", Msg: err.Error()})
 			}
 		}
 	}

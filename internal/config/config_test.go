@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -8,6 +9,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"io/fs"
@@ -293,6 +295,7 @@ func TestValidValues(t *testing.T) {
 		"approvals: { webhook: \"https://amg:${env:HOOK_PASSWORD}@hooks.example/amg\" }",
 		"approvals: { webhook: \"https://${env:HOOK_TOKEN}@hooks.example/amg\" }",
 		"approvals: { webhook: \"${vault:kv/data/amg#webhook}\" }",
+		"approvals: { webhook: \"${vault:kv/data/amg#webhook}\", webhook_secret: \"${vault:kv/data/amg#webhook_secret}\" }",
 		// Without an xDS server nothing is told to Envoy.
 		"max_body_bytes: 4294967295\nenvoy: { listen: \"envoy:10000\", authz_address: \"amg:0\", broker_addresses: [\"amg:0\"], tracing_address: \"otel:0\" }",
 		"xds_listen: 127.0.0.1:18000\nmax_body_bytes: 4294967294\nenvoy: { listen: \"localhost:10000\", egress_listen: \":10001\", tracing_address: \"otel:4317\" }",
@@ -382,6 +385,10 @@ func TestProblems(t *testing.T) {
 			`amg.yaml:1:19: vault.address: port must be a number from 1 to 65535, got "82000"`},
 		{"approvals: webhook port 0", "approvals: { webhook: \"https://hooks.example:0/services/" + planted + "\" }\n",
 			`amg.yaml:1:23: approvals.webhook: port must be a number from 1 to 65535, got "0"`},
+		{"approvals: literal webhook secret", "approvals: { webhook: https://hooks.example/amg, webhook_secret: whsec_" + planted + " }\n",
+			`amg.yaml:1:66: approvals.webhook_secret: is a credential: take it from a secret reference such as "${env:AMG_WEBHOOK_SECRET}" rather than writing it in the config file`},
+		{"approvals: webhook secret without a webhook", "approvals: { webhook_secret: \"${env:S}\" }\n",
+			`amg.yaml:1:30: approvals.webhook_secret: signs what approvals.webhook is sent, and no webhook is set`},
 		{"console: trace url port out of range", "console: { trace_url: \"http://jaeger:166860/trace/{trace_id}\" }\n",
 			`amg.yaml:1:23: console.trace_url: port must be a number from 1 to 65535, got "166860"`},
 		{"approvals: webhook with a password", "approvals: { webhook: \"https://amg:" + planted + "@hooks.example/amg\" }\n",
@@ -966,6 +973,35 @@ amg.yaml:12:12: upstreams.files.env.KEY: env:FILES_KEY holds a NUL byte, which c
 		}
 		if strings.Contains(err.Error(), planted) {
 			t.Errorf("problems reveal the secret:\n%v", err)
+		}
+	})
+	t.Run("webhook secret", func(t *testing.T) {
+		// What the webhook's signing secret resolves to must be a key
+		// written as the Standard Webhooks specification writes one; a
+		// problem never shows it.
+		key := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte(planted), 2)[:32])
+		const bad = `amg.yaml:3:19: approvals.webhook_secret: must be "whsec_" and the base64 of 24 to 64 random bytes, such as the output of: echo whsec_$(openssl rand -base64 32)`
+		for _, tc := range []struct{ secret, want string }{
+			{"whsec_" + key, ""},
+			{key, bad},                         // no prefix
+			{"whsec_" + key[:len(key)-1], bad}, // not base64
+			{"whsec_" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte(planted), 2)[:23]), bad}, // too short
+			{"whsec_" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte(planted), 9)[:65]), bad},
+		} {
+			s := newEnvSource(map[string]string{"HOOK_SECRET": tc.secret})
+			_, err := parse(t, "approvals:\n  webhook: https://hooks.example/amg\n  webhook_secret: \"${env:HOOK_SECRET}\"\n", &Options{Secrets: s})
+			if tc.want == "" {
+				if err != nil {
+					t.Errorf("%s: %v", tc.secret, err)
+				}
+				continue
+			}
+			if got := problemsOf(t, err); got != tc.want {
+				t.Errorf("%s: problems %q, want %q", tc.secret, got, tc.want)
+			}
+			if err != nil && strings.Contains(err.Error(), tc.secret) {
+				t.Errorf("problems reveal the secret:\n%v", err)
+			}
 		}
 	})
 	t.Run("webhook", func(t *testing.T) {

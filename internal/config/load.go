@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -35,7 +36,7 @@ type loader struct {
 var (
 	configKeys = []string{"listen", "allowed_origins", "admin_listen", "authz_listen", "broker_listen", "xds_listen", "envoy", "vault", "redis", "approvals",
 		"console", "audit", "data_dir", "policy_dir", "max_body_bytes", "max_sessions_per_agent", "max_protocol_version", "unprefixed_names", "upstreams"}
-	approvalKeys = []string{"ttl", "max_pending_per_agent", "webhook"}
+	approvalKeys = []string{"ttl", "max_pending_per_agent", "webhook", "webhook_secret"}
 	consoleKeys  = []string{"ready_days", "ready_min_calls", "trace_url", "staged_policy_dir"}
 	auditKeys    = []string{"max_file_bytes", "sync", "sync_interval", "stdout", "stream_max_records"}
 	redisKeys    = []string{"address", "username", "password", "db", "tls", "decision_key", "audit_key"}
@@ -883,9 +884,19 @@ func (l *loader) noVaultRef(n *yaml.Node, path string, t Template) {
 }
 
 func (l *loader) approvals(n *yaml.Node, path string, cfg *Config) {
+	var secret *yaml.Node
 	l.Fields(n, path, approvalKeys, func(key string, _, v *yaml.Node) {
 		p := path + "." + key
 		switch key {
+		case "webhook_secret":
+			t, ok := l.credential(v, p, "${env:AMG_WEBHOOK_SECRET}")
+			if !ok || t.String() == "" {
+				return
+			}
+			if len(t.Refs()) == 0 {
+				return // refused as written in the file
+			}
+			secret, cfg.ApprovalWebhookSecret = v, t
 		case "ttl":
 			if d, ok := l.Duration(v, p); ok {
 				cfg.ApprovalTTL = d
@@ -918,6 +929,9 @@ func (l *loader) approvals(n *yaml.Node, path string, cfg *Config) {
 			cfg.ApprovalWebhook = t
 		}
 	})
+	if secret != nil && cfg.ApprovalWebhook.String() == "" {
+		l.Errorf(secret, path+".webhook_secret", "signs what approvals.webhook is sent, and no webhook is set")
+	}
 }
 
 // literalUserinfo reports whether t, a URL, has a user:password@ whose
@@ -1079,6 +1093,24 @@ func checkWebhook(s string) error {
 	}
 	u, _ := url.Parse(s)
 	return checkPort(u)
+}
+
+// WebhookKey returns the HMAC key of secret, the approval webhook's
+// signing secret, which is written as the Standard Webhooks
+// specification writes one: "whsec_" and the standard base64 of 24 to 64
+// bytes. Its errors do not quote secret.
+func WebhookKey(secret string) ([]byte, error) {
+	const prefix, minLen, maxLen = "whsec_", 24, 64
+	const want = "must be \"whsec_\" and the base64 of 24 to 64 random bytes, such as the output of: echo whsec_$(openssl rand -base64 32)"
+	enc, ok := strings.CutPrefix(secret, prefix)
+	if !ok {
+		return nil, errors.New(want)
+	}
+	key, err := base64.StdEncoding.DecodeString(enc)
+	if err != nil || len(key) < minLen || len(key) > maxLen {
+		return nil, errors.New(want)
+	}
+	return key, nil
 }
 
 func (l *loader) dir(n *yaml.Node, path string, dst *string) {

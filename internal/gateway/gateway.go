@@ -293,7 +293,7 @@ func New(cfg *config.Config, opts *Options) (g *Gateway, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if g.webhook, err = g.notifier(cfg.ApprovalWebhook, src); err != nil {
+	if g.webhook, err = g.notifier(cfg.ApprovalWebhook, cfg.ApprovalWebhookSecret, src); err != nil {
 		return nil, err
 	}
 	ledger, err := g.spentLedger()

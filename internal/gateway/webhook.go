@@ -3,12 +3,16 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strconv"
 	"sync"
 	"time"
 
@@ -39,6 +43,7 @@ const (
 type webhook struct {
 	client *http.Client
 	url    string
+	key    []byte // signs each delivery, if not nil (see sign)
 	where  string // the URL's scheme and host, which logs name
 	log    *slog.Logger
 	queue  chan webhookNote
@@ -58,9 +63,10 @@ type webhook struct {
 	workers sync.WaitGroup
 }
 
-// notifier returns the webhook of t, its references resolved with src,
-// with its workers started, or nil without a webhook.
-func (g *Gateway) notifier(t config.Template, src secrets.Source) (*webhook, error) {
+// notifier returns the webhook of t, signing what it sends with secret
+// unless that is empty, their references resolved with src, with its
+// workers started, or nil without a webhook.
+func (g *Gateway) notifier(t, secret config.Template, src secrets.Source) (*webhook, error) {
 	if t.String() == "" {
 		return nil, nil
 	}
@@ -70,7 +76,17 @@ func (g *Gateway) notifier(t config.Template, src secrets.Source) (*webhook, err
 	if err != nil {
 		return nil, fmt.Errorf("approvals.webhook: %w", err)
 	}
-	w := &webhook{url: s.Reveal(), log: g.log, queue: make(chan webhookNote, webhookQueue),
+	var key []byte
+	if secret.String() != "" {
+		v, err := secret.Expand(ctx, src)
+		if err == nil {
+			key, err = config.WebhookKey(v.Reveal())
+		}
+		if err != nil {
+			return nil, fmt.Errorf("approvals.webhook_secret: %w", err)
+		}
+	}
+	w := &webhook{url: s.Reveal(), key: key, log: g.log, queue: make(chan webhookNote, webhookQueue),
 		queued: make(map[string]int), perAgent: webhookPerAgent,
 		client: &http.Client{Timeout: 5 * time.Second, CheckRedirect: refuseWebhookRedirect,
 			Transport: &http.Transport{MaxConnsPerHost: webhookWorkers, Proxy: http.ProxyFromEnvironment}}}
@@ -153,7 +169,7 @@ func (w *webhook) deliver(n webhookNote) {
 		if err = w.ctx.Err(); err != nil {
 			break
 		}
-		if err = post(w.ctx, w.client, w.url, n.payload); err == nil || errors.Is(err, errWebhookRedirect) {
+		if err = w.post(n); err == nil || errors.Is(err, errWebhookRedirect) {
 			break
 		}
 	}
@@ -191,14 +207,18 @@ var errWebhookRedirect = errors.New("webhook redirected; not followed")
 
 func refuseWebhookRedirect(*http.Request, []*http.Request) error { return errWebhookRedirect }
 
-// post sends payload to hook. Its errors do not quote hook.
-func post(ctx context.Context, client *http.Client, hook string, payload []byte) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, hook, bytes.NewReader(payload))
+// post sends n to the webhook, signed if w has a key. Its errors do not
+// quote the webhook's URL.
+func (w *webhook) post(n webhookNote) error {
+	req, err := http.NewRequestWithContext(w.ctx, http.MethodPost, w.url, bytes.NewReader(n.payload))
 	if err != nil {
 		return errors.New("invalid webhook URL")
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := client.Do(req)
+	if w.key != nil {
+		sign(req.Header, w.key, n.id, time.Now(), n.payload)
+	}
+	resp, err := w.client.Do(req)
 	if err != nil {
 		// A *url.Error quotes the whole URL; its cause does not.
 		if ue, ok := errors.AsType[*url.Error](err); ok {
@@ -211,4 +231,21 @@ func post(ctx context.Context, client *http.Client, hook string, payload []byte)
 		return fmt.Errorf("webhook answered %s", resp.Status)
 	}
 	return nil
+}
+
+// sign sets the headers of the Standard Webhooks specification
+// (standardwebhooks.com) on a delivery of payload at now: webhook-id, the
+// approval's id, the same on every attempt, so that a receiver can drop
+// a repeat; webhook-timestamp, now in Unix seconds, with which it can
+// refuse a replay; and webhook-signature, "v1," and the base64 of the
+// HMAC-SHA256 under key of the id, the timestamp and payload, joined by
+// dots. The libraries of that project verify it in most languages.
+func sign(h http.Header, key []byte, id string, now time.Time, payload []byte) {
+	ts := strconv.FormatInt(now.Unix(), 10)
+	mac := hmac.New(sha256.New, key)
+	mac.Write([]byte(id + "." + ts + "."))
+	mac.Write(payload)
+	h.Set("webhook-id", id)
+	h.Set("webhook-timestamp", ts)
+	h.Set("webhook-signature", "v1,"+base64.StdEncoding.EncodeToString(mac.Sum(nil)))
 }

@@ -1,7 +1,10 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
 	"github.com/amgateway/amg/internal/approval"
 	"github.com/amgateway/amg/internal/config"
@@ -54,7 +59,7 @@ func TestApprovalWebhookFailureLog(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			w, err := g.notifier(hook, nil)
+			w, err := g.notifier(hook, config.Template{}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -80,7 +85,7 @@ func TestApprovalWebhookUnresolved(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := &Gateway{log: slog.New(slog.DiscardHandler)}
-	w, err := g.notifier(hook, secrets.NewDefault(nil))
+	w, err := g.notifier(hook, config.Template{}, secrets.NewDefault(nil))
 	if w != nil || err == nil || !strings.Contains(err.Error(), "approvals.webhook: env:AMG_TEST_NO_SUCH_WEBHOOK") ||
 		strings.Contains(err.Error(), "PLANTED") {
 		t.Errorf("notifier = %v, %v; want an error naming the reference and not the URL", w != nil, err)
@@ -94,7 +99,7 @@ func testNotifier(t *testing.T, g *Gateway, url string) *webhook {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := g.notifier(tmpl, nil)
+	w, err := g.notifier(tmpl, config.Template{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,6 +140,96 @@ func TestApprovalWebhookPayload(t *testing.T) {
 	}
 	if a.BodySHA256 == "" {
 		t.Error("telling the webhook cleared the approval's own body_sha256")
+	}
+}
+
+// With approvals.webhook_secret, each delivery carries the headers of the
+// Standard Webhooks specification, which that project's own library
+// verifies, a retry under the same webhook-id; without it, none.
+func TestApprovalWebhookSigned(t *testing.T) {
+	type delivery struct {
+		body   []byte
+		header http.Header
+	}
+	got := make(chan delivery, 2)
+	var attempts atomic.Int32
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- delivery{b, r.Header.Clone()}
+		if attempts.Add(1) == 1 {
+			http.Error(w, "try again", http.StatusServiceUnavailable)
+		}
+	}))
+	t.Cleanup(hook.Close)
+	key := make([]byte, 32)
+	rand.Read(key)
+	secret := "whsec_" + base64.StdEncoding.EncodeToString(key)
+	t.Setenv("AMG_TEST_WEBHOOK_SECRET", secret)
+	tmpl, err := config.ParseTemplate(hook.URL + "/amg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := config.ParseTemplate("${env:AMG_TEST_WEBHOOK_SECRET}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := (&Gateway{log: slog.New(slog.DiscardHandler)}).notifier(tmpl, ref, secrets.NewDefault(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(context.Background())
+	receiver, err := standardwebhooks.NewWebhook(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger, err := standardwebhooks.NewWebhook("whsec_" + base64.StdEncoding.EncodeToString(make([]byte, 32)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.notify(&approval.Approval{ID: "apr_1", Agent: "bot"})
+	for attempt := range 2 {
+		d := <-got
+		if err := receiver.Verify(d.body, d.header); err != nil {
+			t.Errorf("attempt %d: the receiver's library refuses the delivery: %v (headers %v)", attempt+1, err, d.header)
+		}
+		if err := stranger.Verify(d.body, d.header); err == nil {
+			t.Errorf("attempt %d: the delivery verifies under another secret", attempt+1)
+		}
+		if id := d.header.Get("webhook-id"); id != "apr_1" {
+			t.Errorf("attempt %d: webhook-id %q, want the approval's id", attempt+1, id)
+		}
+		tampered := bytes.Replace(d.body, []byte("bot"), []byte("bob"), 1)
+		if err := receiver.Verify(tampered, d.header); err == nil {
+			t.Errorf("attempt %d: an altered body verifies", attempt+1)
+		}
+	}
+
+	unsigned := testNotifier(t, &Gateway{log: slog.New(slog.DiscardHandler)}, hook.URL+"/amg")
+	defer unsigned.Close(context.Background())
+	unsigned.notify(&approval.Approval{ID: "apr_2", Agent: "bot"})
+	if d := <-got; d.header.Get("webhook-signature") != "" || d.header.Get("webhook-id") != "" {
+		t.Errorf("a webhook without a secret got signature headers: %v", d.header)
+	}
+}
+
+// A signing secret that is not one stops the start, with an error that
+// does not quote it.
+func TestApprovalWebhookBadSecret(t *testing.T) {
+	const planted = "whsec_PLANTEDnotbase64!"
+	t.Setenv("AMG_TEST_WEBHOOK_SECRET", planted)
+	tmpl, err := config.ParseTemplate("https://hooks.example/amg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range []string{"${env:AMG_TEST_WEBHOOK_SECRET}", "${env:AMG_TEST_NO_SUCH_SECRET}"} {
+		secret, err := config.ParseTemplate(ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := (&Gateway{log: slog.New(slog.DiscardHandler)}).notifier(tmpl, secret, secrets.NewDefault(nil))
+		if w != nil || err == nil || !strings.HasPrefix(err.Error(), "approvals.webhook_secret: ") || strings.Contains(err.Error(), "PLANTED") {
+			t.Errorf("%s: notifier = %v, %v; want an error naming approvals.webhook_secret, not quoting it", ref, w != nil, err)
+		}
 	}
 }
 
