@@ -157,7 +157,12 @@ func newUpstream() *upstreamServer {
 		u.mu.Lock()
 		u.deleted = append(u.deleted, string(req.Params.Arguments))
 		u.mu.Unlock()
-		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "deleted"}}}, nil
+		res := &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "deleted"}}}
+		if strings.Contains(string(req.Params.Arguments), "linked") {
+			// The page deleted had a link to another.
+			res.Content = append(res.Content, &mcp.ResourceLink{URI: "notion://ws_abc123/p1", Name: "p1"})
+		}
+		return res, nil
 	})
 	u.srv.AddTool(&mcp.Tool{Name: "ask", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 		res, err := req.Session.CreateMessage(ctx, &mcp.CreateMessageParams{MaxTokens: 10,

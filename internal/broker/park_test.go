@@ -89,6 +89,33 @@ func approvalPaths(t *testing.T, test func(t *testing.T, g *gateway, store appro
 	}
 }
 
+// An approved call's answer reaches the agent as any call's does: the
+// resources it links to named so that the agent can read them through
+// the gateway.
+func TestApprovedCallsLinksAreTheAgents(t *testing.T) {
+	approvalPaths(t, func(t *testing.T, g *gateway, store approval.Store, _, _ string) {
+		go func() {
+			a := parkedOne(t, store)
+			if _, err := store.Finish(context.Background(), a.ID, approval.Approved, "alice", "", time.Now()); err != nil {
+				t.Error(err)
+			}
+		}()
+		got := newRawAgent(t, g).post(`{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"linked"}}}`)
+		g.checkPath(t, "notion__delete_page")
+		var last struct {
+			Result struct {
+				Content []struct{ Type, URI string }
+			}
+		}
+		if len(got) > 0 {
+			json.Unmarshal([]byte(got[len(got)-1]), &last)
+		}
+		if c := last.Result.Content; len(c) != 2 || c[1].Type != "resource_link" || c[1].URI != "amg:notion:notion://ws_abc123/p1" {
+			t.Errorf("answer %q; want the link as the agent reads it, amg:notion:notion://ws_abc123/p1", got)
+		}
+	})
+}
+
 // testApprovedCallRunsOnce has agent send body, a delete_page call with id
 // 4 that needs approval, approves it, and checks that it ran once, the
 // upstream getting the arguments want, and that every step is audited
