@@ -8,6 +8,8 @@
 // over Streamable HTTP, one session per concurrent worker.
 //
 // Figures are medians over -runs rounds; ratios are taken within a round.
+// Each round measures the paths in turn, starting one path further on
+// than the round before.
 //
 //	go run ./bench/e2e -c 1,32 -d 4s -runs 5
 package main
@@ -91,14 +93,16 @@ func run(levels []int, d time.Duration, only string, runs int, verbose bool) err
 		{"AMG", amgURL, token, "bench__get_pages"},
 	}
 	// Rounds interleave the paths, so that the machine's drift touches
-	// each of them alike.
+	// each of them alike, and each round starts one path further on, so
+	// that none is always measured just after another.
 	got := map[int]map[string][]result{}
 	for round := range runs {
 		for _, c := range levels {
 			if got[c] == nil {
 				got[c] = map[string][]result{}
 			}
-			for _, tg := range targets {
+			for i := range targets {
+				tg := targets[(round+i)%len(targets)]
 				if only != "" && tg.name != only && tg.name != "direct" {
 					continue
 				}
