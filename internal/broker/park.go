@@ -498,6 +498,7 @@ func approvalError(id json.RawMessage, code int, reason, decisionID, approvalID,
 	return out
 }
 
+// approvalErrorObject is the error approvalError answers with.
 type approvalErrorObject struct {
 	Code    int    `json:"code"`
 	Message string `json:"message"`
