@@ -12,11 +12,13 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+	sdkjson "github.com/segmentio/encoding/json"
 )
 
 // FuzzParse checks that Parse never panics and that whatever it accepts is
 // read the same way by the decoders an upstream uses: encoding/json into the
-// go-sdk's parameter structs, and the go-sdk's own JSON-RPC decoder.
+// go-sdk's parameter structs, and the go-sdk's own decoding of the JSON-RPC
+// message and of its params.
 func FuzzParse(f *testing.F) {
 	for _, tt := range rejectTests {
 		if len(tt.body) < 4096 {
@@ -27,6 +29,18 @@ func FuzzParse(f *testing.F) {
 		f.Add([]byte(tt.body), tt.opts != nil && tt.opts.AllowBatch)
 	}
 	f.Add(toolsCall2KB, false)
+	// Escaped keys, escapes in values and numbers no float64 holds: where
+	// two decoders are most likely to read one body two ways.
+	for _, s := range []string{
+		`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"\u006e\u0061me":"a__b","arguments":{"x\u0000y":1,"path":"\ud83d\ude00/\u2028"}}}`,
+		`{"jsonrpc":"2.0","id":"\u0031","method":"tools/call","params":{"name":"a__b","arguments":{"n":-0,"m":1e400,"k":123456789012345678901234567890,"f":1.5E-7}}}`,
+		`{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a\/b","_meta":{"io.modelcontextprotocol/protocolVersion":"2025-06-18"}}}`,
+		`{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p","arguments":{"a":"\u0000","b":""}}}`,
+		`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{"a":{"b":[{"c":"d"}]}},"name":"a__b"}}`,
+		`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a__b","arguments":{"s":"\\u0041\"\\"}}}`,
+	} {
+		f.Add([]byte(s), false)
+	}
 	f.Fuzz(func(t *testing.T, body []byte, allowBatch bool) {
 		b, err := Parse(body, &Options{AllowBatch: allowBatch})
 		if err != nil {
@@ -57,6 +71,7 @@ func FuzzParse(f *testing.F) {
 			}
 			checkMeta(t, m)
 			checkIsError(t, m)
+			checkSDKParams(t, m)
 		}
 	})
 }
@@ -150,6 +165,130 @@ func checkSDKDecode(t *testing.T, body []byte, m *Message) {
 	case *jsonrpc.Response:
 		if m.Kind != KindResponse {
 			t.Fatalf("SDK read a response, Parse a %v", m.Kind)
+		}
+	}
+	checkSDKID(t, msg, m)
+}
+
+// checkSDKID compares the id the SDK read with Parse's: a string, or an
+// integer, which the SDK reads as a float64 and Parse holds to 2^53-1.
+func checkSDKID(t *testing.T, msg jsonrpc.Message, m *Message) {
+	t.Helper()
+	var id jsonrpc.ID
+	switch msg := msg.(type) {
+	case *jsonrpc.Request:
+		id = msg.ID
+	case *jsonrpc.Response:
+		id = msg.ID
+	}
+	var want any
+	if m.ID != nil {
+		dec := json.NewDecoder(bytes.NewReader(m.ID))
+		dec.UseNumber()
+		if err := dec.Decode(&want); err != nil {
+			t.Fatalf("encoding/json cannot decode id %s: %v", m.ID, err)
+		}
+		if n, ok := want.(json.Number); ok {
+			i, err := n.Int64()
+			if err != nil {
+				t.Fatalf("accepted id %s: %v", n, err)
+			}
+			want = i
+		}
+	}
+	if got := id.Raw(); got != want {
+		t.Fatalf("SDK read id %#v, Parse %s", got, m.ID)
+	}
+}
+
+// sdkUnmarshal decodes data as the go-sdk decodes params: with
+// segmentio/encoding/json, its struct fields matched case-sensitively.
+func sdkUnmarshal(data []byte, v any, useNumber bool) error {
+	dec := sdkjson.NewDecoder(bytes.NewReader(data))
+	dec.DontMatchCaseInsensitiveStructFields()
+	if useNumber {
+		dec.UseNumber()
+	}
+	return dec.Decode(v)
+}
+
+// checkSDKParams reads params as a go-sdk server does and compares what
+// the policy judges: tool or prompt name, arguments, resource URI and
+// protocol version. Params the SDK refuses are no difference: the call
+// fails there; what it must never do is read one the gateway accepted
+// another way.
+func checkSDKParams(t *testing.T, m *Message) {
+	t.Helper()
+	if m.Params == nil {
+		return
+	}
+	var meta struct {
+		Meta map[string]any `json:"_meta"`
+	}
+	if sdkUnmarshal(m.Params, &meta, true) == nil {
+		if v, _ := meta.Meta[MetaProtocolVersionKey].(string); v != m.MetaProtocolVersion {
+			t.Fatalf("SDK read protocol version %q, Parse %q", v, m.MetaProtocolVersion)
+		}
+	}
+	switch m.Method {
+	case "tools/call":
+		var p mcp.CallToolParamsRaw
+		if sdkUnmarshal(m.Params, &p, false) != nil {
+			// As in checkToolsCall: a member the gateway does not
+			// read may have the wrong type.
+			var mirror struct {
+				Name      string          `json:"name"`
+				Arguments json.RawMessage `json:"arguments,omitempty"`
+			}
+			if sdkUnmarshal(m.Params, &mirror, false) != nil {
+				return
+			}
+			p.Name, p.Arguments = mirror.Name, mirror.Arguments
+		}
+		if p.Name != m.Name {
+			t.Fatalf("SDK read name %q, Parse %q", p.Name, m.Name)
+		}
+		if !bytes.Equal(p.Arguments, m.Arguments) {
+			t.Fatalf("SDK read arguments %q, Parse %q", p.Arguments, m.Arguments)
+		}
+		if m.Arguments == nil {
+			return
+		}
+		var got map[string]any
+		if sdkUnmarshal(m.Arguments, &got, true) != nil {
+			return
+		}
+		if want := m.Args.Any(); !reflect.DeepEqual(want, got) {
+			t.Fatalf("SDK read other arguments (-Parse +SDK):\n%s", cmp.Diff(want, got))
+		}
+	case "prompts/get":
+		var p struct {
+			Name      string            `json:"name"`
+			Arguments map[string]string `json:"arguments,omitempty"`
+		}
+		if sdkUnmarshal(m.Params, &p, false) != nil {
+			return
+		}
+		if p.Name != m.Name {
+			t.Fatalf("SDK read name %q, Parse %q", p.Name, m.Name)
+		}
+		if len(p.Arguments) != m.Args.Len() {
+			t.Fatalf("SDK read %d prompt arguments, Parse %d", len(p.Arguments), m.Args.Len())
+		}
+		for a := m.Args.First(); a.Exists(); a = a.Next() {
+			if s, _ := a.Str(); p.Arguments[a.Key()] != s {
+				t.Fatalf("SDK read prompt argument %q = %q, Parse %q", a.Key(), p.Arguments[a.Key()], s)
+			}
+		}
+	case "resources/read", "resources/subscribe", "resources/unsubscribe":
+		var p struct {
+			URI string `json:"uri"`
+		}
+		if sdkUnmarshal(m.Params, &p, false) != nil {
+			return
+		}
+		if p.URI != m.URI {
+			t.Fatalf("SDK read uri %q, Parse %q", p.URI, m.URI)
 		}
 	}
 }
