@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/amgateway/amg/internal/audit"
@@ -290,33 +292,37 @@ func TestDirectPathUpstreamDown(t *testing.T) {
 	}
 }
 
+// agentAnswerTests are upstreams' answers to a call under the broker's id
+// "amg-9" and what agentAnswer makes of them for the agent's id 7.
+var agentAnswerTests = []struct {
+	upstream, want string
+	unprefixed     bool
+}{
+	{upstream: `{"jsonrpc":"2.0","id":"amg-9","result":{"content":[] , "x":1}}`, want: `{"jsonrpc":"2.0","id":7,"result":{"content":[] , "x":1}}`},
+	// Only the uri of resource_link and embedded resource blocks
+	// changes: not other blocks', nor the structured content's, nor a
+	// byte around them.
+	{upstream: `{"jsonrpc":"2.0","id":"amg-9","result":{ "structuredContent":{"type":"resource_link","uri":"notion://a"},` +
+		`"content" : [ {"uri":"notion:\/\/ws\u0041/p1" ,"type":"resource_link","name":"p1"},{"type":"text","text":"\"resource","uri":"notion://t"},` +
+		`{"resource":{"text":"x", "uri":"notion://ws/p2"},"type":"resource"}, {"type":"resource","resource":"notion://ws/p3"} ]}}`,
+		want: `{"jsonrpc":"2.0","id":7,"result":{ "structuredContent":{"type":"resource_link","uri":"notion://a"},` +
+			`"content" : [ {"uri":"amg:notion:notion://wsA/p1" ,"type":"resource_link","name":"p1"},{"type":"text","text":"\"resource","uri":"notion://t"},` +
+			`{"resource":{"text":"x", "uri":"amg:notion:notion://ws/p2"},"type":"resource"}, {"type":"resource","resource":"notion://ws/p3"} ]}}`},
+	{upstream: `{"jsonrpc":"2.0","id":"amg-9","result":{"content":[{"type":"resource_link","uri":"notion://ws/p1","name":"p1"}]}}`,
+		want:       `{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"resource_link","uri":"notion://ws/p1","name":"p1"}]}}`,
+		unprefixed: true},
+	{upstream: `{"jsonrpc":"2.0","id":"amg-9","error":{"code":-32602,"message":"bad page","data":{"page":"p1"}}}`,
+		want: `{"jsonrpc":"2.0","id":7,"error":{"code":-32602,"message":"upstream \"notion\": bad page","data":{"page":"p1"}}}`},
+	{upstream: `{"jsonrpc":"2.0","id":"amg-9","error":{"code":"high","message":7}}`,
+		want: `{"jsonrpc":"2.0","id":7,"error":{"code":-32010,"message":"upstream \"notion\": its error is not a JSON-RPC error object"}}`},
+}
+
 // The agent gets an upstream's answer byte for byte under its own id, but
 // for the URIs of the resources a result links to or embeds, which are
 // given the names agents read them by (none with unprefixed names); an
 // error names the upstream.
 func TestAgentAnswer(t *testing.T) {
-	for _, tt := range []struct {
-		upstream, want string
-		unprefixed     bool
-	}{
-		{upstream: `{"jsonrpc":"2.0","id":"amg-9","result":{"content":[] , "x":1}}`, want: `{"jsonrpc":"2.0","id":7,"result":{"content":[] , "x":1}}`},
-		// Only the uri of resource_link and embedded resource blocks
-		// changes: not other blocks', nor the structured content's, nor a
-		// byte around them.
-		{upstream: `{"jsonrpc":"2.0","id":"amg-9","result":{ "structuredContent":{"type":"resource_link","uri":"notion://a"},` +
-			`"content" : [ {"uri":"notion:\/\/ws\u0041/p1" ,"type":"resource_link","name":"p1"},{"type":"text","text":"\"resource","uri":"notion://t"},` +
-			`{"resource":{"text":"x", "uri":"notion://ws/p2"},"type":"resource"}, {"type":"resource","resource":"notion://ws/p3"} ]}}`,
-			want: `{"jsonrpc":"2.0","id":7,"result":{ "structuredContent":{"type":"resource_link","uri":"notion://a"},` +
-				`"content" : [ {"uri":"amg:notion:notion://wsA/p1" ,"type":"resource_link","name":"p1"},{"type":"text","text":"\"resource","uri":"notion://t"},` +
-				`{"resource":{"text":"x", "uri":"amg:notion:notion://ws/p2"},"type":"resource"}, {"type":"resource","resource":"notion://ws/p3"} ]}}`},
-		{upstream: `{"jsonrpc":"2.0","id":"amg-9","result":{"content":[{"type":"resource_link","uri":"notion://ws/p1","name":"p1"}]}}`,
-			want:       `{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"resource_link","uri":"notion://ws/p1","name":"p1"}]}}`,
-			unprefixed: true},
-		{upstream: `{"jsonrpc":"2.0","id":"amg-9","error":{"code":-32602,"message":"bad page","data":{"page":"p1"}}}`,
-			want: `{"jsonrpc":"2.0","id":7,"error":{"code":-32602,"message":"upstream \"notion\": bad page","data":{"page":"p1"}}}`},
-		{upstream: `{"jsonrpc":"2.0","id":"amg-9","error":{"code":"high","message":7}}`,
-			want: `{"jsonrpc":"2.0","id":7,"error":{"code":-32010,"message":"upstream \"notion\": its error is not a JSON-RPC error object"}}`},
-	} {
+	for _, tt := range agentAnswerTests {
 		parsed, err := mcpfilter.Parse([]byte(tt.upstream), upstreamParse)
 		if err != nil {
 			t.Fatalf("%s: %v", tt.upstream, err)
@@ -329,6 +335,147 @@ func TestAgentAnswer(t *testing.T) {
 			t.Errorf("agentAnswer(%s)\n= %s\nwant %s", tt.upstream, got, tt.want)
 		}
 	}
+}
+
+// FuzzAgentAnswer checks that the answer the agent gets to any response an
+// upstream may send is a response under the agent's id and, for a result,
+// the upstream's result as JSON, but for the URIs of linked and embedded
+// resources, renamed as agents read them.
+func FuzzAgentAnswer(f *testing.F) {
+	for _, tt := range agentAnswerTests {
+		f.Add([]byte(tt.upstream), "7", tt.unprefixed)
+	}
+	f.Add([]byte(`{"id":"amg-9","result":{"content":[{"type":"resource","resource":{"uri":"x://y","blob":"AA=="}}],"isError":true},"jsonrpc":"2.0"}`), `"a\u0062"`, false)
+	f.Fuzz(func(t *testing.T, data []byte, agentID string, unprefixed bool) {
+		res, err := mcpfilter.Parse(data, upstreamParse)
+		if err != nil || len(res.Messages) != 1 || res.Messages[0].Kind != mcpfilter.KindResponse || string(res.Messages[0].ID) != `"amg-9"` {
+			return // the direct path does not answer with it
+		}
+		req, err := mcpfilter.Parse([]byte(`{"jsonrpc":"2.0","id":`+agentID+`,"method":"ping"}`), nil)
+		if err != nil || string(req.Messages[0].ID) != agentID {
+			return // not an id an agent's request may carry
+		}
+		var ns mcpfilter.Namespace
+		if unprefixed {
+			ns.Only = "notion"
+		}
+		r := &res.Messages[0]
+		out := agentAnswer(data, r, []byte(agentID), "notion", ns)
+		back, err := mcpfilter.Parse(out, upstreamParse)
+		if err != nil {
+			t.Fatalf("the answer %q does not parse: %v", out, err)
+		}
+		if a := &back.Messages[0]; a.Kind != mcpfilter.KindResponse || string(a.ID) != agentID || (a.Error == nil) != (r.Error == nil) {
+			t.Fatalf("the answer %q is not a response of the same kind under the id %s", out, agentID)
+		}
+		if r.Error != nil {
+			return
+		}
+		want := decodeNumbers(t, r.Result).(map[string]any)
+		content, _ := want["content"].([]any)
+		for _, c := range content {
+			c, _ := c.(map[string]any)
+			switch c["type"] {
+			case "resource_link":
+				if u, ok := c["uri"].(string); ok && u != "" {
+					c["uri"] = ns.JoinURI("notion", u)
+				}
+			case "resource":
+				if e, ok := c["resource"].(map[string]any); ok {
+					if u, ok := e["uri"].(string); ok && u != "" {
+						e["uri"] = ns.JoinURI("notion", u)
+					}
+				}
+			}
+		}
+		if got := decodeNumbers(t, back.Messages[0].Result); !reflect.DeepEqual(got, any(want)) {
+			t.Fatalf("the agent's result differs from the upstream's (-want +got):\n%s", cmp.Diff(any(want), got))
+		}
+	})
+}
+
+// FuzzDirectCallSplice checks that the direct path forwards the call the
+// policy judged: for any tools/call authz accepts, the broker's parse,
+// which skips the arguments, finds the same id, name and _meta, and the
+// body it sends upstream reads as the same call to the upstream's tool,
+// with the same arguments and the _meta the upstream is owed (without the
+// per-request keys, from 2026-07-28 on). An upstream's go-sdk reads that
+// body as Parse does: FuzzParse in mcpfilter holds them to it.
+func FuzzDirectCallSplice(f *testing.F) {
+	for _, s := range []string{
+		`{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`,
+		`{"params":{ "arguments" : {"limit":5 ,"workspace_id":"ws_abc123"},"_meta":{"progressToken":9,"x":[1,2]},"name":"notion__get_pages"},"id":"call-2","method":"tools/call","jsonrpc":"2.0"}`,
+		`{"params":{"arguments":{"a":[1,{"b":null}]},"_meta":{"progressToken":"t","io.modelcontextprotocol/protocolVersion":"2026-07-28","x":"<&>"},"name":"n\u006ftion__get"},"method":"tools/call","id":"\u0041","jsonrpc":"2.0"}`,
+		`{"jsonrpc":"2.0","method":"tools/call","id":1,"params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2025-06-18"},"name":"a__b"}}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		// As authz reads the body it decides on.
+		judged, err := mcpfilter.Parse(body, &mcpfilter.Options{ImmutableBody: true})
+		if err != nil {
+			return
+		}
+		j := &judged.Messages[0]
+		if j.Kind != mcpfilter.KindRequest || j.Method != "tools/call" {
+			return
+		}
+		parsed, err := mcpfilter.Parse(body, &mcpfilter.Options{SkipArgs: true})
+		if err != nil {
+			t.Fatalf("the broker refuses a call authz accepted: %v", err)
+		}
+		m := &parsed.Messages[0]
+		if m.IDSpan != j.IDSpan || m.NameSpan != j.NameSpan || m.MetaSpan != j.MetaSpan || m.Name != j.Name || m.MetaProtocolVersion != j.MetaProtocolVersion {
+			t.Fatalf("the broker reads id %v, name %q at %v, _meta %v; authz id %v, name %q at %v, _meta %v",
+				m.IDSpan, m.Name, m.NameSpan, m.MetaSpan, j.IDSpan, j.Name, j.NameSpan, j.MetaSpan)
+		}
+		_, tool, err := mcpfilter.Namespace{}.Split(m.Name)
+		if err != nil {
+			return
+		}
+		// As directCall builds the upstream's body.
+		upID := `"amg-1"`
+		name, _ := json.Marshal(tool)
+		out := splice(body, edit{m.IDSpan, []byte(upID)}, edit{m.NameSpan, name}, upstreamMetaEdit(body, m))
+		sent, err := mcpfilter.Parse(out, nil)
+		if err != nil {
+			t.Fatalf("the upstream's body %q does not parse: %v", out, err)
+		}
+		u := &sent.Messages[0]
+		if string(u.ID) != upID || u.Method != "tools/call" || u.Name != tool {
+			t.Fatalf("the upstream's body %q is not a call to %q under id %s", out, tool, upID)
+		}
+		if !reflect.DeepEqual(u.Args.Any(), j.Args.Any()) {
+			t.Fatalf("the upstream gets other arguments (-judged +sent):\n%s", cmp.Diff(j.Args.Any(), u.Args.Any()))
+		}
+		if j.MetaSpan.Len() == 0 {
+			if u.MetaSpan.Len() != 0 {
+				t.Fatalf("the upstream gets a _meta the agent did not send: %q", out)
+			}
+			return
+		}
+		want := decodeNumbers(t, body[j.MetaSpan.Start:j.MetaSpan.End]).(map[string]any)
+		if j.MetaProtocolVersion >= perRequestFrom {
+			for _, k := range requestMetaKeys {
+				delete(want, k)
+			}
+		}
+		if got := decodeNumbers(t, out[u.MetaSpan.Start:u.MetaSpan.End]); !reflect.DeepEqual(got, any(want)) {
+			t.Fatalf("the upstream gets another _meta (-want +got):\n%s", cmp.Diff(any(want), got))
+		}
+	})
+}
+
+// decodeNumbers decodes JSON the parser accepted, numbers as written.
+func decodeNumbers(t *testing.T, data []byte) any {
+	t.Helper()
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		t.Fatalf("decode %q: %v", data, err)
+	}
+	return v
 }
 
 // BenchmarkAgentAnswer measures the direct path's rewriting of an answer,
