@@ -6,9 +6,12 @@ import (
 	"math/rand/v2"
 	"os"
 	"path"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -832,4 +835,69 @@ func TestURIGlobIsPathMatchWithinSegments(t *testing.T) {
 			t.Fatalf("uriGlob(%q, %q) = %v, path.Match %v", pattern, uri, got, want)
 		}
 	}
+}
+
+// FuzzURIGlob holds uriGlob to a regular expression that reads a resource
+// pattern as its doc says: '*' any run of characters but '/', '?' and '#',
+// every other character itself. Patterns come from YAML and URIs from
+// JSON, so both are valid UTF-8.
+func FuzzURIGlob(f *testing.F) {
+	for _, s := range [][2]string{
+		{"file:///docs/*.md", "file:///docs/a.md"}, {"file:///docs/*.md", "file:///docs/key#.md"},
+		{"notion://ws_abc123/pages/*", "notion://ws_abc123/pages/p1?x=/"}, {"*a*b", "xaab"},
+		{"db://*/t*", "db://h/tab"}, {"*", ""}, {"a*b*c", "aXbYbZc"}, {"s://*x*y", "s://xxy"},
+		{"**", "a/b"}, {"x*", "x?y"}, {"a?[b]*", "a?[b]é"}, {`a\*`, `a\x`},
+	} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, pattern, uri string) {
+		if !utf8.ValidString(pattern) || !utf8.ValidString(uri) {
+			return
+		}
+		parts := strings.Split(pattern, "*")
+		for i, p := range parts {
+			parts[i] = regexp.QuoteMeta(p)
+		}
+		want := regexp.MustCompile(`^(?s:` + strings.Join(parts, `[^/?#]*`) + `)$`).MatchString(uri)
+		if got := uriGlob(pattern, uri); got != want {
+			t.Fatalf("uriGlob(%q, %q) = %v, want %v", pattern, uri, got, want)
+		}
+	})
+}
+
+// FuzzCompile checks that Compile never panics on a role file, and that it
+// returns either a set or the problems it found, each naming the file.
+func FuzzCompile(f *testing.F) {
+	examples, err := filepath.Glob("../../policies/*.yaml")
+	if err != nil || len(examples) == 0 {
+		f.Fatalf("no example policies: %v", err)
+	}
+	for _, name := range examples {
+		data, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	f.Add([]byte("role: r\nservers:\n  s:\n    tools:\n      - name: t\n        constraints:\n          q: { pattern: '(a+)+$' }\n        cel: \"size(args.q) > 2\"\n"))
+	f.Add([]byte("role: r\nservers:\n  s:\n    tools: [t, {name: u, constraints: {a.b: {each: {in: [1, '2']}}}}]\n    resources: ['x://*']\n"))
+	f.Add([]byte("a: &a [*a]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		set, err := Compile([]File{{Name: "role.yaml", Data: data}}, nil)
+		if err == nil {
+			if set == nil {
+				t.Fatal("Compile returned neither a set nor an error")
+			}
+			return
+		}
+		var ps Problems
+		if !errors.As(err, &ps) || len(ps) == 0 {
+			t.Fatalf("error %v is not a list of problems", err)
+		}
+		for _, p := range ps {
+			if p.Pos.File != "role.yaml" || p.Msg == "" {
+				t.Fatalf("problem %q does not say what is wrong where", p.String())
+			}
+		}
+	})
 }
