@@ -913,6 +913,36 @@ amg.yaml:19:17: max_body_bytes: must be at least 1, got -1`
 	}
 }
 
+// FuzzParse checks that Parse never panics on a config file, and that it
+// returns either a config or the problems it found, each naming the file.
+func FuzzParse(f *testing.F) {
+	full, err := os.ReadFile(filepath.Join("testdata", "full.yaml"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(full)
+	f.Add([]byte("upstreams:\n  a:\n    url: http://x\n    headers:\n      X: \"${vault:kv/a#b}$${x}\"\n"))
+	f.Add([]byte("listen: 127.0.0.1:8080\nadmin_listen: 127.0.0.1:8080\nupstreams:\n  a: {command: [x], env: {K: '${env:K'}}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := Parse("amg.yaml", data, nil)
+		if err == nil {
+			if cfg == nil {
+				t.Fatal("Parse returned neither a config nor an error")
+			}
+			return
+		}
+		var ps Problems
+		if !errors.As(err, &ps) || len(ps) == 0 {
+			t.Fatalf("error %v is not a list of problems", err)
+		}
+		for _, p := range ps {
+			if p.Pos.File != "amg.yaml" || p.Msg == "" {
+				t.Fatalf("problem %q does not say what is wrong where", p.String())
+			}
+		}
+	})
+}
+
 func TestSecrets(t *testing.T) {
 	const src = `
 upstreams:

@@ -48,6 +48,43 @@ func TestParseTemplate(t *testing.T) {
 	}
 }
 
+// FuzzParseTemplate checks that ParseTemplate never panics, and that a
+// template it accepts is read faithfully: String gives it back as written,
+// and writing its parts out again (a literal "${" as "$${") reads as the
+// same parts.
+func FuzzParseTemplate(f *testing.F) {
+	for _, s := range []string{
+		"", "ws_abc123", "Bearer ${env:TOKEN}", "${env:A}${file:/run/b}", "$${env:A} $5 ${vault:kv/x#y}$",
+		"a } {", "${env:A", "${x:1} and ${}", "$$${env:A}", "$${", "${file:/a${b}", "${vault:kv/a#b}$${x}",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		tp, err := ParseTemplate(s)
+		if err != nil {
+			return
+		}
+		if tp.String() != s {
+			t.Fatalf("String() = %q, want %q", tp.String(), s)
+		}
+		var b strings.Builder
+		for _, p := range tp.parts {
+			if p.ref.Scheme == "" {
+				b.WriteString(strings.ReplaceAll(p.lit, "${", "$${"))
+			} else {
+				b.WriteString("${" + p.ref.String() + "}")
+			}
+		}
+		again, err := ParseTemplate(b.String())
+		if err != nil {
+			t.Fatalf("%q, written out again as %q: %v", s, b.String(), err)
+		}
+		if diff := cmp.Diff(tp.parts, again.parts, cmp.AllowUnexported(part{})); diff != "" {
+			t.Fatalf("%q, written out again as %q, reads otherwise (-first +again):\n%s", s, b.String(), diff)
+		}
+	})
+}
+
 func TestTemplateExpand(t *testing.T) {
 	tp, err := ParseTemplate("Bearer ${env:USER}:${env:PASS} (${env:USER}) $${literal}")
 	if err != nil {
