@@ -50,6 +50,12 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzSplitName$$' -fuzztime $(FUZZ_TIME) ./mcpfilter
 	$(GO) test -run '^$$' -fuzz '^FuzzParseArguments$$' -fuzztime $(FUZZ_TIME) ./mcpfilter
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCheckRequest$$' -fuzztime $(FUZZ_TIME) -fuzzminimizetime 5s ./authz
+	$(GO) test -run '^$$' -fuzz '^FuzzDirectCallSplice$$' -fuzztime $(FUZZ_TIME) ./internal/broker
+	$(GO) test -run '^$$' -fuzz '^FuzzAgentAnswer$$' -fuzztime $(FUZZ_TIME) ./internal/broker
+	$(GO) test -run '^$$' -fuzz '^FuzzURIGlob$$' -fuzztime $(FUZZ_TIME) ./internal/policy
+	$(GO) test -run '^$$' -fuzz '^FuzzCompile$$' -fuzztime $(FUZZ_TIME) ./internal/policy
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZ_TIME) ./internal/config
+	$(GO) test -run '^$$' -fuzz '^FuzzParseTemplate$$' -fuzztime $(FUZZ_TIME) ./internal/config
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) $(BENCH_PKGS) | tee bench.out
