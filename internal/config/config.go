@@ -315,11 +315,15 @@ type Redis struct {
 	TLS *TLS
 	// DecisionKey and AuditKey, when set, are secret references to the
 	// key that signs decisions and the key of the audit HMACs, each at
-	// least 32 bytes, which every replica then takes from the secret
-	// source. Unset, the first replica makes each and stores it in
-	// Redis, where whoever reads Redis can read it.
+	// least MinSharedKeyLen bytes, which every replica then takes from
+	// the secret source. Unset, the first replica makes each and stores
+	// it in Redis, where whoever reads Redis can read it.
 	DecisionKey, AuditKey Template
 }
+
+// MinSharedKeyLen is the shortest redis.decision_key or redis.audit_key
+// a replica takes: that of an HMAC-SHA256 key at full strength.
+const MinSharedKeyLen = 32
 
 // Upstream is one MCP server behind the gateway. Exactly one of URL,
 // Command and Builtin is set.
@@ -565,7 +569,13 @@ func (c *Config) checkSecrets(ctx context.Context, src secrets.Source, vault boo
 	}
 	seen := map[secrets.Ref]result{}
 	var ps Problems
-	check := func(t Template, path string, header bool) {
+	// Where a value goes decides what it must not hold.
+	const (
+		inHeader = iota
+		inEnv
+		inKey // any bytes
+	)
+	check := func(t Template, path string, in int) {
 		for _, ref := range t.Refs() {
 			if ref.Scheme == secrets.SchemeVault && !vault {
 				continue
@@ -586,9 +596,9 @@ func (c *Config) checkSecrets(ctx context.Context, src secrets.Source, vault boo
 			switch {
 			case r.err != nil:
 				msg = r.err.Error()
-			case header && r.ctl:
+			case in == inHeader && r.ctl:
 				msg = ref.String() + " holds a line break or other control character, which cannot go in a header value"
-			case !header && r.nul:
+			case in == inEnv && r.nul:
 				msg = ref.String() + " holds a NUL byte, which cannot go in an environment variable"
 			default:
 				continue
@@ -596,35 +606,54 @@ func (c *Config) checkSecrets(ctx context.Context, src secrets.Source, vault boo
 			ps = append(ps, Problem{Pos: t.pos, Path: path, Msg: msg})
 		}
 	}
-	check(c.Redis.Password, "redis.password", true)
-	check(c.ApprovalWebhook, "approvals.webhook", true)
+	// resolved is what t's references make of it, for the checks of the
+	// whole value; false when t has none, or one that is left out or
+	// cannot be resolved (check reports that).
 	isVault := func(r secrets.Ref) bool { return r.Scheme == secrets.SchemeVault }
-	if hook := c.ApprovalWebhook; len(hook.Refs()) > 0 && (vault || !slices.ContainsFunc(hook.Refs(), isVault)) {
-		// Its text was checked at load; what its references make of it,
-		// only now. Not the URL: it holds the secret.
-		if s, err := hook.Expand(ctx, src); err == nil {
-			if err := checkWebhook(s.Reveal()); err != nil {
-				ps = append(ps, Problem{Pos: hook.pos, Path: "approvals.webhook", Msg: err.Error() + " once its references are resolved"})
-			}
+	resolved := func(t Template) (string, bool) {
+		if len(t.Refs()) == 0 || (!vault && slices.ContainsFunc(t.Refs(), isVault)) {
+			return "", false
+		}
+		s, err := t.Expand(ctx, src)
+		if err != nil {
+			return "", false
+		}
+		return s.Reveal(), true
+	}
+	check(c.Redis.Password, "redis.password", inHeader)
+	for _, k := range []struct {
+		t    Template
+		path string
+	}{{c.Redis.DecisionKey, "redis.decision_key"}, {c.Redis.AuditKey, "redis.audit_key"}} {
+		check(k.t, k.path, inKey)
+		if v, ok := resolved(k.t); ok && len(v) < MinSharedKeyLen {
+			ps = append(ps, Problem{Pos: k.t.pos, Path: k.path,
+				Msg: fmt.Sprintf("the key is %d bytes once its references are resolved, want at least %d", len(v), MinSharedKeyLen)})
 		}
 	}
-	check(c.ApprovalWebhookSecret, "approvals.webhook_secret", true)
-	if t := c.ApprovalWebhookSecret; len(t.Refs()) > 0 && (vault || !slices.ContainsFunc(t.Refs(), isVault)) {
-		if s, err := t.Expand(ctx, src); err == nil {
-			if _, err := WebhookKey(s.Reveal()); err != nil {
-				ps = append(ps, Problem{Pos: t.pos, Path: "approvals.webhook_secret", Msg: err.Error()})
-			}
+	check(c.ApprovalWebhook, "approvals.webhook", inHeader)
+	// Its text was checked at load; what its references make of it, only
+	// now. Not the URL: it holds the secret.
+	if v, ok := resolved(c.ApprovalWebhook); ok {
+		if err := checkWebhook(v); err != nil {
+			ps = append(ps, Problem{Pos: c.ApprovalWebhook.pos, Path: "approvals.webhook", Msg: err.Error() + " once its references are resolved"})
 		}
 	}
-	check(c.Vault.Token, "vault.token", true)
-	check(c.Vault.AppRoleSecretID, "vault.approle.secret_id", true)
+	check(c.ApprovalWebhookSecret, "approvals.webhook_secret", inHeader)
+	if v, ok := resolved(c.ApprovalWebhookSecret); ok {
+		if _, err := WebhookKey(v); err != nil {
+			ps = append(ps, Problem{Pos: c.ApprovalWebhookSecret.pos, Path: "approvals.webhook_secret", Msg: err.Error()})
+		}
+	}
+	check(c.Vault.Token, "vault.token", inHeader)
+	check(c.Vault.AppRoleSecretID, "vault.approle.secret_id", inHeader)
 	for _, name := range slices.Sorted(maps.Keys(c.Upstreams)) {
 		u := c.Upstreams[name]
 		for _, h := range slices.Sorted(maps.Keys(u.Headers)) {
-			check(u.Headers[h], "upstreams."+name+".headers."+h, true)
+			check(u.Headers[h], "upstreams."+name+".headers."+h, inHeader)
 		}
 		for _, e := range slices.Sorted(maps.Keys(u.Env)) {
-			check(u.Env[e], "upstreams."+name+".env."+e, false)
+			check(u.Env[e], "upstreams."+name+".env."+e, inEnv)
 		}
 	}
 	// A cancelled check says nothing about the secrets.

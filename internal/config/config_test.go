@@ -1064,6 +1064,54 @@ amg.yaml:12:12: upstreams.files.env.KEY: env:FILES_KEY holds a NUL byte, which c
 			}
 		}
 	})
+	t.Run("credentials", func(t *testing.T) {
+		// Every credential's reference is resolved, each reported where
+		// it is written.
+		for _, tc := range []struct{ src, want string }{
+			{"redis:\n  address: r:6379\n  password: \"${env:MISSING}\"\n", "amg.yaml:3:13: redis.password: env:MISSING is not set"},
+			{"redis:\n  address: r:6379\n  decision_key: \"${env:MISSING}\"\n", "amg.yaml:3:17: redis.decision_key: env:MISSING is not set"},
+			{"redis:\n  address: r:6379\n  audit_key: \"${env:MISSING}\"\n", "amg.yaml:3:14: redis.audit_key: env:MISSING is not set"},
+			{"vault:\n  address: https://v.example:8200\n  token: \"${env:MISSING}\"\n", "amg.yaml:3:10: vault.token: env:MISSING is not set"},
+			{"vault:\n  address: https://v.example:8200\n  approle:\n    role_id: r\n    secret_id: \"${env:MISSING}\"\n",
+				"amg.yaml:5:16: vault.approle.secret_id: env:MISSING is not set"},
+		} {
+			cfg, err := parse(t, tc.src, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := problemsOf(t, cfg.CheckSecrets(context.Background(), newEnvSource(nil))); got != tc.want {
+				t.Errorf("problems %q, want %q", got, tc.want)
+			}
+		}
+	})
+	t.Run("shared keys", func(t *testing.T) {
+		// A shared key shorter than a replica takes is reported at load,
+		// before Redis is dialled; text around a reference is part of
+		// the key. A problem never shows the key.
+		key := strings.Repeat(planted, 2)[:MinSharedKeyLen]
+		for _, tc := range []struct{ decision, want string }{
+			{"${env:KEY}", ""},
+			{"x${env:SHORT}", ""},
+			{"${env:BINARY}", ""}, // any bytes: a key is no header value
+			{"${env:SHORT}", "amg.yaml:3:17: redis.decision_key: the key is 31 bytes once its references are resolved, want at least 32"},
+			{"${env:EMPTY}", "amg.yaml:3:17: redis.decision_key: env:EMPTY is empty"},
+		} {
+			s := newEnvSource(map[string]string{"KEY": key, "SHORT": key[1:], "BINARY": "\x00\n" + key[2:], "EMPTY": ""})
+			_, err := parse(t, "redis:\n  address: r:6379\n  decision_key: \""+tc.decision+"\"\n  audit_key: \"${env:KEY}\"\n", &Options{Secrets: s})
+			if tc.want == "" {
+				if err != nil {
+					t.Errorf("%s: %v", tc.decision, err)
+				}
+				continue
+			}
+			if got := problemsOf(t, err); got != tc.want {
+				t.Errorf("%s: problems %q, want %q", tc.decision, got, tc.want)
+			}
+			if err != nil && strings.Contains(err.Error(), key[1:]) {
+				t.Errorf("problems reveal the key:\n%v", err)
+			}
+		}
+	})
 	t.Run("cancelled", func(t *testing.T) {
 		cfg, err := parse(t, src, nil)
 		if err != nil {

@@ -47,10 +47,6 @@ func dialRedis(c config.Redis, src secrets.Source) (*redis.Client, error) {
 	return client, nil
 }
 
-// minKeyLen is the shortest key a replica takes from the secret source:
-// that of an HMAC-SHA256 key at full strength.
-const minKeyLen = 32
-
 // keyFromSecret returns the shared key named name from the secret ref
 // the config gives for it (redis.decision_key, redis.audit_key).
 func keyFromSecret(ref config.Template, src secrets.Source, name string) ([]byte, error) {
@@ -61,8 +57,8 @@ func keyFromSecret(ref config.Template, src secrets.Source, name string) ([]byte
 		return nil, fmt.Errorf("redis.%s_key: %w", name, err)
 	}
 	key := []byte(v.Reveal())
-	if len(key) < minKeyLen {
-		return nil, fmt.Errorf("redis.%s_key: the key is %d bytes, want at least %d", name, len(key), minKeyLen)
+	if len(key) < config.MinSharedKeyLen {
+		return nil, fmt.Errorf("redis.%s_key: the key is %d bytes, want at least %d", name, len(key), config.MinSharedKeyLen)
 	}
 	return key, nil
 }
