@@ -31,6 +31,7 @@ import (
 	"github.com/amgateway/amg/internal/approval"
 	"github.com/amgateway/amg/internal/broker"
 	"github.com/amgateway/amg/internal/config"
+	"github.com/amgateway/amg/internal/demo"
 	"github.com/amgateway/amg/internal/front"
 	"github.com/amgateway/amg/internal/redistest"
 )
@@ -488,6 +489,28 @@ func TestSharedKeysFromTheSecretSource(t *testing.T) {
 	short.Redis = cfg.Redis
 	if _, err := New(short, nil); err == nil || err.Error() != "redis.decision_key: the key is 5 bytes, want at least 32" {
 		t.Errorf("a short key: %v", err)
+	}
+}
+
+// A shared key Redis holds that is not 32 bytes stops the start: one
+// planted short would key the audit HMACs, and an empty one would panic
+// the redactor.
+func TestSharedKeyInRedisOfTheWrongLength(t *testing.T) {
+	srv := redistest.Start(t)
+	for _, v := range []string{"x", "", strings.Repeat("a", 33)} {
+		if err := srv.Client().Set(context.Background(), "amg:{keys}:audit", v, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		cfg := loopbackConfig(t, "../../policies")
+		cfg.Redis.Address = srv.Addr
+		want := fmt.Sprintf("audit key in redis (amg:{keys}:audit) is %d bytes, want 32", len(v))
+		gw, err := New(cfg, &Options{Builtins: Builtins{"demo": demo.NewServer(nil).MCP()}})
+		if err == nil {
+			gw.Close()
+		}
+		if err == nil || err.Error() != want {
+			t.Errorf("an audit key of %d bytes in Redis: %v, want %q", len(v), err, want)
+		}
 	}
 }
 
