@@ -225,7 +225,7 @@ func checkVaultOptions(opts *VaultOptions) (string, error) {
 		// It would be printed in every error naming the address.
 		return "", errors.New("vault address must not contain credentials")
 	}
-	if u.RawQuery != "" || u.Fragment != "" {
+	if u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
 		return "", fmt.Errorf("vault address %q must not have a query or fragment", opts.Address)
 	}
 	addr := strings.TrimSuffix(u.String(), "/")

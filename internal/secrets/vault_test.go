@@ -821,6 +821,7 @@ func TestVaultOptions(t *testing.T) {
 		{"no host", VaultOptions{Address: "https://", Token: New("t")}, `vault address "https://" is not an http or https URL`},
 		{"credentials", VaultOptions{Address: "https://user:pw@vault:8200", Token: New("t")}, "vault address must not contain credentials"},
 		{"query", VaultOptions{Address: "https://vault:8200/?x=1", Token: New("t")}, `vault address "https://vault:8200/?x=1" must not have a query or fragment`},
+		{"empty query", VaultOptions{Address: "https://vault:8200?", Token: New("t")}, `vault address "https://vault:8200?" must not have a query or fragment`},
 		{"no auth", VaultOptions{Address: "https://vault:8200"}, "vault options need a token or an AppRole"},
 		{"both", VaultOptions{Address: "https://vault:8200", Token: New("t"), AppRole: role("r", "s")}, "vault options set both a token and an AppRole; choose one"},
 		{"empty token", VaultOptions{Address: "https://vault:8200", Token: New("")}, "vault token is empty"},
