@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -192,6 +193,8 @@ func TestVaultNotFound(t *testing.T) {
 			wantErr: "vault:kv/data/amg/notion#token: Vault at " + srv.Addr + " denied reading kv/data/amg/notion (permission denied): the token has expired or been revoked, or its policy does not grant read on that path"},
 		{name: "dot dot", v: v, ref: "vault:kv/data/../../sys/x#f",
 			wantErr: "vault:kv/data/../../sys/x#f: path has a '.' or '..' segment"},
+		{name: "dot", v: v, ref: "vault:kv/data/./amg/notion#token",
+			wantErr: "vault:kv/data/./amg/notion#token: path has a '.' or '..' segment"},
 		{name: "leading slash", v: v, ref: "vault:/kv/data/x#f",
 			wantErr: "vault:/kv/data/x#f: path has an empty segment (a leading, trailing or doubled '/')"},
 	} {
@@ -473,6 +476,38 @@ func TestVaultLeak(t *testing.T) {
 
 // TestVaultTokenRenewal uses a token that lives 3 seconds unless renewed,
 // for longer than that.
+// Vault's error text is cut to 300 bytes, so that whatever fills it (a proxy in
+// between, a path echoed back) cannot flood an error or a log line.
+func TestVaultLongError(t *testing.T) {
+	t.Parallel()
+	srv := vaulttest.Start(t)
+	target, err := url.Parse(srv.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Runs of white space are one space in the error.
+	long := strings.Repeat("012345678\n\t", 40)
+	said := strings.Repeat("012345678 ", 40)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/kv/data/amg/long" {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			json.NewEncoder(w).Encode(map[string]any{"errors": []string{long}})
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	defer front.Close()
+
+	v := newTestVault(t, VaultOptions{Address: front.URL, Token: New(srv.RootToken)})
+	_, err = v.Resolve(context.Background(), mustRef(t, "vault:kv/data/amg/long#f"))
+	want := "vault:kv/data/amg/long#f: Vault at " + front.URL + " answered HTTP 400: " + said[:300] + "..."
+	if err == nil || err.Error() != want {
+		t.Errorf("Resolve error = %v, want %s", err, want)
+	}
+}
+
 func TestVaultTokenRenewal(t *testing.T) {
 	t.Parallel()
 	srv := vaulttest.Start(t)
