@@ -1079,10 +1079,11 @@ func (l *loader) origins(n *yaml.Node, path string) []string {
 	return list
 }
 
-// isHTTPURL reports whether s is an absolute http or https URL with a host.
+// isHTTPURL reports whether s is an absolute http or https URL with a
+// host. A port alone is no host: the HTTP client would dial this machine.
 func isHTTPURL(s string) bool {
 	u, err := url.Parse(s)
-	return err == nil && (u.Scheme == "https" || u.Scheme == "http") && u.Host != ""
+	return err == nil && (u.Scheme == "https" || u.Scheme == "http") && u.Hostname() != ""
 }
 
 // checkWebhook returns what is wrong with s as the approval webhook's URL.

@@ -218,7 +218,7 @@ func checkVaultOptions(opts *VaultOptions) (string, error) {
 		return "", errors.New("vault address is required")
 	}
 	u, err := url.Parse(opts.Address)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
 		return "", fmt.Errorf("vault address %q is not an http or https URL", opts.Address)
 	}
 	if u.User != nil {

@@ -854,6 +854,7 @@ func TestVaultOptions(t *testing.T) {
 		{"no address", VaultOptions{Token: New("t")}, "vault address is required"},
 		{"not a URL", VaultOptions{Address: "vault:8200", Token: New("t")}, `vault address "vault:8200" is not an http or https URL`},
 		{"no host", VaultOptions{Address: "https://", Token: New("t")}, `vault address "https://" is not an http or https URL`},
+		{"port, no host", VaultOptions{Address: "https://:8200", Token: New("t")}, `vault address "https://:8200" is not an http or https URL`},
 		{"credentials", VaultOptions{Address: "https://user:pw@vault:8200", Token: New("t")}, "vault address must not contain credentials"},
 		{"query", VaultOptions{Address: "https://vault:8200/?x=1", Token: New("t")}, `vault address "https://vault:8200/?x=1" must not have a query or fragment`},
 		{"empty query", VaultOptions{Address: "https://vault:8200?", Token: New("t")}, `vault address "https://vault:8200?" must not have a query or fragment`},
