@@ -606,10 +606,10 @@ func (c *Config) checkSecrets(ctx context.Context, src secrets.Source, vault boo
 			ps = append(ps, Problem{Pos: t.pos, Path: path, Msg: msg})
 		}
 	}
+	isVault := func(r secrets.Ref) bool { return r.Scheme == secrets.SchemeVault }
 	// resolved is what t's references make of it, for the checks of the
 	// whole value; false when t has none, or one that is left out or
 	// cannot be resolved (check reports that).
-	isVault := func(r secrets.Ref) bool { return r.Scheme == secrets.SchemeVault }
 	resolved := func(t Template) (string, bool) {
 		if len(t.Refs()) == 0 || (!vault && slices.ContainsFunc(t.Refs(), isVault)) {
 			return "", false
