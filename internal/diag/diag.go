@@ -259,6 +259,10 @@ func errorAt(data []byte, msg string) int {
 	if m := unknownAnchor.FindStringSubmatch(msg); m != nil {
 		return unknownAlias(data, m[1])
 	}
+	if strings.HasSuffix(msg, "unexpected end of stream") {
+		// A quoted string the file does not close.
+		return len(data)
+	}
 	return refusedChar(data)
 }
 

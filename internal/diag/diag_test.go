@@ -93,8 +93,9 @@ func TestLeadingZero(t *testing.T) {
 	}
 }
 
-// The parser names no line for a character YAML refuses or an alias to
-// an unknown anchor: the place is found in the file.
+// The parser names no line for a character YAML refuses, an alias to an
+// unknown anchor or a file that ends inside a quoted string: the place is
+// found in the file.
 func TestYAMLErrorsHaveLines(t *testing.T) {
 	tests := []struct {
 		name, src, want string
@@ -117,6 +118,8 @@ func TestYAMLErrorsHaveLines(t *testing.T) {
 			"f.yaml:5:14: invalid YAML: unknown anchor 'x' referenced"},
 		{"unknown anchor after a longer one", "role: &xy r\nmode: *xy\nservers: *x\n",
 			"f.yaml:3:10: invalid YAML: unknown anchor 'x' referenced"},
+		{"end of the file in a quoted string", "\"",
+			"f.yaml:1:2: invalid YAML: found unexpected end of stream"},
 		// Nothing to find: the file itself.
 		{"UTF-16", "\xfe\xff\x00r\x00\x01",
 			"f.yaml: invalid YAML: control characters are not allowed"},
