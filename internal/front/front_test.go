@@ -187,6 +187,40 @@ func testAllowed(t *testing.T, h *harness) {
 	}
 }
 
+// Only what authz sets may reach the broker: the front removes the
+// agent's x-amg-* headers itself, before the check, as Envoy's route
+// configuration does, and does not count on the OK answer to remove them.
+func TestAgentAMGHeadersReachNeitherAuthzNorTheBroker(t *testing.T) {
+	ok := &authv3.CheckResponse{Status: &status.Status{Code: int32(code.Code_OK)},
+		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{}}}
+	checked := make(chan *authv3.CheckRequest, 1)
+	h := newHarness(t, func(authz.Deps) Checker {
+		return checkFunc(func(req *authv3.CheckRequest) *authv3.CheckResponse { checked <- req; return ok })
+	}, nil)
+	resp := h.post(t, allowed, map[string]string{"X-Amg-Role": "admin", "X-Amg-Decision": "forged", "X-Amg-Other": "x"})
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d, want the request let through", resp.StatusCode)
+	}
+	for k := range (<-checked).GetAttributes().GetRequest().GetHttp().GetHeaders() {
+		if strings.HasPrefix(k, amgHeaderPrefix) {
+			t.Errorf("the agent's header %s reached authz", k)
+		}
+	}
+	for k := range (<-h.got).header {
+		if strings.HasPrefix(strings.ToLower(k), amgHeaderPrefix) {
+			t.Errorf("the agent's header %s reached the broker", k)
+		}
+	}
+}
+
+// checkFunc is an authorization service that answers with what the
+// function returns.
+type checkFunc func(*authv3.CheckRequest) *authv3.CheckResponse
+
+func (f checkFunc) Check(_ context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	return f(req), nil
+}
+
 func TestDenialsComeFromAuthz(t *testing.T) {
 	for mode, check := range modes(t) {
 		t.Run(mode, func(t *testing.T) { testDenials(t, newHarness(t, check, &Options{MaxBodyBytes: 4096})) })
