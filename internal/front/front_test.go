@@ -300,6 +300,23 @@ func testDenials(t *testing.T, h *harness) {
 	}
 }
 
+// A body of exactly the limit is whole: it is checked, not marked
+// partial, and reaches the broker byte for byte.
+func TestBodyOfExactlyTheLimitIsWhole(t *testing.T) {
+	for mode, check := range modes(t) {
+		t.Run(mode, func(t *testing.T) {
+			h := newHarness(t, check, &Options{MaxBodyBytes: len(allowed)})
+			if resp := h.post(t, allowed, nil); resp.StatusCode != http.StatusOK {
+				b, _ := io.ReadAll(resp.Body)
+				t.Fatalf("a body of exactly the limit: %d %s, want it let through", resp.StatusCode, b)
+			}
+			if got := <-h.got; got.body != allowed {
+				t.Errorf("the broker got %q, want the agent's bytes", got.body)
+			}
+		})
+	}
+}
+
 type failing struct{}
 
 func (failing) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
