@@ -200,6 +200,43 @@ func TestEndedSessionClosesItsUpstreamSessionsTogether(t *testing.T) {
 	close(filesDeletes)
 }
 
+// An agent session that ends (DELETE) ends its direct calls in flight:
+// their requests to the upstream are cancelled, rather than held open
+// until the call timeout. The call is served by a plain handler, not the
+// SDK's server, so that only the end of the call's own request ends it,
+// not that of the upstream session, which the broker ends as well.
+func TestEndedSessionEndsItsDirectCalls(t *testing.T) {
+	g := newGatewayTimed(t, true, time.Minute, nil)
+	a := newRawAgent(t, g)
+	warmRaw(a)
+	started, ended := make(chan struct{}, 1), make(chan struct{}, 1)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		started <- struct{}{}
+		select {
+		case <-r.Context().Done():
+			ended <- struct{}{}
+		case <-g.up.stop:
+		}
+	})
+	g.up.callsTo.Store(&h)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a.postUntil(ctx, pagesCall)
+	<-started
+	hd := map[string]string{"Authorization": "Bearer " + g.token, "Mcp-Session-Id": a.sid, "Mcp-Protocol-Version": rawVersion}
+	if code, body := sendMCP(t, "DELETE", g.url, hd, ""); code/100 != 2 {
+		t.Fatalf("DELETE: %d %s", code, body)
+	}
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second): // a failsafe: the call timeout is a minute
+		t.Error("the session ended, and its direct call's request to the upstream is still open")
+	}
+}
+
 // sessionRecords is a SessionStore in memory whose records expire, as
 // Redis's do; deaf, it tells no one of the sessions deleted, and with
 // failDeletes it deletes none.
