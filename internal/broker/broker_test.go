@@ -110,6 +110,9 @@ type upstreamServer struct {
 	// so that a client may resume one the server ended.
 	resumable bool
 	callsTo   atomic.Pointer[http.HandlerFunc]
+	// resumesTo, when set, answers every request to resume a stream (GET
+	// with Last-Event-ID) in the handler's place.
+	resumesTo atomic.Pointer[http.HandlerFunc]
 	// holding, when set, holds every POST whose body it matches until the
 	// test ends (stop), never answered.
 	holding atomic.Pointer[func(body []byte) bool]
@@ -315,6 +318,10 @@ func (u *upstreamServer) serveHTTP(t *testing.T) func(context.Context) (mcp.Tran
 				return
 			}
 			r.Body = io.NopCloser(bytes.NewReader(body))
+		}
+		if h := u.resumesTo.Load(); h != nil && r.Method == http.MethodGet && r.Header.Get("Last-Event-ID") != "" {
+			(*h)(w, r)
+			return
 		}
 		u.mu.Lock()
 		h, hold := u.handler, u.deletes

@@ -740,6 +740,36 @@ func TestDirectPathGivesUpAStreamThatCannotBeResumed(t *testing.T) {
 	}
 }
 
+// An upstream that lets a call's stream be resumed, and then resumes it
+// with nothing new, time after time, is asked maxResumes times and no
+// more, whatever its stream's retry field asks: the agent gets an error
+// that says so at once, not when the call times out.
+func TestDirectPathGivesUpAStreamThatGetsNoFurther(t *testing.T) {
+	g, a := directAgent(t)
+	call := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		w.Write([]byte("id: 0_0\nretry: 1\ndata: \n\n"))
+	})
+	var resumes atomic.Int32
+	resume := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		resumes.Add(1)
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		w.Write([]byte(": nothing new\n\n"))
+	})
+	g.up.callsTo.Store(&call)
+	g.up.resumesTo.Store(&resume)
+	got := a.post(`{"jsonrpc":"2.0","id":"c1","method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`)
+	want := fmt.Sprintf(`upstream \"notion\": stream ended before the result: EOF; %d attempts to resume it got no further`, maxResumes)
+	if len(got) != 1 || !strings.Contains(got[0], `"id":"c1"`) || !strings.Contains(got[0], want) {
+		t.Errorf("a call whose stream gets no further: %.300q, want %s", got, want)
+	}
+	if n := resumes.Load(); n != maxResumes {
+		t.Errorf("the upstream was asked %d times to resume the stream, want %d", n, maxResumes)
+	}
+}
+
 // An upstream that asks for roots during a direct call (not offered: the
 // broker answers with none) and does not take the answer holds up
 // neither the call's stream nor its timeout.
