@@ -776,6 +776,33 @@ func TestToolListChangedIsRelayed(t *testing.T) {
 	}
 }
 
+// A tool whose grant a policy reload withdraws leaves the list of the
+// role's connected agents, who are told their list changed.
+func TestWithdrawnGrantLeavesTheList(t *testing.T) {
+	g := newGateway(t)
+	changed := make(chan struct{}, 4)
+	cs := g.connect(t, &mcp.ClientOptions{ToolListChangedHandler: func(context.Context, *mcp.ToolListChangedRequest) {
+		changed <- struct{}{}
+	}})
+	if !slices.Contains(toolNames(t, cs), "notion__fail") {
+		t.Fatal("notion__fail is not listed before its grant is withdrawn")
+	}
+	set, err := policy.Compile([]policy.File{{Name: "reader.yaml", Data: []byte(strings.Replace(testRole, "      - name: fail\n", "", 1))}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.policy.set.Store(set)
+	g.broker.Sync()
+	select {
+	case <-changed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no tools/list_changed reached the agent")
+	}
+	if slices.Contains(toolNames(t, cs), "notion__fail") {
+		t.Error("notion__fail is still listed after its grant was withdrawn")
+	}
+}
+
 func TestAnnotationsComeFromTheUpstream(t *testing.T) {
 	up := newUpstream()
 	no := false

@@ -16,7 +16,8 @@ import (
 )
 
 // A policy change reaches connected agents as tools/list_changed, without
-// waiting for their next request.
+// waiting for their next request: a tool granted joins their list, and a
+// tool whose grant is withdrawn leaves it.
 func TestPolicyReloadReachesConnectedAgents(t *testing.T) {
 	dir := t.TempDir()
 	policyDir := filepath.Join(dir, "policies")
@@ -51,14 +52,26 @@ func TestPolicyReloadReachesConnectedAgents(t *testing.T) {
 		t.Fatalf("tools before the change = %v", got)
 	}
 
-	write("      - name: get_pages\n        constraints: { workspace_id: {} }\n      - name: search\n        constraints: { query: {}, workspace_id: {} }\n")
-	select {
-	case <-changed:
-	case <-time.After(10 * time.Second):
-		t.Fatal("no tools/list_changed after the policy changed")
-	}
-	if got := toolNames(t, cs); !slices.Equal(got, []string{"notion__get_pages", "notion__search"}) {
-		t.Errorf("tools after the change = %v", got)
+	for _, tc := range []struct {
+		name, tools string
+		want        []string
+	}{
+		{"granted", "      - name: get_pages\n        constraints: { workspace_id: {} }\n      - name: search\n        constraints: { query: {}, workspace_id: {} }\n",
+			[]string{"notion__get_pages", "notion__search"}},
+		{"withdrawn", "      - name: search\n        constraints: { query: {}, workspace_id: {} }\n", []string{"notion__search"}},
+	} {
+		write(tc.tools)
+		// A notification of the earlier change may come late: the list is
+		// read again after each one until it is the one wanted.
+		var got []string
+		for !slices.Equal(got, tc.want) {
+			select {
+			case <-changed:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%s: no tools/list_changed after the policy changed; tools = %v, want %v", tc.name, toolNames(t, cs), tc.want)
+			}
+			got = toolNames(t, cs)
+		}
 	}
 }
 
