@@ -669,6 +669,38 @@ func TestDirectCallNotifications(t *testing.T) {
 	}
 }
 
+// The call's response ends what the agent gets of its stream: what the
+// upstream sends after it, in the same write (more progress, a second
+// response under the call's id), is not passed on.
+func TestDirectCallEndsAtItsResponse(t *testing.T) {
+	g, a := directAgent(t)
+	idRE := regexp.MustCompile(`"id":("amg-\d+")`)
+	progress := func(n int) string {
+		return fmt.Sprintf(`{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"p1","progress":%d}}`, n)
+	}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := idRE.FindStringSubmatch(g.up.lastPost())[1]
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		var events strings.Builder
+		for _, m := range []string{
+			progress(1),
+			`{"jsonrpc":"2.0","id":` + id + `,"result":{"content":[{"type":"text","text":"ok"}]}}`,
+			progress(2),
+			`{"jsonrpc":"2.0","id":` + id + `,"result":{"content":[{"type":"text","text":"again"}]}}`,
+		} {
+			events.WriteString("event: message\ndata: " + m + "\n\n")
+		}
+		io.WriteString(w, events.String())
+	})
+	g.up.callsTo.Store(&h)
+	got := a.post(`{"jsonrpc":"2.0","id":"c1","method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"},"_meta":{"progressToken":"p1"}}}`)
+	want := []string{progress(1), `{"jsonrpc":"2.0","id":"c1","result":{"content":[{"type":"text","text":"ok"}]}}`}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("the agent got (-want +got):\n%s", diff)
+	}
+}
+
 // An upstream may end a call's event stream before the result and let the
 // client resume it (SSE polling, protocol 2025-11-25: the stream's last
 // event says when to come back, and the client asks with GET and
