@@ -600,6 +600,77 @@ func TestDirectPathRelaysTheUpstreamsCancellation(t *testing.T) {
 	}
 }
 
+// An upstream's cancellation withdraws only a request it relayed itself:
+// another upstream's, relayed under the same upstream id, stays with the
+// agent, who may still answer it.
+func TestDirectPathCancelsOnlyTheUpstreamsOwnRelays(t *testing.T) {
+	files := newUpstream()
+	g := newGatewayTimed(t, true, 5*time.Second, []Upstream{{Name: "files", Transport: files.serveHTTP(t)}})
+	a := newRawAgent(t, g)
+	warmRaw(a)
+	a.post(`{"jsonrpc":"2.0","id":"warm-files","method":"tools/call","params":{"name":"files__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`)
+	idRE := regexp.MustCompile(`"id":("amg-\d+")`)
+	answer := func(w http.ResponseWriter, id string) {
+		fmt.Fprintf(w, "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"ok\"}]}}\n\n", id)
+	}
+	// files asks the agent under its id 1, and answers its call once
+	// released; notion cancels its own request 1, which it never made,
+	// during its call.
+	release := make(chan struct{})
+	asking := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := idRE.FindStringSubmatch(files.lastPost())[1]
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		io.WriteString(w, "event: message\ndata: "+
+			`{"jsonrpc":"2.0","id":1,"method":"elicitation/create","params":{"message":"your name?","requestedSchema":{"type":"object","properties":{}}}}`+"\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+			answer(w, id)
+		case <-files.stop:
+		}
+	})
+	cancelling := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := idRE.FindStringSubmatch(g.up.lastPost())[1]
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		io.WriteString(w, "event: message\ndata: "+`{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1,"reason":"gave up"}}`+"\n\n")
+		answer(w, id)
+	})
+	files.callsTo.Store(&asking)
+	g.up.callsTo.Store(&cancelling)
+	v, ok := g.broker.bySID.Load(a.sid)
+	if !ok {
+		t.Fatal("no agent session")
+	}
+	as := v.(*agentSession)
+	relayed := func() int {
+		as.mu.Lock()
+		defer as.mu.Unlock()
+		return len(as.relayed)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	asked := make(chan string, 1)
+	go func() {
+		asked <- a.read(ctx, `{"jsonrpc":"2.0","id":"f1","method":"tools/call","params":{"name":"files__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`)
+	}()
+	eventually(t, "files's request to be relayed to the agent", func() bool { return relayed() == 1 })
+	got := a.post(`{"jsonrpc":"2.0","id":"n1","method":"tools/call","params":{"name":"notion__get_pages","arguments":{"workspace_id":"ws_abc123"}}}`)
+	if len(got) != 1 || !strings.Contains(got[0], `"id":"n1"`) || !strings.Contains(got[0], `"text":"ok"`) {
+		t.Errorf("notion's call: %q, want its answer alone", got)
+	}
+	if n := relayed(); n != 1 {
+		t.Errorf("after notion's cancellation, the session holds %d relayed requests, want files's", n)
+	}
+	close(release)
+	if stream := <-asked; !strings.Contains(stream, `"method":"elicitation/create"`) || strings.Contains(stream, "notifications/cancelled") ||
+		!strings.Contains(stream, `"id":"f1"`) {
+		t.Errorf("files's call's stream, to the agent:\n%s", stream)
+	}
+}
+
 // An upstream without sessions, which serves 2026-07-28 as well: the
 // gateway lists it over 2026-07-28, and an agent's calls reach it on the
 // direct path at the agent's own version, with no session to name.
