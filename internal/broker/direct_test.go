@@ -1097,15 +1097,20 @@ func reuseAttempt(t *testing.T) (drained, newConns int32, lingered bool) {
 
 // An upstream that keeps a call's stream open after the response holds up
 // neither the session nor the upstream's handler: the stream is closed
-// after restWait, and the session's later streams at once.
+// after restWait, and the session's later streams at once. The upstream
+// keeps its streams open until the test ends, and the call timeout, which
+// would end them too, is far beyond the failsafe below: only the broker's
+// closing them lets the test pass.
 func TestDirectPathClosesAStreamKeptOpen(t *testing.T) {
-	g, a := directAgent(t)
+	g := newGatewayTimed(t, true, time.Minute, nil)
+	a := newRawAgent(t, g)
+	warmRaw(a)
 	closed := make(chan struct{}, 16)
 	callStream(g.up, func(r *http.Request) {
 		select {
 		case <-r.Context().Done():
 			closed <- struct{}{}
-		case <-time.After(30 * time.Second): // a failsafe, far beyond restWait
+		case <-g.up.stop:
 		}
 	})
 	const calls = 3
@@ -1117,7 +1122,7 @@ func TestDirectPathClosesAStreamKeptOpen(t *testing.T) {
 	for i := range calls {
 		select {
 		case <-closed:
-		case <-time.After(20 * time.Second):
+		case <-time.After(20 * time.Second): // a failsafe, far beyond restWait
 			t.Fatalf("the upstream's stream of call %d was never closed", i+1)
 		}
 	}
