@@ -88,6 +88,7 @@ func TestAllowed(t *testing.T) {
 		{"127.0.0.1:8080", "", true},
 		{"LOCALHOST", "", true},
 		{"[::1]:8080", "http://[::1]:8080", true},
+		{"[::1]", "", true},
 		{"evil.example", "", false},
 		{"127.0.0.1:8080", "http://evil.example", false},
 		{"127.0.0.1:8080", "::not a url", false},
@@ -104,5 +105,16 @@ func TestAllowed(t *testing.T) {
 	var any Hosts
 	if !any.Allowed(httptest.NewRequest("GET", "http://evil.example/", nil)) {
 		t.Error("the nil set must allow every host")
+	}
+}
+
+// A listener's name is matched without case however it was written: the
+// config's MyBox.Local and a browser's mybox.local are one host.
+func TestNewComparesWithoutCase(t *testing.T) {
+	h := New("MyBox.Local")
+	for _, host := range []string{"mybox.local", "MYBOX.LOCAL:8081"} {
+		if !h.AllowedHost(host) {
+			t.Errorf("New(%q) refuses Host %q", "MyBox.Local", host)
+		}
 	}
 }

@@ -19,7 +19,8 @@ func TestParseOrigin(t *testing.T) {
 		}
 	}
 	for _, in := range []string{"", "null", "https://", "https://:443", "https://a.example:", "https://a.example?", "https://a.example#",
-		"https://a.example/x", "https://a.example?q=1", "https://u:p@a.example", "mailto:a@example.com", "//a.example", "https://a.example:0"} {
+		"https://a.example/", "https://a.example/x", "https://a.example?q=1", "https://u:p@a.example", "mailto:a@example.com", "//a.example",
+		"https://a.example:0", "ftp://a.example", "ws://a.example"} {
 		if o, err := ParseOrigin(in); err == nil {
 			t.Errorf("ParseOrigin(%q) = %q, want an error", in, o)
 		}
