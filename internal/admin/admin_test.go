@@ -96,6 +96,27 @@ func TestReadinessFollowsTheAuditLog(t *testing.T) {
 	}
 }
 
+// While Deps.NotReady gives a reason (the gateway's: its shared keys are
+// no longer those of the other replicas), /readyz answers 503 saying it.
+func TestReadinessFollowsNotReady(t *testing.T) {
+	var why atomic.Pointer[string]
+	notReady := func() string {
+		if p := why.Load(); p != nil {
+			return *p
+		}
+		return ""
+	}
+	h := Handler(Deps{Policies: &policies{set: compile(t)}, Upstreams: func() []broker.UpstreamStatus { return nil }, NotReady: notReady})
+	if code, body := get(t, h, "/readyz", nil); code != 200 || body != "ready\n" {
+		t.Errorf("readyz without a reason = %d %q, want 200", code, body)
+	}
+	reason := "the shared audit key in redis (amg:{keys}:audit) is not the one this replica uses: restart it"
+	why.Store(&reason)
+	if code, body := get(t, h, "/readyz", nil); code != 503 || body != reason+"\n" {
+		t.Errorf("readyz with a reason = %d %q, want 503 %q", code, body, reason)
+	}
+}
+
 func TestStatusReportsPolicyAndUpstreams(t *testing.T) {
 	set := compile(t)
 	at := time.Date(2026, 11, 26, 9, 0, 0, 0, time.UTC)

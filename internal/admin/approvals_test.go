@@ -85,11 +85,36 @@ func TestApprovalsAPI(t *testing.T) {
 	if strings.Contains(body, `"body"`) {
 		t.Errorf("the API shows the request body, which may hold secrets: %s", body)
 	}
+	if code, body := call(t, h, "GET", "/api/v1/approvals?state=denied", tok, ""); code != 200 || body != "[]\n" {
+		t.Errorf("list of none: %d %q, want 200 and an empty list", code, body)
+	}
+}
+
+// What the approval API answers holds who waits for what, and one
+// approval the agent's request: no cache between it and the operator
+// keeps a copy.
+func TestApprovalAnswersAreNotStored(t *testing.T) {
+	h, _, a := pendingAPI(t)
+	for _, tc := range []struct{ method, path, body string }{
+		{"GET", "/api/v1/approvals", ""},
+		{"GET", "/api/v1/approvals/" + a.ID, ""},
+		{"POST", "/api/v1/approvals/" + a.ID + "/approve", `{"by":"alice"}`},
+		{"GET", "/api/v1/status", ""},
+	} {
+		req := httptest.NewRequest(tc.method, "http://127.0.0.1:8081"+tc.path, strings.NewReader(tc.body))
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK || rec.Header().Get("Cache-Control") != "no-store" {
+			t.Errorf("%s %s: %d, Cache-Control %q; want 200 and no-store", tc.method, tc.path, rec.Code, rec.Header().Get("Cache-Control"))
+		}
+	}
 }
 
 // Every approvals endpoint, not only the list, refuses a caller without
-// the admin token and changes nothing; with no token configured, no
-// caller gets in, not even one sending an empty one.
+// the admin token, or with the token but not as a Bearer credential, and
+// changes nothing; with no token configured, no caller gets in, not even
+// one sending an empty one.
 func TestEveryApprovalEndpointNeedsTheToken(t *testing.T) {
 	for _, configured := range []string{testToken, ""} {
 		store := approval.NewMemory(nil)
@@ -102,7 +127,7 @@ func TestEveryApprovalEndpointNeedsTheToken(t *testing.T) {
 			{"GET", "/api/v1/approvals"}, {"GET", "/api/v1/approvals/" + a.ID},
 			{"POST", "/api/v1/approvals/" + a.ID + "/approve"}, {"POST", "/api/v1/approvals/" + a.ID + "/deny"},
 		} {
-			for _, auth := range []string{"", "Bearer ", "Bearer amg_notadmin", "Basic " + testToken} {
+			for _, auth := range []string{"", "Bearer ", "Bearer amg_notadmin", "Basic " + testToken, testToken} {
 				req := httptest.NewRequest(ep.method, "http://127.0.0.1:8081"+ep.path, strings.NewReader(`{"by":"mallory"}`))
 				if auth != "" {
 					req.Header.Set("Authorization", auth)
@@ -161,6 +186,7 @@ func TestDecisionNeedsPlainText(t *testing.T) {
 		{"by with an ANSI escape", `{"by":"\u001b[2Jalice"}`, `"by" ` + control},
 		{"reason with a newline", `{"by":"alice","reason":"ok\napproved by root"}`, `"reason" ` + control},
 		{"reason with an ANSI escape", `{"by":"alice","reason":"\u001b]0;pwned\u0007"}`, `"reason" ` + control},
+		{"reason not a string", `{"by":"alice","reason":5}`, `body must be JSON: {"by": "...", "reason": "..."}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h, store, a := pendingAPI(t)
