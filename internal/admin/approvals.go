@@ -113,7 +113,8 @@ func createToken(path, tok string) error {
 //	POST /api/v1/approvals/{id}/approve   {"by": "alice", "reason": "..."}
 //	POST /api/v1/approvals/{id}/deny      {"by": "alice", "reason": "..."}
 //
-// by and reason are refused or cut as approval.CleanDecision says.
+// by and reason are refused or cut as approval.CleanDecision says; a
+// decision's body over 64 KiB is refused with 413.
 func approvals(mux *http.ServeMux, d Deps) {
 	store, now := d.Approvals, d.Now
 	if now == nil {
@@ -164,7 +165,13 @@ func approvals(mux *http.ServeMux, d Deps) {
 				By     string `json:"by"`
 				Reason string `json:"reason"`
 			}
-			if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil && !errors.Is(err, io.EOF) {
+			err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxDecisionBody)).Decode(&req)
+			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+				// Cut short, it would not decode: say why, not "must be JSON".
+				writeError(w, http.StatusRequestEntityTooLarge, "body must be at most 64 KiB (a reason is cut to 500 bytes anyway)")
+				return
+			}
+			if err != nil && !errors.Is(err, io.EOF) {
 				writeError(w, http.StatusBadRequest, "body must be JSON: {\"by\": \"...\", \"reason\": \"...\"}")
 				return
 			}
@@ -184,6 +191,10 @@ func approvals(mux *http.ServeMux, d Deps) {
 	mux.HandleFunc("POST /api/v1/approvals/{id}/approve", decide(approval.Approved))
 	mux.HandleFunc("POST /api/v1/approvals/{id}/deny", decide(approval.Denied))
 }
+
+// maxDecisionBody bounds a decision's body, {"by": ..., "reason": ...},
+// which CleanDecision cuts to far less.
+const maxDecisionBody = 64 << 10
 
 func writeStoreError(w http.ResponseWriter, err error) {
 	switch {

@@ -217,6 +217,20 @@ func TestDecisionCutsALongReason(t *testing.T) {
 	}
 }
 
+// A decision's body is read up to 64 KiB: a longer one is refused as
+// such, not as JSON that does not decode, and decides nothing.
+func TestDecisionBodyIsBounded(t *testing.T) {
+	h, store, a := pendingAPI(t)
+	code, body := call(t, h, "POST", "/api/v1/approvals/"+a.ID+"/approve", testToken,
+		`{"by":"alice","reason":"`+strings.Repeat("r", 70<<10)+`"}`)
+	if code != http.StatusRequestEntityTooLarge || !strings.Contains(body, "body must be at most 64 KiB") {
+		t.Errorf("a decision of 70 KiB: %d %.200s, want 413 saying the bound", code, body)
+	}
+	if got, _ := store.Get(context.Background(), a.ID); got.State != approval.Pending {
+		t.Errorf("a refused decision left the approval %s", got.State)
+	}
+}
+
 const testToken = TokenPrefix + "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
 // pendingAPI is the admin API, with testToken, over a store holding one
