@@ -138,6 +138,42 @@ func TestBrowserSessionFromAnAllowedOrigin(t *testing.T) {
 	}
 }
 
+// The admin listener on loopback (the admin API, the console and its
+// approvals) answers loopback names only, as the MCP listener does: a page
+// the operator visits that rebinds its own name to 127.0.0.1, or posts to
+// it from its own origin, is refused.
+func TestAdminListenerRefusesOtherHosts(t *testing.T) {
+	gw := serveForTest(t, loopbackConfig(t, "../../policies"), nil)
+	for _, tc := range []struct {
+		name, host, origin string
+		want               int
+	}{
+		{"loopback", "", "", http.StatusOK},
+		{"loopback origin", "", "http://localhost:8081", http.StatusOK},
+		{"rebound name", "rebound.evil.example", "", http.StatusForbidden},
+		{"other origin", "", "http://rebound.evil.example", http.StatusForbidden},
+	} {
+		req, err := http.NewRequest("GET", "http://"+gw.AdminAddr()+"/api/v1/status", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tc.host != "" {
+			req.Host = tc.host
+		}
+		if tc.origin != "" {
+			req.Header.Set("Origin", tc.origin)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("%s: %d, want %d", tc.name, resp.StatusCode, tc.want)
+		}
+	}
+}
+
 type withOrigin struct {
 	next   http.RoundTripper
 	origin string

@@ -22,6 +22,7 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"github.com/redis/go-redis/v9"
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -410,6 +411,28 @@ func TestRedisOverTLSAsAnACLUser(t *testing.T) {
 	}
 }
 
+// redis.db is the database a gateway keeps its shared state in, so that
+// it can share a Redis with others: nothing of it lands in database 0.
+func TestRedisDatabaseIsTheConfiguredOne(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := loopbackConfig(t, "../../policies")
+	cfg.Redis.Address, cfg.Redis.DB = srv.Addr, 3
+	gw := serveForTest(t, cfg, nil)
+	if _, _, err := gw.IssueToken(context.Background(), "db-bot", "notion_read", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	opts := *srv.Client().Options()
+	opts.DB = 3
+	db3 := redis.NewClient(&opts)
+	defer db3.Close()
+	if n, err := db3.DBSize(context.Background()).Result(); err != nil || n == 0 {
+		t.Errorf("database 3 holds %d keys (%v), want the gateway's", n, err)
+	}
+	if keys, err := srv.Client().Keys(context.Background(), "*").Result(); err != nil || len(keys) != 0 {
+		t.Errorf("database 0 holds %v (%v), want nothing", keys, err)
+	}
+}
+
 // A replica whose Redis stalls answers a Check before its deadline,
 // Envoy's authz_timeout, failing it closed with a decision id of its own:
 // the commands it sends end with the Check's time for them, not at the
@@ -455,11 +478,11 @@ func writeFile(t *testing.T, content string) string {
 
 // With redis.decision_key and redis.audit_key, replicas take their shared
 // keys from the secret source, and Redis holds neither: whoever reads
-// Redis cannot sign a decision. A key too short to sign with is refused
-// at start.
+// Redis cannot sign a decision. A key of at least 32 bytes is taken; one
+// too short to sign with is refused at start.
 func TestSharedKeysFromTheSecretSource(t *testing.T) {
 	srv := redistest.Start(t)
-	t.Setenv("AMG_TEST_DECISION_KEY", strings.Repeat("d", 40))
+	t.Setenv("AMG_TEST_DECISION_KEY", strings.Repeat("d", config.MinSharedKeyLen))
 	t.Setenv("AMG_TEST_AUDIT_KEY", strings.Repeat("a", 40))
 	ref := func(s string) config.Template {
 		tmpl, err := config.ParseTemplate(s)

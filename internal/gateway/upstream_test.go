@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"maps"
 	"net/http"
 	"net/http/httptest"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/amgateway/amg/internal/config"
 	"github.com/amgateway/amg/internal/demo"
+	"github.com/amgateway/amg/internal/secrets"
 )
 
 // An upstream's redirect is not followed: the gateway sets the upstream's
@@ -66,6 +68,35 @@ func TestUpstreamRedirectIsNotFollowed(t *testing.T) {
 	}
 	if n := elsewhere.Load(); n != 0 {
 		t.Errorf("the other host got %d requests", n)
+	}
+}
+
+// An upstream header or stdio variable whose secret does not resolve fails
+// the connection, naming the upstream, the header or variable and the
+// ref: the upstream is never reached without its credential.
+func TestUnresolvedUpstreamSecretFailsTheConnection(t *testing.T) {
+	ref, err := config.ParseTemplate("${env:AMG_TEST_NO_SUCH_UPSTREAM_TOKEN}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := secrets.NewDefault(nil)
+	groups := newStdioGroups(slog.New(slog.DiscardHandler))
+	t.Cleanup(groups.end)
+	for _, tc := range []struct {
+		name    string
+		connect func(context.Context) (mcp.Transport, error)
+		want    string
+	}{
+		{"header", httpTransport(&config.Upstream{Name: "notion", URL: "http://127.0.0.1:1/mcp",
+			Headers: map[string]config.Template{"Authorization": ref}}, src, "", nil),
+			`upstream "notion": header Authorization: env:AMG_TEST_NO_SUCH_UPSTREAM_TOKEN is not set`},
+		{"stdio env", commandTransport(groups, &config.Upstream{Name: "notion", Command: []string{"true"},
+			Env: map[string]config.Template{"TOKEN": ref}}, src),
+			`upstream "notion": env TOKEN: env:AMG_TEST_NO_SUCH_UPSTREAM_TOKEN is not set`},
+	} {
+		if tr, err := tc.connect(context.Background()); tr != nil || err == nil || err.Error() != tc.want {
+			t.Errorf("%s: %v, %v; want the error %q", tc.name, tr, err, tc.want)
+		}
 	}
 }
 

@@ -27,13 +27,18 @@ import (
 // A webhook URL often carries its secret in the path or query, as Slack's
 // and Teams' do: a failed POST is logged with the scheme and host only,
 // and a redirect, which would take the URL elsewhere as the Referer, is
-// not followed.
+// not followed, nor asked again. A 4xx (a revoked Slack URL answers 404, a
+// receiver that refuses the signature 401) is a failure as a 5xx is.
 func TestApprovalWebhookFailureLog(t *testing.T) {
 	const secret = "T0PLANTED/B0PLANTED/xoxPLANTEDwebhooksecret"
 	refusing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		http.Error(w, "no", http.StatusInternalServerError)
 	}))
 	t.Cleanup(refusing.Close)
+	forbidding := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "no", http.StatusForbidden)
+	}))
+	t.Cleanup(forbidding.Close)
 	closed := httptest.NewServer(http.NotFoundHandler())
 	closed.Close()
 	// net/http would send the webhook's URL, secret and all, as the
@@ -42,14 +47,21 @@ func TestApprovalWebhookFailureLog(t *testing.T) {
 		t.Errorf("the webhook's redirect was followed, Referer %q", r.Header.Get("Referer"))
 	}))
 	t.Cleanup(elsewhere.Close)
-	redirecting := httptest.NewServer(http.RedirectHandler(elsewhere.URL+"/collect", http.StatusTemporaryRedirect))
+	var redirected atomic.Int32
+	redirect := http.RedirectHandler(elsewhere.URL+"/collect", http.StatusTemporaryRedirect)
+	redirecting := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		redirected.Add(1)
+		redirect.ServeHTTP(w, r)
+	}))
 	t.Cleanup(redirecting.Close)
 	for _, tc := range []struct {
 		name, base, want string
+		asked            *atomic.Int32 // if set, counts the webhook's requests, which must be one
 	}{
-		{"unreachable", closed.URL, "connection refused"},
-		{"error status", refusing.URL, "webhook answered 500 Internal Server Error"},
-		{"redirect", redirecting.URL, "webhook redirected; not followed"},
+		{"unreachable", closed.URL, "connection refused", nil},
+		{"error status", refusing.URL, "webhook answered 500 Internal Server Error", nil},
+		{"client error status", forbidding.URL, "webhook answered 403 Forbidden", nil},
+		{"redirect", redirecting.URL, "webhook redirected; not followed", &redirected},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -72,6 +84,9 @@ func TestApprovalWebhookFailureLog(t *testing.T) {
 			}
 			if strings.Contains(got, "PLANTED") {
 				t.Errorf("log shows the webhook's secret:\n%s", got)
+			}
+			if tc.asked != nil && tc.asked.Load() != 1 {
+				t.Errorf("the webhook was asked %d times, want once", tc.asked.Load())
 			}
 		})
 	}
