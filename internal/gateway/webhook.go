@@ -169,7 +169,7 @@ func (w *webhook) deliver(n webhookNote) {
 		if err = w.ctx.Err(); err != nil {
 			break
 		}
-		if err = w.post(n); err == nil || errors.Is(err, errWebhookRedirect) {
+		if err = w.post(n); err == nil || final(err) {
 			break
 		}
 	}
@@ -205,6 +205,24 @@ func (w *webhook) Close(ctx context.Context) {
 // along.
 var errWebhookRedirect = errors.New("webhook redirected; not followed")
 
+// webhookStatus is a webhook's answer other than 2xx.
+type webhookStatus struct {
+	code   int
+	status string
+}
+
+func (e *webhookStatus) Error() string { return "webhook answered " + e.status }
+
+// final reports whether err is an answer that asking again would not
+// change, which is not retried: a redirect, or a 4xx other than 408 and
+// 429 (a revoked URL's 404, a receiver refusing the signature's 401).
+func final(err error) bool {
+	if s, ok := errors.AsType[*webhookStatus](err); ok {
+		return s.code/100 == 4 && s.code != http.StatusRequestTimeout && s.code != http.StatusTooManyRequests
+	}
+	return errors.Is(err, errWebhookRedirect)
+}
+
 func refuseWebhookRedirect(*http.Request, []*http.Request) error { return errWebhookRedirect }
 
 // post sends n to the webhook, signed if w has a key. Its errors do not
@@ -228,7 +246,7 @@ func (w *webhook) post(n webhookNote) error {
 	}
 	resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("webhook answered %s", resp.Status)
+		return &webhookStatus{resp.StatusCode, resp.Status}
 	}
 	return nil
 }

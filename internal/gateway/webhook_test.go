@@ -27,15 +27,20 @@ import (
 // A webhook URL often carries its secret in the path or query, as Slack's
 // and Teams' do: a failed POST is logged with the scheme and host only,
 // and a redirect, which would take the URL elsewhere as the Referer, is
-// not followed, nor asked again. A 4xx (a revoked Slack URL answers 404, a
-// receiver that refuses the signature 401) is a failure as a 5xx is.
+// not followed. A 4xx (a revoked Slack URL answers 404, a receiver that
+// refuses the signature 401) is a failure as a 5xx is; neither it nor a
+// redirect, which asking again would not change, is asked again, and a
+// 5xx is.
 func TestApprovalWebhookFailureLog(t *testing.T) {
 	const secret = "T0PLANTED/B0PLANTED/xoxPLANTEDwebhooksecret"
+	var failed, forbidden atomic.Int32 // requests to refusing and forbidding
 	refusing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		failed.Add(1)
 		http.Error(w, "no", http.StatusInternalServerError)
 	}))
 	t.Cleanup(refusing.Close)
 	forbidding := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		forbidden.Add(1)
 		http.Error(w, "no", http.StatusForbidden)
 	}))
 	t.Cleanup(forbidding.Close)
@@ -56,12 +61,13 @@ func TestApprovalWebhookFailureLog(t *testing.T) {
 	t.Cleanup(redirecting.Close)
 	for _, tc := range []struct {
 		name, base, want string
-		asked            *atomic.Int32 // if set, counts the webhook's requests, which must be one
+		asked            *atomic.Int32 // if set, counts the webhook's requests
+		times            int32         // which must be so many
 	}{
-		{"unreachable", closed.URL, "connection refused", nil},
-		{"error status", refusing.URL, "webhook answered 500 Internal Server Error", nil},
-		{"client error status", forbidding.URL, "webhook answered 403 Forbidden", nil},
-		{"redirect", redirecting.URL, "webhook redirected; not followed", &redirected},
+		{"unreachable", closed.URL, "connection refused", nil, 0},
+		{"error status", refusing.URL, "webhook answered 500 Internal Server Error", &failed, 3},
+		{"client error status", forbidding.URL, "webhook answered 403 Forbidden", &forbidden, 1},
+		{"redirect", redirecting.URL, "webhook redirected; not followed", &redirected, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -85,8 +91,8 @@ func TestApprovalWebhookFailureLog(t *testing.T) {
 			if strings.Contains(got, "PLANTED") {
 				t.Errorf("log shows the webhook's secret:\n%s", got)
 			}
-			if tc.asked != nil && tc.asked.Load() != 1 {
-				t.Errorf("the webhook was asked %d times, want once", tc.asked.Load())
+			if tc.asked != nil && tc.asked.Load() != tc.times {
+				t.Errorf("the webhook was asked %d times, want %d", tc.asked.Load(), tc.times)
 			}
 		})
 	}
