@@ -104,7 +104,7 @@ type Gateway struct {
 	redisTokens *tokens.RedisStore
 	// sharedKeys are the keys this replica took from Redis or from
 	// keySource, and keyCheck how often it checks that they still hold
-	// them; keyTrouble says, once one differs, which (see
+	// them; keyTrouble says, while one differs, which (see
 	// watchSharedKeys).
 	sharedKeys []heldKey
 	keySource  secrets.Source

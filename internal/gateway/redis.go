@@ -118,34 +118,44 @@ const defaultSharedKeyCheck = 5 * time.Second
 // this replica's (another replica made one before this one put its key
 // back) means the two disagree: each refuses the other's decisions
 // (decision_invalid) and their audit HMACs differ. That lasts until this
-// replica restarts and takes the key Redis holds: it is logged, and
-// /readyz answers 503 saying so. A key rotated in the secret source
-// splits the replicas the same way (one started since takes the new key),
-// and is reported the same way.
+// replica restarts and takes the key Redis holds, or Redis holds this
+// replica's key again: it is logged, and /readyz answers 503 saying so
+// meanwhile. A key rotated in the secret source splits the replicas the
+// same way (one started since takes the new key), and is reported the
+// same way, until the source holds this replica's key again.
 func (g *Gateway) watchSharedKeys(ctx context.Context) {
 	if len(g.sharedKeys) == 0 {
 		return
 	}
 	t := time.NewTicker(g.keyCheck)
 	defer t.Stop()
+	// troubles[i] says what is wrong with sharedKeys[i], "" if nothing.
+	troubles := make([]string, len(g.sharedKeys))
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		for _, k := range g.sharedKeys {
-			g.checkSharedKey(ctx, k)
+		var why *string
+		for i, k := range g.sharedKeys {
+			troubles[i] = g.checkSharedKey(ctx, k, troubles[i])
+			if troubles[i] != "" && why == nil {
+				w := troubles[i]
+				why = &w
+			}
 		}
+		g.keyTrouble.Store(why)
 	}
 }
 
-// checkSharedKey puts k back in Redis if Redis lost it, and records that
-// the replica is not ready if Redis holds another.
-func (g *Gateway) checkSharedKey(ctx context.Context, k heldKey) {
+// checkSharedKey puts k back in Redis if Redis lost it, and returns what
+// is wrong with k: "" if Redis, or the secret source, holds it, and was,
+// what was wrong at the last check, if neither can be read now. A change
+// is logged.
+func (g *Gateway) checkSharedKey(ctx context.Context, k heldKey, was string) string {
 	if k.ref.String() != "" {
-		g.checkSecretKey(ctx, k)
-		return
+		return g.checkSecretKey(ctx, k, was)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -154,26 +164,27 @@ func (g *Gateway) checkSharedKey(ctx context.Context, k heldKey) {
 	case errors.Is(err, redis.Nil):
 		g.log.Warn("redis had lost the shared "+k.name+" key (did it restart without persistence?): this replica put its own back",
 			"redis_key", k.redisKey)
-		return
+		return g.keyMended(was, "redis_key", k.redisKey)
 	case err != nil:
 		// Each request that needs Redis fails closed meanwhile.
 		g.log.Debug("cannot check a shared key in redis", "redis_key", k.redisKey, "err", err)
-		return
+		return was
 	case bytes.Equal(v, k.value):
-		return
+		return g.keyMended(was, "redis_key", k.redisKey)
 	}
-	why := "the shared " + k.name + " key in redis (" + k.redisKey + ") is not the one this replica uses: restart it"
-	if g.keyTrouble.CompareAndSwap(nil, &why) {
+	if was == "" {
 		g.log.Error("the shared "+k.name+" key in redis is not this replica's (another replica made a new one after redis lost its data); "+
 			"the two refuse each other's decisions and their audit HMACs differ until this replica restarts", "redis_key", k.redisKey)
 	}
+	return "the shared " + k.name + " key in redis (" + k.redisKey + ") is not the one this replica uses: restart it"
 }
 
-// checkSecretKey records that the replica is not ready if the secret
-// source holds another value for k than the one this replica took at
-// start. The secret source caches its values (Vault's cache_ttl), so
-// this costs it no more reads than an upstream connection does.
-func (g *Gateway) checkSecretKey(ctx context.Context, k heldKey) {
+// checkSecretKey is checkSharedKey for a key k the replica took from the
+// secret source: wrong if the source holds another value for k than the
+// one this replica took at start. The secret source caches its values
+// (Vault's cache_ttl), so this costs it no more reads than an upstream
+// connection does.
+func (g *Gateway) checkSecretKey(ctx context.Context, k heldKey, was string) string {
 	ctx, cancel := context.WithTimeout(ctx, secretKeyTimeout)
 	defer cancel()
 	// The references, not the template: text around them is part of
@@ -187,18 +198,27 @@ func (g *Gateway) checkSecretKey(ctx context.Context, k heldKey) {
 	if err != nil {
 		// The key in use stays right; only a replica starting now fails.
 		g.log.Debug("cannot check a shared key in the secret source", "ref", ref, "err", err)
-		return
+		return was
 	}
 	if v.Reveal() == string(k.value) {
-		return
+		return g.keyMended(was, "ref", ref)
 	}
-	why := "the " + k.name + " key (redis." + k.name + "_key, " + ref + ") was rotated in the secret source: " +
-		"restart to take the rotated " + k.name + " key"
-	if g.keyTrouble.CompareAndSwap(nil, &why) {
+	if was == "" {
 		g.log.Error("the shared "+k.name+" key was rotated in the secret source; this replica keeps the one it read at start, "+
 			"so it and the replicas started since refuse each other's decisions and their audit HMACs differ until it restarts",
 			"ref", ref)
 	}
+	return "the " + k.name + " key (redis." + k.name + "_key, " + ref + ") was rotated in the secret source: " +
+		"restart to take the rotated " + k.name + " key"
+}
+
+// keyMended logs, if a key was wrong (was), that it is this replica's
+// again, where says where; it returns "", nothing wrong.
+func (g *Gateway) keyMended(was string, where ...any) string {
+	if was != "" {
+		g.log.Info("a shared key is this replica's again", where...)
+	}
+	return ""
 }
 
 // keysNotReady says why the replica is not ready, if its shared keys are

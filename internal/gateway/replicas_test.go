@@ -579,11 +579,7 @@ func TestSharedKeyRotatedInTheSecretSource(t *testing.T) {
 		t.Error("B's broker honoured a decision signed with the key A read before the rotation")
 	}
 
-	code, body := getReadyz(t, a)
-	for deadline := time.Now().Add(10 * time.Second); code == http.StatusOK && time.Now().Before(deadline); {
-		time.Sleep(5 * time.Millisecond)
-		code, body = getReadyz(t, a)
-	}
+	code, body := readyzBecomes(t, a, http.StatusServiceUnavailable)
 	want := "the decision key (redis.decision_key, file:" + decisionFile + ") was rotated in the secret source: restart to take the rotated decision key"
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, want) {
 		t.Errorf("/readyz of a replica whose decision key was rotated = %d %q, want 503 saying %q", code, body, want)
@@ -593,6 +589,17 @@ func TestSharedKeyRotatedInTheSecretSource(t *testing.T) {
 	}
 	if code, body := getReadyz(t, b); code != http.StatusOK {
 		t.Errorf("/readyz of the replica started with the rotated key = %d %q, want 200", code, body)
+	}
+
+	// Rotated back, the key is A's again, and A is ready.
+	if err := os.WriteFile(rotated, []byte(oldKey), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(rotated, decisionFile); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := readyzBecomes(t, a, http.StatusOK); code != http.StatusOK {
+		t.Errorf("/readyz of a replica whose decision key was rotated back = %d %q, want 200", code, body)
 	}
 }
 
@@ -639,15 +646,32 @@ func TestSharedKeysOutliveRedisLosingItsData(t *testing.T) {
 	rs.Restart()
 	rs.Client().Set(ctx, "amg:{keys}:decision", strings.Repeat("n", 32), 0)
 	for _, gw := range []*Gateway{a, b} {
-		code, body := getReadyz(t, gw)
-		for deadline := time.Now().Add(10 * time.Second); code == http.StatusOK && time.Now().Before(deadline); {
-			time.Sleep(5 * time.Millisecond)
-			code, body = getReadyz(t, gw)
-		}
+		code, body := readyzBecomes(t, gw, http.StatusServiceUnavailable)
 		if code != http.StatusServiceUnavailable || !strings.Contains(body, "decision key in redis (amg:{keys}:decision) is not the one this replica uses") {
 			t.Errorf("/readyz of a replica whose decision key is not Redis's = %d %q, want 503 saying so", code, body)
 		}
 	}
+
+	// The replica with its own key is stopped, and its key taken out of
+	// Redis: A and B put theirs back, and are ready again.
+	rs.Client().Del(ctx, "amg:{keys}:decision")
+	for _, gw := range []*Gateway{a, b} {
+		if code, body := readyzBecomes(t, gw, http.StatusOK); code != http.StatusOK {
+			t.Errorf("/readyz of a replica whose decision key is Redis's again = %d %q, want 200", code, body)
+		}
+	}
+}
+
+// readyzBecomes is gw's /readyz answer once its status is code, or after
+// 10 s (a failsafe: the shared keys are checked every few ms).
+func readyzBecomes(t *testing.T, gw *Gateway, code int) (int, string) {
+	t.Helper()
+	got, body := getReadyz(t, gw)
+	for deadline := time.Now().Add(10 * time.Second); got != code && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+		got, body = getReadyz(t, gw)
+	}
+	return got, body
 }
 
 // callAcross connects an agent with token through an Envoy that sends
