@@ -166,6 +166,7 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, as *agentSession, 
 	as.mu.Unlock()
 	switch {
 	case errors.Is(err, errStopped):
+		b.recordApproval(a, CodeApprovalUnavailable, "the gateway shut down before a decision, and the approval store could not cancel the approval")
 		send(approvalError(m.ID, RPCApprovalRefused, CodeApprovalUnavailable, d.ID, a.ID,
 			"call needing approval "+a.ID+" was not run: the gateway is shutting down"))
 	case errors.Is(err, errUnrecorded):

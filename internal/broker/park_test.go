@@ -622,7 +622,7 @@ func TestCallNeedingApprovalWithoutAStore(t *testing.T) {
 
 // A draining broker answers the calls waiting for approval and cancels
 // their approvals, and parks no new ones; should the store fail to cancel
-// one, its call is answered all the same.
+// one, its call is answered all the same, and the refusal audited.
 func TestDrainAnswersParkedCalls(t *testing.T) {
 	call := `{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`
 	// Should a call wait on, it expires after a while, so that the test
@@ -678,7 +678,18 @@ func TestDrainAnswersParkedCalls(t *testing.T) {
 		if !strings.Contains(last, "was not run: the gateway is shutting down") {
 			t.Errorf("answer %q, want one saying the gateway is shutting down", got)
 		}
-		checkRefusal(t, []byte(last), CodeApprovalUnavailable, parkedOne(t, mem))
+		a := parkedOne(t, mem)
+		checkRefusal(t, []byte(last), CodeApprovalUnavailable, a)
+		// The refusal the agent is told of is the audit log's too.
+		var refused []audit.Record
+		for _, rec := range g.audit.All() {
+			if rec.Code == CodeApprovalUnavailable {
+				refused = append(refused, rec)
+			}
+		}
+		if len(refused) != 1 || refused[0].ApprovalID != a.ID || refused[0].DecisionID != a.DecisionID {
+			t.Errorf("audit records %+v, want one %s naming approval %s and its decision", refused, CodeApprovalUnavailable, a.ID)
+		}
 	})
 }
 
