@@ -399,6 +399,8 @@ func TestProblems(t *testing.T) {
 			`amg.yaml:1:66: approvals.webhook_secret: is a credential: take it from a secret reference such as "${env:AMG_WEBHOOK_SECRET}" rather than writing it in the config file`},
 		{"approvals: webhook secret without a webhook", "approvals: { webhook_secret: \"${env:S}\" }\n",
 			`amg.yaml:1:30: approvals.webhook_secret: signs what approvals.webhook is sent, and no webhook is set`},
+		{"approvals: webhook secret with a webhook refused", "approvals: { webhook: ftp://x, webhook_secret: \"${env:S}\" }\n",
+			`amg.yaml:1:23: approvals.webhook: must be an http(s) URL with a host`},
 		{"console: trace url port out of range", "console: { trace_url: \"http://jaeger:166860/trace/{trace_id}\" }\n",
 			`amg.yaml:1:23: console.trace_url: port must be a number from 1 to 65535, got "166860"`},
 		{"approvals: webhook with a password", "approvals: { webhook: \"https://amg:" + planted + "@hooks.example/amg\" }\n",

@@ -885,6 +885,9 @@ func (l *loader) noVaultRef(n *yaml.Node, path string, t Template) {
 
 func (l *loader) approvals(n *yaml.Node, path string, cfg *Config) {
 	var secret *yaml.Node
+	// A webhook is written, even one refused: its secret is then not
+	// reported as one without a webhook.
+	var hooked bool
 	l.Fields(n, path, approvalKeys, func(key string, _, v *yaml.Node) {
 		p := path + "." + key
 		switch key {
@@ -907,6 +910,7 @@ func (l *loader) approvals(n *yaml.Node, path string, cfg *Config) {
 			}
 		case "webhook":
 			t, ok := l.template(v, p)
+			hooked = !ok || t.String() != ""
 			if !ok || t.String() == "" {
 				return
 			}
@@ -929,7 +933,7 @@ func (l *loader) approvals(n *yaml.Node, path string, cfg *Config) {
 			cfg.ApprovalWebhook = t
 		}
 	})
-	if secret != nil && cfg.ApprovalWebhook.String() == "" {
+	if secret != nil && !hooked {
 		l.Errorf(secret, path+".webhook_secret", "signs what approvals.webhook is sent, and no webhook is set")
 	}
 }
