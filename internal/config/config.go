@@ -573,7 +573,7 @@ func (c *Config) checkSecrets(ctx context.Context, src secrets.Source, vault boo
 	const (
 		inHeader = iota
 		inEnv
-		inKey // any bytes
+		inKey // any bytes, or what the key's own check allows
 	)
 	check := func(t Template, path string, in int) {
 		for _, ref := range t.Refs() {
@@ -639,7 +639,8 @@ func (c *Config) checkSecrets(ctx context.Context, src secrets.Source, vault boo
 			ps = append(ps, Problem{Pos: c.ApprovalWebhook.pos, Path: "approvals.webhook", Msg: err.Error() + " once its references are resolved"})
 		}
 	}
-	check(c.ApprovalWebhookSecret, "approvals.webhook_secret", inHeader)
+	// Not sent, only signed with: WebhookKey says what it must be.
+	check(c.ApprovalWebhookSecret, "approvals.webhook_secret", inKey)
 	if v, ok := resolved(c.ApprovalWebhookSecret); ok {
 		if _, err := WebhookKey(v); err != nil {
 			ps = append(ps, Problem{Pos: c.ApprovalWebhookSecret.pos, Path: "approvals.webhook_secret", Msg: err.Error()})

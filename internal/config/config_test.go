@@ -1035,6 +1035,7 @@ amg.yaml:12:12: upstreams.files.env.KEY: env:FILES_KEY holds a NUL byte, which c
 			{"whsec_" + key, ""},
 			{key, bad},                         // no prefix
 			{"whsec_" + key[:len(key)-1], bad}, // not base64
+			{"whsec_" + key + "\r", bad},       // base64 and a line break, which the decoder would skip
 			{"whsec_" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte(planted), 2)[:23]), bad}, // too short
 			{"whsec_" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte(planted), 9)[:65]), bad},
 		} {

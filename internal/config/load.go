@@ -1111,8 +1111,10 @@ func WebhookKey(secret string) ([]byte, error) {
 	if !ok {
 		return nil, errors.New(want)
 	}
+	// The decoder skips line breaks; a secret is refused with them, as
+	// with any other byte that is not base64.
 	key, err := base64.StdEncoding.DecodeString(enc)
-	if err != nil || len(key) < minLen || len(key) > maxLen {
+	if err != nil || strings.ContainsAny(enc, "\r\n") || len(key) < minLen || len(key) > maxLen {
 		return nil, errors.New(want)
 	}
 	return key, nil

@@ -238,11 +238,13 @@ func TestApprovalWebhookSigned(t *testing.T) {
 func TestApprovalWebhookBadSecret(t *testing.T) {
 	const planted = "whsec_PLANTEDnotbase64!"
 	t.Setenv("AMG_TEST_WEBHOOK_SECRET", planted)
+	// base64 but for a line break, which the decoder would skip.
+	t.Setenv("AMG_TEST_WEBHOOK_SECRET_CRLF", "whsec_PLANTEDx"+base64.StdEncoding.EncodeToString(make([]byte, 30))+"\r\n")
 	tmpl, err := config.ParseTemplate("https://hooks.example/amg")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, ref := range []string{"${env:AMG_TEST_WEBHOOK_SECRET}", "${env:AMG_TEST_NO_SUCH_SECRET}"} {
+	for _, ref := range []string{"${env:AMG_TEST_WEBHOOK_SECRET}", "${env:AMG_TEST_WEBHOOK_SECRET_CRLF}", "${env:AMG_TEST_NO_SUCH_SECRET}"} {
 		secret, err := config.ParseTemplate(ref)
 		if err != nil {
 			t.Fatal(err)
