@@ -183,7 +183,7 @@ func (b *Broker) park(w http.ResponseWriter, r *http.Request, as *agentSession, 
 	case outcome.State == approval.Approved:
 		b.executeApproved(stream, r, as, d, a, body, m, server, tool)
 	default:
-		send(refusal(m.ID, outcome))
+		send(refusal(m.ID, d.ID, outcome))
 	}
 }
 
@@ -468,8 +468,10 @@ func (b *Broker) executeApproved(stream *sseStream, r *http.Request, as *agentSe
 	stream.answer(out)
 }
 
-// refusal is the agent's answer for an approval that was not approved.
-func refusal(id json.RawMessage, a *approval.Approval) []byte {
+// refusal is the agent's answer for a call of decision decisionID whose
+// approval a was not approved. The decision is the call's own, not the
+// one the store's copy of a names.
+func refusal(id json.RawMessage, decisionID string, a *approval.Approval) []byte {
 	var msg, code string
 	switch a.State {
 	case approval.Denied:
@@ -484,7 +486,7 @@ func refusal(id json.RawMessage, a *approval.Approval) []byte {
 	default:
 		msg, code = "approval "+string(a.State), "approval_"+string(a.State)
 	}
-	return approvalError(id, RPCApprovalRefused, code, a.DecisionID, a.ID, fmt.Sprintf("call needing approval %s was not run: %s", a.ID, msg))
+	return approvalError(id, RPCApprovalRefused, code, decisionID, a.ID, fmt.Sprintf("call needing approval %s was not run: %s", a.ID, msg))
 }
 
 // approvalError is the agent's answer to a call needing approval that was

@@ -620,6 +620,39 @@ func TestCallNeedingApprovalWithoutAStore(t *testing.T) {
 	}
 }
 
+// forgingWaits is a store whose decided approvals name another decision
+// than the one parked, as a store someone else can write to might.
+type forgingWaits struct{ approval.Store }
+
+func (s forgingWaits) Wait(ctx context.Context, id string) (*approval.Approval, error) {
+	a, err := s.Store.Wait(ctx, id)
+	if a != nil {
+		c := *a
+		c.DecisionID = "forged"
+		a = &c
+	}
+	return a, err
+}
+
+// A refusal names the call's own decision, whatever the store says.
+func TestRefusalNamesTheCallsOwnDecision(t *testing.T) {
+	mem := approval.NewMemory(nil)
+	g := parkedGateway(t, forgingWaits{mem})
+	parked := make(chan *approval.Approval, 1)
+	go func() {
+		a := parkedOne(t, mem)
+		parked <- a
+		if _, err := mem.Finish(context.Background(), a.ID, approval.Denied, "bob", "no", time.Now()); err != nil {
+			t.Error(err)
+		}
+	}()
+	got := newRawAgent(t, g).post(`{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"notion__delete_page","arguments":{"page_id":"pg_1"}}}`)
+	if len(got) == 0 {
+		t.Fatal("no answer")
+	}
+	checkRefusal(t, []byte(got[len(got)-1]), CodeApprovalDenied, <-parked)
+}
+
 // A draining broker answers the calls waiting for approval and cancels
 // their approvals, and parks no new ones; should the store fail to cancel
 // one, its call is answered all the same, and the refusal audited.
