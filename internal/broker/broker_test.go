@@ -88,8 +88,9 @@ type upstreamServer struct {
 	// refuseSubs makes the upstream refuse subscriptions.
 	refuseSubs atomic.Bool
 	// started and cancelled receive when a call of wait begins, and when
-	// it sees its context end; a wait still running when the test ends
-	// ends with stop, so that the server can close.
+	// it sees its context end; a wait, or an ask's request of the agent,
+	// still running when the test ends ends with stop, so that the server
+	// can close.
 	started, cancelled, stop chan struct{}
 	// deletes, if set, holds the HTTP upstream's DELETE requests until it
 	// is closed; each one held is first announced on deleting.
@@ -168,6 +169,18 @@ func newUpstream() *upstreamServer {
 		return res, nil
 	})
 	u.srv.AddTool(&mcp.Tool{Name: "ask", InputSchema: json.RawMessage(`{"type":"object"}`)}, func(ctx context.Context, req *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+		// What it asks of the agent ends with the test (stop) too, so that
+		// the server can close when no answer, nor the call's
+		// cancellation, reached it.
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go func() {
+			select {
+			case <-u.stop:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
 		res, err := req.Session.CreateMessage(ctx, &mcp.CreateMessageParams{MaxTokens: 10,
 			Messages: []*mcp.SamplingMessage{{Role: "user", Content: &mcp.TextContent{Text: "what now?"}}}})
 		if err != nil {
