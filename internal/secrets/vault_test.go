@@ -261,16 +261,11 @@ func TestVaultSharedRead(t *testing.T) {
 	t.Parallel()
 	srv := vaulttest.Start(t)
 	srv.PutKV(t, "amg/notion", map[string]any{"token": "v1"})
-	target, err := url.Parse(srv.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const callers = 32
 	var reads atomic.Int32
 	first, release := make(chan struct{}), make(chan struct{})
 	var releaseOnce sync.Once
-	proxy := httputil.NewSingleHostReverseProxy(target)
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	front := inFrontOf(t, srv, func(w http.ResponseWriter, r *http.Request) bool {
 		if r.URL.Path == "/v1/kv/data/amg/notion" {
 			switch reads.Add(1) {
 			case 1:
@@ -280,9 +275,8 @@ func TestVaultSharedRead(t *testing.T) {
 			}
 			<-release
 		}
-		proxy.ServeHTTP(w, r)
-	}))
-	defer front.Close()
+		return false
+	})
 	defer releaseOnce.Do(func() { close(release) })
 
 	v := newTestVault(t, VaultOptions{Address: front.URL, Token: New(srv.RootToken), Now: newFakeClock().Now})
@@ -474,40 +468,35 @@ func TestVaultLeak(t *testing.T) {
 	}
 }
 
-// TestVaultTokenRenewal uses a token that lives 3 seconds unless renewed,
-// for longer than that.
-// Vault's error text is cut to 300 bytes, so that whatever fills it (a proxy in
-// between, a path echoed back) cannot flood an error or a log line.
+// Vault's error text is cut to 300 bytes, so that whatever fills it (a
+// proxy in between, a path echoed back) cannot flood an error or a log
+// line.
 func TestVaultLongError(t *testing.T) {
 	t.Parallel()
 	srv := vaulttest.Start(t)
-	target, err := url.Parse(srv.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Runs of white space are one space in the error.
 	long := strings.Repeat("012345678\n\t", 40)
 	said := strings.Repeat("012345678 ", 40)
-	proxy := httputil.NewSingleHostReverseProxy(target)
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/v1/kv/data/amg/long" {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusBadRequest)
-			json.NewEncoder(w).Encode(map[string]any{"errors": []string{long}})
-			return
+	front := inFrontOf(t, srv, func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != "/v1/kv/data/amg/long" {
+			return false
 		}
-		proxy.ServeHTTP(w, r)
-	}))
-	defer front.Close()
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		json.NewEncoder(w).Encode(map[string]any{"errors": []string{long}})
+		return true
+	})
 
 	v := newTestVault(t, VaultOptions{Address: front.URL, Token: New(srv.RootToken)})
-	_, err = v.Resolve(context.Background(), mustRef(t, "vault:kv/data/amg/long#f"))
+	_, err := v.Resolve(context.Background(), mustRef(t, "vault:kv/data/amg/long#f"))
 	want := "vault:kv/data/amg/long#f: Vault at " + front.URL + " answered HTTP 400: " + said[:300] + "..."
 	if err == nil || err.Error() != want {
 		t.Errorf("Resolve error = %v, want %s", err, want)
 	}
 }
 
+// TestVaultTokenRenewal uses a token that lives 3 seconds unless renewed,
+// for longer than that.
 func TestVaultTokenRenewal(t *testing.T) {
 	t.Parallel()
 	srv := vaulttest.Start(t)
@@ -551,20 +540,14 @@ func TestVaultTokenRenewalOutage(t *testing.T) {
 	srv.Policy(t, "amg-read", "kv/data/amg/*")
 	const period = 10 * time.Second
 	token := srv.Token(t, vaulttest.TokenOptions{Policies: []string{"amg-read"}, Period: period})
-	target, err := url.Parse(srv.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := httputil.NewSingleHostReverseProxy(target)
 	var down atomic.Bool
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if down.Load() {
+	front := inFrontOf(t, srv, func(w http.ResponseWriter, _ *http.Request) bool {
+		isDown := down.Load()
+		if isDown {
 			w.WriteHeader(http.StatusBadGateway) // a load balancer with no Vault behind it
-			return
 		}
-		proxy.ServeHTTP(w, r)
-	}))
-	defer front.Close()
+		return isDown
+	})
 
 	var logs logBuffer
 	clock := newFakeClock()
@@ -877,4 +860,23 @@ func TestVaultOptions(t *testing.T) {
 			}
 		})
 	}
+}
+
+// inFrontOf serves handle before srv, as a proxy or load balancer would
+// stand before Vault: srv gets each request handle does not answer
+// (returning false).
+func inFrontOf(t *testing.T, srv *vaulttest.Server, handle func(http.ResponseWriter, *http.Request) bool) *httptest.Server {
+	t.Helper()
+	target, err := url.Parse(srv.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !handle(w, r) {
+			proxy.ServeHTTP(w, r)
+		}
+	}))
+	t.Cleanup(front.Close)
+	return front
 }
