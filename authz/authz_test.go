@@ -180,7 +180,9 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	}
 	o := &Options{Shadow: e.shadow, Now: clock}
 	for _, opt := range opts {
-		opt(&deps, o)
+		if opt != nil { // none, as a table row without one gives
+			opt(&deps, o)
+		}
 	}
 	srv, err := New(deps, o)
 	if err != nil {
@@ -366,11 +368,7 @@ func TestLifecycleNeedsADefinedRole(t *testing.T) {
 		{"no policy loaded", "bot-1", func(d *Deps, _ *Options) { d.Policies = staticPolicies{} }, "no_policy", "no policy is loaded"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			var opts []envOption
-			if tt.opt != nil {
-				opts = append(opts, tt.opt)
-			}
-			e := newEnv(t, opts...)
+			e := newEnv(t, tt.opt)
 			for _, body := range bodies {
 				d := denied(t, e.check(t, tt.agent, nil, body))
 				r := rpcErr(t, d.body)
@@ -616,11 +614,7 @@ func TestDenialsCarryANonOKStatus(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var opts []envOption
-			if tt.opt != nil {
-				opts = append(opts, tt.opt)
-			}
-			e := newEnv(t, opts...)
+			e := newEnv(t, tt.opt)
 			var resp *authv3.CheckResponse
 			for _, body := range tt.bodies {
 				resp = e.check(t, tt.agent, nil, body)
@@ -1365,11 +1359,7 @@ func TestFailClosed(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var opts []envOption
-			if tt.opt != nil {
-				opts = append(opts, tt.opt)
-			}
-			e := newEnv(t, opts...)
+			e := newEnv(t, tt.opt)
 			// The rate-limited grant exercises the limiter.
 			b := body
 			if tt.code == CodeRateLimiterError {
